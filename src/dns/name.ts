@@ -1,0 +1,125 @@
+/**
+ * Domain names in wire format, read in place. Nothing here allocates except
+ * nameToString (slow paths: routing, logs).
+ */
+import { MAX_LABEL, MAX_NAME_WIRE, POINTER_MASK } from './constants.js';
+
+/**
+ * Offset just past the name that starts at `off`, or -1 if it is malformed
+ * (runs past the end, label type 0x40/0x80, over 255 bytes, or a compression
+ * pointer that does not point strictly backwards, which is what rules out
+ * loops without following anything).
+ */
+export function skipName(msg: Uint8Array, off: number): number {
+  const start = off;
+  let wireLen = 0;
+  while (off < msg.length) {
+    const len = msg[off]!;
+    if (len === 0) return off + 1;
+    if ((len & POINTER_MASK) === POINTER_MASK) {
+      if (off + 1 >= msg.length) return -1;
+      const target = ((len & 0x3f) << 8) | msg[off + 1]!;
+      return target < start ? off + 2 : -1;
+    }
+    if (len > MAX_LABEL) return -1;
+    wireLen += len + 1;
+    if (wireLen > MAX_NAME_WIRE - 1) return -1;
+    off += len + 1;
+  }
+  return -1;
+}
+
+/**
+ * Offset past an uncompressed name (as in a query's question), or -1.
+ * Pointers are refused: in the question of a query there is nothing earlier
+ * than the header for them to point at.
+ */
+export function skipUncompressedName(msg: Uint8Array, off: number): number {
+  let wireLen = 0;
+  while (off < msg.length) {
+    const len = msg[off]!;
+    if (len === 0) return wireLen + 1 > MAX_NAME_WIRE ? -1 : off + 1;
+    if (len > MAX_LABEL) return -1;
+    wireLen += len + 1;
+    off += len + 1;
+  }
+  return -1;
+}
+
+function lower(c: number): number {
+  return c >= 0x41 && c <= 0x5a ? c | 0x20 : c;
+}
+
+/**
+ * Case-insensitive comparison of two uncompressed wire names (RFC 4343: only
+ * ASCII letters fold). Label length bytes are compared as-is; they are < 64,
+ * so the fold never touches them.
+ */
+export function namesEqualCI(a: Uint8Array, aOff: number, b: Uint8Array, bOff: number, len: number): boolean {
+  if (aOff + len > a.length || bOff + len > b.length) return false;
+  for (let i = 0; i < len; i++) {
+    if (lower(a[aOff + i]!) !== lower(b[bOff + i]!)) return false;
+  }
+  return true;
+}
+
+/** Copies `len` bytes of a wire name into `out`, folding ASCII to lower case. */
+export function copyLowerName(src: Uint8Array, srcOff: number, out: Uint8Array, outOff: number, len: number): void {
+  for (let i = 0; i < len; i++) out[outOff + i] = lower(src[srcOff + i]!);
+}
+
+/**
+ * Presentation form ("www.example.com", "." for the root), following
+ * pointers (at most 64 hops). Returns undefined if malformed. Slow path only.
+ */
+export function nameToString(msg: Uint8Array, off: number): string | undefined {
+  const labels: string[] = [];
+  let hops = 0;
+  let total = 0;
+  while (off < msg.length) {
+    const len = msg[off]!;
+    if (len === 0) return labels.length === 0 ? '.' : labels.join('.');
+    if ((len & POINTER_MASK) === POINTER_MASK) {
+      if (off + 1 >= msg.length || ++hops > 64) return undefined;
+      off = ((len & 0x3f) << 8) | msg[off + 1]!;
+      continue;
+    }
+    if (len > MAX_LABEL || off + 1 + len > msg.length) return undefined;
+    total += len + 1;
+    if (total > MAX_NAME_WIRE) return undefined;
+    let label = '';
+    for (let i = off + 1; i <= off + len; i++) {
+      const c = msg[i]!;
+      // Escape what would make the dotted form ambiguous (RFC 4343 2.1).
+      if (c === 0x2e || c === 0x5c) label += '\\' + String.fromCharCode(c);
+      else if (c < 0x21 || c > 0x7e) label += '\\' + String(c).padStart(3, '0');
+      else label += String.fromCharCode(c);
+    }
+    labels.push(label);
+    off += len + 1;
+  }
+  return undefined;
+}
+
+/**
+ * Wire form of a presentation name, lower-cased ("Example.COM." -> 07example03com00).
+ * Throws on labels over 63 bytes or names over 255: it is for config, not packets.
+ */
+export function nameToWire(name: string): Buffer {
+  const trimmed = name.endsWith('.') ? name.slice(0, -1) : name;
+  if (trimmed === '') return Buffer.from([0]);
+  const parts = trimmed.toLowerCase().split('.');
+  const bytes: number[] = [];
+  for (const p of parts) {
+    if (p.length === 0 || p.length > MAX_LABEL) throw new Error(`invalid DNS name "${name}": bad label length`);
+    bytes.push(p.length);
+    for (let i = 0; i < p.length; i++) {
+      const c = p.charCodeAt(i);
+      if (c > 0x7e) throw new Error(`invalid DNS name "${name}": non-ASCII`);
+      bytes.push(c);
+    }
+  }
+  bytes.push(0);
+  if (bytes.length > MAX_NAME_WIRE) throw new Error(`invalid DNS name "${name}": longer than 255 bytes`);
+  return Buffer.from(bytes);
+}
