@@ -1,0 +1,64 @@
+/**
+ * One cached answer: its bytes (id 0, no OPT, TTLs capped to the entry's
+ * lifetime), the offsets a hit patches, and its clock. Serving it is a copy
+ * plus patches (dns/patch.ts).
+ */
+import type { AnswerScan } from '../dns/answer.js';
+import { stripOpt, writeAnswer } from '../dns/patch.js';
+import type { Query } from '../dns/query.js';
+
+export class CacheEntry {
+  readonly wire: Buffer;
+  readonly questionEnd: number;
+  readonly ttlOffsets: Uint16Array;
+  /** Clock ms when stored. */
+  readonly storedAt: number;
+  /** Clock ms when it stops being served. */
+  readonly expiresAt: number;
+  /** Clock ms from which a hit on a popular entry starts a background refresh. */
+  readonly prefetchAt: number;
+  readonly negative: boolean;
+  /** Hits since stored; prefetch asks for a minimum. */
+  hits: number;
+  /** A background refresh is under way; start no other. */
+  refreshing: boolean;
+
+  constructor(
+    wire: Buffer, questionEnd: number, ttlOffsets: Uint16Array, storedAt: number, ttlSec: number, prefetchAt: number,
+    negative: boolean,
+  ) {
+    this.wire = wire;
+    this.questionEnd = questionEnd;
+    this.ttlOffsets = ttlOffsets;
+    this.storedAt = storedAt;
+    this.expiresAt = storedAt + ttlSec * 1000;
+    this.prefetchAt = prefetchAt;
+    this.negative = negative;
+    this.hits = 0;
+    this.refreshing = false;
+  }
+
+  /**
+   * Builds an entry from a validated upstream answer. `ttlSec` 0 makes a
+   * transient entry: never stored, used once to answer the clients waiting on it.
+   */
+  static fromAnswer(answer: Buffer, scan: AnswerScan, now: number, ttlSec: number, prefetchAt: number, negative: boolean): CacheEntry {
+    const offsets = scan.ttlOffsets.slice();
+    const wire = stripOpt(answer, scan.end, scan.optStart, scan.optEnd, offsets);
+    wire.writeUInt16BE(0, 0);
+    if (ttlSec > 0) {
+      // Clients must not keep a record longer than we do: cap every TTL to the entry's life.
+      for (let i = 0; i < offsets.length; i++) {
+        const off = offsets[i]!;
+        if (wire.readUInt32BE(off) > ttlSec) wire.writeUInt32BE(ttlSec, off);
+      }
+    }
+    return new CacheEntry(wire, scan.questionEnd, offsets, now, ttlSec, prefetchAt, negative);
+  }
+
+  /** The client's answer, aged to `now`. `limit` is the most bytes the client takes. */
+  serve(q: Query, now: number, limit: number, ednsSize: number): Buffer {
+    const age = now > this.storedAt ? Math.floor((now - this.storedAt) / 1000) : 0;
+    return writeAnswer(this.wire, this.questionEnd, this.ttlOffsets, q, age, limit, ednsSize);
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * Scanning an upstream answer once, at insert time: validate its structure and
+ * record everything a cache hit will need (where the TTLs are, the smallest
+ * TTL, the RFC 2308 negative TTL, where the OPT record sits) so a hit never
+ * walks the packet again.
+ */
+import {
+  FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT, QType, RCODE_MASK,
+} from './constants.js';
+import { skipName } from './name.js';
+
+export interface AnswerScan {
+  readonly rcode: number;
+  readonly truncated: boolean;
+  readonly ancount: number;
+  /** Offset past the question. */
+  readonly questionEnd: number;
+  /** Offset past the last record: bytes beyond it (padding, junk) are not kept. */
+  readonly end: number;
+  /** Offsets of the 32-bit TTL of every record except OPT. */
+  readonly ttlOffsets: Uint16Array;
+  /** Smallest TTL over those records; -1 when there are none. */
+  readonly minTtl: number;
+  /** min(SOA TTL, SOA MINIMUM) of an SOA in the authority section (RFC 2308 5); -1 when there is none. */
+  readonly negativeTtl: number;
+  /** The OPT record's bytes [optStart, optEnd); -1 when absent. */
+  readonly optStart: number;
+  readonly optEnd: number;
+}
+
+/** Returns undefined when the message is malformed anywhere. Never throws. */
+export function scanAnswer(msg: Buffer): AnswerScan | undefined {
+  if (msg.length < HEADER_LEN) return undefined;
+  const flags = msg.readUInt16BE(OFF_FLAGS);
+  const qdcount = msg.readUInt16BE(OFF_QDCOUNT);
+  const ancount = msg.readUInt16BE(OFF_ANCOUNT);
+  const nscount = msg.readUInt16BE(OFF_NSCOUNT);
+  const arcount = msg.readUInt16BE(OFF_ARCOUNT);
+  if (qdcount !== 1) return undefined;
+  let off = skipName(msg, HEADER_LEN);
+  if (off < 0 || off + 4 > msg.length) return undefined;
+  off += 4;
+  const questionEnd = off;
+  const total = ancount + nscount + arcount;
+  // Every record takes at least 11 bytes: reject absurd counts before allocating.
+  if (total * 11 > msg.length - off) return undefined;
+  const ttlOffsets = new Uint16Array(total);
+  let nTtl = 0;
+  let minTtl = -1;
+  let negativeTtl = -1;
+  let optStart = -1;
+  let optEnd = -1;
+  for (let i = 0; i < total; i++) {
+    const rrStart = off;
+    off = skipName(msg, off);
+    if (off < 0 || off + 10 > msg.length) return undefined;
+    const type = msg.readUInt16BE(off);
+    const ttl = msg.readUInt32BE(off + 4);
+    const rdlen = msg.readUInt16BE(off + 8);
+    const rdStart = off + 10;
+    const rdEnd = rdStart + rdlen;
+    if (rdEnd > msg.length) return undefined;
+    if (type === QType.OPT) {
+      // One OPT, in the additional section only (RFC 6891 6.1.1).
+      if (optStart >= 0 || i < ancount + nscount) return undefined;
+      optStart = rrStart;
+      optEnd = rdEnd;
+    } else {
+      // RFC 2181 8: a TTL with the top bit set is treated as zero.
+      const t = ttl > 0x7fffffff ? 0 : ttl;
+      ttlOffsets[nTtl++] = off + 4;
+      if (minTtl < 0 || t < minTtl) minTtl = t;
+      if (type === QType.SOA && i >= ancount && i < ancount + nscount) {
+        const minimum = soaMinimum(msg, rdStart, rdEnd);
+        if (minimum < 0) return undefined;
+        const neg = Math.min(t, minimum);
+        negativeTtl = negativeTtl < 0 ? neg : Math.min(negativeTtl, neg);
+      }
+    }
+    off = rdEnd;
+  }
+  return {
+    rcode: flags & RCODE_MASK,
+    truncated: (flags & FLAG_TC) !== 0,
+    ancount,
+    questionEnd,
+    end: off,
+    ttlOffsets: nTtl === total ? ttlOffsets : ttlOffsets.slice(0, nTtl),
+    minTtl,
+    negativeTtl,
+    optStart,
+    optEnd,
+  };
+}
+
+/** The SOA MINIMUM field (last 4 bytes after MNAME, RNAME and four counters), or -1. */
+function soaMinimum(msg: Buffer, rdStart: number, rdEnd: number): number {
+  let off = skipName(msg, rdStart);
+  if (off < 0) return -1;
+  off = skipName(msg, off);
+  if (off < 0 || off + 20 !== rdEnd) return -1;
+  const m = msg.readUInt32BE(off + 16);
+  return m > 0x7fffffff ? 0 : m;
+}

@@ -1,0 +1,72 @@
+/**
+ * Small messages we write ourselves: error answers, the query we send
+ * upstream, the OPT record. Hand-written (a few dozen bytes each) because
+ * they sit on per-query paths where dns-packet's encoder would cost more than
+ * the rest of the work.
+ */
+import {
+  EDNS_DO, FLAG_CD, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, OFF_ARCOUNT, OFF_QDCOUNT, OPCODE_MASK, QType,
+} from './constants.js';
+import type { Query } from './query.js';
+import { copyLowerName } from './name.js';
+
+export const OPT_LEN = 11;
+/**
+ * The UDP payload size we advertise upstream and to clients: the DNS Flag
+ * Day 2020 value, small enough never to fragment on common paths.
+ */
+export const DEFAULT_EDNS_SIZE = 1232;
+/** Extended RCODE BADVERS (16) = upper 8 bits 1 in the OPT TTL, lower 4 bits 0 in the header. */
+export const RCODE_BADVERS = 16;
+
+/** Writes a root-owned OPT RR with no options at `off`; returns the offset past it. */
+export function writeOpt(buf: Buffer, off: number, udpSize: number, extendedRcode: number, dnssecOk: boolean): number {
+  buf[off] = 0;
+  buf.writeUInt16BE(QType.OPT, off + 1);
+  buf.writeUInt16BE(udpSize, off + 3);
+  buf[off + 5] = (extendedRcode >>> 4) & 0xff;
+  buf[off + 6] = 0; // version
+  buf.writeUInt16BE(dnssecOk ? EDNS_DO : 0, off + 7);
+  buf.writeUInt16BE(0, off + 9);
+  return off + OPT_LEN;
+}
+
+/**
+ * An answer with no records: FORMERR, NOTIMP, SERVFAIL, REFUSED, BADVERS.
+ * Echoes the question when it was readable, and an OPT when the query had one
+ * (RFC 6891 7: a responder that understands EDNS answers an EDNS query with OPT).
+ */
+export function errorResponse(q: Query, rcode: number, ednsSize = DEFAULT_EDNS_SIZE): Buffer {
+  const qEnd = q.qnameEnd > 0 ? q.qnameEnd + 4 : HEADER_LEN;
+  const out = Buffer.alloc(qEnd + (q.edns ? OPT_LEN : 0));
+  out.writeUInt16BE(q.id, 0);
+  out.writeUInt16BE(FLAG_QR | (q.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD)) | FLAG_RA | (rcode & 0xf), 2);
+  if (q.qnameEnd > 0) {
+    out.writeUInt16BE(1, OFF_QDCOUNT);
+    q.msg.copy(out, HEADER_LEN, HEADER_LEN, qEnd);
+  }
+  if (q.edns) {
+    out.writeUInt16BE(1, OFF_ARCOUNT);
+    writeOpt(out, qEnd, ednsSize, rcode, q.dnssecOk);
+  }
+  return out;
+}
+
+/**
+ * The query we forward: our canonical form, not the client's bytes. The name
+ * is lower-cased (the cache key's spelling), RD is set, CD and DO follow the
+ * client (both are in the key), and EDNS is always on so upstream answers are
+ * not cut at 512 bytes. The id is left 0: the transport writes its own.
+ */
+export function upstreamQuery(q: Query, ednsSize = DEFAULT_EDNS_SIZE): Buffer {
+  const qEnd = q.qnameEnd + 4;
+  const out = Buffer.allocUnsafe(qEnd + OPT_LEN);
+  out.writeUInt16BE(0, 0);
+  out.writeUInt16BE(FLAG_RD | (q.flags & FLAG_CD), 2);
+  out.writeUInt32BE(0x00010000, 4); // QDCOUNT 1, ANCOUNT 0
+  out.writeUInt32BE(0x00000001, 8); // NSCOUNT 0, ARCOUNT 1
+  copyLowerName(q.msg, HEADER_LEN, out, HEADER_LEN, q.qnameEnd - HEADER_LEN);
+  q.msg.copy(out, q.qnameEnd, q.qnameEnd, qEnd);
+  writeOpt(out, qEnd, ednsSize, 0, q.dnssecOk);
+  return out;
+}
