@@ -1,0 +1,346 @@
+/**
+ * Configuration: flags and an optional config file (YAML or JSON) turned into
+ * one validated, typed Config. Every default lives in OPTIONS below, with its
+ * reason. Flags win over the file. A bad value is a ConfigError naming the
+ * flag and the value (main.ts exits 2 with it).
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { formatHostPort, parseHostPort } from './addr.js';
+import type { LogLevel } from './log.js';
+import { nameToWire } from './dns/name.js';
+import type { ServerAddress } from './upstream/types.js';
+
+export class ConfigError extends Error {}
+
+export interface StubDomain {
+  readonly zone: string;
+  readonly servers: readonly ServerAddress[];
+}
+
+export interface Config {
+  readonly listen: readonly ServerAddress[];
+  readonly clusterDomain: string;
+  /** The cluster DNS (kube-dns) address; null = local mode, every name goes to the host resolvers. */
+  readonly clusterUpstream: ServerAddress | null;
+  /** Where clusterUpstream came from, for the start-up log. */
+  readonly clusterUpstreamSource: string;
+  readonly resolvConf: string;
+  /** Overrides the resolv.conf nameservers when not empty (kube-dns `upstreamNameservers`). */
+  readonly upstreamNameservers: readonly ServerAddress[];
+  readonly stubDomains: readonly StubDomain[];
+  readonly timeoutMs: number;
+  readonly upstreamConnections: number;
+  readonly upstreamMaxInFlight: number;
+  readonly upstreamRotateQueries: number;
+  readonly upstreamRotateAfterMs: number;
+  readonly cacheSize: number;
+  readonly negativeCacheSize: number;
+  readonly successTtl: number;
+  readonly denialTtl: number;
+  readonly prefetchMinHits: number;
+  readonly prefetchPercent: number;
+  readonly maxUdpSize: number;
+  readonly tcpIdleTimeoutMs: number;
+  readonly maxTcpConnections: number;
+  readonly maxTcpQueries: number;
+  readonly shutdownGraceMs: number;
+  readonly logLevel: LogLevel;
+}
+
+type Kind = 'string' | 'int' | 'duration' | 'bool' | 'list';
+interface OptionSpec {
+  readonly flag: string;
+  readonly kind: Kind;
+  readonly def: string | undefined;
+  readonly help: string;
+  readonly min?: number;
+  readonly max?: number;
+}
+
+/** Every option, its default and why. Config-file keys are the flags in camelCase. */
+export const OPTIONS: readonly OptionSpec[] = [
+  { flag: 'config', kind: 'string', def: undefined, help: 'YAML or JSON file with the same settings (camelCase keys) plus stubDomains; flags win' },
+  { flag: 'listen', kind: 'list', def: undefined, help: 'ADDR:PORT to serve UDP and TCP on; repeatable. Default 127.0.0.1:5353 when neither --listen nor --localip is given' },
+  { flag: 'localip', kind: 'string', def: undefined, help: 'IP[,IP] to serve on, with --port (node-cache spelling); e.g. 169.254.20.10,10.96.0.10' },
+  { flag: 'port', kind: 'int', def: '53', help: 'port for --localip addresses', min: 1, max: 65535 },
+  { flag: 'cluster-domain', kind: 'string', def: 'cluster.local', help: 'cluster zone forwarded to the cluster DNS (with in-addr.arpa and ip6.arpa)' },
+  { flag: 'upstream-addr', kind: 'string', def: undefined, help: 'cluster DNS (kube-dns) IP[:PORT], spoken to over TCP; default from the --upstream-svc Service environment' },
+  { flag: 'upstream-svc', kind: 'string', def: 'kube-dns-upstream', help: 'Service whose <NAME>_SERVICE_HOST/_PORT environment gives the cluster DNS address' },
+  { flag: 'require-cluster-dns', kind: 'bool', def: 'false', help: 'fail at start when no cluster DNS address is found (set in the DaemonSet) instead of running in local mode' },
+  { flag: 'resolv-conf', kind: 'string', def: '/etc/resolv.conf', help: 'resolv.conf whose nameservers answer external names' },
+  { flag: 'upstream-nameservers', kind: 'list', def: undefined, help: 'IP[:PORT][,...] for external names, instead of the resolv.conf nameservers (kube-dns upstreamNameservers)' },
+  { flag: 'stub-domain', kind: 'list', def: undefined, help: 'ZONE=IP[:PORT][,IP[:PORT]] forwards ZONE to those servers; repeatable (kube-dns stubDomains)' },
+  { flag: 'timeout', kind: 'duration', def: '2s', help: 'deadline of one upstream query; the client then gets SERVFAIL, well inside its own 5 s timeout' },
+  { flag: 'upstream-connections', kind: 'int', def: '2', help: 'persistent TCP connections to the cluster DNS (queries are pipelined on each)', min: 1, max: 64 },
+  { flag: 'upstream-max-inflight', kind: 'int', def: '1000', help: 'queries in flight on one upstream TCP connection', min: 1, max: 65000 },
+  { flag: 'upstream-rotate-queries', kind: 'int', def: '10000', help: 'replace an upstream connection after this many queries, so load spreads over kube-dns pods', min: 1 },
+  { flag: 'upstream-rotate-after', kind: 'duration', def: '60s', help: 'replace an upstream connection after this long, for the same reason' },
+  { flag: 'cache-size', kind: 'int', def: '9984', help: 'positive cache capacity in entries (node-cache default)', min: 1 },
+  { flag: 'negative-cache-size', kind: 'int', def: '9984', help: 'negative cache capacity in entries (node-cache default)', min: 1 },
+  { flag: 'success-ttl', kind: 'duration', def: '30s', help: 'longest a positive answer is cached (node-cache `success`)' },
+  { flag: 'denial-ttl', kind: 'duration', def: '5s', help: 'longest a negative answer (NXDOMAIN, NODATA) is cached (node-cache `denial`)' },
+  { flag: 'prefetch-min-hits', kind: 'int', def: '3', help: 'hits in its lifetime that make an entry worth refreshing before it expires; 0 disables prefetch', min: 0 },
+  { flag: 'prefetch-percent', kind: 'int', def: '10', help: 'refresh popular entries in the last PERCENT of their TTL (at least 1 s)', min: 1, max: 99 },
+  { flag: 'max-udp-size', kind: 'int', def: '1232', help: 'largest UDP answer, whatever the client advertises (DNS Flag Day 2020); larger ones go TC=1', min: 512, max: 65535 },
+  { flag: 'tcp-idle-timeout', kind: 'duration', def: '10s', help: 'close an idle client TCP connection after this long (RFC 7766 6.2.3)' },
+  { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; more are refused', min: 1 },
+  { flag: 'max-tcp-queries', kind: 'int', def: '128', help: 'queries in flight on one client TCP connection; reading pauses beyond it', min: 1 },
+  { flag: 'shutdown-grace', kind: 'duration', def: '5s', help: 'on SIGTERM, how long queries in flight may take to finish' },
+  { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
+];
+
+export const HELP_FLAGS = ['help', 'version'] as const;
+
+function camel(flag: string): string {
+  return flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+}
+
+/** Raw settings as strings (list options as arrays), before validation. */
+type Raw = Map<string, string | string[]>;
+
+/** "500ms", "2s", "1m", "1m30s", or a bare number of seconds. */
+export function parseDuration(text: string): number | undefined {
+  const s = text.trim();
+  if (/^\d+(\.\d+)?$/.test(s)) return Math.round(Number(s) * 1000);
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
+  let total = 0;
+  let matched = 0;
+  for (let m = re.exec(s); m !== null; m = re.exec(s)) {
+    const unit = m[2] === 'ms' ? 1 : m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 3_600_000;
+    total += Number(m[1]) * unit;
+    matched = re.lastIndex;
+  }
+  return matched === s.length && s.length > 0 ? Math.round(total) : undefined;
+}
+
+/** Flags (argv without node and script) into raw settings; ConfigError on unknown flags or missing values. */
+export function parseFlags(argv: readonly string[]): { raw: Raw; help: boolean; version: boolean } {
+  const raw: Raw = new Map();
+  let help = false;
+  let version = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--help' || arg === '-h') { help = true; continue; }
+    if (arg === '--version') { version = true; continue; }
+    if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument "${arg}" (flags start with --; see --help)`);
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq >= 0 ? eq : undefined);
+    const spec = OPTIONS.find((o) => o.flag === name);
+    if (spec === undefined) throw new ConfigError(`unknown flag --${name} (see --help)`);
+    let value: string;
+    if (eq >= 0) value = arg.slice(eq + 1);
+    else if (spec.kind === 'bool' && (i + 1 >= argv.length || argv[i + 1]!.startsWith('--'))) value = 'true';
+    else if (i + 1 < argv.length) value = argv[++i]!;
+    else throw new ConfigError(`--${name} needs a value`);
+    if (spec.kind === 'list') {
+      const prev = raw.get(name);
+      raw.set(name, [...(Array.isArray(prev) ? prev : []), value]);
+    } else raw.set(name, value);
+  }
+  return { raw, help, version };
+}
+
+/** A config file's settings into raw settings. `stubDomains` (a map zone -> [servers]) is kept apart. */
+export function parseConfigFile(path: string, text: string): { raw: Raw; stubDomains: StubDomain[] } {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text); // YAML 1.2 is a superset of JSON: one parser for both
+  } catch (e) {
+    throw new ConfigError(`config file ${path}: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (doc === null || doc === undefined) doc = {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: expected a mapping of settings`);
+  const raw: Raw = new Map();
+  const stubDomains: StubDomain[] = [];
+  for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
+    if (key === 'stubDomains') {
+      if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+        throw new ConfigError(`config file ${path}: stubDomains must map a zone to a list of servers`);
+      }
+      for (const [zone, servers] of Object.entries(value as Record<string, unknown>)) {
+        if (!Array.isArray(servers) || servers.length === 0) throw new ConfigError(`config file ${path}: stubDomains.${zone} must be a non-empty list of IP[:PORT]`);
+        stubDomains.push(stubDomain(`stubDomains.${zone}`, zone, servers.map(String)));
+      }
+      continue;
+    }
+    const spec = OPTIONS.find((o) => camel(o.flag) === key && o.flag !== 'config');
+    if (spec === undefined) throw new ConfigError(`config file ${path}: unknown setting "${key}"`);
+    if (spec.kind === 'list') {
+      const items = Array.isArray(value) ? value : [value];
+      raw.set(spec.flag, items.map(String));
+    } else if (value === null || typeof value === 'object') {
+      throw new ConfigError(`config file ${path}: ${key} must be a single value`);
+    } else raw.set(spec.flag, String(value));
+  }
+  return { raw, stubDomains };
+}
+
+function stubDomain(where: string, zone: string, servers: readonly string[]): StubDomain {
+  try {
+    nameToWire(zone);
+  } catch {
+    throw new ConfigError(`${where}: "${zone}" is not a valid zone name`);
+  }
+  const addrs = servers.flatMap((s) => s.split(',')).map((s) => {
+    const a = parseHostPort(s, 53);
+    if (typeof a === 'string') throw new ConfigError(`${where}: ${a}`);
+    return a;
+  });
+  return { zone: zone.toLowerCase().replace(/\.$/, ''), servers: addrs };
+}
+
+export interface LoadOptions {
+  readonly env?: NodeJS.ProcessEnv;
+  readonly readFile?: (path: string) => string;
+}
+
+/** argv (without node and script) -> Config, or help/version requests. Throws ConfigError. */
+export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { config: Config; help: boolean; version: boolean } {
+  const env = opts.env ?? process.env;
+  const readFile = opts.readFile ?? ((p: string) => readFileSync(p, 'utf8'));
+  const flags = parseFlags(argv);
+  let merged: Raw = new Map();
+  let stubs: StubDomain[] = [];
+  const configPath = flags.raw.get('config');
+  if (typeof configPath === 'string') {
+    let text: string;
+    try {
+      text = readFile(configPath);
+    } catch (e) {
+      throw new ConfigError(`--config ${configPath}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    const file = parseConfigFile(configPath, text);
+    merged = file.raw;
+    stubs = file.stubDomains;
+  }
+  for (const [k, v] of flags.raw) merged.set(k, v);
+  for (const s of listOf(merged, 'stub-domain')) {
+    const eq = s.indexOf('=');
+    if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
+    stubs = stubs.filter((d) => d.zone !== s.slice(0, eq).toLowerCase().replace(/\.$/, ''));
+    stubs.push(stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]));
+  }
+  return { config: validate(merged, stubs, env), help: flags.help, version: flags.version };
+}
+
+function listOf(raw: Raw, flag: string): string[] {
+  const v = raw.get(flag);
+  return v === undefined ? [] : Array.isArray(v) ? v : [v];
+}
+
+function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): Config {
+  const str = (flag: string): string | undefined => {
+    const v = raw.get(flag) ?? OPTIONS.find((o) => o.flag === flag)?.def;
+    return Array.isArray(v) ? v[v.length - 1] : v;
+  };
+  const int = (flag: string): number => {
+    const spec = OPTIONS.find((o) => o.flag === flag)!;
+    const v = str(flag)!;
+    const n = Number(v);
+    if (!/^\d+$/.test(v.trim()) || (spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) {
+      const range = spec.max !== undefined ? `${spec.min ?? 0}-${spec.max}` : `>= ${spec.min ?? 0}`;
+      throw new ConfigError(`--${flag} "${v}": expected a whole number ${range}`);
+    }
+    return n;
+  };
+  const duration = (flag: string): number => {
+    const v = str(flag)!;
+    const ms = parseDuration(v);
+    if (ms === undefined || ms <= 0) throw new ConfigError(`--${flag} "${v}": expected a duration such as 500ms, 2s or 1m`);
+    return ms;
+  };
+  const bool = (flag: string): boolean => {
+    const v = str(flag)!.toLowerCase();
+    if (v === 'true' || v === '1' || v === 'yes') return true;
+    if (v === 'false' || v === '0' || v === 'no') return false;
+    throw new ConfigError(`--${flag} "${v}": expected true or false`);
+  };
+  const addr = (flag: string, text: string, defPort: number | undefined): ServerAddress => {
+    const a = parseHostPort(text, defPort);
+    if (typeof a === 'string') throw new ConfigError(`--${flag} ${a}`);
+    return a;
+  };
+
+  const port = int('port');
+  const listen: ServerAddress[] = listOf(raw, 'listen').flatMap((l) => l.split(',')).map((l) => addr('listen', l, undefined));
+  const localip = str('localip');
+  if (localip !== undefined) for (const ip of localip.split(',')) listen.push(addr('localip', ip, port));
+  if (listen.length === 0) listen.push({ host: '127.0.0.1', port: 5353 });
+  const seen = new Set<string>();
+  for (const l of listen) {
+    const k = formatHostPort(l);
+    if (seen.has(k)) throw new ConfigError(`--listen ${k}: given twice`);
+    seen.add(k);
+  }
+
+  const clusterDomain = str('cluster-domain')!.toLowerCase().replace(/\.$/, '');
+  try {
+    nameToWire(clusterDomain);
+  } catch {
+    throw new ConfigError(`--cluster-domain "${clusterDomain}": not a valid domain name`);
+  }
+
+  let clusterUpstream: ServerAddress | null = null;
+  let clusterUpstreamSource = 'none';
+  const upstreamAddr = str('upstream-addr');
+  const svc = str('upstream-svc')!;
+  const envPrefix = svc.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+  if (upstreamAddr !== undefined) {
+    clusterUpstream = addr('upstream-addr', upstreamAddr, 53);
+    clusterUpstreamSource = '--upstream-addr';
+  } else if (env[`${envPrefix}_SERVICE_HOST`]) {
+    const host = env[`${envPrefix}_SERVICE_HOST`]!;
+    const p = env[`${envPrefix}_SERVICE_PORT`] ?? '53';
+    const a = parseHostPort(host.includes(':') ? `[${host}]:${p}` : `${host}:${p}`, 53);
+    if (typeof a === 'string') throw new ConfigError(`${envPrefix}_SERVICE_HOST/_PORT ${a}`);
+    clusterUpstream = a;
+    clusterUpstreamSource = `${envPrefix}_SERVICE_HOST`;
+  }
+  if (clusterUpstream === null && bool('require-cluster-dns')) {
+    throw new ConfigError(
+      `--require-cluster-dns: no cluster DNS address: --upstream-addr is not set and ${envPrefix}_SERVICE_HOST is not in the environment (is the ${svc} Service created in this namespace, and was the pod started after it?)`,
+    );
+  }
+
+  const logLevel = str('log-level')!;
+  if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
+
+  return {
+    listen,
+    clusterDomain,
+    clusterUpstream,
+    clusterUpstreamSource,
+    resolvConf: str('resolv-conf')!,
+    upstreamNameservers: listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')).map((s) => addr('upstream-nameservers', s, 53)),
+    stubDomains,
+    timeoutMs: duration('timeout'),
+    upstreamConnections: int('upstream-connections'),
+    upstreamMaxInFlight: int('upstream-max-inflight'),
+    upstreamRotateQueries: int('upstream-rotate-queries'),
+    upstreamRotateAfterMs: duration('upstream-rotate-after'),
+    cacheSize: int('cache-size'),
+    negativeCacheSize: int('negative-cache-size'),
+    successTtl: Math.floor(duration('success-ttl') / 1000),
+    denialTtl: Math.floor(duration('denial-ttl') / 1000),
+    prefetchMinHits: int('prefetch-min-hits'),
+    prefetchPercent: int('prefetch-percent'),
+    maxUdpSize: int('max-udp-size'),
+    tcpIdleTimeoutMs: duration('tcp-idle-timeout'),
+    maxTcpConnections: int('max-tcp-connections'),
+    maxTcpQueries: int('max-tcp-queries'),
+    shutdownGraceMs: duration('shutdown-grace'),
+    logLevel: logLevel as LogLevel,
+  };
+}
+
+export function helpText(): string {
+  const lines = ['Usage: nodelocal-dns [flags]', '', 'Node-local DNS cache agent for Kubernetes.', '', 'Flags:'];
+  for (const o of OPTIONS) {
+    const arg = o.kind === 'bool' ? '' : o.kind === 'int' ? ' N' : o.kind === 'duration' ? ' DURATION' : ' VALUE';
+    lines.push(`  --${o.flag}${arg}`);
+    lines.push(`      ${o.help}${o.def !== undefined ? ` (default ${o.def})` : ''}`);
+  }
+  lines.push('  --help', '      this text', '  --version', '      print the version');
+  return lines.join('\n');
+}

@@ -1,0 +1,173 @@
+/**
+ * The query pipeline, top to bottom: parse, refuse what we do not serve,
+ * answer from the cache, else join or start the upstream query, then answer
+ * every waiting client. Exactly one place sends (#send). The hit path is
+ * synchronous: no await, no promise, no full decode.
+ */
+import { scanAnswer } from '../dns/answer.js';
+import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
+import { CLASSIC_UDP_LIMIT, MAX_MESSAGE, Rcode } from '../dns/constants.js';
+import { QueryStatus, parseQuery, type Query } from '../dns/query.js';
+import type { DnsCache } from '../cache/cache.js';
+import type { CacheEntry } from '../cache/entry.js';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../log.js';
+import type { ZoneRouter } from '../upstream/router.js';
+import type { Upstream, UpstreamFailure } from '../upstream/types.js';
+import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
+import { PendingQuery, type PendingOwner } from './pending.js';
+import { ServerCounter, newServerCounters } from './stats.js';
+
+export interface ResolverOptions {
+  readonly cache: DnsCache;
+  readonly router: ZoneRouter<Upstream>;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  /** Deadline of one upstream query. */
+  readonly timeoutMs: number;
+  /** Largest UDP answer whatever the client advertises. */
+  readonly maxUdpSize: number;
+}
+
+const failureCounter: Record<UpstreamFailure, number> = {
+  timeout: ServerCounter.UPSTREAM_TIMEOUT,
+  network: ServerCounter.UPSTREAM_NETWORK,
+  overloaded: ServerCounter.UPSTREAM_OVERLOADED,
+  closed: ServerCounter.UPSTREAM_CLOSED,
+};
+
+export class Resolver implements QueryHandler, PendingOwner {
+  readonly counters: Float64Array;
+  readonly #cache: DnsCache;
+  readonly #router: ZoneRouter<Upstream>;
+  readonly #clock: Clock;
+  readonly #logger: Logger;
+  readonly #timeoutMs: number;
+  readonly #maxUdpSize: number;
+  /** Questions in flight upstream, by cache key: identical misses share one. */
+  readonly #inflight: Map<string, PendingQuery>;
+  #drained: (() => void) | null;
+
+  constructor(opts: ResolverOptions) {
+    this.#cache = opts.cache;
+    this.#router = opts.router;
+    this.#clock = opts.clock;
+    this.#logger = opts.logger;
+    this.#timeoutMs = opts.timeoutMs;
+    this.#maxUdpSize = opts.maxUdpSize;
+    this.counters = newServerCounters();
+    this.#inflight = new Map();
+    this.#drained = null;
+  }
+
+  handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+    this.counters[channel.transport === Transport.TCP ? ServerCounter.REQUESTS_TCP : ServerCounter.REQUESTS_UDP]!++;
+    const q = parseQuery(msg);
+    if (q.status !== QueryStatus.OK) {
+      if (q.status === QueryStatus.DROP) {
+        this.counters[ServerCounter.DROPPED]!++;
+        channel.discard(peer);
+        return;
+      }
+      const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;
+      this.#send(errorResponse(q, rcode), channel, peer);
+      return;
+    }
+
+    const now = this.#clock.now();
+    const entry = this.#cache.lookup(q.key, now);
+    if (entry !== undefined) {
+      this.#send(entry.serve(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE), channel, peer);
+      if (this.#cache.claimPrefetch(entry, now)) this.#refresh(q, now);
+      return;
+    }
+
+    let pending = this.#inflight.get(q.key);
+    if (pending !== undefined) {
+      this.counters[ServerCounter.COALESCED]!++;
+      pending.waiters.push({ q, channel, peer });
+      return;
+    }
+    pending = new PendingQuery(this, q.key, upstreamQuery(q), now + this.#timeoutMs);
+    pending.waiters.push({ q, channel, peer });
+    this.#forward(pending);
+  }
+
+  /** An upstream answer for a pending question: validate, cache, answer every waiter with its own id and case. */
+  answered(p: PendingQuery, answer: Buffer): void {
+    this.#settle(p);
+    const scan = scanAnswer(answer);
+    if (scan === undefined) {
+      this.counters[ServerCounter.UPSTREAM_MALFORMED]!++;
+      this.#logger.warn('malformed upstream answer: answering SERVFAIL, caching nothing', { bytes: answer.length });
+      this.#failWaiters(p);
+      return;
+    }
+    const now = this.#clock.now();
+    const entry: CacheEntry = this.#cache.insert(p.key, answer, scan, now);
+    for (const w of p.waiters) this.#send(entry.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
+  }
+
+  failed(p: PendingQuery, reason: UpstreamFailure): void {
+    this.#settle(p);
+    this.counters[failureCounter[reason]]!++;
+    this.#failWaiters(p);
+  }
+
+  /** Questions still waiting on an upstream. */
+  get inflight(): number {
+    return this.#inflight.size;
+  }
+
+  /** Resolves once no question is in flight (each has a deadline, so this ends). */
+  drain(): Promise<void> {
+    if (this.#inflight.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#drained = resolve;
+    });
+  }
+
+  #forward(p: PendingQuery): void {
+    this.#inflight.set(p.key, p);
+    this.counters[ServerCounter.FORWARDED]!++;
+    // May complete synchronously (reject 'overloaded'): the pending is registered first so #settle finds it.
+    this.#router.route(p.key).send(p);
+  }
+
+  /**
+   * Background refresh of a popular entry: a pending with no waiters, which
+   * misses may join once the entry expires. A failed refresh is not retried:
+   * the entry runs out and the next query is an ordinary miss.
+   */
+  #refresh(q: Query, now: number): void {
+    if (this.#inflight.has(q.key)) return;
+    this.#forward(new PendingQuery(this, q.key, upstreamQuery(q), now + this.#timeoutMs));
+  }
+
+  #settle(p: PendingQuery): void {
+    if (this.#inflight.get(p.key) === p) this.#inflight.delete(p.key);
+    if (this.#inflight.size === 0 && this.#drained !== null) {
+      const done = this.#drained;
+      this.#drained = null;
+      queueMicrotask(done);
+    }
+  }
+
+  #failWaiters(p: PendingQuery): void {
+    for (const w of p.waiters) this.#send(errorResponse(w.q, Rcode.SERVFAIL), w.channel, w.peer);
+  }
+
+  /** UDP: 512 without EDNS, else the client's size capped by ours (RFC 6891 6.2.5); TCP: the message limit. */
+  #limit(q: Query, channel: ClientChannel): number {
+    if (channel.transport === Transport.TCP) return MAX_MESSAGE;
+    if (!q.edns) return CLASSIC_UDP_LIMIT;
+    return q.udpSize < this.#maxUdpSize ? q.udpSize : this.#maxUdpSize;
+  }
+
+  #send(answer: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+    const rcode = answer[3]! & 0x0f;
+    this.counters[rcode <= 5 ? ServerCounter.RCODE_BASE + rcode : ServerCounter.RCODE_OTHER]!++;
+    if ((answer[2]! & 0x02) !== 0) this.counters[ServerCounter.TRUNCATED]!++;
+    channel.send(answer, peer);
+  }
+}
