@@ -1,0 +1,124 @@
+// Config: flags, config file, environment, and the errors operators see.
+import t from 'tap';
+import { ConfigError, helpText, loadConfig, OPTIONS, parseDuration } from '../src/config.js';
+
+const noEnv = {};
+const load = (argv: string[], env: NodeJS.ProcessEnv = noEnv, files: Record<string, string> = {}) =>
+  loadConfig(argv, {
+    env,
+    readFile: (p) => {
+      const f = files[p];
+      if (f === undefined) throw Object.assign(new Error('no such file'), { code: 'ENOENT' });
+      return f;
+    },
+  });
+const err = (argv: string[], env: NodeJS.ProcessEnv = noEnv, files: Record<string, string> = {}): string => {
+  try {
+    load(argv, env, files);
+  } catch (e) {
+    if (e instanceof ConfigError) return e.message;
+    throw e;
+  }
+  return 'no error';
+};
+
+t.test('defaults: local mode on 127.0.0.1:5353 with node-cache cache settings', async (t) => {
+  const { config } = load([]);
+  t.same(config.listen, [{ host: '127.0.0.1', port: 5353 }]);
+  t.equal(config.clusterUpstream, null);
+  t.equal(config.clusterDomain, 'cluster.local');
+  t.equal(config.resolvConf, '/etc/resolv.conf');
+  t.equal(config.cacheSize, 9984);
+  t.equal(config.negativeCacheSize, 9984);
+  t.equal(config.successTtl, 30);
+  t.equal(config.denialTtl, 5);
+  t.equal(config.timeoutMs, 2000);
+  t.equal(config.maxUdpSize, 1232);
+});
+
+t.test('listen addresses: --listen (v4, v6), --localip with --port', async (t) => {
+  const { config } = load(['--listen', '127.0.0.1:53', '--listen=[::1]:5300', '--localip', '169.254.20.10,10.96.0.10', '--port', '53']);
+  t.same(config.listen, [
+    { host: '127.0.0.1', port: 53 },
+    { host: '::1', port: 5300 },
+    { host: '169.254.20.10', port: 53 },
+    { host: '10.96.0.10', port: 53 },
+  ]);
+  t.match(err(['--listen', '127.0.0.1']), /--listen "127.0.0.1": a port is required/);
+  t.match(err(['--listen', 'localhost:53']), /not an IPv4 or IPv6 address/);
+  t.match(err(['--listen', '127.0.0.1:53', '--listen', '127.0.0.1:53']), /given twice/);
+});
+
+t.test('cluster DNS address: flag, Service environment, or a loud error when required', async (t) => {
+  t.same(load(['--upstream-addr', '10.96.0.10']).config.clusterUpstream, { host: '10.96.0.10', port: 53 });
+  t.same(load(['--upstream-addr', '[fd00::10]:5353']).config.clusterUpstream, { host: 'fd00::10', port: 5353 });
+  const env = { KUBE_DNS_UPSTREAM_SERVICE_HOST: '10.96.0.11', KUBE_DNS_UPSTREAM_SERVICE_PORT: '53' };
+  const fromEnv = load(['--require-cluster-dns'], env).config;
+  t.same(fromEnv.clusterUpstream, { host: '10.96.0.11', port: 53 });
+  t.equal(fromEnv.clusterUpstreamSource, 'KUBE_DNS_UPSTREAM_SERVICE_HOST');
+  t.same(load([], { KUBE_DNS_UPSTREAM_SERVICE_HOST: 'fd00::53' }).config.clusterUpstream, { host: 'fd00::53', port: 53 });
+  t.same(load(['--upstream-svc', 'my-dns'], { MY_DNS_SERVICE_HOST: '10.0.0.53' }).config.clusterUpstream, { host: '10.0.0.53', port: 53 });
+  t.match(err(['--require-cluster-dns']), /--require-cluster-dns: no cluster DNS address: --upstream-addr is not set and KUBE_DNS_UPSTREAM_SERVICE_HOST is not in the environment/);
+  t.match(err([], { KUBE_DNS_UPSTREAM_SERVICE_HOST: 'not-an-ip' }), /KUBE_DNS_UPSTREAM_SERVICE_HOST/);
+});
+
+t.test('bad values name the flag and the value', async (t) => {
+  t.match(err(['--cache-size', 'lots']), /--cache-size "lots": expected a whole number/);
+  t.match(err(['--cache-size', '0']), /--cache-size "0"/);
+  t.match(err(['--port', '70000']), /--port "70000": expected a whole number 1-65535/);
+  t.match(err(['--timeout', 'soon']), /--timeout "soon": expected a duration/);
+  t.match(err(['--log-level', 'loud']), /--log-level "loud"/);
+  t.match(err(['--require-cluster-dns=maybe']), /--require-cluster-dns "maybe": expected true or false/);
+  t.match(err(['--no-such-flag']), /unknown flag --no-such-flag/);
+  t.match(err(['--timeout']), /--timeout needs a value/);
+  t.match(err(['stray']), /unexpected argument "stray"/);
+  t.match(err(['--cluster-domain', 'bad..domain']), /--cluster-domain/);
+  t.match(err(['--stub-domain', 'corp.example']), /--stub-domain "corp.example": expected ZONE=IP/);
+  t.match(err(['--upstream-nameservers', '1.2.3.4:0']), /port must be 1-65535/);
+});
+
+t.test('durations', async (t) => {
+  t.equal(parseDuration('500ms'), 500);
+  t.equal(parseDuration('2s'), 2000);
+  t.equal(parseDuration('1m30s'), 90_000);
+  t.equal(parseDuration('1.5'), 1500);
+  t.equal(parseDuration('5 s'), undefined);
+  t.equal(parseDuration(''), undefined);
+  t.equal(load(['--timeout', '750ms']).config.timeoutMs, 750);
+});
+
+t.test('config file: YAML and JSON, stub domains, flags win', async (t) => {
+  const yaml = `
+listen: ["127.0.0.1:5300"]
+clusterDomain: Example.Cluster.
+timeout: 1s
+cacheSize: 100
+upstreamNameservers: ["127.0.0.9:5353"]
+stubDomains:
+  corp.example: ["127.0.0.7", "127.0.0.8:5353"]
+`;
+  const { config } = load(['--config', '/c.yaml', '--cache-size', '200'], noEnv, { '/c.yaml': yaml });
+  t.same(config.listen, [{ host: '127.0.0.1', port: 5300 }]);
+  t.equal(config.clusterDomain, 'example.cluster');
+  t.equal(config.timeoutMs, 1000);
+  t.equal(config.cacheSize, 200, 'flag wins over the file');
+  t.same(config.upstreamNameservers, [{ host: '127.0.0.9', port: 5353 }]);
+  t.same(config.stubDomains, [{ zone: 'corp.example', servers: [{ host: '127.0.0.7', port: 53 }, { host: '127.0.0.8', port: 5353 }] }]);
+  const json = load(['--config', '/c.json'], noEnv, { '/c.json': '{"successTtl": "10s", "denialTtl": 2}' }).config;
+  t.equal(json.successTtl, 10);
+  t.equal(json.denialTtl, 2);
+  const stubFlag = load(['--config', '/c.yaml', '--stub-domain', 'corp.example=127.0.0.5'], noEnv, { '/c.yaml': yaml }).config;
+  t.same(stubFlag.stubDomains, [{ zone: 'corp.example', servers: [{ host: '127.0.0.5', port: 53 }] }], 'flag replaces the file stub');
+  t.match(err(['--config', '/missing.yaml']), /--config \/missing.yaml: cannot read \(ENOENT\)/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'cacheSize: [1' }), /config file \/c.yaml:/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'cachesize: 1' }), /unknown setting "cachesize"/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {x.example: []}' }), /stubDomains.x.example must be a non-empty list/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': '- 1' }), /expected a mapping/);
+});
+
+t.test('--help lists every flag with its default', async (t) => {
+  const h = helpText();
+  for (const o of OPTIONS) t.match(h, `--${o.flag}`);
+  t.match(h, '(default 9984)');
+  t.equal(load(['--help']).help, true);
+});
