@@ -11,7 +11,9 @@ import type { LogLevel } from './log.js';
 import { nameToWire } from './dns/name.js';
 import type { ServerAddress } from './upstream/types.js';
 
-export class ConfigError extends Error {}
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
 
 export interface StubDomain {
   readonly zone: string;

@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+/**
+ * Entry point: flags and config file -> Config, start the Agent, stop it
+ * cleanly on SIGTERM/SIGINT. A bad flag exits 2 naming it; a start-up
+ * failure (address in use, unreadable resolv.conf, a loop) exits 1 saying why.
+ */
+import { readFileSync } from 'node:fs';
+import { Agent, StartupError } from './agent.js';
+import { ConfigError, helpText, loadConfig } from './config.js';
+import { createLogger } from './log.js';
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  let loaded;
+  try {
+    loaded = loadConfig(argv);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`nodelocal-dns: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  if (loaded.help) {
+    process.stdout.write(helpText() + '\n');
+    return 0;
+  }
+  if (loaded.version) {
+    process.stdout.write(version() + '\n');
+    return 0;
+  }
+  const config = loaded.config;
+  const logger = createLogger(config.logLevel);
+  const agent = new Agent(config, { logger });
+  try {
+    await agent.start();
+  } catch (err) {
+    if (err instanceof StartupError) {
+      logger.error('cannot start', { error: err.message });
+      process.stderr.write(`nodelocal-dns: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  logger.info('started', { version: version(), pid: process.pid });
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (stopping) return;
+      stopping = true;
+      logger.info('stopping: finishing queries in flight', { signal, graceMs: config.shutdownGraceMs, inflight: agent.resolver.inflight });
+      agent.stop(config.shutdownGraceMs).then(
+        () => {
+          logger.info('stopped');
+          resolve(0);
+        },
+        (err: unknown) => {
+          logger.error('error while stopping', { error: String(err) });
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+    // Everything is closed by now; if some handle still holds the loop, do not hang the pod's termination on it.
+    setTimeout(() => process.exit(code), 1000).unref();
+  },
+  (err: unknown) => {
+    process.stderr.write(`nodelocal-dns: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

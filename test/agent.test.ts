@@ -1,0 +1,271 @@
+// The agent end to end on loopback, against fake upstreams of our own:
+// hits and misses, TTLs, negative caching, coalescing, prefetch, pipelining,
+// reconnects, truncation, failover, deadlines, spoofing, bad input, shutdown.
+import t from 'tap';
+import dgram from 'node:dgram';
+import * as dnsPacket from 'dns-packet';
+import { SimDnsServer, staticHandler } from '../bench/sim/dns-server.js';
+import { ManualClock } from '../src/clock.js';
+import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
+import { startAgent, writeResolvConf } from './helpers/agent.js';
+
+const HOST = '127.0.20.1';
+const ttlOf = (a: dnsPacket.Answer | undefined): number | undefined => (a as { ttl?: number } | undefined)?.ttl;
+const dataOf = (p: dnsPacket.Packet): unknown[] => (p.answers ?? []).map((a) => (a as { data?: unknown }).data);
+const rcodeOf = (p: dnsPacket.Packet): number => (p.flags ?? 0) & 0xf;
+
+const clusterRecords = {
+  'web.default.svc.cluster.local': { A: ['10.96.1.10'], AAAA: ['fd00::a'], ttl: 30 },
+  'db.prod.svc.cluster.local': { A: ['10.96.2.20'], ttl: 10 },
+};
+const externalRecords = {
+  'www.example.com': { A: ['192.0.2.80'], ttl: 300 },
+  'big.example.com': { A: Array.from({ length: 30 }, (_, i) => `198.51.100.${i + 1}`), ttl: 60 },
+};
+
+async function sims(t: { teardown(fn: () => unknown): void }, clusterFaults = {}, externalFaults = {}) {
+  const cluster = await SimDnsServer.start({ handler: staticHandler(clusterRecords, { soaZone: 'cluster.local', negativeTtl: 30 }), faults: clusterFaults });
+  const external = await SimDnsServer.start({ handler: staticHandler(externalRecords, { soaZone: 'example.com', negativeTtl: 60 }), faults: externalFaults });
+  t.teardown(() => Promise.all([cluster.close(), external.close()]));
+  const args = ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`];
+  return { cluster, external, args };
+}
+const count = (s: SimDnsServer, name: string): number => s.stats.byName.get(name) ?? 0;
+
+t.test('miss then hit: one upstream query, same data, client id and case', async (t) => {
+  const { cluster, external, args } = await sims(t);
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const first = await udpQuery(a.target, 'web.default.svc.cluster.local', { id: 1 });
+  const second = await udpQuery(a.target, 'WEB.Default.svc.cluster.local', { id: 2 });
+  t.equal(first.id, 1);
+  t.equal(second.id, 2);
+  t.same(dataOf(first), ['10.96.1.10']);
+  t.same(dataOf(second), ['10.96.1.10']);
+  t.equal(second.questions?.[0]?.name, 'WEB.Default.svc.cluster.local', '0x20 spelling echoed');
+  t.equal(count(cluster, 'web.default.svc.cluster.local'), 1, 'second answer came from the cache');
+  t.equal(cluster.stats.tcpQueries, 1, 'cluster zone goes over TCP');
+  t.equal(cluster.stats.udpQueries, 0);
+  const ext = await udpQuery(a.target, 'www.example.com');
+  t.same(dataOf(ext), ['192.0.2.80']);
+  t.equal(count(external, 'www.example.com'), 1, 'external name went to the host resolver');
+  t.equal(count(cluster, 'www.example.com'), 0);
+  const aaaa = await udpQuery(a.target, 'web.default.svc.cluster.local', { type: 'AAAA' });
+  t.same(dataOf(aaaa), ['fd00::a'], 'AAAA is its own entry');
+  const rev = await udpQuery(a.target, '10.1.96.10.in-addr.arpa', { type: 'PTR' });
+  t.equal(rcodeOf(rev), 3);
+  t.equal(count(cluster, '10.1.96.10.in-addr.arpa'), 1, 'reverse zone routed to the cluster DNS');
+});
+
+t.test('TTL counts down and the entry expires at the cap', async (t) => {
+  const { cluster, args } = await sims(t);
+  const clock = new ManualClock();
+  const a = await startAgent(HOST, [...args, '--prefetch-min-hits', '0'], { clock });
+  t.teardown(a.stop);
+  t.equal(ttlOf((await udpQuery(a.target, 'web.default.svc.cluster.local')).answers?.[0]), 30);
+  clock.advance(12_000);
+  t.equal(ttlOf((await udpQuery(a.target, 'web.default.svc.cluster.local')).answers?.[0]), 18);
+  t.equal(count(cluster, 'web.default.svc.cluster.local'), 1);
+  clock.advance(18_000);
+  t.equal(ttlOf((await udpQuery(a.target, 'web.default.svc.cluster.local')).answers?.[0]), 30, 'expired: fetched again');
+  t.equal(count(cluster, 'web.default.svc.cluster.local'), 2);
+});
+
+t.test('negative answers are cached for min(SOA TTL, MINIMUM, denial cap)', async (t) => {
+  const { cluster, args } = await sims(t);
+  const clock = new ManualClock();
+  const a = await startAgent(HOST, args, { clock });
+  t.teardown(a.stop);
+  const name = 'nope.default.svc.cluster.local';
+  const nx = await udpQuery(a.target, name);
+  t.equal(rcodeOf(nx), 3, 'NXDOMAIN');
+  t.equal(nx.authorities?.[0]?.type, 'SOA');
+  t.equal(ttlOf(nx.authorities?.[0]), 5, 'SOA TTL capped to --denial-ttl');
+  const nodata = await udpQuery(a.target, 'db.prod.svc.cluster.local', { type: 'AAAA' });
+  t.equal(rcodeOf(nodata), 0);
+  t.equal(nodata.answers?.length, 0, 'NODATA');
+  clock.advance(3_000);
+  t.equal(rcodeOf(await udpQuery(a.target, name)), 3);
+  await udpQuery(a.target, 'db.prod.svc.cluster.local', { type: 'AAAA' });
+  t.equal(count(cluster, name), 1, 'NXDOMAIN served from cache');
+  t.equal(cluster.stats.tcpQueries, 2, 'NODATA served from cache');
+  clock.advance(2_500);
+  await udpQuery(a.target, name);
+  t.equal(count(cluster, name), 2, 'after 5 s asked again');
+});
+
+t.test('identical misses in flight are coalesced; each waiter gets its own id and case', async (t) => {
+  const { cluster, args } = await sims(t, { latencyMs: 150 });
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const names = Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? 'web.default.svc.cluster.local' : 'Web.DEFAULT.svc.cluster.local'));
+  const answers = await Promise.all(names.map((n, i) => udpQuery(a.target, n, { id: 1000 + i })));
+  t.equal(count(cluster, 'web.default.svc.cluster.local'), 1, '40 clients, one upstream query');
+  answers.forEach((ans, i) => {
+    if (ans.id !== 1000 + i || ans.questions?.[0]?.name !== names[i] || dataOf(ans)[0] !== '10.96.1.10') t.fail(`waiter ${i} got a wrong answer`);
+  });
+  t.equal(answers.length, 40);
+});
+
+t.test('prefetch refreshes a popular entry before it expires', async (t) => {
+  const { cluster, args } = await sims(t);
+  const clock = new ManualClock();
+  const a = await startAgent(HOST, [...args, '--prefetch-min-hits', '2', '--prefetch-percent', '10'], { clock });
+  t.teardown(a.stop);
+  const name = 'db.prod.svc.cluster.local'; // TTL 10 s: refresh window is the last 1 s
+  await udpQuery(a.target, name);
+  await udpQuery(a.target, name);
+  await udpQuery(a.target, name);
+  t.equal(count(cluster, name), 1);
+  clock.advance(9_200);
+  const hit = await udpQuery(a.target, name);
+  t.equal(ttlOf(hit.answers?.[0]), 1, 'still served from the old entry');
+  // Wait for the refresh's answer to be stored before moving the clock on.
+  for (let i = 0; i < 100 && (count(cluster, name) < 2 || a.agent.resolver.inflight > 0); i++) await sleep(10);
+  t.equal(count(cluster, name), 2, 'background refresh sent');
+  clock.advance(1_500); // the old entry would have expired now
+  const after = await udpQuery(a.target, name);
+  t.equal(ttlOf(after.answers?.[0]), 9, 'answered from the refreshed entry');
+  t.equal(count(cluster, name), 2, 'no miss at expiry');
+});
+
+t.test('pipelining: many queries on one upstream connection, answered out of order', async (t) => {
+  const records: Record<string, { A: string[] }> = {};
+  for (let i = 0; i < 200; i++) records[`s${i}.ns.svc.cluster.local`] = { A: [`10.97.${i >> 8}.${i & 255}`] };
+  const cluster = await SimDnsServer.start({ handler: staticHandler(records, { soaZone: 'cluster.local' }), faults: { reorderTcp: true } });
+  t.teardown(() => cluster.close());
+  const a = await startAgent(HOST, ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--upstream-connections', '1', '--upstream-nameservers', '127.0.0.1:9']);
+  t.teardown(a.stop);
+  const msgs = Array.from({ length: 200 }, (_, i) => buildQuery(`s${i}.ns.svc.cluster.local`, { id: i }));
+  const answers = await tcpQueries(a.target, msgs, 5000);
+  let right = 0;
+  for (let i = 0; i < 200; i++) if (dataOf(dnsPacket.decode(answers.get(i)!))[0] === `10.97.${i >> 8}.${i & 255}`) right++;
+  t.equal(right, 200, 'every answer matched its query');
+  t.equal(cluster.stats.tcpConnections, 1, 'one upstream connection carried them all');
+  t.equal(cluster.stats.tcpQueries, 200);
+});
+
+t.test('the agent reconnects when the upstream closes connections', async (t) => {
+  const { cluster, args } = await sims(t, { closeAfterQueries: 3 });
+  const a = await startAgent(HOST, [...args, '--upstream-connections', '1']);
+  t.teardown(a.stop);
+  let ok = 0;
+  for (let i = 0; i < 10; i++) {
+    const ans = await udpQuery(a.target, `n${i}.default.svc.cluster.local`, { timeoutMs: 3000 });
+    if (rcodeOf(ans) === 3) ok++;
+  }
+  t.equal(ok, 10, 'every query answered (NXDOMAIN) across reconnects');
+  t.ok(cluster.stats.tcpConnections >= 4, `reconnected (${cluster.stats.tcpConnections} connections)`);
+});
+
+t.test('truncation: UDP answer over the client limit goes TC=1, TCP gets it whole', async (t) => {
+  const { external, args } = await sims(t);
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const udp = await udpQuery(a.target, 'big.example.com');
+  t.equal(udp.flag_tc, true, 'TC=1 without EDNS (512 bytes)');
+  t.equal(udp.answers?.length, 0);
+  const edns = await udpQuery(a.target, 'big.example.com', { edns: true, udpSize: 4096 });
+  t.equal(edns.flag_tc, false, '30 A records (uncompressed, ~1 KB) fit in 1232');
+  t.equal(edns.answers?.length, 30);
+  const tcp = await tcpQuery(a.target, 'big.example.com');
+  t.equal(tcp.flag_tc, false);
+  t.equal(tcp.answers?.length, 30);
+  t.equal(count(external, 'big.example.com'), 1, 'all three from one upstream answer');
+});
+
+t.test('host resolver truncates: the agent retries over TCP', async (t) => {
+  const { external, args } = await sims(t, {}, { truncateUdp: true });
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const ans = await udpQuery(a.target, 'www.example.com');
+  t.same(dataOf(ans), ['192.0.2.80']);
+  t.equal(external.stats.udpQueries, 1);
+  t.equal(external.stats.tcpQueries, 1);
+});
+
+t.test('failover between host resolvers, spoofed answers ignored, resolv.conf honoured', async (t) => {
+  const dead = await SimDnsServer.start({ host: '127.0.0.53', port: 53, handler: staticHandler(externalRecords), faults: { dropAll: true } });
+  const live = await SimDnsServer.start({ host: '127.0.0.54', port: 53, handler: staticHandler(externalRecords), faults: { spoofFirst: true } });
+  t.teardown(() => Promise.all([dead.close(), live.close()]));
+  const conf = writeResolvConf('# test\nnameserver 127.0.0.53\nnameserver 127.0.0.54\noptions timeout:1 attempts:1\n');
+  const a = await startAgent(HOST, ['--resolv-conf', conf]);
+  t.teardown(a.stop);
+  const ans = await udpQuery(a.target, 'www.example.com', { timeoutMs: 4000 });
+  t.same(dataOf(ans), ['192.0.2.80'], 'answered by the second server');
+  t.equal(dead.stats.udpQueries, 1, 'first server tried');
+  t.equal(live.stats.udpQueries, 1);
+});
+
+t.test('deadline passes: SERVFAIL, nothing cached', async (t) => {
+  const { cluster, args } = await sims(t, { dropAll: true });
+  const a = await startAgent(HOST, [...args, '--timeout', '300ms']);
+  t.teardown(a.stop);
+  const ans = await udpQuery(a.target, 'web.default.svc.cluster.local', { timeoutMs: 3000 });
+  t.equal(rcodeOf(ans), 2, 'SERVFAIL');
+  cluster.faults.dropAll = false;
+  const again = await udpQuery(a.target, 'web.default.svc.cluster.local', { timeoutMs: 3000 });
+  t.equal(rcodeOf(again), 0, 'recovered: the failure was not cached');
+});
+
+t.test('a malformed upstream answer becomes SERVFAIL and is not cached', async (t) => {
+  // A raw fake resolver: right id and question, then a record count with no record behind it.
+  const sock = dgram.createSocket('udp4');
+  let seen = 0;
+  sock.on('message', (m, r) => {
+    seen++;
+    const bad = Buffer.from(m);
+    bad[2]! |= 0x80;
+    bad.writeUInt16BE(1, 6);
+    bad.writeUInt16BE(0, 10);
+    const qEnd = bad.length - 11; // drop our OPT: the answer ends after the question
+    sock.send(bad.subarray(0, qEnd), r.port, r.address);
+  });
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
+  t.teardown(() => sock.close());
+  const a = await startAgent(HOST, ['--upstream-nameservers', `127.0.0.1:${sock.address().port}`]);
+  t.teardown(a.stop);
+  t.equal(rcodeOf(await udpQuery(a.target, 'www.example.com')), 2);
+  t.equal(rcodeOf(await udpQuery(a.target, 'www.example.com')), 2);
+  t.equal(seen, 2, 'nothing was cached');
+});
+
+t.test('bad queries: FORMERR, NOTIMP, drops, and the agent keeps answering', async (t) => {
+  const { args } = await sims(t);
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const q = buildQuery('www.example.com', { id: 9 });
+  const two = Buffer.from(q);
+  two.writeUInt16BE(2, 4);
+  t.equal(dnsPacket.decode((await udpExchange(a.target, two))!).flags! & 0xf, 1, 'QDCOUNT 2: FORMERR');
+  const notify = Buffer.from(q);
+  notify[2] = (4 << 3) | 1;
+  t.equal(dnsPacket.decode((await udpExchange(a.target, notify))!).flags! & 0xf, 4, 'NOTIFY: NOTIMP');
+  t.equal(await udpExchange(a.target, Buffer.from([1, 2, 3]), 300), null, 'short packet dropped');
+  const resp = Buffer.from(q);
+  resp[2]! |= 0x80;
+  t.equal(await udpExchange(a.target, resp, 300), null, 'a response sent to us is dropped');
+  const tcp = await tcpQueries(a.target, [two, buildQuery('www.example.com', { id: 10 })]);
+  t.equal(tcp.get(9)![3]! & 0xf, 1, 'FORMERR over TCP');
+  t.same(dataOf(dnsPacket.decode(tcp.get(10)!)), ['192.0.2.80'], 'next query on the same connection answered');
+});
+
+t.test('loop guard: an upstream that is our own listen address is refused', async (t) => {
+  await t.rejects(startAgent(HOST, ['--upstream-nameservers', `${HOST}:15299`, '--listen', `${HOST}:15299`]), { name: 'StartupError' });
+  await t.rejects(
+    startAgent(HOST, ['--upstream-addr', '127.0.0.1:15298', '--listen', '0.0.0.0:15298']),
+    /one of our own listen addresses/,
+  );
+});
+
+t.test('shutdown finishes queries in flight', async (t) => {
+  const { args } = await sims(t, { latencyMs: 300 });
+  const a = await startAgent(HOST, args);
+  const pending = udpQuery(a.target, 'web.default.svc.cluster.local', { timeoutMs: 3000 });
+  await sleep(50);
+  const stopped = a.agent.stop(2000);
+  const ans = await pending;
+  await stopped;
+  t.same(dataOf(ans), ['10.96.1.10'], 'answered although stop() was called while it was in flight');
+  t.equal(await udpExchange(a.target, buildQuery('www.example.com'), 300), null, 'no longer listening');
+});

@@ -1,0 +1,41 @@
+// Starts an in-process agent for integration tests: explicit upstreams (fake
+// servers of the test's own), a resolv.conf the test wrote, a unique loopback
+// address and port.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent } from '../../src/agent.js';
+import type { Clock } from '../../src/clock.js';
+import { loadConfig } from '../../src/config.js';
+import { silentLogger, type Logger } from '../../src/log.js';
+import type { Target } from './dns-client.js';
+
+let nextPort = 15300 + (process.pid % 1000) * 10;
+
+/** A resolv.conf in a fresh temp dir; never the machine's own. */
+export function writeResolvConf(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-'));
+  const path = join(dir, 'resolv.conf');
+  writeFileSync(path, text);
+  return path;
+}
+
+export interface TestAgent {
+  agent: Agent;
+  target: Target;
+  stop(): Promise<void>;
+}
+
+export async function startAgent(host: string, args: string[], opts: { clock?: Clock; logger?: Logger } = {}): Promise<TestAgent> {
+  const port = nextPort++;
+  const hasResolv = args.includes('--resolv-conf');
+  const argv = [
+    '--listen', `${host.includes(':') ? `[${host}]` : host}:${port}`,
+    ...(hasResolv ? [] : ['--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n')]),
+    ...args,
+  ];
+  const { config } = loadConfig(argv, { env: {} });
+  const agent = new Agent(config, { logger: opts.logger ?? silentLogger, ...(opts.clock ? { clock: opts.clock } : {}) });
+  await agent.start();
+  return { agent, target: { host, port }, stop: () => agent.stop(1000) };
+}
