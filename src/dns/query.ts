@@ -48,6 +48,17 @@ const keyScratch = Buffer.allocUnsafe(256 + 5);
 export const KEY_DO = 1;
 export const KEY_CD = 2;
 
+function failed(status: QueryStatus, msg: Buffer, id: number, flags: number, qnameEnd: number, qtype: number, qclass: number): Query {
+  return result(status, msg, id, flags, qnameEnd, qtype, qclass, false, 512, false, '');
+}
+
+/** Big-endian u16 without Buffer's bounds checks: callers have checked the length (readUInt16BE was 10% of a hit). */
+function u16(b: Buffer, off: number): number {
+  return (b[off]! << 8) | b[off + 1]!;
+}
+
+type Latin1Slicer = Buffer & { latin1Slice?: (start: number, end: number) => string };
+
 function result(
   status: QueryStatus, msg: Buffer, id: number, flags: number, qnameEnd: number, qtype: number, qclass: number,
   edns: boolean, udpSize: number, dnssecOk: boolean, key: string,
@@ -57,26 +68,24 @@ function result(
 
 export function parseQuery(msg: Buffer): Query {
   if (msg.length < HEADER_LEN) return result(QueryStatus.DROP, msg, 0, 0, 0, 0, 0, false, 512, false, '');
-  const id = msg.readUInt16BE(0);
-  const flags = msg.readUInt16BE(OFF_FLAGS);
+  const id = u16(msg, 0);
+  const flags = u16(msg, OFF_FLAGS);
   if ((flags & FLAG_QR) !== 0) return result(QueryStatus.DROP, msg, id, flags, 0, 0, 0, false, 512, false, '');
-  const fail = (status: QueryStatus, qnameEnd = 0, qtype = 0, qclass = 0): Query =>
-    result(status, msg, id, flags, qnameEnd, qtype, qclass, false, 512, false, '');
-  if ((flags & OPCODE_MASK) !== 0) return fail(QueryStatus.NOTIMP);
-  if (msg.readUInt16BE(OFF_QDCOUNT) !== 1) return fail(QueryStatus.FORMERR);
+  if ((flags & OPCODE_MASK) !== 0) return failed(QueryStatus.NOTIMP, msg, id, flags, 0, 0, 0);
+  if (u16(msg, OFF_QDCOUNT) !== 1) return failed(QueryStatus.FORMERR, msg, id, flags, 0, 0, 0);
 
   const qnameEnd = skipUncompressedName(msg, HEADER_LEN);
-  if (qnameEnd < 0 || qnameEnd + 4 > msg.length) return fail(QueryStatus.FORMERR);
-  const qtype = msg.readUInt16BE(qnameEnd);
-  const qclass = msg.readUInt16BE(qnameEnd + 2);
+  if (qnameEnd < 0 || qnameEnd + 4 > msg.length) return failed(QueryStatus.FORMERR, msg, id, flags, 0, 0, 0);
+  const qtype = u16(msg, qnameEnd);
+  const qclass = u16(msg, qnameEnd + 2);
   // A query carries no answers or authority (unbound and CoreDNS agree).
-  if (msg.readUInt16BE(OFF_ANCOUNT) !== 0 || msg.readUInt16BE(OFF_NSCOUNT) !== 0) {
-    return fail(QueryStatus.FORMERR, qnameEnd, qtype, qclass);
+  if (u16(msg, OFF_ANCOUNT) !== 0 || u16(msg, OFF_NSCOUNT) !== 0) {
+    return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
   }
-  if (qtype === QType.OPT) return fail(QueryStatus.FORMERR, qnameEnd, qtype, qclass);
+  if (qtype === QType.OPT) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
   // A cache has no zones to transfer; other classes (CH probes, HS) are not served.
   if (qtype === QType.AXFR || qtype === QType.IXFR || qclass !== QClass.IN) {
-    return fail(QueryStatus.NOTIMP, qnameEnd, qtype, qclass);
+    return failed(QueryStatus.NOTIMP, msg, id, flags, qnameEnd, qtype, qclass);
   }
 
   // Additional section: find the OPT record (at most one, owner must be the root).
@@ -84,21 +93,21 @@ export function parseQuery(msg: Buffer): Query {
   let udpSize = 512;
   let dnssecOk = false;
   let off = qnameEnd + 4;
-  const arcount = msg.readUInt16BE(OFF_ARCOUNT);
+  const arcount = u16(msg, OFF_ARCOUNT);
   for (let i = 0; i < arcount; i++) {
     const nameStart = off;
     off = skipName(msg, off);
-    if (off < 0 || off + 10 > msg.length) return fail(QueryStatus.FORMERR, qnameEnd, qtype, qclass);
-    const type = msg.readUInt16BE(off);
-    const rdlen = msg.readUInt16BE(off + 8);
-    if (off + 10 + rdlen > msg.length) return fail(QueryStatus.FORMERR, qnameEnd, qtype, qclass);
+    if (off < 0 || off + 10 > msg.length) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+    const type = u16(msg, off);
+    const rdlen = u16(msg, off + 8);
+    if (off + 10 + rdlen > msg.length) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
     if (type === QType.OPT) {
-      if (edns || msg[nameStart] !== 0 || off !== nameStart + 1) return fail(QueryStatus.FORMERR, qnameEnd, qtype, qclass);
+      if (edns || msg[nameStart] !== 0 || off !== nameStart + 1) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
       edns = true;
-      const size = msg.readUInt16BE(off + 2);
+      const size = u16(msg, off + 2);
       udpSize = size < 512 ? 512 : size;
       const version = msg[off + 5]!;
-      dnssecOk = (msg.readUInt16BE(off + 6) & EDNS_DO) !== 0;
+      dnssecOk = (u16(msg, off + 6) & EDNS_DO) !== 0;
       if (version !== 0) {
         return result(QueryStatus.BADVERS, msg, id, flags, qnameEnd, qtype, qclass, true, udpSize, dnssecOk, '');
       }
@@ -117,7 +126,9 @@ export function parseQuery(msg: Buffer): Query {
   keyScratch[nameLen + 2] = msg[qnameEnd + 2]!;
   keyScratch[nameLen + 3] = msg[qnameEnd + 3]!;
   keyScratch[nameLen + 4] = (dnssecOk ? KEY_DO : 0) | ((flags & FLAG_CD) !== 0 ? KEY_CD : 0);
-  const key = keyScratch.toString('latin1', 0, nameLen + 5);
+  // latin1Slice skips toString's encoding dispatch (about 8% of a hit); it has been on Buffer since Node 0.x.
+  const slicer = keyScratch as Latin1Slicer;
+  const key = slicer.latin1Slice !== undefined ? slicer.latin1Slice(0, nameLen + 5) : keyScratch.toString('latin1', 0, nameLen + 5);
   return result(QueryStatus.OK, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk, key);
 }
 

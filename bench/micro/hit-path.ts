@@ -1,0 +1,66 @@
+/**
+ * Micro-benchmark of the cache-hit path without sockets: parse the query,
+ * build the key, look it up, copy and patch the answer. This is the work the
+ * agent adds on top of one recvmsg and one sendmsg per query; a slower hit
+ * path shows up here as a number (style.md: a benchmark beside the code).
+ *
+ *   npm run bench:micro            # 1e6 hits over 10,000 cached names
+ *   node --cpu-prof dist/bench/micro/hit-path.js   # then open the .cpuprofile
+ */
+import * as dnsPacket from 'dns-packet';
+import { scanAnswer } from '../../src/dns/answer.js';
+import { parseQuery } from '../../src/dns/query.js';
+import { DnsCache } from '../../src/cache/cache.js';
+
+const NAMES = Number(process.env.NAMES ?? 10_000);
+const HITS = Number(process.env.HITS ?? 1_000_000);
+
+function query(name: string, id: number): Buffer {
+  return dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
+}
+
+function answer(name: string): Buffer {
+  return dnsPacket.encode({
+    type: 'response', id: 0, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE,
+    questions: [{ name, type: 'A', class: 'IN' }],
+    answers: [
+      { type: 'A', name, ttl: 30, data: '10.96.0.1' },
+      { type: 'A', name, ttl: 30, data: '10.96.0.2' },
+    ],
+  });
+}
+
+const now0 = 1_000_000;
+const cache = new DnsCache({ positiveCapacity: NAMES * 2, negativeCapacity: 16, successTtl: 30, denialTtl: 5, minHits: 0, percent: 10 });
+const queries: Buffer[] = [];
+for (let i = 0; i < NAMES; i++) {
+  // Mixed case on purpose: every hit then patches the question's spelling too.
+  const name = `Svc-${i}.NS-${i % 50}.svc.cluster.local`;
+  const q = parseQuery(query(name, i & 0xffff));
+  const a = answer(name.toLowerCase());
+  cache.insert(q.key, a, scanAnswer(a)!, now0);
+  queries.push(query(name, i & 0xffff));
+}
+
+function time(label: string, n: number, fn: (i: number) => number): void {
+  for (let i = 0; i < Math.min(n, 100_000); i++) fn(i); // warm up the JIT
+  const t0 = process.hrtime.bigint();
+  let sink = 0;
+  for (let i = 0; i < n; i++) sink += fn(i);
+  const ns = Number(process.hrtime.bigint() - t0) / n;
+  console.log(`${label.padEnd(34)} ${(ns / 1000).toFixed(3)} us/op  ${(1e9 / ns / 1e6).toFixed(2)} M/s  (sink ${sink % 7})`);
+}
+
+console.log(`node ${process.version}, ${NAMES} cached names, ${HITS} operations each`);
+const parsed = queries.map((b) => parseQuery(b));
+time('parseQuery (header+question+key)', HITS, (i) => parseQuery(queries[i % NAMES]!).qtype);
+time('cache.lookup', HITS, (i) => (cache.lookup(parsed[i % NAMES]!.key, now0 + 5_000) !== undefined ? 1 : 0));
+const entries = parsed.map((q) => cache.lookup(q.key, now0)!);
+time('entry.serve (copy + patch)', HITS, (i) => entries[i % NAMES]!.serve(parsed[i % NAMES]!, now0 + 5_000, 512, 1232).length);
+time('whole hit path', HITS, (i) => {
+  const q = parseQuery(queries[i % NAMES]!);
+  const e = cache.lookup(q.key, now0 + 5_000);
+  return e === undefined ? 0 : e.serve(q, now0 + 5_000, 512, 1232).length;
+});
+const mem = process.memoryUsage();
+console.log(`rss ${(mem.rss / 1048576).toFixed(1)} MiB, heap used ${(mem.heapUsed / 1048576).toFixed(1)} MiB`);
