@@ -269,3 +269,43 @@ t.test('shutdown finishes queries in flight', async (t) => {
   t.same(dataOf(ans), ['10.96.1.10'], 'answered although stop() was called while it was in flight');
   t.equal(await udpExchange(a.target, buildQuery('www.example.com'), 300), null, 'no longer listening');
 });
+
+t.test('IPv6 listener, and a stub domain forwarded to its own servers', async (t) => {
+  const { cluster, args } = await sims(t);
+  const stub = await SimDnsServer.start({ host: '::1', handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.55'] } }, { soaZone: 'corp.example' }) });
+  t.teardown(() => stub.close());
+  const a = await startAgent('::1', [...args, '--stub-domain', `corp.example=[::1]:${stub.port}`]);
+  t.teardown(a.stop);
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'UDP over ::1');
+  t.same(dataOf(await tcpQuery(a.target, 'DB.corp.example')), ['192.0.2.55'], 'TCP over ::1, stub domain answered');
+  t.equal(count(stub, 'db.corp.example'), 1);
+  t.equal(count(cluster, 'db.corp.example'), 0);
+});
+
+t.test('client TCP: connection cap, in-flight cap with backpressure, idle timeout', async (t) => {
+  const { args } = await sims(t, { latencyMs: 50 });
+  const a = await startAgent(HOST, [...args, '--max-tcp-connections', '2', '--max-tcp-queries', '3', '--tcp-idle-timeout', '300ms']);
+  t.teardown(a.stop);
+  // 30 pipelined queries with at most 3 in flight: all are answered, none dropped.
+  const msgs = Array.from({ length: 30 }, (_, i) => buildQuery(`q${i}.default.svc.cluster.local`, { id: i }));
+  const answers = await tcpQueries(a.target, msgs, 8000);
+  t.equal(answers.size, 30, 'every pipelined query answered despite the in-flight cap');
+
+  const net = await import('node:net');
+  const open = (): Promise<import('node:net').Socket> =>
+    new Promise((resolve, reject) => {
+      const s = net.connect(a.target.port, a.target.host, () => resolve(s));
+      s.on('error', reject);
+    });
+  const closed = (s: import('node:net').Socket): Promise<void> => new Promise((resolve) => s.once('close', () => resolve()));
+  const s1 = await open();
+  const s2 = await open();
+  const s3 = await open();
+  await closed(s3); // the server drops connections over its cap at once
+  t.pass('third connection refused while two are open');
+  // Bounded wait (300 ms idle timeout, 5 s to notice): the check is that the server closes them at all.
+  const byServer = await Promise.race([Promise.all([closed(s1), closed(s2)]).then(() => true), sleep(5000).then(() => false)]);
+  t.ok(byServer, 'idle connections closed by the server');
+  s1.destroy();
+  s2.destroy();
+});
