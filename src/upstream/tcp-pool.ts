@@ -1,0 +1,463 @@
+/**
+ * The cluster-DNS transport: a few persistent TCP connections to one address
+ * (the kube-dns ClusterIP), many queries pipelined on each (RFC 7766 6.2.1),
+ * matched by ids we allocate per connection, answers accepted in any order.
+ *
+ * TCP sidesteps the UDP conntrack races behind the classic 5 s stalls, and
+ * pipelining lets two connections carry the whole node's misses.
+ *
+ *   send() ─► least-loaded open connection with room ─► in-flight Map id -> job
+ *               │ none
+ *               ▼
+ *             queue (FIFO, bounded) ─► drained when a connection opens or frees room
+ *
+ * Connection states:
+ *   connecting ─► open ─► draining ─► closed
+ *        └────────────┴───────┴────────► closed  (connect failure, server close, pool close)
+ * `draining` takes no new queries; it closes when its in-flight map is empty
+ * (or its last deadline passes). Rotation drains a connection after a number
+ * of queries or some time, so a new connect may land on another kube-dns pod
+ * behind the ClusterIP and load spreads.
+ *
+ * Deadlines, connect timeouts, age rotation and backoff expiry are all handled
+ * by one sweep timer that runs only while something is pending.
+ */
+import net from 'node:net';
+import { randomInt } from 'node:crypto';
+import { systemClock, type Clock } from '../clock.js';
+import { silentLogger, type Logger } from '../log.js';
+import { HEADER_LEN } from '../dns/constants.js';
+import { FrameDecoder, frame } from '../dns/framing.js';
+import { answerMatchesQuery, readId } from '../dns/question.js';
+import { Fifo } from './fifo.js';
+import { settle } from './settle.js';
+import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
+
+export interface TcpPoolOptions {
+  server: ServerAddress;
+  /** Persistent connections (default 2): enough to spread over two kube-dns pods and survive one reconnecting. */
+  connections?: number;
+  maxInFlightPerConnection?: number;
+  maxQueued?: number;
+  rotateAfterQueries?: number;
+  rotateAfterMs?: number;
+  connectTimeoutMs?: number;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+export interface TcpPoolStats {
+  sent: number;
+  answered: number;
+  timeouts: number;
+  networkErrors: number;
+  overloaded: number;
+  /** Answers whose question did not match the query sent under that id. */
+  mismatched: number;
+  /** Answers for an id with nothing in flight (the query already timed out). */
+  late: number;
+  connects: number;
+  /** Connection attempts made to replace a lost or failed connection. */
+  reconnects: number;
+  connectFailures: number;
+  rotations: number;
+  /** Queries re-sent after their connection closed under them. */
+  retried: number;
+}
+
+type ConnState = 'connecting' | 'open' | 'draining' | 'closed';
+type PoolState = 'running' | 'closing' | 'closed';
+
+const SWEEP_MS = 50;
+// Backoff after connect failures: fast enough to catch a restarting CoreDNS, capped so a dead one is not hammered.
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+
+/** One exchange from send() until it completes. The framed copy is ours; its id is rewritten on each (re)send. */
+class Job {
+  readonly ex: UpstreamExchange;
+  readonly wire: Buffer;
+  id: number;
+  retried: boolean;
+  done: boolean;
+  constructor(ex: UpstreamExchange) {
+    this.ex = ex;
+    this.wire = frame(ex.query);
+    this.id = -1;
+    this.retried = false;
+    this.done = false;
+  }
+}
+
+class Conn {
+  state: ConnState;
+  readonly socket: net.Socket;
+  readonly inflight: Map<number, Job>;
+  readonly decoder: FrameDecoder;
+  nextId: number;
+  sent: number;
+  answered: number;
+  readonly startedAt: number;
+  openedAt: number;
+  constructor(socket: net.Socket, onFrame: (msg: Buffer) => void, now: number) {
+    this.state = 'connecting';
+    this.socket = socket;
+    this.inflight = new Map();
+    this.decoder = new FrameDecoder(onFrame);
+    // A random start keeps ids from repeating across reconnects; sequential after that, so reuse is 64k queries apart.
+    this.nextId = randomInt(0, 0x10000);
+    this.sent = 0;
+    this.answered = 0;
+    this.startedAt = now;
+    this.openedAt = 0;
+  }
+}
+
+export class TcpPool implements Upstream {
+  readonly name: string;
+  readonly stats: TcpPoolStats;
+  readonly #server: ServerAddress;
+  readonly #size: number;
+  readonly #maxInFlight: number;
+  readonly #maxQueued: number;
+  readonly #rotateAfterQueries: number;
+  readonly #rotateAfterMs: number;
+  readonly #connectTimeoutMs: number;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #conns: Conn[];
+  readonly #queue: Fifo<Job>;
+  #state: PoolState;
+  #sweep: NodeJS.Timeout | null;
+  #backoffMs: number;
+  #nextConnectAt: number;
+  #lostSinceConnect: boolean;
+  #closed: Promise<void> | null;
+  #onClosed: (() => void) | null;
+
+  constructor(opts: TcpPoolOptions) {
+    // A host name would make net.connect resolve it through the system resolver: maybe through us.
+    if (net.isIP(opts.server.host) === 0) throw new Error(`TcpPool: server must be an IP address, got "${opts.server.host}"`);
+    this.#server = opts.server;
+    this.name = `tcp://${net.isIPv6(opts.server.host) ? `[${opts.server.host}]` : opts.server.host}:${opts.server.port}`;
+    this.#size = Math.max(1, opts.connections ?? 2);
+    // Ids are 16 bits and unique per connection.
+    this.#maxInFlight = Math.min(0xffff, Math.max(1, opts.maxInFlightPerConnection ?? 1000));
+    this.#maxQueued = Math.max(0, opts.maxQueued ?? 4096);
+    this.#rotateAfterQueries = opts.rotateAfterQueries ?? 10_000;
+    this.#rotateAfterMs = opts.rotateAfterMs ?? 60_000;
+    this.#connectTimeoutMs = opts.connectTimeoutMs ?? 1000;
+    this.#clock = opts.clock ?? systemClock;
+    this.#log = opts.logger ?? silentLogger;
+    this.stats = {
+      sent: 0, answered: 0, timeouts: 0, networkErrors: 0, overloaded: 0, mismatched: 0, late: 0,
+      connects: 0, reconnects: 0, connectFailures: 0, rotations: 0, retried: 0,
+    };
+    this.#conns = [];
+    this.#queue = new Fifo<Job>(64);
+    this.#state = 'running';
+    this.#sweep = null;
+    this.#backoffMs = BACKOFF_MIN_MS;
+    this.#nextConnectAt = 0;
+    this.#lostSinceConnect = false;
+    this.#closed = null;
+    this.#onClosed = null;
+  }
+
+  get openConnections(): number {
+    let n = 0;
+    for (const c of this.#conns) if (c.state === 'open') n++;
+    return n;
+  }
+
+  get inFlight(): number {
+    let n = 0;
+    for (const c of this.#conns) n += c.inflight.size;
+    return n;
+  }
+
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  send(ex: UpstreamExchange): void {
+    if (this.#state !== 'running') {
+      settle(ex, null, 'closed', this.#log);
+      return;
+    }
+    const now = this.#clock.now();
+    const job = new Job(ex);
+    if (now >= ex.deadline) {
+      this.#fail(job, 'timeout');
+      return;
+    }
+    this.#dispatch(job, now);
+  }
+
+  close(): Promise<void> {
+    if (this.#closed !== null) return this.#closed;
+    this.#state = 'closing';
+    this.#closed = new Promise((resolve) => {
+      this.#onClosed = resolve;
+    });
+    for (const job of this.#queue.drain()) this.#fail(job, 'closed');
+    for (const c of [...this.#conns]) {
+      if (c.state === 'connecting') this.#setClosed(c, 'ours');
+      else this.#drain(c, false);
+    }
+    this.#armSweep();
+    this.#maybeFinishClose();
+    return this.#closed;
+  }
+
+  #dispatch(job: Job, now: number): void {
+    if (this.#queue.length === 0) {
+      const c = this.#pick(now);
+      if (c !== null) {
+        this.#write(c, job);
+        return;
+      }
+    }
+    if (this.#queue.length >= this.#maxQueued) {
+      this.#fail(job, 'overloaded');
+      return;
+    }
+    this.#queue.push(job);
+    this.#ensureConnecting(now);
+    this.#armSweep();
+  }
+
+  /** Least-loaded open connection with room; opens another (up to the pool size) once the best one is busy. */
+  #pick(now: number): Conn | null {
+    let best: Conn | null = null;
+    for (const c of this.#conns) {
+      if (c.state !== 'open') continue;
+      if (now - c.openedAt >= this.#rotateAfterMs) {
+        this.#drain(c, true);
+        continue;
+      }
+      if (c.inflight.size >= this.#maxInFlight) continue;
+      if (best === null || c.inflight.size < best.inflight.size) best = c;
+    }
+    if (best === null || best.inflight.size > 0) this.#ensureConnecting(now);
+    return best;
+  }
+
+  #write(c: Conn, job: Job): void {
+    let id = c.nextId;
+    // Terminates: in-flight is capped below 65536.
+    while (c.inflight.has(id)) id = (id + 1) & 0xffff;
+    c.nextId = (id + 1) & 0xffff;
+    job.id = id;
+    job.wire.writeUInt16BE(id, 2);
+    c.inflight.set(id, job);
+    c.socket.write(job.wire);
+    c.sent++;
+    this.stats.sent++;
+    if (c.sent >= this.#rotateAfterQueries) this.#drain(c, true);
+    this.#armSweep();
+  }
+
+  #ensureConnecting(now: number): void {
+    if (this.#state !== 'running' || now < this.#nextConnectAt) return;
+    let live = 0;
+    for (const c of this.#conns) if (c.state === 'connecting' || c.state === 'open') live++;
+    if (live < this.#size) this.#connect(now);
+  }
+
+  #connect(now: number): void {
+    if (this.#lostSinceConnect) this.stats.reconnects++;
+    const socket = net.connect({
+      host: this.#server.host,
+      port: this.#server.port,
+      noDelay: true,
+      keepAlive: true,
+      keepAliveInitialDelay: 30_000,
+    });
+    const c: Conn = new Conn(socket, (msg) => this.#onFrame(c, msg), now);
+    this.#conns.push(c);
+    socket.on('connect', () => this.#onConnect(c));
+    socket.on('data', (chunk: Buffer) => c.decoder.push(chunk));
+    // The server's FIN: CoreDNS closing an idle connection, or a pod going away. Nothing more will be answered on it.
+    socket.on('end', () => this.#setClosed(c, 'lost'));
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      this.#log.debug('cluster dns connection error', { upstream: this.name, code: err.code ?? err.message });
+    });
+    socket.on('close', () => this.#setClosed(c, 'lost'));
+    this.#armSweep();
+  }
+
+  #onConnect(c: Conn): void {
+    if (c.state !== 'connecting') return;
+    c.state = 'open';
+    c.openedAt = this.#clock.now();
+    c.socket.setNoDelay(true);
+    this.stats.connects++;
+    this.#lostSinceConnect = false;
+    this.#pump(c.openedAt);
+  }
+
+  #onFrame(c: Conn, msg: Buffer): void {
+    if (msg.length < HEADER_LEN) {
+      this.stats.mismatched++;
+      return;
+    }
+    const job = c.inflight.get(readId(msg));
+    if (job === undefined) {
+      this.stats.late++;
+      return;
+    }
+    // Keep waiting on a mismatch: the right answer may still come, and the deadline bounds the wait.
+    if (!answerMatchesQuery(job.ex.query, msg)) {
+      this.stats.mismatched++;
+      return;
+    }
+    c.inflight.delete(job.id);
+    // Success is an answer, not a connect: a server that accepts and then drops us must keep backing off.
+    if (c.answered++ === 0) this.#backoffMs = BACKOFF_MIN_MS;
+    this.stats.answered++;
+    // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
+    this.#resolve(job, Buffer.from(msg));
+    if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
+    else if (this.#queue.length > 0) this.#pump(this.#clock.now());
+  }
+
+  /** Sends queued jobs while some connection has room. */
+  #pump(now: number): void {
+    while (this.#queue.length > 0) {
+      const job = this.#queue.peek() as Job;
+      if (job.done) {
+        this.#queue.shift();
+        continue;
+      }
+      const c = this.#pick(now);
+      if (c === null) break;
+      this.#queue.shift();
+      this.#write(c, job);
+    }
+    if (this.#queue.length > 0) this.#ensureConnecting(now);
+  }
+
+  /** Never closes synchronously (callers may be iterating the pool): an empty draining connection is closed by the next sweep, or by its last answer. */
+  #drain(c: Conn, rotation: boolean): void {
+    if (c.state !== 'open') return;
+    c.state = 'draining';
+    if (rotation) this.stats.rotations++;
+    this.#armSweep();
+  }
+
+  /**
+   * The one way out of every state. 'lost': the server closed or the connect
+   * failed; in-flight queries get one more try elsewhere while their deadline
+   * allows. 'ours': we closed it (drained, rotated, connect timeout, pool close).
+   */
+  #setClosed(c: Conn, cause: 'lost' | 'ours' | 'connectTimeout'): void {
+    if (c.state === 'closed') return;
+    const was = c.state;
+    c.state = 'closed';
+    const i = this.#conns.indexOf(c);
+    if (i >= 0) this.#conns.splice(i, 1);
+    c.socket.destroy();
+    const now = this.#clock.now();
+    if (cause !== 'ours') {
+      this.#lostSinceConnect = true;
+      if (was === 'connecting') this.stats.connectFailures++;
+      // A connection that never answered anything (refused at connect, or accepted and dropped) gets backoff, so a
+      // sick server is not hammered in a tight loop.
+      if (was === 'connecting' || c.answered === 0) this.#backOff(now);
+    }
+    if (c.inflight.size > 0) {
+      const jobs = [...c.inflight.values()];
+      c.inflight.clear();
+      // Re-queue at the head, oldest first: these waited longer than anything in the queue.
+      for (let k = jobs.length - 1; k >= 0; k--) {
+        const job = jobs[k]!;
+        if (this.#state === 'running' && !job.retried && now < job.ex.deadline) {
+          job.retried = true;
+          this.stats.retried++;
+          this.#queue.unshift(job);
+        } else {
+          this.#fail(job, 'network');
+        }
+      }
+    }
+    if (this.#queue.length > 0) this.#pump(now);
+    this.#maybeFinishClose();
+  }
+
+  #backOff(now: number): void {
+    // Jitter in [delay/2, delay] keeps the agents of a whole cluster from reconnecting in step after a CoreDNS restart.
+    const delay = this.#backoffMs * (0.5 + Math.random() * 0.5);
+    this.#nextConnectAt = Math.max(this.#nextConnectAt, now + delay);
+    this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
+    this.#log.debug('cluster dns connect backoff', { upstream: this.name, delayMs: Math.round(delay) });
+  }
+
+  #armSweep(): void {
+    if (this.#sweep !== null) return;
+    this.#sweep = setInterval(() => this.#tick(), SWEEP_MS);
+    this.#sweep.unref();
+  }
+
+  #tick(): void {
+    const now = this.#clock.now();
+    for (const c of [...this.#conns]) {
+      if (c.state === 'connecting') {
+        if (now - c.startedAt >= this.#connectTimeoutMs) this.#setClosed(c, 'connectTimeout');
+        continue;
+      }
+      for (const job of c.inflight.values()) {
+        if (now >= job.ex.deadline) {
+          c.inflight.delete(job.id);
+          this.#fail(job, 'timeout');
+        }
+      }
+      if (c.state === 'open' && now - c.openedAt >= this.#rotateAfterMs) this.#drain(c, true);
+      if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
+    }
+    if (this.#queue.length > 0) {
+      this.#queue.retain((job) => {
+        if (job.done) return false;
+        if (now < job.ex.deadline) return true;
+        this.#fail(job, 'timeout');
+        return false;
+      });
+      this.#pump(now);
+    }
+    if (!this.#hasPending()) {
+      clearInterval(this.#sweep as NodeJS.Timeout);
+      this.#sweep = null;
+    }
+  }
+
+  #hasPending(): boolean {
+    if (this.#queue.length > 0) return true;
+    for (const c of this.#conns) if (c.state !== 'open' || c.inflight.size > 0) return true;
+    return false;
+  }
+
+  #maybeFinishClose(): void {
+    if (this.#state !== 'closing' || this.#conns.length > 0) return;
+    this.#state = 'closed';
+    if (this.#sweep !== null) clearInterval(this.#sweep);
+    this.#sweep = null;
+    const done = this.#onClosed;
+    this.#onClosed = null;
+    if (done !== null) done();
+  }
+
+  #resolve(job: Job, answer: Buffer): void {
+    if (job.done) return;
+    job.done = true;
+    settle(job.ex, answer, 'network', this.#log);
+  }
+
+  #fail(job: Job, reason: UpstreamFailure): void {
+    if (job.done) return;
+    job.done = true;
+    if (reason === 'timeout') this.stats.timeouts++;
+    else if (reason === 'network') this.stats.networkErrors++;
+    else if (reason === 'overloaded') this.stats.overloaded++;
+    settle(job.ex, null, reason, this.#log);
+  }
+}

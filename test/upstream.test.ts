@@ -1,0 +1,568 @@
+// Upstream transports against the simulated DNS server on loopback:
+// resolv.conf parsing, the pipelined TCP pool (cluster DNS) and the host
+// resolvers (UDP with TCP fallback and failover).
+import t, { type Test } from 'tap';
+import dnsPacket from 'dns-packet';
+import type { DecodedPacket, Packet, StringAnswer } from 'dns-packet';
+import { parseResolvConf } from '../src/upstream/resolv-conf.js';
+import { TcpPool } from '../src/upstream/tcp-pool.js';
+import { HostResolvers } from '../src/upstream/host-resolvers.js';
+import type { Upstream, UpstreamFailure } from '../src/upstream/types.js';
+import { ManualClock, systemClock, type Clock } from '../src/clock.js';
+import { SimDnsServer, staticHandler, type SimContext, type SimHandler } from '../bench/sim/dns-server.js';
+
+// ---------------------------------------------------------------- helpers
+
+interface Outcome {
+  answer: DecodedPacket | null;
+  reason: UpstreamFailure | 'never completed' | null;
+  /** resolve + reject calls: must end at exactly 1. */
+  calls: number;
+  /** Completed inside send() itself. */
+  sync: boolean;
+}
+
+function queryBytes(name: string, type: 'A' | 'AAAA' = 'A'): Buffer {
+  const q = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type, class: 'IN' }] });
+  // The transport must write its own id; put garbage here to make sure it does not rely on ours.
+  q.writeUInt16BE(0xbeef, 0);
+  return q;
+}
+
+/** Sends one exchange; the promise settles on its first completion (or on a hang, which fails the test). */
+function ask(
+  up: Upstream,
+  name: string,
+  opts: { type?: 'A' | 'AAAA'; timeoutMs?: number; clock?: Clock } = {},
+): { outcome: Outcome; done: Promise<Outcome> } {
+  const timeoutMs = opts.timeoutMs ?? 1000;
+  const outcome: Outcome = { answer: null, reason: null, calls: 0, sync: false };
+  let inSend = true;
+  let finish: (o: Outcome) => void = () => {};
+  const done = new Promise<Outcome>((resolve) => {
+    finish = resolve;
+  });
+  // Ref'd on purpose: the transports' sweep timers are unref'd, and a test waiting on a deadline must not let the process exit.
+  const hang = setTimeout(() => {
+    outcome.reason = 'never completed';
+    finish(outcome);
+  }, timeoutMs + 3000);
+  const complete = (): void => {
+    outcome.calls++;
+    if (outcome.calls > 1) return;
+    outcome.sync = inSend;
+    clearTimeout(hang);
+    finish(outcome);
+  };
+  up.send({
+    query: queryBytes(name, opts.type ?? 'A'),
+    deadline: (opts.clock ?? systemClock).now() + timeoutMs,
+    resolve(answer: Buffer) {
+      outcome.answer = dnsPacket.decode(answer);
+      complete();
+    },
+    reject(reason: UpstreamFailure) {
+      outcome.reason = reason;
+      complete();
+    },
+  });
+  inSend = false;
+  return { outcome, done };
+}
+
+function addresses(p: DecodedPacket | null): string[] {
+  return (p?.answers ?? []).filter((a): a is StringAnswer => a.type === 'A' || a.type === 'AAAA').map((a) => a.data);
+}
+
+function rcodeOf(p: DecodedPacket | null): string | undefined {
+  return (p as (DecodedPacket & { rcode?: string }) | null)?.rcode;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Polls a condition a bounded number of times (the state it waits for is reached asynchronously). */
+async function until(cond: () => boolean, tries = 100, everyMs = 20): Promise<boolean> {
+  for (let i = 0; i < tries; i++) {
+    if (cond()) return true;
+    await sleep(everyMs);
+  }
+  return cond();
+}
+
+/** name-i.test -> 10.0.(i>>8).(i&255) */
+function manyNames(n: number): { names: string[]; records: Record<string, { A: string[] }> } {
+  const names: string[] = [];
+  const records: Record<string, { A: string[] }> = {};
+  for (let i = 0; i < n; i++) {
+    const name = `name-${i}.test`;
+    names.push(name);
+    records[name] = { A: [`10.0.${i >> 8}.${i & 255}`] };
+  }
+  return { names, records };
+}
+
+const base = staticHandler({ 'www.example.com': { A: ['192.0.2.1'], AAAA: ['2001:db8::1'] } }, { soaZone: 'example.com' });
+
+// ---------------------------------------------------------------- resolv.conf
+
+t.test('parseResolvConf: a kubelet-style file', async (t) => {
+  const rc = parseResolvConf(
+    'nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n',
+  );
+  t.same(rc.nameservers, [{ host: '10.96.0.10', port: 53 }]);
+  t.same(rc.search, ['default.svc.cluster.local', 'svc.cluster.local', 'cluster.local']);
+  t.same(rc.options, { timeoutMs: undefined, attempts: undefined, rotate: false, ndots: 5 });
+  t.same(rc.warnings, []);
+});
+
+t.test('parseResolvConf: comments, last search/domain wins, IPv6 with zone, CRLF', async (t) => {
+  const rc = parseResolvConf(
+    [
+      '# generated',
+      '; another comment',
+      'search a.example b.example',
+      'domain corp.example',
+      'nameserver 192.0.2.53 # trailing comment',
+      'nameserver fe80::1%eth0',
+      'nameserver 2001:db8::53\r',
+      '',
+    ].join('\n'),
+  );
+  t.same(rc.search, ['corp.example']);
+  t.same(rc.nameservers.map((n) => n.host), ['192.0.2.53', 'fe80::1%eth0', '2001:db8::53']);
+  t.ok(rc.nameservers.every((n) => n.port === 53));
+  t.same(rc.warnings, []);
+  t.same(parseResolvConf('domain x.example\nsearch y.example z.example\n').search, ['y.example', 'z.example']);
+});
+
+t.test('parseResolvConf: options clamp like glibc and accumulate', async (t) => {
+  const rc = parseResolvConf('options timeout:60 attempts:9\noptions ndots:20 rotate edns0\nnameserver 127.0.0.1\n');
+  t.equal(rc.options.timeoutMs, 30_000);
+  t.equal(rc.options.attempts, 5);
+  t.equal(rc.options.ndots, 15);
+  t.equal(rc.options.rotate, true);
+  t.equal(rc.warnings.length, 3, 'one warning per clamp, none for edns0');
+  const low = parseResolvConf('options timeout:0 attempts:0 ndots:0\n');
+  t.equal(low.options.timeoutMs, 1000, 'glibc waits at least 1 s');
+  t.equal(low.options.attempts, 1);
+  t.equal(low.options.ndots, 0);
+  const bad = parseResolvConf('options ndots:x frobnicate timeout:2\n');
+  t.equal(bad.options.ndots, undefined);
+  t.equal(bad.options.timeoutMs, 2000);
+  t.equal(bad.warnings.length, 2);
+});
+
+t.test('parseResolvConf: invalid addresses, too many servers, unknown lines', async (t) => {
+  const rc = parseResolvConf(
+    [
+      'nameserver 10.0.0.1',
+      'nameserver 10.0.0.256',
+      'nameserver dns.example',
+      'nameserver 10.0.0.2',
+      'nameserver 10.0.0.3',
+      'nameserver 10.0.0.4',
+      'lookup file bind',
+      '  nameserver 10.0.0.9',
+      'nameserver',
+    ].join('\n'),
+  );
+  t.same(rc.nameservers.map((n) => n.host), ['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4'], 'all valid ones kept, beyond glibc MAXNS too');
+  const w = rc.warnings.join('\n');
+  t.match(w, /10\.0\.0\.256/);
+  t.match(w, /dns\.example/);
+  t.match(w, /lookup file bind/);
+  t.match(w, /nameserver 10\.0\.0\.9/, 'indented line ignored, as glibc does');
+  t.match(w, /first 3/);
+  t.equal(rc.warnings.length, 6);
+});
+
+// ---------------------------------------------------------------- TCP pool
+
+t.test('TcpPool: many queries pipelined on one connection, ids unique on it', async (t) => {
+  const { names, records } = manyNames(300);
+  const zone = staticHandler(records);
+  const idsByConn = new Map<number, number[]>();
+  const handler: SimHandler = (q: Packet, ctx: SimContext) => {
+    const ids = idsByConn.get(ctx.remotePort) ?? [];
+    ids.push(q.id ?? -1);
+    idsByConn.set(ctx.remotePort, ids);
+    return zone(q, ctx);
+  };
+  // Latency keeps all 300 in flight at once, so id uniqueness is tested while they coexist.
+  const sim = await SimDnsServer.start({ handler, udp: false, faults: { latencyMs: 50 } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.close());
+
+  const results = await Promise.all(names.map((n) => ask(pool, n, { timeoutMs: 5000 }).done));
+  t.equal(sim.stats.tcpConnections, 1);
+  t.equal(sim.stats.tcpQueries, 300);
+  for (let i = 0; i < names.length; i++) {
+    const r = results[i]!;
+    if (r.reason !== null || r.calls !== 1) t.fail(`query ${i}: ${String(r.reason)} calls=${r.calls}`);
+    t.same(addresses(r.answer), [records[names[i]!]!.A[0]], names[i]);
+  }
+  t.equal(pool.stats.sent, 300);
+  t.equal(pool.stats.answered, 300);
+  t.equal(pool.stats.mismatched, 0);
+  t.equal(idsByConn.size, 1);
+  const ids = [...idsByConn.values()][0]!;
+  t.equal(new Set(ids).size, 300, 'no id reused among queries in flight together');
+  t.equal(pool.inFlight, 0);
+  t.equal(pool.openConnections, 1);
+});
+
+t.test('TcpPool: answers out of order are matched to their queries', async (t) => {
+  const { names, records } = manyNames(20);
+  const zone = staticHandler(records);
+  // A barrier: nothing is answered until all 20 queries are in, so the reversal covers all of them.
+  let arrived = 0;
+  let release: () => void = () => {};
+  const all = new Promise<void>((r) => {
+    release = r;
+  });
+  const handler: SimHandler = async (q, ctx) => {
+    if (++arrived === names.length) release();
+    await all;
+    return zone(q, ctx);
+  };
+  const sim = await SimDnsServer.start({ handler, udp: false, faults: { reorderTcp: true } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.close());
+
+  const order: number[] = [];
+  const results = await Promise.all(
+    names.map((n, i) =>
+      ask(pool, n, { timeoutMs: 5000 }).done.then((r) => {
+        order.push(i);
+        return r;
+      }),
+    ),
+  );
+  for (let i = 0; i < names.length; i++) t.same(addresses(results[i]!.answer), records[names[i]!]!.A, names[i]);
+  t.same(order, names.map((_, i) => names.length - 1 - i), 'answers arrived (and were accepted) in reverse order');
+  t.equal(sim.stats.tcpConnections, 1);
+});
+
+t.test('TcpPool: server closes a connection with queries in flight; they are retried on a new one', async (t) => {
+  const { names, records } = manyNames(8);
+  const sim = await SimDnsServer.start({ handler: staticHandler(records), udp: false, faults: { closeAfterQueries: 5 } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.close());
+
+  // All 8 are written at once on connect: the server answers 4, closes on the 5th, ignores the rest.
+  const results = await Promise.all(names.map((n) => ask(pool, n, { timeoutMs: 3000 }).done));
+  for (let i = 0; i < names.length; i++) {
+    t.equal(results[i]!.reason, null, names[i]);
+    t.same(addresses(results[i]!.answer), records[names[i]!]!.A);
+  }
+  t.equal(sim.stats.tcpConnections, 2);
+  t.equal(pool.stats.retried, 4);
+  t.equal(pool.stats.reconnects, 1);
+  t.equal(pool.stats.networkErrors, 0);
+});
+
+t.test('TcpPool: no answer -> timeout at the deadline', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port } });
+  t.teardown(() => pool.close());
+  const r = await ask(pool, 'www.example.com', { timeoutMs: 300 }).done;
+  t.equal(r.reason, 'timeout');
+  t.equal(r.calls, 1);
+  t.equal(pool.stats.timeouts, 1);
+  t.equal(pool.inFlight, 0);
+  t.equal(sim.stats.tcpQueries, 1);
+});
+
+t.test('TcpPool: a full queue rejects with overloaded at once', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, maxInFlightPerConnection: 2, maxQueued: 3 });
+  t.teardown(() => pool.close());
+  // Nothing is connected yet, so all go to the queue: 3 fit, 3 do not.
+  const asks = Array.from({ length: 6 }, () => ask(pool, 'www.example.com', { timeoutMs: 300 }));
+  t.same(asks.map((a) => a.outcome.reason), [null, null, null, 'overloaded', 'overloaded', 'overloaded']);
+  t.ok(asks.slice(3).every((a) => a.outcome.sync), 'rejected inside send()');
+  t.equal(pool.queued, 3);
+  t.ok(await until(() => pool.inFlight === 2), 'two sent once connected, the cap holds the third back');
+  t.equal(pool.queued, 1);
+  const rest = await Promise.all(asks.slice(0, 3).map((a) => a.done));
+  t.same(rest.map((r) => r.reason), ['timeout', 'timeout', 'timeout']);
+  t.equal(pool.stats.overloaded, 3);
+  t.equal(pool.stats.timeouts, 3);
+  t.equal(sim.stats.tcpQueries, 2);
+});
+
+t.test('TcpPool: rotation after N queries moves to a new connection', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, rotateAfterQueries: 5 });
+  t.teardown(() => pool.close());
+  for (let i = 0; i < 12; i++) {
+    const r = await ask(pool, 'www.example.com').done;
+    t.same(addresses(r.answer), ['192.0.2.1']);
+  }
+  t.equal(pool.stats.rotations, 2);
+  t.equal(sim.stats.tcpConnections, 3);
+  t.ok(await until(() => sim.openTcpConnections === 1), 'drained connections were closed');
+  t.equal(pool.openConnections, 1);
+});
+
+t.test('TcpPool: an answer with the wrong question is dropped and counted', async (t) => {
+  // The server mixes up its pipelined answers: "evil.test" gets an answer about another name under the right id.
+  const handler: SimHandler = (q, ctx) => {
+    if (q.questions?.[0]?.name === 'evil.test') return { questions: [{ name: 'victim.test', type: 'A', class: 'IN' }], answers: [{ type: 'A', name: 'victim.test', ttl: 60, data: '6.6.6.6' }] };
+    return base(q, ctx);
+  };
+  const sim = await SimDnsServer.start({ handler, udp: false });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.close());
+  const [evil, good] = await Promise.all([ask(pool, 'evil.test', { timeoutMs: 300 }).done, ask(pool, 'www.example.com', { timeoutMs: 300 }).done]);
+  t.equal(evil!.reason, 'timeout');
+  t.equal(evil!.answer, null);
+  t.same(addresses(good!.answer), ['192.0.2.1'], 'the connection stays usable');
+  t.equal(pool.stats.mismatched, 1);
+  t.equal(pool.stats.answered, 1);
+});
+
+t.test('TcpPool: rotation by age (ManualClock)', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const clock = new ManualClock();
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, rotateAfterMs: 60_000, clock });
+  t.teardown(() => pool.close());
+  t.same(addresses((await ask(pool, 'www.example.com', { clock }).done).answer), ['192.0.2.1']);
+  clock.advance(59_000);
+  t.same(addresses((await ask(pool, 'www.example.com', { clock }).done).answer), ['192.0.2.1']);
+  t.equal(sim.stats.tcpConnections, 1, 'young connection reused');
+  clock.advance(1_000);
+  t.same(addresses((await ask(pool, 'www.example.com', { clock }).done).answer), ['192.0.2.1']);
+  t.equal(sim.stats.tcpConnections, 2, 'old connection drained, new one opened');
+  t.equal(pool.stats.rotations, 1);
+  t.ok(await until(() => sim.openTcpConnections === 1));
+});
+
+t.test('TcpPool: server down, then back: fails, backs off, recovers', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.close());
+  t.same(addresses((await ask(pool, 'www.example.com').done).answer), ['192.0.2.1']);
+
+  await sim.stop();
+  const down = await ask(pool, 'www.example.com', { timeoutMs: 400 }).done;
+  t.equal(down.reason, 'timeout', 'queued while reconnects are refused, until the deadline');
+  t.ok(pool.stats.connectFailures >= 1);
+  t.equal(pool.openConnections, 0);
+
+  await sim.restart();
+  const up = await ask(pool, 'www.example.com', { timeoutMs: 6000 }).done;
+  t.same(addresses(up.answer), ['192.0.2.1'], 'answered once the backoff lets it reconnect');
+  t.ok(pool.stats.reconnects >= 1);
+});
+
+t.test('TcpPool: close() rejects queued, lets in-flight finish, refuses new', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { latencyMs: 150 } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  const inflight = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  t.ok(await until(() => sim.stats.tcpQueries === 1), 'query reached the server');
+  const queuedBehindClose = ask(pool, 'www.example.com');
+  const closing = pool.close();
+  t.equal(queuedBehindClose.outcome.reason, null, 'sent before close: on the open connection, not queued');
+  const after = ask(pool, 'www.example.com');
+  t.equal(after.outcome.reason, 'closed');
+  t.ok(after.outcome.sync);
+  t.same(addresses((await inflight.done).answer), ['192.0.2.1']);
+  t.same(addresses((await queuedBehindClose.done).answer), ['192.0.2.1']);
+  await closing;
+  t.equal(pool.openConnections, 0);
+  t.ok(await until(() => sim.openTcpConnections === 0));
+
+  // Before any connection is open everything is queued, so close() rejects it.
+  const pool2 = new TcpPool({ server: { host: sim.host, port: sim.port } });
+  const q = ask(pool2, 'www.example.com');
+  await pool2.close();
+  t.equal((await q.done).reason, 'closed');
+});
+
+// ---------------------------------------------------------------- host resolvers
+
+async function twoServers(
+  t: Test,
+  faults1: Parameters<typeof SimDnsServer.start>[0]['faults'] = {},
+  faults2: Parameters<typeof SimDnsServer.start>[0]['faults'] = {},
+  host = '127.0.0.1',
+): Promise<[SimDnsServer, SimDnsServer]> {
+  const a = await SimDnsServer.start({ host, handler: base, faults: faults1 });
+  const b = await SimDnsServer.start({ host, handler: base, faults: faults2 });
+  t.teardown(() => a.close());
+  t.teardown(() => b.close());
+  return [a, b];
+}
+
+function resolvers(sims: SimDnsServer[], opts: { attemptTimeoutMs?: number; attempts?: number; rotate?: boolean } = {}): HostResolvers {
+  return new HostResolvers({
+    servers: sims.map((s) => ({ host: s.host, port: s.port })),
+    attemptTimeoutMs: opts.attemptTimeoutMs ?? 1000,
+    attempts: opts.attempts ?? 2,
+    rotate: opts.rotate ?? false,
+  });
+}
+
+t.test('HostResolvers: answers over UDP from the first server, fresh source ports', async (t) => {
+  const ports = new Set<number>();
+  const sim = await SimDnsServer.start({
+    handler: (q, ctx) => {
+      ports.add(ctx.remotePort);
+      return base(q, ctx);
+    },
+  });
+  t.teardown(() => sim.close());
+  const other = await SimDnsServer.start({ handler: base });
+  t.teardown(() => other.close());
+  const up = resolvers([sim, other]);
+  t.teardown(() => up.close());
+  for (let i = 0; i < 5; i++) {
+    const r = await ask(up, 'WWW.Example.com').done;
+    t.same(addresses(r.answer), ['192.0.2.1']);
+    t.equal(r.calls, 1);
+  }
+  const v6 = await ask(up, 'www.example.com', { type: 'AAAA' }).done;
+  t.same(addresses(v6.answer), ['2001:db8::1']);
+  const nx = await ask(up, 'nope.example.com').done;
+  t.equal(rcodeOf(nx.answer), 'NXDOMAIN');
+  t.equal(sim.stats.udpQueries, 7);
+  t.equal(other.stats.udpQueries, 0, 'without rotate, server 0 first');
+  t.ok(ports.size > 1, 'source port not reused for every query');
+  t.equal(up.stats.answered, 7);
+  t.equal(up.stats.sent, 7);
+});
+
+t.test('HostResolvers: TC=1 -> the same server over TCP', async (t) => {
+  const [a, b] = await twoServers(t, { truncateUdp: true });
+  const up = resolvers([a, b]);
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com').done;
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(r.answer?.flag_tc, false);
+  t.equal(up.stats.tcpFallbacks, 1);
+  t.equal(a.stats.udpQueries, 1);
+  t.equal(a.stats.tcpQueries, 1);
+  t.equal(b.stats.udpQueries + b.stats.tcpQueries, 0);
+});
+
+t.test('HostResolvers: first server silent -> fails over to the second', async (t) => {
+  const [a, b] = await twoServers(t, { dropAll: true });
+  const up = resolvers([a, b], { attemptTimeoutMs: 150 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(a.stats.udpQueries, 1);
+  t.equal(b.stats.udpQueries, 1);
+  t.equal(up.stats.failovers, 1);
+  t.equal(up.stats.attemptTimeouts, 1);
+});
+
+t.test('HostResolvers: spoofed answers are ignored and counted', async (t) => {
+  const [a, b] = await twoServers(t, { spoofFirst: true });
+  const up = resolvers([a, b]);
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com').done;
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(r.answer?.questions?.[0]?.name.toLowerCase(), 'www.example.com');
+  t.equal(up.stats.spoofed, 2, 'wrong id and wrong question');
+  t.equal(up.stats.answered, 1);
+  t.equal(b.stats.udpQueries, 0);
+});
+
+t.test('HostResolvers: everything silent -> timeout after attempts x servers tries', async (t) => {
+  const [a, b] = await twoServers(t, { dropAll: true }, { dropAll: true });
+  const up = resolvers([a, b], { attemptTimeoutMs: 100, attempts: 2 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.equal(r.reason, 'timeout');
+  t.equal(r.calls, 1);
+  t.equal(a.stats.udpQueries, 2);
+  t.equal(b.stats.udpQueries, 2);
+  t.equal(up.stats.attemptTimeouts, 4);
+  t.equal(up.stats.timeouts, 1);
+});
+
+t.test('HostResolvers: never past the exchange deadline', async (t) => {
+  const [a, b] = await twoServers(t, { dropAll: true }, { dropAll: true });
+  const up = resolvers([a, b], { attemptTimeoutMs: 2000, attempts: 2 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 250 }).done;
+  t.equal(r.reason, 'timeout');
+  t.equal(a.stats.udpQueries + b.stats.udpQueries, 1, 'the deadline cut the first try short; no second try');
+});
+
+t.test('HostResolvers: nobody listening (ICMP port unreachable) -> network', async (t) => {
+  const gone1 = await SimDnsServer.start({ handler: base });
+  const gone2 = await SimDnsServer.start({ handler: base });
+  const servers = [gone1, gone2].map((s) => ({ host: s.host, port: s.port }));
+  await gone1.close();
+  await gone2.close();
+  const up = new HostResolvers({ servers, attemptTimeoutMs: 1000, attempts: 2, rotate: false });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.equal(r.reason, 'network');
+  t.equal(up.stats.attemptErrors, 4);
+  t.equal(up.stats.networkErrors, 1);
+});
+
+t.test('HostResolvers: SERVFAIL moves on; if every server fails, its answer is passed on', async (t) => {
+  const [a, b] = await twoServers(t, { rcode: 'SERVFAIL' });
+  const up = resolvers([a, b]);
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com').done;
+  t.same(addresses(r.answer), ['192.0.2.1'], 'second server answered');
+  t.equal(up.stats.badRcodes, 1);
+  t.equal(up.stats.failovers, 1);
+
+  b.faults.rcode = 'REFUSED';
+  const both = await ask(up, 'www.example.com').done;
+  t.equal(both.reason, null);
+  t.equal(rcodeOf(both.answer), 'REFUSED', 'the last bad answer');
+  t.equal(a.stats.udpQueries, 2, 'a server that said SERVFAIL is not asked again for the same query');
+  t.equal(b.stats.udpQueries, 2);
+});
+
+t.test('HostResolvers: rotate spreads first tries round-robin', async (t) => {
+  const [a, b] = await twoServers(t);
+  const up = resolvers([a, b], { rotate: true });
+  t.teardown(() => up.close());
+  for (let i = 0; i < 4; i++) t.same(addresses((await ask(up, 'www.example.com').done).answer), ['192.0.2.1']);
+  t.equal(a.stats.udpQueries, 2);
+  t.equal(b.stats.udpQueries, 2);
+});
+
+t.test('HostResolvers over IPv6 (::1): answer, TCP fallback, failover', async (t) => {
+  const [a, b] = await twoServers(t, { dropAll: true }, { truncateUdp: true }, '::1');
+  const up = resolvers([a, b], { attemptTimeoutMs: 150 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { type: 'AAAA', timeoutMs: 3000 }).done;
+  t.same(addresses(r.answer), ['2001:db8::1']);
+  t.equal(a.stats.udpQueries, 1);
+  t.equal(b.stats.udpQueries, 1);
+  t.equal(b.stats.tcpQueries, 1);
+  t.equal(up.stats.tcpFallbacks, 1);
+});
+
+t.test('HostResolvers: close() lets in-flight finish and refuses new', async (t) => {
+  const [a, b] = await twoServers(t, { latencyMs: 100 });
+  const up = resolvers([a, b]);
+  const inflight = ask(up, 'www.example.com');
+  const closing = up.close();
+  const after = ask(up, 'www.example.com');
+  t.equal(after.outcome.reason, 'closed');
+  t.ok(after.outcome.sync);
+  t.same(addresses((await inflight.done).answer), ['192.0.2.1']);
+  await closing;
+  t.equal(up.inFlight, 0);
+});
