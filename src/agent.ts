@@ -10,7 +10,7 @@ import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import type { Listener } from './server/listener.js';
-import { Resolver } from './server/resolver.js';
+import { Resolver, type Route } from './server/resolver.js';
 import { TcpListener } from './server/tcp-listener.js';
 import { UdpListener } from './server/udp-listener.js';
 import { HostResolvers } from './upstream/host-resolvers.js';
@@ -28,6 +28,9 @@ export interface AgentDeps {
   readonly clock?: Clock;
   readonly readFile?: (path: string) => string;
 }
+
+/** A pod's resolver gives up on its first try after 5 s: answer (even SERVFAIL) before that. */
+const HOST_BUDGET_CAP_MS = 4500;
 
 /** Reverse zones always belong to the cluster DNS: it owns the PTR records of Service and Pod IPs. */
 const REVERSE_ZONES = ['in-addr.arpa', 'ip6.arpa'];
@@ -79,17 +82,8 @@ export class Agent {
       ...c.stubDomains.flatMap((d) => d.servers.map((addr) => ({ what: `stub domain ${d.zone}`, addr }))),
     ]);
 
-    const external = new HostResolvers({
-      servers: hostServers.servers,
-      attemptTimeoutMs: hostServers.timeoutMs ?? c.timeoutMs,
-      attempts: hostServers.attempts ?? 2,
-      rotate: hostServers.rotate,
-      clock: this.#clock,
-      logger: this.#logger,
-      name: 'host-resolvers',
-    });
-    this.#upstreams.push(external);
-    const routes: ZoneRoute<Upstream>[] = [];
+    const external = this.#hostRoute('host-resolvers', hostServers.servers, hostServers.timeoutMs, hostServers.attempts ?? 2, hostServers.rotate);
+    const routes: ZoneRoute<Route>[] = [];
     if (c.clusterUpstream !== null) {
       const cluster = new TcpPool({
         server: c.clusterUpstream,
@@ -101,7 +95,7 @@ export class Agent {
         logger: this.#logger,
       });
       this.#upstreams.push(cluster);
-      for (const zone of [c.clusterDomain, ...REVERSE_ZONES]) routes.push({ zone, target: cluster });
+      for (const zone of [c.clusterDomain, ...REVERSE_ZONES]) routes.push({ zone, target: { upstream: cluster, timeoutMs: c.timeoutMs } });
     } else {
       this.#logger.warn(
         'LOCAL MODE: no cluster DNS address (--upstream-addr, or the kube-dns-upstream Service environment); every name, cluster zone included, goes to the host resolvers',
@@ -109,9 +103,7 @@ export class Agent {
       );
     }
     for (const stub of c.stubDomains) {
-      const up = new HostResolvers({ servers: stub.servers, attemptTimeoutMs: c.timeoutMs, attempts: 2, rotate: false, clock: this.#clock, logger: this.#logger, name: `stub:${stub.zone}` });
-      this.#upstreams.push(up);
-      routes.push({ zone: stub.zone, target: up });
+      routes.push({ zone: stub.zone, target: this.#hostRoute(`stub:${stub.zone}`, stub.servers, undefined, 2, false) });
     }
 
     const resolver = new Resolver({
@@ -119,7 +111,6 @@ export class Agent {
       router: new ZoneRouter(routes, external),
       clock: this.#clock,
       logger: this.#logger,
-      timeoutMs: c.timeoutMs,
       maxUdpSize: c.maxUdpSize,
     });
     this.#resolver = resolver;
@@ -165,6 +156,21 @@ export class Agent {
     await Promise.all(this.#upstreams.map((u) => u.close()));
     this.#listeners.length = 0;
     this.#upstreams.length = 0;
+  }
+
+  /**
+   * UDP servers tried in turn (host resolvers, stub domains). One try waits
+   * resolv.conf's `timeout`, never longer than --timeout (glibc's 5 s default
+   * would let a pod's own 5 s timer fire before we tried a second server); the
+   * exchange may take all its tries, up to HOST_BUDGET_CAP_MS, and at least --timeout.
+   */
+  #hostRoute(name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean): Route {
+    const c = this.config;
+    const attemptTimeoutMs = Math.min(attemptMs ?? c.timeoutMs, c.timeoutMs);
+    const upstream = new HostResolvers({ servers, attemptTimeoutMs, attempts, rotate, clock: this.#clock, logger: this.#logger, name });
+    this.#upstreams.push(upstream);
+    const budget = Math.max(c.timeoutMs, Math.min(attemptTimeoutMs * attempts * servers.length, HOST_BUDGET_CAP_MS));
+    return { upstream, timeoutMs: budget };
   }
 
   #hostServers(): { servers: ServerAddress[]; source: string; timeoutMs: number | undefined; attempts: number | undefined; rotate: boolean } {

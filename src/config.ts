@@ -73,7 +73,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'resolv-conf', kind: 'string', def: '/etc/resolv.conf', help: 'resolv.conf whose nameservers answer external names' },
   { flag: 'upstream-nameservers', kind: 'list', def: undefined, help: 'IP[:PORT][,...] for external names, instead of the resolv.conf nameservers (kube-dns upstreamNameservers)' },
   { flag: 'stub-domain', kind: 'list', def: undefined, help: 'ZONE=IP[:PORT][,IP[:PORT]] forwards ZONE to those servers; repeatable (kube-dns stubDomains)' },
-  { flag: 'timeout', kind: 'duration', def: '2s', help: 'deadline of one upstream query; the client then gets SERVFAIL, well inside its own 5 s timeout' },
+  { flag: 'timeout', kind: 'duration', def: '2s', help: 'deadline of a cluster DNS query, and the longest one host-resolver try may wait (resolv.conf timeout: may shorten it); then SERVFAIL, well inside a pod\'s own 5 s' },
   { flag: 'upstream-connections', kind: 'int', def: '2', help: 'persistent TCP connections to the cluster DNS (queries are pipelined on each)', min: 1, max: 64 },
   { flag: 'upstream-max-inflight', kind: 'int', def: '1000', help: 'queries in flight on one upstream TCP connection', min: 1, max: 65000 },
   { flag: 'upstream-rotate-queries', kind: 'int', def: '10000', help: 'replace an upstream connection after this many queries, so load spreads over kube-dns pods', min: 1 },

@@ -18,13 +18,21 @@ import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } fro
 import { PendingQuery, type PendingOwner } from './pending.js';
 import { ServerCounter, newServerCounters } from './stats.js';
 
+/** Where a zone's misses go, and how long the whole exchange may take there. */
+export interface Route {
+  readonly upstream: Upstream;
+  /**
+   * The exchange's deadline: the cluster pool's single try, or a host
+   * resolver's tries across its servers.
+   */
+  readonly timeoutMs: number;
+}
+
 export interface ResolverOptions {
   readonly cache: DnsCache;
-  readonly router: ZoneRouter<Upstream>;
+  readonly router: ZoneRouter<Route>;
   readonly clock: Clock;
   readonly logger: Logger;
-  /** Deadline of one upstream query. */
-  readonly timeoutMs: number;
   /** Largest UDP answer whatever the client advertises. */
   readonly maxUdpSize: number;
 }
@@ -39,10 +47,9 @@ const failureCounter: Record<UpstreamFailure, number> = {
 export class Resolver implements QueryHandler, PendingOwner {
   readonly counters: Float64Array;
   readonly #cache: DnsCache;
-  readonly #router: ZoneRouter<Upstream>;
+  readonly #router: ZoneRouter<Route>;
   readonly #clock: Clock;
   readonly #logger: Logger;
-  readonly #timeoutMs: number;
   readonly #maxUdpSize: number;
   /** Questions in flight upstream, by cache key: identical misses share one. */
   readonly #inflight: Map<string, PendingQuery>;
@@ -53,7 +60,6 @@ export class Resolver implements QueryHandler, PendingOwner {
     this.#router = opts.router;
     this.#clock = opts.clock;
     this.#logger = opts.logger;
-    this.#timeoutMs = opts.timeoutMs;
     this.#maxUdpSize = opts.maxUdpSize;
     this.counters = newServerCounters();
     this.#inflight = new Map();
@@ -88,9 +94,10 @@ export class Resolver implements QueryHandler, PendingOwner {
       pending.waiters.push({ q, channel, peer });
       return;
     }
-    pending = new PendingQuery(this, q.key, upstreamQuery(q), now + this.#timeoutMs);
+    const route = this.#router.route(q.key);
+    pending = new PendingQuery(this, q.key, upstreamQuery(q), now + route.timeoutMs);
     pending.waiters.push({ q, channel, peer });
-    this.#forward(pending);
+    this.#forward(pending, route.upstream);
   }
 
   /** An upstream answer for a pending question: validate, cache, answer every waiter with its own id and case. */
@@ -127,11 +134,11 @@ export class Resolver implements QueryHandler, PendingOwner {
     });
   }
 
-  #forward(p: PendingQuery): void {
+  #forward(p: PendingQuery, upstream: Upstream): void {
     this.#inflight.set(p.key, p);
     this.counters[ServerCounter.FORWARDED]!++;
     // May complete synchronously (reject 'overloaded'): the pending is registered first so #settle finds it.
-    this.#router.route(p.key).send(p);
+    upstream.send(p);
   }
 
   /**
@@ -141,7 +148,8 @@ export class Resolver implements QueryHandler, PendingOwner {
    */
   #refresh(q: Query, now: number): void {
     if (this.#inflight.has(q.key)) return;
-    this.#forward(new PendingQuery(this, q.key, upstreamQuery(q), now + this.#timeoutMs));
+    const route = this.#router.route(q.key);
+    this.#forward(new PendingQuery(this, q.key, upstreamQuery(q), now + route.timeoutMs), route.upstream);
   }
 
   #settle(p: PendingQuery): void {
