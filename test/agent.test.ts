@@ -309,3 +309,26 @@ t.test('client TCP: connection cap, in-flight cap with backpressure, idle timeou
   s1.destroy();
   s2.destroy();
 });
+
+t.test('cluster DNS refusing connections: SERVFAIL at once, forwarding again once it is back', async (t) => {
+  const { cluster, args } = await sims(t);
+  // A deadline far beyond the client's wait: an answer can only come from failing fast.
+  const a = await startAgent(HOST, [...args, '--timeout', '10s']);
+  t.teardown(a.stop);
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10']);
+  await cluster.stop();
+  for (let i = 0; i < 3; i++) {
+    const ans = await udpQuery(a.target, `gone${i}.default.svc.cluster.local`, { timeoutMs: 3000 });
+    t.equal(rcodeOf(ans), 2, `query ${i}: SERVFAIL without waiting out the 10 s deadline`);
+  }
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'cached names still answer');
+  await cluster.restart();
+  let back = false;
+  // Backoff is at most 5 s; poll a bounded number of times for recovery.
+  for (let i = 0; i < 40 && !back; i++) {
+    const ans = await udpQuery(a.target, 'db.prod.svc.cluster.local', { timeoutMs: 3000 });
+    back = rcodeOf(ans) === 0 && dataOf(ans)[0] === '10.96.2.20';
+    if (!back) await sleep(250);
+  }
+  t.ok(back, 'forwarding resumed after the cluster DNS came back');
+});

@@ -99,6 +99,8 @@ class Conn {
   answered: number;
   readonly startedAt: number;
   openedAt: number;
+  /** errno code of the last socket error, for the unreachable log line. */
+  lastError: string;
   constructor(socket: net.Socket, onFrame: (msg: Buffer) => void, now: number) {
     this.state = 'connecting';
     this.socket = socket;
@@ -110,6 +112,7 @@ class Conn {
     this.answered = 0;
     this.startedAt = now;
     this.openedAt = 0;
+    this.lastError = 'closed';
   }
 }
 
@@ -132,6 +135,13 @@ export class TcpPool implements Upstream {
   #backoffMs: number;
   #nextConnectAt: number;
   #lostSinceConnect: boolean;
+  /**
+   * The last connect failed and nothing is open: queries fail at once
+   * ('network' -> SERVFAIL now) instead of each waiting out its deadline,
+   * until a connect succeeds. A pod behind us would otherwise wait the whole
+   * --timeout for every search-list candidate while kube-dns is down.
+   */
+  #unreachable: boolean;
   #closed: Promise<void> | null;
   #onClosed: (() => void) | null;
 
@@ -160,6 +170,7 @@ export class TcpPool implements Upstream {
     this.#backoffMs = BACKOFF_MIN_MS;
     this.#nextConnectAt = 0;
     this.#lostSinceConnect = false;
+    this.#unreachable = false;
     this.#closed = null;
     this.#onClosed = null;
   }
@@ -217,6 +228,10 @@ export class TcpPool implements Upstream {
         this.#write(c, job);
         return;
       }
+    }
+    if (this.#unreachable && now < this.#nextConnectAt) {
+      this.#fail(job, 'network');
+      return;
     }
     if (this.#queue.length >= this.#maxQueued) {
       this.#fail(job, 'overloaded');
@@ -281,7 +296,8 @@ export class TcpPool implements Upstream {
     // The server's FIN: CoreDNS closing an idle connection, or a pod going away. Nothing more will be answered on it.
     socket.on('end', () => this.#setClosed(c, 'lost'));
     socket.on('error', (err: NodeJS.ErrnoException) => {
-      this.#log.debug('cluster dns connection error', { upstream: this.name, code: err.code ?? err.message });
+      c.lastError = err.code ?? err.message;
+      this.#log.debug('cluster dns connection error', { upstream: this.name, code: c.lastError });
     });
     socket.on('close', () => this.#setClosed(c, 'lost'));
     this.#armSweep();
@@ -294,6 +310,10 @@ export class TcpPool implements Upstream {
     c.socket.setNoDelay(true);
     this.stats.connects++;
     this.#lostSinceConnect = false;
+    if (this.#unreachable) {
+      this.#unreachable = false;
+      this.#log.info('cluster dns reachable again', { upstream: this.name });
+    }
     this.#pump(c.openedAt);
   }
 
@@ -365,6 +385,13 @@ export class TcpPool implements Upstream {
       // A connection that never answered anything (refused at connect, or accepted and dropped) gets backoff, so a
       // sick server is not hammered in a tight loop.
       if (was === 'connecting' || c.answered === 0) this.#backOff(now);
+      if (was === 'connecting' && !this.#unreachable && !this.#conns.some((o) => o.state === 'open')) {
+        this.#unreachable = true;
+        this.#log.warn('cluster dns unreachable: cluster-zone queries get SERVFAIL at once until it is back', {
+          upstream: this.name,
+          error: cause === 'connectTimeout' ? 'connect timeout' : c.lastError,
+        });
+      }
     }
     if (c.inflight.size > 0) {
       const jobs = [...c.inflight.values()];
@@ -380,6 +407,9 @@ export class TcpPool implements Upstream {
           this.#fail(job, 'network');
         }
       }
+    }
+    if (this.#unreachable && !this.#conns.some((o) => o.state === 'open')) {
+      for (const job of this.#queue.drain()) this.#fail(job, 'network');
     }
     if (this.#queue.length > 0) this.#pump(now);
     this.#maybeFinishClose();
