@@ -332,3 +332,23 @@ t.test('cluster DNS refusing connections: SERVFAIL at once, forwarding again onc
   }
   t.ok(back, 'forwarding resumed after the cluster DNS came back');
 });
+
+t.test('a TCP client that half-closes after its queries still gets every answer', async (t) => {
+  const { args } = await sims(t, { latencyMs: 100 });
+  const a = await startAgent(HOST, [...args, '--max-tcp-queries', '2']);
+  t.teardown(a.stop);
+  const net = await import('node:net');
+  const { FrameDecoder, frame } = await import('../src/dns/framing.js');
+  const ids: number[] = [];
+  await new Promise<void>((resolve) => {
+    const s = net.connect(a.target.port, a.target.host, () => {
+      // Five misses, more than the in-flight cap, then FIN straight away (as `nc -N` does).
+      s.end(Buffer.concat([0, 1, 2, 3, 4].map((i) => frame(buildQuery(`half${i}.default.svc.cluster.local`, { id: 500 + i })))));
+    });
+    const dec = new FrameDecoder((f) => ids.push(f.readUInt16BE(0)));
+    s.on('data', (c) => dec.push(c));
+    s.on('close', () => resolve());
+    s.on('error', () => resolve());
+  });
+  t.same(ids.sort(), [500, 501, 502, 503, 504], 'all five answered, then the server closed');
+});

@@ -49,7 +49,9 @@ export class TcpListener implements Listener {
   }
 
   start(): Promise<void> {
-    const server = net.createServer({ noDelay: true }, (socket) => this.#accept(socket));
+    // allowHalfOpen: a client may send its queries and then FIN (nc -N, scripts); it still gets its answers,
+    // and we close our side once they are written.
+    const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.#accept(socket));
     server.maxConnections = this.#opts.maxConnections;
     this.#server = server;
     return new Promise((resolve, reject) => {
@@ -117,6 +119,7 @@ class TcpClientConnection implements ClientChannel {
     socket.setKeepAlive(true);
     socket.setTimeout(opts.idleTimeoutMs);
     socket.on('data', (chunk: Buffer) => this.#decoder.push(chunk));
+    socket.on('end', () => this.stopReading());
     socket.on('timeout', () => {
       // Idle means nothing owed either way; a slow upstream answer keeps the connection.
       if (this.#inflight === 0) socket.destroy();
@@ -141,11 +144,11 @@ class TcpClientConnection implements ClientChannel {
     this.#drainBacklog();
   }
 
+  /** No more queries from this client (it sent FIN, or we are shutting down); answer what was taken, then close. */
   stopReading(): void {
     this.#reading = false;
     this.#socket.pause();
-    this.#backlog.length = 0;
-    if (this.#inflight === 0) this.#socket.end();
+    this.#drainBacklog();
   }
 
   destroy(): void {
@@ -178,7 +181,7 @@ class TcpClientConnection implements ClientChannel {
     while (this.#backlog.length > 0 && this.#inflight < this.#maxInFlight) this.#dispatch(this.#backlog.shift()!);
     this.#draining = false;
     if (!this.#reading) {
-      if (this.#inflight === 0) this.#socket.end();
+      if (this.#inflight === 0 && this.#backlog.length === 0 && !this.#socket.destroyed) this.#socket.end();
       return;
     }
     if (this.#backlog.length === 0 && this.#inflight < this.#maxInFlight && this.#socket.isPaused()) this.#socket.resume();
