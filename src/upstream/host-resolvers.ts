@@ -18,6 +18,7 @@ import net from 'node:net';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { FLAG_TC, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
@@ -96,10 +97,8 @@ export class HostResolvers implements Upstream {
   /** Bound once: every attempt reports through the same object. */
   readonly #events: AttemptEvents<Job>;
   #rr: number;
-  #state: 'running' | 'closing' | 'closed';
+  readonly #life: Lifecycle;
   #sweep: NodeJS.Timeout | null;
-  #closed: Promise<void> | null;
-  #onClosed: (() => void) | null;
 
   constructor(opts: HostResolversOptions) {
     // A host name would be resolved by the system resolver on every try: maybe through us.
@@ -129,10 +128,8 @@ export class HostResolvers implements Upstream {
       onError: (attempt, code) => this.#onError(attempt, code),
     };
     this.#rr = 0;
-    this.#state = 'running';
+    this.#life = new Lifecycle();
     this.#sweep = null;
-    this.#closed = null;
-    this.#onClosed = null;
   }
 
   /** Exchanges not yet completed. */
@@ -141,7 +138,7 @@ export class HostResolvers implements Upstream {
   }
 
   send(ex: UpstreamExchange): void {
-    if (this.#state !== 'running') {
+    if (!this.#life.running) {
       settle(ex, null, 'closed', this.#log);
       return;
     }
@@ -160,13 +157,9 @@ export class HostResolvers implements Upstream {
 
   /** In-flight exchanges run on until answered or past their deadline; new ones are rejected with 'closed'. */
   close(): Promise<void> {
-    if (this.#closed !== null) return this.#closed;
-    this.#state = 'closing';
-    this.#closed = new Promise((resolve) => {
-      this.#onClosed = resolve;
-    });
+    if (!this.#life.beginClose()) return this.#life.done;
     this.#maybeFinishClose();
-    return this.#closed;
+    return this.#life.done;
   }
 
   #onAnswer(attempt: QueryAttempt<Job>, answer: Buffer): void {
@@ -267,12 +260,9 @@ export class HostResolvers implements Upstream {
   }
 
   #maybeFinishClose(): void {
-    if (this.#state !== 'closing' || this.#active.size > 0) return;
-    this.#state = 'closed';
+    if (!this.#life.closing || this.#active.size > 0) return;
     if (this.#sweep !== null) clearInterval(this.#sweep);
     this.#sweep = null;
-    const done = this.#onClosed;
-    this.#onClosed = null;
-    if (done !== null) done();
+    this.#life.finish();
   }
 }

@@ -30,6 +30,7 @@ import { HEADER_LEN } from '../dns/constants.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
 import { answerMatchesQuery, readId } from '../dns/question.js';
 import { Fifo } from './fifo.js';
+import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
 
@@ -66,7 +67,6 @@ export interface TcpPoolStats {
 }
 
 type ConnState = 'connecting' | 'open' | 'draining' | 'closed';
-type PoolState = 'running' | 'closing' | 'closed';
 
 const SWEEP_MS = 50;
 // Backoff after connect failures: fast enough to catch a restarting CoreDNS, capped so a dead one is not hammered.
@@ -130,7 +130,7 @@ export class TcpPool implements Upstream {
   readonly #log: Logger;
   readonly #conns: Conn[];
   readonly #queue: Fifo<Job>;
-  #state: PoolState;
+  readonly #life: Lifecycle;
   #sweep: NodeJS.Timeout | null;
   #backoffMs: number;
   #nextConnectAt: number;
@@ -142,8 +142,6 @@ export class TcpPool implements Upstream {
    * --timeout for every search-list candidate while kube-dns is down.
    */
   #unreachable: boolean;
-  #closed: Promise<void> | null;
-  #onClosed: (() => void) | null;
 
   constructor(opts: TcpPoolOptions) {
     // A host name would make net.connect resolve it through the system resolver: maybe through us.
@@ -165,14 +163,12 @@ export class TcpPool implements Upstream {
     };
     this.#conns = [];
     this.#queue = new Fifo<Job>(64);
-    this.#state = 'running';
+    this.#life = new Lifecycle();
     this.#sweep = null;
     this.#backoffMs = BACKOFF_MIN_MS;
     this.#nextConnectAt = 0;
     this.#lostSinceConnect = false;
     this.#unreachable = false;
-    this.#closed = null;
-    this.#onClosed = null;
   }
 
   get openConnections(): number {
@@ -192,7 +188,7 @@ export class TcpPool implements Upstream {
   }
 
   send(ex: UpstreamExchange): void {
-    if (this.#state !== 'running') {
+    if (!this.#life.running) {
       settle(ex, null, 'closed', this.#log);
       return;
     }
@@ -206,11 +202,7 @@ export class TcpPool implements Upstream {
   }
 
   close(): Promise<void> {
-    if (this.#closed !== null) return this.#closed;
-    this.#state = 'closing';
-    this.#closed = new Promise((resolve) => {
-      this.#onClosed = resolve;
-    });
+    if (!this.#life.beginClose()) return this.#life.done;
     for (const job of this.#queue.drain()) this.#fail(job, 'closed');
     for (const c of [...this.#conns]) {
       if (c.state === 'connecting') this.#setClosed(c, 'ours');
@@ -218,7 +210,7 @@ export class TcpPool implements Upstream {
     }
     this.#armSweep();
     this.#maybeFinishClose();
-    return this.#closed;
+    return this.#life.done;
   }
 
   #dispatch(job: Job, now: number): void {
@@ -274,7 +266,7 @@ export class TcpPool implements Upstream {
   }
 
   #ensureConnecting(now: number): void {
-    if (this.#state !== 'running' || now < this.#nextConnectAt) return;
+    if (!this.#life.running || now < this.#nextConnectAt) return;
     let live = 0;
     for (const c of this.#conns) if (c.state === 'connecting' || c.state === 'open') live++;
     if (live < this.#size) this.#connect(now);
@@ -399,7 +391,7 @@ export class TcpPool implements Upstream {
       // Re-queue at the head, oldest first: these waited longer than anything in the queue.
       for (let k = jobs.length - 1; k >= 0; k--) {
         const job = jobs[k]!;
-        if (this.#state === 'running' && !job.retried && now < job.ex.deadline) {
+        if (this.#life.running && !job.retried && now < job.ex.deadline) {
           job.retried = true;
           this.stats.retried++;
           this.#queue.unshift(job);
@@ -467,13 +459,10 @@ export class TcpPool implements Upstream {
   }
 
   #maybeFinishClose(): void {
-    if (this.#state !== 'closing' || this.#conns.length > 0) return;
-    this.#state = 'closed';
+    if (!this.#life.closing || this.#conns.length > 0) return;
     if (this.#sweep !== null) clearInterval(this.#sweep);
     this.#sweep = null;
-    const done = this.#onClosed;
-    this.#onClosed = null;
-    if (done !== null) done();
+    this.#life.finish();
   }
 
   #resolve(job: Job, answer: Buffer): void {
