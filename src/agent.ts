@@ -57,6 +57,7 @@ export class Agent {
       denialTtl: config.denialTtl,
       minHits: config.prefetchMinHits,
       percent: config.prefetchPercent,
+      staleMs: config.serveStaleMs,
     });
     this.#upstreams = [];
     this.#listeners = [];

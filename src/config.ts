@@ -41,6 +41,8 @@ export interface Config {
   readonly successTtl: number;
   readonly denialTtl: number;
   readonly prefetchMinHits: number;
+  /** How long past expiry a cached answer may still be given when its upstream fails; 0 = never. */
+  readonly serveStaleMs: number;
   readonly prefetchPercent: number;
   readonly maxUdpSize: number;
   readonly tcpIdleTimeoutMs: number;
@@ -84,6 +86,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'denial-ttl', kind: 'duration', def: '5s', help: 'longest a negative answer (NXDOMAIN, NODATA) is cached (node-cache `denial`)' },
   { flag: 'prefetch-min-hits', kind: 'int', def: '3', help: 'hits in its lifetime that make an entry worth refreshing before it expires; 0 disables prefetch', min: 0 },
   { flag: 'prefetch-percent', kind: 'int', def: '10', help: 'refresh popular entries in the last PERCENT of their TTL (at least 1 s)', min: 1, max: 99 },
+  { flag: 'serve-stale', kind: 'duration', def: '1h', help: 'when an upstream fails, answer from an entry expired at most this long ago, with TTL 30 (RFC 8767); 0 turns it off' },
   { flag: 'max-udp-size', kind: 'int', def: '1232', help: 'largest UDP answer, whatever the client advertises (DNS Flag Day 2020); larger ones go TC=1', min: 512, max: 65535 },
   { flag: 'tcp-idle-timeout', kind: 'duration', def: '10s', help: 'close an idle client TCP connection after this long (RFC 7766 6.2.3)' },
   { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; more are refused', min: 1 },
@@ -246,10 +249,10 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     }
     return n;
   };
-  const duration = (flag: string): number => {
+  const duration = (flag: string, allowZero = false): number => {
     const v = str(flag)!;
     const ms = parseDuration(v);
-    if (ms === undefined || ms <= 0) throw new ConfigError(`--${flag} "${v}": expected a duration such as 500ms, 2s or 1m`);
+    if (ms === undefined || (ms <= 0 && !(allowZero && ms === 0))) throw new ConfigError(`--${flag} "${v}": expected a duration such as 500ms, 2s or 1m`);
     return ms;
   };
   const bool = (flag: string): boolean => {
@@ -327,6 +330,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     denialTtl: Math.floor(duration('denial-ttl') / 1000),
     prefetchMinHits: int('prefetch-min-hits'),
     prefetchPercent: int('prefetch-percent'),
+    serveStaleMs: duration('serve-stale', true),
     maxUdpSize: int('max-udp-size'),
     tcpIdleTimeoutMs: duration('tcp-idle-timeout'),
     maxTcpConnections: int('max-tcp-connections'),

@@ -352,3 +352,22 @@ t.test('a TCP client that half-closes after its queries still gets every answer'
   });
   t.same(ids.sort(), [500, 501, 502, 503, 504], 'all five answered, then the server closed');
 });
+
+t.test('serve stale (RFC 8767): an expired answer, TTL 30, when the upstream fails', async (t) => {
+  const { cluster, args } = await sims(t);
+  const clock = new ManualClock();
+  const a = await startAgent(HOST, [...args, '--serve-stale', '10m', '--prefetch-min-hits', '0'], { clock });
+  t.teardown(a.stop);
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10']);
+  clock.advance(60_000); // expired (30 s), inside the 10 min window
+  await cluster.stop();
+  // Let the pool see its connections go, then move the manual clock past its reconnect backoff.
+  await sleep(200);
+  clock.advance(10_000);
+  const stale = await udpQuery(a.target, 'web.default.svc.cluster.local', { timeoutMs: 3000 });
+  t.same(dataOf(stale), ['10.96.1.10'], 'the expired answer');
+  t.equal(ttlOf(stale.answers?.[0]), 30, 'with the stale TTL');
+  t.equal(rcodeOf(await udpQuery(a.target, 'other.default.svc.cluster.local', { timeoutMs: 3000 })), 2, 'nothing stale: SERVFAIL');
+  clock.advance(10 * 60_000);
+  t.equal(rcodeOf(await udpQuery(a.target, 'web.default.svc.cluster.local', { timeoutMs: 3000 })), 2, 'past the window: SERVFAIL');
+});

@@ -165,25 +165,27 @@ t.test('writeAnswer: id, case, TTL countdown, EDNS, truncation', async (t) => {
   t.equal(wire.readUInt16BE(10), 0, 'OPT stripped at insert');
 
   const plain = parseQuery(query({ name: 'WWW.example.COM', id: 99 }));
-  const out = writeAnswer(wire, scan.questionEnd, offsets, plain, 5, 512, 1232);
+  const out = writeAnswer(wire, scan.questionEnd, offsets, plain, 5, -1, 512, 1232);
   const d = dnsPacket.decode(out);
   t.equal(d.id, 99);
   t.equal(d.questions?.[0]?.name, 'WWW.example.COM', 'client case echoed');
   t.same(d.answers?.map(ttlOf), [15, 20], 'TTLs aged by 5 s');
   t.equal(d.additionals?.length ?? 0, 0, 'no OPT for a non-EDNS client');
   t.equal(wire.readUInt32BE(offsets[0]!), 20, 'stored bytes untouched');
-  const old = dnsPacket.decode(writeAnswer(wire, scan.questionEnd, offsets, plain, 500, 512, 1232));
+  const old = dnsPacket.decode(writeAnswer(wire, scan.questionEnd, offsets, plain, 500, -1, 512, 1232));
   t.same(old.answers?.map(ttlOf), [0, 0], 'never negative');
+  const stale = dnsPacket.decode(writeAnswer(wire, scan.questionEnd, offsets, plain, 0, 30, 512, 1232));
+  t.same(stale.answers?.map(ttlOf), [30, 30], 'a fixed TTL for stale answers');
 
   const ednsQ = parseQuery(query({ name: 'www.example.com', edns: true, do: true }));
-  const e = dnsPacket.decode(writeAnswer(wire, scan.questionEnd, offsets, ednsQ, 0, 1232, 1232));
+  const e = dnsPacket.decode(writeAnswer(wire, scan.questionEnd, offsets, ednsQ, 0, -1, 1232, 1232));
   const opt = e.additionals?.[0] as { type: string; udpPayloadSize: number; flags: number; options: unknown[] };
   t.equal(opt.type, 'OPT');
   t.equal(opt.udpPayloadSize, 1232, 'our own OPT, not the upstream one');
   t.equal(opt.options.length, 0);
   t.equal(opt.flags & dnsPacket.DNSSEC_OK, dnsPacket.DNSSEC_OK, 'DO echoed');
 
-  const tc = writeAnswer(wire, scan.questionEnd, offsets, ednsQ, 0, 40, 1232);
+  const tc = writeAnswer(wire, scan.questionEnd, offsets, ednsQ, 0, -1, 40, 1232);
   const td = dnsPacket.decode(tc);
   t.equal(td.flag_tc, true, 'TC=1 when over the limit');
   t.equal(td.answers?.length, 0);
@@ -258,7 +260,7 @@ t.test('planCaching', async (t) => {
 
 t.test('DnsCache: TTL countdown, expiry, negative store, prefetch claim, eviction', async (t) => {
   const clock = new ManualClock();
-  const cache = new DnsCache({ positiveCapacity: 2, negativeCapacity: 2, successTtl: 30, denialTtl: 5, minHits: 2, percent: 10 });
+  const cache = new DnsCache({ positiveCapacity: 2, negativeCapacity: 2, successTtl: 30, denialTtl: 5, minHits: 2, percent: 10, staleMs: 0 });
   const up = answer('a.example', [{ type: 'A', name: 'a.example', ttl: 10, data: '192.0.2.1' }]);
   const q = parseQuery(query({ name: 'A.example' }));
   cache.insert(q.key, up, scanAnswer(up)!, clock.now());
@@ -296,4 +298,23 @@ t.test('DnsCache: TTL countdown, expiry, negative store, prefetch claim, evictio
   const transient = cache.insert(parseQuery(query({ name: 's.example' })).key, sf, scanAnswer(sf)!, clock.now());
   t.equal(dnsPacket.decode(transient.serve(parseQuery(query({ name: 's.example', id: 5 })), clock.now(), 512, 1232)).flags! & 0xf, 2, 'SERVFAIL passed through');
   t.equal(cache.counters[CacheCounter.UNCACHEABLE], 1);
+});
+
+t.test('DnsCache: stale window (RFC 8767)', async (t) => {
+  const clock = new ManualClock();
+  const cache = new DnsCache({ positiveCapacity: 8, negativeCapacity: 8, successTtl: 30, denialTtl: 5, minHits: 0, percent: 10, staleMs: 60_000 });
+  const up = answer('a.example', [{ type: 'A', name: 'a.example', ttl: 10, data: '192.0.2.1' }]);
+  const q = parseQuery(query({ name: 'a.example' }));
+  cache.insert(q.key, up, scanAnswer(up)!, clock.now());
+  t.equal(cache.stale(q.key, clock.now()), undefined, 'a fresh entry is not stale');
+  clock.advance(30_000);
+  t.equal(cache.lookup(q.key, clock.now()), undefined, 'expired: a miss');
+  const s = cache.stale(q.key, clock.now())!;
+  t.ok(s, 'but kept for the stale window');
+  t.equal(dnsPacket.decode(s.serveStale(q, 30, 512, 1232)).answers?.map(ttlOf)[0], 30);
+  t.equal(cache.counters[CacheCounter.STALE], 1);
+  clock.advance(45_000);
+  t.equal(cache.lookup(q.key, clock.now()), undefined);
+  t.equal(cache.stale(q.key, clock.now()), undefined, 'past the window: gone');
+  t.equal(cache.positiveSize, 0, 'and deleted');
 });

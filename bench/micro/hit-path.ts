@@ -31,7 +31,7 @@ function answer(name: string): Buffer {
 }
 
 const now0 = 1_000_000;
-const cache = new DnsCache({ positiveCapacity: NAMES * 2, negativeCapacity: 16, successTtl: 30, denialTtl: 5, minHits: 0, percent: 10 });
+const cache = new DnsCache({ positiveCapacity: NAMES * 2, negativeCapacity: 16, successTtl: 30, denialTtl: 5, minHits: 0, percent: 10, staleMs: 0 });
 const queries: Buffer[] = [];
 for (let i = 0; i < NAMES; i++) {
   // Mixed case on purpose: every hit then patches the question's spelling too.

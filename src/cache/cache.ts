@@ -14,7 +14,12 @@ import { CacheCounter, newCacheCounters } from './stats.js';
 export interface CacheOptions extends TtlCaps, PrefetchOptions {
   readonly positiveCapacity: number;
   readonly negativeCapacity: number;
+  /** How long past expiry an entry may still answer when its upstream fails (RFC 8767); 0 = never. */
+  readonly staleMs: number;
 }
+
+/** RFC 8767 4: the TTL of a stale answer, so clients come back soon but not at once. */
+export const STALE_ANSWER_TTL = 30;
 
 export class DnsCache {
   readonly counters: Float64Array;
@@ -42,27 +47,30 @@ export class DnsCache {
 
   /** A fresh entry for `key`, counting the hit; undefined (and a miss) otherwise. */
   lookup(key: string, now: number): CacheEntry | undefined {
-    let entry = this.#positive.get(key);
+    const positive = this.#positive.get(key);
+    const entry = positive ?? this.#negative.get(key);
     if (entry !== undefined) {
       if (now < entry.expiresAt) {
         entry.hits++;
-        this.counters[CacheCounter.HIT_POSITIVE]!++;
+        this.counters[positive !== undefined ? CacheCounter.HIT_POSITIVE : CacheCounter.HIT_NEGATIVE]!++;
         return entry;
       }
-      this.#positive.delete(key);
-    } else {
-      entry = this.#negative.get(key);
-      if (entry !== undefined) {
-        if (now < entry.expiresAt) {
-          entry.hits++;
-          this.counters[CacheCounter.HIT_NEGATIVE]!++;
-          return entry;
-        }
-        this.#negative.delete(key);
-      }
+      // Expired entries stay for the stale window: they may still answer if the upstream fails.
+      if (now >= entry.expiresAt + this.#opts.staleMs) (positive !== undefined ? this.#positive : this.#negative).delete(key);
     }
     this.counters[CacheCounter.MISS]!++;
     return undefined;
+  }
+
+  /**
+   * An expired entry still inside the stale window, for when the upstream
+   * failed (RFC 8767); counted as served. Does not touch LRU order.
+   */
+  stale(key: string, now: number): CacheEntry | undefined {
+    const entry = this.#positive.peek(key) ?? this.#negative.peek(key);
+    if (entry === undefined || now < entry.expiresAt || now >= entry.expiresAt + this.#opts.staleMs) return undefined;
+    this.counters[CacheCounter.STALE]!++;
+    return entry;
   }
 
   /** True when a hit on `entry` at `now` should start a background refresh (and marks it started). */

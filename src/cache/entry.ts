@@ -59,6 +59,11 @@ export class CacheEntry {
   /** The client's answer, aged to `now`. `limit` is the most bytes the client takes. */
   serve(q: Query, now: number, limit: number, ednsSize: number): Buffer {
     const age = now > this.storedAt ? Math.floor((now - this.storedAt) / 1000) : 0;
-    return writeAnswer(this.wire, this.questionEnd, this.ttlOffsets, q, age, limit, ednsSize);
+    return writeAnswer(this.wire, this.questionEnd, this.ttlOffsets, q, age, -1, limit, ednsSize);
+  }
+
+  /** The expired answer with every TTL set to `ttl` (RFC 8767 stale serving). */
+  serveStale(q: Query, ttl: number, limit: number, ednsSize: number): Buffer {
+    return writeAnswer(this.wire, this.questionEnd, this.ttlOffsets, q, 0, ttl, limit, ednsSize);
   }
 }

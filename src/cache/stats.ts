@@ -23,8 +23,10 @@ export const CacheCounter = {
   INSERT_NEGATIVE: 7,
   /** nodelocal_cache_uncacheable_total: answers passed through without storing */
   UNCACHEABLE: 8,
+  /** coredns_cache_served_stale_total: expired answers given because the upstream failed (RFC 8767) */
+  STALE: 9,
 } as const;
-export const CACHE_COUNTERS = 9;
+export const CACHE_COUNTERS = 10;
 
 export function newCacheCounters(): Float64Array {
   return new Float64Array(CACHE_COUNTERS);

@@ -11,11 +11,12 @@ import type { Query } from './query.js';
 /**
  * `wire` is an answer stored without OPT, with the id 0 and TTLs already
  * capped to the entry's lifetime; `questionEnd` is where its question ends.
- * Returns the client's answer, or a truncated one (TC=1, question only) when
- * it would not fit `limit`.
+ * TTLs are counted down by `ageSec`, or all set to `fixedTtl` when that is
+ * >= 0 (stale answers). Returns the client's answer, or a truncated one
+ * (TC=1, question only) when it would not fit `limit`.
  */
 export function writeAnswer(
-  wire: Buffer, questionEnd: number, ttlOffsets: Uint16Array, q: Query, ageSec: number, limit: number, ednsSize: number,
+  wire: Buffer, questionEnd: number, ttlOffsets: Uint16Array, q: Query, ageSec: number, fixedTtl: number, limit: number, ednsSize: number,
 ): Buffer {
   const optLen = q.edns ? OPT_LEN : 0;
   const full = wire.length + optLen <= limit;
@@ -35,11 +36,11 @@ export function writeAnswer(
   const msg = q.msg;
   for (let i = HEADER_LEN; i < q.qnameEnd; i++) out[i] = msg[i]!;
   if (full) {
-    if (ageSec > 0) {
+    if (ageSec > 0 || fixedTtl >= 0) {
       for (let i = 0; i < ttlOffsets.length; i++) {
         const off = ttlOffsets[i]!;
         const stored = ((wire[off]! << 24) | (wire[off + 1]! << 16) | (wire[off + 2]! << 8) | wire[off + 3]!) >>> 0;
-        const ttl = stored > ageSec ? stored - ageSec : 0;
+        const ttl = fixedTtl >= 0 ? fixedTtl : stored > ageSec ? stored - ageSec : 0;
         out[off] = ttl >>> 24;
         out[off + 1] = (ttl >>> 16) & 0xff;
         out[off + 2] = (ttl >>> 8) & 0xff;

@@ -8,7 +8,7 @@ import { scanAnswer } from '../dns/answer.js';
 import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
 import { CLASSIC_UDP_LIMIT, MAX_MESSAGE, Rcode } from '../dns/constants.js';
 import { QueryStatus, parseQuery, type Query } from '../dns/query.js';
-import type { DnsCache } from '../cache/cache.js';
+import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
@@ -111,6 +111,7 @@ export class Resolver implements QueryHandler, PendingOwner {
       return;
     }
     const now = this.#clock.now();
+    if ((scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) && this.#answerStale(p, now)) return;
     const entry: CacheEntry = this.#cache.insert(p.key, answer, scan, now);
     for (const w of p.waiters) this.#send(entry.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
   }
@@ -118,6 +119,7 @@ export class Resolver implements QueryHandler, PendingOwner {
   failed(p: PendingQuery, reason: UpstreamFailure): void {
     this.#settle(p);
     this.counters[failureCounter[reason]]!++;
+    if (this.#answerStale(p, this.#clock.now())) return;
     this.#failWaiters(p);
   }
 
@@ -159,6 +161,15 @@ export class Resolver implements QueryHandler, PendingOwner {
       this.#drained = null;
       queueMicrotask(done);
     }
+  }
+
+  /** The upstream failed: answer from an expired entry still in its stale window, if there is one (RFC 8767). */
+  #answerStale(p: PendingQuery, now: number): boolean {
+    if (p.waiters.length === 0) return false;
+    const stale = this.#cache.stale(p.key, now);
+    if (stale === undefined) return false;
+    for (const w of p.waiters) this.#send(stale.serveStale(w.q, STALE_ANSWER_TTL, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
+    return true;
   }
 
   #failWaiters(p: PendingQuery): void {
