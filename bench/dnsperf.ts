@@ -1,0 +1,99 @@
+/**
+ * Optional max-throughput driver: DNS-OARC dnsperf (C, multi-threaded),
+ * for when the Node generator would be the bottleneck. dnsperf only reports
+ * throughput, losses, rcodes and mean/min/max latency, and does not check
+ * answers; podmix is flattened (the expansion sequence becomes independent
+ * queries) because dnsperf cannot make a query wait for another.
+ */
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import type { Endpoint } from './loadgen.js';
+import type { DnsperfStats } from './results.js';
+import { qtypeName, renderName } from './wire.js';
+import type { Workload } from './workloads.js';
+
+/** dnsperf loops over its input; unique-name workloads repeat after this many lines. */
+const MAX_LINES = 500_000;
+
+/** Writes a dnsperf data file ("name type" per line) drawn from the workload; returns the line count. */
+export function writeDataFile(file: string, wl: Workload, lines: number, nextUnique: () => number): number {
+  const out: string[] = [];
+  const n = Math.min(MAX_LINES, Math.max(1, lines));
+  while (out.length < n) {
+    const plan = wl.next();
+    const u = plan.unique ? nextUnique() : 0;
+    for (const step of plan.steps) for (const t of step) out.push(`${renderName(t, u)} ${qtypeName(t.qtype)}`);
+  }
+  writeFileSync(file, out.join('\n') + '\n');
+  return out.length;
+}
+
+export function parseDnsperfOutput(text: string, command: string): DnsperfStats {
+  const num = (re: RegExp): number | null => {
+    const m = re.exec(text);
+    return m?.[1] === undefined ? null : Number(m[1]);
+  };
+  const sent = num(/Queries sent:\s+([0-9]+)/);
+  const completed = num(/Queries completed:\s+([0-9]+)/);
+  const lost = num(/Queries lost:\s+([0-9]+)/);
+  const qps = num(/Queries per second:\s+([0-9.]+)/);
+  const lat = /Average Latency \(s\):\s+([0-9.]+)\s+\(min\s+([0-9.]+),\s+max\s+([0-9.]+)\)/.exec(text);
+  if (sent === null || completed === null || qps === null || lat === null) {
+    throw new Error(`could not read dnsperf's statistics:\n${text.slice(-1500)}`);
+  }
+  const rcodes: Record<string, number> = {};
+  const rc = /Response codes:\s+(.+)/.exec(text)?.[1] ?? '';
+  for (const m of rc.matchAll(/([A-Z]+)\s+([0-9]+)/g)) rcodes[m[1] as string] = Number(m[2]);
+  const sd = num(/Latency StdDev \(s\):\s+([0-9.]+)/);
+  return {
+    queriesSent: sent,
+    queriesCompleted: completed,
+    queriesLost: lost ?? sent - completed,
+    qps,
+    avgLatencyUs: Number(lat[1]) * 1e6,
+    minLatencyUs: Number(lat[2]) * 1e6,
+    maxLatencyUs: Number(lat[3]) * 1e6,
+    stddevUs: sd === null ? null : sd * 1e6,
+    rcodes,
+    command,
+  };
+}
+
+export interface DnsperfRun {
+  readonly dnsperf: string;
+  readonly target: Endpoint;
+  readonly dataFile: string;
+  readonly durationS: number;
+  readonly outstanding: number;
+  readonly timeoutS: number;
+  readonly pin: string | null;
+  readonly signal?: AbortSignal;
+}
+
+export function runDnsperf(r: DnsperfRun): Promise<DnsperfStats> {
+  const args = [
+    '-s', r.target.host,
+    '-p', String(r.target.port),
+    '-d', r.dataFile,
+    '-l', String(r.durationS),
+    '-q', String(r.outstanding),
+    '-t', String(r.timeoutS),
+    '-c', String(Math.min(r.outstanding, 16)),
+  ];
+  const argv = r.pin === null ? [r.dnsperf, ...args] : ['taskset', '-c', r.pin, r.dnsperf, ...args];
+  const command = argv.join(' ');
+  return new Promise((resolve, reject) => {
+    const opts = { timeout: (r.durationS + 30) * 1000, maxBuffer: 4 << 20, ...(r.signal === undefined ? {} : { signal: r.signal }) };
+    execFile(argv[0] as string, argv.slice(1), opts, (err, stdout, stderr) => {
+      if (err !== null && !String(stdout).includes('Queries per second')) {
+        reject(new Error(`dnsperf failed: ${err.message}\n${String(stderr).slice(-1000)}`));
+        return;
+      }
+      try {
+        resolve(parseDnsperfOutput(String(stdout), command));
+      } catch (e) {
+        reject(e instanceof Error ? e : new Error(String(e)));
+      }
+    });
+  });
+}

@@ -1,0 +1,481 @@
+/**
+ * One benchmark invocation, start to end: simulator, targets, the run
+ * matrix (workload → rate → target, so targets are interleaved and drift
+ * hits them alike), the max-throughput runs, then stop everything and write
+ * the results. Everything started is registered in `live` so the CLI can kill
+ * it synchronously if the process is about to exit abnormally.
+ */
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runDnsperf, writeDataFile } from './dnsperf.js';
+import { LoadGenerator, UniqueCounter, type RunOutcome } from './loadgen.js';
+import { UsageError, type BenchOptions } from './options.js';
+import { environment, memoryOf, pinProcess, treeCpuSeconds, which } from './proc-stats.js';
+import { writeReports, type WrittenReports } from './report.js';
+import {
+  GENERATOR_BEHIND_SHARE, GENERATOR_BUSY_CORES, SATURATION_FAILURE_SHARE, SCHEMA, SEND_LAG_WARN_US,
+  percentiles, type BenchResults, type DnsperfStats, type Percentiles, type RunRecord, type TargetRecord,
+} from './results.js';
+import { SimProcess, type SimTotals } from './sim/control.js';
+import { DEFAULT_ZONES, type ZoneConfig } from './sim/zones.js';
+import { addressTarget, directTarget, formatEndpoint, startAgent, startPeerCmd, type Target } from './targets.js';
+import { buildWorkload, type Workload, type WorkloadParams } from './workloads.js';
+
+export interface SuiteIo {
+  readonly log: (line: string) => void;
+  readonly signal: AbortSignal;
+  /** The command line as typed (for results.json). */
+  readonly argv: readonly string[];
+}
+
+export interface SuiteOutcome {
+  readonly results: BenchResults;
+  readonly reports: WrittenReports;
+  /** 0 ok, 3 some answers were wrong, 130 interrupted. */
+  readonly exitCode: number;
+}
+
+/** Things that must die with this process; the CLI kills them synchronously on an abnormal exit. */
+export const live = new Set<{ killNow(): void }>();
+
+const MAX_RAMP_STAGES = 16;
+const WARMUP_CONCURRENCY = 32;
+
+export function repoRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    if (existsSync(path.join(dir, 'package.json'))) return dir;
+    dir = path.dirname(dir);
+  }
+  return process.cwd();
+}
+
+function timestampDir(root: string): string {
+  const base = new Date().toISOString().replace(/\.[0-9]+Z$/, 'Z').replace(/:/g, '-');
+  let dir = path.join(root, base);
+  for (let i = 2; existsSync(dir); i++) dir = path.join(root, `${base}-${i}`);
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+interface Snapshot {
+  readonly targetCpu: number | null;
+  readonly simCpu: number | null;
+  readonly sim: SimTotals | null;
+}
+
+interface Pins {
+  readonly agent: string | null;
+  readonly generator: string | null;
+  readonly sim: string | null;
+}
+
+function resolvePins(opts: BenchOptions, cores: number, hasTaskset: boolean, warnings: string[]): Pins {
+  const explicit = opts.pinAgent !== null || opts.pinGenerator !== null || opts.pinSim !== null;
+  if (explicit && !hasTaskset) throw new UsageError('--pin-agent/--pin-generator/--pin-sim need taskset (util-linux), which is not on PATH');
+  if (explicit) return { agent: opts.pinAgent, generator: opts.pinGenerator, sim: opts.pinSim };
+  if (!opts.pinAuto) return { agent: null, generator: null, sim: null };
+  if (!hasTaskset || cores < 2) {
+    warnings.push(!hasTaskset ? '--pin: taskset is not on PATH; nothing pinned' : '--pin: one CPU only; nothing pinned');
+    return { agent: null, generator: null, sim: null };
+  }
+  const rest = cores === 2 ? '0' : `0-${cores - 2}`;
+  return { agent: String(cores - 1), generator: rest, sim: rest };
+}
+
+export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOutcome> {
+  const startedAt = new Date().toISOString();
+  const env = environment();
+  const warnings: string[] = [];
+  const say = (s: string): void => {
+    if (!opts.quiet) io.log(s);
+  };
+  if (opts.driver === 'dnsperf' && env.dnsperf === null) {
+    throw new UsageError('--driver dnsperf: dnsperf is not installed (not found on PATH). Install it (e.g. apt-get install dnsperf) or use --driver node.');
+  }
+  const pins = resolvePins(opts, env.cores, env.taskset, warnings);
+  const root = repoRoot();
+  const agentPath = path.resolve(opts.agentPath ?? path.join(root, 'dist', 'src', 'main.js'));
+  const wantAgent = opts.builtinTargets.includes('agent');
+  if (wantAgent && !existsSync(agentPath)) {
+    throw new Error(`the agent is not built: ${agentPath} does not exist (run \`npm run build\`, or measure something else with --targets direct / --target ADDR:PORT)`);
+  }
+  const outRoot = path.resolve(opts.outDir ?? path.join(root, 'bench', 'results'));
+  const dir = timestampDir(outRoot);
+  if (pins.generator !== null) pinProcess(process.pid, pins.generator);
+
+  const zones: ZoneConfig = {
+    ...DEFAULT_ZONES,
+    clusterDomain: opts.clusterDomain,
+    namespaces: opts.namespaces,
+    servicesPerNamespace: opts.services,
+    clusterTtl: opts.clusterTtl,
+    externalTtl: opts.externalTtl,
+    negativeTtl: opts.negativeTtl,
+  };
+  const faults = (u: BenchOptions['cluster']): { latencyMs: number; jitterMs: number; lossRate: number } => ({ latencyMs: u.latencyMs, jitterMs: u.jitterMs, lossRate: u.loss });
+
+  const targets: Target[] = [];
+  const generators = new Map<string, LoadGenerator>();
+  let sim: SimProcess | null = null;
+  const runs: RunRecord[] = [];
+  let aborted = false;
+
+  const stopAll = async (): Promise<void> => {
+    for (const g of generators.values()) g.close();
+    for (const t of [...targets].reverse()) {
+      try {
+        await t.stop();
+      } catch (err) {
+        warnings.push(`stopping ${t.name}: ${(err as Error).message}`);
+      }
+      live.delete(t);
+    }
+    if (sim !== null) {
+      await sim.stop();
+      live.delete(sim);
+    }
+  };
+
+  const targetRecords: TargetRecord[] = [];
+  try {
+    say(`bench: results in ${dir}`);
+    sim = await SimProcess.start({
+      host: opts.host,
+      zones,
+      cluster: { ...faults(opts.cluster), port: opts.cluster.port },
+      external: { ...faults(opts.external), port: opts.external.port },
+    });
+    live.add(sim);
+    if (pins.sim !== null) pinProcess(sim.pid, pins.sim);
+    say(`bench: simulator pid ${sim.pid}: cluster zone on ${formatEndpoint(sim.cluster)}, external on ${formatEndpoint(sim.external)}`);
+
+    if (opts.target !== null) targets.push(addressTarget('target', 'target', opts.target, opts.targetPid));
+    for (const b of opts.builtinTargets) {
+      if (io.signal.aborted) break;
+      if (b === 'agent') {
+        say(`bench: starting the agent (${path.relative(process.cwd(), agentPath) || agentPath})`);
+        const t = await startAgent({ agentPath, extraArgs: opts.agentArgs, host: opts.host, sim, workDir: dir, pin: pins.agent, readyTimeoutMs: opts.readyTimeoutMs });
+        targets.push(t);
+        live.add(t);
+      } else {
+        targets.push(directTarget(sim));
+      }
+    }
+    for (const p of opts.peers) targets.push(addressTarget(p.name, 'peer', p.endpoint, null));
+    for (const p of opts.peerCmds) {
+      if (io.signal.aborted) break;
+      say(`bench: starting peer ${p.name}`);
+      const t = await startPeerCmd({ name: p.name, template: p.command, host: opts.host, sim, workDir: dir, pin: pins.agent, readyTimeoutMs: opts.readyTimeoutMs });
+      targets.push(t);
+      live.add(t);
+    }
+    const counter = new UniqueCounter();
+    for (const t of targets) {
+      generators.set(t.name, await LoadGenerator.open({ routes: t.routes, sockets: opts.sockets, timeoutMs: opts.timeoutMs, counter }));
+      const pinnedTo = t.kind === 'agent' || (t.kind === 'peer' && t.command !== null) ? pins.agent : t.kind === 'direct' ? pins.sim : null;
+      targetRecords.push({
+        name: t.name,
+        kind: t.kind,
+        address: t.routes[0] === t.routes[1] ? formatEndpoint(t.routes[0]) : `cluster ${formatEndpoint(t.routes[0])}, external ${formatEndpoint(t.routes[1])}`,
+        pid: t.pid,
+        command: t.command,
+        logFile: t.logFile,
+        pinnedTo,
+        peakRssBytes: null,
+      });
+    }
+
+    const params: WorkloadParams = {
+      zones,
+      seed: opts.seed,
+      zipfExponent: opts.zipf,
+      hitNames: opts.hitNames,
+      externalNames: opts.externalNames,
+      negativeNames: opts.negativeNames,
+      negativeUniqueShare: opts.negativeUniqueShare,
+      missExternalShare: opts.missExternalShare,
+      podmixExternalShare: opts.podmixExternalShare,
+      podmixSameNamespace: opts.podmixSameNs,
+      podmixWarmupLookups: opts.podmixWarmup,
+      ndots: opts.ndots,
+      uniqueTag: Math.floor(Math.random() * 36 ** 4).toString(36).padStart(4, '0'),
+    };
+    const simRef = sim;
+    const snapshot = async (t: Target): Promise<Snapshot> => ({
+      targetCpu: t.pid === null ? null : treeCpuSeconds(t.pid),
+      simCpu: treeCpuSeconds(simRef.pid),
+      sim: await simRef.stats(),
+    });
+    const warm = async (t: Target, wl: Workload): Promise<RunOutcome | null> => {
+      const plans = wl.warmup();
+      if (plans.length === 0) return null;
+      return (generators.get(t.name) as LoadGenerator).run(null, { kind: 'list', plans, concurrency: Math.min(WARMUP_CONCURRENCY, opts.concurrency * 4) }, io.signal);
+    };
+    const checkAlive = (t: Target): void => {
+      if (!t.alive()) throw new Error(`${t.name} is no longer running${t.logFile === null ? '' : ` (see ${t.logFile})`}`);
+    };
+
+    for (const wname of opts.workloads) {
+      if (io.signal.aborted) break;
+      const wl = buildWorkload(wname, params);
+      const saturated = new Set<string>();
+      let generatorLimited = false;
+      const rates = opts.rates ?? [];
+      for (let stage = 0; stage < (opts.ramp === null ? rates.length : MAX_RAMP_STAGES); stage++) {
+        const rate = opts.ramp === null ? (rates[stage] as number) : opts.ramp.start * Math.pow(opts.ramp.factor, stage);
+        if (opts.ramp !== null && rate > opts.ramp.max * 1.0001) break;
+        for (const t of targets) {
+          if (io.signal.aborted) break;
+          if (opts.ramp !== null && saturated.has(t.name)) continue;
+          checkAlive(t);
+          const w = await warm(t, wl);
+          const before = await snapshot(t);
+          const o = await (generators.get(t.name) as LoadGenerator).run(wl, { kind: 'open', rateQps: rate, durationMs: opts.durationMs }, io.signal);
+          const after = await snapshot(t);
+          const rec = toRecord(t, wl, o, before, after, w);
+          runs.push(rec);
+          say(runLine(rec));
+          if (rec.saturated) saturated.add(t.name);
+          if (rec.generatorBound) generatorLimited = true;
+        }
+        if (io.signal.aborted) break;
+        if (opts.ramp !== null) {
+          if (generatorLimited) {
+            warnings.push(`${wname}: ramp stopped at ${rate} q/s because the generator became the bottleneck`);
+            break;
+          }
+          if (targets.every((t) => saturated.has(t.name))) break;
+        }
+      }
+      if (!opts.max) continue;
+      for (const t of targets) {
+        if (io.signal.aborted) break;
+        checkAlive(t);
+        const w = await warm(t, wl);
+        const before = await snapshot(t);
+        let rec: RunRecord;
+        if (opts.driver === 'dnsperf' && t.routes[0] === t.routes[1]) {
+          const file = path.join(dir, `dnsperf-${wname}.txt`);
+          if (!existsSync(file)) writeDataFile(file, wl, 200_000, () => counter.next());
+          const d = await runDnsperf({
+            dnsperf: env.dnsperf ?? which('dnsperf') ?? 'dnsperf',
+            target: t.routes[0],
+            dataFile: file,
+            durationS: Math.max(1, Math.round(opts.maxDurationMs / 1000)),
+            outstanding: opts.concurrency,
+            timeoutS: Math.max(1, opts.timeoutMs / 1000),
+            pin: pins.generator,
+            signal: io.signal,
+          });
+          const after = await snapshot(t);
+          rec = dnsperfRecord(t, wl, d, before, after, w, opts);
+        } else {
+          if (opts.driver === 'dnsperf') warnings.push(`${wname}/${t.name}: dnsperf sends to one address; the direct target splits by zone, so the Node generator measured it`);
+          const o = await (generators.get(t.name) as LoadGenerator).run(wl, { kind: 'closed', concurrency: opts.concurrency, durationMs: opts.maxDurationMs }, io.signal);
+          const after = await snapshot(t);
+          rec = toRecord(t, wl, o, before, after, w);
+        }
+        runs.push(rec);
+        say(runLine(rec));
+      }
+    }
+    aborted = io.signal.aborted;
+    for (const r of targetRecords) {
+      const t = targets.find((x) => x.name === r.name);
+      const mem = t?.pid == null ? null : memoryOf(t.pid);
+      Object.assign(r, { peakRssBytes: mem?.peakRssBytes ?? null });
+    }
+  } finally {
+    await stopAll();
+  }
+
+  const simRec = sim as SimProcess | null;
+  const results: BenchResults = {
+    schema: SCHEMA,
+    startedAt,
+    finishedAt: new Date().toISOString(),
+    aborted,
+    quick: opts.quick,
+    command: { argv: io.argv, line: commandLine(io.argv), cwd: process.cwd() },
+    environment: env,
+    generator: { pid: process.pid, pinnedTo: pins.generator, sockets: opts.sockets, timeoutMs: opts.timeoutMs },
+    options: opts,
+    simulator: {
+      pid: simRec?.pid ?? 0,
+      cluster: simRec === null ? '' : formatEndpoint(simRec.cluster),
+      external: simRec === null ? '' : formatEndpoint(simRec.external),
+      pinnedTo: pins.sim,
+      zones: {
+        clusterDomain: zones.clusterDomain,
+        namespaces: zones.namespaces,
+        servicesPerNamespace: zones.servicesPerNamespace,
+        clusterTtl: zones.clusterTtl,
+        externalTtl: zones.externalTtl,
+        negativeTtl: zones.negativeTtl,
+      },
+      clusterFaults: faults(opts.cluster),
+      externalFaults: faults(opts.external),
+    },
+    targets: targetRecords,
+    runs,
+    warnings: [...warnings, ...runs.flatMap((r) => r.warnings.map((w) => `${r.workload}/${r.target}/${r.mode}${r.offeredQps === null ? '' : `@${r.offeredQps}`}: ${w}`))],
+  };
+  const reports = writeReports(dir, results, opts.summary ? path.join(outRoot, 'summary') : null);
+  const wrong = runs.some((r) => r.queries.wrong > 0 || (r.warmup?.wrong ?? 0) > 0);
+  return { results, reports, exitCode: aborted ? 130 : wrong ? 3 : 0 };
+}
+
+function commandLine(argv: readonly string[]): string {
+  const q = (s: string): string => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+  const viaNpm = process.env.npm_lifecycle_event === 'bench';
+  return viaNpm ? `npm run bench -- ${argv.map(q).join(' ')}`.trim() : [process.execPath, process.argv[1] ?? '', ...argv].map(q).join(' ');
+}
+
+function deltaCpu(a: number | null, b: number | null): number | null {
+  return a === null || b === null ? null : Math.max(0, b - a);
+}
+
+function upstreamDelta(a: SimTotals | null, b: SimTotals | null): RunRecord['upstreamQueries'] {
+  if (a === null || b === null) return null;
+  const q = (t: SimTotals, k: 'cluster' | 'external'): number => t[k].udpQueries + t[k].tcpQueries;
+  return { cluster: q(b, 'cluster') - q(a, 'cluster'), external: q(b, 'external') - q(a, 'external') };
+}
+
+function usage(t: Target, cpu: number | null, answered: number): RunRecord['targetUsage'] {
+  const mem = t.pid === null ? null : memoryOf(t.pid);
+  return {
+    cpuSeconds: cpu,
+    cpuUsPerQuery: cpu === null || answered === 0 ? null : (cpu * 1e6) / answered,
+    cpuSecondsPer1kQueries: cpu === null || answered === 0 ? null : (cpu * 1000) / answered,
+    rssBytes: mem?.rssBytes ?? null,
+    peakRssBytes: mem?.peakRssBytes ?? null,
+  };
+}
+
+function warmupSummary(w: RunOutcome | null): RunRecord['warmup'] {
+  return w === null ? null : { lookups: w.lookups.started, wrong: w.queries.wrong, timeouts: w.queries.timeouts };
+}
+
+function toRecord(t: Target, wl: Workload, o: RunOutcome, before: Snapshot, after: Snapshot, w: RunOutcome | null): RunRecord {
+  const open = o.spec.kind === 'open';
+  const durationS = (o.spec.durationMs ?? 0) / 1000;
+  const wallS = o.wallMs / 1000;
+  const sendWindowS = Math.max(o.sendWindowMs / 1000, 1e-3);
+  const q = o.queries;
+  const cores = o.wallMs > 0 ? o.generatorCpuMs / o.wallMs : 0;
+  const lag = open ? percentiles(o.sendLag) : null;
+  const warnings: string[] = [];
+  let generatorBound = false;
+  if (cores >= GENERATOR_BUSY_CORES) {
+    generatorBound = true;
+    warnings.push(`the generator used ${(cores * 100).toFixed(0)}% of a core: it may be the bottleneck`);
+  }
+  if (open && o.lookupRate !== null && o.achievedLookupRate < GENERATOR_BEHIND_SHARE * o.lookupRate) {
+    generatorBound = true;
+    warnings.push(`the generator started lookups at ${((100 * o.achievedLookupRate) / o.lookupRate).toFixed(1)}% of the offered rate`);
+  }
+  if (q.overflow > 0) {
+    generatorBound = true;
+    warnings.push(`${q.overflow} queries not sent: the generator ran out of in-flight slots or ids`);
+  }
+  if (lag !== null && lag.p99 > SEND_LAG_WARN_US) warnings.push(`sends ran late (p99 ${(lag.p99 / 1000).toFixed(1)} ms behind schedule; counted in the latency)`);
+  if (q.wrong > 0) warnings.push(`${q.wrong} wrong answers: ${o.wrongSamples.join('; ')}`);
+  if (w !== null && (w.queries.wrong > 0 || w.queries.timeouts > 0)) warnings.push(`warm-up: ${w.queries.wrong} wrong, ${w.queries.timeouts} timeouts`);
+  if (q.sendErrors > 0) warnings.push(`${q.sendErrors} socket errors (e.g. ICMP port unreachable)`);
+  const failures = q.timeouts + q.wrong + q.overflow;
+  const saturated = q.sent === 0 || failures > SATURATION_FAILURE_SHARE * q.sent || o.lookups.failed > SATURATION_FAILURE_SHARE * Math.max(1, o.lookups.started);
+  const classes: Record<string, Percentiles> = {};
+  wl.classes.forEach((c, i) => {
+    const h = o.classLatency[i];
+    if (h !== undefined && h.totalCount > 0) classes[c] = percentiles(h);
+  });
+  const cpu = deltaCpu(before.targetCpu, after.targetCpu);
+  return {
+    target: t.name,
+    targetKind: t.kind,
+    workload: wl.name,
+    mode: open ? 'open' : 'closed',
+    driver: 'node',
+    offeredQps: o.spec.rateQps,
+    offeredLookupRate: o.lookupRate,
+    concurrency: o.spec.concurrency,
+    durationS,
+    wallS,
+    lookups: { ...o.lookups },
+    queries: { ...q },
+    checked: true,
+    wrongByReason: { ...o.wrongByReason },
+    wrongSamples: [...o.wrongSamples],
+    sentQps: q.sent / sendWindowS,
+    throughputQps: open ? q.answered / Math.max(durationS, sendWindowS) : q.answered / Math.max(wallS, 1e-3),
+    achievedLookupRate: o.achievedLookupRate,
+    latencyUs: percentiles(o.latency),
+    serviceLatencyUs: percentiles(o.serviceLatency),
+    sendLagUs: lag,
+    classes,
+    queriesPerLookup: o.lookups.started > 0 ? q.sent / o.lookups.started : 0,
+    upstreamQueries: upstreamDelta(before.sim, after.sim),
+    targetUsage: usage(t, cpu, q.answered),
+    simulatorCpuSeconds: deltaCpu(before.simCpu, after.simCpu),
+    generator: { cpuSeconds: o.generatorCpuMs / 1000, cores },
+    saturated,
+    generatorBound,
+    warnings,
+    warmup: warmupSummary(w),
+    dnsperf: null,
+  };
+}
+
+function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, before: Snapshot, after: Snapshot, w: RunOutcome | null, opts: BenchOptions): RunRecord {
+  const cpu = deltaCpu(before.targetCpu, after.targetCpu);
+  const warnings: string[] = ['dnsperf does not check answers; podmix is flattened into independent queries'];
+  const saturated = d.queriesLost > SATURATION_FAILURE_SHARE * Math.max(1, d.queriesSent);
+  return {
+    target: t.name,
+    targetKind: t.kind,
+    workload: wl.name,
+    mode: 'closed',
+    driver: 'dnsperf',
+    offeredQps: null,
+    offeredLookupRate: null,
+    concurrency: opts.concurrency,
+    durationS: opts.maxDurationMs / 1000,
+    wallS: opts.maxDurationMs / 1000,
+    lookups: { started: d.queriesSent, completed: d.queriesCompleted, failed: d.queriesLost },
+    queries: { sent: d.queriesSent, answered: d.queriesCompleted, timeouts: d.queriesLost, wrong: 0, late: 0, sendErrors: 0, overflow: 0 },
+    checked: false,
+    wrongByReason: { malformed: 0, truncated: 0, question: 0, servfail: 0, rcode: 0, data: 0 },
+    wrongSamples: [],
+    sentQps: d.queriesSent / Math.max(opts.maxDurationMs / 1000, 1e-3),
+    throughputQps: d.qps,
+    achievedLookupRate: d.qps,
+    latencyUs: null,
+    serviceLatencyUs: null,
+    sendLagUs: null,
+    classes: {},
+    queriesPerLookup: 1,
+    upstreamQueries: upstreamDelta(before.sim, after.sim),
+    targetUsage: usage(t, cpu, d.queriesCompleted),
+    simulatorCpuSeconds: deltaCpu(before.simCpu, after.simCpu),
+    generator: { cpuSeconds: 0, cores: 0 },
+    saturated,
+    generatorBound: false,
+    warnings,
+    warmup: warmupSummary(w),
+    dnsperf: d,
+  };
+}
+
+function fmtUs(us: number): string {
+  return us >= 10_000 ? `${(us / 1000).toFixed(0)}ms` : us >= 1000 ? `${(us / 1000).toFixed(1)}ms` : `${us}us`;
+}
+
+function runLine(r: RunRecord): string {
+  const load = r.mode === 'open' ? `${r.offeredQps} q/s` : `closed c=${r.concurrency}${r.driver === 'dnsperf' ? ' (dnsperf)' : ''}`;
+  const lat = r.latencyUs === null ? (r.dnsperf === null ? '' : `avg ${fmtUs(Math.round(r.dnsperf.avgLatencyUs))}`) : `p50 ${fmtUs(r.latencyUs.p50)} p99 ${fmtUs(r.latencyUs.p99)} p99.9 ${fmtUs(r.latencyUs.p999)}`;
+  const cpu = r.targetUsage.cpuUsPerQuery === null ? '' : ` cpu ${r.targetUsage.cpuUsPerQuery.toFixed(1)}us/q`;
+  const flags = `${r.saturated ? ' SATURATED' : ''}${r.generatorBound ? ' GENERATOR-BOUND' : ''}`;
+  return `  ${r.workload.padEnd(8)} ${r.target.padEnd(10)} ${load.padEnd(16)} ${Math.round(r.throughputQps)} q/s answered, ${lat}, timeouts ${r.queries.timeouts}, wrong ${r.queries.wrong}${cpu}${flags}`;
+}

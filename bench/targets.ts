@@ -1,0 +1,326 @@
+/**
+ * What gets measured, and its lifecycle: the agent (spawned against the
+ * simulator), an address given with --target, the simulator itself ("direct",
+ * what a pod gets without a node-local cache), and peers given as an address
+ * or as a command the harness starts. Everything listens on loopback, every
+ * started process is stopped at the end, and the agent only ever sees the
+ * simulator's addresses and a resolv.conf written here.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { Endpoint } from './loadgen.js';
+import type { SimProcess } from './sim/control.js';
+
+export type TargetKind = 'agent' | 'target' | 'direct' | 'peer';
+
+export interface Target {
+  readonly name: string;
+  readonly kind: TargetKind;
+  /** Where queries go: [cluster names, external names]. */
+  readonly routes: readonly [Endpoint, Endpoint];
+  /** Process whose CPU and memory are charged to this target (null: not ours to see). */
+  readonly pid: number | null;
+  /** Exact command line for started targets. */
+  readonly command: string | null;
+  readonly logFile: string | null;
+  alive(): boolean;
+  stop(): Promise<void>;
+  /** Synchronous last resort for the process 'exit' handler. */
+  killNow(): void;
+}
+
+const PROBE_NAME = 'ready.bench.example';
+const PROBE_INTERVAL_MS = 100;
+const PROBE_WAIT_MS = 250;
+const STOP_GRACE_MS = 5000;
+const LOG_TAIL_BYTES = 2000;
+
+export function formatEndpoint(ep: Endpoint): string {
+  return net.isIPv6(ep.host) ? `[${ep.host}]:${ep.port}` : `${ep.host}:${ep.port}`;
+}
+
+export function isLoopback(host: string): boolean {
+  if (net.isIPv4(host)) return host.startsWith('127.');
+  if (net.isIPv6(host)) return host === '::1' || host === '0:0:0:0:0:0:0:1';
+  return false;
+}
+
+/** Parses `ADDR:PORT` or `[V6]:PORT`; loopback only (the bench never sends off the machine). */
+export function parseEndpoint(s: string): Endpoint {
+  const m = /^\[([^\]]+)\]:([0-9]+)$/.exec(s) ?? /^([^:]+):([0-9]+)$/.exec(s);
+  if (m === null) throw new Error(`expected ADDR:PORT, got ${JSON.stringify(s)}`);
+  const host = m[1] as string;
+  const port = Number(m[2]);
+  if (!net.isIP(host)) throw new Error(`${JSON.stringify(host)} is not an IP address`);
+  if (!isLoopback(host)) throw new Error(`${s}: only loopback addresses (127.0.0.0/8, ::1) may be measured`);
+  if (port < 1 || port > 65535) throw new Error(`${s}: bad port`);
+  return { host, port };
+}
+
+/** A port free for both UDP and TCP on `host` right now. */
+export async function freePort(host: string): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const udp = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
+    const port = await new Promise<number>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind(0, host, () => resolve(udp.address().port));
+    });
+    const tcpFree = await new Promise<boolean>((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen({ host, port, exclusive: true }, () => srv.close(() => resolve(true)));
+    });
+    await new Promise<void>((resolve) => udp.close(() => resolve()));
+    if (tcpFree) return port;
+  }
+  throw new Error(`no free port on ${host}`);
+}
+
+function probeQuery(id: number): Buffer {
+  const labels = PROBE_NAME.split('.');
+  const parts: Buffer[] = [Buffer.from([id >> 8, id & 0xff, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0])];
+  for (const l of labels) parts.push(Buffer.from([l.length]), Buffer.from(l, 'ascii'));
+  parts.push(Buffer.from([0, 0, 1, 0, 1]));
+  return Buffer.concat(parts);
+}
+
+/** One UDP query; true if anything with our id comes back within `waitMs`. */
+export function probe(ep: Endpoint, waitMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = dgram.createSocket(net.isIPv6(ep.host) ? 'udp6' : 'udp4');
+    const id = Math.floor(Math.random() * 65536);
+    let settled = false;
+    const finish = (ok: boolean): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      try {
+        sock.close();
+      } catch {
+        /* closed */
+      }
+      resolve(ok);
+    };
+    const timer = setTimeout(() => finish(false), waitMs);
+    sock.on('error', () => finish(false));
+    sock.on('message', (msg) => {
+      if (msg.length >= 12 && msg.readUInt16BE(0) === id) finish(true);
+    });
+    sock.send(probeQuery(id), ep.port, ep.host, (err) => {
+      if (err) finish(false);
+    });
+  });
+}
+
+/** Polls until `ep` answers, `alive()` turns false, or `timeoutMs` passes. */
+export async function waitUntilAnswering(ep: Endpoint, timeoutMs: number, alive: () => boolean, what: string, logFile: string | null): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (!alive()) throw new Error(`${what} exited before answering on ${formatEndpoint(ep)}${logTail(logFile)}`);
+    if (await probe(ep, PROBE_WAIT_MS)) return;
+    await new Promise((r) => setTimeout(r, PROBE_INTERVAL_MS));
+  }
+  throw new Error(`${what} did not answer on ${formatEndpoint(ep)} within ${timeoutMs} ms${logTail(logFile)}`);
+}
+
+function logTail(file: string | null): string {
+  if (file === null) return '';
+  try {
+    const text = readFileSync(file, 'utf8');
+    const tail = text.slice(-LOG_TAIL_BYTES).trim();
+    return tail === '' ? '' : `\n--- last output (${file}) ---\n${tail}`;
+  } catch {
+    return '';
+  }
+}
+
+function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A spawned process with its logs in files, stopped with SIGTERM then SIGKILL (its whole group if `group`). */
+class ProcessTarget implements Target {
+  #exited = false;
+  readonly #exit: Promise<void>;
+  constructor(
+    readonly name: string,
+    readonly kind: TargetKind,
+    readonly routes: readonly [Endpoint, Endpoint],
+    readonly command: string,
+    readonly logFile: string,
+    readonly child: ChildProcess,
+    readonly group: boolean,
+  ) {
+    this.#exit = new Promise((resolve) => {
+      child.once('exit', () => {
+        this.#exited = true;
+        resolve();
+      });
+    });
+    child.on('error', () => {
+      this.#exited = true;
+    });
+  }
+  get pid(): number | null {
+    return this.child.pid ?? null;
+  }
+  alive(): boolean {
+    return !this.#exited && this.child.exitCode === null && this.child.signalCode === null;
+  }
+  #signal(sig: NodeJS.Signals): void {
+    const pid = this.child.pid;
+    if (pid === undefined) return;
+    try {
+      if (this.group) process.kill(-pid, sig);
+      else this.child.kill(sig);
+    } catch {
+      /* already gone */
+    }
+  }
+  async stop(): Promise<void> {
+    if (!this.alive()) {
+      // The leader is gone; make sure nothing it started lingers in its group.
+      if (this.group) this.#signal('SIGKILL');
+      return;
+    }
+    this.#signal('SIGTERM');
+    const timer = setTimeout(() => this.#signal('SIGKILL'), STOP_GRACE_MS);
+    await this.#exit;
+    clearTimeout(timer);
+    if (this.group) this.#signal('SIGKILL');
+  }
+  killNow(): void {
+    if (this.alive() || this.group) this.#signal('SIGKILL');
+  }
+}
+
+function openLog(file: string): number {
+  mkdirSync(path.dirname(file), { recursive: true });
+  return openSync(file, 'a');
+}
+
+export interface AgentSpec {
+  readonly agentPath: string;
+  readonly extraArgs: readonly string[];
+  readonly host: string;
+  readonly sim: SimProcess;
+  readonly workDir: string;
+  readonly pin: string | null;
+  readonly readyTimeoutMs: number;
+}
+
+/** Starts the agent against the simulator, per the agent's CLI contract, and waits until it answers. */
+export async function startAgent(spec: AgentSpec): Promise<Target> {
+  const port = await freePort(spec.host);
+  const listen: Endpoint = { host: spec.host, port };
+  mkdirSync(spec.workDir, { recursive: true });
+  // The agent reads nameservers from resolv.conf; --upstream-nameservers overrides them with the
+  // simulator, and this file only names loopback so nothing can leak to the machine's resolver.
+  const resolvConf = path.join(spec.workDir, 'resolv.conf');
+  writeFileSync(resolvConf, `# written by the bench: the agent must only talk to the simulator\nnameserver ${spec.sim.external.host}\noptions ndots:5\n`);
+  const args = [
+    spec.agentPath,
+    '--listen', formatEndpoint(listen),
+    '--upstream-addr', formatEndpoint(spec.sim.cluster),
+    '--upstream-nameservers', formatEndpoint(spec.sim.external),
+    '--resolv-conf', resolvConf,
+    '--log-level', 'warn',
+    ...spec.extraArgs,
+  ];
+  const argv = spec.pin === null ? [process.execPath, ...args] : ['taskset', '-c', spec.pin, process.execPath, ...args];
+  const logFile = path.join(spec.workDir, 'agent.log');
+  const fd = openLog(logFile);
+  const env = { ...process.env };
+  // Loader flags of a test runner have no business in the agent.
+  delete env.NODE_OPTIONS;
+  const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', fd, fd], env });
+  closeSync(fd);
+  const t = new ProcessTarget('agent', 'agent', [listen, listen], argv.map(shellQuote).join(' '), logFile, child, false);
+  try {
+    await waitUntilAnswering(listen, spec.readyTimeoutMs, () => t.alive(), 'the agent', logFile);
+  } catch (err) {
+    await t.stop();
+    throw err;
+  }
+  return t;
+}
+
+export interface PeerCmdSpec {
+  readonly name: string;
+  readonly template: string;
+  readonly host: string;
+  readonly sim: SimProcess;
+  readonly workDir: string;
+  readonly pin: string | null;
+  readonly readyTimeoutMs: number;
+}
+
+export const PEER_PLACEHOLDERS = ['{host}', '{port}', '{clusterHost}', '{clusterPort}', '{externalHost}', '{externalPort}', '{dir}'] as const;
+
+export function substitute(template: string, values: Record<string, string>): string {
+  return template.replace(/\{(host|port|clusterHost|clusterPort|externalHost|externalPort|dir)\}/g, (_, k: string) => values[k] ?? '');
+}
+
+/** Starts a peer command (in its own process group, so all it forks is stopped with it) and waits until it answers. */
+export async function startPeerCmd(spec: PeerCmdSpec): Promise<Target> {
+  const port = await freePort(spec.host);
+  const listen: Endpoint = { host: spec.host, port };
+  const dir = path.join(spec.workDir, `peer-${spec.name}`);
+  mkdirSync(dir, { recursive: true });
+  const cmd = substitute(spec.template, {
+    host: spec.host,
+    port: String(port),
+    clusterHost: spec.sim.cluster.host,
+    clusterPort: String(spec.sim.cluster.port),
+    externalHost: spec.sim.external.host,
+    externalPort: String(spec.sim.external.port),
+    dir,
+  });
+  const argv = spec.pin === null ? ['sh', '-c', cmd] : ['taskset', '-c', spec.pin, 'sh', '-c', cmd];
+  const logFile = path.join(dir, 'output.log');
+  const fd = openLog(logFile);
+  const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  const t = new ProcessTarget(spec.name, 'peer', [listen, listen], argv.map(shellQuote).join(' '), logFile, child, true);
+  try {
+    await waitUntilAnswering(listen, spec.readyTimeoutMs, () => t.alive(), `peer ${spec.name}`, logFile);
+  } catch (err) {
+    await t.stop();
+    throw err;
+  }
+  return t;
+}
+
+/** A target we only send to (an address given on the command line). */
+export function addressTarget(name: string, kind: TargetKind, ep: Endpoint, pid: number | null): Target {
+  return {
+    name,
+    kind,
+    routes: [ep, ep],
+    pid,
+    command: null,
+    logFile: null,
+    alive: () => true,
+    stop: () => Promise.resolve(),
+    killNow: () => {},
+  };
+}
+
+/** The simulator itself: cluster names to the fake kube-dns, the rest to the fake host resolver. */
+export function directTarget(sim: SimProcess): Target {
+  return {
+    name: 'direct',
+    kind: 'direct',
+    routes: [sim.cluster, sim.external],
+    pid: sim.pid,
+    command: null,
+    logFile: null,
+    alive: () => sim.alive,
+    // The simulator is stopped on its own, after every other target.
+    stop: () => Promise.resolve(),
+    killNow: () => {},
+  };
+}
