@@ -255,6 +255,12 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     if (ms === undefined || (ms <= 0 && !(allowZero && ms === 0))) throw new ConfigError(`--${flag} "${v}": expected a duration such as 500ms, 2s or 1m`);
     return ms;
   };
+  // DNS TTLs are whole seconds: "500ms" would silently mean "never cache".
+  const seconds = (flag: string): number => {
+    const ms = duration(flag);
+    if (ms < 1000) throw new ConfigError(`--${flag} "${str(flag)}": must be at least 1s (DNS TTLs are whole seconds)`);
+    return Math.floor(ms / 1000);
+  };
   const bool = (flag: string): boolean => {
     const v = str(flag)!.toLowerCase();
     if (v === 'true' || v === '1' || v === 'yes') return true;
@@ -326,8 +332,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     upstreamRotateAfterMs: duration('upstream-rotate-after'),
     cacheSize: int('cache-size'),
     negativeCacheSize: int('negative-cache-size'),
-    successTtl: Math.floor(duration('success-ttl') / 1000),
-    denialTtl: Math.floor(duration('denial-ttl') / 1000),
+    successTtl: seconds('success-ttl'),
+    denialTtl: seconds('denial-ttl'),
     prefetchMinHits: int('prefetch-min-hits'),
     prefetchPercent: int('prefetch-percent'),
     serveStaleMs: duration('serve-stale', true),

@@ -67,6 +67,9 @@ t.test('bad values name the flag and the value', async (t) => {
   t.match(err(['--cache-size', '0']), /--cache-size "0"/);
   t.match(err(['--port', '70000']), /--port "70000": expected a whole number 1-65535/);
   t.match(err(['--timeout', 'soon']), /--timeout "soon": expected a duration/);
+  t.match(err(['--success-ttl', '500ms']), /--success-ttl "500ms": must be at least 1s/);
+  t.match(err(['--serve-stale', '-1']), /--serve-stale "-1"/);
+  t.equal(load(['--serve-stale', '0']).config.serveStaleMs, 0, '0 turns stale serving off');
   t.match(err(['--log-level', 'loud']), /--log-level "loud"/);
   t.match(err(['--require-cluster-dns=maybe']), /--require-cluster-dns "maybe": expected true or false/);
   t.match(err(['--no-such-flag']), /unknown flag --no-such-flag/);

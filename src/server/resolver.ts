@@ -104,13 +104,18 @@ export class Resolver implements QueryHandler, PendingOwner {
   answered(p: PendingQuery, answer: Buffer): void {
     this.#settle(p);
     const scan = scanAnswer(answer);
+    const now = this.#clock.now();
     if (scan === undefined) {
-      this.counters[ServerCounter.UPSTREAM_MALFORMED]!++;
-      this.#logger.warn('malformed upstream answer: answering SERVFAIL, caching nothing', { bytes: answer.length });
-      this.#failWaiters(p);
+      // Logged the first time and every 1000th after: a broken upstream must not become a log flood.
+      if (this.counters[ServerCounter.UPSTREAM_MALFORMED]!++ % 1000 === 0) {
+        this.#logger.warn('malformed upstream answer: not cached, client gets a stale answer or SERVFAIL', {
+          bytes: answer.length,
+          seen: this.counters[ServerCounter.UPSTREAM_MALFORMED],
+        });
+      }
+      if (!this.#answerStale(p, now)) this.#failWaiters(p);
       return;
     }
-    const now = this.#clock.now();
     if ((scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) && this.#answerStale(p, now)) return;
     const entry: CacheEntry = this.#cache.insert(p.key, answer, scan, now);
     for (const w of p.waiters) this.#send(entry.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
