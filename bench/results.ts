@@ -9,6 +9,7 @@ import type { BenchOptions } from './options.js';
 import type { Environment } from './proc-stats.js';
 import type { TargetKind } from './targets.js';
 import type { WorkloadName } from './workloads.js';
+import type { ZoneConfig } from './sim/zones.js';
 
 export const SCHEMA = 'nodelocal-dns-bench/1';
 
@@ -126,14 +127,7 @@ export interface SimulatorRecord {
   readonly cluster: string;
   readonly external: string;
   readonly pinnedTo: string | null;
-  readonly zones: {
-    readonly clusterDomain: string;
-    readonly namespaces: number;
-    readonly servicesPerNamespace: number;
-    readonly clusterTtl: number;
-    readonly externalTtl: number;
-    readonly negativeTtl: number;
-  };
+  readonly zones: ZoneConfig;
   readonly clusterFaults: { readonly latencyMs: number; readonly jitterMs: number; readonly lossRate: number };
   readonly externalFaults: { readonly latencyMs: number; readonly jitterMs: number; readonly lossRate: number };
 }
