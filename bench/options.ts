@@ -98,7 +98,7 @@ const SPECS: readonly Spec[] = [
   { group: 'Targets', name: 'host', arg: 'ADDR', def: '127.0.0.1', help: 'loopback address for the simulator, the agent and peers (127.0.0.0/8 or ::1)' },
 
   { group: 'Load', name: 'rates', arg: 'LIST', def: '1000,5000,20000', quick: '300', help: 'open-loop offered rates in queries/s (podmix: queries/s of the whole expansion)' },
-  { group: 'Load', name: 'ramp', arg: 'START:MAX[:FACTOR]', help: 'instead of --rates: multiply the rate by FACTOR (default 2) from START until a target saturates (>1% timeouts or <95% of the offered rate) or MAX' },
+  { group: 'Load', name: 'ramp', arg: 'START:MAX[:FACTOR]', help: 'instead of --rates: multiply the rate by FACTOR (default 2) from START up to MAX; a target that saturates (>1% timeouts or wrong answers) is not run at higher rates, and the ramp ends when all have, or when the generator falls behind' },
   { group: 'Load', name: 'duration', arg: 'SEC', def: '5', quick: '0.4', help: 'length of each open-loop run' },
   { group: 'Load', name: 'no-max', help: 'skip the closed-loop max-throughput runs' },
   { group: 'Load', name: 'concurrency', arg: 'N', def: '64', quick: '8', help: 'outstanding lookups in the max-throughput runs' },
@@ -121,7 +121,7 @@ const SPECS: readonly Spec[] = [
 
   { group: 'Simulator', name: 'namespaces', arg: 'N', def: '20', quick: '3', help: 'namespaces ns-0..ns-(N-1)' },
   { group: 'Simulator', name: 'services', arg: 'N', def: '50', quick: '5', help: 'services per namespace' },
-  { group: 'Simulator', name: 'cluster-domain', arg: 'DOMAIN', def: 'cluster.local', help: 'cluster domain (the agent is told nothing else; keep the default unless the agent is configured to match)' },
+  { group: 'Simulator', name: 'cluster-domain', arg: 'DOMAIN', def: 'cluster.local', help: 'cluster domain of the simulated zone (also passed to the agent with --cluster-domain; peers must be configured to match)' },
   { group: 'Simulator', name: 'cluster-latency-ms', arg: 'MS', def: '1', quick: '0', help: 'added latency of the cluster upstream' },
   { group: 'Simulator', name: 'cluster-jitter-ms', arg: 'MS', def: '0.5', quick: '0', help: 'uniform extra 0..MS' },
   { group: 'Simulator', name: 'cluster-loss', arg: 'F', def: '0', help: 'fraction of queries the cluster upstream drops' },
@@ -170,7 +170,7 @@ export function optionsMarkdown(): string {
   const rows = ['| option | default (--quick) | meaning |', '|---|---|---|'];
   for (const s of SPECS) {
     const def = s.def === undefined ? '' : `${s.def}${s.quick === undefined ? '' : ` (${s.quick})`}`;
-    rows.push(`| \`--${s.name}${s.arg === undefined ? '' : ' ' + s.arg}\` | ${def} | ${s.help.replace(/\|/g, '\\|')} |`);
+    rows.push(`| \`--${s.name}${s.arg === undefined ? '' : ' ' + s.arg.replace(/\|/g, '\\|')}\` | ${def} | ${s.help.replace(/\|/g, '\\|')} |`);
   }
   return rows.join('\n');
 }

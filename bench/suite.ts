@@ -156,7 +156,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       if (io.signal.aborted) break;
       if (b === 'agent') {
         say(`bench: starting the agent (${path.relative(process.cwd(), agentPath) || agentPath})`);
-        const t = await startAgent({ agentPath, extraArgs: opts.agentArgs, host: opts.host, sim, workDir: dir, pin: pins.agent, readyTimeoutMs: opts.readyTimeoutMs });
+        const t = await startAgent({ agentPath, extraArgs: opts.agentArgs, clusterDomain: opts.clusterDomain, host: opts.host, sim, workDir: dir, pin: pins.agent, readyTimeoutMs: opts.readyTimeoutMs });
         targets.push(t);
         live.add(t);
       } else {
@@ -383,6 +383,7 @@ function toRecord(t: Target, wl: Workload, o: RunOutcome, before: Snapshot, afte
   if (lag !== null && lag.p99 > SEND_LAG_WARN_US) warnings.push(`sends ran late (p99 ${(lag.p99 / 1000).toFixed(1)} ms behind schedule; counted in the latency)`);
   if (q.wrong > 0) warnings.push(`${q.wrong} wrong answers: ${o.wrongSamples.join('; ')}`);
   if (w !== null && (w.queries.wrong > 0 || w.queries.timeouts > 0)) warnings.push(`warm-up: ${w.queries.wrong} wrong, ${w.queries.timeouts} timeouts`);
+  if (o.aborted) warnings.push('interrupted: this run was cut short');
   if (q.sendErrors > 0) warnings.push(`${q.sendErrors} socket errors (e.g. ICMP port unreachable)`);
   const failures = q.timeouts + q.wrong + q.overflow;
   const saturated = q.sent === 0 || failures > SATURATION_FAILURE_SHARE * q.sent || o.lookups.failed > SATURATION_FAILURE_SHARE * Math.max(1, o.lookups.started);
@@ -409,7 +410,7 @@ function toRecord(t: Target, wl: Workload, o: RunOutcome, before: Snapshot, afte
     wrongByReason: { ...o.wrongByReason },
     wrongSamples: [...o.wrongSamples],
     sentQps: q.sent / sendWindowS,
-    throughputQps: open ? q.answered / Math.max(durationS, sendWindowS) : q.answered / Math.max(wallS, 1e-3),
+    throughputQps: open && !o.aborted ? q.answered / Math.max(durationS, sendWindowS) : q.answered / Math.max(wallS, 1e-3),
     achievedLookupRate: o.achievedLookupRate,
     latencyUs: percentiles(o.latency),
     serviceLatencyUs: percentiles(o.serviceLatency),
@@ -477,5 +478,5 @@ function runLine(r: RunRecord): string {
   const lat = r.latencyUs === null ? (r.dnsperf === null ? '' : `avg ${fmtUs(Math.round(r.dnsperf.avgLatencyUs))}`) : `p50 ${fmtUs(r.latencyUs.p50)} p99 ${fmtUs(r.latencyUs.p99)} p99.9 ${fmtUs(r.latencyUs.p999)}`;
   const cpu = r.targetUsage.cpuUsPerQuery === null ? '' : ` cpu ${r.targetUsage.cpuUsPerQuery.toFixed(1)}us/q`;
   const flags = `${r.saturated ? ' SATURATED' : ''}${r.generatorBound ? ' GENERATOR-BOUND' : ''}`;
-  return `  ${r.workload.padEnd(8)} ${r.target.padEnd(10)} ${load.padEnd(16)} ${Math.round(r.throughputQps)} q/s answered, ${lat}, timeouts ${r.queries.timeouts}, wrong ${r.queries.wrong}${cpu}${flags}`;
+  return `  ${r.workload.padEnd(8)} ${r.target.padEnd(10)} ${load.padEnd(16)} ${Math.round(r.throughputQps)} q/s answered, ${lat}, timeouts ${r.queries.timeouts}, wrong ${r.checked ? r.queries.wrong : 'n/a'}${cpu}${flags}`;
 }

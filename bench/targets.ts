@@ -205,6 +205,7 @@ function openLog(file: string): number {
 export interface AgentSpec {
   readonly agentPath: string;
   readonly extraArgs: readonly string[];
+  readonly clusterDomain: string;
   readonly host: string;
   readonly sim: SimProcess;
   readonly workDir: string;
@@ -227,6 +228,7 @@ export async function startAgent(spec: AgentSpec): Promise<Target> {
     '--upstream-addr', formatEndpoint(spec.sim.cluster),
     '--upstream-nameservers', formatEndpoint(spec.sim.external),
     '--resolv-conf', resolvConf,
+    '--cluster-domain', spec.clusterDomain,
     '--log-level', 'warn',
     ...spec.extraArgs,
   ];
