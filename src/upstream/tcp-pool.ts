@@ -23,15 +23,14 @@
  * by one sweep timer that runs only while something is pending.
  */
 import net from 'node:net';
-import { randomInt } from 'node:crypto';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { HEADER_LEN } from '../dns/constants.js';
-import { FrameDecoder, frame } from '../dns/framing.js';
 import { answerMatchesQuery, readId } from '../dns/question.js';
 import { Fifo } from './fifo.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
+import { Conn, Job } from './tcp-conn.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
 
 export interface TcpPoolOptions {
@@ -66,55 +65,11 @@ export interface TcpPoolStats {
   retried: number;
 }
 
-type ConnState = 'connecting' | 'open' | 'draining' | 'closed';
 
 const SWEEP_MS = 50;
 // Backoff after connect failures: fast enough to catch a restarting CoreDNS, capped so a dead one is not hammered.
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
-
-/** One exchange from send() until it completes. The framed copy is ours; its id is rewritten on each (re)send. */
-class Job {
-  readonly ex: UpstreamExchange;
-  readonly wire: Buffer;
-  id: number;
-  retried: boolean;
-  done: boolean;
-  constructor(ex: UpstreamExchange) {
-    this.ex = ex;
-    this.wire = frame(ex.query);
-    this.id = -1;
-    this.retried = false;
-    this.done = false;
-  }
-}
-
-class Conn {
-  state: ConnState;
-  readonly socket: net.Socket;
-  readonly inflight: Map<number, Job>;
-  readonly decoder: FrameDecoder;
-  nextId: number;
-  sent: number;
-  answered: number;
-  readonly startedAt: number;
-  openedAt: number;
-  /** errno code of the last socket error, for the unreachable log line. */
-  lastError: string;
-  constructor(socket: net.Socket, onFrame: (msg: Buffer) => void, now: number) {
-    this.state = 'connecting';
-    this.socket = socket;
-    this.inflight = new Map();
-    this.decoder = new FrameDecoder(onFrame);
-    // A random start keeps ids from repeating across reconnects; sequential after that, so reuse is 64k queries apart.
-    this.nextId = randomInt(0, 0x10000);
-    this.sent = 0;
-    this.answered = 0;
-    this.startedAt = now;
-    this.openedAt = 0;
-    this.lastError = 'closed';
-  }
-}
 
 export class TcpPool implements Upstream {
   readonly name: string;
