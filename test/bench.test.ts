@@ -115,7 +115,7 @@ t.test('workloads: glibc search expansion and Zipf', async (t) => {
   const z = new Zipf(100, 1);
   const rng = new Rng(1);
   const counts = new Array<number>(100).fill(0);
-  for (let i = 0; i < 20000; i++) counts[z.sample(rng)]++;
+  for (let i = 0; i < 20000; i++) counts[z.sample(rng)]!++;
   t.ok((counts[0] ?? 0) > (counts[9] ?? 0) && (counts[9] ?? 0) > (counts[99] ?? 0), 'popularity falls with rank');
 });
 

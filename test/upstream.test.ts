@@ -200,7 +200,7 @@ t.test('TcpPool: many queries pipelined on one connection, ids unique on it', as
   for (let i = 0; i < names.length; i++) {
     const r = results[i]!;
     if (r.reason !== null || r.calls !== 1) t.fail(`query ${i}: ${String(r.reason)} calls=${r.calls}`);
-    t.same(addresses(r.answer), [records[names[i]!]!.A[0]], names[i]);
+    t.same(addresses(r.answer), [records[names[i]!]!.A[0]], names[i]!);
   }
   t.equal(pool.stats.sent, 300);
   t.equal(pool.stats.answered, 300);
@@ -240,7 +240,7 @@ t.test('TcpPool: answers out of order are matched to their queries', async (t) =
       }),
     ),
   );
-  for (let i = 0; i < names.length; i++) t.same(addresses(results[i]!.answer), records[names[i]!]!.A, names[i]);
+  for (let i = 0; i < names.length; i++) t.same(addresses(results[i]!.answer), records[names[i]!]!.A, names[i]!);
   t.same(order, names.map((_, i) => names.length - 1 - i), 'answers arrived (and were accepted) in reverse order');
   t.equal(sim.stats.tcpConnections, 1);
 });
@@ -255,7 +255,7 @@ t.test('TcpPool: server closes a connection with queries in flight; they are ret
   // All 8 are written at once on connect: the server answers 4, closes on the 5th, ignores the rest.
   const results = await Promise.all(names.map((n) => ask(pool, n, { timeoutMs: 3000 }).done));
   for (let i = 0; i < names.length; i++) {
-    t.equal(results[i]!.reason, null, names[i]);
+    t.equal(results[i]!.reason, null, names[i]!);
     t.same(addresses(results[i]!.answer), records[names[i]!]!.A);
   }
   t.equal(sim.stats.tcpConnections, 2);
