@@ -1,33 +1,20 @@
 /**
- * Cache counters as slots of one typed array: the hot path adds to a slot,
- * metrics publishes them at scrape time (a labelled prom-client inc() costs
- * about 1 us, design 7). Names follow CoreDNS's cache plugin where the
- * meaning is the same.
+ * Cache counters in the one counter model (stats/counters.ts). Names follow
+ * CoreDNS's cache plugin where the meaning is the same.
  */
-export const CacheCounter = {
-  /** coredns_cache_hits_total{type="success"} */
-  HIT_POSITIVE: 0,
-  /** coredns_cache_hits_total{type="denial"} */
-  HIT_NEGATIVE: 1,
-  /** coredns_cache_misses_total */
-  MISS: 2,
-  /** coredns_cache_prefetch_total */
-  PREFETCH: 3,
-  /** coredns_cache_evictions_total{type="success"} */
-  EVICT_POSITIVE: 4,
-  /** coredns_cache_evictions_total{type="denial"} */
-  EVICT_NEGATIVE: 5,
-  /** nodelocal_cache_inserts_total{type="success"} */
-  INSERT_POSITIVE: 6,
-  /** nodelocal_cache_inserts_total{type="denial"} */
-  INSERT_NEGATIVE: 7,
-  /** nodelocal_cache_uncacheable_total: answers passed through without storing */
-  UNCACHEABLE: 8,
-  /** coredns_cache_served_stale_total: expired answers given because the upstream failed (RFC 8767) */
-  STALE: 9,
-} as const;
-export const CACHE_COUNTERS = 10;
+import { defineCounters, type Counters } from '../stats/counters.js';
 
-export function newCacheCounters(): Float64Array {
-  return new Float64Array(CACHE_COUNTERS);
-}
+export const CACHE_COUNTERS = defineCounters({
+  hitPositive: { name: 'coredns_cache_hits_total', labels: { type: 'success' }, help: 'Queries answered from the cache.' },
+  hitNegative: { name: 'coredns_cache_hits_total', labels: { type: 'denial' }, help: 'Queries answered from the cache.' },
+  miss: { name: 'coredns_cache_misses_total', help: 'Queries the cache could not answer.' },
+  prefetch: { name: 'coredns_cache_prefetch_total', help: 'Background refreshes of popular entries.' },
+  evictPositive: { name: 'coredns_cache_evictions_total', labels: { type: 'success' }, help: 'Entries evicted to make room (count or byte budget).' },
+  evictNegative: { name: 'coredns_cache_evictions_total', labels: { type: 'denial' }, help: 'Entries evicted to make room (count or byte budget).' },
+  insertPositive: { name: 'nodelocal_cache_inserts_total', labels: { type: 'success' }, help: 'Answers stored.' },
+  insertNegative: { name: 'nodelocal_cache_inserts_total', labels: { type: 'denial' }, help: 'Answers stored.' },
+  uncacheable: { name: 'nodelocal_cache_uncacheable_total', help: 'Answers passed through without storing (rcode, TC, zero TTL, no SOA, too big).' },
+  stale: { name: 'coredns_cache_served_stale_total', help: 'Expired answers given because the upstream failed (RFC 8767).' },
+});
+export type CacheCounterName = keyof typeof CACHE_COUNTERS.slot;
+export type CacheCounters = Counters<CacheCounterName>;

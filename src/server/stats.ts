@@ -1,32 +1,30 @@
 /**
- * Resolver counters, one typed-array slot each, bumped on the hot path and
- * published at scrape time. Slot comments name the CoreDNS-compatible metric.
+ * Counters of the hit path (parse, cache, answer), declared once in the one
+ * counter model (stats/counters.ts). CoreDNS names where the meaning is the
+ * same, so dashboards built for node-cache keep working.
  */
-export const ServerCounter = {
-  /** coredns_dns_requests_total{proto="udp"} */
-  REQUESTS_UDP: 0,
-  /** coredns_dns_requests_total{proto="tcp"} */
-  REQUESTS_TCP: 1,
-  /** nodelocal_dropped_total: unreadable header or a response sent to us */
-  DROPPED: 2,
-  /** coredns_dns_responses_total{rcode=...}: slots 3..8 are rcodes 0..5, slot 9 any other */
-  RCODE_BASE: 3,
-  RCODE_OTHER: 9,
-  /** nodelocal_truncated_total: answers sent TC=1 because they exceed the client's size */
-  TRUNCATED: 10,
-  /** nodelocal_coalesced_total: misses that joined a query already in flight */
-  COALESCED: 11,
-  /** coredns_forward_requests_total */
-  FORWARDED: 12,
-  /** nodelocal_upstream_failures_total{reason="timeout"|"network"|"overloaded"|"closed"|"malformed"} */
-  UPSTREAM_TIMEOUT: 13,
-  UPSTREAM_NETWORK: 14,
-  UPSTREAM_OVERLOADED: 15,
-  UPSTREAM_CLOSED: 16,
-  UPSTREAM_MALFORMED: 17,
-} as const;
-export const SERVER_COUNTERS = 18;
+import { defineCounters, type Counters } from '../stats/counters.js';
 
-export function newServerCounters(): Float64Array {
-  return new Float64Array(SERVER_COUNTERS);
-}
+export const SERVER_COUNTERS = defineCounters({
+  requestsUdp: { name: 'coredns_dns_requests_total', labels: { proto: 'udp' }, help: 'Queries received.' },
+  requestsTcp: { name: 'coredns_dns_requests_total', labels: { proto: 'tcp' }, help: 'Queries received.' },
+  dropped: { name: 'nodelocal_dropped_total', help: 'Queries dropped unanswered: unreadable header, or a response sent to us.' },
+  rcode0: { name: 'coredns_dns_responses_total', labels: { rcode: 'NOERROR' }, help: 'Answers sent, by rcode.' },
+  rcode1: { name: 'coredns_dns_responses_total', labels: { rcode: 'FORMERR' }, help: 'Answers sent, by rcode.' },
+  rcode2: { name: 'coredns_dns_responses_total', labels: { rcode: 'SERVFAIL' }, help: 'Answers sent, by rcode.' },
+  rcode3: { name: 'coredns_dns_responses_total', labels: { rcode: 'NXDOMAIN' }, help: 'Answers sent, by rcode.' },
+  rcode4: { name: 'coredns_dns_responses_total', labels: { rcode: 'NOTIMP' }, help: 'Answers sent, by rcode.' },
+  rcode5: { name: 'coredns_dns_responses_total', labels: { rcode: 'REFUSED' }, help: 'Answers sent, by rcode.' },
+  rcodeOther: { name: 'coredns_dns_responses_total', labels: { rcode: 'other' }, help: 'Answers sent, by rcode.' },
+  truncated: { name: 'nodelocal_truncated_total', help: 'Answers sent with TC=1 because they exceed what the client takes.' },
+  coalesced: { name: 'nodelocal_coalesced_total', help: 'Misses that joined an identical question already in flight.' },
+  misses: { name: 'nodelocal_misses_forwarded_total', help: 'Distinct questions handed to the upstream side (prefetches included).' },
+  upstreamMalformed: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'malformed' }, help: 'Upstream exchanges that failed, by reason.' },
+  abortedAtShutdown: { name: 'nodelocal_shutdown_aborted_total', help: 'Queries still waiting at the end of the shutdown grace period, answered stale or SERVFAIL.' },
+});
+export type ServerCounterName = keyof typeof SERVER_COUNTERS.slot;
+export type ServerCounters = Counters<ServerCounterName>;
+
+/** Slot of coredns_dns_responses_total for an rcode: 0-5 have their own, the rest share one. */
+export const RCODE_SLOT_BASE = SERVER_COUNTERS.slot.rcode0;
+export const RCODE_SLOT_OTHER = SERVER_COUNTERS.slot.rcodeOther;
