@@ -38,6 +38,8 @@ export interface Config {
   readonly upstreamRotateAfterMs: number;
   readonly cacheSize: number;
   readonly negativeCacheSize: number;
+  /** Byte budget of the cache (answer bytes plus per-entry overhead). */
+  readonly cacheMemoryBytes: number;
   readonly successTtl: number;
   readonly denialTtl: number;
   readonly prefetchMinHits: number;
@@ -52,12 +54,13 @@ export interface Config {
   readonly logLevel: LogLevel;
 }
 
-type Kind = 'string' | 'int' | 'duration' | 'bool' | 'list';
+type Kind = 'string' | 'int' | 'duration' | 'bool' | 'list' | 'bytes';
 interface OptionSpec {
   readonly flag: string;
   readonly kind: Kind;
   readonly def: string | undefined;
   readonly help: string;
+  /** Bounds: whole numbers for int and bytes, milliseconds for duration. */
   readonly min?: number;
   readonly max?: number;
 }
@@ -75,23 +78,27 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'resolv-conf', kind: 'string', def: '/etc/resolv.conf', help: 'resolv.conf whose nameservers answer external names' },
   { flag: 'upstream-nameservers', kind: 'list', def: undefined, help: 'IP[:PORT][,...] for external names, instead of the resolv.conf nameservers (kube-dns upstreamNameservers)' },
   { flag: 'stub-domain', kind: 'list', def: undefined, help: 'ZONE=IP[:PORT][,IP[:PORT]] forwards ZONE to those servers; repeatable (kube-dns stubDomains)' },
-  { flag: 'timeout', kind: 'duration', def: '2s', help: 'deadline of a cluster DNS query, and the longest one host-resolver try may wait (resolv.conf timeout: may shorten it); then SERVFAIL, well inside a pod\'s own 5 s' },
+  { flag: 'timeout', kind: 'duration', def: '2s', min: 100, max: 30_000, help: 'deadline of a cluster DNS query, and the longest one host-resolver try may wait (resolv.conf timeout: may shorten it); then SERVFAIL, well inside a pod\'s own 5 s' },
   { flag: 'upstream-connections', kind: 'int', def: '2', help: 'persistent TCP connections to the cluster DNS (queries are pipelined on each)', min: 1, max: 64 },
   { flag: 'upstream-max-inflight', kind: 'int', def: '1000', help: 'queries in flight on one upstream TCP connection', min: 1, max: 65000 },
   { flag: 'upstream-rotate-queries', kind: 'int', def: '10000', help: 'replace an upstream connection after this many queries, so load spreads over kube-dns pods', min: 1 },
-  { flag: 'upstream-rotate-after', kind: 'duration', def: '60s', help: 'replace an upstream connection after this long, for the same reason' },
+  { flag: 'upstream-rotate-after', kind: 'duration', def: '60s', min: 1000, max: 86_400_000, help: 'replace an upstream connection after this long, for the same reason' },
   { flag: 'cache-size', kind: 'int', def: '9984', help: 'positive cache capacity in entries (node-cache default)', min: 1 },
   { flag: 'negative-cache-size', kind: 'int', def: '9984', help: 'negative cache capacity in entries (node-cache default)', min: 1 },
-  { flag: 'success-ttl', kind: 'duration', def: '30s', help: 'longest a positive answer is cached (node-cache `success`)' },
-  { flag: 'denial-ttl', kind: 'duration', def: '5s', help: 'longest a negative answer (NXDOMAIN, NODATA) is cached (node-cache `denial`)' },
+  {
+    flag: 'cache-memory', kind: 'bytes', def: '64Mi', min: 1 << 20, max: 64 * 2 ** 30,
+    help: 'byte budget of the cache (answers plus about 1 KiB per entry; a quarter for negative answers); 64Mi holds the default 2 x 9984 entries of ordinary answers with room to spare, and bounds big ones',
+  },
+  { flag: 'success-ttl', kind: 'duration', def: '30s', max: 86_400_000, help: 'longest a positive answer is cached (node-cache `success`)' },
+  { flag: 'denial-ttl', kind: 'duration', def: '5s', max: 86_400_000, help: 'longest a negative answer (NXDOMAIN, NODATA) is cached (node-cache `denial`)' },
   { flag: 'prefetch-min-hits', kind: 'int', def: '3', help: 'hits in its lifetime that make an entry worth refreshing before it expires; 0 disables prefetch', min: 0 },
   { flag: 'prefetch-percent', kind: 'int', def: '10', help: 'refresh popular entries in the last PERCENT of their TTL (at least 1 s)', min: 1, max: 99 },
-  { flag: 'serve-stale', kind: 'duration', def: '1h', help: 'when an upstream fails, answer from an entry expired at most this long ago, with TTL 30 (RFC 8767); 0 turns it off' },
+  { flag: 'serve-stale', kind: 'duration', def: '1h', min: 0, max: 7 * 86_400_000, help: 'when an upstream fails, answer from an entry expired at most this long ago, with TTL 30 (RFC 8767); 0 turns it off' },
   { flag: 'max-udp-size', kind: 'int', def: '1232', help: 'largest UDP answer, whatever the client advertises (DNS Flag Day 2020); larger ones go TC=1', min: 512, max: 65535 },
-  { flag: 'tcp-idle-timeout', kind: 'duration', def: '10s', help: 'close an idle client TCP connection after this long (RFC 7766 6.2.3)' },
+  { flag: 'tcp-idle-timeout', kind: 'duration', def: '10s', min: 100, max: 3_600_000, help: 'close an idle client TCP connection after this long (RFC 7766 6.2.3)' },
   { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; more are refused', min: 1 },
   { flag: 'max-tcp-queries', kind: 'int', def: '128', help: 'queries in flight on one client TCP connection; reading pauses beyond it', min: 1 },
-  { flag: 'shutdown-grace', kind: 'duration', def: '5s', help: 'on SIGTERM, how long queries in flight may take to finish' },
+  { flag: 'shutdown-grace', kind: 'duration', def: '5s', min: 0, max: 300_000, help: 'on SIGTERM, how long queries in flight may take to finish' },
   { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
 ];
 
@@ -103,6 +110,14 @@ function camel(flag: string): string {
 
 /** Raw settings as strings (list options as arrays), before validation. */
 type Raw = Map<string, string | string[]>;
+
+/** "64Mi", "64MiB", "512Ki", "1Gi", or a bare number of bytes. */
+export function parseBytes(text: string): number | undefined {
+  const m = /^(\d+)\s*(Ki|Mi|Gi|KiB|MiB|GiB)?$/.exec(text.trim());
+  if (m === null) return undefined;
+  const unit = m[2] === undefined ? 1 : m[2].startsWith('K') ? 1024 : m[2].startsWith('M') ? 1024 ** 2 : 1024 ** 3;
+  return Number(m[1]) * unit;
+}
 
 /** "500ms", "2s", "1m", "1m30s", or a bare number of seconds. */
 export function parseDuration(text: string): number | undefined {
@@ -172,10 +187,18 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
     const spec = OPTIONS.find((o) => camel(o.flag) === key && o.flag !== 'config');
     if (spec === undefined) throw new ConfigError(`config file ${path}: unknown setting "${key}"`);
     if (spec.kind === 'list') {
-      const items = Array.isArray(value) ? value : [value];
+      const items: unknown[] = Array.isArray(value) ? value : [value];
+      for (const item of items) {
+        if (typeof item !== 'string' && typeof item !== 'number') {
+          throw new ConfigError(`config file ${path}: ${key}: each item must be a string such as "127.0.0.1:53", got ${JSON.stringify(item)}`);
+        }
+      }
       raw.set(spec.flag, items.map(String));
     } else if (value === null || typeof value === 'object') {
-      throw new ConfigError(`config file ${path}: ${key} must be a single value`);
+      throw new ConfigError(`config file ${path}: ${key} must be a single value, got ${JSON.stringify(value)}`);
+    } else if (spec.kind === 'bool' && typeof value !== 'boolean') {
+      // YAML says `yes` is a string and 1 a number: neither is a boolean, and guessing hides typos.
+      throw new ConfigError(`config file ${path}: ${key} must be true or false, got ${JSON.stringify(value)}`);
     } else raw.set(spec.flag, String(value));
   }
   return { raw, stubDomains };
@@ -250,10 +273,24 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     return n;
   };
   const duration = (flag: string, allowZero = false): number => {
+    const spec = OPTIONS.find((o) => o.flag === flag)!;
     const v = str(flag)!;
     const ms = parseDuration(v);
     if (ms === undefined || (ms <= 0 && !(allowZero && ms === 0))) throw new ConfigError(`--${flag} "${v}": expected a duration such as 500ms, 2s or 1m`);
+    if ((spec.min !== undefined && ms < spec.min) || (spec.max !== undefined && ms > spec.max)) {
+      throw new ConfigError(`--${flag} "${v}": must be between ${formatMs(spec.min ?? 0)} and ${formatMs(spec.max ?? Infinity)}`);
+    }
     return ms;
+  };
+  const bytes = (flag: string): number => {
+    const spec = OPTIONS.find((o) => o.flag === flag)!;
+    const v = str(flag)!;
+    const n = parseBytes(v);
+    if (n === undefined) throw new ConfigError(`--${flag} "${v}": expected a size such as 64Mi, 512Ki or 1Gi`);
+    if ((spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) {
+      throw new ConfigError(`--${flag} "${v}": must be between ${spec.min ?? 0} and ${spec.max ?? Infinity} bytes`);
+    }
+    return n;
   };
   // DNS TTLs are whole seconds: "500ms" would silently mean "never cache".
   const seconds = (flag: string): number => {
@@ -262,9 +299,9 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     return Math.floor(ms / 1000);
   };
   const bool = (flag: string): boolean => {
-    const v = str(flag)!.toLowerCase();
-    if (v === 'true' || v === '1' || v === 'yes') return true;
-    if (v === 'false' || v === '0' || v === 'no') return false;
+    const v = str(flag)!;
+    if (v === 'true') return true;
+    if (v === 'false') return false;
     throw new ConfigError(`--${flag} "${v}": expected true or false`);
   };
   const addr = (flag: string, text: string, defPort: number | undefined): ServerAddress => {
@@ -332,6 +369,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     upstreamRotateAfterMs: duration('upstream-rotate-after'),
     cacheSize: int('cache-size'),
     negativeCacheSize: int('negative-cache-size'),
+    cacheMemoryBytes: bytes('cache-memory'),
     successTtl: seconds('success-ttl'),
     denialTtl: seconds('denial-ttl'),
     prefetchMinHits: int('prefetch-min-hits'),
@@ -346,10 +384,17 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   };
 }
 
+function formatMs(ms: number): string {
+  if (ms === Infinity) return 'unbounded';
+  if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}
+
 export function helpText(): string {
   const lines = ['Usage: nodelocal-dns [flags]', '', 'Node-local DNS cache agent for Kubernetes.', '', 'Flags:'];
   for (const o of OPTIONS) {
-    const arg = o.kind === 'bool' ? '' : o.kind === 'int' ? ' N' : o.kind === 'duration' ? ' DURATION' : ' VALUE';
+    const arg = o.kind === 'bool' ? '' : o.kind === 'int' ? ' N' : o.kind === 'duration' ? ' DURATION' : o.kind === 'bytes' ? ' SIZE' : ' VALUE';
     lines.push(`  --${o.flag}${arg}`);
     lines.push(`      ${o.help}${o.def !== undefined ? ` (default ${o.def})` : ''}`);
   }

@@ -90,6 +90,25 @@ t.test('durations', async (t) => {
   t.equal(load(['--timeout', '750ms']).config.timeoutMs, 750);
 });
 
+t.test('values out of range or of the wrong type are refused, never coerced', async (t) => {
+  // Each of these was accepted silently before.
+  t.match(err(['--timeout', '1h']), /--timeout "1h": must be between 100ms and 30s/);
+  t.match(err(['--shutdown-grace', '1h']), /--shutdown-grace "1h": must be between/);
+  t.match(err(['--serve-stale', '30d']), /--serve-stale "30d"/);
+  t.match(err(['--require-cluster-dns=yes']), /--require-cluster-dns "yes": expected true or false/);
+  t.match(err(['--require-cluster-dns=1']), /--require-cluster-dns "1": expected true or false/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'requireClusterDns: yes' }), /requireClusterDns must be true or false, got "yes"/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'requireClusterDns: 1' }), /requireClusterDns must be true or false, got 1/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'listen: {host: 127.0.0.1, port: 53}' }), /listen: each item must be a string such as "127.0.0.1:53", got \{"host":"127.0.0.1","port":53\}/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'listen: [[1, 2]]' }), /got \[1,2\]/);
+  t.notMatch(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'listen: {a: 1}' }), /object Object/);
+  t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'requireClusterDns: false' }).config.listen.length, 1, 'a real boolean is fine');
+  t.equal(load(['--cache-memory', '128Mi']).config.cacheMemoryBytes, 128 * 2 ** 20);
+  t.equal(load([]).config.cacheMemoryBytes, 64 * 2 ** 20, 'default 64Mi');
+  t.match(err(['--cache-memory', 'lots']), /--cache-memory "lots": expected a size such as 64Mi/);
+  t.match(err(['--cache-memory', '1Ki']), /--cache-memory "1Ki": must be between/);
+});
+
 t.test('config file: YAML and JSON, stub domains, flags win', async (t) => {
   const yaml = `
 listen: ["127.0.0.1:5300"]
