@@ -18,6 +18,7 @@ import net from 'node:net';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { FLAG_TC, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { UpstreamHealth } from './health.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
@@ -86,6 +87,7 @@ class Job {
 
 export class HostResolvers implements Upstream {
   readonly name: string;
+  readonly health: UpstreamHealth;
   readonly stats: HostResolversStats;
   readonly #servers: readonly ServerAddress[];
   readonly #attemptTimeoutMs: number;
@@ -112,6 +114,7 @@ export class HostResolvers implements Upstream {
     this.#rotate = opts.rotate ?? false;
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger;
+    this.health = new UpstreamHealth(this.name, this.#log, this.#clock.now());
     this.stats = {
       sent: 0, answered: 0, timeouts: 0, networkErrors: 0, spoofed: 0, tcpFallbacks: 0,
       failovers: 0, attemptTimeouts: 0, attemptErrors: 0, badRcodes: 0,
@@ -231,6 +234,9 @@ export class HostResolvers implements Upstream {
     if (answer === null) {
       if (reason === 'timeout') this.stats.timeouts++;
       else if (reason === 'network') this.stats.networkErrors++;
+      if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
+    } else {
+      this.health.record(answer === job.badAnswer ? 'servfail' : 'answered', this.#clock.now());
     }
     settle(job.ex, answer, reason, this.#log);
     this.#maybeFinishClose();

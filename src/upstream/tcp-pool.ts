@@ -25,7 +25,8 @@
 import net from 'node:net';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
-import { HEADER_LEN } from '../dns/constants.js';
+import { HEADER_LEN, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { UpstreamHealth } from './health.js';
 import { answerMatchesQuery, readId } from '../dns/question.js';
 import { Fifo } from './fifo.js';
 import { Lifecycle } from './lifecycle.js';
@@ -73,6 +74,7 @@ const BACKOFF_MAX_MS = 5000;
 
 export class TcpPool implements Upstream {
   readonly name: string;
+  readonly health: UpstreamHealth;
   readonly stats: TcpPoolStats;
   readonly #server: ServerAddress;
   readonly #size: number;
@@ -112,6 +114,7 @@ export class TcpPool implements Upstream {
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 1000;
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger;
+    this.health = new UpstreamHealth(this.name, this.#log, this.#clock.now());
     this.stats = {
       sent: 0, answered: 0, timeouts: 0, networkErrors: 0, overloaded: 0, mismatched: 0, late: 0,
       connects: 0, reconnects: 0, connectFailures: 0, rotations: 0, retried: 0,
@@ -256,6 +259,7 @@ export class TcpPool implements Upstream {
     c.openedAt = this.#clock.now();
     c.socket.setNoDelay(true);
     this.stats.connects++;
+    this.health.record('connected', c.openedAt);
     this.#lostSinceConnect = false;
     if (this.#unreachable) {
       this.#unreachable = false;
@@ -283,6 +287,8 @@ export class TcpPool implements Upstream {
     // Success is an answer, not a connect: a server that accepts and then drops us must keep backing off.
     if (c.answered++ === 0) this.#backoffMs = BACKOFF_MIN_MS;
     this.stats.answered++;
+    const rcode = msg[OFF_FLAGS + 1]! & RCODE_MASK;
+    this.health.record(rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED ? 'servfail' : 'answered', this.#clock.now());
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
     if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
@@ -334,6 +340,7 @@ export class TcpPool implements Upstream {
       if (was === 'connecting' || c.answered === 0) this.#backOff(now);
       if (was === 'connecting' && !this.#unreachable && !this.#conns.some((o) => o.state === 'open')) {
         this.#unreachable = true;
+        this.health.record('unreachable', now);
         this.#log.warn('cluster dns unreachable: cluster-zone queries get SERVFAIL at once until it is back', {
           upstream: this.name,
           error: cause === 'connectTimeout' ? 'connect timeout' : c.lastError,
@@ -432,6 +439,7 @@ export class TcpPool implements Upstream {
     if (reason === 'timeout') this.stats.timeouts++;
     else if (reason === 'network') this.stats.networkErrors++;
     else if (reason === 'overloaded') this.stats.overloaded++;
+    if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
     settle(job.ex, null, reason, this.#log);
   }
 }

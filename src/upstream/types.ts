@@ -3,6 +3,7 @@
  * went. A miss becomes one exchange object that the transport completes; no
  * promise per query (the style of undici's dispatch/handler).
  */
+import type { UpstreamHealth } from './health.js';
 
 /** Why an exchange failed; each maps to SERVFAIL for the client, and to a metric. */
 export type UpstreamFailure =
@@ -32,6 +33,8 @@ export interface UpstreamExchange {
 export interface Upstream {
   /** For logs and metrics, e.g. "tcp://10.96.0.10:53" or "host-resolvers". */
   readonly name: string;
+  /** Fed by the transport's own events (connects, answers, timeouts, SERVFAIL); read by the resolver. */
+  readonly health: UpstreamHealth;
   /** Never throws; completes the exchange later (or synchronously with reject). */
   send(exchange: UpstreamExchange): void;
   /** Stops taking exchanges, rejects queued ones with 'closed', lets in-flight ones finish (bounded by their deadlines), then closes sockets. */
