@@ -1,27 +1,36 @@
 /**
- * Composes the parts and owns their start and stop order: upstreams before
- * listeners on the way up; on the way down listeners stop taking queries,
- * queries in flight finish, then sockets close.
+ * Composes the parts and owns their order. The parts are a ComponentStack
+ * (lifecycle.ts): started in order, stopped in reverse, rolled back on a
+ * failed start. Today: upstreams, then listeners. Node integration slots in
+ * around the listeners (interface before, interception after).
+ *
+ * Shutdown: listeners stop taking queries, queries in flight get until the
+ * grace deadline, then whatever still waits is answered stale or SERVFAIL,
+ * then sockets and upstreams close. Nothing waits past the deadline.
  */
 import { readFileSync } from 'node:fs';
 import { formatHostPort, isLoopback, isWildcard } from './addr.js';
 import { DnsCache } from './cache/cache.js';
+import { CACHE_COUNTERS } from './cache/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
+import { ComponentStack, StartupError, type Component } from './lifecycle.js';
 import type { Logger } from './log.js';
+import { HitPath } from './server/hit-path.js';
 import type { Listener } from './server/listener.js';
-import { Resolver, type Route } from './server/resolver.js';
+import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
+import type { Route } from './server/route.js';
+import { SERVER_COUNTERS } from './server/stats.js';
 import { TcpListener } from './server/tcp-listener.js';
 import { UdpListener } from './server/udp-listener.js';
+import { Counters } from './stats/counters.js';
 import { HostResolvers } from './upstream/host-resolvers.js';
-import { parseResolvConf } from './upstream/resolv-conf.js';
+import { hostBudget, loadHostServers, type HostServers } from './upstream/host-route.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
 import { TcpPool } from './upstream/tcp-pool.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
 
-export class StartupError extends Error {
-  override readonly name = 'StartupError';
-}
+export { StartupError } from './lifecycle.js';
 
 export interface AgentDeps {
   readonly logger: Logger;
@@ -29,20 +38,19 @@ export interface AgentDeps {
   readonly readFile?: (path: string) => string;
 }
 
-/** A pod's resolver gives up on its first try after 5 s: answer (even SERVFAIL) before that. */
-const HOST_BUDGET_CAP_MS = 4500;
-
 /** Reverse zones always belong to the cluster DNS: it owns the PTR records of Service and Pod IPs. */
 const REVERSE_ZONES = ['in-addr.arpa', 'ip6.arpa'];
 
 export class Agent {
   readonly config: Config;
   readonly cache: DnsCache;
+  readonly hitPath: HitPath;
   readonly #logger: Logger;
   readonly #clock: Clock;
   readonly #readFile: (path: string) => string;
   readonly #upstreams: Upstream[];
   readonly #listeners: Listener[];
+  readonly #parts: ComponentStack;
   #resolver: Resolver | null;
 
   constructor(config: Config, deps: AgentDeps) {
@@ -50,17 +58,29 @@ export class Agent {
     this.#logger = deps.logger;
     this.#clock = deps.clock ?? systemClock;
     this.#readFile = deps.readFile ?? ((p) => readFileSync(p, 'utf8'));
-    this.cache = new DnsCache({
-      positiveCapacity: config.cacheSize,
-      negativeCapacity: config.negativeCacheSize,
-      successTtl: config.successTtl,
-      denialTtl: config.denialTtl,
-      minHits: config.prefetchMinHits,
-      percent: config.prefetchPercent,
-      staleMs: config.serveStaleMs,
+    this.cache = new DnsCache(
+      {
+        positiveCapacity: config.cacheSize,
+        negativeCapacity: config.negativeCacheSize,
+        maxBytes: config.cacheMemoryBytes,
+        successTtl: config.successTtl,
+        denialTtl: config.denialTtl,
+        minHits: config.prefetchMinHits,
+        percent: config.prefetchPercent,
+        staleMs: config.serveStaleMs,
+      },
+      new Counters(CACHE_COUNTERS),
+    );
+    this.hitPath = new HitPath({
+      cache: this.cache,
+      clock: this.#clock,
+      logger: this.#logger,
+      counters: new Counters(SERVER_COUNTERS),
+      maxUdpSize: config.maxUdpSize,
     });
     this.#upstreams = [];
     this.#listeners = [];
+    this.#parts = new ComponentStack(this.#logger);
     this.#resolver = null;
   }
 
@@ -76,14 +96,57 @@ export class Agent {
 
   async start(): Promise<void> {
     const c = this.config;
-    const hostServers = this.#hostServers();
+    let host: HostServers;
+    try {
+      host = loadHostServers(c.upstreamNameservers, c.resolvConf, this.#readFile);
+    } catch (err) {
+      throw new StartupError((err as Error).message);
+    }
+    for (const w of host.warnings) this.#logger.warn('resolv.conf', { file: host.source, warning: w });
     this.#guardLoops([
       ...(c.clusterUpstream !== null ? [{ what: '--upstream-addr', addr: c.clusterUpstream }] : []),
-      ...hostServers.servers.map((addr) => ({ what: hostServers.source, addr })),
+      ...host.servers.map((addr) => ({ what: host.source, addr })),
       ...c.stubDomains.flatMap((d) => d.servers.map((addr) => ({ what: `stub domain ${d.zone}`, addr }))),
     ]);
 
-    const external = this.#hostRoute('host-resolvers', hostServers.servers, hostServers.timeoutMs, hostServers.attempts ?? 2, hostServers.rotate);
+    const resolver = new Resolver({
+      router: this.#routes(host),
+      clock: this.#clock,
+      counters: new Counters(RESOLVER_COUNTERS),
+      hits: this.hitPath,
+    });
+    this.#resolver = resolver;
+    this.hitPath.connect(resolver);
+    for (const addr of c.listen) {
+      this.#listeners.push(new UdpListener(addr, this.hitPath, this.#logger));
+      this.#listeners.push(
+        new TcpListener(addr, this.hitPath, this.#logger, {
+          idleTimeoutMs: c.tcpIdleTimeoutMs,
+          maxConnections: c.maxTcpConnections,
+          maxQueriesPerConnection: c.maxTcpQueries,
+        }),
+      );
+    }
+    this.#parts.add(this.#upstreamsPart());
+    this.#parts.add(this.#listenersPart());
+    await this.#parts.start(() => this.#clock.now());
+    this.#logger.info('serving', {
+      listen: this.#listeners.map((l) => l.name),
+      clusterDns: c.clusterUpstream !== null ? `tcp://${formatHostPort(c.clusterUpstream)} (from ${c.clusterUpstreamSource})` : 'none (local mode)',
+      hostResolvers: host.servers.map(formatHostPort),
+      hostResolversFrom: host.source,
+      stubDomains: c.stubDomains.map((d) => d.zone),
+    });
+  }
+
+  /** Stops taking queries, lets those in flight finish until `graceMs` from now, answers the rest, closes everything. */
+  async stop(graceMs: number): Promise<void> {
+    await this.#parts.stop(this.#clock.now() + graceMs);
+  }
+
+  #routes(host: HostServers): ZoneRouter<Route> {
+    const c = this.config;
+    const external = this.#hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
     const routes: ZoneRoute<Route>[] = [];
     if (c.clusterUpstream !== null) {
       const cluster = new TcpPool({
@@ -96,7 +159,8 @@ export class Agent {
         logger: this.#logger,
       });
       this.#upstreams.push(cluster);
-      for (const zone of [c.clusterDomain, ...REVERSE_ZONES]) routes.push({ zone, target: { upstream: cluster, timeoutMs: c.timeoutMs } });
+      const route: Route = { upstream: cluster, timeoutMs: c.timeoutMs, local: null };
+      for (const zone of [c.clusterDomain, ...REVERSE_ZONES]) routes.push({ zone, target: route });
     } else {
       this.#logger.warn(
         'LOCAL MODE: no cluster DNS address (--upstream-addr, or the kube-dns-upstream Service environment); every name, cluster zone included, goes to the host resolvers',
@@ -106,91 +170,63 @@ export class Agent {
     for (const stub of c.stubDomains) {
       routes.push({ zone: stub.zone, target: this.#hostRoute(`stub:${stub.zone}`, stub.servers, undefined, 2, false) });
     }
-
-    const resolver = new Resolver({
-      cache: this.cache,
-      router: new ZoneRouter(routes, external),
-      clock: this.#clock,
-      logger: this.#logger,
-      maxUdpSize: c.maxUdpSize,
-    });
-    this.#resolver = resolver;
-    for (const addr of c.listen) {
-      this.#listeners.push(new UdpListener(addr, resolver, this.#logger));
-      this.#listeners.push(
-        new TcpListener(addr, resolver, this.#logger, {
-          idleTimeoutMs: c.tcpIdleTimeoutMs,
-          maxConnections: c.maxTcpConnections,
-          maxQueriesPerConnection: c.maxTcpQueries,
-        }),
-      );
-    }
-    try {
-      for (const l of this.#listeners) await l.start();
-    } catch (err) {
-      await this.stop(0);
-      throw new StartupError((err as Error).message);
-    }
-    this.#logger.info('serving', {
-      listen: this.#listeners.map((l) => l.name),
-      clusterDns: c.clusterUpstream !== null ? `tcp://${formatHostPort(c.clusterUpstream)} (from ${c.clusterUpstreamSource})` : 'none (local mode)',
-      hostResolvers: hostServers.servers.map(formatHostPort),
-      hostResolversFrom: hostServers.source,
-      stubDomains: c.stubDomains.map((d) => d.zone),
-    });
+    return new ZoneRouter(routes, external);
   }
 
-  /** Stops taking queries, lets those in flight finish (at most graceMs), closes everything. */
-  async stop(graceMs: number): Promise<void> {
-    for (const l of this.#listeners) l.pause();
-    if (this.#resolver !== null && this.#resolver.inflight > 0 && graceMs > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        this.#resolver.drain(),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, graceMs);
-        }),
-      ]);
-      clearTimeout(timer);
-    }
-    await Promise.all(this.#listeners.map((l) => l.close()));
-    await Promise.all(this.#upstreams.map((u) => u.close()));
-    this.#listeners.length = 0;
-    this.#upstreams.length = 0;
-  }
-
-  /**
-   * UDP servers tried in turn (host resolvers, stub domains). One try waits
-   * resolv.conf's `timeout`, never longer than --timeout (glibc's 5 s default
-   * would let a pod's own 5 s timer fire before we tried a second server); the
-   * exchange may take all its tries, up to HOST_BUDGET_CAP_MS, and at least --timeout.
-   */
   #hostRoute(name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean): Route {
-    const c = this.config;
-    const attemptTimeoutMs = Math.min(attemptMs ?? c.timeoutMs, c.timeoutMs);
+    const { attemptTimeoutMs, budgetMs } = hostBudget(this.config.timeoutMs, attemptMs, attempts, servers.length);
     const upstream = new HostResolvers({ servers, attemptTimeoutMs, attempts, rotate, clock: this.#clock, logger: this.#logger, name });
     this.#upstreams.push(upstream);
-    const budget = Math.max(c.timeoutMs, Math.min(attemptTimeoutMs * attempts * servers.length, HOST_BUDGET_CAP_MS));
-    return { upstream, timeoutMs: budget };
+    return { upstream, timeoutMs: budgetMs, local: null };
   }
 
-  #hostServers(): { servers: ServerAddress[]; source: string; timeoutMs: number | undefined; attempts: number | undefined; rotate: boolean } {
-    const c = this.config;
-    if (c.upstreamNameservers.length > 0) {
-      return { servers: [...c.upstreamNameservers], source: '--upstream-nameservers', timeoutMs: undefined, attempts: undefined, rotate: false };
-    }
-    let text: string;
-    try {
-      text = this.#readFile(c.resolvConf);
-    } catch (err) {
-      throw new StartupError(`--resolv-conf ${c.resolvConf}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-    }
-    const rc = parseResolvConf(text);
-    for (const w of rc.warnings) this.#logger.warn('resolv.conf', { file: c.resolvConf, warning: w });
-    if (rc.nameservers.length === 0) {
-      throw new StartupError(`--resolv-conf ${c.resolvConf}: no nameserver lines; give --upstream-nameservers instead`);
-    }
-    return { servers: rc.nameservers, source: c.resolvConf, timeoutMs: rc.options.timeoutMs, attempts: rc.options.attempts, rotate: rc.options.rotate };
+  /** Upstreams close last (stopped after the listeners): in-flight exchanges are answered by then. */
+  #upstreamsPart(): Component {
+    return {
+      name: 'upstreams',
+      start: () => Promise.resolve(),
+      stop: async (deadline) => {
+        await this.#until(deadline, Promise.all(this.#upstreams.map((u) => u.close())).then(() => undefined));
+        this.#upstreams.length = 0;
+      },
+    };
+  }
+
+  #listenersPart(): Component {
+    return {
+      name: 'listeners',
+      start: async () => {
+        try {
+          for (const l of this.#listeners) await l.start();
+        } catch (err) {
+          // This part never counts as started: close what did bind before the error.
+          await Promise.all(this.#listeners.map((l) => l.close()));
+          throw err;
+        }
+      },
+      stop: async (deadline) => {
+        for (const l of this.#listeners) l.pause();
+        if (this.hitPath.inflight > 0) await this.#until(deadline, this.hitPath.drain());
+        const aborted = this.hitPath.abortAll();
+        if (aborted > 0) this.#logger.warn('shutdown grace over: answered queries still in flight with stale or SERVFAIL', { queries: aborted });
+        await Promise.all(this.#listeners.map((l) => l.close()));
+        this.#listeners.length = 0;
+      },
+    };
+  }
+
+  /** Waits for `p`, but not past `deadline` (Clock ms). */
+  async #until(deadline: number, p: Promise<void>): Promise<void> {
+    const left = deadline - this.#clock.now();
+    if (left <= 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      p,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, left);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   /** Forwarding to ourselves would loop each query until it times out: refuse to start. */

@@ -57,7 +57,7 @@ async function main(argv: readonly string[]): Promise<number> {
     const onSignal = (signal: NodeJS.Signals): void => {
       if (stopping) return;
       stopping = true;
-      logger.info('stopping: finishing queries in flight', { signal, graceMs: config.shutdownGraceMs, inflight: agent.resolver.inflight });
+      logger.info('stopping: finishing queries in flight', { signal, graceMs: config.shutdownGraceMs, inflight: agent.hitPath.inflight });
       agent.stop(config.shutdownGraceMs).then(
         () => {
           logger.info('stopped');

@@ -121,7 +121,7 @@ t.test('prefetch refreshes a popular entry before it expires', async (t) => {
   const hit = await udpQuery(a.target, name);
   t.equal(ttlOf(hit.answers?.[0]), 1, 'still served from the old entry');
   // Wait for the refresh's answer to be stored before moving the clock on.
-  for (let i = 0; i < 100 && (count(cluster, name) < 2 || a.agent.resolver.inflight > 0); i++) await sleep(10);
+  for (let i = 0; i < 100 && (count(cluster, name) < 2 || a.agent.hitPath.inflight > 0); i++) await sleep(10);
   t.equal(count(cluster, name), 2, 'background refresh sent');
   clock.advance(1_500); // the old entry would have expired now
   const after = await udpQuery(a.target, name);
@@ -268,6 +268,22 @@ t.test('shutdown finishes queries in flight', async (t) => {
   await stopped;
   t.same(dataOf(ans), ['10.96.1.10'], 'answered although stop() was called while it was in flight');
   t.equal(await udpExchange(a.target, buildQuery('www.example.com'), 300), null, 'no longer listening');
+});
+
+t.test('shutdown past its grace: every query still in flight is answered (SERVFAIL) before the upstream deadline', async (t) => {
+  // --timeout 10s is longer than the grace; the upstreams never answer (dropAll). Before the fix stop() waited for
+  // the upstream deadlines and the waiting clients got nothing at all.
+  const { cluster, external, args } = await sims(t, { dropAll: true }, { dropAll: true });
+  const a = await startAgent(HOST, [...args, '--timeout', '10s']);
+  const names = Array.from({ length: 60 }, (_, i) => (i % 2 === 0 ? `n${i}.default.svc.cluster.local` : `n${i}.example.com`));
+  const pending = names.map((n) => udpQuery(a.target, n, { timeoutMs: 8000 }));
+  for (let i = 0; i < 100 && a.agent.hitPath.inflight < names.length; i++) await sleep(10);
+  t.equal(a.agent.hitPath.inflight, names.length, 'all in flight upstream');
+  await a.agent.stop(300);
+  const answers = await Promise.all(pending);
+  t.same(answers.map(rcodeOf), names.map(() => 2), 'each got SERVFAIL');
+  t.equal(cluster.stats.answered + external.stats.answered, 0, 'the upstreams never answered: the grace period, not the deadline, ended it');
+  t.equal(a.agent.hitPath.counters.get('abortedAtShutdown'), names.length);
 });
 
 t.test('IPv6 listener, and a stub domain forwarded to its own servers', async (t) => {

@@ -11,9 +11,8 @@ import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import * as dnsPacket from 'dns-packet';
 import { SimDnsServer, staticHandler } from '../bench/sim/dns-server.js';
-import { CacheCounter } from '../src/cache/stats.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
-import { ServerCounter } from '../src/server/stats.js';
+import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { TcpListener } from '../src/server/tcp-listener.js';
 import { startAgent, type TestAgent } from './helpers/agent.js';
 import { buildQuery, sleep, tcpQuery, udpExchange, udpQuery, type Target } from './helpers/dns-client.js';
@@ -364,7 +363,8 @@ t.test(`fuzz: random and mutated packets over UDP and TCP (seed ${SEED})`, async
     '--negative-cache-size', String(NEGATIVE_CACHE_SIZE),
   ]);
   t.teardown(a.stop);
-  const counters = a.agent.resolver.counters;
+  const counters = a.agent.hitPath.counters.values;
+  const ServerCounter = SERVER_COUNTERS.slot;
   const tcpListener = a.agent.listeners.find((l): l is TcpListener => l instanceof TcpListener)!;
   const fuzz = new Fuzz(SEED);
   const client = await bindClient();
@@ -380,7 +380,7 @@ t.test(`fuzz: random and mutated packets over UDP and TCP (seed ${SEED})`, async
     return idSeq++;
   };
   // With --timeout 500ms every query has its answer (SERVFAIL at worst) well within 3 s.
-  const drained = (): Promise<boolean> => until(() => udp.owed.size === 0 && a.agent.resolver.inflight === 0, 3000);
+  const drained = (): Promise<boolean> => until(() => udp.owed.size === 0 && a.agent.hitPath.inflight === 0, 3000);
   const rss = (): number => {
     (globalThis as { gc?: () => void }).gc?.();
     return process.memoryUsage().rss;
@@ -390,7 +390,7 @@ t.test(`fuzz: random and mutated packets over UDP and TCP (seed ${SEED})`, async
     for (let i = from; i <= to; i++) s += counters[i]!;
     return s;
   };
-  const udpSeen = (): number => counters[ServerCounter.REQUESTS_UDP]!;
+  const udpSeen = (): number => counters[ServerCounter.requestsUdp]!;
   const rcvbufBefore = udpRcvbufErrors();
 
   // Warm-up: the same code paths, so JIT, buffer pools and the caches (which fill here) are not counted as growth.
@@ -404,8 +404,8 @@ t.test(`fuzz: random and mutated packets over UDP and TCP (seed ${SEED})`, async
   const rssWarm = rss();
 
   // UDP: 10,500 more; the counters move by exactly what we sent and what must be dropped.
-  const reqUdp0 = counters[ServerCounter.REQUESTS_UDP]!;
-  const dropped0 = counters[ServerCounter.DROPPED]!;
+  const reqUdp0 = counters[ServerCounter.requestsUdp]!;
+  const dropped0 = counters[ServerCounter.dropped]!;
   const sent0 = udp.sent;
   const drops0 = udp.drops;
   await sendUdp(client, a.target, fuzz, udp, 10_500, nextId, udpSeen);
@@ -419,8 +419,8 @@ t.test(`fuzz: random and mutated packets over UDP and TCP (seed ${SEED})`, async
   t.same(udp.failures, [], 'first UDP failures');
   if (rcvbufLost === 0) {
     t.equal(udp.owed.size, 0, 'every UDP query that deserves an answer got one');
-    t.equal(counters[ServerCounter.REQUESTS_UDP]! - reqUdp0, udp.sent - sent0, 'the agent saw every datagram');
-    t.equal(counters[ServerCounter.DROPPED]! - dropped0, udp.drops - drops0, 'and dropped exactly the short ones and the responses');
+    t.equal(counters[ServerCounter.requestsUdp]! - reqUdp0, udp.sent - sent0, 'the agent saw every datagram');
+    t.equal(counters[ServerCounter.dropped]! - dropped0, udp.drops - drops0, 'and dropped exactly the short ones and the responses');
   } else {
     // The kernel says it lost datagrams (somewhere in this namespace): only bound the missing answers by that.
     t.ok(udp.owed.size <= rcvbufLost, `${udp.owed.size} unanswered <= ${rcvbufLost} datagrams the kernel dropped`);
@@ -428,8 +428,8 @@ t.test(`fuzz: random and mutated packets over UDP and TCP (seed ${SEED})`, async
   t.ok((udp.rcodes.get(1) ?? 0) > 100 && (udp.rcodes.get(4) ?? 0) > 100 && (udp.rcodes.get(3) ?? 0) > 100, 'the mix provoked FORMERR, NOTIMP and NXDOMAIN alike');
 
   // TCP, honest framing: 8 connections x 400 fuzz payloads, answered in any order.
-  const reqTcp0 = counters[ServerCounter.REQUESTS_TCP]!;
-  const droppedTcp0 = counters[ServerCounter.DROPPED]!;
+  const reqTcp0 = counters[ServerCounter.requestsTcp]!;
+  const droppedTcp0 = counters[ServerCounter.dropped]!;
   const honest = await Promise.all(
     Array.from({ length: 8 }, () =>
       tcpHonest(a.target, fuzz, Array.from({ length: 400 }, (_, i) => {
@@ -445,8 +445,8 @@ t.test(`fuzz: random and mutated packets over UDP and TCP (seed ${SEED})`, async
   t.comment(`TCP honest: ${tcpSent} frames, ${honest.reduce((n, l) => n + l.answers, 0)} answers, ${tcpDrops} to drop`);
   t.same(honest.flatMap((l) => l.failures).slice(0, 10), [], 'every TCP answer well-formed and matching its query');
   t.same(honest.map((l) => l.owed.size), honest.map(() => 0), 'every TCP query that deserves an answer got one');
-  t.equal(counters[ServerCounter.REQUESTS_TCP]! - reqTcp0, tcpSent, 'the agent saw every frame');
-  t.equal(counters[ServerCounter.DROPPED]! - droppedTcp0, tcpDrops, 'and dropped exactly the short ones and the responses');
+  t.equal(counters[ServerCounter.requestsTcp]! - reqTcp0, tcpSent, 'the agent saw every frame');
+  t.equal(counters[ServerCounter.dropped]! - droppedTcp0, tcpDrops, 'and dropped exactly the short ones and the responses');
 
   // TCP, lying: length prefixes that overstate or understate, random streams, connections cut mid-frame.
   const good = (id: number): Buffer => frame(buildQuery('www.example.com', { id }));
@@ -561,19 +561,19 @@ t.test(`fuzz: random and mutated packets over UDP and TCP (seed ${SEED})`, async
 
   // Every query is accounted for: dropped, or answered exactly once.
   await drained();
-  const requests = counters[ServerCounter.REQUESTS_UDP]! + counters[ServerCounter.REQUESTS_TCP]!;
-  const answers = sum(ServerCounter.RCODE_BASE, ServerCounter.RCODE_OTHER);
-  t.equal(a.agent.resolver.inflight, 0, 'nothing left in flight');
-  t.equal(requests, counters[ServerCounter.DROPPED]! + answers, `requests (${requests}) = dropped + answered`);
-  t.ok(counters[ServerCounter.REQUESTS_UDP]! >= udp.sent - rcvbufLost, 'UDP counter shows the traffic');
-  t.ok(counters[ServerCounter.REQUESTS_TCP]! >= tcpSent + 300, 'TCP counter shows the traffic');
-  t.ok(counters[ServerCounter.FORWARDED]! > 0 && counters[ServerCounter.TRUNCATED]! > 0, 'queries were forwarded and some answers truncated');
+  const requests = counters[ServerCounter.requestsUdp]! + counters[ServerCounter.requestsTcp]!;
+  const answers = sum(ServerCounter.rcode0, ServerCounter.rcodeOther);
+  t.equal(a.agent.hitPath.inflight, 0, 'nothing left in flight');
+  t.equal(requests, counters[ServerCounter.dropped]! + answers, `requests (${requests}) = dropped + answered`);
+  t.ok(counters[ServerCounter.requestsUdp]! >= udp.sent - rcvbufLost, 'UDP counter shows the traffic');
+  t.ok(counters[ServerCounter.requestsTcp]! >= tcpSent + 300, 'TCP counter shows the traffic');
+  t.ok(counters[ServerCounter.misses]! > 0 && counters[ServerCounter.truncated]! > 0, 'queries were forwarded and some answers truncated');
 
   // Caches stay within their capacities; the negative one was pushed past it (evictions), the positive one holds the few names with data.
   const cache = a.agent.cache;
   t.ok(cache.positiveSize > 0 && cache.positiveSize <= CACHE_SIZE, `positive cache ${cache.positiveSize} <= ${CACHE_SIZE}`);
   t.ok(cache.negativeSize > 0 && cache.negativeSize <= NEGATIVE_CACHE_SIZE, `negative cache ${cache.negativeSize} <= ${NEGATIVE_CACHE_SIZE}`);
-  t.ok(cache.counters[CacheCounter.EVICT_NEGATIVE]! > 0, `negative entries evicted at capacity (${cache.counters[CacheCounter.EVICT_NEGATIVE]})`);
+  t.ok(cache.counters.get('evictNegative') > 0, `negative entries evicted at capacity (${cache.counters.get('evictNegative')})`);
 
   // Memory. The agent runs in this process, so RSS also holds the test's own
   // bookkeeping, both fake upstreams and V8's heap slack (GC is usually not

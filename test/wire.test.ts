@@ -1,5 +1,5 @@
 // Unit tests of the pure parts: query parsing and keys, answer scanning,
-// patching, builders, framing, names, routing, caching policy and the cache.
+// patching, builders, framing, names, routing and caching policy.
 import t from 'tap';
 import * as dnsPacket from 'dns-packet';
 import { parseQuery, QueryStatus, keyParts, keyName } from '../src/dns/query.js';
@@ -12,9 +12,6 @@ import { answerMatchesQuery } from '../src/dns/question.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { planCaching } from '../src/cache/policy.js';
 import { prefetchStart } from '../src/cache/prefetch.js';
-import { DnsCache } from '../src/cache/cache.js';
-import { CacheCounter } from '../src/cache/stats.js';
-import { ManualClock } from '../src/clock.js';
 
 type Q = { name: string; type?: string; id?: number; flags?: number; edns?: boolean; udpSize?: number; do?: boolean };
 function query(o: Q): Buffer {
@@ -256,65 +253,4 @@ t.test('planCaching', async (t) => {
   t.equal(prefetchStart(1000, 5, { minHits: 3, percent: 10 }), 1000 + 4_000, 'at least 1 s window');
   t.equal(prefetchStart(1000, 1, { minHits: 3, percent: 10 }), Infinity);
   t.equal(prefetchStart(1000, 30, { minHits: 0, percent: 10 }), Infinity);
-});
-
-t.test('DnsCache: TTL countdown, expiry, negative store, prefetch claim, eviction', async (t) => {
-  const clock = new ManualClock();
-  const cache = new DnsCache({ positiveCapacity: 2, negativeCapacity: 2, successTtl: 30, denialTtl: 5, minHits: 2, percent: 10, staleMs: 0 });
-  const up = answer('a.example', [{ type: 'A', name: 'a.example', ttl: 10, data: '192.0.2.1' }]);
-  const q = parseQuery(query({ name: 'A.example' }));
-  cache.insert(q.key, up, scanAnswer(up)!, clock.now());
-  clock.advance(4_500);
-  const e = cache.lookup(q.key, clock.now())!;
-  t.ok(e);
-  t.equal(dnsPacket.decode(e.serve(q, clock.now(), 512, 1232)).answers?.map(ttlOf)[0], 6, '10 s - 4 s');
-  t.notOk(cache.claimPrefetch(e, clock.now()), 'not yet in the window');
-  clock.advance(5_000); // 9.5 s: inside the last second, 2 hits after this lookup
-  const e2 = cache.lookup(q.key, clock.now())!;
-  t.ok(cache.claimPrefetch(e2, clock.now()), 'popular and near expiry');
-  t.notOk(cache.claimPrefetch(e2, clock.now()), 'only one refresh at a time');
-  clock.advance(2_000);
-  t.equal(cache.lookup(q.key, clock.now()), undefined, 'expired');
-  t.equal(cache.counters[CacheCounter.MISS], 1);
-  t.equal(cache.counters[CacheCounter.HIT_POSITIVE], 2);
-
-  const nx = answer('n.example', [], { rcode: 'NXDOMAIN', authorities: [soa('example', 300, 300)] });
-  const nq = parseQuery(query({ name: 'n.example' }));
-  cache.insert(nq.key, nx, scanAnswer(nx)!, clock.now());
-  t.equal(cache.negativeSize, 1);
-  t.equal(cache.positiveSize, 0);
-  const ne = cache.lookup(nq.key, clock.now())!;
-  t.equal(dnsPacket.decode(ne.serve(nq, clock.now(), 512, 1232)).authorities?.map(ttlOf)[0], 5, 'SOA TTL capped to the denial TTL');
-  clock.advance(5_000);
-  t.equal(cache.lookup(nq.key, clock.now()), undefined, 'negative entry expires at 5 s');
-
-  for (const n of ['x1', 'x2', 'x3']) {
-    const a = answer(`${n}.example`, [{ type: 'A', name: `${n}.example`, ttl: 10, data: '192.0.2.9' }]);
-    cache.insert(parseQuery(query({ name: `${n}.example` })).key, a, scanAnswer(a)!, clock.now());
-  }
-  t.equal(cache.positiveSize, 2, 'capacity holds');
-  t.equal(cache.counters[CacheCounter.EVICT_POSITIVE], 1);
-  const sf = answer('s.example', [], { rcode: 'SERVFAIL' });
-  const transient = cache.insert(parseQuery(query({ name: 's.example' })).key, sf, scanAnswer(sf)!, clock.now());
-  t.equal(dnsPacket.decode(transient.serve(parseQuery(query({ name: 's.example', id: 5 })), clock.now(), 512, 1232)).flags! & 0xf, 2, 'SERVFAIL passed through');
-  t.equal(cache.counters[CacheCounter.UNCACHEABLE], 1);
-});
-
-t.test('DnsCache: stale window (RFC 8767)', async (t) => {
-  const clock = new ManualClock();
-  const cache = new DnsCache({ positiveCapacity: 8, negativeCapacity: 8, successTtl: 30, denialTtl: 5, minHits: 0, percent: 10, staleMs: 60_000 });
-  const up = answer('a.example', [{ type: 'A', name: 'a.example', ttl: 10, data: '192.0.2.1' }]);
-  const q = parseQuery(query({ name: 'a.example' }));
-  cache.insert(q.key, up, scanAnswer(up)!, clock.now());
-  t.equal(cache.stale(q.key, clock.now()), undefined, 'a fresh entry is not stale');
-  clock.advance(30_000);
-  t.equal(cache.lookup(q.key, clock.now()), undefined, 'expired: a miss');
-  const s = cache.stale(q.key, clock.now())!;
-  t.ok(s, 'but kept for the stale window');
-  t.equal(dnsPacket.decode(s.serveStale(q, 30, 512, 1232)).answers?.map(ttlOf)[0], 30);
-  t.equal(cache.counters[CacheCounter.STALE], 1);
-  clock.advance(45_000);
-  t.equal(cache.lookup(q.key, clock.now()), undefined);
-  t.equal(cache.stale(q.key, clock.now()), undefined, 'past the window: gone');
-  t.equal(cache.positiveSize, 0, 'and deleted');
 });

@@ -3,6 +3,8 @@
  * build the key, look it up, copy and patch the answer. This is the work the
  * agent adds on top of one recvmsg and one sendmsg per query; a slower hit
  * path shows up here as a number (style.md: a benchmark beside the code).
+ * The last line runs the agent's own HitPath.handle() with a channel that
+ * only takes the answer: the real function, counters included.
  *
  *   npm run bench:micro            # 1e6 hits over 10,000 cached names
  *   node --cpu-prof dist/bench/micro/hit-path.js   # then open the .cpuprofile
@@ -11,6 +13,13 @@ import * as dnsPacket from 'dns-packet';
 import { scanAnswer } from '../../src/dns/answer.js';
 import { parseQuery } from '../../src/dns/query.js';
 import { DnsCache } from '../../src/cache/cache.js';
+import { CACHE_COUNTERS } from '../../src/cache/stats.js';
+import type { Clock } from '../../src/clock.js';
+import { silentLogger } from '../../src/log.js';
+import { HitPath } from '../../src/server/hit-path.js';
+import { Transport, type ClientChannel } from '../../src/server/listener.js';
+import { SERVER_COUNTERS } from '../../src/server/stats.js';
+import { Counters } from '../../src/stats/counters.js';
 
 const NAMES = Number(process.env.NAMES ?? 10_000);
 const HITS = Number(process.env.HITS ?? 1_000_000);
@@ -31,7 +40,10 @@ function answer(name: string): Buffer {
 }
 
 const now0 = 1_000_000;
-const cache = new DnsCache({ positiveCapacity: NAMES * 2, negativeCapacity: 16, successTtl: 30, denialTtl: 5, minHits: 0, percent: 10, staleMs: 0 });
+const cache = new DnsCache(
+  { positiveCapacity: NAMES * 2, negativeCapacity: 16, maxBytes: 1 << 30, successTtl: 30, denialTtl: 5, minHits: 0, percent: 10, staleMs: 0 },
+  new Counters(CACHE_COUNTERS),
+);
 const queries: Buffer[] = [];
 for (let i = 0; i < NAMES; i++) {
   // Mixed case on purpose: every hit then patches the question's spelling too.
@@ -61,6 +73,21 @@ time('whole hit path', HITS, (i) => {
   const q = parseQuery(queries[i % NAMES]!);
   const e = cache.lookup(q.key, now0 + 5_000);
   return e === undefined ? 0 : e.serve(q, now0 + 5_000, 512, 1232).length;
+});
+const clock: Clock = { now: () => now0 + 5_000, sweep: () => () => {} };
+const hitPath = new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
+let answered = 0;
+const channel: ClientChannel = {
+  transport: Transport.UDP,
+  send: (answer) => {
+    answered += answer.length;
+  },
+  discard: () => {},
+};
+const peer = { address: '127.0.0.1', port: 40000 };
+time('HitPath.handle (the agent\'s own)', HITS, (i) => {
+  hitPath.handle(queries[i % NAMES]!, channel, peer);
+  return answered;
 });
 const mem = process.memoryUsage();
 console.log(`rss ${(mem.rss / 1048576).toFixed(1)} MiB, heap used ${(mem.heapUsed / 1048576).toFixed(1)} MiB`);

@@ -1,18 +1,11 @@
 /**
- * A cache miss on its way upstream: one object per distinct question in
- * flight, shared by every client asking it meanwhile (coalescing). It is the
- * UpstreamExchange the transport completes, so a miss costs one object and no
- * promise or closure.
+ * A miss on the upstream side: one object per distinct question in flight.
+ * It is the UpstreamExchange the transport completes, so a miss costs one
+ * object and no promise or closure. It knows its token (to answer across
+ * the miss boundary) and its route (health, local answerer).
  */
-import type { Query } from '../dns/query.js';
 import type { UpstreamExchange, UpstreamFailure } from '../upstream/types.js';
-import type { ClientChannel, ClientPeer } from './listener.js';
-
-export interface Waiter {
-  readonly q: Query;
-  readonly channel: ClientChannel;
-  readonly peer: ClientPeer;
-}
+import type { Route } from './route.js';
 
 /** Who learns the outcome: the resolver. */
 export interface PendingOwner {
@@ -21,21 +14,26 @@ export interface PendingOwner {
 }
 
 export class PendingQuery implements UpstreamExchange {
+  readonly token: number;
   readonly key: string;
+  readonly route: Route;
   readonly query: Buffer;
   readonly deadline: number;
-  /** Clients to answer; empty for a background refresh (prefetch). */
-  readonly waiters: Waiter[];
   readonly #owner: PendingOwner;
   #done: boolean;
 
-  constructor(owner: PendingOwner, key: string, query: Buffer, deadline: number) {
+  constructor(owner: PendingOwner, token: number, key: string, route: Route, query: Buffer, deadline: number) {
     this.#owner = owner;
+    this.token = token;
     this.key = key;
+    this.route = route;
     this.query = query;
     this.deadline = deadline;
-    this.waiters = [];
     this.#done = false;
+  }
+
+  get done(): boolean {
+    return this.#done;
   }
 
   // The transports promise exactly-once; the guard makes a broken promise harmless rather than a double answer.

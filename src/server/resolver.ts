@@ -1,197 +1,113 @@
 /**
- * The query pipeline, top to bottom: parse, refuse what we do not serve,
- * answer from the cache, else join or start the upstream query, then answer
- * every waiting client. Exactly one place sends (#send). The hit path is
- * synchronous: no await, no promise, no full decode.
+ * A query from arrival to answer, in one place.
+ *
+ *   listener ─► HitPath.handle (hit-path.ts: parse, refuse, cache hit ─► send)
+ *                 │ miss (token, key, upstream query)
+ *                 ▼
+ *               Resolver.forward (here: route by zone, send upstream with a deadline)
+ *                 │ answer ─────────────────────────────────► HitPath.complete: cache, answer every waiter
+ *                 │ failure (timeout, unreachable, SERVFAIL, REFUSED, malformed)
+ *                 ▼
+ *               the failure order, written once (#fallBack):
+ *                 1. the route's local answerer (the cluster view), if it has something to say
+ *                 2. a stale cached answer (RFC 8767)          ─┐ in HitPath, which owns the cache
+ *                 3. SERVFAIL                                   ─┘
+ *
+ * The hit path runs where the socket is (this thread, or a worker later);
+ * this side owns upstream I/O, health and the view, and talks to the hit
+ * path only through tokens and bytes (MissSink / complete).
  */
-import { scanAnswer } from '../dns/answer.js';
-import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
-import { CLASSIC_UDP_LIMIT, MAX_MESSAGE, Rcode } from '../dns/constants.js';
-import { QueryStatus, parseQuery, type Query } from '../dns/query.js';
-import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
-import type { CacheEntry } from '../cache/entry.js';
+import { RCODE_MASK, OFF_FLAGS, Rcode } from '../dns/constants.js';
 import type { Clock } from '../clock.js';
-import type { Logger } from '../log.js';
+import { defineCounters, type Counters } from '../stats/counters.js';
 import type { ZoneRouter } from '../upstream/router.js';
-import type { Upstream, UpstreamFailure } from '../upstream/types.js';
-import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
+import type { UpstreamFailure } from '../upstream/types.js';
+import type { MissOutcome, MissSink } from './hit-path.js';
 import { PendingQuery, type PendingOwner } from './pending.js';
-import { ServerCounter, newServerCounters } from './stats.js';
+import type { Route } from './route.js';
 
-/** Where a zone's misses go, and how long the whole exchange may take there. */
-export interface Route {
-  readonly upstream: Upstream;
-  /**
-   * The exchange's deadline: the cluster pool's single try, or a host
-   * resolver's tries across its servers.
-   */
-  readonly timeoutMs: number;
+export const RESOLVER_COUNTERS = defineCounters({
+  forwarded: { name: 'coredns_forward_requests_total', help: 'Questions sent to an upstream.' },
+  failTimeout: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'timeout' }, help: 'Upstream exchanges that failed, by reason.' },
+  failNetwork: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'network' }, help: 'Upstream exchanges that failed, by reason.' },
+  failOverloaded: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'overloaded' }, help: 'Upstream exchanges that failed, by reason.' },
+  failClosed: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'closed' }, help: 'Upstream exchanges that failed, by reason.' },
+  failServfail: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'servfail' }, help: 'Upstream exchanges that failed, by reason.' },
+  localAnswers: { name: 'nodelocal_local_answers_total', help: 'Misses answered from the local view because the upstream failed.' },
+});
+export type ResolverCounterName = keyof typeof RESOLVER_COUNTERS.slot;
+
+const S = RESOLVER_COUNTERS.slot;
+const failureSlot: Record<UpstreamFailure, number> = {
+  timeout: S.failTimeout,
+  network: S.failNetwork,
+  overloaded: S.failOverloaded,
+  closed: S.failClosed,
+};
+
+/** The hit path's half of the boundary, as the resolver sees it. */
+export interface MissCompleter {
+  complete(token: number, answer: Buffer | null, outcome: MissOutcome): void;
 }
 
 export interface ResolverOptions {
-  readonly cache: DnsCache;
   readonly router: ZoneRouter<Route>;
   readonly clock: Clock;
-  readonly logger: Logger;
-  /** Largest UDP answer whatever the client advertises. */
-  readonly maxUdpSize: number;
+  readonly counters: Counters<ResolverCounterName>;
+  readonly hits: MissCompleter;
 }
 
-const failureCounter: Record<UpstreamFailure, number> = {
-  timeout: ServerCounter.UPSTREAM_TIMEOUT,
-  network: ServerCounter.UPSTREAM_NETWORK,
-  overloaded: ServerCounter.UPSTREAM_OVERLOADED,
-  closed: ServerCounter.UPSTREAM_CLOSED,
-};
-
-export class Resolver implements QueryHandler, PendingOwner {
-  readonly counters: Float64Array;
-  readonly #cache: DnsCache;
+export class Resolver implements MissSink, PendingOwner {
+  readonly counters: Counters<ResolverCounterName>;
   readonly #router: ZoneRouter<Route>;
   readonly #clock: Clock;
-  readonly #logger: Logger;
-  readonly #maxUdpSize: number;
-  /** Questions in flight upstream, by cache key: identical misses share one. */
-  readonly #inflight: Map<string, PendingQuery>;
-  #drained: (() => void) | null;
+  readonly #hits: MissCompleter;
+  readonly #v: Float64Array;
 
   constructor(opts: ResolverOptions) {
-    this.#cache = opts.cache;
     this.#router = opts.router;
     this.#clock = opts.clock;
-    this.#logger = opts.logger;
-    this.#maxUdpSize = opts.maxUdpSize;
-    this.counters = newServerCounters();
-    this.#inflight = new Map();
-    this.#drained = null;
+    this.#hits = opts.hits;
+    this.counters = opts.counters;
+    this.#v = opts.counters.values;
   }
 
-  handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
-    this.counters[channel.transport === Transport.TCP ? ServerCounter.REQUESTS_TCP : ServerCounter.REQUESTS_UDP]!++;
-    const q = parseQuery(msg);
-    if (q.status !== QueryStatus.OK) {
-      if (q.status === QueryStatus.DROP) {
-        this.counters[ServerCounter.DROPPED]!++;
-        channel.discard(peer);
-        return;
-      }
-      const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;
-      this.#send(errorResponse(q, rcode), channel, peer);
-      return;
-    }
-
-    const now = this.#clock.now();
-    const entry = this.#cache.lookup(q.key, now);
-    if (entry !== undefined) {
-      this.#send(entry.serve(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE), channel, peer);
-      if (this.#cache.claimPrefetch(entry, now)) this.#refresh(q, now);
-      return;
-    }
-
-    let pending = this.#inflight.get(q.key);
-    if (pending !== undefined) {
-      this.counters[ServerCounter.COALESCED]!++;
-      pending.waiters.push({ q, channel, peer });
-      return;
-    }
-    const route = this.#router.route(q.key);
-    pending = new PendingQuery(this, q.key, upstreamQuery(q), now + route.timeoutMs);
-    pending.waiters.push({ q, channel, peer });
-    this.#forward(pending, route.upstream);
+  forward(token: number, key: string, query: Buffer): void {
+    const route = this.#router.route(key);
+    const p = new PendingQuery(this, token, key, route, query, this.#clock.now() + route.timeoutMs);
+    this.#v[S.forwarded]!++;
+    // May complete synchronously (reject 'overloaded').
+    route.upstream.send(p);
   }
 
-  /** An upstream answer for a pending question: validate, cache, answer every waiter with its own id and case. */
   answered(p: PendingQuery, answer: Buffer): void {
-    this.#settle(p);
-    const scan = scanAnswer(answer);
-    const now = this.#clock.now();
-    if (scan === undefined) {
-      // Logged the first time and every 1000th after: a broken upstream must not become a log flood.
-      if (this.counters[ServerCounter.UPSTREAM_MALFORMED]!++ % 1000 === 0) {
-        this.#logger.warn('malformed upstream answer: not cached, client gets a stale answer or SERVFAIL', {
-          bytes: answer.length,
-          seen: this.counters[ServerCounter.UPSTREAM_MALFORMED],
-        });
-      }
-      if (!this.#answerStale(p, now)) this.#failWaiters(p);
+    // An upstream that answers SERVFAIL or REFUSED has failed this question: clients get our failure
+    // order, never a REFUSED (musl then waits out its whole timeout; unbound answers SERVFAIL too).
+    const rcode = answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL;
+    if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) {
+      this.#v[S.failServfail]!++;
+      this.#fallBack(p, 'servfail');
       return;
     }
-    if ((scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) && this.#answerStale(p, now)) return;
-    const entry: CacheEntry = this.#cache.insert(p.key, answer, scan, now);
-    for (const w of p.waiters) this.#send(entry.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
+    this.#hits.complete(p.token, answer, 'upstream');
   }
 
   failed(p: PendingQuery, reason: UpstreamFailure): void {
-    this.#settle(p);
-    this.counters[failureCounter[reason]]!++;
-    if (this.#answerStale(p, this.#clock.now())) return;
-    this.#failWaiters(p);
+    this.#v[failureSlot[reason]]!++;
+    this.#fallBack(p, reason);
   }
 
-  /** Questions still waiting on an upstream. */
-  get inflight(): number {
-    return this.#inflight.size;
-  }
-
-  /** Resolves once no question is in flight (each has a deadline, so this ends). */
-  drain(): Promise<void> {
-    if (this.#inflight.size === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.#drained = resolve;
-    });
-  }
-
-  #forward(p: PendingQuery, upstream: Upstream): void {
-    this.#inflight.set(p.key, p);
-    this.counters[ServerCounter.FORWARDED]!++;
-    // May complete synchronously (reject 'overloaded'): the pending is registered first so #settle finds it.
-    upstream.send(p);
-  }
-
-  /**
-   * Background refresh of a popular entry: a pending with no waiters, which
-   * misses may join once the entry expires. A failed refresh is not retried:
-   * the entry runs out and the next query is an ordinary miss.
-   */
-  #refresh(q: Query, now: number): void {
-    if (this.#inflight.has(q.key)) return;
-    const route = this.#router.route(q.key);
-    this.#forward(new PendingQuery(this, q.key, upstreamQuery(q), now + route.timeoutMs), route.upstream);
-  }
-
-  #settle(p: PendingQuery): void {
-    if (this.#inflight.get(p.key) === p) this.#inflight.delete(p.key);
-    if (this.#inflight.size === 0 && this.#drained !== null) {
-      const done = this.#drained;
-      this.#drained = null;
-      queueMicrotask(done);
+  /** The failure order's first step; the hit path does the rest (stale, then SERVFAIL). */
+  #fallBack(p: PendingQuery, reason: MissOutcome): void {
+    const local = p.route.local;
+    if (local !== null && reason !== 'closed') {
+      const answer = local.answer(p.key, p.query);
+      if (answer !== null) {
+        this.#v[S.localAnswers]!++;
+        this.#hits.complete(p.token, answer, 'local');
+        return;
+      }
     }
-  }
-
-  /** The upstream failed: answer from an expired entry still in its stale window, if there is one (RFC 8767). */
-  #answerStale(p: PendingQuery, now: number): boolean {
-    if (p.waiters.length === 0) return false;
-    const stale = this.#cache.stale(p.key, now);
-    if (stale === undefined) return false;
-    for (const w of p.waiters) this.#send(stale.serveStale(w.q, STALE_ANSWER_TTL, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
-    return true;
-  }
-
-  #failWaiters(p: PendingQuery): void {
-    for (const w of p.waiters) this.#send(errorResponse(w.q, Rcode.SERVFAIL), w.channel, w.peer);
-  }
-
-  /** UDP: 512 without EDNS, else the client's size capped by ours (RFC 6891 6.2.5); TCP: the message limit. */
-  #limit(q: Query, channel: ClientChannel): number {
-    if (channel.transport === Transport.TCP) return MAX_MESSAGE;
-    if (!q.edns) return CLASSIC_UDP_LIMIT;
-    return q.udpSize < this.#maxUdpSize ? q.udpSize : this.#maxUdpSize;
-  }
-
-  #send(answer: Buffer, channel: ClientChannel, peer: ClientPeer): void {
-    const rcode = answer[3]! & 0x0f;
-    this.counters[rcode <= 5 ? ServerCounter.RCODE_BASE + rcode : ServerCounter.RCODE_OTHER]!++;
-    if ((answer[2]! & 0x02) !== 0) this.counters[ServerCounter.TRUNCATED]!++;
-    channel.send(answer, peer);
+    this.#hits.complete(p.token, null, reason);
   }
 }

@@ -1,0 +1,297 @@
+/**
+ * The hit path: everything between a query's bytes and its answer that needs
+ * no upstream. Parse, refuse what we do not serve, answer from the cache,
+ * else park the client as a waiter and hand the question across the miss
+ * boundary; when the answer (or a failure) comes back, cache it and answer
+ * every waiter with its own id and spelling.
+ *
+ * Self-contained on purpose (design section 7): it depends on the cache,
+ * dns/ and the listener seam only, never on upstreams, the view, config or
+ * the event loop, so a worker thread that owns a socket can run it as is.
+ * What crosses the boundary is shaped like a message:
+ *
+ *   hit path ── forward(token, key, query bytes) ──► MissSink (upstream side)
+ *   hit path ◄── complete(token, answer bytes | failure) ── upstream side
+ *
+ * A token is a small number; no channel, peer or Query object crosses.
+ *
+ * Buffer ownership: the `msg` given to handle() is valid only during the
+ * call (a batched backend reuses its receive ring). A waiter keeps a private
+ * copy of the header and question (needed for the id, flags and the 0x20
+ * echo), nothing else of the client's datagram.
+ */
+import { scanAnswer } from '../dns/answer.js';
+import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
+import { CLASSIC_UDP_LIMIT, MAX_MESSAGE, Rcode } from '../dns/constants.js';
+import { QueryStatus, parseQuery, type Query } from '../dns/query.js';
+import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
+import type { CacheEntry } from '../cache/entry.js';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../log.js';
+import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
+import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from './stats.js';
+
+/**
+ * How a miss came back: with an answer from the upstream or the local view,
+ * or failed, and why. On a failure the upstream side has already tried what
+ * it could (the local view, when the route has one); the hit path then
+ * answers stale if it can, else SERVFAIL.
+ */
+export type MissOutcome =
+  | 'upstream' // answered by the upstream
+  | 'local' // answered by the route's local answerer (the cluster view)
+  | 'timeout' // no answer by the deadline
+  | 'network' // unreachable, reset, refused
+  | 'overloaded' // a local limit: never sent
+  | 'closed' // shutting down
+  | 'servfail' // the upstream answered SERVFAIL or REFUSED
+  | 'malformed'; // the upstream's answer failed validation
+
+/** The upstream side of the boundary. */
+export interface MissSink {
+  /**
+   * Resolve `query` (our canonical upstream form) for cache key `key`; call
+   * HitPath.complete(token, ...) exactly once, now or later.
+   */
+  forward(token: number, key: string, query: Buffer): void;
+}
+
+/** One client waiting on a miss: a private copy of its query header and question, and where to answer. */
+interface Waiter {
+  readonly q: Query;
+  readonly channel: ClientChannel;
+  readonly peer: ClientPeer;
+  /** Clock ms when the query arrived, for duration histograms. */
+  readonly arrivedAt: number;
+}
+
+/** One distinct question in flight: its waiters (none for a background refresh). */
+class Miss {
+  readonly token: number;
+  readonly key: string;
+  readonly waiters: Waiter[];
+  constructor(token: number, key: string) {
+    this.token = token;
+    this.key = key;
+    this.waiters = [];
+  }
+}
+
+export interface HitPathOptions {
+  readonly cache: DnsCache;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly counters: ServerCounters;
+  /** Largest UDP answer whatever the client advertises. */
+  readonly maxUdpSize: number;
+}
+
+const S = SERVER_COUNTERS.slot;
+
+export class HitPath implements QueryHandler {
+  readonly counters: ServerCounters;
+  readonly #cache: DnsCache;
+  readonly #clock: Clock;
+  readonly #logger: Logger;
+  readonly #maxUdpSize: number;
+  readonly #v: Float64Array;
+  #sink: MissSink | null;
+  /** Questions in flight, by cache key (identical misses share one) and by token (answers come back by token). */
+  readonly #byKey: Map<string, Miss>;
+  readonly #byToken: Map<number, Miss>;
+  #nextToken: number;
+  #drained: (() => void) | null;
+
+  constructor(opts: HitPathOptions) {
+    this.#cache = opts.cache;
+    this.#clock = opts.clock;
+    this.#logger = opts.logger;
+    this.#maxUdpSize = opts.maxUdpSize;
+    this.counters = opts.counters;
+    this.#v = opts.counters.values;
+    this.#sink = null;
+    this.#byKey = new Map();
+    this.#byToken = new Map();
+    this.#nextToken = 1;
+    this.#drained = null;
+  }
+
+  /** Wires the upstream side; set once before the first query. */
+  connect(sink: MissSink): void {
+    this.#sink = sink;
+  }
+
+  handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+    this.#v[channel.transport === Transport.TCP ? S.requestsTcp : S.requestsUdp]!++;
+    const q = parseQuery(msg);
+    if (q.status !== QueryStatus.OK) {
+      if (q.status === QueryStatus.DROP) {
+        this.#v[S.dropped]!++;
+        channel.discard(peer);
+        return;
+      }
+      const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;
+      this.#send(errorResponse(q, rcode), channel, peer);
+      return;
+    }
+
+    const now = this.#clock.now();
+    const entry = this.#cache.lookup(q.key, now);
+    if (entry !== undefined) {
+      this.#send(entry.serve(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE), channel, peer);
+      if (this.#cache.claimPrefetch(entry, now)) this.#refresh(q);
+      return;
+    }
+
+    let miss = this.#byKey.get(q.key);
+    if (miss !== undefined) {
+      this.#v[S.coalesced]!++;
+      miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now });
+      return;
+    }
+    miss = this.#open(q.key);
+    miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now });
+    this.#forward(miss, q);
+  }
+
+  /**
+   * The other half of the boundary: the upstream side's outcome for `token`.
+   * An answer is validated, cached (if policy allows) and served to every
+   * waiter; a failure is answered stale when the cache still holds an
+   * expired entry (RFC 8767), else SERVFAIL. Unknown tokens (already
+   * aborted) are ignored. The outcome travels with the message for the query
+   * log; it is counted on the upstream side.
+   */
+  complete(token: number, answer: Buffer | null, _outcome: MissOutcome): void {
+    const miss = this.#byToken.get(token);
+    if (miss === undefined) return;
+    this.#close(miss);
+    const now = this.#clock.now();
+    if (answer !== null) {
+      const scan = scanAnswer(answer);
+      if (scan === undefined) {
+        // Logged the first time and every 1000th after: a broken upstream must not become a log flood.
+        if (this.#v[S.upstreamMalformed]!++ % 1000 === 0) {
+          this.#logger.warn('malformed upstream answer: not cached, client gets a stale answer or SERVFAIL', {
+            bytes: answer.length,
+            seen: this.#v[S.upstreamMalformed],
+          });
+        }
+      } else if (scan.rcode !== Rcode.SERVFAIL && scan.rcode !== Rcode.REFUSED) {
+        const fresh: CacheEntry = this.#cache.insert(miss.key, answer, scan, now);
+        for (const w of miss.waiters) this.#send(fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
+        return;
+      }
+    }
+    this.#fail(miss, now);
+  }
+
+  /** Questions still waiting on the upstream side. */
+  get inflight(): number {
+    return this.#byToken.size;
+  }
+
+  /** Resolves once nothing is in flight (every miss has a deadline, so this ends). */
+  drain(): Promise<void> {
+    if (this.#byToken.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#drained = resolve;
+    });
+  }
+
+  /**
+   * Shutdown past its grace period: every client still waiting gets a stale
+   * answer or SERVFAIL now, so nothing in flight goes unanswered. Late
+   * outcomes from the upstream side are then ignored (unknown tokens).
+   */
+  abortAll(): number {
+    const now = this.#clock.now();
+    let n = 0;
+    for (const miss of [...this.#byToken.values()]) {
+      this.#close(miss);
+      n += miss.waiters.length;
+      this.#fail(miss, now);
+    }
+    this.#v[S.abortedAtShutdown]! += n;
+    return n;
+  }
+
+  /** Stale if we have it, else SERVFAIL: the last two steps of the failure order (resolver.ts has the first). */
+  #fail(miss: Miss, now: number): void {
+    if (miss.waiters.length === 0) return;
+    const stale = this.#cache.stale(miss.key, now);
+    if (stale !== undefined) {
+      for (const w of miss.waiters) {
+        this.#send(stale.serveStale(w.q, STALE_ANSWER_TTL, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
+      }
+      return;
+    }
+    for (const w of miss.waiters) this.#send(errorResponse(w.q, Rcode.SERVFAIL), w.channel, w.peer);
+  }
+
+  /**
+   * Background refresh of a popular entry: a miss with no waiters, which
+   * clients may join once the entry expires. A failed refresh is not
+   * retried: the entry runs out and the next query is an ordinary miss.
+   */
+  #refresh(q: Query): void {
+    if (this.#byKey.has(q.key)) return;
+    this.#forward(this.#open(q.key), q);
+  }
+
+  #open(key: string): Miss {
+    // Tokens wrap long before a double could lose precision; a live token is never reused (2^31 misses apart).
+    const token = this.#nextToken;
+    this.#nextToken = token >= 0x7fffffff ? 1 : token + 1;
+    const miss = new Miss(token, key);
+    this.#byKey.set(key, miss);
+    this.#byToken.set(token, miss);
+    return miss;
+  }
+
+  #forward(miss: Miss, q: Query): void {
+    this.#v[S.misses]!++;
+    if (this.#sink === null) {
+      this.complete(miss.token, null, 'closed');
+      return;
+    }
+    // May complete synchronously (a local limit): the miss is registered first so complete() finds it.
+    this.#sink.forward(miss.token, miss.key, upstreamQuery(q));
+  }
+
+  #close(miss: Miss): void {
+    this.#byToken.delete(miss.token);
+    if (this.#byKey.get(miss.key) === miss) this.#byKey.delete(miss.key);
+    if (this.#byToken.size === 0 && this.#drained !== null) {
+      const done = this.#drained;
+      this.#drained = null;
+      queueMicrotask(done);
+    }
+  }
+
+  /** UDP: 512 without EDNS, else the client's size capped by ours (RFC 6891 6.2.5); TCP: the message limit. */
+  #limit(q: Query, channel: ClientChannel): number {
+    if (channel.transport === Transport.TCP) return MAX_MESSAGE;
+    if (!q.edns) return CLASSIC_UDP_LIMIT;
+    return q.udpSize < this.#maxUdpSize ? q.udpSize : this.#maxUdpSize;
+  }
+
+  /** The one place an answer leaves. */
+  #send(answer: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+    const rcode = answer[3]! & 0x0f;
+    this.#v[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
+    if ((answer[2]! & 0x02) !== 0) this.#v[S.truncated]!++;
+    channel.send(answer, peer);
+  }
+}
+
+/**
+ * A waiter's own copy of the header and question: the client's datagram may
+ * be a view of a receive buffer that is reused as soon as handle() returns.
+ */
+function retain(q: Query): Query {
+  const end = q.qnameEnd + 4;
+  const msg = Buffer.allocUnsafe(end);
+  q.msg.copy(msg, 0, 0, end);
+  return { ...q, msg };
+}

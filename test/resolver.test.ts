@@ -1,0 +1,420 @@
+// The socket-free pipeline: HitPath + Resolver + cache with a fake channel,
+// fake upstreams and a manual clock. This is the contract every I/O backend
+// relies on: coalescing, prefetch, stale, malformed answers, the failure
+// order, drain and abort, buffer ownership; plus the cache, health,
+// lifecycle and clock parts it is built from.
+import t from 'tap';
+import * as dnsPacket from 'dns-packet';
+import { DnsCache, ENTRY_OVERHEAD_BYTES, type CacheOptions } from '../src/cache/cache.js';
+import { CACHE_COUNTERS } from '../src/cache/stats.js';
+import { ManualClock, SWEEP_MS } from '../src/clock.js';
+import { scanAnswer } from '../src/dns/answer.js';
+import { parseQuery } from '../src/dns/query.js';
+import { ComponentStack, StartupError } from '../src/lifecycle.js';
+import { createLogger, silentLogger } from '../src/log.js';
+import { HitPath } from '../src/server/hit-path.js';
+import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
+import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
+import type { LocalAnswerer, Route } from '../src/server/route.js';
+import { SERVER_COUNTERS } from '../src/server/stats.js';
+import { Counters } from '../src/stats/counters.js';
+import { FAIL_STREAK, UpstreamHealth } from '../src/upstream/health.js';
+import { ZoneRouter } from '../src/upstream/router.js';
+import type { Upstream, UpstreamExchange } from '../src/upstream/types.js';
+import { a, answer, query, rcodeOf, soa, ttlOf } from './kit/dns.js';
+
+class FakeChannel implements ClientChannel {
+  readonly transport: Transport;
+  readonly sent: Buffer[] = [];
+  discarded = 0;
+  constructor(transport: Transport = Transport.UDP) {
+    this.transport = transport;
+  }
+  send(answer: Buffer, _peer: ClientPeer): void {
+    this.sent.push(answer);
+  }
+  discard(): void {
+    this.discarded++;
+  }
+  decoded(i: number): dnsPacket.DecodedPacket {
+    return dnsPacket.decode(this.sent[i]!);
+  }
+}
+
+/** An upstream the test completes by hand. */
+class FakeUpstream implements Upstream {
+  readonly name = 'fake';
+  readonly health: UpstreamHealth;
+  readonly exchanges: UpstreamExchange[] = [];
+  rejectWith: 'overloaded' | null = null;
+  constructor(clock: ManualClock) {
+    this.health = new UpstreamHealth('fake', silentLogger, clock.now());
+  }
+  send(ex: UpstreamExchange): void {
+    if (this.rejectWith !== null) {
+      ex.reject(this.rejectWith);
+      return;
+    }
+    this.exchanges.push(ex);
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+  /** Answers the n-th exchange with `msg` (id rewritten, as a transport does). */
+  answer(n: number, msg: Buffer): void {
+    this.exchanges[n]!.resolve(msg);
+  }
+}
+
+const PEER: ClientPeer = { address: '127.0.0.1', port: 40000 };
+const CACHE_OPTS: CacheOptions = {
+  positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
+};
+
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer } = {}) {
+  const clock = new ManualClock();
+  const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
+  const hits = new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
+  const cluster = new FakeUpstream(clock);
+  const external = new FakeUpstream(clock);
+  const router = new ZoneRouter<Route>(
+    [{ zone: 'cluster.local', target: { upstream: cluster, timeoutMs: 2000, local: opts.local ?? null } }],
+    { upstream: external, timeoutMs: 4500, local: null },
+  );
+  const resolver = new Resolver({ router, clock, counters: new Counters(RESOLVER_COUNTERS), hits });
+  hits.connect(resolver);
+  return { clock, cache, hits, resolver, cluster, external };
+}
+
+const SVC = 'web.default.svc.cluster.local';
+
+t.test('a miss goes upstream once; the answer is cached and served with each client\'s id and spelling', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'WEB.default.svc.cluster.local', id: 1 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'cluster zone routed to the cluster upstream');
+  t.equal(r.external.exchanges.length, 0);
+  t.equal(ch.sent.length, 0, 'nothing sent before the answer');
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 20)], { aa: true }));
+  t.equal(ch.sent.length, 1);
+  const first = ch.decoded(0);
+  t.equal(first.id, 1);
+  t.equal(first.questions?.[0]?.name, 'WEB.default.svc.cluster.local', '0x20 spelling echoed');
+  t.same(first.answers?.map((x) => (x as { data: string }).data), ['10.96.0.5']);
+
+  r.clock.advance(5_000);
+  r.hits.handle(query({ name: SVC, id: 2 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'the second query is a hit');
+  t.equal(ch.decoded(1).id, 2);
+  t.equal(ttlOf(ch.decoded(1).answers![0]!), 15, 'TTL counted down by age');
+  t.equal(r.hits.counters.get('misses'), 1);
+  t.equal(r.cache.counters.get('hitPositive'), 1);
+});
+
+t.test('coalescing: identical misses share one upstream query', async (t) => {
+  const r = rig();
+  const chans = [new FakeChannel(), new FakeChannel(), new FakeChannel(Transport.TCP)];
+  chans.forEach((ch, i) => r.hits.handle(query({ name: i === 1 ? 'Web.Default.svc.cluster.local' : SVC, id: 100 + i }), ch, PEER));
+  t.equal(r.cluster.exchanges.length, 1, 'one exchange for three clients');
+  t.equal(r.hits.counters.get('coalesced'), 2);
+  t.equal(r.hits.inflight, 1);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5')]));
+  chans.forEach((ch, i) => {
+    t.equal(ch.decoded(0).id, 100 + i, `client ${i} gets its own id`);
+  });
+  t.equal(chans[1]!.decoded(0).questions?.[0]?.name, 'Web.Default.svc.cluster.local', 'and its own spelling');
+  t.equal(r.hits.inflight, 0);
+});
+
+t.test('buffer ownership: a waiter keeps its own copy; the receive buffer may be reused at once', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  const ring = query({ name: 'WeB.default.svc.cluster.local', id: 77 });
+  r.hits.handle(ring, ch, PEER);
+  // A batched backend overwrites its receive slot with the next datagram.
+  ring.fill(0x41);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5')]));
+  const d = ch.decoded(0);
+  t.equal(d.id, 77);
+  t.equal(d.questions?.[0]?.name, 'WeB.default.svc.cluster.local', 'answer built from the waiter\'s copy, not the reused buffer');
+});
+
+t.test('prefetch: a popular entry is refreshed before it expires; clients never miss', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC }), ch, PEER);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 10)]));
+  for (let i = 0; i < 3; i++) r.hits.handle(query({ name: SVC }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'hits early in the TTL start no refresh');
+  r.clock.advance(9_200);
+  r.hits.handle(query({ name: SVC }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 2, 'a hit in the last second starts one refresh');
+  t.equal(ch.sent.length, 5, 'and is itself answered from the old entry');
+  r.hits.handle(query({ name: SVC }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 2, 'only one refresh at a time');
+  r.cluster.answer(1, answer(SVC, [a(SVC, '10.96.0.6', 10)]));
+  r.clock.advance(1_500);
+  r.hits.handle(query({ name: SVC }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 2, 'the refreshed entry answers after the old one would have expired');
+  t.same(ch.decoded(ch.sent.length - 1).answers?.map((x) => (x as { data: string }).data), ['10.96.0.6']);
+  t.equal(r.cache.counters.get('prefetch'), 1);
+});
+
+t.test('failure order: local answerer, then stale, then SERVFAIL', async (t) => {
+  let localCalls = 0;
+  let localAnswer: Buffer | null = null;
+  const local: LocalAnswerer = {
+    answer: () => {
+      localCalls++;
+      return localAnswer;
+    },
+  };
+  const r = rig({ local });
+  const ch = new FakeChannel();
+
+  // 1. Nothing cached, the local answerer has nothing: SERVFAIL.
+  r.hits.handle(query({ name: SVC, id: 1, edns: true }), ch, PEER);
+  r.cluster.exchanges[0]!.reject('timeout');
+  t.equal(localCalls, 1, 'the local answerer was asked first');
+  t.equal(rcodeOf(ch.sent[0]!), 2, 'SERVFAIL');
+  t.ok(ch.decoded(0).additionals?.some((x) => x.type === 'OPT'), 'with OPT, as the query had one (RFC 6891 7)');
+
+  // 2. The local answerer knows the name: its answer is served and cached like any other.
+  localAnswer = answer(SVC, [a(SVC, '10.96.0.9', 5)], { aa: true });
+  r.hits.handle(query({ name: SVC, id: 2 }), ch, PEER);
+  r.cluster.exchanges[1]!.reject('network');
+  t.same(ch.decoded(1).answers?.map((x) => (x as { data: string }).data), ['10.96.0.9'], 'answered from the local view');
+  t.equal(r.resolver.counters.get('localAnswers'), 1);
+  r.hits.handle(query({ name: SVC, id: 3 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 2, 'and cached');
+
+  // 3. Expired entry, the local answerer has nothing: stale.
+  localAnswer = null;
+  r.clock.advance(6_000);
+  r.hits.handle(query({ name: SVC, id: 4 }), ch, PEER);
+  r.cluster.exchanges[2]!.reject('timeout');
+  const stale = ch.decoded(3);
+  t.same(stale.answers?.map((x) => (x as { data: string }).data), ['10.96.0.9'], 'stale answer');
+  t.equal(ttlOf(stale.answers![0]!), 30, 'with the stale TTL (RFC 8767)');
+  t.equal(r.cache.counters.get('stale'), 1);
+
+  // 4. External names have no local answerer.
+  r.hits.handle(query({ name: 'example.org', id: 5 }), ch, PEER);
+  r.external.exchanges[0]!.reject('timeout');
+  t.equal(rcodeOf(ch.sent[4]!), 2);
+  t.equal(localCalls, 3, 'never asked for a name outside its route');
+});
+
+t.test('upstream SERVFAIL and REFUSED become our SERVFAIL (or stale); never passed on or cached', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'refused.example', id: 9 }), ch, PEER);
+  r.external.answer(0, answer('refused.example', [], { rcode: 'REFUSED' }));
+  t.equal(rcodeOf(ch.sent[0]!), 2, 'REFUSED -> SERVFAIL (musl would wait out its timeout on REFUSED)');
+  t.equal(ch.decoded(0).id, 9);
+  r.hits.handle(query({ name: 'refused.example', id: 10 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'not cached');
+  r.external.answer(1, answer('refused.example', [], { rcode: 'SERVFAIL' }));
+  t.equal(rcodeOf(ch.sent[1]!), 2);
+  t.equal(r.resolver.counters.get('failServfail'), 2);
+});
+
+t.test('malformed upstream answer: SERVFAIL, counted, nothing cached', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'bad.example', id: 3 }), ch, PEER);
+  const bad = answer('bad.example', [a('bad.example', '192.0.2.1')]);
+  r.external.answer(0, bad.subarray(0, bad.length - 3));
+  t.equal(rcodeOf(ch.sent[0]!), 2);
+  t.equal(r.hits.counters.get('upstreamMalformed'), 1);
+  t.equal(r.cache.positiveSize + r.cache.negativeSize, 0);
+});
+
+t.test('a local limit (overloaded) answers SERVFAIL at once', async (t) => {
+  const r = rig();
+  r.external.rejectWith = 'overloaded';
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'x.example' }), ch, PEER);
+  t.equal(rcodeOf(ch.sent[0]!), 2, 'synchronously');
+  t.equal(r.hits.inflight, 0);
+  t.equal(r.resolver.counters.get('failOverloaded'), 1);
+});
+
+t.test('drain and abort: nothing in flight goes unanswered at shutdown', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'one.example', id: 1 }), ch, PEER);
+  r.hits.handle(query({ name: 'two.example', id: 2 }), ch, PEER);
+  let drained = false;
+  void r.hits.drain().then(() => {
+    drained = true;
+  });
+  r.external.answer(0, answer('one.example', [a('one.example', '192.0.2.1')]));
+  await Promise.resolve();
+  t.notOk(drained, 'one still in flight');
+  t.equal(r.hits.abortAll(), 1, 'the grace period ran out with one client waiting');
+  t.equal(rcodeOf(ch.sent[1]!), 2, 'it gets SERVFAIL');
+  await new Promise((resolve) => setImmediate(resolve));
+  t.ok(drained, 'drain() resolves once nothing is left');
+  r.external.answer(1, answer('two.example', [a('two.example', '192.0.2.2')]));
+  t.equal(ch.sent.length, 2, 'a late upstream answer after the abort sends nothing more');
+  t.equal(r.hits.counters.get('abortedAtShutdown'), 1);
+});
+
+t.test('bad queries: dropped or answered with an error by the hit path alone', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(Buffer.alloc(5), ch, PEER);
+  t.equal(ch.discarded, 1, 'shorter than a header: dropped');
+  const notimp = query({ name: 'x.example' });
+  notimp[2] = notimp[2]! | 0x10; // opcode 2 (STATUS)
+  r.hits.handle(notimp, ch, PEER);
+  t.equal(rcodeOf(ch.sent[0]!), 4, 'NOTIMP');
+  t.equal(r.cluster.exchanges.length + r.external.exchanges.length, 0, 'nothing forwarded');
+});
+
+t.test('cache: TTL countdown, expiry, negative store, prefetch claim, eviction', async (t) => {
+  const clock = new ManualClock();
+  const cache = new DnsCache({ ...CACHE_OPTS, positiveCapacity: 2, negativeCapacity: 2, minHits: 2, staleMs: 0 }, new Counters(CACHE_COUNTERS));
+  const up = answer('a.example', [a('a.example', '192.0.2.1', 10)]);
+  const q = parseQuery(query({ name: 'A.example' }));
+  cache.insert(q.key, up, scanAnswer(up)!, clock.now());
+  clock.advance(4_500);
+  const e = cache.lookup(q.key, clock.now())!;
+  t.ok(e);
+  t.equal(dnsPacket.decode(e.serve(q, clock.now(), 512, 1232)).answers?.map(ttlOf)[0], 6, '10 s - 4 s');
+  t.notOk(cache.claimPrefetch(e, clock.now()), 'not yet in the window');
+  clock.advance(5_000);
+  const e2 = cache.lookup(q.key, clock.now())!;
+  t.ok(cache.claimPrefetch(e2, clock.now()), 'popular and near expiry');
+  t.notOk(cache.claimPrefetch(e2, clock.now()), 'only one refresh at a time');
+  clock.advance(2_000);
+  t.equal(cache.lookup(q.key, clock.now()), undefined, 'expired');
+  t.equal(cache.counters.get('miss'), 1);
+  t.equal(cache.counters.get('hitPositive'), 2);
+
+  const nx = answer('n.example', [], { rcode: 'NXDOMAIN', authorities: [soa('example', 300, 300)] });
+  const nq = parseQuery(query({ name: 'n.example' }));
+  cache.insert(nq.key, nx, scanAnswer(nx)!, clock.now());
+  t.equal(cache.negativeSize, 1);
+  t.equal(cache.positiveSize, 0);
+  const ne = cache.lookup(nq.key, clock.now())!;
+  t.equal(dnsPacket.decode(ne.serve(nq, clock.now(), 512, 1232)).authorities?.map(ttlOf)[0], 5, 'SOA TTL capped to the denial TTL');
+  clock.advance(5_000);
+  t.equal(cache.lookup(nq.key, clock.now()), undefined, 'negative entry expires at 5 s');
+
+  for (const n of ['x1', 'x2', 'x3']) {
+    const up2 = answer(`${n}.example`, [a(`${n}.example`, '192.0.2.9', 10)]);
+    cache.insert(parseQuery(query({ name: `${n}.example` })).key, up2, scanAnswer(up2)!, clock.now());
+  }
+  t.equal(cache.positiveSize, 2, 'capacity holds');
+  t.equal(cache.counters.get('evictPositive'), 1);
+  const sf = answer('s.example', [], { rcode: 'SERVFAIL' });
+  cache.insert(parseQuery(query({ name: 's.example' })).key, sf, scanAnswer(sf)!, clock.now());
+  t.equal(cache.counters.get('uncacheable'), 1, 'SERVFAIL is not stored');
+});
+
+t.test('cache: stale window (RFC 8767)', async (t) => {
+  const clock = new ManualClock();
+  const cache = new DnsCache({ ...CACHE_OPTS, minHits: 0, staleMs: 60_000 }, new Counters(CACHE_COUNTERS));
+  const up = answer('a.example', [a('a.example', '192.0.2.1', 10)]);
+  const q = parseQuery(query({ name: 'a.example' }));
+  cache.insert(q.key, up, scanAnswer(up)!, clock.now());
+  t.equal(cache.stale(q.key, clock.now()), undefined, 'a fresh entry is not stale');
+  clock.advance(30_000);
+  t.equal(cache.lookup(q.key, clock.now()), undefined, 'expired: a miss');
+  const s = cache.stale(q.key, clock.now())!;
+  t.ok(s, 'but kept for the stale window');
+  t.equal(dnsPacket.decode(s.serveStale(q, 30, 512, 1232)).answers?.map(ttlOf)[0], 30);
+  t.equal(cache.counters.get('stale'), 1);
+  clock.advance(45_000);
+  t.equal(cache.lookup(q.key, clock.now()), undefined);
+  t.equal(cache.stale(q.key, clock.now()), undefined, 'past the window: gone');
+  t.equal(cache.positiveSize, 0, 'and deleted');
+});
+
+t.test('cache: the byte budget bounds memory whatever the answers weigh', async (t) => {
+  const clock = new ManualClock();
+  const budget = 4 << 20;
+  const cache = new DnsCache({ ...CACHE_OPTS, positiveCapacity: 9984, negativeCapacity: 9984, maxBytes: budget }, new Counters(CACHE_COUNTERS));
+  // Answers of about 60 KB: 100 of them would be 6 MB, over the budget, though far under the entry count.
+  const records = Array.from({ length: 3700 }, (_, i) => a('big.example', `10.${(i >> 8) & 255}.${i & 255}.1`));
+  for (let i = 0; i < 100; i++) {
+    const name = `big${i}.example`;
+    const up = answer(name, records.map((r) => ({ ...r, name })));
+    const scan = scanAnswer(up);
+    if (scan === undefined) throw new Error('test bug: answer did not scan');
+    cache.insert(parseQuery(query({ name })).key, up, scan, clock.now());
+  }
+  t.ok(cache.bytes <= budget, `charged bytes ${cache.bytes} within the budget ${budget}`);
+  t.ok(cache.positiveSize < 100, `entries were evicted to stay inside it (${cache.positiveSize} kept)`);
+  t.ok(cache.counters.get('evictPositive') > 0);
+  t.ok(cache.bytes >= cache.positiveSize * ENTRY_OVERHEAD_BYTES, 'each entry is charged its overhead too');
+});
+
+t.test('health: a failure streak or unreachable makes it failing, one answer makes it healthy; each transition logged once', async (t) => {
+  const lines: string[] = [];
+  const log = createLogger('info', (line) => lines.push(line));
+  const h = new UpstreamHealth('tcp://10.96.0.10:53', log, 0);
+  const changes: string[] = [];
+  h.onChange((s) => changes.push(s));
+  for (let i = 0; i < FAIL_STREAK - 1; i++) h.record('timeout', i);
+  t.equal(h.state, 'healthy', 'a few lost queries are normal');
+  h.record('answered', 10);
+  for (let i = 0; i < FAIL_STREAK - 1; i++) h.record('timeout', 20 + i);
+  t.equal(h.state, 'healthy', 'an answer resets the streak');
+  h.record('servfail', 30);
+  t.equal(h.state, 'failing');
+  t.equal(h.lastCause, 'servfail');
+  for (let i = 0; i < 100; i++) h.record('timeout', 40 + i);
+  h.record('connected', 200);
+  t.equal(h.state, 'failing', 'a connect alone proves nothing (black hole)');
+  h.record('answered', 300);
+  t.equal(h.state, 'healthy');
+  h.record('unreachable', 400);
+  t.equal(h.state, 'failing', 'unreachable is certain at once');
+  t.same(changes, ['failing', 'healthy', 'failing']);
+  t.equal(lines.length, 3, 'one log line per transition, not per query');
+});
+
+t.test('lifecycle: start in order, stop in reverse, roll back a failed start with its cause', async (t) => {
+  const events: string[] = [];
+  const part = (name: string, fail = false) => ({
+    name,
+    start: async () => {
+      events.push(`start ${name}`);
+      if (fail) throw new Error('address in use');
+    },
+    stop: async (deadline: number) => {
+      events.push(`stop ${name} ${deadline}`);
+    },
+  });
+  const ok = new ComponentStack(silentLogger);
+  ok.add(part('interface'));
+  ok.add(part('listeners'));
+  await ok.start(() => 0);
+  await ok.stop(99);
+  t.same(events, ['start interface', 'start listeners', 'stop listeners 99', 'stop interface 99']);
+
+  events.length = 0;
+  const bad = new ComponentStack(silentLogger);
+  bad.add(part('interface'));
+  bad.add(part('listeners', true));
+  bad.add(part('interception'));
+  const err = await bad.start(() => 7).then(() => null, (e: unknown) => e);
+  t.ok(err instanceof StartupError);
+  t.match((err as Error).message, /^listeners: address in use/);
+  t.match(((err as Error).cause as Error).message, 'address in use', 'the cause is kept');
+  t.same(events, ['start interface', 'start listeners', 'stop interface 7'], 'what started is stopped; what did not start is not');
+});
+
+t.test('clock: sweeps run as a manual clock advances, and stop when removed', async (t) => {
+  const clock = new ManualClock(0);
+  const seen: number[] = [];
+  const off = clock.sweep((now) => seen.push(now));
+  clock.advance(SWEEP_MS * 3);
+  t.same(seen, [SWEEP_MS, SWEEP_MS * 2, SWEEP_MS * 3]);
+  off();
+  clock.advance(SWEEP_MS * 3);
+  t.equal(seen.length, 3);
+});
