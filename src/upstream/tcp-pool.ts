@@ -25,13 +25,36 @@
 import net from 'node:net';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
-import { HEADER_LEN } from '../dns/constants.js';
+import { HEADER_LEN, OFF_FLAGS, RCODE_MASK } from '../dns/constants.js';
 import { answerMatchesQuery, readId } from '../dns/question.js';
+import { Counters, defineCounters } from '../stats/counters.js';
 import { Fifo } from './fifo.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Conn, Job } from './tcp-conn.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
+import { ignoredAnswersFamily, rcodeSlots, upstreamCounterDefs } from './upstream-counters.js';
+
+export const tcpPoolCounters = defineCounters({
+  ...upstreamCounterDefs,
+  // The question did not match the query sent under that id (or the frame was too short to tell).
+  mismatched: { ...ignoredAnswersFamily, labels: { reason: 'mismatched' } },
+  // Nothing in flight under that id: the query already timed out.
+  late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
+  connects: { name: 'nodelocal_upstream_tcp_connects_total', help: 'TCP connections to the cluster DNS established.' },
+  reconnects: { name: 'nodelocal_upstream_tcp_reconnects_total', help: 'TCP connects started to replace a lost or failed connection.' },
+  connectFailures: { name: 'nodelocal_upstream_tcp_connect_failures_total', help: 'TCP connects to the cluster DNS that failed or timed out.' },
+  rotations: {
+    name: 'nodelocal_upstream_tcp_rotations_total',
+    help: 'Connections drained after their query count or age, so that load spreads over the pods behind the address.',
+  },
+  retried: { name: 'nodelocal_upstream_tcp_retries_total', help: 'Queries sent again on another connection after theirs closed with them in flight.' },
+});
+
+export type TcpPoolCounter = keyof typeof tcpPoolCounters.slot;
+
+const SLOT = tcpPoolCounters.slot;
+const RCODE_SLOT = rcodeSlots(SLOT);
 
 export interface TcpPoolOptions {
   server: ServerAddress;
@@ -42,29 +65,11 @@ export interface TcpPoolOptions {
   rotateAfterQueries?: number;
   rotateAfterMs?: number;
   connectTimeoutMs?: number;
+  /** Where this pool counts; a fresh block when omitted. */
+  counters?: Counters<TcpPoolCounter>;
   clock?: Clock;
   logger?: Logger;
 }
-
-export interface TcpPoolStats {
-  sent: number;
-  answered: number;
-  timeouts: number;
-  networkErrors: number;
-  overloaded: number;
-  /** Answers whose question did not match the query sent under that id. */
-  mismatched: number;
-  /** Answers for an id with nothing in flight (the query already timed out). */
-  late: number;
-  connects: number;
-  /** Connection attempts made to replace a lost or failed connection. */
-  reconnects: number;
-  connectFailures: number;
-  rotations: number;
-  /** Queries re-sent after their connection closed under them. */
-  retried: number;
-}
-
 
 const SWEEP_MS = 50;
 // Backoff after connect failures: fast enough to catch a restarting CoreDNS, capped so a dead one is not hammered.
@@ -73,7 +78,8 @@ const BACKOFF_MAX_MS = 5000;
 
 export class TcpPool implements Upstream {
   readonly name: string;
-  readonly stats: TcpPoolStats;
+  readonly counters: Counters<TcpPoolCounter>;
+  readonly #values: Float64Array;
   readonly #server: ServerAddress;
   readonly #size: number;
   readonly #maxInFlight: number;
@@ -112,10 +118,8 @@ export class TcpPool implements Upstream {
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 1000;
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger;
-    this.stats = {
-      sent: 0, answered: 0, timeouts: 0, networkErrors: 0, overloaded: 0, mismatched: 0, late: 0,
-      connects: 0, reconnects: 0, connectFailures: 0, rotations: 0, retried: 0,
-    };
+    this.counters = opts.counters ?? new Counters(tcpPoolCounters);
+    this.#values = this.counters.values;
     this.#conns = [];
     this.#queue = new Fifo<Job>(64);
     this.#life = new Lifecycle();
@@ -215,7 +219,7 @@ export class TcpPool implements Upstream {
     c.inflight.set(id, job);
     c.socket.write(job.wire);
     c.sent++;
-    this.stats.sent++;
+    this.#values[SLOT.sent]!++;
     if (c.sent >= this.#rotateAfterQueries) this.#drain(c, true);
     this.#armSweep();
   }
@@ -228,7 +232,7 @@ export class TcpPool implements Upstream {
   }
 
   #connect(now: number): void {
-    if (this.#lostSinceConnect) this.stats.reconnects++;
+    if (this.#lostSinceConnect) this.#values[SLOT.reconnects]!++;
     const socket = net.connect({
       host: this.#server.host,
       port: this.#server.port,
@@ -255,7 +259,7 @@ export class TcpPool implements Upstream {
     c.state = 'open';
     c.openedAt = this.#clock.now();
     c.socket.setNoDelay(true);
-    this.stats.connects++;
+    this.#values[SLOT.connects]!++;
     this.#lostSinceConnect = false;
     if (this.#unreachable) {
       this.#unreachable = false;
@@ -266,23 +270,24 @@ export class TcpPool implements Upstream {
 
   #onFrame(c: Conn, msg: Buffer): void {
     if (msg.length < HEADER_LEN) {
-      this.stats.mismatched++;
+      this.#values[SLOT.mismatched]!++;
       return;
     }
     const job = c.inflight.get(readId(msg));
     if (job === undefined) {
-      this.stats.late++;
+      this.#values[SLOT.late]!++;
       return;
     }
     // Keep waiting on a mismatch: the right answer may still come, and the deadline bounds the wait.
     if (!answerMatchesQuery(job.ex.query, msg)) {
-      this.stats.mismatched++;
+      this.#values[SLOT.mismatched]!++;
       return;
     }
     c.inflight.delete(job.id);
     // Success is an answer, not a connect: a server that accepts and then drops us must keep backing off.
     if (c.answered++ === 0) this.#backoffMs = BACKOFF_MIN_MS;
-    this.stats.answered++;
+    this.#values[SLOT.answered]!++;
+    this.#values[RCODE_SLOT[msg[OFF_FLAGS + 1]! & RCODE_MASK]!]!++;
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
     if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
@@ -309,7 +314,7 @@ export class TcpPool implements Upstream {
   #drain(c: Conn, rotation: boolean): void {
     if (c.state !== 'open') return;
     c.state = 'draining';
-    if (rotation) this.stats.rotations++;
+    if (rotation) this.#values[SLOT.rotations]!++;
     this.#armSweep();
   }
 
@@ -328,7 +333,7 @@ export class TcpPool implements Upstream {
     const now = this.#clock.now();
     if (cause !== 'ours') {
       this.#lostSinceConnect = true;
-      if (was === 'connecting') this.stats.connectFailures++;
+      if (was === 'connecting') this.#values[SLOT.connectFailures]!++;
       // A connection that never answered anything (refused at connect, or accepted and dropped) gets backoff, so a
       // sick server is not hammered in a tight loop.
       if (was === 'connecting' || c.answered === 0) this.#backOff(now);
@@ -348,7 +353,7 @@ export class TcpPool implements Upstream {
         const job = jobs[k]!;
         if (this.#life.running && !job.retried && now < job.ex.deadline) {
           job.retried = true;
-          this.stats.retried++;
+          this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
           this.#fail(job, 'network');
@@ -429,9 +434,9 @@ export class TcpPool implements Upstream {
   #fail(job: Job, reason: UpstreamFailure): void {
     if (job.done) return;
     job.done = true;
-    if (reason === 'timeout') this.stats.timeouts++;
-    else if (reason === 'network') this.stats.networkErrors++;
-    else if (reason === 'overloaded') this.stats.overloaded++;
+    if (reason === 'timeout') this.#values[SLOT.timeouts]!++;
+    else if (reason === 'network') this.#values[SLOT.networkErrors]!++;
+    else if (reason === 'overloaded') this.#values[SLOT.overloaded]!++;
     settle(job.ex, null, reason, this.#log);
   }
 }
