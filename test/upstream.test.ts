@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import dnsPacket from 'dns-packet';
 import type { DecodedPacket, Packet, StringAnswer } from 'dns-packet';
 import { parseResolvConf } from '../src/upstream/resolv-conf.js';
-import { TcpPool } from '../src/upstream/tcp-pool.js';
+import { TcpPool, tcpPoolCounters } from '../src/upstream/tcp-pool.js';
 import { HostResolvers, hostResolversCounters, type HostResolversOptions } from '../src/upstream/host-resolvers.js';
 import { Counters } from '../src/stats/counters.js';
 import type { Logger, LogFields } from '../src/log.js';
@@ -179,6 +179,27 @@ t.test('parseResolvConf: invalid addresses, too many servers, unknown lines', as
   t.equal(rc.warnings.length, 6);
 });
 
+// ---------------------------------------------------------------- counter schemas
+
+t.test('upstream counter schemas: one help, type and label set per metric name, across both transports', async (t) => {
+  const byName = new Map<string, { help: string; type: string; labelKeys: string }>();
+  for (const schema of [tcpPoolCounters, hostResolversCounters]) {
+    const seen = new Set<string>();
+    for (const d of schema.defs) {
+      const labels = JSON.stringify(d.labels ?? {});
+      const key = `${d.name} ${labels}`;
+      t.notOk(seen.has(key), `${key}: one slot per name and labels`);
+      seen.add(key);
+      const shape = { help: d.help, type: d.type ?? 'counter', labelKeys: Object.keys(d.labels ?? {}).sort().join(',') };
+      const prev = byName.get(d.name);
+      if (prev === undefined) byName.set(d.name, shape);
+      else t.same(shape, prev, d.name);
+      t.match(d.name, /^(coredns_forward|nodelocal_upstream)_[a-z_]+$/);
+      if ((d.type ?? 'counter') === 'counter') t.match(d.name, /_total$/, `${d.name}: counters end in _total`);
+    }
+  }
+});
+
 // ---------------------------------------------------------------- TCP pool
 
 t.test('TcpPool: many queries pipelined on one connection, ids unique on it', async (t) => {
@@ -207,6 +228,7 @@ t.test('TcpPool: many queries pipelined on one connection, ids unique on it', as
   }
   t.equal(pool.counters.get('sent'), 300);
   t.equal(pool.counters.get('answered'), 300);
+  t.equal(pool.counters.get('responsesNoError'), 300, 'answers counted by rcode');
   t.equal(pool.counters.get('mismatched'), 0);
   t.equal(idsByConn.size, 1);
   const ids = [...idsByConn.values()][0]!;
@@ -454,6 +476,8 @@ t.test('HostResolvers: answers over UDP from the first server, fresh source port
   t.ok(ports.size > 1, 'source port not reused for every query');
   t.equal(up.counters.get('answered'), 7);
   t.equal(up.counters.get('sent'), 7);
+  t.equal(up.counters.get('responsesNoError'), 6);
+  t.equal(up.counters.get('responsesNxDomain'), 1);
 });
 
 t.test('HostResolvers: TC=1 -> the same server over TCP', async (t) => {
@@ -694,10 +718,12 @@ t.test('HostResolvers: a slow first server answers after the failover to a silen
   const silent = await SimDnsServer.start({ handler: base, faults: { dropAll: true } });
   t.teardown(() => slow.close());
   t.teardown(() => silent.close());
-  const up = resolvers([slow, silent], { attemptTimeoutMs: 400, attempts: 2 });
+  // One round: slow, then silent; the answer to the first try comes while the second waits.
+  const up = resolvers([slow, silent], { attemptTimeoutMs: 400, attempts: 1 });
   t.teardown(() => up.close());
   const r = await ask(up, 'www.example.com', { timeoutMs: 5000 }).done;
   t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(slow.stats.udpQueries, 1);
   t.equal(silent.stats.udpQueries, 1, 'the second server was tried');
   t.equal(up.counters.get('failovers'), 1);
   t.equal(up.openSockets, 0);
