@@ -1,12 +1,15 @@
 // Upstream transports against the simulated DNS server on loopback:
 // resolv.conf parsing, the pipelined TCP pool (cluster DNS) and the host
 // resolvers (UDP with TCP fallback and failover).
+import { readdirSync } from 'node:fs';
 import t, { type Test } from 'tap';
 import dnsPacket from 'dns-packet';
 import type { DecodedPacket, Packet, StringAnswer } from 'dns-packet';
 import { parseResolvConf } from '../src/upstream/resolv-conf.js';
-import { TcpPool } from '../src/upstream/tcp-pool.js';
-import { HostResolvers } from '../src/upstream/host-resolvers.js';
+import { TcpPool, tcpPoolCounters } from '../src/upstream/tcp-pool.js';
+import { HostResolvers, hostResolversCounters, type HostResolversOptions } from '../src/upstream/host-resolvers.js';
+import { Counters } from '../src/stats/counters.js';
+import type { Logger, LogFields } from '../src/log.js';
 import type { Upstream, UpstreamFailure } from '../src/upstream/types.js';
 import { ManualClock, systemClock, type Clock } from '../src/clock.js';
 import { SimDnsServer, staticHandler, type SimContext, type SimHandler } from '../bench/sim/dns-server.js';
@@ -176,6 +179,27 @@ t.test('parseResolvConf: invalid addresses, too many servers, unknown lines', as
   t.equal(rc.warnings.length, 6);
 });
 
+// ---------------------------------------------------------------- counter schemas
+
+t.test('upstream counter schemas: one help, type and label set per metric name, across both transports', async (t) => {
+  const byName = new Map<string, { help: string; type: string; labelKeys: string }>();
+  for (const schema of [tcpPoolCounters, hostResolversCounters]) {
+    const seen = new Set<string>();
+    for (const d of schema.defs) {
+      const labels = JSON.stringify(d.labels ?? {});
+      const key = `${d.name} ${labels}`;
+      t.notOk(seen.has(key), `${key}: one slot per name and labels`);
+      seen.add(key);
+      const shape = { help: d.help, type: d.type ?? 'counter', labelKeys: Object.keys(d.labels ?? {}).sort().join(',') };
+      const prev = byName.get(d.name);
+      if (prev === undefined) byName.set(d.name, shape);
+      else t.same(shape, prev, d.name);
+      t.match(d.name, /^(coredns_forward|nodelocal_upstream)_[a-z_]+$/);
+      if ((d.type ?? 'counter') === 'counter') t.match(d.name, /_total$/, `${d.name}: counters end in _total`);
+    }
+  }
+});
+
 // ---------------------------------------------------------------- TCP pool
 
 t.test('TcpPool: many queries pipelined on one connection, ids unique on it', async (t) => {
@@ -202,9 +226,10 @@ t.test('TcpPool: many queries pipelined on one connection, ids unique on it', as
     if (r.reason !== null || r.calls !== 1) t.fail(`query ${i}: ${String(r.reason)} calls=${r.calls}`);
     t.same(addresses(r.answer), [records[names[i]!]!.A[0]], names[i]!);
   }
-  t.equal(pool.stats.sent, 300);
-  t.equal(pool.stats.answered, 300);
-  t.equal(pool.stats.mismatched, 0);
+  t.equal(pool.counters.get('sent'), 300);
+  t.equal(pool.counters.get('answered'), 300);
+  t.equal(pool.counters.get('responsesNoError'), 300, 'answers counted by rcode');
+  t.equal(pool.counters.get('mismatched'), 0);
   t.equal(idsByConn.size, 1);
   const ids = [...idsByConn.values()][0]!;
   t.equal(new Set(ids).size, 300, 'no id reused among queries in flight together');
@@ -259,9 +284,9 @@ t.test('TcpPool: server closes a connection with queries in flight; they are ret
     t.same(addresses(results[i]!.answer), records[names[i]!]!.A);
   }
   t.equal(sim.stats.tcpConnections, 2);
-  t.equal(pool.stats.retried, 4);
-  t.equal(pool.stats.reconnects, 1);
-  t.equal(pool.stats.networkErrors, 0);
+  t.equal(pool.counters.get('retried'), 4);
+  t.equal(pool.counters.get('reconnects'), 1);
+  t.equal(pool.counters.get('networkErrors'), 0);
 });
 
 t.test('TcpPool: no answer -> timeout at the deadline', async (t) => {
@@ -272,7 +297,7 @@ t.test('TcpPool: no answer -> timeout at the deadline', async (t) => {
   const r = await ask(pool, 'www.example.com', { timeoutMs: 300 }).done;
   t.equal(r.reason, 'timeout');
   t.equal(r.calls, 1);
-  t.equal(pool.stats.timeouts, 1);
+  t.equal(pool.counters.get('timeouts'), 1);
   t.equal(pool.inFlight, 0);
   t.equal(sim.stats.tcpQueries, 1);
 });
@@ -291,8 +316,8 @@ t.test('TcpPool: a full queue rejects with overloaded at once', async (t) => {
   t.equal(pool.queued, 1);
   const rest = await Promise.all(asks.slice(0, 3).map((a) => a.done));
   t.same(rest.map((r) => r.reason), ['timeout', 'timeout', 'timeout']);
-  t.equal(pool.stats.overloaded, 3);
-  t.equal(pool.stats.timeouts, 3);
+  t.equal(pool.counters.get('overloaded'), 3);
+  t.equal(pool.counters.get('timeouts'), 3);
   t.equal(sim.stats.tcpQueries, 2);
 });
 
@@ -305,7 +330,7 @@ t.test('TcpPool: rotation after N queries moves to a new connection', async (t) 
     const r = await ask(pool, 'www.example.com').done;
     t.same(addresses(r.answer), ['192.0.2.1']);
   }
-  t.equal(pool.stats.rotations, 2);
+  t.equal(pool.counters.get('rotations'), 2);
   t.equal(sim.stats.tcpConnections, 3);
   t.ok(await until(() => sim.openTcpConnections === 1), 'drained connections were closed');
   t.equal(pool.openConnections, 1);
@@ -325,8 +350,8 @@ t.test('TcpPool: an answer with the wrong question is dropped and counted', asyn
   t.equal(evil!.reason, 'timeout');
   t.equal(evil!.answer, null);
   t.same(addresses(good!.answer), ['192.0.2.1'], 'the connection stays usable');
-  t.equal(pool.stats.mismatched, 1);
-  t.equal(pool.stats.answered, 1);
+  t.equal(pool.counters.get('mismatched'), 1);
+  t.equal(pool.counters.get('answered'), 1);
 });
 
 t.test('TcpPool: rotation by age (ManualClock)', async (t) => {
@@ -342,8 +367,12 @@ t.test('TcpPool: rotation by age (ManualClock)', async (t) => {
   clock.advance(1_000);
   t.same(addresses((await ask(pool, 'www.example.com', { clock }).done).answer), ['192.0.2.1']);
   t.equal(sim.stats.tcpConnections, 2, 'old connection drained, new one opened');
-  t.equal(pool.stats.rotations, 1);
-  t.ok(await until(() => sim.openTcpConnections === 1));
+  t.equal(pool.counters.get('rotations'), 1);
+  // The drained connection is closed by the pool's sweep, which runs as the (manual) clock moves.
+  t.ok(await until(() => {
+    clock.advance(50);
+    return sim.openTcpConnections === 1;
+  }));
 });
 
 t.test('TcpPool: server down, then back: fails, backs off, recovers', async (t) => {
@@ -357,7 +386,7 @@ t.test('TcpPool: server down, then back: fails, backs off, recovers', async (t) 
   // A deadline the test never waits out: failing is only possible by failing fast.
   const down = await ask(pool, 'www.example.com', { timeoutMs: 60_000 }).done;
   t.equal(down.reason, 'network', 'refused reconnect: failed at once, not at the deadline');
-  t.ok(pool.stats.connectFailures >= 1);
+  t.ok(pool.counters.get('connectFailures') >= 1);
   t.equal(pool.openConnections, 0);
   const during = ask(pool, 'www.example.com', { timeoutMs: 60_000 });
   t.equal((await during.done).reason, 'network', 'while backing off with nothing open: failed at once');
@@ -371,7 +400,7 @@ t.test('TcpPool: server down, then back: fails, backs off, recovers', async (t) 
     await new Promise((r) => setTimeout(r, 100));
   }
   t.same(addresses(up!.answer), ['192.0.2.1'], 'answered once the backoff lets it reconnect');
-  t.ok(pool.stats.reconnects >= 1);
+  t.ok(pool.counters.get('reconnects') >= 1);
 });
 
 t.test('TcpPool: close() rejects queued, lets in-flight finish, refuses new', async (t) => {
@@ -414,8 +443,9 @@ async function twoServers(
   return [a, b];
 }
 
-function resolvers(sims: SimDnsServer[], opts: { attemptTimeoutMs?: number; attempts?: number; rotate?: boolean } = {}): HostResolvers {
+function resolvers(sims: SimDnsServer[], opts: Omit<HostResolversOptions, 'servers'> = {}): HostResolvers {
   return new HostResolvers({
+    ...opts,
     servers: sims.map((s) => ({ host: s.host, port: s.port })),
     attemptTimeoutMs: opts.attemptTimeoutMs ?? 1000,
     attempts: opts.attempts ?? 2,
@@ -448,8 +478,10 @@ t.test('HostResolvers: answers over UDP from the first server, fresh source port
   t.equal(sim.stats.udpQueries, 7);
   t.equal(other.stats.udpQueries, 0, 'without rotate, server 0 first');
   t.ok(ports.size > 1, 'source port not reused for every query');
-  t.equal(up.stats.answered, 7);
-  t.equal(up.stats.sent, 7);
+  t.equal(up.counters.get('answered'), 7);
+  t.equal(up.counters.get('sent'), 7);
+  t.equal(up.counters.get('responsesNoError'), 6);
+  t.equal(up.counters.get('responsesNxDomain'), 1);
 });
 
 t.test('HostResolvers: TC=1 -> the same server over TCP', async (t) => {
@@ -459,7 +491,7 @@ t.test('HostResolvers: TC=1 -> the same server over TCP', async (t) => {
   const r = await ask(up, 'www.example.com').done;
   t.same(addresses(r.answer), ['192.0.2.1']);
   t.equal(r.answer?.flag_tc, false);
-  t.equal(up.stats.tcpFallbacks, 1);
+  t.equal(up.counters.get('tcpFallbacks'), 1);
   t.equal(a.stats.udpQueries, 1);
   t.equal(a.stats.tcpQueries, 1);
   t.equal(b.stats.udpQueries + b.stats.tcpQueries, 0);
@@ -473,8 +505,8 @@ t.test('HostResolvers: first server silent -> fails over to the second', async (
   t.same(addresses(r.answer), ['192.0.2.1']);
   t.equal(a.stats.udpQueries, 1);
   t.equal(b.stats.udpQueries, 1);
-  t.equal(up.stats.failovers, 1);
-  t.equal(up.stats.attemptTimeouts, 1);
+  t.equal(up.counters.get('failovers'), 1);
+  t.equal(up.counters.get('attemptTimeouts'), 1);
 });
 
 t.test('HostResolvers: spoofed answers are ignored and counted', async (t) => {
@@ -484,8 +516,8 @@ t.test('HostResolvers: spoofed answers are ignored and counted', async (t) => {
   const r = await ask(up, 'www.example.com').done;
   t.same(addresses(r.answer), ['192.0.2.1']);
   t.equal(r.answer?.questions?.[0]?.name.toLowerCase(), 'www.example.com');
-  t.equal(up.stats.spoofed, 2, 'wrong id and wrong question');
-  t.equal(up.stats.answered, 1);
+  t.equal(up.counters.get('spoofed'), 2, 'wrong id and wrong question');
+  t.equal(up.counters.get('answered'), 1);
   t.equal(b.stats.udpQueries, 0);
 });
 
@@ -498,8 +530,8 @@ t.test('HostResolvers: everything silent -> timeout after attempts x servers tri
   t.equal(r.calls, 1);
   t.equal(a.stats.udpQueries, 2);
   t.equal(b.stats.udpQueries, 2);
-  t.equal(up.stats.attemptTimeouts, 4);
-  t.equal(up.stats.timeouts, 1);
+  t.equal(up.counters.get('attemptTimeouts'), 4);
+  t.equal(up.counters.get('timeouts'), 1);
 });
 
 t.test('HostResolvers: never past the exchange deadline', async (t) => {
@@ -521,8 +553,8 @@ t.test('HostResolvers: nobody listening (ICMP port unreachable) -> network', asy
   t.teardown(() => up.close());
   const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
   t.equal(r.reason, 'network');
-  t.equal(up.stats.attemptErrors, 4);
-  t.equal(up.stats.networkErrors, 1);
+  t.equal(up.counters.get('attemptErrors'), 4);
+  t.equal(up.counters.get('networkErrors'), 1);
 });
 
 t.test('HostResolvers: SERVFAIL moves on; if every server fails, its answer is passed on', async (t) => {
@@ -531,13 +563,16 @@ t.test('HostResolvers: SERVFAIL moves on; if every server fails, its answer is p
   t.teardown(() => up.close());
   const r = await ask(up, 'www.example.com').done;
   t.same(addresses(r.answer), ['192.0.2.1'], 'second server answered');
-  t.equal(up.stats.badRcodes, 1);
-  t.equal(up.stats.failovers, 1);
+  t.equal(up.counters.get('responsesServfail'), 1);
+  t.equal(up.counters.get('responsesNoError'), 1);
+  t.equal(up.counters.get('failovers'), 1);
 
   b.faults.rcode = 'REFUSED';
   const both = await ask(up, 'www.example.com').done;
   t.equal(both.reason, null);
   t.equal(rcodeOf(both.answer), 'REFUSED', 'the last bad answer');
+  t.equal(up.counters.get('responsesServfail'), 2);
+  t.equal(up.counters.get('responsesRefused'), 1);
   t.equal(a.stats.udpQueries, 2, 'a server that said SERVFAIL is not asked again for the same query');
   t.equal(b.stats.udpQueries, 2);
 });
@@ -560,7 +595,7 @@ t.test('HostResolvers over IPv6 (::1): answer, TCP fallback, failover', async (t
   t.equal(a.stats.udpQueries, 1);
   t.equal(b.stats.udpQueries, 1);
   t.equal(b.stats.tcpQueries, 1);
-  t.equal(up.stats.tcpFallbacks, 1);
+  t.equal(up.counters.get('tcpFallbacks'), 1);
 });
 
 t.test('HostResolvers: close() lets in-flight finish and refuses new', async (t) => {
@@ -574,4 +609,126 @@ t.test('HostResolvers: close() lets in-flight finish and refuses new', async (t)
   t.same(addresses((await inflight.done).answer), ['192.0.2.1']);
   await closing;
   t.equal(up.inFlight, 0);
+});
+
+// ---------------------------------------------------------------- host resolvers: limits and late answers
+
+/** A logger that keeps warnings, to count rate-limited lines. */
+function warnRecorder(): { logger: Logger; warnings: Array<{ msg: string; fields: LogFields | undefined }> } {
+  const warnings: Array<{ msg: string; fields: LogFields | undefined }> = [];
+  const none = (): void => {};
+  return { warnings, logger: { debug: none, info: none, error: none, warn: (msg, fields) => warnings.push({ msg, fields }) } };
+}
+
+const openFds = (): number => readdirSync('/proc/self/fd').length;
+
+t.test('HostResolvers: over maxInFlight, rejected with overloaded at once, counted, warned first and every 1000th', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const { logger, warnings } = warnRecorder();
+  const counters = new Counters(hostResolversCounters);
+  const up = resolvers([sim], { attemptTimeoutMs: 100, attempts: 2, maxInFlight: 20, logger, counters });
+  t.teardown(() => up.close());
+  t.equal(up.counters, counters, 'counts into the block it was given');
+
+  const admitted = Array.from({ length: 20 }, (_, i) => ask(up, `name-${i}.test`, { timeoutMs: 2000 }));
+  t.ok(admitted.every((a) => a.outcome.reason === null), 'up to the cap: in flight');
+  t.equal(up.inFlight, 20);
+  const over = Array.from({ length: 1001 }, (_, i) => ask(up, `over-${i}.test`, { timeoutMs: 2000 }));
+  t.ok(over.every((a) => a.outcome.reason === 'overloaded' && a.outcome.sync && a.outcome.calls === 1), 'over the cap: overloaded inside send()');
+  t.equal(counters.get('overloaded'), 1001);
+  t.equal(up.inFlight, 20, 'rejected ones hold nothing');
+  t.equal(warnings.length, 2, 'the first reject warns, then the 1001st');
+  t.match(warnings[0], { fields: { upstream: 'host-resolvers', maxInFlight: 20, rejected: 1 } });
+  t.match(warnings[1], { fields: { rejected: 1001 } });
+
+  const results = await Promise.all(admitted.map((a) => a.done));
+  t.ok(results.every((r) => r.reason === 'timeout'), 'admitted ones run their course');
+  t.equal(up.inFlight, 0);
+  t.equal(up.openSockets, 0);
+  const again = ask(up, 'again.test', { timeoutMs: 2000 });
+  t.equal(again.outcome.reason, null, 'room again once the in-flight ones are done');
+  t.equal((await again.done).reason, 'timeout');
+  t.equal(sim.stats.udpQueries, 21 * 2, 'rejected queries were never sent');
+});
+
+t.test('HostResolvers: a silent resolver holds at most maxInFlight x maxSocketsPerExchange sockets', async (t) => {
+  const [a, b] = await twoServers(t, { dropAll: true }, { dropAll: true });
+  const maxInFlight = 40;
+  const perExchange = 3;
+  const bound = maxInFlight * perExchange;
+  // 2 servers x 3 rounds = 6 tries of 100 ms: each exchange lives ~600 ms and, from its 3rd try on, holds 3 sockets.
+  const up = resolvers([a, b], { attemptTimeoutMs: 100, attempts: 3, maxInFlight, maxSocketsPerExchange: perExchange });
+  t.teardown(() => up.close());
+  const fd0 = openFds();
+  let maxFds = 0;
+  let maxSockets = 0;
+  const sample = (): void => {
+    maxFds = Math.max(maxFds, openFds() - fd0);
+    maxSockets = Math.max(maxSockets, up.openSockets);
+  };
+
+  // Lockstep: all start together, so all reach their 3 sockets together (one sweep tick moves every one of them).
+  const first = Array.from({ length: maxInFlight }, (_, i) => ask(up, `first-${i}.test`, { timeoutMs: 5000 }));
+  t.ok(
+    await until(() => {
+      sample();
+      return up.openSockets === bound;
+    }),
+    'every exchange reaches its socket limit',
+  );
+  sample();
+  t.ok(openFds() - fd0 <= bound + 10, `descriptors follow the socket count (${openFds() - fd0} new)`);
+
+  // A flood of new names, as in the incident (40 every 20 ms, many times the cap): the bound holds throughout.
+  const flood: Array<ReturnType<typeof ask>> = [];
+  for (let round = 0; round < 40; round++) {
+    for (let i = 0; i < 40; i++) flood.push(ask(up, `flood-${round}-${i}.test`, { timeoutMs: 5000 }));
+    sample();
+    await sleep(20);
+  }
+  await Promise.all([...first, ...flood].map((x) => x.done));
+  t.ok(maxSockets <= bound, `open sockets peaked at ${maxSockets} <= ${bound}`);
+  t.ok(maxFds <= bound + 10, `new descriptors peaked at ${maxFds} <= ${bound} (+10 for the test's own)`);
+  t.ok(up.counters.get('overloaded') > 0, 'the flood was cut at the cap');
+  t.equal(up.counters.get('overloaded') + up.counters.get('timeouts'), maxInFlight + flood.length, 'every exchange accounted for');
+  t.equal(up.openSockets, 0);
+  t.equal(up.counters.get('openSockets'), 0, 'the gauge is back to zero');
+  t.ok(await until(() => openFds() - fd0 <= 2), 'every socket closed');
+});
+
+t.test('HostResolvers: an answer slower than the try timeout still gets through (late answer to an earlier try)', async (t) => {
+  // Every answer comes 1.5 try timeouts after its query: each try is superseded before its answer arrives.
+  const slow = await SimDnsServer.start({ handler: base, faults: { latencyMs: 600 } });
+  t.teardown(() => slow.close());
+  const up = resolvers([slow], { attemptTimeoutMs: 400, attempts: 3 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 5000 }).done;
+  t.same(addresses(r.answer), ['192.0.2.1'], 'the first try\'s answer, after its try timed out');
+  t.equal(r.calls, 1);
+  t.ok(up.counters.get('attemptTimeouts') >= 1, 'the first try had timed out');
+  t.ok(slow.stats.udpQueries >= 2, 'and a second one was sent meanwhile');
+  t.equal(up.counters.get('answered'), 1);
+  t.equal(up.openSockets, 0, 'the other tries closed with the exchange');
+
+  // The limit is what makes it work: one socket per exchange is the old behaviour, and never hears the answer.
+  const one = resolvers([slow], { attemptTimeoutMs: 400, attempts: 3, maxSocketsPerExchange: 1 });
+  t.teardown(() => one.close());
+  t.equal((await ask(one, 'www.example.com', { timeoutMs: 5000 }).done).reason, 'timeout');
+});
+
+t.test('HostResolvers: a slow first server answers after the failover to a silent second one', async (t) => {
+  const slow = await SimDnsServer.start({ handler: base, faults: { latencyMs: 600 } });
+  const silent = await SimDnsServer.start({ handler: base, faults: { dropAll: true } });
+  t.teardown(() => slow.close());
+  t.teardown(() => silent.close());
+  // One round: slow, then silent; the answer to the first try comes while the second waits.
+  const up = resolvers([slow, silent], { attemptTimeoutMs: 400, attempts: 1 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 5000 }).done;
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(slow.stats.udpQueries, 1);
+  t.equal(silent.stats.udpQueries, 1, 'the second server was tried');
+  t.equal(up.counters.get('failovers'), 1);
+  t.equal(up.openSockets, 0);
 });

@@ -10,19 +10,52 @@
  * bounded by the exchange's deadline. One sweep timer expires attempts.
  *
  * Differences from glibc, on purpose: the per-try timeout is fixed rather than
- * doubling per round (our caller's deadline is the real bound), and when every
+ * doubling per round (our caller's deadline is the real bound); when every
  * server said SERVFAIL/REFUSED we pass that answer on instead of failing, so
- * the client sees the upstream's own rcode.
+ * the client sees the upstream's own rcode; and a try that timed out keeps
+ * listening while the exchange lives, so a server slower than the try timeout
+ * still gets its answer through (glibc closes it, and a resolver that always
+ * takes 3 s against a 2 s timeout is never heard).
+ *
+ * Limits, so a silent resolver cannot eat the process's descriptors (5,000
+ * new names/s once used 20,000 fds in 4 s, and client TCP accepts then failed):
+ *
+ *   exchanges in flight   <= maxInFlight             over it: reject('overloaded') at once
+ *   sockets per exchange  <= maxSocketsPerExchange   the oldest try's socket closes first
+ *   sockets in all        <= maxInFlight * maxSocketsPerExchange
  */
 import net from 'node:net';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { FLAG_TC, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { Counters, defineCounters } from '../stats/counters.js';
 import { UpstreamHealth } from './health.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
+import { ignoredAnswersFamily, rcodeSlots, upstreamCounterDefs } from './upstream-counters.js';
+
+const TRY_FAILURES = {
+  name: 'nodelocal_upstream_try_failures_total',
+  help: 'Tries given up: no answer within the try timeout (it keeps listening for a late one), or an ICMP error or broken TCP connection.',
+} as const;
+
+export const hostResolversCounters = defineCounters({
+  ...upstreamCounterDefs,
+  // RFC 5452: wrong source, id or question.
+  spoofed: { ...ignoredAnswersFamily, labels: { reason: 'spoofed' } },
+  tcpFallbacks: { name: 'nodelocal_upstream_tcp_fallbacks_total', help: 'Truncated (TC=1) UDP answers retried over TCP at the same server.' },
+  failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/REFUSED answer.' },
+  attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },
+  attemptErrors: { ...TRY_FAILURES, labels: { reason: 'error' } },
+  openSockets: { name: 'nodelocal_upstream_open_sockets', help: 'UDP and TCP sockets open for tries in flight.', type: 'gauge' },
+});
+
+export type HostResolversCounter = keyof typeof hostResolversCounters.slot;
+
+const SLOT = hostResolversCounters.slot;
+const RCODE_SLOT = rcodeSlots(SLOT);
 
 export interface HostResolversOptions {
   servers: readonly ServerAddress[];
@@ -32,31 +65,30 @@ export interface HostResolversOptions {
   attempts?: number;
   /** glibc `options rotate`. */
   rotate?: boolean;
+  /**
+   * Exchanges in flight at once; more are rejected with 'overloaded' (SERVFAIL
+   * at once). Default 1000, CoreDNS forward's recommended max_concurrent: at a
+   * healthy resolver's 10-50 ms that carries 20k-100k misses/s, far above what a
+   * node's resolver takes (AWS: 1,024 packets/s per ENI), and against a silent
+   * one it holds at most 1000 x maxSocketsPerExchange sockets.
+   */
+  maxInFlight?: number;
+  /**
+   * Sockets one exchange keeps open (default 3): tries that timed out keep
+   * listening for a late answer until this many are open, then the oldest
+   * closes. With 3, every try listens at least 3 try timeouts: the agent's
+   * whole host budget (4.5 s) at the default 2 s, and 3 s at `timeout:1`.
+   */
+  maxSocketsPerExchange?: number;
+  /** Where this instance counts; a fresh block when omitted. */
+  counters?: Counters<HostResolversCounter>;
   clock?: Clock;
   logger?: Logger;
   name?: string;
 }
 
-export interface HostResolversStats {
-  /** Queries written (UDP datagrams and TCP retries). */
-  sent: number;
-  answered: number;
-  /** Exchanges rejected with 'timeout'. */
-  timeouts: number;
-  /** Exchanges rejected with 'network'. */
-  networkErrors: number;
-  /** Datagrams or frames ignored for a wrong source, id or question. */
-  spoofed: number;
-  tcpFallbacks: number;
-  /** Moves to another server after a timeout, an error or SERVFAIL/REFUSED. */
-  failovers: number;
-  attemptTimeouts: number;
-  attemptErrors: number;
-  /** SERVFAIL/REFUSED answers seen (passed on only when no other server was left). */
-  badRcodes: number;
-}
-
-const SWEEP_MS = 50;
+// Overload warnings: the first, then one per this many rejects; a flood must not turn into a log flood.
+const OVERLOAD_LOG_EVERY = 1000;
 
 class Job {
   readonly ex: UpstreamExchange;
@@ -64,7 +96,10 @@ class Job {
   readonly total: number;
   tries: number;
   lastServer: number;
-  attempt: QueryAttempt<Job> | null;
+  /** The newest try: its timeout starts the next one. Null only inside a transition. */
+  current: QueryAttempt<Job> | null;
+  /** Every try still listening, oldest first, `current` included. */
+  readonly live: QueryAttempt<Job>[];
   lastFailure: UpstreamFailure;
   /** A SERVFAIL/REFUSED answer kept in case no other server does better. */
   badAnswer: Buffer | null;
@@ -77,7 +112,8 @@ class Job {
     this.total = total;
     this.tries = 0;
     this.lastServer = -1;
-    this.attempt = null;
+    this.current = null;
+    this.live = [];
     this.lastFailure = 'timeout';
     this.badAnswer = null;
     this.badServers = null;
@@ -88,19 +124,26 @@ class Job {
 export class HostResolvers implements Upstream {
   readonly name: string;
   readonly health: UpstreamHealth;
-  readonly stats: HostResolversStats;
+  readonly counters: Counters<HostResolversCounter>;
+  readonly #values: Float64Array;
   readonly #servers: readonly ServerAddress[];
   readonly #attemptTimeoutMs: number;
   readonly #attempts: number;
   readonly #rotate: boolean;
+  readonly #maxInFlight: number;
+  readonly #maxSockets: number;
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #active: Set<Job>;
   /** Bound once: every attempt reports through the same object. */
   readonly #events: AttemptEvents<Job>;
   #rr: number;
+  #openSockets: number;
+  /** Rejects at the cap since start, for the rate-limited warning (the counter block may be shared or preset). */
+  #rejects: number;
   readonly #life: Lifecycle;
-  #sweep: NodeJS.Timeout | null;
+  /** Unregisters our sweep from the clock's shared timer; null while nothing is pending. */
+  #sweep: (() => void) | null;
 
   constructor(opts: HostResolversOptions) {
     // A host name would be resolved by the system resolver on every try: maybe through us.
@@ -112,25 +155,27 @@ export class HostResolvers implements Upstream {
     this.#attemptTimeoutMs = Math.max(1, opts.attemptTimeoutMs ?? 2000);
     this.#attempts = Math.max(1, opts.attempts ?? 2);
     this.#rotate = opts.rotate ?? false;
+    this.#maxInFlight = Math.max(1, opts.maxInFlight ?? 1000);
+    this.#maxSockets = Math.max(1, opts.maxSocketsPerExchange ?? 3);
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger;
     this.health = new UpstreamHealth(this.name, this.#log, this.#clock.now());
-    this.stats = {
-      sent: 0, answered: 0, timeouts: 0, networkErrors: 0, spoofed: 0, tcpFallbacks: 0,
-      failovers: 0, attemptTimeouts: 0, attemptErrors: 0, badRcodes: 0,
-    };
+    this.counters = opts.counters ?? new Counters(hostResolversCounters);
+    this.#values = this.counters.values;
     this.#active = new Set();
     this.#events = {
       onSent: () => {
-        this.stats.sent++;
+        this.#values[SLOT.sent]!++;
       },
       onSpoofed: () => {
-        this.stats.spoofed++;
+        this.#values[SLOT.spoofed]!++;
       },
       onAnswer: (attempt, answer) => this.#onAnswer(attempt, answer),
       onError: (attempt, code) => this.#onError(attempt, code),
     };
     this.#rr = 0;
+    this.#openSockets = 0;
+    this.#rejects = 0;
     this.#life = new Lifecycle();
     this.#sweep = null;
   }
@@ -140,6 +185,11 @@ export class HostResolvers implements Upstream {
     return this.#active.size;
   }
 
+  /** Sockets held by tries in flight; never above maxInFlight * maxSocketsPerExchange. */
+  get openSockets(): number {
+    return this.#openSockets;
+  }
+
   send(ex: UpstreamExchange): void {
     if (!this.#life.running) {
       settle(ex, null, 'closed', this.#log);
@@ -147,8 +197,12 @@ export class HostResolvers implements Upstream {
     }
     const n = this.#servers.length;
     if (n === 0) {
-      this.stats.networkErrors++;
+      this.#values[SLOT.networkErrors]!++;
       settle(ex, null, 'network', this.#log);
+      return;
+    }
+    if (this.#active.size >= this.#maxInFlight) {
+      this.#reject(ex);
       return;
     }
     const start = this.#rotate ? this.#rr++ % n : 0;
@@ -165,36 +219,55 @@ export class HostResolvers implements Upstream {
     return this.#life.done;
   }
 
+  #reject(ex: UpstreamExchange): void {
+    this.#values[SLOT.overloaded]!++;
+    if (this.#rejects++ % OVERLOAD_LOG_EVERY === 0) {
+      this.#log.warn('host resolvers at their in-flight cap: queries get SERVFAIL without being sent', {
+        upstream: this.name,
+        maxInFlight: this.#maxInFlight,
+        rejected: this.#rejects,
+      });
+    }
+    settle(ex, null, 'overloaded', this.#log);
+  }
+
   #onAnswer(attempt: QueryAttempt<Job>, answer: Buffer): void {
     const job = attempt.owner;
-    if (job.done || job.attempt !== attempt) return;
-    job.attempt = null;
+    if (job.done) return;
+    this.#forget(job, attempt);
+    const wasCurrent = job.current === attempt;
+    if (wasCurrent) job.current = null;
     const flags = (answer[OFF_FLAGS]! << 8) | answer[OFF_FLAGS + 1]!;
+    const rcode = flags & RCODE_MASK;
+    this.#values[RCODE_SLOT[rcode]!]!++;
     if ((flags & FLAG_TC) !== 0 && attempt.transport === 'udp') {
-      // RFC 7766 5: a truncated UDP answer is retried over TCP at the same server.
-      this.stats.tcpFallbacks++;
+      // RFC 7766 5: a truncated UDP answer is retried over TCP at the same server. That becomes the current
+      // try, from whichever try the truncated answer came: the name exists and TCP is the way to it.
+      this.#values[SLOT.tcpFallbacks]!++;
       this.#start(job, 'tcp', attempt.serverIndex, this.#clock.now());
       return;
     }
-    const rcode = flags & RCODE_MASK;
     if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) {
       // glibc moves on to the next server: this one may be lame or refusing us while another is fine.
-      this.stats.badRcodes++;
       job.badAnswer = answer;
       (job.badServers ??= new Set()).add(attempt.serverIndex);
-      this.#next(job, this.#clock.now());
+      // A late bad answer to an earlier try changes nothing: the current try is already elsewhere.
+      if (wasCurrent) this.#next(job, this.#clock.now());
       return;
     }
-    this.stats.answered++;
+    this.#values[SLOT.answered]!++;
     this.#finish(job, answer, 'network');
   }
 
   #onError(attempt: QueryAttempt<Job>, code: string): void {
     const job = attempt.owner;
-    if (job.done || job.attempt !== attempt) return;
-    this.stats.attemptErrors++;
+    if (job.done) return;
+    this.#forget(job, attempt);
+    this.#values[SLOT.attemptErrors]!++;
     this.#log.debug('upstream attempt failed', { upstream: this.name, server: attempt.server.host, code });
-    job.attempt = null;
+    // An earlier try that errors only stops listening; the current one goes on.
+    if (job.current !== attempt) return;
+    job.current = null;
     job.lastFailure = 'network';
     this.#next(job, this.#clock.now());
   }
@@ -206,12 +279,14 @@ export class HostResolvers implements Upstream {
       const idx = (job.start + job.tries) % n;
       job.tries++;
       if (job.badServers !== null && job.badServers.has(idx)) continue;
-      if (job.lastServer >= 0 && job.lastServer !== idx) this.stats.failovers++;
+      if (job.lastServer >= 0 && job.lastServer !== idx) this.#values[SLOT.failovers]!++;
       this.#start(job, 'udp', idx, now);
       return;
     }
+    // Out of tries: tries still listening are closed too. glibc gives up here as well, and the caller is
+    // better served by a prompt failure (stale answer, SERVFAIL) than by waiting out the whole deadline.
     if (job.badAnswer !== null) {
-      this.stats.answered++;
+      this.#values[SLOT.answered]!++;
       this.#finish(job, job.badAnswer, 'network');
       return;
     }
@@ -220,20 +295,40 @@ export class HostResolvers implements Upstream {
 
   #start(job: Job, transport: 'udp' | 'tcp', idx: number, now: number): void {
     job.lastServer = idx;
+    // The socket bound: the oldest try stops listening to make room for the new one.
+    if (job.live.length >= this.#maxSockets) this.#forget(job, job.live[0]!).finish();
     const deadline = Math.min(now + this.#attemptTimeoutMs, job.ex.deadline);
-    job.attempt = new QueryAttempt(job, transport, this.#servers[idx]!, idx, job.ex.query, deadline, this.#events);
+    const attempt = new QueryAttempt(job, transport, this.#servers[idx]!, idx, job.ex.query, deadline, this.#events);
+    job.current = attempt;
+    job.live.push(attempt);
+    this.#openSockets++;
+    this.#values[SLOT.openSockets] = this.#openSockets;
     this.#armSweep();
+  }
+
+  /** Takes a try off the job's live list (it finished itself, or the caller finishes it next). */
+  #forget(job: Job, attempt: QueryAttempt<Job>): QueryAttempt<Job> {
+    const i = job.live.indexOf(attempt);
+    if (i >= 0) {
+      job.live.splice(i, 1);
+      this.#openSockets--;
+      this.#values[SLOT.openSockets] = this.#openSockets;
+    }
+    return attempt;
   }
 
   #finish(job: Job, answer: Buffer | null, reason: UpstreamFailure): void {
     if (job.done) return;
     job.done = true;
-    if (job.attempt !== null) job.attempt.finish();
-    job.attempt = null;
+    for (const a of job.live) a.finish();
+    this.#openSockets -= job.live.length;
+    this.#values[SLOT.openSockets] = this.#openSockets;
+    job.live.length = 0;
+    job.current = null;
     this.#active.delete(job);
     if (answer === null) {
-      if (reason === 'timeout') this.stats.timeouts++;
-      else if (reason === 'network') this.stats.networkErrors++;
+      if (reason === 'timeout') this.#values[SLOT.timeouts]!++;
+      else if (reason === 'network') this.#values[SLOT.networkErrors]!++;
       if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
     } else {
       this.health.record(answer === job.badAnswer ? 'servfail' : 'answered', this.#clock.now());
@@ -244,30 +339,30 @@ export class HostResolvers implements Upstream {
 
   #armSweep(): void {
     if (this.#sweep !== null) return;
-    this.#sweep = setInterval(() => this.#tick(), SWEEP_MS);
-    this.#sweep.unref();
+    this.#sweep = this.#clock.sweep(this.#onSweep);
   }
 
-  #tick(): void {
-    const now = this.#clock.now();
+  readonly #onSweep = (now: number): void => this.#tick(now);
+
+  #tick(now: number): void {
     for (const job of this.#active) {
-      const a = job.attempt;
+      const a = job.current;
       if (a === null || now < a.deadline) continue;
-      this.stats.attemptTimeouts++;
-      a.finish();
-      job.attempt = null;
+      this.#values[SLOT.attemptTimeouts]!++;
+      // It stays in job.live, still listening: a late answer to it is as good as any (bounded by #start).
+      job.current = null;
       job.lastFailure = 'timeout';
       this.#next(job, now);
     }
     if (this.#active.size === 0 && this.#sweep !== null) {
-      clearInterval(this.#sweep);
+      this.#sweep();
       this.#sweep = null;
     }
   }
 
   #maybeFinishClose(): void {
     if (!this.#life.closing || this.#active.size > 0) return;
-    if (this.#sweep !== null) clearInterval(this.#sweep);
+    if (this.#sweep !== null) this.#sweep();
     this.#sweep = null;
     this.#life.finish();
   }

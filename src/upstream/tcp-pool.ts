@@ -28,11 +28,34 @@ import { silentLogger, type Logger } from '../log.js';
 import { HEADER_LEN, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
 import { UpstreamHealth } from './health.js';
 import { answerMatchesQuery, readId } from '../dns/question.js';
+import { Counters, defineCounters } from '../stats/counters.js';
 import { Fifo } from './fifo.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Conn, Job } from './tcp-conn.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
+import { ignoredAnswersFamily, rcodeSlots, upstreamCounterDefs } from './upstream-counters.js';
+
+export const tcpPoolCounters = defineCounters({
+  ...upstreamCounterDefs,
+  // The question did not match the query sent under that id (or the frame was too short to tell).
+  mismatched: { ...ignoredAnswersFamily, labels: { reason: 'mismatched' } },
+  // Nothing in flight under that id: the query already timed out.
+  late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
+  connects: { name: 'nodelocal_upstream_tcp_connects_total', help: 'TCP connections to the cluster DNS established.' },
+  reconnects: { name: 'nodelocal_upstream_tcp_reconnects_total', help: 'TCP connects started to replace a lost or failed connection.' },
+  connectFailures: { name: 'nodelocal_upstream_tcp_connect_failures_total', help: 'TCP connects to the cluster DNS that failed or timed out.' },
+  rotations: {
+    name: 'nodelocal_upstream_tcp_rotations_total',
+    help: 'Connections drained after their query count or age, so that load spreads over the pods behind the address.',
+  },
+  retried: { name: 'nodelocal_upstream_tcp_retries_total', help: 'Queries sent again on another connection after theirs closed with them in flight.' },
+});
+
+export type TcpPoolCounter = keyof typeof tcpPoolCounters.slot;
+
+const SLOT = tcpPoolCounters.slot;
+const RCODE_SLOT = rcodeSlots(SLOT);
 
 export interface TcpPoolOptions {
   server: ServerAddress;
@@ -43,31 +66,12 @@ export interface TcpPoolOptions {
   rotateAfterQueries?: number;
   rotateAfterMs?: number;
   connectTimeoutMs?: number;
+  /** Where this pool counts; a fresh block when omitted. */
+  counters?: Counters<TcpPoolCounter>;
   clock?: Clock;
   logger?: Logger;
 }
 
-export interface TcpPoolStats {
-  sent: number;
-  answered: number;
-  timeouts: number;
-  networkErrors: number;
-  overloaded: number;
-  /** Answers whose question did not match the query sent under that id. */
-  mismatched: number;
-  /** Answers for an id with nothing in flight (the query already timed out). */
-  late: number;
-  connects: number;
-  /** Connection attempts made to replace a lost or failed connection. */
-  reconnects: number;
-  connectFailures: number;
-  rotations: number;
-  /** Queries re-sent after their connection closed under them. */
-  retried: number;
-}
-
-
-const SWEEP_MS = 50;
 // Backoff after connect failures: fast enough to catch a restarting CoreDNS, capped so a dead one is not hammered.
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
@@ -75,7 +79,8 @@ const BACKOFF_MAX_MS = 5000;
 export class TcpPool implements Upstream {
   readonly name: string;
   readonly health: UpstreamHealth;
-  readonly stats: TcpPoolStats;
+  readonly counters: Counters<TcpPoolCounter>;
+  readonly #values: Float64Array;
   readonly #server: ServerAddress;
   readonly #size: number;
   readonly #maxInFlight: number;
@@ -88,7 +93,8 @@ export class TcpPool implements Upstream {
   readonly #conns: Conn[];
   readonly #queue: Fifo<Job>;
   readonly #life: Lifecycle;
-  #sweep: NodeJS.Timeout | null;
+  /** Unregisters our sweep from the clock's shared timer; null while nothing is pending. */
+  #sweep: (() => void) | null;
   #backoffMs: number;
   #nextConnectAt: number;
   #lostSinceConnect: boolean;
@@ -115,10 +121,8 @@ export class TcpPool implements Upstream {
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger;
     this.health = new UpstreamHealth(this.name, this.#log, this.#clock.now());
-    this.stats = {
-      sent: 0, answered: 0, timeouts: 0, networkErrors: 0, overloaded: 0, mismatched: 0, late: 0,
-      connects: 0, reconnects: 0, connectFailures: 0, rotations: 0, retried: 0,
-    };
+    this.counters = opts.counters ?? new Counters(tcpPoolCounters);
+    this.#values = this.counters.values;
     this.#conns = [];
     this.#queue = new Fifo<Job>(64);
     this.#life = new Lifecycle();
@@ -163,7 +167,8 @@ export class TcpPool implements Upstream {
     if (!this.#life.beginClose()) return this.#life.done;
     for (const job of this.#queue.drain()) this.#fail(job, 'closed');
     for (const c of [...this.#conns]) {
-      if (c.state === 'connecting') this.#setClosed(c, 'ours');
+      // Iterating a copy: closing here is safe, and an idle connection has nothing to wait for.
+      if (c.state === 'connecting' || c.inflight.size === 0) this.#setClosed(c, 'ours');
       else this.#drain(c, false);
     }
     this.#armSweep();
@@ -218,7 +223,7 @@ export class TcpPool implements Upstream {
     c.inflight.set(id, job);
     c.socket.write(job.wire);
     c.sent++;
-    this.stats.sent++;
+    this.#values[SLOT.sent]!++;
     if (c.sent >= this.#rotateAfterQueries) this.#drain(c, true);
     this.#armSweep();
   }
@@ -231,7 +236,7 @@ export class TcpPool implements Upstream {
   }
 
   #connect(now: number): void {
-    if (this.#lostSinceConnect) this.stats.reconnects++;
+    if (this.#lostSinceConnect) this.#values[SLOT.reconnects]!++;
     const socket = net.connect({
       host: this.#server.host,
       port: this.#server.port,
@@ -258,7 +263,7 @@ export class TcpPool implements Upstream {
     c.state = 'open';
     c.openedAt = this.#clock.now();
     c.socket.setNoDelay(true);
-    this.stats.connects++;
+    this.#values[SLOT.connects]!++;
     this.health.record('connected', c.openedAt);
     this.#lostSinceConnect = false;
     if (this.#unreachable) {
@@ -270,24 +275,25 @@ export class TcpPool implements Upstream {
 
   #onFrame(c: Conn, msg: Buffer): void {
     if (msg.length < HEADER_LEN) {
-      this.stats.mismatched++;
+      this.#values[SLOT.mismatched]!++;
       return;
     }
     const job = c.inflight.get(readId(msg));
     if (job === undefined) {
-      this.stats.late++;
+      this.#values[SLOT.late]!++;
       return;
     }
     // Keep waiting on a mismatch: the right answer may still come, and the deadline bounds the wait.
     if (!answerMatchesQuery(job.ex.query, msg)) {
-      this.stats.mismatched++;
+      this.#values[SLOT.mismatched]!++;
       return;
     }
     c.inflight.delete(job.id);
     // Success is an answer, not a connect: a server that accepts and then drops us must keep backing off.
     if (c.answered++ === 0) this.#backoffMs = BACKOFF_MIN_MS;
-    this.stats.answered++;
     const rcode = msg[OFF_FLAGS + 1]! & RCODE_MASK;
+    this.#values[SLOT.answered]!++;
+    this.#values[RCODE_SLOT[rcode]!]!++;
     this.health.record(rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED ? 'servfail' : 'answered', this.#clock.now());
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
@@ -315,7 +321,7 @@ export class TcpPool implements Upstream {
   #drain(c: Conn, rotation: boolean): void {
     if (c.state !== 'open') return;
     c.state = 'draining';
-    if (rotation) this.stats.rotations++;
+    if (rotation) this.#values[SLOT.rotations]!++;
     this.#armSweep();
   }
 
@@ -334,7 +340,7 @@ export class TcpPool implements Upstream {
     const now = this.#clock.now();
     if (cause !== 'ours') {
       this.#lostSinceConnect = true;
-      if (was === 'connecting') this.stats.connectFailures++;
+      if (was === 'connecting') this.#values[SLOT.connectFailures]!++;
       // A connection that never answered anything (refused at connect, or accepted and dropped) gets backoff, so a
       // sick server is not hammered in a tight loop.
       if (was === 'connecting' || c.answered === 0) this.#backOff(now);
@@ -355,7 +361,7 @@ export class TcpPool implements Upstream {
         const job = jobs[k]!;
         if (this.#life.running && !job.retried && now < job.ex.deadline) {
           job.retried = true;
-          this.stats.retried++;
+          this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
           this.#fail(job, 'network');
@@ -379,12 +385,12 @@ export class TcpPool implements Upstream {
 
   #armSweep(): void {
     if (this.#sweep !== null) return;
-    this.#sweep = setInterval(() => this.#tick(), SWEEP_MS);
-    this.#sweep.unref();
+    this.#sweep = this.#clock.sweep(this.#onSweep);
   }
 
-  #tick(): void {
-    const now = this.#clock.now();
+  readonly #onSweep = (now: number): void => this.#tick(now);
+
+  #tick(now: number): void {
     for (const c of [...this.#conns]) {
       if (c.state === 'connecting') {
         if (now - c.startedAt >= this.#connectTimeoutMs) this.#setClosed(c, 'connectTimeout');
@@ -408,8 +414,8 @@ export class TcpPool implements Upstream {
       });
       this.#pump(now);
     }
-    if (!this.#hasPending()) {
-      clearInterval(this.#sweep as NodeJS.Timeout);
+    if (!this.#hasPending() && this.#sweep !== null) {
+      this.#sweep();
       this.#sweep = null;
     }
   }
@@ -422,7 +428,7 @@ export class TcpPool implements Upstream {
 
   #maybeFinishClose(): void {
     if (!this.#life.closing || this.#conns.length > 0) return;
-    if (this.#sweep !== null) clearInterval(this.#sweep);
+    if (this.#sweep !== null) this.#sweep();
     this.#sweep = null;
     this.#life.finish();
   }
@@ -436,9 +442,9 @@ export class TcpPool implements Upstream {
   #fail(job: Job, reason: UpstreamFailure): void {
     if (job.done) return;
     job.done = true;
-    if (reason === 'timeout') this.stats.timeouts++;
-    else if (reason === 'network') this.stats.networkErrors++;
-    else if (reason === 'overloaded') this.stats.overloaded++;
+    if (reason === 'timeout') this.#values[SLOT.timeouts]!++;
+    else if (reason === 'network') this.#values[SLOT.networkErrors]!++;
+    else if (reason === 'overloaded') this.#values[SLOT.overloaded]!++;
     if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
     settle(job.ex, null, reason, this.#log);
   }
