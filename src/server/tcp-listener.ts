@@ -1,42 +1,146 @@
 /**
  * DNS over TCP for clients (RFC 7766): many queries per connection, answered
- * as each completes (out of order), length framing across partial reads, an
- * idle timeout, and caps on connections and on queries in flight per
- * connection (reading pauses at the cap: backpressure, not drops).
+ * as each completes (out of order), length framing across partial reads, and
+ * caps on connections and on queries in flight per connection (reading pauses
+ * at the cap: backpressure, not drops).
+ *
+ * Client slots are defended the way production servers do it:
+ * - a message must be complete within the read timeout of its first byte, so a
+ *   slow-loris trickle cannot hold a slot;
+ * - idle means no complete message and nothing in flight; partial bytes are not
+ *   activity, so they never push the idle timeout back;
+ * - at the connection cap a newcomer evicts the connection that has been idle
+ *   longest with nothing in flight, and is refused only when every one is busy;
+ * - unsent answers are bounded in the kernel (a small SO_SNDBUF set at accept)
+ *   and in Node (maxUnsentBytes); past that the client is reset.
+ * One sweep timer runs the timeouts while connections are open, and stamps a
+ * coarse "now" so the per-answer path reads no clock.
  */
 import net from 'node:net';
 import { formatHostPort } from '../addr.js';
+import { systemClock, type Clock } from '../clock.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
 import type { Logger } from '../log.js';
+import { Counters } from '../stats/counters.js';
+import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-options.js';
 import type { ServerAddress } from '../upstream/types.js';
 import { Transport, type ClientChannel, type ClientPeer, type Listener, type QueryHandler } from './listener.js';
+import { tcpListenerCounters, type TcpListenerCounter, type TcpListenerCounters } from './tcp-stats.js';
 
 export interface TcpListenerOptions {
+  /** Close a connection with no complete message and nothing in flight for this long (RFC 7766 6.2.3). */
   readonly idleTimeoutMs: number;
   readonly maxConnections: number;
   readonly maxQueriesPerConnection: number;
+  /** A message must be complete this long after its first byte arrives. Default TCP_READ_TIMEOUT_MS. */
+  readonly readTimeoutMs?: number;
+  /** Answers a client may leave unsent in Node's buffer (beyond the kernel's) before it is reset. Default TCP_MAX_UNSENT_BYTES. */
+  readonly maxUnsentBytes?: number;
+  /** SO_SNDBUF asked for on each client socket (the kernel doubles it); 0 keeps kernel autotuning. Default TCP_SEND_BUFFER_BYTES. */
+  readonly sendBufferBytes?: number;
+  readonly clock?: Clock;
+  /** Where close reasons are counted; the agent passes the block its metrics publish. */
+  readonly counters?: TcpListenerCounters;
 }
 
-/** A client that stops reading its answers is cut off past this much unsent data. */
-const MAX_UNSENT_BYTES = 1024 * 1024;
+/**
+ * A pod's query is a few hundred bytes in one write, so it arrives in one
+ * segment; a split one completes within an RTT (microseconds on the node)
+ * unless a segment is lost. 2 s covers one retransmission at TCP's initial
+ * 1 s RTO (RFC 6298) with room to spare, and caps what a slow-loris
+ * connection can hold a slot for.
+ */
+export const TCP_READ_TIMEOUT_MS = 2000;
+
+/**
+ * Two maximum-size answers (64 KiB each), so one large answer queued behind
+ * another does not cut a client that reads. With a reading client Node's
+ * buffer stays near empty: the kernel hands data straight to the client's
+ * receive buffer (128 KiB initially) and our send buffer. For a client that
+ * never reads the total unsent on our side is then at most ~110 KB kernel +
+ * this + one answer, ~300 KiB (~300 MiB at 1,024 connections), where kernel
+ * autotuning plus the old 1 MiB cut-off allowed ~4.5 MiB each (3.5 MB of it
+ * in the kernel, measured).
+ */
+export const TCP_MAX_UNSENT_BYTES = 128 * 1024;
+
+/**
+ * The kernel doubles it to a 64 KiB sk_sndbuf, which one large segment may
+ * overshoot: SIOCOUTQ peaks near 110 KB measured with 60 KB answers, against
+ * 3.5 MB under autotuning (net.ipv4.tcp_wmem max 4 MiB) for a client that
+ * never reads. 64 KiB in flight is far more than a node-local RTT (tens of
+ * us) needs for DNS.
+ */
+export const TCP_SEND_BUFFER_BYTES = 32 * 1024;
+
+/** The sweep runs at a quarter of the shortest timeout, so a timeout fires at most 25% late (and a stamp is at most that stale). */
+const SWEEP_MIN_MS = 10;
+const SWEEP_MAX_MS = 250;
+
+export type TcpCloseReason = 'read_timeout' | 'idle' | 'evicted' | 'unsent_limit';
+
+const CLOSE_SLOT: Readonly<Record<TcpCloseReason, TcpListenerCounter>> = {
+  read_timeout: 'closedReadTimeout',
+  idle: 'closedIdle',
+  evicted: 'closedEvicted',
+  unsent_limit: 'closedUnsentLimit',
+};
+
+/** Warned once per process, not per listener or connection. */
+let warnedNoSendBuffer = false;
+
+/** Shared by a listener and its connections: the sweep's last stamp of the clock. */
+interface CoarseTime {
+  now: number;
+}
+
+/** Settings with every default applied. */
+interface Limits {
+  readonly idleTimeoutMs: number;
+  readonly readTimeoutMs: number;
+  readonly maxQueriesPerConnection: number;
+  readonly maxUnsentBytes: number;
+}
 
 export class TcpListener implements Listener {
   readonly name: string;
+  readonly counters: TcpListenerCounters;
   readonly #addr: ServerAddress;
   readonly #handler: QueryHandler;
   readonly #logger: Logger;
-  readonly #opts: TcpListenerOptions;
+  readonly #maxConnections: number;
+  readonly #sendBufferBytes: number;
+  readonly #limits: Limits;
+  readonly #clock: Clock;
+  readonly #time: CoarseTime;
+  readonly #sweepMs: number;
   readonly #conns: Set<TcpClientConnection>;
   #server: net.Server | null;
+  #sockopts: SocketOptions | null;
+  #sweep: NodeJS.Timeout | null;
 
   constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: TcpListenerOptions) {
     this.#addr = addr;
     this.#handler = handler;
     this.#logger = logger;
-    this.#opts = opts;
+    this.#maxConnections = opts.maxConnections;
+    this.#sendBufferBytes = opts.sendBufferBytes ?? TCP_SEND_BUFFER_BYTES;
+    this.#limits = {
+      idleTimeoutMs: opts.idleTimeoutMs,
+      readTimeoutMs: opts.readTimeoutMs ?? TCP_READ_TIMEOUT_MS,
+      maxQueriesPerConnection: opts.maxQueriesPerConnection,
+      maxUnsentBytes: opts.maxUnsentBytes ?? TCP_MAX_UNSENT_BYTES,
+    };
+    this.#clock = opts.clock ?? systemClock;
+    this.counters = opts.counters ?? new Counters(tcpListenerCounters);
     this.name = `tcp://${formatHostPort(addr)}`;
+    this.#time = { now: this.#clock.now() };
+    const shortest = Math.min(this.#limits.idleTimeoutMs, this.#limits.readTimeoutMs);
+    this.#sweepMs = Math.min(SWEEP_MAX_MS, Math.max(SWEEP_MIN_MS, Math.floor(shortest / 4)));
     this.#conns = new Set();
     this.#server = null;
+    this.#sockopts = null;
+    this.#sweep = null;
   }
 
   get port(): number {
@@ -48,11 +152,16 @@ export class TcpListener implements Listener {
     return this.#conns.size;
   }
 
-  start(): Promise<void> {
+  async start(): Promise<void> {
+    if (this.#sendBufferBytes > 0) {
+      const so = await loadSocketOptions();
+      if (typeof so === 'string') this.#warnNoSendBuffer(so);
+      else this.#sockopts = so;
+    }
     // allowHalfOpen: a client may send its queries and then FIN (nc -N, scripts); it still gets its answers,
-    // and we close our side once they are written.
+    // and we close our side once they are written. No server.maxConnections: the cap is ours (#accept), so a
+    // newcomer can evict an idle connection instead of being reset.
     const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.#accept(socket));
-    server.maxConnections = this.#opts.maxConnections;
     this.#server = server;
     return new Promise((resolve, reject) => {
       const onListenError = (err: Error): void => reject(new Error(`cannot listen on ${this.name}: ${err.message}`));
@@ -73,16 +182,94 @@ export class TcpListener implements Listener {
   close(): Promise<void> {
     const server = this.#server;
     this.#server = null;
+    if (this.#sweep !== null) clearInterval(this.#sweep);
+    this.#sweep = null;
     for (const c of this.#conns) c.destroy();
     this.#conns.clear();
+    this.#setOpenGauge();
     if (server === null || !server.listening) return Promise.resolve();
     return new Promise((resolve) => server.close(() => resolve()));
   }
 
   #accept(socket: net.Socket): void {
-    const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#opts, this.name);
+    if (this.#conns.size >= this.#maxConnections && !this.#evictIdlest()) {
+      this.counters.values[this.counters.schema.slot.refused]!++;
+      socket.destroy();
+      return;
+    }
+    this.#limitSendBuffer(socket);
+    this.#time.now = this.#clock.now();
+    const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#limits, this.name, this.#time, this.counters);
     this.#conns.add(conn);
-    socket.once('close', () => this.#conns.delete(conn));
+    this.#setOpenGauge();
+    socket.once('close', () => {
+      this.#conns.delete(conn);
+      this.#setOpenGauge();
+    });
+    if (this.#sweep === null) {
+      this.#sweep = setInterval(() => this.#tick(), this.#sweepMs);
+      this.#sweep.unref();
+    }
+  }
+
+  /**
+   * Closes the connection idle longest with nothing in flight; false when every connection is busy.
+   * A scan of the set (about 10 us at 1,024 connections), run only when a client arrives at the cap.
+   */
+  #evictIdlest(): boolean {
+    let victim: TcpClientConnection | null = null;
+    for (const c of this.#conns) {
+      // Strict <: on a tie the older connection (earlier in the set) goes.
+      if (c.idle && (victim === null || c.lastActiveMs < victim.lastActiveMs)) victim = c;
+    }
+    if (victim === null) return false;
+    this.#closeConn(victim, 'evicted');
+    return true;
+  }
+
+  #tick(): void {
+    const now = this.#clock.now();
+    this.#time.now = now;
+    // Deleting the current element while iterating a Set is safe.
+    for (const c of this.#conns) {
+      const reason = c.expired(now);
+      if (reason !== null) this.#closeConn(c, reason);
+    }
+    if (this.#conns.size === 0 && this.#sweep !== null) {
+      clearInterval(this.#sweep);
+      this.#sweep = null;
+    }
+  }
+
+  #closeConn(c: TcpClientConnection, reason: TcpCloseReason): void {
+    c.close(reason);
+    // Now, not on 'close' (a tick later): the slot is free for the client being admitted.
+    this.#conns.delete(c);
+    this.#setOpenGauge();
+  }
+
+  /** Once per accepted socket (0.3 us), never per query; bounds what the kernel holds for a client that does not read. */
+  #limitSendBuffer(socket: net.Socket): void {
+    const so = this.#sockopts;
+    if (so === null) return;
+    const fd = fdOf(socket);
+    const errno = fd < 0 ? -1 : so.setSendBuffer(fd, this.#sendBufferBytes);
+    if (errno === 0) return;
+    this.#sockopts = null;
+    this.#warnNoSendBuffer(fd < 0 ? 'no file descriptor on the accepted socket' : `setsockopt(SO_SNDBUF) failed, errno ${errno}`);
+  }
+
+  #warnNoSendBuffer(reason: string): void {
+    if (warnedNoSendBuffer) return;
+    warnedNoSendBuffer = true;
+    this.#logger.warn('cannot limit the kernel send buffer of client TCP sockets: unsent answers are bounded in Node only', {
+      listener: this.name,
+      reason,
+    });
+  }
+
+  #setOpenGauge(): void {
+    this.counters.values[this.counters.schema.slot.open] = this.#conns.size;
   }
 }
 
@@ -92,48 +279,87 @@ class TcpClientConnection implements ClientChannel {
   readonly #socket: net.Socket;
   readonly #handler: QueryHandler;
   readonly #logger: Logger;
-  readonly #maxInFlight: number;
+  readonly #limits: Limits;
   readonly #peer: ClientPeer;
   readonly #decoder: FrameDecoder;
   readonly #listenerName: string;
+  readonly #time: CoarseTime;
+  readonly #counters: TcpListenerCounters;
   /** Queries handed to the resolver and not yet answered. */
   #inflight: number;
   /** Frames that arrived (in the same read) after the in-flight cap was reached. */
   readonly #backlog: Buffer[];
   #reading: boolean;
+  #closed: boolean;
   /** Guards #drainBacklog against re-entry: a cache hit answers inside handle(), which calls back into send(). */
   #draining: boolean;
+  /** Last complete query or answer (coarse ms): what idleness and eviction order are measured from. */
+  #lastActiveMs: number;
+  /** When the first byte of the incomplete message now buffered arrived; -1 when none is. */
+  #partialSinceMs: number;
+  /** Set by #onFrame: the current chunk completed at least one message. */
+  #framed: boolean;
 
-  constructor(socket: net.Socket, handler: QueryHandler, logger: Logger, opts: TcpListenerOptions, listenerName: string) {
+  constructor(
+    socket: net.Socket,
+    handler: QueryHandler,
+    logger: Logger,
+    limits: Limits,
+    listenerName: string,
+    time: CoarseTime,
+    counters: TcpListenerCounters,
+  ) {
     this.#socket = socket;
     this.#handler = handler;
     this.#logger = logger;
-    this.#maxInFlight = opts.maxQueriesPerConnection;
+    this.#limits = limits;
     this.#listenerName = listenerName;
+    this.#time = time;
+    this.#counters = counters;
     this.#peer = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
     this.#decoder = new FrameDecoder((f) => this.#onFrame(f));
     this.#inflight = 0;
     this.#backlog = [];
     this.#reading = true;
+    this.#closed = false;
     this.#draining = false;
+    this.#lastActiveMs = time.now;
+    this.#partialSinceMs = -1;
+    this.#framed = false;
     socket.setKeepAlive(true);
-    socket.setTimeout(opts.idleTimeoutMs);
-    socket.on('data', (chunk: Buffer) => this.#decoder.push(chunk));
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('end', () => this.stopReading());
-    socket.on('timeout', () => {
-      // Idle means nothing owed either way; a slow upstream answer keeps the connection.
-      if (this.#inflight === 0) socket.destroy();
-    });
     socket.on('error', (err) => this.#logger.debug('tcp client error', { listener: this.#listenerName, error: err.message }));
+  }
+
+  get lastActiveMs(): number {
+    return this.#lastActiveMs;
+  }
+
+  /** Nothing owed to the client: no query in flight or waiting. Such a connection may be evicted. */
+  get idle(): boolean {
+    return this.#inflight === 0 && this.#backlog.length === 0 && !this.#closed;
+  }
+
+  /** Why the sweep should close this connection now, if it should. */
+  expired(now: number): TcpCloseReason | null {
+    // Not while reading is paused at the in-flight cap: the rest of the message waits on us, not on the client.
+    if (this.#partialSinceMs >= 0 && !this.#socket.isPaused() && now - this.#partialSinceMs >= this.#limits.readTimeoutMs) {
+      return 'read_timeout';
+    }
+    if (this.idle && now - this.#lastActiveMs >= this.#limits.idleTimeoutMs) return 'idle';
+    return null;
   }
 
   send(answer: Buffer, _peer: ClientPeer): void {
     this.#inflight--;
-    if (this.#socket.destroyed) return;
+    this.#lastActiveMs = this.#time.now;
+    if (this.#closed || this.#socket.destroyed) return;
     this.#socket.write(frame(answer));
-    if (this.#socket.writableLength > MAX_UNSENT_BYTES) {
-      this.#logger.warn('tcp client not reading its answers: closing', { listener: this.#listenerName, peer: this.#peer.address });
-      this.#socket.destroy();
+    // writableLength is what the kernel would not take; the kernel's own share is capped by SO_SNDBUF.
+    if (this.#socket.writableLength > this.#limits.maxUnsentBytes) {
+      this.#logger.debug('tcp client not reading its answers: reset', { listener: this.#listenerName, peer: this.#peer.address });
+      this.close('unsent_limit');
       return;
     }
     this.#drainBacklog();
@@ -141,23 +367,49 @@ class TcpClientConnection implements ClientChannel {
 
   discard(_peer: ClientPeer): void {
     this.#inflight--;
+    this.#lastActiveMs = this.#time.now;
     this.#drainBacklog();
   }
 
   /** No more queries from this client (it sent FIN, or we are shutting down); answer what was taken, then close. */
   stopReading(): void {
     this.#reading = false;
+    this.#partialSinceMs = -1;
     this.#socket.pause();
     this.#drainBacklog();
   }
 
+  /** Closes for a counted reason. A reset (RST) where the peer is misbehaving: the kernel frees the send queue at once instead of keeping it for an orphaned FIN. */
+  close(reason: TcpCloseReason): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#reading = false;
+    this.#backlog.length = 0;
+    this.#counters.values[this.#counters.schema.slot[CLOSE_SLOT[reason]]]!++;
+    if (reason === 'unsent_limit' || reason === 'read_timeout') this.#socket.resetAndDestroy();
+    else this.#socket.destroy();
+  }
+
   destroy(): void {
+    this.#closed = true;
+    this.#reading = false;
     this.#socket.destroy();
+  }
+
+  #onData(chunk: Buffer): void {
+    this.#framed = false;
+    this.#decoder.push(chunk);
+    const now = this.#time.now;
+    if (this.#framed) this.#lastActiveMs = now;
+    // Partial bytes start (or restart, after a completed message) the read timeout and touch nothing else.
+    if (this.#decoder.buffered === 0) this.#partialSinceMs = -1;
+    else if (this.#framed || this.#partialSinceMs < 0) this.#partialSinceMs = now;
   }
 
   #onFrame(msg: Buffer): void {
     if (!this.#reading) return;
-    if (this.#inflight >= this.#maxInFlight) {
+    this.#framed = true;
+    if (this.#inflight >= this.#limits.maxQueriesPerConnection) {
       this.#backlog.push(msg);
       this.#socket.pause();
       return;
@@ -178,12 +430,17 @@ class TcpClientConnection implements ClientChannel {
   #drainBacklog(): void {
     if (this.#draining) return;
     this.#draining = true;
-    while (this.#backlog.length > 0 && this.#inflight < this.#maxInFlight) this.#dispatch(this.#backlog.shift()!);
+    while (this.#backlog.length > 0 && this.#inflight < this.#limits.maxQueriesPerConnection) this.#dispatch(this.#backlog.shift()!);
     this.#draining = false;
+    if (this.#closed) return;
     if (!this.#reading) {
       if (this.#inflight === 0 && this.#backlog.length === 0 && !this.#socket.destroyed) this.#socket.end();
       return;
     }
-    if (this.#backlog.length === 0 && this.#inflight < this.#maxInFlight && this.#socket.isPaused()) this.#socket.resume();
+    if (this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#socket.isPaused()) {
+      // The client could not send the rest of a split message while we were paused: its read timeout starts again.
+      if (this.#partialSinceMs >= 0) this.#partialSinceMs = this.#time.now;
+      this.#socket.resume();
+    }
   }
 }

@@ -1,0 +1,26 @@
+/**
+ * Counters of the client TCP listener: why connections were closed by us, and
+ * newcomers turned away. Bumped only on connection events, never per query.
+ */
+import { defineCounters, type Counters } from '../stats/counters.js';
+
+const CLOSED = 'nodelocal_tcp_closed_total';
+const CLOSED_HELP = 'Client TCP connections closed by the agent, by reason';
+
+export const tcpListenerCounters = defineCounters({
+  /** A message was not completed within the read timeout of its first byte (slow-loris). */
+  closedReadTimeout: { name: CLOSED, help: CLOSED_HELP, labels: { reason: 'read_timeout' } },
+  /** No complete message and nothing in flight for the idle timeout. */
+  closedIdle: { name: CLOSED, help: CLOSED_HELP, labels: { reason: 'idle' } },
+  /** At the connection cap, closed to admit a new client (it was the idlest with nothing in flight). */
+  closedEvicted: { name: CLOSED, help: CLOSED_HELP, labels: { reason: 'evicted' } },
+  /** The client left more answers unread than the unsent-bytes cap. */
+  closedUnsentLimit: { name: CLOSED, help: CLOSED_HELP, labels: { reason: 'unsent_limit' } },
+  /** At the cap with every connection busy: the newcomer is closed at once. */
+  refused: { name: 'nodelocal_tcp_refused_total', help: 'New client TCP connections closed at once: connection cap reached and every connection busy' },
+  /** Open client connections (set on accept and close). */
+  open: { name: 'nodelocal_tcp_connections', help: 'Open client TCP connections', type: 'gauge' },
+});
+
+export type TcpListenerCounter = keyof typeof tcpListenerCounters.slot;
+export type TcpListenerCounters = Counters<TcpListenerCounter>;

@@ -1,0 +1,310 @@
+// The client TCP listener against real sockets on loopback: pipelining and
+// half-close, the slow-loris defences (read timeout, idle that partial bytes
+// do not extend, eviction of the idlest connection at the cap) and the bound
+// on unsent answers for a client that never reads (kernel send queue read
+// from /proc/net/tcp, Node's share capped).
+import t, { type Test } from 'tap';
+import net from 'node:net';
+import { readFileSync } from 'node:fs';
+import { FrameDecoder, frame } from '../src/dns/framing.js';
+import { silentLogger } from '../src/log.js';
+import type { ClientChannel, ClientPeer, QueryHandler } from '../src/server/listener.js';
+import { TcpListener, type TcpListenerOptions } from '../src/server/tcp-listener.js';
+import { fdOf, loadSocketOptions } from '../src/sys/socket-options.js';
+import { sleep } from './helpers/dns-client.js';
+
+const HOST = '127.0.0.1';
+/** A query whose byte 2 is HOLD is kept by the handler until the test releases it (a slow upstream). */
+const HOLD = 0xff;
+
+/** Answers every query at once (inside handle) with `answerBytes` bytes that start with the query's id. */
+class FakeHandler implements QueryHandler {
+  readonly held: { channel: ClientChannel; peer: ClientPeer; id: number }[] = [];
+  queries = 0;
+  constructor(readonly answerBytes = 64) {}
+
+  handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+    this.queries++;
+    const id = msg.readUInt16BE(0);
+    if (msg[2] === HOLD) {
+      this.held.push({ channel, peer, id });
+      return;
+    }
+    channel.send(this.#answer(id), peer);
+  }
+
+  release(): void {
+    for (const h of this.held.splice(0)) h.channel.send(this.#answer(h.id), h.peer);
+  }
+
+  #answer(id: number): Buffer {
+    const a = Buffer.alloc(this.answerBytes, 0x61);
+    a.writeUInt16BE(id, 0);
+    return a;
+  }
+}
+
+function query(id: number, hold = false): Buffer {
+  const q = Buffer.alloc(12);
+  q.writeUInt16BE(id, 0);
+  if (hold) q[2] = HOLD;
+  return frame(q);
+}
+
+/** A test client: collects answer ids, notices the server closing. */
+class Client {
+  readonly socket: net.Socket;
+  readonly answers: number[] = [];
+  closed = false;
+
+  private constructor(socket: net.Socket) {
+    this.socket = socket;
+    const dec = new FrameDecoder((f) => this.answers.push(f.readUInt16BE(0)));
+    socket.on('data', (c: Buffer) => dec.push(c));
+    socket.on('error', () => {}); // resets are expected in these tests
+    socket.on('close', () => {
+      this.closed = true;
+    });
+  }
+
+  static connect(t: Test, port: number, opts: { read?: boolean } = {}): Promise<Client> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(port, HOST);
+      const c = new Client(s);
+      t.teardown(() => {
+        s.destroy();
+      });
+      // A client that never reads: nothing leaves its receive buffer, so its window closes.
+      if (opts.read === false) s.pause();
+      s.once('connect', () => resolve(c));
+      s.once('error', reject);
+    });
+  }
+
+  get localPort(): number {
+    return this.socket.localPort ?? 0;
+  }
+}
+
+/** Polls `pred` every 10 ms, at most `boundMs`; the bound only keeps a broken build from hanging. */
+async function until(pred: () => boolean, boundMs = 5000): Promise<boolean> {
+  for (let waited = 0; waited < boundMs; waited += 10) {
+    if (pred()) return true;
+    await sleep(10);
+  }
+  return pred();
+}
+
+async function startListener(t: Test, handler: QueryHandler, opts: Partial<TcpListenerOptions> = {}): Promise<TcpListener> {
+  const l = new TcpListener({ host: HOST, port: 0 }, handler, silentLogger, {
+    idleTimeoutMs: 10_000,
+    maxConnections: 16,
+    maxQueriesPerConnection: 8,
+    ...opts,
+  });
+  await l.start();
+  t.teardown(() => l.close());
+  return l;
+}
+
+/** The server side of a loopback connection from /proc/net/tcp (this netns): state and unacknowledged + unsent bytes. */
+function serverSide(serverPort: number, clientPort: number): { state: number; txQueue: number } | null {
+  const hexPort = (p: number): string => p.toString(16).toUpperCase().padStart(4, '0');
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 5) continue;
+    if (f[1]?.split(':')[1] !== hexPort(serverPort) || f[2]?.split(':')[1] !== hexPort(clientPort)) continue;
+    return { state: parseInt(f[3] ?? '0', 16), txQueue: parseInt(f[4]?.split(':')[0] ?? '0', 16) };
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------- RFC 7766 basics
+
+t.test('pipelined queries are all answered; a client that sends FIN still gets its answers', async (t) => {
+  const h = new FakeHandler();
+  const l = await startListener(t, h, { maxQueriesPerConnection: 2 });
+  const c = await Client.connect(t, l.port);
+  // Five queries in one write with an in-flight cap of 2: the rest wait in the backlog, none is dropped.
+  c.socket.write(Buffer.concat([1, 2, 3, 4, 5].map((id) => query(id, id === 2))));
+  t.ok(await until(() => c.answers.length === 4), 'the four answered at once arrive');
+  h.release();
+  t.ok(await until(() => c.answers.length === 5), 'the held one arrives later, out of order');
+  t.same([...c.answers].sort(), [1, 2, 3, 4, 5]);
+
+  const d = await Client.connect(t, l.port);
+  d.socket.end(Buffer.concat([query(7, true), query(8)]));
+  t.ok(await until(() => d.answers.length === 1), 'answer to the prompt query after FIN');
+  h.release();
+  t.ok(await until(() => d.closed), 'closed once the held answer is written');
+  t.same(d.answers, [8, 7]);
+});
+
+// ---------------------------------------------------------------- defect 8: slow-loris
+
+t.test('slow-loris: a message not completed within the read timeout of its first byte is cut', async (t) => {
+  const h = new FakeHandler();
+  const l = await startListener(t, h, { readTimeoutMs: 300, idleTimeoutMs: 5_000 });
+  const c = await Client.connect(t, l.port);
+  // Announce a 256-byte message, then one byte every 50 ms: every byte is activity, no message ever completes.
+  c.socket.write(Buffer.from([0x01, 0x00]));
+  let sent = 0;
+  for (; sent < 80 && !c.closed; sent++) {
+    c.socket.write(Buffer.from([0x00]));
+    await sleep(50);
+  }
+  t.ok(c.closed, `closed while trickling (after ${sent} bytes; 80 bytes take 4 s, well past the 300 ms read timeout)`);
+  t.equal(h.queries, 0, 'no message was ever complete');
+  t.equal(l.counters.get('closedReadTimeout'), 1, 'counted as read_timeout');
+  t.equal(l.connections, 0);
+});
+
+t.test('slow-loris: partial bytes do not extend the idle timeout', async (t) => {
+  const h = new FakeHandler();
+  // The read timeout is out of the way: only idleness can close this connection.
+  const l = await startListener(t, h, { readTimeoutMs: 60_000, idleTimeoutMs: 300 });
+  const c = await Client.connect(t, l.port);
+  c.socket.write(query(1));
+  t.ok(await until(() => c.answers.length === 1), 'a complete query is answered');
+  c.socket.write(Buffer.from([0x01, 0x00]));
+  let sent = 0;
+  for (; sent < 80 && !c.closed; sent++) {
+    c.socket.write(Buffer.from([0x00]));
+    await sleep(50);
+  }
+  t.ok(c.closed, `closed as idle while trickling (after ${sent} bytes, 4 s would be 13x the idle timeout)`);
+  t.equal(l.counters.get('closedIdle'), 1, 'counted as idle');
+  t.equal(l.counters.get('closedReadTimeout'), 0);
+});
+
+t.test('the read timeout does not run while reading is paused at the in-flight cap', async (t) => {
+  const h = new FakeHandler();
+  const l = await startListener(t, h, { readTimeoutMs: 200, maxQueriesPerConnection: 1 });
+  const c = await Client.connect(t, l.port);
+  const q3 = query(3);
+  // q1 is held (the cap is 1), q2 waits in the backlog so reading pauses, and q3 is split: its tail sits in our
+  // receive queue, unread because of us, not because the client is slow.
+  c.socket.write(Buffer.concat([query(1, true), query(2), q3.subarray(0, 5)]));
+  t.ok(await until(() => h.held.length === 1), 'q1 taken');
+  c.socket.write(q3.subarray(5));
+  await sleep(1000); // five read timeouts
+  t.notOk(c.closed, 'not cut while we were the ones not reading');
+  h.release();
+  t.ok(await until(() => c.answers.length === 3), 'all three answered once the cap frees');
+  t.same(c.answers, [1, 2, 3]);
+  t.equal(l.counters.get('closedReadTimeout'), 0);
+});
+
+t.test('idle never closes a connection with a query in flight', async (t) => {
+  const h = new FakeHandler();
+  const l = await startListener(t, h, { idleTimeoutMs: 100 });
+  const c = await Client.connect(t, l.port);
+  c.socket.write(query(1, true));
+  t.ok(await until(() => h.held.length === 1), 'query taken');
+  // Ten idle timeouts with the answer owed: a slow upstream must not cost the client its connection.
+  await sleep(1000);
+  t.notOk(c.closed, 'still open while its answer is owed');
+  h.release();
+  t.ok(await until(() => c.answers.length === 1), 'the late answer arrives');
+  t.ok(await until(() => c.closed), 'then idle closes it');
+  t.equal(l.counters.get('closedIdle'), 1);
+});
+
+t.test('at the connection cap a new client evicts the idlest connection; refused only when all are busy', async (t) => {
+  const h = new FakeHandler();
+  const l = await startListener(t, h, { maxConnections: 3 });
+  const a = await Client.connect(t, l.port);
+  a.socket.write(query(1));
+  t.ok(await until(() => a.answers.length === 1));
+  await sleep(100); // a few sweeps, so b's activity is stamped later than a's
+  const b = await Client.connect(t, l.port);
+  b.socket.write(query(2));
+  t.ok(await until(() => b.answers.length === 1));
+  const c = await Client.connect(t, l.port);
+  c.socket.write(query(3, true));
+  t.ok(await until(() => h.held.length === 1 && l.connections === 3), 'three connections, c busy');
+
+  const d = await Client.connect(t, l.port);
+  d.socket.write(query(4));
+  t.ok(await until(() => d.answers.length === 1), 'the newcomer is served');
+  t.ok(await until(() => a.closed), 'the connection idle longest (a) was closed for it');
+  t.notOk(b.closed || c.closed || d.closed, 'b, c and d stay');
+  t.equal(l.counters.get('closedEvicted'), 1, 'counted as evicted');
+
+  // Now every connection owes an answer: nothing may be evicted, the newcomer is turned away.
+  b.socket.write(query(5, true));
+  d.socket.write(query(6, true));
+  t.ok(await until(() => h.held.length === 3), 'b, c, d all busy');
+  const e = await Client.connect(t, l.port);
+  e.socket.write(query(7));
+  t.ok(await until(() => e.closed), 'newcomer closed');
+  t.same(e.answers, [], 'and not served');
+  t.equal(l.counters.get('refused'), 1, 'counted as refused');
+  t.equal(l.counters.get('closedEvicted'), 1, 'no busy connection was evicted');
+  h.release();
+  t.ok(await until(() => b.answers.length === 2 && c.answers.length === 1 && d.answers.length === 2), 'busy clients get their answers');
+  t.notOk(b.closed || c.closed || d.closed);
+  t.equal(l.counters.get('open'), 3, 'gauge of open connections');
+});
+
+// ---------------------------------------------------------------- defect 9: clients that never read
+
+/** Sends `n` queries from a client that never reads; returns the largest server-side send queue seen while it lives. */
+async function flood(t: Test, l: TcpListener, n: number): Promise<{ client: Client; maxTx: number }> {
+  const c = await Client.connect(t, l.port, { read: false });
+  for (let i = 0; i < n; i++) c.socket.write(query(i));
+  let maxTx = 0;
+  let last = -1;
+  let stable = 0;
+  // Sample until the send queue stops moving (a window that stays shut) or the connection is gone; bounded at 3 s.
+  for (let i = 0; i < 300 && stable < 10; i++) {
+    const s = serverSide(l.port, c.localPort);
+    const tx = s?.txQueue ?? 0;
+    maxTx = Math.max(maxTx, tx);
+    stable = tx === last ? stable + 1 : 0;
+    last = tx;
+    await sleep(10);
+  }
+  return { client: c, maxTx };
+}
+
+t.test('a client that never reads: the kernel send queue stays small', async (t) => {
+  // 60 answers of 60 KB (3.6 MB) and Node's cap out of the way: only SO_SNDBUF bounds the kernel's share.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 100, maxUnsentBytes: 16 * 1024 * 1024 });
+  const { client, maxTx } = await flood(t, l, 60);
+  t.ok(await until(() => h.queries === 60), 'all queries taken');
+  const s = serverSide(l.port, client.localPort);
+  t.ok(s !== null && s.txQueue > 0, 'the server-side socket holds unsent answers');
+  // Kernel autotuning lets this grow to megabytes (3.5 MB measured). With 32 KiB asked for, sk_sndbuf is 64 KiB,
+  // which the kernel may overshoot by one (up to 64 KiB) segment: ~110 KB measured, 192 KiB leaves room.
+  t.ok(maxTx <= 192 * 1024, `send queue bounded: max ${maxTx} bytes`);
+});
+
+t.test('a client that never reads is reset at the unsent cap, and its queue is freed', async (t) => {
+  // 40 answers of 60 KB (2.4 MB): past the kernel's small share and Node's 128 KiB cap.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 100 });
+  const { client } = await flood(t, l, 40);
+  t.ok(await until(() => l.connections === 0), 'the connection is closed and its slot freed');
+  // A plain close would leave an orphan in FIN_WAIT1 still holding the queue until the peer reads; a reset frees it.
+  t.ok(await until(() => (serverSide(l.port, client.localPort)?.txQueue ?? 0) === 0), 'no server-side send queue left behind');
+  t.equal(l.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit');
+});
+
+t.test('socket-options: SO_SNDBUF set and read back, errors as errno values', async (t) => {
+  const so = await loadSocketOptions();
+  if (typeof so === 'string') {
+    t.fail(`koffi binding unavailable: ${so}`);
+    return;
+  }
+  t.equal(so.setSendBuffer(-1, 4096), 9, 'EBADF on a bad fd');
+  t.equal(so.unsentBytes(-1), -9);
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, HOST, () => r()));
+  t.teardown(() => server.close());
+  const fd = fdOf(server);
+  t.ok(fd >= 0, 'listening socket has an fd');
+  t.equal(so.setSendBuffer(fd, 20_000), 0);
+  t.equal(so.sendBuffer(fd), 40_000, 'the kernel doubles it');
+});
