@@ -31,8 +31,8 @@
  */
 import { QType, Rcode } from '../dns/constants.js';
 import { dashedName, inAddrKey, ip6ArpaKey, ipKey, isV4, podLabelAddress } from './ip.js';
-import type { ServicePort, SlimEndpointSlice, SlimService } from './types.js';
-import type { ClusterViewReader, ReverseRef } from './view.js';
+import type { ServicePort, SlimService } from './types.js';
+import type { ClusterViewReader } from './view.js';
 
 /** The defaults of cluster records, each where CoreDNS has it. */
 export const RECORD_DEFAULTS = {
@@ -547,19 +547,17 @@ function nameservers(view: ClusterViewReader, zone: string, opts: RecordOptions)
 function reverse(
   view: ClusterViewReader, key: string, name: string, zone: string, qtype: number, opts: RecordOptions,
 ): Answer | undefined {
-  const targets = ptrTargets(view, view.reverse(key), key, opts.zone);
+  const targets = ptrTargets(view, key, opts.zone);
   if (targets.length === 0) return undefined;
   if (qtype !== QType.PTR) return negative(view, Rcode.NOERROR, zone, opts);
   return positive(targets.map((t) => ({ name, type: 'PTR', ttl: opts.ttl, data: t })));
 }
 
-function ptrTargets(view: ClusterViewReader, refs: readonly ReverseRef[], key: string, zone: string): string[] {
-  for (const r of refs) {
-    if ('clusterIPs' in r) return [`${r.name}.${r.namespace}.svc.${zone}`];
-  }
+function ptrTargets(view: ClusterViewReader, key: string, zone: string): string[] {
+  const svc = view.servicesByIP(key)[0];
+  if (svc !== undefined) return [`${svc.name}.${svc.namespace}.svc.${zone}`];
   const out: string[] = [];
-  for (const r of refs) {
-    const slice = r as SlimEndpointSlice;
+  for (const slice of view.slicesByIP(key)) {
     const svc = view.service(slice.namespace, slice.serviceName);
     const all = svc?.publishNotReadyAddresses ?? false;
     for (const ep of slice.endpoints) {

@@ -9,10 +9,12 @@
  *   #byNs:    namespace -> { services: name -> ServiceEntry,
  *                            slices:   slice name -> slice }      (the delete event names the slice, not its service)
  *   ServiceEntry = { service | undefined, slices[] }             (slices of one service merged; a slice may arrive first)
- *   #reverse: ip key (kube/ip.ts) -> Service | EndpointSlice | (Service | EndpointSlice)[]
+ *   #svcIPs:  ip key (kube/ip.ts) -> Service | Service[]                 (cluster IPs)
+ *   #epIPs:   ip key -> EndpointSlice | EndpointSlice[]                  (endpoint addresses)
  *   #namespaces: the Namespace objects' names
  *
- * The reverse index holds every endpoint address, ready or not: readiness
+ * Two reverse maps, one per kind, so a relist of one kind rebuilds only its
+ * own. The endpoint map holds every address, ready or not: readiness
  * and publishNotReadyAddresses are applied when a PTR question is answered,
  * so a Service flipping publishNotReadyAddresses needs no re-indexing.
  *
@@ -25,8 +27,6 @@ import type {
   ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimNamespace, SlimService,
 } from './types.js';
 
-/** A reverse-index target: a Service (its cluster IPs) or a slice (its endpoint addresses). */
-export type ReverseRef = SlimService | SlimEndpointSlice;
 
 /** What kube/records.ts reads. Everything returned is shared and read-only. */
 export interface ClusterViewReader {
@@ -39,8 +39,10 @@ export interface ClusterViewReader {
   service(namespace: string, name: string): SlimService | undefined;
   /** The service's slices (any address family), merged; empty when none. */
   slices(namespace: string, service: string): readonly SlimEndpointSlice[];
-  /** Services and slices that hold the address with this key (kube/ip.ts ipKey); empty when none. */
-  reverse(key: string): readonly ReverseRef[];
+  /** Services whose cluster IPs include the address with this key (kube/ip.ts ipKey). */
+  servicesByIP(key: string): readonly SlimService[];
+  /** Slices with an endpoint (ready or not) at the address with this key. */
+  slicesByIP(key: string): readonly SlimEndpointSlice[];
 }
 
 interface ServiceEntry {
@@ -54,13 +56,13 @@ interface NamespaceEntry {
 }
 
 const NO_SLICES: readonly SlimEndpointSlice[] = [];
-const NO_REFS: readonly ReverseRef[] = [];
 const ALL_KINDS: readonly KindName[] = ['services', 'endpointslices', 'namespaces'];
 
 export class ClusterView implements ClusterViewWriter, ClusterViewReader {
   readonly #byNs: Map<string, NamespaceEntry>;
   #namespaces: Set<string>;
-  #reverse: Map<string, ReverseRef | ReverseRef[]>;
+  #svcIPs: Map<string, SlimService | SlimService[]>;
+  #epIPs: Map<string, SlimEndpointSlice | SlimEndpointSlice[]>;
   readonly #syncedKinds: Set<KindName>;
   #lastContactMs: number;
   #modifiedMs: number;
@@ -68,7 +70,8 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
   constructor() {
     this.#byNs = new Map();
     this.#namespaces = new Set();
-    this.#reverse = new Map();
+    this.#svcIPs = new Map();
+    this.#epIPs = new Map();
     this.#syncedKinds = new Set();
     this.#lastContactMs = -1;
     this.#modifiedMs = 0;
@@ -102,15 +105,20 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
           e.service = undefined;
         });
         for (const s of objs as Iterable<SlimService>) this.#putService(s, false);
+        this.#svcIPs = new Map();
+        this.#forEachEntry((e) => {
+          if (e.service !== undefined) this.#indexService(e.service);
+        });
       } else {
         for (const ns of this.#byNs.values()) ns.slices.clear();
         this.#forEachEntry((e) => {
           e.slices = [];
         });
         for (const s of objs as Iterable<SlimEndpointSlice>) this.#putSlice(s, false);
+        this.#epIPs = new Map();
+        for (const ns of this.#byNs.values()) for (const sl of ns.slices.values()) this.#indexSlice(sl);
       }
       this.#prune();
-      this.#rebuildReverse();
     }
     this.#changed();
   }
@@ -155,7 +163,7 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
       endpointslices += ns.slices.size;
       for (const e of ns.services.values()) if (e.service !== undefined) services++;
     }
-    return { services, endpointslices, namespaces: this.#namespaces.size, reverseKeys: this.#reverse.size };
+    return { services, endpointslices, namespaces: this.#namespaces.size, reverseKeys: this.#svcIPs.size + this.#epIPs.size };
   }
 
   // ---- ClusterViewReader ----
@@ -176,10 +184,12 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
     return this.#byNs.get(namespace)?.services.get(service)?.slices ?? NO_SLICES;
   }
 
-  reverse(key: string): readonly ReverseRef[] {
-    const r = this.#reverse.get(key);
-    if (r === undefined) return NO_REFS;
-    return Array.isArray(r) ? r : [r];
+  servicesByIP(key: string): readonly SlimService[] {
+    return refs(this.#svcIPs, key);
+  }
+
+  slicesByIP(key: string): readonly SlimEndpointSlice[] {
+    return refs(this.#epIPs, key);
   }
 
   // ---- internals ----
@@ -266,50 +276,50 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
   }
 
   #indexService(svc: SlimService): void {
-    for (const ip of svc.clusterIPs) this.#addRef(ipKey(ip), svc);
+    for (const ip of svc.clusterIPs) addRef(this.#svcIPs, ipKey(ip), svc);
   }
 
   #unindexService(svc: SlimService): void {
-    for (const ip of svc.clusterIPs) this.#delRef(ipKey(ip), svc);
+    for (const ip of svc.clusterIPs) delRef(this.#svcIPs, ipKey(ip), svc);
   }
 
   #indexSlice(slice: SlimEndpointSlice): void {
-    for (const ep of slice.endpoints) for (const ip of ep.addresses) this.#addRef(ipKey(ip), slice);
+    for (const ep of slice.endpoints) for (const ip of ep.addresses) addRef(this.#epIPs, ipKey(ip), slice);
   }
 
   #unindexSlice(slice: SlimEndpointSlice): void {
-    for (const ep of slice.endpoints) for (const ip of ep.addresses) this.#delRef(ipKey(ip), slice);
+    for (const ep of slice.endpoints) for (const ip of ep.addresses) delRef(this.#epIPs, ipKey(ip), slice);
   }
+}
 
-  #rebuildReverse(): void {
-    this.#reverse = new Map();
-    for (const ns of this.#byNs.values()) {
-      for (const e of ns.services.values()) if (e.service !== undefined) this.#indexService(e.service);
-      for (const s of ns.slices.values()) this.#indexSlice(s);
-    }
-  }
+// A reverse map stores one object bare (the common case: an address belongs
+// to one service or one slice) and an array only when an address is shared,
+// which saves an array per address.
 
-  // One ref is stored bare (the common case: an address belongs to one
-  // service or one slice); an array only when an address is shared.
-  #addRef(key: string, ref: ReverseRef): void {
-    if (key === '') return;
-    const cur = this.#reverse.get(key);
-    if (cur === undefined) this.#reverse.set(key, ref);
-    else if (Array.isArray(cur)) {
-      if (!cur.includes(ref)) cur.push(ref);
-    } else if (cur !== ref) this.#reverse.set(key, [cur, ref]);
-  }
+function refs<T extends object>(map: Map<string, T | T[]>, key: string): readonly T[] {
+  const r = map.get(key);
+  if (r === undefined) return [];
+  return Array.isArray(r) ? r : [r];
+}
 
-  #delRef(key: string, ref: ReverseRef): void {
-    const cur = this.#reverse.get(key);
-    if (cur === undefined) return;
-    if (!Array.isArray(cur)) {
-      if (cur === ref) this.#reverse.delete(key);
-      return;
-    }
-    const i = cur.indexOf(ref);
-    if (i < 0) return;
-    cur.splice(i, 1);
-    if (cur.length === 1) this.#reverse.set(key, cur[0]!);
+function addRef<T extends object>(map: Map<string, T | T[]>, key: string, ref: T): void {
+  if (key === '') return;
+  const cur = map.get(key);
+  if (cur === undefined) map.set(key, ref);
+  else if (Array.isArray(cur)) {
+    if (!cur.includes(ref)) cur.push(ref);
+  } else if (cur !== ref) map.set(key, [cur, ref]);
+}
+
+function delRef<T extends object>(map: Map<string, T | T[]>, key: string, ref: T): void {
+  const cur = map.get(key);
+  if (cur === undefined) return;
+  if (!Array.isArray(cur)) {
+    if (cur === ref) map.delete(key);
+    return;
   }
+  const i = cur.indexOf(ref);
+  if (i < 0) return;
+  cur.splice(i, 1);
+  if (cur.length === 1) map.set(key, cur[0]!);
 }
