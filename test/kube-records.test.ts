@@ -171,6 +171,11 @@ t.test('2.3.2 ClusterIP SRV', async (t) => {
   // The empty non-terminal between the port and the service.
   nodata(t, ask(v, `_tcp.${SVC('kubernetes.default')}`, 'SRV'), '_tcp.<svc> exists (ENT)');
   nxdomain(t, ask(v, `_udp.${SVC('kubernetes.default')}`, 'SRV'), 'no UDP port: no _udp ENT');
+  nxdomain(t, ask(v, `_tcp.${SVC('noports.apps')}`, 'SRV'), 'no ports: no ENT');
+  v.upsert('services', clusterIP('apps', 'anon', ['10.96.1.3'], [tcp('', 81)]));
+  nxdomain(t, ask(v, `_tcp.${SVC('anon.apps')}`, 'SRV'), 'only an unnamed port: no ENT');
+  nodata(t, ask(v, `_tcp.${SVC('web.apps')}`, 'SRV'), 'headless ENT from slice ports');
+  nxdomain(t, ask(v, `_tcp.${SVC('sleepy.apps')}`, 'SRV'), 'headless without ready endpoints: no ENT');
   nxdomain(t, ask(v, `_._tcp.${SVC('dual.apps')}`, 'SRV'), 'unnamed ports have no SRV name');
   nxdomain(t, ask(v, `a._http._tcp.${SVC('kubernetes.default')}`, 'SRV'), 'too long');
 });

@@ -285,7 +285,7 @@ function classifyService(view: ClusterViewReader, rel: readonly string[]): Node 
     const host = rel[0]!;
     if (backends(view, svc, host).length > 0) return { t: 'endpoint', svc, host };
     // "_tcp.<svc>..." is the empty non-terminal above "_http._tcp.<svc>...".
-    if (host.startsWith('_') && srvTargets(view, svc, '', strip(host)).length > 0) return EMPTY;
+    if (host.startsWith('_') && hasNamedPort(view, svc, strip(host))) return EMPTY;
     return NX;
   }
   const port = strip(rel[0]!);
@@ -327,6 +327,13 @@ function backends(view: ClusterViewReader, svc: SlimService, host: string): Back
 
 function portMatches(p: ServicePort, port: string, proto: string): boolean {
   return (port === '' || p.name.toLowerCase() === port) && (proto === '' || p.protocol.toLowerCase() === proto);
+}
+
+/** Some named port (only those have SRV names, spec 2.3.2) speaks `proto`. */
+function hasNamedPort(view: ClusterViewReader, svc: SlimService, proto: string): boolean {
+  const named = (p: ServicePort): boolean => p.name !== '' && portMatches(p, '', proto);
+  if (svc.kind === 'ClusterIP') return svc.ports.some(named);
+  return backends(view, svc, '').some((b) => b.ports.some(named));
 }
 
 interface SrvTarget {
