@@ -1,0 +1,47 @@
+/**
+ * A structured cluster answer (kube/records.ts) as a full DNS response, shaped
+ * like an upstream's: id 0, QR AA RD RA, the rcode, the question, the
+ * records, no OPT. The cache stores it like any answer from kube-dns and
+ * patches id, case and TTLs on every hit. Off the hot path (a fallback
+ * answer is built once, then served from the cache), so dns-packet encodes
+ * the records.
+ */
+import dnsPacket from 'dns-packet';
+import type { Answer as PacketAnswer } from 'dns-packet';
+import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, OFF_FLAGS, OFF_QDCOUNT, QClass } from '../dns/constants.js';
+import { skipUncompressedName } from '../dns/name.js';
+import type { ClusterAnswer, ClusterRR } from './records.js';
+
+function toPacket(rr: ClusterRR): PacketAnswer {
+  return { ...rr, class: 'IN' } as PacketAnswer;
+}
+
+/**
+ * `qname` is the question's uncompressed wire name, written back byte for
+ * byte (dns-packet's name encoder cannot carry every byte a label may hold).
+ * Throws on a malformed `qname`: callers pass the name they already parsed.
+ */
+export function encodeAnswer(qname: Uint8Array, qtype: number, ans: ClusterAnswer): Buffer {
+  const nameEnd = skipUncompressedName(qname, 0);
+  if (nameEnd < 0) throw new Error('encodeAnswer: malformed question name');
+  // Encode without a question, then splice ours in after the header:
+  // dns-packet does not compress names, so no offset needs fixing.
+  const body = dnsPacket.encode({
+    type: 'response',
+    id: 0,
+    flags: FLAG_AA | FLAG_RD | FLAG_RA | ans.rcode,
+    questions: [],
+    answers: ans.answer.map(toPacket),
+    authorities: ans.authority.map(toPacket),
+    additionals: ans.additional.map(toPacket),
+  });
+  const out = Buffer.allocUnsafe(body.length + nameEnd + 4);
+  body.copy(out, 0, 0, HEADER_LEN);
+  out.writeUInt16BE(FLAG_QR | FLAG_AA | FLAG_RD | FLAG_RA | ans.rcode, OFF_FLAGS);
+  out.writeUInt16BE(1, OFF_QDCOUNT);
+  out.set(qname.subarray(0, nameEnd), HEADER_LEN);
+  out.writeUInt16BE(qtype, HEADER_LEN + nameEnd);
+  out.writeUInt16BE(QClass.IN, HEADER_LEN + nameEnd + 2);
+  body.copy(out, HEADER_LEN + nameEnd + 4, HEADER_LEN);
+  return out;
+}

@@ -1,0 +1,581 @@
+/**
+ * Cluster records from our own view: (view, question) -> answer, following
+ * the Kubernetes DNS-Based Service Discovery specification 1.1.0
+ * (kubernetes/dns docs/specification.md) and, where it is silent, CoreDNS's
+ * kubernetes plugin (the server whose answers ours stand in for). Pure: no
+ * I/O, no clock; everything time-dependent (sync, API silence) arrives as
+ * `negativesAllowed`.
+ *
+ * Names, below the zone (labels right to left):
+ *
+ *   <zone>                                  SOA, NS; NODATA otherwise
+ *   dns-version.<zone>                      TXT "1.1.0"                          (spec 2.2)
+ *   ns.dns.<zone>                           A/AAAA of the cluster DNS service    (CoreDNS ns.go)
+ *   svc.<zone>, pod.<zone>, dns.<zone>      exist, empty: NODATA
+ *   <ns>.svc.<zone>, <ns>.pod.<zone>        NODATA if the namespace exists, else NXDOMAIN
+ *   <svc>.<ns>.svc.<zone>                   ClusterIP: A/AAAA of clusterIPs      (spec 2.3.1)
+ *                                           headless: A/AAAA of ready endpoints  (spec 2.4.1)
+ *                                           ExternalName: CNAME                  (spec 2.5)
+ *                                           SRV: one per port                    (CoreDNS)
+ *   <host>.<svc>.<ns>.svc.<zone>            A/AAAA/SRV of the endpoints called <host>  (spec 2.4.1)
+ *   _<port>._<proto>.<svc>.<ns>.svc.<zone>  SRV per named port (x ready endpoint)      (spec 2.3.2, 2.4.2)
+ *   _<proto>.<svc>.<ns>.svc.<zone>          empty non-terminal when such a port exists: NODATA
+ *   <a-b-c-d>.<ns>.pod.<zone>               A (or AAAA from the dashed IPv6 form), CoreDNS `pods insecure`
+ *   anything else under <zone>              NXDOMAIN
+ *   <reversed ip>.in-addr.arpa / ip6.arpa   PTR                                  (spec 2.3.3, 2.4.3)
+ *
+ * A name that exists answers NODATA (NOERROR, no records, SOA) for the other
+ * types, and only a name that does not exist gets NXDOMAIN (RFC 8020: an
+ * NXDOMAIN denies every name below it too, so existing parents must never
+ * get one). Negative answers carry the zone's SOA with CoreDNS's fields.
+ */
+import { QType, Rcode } from '../dns/constants.js';
+import { dashedName, inAddrKey, ip6ArpaKey, ipKey, isV4, podLabelAddress } from './ip.js';
+import type { ServicePort, SlimService } from './types.js';
+import type { ClusterViewReader } from './view.js';
+
+/** The defaults of cluster records, each where CoreDNS has it. */
+export const RECORD_DEFAULTS = {
+  /** CoreDNS kubernetes plugin `defaultTTL`. */
+  ttl: 5,
+  /** CoreDNS answers dns-version with this fixed TTL (kubernetes.go), as does the spec's example. */
+  dnsVersionTtl: 28800,
+  /**
+   * The Service whose cluster IPs name the zone's nameserver: CoreDNS finds
+   * the Service its own pods back (ns.go nsAddrs); in a standard cluster that
+   * is kube-dns in kube-system.
+   */
+  dnsService: { namespace: 'kube-system', name: 'kube-dns' },
+  /** CoreDNS backend_lookup.go maxCnameChainLength. */
+  maxCnameChain: 10,
+} as const;
+
+export const DNS_SCHEMA_VERSION = '1.1.0';
+
+export interface RecordOptions {
+  /** The cluster domain, lower-case, no trailing dot ("cluster.local"). */
+  readonly zone: string;
+  /** TTL of every record (and the SOA minimum), seconds. */
+  readonly ttl: number;
+  /**
+   * False before the view has synced or once the API server has been silent
+   * too long: then every answer that would be negative is 'unknown'
+   * (SERVFAIL), never an invented NXDOMAIN/NODATA.
+   */
+  readonly negativesAllowed: boolean;
+  readonly dnsService: { readonly namespace: string; readonly name: string };
+}
+
+export function recordOptions(o: {
+  zone: string;
+  negativesAllowed: boolean;
+  ttl?: number;
+  dnsService?: { readonly namespace: string; readonly name: string };
+}): RecordOptions {
+  return {
+    zone: trimDot(o.zone.toLowerCase()),
+    ttl: o.ttl ?? RECORD_DEFAULTS.ttl,
+    negativesAllowed: o.negativesAllowed,
+    dnsService: o.dnsService ?? RECORD_DEFAULTS.dnsService,
+  };
+}
+
+// Records are shaped like dns-packet's answers (names without trailing
+// dots), so the encoder hands them over as they are and a decoded answer
+// compares field by field.
+export interface NameRR {
+  readonly name: string;
+  readonly type: 'A' | 'AAAA' | 'CNAME' | 'PTR' | 'NS';
+  readonly ttl: number;
+  readonly data: string;
+}
+export interface SrvRR {
+  readonly name: string;
+  readonly type: 'SRV';
+  readonly ttl: number;
+  readonly data: { readonly priority: number; readonly weight: number; readonly port: number; readonly target: string };
+}
+export interface TxtRR {
+  readonly name: string;
+  readonly type: 'TXT';
+  readonly ttl: number;
+  readonly data: string;
+}
+export interface SoaRR {
+  readonly name: string;
+  readonly type: 'SOA';
+  readonly ttl: number;
+  readonly data: {
+    readonly mname: string;
+    readonly rname: string;
+    readonly serial: number;
+    readonly refresh: number;
+    readonly retry: number;
+    readonly expire: number;
+    readonly minimum: number;
+  };
+}
+export type ClusterRR = NameRR | SrvRR | TxtRR | SoaRR;
+
+export interface ClusterAnswer {
+  readonly kind: 'answer';
+  readonly rcode: typeof Rcode.NOERROR | typeof Rcode.NXDOMAIN;
+  readonly answer: readonly ClusterRR[];
+  /** The zone's SOA for negative answers (NXDOMAIN and NODATA); empty otherwise. */
+  readonly authority: readonly ClusterRR[];
+  /** A/AAAA of SRV targets and NS hosts, as CoreDNS adds them. */
+  readonly additional: readonly ClusterRR[];
+  /**
+   * '' unless the answer ends in a CNAME to a name outside the zone (an
+   * ExternalName service): the caller resolves this name for the same qtype
+   * elsewhere and appends what it gets, as CoreDNS's upstream lookup does.
+   */
+  readonly chase: string;
+}
+
+/**
+ * 'unknown': the answer would be negative but the view may not deny it
+ * (SERVFAIL). 'notOurs': outside the zone and the reverse zones, or a reverse
+ * name the view holds nothing for (CoreDNS's stock Corefile falls through
+ * in-addr.arpa/ip6.arpa to forward): the caller forwards.
+ */
+export type ClusterResult = ClusterAnswer | { readonly kind: 'unknown' } | { readonly kind: 'notOurs' };
+
+const UNKNOWN: ClusterResult = { kind: 'unknown' };
+const NOT_OURS: ClusterResult = { kind: 'notOurs' };
+
+/**
+ * Answers `qname` (uncompressed wire format, as in the question; case does
+ * not matter) for `qtype` from the view.
+ */
+export function answerCluster(view: ClusterViewReader, qname: Uint8Array, qtype: number, opts: RecordOptions): ClusterResult {
+  const labels = wireLabels(qname);
+  if (labels === undefined) return NOT_OURS;
+  const zone = opts.zone.split('.');
+  let ans: Answer | undefined;
+  if (endsWith(labels, zone)) {
+    ans = forward(view, labels, zone.length, qtype, opts, []);
+  } else {
+    const v4 = endsWith(labels, IN_ADDR);
+    if (!v4 && !endsWith(labels, IP6_ARPA)) return NOT_OURS;
+    const rel = labels.slice(0, -2);
+    const key = v4 ? inAddrKey(rel) : ip6ArpaKey(rel);
+    // A partial or malformed reverse name is no address of ours: forward it.
+    if (key === '') return NOT_OURS;
+    ans = reverse(view, key, labels.join('.'), v4 ? 'in-addr.arpa' : 'ip6.arpa', qtype, opts);
+    // An address the view does not hold: not ours once synced, unknown before.
+    if (ans === undefined) return opts.negativesAllowed ? NOT_OURS : UNKNOWN;
+  }
+  // Only negative answers carry authority records.
+  if (ans.authority.length > 0 && !opts.negativesAllowed) return UNKNOWN;
+  return ans;
+}
+
+/**
+ * True when the view would answer NXDOMAIN for `qname` with certainty:
+ * negatives are allowed and the name, under the cluster zone, cannot exist
+ * (unknown namespace or service, a name outside svc/pod, ...). What
+ * `--local-negative` asks before answering search-path junk itself.
+ */
+export function isCertainNxdomain(view: ClusterViewReader, qname: Uint8Array, opts: RecordOptions): boolean {
+  if (!opts.negativesAllowed) return false;
+  const labels = wireLabels(qname);
+  if (labels === undefined) return false;
+  const zone = opts.zone.split('.');
+  if (!endsWith(labels, zone)) return false;
+  return classify(view, labels.slice(0, labels.length - zone.length)).t === 'nx';
+}
+
+// ---------------------------------------------------------------------------
+// Names
+
+const IN_ADDR = ['in-addr', 'arpa'];
+const IP6_ARPA = ['ip6', 'arpa'];
+
+/** Lower-cased labels of an uncompressed wire name, or undefined when malformed. */
+export function wireLabels(name: Uint8Array): string[] | undefined {
+  const labels: string[] = [];
+  let off = 0;
+  while (off < name.length) {
+    const len = name[off]!;
+    if (len === 0) return labels;
+    if (len > 63 || off + 1 + len > name.length) return undefined;
+    let l = '';
+    for (let i = off + 1; i <= off + len; i++) {
+      const c = name[i]!;
+      l += String.fromCharCode(c >= 0x41 && c <= 0x5a ? c | 0x20 : c);
+    }
+    labels.push(l);
+    off += len + 1;
+  }
+  return undefined;
+}
+
+function endsWith(labels: readonly string[], suffix: readonly string[]): boolean {
+  if (labels.length < suffix.length) return false;
+  const d = labels.length - suffix.length;
+  for (let i = 0; i < suffix.length; i++) if (labels[d + i] !== suffix[i]) return false;
+  return true;
+}
+
+function trimDot(s: string): string {
+  return s.endsWith('.') ? s.slice(0, -1) : s;
+}
+
+/** Leading underscore stripped, as CoreDNS parse.go stripUnderscore does (it accepts both spellings). */
+function strip(label: string): string {
+  return label.startsWith('_') ? label.slice(1) : label;
+}
+
+// ---------------------------------------------------------------------------
+// What a name is
+
+type Node =
+  | { readonly t: 'nx' }
+  | { readonly t: 'empty' }
+  | { readonly t: 'apex' }
+  | { readonly t: 'version' }
+  | { readonly t: 'nsHost' }
+  | { readonly t: 'service'; readonly svc: SlimService }
+  | { readonly t: 'endpoint'; readonly svc: SlimService; readonly host: string }
+  | { readonly t: 'srv'; readonly svc: SlimService; readonly port: string; readonly proto: string }
+  | { readonly t: 'pod'; readonly ip: string };
+
+const NX: Node = { t: 'nx' };
+const EMPTY: Node = { t: 'empty' };
+
+/** `rel`: the labels left of the zone, left to right. */
+function classify(view: ClusterViewReader, rel: readonly string[]): Node {
+  const n = rel.length;
+  if (n === 0) return { t: 'apex' };
+  const top = rel[n - 1]!;
+  if (top === 'svc') return classifyService(view, rel);
+  if (top === 'pod') {
+    if (n === 1) return EMPTY;
+    if (!view.namespaceExists(rel[n - 2]!)) return NX;
+    if (n === 2) return EMPTY;
+    if (n > 3) return NX;
+    const ip = podLabelAddress(rel[0]!);
+    return ip === '' ? NX : { t: 'pod', ip };
+  }
+  if (top === 'dns-version' && n === 1) return { t: 'version' };
+  if (top === 'dns') {
+    if (n === 1) return EMPTY;
+    if (n === 2 && rel[0] === 'ns') return { t: 'nsHost' };
+  }
+  return NX;
+}
+
+function classifyService(view: ClusterViewReader, rel: readonly string[]): Node {
+  const n = rel.length;
+  if (n === 1) return EMPTY;
+  const ns = rel[n - 2]!;
+  if (n === 2) return view.namespaceExists(ns) ? EMPTY : NX;
+  const svc = view.service(ns, rel[n - 3]!);
+  if (svc === undefined || n > 5) return NX;
+  if (n === 3) {
+    // Spec 2.4.1: a headless service with no ready endpoints is NXDOMAIN
+    // (CoreDNS agrees: findServices finds nothing and keeps errNoItems).
+    if (svc.kind === 'Headless' && backends(view, svc, '').length === 0) return NX;
+    return { t: 'service', svc };
+  }
+  // CoreDNS: an ExternalName service has no endpoints and no port names below it.
+  if (svc.kind === 'ExternalName') return NX;
+  if (n === 4) {
+    const host = rel[0]!;
+    if (backends(view, svc, host).length > 0) return { t: 'endpoint', svc, host };
+    // "_tcp.<svc>..." is the empty non-terminal above "_http._tcp.<svc>...".
+    if (host.startsWith('_') && hasNamedPort(view, svc, strip(host))) return EMPTY;
+    return NX;
+  }
+  const port = strip(rel[0]!);
+  const proto = strip(rel[1]!);
+  // An unnamed port has no SRV name (spec 2.3.2): '' must not match it.
+  if (port === '') return NX;
+  return srvTargets(view, svc, port, proto).length > 0 ? { t: 'srv', svc, port, proto } : NX;
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints
+
+interface Backend {
+  /** The endpoint's hostname, or CoreDNS's dashed-address name when it has none. */
+  readonly host: string;
+  readonly addr: string;
+  readonly ports: readonly ServicePort[];
+}
+
+/**
+ * Serving addresses of a service's endpoints (all slices merged), optionally
+ * only those whose host name is `host`. Ready means conditions.ready
+ * (unset counts as ready, converted upstream); publishNotReadyAddresses
+ * publishes them all.
+ */
+function backends(view: ClusterViewReader, svc: SlimService, host: string): Backend[] {
+  const out: Backend[] = [];
+  for (const slice of view.slices(svc.namespace, svc.name)) {
+    for (const ep of slice.endpoints) {
+      if (!ep.ready && !svc.publishNotReadyAddresses) continue;
+      for (const addr of ep.addresses) {
+        const h = ep.hostname !== '' ? ep.hostname.toLowerCase() : dashedName(addr);
+        if (host === '' || h === host) out.push({ host: h, addr, ports: slice.ports });
+      }
+    }
+  }
+  return out;
+}
+
+function portMatches(p: ServicePort, port: string, proto: string): boolean {
+  return (port === '' || p.name.toLowerCase() === port) && (proto === '' || p.protocol.toLowerCase() === proto);
+}
+
+/** Some named port (only those have SRV names, spec 2.3.2) speaks `proto`. */
+function hasNamedPort(view: ClusterViewReader, svc: SlimService, proto: string): boolean {
+  const named = (p: ServicePort): boolean => p.name !== '' && portMatches(p, '', proto);
+  if (svc.kind === 'ClusterIP') return svc.ports.some(named);
+  return backends(view, svc, '').some((b) => b.ports.some(named));
+}
+
+interface SrvTarget {
+  readonly target: string;
+  readonly port: number;
+  /** The address of the target (additional section). */
+  readonly addr: string;
+}
+
+/**
+ * (target, port, address) of every SRV the service has for the port filter
+ * ('' matches any), before naming the target's zone. ClusterIP: the service
+ * itself per service port; headless and endpoint names: each serving
+ * endpoint per port of its slice (spec 2.4.2: N endpoints x M ports).
+ */
+function srvTargets(view: ClusterViewReader, svc: SlimService, port: string, proto: string, host = ''): SrvTarget[] {
+  const out: SrvTarget[] = [];
+  if (svc.kind === 'ClusterIP' && host === '') {
+    for (const p of svc.ports) {
+      if (!portMatches(p, port, proto)) continue;
+      for (const ip of svc.clusterIPs) out.push({ target: '', port: p.port, addr: ip });
+    }
+    return out;
+  }
+  for (const b of backends(view, svc, host)) {
+    for (const p of b.ports) if (portMatches(p, port, proto)) out.push({ target: b.host, port: p.port, addr: b.addr });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Answers
+
+interface Answer extends ClusterAnswer {
+  readonly answer: ClusterRR[];
+  readonly additional: ClusterRR[];
+}
+
+function positive(answer: ClusterRR[], additional: ClusterRR[] = [], chase = ''): Answer {
+  return { kind: 'answer', rcode: Rcode.NOERROR, answer, authority: [], additional, chase };
+}
+
+function negative(view: ClusterViewReader, rcode: ClusterAnswer['rcode'], zone: string, opts: RecordOptions): Answer {
+  return { kind: 'answer', rcode, answer: [], authority: [soa(view, zone, opts)], additional: [], chase: '' };
+}
+
+/**
+ * CoreDNS's SOA (plugin/backend_lookup.go SOA): ns.dns.<zone>,
+ * hostmaster.<zone>, serial = time of the last change (seconds), refresh
+ * 7200, retry 1800, expire 86400, minimum = the record TTL, own TTL at most
+ * 300.
+ */
+function soa(view: ClusterViewReader, zone: string, opts: RecordOptions): SoaRR {
+  return {
+    name: zone,
+    type: 'SOA',
+    ttl: Math.min(opts.ttl, 300),
+    data: {
+      mname: `ns.dns.${zone}`,
+      rname: `hostmaster.${zone}`,
+      serial: Math.floor(view.modifiedMs / 1000) >>> 0,
+      refresh: 7200,
+      retry: 1800,
+      expire: 86400,
+      minimum: opts.ttl,
+    },
+  };
+}
+
+function addr(name: string, ip: string, ttl: number): NameRR {
+  return { name, type: isV4(ip) ? 'A' : 'AAAA', ttl, data: ip };
+}
+
+/** A or AAAA records at `name` for the addresses of the asked family, each address once. */
+function addresses(name: string, ips: Iterable<string>, qtype: number, ttl: number): ClusterRR[] {
+  const want = qtype === QType.A;
+  const seen = new Set<string>();
+  const out: ClusterRR[] = [];
+  for (const ip of ips) {
+    if (isV4(ip) !== want || seen.has(ip)) continue;
+    seen.add(ip);
+    out.push({ name, type: want ? 'A' : 'AAAA', ttl, data: ip });
+  }
+  return out;
+}
+
+function forward(
+  view: ClusterViewReader, labels: readonly string[], zoneLen: number, qtype: number, opts: RecordOptions, chain: readonly string[],
+): Answer {
+  const zone = opts.zone;
+  const name = labels.join('.');
+  const node = classify(view, labels.slice(0, labels.length - zoneLen));
+  const ttl = opts.ttl;
+  const isAddr = qtype === QType.A || qtype === QType.AAAA;
+  let recs: ClusterRR[] = [];
+  let extra: ClusterRR[] = [];
+
+  switch (node.t) {
+    case 'nx':
+      return negative(view, Rcode.NXDOMAIN, zone, opts);
+    case 'empty':
+      break;
+    case 'apex':
+      if (qtype === QType.SOA) recs = [soa(view, zone, opts)];
+      else if (qtype === QType.NS) [recs, extra] = nameservers(view, zone, opts);
+      break;
+    case 'version':
+      if (qtype === QType.TXT) recs = [{ name, type: 'TXT', ttl: RECORD_DEFAULTS.dnsVersionTtl, data: DNS_SCHEMA_VERSION }];
+      break;
+    case 'nsHost':
+      if (isAddr) recs = addresses(name, dnsServiceIPs(view, opts), qtype, ttl);
+      break;
+    case 'pod':
+      if (isAddr) recs = addresses(name, [node.ip], qtype, ttl);
+      break;
+    case 'service': {
+      const svc = node.svc;
+      if (svc.kind === 'ExternalName') return externalName(view, svc, name, qtype, opts, chain);
+      if (isAddr) {
+        recs = addresses(name, svc.kind === 'ClusterIP' ? svc.clusterIPs : backends(view, svc, '').map((b) => b.addr), qtype, ttl);
+      } else if (qtype === QType.SRV) {
+        [recs, extra] = srvRecords(name, srvTargets(view, svc, '', ''), svc, opts);
+      }
+      break;
+    }
+    case 'endpoint':
+      if (isAddr) recs = addresses(name, backends(view, node.svc, node.host).map((b) => b.addr), qtype, ttl);
+      else if (qtype === QType.SRV) [recs, extra] = srvRecords(name, srvTargets(view, node.svc, '', '', node.host), node.svc, opts);
+      break;
+    case 'srv':
+      if (qtype === QType.SRV) [recs, extra] = srvRecords(name, srvTargets(view, node.svc, node.port, node.proto), node.svc, opts);
+      break;
+  }
+  return recs.length > 0 ? positive(recs, extra) : negative(view, Rcode.NOERROR, zone, opts);
+}
+
+/**
+ * Spec 2.5: CNAME to the external name, for every type (RFC 1034 3.6.2: a
+ * CNAME owner has no other data; CoreDNS answers only A/AAAA/TXT this way
+ * and NODATA otherwise). A target inside the zone is chased here, at most
+ * maxCnameChain links and never through the same name twice; a target
+ * outside is left to the caller (`chase`). An IP literal as external name is
+ * served as an address record, as CoreDNS does (msg.Service HostType).
+ */
+function externalName(
+  view: ClusterViewReader, svc: SlimService, name: string, qtype: number, opts: RecordOptions, chain: readonly string[],
+): Answer {
+  const target = trimDot(svc.externalName.toLowerCase());
+  if (ipKey(target) !== '') {
+    const recs = qtype === QType.A || qtype === QType.AAAA ? addresses(name, [target], qtype, opts.ttl) : [];
+    return recs.length > 0 ? positive(recs) : negative(view, Rcode.NOERROR, opts.zone, opts);
+  }
+  const cname: NameRR = { name, type: 'CNAME', ttl: opts.ttl, data: target };
+  if (qtype === QType.CNAME) return positive([cname]);
+  const zone = opts.zone.split('.');
+  const tl = target.split('.');
+  if (!endsWith(tl, zone)) return positive([cname], [], target);
+  const next = [...chain, name];
+  // A loop or an over-long chain: stop with what we have; the client's resolver reports the loop.
+  if (next.includes(target) || next.length > RECORD_DEFAULTS.maxCnameChain) return positive([cname]);
+  const rest = forward(view, tl, zone.length, qtype, opts, next);
+  return { ...rest, answer: [cname, ...rest.answer] };
+}
+
+/**
+ * SRV records named `name` and their targets' addresses. Priority 0 and
+ * weights that share 100 between the records, as CoreDNS (plugin.SRV)
+ * weighs them (it counts one per address; we count one per record, so
+ * dual-stack services are not halved). Each (target, port) once.
+ */
+function srvRecords(name: string, targets: readonly SrvTarget[], svc: SlimService, opts: RecordOptions): [ClusterRR[], ClusterRR[]] {
+  const base = `${svc.name}.${svc.namespace}.svc.${opts.zone}`;
+  const seen = new Set<string>();
+  const picked: { target: string; port: number }[] = [];
+  const extra: ClusterRR[] = [];
+  for (const t of targets) {
+    const target = t.target === '' ? base : `${t.target}.${base}`;
+    const k = `${target}|${t.port}`;
+    if (!seen.has(k)) {
+      seen.add(k);
+      picked.push({ target, port: t.port });
+    }
+    const a = `${target}|${t.addr}`;
+    if (!seen.has(a)) {
+      seen.add(a);
+      extra.push(addr(target, t.addr, opts.ttl));
+    }
+  }
+  const weight = Math.max(1, Math.floor(100 / picked.length));
+  const recs: ClusterRR[] = picked.map((p) => ({ name, type: 'SRV', ttl: opts.ttl, data: { priority: 0, weight, port: p.port, target: p.target } }));
+  return [recs, extra];
+}
+
+function dnsServiceIPs(view: ClusterViewReader, opts: RecordOptions): readonly string[] {
+  const svc = view.service(opts.dnsService.namespace, opts.dnsService.name);
+  return svc !== undefined && svc.kind === 'ClusterIP' ? svc.clusterIPs : [];
+}
+
+/**
+ * NS at the apex, CoreDNS style (ns.go): the cluster DNS service's name with
+ * its cluster IPs as glue when the view has it, else ns.dns.<zone>.
+ */
+function nameservers(view: ClusterViewReader, zone: string, opts: RecordOptions): [ClusterRR[], ClusterRR[]] {
+  const ips = dnsServiceIPs(view, opts);
+  if (ips.length === 0) return [[{ name: zone, type: 'NS', ttl: opts.ttl, data: `ns.dns.${zone}` }], []];
+  const host = `${opts.dnsService.name}.${opts.dnsService.namespace}.svc.${zone}`;
+  return [[{ name: zone, type: 'NS', ttl: opts.ttl, data: host }], ips.map((ip) => addr(host, ip, opts.ttl))];
+}
+
+/**
+ * PTR for an address (spec 2.3.3, 2.4.3; CoreDNS reverse.go): a service's
+ * cluster IP names the service (the first service found, as CoreDNS);
+ * otherwise every serving endpoint with that address names
+ * <hostname>.<svc>.<ns>.svc.<zone>, where an endpoint without a hostname
+ * gets CoreDNS's dashed-address name, so every endpoint IP has a PTR that
+ * resolves back.
+ */
+function reverse(
+  view: ClusterViewReader, key: string, name: string, zone: string, qtype: number, opts: RecordOptions,
+): Answer | undefined {
+  const targets = ptrTargets(view, key, opts.zone);
+  if (targets.length === 0) return undefined;
+  if (qtype !== QType.PTR) return negative(view, Rcode.NOERROR, zone, opts);
+  return positive(targets.map((t) => ({ name, type: 'PTR', ttl: opts.ttl, data: t })));
+}
+
+function ptrTargets(view: ClusterViewReader, key: string, zone: string): string[] {
+  const svc = view.servicesByIP(key)[0];
+  if (svc !== undefined) return [`${svc.name}.${svc.namespace}.svc.${zone}`];
+  const out: string[] = [];
+  for (const slice of view.slicesByIP(key)) {
+    const svc = view.service(slice.namespace, slice.serviceName);
+    const all = svc?.publishNotReadyAddresses ?? false;
+    for (const ep of slice.endpoints) {
+      if (!ep.ready && !all) continue;
+      for (const a of ep.addresses) {
+        if (ipKey(a) !== key) continue;
+        const host = ep.hostname !== '' ? ep.hostname.toLowerCase() : dashedName(a);
+        const t = `${host}.${slice.serviceName}.${slice.namespace}.svc.${zone}`;
+        if (!out.includes(t)) out.push(t);
+      }
+    }
+  }
+  return out;
+}

@@ -1,0 +1,650 @@
+// Cluster records from our own view: kube/view.ts (indexes, incremental
+// updates, relist), kube/records.ts (the spec's records, NXDOMAIN vs NODATA,
+// reverse, unknown before sync) and kube/encode.ts (the wire answer). Pure:
+// no sockets, no clock.
+import t, { type Test } from 'tap';
+import dnsPacket from 'dns-packet';
+import type { Answer as PacketAnswer } from 'dns-packet';
+import { ClusterView } from '../src/kube/view.js';
+import {
+  answerCluster, isCertainNxdomain, recordOptions, wireLabels, DNS_SCHEMA_VERSION, RECORD_DEFAULTS,
+  type ClusterAnswer, type ClusterResult, type ClusterRR, type RecordOptions,
+} from '../src/kube/records.js';
+import { encodeAnswer } from '../src/kube/encode.js';
+import { dashedName, inAddrKey, ip6ArpaKey, ipKey, ipv6Nibbles, nibblesToIPv6, podLabelAddress, reverseName } from '../src/kube/ip.js';
+import type { ServicePort, SlimEndpoint, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
+import { QType, Rcode } from '../src/dns/constants.js';
+import { nameToWire } from '../src/dns/name.js';
+import { scanAnswer } from '../src/dns/answer.js';
+import { planCaching } from '../src/cache/policy.js';
+
+// ---------------------------------------------------------------------------
+// Fixture builders
+
+const tcp = (name: string, port: number): ServicePort => ({ name, port, protocol: 'TCP' });
+const udp = (name: string, port: number): ServicePort => ({ name, port, protocol: 'UDP' });
+
+function clusterIP(namespace: string, name: string, clusterIPs: string[], ports: ServicePort[] = []): SlimService {
+  return { namespace, name, kind: 'ClusterIP', clusterIPs, externalName: '', ports, publishNotReadyAddresses: false };
+}
+function headless(namespace: string, name: string, ports: ServicePort[] = [], publishNotReadyAddresses = false): SlimService {
+  return { namespace, name, kind: 'Headless', clusterIPs: [], externalName: '', ports, publishNotReadyAddresses };
+}
+function external(namespace: string, name: string, externalName: string): SlimService {
+  return { namespace, name, kind: 'ExternalName', clusterIPs: [], externalName, ports: [], publishNotReadyAddresses: false };
+}
+function ep(address: string, hostname = '', ready = true): SlimEndpoint {
+  return { addresses: [address], ready, hostname };
+}
+function slice(
+  namespace: string, name: string, serviceName: string, endpoints: SlimEndpoint[], ports: ServicePort[] = [],
+  addressType: SlimEndpointSlice['addressType'] = 'IPv4',
+): SlimEndpointSlice {
+  return { namespace, name, serviceName, addressType, ports, endpoints };
+}
+
+const webPorts = [tcp('http', 80), tcp('metrics', 9090)];
+
+function fixture(): ClusterView {
+  const v = new ClusterView();
+  v.touch(1_700_000_000_000);
+  v.replace('namespaces', ['default', 'kube-system', 'apps', 'quiet'].map((name) => ({ name })));
+  v.replace('services', [
+    clusterIP('default', 'kubernetes', ['10.96.0.1'], [tcp('https', 443)]),
+    clusterIP('kube-system', 'kube-dns', ['10.96.0.10'], [udp('dns', 53), tcp('dns-tcp', 53), tcp('metrics', 9153)]),
+    clusterIP('apps', 'dual', ['10.96.1.1', 'fd00::1:1'], [tcp('http', 80), tcp('', 8080)]),
+    clusterIP('apps', 'noports', ['10.96.1.2']),
+    clusterIP('apps', 'backend', ['10.96.2.2'], [tcp('grpc', 9000)]),
+    headless('apps', 'web', webPorts),
+    headless('apps', 'db', [tcp('pg', 5432)], true),
+    headless('apps', 'empty'),
+    headless('apps', 'sleepy', [tcp('http', 80)]),
+    external('apps', 'ext', 'www.example.com'),
+    external('apps', 'alias', 'dual.apps.svc.cluster.local'),
+    external('apps', 'alias2', 'alias.apps.svc.cluster.local'),
+    external('apps', 'loop1', 'loop2.apps.svc.cluster.local'),
+    external('apps', 'loop2', 'loop1.apps.svc.cluster.local'),
+    external('apps', 'dangling', 'missing.apps.svc.cluster.local'),
+    external('apps', 'extip', '192.0.2.7'),
+  ]);
+  v.replace('endpointslices', [
+    // Two IPv4 slices and one IPv6 slice of one headless service: merged.
+    slice('apps', 'web-a', 'web', [ep('10.0.0.1', 'pet-0'), ep('10.0.0.2'), ep('10.0.0.3', 'pet-2', false)], webPorts),
+    slice('apps', 'web-b', 'web', [ep('10.0.0.4', 'pet-3')], webPorts),
+    slice('apps', 'web-v6', 'web', [ep('fd00::a', 'pet-0'), ep('fd00::b')], webPorts, 'IPv6'),
+    slice('apps', 'db-a', 'db', [ep('10.0.1.1', 'db-0', false)], [tcp('pg', 5432)]),
+    slice('apps', 'sleepy-a', 'sleepy', [ep('10.0.3.1', 'nap', false)], [tcp('http', 80)]),
+    slice('apps', 'backend-a', 'backend', [ep('10.0.2.1')], [tcp('grpc', 9000)]),
+    slice('kube-system', 'kube-dns-a', 'kube-dns', [ep('10.0.9.1'), ep('10.0.9.2')], [udp('dns', 53), tcp('dns-tcp', 53)]),
+  ]);
+  for (const k of ['namespaces', 'services', 'endpointslices'] as const) v.markSynced(k);
+  return v;
+}
+
+const OPTS = recordOptions({ zone: 'cluster.local', negativesAllowed: true });
+const SVC = (s: string): string => `${s}.svc.cluster.local`;
+
+function ask(view: ClusterView, name: string, type: keyof typeof QType, opts: RecordOptions = OPTS): ClusterResult {
+  return answerCluster(view, nameToWire(name), QType[type], opts);
+}
+function found(t: Test, r: ClusterResult): ClusterAnswer {
+  if (r.kind !== 'answer') {
+    t.fail(`expected an answer, got ${r.kind}`);
+    throw new Error('no answer');
+  }
+  return r;
+}
+const data = (rrs: readonly ClusterRR[]): unknown[] => rrs.map((r) => r.data);
+const sorted = (xs: unknown[]): unknown[] => [...xs].sort((a, b) => String(JSON.stringify(a)).localeCompare(JSON.stringify(b)));
+
+function positive(t: Test, r: ClusterResult, type: ClusterRR['type'], expected: unknown[], msg: string): ClusterAnswer {
+  const a = found(t, r);
+  t.equal(a.rcode, Rcode.NOERROR, `${msg}: NOERROR`);
+  t.equal(a.authority.length, 0, `${msg}: no authority`);
+  t.ok(a.answer.every((rr) => rr.type === type), `${msg}: all ${type}`);
+  t.same(sorted(data(a.answer)), sorted(expected), msg);
+  return a;
+}
+function nodata(t: Test, r: ClusterResult, msg: string): void {
+  const a = found(t, r);
+  t.equal(a.rcode, Rcode.NOERROR, `${msg}: NOERROR`);
+  t.equal(a.answer.length, 0, `${msg}: no answers`);
+  t.equal(a.authority[0]?.type, 'SOA', `${msg}: SOA in authority`);
+}
+function nxdomain(t: Test, r: ClusterResult, msg: string): void {
+  const a = found(t, r);
+  t.equal(a.rcode, Rcode.NXDOMAIN, `${msg}: NXDOMAIN`);
+  t.equal(a.answer.length, 0, `${msg}: no answers`);
+  t.equal(a.authority[0]?.type, 'SOA', `${msg}: SOA in authority`);
+}
+
+// ---------------------------------------------------------------------------
+// Records, section by section of the spec
+
+t.test('2.2 dns-version TXT', async (t) => {
+  const v = fixture();
+  const a = positive(t, ask(v, 'dns-version.cluster.local', 'TXT'), 'TXT', [DNS_SCHEMA_VERSION], 'dns-version');
+  t.equal(DNS_SCHEMA_VERSION, '1.1.0');
+  t.equal(a.answer[0]?.ttl, RECORD_DEFAULTS.dnsVersionTtl, 'CoreDNS TTL 28800');
+  nodata(t, ask(v, 'dns-version.cluster.local', 'A'), 'dns-version A');
+  nxdomain(t, ask(v, 'x.dns-version.cluster.local', 'TXT'), 'nothing below dns-version');
+});
+
+t.test('2.3.1 ClusterIP A/AAAA, dual-stack', async (t) => {
+  const v = fixture();
+  const a = positive(t, ask(v, SVC('kubernetes.default'), 'A'), 'A', ['10.96.0.1'], 'kubernetes A');
+  t.equal(a.answer[0]?.name, SVC('kubernetes.default'));
+  t.equal(a.answer[0]?.ttl, 5, 'default TTL 5');
+  nodata(t, ask(v, SVC('kubernetes.default'), 'AAAA'), 'IPv4-only service AAAA');
+  positive(t, ask(v, SVC('dual.apps'), 'A'), 'A', ['10.96.1.1'], 'dual-stack A');
+  positive(t, ask(v, SVC('dual.apps'), 'AAAA'), 'AAAA', ['fd00::1:1'], 'dual-stack AAAA');
+  positive(t, ask(v, SVC('noports.apps'), 'A'), 'A', ['10.96.1.2'], 'a service without ports still has its A');
+  nodata(t, ask(v, SVC('kubernetes.default'), 'MX'), 'other types NODATA');
+  nodata(t, ask(v, SVC('kubernetes.default'), 'TXT'), 'TXT NODATA');
+  const ttl = positive(t, ask(v, SVC('kubernetes.default'), 'A', recordOptions({ zone: 'cluster.local', negativesAllowed: true, ttl: 30 })), 'A', ['10.96.0.1'], 'ttl option');
+  t.equal(ttl.answer[0]?.ttl, 30);
+});
+
+t.test('2.3.2 ClusterIP SRV', async (t) => {
+  const v = fixture();
+  const a = positive(t, ask(v, `_https._tcp.${SVC('kubernetes.default')}`, 'SRV'), 'SRV',
+    [{ priority: 0, weight: 100, port: 443, target: SVC('kubernetes.default') }], '_https._tcp');
+  t.same(a.additional, [{ name: SVC('kubernetes.default'), type: 'A', ttl: 5, data: '10.96.0.1' }], 'target address in additional');
+  // Port names and protocols match case-insensitively; the protocol tells dns from dns-tcp.
+  positive(t, ask(v, `_DNS._UDP.${SVC('kube-dns.kube-system')}`, 'SRV'), 'SRV',
+    [{ priority: 0, weight: 100, port: 53, target: SVC('kube-dns.kube-system') }], '_dns._udp');
+  nxdomain(t, ask(v, `_dns._tcp.${SVC('kube-dns.kube-system')}`, 'SRV'), 'dns is UDP only');
+  nxdomain(t, ask(v, `_nope._tcp.${SVC('kubernetes.default')}`, 'SRV'), 'unknown port name');
+  nodata(t, ask(v, `_https._tcp.${SVC('kubernetes.default')}`, 'A'), 'SRV name, A asked');
+  // Dual-stack: one SRV per port, both addresses in additional.
+  const d = positive(t, ask(v, `_http._tcp.${SVC('dual.apps')}`, 'SRV'), 'SRV',
+    [{ priority: 0, weight: 100, port: 80, target: SVC('dual.apps') }], 'dual-stack SRV');
+  t.same(sorted(data(d.additional)), ['10.96.1.1', 'fd00::1:1']);
+  t.same(d.additional.map((r) => r.type).sort(), ['A', 'AAAA']);
+  // SRV at the service name itself: every port, unnamed ones too (CoreDNS).
+  const all = positive(t, ask(v, SVC('dual.apps'), 'SRV'), 'SRV', [
+    { priority: 0, weight: 50, port: 80, target: SVC('dual.apps') },
+    { priority: 0, weight: 50, port: 8080, target: SVC('dual.apps') },
+  ], 'service-name SRV');
+  t.equal(all.additional.length, 2, 'each target address once');
+  nodata(t, ask(v, SVC('noports.apps'), 'SRV'), 'no ports, no SRV');
+  // The empty non-terminal between the port and the service.
+  nodata(t, ask(v, `_tcp.${SVC('kubernetes.default')}`, 'SRV'), '_tcp.<svc> exists (ENT)');
+  nxdomain(t, ask(v, `_udp.${SVC('kubernetes.default')}`, 'SRV'), 'no UDP port: no _udp ENT');
+  nxdomain(t, ask(v, `_tcp.${SVC('noports.apps')}`, 'SRV'), 'no ports: no ENT');
+  v.upsert('services', clusterIP('apps', 'anon', ['10.96.1.3'], [tcp('', 81)]));
+  nxdomain(t, ask(v, `_tcp.${SVC('anon.apps')}`, 'SRV'), 'only an unnamed port: no ENT');
+  nodata(t, ask(v, `_tcp.${SVC('web.apps')}`, 'SRV'), 'headless ENT from slice ports');
+  nxdomain(t, ask(v, `_tcp.${SVC('sleepy.apps')}`, 'SRV'), 'headless without ready endpoints: no ENT');
+  nxdomain(t, ask(v, `_._tcp.${SVC('dual.apps')}`, 'SRV'), 'unnamed ports have no SRV name');
+  nxdomain(t, ask(v, `a._http._tcp.${SVC('kubernetes.default')}`, 'SRV'), 'too long');
+});
+
+t.test('2.3.3 PTR for cluster IPs (v4 and v6)', async (t) => {
+  const v = fixture();
+  positive(t, ask(v, '1.0.96.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('kubernetes.default')], 'IPv4 PTR');
+  const v6 = reverseName('fd00::1:1');
+  t.equal(v6, '1.0.0.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa');
+  positive(t, ask(v, v6, 'PTR'), 'PTR', [SVC('dual.apps')], 'IPv6 PTR, full nibbles');
+  positive(t, ask(v, v6.toUpperCase(), 'PTR'), 'PTR', [SVC('dual.apps')], 'nibbles in upper case');
+  const n = found(t, ask(v, '1.0.96.10.in-addr.arpa', 'A'));
+  t.equal(n.answer.length, 0, 'existing reverse name, other type: NODATA');
+  t.equal(n.authority[0]?.name, 'in-addr.arpa', 'SOA of the reverse zone');
+  t.equal(ask(v, '9.9.9.9.in-addr.arpa', 'PTR').kind, 'notOurs', 'unknown address: forwarded (fallthrough)');
+  t.equal(ask(v, '0.96.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'partial reverse name');
+  t.equal(ask(v, '01.0.96.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'leading zero is no address');
+  t.equal(ask(v, '256.0.96.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'octet over 255');
+  t.equal(ask(v, 'x.1.0.0.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa', 'PTR').kind, 'notOurs', 'bad nibble');
+});
+
+t.test('2.4.1 headless A/AAAA: ready endpoints, multi-slice, hostnames', async (t) => {
+  const v = fixture();
+  positive(t, ask(v, SVC('web.apps'), 'A'), 'A', ['10.0.0.1', '10.0.0.2', '10.0.0.4'], 'ready IPv4 endpoints of both slices, not-ready left out');
+  positive(t, ask(v, SVC('web.apps'), 'AAAA'), 'AAAA', ['fd00::a', 'fd00::b'], 'IPv6 slice');
+  positive(t, ask(v, SVC('pet-0.web.apps'), 'A'), 'A', ['10.0.0.1'], 'hostname A');
+  positive(t, ask(v, SVC('pet-0.web.apps'), 'AAAA'), 'AAAA', ['fd00::a'], 'same hostname in the IPv6 slice');
+  positive(t, ask(v, SVC('pet-3.web.apps'), 'A'), 'A', ['10.0.0.4'], 'hostname in the second slice');
+  nxdomain(t, ask(v, SVC('pet-2.web.apps'), 'A'), 'not-ready endpoint has no name');
+  nodata(t, ask(v, SVC('pet-3.web.apps'), 'AAAA'), 'hostname exists, other family');
+  // Endpoints without hostname: CoreDNS's dashed-address name.
+  positive(t, ask(v, SVC('10-0-0-2.web.apps'), 'A'), 'A', ['10.0.0.2'], 'dashed IPv4 name');
+  positive(t, ask(v, SVC('fd00--b.web.apps'), 'AAAA'), 'AAAA', ['fd00::b'], 'dashed IPv6 name');
+  nxdomain(t, ask(v, SVC('10-0-0-1.web.apps'), 'A'), 'an endpoint with a hostname is not named by its address');
+  // publishNotReadyAddresses publishes every endpoint.
+  positive(t, ask(v, SVC('db.apps'), 'A'), 'A', ['10.0.1.1'], 'publishNotReadyAddresses');
+  positive(t, ask(v, SVC('db-0.db.apps'), 'A'), 'A', ['10.0.1.1'], 'its hostname too');
+  // Spec: no ready endpoints -> NXDOMAIN (CoreDNS agrees).
+  nxdomain(t, ask(v, SVC('sleepy.apps'), 'A'), 'headless, only not-ready endpoints');
+  nxdomain(t, ask(v, SVC('empty.apps'), 'A'), 'headless, no slices');
+  nxdomain(t, ask(v, `_http._tcp.${SVC('sleepy.apps')}`, 'SRV'), 'and no SRV below it');
+  // Endpoint names under a ClusterIP service resolve too (CoreDNS).
+  positive(t, ask(v, SVC('10-0-2-1.backend.apps'), 'A'), 'A', ['10.0.2.1'], 'endpoint of a ClusterIP service');
+});
+
+t.test('2.4.2 headless SRV: endpoints x named ports', async (t) => {
+  const v = fixture();
+  const a = positive(t, ask(v, `_http._tcp.${SVC('web.apps')}`, 'SRV'), 'SRV', [
+    { priority: 0, weight: 25, port: 80, target: SVC('pet-0.web.apps') },
+    { priority: 0, weight: 25, port: 80, target: SVC('10-0-0-2.web.apps') },
+    { priority: 0, weight: 25, port: 80, target: SVC('pet-3.web.apps') },
+    { priority: 0, weight: 25, port: 80, target: SVC('fd00--b.web.apps') },
+  ], '_http._tcp headless');
+  // pet-0 has an IPv4 and an IPv6 address: one SRV, two additional records.
+  t.equal(a.answer.length, 4);
+  t.same(sorted(a.additional.map((r) => [r.name, r.type, r.data])), sorted([
+    [SVC('pet-0.web.apps'), 'A', '10.0.0.1'],
+    [SVC('10-0-0-2.web.apps'), 'A', '10.0.0.2'],
+    [SVC('pet-3.web.apps'), 'A', '10.0.0.4'],
+    [SVC('pet-0.web.apps'), 'AAAA', 'fd00::a'],
+    [SVC('fd00--b.web.apps'), 'AAAA', 'fd00::b'],
+  ]), 'additional: A/AAAA of every target');
+  const all = found(t, ask(v, SVC('web.apps'), 'SRV'));
+  t.equal(all.answer.length, 8, 'service-name SRV: 4 targets x 2 ports');
+  const one = found(t, ask(v, SVC('pet-3.web.apps'), 'SRV'));
+  t.same(sorted(data(one.answer)), sorted([
+    { priority: 0, weight: 50, port: 80, target: SVC('pet-3.web.apps') },
+    { priority: 0, weight: 50, port: 9090, target: SVC('pet-3.web.apps') },
+  ]), 'SRV at an endpoint name');
+  nxdomain(t, ask(v, `_http._udp.${SVC('web.apps')}`, 'SRV'), 'wrong protocol');
+  positive(t, ask(v, `_pg._tcp.${SVC('db.apps')}`, 'SRV'), 'SRV', [{ priority: 0, weight: 100, port: 5432, target: SVC('db-0.db.apps') }], 'publishNotReadyAddresses SRV');
+});
+
+t.test('2.4.3 PTR for endpoints', async (t) => {
+  const v = fixture();
+  positive(t, ask(v, '1.0.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('pet-0.web.apps')], 'endpoint with hostname');
+  positive(t, ask(v, '2.0.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('10-0-0-2.web.apps')], 'without hostname: dashed name (CoreDNS reverse.go)');
+  positive(t, ask(v, reverseName('fd00::a'), 'PTR'), 'PTR', [SVC('pet-0.web.apps')], 'IPv6 endpoint');
+  t.equal(ask(v, '3.0.0.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'not-ready endpoint: no PTR');
+  positive(t, ask(v, '1.1.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('db-0.db.apps')], 'publishNotReadyAddresses PTR');
+  positive(t, ask(v, '1.2.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('10-0-2-1.backend.apps')], 'endpoint of a ClusterIP service');
+});
+
+t.test('2.5 ExternalName CNAME', async (t) => {
+  const v = fixture();
+  const a = found(t, ask(v, SVC('ext.apps'), 'A'));
+  t.equal(a.rcode, Rcode.NOERROR);
+  t.same(a.answer, [{ name: SVC('ext.apps'), type: 'CNAME', ttl: 5, data: 'www.example.com' }]);
+  t.equal(a.chase, 'www.example.com', 'target outside the zone: the caller resolves it');
+  t.equal(found(t, ask(v, SVC('ext.apps'), 'AAAA')).chase, 'www.example.com');
+  t.equal(found(t, ask(v, SVC('ext.apps'), 'MX')).chase, 'www.example.com', 'any type follows the CNAME');
+  const c = found(t, ask(v, SVC('ext.apps'), 'CNAME'));
+  t.equal(c.chase, '', 'CNAME asked: nothing to chase');
+  t.equal(c.answer.length, 1);
+  nxdomain(t, ask(v, SVC('x.ext.apps'), 'A'), 'nothing below an ExternalName');
+  nxdomain(t, ask(v, `_http._tcp.${SVC('ext.apps')}`, 'SRV'), 'no ports below an ExternalName');
+
+  // In-zone target: chased in the view.
+  const in1 = found(t, ask(v, SVC('alias.apps'), 'A'));
+  t.same(in1.answer.map((r) => [r.name, r.type, r.data]), [
+    [SVC('alias.apps'), 'CNAME', SVC('dual.apps')],
+    [SVC('dual.apps'), 'A', '10.96.1.1'],
+  ]);
+  t.equal(in1.chase, '');
+  const in2 = found(t, ask(v, SVC('alias2.apps'), 'AAAA'));
+  t.same(in2.answer.map((r) => r.type), ['CNAME', 'CNAME', 'AAAA'], 'two links');
+  const chainToNx = found(t, ask(v, SVC('dangling.apps'), 'A'));
+  t.equal(chainToNx.rcode, Rcode.NXDOMAIN, 'target does not exist: NXDOMAIN after the CNAME (RFC 6604)');
+  t.equal(chainToNx.answer.length, 1);
+  t.equal(chainToNx.authority[0]?.type, 'SOA');
+  const chainToNodata = found(t, ask(v, SVC('alias.apps'), 'TXT'));
+  t.equal(chainToNodata.rcode, Rcode.NOERROR);
+  t.equal(chainToNodata.answer.length, 1, 'CNAME then NODATA');
+  t.equal(chainToNodata.authority.length, 1);
+  // A loop ends; it does not recurse forever.
+  const loop = found(t, ask(v, SVC('loop1.apps'), 'A'));
+  t.same(loop.answer.map((r) => r.data), [SVC('loop2.apps'), SVC('loop1.apps')], 'loop stops after one round');
+  t.equal(loop.rcode, Rcode.NOERROR);
+  // An IP literal as external name is an address (CoreDNS HostType).
+  positive(t, ask(v, SVC('extip.apps'), 'A'), 'A', ['192.0.2.7'], 'ExternalName IP literal');
+  nodata(t, ask(v, SVC('extip.apps'), 'AAAA'), 'ExternalName IPv4 literal, AAAA');
+  // An unsynced view must not deny the target of a chain.
+  const cold = recordOptions({ zone: 'cluster.local', negativesAllowed: false });
+  t.equal(ask(v, SVC('dangling.apps'), 'A', cold).kind, 'unknown');
+  t.equal(found(t, ask(v, SVC('ext.apps'), 'A', cold)).chase, 'www.example.com', 'positive answers need no sync');
+});
+
+t.test('CNAME chains longer than the limit stop', async (t) => {
+  const v = fixture();
+  const n = RECORD_DEFAULTS.maxCnameChain + 3;
+  for (let i = 0; i < n; i++) v.upsert('services', external('apps', `c${i}`, `c${i + 1}.apps.svc.cluster.local`));
+  const a = found(t, ask(v, SVC('c0.apps'), 'A'));
+  t.equal(a.answer.length, RECORD_DEFAULTS.maxCnameChain + 1, 'bounded');
+  t.ok(a.answer.every((r) => r.type === 'CNAME'));
+});
+
+t.test('pod records (pods insecure)', async (t) => {
+  const v = fixture();
+  positive(t, ask(v, '10-1-2-3.apps.pod.cluster.local', 'A'), 'A', ['10.1.2.3'], 'dashed IPv4');
+  nodata(t, ask(v, '10-1-2-3.apps.pod.cluster.local', 'AAAA'), 'IPv4 pod AAAA');
+  positive(t, ask(v, 'fd00--5.apps.pod.cluster.local', 'AAAA'), 'AAAA', ['fd00::5'], 'dashed IPv6');
+  positive(t, ask(v, '2001-db8-0-0-0-0-0-1.apps.pod.cluster.local', 'AAAA'), 'AAAA', ['2001:db8:0:0:0:0:0:1'], 'uncompressed IPv6');
+  nxdomain(t, ask(v, '10-1-2-3.nope.pod.cluster.local', 'A'), 'unknown namespace');
+  nxdomain(t, ask(v, '10-1-2-999.apps.pod.cluster.local', 'A'), 'not an address');
+  nxdomain(t, ask(v, 'mypod.apps.pod.cluster.local', 'A'), 'pod names are addresses');
+  nxdomain(t, ask(v, 'x.10-1-2-3.apps.pod.cluster.local', 'A'), 'nothing below a pod');
+  nodata(t, ask(v, 'apps.pod.cluster.local', 'A'), '<ns>.pod exists');
+  nxdomain(t, ask(v, 'nope.pod.cluster.local', 'A'), 'unknown <ns>.pod');
+  nodata(t, ask(v, 'pod.cluster.local', 'A'), 'pod.<zone> exists');
+});
+
+t.test('NXDOMAIN vs NODATA, apex SOA and NS', async (t) => {
+  const v = fixture();
+  const soa = found(t, ask(v, 'cluster.local', 'SOA'));
+  t.same(soa.answer, [{
+    name: 'cluster.local', type: 'SOA', ttl: 5,
+    data: { mname: 'ns.dns.cluster.local', rname: 'hostmaster.cluster.local', serial: 1_700_000_000, refresh: 7200, retry: 1800, expire: 86400, minimum: 5 },
+  }], 'apex SOA, CoreDNS fields');
+  const ns = found(t, ask(v, 'cluster.local', 'NS'));
+  t.same(ns.answer, [{ name: 'cluster.local', type: 'NS', ttl: 5, data: SVC('kube-dns.kube-system') }], 'NS: the DNS service');
+  t.same(ns.additional, [{ name: SVC('kube-dns.kube-system'), type: 'A', ttl: 5, data: '10.96.0.10' }], 'with glue');
+  positive(t, ask(v, 'ns.dns.cluster.local', 'A'), 'A', ['10.96.0.10'], 'ns.dns.<zone>');
+  nodata(t, ask(v, 'dns.cluster.local', 'A'), 'dns.<zone> is an empty non-terminal');
+  nxdomain(t, ask(v, 'x.dns.cluster.local', 'A'), 'nothing else under dns.<zone>');
+  nodata(t, ask(v, 'cluster.local', 'A'), 'apex A');
+  nodata(t, ask(v, 'svc.cluster.local', 'A'), 'svc.<zone>');
+  nodata(t, ask(v, 'apps.svc.cluster.local', 'A'), '<ns>.svc.<zone>, namespace exists');
+  nodata(t, ask(v, 'quiet.svc.cluster.local', 'A'), 'namespace without services');
+  nxdomain(t, ask(v, 'nope.svc.cluster.local', 'A'), 'unknown namespace');
+  nxdomain(t, ask(v, SVC('nope.apps'), 'A'), 'unknown service');
+  nxdomain(t, ask(v, SVC('kubernetes.nope'), 'A'), 'service in unknown namespace');
+  nxdomain(t, ask(v, 'www.google.com.cluster.local', 'A'), 'outside svc/pod');
+  nxdomain(t, ask(v, 'api.github.com.apps.svc.cluster.local', 'A'), 'search-path junk');
+  nxdomain(t, ask(v, `x.y.z.${SVC('kubernetes.default')}`, 'A'), 'too deep');
+  nxdomain(t, ask(v, 'nope.cluster.local', 'SOA'), 'SOA asked for a missing name: NXDOMAIN (CoreDNS says NODATA)');
+  nodata(t, ask(v, SVC('kubernetes.default'), 'SOA'), 'SOA at an existing name: NODATA');
+
+  // Without the DNS service in the view: ns.dns.<zone>, no glue.
+  const bare = new ClusterView();
+  const n2 = found(t, ask(bare, 'cluster.local', 'NS'));
+  t.same(data(n2.answer), ['ns.dns.cluster.local']);
+  t.same(n2.additional, []);
+  const n3 = found(t, ask(bare, 'cluster.local', 'SOA'));
+  t.equal((n3.answer[0] as { data: { serial: number } }).data.serial, 0, 'serial 0 before any change');
+  nodata(t, ask(bare, 'ns.dns.cluster.local', 'A'), 'ns.dns without addresses');
+  // Another zone name, with trailing dot and capitals in the option.
+  const other = recordOptions({ zone: 'Corp.Example.', negativesAllowed: true });
+  positive(t, ask(fixture(), 'kubernetes.default.svc.corp.example', 'A', other), 'A', ['10.96.0.1'], 'zone option is normalised');
+  t.equal(ask(fixture(), SVC('kubernetes.default'), 'A', other).kind, 'notOurs', 'cluster.local is not that zone');
+});
+
+t.test('negative SOA: minimum = ttl, SOA TTL capped at 300', async (t) => {
+  const v = fixture();
+  const a = found(t, ask(v, SVC('nope.apps'), 'A', recordOptions({ zone: 'cluster.local', negativesAllowed: true, ttl: 600 })));
+  const s = a.authority[0] as { ttl: number; data: { minimum: number } };
+  t.equal(s.ttl, 300);
+  t.equal(s.data.minimum, 600);
+});
+
+t.test('case-insensitive names', async (t) => {
+  const v = fixture();
+  positive(t, ask(v, 'KUBERNETES.Default.SVC.Cluster.LOCAL', 'A'), 'A', ['10.96.0.1'], 'mixed case');
+  positive(t, ask(v, '_HTTP._Tcp.Web.APPS.svc.cluster.local', 'SRV'), 'SRV', [
+    { priority: 0, weight: 25, port: 80, target: SVC('pet-0.web.apps') },
+    { priority: 0, weight: 25, port: 80, target: SVC('10-0-0-2.web.apps') },
+    { priority: 0, weight: 25, port: 80, target: SVC('pet-3.web.apps') },
+    { priority: 0, weight: 25, port: 80, target: SVC('fd00--b.web.apps') },
+  ], 'SRV mixed case');
+  positive(t, ask(v, 'PET-0.web.apps.svc.cluster.local', 'A'), 'A', ['10.0.0.1'], 'hostname');
+  positive(t, ask(v, 'FD00--B.web.apps.svc.cluster.local', 'AAAA'), 'AAAA', ['fd00::b'], 'dashed IPv6 hostname');
+  positive(t, ask(v, 'DNS-Version.cluster.local', 'TXT'), 'TXT', ['1.1.0'], 'dns-version');
+  t.same(wireLabels(nameToWire('a.B.c')), ['a', 'b', 'c']);
+  t.same(wireLabels(Buffer.from([3, 0x41, 0x42, 0x43, 0])), ['abc'], 'upper-case wire bytes fold');
+});
+
+t.test('unsynced or silent view: negatives become unknown', async (t) => {
+  const v = fixture();
+  const cold = recordOptions({ zone: 'cluster.local', negativesAllowed: false });
+  t.equal(ask(v, SVC('nope.apps'), 'A', cold).kind, 'unknown', 'NXDOMAIN -> unknown');
+  t.equal(ask(v, SVC('kubernetes.default'), 'AAAA', cold).kind, 'unknown', 'NODATA -> unknown');
+  t.equal(ask(v, '9.9.9.9.in-addr.arpa', 'PTR', cold).kind, 'unknown', 'unknown address -> unknown');
+  positive(t, ask(v, SVC('kubernetes.default'), 'A', cold), 'A', ['10.96.0.1'], 'positives are still served');
+  positive(t, ask(v, '1.0.96.10.in-addr.arpa', 'PTR', cold), 'PTR', [SVC('kubernetes.default')], 'PTR too');
+  t.equal(ask(v, 'www.example.com', 'A', cold).kind, 'notOurs', 'outside the zone stays notOurs');
+
+  // The view's own gate: synced and heard from recently.
+  const w = new ClusterView();
+  t.equal(w.synced, false);
+  t.equal(w.negativesAllowed(1000, 60_000), false, 'never heard from');
+  w.touch(1000);
+  w.markSynced('services');
+  w.markSynced('endpointslices');
+  t.equal(w.synced, false, 'one kind missing');
+  t.equal(w.negativesAllowed(1000, 60_000), false);
+  w.markSynced('namespaces');
+  t.equal(w.synced, true);
+  t.equal(w.lastContactMs, 1000);
+  t.equal(w.negativesAllowed(61_000, 60_000), true, 'at the limit');
+  t.equal(w.negativesAllowed(61_001, 60_000), false, 'silent too long');
+});
+
+t.test('outside the zone: notOurs', async (t) => {
+  const v = fixture();
+  t.equal(ask(v, 'www.example.com', 'A').kind, 'notOurs');
+  t.equal(ask(v, 'local', 'A').kind, 'notOurs', 'parent of the zone');
+  t.equal(ask(v, 'xcluster.local', 'A').kind, 'notOurs', 'label boundary respected');
+  t.equal(answerCluster(v, Buffer.from([0]), QType.A, OPTS).kind, 'notOurs', 'root');
+  t.equal(answerCluster(v, Buffer.from([5, 0x61]), QType.A, OPTS).kind, 'notOurs', 'malformed wire name');
+  t.equal(answerCluster(v, Buffer.from([1, 0x61]), QType.A, OPTS).kind, 'notOurs', 'unterminated');
+  t.equal(answerCluster(v, Buffer.from([64]), QType.A, OPTS).kind, 'notOurs', 'label too long');
+});
+
+t.test('isCertainNxdomain: the search-path junk predicate', async (t) => {
+  const v = fixture();
+  const yes = (n: string, o: RecordOptions = OPTS): boolean => isCertainNxdomain(v, nameToWire(n), o);
+  t.ok(yes('api.github.com.apps.svc.cluster.local'), 'junk under a namespace');
+  t.ok(yes('api.github.com.svc.cluster.local'), 'junk under svc');
+  t.ok(yes('api.github.com.cluster.local'), 'junk under the zone');
+  t.ok(yes('nope.svc.cluster.local'), 'unknown namespace');
+  t.ok(yes(SVC('empty.apps')), 'headless without ready endpoints');
+  t.notOk(yes(SVC('kubernetes.default')), 'a service');
+  t.notOk(yes('apps.svc.cluster.local'), 'a namespace');
+  t.notOk(yes('cluster.local'), 'the apex');
+  t.notOk(yes(SVC('dangling.apps')), 'a CNAME to nowhere exists itself');
+  t.notOk(yes('api.github.com'), 'outside the zone');
+  t.notOk(yes('9.9.9.9.in-addr.arpa'), 'reverse names are never certain');
+  t.notOk(yes('api.github.com.cluster.local', recordOptions({ zone: 'cluster.local', negativesAllowed: false })), 'unsynced');
+  t.notOk(isCertainNxdomain(v, Buffer.from([9]), OPTS), 'malformed');
+  // It agrees with the full answer.
+  for (const n of ['a.b.cluster.local', SVC('x.apps'), SVC('pet-9.web.apps'), SVC('pet-0.web.apps'), 'apps.pod.cluster.local']) {
+    const r = found(t, ask(v, n, 'A'));
+    t.equal(yes(n), r.rcode === Rcode.NXDOMAIN, `agrees with answerCluster for ${n}`);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// The view: incremental updates and relists
+
+t.test('view: incremental updates keep records and reverse index right', async (t) => {
+  const v = fixture();
+  // A slice update replaces the old one (addresses leave the reverse index).
+  v.upsert('endpointslices', slice('apps', 'web-b', 'web', [ep('10.0.0.5', 'pet-3')], webPorts));
+  positive(t, ask(v, SVC('pet-3.web.apps'), 'A'), 'A', ['10.0.0.5'], 'hostname moved to a new address');
+  t.equal(ask(v, '4.0.0.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'old address forgotten');
+  positive(t, ask(v, '5.0.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('pet-3.web.apps')], 'new address indexed');
+  // Readiness change.
+  v.upsert('endpointslices', slice('apps', 'sleepy-a', 'sleepy', [ep('10.0.3.1', 'nap', true)], [tcp('http', 80)]));
+  positive(t, ask(v, SVC('sleepy.apps'), 'A'), 'A', ['10.0.3.1'], 'endpoint became ready');
+  // Slice removal.
+  v.remove('endpointslices', 'apps', 'sleepy-a');
+  nxdomain(t, ask(v, SVC('sleepy.apps'), 'A'), 'no slices left');
+  t.equal(ask(v, '1.3.0.10.in-addr.arpa', 'PTR').kind, 'notOurs');
+  // publishNotReadyAddresses flips without touching the slices.
+  v.upsert('services', headless('apps', 'db', [tcp('pg', 5432)], false));
+  nxdomain(t, ask(v, SVC('db.apps'), 'A'), 'no longer published');
+  t.equal(ask(v, '1.1.0.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'PTR follows the service flag');
+  v.upsert('services', headless('apps', 'db', [tcp('pg', 5432)], true));
+  positive(t, ask(v, '1.1.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('db-0.db.apps')], 'and back');
+  // A cluster IP change.
+  v.upsert('services', clusterIP('default', 'kubernetes', ['10.96.0.2'], [tcp('https', 443)]));
+  t.equal(ask(v, '1.0.96.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'old cluster IP forgotten');
+  positive(t, ask(v, '2.0.96.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('kubernetes.default')], 'new cluster IP');
+  // Service removal keeps its slices until they go too.
+  v.remove('services', 'apps', 'backend');
+  nxdomain(t, ask(v, SVC('backend.apps'), 'A'), 'service gone');
+  positive(t, ask(v, '1.2.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('10-0-2-1.backend.apps')], 'slice still there (CoreDNS keeps endpoint PTRs)');
+  v.remove('endpointslices', 'apps', 'backend-a');
+  t.equal(ask(v, '1.2.0.10.in-addr.arpa', 'PTR').kind, 'notOurs');
+  // Removing what is not there is harmless.
+  v.remove('services', 'apps', 'never');
+  v.remove('services', 'never', 'never');
+  v.remove('endpointslices', 'apps', 'never');
+  // A slice that changes service (label edited) moves.
+  v.upsert('endpointslices', slice('apps', 'web-b', 'db', [ep('10.0.1.2', 'db-1')], [tcp('pg', 5432)]));
+  positive(t, ask(v, SVC('db-1.db.apps'), 'A'), 'A', ['10.0.1.2'], 'slice now under db');
+  nxdomain(t, ask(v, SVC('pet-3.web.apps'), 'A'), 'and no longer under web');
+  // Slices without a service label, FQDN slices: ignored, and they drop what they replace.
+  v.upsert('endpointslices', slice('apps', 'web-b', '', [ep('10.0.1.3', 'x')]));
+  nxdomain(t, ask(v, SVC('db-1.db.apps'), 'A'), 'unlabelled replacement drops the old slice');
+  v.upsert('endpointslices', slice('apps', 'fq', 'web', [ep('example.com', 'fq')], [], 'FQDN'));
+  nxdomain(t, ask(v, SVC('fq.web.apps'), 'A'), 'FQDN slice ignored');
+  // Namespaces come and go.
+  v.upsert('namespaces', { name: 'fresh' });
+  nodata(t, ask(v, 'fresh.svc.cluster.local', 'A'), 'new namespace');
+  v.remove('namespaces', '', 'fresh');
+  nxdomain(t, ask(v, 'fresh.svc.cluster.local', 'A'), 'deleted namespace');
+  // A service whose Namespace event has not arrived yet still makes the namespace exist.
+  v.upsert('services', clusterIP('early', 'svc', ['10.96.9.9']));
+  nodata(t, ask(v, 'early.svc.cluster.local', 'A'), 'namespace known through its service');
+  v.remove('services', 'early', 'svc');
+  nxdomain(t, ask(v, 'early.svc.cluster.local', 'A'), 'and gone with it');
+});
+
+t.test('view: a slice may arrive before its service', async (t) => {
+  const v = new ClusterView();
+  for (const k of ['namespaces', 'services', 'endpointslices'] as const) v.markSynced(k);
+  v.touch(5000);
+  v.upsert('namespaces', { name: 'ns' });
+  v.upsert('endpointslices', slice('ns', 's1', 'late', [ep('10.5.0.1', 'h')]));
+  nxdomain(t, ask(v, SVC('late.ns'), 'A'), 'no service yet');
+  positive(t, ask(v, '1.0.5.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('h.late.ns')], 'endpoint PTR already (CoreDNS)');
+  v.upsert('services', headless('ns', 'late'));
+  positive(t, ask(v, SVC('late.ns'), 'A'), 'A', ['10.5.0.1'], 'service arrived');
+  t.equal(v.modifiedMs, 5000, 'modified at the last contact');
+});
+
+t.test('view: shared addresses and relists', async (t) => {
+  const v = fixture();
+  // Two services' slices hold the same address (a pod behind two services).
+  v.upsert('services', headless('apps', 'web2', webPorts));
+  v.upsert('endpointslices', slice('apps', 'web2-a', 'web2', [ep('10.0.0.1', 'other')], webPorts));
+  positive(t, ask(v, '1.0.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('pet-0.web.apps'), SVC('other.web2.apps')], 'both names');
+  v.upsert('endpointslices', slice('apps', 'web2-a', 'web2', [ep('10.0.0.1', 'other')], webPorts));
+  positive(t, ask(v, '1.0.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('pet-0.web.apps'), SVC('other.web2.apps')], 'update keeps one ref each');
+  v.remove('endpointslices', 'apps', 'web2-a');
+  positive(t, ask(v, '1.0.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('pet-0.web.apps')], 'one left');
+  // A cluster IP wins over endpoints (CoreDNS: services first).
+  v.upsert('services', clusterIP('apps', 'vip', ['10.0.0.1']));
+  positive(t, ask(v, '1.0.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('vip.apps')], 'service first');
+  v.remove('services', 'apps', 'vip');
+
+  // Relist of services: gone ones vanish, slices stay merged.
+  const before = v.counts;
+  v.replace('services', [clusterIP('default', 'kubernetes', ['10.96.0.1'], [tcp('https', 443)]), headless('apps', 'web', webPorts)]);
+  t.equal(v.counts.services, 2);
+  t.equal(v.counts.endpointslices, before.endpointslices, 'slices untouched');
+  nxdomain(t, ask(v, SVC('dual.apps'), 'A'), 'relisted away');
+  t.equal(ask(v, reverseName('fd00::1:1'), 'PTR').kind, 'notOurs', 'its cluster IP left the index');
+  positive(t, ask(v, SVC('pet-0.web.apps'), 'A'), 'A', ['10.0.0.1'], 'endpoints kept');
+  positive(t, ask(v, '1.0.96.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('kubernetes.default')], 'index rebuilt');
+  // Relist of slices.
+  v.replace('endpointslices', [slice('apps', 'web-z', 'web', [ep('10.0.0.9', 'pet-9')], webPorts)]);
+  t.equal(v.counts.endpointslices, 1);
+  positive(t, ask(v, SVC('web.apps'), 'A'), 'A', ['10.0.0.9'], 'only the relisted slice');
+  t.equal(ask(v, '1.0.0.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'old endpoint addresses gone');
+  nxdomain(t, ask(v, SVC('db.apps'), 'A'), 'db relisted away');
+  // Relist of namespaces.
+  v.replace('namespaces', [{ name: 'default' }]);
+  nxdomain(t, ask(v, 'quiet.svc.cluster.local', 'A'), 'namespace relisted away');
+  nodata(t, ask(v, 'apps.svc.cluster.local', 'A'), 'apps still has a service');
+  t.same(v.counts, { services: 2, endpointslices: 1, namespaces: 1, reverseKeys: 2 });
+  // Empty relists leave an empty view.
+  v.replace('endpointslices', []);
+  v.replace('services', []);
+  t.same(v.counts, { services: 0, endpointslices: 0, namespaces: 1, reverseKeys: 0 });
+});
+
+// ---------------------------------------------------------------------------
+// The encoder
+
+function norm(rr: PacketAnswer): unknown {
+  const r = rr as { name: string; type: string; ttl: number; class: string; data: unknown };
+  let d = r.data;
+  if (r.type === 'TXT') d = (d as Buffer[]).map((b) => b.toString()).join('');
+  if (r.type === 'AAAA') d = nibblesToIPv6(ipv6Nibbles(d as string));
+  return { name: r.name, type: r.type, ttl: r.ttl, data: d, class: r.class };
+}
+function normOurs(rr: ClusterRR): unknown {
+  const d = rr.type === 'AAAA' ? nibblesToIPv6(ipv6Nibbles(rr.data)) : rr.data;
+  return { name: rr.name, type: rr.type, ttl: rr.ttl, data: d, class: 'IN' };
+}
+
+t.test('encodeAnswer: decoded by dns-packet equals the structured answer', async (t) => {
+  const v = fixture();
+  const cases: [string, keyof typeof QType][] = [
+    [SVC('kubernetes.default'), 'A'],
+    [SVC('dual.apps'), 'AAAA'],
+    [`_http._tcp.${SVC('web.apps')}`, 'SRV'],
+    ['dns-version.cluster.local', 'TXT'],
+    ['cluster.local', 'SOA'],
+    ['cluster.local', 'NS'],
+    [SVC('ext.apps'), 'A'],
+    [SVC('alias.apps'), 'A'],
+    [SVC('nope.apps'), 'A'],
+    [SVC('kubernetes.default'), 'AAAA'],
+    ['1.0.96.10.in-addr.arpa', 'PTR'],
+    [reverseName('fd00::a'), 'PTR'],
+  ];
+  for (const [name, type] of cases) {
+    const qname = nameToWire(name);
+    const ans = found(t, answerCluster(v, qname, QType[type], OPTS));
+    const wire = encodeAnswer(qname, QType[type], ans);
+    const p = dnsPacket.decode(wire);
+    t.equal(p.id, 0, `${name} ${type}: id 0`);
+    t.ok(p.flag_qr && p.flag_aa && p.flag_rd && p.flag_ra, 'QR AA RD RA');
+    t.notOk(p.flag_tc, 'not truncated');
+    t.equal((p as { rcode?: string }).rcode, ans.rcode === Rcode.NXDOMAIN ? 'NXDOMAIN' : 'NOERROR', 'rcode');
+    t.same(p.questions, [{ name, type, class: 'IN' }], 'the question');
+    t.same((p.answers ?? []).map(norm), ans.answer.map(normOurs), 'answers');
+    t.same((p.authorities ?? []).map(norm), ans.authority.map(normOurs), 'authority');
+    t.same((p.additionals ?? []).map(norm), ans.additional.map(normOurs), 'additional, no OPT');
+    // The cache takes it like any upstream answer.
+    const scan = scanAnswer(wire);
+    t.ok(scan, 'scanAnswer accepts it');
+    const plan = planCaching(scan!, { successTtl: 30, denialTtl: 5 });
+    t.equal(plan.kind, ans.answer.length > 0 ? 'positive' : 'negative', 'cacheable');
+  }
+  // The question is echoed byte for byte, whatever its case.
+  const mixed = Buffer.from([3, 0x46, 0x6f, 0x4f, 5, 0x6c, 0x6f, 0x63, 0x61, 0x6c, 0]); // "FoO.local"
+  const w = encodeAnswer(mixed, QType.A, found(t, ask(v, 'nope.cluster.local', 'A')));
+  t.same(w.subarray(12, 12 + mixed.length), mixed, 'question bytes as given');
+  t.throws(() => encodeAnswer(Buffer.from([5, 1]), QType.A, found(t, ask(v, 'nope.cluster.local', 'A'))), 'malformed question name');
+});
+
+// ---------------------------------------------------------------------------
+// Address forms
+
+t.test('ip forms', async (t) => {
+  t.equal(ipKey('10.1.2.3'), '10.1.2.3');
+  t.equal(ipKey('2001:db8::1'), '20010db8000000000000000000000001');
+  t.equal(ipKey('2001:DB8:0:0:0:0:0:1'), '20010db8000000000000000000000001', 'spellings meet');
+  t.equal(ipKey('::ffff:1.2.3.4'), '00000000000000000000ffff01020304', 'embedded IPv4');
+  t.equal(ipKey('::'), '0'.repeat(32));
+  t.equal(ipKey('fe80::1%eth0'), '', 'zone ids are not addresses');
+  t.equal(ipKey('nope'), '');
+  t.equal(nibblesToIPv6('20010db8000000000000000000000001'), '2001:db8::1');
+  t.equal(inAddrKey(['4', '3', '2', '1']), '1.2.3.4');
+  t.equal(inAddrKey(['4', '3', '2']), '');
+  t.equal(inAddrKey(['4', '3', '2', 'x']), '');
+  t.equal(ip6ArpaKey('1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2'.split('.')), '20010db8000000000000000000000001');
+  t.equal(ip6ArpaKey(['1']), '');
+  t.equal(reverseName('1.2.3.4'), '4.3.2.1.in-addr.arpa');
+  t.equal(reverseName('bad'), '');
+  t.equal(dashedName('10.0.0.2'), '10-0-0-2');
+  t.equal(dashedName('fd00::b'), 'fd00--b');
+  t.equal(dashedName('fd00::'), 'fd00--0', 'no trailing hyphen (CoreDNS)');
+  t.equal(podLabelAddress('1-2-3-4'), '1.2.3.4');
+  t.equal(podLabelAddress('fd00--1'), 'fd00::1');
+  t.equal(podLabelAddress('1-2-3'), '');
+  t.equal(podLabelAddress('a-b-c-d'), '');
+  t.equal(podLabelAddress('fe80--1%x'), '');
+});
