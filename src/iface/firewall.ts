@@ -77,10 +77,6 @@ export class Firewall {
     if (!/^[A-Za-z0-9_-]{1,20}$/.test(opts.name)) throw new FirewallError(`firewall name "${opts.name}": 1-20 letters, digits, "_" or "-"`);
   }
 
-  get rules(): readonly Rule[] {
-    return this.#rules;
-  }
-
   /** Startup: write every rule (replacing any of ours already there). Throws FirewallError. */
   async apply(): Promise<void> {
     const err = await this.#write(null);
