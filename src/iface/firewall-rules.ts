@@ -1,0 +1,261 @@
+/**
+ * node-cache's interception rules (kubernetes/dns cmd/node-cache/app
+ * initIptables) as data, and their two renderings: an iptables-restore batch
+ * and an nftables script. Pure: text in, text out, no commands run here.
+ *
+ * For each listen address A and DNS port P (udp and tcp), health port H (tcp):
+ *   raw    PREROUTING  -d A --dport P  NOTRACK   pods -> us: no conntrack entry (no UDP conntrack races)
+ *   raw    OUTPUT      -s A --sport P  NOTRACK   our replies
+ *   raw    OUTPUT      -d A --dport P  NOTRACK   hostNetwork clients -> us
+ *   raw    OUTPUT      -d A --dport H, -s A --sport H  NOTRACK  (tcp) the kubelet's liveness probe
+ *   filter INPUT       -d A --dport P  ACCEPT    untracked packets match no "ESTABLISHED" accept
+ *   filter OUTPUT      -s A --sport P  ACCEPT
+ *
+ * iptables: the rules live in chains of our own (NAME-PREROUTING, ...), each
+ * jumped to from rule 1 of its built-in chain. Order matters, not only
+ * presence: a rule above our jump such as `-t raw -A PREROUTING ! -p 253 -j
+ * ACCEPT` ends the raw table for every packet and silently defeats NOTRACK
+ * (kubernetes-sigs/node-local-dns#13), so the check demands our jump be first.
+ *
+ * nftables: one table `inet NAME` (IPv4 and IPv6 together) whose base chains
+ * sit at priority raw (-300), before conntrack (-200), and just before filter.
+ */
+import { type IpFamily, canonicalIp, ipFamily } from './ip-bytes.js';
+
+export interface RuleSetOptions {
+  /** The agent's name: comment on every rule, chain prefix (upper case), nft table name. */
+  readonly name: string;
+  readonly addresses: readonly string[];
+  /** The DNS port (53). */
+  readonly port: number;
+  /** The health port the kubelet probes (node-cache: 8080), or null for none. */
+  readonly healthPort: number | null;
+}
+
+export type Table = 'raw' | 'filter';
+export type BuiltinChain = 'PREROUTING' | 'INPUT' | 'OUTPUT';
+
+/** One rule in iptables terms; the nft rendering is derived from it. */
+export interface Rule {
+  readonly table: Table;
+  readonly hook: BuiltinChain;
+  readonly family: IpFamily;
+  readonly proto: 'udp' | 'tcp';
+  /** Match on destination (to us) or source (from us). */
+  readonly dir: 'to' | 'from';
+  readonly addr: string;
+  readonly port: number;
+  readonly verdict: 'notrack' | 'accept';
+}
+
+export function buildRules(o: RuleSetOptions): Rule[] {
+  const rules: Rule[] = [];
+  for (const a of o.addresses) {
+    const addr = canonicalIp(a);
+    const family = ipFamily(a);
+    if (addr === null || family === null) throw new Error(`firewall: "${a}" is not an IP address`);
+    const r = (table: Table, hook: BuiltinChain, proto: 'udp' | 'tcp', dir: 'to' | 'from', port: number): void => {
+      rules.push({ table, hook, family, proto, dir, addr, port, verdict: table === 'raw' ? 'notrack' : 'accept' });
+    };
+    for (const p of ['udp', 'tcp'] as const) r('raw', 'PREROUTING', p, 'to', o.port);
+    for (const p of ['udp', 'tcp'] as const) r('raw', 'OUTPUT', p, 'from', o.port);
+    for (const p of ['udp', 'tcp'] as const) r('raw', 'OUTPUT', p, 'to', o.port);
+    if (o.healthPort !== null) {
+      r('raw', 'OUTPUT', 'tcp', 'to', o.healthPort);
+      r('raw', 'OUTPUT', 'tcp', 'from', o.healthPort);
+    }
+    for (const p of ['udp', 'tcp'] as const) r('filter', 'INPUT', p, 'to', o.port);
+    for (const p of ['udp', 'tcp'] as const) r('filter', 'OUTPUT', p, 'from', o.port);
+  }
+  return rules;
+}
+
+// ---- iptables ----------------------------------------------------------------
+
+/** Built-in chains we hook, per table. */
+export const HOOKS: Readonly<Record<Table, readonly BuiltinChain[]>> = { raw: ['PREROUTING', 'OUTPUT'], filter: ['INPUT', 'OUTPUT'] };
+
+/** Our chain for a built-in one: NODELOCALDNS-PREROUTING (iptables allows 28 characters). */
+export function ourChain(name: string, hook: BuiltinChain): string {
+  return `${name.toUpperCase()}-${hook}`.slice(0, 28);
+}
+
+/** A rule exactly as iptables-save prints it, so the check compares like with like. */
+export function iptablesRuleSpec(name: string, r: Rule): string {
+  const host = `${r.addr}/${r.family === 4 ? 32 : 128}`;
+  const where = r.dir === 'to' ? `-d ${host}` : `-s ${host}`;
+  const port = r.dir === 'to' ? `--dport ${r.port}` : `--sport ${r.port}`;
+  const target = r.verdict === 'notrack' ? 'NOTRACK' : 'ACCEPT';
+  return `${where} -p ${r.proto} -m ${r.proto} ${port} -m comment --comment ${quoteComment(name)} -j ${target}`;
+}
+
+export function jumpSpec(name: string, hook: BuiltinChain): string {
+  return `-m comment --comment ${quoteComment(name)} -j ${ourChain(name, hook)}`;
+}
+
+function quoteComment(s: string): string {
+  return /^[A-Za-z0-9_.:-]+$/.test(s) ? s : `"${s.replace(/["\\]/g, '')}"`;
+}
+
+/** One table of `iptables-save -t TABLE` output: rule specs (without "-A CHAIN") per chain, in order. */
+export type SavedTable = ReadonlyMap<string, readonly string[]>;
+
+export function parseSave(text: string, table: Table): SavedTable {
+  const chains = new Map<string, string[]>();
+  let inTable = false;
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line.startsWith('*')) inTable = line === `*${table}`;
+    else if (!inTable) continue;
+    else if (line.startsWith(':')) {
+      const chain = line.slice(1).split(/\s+/)[0] ?? '';
+      if (!chains.has(chain)) chains.set(chain, []);
+    } else if (line.startsWith('-A ')) {
+      const rest = line.slice(3);
+      const sp = rest.indexOf(' ');
+      const chain = sp < 0 ? rest : rest.slice(0, sp);
+      const spec = sp < 0 ? '' : rest.slice(sp + 1);
+      const list = chains.get(chain) ?? [];
+      list.push(spec);
+      chains.set(chain, list);
+    }
+  }
+  return chains;
+}
+
+/**
+ * One spelling per rule: iptables versions differ in quoting, in showing /32,
+ * in the implicit `-m udp`, and print NOTRACK either as is or as CT --notrack.
+ */
+export function normalizeSpec(spec: string): string {
+  return spec
+    .replace(/"/g, '')
+    .replace(/\/(32|128)\b/g, '')
+    .replace(/ -m (udp|tcp)\b/g, '')
+    .replace(/-j CT --notrack\b/g, '-j NOTRACK')
+    .replace(/\s+/g, ' ')
+    .trim();
+}
+
+/** What is wrong with one table, in words; empty when it is exactly as we want it. */
+export function diffIptables(name: string, table: Table, saved: SavedTable, want: readonly Rule[]): string[] {
+  const problems: string[] = [];
+  for (const hook of HOOKS[table]) {
+    const chain = ourChain(name, hook);
+    const jumps = jumpPositions(saved, hook, chain);
+    if (jumps.length === 0) problems.push(`${table} ${hook}: no jump to ${chain}`);
+    else if (jumps[0] !== 0) problems.push(`${table} ${hook}: jump to ${chain} is rule ${jumps[0]! + 1}, below ${describeFirst(saved, hook)}`);
+    if (jumps.length > 1) problems.push(`${table} ${hook}: ${jumps.length} jumps to ${chain}`);
+    const have = saved.get(chain);
+    const expected = want.filter((r) => r.table === table && r.hook === hook).map((r) => normalizeSpec(iptablesRuleSpec(name, r)));
+    if (have === undefined) problems.push(`${table} ${chain}: chain missing`);
+    else {
+      const got = have.map(normalizeSpec);
+      if (got.length !== expected.length || got.some((g, i) => g !== expected[i])) {
+        problems.push(`${table} ${chain}: ${got.length} rules, expected ${expected.length}${firstDifference(got, expected)}`);
+      }
+    }
+  }
+  return problems;
+}
+
+function describeFirst(saved: SavedTable, hook: BuiltinChain): string {
+  return `"-A ${hook} ${saved.get(hook)?.[0] ?? ''}"`;
+}
+
+function firstDifference(got: readonly string[], want: readonly string[]): string {
+  for (let i = 0; i < Math.max(got.length, want.length); i++) {
+    if (got[i] !== want[i]) return ` (rule ${i + 1}: have "${got[i] ?? '-'}", want "${want[i] ?? '-'}")`;
+  }
+  return '';
+}
+
+/** Indexes (0-based) of the rules in a built-in chain that jump to our chain. */
+function jumpPositions(saved: SavedTable, hook: BuiltinChain, chain: string): number[] {
+  const out: number[] = [];
+  (saved.get(hook) ?? []).forEach((spec, i) => {
+    if (new RegExp(`(^| )-j ${chain}( |$)`).test(spec)) out.push(i);
+  });
+  return out;
+}
+
+/**
+ * One iptables-restore --noflush batch for one table: declaring our chains
+ * flushes (or creates) them, existing jumps are deleted by their exact saved
+ * spec, fresh jumps go in at position 1, then our rules. Applied atomically,
+ * so no packet ever sees a half-built set.
+ */
+export function iptablesApplyBatch(name: string, table: Table, saved: SavedTable, want: readonly Rule[]): string {
+  const lines = [`*${table}`];
+  for (const hook of HOOKS[table]) lines.push(`:${ourChain(name, hook)} - [0:0]`);
+  for (const hook of HOOKS[table]) {
+    const chain = ourChain(name, hook);
+    for (const i of jumpPositions(saved, hook, chain)) lines.push(`-D ${hook} ${saved.get(hook)?.[i] ?? ''}`);
+    lines.push(`-I ${hook} 1 ${jumpSpec(name, hook)}`);
+  }
+  for (const r of want) if (r.table === table) lines.push(`-A ${ourChain(name, r.hook)} ${iptablesRuleSpec(name, r)}`);
+  lines.push('COMMIT', '');
+  return lines.join('\n');
+}
+
+/** The batch that removes our jumps and chains from one table; null when nothing of ours is there. */
+export function iptablesRemoveBatch(name: string, table: Table, saved: SavedTable): string | null {
+  const lines = [`*${table}`];
+  let ours = false;
+  for (const hook of HOOKS[table]) {
+    const chain = ourChain(name, hook);
+    for (const i of jumpPositions(saved, hook, chain)) {
+      lines.push(`-D ${hook} ${saved.get(hook)?.[i] ?? ''}`);
+      ours = true;
+    }
+  }
+  for (const hook of HOOKS[table]) {
+    const chain = ourChain(name, hook);
+    if (!saved.has(chain)) continue;
+    lines.push(`:${chain} - [0:0]`, `-X ${chain}`); // declaring flushes; an empty chain can be deleted
+    ours = true;
+  }
+  if (!ours) return null;
+  lines.push('COMMIT', '');
+  return lines.join('\n');
+}
+
+// ---- nftables ----------------------------------------------------------------
+
+/** Base chains of our table: [name, hook, priority]. raw = -300 runs before conntrack (-200). */
+const NFT_CHAINS: readonly (readonly [string, 'prerouting' | 'input' | 'output', number, Table, BuiltinChain])[] = [
+  ['raw-prerouting', 'prerouting', -300, 'raw', 'PREROUTING'],
+  ['raw-output', 'output', -300, 'raw', 'OUTPUT'],
+  // Just before the filter tables. An accept ends only this base chain (other
+  // tables still see the packet), which is what node-cache's ACCEPT amounts to
+  // under nftables as well: it matters against drops in our own table only.
+  ['filter-input', 'input', -10, 'filter', 'INPUT'],
+  ['filter-output', 'output', -10, 'filter', 'OUTPUT'],
+];
+
+export function nftRule(name: string, r: Rule): string {
+  const ip = r.family === 4 ? 'ip' : 'ip6';
+  const where = r.dir === 'to' ? `${ip} daddr ${r.addr}` : `${ip} saddr ${r.addr}`;
+  const port = r.dir === 'to' ? `${r.proto} dport ${r.port}` : `${r.proto} sport ${r.port}`;
+  return `${where} ${port} ${r.verdict} comment "${name.replace(/["\\]/g, '')}"`;
+}
+
+/**
+ * `nft -f -` input that replaces our table in one transaction: declaring the
+ * table first makes the delete succeed whether or not it exists (nft 1.0 has
+ * no `destroy`), and the new definition follows in the same commit.
+ */
+export function nftApplyScript(name: string, want: readonly Rule[]): string {
+  const lines = [`table inet ${name}`, `delete table inet ${name}`, `table inet ${name} {`];
+  for (const [chain, hook, prio, table, builtin] of NFT_CHAINS) {
+    lines.push(`\tchain ${chain} {`, `\t\ttype filter hook ${hook} priority ${prio}; policy accept;`);
+    for (const r of want) if (r.table === table && r.hook === builtin) lines.push(`\t\t${nftRule(name, r)}`);
+    lines.push('\t}');
+  }
+  lines.push('}', '');
+  return lines.join('\n');
+}
+
+export function nftRemoveScript(name: string): string {
+  return `table inet ${name}\ndelete table inet ${name}\n`;
+}

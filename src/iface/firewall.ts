@@ -1,0 +1,220 @@
+/**
+ * Installs, checks and removes the interception rules (firewall-rules.ts) on
+ * the node, through iptables-restore / ip6tables-restore or nft. Every change
+ * is one atomic batch per table and family; the check reads the rules back
+ * and repairs anything missing, changed or out of order.
+ */
+import type { IpFamily } from './ip-bytes.js';
+import {
+  type Rule,
+  type RuleSetOptions,
+  type SavedTable,
+  type Table,
+  buildRules,
+  diffIptables,
+  iptablesApplyBatch,
+  iptablesRemoveBatch,
+  nftApplyScript,
+  nftRemoveScript,
+  parseSave,
+} from './firewall-rules.js';
+import type { CommandResult, CommandRunner } from './run-command.js';
+import { type SetupCounters, bump } from './setup-counters.js';
+
+/**
+ * iptables in a given mode (legacy or nft; null: whatever plain `iptables`
+ * is on this image), or nftables directly.
+ */
+export type FirewallBackend = { readonly kind: 'iptables'; readonly mode: 'legacy' | 'nft' | null } | { readonly kind: 'nftables' };
+
+export interface FirewallOptions extends RuleSetOptions {
+  readonly backend: FirewallBackend;
+  readonly run: CommandRunner;
+  readonly counters: SetupCounters;
+  /** Seconds iptables-restore waits for the xtables lock (-w) before failing; the next check retries. */
+  readonly lockWaitSeconds?: number;
+}
+
+export interface FirewallCheck {
+  /** What was wrong and has been rewritten, e.g. "raw PREROUTING: jump to NODELOCALDNS-PREROUTING is rule 2, ...". */
+  readonly repaired: readonly string[];
+  readonly error: string | null;
+}
+
+export class FirewallError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FirewallError';
+  }
+}
+
+const DEFAULT_LOCK_WAIT_S = 5;
+const TABLES: readonly Table[] = ['raw', 'filter'];
+
+function describe(cmd: string, r: CommandResult): string {
+  if (r.error !== null) return `${cmd}: ${r.error}`;
+  const msg = r.stderr.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#')).join('; ');
+  return `${cmd}: exit ${r.status ?? 'killed'}${msg === '' ? '' : `: ${msg}`}`;
+}
+
+export class Firewall {
+  readonly backend: FirewallBackend;
+  readonly #name: string;
+  readonly #rules: readonly Rule[];
+  readonly #run: CommandRunner;
+  readonly #counters: SetupCounters;
+  readonly #lockWait: number;
+  /** nftables only: our table as the kernel listed it right after we wrote it; the check compares against it. */
+  #nftBaseline: string | null = null;
+
+  constructor(opts: FirewallOptions) {
+    this.backend = opts.backend;
+    this.#name = opts.name;
+    this.#rules = buildRules(opts);
+    this.#run = opts.run;
+    this.#counters = opts.counters;
+    this.#lockWait = opts.lockWaitSeconds ?? DEFAULT_LOCK_WAIT_S;
+    if (!/^[A-Za-z0-9_-]{1,20}$/.test(opts.name)) throw new FirewallError(`firewall name "${opts.name}": 1-20 letters, digits, "_" or "-"`);
+  }
+
+  /** Startup: write every rule (replacing any of ours already there). Throws FirewallError. */
+  async apply(): Promise<void> {
+    const err = await this.#write(null);
+    if (err !== null) throw new FirewallError(err);
+  }
+
+  /** Periodic: read back, and rewrite whatever differs. Never throws. */
+  async check(): Promise<FirewallCheck> {
+    const repaired: string[] = [];
+    const err = await this.#write(repaired);
+    bump(this.#counters, 'firewallRepairs', repaired.length);
+    return { repaired, error: err };
+  }
+
+  /** Teardown: delete only our jumps, chains and table. Returns an error text or null. */
+  async remove(): Promise<string | null> {
+    if (this.backend.kind === 'nftables') {
+      const r = await this.#run('nft', ['-f', '-'], nftRemoveScript(this.#name));
+      this.#nftBaseline = null;
+      return r.status === 0 ? null : this.#fail(describe('nft -f', r));
+    }
+    const errors: string[] = [];
+    for (const family of [4, 6] as const) {
+      const saved = await this.#save(family);
+      if (typeof saved === 'string') {
+        // No ip6tables on a node without IPv6 support: nothing of ours can be there either.
+        if (this.#familyWanted(family)) errors.push(this.#fail(saved));
+        continue;
+      }
+      const batch = TABLES.map((t) => iptablesRemoveBatch(this.#name, t, saved.get(t) ?? new Map())).filter((b): b is string => b !== null);
+      if (batch.length === 0) continue;
+      const e = await this.#restore(family, batch.join(''));
+      if (e !== null) errors.push(e);
+    }
+    return errors.length === 0 ? null : errors.join('; ');
+  }
+
+  /**
+   * The one write path. `repaired` null: write unconditionally (apply).
+   * Otherwise write only what differs, and say why into `repaired`.
+   */
+  async #write(repaired: string[] | null): Promise<string | null> {
+    if (this.backend.kind === 'nftables') return this.#writeNft(repaired);
+    const errors: string[] = [];
+    for (const family of [4, 6] as const) {
+      const want = this.#rules.filter((r) => r.family === family);
+      const saved = await this.#save(family);
+      if (typeof saved === 'string') {
+        if (want.length > 0) errors.push(this.#fail(saved));
+        continue;
+      }
+      const tables = new Map<Table, SavedTable>(TABLES.map((t) => [t, saved.get(t) ?? new Map<string, readonly string[]>()]));
+      if (want.length === 0) {
+        // A family we no longer serve (the config dropped its last address): clear what an earlier run left.
+        const batch = TABLES.map((t) => iptablesRemoveBatch(this.#name, t, tables.get(t)!)).filter((b): b is string => b !== null);
+        if (batch.length === 0) continue;
+        repaired?.push(`IPv${family}: removed rules for addresses no longer served`);
+        const e = await this.#restore(family, batch.join(''));
+        if (e !== null) errors.push(e);
+        continue;
+      }
+      const batches: string[] = [];
+      for (const t of TABLES) {
+        const tableState = tables.get(t)!;
+        if (repaired !== null) {
+          const problems = diffIptables(this.#name, t, tableState, want);
+          if (problems.length === 0) continue;
+          repaired.push(...problems.map((p) => `IPv${family} ${p}`));
+        }
+        batches.push(iptablesApplyBatch(this.#name, t, tableState, want));
+      }
+      if (batches.length === 0) continue;
+      const e = await this.#restore(family, batches.join(''));
+      if (e !== null) errors.push(e);
+    }
+    return errors.length === 0 ? null : errors.join('; ');
+  }
+
+  async #writeNft(repaired: string[] | null): Promise<string | null> {
+    if (repaired !== null) {
+      const listed = await this.#listNft();
+      if (listed === null) repaired.push(`nftables: table inet ${this.#name} missing`);
+      else if (this.#nftBaseline === null) repaired.push(`nftables: table inet ${this.#name} not written by this process`);
+      else if (listed !== this.#nftBaseline) repaired.push(`nftables: table inet ${this.#name} changed${firstLineDiff(listed, this.#nftBaseline)}`);
+      else return null;
+    }
+    const r = await this.#run('nft', ['-f', '-'], nftApplyScript(this.#name, this.#rules));
+    if (r.status !== 0) return this.#fail(describe('nft -f', r));
+    this.#nftBaseline = await this.#listNft();
+    return null;
+  }
+
+  async #listNft(): Promise<string | null> {
+    const r = await this.#run('nft', ['list', 'table', 'inet', this.#name]);
+    return r.status === 0 ? r.stdout : null;
+  }
+
+  /** iptables-save of one family, split by table; or an error text. */
+  async #save(family: IpFamily): Promise<Map<Table, SavedTable> | string> {
+    const cmd = this.#binary(family, 'save');
+    // Only the two tables we use: saving every table would make iptables-legacy load modules for all of them.
+    const out = new Map<Table, SavedTable>();
+    for (const t of TABLES) {
+      const r = await this.#run(cmd, ['-t', t]);
+      if (r.status !== 0) return describe(`${cmd} -t ${t}`, r); // counted by the caller, if that family matters
+      out.set(t, parseSave(r.stdout, t));
+    }
+    return out;
+  }
+
+  async #restore(family: IpFamily, batch: string): Promise<string | null> {
+    const cmd = this.#binary(family, 'restore');
+    const r = await this.#run(cmd, ['-w', String(this.#lockWait), '--noflush'], batch);
+    return r.status === 0 ? null : this.#fail(describe(cmd, r));
+  }
+
+  #binary(family: IpFamily, tool: 'save' | 'restore'): string {
+    const base = family === 4 ? 'iptables' : 'ip6tables';
+    const mode = this.backend.kind === 'iptables' && this.backend.mode !== null ? `-${this.backend.mode}` : '';
+    return `${base}${mode}-${tool}`;
+  }
+
+  #familyWanted(family: IpFamily): boolean {
+    return this.#rules.some((r) => r.family === family);
+  }
+
+  /** Counts the failure the way node-cache does (a held xtables lock apart) and returns its text. */
+  #fail(text: string): string {
+    bump(this.#counters, /xtables lock/i.test(text) ? 'iptablesLock' : 'iptables');
+    return text;
+  }
+}
+
+function firstLineDiff(a: string, b: string): string {
+  const x = a.split('\n');
+  const y = b.split('\n');
+  for (let i = 0; i < Math.max(x.length, y.length); i++) {
+    if (x[i] !== y[i]) return ` (line ${i + 1}: have "${(x[i] ?? '').trim()}", wrote "${(y[i] ?? '').trim()}")`;
+  }
+  return '';
+}
