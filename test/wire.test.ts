@@ -474,6 +474,21 @@ t.test('TSIG: NOTAUTH with an unsigned TSIG, error BADKEY (RFC 8945 5.2)', async
   const lying = tsigRr({ macLen: 8 });
   lying.writeUInt16BE(9, lying.length - 6 - 8 - 2); // MAC size says 9, RDLENGTH has room for 8
   t.equal(parseQuery(withAdditional(query({ name: 'x.example' }), lying)).status, QueryStatus.FORMERR, 'MAC size past RDLENGTH');
+  // Key name: a pointer back into the question is fine (written out whole); one whose target points onwards is not.
+  const qx = query({ name: 'x.example' });
+  const compressed = tsigRr({ key: 'k' });
+  const viaPtr = withAdditional(qx, Buffer.concat([Buffer.from([0xc0, 12]), compressed.subarray(nameToWire('k').length)]));
+  const pq = parseQuery(viaPtr);
+  t.equal(pq.status, QueryStatus.TSIG, 'compressed key name accepted');
+  const pr = tsigErrorResponse(pq, 1);
+  t.equal(nameToString(pr, qx.length), 'x.example', 'and echoed uncompressed');
+  t.notOk(pr.subarray(qx.length).includes(0xc0), 'no pointer in the TSIG');
+  // An A record whose RDATA is a pointer to the key name, and a key name pointing back at that RDATA: a loop
+  // that skipName alone (first pointer backwards) does not see.
+  const keyOff = qx.length + 13;
+  const bait = Buffer.from([0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 2, 0xc0, keyOff]);
+  const loopy = withAdditional(qx, bait, Buffer.concat([Buffer.from([0xc0, qx.length + 11]), compressed.subarray(nameToWire('k').length)]));
+  t.equal(parseQuery(loopy).status, QueryStatus.FORMERR, 'pointer loop in the key name: FORMERR, nothing thrown');
 });
 
 t.test('upstreamQuery: canonical lower-case query with EDNS', async (t) => {

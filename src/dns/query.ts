@@ -157,7 +157,7 @@ export function parseQuery(msg: Buffer): Query {
     if (off + 10 + rdlen > msg.length) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
     if (type === QType.TSIG) {
       // RFC 8945 5.1: a TSIG must be the last record (so there is one at most) and well formed.
-      if (i !== arcount - 1 || !tsigWellFormed(msg, off, off + 10 + rdlen)) {
+      if (i !== arcount - 1 || !tsigWellFormed(msg, nameStart, off, off + 10 + rdlen)) {
         return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
       }
       return result(QueryStatus.TSIG, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk, '');

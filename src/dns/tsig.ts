@@ -21,12 +21,15 @@ const RD_BEFORE_MAC = 10;
 const RD_AFTER_MAC = 6;
 
 /**
- * True when the record whose TYPE sits at `typeOff` and whose RDATA ends at
- * `rdEnd` is a TSIG of the form RFC 8945 4.2 fixes: CLASS ANY, TTL 0, and an
- * RDATA whose fields add up to RDLENGTH exactly.
+ * True when the record owned by the name at `nameStart`, whose TYPE sits at
+ * `typeOff` and whose RDATA ends at `rdEnd`, is a TSIG of the form RFC 8945
+ * 4.2 fixes: CLASS ANY, TTL 0, an RDATA whose fields add up to RDLENGTH
+ * exactly, and key and algorithm names that can be written out whole (skipName
+ * checks only a name's first pointer; tsigErrorResponse follows them all).
  */
-export function tsigWellFormed(msg: Buffer, typeOff: number, rdEnd: number): boolean {
+export function tsigWellFormed(msg: Buffer, nameStart: number, typeOff: number, rdEnd: number): boolean {
   if (msg.readUInt16BE(typeOff + 2) !== QClass.ANY || msg.readUInt32BE(typeOff + 4) !== 0) return false;
+  if (expandName(msg, nameStart, null, 0) < 0 || expandName(msg, typeOff + RR_FIXED, null, 0) < 0) return false;
   let off = skipName(msg, typeOff + RR_FIXED);
   if (off < 0 || off + RD_BEFORE_MAC > rdEnd) return false;
   off += RD_BEFORE_MAC + msg.readUInt16BE(off + 8);
