@@ -32,7 +32,9 @@ export function writeAnswer(
   const out = Buffer.allocUnsafe(len + optLen);
   // TypedArray.set and byte stores instead of Buffer.copy/readUInt*: for a few hundred
   // bytes the native copy binding and the bounds-checked accessors cost more than the work.
-  out.set(full ? wire : wire.subarray(0, len));
+  // A cut copies with Buffer.copy: a subarray view would be a second allocation.
+  if (full) out.set(wire);
+  else wire.copy(out, 0, 0, len);
   out[0] = q.id >>> 8;
   out[1] = q.id & 0xff;
   // Not authoritative (we are a cache); RD and CD echo the client; we offer recursion.
@@ -54,28 +56,33 @@ export function writeAnswer(
       out[off + 3] = ttl & 0xff;
     }
   }
-  let arcount = (wire[OFF_ARCOUNT]! << 8) | wire[OFF_ARCOUNT + 1]!;
-  if (!full) {
-    // Records run answer, authority, additional: the first n of them keep their sections.
-    const an = (wire[OFF_ANCOUNT]! << 8) | wire[OFF_ANCOUNT + 1]!;
-    const ns = (wire[OFF_NSCOUNT]! << 8) | wire[OFF_NSCOUNT + 1]!;
-    const keptAn = n < an ? n : an;
-    const keptNs = n - keptAn < ns ? n - keptAn : ns;
-    arcount = n - keptAn - keptNs;
-    out[OFF_ANCOUNT] = keptAn >>> 8;
-    out[OFF_ANCOUNT + 1] = keptAn & 0xff;
-    out[OFF_NSCOUNT] = keptNs >>> 8;
-    out[OFF_NSCOUNT + 1] = keptNs & 0xff;
-  }
-  if (optLen !== 0) {
-    writeOpt(out, len, ednsSize, 0, q.dnssecOk);
-    arcount++;
-  }
   if (!full || optLen !== 0) {
+    let arcount = full ? (wire[OFF_ARCOUNT]! << 8) | wire[OFF_ARCOUNT + 1]! : writeCutCounts(wire, out, n);
+    if (optLen !== 0) {
+      writeOpt(out, len, ednsSize, 0, q.dnssecOk);
+      arcount++;
+    }
     out[OFF_ARCOUNT] = arcount >>> 8;
     out[OFF_ARCOUNT + 1] = arcount & 0xff;
   }
   return out;
+}
+
+/**
+ * Writes ANCOUNT and NSCOUNT for an answer cut to its first `n` records and
+ * returns its ARCOUNT: records run answer, authority, additional, so the
+ * first n of them keep their sections.
+ */
+function writeCutCounts(wire: Buffer, out: Buffer, n: number): number {
+  const an = (wire[OFF_ANCOUNT]! << 8) | wire[OFF_ANCOUNT + 1]!;
+  const ns = (wire[OFF_NSCOUNT]! << 8) | wire[OFF_NSCOUNT + 1]!;
+  const keptAn = n < an ? n : an;
+  const keptNs = n - keptAn < ns ? n - keptAn : ns;
+  out[OFF_ANCOUNT] = keptAn >>> 8;
+  out[OFF_ANCOUNT + 1] = keptAn & 0xff;
+  out[OFF_NSCOUNT] = keptNs >>> 8;
+  out[OFF_NSCOUNT + 1] = keptNs & 0xff;
+  return n - keptAn - keptNs;
 }
 
 /** Offset past the record whose TTL sits at `ttlOff`: RDLENGTH follows the TTL, then RDATA. */
