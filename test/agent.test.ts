@@ -164,7 +164,7 @@ t.test('truncation: UDP answer over the client limit goes TC=1, TCP gets it whol
   t.teardown(a.stop);
   const udp = await udpQuery(a.target, 'big.example.com');
   t.equal(udp.flag_tc, true, 'TC=1 without EDNS (512 bytes)');
-  t.equal(udp.answers?.length, 0);
+  t.ok((udp.answers?.length ?? 0) > 0 && (udp.answers?.length ?? 0) < 30, `the whole records that fit in 512 bytes (${udp.answers?.length ?? 0}): musl < 1.2.4 never retries over TCP`);
   const edns = await udpQuery(a.target, 'big.example.com', { edns: true, udpSize: 4096 });
   t.equal(edns.flag_tc, false, '30 A records (uncompressed, ~1 KB) fit in 1232');
   t.equal(edns.answers?.length, 30);

@@ -5,6 +5,7 @@
 //   netns "pod"  (10.244.0.2/24 on eth0, default via 10.244.0.1)
 //     /etc/netns/<pod>/resolv.conf: kubelet's (search list, ndots:5, nameserver 169.254.20.10)
 //     /etc/netns/<pod>/nsswitch.conf: "hosts: dns" (no /etc/hosts, no other NSS module)
+//     musl-getaddrinfo (test/helpers/musl-getaddrinfo.c, built static at test time): Alpine's resolver
 //        | veth
 //   netns "node" (10.244.0.1/24 and 169.254.20.10/32 on veth0)
 //     agent: node dist/src/main.js --listen 169.254.20.10:53
@@ -29,6 +30,9 @@ import type { NetnsUpstreamLine, NetnsUpstreamStats } from './helpers/netns-upst
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const AGENT_MAIN = join(ROOT, 'dist/src/main.js');
 const UPSTREAM_SCRIPT = fileURLToPath(new URL('./helpers/netns-upstream.ts', import.meta.url));
+const MUSL_GAI_SRC = fileURLToPath(new URL('./helpers/musl-getaddrinfo.c', import.meta.url));
+/** What the fake kube-dns answers for many.default.svc.cluster.local (test/helpers/netns-upstream.ts). */
+const MANY_A = Array.from({ length: 60 }, (_, i) => `10.96.100.${i + 1}`);
 const PREFIX = 'nldns-';
 const NODE_NS = `${PREFIX}node-${process.pid}`;
 const POD_NS = `${PREFIX}pod-${process.pid}`;
@@ -404,6 +408,37 @@ async function main(): Promise<void> {
     t.equal(r.stdout.trim(), '10.96.1.10', 'answer over TCP');
     const after = await cluster.stats();
     t.equal(after.tcp, before.tcp, 'answered from the cache the UDP lookups filled');
+  });
+
+  // Alpine pods: musl before 1.2.4 never retries a TC=1 answer over TCP, it uses the records the
+  // truncated answer carries. An answer cut to nothing fails the lookup; one cut at record boundaries works.
+  const hasMusl = hasCommand('musl-gcc', ['--version']);
+  t.test('musl getaddrinfo: a name with 60 A records over 512-byte UDP', { skip: hasMusl ? false : 'musl-gcc not installed (apt-get install musl-tools)' }, async (t) => {
+    const bin = join(tmp, 'musl-getaddrinfo');
+    const built = runSync('musl-gcc', ['-static', '-O1', '-o', bin, MUSL_GAI_SRC], 120_000);
+    t.equal(built.status, 0, `musl-gcc -static: ${describe(built)}`);
+    if (built.status !== 0) return;
+    // "many" goes through the search list: many.default.svc.cluster.local answers first.
+    const r = await inPod([bin, 'many']);
+    t.equal(r.status, 0, `musl resolved it: ${describe(r)}`);
+    const got = addresses(r.stdout);
+    t.ok(got.length > 0, `some addresses (${got.length})`);
+    t.same(got.filter((a) => !MANY_A.includes(a)), [], 'only addresses the upstream gave');
+    t.ok(got.length < MANY_A.length, 'fewer than 60: the answer was cut to fit 512 bytes');
+  });
+
+  t.test('dig +noedns +ignore: TC=1 and the records that fit', { skip: hasDig ? false : 'dig not installed (apt-get install bind9-dnsutils)' }, async (t) => {
+    const r = await inPod(['dig', `@${LOCAL_IP}`, '+noedns', '+ignore', '+time=2', '+tries=1', 'many.default.svc.cluster.local', 'A']);
+    t.equal(r.status, 0, describe(r));
+    const flags = /;; flags:([^;]*);/.exec(r.stdout)?.[1]?.trim().split(/\s+/) ?? [];
+    t.ok(flags.includes('tc'), `TC=1 (flags: ${flags.join(' ')})`);
+    const count = Number(/ANSWER: (\d+)/.exec(r.stdout)?.[1] ?? -1);
+    const records = [...r.stdout.matchAll(/^many\.default\.svc\.cluster\.local\.\s+\d+\s+IN\s+A\s+(\S+)$/gm)].map((m) => m[1] ?? '');
+    t.ok(count > 0 && count < MANY_A.length, `ANSWER: ${count}`);
+    t.equal(records.length, count, 'every counted record is in the answer section');
+    t.same(records.filter((a) => !MANY_A.includes(a)), [], 'records from the upstream answer');
+    const size = Number(/MSG SIZE\s+rcvd: (\d+)/.exec(r.stdout)?.[1] ?? 0);
+    t.ok(size > 0 && size <= 512, `${size} bytes: within 512`);
   });
 
   t.test('fake kube-dns killed', async (t) => {

@@ -6,6 +6,7 @@ import { parseQuery, QueryStatus, keyParts, keyName } from '../src/dns/query.js'
 import { scanAnswer } from '../src/dns/answer.js';
 import { writeAnswer, stripOpt } from '../src/dns/patch.js';
 import { errorResponse, upstreamQuery, RCODE_BADVERS } from '../src/dns/build.js';
+import { tsigErrorResponse, TSIG_BADKEY } from '../src/dns/tsig.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { nameToString, nameToWire, skipName } from '../src/dns/name.js';
 import { answerMatchesQuery } from '../src/dns/question.js';
@@ -188,6 +189,303 @@ t.test('writeAnswer: id, case, TTL countdown, EDNS, truncation', async (t) => {
   t.equal(td.answers?.length, 0);
   t.equal(td.questions?.[0]?.name, 'www.example.com');
   t.equal(td.additionals?.[0]?.type, 'OPT', 'truncated EDNS answer keeps OPT');
+});
+
+// ---- Raw answers, built by hand: compressed owner names (pointers to the question) as real servers send them. ----
+
+interface Rr { type: number; ttl: number; rdata: Buffer; owner?: Buffer }
+const QNAME_PTR = Buffer.from([0xc0, 12]);
+
+function rawAnswer(qname: string, qtype: number, an: Rr[], ns: Rr[] = [], ar: Rr[] = [], rcode = 0): Buffer {
+  const head = Buffer.alloc(12);
+  head.writeUInt16BE(0x8180 | rcode, 2); // QR RD RA
+  head.writeUInt16BE(1, 4);
+  head.writeUInt16BE(an.length, 6);
+  head.writeUInt16BE(ns.length, 8);
+  head.writeUInt16BE(ar.length, 10);
+  const qtail = Buffer.alloc(4);
+  qtail.writeUInt16BE(qtype, 0);
+  qtail.writeUInt16BE(1, 2);
+  const rrs = [...an, ...ns, ...ar].map((r) => {
+    const fixed = Buffer.alloc(10);
+    fixed.writeUInt16BE(r.type, 0);
+    fixed.writeUInt16BE(1, 2);
+    fixed.writeUInt32BE(r.ttl, 4);
+    fixed.writeUInt16BE(r.rdata.length, 8);
+    return Buffer.concat([r.owner ?? QNAME_PTR, fixed, r.rdata]);
+  });
+  return Buffer.concat([head, nameToWire(qname), qtail, ...rrs]);
+}
+
+const aRr = (i: number, ttl = 30): Rr => ({ type: 1, ttl, rdata: Buffer.from([10, 96, 100, i]) });
+
+/** What the cache keeps of an upstream answer (entry.ts fromAnswer without the TTL cap). */
+function stored(msg: Buffer): { wire: Buffer; questionEnd: number; offsets: Uint16Array } {
+  const scan = scanAnswer(msg);
+  if (scan === undefined) throw new Error('test answer does not scan');
+  const offsets = scan.ttlOffsets.slice();
+  return { wire: stripOpt(msg, scan.end, scan.optStart, scan.optEnd, offsets), questionEnd: scan.questionEnd, offsets };
+}
+
+function counts(b: Buffer): [number, number, number] {
+  return [b.readUInt16BE(6), b.readUInt16BE(8), b.readUInt16BE(10)];
+}
+const tcOf = (b: Buffer): boolean => (b[2]! & 0x02) !== 0;
+
+t.test('writeAnswer: too big for UDP keeps the whole records that fit, TC=1 (musl < 1.2.4 never retries over TCP)', async (t) => {
+  const name = 'many.default.svc.cluster.local';
+  const s = stored(rawAnswer(name, 1, Array.from({ length: 60 }, (_, i) => aRr(i + 1))));
+  t.equal(s.wire.length, 12 + 32 + 4 + 60 * 16, '60 compressed A records');
+  const plain = parseQuery(query({ name: 'Many.Default.svc.cluster.local', id: 77 }));
+  const out = writeAnswer(s.wire, s.questionEnd, s.offsets, plain, 7, -1, 512, 1232);
+  t.ok(out.length <= 512, `${out.length} bytes`);
+  t.equal(tcOf(out), true, 'TC=1: the answer section did not fit whole');
+  const d = dnsPacket.decode(out);
+  t.equal(dnsPacket.decode.bytes, out.length, 'no stray bytes after the last record');
+  t.equal(d.answers?.length, Math.floor((512 - 48) / 16), 'as many whole records as fit (29)');
+  t.same(counts(out), [29, 0, 0]);
+  t.same(d.answers?.map((a) => (a as { data: string }).data), Array.from({ length: 29 }, (_, i) => `10.96.100.${i + 1}`), 'the leading records, in order');
+  t.same([...new Set(d.answers?.map(ttlOf))], [23], 'TTLs of the kept records aged');
+  t.equal(d.id, 77);
+  t.equal(d.questions?.[0]?.name, 'Many.Default.svc.cluster.local', 'client case echoed');
+
+  // EDNS: our OPT counts against the limit and stays last.
+  const ednsQ = parseQuery(query({ name, edns: true, udpSize: 600 }));
+  const e = writeAnswer(s.wire, s.questionEnd, s.offsets, ednsQ, 0, -1, 600, 1232);
+  t.ok(e.length <= 600);
+  t.equal(tcOf(e), true);
+  const ed = dnsPacket.decode(e);
+  t.equal(ed.answers?.length, Math.floor((600 - 48 - 11) / 16));
+  t.same(counts(e), [ed.answers?.length ?? -1, 0, 1]);
+  t.equal(ed.additionals?.[0]?.type, 'OPT');
+  t.equal(dnsPacket.decode.bytes, e.length);
+
+  // Stale serving patches the kept records too.
+  const st = dnsPacket.decode(writeAnswer(s.wire, s.questionEnd, s.offsets, plain, 0, 30, 512, 1232));
+  t.same([...new Set(st.answers?.map(ttlOf))], [30]);
+  t.equal(s.wire.readUInt32BE(s.offsets[0]!), 30, 'stored bytes untouched');
+});
+
+t.test('writeAnswer: RFC 2181 9, TC only when what the client needs is missing', async (t) => {
+  const name = 'a.example';
+  const nsRr = (host: string): Rr => ({ type: 2, ttl: 30, rdata: nameToWire(host) });
+  // 2 answers, 3 NS in authority, 3 glue A in additional.
+  const msg = rawAnswer(name, 1, [aRr(1), aRr(2)], [nsRr('ns1.example'), nsRr('ns2.example'), nsRr('ns3.example')], [aRr(7), aRr(8), aRr(9)]);
+  const s = stored(msg);
+  const q = parseQuery(query({ name }));
+  const answerEnd = s.questionEnd + 2 * 16;
+  const nsLen = 12 + nameToWire('ns1.example').length;
+
+  const cutAuthority = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + nsLen + 5, 1232);
+  t.equal(tcOf(cutAuthority), false, 'answer section whole: no TC for a partial authority section');
+  t.same(counts(cutAuthority), [2, 1, 0]);
+  t.equal(dnsPacket.decode(cutAuthority).answers?.length, 2);
+
+  const cutAdditional = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + 3 * nsLen + 16, 1232);
+  t.equal(tcOf(cutAdditional), false, 'nor for a partial additional section');
+  t.same(counts(cutAdditional), [2, 3, 1]);
+  t.equal(dnsPacket.decode(cutAdditional).additionals?.length, 1);
+  t.equal(dnsPacket.decode.bytes, cutAdditional.length, 'ends at the last kept record');
+
+  const cutAnswers = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd - 1, 1232);
+  t.equal(tcOf(cutAnswers), true, 'answer section cut: TC');
+  t.same(counts(cutAnswers), [1, 0, 0]);
+
+  const whole = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, s.wire.length, 1232);
+  t.equal(tcOf(whole), false);
+  t.ok(whole.equals(writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, 65535, 1232)), 'exact fit is the full answer');
+
+  // Negative answer: the SOA is what the client needs (RFC 2308 negative caching).
+  const soaRdata = Buffer.concat([nameToWire('ns.example'), nameToWire('hostmaster.example'), Buffer.alloc(20, 1)]);
+  const nx = stored(rawAnswer('nope.example', 1, [], [{ type: 6, ttl: 60, rdata: soaRdata, owner: nameToWire('example') }], [aRr(9)], 3));
+  const nq = parseQuery(query({ name: 'nope.example' }));
+  const nxSoaEnd = nx.wire.length - 16;
+  const noSoa = writeAnswer(nx.wire, nx.questionEnd, nx.offsets, nq, 0, -1, nxSoaEnd - 1, 1232);
+  t.equal(tcOf(noSoa), true, 'negative answer without room for its SOA: TC');
+  t.same(counts(noSoa), [0, 0, 0]);
+  t.equal(noSoa[3]! & 0xf, 3, 'rcode kept');
+  const soaKept = writeAnswer(nx.wire, nx.questionEnd, nx.offsets, nq, 0, -1, nxSoaEnd, 1232);
+  t.equal(tcOf(soaKept), false, 'SOA fits, additional dropped: no TC');
+  t.same(counts(soaKept), [0, 1, 0]);
+  t.equal(dnsPacket.decode(soaKept).authorities?.[0]?.type, 'SOA');
+});
+
+t.test('writeAnswer over TCP: an answer just over 65535 with our OPT loses its last record, not all of them', async (t) => {
+  const name = 'big.example';
+  // TXT records of 1024 bytes of RDATA (four 255-byte strings), then one sized to end at 65530 bytes.
+  const txt = (len: number): Buffer => {
+    const parts: Buffer[] = [];
+    for (let left = len; left > 0; left -= 256) parts.push(Buffer.concat([Buffer.from([Math.min(255, left - 1)]), Buffer.alloc(Math.min(255, left - 1), 0x61)]));
+    return Buffer.concat(parts);
+  };
+  const rrs: Rr[] = [];
+  let size = 12 + nameToWire(name).length + 4;
+  while (size + 12 + 1024 <= 65530 - 300) {
+    rrs.push({ type: 16, ttl: 30, rdata: txt(1024) });
+    size += 12 + 1024;
+  }
+  rrs.push({ type: 16, ttl: 30, rdata: txt(65530 - size - 12) });
+  const s = stored(rawAnswer(name, 16, rrs));
+  t.equal(s.wire.length, 65530, 'stored answer: 65530 bytes');
+
+  const noEdns = writeAnswer(s.wire, s.questionEnd, s.offsets, parseQuery(query({ name, type: 'TXT' })), 0, -1, 65535, 1232);
+  t.equal(noEdns.length, 65530, 'fits whole without an OPT');
+  t.equal(tcOf(noEdns), false);
+
+  const ednsQ = parseQuery(query({ name, type: 'TXT', edns: true }));
+  const out = writeAnswer(s.wire, s.questionEnd, s.offsets, ednsQ, 0, -1, 65535, 1232);
+  t.ok(out.length <= 65535, `${out.length} bytes`);
+  t.equal(tcOf(out), true, 'TC=1: one answer record is missing');
+  t.same(counts(out), [rrs.length - 1, 0, 1], 'every record but the last, and our OPT');
+  const d = dnsPacket.decode(out);
+  t.equal(d.answers?.length, rrs.length - 1);
+  t.equal(d.additionals?.[0]?.type, 'OPT');
+  t.equal(dnsPacket.decode.bytes, out.length);
+});
+
+/** A query with extra raw additional records appended (ARCOUNT bumped). */
+function withAdditional(msg: Buffer, ...records: Buffer[]): Buffer {
+  const out = Buffer.concat([msg, ...records]);
+  out.writeUInt16BE(msg.readUInt16BE(10) + records.length, 10);
+  return out;
+}
+
+function tsigRr(opts: { key?: string; cls?: number; macLen?: number; origId?: number; fudge?: number } = {}): Buffer {
+  const alg = nameToWire('hmac-sha256');
+  const macLen = opts.macLen ?? 32;
+  const rd = Buffer.alloc(alg.length + 10 + macLen + 6);
+  alg.copy(rd, 0);
+  let o = alg.length;
+  rd.writeUInt16BE(0, o); rd.writeUInt32BE(1_700_000_000, o + 2); // time signed
+  rd.writeUInt16BE(opts.fudge ?? 300, o + 6);
+  rd.writeUInt16BE(macLen, o + 8);
+  rd.fill(0xab, o + 10, o + 10 + macLen);
+  o += 10 + macLen;
+  rd.writeUInt16BE(opts.origId ?? 4242, o);
+  rd.writeUInt16BE(0, o + 2); // error
+  rd.writeUInt16BE(0, o + 4); // other len
+  const fixed = Buffer.alloc(10);
+  fixed.writeUInt16BE(250, 0);
+  fixed.writeUInt16BE(opts.cls ?? 255, 2);
+  fixed.writeUInt32BE(0, 4);
+  fixed.writeUInt16BE(rd.length, 8);
+  return Buffer.concat([nameToWire(opts.key ?? 'transfer-key'), fixed, rd]);
+}
+
+const optRr = (): Buffer => Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0x80, 0, 0, 0]); // 1232, DO
+
+t.test('error replies carry an OPT whenever the query had one (RFC 6891 7)', async (t) => {
+  const cases: Array<[string, Buffer, number]> = [];
+  const notify = query({ name: 'x.example', edns: true });
+  notify[2] = (notify[2]! & 0x87) | (4 << 3);
+  cases.push(['opcode NOTIFY', notify, QueryStatus.NOTIMP]);
+  const two = dnsPacket.encode({
+    type: 'query', id: 4242, flags: dnsPacket.RECURSION_DESIRED,
+    questions: [{ name: 'x.example', type: 'A', class: 'IN' }, { name: 'y.example', type: 'A', class: 'IN' }],
+    additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0, options: [] } as unknown as dnsPacket.Answer],
+  });
+  cases.push(['QDCOUNT 2', two, QueryStatus.FORMERR]);
+  const zero = Buffer.concat([Buffer.from([0x10, 0x92, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 1]), optRr()]);
+  cases.push(['QDCOUNT 0', zero, QueryStatus.FORMERR]);
+  cases.push(['AXFR', query({ name: 'x.example', type: 'AXFR', edns: true }), QueryStatus.NOTIMP]);
+  const ch = query({ name: 'version.bind', type: 'TXT', edns: true });
+  ch.writeUInt16BE(3, 12 + nameToWire('version.bind').length + 2);
+  cases.push(['class CH', ch, QueryStatus.NOTIMP]);
+  cases.push(['qtype OPT', query({ name: 'x.example', type: 'OPT', edns: true }), QueryStatus.FORMERR]);
+  const withAnswer = dnsPacket.encode({
+    type: 'query', id: 4242, flags: dnsPacket.RECURSION_DESIRED,
+    questions: [{ name: 'x.example', type: 'A', class: 'IN' }],
+    answers: [{ type: 'A', name: 'x.example', ttl: 1, data: '192.0.2.1' }],
+    additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0, options: [] } as unknown as dnsPacket.Answer],
+  });
+  cases.push(['ANCOUNT 1', withAnswer, QueryStatus.FORMERR]);
+  const brokenAfterOpt = withAdditional(query({ name: 'x.example', edns: true }), Buffer.from([0, 0, 1]));
+  cases.push(['broken record after the OPT', brokenAfterOpt, QueryStatus.FORMERR]);
+  cases.push(['TSIG not last', withAdditional(query({ name: 'x.example' }), tsigRr(), optRr()), QueryStatus.FORMERR]);
+
+  for (const [label, msg, status] of cases) {
+    const q = parseQuery(msg);
+    t.equal(q.status, status, `${label}: status`);
+    t.equal(q.edns, true, `${label}: OPT found`);
+    const resp = errorResponse(q, status === QueryStatus.NOTIMP ? 4 : 1);
+    const d = dnsPacket.decode(resp);
+    const opt = d.additionals?.find((a) => a.type === 'OPT') as { udpPayloadSize?: number } | undefined;
+    t.ok(opt !== undefined, `${label}: the error reply has an OPT`);
+    t.equal(resp.readUInt16BE(10), 1, `${label}: ARCOUNT 1`);
+  }
+
+  // No OPT, or an OPT that vouches for nothing: none in the reply.
+  const two2 = Buffer.from(query({ name: 'x.example' }));
+  two2.writeUInt16BE(2, 4);
+  t.equal(parseQuery(two2).edns, false, 'no OPT in the query: none found');
+  const doubleOpt = withAdditional(query({ name: 'x.example', edns: true }), optRr());
+  t.equal(parseQuery(doubleOpt).status, QueryStatus.FORMERR, 'two OPTs');
+  t.equal(parseQuery(doubleOpt).edns, false, 'two OPTs: no OPT echoed');
+  t.equal(parseQuery(withAdditional(query({ name: 'x.example' }), Buffer.from([3, 0x61, 0x62, 0x63, 0, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0]))).edns, false, 'OPT with a non-root owner');
+  t.equal(parseQuery(query({ name: 'x.example', edns: true, do: true, udpSize: 4000, type: 'AXFR' })).udpSize, 4000, 'size read on the error path');
+  t.equal(parseQuery(query({ name: 'x.example', edns: true, do: true, type: 'AXFR' })).dnssecOk, true, 'DO read on the error path');
+});
+
+t.test('TSIG: NOTAUTH with an unsigned TSIG, error BADKEY (RFC 8945 5.2)', async (t) => {
+  const signed = withAdditional(query({ name: 'Www.Example.com', id: 515, edns: true, do: true }), tsigRr({ origId: 515, fudge: 299 }));
+  const q = parseQuery(signed);
+  t.equal(q.status, QueryStatus.TSIG);
+  t.equal(q.edns, true, 'the OPT before it is still read');
+  const now = 0x1_2345_6789; // beyond 32 bits: the 48-bit field is split right
+  const resp = tsigErrorResponse(q, now);
+  const d = dnsPacket.decode(resp);
+  t.equal(dnsPacket.decode.bytes, resp.length, 'decodes with no stray bytes');
+  t.equal(d.id, 515);
+  t.equal(resp[3]! & 0xf, 9, 'rcode NOTAUTH');
+  t.equal(d.flag_qr, true);
+  t.equal(d.questions?.[0]?.name, 'Www.Example.com', 'question echoed');
+  t.same(counts(resp), [0, 0, 2], 'OPT and TSIG');
+  t.equal(d.additionals?.[0]?.type, 'OPT');
+  t.equal(((d.additionals?.[0] as { flags: number }).flags & dnsPacket.DNSSEC_OK) !== 0, true, 'DO echoed');
+  // The TSIG record, field by field.
+  let o = resp.length - (nameToWire('transfer-key').length + 10 + nameToWire('hmac-sha256').length + 16);
+  t.equal(nameToString(resp, o), 'transfer-key', 'key name echoed');
+  o += nameToWire('transfer-key').length;
+  t.same([resp.readUInt16BE(o), resp.readUInt16BE(o + 2), resp.readUInt32BE(o + 4)], [250, 255, 0], 'TYPE TSIG, CLASS ANY, TTL 0');
+  t.equal(resp.readUInt16BE(o + 8), resp.length - o - 10, 'RDLENGTH');
+  o += 10;
+  t.equal(nameToString(resp, o), 'hmac-sha256', 'algorithm echoed');
+  o += nameToWire('hmac-sha256').length;
+  t.equal(resp.readUInt16BE(o) * 2 ** 32 + resp.readUInt32BE(o + 2), now, 'time signed = now');
+  t.equal(resp.readUInt16BE(o + 6), 299, 'fudge echoed');
+  t.equal(resp.readUInt16BE(o + 8), 0, 'MAC size 0: unsigned');
+  t.equal(resp.readUInt16BE(o + 10), 515, 'original id');
+  t.equal(resp.readUInt16BE(o + 12), TSIG_BADKEY, 'error BADKEY');
+  t.equal(resp.readUInt16BE(o + 14), 0, 'other len 0');
+
+  const bare = parseQuery(withAdditional(query({ name: 'x.example' }), tsigRr({ key: 'k' })));
+  t.equal(bare.status, QueryStatus.TSIG);
+  const br = tsigErrorResponse(bare, 1);
+  t.same(counts(br), [0, 0, 1], 'no OPT when the query had none');
+  t.equal(nameToString(br, 12 + nameToWire('x.example').length + 4), 'k');
+
+  t.equal(parseQuery(withAdditional(query({ name: 'x.example' }), tsigRr(), tsigRr())).status, QueryStatus.FORMERR, 'two TSIGs');
+  t.equal(parseQuery(withAdditional(query({ name: 'x.example' }), tsigRr({ cls: 1 }))).status, QueryStatus.FORMERR, 'TSIG not of class ANY');
+  const cut = withAdditional(query({ name: 'x.example' }), tsigRr({ macLen: 4 }).subarray(0, 20));
+  t.equal(parseQuery(cut).status, QueryStatus.FORMERR, 'cut TSIG');
+  const lying = tsigRr({ macLen: 8 });
+  lying.writeUInt16BE(9, lying.length - 6 - 8 - 2); // MAC size says 9, RDLENGTH has room for 8
+  t.equal(parseQuery(withAdditional(query({ name: 'x.example' }), lying)).status, QueryStatus.FORMERR, 'MAC size past RDLENGTH');
+  // Key name: a pointer back into the question is fine (written out whole); one whose target points onwards is not.
+  const qx = query({ name: 'x.example' });
+  const compressed = tsigRr({ key: 'k' });
+  const viaPtr = withAdditional(qx, Buffer.concat([Buffer.from([0xc0, 12]), compressed.subarray(nameToWire('k').length)]));
+  const pq = parseQuery(viaPtr);
+  t.equal(pq.status, QueryStatus.TSIG, 'compressed key name accepted');
+  const pr = tsigErrorResponse(pq, 1);
+  t.equal(nameToString(pr, qx.length), 'x.example', 'and echoed uncompressed');
+  t.notOk(pr.subarray(qx.length).includes(0xc0), 'no pointer in the TSIG');
+  // An A record whose RDATA is a pointer to the key name, and a key name pointing back at that RDATA: a loop
+  // that skipName alone (first pointer backwards) does not see.
+  const keyOff = qx.length + 13;
+  const bait = Buffer.from([0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 2, 0xc0, keyOff]);
+  const loopy = withAdditional(qx, bait, Buffer.concat([Buffer.from([0xc0, qx.length + 11]), compressed.subarray(nameToWire('k').length)]));
+  t.equal(parseQuery(loopy).status, QueryStatus.FORMERR, 'pointer loop in the key name: FORMERR, nothing thrown');
 });
 
 t.test('upstreamQuery: canonical lower-case query with EDNS', async (t) => {

@@ -34,6 +34,8 @@ export const Rcode = {
   NXDOMAIN: 3,
   NOTIMP: 4,
   REFUSED: 5,
+  /** Not authorized: the answer to a TSIG-signed query whose key we do not hold (RFC 8945 5.2). */
+  NOTAUTH: 9,
 } as const;
 export type Rcode = (typeof Rcode)[keyof typeof Rcode];
 
@@ -48,6 +50,8 @@ export const QType = {
   AAAA: 28,
   SRV: 33,
   OPT: 41,
+  /** Transaction signature (RFC 8945): a meta-record, last in the additional section. */
+  TSIG: 250,
   IXFR: 251,
   AXFR: 252,
   ANY: 255,

@@ -69,6 +69,31 @@ export function copyLowerName(src: Uint8Array, srcOff: number, out: Uint8Array, 
 }
 
 /**
+ * Writes the name at `off` to `out` at `outOff` without compression, following
+ * pointers (at most 64 hops), and returns its length; with `out` null it only
+ * measures. -1 if malformed. For echoing names from a client's message into an
+ * answer of a different layout, where its pointers would point elsewhere. Slow path.
+ */
+export function expandName(msg: Uint8Array, off: number, out: Uint8Array | null, outOff: number): number {
+  let hops = 0;
+  let len = 0;
+  while (off < msg.length) {
+    const l = msg[off]!;
+    if ((l & POINTER_MASK) === POINTER_MASK) {
+      if (off + 1 >= msg.length || ++hops > 64) return -1;
+      off = ((l & 0x3f) << 8) | msg[off + 1]!;
+      continue;
+    }
+    if (l > MAX_LABEL || off + 1 + l > msg.length || len + l + 1 > MAX_NAME_WIRE) return -1;
+    if (out !== null) out.set(msg.subarray(off, off + 1 + l), outOff + len);
+    len += l + 1;
+    if (l === 0) return len;
+    off += l + 1;
+  }
+  return -1;
+}
+
+/**
  * Presentation form ("www.example.com", "." for the root), following
  * pointers (at most 64 hops). Returns undefined if malformed. Slow path only.
  */

@@ -1,64 +1,121 @@
 /**
  * Turning stored answer bytes into the answer for one client: copy, then
  * patch the id, the flags, the question's spelling and every TTL. This is the
- * whole cost of a cache hit besides the lookup, so it reads no record and
- * allocates one (pooled) buffer. It never throws.
+ * whole cost of a cache hit besides the lookup, so it decodes no record and
+ * allocates one (pooled) buffer: an answer too big for the client is cut at a
+ * record boundary found from the TTL offsets alone. It never throws.
  */
-import { FLAG_AA, FLAG_CD, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS } from './constants.js';
+import {
+  FLAG_AA, FLAG_CD, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT,
+} from './constants.js';
 import { OPT_LEN, writeOpt } from './build.js';
 import type { Query } from './query.js';
 
 /**
  * `wire` is an answer stored without OPT, with the id 0 and TTLs already
- * capped to the entry's lifetime; `questionEnd` is where its question ends.
- * TTLs are counted down by `ageSec`, or all set to `fixedTtl` when that is
- * >= 0 (stale answers). Returns the client's answer, or a truncated one
- * (TC=1, question only) when it would not fit `limit`.
+ * capped to the entry's lifetime; `questionEnd` is where its question ends;
+ * `ttlOffsets` holds the TTL offset of every record, in order. TTLs are
+ * counted down by `ageSec`, or all set to `fixedTtl` when that is >= 0 (stale
+ * answers). When the answer (with our OPT) would not fit `limit`, it is cut
+ * at a record boundary (see keptRecords).
  */
 export function writeAnswer(
   wire: Buffer, questionEnd: number, ttlOffsets: Uint16Array, q: Query, ageSec: number, fixedTtl: number, limit: number, ednsSize: number,
 ): Buffer {
   const optLen = q.edns ? OPT_LEN : 0;
   const full = wire.length + optLen <= limit;
-  const len = full ? wire.length : questionEnd;
+  // The cut is the rare path: it is worked out here, before the copy, so the common path only pays this branch.
+  const kept = full ? ttlOffsets.length : keptRecords(wire, ttlOffsets, limit - optLen);
+  const tc = kept < 0;
+  const n = tc ? ~kept : kept;
+  const len = full ? wire.length : n === 0 ? questionEnd : recordEnd(wire, ttlOffsets[n - 1]!);
   const out = Buffer.allocUnsafe(len + optLen);
   // TypedArray.set and byte stores instead of Buffer.copy/readUInt*: for a few hundred
   // bytes the native copy binding and the bounds-checked accessors cost more than the work.
-  out.set(full ? wire : wire.subarray(0, len));
+  // A cut copies with Buffer.copy: a subarray view would be a second allocation.
+  if (full) out.set(wire);
+  else wire.copy(out, 0, 0, len);
   out[0] = q.id >>> 8;
   out[1] = q.id & 0xff;
   // Not authoritative (we are a cache); RD and CD echo the client; we offer recursion.
   let flags = (((wire[OFF_FLAGS]! << 8) | wire[OFF_FLAGS + 1]!) & ~(FLAG_AA | FLAG_RD | FLAG_CD)) | (q.flags & (FLAG_RD | FLAG_CD)) | FLAG_RA;
-  if (!full) flags |= FLAG_TC;
+  if (tc) flags |= FLAG_TC;
   out[OFF_FLAGS] = flags >>> 8;
   out[OFF_FLAGS + 1] = flags & 0xff;
   // Echo the client's spelling of the name (0x20 case randomisation); same length by construction of the key.
   const msg = q.msg;
   for (let i = HEADER_LEN; i < q.qnameEnd; i++) out[i] = msg[i]!;
-  if (full) {
-    if (ageSec > 0 || fixedTtl >= 0) {
-      for (let i = 0; i < ttlOffsets.length; i++) {
-        const off = ttlOffsets[i]!;
-        const stored = ((wire[off]! << 24) | (wire[off + 1]! << 16) | (wire[off + 2]! << 8) | wire[off + 3]!) >>> 0;
-        const ttl = fixedTtl >= 0 ? fixedTtl : stored > ageSec ? stored - ageSec : 0;
-        out[off] = ttl >>> 24;
-        out[off + 1] = (ttl >>> 16) & 0xff;
-        out[off + 2] = (ttl >>> 8) & 0xff;
-        out[off + 3] = ttl & 0xff;
-      }
+  if (ageSec > 0 || fixedTtl >= 0) {
+    for (let i = 0; i < n; i++) {
+      const off = ttlOffsets[i]!;
+      const stored = ((wire[off]! << 24) | (wire[off + 1]! << 16) | (wire[off + 2]! << 8) | wire[off + 3]!) >>> 0;
+      const ttl = fixedTtl >= 0 ? fixedTtl : stored > ageSec ? stored - ageSec : 0;
+      out[off] = ttl >>> 24;
+      out[off + 1] = (ttl >>> 16) & 0xff;
+      out[off + 2] = (ttl >>> 8) & 0xff;
+      out[off + 3] = ttl & 0xff;
     }
+  }
+  if (!full || optLen !== 0) {
+    let arcount = full ? (wire[OFF_ARCOUNT]! << 8) | wire[OFF_ARCOUNT + 1]! : writeCutCounts(wire, out, n);
     if (optLen !== 0) {
       writeOpt(out, len, ednsSize, 0, q.dnssecOk);
-      const arcount = ((wire[OFF_ARCOUNT]! << 8) | wire[OFF_ARCOUNT + 1]!) + 1;
-      out[OFF_ARCOUNT] = arcount >>> 8;
-      out[OFF_ARCOUNT + 1] = arcount & 0xff;
+      arcount++;
     }
-  } else {
-    out.writeUInt32BE(0, OFF_ANCOUNT); // ANCOUNT, NSCOUNT
-    out.writeUInt16BE(optLen !== 0 ? 1 : 0, OFF_ARCOUNT);
-    if (optLen !== 0) writeOpt(out, len, ednsSize, 0, q.dnssecOk);
+    out[OFF_ARCOUNT] = arcount >>> 8;
+    out[OFF_ARCOUNT + 1] = arcount & 0xff;
   }
   return out;
+}
+
+/**
+ * Writes ANCOUNT and NSCOUNT for an answer cut to its first `n` records and
+ * returns its ARCOUNT: records run answer, authority, additional, so the
+ * first n of them keep their sections.
+ */
+function writeCutCounts(wire: Buffer, out: Buffer, n: number): number {
+  const an = (wire[OFF_ANCOUNT]! << 8) | wire[OFF_ANCOUNT + 1]!;
+  const ns = (wire[OFF_NSCOUNT]! << 8) | wire[OFF_NSCOUNT + 1]!;
+  const keptAn = n < an ? n : an;
+  const keptNs = n - keptAn < ns ? n - keptAn : ns;
+  out[OFF_ANCOUNT] = keptAn >>> 8;
+  out[OFF_ANCOUNT + 1] = keptAn & 0xff;
+  out[OFF_NSCOUNT] = keptNs >>> 8;
+  out[OFF_NSCOUNT + 1] = keptNs & 0xff;
+  return n - keptAn - keptNs;
+}
+
+/** Offset past the record whose TTL sits at `ttlOff`: RDLENGTH follows the TTL, then RDATA. */
+function recordEnd(wire: Buffer, ttlOff: number): number {
+  return ttlOff + 6 + ((wire[ttlOff + 4]! << 8) | wire[ttlOff + 5]!);
+}
+
+/**
+ * How many leading records to keep when the whole answer does not fit in
+ * `budget` bytes (the client's limit less our OPT): n when the answer may go
+ * out without TC, ~n (negative) when it must carry TC=1.
+ *
+ * CoreDNS does the same and musl before 1.2.4 depends on it: that resolver
+ * never retries over TCP, so an empty TC answer fails the lookup where a
+ * partial one succeeds. RFC 2181 section 9: TC only when what the client
+ * needs is missing. So if the whole answer section fits, authority and
+ * additional records that do not fit are dropped without TC; but a negative
+ * answer (no answer records) needs its authority section (the SOA for RFC
+ * 2308 negative caching, and any RFC 4035 denial proofs beside it), so a
+ * negative answer that loses an authority record is TC. Cutting a suffix is
+ * safe on the wire because compression pointers only point backwards
+ * (answer.ts scanAnswer refuses anything else at insert).
+ */
+export function keptRecords(wire: Buffer, ttlOffsets: Uint16Array, budget: number): number {
+  let n = 0;
+  while (n < ttlOffsets.length && recordEnd(wire, ttlOffsets[n]!) <= budget) n++;
+  const an = (wire[OFF_ANCOUNT]! << 8) | wire[OFF_ANCOUNT + 1]!;
+  if (n < an) return ~n;
+  if (an === 0) {
+    const ns = (wire[OFF_NSCOUNT]! << 8) | wire[OFF_NSCOUNT + 1]!;
+    if (n < ns) return ~n;
+  }
+  return n;
 }
 
 /**

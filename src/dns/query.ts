@@ -8,6 +8,7 @@ import {
   OPCODE_MASK, QClass, QType,
 } from './constants.js';
 import { skipName, skipUncompressedName } from './name.js';
+import { tsigWellFormed } from './tsig.js';
 
 export const QueryStatus = {
   OK: 0,
@@ -17,6 +18,12 @@ export const QueryStatus = {
   NOTIMP: 3,
   /** EDNS version we do not speak (RFC 6891 6.1.3). */
   BADVERS: 4,
+  /**
+   * Signed with TSIG (the last additional record). We hold no keys, so the
+   * answer is NOTAUTH with an unsigned TSIG saying BADKEY (RFC 8945 5.2):
+   * build it with tsig.ts tsigErrorResponse.
+   */
+  TSIG: 5,
 } as const;
 export type QueryStatus = (typeof QueryStatus)[keyof typeof QueryStatus];
 
@@ -48,8 +55,55 @@ const keyScratch = Buffer.allocUnsafe(256 + 5);
 export const KEY_DO = 1;
 export const KEY_CD = 2;
 
+/**
+ * An error status for a query with a readable header. The answer still owes
+ * the client an OPT if its query had one (RFC 6891 7), so the OPT is looked
+ * for here, off the OK path, however far the error was found from it.
+ */
 function failed(status: QueryStatus, msg: Buffer, id: number, flags: number, qnameEnd: number, qtype: number, qclass: number): Query {
-  return result(status, msg, id, flags, qnameEnd, qtype, qclass, false, 512, false, '');
+  const opt = findOpt(msg);
+  if (opt < 0) return result(status, msg, id, flags, qnameEnd, qtype, qclass, false, 512, false, '');
+  const size = opt & 0xffff;
+  return result(status, msg, id, flags, qnameEnd, qtype, qclass, true, size < 512 ? 512 : size, (opt & OPT_FOUND_DO) !== 0, '');
+}
+
+/** findOpt's packed result: the UDP size in the low 16 bits, this bit for DO. */
+const OPT_FOUND_DO = 0x10000;
+
+/**
+ * Best effort, for error answers: walks every section as the header counts
+ * them (questions as names plus type and class, records as names plus fixed
+ * fields plus RDATA) and returns the additional section's OPT as
+ * udpSize | (DO ? OPT_FOUND_DO : 0), or -1 when the walk breaks before one is
+ * found or the OPT is itself invalid (a second OPT, or an owner other than the
+ * root: RFC 6891 6.1.1 calls both FORMERR, and such an OPT vouches for nothing).
+ * Packed into a number so the error path allocates nothing more than before.
+ */
+function findOpt(msg: Buffer): number {
+  const qdcount = u16(msg, OFF_QDCOUNT);
+  const anns = u16(msg, OFF_ANCOUNT) + u16(msg, OFF_NSCOUNT);
+  const arcount = u16(msg, OFF_ARCOUNT);
+  if (arcount === 0) return -1;
+  let off = HEADER_LEN;
+  for (let i = 0; i < qdcount; i++) {
+    off = skipName(msg, off);
+    if (off < 0 || off + 4 > msg.length) return -1;
+    off += 4;
+  }
+  let found = -1;
+  for (let i = 0; i < anns + arcount; i++) {
+    const nameStart = off;
+    off = skipName(msg, off);
+    if (off < 0 || off + 10 > msg.length) return found;
+    const rdEnd = off + 10 + u16(msg, off + 8);
+    if (rdEnd > msg.length) return found;
+    if (i >= anns && u16(msg, off) === QType.OPT) {
+      if (found >= 0 || off !== nameStart + 1 || msg[nameStart] !== 0) return -1;
+      found = u16(msg, off + 2) | ((u16(msg, off + 6) & EDNS_DO) !== 0 ? OPT_FOUND_DO : 0);
+    }
+    off = rdEnd;
+  }
+  return found;
 }
 
 /** Big-endian u16 without Buffer's bounds checks: callers have checked the length (readUInt16BE was 10% of a hit). */
@@ -101,6 +155,13 @@ export function parseQuery(msg: Buffer): Query {
     const type = u16(msg, off);
     const rdlen = u16(msg, off + 8);
     if (off + 10 + rdlen > msg.length) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+    if (type === QType.TSIG) {
+      // RFC 8945 5.1: a TSIG must be the last record (so there is one at most) and well formed.
+      if (i !== arcount - 1 || !tsigWellFormed(msg, nameStart, off, off + 10 + rdlen)) {
+        return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+      }
+      return result(QueryStatus.TSIG, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk, '');
+    }
     if (type === QType.OPT) {
       if (edns || msg[nameStart] !== 0 || off !== nameStart + 1) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
       edns = true;

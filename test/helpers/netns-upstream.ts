@@ -26,6 +26,8 @@ const CLUSTER_RECORDS: Record<string, StaticRecord> = {
   'api.prod.svc.cluster.local': { A: ['10.96.2.20'], AAAA: ['fd00:10:96::220'], ttl: 30 },
   // Never asked before the test kills this server: "a new cluster name".
   'db.default.svc.cluster.local': { A: ['10.96.3.30'], ttl: 30 },
+  // 60 A records (10.96.100.1-60), far over 512 bytes: the truncation case (musl never retries over TCP).
+  'many.default.svc.cluster.local': { A: Array.from({ length: 60 }, (_, i) => `10.96.100.${i + 1}`), ttl: 30 },
 };
 
 /** What the fake host resolver serves; every other name: NXDOMAIN + SOA. */
