@@ -122,8 +122,10 @@ export class Agent {
       this.#listeners.push(
         new TcpListener(addr, this.hitPath, this.#logger, {
           idleTimeoutMs: c.tcpIdleTimeoutMs,
+          readTimeoutMs: c.tcpReadTimeoutMs,
           maxConnections: c.maxTcpConnections,
           maxQueriesPerConnection: c.maxTcpQueries,
+          clock: this.#clock,
         }),
       );
     }
@@ -175,7 +177,9 @@ export class Agent {
 
   #hostRoute(name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean): Route {
     const { attemptTimeoutMs, budgetMs } = hostBudget(this.config.timeoutMs, attemptMs, attempts, servers.length);
-    const upstream = new HostResolvers({ servers, attemptTimeoutMs, attempts, rotate, clock: this.#clock, logger: this.#logger, name });
+    const upstream = new HostResolvers({
+      servers, attemptTimeoutMs, attempts, rotate, maxInFlight: this.config.hostMaxInflight, clock: this.#clock, logger: this.#logger, name,
+    });
     this.#upstreams.push(upstream);
     return { upstream, timeoutMs: budgetMs, local: null };
   }
@@ -187,6 +191,8 @@ export class Agent {
       start: () => Promise.resolve(),
       stop: async (deadline) => {
         await this.#until(deadline, Promise.all(this.#upstreams.map((u) => u.close())).then(() => undefined));
+        // Past the deadline nothing waits on them any more (the hit path answered its clients): drop what is left.
+        for (const u of this.#upstreams) u.abort();
         this.#upstreams.length = 0;
       },
     };

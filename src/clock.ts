@@ -13,6 +13,8 @@ import { performance } from 'node:perf_hooks';
 export interface Clock {
   /** Milliseconds on a monotonic scale (only differences matter). */
   now(): number;
+  /** Wall-clock milliseconds since the epoch, for what leaves the process (TSIG time, snapshots, logs). */
+  wall(): number;
   /**
    * Registers a sweep: `fn(now)` runs about every SWEEP_MS while registered.
    * One shared timer serves every sweeper (deadlines of both upstream
@@ -63,6 +65,10 @@ class SystemClock implements Clock {
     return this.#origin + performance.now();
   }
 
+  wall(): number {
+    return Date.now();
+  }
+
   sweep(fn: (now: number) => void): () => void {
     this.#sweepers.add(fn);
     if (this.#timer === null) {
@@ -93,6 +99,10 @@ export class ManualClock implements Clock {
   }
 
   now(): number {
+    return this.#ms;
+  }
+
+  wall(): number {
     return this.#ms;
   }
 

@@ -48,8 +48,11 @@ export interface Config {
   readonly prefetchPercent: number;
   readonly maxUdpSize: number;
   readonly tcpIdleTimeoutMs: number;
+  readonly tcpReadTimeoutMs: number;
   readonly maxTcpConnections: number;
   readonly maxTcpQueries: number;
+  /** Host-resolver (and stub-domain) exchanges in flight per upstream; beyond it SERVFAIL at once. */
+  readonly hostMaxInflight: number;
   readonly shutdownGraceMs: number;
   readonly logLevel: LogLevel;
 }
@@ -96,8 +99,16 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'serve-stale', kind: 'duration', def: '1h', min: 0, max: 7 * 86_400_000, help: 'when an upstream fails, answer from an entry expired at most this long ago, with TTL 30 (RFC 8767); 0 turns it off' },
   { flag: 'max-udp-size', kind: 'int', def: '1232', help: 'largest UDP answer, whatever the client advertises (DNS Flag Day 2020); larger ones go TC=1', min: 512, max: 65535 },
   { flag: 'tcp-idle-timeout', kind: 'duration', def: '10s', min: 100, max: 3_600_000, help: 'close an idle client TCP connection after this long (RFC 7766 6.2.3)' },
-  { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; more are refused', min: 1 },
+  {
+    flag: 'tcp-read-timeout', kind: 'duration', def: '2s', min: 100, max: 60_000,
+    help: 'a client TCP message must be complete this long after its first byte (slow-loris); a pod sends one segment, 2 s allows a retransmission',
+  },
+  { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; at the cap a newcomer closes the connection idle longest, and is refused only when all are busy', min: 1 },
   { flag: 'max-tcp-queries', kind: 'int', def: '128', help: 'queries in flight on one client TCP connection; reading pauses beyond it', min: 1 },
+  {
+    flag: 'host-max-inflight', kind: 'int', def: '1000', min: 1, max: 100_000,
+    help: 'external-name (and stub-domain) queries in flight per upstream, each holding at most 3 UDP sockets; beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
+  },
   { flag: 'shutdown-grace', kind: 'duration', def: '5s', min: 0, max: 300_000, help: 'on SIGTERM, how long queries in flight may take to finish' },
   { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
 ];
@@ -377,8 +388,10 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     serveStaleMs: duration('serve-stale', true),
     maxUdpSize: int('max-udp-size'),
     tcpIdleTimeoutMs: duration('tcp-idle-timeout'),
+    tcpReadTimeoutMs: duration('tcp-read-timeout'),
     maxTcpConnections: int('max-tcp-connections'),
     maxTcpQueries: int('max-tcp-queries'),
+    hostMaxInflight: int('host-max-inflight'),
     shutdownGraceMs: duration('shutdown-grace'),
     logLevel: logLevel as LogLevel,
   };

@@ -4,7 +4,7 @@
 import t from 'tap';
 import dgram from 'node:dgram';
 import * as dnsPacket from 'dns-packet';
-import { SimDnsServer, staticHandler } from '../bench/sim/dns-server.js';
+import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
 import { ManualClock } from '../src/clock.js';
 import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
 import { startAgent, writeResolvConf } from './helpers/agent.js';

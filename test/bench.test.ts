@@ -15,7 +15,7 @@ import { Verdict, checkResponse } from '../bench/check.js';
 import { helpText, parseOptions } from '../bench/options.js';
 import { which } from '../bench/proc-stats.js';
 import type { BenchResults } from '../bench/results.js';
-import { SimDnsServer } from '../bench/sim/dns-server.js';
+import { SimDnsServer } from '../testkit/dns-server.js';
 import {
   DEFAULT_ZONES, QTYPE_A, QTYPE_AAAA, RCODE_NOERROR, RCODE_NXDOMAIN, Zone,
   answerPacket, combinedZoneHandler, expectedAnswer, nameExists, zoneOf,

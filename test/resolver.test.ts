@@ -21,7 +21,7 @@ import { Counters } from '../src/stats/counters.js';
 import { FAIL_STREAK, UpstreamHealth } from '../src/upstream/health.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import type { Upstream, UpstreamExchange } from '../src/upstream/types.js';
-import { a, answer, query, rcodeOf, soa, ttlOf } from './kit/dns.js';
+import { a, answer, query, rcodeOf, soa, tsigRr, ttlOf, withAdditional } from './kit/dns.js';
 
 class FakeChannel implements ClientChannel {
   readonly transport: Transport;
@@ -60,6 +60,7 @@ class FakeUpstream implements Upstream {
   close(): Promise<void> {
     return Promise.resolve();
   }
+  abort(): void {}
   /** Answers the n-th exchange with `msg` (id rewritten, as a transport does). */
   answer(n: number, msg: Buffer): void {
     this.exchanges[n]!.resolve(msg);
@@ -271,6 +272,29 @@ t.test('bad queries: dropped or answered with an error by the hit path alone', a
   r.hits.handle(notimp, ch, PEER);
   t.equal(rcodeOf(ch.sent[0]!), 4, 'NOTIMP');
   t.equal(r.cluster.exchanges.length + r.external.exchanges.length, 0, 'nothing forwarded');
+});
+
+t.test('answers carry AA=1 as node-cache\'s do, on the miss and on every hit', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'www.example.org' }), ch, PEER);
+  r.external.answer(0, answer('www.example.org', [a('www.example.org', '192.0.2.8')], { aa: false }));
+  r.hits.handle(query({ name: 'www.example.org' }), ch, PEER);
+  t.ok(ch.decoded(0).flag_aa, 'the miss');
+  t.ok(ch.decoded(1).flag_aa, 'the hit');
+  t.ok(ch.decoded(1).flag_ra && ch.decoded(1).flag_rd, 'RA offered, RD echoed');
+});
+
+t.test('a TSIG-signed query gets NOTAUTH with an unsigned TSIG saying BADKEY, and is never forwarded', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(withAdditional(query({ name: SVC, id: 321 }), tsigRr({ origId: 321 })), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 0, 'not forwarded');
+  const reply = ch.sent[0]!;
+  t.equal(rcodeOf(reply), 9, 'NOTAUTH');
+  t.equal(reply.readUInt16BE(0), 321);
+  t.equal(reply.readUInt16BE(10), 1, 'one additional record: the TSIG');
+  t.equal(reply.readUInt16BE(reply.length - 4), 17, 'TSIG error BADKEY (Original ID, Error, Other Len close the record)');
 });
 
 t.test('cache: TTL countdown, expiry, negative store, prefetch claim, eviction', async (t) => {

@@ -12,7 +12,7 @@ import { Counters } from '../src/stats/counters.js';
 import type { Logger, LogFields } from '../src/log.js';
 import type { Upstream, UpstreamFailure } from '../src/upstream/types.js';
 import { ManualClock, systemClock, type Clock } from '../src/clock.js';
-import { SimDnsServer, staticHandler, type SimContext, type SimHandler } from '../bench/sim/dns-server.js';
+import { SimDnsServer, staticHandler, type SimContext, type SimHandler } from '../testkit/dns-server.js';
 
 // ---------------------------------------------------------------- helpers
 

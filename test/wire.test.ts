@@ -13,41 +13,7 @@ import { answerMatchesQuery } from '../src/dns/question.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { planCaching } from '../src/cache/policy.js';
 import { prefetchStart } from '../src/cache/prefetch.js';
-
-type Q = { name: string; type?: string; id?: number; flags?: number; edns?: boolean; udpSize?: number; do?: boolean };
-function query(o: Q): Buffer {
-  const p: dnsPacket.Packet = {
-    type: 'query',
-    id: o.id ?? 4242,
-    flags: o.flags ?? dnsPacket.RECURSION_DESIRED,
-    questions: [{ name: o.name, type: (o.type ?? 'A') as 'A', class: 'IN' }],
-  };
-  if (o.edns) {
-    p.additionals = [{ type: 'OPT', name: '.', udpPayloadSize: o.udpSize ?? 1232, flags: o.do ? dnsPacket.DNSSEC_OK : 0, options: [] } as unknown as dnsPacket.Answer];
-  }
-  return dnsPacket.encode(p);
-}
-
-function answer(name: string, answers: dnsPacket.Answer[], opts: { rcode?: string; authorities?: dnsPacket.Answer[]; additionals?: dnsPacket.Answer[]; type?: string; tc?: boolean } = {}): Buffer {
-  // dns-packet encodes the rcode only from the low bits of `flags`.
-  const rcode = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'].indexOf(opts.rcode ?? 'NOERROR');
-  return dnsPacket.encode({
-    type: 'response',
-    id: 0,
-    flags: (opts.tc ? dnsPacket.TRUNCATED_RESPONSE : 0) | dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | rcode,
-    questions: [{ name, type: (opts.type ?? 'A') as 'A', class: 'IN' }],
-    answers,
-    authorities: opts.authorities ?? [],
-    additionals: opts.additionals ?? [],
-  } as dnsPacket.Packet);
-}
-
-const ttlOf = (a: dnsPacket.Answer): number | undefined => (a as { ttl?: number }).ttl;
-
-const soa = (zone: string, ttl: number, minimum: number): dnsPacket.Answer => ({
-  type: 'SOA', name: zone, ttl,
-  data: { mname: 'ns.dns.' + zone, rname: 'hostmaster.' + zone, serial: 1, refresh: 7200, retry: 1800, expire: 86400, minimum },
-} as dnsPacket.Answer);
+import { answer, query, soa, ttlOf, tsigRr, withAdditional } from './kit/dns.js';
 
 t.test('parseQuery: a plain query, its key and 0x20 case', async (t) => {
   const q = parseQuery(query({ name: 'WwW.Example.COM', id: 7 }));
@@ -342,35 +308,6 @@ t.test('writeAnswer over TCP: an answer just over 65535 with our OPT loses its l
   t.equal(d.additionals?.[0]?.type, 'OPT');
   t.equal(dnsPacket.decode.bytes, out.length);
 });
-
-/** A query with extra raw additional records appended (ARCOUNT bumped). */
-function withAdditional(msg: Buffer, ...records: Buffer[]): Buffer {
-  const out = Buffer.concat([msg, ...records]);
-  out.writeUInt16BE(msg.readUInt16BE(10) + records.length, 10);
-  return out;
-}
-
-function tsigRr(opts: { key?: string; cls?: number; macLen?: number; origId?: number; fudge?: number } = {}): Buffer {
-  const alg = nameToWire('hmac-sha256');
-  const macLen = opts.macLen ?? 32;
-  const rd = Buffer.alloc(alg.length + 10 + macLen + 6);
-  alg.copy(rd, 0);
-  let o = alg.length;
-  rd.writeUInt16BE(0, o); rd.writeUInt32BE(1_700_000_000, o + 2); // time signed
-  rd.writeUInt16BE(opts.fudge ?? 300, o + 6);
-  rd.writeUInt16BE(macLen, o + 8);
-  rd.fill(0xab, o + 10, o + 10 + macLen);
-  o += 10 + macLen;
-  rd.writeUInt16BE(opts.origId ?? 4242, o);
-  rd.writeUInt16BE(0, o + 2); // error
-  rd.writeUInt16BE(0, o + 4); // other len
-  const fixed = Buffer.alloc(10);
-  fixed.writeUInt16BE(250, 0);
-  fixed.writeUInt16BE(opts.cls ?? 255, 2);
-  fixed.writeUInt32BE(0, 4);
-  fixed.writeUInt16BE(rd.length, 8);
-  return Buffer.concat([nameToWire(opts.key ?? 'transfer-key'), fixed, rd]);
-}
 
 const optRr = (): Buffer => Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0x80, 0, 0, 0]); // 1232, DO
 

@@ -74,7 +74,7 @@ time('whole hit path', HITS, (i) => {
   const e = cache.lookup(q.key, now0 + 5_000);
   return e === undefined ? 0 : e.serve(q, now0 + 5_000, 512, 1232).length;
 });
-const clock: Clock = { now: () => now0 + 5_000, sweep: () => () => {} };
+const clock: Clock = { now: () => now0 + 5_000, wall: () => now0 + 5_000, sweep: () => () => {} };
 const hitPath = new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
 let answered = 0;
 const channel: ClientChannel = {

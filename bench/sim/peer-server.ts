@@ -5,7 +5,7 @@
  * it that way), and a quick way to check that a peer setup works before
  * pointing the bench at dnsmasq or unbound. Stops on SIGTERM/SIGINT.
  */
-import { SimDnsServer } from './dns-server.js';
+import { SimDnsServer } from '../../testkit/dns-server.js';
 import { DEFAULT_ZONES, combinedZoneHandler } from './zones.js';
 
 function arg(name: string, def: string): string {

@@ -10,7 +10,7 @@
  * external } with cumulative counters; on { type: 'stop' } or when the
  * parent goes away it closes both servers and exits.
  */
-import { SimDnsServer } from './dns-server.js';
+import { SimDnsServer } from '../../testkit/dns-server.js';
 import { clusterZoneHandler, externalZoneHandler, type ZoneConfig } from './zones.js';
 
 export interface UpstreamFaults {

@@ -21,7 +21,7 @@
  * question section without keeping per-name state.
  */
 import type { Answer, Packet, SoaAnswer } from 'dns-packet';
-import type { SimHandler } from './sim-types.js';
+import type { SimHandler } from '../../testkit/sim-types.js';
 
 export interface ZoneConfig {
   /** Cluster domain, without trailing dot (default cluster.local). */

@@ -37,8 +37,10 @@ export function writeAnswer(
   else wire.copy(out, 0, 0, len);
   out[0] = q.id >>> 8;
   out[1] = q.id & 0xff;
-  // Not authoritative (we are a cache); RD and CD echo the client; we offer recursion.
-  let flags = (((wire[OFF_FLAGS]! << 8) | wire[OFF_FLAGS + 1]!) & ~(FLAG_AA | FLAG_RD | FLAG_CD)) | (q.flags & (FLAG_RD | FLAG_CD)) | FLAG_RA;
+  // AA=1 as node-cache (CoreDNS's cache, plugin/cache/item.go) sets it on every cached answer: some clients
+  // discard non-authoritative answers, and pods moving from node-cache must see the same bits. RD and CD
+  // echo the client; we offer recursion.
+  let flags = (((wire[OFF_FLAGS]! << 8) | wire[OFF_FLAGS + 1]!) & ~(FLAG_RD | FLAG_CD)) | FLAG_AA | (q.flags & (FLAG_RD | FLAG_CD)) | FLAG_RA;
   if (tc) flags |= FLAG_TC;
   out[OFF_FLAGS] = flags >>> 8;
   out[OFF_FLAGS + 1] = flags & 0xff;

@@ -24,6 +24,7 @@ import { scanAnswer } from '../dns/answer.js';
 import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
 import { CLASSIC_UDP_LIMIT, MAX_MESSAGE, Rcode } from '../dns/constants.js';
 import { QueryStatus, parseQuery, type Query } from '../dns/query.js';
+import { tsigErrorResponse } from '../dns/tsig.js';
 import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
@@ -128,6 +129,11 @@ export class HitPath implements QueryHandler {
       if (q.status === QueryStatus.DROP) {
         this.#v[S.dropped]!++;
         channel.discard(peer);
+        return;
+      }
+      if (q.status === QueryStatus.TSIG) {
+        // Signed, and we hold no keys: NOTAUTH with an unsigned TSIG saying BADKEY (RFC 8945 5.2), never an unsigned answer.
+        this.#send(tsigErrorResponse(q, Math.floor(this.#clock.wall() / 1000)), channel, peer);
         return;
       }
       const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;

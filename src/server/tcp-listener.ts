@@ -13,8 +13,8 @@
  *   longest with nothing in flight, and is refused only when every one is busy;
  * - unsent answers are bounded in the kernel (a small SO_SNDBUF set at accept)
  *   and in Node (maxUnsentBytes); past that the client is reset.
- * One sweep timer runs the timeouts while connections are open, and stamps a
- * coarse "now" so the per-answer path reads no clock.
+ * The clock's shared sweep (every 50 ms) runs the timeouts while connections
+ * are open, and stamps a coarse "now" so the per-answer path reads no clock.
  */
 import net from 'node:net';
 import { formatHostPort } from '../addr.js';
@@ -73,10 +73,6 @@ export const TCP_MAX_UNSENT_BYTES = 128 * 1024;
  */
 export const TCP_SEND_BUFFER_BYTES = 32 * 1024;
 
-/** The sweep runs at a quarter of the shortest timeout, so a timeout fires at most 25% late (and a stamp is at most that stale). */
-const SWEEP_MIN_MS = 10;
-const SWEEP_MAX_MS = 250;
-
 export type TcpCloseReason = 'read_timeout' | 'idle' | 'evicted' | 'unsent_limit';
 
 const CLOSE_SLOT: Readonly<Record<TcpCloseReason, TcpListenerCounter>> = {
@@ -113,11 +109,11 @@ export class TcpListener implements Listener {
   readonly #limits: Limits;
   readonly #clock: Clock;
   readonly #time: CoarseTime;
-  readonly #sweepMs: number;
   readonly #conns: Set<TcpClientConnection>;
   #server: net.Server | null;
   #sockopts: SocketOptions | null;
-  #sweep: NodeJS.Timeout | null;
+  /** Unregisters our sweep from the clock's shared timer; null while no connection is open. */
+  #sweep: (() => void) | null;
 
   constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: TcpListenerOptions) {
     this.#addr = addr;
@@ -135,8 +131,6 @@ export class TcpListener implements Listener {
     this.counters = opts.counters ?? new Counters(tcpListenerCounters);
     this.name = `tcp://${formatHostPort(addr)}`;
     this.#time = { now: this.#clock.now() };
-    const shortest = Math.min(this.#limits.idleTimeoutMs, this.#limits.readTimeoutMs);
-    this.#sweepMs = Math.min(SWEEP_MAX_MS, Math.max(SWEEP_MIN_MS, Math.floor(shortest / 4)));
     this.#conns = new Set();
     this.#server = null;
     this.#sockopts = null;
@@ -182,7 +176,7 @@ export class TcpListener implements Listener {
   close(): Promise<void> {
     const server = this.#server;
     this.#server = null;
-    if (this.#sweep !== null) clearInterval(this.#sweep);
+    if (this.#sweep !== null) this.#sweep();
     this.#sweep = null;
     for (const c of this.#conns) c.destroy();
     this.#conns.clear();
@@ -206,10 +200,7 @@ export class TcpListener implements Listener {
       this.#conns.delete(conn);
       this.#setOpenGauge();
     });
-    if (this.#sweep === null) {
-      this.#sweep = setInterval(() => this.#tick(), this.#sweepMs);
-      this.#sweep.unref();
-    }
+    if (this.#sweep === null) this.#sweep = this.#clock.sweep(this.#onSweep);
   }
 
   /**
@@ -227,8 +218,9 @@ export class TcpListener implements Listener {
     return true;
   }
 
-  #tick(): void {
-    const now = this.#clock.now();
+  readonly #onSweep = (now: number): void => this.#tick(now);
+
+  #tick(now: number): void {
     this.#time.now = now;
     // Deleting the current element while iterating a Set is safe.
     for (const c of this.#conns) {
@@ -236,7 +228,7 @@ export class TcpListener implements Listener {
       if (reason !== null) this.#closeConn(c, reason);
     }
     if (this.#conns.size === 0 && this.#sweep !== null) {
-      clearInterval(this.#sweep);
+      this.#sweep();
       this.#sweep = null;
     }
   }

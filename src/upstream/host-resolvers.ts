@@ -219,6 +219,12 @@ export class HostResolvers implements Upstream {
     return this.#life.done;
   }
 
+  abort(): void {
+    this.#life.beginClose();
+    for (const job of [...this.#active]) this.#finish(job, null, 'closed');
+    this.#maybeFinishClose();
+  }
+
   #reject(ex: UpstreamExchange): void {
     this.#values[SLOT.overloaded]!++;
     if (this.#rejects++ % OVERLOAD_LOG_EVERY === 0) {

@@ -176,6 +176,12 @@ export class TcpPool implements Upstream {
     return this.#life.done;
   }
 
+  abort(): void {
+    void this.close();
+    for (const c of [...this.#conns]) this.#setClosed(c, 'ours');
+    this.#maybeFinishClose();
+  }
+
   #dispatch(job: Job, now: number): void {
     if (this.#queue.length === 0) {
       const c = this.#pick(now);

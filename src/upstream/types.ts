@@ -39,6 +39,8 @@ export interface Upstream {
   send(exchange: UpstreamExchange): void;
   /** Stops taking exchanges, rejects queued ones with 'closed', lets in-flight ones finish (bounded by their deadlines), then closes sockets. */
   close(): Promise<void>;
+  /** Gives up at once on everything still in flight (rejected 'closed') and closes every socket: a shutdown past its grace. */
+  abort(): void;
 }
 
 export interface ServerAddress {

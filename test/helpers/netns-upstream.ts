@@ -8,7 +8,7 @@
 // {"stats":{"byName":{name:count},"udp":n,"tcp":n}}. It exits when stdin
 // closes, so it never outlives the test process.
 import { createInterface } from 'node:readline';
-import { SimDnsServer, staticHandler, type StaticRecord } from '../../bench/sim/dns-server.js';
+import { SimDnsServer, staticHandler, type StaticRecord } from '../../testkit/dns-server.js';
 
 export type NetnsZone = 'cluster' | 'external';
 

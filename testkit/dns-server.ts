@@ -10,7 +10,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import dnsPacket from 'dns-packet';
 import type { DecodedPacket, Packet } from 'dns-packet';
-import { FrameDecoder, frame } from '../../src/dns/framing.js';
+import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { responseFlags } from './static-handler.js';
 import { defaultFaults, emptyStats, type SimContext, type SimFaults, type SimHandler, type SimStats, type SimStartOptions } from './sim-types.js';
 
