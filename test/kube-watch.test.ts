@@ -3,6 +3,7 @@
 // file, client-node's auth (bearer token checked by the fake), Node's http.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
+import { PassThrough } from 'node:stream';
 import os from 'node:os';
 import path from 'node:path';
 import { ManualClock } from '../src/clock.js';
@@ -493,4 +494,62 @@ t.test('an ApiGetter that fails before any request (auth plugin) is a failure, n
   await r.stop();
   t.match(logs[0]?.error, /exec plugin failed/);
   t.equal(logs.filter((l) => l.level === 'warn').length, 1);
+});
+
+t.test('broken responses: not a list, no RV, odd status bodies, oversize pages and lines, silent watches', async (t) => {
+  const list = (rv: string): string => JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: rv }, items: [{ metadata: { name: 'n1' } }] });
+  // Each GET takes the next scripted response: [status, body chunks, end the body?].
+  const script: [number, string[], boolean][] = [
+    [200, ['not json'], true],
+    [200, ['{"items":{}}'], true],
+    [200, [JSON.stringify({ items: null, metadata: {} })], true],
+    [503, ['upstream connect error'], true],
+    [200, ['x'.repeat(300)], true],
+    [200, [list('7')], true],
+    [200, ['{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"8"}}}\n', 'y'.repeat(300)], false],
+    [200, [], false],
+    [200, [], false],
+  ];
+  const paths: string[] = [];
+  const bodies: PassThrough[] = [];
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      paths.push(p);
+      const step = script.shift();
+      if (step === undefined) return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      const body = new PassThrough();
+      bodies.push(body);
+      for (const c of step[1]) body.write(c);
+      if (step[2]) body.end();
+      return Promise.resolve({ ok: true, status: step[0], body });
+    },
+  };
+  const writer = new RecordingWriter();
+  const counters = new Counters(watchCounterSchema);
+  const logs: LogLine[] = [];
+  const r = new Reflector('namespaces', api, writer, {
+    clock: new ManualClock(),
+    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
+    counters,
+    tuning: { backoff: testBackoff, maxPageBytes: 200, maxLineBytes: 200, minWatchTimeoutS: 0, idleGraceMs: 20 },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'script played', () => script.length === 0);
+  await until(t, 'idle watch dropped', () => counters.get('namespaces.errors') === 7);
+  const errors = logs.filter((l) => l.error !== undefined).map((l) => l.error ?? '');
+  t.match(errors, [
+    /not a list/,
+    /not a list/,
+    /no resourceVersion/,
+    /HTTP 503: upstream connect error/,
+    /broken off/,
+    /event over 200 bytes/,
+    /no data for 20 ms/,
+  ]);
+  t.equal(counters.get('namespaces.decodeFailures'), 2);
+  t.ok(writer.synced.has('namespaces'));
+  t.equal(r.resourceVersion, '8');
+  t.match(paths.at(-1), /resourceVersion=8&/);
+  for (const b of bodies) b.destroy();
 });
