@@ -86,6 +86,8 @@ function statusJson(code: number, reason: string, message: string): Obj {
 
 export class FakeApiServer {
   readonly requests: RequestSeen[] = [];
+  /** Response body bytes written (after gzip), lists and watch events: the load a client puts on the network. */
+  bytesSent = 0;
   /** 'event': 200 + ERROR 410 (watch cache); 'http': HTTP 410 before any event. */
   expiredAs: 'event' | 'http' = 'event';
   /** Called after a list page that has more to come (e.g. to compact() between pages). */
@@ -237,7 +239,11 @@ export class FakeApiServer {
   #emit(ev: HistoryEvent): void {
     this.#history.push(ev);
     const line = JSON.stringify({ type: ev.type, object: ev.object }) + '\n';
-    for (const w of this.#watchers) if (w.kind === ev.kind) w.res.write(line);
+    for (const w of this.#watchers) {
+      if (w.kind !== ev.kind) continue;
+      this.bytesSent += Buffer.byteLength(line);
+      w.res.write(line);
+    }
   }
 
   #send(res: http.ServerResponse, status: number, body: Obj, gzip = false): void {
@@ -248,6 +254,7 @@ export class FakeApiServer {
       headers['content-encoding'] = 'gzip';
     }
     headers['content-length'] = data.length;
+    this.bytesSent += data.length;
     res.writeHead(status, headers);
     res.end(data);
   }
