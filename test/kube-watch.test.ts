@@ -553,3 +553,35 @@ t.test('broken responses: not a list, no RV, odd status bodies, oversize pages a
   t.match(paths.at(-1), /resourceVersion=8&/);
   for (const b of bodies) b.destroy();
 });
+
+t.test('a writer that throws: logged, relisted, the reflector keeps going', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 2);
+  let throwOnce = true;
+  const upsert = env.writer.upsert.bind(env.writer);
+  env.writer.upsert = (kind, obj) => {
+    if (throwOnce) {
+      throwOnce = false;
+      throw new Error('view bug');
+    }
+    upsert(kind, obj);
+  };
+  let replaceThrows = true;
+  const replace = env.writer.replace.bind(env.writer);
+  env.writer.replace = (kind, objs) => {
+    if (replaceThrows) {
+      replaceThrows = false;
+      throw new Error('replace bug');
+    }
+    replace(kind, objs);
+  };
+  const r = env.reflector('services');
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
+  t.equal(env.fake.seen('services', false), 2, 'the list whose replace threw was done again');
+  env.fake.put('services', serviceJson('default', 'boom'));
+  await until(t, 'relisted after the throw', () => env.counters.get('services.relists') === 1);
+  t.ok(env.writer.service('default', 'boom'), 'the relist brought it in');
+  t.ok(env.logs.some((l) => l.level === 'error' && l.msg === 'kube reflector failed; relisting'));
+  env.fake.put('services', serviceJson('default', 'after'));
+  await until(t, 'after', () => env.writer.service('default', 'after') !== undefined);
+});

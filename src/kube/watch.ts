@@ -241,7 +241,12 @@ export class Reflector<K extends KindName> {
 
   async #run(): Promise<void> {
     while (!this.#stopped) {
-      const o = this.#rv === '' ? await this.#list() : await this.#watch();
+      let o: Outcome;
+      try {
+        o = this.#rv === '' ? await this.#list() : await this.#watch();
+      } catch (e) {
+        o = this.#internalError(e);
+      }
       if (this.#stopped) break;
       if (o.kind === 'listed' || o.kind === 'ended') continue;
       if (o.kind === 'expired') {
@@ -254,6 +259,14 @@ export class Reflector<K extends KindName> {
       if (o.kind === 'failed') this.#onFailure(o.error, delay);
       await this.#sleep(delay);
     }
+  }
+
+  /** A bug below us (the writer threw): the view may be half-updated, so start over from a list. */
+  #internalError(e: unknown): Outcome {
+    const error = e instanceof Error ? e.message : String(e);
+    this.#log.error('kube reflector failed; relisting', { kind: this.#kind, error });
+    this.#rv = '';
+    return failed(`internal: ${error}`);
   }
 
   #onFailure(error: string, retryMs: number): void {
@@ -393,7 +406,12 @@ export class Reflector<K extends KindName> {
           pending = '';
           start = nl + 1;
           events++;
-          const o = this.#onEvent(line);
+          let o: Outcome | null;
+          try {
+            o = this.#onEvent(line);
+          } catch (e) {
+            o = this.#internalError(e);
+          }
           if (o !== null) return finish(o);
         }
         pending += chunk.slice(start);
