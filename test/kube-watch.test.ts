@@ -1,0 +1,587 @@
+// The list-then-watch reflectors (src/kube/watch.ts) against the fake
+// kube-apiserver on loopback, through the real client path: a kubeconfig
+// file, client-node's auth (bearer token checked by the fake), Node's http.
+import t, { type Test } from 'tap';
+import fs from 'node:fs';
+import { PassThrough } from 'node:stream';
+import os from 'node:os';
+import path from 'node:path';
+import { ManualClock } from '../src/clock.js';
+import { createLogger } from '../src/log.js';
+import { Counters } from '../src/stats/counters.js';
+import { KubeApi, loadClusterConfig, type ApiGetter } from '../src/kube/client.js';
+import { Backoff, backoffDelay, backoffDefaults } from '../src/kube/backoff.js';
+import { KubeWatch, Reflector, realTimers, watchCounterSchema, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
+import type { ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
+import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson, type FakeApiOptions } from './helpers/fake-apiserver.js';
+
+// ---------------------------------------------------------------- helpers
+
+function keyOf(obj: KindObjects[KindName]): string {
+  return 'namespace' in obj ? `${obj.namespace}/${obj.name}` : obj.name;
+}
+
+/** A Map-based writer that also records what it was told. */
+class RecordingWriter implements ClusterViewWriter {
+  readonly maps: Record<KindName, Map<string, KindObjects[KindName]>> = {
+    services: new Map(),
+    endpointslices: new Map(),
+    namespaces: new Map(),
+  };
+  readonly synced = new Set<KindName>();
+  readonly replaces: Record<KindName, number> = { services: 0, endpointslices: 0, namespaces: 0 };
+  readonly touches: number[] = [];
+
+  upsert<K extends KindName>(kind: K, obj: KindObjects[K]): void {
+    this.maps[kind].set(keyOf(obj), obj);
+  }
+  remove<K extends KindName>(kind: K, namespace: string, name: string): void {
+    this.maps[kind].delete(kind === 'namespaces' ? name : `${namespace}/${name}`);
+  }
+  replace<K extends KindName>(kind: K, objs: Iterable<KindObjects[K]>): void {
+    const m = new Map<string, KindObjects[KindName]>();
+    for (const o of objs) m.set(keyOf(o), o);
+    this.maps[kind] = m;
+    this.replaces[kind]++;
+  }
+  markSynced(kind: KindName): void {
+    this.synced.add(kind);
+  }
+  touch(nowMs: number): void {
+    this.touches.push(nowMs);
+  }
+  service(ns: string, name: string): SlimService | undefined {
+    return this.maps.services.get(`${ns}/${name}`) as SlimService | undefined;
+  }
+}
+
+/** Polls until `cond` holds; a bound against hangs only (the assertion is the condition). */
+async function until(t: Test, what: string, cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  t.fail(`timed out waiting for: ${what}`);
+  throw new Error(`timed out waiting for: ${what}`);
+}
+
+interface LogLine {
+  level: string;
+  msg: string;
+  kind?: string;
+  error?: string;
+}
+
+const testBackoff = { initialMs: 5, capMs: 40, resetMs: 60_000 };
+
+interface Env {
+  fake: FakeApiServer;
+  api: KubeApi;
+  writer: RecordingWriter;
+  clock: ManualClock;
+  counters: Counters<WatchCounter>;
+  logs: LogLine[];
+  opts: {
+    clock: ManualClock;
+    log: ReturnType<typeof createLogger>;
+    counters: Counters<WatchCounter>;
+    tuning: Partial<WatchTuning>;
+    timers?: Timers;
+  };
+  /** Starts a KubeWatch (all kinds), stopped at teardown. */
+  watchAll(): KubeWatch;
+  /** Starts one reflector, stopped at teardown. */
+  reflector<K extends KindName>(kind: K): Reflector<K>;
+}
+
+async function setup(
+  t: Test,
+  o: { fake?: FakeApiOptions; tuning?: Partial<WatchTuning>; timers?: Timers; token?: string } = {},
+): Promise<Env> {
+  const fake = new FakeApiServer({ token: 'test-token', ...o.fake });
+  await fake.start();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kwatch-'));
+  const file = path.join(dir, 'kubeconfig');
+  fs.writeFileSync(
+    file,
+    [
+      'apiVersion: v1',
+      'kind: Config',
+      'clusters:',
+      `- name: fake`,
+      `  cluster: {server: "${fake.url}", insecure-skip-tls-verify: true}`,
+      'users:',
+      `- name: u`,
+      `  user: {token: ${o.token ?? 'test-token'}}`,
+      'contexts:',
+      '- name: c',
+      '  context: {cluster: fake, user: u}',
+      'current-context: c',
+      '',
+    ].join('\n'),
+  );
+  const cfg = loadClusterConfig({ kubeconfig: file });
+  if (cfg.kind !== 'ok') throw new Error(cfg.reason);
+  const api = new KubeApi(cfg);
+  const writer = new RecordingWriter();
+  const clock = new ManualClock();
+  const counters = new Counters(watchCounterSchema);
+  const logs: LogLine[] = [];
+  const log = createLogger('debug', (line) => logs.push(JSON.parse(line) as LogLine));
+  const opts = { clock, log, counters, tuning: { backoff: testBackoff, ...o.tuning }, ...(o.timers ? { timers: o.timers } : {}) };
+  const stops: (() => Promise<void>)[] = [];
+  t.teardown(async () => {
+    for (const s of stops) await s();
+    await fake.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    fake,
+    api,
+    writer,
+    clock,
+    counters,
+    logs,
+    opts,
+    watchAll() {
+      const w = new KubeWatch(api, writer, opts);
+      stops.push(() => w.stop());
+      w.start();
+      return w;
+    },
+    reflector<K extends KindName>(kind: K) {
+      const r = new Reflector(kind, api, writer, opts);
+      stops.push(() => r.stop());
+      r.start();
+      return r;
+    },
+  };
+}
+
+function seed(fake: FakeApiServer, services: number, ns = 'default'): void {
+  fake.put('namespaces', namespaceJson(ns));
+  for (let i = 0; i < services; i++) {
+    const name = `svc-${i}`;
+    fake.put('services', serviceJson(ns, name, { clusterIP: `10.96.${i >> 8}.${i & 255}` }));
+    fake.put('endpointslices', endpointSliceJson(ns, `${name}-abcde`, name, [{ addresses: [`10.244.${i >> 8}.${i & 255}`] }]));
+  }
+}
+
+// ---------------------------------------------------------------- tests
+
+t.test('initial sync: every kind listed, synced, touched with the injected clock', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 3);
+  env.fake.put('namespaces', namespaceJson('kube-system'));
+  const w = env.watchAll();
+  await until(t, 'synced', () => w.synced);
+  t.equal(env.writer.maps.services.size, 3);
+  t.equal(env.writer.maps.endpointslices.size, 3);
+  t.same([...env.writer.maps.namespaces.keys()].sort(), ['default', 'kube-system']);
+  t.same(env.writer.service('default', 'svc-1'), {
+    namespace: 'default',
+    name: 'svc-1',
+    kind: 'ClusterIP',
+    clusterIPs: ['10.96.0.1'],
+    externalName: '',
+    ports: [{ name: 'http', port: 80, protocol: 'TCP' }],
+    publishNotReadyAddresses: false,
+  });
+  t.ok(env.writer.touches.length > 0 && env.writer.touches.every((ms) => ms === env.clock.now()), 'touch() gets Clock time');
+  t.equal(env.counters.get('services.lists'), 1);
+  t.equal(env.counters.get('services.relists'), 0);
+  // Watches follow, with the protocol parameters client-go sends.
+  await until(t, 'three watches open', () => env.fake.openWatches === 3);
+  const watchReq = env.fake.requests.find((r) => r.kind === 'services' && r.watch);
+  t.equal(watchReq?.params.get('allowWatchBookmarks'), 'true');
+  const timeout = Number(watchReq?.params.get('timeoutSeconds'));
+  t.ok(timeout >= 300 && timeout < 600, `timeoutSeconds in [300, 600): ${timeout}`);
+  t.equal(env.logs.filter((l) => l.msg === 'kube initial list applied').length, 3, 'one sync line per kind');
+});
+
+t.test('live ADDED / MODIFIED / DELETED arrive', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 1);
+  const w = env.watchAll();
+  await until(t, 'watching', () => w.synced && env.fake.openWatches === 3);
+  env.fake.put('services', serviceJson('default', 'new', { clusterIP: '10.96.9.9' }));
+  await until(t, 'added', () => env.writer.service('default', 'new') !== undefined);
+  env.fake.put('services', serviceJson('default', 'new', { clusterIP: 'None' }));
+  await until(t, 'modified', () => env.writer.service('default', 'new')?.kind === 'Headless');
+  env.fake.put('endpointslices', endpointSliceJson('default', 'new-x', 'new', [{ addresses: ['10.1.0.1'], ready: false, hostname: 'h0' }]));
+  await until(t, 'slice added', () => env.writer.maps.endpointslices.has('default/new-x'));
+  const slice = env.writer.maps.endpointslices.get('default/new-x') as SlimEndpointSlice;
+  t.same(slice.endpoints, [{ addresses: ['10.1.0.1'], ready: false, hostname: 'h0' }]);
+  t.equal(slice.serviceName, 'new');
+  env.fake.remove('services', 'default', 'new');
+  await until(t, 'deleted', () => env.writer.service('default', 'new') === undefined);
+  env.fake.remove('namespaces', '', 'default');
+  await until(t, 'namespace deleted', () => env.writer.maps.namespaces.size === 0);
+  t.equal(env.counters.get('services.lists'), 1, 'no relist');
+  t.ok(env.counters.get('services.events') >= 3);
+});
+
+t.test('a closed watch resumes from the last RV, without a relist', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 2);
+  const r = env.reflector('services');
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
+  env.fake.put('services', serviceJson('default', 'a'));
+  await until(t, 'a', () => env.writer.service('default', 'a') !== undefined);
+  const rvBefore = r.resourceVersion;
+  t.equal(rvBefore, env.fake.resourceVersion);
+  env.fake.closeWatches();
+  // Changed while no watch was open: the resumed watch replays them from history.
+  env.fake.put('services', serviceJson('default', 'b'));
+  env.fake.remove('services', 'default', 'svc-0');
+  await until(t, 'b and no svc-0', () => env.writer.service('default', 'b') !== undefined && env.writer.service('default', 'svc-0') === undefined);
+  t.equal(env.fake.seen('services', false), 1, 'one list page, ever');
+  t.equal(env.counters.get('services.lists'), 1);
+  t.equal(env.counters.get('services.watchRestarts'), 1);
+  const watches = env.fake.requests.filter((q) => q.kind === 'services' && q.watch);
+  t.equal(watches.at(-1)?.params.get('resourceVersion'), rvBefore, 're-watch from the kept RV');
+  t.equal(env.writer.replaces.services, 1);
+});
+
+for (const expiredAs of ['event', 'http'] as const) {
+  t.test(`410 (${expiredAs}) -> relist; changes while away neither lost nor duplicated`, async (t) => {
+    const env = await setup(t);
+    env.fake.expiredAs = expiredAs;
+    seed(env.fake, 5);
+    const w = env.watchAll();
+    await until(t, 'watching', () => w.synced && env.fake.openWatches === 3);
+    await env.fake.down();
+    // While we are away: adds, a modify, a delete, then history is compacted.
+    env.fake.put('services', serviceJson('default', 'while-away', { clusterIP: '10.96.50.50' }));
+    env.fake.put('services', serviceJson('default', 'svc-1', { clusterIP: '10.96.60.60' }));
+    env.fake.remove('services', 'default', 'svc-2');
+    env.fake.remove('endpointslices', 'default', 'svc-2-abcde');
+    env.fake.compact();
+    t.equal(env.writer.maps.services.size, 5, 'the last view keeps serving while down');
+    await env.fake.up();
+    await until(t, 'relisted', () => env.counters.get('services.relists') === 1 && env.counters.get('endpointslices.relists') === 1);
+    t.same([...env.writer.maps.services.keys()].sort(), ['default/svc-0', 'default/svc-1', 'default/svc-3', 'default/svc-4', 'default/while-away']);
+    t.same(env.writer.service('default', 'svc-1')?.clusterIPs, ['10.96.60.60']);
+    t.equal(env.writer.maps.endpointslices.size, 4);
+    t.ok(env.logs.some((l) => l.msg === 'kube watch history expired; relisting' && l.kind === 'services'));
+    // And it carries on watching after the relist.
+    env.fake.put('services', serviceJson('default', 'after'));
+    await until(t, 'after', () => env.writer.service('default', 'after') !== undefined);
+  });
+}
+
+t.test('API server down then up: last state kept, one warning, one recovery line', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 3);
+  const r = env.reflector('services');
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
+  await env.fake.down();
+  await until(t, 'several failed retries', () => env.counters.get('services.errors') >= 3);
+  t.equal(env.writer.maps.services.size, 3, 'view unchanged while the API is down');
+  t.equal(env.logs.filter((l) => l.level === 'warn').length, 1, 'one warning for the whole outage');
+  env.fake.put('services', serviceJson('default', 'during-outage'));
+  await env.fake.up();
+  await until(t, 'caught up', () => env.writer.service('default', 'during-outage') !== undefined);
+  t.equal(env.counters.get('services.lists'), 1, 'history still there: resumed, no relist');
+  t.equal(env.logs.filter((l) => l.msg === 'kube API reachable again').length, 1);
+});
+
+t.test('bookmarks advance the RV the next watch starts from', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 1);
+  const r = env.reflector('services');
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
+  env.fake.bumpRv(50); // other kinds changed; no services event carries the new RV
+  env.fake.bookmark('services');
+  await until(t, 'bookmark applied', () => r.resourceVersion === env.fake.resourceVersion);
+  const bookmarkRv = r.resourceVersion;
+  env.fake.closeWatches();
+  await until(t, 're-watched', () => env.fake.seen('services', true) === 2);
+  t.equal(env.fake.requests.filter((q) => q.kind === 'services' && q.watch).at(-1)?.params.get('resourceVersion'), bookmarkRv);
+  t.equal(env.writer.maps.services.size, 1, 'a bookmark changes no object');
+});
+
+t.test('pagination: pages of pageSize, one replace at the end', async (t) => {
+  const env = await setup(t, { tuning: { pageSize: 4 } });
+  seed(env.fake, 10);
+  const r = env.reflector('services');
+  await until(t, 'synced', () => r.synced);
+  const pages = env.fake.requests.filter((q) => q.kind === 'services' && !q.watch);
+  t.equal(pages.length, 3);
+  t.same(
+    pages.map((p) => p.params.get('limit')),
+    ['4', '4', '4'],
+  );
+  t.equal(pages[0]?.params.get('continue'), null);
+  t.ok(pages[1]?.params.get('continue'));
+  t.equal(env.writer.maps.services.size, 10);
+  t.equal(env.writer.replaces.services, 1);
+});
+
+t.test('pagination: an expired continue token (410) relists from scratch', async (t) => {
+  const env = await setup(t, { tuning: { pageSize: 4 } });
+  seed(env.fake, 10);
+  let compactions = 0;
+  env.fake.onPartialPage = () => {
+    if (compactions++ === 0) {
+      // Between page 1 and 2: a change and a compaction make the token stale.
+      env.fake.put('services', serviceJson('default', 'mid-list'));
+      env.fake.compact();
+    }
+  };
+  const r = env.reflector('services');
+  await until(t, 'synced', () => r.synced);
+  t.equal(env.writer.maps.services.size, 11, 'the fresh list has every object once');
+  t.equal(env.writer.replaces.services, 1, 'the partial list was never applied');
+  const pages = env.fake.requests.filter((q) => q.kind === 'services' && !q.watch);
+  t.equal(pages.length, 2 + 3, 'page 1, the expired page 2, then a whole new list');
+  t.equal(pages[2]?.params.get('continue'), null);
+});
+
+t.test('malformed objects are skipped and counted; the stream carries on', async (t) => {
+  const env = await setup(t);
+  env.fake.put('services', serviceJson('default', 'good'));
+  env.fake.put('services', { metadata: { name: 'no-spec', namespace: 'default' } });
+  env.fake.put('endpointslices', { ...endpointSliceJson('default', 'weird', 'good', []), addressType: 'Bogus' });
+  const w = env.watchAll();
+  await until(t, 'watching', () => w.synced && env.fake.openWatches === 3);
+  t.same([...env.writer.maps.services.keys()], ['default/good']);
+  t.equal(env.writer.maps.endpointslices.size, 0);
+  t.equal(env.counters.get('services.decodeFailures'), 1);
+  t.equal(env.counters.get('endpointslices.decodeFailures'), 1);
+  env.fake.injectLine('services', '{"type":"ADDED","object":');
+  env.fake.injectLine('services', '{"type":"SURPRISE","object":{}}');
+  env.fake.injectLine('services', '{"type":"DELETED","object":{"metadata":{}}}');
+  env.fake.injectLine('services', '');
+  // A modification we cannot read removes the old version rather than serving it stale.
+  env.fake.put('services', { metadata: { name: 'good', namespace: 'default' }, spec: { type: 'ExternalName' } });
+  env.fake.put('services', serviceJson('default', 'later'));
+  await until(t, 'later', () => env.writer.service('default', 'later') !== undefined);
+  t.equal(env.writer.service('default', 'good'), undefined);
+  t.equal(env.counters.get('services.decodeFailures'), 1 + 4);
+  t.equal(env.counters.get('services.errors'), 0, 'bad lines do not break the watch');
+  t.equal(env.counters.get('services.lists'), 1);
+});
+
+t.test('HTTP errors: list retried with backoff, watch ERROR event re-watched from RV', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 2);
+  env.fake.failNext(500, 'etcd is sad', 2);
+  const r = env.reflector('services');
+  await until(t, 'synced after two failures', () => r.synced);
+  t.equal(env.counters.get('services.errors'), 2);
+  const warn = env.logs.find((l) => l.level === 'warn');
+  t.match(warn?.error, /HTTP 500: etcd is sad/);
+  await until(t, 'watching', () => env.fake.openWatches === 1);
+  env.fake.injectLine('services', JSON.stringify({ type: 'ERROR', object: { kind: 'Status', code: 500, message: 'internal' } }));
+  await until(t, 're-watched', () => env.fake.seen('services', true) === 2 && env.fake.openWatches === 1);
+  t.equal(env.counters.get('services.lists'), 1);
+  t.equal(env.counters.get('services.errors'), 3);
+  env.fake.put('services', serviceJson('default', 'x'));
+  await until(t, 'x', () => env.writer.service('default', 'x') !== undefined);
+});
+
+t.test('wrong token: 401 is a failure with the reason, retried', async (t) => {
+  const env = await setup(t, { token: 'wrong' });
+  const r = env.reflector('namespaces');
+  await until(t, 'failed twice', () => env.counters.get('namespaces.errors') >= 2);
+  t.notOk(r.synced);
+  t.match(env.logs.find((l) => l.level === 'warn')?.error, /HTTP 401: Unauthorized/);
+});
+
+t.test('gzip list responses are decoded', async (t) => {
+  const env = await setup(t, { fake: { gzip: true } });
+  seed(env.fake, 20);
+  const r = env.reflector('endpointslices');
+  await until(t, 'synced', () => r.synced);
+  t.equal(env.writer.maps.endpointslices.size, 20);
+});
+
+t.test('watch timeoutSeconds: the server ends the stream, the reflector re-watches', async (t) => {
+  const env = await setup(t, { tuning: { minWatchTimeoutS: 1 } });
+  seed(env.fake, 1);
+  const r = env.reflector('services');
+  // Two touches: the list page, then the watch's 200 (which is when the watch's age starts).
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1 && env.writer.touches.length >= 2);
+  const t0 = Number(env.fake.requests.at(-1)?.params.get('timeoutSeconds'));
+  t.ok(t0 === 1, `timeoutSeconds in [1, 2): ${t0}`);
+  env.clock.advance(5_000); // the watch lived long enough to count as healthy though it saw no event
+  await until(t, 'second watch', () => env.fake.seen('services', true) === 2 && env.fake.openWatches === 1);
+  t.equal(env.counters.get('services.errors'), 0, 'a normal end is not a failure');
+  // Ended at once with no event: client-go's "very short watch", a failure with backoff.
+  await until(t, 'third watch', () => env.fake.seen('services', true) === 3);
+  t.equal(env.counters.get('services.errors'), 1);
+  t.equal(env.counters.get('services.lists'), 1);
+});
+
+t.test('backoff: exponential, capped, jittered, reset after a quiet period', async (t) => {
+  const p = { initialMs: 800, capMs: 30_000, resetMs: 120_000 };
+  t.same(backoffDefaults, p, 'client-go reflector numbers');
+  t.equal(backoffDelay(p, 0, 0), 800);
+  t.equal(backoffDelay(p, 1, 0), 1600);
+  t.equal(backoffDelay(p, 0, 0.5), 1200);
+  t.equal(backoffDelay(p, 10, 0), 30_000);
+  t.equal(backoffDelay(p, 1000, 0.999), 59_970);
+  const clock = new ManualClock();
+  const b = new Backoff(p);
+  const seq = [0, 1, 2, 3].map(() => b.next(clock.now(), 0));
+  t.same(seq, [800, 1600, 3200, 6400]);
+  clock.advance(119_999);
+  t.equal(b.next(clock.now(), 0), 12_800, 'still in the streak');
+  clock.advance(120_000);
+  t.equal(b.next(clock.now(), 0), 800, 'quiet for resetMs: starts over');
+});
+
+t.test('the reflector sleeps the backoff delays it computes', async (t) => {
+  const asked: number[] = [];
+  const timers: Timers = {
+    set: (fn, ms) => {
+      if (ms < 1000) asked.push(ms);
+      return realTimers.set(fn, ms < 1000 ? 1 : ms);
+    },
+    clear: realTimers.clear,
+  };
+  const env = await setup(t, { timers, tuning: { backoff: { initialMs: 100, capMs: 400, resetMs: 60_000 } } });
+  await env.fake.down();
+  env.reflector('services');
+  await until(t, '6 failures', () => env.counters.get('services.errors') >= 6);
+  // random is Math.random: each delay is base * [1, 2).
+  const bases = [100, 200, 400, 400, 400, 400];
+  bases.forEach((base, i) => t.ok(asked[i]! >= base && asked[i]! < 2 * base, `delay ${i}: ${asked[i]} in [${base}, ${2 * base})`));
+});
+
+t.test('stop() ends watches and backoff waits promptly', async (t) => {
+  const env = await setup(t, { tuning: { backoff: { initialMs: 3_600_000, capMs: 3_600_000, resetMs: 60_000 } } });
+  seed(env.fake, 1);
+  const w = new KubeWatch(env.api, env.writer, env.opts);
+  w.start();
+  await until(t, 'watching', () => w.synced && env.fake.openWatches === 3);
+  await w.stop();
+  await until(t, 'server sees the watches closed', () => env.fake.openWatches === 0);
+  // A reflector stuck in an hour-long backoff stops at once too.
+  await env.fake.down();
+  const r = new Reflector('services', env.api, env.writer, env.opts);
+  r.start();
+  await until(t, 'in backoff', () => env.counters.get('services.errors') >= 1);
+  await r.stop();
+  t.pass('stop() resolved during an hour-long backoff');
+  // Stopped before it started: start() does nothing.
+  const idle = new Reflector('namespaces', env.api, env.writer, env.opts);
+  await idle.stop();
+  idle.start();
+  t.equal(idle.synced, false);
+});
+
+t.test('an ApiGetter that fails before any request (auth plugin) is a failure, not a throw', async (t) => {
+  const writer = new RecordingWriter();
+  const counters = new Counters(watchCounterSchema);
+  let calls = 0;
+  const api: ApiGetter = {
+    get: () => {
+      calls++;
+      return Promise.resolve({ ok: false, error: 'auth: exec plugin failed' });
+    },
+  };
+  const logs: LogLine[] = [];
+  const r = new Reflector('services', api, writer, {
+    clock: new ManualClock(),
+    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
+    counters,
+    tuning: { backoff: testBackoff },
+  });
+  r.start();
+  await until(t, 'retried', () => calls >= 3);
+  await r.stop();
+  t.match(logs[0]?.error, /exec plugin failed/);
+  t.equal(logs.filter((l) => l.level === 'warn').length, 1);
+});
+
+t.test('broken responses: not a list, no RV, odd status bodies, oversize pages and lines, silent watches', async (t) => {
+  const list = (rv: string): string => JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: rv }, items: [{ metadata: { name: 'n1' } }] });
+  // Each GET takes the next scripted response: [status, body chunks, end the body?].
+  const script: [number, string[], boolean][] = [
+    [200, ['not json'], true],
+    [200, ['{"items":{}}'], true],
+    [200, [JSON.stringify({ items: null, metadata: {} })], true],
+    [503, ['upstream connect error'], true],
+    [200, ['x'.repeat(300)], true],
+    [200, [list('7')], true],
+    [200, ['{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"8"}}}\n', 'y'.repeat(300)], false],
+    [200, [], false],
+    [200, [], false],
+  ];
+  const paths: string[] = [];
+  const bodies: PassThrough[] = [];
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      paths.push(p);
+      const step = script.shift();
+      if (step === undefined) return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      const body = new PassThrough();
+      bodies.push(body);
+      for (const c of step[1]) body.write(c);
+      if (step[2]) body.end();
+      return Promise.resolve({ ok: true, status: step[0], body });
+    },
+  };
+  const writer = new RecordingWriter();
+  const counters = new Counters(watchCounterSchema);
+  const logs: LogLine[] = [];
+  const r = new Reflector('namespaces', api, writer, {
+    clock: new ManualClock(),
+    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
+    counters,
+    tuning: { backoff: testBackoff, maxPageBytes: 200, maxLineBytes: 200, minWatchTimeoutS: 0, idleGraceMs: 20 },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'script played', () => script.length === 0);
+  await until(t, 'idle watch dropped', () => counters.get('namespaces.errors') === 7);
+  const errors = logs.filter((l) => l.error !== undefined).map((l) => l.error ?? '');
+  t.match(errors, [
+    /not a list/,
+    /not a list/,
+    /no resourceVersion/,
+    /HTTP 503: upstream connect error/,
+    /broken off/,
+    /event over 200 bytes/,
+    /no data for 20 ms/,
+  ]);
+  t.equal(counters.get('namespaces.decodeFailures'), 2);
+  t.ok(writer.synced.has('namespaces'));
+  t.equal(r.resourceVersion, '8');
+  t.match(paths.at(-1), /resourceVersion=8&/);
+  for (const b of bodies) b.destroy();
+});
+
+t.test('a writer that throws: logged, relisted, the reflector keeps going', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 2);
+  let throwOnce = true;
+  const upsert = env.writer.upsert.bind(env.writer);
+  env.writer.upsert = (kind, obj) => {
+    if (throwOnce) {
+      throwOnce = false;
+      throw new Error('view bug');
+    }
+    upsert(kind, obj);
+  };
+  let replaceThrows = true;
+  const replace = env.writer.replace.bind(env.writer);
+  env.writer.replace = (kind, objs) => {
+    if (replaceThrows) {
+      replaceThrows = false;
+      throw new Error('replace bug');
+    }
+    replace(kind, objs);
+  };
+  const r = env.reflector('services');
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
+  t.equal(env.fake.seen('services', false), 2, 'the list whose replace threw was done again');
+  env.fake.put('services', serviceJson('default', 'boom'));
+  await until(t, 'relisted after the throw', () => env.counters.get('services.relists') === 1);
+  t.ok(env.writer.service('default', 'boom'), 'the relist brought it in');
+  t.ok(env.logs.some((l) => l.level === 'error' && l.msg === 'kube reflector failed; relisting'));
+  env.fake.put('services', serviceJson('default', 'after'));
+  await until(t, 'after', () => env.writer.service('default', 'after') !== undefined);
+});
