@@ -9,6 +9,14 @@
  * then sockets and upstreams close. Nothing waits past the deadline.
  */
 import { readFileSync } from 'node:fs';
+import { questionMessage, upstreamQuery } from './dns/build.js';
+import { QType } from './dns/constants.js';
+import { nameToWire } from './dns/name.js';
+import { parseQuery } from './dns/query.js';
+import { KubeApi, loadClusterConfig } from './kube/client.js';
+import { ViewAnswerer } from './kube/local-answerer.js';
+import { ClusterView } from './kube/view.js';
+import { KubeWatch, watchCounterSchema } from './kube/watch.js';
 import { formatHostPort, isLoopback, isWildcard } from './addr.js';
 import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
@@ -26,6 +34,7 @@ import { UdpListener } from './server/udp-listener.js';
 import { Counters } from './stats/counters.js';
 import { HostResolvers } from './upstream/host-resolvers.js';
 import { hostBudget, loadHostServers, type HostServers } from './upstream/host-route.js';
+import { HealthProbe } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
 import { TcpPool } from './upstream/tcp-pool.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
@@ -52,6 +61,10 @@ export class Agent {
   readonly #listeners: Listener[];
   readonly #parts: ComponentStack;
   #resolver: Resolver | null;
+  /** The cluster view and its watch; null with --no-kube or no cluster config. */
+  #view: ClusterView | null;
+  #watch: KubeWatch | null;
+  readonly #probes: HealthProbe[];
 
   constructor(config: Config, deps: AgentDeps) {
     this.config = config;
@@ -82,6 +95,14 @@ export class Agent {
     this.#listeners = [];
     this.#parts = new ComponentStack(this.#logger);
     this.#resolver = null;
+    this.#view = null;
+    this.#watch = null;
+    this.#probes = [];
+  }
+
+  /** The cluster view (for tests and, later, metrics); null when the fallback is off. */
+  get view(): ClusterView | null {
+    return this.#view;
   }
 
   get resolver(): Resolver {
@@ -109,11 +130,14 @@ export class Agent {
       ...c.stubDomains.flatMap((d) => d.servers.map((addr) => ({ what: `stub domain ${d.zone}`, addr }))),
     ]);
 
+    this.#startView();
     const resolver = new Resolver({
       router: this.#routes(host),
       clock: this.#clock,
       counters: new Counters(RESOLVER_COUNTERS),
       hits: this.hitPath,
+      fallbackAfterMs: c.fallbackAfterMs,
+      localNegative: c.localNegative,
     });
     this.#resolver = resolver;
     this.hitPath.connect(resolver);
@@ -130,6 +154,7 @@ export class Agent {
       );
     }
     this.#parts.add(this.#upstreamsPart());
+    if (this.#watch !== null) this.#parts.add(this.#watchPart(this.#watch));
     this.#parts.add(this.#listenersPart());
     await this.#parts.start(() => this.#clock.now());
     this.#logger.info('serving', {
@@ -138,7 +163,29 @@ export class Agent {
       hostResolvers: host.servers.map(formatHostPort),
       hostResolversFrom: host.source,
       stubDomains: c.stubDomains.map((d) => d.zone),
+      clusterRecordsFallback: this.#view !== null ? 'on' : 'off',
     });
+  }
+
+  /**
+   * The cluster view and its API watch, when there is a cluster to watch.
+   * Without one the agent still runs, and says once that the fallback is off.
+   */
+  #startView(): void {
+    const c = this.config;
+    if (!c.kube) {
+      this.#logger.info('cluster-records fallback off (--no-kube): cluster names are answered by the cluster DNS only');
+      return;
+    }
+    const cfg = loadClusterConfig({ kubeconfig: c.kubeconfig });
+    if (cfg.kind === 'error') throw new StartupError(`--kubeconfig: ${cfg.reason}`);
+    if (cfg.kind === 'none') {
+      this.#logger.info('cluster-records fallback off: no cluster config (not in a cluster and no --kubeconfig)', { reason: cfg.reason });
+      return;
+    }
+    this.#view = new ClusterView();
+    this.#watch = new KubeWatch(new KubeApi(cfg), this.#view, { clock: this.#clock, log: this.#logger, counters: new Counters(watchCounterSchema) });
+    this.#logger.info('cluster-records fallback on: watching the API', { server: cfg.server, source: cfg.source });
   }
 
   /** Stops taking queries, lets those in flight finish until `graceMs` from now, answers the rest, closes everything. */
@@ -161,7 +208,12 @@ export class Agent {
         logger: this.#logger,
       });
       this.#upstreams.push(cluster);
-      const route: Route = { upstream: cluster, timeoutMs: c.timeoutMs, local: null };
+      const local =
+        this.#view === null
+          ? null
+          : new ViewAnswerer({ view: this.#view, clock: this.#clock, zone: c.clusterDomain, ttl: c.localTtl, maxSilenceMs: c.maxApiSilenceMs });
+      if (local !== null) this.#probes.push(new HealthProbe(cluster, this.#clock, probeQuery(c.clusterDomain)));
+      const route: Route = { upstream: cluster, timeoutMs: c.timeoutMs, local };
       for (const zone of [c.clusterDomain, ...REVERSE_ZONES]) routes.push({ zone, target: route });
     } else {
       this.#logger.warn(
@@ -184,12 +236,26 @@ export class Agent {
     return { upstream, timeoutMs: budgetMs, local: null };
   }
 
+  #watchPart(watch: KubeWatch): Component {
+    return {
+      name: 'kube-watch',
+      // Not awaited: the agent serves (forwarding) while the view syncs; the view knows when it has.
+      start: () => {
+        watch.start();
+        return Promise.resolve();
+      },
+      stop: () => watch.stop(),
+    };
+  }
+
   /** Upstreams close last (stopped after the listeners): in-flight exchanges are answered by then. */
   #upstreamsPart(): Component {
     return {
       name: 'upstreams',
       start: () => Promise.resolve(),
       stop: async (deadline) => {
+        for (const p of this.#probes) p.stop();
+        this.#resolver?.close();
         await this.#until(deadline, Promise.all(this.#upstreams.map((u) => u.close())).then(() => undefined));
         // Past the deadline nothing waits on them any more (the hit path answered its clients): drop what is left.
         for (const u of this.#upstreams) u.abort();
@@ -247,4 +313,9 @@ export class Agent {
       }
     }
   }
+}
+
+/** What proves the cluster DNS works: the API server's own Service, which every cluster has. */
+function probeQuery(zone: string): Buffer {
+  return upstreamQuery(parseQuery(questionMessage(nameToWire(`kubernetes.default.svc.${zone}`), QType.A)));
 }

@@ -54,6 +54,17 @@ export interface Config {
   /** Host-resolver (and stub-domain) exchanges in flight per upstream; beyond it SERVFAIL at once. */
   readonly hostMaxInflight: number;
   readonly shutdownGraceMs: number;
+  /** Watch the Kubernetes API and answer cluster names from it when the cluster DNS fails. */
+  readonly kube: boolean;
+  /** --kubeconfig; '' = in-cluster config. */
+  readonly kubeconfig: string;
+  /** A cluster-zone forward unanswered this long is answered from the view; 0 = only on failure. */
+  readonly fallbackAfterMs: number;
+  /** API silence past which the view may no longer deny a name (SERVFAIL instead of NXDOMAIN). */
+  readonly maxApiSilenceMs: number;
+  readonly localNegative: boolean;
+  /** TTL of records answered from the view, seconds. */
+  readonly localTtl: number;
   readonly logLevel: LogLevel;
 }
 
@@ -110,6 +121,18 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: 'external-name (and stub-domain) queries in flight per upstream, each holding at most 3 UDP sockets; beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
   },
   { flag: 'shutdown-grace', kind: 'duration', def: '5s', min: 0, max: 300_000, help: 'on SIGTERM, how long queries in flight may take to finish' },
+  { flag: 'kube', kind: 'bool', def: 'true', help: 'watch Services, EndpointSlices and Namespaces and answer cluster names from them when the cluster DNS fails; --no-kube turns the watch and the fallback off' },
+  { flag: 'kubeconfig', kind: 'string', def: undefined, help: 'kubeconfig file for the API watch outside a cluster (default: in-cluster service account; none found: the fallback is off)' },
+  {
+    flag: 'fallback-after', kind: 'duration', def: '1s', min: 0, max: 30_000,
+    help: 'a cluster-zone query the cluster DNS has not answered after this long is answered from the view, so pods never wait out their own 5 s; 0 = only when it fails',
+  },
+  {
+    flag: 'max-api-silence', kind: 'duration', def: '5m', min: 1000, max: 86_400_000,
+    help: 'once the API server has been silent this long the view may no longer deny a name (SERVFAIL, never an invented NXDOMAIN); positive answers keep being served',
+  },
+  { flag: 'local-negative', kind: 'bool', def: 'false', help: 'answer cluster-zone names that certainly do not exist (ndots:5 search-path junk) from the synced view, without asking the cluster DNS. Off by default: a cluster DNS may carry custom records' },
+  { flag: 'local-ttl', kind: 'duration', def: '5s', max: 3_600_000, help: 'TTL of records answered from the view (CoreDNS kubernetes plugin default)' },
   { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
 ];
 
@@ -158,6 +181,14 @@ export function parseFlags(argv: readonly string[]): { raw: Raw; help: boolean; 
     const eq = arg.indexOf('=');
     const name = arg.slice(2, eq >= 0 ? eq : undefined);
     const spec = OPTIONS.find((o) => o.flag === name);
+    // --no-X turns a boolean X off (--no-kube).
+    if (spec === undefined && name.startsWith('no-') && eq < 0) {
+      const positive = OPTIONS.find((o) => o.flag === name.slice(3) && o.kind === 'bool');
+      if (positive !== undefined) {
+        raw.set(positive.flag, 'false');
+        continue;
+      }
+    }
     if (spec === undefined) throw new ConfigError(`unknown flag --${name} (see --help)`);
     let value: string;
     if (eq >= 0) value = arg.slice(eq + 1);
@@ -392,7 +423,13 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     maxTcpConnections: int('max-tcp-connections'),
     maxTcpQueries: int('max-tcp-queries'),
     hostMaxInflight: int('host-max-inflight'),
-    shutdownGraceMs: duration('shutdown-grace'),
+    shutdownGraceMs: duration('shutdown-grace', true),
+    kube: bool('kube'),
+    kubeconfig: str('kubeconfig') ?? '',
+    fallbackAfterMs: duration('fallback-after', true),
+    maxApiSilenceMs: duration('max-api-silence'),
+    localNegative: bool('local-negative'),
+    localTtl: seconds('local-ttl'),
     logLevel: logLevel as LogLevel,
   };
 }

@@ -21,6 +21,10 @@ import { Counters } from '../src/stats/counters.js';
 import { FAIL_STREAK, UpstreamHealth } from '../src/upstream/health.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import type { Upstream, UpstreamExchange } from '../src/upstream/types.js';
+import { ViewAnswerer } from '../src/kube/local-answerer.js';
+import type { SlimService } from '../src/kube/types.js';
+import { ClusterView } from '../src/kube/view.js';
+import { HealthProbe, PROBE_INTERVAL_MS } from '../src/upstream/probe.js';
 import { a, answer, query, rcodeOf, soa, tsigRr, ttlOf, withAdditional } from './kit/dns.js';
 
 class FakeChannel implements ClientChannel {
@@ -72,7 +76,7 @@ const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
 
-function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer } = {}) {
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean } = {}) {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
   const hits = new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
@@ -82,7 +86,9 @@ function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer } = {}
     [{ zone: 'cluster.local', target: { upstream: cluster, timeoutMs: 2000, local: opts.local ?? null } }],
     { upstream: external, timeoutMs: 4500, local: null },
   );
-  const resolver = new Resolver({ router, clock, counters: new Counters(RESOLVER_COUNTERS), hits });
+  const resolver = new Resolver({
+    router, clock, counters: new Counters(RESOLVER_COUNTERS), hits, fallbackAfterMs: opts.fallbackAfterMs ?? 1000, localNegative: opts.localNegative ?? false,
+  });
   hits.connect(resolver);
   return { clock, cache, hits, resolver, cluster, external };
 }
@@ -167,8 +173,9 @@ t.test('failure order: local answerer, then stale, then SERVFAIL', async (t) => 
   const local: LocalAnswerer = {
     answer: () => {
       localCalls++;
-      return localAnswer;
+      return localAnswer === null ? null : { answer: localAnswer, chase: '' };
     },
+    deniesForSure: () => false,
   };
   const r = rig({ local });
   const ch = new FakeChannel();
@@ -185,7 +192,7 @@ t.test('failure order: local answerer, then stale, then SERVFAIL', async (t) => 
   r.hits.handle(query({ name: SVC, id: 2 }), ch, PEER);
   r.cluster.exchanges[1]!.reject('network');
   t.same(ch.decoded(1).answers?.map((x) => (x as { data: string }).data), ['10.96.0.9'], 'answered from the local view');
-  t.equal(r.resolver.counters.get('localAnswers'), 1);
+  t.equal(r.resolver.counters.get('localOnFailure'), 1);
   r.hits.handle(query({ name: SVC, id: 3 }), ch, PEER);
   t.equal(r.cluster.exchanges.length, 2, 'and cached');
 
@@ -204,6 +211,146 @@ t.test('failure order: local answerer, then stale, then SERVFAIL', async (t) => 
   r.external.exchanges[0]!.reject('timeout');
   t.equal(rcodeOf(ch.sent[4]!), 2);
   t.equal(localCalls, 3, 'never asked for a name outside its route');
+});
+
+/** A synced view with one ClusterIP service (web.default) and one ExternalName (ext.default -> www.example.org). */
+function syncedView(clock: ManualClock): ClusterView {
+  const view = new ClusterView();
+  const web: SlimService = {
+    namespace: 'default', name: 'web', kind: 'ClusterIP', clusterIPs: ['10.96.0.5'], externalName: '',
+    ports: [{ name: 'http', port: 80, protocol: 'TCP' }], publishNotReadyAddresses: false,
+  };
+  const ext: SlimService = { ...web, name: 'ext', kind: 'ExternalName', clusterIPs: [], externalName: 'www.example.org', ports: [] };
+  view.touch(clock.now());
+  view.replace('namespaces', [{ name: 'default' }, { name: 'kube-system' }]);
+  view.replace('services', [web, ext]);
+  view.replace('endpointslices', []);
+  for (const k of ['namespaces', 'services', 'endpointslices'] as const) view.markSynced(k);
+  return view;
+}
+
+function viewRig(opts: { localNegative?: boolean; fallbackAfterMs?: number } = {}) {
+  const clock0 = new ManualClock();
+  const view = syncedView(clock0);
+  // The answerer reads the rig's own clock: build the rig first, then point a view answerer at it.
+  let answerer: ViewAnswerer | null = null;
+  const local: LocalAnswerer = {
+    answer: (key) => answerer!.answer(key),
+    deniesForSure: (key) => answerer!.deniesForSure(key),
+  };
+  const r = rig({ local, ...opts });
+  view.touch(r.clock.now());
+  answerer = new ViewAnswerer({ view, clock: r.clock, zone: 'cluster.local', ttl: 5, maxSilenceMs: 300_000 });
+  return { ...r, view, answerer };
+}
+
+const dataOf = (p: dnsPacket.DecodedPacket): unknown[] => (p.answers ?? []).map((x) => (x as { data: unknown }).data);
+
+t.test('cluster DNS failing: cluster names come from the view at once, nothing is forwarded', async (t) => {
+  const r = viewRig();
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  t.equal(r.cluster.health.state, 'failing');
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'Web.Default.svc.cluster.local', id: 11 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 0, 'not forwarded');
+  t.same(dataOf(ch.decoded(0)), ['10.96.0.5'], 'answered from the view');
+  t.equal(ch.decoded(0).id, 11);
+  t.equal(ch.decoded(0).questions?.[0]?.name, 'Web.Default.svc.cluster.local', 'in the client\'s spelling');
+  t.equal(r.resolver.counters.get('localFailing'), 1);
+  r.hits.handle(query({ name: 'nope.default.svc.cluster.local', id: 12 }), ch, PEER);
+  t.equal(rcodeOf(ch.sent[1]!), 3, 'a name the synced view lacks: NXDOMAIN');
+  t.ok(ch.decoded(1).authorities?.some((x) => x.type === 'SOA'), 'with the zone SOA');
+  r.hits.handle(query({ name: 'www.example.org' }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'external names still go to their own upstream');
+  r.cluster.health.record('answered', r.clock.now());
+  r.hits.handle(query({ name: 'other.default.svc.cluster.local' }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'healthy again: forwarding resumes');
+});
+
+t.test('cluster DNS late: a forward unanswered after --fallback-after is answered from the view; the late answer is ignored', async (t) => {
+  const r = viewRig({ fallbackAfterMs: 1000 });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 5 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'forwarded while healthy');
+  r.clock.advance(900);
+  t.equal(ch.sent.length, 0, 'not yet');
+  r.clock.advance(200);
+  t.equal(ch.sent.length, 1, 'answered within a sweep of the fallback delay');
+  t.same(dataOf(ch.decoded(0)), ['10.96.0.5']);
+  t.equal(r.resolver.counters.get('localLate'), 1);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.77')]));
+  t.equal(ch.sent.length, 1, 'the upstream answer that came later sends nothing more');
+  t.equal(r.hits.inflight, 0);
+});
+
+t.test('view not synced: no invented negative answer (SERVFAIL), positive answers still served', async (t) => {
+  const r = viewRig();
+  // The API server has been silent past --max-api-silence.
+  r.clock.advance(400_000);
+  t.notOk(r.answerer.authoritative);
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'nope.default.svc.cluster.local' }), ch, PEER);
+  r.cluster.exchanges[0]!.reject('network');
+  t.equal(rcodeOf(ch.sent[0]!), 2, 'SERVFAIL, not NXDOMAIN');
+  r.hits.handle(query({ name: SVC }), ch, PEER);
+  r.cluster.exchanges[1]!.reject('network');
+  t.same(dataOf(ch.decoded(1)), ['10.96.0.5'], 'a name the (stale) view holds is still answered');
+});
+
+t.test('--local-negative: search-path junk under the cluster zone is answered NXDOMAIN without the upstream', async (t) => {
+  const r = viewRig({ localNegative: true });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'api.github.com.default.svc.cluster.local' }), ch, PEER);
+  r.hits.handle(query({ name: 'api.github.com.svc.cluster.local' }), ch, PEER);
+  r.hits.handle(query({ name: 'api.github.com.cluster.local' }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 0, 'none forwarded');
+  t.same(ch.sent.map(rcodeOf), [3, 3, 3]);
+  t.equal(r.resolver.counters.get('localNegative'), 3);
+  r.hits.handle(query({ name: SVC }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'names that exist are still forwarded (the cluster DNS stays the source of truth)');
+  const off = viewRig({ localNegative: false });
+  off.hits.handle(query({ name: 'api.github.com.default.svc.cluster.local' }), new FakeChannel(), PEER);
+  t.equal(off.cluster.exchanges.length, 1, 'off by default: forwarded');
+});
+
+t.test('ExternalName from the view: the CNAME plus the target resolved through the external route', async (t) => {
+  const r = viewRig();
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 9 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'the target is looked up externally');
+  t.equal(ch.sent.length, 0, 'the client waits for it');
+  r.external.answer(0, answer('www.example.org', [a('www.example.org', '192.0.2.44', 60)]));
+  const d = ch.decoded(0);
+  t.equal(d.id, 9);
+  t.same(d.answers?.map((x) => x.type), ['CNAME', 'A']);
+  t.same(dataOf(d), ['www.example.org', '192.0.2.44']);
+  t.equal(r.resolver.counters.get('chases'), 1);
+  // Target lookup failing: the CNAME alone is still true.
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', type: 'AAAA', id: 10 }), ch, PEER);
+  r.external.exchanges[1]!.reject('timeout');
+  t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME']);
+});
+
+t.test('health probe: one query a second while failing, none in flight twice, none once healthy', async (t) => {
+  const clock = new ManualClock();
+  const up = new FakeUpstream(clock);
+  const probe = new HealthProbe(up, clock, query({ name: 'kubernetes.default.svc.cluster.local' }));
+  clock.advance(3 * PROBE_INTERVAL_MS);
+  t.equal(probe.sent, 0, 'healthy: no probes');
+  up.health.record('unreachable', clock.now());
+  clock.advance(100);
+  t.equal(probe.sent, 1, 'failing: a probe at once');
+  clock.advance(3 * PROBE_INTERVAL_MS);
+  t.equal(probe.sent, 1, 'never a second while one is in flight');
+  up.exchanges[0]!.reject('timeout');
+  clock.advance(PROBE_INTERVAL_MS);
+  t.equal(probe.sent, 2, 'the next one a second later');
+  up.health.record('answered', clock.now());
+  up.exchanges[1]!.resolve(answer('kubernetes.default.svc.cluster.local', [a('kubernetes.default.svc.cluster.local', '10.96.0.1')]));
+  clock.advance(3 * PROBE_INTERVAL_MS);
+  t.equal(probe.sent, 2, 'healthy again: probing stops');
+  probe.stop();
 });
 
 t.test('upstream SERVFAIL and REFUSED become our SERVFAIL (or stale); never passed on or cached', async (t) => {

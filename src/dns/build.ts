@@ -70,3 +70,19 @@ export function upstreamQuery(q: Query, ednsSize = DEFAULT_EDNS_SIZE): Buffer {
   writeOpt(out, qEnd, ednsSize, 0, q.dnssecOk);
   return out;
 }
+
+/**
+ * A plain query (RD, one question, no EDNS) for a name in uncompressed wire
+ * form: what the resolver asks for itself (the target of an ExternalName,
+ * a health probe), parsed by parseQuery like any client's.
+ */
+export function questionMessage(nameWire: Uint8Array, qtype: number, id = 0): Buffer {
+  const out = Buffer.alloc(HEADER_LEN + nameWire.length + 4);
+  out.writeUInt16BE(id, 0);
+  out.writeUInt16BE(FLAG_RD, 2);
+  out.writeUInt16BE(1, OFF_QDCOUNT);
+  out.set(nameWire, HEADER_LEN);
+  out.writeUInt16BE(qtype, HEADER_LEN + nameWire.length);
+  out.writeUInt16BE(1, HEADER_LEN + nameWire.length + 2);
+  return out;
+}

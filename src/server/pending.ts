@@ -18,22 +18,32 @@ export class PendingQuery implements UpstreamExchange {
   readonly key: string;
   readonly route: Route;
   readonly query: Buffer;
+  /** Clock ms when it was sent. */
+  readonly sentAt: number;
   readonly deadline: number;
   readonly #owner: PendingOwner;
   #done: boolean;
 
-  constructor(owner: PendingOwner, token: number, key: string, route: Route, query: Buffer, deadline: number) {
+  constructor(owner: PendingOwner, token: number, key: string, route: Route, query: Buffer, sentAt: number) {
     this.#owner = owner;
+    this.sentAt = sentAt;
     this.token = token;
     this.key = key;
     this.route = route;
     this.query = query;
-    this.deadline = deadline;
+    this.deadline = sentAt + route.timeoutMs;
     this.#done = false;
   }
 
   get done(): boolean {
     return this.#done;
+  }
+
+  /** Takes the outcome away from the transport (answered another way); false when it already completed. */
+  claim(): boolean {
+    if (this.#done) return false;
+    this.#done = true;
+    return true;
   }
 
   // The transports promise exactly-once; the guard makes a broken promise harmless rather than a double answer.

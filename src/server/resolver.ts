@@ -4,7 +4,11 @@
  *   listener ─► HitPath.handle (hit-path.ts: parse, refuse, cache hit ─► send)
  *                 │ miss (token, key, upstream query)
  *                 ▼
- *               Resolver.forward (here: route by zone, send upstream with a deadline)
+ *               Resolver.forward (here)
+ *                 ├─ cluster zone, name certainly absent (--local-negative) ─► the view's NXDOMAIN now
+ *                 ├─ cluster zone, upstream failing ─► the view's answer now (if it has one)
+ *                 └─ send upstream with a deadline; a cluster-zone query still
+ *                    unanswered after --fallback-after is answered from the view
  *                 │ answer ─────────────────────────────────► HitPath.complete: cache, answer every waiter
  *                 │ failure (timeout, unreachable, SERVFAIL, REFUSED, malformed)
  *                 ▼
@@ -17,14 +21,18 @@
  * this side owns upstream I/O, health and the view, and talks to the hit
  * path only through tokens and bytes (MissSink / complete).
  */
-import { RCODE_MASK, OFF_FLAGS, Rcode } from '../dns/constants.js';
+import { questionMessage, upstreamQuery } from '../dns/build.js';
+import { RCODE_MASK, OFF_FLAGS, QType, Rcode } from '../dns/constants.js';
+import { appendTargetAnswer } from '../dns/merge.js';
+import { nameToWire } from '../dns/name.js';
+import { QueryStatus, parseQuery } from '../dns/query.js';
 import type { Clock } from '../clock.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
 import type { ZoneRouter } from '../upstream/router.js';
-import type { UpstreamFailure } from '../upstream/types.js';
+import type { UpstreamExchange, UpstreamFailure } from '../upstream/types.js';
 import type { MissOutcome, MissSink } from './hit-path.js';
 import { PendingQuery, type PendingOwner } from './pending.js';
-import type { Route } from './route.js';
+import type { LocalAnswer, Route } from './route.js';
 
 export const RESOLVER_COUNTERS = defineCounters({
   forwarded: { name: 'coredns_forward_requests_total', help: 'Questions sent to an upstream.' },
@@ -33,7 +41,11 @@ export const RESOLVER_COUNTERS = defineCounters({
   failOverloaded: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'overloaded' }, help: 'Upstream exchanges that failed, by reason.' },
   failClosed: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'closed' }, help: 'Upstream exchanges that failed, by reason.' },
   failServfail: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'servfail' }, help: 'Upstream exchanges that failed, by reason.' },
-  localAnswers: { name: 'nodelocal_local_answers_total', help: 'Misses answered from the local view because the upstream failed.' },
+  localOnFailure: { name: 'nodelocal_local_answers_total', labels: { why: 'upstream_failed' }, help: 'Cluster-zone questions answered from the local view, by why.' },
+  localLate: { name: 'nodelocal_local_answers_total', labels: { why: 'upstream_late' }, help: 'Cluster-zone questions answered from the local view, by why.' },
+  localFailing: { name: 'nodelocal_local_answers_total', labels: { why: 'upstream_failing' }, help: 'Cluster-zone questions answered from the local view, by why.' },
+  localNegative: { name: 'nodelocal_local_answers_total', labels: { why: 'local_negative' }, help: 'Cluster-zone questions answered from the local view, by why.' },
+  chases: { name: 'nodelocal_externalname_chases_total', help: 'ExternalName targets looked up to complete a local answer.' },
 });
 export type ResolverCounterName = keyof typeof RESOLVER_COUNTERS.slot;
 
@@ -55,7 +67,14 @@ export interface ResolverOptions {
   readonly clock: Clock;
   readonly counters: Counters<ResolverCounterName>;
   readonly hits: MissCompleter;
+  /** A cluster-zone forward not answered by then is answered from the view (0: only on failure). */
+  readonly fallbackAfterMs: number;
+  /** Answer names the view certainly lacks (search-path junk) without asking the upstream. */
+  readonly localNegative: boolean;
 }
+
+/** Why a local answer is being given, for its counter. */
+type LocalWhy = 'localOnFailure' | 'localLate' | 'localFailing' | 'localNegative';
 
 export class Resolver implements MissSink, PendingOwner {
   readonly counters: Counters<ResolverCounterName>;
@@ -63,6 +82,15 @@ export class Resolver implements MissSink, PendingOwner {
   readonly #clock: Clock;
   readonly #hits: MissCompleter;
   readonly #v: Float64Array;
+  readonly #fallbackAfterMs: number;
+  readonly #localNegative: boolean;
+  /**
+   * Cluster-zone forwards in the order sent: with one fallback delay for all,
+   * the oldest is always first, so the sweep looks only at the front.
+   */
+  readonly #watch: PendingQuery[];
+  #watchHead: number;
+  #sweep: (() => void) | null;
 
   constructor(opts: ResolverOptions) {
     this.#router = opts.router;
@@ -70,12 +98,24 @@ export class Resolver implements MissSink, PendingOwner {
     this.#hits = opts.hits;
     this.counters = opts.counters;
     this.#v = opts.counters.values;
+    this.#fallbackAfterMs = opts.fallbackAfterMs;
+    this.#localNegative = opts.localNegative;
+    this.#watch = [];
+    this.#watchHead = 0;
+    this.#sweep = null;
   }
 
   forward(token: number, key: string, query: Buffer): void {
     const route = this.#router.route(key);
-    const p = new PendingQuery(this, token, key, route, query, this.#clock.now() + route.timeoutMs);
+    const local = route.local;
+    if (local !== null) {
+      if (this.#localNegative && local.deniesForSure(key) && this.#answerLocally(token, key, route, local.answer(key), 'localNegative')) return;
+      // Failing: the view answers at once; the health probe, not pods' queries, finds out when the upstream is back.
+      if (!route.upstream.health.healthy && this.#answerLocally(token, key, route, local.answer(key), 'localFailing')) return;
+    }
+    const p = new PendingQuery(this, token, key, route, query, this.#clock.now());
     this.#v[S.forwarded]!++;
+    if (local !== null && this.#fallbackAfterMs > 0) this.#watchLate(p);
     // May complete synchronously (reject 'overloaded').
     route.upstream.send(p);
   }
@@ -97,17 +137,93 @@ export class Resolver implements MissSink, PendingOwner {
     this.#fallBack(p, reason);
   }
 
+  /** Stops the fallback sweep (shutdown). */
+  close(): void {
+    if (this.#sweep !== null) this.#sweep();
+    this.#sweep = null;
+    this.#watch.length = 0;
+    this.#watchHead = 0;
+  }
+
   /** The failure order's first step; the hit path does the rest (stale, then SERVFAIL). */
   #fallBack(p: PendingQuery, reason: MissOutcome): void {
     const local = p.route.local;
-    if (local !== null && reason !== 'closed') {
-      const answer = local.answer(p.key, p.query);
-      if (answer !== null) {
-        this.#v[S.localAnswers]!++;
-        this.#hits.complete(p.token, answer, 'local');
-        return;
-      }
-    }
+    if (local !== null && reason !== 'closed' && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure')) return;
     this.#hits.complete(p.token, null, reason);
   }
+
+  /** Serves a local answer, chasing an ExternalName target first when it has one; false when there is none. */
+  #answerLocally(token: number, key: string, route: Route, la: LocalAnswer, why: LocalWhy): boolean {
+    if (la === null) return false;
+    this.#v[S[why]]!++;
+    if (la.chase === '') {
+      this.#hits.complete(token, la.answer, 'local');
+      return true;
+    }
+    this.#chase(token, key, route, la.answer, la.chase);
+    return true;
+  }
+
+  /**
+   * An ExternalName service answered from the view: its CNAME target lies
+   * outside the cluster, so look it up through the router (the host
+   * resolvers, usually) and hand the client the CNAME plus the target's
+   * records. If that fails, the CNAME alone is still a true answer.
+   */
+  #chase(token: number, key: string, route: Route, cname: Buffer, target: string): void {
+    this.#v[S.chases]!++;
+    let wire: Buffer;
+    try {
+      wire = nameToWire(target);
+    } catch {
+      this.#hits.complete(token, cname, 'local');
+      return;
+    }
+    const qtype = (key.charCodeAt(key.length - 5) << 8) | key.charCodeAt(key.length - 4);
+    const q = parseQuery(questionMessage(wire, qtype === QType.ANY ? QType.A : qtype));
+    const targetRoute = q.status === QueryStatus.OK ? this.#router.route(q.key) : null;
+    // A target that routes back to a cluster zone would only loop through the view: give the CNAME alone.
+    if (targetRoute === null || targetRoute.local !== null || targetRoute === route) {
+      this.#hits.complete(token, cname, 'local');
+      return;
+    }
+    const hits = this.#hits;
+    const exchange: UpstreamExchange = {
+      query: upstreamQuery(q),
+      deadline: this.#clock.now() + targetRoute.timeoutMs,
+      resolve: (answer) => hits.complete(token, appendTargetAnswer(cname, answer) ?? cname, 'local'),
+      reject: () => hits.complete(token, cname, 'local'),
+    };
+    targetRoute.upstream.send(exchange);
+  }
+
+  #watchLate(p: PendingQuery): void {
+    this.#watch.push(p);
+    if (this.#sweep === null) this.#sweep = this.#clock.sweep(this.#onSweep);
+  }
+
+  readonly #onSweep = (now: number): void => {
+    const cutoff = now - this.#fallbackAfterMs;
+    while (this.#watchHead < this.#watch.length) {
+      const p = this.#watch[this.#watchHead]!;
+      if (!p.done && p.sentAt > cutoff) break;
+      this.#watchHead++;
+      // Late, not failed: answer the clients from the view now; a later upstream answer is ignored (the exchange is claimed).
+      if (!p.done && p.route.local !== null) {
+        const la = p.route.local.answer(p.key);
+        if (la !== null && p.claim()) this.#answerLocally(p.token, p.key, p.route, la, 'localLate');
+      }
+    }
+    // Compact once the consumed head dominates: amortised O(1) per query.
+    if (this.#watchHead > 1024 && this.#watchHead * 2 > this.#watch.length) {
+      this.#watch.splice(0, this.#watchHead);
+      this.#watchHead = 0;
+    }
+    if (this.#watchHead === this.#watch.length) {
+      this.#watch.length = 0;
+      this.#watchHead = 0;
+      if (this.#sweep !== null) this.#sweep();
+      this.#sweep = null;
+    }
+  };
 }

@@ -7,12 +7,19 @@
 import type { Upstream } from '../upstream/types.js';
 
 /**
- * Answers a question without the upstream, or says it cannot. Returns an
- * answer in upstream form (id 0, question, records, no OPT) so it is cached
- * and served like any other, or null when it has nothing to say.
+ * A local answer in upstream form (id 0, question, records, no OPT), cached
+ * and served like any other. `chase` is '' unless the answer ends in a CNAME
+ * to a name outside the zone (an ExternalName service): the resolver then
+ * looks that name up through its own route and appends what it gets, as
+ * CoreDNS does.
  */
+export type LocalAnswer = { readonly answer: Buffer; readonly chase: string } | null;
+
+/** Answers a question without the upstream (the cluster view), or says it cannot (null). */
 export interface LocalAnswerer {
-  answer(key: string, query: Buffer): Buffer | null;
+  answer(key: string): LocalAnswer;
+  /** The name certainly does not exist (search-path junk under the cluster zone); false when in any doubt. */
+  deniesForSure(key: string): boolean;
 }
 
 export interface Route {

@@ -1,0 +1,35 @@
+/**
+ * Joining a CNAME answer with the answer for its target, as a resolver does
+ * when it follows an ExternalName service's CNAME out of the cluster zone.
+ * A full decode and encode with dns-packet: this runs once per fallback
+ * answer, which the cache then serves, never per hit.
+ */
+import dnsPacket from 'dns-packet';
+import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, RCODE_MASK } from './constants.js';
+
+/**
+ * `cname`: our answer for the question, ending in a CNAME. `target`: an
+ * upstream answer for the CNAME's target. Returns the question with the
+ * CNAME chain followed by the target's records, the target's rcode and
+ * authority; null when either does not decode.
+ */
+export function appendTargetAnswer(cname: Buffer, target: Buffer): Buffer | null {
+  try {
+    const head = dnsPacket.decode(cname);
+    const tail = dnsPacket.decode(target);
+    const rcode = target.length >= HEADER_LEN ? target[3]! & RCODE_MASK : 0;
+    const body = dnsPacket.encode({
+      type: 'response',
+      id: 0,
+      flags: FLAG_AA | FLAG_RD | FLAG_RA | rcode,
+      questions: head.questions ?? [],
+      answers: [...(head.answers ?? []), ...(tail.answers ?? [])],
+      authorities: tail.authorities ?? [],
+      additionals: [],
+    });
+    body.writeUInt16BE(FLAG_QR | FLAG_AA | FLAG_RD | FLAG_RA | rcode, 2);
+    return body;
+  } catch {
+    return null;
+  }
+}
