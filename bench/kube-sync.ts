@@ -22,7 +22,7 @@ import { Counters } from '../src/stats/counters.js';
 import { KubeApi, loadClusterConfig } from '../src/kube/client.js';
 import { KubeWatch, watchCounterSchema } from '../src/kube/watch.js';
 import type { ClusterViewWriter, KindName, KindObjects } from '../src/kube/types.js';
-import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../test/helpers/fake-apiserver.js';
+import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
 
 const SERVICES = Number(process.env['SERVICES'] ?? 10_000);
 const NAMESPACES = Number(process.env['NAMESPACES'] ?? 100);

@@ -34,6 +34,7 @@ import { UdpListener } from './server/udp-listener.js';
 import { Counters } from './stats/counters.js';
 import { HostResolvers } from './upstream/host-resolvers.js';
 import { hostBudget, loadHostServers, type HostServers } from './upstream/host-route.js';
+import type { HealthState } from './upstream/health.js';
 import { HealthProbe } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
 import { TcpPool } from './upstream/tcp-pool.js';
@@ -65,6 +66,7 @@ export class Agent {
   #view: ClusterView | null;
   #watch: KubeWatch | null;
   readonly #probes: HealthProbe[];
+  #clusterUpstream: Upstream | null;
 
   constructor(config: Config, deps: AgentDeps) {
     this.config = config;
@@ -98,6 +100,12 @@ export class Agent {
     this.#view = null;
     this.#watch = null;
     this.#probes = [];
+    this.#clusterUpstream = null;
+  }
+
+  /** Health of the cluster DNS upstream; null in local mode or before start. */
+  get clusterHealth(): HealthState | null {
+    return this.#clusterUpstream?.health.state ?? null;
   }
 
   /** The cluster view (for tests and, later, metrics); null when the fallback is off. */
@@ -208,6 +216,7 @@ export class Agent {
         logger: this.#logger,
       });
       this.#upstreams.push(cluster);
+      this.#clusterUpstream = cluster;
       const local =
         this.#view === null
           ? null

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { objectKey, resourceVersionOf, toSlimEndpointSlice, toSlimNamespace, toSlimService } from '../src/kube/convert.js';
 import { loadClusterConfig } from '../src/kube/client.js';
-import { endpointSliceJson, namespaceJson, serviceJson } from './helpers/fake-apiserver.js';
+import { endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
 
 t.test('services', async (t) => {
   t.same(toSlimService(serviceJson('ns', 'web', { clusterIPs: ['10.96.0.5', 'fd00::5'], clusterIP: '10.96.0.5' })), {

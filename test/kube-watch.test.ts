@@ -13,7 +13,7 @@ import { KubeApi, loadClusterConfig, type ApiGetter } from '../src/kube/client.j
 import { Backoff, backoffDelay, backoffDefaults } from '../src/kube/backoff.js';
 import { KubeWatch, Reflector, realTimers, watchCounterSchema, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
 import type { ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
-import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson, type FakeApiOptions } from './helpers/fake-apiserver.js';
+import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson, type FakeApiOptions } from '../testkit/fake-apiserver.js';
 
 // ---------------------------------------------------------------- helpers
 
