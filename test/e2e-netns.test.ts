@@ -25,7 +25,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import type { NetnsUpstreamLine, NetnsUpstreamStats } from './helpers/netns-upstream.js';
+import type { NetnsUpstreamLine, NetnsUpstreamStats, NetnsZone } from './helpers/netns-upstream.js';
+import { writeKubeconfig } from '../testkit/cluster.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const AGENT_MAIN = join(ROOT, 'dist/src/main.js');
@@ -174,13 +175,13 @@ class FakeUpstream {
   readonly #out: Lines;
   readonly stderr: Lines;
 
-  private constructor(readonly zone: 'cluster' | 'external', readonly proc: ChildProcess, readonly port: number, out: Lines, stderr: Lines) {
+  private constructor(readonly zone: NetnsZone, readonly proc: ChildProcess, readonly port: number, out: Lines, stderr: Lines) {
     this.#out = out;
     this.stderr = stderr;
   }
 
   /** The fake in its own process inside the node namespace, loaded by the same TypeScript loader tap uses for this file. */
-  static async start(zone: 'cluster' | 'external', pdeathsig: boolean, register: (p: ChildProcess) => void): Promise<FakeUpstream> {
+  static async start(zone: NetnsZone, pdeathsig: boolean, register: (p: ChildProcess) => void): Promise<FakeUpstream> {
     const loader = import.meta.resolve('@tapjs/typescript/import');
     const proc = spawnInNode([process.execPath, `--import=${loader}`, UPSTREAM_SCRIPT, zone], pdeathsig);
     register(proc);
@@ -309,10 +310,12 @@ async function main(): Promise<void> {
   if (!existsSync(AGENT_MAIN)) mustSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], 180_000);
   const pdeathsig = hasCommand('setpriv', ['--version']);
   const register = (c: ChildProcess): void => { children.unshift(c); };
-  const [cluster, external] = await Promise.all([
+  const [cluster, external, api] = await Promise.all([
     FakeUpstream.start('cluster', pdeathsig, register),
     FakeUpstream.start('external', pdeathsig, register),
+    FakeUpstream.start('api', pdeathsig, register),
   ]);
+  const kubeconfig = writeKubeconfig(`http://127.0.0.1:${api.port}`, 'netns-token');
   const agent = spawnInNode([
     process.execPath, AGENT_MAIN,
     '--listen', `${LOCAL_IP}:53`,
@@ -321,6 +324,7 @@ async function main(): Promise<void> {
     '--upstream-nameservers', `127.0.0.1:${external.port}`,
     '--resolv-conf', agentResolvConf,
     '--timeout', AGENT_TIMEOUT,
+    '--kubeconfig', kubeconfig,
     '--log-level', 'info',
   ], pdeathsig);
   register(agent);
@@ -329,6 +333,10 @@ async function main(): Promise<void> {
   new Lines(agent.stdout!);
   const started = await agentLog.next((l) => l.includes('"msg":"started"'), START_TIMEOUT_MS);
   if (started === null) throw new Error(`agent did not start (exit ${agent.exitCode ?? agent.signalCode ?? 'none'}):\n${agentLog.all.join('\n')}`);
+  // The agent's view of the cluster, from its own watch of the fake API server: one line per kind at its first list.
+  for (let i = 0; i < 3; i++) {
+    if ((await agentLog.next((l) => l.includes('kube initial list applied'), START_TIMEOUT_MS)) === null) throw new Error(`the agent's view did not sync:\n${agentLog.all.join('\n')}`);
+  }
   t.teardown(() => {
     if (t.passing()) return;
     t.comment(`agent log:\n${agentLog.all.join('\n')}`);
@@ -449,23 +457,18 @@ async function main(): Promise<void> {
     t.equal(cached.status, 0, `cached name still resolves within its TTL: ${describe(cached)}`);
     t.ok(addresses(cached.stdout).includes('10.96.1.10'));
 
-    // Today: every search candidate under cluster.local gets SERVFAIL after --timeout (glibc
-    // tries each twice, attempts:2) and the absolute "db" NXDOMAIN from the host resolver, so
-    // getaddrinfo fails (EAI_AGAIN: a SERVFAIL was seen) and getent exits 2.
-    // TODO(fallback from the API watch): once the agent answers cluster names from its own
-    // watch of the Kubernetes API when CoreDNS fails, this becomes "still resolves to
-    // 10.96.3.30" (with a fake API server serving that Service).
+    // kube-dns is dead, but the agent watches the API itself: a cluster name never asked
+    // before resolves from its view (db.default.svc.cluster.local, the first search candidate).
     const fresh = await getent('ahosts', 'db');
-    t.not(fresh.status, 0, `a cluster name never asked before does not resolve: ${describe(fresh)}`);
-    t.equal(fresh.stdout, '');
+    t.equal(fresh.status, 0, `a cluster name never asked before still resolves: ${describe(fresh)}`);
+    t.ok(addresses(fresh.stdout).includes('10.96.3.30'), 'from the agent\'s own view of the API');
     t.equal(agent.exitCode, null, 'agent still running');
   });
 
   t.test('fake kube-dns dead: an external name never asked before still resolves', async (t) => {
-    // ndots:5 sends www2.example.org.<each search domain> first; with kube-dns dead each of them
-    // gets SERVFAIL after --timeout (twice: glibc attempts:2), glibc goes on down the search list
-    // (SERVFAIL does not stop it, unlike a timeout), and the absolute name is answered by the host
-    // resolver. So external names survive a kube-dns outage, paying the search-list deadlines.
+    // ndots:5 sends www2.example.org.<each search domain> first; with kube-dns dead the agent's
+    // view answers each of them NXDOMAIN (it is synced and knows they cannot exist), glibc goes on
+    // down the search list, and the absolute name is answered by the host resolver.
     const r = await getent('ahosts', 'www2.example.org');
     t.equal(r.status, 0, describe(r));
     t.ok(addresses(r.stdout).includes('192.0.2.81'), `A record: ${addresses(r.stdout).join(' ')}`);

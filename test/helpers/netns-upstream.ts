@@ -9,8 +9,10 @@
 // closes, so it never outlives the test process.
 import { createInterface } from 'node:readline';
 import { SimDnsServer, staticHandler, type StaticRecord } from '../../testkit/dns-server.js';
+import { FakeApiServer, namespaceJson, serviceJson } from '../../testkit/fake-apiserver.js';
 
-export type NetnsZone = 'cluster' | 'external';
+/** 'api' is a fake kube-apiserver serving the same Services the fake kube-dns answers for. */
+export type NetnsZone = 'cluster' | 'external' | 'api';
 
 export interface NetnsUpstreamStats {
   byName: Record<string, number>;
@@ -37,8 +39,27 @@ const EXTERNAL_RECORDS: Record<string, StaticRecord> = {
   'www2.example.org': { A: ['192.0.2.81'], ttl: 300 },
 };
 
+/** The API objects behind CLUSTER_RECORDS' services, for the agent's own watch. */
+async function startApi(): Promise<{ port: number; close(): Promise<void> }> {
+  const api = new FakeApiServer({ token: 'netns-token' });
+  await api.start();
+  for (const ns of ['default', 'prod', 'kube-system']) api.put('namespaces', namespaceJson(ns));
+  api.put('services', serviceJson('default', 'web', { clusterIP: '10.96.1.10', clusterIPs: ['10.96.1.10', 'fd00:10:96::110'] }));
+  api.put('services', serviceJson('prod', 'api', { clusterIP: '10.96.2.20', clusterIPs: ['10.96.2.20', 'fd00:10:96::220'] }));
+  api.put('services', serviceJson('default', 'db', { clusterIP: '10.96.3.30' }));
+  return { port: Number(new URL(api.url).port), close: () => api.close() };
+}
+
 async function main(zone: string): Promise<void> {
-  if (zone !== 'cluster' && zone !== 'external') throw new Error(`usage: netns-upstream.ts cluster|external (got ${JSON.stringify(zone)})`);
+  if (zone !== 'cluster' && zone !== 'external' && zone !== 'api') throw new Error(`usage: netns-upstream.ts cluster|external|api (got ${JSON.stringify(zone)})`);
+  if (zone === 'api') {
+    const api = await startApi();
+    process.stdout.write(JSON.stringify({ ready: true, port: api.port }) + '\n');
+    createInterface({ input: process.stdin }).on('close', () => {
+      void api.close().finally(() => process.exit(0));
+    });
+    return;
+  }
   const server = await SimDnsServer.start({
     host: '127.0.0.1',
     handler: zone === 'cluster'
