@@ -353,7 +353,7 @@ export class TcpPool implements Upstream {
       if (was === 'connecting' && !this.#unreachable && !this.#conns.some((o) => o.state === 'open')) {
         this.#unreachable = true;
         this.health.record('unreachable', now);
-        this.#log.warn('cluster dns unreachable: cluster-zone queries get SERVFAIL at once until it is back', {
+        this.#log.warn('cluster dns unreachable: queries to it fail at once until it is back (then answered from the view, stale, or SERVFAIL)', {
           upstream: this.name,
           error: cause === 'connectTimeout' ? 'connect timeout' : c.lastError,
         });
