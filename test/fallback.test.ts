@@ -79,6 +79,23 @@ t.test('the view answers what the cluster DNS answers, and takes over at once wh
   t.equal(r.kubeDns.stats.answered, viaKubeDns.size, 'nothing more reached the dead kube-dns');
 });
 
+t.test('kube-dns killed in the middle of a query stream: every cluster query gets a correct answer, none waits for the deadline', async (t) => {
+  // --timeout 5s, --fallback-after 500ms, clients give up after 2 s: an answer that waited for the deadline would be lost.
+  const r = await rig(t, ['--timeout', '5s', '--fallback-after', '500ms', '--success-ttl', '1s', '--denial-ttl', '1s']);
+  const names = Object.keys(SAMPLE_RECORDS);
+  const pending: Array<Promise<[string, dnsPacket.Packet | null]>> = [];
+  for (let i = 0; i < 120; i++) {
+    if (i === 60) void r.kubeDns.stop();
+    const name = names[i % names.length]!;
+    pending.push(udpQuery(r.agent.target, name, { timeoutMs: 2000 }).then((p) => [name, p] as [string, dnsPacket.Packet], () => [name, null]));
+    await sleep(15);
+  }
+  const results = await Promise.all(pending);
+  const wrong = results.filter(([name, p]) => p === null || rcodeOf(p) !== 0 || JSON.stringify(dataOf(p)) !== JSON.stringify([...SAMPLE_RECORDS[name]!.A!].sort()));
+  t.same(wrong.map(([name]) => name), [], 'every answer present and correct');
+  t.ok(r.agent.agent.resolver.counters.get('localOnFailure') + r.agent.agent.resolver.counters.get('localFailing') + r.agent.agent.resolver.counters.get('localLate') > 0, 'some came from the view');
+});
+
 t.test('a black-hole kube-dns (accepts, never answers): answers from the view after --fallback-after, not the deadline', async (t) => {
   const r = await rig(t, ['--timeout', '10s', '--fallback-after', '500ms']);
   r.kubeDns.faults.dropAll = true;
