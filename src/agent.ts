@@ -33,7 +33,7 @@ import { TcpListener } from './server/tcp-listener.js';
 import { UdpListener } from './server/udp-listener.js';
 import { Counters } from './stats/counters.js';
 import { HostResolvers } from './upstream/host-resolvers.js';
-import { hostBudget, loadHostServers, type HostServers } from './upstream/host-route.js';
+import { DEFAULT_ATTEMPTS, hostBudget, loadHostServers, type HostServers } from './upstream/host-route.js';
 import type { HealthState } from './upstream/health.js';
 import { HealthProbe } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
@@ -231,7 +231,7 @@ export class Agent {
       );
     }
     for (const stub of c.stubDomains) {
-      routes.push({ zone: stub.zone, target: this.#hostRoute(`stub:${stub.zone}`, stub.servers, undefined, 2, false) });
+      routes.push({ zone: stub.zone, target: this.#hostRoute(`stub:${stub.zone}`, stub.servers, undefined, DEFAULT_ATTEMPTS, false) });
     }
     return new ZoneRouter(routes, external);
   }

@@ -110,6 +110,9 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'serve-stale', kind: 'duration', def: '1h', min: 0, max: 7 * 86_400_000, help: 'when an upstream fails, answer from an entry expired at most this long ago, with TTL 30 (RFC 8767); 0 turns it off' },
   { flag: 'max-udp-size', kind: 'int', def: '1232', help: 'largest UDP answer, whatever the client advertises (DNS Flag Day 2020); larger ones go TC=1', min: 512, max: 65535 },
   { flag: 'tcp-idle-timeout', kind: 'duration', def: '10s', min: 100, max: 3_600_000, help: 'close an idle client TCP connection after this long (RFC 7766 6.2.3)' },
+  // A pod's query is a few hundred bytes in one write, so it arrives in one segment; a split one completes
+  // within an RTT unless a segment is lost. 2 s covers one retransmission at TCP's initial 1 s RTO (RFC 6298)
+  // and caps what a slow-loris connection can hold a slot for.
   {
     flag: 'tcp-read-timeout', kind: 'duration', def: '2s', min: 100, max: 60_000,
     help: 'a client TCP message must be complete this long after its first byte (slow-loris); a pod sends one segment, 2 s allows a retransmission',
@@ -451,3 +454,9 @@ export function helpText(): string {
   lines.push('  --help', '      this text', '  --version', '      print the version');
   return lines.join('\n');
 }
+
+/**
+ * Every setting at its default: what a constructor falls back to when a
+ * caller (a test, the bench) leaves an option out, so defaults live here only.
+ */
+export const DEFAULTS: Config = validate(new Map(), [], {});

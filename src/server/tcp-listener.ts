@@ -17,6 +17,7 @@
  * are open, and stamps a coarse "now" so the per-answer path reads no clock.
  */
 import net from 'node:net';
+import { DEFAULTS } from '../config.js';
 import { formatHostPort } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
@@ -32,7 +33,7 @@ export interface TcpListenerOptions {
   readonly idleTimeoutMs: number;
   readonly maxConnections: number;
   readonly maxQueriesPerConnection: number;
-  /** A message must be complete this long after its first byte arrives. Default TCP_READ_TIMEOUT_MS. */
+  /** A message must be complete this long after its first byte arrives. Default: --tcp-read-timeout's (config.ts). */
   readonly readTimeoutMs?: number;
   /** Answers a client may leave unsent in Node's buffer (beyond the kernel's) before it is reset. Default TCP_MAX_UNSENT_BYTES. */
   readonly maxUnsentBytes?: number;
@@ -42,15 +43,6 @@ export interface TcpListenerOptions {
   /** Where close reasons are counted; the agent passes the block its metrics publish. */
   readonly counters?: TcpListenerCounters;
 }
-
-/**
- * A pod's query is a few hundred bytes in one write, so it arrives in one
- * segment; a split one completes within an RTT (microseconds on the node)
- * unless a segment is lost. 2 s covers one retransmission at TCP's initial
- * 1 s RTO (RFC 6298) with room to spare, and caps what a slow-loris
- * connection can hold a slot for.
- */
-export const TCP_READ_TIMEOUT_MS = 2000;
 
 /**
  * Two maximum-size answers (64 KiB each), so one large answer queued behind
@@ -123,7 +115,7 @@ export class TcpListener implements Listener {
     this.#sendBufferBytes = opts.sendBufferBytes ?? TCP_SEND_BUFFER_BYTES;
     this.#limits = {
       idleTimeoutMs: opts.idleTimeoutMs,
-      readTimeoutMs: opts.readTimeoutMs ?? TCP_READ_TIMEOUT_MS,
+      readTimeoutMs: opts.readTimeoutMs ?? DEFAULTS.tcpReadTimeoutMs,
       maxQueriesPerConnection: opts.maxQueriesPerConnection,
       maxUnsentBytes: opts.maxUnsentBytes ?? TCP_MAX_UNSENT_BYTES,
     };

@@ -25,6 +25,8 @@
  *   sockets in all        <= maxInFlight * maxSocketsPerExchange
  */
 import net from 'node:net';
+import { DEFAULTS } from '../config.js';
+import { DEFAULT_ATTEMPTS } from './host-route.js';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { FLAG_TC, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
@@ -152,10 +154,10 @@ export class HostResolvers implements Upstream {
     }
     this.#servers = [...opts.servers];
     this.name = opts.name ?? 'host-resolvers';
-    this.#attemptTimeoutMs = Math.max(1, opts.attemptTimeoutMs ?? 2000);
-    this.#attempts = Math.max(1, opts.attempts ?? 2);
+    this.#attemptTimeoutMs = Math.max(1, opts.attemptTimeoutMs ?? DEFAULTS.timeoutMs);
+    this.#attempts = Math.max(1, opts.attempts ?? DEFAULT_ATTEMPTS);
     this.#rotate = opts.rotate ?? false;
-    this.#maxInFlight = Math.max(1, opts.maxInFlight ?? 1000);
+    this.#maxInFlight = Math.max(1, opts.maxInFlight ?? DEFAULTS.hostMaxInflight);
     this.#maxSockets = Math.max(1, opts.maxSocketsPerExchange ?? 3);
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger;

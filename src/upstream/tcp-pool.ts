@@ -23,6 +23,7 @@
  * by one sweep timer that runs only while something is pending.
  */
 import net from 'node:net';
+import { DEFAULTS } from '../config.js';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { HEADER_LEN, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
@@ -111,12 +112,12 @@ export class TcpPool implements Upstream {
     if (net.isIP(opts.server.host) === 0) throw new Error(`TcpPool: server must be an IP address, got "${opts.server.host}"`);
     this.#server = opts.server;
     this.name = `tcp://${net.isIPv6(opts.server.host) ? `[${opts.server.host}]` : opts.server.host}:${opts.server.port}`;
-    this.#size = Math.max(1, opts.connections ?? 2);
+    this.#size = Math.max(1, opts.connections ?? DEFAULTS.upstreamConnections);
     // Ids are 16 bits and unique per connection.
-    this.#maxInFlight = Math.min(0xffff, Math.max(1, opts.maxInFlightPerConnection ?? 1000));
+    this.#maxInFlight = Math.min(0xffff, Math.max(1, opts.maxInFlightPerConnection ?? DEFAULTS.upstreamMaxInFlight));
     this.#maxQueued = Math.max(0, opts.maxQueued ?? 4096);
-    this.#rotateAfterQueries = opts.rotateAfterQueries ?? 10_000;
-    this.#rotateAfterMs = opts.rotateAfterMs ?? 60_000;
+    this.#rotateAfterQueries = opts.rotateAfterQueries ?? DEFAULTS.upstreamRotateQueries;
+    this.#rotateAfterMs = opts.rotateAfterMs ?? DEFAULTS.upstreamRotateAfterMs;
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 1000;
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger ?? silentLogger;
