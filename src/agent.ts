@@ -13,6 +13,8 @@ import { questionMessage, upstreamQuery } from './dns/build.js';
 import { QType } from './dns/constants.js';
 import { nameToWire } from './dns/name.js';
 import { parseQuery } from './dns/query.js';
+import { interceptionPart, interfacePart, type NodeSetupOptions } from './iface/node-setup.js';
+import { setupCounterSchema } from './iface/setup-counters.js';
 import { KubeApi, loadClusterConfig } from './kube/client.js';
 import { ViewAnswerer } from './kube/local-answerer.js';
 import { ClusterView } from './kube/view.js';
@@ -55,6 +57,8 @@ export class Agent {
   readonly config: Config;
   readonly cache: DnsCache;
   readonly hitPath: HitPath;
+  /** node-cache's coredns_nodecache_setup_errors_total and our repairs: interface and interception. */
+  readonly setupCounters: Counters<keyof typeof setupCounterSchema.slot>;
   readonly #logger: Logger;
   readonly #clock: Clock;
   readonly #readFile: (path: string) => string;
@@ -93,6 +97,7 @@ export class Agent {
       counters: new Counters(SERVER_COUNTERS),
       maxUdpSize: config.maxUdpSize,
     });
+    this.setupCounters = new Counters(setupCounterSchema);
     this.#upstreams = [];
     this.#listeners = [];
     this.#parts = new ComponentStack(this.#logger);
@@ -161,9 +166,15 @@ export class Agent {
         }),
       );
     }
+    const node = this.#nodeSetup();
     this.#parts.add(this.#upstreamsPart());
     if (this.#watch !== null) this.#parts.add(this.#watchPart(this.#watch));
+    const iface = interfacePart(node);
+    if (iface !== null) this.#parts.add(iface);
     this.#parts.add(this.#listenersPart());
+    // Only once we answer: from here on pods' DNS is steered to us.
+    const interception = interceptionPart(node);
+    if (interception !== null) this.#parts.add(interception);
     await this.#parts.start(() => this.#clock.now());
     this.#logger.info('serving', {
       listen: this.#listeners.map((l) => l.name),
@@ -173,6 +184,28 @@ export class Agent {
       stubDomains: c.stubDomains.map((d) => d.zone),
       clusterRecordsFallback: this.#view !== null ? 'on' : 'off',
     });
+  }
+
+  /** What node integration works on: the listen addresses that are not loopback (loopback needs no link and no rules). */
+  #nodeSetup(): NodeSetupOptions {
+    const c = this.config;
+    const addresses = [...new Set(c.listen.filter((l) => !isLoopback(l.host) && !isWildcard(l.host)).map((l) => l.host))];
+    const ports = new Set(c.listen.filter((l) => addresses.includes(l.host)).map((l) => l.port));
+    if (ports.size > 1) throw new StartupError(`node setup: the non-loopback listen addresses use several ports (${[...ports].join(', ')}); interception needs one`);
+    return {
+      addresses,
+      port: [...ports][0] ?? 53,
+      healthPort: c.healthPort,
+      setupInterface: c.setupInterface,
+      interfaceName: c.interfaceName,
+      interfaceKind: c.interfaceKind,
+      firewall: c.firewall,
+      skipTeardown: c.skipTeardown,
+      syncIntervalMs: c.syncIntervalMs,
+      clock: this.#clock,
+      logger: this.#logger,
+      counters: this.setupCounters,
+    };
   }
 
   /**

@@ -10,6 +10,9 @@ import { formatHostPort, parseHostPort } from './addr.js';
 import type { LogLevel } from './log.js';
 import { nameToWire } from './dns/name.js';
 import type { ServerAddress } from './upstream/types.js';
+import type { FirewallChoice } from './iface/node-setup.js';
+
+const FIREWALL_CHOICES: readonly FirewallChoice[] = ['auto', 'iptables', 'iptables-legacy', 'iptables-nft', 'nftables', 'none'];
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -65,6 +68,14 @@ export interface Config {
   readonly localNegative: boolean;
   /** TTL of records answered from the view, seconds. */
   readonly localTtl: number;
+  /** Create the link and hold the (non-loopback) listen addresses on it. */
+  readonly setupInterface: boolean;
+  readonly interfaceName: string;
+  readonly interfaceKind: string;
+  readonly firewall: FirewallChoice;
+  readonly skipTeardown: boolean;
+  readonly syncIntervalMs: number;
+  readonly healthPort: number;
   readonly logLevel: LogLevel;
 }
 
@@ -136,6 +147,16 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   { flag: 'local-negative', kind: 'bool', def: 'false', help: 'answer cluster-zone names that certainly do not exist (ndots:5 search-path junk) from the synced view, without asking the cluster DNS. Off by default: a cluster DNS may carry custom records' },
   { flag: 'local-ttl', kind: 'duration', def: '5s', max: 3_600_000, help: 'TTL of records answered from the view (CoreDNS kubernetes plugin default)' },
+  { flag: 'setup-interface', kind: 'bool', def: 'true', help: 'create the link (--interface-name, kind dummy) and put the non-loopback listen addresses on it through netlink (node-cache -setupinterface); needs CAP_NET_ADMIN' },
+  { flag: 'interface-name', kind: 'string', def: 'nodelocaldns', help: 'name of that link (node-cache -interfacename)' },
+  { flag: 'interface-kind', kind: 'string', def: 'dummy', help: 'link kind to create; dummy in production (tests use bridge on kernels without the dummy driver)' },
+  {
+    flag: 'firewall', kind: 'string', def: 'auto',
+    help: 'interception rules (raw NOTRACK + filter ACCEPT, as node-cache): auto (follow kube-proxy and kubelet, as iptables-wrappers does), iptables, iptables-legacy, iptables-nft, nftables, or none',
+  },
+  { flag: 'skip-teardown', kind: 'bool', def: 'false', help: 'leave the link, addresses and rules in place on exit (node-cache -skipteardown)' },
+  { flag: 'sync-interval', kind: 'duration', def: '60s', min: 1000, max: 3_600_000, help: 'how often the link, addresses and rules are checked and repaired (node-cache -syncinterval)' },
+  { flag: 'health-port', kind: 'int', def: '8080', min: 1, max: 65535, help: 'port of /health and /ready on the first local IP (node-cache 8080); also NOTRACKed by the interception rules' },
   { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
 ];
 
@@ -396,6 +417,13 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     );
   }
 
+  const firewall = str('firewall')!;
+  if (!FIREWALL_CHOICES.includes(firewall as FirewallChoice)) {
+    throw new ConfigError(`--firewall "${firewall}": expected one of ${FIREWALL_CHOICES.join(', ')}`);
+  }
+  const interfaceName = str('interface-name')!;
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(interfaceName)) throw new ConfigError(`--interface-name "${interfaceName}": 1-15 letters, digits, "_", "." or "-"`);
+
   const logLevel = str('log-level')!;
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
 
@@ -433,6 +461,13 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     maxApiSilenceMs: duration('max-api-silence'),
     localNegative: bool('local-negative'),
     localTtl: seconds('local-ttl'),
+    setupInterface: bool('setup-interface'),
+    interfaceName,
+    interfaceKind: str('interface-kind')!,
+    firewall: firewall as FirewallChoice,
+    skipTeardown: bool('skip-teardown'),
+    syncIntervalMs: duration('sync-interval'),
+    healthPort: int('health-port'),
     logLevel: logLevel as LogLevel,
   };
 }

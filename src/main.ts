@@ -18,6 +18,9 @@ function version(): string {
   }
 }
 
+/** Beyond the grace period: time for the rules and the link to go (iptables-restore waits for the xtables lock for at most 5 s). */
+const HARD_STOP_EXTRA_MS = 10_000;
+
 async function main(argv: readonly string[]): Promise<number> {
   let loaded;
   try {
@@ -55,8 +58,17 @@ async function main(argv: readonly string[]): Promise<number> {
   return new Promise<number>((resolve) => {
     let stopping = false;
     const onSignal = (signal: NodeJS.Signals): void => {
-      if (stopping) return;
+      if (stopping) {
+        // A second signal: the operator wants out now (node-cache's open kubernetes/dns#453 is a hang here).
+        logger.warn('second signal: exiting at once', { signal });
+        process.exit(1);
+      }
       stopping = true;
+      // Every part is bounded, but the pod's termination must never hang on one that is not: a hard stop.
+      setTimeout(() => {
+        logger.error('shutdown took too long: exiting', { graceMs: config.shutdownGraceMs });
+        process.exit(1);
+      }, config.shutdownGraceMs + HARD_STOP_EXTRA_MS).unref();
       logger.info('stopping: finishing queries in flight', { signal, graceMs: config.shutdownGraceMs, inflight: agent.hitPath.inflight });
       agent.stop(config.shutdownGraceMs).then(
         () => {

@@ -1,0 +1,143 @@
+/**
+ * Node integration as two lifecycle parts (lifecycle.ts):
+ *
+ *   interface     before the listeners: the link (dummy, `nodelocaldns`) and
+ *                 the listen addresses, so the sockets can bind;
+ *   interception  after the listeners, only once we answer: the NOTRACK and
+ *                 ACCEPT rules that steer pods' DNS to us.
+ *
+ * Stopped in reverse: interception goes first (iptables-mode traffic falls
+ * back to kube-dns at once), then the listeners drain, then the addresses
+ * and link go. Both are re-checked every sync interval and repaired (counted,
+ * logged when something was missing), as node-cache does with
+ * -syncinterval. Only non-loopback listen addresses are ours to set up:
+ * loopback needs no interface and no rules.
+ */
+import type { Clock } from '../clock.js';
+import type { Component } from '../lifecycle.js';
+import type { Logger } from '../log.js';
+import { detectFirewallBackend } from './firewall-detect.js';
+import { Firewall, type FirewallBackend } from './firewall.js';
+import { NodeInterface } from './node-interface.js';
+import { spawnRunner, type CommandRunner } from './run-command.js';
+import type { SetupCounters } from './setup-counters.js';
+
+export type FirewallChoice = 'auto' | 'iptables' | 'iptables-legacy' | 'iptables-nft' | 'nftables' | 'none';
+
+export interface NodeSetupOptions {
+  /** The non-loopback listen addresses (link-local, and the kube-dns ClusterIP in iptables mode). */
+  readonly addresses: readonly string[];
+  readonly port: number;
+  readonly healthPort: number | null;
+  readonly setupInterface: boolean;
+  readonly interfaceName: string;
+  /** `dummy`; tests pass `bridge` (these build machines' kernels have no dummy driver). */
+  readonly interfaceKind: string;
+  readonly firewall: FirewallChoice;
+  readonly skipTeardown: boolean;
+  readonly syncIntervalMs: number;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly counters: SetupCounters;
+  /** Runs iptables/nft; injected for tests. */
+  readonly run?: CommandRunner;
+}
+
+/** Chain prefix, comment and nft table name of every rule: node-cache's own name for its interface and rules. */
+const RULE_NAME = 'nodelocaldns';
+
+export function interfacePart(o: NodeSetupOptions): Component | null {
+  if (!o.setupInterface || o.addresses.length === 0) return null;
+  const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters });
+  let stopChecks: (() => void) | null = null;
+  return {
+    name: 'interface',
+    start: () => {
+      const r = iface.ensure();
+      o.logger.info('interface ready', {
+        link: o.interfaceName, kind: r.kind, created: r.created, added: r.addressesAdded, present: r.addressesPresent,
+      });
+      stopChecks = every(o.clock, o.syncIntervalMs, () => {
+        const c = iface.check();
+        if (c.repaired.length > 0) o.logger.warn('interface repaired', { link: o.interfaceName, repaired: c.repaired });
+        if (c.error !== null) o.logger.warn('interface check failed', { link: o.interfaceName, error: c.error });
+        return Promise.resolve();
+      });
+      return Promise.resolve();
+    },
+    stop: () => {
+      stopChecks?.();
+      if (!o.skipTeardown) {
+        const t = iface.teardown();
+        o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });
+      }
+      iface.close();
+      return Promise.resolve();
+    },
+  };
+}
+
+export function interceptionPart(o: NodeSetupOptions): Component | null {
+  if (o.firewall === 'none' || o.addresses.length === 0) return null;
+  const run = o.run ?? spawnRunner();
+  let firewall: Firewall | null = null;
+  let stopChecks: (() => void) | null = null;
+  return {
+    name: 'interception',
+    start: async () => {
+      const { backend, reason } = await chooseBackend(o.firewall, run);
+      firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, backend, run, counters: o.counters });
+      await firewall.apply();
+      o.logger.info('interception rules in place', { backend: describeBackend(backend), why: reason, addresses: o.addresses });
+      const fw = firewall;
+      stopChecks = every(o.clock, o.syncIntervalMs, async () => {
+        const c = await fw.check();
+        if (c.repaired.length > 0) o.logger.warn('interception rules repaired', { repaired: c.repaired });
+        if (c.error !== null) o.logger.warn('interception check failed', { error: c.error });
+      });
+    },
+    stop: async () => {
+      stopChecks?.();
+      if (firewall === null || o.skipTeardown) return;
+      const err = await firewall.remove();
+      if (err !== null) o.logger.warn('could not remove interception rules', { error: err });
+      else o.logger.info('interception rules removed');
+    },
+  };
+}
+
+async function chooseBackend(choice: FirewallChoice, run: CommandRunner): Promise<{ backend: FirewallBackend; reason: string }> {
+  switch (choice) {
+    case 'iptables':
+      return { backend: { kind: 'iptables', mode: null }, reason: '--firewall iptables' };
+    case 'iptables-legacy':
+      return { backend: { kind: 'iptables', mode: 'legacy' }, reason: '--firewall iptables-legacy' };
+    case 'iptables-nft':
+      return { backend: { kind: 'iptables', mode: 'nft' }, reason: '--firewall iptables-nft' };
+    case 'nftables':
+      return { backend: { kind: 'nftables' }, reason: '--firewall nftables' };
+    default:
+      return detectFirewallBackend(run);
+  }
+}
+
+function describeBackend(b: FirewallBackend): string {
+  return b.kind === 'nftables' ? 'nftables' : `iptables${b.mode === null ? '' : `-${b.mode}`}`;
+}
+
+/**
+ * Runs `fn` every `intervalMs` on the clock's shared sweep, never two at a
+ * time (a check that shells out to iptables may take longer than a sweep).
+ */
+function every(clock: Clock, intervalMs: number, fn: () => Promise<void>): () => void {
+  let last = clock.now();
+  let running = false;
+  return clock.sweep((now) => {
+    if (running || now - last < intervalMs) return;
+    last = now;
+    running = true;
+    fn().finally(() => {
+      running = false;
+    });
+  });
+}
