@@ -1,45 +1,44 @@
 /**
  * Composes the parts and owns their order. The parts are a ComponentStack
  * (lifecycle.ts): started in order, stopped in reverse, rolled back on a
- * failed start. Today: upstreams, then listeners. Node integration slots in
- * around the listeners (interface before, interception after).
+ * failed start:
  *
- * Shutdown: listeners stop taking queries, queries in flight get until the
- * grace deadline, then whatever still waits is answered stale or SERVFAIL,
- * then sockets and upstreams close. Nothing waits past the deadline.
+ *   upstreams ─► kube-watch ─► interface ─► listeners ─► interception
+ *
+ * Shutdown runs that backwards: the interception rules go first (iptables-
+ * mode traffic falls back to kube-dns at once), listeners stop taking
+ * queries, queries in flight get until the grace deadline, whatever still
+ * waits is answered stale or SERVFAIL, then sockets, the link and the
+ * upstreams close. Nothing waits past the deadline.
+ *
+ * Reload (SIGHUP, a changed config file or kube-dns ConfigMap): a new config
+ * is validated, its routes built, and swapped in; upstreams no longer used
+ * finish their queries in flight and close. Settings that need a restart
+ * (listen addresses, interface, cache sizes...) are reported and kept.
  */
 import { readFileSync } from 'node:fs';
-import { questionMessage, upstreamQuery } from './dns/build.js';
-import { QType } from './dns/constants.js';
-import { nameToWire } from './dns/name.js';
-import { parseQuery } from './dns/query.js';
-import { interceptionPart, interfacePart, type NodeSetupOptions } from './iface/node-setup.js';
-import { setupCounterSchema } from './iface/setup-counters.js';
-import { KubeApi, loadClusterConfig } from './kube/client.js';
-import { ViewAnswerer } from './kube/local-answerer.js';
-import { ClusterView } from './kube/view.js';
-import { KubeWatch, watchCounterSchema } from './kube/watch.js';
 import { formatHostPort, isLoopback, isWildcard } from './addr.js';
 import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
+import { interceptionPart, interfacePart, type NodeSetupOptions } from './iface/node-setup.js';
+import { setupCounterSchema } from './iface/setup-counters.js';
+import { KubeApi, loadClusterConfig } from './kube/client.js';
+import { ClusterView } from './kube/view.js';
+import { KubeWatch, watchCounterSchema } from './kube/watch.js';
 import { ComponentStack, StartupError, type Component } from './lifecycle.js';
 import type { Logger } from './log.js';
+import { buildRouting, type Routing } from './routing.js';
 import { HitPath } from './server/hit-path.js';
 import type { Listener } from './server/listener.js';
 import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
-import type { Route } from './server/route.js';
 import { SERVER_COUNTERS } from './server/stats.js';
 import { TcpListener } from './server/tcp-listener.js';
 import { UdpListener } from './server/udp-listener.js';
-import { Counters } from './stats/counters.js';
-import { HostResolvers } from './upstream/host-resolvers.js';
-import { DEFAULT_ATTEMPTS, hostBudget, loadHostServers, type HostServers } from './upstream/host-route.js';
+import { Counters, defineCounters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
-import { HealthProbe } from './upstream/probe.js';
-import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
-import { TcpPool } from './upstream/tcp-pool.js';
+import { loadHostServers, type HostServers } from './upstream/host-route.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
 
 export { StartupError } from './lifecycle.js';
@@ -48,45 +47,62 @@ export interface AgentDeps {
   readonly logger: Logger;
   readonly clock?: Clock;
   readonly readFile?: (path: string) => string;
+  /** Applies a new log level on reload (main passes the logger's own setter). */
+  readonly setLogLevel?: (level: Config['logLevel']) => void;
 }
 
-/** Reverse zones always belong to the cluster DNS: it owns the PTR records of Service and Pod IPs. */
-const REVERSE_ZONES = ['in-addr.arpa', 'ip6.arpa'];
+export const AGENT_COUNTERS = defineCounters({
+  reloads: { name: 'nodelocal_config_reloads_total', labels: { result: 'applied' }, help: 'Configuration reloads, by result.' },
+  reloadFailures: { name: 'nodelocal_config_reloads_total', labels: { result: 'refused' }, help: 'Configuration reloads, by result.' },
+});
+
+/** Settings read once at start: a reload that changes them is told they need a restart. */
+const RESTART_ONLY: readonly (keyof Config)[] = [
+  'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
+  'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'skipTeardown', 'syncIntervalMs', 'healthPort',
+];
+
+export interface ReloadOutcome {
+  readonly applied: boolean;
+  /** Why it was refused (the old config keeps serving). */
+  readonly error: string | null;
+  /** Changed settings that take effect only after a restart. */
+  readonly restartNeeded: readonly string[];
+}
 
 export class Agent {
-  readonly config: Config;
   readonly cache: DnsCache;
   readonly hitPath: HitPath;
+  readonly counters: Counters<keyof typeof AGENT_COUNTERS.slot>;
   /** node-cache's coredns_nodecache_setup_errors_total and our repairs: interface and interception. */
   readonly setupCounters: Counters<keyof typeof setupCounterSchema.slot>;
+  #config: Config;
   readonly #logger: Logger;
   readonly #clock: Clock;
   readonly #readFile: (path: string) => string;
-  readonly #upstreams: Upstream[];
+  readonly #setLogLevel: ((level: Config['logLevel']) => void) | null;
   readonly #listeners: Listener[];
   readonly #parts: ComponentStack;
   #resolver: Resolver | null;
+  #routing: Routing | null;
+  /** Upstreams a reload replaced, still finishing their queries in flight. */
+  readonly #retired: Set<Upstream>;
   /** The cluster view and its watch; null with --no-kube or no cluster config. */
   #view: ClusterView | null;
   #watch: KubeWatch | null;
-  readonly #probes: HealthProbe[];
-  #clusterUpstream: Upstream | null;
 
   constructor(config: Config, deps: AgentDeps) {
-    this.config = config;
+    this.#config = config;
     this.#logger = deps.logger;
     this.#clock = deps.clock ?? systemClock;
     this.#readFile = deps.readFile ?? ((p) => readFileSync(p, 'utf8'));
+    this.#setLogLevel = deps.setLogLevel ?? null;
     this.cache = new DnsCache(
       {
         positiveCapacity: config.cacheSize,
         negativeCapacity: config.negativeCacheSize,
         maxBytes: config.cacheMemoryBytes,
-        successTtl: config.successTtl,
-        denialTtl: config.denialTtl,
-        minHits: config.prefetchMinHits,
-        percent: config.prefetchPercent,
-        staleMs: config.serveStaleMs,
+        ...cachePolicy(config),
       },
       new Counters(CACHE_COUNTERS),
     );
@@ -97,25 +113,19 @@ export class Agent {
       counters: new Counters(SERVER_COUNTERS),
       maxUdpSize: config.maxUdpSize,
     });
+    this.counters = new Counters(AGENT_COUNTERS);
     this.setupCounters = new Counters(setupCounterSchema);
-    this.#upstreams = [];
     this.#listeners = [];
     this.#parts = new ComponentStack(this.#logger);
     this.#resolver = null;
+    this.#routing = null;
+    this.#retired = new Set();
     this.#view = null;
     this.#watch = null;
-    this.#probes = [];
-    this.#clusterUpstream = null;
   }
 
-  /** Health of the cluster DNS upstream; null in local mode or before start. */
-  get clusterHealth(): HealthState | null {
-    return this.#clusterUpstream?.health.state ?? null;
-  }
-
-  /** The cluster view (for tests and, later, metrics); null when the fallback is off. */
-  get view(): ClusterView | null {
-    return this.#view;
+  get config(): Config {
+    return this.#config;
   }
 
   get resolver(): Resolver {
@@ -128,24 +138,35 @@ export class Agent {
     return this.#listeners;
   }
 
+  /** Health of the cluster DNS upstream; null in local mode or before start. */
+  get clusterHealth(): HealthState | null {
+    return this.#routing?.cluster?.pool.health.state ?? null;
+  }
+
+  /** The cluster view; null when the fallback is off. */
+  get view(): ClusterView | null {
+    return this.#view;
+  }
+
   async start(): Promise<void> {
-    const c = this.config;
+    const c = this.#config;
     let host: HostServers;
     try {
-      host = loadHostServers(c.upstreamNameservers, c.resolvConf, this.#readFile);
+      host = this.#hostServers(c);
     } catch (err) {
       throw new StartupError((err as Error).message);
     }
-    for (const w of host.warnings) this.#logger.warn('resolv.conf', { file: host.source, warning: w });
-    this.#guardLoops([
-      ...(c.clusterUpstream !== null ? [{ what: '--upstream-addr', addr: c.clusterUpstream }] : []),
-      ...host.servers.map((addr) => ({ what: host.source, addr })),
-      ...c.stubDomains.flatMap((d) => d.servers.map((addr) => ({ what: `stub domain ${d.zone}`, addr }))),
-    ]);
-
     this.#startView();
+    const routing = buildRouting(c, host, { clock: this.#clock, logger: this.#logger, view: this.#view }, null);
+    this.#routing = routing;
+    if (routing.cluster === null) {
+      this.#logger.warn(
+        'LOCAL MODE: no cluster DNS address (--upstream-addr, or the kube-dns-upstream Service environment); every name, cluster zone included, goes to the host resolvers',
+        { clusterDomain: c.clusterDomain },
+      );
+    }
     const resolver = new Resolver({
-      router: this.#routes(host),
+      router: routing.router,
       clock: this.#clock,
       counters: new Counters(RESOLVER_COUNTERS),
       hits: this.hitPath,
@@ -186,9 +207,93 @@ export class Agent {
     });
   }
 
+  /** Stops taking queries, lets those in flight finish until `graceMs` from now, answers the rest, closes everything. */
+  async stop(graceMs: number): Promise<void> {
+    await this.#parts.stop(this.#clock.now() + graceMs);
+  }
+
+  /**
+   * Applies a new configuration without dropping a query: routes (stub
+   * domains, upstream nameservers, resolv.conf, timeouts), cache policy,
+   * fallback settings and the log level. A config that cannot be applied is
+   * refused whole and the old one keeps serving.
+   */
+  reload(next: Config): ReloadOutcome {
+    const old = this.#config;
+    const resolver = this.#resolver;
+    if (resolver === null || this.#routing === null) return this.#refused('agent not started');
+    const restartNeeded = RESTART_ONLY.filter((k) => JSON.stringify(old[k]) !== JSON.stringify(next[k])).map(String);
+    // Settings that need a restart keep their running values; the rest come from the new config.
+    const kept: Partial<Record<keyof Config, unknown>> = {};
+    for (const k of RESTART_ONLY) kept[k] = old[k];
+    const merged = { ...next, ...kept } as Config;
+    let routing: Routing;
+    try {
+      const host = this.#hostServers(merged);
+      routing = buildRouting(merged, host, { clock: this.#clock, logger: this.#logger, view: this.#view }, this.#routing.cluster);
+    } catch (err) {
+      return this.#refused((err as Error).message);
+    }
+    const previous = this.#routing;
+    this.#routing = routing;
+    resolver.configure({ router: routing.router, fallbackAfterMs: merged.fallbackAfterMs, localNegative: merged.localNegative });
+    this.cache.configure(cachePolicy(merged));
+    this.hitPath.configure({ maxUdpSize: merged.maxUdpSize });
+    this.#setLogLevel?.(merged.logLevel);
+    if (previous.cluster !== null && previous.cluster !== routing.cluster) previous.cluster.probe?.stop();
+    for (const u of previous.upstreams) {
+      if (routing.upstreams.includes(u)) continue;
+      // Finishes its queries in flight (each has a deadline), then closes.
+      this.#retired.add(u);
+      void u.close().then(() => this.#retired.delete(u));
+    }
+    this.#config = merged;
+    this.counters.values[AGENT_COUNTERS.slot.reloads]!++;
+    this.#logger.info('configuration reloaded', {
+      stubDomains: merged.stubDomains.map((d) => d.zone),
+      upstreams: routing.upstreams.map((u) => u.name),
+      ...(restartNeeded.length > 0 ? { restartNeeded } : {}),
+    });
+    if (restartNeeded.length > 0) this.#logger.warn('changed settings take effect only after a restart', { settings: restartNeeded });
+    return { applied: true, error: null, restartNeeded };
+  }
+
+  /** A reload whose configuration could not even be read or validated: refused, counted, logged. */
+  reloadFailed(error: string): ReloadOutcome {
+    return this.#refused(error);
+  }
+
+  /** The files the running configuration comes from, for the watcher. */
+  get configSources(): string[] {
+    const c = this.#config;
+    const paths: string[] = [];
+    if (c.configFile !== '') paths.push(c.configFile);
+    if (c.kubeDnsConfigDir !== '') paths.push(`${c.kubeDnsConfigDir}/stubDomains`, `${c.kubeDnsConfigDir}/upstreamNameservers`);
+    paths.push(c.resolvConf);
+    return paths;
+  }
+
+  #refused(error: string): ReloadOutcome {
+    this.counters.values[AGENT_COUNTERS.slot.reloadFailures]!++;
+    this.#logger.error('configuration reload refused: the running configuration keeps serving', { error });
+    return { applied: false, error, restartNeeded: [] };
+  }
+
+  /** Host resolvers for `c`, checked against forwarding loops. Throws Error with an operator's message. */
+  #hostServers(c: Config): HostServers {
+    const host = loadHostServers(c.upstreamNameservers, c.resolvConf, this.#readFile);
+    for (const w of host.warnings) this.#logger.warn('resolv.conf', { file: host.source, warning: w });
+    guardLoops(c.listen, [
+      ...(c.clusterUpstream !== null ? [{ what: '--upstream-addr', addr: c.clusterUpstream }] : []),
+      ...host.servers.map((addr) => ({ what: host.source, addr })),
+      ...c.stubDomains.flatMap((d) => d.servers.map((addr) => ({ what: `stub domain ${d.zone}`, addr }))),
+    ]);
+    return host;
+  }
+
   /** What node integration works on: the listen addresses that are not loopback (loopback needs no link and no rules). */
   #nodeSetup(): NodeSetupOptions {
-    const c = this.config;
+    const c = this.#config;
     const addresses = [...new Set(c.listen.filter((l) => !isLoopback(l.host) && !isWildcard(l.host)).map((l) => l.host))];
     const ports = new Set(c.listen.filter((l) => addresses.includes(l.host)).map((l) => l.port));
     if (ports.size > 1) throw new StartupError(`node setup: the non-loopback listen addresses use several ports (${[...ports].join(', ')}); interception needs one`);
@@ -213,7 +318,7 @@ export class Agent {
    * Without one the agent still runs, and says once that the fallback is off.
    */
   #startView(): void {
-    const c = this.config;
+    const c = this.#config;
     if (!c.kube) {
       this.#logger.info('cluster-records fallback off (--no-kube): cluster names are answered by the cluster DNS only');
       return;
@@ -227,55 +332,6 @@ export class Agent {
     this.#view = new ClusterView();
     this.#watch = new KubeWatch(new KubeApi(cfg), this.#view, { clock: this.#clock, log: this.#logger, counters: new Counters(watchCounterSchema) });
     this.#logger.info('cluster-records fallback on: watching the API', { server: cfg.server, source: cfg.source });
-  }
-
-  /** Stops taking queries, lets those in flight finish until `graceMs` from now, answers the rest, closes everything. */
-  async stop(graceMs: number): Promise<void> {
-    await this.#parts.stop(this.#clock.now() + graceMs);
-  }
-
-  #routes(host: HostServers): ZoneRouter<Route> {
-    const c = this.config;
-    const external = this.#hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
-    const routes: ZoneRoute<Route>[] = [];
-    if (c.clusterUpstream !== null) {
-      const cluster = new TcpPool({
-        server: c.clusterUpstream,
-        connections: c.upstreamConnections,
-        maxInFlightPerConnection: c.upstreamMaxInFlight,
-        rotateAfterQueries: c.upstreamRotateQueries,
-        rotateAfterMs: c.upstreamRotateAfterMs,
-        clock: this.#clock,
-        logger: this.#logger,
-      });
-      this.#upstreams.push(cluster);
-      this.#clusterUpstream = cluster;
-      const local =
-        this.#view === null
-          ? null
-          : new ViewAnswerer({ view: this.#view, clock: this.#clock, zone: c.clusterDomain, ttl: c.localTtl, maxSilenceMs: c.maxApiSilenceMs });
-      if (local !== null) this.#probes.push(new HealthProbe(cluster, this.#clock, probeQuery(c.clusterDomain)));
-      const route: Route = { upstream: cluster, timeoutMs: c.timeoutMs, local };
-      for (const zone of [c.clusterDomain, ...REVERSE_ZONES]) routes.push({ zone, target: route });
-    } else {
-      this.#logger.warn(
-        'LOCAL MODE: no cluster DNS address (--upstream-addr, or the kube-dns-upstream Service environment); every name, cluster zone included, goes to the host resolvers',
-        { clusterDomain: c.clusterDomain },
-      );
-    }
-    for (const stub of c.stubDomains) {
-      routes.push({ zone: stub.zone, target: this.#hostRoute(`stub:${stub.zone}`, stub.servers, undefined, DEFAULT_ATTEMPTS, false) });
-    }
-    return new ZoneRouter(routes, external);
-  }
-
-  #hostRoute(name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean): Route {
-    const { attemptTimeoutMs, budgetMs } = hostBudget(this.config.timeoutMs, attemptMs, attempts, servers.length);
-    const upstream = new HostResolvers({
-      servers, attemptTimeoutMs, attempts, rotate, maxInFlight: this.config.hostMaxInflight, clock: this.#clock, logger: this.#logger, name,
-    });
-    this.#upstreams.push(upstream);
-    return { upstream, timeoutMs: budgetMs, local: null };
   }
 
   #watchPart(watch: KubeWatch): Component {
@@ -296,12 +352,13 @@ export class Agent {
       name: 'upstreams',
       start: () => Promise.resolve(),
       stop: async (deadline) => {
-        for (const p of this.#probes) p.stop();
+        this.#routing?.cluster?.probe?.stop();
         this.#resolver?.close();
-        await this.#until(deadline, Promise.all(this.#upstreams.map((u) => u.close())).then(() => undefined));
+        const all = [...(this.#routing?.upstreams ?? []), ...this.#retired];
+        await this.#until(deadline, Promise.all(all.map((u) => u.close())).then(() => undefined));
         // Past the deadline nothing waits on them any more (the hit path answered its clients): drop what is left.
-        for (const u of this.#upstreams) u.abort();
-        this.#upstreams.length = 0;
+        for (const u of all) u.abort();
+        this.#retired.clear();
       },
     };
   }
@@ -342,22 +399,21 @@ export class Agent {
     ]);
     clearTimeout(timer);
   }
+}
 
-  /** Forwarding to ourselves would loop each query until it times out: refuse to start. */
-  #guardLoops(upstreams: readonly { what: string; addr: ServerAddress }[]): void {
-    for (const { what, addr } of upstreams) {
-      for (const l of this.config.listen) {
-        if (l.port !== addr.port) continue;
-        const same = l.host === addr.host || (isWildcard(l.host) && (isLoopback(addr.host) || isWildcard(addr.host)));
-        if (same) {
-          throw new StartupError(`${what}: upstream ${formatHostPort(addr)} is one of our own listen addresses (${formatHostPort(l)}); forwarding there would loop`);
-        }
+function cachePolicy(c: Config): { successTtl: number; denialTtl: number; minHits: number; percent: number; staleMs: number } {
+  return { successTtl: c.successTtl, denialTtl: c.denialTtl, minHits: c.prefetchMinHits, percent: c.prefetchPercent, staleMs: c.serveStaleMs };
+}
+
+/** Forwarding to ourselves would loop each query until it times out: refuse. */
+function guardLoops(listen: readonly ServerAddress[], upstreams: readonly { what: string; addr: ServerAddress }[]): void {
+  for (const { what, addr } of upstreams) {
+    for (const l of listen) {
+      if (l.port !== addr.port) continue;
+      const same = l.host === addr.host || (isWildcard(l.host) && (isLoopback(addr.host) || isWildcard(addr.host)));
+      if (same) {
+        throw new StartupError(`${what}: upstream ${formatHostPort(addr)} is one of our own listen addresses (${formatHostPort(l)}); forwarding there would loop`);
       }
     }
   }
-}
-
-/** What proves the cluster DNS works: the API server's own Service, which every cluster has. */
-function probeQuery(zone: string): Buffer {
-  return upstreamQuery(parseQuery(questionMessage(nameToWire(`kubernetes.default.svc.${zone}`), QType.A)));
 }

@@ -24,6 +24,10 @@ export interface StubDomain {
 }
 
 export interface Config {
+  /** --config, '' when none: watched for reloads. */
+  readonly configFile: string;
+  /** The kube-dns ConfigMap directory, '' when none: watched for reloads. */
+  readonly kubeDnsConfigDir: string;
   readonly listen: readonly ServerAddress[];
   readonly clusterDomain: string;
   /** The cluster DNS (kube-dns) address; null = local mode, every name goes to the host resolvers. */
@@ -147,6 +151,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   { flag: 'local-negative', kind: 'bool', def: 'false', help: 'answer cluster-zone names that certainly do not exist (ndots:5 search-path junk) from the synced view, without asking the cluster DNS. Off by default: a cluster DNS may carry custom records' },
   { flag: 'local-ttl', kind: 'duration', def: '5s', max: 3_600_000, help: 'TTL of records answered from the view (CoreDNS kubernetes plugin default)' },
+  {
+    flag: 'kube-dns-config-dir', kind: 'string', def: '/etc/kube-dns',
+    help: 'the kube-dns ConfigMap mounted as a directory: stubDomains and upstreamNameservers (JSON), as node-cache reads them; watched and reloaded; missing = none',
+  },
   { flag: 'setup-interface', kind: 'bool', def: 'true', help: 'create the link (--interface-name, kind dummy) and put the non-loopback listen addresses on it through netlink (node-cache -setupinterface); needs CAP_NET_ADMIN' },
   { flag: 'interface-name', kind: 'string', def: 'nodelocaldns', help: 'name of that link (node-cache -interfacename)' },
   { flag: 'interface-kind', kind: 'string', def: 'dummy', help: 'link kind to create; dummy in production (tests use bridge on kernels without the dummy driver)' },
@@ -284,6 +292,57 @@ function stubDomain(where: string, zone: string, servers: readonly string[]): St
   return { zone: zone.toLowerCase().replace(/\.$/, ''), servers: addrs };
 }
 
+/** kube-dns allows at most 3 upstream nameservers (as glibc's MAXNS); node-cache refuses more too. */
+const KUBE_DNS_MAX_UPSTREAMS = 3;
+
+/**
+ * `stubDomains` (a JSON map zone -> [IP[:PORT]]) and `upstreamNameservers` (a
+ * JSON list) from the kube-dns ConfigMap mounted at --kube-dns-config-dir, as
+ * node-cache reads them. A missing directory or file is no configuration; a
+ * malformed one is a ConfigError (at start: exit 2; on reload: refused, the
+ * old config keeps serving).
+ */
+function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string): { stubDomains: StubDomain[]; upstreamNameservers: string[] } | null {
+  const v = raw.get('kube-dns-config-dir') ?? OPTIONS.find((o) => o.flag === 'kube-dns-config-dir')?.def;
+  const dir = Array.isArray(v) ? v[v.length - 1] : v;
+  if (dir === undefined || dir === '') return null;
+  const read = (file: string): string | null => {
+    try {
+      return readFile(`${dir}/${file}`);
+    } catch {
+      return null;
+    }
+  };
+  const parse = (file: string, text: string): unknown => {
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new ConfigError(`kube-dns ConfigMap ${dir}/${file}: not JSON (${(e as Error).message})`);
+    }
+  };
+  const stubDomains: StubDomain[] = [];
+  const stubText = read('stubDomains');
+  if (stubText !== null && stubText.trim() !== '') {
+    const doc = parse('stubDomains', stubText);
+    if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: expected a map of zone to a list of servers`);
+    for (const [zone, servers] of Object.entries(doc as Record<string, unknown>)) {
+      if (!Array.isArray(servers) || servers.length === 0 || !servers.every((x) => typeof x === 'string')) {
+        throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: ${zone} must be a non-empty list of "IP[:PORT]" strings`);
+      }
+      stubDomains.push(stubDomain(`kube-dns ConfigMap stubDomains.${zone}`, zone, servers as string[]));
+    }
+  }
+  let upstreamNameservers: string[] = [];
+  const upText = read('upstreamNameservers');
+  if (upText !== null && upText.trim() !== '') {
+    const doc = parse('upstreamNameservers', upText);
+    if (!Array.isArray(doc) || !doc.every((x) => typeof x === 'string')) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: expected a list of "IP[:PORT]" strings`);
+    if (doc.length > KUBE_DNS_MAX_UPSTREAMS) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: at most ${KUBE_DNS_MAX_UPSTREAMS} servers, got ${doc.length}`);
+    upstreamNameservers = doc as string[];
+  }
+  return { stubDomains, upstreamNameservers };
+}
+
 export interface LoadOptions {
   readonly env?: NodeJS.ProcessEnv;
   readonly readFile?: (path: string) => string;
@@ -309,6 +368,12 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     stubs = file.stubDomains;
   }
   for (const [k, v] of flags.raw) merged.set(k, v);
+  // The kube-dns ConfigMap (node-cache reads the same two keys): the lowest precedence, under our own file and flags.
+  const kubeDns = readKubeDnsConfig(merged, readFile);
+  if (kubeDns !== null) {
+    stubs = [...kubeDns.stubDomains.filter((k) => !stubs.some((d) => d.zone === k.zone)), ...stubs];
+    if (!merged.has('upstream-nameservers') && kubeDns.upstreamNameservers.length > 0) merged.set('upstream-nameservers', kubeDns.upstreamNameservers);
+  }
   for (const s of listOf(merged, 'stub-domain')) {
     const eq = s.indexOf('=');
     if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
@@ -428,6 +493,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
 
   return {
+    configFile: str('config') ?? '',
+    kubeDnsConfigDir: str('kube-dns-config-dir') ?? '',
     listen,
     clusterDomain,
     clusterUpstream,

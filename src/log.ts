@@ -12,13 +12,18 @@ export interface Logger {
   error(msg: string, fields?: LogFields): void;
 }
 
+/** A logger whose level a reload can change. */
+export interface LevelledLogger extends Logger {
+  setLevel(level: LogLevel): void;
+}
+
 const rank: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
 export function createLogger(
   level: LogLevel = 'info',
   write: (line: string) => void = (line) => process.stderr.write(line + '\n'),
-): Logger {
-  const min = rank[level];
+): LevelledLogger {
+  let min = rank[level];
   const emit = (lvl: LogLevel, msg: string, fields?: LogFields): void => {
     if (rank[lvl] < min) return;
     write(JSON.stringify({ ts: new Date().toISOString(), level: lvl, msg, ...fields }));
@@ -28,6 +33,9 @@ export function createLogger(
     info: (m, f) => emit('info', m, f),
     warn: (m, f) => emit('warn', m, f),
     error: (m, f) => emit('error', m, f),
+    setLevel: (l) => {
+      min = rank[l];
+    },
   };
 }
 

@@ -6,7 +6,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { Agent, StartupError } from './agent.js';
-import { ConfigError, helpText, loadConfig } from './config.js';
+import { systemClock } from './clock.js';
+import { ConfigError, helpText, loadConfig, type Config } from './config.js';
+import { ConfigWatcher } from './config-watch.js';
 import { createLogger } from './log.js';
 
 function version(): string {
@@ -42,7 +44,7 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
-  const agent = new Agent(config, { logger });
+  const agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l) });
   try {
     await agent.start();
   } catch (err) {
@@ -54,6 +56,22 @@ async function main(argv: readonly string[]): Promise<number> {
     throw err;
   }
   logger.info('started', { version: version(), pid: process.pid });
+
+  // Reload: SIGHUP, or a change in any file the configuration comes from. Flags are read again too
+  // (they do not change), so a reload always sees exactly what a restart would.
+  const reload = (why: string): void => {
+    let next: Config;
+    try {
+      next = loadConfig(argv).config;
+    } catch (err) {
+      agent.reloadFailed(err instanceof Error ? err.message : String(err));
+      return;
+    }
+    logger.info('reloading configuration', { why });
+    agent.reload(next);
+  };
+  const watcher = new ConfigWatcher(systemClock, agent.configSources, () => reload('a configuration file changed'));
+  process.on('SIGHUP', () => reload('SIGHUP'));
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -69,6 +87,7 @@ async function main(argv: readonly string[]): Promise<number> {
         logger.error('shutdown took too long: exiting', { graceMs: config.shutdownGraceMs });
         process.exit(1);
       }, config.shutdownGraceMs + HARD_STOP_EXTRA_MS).unref();
+      watcher.stop();
       logger.info('stopping: finishing queries in flight', { signal, graceMs: config.shutdownGraceMs, inflight: agent.hitPath.inflight });
       agent.stop(config.shutdownGraceMs).then(
         () => {

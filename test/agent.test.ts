@@ -5,7 +5,11 @@ import t from 'tap';
 import dgram from 'node:dgram';
 import * as dnsPacket from 'dns-packet';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ManualClock } from '../src/clock.js';
+import { loadConfig } from '../src/config.js';
 import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
 import { startAgent, writeResolvConf } from './helpers/agent.js';
 
@@ -391,4 +395,64 @@ t.test('serve stale (RFC 8767): an expired answer, TTL 30, when the upstream fai
   t.equal(rcodeOf(await udpQuery(a.target, 'other.default.svc.cluster.local', { timeoutMs: 3000 })), 2, 'nothing stale: SERVFAIL');
   clock.advance(10 * 60_000);
   t.equal(rcodeOf(await udpQuery(a.target, 'web.default.svc.cluster.local', { timeoutMs: 3000 })), 2, 'past the window: SERVFAIL');
+});
+
+t.test('reload under load: routes change, nothing in flight is lost; a bad config is refused and the old one keeps serving', async (t) => {
+  const { args } = await sims(t);
+  // Two servers for one stub zone; the first is slow so queries are in flight when the reload lands.
+  const first = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.1'] } }, { soaZone: 'corp.example' }), faults: { latencyMs: 150 } });
+  const second = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.2'] } }, { soaZone: 'corp.example' }) });
+  t.teardown(() => Promise.all([first.close(), second.close()]));
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-reload-'));
+  const file = join(dir, 'agent.yaml');
+  const write = (port: number, extra = ''): void => writeFileSync(file, `stubDomains:\n  corp.example: ["127.0.0.1:${port}"]\n${extra}`);
+  write(first.port);
+  const a = await startAgent(HOST, [...args, '--config', file]);
+  t.teardown(a.stop);
+  const reload = () => a.agent.reload(loadConfig(a.argv, { env: {} }).config);
+
+  t.same(dataOf(await udpQuery(a.target, 'db.corp.example')), ['192.0.2.1'], 'the stub domain goes to the first server');
+  // A stream of distinct names (every one a miss), with the reload in the middle of it.
+  const pending: Array<Promise<dnsPacket.DecodedPacket | null>> = [];
+  for (let i = 0; i < 80; i++) {
+    if (i === 40) {
+      write(second.port, 'successTtl: 10s\n');
+      const outcome = reload();
+      t.ok(outcome.applied, 'applied');
+      t.same(outcome.restartNeeded, []);
+    }
+    pending.push(udpQuery(a.target, `n${i}.corp.example`, { timeoutMs: 3000 }).catch(() => null));
+    await sleep(5);
+  }
+  const answers = await Promise.all(pending);
+  t.equal(answers.filter((p) => p === null || rcodeOf(p) === 2).length, 0, 'no query lost or failed across the reload');
+  t.ok(first.stats.byName.size > 0 && second.stats.byName.size > 0, 'queries before it went to the first server, after it to the second');
+  t.equal(a.agent.config.successTtl, 10, 'the cache policy changed too');
+
+  writeFileSync(file, 'timeout: lots\n');
+  t.throws(() => loadConfig(a.argv, { env: {} }), /--timeout "lots"/);
+  const refused = a.agent.reloadFailed('--timeout "lots": expected a duration');
+  t.notOk(refused.applied);
+  t.equal(a.agent.counters.get('reloadFailures'), 1, 'counted');
+  t.equal(rcodeOf(await udpQuery(a.target, 'n99.corp.example')), 3, 'the running configuration keeps serving');
+  write(second.port, 'cacheSize: 5\n');
+  const restart = reload();
+  t.same(restart.restartNeeded, ['cacheSize'], 'a setting read only at start is reported, not applied');
+  t.equal(a.agent.config.cacheSize, 9984);
+});
+
+t.test('the kube-dns ConfigMap (stubDomains, upstreamNameservers) is read like node-cache reads it, and reloaded', async (t) => {
+  const { args } = await sims(t);
+  const stub = await SimDnsServer.start({ handler: staticHandler({ 'svc.consul.example': { A: ['192.0.2.9'] } }, { soaZone: 'consul.example' }) });
+  t.teardown(() => stub.close());
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-kubedns-'));
+  writeFileSync(join(dir, 'stubDomains'), JSON.stringify({ 'consul.example': [`127.0.0.1:${stub.port}`] }));
+  const a = await startAgent(HOST, [...args, '--kube-dns-config-dir', dir]);
+  t.teardown(a.stop);
+  t.same(dataOf(await udpQuery(a.target, 'svc.consul.example')), ['192.0.2.9']);
+  t.same(a.agent.configSources.filter((p) => p.startsWith(dir)).length, 2, 'both ConfigMap keys are watched');
+  writeFileSync(join(dir, 'upstreamNameservers'), JSON.stringify(['127.0.0.11', '127.0.0.12', '127.0.0.13', '127.0.0.14']));
+  t.throws(() => loadConfig(a.argv, { env: {} }), /at most 3 servers, got 4/, 'kube-dns\'s limit of 3 upstreams');
+  writeFileSync(join(dir, 'stubDomains'), '{"consul.example": [');
+  t.throws(() => loadConfig(a.argv, { env: {} }), /stubDomains: not JSON/);
 });

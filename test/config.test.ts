@@ -144,3 +144,26 @@ t.test('--help lists every flag with its default', async (t) => {
   t.match(h, '(default 9984)');
   t.equal(load(['--help']).help, true);
 });
+
+t.test('ConfigWatcher: a change in any watched file is reported once, a missing file is a state like any other', async (t) => {
+  const { ManualClock } = await import('../src/clock.js');
+  const { ConfigWatcher, CONFIG_POLL_MS } = await import('../src/config-watch.js');
+  const clock = new ManualClock();
+  const files = new Map<string, string | null>([['/c.yaml', 'a: 1'], ['/kube-dns/stubDomains', null]]);
+  let changes = 0;
+  const w = new ConfigWatcher(clock, [...files.keys()], () => changes++, (p) => files.get(p) ?? null);
+  clock.advance(3 * CONFIG_POLL_MS);
+  t.equal(changes, 0, 'nothing changed');
+  files.set('/c.yaml', 'a: 2');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 1);
+  clock.advance(3 * CONFIG_POLL_MS);
+  t.equal(changes, 1, 'reported once');
+  files.set('/kube-dns/stubDomains', '{}');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 2, 'a file that appears is a change');
+  w.stop();
+  files.set('/c.yaml', 'a: 3');
+  clock.advance(3 * CONFIG_POLL_MS);
+  t.equal(changes, 2, 'stopped');
+});

@@ -52,7 +52,7 @@ export class DnsCache {
   readonly counters: CacheCounters;
   readonly #positive: LRUCache<string, CacheEntry>;
   readonly #negative: LRUCache<string, CacheEntry>;
-  readonly #opts: CacheOptions;
+  #opts: CacheOptions;
 
   constructor(opts: CacheOptions, counters: CacheCounters) {
     this.#opts = opts;
@@ -75,6 +75,15 @@ export class DnsCache {
         if (reason === 'evict') v[S.evictNegative]!++;
       },
     });
+  }
+
+  /**
+   * A reload: new TTL caps, prefetch and stale window, applied from the next
+   * insert (entries already stored keep the life they were given). Capacities
+   * and the byte budget are fixed for the process's life.
+   */
+  configure(policy: TtlCaps & PrefetchOptions & { readonly staleMs: number }): void {
+    this.#opts = { ...this.#opts, ...policy };
   }
 
   /** A fresh entry for `key`, counting the hit; undefined (and a miss) otherwise. */

@@ -94,7 +94,7 @@ export class HitPath implements QueryHandler {
   readonly #cache: DnsCache;
   readonly #clock: Clock;
   readonly #logger: Logger;
-  readonly #maxUdpSize: number;
+  #maxUdpSize: number;
   readonly #v: Float64Array;
   #sink: MissSink | null;
   /** Questions in flight, by cache key (identical misses share one) and by token (answers come back by token). */
@@ -115,6 +115,11 @@ export class HitPath implements QueryHandler {
     this.#byToken = new Map();
     this.#nextToken = 1;
     this.#drained = null;
+  }
+
+  /** A reload: the new largest UDP answer applies from the next query. */
+  configure(o: { maxUdpSize: number }): void {
+    this.#maxUdpSize = o.maxUdpSize;
   }
 
   /** Wires the upstream side; set once before the first query. */

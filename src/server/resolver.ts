@@ -78,12 +78,12 @@ type LocalWhy = 'localOnFailure' | 'localLate' | 'localFailing' | 'localNegative
 
 export class Resolver implements MissSink, PendingOwner {
   readonly counters: Counters<ResolverCounterName>;
-  readonly #router: ZoneRouter<Route>;
+  #router: ZoneRouter<Route>;
   readonly #clock: Clock;
   readonly #hits: MissCompleter;
   readonly #v: Float64Array;
-  readonly #fallbackAfterMs: number;
-  readonly #localNegative: boolean;
+  #fallbackAfterMs: number;
+  #localNegative: boolean;
   /**
    * Cluster-zone forwards in the order sent: with one fallback delay for all,
    * the oldest is always first, so the sweep looks only at the front.
@@ -135,6 +135,16 @@ export class Resolver implements MissSink, PendingOwner {
   failed(p: PendingQuery, reason: UpstreamFailure): void {
     this.#v[failureSlot[reason]]!++;
     this.#fallBack(p, reason);
+  }
+
+  /**
+   * A reload: new routes and fallback settings for the next miss. Queries in
+   * flight keep the route they were sent on (each PendingQuery holds it).
+   */
+  configure(o: { router: ZoneRouter<Route>; fallbackAfterMs: number; localNegative: boolean }): void {
+    this.#router = o.router;
+    this.#fallbackAfterMs = o.fallbackAfterMs;
+    this.#localNegative = o.localNegative;
   }
 
   /** Stops the fallback sweep (shutdown). */

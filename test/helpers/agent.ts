@@ -23,6 +23,8 @@ export function writeResolvConf(text: string): string {
 export interface TestAgent {
   agent: Agent;
   target: Target;
+  /** The argv the agent was configured from (a reload reads it again, as main does). */
+  argv: string[];
   stop(): Promise<void>;
 }
 
@@ -37,5 +39,5 @@ export async function startAgent(host: string, args: string[], opts: { clock?: C
   const { config } = loadConfig(argv, { env: {} });
   const agent = new Agent(config, { logger: opts.logger ?? silentLogger, ...(opts.clock ? { clock: opts.clock } : {}) });
   await agent.start();
-  return { agent, target: { host, port }, stop: () => agent.stop(1000) };
+  return { agent, target: { host, port }, argv, stop: () => agent.stop(1000) };
 }
