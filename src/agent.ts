@@ -112,6 +112,7 @@ export class Agent {
       logger: this.#logger,
       counters: new Counters(SERVER_COUNTERS),
       maxUdpSize: config.maxUdpSize,
+      queryLogEvery: config.queryLogEvery,
     });
     this.counters = new Counters(AGENT_COUNTERS);
     this.setupCounters = new Counters(setupCounterSchema);
@@ -238,7 +239,7 @@ export class Agent {
     this.#routing = routing;
     resolver.configure({ router: routing.router, fallbackAfterMs: merged.fallbackAfterMs, localNegative: merged.localNegative });
     this.cache.configure(cachePolicy(merged));
-    this.hitPath.configure({ maxUdpSize: merged.maxUdpSize });
+    this.hitPath.configure({ maxUdpSize: merged.maxUdpSize, queryLogEvery: merged.queryLogEvery });
     this.#setLogLevel?.(merged.logLevel);
     if (previous.cluster !== null && previous.cluster !== routing.cluster) previous.cluster.probe?.stop();
     for (const u of previous.upstreams) {

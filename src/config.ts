@@ -81,6 +81,8 @@ export interface Config {
   readonly syncIntervalMs: number;
   readonly healthPort: number;
   readonly logLevel: LogLevel;
+  /** Log one query in this many (0: off), from --query-log-sample. */
+  readonly queryLogEvery: number;
 }
 
 type Kind = 'string' | 'int' | 'duration' | 'bool' | 'list' | 'bytes';
@@ -166,6 +168,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'sync-interval', kind: 'duration', def: '60s', min: 1000, max: 3_600_000, help: 'how often the link, addresses and rules are checked and repaired (node-cache -syncinterval)' },
   { flag: 'health-port', kind: 'int', def: '8080', min: 1, max: 65535, help: 'port of /health and /ready on the first local IP (node-cache 8080); also NOTRACKed by the interception rules' },
   { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
+  { flag: 'query-log-sample', kind: 'string', def: '0', help: 'log this share of queries (0.01 = one in a hundred) with client, name, type, rcode, duration and where the answer came from (cache, upstream, view, stale, servfail); 0 = off' },
 ];
 
 export const HELP_FLAGS = ['help', 'version'] as const;
@@ -536,7 +539,15 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     syncIntervalMs: duration('sync-interval'),
     healthPort: int('health-port'),
     logLevel: logLevel as LogLevel,
+    queryLogEvery: sampleEvery(str('query-log-sample')!),
   };
+}
+
+/** A share (0..1) as "one query in N": a countdown is cheaper on the hot path than a random draw per query. */
+function sampleEvery(text: string): number {
+  const share = Number(text);
+  if (text.trim() === '' || !Number.isFinite(share) || share < 0 || share > 1) throw new ConfigError(`--query-log-sample "${text}": expected a share between 0 and 1, such as 0.01`);
+  return share === 0 ? 0 : Math.max(1, Math.round(1 / share));
 }
 
 function formatMs(ms: number): string {

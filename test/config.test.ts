@@ -107,6 +107,9 @@ t.test('values out of range or of the wrong type are refused, never coerced', as
   t.equal(load([]).config.cacheMemoryBytes, 64 * 2 ** 20, 'default 64Mi');
   t.match(err(['--cache-memory', 'lots']), /--cache-memory "lots": expected a size such as 64Mi/);
   t.match(err(['--cache-memory', '1Ki']), /--cache-memory "1Ki": must be between/);
+  t.equal(load(['--query-log-sample', '0.01']).config.queryLogEvery, 100, 'one query in a hundred');
+  t.equal(load([]).config.queryLogEvery, 0, 'off by default');
+  t.match(err(['--query-log-sample', '2']), /--query-log-sample "2": expected a share between 0 and 1/);
 });
 
 t.test('config file: YAML and JSON, stub domains, flags win', async (t) => {

@@ -76,10 +76,11 @@ const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
 
-function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean } = {}) {
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[] } = {}) {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
-  const hits = new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
+  const logger = opts.queryLog === undefined ? silentLogger : createLogger('info', (l) => opts.queryLog!.push(l));
+  const hits = new HitPath({ cache, clock, logger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232, queryLogEvery: opts.queryLog === undefined ? 0 : 2 });
   const cluster = new FakeUpstream(clock);
   const external = new FakeUpstream(clock);
   const router = new ZoneRouter<Route>(
@@ -588,4 +589,18 @@ t.test('clock: sweeps run as a manual clock advances, and stop when removed', as
   off();
   clock.advance(SWEEP_MS * 3);
   t.equal(seen.length, 3);
+});
+
+t.test('sampled query log: one query in N, with client, name, type, rcode, duration and the answer\'s source', async (t) => {
+  const lines: string[] = [];
+  const r = rig({ queryLog: lines });
+  const ch = new FakeChannel();
+  for (let i = 0; i < 4; i++) r.hits.handle(query({ name: SVC }), ch, PEER); // miss + 3 coalesced: queries 1-4, 2 and 4 sampled
+  r.clock.advance(7);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5')]));
+  for (let i = 0; i < 4; i++) r.hits.handle(query({ name: SVC }), ch, PEER); // hits: 6 and 8 sampled
+  const logged = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === 'query');
+  t.equal(logged.length, 4, 'every second query (sample 0.5)');
+  t.same(logged.map((l) => l['source']), ['upstream', 'upstream', 'cache', 'cache']);
+  t.same(logged[0], { ts: logged[0]!['ts'], level: 'info', msg: 'query', client: '127.0.0.1', name: SVC, type: 1, rcode: 0, durationMs: 7, source: 'upstream' });
 });

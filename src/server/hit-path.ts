@@ -22,7 +22,8 @@
  */
 import { scanAnswer } from '../dns/answer.js';
 import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
-import { CLASSIC_UDP_LIMIT, MAX_MESSAGE, Rcode } from '../dns/constants.js';
+import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE, Rcode } from '../dns/constants.js';
+import { nameToString } from '../dns/name.js';
 import { QueryStatus, parseQuery, type Query } from '../dns/query.js';
 import { tsigErrorResponse } from '../dns/tsig.js';
 import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
@@ -64,7 +65,12 @@ interface Waiter {
   readonly peer: ClientPeer;
   /** Clock ms when the query arrived, for duration histograms. */
   readonly arrivedAt: number;
+  /** Chosen for the sampled query log: logged when answered. */
+  readonly logged: boolean;
 }
+
+/** Where an answer came from, in the query log. */
+type AnswerSource = 'cache' | 'upstream' | 'view' | 'stale' | 'servfail' | 'refused-query';
 
 /** One distinct question in flight: its waiters (none for a background refresh). */
 class Miss {
@@ -85,6 +91,8 @@ export interface HitPathOptions {
   readonly counters: ServerCounters;
   /** Largest UDP answer whatever the client advertises. */
   readonly maxUdpSize: number;
+  /** Log one query in this many (0: no query log). A countdown, not a random draw: no cost on the other queries. */
+  readonly queryLogEvery?: number;
 }
 
 const S = SERVER_COUNTERS.slot;
@@ -102,6 +110,8 @@ export class HitPath implements QueryHandler {
   readonly #byToken: Map<number, Miss>;
   #nextToken: number;
   #drained: (() => void) | null;
+  #logEvery: number;
+  #logCountdown: number;
 
   constructor(opts: HitPathOptions) {
     this.#cache = opts.cache;
@@ -115,11 +125,15 @@ export class HitPath implements QueryHandler {
     this.#byToken = new Map();
     this.#nextToken = 1;
     this.#drained = null;
+    this.#logEvery = opts.queryLogEvery ?? 0;
+    this.#logCountdown = this.#logEvery;
   }
 
-  /** A reload: the new largest UDP answer applies from the next query. */
-  configure(o: { maxUdpSize: number }): void {
+  /** A reload: the new largest UDP answer and query-log sampling apply from the next query. */
+  configure(o: { maxUdpSize: number; queryLogEvery: number }): void {
     this.#maxUdpSize = o.maxUdpSize;
+    this.#logEvery = o.queryLogEvery;
+    this.#logCountdown = o.queryLogEvery;
   }
 
   /** Wires the upstream side; set once before the first query. */
@@ -130,6 +144,8 @@ export class HitPath implements QueryHandler {
   handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
     this.#v[channel.transport === Transport.TCP ? S.requestsTcp : S.requestsUdp]!++;
     const q = parseQuery(msg);
+    const logged = this.#logEvery > 0 && --this.#logCountdown <= 0;
+    if (logged) this.#logCountdown = this.#logEvery;
     if (q.status !== QueryStatus.OK) {
       if (q.status === QueryStatus.DROP) {
         this.#v[S.dropped]!++;
@@ -142,14 +158,18 @@ export class HitPath implements QueryHandler {
         return;
       }
       const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;
-      this.#send(errorResponse(q, rcode), channel, peer);
+      const reply = errorResponse(q, rcode);
+      this.#send(reply, channel, peer);
+      if (logged) this.#logQuery(q, peer, reply, 0, 'refused-query');
       return;
     }
 
     const now = this.#clock.now();
     const entry = this.#cache.lookup(q.key, now);
     if (entry !== undefined) {
-      this.#send(entry.serve(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE), channel, peer);
+      const reply = entry.serve(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE);
+      this.#send(reply, channel, peer);
+      if (logged) this.#logQuery(q, peer, reply, 0, 'cache');
       if (this.#cache.claimPrefetch(entry, now)) this.#refresh(q);
       return;
     }
@@ -157,11 +177,11 @@ export class HitPath implements QueryHandler {
     let miss = this.#byKey.get(q.key);
     if (miss !== undefined) {
       this.#v[S.coalesced]!++;
-      miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now });
+      miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now, logged });
       return;
     }
     miss = this.#open(q.key);
-    miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now });
+    miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now, logged });
     this.#forward(miss, q);
   }
 
@@ -173,7 +193,7 @@ export class HitPath implements QueryHandler {
    * aborted) are ignored. The outcome travels with the message for the query
    * log; it is counted on the upstream side.
    */
-  complete(token: number, answer: Buffer | null, _outcome: MissOutcome): void {
+  complete(token: number, answer: Buffer | null, outcome: MissOutcome): void {
     const miss = this.#byToken.get(token);
     if (miss === undefined) return;
     this.#close(miss);
@@ -190,7 +210,11 @@ export class HitPath implements QueryHandler {
         }
       } else if (scan.rcode !== Rcode.SERVFAIL && scan.rcode !== Rcode.REFUSED) {
         const fresh: CacheEntry = this.#cache.insert(miss.key, answer, scan, now);
-        for (const w of miss.waiters) this.#send(fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
+        for (const w of miss.waiters) {
+          const reply = fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
+          this.#send(reply, w.channel, w.peer);
+          if (w.logged) this.#logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
+        }
         return;
       }
     }
@@ -231,13 +255,11 @@ export class HitPath implements QueryHandler {
   #fail(miss: Miss, now: number): void {
     if (miss.waiters.length === 0) return;
     const stale = this.#cache.stale(miss.key, now);
-    if (stale !== undefined) {
-      for (const w of miss.waiters) {
-        this.#send(stale.serveStale(w.q, STALE_ANSWER_TTL, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE), w.channel, w.peer);
-      }
-      return;
+    for (const w of miss.waiters) {
+      const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
+      this.#send(reply, w.channel, w.peer);
+      if (w.logged) this.#logQuery(w.q, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
     }
-    for (const w of miss.waiters) this.#send(errorResponse(w.q, Rcode.SERVFAIL), w.channel, w.peer);
   }
 
   /**
@@ -278,6 +300,18 @@ export class HitPath implements QueryHandler {
       this.#drained = null;
       queueMicrotask(done);
     }
+  }
+
+  /** One line of the sampled query log (--query-log-sample): off the hit path's common case by construction. */
+  #logQuery(q: Query, peer: ClientPeer, reply: Buffer, durationMs: number, source: AnswerSource): void {
+    this.#logger.info('query', {
+      client: peer.address,
+      name: q.qnameEnd > 0 ? (nameToString(q.msg, HEADER_LEN) ?? '?') : '?',
+      type: q.qtype,
+      rcode: reply[3]! & 0x0f,
+      durationMs: Math.round(durationMs * 1000) / 1000,
+      source,
+    });
   }
 
   /** UDP: 512 without EDNS, else the client's size capped by ours (RFC 6891 6.2.5); TCP: the message limit. */
