@@ -173,6 +173,7 @@ export class Agent {
       hits: this.hitPath,
       fallbackAfterMs: c.fallbackAfterMs,
       localNegative: c.localNegative,
+      maxConcurrent: c.maxConcurrent,
     });
     this.#resolver = resolver;
     this.hitPath.connect(resolver);
@@ -237,7 +238,7 @@ export class Agent {
     }
     const previous = this.#routing;
     this.#routing = routing;
-    resolver.configure({ router: routing.router, fallbackAfterMs: merged.fallbackAfterMs, localNegative: merged.localNegative });
+    resolver.configure({ router: routing.router, fallbackAfterMs: merged.fallbackAfterMs, localNegative: merged.localNegative, maxConcurrent: merged.maxConcurrent });
     this.cache.configure(cachePolicy(merged));
     this.hitPath.configure({ maxUdpSize: merged.maxUdpSize, queryLogEvery: merged.queryLogEvery });
     this.#setLogLevel?.(merged.logLevel);

@@ -58,6 +58,8 @@ export interface Config {
   readonly tcpReadTimeoutMs: number;
   readonly maxTcpConnections: number;
   readonly maxTcpQueries: number;
+  /** Upstream queries in flight across all upstreams (CoreDNS max_concurrent). */
+  readonly maxConcurrent: number;
   /** Host-resolver (and stub-domain) exchanges in flight per upstream; beyond it SERVFAIL at once. */
   readonly hostMaxInflight: number;
   readonly shutdownGraceMs: number;
@@ -136,6 +138,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; at the cap a newcomer closes the connection idle longest, and is refused only when all are busy', min: 1 },
   { flag: 'max-tcp-queries', kind: 'int', def: '128', help: 'queries in flight on one client TCP connection; reading pauses beyond it', min: 1 },
+  {
+    flag: 'max-concurrent', kind: 'int', def: '1000', min: 1, max: 1_000_000,
+    help: 'upstream queries in flight across every upstream (CoreDNS forward max_concurrent, about 2 KB each); beyond it new misses get a stale answer or SERVFAIL at once, hits are still served',
+  },
   {
     flag: 'host-max-inflight', kind: 'int', def: '1000', min: 1, max: 100_000,
     help: 'external-name (and stub-domain) queries in flight per upstream, each holding at most 3 UDP sockets; beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
@@ -524,6 +530,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     maxTcpConnections: int('max-tcp-connections'),
     maxTcpQueries: int('max-tcp-queries'),
     hostMaxInflight: int('host-max-inflight'),
+    maxConcurrent: int('max-concurrent'),
     shutdownGraceMs: duration('shutdown-grace', true),
     kube: bool('kube'),
     kubeconfig: str('kubeconfig') ?? '',

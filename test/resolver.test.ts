@@ -76,7 +76,7 @@ const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
 
-function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[] } = {}) {
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number } = {}) {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
   const logger = opts.queryLog === undefined ? silentLogger : createLogger('info', (l) => opts.queryLog!.push(l));
@@ -89,6 +89,7 @@ function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallb
   );
   const resolver = new Resolver({
     router, clock, counters: new Counters(RESOLVER_COUNTERS), hits, fallbackAfterMs: opts.fallbackAfterMs ?? 1000, localNegative: opts.localNegative ?? false,
+    maxConcurrent: opts.maxConcurrent ?? 1000,
   });
   hits.connect(resolver);
   return { clock, cache, hits, resolver, cluster, external };
@@ -603,4 +604,24 @@ t.test('sampled query log: one query in N, with client, name, type, rcode, durat
   t.equal(logged.length, 4, 'every second query (sample 0.5)');
   t.same(logged.map((l) => l['source']), ['upstream', 'upstream', 'cache', 'cache']);
   t.same(logged[0], { ts: logged[0]!['ts'], level: 'info', msg: 'query', client: '127.0.0.1', name: SVC, type: 1, rcode: 0, durationMs: 7, source: 'upstream' });
+});
+
+t.test('--max-concurrent: upstream queries in flight are capped across upstreams; beyond it SERVFAIL at once, hits still served', async (t) => {
+  const r = rig({ maxConcurrent: 2 });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'cached.example', id: 1 }), ch, PEER);
+  r.external.answer(0, answer('cached.example', [a('cached.example', '192.0.2.1')]));
+  r.hits.handle(query({ name: 'one.example', id: 2 }), ch, PEER);
+  r.hits.handle(query({ name: 'two.default.svc.cluster.local', id: 3 }), ch, PEER);
+  t.equal(r.resolver.inflight, 2);
+  r.hits.handle(query({ name: 'three.example', id: 4 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'the third is not sent');
+  t.equal(rcodeOf(ch.sent[1]!), 2, 'SERVFAIL at once');
+  t.equal(r.resolver.counters.get('maxConcurrentRejects'), 1);
+  r.hits.handle(query({ name: 'cached.example', id: 5 }), ch, PEER);
+  t.equal(ch.decoded(2).id, 5, 'a hit is still served at the cap');
+  r.external.answer(1, answer('one.example', [a('one.example', '192.0.2.2')]));
+  t.equal(r.resolver.inflight, 1, 'a slot frees when the upstream answers');
+  r.hits.handle(query({ name: 'four.example', id: 6 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 3, 'and the next miss goes out');
 });

@@ -11,6 +11,8 @@ import type { Route } from './route.js';
 export interface PendingOwner {
   answered(p: PendingQuery, answer: Buffer): void;
   failed(p: PendingQuery, reason: UpstreamFailure): void;
+  /** The transport is done with it (answered, failed, or late after a claim): its upstream slot is free. */
+  released(p: PendingQuery): void;
 }
 
 export class PendingQuery implements UpstreamExchange {
@@ -22,7 +24,10 @@ export class PendingQuery implements UpstreamExchange {
   readonly sentAt: number;
   readonly deadline: number;
   readonly #owner: PendingOwner;
+  /** The outcome is decided (by the transport, or claimed by a local answer). */
   #done: boolean;
+  /** The transport has completed it. */
+  #released: boolean;
 
   constructor(owner: PendingOwner, token: number, key: string, route: Route, query: Buffer, sentAt: number) {
     this.#owner = owner;
@@ -33,6 +38,7 @@ export class PendingQuery implements UpstreamExchange {
     this.query = query;
     this.deadline = sentAt + route.timeoutMs;
     this.#done = false;
+    this.#released = false;
   }
 
   get done(): boolean {
@@ -46,16 +52,25 @@ export class PendingQuery implements UpstreamExchange {
     return true;
   }
 
-  // The transports promise exactly-once; the guard makes a broken promise harmless rather than a double answer.
+  // The transports promise exactly-once; the guards make a broken promise harmless rather than a double answer.
   resolve(answer: Buffer): void {
-    if (this.#done) return;
-    this.#done = true;
+    if (!this.#release()) return;
     this.#owner.answered(this, answer);
   }
 
   reject(reason: UpstreamFailure): void {
-    if (this.#done) return;
-    this.#done = true;
+    if (!this.#release()) return;
     this.#owner.failed(this, reason);
+  }
+
+  /** True when the owner should hear the outcome (not already decided). */
+  #release(): boolean {
+    if (!this.#released) {
+      this.#released = true;
+      this.#owner.released(this);
+    }
+    if (this.#done) return false;
+    this.#done = true;
+    return true;
   }
 }

@@ -46,6 +46,11 @@ export const RESOLVER_COUNTERS = defineCounters({
   localFailing: { name: 'nodelocal_local_answers_total', labels: { why: 'upstream_failing' }, help: 'Cluster-zone questions answered from the local view, by why.' },
   localNegative: { name: 'nodelocal_local_answers_total', labels: { why: 'local_negative' }, help: 'Cluster-zone questions answered from the local view, by why.' },
   chases: { name: 'nodelocal_externalname_chases_total', help: 'ExternalName targets looked up to complete a local answer.' },
+  maxConcurrentRejects: {
+    name: 'coredns_forward_max_concurrent_rejects_total', labels: { to: 'all' },
+    help: 'Questions refused because the upstream queries in flight were at the cap (--max-concurrent).',
+  },
+  inflight: { name: 'nodelocal_upstream_inflight', type: 'gauge', help: 'Questions in flight upstream, all upstreams together.' },
 });
 export type ResolverCounterName = keyof typeof RESOLVER_COUNTERS.slot;
 
@@ -71,6 +76,12 @@ export interface ResolverOptions {
   readonly fallbackAfterMs: number;
   /** Answer names the view certainly lacks (search-path junk) without asking the upstream. */
   readonly localNegative: boolean;
+  /**
+   * Upstream queries in flight across every upstream (CoreDNS forward's
+   * max_concurrent); beyond it a new miss fails at once (stale or SERVFAIL),
+   * cached answers are still served.
+   */
+  readonly maxConcurrent: number;
 }
 
 /** Why a local answer is being given, for its counter. */
@@ -84,6 +95,8 @@ export class Resolver implements MissSink, PendingOwner {
   readonly #v: Float64Array;
   #fallbackAfterMs: number;
   #localNegative: boolean;
+  #maxConcurrent: number;
+  #inflight: number;
   /**
    * Cluster-zone forwards in the order sent: with one fallback delay for all,
    * the oldest is always first, so the sweep looks only at the front.
@@ -100,6 +113,8 @@ export class Resolver implements MissSink, PendingOwner {
     this.#v = opts.counters.values;
     this.#fallbackAfterMs = opts.fallbackAfterMs;
     this.#localNegative = opts.localNegative;
+    this.#maxConcurrent = opts.maxConcurrent;
+    this.#inflight = 0;
     this.#watch = [];
     this.#watchHead = 0;
     this.#sweep = null;
@@ -113,7 +128,16 @@ export class Resolver implements MissSink, PendingOwner {
       // Failing: the view answers at once; the health probe, not pods' queries, finds out when the upstream is back.
       if (!route.upstream.health.healthy && this.#answerLocally(token, key, route, local.answer(key), 'localFailing')) return;
     }
+    if (this.#inflight >= this.#maxConcurrent) {
+      // Shed before any work: no socket, no upstream traffic; the hit path answers stale or SERVFAIL.
+      this.#v[S.maxConcurrentRejects]!++;
+      if (local !== null && this.#answerLocally(token, key, route, local.answer(key), 'localOnFailure')) return;
+      this.#hits.complete(token, null, 'overloaded');
+      return;
+    }
     const p = new PendingQuery(this, token, key, route, query, this.#clock.now());
+    this.#inflight++;
+    this.#v[S.inflight] = this.#inflight;
     this.#v[S.forwarded]!++;
     if (local !== null && this.#fallbackAfterMs > 0) this.#watchLate(p);
     // May complete synchronously (reject 'overloaded').
@@ -132,6 +156,16 @@ export class Resolver implements MissSink, PendingOwner {
     this.#hits.complete(p.token, answer, 'upstream');
   }
 
+  released(_p: PendingQuery): void {
+    this.#inflight--;
+    this.#v[S.inflight] = this.#inflight;
+  }
+
+  /** Upstream queries in flight (a late one still counts after a local answer was given: it still loads the upstream). */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
   failed(p: PendingQuery, reason: UpstreamFailure): void {
     this.#v[failureSlot[reason]]!++;
     this.#fallBack(p, reason);
@@ -141,10 +175,11 @@ export class Resolver implements MissSink, PendingOwner {
    * A reload: new routes and fallback settings for the next miss. Queries in
    * flight keep the route they were sent on (each PendingQuery holds it).
    */
-  configure(o: { router: ZoneRouter<Route>; fallbackAfterMs: number; localNegative: boolean }): void {
+  configure(o: { router: ZoneRouter<Route>; fallbackAfterMs: number; localNegative: boolean; maxConcurrent: number }): void {
     this.#router = o.router;
     this.#fallbackAfterMs = o.fallbackAfterMs;
     this.#localNegative = o.localNegative;
+    this.#maxConcurrent = o.maxConcurrent;
   }
 
   /** Stops the fallback sweep (shutdown). */
