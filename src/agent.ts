@@ -30,6 +30,7 @@ import { KubeWatch, watchCounterSchema } from './kube/watch.js';
 import { ComponentStack, StartupError, type Component } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { buildRouting, type Routing } from './routing.js';
+import { ClientMissLimiter } from './server/client-limit.js';
 import { HitPath } from './server/hit-path.js';
 import type { Listener } from './server/listener.js';
 import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
@@ -113,6 +114,7 @@ export class Agent {
       counters: new Counters(SERVER_COUNTERS),
       maxUdpSize: config.maxUdpSize,
       queryLogEvery: config.queryLogEvery,
+      clientLimit: clientLimiter(config),
     });
     this.counters = new Counters(AGENT_COUNTERS);
     this.setupCounters = new Counters(setupCounterSchema);
@@ -240,7 +242,7 @@ export class Agent {
     this.#routing = routing;
     resolver.configure({ router: routing.router, fallbackAfterMs: merged.fallbackAfterMs, localNegative: merged.localNegative, maxConcurrent: merged.maxConcurrent });
     this.cache.configure(cachePolicy(merged));
-    this.hitPath.configure({ maxUdpSize: merged.maxUdpSize, queryLogEvery: merged.queryLogEvery });
+    this.hitPath.configure({ maxUdpSize: merged.maxUdpSize, queryLogEvery: merged.queryLogEvery, clientLimit: clientLimiter(merged) });
     this.#setLogLevel?.(merged.logLevel);
     if (previous.cluster !== null && previous.cluster !== routing.cluster) previous.cluster.probe?.stop();
     for (const u of previous.upstreams) {
@@ -401,6 +403,10 @@ export class Agent {
     ]);
     clearTimeout(timer);
   }
+}
+
+function clientLimiter(c: Config): ClientMissLimiter | null {
+  return c.clientMissRate > 0 ? new ClientMissLimiter(c.clientMissRate, c.clientMissBurst) : null;
 }
 
 function cachePolicy(c: Config): { successTtl: number; denialTtl: number; minHits: number; percent: number; staleMs: number } {

@@ -58,6 +58,9 @@ export interface Config {
   readonly tcpReadTimeoutMs: number;
   readonly maxTcpConnections: number;
   readonly maxTcpQueries: number;
+  /** New upstream questions a client (pod IP) may start per second; 0 = no limit. */
+  readonly clientMissRate: number;
+  readonly clientMissBurst: number;
   /** Upstream queries in flight across all upstreams (CoreDNS max_concurrent). */
   readonly maxConcurrent: number;
   /** Host-resolver (and stub-domain) exchanges in flight per upstream; beyond it SERVFAIL at once. */
@@ -142,6 +145,11 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: 'max-concurrent', kind: 'int', def: '1000', min: 1, max: 1_000_000,
     help: 'upstream queries in flight across every upstream (CoreDNS forward max_concurrent, about 2 KB each); beyond it new misses get a stale answer or SERVFAIL at once, hits are still served',
   },
+  {
+    flag: 'client-miss-rate', kind: 'int', def: '0', min: 0, max: 1_000_000,
+    help: 'opt-in: new upstream questions one client (pod IP) may start per second; over it the client gets stale or SERVFAIL and nothing is sent; hits are never limited. 0 = off; 200 is far above what a normal pod sends',
+  },
+  { flag: 'client-miss-burst', kind: 'int', def: '1000', min: 1, max: 1_000_000, help: 'misses a client may start at once under --client-miss-rate (a pod starting up resolves everything it knows)' },
   {
     flag: 'host-max-inflight', kind: 'int', def: '1000', min: 1, max: 100_000,
     help: 'external-name (and stub-domain) queries in flight per upstream, each holding at most 3 UDP sockets; beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
@@ -531,6 +539,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     maxTcpQueries: int('max-tcp-queries'),
     hostMaxInflight: int('host-max-inflight'),
     maxConcurrent: int('max-concurrent'),
+    clientMissRate: int('client-miss-rate'),
+    clientMissBurst: int('client-miss-burst'),
     shutdownGraceMs: duration('shutdown-grace', true),
     kube: bool('kube'),
     kubeconfig: str('kubeconfig') ?? '',

@@ -12,6 +12,7 @@ import { scanAnswer } from '../src/dns/answer.js';
 import { parseQuery } from '../src/dns/query.js';
 import { ComponentStack, StartupError } from '../src/lifecycle.js';
 import { createLogger, silentLogger } from '../src/log.js';
+import { ClientMissLimiter, MAX_CLIENTS } from '../src/server/client-limit.js';
 import { HitPath } from '../src/server/hit-path.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
 import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
@@ -76,11 +77,12 @@ const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
 
-function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number } = {}) {
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter } = {}) {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
   const logger = opts.queryLog === undefined ? silentLogger : createLogger('info', (l) => opts.queryLog!.push(l));
-  const hits = new HitPath({ cache, clock, logger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232, queryLogEvery: opts.queryLog === undefined ? 0 : 2 });
+  const hits = new HitPath({ cache, clock, logger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232, queryLogEvery: opts.queryLog === undefined ? 0 : 2, clientLimit: opts.clientLimit ?? null,
+  });
   const cluster = new FakeUpstream(clock);
   const external = new FakeUpstream(clock);
   const router = new ZoneRouter<Route>(
@@ -624,4 +626,29 @@ t.test('--max-concurrent: upstream queries in flight are capped across upstreams
   t.equal(r.resolver.inflight, 1, 'a slot frees when the upstream answers');
   r.hits.handle(query({ name: 'four.example', id: 6 }), ch, PEER);
   t.equal(r.external.exchanges.length, 3, 'and the next miss goes out');
+});
+
+t.test('--client-miss-rate: one client over its miss budget gets SERVFAIL without upstream traffic; others, hits and joins are free', async (t) => {
+  const r = rig({ clientLimit: new ClientMissLimiter(1, 2) });
+  const ch = new FakeChannel();
+  const pod = { address: '10.244.0.7', port: 5000 };
+  const other = { address: '10.244.0.8', port: 5000 };
+  r.hits.handle(query({ name: 'a.example', id: 1 }), ch, pod);
+  r.hits.handle(query({ name: 'b.example', id: 2 }), ch, pod);
+  r.hits.handle(query({ name: 'a.example', id: 3 }), ch, pod); // joins a miss in flight: free
+  r.hits.handle(query({ name: 'c.example', id: 4 }), ch, pod);
+  t.equal(r.external.exchanges.length, 2, 'the burst of 2, then nothing more sent for this client');
+  t.equal(rcodeOf(ch.sent[0]!), 2, 'the third new miss: SERVFAIL at once');
+  t.equal(r.hits.counters.get('clientLimited'), 1);
+  r.hits.handle(query({ name: 'c.example', id: 5 }), ch, other);
+  t.equal(r.external.exchanges.length, 3, 'another pod is not affected');
+  r.external.answer(0, answer('a.example', [a('a.example', '192.0.2.1')]));
+  for (let i = 0; i < 5; i++) r.hits.handle(query({ name: 'a.example', id: 10 + i }), ch, pod);
+  t.equal(ch.sent.filter((m) => rcodeOf(m) === 0).length, 7, 'hits are never limited (2 waiters + 5 hits)');
+  r.clock.advance(1000);
+  r.hits.handle(query({ name: 'd.example', id: 20 }), ch, pod);
+  t.equal(r.external.exchanges.length, 4, 'a second later the bucket has a token again');
+  const l = new ClientMissLimiter(1, 1);
+  for (let i = 0; i < MAX_CLIENTS + 100; i++) l.take(`10.0.${i >> 8}.${i & 255}`, 0);
+  t.equal(l.clients, MAX_CLIENTS, 'the table of clients is bounded');
 });

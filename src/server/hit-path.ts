@@ -30,6 +30,7 @@ import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
+import type { ClientMissLimiter } from './client-limit.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from './stats.js';
 
@@ -93,6 +94,8 @@ export interface HitPathOptions {
   readonly maxUdpSize: number;
   /** Log one query in this many (0: no query log). A countdown, not a random draw: no cost on the other queries. */
   readonly queryLogEvery?: number;
+  /** Per-client limit on new upstream questions (null: off). */
+  readonly clientLimit?: ClientMissLimiter | null;
 }
 
 const S = SERVER_COUNTERS.slot;
@@ -112,6 +115,7 @@ export class HitPath implements QueryHandler {
   #drained: (() => void) | null;
   #logEvery: number;
   #logCountdown: number;
+  #clientLimit: ClientMissLimiter | null;
 
   constructor(opts: HitPathOptions) {
     this.#cache = opts.cache;
@@ -127,11 +131,13 @@ export class HitPath implements QueryHandler {
     this.#drained = null;
     this.#logEvery = opts.queryLogEvery ?? 0;
     this.#logCountdown = this.#logEvery;
+    this.#clientLimit = opts.clientLimit ?? null;
   }
 
   /** A reload: the new largest UDP answer and query-log sampling apply from the next query. */
-  configure(o: { maxUdpSize: number; queryLogEvery: number }): void {
+  configure(o: { maxUdpSize: number; queryLogEvery: number; clientLimit: ClientMissLimiter | null }): void {
     this.#maxUdpSize = o.maxUdpSize;
+    this.#clientLimit = o.clientLimit;
     this.#logEvery = o.queryLogEvery;
     this.#logCountdown = o.queryLogEvery;
   }
@@ -178,6 +184,15 @@ export class HitPath implements QueryHandler {
     if (miss !== undefined) {
       this.#v[S.coalesced]!++;
       miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now, logged });
+      return;
+    }
+    if (this.#clientLimit !== null && !this.#clientLimit.take(peer.address, now)) {
+      // Over its miss rate: this client gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
+      this.#v[S.clientLimited]!++;
+      miss = this.#open(q.key);
+      miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now, logged });
+      this.#close(miss);
+      this.#fail(miss, now);
       return;
     }
     miss = this.#open(q.key);
