@@ -652,3 +652,36 @@ t.test('--client-miss-rate: one client over its miss budget gets SERVFAIL withou
   for (let i = 0; i < MAX_CLIENTS + 100; i++) l.take(`10.0.${i >> 8}.${i & 255}`, 0);
   t.equal(l.clients, MAX_CLIENTS, 'the table of clients is bounded');
 });
+
+t.test('bailiwick: records outside the question are removed before caching and never served; chains and glue stay', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'www.example.com', id: 1 }), ch, PEER);
+  r.external.answer(0, answer('www.example.com', [
+    { type: 'CNAME', name: 'www.example.com', ttl: 60, data: 'edge.cdn.example.net' },
+    a('edge.cdn.example.net', '192.0.2.10'),
+    a('bank.example.org', '203.0.113.66'), // poison: an unrelated name in the answer section
+  ], {
+    authorities: [
+      { type: 'NS', name: 'cdn.example.net', ttl: 60, data: 'ns1.cdn.example.net' },
+      { type: 'NS', name: 'example.org', ttl: 60, data: 'ns.evil.example' }, // not an ancestor of any name asked
+    ],
+    additionals: [a('ns1.cdn.example.net', '192.0.2.53'), a('ns.evil.example', '203.0.113.53'), a('mail.example.org', '203.0.113.25')],
+  }));
+  const served = ch.decoded(0);
+  t.same(served.answers?.map((x) => `${x.type} ${x.name}`), ['CNAME www.example.com', 'A edge.cdn.example.net'], 'the chain stays, the intruder goes');
+  t.same(served.authorities?.map((x) => x.name), ['cdn.example.net'], 'the zone NS of a chain target stays');
+  t.same(served.additionals?.filter((x) => x.type === 'A').map((x) => x.name), ['ns1.cdn.example.net'], 'glue only for kept NS targets');
+  t.equal(r.hits.counters.get('scrubbedRecords'), 4);
+  r.hits.handle(query({ name: 'www.example.com', id: 2 }), ch, PEER);
+  t.same(ch.decoded(1).answers?.map((x) => x.name), ['www.example.com', 'edge.cdn.example.net'], 'and the cached entry is the scrubbed one');
+  r.hits.handle(query({ name: 'bank.example.org', id: 3 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'the poisoned name was never cached: a real miss');
+
+  r.hits.handle(query({ name: '_http._tcp.svc.example', type: 'SRV', id: 4 }), ch, PEER);
+  r.external.answer(2, answer('_http._tcp.svc.example', [
+    { type: 'SRV', name: '_http._tcp.svc.example', ttl: 60, data: { priority: 0, weight: 1, port: 80, target: 'pod-1.svc.example' } },
+  ], { type: 'SRV', additionals: [a('pod-1.svc.example', '10.0.0.1')] }));
+  t.same(ch.decoded(2).additionals?.filter((x) => x.type === 'A').map((x) => x.name), ['pod-1.svc.example'], 'SRV target addresses stay');
+  t.equal(r.hits.counters.get('scrubbedAnswers'), 1, 'a clean answer is not rewritten');
+});

@@ -21,6 +21,7 @@
  * echo), nothing else of the client's datagram.
  */
 import { scanAnswer } from '../dns/answer.js';
+import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
 import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
 import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE, Rcode } from '../dns/constants.js';
 import { nameToString } from '../dns/name.js';
@@ -213,6 +214,15 @@ export class HitPath implements QueryHandler {
     if (miss === undefined) return;
     this.#close(miss);
     const now = this.#clock.now();
+    if (answer !== null && outcome === 'upstream') {
+      const scrubbed = scrubOutOfBailiwick(answer);
+      if (scrubbed === 'unusable') answer = Buffer.alloc(0);
+      else if (scrubbed !== null) {
+        this.#v[S.scrubbedAnswers]!++;
+        this.#v[S.scrubbedRecords]! += scrubbed.removed;
+        answer = scrubbed.msg;
+      }
+    }
     if (answer !== null) {
       const scan = scanAnswer(answer);
       if (scan === undefined) {

@@ -20,6 +20,8 @@ export const SERVER_COUNTERS = defineCounters({
   coalesced: { name: 'nodelocal_coalesced_total', help: 'Misses that joined an identical question already in flight.' },
   misses: { name: 'nodelocal_misses_forwarded_total', help: 'Distinct questions handed to the upstream side (prefetches included).' },
   upstreamMalformed: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'malformed' }, help: 'Upstream exchanges that failed, by reason.' },
+  scrubbedAnswers: { name: 'nodelocal_bailiwick_scrubbed_answers_total', help: 'Upstream answers that carried records outside the question\'s bailiwick (removed before caching).' },
+  scrubbedRecords: { name: 'nodelocal_bailiwick_scrubbed_records_total', help: 'Out-of-bailiwick records removed from upstream answers.' },
   clientLimited: { name: 'nodelocal_client_miss_limited_total', help: 'Misses refused because their client was over --client-miss-rate (answered stale or SERVFAIL).' },
   abortedAtShutdown: { name: 'nodelocal_shutdown_aborted_total', help: 'Queries still waiting at the end of the shutdown grace period, answered stale or SERVFAIL.' },
 });

@@ -1,0 +1,115 @@
+/**
+ * Removes records an upstream answer has no business carrying (cache
+ * poisoning by "additional" data, the Kaminsky-era lesson): before an answer
+ * is cached, every record must belong to the question.
+ *
+ *   answer      owned by the question name, or by a name the answer's own
+ *               CNAME chain leads to (DNAME: owned by an ancestor of one);
+ *   authority   owned by the question name, a chain target or one of their
+ *               ancestors (the zone's SOA and NS); NSEC/NSEC3/RRSIG proofs
+ *               under such a zone;
+ *   additional  addresses and signatures of names the kept records point
+ *               at (NS, MX, SRV targets), and OPT.
+ *
+ * A full decode (dns-packet) once per upstream answer, before it is cached:
+ * a miss already costs a round trip, and a hit never comes here. An answer
+ * with nothing to remove keeps its bytes.
+ */
+import dnsPacket from 'dns-packet';
+import type { Answer, DecodedPacket } from 'dns-packet';
+
+export interface Scrubbed {
+  readonly msg: Buffer;
+  /** Records removed. */
+  readonly removed: number;
+}
+
+const lower = (n: string): string => n.toLowerCase().replace(/\.$/, '');
+
+/** True when `name` is `zone` or below it. */
+function under(name: string, zone: string): boolean {
+  return zone === '' || name === zone || name.endsWith(`.${zone}`);
+}
+
+function targetOf(rr: Answer): string | null {
+  const d = (rr as { data?: unknown }).data;
+  switch (rr.type) {
+    case 'NS':
+    case 'CNAME':
+    case 'PTR':
+      return typeof d === 'string' ? lower(d) : null;
+    case 'MX':
+      return typeof (d as { exchange?: unknown })?.exchange === 'string' ? lower((d as { exchange: string }).exchange) : null;
+    case 'SRV':
+      return typeof (d as { target?: unknown })?.target === 'string' ? lower((d as { target: string }).target) : null;
+    default:
+      return null;
+  }
+}
+
+/**
+ * The scrubbed answer; null when every record belongs (or the message is not
+ * something dns-packet reads: our own scanner already validated it);
+ * 'unusable' when records must go but the rest cannot be re-encoded (then
+ * the answer is treated as malformed, never cached with the intruders).
+ */
+export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
+  let p: DecodedPacket;
+  try {
+    p = dnsPacket.decode(msg);
+  } catch {
+    return null; // our own scanner accepted it; a decoder gap is no reason to drop an answer
+  }
+  const q = p.questions?.[0];
+  if (q === undefined) return null;
+  const answers = p.answers ?? [];
+  const authorities = p.authorities ?? [];
+  const additionals = p.additionals ?? [];
+
+  // The names the answer may speak for: the question, then wherever its CNAME chain leads (in any order).
+  const names = new Set([lower(q.name)]);
+  const keptAnswers = new Set<Answer>();
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const rr of answers) {
+      if (keptAnswers.has(rr)) continue;
+      const owner = lower(rr.name);
+      const ok = names.has(owner) || (rr.type === 'DNAME' && [...names].some((n) => under(n, owner)));
+      if (!ok) continue;
+      keptAnswers.add(rr);
+      changed = true;
+      const t = rr.type === 'CNAME' ? targetOf(rr) : null;
+      if (t !== null) names.add(t);
+    }
+  }
+  const zones: string[] = [];
+  const authOk = (rr: Answer): boolean => {
+    const owner = lower(rr.name);
+    if ([...names].some((n) => under(n, owner))) {
+      if (rr.type === 'SOA' || rr.type === 'NS') zones.push(owner);
+      return true;
+    }
+    return false;
+  };
+  const keptAuth = authorities.filter(authOk);
+  // DNSSEC denial proofs are owned by other names of the same zone.
+  for (const rr of authorities) {
+    if (!keptAuth.includes(rr) && (rr.type === 'NSEC' || rr.type === 'NSEC3' || rr.type === 'RRSIG') && zones.some((z) => under(lower(rr.name), z))) keptAuth.push(rr);
+  }
+  const glue = new Set<string>();
+  for (const rr of [...keptAnswers, ...keptAuth]) {
+    const t = rr.type === 'CNAME' ? null : targetOf(rr);
+    if (t !== null) glue.add(t);
+  }
+  const keptAdd = additionals.filter(
+    (rr) => rr.type === 'OPT' || ((rr.type === 'A' || rr.type === 'AAAA' || rr.type === 'RRSIG') && glue.has(lower(rr.name))),
+  );
+  const removed = answers.length - keptAnswers.size + authorities.length - keptAuth.length + additionals.length - keptAdd.length;
+  if (removed === 0) return null;
+  try {
+    const out = dnsPacket.encode({ ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: keptAuth, additionals: keptAdd });
+    return { msg: out, removed };
+  } catch {
+    return 'unusable';
+  }
+}
