@@ -1,0 +1,305 @@
+/**
+ * The operations HTTP surface, node:http only: GET /metrics (the registry's
+ * text), GET /health (liveness: 200 "OK" while the agent says it is serving)
+ * and GET /ready (readiness: 200, or 503 with a JSON body naming what is
+ * missing). Anything else is 404. One OpsServer per listen address; node-cache
+ * has two (metrics and health), and when both land on one address they are
+ * one server with every route.
+ *
+ * Bounded, because it shares the node with pods: a connection cap, header and
+ * request deadlines (slow-loris), an idle-socket timeout, small headers, and
+ * no request body is ever read (a request that has one gets its answer and
+ * `Connection: close`). It answers from callbacks that only read state, so a
+ * probe never waits on DNS.
+ */
+import http from 'node:http';
+import { isIP } from 'node:net';
+import { formatHostPort, isWildcard } from '../addr.js';
+import type { Component } from '../lifecycle.js';
+import type { Logger } from '../log.js';
+import type { ServerAddress } from '../upstream/types.js';
+
+export type OpsRoute = 'metrics' | 'health' | 'ready';
+
+const PATHS: Readonly<Record<string, OpsRoute>> = { '/metrics': 'metrics', '/health': 'health', '/ready': 'ready' };
+
+/** What /ready reports. `missing` names each unmet condition, for people reading `kubectl describe`. */
+export interface Readiness {
+  readonly ready: boolean;
+  readonly missing?: readonly string[];
+}
+
+/** What /metrics needs: MetricsRegistry (metrics.ts) is one. */
+export interface MetricsSource {
+  readonly contentType: string;
+  metrics(): Promise<string>;
+}
+
+export interface OpsHandlers {
+  readonly metrics?: MetricsSource;
+  /** Liveness: false (or a throw) makes /health 503. */
+  readonly serving?: () => boolean;
+  readonly readiness?: () => Readiness;
+}
+
+export interface OpsHttpLimits {
+  /** Open connections at once; more are closed on accept. Prometheus and kubelet need a handful. */
+  readonly maxConnections: number;
+  /** All headers must arrive within this (slow-loris). */
+  readonly headersTimeoutMs: number;
+  /** The whole request must arrive within this. */
+  readonly requestTimeoutMs: number;
+  /** Idle keep-alive connections close after this. */
+  readonly keepAliveTimeoutMs: number;
+  /** A socket with no traffic either way this long is destroyed (a scraper that stopped reading). */
+  readonly socketTimeoutMs: number;
+  /** How often Node checks the header and request deadlines; they fire up to this late. */
+  readonly checkIntervalMs: number;
+  readonly maxHeaderBytes: number;
+}
+
+/**
+ * Internal bounds, not flags: nothing legitimate comes near them. A probe or
+ * scrape is one small GET; kubelet's probe timeout defaults to 1 s and
+ * Prometheus's scrape timeout to 10 s, so 5 s for a request to arrive only
+ * cuts off clients that trickle.
+ */
+export const OPS_HTTP_LIMITS: OpsHttpLimits = {
+  maxConnections: 32,
+  headersTimeoutMs: 5_000,
+  requestTimeoutMs: 5_000,
+  keepAliveTimeoutMs: 5_000,
+  socketTimeoutMs: 30_000,
+  checkIntervalMs: 1_000,
+  maxHeaderBytes: 8 * 1024,
+};
+
+export interface OpsServerOptions {
+  readonly address: ServerAddress;
+  readonly routes: readonly OpsRoute[];
+  readonly handlers: OpsHandlers;
+  readonly logger: Logger;
+  readonly limits?: Partial<OpsHttpLimits>;
+}
+
+const TEXT = 'text/plain; charset=utf-8';
+const JSON_TYPE = 'application/json';
+
+function reply(res: http.ServerResponse, status: number, type: string, body: string): void {
+  res.statusCode = status;
+  res.setHeader('Content-Type', type);
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.setHeader('Cache-Control', 'no-store');
+  // HEAD: Node drops the body and keeps the length.
+  res.end(body);
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export class OpsServer implements Component {
+  readonly name: string;
+  readonly routes: readonly OpsRoute[];
+  readonly #wanted: ServerAddress;
+  readonly #handlers: OpsHandlers;
+  readonly #log: Logger;
+  readonly #server: http.Server;
+  #bound: ServerAddress | null;
+
+  constructor(opts: OpsServerOptions) {
+    const limits = { ...OPS_HTTP_LIMITS, ...opts.limits };
+    for (const r of opts.routes) {
+      if (r === 'metrics' && opts.handlers.metrics === undefined) throw new Error('ops http: /metrics needs a metrics source');
+      if (r === 'ready' && opts.handlers.readiness === undefined) throw new Error('ops http: /ready needs a readiness callback');
+    }
+    this.routes = [...new Set(opts.routes)];
+    this.name = `http ${formatHostPort(opts.address)} (${this.routes.map((r) => `/${r}`).join(' ')})`;
+    this.#wanted = opts.address;
+    this.#handlers = opts.handlers;
+    this.#log = opts.logger;
+    this.#bound = null;
+    this.#server = http.createServer(
+      {
+        headersTimeout: limits.headersTimeoutMs,
+        requestTimeout: limits.requestTimeoutMs,
+        keepAliveTimeout: limits.keepAliveTimeoutMs,
+        connectionsCheckingInterval: limits.checkIntervalMs,
+        maxHeaderSize: limits.maxHeaderBytes,
+      },
+      (req, res) => this.#onRequest(req, res),
+    );
+    this.#server.maxConnections = limits.maxConnections;
+    this.#server.timeout = limits.socketTimeoutMs;
+  }
+
+  /** The address as bound (port 0 resolved); the wanted one before start. */
+  get address(): ServerAddress {
+    return this.#bound ?? this.#wanted;
+  }
+
+  get url(): string {
+    return `http://${formatHostPort(this.address)}`;
+  }
+
+  /** Listens; rejects with the address and the reason (EADDRINUSE, EADDRNOTAVAIL) when it cannot. */
+  start(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => {
+        this.#server.off('listening', onListening);
+        reject(new Error(`cannot listen on ${formatHostPort(this.#wanted)} for ${this.routes.map((r) => `/${r}`).join(', ')}: ${err.message}`, { cause: err }));
+      };
+      const onListening = (): void => {
+        this.#server.off('error', onError);
+        const a = this.#server.address();
+        this.#bound = a !== null && typeof a === 'object' ? { host: this.#wanted.host, port: a.port } : this.#wanted;
+        this.#server.on('error', (err) => this.#log.warn('ops http error', { address: formatHostPort(this.address), error: err.message }));
+        this.#log.info('ops http listening', { url: this.url, paths: this.routes.map((r) => `/${r}`) });
+        resolve();
+      };
+      this.#server.once('error', onError);
+      this.#server.once('listening', onListening);
+      this.#server.listen({ host: this.#wanted.host, port: this.#wanted.port, exclusive: true });
+    });
+  }
+
+  /** Stops at once: probes and scrapes have nothing worth waiting for. Never throws. */
+  stop(): Promise<void> {
+    return new Promise((resolve) => {
+      if (!this.#server.listening) {
+        resolve();
+        return;
+      }
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+
+  #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const route = PATHS[q < 0 ? url : url.slice(0, q)];
+    // Never read a body: whoever sent one gets the answer and a closed connection.
+    if (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) res.setHeader('Connection', 'close');
+    if (route === undefined || !this.routes.includes(route)) {
+      reply(res, 404, TEXT, '404 page not found\n');
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('Allow', 'GET, HEAD');
+      reply(res, 405, TEXT, 'method not allowed\n');
+      return;
+    }
+    switch (route) {
+      case 'metrics':
+        this.#metrics(res);
+        return;
+      case 'health':
+        this.#health(res);
+        return;
+      case 'ready':
+        this.#ready(res);
+        return;
+    }
+  }
+
+  #metrics(res: http.ServerResponse): void {
+    const source = this.#handlers.metrics!;
+    source.metrics().then(
+      (text) => reply(res, 200, source.contentType, text),
+      (err: unknown) => {
+        this.#log.warn('metrics scrape failed', { error: message(err) });
+        reply(res, 500, TEXT, `metrics: ${message(err)}\n`);
+      },
+    );
+  }
+
+  /** CoreDNS's health plugin answers 200 "OK"; so do we while serving. */
+  #health(res: http.ServerResponse): void {
+    const serving = this.#handlers.serving;
+    let ok: boolean;
+    let why = 'not serving';
+    try {
+      ok = serving === undefined || serving();
+    } catch (err) {
+      ok = false;
+      why = `health check failed: ${message(err)}`;
+    }
+    if (ok) reply(res, 200, TEXT, 'OK');
+    else reply(res, 503, TEXT, `${why}\n`);
+  }
+
+  #ready(res: http.ServerResponse): void {
+    let r: Readiness;
+    try {
+      r = this.#handlers.readiness!();
+    } catch (err) {
+      r = { ready: false, missing: [`readiness check failed: ${message(err)}`] };
+    }
+    if (r.ready) reply(res, 200, JSON_TYPE, JSON.stringify({ ready: true }));
+    else reply(res, 503, JSON_TYPE, JSON.stringify({ ready: false, missing: r.missing ?? [] }));
+  }
+}
+
+/**
+ * Readiness from named conditions, in order: every one that is false (or
+ * throws) is named in `missing`. E.g.
+ * `readinessOf({ listeners: () => bound, 'view or cluster DNS': () => synced || healthy })`.
+ */
+export function readinessOf(checks: Readonly<Record<string, () => boolean>>): Readiness {
+  const missing: string[] = [];
+  for (const [what, check] of Object.entries(checks)) {
+    let ok: boolean;
+    try {
+      ok = check();
+    } catch {
+      ok = false;
+    }
+    if (!ok) missing.push(what);
+  }
+  return { ready: missing.length === 0, missing };
+}
+
+/**
+ * Where the ops listeners go by default: the host of the first DNS listen
+ * address (node-cache binds health to its link-local IP), never every
+ * interface: when that first address is a wildcard, loopback of its family.
+ * All interfaces only when an address says so explicitly.
+ */
+export function defaultOpsHost(listen: readonly ServerAddress[]): string {
+  const first = listen[0];
+  if (first === undefined) return '127.0.0.1';
+  if (isWildcard(first.host)) return isIP(first.host) === 6 ? '::1' : '127.0.0.1';
+  return first.host;
+}
+
+export interface OpsListenOptions {
+  /** Where /metrics is served; null: nowhere. */
+  readonly metrics: ServerAddress | null;
+  /** Where /health and /ready are served; null: nowhere. */
+  readonly health: ServerAddress | null;
+  readonly handlers: OpsHandlers;
+  readonly logger: Logger;
+  readonly limits?: Partial<OpsHttpLimits>;
+}
+
+function sameAddress(a: ServerAddress, b: ServerAddress): boolean {
+  return a.port !== 0 && a.port === b.port && a.host === b.host;
+}
+
+/**
+ * The servers for the two node-cache listeners: metrics and health (with
+ * ready). Both on one address make one server with all three paths. Not
+ * started: each is a Component for the agent's stack.
+ */
+export function createOpsServers(o: OpsListenOptions): OpsServer[] {
+  const common = { handlers: o.handlers, logger: o.logger, limits: o.limits };
+  const health: OpsRoute[] = o.handlers.readiness === undefined ? ['health'] : ['health', 'ready'];
+  if (o.metrics !== null && o.health !== null && sameAddress(o.metrics, o.health)) {
+    return [new OpsServer({ ...common, address: o.metrics, routes: ['metrics', ...health] })];
+  }
+  const out: OpsServer[] = [];
+  if (o.metrics !== null) out.push(new OpsServer({ ...common, address: o.metrics, routes: ['metrics'] }));
+  if (o.health !== null) out.push(new OpsServer({ ...common, address: o.health, routes: health }));
+  return out;
+}

@@ -1,0 +1,420 @@
+/**
+ * The Prometheus registry of the agent. Everything the agent counts lives in
+ * typed arrays (stats/counters.ts blocks, histogram.ts histograms) that the
+ * hot path bumps; this module reads them only when /metrics is scraped, so a
+ * query never pays for prom-client (a labelled inc() costs about 1 us, a
+ * typed-array add a few ns; design section 7).
+ *
+ * One metric family per name, whatever the number of blocks that feed it:
+ * every block of the same schema (one per upstream, one per listener) adds its
+ * slots to the families they name, with the block's own extra labels, and
+ * series with identical labels are summed. A family is registered with
+ * prom-client once, on first use; later blocks only add sources to it.
+ *
+ * Families are prom-client Counter/Gauge/Histogram subclasses whose get()
+ * builds the values from the sources at scrape time, so the registry's text
+ * and JSON output, default labels and content type all stay prom-client's.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Counters } from '../stats/counters.js';
+import type { TypedHistogram } from './histogram.js';
+
+export type Labels = Readonly<Record<string, string>>;
+/** One series of a callback family: its labels and its value now. */
+export type LabelledValue = readonly [labels: Labels, value: number];
+
+export type FamilyType = 'counter' | 'gauge' | 'histogram';
+
+/** What a family is, for introspection (the lead's "every dashboard metric exists" test, start-up logs). */
+export interface FamilyInfo {
+  readonly name: string;
+  readonly type: FamilyType;
+  readonly help: string;
+  /** Every label name any of its series carries (histograms: without `le`). */
+  readonly labelNames: readonly string[];
+}
+
+export interface BuildInfo {
+  /** The agent's version (package.json). */
+  readonly version: string;
+  /** Source revision (git commit) when known, else ''. */
+  readonly revision: string;
+}
+
+/**
+ * Labels CoreDNS sets that we fill with a constant, because the agent does
+ * not split its counts by them. `zone`/`zones` is the zone of the CoreDNS
+ * server block (cache plugin) that took the query; the agent is one block for
+ * every name, i.e. the root zone ".", which is what node-cache's catch-all
+ * `.:53` block reports. Left out rather than faked: `view` (CoreDNS exports ""
+ * without the view plugin, which Prometheus stores as absent: the same thing),
+ * `family` and `type` of coredns_dns_requests_total and `plugin` of
+ * coredns_dns_responses_total (we keep no slot per address family, query type
+ * or answering plugin).
+ */
+export const COREDNS_CONSTANT_LABELS: Readonly<Record<string, Labels>> = Object.freeze({
+  coredns_dns_requests_total: { zone: '.' },
+  coredns_dns_responses_total: { zone: '.' },
+  coredns_dns_request_duration_seconds: { zone: '.' },
+  coredns_dns_request_size_bytes: { zone: '.' },
+  coredns_dns_response_size_bytes: { zone: '.' },
+  coredns_cache_entries: { zones: '.' },
+  coredns_cache_requests_total: { zones: '.' },
+  coredns_cache_hits_total: { zones: '.' },
+  coredns_cache_misses_total: { zones: '.' },
+  coredns_cache_prefetch_total: { zones: '.' },
+  coredns_cache_evictions_total: { zones: '.' },
+  coredns_cache_served_stale_total: { zones: '.' },
+});
+
+export interface MetricsOptions {
+  /**
+   * Constant labels per family, added to each of its series that lacks them
+   * (default COREDNS_CONSTANT_LABELS; {} for none).
+   */
+  readonly familyLabels?: Readonly<Record<string, Labels>>;
+  /** prom-client's process_* and nodejs_* metrics (default true). */
+  readonly defaultMetrics?: boolean;
+  /** Resolution of nodejs_eventloop_lag_* in ms (prom-client's default 10). */
+  readonly eventLoopMonitoringPrecision?: number;
+  /** Publishes coredns_build_info{version,revision,goversion} = 1 when given. */
+  readonly buildInfo?: BuildInfo;
+}
+
+const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
+
+/**
+ * Label set -> map key. Sorted so {a,b} and {b,a} are one series; \u0000
+ * cannot appear in a label name and separates fields unambiguously.
+ */
+function labelKey(labels: Labels): string {
+  const names = Object.keys(labels).sort();
+  let k = '';
+  for (const n of names) k += `${n}\u0000${labels[n]}\u0000`;
+  return k;
+}
+
+/** `labels` plus each constant label it does not set itself (given labels first, so `server` reads before `zone`). */
+function withConstLabels(labels: Labels, constLabels: Labels | null): Labels {
+  if (constLabels === null) return labels;
+  const out: Record<string, string> = { ...labels };
+  for (const k of Object.keys(constLabels)) if (!(k in out)) out[k] = constLabels[k]!;
+  return out;
+}
+
+function checkLabelNames(family: string, names: Iterable<string>, histogram: boolean): void {
+  for (const n of names) {
+    if (!LABEL_NAME.test(n) || n.startsWith('__')) throw new Error(`metric ${family}: invalid label name "${n}"`);
+    if (histogram && n === 'le') throw new Error(`metric ${family}: "le" is reserved in a histogram`);
+  }
+}
+
+/** One series of a counter or gauge family, as published. */
+interface Sample {
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** A source of samples: slots of a block, or a callback. Pushes into `out`, summing on `key`. */
+interface ScalarSource {
+  collect(out: Map<string, Sample>): void;
+}
+
+function addSample(out: Map<string, Sample>, key: string, labels: Labels, value: number): void {
+  const s = out.get(key);
+  if (s === undefined) out.set(key, { labels: { ...labels }, value });
+  else s.value += value;
+}
+
+/** The slots of one block that belong to one family, with their labels worked out once, at add time. */
+class BlockSlots implements ScalarSource {
+  readonly #values: Float64Array;
+  readonly #slots: number[];
+  readonly #labels: Labels[];
+  readonly #keys: string[];
+
+  constructor(values: Float64Array) {
+    this.#values = values;
+    this.#slots = [];
+    this.#labels = [];
+    this.#keys = [];
+  }
+
+  add(slot: number, labels: Labels): void {
+    this.#slots.push(slot);
+    this.#labels.push(labels);
+    this.#keys.push(labelKey(labels));
+  }
+
+  collect(out: Map<string, Sample>): void {
+    for (let i = 0; i < this.#slots.length; i++) {
+      addSample(out, this.#keys[i]!, this.#labels[i]!, this.#values[this.#slots[i]!] ?? 0);
+    }
+  }
+}
+
+class CallbackSource implements ScalarSource {
+  readonly #fn: () => Iterable<LabelledValue>;
+  readonly #constLabels: Labels | null;
+  constructor(fn: () => Iterable<LabelledValue>, constLabels: Labels | null) {
+    this.#fn = fn;
+    this.#constLabels = constLabels;
+  }
+  collect(out: Map<string, Sample>): void {
+    const c = this.#constLabels;
+    for (const [given, value] of this.#fn()) {
+      const labels = withConstLabels(given, c);
+      addSample(out, labelKey(labels), labels, value);
+    }
+  }
+}
+
+function collectScalars(sources: readonly ScalarSource[]): Sample[] {
+  const out = new Map<string, Sample>();
+  for (const s of sources) s.collect(out);
+  return [...out.values()];
+}
+
+class CounterFamily extends Counter<string> {
+  readonly sources: ScalarSource[] = [];
+  override async get(): Promise<Awaited<ReturnType<Counter<string>['get']>>> {
+    const base = await super.get();
+    return { ...base, values: collectScalars(this.sources) };
+  }
+}
+
+class GaugeFamily extends Gauge<string> {
+  readonly sources: ScalarSource[] = [];
+  override async get(): Promise<Awaited<ReturnType<Gauge<string>['get']>>> {
+    const base = await super.get();
+    return { ...base, values: collectScalars(this.sources) };
+  }
+}
+
+/** The shape prom-client's Registry reads from a histogram (registry.js: getForPromString, then histogram.js get() splays). */
+interface HistogramSample {
+  metricName: string;
+  labels: Record<string, string | number>;
+  sharedLabels: Labels;
+  value: number;
+}
+
+const NO_SHARED_LABELS: Labels = Object.freeze({});
+
+interface HistogramSeries {
+  readonly labels: Labels;
+  readonly key: string;
+  readonly hists: TypedHistogram[];
+}
+
+class HistogramFamily extends Histogram<string> {
+  readonly series: HistogramSeries[] = [];
+  bounds: readonly number[] = [];
+  // prom-client's typings do not declare these on Histogram; ours, set from the same config.
+  readonly familyName: string;
+  readonly familyHelp: string;
+
+  constructor(config: { name: string; help: string; registers: Registry[] }) {
+    super(config);
+    this.familyName = config.name;
+    this.familyHelp = config.help;
+  }
+
+  /**
+   * Replaces prom-client's own (Histogram.get() calls it, and so does the
+   * Registry's text output): cumulative buckets, +Inf, sum and count per series,
+   * read from the typed arrays. Series of identical labels are summed.
+   */
+  async getForPromString(): Promise<{ name: string; help: string; type: 'histogram'; values: HistogramSample[]; aggregator: string }> {
+    const values: HistogramSample[] = [];
+    const n = this.bounds.length;
+    const les = this.bounds.map((b) => String(b));
+    for (const s of this.series) {
+      const cum = new Array<number>(n + 1).fill(0);
+      let sum = 0;
+      for (const h of s.hists) {
+        let acc = 0;
+        for (let i = 0; i <= n; i++) {
+          acc += h.values[i]!;
+          cum[i]! += acc;
+        }
+        sum += h.values[n + 1]!;
+      }
+      const bucket = `${this.familyName}_bucket`;
+      for (let i = 0; i < n; i++) values.push({ metricName: bucket, labels: { ...s.labels, le: les[i]! }, sharedLabels: NO_SHARED_LABELS, value: cum[i]! });
+      values.push({ metricName: bucket, labels: { ...s.labels, le: '+Inf' }, sharedLabels: NO_SHARED_LABELS, value: cum[n]! });
+      values.push({ metricName: `${this.familyName}_sum`, labels: { ...s.labels }, sharedLabels: NO_SHARED_LABELS, value: sum });
+      values.push({ metricName: `${this.familyName}_count`, labels: { ...s.labels }, sharedLabels: NO_SHARED_LABELS, value: cum[n]! });
+    }
+    return { name: this.familyName, help: this.familyHelp, type: 'histogram', values, aggregator: 'sum' };
+  }
+}
+
+interface FamilyEntry {
+  readonly type: FamilyType;
+  readonly help: string;
+  readonly labelNames: Set<string>;
+  /** Sorted label names of each distinct kind of series: more than one is worth a warning. */
+  readonly labelSets: Set<string>;
+  /** From MetricsOptions.familyLabels; null when none. */
+  readonly constLabels: Labels | null;
+  readonly metric: CounterFamily | GaugeFamily | HistogramFamily;
+}
+
+export class MetricsRegistry {
+  readonly registry: Registry;
+  /**
+   * What looks wrong in what was added, for a start-up log: a family given two
+   * help texts (the first is kept; two schemas disagree on what the name
+   * means), or series of one family with different label names (a sum() by a
+   * label some series lack mixes totals with parts).
+   */
+  readonly warnings: string[];
+  readonly #families: Map<string, FamilyEntry>;
+  readonly #familyLabels: Readonly<Record<string, Labels>>;
+
+  constructor(opts: MetricsOptions = {}) {
+    this.registry = new Registry();
+    this.warnings = [];
+    this.#families = new Map();
+    this.#familyLabels = opts.familyLabels ?? COREDNS_CONSTANT_LABELS;
+    if (opts.defaultMetrics ?? true) {
+      collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: opts.eventLoopMonitoringPrecision ?? 10 });
+    }
+    if (opts.buildInfo !== undefined) this.addBuildInfo(opts.buildInfo);
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The exposition text (what GET /metrics returns). Never changes a counter. */
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /**
+   * Publishes every slot of a counter block. `extraLabels` tell this block
+   * apart from others of the same schema ({server: 'dns://169.254.20.10:53'},
+   * {to: 'tcp://10.96.0.10:53'}); they must not repeat a label the schema
+   * itself sets. Blocks whose series end up with identical labels are summed.
+   */
+  addCounters<K extends string>(block: Counters<K>, extraLabels: Labels = {}): void {
+    checkLabelNames('(extra labels)', Object.keys(extraLabels), false);
+    const byFamily = new Map<string, BlockSlots>();
+    block.schema.defs.forEach((def, slot) => {
+      const labels = this.#seriesLabels(def.name, extraLabels, def.labels);
+      const entry = this.#family(def.name, def.help, def.type ?? 'counter', labels);
+      let slots = byFamily.get(def.name);
+      if (slots === undefined) {
+        slots = new BlockSlots(block.values);
+        byFamily.set(def.name, slots);
+        (entry.metric as CounterFamily | GaugeFamily).sources.push(slots);
+      }
+      slots.add(slot, this.#withConst(entry, labels));
+    });
+  }
+
+  /** A gauge read by a callback at scrape time: e.g. cache entries, upstream health, view sync state. */
+  addGauge(name: string, help: string, labelNames: readonly string[], collect: () => Iterable<LabelledValue>): void {
+    this.#callback(name, help, 'gauge', labelNames, collect);
+  }
+
+  /** A counter read by a callback at scrape time (a total some object keeps itself). The callback must never go down. */
+  addCounter(name: string, help: string, labelNames: readonly string[], collect: () => Iterable<LabelledValue>): void {
+    this.#callback(name, help, 'counter', labelNames, collect);
+  }
+
+  /**
+   * Publishes a typed histogram as a Prometheus histogram named by its def,
+   * with its def's labels plus `extraLabels`. Histograms of one name must
+   * share their bounds; those with identical labels are summed.
+   */
+  addHistogram(hist: TypedHistogram, extraLabels: Labels = {}): void {
+    const def = hist.def;
+    const given = this.#seriesLabels(def.name, extraLabels, def.labels);
+    const entry = this.#family(def.name, def.help, 'histogram', given);
+    const labels = this.#withConst(entry, given);
+    const fam = entry.metric as HistogramFamily;
+    if (fam.series.length === 0) fam.bounds = [...def.bounds];
+    else if (fam.bounds.length !== def.bounds.length || fam.bounds.some((b, i) => b !== def.bounds[i])) {
+      throw new Error(`metric ${def.name}: every histogram of one name must have the same bounds`);
+    }
+    const key = labelKey(labels);
+    const same = fam.series.find((s) => s.key === key);
+    if (same !== undefined) same.hists.push(hist);
+    else fam.series.push({ labels, key, hists: [hist] });
+  }
+
+  /** coredns_build_info: CoreDNS reports the Go version it was built with; we report the Node.js runtime ("node20.20.0") there. */
+  addBuildInfo(info: BuildInfo): void {
+    const labels: Labels = { version: info.version, revision: info.revision, goversion: `node${process.versions.node}` };
+    this.addGauge(
+      'coredns_build_info',
+      "A metric with a constant '1' value labeled by version, revision, and goversion from which CoreDNS was built.",
+      ['version', 'revision', 'goversion'],
+      () => [[labels, 1]],
+    );
+  }
+
+  /** Every family published by this module (prom-client's default metrics not included). */
+  families(): FamilyInfo[] {
+    return [...this.#families].map(([name, f]) => ({ name, type: f.type, help: f.help, labelNames: [...f.labelNames] }));
+  }
+
+  /** A series' labels: the instance's extra ones, then the def's own (which must not collide). */
+  #seriesLabels(name: string, extra: Labels, own: Labels | undefined): Labels {
+    if (own === undefined) return extra;
+    for (const k of Object.keys(own)) {
+      if (k in extra) throw new Error(`metric ${name}: extra label "${k}" collides with the definition's own`);
+    }
+    return { ...extra, ...own };
+  }
+
+  #withConst(entry: FamilyEntry, labels: Labels): Labels {
+    return withConstLabels(labels, entry.constLabels);
+  }
+
+  #callback(name: string, help: string, type: 'counter' | 'gauge', labelNames: readonly string[], collect: () => Iterable<LabelledValue>): void {
+    const names: Record<string, string> = {};
+    for (const n of labelNames) names[n] = '';
+    const entry = this.#family(name, help, type, names);
+    (entry.metric as CounterFamily | GaugeFamily).sources.push(new CallbackSource(collect, entry.constLabels));
+  }
+
+  /**
+   * The family of that name, made and registered on first use. `labels` are
+   * one series' own (values unused): their names join the family's, and a
+   * second distinct set of names is a warning (sum() by a label some series
+   * lack mixes totals with parts).
+   */
+  #family(name: string, help: string, type: FamilyType, labels: Labels): FamilyEntry {
+    const labelNames = Object.keys(labels);
+    checkLabelNames(name, labelNames, type === 'histogram');
+    let entry = this.#families.get(name);
+    if (entry !== undefined) {
+      if (entry.type !== type) throw new Error(`metric ${name}: declared as ${entry.type} and as ${type}`);
+      if (entry.help !== help) this.#warn(name, `help "${help}" differs from "${entry.help}" (first kept)`);
+    } else {
+      // No labelNames given to prom-client: our get() builds the values, so its label validation never runs.
+      const config = { name, help, registers: [this.registry] };
+      const metric = type === 'counter' ? new CounterFamily(config) : type === 'gauge' ? new GaugeFamily(config) : new HistogramFamily(config);
+      const constLabels = this.#familyLabels[name] ?? null;
+      entry = { type, help, labelNames: new Set(), labelSets: new Set(), constLabels, metric };
+      this.#families.set(name, entry);
+    }
+    const all = entry.constLabels === null ? labelNames : [...new Set([...Object.keys(entry.constLabels), ...labelNames])];
+    for (const l of all) entry.labelNames.add(l);
+    const set = [...all].sort().join(',');
+    if (!entry.labelSets.has(set)) {
+      entry.labelSets.add(set);
+      if (entry.labelSets.size === 2) this.#warn(name, `series carry different label names: {${[...entry.labelSets].join('} and {')}}`);
+    }
+    return entry;
+  }
+
+  #warn(name: string, what: string): void {
+    const w = `${name}: ${what}`;
+    if (!this.warnings.includes(w)) this.warnings.push(w);
+  }
+}

@@ -1,0 +1,646 @@
+// Operations surface: the Prometheus registry that publishes the agent's
+// counter blocks and typed histograms at scrape time (names, labels, values,
+// merging of blocks of one schema, cumulative buckets), and the HTTP server
+// for /metrics, /health and /ready on loopback (status codes, bodies, 404,
+// the connection cap and the header deadline).
+import t, { type Test } from 'tap';
+import http from 'node:http';
+import net from 'node:net';
+import { silentLogger } from '../src/log.js';
+import { Counters, defineCounters } from '../src/stats/counters.js';
+import { SERVER_COUNTERS } from '../src/server/stats.js';
+import { CACHE_COUNTERS } from '../src/cache/stats.js';
+import { tcpPoolCounters } from '../src/upstream/tcp-pool.js';
+import { tcpListenerCounters } from '../src/server/tcp-stats.js';
+import { DurationHistogram, REQUEST_DURATION, TIME_BUCKETS, TypedHistogram, requestSizeDef, responseSizeDef } from '../src/ops/histogram.js';
+import { MetricsRegistry } from '../src/ops/metrics.js';
+import { OpsServer, createOpsServers, defaultOpsHost, readinessOf, type OpsHandlers, type OpsRoute, type Readiness } from '../src/ops/http.js';
+
+const HOST = '127.0.0.1';
+const SERVER = 'dns://169.254.20.10:53';
+
+// ------------------------------------------------------------------ helpers
+
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** One request on its own connection (no agent: nothing lingers after the test). */
+function request(url: string, opts: { method?: string; body?: string } = {}): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: opts.method ?? 'GET', agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.setTimeout(5_000, () => req.destroy(new Error('request timed out')));
+    req.on('error', reject);
+    if (opts.body !== undefined) req.end(opts.body);
+    else req.end();
+  });
+}
+
+interface Parsed {
+  /** `name{a="1",b="2"}` (labels sorted) -> value. */
+  readonly samples: Map<string, number>;
+  /** family -> type from # TYPE; and how many # TYPE lines each family had. */
+  readonly types: Map<string, string>;
+  readonly typeLines: Map<string, number>;
+  readonly help: Map<string, string>;
+}
+
+function unescapeLabel(v: string): string {
+  return v.replace(/\\(["\\n])/g, (_, c: string) => (c === 'n' ? '\n' : c));
+}
+
+/** The Prometheus text format (0.0.4), enough of it for what we publish; throws on a line it cannot read. */
+function parseExposition(text: string): Parsed {
+  const samples = new Map<string, number>();
+  const types = new Map<string, string>();
+  const typeLines = new Map<string, number>();
+  const help = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    let m = /^# TYPE (\S+) (\S+)$/.exec(line);
+    if (m !== null) {
+      types.set(m[1]!, m[2]!);
+      typeLines.set(m[1]!, (typeLines.get(m[1]!) ?? 0) + 1);
+      continue;
+    }
+    m = /^# HELP (\S+) (.*)$/.exec(line);
+    if (m !== null) {
+      help.set(m[1]!, m[2]!);
+      continue;
+    }
+    m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (m === null) throw new Error(`unreadable line: ${line}`);
+    const labels: string[] = [];
+    const body = m[2] ?? '';
+    const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/g;
+    let consumed = 0;
+    for (let l = re.exec(body); l !== null; l = re.exec(body)) {
+      labels.push(`${l[1]}="${unescapeLabel(l[2]!)}"`);
+      consumed = re.lastIndex;
+    }
+    if (consumed !== body.length) throw new Error(`unreadable labels: ${line}`);
+    labels.sort();
+    const v = m[3]!;
+    samples.set(`${m[1]}{${labels.join(',')}}`, v === '+Inf' ? Infinity : v === '-Inf' ? -Infinity : Number(v));
+  }
+  return { samples, types, typeLines, help };
+}
+
+/** Sample key as parseExposition makes it. */
+function key(name: string, labels: Record<string, string> = {}): string {
+  return `${name}{${Object.entries(labels)
+    .map(([k, v]) => `${k}="${v}"`)
+    .sort()
+    .join(',')}}`;
+}
+
+async function withServer(
+  t: Test,
+  handlers: OpsHandlers,
+  routes: readonly OpsRoute[] = ['metrics', 'health', 'ready'],
+  limits?: ConstructorParameters<typeof OpsServer>[0]['limits'],
+): Promise<OpsServer> {
+  const s = new OpsServer({ address: { host: HOST, port: 0 }, routes, handlers, logger: silentLogger, limits });
+  await s.start();
+  t.teardown(() => s.stop());
+  return s;
+}
+
+async function scrape(t: Test, reg: MetricsRegistry): Promise<Parsed> {
+  const s = await withServer(t, { metrics: reg }, ['metrics']);
+  const r = await request(`${s.url}/metrics`);
+  t.equal(r.status, 200, 'scrape answered 200');
+  t.match(r.headers['content-type'], /^text\/plain; version=0\.0\.4/, 'Prometheus text content type');
+  return parseExposition(r.body);
+}
+
+function bump(values: Float64Array, slot: number, n: number): void {
+  values[slot] = (values[slot] ?? 0) + n;
+}
+
+// ------------------------------------------------------------------ registry
+
+t.test('counter blocks are published with their names, labels and values, over real HTTP', async (t) => {
+  const reg = new MetricsRegistry({ buildInfo: { version: '9.8.7', revision: 'abc123' } });
+  const server = new Counters(SERVER_COUNTERS);
+  const cache = new Counters(CACHE_COUNTERS);
+  reg.addCounters(server, { server: SERVER });
+  reg.addCounters(cache, { server: SERVER });
+  const S = SERVER_COUNTERS.slot;
+  bump(server.values, S.requestsUdp, 41);
+  bump(server.values, S.requestsTcp, 2);
+  bump(server.values, S.rcode3, 7);
+  bump(server.values, S.rcode2, 1);
+  bump(server.values, S.dropped, 3);
+  bump(cache.values, CACHE_COUNTERS.slot.hitPositive, 30);
+  bump(cache.values, CACHE_COUNTERS.slot.miss, 11);
+
+  const p = await scrape(t, reg);
+  const z = { server: SERVER, zone: '.' };
+  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'udp' })), 41);
+  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'tcp' })), 2);
+  t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'NXDOMAIN' })), 7);
+  t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'SERVFAIL' })), 1);
+  t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'NOERROR' })), 0, 'untouched slots are published as 0, not left out');
+  t.equal(p.samples.get(key('nodelocal_dropped_total', { server: SERVER })), 3, 'no constant zone label outside the CoreDNS families');
+  t.equal(p.samples.get(key('coredns_cache_hits_total', { server: SERVER, type: 'success', zones: '.' })), 30);
+  t.equal(p.samples.get(key('coredns_cache_misses_total', { server: SERVER, zones: '.' })), 11);
+  t.equal(p.types.get('coredns_dns_requests_total'), 'counter');
+  t.equal(p.help.get('coredns_dns_requests_total'), 'Queries received.');
+  t.equal(p.samples.get(key('coredns_build_info', { version: '9.8.7', revision: 'abc123', goversion: `node${process.versions.node}` })), 1);
+  t.equal(p.types.get('coredns_build_info'), 'gauge');
+  t.ok(p.samples.has(key('process_cpu_user_seconds_total')), 'prom-client process_* metrics');
+  t.ok([...p.samples.keys()].some((k) => k.startsWith('nodejs_heap_size_total_bytes')), 'prom-client nodejs_* metrics');
+
+  // The registry can also be read directly, without HTTP.
+  const json = await reg.registry.getMetricsAsJSON();
+  const req = json.find((m) => m.name === 'coredns_dns_requests_total');
+  t.same(
+    req?.values.map((v) => [v.labels, v.value]),
+    [
+      [{ server: SERVER, proto: 'udp', zone: '.' }, 41],
+      [{ server: SERVER, proto: 'tcp', zone: '.' }, 2],
+    ],
+  );
+});
+
+t.test('gauges in a block are typed gauge; callback gauges and counters read at scrape time', async (t) => {
+  const reg = new MetricsRegistry({ defaultMetrics: false });
+  const tcp = new Counters(tcpListenerCounters);
+  reg.addCounters(tcp, { server: SERVER });
+  tcp.values[tcpListenerCounters.slot.open] = 5;
+  let healthy = 1;
+  reg.addGauge('nodelocal_upstream_healthy', 'Whether the upstream is healthy (1) or failing (0).', ['upstream'], () => [
+    [{ upstream: 'tcp://10.96.0.10:53' }, healthy],
+    [{ upstream: 'host-resolvers' }, 1],
+  ]);
+  let entries = 10;
+  reg.addGauge('coredns_cache_entries', 'The number of elements in the cache.', ['server', 'type'], () => [
+    [{ server: SERVER, type: 'success' }, entries],
+    [{ server: SERVER, type: 'denial' }, 2],
+  ]);
+  let total = 4;
+  reg.addCounter('nodelocal_test_total', 'A counter kept by some object.', [], () => [[{}, total]]);
+
+  let p = await scrape(t, reg);
+  t.equal(p.types.get('nodelocal_tcp_connections'), 'gauge');
+  t.equal(p.samples.get(key('nodelocal_tcp_connections', { server: SERVER })), 5);
+  t.equal(p.samples.get(key('nodelocal_upstream_healthy', { upstream: 'tcp://10.96.0.10:53' })), 1);
+  t.equal(p.samples.get(key('coredns_cache_entries', { server: SERVER, type: 'success', zones: '.' })), 10, 'constant zones label added to callback series too');
+  t.equal(p.types.get('nodelocal_test_total'), 'counter');
+  t.equal(p.samples.get(key('nodelocal_test_total')), 4);
+
+  healthy = 0;
+  entries = 12;
+  total = 9;
+  tcp.values[tcpListenerCounters.slot.open] = 3;
+  p = await scrape(t, reg);
+  t.equal(p.samples.get(key('nodelocal_upstream_healthy', { upstream: 'tcp://10.96.0.10:53' })), 0, 'callbacks run again at each scrape');
+  t.equal(p.samples.get(key('coredns_cache_entries', { server: SERVER, type: 'success', zones: '.' })), 12);
+  t.equal(p.samples.get(key('nodelocal_test_total')), 9);
+  t.equal(p.samples.get(key('nodelocal_tcp_connections', { server: SERVER })), 3);
+  t.same(
+    reg.families().find((f) => f.name === 'coredns_cache_entries'),
+    { name: 'coredns_cache_entries', type: 'gauge', help: 'The number of elements in the cache.', labelNames: ['zones', 'server', 'type'] },
+    'families() describes what is published',
+  );
+});
+
+t.test('blocks of one schema merge into one family: per-instance labels apart, identical labels summed', async (t) => {
+  const reg = new MetricsRegistry({ defaultMetrics: false });
+  const a = new Counters(tcpPoolCounters);
+  const b = new Counters(tcpPoolCounters);
+  const c = new Counters(tcpPoolCounters);
+  reg.addCounters(a, { to: 'tcp://10.96.0.10:53' });
+  reg.addCounters(b, { to: 'tcp://10.96.0.11:53' });
+  // A third instance with b's labels (e.g. a pool replaced on reload, both alive for a moment): summed with b.
+  reg.addCounters(c, { to: 'tcp://10.96.0.11:53' });
+  const S = tcpPoolCounters.slot;
+  bump(a.values, S.sent, 100);
+  bump(b.values, S.sent, 20);
+  bump(c.values, S.sent, 3);
+  bump(a.values, S.responsesNxDomain, 5);
+  bump(b.values, S.responsesNxDomain, 6);
+  bump(a.values, S.late, 1);
+
+  const p = await scrape(t, reg);
+  t.equal(p.typeLines.get('coredns_forward_requests_total'), 1, 'one # TYPE line: one family, registered once');
+  t.equal(p.samples.get(key('coredns_forward_requests_total', { to: 'tcp://10.96.0.10:53' })), 100);
+  t.equal(p.samples.get(key('coredns_forward_requests_total', { to: 'tcp://10.96.0.11:53' })), 23, 'same labels: summed');
+  t.equal(p.samples.get(key('coredns_forward_responses_total', { to: 'tcp://10.96.0.10:53', rcode: 'NXDOMAIN' })), 5);
+  t.equal(p.samples.get(key('coredns_forward_responses_total', { to: 'tcp://10.96.0.11:53', rcode: 'NXDOMAIN' })), 6);
+  t.equal(p.samples.get(key('nodelocal_upstream_ignored_answers_total', { to: 'tcp://10.96.0.10:53', reason: 'late' })), 1);
+  const forward = [...p.samples.keys()].filter((k) => k.startsWith('coredns_forward_requests_total{'));
+  t.equal(forward.length, 2, 'two series, not three');
+  t.same(reg.warnings, [], 'one schema: nothing to warn about');
+});
+
+t.test('two schemas sharing a family: one family; disagreements become warnings, conflicts throw', async (t) => {
+  const reg = new MetricsRegistry({ defaultMetrics: false });
+  const one = defineCounters({
+    x: { name: 'nodelocal_shared_total', help: 'First help.', labels: { reason: 'a' } },
+    g: { name: 'nodelocal_level', help: 'A gauge.', type: 'gauge' },
+  });
+  const two = defineCounters({
+    x: { name: 'nodelocal_shared_total', help: 'Other help.', labels: { reason: 'b' } },
+  });
+  const b1 = new Counters(one);
+  const b2 = new Counters(two);
+  reg.addCounters(b1, { server: SERVER });
+  reg.addCounters(b2);
+  b1.values[one.slot.x] = 1;
+  b2.values[two.slot.x] = 2;
+  const p = await scrape(t, reg);
+  t.equal(p.help.get('nodelocal_shared_total'), 'First help.', 'the first help text is kept');
+  t.equal(p.samples.get(key('nodelocal_shared_total', { server: SERVER, reason: 'a' })), 1);
+  t.equal(p.samples.get(key('nodelocal_shared_total', { reason: 'b' })), 2);
+  t.equal(reg.warnings.length, 2);
+  t.match(reg.warnings[0], /^nodelocal_shared_total: help "Other help\." differs/);
+  t.match(reg.warnings[1], /^nodelocal_shared_total: series carry different label names: \{reason,server\} and \{reason\}/);
+
+  const asCounter = defineCounters({ g: { name: 'nodelocal_level', help: 'A gauge.' } });
+  t.throws(() => reg.addCounters(new Counters(asCounter)), /nodelocal_level: declared as gauge and as counter/);
+  t.throws(() => reg.addCounters(new Counters(two), { reason: 'x' }), /extra label "reason" collides/);
+  t.throws(() => reg.addCounters(new Counters(two), { 'bad-name': 'x' }), /invalid label name "bad-name"/);
+  t.throws(() => reg.addGauge('nodelocal_shared_total', 'x', [], () => []), /declared as counter and as gauge/);
+  t.throws(() => reg.addGauge('not a name', 'x', [], () => []), /Invalid metric name/);
+  t.doesNotThrow(() => reg.addGauge('process_cpu_seconds_total', 'x', [], () => []), 'with default metrics off that name is free');
+  const withDefaults = new MetricsRegistry();
+  t.throws(() => withDefaults.addGauge('process_cpu_seconds_total', 'x', [], () => []), /already been registered/);
+});
+
+t.test('a scrape changes no counter value', async (t) => {
+  const reg = new MetricsRegistry({ defaultMetrics: false });
+  const server = new Counters(SERVER_COUNTERS);
+  const pool = new Counters(tcpPoolCounters);
+  reg.addCounters(server, { server: SERVER });
+  reg.addCounters(pool, { to: 'tcp://10.96.0.10:53' });
+  const h = new DurationHistogram();
+  reg.addHistogram(h, { server: SERVER });
+  server.values.forEach((_, i) => (server.values[i] = i + 1));
+  pool.values.forEach((_, i) => (pool.values[i] = 10 * i));
+  h.observe(0.001);
+  h.observe(3);
+  const before = [Float64Array.from(server.values), Float64Array.from(pool.values), Float64Array.from(h.values)];
+  const first = await scrape(t, reg);
+  const second = await scrape(t, reg);
+  await reg.metrics();
+  await reg.registry.getMetricsAsJSON();
+  t.same([...server.values], [...before[0]!]);
+  t.same([...pool.values], [...before[1]!]);
+  t.same([...h.values], [...before[2]!]);
+  t.same([...first.samples], [...second.samples], 'two scrapes, the same text values');
+  t.equal(first.samples.get(key('coredns_dns_requests_total', { server: SERVER, zone: '.', proto: 'udp' })), SERVER_COUNTERS.slot.requestsUdp + 1);
+});
+
+// ------------------------------------------------------------------ histograms
+
+t.test('CoreDNS duration buckets: 0.25 ms doubling to 8.192 s, printed as CoreDNS prints them', async (t) => {
+  t.equal(TIME_BUCKETS.length, 16);
+  t.same(
+    TIME_BUCKETS.map(String),
+    ['0.00025', '0.0005', '0.001', '0.002', '0.004', '0.008', '0.016', '0.032', '0.064', '0.128', '0.256', '0.512', '1.024', '2.048', '4.096', '8.192'],
+  );
+  t.equal(REQUEST_DURATION.name, 'coredns_dns_request_duration_seconds');
+});
+
+t.test('typed histogram: le buckets, cumulative when published, sum and count', async (t) => {
+  const h = new TypedHistogram({ name: 'nodelocal_test_seconds', help: 'Test.', bounds: [0.1, 1, 10] });
+  for (const v of [0, 0.05, 0.1, 0.5, 1, 1.0000001, 10, 11, 1e9]) h.observe(v);
+  h.observe(-1);
+  h.observe(NaN);
+  t.same([...h.values.subarray(0, 4)], [3, 2, 2, 2], 'own shares: <=0.1 {0,0.05,0.1}, <=1 {0.5,1}, <=10 {1.0000001,10}, above {11,1e9}');
+  t.same(h.cumulative(), [3, 5, 7, 9]);
+  t.equal(h.count, 9, 'negative and NaN dropped');
+  t.equal(h.sum, 0 + 0.05 + 0.1 + 0.5 + 1 + 1.0000001 + 10 + 11 + 1e9);
+
+  const reg = new MetricsRegistry({ defaultMetrics: false });
+  reg.addHistogram(h, { server: SERVER });
+  const p = await scrape(t, reg);
+  t.equal(p.types.get('nodelocal_test_seconds'), 'histogram');
+  const L = { server: SERVER };
+  t.equal(p.samples.get(key('nodelocal_test_seconds_bucket', { ...L, le: '0.1' })), 3);
+  t.equal(p.samples.get(key('nodelocal_test_seconds_bucket', { ...L, le: '1' })), 5);
+  t.equal(p.samples.get(key('nodelocal_test_seconds_bucket', { ...L, le: '10' })), 7);
+  t.equal(p.samples.get(key('nodelocal_test_seconds_bucket', { ...L, le: '+Inf' })), 9);
+  t.equal(p.samples.get(key('nodelocal_test_seconds_count', L)), 9);
+  t.equal(p.samples.get(key('nodelocal_test_seconds_sum', L)), h.sum);
+});
+
+t.test('duration histogram published as coredns_dns_request_duration_seconds; same labels summed; bounds must agree', async (t) => {
+  const reg = new MetricsRegistry({ defaultMetrics: false });
+  const a = new DurationHistogram();
+  const b = new DurationHistogram();
+  const other = new DurationHistogram();
+  reg.addHistogram(a, { server: SERVER });
+  reg.addHistogram(b, { server: SERVER });
+  reg.addHistogram(other, { server: 'dns://10.0.0.10:53' });
+  a.observeMs(0.1); // 0.0001 s: first bucket
+  a.observeMs(3); // 0.003 s: le 0.004
+  b.observeMs(0.25); // exactly the first bound: le is inclusive
+  b.observeMs(20_000); // above 8.192 s: +Inf only
+  other.observe(0.5);
+  const p = await scrape(t, reg);
+  const L = { server: SERVER, zone: '.' };
+  const bucket = (le: string, labels = L): number | undefined => p.samples.get(key('coredns_dns_request_duration_seconds_bucket', { ...labels, le }));
+  t.equal(bucket('0.00025'), 2);
+  t.equal(bucket('0.002'), 2);
+  t.equal(bucket('0.004'), 3);
+  t.equal(bucket('8.192'), 3);
+  t.equal(bucket('+Inf'), 4);
+  t.equal(p.samples.get(key('coredns_dns_request_duration_seconds_count', L)), 4);
+  t.ok(Math.abs(p.samples.get(key('coredns_dns_request_duration_seconds_sum', L))! - (0.0001 + 0.003 + 0.00025 + 20)) < 1e-9);
+  const O = { server: 'dns://10.0.0.10:53', zone: '.' };
+  t.equal(bucket('0.256', O), 0);
+  t.equal(bucket('0.512', O), 1);
+  // Every bucket line is cumulative: never smaller than the one before.
+  const les = [...TIME_BUCKETS.map(String), '+Inf'];
+  const counts = les.map((le) => bucket(le)!);
+  t.ok(counts.every((c, i) => i === 0 || c >= counts[i - 1]!), 'monotone');
+
+  const sizes = new TypedHistogram(requestSizeDef('udp'));
+  reg.addHistogram(sizes, { server: SERVER });
+  t.throws(
+    () => reg.addHistogram(new TypedHistogram({ ...REQUEST_DURATION, bounds: [1, 2] }), { server: 'x' }),
+    /same bounds/,
+  );
+  t.throws(() => new TypedHistogram({ name: 'x', help: 'x', bounds: [1, 1] }), /strictly ascending/);
+  t.throws(() => reg.addHistogram(new TypedHistogram({ name: 'nodelocal_h', help: 'h', bounds: [1] }), { le: '1' }), /"le" is reserved/);
+  sizes.observe(60);
+  const answers = new TypedHistogram(responseSizeDef('tcp'));
+  reg.addHistogram(answers, { server: SERVER });
+  answers.observe(1500);
+  const q = await scrape(t, reg);
+  t.equal(q.samples.get(key('coredns_dns_response_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'tcp', le: '1023' })), 0);
+  t.equal(q.samples.get(key('coredns_dns_response_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'tcp', le: '2047' })), 1);
+  t.equal(q.samples.get(key('coredns_dns_request_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'udp', le: '100' })), 1);
+  t.equal(q.samples.get(key('coredns_dns_request_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'udp', le: '0' })), 0);
+});
+
+t.test('a histogram in shared memory: observed through one view, published through another', async (t) => {
+  const buf = new SharedArrayBuffer(8 + TypedHistogram.byteLength(TIME_BUCKETS.length));
+  const worker = new DurationHistogram(REQUEST_DURATION, buf, 8);
+  const main = new DurationHistogram(REQUEST_DURATION, buf, 8);
+  worker.observe(0.003);
+  t.equal(main.count, 1);
+  t.equal(main.sum, 0.003);
+});
+
+// ------------------------------------------------------------------ HTTP
+
+t.test('/health follows serving(): 200 OK, else 503', async (t) => {
+  let serving = true;
+  const s = await withServer(t, { serving: () => serving }, ['health']);
+  let r = await request(`${s.url}/health`);
+  t.equal(r.status, 200);
+  t.equal(r.body, 'OK');
+  r = await request(`${s.url}/health?verbose=1`);
+  t.equal(r.status, 200, 'a query string does not change the path');
+  serving = false;
+  r = await request(`${s.url}/health`);
+  t.equal(r.status, 503);
+  t.equal(r.body, 'not serving\n');
+
+  const broken = await withServer(t, { serving: () => { throw new Error('boom'); } }, ['health']);
+  r = await request(`${broken.url}/health`);
+  t.equal(r.status, 503, 'a throwing check is not healthy');
+  t.match(r.body, /boom/);
+});
+
+t.test('/ready: 200 when ready, else 503 with a JSON body naming what is missing', async (t) => {
+  let listeners = false;
+  let view = false;
+  const s = await withServer(
+    t,
+    { readiness: () => readinessOf({ listeners: () => listeners, 'view or cluster DNS': () => view }) },
+    ['health', 'ready'],
+  );
+  let r = await request(`${s.url}/ready`);
+  t.equal(r.status, 503);
+  t.equal(r.headers['content-type'], 'application/json');
+  t.same(JSON.parse(r.body), { ready: false, missing: ['listeners', 'view or cluster DNS'] });
+  listeners = true;
+  r = await request(`${s.url}/ready`);
+  t.same(JSON.parse(r.body), { ready: false, missing: ['view or cluster DNS'] });
+  view = true;
+  r = await request(`${s.url}/ready`);
+  t.equal(r.status, 200);
+  t.same(JSON.parse(r.body), { ready: true });
+  r = await request(`${s.url}/health`);
+  t.equal(r.status, 200, 'no serving() callback: alive while the process answers');
+
+  const bare: Readiness = { ready: false };
+  const s2 = await withServer(t, { readiness: () => bare }, ['ready']);
+  r = await request(`${s2.url}/ready`);
+  t.same(JSON.parse(r.body), { ready: false, missing: [] });
+  t.same(readinessOf({ a: () => { throw new Error('x'); }, b: () => true }), { ready: false, missing: ['a'] });
+  const s3 = await withServer(t, { readiness: () => { throw new Error('view gone'); } }, ['ready']);
+  r = await request(`${s3.url}/ready`);
+  t.equal(r.status, 503, 'a throwing readiness check is not ready');
+  t.same(JSON.parse(r.body), { ready: false, missing: ['readiness check failed: view gone'] });
+});
+
+t.test('unknown paths and paths of the other listener are 404; other methods 405; HEAD has no body', async (t) => {
+  const reg = new MetricsRegistry({ defaultMetrics: false });
+  const metricsOnly = await withServer(t, { metrics: reg, serving: () => true, readiness: () => ({ ready: true }) }, ['metrics']);
+  for (const path of ['/', '/health', '/ready', '/metricsx', '/metrics/', '/debug/pprof']) {
+    const r = await request(`${metricsOnly.url}${path}`);
+    t.equal(r.status, 404, `${path} on the metrics listener`);
+  }
+  const healthOnly = await withServer(t, { metrics: reg, serving: () => true, readiness: () => ({ ready: true }) }, ['health', 'ready']);
+  t.equal((await request(`${healthOnly.url}/metrics`)).status, 404, '/metrics on the health listener');
+  const post = await request(`${healthOnly.url}/health`, { method: 'POST', body: 'x'.repeat(1000) });
+  t.equal(post.status, 405);
+  t.equal(post.headers.allow, 'GET, HEAD');
+  t.equal(post.headers.connection, 'close', 'a request with a body is answered, never read, and its connection closed');
+  const head = await request(`${healthOnly.url}/health`, { method: 'HEAD' });
+  t.equal(head.status, 200);
+  t.equal(head.body, '');
+  t.equal(head.headers['content-length'], '2');
+});
+
+t.test('a failing metrics source is a 500, not a crash', async (t) => {
+  const s = await withServer(t, { metrics: { contentType: 'text/plain', metrics: () => Promise.reject(new Error('collector broke')) } }, ['metrics']);
+  const r = await request(`${s.url}/metrics`);
+  t.equal(r.status, 500);
+  t.match(r.body, /collector broke/);
+});
+
+/** Resolves true once the socket closes, false if it is still open at the deadline. */
+function closedWithin(sock: net.Socket, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (sock.destroyed) {
+      resolve(true);
+      return;
+    }
+    const timer = setTimeout(() => resolve(false), ms);
+    sock.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
+function connect(url: string): Promise<net.Socket> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: u.hostname, port: Number(u.port) }, () => resolve(s));
+    s.on('error', reject);
+  });
+}
+
+t.test('bounded: connections beyond the cap are closed on accept; the others still served', async (t) => {
+  const s = await withServer(t, { serving: () => true }, ['health'], { maxConnections: 2 });
+  const a = await connect(s.url);
+  const b = await connect(s.url);
+  t.teardown(() => {
+    a.destroy();
+    b.destroy();
+  });
+  // Let the server accept both before the third arrives.
+  await new Promise((r) => setTimeout(r, 50));
+  const c = await connect(s.url);
+  c.on('error', () => {});
+  c.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+  t.ok(await closedWithin(c, 5_000), 'the third connection is closed');
+  a.destroy();
+  await closedWithin(a, 5_000);
+  await new Promise((r) => setTimeout(r, 50));
+  const r = await request(`${s.url}/health`);
+  t.equal(r.status, 200, 'served again once below the cap');
+});
+
+t.test('bounded: a client that never finishes its headers is cut off (slow-loris)', async (t) => {
+  const s = await withServer(t, { serving: () => true }, ['health'], { headersTimeoutMs: 200, requestTimeoutMs: 200, checkIntervalMs: 50 });
+  const sock = await connect(s.url);
+  sock.on('error', () => {});
+  t.teardown(() => sock.destroy());
+  let got = '';
+  sock.on('data', (d: Buffer) => (got += d.toString()));
+  sock.write('GET /health HTTP/1.1\r\nHost: x\r\n'); // no blank line: headers never end
+  t.ok(await closedWithin(sock, 10_000), 'closed by the server');
+  t.match(got, /^HTTP\/1\.1 408/, 'with 408 Request Timeout');
+});
+
+t.test('start fails with the address when it is taken; stop closes open connections and may repeat', async (t) => {
+  const s = await withServer(t, { serving: () => true }, ['health']);
+  const clash = new OpsServer({ address: s.address, routes: ['health'], handlers: {}, logger: silentLogger });
+  await t.rejects(clash.start(), new RegExp(`cannot listen on 127\\.0\\.0\\.1:${s.address.port} for /health: .*EADDRINUSE`));
+  await clash.stop();
+
+  const idle = await connect(s.url);
+  idle.on('error', () => {});
+  idle.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n'); // keep-alive: the server keeps it open after answering
+  await new Promise((r) => idle.once('data', r));
+  await s.stop();
+  t.ok(await closedWithin(idle, 5_000), 'keep-alive connection closed by stop()');
+  await s.stop();
+  await t.rejects(request(`${s.url}/health`), /ECONNREFUSED/);
+});
+
+t.test('createOpsServers: the node-cache pair, or one server when both share an address', async (t) => {
+  const reg = new MetricsRegistry({ defaultMetrics: false });
+  const handlers: OpsHandlers = { metrics: reg, serving: () => true, readiness: () => ({ ready: true }) };
+  const two = createOpsServers({ metrics: { host: HOST, port: 0 }, health: { host: HOST, port: 0 }, handlers, logger: silentLogger });
+  t.same(two.map((s) => s.routes), [['metrics'], ['health', 'ready']]);
+  const one = createOpsServers({ metrics: { host: HOST, port: 18080 }, health: { host: HOST, port: 18080 }, handlers, logger: silentLogger });
+  t.same(one.map((s) => s.routes), [['metrics', 'health', 'ready']]);
+  t.equal(one[0]!.name, 'http 127.0.0.1:18080 (/metrics /health /ready)');
+  t.same(createOpsServers({ metrics: null, health: { host: HOST, port: 0 }, handlers: { serving: () => true }, logger: silentLogger }).map((s) => s.routes), [['health']]);
+  t.same(createOpsServers({ metrics: null, health: null, handlers, logger: silentLogger }), []);
+  t.throws(() => new OpsServer({ address: { host: HOST, port: 0 }, routes: ['metrics'], handlers: {}, logger: silentLogger }), /needs a metrics source/);
+
+  for (const s of two) {
+    await s.start();
+    t.teardown(() => s.stop());
+  }
+  t.equal((await request(`${two[0]!.url}/metrics`)).status, 200);
+  t.equal((await request(`${two[1]!.url}/ready`)).status, 200);
+  t.equal((await request(`${two[1]!.url}/metrics`)).status, 404);
+});
+
+t.test('defaultOpsHost: the first DNS address, never a wildcard', async (t) => {
+  t.equal(defaultOpsHost([{ host: '169.254.20.10', port: 53 }, { host: '10.96.0.10', port: 53 }]), '169.254.20.10');
+  t.equal(defaultOpsHost([{ host: '0.0.0.0', port: 53 }]), '127.0.0.1');
+  t.equal(defaultOpsHost([{ host: '::', port: 53 }]), '::1');
+  t.equal(defaultOpsHost([{ host: 'fd00::10', port: 53 }]), 'fd00::10');
+  t.equal(defaultOpsHost([]), '127.0.0.1');
+});
+
+// ------------------------------------------------------------------ deploy/
+
+/**
+ * The gauges the agent adds from its objects at wiring time (agent.ts), not
+ * declared in any counter schema; until then this test stands them in with
+ * the same names and labels.
+ */
+const WIRED_GAUGES: ReadonlyArray<readonly [string, readonly string[]]> = [
+  ['nodelocal_upstream_healthy', ['to']],
+  ['nodelocal_view_synced', []],
+  ['nodelocal_view_api_silence_seconds', []],
+  ['coredns_cache_entries', ['server', 'type']],
+];
+
+/** A registry with every counter schema the agent declares, its histograms and the wired gauges. */
+async function agentShapedNames(): Promise<Set<string>> {
+  const { RESOLVER_COUNTERS } = await import('../src/server/resolver.js');
+  const { hostResolversCounters } = await import('../src/upstream/host-resolvers.js');
+  const { setupCounterSchema } = await import('../src/iface/setup-counters.js');
+  const { watchCounterSchema } = await import('../src/kube/watch.js');
+  const reg = new MetricsRegistry({ buildInfo: { version: '0', revision: '' } });
+  reg.addCounters(new Counters(SERVER_COUNTERS), { server: SERVER });
+  reg.addCounters(new Counters(CACHE_COUNTERS), { server: SERVER });
+  reg.addCounters(new Counters(RESOLVER_COUNTERS));
+  reg.addCounters(new Counters(tcpListenerCounters), { server: SERVER });
+  reg.addCounters(new Counters(tcpPoolCounters), { to: 'tcp://10.96.0.10:53' });
+  reg.addCounters(new Counters(hostResolversCounters), { to: 'host-resolvers' });
+  reg.addCounters(new Counters(setupCounterSchema));
+  reg.addCounters(new Counters(watchCounterSchema));
+  reg.addHistogram(new DurationHistogram(), { server: SERVER });
+  for (const [name, labels] of WIRED_GAUGES) reg.addGauge(name, 'wired by the agent', labels, () => [[Object.fromEntries(labels.map((l) => [l, 'x'])), 1]]);
+  const names = new Set<string>();
+  for (const line of (await reg.metrics()).split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]/.exec(line);
+    if (m !== null) names.add(m[1]!);
+  }
+  return names;
+}
+
+const METRIC_NAME = /\b((?:coredns|nodelocal|process|nodejs)_[a-z0-9_]+)/g;
+
+t.test('deploy/: the dashboard and the alert rules parse, and use only metrics the agent publishes', async (t) => {
+  const { readFileSync } = await import('node:fs');
+  const { parse } = await import('yaml');
+  const published = await agentShapedNames();
+
+  const dashboard = JSON.parse(readFileSync(new URL('../deploy/grafana-dashboard.json', import.meta.url), 'utf8')) as {
+    panels: Array<{ title: string; type: string; targets?: Array<{ expr: string }> }>;
+  };
+  const used = new Set<string>();
+  for (const p of dashboard.panels) {
+    if (p.type === 'row') continue;
+    t.ok((p.targets ?? []).length > 0, `panel "${p.title}" has a query`);
+    for (const target of p.targets ?? []) for (const m of target.expr.matchAll(METRIC_NAME)) used.add(m[1]!);
+  }
+
+  const rules = parse(readFileSync(new URL('../deploy/prometheus-rules.yaml', import.meta.url), 'utf8')) as {
+    groups: Array<{ name: string; rules: Array<{ alert?: string; expr: string; labels?: { severity?: string }; annotations?: { summary?: string } }> }>;
+  };
+  t.ok(rules.groups.length > 0);
+  const alerts = rules.groups.flatMap((g) => g.rules);
+  for (const r of alerts) {
+    t.ok(r.alert !== undefined && r.labels?.severity !== undefined && r.annotations?.summary !== undefined, `rule ${r.alert}: alert, severity, summary`);
+    for (const m of r.expr.matchAll(METRIC_NAME)) used.add(m[1]!);
+    t.equal(r.expr.split('(').length, r.expr.split(')').length, `rule ${r.alert}: balanced parentheses`);
+  }
+  t.ok(used.size > 20, `${used.size} metric names used`);
+  const missing = [...used].filter((n) => !published.has(n));
+  t.same(missing, [], 'every metric the dashboard and rules use is published');
+});
