@@ -7,6 +7,23 @@ import type { AnswerScan } from '../dns/answer.js';
 import { stripOpt, writeAnswer } from '../dns/patch.js';
 import type { Query } from '../dns/query.js';
 
+/**
+ * An entry on its way out of the process or back in (cache snapshots). It
+ * carries its age instead of clock times: the monotonic clock means nothing
+ * in another process.
+ */
+export interface CacheRecord {
+  readonly key: string;
+  /** The stored answer: id 0, no OPT, every TTL capped to `ttlSec`. */
+  readonly wire: Buffer;
+  /** The entry's life when it was stored, seconds. */
+  readonly ttlSec: number;
+  /** Milliseconds since it was stored: what a hit ages its TTLs by. */
+  readonly ageMs: number;
+  readonly hits: number;
+  readonly negative: boolean;
+}
+
 export class CacheEntry {
   readonly wire: Buffer;
   readonly questionEnd: number;
@@ -54,6 +71,16 @@ export class CacheEntry {
       }
     }
     return new CacheEntry(wire, scan.questionEnd, offsets, now, ttlSec, prefetchAt, negative);
+  }
+
+  /** The life it was stored with, seconds (derived, so an entry carries no extra field). */
+  get ttlSec(): number {
+    return Math.round((this.expiresAt - this.storedAt) / 1000);
+  }
+
+  /** This entry as a record for a snapshot; shares `wire`, which the caller must not change. */
+  toRecord(key: string, now: number): CacheRecord {
+    return { key, wire: this.wire, ttlSec: this.ttlSec, ageMs: now > this.storedAt ? now - this.storedAt : 0, hits: this.hits, negative: this.negative };
   }
 
   /** The client's answer, aged to `now`. `limit` is the most bytes the client takes. */

@@ -1,0 +1,490 @@
+// Warm restart: the cache written at shutdown and loaded at start
+// (cache/snapshot.ts, DnsCache.export/restore). The restarted cache must
+// answer with exactly the TTLs the cache that never stopped would have given;
+// a file it cannot trust is ignored whole, with one warning; a write that
+// fails leaves the previous snapshot as it was.
+import t, { type Test } from 'tap';
+import { spawnSync } from 'node:child_process';
+import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
+import * as dnsPacket from 'dns-packet';
+import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
+import type { CacheRecord } from '../src/cache/entry.js';
+import {
+  SNAPSHOT_FUTURE_TOLERANCE_MS, SNAPSHOT_HEADER_LEN, SNAPSHOT_SLACK_BYTES, STALE_TEMP_MS, decodeSnapshot, encodeSnapshot, loadSnapshot,
+  writeSnapshot, type SnapshotLoad,
+} from '../src/cache/snapshot.js';
+import { CACHE_COUNTERS } from '../src/cache/stats.js';
+import { ManualClock } from '../src/clock.js';
+import { scanAnswer } from '../src/dns/answer.js';
+import { parseQuery } from '../src/dns/query.js';
+import { createLogger, silentLogger, type Logger } from '../src/log.js';
+import { Counters } from '../src/stats/counters.js';
+import { a, answer, query, soa, ttlOf } from './kit/dns.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+
+const CACHE_OPTS: CacheOptions = {
+  positiveCapacity: 1000, negativeCapacity: 1000, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0,
+};
+
+function newCache(o: Partial<CacheOptions> = {}): DnsCache {
+  return new DnsCache({ ...CACHE_OPTS, ...o }, new Counters(CACHE_COUNTERS));
+}
+
+/** Another process's clock: its own monotonic origin, and a wall clock that went on while the agent was down. */
+class RestartedClock extends ManualClock {
+  readonly #wallOffset: number;
+  constructor(monoStart: number, wallStart: number) {
+    super(monoStart);
+    this.#wallOffset = wallStart - monoStart;
+  }
+  override wall(): number {
+    return super.wall() + this.#wallOffset;
+  }
+}
+
+const keyOf = (name: string): string => parseQuery(query({ name })).key;
+
+function upstreamAnswer(name: string, ttl: number, negative: boolean): Buffer {
+  return negative
+    ? answer(name, [], { rcode: 'NXDOMAIN', authorities: [soa('example', ttl, ttl)] })
+    : answer(name, [a(name, '192.0.2.1', ttl)]);
+}
+
+function put(cache: DnsCache, clock: ManualClock, name: string, ttl = 30, negative = false): void {
+  const up = upstreamAnswer(name, ttl, negative);
+  cache.insert(keyOf(name), up, scanAnswer(up)!, clock.now());
+}
+
+/** The TTL a client gets for `name` on a hit (first answer, else first authority record); undefined on a miss. */
+function servedTtl(cache: DnsCache, name: string, now: number): number | undefined {
+  const q = parseQuery(query({ name }));
+  const e = cache.lookup(q.key, now);
+  if (e === undefined) return undefined;
+  const d = dnsPacket.decode(e.serve(q, now, 4096, 1232));
+  const rr = d.answers?.[0] ?? d.authorities?.[0];
+  return rr === undefined ? undefined : ttlOf(rr);
+}
+
+function capture(): { logger: Logger; lines: Array<Record<string, unknown>>; warns: () => Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const logger = createLogger('debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>));
+  return { logger, lines, warns: () => lines.filter((l) => l.level === 'warn') };
+}
+
+async function tempDir(t: Test): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'snap-test-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A small snapshot's bytes: two positive entries and a negative one. */
+function sampleSnapshot(): Buffer {
+  const clock = new ManualClock();
+  const cache = newCache();
+  put(cache, clock, 'one.example', 20);
+  put(cache, clock, 'two.example', 10);
+  put(cache, clock, 'nx.example', 300, true);
+  return encodeSnapshot(cache.export(clock.now()), clock.wall());
+}
+
+/** Loads `bytes` from a file into a fresh cache; returns the result, the cache and the log. */
+async function loadBytes(t: Test, bytes: Buffer | string, o: Partial<CacheOptions> = {}) {
+  const path = join(await tempDir(t), 'cache.snap');
+  await writeFile(path, bytes, { mode: 0o600 });
+  const cache = newCache(o);
+  const log = capture();
+  const result = await loadSnapshot(cache, path, new ManualClock(), log.logger);
+  return { result, cache, log };
+}
+
+function assertRejected(t: Test, r: { result: SnapshotLoad; cache: DnsCache; log: ReturnType<typeof capture> }, reason: string, what: string): void {
+  t.equal(r.result.reason, reason, `${what}: ${reason}`);
+  t.equal(r.result.loaded, 0, `${what}: nothing loaded`);
+  t.equal(r.cache.positiveSize + r.cache.negativeSize, 0, `${what}: the cache is empty`);
+  t.equal(r.log.warns().length, 1, `${what}: one warning`);
+}
+
+t.test('round trip: the restarted cache serves the remaining TTLs and expires each entry when it would have', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const before = new ManualClock();
+  const old = newCache();
+  put(old, before, 'a.example', 20);
+  before.advance(5_500);
+  put(old, before, 'b.example', 10);
+  put(old, before, 'nx.example', 300, true); // capped to the denial TTL, 5 s
+  const wrote = await writeSnapshot(old, path, before, silentLogger);
+  t.same(wrote, { ok: true, entries: 3, bytes: (await stat(path)).size });
+
+  // Down for 3.2 s of wall-clock time; the new process's monotonic clock starts anywhere.
+  const after = new RestartedClock(42_000, before.wall() + 3_200);
+  const restarted = newCache();
+  const log = capture();
+  const loaded = await loadSnapshot(restarted, path, after, log.logger);
+  t.equal(loaded.loaded, 3);
+  t.equal(loaded.dropped, 0);
+  t.equal(loaded.reason, undefined);
+  t.equal(log.warns().length, 0);
+  t.match(log.lines.at(-1), { level: 'info', msg: 'cache snapshot loaded', loaded: 3, snapshotAgeMs: 3_200 });
+  t.equal(restarted.positiveSize, 2);
+  t.equal(restarted.negativeSize, 1);
+
+  before.advance(3_200); // the cache that never stopped, for reference
+  const same = (what: string): void => {
+    for (const name of ['a.example', 'b.example', 'nx.example']) {
+      t.equal(servedTtl(restarted, name, after.now()), servedTtl(old, name, before.now()), `${what}: ${name} as if never restarted`);
+    }
+  };
+  t.equal(servedTtl(restarted, 'a.example', after.now()), 12, 'a: 20 s, aged 5.5 + 3.2 s');
+  t.equal(servedTtl(restarted, 'b.example', after.now()), 7, 'b: 10 s, aged 3.2 s');
+  t.equal(servedTtl(restarted, 'nx.example', after.now()), 2, 'nx: 5 s, aged 3.2 s');
+  same('at load');
+  after.advance(1_300);
+  before.advance(1_300);
+  t.equal(servedTtl(restarted, 'a.example', after.now()), 10, 'a counts down across the second boundary as before');
+  same('1.3 s later');
+  after.advance(9_999);
+  before.advance(9_999);
+  t.equal(servedTtl(restarted, 'a.example', after.now()), 1, 'a: last millisecond of its life');
+  same('just before a expires');
+  after.advance(1);
+  t.equal(servedTtl(restarted, 'a.example', after.now()), undefined, 'a expires 20 s after it was first stored');
+});
+
+t.test('recency and hits survive; restored entries respect the capacities and the byte budget', async (t) => {
+  const clock = new ManualClock();
+  const old = newCache({ positiveCapacity: 3, minHits: 2 });
+  for (const n of ['x1', 'x2', 'x3']) put(old, clock, `${n}.example`, 20);
+  for (let i = 0; i < 2; i++) old.lookup(keyOf('x1.example'), clock.now());
+  t.same([...old.export(clock.now())].map((r) => r.key), ['x2', 'x3', 'x1'].map((n) => keyOf(`${n}.example`)), 'least recent first');
+  const snap = encodeSnapshot(old.export(clock.now()), clock.wall());
+  const records = (): CacheRecord[] => {
+    const d = decodeSnapshot(snap);
+    if ('reason' in d) throw new Error(`test bug: ${d.detail}`);
+    return d.records;
+  };
+
+  const same = newCache({ positiveCapacity: 3, minHits: 2 });
+  t.match(same.restore(records(), clock.now()), { restored: 3, noRoom: 0 });
+  put(same, clock, 'x4.example', 20);
+  t.equal(same.lookup(keyOf('x2.example'), clock.now()), undefined, 'the least recent goes first, as before the restart');
+  t.ok(same.lookup(keyOf('x1.example'), clock.now()));
+  clock.advance(18_500);
+  const x1 = same.lookup(keyOf('x1.example'), clock.now())!;
+  t.ok(same.claimPrefetch(x1, clock.now()), 'x1 kept its hits: popular, it is refreshed before it expires');
+
+  const small = newCache({ positiveCapacity: 2 });
+  const c = small.restore(records(), 0);
+  t.match(c, { restored: 2, noRoom: 1 }, 'two fit');
+  t.equal(small.lookup(keyOf('x2.example'), 0), undefined, 'the least recent gave way');
+  t.ok(small.lookup(keyOf('x1.example'), 0));
+  t.equal(small.counters.get('evictPositive'), 0, 'records that did not fit are not counted as evictions');
+
+  // Room for two entries in the positive store's share of the budget (each costs about 1.1 KB).
+  const tight = newCache({ maxBytes: 3_100 });
+  t.match(tight.restore(records(), 0), { restored: 2, noRoom: 1 });
+  t.ok(tight.bytes <= 3_100, `within the budget (${tight.bytes})`);
+  const tiny = newCache({ maxBytes: 1_000 });
+  t.match(tiny.restore(records(), 0), { restored: 0, noRoom: 3 }, 'an entry bigger than the budget is refused, and counted');
+
+  const live = newCache();
+  put(live, clock, 'x1.example', 5);
+  t.match(live.restore(records(), clock.now()), { restored: 2, present: 1 }, 'a live entry is fresher than a restored one');
+  t.equal(servedTtl(live, 'x1.example', clock.now()), 5);
+});
+
+t.test('expired entries are dropped; the stale window is kept', async (t) => {
+  const before = new ManualClock();
+  const old = newCache({ staleMs: 60_000 });
+  put(old, before, 'gone.example', 1);
+  before.advance(61_500); // gone: expired 60.5 s ago, past the stale window
+  put(old, before, 's.example', 10);
+  put(old, before, 'short.example', 3);
+  before.advance(2_000);
+  const snap = encodeSnapshot(old.export(before.now()), before.wall());
+  t.equal(snap.readUInt32BE(12), 2, 'entries inside their stale window are written, none past it');
+
+  const path = join(await tempDir(t), 'cache.snap');
+  await writeFile(path, snap, { mode: 0o600 });
+  const stale = newCache({ staleMs: 60_000 });
+  const clock = new RestartedClock(0, before.wall() + 30_000);
+  const r = await loadSnapshot(stale, path, clock, silentLogger);
+  t.match(r, { loaded: 2, dropped: 0 });
+  t.equal(servedTtl(stale, 's.example', clock.now()), undefined, 'expired: a miss, so it is asked upstream');
+  const s = stale.stale(keyOf('s.example'), clock.now());
+  t.ok(s, 'but still there if the upstream fails (RFC 8767)');
+  t.equal(dnsPacket.decode(s!.serveStale(parseQuery(query({ name: 's.example' })), 30, 512, 1232)).answers?.map(ttlOf)[0], 30);
+  t.equal([...stale.export(clock.now())].length, 2, 'and written again by the next shutdown');
+
+  const edge = newCache({ staleMs: 60_000 });
+  t.match(await loadSnapshot(edge, path, new RestartedClock(0, before.wall() + 67_999), silentLogger), { loaded: 1, counts: { expired: 1 } }, 's: 1 ms left of its stale window; short: past it');
+  const late = newCache({ staleMs: 60_000 });
+  t.match(await loadSnapshot(late, path, new RestartedClock(0, before.wall() + 69_000), silentLogger), { loaded: 0, dropped: 2, counts: { expired: 2 } }, 'past the stale window: dropped');
+  const noStale = newCache({ staleMs: 0 });
+  const r2 = await loadSnapshot(noStale, path, new RestartedClock(0, before.wall() + 5_000), silentLogger);
+  t.match(r2, { loaded: 1, counts: { expired: 1 } }, 'without serve-stale, an entry past its TTL is dropped');
+
+  const exp = newCache({ staleMs: 0 });
+  put(exp, before, 'e.example', 1);
+  before.advance(1_000);
+  t.equal([...exp.export(before.now())].length, 0, 'an expired entry is not written when there is no stale window');
+});
+
+t.test('a TTL cap lowered since the snapshot shortens the restored entries', async (t) => {
+  const before = new ManualClock();
+  const old = newCache({ successTtl: 30 });
+  put(old, before, 'c.example', 30);
+  before.advance(2_000);
+  const path = join(await tempDir(t), 'cache.snap');
+  await writeSnapshot(old, path, before, silentLogger);
+  const now = new RestartedClock(0, before.wall());
+  const lowered = newCache({ successTtl: 10 });
+  t.match(await loadSnapshot(lowered, path, now, silentLogger), { loaded: 1 });
+  t.equal(servedTtl(lowered, 'c.example', now.now()), 8, 'capped to 10 s, aged 2 s');
+  now.advance(8_000);
+  t.equal(servedTtl(lowered, 'c.example', now.now()), undefined, 'and gone 10 s after it was stored');
+});
+
+t.test('records that are not a cacheable answer to their key are dropped one by one', async (t) => {
+  const good = answer('ok.example', [a('ok.example', '192.0.2.1', 30)]);
+  good.writeUInt16BE(0, 0);
+  const rec = (over: Partial<CacheRecord>): CacheRecord => ({
+    key: keyOf('ok.example'), wire: good, ttlSec: 30, ageMs: 0, hits: 0, negative: false, ...over,
+  });
+  const withOpt = answer('ok.example', [a('ok.example', '192.0.2.1', 30)], {
+    additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0, options: [] } as unknown as dnsPacket.Answer],
+  });
+  const snap = encodeSnapshot([
+    rec({ key: keyOf('other.example') }),
+    rec({ key: keyOf('OK.example').slice(0, -1) + '\x07' }),
+    rec({ wire: good.subarray(0, good.length - 3) }),
+    rec({ wire: answer('ok.example', [a('ok.example', '192.0.2.1', 30)], { tc: true }) }),
+    rec({ wire: answer('ok.example', [], { rcode: 'SERVFAIL' }) }),
+    rec({ wire: withOpt }),
+    rec({ negative: true }),
+    rec({ ttlSec: 5 }),
+    rec({}),
+  ], new ManualClock().wall());
+  const r = await loadBytes(t, snap);
+  t.match(r.result, { loaded: 1, dropped: 8, counts: { invalid: 8 } });
+  t.equal(r.log.warns().length, 0, 'the file is sound; its bad records are counted, not warned about');
+  t.equal(servedTtl(r.cache, 'ok.example', 0), 30);
+  t.equal(servedTtl(r.cache, 'other.example', 0), undefined, 'an answer never lands under another name\'s key');
+});
+
+t.test('a flipped byte anywhere: the whole file is ignored', async (t) => {
+  const snap = sampleSnapshot();
+  const reasons = new Set<string>();
+  for (let i = 0; i < snap.length; i++) {
+    for (const mask of [0x01, 0xff]) {
+      const bad = Buffer.from(snap);
+      bad[i] = bad[i]! ^ mask;
+      const d = decodeSnapshot(bad);
+      if (!('reason' in d)) {
+        t.fail(`byte ${i} ^ ${mask} went unnoticed`);
+        return;
+      }
+      reasons.add(d.reason);
+    }
+  }
+  t.pass(`${snap.length * 2} flips, every one refused`);
+  t.same([...reasons].sort(), ['corrupt', 'foreign', 'future-version', 'truncated']);
+  for (const i of [3, 20, SNAPSHOT_HEADER_LEN + 30, snap.length - 10, snap.length - 1]) {
+    const bad = Buffer.from(snap);
+    bad[i] = bad[i]! ^ 0x10;
+    const r = await loadBytes(t, bad);
+    t.ok(r.result.reason !== undefined && r.result.loaded === 0 && r.cache.positiveSize + r.cache.negativeSize === 0, `byte ${i}: ${r.result.reason}, nothing loaded`);
+    t.equal(r.log.warns().length, 1);
+  }
+});
+
+t.test('truncated at every length: ignored', async (t) => {
+  const snap = sampleSnapshot();
+  for (let n = 0; n < snap.length; n++) {
+    const d = decodeSnapshot(snap.subarray(0, n));
+    if (!('reason' in d) || d.reason !== 'truncated') {
+      t.fail(`cut at ${n}: ${'reason' in d ? d.reason : 'accepted'}`);
+      return;
+    }
+  }
+  t.pass(`${snap.length} cuts, every one refused as truncated`);
+  for (const n of [0, 5, SNAPSHOT_HEADER_LEN, SNAPSHOT_HEADER_LEN + 17, snap.length - 4, snap.length - 1]) {
+    assertRejected(t, await loadBytes(t, snap.subarray(0, n)), 'truncated', `cut at ${n}`);
+  }
+  const longer = Buffer.concat([snap, Buffer.from([0])]);
+  assertRejected(t, await loadBytes(t, longer), 'corrupt', 'a byte appended');
+});
+
+t.test('foreign, older and future files: ignored', async (t) => {
+  let seed = 12345;
+  const random = Buffer.from(Buffer.alloc(4096).map(() => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 24));
+  assertRejected(t, await loadBytes(t, random), 'foreign', 'random bytes');
+  assertRejected(t, await loadBytes(t, Buffer.concat([Buffer.from('\x89PNG\r\n\x1a\n', 'latin1'), Buffer.alloc(200)])), 'foreign', 'another magic');
+  assertRejected(t, await loadBytes(t, '{"entries": []}\n'), 'foreign', 'JSON');
+  assertRejected(t, await loadBytes(t, ''), 'truncated', 'an empty file');
+
+  const versioned = (v: number, fixCrc: boolean): Buffer => {
+    const b = Buffer.from(sampleSnapshot());
+    b.writeUInt16BE(v, 8);
+    if (fixCrc) b.writeUInt32BE(crc32(b.subarray(0, b.length - 4)), b.length - 4);
+    return b;
+  };
+  assertRejected(t, await loadBytes(t, versioned(2, true)), 'future-version', 'version 2, checksum right');
+  assertRejected(t, await loadBytes(t, versioned(7, false)), 'future-version', 'version 7, checksum of version 1');
+  assertRejected(t, await loadBytes(t, versioned(0, true)), 'foreign', 'version 0');
+
+  const dir = await tempDir(t);
+  await mkdir(join(dir, 'cache.snap'));
+  const log = capture();
+  const cache = newCache();
+  const r = await loadSnapshot(cache, join(dir, 'cache.snap'), new ManualClock(), log.logger);
+  assertRejected(t, { result: r, cache, log }, 'foreign', 'a directory');
+
+  await writeFile(join(dir, 'file'), 'x');
+  const log2 = capture();
+  const cache2 = newCache();
+  const r2 = await loadSnapshot(cache2, join(dir, 'file', 'cache.snap'), new ManualClock(), log2.logger);
+  assertRejected(t, { result: r2, cache: cache2, log: log2 }, 'unreadable', 'a path through a file (ENOTDIR)');
+});
+
+t.test('a file someone else could have written is not trusted', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  await writeFile(path, sampleSnapshot(), { mode: 0o600 });
+  const attempt = async (what: string): Promise<void> => {
+    const log = capture();
+    const cache = newCache();
+    assertRejected(t, { result: await loadSnapshot(cache, path, new ManualClock(), log.logger), cache, log }, 'unsafe', what);
+  };
+  await chmod(path, 0o666);
+  await attempt('world-writable');
+  await chmod(path, 0o620);
+  await attempt('group-writable');
+  await chmod(path, 0o644);
+  t.match(await loadSnapshot(newCache(), path, new ManualClock(), silentLogger), { loaded: 3 }, 'readable by others is fine');
+  if (process.getuid?.() === 0) {
+    await chown(path, 65534, 65534);
+    await attempt('owned by another user');
+  }
+});
+
+t.test('a missing file is a cold start, logged as info', async (t) => {
+  const dir = await tempDir(t);
+  for (const path of [join(dir, 'none.snap'), join(dir, 'no-such-dir', 'cache.snap')]) {
+    const log = capture();
+    t.same(await loadSnapshot(newCache(), path, new ManualClock(), log.logger), { loaded: 0, dropped: 0, reason: 'missing' });
+    t.equal(log.warns().length, 0);
+    t.match(log.lines, [{ level: 'info', msg: 'no cache snapshot; starting cold' }]);
+  }
+});
+
+t.test('size bound: a file larger than the cache budget plus slack is not read', async (t) => {
+  const maxBytes = 1 << 16;
+  const limit = maxBytes + SNAPSHOT_SLACK_BYTES;
+  const big = Buffer.alloc(limit + 1);
+  sampleSnapshot().copy(big);
+  assertRejected(t, await loadBytes(t, big, { maxBytes }), 'too-large', 'one byte over');
+  const atLimit = await loadBytes(t, big.subarray(0, limit), { maxBytes });
+  t.not(atLimit.result.reason, 'too-large', `at the limit it is read (and refused as ${atLimit.result.reason})`);
+
+  // The bound's premise: a snapshot of a cache full to its budget fits under the budget.
+  const clock = new ManualClock();
+  const full = newCache({ positiveCapacity: 100_000, maxBytes: 4 << 20 });
+  const records = Array.from({ length: 20 }, (_, i) => a('x', `10.0.${i}.1`, 30));
+  for (let i = 0; i < 20_000 && full.counters.get('evictPositive') === 0; i++) {
+    const name = `n${i}.example`;
+    const up = answer(name, records.map((r) => ({ ...r, name })));
+    full.insert(keyOf(name), up, scanAnswer(up)!, clock.now());
+  }
+  t.ok(full.counters.get('evictPositive') > 0, 'filled to its budget');
+  const bytes = encodeSnapshot(full.export(clock.now()), clock.wall()).length;
+  t.ok(bytes < 4 << 20, `its snapshot (${bytes} bytes) is smaller than the budget`);
+});
+
+t.test('the wall clock stepped back: nothing loaded', async (t) => {
+  const before = new ManualClock();
+  const old = newCache();
+  put(old, before, 'w.example', 30);
+  before.advance(4_000);
+  const path = join(await tempDir(t), 'cache.snap');
+  await writeSnapshot(old, path, before, silentLogger);
+  const log = capture();
+  const cache = newCache();
+  const r = await loadSnapshot(cache, path, new RestartedClock(0, before.wall() - SNAPSHOT_FUTURE_TOLERANCE_MS - 1), log.logger);
+  assertRejected(t, { result: r, cache, log }, 'clock', 'written in the future');
+  const skewed = newCache();
+  const clock = new RestartedClock(0, before.wall() - SNAPSHOT_FUTURE_TOLERANCE_MS);
+  t.match(await loadSnapshot(skewed, path, clock, silentLogger), { loaded: 1 }, 'a skew within tolerance counts as no time');
+  t.equal(servedTtl(skewed, 'w.example', clock.now()), 26);
+});
+
+t.test('atomic write: a write that fails midway leaves the previous snapshot whole', async (t) => {
+  const tsImport = process.execArgv.find((x) => x.includes('@tapjs/typescript'));
+  if (tsImport === undefined) {
+    t.fail('the TypeScript loader tap runs under was not found in process.execArgv');
+    return;
+  }
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const prev = newCache();
+  put(prev, clock, 'prev.example', 30);
+  t.match(await writeSnapshot(prev, path, clock, silentLogger), { ok: true, entries: 1 });
+  const prevBytes = await readFile(path);
+
+  // RLIMIT_FSIZE of 4 KiB: the child's write of 2,000 entries (220 KB) fails with EFBIG partway through.
+  const child = spawnSync(process.execPath, [tsImport, join(HERE, 'helpers', 'snapshot-writer.ts'), path, '2000', '4096'], {
+    // Without tap's NODE_OPTIONS: its process-info hook is not wanted in the child.
+    encoding: 'utf8', timeout: 60_000, killSignal: 'SIGKILL', env: { ...process.env, NODE_OPTIONS: '' },
+  });
+  t.equal(child.status, 0, `the child ran (signal ${child.signal}; ${child.stderr.slice(0, 300)})`);
+  const out = JSON.parse(child.stdout.trim()) as { ok: boolean; error?: string };
+  t.equal(out.ok, false, 'its write failed');
+  t.match(out.error, /too large|EFBIG/i, 'midway, on the size limit');
+  t.same(await readFile(path), prevBytes, 'the previous snapshot is byte for byte intact');
+  t.same(await readdir(dir), ['cache.snap'], 'and the partial temp file is gone');
+  const cache = newCache();
+  t.match(await loadSnapshot(cache, path, clock, silentLogger), { loaded: 1 });
+  t.equal(servedTtl(cache, 'prev.example', clock.now()), 30);
+});
+
+t.test('atomic write: a failed rename cleans up; concurrent writers leave one whole file; old temp files are removed', async (t) => {
+  const dir = await tempDir(t);
+  const clock = new ManualClock(Date.now());
+  const cache = newCache();
+  put(cache, clock, 'r.example', 30);
+
+  // The target is a non-empty directory: the temp file is written in full, then the rename fails.
+  const blocked = join(dir, 'blocked.snap');
+  await mkdir(blocked);
+  await writeFile(join(blocked, 'keep'), 'x');
+  const log = capture();
+  const w = await writeSnapshot(cache, blocked, clock, log.logger);
+  t.equal(w.ok, false);
+  t.equal(log.warns().length, 1);
+  t.same((await readdir(dir)).sort(), ['blocked.snap'], 'no temp file left behind');
+  t.same(await readdir(blocked), ['keep']);
+
+  const path = join(dir, 'cache.snap');
+  const other = newCache();
+  for (let i = 0; i < 50; i++) put(other, clock, `o${i}.example`, 30);
+  const results = await Promise.all([writeSnapshot(cache, path, clock, silentLogger), writeSnapshot(other, path, clock, silentLogger)]);
+  t.ok(results.every((r) => r.ok), 'both writes succeed');
+  const d = decodeSnapshot(await readFile(path));
+  t.ok(!('reason' in d) && [1, 50].includes(d.records.length), 'the file is one of the two snapshots, whole');
+  t.equal((await stat(path)).mode & 0o777, 0o600, 'readable by its owner only');
+
+  const oldTemp = `${path}.tmp-999-deadbeef`;
+  const newTemp = `${path}.tmp-998-cafebabe`;
+  await writeFile(oldTemp, 'left by a writer that died');
+  await writeFile(newTemp, 'a writer at work');
+  const past = (Date.now() - STALE_TEMP_MS - 60_000) / 1000;
+  await utimes(oldTemp, past, past);
+  t.ok((await writeSnapshot(cache, path, clock, silentLogger)).ok);
+  t.same((await readdir(dir)).sort(), ['blocked.snap', 'cache.snap', 'cache.snap.tmp-998-cafebabe'], 'the old temp file is removed, the fresh one kept');
+});
