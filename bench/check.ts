@@ -103,3 +103,27 @@ export function checkResponse(msg: Buffer, t: QueryTemplate, unique: number): Ve
   }
   return found === want ? Verdict.OK : Verdict.DATA;
 }
+
+/**
+ * The smallest TTL among the answer records of `msg` (whose question section
+ * ends at `questionEnd`, as in the template it answers), or -1 when it has
+ * none or is malformed. The fallback workload tells answers from the agent's
+ * view (TTL at most --local-ttl) from answers kube-dns gave (TTL up to the
+ * zone's) by it.
+ */
+export function answerTtl(msg: Buffer, questionEnd: number): number {
+  if (msg.length < 12 || msg.length < questionEnd) return -1;
+  const ancount = msg.readUInt16BE(6);
+  let off = questionEnd;
+  let min = -1;
+  for (let r = 0; r < ancount; r++) {
+    off = skipName(msg, off);
+    if (off < 0 || off + 10 > msg.length) return -1;
+    const ttl = msg.readUInt32BE(off + 4);
+    const len = msg.readUInt16BE(off + 8);
+    off += 10 + len;
+    if (off > msg.length) return -1;
+    if (min < 0 || ttl < min) min = ttl;
+  }
+  return min;
+}

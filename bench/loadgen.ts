@@ -31,7 +31,8 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { build, type Histogram } from 'hdr-histogram-js';
-import { VERDICT_NAMES, Verdict, checkResponse, type WrongReason } from './check.js';
+import { VERDICT_NAMES, Verdict, answerTtl, checkResponse, type WrongReason } from './check.js';
+import { phaseAt, type PhaseTally } from './phases.js';
 import { Ticker } from './ticker.js';
 import { writeUnique, type QueryTemplate } from './wire.js';
 import type { LookupPlan, Workload } from './workloads.js';
@@ -59,8 +60,25 @@ export class UniqueCounter {
   }
 }
 
+/**
+ * Open loop only: the run split in phases (fallback workload). Each lookup is
+ * tallied in the cell of (its intended start's phase, its class), and
+ * `onPhase(i)` is called when the schedule reaches phase i's start (i >= 1),
+ * before any lookup of phase i is sent. If it returns a promise (the
+ * simulator changing state), no lookup is sent until it settles: every lookup
+ * of a phase meets the phase's state. The hold is part of their latency (from
+ * the intended start), like any send lag, and shows in `sendLag`.
+ */
+export interface PhasePlan {
+  /** Start of phases 1..n-1, ms from the first intended start. */
+  readonly boundariesMs: readonly number[];
+  readonly tally: PhaseTally;
+  /** `lateMs`: how long after the phase's scheduled start the call comes (the generator's timer granularity). */
+  readonly onPhase: (index: number, lateMs: number) => void | Promise<unknown>;
+}
+
 export type LoadSpec =
-  | { readonly kind: 'open'; readonly rateQps: number; readonly durationMs: number }
+  | { readonly kind: 'open'; readonly rateQps: number; readonly durationMs: number; readonly timeoutMs?: number; readonly phases?: PhasePlan }
   | { readonly kind: 'closed'; readonly concurrency: number; readonly durationMs: number }
   | { readonly kind: 'list'; readonly plans: readonly LookupPlan[]; readonly concurrency: number };
 
@@ -108,6 +126,8 @@ interface SockState {
   readonly sock: dgram.Socket;
   readonly table: Int32Array;
   readonly tombUntil: Float64Array;
+  /** Phase-tally cell of a tombstoned id, so a late answer is tallied where its query was. */
+  readonly tombCell: Int32Array;
   nextId: number;
   readonly ring: Buffer;
   ringPos: number;
@@ -123,6 +143,11 @@ interface RunState {
   readonly endAt: number;
   readonly intervalMs: number;
   readonly total: number;
+  readonly phases: PhasePlan | null;
+  /** Next phase whose start has not been announced yet. */
+  nextPhase: number;
+  /** A phase change is under way: hold the sends. */
+  held: boolean;
   scheduled: number;
   lastStart: number;
   inflight: number;
@@ -152,6 +177,8 @@ export class LoadGenerator {
   #lUnique = new Float64Array(0);
   #lFailed = new Uint8Array(0);
   #lSock = new Int32Array(0);
+  /** Phase-tally cell of each lookup (phased runs). */
+  #lCell = new Int32Array(0);
   #free = new Int32Array(0);
   #freeTop = 0;
   // Query slots (2 per lookup).
@@ -168,10 +195,13 @@ export class LoadGenerator {
   #dlLen = 0;
   #run: RunState | null = null;
   #rr = 0;
+  /** The current run's per-query deadline. */
+  #timeoutMs: number;
   readonly #ticker: Ticker;
 
   private constructor(opts: GeneratorOptions) {
     this.#opts = opts;
+    this.#timeoutMs = opts.timeoutMs;
     this.#ticker = new Ticker(() => {
       const r = this.#run;
       if (r !== null && r.spec.kind === 'open') this.#pump(performance.now());
@@ -216,6 +246,7 @@ export class LoadGenerator {
         sock,
         table: new Int32Array(65536).fill(FREE),
         tombUntil: new Float64Array(65536),
+        tombCell: new Int32Array(65536).fill(-1),
         nextId: Math.floor(Math.random() * 65536),
         ring: Buffer.alloc(RING_SLOTS * SLOT_BYTES),
         ringPos: 0,
@@ -251,7 +282,10 @@ export class LoadGenerator {
     let intervalMs = 0;
     let total = 0;
     let capacity = 0;
-    const timeoutS = this.#opts.timeoutMs / 1000;
+    this.#timeoutMs = spec.kind === 'open' && spec.timeoutMs !== undefined ? spec.timeoutMs : this.#opts.timeoutMs;
+    const phases = spec.kind === 'open' ? (spec.phases ?? null) : null;
+    if (phases !== null) for (const s of this.#socks) s.tombCell.fill(-1);
+    const timeoutS = this.#timeoutMs / 1000;
     if (spec.kind === 'open') {
       lookupRate = spec.rateQps / mean;
       intervalMs = 1000 / lookupRate;
@@ -298,6 +332,9 @@ export class LoadGenerator {
         endAt: spec.kind === 'list' ? Number.POSITIVE_INFINITY : t0 + spec.durationMs,
         intervalMs,
         total,
+        phases,
+        nextPhase: 1,
+        held: false,
         scheduled: 0,
         lastStart: t0,
         inflight: 0,
@@ -339,15 +376,44 @@ export class LoadGenerator {
     const r = this.#run;
     if (r === null) return;
     const now = performance.now();
+    if (r.phases !== null && !r.held) this.#announcePhases(r, now);
     if (r.spec.kind === 'open') this.#pump(now);
     this.#sweep(now);
     this.#maybeFinish(now);
+  }
+
+  /** Calls onPhase for every phase whose start the schedule has reached. */
+  #announcePhases(r: RunState, now: number): void {
+    const p = r.phases as PhasePlan;
+    while (r.nextPhase - 1 < p.boundariesMs.length && !r.aborted && now >= r.t0 + (p.boundariesMs[r.nextPhase - 1] as number)) {
+      const i = r.nextPhase++;
+      let pending: void | Promise<unknown> = undefined;
+      try {
+        pending = p.onPhase(i, now - (r.t0 + (p.boundariesMs[i - 1] as number)));
+      } catch {
+        /* the caller's problem; the run goes on */
+      }
+      if (pending instanceof Promise) {
+        r.held = true;
+        const release = (): void => {
+          r.held = false;
+          if (this.#run === r) this.#pump(performance.now());
+        };
+        pending.then(release, release);
+        return;
+      }
+    }
   }
 
   /** Open loop: start every lookup that is due. */
   #pump(now: number): void {
     const r = this.#run;
     if (r === null || r.stopped) return;
+    // Before any lookup of a new phase goes out, its state change is asked for (and awaited).
+    if (r.phases !== null) {
+      if (!r.held) this.#announcePhases(r, now);
+      if (r.held) return;
+    }
     let n = 0;
     while (r.scheduled < r.total && n < MAX_BURST) {
       const intended = r.t0 + r.scheduled * r.intervalMs;
@@ -400,6 +466,11 @@ export class LoadGenerator {
     this.#lUnique[l] = plan.unique ? this.#opts.counter.next() : 0;
     this.#lFailed[l] = 0;
     this.#lSock[l] = this.#rr = (this.#rr + 1) % this.#routeSocks[0].length;
+    if (r.phases !== null) {
+      const cell = r.phases.tally.cell(phaseAt(r.phases.boundariesMs, intended - r.t0), plan.cls);
+      this.#lCell[l] = cell;
+      r.phases.tally.started(cell);
+    }
     r.inflight++;
     r.out.lookups.started++;
     if (r.spec.kind === 'open') r.out.sendLag.recordValue(Math.max(0, Math.round((now - intended) * 1000)));
@@ -446,8 +517,9 @@ export class LoadGenerator {
     this.#qSent[q] = now;
     const gen = ((this.#qGen[q] as number) + 1) | 0;
     this.#qGen[q] = gen;
-    this.#pushDeadline(q, gen, now + this.#opts.timeoutMs);
+    this.#pushDeadline(q, gen, now + this.#timeoutMs);
     r.out.queries.sent++;
+    r.phases?.tally.sent(this.#lCell[l] as number);
     s.sock.send(buf);
   }
 
@@ -475,7 +547,12 @@ export class LoadGenerator {
     const q = s.table[id] as number;
     if (q < 0) {
       r.out.queries.late++;
-      if (q === TOMB) s.table[id] = FREE;
+      if (q === TOMB) {
+        s.table[id] = FREE;
+        const cell = s.tombCell[id] as number;
+        if (r.phases !== null && cell >= 0) r.phases.tally.late(cell);
+        s.tombCell[id] = -1;
+      }
     } else {
       s.table[id] = FREE;
       const l = q >> 1;
@@ -484,6 +561,10 @@ export class LoadGenerator {
       r.out.queries.answered++;
       r.out.serviceLatency.recordValue(Math.max(0, Math.round((now - (this.#qSent[q] as number)) * 1000)));
       const v = checkResponse(msg, t, this.#lUnique[l] as number);
+      if (r.phases !== null) {
+        const tally = r.phases.tally;
+        tally.answered(this.#lCell[l] as number, v, v === Verdict.OK && tally.wantsTtl ? answerTtl(msg, t.questionEnd) : -1);
+      }
       if (v !== Verdict.OK) {
         r.out.queries.wrong++;
         const reason = VERDICT_NAMES[v] as WrongReason;
@@ -516,8 +597,10 @@ export class LoadGenerator {
       r.out.latency.recordValue(us);
       r.out.classLatency[plan.cls]?.recordValue(us);
       r.out.lookups.completed++;
+      r.phases?.tally.completed(this.#lCell[l] as number, us);
     } else {
       r.out.lookups.failed++;
+      r.phases?.tally.failed(this.#lCell[l] as number);
     }
     this.#lPlan[l] = null;
     this.#free[this.#freeTop++] = l;
@@ -569,9 +652,14 @@ export class LoadGenerator {
       const s = this.#socks[this.#qSock[q] as number] as SockState;
       const id = this.#qId[q] as number;
       s.table[id] = TOMB;
-      s.tombUntil[id] = now + 2 * this.#opts.timeoutMs + 1000;
+      s.tombUntil[id] = now + 2 * this.#timeoutMs + 1000;
       r.out.queries.timeouts++;
       const l = q >> 1;
+      if (r.phases !== null) {
+        const cell = this.#lCell[l] as number;
+        s.tombCell[id] = cell;
+        r.phases.tally.timeout(cell);
+      }
       this.#lFailed[l] = 2;
       this.#queryDone(l, now);
     }
@@ -582,7 +670,7 @@ export class LoadGenerator {
     if (r === null) return;
     if (r.spec.kind === 'closed' && now >= r.endAt) r.stopped = true;
     const drained = r.stopped && r.inflight === 0;
-    const cut = r.stopped && now > Math.max(r.endAt === Number.POSITIVE_INFINITY ? 0 : r.endAt, r.lastStart) + this.#opts.timeoutMs + DRAIN_GRACE_MS;
+    const cut = r.stopped && now > Math.max(r.endAt === Number.POSITIVE_INFINITY ? 0 : r.endAt, r.lastStart) + this.#timeoutMs + DRAIN_GRACE_MS;
     if (!drained && !cut) return;
     if (r.timer !== null) clearInterval(r.timer);
     this.#ticker.disarm();
@@ -606,16 +694,20 @@ export class LoadGenerator {
       if (this.#qTmpl[q] === null) continue;
       this.#qTmpl[q] = null;
       const s = this.#socks[this.#qSock[q] as number];
+      const cell = this.#lCell[q >> 1] as number;
       if (s !== undefined) {
         s.table[this.#qId[q] as number] = TOMB;
-        s.tombUntil[this.#qId[q] as number] = now + 2 * this.#opts.timeoutMs + 1000;
+        s.tombUntil[this.#qId[q] as number] = now + 2 * this.#timeoutMs + 1000;
+        s.tombCell[this.#qId[q] as number] = r.phases === null ? -1 : cell;
       }
       r.out.queries.timeouts++;
+      r.phases?.tally.timeout(cell);
     }
     for (let l = 0; l < this.#lPlan.length; l++) {
       if (this.#lPlan[l] === null) continue;
       this.#lPlan[l] = null;
       r.out.lookups.failed++;
+      r.phases?.tally.failed(this.#lCell[l] as number);
     }
     this.#resetSlots();
   }
@@ -633,6 +725,7 @@ export class LoadGenerator {
     this.#lUnique = new Float64Array(lookups);
     this.#lFailed = new Uint8Array(lookups);
     this.#lSock = new Int32Array(lookups);
+    this.#lCell = new Int32Array(lookups);
     this.#free = new Int32Array(lookups);
     this.#qTmpl = new Array<QueryTemplate | null>(2 * lookups).fill(null);
     this.#qSock = new Int32Array(2 * lookups);

@@ -3,6 +3,7 @@
  * (normal and --quick) and the --help text, so they cannot drift apart.
  */
 import type { Endpoint } from './loadgen.js';
+import { parsePhases } from './phases.js';
 import { isLoopback, parseEndpoint } from './targets.js';
 import { WORKLOADS, WORKLOAD_NAMES, type WorkloadName } from './workloads.js';
 
@@ -17,10 +18,19 @@ export interface UpstreamOptions {
   readonly port: number;
 }
 
+/** Built-in targets: the agent, the agent with --local-negative, and the simulator itself. */
+export const BUILTIN_TARGETS = ['agent', 'agent+localneg', 'direct'] as const;
+export type BuiltinTarget = (typeof BUILTIN_TARGETS)[number];
+/** Extra agent arguments of each agent variant (on top of --agent-arg). */
+export const AGENT_VARIANTS: Readonly<Record<Exclude<BuiltinTarget, 'direct'>, readonly string[]>> = {
+  agent: [],
+  'agent+localneg': ['--local-negative'],
+};
+
 export interface BenchOptions {
   readonly quick: boolean;
   readonly workloads: readonly WorkloadName[];
-  readonly builtinTargets: ReadonlyArray<'agent' | 'direct'>;
+  readonly builtinTargets: readonly BuiltinTarget[];
   readonly target: Endpoint | null;
   readonly targetPid: number | null;
   readonly peers: ReadonlyArray<{ readonly name: string; readonly endpoint: Endpoint }>;
@@ -49,6 +59,13 @@ export interface BenchOptions {
   readonly podmixSameNs: number;
   readonly podmixWarmup: number;
   readonly ndots: number;
+  /** Seconds of alternating kube-dns states, starting up. */
+  readonly fallbackPhases: readonly number[];
+  readonly fallbackOutage: 'stop' | 'blackhole';
+  readonly fallbackRate: number;
+  readonly fallbackColdShare: number;
+  readonly fallbackTimeoutMs: number;
+  readonly fallbackServices: number;
   readonly namespaces: number;
   readonly services: number;
   readonly clusterDomain: string;
@@ -84,10 +101,10 @@ const SPECS: readonly Spec[] = [
   { group: 'General', name: 'quick', help: 'smoke run of a few seconds (small name sets, one low rate, short runs); what the test suite runs' },
   { group: 'General', name: 'workloads', arg: 'LIST', def: 'hit,miss,negative,podmix', help: `comma-separated, from: ${WORKLOAD_NAMES.join(', ')}` },
   { group: 'General', name: 'out', arg: 'DIR', def: 'bench/results', help: 'results go to DIR/<timestamp>/; the summary of a full run to DIR/summary/' },
-  { group: 'General', name: 'no-summary', help: 'do not write DIR/summary/latest.md after a full run' },
+  { group: 'General', name: 'no-summary', help: 'do not write DIR/summary/latest.md after a full run (one that ran at least the default workloads, not --quick)' },
   { group: 'General', name: 'quiet', help: 'only print the final table' },
 
-  { group: 'Targets', name: 'targets', arg: 'LIST', def: 'agent,direct', help: 'built-in targets: agent (started against the simulator) and direct (straight to the simulator)' },
+  { group: 'Targets', name: 'targets', arg: 'LIST', def: 'agent,direct', help: 'built-in targets: agent (started against the simulator, watching its fake API server), agent+localneg (the same with --local-negative) and direct (straight to the simulator)' },
   { group: 'Targets', name: 'target', arg: 'ADDR:PORT', help: 'measure this address instead of starting the agent (label "target"); it must use the simulator as upstream (see --cluster-port/--external-port)' },
   { group: 'Targets', name: 'target-pid', arg: 'PID', help: 'process of --target to charge CPU and memory to' },
   { group: 'Targets', name: 'peer', arg: 'NAME=ADDR:PORT', repeat: true, help: 'also measure a server already running at ADDR:PORT (repeatable)' },
@@ -119,8 +136,15 @@ const SPECS: readonly Spec[] = [
   { group: 'Workloads', name: 'podmix-warmup', arg: 'N', def: '5000', quick: '100', help: 'podmix lookups sent before each run (steady state)' },
   { group: 'Workloads', name: 'ndots', arg: 'N', def: '5', help: 'ndots of the pods in podmix' },
 
+  { group: 'Fallback', name: 'fallback-phases', arg: 'LIST', def: '3,4,3', quick: '0.8,1.2,1', help: 'seconds of alternating kube-dns states, starting up: 3,4,3 = up 3 s, down 4 s, up 3 s (one run of their sum per target)' },
+  { group: 'Fallback', name: 'fallback-outage', arg: 'stop|blackhole', def: 'stop', help: 'how kube-dns is down: stop (not listening: connections refused, a dead pod) or blackhole (listening, answering nothing: the agent waits --fallback-after)' },
+  { group: 'Fallback', name: 'fallback-rate', arg: 'Q/S', def: '1000', quick: '200', help: 'offered query rate of the fallback runs (A+AAAA lookups, so lookups/s is half)' },
+  { group: 'Fallback', name: 'fallback-cold-share', arg: 'F', def: '0.1', quick: '0.2', help: 'share of fallback lookups of never-asked names (the fb-* services: cache misses); the rest are warmed Zipf-popular services' },
+  { group: 'Fallback', name: 'fallback-timeout-ms', arg: 'MS', def: '5000', help: 'client timeout of the fallback runs (glibc resolv.conf default timeout:5); later answers count as timed out, and as late when they come' },
+
   { group: 'Simulator', name: 'namespaces', arg: 'N', def: '20', quick: '3', help: 'namespaces ns-0..ns-(N-1)' },
   { group: 'Simulator', name: 'services', arg: 'N', def: '50', quick: '5', help: 'services per namespace' },
+  { group: 'Simulator', name: 'fallback-services', arg: 'N', def: '50', quick: '20', help: 'services fb-0..fb-(N-1) per namespace, asked by the fallback workload only (its never-asked names)' },
   { group: 'Simulator', name: 'cluster-domain', arg: 'DOMAIN', def: 'cluster.local', help: 'cluster domain of the simulated zone (also passed to the agent with --cluster-domain; peers must be configured to match)' },
   { group: 'Simulator', name: 'cluster-latency-ms', arg: 'MS', def: '1', quick: '0', help: 'added latency of the cluster upstream' },
   { group: 'Simulator', name: 'cluster-jitter-ms', arg: 'MS', def: '0.5', quick: '0', help: 'uniform extra 0..MS' },
@@ -238,8 +262,8 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
   if (workloads.length === 0) throw new UsageError('--workloads: empty');
 
   const builtinTargets = list('targets').map((t) => {
-    if (t !== 'agent' && t !== 'direct') throw new UsageError(`--targets: expected agent and/or direct, got ${JSON.stringify(t)}`);
-    return t;
+    if (!(BUILTIN_TARGETS as readonly string[]).includes(t)) throw new UsageError(`--targets: expected some of ${BUILTIN_TARGETS.join(', ')}, got ${JSON.stringify(t)}`);
+    return t as BuiltinTarget;
   });
 
   const named = (name: string): Array<{ name: string; value: string }> =>
@@ -304,13 +328,21 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     loss: num(`${p}-loss`, 0, 1),
     port: int(`${p}-port`, 0, 65535),
   });
+  let fallbackPhases: number[];
+  try {
+    fallbackPhases = parsePhases(str('fallback-phases')).map((p) => p.durationMs / 1000);
+  } catch (err) {
+    throw new UsageError(`--fallback-phases: ${(err as Error).message}`);
+  }
+  const outage = str('fallback-outage');
+  if (outage !== 'stop' && outage !== 'blackhole') throw new UsageError('--fallback-outage: expected stop or blackhole');
   const domain = str('cluster-domain').toLowerCase().replace(/\.$/, '');
   if (!/^[a-z0-9-]+(\.[a-z0-9-]+)*$/.test(domain)) throw new UsageError('--cluster-domain: not a domain name');
 
   return {
     quick,
     workloads,
-    builtinTargets: target !== null ? builtinTargets.filter((t) => t !== 'agent') : builtinTargets,
+    builtinTargets: target !== null ? builtinTargets.filter((t) => t === 'direct') : builtinTargets,
     target,
     targetPid,
     peers,
@@ -339,6 +371,12 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     podmixSameNs: num('podmix-same-ns', 0, 1),
     podmixWarmup: int('podmix-warmup', 0, 10_000_000),
     ndots: int('ndots', 0, 15),
+    fallbackPhases,
+    fallbackOutage: outage,
+    fallbackRate: num('fallback-rate', 1, 10_000_000),
+    fallbackColdShare: num('fallback-cold-share', 0, 1),
+    fallbackTimeoutMs: num('fallback-timeout-ms', 1, 60000),
+    fallbackServices: int('fallback-services', 0, 100000),
     namespaces: int('namespaces', 1, 100000),
     services: int('services', 1, 100000),
     clusterDomain: domain,
@@ -352,7 +390,8 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     pinSim: pin('pin-sim'),
     pinAuto: given.has('pin'),
     outDir: given.has('out') ? str('out') : null,
-    summary: !given.has('no-summary') && !quick,
+    // Only a run of every default workload replaces the published summary (a partial run would quote less).
+    summary: !given.has('no-summary') && !quick && (BY_NAME.get('workloads')?.def ?? '').split(',').every((w) => workloads.includes(w as WorkloadName)),
     quiet: given.has('quiet'),
     help: given.has('help'),
   };

@@ -2,7 +2,8 @@
  * The results plot, as hand-written SVG (no dependencies): one column per
  * workload; the top row shows the latency percentiles of each target at the
  * summary rate, the bottom row p50 (dashed) and p99 (solid) against the
- * offered rate. Both latency axes are logarithmic. Saturated runs are drawn
+ * offered rate (fallback: per phase, the phases with kube-dns down shaded).
+ * Both latency axes are logarithmic. Saturated runs are drawn
  * with a cross.
  */
 import { fmtQps, summaryRate } from './format.js';
@@ -167,6 +168,46 @@ function ratePanel(res: BenchResults, workload: string, targets: readonly string
   return out;
 }
 
+/** Fallback runs: p50 (dashed) and p99 (solid) per phase, the phases with kube-dns down shaded. */
+function phasePanel(res: BenchResults, workload: string, targets: readonly string[], x0: number, y0: number): string[] {
+  const out = frame(x0, y0, `${workload}: latency per phase (kube-dns down shaded)`);
+  const runs = res.runs.filter((r) => r.workload === workload && r.fallback !== null);
+  const phases = runs[0]?.fallback?.phases ?? [];
+  const px0 = x0 + M.left;
+  const px1 = x0 + PANEL_W - M.right;
+  const values = runs.flatMap((r) => (r.fallback?.phases ?? []).flatMap((p) => (p.latencyUs.count > 0 ? [p.latencyUs.p50, p.latencyUs.p99] : [])));
+  if (phases.length === 0 || values.length === 0) {
+    out.push(`<text x="${n(x0 + PANEL_W / 2)}" y="${n(y0 + PANEL_H / 2)}" text-anchor="middle" font-size="11" fill="#888888">no phase data</text>`);
+    return out;
+  }
+  const y = new LogAxis(values, y0 + PANEL_H - M.bottom, y0 + M.top, true);
+  const w = (px1 - px0) / phases.length;
+  phases.forEach((p, i) => {
+    const xa = px0 + i * w;
+    if (p.state === 'down') out.push(`<rect x="${n(xa)}" y="${n(y.b)}" width="${n(w)}" height="${n(y.a - y.b)}" fill="#eeeeee"/>`);
+    out.push(`<text x="${n(xa + w / 2)}" y="${n(y0 + PANEL_H - M.bottom + 16)}" text-anchor="middle" font-size="10">${esc(`${i + 1}: ${p.state} ${p.durationS}s`)}</text>`);
+  });
+  out.push(...yAxis(y, px0, px1));
+  out.push(`<line x1="${n(px0)}" y1="${n(y.a)}" x2="${n(px1)}" y2="${n(y.a)}" stroke="#888888"/>`);
+  out.push(`<text x="${n((px0 + px1) / 2)}" y="${n(y0 + PANEL_H - 8)}" text-anchor="middle" font-size="10">phase (p99 solid, p50 dashed; × = &gt;1% failed)</text>`);
+  targets.forEach((t, ti) => {
+    const r = runs.find((x) => x.target === t);
+    if (r === undefined || r.fallback === null) return;
+    const color = COLORS[ti % COLORS.length] as string;
+    const ps = r.fallback.phases.filter((p) => p.latencyUs.count > 0);
+    for (const key of ['p99', 'p50'] as const) {
+      const pts = ps.map((p) => [px0 + (p.index + 0.5) * w, y.map(p.latencyUs[key])] as const);
+      out.push(polyline(pts, color, key === 'p50'));
+      ps.forEach((p, i) => {
+        const pt = pts[i];
+        const failed = p.queries.timeouts + p.queries.wrong + p.queries.servfail > 0.01 * Math.max(1, p.queries.sent);
+        if (pt !== undefined) out.push(marker(pt[0], pt[1], color, failed));
+      });
+    }
+  });
+  return out;
+}
+
 export function renderPlot(res: BenchResults): string {
   const wls = [...new Set(res.runs.map((r) => r.workload))];
   const targets = res.targets.map((t) => t.name);
@@ -191,7 +232,8 @@ export function renderPlot(res: BenchResults): string {
   wls.forEach((w, i) => {
     const x0 = 10 + i * (PANEL_W + 10);
     out.push(...percentilePanel(res, w, targets, x0, HEADER_H));
-    out.push(...ratePanel(res, w, targets, x0, HEADER_H + PANEL_H + 10));
+    const phased = res.runs.some((r) => r.workload === w && r.fallback !== null);
+    out.push(...(phased ? phasePanel(res, w, targets, x0, HEADER_H + PANEL_H + 10) : ratePanel(res, w, targets, x0, HEADER_H + PANEL_H + 10)));
   });
   if (wls.length === 0) out.push(`<text x="20" y="${HEADER_H + 30}" font-size="12">no runs</text>`);
   out.push('</svg>');

@@ -6,7 +6,7 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fmtQps, fmtUs, summaryRate } from './format.js';
 import { renderPlot } from './plot.js';
-import type { BenchResults, Percentiles, RunRecord } from './results.js';
+import type { BenchResults, Percentiles, PhaseRecord, RunRecord } from './results.js';
 
 export interface WrittenReports {
   readonly dir: string;
@@ -40,6 +40,85 @@ function table(head: readonly string[], rows: ReadonlyArray<readonly string[]>):
   return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`)].join('\n');
 }
 
+/** Aligned plain-text columns. */
+function aligned(head: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: readonly string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+function phaseName(p: PhaseRecord): string {
+  return `${p.index + 1} ${p.state} ${p.durationS}s`;
+}
+
+const PHASE_HEAD = ['target', 'phase', 'lookups', 'ok', 'servfail', 'wrong', 'timeouts', 'late', 'from view', 'p50', 'p99', 'max', 'kube-dns got/answered', 'change lag'];
+
+/** One row per phase of every fallback run. */
+export function phaseRows(res: BenchResults): string[][] {
+  const rows: string[][] = [];
+  for (const r of res.runs) {
+    for (const p of r.fallback?.phases ?? []) {
+      const q = p.queries;
+      rows.push([
+        r.target, phaseName(p), String(p.lookups.started), String(q.ok), String(q.servfail), String(q.wrong), String(q.timeouts), String(q.late),
+        p.fromView === null ? '-' : String(p.fromView), fmtUs(p.latencyUs.p50), fmtUs(p.latencyUs.p99), fmtUs(p.latencyUs.max),
+        p.upstream === null ? '-' : `${p.upstream.clusterQueries} / ${p.upstream.clusterAnswered}`,
+        p.changeLagMs === null ? '-' : `${p.changeLagMs} ms`,
+      ]);
+    }
+  }
+  return rows;
+}
+
+function phaseClassRows(res: BenchResults): string[][] {
+  const rows: string[][] = [];
+  for (const r of res.runs) {
+    for (const p of r.fallback?.phases ?? []) {
+      for (const [c, x] of Object.entries(p.classes)) {
+        rows.push([
+          r.target, phaseName(p), c, String(x.lookups.started), String(x.queries.ok), String(x.queries.servfail), String(x.queries.wrong), String(x.queries.timeouts),
+          x.fromView === null ? '-' : String(x.fromView), fmtUs(x.latencyUs.p50), fmtUs(x.latencyUs.p99), fmtUs(x.latencyUs.max),
+        ]);
+      }
+    }
+  }
+  return rows;
+}
+
+const PODMIX_HEAD = ['target', 'load', 'lookups', 'kube-dns queries', 'kube-dns q/lookup', 'vs agent', 'host resolvers q/lookup', 'p50', 'p99'];
+
+/** Queries that reached the simulated kube-dns per podmix lookup, and the saving of each target against the plain agent at the same load. */
+export function podmixUpstreamRows(res: BenchResults): string[][] {
+  const rows: string[][] = [];
+  const perLookup = (r: RunRecord): number | null => (r.upstreamQueries === null || r.lookups.started === 0 ? null : r.upstreamQueries.cluster / r.lookups.started);
+  for (const r of res.runs) {
+    if (r.workload !== 'podmix' || r.upstreamQueries === null) continue;
+    const mine = perLookup(r);
+    const base = res.runs.find((x) => x.workload === 'podmix' && x.target === 'agent' && x.mode === r.mode && x.offeredQps === r.offeredQps && x.concurrency === r.concurrency && x.driver === r.driver);
+    const b = base === undefined || base === r ? null : perLookup(base);
+    rows.push([
+      r.target, load(r), String(r.lookups.started), String(r.upstreamQueries.cluster), mine === null ? '-' : mine.toFixed(3),
+      mine === null || b === null || b === 0 ? '-' : `${mine <= b ? '−' : '+'}${(Math.abs(1 - mine / b) * 100).toFixed(0)}%`,
+      r.lookups.started === 0 ? '-' : (r.upstreamQueries.external / r.lookups.started).toFixed(3),
+      r.latencyUs === null ? '-' : fmtUs(r.latencyUs.p50), fmtUs(r.latencyUs?.p99),
+    ]);
+  }
+  return rows;
+}
+
+/** The fallback phases and the podmix upstream traffic, for the terminal (empty when neither ran). */
+export function terminalExtras(res: BenchResults): string {
+  const out: string[] = [];
+  const phases = phaseRows(res);
+  if (phases.length > 0) out.push('fallback, per phase (kube-dns up/down):', aligned(PHASE_HEAD, phases));
+  const pm = podmixUpstreamRows(res);
+  if (pm.length > 0 && res.runs.some((r) => r.workload === 'podmix' && r.targetKind === 'agent')) {
+    if (out.length > 0) out.push('');
+    out.push('podmix, queries that reached the simulated kube-dns:', aligned(PODMIX_HEAD, pm));
+  }
+  return out.join('\n');
+}
+
 /** Aligned plain-text table for the terminal. */
 export function terminalTable(res: BenchResults): string {
   const head = ['workload', 'target', 'load', 'answered/s', 'p50', 'p99', 'p99.9', 'max', 'timeouts', 'wrong', 'upstream', 'cpu us/q', 'rss', 'gen', 'flags'];
@@ -53,9 +132,7 @@ export function terminalTable(res: BenchResults): string {
       fmtCpu(r), fmtMb(r.targetUsage.rssBytes), `${(r.generator.cores * 100).toFixed(0)}%`, flags(r),
     ];
   });
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: readonly string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+  return aligned(head, rows);
 }
 
 function workloads(res: BenchResults): string[] {
@@ -105,6 +182,20 @@ export function markdownReport(res: BenchResults, plotFile: string): string {
       const classRows: string[][] = [];
       for (const r of open) for (const [c, p] of Object.entries(r.classes)) classRows.push([r.target, fmtQps(r.offeredQps), c, String(p.count), fmtUs(p.p50), fmtUs(p.p99), fmtUs(p.p999)]);
       if (classRows.length > 0) out.push('By class:', '', table(['target', 'offered q/s', 'class', 'lookups', 'p50', 'p99', 'p99.9'], classRows), '');
+    }
+    const fb = res.runs.filter((r) => r.workload === w && r.fallback !== null);
+    const f = fb[0]?.fallback;
+    if (f !== undefined && f !== null) {
+      out.push(`Per phase: kube-dns ${f.outage === 'stop' ? 'stopped (not listening: connections refused)' : 'black-holed (listening, answering nothing)'} in the "down" phases; phases ${f.phasesS.join(', ')} s; client timeout ${f.clientTimeoutMs} ms; ${(f.coldShare * 100).toFixed(0)}% of lookups ask a never-asked name ("cold", ${f.coldLookups} of ${f.coldPool} available), the rest warmed Zipf-popular services ("hot"). A lookup is A+AAAA and belongs to the phase its intended start falls in. "ok" counts right answers (checked like every workload), "from view" those with a TTL ≤ ${f.viewTtlMax ?? '-'} s (the agent's --local-ttl: kube-dns's answers carry ${res.simulator.zones.clusterTtl} s). "kube-dns got / answered" is what the simulated kube-dns counted between the state changes; "change lag" how long after the phase's scheduled start the simulator had changed state.`, '');
+      out.push(table(PHASE_HEAD, phaseRows(res).filter((row) => fb.some((r) => r.target === row[0]))), '');
+      out.push('By class:', '', table(['target', 'phase', 'class', 'lookups', 'ok', 'servfail', 'wrong', 'timeouts', 'from view', 'p50', 'p99', 'max'], phaseClassRows(res)), '');
+    }
+    if (w === 'podmix') {
+      const pm = podmixUpstreamRows(res);
+      if (pm.length > 0) {
+        out.push('Queries that reached the simulated kube-dns per lookup (a lookup is the whole ndots:5 expansion); "vs agent" compares with the plain agent at the same load (agent+localneg answers search-path junk from its view with `--local-negative`):', '');
+        out.push(table(PODMIX_HEAD, pm), '');
+      }
     }
     const closed = res.runs.filter((r) => r.workload === w && r.mode === 'closed');
     if (closed.length > 0) {
@@ -174,6 +265,22 @@ export function summaryMarkdown(res: BenchResults, plotFile: string | null): str
   }
   out.push(table(['workload', 'target', 'at q/s', 'p50', 'p99', 'p99.9', 'max q/s', 'CPU µs/query'], rows));
   out.push('', 'Latency is per lookup from its intended send time (open loop; podmix = the whole ndots:5 expansion). "max q/s" is the closed-loop throughput' + (res.runs.some((r) => r.generatorBound && r.mode === 'closed') ? ' (* = the generator was the bottleneck)' : '') + '; CPU is the target\'s own, from /proc. "direct" is the upstream simulator without a cache in front.');
+  const fbRows: string[][] = [];
+  for (const r of res.runs) {
+    for (const p of r.fallback?.phases ?? []) {
+      fbRows.push([r.target, phaseName(p), `${p.queries.ok} / ${p.queries.sent}`, String(p.queries.servfail + p.queries.wrong), String(p.queries.timeouts), p.fromView === null ? '-' : String(p.fromView), fmtUs(p.latencyUs.p50), fmtUs(p.latencyUs.p99), fmtUs(p.latencyUs.max)]);
+    }
+  }
+  const fb = res.runs.find((r) => r.fallback !== null)?.fallback;
+  if (fb !== undefined && fb !== null) {
+    out.push('', `Fallback: kube-dns ${fb.outage === 'stop' ? 'stopped' : 'black-holed'} in the down phases, at ${fmtQps(res.options.fallbackRate)} q/s (A+AAAA lookups, ${(fb.coldShare * 100).toFixed(0)}% of never-asked names); "from view" = right answers carrying the agent's view TTL.`, '');
+    out.push(table(['target', 'phase', 'right / sent', 'wrong or SERVFAIL', 'timeouts', 'from view', 'p50', 'p99', 'max'], fbRows));
+  }
+  const pm = podmixUpstreamRows(res).filter((row) => !row[1]?.startsWith('c='));
+  if (pm.length > 0 && res.runs.some((r) => r.workload === 'podmix' && r.target === 'agent+localneg')) {
+    out.push('', 'podmix: queries that reached the simulated kube-dns per lookup (open loop):', '');
+    out.push(table(PODMIX_HEAD, pm));
+  }
   if (plotFile !== null) out.push('', `![latency by workload and target](${plotFile})`);
   return out.join('\n') + '\n';
 }

@@ -69,6 +69,59 @@ export interface DnsperfStats {
   readonly command: string;
 }
 
+export interface PhaseQueries {
+  readonly sent: number;
+  /** ok + servfail + wrong. */
+  readonly answered: number;
+  /** Right answers (the checker's verdict). */
+  readonly ok: number;
+  /** SERVFAIL where the zone has an answer: the target gave up. */
+  readonly servfail: number;
+  /** Any other wrong answer (wrong rcode, data, question...). */
+  readonly wrong: number;
+  /** No answer within the client timeout. */
+  readonly timeouts: number;
+  /** Answers that came after the client timeout (the client had given up). */
+  readonly late: number;
+}
+
+export interface PhaseClassRecord {
+  readonly lookups: { readonly started: number; readonly completed: number; readonly failed: number };
+  readonly queries: PhaseQueries;
+  /** Right answers with a TTL at most the agent's --local-ttl: answered from its view (null: not counted). */
+  readonly fromView: number | null;
+  /** Completed lookups, from the intended start. */
+  readonly latencyUs: Percentiles;
+}
+
+/** One phase of a fallback run: kube-dns up or down for a while. */
+export interface PhaseRecord extends PhaseClassRecord {
+  readonly index: number;
+  readonly state: 'up' | 'down';
+  readonly startS: number;
+  readonly durationS: number;
+  readonly classes: Record<string, PhaseClassRecord>;
+  /** What the simulated kube-dns received and answered during the phase (from one state change to the next). */
+  readonly upstream: { readonly clusterQueries: number; readonly clusterAnswered: number; readonly clusterDropped: number } | null;
+  /** How long after the phase's scheduled start the simulator had changed state (null for the first phase). */
+  readonly changeLagMs: number | null;
+}
+
+export interface FallbackRecord {
+  /** 'stop': kube-dns not listening (connections refused); 'blackhole': listening, answering nothing. */
+  readonly outage: 'stop' | 'blackhole';
+  readonly phasesS: readonly number[];
+  readonly clientTimeoutMs: number;
+  /** Share of lookups of never-asked names (cold). */
+  readonly coldShare: number;
+  /** Distinct never-asked names available, and how many lookups needed one; past the pool they repeat (then they may be cache hits). */
+  readonly coldPool: number;
+  readonly coldLookups: number;
+  /** The TTL at or under which a right answer counts as from the view (the agent's --local-ttl), or null. */
+  readonly viewTtlMax: number | null;
+  readonly phases: readonly PhaseRecord[];
+}
+
 export interface RunRecord {
   readonly target: string;
   readonly targetKind: TargetKind;
@@ -109,6 +162,8 @@ export interface RunRecord {
   readonly warnings: readonly string[];
   readonly warmup: { readonly lookups: number; readonly wrong: number; readonly timeouts: number } | null;
   readonly dnsperf: DnsperfStats | null;
+  /** The fallback workload's phases (null for every other workload). */
+  readonly fallback: FallbackRecord | null;
 }
 
 export interface TargetRecord {
@@ -126,6 +181,8 @@ export interface SimulatorRecord {
   readonly pid: number;
   readonly cluster: string;
   readonly external: string;
+  /** The fake Kubernetes API server the agents watch (null when no agent was started). */
+  readonly api: string | null;
   readonly pinnedTo: string | null;
   readonly zones: ZoneConfig;
   readonly clusterFaults: { readonly latencyMs: number; readonly jitterMs: number; readonly lossRate: number };

@@ -6,7 +6,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { UsageError, helpText, parseOptions, type BenchOptions } from './options.js';
-import { terminalTable } from './report.js';
+import { terminalExtras, terminalTable } from './report.js';
 import { live, runBench } from './suite.js';
 
 export const EXIT_OK = 0;
@@ -55,6 +55,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     const out = await runBench(opts, { log: (l) => process.stderr.write(l + '\n'), signal: ac.signal, argv });
     process.stdout.write('\n' + terminalTable(out.results) + '\n\n');
+    const extras = terminalExtras(out.results);
+    if (extras !== '') process.stdout.write(extras + '\n\n');
     const warnings = out.results.warnings;
     if (warnings.length > 0) {
       process.stdout.write(`warnings (${warnings.length}):\n`);

@@ -5,22 +5,26 @@
  * the results. Everything started is registered in `live` so the CLI can kill
  * it synchronously if the process is about to exit abnormally.
  */
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { runDnsperf, writeDataFile } from './dnsperf.js';
 import { LoadGenerator, UniqueCounter, type RunOutcome } from './loadgen.js';
-import { UsageError, type BenchOptions } from './options.js';
+import { AGENT_VARIANTS, UsageError, type BenchOptions } from './options.js';
+import { PhaseTally, boundaries, parsePhases, totalMs, type Phase } from './phases.js';
 import { environment, memoryOf, pinProcess, treeCpuSeconds, which } from './proc-stats.js';
 import { writeReports, type WrittenReports } from './report.js';
 import {
   GENERATOR_BEHIND_SHARE, GENERATOR_BUSY_CORES, SATURATION_FAILURE_SHARE, SCHEMA, SEND_LAG_WARN_US,
-  percentiles, type BenchResults, type DnsperfStats, type Percentiles, type RunRecord, type TargetRecord,
+  percentiles, type BenchResults, type DnsperfStats, type FallbackRecord, type Percentiles, type PhaseRecord, type RunRecord, type TargetRecord,
 } from './results.js';
-import { SimProcess, type SimTotals } from './sim/control.js';
+import { writeKubeconfig } from './sim/api.js';
+import { SimProcess, type ClusterChange, type SimTotals } from './sim/control.js';
 import { DEFAULT_ZONES, type ZoneConfig } from './sim/zones.js';
 import { addressTarget, directTarget, formatEndpoint, startAgent, startPeerCmd, type Target } from './targets.js';
-import { buildWorkload, type Workload, type WorkloadParams } from './workloads.js';
+import { buildWorkload, fallbackWorkload, type Workload, type WorkloadParams } from './workloads.js';
 
 export interface SuiteIo {
   readonly log: (line: string) => void;
@@ -41,6 +45,11 @@ export const live = new Set<{ killNow(): void }>();
 
 const MAX_RAMP_STAGES = 16;
 const WARMUP_CONCURRENCY = 32;
+/** Watches an agent opens once its view has synced: Services, EndpointSlices, Namespaces. */
+const WATCHED_KINDS = 3;
+const SYNC_POLL_MS = 100;
+/** The agent's --local-ttl default: answers from its view carry at most this TTL. */
+const AGENT_LOCAL_TTL_S = 5;
 
 export function repoRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
@@ -97,7 +106,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
   const pins = resolvePins(opts, env.cores, env.taskset, warnings);
   const root = repoRoot();
   const agentPath = path.resolve(opts.agentPath ?? path.join(root, 'dist', 'src', 'main.js'));
-  const wantAgent = opts.builtinTargets.includes('agent');
+  const wantAgent = opts.builtinTargets.some((b) => b !== 'direct');
   if (wantAgent && !existsSync(agentPath)) {
     throw new Error(`the agent is not built: ${agentPath} does not exist (run \`npm run build\`, or measure something else with --targets direct / --target ADDR:PORT)`);
   }
@@ -110,6 +119,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
     clusterDomain: opts.clusterDomain,
     namespaces: opts.namespaces,
     servicesPerNamespace: opts.services,
+    fallbackServices: opts.fallbackServices,
     clusterTtl: opts.clusterTtl,
     externalTtl: opts.externalTtl,
     negativeTtl: opts.negativeTtl,
@@ -121,6 +131,10 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
   let sim: SimProcess | null = null;
   const runs: RunRecord[] = [];
   let aborted = false;
+  /** Agents started with --local-negative (they deny names the API lacks). */
+  const localNegative = new Set<string>();
+  /** Right answers at or under this TTL came from the target's view (agents only). */
+  const viewTtl = new Map<string, number | null>();
 
   const stopAll = async (): Promise<void> => {
     for (const g of generators.values()) g.close();
@@ -139,6 +153,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
   };
 
   const targetRecords: TargetRecord[] = [];
+  const apiToken = wantAgent ? randomBytes(16).toString('hex') : null;
   try {
     say(`bench: results in ${dir}`);
     sim = await SimProcess.start({
@@ -146,21 +161,38 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       zones,
       cluster: { ...faults(opts.cluster), port: opts.cluster.port },
       external: { ...faults(opts.external), port: opts.external.port },
+      // The agent's watch gets the same cluster from a fake API server (sim/api.ts).
+      api: apiToken === null ? null : { token: apiToken },
     });
     live.add(sim);
     if (pins.sim !== null) pinProcess(sim.pid, pins.sim);
-    say(`bench: simulator pid ${sim.pid}: cluster zone on ${formatEndpoint(sim.cluster)}, external on ${formatEndpoint(sim.external)}`);
+    say(`bench: simulator pid ${sim.pid}: cluster zone on ${formatEndpoint(sim.cluster)}, external on ${formatEndpoint(sim.external)}${sim.apiUrl === null ? '' : `, Kubernetes API on ${sim.apiUrl}`}`);
+    const simStarted = sim;
+    let kubeconfig: string | null = null;
+    if (sim.apiUrl !== null) {
+      kubeconfig = path.join(dir, 'kubeconfig');
+      writeKubeconfig(kubeconfig, sim.apiUrl, apiToken ?? '');
+    }
 
     if (opts.target !== null) targets.push(addressTarget('target', 'target', opts.target, opts.targetPid));
     for (const b of opts.builtinTargets) {
       if (io.signal.aborted) break;
-      if (b === 'agent') {
-        say(`bench: starting the agent (${path.relative(process.cwd(), agentPath) || agentPath})`);
-        const t = await startAgent({ agentPath, extraArgs: opts.agentArgs, clusterDomain: opts.clusterDomain, host: opts.host, sim, workDir: dir, pin: pins.agent, readyTimeoutMs: opts.readyTimeoutMs });
-        targets.push(t);
-        live.add(t);
-      } else {
+      if (b === 'direct') {
         targets.push(directTarget(sim));
+        continue;
+      }
+      const extraArgs = [...AGENT_VARIANTS[b], ...opts.agentArgs];
+      say(`bench: starting ${b} (${path.relative(process.cwd(), agentPath) || agentPath}${extraArgs.length === 0 ? '' : ` ${extraArgs.join(' ')}`})`);
+      const watchesBefore = (await sim.stats())?.api?.openWatches ?? 0;
+      const t = await startAgent({ name: b, agentPath, extraArgs, kubeconfig, clusterDomain: opts.clusterDomain, host: opts.host, sim, workDir: dir, pin: pins.agent, readyTimeoutMs: opts.readyTimeoutMs });
+      targets.push(t);
+      live.add(t);
+      if (extraArgs.includes('--local-negative')) localNegative.add(b);
+      viewTtl.set(b, localTtlOf(extraArgs));
+      if (kubeconfig !== null && !extraArgs.includes('--no-kube')) {
+        const synced = await waitForWatches(simStarted, watchesBefore + WATCHED_KINDS, opts.readyTimeoutMs, io.signal);
+        if (!synced) warnings.push(`${b}: its cluster view did not sync within ${opts.readyTimeoutMs / 1000} s (fewer than ${WATCHED_KINDS} watches on the fake API server); answers from the view may be missing`);
+        else say(`bench: ${b}: cluster view synced`);
       }
     }
     for (const p of opts.peers) targets.push(addressTarget(p.name, 'peer', p.endpoint, null));
@@ -200,6 +232,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       podmixSameNamespace: opts.podmixSameNs,
       podmixWarmupLookups: opts.podmixWarmup,
       ndots: opts.ndots,
+      fallbackColdShare: opts.fallbackColdShare,
       uniqueTag: Math.floor(Math.random() * 36 ** 4).toString(36).padStart(4, '0'),
     };
     const simRef = sim;
@@ -213,12 +246,106 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       if (plans.length === 0) return null;
       return (generators.get(t.name) as LoadGenerator).run(null, { kind: 'list', plans, concurrency: Math.min(WARMUP_CONCURRENCY, opts.concurrency * 4) }, io.signal);
     };
+    const skipNoted = new Set<string>();
+    /** miss asks unique u-… services that kube-dns has and the API does not (custom records): --local-negative denies them by design. */
+    const skipped = (wname: string, t: Target): boolean => {
+      if (wname !== 'miss' || !localNegative.has(t.name)) return false;
+      if (!skipNoted.has(t.name)) {
+        skipNoted.add(t.name);
+        warnings.push(`miss/${t.name}: skipped: its unique cluster names (u-…) exist in the simulated kube-dns but not in the API, like custom records, which --local-negative denies by design`);
+      }
+      return true;
+    };
     const checkAlive = (t: Target): void => {
       if (!t.alive()) throw new Error(`${t.name} is no longer running${t.logFile === null ? '' : ` (see ${t.logFile})`}`);
     };
 
+    const fallbackRun = async (t: Target, phases: readonly Phase[]): Promise<RunRecord> => {
+      const wl = fallbackWorkload(params);
+      const gen = generators.get(t.name) as LoadGenerator;
+      // Whatever the run before left, kube-dns is up for the warm-up.
+      const restored = await simRef.setCluster('up');
+      if (restored.error !== null) throw new Error(`the simulator could not restart the cluster server: ${restored.error}`);
+      const w = await warm(t, wl);
+      let ttlMax = t.kind === 'agent' ? (viewTtl.get(t.name) ?? null) : null;
+      const notes: string[] = [];
+      if (ttlMax !== null && ttlMax >= opts.clusterTtl) {
+        notes.push(`--cluster-ttl ${opts.clusterTtl} is not above the agent's --local-ttl ${ttlMax}: answers from the view cannot be told apart, "from view" is not counted`);
+        ttlMax = null;
+      }
+      const tally = new PhaseTally(phases.length, wl.classes.length, ttlMax);
+      const changes: Array<Promise<{ index: number; change: ClusterChange; lagMs: number }>> = [];
+      const before = await snapshot(t);
+      const o = await gen.run(wl, {
+        kind: 'open',
+        rateQps: opts.fallbackRate,
+        durationMs: totalMs(phases),
+        timeoutMs: opts.fallbackTimeoutMs,
+        phases: {
+          boundariesMs: boundaries(phases),
+          tally,
+          // The generator holds the phase's sends until the simulator has changed state.
+          onPhase: (index, lateMs) => {
+            const at = performance.now();
+            const state = phases[index]?.state === 'down' ? opts.fallbackOutage : 'up';
+            const change = simRef.setCluster(state).then((c) => ({ index, change: c, lagMs: lateMs + performance.now() - at }));
+            changes.push(change);
+            return change;
+          },
+        },
+      }, io.signal);
+      const settled = (await Promise.all(changes)).sort((a, b) => a.index - b.index);
+      const restore = await simRef.setCluster('up');
+      const after = await snapshot(t);
+      for (const c of [...settled.map((x) => x.change), restore]) if (c.error !== null) notes.push(`simulator state change failed: ${c.error}`);
+      const records = tally.summary(phases, wl.classes);
+      // Counters at each state change: phase k got what kube-dns counted between marks k and k+1.
+      const marks: Array<SimTotals | null> = [before.sim, ...phases.slice(1).map((_, i) => settled.find((x) => x.index === i + 1)?.change.totals ?? null), restore.totals ?? after.sim];
+      const phaseRecords: PhaseRecord[] = records.map((p, k) => {
+        const a = marks[k] ?? null;
+        const b = marks[k + 1] ?? null;
+        const upstream = a === null || b === null ? null : {
+          clusterQueries: b.cluster.udpQueries + b.cluster.tcpQueries - a.cluster.udpQueries - a.cluster.tcpQueries,
+          clusterAnswered: b.cluster.answered - a.cluster.answered,
+          clusterDropped: b.cluster.dropped - a.cluster.dropped,
+        };
+        const lag = settled.find((x) => x.index === k)?.lagMs;
+        return { ...p, upstream, changeLagMs: lag === undefined ? null : Math.round(lag * 10) / 10 };
+      });
+      notes.push(...fallbackNotes(phaseRecords, wl.coldLookups(), wl.coldPool, opts.fallbackOutage, ttlMax));
+      const fallback: FallbackRecord = {
+        outage: opts.fallbackOutage,
+        phasesS: phases.map((p) => p.durationMs / 1000),
+        clientTimeoutMs: opts.fallbackTimeoutMs,
+        coldShare: opts.fallbackColdShare,
+        coldPool: wl.coldPool,
+        coldLookups: wl.coldLookups(),
+        viewTtlMax: ttlMax,
+        phases: phaseRecords,
+      };
+      const rec = toRecord(t, wl, o, before, after, w, fallback);
+      return { ...rec, warnings: [...rec.warnings, ...notes] };
+    };
+
     for (const wname of opts.workloads) {
       if (io.signal.aborted) break;
+      if (wname === 'fallback') {
+        // A scenario, not a rate sweep: one run per target at --fallback-rate, kube-dns going down and up on the phase schedule.
+        const phases = parsePhases(opts.fallbackPhases.join(','));
+        for (const t of targets) {
+          if (io.signal.aborted) break;
+          if (t.kind === 'direct') {
+            warnings.push('fallback/direct: skipped: straight to a stopped kube-dns every miss fails by construction; the workload measures what stands in front of it');
+            continue;
+          }
+          checkAlive(t);
+          const rec = await fallbackRun(t, phases);
+          runs.push(rec);
+          say(runLine(rec));
+          for (const line of phaseLines(rec)) say(line);
+        }
+        continue;
+      }
       const wl = buildWorkload(wname, params);
       const saturated = new Set<string>();
       let generatorLimited = false;
@@ -229,6 +356,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
         for (const t of targets) {
           if (io.signal.aborted) break;
           if (opts.ramp !== null && saturated.has(t.name)) continue;
+          if (skipped(wname, t)) continue;
           checkAlive(t);
           const w = await warm(t, wl);
           const before = await snapshot(t);
@@ -252,6 +380,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       if (!opts.max) continue;
       for (const t of targets) {
         if (io.signal.aborted) break;
+        if (skipped(wname, t)) continue;
         checkAlive(t);
         const w = await warm(t, wl);
         const before = await snapshot(t);
@@ -306,11 +435,13 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       pid: simRec?.pid ?? 0,
       cluster: simRec === null ? '' : formatEndpoint(simRec.cluster),
       external: simRec === null ? '' : formatEndpoint(simRec.external),
+      api: simRec?.apiUrl ?? null,
       pinnedTo: pins.sim,
       zones: {
         clusterDomain: zones.clusterDomain,
         namespaces: zones.namespaces,
         servicesPerNamespace: zones.servicesPerNamespace,
+        fallbackServices: zones.fallbackServices,
         clusterTtl: zones.clusterTtl,
         externalTtl: zones.externalTtl,
         negativeTtl: zones.negativeTtl,
@@ -358,7 +489,48 @@ function warmupSummary(w: RunOutcome | null): RunRecord['warmup'] {
   return w === null ? null : { lookups: w.lookups.started, wrong: w.queries.wrong, timeouts: w.queries.timeouts };
 }
 
-function toRecord(t: Target, wl: Workload, o: RunOutcome, before: Snapshot, after: Snapshot, w: RunOutcome | null): RunRecord {
+/** The TTL the agent gives answers from its view: --local-ttl if given as whole seconds, else its default; null when unknown. */
+export function localTtlOf(args: readonly string[]): number | null {
+  let v: string | null = null;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === '--local-ttl') v = args[i + 1] ?? '';
+    else if (a.startsWith('--local-ttl=')) v = a.slice('--local-ttl='.length);
+  }
+  if (v === null) return AGENT_LOCAL_TTL_S;
+  const m = /^([0-9]+)(s?)$/.exec(v);
+  return m === null ? null : Number(m[1]);
+}
+
+/** Polls the fake API server until `want` watches are open (each agent opens one per kind once its list is applied). */
+async function waitForWatches(sim: SimProcess, want: number, timeoutMs: number, signal: AbortSignal): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline && !signal.aborted) {
+    const s = await sim.stats();
+    if ((s?.api?.openWatches ?? 0) >= want) return true;
+    await new Promise((r) => setTimeout(r, SYNC_POLL_MS));
+  }
+  return false;
+}
+
+/** What a fallback run's phases say beyond their numbers: a cold pool too small, answers in an outage that did not come from the view. */
+export function fallbackNotes(phases: readonly PhaseRecord[], coldLookups: number, coldPool: number, outage: 'stop' | 'blackhole', ttlMax: number | null): string[] {
+  const out: string[] = [];
+  if (coldLookups > coldPool) out.push(`${coldLookups} cold lookups for ${coldPool} never-asked names: ${coldLookups - coldPool} repeated one (and may have been cache hits); raise --fallback-services or lower --fallback-rate/--fallback-cold-share`);
+  for (const p of phases) {
+    if (p.state !== 'down') continue;
+    const cold = p.classes['cold'];
+    if (ttlMax !== null && cold !== undefined && cold.fromView !== null && cold.queries.ok > cold.fromView) {
+      out.push(`phase ${p.index + 1} (down): ${cold.queries.ok - cold.fromView} right answers to never-asked names carried a TTL above ${ttlMax} s, so not from the view`);
+    }
+    if (outage === 'stop' && p.upstream !== null && p.upstream.clusterAnswered > 0) {
+      out.push(`phase ${p.index + 1} (down): kube-dns answered ${p.upstream.clusterAnswered} queries (the stop came ${p.changeLagMs ?? '?'} ms after the phase began)`);
+    }
+  }
+  return out;
+}
+
+function toRecord(t: Target, wl: Workload, o: RunOutcome, before: Snapshot, after: Snapshot, w: RunOutcome | null, fallback: FallbackRecord | null = null): RunRecord {
   const open = o.spec.kind === 'open';
   const durationS = (o.spec.durationMs ?? 0) / 1000;
   const wallS = o.wallMs / 1000;
@@ -426,6 +598,7 @@ function toRecord(t: Target, wl: Workload, o: RunOutcome, before: Snapshot, afte
     warnings,
     warmup: warmupSummary(w),
     dnsperf: null,
+    fallback,
   };
 }
 
@@ -466,6 +639,7 @@ function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, before: Snapsho
     warnings,
     warmup: warmupSummary(w),
     dnsperf: d,
+    fallback: null,
   };
 }
 
@@ -478,5 +652,17 @@ function runLine(r: RunRecord): string {
   const lat = r.latencyUs === null ? (r.dnsperf === null ? '' : `avg ${fmtUs(Math.round(r.dnsperf.avgLatencyUs))}`) : `p50 ${fmtUs(r.latencyUs.p50)} p99 ${fmtUs(r.latencyUs.p99)} p99.9 ${fmtUs(r.latencyUs.p999)}`;
   const cpu = r.targetUsage.cpuUsPerQuery === null ? '' : ` cpu ${r.targetUsage.cpuUsPerQuery.toFixed(1)}us/q`;
   const flags = `${r.saturated ? ' SATURATED' : ''}${r.generatorBound ? ' GENERATOR-BOUND' : ''}`;
-  return `  ${r.workload.padEnd(8)} ${r.target.padEnd(10)} ${load.padEnd(16)} ${Math.round(r.throughputQps)} q/s answered, ${lat}, timeouts ${r.queries.timeouts}, wrong ${r.checked ? r.queries.wrong : 'n/a'}${cpu}${flags}`;
+  const up = r.workload === 'podmix' && r.upstreamQueries !== null && r.lookups.started > 0 ? `, kube-dns ${(r.upstreamQueries.cluster / r.lookups.started).toFixed(2)} q/lookup` : '';
+  return `  ${r.workload.padEnd(8)} ${r.target.padEnd(14)} ${load.padEnd(16)} ${Math.round(r.throughputQps)} q/s answered, ${lat}, timeouts ${r.queries.timeouts}, wrong ${r.checked ? r.queries.wrong : 'n/a'}${up}${cpu}${flags}`;
+}
+
+/** One line per phase of a fallback run, for the progress output. */
+export function phaseLines(r: RunRecord): string[] {
+  if (r.fallback === null) return [];
+  return r.fallback.phases.map((p) => {
+    const q = p.queries;
+    const view = p.fromView === null ? '' : `, from view ${p.fromView}`;
+    const up = p.upstream === null ? '' : `; kube-dns got ${p.upstream.clusterQueries}, answered ${p.upstream.clusterAnswered}`;
+    return `      phase ${p.index + 1} ${p.state.padEnd(4)} ${p.durationS}s: ${p.lookups.started} lookups, ok ${q.ok}, servfail ${q.servfail}, wrong ${q.wrong}, timeouts ${q.timeouts}, late ${q.late}${view}; p50 ${fmtUs(p.latencyUs.p50)} p99 ${fmtUs(p.latencyUs.p99)} max ${fmtUs(p.latencyUs.max)}${up}`;
+  });
 }

@@ -203,8 +203,12 @@ function openLog(file: string): number {
 }
 
 export interface AgentSpec {
+  /** Target name (agent, agent+localneg); its log is <name>.log. */
+  readonly name: string;
   readonly agentPath: string;
   readonly extraArgs: readonly string[];
+  /** Kubeconfig of the simulator's fake API server (null: the agent runs without the cluster view). */
+  readonly kubeconfig: string | null;
   readonly clusterDomain: string;
   readonly host: string;
   readonly sim: SimProcess;
@@ -213,7 +217,11 @@ export interface AgentSpec {
   readonly readyTimeoutMs: number;
 }
 
-/** Starts the agent against the simulator, per the agent's CLI contract, and waits until it answers. */
+/**
+ * Starts the agent against the simulator, per the agent's CLI contract, and
+ * waits until it answers (its cluster view may still be syncing: the suite
+ * waits for that on the fake API server's side).
+ */
 export async function startAgent(spec: AgentSpec): Promise<Target> {
   const port = await freePort(spec.host);
   const listen: Endpoint = { host: spec.host, port };
@@ -230,17 +238,18 @@ export async function startAgent(spec: AgentSpec): Promise<Target> {
     '--resolv-conf', resolvConf,
     '--cluster-domain', spec.clusterDomain,
     '--log-level', 'warn',
+    ...(spec.kubeconfig === null ? [] : ['--kubeconfig', spec.kubeconfig]),
     ...spec.extraArgs,
   ];
   const argv = spec.pin === null ? [process.execPath, ...args] : ['taskset', '-c', spec.pin, process.execPath, ...args];
-  const logFile = path.join(spec.workDir, 'agent.log');
+  const logFile = path.join(spec.workDir, `${spec.name.replace(/[^A-Za-z0-9_.+-]/g, '_')}.log`);
   const fd = openLog(logFile);
   const env = { ...process.env };
   // Loader flags of a test runner have no business in the agent.
   delete env.NODE_OPTIONS;
   const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', fd, fd], env });
   closeSync(fd);
-  const t = new ProcessTarget('agent', 'agent', [listen, listen], argv.map(shellQuote).join(' '), logFile, child, false);
+  const t = new ProcessTarget(spec.name, 'agent', [listen, listen], argv.map(shellQuote).join(' '), logFile, child, false);
   try {
     await waitUntilAnswering(listen, spec.readyTimeoutMs, () => t.alive(), 'the agent', logFile);
   } catch (err) {

@@ -11,7 +11,7 @@
  * and plot need no change as long as the expected answers follow the zone
  * rules in sim/zones.ts.
  */
-import { QTYPE_A, QTYPE_AAAA, RCODE_NOERROR, namespaceName, serviceFqdn, serviceName, type ZoneConfig } from './sim/zones.js';
+import { QTYPE_A, QTYPE_AAAA, RCODE_NOERROR, fallbackServiceFqdn, namespaceName, serviceFqdn, serviceName, type ZoneConfig } from './sim/zones.js';
 import { UNIQUE_MARK, makeTemplate, type QueryTemplate } from './wire.js';
 
 export const WORKLOAD_NAMES = ['hit', 'miss', 'negative', 'podmix', 'fallback'] as const;
@@ -52,6 +52,8 @@ export interface WorkloadParams {
   readonly podmixSameNamespace: number;
   readonly podmixWarmupLookups: number;
   readonly ndots: number;
+  /** Share of fallback lookups that ask a never-asked name (a cache miss). */
+  readonly fallbackColdShare: number;
   /** Per invocation, so unique names never repeat across runs of one agent. */
   readonly uniqueTag: string;
 }
@@ -350,6 +352,56 @@ function podmixWorkload(p: WorkloadParams): Workload {
   };
 }
 
+// ---- fallback -----------------------------------------------------------------------------------
+
+export interface FallbackWorkload extends Workload {
+  /** Distinct never-asked (cold) names: the fb-<i> services of every namespace. */
+  readonly coldPool: number;
+  /** Cold lookups handed out so far; past coldPool the names repeat (and may then be cache hits). */
+  coldLookups(): number;
+}
+
+/**
+ * Cluster-zone load for the fallback runs: getaddrinfo-style lookups (A and
+ * AAAA together) of Zipf-popular services svc-<i>.ns-<j>, all warmed before
+ * the run (class "hot": cache hits), and a share of lookups of names no
+ * workload asks before, fb-<i>.ns-<j>, each taken once in a shuffled order
+ * (class "cold": cache misses, which the agent must forward or, when kube-dns
+ * is down, answer from its view). Build one per target run: each starts its
+ * cold names afresh.
+ */
+export function fallbackWorkload(p: WorkloadParams): FallbackWorkload {
+  const z = p.zones;
+  const rng = new Rng(p.seed ^ 0x4642);
+  const cache = new TemplateCache(z);
+  const pair = (name: string, cls: number): LookupPlan => ({ steps: [[cache.get(name, QTYPE_A), cache.get(name, QTYPE_AAAA)]], cls, queries: 2, unique: false });
+  const hotNames: string[] = [];
+  for (let ns = 0; ns < z.namespaces; ns++) {
+    for (let s = 0; s < z.servicesPerNamespace; s++) hotNames.push(serviceFqdn(s, ns, z));
+  }
+  const hot = shuffle(hotNames, new Rng(p.seed ^ 0x484f)).map((n) => pair(n, 0));
+  const coldNames: string[] = [];
+  for (let ns = 0; ns < z.namespaces; ns++) {
+    for (let s = 0; s < z.fallbackServices; s++) coldNames.push(fallbackServiceFqdn(s, ns, z));
+  }
+  const cold = shuffle(coldNames, new Rng(p.seed ^ 0x434f)).map((n) => pair(n, 1));
+  if (hot.length === 0) throw new Error('fallback: the cluster zone has no services (--namespaces/--services)');
+  const zipf = new Zipf(hot.length, p.zipfExponent);
+  let coldNext = 0;
+  return {
+    name: 'fallback',
+    classes: ['hot', 'cold'],
+    meanQueriesPerLookup: 2,
+    coldPool: cold.length,
+    coldLookups: () => coldNext,
+    warmup: () => hot,
+    next: () => {
+      if (cold.length > 0 && rng.next() < p.fallbackColdShare) return cold[coldNext++ % cold.length] as LookupPlan;
+      return hot[zipf.sample(rng)] as LookupPlan;
+    },
+  };
+}
+
 // ---- registry -----------------------------------------------------------------------------------
 
 export interface WorkloadSpec {
@@ -364,18 +416,10 @@ export const WORKLOADS: Record<WorkloadName, WorkloadSpec> = {
   miss: { description: 'unique existing names, every query a cache miss (cluster zone and external)', build: missWorkload },
   negative: { description: 'NXDOMAIN names: a repeated Zipf set (negative-cache hits) and unique ones', build: negativeWorkload },
   podmix: { description: 'what pods send: ndots:5 search expansion as glibc does it, A+AAAA per candidate', build: podmixWorkload },
-  // Extension point. The fallback workload measures answers while the cluster
-  // upstream is failing (the agent's fallback path, design §6). It needs: a
-  // simulator control message to set faults on the cluster server mid-run
-  // (sim/serve.ts already applies `faults` at start; add a 'faults' message),
-  // a plan mix of cluster names, and expected answers for the fallback mode
-  // (which depend on the agent's fallback policy). Until then it is refused
-  // rather than faked.
-  fallback: {
-    description: 'answers while the cluster upstream fails (not implemented yet)',
-    build: null,
-    unavailable: 'the fallback workload is not implemented yet: it needs mid-run simulator faults and the agent\'s fallback policy (see the WORKLOADS entry in bench/workloads.ts)',
-  },
+  // Run by the suite as a scenario, not a rate sweep: one open-loop run per
+  // target at --fallback-rate, with the simulated kube-dns stopped and
+  // restarted on the schedule of --fallback-phases (suite.ts runFallback).
+  fallback: { description: 'cluster-zone load while the simulated kube-dns goes down and comes back (hits and never-asked names, per phase)', build: fallbackWorkload },
 };
 
 export function buildWorkload(name: WorkloadName, p: WorkloadParams): Workload {

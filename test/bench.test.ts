@@ -1,8 +1,11 @@
 // The latency benchmark harness (bench/): its building blocks (zones, query
-// templates, the answer checker, glibc's search expansion, option parsing),
-// then one --quick run end to end against the simulator ("direct"), a peer
-// started with --peer-cmd and a deliberately wrong peer, checking that the
-// results are well formed and that the checker tells right from wrong.
+// templates, the answer checker, glibc's search expansion, option parsing,
+// the fallback workload's phases and tally, the simulator's fake API server
+// and kube-dns stop/start), then one --quick run end to end against the
+// simulator ("direct"), a peer started with --peer-cmd and a deliberately
+// wrong peer, checking that the results are well formed and that the checker
+// tells right from wrong; and, when the agent is built, a --quick run of
+// podmix and fallback through the agent with and without --local-negative.
 // No timing thresholds anywhere: this checks the harness, not the machine.
 import t from 'tap';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
@@ -11,18 +14,27 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import dnsPacket from 'dns-packet';
 import type { Packet } from 'dns-packet';
-import { Verdict, checkResponse } from '../bench/check.js';
+import { Verdict, answerTtl, checkResponse } from '../bench/check.js';
+import { LoadGenerator, UniqueCounter } from '../bench/loadgen.js';
 import { helpText, parseOptions } from '../bench/options.js';
+import { PhaseTally, boundaries, parsePhases, phaseAt, totalMs } from '../bench/phases.js';
 import { which } from '../bench/proc-stats.js';
-import type { BenchResults } from '../bench/results.js';
+import type { BenchResults, RunRecord } from '../bench/results.js';
 import { SimDnsServer } from '../testkit/dns-server.js';
+import { canonicalIpv6, zoneServiceJson } from '../bench/sim/api.js';
+import { SimProcess } from '../bench/sim/control.js';
 import {
   DEFAULT_ZONES, QTYPE_A, QTYPE_AAAA, RCODE_NOERROR, RCODE_NXDOMAIN, Zone,
-  answerPacket, combinedZoneHandler, expectedAnswer, nameExists, zoneOf,
+  answerPacket, combinedZoneHandler, expectedAnswer, listedServices, nameExists, zoneOf,
 } from '../bench/sim/zones.js';
-import { runBench } from '../bench/suite.js';
+import { fallbackNotes, localTtlOf, runBench } from '../bench/suite.js';
+import { probe } from '../bench/targets.js';
 import { makeTemplate, renderName, writeUnique } from '../bench/wire.js';
-import { Rng, Zipf, podSearchList, searchCandidates } from '../bench/workloads.js';
+import { Rng, Zipf, fallbackWorkload, podSearchList, searchCandidates, type LookupPlan, type Workload, type WorkloadParams } from '../bench/workloads.js';
+
+// The end-to-end runs start the simulator twice and the agent twice, each a Node process loading
+// TypeScript or the Kubernetes client; on a shared 2-core machine the file can pass the default 120 s.
+t.setTimeout(300_000);
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const HOST = '127.0.30.1';
@@ -130,7 +142,20 @@ t.test('options: defaults, --quick, validation, help', async (t) => {
   t.same(parseOptions(['--target', '127.0.0.1:5300']).builtinTargets, ['direct'], '--target replaces the agent');
   t.throws(() => parseOptions(['--target', '10.0.0.1:53']), { name: 'UsageError' }, 'only loopback');
   t.throws(() => parseOptions(['--peer', 'x=192.168.1.1:53']), { name: 'UsageError' }, 'only loopback');
-  t.throws(() => parseOptions(['--workloads', 'fallback']), /not implemented yet/, 'fallback is refused, not faked');
+  const fb = parseOptions(['--workloads', 'fallback', '--targets', 'agent,agent+localneg']);
+  t.same(fb.workloads, ['fallback'], 'fallback is available');
+  t.same(fb.builtinTargets, ['agent', 'agent+localneg']);
+  t.same(fb.fallbackPhases, [3, 4, 3], 'default phases: up 3 s, down 4 s, up 3 s');
+  t.equal(fb.fallbackOutage, 'stop');
+  t.same(parseOptions(['--fallback-phases', '1,2.5,1,2,1']).fallbackPhases, [1, 2.5, 1, 2, 1]);
+  t.equal(d.summary, true, 'a full run publishes the summary');
+  t.equal(fb.summary, false, 'a partial run (not every default workload) does not replace it');
+  t.equal(parseOptions(['--workloads', 'hit,miss,negative,podmix,fallback']).summary, true);
+  t.throws(() => parseOptions(['--fallback-phases', '3,0,3']), { name: 'UsageError' }, 'a phase must last');
+  t.throws(() => parseOptions(['--fallback-phases', '3,,3']), { name: 'UsageError' });
+  t.throws(() => parseOptions(['--fallback-outage', 'slow']), { name: 'UsageError' });
+  t.throws(() => parseOptions(['--targets', 'agent,dnsmasq']), { name: 'UsageError' });
+  t.same(parseOptions(['--target', '127.0.0.1:5300', '--targets', 'agent+localneg,direct']).builtinTargets, ['direct'], '--target replaces every agent variant');
   t.throws(() => parseOptions(['--rates', '1,2', '--ramp', '1:2']), { name: 'UsageError' });
   t.throws(() => parseOptions(['--nope']), { name: 'UsageError' });
   t.throws(() => parseOptions(['--peer-cmd', 'x=dnsmasq']), /\{port\}/);
@@ -138,6 +163,198 @@ t.test('options: defaults, --quick, validation, help', async (t) => {
   if (which('dnsperf') === null) {
     await t.rejects(runBench(parseOptions(['--quick', '--driver', 'dnsperf', '--targets', 'direct']), { log: () => {}, signal: new AbortController().signal, argv: [] }), /dnsperf is not installed/, 'dnsperf requested but absent: a clear usage error');
   }
+});
+
+t.test('zones and API: the fallback services exist, and the fake API lists what kube-dns answers', async (t) => {
+  t.ok(nameExists('fb-0.ns-0.svc.cluster.local', zones));
+  t.ok(nameExists(`fb-${zones.fallbackServices - 1}.ns-1.svc.cluster.local`, zones));
+  t.notOk(nameExists(`fb-${zones.fallbackServices}.ns-1.svc.cluster.local`, zones), 'fallback index out of range');
+  t.notOk(nameExists('fb-1.ns-1.ns-0.svc.cluster.local', zones));
+  const small = { ...zones, namespaces: 2, servicesPerNamespace: 3, fallbackServices: 4 };
+  const listed = listedServices(small);
+  t.equal(listed.length, 2 * (3 + 4), 'every svc-<i> and fb-<i> of every namespace, no u- names');
+  for (const s of listed) t.ok(nameExists(`${s.name}.${s.namespace}.svc.cluster.local`, small), `${s.name}.${s.namespace} exists in the zone`);
+
+  const svc = zoneServiceJson('ns-1', 'svc-2', zones);
+  const spec = svc['spec'] as { clusterIPs: string[]; ipFamilies: string[] };
+  const a = expectedAnswer('svc-2.ns-1.svc.cluster.local', QTYPE_A, zones).addresses;
+  const aaaa = expectedAnswer('svc-2.ns-1.svc.cluster.local', QTYPE_AAAA, zones).addresses;
+  t.same(spec.clusterIPs, [a[0], canonicalIpv6(aaaa[0] as string)], 'the cluster IPs are the addresses kube-dns serves');
+  t.same(spec.ipFamilies, ['IPv4', 'IPv6']);
+  t.equal(canonicalIpv6('fd00:10:96:0:0:0:1:2'), 'fd00:10:96::1:2');
+  t.throws(() => zoneServiceJson('ns-1', 'nope', zones), /does not exist/);
+});
+
+t.test('phases: schedule, phase of a time, and the tally', async (t) => {
+  const ph = parsePhases('3,4,3');
+  t.same(ph.map((p) => [p.state, p.startMs, p.durationMs]), [['up', 0, 3000], ['down', 3000, 4000], ['up', 7000, 3000]]);
+  t.equal(totalMs(ph), 10000);
+  const b = boundaries(ph);
+  t.same(b, [3000, 7000]);
+  t.equal(phaseAt(b, -5), 0, 'before the start: the first phase');
+  t.equal(phaseAt(b, 2999.9), 0);
+  t.equal(phaseAt(b, 3000), 1, 'a boundary belongs to the phase it starts');
+  t.equal(phaseAt(b, 6999), 1);
+  t.equal(phaseAt(b, 7000), 2);
+  t.equal(phaseAt(b, 1e9), 2, 'past the end: the last phase');
+  t.same(parsePhases('0.5').map((p) => p.state), ['up']);
+  t.throws(() => parsePhases('1,-1'));
+  t.throws(() => parsePhases('1,x'));
+
+  const tally = new PhaseTally(3, 2, 5);
+  const hotUp = tally.cell(0, 0);
+  const coldDown = tally.cell(1, 1);
+  t.equal(tally.cell(9, 7), tally.cell(2, 0), 'out of range: the last phase, class 0');
+  tally.started(hotUp);
+  tally.sent(hotUp);
+  tally.sent(hotUp);
+  tally.answered(hotUp, Verdict.OK, 30);
+  tally.answered(hotUp, Verdict.OK, 29);
+  tally.completed(hotUp, 400);
+  for (let i = 0; i < 3; i++) {
+    tally.started(coldDown);
+    tally.sent(coldDown);
+  }
+  tally.answered(coldDown, Verdict.OK, 5);
+  tally.completed(coldDown, 1000);
+  tally.answered(coldDown, Verdict.SERVFAIL, -1);
+  tally.failed(coldDown);
+  tally.timeout(coldDown);
+  tally.failed(coldDown);
+  tally.late(coldDown);
+  tally.answered(coldDown, Verdict.DATA, -1);
+  const sum = tally.summary(ph, ['hot', 'cold']);
+  t.equal(sum.length, 3);
+  t.same(sum.map((p) => p.state), ['up', 'down', 'up']);
+  t.match(sum[0], { lookups: { started: 1, completed: 1, failed: 0 }, queries: { sent: 2, answered: 2, ok: 2, servfail: 0, wrong: 0, timeouts: 0 }, fromView: 0 }, 'kube-dns TTLs are not from the view');
+  t.equal(sum[0]?.latencyUs.p50, 400);
+  t.match(sum[1], { lookups: { started: 3, completed: 1, failed: 2 }, queries: { sent: 3, answered: 3, ok: 1, servfail: 1, wrong: 1, timeouts: 1, late: 1 }, fromView: 1 });
+  t.match(sum[1]?.classes['cold'], { queries: { ok: 1 }, fromView: 1 });
+  t.match(sum[1]?.classes['hot'], { lookups: { started: 0 }, queries: { sent: 0 }, fromView: 0 });
+  t.equal(sum[2]?.lookups.started, 0);
+  t.equal(new PhaseTally(1, 1, null).summary(parsePhases('1'), ['x'])[0]?.fromView, null, 'no view TTL: from-view not counted');
+
+  t.equal(localTtlOf([]), 5, "the agent's default --local-ttl");
+  t.equal(localTtlOf(['--local-ttl', '10s']), 10);
+  t.equal(localTtlOf(['--local-ttl=7']), 7);
+  t.equal(localTtlOf(['--local-ttl', '1m']), null, 'not whole seconds: unknown');
+
+  // What the notes flag: a cold answer in an outage without the view's TTL, kube-dns answering while "stopped", a pool too small.
+  const notes = fallbackNotes(sum.map((p) => (p.state === 'down' ? { ...p, upstream: { clusterQueries: 3, clusterAnswered: 2, clusterDropped: 0 }, classes: { ...p.classes, cold: { ...(p.classes['cold'] as NonNullable<(typeof p.classes)['cold']>), queries: { ...(p.classes['cold'] as NonNullable<(typeof p.classes)['cold']>).queries, ok: 3 } } } } : p)), 12, 10, 'stop', 5);
+  t.equal(notes.length, 3);
+  t.match(notes.join('\n'), /2 repeated/);
+  t.match(notes.join('\n'), /2 right answers to never-asked names carried a TTL above 5/);
+  t.match(notes.join('\n'), /kube-dns answered 2 queries/);
+  t.same(fallbackNotes(sum, 10, 10, 'blackhole', 5), [], 'nothing to say about a clean run');
+});
+
+t.test('answerTtl: the smallest answer TTL, -1 without answers', async (t) => {
+  const tA = makeTemplate('www.site-3.example', QTYPE_A, zones);
+  const ans = simAnswer('www.site-3.example', QTYPE_A, 1, (p) => ({ ...p, answers: (p.answers ?? []).map((a, i) => ({ ...a, ttl: 300 - i * 100 }) as typeof a) }));
+  const n = expectedAnswer('www.site-3.example', QTYPE_A, zones).addresses.length;
+  t.equal(answerTtl(ans, tA.questionEnd), 300 - (n - 1) * 100);
+  const tNx = makeTemplate('nx-1.site-3.example', QTYPE_A, zones);
+  t.equal(answerTtl(simAnswer('nx-1.site-3.example', QTYPE_A, 1), tNx.questionEnd), -1);
+  t.equal(answerTtl(Buffer.alloc(5), tA.questionEnd), -1);
+  t.equal(answerTtl(ans.subarray(0, ans.length - 3), tA.questionEnd), -1, 'cut short');
+});
+
+const fallbackParams = (over: Partial<WorkloadParams> = {}): WorkloadParams => ({
+  zones: { ...zones, namespaces: 2, servicesPerNamespace: 3, fallbackServices: 4 },
+  seed: 1, zipfExponent: 1, hitNames: 10, externalNames: 5, negativeNames: 5, negativeUniqueShare: 0.5, missExternalShare: 0.5,
+  podmixExternalShare: 0.3, podmixSameNamespace: 0.7, podmixWarmupLookups: 10, ndots: 5, fallbackColdShare: 0.5, uniqueTag: 'test', ...over,
+});
+
+t.test('fallback workload: warmed hot services, never-asked cold names each once, then repeats counted', async (t) => {
+  const wl = fallbackWorkload(fallbackParams());
+  t.same(wl.classes, ['hot', 'cold']);
+  t.equal(wl.meanQueriesPerLookup, 2);
+  t.equal(wl.coldPool, 8);
+  const warm = wl.warmup();
+  t.equal(warm.length, 6, 'every svc-<i>.ns-<j> is warmed');
+  for (const p of warm) {
+    t.equal(p.cls, 0);
+    t.same(p.steps.map((s) => s.map((q) => q.qtype)), [[QTYPE_A, QTYPE_AAAA]], 'A and AAAA together, as getaddrinfo');
+    t.equal(p.steps[0]?.[0]?.rcode, RCODE_NOERROR);
+  }
+  const coldSeen: string[] = [];
+  let hot = 0;
+  for (let i = 0; i < 200 && coldSeen.length < 8; i++) {
+    const p = wl.next();
+    if (p.cls === 1) coldSeen.push(p.steps[0]?.[0]?.name ?? '');
+    else hot++;
+  }
+  t.equal(new Set(coldSeen).size, 8, 'each cold name once before any repeats');
+  t.ok(coldSeen.every((n) => /^fb-[0-3]\.ns-[01]\.svc\.cluster\.local$/.test(n) && nameExists(n, fallbackParams().zones)), 'cold names are the fb- services');
+  t.ok(hot > 0, 'and hot lookups in between');
+  t.equal(wl.coldLookups(), 8);
+  let more = 0;
+  while (more < 3) if (wl.next().cls === 1) more++;
+  t.equal(wl.coldLookups(), 11, 'past the pool the count goes on (the run warns)');
+  t.equal(fallbackWorkload(fallbackParams({ fallbackColdShare: 0 })).next().cls, 0, 'no cold share: only hot');
+});
+
+t.test('generator phases: lookups are tallied by phase, and onPhase fires at each boundary', async (t) => {
+  // One in-process server; the middle phase black-holes it. Counts, not timings, are asserted. The
+  // server reads its socket on this same event loop, so queries sent just before a boundary may be read
+  // after the toggle (more of them on a busy machine): the bounds leave a fifth of a phase for that.
+  const server = await SimDnsServer.start({ host: HOST, handler: combinedZoneHandler(zones) });
+  t.teardown(() => server.close());
+  const gen = await LoadGenerator.open({ routes: [{ host: HOST, port: server.port }, { host: HOST, port: server.port }], sockets: 1, timeoutMs: 1000, counter: new UniqueCounter() });
+  t.teardown(() => gen.close());
+  const tmpl = makeTemplate('svc-1.ns-1.svc.cluster.local', QTYPE_A, zones);
+  const plan: LookupPlan = { steps: [[tmpl]], cls: 0, queries: 1, unique: false };
+  const wl: Workload = { name: 'fallback', classes: ['only'], meanQueriesPerLookup: 1, warmup: () => [], next: () => plan };
+  const phases = parsePhases('0.3,0.3,0.3');
+  const tally = new PhaseTally(phases.length, 1, 5);
+  const seen: number[] = [];
+  const o = await gen.run(wl, {
+    kind: 'open', rateQps: 300, durationMs: totalMs(phases), timeoutMs: 150,
+    phases: { boundariesMs: boundaries(phases), tally, onPhase: (i) => { seen.push(i); server.faults.dropAll = phases[i]?.state === 'down'; } },
+  });
+  t.same(seen, [1, 2], 'one call per boundary, in order');
+  const [up1, down, up2] = tally.summary(phases, ['only']);
+  t.ok(up1 !== undefined && down !== undefined && up2 !== undefined);
+  if (up1 === undefined || down === undefined || up2 === undefined) return;
+  t.equal(up1.lookups.started + down.lookups.started + up2.lookups.started, o.lookups.started, 'every lookup in exactly one phase');
+  t.equal(up1.queries.sent + down.queries.sent + up2.queries.sent, o.queries.sent);
+  t.equal(up1.queries.timeouts + down.queries.timeouts + up2.queries.timeouts, o.queries.timeouts);
+  // Lookups are placed by their intended start, which is fixed by the schedule: 90 per phase, whatever the load.
+  for (const p of [up1, down, up2]) t.ok(p.lookups.started >= 89 && p.lookups.started <= 91, `90 lookups in phase ${p.index + 1} (${p.lookups.started})`);
+  const most = (n: number): number => Math.floor(0.8 * n);
+  t.ok(up1.queries.ok >= most(up1.queries.sent), `up: answered (${up1.queries.ok} of ${up1.queries.sent})`);
+  t.ok(down.queries.timeouts >= most(down.queries.sent) && down.queries.ok <= down.queries.sent - most(down.queries.sent), `down: timed out (${down.queries.timeouts} of ${down.queries.sent})`);
+  t.ok(up2.queries.ok >= most(up2.queries.sent), `up again: answered (${up2.queries.ok} of ${up2.queries.sent})`);
+  t.equal(up1.fromView, 0, "the simulator's 30 s TTL is not the view's");
+  t.equal(down.latencyUs.count, down.lookups.completed, 'latency only of completed lookups');
+});
+
+t.test('simulator: fake API server with the zone, kube-dns stopped, black-holed and restarted', async (t) => {
+  const small = { ...zones, namespaces: 2, servicesPerNamespace: 3, fallbackServices: 2 };
+  const f = { latencyMs: 0, jitterMs: 0, lossRate: 0, port: 0 };
+  const sim = await SimProcess.start({ host: HOST, zones: small, cluster: f, external: f, api: { token: 'tkn' } });
+  t.teardown(() => sim.stop());
+  t.match(sim.apiUrl, /^http:\/\/127\.0\.0\.1:[0-9]+$/);
+  const res = await fetch(`${sim.apiUrl}/api/v1/services`, { headers: { authorization: 'Bearer tkn' } });
+  const list = (await res.json()) as { items: Array<{ metadata: { name: string; namespace: string } }> };
+  t.equal(list.items.length, 10, 'every listed service of the zone');
+  t.equal((await fetch(`${sim.apiUrl}/api/v1/services`)).status, 401, 'the token is required');
+  const s0 = await sim.stats();
+  t.match(s0?.api, { services: 10, openWatches: 0 });
+  t.ok(await probe(sim.cluster, 500), 'kube-dns answers');
+  const stop = await sim.setCluster('stop');
+  t.equal(stop.error, null);
+  t.ok(stop.totals !== null && stop.totals.cluster.udpQueries >= 1, 'the counters at the change come back');
+  t.notOk(await probe(sim.cluster, 300), 'stopped: no answer');
+  t.equal((await sim.setCluster('up')).error, null);
+  t.ok(await probe(sim.cluster, 500), 'restarted on the same port');
+  await sim.setCluster('blackhole');
+  t.notOk(await probe(sim.cluster, 300), 'black-holed: no answer');
+  const back = await sim.setCluster('up');
+  t.ok(await probe(sim.cluster, 500), 'and back');
+  t.ok((back.totals?.cluster.dropped ?? 0) >= 1, 'the black hole dropped the probe');
+  await sim.stop();
+  t.match(await sim.setCluster('up'), { totals: null, error: /not running/ });
 });
 
 /** Every element closed, in order; attributes quoted. A small well-formedness check without an XML parser. */
@@ -228,4 +445,55 @@ t.test('--quick end to end: direct, a --peer-cmd, a wrong peer', async (t) => {
   t.ok(existsSync(res.reports.summary));
   t.equal(res.reports.publishedSummary, null, 'a quick run does not publish a summary');
   t.notOk(existsSync(path.join(out, 'summary')));
+});
+
+const AGENT = path.join(ROOT, 'dist', 'src', 'main.js');
+
+t.test('--quick through the agent: podmix with and without --local-negative, fallback across a kube-dns stop', { skip: existsSync(AGENT) ? false : `the agent is not built (${AGENT}); run npm run build` }, async (t) => {
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  const argv = ['--quick', '--no-max', '--workloads', 'podmix,fallback,miss', '--targets', 'agent,agent+localneg,direct', '--fallback-phases', '0.6,1,0.6', '--ready-timeout', '60', '--host', HOST, '--out', out];
+  const logs: string[] = [];
+  const res = await runBench(parseOptions(argv), { log: (l) => logs.push(l), signal: new AbortController().signal, argv });
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  t.equal(res.exitCode, 0, `no wrong answers (${json.warnings.join('; ')})`);
+  t.match(json.simulator.api, /^http:\/\/127\.0\.0\.1:/, 'the agents watch the fake API server');
+  t.match(logs.join('\n'), /agent\+localneg: cluster view synced/);
+  const agentCmd = json.targets.find((x) => x.name === 'agent+localneg')?.command ?? '';
+  t.match(agentCmd, /--kubeconfig \S+kubeconfig/);
+  t.match(agentCmd, /--local-negative/);
+  const warnings = json.warnings.join('\n');
+  t.match(warnings, /fallback\/direct: skipped/, 'fallback does not measure direct');
+  t.match(warnings, /miss\/agent\+localneg: skipped/, 'miss is not run where --local-negative denies its u- names by design');
+  t.notOk(json.runs.some((r) => r.workload === 'miss' && r.target === 'agent+localneg'));
+  t.ok(json.runs.some((r) => r.workload === 'miss' && r.target === 'agent'));
+
+  for (const target of ['agent', 'agent+localneg']) {
+    const r = json.runs.find((x) => x.workload === 'fallback' && x.target === target);
+    t.ok(r?.fallback, `fallback/${target} ran`);
+    const f = r?.fallback;
+    if (f === undefined || f === null) continue;
+    t.same(f.phases.map((p) => p.state), ['up', 'down', 'up']);
+    t.equal(f.viewTtlMax, 5);
+    t.ok(f.coldLookups > 0 && f.coldLookups <= f.coldPool, 'never-asked names, none repeated');
+    const [, down] = f.phases;
+    t.ok(down !== undefined);
+    if (down === undefined) continue;
+    t.ok(down.lookups.started > 0 && down.queries.ok === down.queries.sent, `${target}: every query of the outage answered right (${JSON.stringify(down.queries)})`);
+    t.equal(down.upstream?.clusterAnswered, 0, 'kube-dns answered nothing while stopped');
+    const cold = down.classes['cold'];
+    t.ok(cold !== undefined && cold.queries.ok > 0, 'never-asked names were asked during the outage');
+    t.equal(cold?.fromView, cold?.queries.ok, 'and every answer to them came from the view (its TTL)');
+    t.equal(f.phases[0]?.classes['cold']?.fromView, 0, 'before the outage kube-dns answered them');
+    t.equal(r?.queries.wrong, 0);
+  }
+  const podmix = (target: string): RunRecord | undefined => json.runs.find((x) => x.workload === 'podmix' && x.target === target && x.mode === 'open');
+  const plain = podmix('agent');
+  const localneg = podmix('agent+localneg');
+  t.ok(plain?.upstreamQueries && localneg?.upstreamQueries, 'podmix ran through both agents');
+  t.ok((localneg?.upstreamQueries?.cluster ?? 1) <= (plain?.upstreamQueries?.cluster ?? 0), 'search-path junk answered locally: no more kube-dns queries than without');
+  const md = readFileSync(res.reports.markdown, 'utf8');
+  t.match(md, /\| agent\+localneg \| 2 down 1s \|/, 'results.md has the phase table');
+  t.match(md, /kube-dns q\/lookup/, 'and the podmix upstream table');
+  t.equal(svgWellFormed(readFileSync(res.reports.plot, 'utf8')), null, 'plot.svg with a phase panel is well formed');
+  t.match(readFileSync(res.reports.plot, 'utf8'), /fallback: latency per phase/);
 });

@@ -7,9 +7,9 @@ import { fork, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Endpoint } from '../loadgen.js';
-import type { ParentMessage, SimConfig, SimCounters, SimMessage } from './serve.js';
+import type { ApiCounters, ClusterState, ParentMessage, SimConfig, SimCounters, SimMessage } from './serve.js';
 
-export type { SimConfig, SimCounters } from './serve.js';
+export type { ApiCounters, ClusterState, SimConfig, SimCounters } from './serve.js';
 
 const READY_TIMEOUT_MS = 20000;
 const STATS_TIMEOUT_MS = 5000;
@@ -18,29 +18,40 @@ const STOP_TIMEOUT_MS = 3000;
 export interface SimTotals {
   readonly cluster: SimCounters;
   readonly external: SimCounters;
+  /** The fake API server's counters, when it runs. */
+  readonly api: ApiCounters | null;
+}
+
+/** The answer to a cluster state change: the counters right before it, or why it failed. */
+export interface ClusterChange {
+  readonly totals: SimTotals | null;
+  readonly error: string | null;
 }
 
 export class SimProcess {
   readonly cluster: Endpoint;
   readonly external: Endpoint;
+  /** The fake Kubernetes API server (http://127.0.0.1:PORT), or null when not asked for. */
+  readonly apiUrl: string | null;
   readonly #child: ChildProcess;
   #seq = 0;
-  readonly #waiting = new Map<number, (t: SimTotals | null) => void>();
+  readonly #waiting = new Map<number, (t: SimTotals | null, error: string | null) => void>();
   #exited = false;
 
-  private constructor(child: ChildProcess, cluster: Endpoint, external: Endpoint) {
+  private constructor(child: ChildProcess, cluster: Endpoint, external: Endpoint, apiUrl: string | null) {
     this.#child = child;
     this.cluster = cluster;
     this.external = external;
+    this.apiUrl = apiUrl;
     child.on('message', (m: SimMessage) => {
-      if (m.type !== 'stats') return;
+      if (m.type !== 'stats' && m.type !== 'cluster') return;
       const w = this.#waiting.get(m.seq);
       this.#waiting.delete(m.seq);
-      w?.({ cluster: m.cluster, external: m.external });
+      w?.({ cluster: m.cluster, external: m.external, api: m.api }, m.type === 'cluster' ? m.error : null);
     });
     child.on('exit', () => {
       this.#exited = true;
-      for (const w of this.#waiting.values()) w(null);
+      for (const w of this.#waiting.values()) w(null, 'the simulator exited');
       this.#waiting.clear();
     });
   }
@@ -81,27 +92,39 @@ export class SimProcess {
         } else if (m.type === 'ready') {
           clearTimeout(timer);
           child.off('exit', onExit);
-          resolve(new SimProcess(child, m.cluster, m.external));
+          resolve(new SimProcess(child, m.cluster, m.external, m.apiUrl));
         }
       });
     });
   }
 
   /** Cumulative query counters of both servers (null if the simulator is gone). */
-  stats(): Promise<SimTotals | null> {
-    if (this.#exited) return Promise.resolve(null);
+  async stats(): Promise<SimTotals | null> {
+    return (await this.#ask((seq) => ({ type: 'stats', seq }))).totals;
+  }
+
+  /**
+   * Takes the fake kube-dns up, stops it (a dead kube-dns: connections
+   * refused) or black-holes it (listening, answering nothing). Resolves once
+   * done, with the counters right before the change.
+   */
+  setCluster(state: ClusterState): Promise<ClusterChange> {
+    return this.#ask((seq) => ({ type: 'cluster', seq, state }));
+  }
+
+  #ask(msg: (seq: number) => ParentMessage): Promise<ClusterChange> {
+    if (this.#exited) return Promise.resolve({ totals: null, error: 'the simulator is not running' });
     const seq = ++this.#seq;
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.#waiting.delete(seq);
-        resolve(null);
+        resolve({ totals: null, error: `no answer from the simulator within ${STATS_TIMEOUT_MS} ms` });
       }, STATS_TIMEOUT_MS);
-      this.#waiting.set(seq, (t) => {
+      this.#waiting.set(seq, (totals, error) => {
         clearTimeout(timer);
-        resolve(t);
+        resolve({ totals, error });
       });
-      const msg: ParentMessage = { type: 'stats', seq };
-      this.#child.send(msg);
+      this.#child.send(msg(seq));
     });
   }
 

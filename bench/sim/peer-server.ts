@@ -16,7 +16,12 @@ function arg(name: string, def: string): string {
 async function main(): Promise<void> {
   const host = arg('host', '127.0.0.1');
   const port = Number(arg('port', '0'));
-  const zones = { ...DEFAULT_ZONES, namespaces: Number(arg('namespaces', String(DEFAULT_ZONES.namespaces))), servicesPerNamespace: Number(arg('services', String(DEFAULT_ZONES.servicesPerNamespace))) };
+  const zones = {
+    ...DEFAULT_ZONES,
+    namespaces: Number(arg('namespaces', String(DEFAULT_ZONES.namespaces))),
+    servicesPerNamespace: Number(arg('services', String(DEFAULT_ZONES.servicesPerNamespace))),
+    fallbackServices: Number(arg('fallback-services', String(DEFAULT_ZONES.fallbackServices))),
+  };
   const server = await SimDnsServer.start({ host, port, handler: combinedZoneHandler(zones) });
   // The per-name counters are of no use here; keep memory flat under unique-name load.
   const timer = setInterval(() => server.resetStats(), 2000);

@@ -4,13 +4,22 @@
  * its event loop does not delay either. Two servers: the cluster zone (fake
  * kube-dns, UDP+TCP) and the external zone (fake host resolver, UDP+TCP).
  *
+ * With `api` set it also runs a fake Kubernetes API server (sim/api.ts)
+ * holding the cluster zone's Namespaces and Services, for the agent's watch.
+ *
  * Protocol over the IPC channel: the parent passes a JSON `SimConfig` as
- * argv[2]; the child sends { type: 'ready', cluster, external } once both
- * listen; on { type: 'stats', seq } it answers { type: 'stats', seq, cluster,
- * external } with cumulative counters; on { type: 'stop' } or when the
- * parent goes away it closes both servers and exits.
+ * argv[2]; the child sends { type: 'ready', cluster, external, apiUrl } once
+ * everything listens; on { type: 'stats', seq } it answers { type: 'stats',
+ * seq, cluster, external, api } with cumulative counters; on { type:
+ * 'cluster', seq, state } it takes the fake kube-dns up, stops it (sockets
+ * closed: connections refused, as a dead kube-dns) or black-holes it
+ * (listening, answering nothing), and answers { type: 'cluster', seq, ...
+ * counters at that moment }; on { type: 'stop' } or when the parent goes
+ * away it closes everything and exits.
  */
+import { FakeApiServer } from '../../testkit/fake-apiserver.js';
 import { SimDnsServer } from '../../testkit/dns-server.js';
+import { loadZone } from './api.js';
 import { clusterZoneHandler, externalZoneHandler, type ZoneConfig } from './zones.js';
 
 export interface UpstreamFaults {
@@ -24,6 +33,17 @@ export interface SimConfig {
   readonly zones: ZoneConfig;
   readonly cluster: UpstreamFaults & { readonly port: number };
   readonly external: UpstreamFaults & { readonly port: number };
+  /** Run a fake API server with this bearer token (null: none). */
+  readonly api: { readonly token: string } | null;
+}
+
+/** up: serving; stop: not listening (connections refused); blackhole: listening, answering nothing. */
+export type ClusterState = 'up' | 'stop' | 'blackhole';
+
+export interface ApiCounters {
+  readonly services: number;
+  readonly openWatches: number;
+  readonly requests: number;
 }
 
 export interface SimCounters {
@@ -35,11 +55,12 @@ export interface SimCounters {
 }
 
 export type SimMessage =
-  | { type: 'ready'; cluster: { host: string; port: number }; external: { host: string; port: number } }
-  | { type: 'stats'; seq: number; cluster: SimCounters; external: SimCounters }
+  | { type: 'ready'; cluster: { host: string; port: number }; external: { host: string; port: number }; apiUrl: string | null }
+  | { type: 'stats'; seq: number; cluster: SimCounters; external: SimCounters; api: ApiCounters | null }
+  | { type: 'cluster'; seq: number; cluster: SimCounters; external: SimCounters; api: ApiCounters | null; error: string | null }
   | { type: 'error'; message: string };
 
-export type ParentMessage = { type: 'stats'; seq: number } | { type: 'stop' };
+export type ParentMessage = { type: 'stats'; seq: number } | { type: 'cluster'; seq: number; state: ClusterState } | { type: 'stop' };
 
 /** The simulator keeps a per-name count; fold it away regularly so unique-name runs do not grow memory. */
 const FOLD_MS = 2000;
@@ -67,10 +88,33 @@ async function main(): Promise<void> {
   const faults = (f: UpstreamFaults): { latencyMs: number; jitterMs: number; lossRate: number } => ({ latencyMs: f.latencyMs, jitterMs: f.jitterMs, lossRate: f.lossRate });
   const cluster = await SimDnsServer.start({ host: cfg.host, port: cfg.cluster.port, handler: clusterZoneHandler(cfg.zones), faults: faults(cfg.cluster) });
   const external = await SimDnsServer.start({ host: cfg.host, port: cfg.external.port, handler: externalZoneHandler(cfg.zones), faults: faults(cfg.external) });
+  let api: FakeApiServer | null = null;
+  let apiServices = 0;
+  const apiCfg = cfg.api ?? null;
+  if (apiCfg !== null) {
+    api = new FakeApiServer({ token: apiCfg.token });
+    apiServices = loadZone(api, cfg.zones);
+    await api.start();
+  }
   const totals = { cluster: zero(), external: zero() };
   const foldAll = (): void => {
     fold(cluster, totals.cluster);
     fold(external, totals.external);
+  };
+  const apiCounters = (): ApiCounters | null => (api === null ? null : { services: apiServices, openWatches: api.openWatches, requests: api.requests.length });
+  // Changes of the cluster server's state, one at a time and in order.
+  let clusterChange: Promise<void> = Promise.resolve();
+  const setCluster = async (state: ClusterState): Promise<void> => {
+    if (state === 'blackhole') {
+      await cluster.restart();
+      cluster.faults.dropAll = true;
+    } else if (state === 'stop') {
+      cluster.faults.dropAll = false;
+      await cluster.stop();
+    } else {
+      cluster.faults.dropAll = false;
+      await cluster.restart();
+    }
   };
   const timer = setInterval(foldAll, FOLD_MS);
   let stopping = false;
@@ -78,14 +122,27 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     clearInterval(timer);
-    await Promise.allSettled([cluster.close(), external.close()]);
+    await Promise.allSettled([cluster.close(), external.close(), api?.close() ?? Promise.resolve()]);
     process.disconnect?.();
     process.exit(0);
   };
   process.on('message', (m: ParentMessage) => {
     if (m.type === 'stats') {
       foldAll();
-      send({ type: 'stats', seq: m.seq, cluster: { ...totals.cluster }, external: { ...totals.external } });
+      send({ type: 'stats', seq: m.seq, cluster: { ...totals.cluster }, external: { ...totals.external }, api: apiCounters() });
+    } else if (m.type === 'cluster') {
+      clusterChange = clusterChange.then(async () => {
+        // Counters at the moment of the change: what the phase before it received.
+        foldAll();
+        const snap = { cluster: { ...totals.cluster }, external: { ...totals.external }, api: apiCounters() };
+        let error: string | null = null;
+        try {
+          await setCluster(m.state);
+        } catch (err) {
+          error = err instanceof Error ? err.message : String(err);
+        }
+        send({ type: 'cluster', seq: m.seq, ...snap, error });
+      });
     } else if (m.type === 'stop') {
       void stop();
     }
@@ -93,7 +150,7 @@ async function main(): Promise<void> {
   process.on('disconnect', () => void stop());
   process.on('SIGTERM', () => void stop());
   process.on('SIGINT', () => void stop());
-  send({ type: 'ready', cluster: { host: cluster.host, port: cluster.port }, external: { host: external.host, port: external.port } });
+  send({ type: 'ready', cluster: { host: cluster.host, port: cluster.port }, external: { host: external.host, port: external.port }, apiUrl: api === null ? null : api.url });
 }
 
 main().catch((err: unknown) => {

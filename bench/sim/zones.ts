@@ -7,9 +7,11 @@
  *
  * Cluster zone (the fake kube-dns), under `clusterDomain`:
  *   <svc>.<ns>.svc.<domain>   exists when <ns> is ns-0..ns-(N-1) and <svc> is
- *                             svc-0..svc-(M-1) or any label starting `u-`
- *                             (the unique names of the miss workload);
- *                             one A (10.96.0.0/12) and one AAAA (fd00:10:96::/96).
+ *                             svc-0..svc-(M-1), fb-0..fb-(F-1) (the never-asked
+ *                             names of the fallback workload) or any label
+ *                             starting `u-` (the unique names of the miss
+ *                             workload); one A (10.96.0.0/12) and one AAAA
+ *                             (fd00:10:96::/96).
  *   anything else in the domain, and in-addr.arpa / ip6.arpa: NXDOMAIN + SOA.
  * External zone (the fake host resolver): every other name exists unless one
  *   of its labels starts with `nx-`; 1 to 3 A (198.18.0.0/15, the benchmarking
@@ -30,6 +32,8 @@ export interface ZoneConfig {
   readonly namespaces: number;
   /** Services svc-0..svc-(servicesPerNamespace-1) in every namespace. */
   readonly servicesPerNamespace: number;
+  /** Services fb-0..fb-(fallbackServices-1) in every namespace: asked by the fallback workload only, each once. */
+  readonly fallbackServices: number;
   /** TTL of cluster answers (node-local-dns caps cluster.local success at 30 s). */
   readonly clusterTtl: number;
   /** TTL of external answers. */
@@ -42,6 +46,7 @@ export const DEFAULT_ZONES: ZoneConfig = {
   clusterDomain: 'cluster.local',
   namespaces: 20,
   servicesPerNamespace: 50,
+  fallbackServices: 50,
   clusterTtl: 30,
   externalTtl: 300,
   negativeTtl: 30,
@@ -62,6 +67,8 @@ const REVERSE_ZONES = ['in-addr.arpa', 'ip6.arpa'];
 export const NX_PREFIX = 'nx-';
 /** Label prefix of cluster services that exist without being listed (unique miss names). */
 export const UNIQUE_SERVICE_PREFIX = 'u-';
+/** Label prefix of the fallback workload's own services (never asked by another workload). */
+export const FALLBACK_SERVICE_PREFIX = 'fb-';
 
 export function namespaceName(i: number): string {
   return `ns-${i}`;
@@ -71,6 +78,27 @@ export function serviceName(i: number): string {
 }
 export function serviceFqdn(svc: number, ns: number, cfg: ZoneConfig): string {
   return `${serviceName(svc)}.${namespaceName(ns)}.svc.${cfg.clusterDomain}`;
+}
+export function fallbackServiceName(i: number): string {
+  return `${FALLBACK_SERVICE_PREFIX}${i}`;
+}
+export function fallbackServiceFqdn(svc: number, ns: number, cfg: ZoneConfig): string {
+  return `${fallbackServiceName(svc)}.${namespaceName(ns)}.svc.${cfg.clusterDomain}`;
+}
+
+/**
+ * Every listed cluster service (namespace, service name), in a fixed order:
+ * what a Kubernetes API for this zone holds (bench/sim/api.ts). The unique
+ * `u-` names are not listed: they exist in the DNS only, like custom records.
+ */
+export function listedServices(cfg: ZoneConfig): Array<{ readonly namespace: string; readonly name: string }> {
+  const out: Array<{ namespace: string; name: string }> = [];
+  for (let ns = 0; ns < cfg.namespaces; ns++) {
+    const namespace = namespaceName(ns);
+    for (let s = 0; s < cfg.servicesPerNamespace; s++) out.push({ namespace, name: serviceName(s) });
+    for (let s = 0; s < cfg.fallbackServices; s++) out.push({ namespace, name: fallbackServiceName(s) });
+  }
+  return out;
 }
 
 export function canonicalName(name: string): string {
@@ -106,7 +134,9 @@ export function nameExists(name: string, cfg: ZoneConfig): boolean {
     if (labels.length !== 3 || labels[2] !== 'svc') return false;
     const [svc = '', ns = ''] = labels;
     if (!indexedLabel(ns, 'ns-', cfg.namespaces)) return false;
-    return indexedLabel(svc, 'svc-', cfg.servicesPerNamespace) || (svc.startsWith(UNIQUE_SERVICE_PREFIX) && svc.length > UNIQUE_SERVICE_PREFIX.length);
+    return indexedLabel(svc, 'svc-', cfg.servicesPerNamespace)
+      || indexedLabel(svc, FALLBACK_SERVICE_PREFIX, cfg.fallbackServices)
+      || (svc.startsWith(UNIQUE_SERVICE_PREFIX) && svc.length > UNIQUE_SERVICE_PREFIX.length);
   }
   if (n === '') return false;
   return !n.split('.').some((l) => l.startsWith(NX_PREFIX));
