@@ -22,13 +22,16 @@ import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
-import { interceptionPart, interfacePart, type NodeSetupOptions } from './iface/node-setup.js';
+import { loadSnapshot, writeSnapshot } from './cache/snapshot.js';
+import { interceptionPart, interfacePart, type NodePart, type NodeSetupOptions } from './iface/node-setup.js';
 import { setupCounterSchema } from './iface/setup-counters.js';
 import { KubeApi, loadClusterConfig } from './kube/client.js';
 import { ClusterView } from './kube/view.js';
 import { KubeWatch, watchCounterSchema } from './kube/watch.js';
 import { ComponentStack, StartupError, type Component } from './lifecycle.js';
 import type { Logger } from './log.js';
+import { AgentMetrics } from './ops/agent-metrics.js';
+import { createOpsServers, defaultOpsHost, type OpsServer } from './ops/http.js';
 import { buildRouting, type Routing } from './routing.js';
 import { ClientMissLimiter } from './server/client-limit.js';
 import { HitPath } from './server/hit-path.js';
@@ -50,6 +53,8 @@ export interface AgentDeps {
   readonly readFile?: (path: string) => string;
   /** Applies a new log level on reload (main passes the logger's own setter). */
   readonly setLogLevel?: (level: Config['logLevel']) => void;
+  /** For coredns_build_info. */
+  readonly version?: string;
 }
 
 export const AGENT_COUNTERS = defineCounters({
@@ -61,6 +66,7 @@ export const AGENT_COUNTERS = defineCounters({
 const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
   'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'skipTeardown', 'syncIntervalMs', 'healthPort',
+  'metricsListen', 'cacheSnapshot',
 ];
 
 export interface ReloadOutcome {
@@ -77,6 +83,8 @@ export class Agent {
   readonly counters: Counters<keyof typeof AGENT_COUNTERS.slot>;
   /** node-cache's coredns_nodecache_setup_errors_total and our repairs: interface and interception. */
   readonly setupCounters: Counters<keyof typeof setupCounterSchema.slot>;
+  /** Everything /metrics publishes. */
+  readonly metrics: AgentMetrics;
   #config: Config;
   readonly #logger: Logger;
   readonly #clock: Clock;
@@ -91,6 +99,11 @@ export class Agent {
   /** The cluster view and its watch; null with --no-kube or no cluster config. */
   #view: ClusterView | null;
   #watch: KubeWatch | null;
+  /** Node parts, for /ready: what they set up is in place. */
+  readonly #nodeParts: NodePart[];
+  /** Listeners bound and taking queries (false before start and once stopping). */
+  #serving: boolean;
+  #ops: OpsServer[];
 
   constructor(config: Config, deps: AgentDeps) {
     this.#config = config;
@@ -107,6 +120,16 @@ export class Agent {
       },
       new Counters(CACHE_COUNTERS),
     );
+    this.metrics = new AgentMetrics(
+      {
+        server: `dns://${config.listen[0] !== undefined ? formatHostPort(config.listen[0]) : ''}`,
+        cache: this.cache,
+        clock: this.#clock,
+        upstreams: () => [...(this.#routing?.upstreams ?? []), ...this.#retired],
+        view: () => this.#view,
+      },
+      { version: deps.version ?? 'unknown', revision: '' },
+    );
     this.hitPath = new HitPath({
       cache: this.cache,
       clock: this.#clock,
@@ -115,6 +138,7 @@ export class Agent {
       maxUdpSize: config.maxUdpSize,
       queryLogEvery: config.queryLogEvery,
       clientLimit: clientLimiter(config),
+      histograms: this.metrics.histograms,
     });
     this.counters = new Counters(AGENT_COUNTERS);
     this.setupCounters = new Counters(setupCounterSchema);
@@ -125,6 +149,13 @@ export class Agent {
     this.#retired = new Set();
     this.#view = null;
     this.#watch = null;
+    this.#nodeParts = [];
+    this.#serving = false;
+    this.#ops = [];
+    this.metrics.add(this.hitPath.counters, true);
+    this.metrics.add(this.cache.counters, true);
+    this.metrics.add(this.counters, false);
+    this.metrics.add(this.setupCounters, false);
   }
 
   get config(): Config {
@@ -160,7 +191,7 @@ export class Agent {
       throw new StartupError((err as Error).message);
     }
     this.#startView();
-    const routing = buildRouting(c, host, { clock: this.#clock, logger: this.#logger, view: this.#view }, null);
+    const routing = buildRouting(c, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics }, null);
     this.#routing = routing;
     if (routing.cluster === null) {
       this.#logger.warn(
@@ -178,28 +209,37 @@ export class Agent {
       maxConcurrent: c.maxConcurrent,
     });
     this.#resolver = resolver;
+    this.metrics.add(resolver.counters, false);
     this.hitPath.connect(resolver);
     for (const addr of c.listen) {
       this.#listeners.push(new UdpListener(addr, this.hitPath, this.#logger));
-      this.#listeners.push(
-        new TcpListener(addr, this.hitPath, this.#logger, {
-          idleTimeoutMs: c.tcpIdleTimeoutMs,
-          readTimeoutMs: c.tcpReadTimeoutMs,
-          maxConnections: c.maxTcpConnections,
-          maxQueriesPerConnection: c.maxTcpQueries,
-          clock: this.#clock,
-        }),
-      );
+      const tcp = new TcpListener(addr, this.hitPath, this.#logger, {
+        idleTimeoutMs: c.tcpIdleTimeoutMs,
+        readTimeoutMs: c.tcpReadTimeoutMs,
+        maxConnections: c.maxTcpConnections,
+        maxQueriesPerConnection: c.maxTcpQueries,
+        clock: this.#clock,
+      });
+      this.metrics.addWithLabels(tcp.counters, { server: `dns://${formatHostPort(addr)}` });
+      this.#listeners.push(tcp);
     }
     const node = this.#nodeSetup();
     this.#parts.add(this.#upstreamsPart());
     if (this.#watch !== null) this.#parts.add(this.#watchPart(this.#watch));
     const iface = interfacePart(node);
-    if (iface !== null) this.#parts.add(iface);
+    if (iface !== null) {
+      this.#nodeParts.push(iface);
+      this.#parts.add(iface);
+    }
+    if (c.cacheSnapshot !== '') this.#parts.add(this.#snapshotPart(c.cacheSnapshot));
     this.#parts.add(this.#listenersPart());
     // Only once we answer: from here on pods' DNS is steered to us.
     const interception = interceptionPart(node);
-    if (interception !== null) this.#parts.add(interception);
+    if (interception !== null) {
+      this.#nodeParts.push(interception);
+      this.#parts.add(interception);
+    }
+    this.#parts.add(this.#opsPart());
     await this.#parts.start(() => this.#clock.now());
     this.#logger.info('serving', {
       listen: this.#listeners.map((l) => l.name),
@@ -234,7 +274,7 @@ export class Agent {
     let routing: Routing;
     try {
       const host = this.#hostServers(merged);
-      routing = buildRouting(merged, host, { clock: this.#clock, logger: this.#logger, view: this.#view }, this.#routing.cluster);
+      routing = buildRouting(merged, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics }, this.#routing.cluster);
     } catch (err) {
       return this.#refused((err as Error).message);
     }
@@ -334,8 +374,68 @@ export class Agent {
       return;
     }
     this.#view = new ClusterView();
-    this.#watch = new KubeWatch(new KubeApi(cfg), this.#view, { clock: this.#clock, log: this.#logger, counters: new Counters(watchCounterSchema) });
+    const watchCounters = new Counters(watchCounterSchema);
+    this.metrics.add(watchCounters, false);
+    this.#watch = new KubeWatch(new KubeApi(cfg), this.#view, { clock: this.#clock, log: this.#logger, counters: watchCounters });
     this.#logger.info('cluster-records fallback on: watching the API', { server: cfg.server, source: cfg.source });
+  }
+
+  /**
+   * Ready means: listeners bound, the link and rules in place (when ours),
+   * and at least one path that answers cluster names (the cluster DNS
+   * healthy, or the view synced); in local mode the listeners are enough.
+   */
+  readiness(): { ready: boolean; missing: string[] } {
+    const missing: string[] = [];
+    if (!this.#serving) missing.push('listeners');
+    for (const p of this.#nodeParts) if (!p.inPlace) missing.push(p.name);
+    const cluster = this.#routing?.cluster ?? null;
+    if (cluster !== null && !cluster.pool.health.healthy && this.#view?.synced !== true) missing.push('cluster names (cluster DNS failing, view not synced)');
+    return { ready: missing.length === 0, missing };
+  }
+
+  /** /metrics, /health and /ready: last up, first down. */
+  #opsPart(): Component {
+    const c = this.#config;
+    return {
+      name: 'ops-http',
+      start: async () => {
+        const host = defaultOpsHost(c.listen);
+        this.#ops = createOpsServers({
+          metrics: c.metricsListen,
+          health: c.healthPort === 0 ? null : { host, port: c.healthPort },
+          handlers: { metrics: this.metrics.registry, serving: () => this.#serving, readiness: () => this.readiness() },
+          logger: this.#logger,
+        });
+        try {
+          for (const s of this.#ops) await s.start();
+        } catch (err) {
+          await Promise.all(this.#ops.map((s) => s.stop()));
+          throw err;
+        }
+      },
+      stop: async () => {
+        await Promise.all(this.#ops.map((s) => s.stop()));
+      },
+    };
+  }
+
+  /** Ops servers as started (ports resolved when configured as 0). */
+  get opsServers(): readonly OpsServer[] {
+    return this.#ops;
+  }
+
+  /** Warm restart: the cache is loaded before the listeners start, and written after they drained. */
+  #snapshotPart(path: string): Component {
+    return {
+      name: 'cache-snapshot',
+      start: async () => {
+        await loadSnapshot(this.cache, path, this.#clock, this.#logger);
+      },
+      stop: async () => {
+        await writeSnapshot(this.cache, path, this.#clock, this.#logger);
+      },
+    };
   }
 
   #watchPart(watch: KubeWatch): Component {
@@ -373,6 +473,7 @@ export class Agent {
       start: async () => {
         try {
           for (const l of this.#listeners) await l.start();
+          this.#serving = true;
         } catch (err) {
           // This part never counts as started: close what did bind before the error.
           await Promise.all(this.#listeners.map((l) => l.close()));
@@ -380,6 +481,7 @@ export class Agent {
         }
       },
       stop: async (deadline) => {
+        this.#serving = false;
         for (const l of this.#listeners) l.pause();
         if (this.hitPath.inflight > 0) await this.#until(deadline, this.hitPath.drain());
         const aborted = this.hitPath.abortAll();

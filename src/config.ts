@@ -85,6 +85,10 @@ export interface Config {
   readonly skipTeardown: boolean;
   readonly syncIntervalMs: number;
   readonly healthPort: number;
+  /** Warm restart file; '' = off. */
+  readonly cacheSnapshot: string;
+  /** /metrics; null = off. */
+  readonly metricsListen: ServerAddress | null;
   readonly logLevel: LogLevel;
   /** Log one query in this many (0: off), from --query-log-sample. */
   readonly queryLogEvery: number;
@@ -180,7 +184,15 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   { flag: 'skip-teardown', kind: 'bool', def: 'false', help: 'leave the link, addresses and rules in place on exit (node-cache -skipteardown)' },
   { flag: 'sync-interval', kind: 'duration', def: '60s', min: 1000, max: 3_600_000, help: 'how often the link, addresses and rules are checked and repaired (node-cache -syncinterval)' },
-  { flag: 'health-port', kind: 'int', def: '8080', min: 1, max: 65535, help: 'port of /health and /ready on the first local IP (node-cache 8080); also NOTRACKed by the interception rules' },
+  { flag: 'health-port', kind: 'int', def: '8080', min: 0, max: 65535, help: 'port of /health and /ready on the first local IP (node-cache 8080); also NOTRACKed by the interception rules; 0 turns them off' },
+  {
+    flag: 'cache-snapshot', kind: 'string', def: undefined,
+    help: 'file the cache is written to on shutdown and loaded from at start (warm restart: hits in the first second); an absolute path; off by default',
+  },
+  {
+    flag: 'metrics-listen-address', kind: 'string', def: undefined,
+    help: 'IP:PORT of /metrics (node-cache flag); default the first local IP, port 9253 (never all interfaces unless given, e.g. 0.0.0.0:9253 so Prometheus on other nodes can scrape); "off" turns it off',
+  },
   { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
   { flag: 'query-log-sample', kind: 'string', def: '0', help: 'log this share of queries (0.01 = one in a hundred) with client, name, type, rcode, duration and where the answer came from (cache, upstream, view, stale, servfail); 0 = off' },
 ];
@@ -555,9 +567,30 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     skipTeardown: bool('skip-teardown'),
     syncIntervalMs: duration('sync-interval'),
     healthPort: int('health-port'),
+    metricsListen: metricsListen(str('metrics-listen-address'), listen),
+    cacheSnapshot: snapshotPath(str('cache-snapshot')),
     logLevel: logLevel as LogLevel,
     queryLogEvery: sampleEvery(str('query-log-sample')!),
   };
+}
+
+function snapshotPath(text: string | undefined): string {
+  if (text === undefined || text === '') return '';
+  if (!text.startsWith('/')) throw new ConfigError(`--cache-snapshot "${text}": must be an absolute path`);
+  return text;
+}
+
+/** --metrics-listen-address: given, "off", or the first listen host at node-cache's 9253 (loopback for a wildcard). */
+function metricsListen(text: string | undefined, listen: readonly ServerAddress[]): ServerAddress | null {
+  if (text === 'off') return null;
+  if (text !== undefined) {
+    const a = parseHostPort(text, 9253);
+    if (typeof a === 'string') throw new ConfigError(`--metrics-listen-address ${a}`);
+    return a;
+  }
+  const first = listen[0]?.host ?? '127.0.0.1';
+  const host = first === '0.0.0.0' ? '127.0.0.1' : first === '::' ? '::1' : first;
+  return { host, port: 9253 };
 }
 
 /** A share (0..1) as "one query in N": a countdown is cheaper on the hot path than a random draw per query. */

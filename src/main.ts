@@ -44,7 +44,7 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
-  const agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l) });
+  const agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version() });
   try {
     await agent.start();
   } catch (err) {

@@ -9,6 +9,7 @@
  * settings did not change: its health state and warm connections are worth
  * keeping.
  */
+import { formatHostPort } from './addr.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import { questionMessage, upstreamQuery } from './dns/build.js';
@@ -19,11 +20,12 @@ import { ViewAnswerer } from './kube/local-answerer.js';
 import type { ClusterView } from './kube/view.js';
 import type { Logger } from './log.js';
 import type { Route } from './server/route.js';
-import { HostResolvers } from './upstream/host-resolvers.js';
+import type { Counters } from './stats/counters.js';
+import { HostResolvers, type HostResolversCounter } from './upstream/host-resolvers.js';
 import { DEFAULT_ATTEMPTS, hostBudget, type HostServers } from './upstream/host-route.js';
 import { HealthProbe } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
-import { TcpPool } from './upstream/tcp-pool.js';
+import { TcpPool, type TcpPoolCounter } from './upstream/tcp-pool.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
 
 /** Reverse zones always belong to the cluster DNS: it owns the PTR records of Service and Pod IPs. */
@@ -47,13 +49,25 @@ export interface RoutingDeps {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly view: ClusterView | null;
+  /**
+   * The counter block of the upstream with this name: the same block across
+   * reloads, so a rebuilt upstream's counters never go down on a scrape.
+   */
+  readonly counters: UpstreamCounterBlocks;
+}
+
+export interface UpstreamCounterBlocks {
+  pool(name: string): Counters<TcpPoolCounter>;
+  host(name: string): Counters<HostResolversCounter>;
 }
 
 export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: ClusterUpstream | null): Routing {
   const upstreams: Upstream[] = [];
   const hostRoute = (name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean): Route => {
     const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, attemptMs, attempts, servers.length);
-    const upstream = new HostResolvers({ servers, attemptTimeoutMs, attempts, rotate, maxInFlight: c.hostMaxInflight, clock: deps.clock, logger: deps.logger, name });
+    const upstream = new HostResolvers({
+      servers, attemptTimeoutMs, attempts, rotate, maxInFlight: c.hostMaxInflight, clock: deps.clock, logger: deps.logger, name, counters: deps.counters.host(name),
+    });
     upstreams.push(upstream);
     return { upstream, timeoutMs: budgetMs, local: null };
   };
@@ -86,6 +100,7 @@ function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpst
     rotateAfterMs: c.upstreamRotateAfterMs,
     clock: deps.clock,
     logger: deps.logger,
+    counters: deps.counters.pool(`tcp://${formatHostPort(server)}`),
   });
   // Probing matters only when there is a view to answer from meanwhile; without one, pods' own queries probe.
   const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, probeQuery(c.clusterDomain));

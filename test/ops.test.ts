@@ -577,39 +577,42 @@ t.test('defaultOpsHost: the first DNS address, never a wildcard', async (t) => {
 // ------------------------------------------------------------------ deploy/
 
 /**
- * The gauges the agent adds from its objects at wiring time (agent.ts), not
- * declared in any counter schema; until then this test stands them in with
- * the same names and labels.
+ * The metric names of a real scrape of a running agent: cluster DNS, host
+ * resolvers, a stub domain, the API watch and the view all on, so every
+ * block and gauge the agent registers is there.
  */
-const WIRED_GAUGES: ReadonlyArray<readonly [string, readonly string[]]> = [
-  ['nodelocal_upstream_healthy', ['to']],
-  ['nodelocal_view_synced', []],
-  ['nodelocal_view_api_silence_seconds', []],
-  ['coredns_cache_entries', ['server', 'type']],
-];
-
-/** A registry with every counter schema the agent declares, its histograms and the wired gauges. */
-async function agentShapedNames(): Promise<Set<string>> {
-  const { RESOLVER_COUNTERS } = await import('../src/server/resolver.js');
-  const { hostResolversCounters } = await import('../src/upstream/host-resolvers.js');
-  const { setupCounterSchema } = await import('../src/iface/setup-counters.js');
-  const { watchCounterSchema } = await import('../src/kube/watch.js');
-  const reg = new MetricsRegistry({ buildInfo: { version: '0', revision: '' } });
-  reg.addCounters(new Counters(SERVER_COUNTERS), { server: SERVER });
-  reg.addCounters(new Counters(CACHE_COUNTERS), { server: SERVER });
-  reg.addCounters(new Counters(RESOLVER_COUNTERS));
-  reg.addCounters(new Counters(tcpListenerCounters), { server: SERVER });
-  reg.addCounters(new Counters(tcpPoolCounters), { to: 'tcp://10.96.0.10:53' });
-  reg.addCounters(new Counters(hostResolversCounters), { to: 'host-resolvers' });
-  reg.addCounters(new Counters(setupCounterSchema));
-  reg.addCounters(new Counters(watchCounterSchema));
-  reg.addHistogram(new DurationHistogram(), { server: SERVER });
-  for (const [name, labels] of WIRED_GAUGES) reg.addGauge(name, 'wired by the agent', labels, () => [[Object.fromEntries(labels.map((l) => [l, 'x'])), 1]]);
+async function agentShapedNames(t: Test): Promise<Set<string>> {
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { FakeApiServer } = await import('../testkit/fake-apiserver.js');
+  const { loadSampleCluster, writeKubeconfig, SAMPLE_RECORDS } = await import('../testkit/cluster.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const api = new FakeApiServer({ token: 'sample-token' });
+  await api.start();
+  loadSampleCluster(api);
+  const kubeDns = await SimDnsServer.start({ handler: staticHandler(SAMPLE_RECORDS, { soaZone: 'cluster.local' }) });
+  const external = await SimDnsServer.start({ handler: staticHandler({}) });
+  const agent = await startAgent('127.0.44.1', [
+    '--upstream-addr', `127.0.0.1:${kubeDns.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`,
+    '--stub-domain', `corp.example=127.0.0.1:${external.port}`, '--kubeconfig', writeKubeconfig(api.url),
+    '--metrics-listen-address', `127.0.44.1:${19000 + (process.pid % 1000)}`, '--health-port', String(18000 + (process.pid % 1000)),
+  ]);
+  t.teardown(async () => {
+    await agent.stop();
+    await Promise.all([api.close(), kubeDns.close(), external.close()]);
+  });
+  const metricsServer = agent.agent.opsServers.find((o) => o.routes.includes('metrics'))!;
+  const health = agent.agent.opsServers.find((o) => o.routes.includes('ready'))!;
+  for (let i = 0; i < 100 && agent.agent.view?.synced !== true; i++) await new Promise((r) => setTimeout(r, 20));
+  const ready = await fetch(`${health.url}/ready`);
+  t.equal(ready.status, 200, 'the running agent is ready');
+  t.equal((await fetch(`${health.url}/health`)).status, 200, 'and healthy');
+  const text = await (await fetch(`${metricsServer.url}/metrics`)).text();
   const names = new Set<string>();
-  for (const line of (await reg.metrics()).split('\n')) {
+  for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]/.exec(line);
     if (m !== null) names.add(m[1]!);
   }
+  t.ok(names.has('coredns_dns_requests_total') && names.has('coredns_cache_entries') && names.has('nodelocal_view_synced'), 'a real scrape of the agent');
   return names;
 }
 
@@ -618,7 +621,7 @@ const METRIC_NAME = /\b((?:coredns|nodelocal|process|nodejs)_[a-z0-9_]+)/g;
 t.test('deploy/: the dashboard and the alert rules parse, and use only metrics the agent publishes', async (t) => {
   const { readFileSync } = await import('node:fs');
   const { parse } = await import('yaml');
-  const published = await agentShapedNames();
+  const published = await agentShapedNames(t);
 
   const dashboard = JSON.parse(readFileSync(new URL('../deploy/grafana-dashboard.json', import.meta.url), 'utf8')) as {
     panels: Array<{ title: string; type: string; targets?: Array<{ expr: string }> }>;

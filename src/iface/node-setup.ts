@@ -43,22 +43,31 @@ export interface NodeSetupOptions {
   readonly run?: CommandRunner;
 }
 
+/** A node part, and whether what it set up is in place (as of its last check), for /ready. */
+export type NodePart = Component & { readonly inPlace: boolean };
+
 /** Chain prefix, comment and nft table name of every rule: node-cache's own name for its interface and rules. */
 const RULE_NAME = 'nodelocaldns';
 
-export function interfacePart(o: NodeSetupOptions): Component | null {
+export function interfacePart(o: NodeSetupOptions): NodePart | null {
   if (!o.setupInterface || o.addresses.length === 0) return null;
   const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters });
   let stopChecks: (() => void) | null = null;
+  let inPlace = false;
   return {
     name: 'interface',
+    get inPlace() {
+      return inPlace;
+    },
     start: () => {
       const r = iface.ensure();
       o.logger.info('interface ready', {
         link: o.interfaceName, kind: r.kind, created: r.created, added: r.addressesAdded, present: r.addressesPresent,
       });
+      inPlace = true;
       stopChecks = every(o.clock, o.syncIntervalMs, () => {
         const c = iface.check();
+        inPlace = c.error === null;
         if (c.repaired.length > 0) o.logger.warn('interface repaired', { link: o.interfaceName, repaired: c.repaired });
         if (c.error !== null) o.logger.warn('interface check failed', { link: o.interfaceName, error: c.error });
         return Promise.resolve();
@@ -67,6 +76,7 @@ export function interfacePart(o: NodeSetupOptions): Component | null {
     },
     stop: () => {
       stopChecks?.();
+      inPlace = false;
       if (!o.skipTeardown) {
         const t = iface.teardown();
         o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });
@@ -77,27 +87,34 @@ export function interfacePart(o: NodeSetupOptions): Component | null {
   };
 }
 
-export function interceptionPart(o: NodeSetupOptions): Component | null {
+export function interceptionPart(o: NodeSetupOptions): NodePart | null {
   if (o.firewall === 'none' || o.addresses.length === 0) return null;
   const run = o.run ?? spawnRunner();
   let firewall: Firewall | null = null;
   let stopChecks: (() => void) | null = null;
+  let inPlace = false;
   return {
     name: 'interception',
+    get inPlace() {
+      return inPlace;
+    },
     start: async () => {
       const { backend, reason } = await chooseBackend(o.firewall, run);
       firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, backend, run, counters: o.counters });
       await firewall.apply();
+      inPlace = true;
       o.logger.info('interception rules in place', { backend: describeBackend(backend), why: reason, addresses: o.addresses });
       const fw = firewall;
       stopChecks = every(o.clock, o.syncIntervalMs, async () => {
         const c = await fw.check();
+        inPlace = c.error === null;
         if (c.repaired.length > 0) o.logger.warn('interception rules repaired', { repaired: c.repaired });
         if (c.error !== null) o.logger.warn('interception check failed', { error: c.error });
       });
     },
     stop: async () => {
       stopChecks?.();
+      inPlace = false;
       if (firewall === null || o.skipTeardown) return;
       const err = await firewall.remove();
       if (err !== null) o.logger.warn('could not remove interception rules', { error: err });

@@ -31,6 +31,7 @@ import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
+import type { DurationHistogram, TypedHistogram } from '../ops/histogram.js';
 import type { ClientMissLimiter } from './client-limit.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from './stats.js';
@@ -97,6 +98,15 @@ export interface HitPathOptions {
   readonly queryLogEvery?: number;
   /** Per-client limit on new upstream questions (null: off). */
   readonly clientLimit?: ClientMissLimiter | null;
+  /** coredns_dns_request_duration_seconds and the size histograms (typed arrays: a few ns an observe). */
+  readonly histograms?: HitPathHistograms | null;
+}
+
+/** Indexed by Transport (UDP 0, TCP 1). */
+export interface HitPathHistograms {
+  readonly duration: DurationHistogram;
+  readonly requestSize: readonly [TypedHistogram, TypedHistogram];
+  readonly responseSize: readonly [TypedHistogram, TypedHistogram];
 }
 
 const S = SERVER_COUNTERS.slot;
@@ -117,6 +127,7 @@ export class HitPath implements QueryHandler {
   #logEvery: number;
   #logCountdown: number;
   #clientLimit: ClientMissLimiter | null;
+  readonly #hist: HitPathHistograms | null;
 
   constructor(opts: HitPathOptions) {
     this.#cache = opts.cache;
@@ -133,6 +144,7 @@ export class HitPath implements QueryHandler {
     this.#logEvery = opts.queryLogEvery ?? 0;
     this.#logCountdown = this.#logEvery;
     this.#clientLimit = opts.clientLimit ?? null;
+    this.#hist = opts.histograms ?? null;
   }
 
   /** A reload: the new largest UDP answer and query-log sampling apply from the next query. */
@@ -150,6 +162,9 @@ export class HitPath implements QueryHandler {
 
   handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
     this.#v[channel.transport === Transport.TCP ? S.requestsTcp : S.requestsUdp]!++;
+    const hist = this.#hist;
+    // Answered synchronously (hits, errors): the first bucket (250 us); reading a clock per hit would cost more than the rest.
+    if (hist !== null) hist.requestSize[channel.transport]!.observe(msg.length);
     const q = parseQuery(msg);
     const logged = this.#logEvery > 0 && --this.#logCountdown <= 0;
     if (logged) this.#logCountdown = this.#logEvery;
@@ -237,7 +252,7 @@ export class HitPath implements QueryHandler {
         const fresh: CacheEntry = this.#cache.insert(miss.key, answer, scan, now);
         for (const w of miss.waiters) {
           const reply = fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
-          this.#send(reply, w.channel, w.peer);
+          this.#send(reply, w.channel, w.peer, w.arrivedAt);
           if (w.logged) this.#logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
         }
         return;
@@ -282,7 +297,7 @@ export class HitPath implements QueryHandler {
     const stale = this.#cache.stale(miss.key, now);
     for (const w of miss.waiters) {
       const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
-      this.#send(reply, w.channel, w.peer);
+      this.#send(reply, w.channel, w.peer, w.arrivedAt);
       if (w.logged) this.#logQuery(w.q, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
     }
   }
@@ -346,8 +361,14 @@ export class HitPath implements QueryHandler {
     return q.udpSize < this.#maxUdpSize ? q.udpSize : this.#maxUdpSize;
   }
 
-  /** The one place an answer leaves. */
-  #send(answer: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+  /** The one place an answer leaves. `arrivedAt` < 0: answered in the same turn (duration ~0). */
+  #send(answer: Buffer, channel: ClientChannel, peer: ClientPeer, arrivedAt = -1): void {
+    const hist = this.#hist;
+    if (hist !== null) {
+      hist.responseSize[channel.transport]!.observe(answer.length);
+      if (arrivedAt < 0) hist.duration.observe(0);
+      else hist.duration.observeMs(this.#clock.now() - arrivedAt);
+    }
     const rcode = answer[3]! & 0x0f;
     this.#v[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
     if ((answer[2]! & 0x02) !== 0) this.#v[S.truncated]!++;

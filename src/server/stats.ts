@@ -19,7 +19,7 @@ export const SERVER_COUNTERS = defineCounters({
   truncated: { name: 'nodelocal_truncated_total', help: 'Answers sent with TC=1 because they exceed what the client takes.' },
   coalesced: { name: 'nodelocal_coalesced_total', help: 'Misses that joined an identical question already in flight.' },
   misses: { name: 'nodelocal_misses_forwarded_total', help: 'Distinct questions handed to the upstream side (prefetches included).' },
-  upstreamMalformed: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'malformed' }, help: 'Upstream exchanges that failed, by reason.' },
+  upstreamMalformed: { name: 'nodelocal_upstream_malformed_total', help: 'Upstream answers that failed validation (not cached; answered stale or SERVFAIL).' },
   scrubbedAnswers: { name: 'nodelocal_bailiwick_scrubbed_answers_total', help: 'Upstream answers that carried records outside the question\'s bailiwick (removed before caching).' },
   scrubbedRecords: { name: 'nodelocal_bailiwick_scrubbed_records_total', help: 'Out-of-bailiwick records removed from upstream answers.' },
   clientLimited: { name: 'nodelocal_client_miss_limited_total', help: 'Misses refused because their client was over --client-miss-rate (answered stale or SERVFAIL).' },

@@ -34,6 +34,9 @@ export async function startAgent(host: string, args: string[], opts: { clock?: C
   const argv = [
     '--listen', `${host.includes(':') ? `[${host}]` : host}:${port}`,
     ...(hasResolv ? [] : ['--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n')]),
+    // Several test agents share an address: their HTTP endpoints only where a test asks for them.
+    ...(args.includes('--metrics-listen-address') ? [] : ['--metrics-listen-address', 'off']),
+    ...(args.includes('--health-port') ? [] : ['--health-port', '0']),
     ...args,
   ];
   const { config } = loadConfig(argv, { env: {} });

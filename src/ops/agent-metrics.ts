@@ -1,0 +1,95 @@
+/**
+ * Everything the agent counts, registered once for /metrics: the counter
+ * blocks of the hit path, cache, resolver, listeners, node setup and API
+ * watch; one block per upstream name that outlives reloads; the request
+ * histograms; and the gauges read at scrape time (cache entries, upstream
+ * health, view sync). The hot path only ever touches typed arrays.
+ */
+import type { DnsCache } from '../cache/cache.js';
+import type { Clock } from '../clock.js';
+import type { ClusterView } from '../kube/view.js';
+import type { HitPathHistograms } from '../server/hit-path.js';
+import { Counters, type CounterSchema } from '../stats/counters.js';
+import type { UpstreamCounterBlocks } from '../routing.js';
+import { hostResolversCounters, type HostResolversCounter } from '../upstream/host-resolvers.js';
+import { tcpPoolCounters, type TcpPoolCounter } from '../upstream/tcp-pool.js';
+import type { Upstream } from '../upstream/types.js';
+import { DurationHistogram, REQUEST_DURATION, TypedHistogram, requestSizeDef, responseSizeDef } from './histogram.js';
+import { MetricsRegistry, type Labels } from './metrics.js';
+
+export interface AgentMetricSources {
+  /** `dns://ADDR:PORT` of the first listen address: CoreDNS's `server` label. */
+  readonly server: string;
+  readonly cache: DnsCache;
+  readonly clock: Clock;
+  /** The upstreams in use now (they change on reload). */
+  readonly upstreams: () => readonly Upstream[];
+  readonly view: () => ClusterView | null;
+}
+
+export class AgentMetrics implements UpstreamCounterBlocks {
+  readonly registry: MetricsRegistry;
+  readonly histograms: HitPathHistograms;
+  readonly #server: string;
+  readonly #pools: Map<string, Counters<TcpPoolCounter>>;
+  readonly #hosts: Map<string, Counters<HostResolversCounter>>;
+
+  constructor(src: AgentMetricSources, buildInfo: { version: string; revision: string }) {
+    this.#server = src.server;
+    this.registry = new MetricsRegistry({ buildInfo });
+    this.#pools = new Map();
+    this.#hosts = new Map();
+    const server = { server: src.server };
+    this.histograms = {
+      duration: new DurationHistogram(REQUEST_DURATION),
+      requestSize: [new TypedHistogram(requestSizeDef('udp')), new TypedHistogram(requestSizeDef('tcp'))],
+      responseSize: [new TypedHistogram(responseSizeDef('udp')), new TypedHistogram(responseSizeDef('tcp'))],
+    };
+    this.registry.addHistogram(this.histograms.duration, server);
+    for (const h of [...this.histograms.requestSize, ...this.histograms.responseSize]) this.registry.addHistogram(h, server);
+    this.registry.addGauge('coredns_cache_entries', 'The number of elements in the cache.', ['server', 'type'], () => [
+      [{ server: src.server, type: 'success' }, src.cache.positiveSize],
+      [{ server: src.server, type: 'denial' }, src.cache.negativeSize],
+    ]);
+    this.registry.addGauge('nodelocal_cache_bytes', 'Bytes the cache charges against --cache-memory.', ['server'], () => [[server, src.cache.bytes]]);
+    this.registry.addGauge('nodelocal_upstream_healthy', 'Whether an upstream answers (1) or is marked failing (0).', ['to'], () =>
+      src.upstreams().map((u): [Labels, number] => [{ to: u.name }, u.health.healthy ? 1 : 0]),
+    );
+    this.registry.addGauge('nodelocal_view_synced', 'Whether the cluster view has listed every kind (1) or not (0); absent when the fallback is off.', [], () => {
+      const v = src.view();
+      return v === null ? [] : [[{}, v.synced ? 1 : 0]];
+    });
+    this.registry.addGauge('nodelocal_view_api_silence_seconds', 'Seconds since the API server was last heard from (+Inf: never).', [], () => {
+      const v = src.view();
+      if (v === null) return [];
+      return [[{}, v.lastContactMs < 0 ? Infinity : (src.clock.now() - v.lastContactMs) / 1000]];
+    });
+  }
+
+  /** A block for the agent-wide counters (`server` label when `perServer`). */
+  add<K extends string>(block: Counters<K>, perServer: boolean): void {
+    this.registry.addCounters(block, perServer ? { server: this.#server } : {});
+  }
+
+  addWithLabels<K extends string>(block: Counters<K>, labels: Labels): void {
+    this.registry.addCounters(block, labels);
+  }
+
+  pool(name: string): Counters<TcpPoolCounter> {
+    return this.#block(this.#pools, tcpPoolCounters, name);
+  }
+
+  host(name: string): Counters<HostResolversCounter> {
+    return this.#block(this.#hosts, hostResolversCounters, name);
+  }
+
+  #block<K extends string>(map: Map<string, Counters<K>>, schema: CounterSchema<K>, name: string): Counters<K> {
+    let b = map.get(name);
+    if (b === undefined) {
+      b = new Counters(schema);
+      map.set(name, b);
+      this.registry.addCounters(b, { to: name });
+    }
+    return b;
+  }
+}
