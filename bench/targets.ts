@@ -6,7 +6,7 @@
  * started process is stopped at the end, and the agent only ever sees the
  * simulator's addresses and a resolv.conf written here.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -217,6 +217,41 @@ export interface AgentSpec {
   readonly readyTimeoutMs: number;
 }
 
+/** The environment an agent runs with: the bench's, without a test runner's loader flags. */
+function agentEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  return env;
+}
+
+const knownFlags = new Map<string, ReadonlySet<string>>();
+
+/** The flags the agent at `agentPath` knows, from its --help (cached; empty if it cannot say). */
+export function agentFlags(agentPath: string): ReadonlySet<string> {
+  let flags = knownFlags.get(agentPath);
+  if (flags === undefined) {
+    const r = spawnSync(process.execPath, [agentPath, '--help'], { encoding: 'utf8', timeout: 30_000, env: agentEnv() });
+    flags = new Set([...`${r.stdout ?? ''}\n${r.stderr ?? ''}`.matchAll(/^\s+--([a-z0-9][a-z0-9-]*)/gm)].map((m) => m[1] as string));
+    knownFlags.set(agentPath, flags);
+  }
+  return flags;
+}
+
+/**
+ * Listeners besides DNS that an agent opens on fixed ports by default (the
+ * /health port, /metrics): each agent gets free ones of its own, so two agent
+ * variants (or anything else on the machine) do not collide. Only flags the
+ * agent knows, and not when given with --agent-arg.
+ */
+async function opsArgs(spec: AgentSpec): Promise<string[]> {
+  const known = agentFlags(spec.agentPath);
+  const given = (f: string): boolean => spec.extraArgs.some((a) => a === `--${f}` || a.startsWith(`--${f}=`));
+  const out: string[] = [];
+  if (known.has('health-port') && !given('health-port')) out.push('--health-port', String(await freePort(spec.host)));
+  if (known.has('metrics-listen-address') && !given('metrics-listen-address')) out.push('--metrics-listen-address', formatEndpoint({ host: spec.host, port: await freePort(spec.host) }));
+  return out;
+}
+
 /**
  * Starts the agent against the simulator, per the agent's CLI contract, and
  * waits until it answers (its cluster view may still be syncing: the suite
@@ -239,15 +274,14 @@ export async function startAgent(spec: AgentSpec): Promise<Target> {
     '--cluster-domain', spec.clusterDomain,
     '--log-level', 'warn',
     ...(spec.kubeconfig === null ? [] : ['--kubeconfig', spec.kubeconfig]),
+    ...(await opsArgs(spec)),
     ...spec.extraArgs,
   ];
   const argv = spec.pin === null ? [process.execPath, ...args] : ['taskset', '-c', spec.pin, process.execPath, ...args];
   const logFile = path.join(spec.workDir, `${spec.name.replace(/[^A-Za-z0-9_.+-]/g, '_')}.log`);
   const fd = openLog(logFile);
-  const env = { ...process.env };
   // Loader flags of a test runner have no business in the agent.
-  delete env.NODE_OPTIONS;
-  const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', fd, fd], env });
+  const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', fd, fd], env: agentEnv() });
   closeSync(fd);
   const t = new ProcessTarget(spec.name, 'agent', [listen, listen], argv.map(shellQuote).join(' '), logFile, child, false);
   try {
