@@ -301,7 +301,7 @@ async function main(): Promise<void> {
       `apiVersion: v1\nclusters:\n- {name: c, cluster: {server: "${url}", insecure-skip-tls-verify: true}}\n` +
         `users:\n- {name: u, user: {token: t}}\ncontexts:\n- {name: x, context: {cluster: c, user: u}}\ncurrent-context: x\n`,
     );
-    const cfg = loadClusterConfig({ kubeconfig: file });
+    const cfg = await loadClusterConfig({ kubeconfig: file });
     if (cfg.kind !== 'ok') throw new Error(cfg.reason);
     const counters = new Counters(watchCounterSchema);
     const count = (kind: KindName, m: 'relists' | 'events'): number => counters.get(`${kind}.${m}` as WatchCounter);

@@ -190,7 +190,7 @@ export class Agent {
     } catch (err) {
       throw new StartupError((err as Error).message);
     }
-    this.#startView();
+    await this.#startView();
     const routing = buildRouting(c, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics }, null);
     this.#routing = routing;
     if (routing.cluster === null) {
@@ -361,13 +361,13 @@ export class Agent {
    * The cluster view and its API watch, when there is a cluster to watch.
    * Without one the agent still runs, and says once that the fallback is off.
    */
-  #startView(): void {
+  async #startView(): Promise<void> {
     const c = this.#config;
     if (!c.kube) {
       this.#logger.info('cluster-records fallback off (--no-kube): cluster names are answered by the cluster DNS only');
       return;
     }
-    const cfg = loadClusterConfig({ kubeconfig: c.kubeconfig });
+    const cfg = await loadClusterConfig({ kubeconfig: c.kubeconfig });
     if (cfg.kind === 'error') throw new StartupError(`--kubeconfig: ${cfg.reason}`);
     if (cfg.kind === 'none') {
       this.#logger.info('cluster-records fallback off: no cluster config (not in a cluster and no --kubeconfig)', { reason: cfg.reason });

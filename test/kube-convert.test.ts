@@ -114,19 +114,19 @@ t.test('cluster config', async (t) => {
   });
   delete process.env['KUBERNETES_SERVICE_HOST'];
   delete process.env['KUBERNETES_SERVICE_PORT'];
-  const none = loadClusterConfig({ serviceAccountPrefix: dir });
+  const none = await loadClusterConfig({ serviceAccountPrefix: dir });
   t.equal(none.kind, 'none');
   t.match(none.kind === 'none' ? none.reason : '', /not in a cluster/);
 
   process.env['KUBERNETES_SERVICE_HOST'] = '10.96.0.1';
   process.env['KUBERNETES_SERVICE_PORT'] = '443';
-  const noToken = loadClusterConfig({ serviceAccountPrefix: dir });
+  const noToken = await loadClusterConfig({ serviceAccountPrefix: dir });
   t.equal(noToken.kind, 'none', 'in a pod without a mounted token');
   const sa = path.join(dir, 'var/run/secrets/kubernetes.io/serviceaccount');
   fs.mkdirSync(sa, { recursive: true });
   fs.writeFileSync(path.join(sa, 'token'), 'sa-token');
   fs.writeFileSync(path.join(sa, 'namespace'), 'kube-system');
-  const inCluster = loadClusterConfig({ serviceAccountPrefix: dir });
+  const inCluster = await loadClusterConfig({ serviceAccountPrefix: dir });
   t.equal(inCluster.kind, 'ok');
   if (inCluster.kind === 'ok') {
     t.equal(inCluster.source, 'in-cluster');
@@ -149,14 +149,14 @@ t.test('cluster config', async (t) => {
       '- {name: x, context: {cluster: c, user: u}}',
       'current-context: x',
     ].join('\n');
-  const ok = loadClusterConfig({ kubeconfig: file('ok', kc('https://api.example:6443/')) });
+  const ok = await loadClusterConfig({ kubeconfig: file('ok', kc('https://api.example:6443/')) });
   t.same(ok.kind === 'ok' ? [ok.source, ok.server] : ok, ['kubeconfig', 'https://api.example:6443']);
-  t.match(loadClusterConfig({ kubeconfig: path.join(dir, 'missing') }), { kind: 'error', reason: /cannot load kubeconfig/ });
-  t.match(loadClusterConfig({ kubeconfig: file('http', kc('http://127.0.0.1:8080')) }), { kind: 'error', reason: /insecure-skip-tls-verify/ });
-  t.equal(loadClusterConfig({ kubeconfig: file('http-ok', kc('http://127.0.0.1:8080', ', insecure-skip-tls-verify: true')) }).kind, 'ok');
-  t.match(loadClusterConfig({ kubeconfig: file('bad-url', kc('not a url')) }), { kind: 'error', reason: /not a URL/ });
-  t.match(loadClusterConfig({ kubeconfig: file('ftp', kc('ftp://x', ', insecure-skip-tls-verify: true')) }), { kind: 'error', reason: /unsupported scheme/ });
-  t.match(loadClusterConfig({ kubeconfig: file('noctx', 'apiVersion: v1\nclusters: []\nusers: []\ncontexts: []\n') }), {
+  t.match(await loadClusterConfig({ kubeconfig: path.join(dir, 'missing') }), { kind: 'error', reason: /cannot load kubeconfig/ });
+  t.match(await loadClusterConfig({ kubeconfig: file('http', kc('http://127.0.0.1:8080')) }), { kind: 'error', reason: /insecure-skip-tls-verify/ });
+  t.equal((await loadClusterConfig({ kubeconfig: file('http-ok', kc('http://127.0.0.1:8080', ', insecure-skip-tls-verify: true')) })).kind, 'ok');
+  t.match(await loadClusterConfig({ kubeconfig: file('bad-url', kc('not a url')) }), { kind: 'error', reason: /not a URL/ });
+  t.match(await loadClusterConfig({ kubeconfig: file('ftp', kc('ftp://x', ', insecure-skip-tls-verify: true')) }), { kind: 'error', reason: /unsupported scheme/ });
+  t.match(await loadClusterConfig({ kubeconfig: file('noctx', 'apiVersion: v1\nclusters: []\nusers: []\ncontexts: []\n') }), {
     kind: 'error',
     reason: /no current context/,
   });

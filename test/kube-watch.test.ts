@@ -120,7 +120,7 @@ async function setup(
       '',
     ].join('\n'),
   );
-  const cfg = loadClusterConfig({ kubeconfig: file });
+  const cfg = await loadClusterConfig({ kubeconfig: file });
   if (cfg.kind !== 'ok') throw new Error(cfg.reason);
   const api = new KubeApi(cfg);
   const writer = new RecordingWriter();

@@ -11,7 +11,16 @@
  * microseconds, never on the query path. A thread-pool (koffi .async) version
  * would add a promise per call for nothing.
  */
-import koffi from 'koffi';
+import { createRequire } from 'node:module';
+import type koffiModule from 'koffi';
+
+type Koffi = typeof koffiModule;
+let koffiLoaded: Koffi | null = null;
+/** koffi loads on first use (startup of the interface part), never on a local run that sets up no link. */
+function koffiLib(): Koffi {
+  koffiLoaded ??= createRequire(import.meta.url)('koffi') as Koffi;
+  return koffiLoaded;
+}
 import { closeSync, openSync } from 'node:fs';
 import { type NlAck, type NlMessage, NLMSG_DONE, NLMSG_ERROR, NLM_F_MULTI, parseAck, splitMessages } from './rtnl-wire.js';
 
@@ -61,7 +70,7 @@ let libc: Libc | null = null;
 /** Declared once per process: koffi parses each prototype on declaration. */
 function loadLibc(): Libc {
   if (libc !== null) return libc;
-  const lib = koffi.load('libc.so.6');
+  const lib = koffiLib().load('libc.so.6');
   const fn = <T>(proto: string): T => lib.func(proto) as unknown as T;
   libc = {
     socket: fn('int socket(int domain, int type, int protocol)'),
@@ -102,9 +111,9 @@ export interface OpenOptions {
 export function openRtnetlink(opts: OpenOptions = {}): NetlinkIo {
   const c = loadLibc();
   const fd = opts.netnsPath === undefined ? c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) : socketInNetns(c, opts.netnsPath);
-  if (fd < 0) throw new NetlinkError(`netlink socket: errno ${koffi.errno()}`, koffi.errno());
+  if (fd < 0) throw new NetlinkError(`netlink socket: errno ${koffiLib().errno()}`, koffiLib().errno());
   const fail = (what: string): never => {
-    const e = koffi.errno();
+    const e = koffiLib().errno();
     c.close(fd);
     throw new NetlinkError(`netlink ${what}: errno ${e}`, e);
   };
@@ -124,7 +133,7 @@ export function openRtnetlink(opts: OpenOptions = {}): NetlinkIo {
       for (;;) {
         const n = c.send(fd, msg, msg.length, 0);
         if (n === msg.length) return 0;
-        const e = n < 0 ? koffi.errno() : EAGAIN;
+        const e = n < 0 ? koffiLib().errno() : EAGAIN;
         if (e !== EINTR) return e;
       }
     },
@@ -132,7 +141,7 @@ export function openRtnetlink(opts: OpenOptions = {}): NetlinkIo {
       for (;;) {
         const n = c.recv(fd, buf, buf.length, 0);
         if (n >= 0) return n;
-        const e = koffi.errno();
+        const e = koffiLib().errno();
         if (e !== EINTR) return -e;
       }
     },
@@ -148,12 +157,12 @@ function socketInNetns(c: Libc, path: string): number {
   let target = -1;
   try {
     target = openSync(path, 'r');
-    if (c.setns(target, CLONE_NEWNET) !== 0) throw new NetlinkError(`setns ${path}: errno ${koffi.errno()}`, koffi.errno());
+    if (c.setns(target, CLONE_NEWNET) !== 0) throw new NetlinkError(`setns ${path}: errno ${koffiLib().errno()}`, koffiLib().errno());
     const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-    const e = koffi.errno();
+    const e = koffiLib().errno();
     // Going back must not fail silently: this thread runs all of our JavaScript.
-    if (c.setns(home, CLONE_NEWNET) !== 0) throw new NetlinkError(`setns back: errno ${koffi.errno()}`, koffi.errno());
-    koffi.errno(e);
+    if (c.setns(home, CLONE_NEWNET) !== 0) throw new NetlinkError(`setns back: errno ${koffiLib().errno()}`, koffiLib().errno());
+    koffiLib().errno(e);
     return fd;
   } finally {
     if (target >= 0) closeSync(target);
