@@ -22,10 +22,15 @@
  * conntracked again and take kube-proxy's path to kube-dns; a restarted agent
  * binds again and the rule matches again, with nothing to rewrite. Sockets
  * bound to the wildcard address (a dnsmasq on *:53) do not count: only ours
- * are bound to A. A pod pointed at a link-local A (IPVS mode, where kube-proxy
- * cannot be bypassed for the ClusterIP) gets the nat DNAT instead: it only
- * sees conntracked packets, i.e. exactly those the NOTRACK let through, and
- * sends them to T, which IPVS holds on the node (kube-ipvs0).
+ * are bound to A. In IPVS mode pods are pointed at a link-local A (IPVS takes
+ * the ClusterIP in LOCAL_IN, NOTRACK or not, so it cannot be intercepted), and
+ * with us dead nothing else answers there: the nat DNAT sends A to T. It only
+ * sees conntracked packets, i.e. exactly those the NOTRACK let through, and T
+ * is local under IPVS (kube-ipvs0). Under iptables-mode kube-proxy T is not
+ * local and a DNAT to it would leave the node: set no T there.
+ * The lookup finds listening sockets too, so a DNS-over-TCP connection a pod
+ * opened to kube-dns while we were down is reset when we are back (its next
+ * segment is NOTRACKed to our listener); clients reconnect, to us.
  * Limitation: the socket match exists for PREROUTING and INPUT only (the
  * kernel refuses xt_socket in OUTPUT, and nft's `socket` in output finds the
  * sender's own socket), so the raw OUTPUT NOTRACK for hostNetwork clients
