@@ -32,7 +32,7 @@ import {
 } from '../src/iface/rtnl-wire.js';
 import { bytesToIp, canonicalIp, ipToBytes } from '../src/iface/ip-bytes.js';
 import { newSetupCounters } from '../src/iface/setup-counters.js';
-import { buildRules, diffIptables, iptablesApplyBatch, iptablesRemoveBatch, nftApplyScript, normalizeSpec, parseSave } from '../src/iface/firewall-rules.js';
+import { buildRules, diffIptables, iptablesApplyBatch, iptablesRemoveBatch, nftApplyScript, nftRule, normalizeSpec, parseSave } from '../src/iface/firewall-rules.js';
 import { Firewall, type FirewallBackend } from '../src/iface/firewall.js';
 import { detectFirewallBackend } from '../src/iface/firewall-detect.js';
 import { type CommandResult, type CommandRunner, spawnRunner } from '../src/iface/run-command.js';
@@ -226,16 +226,39 @@ t.test('rule scheme: node-cache’s rules per address', async (t) => {
   const batch = iptablesApplyBatch('nodelocaldns', 'raw', new Map(), rules.filter((r) => r.family === 4));
   t.match(batch, /^\*raw\n:NODELOCALDNS-PREROUTING - \[0:0\]\n:NODELOCALDNS-OUTPUT - \[0:0\]\n/);
   t.match(batch, /-I PREROUTING 1 -m comment --comment nodelocaldns -j NODELOCALDNS-PREROUTING\n/);
-  t.match(batch, /-A NODELOCALDNS-PREROUTING -d 169.254.20.10\/32 -p udp -m udp --dport 53 -m comment --comment nodelocaldns -j NOTRACK\n/);
+  t.match(batch, /-A NODELOCALDNS-PREROUTING -d 169.254.20.10\/32 -p udp -m udp --dport 53 -m socket -m comment --comment nodelocaldns -j NOTRACK\n/, 'pods -> us: only while a socket of ours is bound there (fail open)');
   t.match(batch, /-A NODELOCALDNS-OUTPUT -s 169.254.20.10\/32 -p tcp -m tcp --sport 8080 -m comment --comment nodelocaldns -j NOTRACK\n/);
   t.notMatch(batch, /-D /, 'nothing to delete on a clean table');
   t.match(batch, /COMMIT\n$/);
   const nft = nftApplyScript('nodelocaldns', rules);
   t.match(nft, /^table inet nodelocaldns\ndelete table inet nodelocaldns\ntable inet nodelocaldns \{/);
   t.match(nft, /type filter hook prerouting priority -300;/);
-  t.match(nft, /ip6 daddr fd00::a udp dport 53 notrack comment "nodelocaldns"/);
+  t.match(nft, /ip6 daddr fd00::a udp dport 53 socket wildcard 0 notrack comment "nodelocaldns"/);
+  t.match(nft, /ip6 daddr fd00::a udp dport 53 notrack comment "nodelocaldns"/, 'hostNetwork clients -> us (raw OUTPUT): unconditional, no socket match there');
+  t.notMatch(nft, /saddr[^\n]*socket/, 'our replies: unconditional');
+  t.notMatch(nft, /type nat/, 'no nat chain without a fail-open target');
+  t.notMatch(batch, /socket[^\n]*-j ACCEPT|OUTPUT[^\n]*-m socket/, 'socket match in raw PREROUTING only');
   t.match(nft, /ip saddr 169.254.20.10 tcp sport 53 accept comment "nodelocaldns"/);
   t.same(buildRules({ ...RULES, healthPort: null }).length, 2 * 10);
+});
+
+t.test('fail-open DNAT (IPVS mode): link-local -> the ClusterIP, only in nat PREROUTING', async (t) => {
+  const opts = { ...RULES, addresses: ['169.254.20.10', '10.96.0.10', 'fd00::a'], failOpenTo: { host: '10.96.0.10', port: 53 } };
+  const rules = buildRules(opts);
+  const nat = rules.filter((r) => r.table === 'nat');
+  t.same(nat.map((r) => [r.addr, r.proto, r.to]), [['169.254.20.10', 'udp', '10.96.0.10:53'], ['169.254.20.10', 'tcp', '10.96.0.10:53']], 'not the target itself, not across families');
+  const batch = iptablesApplyBatch('nodelocaldns', 'nat', new Map(), rules.filter((r) => r.family === 4));
+  t.match(batch, /^\*nat\n:NODELOCALDNS-PREROUTING - \[0:0\]\n-I PREROUTING 1 -m comment --comment nodelocaldns -j NODELOCALDNS-PREROUTING\n/);
+  t.match(batch, /-A NODELOCALDNS-PREROUTING -d 169.254.20.10\/32 -p tcp -m tcp --dport 53 -m comment --comment nodelocaldns -j DNAT --to-destination 10.96.0.10:53\n/);
+  t.notMatch(batch, /OUTPUT/, 'nat OUTPUT untouched: hostNetwork traffic is NOTRACKed in raw OUTPUT whatever happens');
+  const nft = nftApplyScript('nodelocaldns', rules);
+  t.match(nft, /chain nat-prerouting \{\n\t\ttype nat hook prerouting priority -100; policy accept;\n\t\tip daddr 169.254.20.10 udp dport 53 dnat ip to 10.96.0.10:53 comment "nodelocaldns"\n/);
+  const v6 = buildRules({ ...RULES, failOpenTo: { host: 'fd00::10', port: 53 } }).filter((r) => r.table === 'nat');
+  t.same(v6.map((r) => [r.addr, r.to]), [['fd00::a', '[fd00::10]:53'], ['fd00::a', '[fd00::10]:53']], 'IPv6 target: IPv6 addresses only, bracketed');
+  t.match(nftRule('nodelocaldns', v6[0]!), /^ip6 daddr fd00::a udp dport 53 dnat ip6 to \[fd00::10\]:53 /);
+  t.throws(() => buildRules({ ...RULES, failOpenTo: { host: 'kube-dns', port: 53 } }), /fail-open target "kube-dns" is not an IP address/);
+  t.same(normalizeSpec('-d 169.254.20.10/32 -p udp -m udp --dport 53 -m socket -m comment --comment "nodelocaldns" -j CT --notrack'),
+    '-d 169.254.20.10 -p udp --dport 53 -m socket -m comment --comment nodelocaldns -j NOTRACK');
 });
 
 t.test('order check: a rule above our jump is a misorder (sigs/node-local-dns#13)', async (t) => {
@@ -293,6 +316,7 @@ t.test('firewall counts a held xtables lock apart', async (t) => {
   const locked = fakeRunner({
     'iptables-legacy-save -t raw': {},
     'iptables-legacy-save -t filter': {},
+    'iptables-legacy-save -t nat': {},
     'iptables-legacy-restore': { status: 4, stderr: 'Another app is currently holding the xtables lock. Stopped waiting after 5s.' },
   });
   const fw = new Firewall({ ...RULES, addresses: ['169.254.20.10'], backend: { kind: 'iptables', mode: 'legacy' }, run: locked, counters });
@@ -420,7 +444,8 @@ for (const { label, backend, need } of BACKENDS) {
     const ns = netns(t);
     const run = spawnRunner(['ip', 'netns', 'exec', ns]);
     const counters = newSetupCounters();
-    const fw = new Firewall({ ...RULES, backend, run, counters });
+    // IPVS-mode fail open: 169.254.20.10 is DNATed to the kube-dns ClusterIP while no socket of ours is bound.
+    const fw = new Firewall({ ...RULES, failOpenTo: { host: '10.96.0.10', port: 53 }, backend, run, counters });
     await fw.apply();
     t.same(await fw.check(), { repaired: [], error: null }, 'freshly applied: nothing to repair');
 
@@ -429,7 +454,12 @@ for (const { label, backend, need } of BACKENDS) {
       const ip6t = `ip6tables-${backend.mode}`;
       const raw4 = inNs(ns, ipt, '-t', 'raw', '-S').stdout;
       t.match(raw4, /^-A PREROUTING -m comment --comment nodelocaldns -j NODELOCALDNS-PREROUTING$/m);
-      t.match(raw4, /^-A NODELOCALDNS-PREROUTING -d 169\.254\.20\.10\/32 -p udp -m udp --dport 53 -m comment --comment nodelocaldns -j (NOTRACK|CT --notrack)$/m);
+      t.match(raw4, /^-A NODELOCALDNS-PREROUTING -d 169\.254\.20\.10\/32 -p udp -m udp --dport 53 -m socket -m comment --comment nodelocaldns -j (NOTRACK|CT --notrack)$/m);
+      t.match(raw4, /^-A NODELOCALDNS-OUTPUT -d 169\.254\.20\.10\/32 -p udp -m udp --dport 53 -m comment --comment nodelocaldns -j (NOTRACK|CT --notrack)$/m, 'raw OUTPUT: no socket match (the kernel has none there)');
+      const nat4 = inNs(ns, ipt, '-t', 'nat', '-S').stdout;
+      t.match(nat4, /^-A PREROUTING -m comment --comment nodelocaldns -j NODELOCALDNS-PREROUTING$/m);
+      t.match(nat4, /^-A NODELOCALDNS-PREROUTING -d 169\.254\.20\.10\/32 -p tcp -m tcp --dport 53 -m comment --comment nodelocaldns -j DNAT --to-destination 10\.96\.0\.10:53$/m);
+      t.notMatch(inNs(ns, ip6t, '-t', 'nat', '-S').stdout, /NODELOCALDNS/, 'an IPv4 target: no IPv6 DNAT');
       t.match(raw4, /^-A NODELOCALDNS-OUTPUT -s 169\.254\.20\.10\/32 -p tcp -m tcp --sport 8080 .*-j (NOTRACK|CT --notrack)$/m);
       t.notMatch(raw4, /fd00::a/, 'IPv6 rules stay out of iptables');
       const filter6 = inNs(ns, ip6t, '-t', 'filter', '-S').stdout;
@@ -454,6 +484,15 @@ for (const { label, backend, need } of BACKENDS) {
       t.same(await fw.check(), { repaired: [], error: null }, 'repaired for good');
       t.equal(counters.get('firewallRepairs'), 3);
 
+      // A DNAT edited away is put back; a run without a fail-open target clears an earlier run's at startup.
+      inNs(ns, ipt, '-t', 'nat', '-F', 'NODELOCALDNS-PREROUTING');
+      t.match((await fw.check()).repaired, [/^IPv4 nat NODELOCALDNS-PREROUTING: 0 rules, expected 2/]);
+      const plain = new Firewall({ ...RULES, backend, run, counters });
+      await plain.apply();
+      t.notMatch(inNs(ns, `${ipt}-save`, '-t', 'nat').stdout, /NODELOCALDNS/, 'stale DNAT removed at startup');
+      t.same(await plain.check(), { repaired: [], error: null });
+      await fw.apply();
+
       // The config drops the IPv6 address: a check by the new set clears the IPv6 rules, keeps IPv4.
       const v4only = new Firewall({ ...RULES, addresses: ['169.254.20.10'], backend, run, counters });
       t.same(await v4only.check(), { repaired: ['IPv6: removed rules for addresses no longer served'], error: null });
@@ -469,7 +508,8 @@ for (const { label, backend, need } of BACKENDS) {
       t.equal(await fw.remove(), null, 'remove twice is fine');
     } else {
       const listed = inNs(ns, 'nft', 'list', 'table', 'inet', 'nodelocaldns').stdout;
-      t.match(listed, /chain raw-prerouting \{\s+type filter hook prerouting priority raw; policy accept;\s+ip daddr 169\.254\.20\.10 udp dport 53 notrack comment "nodelocaldns"/);
+      t.match(listed, /chain raw-prerouting \{\s+type filter hook prerouting priority raw; policy accept;\s+ip daddr 169\.254\.20\.10 udp dport 53 socket wildcard 0 notrack comment "nodelocaldns"/);
+      t.match(listed, /chain nat-prerouting \{\s+type nat hook prerouting priority dstnat; policy accept;\s+ip daddr 169\.254\.20\.10 udp dport 53 dnat ip to 10\.96\.0\.10:53 comment "nodelocaldns"/);
       t.match(listed, /ip6 daddr fd00::a tcp dport 53 notrack/);
       t.match(listed, /chain filter-input \{\s+type filter hook input priority filter - 10;/);
       t.match(listed, /ip6 saddr fd00::a udp sport 53 accept/);
@@ -478,11 +518,14 @@ for (const { label, backend, need } of BACKENDS) {
       const c = await fw.check();
       t.equal(c.error, null);
       t.match(c.repaired, [/^nftables: table inet nodelocaldns changed \(line 4: have "meta l4proto != 253 accept"/]);
+      inNs(ns, 'nft', 'flush', 'chain', 'inet', 'nodelocaldns', 'nat-prerouting');
+      t.match((await fw.check()).repaired, [/^nftables: table inet nodelocaldns changed/], 'the DNAT flushed away: rewritten');
+      t.match(inNs(ns, 'nft', 'list', 'chain', 'inet', 'nodelocaldns', 'nat-prerouting').stdout, /dnat ip to 10\.96\.0\.10:53/);
       t.notMatch(inNs(ns, 'nft', 'list', 'table', 'inet', 'nodelocaldns').stdout, /253/, 'the inserted rule is gone: the table is ours');
       inNs(ns, 'nft', 'delete', 'table', 'inet', 'nodelocaldns');
       t.same((await fw.check()).repaired, ['nftables: table inet nodelocaldns missing']);
       t.same(await fw.check(), { repaired: [], error: null });
-      const another = new Firewall({ ...RULES, backend, run, counters });
+      const another = new Firewall({ ...RULES, failOpenTo: { host: '10.96.0.10', port: 53 }, backend, run, counters });
       t.same((await another.check()).repaired, ['nftables: table inet nodelocaldns not written by this process'], 'a new process rewrites once, then has its baseline');
       t.same(await fw.check(), { repaired: [], error: null }, 'same content rewritten: the first instance still agrees');
 

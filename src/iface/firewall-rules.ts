@@ -4,12 +4,38 @@
  * and an nftables script. Pure: text in, text out, no commands run here.
  *
  * For each listen address A and DNS port P (udp and tcp), health port H (tcp):
- *   raw    PREROUTING  -d A --dport P  NOTRACK   pods -> us: no conntrack entry (no UDP conntrack races)
+ *   raw    PREROUTING  -d A --dport P  -m socket  NOTRACK   pods -> us, while a socket of ours is there
  *   raw    OUTPUT      -s A --sport P  NOTRACK   our replies
  *   raw    OUTPUT      -d A --dport P  NOTRACK   hostNetwork clients -> us
  *   raw    OUTPUT      -d A --dport H, -s A --sport H  NOTRACK  (tcp) the kubelet's liveness probe
  *   filter INPUT       -d A --dport P  ACCEPT    untracked packets match no "ESTABLISHED" accept
  *   filter OUTPUT      -s A --sport P  ACCEPT
+ * and, given a fail-open target T (the cluster DNS ClusterIP, IPVS mode), for each A other than T:
+ *   nat    PREROUTING  -d A --dport P  DNAT --to-destination T:53
+ *
+ * Fail open. The PREROUTING NOTRACK is what steers pods to us (an untracked
+ * packet skips the nat table, so kube-proxy's DNAT of the ClusterIP never
+ * happens and the packet is delivered to the address on our link). It only
+ * applies while a socket bound to A:P exists (`-m socket`, nft `socket
+ * wildcard 0`): the kernel closes our sockets the moment the agent dies,
+ * however it dies (SIGKILL, OOM), so from the next packet on pods' queries are
+ * conntracked again and take kube-proxy's path to kube-dns; a restarted agent
+ * binds again and the rule matches again, with nothing to rewrite. Sockets
+ * bound to the wildcard address (a dnsmasq on *:53) do not count: only ours
+ * are bound to A. In IPVS mode pods are pointed at a link-local A (IPVS takes
+ * the ClusterIP in LOCAL_IN, NOTRACK or not, so it cannot be intercepted), and
+ * with us dead nothing else answers there: the nat DNAT sends A to T. It only
+ * sees conntracked packets, i.e. exactly those the NOTRACK let through, and T
+ * is local under IPVS (kube-ipvs0). Under iptables-mode kube-proxy T is not
+ * local and a DNAT to it would leave the node: set no T there.
+ * The lookup finds listening sockets too, so a DNS-over-TCP connection a pod
+ * opened to kube-dns while we were down is reset when we are back (its next
+ * segment is NOTRACKed to our listener); clients reconnect, to us.
+ * Limitation: the socket match exists for PREROUTING and INPUT only (the
+ * kernel refuses xt_socket in OUTPUT, and nft's `socket` in output finds the
+ * sender's own socket), so the raw OUTPUT NOTRACK for hostNetwork clients
+ * stays unconditional: with the agent dead, node processes and hostNetwork
+ * pods get "connection refused" from A until it is back.
  *
  * iptables: the rules live in chains of our own (NAME-PREROUTING, ...), each
  * jumped to from rule 1 of its built-in chain. Order matters, not only
@@ -30,9 +56,15 @@ export interface RuleSetOptions {
   readonly port: number;
   /** The health port the kubelet probes (node-cache: 8080), or null for none. */
   readonly healthPort: number | null;
+  /**
+   * Where pods' DNS to our addresses goes while no socket of ours listens:
+   * the cluster DNS ClusterIP and port, in IPVS mode only (the address is then
+   * local to the node). null or absent: no DNAT, kube-proxy's own rules decide.
+   */
+  readonly failOpenTo?: { readonly host: string; readonly port: number } | null;
 }
 
-export type Table = 'raw' | 'filter';
+export type Table = 'raw' | 'filter' | 'nat';
 export type BuiltinChain = 'PREROUTING' | 'INPUT' | 'OUTPUT';
 
 /** One rule in iptables terms; the nft rendering is derived from it. */
@@ -45,17 +77,27 @@ export interface Rule {
   readonly dir: 'to' | 'from';
   readonly addr: string;
   readonly port: number;
-  readonly verdict: 'notrack' | 'accept';
+  readonly verdict: 'notrack' | 'accept' | 'dnat';
+  /** Only while a (non-wildcard) socket is bound to addr:port: our fail-open condition. */
+  readonly ifSocket: boolean;
+  /** dnat only: "10.96.0.10:53" / "[fd00::10]:53". */
+  readonly to: string | null;
 }
+
+const VERDICT: Readonly<Record<Table, Rule['verdict']>> = { raw: 'notrack', filter: 'accept', nat: 'dnat' };
 
 export function buildRules(o: RuleSetOptions): Rule[] {
   const rules: Rule[] = [];
+  const target = o.failOpenTo ?? null;
+  const targetIp = target === null ? null : canonicalIp(target.host);
+  const targetFamily = target === null ? null : ipFamily(target.host);
+  if (target !== null && (targetIp === null || targetFamily === null)) throw new Error(`firewall: fail-open target "${target.host}" is not an IP address`);
   for (const a of o.addresses) {
     const addr = canonicalIp(a);
     const family = ipFamily(a);
     if (addr === null || family === null) throw new Error(`firewall: "${a}" is not an IP address`);
-    const r = (table: Table, hook: BuiltinChain, proto: 'udp' | 'tcp', dir: 'to' | 'from', port: number): void => {
-      rules.push({ table, hook, family, proto, dir, addr, port, verdict: table === 'raw' ? 'notrack' : 'accept' });
+    const r = (table: Table, hook: BuiltinChain, proto: 'udp' | 'tcp', dir: 'to' | 'from', port: number, to: string | null = null): void => {
+      rules.push({ table, hook, family, proto, dir, addr, port, verdict: VERDICT[table], ifSocket: table === 'raw' && hook === 'PREROUTING', to });
     };
     for (const p of ['udp', 'tcp'] as const) r('raw', 'PREROUTING', p, 'to', o.port);
     for (const p of ['udp', 'tcp'] as const) r('raw', 'OUTPUT', p, 'from', o.port);
@@ -66,6 +108,11 @@ export function buildRules(o: RuleSetOptions): Rule[] {
     }
     for (const p of ['udp', 'tcp'] as const) r('filter', 'INPUT', p, 'to', o.port);
     for (const p of ['udp', 'tcp'] as const) r('filter', 'OUTPUT', p, 'from', o.port);
+    // The target itself needs no DNAT (kube-proxy's rules handle it), and a DNAT crosses no family.
+    if (target !== null && targetIp !== addr && targetFamily === family) {
+      const to = family === 4 ? `${targetIp}:${target.port}` : `[${targetIp}]:${target.port}`;
+      for (const p of ['udp', 'tcp'] as const) r('nat', 'PREROUTING', p, 'to', o.port, to);
+    }
   }
   return rules;
 }
@@ -73,7 +120,7 @@ export function buildRules(o: RuleSetOptions): Rule[] {
 // ---- iptables ----------------------------------------------------------------
 
 /** Built-in chains we hook, per table. */
-export const HOOKS: Readonly<Record<Table, readonly BuiltinChain[]>> = { raw: ['PREROUTING', 'OUTPUT'], filter: ['INPUT', 'OUTPUT'] };
+export const HOOKS: Readonly<Record<Table, readonly BuiltinChain[]>> = { raw: ['PREROUTING', 'OUTPUT'], filter: ['INPUT', 'OUTPUT'], nat: ['PREROUTING'] };
 
 /** Our chain for a built-in one: NODELOCALDNS-PREROUTING (iptables allows 28 characters). */
 export function ourChain(name: string, hook: BuiltinChain): string {
@@ -85,8 +132,10 @@ export function iptablesRuleSpec(name: string, r: Rule): string {
   const host = `${r.addr}/${r.family === 4 ? 32 : 128}`;
   const where = r.dir === 'to' ? `-d ${host}` : `-s ${host}`;
   const port = r.dir === 'to' ? `--dport ${r.port}` : `--sport ${r.port}`;
-  const target = r.verdict === 'notrack' ? 'NOTRACK' : 'ACCEPT';
-  return `${where} -p ${r.proto} -m ${r.proto} ${port} -m comment --comment ${quoteComment(name)} -j ${target}`;
+  // Plain -m socket, not --nowildcard: a wildcard listener (someone else's *:53) must not keep the interception on.
+  const socket = r.ifSocket ? ' -m socket' : '';
+  const target = r.verdict === 'notrack' ? 'NOTRACK' : r.verdict === 'accept' ? 'ACCEPT' : `DNAT --to-destination ${r.to ?? ''}`;
+  return `${where} -p ${r.proto} -m ${r.proto} ${port}${socket} -m comment --comment ${quoteComment(name)} -j ${target}`;
 }
 
 export function jumpSpec(name: string, hook: BuiltinChain): string {
@@ -225,6 +274,8 @@ export function iptablesRemoveBatch(name: string, table: Table, saved: SavedTabl
 /** Base chains of our table: [name, hook, priority]. raw = -300 runs before conntrack (-200). */
 const NFT_CHAINS: readonly (readonly [string, 'prerouting' | 'input' | 'output', number, Table, BuiltinChain])[] = [
   ['raw-prerouting', 'prerouting', -300, 'raw', 'PREROUTING'],
+  // dstnat (-100), like kube-proxy's own nat chains; only conntracked packets reach a nat chain.
+  ['nat-prerouting', 'prerouting', -100, 'nat', 'PREROUTING'],
   ['raw-output', 'output', -300, 'raw', 'OUTPUT'],
   // Just before the filter tables. An accept ends only this base chain (other
   // tables still see the packet), which is what node-cache's ACCEPT amounts to
@@ -237,7 +288,10 @@ export function nftRule(name: string, r: Rule): string {
   const ip = r.family === 4 ? 'ip' : 'ip6';
   const where = r.dir === 'to' ? `${ip} daddr ${r.addr}` : `${ip} saddr ${r.addr}`;
   const port = r.dir === 'to' ? `${r.proto} dport ${r.port}` : `${r.proto} sport ${r.port}`;
-  return `${where} ${port} ${r.verdict} comment "${name.replace(/["\\]/g, '')}"`;
+  // `socket wildcard 0`: a socket is bound to the packet's address and port, and not to the wildcard (iptables' plain -m socket).
+  const socket = r.ifSocket ? ' socket wildcard 0' : '';
+  const verdict = r.verdict === 'dnat' ? `dnat ${ip} to ${r.to ?? ''}` : r.verdict;
+  return `${where} ${port}${socket} ${verdict} comment "${name.replace(/["\\]/g, '')}"`;
 }
 
 /**
@@ -248,8 +302,11 @@ export function nftRule(name: string, r: Rule): string {
 export function nftApplyScript(name: string, want: readonly Rule[]): string {
   const lines = [`table inet ${name}`, `delete table inet ${name}`, `table inet ${name} {`];
   for (const [chain, hook, prio, table, builtin] of NFT_CHAINS) {
-    lines.push(`\tchain ${chain} {`, `\t\ttype filter hook ${hook} priority ${prio}; policy accept;`);
-    for (const r of want) if (r.table === table && r.hook === builtin) lines.push(`\t\t${nftRule(name, r)}`);
+    const rules = want.filter((r) => r.table === table && r.hook === builtin);
+    // No nat chain without a DNAT: a nat base chain costs a hook (and needs nf_nat) for nothing.
+    if (table === 'nat' && rules.length === 0) continue;
+    lines.push(`\tchain ${chain} {`, `\t\ttype ${table === 'nat' ? 'nat' : 'filter'} hook ${hook} priority ${prio}; policy accept;`);
+    for (const r of rules) lines.push(`\t\t${nftRule(name, r)}`);
     lines.push('\t}');
   }
   lines.push('}', '');

@@ -49,7 +49,9 @@ export class FirewallError extends Error {
 }
 
 const DEFAULT_LOCK_WAIT_S = 5;
-const TABLES: readonly Table[] = ['raw', 'filter'];
+/** Always ours; nat only with a fail-open DNAT, and when clearing up (apply, remove) in case an earlier run had one. */
+const BASE_TABLES: readonly Table[] = ['raw', 'filter'];
+const ALL_TABLES: readonly Table[] = ['raw', 'filter', 'nat'];
 
 function describe(cmd: string, r: CommandResult): string {
   if (r.error !== null) return `${cmd}: ${r.error}`;
@@ -100,13 +102,13 @@ export class Firewall {
     }
     const errors: string[] = [];
     for (const family of [4, 6] as const) {
-      const saved = await this.#save(family);
+      const saved = await this.#save(family, ALL_TABLES);
       if (typeof saved === 'string') {
         // No ip6tables on a node without IPv6 support: nothing of ours can be there either.
         if (this.#familyWanted(family)) errors.push(this.#fail(saved));
         continue;
       }
-      const batch = TABLES.map((t) => iptablesRemoveBatch(this.#name, t, saved.get(t) ?? new Map())).filter((b): b is string => b !== null);
+      const batch = ALL_TABLES.map((t) => iptablesRemoveBatch(this.#name, t, saved.get(t) ?? new Map())).filter((b): b is string => b !== null);
       if (batch.length === 0) continue;
       const e = await this.#restore(family, batch.join(''));
       if (e !== null) errors.push(e);
@@ -121,17 +123,18 @@ export class Firewall {
   async #write(repaired: string[] | null): Promise<string | null> {
     if (this.backend.kind === 'nftables') return this.#writeNft(repaired);
     const errors: string[] = [];
+    const looked = repaired === null || this.#rules.some((r) => r.table === 'nat') ? ALL_TABLES : BASE_TABLES;
     for (const family of [4, 6] as const) {
       const want = this.#rules.filter((r) => r.family === family);
-      const saved = await this.#save(family);
+      const saved = await this.#save(family, looked);
       if (typeof saved === 'string') {
         if (want.length > 0) errors.push(this.#fail(saved));
         continue;
       }
-      const tables = new Map<Table, SavedTable>(TABLES.map((t) => [t, saved.get(t) ?? new Map<string, readonly string[]>()]));
+      const tables = new Map<Table, SavedTable>(looked.map((t) => [t, saved.get(t) ?? new Map<string, readonly string[]>()]));
       if (want.length === 0) {
         // A family we no longer serve (the config dropped its last address): clear what an earlier run left.
-        const batch = TABLES.map((t) => iptablesRemoveBatch(this.#name, t, tables.get(t)!)).filter((b): b is string => b !== null);
+        const batch = looked.map((t) => iptablesRemoveBatch(this.#name, t, tables.get(t)!)).filter((b): b is string => b !== null);
         if (batch.length === 0) continue;
         repaired?.push(`IPv${family}: removed rules for addresses no longer served`);
         const e = await this.#restore(family, batch.join(''));
@@ -139,8 +142,16 @@ export class Firewall {
         continue;
       }
       const batches: string[] = [];
-      for (const t of TABLES) {
+      for (const t of looked) {
         const tableState = tables.get(t)!;
+        if (!want.some((r) => r.table === t)) {
+          // nat without a DNAT to install: an earlier run's (a config that had one) goes.
+          const stale = iptablesRemoveBatch(this.#name, t, tableState);
+          if (stale === null) continue;
+          repaired?.push(`IPv${family} ${t}: removed rules no longer wanted`);
+          batches.push(stale);
+          continue;
+        }
         if (repaired !== null) {
           const problems = diffIptables(this.#name, t, tableState, want);
           if (problems.length === 0) continue;
@@ -175,11 +186,11 @@ export class Firewall {
   }
 
   /** iptables-save of one family, split by table; or an error text. */
-  async #save(family: IpFamily): Promise<Map<Table, SavedTable> | string> {
+  async #save(family: IpFamily, tables: readonly Table[]): Promise<Map<Table, SavedTable> | string> {
     const cmd = this.#binary(family, 'save');
-    // Only the two tables we use: saving every table would make iptables-legacy load modules for all of them.
+    // Only the tables we use: saving every table would make iptables-legacy load modules for all of them.
     const out = new Map<Table, SavedTable>();
-    for (const t of TABLES) {
+    for (const t of tables) {
       const r = await this.#run(cmd, ['-t', t]);
       if (r.status !== 0) return describe(`${cmd} -t ${t}`, r); // counted by the caller, if that family matters
       out.set(t, parseSave(r.stdout, t));

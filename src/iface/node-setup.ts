@@ -34,6 +34,8 @@ export interface NodeSetupOptions {
   /** `dummy`; tests pass `bridge` (these build machines' kernels have no dummy driver). */
   readonly interfaceKind: string;
   readonly firewall: FirewallChoice;
+  /** IPVS mode: the cluster DNS ClusterIP:port pods' DNS to a link-local address is DNATed to while we are down (firewall-rules.ts). */
+  readonly failOpenTo?: { readonly host: string; readonly port: number } | null;
   readonly skipTeardown: boolean;
   readonly syncIntervalMs: number;
   readonly clock: Clock;
@@ -100,10 +102,13 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
     },
     start: async () => {
       const { backend, reason } = await chooseBackend(o.firewall, run);
-      firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, backend, run, counters: o.counters });
+      const failOpenTo = o.failOpenTo ?? null;
+      firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, failOpenTo, backend, run, counters: o.counters });
       await firewall.apply();
       inPlace = true;
-      o.logger.info('interception rules in place', { backend: describeBackend(backend), why: reason, addresses: o.addresses });
+      o.logger.info('interception rules in place', {
+        backend: describeBackend(backend), why: reason, addresses: o.addresses, failOpenTo: failOpenTo === null ? 'none' : `${failOpenTo.host}:${failOpenTo.port}`,
+      });
       const fw = firewall;
       stopChecks = every(o.clock, o.syncIntervalMs, async () => {
         const c = await fw.check();
