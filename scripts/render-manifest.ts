@@ -204,11 +204,8 @@ export function render(template: string, o: RenderOptions): string {
 
 /** daemonset.yaml at the top of the repository, from scripts/ (run by tap) or dist/scripts/ (built). */
 export function defaultTemplatePath(): string {
-  for (const rel of ['../daemonset.yaml', '../../daemonset.yaml']) {
-    const p = fileURLToPath(new URL(rel, import.meta.url));
-    if (existsSync(p)) return p;
-  }
-  return fileURLToPath(new URL('../daemonset.yaml', import.meta.url));
+  const candidates = ['../daemonset.yaml', '../../daemonset.yaml'].map((rel) => fileURLToPath(new URL(rel, import.meta.url)));
+  return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
 }
 
 export interface Io {
