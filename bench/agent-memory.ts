@@ -1,0 +1,157 @@
+/**
+ * The whole agent's memory, as the DaemonSet's requests and limit must cover
+ * it (docs/install.md, "Resources"): RSS of the real process (dist/src/main.js)
+ *
+ *   1. idle        started, nothing asked;
+ *   2. synced      with the API view of SERVICES Services (3 endpoints each,
+ *                  one EndpointSlice each, 100 namespaces) from a fake API server;
+ *   3. filled      after NAMES distinct external names, each answered with
+ *                  ANSWER_BYTES of TXT (10,000: the cache's byte budget binds
+ *                  before its entry count; 0: one A record, the entry count binds);
+ *   4. relist      peak and final RSS while the watch history expires under the
+ *                  agent (410 Gone) and it lists everything again.
+ *
+ *   npx tsc -p tsconfig.json && node dist/bench/agent-memory.js
+ *   SERVICES=10000 NAMES=20000 ANSWER_BYTES=10000 (the defaults); extra agent flags after --
+ *
+ * Everything on 127.0.0.1; the agent's resolv.conf names only the fake resolver.
+ * Prints one JSON object (MiB). RssFile (mostly the node binary) is shown apart:
+ * it is shared and reclaimable, anon memory is what an OOM kill is about.
+ */
+import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import dnsPacket from 'dns-packet';
+import { writeKubeconfig } from '../testkit/cluster.js';
+import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
+
+const SERVICES = Number(process.env['SERVICES'] ?? 10_000);
+const NAMES = Number(process.env['NAMES'] ?? 20_000);
+const ANSWER_BYTES = Number(process.env['ANSWER_BYTES'] ?? 10_000);
+const PORT = Number(process.env['PORT'] ?? 5399);
+/** Bounded waits: the sync poll, one query, the relist watch. */
+const SYNC_WAIT_MS = 60_000;
+const QUERY_TIMEOUT_MS = 2000;
+const RELIST_WATCH_MS = 15_000;
+const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
+
+interface Mem {
+  readonly rss: number;
+  readonly anon: number;
+  readonly file: number;
+}
+
+function memOf(pid: number): Mem {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? NaN);
+  const mib = (k: string): number => Math.round(kib(k) / 1024);
+  return { rss: mib('VmRSS'), anon: mib('RssAnon'), file: mib('RssFile') };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function ip(i: number, base: number): string {
+  return `10.${base + ((i >> 16) & 255)}.${(i >> 8) & 255}.${i & 255}`;
+}
+
+async function main(): Promise<void> {
+  const api = new FakeApiServer({ token: 'bench', gzip: true });
+  for (let n = 0; n < 100; n++) api.put('namespaces', namespaceJson(`ns-${n}`));
+  for (let i = 0; i < SERVICES; i++) {
+    const ns = `ns-${i % 100}`;
+    api.put('services', serviceJson(ns, `svc-${i}`, { clusterIP: ip(i, 96) }));
+    const eps = [0, 1, 2].map((e) => ({ addresses: [ip(i * 3 + e, 0)], ready: true }));
+    api.put('endpointslices', endpointSliceJson(ns, `svc-${i}-abcde`, `svc-${i}`, eps));
+  }
+  await api.start();
+  const kubeDns = await SimDnsServer.start({ handler: staticHandler({ 'kubernetes.default.svc.cluster.local': { A: ['10.96.0.1'], ttl: 30 } }, { soaZone: 'cluster.local' }) });
+  const strings = Math.ceil(ANSWER_BYTES / 250);
+  const external = await SimDnsServer.start({
+    handler: (q) => {
+      const name = q.questions?.[0]?.name ?? '';
+      if (ANSWER_BYTES === 0) return { answers: [{ type: 'A', name, ttl: 3600, data: '192.0.2.1' }] };
+      return { answers: [{ type: 'TXT', name, ttl: 3600, data: Array.from({ length: strings }, () => Buffer.alloc(250, 97)) }] };
+    },
+  });
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-mem-'));
+  const resolv = join(dir, 'resolv.conf');
+  writeFileSync(resolv, 'nameserver 127.0.0.1\n');
+  const extra = process.argv.includes('--') ? process.argv.slice(process.argv.indexOf('--') + 1) : [];
+  const agent = spawn(process.execPath, [
+    MAIN, '--listen', `127.0.0.1:${PORT}`, '--kubeconfig', writeKubeconfig(api.url, 'bench'),
+    '--upstream-addr', `127.0.0.1:${kubeDns.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`, '--resolv-conf', resolv,
+    '--success-ttl', '1h', '--prefetch-min-hits', '0', '--log-level', 'info', ...extra,
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  agent.stderr.setEncoding('utf8').on('data', (d: string) => { log += d; });
+  const pid = agent.pid!;
+  const out: Record<string, unknown> = { services: SERVICES, names: NAMES, answerBytes: ANSWER_BYTES, extraFlags: extra };
+  try {
+    for (let waited = 0; !log.includes('"started"'); waited += 100) {
+      if (waited > SYNC_WAIT_MS || agent.exitCode !== null) throw new Error(`agent did not start: ${log}`);
+      await sleep(100);
+    }
+    await sleep(2000);
+    out['idle'] = memOf(pid);
+    const synced = (): number => (log.match(/kube initial list applied/g) ?? []).length;
+    for (let waited = 0; synced() < 3; waited += 100) {
+      if (waited > SYNC_WAIT_MS) throw new Error(`view not synced after ${SYNC_WAIT_MS} ms`);
+      await sleep(100);
+    }
+    await sleep(2000);
+    out['synced'] = memOf(pid);
+
+    const sock = dgram.createSocket('udp4');
+    const pending = new Map<number, () => void>();
+    let answered = 0;
+    sock.on('message', (m) => {
+      const done = pending.get(m.readUInt16BE(0));
+      if (done !== undefined) {
+        pending.delete(m.readUInt16BE(0));
+        answered++;
+        done();
+      }
+    });
+    await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < NAMES) {
+        const i = next++;
+        const id = i & 0xffff;
+        const q = dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: ANSWER_BYTES === 0 ? 'A' : 'TXT', name: `n${i}.example.org` }] });
+        await new Promise<void>((res) => {
+          const timer = setTimeout(() => { pending.delete(id); res(); }, QUERY_TIMEOUT_MS);
+          pending.set(id, () => { clearTimeout(timer); res(); });
+          sock.send(q, PORT, '127.0.0.1');
+        });
+      }
+    };
+    await Promise.all(Array.from({ length: 32 }, worker));
+    sock.close();
+    await sleep(2000);
+    out['filled'] = { ...memOf(pid), answered };
+
+    // The watch history expires under every reflector (as after an etcd compaction): 410, relist.
+    api.bumpRv();
+    api.compact();
+    api.closeWatches();
+    let peak = 0;
+    for (let t = 0; t < RELIST_WATCH_MS; t += 50) {
+      await sleep(50);
+      peak = Math.max(peak, memOf(pid).rss);
+    }
+    out['relist'] = { peakRss: peak, after: memOf(pid), relisted: (log.match(/relisting/g) ?? []).length };
+    const hwm = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
+    out['peakRss'] = Math.round(hwm / 1024);
+  } finally {
+    agent.kill('SIGTERM');
+    await Promise.all([kubeDns.stop(), external.stop(), api.close()]);
+  }
+  process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+}
+
+await main();
