@@ -65,7 +65,7 @@ export const AGENT_COUNTERS = defineCounters({
 /** Settings read once at start: a reload that changes them is told they need a restart. */
 const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
-  'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'skipTeardown', 'syncIntervalMs', 'healthPort',
+  'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
   'metricsListen', 'cacheSnapshot',
 ];
 
@@ -349,6 +349,7 @@ export class Agent {
       interfaceName: c.interfaceName,
       interfaceKind: c.interfaceKind,
       firewall: c.firewall,
+      failOpenTo: c.failOpenTo,
       skipTeardown: c.skipTeardown,
       syncIntervalMs: c.syncIntervalMs,
       clock: this.#clock,

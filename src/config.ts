@@ -82,6 +82,8 @@ export interface Config {
   readonly interfaceName: string;
   readonly interfaceKind: string;
   readonly firewall: FirewallChoice;
+  /** IPVS mode: DNAT pods' DNS to the link-local address here while the agent is down; null = no DNAT. */
+  readonly failOpenTo: ServerAddress | null;
   readonly skipTeardown: boolean;
   readonly syncIntervalMs: number;
   readonly healthPort: number;
@@ -181,6 +183,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   {
     flag: 'firewall', kind: 'string', def: 'auto',
     help: 'interception rules (raw NOTRACK + filter ACCEPT, as node-cache): auto (follow kube-proxy and kubelet, as iptables-wrappers does), iptables, iptables-legacy, iptables-nft, nftables, or none',
+  },
+  {
+    flag: 'fail-open-to', kind: 'string', def: undefined,
+    help: 'IPVS mode: the kube-dns ClusterIP[:PORT] (local to the node under IPVS) that pods\' DNS to the link-local address is DNATed to whenever no socket of ours is listening (agent killed); leave unset in iptables mode, where pods use the ClusterIP and kube-proxy takes over by itself',
   },
   { flag: 'skip-teardown', kind: 'bool', def: 'false', help: 'leave the link, addresses and rules in place on exit (node-cache -skipteardown)' },
   { flag: 'sync-interval', kind: 'duration', def: '60s', min: 1000, max: 3_600_000, help: 'how often the link, addresses and rules are checked and repaired (node-cache -syncinterval)' },
@@ -564,6 +570,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     interfaceName,
     interfaceKind: str('interface-kind')!,
     firewall: firewall as FirewallChoice,
+    failOpenTo: str('fail-open-to') === undefined ? null : addr('fail-open-to', str('fail-open-to')!, 53),
     skipTeardown: bool('skip-teardown'),
     syncIntervalMs: duration('sync-interval'),
     healthPort: int('health-port'),
