@@ -279,7 +279,8 @@ for (const v of variants) {
     t.equal(pod.containers?.length, 1, 'one container');
 
     // Rolling update: surge one, never unavailable (SO_REUSEPORT handover).
-    t.same(ds.spec?.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    // Surge waits for the SO_REUSEPORT handover: without it a surge pod cannot bind port 53 and the rollout stalls.
+    t.same(ds.spec?.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 0, maxUnavailable: '10%' } });
 
     // No ports anywhere: with hostNetwork they are host ports and would keep the surge pod off its node.
     for (const ctr of [...(pod.containers ?? []), ...(pod.initContainers ?? [])]) t.ok(ctr.ports === undefined || ctr.ports.length === 0, `no ports on ${ctr.name}`);
@@ -545,4 +546,16 @@ t.test('render-manifest as a program: from source, and built by scripts/tsconfig
   const good = spawnSync(process.execPath, [built, '--dns-ip', '10.96.0.10', ...IMAGE], { encoding: 'utf8', timeout: 30_000 });
   t.equal(good.status, 0, good.stderr);
   t.equal(good.stdout, render(TEMPLATE, BASE));
+});
+
+t.test('IPVS mode with --dns-ip: the agent fails open to kube-dns (--fail-open-to); iptables mode never gets it', async (t) => {
+  const { render } = await import('../scripts/render-manifest.js');
+  const { readFileSync } = await import('node:fs');
+  const template = readFileSync(new URL('../daemonset.yaml', import.meta.url), 'utf8');
+  const base = { localIp: '169.254.20.10', dnsIp: '10.96.0.10', clusterDomain: 'cluster.local', image: 'x/y:1', nodeSelector: [] } as const;
+  const ipvs = render(template, { ...base, mode: 'ipvs' });
+  t.match(ipvs, /- --fail-open-to=10\.96\.0\.10\n/);
+  t.match(ipvs, /- --localip=169\.254\.20\.10\n/, 'the local IP only');
+  t.notMatch(render(template, { ...base, mode: 'iptables' }), /fail-open-to/);
+  t.notMatch(render(template, { ...base, dnsIp: null, mode: 'ipvs' }), /fail-open-to/, 'no ClusterIP given: no DNAT');
 });
