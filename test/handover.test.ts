@@ -52,6 +52,7 @@ const QUERY_TIMEOUT_MS = 10_000;
 const UPSTREAM_LATENCY_MS = 200;
 
 const RCODE_SERVFAIL = 2;
+const BIG_BUFFER = 4 * 1024 * 1024;
 
 let nextPort = 20000 + (process.pid % 2000) * 4;
 
@@ -116,32 +117,32 @@ t.test('the kernel behaviours the drain relies on', { skip: typeof sys === 'stri
   await t.test('UDP: a connected member is skipped, its queue stays readable', async (t) => {
     const oldFd = s.open('udp', addr);
     if (isSysError(oldFd)) throw new Error(oldFd.message);
-    // The new member is read by Node; the old one is left unread so datagrams queue on it.
-    const fresh = dgram.createSocket('udp4');
-    let freshGot = 0;
-    fresh.on('message', () => freshGot++);
+    // The new member is read by Node; the old one is left unread so datagrams queue on it. Byte 0 says which blast.
+    // Room for both blasts whenever this process gets to read (a 12-byte datagram takes ~800 bytes of buffer).
+    const fresh = dgram.createSocket({ type: 'udp4', recvBufferSize: BIG_BUFFER });
+    const freshGot = [0, 0, 0];
+    fresh.on('message', (m: Buffer) => freshGot[m[0]!]!++);
     const freshFd = s.open('udp', addr);
     if (isSysError(freshFd)) throw new Error(freshFd.message);
     await new Promise<void>((resolve) => fresh.bind({ fd: freshFd }, resolve));
     const senders = await udpSenders(40);
-    const blast = async (n: number): Promise<void> => {
-      for (let i = 0; i < n; i++) senders[i % senders.length]!.send(Buffer.alloc(12, i), port, HOST);
-      await sleep(100);
-    };
-    await blast(200);
+    const blast = (tag: number): Promise<unknown> =>
+      Promise.all(Array.from({ length: 200 }, (_, i) => new Promise((resolve) => senders[i % senders.length]!.send(Buffer.alloc(12, tag), port, HOST, resolve))));
+    await blast(1);
     const queued = s.queuedBytes(oldFd);
-    t.ok(queued > 0 && freshGot > 0 && freshGot < 200, `hashed across both: old has ${queued} bytes queued, new read ${freshGot}`);
+    t.ok(queued > 0, `hashed across both: the old member has ${queued} bytes queued`);
     t.equal(s.detachUdp(oldFd, addr), null);
-    const before = freshGot;
-    await blast(200);
-    t.equal(freshGot - before, 200, 'after connect() every new datagram goes to the other member');
+    await blast(2);
+    await until(() => freshGot[2] === 200, 250);
+    t.equal(freshGot[2], 200, 'after connect() every new datagram goes to the other member');
     t.equal(s.queuedBytes(oldFd), queued, 'and the old queue is intact');
-    const old = dgram.createSocket('udp4');
-    let oldGot = 0;
-    old.on('message', () => oldGot++);
+    const old = dgram.createSocket({ type: 'udp4', recvBufferSize: BIG_BUFFER });
+    const oldGot = [0, 0, 0];
+    old.on('message', (m: Buffer) => oldGot[m[0]!]!++);
     await new Promise<void>((resolve) => old.bind({ fd: oldFd }, resolve));
-    for (let i = 0; i < 20 && s.queuedBytes(oldFd) > 0; i++) await sleep(20);
-    t.equal(before + oldGot, 200, 'the old member reads all it had queued: nothing lost');
+    await until(() => oldGot[1]! + freshGot[1]! === 200, 250);
+    t.ok(oldGot[1]! > 0 && oldGot[2] === 0, `the old member reads its queue (${oldGot[1]} datagrams), nothing sent after connect()`);
+    t.equal(oldGot[1]! + freshGot[1]!, 200, 'nothing lost');
     for (const c of [fresh, old, ...senders]) c.close();
   });
 
@@ -160,6 +161,14 @@ t.test('the kernel behaviours the drain relies on', { skip: typeof sys === 'stri
     }
     t.equal(listenersOn(taddr), 2, 'both listeners counted in /proc/net/tcp');
     t.equal(s.acceptQueue(fds[0]!), 0, 'TCP_INFO: empty accept queue');
+    const unread = s.open('tcp', { host: HOST, port: nextPort++ });
+    if (isSysError(unread)) throw new Error(unread.message);
+    const waiting = net.connect(nextPort - 1, HOST);
+    waiting.on('error', () => {});
+    await until(() => s.acceptQueue(unread) === 1);
+    t.equal(s.acceptQueue(unread), 1, 'TCP_INFO: one connection waiting on a listener nobody accepts from');
+    waiting.destroy();
+    s.close(unread);
     const spread = await tcpTags(HOST, tport, 40);
     t.ok((spread.get('0') ?? 0) > 0 && (spread.get('1') ?? 0) > 0, `hashed across both: ${JSON.stringify([...spread])}`);
     t.equal(s.steer(fds[0]!, 1), null);
@@ -169,6 +178,29 @@ t.test('the kernel behaviours the drain relies on', { skip: typeof sys === 'stri
     await new Promise<void>((resolve) => servers[0]!.close(() => resolve()));
     t.ok(s.acceptQueue(fds[0]!) < 0, 'a closed fd reads as -errno');
   });
+});
+
+t.test('IPv6: listeners side by side on ::1, the paused one steps aside', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
+  const addr = { host: '::1', port: nextPort++ };
+  const opts = { idleTimeoutMs: 5000, maxConnections: 8, maxQueriesPerConnection: 8, reusePort: true };
+  const oldH = new EchoHandler();
+  const newH = new EchoHandler();
+  const listeners = [
+    new UdpListener(addr, oldH, silentLogger, { reusePort: true }),
+    new TcpListener(addr, oldH, silentLogger, opts),
+    new UdpListener(addr, newH, silentLogger, { reusePort: true }),
+    new TcpListener(addr, newH, silentLogger, opts),
+  ] as const;
+  for (const l of listeners) await l.start();
+  t.equal(listenersOn(addr), 2, 'both counted in /proc/net/tcp6');
+  listeners[0].pause();
+  listeners[1].pause();
+  for (let i = 0; i < 10; i++) t.equal(await udpAsk('::1', addr.port, i), i);
+  for (let i = 0; i < 10; i++) t.equal(await tcpAsk('::1', addr.port, 100 + i), 100 + i);
+  t.equal(newH.queries, 20, 'all to the new pair');
+  t.equal(oldH.queries, 0);
+  await Promise.all([listeners[0].drained(), listeners[1].drained()]);
+  for (const l of listeners) await l.close();
 });
 
 t.test('listeners without koffi bind exclusively and say why', async (t) => {
@@ -210,8 +242,10 @@ t.test('listeners: a second one binds beside, the paused one drains', { skip: ty
   await newUdp.start();
   await newTcp.start();
   t.ok(newUdp.reusePort && newTcp.reusePort);
+  t.equal(oldTcp.handedOver, false);
   oldUdp.pause();
   oldTcp.pause();
+  t.equal(oldTcp.handedOver, true, 'a successor took over');
   const before = newH.queries;
   for (let i = 0; i < 20; i++) t.equal(await udpAsk(HOST, addr.port, 100 + i), 100 + i);
   for (let i = 0; i < 20; i++) t.equal(await tcpAsk(HOST, addr.port, 200 + i), 200 + i);
@@ -228,6 +262,32 @@ t.test('listeners: a second one binds beside, the paused one drains', { skip: ty
   await until(() => early.closed);
   t.ok(early.closed, 'and was closed once it owed nothing');
   for (const l of [oldUdp, oldTcp, newUdp, newTcp]) await l.close();
+});
+
+t.test('listeners alone: pause() refuses TCP at once, UDP leaves the port', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
+  const addr = { host: HOST, port: nextPort++ };
+  const h = new EchoHandler();
+  const udp = new UdpListener(addr, h, silentLogger, { reusePort: true });
+  const tcp = new TcpListener(addr, h, silentLogger, { idleTimeoutMs: 5000, maxConnections: 8, maxQueriesPerConnection: 8, reusePort: true });
+  await udp.start();
+  await tcp.start();
+  t.equal(await udpAsk(HOST, addr.port, 1), 1);
+  t.equal(await tcpAsk(HOST, addr.port, 2), 2);
+  udp.pause();
+  tcp.pause();
+  t.equal(tcp.handedOver, false, 'nobody to hand over to');
+  await tcp.drained();
+  const refused = await new Promise<string>((resolve) => {
+    const s = net.connect(addr.port, HOST, () => resolve('connected'));
+    s.on('error', (e) => resolve((e as NodeJS.ErrnoException).code ?? e.message));
+  });
+  t.equal(refused, 'ECONNREFUSED', 'no successor: the listener is closed, not drained for the grace');
+  const before = h.queries;
+  t.equal(await udpAsk(HOST, addr.port, 3), -1, 'a datagram after pause() is not taken');
+  t.equal(h.queries, before);
+  await udp.drained();
+  await udp.close();
+  await tcp.close();
 });
 
 t.test('handover between two agent processes', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
@@ -367,11 +427,11 @@ async function udpSenders(n: number): Promise<dgram.Socket[]> {
   return out;
 }
 
-/** The id of the first answer to a 12-byte query with this id, or -1 after a second. */
+/** The id of the first answer to a 12-byte query with this id, or -1 after 5 s. */
 function udpAsk(host: string, port: number, id: number): Promise<number> {
   return new Promise((resolve) => {
-    const s = dgram.createSocket('udp4');
-    const timer = setTimeout(() => done(-1), 1000);
+    const s = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
+    const timer = setTimeout(() => done(-1), 5000);
     const done = (v: number): void => {
       clearTimeout(timer);
       s.close();
@@ -389,7 +449,7 @@ function udpAsk(host: string, port: number, id: number): Promise<number> {
 async function tcpAsk(host: string, port: number, id: number): Promise<number> {
   const p = await TcpProbe.open(host, port);
   p.ask(id);
-  await until(() => p.answers.length > 0 || p.closed, 50);
+  await until(() => p.answers.length > 0 || p.closed, 250);
   p.socket.destroy();
   return p.answers[0] ?? -1;
 }

@@ -151,6 +151,7 @@ export class TcpListener implements Listener {
   #drainDone: (() => void) | null;
   #quietSweeps: number;
   #acceptedSinceSweep: number;
+  #handedOver: boolean;
 
   constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: TcpListenerOptions) {
     this.#addr = addr;
@@ -184,11 +185,21 @@ export class TcpListener implements Listener {
     this.#drainDone = null;
     this.#quietSweeps = 0;
     this.#acceptedSinceSweep = 0;
+    this.#handedOver = false;
   }
 
   /** Whether the listener was made through SO_REUSEPORT (false before start, or after the fallback). */
   get reusePort(): boolean {
     return this.#fd >= 0;
+  }
+
+  /**
+   * pause() found another listener on our address and handed new connections
+   * to it: a new agent serves here now, so what we set up for the address
+   * (interface address, firewall rules) must stay when we exit.
+   */
+  get handedOver(): boolean {
+    return this.#handedOver;
   }
 
   get port(): number {
@@ -258,14 +269,17 @@ export class TcpListener implements Listener {
   }
 
   /**
-   * Points the group at its newest listener: the last to join, index count-1.
-   * We are the oldest (index 0) when a new agent started beside us; alone, we
-   * point at index 1, the next agent to come (until then the kernel hashes,
-   * and we are the only choice).
+   * Points the group at its newest listener, the last to join (index
+   * count-1): we are the oldest (index 0) when a new agent started beside us.
+   * Alone there is nobody to hand over to: false, and pause() closes as a
+   * plain listener does (clients are refused at once and retry elsewhere
+   * rather than wait out the grace). An unreadable count (0) steers to 1.
    */
   #steerAway(sys: ReusePort): boolean {
-    const newest = Math.max(this.#listenersOn(this.#addr), 2) - 1;
-    const err = sys.steer(this.#fd, newest);
+    const listeners = this.#listenersOn(this.#addr);
+    if (listeners === 1) return false;
+    const err = sys.steer(this.#fd, Math.max(listeners, 2) - 1);
+    this.#handedOver = err === null && listeners > 1;
     if (err === null) return true;
     this.#logger.warn('cannot steer new connections to the new listener: connections still queued for this one will be reset', { listener: this.name, error: err.message });
     return false;
