@@ -60,301 +60,6 @@ const sys = await loadReusePort();
 // The build and four agent processes outlast the default 120 s when the machine is busy.
 t.setTimeout(600_000);
 
-t.test('sockaddr and /proc/net/tcp encodings', async (t) => {
-  const v4 = sockaddr({ host: '127.0.0.1', port: 53 });
-  if (typeof v4 === 'string') throw new Error(v4);
-  t.equal(v4.bytes.toString('hex'), '02000035' + '7f000001' + '0000000000000000', 'sockaddr_in: family (host order), port (network), address');
-  const v6 = sockaddr({ host: 'fd00::1', port: 5353 });
-  if (typeof v6 === 'string') throw new Error(v6);
-  t.equal(v6.bytes.length, 28);
-  t.equal(v6.bytes.subarray(0, 4).toString('hex'), '0a0014e9');
-  t.equal(v6.bytes.subarray(8, 24).toString('hex'), 'fd000000000000000000000000000001');
-  const scoped = sockaddr({ host: 'fe80::1%7', port: 53 });
-  t.equal(typeof scoped !== 'string' && scoped.bytes.readUInt32LE(24), 7, 'numeric scope id');
-  t.match(sockaddr({ host: 'fe80::1%nosuchif0', port: 53 }), /unknown interface/);
-  t.match(sockaddr({ host: 'example.com', port: 53 }), /not an IP address/);
-
-  t.equal(procAddress({ host: '127.0.0.1', port: 53 }), '0100007F:0035');
-  t.equal(procAddress({ host: '::1', port: 53 }), '00000000000000000000000001000000:0035');
-  const table = [
-    '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
-    '   0: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1',
-    '   1: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1',
-    '   2: 0100007F:0035 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1',
-    '   3: 0200007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1',
-  ].join('\n');
-  t.equal(countListeners(table, '0100007F:0035'), 2, 'listeners only, on that address only');
-  t.equal(listenersOn({ host: '127.0.0.1', port: 53 }, () => table), 2);
-  t.equal(listenersOn({ host: '127.0.0.1', port: 53 }, () => { throw new Error('no /proc'); }), 0);
-});
-
-t.test('the kernel behaviours the drain relies on', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
-  const s = sys as ReusePort;
-  const port = nextPort++;
-  const addr = { host: HOST, port };
-
-  await t.test('a second SO_REUSEPORT socket binds, an exclusive one does not', async (t) => {
-    const a = s.open('udp', addr);
-    const b = s.open('udp', addr);
-    t.type(a, 'number');
-    t.type(b, 'number');
-    const plain = dgram.createSocket('udp4');
-    const err = await new Promise<Error | null>((resolve) => {
-      plain.once('error', resolve);
-      plain.bind({ address: HOST, port, exclusive: true }, () => resolve(null));
-    });
-    t.match(err?.message, /EADDRINUSE/);
-    plain.close();
-    if (!isSysError(a)) s.close(a);
-    if (!isSysError(b)) s.close(b);
-    const busy = net.createServer();
-    await new Promise<void>((resolve) => busy.listen({ host: HOST, port: nextPort, exclusive: true }, resolve));
-    const taken = s.open('tcp', { host: HOST, port: nextPort++ });
-    t.ok(isSysError(taken) && taken.errno === 98 && /bind\(\) tcp:\/\/.*EADDRINUSE \(errno 98\)/.test(taken.message), 'errors carry errno and name the call');
-    busy.close();
-  });
-
-  await t.test('UDP: a connected member is skipped, its queue stays readable', async (t) => {
-    const oldFd = s.open('udp', addr);
-    if (isSysError(oldFd)) throw new Error(oldFd.message);
-    // The new member is read by Node; the old one is left unread so datagrams queue on it. Byte 0 says which blast.
-    // Room for both blasts whenever this process gets to read (a 12-byte datagram takes ~800 bytes of buffer).
-    const fresh = dgram.createSocket({ type: 'udp4', recvBufferSize: BIG_BUFFER });
-    const freshGot = [0, 0, 0];
-    fresh.on('message', (m: Buffer) => freshGot[m[0]!]!++);
-    const freshFd = s.open('udp', addr);
-    if (isSysError(freshFd)) throw new Error(freshFd.message);
-    await new Promise<void>((resolve) => fresh.bind({ fd: freshFd }, resolve));
-    const senders = await udpSenders(40);
-    const blast = (tag: number): Promise<unknown> =>
-      Promise.all(Array.from({ length: 200 }, (_, i) => new Promise((resolve) => senders[i % senders.length]!.send(Buffer.alloc(12, tag), port, HOST, resolve))));
-    await blast(1);
-    const queued = s.queuedBytes(oldFd);
-    t.ok(queued > 0, `hashed across both: the old member has ${queued} bytes queued`);
-    t.equal(s.detachUdp(oldFd, addr), null);
-    await blast(2);
-    await until(() => freshGot[2] === 200, 250);
-    t.equal(freshGot[2], 200, 'after connect() every new datagram goes to the other member');
-    t.equal(s.queuedBytes(oldFd), queued, 'and the old queue is intact');
-    const old = dgram.createSocket({ type: 'udp4', recvBufferSize: BIG_BUFFER });
-    const oldGot = [0, 0, 0];
-    old.on('message', (m: Buffer) => oldGot[m[0]!]!++);
-    await new Promise<void>((resolve) => old.bind({ fd: oldFd }, resolve));
-    await until(() => oldGot[1]! + freshGot[1]! === 200, 250);
-    t.ok(oldGot[1]! > 0 && oldGot[2] === 0, `the old member reads its queue (${oldGot[1]} datagrams), nothing sent after connect()`);
-    t.equal(oldGot[1]! + freshGot[1]!, 200, 'nothing lost');
-    for (const c of [fresh, old, ...senders]) c.close();
-  });
-
-  await t.test('TCP: a cBPF "return 1" sends every new connection to the second listener', async (t) => {
-    const tport = nextPort++;
-    const taddr = { host: HOST, port: tport };
-    const servers: net.Server[] = [];
-    const fds: number[] = [];
-    for (const tag of ['0', '1']) {
-      const fd = s.open('tcp', taddr);
-      if (isSysError(fd)) throw new Error(fd.message);
-      fds.push(fd);
-      const srv = net.createServer((c) => c.end(tag));
-      await new Promise<void>((resolve) => srv.listen({ fd }, resolve));
-      servers.push(srv);
-    }
-    t.equal(listenersOn(taddr), 2, 'both listeners counted in /proc/net/tcp');
-    t.equal(s.acceptQueue(fds[0]!), 0, 'TCP_INFO: empty accept queue');
-    const unread = s.open('tcp', { host: HOST, port: nextPort++ });
-    if (isSysError(unread)) throw new Error(unread.message);
-    const waiting = net.connect(nextPort - 1, HOST);
-    waiting.on('error', () => {});
-    await until(() => s.acceptQueue(unread) === 1);
-    t.equal(s.acceptQueue(unread), 1, 'TCP_INFO: one connection waiting on a listener nobody accepts from');
-    waiting.destroy();
-    s.close(unread);
-    const spread = await tcpTags(HOST, tport, 40);
-    t.ok((spread.get('0') ?? 0) > 0 && (spread.get('1') ?? 0) > 0, `hashed across both: ${JSON.stringify([...spread])}`);
-    t.equal(s.steer(fds[0]!, 1), null);
-    t.same([...(await tcpTags(HOST, tport, 40))], [['1', 40]], 'steered: all to index 1');
-    await new Promise<void>((resolve) => servers[1]!.close(() => resolve()));
-    t.same([...(await tcpTags(HOST, tport, 10))], [['0', 10]], 'index 1 gone: the kernel hashes among those left');
-    await new Promise<void>((resolve) => servers[0]!.close(() => resolve()));
-    t.ok(s.acceptQueue(fds[0]!) < 0, 'a closed fd reads as -errno');
-  });
-});
-
-t.test('IPv6: listeners side by side on ::1, the paused one steps aside', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
-  const addr = { host: '::1', port: nextPort++ };
-  const opts = { idleTimeoutMs: 5000, maxConnections: 8, maxQueriesPerConnection: 8, reusePort: true };
-  const oldH = new EchoHandler();
-  const newH = new EchoHandler();
-  const listeners = [
-    new UdpListener(addr, oldH, silentLogger, { reusePort: true }),
-    new TcpListener(addr, oldH, silentLogger, opts),
-    new UdpListener(addr, newH, silentLogger, { reusePort: true }),
-    new TcpListener(addr, newH, silentLogger, opts),
-  ] as const;
-  for (const l of listeners) await l.start();
-  t.equal(listenersOn(addr), 2, 'both counted in /proc/net/tcp6');
-  listeners[0].pause();
-  listeners[1].pause();
-  for (let i = 0; i < 10; i++) t.equal(await udpAsk('::1', addr.port, i), i);
-  for (let i = 0; i < 10; i++) t.equal(await tcpAsk('::1', addr.port, 100 + i), 100 + i);
-  t.equal(newH.queries, 20, 'all to the new pair');
-  t.equal(oldH.queries, 0);
-  await Promise.all([listeners[0].drained(), listeners[1].drained()]);
-  for (const l of listeners) await l.close();
-});
-
-t.test('listeners without koffi bind exclusively and say why', async (t) => {
-  const lines: string[] = [];
-  const logger = createLogger('warn', (l) => lines.push(l));
-  const addr = { host: HOST, port: nextPort++ };
-  const handler = new EchoHandler();
-  const noKoffi = (): Promise<string> => Promise.resolve('Cannot find package koffi');
-  const udp = new UdpListener(addr, handler, logger, { reusePort: true, loadReusePort: noKoffi });
-  const tcp = new TcpListener(addr, handler, logger, { idleTimeoutMs: 1000, maxConnections: 4, maxQueriesPerConnection: 4, reusePort: true, loadReusePort: noKoffi });
-  await udp.start();
-  await tcp.start();
-  t.equal(udp.reusePort, false);
-  t.equal(tcp.reusePort, false);
-  t.match(lines.join('\n'), /SO_REUSEPORT unavailable: binding exclusively.*Cannot find package koffi/);
-  t.match(lines.join('\n'), /SO_REUSEPORT unavailable: listening exclusively.*Cannot find package koffi/);
-  t.equal(await udpAsk(HOST, udp.port, 7), 7, 'and serve');
-  await Promise.all([udp.drained(), tcp.drained()]);
-  await udp.close();
-  await tcp.close();
-});
-
-t.test('listeners: a second one binds beside, the paused one drains', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
-  const addr = { host: HOST, port: nextPort++ };
-  const opts = { idleTimeoutMs: 5000, maxConnections: 64, maxQueriesPerConnection: 16, reusePort: true };
-  const oldH = new EchoHandler();
-  const newH = new EchoHandler();
-  const oldUdp = new UdpListener(addr, oldH, silentLogger, { reusePort: true });
-  const oldTcp = new TcpListener(addr, oldH, silentLogger, opts);
-  await oldUdp.start();
-  await oldTcp.start();
-  // A client connected to the old agent before the handover, with a query held upstream.
-  const early = await TcpProbe.open(HOST, addr.port);
-  oldH.hold = true;
-  early.ask(1);
-  await until(() => oldH.held.length === 1);
-  const newUdp = new UdpListener(addr, newH, silentLogger, { reusePort: true });
-  const newTcp = new TcpListener(addr, newH, silentLogger, opts);
-  await newUdp.start();
-  await newTcp.start();
-  t.ok(newUdp.reusePort && newTcp.reusePort);
-  t.equal(oldTcp.handedOver, false);
-  oldUdp.pause();
-  oldTcp.pause();
-  t.equal(oldTcp.handedOver, true, 'a successor took over');
-  const before = newH.queries;
-  for (let i = 0; i < 20; i++) t.equal(await udpAsk(HOST, addr.port, 100 + i), 100 + i);
-  for (let i = 0; i < 20; i++) t.equal(await tcpAsk(HOST, addr.port, 200 + i), 200 + i);
-  t.equal(newH.queries - before, 40, 'every query after pause() reached the new listeners');
-  await oldUdp.drained();
-  t.equal(early.answers.length, 0, 'the held query is still owed');
-  let tcpDrained = false;
-  void oldTcp.drained().then(() => (tcpDrained = true));
-  await sleep(200);
-  t.equal(tcpDrained, false, 'TCP is not drained while a connection is owed an answer');
-  oldH.release();
-  await oldTcp.drained();
-  t.same(early.answers, [1], 'the connection got its answer');
-  await until(() => early.closed);
-  t.ok(early.closed, 'and was closed once it owed nothing');
-  for (const l of [oldUdp, oldTcp, newUdp, newTcp]) await l.close();
-});
-
-t.test('listeners alone: pause() refuses TCP at once, UDP leaves the port', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
-  const addr = { host: HOST, port: nextPort++ };
-  const h = new EchoHandler();
-  const udp = new UdpListener(addr, h, silentLogger, { reusePort: true });
-  const tcp = new TcpListener(addr, h, silentLogger, { idleTimeoutMs: 5000, maxConnections: 8, maxQueriesPerConnection: 8, reusePort: true });
-  await udp.start();
-  await tcp.start();
-  t.equal(await udpAsk(HOST, addr.port, 1), 1);
-  t.equal(await tcpAsk(HOST, addr.port, 2), 2);
-  udp.pause();
-  tcp.pause();
-  t.equal(tcp.handedOver, false, 'nobody to hand over to');
-  await tcp.drained();
-  const refused = await new Promise<string>((resolve) => {
-    const s = net.connect(addr.port, HOST, () => resolve('connected'));
-    s.on('error', (e) => resolve((e as NodeJS.ErrnoException).code ?? e.message));
-  });
-  t.equal(refused, 'ECONNREFUSED', 'no successor: the listener is closed, not drained for the grace');
-  const before = h.queries;
-  t.equal(await udpAsk(HOST, addr.port, 3), -1, 'a datagram after pause() is not taken');
-  t.equal(h.queries, before);
-  await udp.drained();
-  await udp.close();
-  await tcp.close();
-});
-
-t.test('handover between two agent processes', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
-  const upstream = await SimDnsServer.start({
-    handler: staticHandler({ 'fixed.svc.cluster.local': { A: ['10.0.0.1'], ttl: 300 } }, { soaZone: 'cluster.local' }),
-    faults: { latencyMs: UPSTREAM_LATENCY_MS },
-  });
-  t.teardown(() => upstream.stop());
-  const script = buildHelper();
-  t.teardown(() => rmSync(script.dir, { recursive: true, force: true }));
-  const resolvConf = writeResolvConf('nameserver 127.0.0.254\n');
-
-  const run = async (t: Test, mode: HandoverAgentArgs['mode']): Promise<HandoverRun> => {
-    const port = nextPort++;
-    // no-steer never sees a quiet accept queue under the stream: a short grace makes it close mid-stream, as a busy node would.
-    const graceMs = mode === 'no-steer' ? 1000 : 5000;
-    const args: HandoverAgentArgs = { host: HOST, port, upstreamPort: upstream.port, resolvConf, mode, graceMs };
-    const [oldAgent, newAgent] = await Promise.all([AgentProcess.load(script.path, args), AgentProcess.load(script.path, args)]);
-    t.teardown(() => oldAgent.kill());
-    t.teardown(() => newAgent.kill());
-    const oldReady = await oldAgent.go();
-    t.ok(oldReady.reusePort, 'old agent bound through SO_REUSEPORT');
-    const stream = new QueryStream(HOST, port);
-    const streaming = stream.run();
-    await sleep(BATCHES * STEP_MS * 0.25);
-    const newReady = await newAgent.go();
-    t.ok(newReady.reusePort, 'new agent bound beside it');
-    const newAt = stream.sent;
-    await sleep(BATCHES * STEP_MS * 0.15);
-    const termAt = stream.sent;
-    const oldReport = await oldAgent.stop();
-    const exitAt = stream.sent;
-    await streaming;
-    const newReport = await newAgent.stop();
-    return { stream, oldReport, newReport, newAt, termAt, exitAt };
-  };
-
-  await t.test('with the drain: every query answered', async (t) => {
-    const r = await run(t, 'drain');
-    t.comment(describeRun(r));
-    t.equal(r.stream.sent, 2 * BATCHES * BATCH, 'the whole stream was sent');
-    t.ok(r.exitAt < r.stream.sent, 'the old agent was gone before the stream ended');
-    t.ok(r.oldReport.udp > 0 && r.oldReport.tcp > 0 && r.newReport.udp > 0 && r.newReport.tcp > 0, 'both agents served both transports');
-    t.equal(r.oldReport.aborted, 0, 'the old agent finished its queries within the grace');
-    t.same(r.stream.failures, [], 'no query failed');
-    t.equal(r.stream.answered, r.stream.sent);
-  });
-
-  await t.test('without it: the old agent loses queries', async (t) => {
-    const r = await run(t, 'plain');
-    t.comment(describeRun(r));
-    t.equal(r.stream.sent, 2 * BATCHES * BATCH);
-    t.ok(r.stream.failures.length > 0, `${r.stream.failures.length} queries failed`);
-  });
-
-  // A measurement, not a check: HANDOVER_MEASURE=no-steer,drain,... runs more handovers and only reports.
-  for (const mode of (process.env.HANDOVER_MEASURE ?? '').split(',').filter((m) => m !== '')) {
-    await t.test(`measure: ${mode}`, async (t) => {
-      const r = await run(t, mode as HandoverAgentArgs['mode']);
-      t.comment(describeRun(r));
-      t.pass();
-    });
-  }
-});
-
-// ---------------------------------------------------------------------------
-
 /**
  * The helper and what it imports, emitted as JavaScript (no type check) into
  * a private temp dir: through the TypeScript loader an agent process takes
@@ -654,3 +359,321 @@ class AgentProcess {
     }
   }
 }
+
+// ---------------------------------------------------------------------------
+
+t.test('sockaddr and /proc/net/tcp encodings', async (t) => {
+  const v4 = sockaddr({ host: '127.0.0.1', port: 53 });
+  if (typeof v4 === 'string') throw new Error(v4);
+  t.equal(v4.bytes.toString('hex'), '02000035' + '7f000001' + '0000000000000000', 'sockaddr_in: family (host order), port (network), address');
+  const v6 = sockaddr({ host: 'fd00::1', port: 5353 });
+  if (typeof v6 === 'string') throw new Error(v6);
+  t.equal(v6.bytes.length, 28);
+  t.equal(v6.bytes.subarray(0, 4).toString('hex'), '0a0014e9');
+  t.equal(v6.bytes.subarray(8, 24).toString('hex'), 'fd000000000000000000000000000001');
+  const scoped = sockaddr({ host: 'fe80::1%7', port: 53 });
+  t.equal(typeof scoped !== 'string' && scoped.bytes.readUInt32LE(24), 7, 'numeric scope id');
+  t.match(sockaddr({ host: 'fe80::1%nosuchif0', port: 53 }), /unknown interface/);
+  t.match(sockaddr({ host: 'example.com', port: 53 }), /not an IP address/);
+
+  t.equal(procAddress({ host: '127.0.0.1', port: 53 }), '0100007F:0035');
+  t.equal(procAddress({ host: '::1', port: 53 }), '00000000000000000000000001000000:0035');
+  const table = [
+    '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
+    '   0: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1',
+    '   1: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1',
+    '   2: 0100007F:0035 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1',
+    '   3: 0200007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1',
+  ].join('\n');
+  t.equal(countListeners(table, '0100007F:0035'), 2, 'listeners only, on that address only');
+  t.equal(listenersOn({ host: '127.0.0.1', port: 53 }, () => table), 2);
+  t.equal(listenersOn({ host: '127.0.0.1', port: 53 }, () => { throw new Error('no /proc'); }), 0);
+});
+
+t.test('the kernel behaviours the drain relies on', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
+  const s = sys as ReusePort;
+  const port = nextPort++;
+  const addr = { host: HOST, port };
+
+  await t.test('a second SO_REUSEPORT socket binds, an exclusive one does not', async (t) => {
+    const a = s.open('udp', addr);
+    const b = s.open('udp', addr);
+    t.type(a, 'number');
+    t.type(b, 'number');
+    const plain = dgram.createSocket('udp4');
+    const err = await new Promise<Error | null>((resolve) => {
+      plain.once('error', resolve);
+      plain.bind({ address: HOST, port, exclusive: true }, () => resolve(null));
+    });
+    t.match(err?.message, /EADDRINUSE/);
+    plain.close();
+    if (!isSysError(a)) s.close(a);
+    if (!isSysError(b)) s.close(b);
+    const busy = net.createServer();
+    await new Promise<void>((resolve) => busy.listen({ host: HOST, port: nextPort, exclusive: true }, resolve));
+    const taken = s.open('tcp', { host: HOST, port: nextPort++ });
+    t.ok(isSysError(taken) && taken.errno === 98 && taken.message === 'bind(): EADDRINUSE (errno 98)', 'errors carry errno and name the call');
+    busy.close();
+  });
+
+  await t.test('UDP: a connected member is skipped, its queue stays readable', async (t) => {
+    const oldFd = s.open('udp', addr);
+    if (isSysError(oldFd)) throw new Error(oldFd.message);
+    // The new member is read by Node; the old one is left unread so datagrams queue on it. Byte 0 says which blast.
+    // Room for both blasts whenever this process gets to read (a 12-byte datagram takes ~800 bytes of buffer).
+    const fresh = dgram.createSocket({ type: 'udp4', recvBufferSize: BIG_BUFFER });
+    const freshGot = [0, 0, 0];
+    fresh.on('message', (m: Buffer) => freshGot[m[0]!]!++);
+    const freshFd = s.open('udp', addr);
+    if (isSysError(freshFd)) throw new Error(freshFd.message);
+    await new Promise<void>((resolve) => fresh.bind({ fd: freshFd }, resolve));
+    const senders = await udpSenders(40);
+    const blast = (tag: number): Promise<unknown> =>
+      Promise.all(Array.from({ length: 200 }, (_, i) => new Promise((resolve) => senders[i % senders.length]!.send(Buffer.alloc(12, tag), port, HOST, resolve))));
+    await blast(1);
+    const queued = s.queuedBytes(oldFd);
+    t.ok(queued > 0, `hashed across both: the old member has ${queued} bytes queued`);
+    t.equal(s.detachUdp(oldFd, addr), null);
+    await blast(2);
+    await until(() => freshGot[2] === 200, 250);
+    t.equal(freshGot[2], 200, 'after connect() every new datagram goes to the other member');
+    t.equal(s.queuedBytes(oldFd), queued, 'and the old queue is intact');
+    const old = dgram.createSocket({ type: 'udp4', recvBufferSize: BIG_BUFFER });
+    const oldGot = [0, 0, 0];
+    old.on('message', (m: Buffer) => oldGot[m[0]!]!++);
+    await new Promise<void>((resolve) => old.bind({ fd: oldFd }, resolve));
+    await until(() => oldGot[1]! + freshGot[1]! === 200, 250);
+    t.ok(oldGot[1]! > 0 && oldGot[2] === 0, `the old member reads its queue (${oldGot[1]} datagrams), nothing sent after connect()`);
+    t.equal(oldGot[1]! + freshGot[1]!, 200, 'nothing lost');
+    for (const c of [fresh, old, ...senders]) c.close();
+  });
+
+  await t.test('TCP: a cBPF "return 1" sends every new connection to the second listener', async (t) => {
+    const tport = nextPort++;
+    const taddr = { host: HOST, port: tport };
+    const servers: net.Server[] = [];
+    const fds: number[] = [];
+    for (const tag of ['0', '1']) {
+      const fd = s.open('tcp', taddr);
+      if (isSysError(fd)) throw new Error(fd.message);
+      fds.push(fd);
+      const srv = net.createServer((c) => c.end(tag));
+      await new Promise<void>((resolve) => srv.listen({ fd }, resolve));
+      servers.push(srv);
+    }
+    t.equal(listenersOn(taddr), 2, 'both listeners counted in /proc/net/tcp');
+    t.equal(s.acceptQueue(fds[0]!), 0, 'TCP_INFO: empty accept queue');
+    const unread = s.open('tcp', { host: HOST, port: nextPort++ });
+    if (isSysError(unread)) throw new Error(unread.message);
+    const waiting = net.connect(nextPort - 1, HOST);
+    waiting.on('error', () => {});
+    await until(() => s.acceptQueue(unread) === 1);
+    t.equal(s.acceptQueue(unread), 1, 'TCP_INFO: one connection waiting on a listener nobody accepts from');
+    waiting.destroy();
+    s.close(unread);
+    const spread = await tcpTags(HOST, tport, 40);
+    t.ok((spread.get('0') ?? 0) > 0 && (spread.get('1') ?? 0) > 0, `hashed across both: ${JSON.stringify([...spread])}`);
+    t.equal(s.steer(fds[0]!, 1), null);
+    t.same([...(await tcpTags(HOST, tport, 40))], [['1', 40]], 'steered: all to index 1');
+    await new Promise<void>((resolve) => servers[1]!.close(() => resolve()));
+    t.same([...(await tcpTags(HOST, tport, 10))], [['0', 10]], 'index 1 gone: the kernel hashes among those left');
+    await new Promise<void>((resolve) => servers[0]!.close(() => resolve()));
+    t.ok(s.acceptQueue(fds[0]!) < 0, 'a closed fd reads as -errno');
+  });
+});
+
+t.test('IPv6: listeners side by side on ::1, the paused one steps aside', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
+  const addr = { host: '::1', port: nextPort++ };
+  const opts = { idleTimeoutMs: 5000, maxConnections: 8, maxQueriesPerConnection: 8, reusePort: true };
+  const oldH = new EchoHandler();
+  const newH = new EchoHandler();
+  const listeners = [
+    new UdpListener(addr, oldH, silentLogger, { reusePort: true }),
+    new TcpListener(addr, oldH, silentLogger, opts),
+    new UdpListener(addr, newH, silentLogger, { reusePort: true }),
+    new TcpListener(addr, newH, silentLogger, opts),
+  ] as const;
+  for (const l of listeners) await l.start();
+  t.equal(listenersOn(addr), 2, 'both counted in /proc/net/tcp6');
+  listeners[0].pause();
+  listeners[1].pause();
+  for (let i = 0; i < 10; i++) t.equal(await udpAsk('::1', addr.port, i), i);
+  for (let i = 0; i < 10; i++) t.equal(await tcpAsk('::1', addr.port, 100 + i), 100 + i);
+  t.equal(newH.queries, 20, 'all to the new pair');
+  t.equal(oldH.queries, 0);
+  await Promise.all([listeners[0].drained(), listeners[1].drained()]);
+  for (const l of listeners) await l.close();
+});
+
+t.test('listeners: when the steering fails, pause() says so and behaves as a plain one', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
+  const lines: string[] = [];
+  const logger = createLogger('warn', (l) => lines.push(l));
+  const addr = { host: HOST, port: nextPort++ };
+  const failing = (): Promise<ReusePort> =>
+    Promise.resolve({ ...(sys as ReusePort), detachUdp: () => ({ errno: 1, message: 'connect(): EPERM (errno 1)' }), steer: () => ({ errno: 1, message: 'setsockopt(SO_ATTACH_REUSEPORT_CBPF): EPERM (errno 1)' }) });
+  const h = new EchoHandler();
+  const udp = new UdpListener(addr, h, logger, { reusePort: true, loadReusePort: failing });
+  const tcp = new TcpListener(addr, h, logger, { idleTimeoutMs: 1000, maxConnections: 4, maxQueriesPerConnection: 4, reusePort: true, loadReusePort: failing, listenersOn: () => 2 });
+  await udp.start();
+  await tcp.start();
+  udp.pause();
+  tcp.pause();
+  t.equal(tcp.handedOver, false);
+  t.match(lines.join('\n'), /cannot take the socket out of its SO_REUSEPORT group.*EPERM/);
+  t.match(lines.join('\n'), /cannot steer new connections to the new listener.*EPERM/);
+  await Promise.all([udp.drained(), tcp.drained()]);
+  await udp.close();
+  await tcp.close();
+});
+
+t.test('listeners without koffi bind exclusively and say why', async (t) => {
+  const lines: string[] = [];
+  const logger = createLogger('warn', (l) => lines.push(l));
+  const addr = { host: HOST, port: nextPort++ };
+  const handler = new EchoHandler();
+  const noKoffi = (): Promise<string> => Promise.resolve('Cannot find package koffi');
+  const udp = new UdpListener(addr, handler, logger, { reusePort: true, loadReusePort: noKoffi });
+  const tcp = new TcpListener(addr, handler, logger, { idleTimeoutMs: 1000, maxConnections: 4, maxQueriesPerConnection: 4, reusePort: true, loadReusePort: noKoffi });
+  await udp.start();
+  await tcp.start();
+  t.equal(udp.reusePort, false);
+  t.equal(tcp.reusePort, false);
+  t.match(lines.join('\n'), /SO_REUSEPORT unavailable: binding exclusively.*Cannot find package koffi/);
+  t.match(lines.join('\n'), /SO_REUSEPORT unavailable: listening exclusively.*Cannot find package koffi/);
+  t.equal(await udpAsk(HOST, udp.port, 7), 7, 'and serve');
+  await Promise.all([udp.drained(), tcp.drained()]);
+  await udp.close();
+  await tcp.close();
+});
+
+t.test('listeners: a second one binds beside, the paused one drains', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
+  const addr = { host: HOST, port: nextPort++ };
+  const opts = { idleTimeoutMs: 5000, maxConnections: 64, maxQueriesPerConnection: 16, reusePort: true };
+  const oldH = new EchoHandler();
+  const newH = new EchoHandler();
+  const oldUdp = new UdpListener(addr, oldH, silentLogger, { reusePort: true });
+  const oldTcp = new TcpListener(addr, oldH, silentLogger, opts);
+  await oldUdp.start();
+  await oldTcp.start();
+  // A client connected to the old agent before the handover, with a query held upstream.
+  const early = await TcpProbe.open(HOST, addr.port);
+  oldH.hold = true;
+  early.ask(1);
+  await until(() => oldH.held.length === 1);
+  const logged: string[] = [];
+  const newUdp = new UdpListener(addr, newH, silentLogger, { reusePort: true });
+  const newTcp = new TcpListener(addr, newH, createLogger('info', (l) => logged.push(l)), opts);
+  await newUdp.start();
+  await newTcp.start();
+  t.ok(newUdp.reusePort && newTcp.reusePort);
+  t.match(logged.join('\n'), /another process listens on this address too.*"listeners":2/, 'the new one says it shares the address');
+  t.equal(oldTcp.handedOver, false);
+  oldUdp.pause();
+  oldTcp.pause();
+  t.equal(oldTcp.handedOver, true, 'a successor took over');
+  const before = newH.queries;
+  for (let i = 0; i < 20; i++) t.equal(await udpAsk(HOST, addr.port, 100 + i), 100 + i);
+  for (let i = 0; i < 20; i++) t.equal(await tcpAsk(HOST, addr.port, 200 + i), 200 + i);
+  t.equal(newH.queries - before, 40, 'every query after pause() reached the new listeners');
+  await oldUdp.drained();
+  t.equal(early.answers.length, 0, 'the held query is still owed');
+  let tcpDrained = false;
+  void oldTcp.drained().then(() => (tcpDrained = true));
+  await sleep(200);
+  t.equal(tcpDrained, false, 'TCP is not drained while a connection is owed an answer');
+  oldH.release();
+  await oldTcp.drained();
+  t.same(early.answers, [1], 'the connection got its answer');
+  await until(() => early.closed);
+  t.ok(early.closed, 'and was closed once it owed nothing');
+  for (const l of [oldUdp, oldTcp, newUdp, newTcp]) await l.close();
+});
+
+t.test('listeners alone: pause() refuses TCP at once, UDP leaves the port', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
+  const addr = { host: HOST, port: nextPort++ };
+  const h = new EchoHandler();
+  const udp = new UdpListener(addr, h, silentLogger, { reusePort: true });
+  const tcp = new TcpListener(addr, h, silentLogger, { idleTimeoutMs: 5000, maxConnections: 8, maxQueriesPerConnection: 8, reusePort: true });
+  await udp.start();
+  await tcp.start();
+  t.equal(await udpAsk(HOST, addr.port, 1), 1);
+  t.equal(await tcpAsk(HOST, addr.port, 2), 2);
+  udp.pause();
+  tcp.pause();
+  t.equal(tcp.handedOver, false, 'nobody to hand over to');
+  await tcp.drained();
+  const refused = await new Promise<string>((resolve) => {
+    const s = net.connect(addr.port, HOST, () => resolve('connected'));
+    s.on('error', (e) => resolve((e as NodeJS.ErrnoException).code ?? e.message));
+  });
+  t.equal(refused, 'ECONNREFUSED', 'no successor: the listener is closed, not drained for the grace');
+  const before = h.queries;
+  t.equal(await udpAsk(HOST, addr.port, 3), -1, 'a datagram after pause() is not taken');
+  t.equal(h.queries, before);
+  await udp.drained();
+  await udp.close();
+  await tcp.close();
+});
+
+t.test('handover between two agent processes', { skip: typeof sys === 'string' ? `koffi: ${sys}` : false }, async (t) => {
+  const upstream = await SimDnsServer.start({
+    handler: staticHandler({ 'fixed.svc.cluster.local': { A: ['10.0.0.1'], ttl: 300 } }, { soaZone: 'cluster.local' }),
+    faults: { latencyMs: UPSTREAM_LATENCY_MS },
+  });
+  t.teardown(() => upstream.stop());
+  const script = buildHelper();
+  t.teardown(() => rmSync(script.dir, { recursive: true, force: true }));
+  const resolvConf = writeResolvConf('nameserver 127.0.0.254\n');
+
+  const run = async (t: Test, mode: HandoverAgentArgs['mode']): Promise<HandoverRun> => {
+    const port = nextPort++;
+    // no-steer never sees a quiet accept queue under the stream: a short grace makes it close mid-stream, as a busy node would.
+    const graceMs = mode === 'no-steer' ? 1000 : 5000;
+    const args: HandoverAgentArgs = { host: HOST, port, upstreamPort: upstream.port, resolvConf, mode, graceMs };
+    const [oldAgent, newAgent] = await Promise.all([AgentProcess.load(script.path, args), AgentProcess.load(script.path, args)]);
+    t.teardown(() => oldAgent.kill());
+    t.teardown(() => newAgent.kill());
+    const oldReady = await oldAgent.go();
+    t.ok(oldReady.reusePort, 'old agent bound through SO_REUSEPORT');
+    const stream = new QueryStream(HOST, port);
+    const streaming = stream.run();
+    await sleep(BATCHES * STEP_MS * 0.25);
+    const newReady = await newAgent.go();
+    t.ok(newReady.reusePort, 'new agent bound beside it');
+    const newAt = stream.sent;
+    await sleep(BATCHES * STEP_MS * 0.15);
+    const termAt = stream.sent;
+    const oldReport = await oldAgent.stop();
+    const exitAt = stream.sent;
+    await streaming;
+    const newReport = await newAgent.stop();
+    return { stream, oldReport, newReport, newAt, termAt, exitAt };
+  };
+
+  await t.test('with the drain: every query answered', async (t) => {
+    const r = await run(t, 'drain');
+    t.comment(describeRun(r));
+    t.equal(r.stream.sent, 2 * BATCHES * BATCH, 'the whole stream was sent');
+    t.ok(r.exitAt < r.stream.sent, 'the old agent was gone before the stream ended');
+    t.ok(r.oldReport.udp > 0 && r.oldReport.tcp > 0 && r.newReport.udp > 0 && r.newReport.tcp > 0, 'both agents served both transports');
+    t.equal(r.oldReport.aborted, 0, 'the old agent finished its queries within the grace');
+    t.same(r.stream.failures, [], 'no query failed');
+    t.equal(r.stream.answered, r.stream.sent);
+  });
+
+  await t.test('without it: the old agent loses queries', async (t) => {
+    const r = await run(t, 'plain');
+    t.comment(describeRun(r));
+    t.equal(r.stream.sent, 2 * BATCHES * BATCH);
+    t.ok(r.stream.failures.length > 0, `${r.stream.failures.length} queries failed`);
+  });
+
+  // A measurement, not a check: HANDOVER_MEASURE=no-steer,drain,... runs more handovers and only reports.
+  for (const mode of (process.env.HANDOVER_MEASURE ?? '').split(',').filter((m) => m !== '')) {
+    await t.test(`measure: ${mode}`, async (t) => {
+      const r = await run(t, mode as HandoverAgentArgs['mode']);
+      t.comment(describeRun(r));
+      t.pass();
+    });
+  }
+});

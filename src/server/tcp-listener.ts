@@ -229,6 +229,7 @@ export class TcpListener implements Listener {
       const onListening = (): void => {
         server.off('error', onListenError);
         server.on('error', (err) => this.#logger.warn('tcp listener error', { listener: this.name, error: err.message }));
+        if (fd >= 0) this.#sayIfShared();
         resolve();
       };
       if (fd >= 0) server.listen({ fd }, onListening);
@@ -251,6 +252,14 @@ export class TcpListener implements Listener {
     this.#sys = sys;
     this.#fd = fd;
     return fd;
+  }
+
+  /** SO_REUSEPORT lets a second agent start here by mistake as well as by design: say so, once, at start. */
+  #sayIfShared(): void {
+    const listeners = this.#listenersOn(this.#addr);
+    if (listeners > 1) {
+      this.#logger.info('another process listens on this address too (SO_REUSEPORT): sharing it, as in an upgrade, until it stops', { listener: this.name, listeners });
+    }
   }
 
   pause(): void {

@@ -60,6 +60,7 @@ export const DEFAULT_BACKLOG = 511;
 
 export type SocketKind = 'udp' | 'tcp';
 
+/** A failed call: its errno and "bind(): EADDRINUSE (errno 98)"; the caller names the address. */
 export interface SysError {
   readonly errno: number;
   readonly message: string;
@@ -122,27 +123,26 @@ async function load(): Promise<ReusePort | string> {
     const one = Buffer.alloc(4);
     put32(one, 1, 0);
 
-    const fail = (call: string, what: string): SysError => {
+    const fail = (call: string): SysError => {
       const errno = koffi.errno();
-      return { errno, message: `${call} ${what}: ${errnoName(errno)}` };
+      return { errno, message: `${call}: ${errnoName(errno)}` };
     };
 
-    const setOpt = (fd: number, level: number, name: number, label: string, what: string): SysError | null =>
-      setsockopt(fd, level, name, one, 4) === 0 ? null : fail(`setsockopt(${label})`, what);
+    const setOpt = (fd: number, level: number, name: number, label: string): SysError | null =>
+      setsockopt(fd, level, name, one, 4) === 0 ? null : fail(`setsockopt(${label})`);
 
     return {
       open(kind, addr, backlog = DEFAULT_BACKLOG) {
-        const what = `${kind}://${formatHostPort(addr)}`;
         const sa = sockaddr(addr, ifNameToIndex);
-        if (typeof sa === 'string') return { errno: 22, message: `${what}: ${sa}` };
+        if (typeof sa === 'string') return { errno: 22, message: sa };
         const fd = socket(sa.family, (kind === 'udp' ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) return fail('socket()', what);
+        if (fd < 0) return fail('socket()');
         const err =
-          setOpt(fd, SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR', what) ??
-          setOpt(fd, SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT', what) ??
-          (sa.family === AF_INET6 ? setOpt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 'IPV6_V6ONLY', what) : null) ??
-          (bind(fd, sa.bytes, sa.bytes.length) === 0 ? null : fail('bind()', what)) ??
-          (kind === 'udp' || listen(fd, backlog) === 0 ? null : fail('listen()', what));
+          setOpt(fd, SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR') ??
+          setOpt(fd, SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT') ??
+          (sa.family === AF_INET6 ? setOpt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 'IPV6_V6ONLY') : null) ??
+          (bind(fd, sa.bytes, sa.bytes.length) === 0 ? null : fail('bind()')) ??
+          (kind === 'udp' || listen(fd, backlog) === 0 ? null : fail('listen()'));
         if (err === null) return fd;
         close(fd);
         return err;
@@ -152,7 +152,7 @@ async function load(): Promise<ReusePort | string> {
         const self = { host: loopbackFor(addr.host), port: addr.port };
         const sa = sockaddr(self, ifNameToIndex);
         if (typeof sa === 'string') return { errno: 22, message: sa };
-        return connect(fd, sa.bytes, sa.bytes.length) === 0 ? null : fail('connect()', `udp://${formatHostPort(addr)} to itself`);
+        return connect(fd, sa.bytes, sa.bytes.length) === 0 ? null : fail(`connect() to ${formatHostPort(self)}`);
       },
       steer(fd, index) {
         // struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; }, one instruction; struct sock_fprog { u16 len; sock_filter *filter; }.
@@ -167,7 +167,7 @@ async function load(): Promise<ReusePort | string> {
           if (LE) prog.writeBigUInt64LE(koffi.address(filter), 8);
           else prog.writeBigUInt64BE(koffi.address(filter), 8);
           // The kernel copies the program: the memory can go right after.
-          return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, prog, SOCK_FPROG_BYTES) === 0 ? null : fail('setsockopt(SO_ATTACH_REUSEPORT_CBPF)', `fd ${fd}`);
+          return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, prog, SOCK_FPROG_BYTES) === 0 ? null : fail('setsockopt(SO_ATTACH_REUSEPORT_CBPF)');
         } finally {
           koffi.free(filter);
         }
