@@ -15,6 +15,12 @@
  *   and in Node (maxUnsentBytes); past that the client is reset.
  * The clock's shared sweep (every 50 ms) runs the timeouts while connections
  * are open, and stamps a coarse "now" so the per-answer path reads no clock.
+ *
+ * With reusePort the listening socket is made through koffi with SO_REUSEPORT
+ * so a new agent can listen beside this one. pause() then steers new
+ * connections to the newest listener of the group (src/sys/reuseport.ts),
+ * keeps accepting until its accept queue has stayed empty, closes each
+ * connection once it owes nothing, and drained() says when all that is done.
  */
 import net from 'node:net';
 import { DEFAULTS } from '../config.js';
@@ -23,6 +29,7 @@ import { systemClock, type Clock } from '../clock.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
 import type { Logger } from '../log.js';
 import { Counters } from '../stats/counters.js';
+import { isSysError, listenersOn, loadReusePort, type ReusePort } from '../sys/reuseport.js';
 import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-options.js';
 import type { ServerAddress } from '../upstream/types.js';
 import { Transport, type ClientChannel, type ClientPeer, type Listener, type QueryHandler } from './listener.js';
@@ -42,7 +49,30 @@ export interface TcpListenerOptions {
   readonly clock?: Clock;
   /** Where close reasons are counted; the agent passes the block its metrics publish. */
   readonly counters?: TcpListenerCounters;
+  /** Listen through SO_REUSEPORT so a new agent can listen beside this one; an exclusive listen (logged) when koffi is unavailable. */
+  readonly reusePort?: boolean;
+  /** With reusePort: pause() steers new connections to the newest listener and serves those already queued here (default). false: close the listener at pause(), resetting its accept queue. */
+  readonly handoverDrain?: boolean;
+  /** For tests: where the SO_REUSEPORT binding comes from. */
+  readonly loadReusePort?: () => Promise<ReusePort | string>;
+  /** For tests: how many listeners the group has (default: counted in /proc/net/tcp{,6}). */
+  readonly listenersOn?: (addr: ServerAddress) => number;
 }
+
+/**
+ * Sweeps (SWEEP_MS apart) with an empty accept queue and no accept before a
+ * draining listener closes: by then no handshake begun before the steering
+ * (microseconds on a node) can still land in its queue.
+ */
+const DRAIN_QUIET_SWEEPS = 2;
+
+/**
+ * While draining, how long an accepted connection may stay silent before it
+ * is closed: long enough for the first query of a client that connected just
+ * before the steering (it follows the handshake at once), short against the
+ * shutdown grace.
+ */
+export const DRAIN_IDLE_MS = 500;
 
 /**
  * Two maximum-size answers (64 KiB each), so one large answer queued behind
@@ -76,6 +106,7 @@ const CLOSE_SLOT: Readonly<Record<TcpCloseReason, TcpListenerCounter>> = {
 
 /** Warned once per process, not per listener or connection. */
 let warnedNoSendBuffer = false;
+let warnedNoReusePort = false;
 
 /** Shared by a listener and its connections: the sweep's last stamp of the clock. */
 interface CoarseTime {
@@ -106,6 +137,21 @@ export class TcpListener implements Listener {
   #sockopts: SocketOptions | null;
   /** Unregisters our sweep from the clock's shared timer; null while no connection is open. */
   #sweep: (() => void) | null;
+  readonly #reusePort: boolean;
+  readonly #handoverDrain: boolean;
+  readonly #loadReusePort: () => Promise<ReusePort | string>;
+  readonly #listenersOn: (addr: ServerAddress) => number;
+  /** The binding and the listening fd we made with it; null and -1 for a plain listener. */
+  #sys: ReusePort | null;
+  #fd: number;
+  /** Draining after pause(): new connections are steered away, ours finish. */
+  #draining: boolean;
+  #drainSweep: (() => void) | null;
+  #drained: Promise<void> | null;
+  #drainDone: (() => void) | null;
+  #quietSweeps: number;
+  #acceptedSinceSweep: number;
+  #handedOver: boolean;
 
   constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: TcpListenerOptions) {
     this.#addr = addr;
@@ -127,6 +173,33 @@ export class TcpListener implements Listener {
     this.#server = null;
     this.#sockopts = null;
     this.#sweep = null;
+    this.#reusePort = opts.reusePort ?? false;
+    this.#handoverDrain = opts.handoverDrain ?? true;
+    this.#loadReusePort = opts.loadReusePort ?? loadReusePort;
+    this.#listenersOn = opts.listenersOn ?? ((a) => listenersOn(a));
+    this.#sys = null;
+    this.#fd = -1;
+    this.#draining = false;
+    this.#drainSweep = null;
+    this.#drained = null;
+    this.#drainDone = null;
+    this.#quietSweeps = 0;
+    this.#acceptedSinceSweep = 0;
+    this.#handedOver = false;
+  }
+
+  /** Whether the listener was made through SO_REUSEPORT (false before start, or after the fallback). */
+  get reusePort(): boolean {
+    return this.#fd >= 0;
+  }
+
+  /**
+   * pause() found another listener on our address and handed new connections
+   * to it: a new agent serves here now, so what we set up for the address
+   * (interface address, firewall rules) must stay when we exit.
+   */
+  get handedOver(): boolean {
+    return this.#handedOver;
   }
 
   get port(): number {
@@ -144,6 +217,7 @@ export class TcpListener implements Listener {
       if (typeof so === 'string') this.#warnNoSendBuffer(so);
       else this.#sockopts = so;
     }
+    const fd = this.#reusePort ? await this.#openShared() : -1;
     // allowHalfOpen: a client may send its queries and then FIN (nc -N, scripts); it still gets its answers,
     // and we close our side once they are written. No server.maxConnections: the cap is ours (#accept), so a
     // newcomer can evict an idle connection instead of being reset.
@@ -152,20 +226,107 @@ export class TcpListener implements Listener {
     return new Promise((resolve, reject) => {
       const onListenError = (err: Error): void => reject(new Error(`cannot listen on ${this.name}: ${err.message}`));
       server.once('error', onListenError);
-      server.listen({ host: this.#addr.host, port: this.#addr.port, exclusive: true, ipv6Only: net.isIP(this.#addr.host) === 6 }, () => {
+      const onListening = (): void => {
         server.off('error', onListenError);
         server.on('error', (err) => this.#logger.warn('tcp listener error', { listener: this.name, error: err.message }));
+        if (fd >= 0) this.#sayIfShared();
         resolve();
-      });
+      };
+      if (fd >= 0) server.listen({ fd }, onListening);
+      else server.listen({ host: this.#addr.host, port: this.#addr.port, exclusive: true, ipv6Only: net.isIP(this.#addr.host) === 6 }, onListening);
     });
   }
 
+  /** A listening socket made with SO_REUSEPORT, or -1 to listen the plain way (no koffi: logged once). Throws when bind or listen fails. */
+  async #openShared(): Promise<number> {
+    const sys = await this.#loadReusePort();
+    if (typeof sys === 'string') {
+      if (!warnedNoReusePort) {
+        warnedNoReusePort = true;
+        this.#logger.warn('SO_REUSEPORT unavailable: listening exclusively, so a new agent cannot start beside this one', { listener: this.name, reason: sys });
+      }
+      return -1;
+    }
+    const fd = sys.open('tcp', this.#addr);
+    if (isSysError(fd)) throw new Error(`cannot listen on ${this.name}: ${fd.message}`);
+    this.#sys = sys;
+    this.#fd = fd;
+    return fd;
+  }
+
+  /** SO_REUSEPORT lets a second agent start here by mistake as well as by design: say so, once, at start. */
+  #sayIfShared(): void {
+    const listeners = this.#listenersOn(this.#addr);
+    if (listeners > 1) {
+      this.#logger.info('another process listens on this address too (SO_REUSEPORT): sharing it, as in an upgrade, until it stops', { listener: this.name, listeners });
+    }
+  }
+
   pause(): void {
+    if (this.#draining) return;
+    if (this.#sys !== null && this.#handoverDrain && this.#server?.listening === true && this.#steerAway(this.#sys)) {
+      this.#draining = true;
+      this.#drained = new Promise((resolve) => {
+        this.#drainDone = resolve;
+      });
+      for (const c of this.#conns) c.finish();
+      this.#drainSweep = this.#clock.sweep(this.#onDrainSweep);
+      return;
+    }
     this.#server?.close();
     for (const c of this.#conns) c.stopReading();
   }
 
+  /**
+   * Points the group at its newest listener, the last to join (index
+   * count-1): we are the oldest (index 0) when a new agent started beside us.
+   * Alone there is nobody to hand over to: false, and pause() closes as a
+   * plain listener does (clients are refused at once and retry elsewhere
+   * rather than wait out the grace). An unreadable count (0) steers to 1.
+   */
+  #steerAway(sys: ReusePort): boolean {
+    const listeners = this.#listenersOn(this.#addr);
+    if (listeners === 1) return false;
+    const err = sys.steer(this.#fd, Math.max(listeners, 2) - 1);
+    this.#handedOver = err === null && listeners > 1;
+    if (err === null) return true;
+    this.#logger.warn('cannot steer new connections to the new listener: connections still queued for this one will be reset', { listener: this.name, error: err.message });
+    return false;
+  }
+
+  /**
+   * Resolves once a paused listener has closed with an empty accept queue
+   * and every connection has been answered and closed (at once when there is
+   * nothing to drain). Wait for it before waiting for the queries in flight.
+   */
+  drained(): Promise<void> {
+    return this.#drained ?? Promise.resolve();
+  }
+
+  readonly #onDrainSweep = (): void => {
+    const server = this.#server;
+    if (server !== null && server.listening && this.#sys !== null) {
+      const queued = this.#sys.acceptQueue(this.#fd);
+      this.#quietSweeps = queued === 0 && this.#acceptedSinceSweep === 0 ? this.#quietSweeps + 1 : 0;
+      this.#acceptedSinceSweep = 0;
+      if (queued < 0 || this.#quietSweeps >= DRAIN_QUIET_SWEEPS) server.close();
+      return;
+    }
+    // Connections close through their own sweep (#tick); a client that keeps our FIN unanswered owes us nothing.
+    for (const c of this.#conns) if (!c.finished) return;
+    this.#endDrain();
+  };
+
+  #endDrain(): void {
+    if (this.#drainSweep !== null) this.#drainSweep();
+    this.#drainSweep = null;
+    const done = this.#drainDone;
+    this.#drainDone = null;
+    done?.();
+  }
+
   close(): Promise<void> {
+    this.#endDrain();
     const server = this.#server;
     this.#server = null;
     if (this.#sweep !== null) this.#sweep();
@@ -187,6 +348,10 @@ export class TcpListener implements Listener {
     this.#time.now = this.#clock.now();
     const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#limits, this.name, this.#time, this.counters);
     this.#conns.add(conn);
+    if (this.#draining) {
+      this.#acceptedSinceSweep++;
+      conn.finish();
+    }
     this.#setOpenGauge();
     socket.once('close', () => {
       this.#conns.delete(conn);
@@ -283,6 +448,14 @@ class TcpClientConnection implements ClientChannel {
   #partialSinceMs: number;
   /** Set by #onFrame: the current chunk completed at least one message. */
   #framed: boolean;
+  /** Handover: close as soon as nothing is owed (see finish()). */
+  #finishing: boolean;
+  /** We sent our FIN with nothing owed; only the client's close is left. */
+  #ended: boolean;
+  /** Queries answered or discarded on this connection. */
+  #served: number;
+  /** Inside decoder.push(): frames later in the chunk are not counted as buffered yet, so finishing must wait. */
+  #pushing: boolean;
 
   constructor(
     socket: net.Socket,
@@ -310,6 +483,10 @@ class TcpClientConnection implements ClientChannel {
     this.#lastActiveMs = time.now;
     this.#partialSinceMs = -1;
     this.#framed = false;
+    this.#finishing = false;
+    this.#ended = false;
+    this.#served = 0;
+    this.#pushing = false;
     socket.setKeepAlive(true);
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('end', () => this.stopReading());
@@ -325,18 +502,36 @@ class TcpClientConnection implements ClientChannel {
     return this.#inflight === 0 && this.#backlog.length === 0 && !this.#closed;
   }
 
+  /** Nothing more will be answered: closed, or our FIN sent with nothing owed. */
+  get finished(): boolean {
+    return this.#closed || this.#ended || this.#socket.destroyed;
+  }
+
+  /**
+   * Handover (the listener is draining): keep answering, and end the
+   * connection the moment it owes nothing after at least one answer. A client
+   * that sends nothing is closed by the sweep after DRAIN_IDLE_MS. A query
+   * sent after our FIN goes unanswered; RFC 7766 6.2.3 clients retry it.
+   */
+  finish(): void {
+    this.#finishing = true;
+    this.#finishIfDone();
+  }
+
   /** Why the sweep should close this connection now, if it should. */
   expired(now: number): TcpCloseReason | null {
     // Not while reading is paused at the in-flight cap: the rest of the message waits on us, not on the client.
     if (this.#partialSinceMs >= 0 && !this.#socket.isPaused() && now - this.#partialSinceMs >= this.#limits.readTimeoutMs) {
       return 'read_timeout';
     }
-    if (this.idle && now - this.#lastActiveMs >= this.#limits.idleTimeoutMs) return 'idle';
+    const idleLimit = this.#finishing ? Math.min(DRAIN_IDLE_MS, this.#limits.idleTimeoutMs) : this.#limits.idleTimeoutMs;
+    if (this.idle && now - this.#lastActiveMs >= idleLimit) return 'idle';
     return null;
   }
 
   send(answer: Buffer, _peer: ClientPeer): void {
     this.#inflight--;
+    this.#served++;
     this.#lastActiveMs = this.#time.now;
     if (this.#closed || this.#socket.destroyed) return;
     this.#socket.write(frame(answer));
@@ -351,6 +546,7 @@ class TcpClientConnection implements ClientChannel {
 
   discard(_peer: ClientPeer): void {
     this.#inflight--;
+    this.#served++;
     this.#lastActiveMs = this.#time.now;
     this.#drainBacklog();
   }
@@ -382,7 +578,10 @@ class TcpClientConnection implements ClientChannel {
 
   #onData(chunk: Buffer): void {
     this.#framed = false;
+    this.#pushing = true;
     this.#decoder.push(chunk);
+    this.#pushing = false;
+    this.#finishIfDone();
     const now = this.#time.now;
     if (this.#framed) this.#lastActiveMs = now;
     // Partial bytes start (or restart, after a completed message) the read timeout and touch nothing else.
@@ -426,5 +625,16 @@ class TcpClientConnection implements ClientChannel {
       if (this.#partialSinceMs >= 0) this.#partialSinceMs = this.#time.now;
       this.#socket.resume();
     }
+    this.#finishIfDone();
+  }
+
+  #finishIfDone(): void {
+    if (!this.#finishing || this.#pushing || this.#ended || this.#closed || !this.#reading) return;
+    if (this.#served === 0 || this.#inflight > 0 || this.#backlog.length > 0 || this.#decoder.buffered > 0) return;
+    this.#reading = false;
+    this.#ended = true;
+    this.#socket.end();
+    // Keep reading: the client's FIN closes the socket, and bytes it sent after ours are dropped, not left to turn our close into a reset.
+    this.#socket.resume();
   }
 }

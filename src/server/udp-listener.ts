@@ -1,16 +1,45 @@
 /**
  * The portable UDP backend: one dgram socket per address, one 'message'
  * handler bound once, answers sent back on the same socket.
+ *
+ * With reusePort the socket is made through koffi with SO_REUSEPORT and
+ * handed to dgram, so a new agent can bind beside this one; pause() then
+ * takes it out of the group (connect to itself, src/sys/reuseport.ts) and
+ * keeps answering what the kernel had already queued for it, and drained()
+ * says when that queue is empty.
  */
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
 import { formatHostPort } from '../addr.js';
+import { systemClock, type Clock } from '../clock.js';
 import type { Logger } from '../log.js';
+import { isSysError, loadReusePort, type ReusePort } from '../sys/reuseport.js';
 import type { ServerAddress } from '../upstream/types.js';
 import { Transport, type ClientChannel, type ClientPeer, type Listener, type QueryHandler } from './listener.js';
 
 /** Absorbs bursts while the event loop is busy; the kernel caps it at net.core.rmem_max unless privileged. */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Sweeps (SWEEP_MS apart) that must find the receive queue empty before a
+ * detached socket counts as drained: at least one full sweep after connect(),
+ * so a datagram the kernel routed to us just before it (an RCU read side on
+ * another CPU, microseconds) has been queued and read too.
+ */
+const DRAIN_EMPTY_SWEEPS = 2;
+
+export interface UdpListenerOptions {
+  /** Bind through SO_REUSEPORT so a new agent can bind beside this one; an exclusive bind (logged) when koffi is unavailable. */
+  readonly reusePort?: boolean;
+  /** With reusePort: pause() steers new datagrams to the group's other sockets and answers those queued here (default). false: drop from pause() on, as a plain socket does. */
+  readonly handoverDrain?: boolean;
+  readonly clock?: Clock;
+  /** For tests: where the SO_REUSEPORT binding comes from. */
+  readonly loadReusePort?: () => Promise<ReusePort | string>;
+}
+
+/** Warned once per process, not per listener. */
+let warnedNoReusePort = false;
 
 export class UdpListener implements Listener, ClientChannel {
   readonly transport = Transport.UDP;
@@ -21,8 +50,20 @@ export class UdpListener implements Listener, ClientChannel {
   #socket: dgram.Socket | null;
   #paused: boolean;
   #sendErrors: number;
+  readonly #reusePort: boolean;
+  readonly #handoverDrain: boolean;
+  readonly #clock: Clock;
+  readonly #loadReusePort: () => Promise<ReusePort | string>;
+  /** The binding and the fd we made with it; null and -1 for a plain socket. */
+  #sys: ReusePort | null;
+  #fd: number;
+  /** While draining after pause(): unregisters the sweep, and what drained() waits for. */
+  #drainSweep: (() => void) | null;
+  #drained: Promise<void> | null;
+  #drainDone: (() => void) | null;
+  #emptySweeps: number;
 
-  constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger) {
+  constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: UdpListenerOptions = {}) {
     this.#addr = addr;
     this.#handler = handler;
     this.#logger = logger;
@@ -30,6 +71,21 @@ export class UdpListener implements Listener, ClientChannel {
     this.#socket = null;
     this.#paused = false;
     this.#sendErrors = 0;
+    this.#reusePort = opts.reusePort ?? false;
+    this.#handoverDrain = opts.handoverDrain ?? true;
+    this.#clock = opts.clock ?? systemClock;
+    this.#loadReusePort = opts.loadReusePort ?? loadReusePort;
+    this.#sys = null;
+    this.#fd = -1;
+    this.#drainSweep = null;
+    this.#drained = null;
+    this.#drainDone = null;
+    this.#emptySweeps = 0;
+  }
+
+  /** Whether the socket was bound through SO_REUSEPORT (false before start, or after the fallback). */
+  get reusePort(): boolean {
+    return this.#fd >= 0;
   }
 
   /** The bound port (useful with port 0 in tests). */
@@ -37,7 +93,8 @@ export class UdpListener implements Listener, ClientChannel {
     return this.#socket?.address().port ?? this.#addr.port;
   }
 
-  start(): Promise<void> {
+  async start(): Promise<void> {
+    const fd = this.#reusePort ? await this.#openShared() : -1;
     const family = isIP(this.#addr.host) === 6 ? 6 : 4;
     const socket = dgram.createSocket({
       type: family === 6 ? 'udp6' : 'udp4',
@@ -53,19 +110,76 @@ export class UdpListener implements Listener, ClientChannel {
     return new Promise((resolve, reject) => {
       const onBindError = (err: Error): void => reject(new Error(`cannot listen on ${this.name}: ${err.message}`));
       socket.once('error', onBindError);
-      socket.bind({ address: this.#addr.host, port: this.#addr.port, exclusive: true }, () => {
+      const onBound = (): void => {
         socket.off('error', onBindError);
         socket.on('error', this.#onError);
         resolve();
-      });
+      };
+      if (fd >= 0) socket.bind({ fd }, onBound);
+      else socket.bind({ address: this.#addr.host, port: this.#addr.port, exclusive: true }, onBound);
     });
   }
 
+  /** A socket bound with SO_REUSEPORT, or -1 to bind the plain way (no koffi: logged once). Throws when the bind itself fails. */
+  async #openShared(): Promise<number> {
+    const sys = await this.#loadReusePort();
+    if (typeof sys === 'string') {
+      if (!warnedNoReusePort) {
+        warnedNoReusePort = true;
+        this.#logger.warn('SO_REUSEPORT unavailable: binding exclusively, so a new agent cannot start beside this one', { listener: this.name, reason: sys });
+      }
+      return -1;
+    }
+    const fd = sys.open('udp', this.#addr);
+    if (isSysError(fd)) throw new Error(`cannot listen on ${this.name}: ${fd.message}`);
+    this.#sys = sys;
+    this.#fd = fd;
+    return fd;
+  }
+
   pause(): void {
+    if (this.#paused || this.#drained !== null) return;
+    const sys = this.#sys;
+    if (sys !== null && this.#handoverDrain) {
+      const err = sys.detachUdp(this.#fd, this.#addr);
+      if (err === null) {
+        this.#drained = new Promise((resolve) => {
+          this.#drainDone = resolve;
+        });
+        this.#drainSweep = this.#clock.sweep(this.#onDrainSweep);
+        return;
+      }
+      this.#logger.warn('cannot take the socket out of its SO_REUSEPORT group: queries still queued for it will be lost', { listener: this.name, error: err.message });
+    }
     this.#paused = true;
   }
 
+  /**
+   * Resolves once a paused socket has answered everything the kernel queued
+   * for it (at once when there is nothing to drain). Wait for it before
+   * waiting for the queries in flight: it is what puts the last ones in flight.
+   */
+  drained(): Promise<void> {
+    return this.#drained ?? Promise.resolve();
+  }
+
+  readonly #onDrainSweep = (): void => {
+    const queued = this.#sys !== null && this.#socket !== null ? this.#sys.queuedBytes(this.#fd) : -1;
+    // Any error (the socket is gone) ends the drain: there is nothing left to read.
+    this.#emptySweeps = queued > 0 ? 0 : this.#emptySweeps + 1;
+    if (queued < 0 || this.#emptySweeps >= DRAIN_EMPTY_SWEEPS) this.#endDrain();
+  };
+
+  #endDrain(): void {
+    if (this.#drainSweep !== null) this.#drainSweep();
+    this.#drainSweep = null;
+    const done = this.#drainDone;
+    this.#drainDone = null;
+    done?.();
+  }
+
   close(): Promise<void> {
+    this.#endDrain();
     const s = this.#socket;
     this.#socket = null;
     if (s === null) return Promise.resolve();
