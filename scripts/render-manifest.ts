@@ -20,7 +20,7 @@ export type Mode = 'iptables' | 'ipvs';
 export interface RenderOptions {
   /** Where pods send DNS: kubelet's clusterDNS in IPVS mode (node-cache's default 169.254.20.10). */
   readonly localIp: string;
-  /** kube-dns's ClusterIP; the agent also serves on it in iptables mode (required there); in IPVS mode, optional: the fail-open DNAT target. */
+  /** kube-dns's ClusterIP; the agent also serves on it in iptables mode. Required there, unused in IPVS mode. */
   readonly dnsIp: string | null;
   readonly clusterDomain: string;
   readonly image: string;
@@ -44,7 +44,7 @@ export const USAGE = `Usage: render-manifest --dns-ip IP --image IMAGE [--local-
 Writes daemonset.yaml with its placeholders filled to stdout.
 
   --dns-ip IP            kube-dns's ClusterIP (kubectl -n kube-system get svc kube-dns -o jsonpath='{.spec.clusterIP}');
-                         required in iptables mode; in IPVS mode the fail-open target (--fail-open-to)
+                         required in iptables mode, not used in IPVS mode
   --image IMAGE          the agent's image, e.g. registry.example.com/nodelocal-dns:0.1.0
   --local-ip IP          the node-local address pods use (default 169.254.20.10)
   --cluster-domain NAME  the cluster domain (default cluster.local)
@@ -185,11 +185,7 @@ export function parseArgs(argv: readonly string[]): ParsedArgs | 'help' {
 export function render(template: string, o: RenderOptions): string {
   let out = template;
   // IPVS: kube-proxy owns the ClusterIP on kube-ipvs0, so the agent serves on the local IP only (node-cache's recipe).
-  if (o.mode === 'ipvs') {
-    out = out.replaceAll(`,${PLACEHOLDERS.dnsIp}`, '');
-    // Fail open: with the agent dead, pods' DNS to the local IP is DNATed to kube-dns's ClusterIP (local under IPVS).
-    if (o.dnsIp !== null) out = out.replace(/^( *)- --require-cluster-dns\n/m, (line, indent: string) => `${line}${indent}- --fail-open-to=${o.dnsIp}\n`);
-  }
+  if (o.mode === 'ipvs') out = out.replaceAll(`,${PLACEHOLDERS.dnsIp}`, '');
   out = out.replaceAll(PLACEHOLDERS.localIp, o.localIp).replaceAll(PLACEHOLDERS.clusterDomain, o.clusterDomain).replaceAll(PLACEHOLDERS.image, o.image);
   if (o.dnsIp !== null) out = out.replaceAll(PLACEHOLDERS.dnsIp, o.dnsIp);
   if (o.nodeSelector.length > 0) {

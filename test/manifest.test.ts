@@ -548,14 +548,3 @@ t.test('render-manifest as a program: from source, and built by scripts/tsconfig
   t.equal(good.stdout, render(TEMPLATE, BASE));
 });
 
-t.test('IPVS mode with --dns-ip: the agent fails open to kube-dns (--fail-open-to); iptables mode never gets it', async (t) => {
-  const { render } = await import('../scripts/render-manifest.js');
-  const { readFileSync } = await import('node:fs');
-  const template = readFileSync(new URL('../daemonset.yaml', import.meta.url), 'utf8');
-  const base = { localIp: '169.254.20.10', dnsIp: '10.96.0.10', clusterDomain: 'cluster.local', image: 'x/y:1', nodeSelector: [] } as const;
-  const ipvs = render(template, { ...base, mode: 'ipvs' });
-  t.match(ipvs, /- --fail-open-to=10\.96\.0\.10\n/);
-  t.match(ipvs, /- --localip=169\.254\.20\.10\n/, 'the local IP only');
-  t.notMatch(render(template, { ...base, mode: 'iptables' }), /fail-open-to/);
-  t.notMatch(render(template, { ...base, dnsIp: null, mode: 'ipvs' }), /fail-open-to/, 'no ClusterIP given: no DNAT');
-});
