@@ -42,6 +42,7 @@ import { TcpListener } from './server/tcp-listener.js';
 import { UdpListener } from './server/udp-listener.js';
 import { Counters, defineCounters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
+import { listenersOn } from './sys/reuseport.js';
 import { loadHostServers, type HostServers } from './upstream/host-route.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
 
@@ -212,13 +213,14 @@ export class Agent {
     this.metrics.add(resolver.counters, false);
     this.hitPath.connect(resolver);
     for (const addr of c.listen) {
-      this.#listeners.push(new UdpListener(addr, this.hitPath, this.#logger));
+      this.#listeners.push(new UdpListener(addr, this.hitPath, this.#logger, { reusePort: c.reusePort, clock: this.#clock }));
       const tcp = new TcpListener(addr, this.hitPath, this.#logger, {
         idleTimeoutMs: c.tcpIdleTimeoutMs,
         readTimeoutMs: c.tcpReadTimeoutMs,
         maxConnections: c.maxTcpConnections,
         maxQueriesPerConnection: c.maxTcpQueries,
         clock: this.#clock,
+        reusePort: c.reusePort,
       });
       this.metrics.addWithLabels(tcp.counters, { server: `dns://${formatHostPort(addr)}` });
       this.#listeners.push(tcp);
@@ -355,6 +357,8 @@ export class Agent {
       clock: this.#clock,
       logger: this.#logger,
       counters: this.setupCounters,
+      // A new agent already listens on our address (an upgrade by surge): the link and rules are its now.
+      successor: () => c.reusePort && c.listen.some((l) => addresses.includes(l.host) && listenersOn(l) > 1),
     };
   }
 
@@ -407,6 +411,7 @@ export class Agent {
           health: c.healthPort === 0 ? null : { host, port: c.healthPort },
           handlers: { metrics: this.metrics.registry, serving: () => this.#serving, readiness: () => this.readiness() },
           logger: this.#logger,
+          reusePort: c.reusePort,
         });
         try {
           for (const s of this.#ops) await s.start();
@@ -484,6 +489,8 @@ export class Agent {
       stop: async (deadline) => {
         this.#serving = false;
         for (const l of this.#listeners) l.pause();
+        // A handover: what the kernel queued for us before pause() still comes in; take it all before waiting for answers.
+        await this.#until(deadline, Promise.all(this.#listeners.map((l) => l.drained())).then(() => undefined));
         if (this.hitPath.inflight > 0) await this.#until(deadline, this.hitPath.drain());
         const aborted = this.hitPath.abortAll();
         if (aborted > 0) this.#logger.warn('shutdown grace over: answered queries still in flight with stale or SERVFAIL', { queries: aborted });

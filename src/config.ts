@@ -66,6 +66,8 @@ export interface Config {
   /** Host-resolver (and stub-domain) exchanges in flight per upstream; beyond it SERVFAIL at once. */
   readonly hostMaxInflight: number;
   readonly shutdownGraceMs: number;
+  /** Bind listeners with SO_REUSEPORT so a new agent can start beside this one and take over with no gap. */
+  readonly reusePort: boolean;
   /** Watch the Kubernetes API and answer cluster names from it when the cluster DNS fails. */
   readonly kube: boolean;
   /** --kubeconfig; '' = in-cluster config. */
@@ -160,6 +162,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: 'host-max-inflight', kind: 'int', def: '1000', min: 1, max: 100_000,
     help: 'external-name (and stub-domain) queries in flight per upstream, each holding at most 3 UDP sockets; beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
   },
+  { flag: 'reuse-port', kind: 'bool', def: 'true', help: 'bind with SO_REUSEPORT (through koffi) so a new agent can start beside this one; on SIGTERM this one hands new queries to it and answers those already queued (upgrade with no gap); --no-reuse-port: an exclusive bind' },
   { flag: 'shutdown-grace', kind: 'duration', def: '5s', min: 0, max: 300_000, help: 'on SIGTERM, how long queries in flight may take to finish' },
   { flag: 'kube', kind: 'bool', def: 'true', help: 'watch Services, EndpointSlices and Namespaces and answer cluster names from them when the cluster DNS fails; --no-kube turns the watch and the fallback off' },
   { flag: 'kubeconfig', kind: 'string', def: undefined, help: 'kubeconfig file for the API watch outside a cluster (default: in-cluster service account; none found: the fallback is off)' },
@@ -560,6 +563,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     clientMissRate: int('client-miss-rate'),
     clientMissBurst: int('client-miss-burst'),
     shutdownGraceMs: duration('shutdown-grace', true),
+    reusePort: bool('reuse-port'),
     kube: bool('kube'),
     kubeconfig: str('kubeconfig') ?? '',
     fallbackAfterMs: duration('fallback-after', true),

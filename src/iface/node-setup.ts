@@ -41,6 +41,8 @@ export interface NodeSetupOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly counters: SetupCounters;
+  /** True when another agent already serves our addresses (a handover): teardown then leaves the link and rules to it. */
+  readonly successor?: () => boolean;
   /** Runs iptables/nft; injected for tests. */
   readonly run?: CommandRunner;
 }
@@ -79,7 +81,9 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
     stop: () => {
       stopChecks?.();
       inPlace = false;
-      if (!o.skipTeardown) {
+      if (o.successor?.() === true) {
+        o.logger.info('a successor serves these addresses: leaving the link to it', { link: o.interfaceName });
+      } else if (!o.skipTeardown) {
         const t = iface.teardown();
         o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });
       }
@@ -121,6 +125,10 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       stopChecks?.();
       inPlace = false;
       if (firewall === null || o.skipTeardown) return;
+      if (o.successor?.() === true) {
+        o.logger.info('a successor serves these addresses: leaving the interception rules to it');
+        return;
+      }
       const err = await firewall.remove();
       if (err !== null) o.logger.warn('could not remove interception rules', { error: err });
       else o.logger.info('interception rules removed');

@@ -13,6 +13,7 @@
  * probe never waits on DNS.
  */
 import http from 'node:http';
+import { loadReusePort } from '../sys/reuseport.js';
 import { isIP } from 'node:net';
 import { formatHostPort, isWildcard } from '../addr.js';
 import type { Component } from '../lifecycle.js';
@@ -80,6 +81,8 @@ export interface OpsServerOptions {
   readonly handlers: OpsHandlers;
   readonly logger: Logger;
   readonly limits?: Partial<OpsHttpLimits>;
+  /** Bind with SO_REUSEPORT (an upgrade's new agent beside the old one). */
+  readonly reusePort?: boolean;
 }
 
 const TEXT = 'text/plain; charset=utf-8';
@@ -102,6 +105,7 @@ export class OpsServer implements Component {
   readonly name: string;
   readonly routes: readonly OpsRoute[];
   readonly #wanted: ServerAddress;
+  readonly #reusePort: boolean;
   readonly #handlers: OpsHandlers;
   readonly #log: Logger;
   readonly #server: http.Server;
@@ -116,6 +120,7 @@ export class OpsServer implements Component {
     this.routes = [...new Set(opts.routes)];
     this.name = `http ${formatHostPort(opts.address)} (${this.routes.map((r) => `/${r}`).join(' ')})`;
     this.#wanted = opts.address;
+    this.#reusePort = opts.reusePort ?? false;
     this.#handlers = opts.handlers;
     this.#log = opts.logger;
     this.#bound = null;
@@ -142,8 +147,21 @@ export class OpsServer implements Component {
     return `http://${formatHostPort(this.address)}`;
   }
 
-  /** Listens; rejects with the address and the reason (EADDRINUSE, EADDRNOTAVAIL) when it cannot. */
-  start(): Promise<void> {
+  /**
+   * Listens; rejects with the address and the reason (EADDRINUSE,
+   * EADDRNOTAVAIL) when it cannot. With `reusePort` the socket is made with
+   * SO_REUSEPORT, so a new agent's probes and scrapes can bind beside the old
+   * one during an upgrade (the old one closes these first on SIGTERM).
+   */
+  async start(): Promise<void> {
+    let fd: number | null = null;
+    if (this.#reusePort) {
+      const rp = await loadReusePort();
+      if (typeof rp !== 'string') {
+        const r = rp.open('tcp', this.#wanted);
+        if (typeof r === 'number') fd = r;
+      }
+    }
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
         this.#server.off('listening', onListening);
@@ -159,7 +177,8 @@ export class OpsServer implements Component {
       };
       this.#server.once('error', onError);
       this.#server.once('listening', onListening);
-      this.#server.listen({ host: this.#wanted.host, port: this.#wanted.port, exclusive: true });
+      if (fd !== null) this.#server.listen({ fd });
+      else this.#server.listen({ host: this.#wanted.host, port: this.#wanted.port, exclusive: true });
     });
   }
 
@@ -281,6 +300,7 @@ export interface OpsListenOptions {
   readonly handlers: OpsHandlers;
   readonly logger: Logger;
   readonly limits?: Partial<OpsHttpLimits>;
+  readonly reusePort?: boolean;
 }
 
 function sameAddress(a: ServerAddress, b: ServerAddress): boolean {
@@ -293,7 +313,7 @@ function sameAddress(a: ServerAddress, b: ServerAddress): boolean {
  * started: each is a Component for the agent's stack.
  */
 export function createOpsServers(o: OpsListenOptions): OpsServer[] {
-  const common = { handlers: o.handlers, logger: o.logger, limits: o.limits };
+  const common = { handlers: o.handlers, logger: o.logger, limits: o.limits, reusePort: o.reusePort ?? false };
   const health: OpsRoute[] = o.handlers.readiness === undefined ? ['health'] : ['health', 'ready'];
   if (o.metrics !== null && o.health !== null && sameAddress(o.metrics, o.health)) {
     return [new OpsServer({ ...common, address: o.metrics, routes: ['metrics', ...health] })];

@@ -37,6 +37,8 @@ export interface Listener {
   start(): Promise<void>;
   /** Stops taking new queries but keeps answering the ones already taken. */
   pause(): void;
+  /** Resolves when what the kernel had queued for this listener before pause() has been taken (await before waiting for in-flight queries). */
+  drained(): Promise<void>;
   /** Closes sockets; call after in-flight queries are done. */
   close(): Promise<void>;
 }
