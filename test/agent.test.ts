@@ -456,3 +456,20 @@ t.test('the kube-dns ConfigMap (stubDomains, upstreamNameservers) is read like n
   writeFileSync(join(dir, 'stubDomains'), '{"consul.example": [');
   t.throws(() => loadConfig(a.argv, { env: {} }), /stubDomains: not JSON/);
 });
+
+t.test('warm restart: a restarted agent answers a cached name before any upstream traffic', async (t) => {
+  const { cluster, args } = await sims(t);
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-snap-'));
+  const snapshot = join(dir, 'cache.snapshot');
+  const first = await startAgent(HOST, [...args, '--cache-snapshot', snapshot]);
+  t.same(dataOf(await udpQuery(first.target, 'web.default.svc.cluster.local')), ['10.96.1.10']);
+  await first.stop(); // writes the snapshot after the listeners drained
+  const asked = count(cluster, 'web.default.svc.cluster.local');
+  const second = await startAgent(HOST, [...args, '--cache-snapshot', snapshot]);
+  t.teardown(second.stop);
+  const warm = await udpQuery(second.target, 'web.default.svc.cluster.local');
+  t.same(dataOf(warm), ['10.96.1.10'], 'answered');
+  t.equal(count(cluster, 'web.default.svc.cluster.local'), asked, 'from the loaded cache: the cluster DNS was not asked again');
+  t.ok(ttlOf(warm.answers?.[0])! <= 30, 'with its remaining TTL');
+  t.equal(second.agent.cache.counters.get('hitPositive'), 1);
+});
