@@ -583,6 +583,8 @@ t.test('listeners: a second one binds beside, the paused one drains', { skip: ty
   t.equal(tcpDrained, false, 'TCP is not drained while a connection is owed an answer');
   oldH.release();
   await oldTcp.drained();
+  // drained() means the answer is written; the client reads it a moment later.
+  await until(() => early.answers.length > 0);
   t.same(early.answers, [1], 'the connection got its answer');
   await until(() => early.closed);
   t.ok(early.closed, 'and was closed once it owed nothing');
