@@ -23,10 +23,10 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { NetnsUpstreamLine, NetnsUpstreamStats, NetnsZone } from './helpers/netns-upstream.js';
 import { writeKubeconfig } from '../testkit/cluster.js';
+import { Lines } from './helpers/netns-proc.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const AGENT_MAIN = join(ROOT, 'dist/src/main.js');
@@ -108,48 +108,6 @@ function hasCommand(cmd: string, args: readonly string[]): boolean {
 }
 
 /** A child's output, line by line, with a bounded wait for the next line that matches. */
-class Lines {
-  readonly #lines: string[] = [];
-  readonly #waiters = new Set<() => void>();
-  #closed = false;
-  readonly all: string[] = [];
-
-  constructor(stream: NodeJS.ReadableStream) {
-    const rl = createInterface({ input: stream });
-    rl.on('line', (line) => {
-      this.#lines.push(line);
-      this.all.push(line);
-      if (this.all.length > 2000) this.all.shift();
-      for (const w of this.#waiters) w();
-    });
-    rl.on('close', () => {
-      this.#closed = true;
-      for (const w of this.#waiters) w();
-    });
-  }
-
-  /** Consumes lines until one satisfies `match`; null on timeout or end of stream. */
-  next(match: (line: string) => boolean, timeoutMs: number): Promise<string | null> {
-    return new Promise((resolve) => {
-      const check = (): void => {
-        while (this.#lines.length > 0) {
-          const line = this.#lines.shift() ?? '';
-          if (match(line)) return done(line);
-        }
-        if (this.#closed) done(null);
-      };
-      const timer = setTimeout(() => done(null), timeoutMs);
-      const done = (v: string | null): void => {
-        clearTimeout(timer);
-        this.#waiters.delete(check);
-        resolve(v);
-      };
-      this.#waiters.add(check);
-      check();
-    });
-  }
-}
-
 /** Runs `argv` inside the node namespace; with setpriv, the child is SIGKILLed if this process dies. */
 function spawnInNode(argv: readonly string[], pdeathsig: boolean): ChildProcess {
   const prefix = pdeathsig ? ['setpriv', '--pdeathsig', 'KILL', '--'] : [];

@@ -29,7 +29,7 @@ import { systemClock, type Clock } from '../clock.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
 import type { Logger } from '../log.js';
 import { Counters } from '../stats/counters.js';
-import { isSysError, listenersOn, loadReusePort, type ReusePort } from '../sys/reuseport.js';
+import { listenersOn, loadReusePort, openShared, type ReusePort } from '../sys/reuseport.js';
 import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-options.js';
 import type { ServerAddress } from '../upstream/types.js';
 import { Transport, type ClientChannel, type ClientPeer, type Listener, type QueryHandler } from './listener.js';
@@ -106,7 +106,6 @@ const CLOSE_SLOT: Readonly<Record<TcpCloseReason, TcpListenerCounter>> = {
 
 /** Warned once per process, not per listener or connection. */
 let warnedNoSendBuffer = false;
-let warnedNoReusePort = false;
 
 /** Shared by a listener and its connections: the sweep's last stamp of the clock. */
 interface CoarseTime {
@@ -239,19 +238,11 @@ export class TcpListener implements Listener {
 
   /** A listening socket made with SO_REUSEPORT, or -1 to listen the plain way (no koffi: logged once). Throws when bind or listen fails. */
   async #openShared(): Promise<number> {
-    const sys = await this.#loadReusePort();
-    if (typeof sys === 'string') {
-      if (!warnedNoReusePort) {
-        warnedNoReusePort = true;
-        this.#logger.warn('SO_REUSEPORT unavailable: listening exclusively, so a new agent cannot start beside this one', { listener: this.name, reason: sys });
-      }
-      return -1;
-    }
-    const fd = sys.open('tcp', this.#addr);
-    if (isSysError(fd)) throw new Error(`cannot listen on ${this.name}: ${fd.message}`);
-    this.#sys = sys;
-    this.#fd = fd;
-    return fd;
+    const shared = await openShared('tcp', this.#addr, this.name, this.#logger, this.#loadReusePort);
+    if (shared === null) return -1;
+    this.#sys = shared.sys;
+    this.#fd = shared.fd;
+    return shared.fd;
   }
 
   /** SO_REUSEPORT lets a second agent start here by mistake as well as by design: say so, once, at start. */

@@ -13,7 +13,7 @@ import { isIP } from 'node:net';
 import { formatHostPort } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { Logger } from '../log.js';
-import { isSysError, loadReusePort, type ReusePort } from '../sys/reuseport.js';
+import { loadReusePort, openShared, type ReusePort } from '../sys/reuseport.js';
 import type { ServerAddress } from '../upstream/types.js';
 import { Transport, type ClientChannel, type ClientPeer, type Listener, type QueryHandler } from './listener.js';
 
@@ -39,7 +39,6 @@ export interface UdpListenerOptions {
 }
 
 /** Warned once per process, not per listener. */
-let warnedNoReusePort = false;
 
 export class UdpListener implements Listener, ClientChannel {
   readonly transport = Transport.UDP;
@@ -122,19 +121,11 @@ export class UdpListener implements Listener, ClientChannel {
 
   /** A socket bound with SO_REUSEPORT, or -1 to bind the plain way (no koffi: logged once). Throws when the bind itself fails. */
   async #openShared(): Promise<number> {
-    const sys = await this.#loadReusePort();
-    if (typeof sys === 'string') {
-      if (!warnedNoReusePort) {
-        warnedNoReusePort = true;
-        this.#logger.warn('SO_REUSEPORT unavailable: binding exclusively, so a new agent cannot start beside this one', { listener: this.name, reason: sys });
-      }
-      return -1;
-    }
-    const fd = sys.open('udp', this.#addr);
-    if (isSysError(fd)) throw new Error(`cannot listen on ${this.name}: ${fd.message}`);
-    this.#sys = sys;
-    this.#fd = fd;
-    return fd;
+    const shared = await openShared('udp', this.#addr, this.name, this.#logger, this.#loadReusePort);
+    if (shared === null) return -1;
+    this.#sys = shared.sys;
+    this.#fd = shared.fd;
+    return shared.fd;
   }
 
   pause(): void {

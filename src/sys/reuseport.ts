@@ -28,6 +28,7 @@ import { isIP } from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import { formatHostPort } from '../addr.js';
 import { ipToBytes } from '../iface/ip-bytes.js';
+import type { Logger } from '../log.js';
 import type { ServerAddress } from '../upstream/types.js';
 
 /** Linux, every architecture Node runs on (asm-generic/socket.h, linux/in.h, linux/in6.h, linux/tcp.h). */
@@ -296,4 +297,30 @@ export function procAddress(addr: ServerAddress): string {
     hex += get32(ip, i).toString(16).toUpperCase().padStart(8, '0');
   }
   return `${hex}:${addr.port.toString(16).toUpperCase().padStart(4, '0')}`;
+}
+
+/** Per socket kind, once per process: the listeners of an agent all meet the same missing koffi. */
+const warnedUnavailable = new Set<SocketKind>();
+
+/**
+ * A socket of `kind` bound to `addr` with SO_REUSEPORT, with the binding
+ * that made it (for steering and draining later); null when SO_REUSEPORT is
+ * unavailable (said once, with the reason), so the caller binds the plain
+ * way. Throws when the bind or listen itself fails.
+ */
+export async function openShared(
+  kind: SocketKind, addr: ServerAddress, name: string, logger: Logger, load: () => Promise<ReusePort | string> = loadReusePort,
+): Promise<{ sys: ReusePort; fd: number } | null> {
+  const sys = await load();
+  if (typeof sys === 'string') {
+    if (!warnedUnavailable.has(kind)) {
+      warnedUnavailable.add(kind);
+      const how = kind === 'udp' ? 'binding' : 'listening';
+      logger.warn(`SO_REUSEPORT unavailable: ${how} exclusively, so a new agent cannot start beside this one`, { listener: name, reason: sys });
+    }
+    return null;
+  }
+  const fd = sys.open(kind, addr);
+  if (isSysError(fd)) throw new Error(`cannot listen on ${name}: ${fd.message}`);
+  return { sys, fd };
 }
