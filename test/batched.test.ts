@@ -7,7 +7,10 @@
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
 import * as dnsPacket from 'dns-packet';
-import { systemClock } from '../src/clock.js';
+import { ManualClock, systemClock } from '../src/clock.js';
+import { upstreamQuery } from '../src/dns/build.js';
+import { parseQuery } from '../src/dns/query.js';
+import { a as rr, answer, query, ttlOf } from './kit/dns.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import type { CacheOptions } from '../src/cache/cache.js';
 import { DnsCache } from '../src/cache/cache.js';
@@ -246,6 +249,26 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
   t.equal(r.upstream.stats.udpQueries, 1, 'the workers\' identical misses shared one upstream query');
   t.ok(r.listener.totals().io.get('crossWorkerCoalesced') >= 1, 'counted as coalesced across workers');
   clients.forEach((c, i) => t.same(dataOf(c.answers.get(300 + i)), ['10.0.0.9']));
+
+  // One after the other this time: the second worker's first miss on a name the other fetched is answered from the shared cache.
+  for (let i = 0; i < clients.length; i++) {
+    clients[i]!.send(port, 'svc-11.example.com', 400 + i);
+    await until('answer', () => clients[i]!.answers.has(400 + i));
+    t.same(dataOf(clients[i]!.answers.get(400 + i)), ['10.0.0.11']);
+  }
+  t.equal(r.upstream.stats.udpQueries, 2, 'one upstream query for the new name');
+  t.ok(r.listener.totals().io.get('sharedHits') >= 1, 'the other worker got it from the shared cache');
+  t.equal(r.listener.sharedCache?.positiveSize, 2);
+
+  // A worker that dies takes its sockets out of the group with it: the other answers everyone at once.
+  const before = r.listener.workerCounters()[0]!.io.get('datagrams');
+  await r.listener.workerThread(1)!.terminate();
+  await until('the death to be noticed', () => r.listener.totals().io.get('restarts') === 1);
+  t.ok(r.logs.some((l) => l.includes('udp worker died')), 'logged');
+  clients.forEach((c, i) => c.send(port, 'svc-9.example.com', 800 + i));
+  await until('all answers from the survivor', () => clients.every((c, i) => c.answers.has(800 + i)));
+  t.equal(r.listener.workerCounters()[0]!.io.get('datagrams') - before, 32, 'all to worker 0');
+  // The teardown closes before the restart delay: the replacement is never started here (start() covers that path).
 });
 
 t.test('shutdown loses nothing taken: pause, answers still go out, abort answers the rest, close frees the port', async (t) => {
@@ -378,18 +401,19 @@ t.test('the platform checks: a loader that is not koffi, and the worker count ru
 
 // Socket-free parts: what crosses threads, the vector layout, the exchange.
 
+class Ret implements MissReturn {
+  alive = true;
+  got: [number, Buffer | null, MissOutcome][] = [];
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+    this.got.push([token, answer, outcome]);
+  }
+}
+
 t.test('the exchange: one upstream question per key across workers, outcomes fanned back by each worker\'s token', async (t) => {
-  const v = new Float64Array(1);
-  const ex = new MissExchange(v, 0);
+  const counters = new Counters(BATCHED_COUNTERS);
+  const ex = new MissExchange(counters, null, new ManualClock());
   const sent: { token: number; key: string }[] = [];
   const sink: MissSink = { forward: (token, key) => sent.push({ token, key }) };
-  class Ret implements MissReturn {
-    alive = true;
-    got: [number, Buffer | null, MissOutcome][] = [];
-    deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
-      this.got.push([token, answer, outcome]);
-    }
-  }
   const a = new Ret();
   const b = new Ret();
   ex.forward(a, 7, 'k1', Buffer.from('q'));
@@ -400,7 +424,7 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   ex.forward(b, 3, 'k1', Buffer.from('q'));
   ex.forward(b, 4, 'k2', Buffer.from('q'));
   t.equal(sent.length, 2);
-  t.equal(v[0], 1, 'one miss joined another worker\'s');
+  t.equal(counters.get('crossWorkerCoalesced'), 1, 'one miss joined another worker\'s');
   t.equal(ex.inflight, 2);
   const ans = Buffer.from('answer');
   ex.complete(sent[0]!.token, ans, 'upstream');
@@ -414,11 +438,49 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   ex.forward(a, 9, 'k1', Buffer.from('q'));
   t.equal(sent.length, 3, 'after completion the key is asked again');
   // A sink that completes inside forward (a local limit) still finds the question.
-  const sync = new MissExchange(v, 0);
+  const sync = new MissExchange(counters, null, new ManualClock());
   sync.connect({ forward: (token) => sync.complete(token, null, 'overloaded') });
   sync.forward(a, 10, 'k3', Buffer.from('q'));
   t.same(a.got.at(-1), [10, null, 'overloaded']);
   t.equal(sync.inflight, 0);
+});
+
+t.test('the shared cache: another worker\'s miss on a fetched name is answered without the upstream, aged, until the entry is due for refresh', async (t) => {
+  const clock = new ManualClock();
+  const counters = new Counters(BATCHED_COUNTERS);
+  const shared = new DnsCache(CACHE, new Counters(CACHE_COUNTERS));
+  const ex = new MissExchange(counters, shared, clock);
+  const sent: { token: number; key: string }[] = [];
+  ex.connect({ forward: (token, key) => sent.push({ token, key }) });
+  const name = 'web.example.com';
+  const q = parseQuery(query({ name: 'WEB.example.com', id: 9 }));
+  const up = upstreamQuery(q);
+  const a = new Ret();
+  const b = new Ret();
+  ex.forward(a, 1, q.key, up);
+  t.equal(sent.length, 1);
+  ex.complete(sent[0]!.token, answer(name, [rr(name, '192.0.2.1', 20)]), 'upstream');
+  t.equal(shared.positiveSize, 1, 'the fetched answer is kept');
+  clock.advance(5_000);
+  ex.forward(b, 77, q.key, up);
+  t.equal(sent.length, 1, 'no second upstream query');
+  t.equal(counters.get('sharedHits'), 1);
+  const [tok, got, outcome] = b.got[0]!;
+  t.equal(tok, 77);
+  t.equal(outcome, 'upstream');
+  const decoded = dnsPacket.decode(got!);
+  t.equal(ttlOf(decoded.answers![0]!), 15, 'TTL aged, so the worker\'s copy expires with the original');
+  t.equal(decoded.id, 0, 'answers the worker\'s upstream form of the question');
+  // CACHE has prefetch at 10% with 3 hits: a 20 s entry is due from 18 s; from then on a miss goes upstream again.
+  clock.advance(13_500);
+  ex.forward(b, 78, q.key, up);
+  t.equal(sent.length, 2, 'in the prefetch window the question goes upstream');
+  ex.complete(sent[1]!.token, answer(name, [rr(name, '192.0.2.1', 20)], { rcode: 'SERVFAIL' }), 'upstream');
+  t.equal(counters.get('sharedHits'), 1);
+  const q2 = parseQuery(query({ name: 'other.example.com' }));
+  ex.forward(a, 2, q2.key, upstreamQuery(q2));
+  ex.complete(sent[2]!.token, answer('other.example.com', [], { rcode: 'SERVFAIL' }), 'upstream');
+  t.equal(shared.positiveSize + shared.negativeSize, 1, 'a SERVFAIL is not kept');
 });
 
 t.test('packed batches survive the trip: tokens, tags, bytes, nulls, keys, growth', async (t) => {

@@ -22,7 +22,8 @@
  */
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { formatHostPort } from '../../addr.js';
-import type { CacheOptions } from '../../cache/cache.js';
+import { DnsCache, type CacheOptions } from '../../cache/cache.js';
+import { systemClock, type Clock } from '../../clock.js';
 import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
 import type { Logger } from '../../log.js';
 import { Counters } from '../../stats/counters.js';
@@ -66,6 +67,14 @@ export interface BatchedUdpOptions {
   readonly sys: UdpBatchSys;
   readonly batch?: number;
   readonly maxInflight?: number;
+  /**
+   * Keep a shared cache on this thread behind the workers' own (see
+   * miss-exchange.ts). Default: on with more than one worker; with one it
+   * would only duplicate the worker's cache.
+   */
+  readonly sharedCache?: boolean;
+  /** The shared cache's clock (tests). */
+  readonly clock?: Clock;
 }
 
 /** One worker thread as the main thread holds it. */
@@ -150,6 +159,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly #sys: UdpBatchSys;
   readonly #logger: Logger;
   readonly #exchange: MissExchange;
+  /** Behind the workers' caches, with more than one worker; null otherwise. */
+  readonly sharedCache: DnsCache | null;
   /** Main-thread counters (restarts, cross-worker coalescing), summed with the workers'. */
   readonly #own: BatchedCounters;
   readonly #links: (WorkerLink | null)[];
@@ -169,7 +180,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#logger = opts.logger;
     this.name = `udp://${opts.listen.map(formatHostPort).join(',')} (batched, ${opts.workers} worker${opts.workers === 1 ? '' : 's'})`;
     this.#own = new Counters(BATCHED_COUNTERS);
-    this.#exchange = new MissExchange(this.#own.values, BATCHED_COUNTERS.slot.crossWorkerCoalesced);
+    // Its own counter block: a shared hit follows a worker miss already counted, so publishing both would count the query twice.
+    this.sharedCache = (opts.sharedCache ?? opts.workers > 1) ? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS)) : null;
+    this.#exchange = new MissExchange(this.#own, this.sharedCache, opts.clock ?? systemClock);
     this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
     this.#ports = opts.listen.map((a) => a.port);
     const c = opts.cache;
@@ -257,6 +270,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    */
   configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number }): Promise<void> {
     this.#policy = o;
+    this.sharedCache?.configure(o.cache);
     const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
     return Promise.all(
       live.map(
@@ -277,6 +291,12 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   /** MissCompleter, for the Resolver. */
   complete(token: number, answer: Buffer | null, outcome: MissOutcome): void {
     this.#exchange.complete(token, answer, outcome);
+  }
+
+  /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
+  workerThread(i: number): Worker | null {
+    const l = this.#links[i];
+    return l === undefined || l === null || !l.alive ? null : l.worker;
   }
 
   /** Each worker's counter blocks (shared memory, live). */

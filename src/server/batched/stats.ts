@@ -5,7 +5,7 @@
  * placed in the same shared buffer.
  */
 import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
-import { Counters, defineCounters, type CounterSchema } from '../../stats/counters.js';
+import { Counters, defineCounters } from '../../stats/counters.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 
 export const BATCHED_COUNTERS = defineCounters({
@@ -21,6 +21,10 @@ export const BATCHED_COUNTERS = defineCounters({
     help: 'Misses answered SERVFAIL (or stale) at once because their worker already had its limit waiting on the main thread.',
   },
   restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again.' },
+  sharedHits: {
+    name: 'nodelocal_shared_cache_hits_total',
+    help: 'Worker cache misses answered from the shared cache on the main thread (another worker had fetched the name), without an upstream query.',
+  },
   crossWorkerCoalesced: { name: 'nodelocal_coalesced_total', labels: { across: 'workers' }, help: 'Misses that joined an identical question another worker had in flight.' },
   inflight: { name: 'nodelocal_udp_worker_inflight', type: 'gauge', help: 'Questions the batched UDP workers have waiting on the upstream side.' },
   entriesPositive: { name: 'coredns_cache_entries', labels: { type: 'success' }, type: 'gauge', help: 'Entries in the cache.' },
@@ -57,5 +61,3 @@ export function sumInto<K extends string>(into: Counters<K>, blocks: readonly Co
   }
   return into;
 }
-
-export type { CounterSchema };
