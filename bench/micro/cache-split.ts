@@ -1,7 +1,9 @@
 /**
  * What one cache per worker costs in hit rate, against one shared cache, on
  * the podmix workload (bench/workloads.ts: glibc's ndots:5 expansion, A and
- * AAAA per candidate, Zipf-popular services, 30% external names).
+ * AAAA per candidate, Zipf-popular services, 30% external names); and what
+ * the shared cache behind the workers (server/batched/miss-exchange.ts)
+ * gives back.
  *
  * A simulation, no sockets: lookups arrive at a steady rate; each search
  * candidate is one resolver call from a fresh socket (glibc and musl open
@@ -9,7 +11,7 @@
  * uniformly random worker. Answers live as long as the agent keeps them:
  * positive min(TTL, 30 s), negative 5 s (--success-ttl / --denial-ttl).
  * Capacity, prefetch and coalescing are left out (they act the same on
- * both layouts).
+ * every layout); so is the shared cache's refusal inside the prefetch window.
  *
  *   node dist/bench/micro/cache-split.js [--minutes 10] [--rates 20,200,2000] [--workers 1,2,4]
  */
@@ -42,43 +44,93 @@ function lifetime(name: string, qtype: number): number {
   return s;
 }
 
-function simulate(workers: number, lookupsPerSecond: number, seconds: number): { hitRate: number; upstreamPerSecond: number; entries: number } {
+interface SplitResult {
+  /** Queries answered from the worker's own cache. */
+  readonly workerHitRate: number;
+  /** Queries answered without an upstream query: the worker's cache, else the shared one behind it. */
+  readonly localRate: number;
+  /** Upstream queries per second with the shared cache (before coalescing). */
+  readonly upstreamPerSecond: number;
+  /** Upstream queries per second with per-worker caches alone. */
+  readonly upstreamAlonePerSecond: number;
+  /** Live entries at the end, all worker caches together (memory). */
+  readonly workerEntries: number;
+}
+
+/**
+ * One run of the same lookups through N worker caches, twice in lockstep:
+ * alone, and with a shared cache behind them (a worker's miss that the
+ * shared cache holds is answered from it, and the worker keeps a copy that
+ * expires with the original).
+ */
+function simulate(workers: number, lookupsPerSecond: number, seconds: number): SplitResult {
   const wl = buildWorkload('podmix', params);
   const rng = new Rng(7);
-  const caches = Array.from({ length: workers }, () => new Map<string, number>());
+  const alone = Array.from({ length: workers }, () => new Map<string, number>());
+  const fronts = Array.from({ length: workers }, () => new Map<string, number>());
+  const shared = new Map<string, number>();
   let queries = 0;
-  let hits = 0;
+  let workerHits = 0;
+  let local = 0;
+  let aloneHits = 0;
   const warmup = Math.min(120, seconds / 4);
   const total = Math.round((seconds + warmup) * lookupsPerSecond);
+  let now = 0;
   for (let i = 0; i < total; i++) {
-    const now = i / lookupsPerSecond;
+    now = i / lookupsPerSecond;
     const counting = now >= warmup;
     const plan = wl.next();
     for (const step of plan.steps) {
-      const cache = caches[rng.int(workers)]!;
+      const w = rng.int(workers);
       for (const q of step) {
         const key = `${q.name}/${q.qtype}`;
-        const exp = cache.get(key);
-        const hit = exp !== undefined && exp > now;
-        if (!hit) cache.set(key, now + lifetime(q.name, q.qtype));
+        const life = lifetime(q.name, q.qtype);
+        const a = alone[w]!;
+        const aHit = (a.get(key) ?? -1) > now;
+        if (!aHit) a.set(key, now + life);
+        const f = fronts[w]!;
+        const fHit = (f.get(key) ?? -1) > now;
+        let sHit = false;
+        if (!fHit) {
+          const exp = shared.get(key) ?? -1;
+          sHit = exp > now;
+          if (!sHit) shared.set(key, now + life);
+          f.set(key, sHit ? exp : now + life);
+        }
         if (counting) {
           queries++;
-          if (hit) hits++;
+          if (aHit) aloneHits++;
+          if (fHit) workerHits++;
+          if (fHit || sHit) local++;
         }
       }
     }
   }
-  return { hitRate: hits / queries, upstreamPerSecond: (queries - hits) / seconds, entries: caches.reduce((n, c) => n + c.size, 0) };
+  let live = 0;
+  for (const f of fronts) for (const exp of f.values()) if (exp > now) live++;
+  return {
+    workerHitRate: workerHits / queries,
+    localRate: local / queries,
+    upstreamPerSecond: (queries - local) / seconds,
+    upstreamAlonePerSecond: (queries - aloneHits) / seconds,
+    workerEntries: live,
+  };
 }
 
 const seconds = Number(arg('minutes', '10')) * 60;
 const rates = arg('rates', '20,200,2000').split(',').map(Number);
 const workerCounts = arg('workers', '1,2,4').split(',').map(Number);
 console.log(`podmix, ${seconds / 60} min simulated after warm-up; positive answers kept min(TTL, ${SUCCESS_CAP_S} s), negative ${DENIAL_CAP_S} s`);
-console.log('| lookups/s | workers | cache hit rate | misses/s (upstream, before coalescing) | entries held (all caches) |\n|---|---|---|---|---|');
+console.log(
+  '| lookups/s | workers | answered by the worker\'s cache | answered without upstream (worker + shared) | upstream q/s with shared | upstream q/s, per-worker caches alone | live entries, all workers |\n' +
+    '|---|---|---|---|---|---|---|',
+);
 for (const rate of rates) {
   for (const w of workerCounts) {
     const r = simulate(w, rate, seconds);
-    console.log(`| ${rate} | ${w === 1 ? '1 (= one shared cache)' : w} | ${(r.hitRate * 100).toFixed(1)}% | ${r.upstreamPerSecond.toFixed(1)} | ${r.entries} |`);
+    console.log(
+      `| ${rate} | ${w} | ${(r.workerHitRate * 100).toFixed(1)}% | ${(r.localRate * 100).toFixed(1)}% | ${r.upstreamPerSecond.toFixed(1)} | ` +
+        `${r.upstreamAlonePerSecond.toFixed(1)} | ${r.workerEntries} |`,
+    );
   }
 }
