@@ -23,12 +23,13 @@ import { UdpListener } from '../src/server/udp-listener.js';
 import { BatchedUdpListener } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
-import { ipv6Text } from '../src/server/batched/loop.js';
-import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken } from '../src/server/batched/protocol.js';
+import { WorkerLoop, ipv6Text } from '../src/server/batched/loop.js';
+import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken, type WorkerInit, type WorkerReport } from '../src/server/batched/protocol.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
-import { BATCHED_COUNTERS } from '../src/server/batched/stats.js';
+import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
-import { loadUdpBatch } from '../src/sys/udp-batch.js';
+import { EAGAIN, loadUdpBatch } from '../src/sys/udp-batch.js';
+import { FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
 import { HostResolvers } from '../src/upstream/host-resolvers.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { SimDnsServer, staticHandler, type SimHandler, type StaticRecord } from '../testkit/dns-server.js';
@@ -66,8 +67,11 @@ class Client {
   async ready(): Promise<void> {
     await new Promise<void>((r) => this.socket.bind(0, r));
   }
-  send(port: number, name: string, id: number, host = '127.0.0.1'): void {
-    this.socket.send(dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] }), port, host);
+  send(port: number, name: string, id: number, host = '127.0.0.1', udpSize = 0): Promise<void> {
+    const p: dnsPacket.Packet = { type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] };
+    if (udpSize > 0) p.additionals = [{ type: 'OPT', name: '.', udpPayloadSize: udpSize, flags: 0, options: [] } as unknown as dnsPacket.Answer];
+    // Resolves once the datagram has left (the kernel has queued it to the listener).
+    return new Promise((resolve) => this.socket.send(dnsPacket.encode(p), port, host, () => resolve()));
   }
   close(): void {
     this.socket.close();
@@ -85,7 +89,10 @@ interface Rig {
 
 /** Names starting "black-" get no answer at all from the upstream (a silent server, per name). */
 function handler(n: number): SimHandler {
-  const inner = staticHandler(records(n), { soaZone: 'example.com' });
+  const inner = staticHandler(
+    { ...records(n), 'big.example.com': { A: Array.from({ length: 120 }, (_, i) => `10.1.${i >> 8}.${i & 255}`), ttl: 60 } },
+    { soaZone: 'example.com' },
+  );
   return (q, ctx) => (q.questions?.[0]?.name.toLowerCase().startsWith('black-') ? null : inner(q, ctx));
 }
 
@@ -133,7 +140,7 @@ t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
     const c = new Client();
     await c.ready();
     t.teardown(() => c.close());
-    c.send(port4, 'SVC-1.Example.COM', 101);
+    void c.send(port4, 'SVC-1.Example.COM', 101);
     await until('first answer', () => c.answers.has(101));
     const first = c.answers.get(101)!;
     t.equal(rcodeName(first), 'NOERROR');
@@ -141,7 +148,7 @@ t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
     t.same(dataOf(first), ['10.0.0.1']);
     t.equal(r.upstream.stats.udpQueries, 1);
 
-    c.send(port4, 'svc-1.example.com', 102);
+    void c.send(port4, 'svc-1.example.com', 102);
     await until('second answer', () => c.answers.has(102));
     t.same(dataOf(c.answers.get(102)), ['10.0.0.1']);
     t.equal(r.upstream.stats.udpQueries, 1, 'the second query never left the worker');
@@ -157,7 +164,7 @@ t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
     const c = new Client(6);
     await c.ready();
     t.teardown(() => c.close());
-    c.send(port6, 'svc-1.example.com', 103, '::1');
+    void c.send(port6, 'svc-1.example.com', 103, '::1');
     await until('answer', () => c.answers.has(103));
     t.same(dataOf(c.answers.get(103)), ['10.0.0.1']);
     t.equal(r.upstream.stats.udpQueries, 1, 'a hit: one cache behind both addresses');
@@ -178,7 +185,7 @@ t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
       clients.push(c);
     }
     t.teardown(() => clients.forEach((c) => c.close()));
-    clients.forEach((c, i) => c.send(port4, i % 2 === 0 ? 'svc-7.example.com' : 'SVC-7.EXAMPLE.com', 200 + i));
+    clients.forEach((c, i) => void c.send(port4, i % 2 === 0 ? 'svc-7.example.com' : 'SVC-7.EXAMPLE.com', 200 + i));
     await until('all answers', () => clients.every((c, i) => c.answers.has(200 + i)));
     t.equal(r.upstream.stats.udpQueries - before, 1, 'one upstream query for five clients');
     clients.forEach((c, i) => {
@@ -198,14 +205,14 @@ t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
       waiting.close();
       busy.close();
     });
-    busy.send(port4, 'svc-2.example.com', 1);
+    void busy.send(port4, 'svc-2.example.com', 1);
     await until('warm-up', () => busy.answers.has(1));
     // The miss waits 150 ms upstream while hits from another client refill the 64-slot ring, in rounds the socket buffer holds.
-    waiting.send(port4, 'Svc-3.example.com', 4242);
+    void waiting.send(port4, 'Svc-3.example.com', 4242);
     let id = 2;
     for (let round = 0; round < 8 && !waiting.answers.has(4242); round++) {
       const first = id;
-      for (let i = 0; i < 100; i++) busy.send(port4, 'svc-2.example.com', id++);
+      for (let i = 0; i < 100; i++) void busy.send(port4, 'svc-2.example.com', id++);
       await until('a round of hits', () => busy.answers.has(id - 1) || busy.answers.size >= id - first);
     }
     await until('the waiting client\'s answer', () => waiting.answers.has(4242));
@@ -223,9 +230,23 @@ t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
     t.teardown(() => c.close());
     await r.listener.configure({ cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 1232, queryLogEvery: 0 });
     const before = r.logs.length;
-    c.send(port4, 'svc-2.example.com', 701);
+    void c.send(port4, 'svc-2.example.com', 701);
     await until('answer', () => c.answers.has(701));
     t.equal(r.logs.slice(before).filter((l) => l.includes('"msg":"query"')).length, 0, 'query log off after the reload');
+  });
+
+  await t.test('an answer bigger than the send slots (--max-udp-size raised by a reload) still goes out whole', async (t) => {
+    const c = new Client();
+    await c.ready();
+    t.teardown(() => c.close());
+    void c.send(port4, 'big.example.com', 801, '127.0.0.1', 4096);
+    await until('answer', () => c.answers.has(801));
+    t.ok(c.answers.get(801)!.flag_tc, 'truncated at the start-up limit of 1232');
+    await r.listener.configure({ cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 0 });
+    void c.send(port4, 'big.example.com', 802, '127.0.0.1', 4096);
+    await until('answer', () => c.answers.has(802));
+    t.notOk(c.answers.get(802)!.flag_tc);
+    t.equal(c.answers.get(802)!.answers?.length, 120, 'all 120 records (about 2 KB) in one datagram');
   });
 });
 
@@ -241,7 +262,7 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
   }
   t.teardown(() => clients.forEach((c) => c.close()));
   // 32 source ports: the kernel's reuseport hash sends all of them to one socket with probability 2^-31.
-  clients.forEach((c, i) => c.send(port, 'svc-9.example.com', 300 + i));
+  clients.forEach((c, i) => void c.send(port, 'svc-9.example.com', 300 + i));
   await until('all answers', () => clients.every((c, i) => c.answers.has(300 + i)));
   const per = r.listener.workerCounters().map((w) => w.io.get('datagrams'));
   t.equal(per.length, 2);
@@ -252,7 +273,7 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
 
   // One after the other this time: the second worker's first miss on a name the other fetched is answered from the shared cache.
   for (let i = 0; i < clients.length; i++) {
-    clients[i]!.send(port, 'svc-11.example.com', 400 + i);
+    void clients[i]!.send(port, 'svc-11.example.com', 400 + i);
     await until('answer', () => clients[i]!.answers.has(400 + i));
     t.same(dataOf(clients[i]!.answers.get(400 + i)), ['10.0.0.11']);
   }
@@ -265,25 +286,33 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
   await r.listener.workerThread(1)!.terminate();
   await until('the death to be noticed', () => r.listener.totals().io.get('restarts') === 1);
   t.ok(r.logs.some((l) => l.includes('udp worker died')), 'logged');
-  clients.forEach((c, i) => c.send(port, 'svc-9.example.com', 800 + i));
+  clients.forEach((c, i) => void c.send(port, 'svc-9.example.com', 800 + i));
   await until('all answers from the survivor', () => clients.every((c, i) => c.answers.has(800 + i)));
   t.equal(r.listener.workerCounters()[0]!.io.get('datagrams') - before, 32, 'all to worker 0');
   // The teardown closes before the restart delay: the replacement is never started here (start() covers that path).
 });
 
-t.test('shutdown loses nothing taken: pause, answers still go out, abort answers the rest, close frees the port', async (t) => {
+t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
   const r = await rig(t, { latencyMs: 300 });
   const port = r.ports[0]!;
   const c = new Client();
   await c.ready();
   t.teardown(() => c.close());
-  for (let i = 0; i < 10; i++) c.send(port, `svc-${10 + i}.example.com`, 500 + i);
-  for (let i = 0; i < 3; i++) c.send(port, `black-${i}.example.com`, 600 + i);
-  await until('the questions to reach the upstream', () => r.upstream.stats.udpQueries === 13);
+  void c.send(port, 'svc-1.example.com', 1);
+  await until('warm-up', () => c.answers.has(1));
+  for (let i = 0; i < 10; i++) void c.send(port, `svc-${10 + i}.example.com`, 500 + i);
+  for (let i = 0; i < 3; i++) void c.send(port, `black-${i}.example.com`, 600 + i);
+  await until('the questions to reach the upstream', () => r.upstream.stats.udpQueries === 14);
   await until('the worker to publish them', () => r.listener.inflight === 13);
+  // 200 hits already in the socket's queue (sent, maybe not yet read) when pause comes: all answered.
+  const sends: Promise<void>[] = [];
+  for (let i = 0; i < 200; i++) sends.push(c.send(port, 'svc-1.example.com', 1000 + i));
+  await Promise.all(sends);
   r.listener.pause();
-  c.send(port, 'svc-1.example.com', 999);
-  await until('the answered ones', () => c.answers.size === 10);
+  await until('the queued hits', () => [...Array(200).keys()].every((i) => c.answers.has(1000 + i)));
+  t.pass('every query queued before pause was answered');
+  await c.send(port, 'svc-1.example.com', 999);
+  await until('the answered misses', () => [...Array(10).keys()].every((i) => c.answers.has(500 + i)));
   for (let i = 0; i < 10; i++) t.same(dataOf(c.answers.get(500 + i)), [`10.0.0.${10 + i}`], `client ${i} answered after pause`);
   let drained = false;
   const draining = r.listener.drain().then(() => {
@@ -293,7 +322,7 @@ t.test('shutdown loses nothing taken: pause, answers still go out, abort answers
   t.notOk(drained, 'not drained while three clients wait on a silent upstream');
   t.equal(await r.listener.abortAll(), 3, 'the grace period is over: three answered at once');
   await draining;
-  await until('SERVFAILs', () => c.answers.size === 13);
+  await until('SERVFAILs', () => [0, 1, 2].every((i) => c.answers.has(600 + i)));
   for (let i = 0; i < 3; i++) t.equal(rcodeName(c.answers.get(600 + i)), 'SERVFAIL');
   t.equal(r.listener.totals().server.get('abortedAtShutdown'), 3);
   await r.listener.close();
@@ -353,7 +382,7 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   const c = new Client();
   await c.ready();
   t.teardown(() => c.close());
-  c.send(udp.port, 'svc-2.example.com', 42);
+  void c.send(udp.port, 'svc-2.example.com', 42);
   await until('answer over dgram', () => c.answers.has(42));
   t.same(dataOf(c.answers.get(42)!), ['10.0.0.2']);
 
@@ -548,4 +577,181 @@ t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects th
   t.equal(ipv6Text(Buffer.from('fe800000000000000000000000000001', 'hex')), 'fe80::1');
   t.equal(ipv6Text(Buffer.from('20010db8000100000001000000000001', 'hex')), '2001:db8:1:0:1::1');
   t.equal(BATCHED_COUNTERS.slot.batches, 0);
+});
+
+// The worker loop itself, on this thread: a fake kernel (test/helpers/fake-udp-kernel.ts)
+// fills and drains the vectors where the loop laid them out, and a script plays the
+// main thread each time the loop would sleep. Deterministic: no sockets, threads or clocks.
+
+const SVC = 'svc.example.com';
+
+function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
+  const k = new FakeKernel(steps);
+  const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
+  const init: WorkerInit = {
+    index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, maxUdpSize: 512,
+    queryLogEvery: 0, batch: 4, maxInflight: 100, ...over,
+  };
+  const loop = new WorkerLoop(k, k.workerPort, init);
+  t.teardown(() => k.mainPort.close());
+  return { k, loop, c: workerCounters(stats) };
+}
+
+const from4 = (port: number): Buffer => sockaddr4('10.0.0.1', port);
+const idOf = (b: Buffer): number => b.readUInt16BE(0);
+const portOf = (sa: Buffer): number => sa.readUInt16BE(2);
+
+/** The main thread's answer to every miss in the loop's reports so far. */
+function answerMisses(k: FakeKernel, reports: WorkerReport[], bytes: (name: string) => Buffer): number {
+  const done = new Packer(false);
+  for (const r of reports) {
+    const m = r.misses;
+    if (m === null) continue;
+    for (let i = 0; i < m.count; i++) {
+      const q = dnsPacket.decode(itemBytes(m, i)!);
+      done.push(itemToken(m, i), OUTCOME_INDEX.upstream, bytes(q.questions![0]!.name), null);
+    }
+  }
+  const n = done.count;
+  if (n > 0) k.post({ t: 'done', items: done.take() });
+  return n;
+}
+
+t.test('loop: a miss crosses once for many clients on two sockets, its answer goes back to each on its own socket (flushing a full vector), then hits', async (t) => {
+  const seen: WorkerReport[] = [];
+  const { k, loop, c } = loopRig([
+    () => {
+      for (let i = 1; i <= 5; i++) k.queue(5, { data: query({ name: i === 1 ? 'SVC.example.com' : SVC, id: i }), from: from4(1110 + i) });
+      k.queue(6, { data: query({ name: SVC, id: 6 }), from: sockaddr6loopback(2222) });
+    },
+    () => {
+      const reports = k.reports();
+      seen.push(...reports);
+      t.equal(answerMisses(k, reports, (n) => answer(n, [rr(n, '192.0.2.9', 60)])), 1, 'one miss for six clients');
+    },
+    () => {
+      t.equal(k.sent.length, 6);
+      const v4 = k.sent.filter((s) => s.fd === 5);
+      const v6 = k.sent.filter((s) => s.fd === 6);
+      t.same(v4.map((s) => [idOf(s.data), portOf(s.to), s.to.length]), [1, 2, 3, 4, 5].map((i) => [i, 1110 + i, 16]), 'each IPv4 client, from socket 5');
+      t.same(v6.map((s) => [idOf(s.data), portOf(s.to), s.to.length]), [[6, 2222, 28]], 'the IPv6 client, from socket 6');
+      t.equal(dnsPacket.decode(v4[0]!.data).questions?.[0]?.name, 'SVC.example.com', 'spelling echoed');
+      for (let i = 0; i < 6; i++) k.queue(5, { data: query({ name: SVC, id: 10 + i }), from: from4(3000 + i) });
+    },
+  ]);
+  const sendsBefore = c.io.get('sends');
+  loop.run();
+  t.equal(k.sent.length, 12);
+  t.same(k.sent.slice(6).map((s) => [idOf(s.data), portOf(s.to)]), [...Array(6).keys()].map((i) => [10 + i, 3000 + i]), 'six hits, each to its sender');
+  t.equal(c.io.get('datagrams'), 12);
+  t.equal(c.io.get('batches'), 5, 'batches of at most four: 4 + 1 on socket 5 and 1 on socket 6, then 4 + 2 hits');
+  t.equal(c.io.get('sends') - sendsBefore, 5, 'the five answers for socket 5 take two calls (four slots), socket 6 one, the hits two');
+  t.equal(c.cache.get('hitPositive'), 6);
+  t.equal(c.server.get('coalesced'), 5);
+  t.equal(c.io.get('entriesPositive'), 1);
+  const all = [...seen, ...k.reports()];
+  t.equal(all[0]?.ready, true, 'ready first');
+  t.equal(all.at(-1)?.closed, true, 'closed last');
+});
+
+t.test('loop: pause reads and answers what was already queued, then stops receiving; drained once nothing waits', async (t) => {
+  // Opcode STATUS: answered NOTIMP at once by the hit path, no cache involved.
+  const status = (id: number): Buffer => {
+    const q = query({ name: SVC, id });
+    q[2] = (q[2]! & 0x87) | (2 << 3);
+    return q;
+  };
+  let reports: WorkerReport[] = [];
+  const { k, loop } = loopRig([
+    () => {
+      for (let i = 0; i < 5; i++) k.queue(5, { data: status(i), from: from4(4000 + i) });
+      k.post({ t: 'pause' });
+    },
+    () => {
+      t.equal(k.sent.length, 5, 'the five queued before pause are answered');
+      reports = k.reports();
+      t.ok(reports.some((r) => r.drained === true), 'drained reported');
+      for (let i = 0; i < 3; i++) k.queue(5, { data: status(10 + i), from: from4(5000 + i) });
+    },
+    () => {
+      t.equal(k.sent.length, 5, 'nothing read after the queue ran empty');
+      t.equal(k.inbox.get(5)?.length, 3);
+    },
+  ]);
+  loop.run();
+  t.equal(k.sent.length, 5);
+  t.ok(k.sent.every((s) => (s.data[3]! & 0x0f) === 4), 'NOTIMP');
+});
+
+t.test('loop: a cut datagram is dropped and counted; a failed or short sendmmsg loses only the answers it could not send', async (t) => {
+  const { k, loop, c } = loopRig([
+    () => {
+      k.queue(5, { data: Buffer.concat([query({ name: SVC, id: 1 }), Buffer.alloc(5000)]), from: from4(1) });
+      for (let i = 0; i < 3; i++) k.queue(5, { data: Buffer.from([0, i, 0x81, 0x80, 0, 0, 0, 0, 0, 0, 0, 0]), from: from4(10 + i) });
+      k.queue(5, { data: Buffer.from([1, 2, 3]), from: from4(20) });
+    },
+  ]);
+  loop.run();
+  t.equal(c.io.get('oversize'), 1, 'the 5 KB datagram arrived cut: dropped');
+  t.equal(c.server.get('dropped'), 4, 'responses sent to us and an unreadable header are dropped by the hit path');
+  t.equal(k.sent.length, 0, 'nothing to answer');
+  const { k: k2, loop: loop2, c: c2 } = loopRig([
+    () => {
+      for (let i = 0; i < 3; i++) {
+        const q = query({ name: SVC, id: i });
+        q[5] = 2; // QDCOUNT 2: FORMERR, answered at once
+        k2.queue(5, { data: q, from: from4(100 + i) });
+      }
+      // First call refused (the first message is given up), then one at a time.
+      k2.sendmmsgScript.push(-EAGAIN, 1, 1);
+    },
+  ]);
+  loop2.run();
+  t.same(k2.sent.map((s) => portOf(s.to)), [101, 102], 'the refused first answer is lost, the others go');
+  t.equal(c2.io.get('sendErrors'), 1);
+});
+
+t.test('loop: past maxInflight a miss is refused at once; abort answers the waiting; a reload raises the answer size past the slots', async (t) => {
+  const big = answer('big.example.com', Array.from({ length: 120 }, (_, i) => rr('big.example.com', `10.1.0.${i}`, 60)));
+  const { k, loop, c } = loopRig(
+    [
+      () => {
+        k.queue(5, { data: query({ name: 'a.example.com', id: 1 }), from: from4(1) });
+        k.queue(5, { data: query({ name: 'b.example.com', id: 2 }), from: from4(2) });
+      },
+      () => {
+        const misses = k.reports().flatMap((r) => (r.misses === null ? [] : [r.misses]));
+        t.equal(misses.reduce((n, m) => n + m.count, 0), 1, 'only the first crossed');
+        t.equal(k.sent.length, 1);
+        t.equal(idOf(k.sent[0]!.data), 2);
+        t.equal(k.sent[0]!.data[3]! & 0x0f, 2, 'SERVFAIL at once for the second');
+        t.equal(c.io.get('overloaded'), 1);
+        k.post({ t: 'abort' });
+      },
+      () => {
+        const reports = k.reports();
+        t.equal(reports.find((r) => r.aborted !== undefined)?.aborted, 1);
+        t.equal(k.sent.length, 2);
+        t.equal(idOf(k.sent[1]!.data), 1, 'the waiting client gets its SERVFAIL');
+        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1 });
+        k.queue(5, { data: query({ name: 'big.example.com', id: 3, edns: true, udpSize: 4096 }), from: from4(3) });
+      },
+      () => {
+        const reports = k.reports();
+        t.ok(reports.some((r) => r.configured === true), 'the reload is acknowledged');
+        answerMisses(k, reports, () => big);
+      },
+      () => {
+        const last = k.sent.at(-1)!;
+        t.equal(last.via, 'sendto', 'bigger than a 512-byte slot: sent on its own');
+        t.equal(portOf(last.to), 3);
+        t.equal(dnsPacket.decode(last.data).answers?.length, 120);
+        const logs = k.reports().flatMap((r) => r.logs ?? []);
+        t.ok(logs.some(([level, msg, f]) => level === 'info' && msg === 'query' && f?.client === '10.0.0.1'), 'the query log decodes the peer');
+      },
+    ],
+    { maxInflight: 1 },
+  );
+  loop.run();
+  t.equal(c.server.get('abortedAtShutdown'), 1);
 });

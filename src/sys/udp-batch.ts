@@ -68,6 +68,14 @@ export interface UdpBatchSys {
   openUdp(addr: ServerAddress): number | SysError;
   /** The port a socket is bound to, or -errno. */
   localPort(fd: number): number;
+  /**
+   * Connects a bound UDP socket to its own address (loopback for a
+   * wildcard): the kernel stops choosing it in its SO_REUSEPORT group
+   * (reuseport_select_sock_by_hash skips connected members) and it only
+   * matches datagrams from itself, while what is already queued stays
+   * readable. 0 or errno.
+   */
+  detach(fd: number): number;
   /** A non-blocking eventfd: the main thread writes to it to wake a worker out of poll. */
   eventfd(): number | SysError;
   /** Adds 1 to an eventfd (wakes its poller); 0 or errno. */
@@ -130,6 +138,7 @@ function bind(koffi: Koffi): UdpBatchSys {
   const setsockopt = f('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)');
   const bindFn = f('int bind(int fd, const void *addr, uint32_t len)');
   const getsockname = f('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *len)');
+  const connect = f('int connect(int fd, const void *addr, uint32_t len)');
   const eventfd = f('int eventfd(unsigned int initval, int flags)');
   const write = f('intptr_t write(int fd, const void *buf, size_t count)');
   // The hot calls take addresses as integers: no pointer marshalling.
@@ -192,6 +201,15 @@ function bind(koffi: Koffi): UdpBatchSys {
       const b = Buffer.alloc(28);
       if (getsockname(fd, b, [b.length]) !== 0) return -koffi.errno();
       return b.readUInt16BE(2);
+    },
+    detach(fd) {
+      const b = Buffer.alloc(28);
+      const len = [b.length];
+      if (getsockname(fd, b, len) !== 0) return koffi.errno();
+      const family = b.readUInt16LE(0);
+      if (family === AF_INET && b.readUInt32BE(4) === 0) b.writeUInt32BE(0x7f000001, 4);
+      if (family === AF_INET6 && b.subarray(8, 24).every((x) => x === 0)) b[23] = 1;
+      return connect(fd, b, family === AF_INET6 ? 28 : 16) === 0 ? 0 : koffi.errno();
     },
     eventfd() {
       const fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -227,11 +227,25 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#state = 'running';
   }
 
-  /** Workers stop receiving; answers to queries already taken still go out. */
+  /**
+   * Stops taking queries: each socket is connected to its own address, so
+   * the kernel stops choosing it (a new agent bound beside us gets the
+   * traffic; alone, clients get a port-unreachable and move on), the
+   * workers read and answer what was already queued, then stop receiving.
+   * Answers to queries already taken still go out.
+   */
   pause(): void {
     if (this.#state !== 'running') return;
     this.#state = 'paused';
-    for (const l of this.#links) l?.post({ t: 'pause' });
+    for (const l of this.#links) {
+      if (l === null || !l.alive) continue;
+      for (const fd of l.fds) {
+        const err = this.#sys.detach(fd);
+        // Not fatal: the worker still stops receiving, and what the kernel hands this socket meanwhile is lost as before.
+        if (err !== 0) this.#logger.warn('udp: could not take a socket out of its group at pause', { worker: l.index, errno: err });
+      }
+      l.post({ t: 'pause' });
+    }
   }
 
   /** Questions the workers have waiting on the upstream side (as of each worker's last loop turn). */

@@ -43,7 +43,13 @@ const POLLFD_BYTES = 8;
 
 const IO = BATCHED_COUNTERS.slot;
 
-type State = 'running' | 'paused' | 'closing';
+/**
+ * running: receiving. draining: paused by the main thread, which has taken
+ * our sockets out of the group; we read what the kernel had already queued
+ * for us, until a receive finds nothing. paused: no more receiving; answers
+ * to queries taken still go out. closing: leave the loop.
+ */
+type State = 'running' | 'draining' | 'paused' | 'closing';
 
 /**
  * Where an answer goes: the sockaddr of a received datagram. A live peer
@@ -220,8 +226,9 @@ export class WorkerLoop implements MissSink {
       // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
       if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
       let got = 0;
-      if (this.#state === 'running') {
+      if (this.#state === 'running' || this.#state === 'draining') {
         for (let s = 0; s < fds.length; s++) got += this.#receive(s);
+        if (got === 0 && this.#state === 'draining') this.#state = 'paused';
       }
       for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
       this.#publish();
@@ -340,7 +347,7 @@ export class WorkerLoop implements MissSink {
         this.#post({ misses: null, logs: null, configured: true });
         return;
       case 'pause':
-        this.#state = 'paused';
+        if (this.#state === 'running') this.#state = 'draining';
         return;
       case 'abort': {
         const n = this.#hits.abortAll();
@@ -358,7 +365,7 @@ export class WorkerLoop implements MissSink {
     Atomics.store(ctl, Ctl.SLEEPING, 1);
     // Checked after announcing the sleep: a message posted before this is seen here, one posted after finds SLEEPING and wakes us.
     if (Atomics.load(ctl, Ctl.PENDING) === 0) {
-      const nfds = this.#state === 'running' ? this.#fds.length + 1 : 1;
+      const nfds = this.#state === 'running' || this.#state === 'draining' ? this.#fds.length + 1 : 1;
       this.#sys.poll(this.#arena.address + this.#pollOff, nfds, IDLE_POLL_MS);
       this.#io[IO.wakeups]!++;
     }
@@ -381,7 +388,7 @@ export class WorkerLoop implements MissSink {
     const misses = this.#misses.count > 0 ? this.#misses.take() : null;
     const logs = this.#logger.records.length > 0 ? this.#logger.records : null;
     if (logs !== null) this.#logger.records = [];
-    const drained = this.#state !== 'running' && !this.#drainedSent && this.#hits.inflight === 0;
+    const drained = (this.#state === 'paused' || this.#state === 'closing') && !this.#drainedSent && this.#hits.inflight === 0;
     if (drained) this.#drainedSent = true;
     if (misses === null && logs === null && !drained) return;
     const report: WorkerReport = drained ? { misses, logs, drained: true } : { misses, logs };
