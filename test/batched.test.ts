@@ -23,7 +23,7 @@ import { UdpListener } from '../src/server/udp-listener.js';
 import { BatchedUdpListener } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
-import { WorkerLoop, ipv6Text } from '../src/server/batched/loop.js';
+import { COMPLETIONS_PER_TURN, WorkerLoop, ipv6Text } from '../src/server/batched/loop.js';
 import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken, type WorkerInit, type WorkerReport } from '../src/server/batched/protocol.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
@@ -754,4 +754,29 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
   );
   loop.run();
   t.equal(c.server.get('abortedAtShutdown'), 1);
+});
+
+t.test('loop: a hit is not held behind a big batch of completions (at most COMPLETIONS_PER_TURN per turn)', async (t) => {
+  const N = COMPLETIONS_PER_TURN + 44;
+  let mark = 0;
+  const { k, loop } = loopRig(
+    [
+      () => k.queue(5, { data: query({ name: 'hot.example.com', id: 1 }), from: from4(1) }),
+      () => answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.1', 60)])),
+      () => {
+        for (let i = 0; i < N; i++) k.queue(5, { data: query({ name: `m-${i}.example.com`, id: i }), from: from4(1000 + i) });
+      },
+      () => {
+        t.equal(answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.2', 60)])), N);
+        mark = k.sent.length;
+        k.queue(5, { data: query({ name: 'hot.example.com', id: 9999 }), from: from4(2) });
+      },
+    ],
+    { maxInflight: 1000 },
+  );
+  loop.run();
+  const after = k.sent.slice(mark);
+  t.equal(after.length, N + 1);
+  const hit = after.findIndex((s) => idOf(s.data) === 9999 && portOf(s.to) === 2);
+  t.ok(hit >= 0 && hit <= COMPLETIONS_PER_TURN, `the hit went out with the first ${COMPLETIONS_PER_TURN} completions (at ${hit}), not after all ${N}`);
 });

@@ -10,12 +10,13 @@
  *   npx tsc -p tsconfig.json --outDir /tmp/x && node /tmp/x/bench/micro/batched-udp.js \
  *     [--rounds 3] [--seconds 10] [--names 10000] [--targets batched,dgram,unbound] [--workers 1]
  *     [--server-cpu 0] [--client-cpu 1] [--prof DIR]      # --prof: node --cpu-prof on our servers
- *   ... batched-udp.js misses [--seconds 10] [--miss-cost-us 200]   # hit latency while misses saturate the main thread
+ *   ... batched-udp.js misses [--seconds 10] [--miss-cost-us 200] [--flood-qps N] [--flood-cpu 0] [--backends batched,dgram]
+ *                                        # hit latency while misses saturate the main thread (CPU 0 and 1)
  *
  * Never touches anything but 127.0.0.1; unbound gets a private config that
  * forwards to a stub in this process, never the machine's resolver.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -418,41 +419,81 @@ function summarizeProfiles(dir: string): void {
 
 /**
  * Hit latency, with and without a miss flood that saturates the main
- * thread (each miss burns --miss-cost-us of main-thread CPU): a probe sends
- * 2,000 hits/s from this process and times each answer.
+ * thread (each miss burns --miss-cost-us of main-thread CPU, and the flood
+ * offers more than it can take): a probe sends 2,000 hits/s from this
+ * process and times each answer. The server's main thread and the flood's
+ * dnsperf run on CPU 0; the batched worker thread and this process on CPU
+ * 1. Both backends get the same two CPUs: dgram serves hits on its
+ * saturated main thread, batched on its worker. The last column counts how
+ * often the thread serving hits was preempted: on a shared 2-core machine
+ * that, not the agent, sets the tail.
  */
 async function missesVsHits(): Promise<void> {
   const seconds = Number(arg('seconds', '10'));
   const names = 10_000;
   const missCostUs = Number(arg('miss-cost-us', '200'));
+  // Offered misses: twice what a whole core can take at that cost.
+  const floodQps = Number(arg('flood-qps', String(Math.round((2 * 1e6) / Math.max(1, missCostUs)))));
+  const backends = arg('backends', 'batched,dgram').split(',') as ('batched' | 'dgram')[];
+  // The flood's client shares the core of the thread it saturates, so the CPU that serves hits is left to them.
+  const floodCpu = arg('flood-cpu', '0');
+  execFileSync('taskset', ['-a', '-p', '-c', '1', String(process.pid)], { stdio: 'ignore' });
   const dir = mkdtempSync(path.join(tmpdir(), 'batched-miss-'));
   const missData = path.join(dir, 'misses.txt');
   const lines: string[] = [];
   for (let i = 0; i < 200_000; i++) lines.push(`miss-${i}.ns-${i % 50}.svc.cluster.local A`);
   writeFileSync(missData, lines.join('\n') + '\n');
-  console.log(`hit latency (probe at 2000/s, ${seconds} s) idle and under a miss flood costing ${missCostUs} us of main-thread CPU per miss; server unpinned`);
-  console.log('| backend | load | hit p50 us | hit p99 us | hit max us | probe lost | main thread CPU | misses answered/s |\n|---|---|---|---|---|---|---|---|');
-  for (const io of ['batched', 'dgram'] as const) {
+  console.log(
+    `hit latency (probe at 2000/s, ${seconds} s) idle and under a miss flood (${floodQps}/s offered) costing ${missCostUs} us of main-thread CPU per miss; ` +
+      `server main thread on CPU 0, batched worker and probe on CPU 1, flood client on CPU ${floodCpu}`,
+  );
+  console.log(
+    '| backend | load | hit p50 us | hit p99 us | hit max us | probe lost | main thread CPU | other threads CPU | misses answered/s | serving thread preempted |\n' +
+      '|---|---|---|---|---|---|---|---|---|---|',
+  );
+  for (const io of backends) {
     for (const flood of [false, true]) {
-      const server = await startOurs(io, null, names, 1, ['--miss-cost-us', String(missCostUs)], null);
+      const server = await startOurs(io, '0', names, 1, ['--miss-cost-us', String(missCostUs)], null);
       try {
         await warm(server.port, names);
+        if (io === 'batched') {
+          const worker = threadNamed(server.proc.pid!, 'udp-worker-0');
+          execFileSync('taskset', ['-p', '-c', '1', String(worker)], { stdio: 'ignore' });
+        }
         const before = cpuOf(server.proc.pid!);
         const t0 = process.hrtime.bigint();
-        const floodRun = flood ? dnsperf(null, server.port, missData, seconds + 1, ['-q', '2000']) : null;
+        // Open loop: a rate, and more outstanding than the agent ever holds (it refuses misses past its limit at once).
+        const floodRun = flood ? dnsperf(floodCpu, server.port, missData, seconds + 1, ['-q', '20000', '-Q', String(floodQps)]) : null;
+        const serving = io === 'batched' ? threadNamed(server.proc.pid!, 'udp-worker-0') : server.proc.pid!;
+        const switches0 = involuntarySwitches(server.proc.pid!, serving);
         const probe = await probeHits(server.port, names, seconds);
+        const preempted = involuntarySwitches(server.proc.pid!, serving) - switches0;
         const fr = floodRun === null ? null : await floodRun;
         const after = cpuOf(server.proc.pid!);
         const wall = Number(process.hrtime.bigint() - t0) / 1e9;
         console.log(
           `| ${io} | ${flood ? 'miss flood' : 'idle'} | ${probe.p50.toFixed(0)} | ${probe.p99.toFixed(0)} | ${probe.max.toFixed(0)} | ${probe.lost} | ` +
-            `${(((after.main - before.main) / wall) * 100).toFixed(0)}% | ${fr === null ? '-' : Math.round(fr.qps)} |`,
+            `${(((after.main - before.main) / wall) * 100).toFixed(0)}% | ${(((after.total - after.main - (before.total - before.main)) / wall) * 100).toFixed(0)}% | ` +
+            `${fr === null ? '-' : Math.round(fr.qps)} | ${preempted} |`,
         );
       } finally {
         await server.stop();
       }
     }
   }
+}
+
+/** Times the kernel took the CPU away from a thread that wanted it (another task's turn). */
+function involuntarySwitches(pid: number, tid: number): number {
+  return Number(/nonvoluntary_ctxt_switches:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'))?.[1] ?? NaN);
+}
+
+/** A thread of `pid` by its name (the workers name themselves udp-worker-N). */
+function threadNamed(pid: number, name: string): number {
+  for (const tid of readdirSync(`/proc/${pid}/task`).map(Number)) {
+    if (readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim() === name) return tid;
+  }
+  throw new Error(`no thread named ${name} in ${pid}`);
 }
 
 function probeHits(port: number, names: number, seconds: number): Promise<{ p50: number; p99: number; max: number; lost: number }> {

@@ -36,6 +36,7 @@ export const MSG_TRUNC = 0x20;
 export const POLLIN = 0x1;
 export const EAGAIN = 11;
 export const EINTR = 4;
+const PR_SET_NAME = 15;
 
 /** Absorbs bursts while a batch is being answered; the kernel caps it at net.core.rmem_max (as for the dgram listener). */
 export const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -91,6 +92,8 @@ export interface UdpBatchSys {
   /** read(2) of 8 bytes into native memory (drains an eventfd); bytes or -errno. */
   read8(fd: number, into: number): number;
   close(fd: number): void;
+  /** Names the calling thread (prctl PR_SET_NAME, 15 bytes at most): `top -H` and /proc/<pid>/task/<tid>/comm show it. */
+  nameThread(name: string): void;
   /** Native memory for the vectors and buffers, allocated once per worker. */
   alloc(bytes: number): NativeBlock;
 }
@@ -148,6 +151,7 @@ function bind(koffi: Koffi): UdpBatchSys {
   const poll = f('int poll(uintptr_t fds, unsigned long nfds, int timeout)');
   const read = f('intptr_t read(int fd, uintptr_t buf, size_t count)');
   const close = f('int close(int fd)');
+  const prctl = f('int prctl(int option, const char *arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)');
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
   const int = (v: number): Buffer => {
@@ -225,6 +229,10 @@ function bind(koffi: Koffi): UdpBatchSys {
     read8: (fd, into) => ret(read(fd, into, 8)),
     close(fd) {
       close(fd);
+    },
+    nameThread(name) {
+      // Best effort: a thread name is for people reading top, nothing depends on it.
+      prctl(PR_SET_NAME, name.slice(0, 15), 0, 0, 0);
     },
     alloc(bytes) {
       const ptr = koffi.alloc('uint8_t', bytes);

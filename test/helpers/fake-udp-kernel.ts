@@ -110,6 +110,7 @@ export class FakeKernel implements UdpBatchSys {
   wake(): number {
     return 0;
   }
+  nameThread(): void {}
 
   alloc(bytes: number): NativeBlock {
     const ab = new ArrayBuffer(bytes);

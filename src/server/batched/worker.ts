@@ -16,6 +16,7 @@ const sys = await loadUdpBatch();
 if (typeof sys === 'string') {
   port.postMessage({ misses: null, logs: null, failed: sys } satisfies WorkerReport);
 } else {
+  sys.nameThread(`udp-worker-${init.index}`);
   let loop: WorkerLoop | null = null;
   try {
     loop = new WorkerLoop(sys, port, init);
