@@ -20,7 +20,7 @@ import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { UdpListener } from '../src/server/udp-listener.js';
-import { BatchedUdpListener } from '../src/server/batched/listener.js';
+import { BatchedUdpListener, workerShare } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop, ipv6Text } from '../src/server/batched/loop.js';
@@ -411,6 +411,8 @@ t.test('the platform checks: a loader that is not koffi, and the worker count ru
   t.equal(defaultWorkers(64, null), MAX_AUTO_WORKERS, 'capped');
   t.equal(defaultWorkers(64, 1.5), 2, 'a cgroup quota of 1.5 CPUs allows 2');
   t.equal(defaultWorkers(8, 0.2), 1);
+  const share = workerShare({ ...CACHE, positiveCapacity: 9984, negativeCapacity: 9984, maxBytes: 64 << 20 }, 3);
+  t.same([share.positiveCapacity, share.negativeCapacity, share.maxBytes, share.successTtl], [3328, 3328, Math.floor((64 << 20) / 3), CACHE.successTtl], 'a worker\'s share of the cache');
   const files: Record<string, string> = { '/sys/fs/cgroup/cpu.max': '150000 100000\n' };
   const read = (p: string): string => {
     const v = files[p];

@@ -14,8 +14,9 @@
  * threads without rebuilding it over a SharedArrayBuffer, and per-worker
  * caches keep the hit path free of locks. The cost: each worker misses a
  * name once before it hits it (the kernel spreads clients' source ports
- * over the workers), and memory is up to N times the cache budget. The
- * exchange keeps the upstream cost at one query per name in flight.
+ * over the workers). The exchange keeps the upstream cost at one query per
+ * name in flight, and with several workers a shared cache behind theirs
+ * gives back the shared hit rate (miss-exchange.ts).
  *
  * It is one Listener for all the UDP listen addresses, so each worker has
  * one cache whichever address a pod asks (link-local or kube-dns ClusterIP).
@@ -58,7 +59,13 @@ const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './
 export interface BatchedUdpOptions {
   readonly listen: readonly ServerAddress[];
   readonly workers: number;
-  /** Each worker's cache (capacities and byte budget are per worker). */
+  /**
+   * The cache as configured (--cache-size, --cache-memory...). With a shared
+   * cache, it gets all of it and each worker an equal share of the entries
+   * and bytes (a worker's miss on what its share dropped is still answered
+   * from the shared cache); alone, the one worker gets all of it. Memory:
+   * at most twice the budget.
+   */
   readonly cache: CacheOptions;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
@@ -172,6 +179,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
   readonly #restartTimers: Set<NodeJS.Timeout>;
   readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters };
+  readonly #workerCache: CacheOptions;
 
   constructor(opts: BatchedUdpOptions) {
     if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
@@ -182,6 +190,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#own = new Counters(BATCHED_COUNTERS);
     // Its own counter block: a shared hit follows a worker miss already counted, so publishing both would count the query twice.
     this.sharedCache = (opts.sharedCache ?? opts.workers > 1) ? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS)) : null;
+    this.#workerCache = this.sharedCache === null ? opts.cache : workerShare(opts.cache, opts.workers);
     this.#exchange = new MissExchange(this.#own, this.sharedCache, opts.clock ?? systemClock);
     this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
     this.#ports = opts.listen.map((a) => a.port);
@@ -359,7 +368,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       wakeFd,
       {
         names: this.#opts.listen.map((a, k) => `udp://${formatHostPort({ host: a.host, port: this.#ports[k]! })}`),
-        cache: { ...this.#opts.cache, ...this.#policy.cache },
+        cache: { ...this.#workerCache, ...this.#policy.cache },
         maxUdpSize: this.#policy.maxUdpSize,
         queryLogEvery: this.#policy.queryLogEvery,
         batch: this.#opts.batch ?? DEFAULT_BATCH,
@@ -471,4 +480,14 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     }
     await Promise.all(exits);
   }
+}
+
+/** A worker's part of the budget when a shared cache stands behind the workers. */
+export function workerShare(c: CacheOptions, workers: number): CacheOptions {
+  return {
+    ...c,
+    positiveCapacity: Math.max(1, Math.ceil(c.positiveCapacity / workers)),
+    negativeCapacity: Math.max(1, Math.ceil(c.negativeCapacity / workers)),
+    maxBytes: Math.max(1, Math.floor(c.maxBytes / workers)),
+  };
 }

@@ -69,7 +69,7 @@ export interface UdpListenersOptions {
   readonly listen: readonly ServerAddress[];
   /** For dgram: the main thread's hit path (the one TCP uses too). */
   readonly hitPath: QueryHandler;
-  /** For batched: each worker's cache. */
+  /** For batched: the cache as configured (the listener splits it, see BatchedUdpOptions.cache). */
   readonly cache: CacheOptions;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
