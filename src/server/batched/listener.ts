@@ -386,6 +386,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         }
         if (r.failed !== undefined && !started) {
           started = true;
+          // It never ran: its exit is no death to report.
+          link.closing = true;
           reject(new Error(r.failed));
         }
         this.#onReport(link, r);
@@ -452,11 +454,12 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     a.resolve(a.total);
   }
 
-  /** A worker died: its sockets are already closed (the kernel spreads its traffic over the others); a new one follows shortly. */
+  /** A worker died: its sockets are already closed (the kernel spreads its traffic over the others); while running, a new one follows shortly. */
   #restart(link: WorkerLink, code: number): void {
-    this.#own.values[BATCHED_COUNTERS.slot.restarts]!++;
-    this.#logger.error('udp worker died; its sockets are closed and a new worker starts shortly', { worker: link.index, code, restartInMs: RESTART_DELAY_MS });
-    if (this.#state !== 'running') return;
+    const restarting = this.#state === 'running';
+    this.#own.values[BATCHED_COUNTERS.slot.restarts]! += restarting ? 1 : 0;
+    this.#logger.error('udp worker died; its sockets are closed', { worker: link.index, code, ...(restarting ? { restartInMs: RESTART_DELAY_MS } : {}) });
+    if (!restarting) return;
     const timer = setTimeout(() => {
       this.#restartTimers.delete(timer);
       if (this.#state !== 'running') return;
