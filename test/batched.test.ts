@@ -390,6 +390,11 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
     io: 'dgram', workers: 0, listen: [{ host: '127.0.0.1', port: 0 }, { host: '::1', port: 0 }], hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger,
   });
   t.equal(plain.fallbackReason, null, '--io dgram is a choice, not a fallback');
+  const scoped = await createUdpListeners({
+    io: 'batched', workers: 1, listen: [{ host: 'fe80::1%lo', port: 0 }], hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger,
+  });
+  t.equal(scoped.io, 'dgram');
+  t.match(scoped.fallbackReason, /interface scope/);
   t.equal(plain.listeners.length, 2, 'one dgram listener per address');
 });
 

@@ -94,7 +94,9 @@ export interface UdpListeners {
 export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpListeners> {
   let fallbackReason: string | null = null;
   if (o.io === 'batched') {
-    const sys = await probeBatchedIo(o.loadKoffi);
+    const scoped = o.listen.find((a) => a.host.includes('%'));
+    // The batched sockets are bound from a plain sockaddr: an interface scope (fe80::1%eth0) is dgram's to handle.
+    const sys = scoped !== undefined ? `listen address ${scoped.host} has an interface scope` : await probeBatchedIo(o.loadKoffi);
     if (typeof sys !== 'string') {
       const workers = o.workers > 0 ? o.workers : defaultWorkers();
       const batched = new BatchedUdpListener({
