@@ -1,0 +1,496 @@
+/**
+ * The batched UDP backend (--io batched): N worker threads, each owning one
+ * SO_REUSEPORT socket per listen address, answering hits from its own hit
+ * path and cache with recvmmsg/sendmmsg (loop.ts), and handing misses to
+ * this thread, which owns upstream I/O, the view and config:
+ *
+ *   worker i: sockets ─► HitPath_i + DnsCache_i ─ misses ─┐
+ *                                                         ▼ (one post per turn)
+ *   main:                              MissExchange ─► Resolver (upstreams, view)
+ *                                         │ complete(token, answer | failure)
+ *   worker i ◄─ one post per main-loop turn + eventfd wake if asleep
+ *
+ * One cache per worker, not one shared: a JS cache cannot be shared between
+ * threads without rebuilding it over a SharedArrayBuffer, and per-worker
+ * caches keep the hit path free of locks. The cost: each worker misses a
+ * name once before it hits it (the kernel spreads clients' source ports
+ * over the workers). The exchange keeps the upstream cost at one query per
+ * name in flight, and with several workers a shared cache behind theirs
+ * gives back the shared hit rate (miss-exchange.ts).
+ *
+ * It is one Listener for all the UDP listen addresses, so each worker has
+ * one cache whichever address a pod asks (link-local or kube-dns ClusterIP).
+ */
+import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
+import { formatHostPort } from '../../addr.js';
+import { DnsCache, type CacheOptions } from '../../cache/cache.js';
+import { systemClock, type Clock } from '../../clock.js';
+import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
+import type { Logger } from '../../log.js';
+import { Counters } from '../../stats/counters.js';
+import { isSysError, type UdpBatchSys } from '../../sys/udp-batch.js';
+import type { ServerAddress } from '../../upstream/types.js';
+import type { MissOutcome, MissSink } from '../hit-path.js';
+import type { Listener } from '../listener.js';
+import type { MissCompleter } from '../resolver.js';
+import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
+import { MissExchange, type MissReturn } from './miss-exchange.js';
+import { Ctl, OUTCOME_INDEX, Packer, itemBytes, itemToken, transferOf, type CachePolicy, type ToWorker, type WorkerInit, type WorkerReport } from './protocol.js';
+import { BATCHED_COUNTERS, WORKER_STATS_BYTES, sumInto, workerCounters, type BatchedCounters, type WorkerCounters } from './stats.js';
+
+/**
+ * Datagrams per recvmmsg and answers per sendmmsg. 64 amortises the two
+ * calls to well under the per-packet kernel cost; more only grows the
+ * latency of the batch's last answer.
+ */
+export const DEFAULT_BATCH = 64;
+/**
+ * Questions one worker may have waiting on the main thread. About twice
+ * what the upstream side itself admits (2 x 1000 on the cluster pool, 1000
+ * per host resolver), so in normal operation the upstream side's own limits
+ * decide; this only bounds memory when the main thread falls behind.
+ */
+export const DEFAULT_MAX_INFLIGHT = 4096;
+/** A worker that died is replaced after this: long enough not to spin on a bug, short against a pod's 5 s timeout. */
+const RESTART_DELAY_MS = 1000;
+
+const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url);
+
+export interface BatchedUdpOptions {
+  readonly listen: readonly ServerAddress[];
+  readonly workers: number;
+  /**
+   * The cache as configured (--cache-size, --cache-memory...). With a shared
+   * cache, it gets all of it and each worker an equal share of the entries
+   * and bytes (a worker's miss on what its share dropped is still answered
+   * from the shared cache); alone, the one worker gets all of it. Memory:
+   * at most twice the budget.
+   */
+  readonly cache: CacheOptions;
+  readonly maxUdpSize: number;
+  readonly queryLogEvery: number;
+  readonly logger: Logger;
+  /** The libc binding, from probeBatchedIo(). */
+  readonly sys: UdpBatchSys;
+  readonly batch?: number;
+  readonly maxInflight?: number;
+  /**
+   * Keep a shared cache on this thread behind the workers' own (see
+   * miss-exchange.ts). Default: on with more than one worker; with one it
+   * would only duplicate the worker's cache.
+   */
+  readonly sharedCache?: boolean;
+  /** The shared cache's clock (tests). */
+  readonly clock?: Clock;
+}
+
+/** One worker thread as the main thread holds it. */
+class WorkerLink implements MissReturn {
+  readonly index: number;
+  readonly fds: number[];
+  readonly wakeFd: number;
+  readonly ctl: Int32Array;
+  readonly counters: WorkerCounters;
+  readonly worker: Worker;
+  readonly port: MessagePort;
+  alive: boolean;
+  closing: boolean;
+  drained: boolean;
+  /** Asked to abort and not yet answered. */
+  aborting: boolean;
+  /** Reloads posted and not yet applied, in order. */
+  readonly configuring: (() => void)[];
+  readonly #sys: UdpBatchSys;
+  #done: Packer;
+  #flushQueued: boolean;
+
+  constructor(index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys) {
+    this.index = index;
+    this.fds = fds;
+    this.wakeFd = wakeFd;
+    const ctl = new SharedArrayBuffer(Ctl.WORDS * 4);
+    const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
+    this.ctl = new Int32Array(ctl);
+    this.counters = workerCounters(stats);
+    const { port1, port2 } = new MessageChannel();
+    this.port = port1;
+    const full: WorkerInit = { ...init, index, fds, wakeFd, ctl, stats };
+    this.worker = new Worker(WORKER_URL, { workerData: { init: full, port: port2 }, transferList: [port2], name: `udp-worker-${index}` });
+    this.alive = true;
+    this.closing = false;
+    this.drained = false;
+    this.aborting = false;
+    this.configuring = [];
+    this.#sys = sys;
+    this.#done = new Packer(false);
+    this.#flushQueued = false;
+  }
+
+  /** MissReturn: queued, and posted once per event-loop turn (all the turn's completions in one message). */
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+    this.#done.push(token, OUTCOME_INDEX[outcome], answer, null);
+    if (!this.#flushQueued) {
+      this.#flushQueued = true;
+      setImmediate(this.#flush);
+    }
+  }
+
+  post(m: ToWorker, transfer: ArrayBuffer[] = []): void {
+    if (!this.alive) return;
+    this.port.postMessage(m, transfer);
+    // After the post, so a worker that sees PENDING finds the message; SLEEPING read after PENDING set (worker.ts #sleep).
+    Atomics.store(this.ctl, Ctl.PENDING, 1);
+    if (Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
+  }
+
+  readonly #flush = (): void => {
+    this.#flushQueued = false;
+    if (this.#done.count === 0) return;
+    const items = this.#done.take();
+    this.post({ t: 'done', items }, transferOf(items));
+  };
+
+  /** Sockets and eventfd: only once the thread has left its loop (it may be inside recvmmsg or poll on them). */
+  closeFds(): void {
+    for (const fd of this.fds) this.#sys.close(fd);
+    this.#sys.close(this.wakeFd);
+    this.fds.length = 0;
+  }
+}
+
+type State = 'new' | 'running' | 'paused' | 'closed';
+
+export class BatchedUdpListener implements Listener, MissCompleter {
+  readonly name: string;
+  readonly #opts: BatchedUdpOptions;
+  readonly #sys: UdpBatchSys;
+  readonly #logger: Logger;
+  readonly #exchange: MissExchange;
+  /** Behind the workers' caches, with more than one worker; null otherwise. */
+  readonly sharedCache: DnsCache | null;
+  /** Main-thread counters (restarts, cross-worker coalescing), summed with the workers'. */
+  readonly #own: BatchedCounters;
+  readonly #links: (WorkerLink | null)[];
+  /** Bound ports, per listen address (port 0 resolves at start). */
+  readonly #ports: number[];
+  #policy: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number };
+  #state: State;
+  #drainWaiters: (() => void)[];
+  #abortWaiters: { total: number; resolve: (n: number) => void } | null;
+  readonly #restartTimers: Set<NodeJS.Timeout>;
+  readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters };
+  readonly #workerCache: CacheOptions;
+
+  constructor(opts: BatchedUdpOptions) {
+    if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
+    this.#opts = opts;
+    this.#sys = opts.sys;
+    this.#logger = opts.logger;
+    this.name = `udp://${opts.listen.map(formatHostPort).join(',')} (batched, ${opts.workers} worker${opts.workers === 1 ? '' : 's'})`;
+    this.#own = new Counters(BATCHED_COUNTERS);
+    // Its own counter block: a shared hit follows a worker miss already counted, so publishing both would count the query twice.
+    this.sharedCache = (opts.sharedCache ?? opts.workers > 1) ? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS)) : null;
+    this.#workerCache = this.sharedCache === null ? opts.cache : workerShare(opts.cache, opts.workers);
+    this.#exchange = new MissExchange(this.#own, this.sharedCache, opts.clock ?? systemClock);
+    this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
+    this.#ports = opts.listen.map((a) => a.port);
+    const c = opts.cache;
+    this.#policy = {
+      cache: { successTtl: c.successTtl, denialTtl: c.denialTtl, minHits: c.minHits, percent: c.percent, staleMs: c.staleMs },
+      maxUdpSize: opts.maxUdpSize,
+      queryLogEvery: opts.queryLogEvery,
+    };
+    this.#state = 'new';
+    this.#drainWaiters = [];
+    this.#abortWaiters = null;
+    this.#restartTimers = new Set();
+    this.#sums = { server: new Counters(SERVER_COUNTERS), cache: new Counters(CACHE_COUNTERS), io: new Counters(BATCHED_COUNTERS) };
+  }
+
+  /** Wires the upstream side (a Resolver whose `hits` is this listener); before start(). */
+  connect(sink: MissSink): void {
+    this.#exchange.connect(sink);
+  }
+
+  /** Bound port of each listen address, in order. */
+  get ports(): readonly number[] {
+    return this.#ports;
+  }
+
+  get workers(): number {
+    return this.#links.length;
+  }
+
+  async start(): Promise<void> {
+    try {
+      // Sockets are opened in order (the first fixes a port 0), the threads then start together.
+      const started: Promise<void>[] = [];
+      for (let i = 0; i < this.#links.length; i++) started.push(this.#spawn(i));
+      const results = await Promise.allSettled(started);
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
+    } catch (err) {
+      await this.#shutdownAll();
+      throw new Error(`cannot listen on ${this.name}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    this.#state = 'running';
+  }
+
+  /**
+   * Stops taking queries: each socket is connected to its own address, so
+   * the kernel stops choosing it (a new agent bound beside us gets the
+   * traffic; alone, clients get a port-unreachable and move on), the
+   * workers read and answer what was already queued, then stop receiving.
+   * Answers to queries already taken still go out.
+   */
+  pause(): void {
+    if (this.#state !== 'running') return;
+    this.#state = 'paused';
+    for (const l of this.#links) {
+      if (l === null || !l.alive) continue;
+      for (const fd of l.fds) {
+        const err = this.#sys.detach(fd);
+        // Not fatal: the worker still stops receiving, and what the kernel hands this socket meanwhile is lost as before.
+        if (err !== 0) this.#logger.warn('udp: could not take a socket out of its group at pause', { worker: l.index, errno: err });
+      }
+      l.post({ t: 'pause' });
+    }
+  }
+
+  /** Questions the workers have waiting on the upstream side (as of each worker's last loop turn). */
+  get inflight(): number {
+    let n = 0;
+    for (const l of this.#links) if (l !== null && l.alive) n += l.counters.io.values[BATCHED_COUNTERS.slot.inflight]!;
+    return n;
+  }
+
+  /** After pause(): resolves once every worker has answered all its waiting queries. */
+  drain(): Promise<void> {
+    if (this.#allDrained()) return Promise.resolve();
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
+  }
+
+  /**
+   * Shutdown past its grace period: every worker answers its waiting
+   * clients stale or SERVFAIL now. Resolves with how many were answered.
+   */
+  abortAll(): Promise<number> {
+    const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
+    if (live.length === 0) return Promise.resolve(0);
+    return new Promise((resolve) => {
+      this.#abortWaiters = { total: 0, resolve };
+      for (const l of live) {
+        l.aborting = true;
+        l.post({ t: 'abort' });
+      }
+    });
+  }
+
+  /**
+   * A reload: TTL caps, prefetch, stale window, largest UDP answer and
+   * query-log sampling, from each worker's next turn. Resolves when every
+   * live worker has applied it (a restarted worker starts with it).
+   */
+  configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number }): Promise<void> {
+    this.#policy = o;
+    this.sharedCache?.configure(o.cache);
+    const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
+    return Promise.all(
+      live.map(
+        (l) =>
+          new Promise<void>((resolve) => {
+            l.configuring.push(resolve);
+            l.post({ t: 'configure', ...o });
+          }),
+      ),
+    ).then(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    this.#state = 'closed';
+    await this.#shutdownAll();
+  }
+
+  /** MissCompleter, for the Resolver. */
+  complete(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+    this.#exchange.complete(token, answer, outcome);
+  }
+
+  /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
+  workerThread(i: number): Worker | null {
+    const l = this.#links[i];
+    return l === undefined || l === null || !l.alive ? null : l.worker;
+  }
+
+  /** Each worker's counter blocks (shared memory, live). */
+  workerCounters(): WorkerCounters[] {
+    return this.#links.filter((l): l is WorkerLink => l !== null).map((l) => l.counters);
+  }
+
+  /**
+   * Every worker's counters added up (the same three blocks each time,
+   * refreshed): what a scrape publishes. The io block includes the main
+   * thread's own slots (restarts, cross-worker coalescing).
+   */
+  totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters } {
+    const blocks = this.workerCounters();
+    sumInto(this.#sums.server, blocks.map((b) => b.server));
+    sumInto(this.#sums.cache, blocks.map((b) => b.cache));
+    sumInto(this.#sums.io, [this.#own, ...blocks.map((b) => b.io)]);
+    return this.#sums;
+  }
+
+  /** Opens worker i's sockets (the ports of the first worker for the rest) and starts its thread; resolves when it is in its loop. */
+  #spawn(i: number): Promise<void> {
+    const fds: number[] = [];
+    let wakeFd = -1;
+    try {
+      this.#opts.listen.forEach((addr, a) => {
+        const fd = this.#sys.openUdp({ host: addr.host, port: this.#ports[a]! });
+        if (isSysError(fd)) throw new Error(fd.message);
+        fds.push(fd);
+        if (this.#ports[a] === 0) {
+          const port = this.#sys.localPort(fd);
+          if (port <= 0) throw new Error(`getsockname: errno ${-port}`);
+          this.#ports[a] = port;
+        }
+      });
+      const ev = this.#sys.eventfd();
+      if (isSysError(ev)) throw new Error(ev.message);
+      wakeFd = ev;
+    } catch (err) {
+      for (const fd of fds) this.#sys.close(fd);
+      return Promise.reject(err);
+    }
+    const link = new WorkerLink(
+      i,
+      fds,
+      wakeFd,
+      {
+        names: this.#opts.listen.map((a, k) => `udp://${formatHostPort({ host: a.host, port: this.#ports[k]! })}`),
+        cache: { ...this.#workerCache, ...this.#policy.cache },
+        maxUdpSize: this.#policy.maxUdpSize,
+        queryLogEvery: this.#policy.queryLogEvery,
+        batch: this.#opts.batch ?? DEFAULT_BATCH,
+        maxInflight: this.#opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
+      },
+      this.#sys,
+    );
+    this.#links[i] = link;
+    return new Promise((resolve, reject) => {
+      let started = false;
+      link.port.on('message', (r: WorkerReport) => {
+        if (r.ready === true && !started) {
+          started = true;
+          resolve();
+        }
+        if (r.failed !== undefined && !started) {
+          started = true;
+          // It never ran: its exit is no death to report.
+          link.closing = true;
+          reject(new Error(r.failed));
+        }
+        this.#onReport(link, r);
+      });
+      link.worker.on('error', (err) => {
+        this.#logger.error('udp worker failed', { worker: i, error: err.message });
+      });
+      link.worker.on('exit', (code) => {
+        link.alive = false;
+        link.port.close();
+        link.closeFds();
+        if (!started) {
+          started = true;
+          reject(new Error(`worker exited with code ${code} before it started`));
+          return;
+        }
+        // A dead worker applies nothing more; its successor starts with the latest settings.
+        for (const done of link.configuring.splice(0)) done();
+        if (!link.closing) this.#restart(link, code);
+        this.#checkDrained();
+        this.#checkAborted(link, 0);
+      });
+    });
+  }
+
+  #onReport(link: WorkerLink, r: WorkerReport): void {
+    const m = r.misses;
+    if (m !== null) {
+      const keys = m.keys!;
+      for (let k = 0; k < m.count; k++) this.#exchange.forward(link, itemToken(m, k), keys[k]!, itemBytes(m, k)!);
+    }
+    if (r.logs !== null) {
+      for (const [level, msg, fields] of r.logs) this.#logger[level](msg, { worker: link.index, ...fields });
+    }
+    if (r.drained === true) {
+      link.drained = true;
+      this.#checkDrained();
+    }
+    if (r.aborted !== undefined) this.#checkAborted(link, r.aborted);
+    if (r.configured === true) link.configuring.shift()?.();
+    // Out of its loop: nothing of ours keeps the thread busy, but its port may keep it alive.
+    if (r.closed === true) void link.worker.terminate();
+  }
+
+  #allDrained(): boolean {
+    return this.#links.every((l) => l === null || !l.alive || l.drained);
+  }
+
+  #checkDrained(): void {
+    if (this.#drainWaiters.length === 0 || !this.#allDrained()) return;
+    const waiters = this.#drainWaiters;
+    this.#drainWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** A worker answered 'abort' (or died meanwhile, answering nothing more). */
+  #checkAborted(link: WorkerLink, n: number): void {
+    const a = this.#abortWaiters;
+    if (a === null || !link.aborting) return;
+    link.aborting = false;
+    a.total += n;
+    if (this.#links.some((l) => l !== null && l.aborting)) return;
+    this.#abortWaiters = null;
+    a.resolve(a.total);
+  }
+
+  /** A worker died: its sockets are already closed (the kernel spreads its traffic over the others); while running, a new one follows shortly. */
+  #restart(link: WorkerLink, code: number): void {
+    const restarting = this.#state === 'running';
+    this.#own.values[BATCHED_COUNTERS.slot.restarts]! += restarting ? 1 : 0;
+    this.#logger.error('udp worker died; its sockets are closed', { worker: link.index, code, ...(restarting ? { restartInMs: RESTART_DELAY_MS } : {}) });
+    if (!restarting) return;
+    const timer = setTimeout(() => {
+      this.#restartTimers.delete(timer);
+      if (this.#state !== 'running') return;
+      this.#spawn(link.index).catch((err: Error) => {
+        this.#logger.error('udp worker could not be restarted; the other workers keep serving', { worker: link.index, error: err.message });
+      });
+    }, RESTART_DELAY_MS);
+    timer.unref();
+    this.#restartTimers.add(timer);
+  }
+
+  async #shutdownAll(): Promise<void> {
+    for (const t of this.#restartTimers) clearTimeout(t);
+    this.#restartTimers.clear();
+    const exits: Promise<void>[] = [];
+    for (const l of this.#links) {
+      if (l === null || !l.alive) continue;
+      l.closing = true;
+      exits.push(new Promise((resolve) => l.worker.once('exit', () => resolve())));
+      l.post({ t: 'close' });
+    }
+    await Promise.all(exits);
+  }
+}
+
+/** A worker's part of the budget when a shared cache stands behind the workers. */
+export function workerShare(c: CacheOptions, workers: number): CacheOptions {
+  return {
+    ...c,
+    positiveCapacity: Math.max(1, Math.ceil(c.positiveCapacity / workers)),
+    negativeCapacity: Math.max(1, Math.ceil(c.negativeCapacity / workers)),
+    maxBytes: Math.max(1, Math.floor(c.maxBytes / workers)),
+  };
+}

@@ -1,0 +1,453 @@
+/**
+ * A batched UDP worker's life: one loop that receives a batch of queries
+ * per socket with recvmmsg, answers every hit from its own hit path and
+ * cache, sends the answers with one sendmmsg, and hands misses to the main
+ * thread. Each turn:
+ *
+ *   stamp the clock
+ *   messages waiting? (shared `pending` word) ─► receiveMessageOnPort():
+ *                 completions are queued; configure / pause / abort / close apply
+ *   up to 256 queued completions ─► HitPath.complete() ─► answers into the vectors
+ *   per socket: recvmmsg(MSG_DONTWAIT) ─► HitPath.handle() per datagram
+ *                 answers go into that socket's send vector
+ *                 a miss parks its client (the peer is detached from the ring)
+ *   sendmmsg the filled vectors
+ *   post one report: the turn's misses and log lines
+ *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
+ *                 main thread's wake ends it (idle costs ~0% CPU)
+ *
+ * Under load a turn is exactly two koffi calls per socket (recvmmsg and
+ * sendmmsg); nothing is allocated per packet by this file except the
+ * Buffer view handed to handle() and, for a miss, the peer it keeps.
+ */
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { DnsCache } from '../../cache/cache.js';
+import type { Clock } from '../../clock.js';
+import type { LogFields, Logger } from '../../log.js';
+import { HitPath, type MissSink } from '../hit-path.js';
+import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
+import { AF_INET6, EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
+import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from './msgvec.js';
+import { Ctl, OUTCOMES, Packer, itemBytes, itemTag, itemToken, transferOf, type LogRecord, type Packed, type ToWorker, type WorkerInit, type WorkerReport } from './protocol.js';
+import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
+
+/** Bytes a query may take; a longer datagram arrives cut (MSG_TRUNC) and is dropped. Real queries are a few hundred bytes. */
+export const RECV_SLOT_BYTES = 4096;
+/**
+ * How long an idle worker sleeps in poll before it looks around anyway. The
+ * eventfd wakes it for anything the main thread sends, so this is only a
+ * safety net (and one wakeup a second is ~0% CPU).
+ */
+const IDLE_POLL_MS = 1000;
+const POLLFD_BYTES = 8;
+/**
+ * Completions answered per turn at most. A main thread that fell behind
+ * hands back thousands at once; answering them all in one turn would hold
+ * the hits queued behind them for milliseconds (measured: hit p99 from
+ * 3 ms to 50 ms under a miss flood). 256 is about a batch's worth of work.
+ */
+export const COMPLETIONS_PER_TURN = 256;
+
+const IO = BATCHED_COUNTERS.slot;
+
+/**
+ * running: receiving. draining: paused by the main thread, which has taken
+ * our sockets out of the group; we read what the kernel had already queued
+ * for us, until a receive finds nothing. paused: no more receiving; answers
+ * to queries taken still go out. closing: leave the loop.
+ */
+type State = 'running' | 'draining' | 'paused' | 'closing';
+
+/**
+ * Where an answer goes: the sockaddr of a received datagram. A live peer
+ * reads it from the receive vector; a peer whose query became a waiter is
+ * detached (its sockaddr copied out) because the slot is refilled next turn.
+ */
+class Peer implements ClientPeer {
+  sock: number;
+  answered: boolean;
+  words: Uint32Array;
+  wordOff: number;
+  nameLen: number;
+
+  constructor(words: Uint32Array, wordOff: number) {
+    this.sock = 0;
+    this.answered = false;
+    this.words = words;
+    this.wordOff = wordOff;
+    this.nameLen = SOCKADDR_SLOT_BYTES;
+  }
+
+  /** Keeps the sockaddr past this turn: the only per-packet allocation, and only for a miss. */
+  detach(): void {
+    const own = new Uint32Array(SOCKADDR_SLOT_BYTES >> 2);
+    for (let w = 0; w < own.length; w++) own[w] = this.words[this.wordOff + w]!;
+    this.words = own;
+    this.wordOff = 0;
+  }
+
+  /** Decoded only when someone reads it (the query log). */
+  get address(): string {
+    const b = new Uint8Array(this.words.buffer, this.words.byteOffset + this.wordOff * 4, this.nameLen);
+    const family = b[0]! | (b[1]! << 8);
+    if (family === AF_INET6) return ipv6Text(b.subarray(8, 24));
+    return `${b[4]}.${b[5]}.${b[6]}.${b[7]}`;
+  }
+
+  get port(): number {
+    const b = new Uint8Array(this.words.buffer, this.words.byteOffset + this.wordOff * 4, 4);
+    return (b[2]! << 8) | b[3]!;
+  }
+}
+
+/** Answers for one socket go into its send vector. */
+class SocketChannel implements ClientChannel {
+  readonly transport = Transport.UDP;
+  readonly #loop: WorkerLoop;
+  readonly #sock: number;
+  constructor(loop: WorkerLoop, sock: number) {
+    this.#loop = loop;
+    this.#sock = sock;
+  }
+  send(answer: Buffer, peer: ClientPeer): void {
+    this.#loop.queue(this.#sock, answer, peer as Peer);
+  }
+  discard(peer: ClientPeer): void {
+    (peer as Peer).answered = true;
+  }
+}
+
+/** The hit path's clock in a worker: stamped once per turn (TTLs count in seconds), no timers (the loop never yields). */
+class TurnClock implements Clock {
+  stamp: number;
+  constructor() {
+    this.stamp = performance.timeOrigin + performance.now();
+  }
+  tick(): number {
+    this.stamp = performance.timeOrigin + performance.now();
+    return this.stamp;
+  }
+  now(): number {
+    return this.stamp;
+  }
+  wall(): number {
+    return Date.now();
+  }
+  sweep(): () => void {
+    // Nothing in the worker's hit path sweeps; a timer would never fire inside the blocking loop anyway.
+    return () => {};
+  }
+}
+
+/** Log lines ride along with the turn's report; the main thread's logger filters and writes them. */
+class ReportLogger implements Logger {
+  records: LogRecord[] = [];
+  debug(msg: string, fields?: LogFields): void {
+    this.records.push(['debug', msg, fields]);
+  }
+  info(msg: string, fields?: LogFields): void {
+    this.records.push(['info', msg, fields]);
+  }
+  warn(msg: string, fields?: LogFields): void {
+    this.records.push(['warn', msg, fields]);
+  }
+  error(msg: string, fields?: LogFields): void {
+    this.records.push(['error', msg, fields]);
+  }
+}
+
+export class WorkerLoop implements MissSink {
+  readonly #sys: UdpBatchSys;
+  readonly #port: MessagePort;
+  readonly #init: WorkerInit;
+  readonly #ctl: Int32Array;
+  readonly #counters: WorkerCounters;
+  readonly #io: Float64Array;
+  readonly #clock: TurnClock;
+  readonly #logger: ReportLogger;
+  readonly #cache: DnsCache;
+  readonly #hits: HitPath;
+  readonly #fds: readonly number[];
+  readonly #channels: SocketChannel[];
+  readonly #arena: Arena;
+  readonly #recv: RecvVec;
+  readonly #send: SendVec[];
+  readonly #peers: Peer[];
+  /** pollfd[0] is the eventfd, then one per socket. */
+  readonly #pollOff: number;
+  readonly #scratchOff: number;
+  readonly #misses: Packer;
+  /** Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. */
+  readonly #done: Packed[];
+  #doneAt: number;
+  #state: State;
+  #drainedSent: boolean;
+  readonly #free: () => void;
+
+  constructor(sys: UdpBatchSys, port: MessagePort, init: WorkerInit) {
+    this.#sys = sys;
+    this.#port = port;
+    this.#init = init;
+    this.#ctl = new Int32Array(init.ctl);
+    this.#counters = workerCounters(init.stats);
+    this.#io = this.#counters.io.values;
+    this.#clock = new TurnClock();
+    this.#logger = new ReportLogger();
+    this.#cache = new DnsCache(init.cache, this.#counters.cache);
+    this.#hits = new HitPath({
+      cache: this.#cache,
+      clock: this.#clock,
+      logger: this.#logger,
+      counters: this.#counters.server,
+      maxUdpSize: init.maxUdpSize,
+      queryLogEvery: init.queryLogEvery,
+    });
+    this.#hits.connect(this);
+    this.#fds = init.fds;
+    this.#channels = init.fds.map((_fd, i) => new SocketChannel(this, i));
+    // One native block for everything: the receive vector, a send vector per socket, the pollfds and a scratch sockaddr.
+    const sendSlot = init.maxUdpSize;
+    const block = sys.alloc(workerBlockBytes(init.batch, init.fds.length, sendSlot));
+    this.#free = block.free;
+    this.#arena = new Arena(block.address, block.bytes);
+    this.#recv = new RecvVec(this.#arena, init.batch, RECV_SLOT_BYTES);
+    this.#send = init.fds.map(() => new SendVec(this.#arena, init.batch, sendSlot));
+    this.#peers = [];
+    for (let i = 0; i < init.batch; i++) this.#peers.push(new Peer(this.#arena.u32, this.#recv.sockaddrOffset(i) >> 2));
+    this.#scratchOff = this.#arena.take(SOCKADDR_SLOT_BYTES);
+    this.#pollOff = this.#arena.take((init.fds.length + 1) * POLLFD_BYTES);
+    const pv = this.#arena.view;
+    const all = [init.wakeFd, ...init.fds];
+    all.forEach((fd, i) => {
+      pv.setInt32(this.#pollOff + i * POLLFD_BYTES, fd, true);
+      pv.setInt16(this.#pollOff + i * POLLFD_BYTES + 4, POLLIN, true);
+    });
+    this.#misses = new Packer(true);
+    this.#done = [];
+    this.#doneAt = 0;
+    this.#state = 'running';
+    this.#drainedSent = false;
+  }
+
+  /** Runs until told to close. Never returns early on a bad packet: handle() errors are counted and logged. */
+  run(): void {
+    this.#post({ misses: null, logs: null, ready: true });
+    const fds = this.#fds;
+    for (;;) {
+      this.#clock.tick();
+      // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
+      if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
+      // Completions left over count as work: no sleeping while some wait.
+      let got = this.#done.length > 0 ? this.#complete() : 0;
+      if (this.#state === 'running' || this.#state === 'draining') {
+        let received = 0;
+        for (let s = 0; s < fds.length; s++) received += this.#receive(s);
+        if (received === 0 && this.#state === 'draining') this.#state = 'paused';
+        got += received;
+      }
+      for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
+      this.#publish();
+      this.#report();
+      if (this.#state === 'closing') break;
+      if (got === 0) this.#sleep();
+    }
+    this.#post({ misses: null, logs: null, closed: true });
+    this.#free();
+  }
+
+  /** MissSink: queued for this turn's report; refused at once past the limit (the main thread is behind). */
+  forward(token: number, key: string, query: Buffer): void {
+    if (this.#hits.inflight > this.#init.maxInflight) {
+      this.#io[IO.overloaded]!++;
+      this.#hits.complete(token, null, 'overloaded');
+      return;
+    }
+    this.#misses.push(token, 0, query, key);
+  }
+
+  /** An answer for `peer`, from handle() now or from complete() later. */
+  queue(sock: number, answer: Buffer, peer: Peer): void {
+    peer.answered = true;
+    const vec = this.#send[sock]!;
+    if (answer.length > vec.slotBytes) {
+      // A reload raised --max-udp-size past the slots: this answer goes alone.
+      const words = this.#arena.u32;
+      const dst = this.#scratchOff >> 2;
+      for (let w = 0; w < peer.nameLen >> 2; w++) words[dst + w] = peer.words[peer.wordOff + w]!;
+      if (this.#sys.sendto(this.#fds[sock]!, answer, this.#arena.address + this.#scratchOff, peer.nameLen) < 0) this.#io[IO.sendErrors]!++;
+      return;
+    }
+    if (vec.full) this.#flush(sock);
+    vec.push(answer, peer.words, peer.wordOff, peer.nameLen);
+  }
+
+  #receive(s: number): number {
+    const recv = this.#recv;
+    const n = this.#sys.recvmmsg(this.#fds[s]!, recv.address, recv.count, MSG_DONTWAIT);
+    if (n <= 0) {
+      if (n !== -EAGAIN && n !== -EINTR && n !== 0) this.#io[IO.recvErrors]!++;
+      return 0;
+    }
+    const io = this.#io;
+    io[IO.batches]!++;
+    io[IO.datagrams]! += n;
+    const buf = this.#arena.u8.buffer;
+    const channel = this.#channels[s]!;
+    const hits = this.#hits;
+    const peers = this.#peers;
+    for (let i = 0; i < n; i++) {
+      if (recv.truncated(i)) {
+        io[IO.oversize]!++;
+        continue;
+      }
+      const peer = peers[i]!;
+      peer.sock = s;
+      peer.answered = false;
+      peer.nameLen = recv.nameLength(i);
+      const msg = Buffer.from(buf, recv.dataOffset(i), recv.length(i));
+      try {
+        hits.handle(msg, channel, peer);
+      } catch (err) {
+        this.#logger.error('query handler threw', { error: String(err) });
+        peer.answered = true;
+      }
+      if (!peer.answered) {
+        // The query waits on a miss and keeps this peer: give the slot a fresh one.
+        peer.detach();
+        peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
+      }
+    }
+    recv.reset(n);
+    return n;
+  }
+
+  #flush(s: number): void {
+    const vec = this.#send[s]!;
+    const fd = this.#fds[s]!;
+    const filled = vec.filled;
+    let k = 0;
+    // Bounded: every round either sends something or gives up on one message.
+    while (k < filled) {
+      const r = this.#sys.sendmmsg(fd, vec.at(k), filled - k);
+      this.#io[IO.sends]!++;
+      if (r > 0) {
+        k += r;
+      } else {
+        // EAGAIN (send buffer full), EPERM (a firewall), ...: that client's answer is lost, and it will retry.
+        this.#io[IO.sendErrors]!++;
+        k++;
+      }
+    }
+    vec.clear();
+  }
+
+  #takeMessages(): void {
+    for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
+      this.#apply(m.message as ToWorker);
+    }
+  }
+
+  #apply(m: ToWorker): void {
+    switch (m.t) {
+      case 'done':
+        this.#done.push(m.items);
+        return;
+      case 'configure':
+        this.#cache.configure(m.cache);
+        this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery });
+        this.#post({ misses: null, logs: null, configured: true });
+        return;
+      case 'pause':
+        if (this.#state === 'running') this.#state = 'draining';
+        return;
+      case 'abort': {
+        const n = this.#hits.abortAll();
+        this.#post({ misses: null, logs: null, aborted: n });
+        return;
+      }
+      case 'close':
+        this.#state = 'closing';
+        return;
+    }
+  }
+
+  /** Applies up to COMPLETIONS_PER_TURN queued completions; returns how many. */
+  #complete(): number {
+    let n = 0;
+    while (n < COMPLETIONS_PER_TURN && this.#done.length > 0) {
+      const p = this.#done[0]!;
+      const i = this.#doneAt++;
+      if (this.#doneAt >= p.count) {
+        this.#done.shift();
+        this.#doneAt = 0;
+      }
+      if (i >= p.count) continue;
+      this.#hits.complete(itemToken(p, i), itemBytes(p, i), OUTCOMES[itemTag(p, i)] ?? 'network');
+      n++;
+    }
+    return n;
+  }
+
+  #sleep(): void {
+    const ctl = this.#ctl;
+    Atomics.store(ctl, Ctl.SLEEPING, 1);
+    // Checked after announcing the sleep: a message posted before this is seen here, one posted after finds SLEEPING and wakes us.
+    if (Atomics.load(ctl, Ctl.PENDING) === 0) {
+      const nfds = this.#state === 'running' || this.#state === 'draining' ? this.#fds.length + 1 : 1;
+      this.#sys.poll(this.#arena.address + this.#pollOff, nfds, IDLE_POLL_MS);
+      this.#io[IO.wakeups]!++;
+    }
+    Atomics.store(ctl, Ctl.SLEEPING, 0);
+    // The eventfd is level-triggered: drain it whether or not this wake came from it (read fails with EAGAIN when empty).
+    if ((this.#arena.view.getInt16(this.#pollOff + 6, true) & POLLIN) !== 0) {
+      this.#sys.read8(this.#init.wakeFd, this.#arena.address + this.#scratchOff);
+    }
+  }
+
+  #publish(): void {
+    const io = this.#io;
+    io[IO.inflight] = this.#hits.inflight;
+    io[IO.entriesPositive] = this.#cache.positiveSize;
+    io[IO.entriesNegative] = this.#cache.negativeSize;
+    io[IO.cacheBytes] = this.#cache.bytes;
+  }
+
+  #report(): void {
+    const misses = this.#misses.count > 0 ? this.#misses.take() : null;
+    const logs = this.#logger.records.length > 0 ? this.#logger.records : null;
+    if (logs !== null) this.#logger.records = [];
+    const drained = (this.#state === 'paused' || this.#state === 'closing') && !this.#drainedSent && this.#hits.inflight === 0;
+    if (drained) this.#drainedSent = true;
+    if (misses === null && logs === null && !drained) return;
+    const report: WorkerReport = drained ? { misses, logs, drained: true } : { misses, logs };
+    this.#port.postMessage(report, misses === null ? [] : transferOf(misses));
+  }
+
+  #post(r: WorkerReport): void {
+    this.#port.postMessage(r);
+  }
+}
+
+/** Native bytes of one worker: the receive vector, a send vector per socket, a scratch sockaddr and the pollfds. */
+export function workerBlockBytes(batch: number, sockets: number, maxUdpSize: number): number {
+  return vecBytes(batch, RECV_SLOT_BYTES) + sockets * vecBytes(batch, maxUdpSize) + 64 * 2 + (sockets + 1) * POLLFD_BYTES;
+}
+
+/** RFC 5952 text of 16 address bytes: lower-case hex, the longest run of two or more zero groups as "::". */
+export function ipv6Text(b: Uint8Array): string {
+  const g: number[] = [];
+  for (let i = 0; i < 16; i += 2) g.push((b[i]! << 8) | b[i + 1]!);
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j === i ? i + 1 : j;
+  }
+  const hex = (from: number, to: number): string => g.slice(from, to).map((x) => x.toString(16)).join(':');
+  return best < 0 ? hex(0, 8) : `${hex(0, best)}::${hex(best + bestLen, 8)}`;
+}

@@ -1,0 +1,139 @@
+/**
+ * The main thread's side of the workers' miss boundary: misses from every
+ * worker go to one MissSink (the Resolver), identical questions in flight
+ * from several workers share one upstream query, and each outcome is handed
+ * back to every worker that asked, under that worker's own token.
+ *
+ *   worker A ─ (a7, key, query) ─┐                     ┌─► A: complete(a7, ...)
+ *   worker B ─ (b3, key, query) ─┴► Shared{t42} ─ forward(t42) ─► Resolver
+ *                                   Resolver ─ complete(t42, answer) ─┘ └─► B: complete(b3, ...)
+ *
+ * Each worker keeps its own cache (listener.ts says why). With several
+ * workers the exchange also keeps a shared cache of every answer the
+ * workers fetched: a worker's miss on a name another worker already has is
+ * answered from it (TTLs aged, so the worker's copy expires with the
+ * original) instead of going upstream. That gives back the hit rate of one
+ * shared cache (bench/micro/cache-split.ts: per-worker caches alone lose 6
+ * to 13 points on podmix) at the price of one more round trip between
+ * threads for those queries. It stops answering an entry once the entry is
+ * due for prefetch, so a worker's refresh always reaches the upstream.
+ */
+import type { DnsCache } from '../../cache/cache.js';
+import type { Clock } from '../../clock.js';
+import { scanAnswer } from '../../dns/answer.js';
+import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
+import { MAX_MESSAGE, Rcode } from '../../dns/constants.js';
+import { QueryStatus, parseQuery } from '../../dns/query.js';
+import type { MissOutcome, MissSink } from '../hit-path.js';
+import type { MissCompleter } from '../resolver.js';
+import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
+
+const S = BATCHED_COUNTERS.slot;
+
+/** A worker as the exchange sees it: somewhere to hand outcomes. */
+export interface MissReturn {
+  /** False once the worker is gone: its waiters are dropped. */
+  readonly alive: boolean;
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void;
+}
+
+interface Waiter {
+  readonly to: MissReturn;
+  readonly token: number;
+}
+
+class Shared {
+  readonly token: number;
+  readonly key: string;
+  readonly waiters: Waiter[];
+  constructor(token: number, key: string, first: Waiter) {
+    this.token = token;
+    this.key = key;
+    this.waiters = [first];
+  }
+}
+
+export class MissExchange implements MissCompleter {
+  #sink: MissSink | null;
+  readonly #byKey: Map<string, Shared>;
+  readonly #byToken: Map<number, Shared>;
+  #nextToken: number;
+  /** Main-thread slots: cross-worker coalescing, shared-cache hits. */
+  readonly #v: Float64Array;
+  readonly #shared: DnsCache | null;
+  readonly #clock: Clock;
+
+  constructor(counters: BatchedCounters, shared: DnsCache | null, clock: Clock) {
+    this.#sink = null;
+    this.#byKey = new Map();
+    this.#byToken = new Map();
+    this.#nextToken = 1;
+    this.#v = counters.values;
+    this.#shared = shared;
+    this.#clock = clock;
+  }
+
+  /** Wires the upstream side (the Resolver); set once before the first miss. */
+  connect(sink: MissSink): void {
+    this.#sink = sink;
+  }
+
+  /** Questions in flight on the upstream side. */
+  get inflight(): number {
+    return this.#byToken.size;
+  }
+
+  /** A worker's miss. */
+  forward(from: MissReturn, token: number, key: string, query: Buffer): void {
+    if (this.#shared !== null && this.#fromShared(from, token, key, query)) return;
+    const waiter: Waiter = { to: from, token };
+    const shared = this.#byKey.get(key);
+    if (shared !== undefined) {
+      this.#v[S.crossWorkerCoalesced]!++;
+      shared.waiters.push(waiter);
+      return;
+    }
+    if (this.#sink === null) {
+      from.deliver(token, null, 'closed');
+      return;
+    }
+    // Tokens wrap long before a double could lose precision; a live token is never reused (2^31 misses apart).
+    const t = this.#nextToken;
+    this.#nextToken = t >= 0x7fffffff ? 1 : t + 1;
+    const s = new Shared(t, key, waiter);
+    this.#byKey.set(key, s);
+    this.#byToken.set(t, s);
+    // May complete synchronously: registered first so complete() finds it.
+    this.#sink.forward(t, key, query);
+  }
+
+  /** MissCompleter: the upstream side's outcome, fanned out to every worker that asked. Unknown tokens are ignored. */
+  complete(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+    const s = this.#byToken.get(token);
+    if (s === undefined) return;
+    this.#byToken.delete(token);
+    if (this.#byKey.get(s.key) === s) this.#byKey.delete(s.key);
+    if (this.#shared !== null && answer !== null) this.#store(s.key, answer);
+    for (const w of s.waiters) if (w.to.alive) w.to.deliver(w.token, answer, outcome);
+  }
+
+  /** Answers a miss from the shared cache when it holds the key, fresh and not yet due for refresh. */
+  #fromShared(from: MissReturn, token: number, key: string, query: Buffer): boolean {
+    const now = this.#clock.now();
+    const entry = this.#shared!.lookup(key, now);
+    if (entry === undefined || now >= entry.prefetchAt) return false;
+    // The worker's own upstream form of the question: the answer comes back with its id and spelling, and our OPT.
+    const q = parseQuery(query);
+    if (q.status !== QueryStatus.OK) return false;
+    this.#v[S.sharedHits]!++;
+    from.deliver(token, entry.serve(q, now, MAX_MESSAGE, DEFAULT_EDNS_SIZE), 'upstream');
+    return true;
+  }
+
+  /** What the worker will cache, the shared cache keeps too (the same validation and policy as the worker's). */
+  #store(key: string, answer: Buffer): void {
+    const scan = scanAnswer(answer);
+    if (scan === undefined || scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) return;
+    this.#shared!.insert(key, answer, scan, this.#clock.now());
+  }
+}

@@ -1,0 +1,189 @@
+/**
+ * The recvmmsg/sendmmsg vectors, laid out once in one native block and
+ * read and written through typed-array views: no allocation and no koffi
+ * marshalling per packet (design section 7).
+ *
+ * Linux LP64 layouts (x86-64 and arm64; udp-batch.ts refuses anything else):
+ *
+ *   struct mmsghdr (64 bytes)             struct iovec (16 bytes)
+ *    0  void    *msg_name   ─► sockaddr    0  void  *iov_base ─► slot bytes
+ *    8  uint32   msg_namelen               8  size_t iov_len
+ *   16  iovec   *msg_iov    ─► iovec
+ *   24  size_t   msg_iovlen = 1           sockaddr slot: 32 bytes, room for a
+ *   32  void    *msg_control = NULL       sockaddr_in (16) or sockaddr_in6 (28)
+ *   40  size_t   msg_controllen = 0
+ *   48  int      msg_flags   (out: MSG_TRUNC)
+ *   56  uint32   msg_len     (out: bytes)
+ *
+ * A vector of N messages is [N mmsghdr][N iovec][N sockaddr][N slots]: the
+ * pointers are written once at construction; per packet only msg_len,
+ * msg_flags, msg_namelen and iov_len change.
+ */
+import { MSG_TRUNC } from '../../sys/udp-batch.js';
+
+export const MMSGHDR_BYTES = 64;
+const IOVEC_BYTES = 16;
+export const SOCKADDR_SLOT_BYTES = 32;
+const H_NAME = 0;
+const H_NAMELEN = 8;
+const H_IOV = 16;
+const H_IOVLEN = 24;
+const H_FLAGS = 48;
+const H_LEN = 56;
+const IOV_LEN = 8;
+
+/** Bytes a vector of `count` messages of `slotBytes` each takes, alignment included. */
+export function vecBytes(count: number, slotBytes: number): number {
+  return align(count * (MMSGHDR_BYTES + IOVEC_BYTES + SOCKADDR_SLOT_BYTES)) + align(count * align(slotBytes));
+}
+
+function align(n: number): number {
+  return (n + 63) & ~63;
+}
+
+/** A bump allocator over one native block: every vector of a worker comes from it. */
+export class Arena {
+  readonly address: number;
+  readonly u8: Uint8Array;
+  readonly u32: Uint32Array;
+  readonly view: DataView;
+  #next: number;
+
+  constructor(address: number, bytes: ArrayBuffer) {
+    this.address = address;
+    this.u8 = new Uint8Array(bytes);
+    this.u32 = new Uint32Array(bytes);
+    this.view = new DataView(bytes);
+    this.#next = 0;
+  }
+
+  /** Byte offset of `bytes` fresh bytes, 64-aligned. */
+  take(bytes: number): number {
+    const off = this.#next;
+    const end = off + align(bytes);
+    if (end > this.u8.length) throw new Error(`arena exhausted: ${end} > ${this.u8.length}`);
+    this.#next = end;
+    return off;
+  }
+
+  pointer(off: number, address: number): void {
+    this.view.setBigUint64(off, BigInt(address), true);
+  }
+}
+
+/** Shared layout of both directions. */
+abstract class MsgVec {
+  readonly count: number;
+  readonly slotBytes: number;
+  /** Native address of mmsghdr[0]. */
+  readonly address: number;
+  protected readonly a: Arena;
+  protected readonly hdr: number;
+  protected readonly iov: number;
+  protected readonly sa: number;
+  protected readonly buf: number;
+
+  constructor(arena: Arena, count: number, slotBytes: number) {
+    this.a = arena;
+    this.count = count;
+    this.slotBytes = align(slotBytes);
+    this.hdr = arena.take(count * MMSGHDR_BYTES);
+    this.iov = arena.take(count * IOVEC_BYTES);
+    this.sa = arena.take(count * SOCKADDR_SLOT_BYTES);
+    this.buf = arena.take(count * this.slotBytes);
+    this.address = arena.address + this.hdr;
+    arena.u8.fill(0, this.hdr, this.hdr + count * MMSGHDR_BYTES);
+    for (let i = 0; i < count; i++) {
+      const h = this.hdr + i * MMSGHDR_BYTES;
+      const v = this.iov + i * IOVEC_BYTES;
+      arena.pointer(h + H_NAME, arena.address + this.sa + i * SOCKADDR_SLOT_BYTES);
+      arena.u32[(h + H_NAMELEN) >> 2] = SOCKADDR_SLOT_BYTES;
+      arena.pointer(h + H_IOV, arena.address + v);
+      arena.pointer(h + H_IOVLEN, 1);
+      arena.pointer(v, arena.address + this.buf + i * this.slotBytes);
+      arena.pointer(v + IOV_LEN, this.slotBytes);
+    }
+  }
+
+  /** Native address of mmsghdr[i]. */
+  at(i: number): number {
+    return this.address + i * MMSGHDR_BYTES;
+  }
+
+  /** Byte offset (in the arena) of message i's sockaddr. */
+  sockaddrOffset(i: number): number {
+    return this.sa + i * SOCKADDR_SLOT_BYTES;
+  }
+
+  /** Byte offset (in the arena) of message i's data. */
+  dataOffset(i: number): number {
+    return this.buf + i * this.slotBytes;
+  }
+
+  nameLength(i: number): number {
+    return this.a.u32[(this.hdr + i * MMSGHDR_BYTES + H_NAMELEN) >> 2]!;
+  }
+}
+
+/**
+ * What recvmmsg fills. Each slot's iov_len stays the slot size; after a
+ * receive, msg_len, msg_flags and msg_namelen say what arrived.
+ */
+export class RecvVec extends MsgVec {
+  /** Before the next receive: the kernel shrank msg_namelen of the first n slots to what it wrote. */
+  reset(n: number): void {
+    const u32 = this.a.u32;
+    for (let i = 0; i < n; i++) u32[(this.hdr + i * MMSGHDR_BYTES + H_NAMELEN) >> 2] = SOCKADDR_SLOT_BYTES;
+  }
+
+  length(i: number): number {
+    return this.a.u32[(this.hdr + i * MMSGHDR_BYTES + H_LEN) >> 2]!;
+  }
+
+  /** The datagram was bigger than the slot and arrived cut. */
+  truncated(i: number): boolean {
+    return (this.a.u32[(this.hdr + i * MMSGHDR_BYTES + H_FLAGS) >> 2]! & MSG_TRUNC) !== 0;
+  }
+}
+
+/**
+ * What sendmmsg sends: answers are copied into the next free slot with the
+ * peer's sockaddr, then the filled prefix goes in one call.
+ */
+export class SendVec extends MsgVec {
+  #filled: number;
+
+  constructor(arena: Arena, count: number, slotBytes: number) {
+    super(arena, count, slotBytes);
+    this.#filled = 0;
+  }
+
+  get filled(): number {
+    return this.#filled;
+  }
+
+  get full(): boolean {
+    return this.#filled === this.count;
+  }
+
+  /**
+   * Queues `answer` to the sockaddr held in `words` (nameLen bytes from
+   * word `wordOff`). The caller checks `full` and the answer's size first.
+   */
+  push(answer: Uint8Array, words: Uint32Array, wordOff: number, nameLen: number): void {
+    const i = this.#filled++;
+    const a = this.a;
+    a.u8.set(answer, this.buf + i * this.slotBytes);
+    const h = this.hdr + i * MMSGHDR_BYTES;
+    a.u32[(h + H_NAMELEN) >> 2] = nameLen;
+    // iov_len: the low word of a little-endian size_t; the high word stays 0.
+    a.u32[(this.iov + i * IOVEC_BYTES + IOV_LEN) >> 2] = answer.length;
+    const dst = (this.sa + i * SOCKADDR_SLOT_BYTES) >> 2;
+    for (let w = 0; w < nameLen >> 2; w++) a.u32[dst + w] = words[wordOff + w]!;
+  }
+
+  /** Everything queued was sent (or given up on). */
+  clear(): void {
+    this.#filled = 0;
+  }
+}

@@ -1,0 +1,166 @@
+/**
+ * What crosses between the main thread and a batched UDP worker. Both ways
+ * are batched: a worker posts at most one report per loop turn (its misses
+ * and log lines), the main thread at most one message of completions per
+ * event-loop turn. Items are packed into one byte buffer plus an index,
+ * both transferred rather than cloned, so a turn with 500 misses costs one
+ * postMessage, not 500.
+ *
+ * A worker spends its life in a blocking loop and never sees a 'message'
+ * event: it takes messages with receiveMessageOnPort() when the shared
+ * `pending` word says there are some, and the main thread writes to the
+ * worker's eventfd when the worker sleeps in poll (see worker.ts).
+ */
+import type { CacheOptions } from '../../cache/cache.js';
+import type { TtlCaps } from '../../cache/policy.js';
+import type { PrefetchOptions } from '../../cache/prefetch.js';
+import type { LogFields } from '../../log.js';
+import type { MissOutcome } from '../hit-path.js';
+
+/** Outcomes by index, as they travel. */
+export const OUTCOMES: readonly MissOutcome[] = ['upstream', 'local', 'timeout', 'network', 'overloaded', 'closed', 'servfail', 'malformed'];
+export const OUTCOME_INDEX: Readonly<Record<MissOutcome, number>> = Object.fromEntries(OUTCOMES.map((o, i) => [o, i])) as Record<MissOutcome, number>;
+
+/** Int32 words shared by the main thread and one worker (Atomics). */
+export const Ctl = {
+  /** Non-zero: messages wait on the worker's port. */
+  PENDING: 0,
+  /** 1 while the worker sleeps in poll: whoever posts must write to its eventfd. */
+  SLEEPING: 1,
+  WORDS: 2,
+} as const;
+
+/** Everything a worker needs to start; sockets are made and bound by the main thread (errors surface at start()). */
+export interface WorkerInit {
+  readonly index: number;
+  /** One bound, non-blocking UDP socket per listen address. */
+  readonly fds: readonly number[];
+  readonly names: readonly string[];
+  readonly wakeFd: number;
+  readonly ctl: SharedArrayBuffer;
+  /** Counter blocks (server, cache, io), one after the other. */
+  readonly stats: SharedArrayBuffer;
+  readonly cache: CacheOptions;
+  readonly maxUdpSize: number;
+  readonly queryLogEvery: number;
+  readonly batch: number;
+  readonly maxInflight: number;
+}
+
+export type CachePolicy = TtlCaps & PrefetchOptions & { readonly staleMs: number };
+
+/** Items packed for transfer: per item [token, tag, start, length]; length -1 means null. */
+export interface Packed {
+  readonly count: number;
+  readonly index: Int32Array;
+  readonly bytes: Uint8Array;
+  /** Cache keys of misses (strings clone cheaply); null for completions. */
+  readonly keys: string[] | null;
+}
+
+export type LogRecord = readonly [level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields: LogFields | undefined];
+
+/** Worker to main: one per loop turn at most. */
+export interface WorkerReport {
+  /** (token, tag 0, query bytes) with keys. */
+  readonly misses: Packed | null;
+  readonly logs: LogRecord[] | null;
+  /** Started (sockets and vectors ready), or why not. */
+  readonly ready?: true;
+  readonly failed?: string;
+  /** Paused and nothing in flight any more. */
+  readonly drained?: true;
+  /** Answer to 'configure': applied from this turn on. */
+  readonly configured?: true;
+  /** Answer to 'abort': waiters answered stale or SERVFAIL. */
+  readonly aborted?: number;
+  /** Left its loop; it posts nothing after this. */
+  readonly closed?: true;
+}
+
+/** Main to worker. */
+export type ToWorker =
+  | { readonly t: 'done'; readonly items: Packed }
+  | { readonly t: 'configure'; readonly cache: CachePolicy; readonly maxUdpSize: number; readonly queryLogEvery: number }
+  | { readonly t: 'pause' }
+  | { readonly t: 'abort' }
+  | { readonly t: 'close' };
+
+/** Packs items into growable buffers; take() hands them over (for transfer) and starts afresh. */
+export class Packer {
+  #index: Int32Array;
+  #bytes: Uint8Array;
+  #keys: string[] | null;
+  #count: number;
+  #used: number;
+  readonly #withKeys: boolean;
+
+  constructor(withKeys: boolean) {
+    this.#withKeys = withKeys;
+    this.#index = new Int32Array(4 * 64);
+    this.#bytes = new Uint8Array(8192);
+    this.#keys = withKeys ? [] : null;
+    this.#count = 0;
+    this.#used = 0;
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+
+  push(token: number, tag: number, data: Uint8Array | null, key: string | null): void {
+    if ((this.#count + 1) * 4 > this.#index.length) {
+      const index = new Int32Array(this.#index.length * 2);
+      index.set(this.#index);
+      this.#index = index;
+    }
+    const len = data === null ? -1 : data.length;
+    if (len > 0 && this.#used + len > this.#bytes.length) {
+      const bytes = new Uint8Array(Math.max(this.#bytes.length * 2, this.#used + len));
+      bytes.set(this.#bytes.subarray(0, this.#used));
+      this.#bytes = bytes;
+    }
+    const at = this.#count * 4;
+    this.#index[at] = token;
+    this.#index[at + 1] = tag;
+    this.#index[at + 2] = this.#used;
+    this.#index[at + 3] = len;
+    if (len > 0) {
+      this.#bytes.set(data!, this.#used);
+      this.#used += len;
+    }
+    if (this.#keys !== null) this.#keys.push(key ?? '');
+    this.#count++;
+  }
+
+  /** The packed items; the buffers are the caller's (to transfer). */
+  take(): Packed {
+    const p: Packed = { count: this.#count, index: this.#index, bytes: this.#bytes, keys: this.#keys };
+    this.#index = new Int32Array(4 * 64);
+    this.#bytes = new Uint8Array(8192);
+    this.#keys = this.#withKeys ? [] : null;
+    this.#count = 0;
+    this.#used = 0;
+    return p;
+  }
+}
+
+/** The transfer list of a packed batch. */
+export function transferOf(p: Packed): ArrayBuffer[] {
+  return [p.index.buffer as ArrayBuffer, p.bytes.buffer as ArrayBuffer];
+}
+
+/** Item i's bytes as a Buffer view (no copy), or null. */
+export function itemBytes(p: Packed, i: number): Buffer | null {
+  const len = p.index[i * 4 + 3]!;
+  if (len < 0) return null;
+  return Buffer.from(p.bytes.buffer, p.bytes.byteOffset + p.index[i * 4 + 2]!, len);
+}
+
+export function itemToken(p: Packed, i: number): number {
+  return p.index[i * 4]!;
+}
+
+export function itemTag(p: Packed, i: number): number {
+  return p.index[i * 4 + 1]!;
+}

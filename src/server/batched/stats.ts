@@ -1,0 +1,63 @@
+/**
+ * Counters of the batched UDP backend's I/O, one block per worker in shared
+ * memory (the worker bumps, the main thread publishes). The worker's hit
+ * path and cache count in their own blocks (server/stats.ts, cache/stats.ts),
+ * placed in the same shared buffer.
+ */
+import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
+import { Counters, defineCounters } from '../../stats/counters.js';
+import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
+
+export const BATCHED_COUNTERS = defineCounters({
+  batches: { name: 'nodelocal_udp_batches_total', help: 'recvmmsg calls that returned datagrams (datagrams / batches = mean batch size).' },
+  datagrams: { name: 'nodelocal_udp_batched_datagrams_total', help: 'Datagrams received by the batched UDP workers.' },
+  sends: { name: 'nodelocal_udp_sendmmsg_total', help: 'sendmmsg calls.' },
+  wakeups: { name: 'nodelocal_udp_worker_wakeups_total', help: 'Times a worker woke from poll (idle to busy).' },
+  oversize: { name: 'nodelocal_dropped_total', labels: { reason: 'oversize_query' }, help: 'Queries dropped unanswered, by reason.' },
+  recvErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'recv' }, help: 'Socket errors of the batched UDP workers, by operation.' },
+  sendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Socket errors of the batched UDP workers, by operation.' },
+  overloaded: {
+    name: 'nodelocal_worker_misses_refused_total',
+    help: 'Misses answered SERVFAIL (or stale) at once because their worker already had its limit waiting on the main thread.',
+  },
+  restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again.' },
+  sharedHits: {
+    name: 'nodelocal_shared_cache_hits_total',
+    help: 'Worker cache misses answered from the shared cache on the main thread (another worker had fetched the name), without an upstream query.',
+  },
+  crossWorkerCoalesced: { name: 'nodelocal_coalesced_total', labels: { across: 'workers' }, help: 'Misses that joined an identical question another worker had in flight.' },
+  inflight: { name: 'nodelocal_udp_worker_inflight', type: 'gauge', help: 'Questions the batched UDP workers have waiting on the upstream side.' },
+  entriesPositive: { name: 'coredns_cache_entries', labels: { type: 'success' }, type: 'gauge', help: 'Entries in the cache.' },
+  entriesNegative: { name: 'coredns_cache_entries', labels: { type: 'denial' }, type: 'gauge', help: 'Entries in the cache.' },
+  cacheBytes: { name: 'nodelocal_cache_bytes', type: 'gauge', help: 'Bytes charged against the cache budget.' },
+});
+export type BatchedCounterName = keyof typeof BATCHED_COUNTERS.slot;
+export type BatchedCounters = Counters<BatchedCounterName>;
+
+/** A worker's three blocks, laid out one after the other in one buffer (shared with the main thread). */
+export interface WorkerCounters {
+  readonly server: ServerCounters;
+  readonly cache: CacheCounters;
+  readonly io: BatchedCounters;
+}
+
+export const WORKER_STATS_BYTES = (SERVER_COUNTERS.size + CACHE_COUNTERS.size + BATCHED_COUNTERS.size) * 8;
+
+export function workerCounters(buffer: ArrayBufferLike): WorkerCounters {
+  return {
+    server: new Counters(SERVER_COUNTERS, buffer, 0),
+    cache: new Counters(CACHE_COUNTERS, buffer, SERVER_COUNTERS.size * 8),
+    io: new Counters(BATCHED_COUNTERS, buffer, (SERVER_COUNTERS.size + CACHE_COUNTERS.size) * 8),
+  };
+}
+
+/** Adds every worker's block into `into` (zeroed first): what a scrape publishes. */
+export function sumInto<K extends string>(into: Counters<K>, blocks: readonly Counters<K>[]): Counters<K> {
+  const out = into.values;
+  out.fill(0);
+  for (const b of blocks) {
+    const v = b.values;
+    for (let i = 0; i < out.length; i++) out[i]! += v[i]!;
+  }
+  return into;
+}

@@ -1,0 +1,789 @@
+// The batched UDP backend (--io batched): worker threads that own SO_REUSEPORT
+// sockets made through koffi, answer hits with recvmmsg/sendmmsg from their
+// own hit path and cache, and send misses across the message boundary to a
+// real Resolver (HostResolvers to a fake upstream) on this thread. Real
+// sockets on 127.0.0.1 and ::1; no timing thresholds: waits are bounded
+// polls for an event, never assertions about how fast.
+import t, { type Test } from 'tap';
+import dgram from 'node:dgram';
+import * as dnsPacket from 'dns-packet';
+import { ManualClock, systemClock } from '../src/clock.js';
+import { upstreamQuery } from '../src/dns/build.js';
+import { parseQuery } from '../src/dns/query.js';
+import { a as rr, answer, query, ttlOf } from './kit/dns.js';
+import { createLogger, silentLogger } from '../src/log.js';
+import type { CacheOptions } from '../src/cache/cache.js';
+import { DnsCache } from '../src/cache/cache.js';
+import { CACHE_COUNTERS } from '../src/cache/stats.js';
+import { HitPath, type MissOutcome, type MissSink } from '../src/server/hit-path.js';
+import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
+import type { Route } from '../src/server/route.js';
+import { SERVER_COUNTERS } from '../src/server/stats.js';
+import { UdpListener } from '../src/server/udp-listener.js';
+import { BatchedUdpListener, workerShare } from '../src/server/batched/listener.js';
+import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
+import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
+import { COMPLETIONS_PER_TURN, WorkerLoop, ipv6Text } from '../src/server/batched/loop.js';
+import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken, type WorkerInit, type WorkerReport } from '../src/server/batched/protocol.js';
+import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
+import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
+import { Counters } from '../src/stats/counters.js';
+import { EAGAIN, loadUdpBatch } from '../src/sys/udp-batch.js';
+import { FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
+import { HostResolvers } from '../src/upstream/host-resolvers.js';
+import { ZoneRouter } from '../src/upstream/router.js';
+import { SimDnsServer, staticHandler, type SimHandler, type StaticRecord } from '../testkit/dns-server.js';
+
+const CACHE: CacheOptions = {
+  positiveCapacity: 1000, negativeCapacity: 1000, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
+};
+
+function records(n: number): Record<string, StaticRecord> {
+  const r: Record<string, StaticRecord> = {};
+  for (let i = 0; i < n; i++) r[`svc-${i}.example.com`] = { A: [`10.0.${i >> 8}.${i & 255}`], ttl: 60 };
+  return r;
+}
+
+/** Bounded wait for a condition (an event, not a speed). */
+async function until(what: string, cond: () => boolean, limitMs = 5000): Promise<void> {
+  const end = Date.now() + limitMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** A client socket that collects every answer it gets, by id. */
+class Client {
+  readonly socket: dgram.Socket;
+  readonly answers = new Map<number, dnsPacket.DecodedPacket>();
+  constructor(family: 4 | 6 = 4) {
+    this.socket = dgram.createSocket(family === 6 ? 'udp6' : 'udp4');
+    this.socket.on('message', (m) => {
+      const p = dnsPacket.decode(m);
+      this.answers.set(p.id!, p);
+    });
+  }
+  async ready(): Promise<void> {
+    await new Promise<void>((r) => this.socket.bind(0, r));
+  }
+  send(port: number, name: string, id: number, host = '127.0.0.1', udpSize = 0): Promise<void> {
+    const p: dnsPacket.Packet = { type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] };
+    if (udpSize > 0) p.additionals = [{ type: 'OPT', name: '.', udpPayloadSize: udpSize, flags: 0, options: [] } as unknown as dnsPacket.Answer];
+    // Resolves once the datagram has left (the kernel has queued it to the listener).
+    return new Promise((resolve) => this.socket.send(dnsPacket.encode(p), port, host, () => resolve()));
+  }
+  close(): void {
+    this.socket.close();
+  }
+}
+
+interface Rig {
+  upstream: SimDnsServer;
+  listener: BatchedUdpListener;
+  resolver: Resolver;
+  /** Per listen address. */
+  ports: readonly number[];
+  logs: string[];
+}
+
+/** Names starting "black-" get no answer at all from the upstream (a silent server, per name). */
+function handler(n: number): SimHandler {
+  const inner = staticHandler(
+    { ...records(n), 'big.example.com': { A: Array.from({ length: 120 }, (_, i) => `10.1.${i >> 8}.${i & 255}`), ttl: 60 } },
+    { soaZone: 'example.com' },
+  );
+  return (q, ctx) => (q.questions?.[0]?.name.toLowerCase().startsWith('black-') ? null : inner(q, ctx));
+}
+
+/**
+ * A real pipeline: the batched listener's workers, and on this thread a
+ * Resolver over HostResolvers to a fake upstream. Each rig starts worker
+ * threads, which under the test's TypeScript loader takes seconds: the
+ * tests share rigs where they can.
+ */
+async function rig(t: Test, o: { workers?: number; latencyMs?: number; listen?: string[]; queryLogEvery?: number } = {}): Promise<Rig> {
+  const sys = await probeBatchedIo();
+  if (typeof sys === 'string') throw new Error(`batched I/O unavailable on this machine: ${sys}`);
+  const upstream = await SimDnsServer.start({ handler: handler(50), faults: { latencyMs: o.latencyMs ?? 0 } });
+  const host = new HostResolvers({
+    servers: [{ host: '127.0.0.1', port: upstream.port }], attemptTimeoutMs: 2000, attempts: 1, clock: systemClock, logger: silentLogger, name: 'host',
+  });
+  const router = new ZoneRouter<Route>([], { upstream: host, timeoutMs: 2000, local: null });
+  const logs: string[] = [];
+  const listener = new BatchedUdpListener({
+    listen: (o.listen ?? ['127.0.0.1']).map((h) => ({ host: h, port: 0 })), workers: o.workers ?? 1, cache: CACHE, maxUdpSize: 1232,
+    queryLogEvery: o.queryLogEvery ?? 0, logger: createLogger('debug', (l) => logs.push(l)), sys,
+  });
+  const resolver = new Resolver({ router, clock: systemClock, counters: new Counters(RESOLVER_COUNTERS), hits: listener, fallbackAfterMs: 0, localNegative: false });
+  listener.connect(resolver);
+  await listener.start();
+  t.teardown(async () => {
+    await listener.close();
+    resolver.close();
+    await host.close();
+    await upstream.close();
+  });
+  return { upstream, listener, resolver, ports: listener.ports, logs };
+}
+
+const dataOf = (p: dnsPacket.DecodedPacket | undefined): string[] => (p?.answers ?? []).map((a) => String((a as { data: unknown }).data));
+const rcodeName = (p: dnsPacket.DecodedPacket | undefined): string | undefined => (p as { rcode?: string } | undefined)?.rcode;
+
+t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
+  const r = await rig(t, { latencyMs: 150, listen: ['127.0.0.1', '::1'], queryLogEvery: 1 });
+  const [port4, port6] = r.ports as [number, number];
+  t.not(port4, 0);
+  t.not(port6, 0);
+
+  await t.test('a miss goes upstream through the main thread, comes back cached, and the next query is a worker hit', async (t) => {
+    const c = new Client();
+    await c.ready();
+    t.teardown(() => c.close());
+    void c.send(port4, 'SVC-1.Example.COM', 101);
+    await until('first answer', () => c.answers.has(101));
+    const first = c.answers.get(101)!;
+    t.equal(rcodeName(first), 'NOERROR');
+    t.equal(first.questions?.[0]?.name, 'SVC-1.Example.COM', 'the client\'s 0x20 spelling is echoed');
+    t.same(dataOf(first), ['10.0.0.1']);
+    t.equal(r.upstream.stats.udpQueries, 1);
+
+    void c.send(port4, 'svc-1.example.com', 102);
+    await until('second answer', () => c.answers.has(102));
+    t.same(dataOf(c.answers.get(102)), ['10.0.0.1']);
+    t.equal(r.upstream.stats.udpQueries, 1, 'the second query never left the worker');
+    const tot = r.listener.totals();
+    t.equal(tot.server.get('requestsUdp'), 2);
+    t.equal(tot.cache.get('hitPositive'), 1, 'answered from the worker\'s cache');
+    t.equal(tot.server.get('misses'), 1);
+    t.equal(tot.io.get('entriesPositive'), 1, 'the worker publishes its cache size');
+    t.equal(tot.io.get('datagrams'), 2, 'received through recvmmsg');
+  });
+
+  await t.test('the same worker and cache answer on the IPv6 socket; the query log names the client', async (t) => {
+    const c = new Client(6);
+    await c.ready();
+    t.teardown(() => c.close());
+    void c.send(port6, 'svc-1.example.com', 103, '::1');
+    await until('answer', () => c.answers.has(103));
+    t.same(dataOf(c.answers.get(103)), ['10.0.0.1']);
+    t.equal(r.upstream.stats.udpQueries, 1, 'a hit: one cache behind both addresses');
+    await until('the query log line', () => r.logs.some((l) => l.includes('"msg":"query"') && l.includes('"client":"::1"')));
+    const line = JSON.parse(r.logs.find((l) => l.includes('"msg":"query"') && l.includes('"client":"::1"'))!) as Record<string, unknown>;
+    t.equal(line.worker, 0, 'worker log lines say which worker');
+    t.equal(line.source, 'cache');
+    t.ok(r.logs.some((l) => l.includes('"msg":"query"') && l.includes('"client":"127.0.0.1"') && l.includes('"source":"upstream"')));
+  });
+
+  await t.test('identical misses share one upstream query; each client gets its own id and spelling', async (t) => {
+    const before = r.upstream.stats.udpQueries;
+    const coalesced = r.listener.totals().server.get('coalesced');
+    const clients: Client[] = [];
+    for (let i = 0; i < 5; i++) {
+      const c = new Client();
+      await c.ready();
+      clients.push(c);
+    }
+    t.teardown(() => clients.forEach((c) => c.close()));
+    clients.forEach((c, i) => void c.send(port4, i % 2 === 0 ? 'svc-7.example.com' : 'SVC-7.EXAMPLE.com', 200 + i));
+    await until('all answers', () => clients.every((c, i) => c.answers.has(200 + i)));
+    t.equal(r.upstream.stats.udpQueries - before, 1, 'one upstream query for five clients');
+    clients.forEach((c, i) => {
+      const a = c.answers.get(200 + i);
+      t.equal(a?.questions?.[0]?.name, i % 2 === 0 ? 'svc-7.example.com' : 'SVC-7.EXAMPLE.com');
+      t.same(dataOf(a), ['10.0.0.7']);
+    });
+    t.equal(r.listener.totals().server.get('coalesced') - coalesced, 4);
+  });
+
+  await t.test('a waiting client keeps its address while the receive ring is refilled many times over', async (t) => {
+    const waiting = new Client();
+    const busy = new Client();
+    await waiting.ready();
+    await busy.ready();
+    t.teardown(() => {
+      waiting.close();
+      busy.close();
+    });
+    void busy.send(port4, 'svc-2.example.com', 1);
+    await until('warm-up', () => busy.answers.has(1));
+    // The miss waits 150 ms upstream while hits from another client refill the 64-slot ring, in rounds the socket buffer holds.
+    void waiting.send(port4, 'Svc-3.example.com', 4242);
+    let id = 2;
+    for (let round = 0; round < 8 && !waiting.answers.has(4242); round++) {
+      const first = id;
+      for (let i = 0; i < 100; i++) void busy.send(port4, 'svc-2.example.com', id++);
+      await until('a round of hits', () => busy.answers.has(id - 1) || busy.answers.size >= id - first);
+    }
+    await until('the waiting client\'s answer', () => waiting.answers.has(4242));
+    t.ok(r.listener.totals().io.get('datagrams') > 200, 'the ring went round while the miss waited');
+    const a = waiting.answers.get(4242);
+    t.equal(a?.questions?.[0]?.name, 'Svc-3.example.com');
+    t.same(dataOf(a), ['10.0.0.3']);
+    t.equal(waiting.answers.size, 1, 'nothing of the flood went to the waiting client');
+    t.notOk([...busy.answers.values()].some((p) => p.questions?.[0]?.name !== 'svc-2.example.com'), 'no answer crossed to the wrong client');
+  });
+
+  await t.test('a reload reaches the worker before its next query', async (t) => {
+    const c = new Client();
+    await c.ready();
+    t.teardown(() => c.close());
+    await r.listener.configure({ cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 1232, queryLogEvery: 0 });
+    const before = r.logs.length;
+    void c.send(port4, 'svc-2.example.com', 701);
+    await until('answer', () => c.answers.has(701));
+    t.equal(r.logs.slice(before).filter((l) => l.includes('"msg":"query"')).length, 0, 'query log off after the reload');
+  });
+
+  await t.test('an answer bigger than the send slots (--max-udp-size raised by a reload) still goes out whole', async (t) => {
+    const c = new Client();
+    await c.ready();
+    t.teardown(() => c.close());
+    void c.send(port4, 'big.example.com', 801, '127.0.0.1', 4096);
+    await until('answer', () => c.answers.has(801));
+    t.ok(c.answers.get(801)!.flag_tc, 'truncated at the start-up limit of 1232');
+    await r.listener.configure({ cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 0 });
+    void c.send(port4, 'big.example.com', 802, '127.0.0.1', 4096);
+    await until('answer', () => c.answers.has(802));
+    t.notOk(c.answers.get(802)!.flag_tc);
+    t.equal(c.answers.get(802)!.answers?.length, 120, 'all 120 records (about 2 KB) in one datagram');
+  });
+});
+
+t.test('two workers on one port: both get traffic, and a name in flight is asked upstream once', async (t) => {
+  const r = await rig(t, { workers: 2, latencyMs: 200 });
+  t.equal(r.listener.workers, 2);
+  const port = r.ports[0]!;
+  const clients: Client[] = [];
+  for (let i = 0; i < 32; i++) {
+    const c = new Client();
+    await c.ready();
+    clients.push(c);
+  }
+  t.teardown(() => clients.forEach((c) => c.close()));
+  // 32 source ports: the kernel's reuseport hash sends all of them to one socket with probability 2^-31.
+  clients.forEach((c, i) => void c.send(port, 'svc-9.example.com', 300 + i));
+  await until('all answers', () => clients.every((c, i) => c.answers.has(300 + i)));
+  const per = r.listener.workerCounters().map((w) => w.io.get('datagrams'));
+  t.equal(per.length, 2);
+  t.ok(per.every((n) => n > 0), `both workers received queries (${per.join(', ')})`);
+  t.equal(r.upstream.stats.udpQueries, 1, 'the workers\' identical misses shared one upstream query');
+  t.ok(r.listener.totals().io.get('crossWorkerCoalesced') >= 1, 'counted as coalesced across workers');
+  clients.forEach((c, i) => t.same(dataOf(c.answers.get(300 + i)), ['10.0.0.9']));
+
+  // One after the other this time: the second worker's first miss on a name the other fetched is answered from the shared cache.
+  for (let i = 0; i < clients.length; i++) {
+    void clients[i]!.send(port, 'svc-11.example.com', 400 + i);
+    await until('answer', () => clients[i]!.answers.has(400 + i));
+    t.same(dataOf(clients[i]!.answers.get(400 + i)), ['10.0.0.11']);
+  }
+  t.equal(r.upstream.stats.udpQueries, 2, 'one upstream query for the new name');
+  t.ok(r.listener.totals().io.get('sharedHits') >= 1, 'the other worker got it from the shared cache');
+  t.equal(r.listener.sharedCache?.positiveSize, 2);
+
+  // A worker that dies takes its sockets out of the group with it: the other answers everyone at once.
+  const before = r.listener.workerCounters()[0]!.io.get('datagrams');
+  await r.listener.workerThread(1)!.terminate();
+  await until('the death to be noticed', () => r.listener.totals().io.get('restarts') === 1);
+  t.ok(r.logs.some((l) => l.includes('udp worker died')), 'logged');
+  clients.forEach((c, i) => void c.send(port, 'svc-9.example.com', 800 + i));
+  await until('all answers from the survivor', () => clients.every((c, i) => c.answers.has(800 + i)));
+  t.equal(r.listener.workerCounters()[0]!.io.get('datagrams') - before, 32, 'all to worker 0');
+  // The teardown closes before the restart delay: the replacement is never started here (start() covers that path).
+});
+
+t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
+  const r = await rig(t, { latencyMs: 300 });
+  const port = r.ports[0]!;
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'svc-1.example.com', 1);
+  await until('warm-up', () => c.answers.has(1));
+  for (let i = 0; i < 10; i++) void c.send(port, `svc-${10 + i}.example.com`, 500 + i);
+  for (let i = 0; i < 3; i++) void c.send(port, `black-${i}.example.com`, 600 + i);
+  await until('the questions to reach the upstream', () => r.upstream.stats.udpQueries === 14);
+  await until('the worker to publish them', () => r.listener.inflight === 13);
+  // 200 hits already in the socket's queue (sent, maybe not yet read) when pause comes: all answered.
+  const sends: Promise<void>[] = [];
+  for (let i = 0; i < 200; i++) sends.push(c.send(port, 'svc-1.example.com', 1000 + i));
+  await Promise.all(sends);
+  r.listener.pause();
+  await until('the queued hits', () => [...Array(200).keys()].every((i) => c.answers.has(1000 + i)));
+  t.pass('every query queued before pause was answered');
+  await c.send(port, 'svc-1.example.com', 999);
+  await until('the answered misses', () => [...Array(10).keys()].every((i) => c.answers.has(500 + i)));
+  for (let i = 0; i < 10; i++) t.same(dataOf(c.answers.get(500 + i)), [`10.0.0.${10 + i}`], `client ${i} answered after pause`);
+  let drained = false;
+  const draining = r.listener.drain().then(() => {
+    drained = true;
+  });
+  await until('the worker to publish the rest', () => r.listener.inflight === 3);
+  t.notOk(drained, 'not drained while three clients wait on a silent upstream');
+  t.equal(await r.listener.abortAll(), 3, 'the grace period is over: three answered at once');
+  await draining;
+  await until('SERVFAILs', () => [0, 1, 2].every((i) => c.answers.has(600 + i)));
+  for (let i = 0; i < 3; i++) t.equal(rcodeName(c.answers.get(600 + i)), 'SERVFAIL');
+  t.equal(r.listener.totals().server.get('abortedAtShutdown'), 3);
+  await r.listener.close();
+  t.notOk(c.answers.has(999), 'a query sent after pause is not taken');
+  // The port is free again: a plain exclusive dgram socket can bind it.
+  const probe = dgram.createSocket('udp4');
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', reject);
+    probe.bind({ port, address: '127.0.0.1', exclusive: true }, () => resolve());
+  });
+  probe.close();
+});
+
+t.test('a port already taken without SO_REUSEPORT: start fails with the reason and leaves nothing behind', async (t) => {
+  const sys = await probeBatchedIo();
+  if (typeof sys === 'string') throw new Error(sys);
+  const taken = dgram.createSocket('udp4');
+  await new Promise<void>((r) => taken.bind({ port: 0, address: '127.0.0.1', exclusive: true }, () => r()));
+  t.teardown(() => taken.close());
+  const l = new BatchedUdpListener({
+    listen: [{ host: '127.0.0.1', port: taken.address().port }], workers: 2, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger: silentLogger, sys,
+  });
+  await t.rejects(l.start(), /cannot listen on udp:\/\/127\.0\.0\.1:\d+ \(batched, 2 workers\): bind\(\) .*EADDRINUSE/);
+  await l.close();
+});
+
+t.test('without koffi, --io batched falls back to dgram, says why, and serves', async (t) => {
+  const logs: string[] = [];
+  const logger = createLogger('info', (l) => logs.push(l));
+  const cache = new DnsCache(CACHE, new Counters(CACHE_COUNTERS));
+  const hitPath = new HitPath({ cache, clock: systemClock, logger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
+  const upstream = await SimDnsServer.start({ handler: staticHandler(records(5), { soaZone: 'example.com' }) });
+  const host = new HostResolvers({ servers: [{ host: '127.0.0.1', port: upstream.port }], attemptTimeoutMs: 2000, attempts: 1, clock: systemClock, logger: silentLogger });
+  const resolver = new Resolver({
+    router: new ZoneRouter<Route>([], { upstream: host, timeoutMs: 2000, local: null }), clock: systemClock, counters: new Counters(RESOLVER_COUNTERS), hits: hitPath,
+    fallbackAfterMs: 0, localNegative: false,
+  });
+  hitPath.connect(resolver);
+  const made = await createUdpListeners({
+    io: 'batched', workers: 0, listen: [{ host: '127.0.0.1', port: 0 }], hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger,
+    loadKoffi: () => Promise.reject(new Error("Cannot find package 'koffi'")),
+  });
+  t.equal(made.io, 'dgram');
+  t.equal(made.batched, null);
+  t.match(made.fallbackReason, /koffi unavailable: Cannot find package 'koffi'/);
+  t.ok(logs.some((l) => l.includes('batched I/O unavailable') && l.includes('koffi')), 'the fallback is logged with its reason');
+  t.equal(made.listeners.length, 1);
+  const udp = made.listeners[0] as UdpListener;
+  t.ok(udp instanceof UdpListener);
+  await udp.start();
+  t.teardown(async () => {
+    await udp.close();
+    resolver.close();
+    await host.close();
+    await upstream.close();
+  });
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(udp.port, 'svc-2.example.com', 42);
+  await until('answer over dgram', () => c.answers.has(42));
+  t.same(dataOf(c.answers.get(42)!), ['10.0.0.2']);
+
+  const plain = await createUdpListeners({
+    io: 'dgram', workers: 0, listen: [{ host: '127.0.0.1', port: 0 }, { host: '::1', port: 0 }], hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger,
+  });
+  t.equal(plain.fallbackReason, null, '--io dgram is a choice, not a fallback');
+  const scoped = await createUdpListeners({
+    io: 'batched', workers: 1, listen: [{ host: 'fe80::1%lo', port: 0 }], hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger,
+  });
+  t.equal(scoped.io, 'dgram');
+  t.match(scoped.fallbackReason, /interface scope/);
+  t.equal(plain.listeners.length, 2, 'one dgram listener per address');
+});
+
+t.test('--io batched where it works: one listener for every address, the auto worker count', async (t) => {
+  const made = await createUdpListeners({
+    io: 'batched', workers: 0, listen: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.2', port: 0 }], hitPath: { handle: () => {} }, cache: CACHE, maxUdpSize: 1232,
+    queryLogEvery: 0, logger: silentLogger,
+  });
+  t.equal(made.io, 'batched');
+  t.equal(made.listeners.length, 1);
+  t.equal(made.batched?.workers, defaultWorkers());
+  t.match(made.batched?.name, /^udp:\/\/127\.0\.0\.1:0,127\.0\.0\.2:0 \(batched, \d workers?\)$/);
+});
+
+t.test('the platform checks: a loader that is not koffi, and the worker count rules', async (t) => {
+  t.match(await loadUdpBatch(() => Promise.resolve({})), /libc binding failed/);
+  t.equal(defaultWorkers(1, null), 1);
+  t.equal(defaultWorkers(2, null), 2);
+  t.equal(defaultWorkers(64, null), MAX_AUTO_WORKERS, 'capped');
+  t.equal(defaultWorkers(64, 1.5), 2, 'a cgroup quota of 1.5 CPUs allows 2');
+  t.equal(defaultWorkers(8, 0.2), 1);
+  const share = workerShare({ ...CACHE, positiveCapacity: 9984, negativeCapacity: 9984, maxBytes: 64 << 20 }, 3);
+  t.same([share.positiveCapacity, share.negativeCapacity, share.maxBytes, share.successTtl], [3328, 3328, Math.floor((64 << 20) / 3), CACHE.successTtl], 'a worker\'s share of the cache');
+  const files: Record<string, string> = { '/sys/fs/cgroup/cpu.max': '150000 100000\n' };
+  const read = (p: string): string => {
+    const v = files[p];
+    if (v === undefined) throw new Error('ENOENT');
+    return v;
+  };
+  t.equal(cgroupCpuQuota(read), 1.5);
+  files['/sys/fs/cgroup/cpu.max'] = 'max 100000\n';
+  t.equal(cgroupCpuQuota(read), null);
+  delete files['/sys/fs/cgroup/cpu.max'];
+  files['/sys/fs/cgroup/cpu/cpu.cfs_quota_us'] = '200000';
+  files['/sys/fs/cgroup/cpu/cpu.cfs_period_us'] = '100000';
+  t.equal(cgroupCpuQuota(read), 2);
+  files['/sys/fs/cgroup/cpu/cpu.cfs_quota_us'] = '-1';
+  t.equal(cgroupCpuQuota(read), null);
+});
+
+// Socket-free parts: what crosses threads, the vector layout, the exchange.
+
+class Ret implements MissReturn {
+  alive = true;
+  got: [number, Buffer | null, MissOutcome][] = [];
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+    this.got.push([token, answer, outcome]);
+  }
+}
+
+t.test('the exchange: one upstream question per key across workers, outcomes fanned back by each worker\'s token', async (t) => {
+  const counters = new Counters(BATCHED_COUNTERS);
+  const ex = new MissExchange(counters, null, new ManualClock());
+  const sent: { token: number; key: string }[] = [];
+  const sink: MissSink = { forward: (token, key) => sent.push({ token, key }) };
+  const a = new Ret();
+  const b = new Ret();
+  ex.forward(a, 7, 'k1', Buffer.from('q'));
+  t.same(a.got, [[7, null, 'closed']], 'no upstream side yet: closed at once');
+  a.got = [];
+  ex.connect(sink);
+  ex.forward(a, 8, 'k1', Buffer.from('q'));
+  ex.forward(b, 3, 'k1', Buffer.from('q'));
+  ex.forward(b, 4, 'k2', Buffer.from('q'));
+  t.equal(sent.length, 2);
+  t.equal(counters.get('crossWorkerCoalesced'), 1, 'one miss joined another worker\'s');
+  t.equal(ex.inflight, 2);
+  const ans = Buffer.from('answer');
+  ex.complete(sent[0]!.token, ans, 'upstream');
+  t.same(a.got, [[8, ans, 'upstream']]);
+  t.same(b.got, [[3, ans, 'upstream']]);
+  ex.complete(sent[0]!.token, ans, 'upstream');
+  t.equal(a.got.length, 1, 'a second outcome for a token is ignored');
+  b.alive = false;
+  ex.complete(sent[1]!.token, null, 'timeout');
+  t.equal(b.got.length, 1, 'a dead worker gets nothing');
+  ex.forward(a, 9, 'k1', Buffer.from('q'));
+  t.equal(sent.length, 3, 'after completion the key is asked again');
+  // A sink that completes inside forward (a local limit) still finds the question.
+  const sync = new MissExchange(counters, null, new ManualClock());
+  sync.connect({ forward: (token) => sync.complete(token, null, 'overloaded') });
+  sync.forward(a, 10, 'k3', Buffer.from('q'));
+  t.same(a.got.at(-1), [10, null, 'overloaded']);
+  t.equal(sync.inflight, 0);
+});
+
+t.test('the shared cache: another worker\'s miss on a fetched name is answered without the upstream, aged, until the entry is due for refresh', async (t) => {
+  const clock = new ManualClock();
+  const counters = new Counters(BATCHED_COUNTERS);
+  const shared = new DnsCache(CACHE, new Counters(CACHE_COUNTERS));
+  const ex = new MissExchange(counters, shared, clock);
+  const sent: { token: number; key: string }[] = [];
+  ex.connect({ forward: (token, key) => sent.push({ token, key }) });
+  const name = 'web.example.com';
+  const q = parseQuery(query({ name: 'WEB.example.com', id: 9 }));
+  const up = upstreamQuery(q);
+  const a = new Ret();
+  const b = new Ret();
+  ex.forward(a, 1, q.key, up);
+  t.equal(sent.length, 1);
+  ex.complete(sent[0]!.token, answer(name, [rr(name, '192.0.2.1', 20)]), 'upstream');
+  t.equal(shared.positiveSize, 1, 'the fetched answer is kept');
+  clock.advance(5_000);
+  ex.forward(b, 77, q.key, up);
+  t.equal(sent.length, 1, 'no second upstream query');
+  t.equal(counters.get('sharedHits'), 1);
+  const [tok, got, outcome] = b.got[0]!;
+  t.equal(tok, 77);
+  t.equal(outcome, 'upstream');
+  const decoded = dnsPacket.decode(got!);
+  t.equal(ttlOf(decoded.answers![0]!), 15, 'TTL aged, so the worker\'s copy expires with the original');
+  t.equal(decoded.id, 0, 'answers the worker\'s upstream form of the question');
+  // CACHE has prefetch at 10% with 3 hits: a 20 s entry is due from 18 s; from then on a miss goes upstream again.
+  clock.advance(13_500);
+  ex.forward(b, 78, q.key, up);
+  t.equal(sent.length, 2, 'in the prefetch window the question goes upstream');
+  ex.complete(sent[1]!.token, answer(name, [rr(name, '192.0.2.1', 20)], { rcode: 'SERVFAIL' }), 'upstream');
+  t.equal(counters.get('sharedHits'), 1);
+  const q2 = parseQuery(query({ name: 'other.example.com' }));
+  ex.forward(a, 2, q2.key, upstreamQuery(q2));
+  ex.complete(sent[2]!.token, answer('other.example.com', [], { rcode: 'SERVFAIL' }), 'upstream');
+  t.equal(shared.positiveSize + shared.negativeSize, 1, 'a SERVFAIL is not kept');
+});
+
+t.test('packed batches survive the trip: tokens, tags, bytes, nulls, keys, growth', async (t) => {
+  const p = new Packer(true);
+  const big = Buffer.alloc(20_000, 7);
+  for (let i = 0; i < 300; i++) p.push(i, i % OUTCOMES.length, i === 5 ? null : i === 6 ? big : Buffer.from(`item-${i}`), `key-${i}`);
+  t.equal(p.count, 300);
+  const { port1, port2 } = new MessageChannel();
+  const got = new Promise<unknown>((r) => port2.once('message', r));
+  const packed = p.take();
+  port1.postMessage(packed, [packed.index.buffer as ArrayBuffer, packed.bytes.buffer as ArrayBuffer]);
+  const q = (await got) as typeof packed;
+  port1.close();
+  t.equal(p.count, 0, 'the packer starts afresh');
+  t.equal(q.count, 300);
+  t.equal(itemToken(q, 299), 299);
+  t.equal(OUTCOMES[itemTag(q, 9)], OUTCOMES[9 % OUTCOMES.length]);
+  t.equal(itemBytes(q, 5), null);
+  t.same(itemBytes(q, 6), big);
+  t.equal(itemBytes(q, 299)!.toString(), 'item-299');
+  t.equal(q.keys![42], 'key-42');
+  t.equal(OUTCOME_INDEX.malformed, OUTCOMES.indexOf('malformed'));
+});
+
+t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects them', async (t) => {
+  const base = 0x10000;
+  const ab = new ArrayBuffer(vecBytes(4, 100) * 2);
+  const arena = new Arena(base, ab);
+  const recv = new RecvVec(arena, 4, 100);
+  const send = new SendVec(arena, 4, 100);
+  const dv = new DataView(ab);
+  const hdr = recv.address - base;
+  t.equal(recv.slotBytes, 128, 'slots 64-aligned');
+  const iov = Number(dv.getBigUint64(hdr + MMSGHDR_BYTES + 16, true)) - base;
+  t.equal(Number(dv.getBigUint64(iov, true)) - base, recv.dataOffset(1), 'mmsghdr[1].msg_iov -> iovec[1].iov_base -> slot 1');
+  t.equal(Number(dv.getBigUint64(hdr + 0, true)) - base, recv.sockaddrOffset(0), 'msg_name points at the sockaddr slot');
+  t.equal(dv.getUint32(hdr + 8, true), SOCKADDR_SLOT_BYTES);
+  t.equal(Number(dv.getBigUint64(hdr + 24, true)), 1, 'one iovec per message');
+  // What the kernel would write for a 33-byte datagram from 10.1.2.3:5353.
+  dv.setUint32(hdr + MMSGHDR_BYTES + 56, 33, true);
+  dv.setUint32(hdr + MMSGHDR_BYTES + 8, 16, true);
+  dv.setUint32(hdr + MMSGHDR_BYTES + 48, 0x20, true);
+  t.equal(recv.length(1), 33);
+  t.equal(recv.nameLength(1), 16);
+  t.ok(recv.truncated(1));
+  recv.reset(2);
+  t.equal(recv.nameLength(1), SOCKADDR_SLOT_BYTES, 'reset restores the room for a sockaddr_in6');
+  const sa = new Uint32Array(8);
+  new Uint8Array(sa.buffer).set([2, 0, 0x14, 0xe9, 10, 1, 2, 3]);
+  send.push(Buffer.from('hello'), sa, 0, 16);
+  t.equal(send.filled, 1);
+  const sh = send.address - base;
+  t.equal(send.nameLength(0), 16);
+  t.same([...arena.u8.subarray(send.sockaddrOffset(0), send.sockaddrOffset(0) + 8)], [2, 0, 0x14, 0xe9, 10, 1, 2, 3]);
+  const siov = Number(dv.getBigUint64(sh + 16, true)) - base;
+  t.equal(Number(dv.getBigUint64(siov + 8, true)), 5, 'iov_len is the answer\'s length');
+  t.equal(Buffer.from(ab, send.dataOffset(0), 5).toString(), 'hello');
+  t.equal(send.at(1), send.address + MMSGHDR_BYTES);
+  for (let i = 1; i < 4; i++) send.push(Buffer.from('x'), sa, 0, 16);
+  t.ok(send.full);
+  send.clear();
+  t.equal(send.filled, 0);
+  t.throws(() => arena.take(1 << 20), /arena exhausted/);
+  t.equal(ipv6Text(Buffer.from('00000000000000000000000000000001', 'hex')), '::1');
+  t.equal(ipv6Text(Buffer.from('fe800000000000000000000000000001', 'hex')), 'fe80::1');
+  t.equal(ipv6Text(Buffer.from('20010db8000100000001000000000001', 'hex')), '2001:db8:1:0:1::1');
+  t.equal(BATCHED_COUNTERS.slot.batches, 0);
+});
+
+// The worker loop itself, on this thread: a fake kernel (test/helpers/fake-udp-kernel.ts)
+// fills and drains the vectors where the loop laid them out, and a script plays the
+// main thread each time the loop would sleep. Deterministic: no sockets, threads or clocks.
+
+const SVC = 'svc.example.com';
+
+function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
+  const k = new FakeKernel(steps);
+  const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
+  const init: WorkerInit = {
+    index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, maxUdpSize: 512,
+    queryLogEvery: 0, batch: 4, maxInflight: 100, ...over,
+  };
+  const loop = new WorkerLoop(k, k.workerPort, init);
+  t.teardown(() => k.mainPort.close());
+  return { k, loop, c: workerCounters(stats) };
+}
+
+const from4 = (port: number): Buffer => sockaddr4('10.0.0.1', port);
+const idOf = (b: Buffer): number => b.readUInt16BE(0);
+const portOf = (sa: Buffer): number => sa.readUInt16BE(2);
+
+/** The main thread's answer to every miss in the loop's reports so far. */
+function answerMisses(k: FakeKernel, reports: WorkerReport[], bytes: (name: string) => Buffer): number {
+  const done = new Packer(false);
+  for (const r of reports) {
+    const m = r.misses;
+    if (m === null) continue;
+    for (let i = 0; i < m.count; i++) {
+      const q = dnsPacket.decode(itemBytes(m, i)!);
+      done.push(itemToken(m, i), OUTCOME_INDEX.upstream, bytes(q.questions![0]!.name), null);
+    }
+  }
+  const n = done.count;
+  if (n > 0) k.post({ t: 'done', items: done.take() });
+  return n;
+}
+
+t.test('loop: a miss crosses once for many clients on two sockets, its answer goes back to each on its own socket (flushing a full vector), then hits', async (t) => {
+  const seen: WorkerReport[] = [];
+  const { k, loop, c } = loopRig([
+    () => {
+      for (let i = 1; i <= 5; i++) k.queue(5, { data: query({ name: i === 1 ? 'SVC.example.com' : SVC, id: i }), from: from4(1110 + i) });
+      k.queue(6, { data: query({ name: SVC, id: 6 }), from: sockaddr6loopback(2222) });
+    },
+    () => {
+      const reports = k.reports();
+      seen.push(...reports);
+      t.equal(answerMisses(k, reports, (n) => answer(n, [rr(n, '192.0.2.9', 60)])), 1, 'one miss for six clients');
+    },
+    () => {
+      t.equal(k.sent.length, 6);
+      const v4 = k.sent.filter((s) => s.fd === 5);
+      const v6 = k.sent.filter((s) => s.fd === 6);
+      t.same(v4.map((s) => [idOf(s.data), portOf(s.to), s.to.length]), [1, 2, 3, 4, 5].map((i) => [i, 1110 + i, 16]), 'each IPv4 client, from socket 5');
+      t.same(v6.map((s) => [idOf(s.data), portOf(s.to), s.to.length]), [[6, 2222, 28]], 'the IPv6 client, from socket 6');
+      t.equal(dnsPacket.decode(v4[0]!.data).questions?.[0]?.name, 'SVC.example.com', 'spelling echoed');
+      for (let i = 0; i < 6; i++) k.queue(5, { data: query({ name: SVC, id: 10 + i }), from: from4(3000 + i) });
+    },
+  ]);
+  const sendsBefore = c.io.get('sends');
+  loop.run();
+  t.equal(k.sent.length, 12);
+  t.same(k.sent.slice(6).map((s) => [idOf(s.data), portOf(s.to)]), [...Array(6).keys()].map((i) => [10 + i, 3000 + i]), 'six hits, each to its sender');
+  t.equal(c.io.get('datagrams'), 12);
+  t.equal(c.io.get('batches'), 5, 'batches of at most four: 4 + 1 on socket 5 and 1 on socket 6, then 4 + 2 hits');
+  t.equal(c.io.get('sends') - sendsBefore, 5, 'the five answers for socket 5 take two calls (four slots), socket 6 one, the hits two');
+  t.equal(c.cache.get('hitPositive'), 6);
+  t.equal(c.server.get('coalesced'), 5);
+  t.equal(c.io.get('entriesPositive'), 1);
+  const all = [...seen, ...k.reports()];
+  t.equal(all[0]?.ready, true, 'ready first');
+  t.equal(all.at(-1)?.closed, true, 'closed last');
+});
+
+t.test('loop: pause reads and answers what was already queued, then stops receiving; drained once nothing waits', async (t) => {
+  // Opcode STATUS: answered NOTIMP at once by the hit path, no cache involved.
+  const status = (id: number): Buffer => {
+    const q = query({ name: SVC, id });
+    q[2] = (q[2]! & 0x87) | (2 << 3);
+    return q;
+  };
+  let reports: WorkerReport[] = [];
+  const { k, loop } = loopRig([
+    () => {
+      for (let i = 0; i < 5; i++) k.queue(5, { data: status(i), from: from4(4000 + i) });
+      k.post({ t: 'pause' });
+    },
+    () => {
+      t.equal(k.sent.length, 5, 'the five queued before pause are answered');
+      reports = k.reports();
+      t.ok(reports.some((r) => r.drained === true), 'drained reported');
+      for (let i = 0; i < 3; i++) k.queue(5, { data: status(10 + i), from: from4(5000 + i) });
+    },
+    () => {
+      t.equal(k.sent.length, 5, 'nothing read after the queue ran empty');
+      t.equal(k.inbox.get(5)?.length, 3);
+    },
+  ]);
+  loop.run();
+  t.equal(k.sent.length, 5);
+  t.ok(k.sent.every((s) => (s.data[3]! & 0x0f) === 4), 'NOTIMP');
+});
+
+t.test('loop: a cut datagram is dropped and counted; a failed or short sendmmsg loses only the answers it could not send', async (t) => {
+  const { k, loop, c } = loopRig([
+    () => {
+      k.queue(5, { data: Buffer.concat([query({ name: SVC, id: 1 }), Buffer.alloc(5000)]), from: from4(1) });
+      for (let i = 0; i < 3; i++) k.queue(5, { data: Buffer.from([0, i, 0x81, 0x80, 0, 0, 0, 0, 0, 0, 0, 0]), from: from4(10 + i) });
+      k.queue(5, { data: Buffer.from([1, 2, 3]), from: from4(20) });
+    },
+  ]);
+  loop.run();
+  t.equal(c.io.get('oversize'), 1, 'the 5 KB datagram arrived cut: dropped');
+  t.equal(c.server.get('dropped'), 4, 'responses sent to us and an unreadable header are dropped by the hit path');
+  t.equal(k.sent.length, 0, 'nothing to answer');
+  const { k: k2, loop: loop2, c: c2 } = loopRig([
+    () => {
+      for (let i = 0; i < 3; i++) {
+        const q = query({ name: SVC, id: i });
+        q[5] = 2; // QDCOUNT 2: FORMERR, answered at once
+        k2.queue(5, { data: q, from: from4(100 + i) });
+      }
+      // First call refused (the first message is given up), then one at a time.
+      k2.sendmmsgScript.push(-EAGAIN, 1, 1);
+    },
+  ]);
+  loop2.run();
+  t.same(k2.sent.map((s) => portOf(s.to)), [101, 102], 'the refused first answer is lost, the others go');
+  t.equal(c2.io.get('sendErrors'), 1);
+});
+
+t.test('loop: past maxInflight a miss is refused at once; abort answers the waiting; a reload raises the answer size past the slots', async (t) => {
+  const big = answer('big.example.com', Array.from({ length: 120 }, (_, i) => rr('big.example.com', `10.1.0.${i}`, 60)));
+  const { k, loop, c } = loopRig(
+    [
+      () => {
+        k.queue(5, { data: query({ name: 'a.example.com', id: 1 }), from: from4(1) });
+        k.queue(5, { data: query({ name: 'b.example.com', id: 2 }), from: from4(2) });
+      },
+      () => {
+        const misses = k.reports().flatMap((r) => (r.misses === null ? [] : [r.misses]));
+        t.equal(misses.reduce((n, m) => n + m.count, 0), 1, 'only the first crossed');
+        t.equal(k.sent.length, 1);
+        t.equal(idOf(k.sent[0]!.data), 2);
+        t.equal(k.sent[0]!.data[3]! & 0x0f, 2, 'SERVFAIL at once for the second');
+        t.equal(c.io.get('overloaded'), 1);
+        k.post({ t: 'abort' });
+      },
+      () => {
+        const reports = k.reports();
+        t.equal(reports.find((r) => r.aborted !== undefined)?.aborted, 1);
+        t.equal(k.sent.length, 2);
+        t.equal(idOf(k.sent[1]!.data), 1, 'the waiting client gets its SERVFAIL');
+        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1 });
+        k.queue(5, { data: query({ name: 'big.example.com', id: 3, edns: true, udpSize: 4096 }), from: from4(3) });
+      },
+      () => {
+        const reports = k.reports();
+        t.ok(reports.some((r) => r.configured === true), 'the reload is acknowledged');
+        answerMisses(k, reports, () => big);
+      },
+      () => {
+        const last = k.sent.at(-1)!;
+        t.equal(last.via, 'sendto', 'bigger than a 512-byte slot: sent on its own');
+        t.equal(portOf(last.to), 3);
+        t.equal(dnsPacket.decode(last.data).answers?.length, 120);
+        const logs = k.reports().flatMap((r) => r.logs ?? []);
+        t.ok(logs.some(([level, msg, f]) => level === 'info' && msg === 'query' && f?.client === '10.0.0.1'), 'the query log decodes the peer');
+      },
+    ],
+    { maxInflight: 1 },
+  );
+  loop.run();
+  t.equal(c.server.get('abortedAtShutdown'), 1);
+});
+
+t.test('loop: a hit is not held behind a big batch of completions (at most COMPLETIONS_PER_TURN per turn)', async (t) => {
+  const N = COMPLETIONS_PER_TURN + 44;
+  let mark = 0;
+  const { k, loop } = loopRig(
+    [
+      () => k.queue(5, { data: query({ name: 'hot.example.com', id: 1 }), from: from4(1) }),
+      () => answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.1', 60)])),
+      () => {
+        for (let i = 0; i < N; i++) k.queue(5, { data: query({ name: `m-${i}.example.com`, id: i }), from: from4(1000 + i) });
+      },
+      () => {
+        t.equal(answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.2', 60)])), N);
+        mark = k.sent.length;
+        k.queue(5, { data: query({ name: 'hot.example.com', id: 9999 }), from: from4(2) });
+      },
+    ],
+    { maxInflight: 1000 },
+  );
+  loop.run();
+  const after = k.sent.slice(mark);
+  t.equal(after.length, N + 1);
+  const hit = after.findIndex((s) => idOf(s.data) === 9999 && portOf(s.to) === 2);
+  t.ok(hit >= 0 && hit <= COMPLETIONS_PER_TURN, `the hit went out with the first ${COMPLETIONS_PER_TURN} completions (at ${hit}), not after all ${N}`);
+});

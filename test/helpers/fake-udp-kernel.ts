@@ -1,0 +1,192 @@
+// A stand-in for the kernel under the batched worker loop: it implements the
+// libc binding (src/sys/udp-batch.ts) over plain memory, reading and writing
+// the mmsghdr/iovec/sockaddr vectors exactly where the loop laid them out,
+// so the loop runs on this thread, synchronously, without sockets or
+// threads. The test drives it with a script: each time the loop would sleep
+// in poll, the next step runs (queue datagrams, post messages as the main
+// thread would, read the loop's reports); when the script ends the loop is
+// told to close.
+import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { Ctl, type ToWorker, type WorkerReport } from '../../src/server/batched/protocol.js';
+import { AF_INET, AF_INET6, EAGAIN, MSG_TRUNC, type NativeBlock, type SysError, type UdpBatchSys } from '../../src/sys/udp-batch.js';
+
+export interface Datagram {
+  readonly data: Buffer;
+  /** sockaddr bytes of the sender (16 for IPv4, 28 for IPv6). */
+  readonly from: Buffer;
+}
+
+export interface Sent {
+  readonly fd: number;
+  readonly data: Buffer;
+  readonly to: Buffer;
+  readonly via: 'sendmmsg' | 'sendto';
+}
+
+export function sockaddr4(ip: string, port: number): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeUInt16LE(AF_INET, 0);
+  b.writeUInt16BE(port, 2);
+  ip.split('.').forEach((x, i) => (b[4 + i] = Number(x)));
+  return b;
+}
+
+export function sockaddr6loopback(port: number): Buffer {
+  const b = Buffer.alloc(28);
+  b.writeUInt16LE(AF_INET6, 0);
+  b.writeUInt16BE(port, 2);
+  b[23] = 1;
+  return b;
+}
+
+const BASE = 0x7f0000000000;
+
+export class FakeKernel implements UdpBatchSys {
+  readonly inbox = new Map<number, Datagram[]>();
+  readonly sent: Sent[] = [];
+  /** Results the next sendmmsg calls return instead of sending everything (e.g. 1, -EAGAIN). */
+  readonly sendmmsgScript: number[] = [];
+  recvCalls = 0;
+  polls = 0;
+  closed: number[] = [];
+  /** The loop's end of the channel, and ours (the main thread's). */
+  readonly workerPort: MessagePort;
+  readonly mainPort: MessagePort;
+  readonly ctl: SharedArrayBuffer;
+  readonly #steps: (() => void)[];
+  #view: DataView | null;
+  #u8: Uint8Array | null;
+  #closing: boolean;
+
+  constructor(steps: (() => void)[]) {
+    const { port1, port2 } = new MessageChannel();
+    this.mainPort = port1;
+    this.workerPort = port2;
+    this.ctl = new SharedArrayBuffer(Ctl.WORDS * 4);
+    this.#steps = steps;
+    this.#view = null;
+    this.#u8 = null;
+    this.#closing = false;
+  }
+
+  /** What the main thread does to send: post, then raise the pending word. */
+  post(m: ToWorker): void {
+    this.mainPort.postMessage(m);
+    Atomics.store(new Int32Array(this.ctl), Ctl.PENDING, 1);
+  }
+
+  /** The loop's reports so far. */
+  reports(): WorkerReport[] {
+    const out: WorkerReport[] = [];
+    for (let m = receiveMessageOnPort(this.mainPort); m !== undefined; m = receiveMessageOnPort(this.mainPort)) out.push(m.message as WorkerReport);
+    return out;
+  }
+
+  queue(fd: number, d: Datagram): void {
+    const q = this.inbox.get(fd) ?? [];
+    q.push(d);
+    this.inbox.set(fd, q);
+  }
+
+  close(fd: number): void {
+    this.closed.push(fd);
+  }
+
+  selfTest(): string | null {
+    return null;
+  }
+  openUdp(): number | SysError {
+    return { errno: 1, message: 'not in the fake' };
+  }
+  localPort(): number {
+    return -1;
+  }
+  detach(): number {
+    return 0;
+  }
+  eventfd(): number | SysError {
+    return 99;
+  }
+  wake(): number {
+    return 0;
+  }
+  nameThread(): void {}
+
+  alloc(bytes: number): NativeBlock {
+    const ab = new ArrayBuffer(bytes);
+    this.#view = new DataView(ab);
+    this.#u8 = new Uint8Array(ab);
+    return { address: BASE, bytes: ab, free: () => {} };
+  }
+
+  #off(address: number): number {
+    return address - BASE;
+  }
+
+  #ptr(off: number): number {
+    return this.#off(Number(this.#view!.getBigUint64(off, true)));
+  }
+
+  recvmmsg(fd: number, vec: number, count: number): number {
+    this.recvCalls++;
+    const q = this.inbox.get(fd) ?? [];
+    if (q.length === 0) return -EAGAIN;
+    const v = this.#view!;
+    const n = Math.min(count, q.length);
+    for (let i = 0; i < n; i++) {
+      const d = q.shift()!;
+      const h = this.#off(vec) + i * 64;
+      const name = this.#ptr(h);
+      const room = v.getUint32(h + 8, true);
+      this.#u8!.set(d.from.subarray(0, Math.min(room, d.from.length)), name);
+      v.setUint32(h + 8, d.from.length, true);
+      const iov = this.#ptr(h + 16);
+      const buf = this.#ptr(iov);
+      const cap = Number(v.getBigUint64(iov + 8, true));
+      const len = Math.min(cap, d.data.length);
+      this.#u8!.set(d.data.subarray(0, len), buf);
+      v.setInt32(h + 48, d.data.length > cap ? MSG_TRUNC : 0, true);
+      v.setUint32(h + 56, len, true);
+    }
+    return n;
+  }
+
+  sendmmsg(fd: number, vec: number, count: number): number {
+    const scripted = this.sendmmsgScript.shift();
+    if (scripted !== undefined && scripted < 0) return scripted;
+    const n = scripted === undefined ? count : Math.min(count, scripted);
+    const v = this.#view!;
+    for (let i = 0; i < n; i++) {
+      const h = this.#off(vec) + i * 64;
+      const name = this.#ptr(h);
+      const nameLen = v.getUint32(h + 8, true);
+      const iov = this.#ptr(h + 16);
+      const buf = this.#ptr(iov);
+      const len = Number(v.getBigUint64(iov + 8, true));
+      this.sent.push({ fd, data: Buffer.from(this.#u8!.subarray(buf, buf + len)), to: Buffer.from(this.#u8!.subarray(name, name + nameLen)), via: 'sendmmsg' });
+    }
+    return n;
+  }
+
+  sendto(fd: number, data: Uint8Array, sa: number, saLen: number): number {
+    const off = this.#off(sa);
+    this.sent.push({ fd, data: Buffer.from(data), to: Buffer.from(this.#u8!.subarray(off, off + saLen)), via: 'sendto' });
+    return data.length;
+  }
+
+  /** Where the loop sleeps: the script's next step runs; after the last, the loop is told to close. */
+  poll(): number {
+    this.polls++;
+    const step = this.#steps.shift();
+    if (step !== undefined) step();
+    else if (!this.#closing) {
+      this.#closing = true;
+      this.post({ t: 'close' });
+    }
+    return 1;
+  }
+
+  read8(): number {
+    return 8;
+  }
+}
