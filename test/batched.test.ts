@@ -115,7 +115,7 @@ async function rig(t: Test, o: { workers?: number; latencyMs?: number; listen?: 
     listen: (o.listen ?? ['127.0.0.1']).map((h) => ({ host: h, port: 0 })), workers: o.workers ?? 1, cache: CACHE, maxUdpSize: 1232,
     queryLogEvery: o.queryLogEvery ?? 0, logger: createLogger('debug', (l) => logs.push(l)), sys,
   });
-  const resolver = new Resolver({ router, clock: systemClock, counters: new Counters(RESOLVER_COUNTERS), hits: listener, fallbackAfterMs: 0, localNegative: false });
+  const resolver = new Resolver({ router, clock: systemClock, counters: new Counters(RESOLVER_COUNTERS), hits: listener, fallbackAfterMs: 0, localNegative: false, maxConcurrent: 1000 });
   listener.connect(resolver);
   await listener.start();
   t.teardown(async () => {
@@ -358,7 +358,7 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   const host = new HostResolvers({ servers: [{ host: '127.0.0.1', port: upstream.port }], attemptTimeoutMs: 2000, attempts: 1, clock: systemClock, logger: silentLogger });
   const resolver = new Resolver({
     router: new ZoneRouter<Route>([], { upstream: host, timeoutMs: 2000, local: null }), clock: systemClock, counters: new Counters(RESOLVER_COUNTERS), hits: hitPath,
-    fallbackAfterMs: 0, localNegative: false,
+    fallbackAfterMs: 0, localNegative: false, maxConcurrent: 1000,
   });
   hitPath.connect(resolver);
   const made = await createUdpListeners({

@@ -264,6 +264,11 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     return n;
   }
 
+  /** The Listener contract: after pause() the workers read what their sockets had queued themselves, and drain() waits for the answers. */
+  drained(): Promise<void> {
+    return Promise.resolve();
+  }
+
   /** After pause(): resolves once every worker has answered all its waiting queries. */
   drain(): Promise<void> {
     if (this.#allDrained()) return Promise.resolve();

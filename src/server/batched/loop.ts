@@ -354,7 +354,8 @@ export class WorkerLoop implements MissSink {
         return;
       case 'configure':
         this.#cache.configure(m.cache);
-        this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery });
+        // The per-client miss limit lives on the main thread's side only for now (workers see no limiter).
+        this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery, clientLimit: null });
         this.#post({ misses: null, logs: null, configured: true });
         return;
       case 'pause':
