@@ -294,9 +294,10 @@ async function main(): Promise<void> {
   const started = await agentLog.next((l) => l.includes('"msg":"started"'), START_TIMEOUT_MS);
   if (started === null) throw new Error(`agent did not start (exit ${agent.exitCode ?? agent.signalCode ?? 'none'}):\n${agentLog.all.join('\n')}`);
   // The agent's view of the cluster, from its own watch of the fake API server: one line per kind at its first list.
-  for (let i = 0; i < 3; i++) {
-    if ((await agentLog.next((l) => l.includes('kube initial list applied'), START_TIMEOUT_MS)) === null) throw new Error(`the agent's view did not sync:\n${agentLog.all.join('\n')}`);
-  }
+  // They may come before or after "started" (the watch starts before the listeners): count them in the whole log.
+  const synced = (): boolean => agentLog.all.filter((l) => l.includes('kube initial list applied')).length >= 3;
+  for (let waited = 0; !synced() && waited < START_TIMEOUT_MS; waited += 50) await new Promise((r) => setTimeout(r, 50));
+  if (!synced()) throw new Error(`the agent's view did not sync:\n${agentLog.all.join('\n')}`);
   t.teardown(() => {
     if (t.passing()) return;
     t.comment(`agent log:\n${agentLog.all.join('\n')}`);
