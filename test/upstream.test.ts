@@ -318,7 +318,8 @@ t.test('TcpPool: a full queue rejects with overloaded at once', async (t) => {
   t.same(rest.map((r) => r.reason), ['timeout', 'timeout', 'timeout']);
   t.equal(pool.counters.get('overloaded'), 3);
   t.equal(pool.counters.get('timeouts'), 3);
-  t.equal(sim.stats.tcpQueries, 2);
+  // The third may still go out once the first two time out (its own deadline is a sweep away): never more than that.
+  t.ok(sim.stats.tcpQueries >= 2 && sim.stats.tcpQueries <= 3, `${sim.stats.tcpQueries} sent: the overloaded three never were`);
 });
 
 t.test('TcpPool: rotation after N queries moves to a new connection', async (t) => {
