@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { ManualClock } from '../src/clock.js';
+import { createLogger } from '../src/log.js';
 import { loadConfig } from '../src/config.js';
 import { podsSource, toSlimPod } from '../src/kube/pods.js';
 import { IDLE_MS, METRIC_NAME, NS_OTHER, NS_UNKNOWN, NamespaceRequests } from '../src/ops/namespace-metrics.js';
@@ -306,6 +307,42 @@ t.test('agent: --metrics-namespaces-max caps the series; an idle namespace frees
   text = await scrape();
   t.equal(byNs(text, 'team-b'), 1, 'team-b took the freed slot');
   t.equal(byNs(text, NS_OTHER), 1, '_other kept what it counted');
+});
+
+t.test('agent: pods forbidden (RBAC not applied): logged, counted as _unknown, DNS unaffected; retried until granted', async (t) => {
+  const fake = new FakeApiServer({ token: 'test-token' });
+  await fake.start();
+  t.teardown(() => fake.close());
+  seedPods(fake);
+  // With --no-kube the pod watch is the only client of the API: the first request is the pod list.
+  fake.failNext(403, 'pods is forbidden: User "system:serviceaccount:kube-system:nodelocal-dns" cannot list resource "pods" in API group "" at the cluster scope');
+  const logs: { level: string; msg: string; error?: string }[] = [];
+  const logger = createLogger('info', (line) => logs.push(JSON.parse(line) as { level: string; msg: string; error?: string }));
+  const upstream = await SimDnsServer.start({ handler: staticHandler({ [NAME]: { A: ['10.96.1.10'] } }) });
+  t.teardown(() => upstream.close());
+  const agent = await startAgent(
+    HOST,
+    ['--no-kube', '--upstream-addr', `127.0.0.1:${upstream.port}`, '--kubeconfig', kubeconfigFor(t, fake), '--metrics-by-namespace', '--node-name', NODE, '--metrics-listen-address', `${HOST}:9253`],
+    { logger },
+  );
+  t.teardown(agent.stop);
+  await until(t, 'the 403 logged', async () => logs.some((l) => l.level === 'warn' && /forbidden/.test(l.error ?? '')));
+  t.ok(await udpFrom('127.0.0.2', agent.target, NAME), 'DNS answers meanwhile');
+  const ops = agent.agent.opsServers.find((s) => s.routes.includes('metrics'))!;
+  const scrape = (): Promise<string> =>
+    new Promise((resolve, reject) => {
+      http.get(`${ops.url}/metrics`, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve(body));
+      }).on('error', reject);
+    });
+  const before = await scrape();
+  if (valueOf(before, 'nodelocal_kube_lists_total', { kind: 'pods' }) === 0) t.equal(byNs(before, NS_UNKNOWN), 1, 'before a list: _unknown');
+  await until(t, 'listed after the backoff', async () => valueOf(await scrape(), 'nodelocal_kube_lists_total', { kind: 'pods' }) === 1);
+  t.equal(valueOf(await scrape(), 'nodelocal_kube_errors_total', { kind: 'pods' }), 1, 'the failure counted');
+  await udpFrom('127.0.0.2', agent.target, NAME);
+  t.equal(byNs(await scrape(), 'team-a'), 1, 'counted by namespace once granted');
 });
 
 t.test('config: --metrics-by-namespace needs a node name; NODE_NAME is the default', async (t) => {
