@@ -26,12 +26,14 @@ import { loadSnapshot, writeSnapshot } from './cache/snapshot.js';
 import { interceptionPart, interfacePart, type NodePart, type NodeSetupOptions } from './iface/node-setup.js';
 import { setupCounterSchema } from './iface/setup-counters.js';
 import { KubeApi, loadClusterConfig } from './kube/client.js';
+import { PodWatch, podWatchCounterSchema } from './kube/pods.js';
 import { ClusterView } from './kube/view.js';
 import { KubeWatch, watchCounterSchema } from './kube/watch.js';
 import { ComponentStack, StartupError, type Component } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { AgentMetrics } from './ops/agent-metrics.js';
 import { createOpsServers, defaultOpsHost, type OpsServer } from './ops/http.js';
+import { NamespaceRequests, addNamespaceMetrics } from './ops/namespace-metrics.js';
 import { buildRouting, type Routing } from './routing.js';
 import { ClientMissLimiter } from './server/client-limit.js';
 import { HitPath } from './server/hit-path.js';
@@ -67,7 +69,7 @@ export const AGENT_COUNTERS = defineCounters({
 const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
   'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
-  'metricsListen', 'cacheSnapshot',
+  'metricsListen', 'cacheSnapshot', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName',
 ];
 
 export interface ReloadOutcome {
@@ -105,6 +107,9 @@ export class Agent {
   /** Listeners bound and taking queries (false before start and once stopping). */
   #serving: boolean;
   #ops: OpsServer[];
+  /** --metrics-by-namespace: the table the hit path tags with, and its pod watch (null when off or no cluster config). */
+  readonly #byNamespace: NamespaceRequests | null;
+  #podWatch: PodWatch | null;
 
   constructor(config: Config, deps: AgentDeps) {
     this.#config = config;
@@ -131,7 +136,10 @@ export class Agent {
       },
       { version: deps.version ?? 'unknown', revision: '' },
     );
+    this.#byNamespace = config.metricsByNamespace ? new NamespaceRequests({ maxNamespaces: config.metricsNamespacesMax, clock: this.#clock }) : null;
+    this.#podWatch = null;
     this.hitPath = new HitPath({
+      tagger: this.#byNamespace,
       cache: this.cache,
       clock: this.#clock,
       logger: this.#logger,
@@ -157,6 +165,7 @@ export class Agent {
     this.metrics.add(this.cache.counters, true);
     this.metrics.add(this.counters, false);
     this.metrics.add(this.setupCounters, false);
+    if (this.#byNamespace !== null) addNamespaceMetrics(this.metrics.registry, `dns://${config.listen[0] !== undefined ? formatHostPort(config.listen[0]) : ''}`, this.#byNamespace);
   }
 
   get config(): Config {
@@ -192,6 +201,7 @@ export class Agent {
       throw new StartupError((err as Error).message);
     }
     await this.#startView();
+    await this.#startPodWatch();
     const routing = buildRouting(c, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics }, null);
     this.#routing = routing;
     if (routing.cluster === null) {
@@ -228,6 +238,7 @@ export class Agent {
     const node = this.#nodeSetup();
     this.#parts.add(this.#upstreamsPart());
     if (this.#watch !== null) this.#parts.add(this.#watchPart(this.#watch));
+    if (this.#podWatch !== null) this.#parts.add(this.#podWatchPart(this.#podWatch));
     const iface = interfacePart(node);
     if (iface !== null) {
       this.#nodeParts.push(iface);
@@ -383,6 +394,43 @@ export class Agent {
     this.metrics.add(watchCounters, false);
     this.#watch = new KubeWatch(new KubeApi(cfg), this.#view, { clock: this.#clock, log: this.#logger, counters: watchCounters });
     this.#logger.info('cluster-records fallback on: watching the API', { server: cfg.server, source: cfg.source });
+  }
+
+  /**
+   * --metrics-by-namespace: a watch of this node's pods, on the same cluster
+   * config as the view (independent of --kube: it is a metric, not the
+   * fallback). No cluster config is not worth refusing to serve DNS for:
+   * said once, and every query counts as "_unknown".
+   */
+  async #startPodWatch(): Promise<void> {
+    const c = this.#config;
+    const table = this.#byNamespace;
+    if (table === null) return;
+    const cfg = await loadClusterConfig({ kubeconfig: c.kubeconfig });
+    if (cfg.kind !== 'ok') {
+      this.#logger.error('--metrics-by-namespace: no cluster config, every request counts as "_unknown"', { reason: cfg.reason });
+      return;
+    }
+    const counters = new Counters(podWatchCounterSchema);
+    this.metrics.add(counters, false);
+    this.#podWatch = new PodWatch(new KubeApi(cfg), table.pods, { nodeName: c.nodeName, clock: this.#clock, log: this.#logger, counters });
+    this.#logger.info('requests by namespace on: watching the pods of this node', { node: c.nodeName, maxNamespaces: c.metricsNamespacesMax });
+  }
+
+  #podWatchPart(watch: PodWatch): Component {
+    const table = this.#byNamespace;
+    return {
+      name: 'pod-watch',
+      start: () => {
+        table?.start();
+        watch.start();
+        return Promise.resolve();
+      },
+      stop: async () => {
+        await watch.stop();
+        table?.stop();
+      },
+    };
   }
 
   /**

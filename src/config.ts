@@ -96,6 +96,12 @@ export interface Config {
   readonly logLevel: LogLevel;
   /** Log one query in this many (0: off), from --query-log-sample. */
   readonly queryLogEvery: number;
+  /** nodelocal_dns_requests_by_namespace_total from a watch of this node's pods. */
+  readonly metricsByNamespace: boolean;
+  /** Namespaces with a series of their own; the rest count under "_other". */
+  readonly metricsNamespacesMax: number;
+  /** --node-name, else $NODE_NAME (the downward API's spec.nodeName); '' when neither. */
+  readonly nodeName: string;
 }
 
 type Kind = 'string' | 'int' | 'duration' | 'bool' | 'list' | 'bytes';
@@ -202,6 +208,13 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: 'metrics-listen-address', kind: 'string', def: undefined,
     help: 'IP:PORT of /metrics (node-cache flag); default the first local IP, port 9253 (never all interfaces unless given, e.g. 0.0.0.0:9253 so Prometheus on other nodes can scrape); "off" turns it off',
   },
+  {
+    flag: 'metrics-by-namespace', kind: 'bool', def: 'false',
+    help: 'opt-in: count requests by the client pod\'s namespace (nodelocal_dns_requests_by_namespace_total) from a watch of this node\'s pods; needs --node-name and get/list/watch on pods (docs/install.md)',
+  },
+  // A node runs at most 110 pods by kubelet's default: 100 namespaces cover nearly every node, and bound the series a node can add.
+  { flag: 'metrics-namespaces-max', kind: 'int', def: '100', min: 1, max: 10_000, help: 'namespaces with a series of their own under --metrics-by-namespace; the rest count as "_other"' },
+  { flag: 'node-name', kind: 'string', def: undefined, help: 'this node\'s name, for the pod watch of --metrics-by-namespace (default $NODE_NAME, which the DaemonSet sets from spec.nodeName)' },
   { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
   { flag: 'query-log-sample', kind: 'string', def: '0', help: 'log this share of queries (0.01 = one in a hundred) with client, name, type, rcode, duration and where the answer came from (cache, upstream, view, stale, servfail); 0 = off' },
 ];
@@ -527,6 +540,12 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   const interfaceName = str('interface-name')!;
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(interfaceName)) throw new ConfigError(`--interface-name "${interfaceName}": 1-15 letters, digits, "_", "." or "-"`);
 
+  const metricsByNamespace = bool('metrics-by-namespace');
+  const nodeName = str('node-name') ?? env['NODE_NAME'] ?? '';
+  if (metricsByNamespace && nodeName === '') {
+    throw new ConfigError('--metrics-by-namespace: no node name: give --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)');
+  }
+
   const logLevel = str('log-level')!;
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
 
@@ -582,6 +601,9 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     cacheSnapshot: snapshotPath(str('cache-snapshot')),
     logLevel: logLevel as LogLevel,
     queryLogEvery: sampleEvery(str('query-log-sample')!),
+    metricsByNamespace,
+    metricsNamespacesMax: int('metrics-namespaces-max'),
+    nodeName,
   };
 }
 

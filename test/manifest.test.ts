@@ -348,6 +348,9 @@ for (const v of variants) {
     const envNames = new Set((c.env ?? []).map((e) => e.name));
     for (const a of c.args ?? []) for (const m of a.matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) t.ok(envNames.has(m[1]), `$(${m[1]}) in "${a}" is defined`);
     t.same(c.env?.find((e) => e.name === 'HOST_IP')?.valueFrom, { fieldRef: { fieldPath: 'status.hostIP' } });
+    // --node-name's default, for the pod watch of --metrics-by-namespace (this node's pods only).
+    t.same(c.env?.find((e) => e.name === 'NODE_NAME')?.valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } }, 'NODE_NAME from the downward API');
+    t.equal(argValue(c, 'metrics-by-namespace'), undefined, '--metrics-by-namespace off by default (it needs the extra pods RBAC)');
 
     // The four values, or their placeholders.
     if (v.rendered === null) {
@@ -361,6 +364,33 @@ for (const v of variants) {
     }
   });
 }
+
+// ---------------------------------------------------------------- the optional pods RBAC of --metrics-by-namespace
+
+const PODS_RBAC_PATH = join(ROOT, 'deploy', 'namespace-metrics-rbac.yaml');
+
+t.test('deploy/namespace-metrics-rbac.yaml: get/list/watch on pods, nothing else, for the agent\'s ServiceAccount', async (t) => {
+  const docs = parseDocs(readFileSync(PODS_RBAC_PATH, 'utf8'));
+  t.same(docs.map((d) => `${d.kind}/${d.metadata?.name}`).sort(), ['ClusterRole/nodelocal-dns-pods', 'ClusterRoleBinding/nodelocal-dns-pods'], 'exactly these objects');
+  for (const d of docs) {
+    t.same(schemaErrors(d, `V1${d.kind}`, `${d.kind}/${d.metadata?.name}`), [], `${d.kind}/${d.metadata?.name} fits the API's schema`);
+    t.equal(d.metadata?.namespace, undefined, `${d.kind} is cluster-scoped`);
+  }
+  const role = one<ClusterRole>(docs, 'ClusterRole', 'nodelocal-dns-pods');
+  t.same(role.rules, [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] }], 'read pods, nothing else');
+  const binding = one<ClusterRoleBinding>(docs, 'ClusterRoleBinding', 'nodelocal-dns-pods');
+  t.same(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'nodelocal-dns-pods' });
+  // The same subject as the main binding, i.e. the DaemonSet's ServiceAccount.
+  const main = parseDocs(TEMPLATE);
+  const sa = agentOf(main).pod.serviceAccountName;
+  t.same(binding.subjects, one<ClusterRoleBinding>(main, 'ClusterRoleBinding', 'nodelocal-dns').subjects, 'bound to the subject of the main binding');
+  t.same(binding.subjects, [{ kind: 'ServiceAccount', name: sa, namespace: 'kube-system' }], 'the DaemonSet\'s ServiceAccount');
+  // The main ClusterRole stays without pods: the flag is opt-in, and so is the read.
+  const grants = (one<ClusterRole>(main, 'ClusterRole', 'nodelocal-dns').rules ?? []).flatMap((r) => r.resources ?? []);
+  t.notOk(grants.includes('pods'), 'daemonset.yaml grants no pods');
+  t.match(TEMPLATE, /deploy\/namespace-metrics-rbac\.yaml/, 'daemonset.yaml points at it');
+  t.match(readFileSync(join(ROOT, 'docs', 'install.md'), 'utf8'), /deploy\/namespace-metrics-rbac\.yaml/, 'docs/install.md tells how to apply it');
+});
 
 // ---------------------------------------------------------------- rendered args and config file through the agent's own loader
 
@@ -407,6 +437,16 @@ t.test('rendered: the args and the config file load in the agent (src/config.ts)
     }
   }
   if (notYet.size > 0) t.comment(`not in src/config.ts yet, checked above by hand: --${[...notYet].join(', --')}`);
+  // Turning on --metrics-by-namespace (the commented arg) takes the node name from the env the DaemonSet sets.
+  {
+    const { c } = agentOf(parseDocs(variants[1]!.text));
+    t.match(TEMPLATE, /^\s*# - --metrics-by-namespace$/m, 'the opt-in flag is shown, commented out, in the args');
+    const args = argPairs(c.args ?? []).filter(([n]) => known.has(n) && n !== 'config').map(([n, val]) => (val === null ? `--${n}` : `--${n}=${val}`));
+    const env = { KUBE_DNS_UPSTREAM_SERVICE_HOST: '10.96.0.53', NODE_NAME: 'node-7' };
+    const on = loadConfig([...args.map((a) => expand(a, { HOST_IP: '192.0.2.7' })), '--metrics-by-namespace'], { env }).config;
+    t.equal(on.metricsByNamespace, true);
+    t.equal(on.nodeName, 'node-7', 'node name from NODE_NAME');
+  }
   // Without the Service environment the agent refuses to start (--require-cluster-dns), instead of a silent local mode.
   const { c } = agentOf(parseDocs(variants[1]!.text));
   const bare = argPairs(c.args ?? []).filter(([n]) => known.has(n) && n !== 'config').map(([n, val]) => (val === null ? `--${n}` : `--${n}=${val}`));

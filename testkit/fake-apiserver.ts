@@ -1,8 +1,11 @@
 /**
  * A fake kube-apiserver on 127.0.0.1, speaking the part of the protocol a
- * list-then-watch client uses, for the three kinds the agent watches:
+ * list-then-watch client uses, for the kinds the agent watches:
  *
- *   GET /api/v1/services, /apis/discovery.k8s.io/v1/endpointslices, /api/v1/namespaces
+ *   GET /api/v1/services, /apis/discovery.k8s.io/v1/endpointslices, /api/v1/namespaces, /api/v1/pods
+ *     fieldSelector=a.b=v[,a.b!=w]: lists and watches carry only the objects that match
+ *            (equality on dotted paths, the way spec.nodeName is selected; a watch's
+ *            events are matched on the object they carry)
  *     list:  ?limit=N&continue=TOKEN, pages from one snapshot, metadata.resourceVersion
  *            of the snapshot, metadata.continue + remainingItemCount while more remain;
  *            a continue token older than the compacted history -> HTTP 410 (reason Expired).
@@ -22,7 +25,7 @@ import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { gzipSync } from 'node:zlib';
 
-export type FakeKind = 'services' | 'endpointslices' | 'namespaces';
+export type FakeKind = 'services' | 'endpointslices' | 'namespaces' | 'pods';
 export type Obj = Record<string, unknown>;
 
 interface KindInfo {
@@ -41,7 +44,31 @@ const KINDS: Readonly<Record<FakeKind, KindInfo>> = {
     listKind: 'EndpointSliceList',
   },
   namespaces: { path: '/api/v1/namespaces', apiVersion: 'v1', kind: 'Namespace', listKind: 'NamespaceList' },
+  pods: { path: '/api/v1/pods', apiVersion: 'v1', kind: 'Pod', listKind: 'PodList' },
 };
+
+type Matcher = (o: Obj) => boolean;
+
+const MATCH_ALL: Matcher = () => true;
+
+/** A field selector ("spec.nodeName=node-a,metadata.namespace!=kube-system") as a predicate; null when malformed. */
+function fieldSelector(text: string | null): Matcher | null {
+  if (text === null || text === '') return MATCH_ALL;
+  const terms: { path: string[]; value: string; negate: boolean }[] = [];
+  for (const part of text.split(',')) {
+    const m = /^([A-Za-z0-9_.]+)(==|=|!=)(.*)$/.exec(part);
+    if (m === null) return null;
+    terms.push({ path: m[1]!.split('.'), value: m[3]!, negate: m[2] === '!=' });
+  }
+  return (o) =>
+    terms.every((t) => {
+      let v: unknown = o;
+      for (const p of t.path) v = typeof v === 'object' && v !== null ? (v as Obj)[p] : undefined;
+      // An unset field selects as '' (the API server's field sets are strings).
+      const s = typeof v === 'string' ? v : v === undefined || v === null ? '' : String(v);
+      return (s === t.value) !== t.negate;
+    });
+}
 
 interface HistoryEvent {
   readonly rv: number;
@@ -52,6 +79,7 @@ interface HistoryEvent {
 
 interface Watcher {
   readonly kind: FakeKind;
+  readonly match: Matcher;
   readonly res: http.ServerResponse;
   readonly bookmarks: boolean;
   readonly timer: NodeJS.Timeout | null;
@@ -94,7 +122,7 @@ export class FakeApiServer {
   onPartialPage: ((kind: FakeKind) => void) | null = null;
 
   readonly #opts: FakeApiOptions;
-  readonly #store: Record<FakeKind, Map<string, Obj>> = { services: new Map(), endpointslices: new Map(), namespaces: new Map() };
+  readonly #store: Record<FakeKind, Map<string, Obj>> = { services: new Map(), endpointslices: new Map(), namespaces: new Map(), pods: new Map() };
   #history: HistoryEvent[] = [];
   /** Events at or below this RV are forgotten. */
   #compactedRv = 0;
@@ -240,7 +268,7 @@ export class FakeApiServer {
     this.#history.push(ev);
     const line = JSON.stringify({ type: ev.type, object: ev.object }) + '\n';
     for (const w of this.#watchers) {
-      if (w.kind !== ev.kind) continue;
+      if (w.kind !== ev.kind || !w.match(ev.object)) continue;
       this.bytesSent += Buffer.byteLength(line);
       w.res.write(line);
     }
@@ -277,11 +305,16 @@ export class FakeApiServer {
       this.#send(res, 404, statusJson(404, 'NotFound', 'the server could not find the requested resource'));
       return;
     }
-    if (watch) this.#watch(kind, url.searchParams, res);
-    else this.#list(kind, url.searchParams, res, this.#opts.gzip === true && /\bgzip\b/.test(req.headers['accept-encoding'] ?? ''));
+    const match = fieldSelector(url.searchParams.get('fieldSelector'));
+    if (match === null) {
+      this.#send(res, 400, statusJson(400, 'BadRequest', `unable to parse requirement: ${url.searchParams.get('fieldSelector') ?? ''}`));
+      return;
+    }
+    if (watch) this.#watch(kind, url.searchParams, res, match);
+    else this.#list(kind, url.searchParams, res, this.#opts.gzip === true && /\bgzip\b/.test(req.headers['accept-encoding'] ?? ''), match);
   }
 
-  #list(kind: FakeKind, params: URLSearchParams, res: http.ServerResponse, gzip: boolean): void {
+  #list(kind: FakeKind, params: URLSearchParams, res: http.ServerResponse, gzip: boolean, match: Matcher): void {
     const info = KINDS[kind];
     const limit = Number(params.get('limit') ?? '0');
     const cont = params.get('continue') ?? '';
@@ -303,7 +336,7 @@ export class FakeApiServer {
       offset = tok.offset;
       id = tok.id;
     } else {
-      const items = [...this.#store[kind].entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map((e) => e[1]);
+      const items = [...this.#store[kind].entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map((e) => e[1]).filter(match);
       snap = { rv: this.#rv, items };
       id = ++this.#snapshotId;
       if (limit > 0 && items.length > limit) this.#snapshots.set(id, snap);
@@ -322,7 +355,7 @@ export class FakeApiServer {
     if (end < snap.items.length) this.onPartialPage?.(kind);
   }
 
-  #watch(kind: FakeKind, params: URLSearchParams, res: http.ServerResponse): void {
+  #watch(kind: FakeKind, params: URLSearchParams, res: http.ServerResponse, match: Matcher): void {
     const rvParam = params.get('resourceVersion') ?? '';
     const from = rvParam === '' || rvParam === '0' ? null : Number(rvParam);
     if (from !== null && from < this.#compactedRv && this.expiredAs === 'http') {
@@ -338,8 +371,8 @@ export class FakeApiServer {
     }
     // No RV: the current state as ADDED events; with one: the retained history after it.
     const replay = from === null
-      ? [...this.#store[kind].values()].map((object) => ({ type: 'ADDED', object }))
-      : this.#history.filter((e) => e.kind === kind && e.rv > from);
+      ? [...this.#store[kind].values()].filter(match).map((object) => ({ type: 'ADDED', object }))
+      : this.#history.filter((e) => e.kind === kind && e.rv > from && match(e.object));
     for (const e of replay) res.write(JSON.stringify({ type: e.type, object: e.object }) + '\n');
     const timeoutS = Number(params.get('timeoutSeconds') ?? '0');
     const timer =
@@ -349,7 +382,7 @@ export class FakeApiServer {
             res.end();
           }, timeoutS * 1000)
         : null;
-    const w: Watcher = { kind, res, bookmarks: params.get('allowWatchBookmarks') === 'true', timer };
+    const w: Watcher = { kind, match, res, bookmarks: params.get('allowWatchBookmarks') === 'true', timer };
     this.#watchers.add(w);
     res.on('close', () => {
       if (timer !== null) clearTimeout(timer);
@@ -453,4 +486,31 @@ export function endpointSliceJson(
     }),
     ports: (opts.ports ?? [{ name: 'http', port: 80 }]).map((p) => ({ ...p, protocol: p.protocol ?? 'TCP' })),
   };
+}
+
+export interface PodSpec {
+  readonly nodeName?: string;
+  /** status.podIP; status.podIPs lists it, then `extraIPs` (dual-stack). */
+  readonly podIP?: string;
+  readonly extraIPs?: readonly string[];
+  readonly hostNetwork?: boolean;
+  readonly phase?: string;
+}
+
+/** A Pod as kube-apiserver returns it (the fields a node-local agent may read, and some it must not need). */
+export function podJson(namespace: string, name: string, spec: PodSpec = {}): Obj {
+  const ips = spec.podIP === undefined ? [] : [spec.podIP, ...(spec.extraIPs ?? [])];
+  const status: Obj = { phase: spec.phase ?? 'Running', hostIP: '192.0.2.1', conditions: [{ type: 'Ready', status: 'True' }] };
+  if (spec.podIP !== undefined) {
+    status['podIP'] = spec.podIP;
+    status['podIPs'] = ips.map((ip) => ({ ip }));
+  }
+  const podSpec: Obj = {
+    containers: [{ name: 'app', image: 'registry.example/app:1', env: [{ name: 'PASSWORD', value: 'not-for-dns' }] }],
+    restartPolicy: 'Always',
+    serviceAccountName: 'default',
+  };
+  if (spec.nodeName !== undefined) podSpec['nodeName'] = spec.nodeName;
+  if (spec.hostNetwork !== undefined) podSpec['hostNetwork'] = spec.hostNetwork;
+  return { metadata: { name, namespace, labels: { app: name } }, spec: podSpec, status };
 }

@@ -1,6 +1,7 @@
 /**
  * List-then-watch of Services, EndpointSlices and Namespaces into a
- * ClusterViewWriter: a lean reflector of our own, one per kind, following
+ * ClusterViewWriter (and of this node's pods, kube/pods.ts, through the same
+ * ListWatch): a lean reflector of our own, one per kind, following
  * client-go's (tools/cache/reflector.go) protocol, because client-node's
  * informer caches whole API objects and stops for good after an error.
  *
@@ -37,7 +38,9 @@ const resourcePath: { readonly [K in KindName]: string } = {
 // ---------------------------------------------------------------- counters
 
 type Metric = 'lists' | 'relists' | 'watchRestarts' | 'events' | 'errors' | 'decodeFailures';
-export type WatchCounter = `${KindName}.${Metric}`;
+/** The counters of one watched kind: `${kind}.lists` and so on. */
+export type ReflectorCounter<P extends string> = `${P}.${Metric}`;
+export type WatchCounter = ReflectorCounter<KindName>;
 
 const metricDefs: { readonly [M in Metric]: Omit<CounterDef, 'labels'> } = {
   lists: { name: 'nodelocal_kube_lists_total', help: 'Complete lists (all pages) applied to the cluster view.' },
@@ -48,11 +51,16 @@ const metricDefs: { readonly [M in Metric]: Omit<CounterDef, 'labels'> } = {
   decodeFailures: { name: 'nodelocal_kube_decode_failures_total', help: 'Objects or watch lines that could not be decoded and were skipped.' },
 };
 
+/** The counter defs of one watched kind (label `kind`), for a schema of its own or a shared one. */
+export function reflectorCounterDefs<P extends string>(kind: P): Record<ReflectorCounter<P>, CounterDef> {
+  const defs: Partial<Record<ReflectorCounter<P>, CounterDef>> = {};
+  for (const m of Object.keys(metricDefs) as Metric[]) defs[`${kind}.${m}`] = { ...metricDefs[m], labels: { kind } };
+  return defs as Record<ReflectorCounter<P>, CounterDef>;
+}
+
 function watchCounterDefs(): Record<WatchCounter, CounterDef> {
-  const defs: Partial<Record<WatchCounter, CounterDef>> = {};
-  for (const kind of WATCH_KINDS) {
-    for (const m of Object.keys(metricDefs) as Metric[]) defs[`${kind}.${m}`] = { ...metricDefs[m], labels: { kind } };
-  }
+  let defs: Partial<Record<WatchCounter, CounterDef>> = {};
+  for (const kind of WATCH_KINDS) defs = { ...defs, ...reflectorCounterDefs(kind) };
   return defs as Record<WatchCounter, CounterDef>;
 }
 
@@ -107,6 +115,53 @@ export interface WatchOptions {
 
 // ---------------------------------------------------------------- one kind
 
+/** What one ListWatch lists and watches, and how a raw object becomes the slim one kept. */
+export interface WatchSource<T> {
+  /** For logs and the `kind` label of its counters. */
+  readonly kind: string;
+  /** The collection's path ('/api/v1/pods'). */
+  readonly path: string;
+  /**
+   * Extra query parameters sent with every list and watch, already encoded
+   * ('fieldSelector=spec.nodeName%3Dnode-a'), '' for none. The server applies
+   * them to both, so the watch only ever carries the selected objects.
+   */
+  readonly selector: string;
+  readonly convert: (raw: unknown) => T | null;
+}
+
+/** Where a ListWatch puts what it converted: one kind of a ClusterViewWriter (kindSink), or a table of its own. */
+export interface WatchSink<T> {
+  upsert(obj: T): void;
+  remove(namespace: string, name: string): void;
+  /** After a (re)list: the whole set, replacing what was there. */
+  replace(objs: Iterable<T>): void;
+  /** The initial list has been applied. */
+  markSynced(): void;
+  /** Any sign of life from the API server, in Clock ms. */
+  touch(nowMs: number): void;
+}
+
+/** The counter slots a ListWatch bumps: any block whose schema has `${kind}.lists` and the rest. */
+export interface ReflectorCounters {
+  readonly values: Float64Array;
+  readonly schema: { readonly slot: Readonly<Record<string, number>> };
+}
+
+export interface ListWatchOptions extends Omit<WatchOptions, 'counters'> {
+  readonly counters: ReflectorCounters;
+}
+
+function kindSink<K extends KindName>(kind: K, writer: ClusterViewWriter): WatchSink<KindObjects[K]> {
+  return {
+    upsert: (obj) => writer.upsert(kind, obj),
+    remove: (namespace, name) => writer.remove(kind, namespace, name),
+    replace: (objs) => writer.replace(kind, objs),
+    markSynced: () => writer.markSynced(kind),
+    touch: (nowMs) => writer.touch(nowMs),
+  };
+}
+
 type Outcome =
   | { readonly kind: 'listed' }
   /** The server ended the watch (timeoutSeconds): watch again from the kept RV. */
@@ -159,12 +214,14 @@ function readBody(body: Readable, max: number): Promise<string | null> {
   });
 }
 
-export class Reflector<K extends KindName> {
-  readonly #kind: K;
+/** The reflector loop for one source, generic over what it keeps. */
+export class ListWatch<T> {
+  readonly #kind: string;
   readonly #path: string;
+  readonly #selector: string;
   readonly #api: ApiGetter;
-  readonly #writer: ClusterViewWriter;
-  readonly #convert: (raw: unknown) => KindObjects[K] | null;
+  readonly #writer: WatchSink<T>;
+  readonly #convert: (raw: unknown) => T | null;
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #values: Float64Array;
@@ -189,23 +246,29 @@ export class Reflector<K extends KindName> {
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
 
-  constructor(kind: K, api: ApiGetter, writer: ClusterViewWriter, opts: WatchOptions) {
+  constructor(source: WatchSource<T>, api: ApiGetter, sink: WatchSink<T>, opts: ListWatchOptions) {
+    const kind = source.kind;
     this.#kind = kind;
-    this.#path = resourcePath[kind];
+    this.#path = source.path;
+    this.#selector = source.selector === '' ? '' : `&${source.selector}`;
     this.#api = api;
-    this.#writer = writer;
-    this.#convert = converters[kind];
+    this.#writer = sink;
+    this.#convert = source.convert;
     this.#clock = opts.clock;
     this.#log = opts.log;
     this.#values = opts.counters.values;
-    const slot = opts.counters.schema.slot;
+    const slot = (m: Metric): number => {
+      const i = opts.counters.schema.slot[`${kind}.${m}`];
+      if (i === undefined) throw new Error(`watch ${kind}: the counter block has no slot ${kind}.${m}`);
+      return i;
+    };
     this.#slot = {
-      lists: slot[`${kind}.lists`],
-      relists: slot[`${kind}.relists`],
-      watchRestarts: slot[`${kind}.watchRestarts`],
-      events: slot[`${kind}.events`],
-      errors: slot[`${kind}.errors`],
-      decodeFailures: slot[`${kind}.decodeFailures`],
+      lists: slot('lists'),
+      relists: slot('relists'),
+      watchRestarts: slot('watchRestarts'),
+      events: slot('events'),
+      errors: slot('errors'),
+      decodeFailures: slot('decodeFailures'),
     };
     this.#random = opts.random ?? Math.random;
     this.#timers = opts.timers ?? realTimers;
@@ -313,11 +376,11 @@ export class Reflector<K extends KindName> {
    * throws the partial list away: the pages must come from one snapshot.
    */
   async #list(): Promise<Outcome> {
-    const items: KindObjects[K][] = [];
+    const items: T[] = [];
     let cont = '';
     let rv = '';
     do {
-      let query = `?limit=${this.#tuning.pageSize}`;
+      let query = `?limit=${this.#tuning.pageSize}${this.#selector}`;
       if (cont !== '') query += `&continue=${encodeURIComponent(cont)}`;
       const r = await this.#api.get(this.#path + query, this.#newAbort());
       if (!r.ok) return failed(`list: ${r.error}`);
@@ -347,7 +410,7 @@ export class Reflector<K extends KindName> {
       cont = typeof meta?.['continue'] === 'string' ? meta['continue'] : '';
     } while (cont !== '');
     if (rv === '') return failed('list: no resourceVersion');
-    this.#writer.replace(this.#kind, items);
+    this.#writer.replace(items);
     this.#rv = rv;
     this.#afterList = true;
     this.#count('lists');
@@ -355,7 +418,7 @@ export class Reflector<K extends KindName> {
     this.#listedBefore = true;
     if (!this.#synced) {
       this.#synced = true;
-      this.#writer.markSynced(this.#kind);
+      this.#writer.markSynced();
       this.#log.info('kube initial list applied', { kind: this.#kind, objects: items.length, resourceVersion: rv });
     }
     return LISTED;
@@ -368,7 +431,7 @@ export class Reflector<K extends KindName> {
     this.#afterList = false;
     const timeoutS = Math.floor(this.#tuning.minWatchTimeoutS * (1 + this.#random()));
     const query =
-      `?watch=1&resourceVersion=${encodeURIComponent(this.#rv)}` + `&allowWatchBookmarks=true&timeoutSeconds=${timeoutS}`;
+      `?watch=1&resourceVersion=${encodeURIComponent(this.#rv)}` + `&allowWatchBookmarks=true&timeoutSeconds=${timeoutS}${this.#selector}`;
     const r = await this.#api.get(this.#path + query, this.#newAbort());
     if (!r.ok) return failed(`watch: ${r.error}`);
     if (r.status !== 200) {
@@ -445,18 +508,18 @@ export class Reflector<K extends KindName> {
       case 'MODIFIED': {
         const slim = this.#convert(object);
         if (slim !== null) {
-          this.#writer.upsert(this.#kind, slim);
+          this.#writer.upsert(slim);
         } else {
           // The object exists but we cannot read it: better no records than the stale ones.
           this.#count('decodeFailures');
           const key = objectKey(object);
-          if (key !== null) this.#writer.remove(this.#kind, key.namespace, key.name);
+          if (key !== null) this.#writer.remove(key.namespace, key.name);
         }
         break;
       }
       case 'DELETED': {
         const key = objectKey(object);
-        if (key !== null) this.#writer.remove(this.#kind, key.namespace, key.name);
+        if (key !== null) this.#writer.remove(key.namespace, key.name);
         else this.#count('decodeFailures');
         break;
       }
@@ -475,6 +538,13 @@ export class Reflector<K extends KindName> {
     const rv = resourceVersionOf(object);
     if (rv !== '') this.#rv = rv;
     return null;
+  }
+}
+
+/** One kind of the cluster view, listed and watched into a ClusterViewWriter. */
+export class Reflector<K extends KindName> extends ListWatch<KindObjects[K]> {
+  constructor(kind: K, api: ApiGetter, writer: ClusterViewWriter, opts: WatchOptions) {
+    super({ kind, path: resourcePath[kind], selector: '', convert: converters[kind] }, api, kindSink(kind, writer), opts);
   }
 }
 

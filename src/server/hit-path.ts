@@ -100,6 +100,17 @@ export interface HitPathOptions {
   readonly clientLimit?: ClientMissLimiter | null;
   /** coredns_dns_request_duration_seconds and the size histograms (typed arrays: a few ns an observe). */
   readonly histograms?: HitPathHistograms | null;
+  /** Requests by client namespace; null (the default): off, one null check per query. */
+  readonly tagger?: ClientTagger | null;
+}
+
+/**
+ * Counts a query by who sent it (--metrics-by-namespace: the client pod's
+ * namespace). Called once per query with the peer's address, before parsing;
+ * must be a lookup and a typed-array add, nothing more.
+ */
+export interface ClientTagger {
+  tag(address: string): void;
 }
 
 /** Indexed by Transport (UDP 0, TCP 1). */
@@ -128,6 +139,7 @@ export class HitPath implements QueryHandler {
   #logCountdown: number;
   #clientLimit: ClientMissLimiter | null;
   readonly #hist: HitPathHistograms | null;
+  readonly #tagger: ClientTagger | null;
 
   constructor(opts: HitPathOptions) {
     this.#cache = opts.cache;
@@ -145,6 +157,7 @@ export class HitPath implements QueryHandler {
     this.#logCountdown = this.#logEvery;
     this.#clientLimit = opts.clientLimit ?? null;
     this.#hist = opts.histograms ?? null;
+    this.#tagger = opts.tagger ?? null;
   }
 
   /** A reload: the new largest UDP answer and query-log sampling apply from the next query. */
@@ -161,6 +174,7 @@ export class HitPath implements QueryHandler {
   }
 
   handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+    if (this.#tagger !== null) this.#tagger.tag(peer.address);
     this.#v[channel.transport === Transport.TCP ? S.requestsTcp : S.requestsUdp]!++;
     const hist = this.#hist;
     // Answered synchronously (hits, errors): the first bucket (250 us); reading a clock per hit would cost more than the rest.
