@@ -9,6 +9,7 @@
  * settings did not change: its health state and warm connections are worth
  * keeping.
  */
+import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
@@ -26,6 +27,8 @@ import { DEFAULT_ATTEMPTS, hostBudget, type HostServers } from './upstream/host-
 import { HealthProbe } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
 import { TcpPool, type TcpPoolCounter } from './upstream/tcp-pool.js';
+import { loadCaFile } from './upstream/tls-connect.js';
+import { TlsResolvers } from './upstream/tls-resolvers.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
 
 /** Reverse zones always belong to the cluster DNS: it owns the PTR records of Service and Pod IPs. */
@@ -54,6 +57,8 @@ export interface RoutingDeps {
    * reloads, so a rebuilt upstream's counters never go down on a scrape.
    */
   readonly counters: UpstreamCounterBlocks;
+  /** Reads --tls-ca-file (default: the file system). */
+  readonly readFile?: (path: string) => string;
 }
 
 export interface UpstreamCounterBlocks {
@@ -72,7 +77,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
     return { upstream, timeoutMs: budgetMs, local: null };
   };
 
-  const external = hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
+  const external = c.upstreamTls.length > 0 ? tlsRoute(c, deps, upstreams) : hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
   const routes: ZoneRoute<Route>[] = [];
   let cluster: ClusterUpstream | null = null;
   if (c.clusterUpstream !== null) {
@@ -88,6 +93,35 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
     routes.push({ zone: stub.zone, target: hostRoute(`stub:${stub.zone}`, stub.servers, undefined, DEFAULT_ATTEMPTS, false) });
   }
   return { router: new ZoneRouter(routes, external), upstreams, cluster };
+}
+
+/**
+ * External names over DNS over TLS (--upstream-nameservers tls://...), in
+ * place of the host resolvers: each server tried once in order, a try waiting
+ * at most --timeout while another server is left (the host resolvers' budget
+ * arithmetic with one round: a persistent connection does not lose queries the
+ * way UDP does, so asking the same server twice buys nothing).
+ */
+function tlsRoute(c: Config, deps: RoutingDeps, upstreams: Upstream[]): Route {
+  const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, undefined, 1, c.upstreamTls.length);
+  const ca = c.tlsCaFile === '' ? undefined : loadCaFile(c.tlsCaFile, deps.readFile ?? ((p) => readFileSync(p, 'utf8')));
+  const upstream = new TlsResolvers({
+    servers: c.upstreamTls,
+    ...(ca !== undefined ? { ca } : {}),
+    attemptTimeoutMs,
+    connections: c.upstreamConnections,
+    maxInFlightPerConnection: c.upstreamMaxInFlight,
+    rotateAfterQueries: c.upstreamRotateQueries,
+    rotateAfterMs: c.upstreamRotateAfterMs,
+    // A TCP connect and a handshake to a resolver maybe far away: as long as a try may wait.
+    connectTimeoutMs: attemptTimeoutMs,
+    counters: (name) => deps.counters.pool(name),
+    clock: deps.clock,
+    logger: deps.logger,
+  });
+  // The servers' pools are listed too: their health is each server's (nodelocal_upstream_healthy{to="tls://..."}).
+  upstreams.push(upstream, ...upstream.servers.map((s) => s.pool));
+  return { upstream, timeoutMs: budgetMs, local: null };
 }
 
 function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpstream {
