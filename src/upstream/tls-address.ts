@@ -37,7 +37,10 @@ export function parseTlsServer(text: string): TlsServer | string {
   const name = at >= 0 ? rest.slice(at + 1) : null;
   if (addrText === '') return `"${text}": no address before "@" (expected tls://IP[:PORT][@NAME])`;
   const addr = parseHostPort(addrText, DOT_PORT);
-  if (typeof addr === 'string') return `"${text}": ${addr} (the address must be an IP: a host name would be resolved through the system resolver)`;
+  if (typeof addr === 'string') {
+    if (!addr.includes('is not an IPv4 or IPv6 address')) return `"${text}": ${addr}`;
+    return `"${text}": the address must be an IP, not "${addrText}" (a host name would be resolved through the system resolver, maybe through us); give the certificate's name after "@"`;
+  }
   if (addr.host.includes('%')) return `"${text}": a scoped IPv6 address cannot be checked against a certificate`;
   if (name === null) return { host: addr.host, port: addr.port, serverName: null };
   const serverName = name.toLowerCase().replace(/\.$/, '');
