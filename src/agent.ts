@@ -282,7 +282,7 @@ export class Agent {
     let routing: Routing;
     try {
       const host = this.#hostServers(merged);
-      routing = buildRouting(merged, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics, readFile: this.#readFile }, this.#routing.cluster);
+      routing = buildRouting(merged, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics, readFile: this.#readFile }, this.#routing);
     } catch (err) {
       return this.#refused((err as Error).message);
     }

@@ -7,7 +7,7 @@
  *
  * The cluster pool (and its health and probe) survives a reload whose cluster
  * settings did not change: its health state and warm connections are worth
- * keeping.
+ * keeping. So do the DNS-over-TLS upstreams (their handshakes and sessions).
  */
 import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
@@ -46,6 +46,15 @@ export interface Routing {
   /** Every upstream the router uses, the cluster pool included. */
   readonly upstreams: readonly Upstream[];
   readonly cluster: ClusterUpstream | null;
+  /** The DNS-over-TLS upstreams for external names; null when they go to the host resolvers. */
+  readonly tls: TlsUpstream | null;
+}
+
+export interface TlsUpstream {
+  readonly upstream: TlsResolvers;
+  readonly route: Route;
+  /** The settings and CA certificates it was built from: equal ones on reload keep it. */
+  readonly settings: string;
 }
 
 export interface RoutingDeps {
@@ -66,7 +75,8 @@ export interface UpstreamCounterBlocks {
   host(name: string): Counters<HostResolversCounter>;
 }
 
-export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: ClusterUpstream | null): Routing {
+/** `previous`: the routing in use, whose upstreams are kept where their settings did not change (null at start). */
+export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: Routing | null): Routing {
   const upstreams: Upstream[] = [];
   const hostRoute = (name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean): Route => {
     const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, attemptMs, attempts, servers.length);
@@ -77,12 +87,15 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
     return { upstream, timeoutMs: budgetMs, local: null };
   };
 
-  const external = c.upstreamTls.length > 0 ? tlsRoute(c, deps, upstreams) : hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
+  const tls = c.upstreamTls.length > 0 ? tlsUpstream(c, deps, previous?.tls ?? null) : null;
+  if (tls !== null) upstreams.push(tls.upstream, ...tls.upstream.servers.map((s) => s.pool));
+  const external = tls !== null ? tls.route : hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
   const routes: ZoneRoute<Route>[] = [];
   let cluster: ClusterUpstream | null = null;
   if (c.clusterUpstream !== null) {
     const settings = JSON.stringify([c.clusterUpstream, c.upstreamConnections, c.upstreamMaxInFlight, c.upstreamRotateQueries, c.upstreamRotateAfterMs, c.clusterDomain]);
-    cluster = previous !== null && previous.settings === settings ? previous : newCluster(c, deps, settings);
+    const before = previous?.cluster ?? null;
+    cluster = before !== null && before.settings === settings ? before : newCluster(c, deps, settings);
     upstreams.push(cluster.pool);
     const local =
       deps.view === null ? null : new ViewAnswerer({ view: deps.view, clock: deps.clock, zone: c.clusterDomain, ttl: c.localTtl, maxSilenceMs: c.maxApiSilenceMs });
@@ -92,7 +105,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
   for (const stub of c.stubDomains) {
     routes.push({ zone: stub.zone, target: hostRoute(`stub:${stub.zone}`, stub.servers, undefined, DEFAULT_ATTEMPTS, false) });
   }
-  return { router: new ZoneRouter(routes, external), upstreams, cluster };
+  return { router: new ZoneRouter(routes, external), upstreams, cluster, tls };
 }
 
 /**
@@ -102,9 +115,12 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
  * arithmetic with one round: a persistent connection does not lose queries the
  * way UDP does, so asking the same server twice buys nothing).
  */
-function tlsRoute(c: Config, deps: RoutingDeps, upstreams: Upstream[]): Route {
+function tlsUpstream(c: Config, deps: RoutingDeps, previous: TlsUpstream | null): TlsUpstream {
   const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, undefined, 1, c.upstreamTls.length);
+  // Read on every build: a rotated CA file is a changed setting.
   const ca = c.tlsCaFile === '' ? undefined : loadCaFile(c.tlsCaFile, deps.readFile ?? ((p) => readFileSync(p, 'utf8')));
+  const settings = JSON.stringify([c.upstreamTls, ca ?? null, c.timeoutMs, c.upstreamConnections, c.upstreamMaxInFlight, c.upstreamRotateQueries, c.upstreamRotateAfterMs]);
+  if (previous !== null && previous.settings === settings) return previous;
   const upstream = new TlsResolvers({
     servers: c.upstreamTls,
     ...(ca !== undefined ? { ca } : {}),
@@ -119,9 +135,8 @@ function tlsRoute(c: Config, deps: RoutingDeps, upstreams: Upstream[]): Route {
     clock: deps.clock,
     logger: deps.logger,
   });
-  // The servers' pools are listed too: their health is each server's (nodelocal_upstream_healthy{to="tls://..."}).
-  upstreams.push(upstream, ...upstream.servers.map((s) => s.pool));
-  return { upstream, timeoutMs: budgetMs, local: null };
+  // The servers' pools are listed among the upstreams too: their health is each server's (nodelocal_upstream_healthy{to="tls://..."}).
+  return { upstream, route: { upstream, timeoutMs: budgetMs, local: null }, settings };
 }
 
 function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpstream {

@@ -181,6 +181,32 @@ if (!opensslAvailable()) {
     t.ok(good.queries >= 2);
   });
 
+  t.test('failover: the first server accepts and never answers, the second answers within the budget', async (t) => {
+    const silent = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const good = await server(t, dnsTest);
+    const ag = await agent(t, `tls://127.0.0.1:${silent.port}@dns.test,tls://127.0.0.1:${good.port}@dns.test`, '--timeout', '2s');
+    // The first try gives up after --timeout (2 s); the second server gets the rest of the 4 s budget (room for a handshake on a loaded machine).
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10');
+    t.equal(silent.queries, 1, 'the first server was asked');
+    t.equal(good.queries, 1, 'then the second');
+  });
+
+  t.test('a reload with the same settings keeps the TLS connections; a changed list replaces them', async (t) => {
+    const s = await server(t, dnsTest);
+    const ag = await agent(t, `tls://127.0.0.1:${s.port}@dns.test`, '--upstream-connections', '1');
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10');
+    t.equal(ag.agent.reload(loadConfig(ag.argv, { env: {} }).config).applied, true);
+    t.equal(aOf(await udpQuery(ag.target, 'a.example.org', { timeoutMs: 5000 })), '192.0.2.11');
+    t.equal(s.connections, 1, 'same connection after the reload');
+
+    const s2 = await server(t, dnsTest);
+    const argv = ag.argv.map((x) => (x === `tls://127.0.0.1:${s.port}@dns.test` ? `tls://127.0.0.1:${s2.port}@dns.test` : x));
+    t.equal(ag.agent.reload(loadConfig(argv, { env: {} }).config).applied, true);
+    t.equal(aOf(await udpQuery(ag.target, 'b.example.org', { timeoutMs: 5000 })), '192.0.2.12');
+    t.equal(s2.queries, 1, 'the new server answers after the reload');
+    t.equal(s.queries, 2);
+  });
+
   t.test('a --tls-ca-file without a certificate: the agent refuses to start', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'nldns-dot-ca-'));
     const path = join(dir, 'ca.pem');
