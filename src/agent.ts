@@ -46,6 +46,7 @@ import { Counters, defineCounters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
 import { listenersOn } from './sys/reuseport.js';
 import { loadHostServers, type HostServers } from './upstream/host-route.js';
+import { formatTlsServer } from './upstream/tls-address.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
 
 export { StartupError } from './lifecycle.js';
@@ -202,7 +203,12 @@ export class Agent {
     }
     await this.#startView();
     await this.#startPodWatch();
-    const routing = buildRouting(c, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics }, null);
+    let routing: Routing;
+    try {
+      routing = buildRouting(c, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics, readFile: this.#readFile }, null);
+    } catch (err) {
+      throw new StartupError((err as Error).message);
+    }
     this.#routing = routing;
     if (routing.cluster === null) {
       this.#logger.warn(
@@ -257,7 +263,7 @@ export class Agent {
     this.#logger.info('serving', {
       listen: this.#listeners.map((l) => l.name),
       clusterDns: c.clusterUpstream !== null ? `tcp://${formatHostPort(c.clusterUpstream)} (from ${c.clusterUpstreamSource})` : 'none (local mode)',
-      hostResolvers: host.servers.map(formatHostPort),
+      hostResolvers: c.upstreamTls.length > 0 ? c.upstreamTls.map(formatTlsServer) : host.servers.map(formatHostPort),
       hostResolversFrom: host.source,
       stubDomains: c.stubDomains.map((d) => d.zone),
       clusterRecordsFallback: this.#view !== null ? 'on' : 'off',
@@ -287,7 +293,7 @@ export class Agent {
     let routing: Routing;
     try {
       const host = this.#hostServers(merged);
-      routing = buildRouting(merged, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics }, this.#routing.cluster);
+      routing = buildRouting(merged, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics, readFile: this.#readFile }, this.#routing);
     } catch (err) {
       return this.#refused((err as Error).message);
     }
@@ -327,6 +333,7 @@ export class Agent {
     if (c.configFile !== '') paths.push(c.configFile);
     if (c.kubeDnsConfigDir !== '') paths.push(`${c.kubeDnsConfigDir}/stubDomains`, `${c.kubeDnsConfigDir}/upstreamNameservers`);
     paths.push(c.resolvConf);
+    if (c.tlsCaFile !== '') paths.push(c.tlsCaFile);
     return paths;
   }
 
@@ -338,11 +345,13 @@ export class Agent {
 
   /** Host resolvers for `c`, checked against forwarding loops. Throws Error with an operator's message. */
   #hostServers(c: Config): HostServers {
-    const host = loadHostServers(c.upstreamNameservers, c.resolvConf, this.#readFile);
+    // DNS over TLS replaces the resolv.conf servers: that file need not exist or list anything then.
+    const host = c.upstreamTls.length > 0 ? TLS_ONLY : loadHostServers(c.upstreamNameservers, c.resolvConf, this.#readFile);
     for (const w of host.warnings) this.#logger.warn('resolv.conf', { file: host.source, warning: w });
     guardLoops(c.listen, [
       ...(c.clusterUpstream !== null ? [{ what: '--upstream-addr', addr: c.clusterUpstream }] : []),
       ...host.servers.map((addr) => ({ what: host.source, addr })),
+      ...c.upstreamTls.map((addr) => ({ what: '--upstream-nameservers', addr })),
       ...c.stubDomains.flatMap((d) => d.servers.map((addr) => ({ what: `stub domain ${d.zone}`, addr }))),
     ]);
     return host;
@@ -562,6 +571,8 @@ export class Agent {
     clearTimeout(timer);
   }
 }
+
+const TLS_ONLY: HostServers = { servers: [], source: '--upstream-nameservers (tls)', attemptMs: undefined, attempts: 1, rotate: false, warnings: [] };
 
 function clientLimiter(c: Config): ClientMissLimiter | null {
   return c.clientMissRate > 0 ? new ClientMissLimiter(c.clientMissRate, c.clientMissBurst) : null;

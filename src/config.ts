@@ -10,6 +10,7 @@ import { formatHostPort, parseHostPort } from './addr.js';
 import type { LogLevel } from './log.js';
 import { nameToWire } from './dns/name.js';
 import type { ServerAddress } from './upstream/types.js';
+import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 
 const FIREWALL_CHOICES: readonly FirewallChoice[] = ['auto', 'iptables', 'iptables-legacy', 'iptables-nft', 'nftables', 'none'];
@@ -37,6 +38,10 @@ export interface Config {
   readonly resolvConf: string;
   /** Overrides the resolv.conf nameservers when not empty (kube-dns `upstreamNameservers`). */
   readonly upstreamNameservers: readonly ServerAddress[];
+  /** --upstream-nameservers given as tls://: external names go over DNS over TLS to these (then upstreamNameservers is empty). */
+  readonly upstreamTls: readonly TlsServer[];
+  /** PEM CA file that replaces the default trust store for upstreamTls; '' = Node's bundled Mozilla roots. */
+  readonly tlsCaFile: string;
   readonly stubDomains: readonly StubDomain[];
   readonly timeoutMs: number;
   readonly upstreamConnections: number;
@@ -126,7 +131,11 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'upstream-svc', kind: 'string', def: 'kube-dns-upstream', help: 'Service whose <NAME>_SERVICE_HOST/_PORT environment gives the cluster DNS address' },
   { flag: 'require-cluster-dns', kind: 'bool', def: 'false', help: 'fail at start when no cluster DNS address is found (set in the DaemonSet) instead of running in local mode' },
   { flag: 'resolv-conf', kind: 'string', def: '/etc/resolv.conf', help: 'resolv.conf whose nameservers answer external names' },
-  { flag: 'upstream-nameservers', kind: 'list', def: undefined, help: 'IP[:PORT][,...] for external names, instead of the resolv.conf nameservers (kube-dns upstreamNameservers)' },
+  {
+    flag: 'upstream-nameservers', kind: 'list', def: undefined,
+    help: 'IP[:PORT][,...] for external names, instead of the resolv.conf nameservers (kube-dns upstreamNameservers); or tls://IP[:PORT][@NAME][,...] for DNS over TLS (port 853; the certificate must be valid for NAME, or for the IP without one); all plain or all tls://',
+  },
+  { flag: 'tls-ca-file', kind: 'string', def: undefined, help: 'PEM file of the CA certificates trusted for tls:// upstreams, instead of Node\'s bundled Mozilla roots (a private resolver\'s CA)' },
   { flag: 'stub-domain', kind: 'list', def: undefined, help: 'ZONE=IP[:PORT][,IP[:PORT]] forwards ZONE to those servers; repeatable (kube-dns stubDomains)' },
   { flag: 'timeout', kind: 'duration', def: '2s', min: 100, max: 30_000, help: 'deadline of a cluster DNS query, and the longest one host-resolver try may wait (resolv.conf timeout: may shorten it); then SERVFAIL, well inside a pod\'s own 5 s' },
   { flag: 'upstream-connections', kind: 'int', def: '2', help: 'persistent TCP connections to the cluster DNS (queries are pipelined on each)', min: 1, max: 64 },
@@ -389,6 +398,9 @@ function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string): { stub
     const doc = parse('upstreamNameservers', upText);
     if (!Array.isArray(doc) || !doc.every((x) => typeof x === 'string')) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: expected a list of "IP[:PORT]" strings`);
     if (doc.length > KUBE_DNS_MAX_UPSTREAMS) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: at most ${KUBE_DNS_MAX_UPSTREAMS} servers, got ${doc.length}`);
+    // kube-dns reads the same ConfigMap and takes plain IPs only; DNS over TLS is our flag's (or config file's).
+    const tls = (doc as string[]).find(isTlsAddress);
+    if (tls !== undefined) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: "${tls}": plain IP[:PORT] only (kube-dns reads this too); give tls:// upstreams with --upstream-nameservers`);
     upstreamNameservers = doc as string[];
   }
   return { stubDomains, upstreamNameservers };
@@ -557,7 +569,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     clusterUpstream,
     clusterUpstreamSource,
     resolvConf: str('resolv-conf')!,
-    upstreamNameservers: listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')).map((s) => addr('upstream-nameservers', s, 53)),
+    ...upstreamNameservers(listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')), (s) => addr('upstream-nameservers', s, 53)),
+    tlsCaFile: str('tls-ca-file') ?? '',
     stubDomains,
     timeoutMs: duration('timeout'),
     upstreamConnections: int('upstream-connections'),
@@ -605,6 +618,26 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     metricsNamespacesMax: int('metrics-namespaces-max'),
     nodeName,
   };
+}
+
+/**
+ * Plain servers or DNS-over-TLS ones, never both: a list that mixed them would
+ * send some external names in clear text while the operator believes them
+ * encrypted (CoreDNS's forward takes one protocol per block for the same reason).
+ */
+function upstreamNameservers(items: readonly string[], plain: (s: string) => ServerAddress): { upstreamNameservers: ServerAddress[]; upstreamTls: TlsServer[] } {
+  const tls = items.filter(isTlsAddress);
+  if (tls.length === 0) return { upstreamNameservers: items.map(plain), upstreamTls: [] };
+  if (tls.length < items.length) {
+    const other = items.find((s) => !isTlsAddress(s))!;
+    throw new ConfigError(`--upstream-nameservers: "${tls[0]}" and "${other.trim()}": all plain or all tls://, not both (a mixed list would send some names in clear text)`);
+  }
+  const servers = tls.map((s) => {
+    const t = parseTlsServer(s);
+    if (typeof t === 'string') throw new ConfigError(`--upstream-nameservers ${t}`);
+    return t;
+  });
+  return { upstreamNameservers: [], upstreamTls: servers };
 }
 
 function snapshotPath(text: string | undefined): string {

@@ -7,8 +7,9 @@
  *
  * The cluster pool (and its health and probe) survives a reload whose cluster
  * settings did not change: its health state and warm connections are worth
- * keeping.
+ * keeping. So do the DNS-over-TLS upstreams (their handshakes and sessions).
  */
+import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
@@ -26,6 +27,8 @@ import { DEFAULT_ATTEMPTS, hostBudget, type HostServers } from './upstream/host-
 import { HealthProbe } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
 import { TcpPool, type TcpPoolCounter } from './upstream/tcp-pool.js';
+import { loadCaFile } from './upstream/tls-connect.js';
+import { TlsResolvers } from './upstream/tls-resolvers.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
 
 /** Reverse zones always belong to the cluster DNS: it owns the PTR records of Service and Pod IPs. */
@@ -43,6 +46,15 @@ export interface Routing {
   /** Every upstream the router uses, the cluster pool included. */
   readonly upstreams: readonly Upstream[];
   readonly cluster: ClusterUpstream | null;
+  /** The DNS-over-TLS upstreams for external names; null when they go to the host resolvers. */
+  readonly tls: TlsUpstream | null;
+}
+
+export interface TlsUpstream {
+  readonly upstream: TlsResolvers;
+  readonly route: Route;
+  /** The settings and CA certificates it was built from: equal ones on reload keep it. */
+  readonly settings: string;
 }
 
 export interface RoutingDeps {
@@ -54,6 +66,8 @@ export interface RoutingDeps {
    * reloads, so a rebuilt upstream's counters never go down on a scrape.
    */
   readonly counters: UpstreamCounterBlocks;
+  /** Reads --tls-ca-file (default: the file system). */
+  readonly readFile?: (path: string) => string;
 }
 
 export interface UpstreamCounterBlocks {
@@ -61,7 +75,8 @@ export interface UpstreamCounterBlocks {
   host(name: string): Counters<HostResolversCounter>;
 }
 
-export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: ClusterUpstream | null): Routing {
+/** `previous`: the routing in use, whose upstreams are kept where their settings did not change (null at start). */
+export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: Routing | null): Routing {
   const upstreams: Upstream[] = [];
   const hostRoute = (name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean): Route => {
     const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, attemptMs, attempts, servers.length);
@@ -72,12 +87,15 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
     return { upstream, timeoutMs: budgetMs, local: null };
   };
 
-  const external = hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
+  const tls = c.upstreamTls.length > 0 ? tlsUpstream(c, deps, previous?.tls ?? null) : null;
+  if (tls !== null) upstreams.push(tls.upstream, ...tls.upstream.servers.map((s) => s.pool));
+  const external = tls !== null ? tls.route : hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
   const routes: ZoneRoute<Route>[] = [];
   let cluster: ClusterUpstream | null = null;
   if (c.clusterUpstream !== null) {
     const settings = JSON.stringify([c.clusterUpstream, c.upstreamConnections, c.upstreamMaxInFlight, c.upstreamRotateQueries, c.upstreamRotateAfterMs, c.clusterDomain]);
-    cluster = previous !== null && previous.settings === settings ? previous : newCluster(c, deps, settings);
+    const before = previous?.cluster ?? null;
+    cluster = before !== null && before.settings === settings ? before : newCluster(c, deps, settings);
     upstreams.push(cluster.pool);
     const local =
       deps.view === null ? null : new ViewAnswerer({ view: deps.view, clock: deps.clock, zone: c.clusterDomain, ttl: c.localTtl, maxSilenceMs: c.maxApiSilenceMs });
@@ -87,7 +105,38 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
   for (const stub of c.stubDomains) {
     routes.push({ zone: stub.zone, target: hostRoute(`stub:${stub.zone}`, stub.servers, undefined, DEFAULT_ATTEMPTS, false) });
   }
-  return { router: new ZoneRouter(routes, external), upstreams, cluster };
+  return { router: new ZoneRouter(routes, external), upstreams, cluster, tls };
+}
+
+/**
+ * External names over DNS over TLS (--upstream-nameservers tls://...), in
+ * place of the host resolvers: each server tried once in order, a try waiting
+ * at most --timeout while another server is left (the host resolvers' budget
+ * arithmetic with one round: a persistent connection does not lose queries the
+ * way UDP does, so asking the same server twice buys nothing).
+ */
+function tlsUpstream(c: Config, deps: RoutingDeps, previous: TlsUpstream | null): TlsUpstream {
+  const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, undefined, 1, c.upstreamTls.length);
+  // Read on every build: a rotated CA file is a changed setting.
+  const ca = c.tlsCaFile === '' ? undefined : loadCaFile(c.tlsCaFile, deps.readFile ?? ((p) => readFileSync(p, 'utf8')));
+  const settings = JSON.stringify([c.upstreamTls, ca ?? null, c.timeoutMs, c.upstreamConnections, c.upstreamMaxInFlight, c.upstreamRotateQueries, c.upstreamRotateAfterMs]);
+  if (previous !== null && previous.settings === settings) return previous;
+  const upstream = new TlsResolvers({
+    servers: c.upstreamTls,
+    ...(ca !== undefined ? { ca } : {}),
+    attemptTimeoutMs,
+    connections: c.upstreamConnections,
+    maxInFlightPerConnection: c.upstreamMaxInFlight,
+    rotateAfterQueries: c.upstreamRotateQueries,
+    rotateAfterMs: c.upstreamRotateAfterMs,
+    // A TCP connect and a handshake to a resolver maybe far away: as long as a try may wait.
+    connectTimeoutMs: attemptTimeoutMs,
+    counters: (name) => deps.counters.pool(name),
+    clock: deps.clock,
+    logger: deps.logger,
+  });
+  // The servers' pools are listed among the upstreams too: their health is each server's (nodelocal_upstream_healthy{to="tls://..."}).
+  return { upstream, route: { upstream, timeoutMs: budgetMs, local: null }, settings };
 }
 
 function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpstream {

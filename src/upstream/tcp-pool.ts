@@ -23,6 +23,7 @@
  * by one sweep timer that runs only while something is pending.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { DEFAULTS } from '../config.js';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -69,6 +70,16 @@ export interface TcpPoolOptions {
   connectTimeoutMs?: number;
   /** Where this pool counts; a fresh block when omitted. */
   counters?: Counters<TcpPoolCounter>;
+  /**
+   * Opens one connection to `server` (default: plain TCP). A tls.TLSSocket
+   * counts as open at 'secureConnect', so a handshake or certificate failure
+   * is a connect failure like a refused one (DNS over TLS, tls-resolvers.ts).
+   */
+  connect?: (server: ServerAddress) => net.Socket;
+  /** For logs and metrics (default tcp://IP:PORT). */
+  name?: string;
+  /** What the server is, in log lines (default "cluster dns"). */
+  kind?: string;
   clock?: Clock;
   logger?: Logger;
 }
@@ -91,6 +102,8 @@ export class TcpPool implements Upstream {
   readonly #connectTimeoutMs: number;
   readonly #clock: Clock;
   readonly #log: Logger;
+  readonly #connectFn: (server: ServerAddress) => net.Socket;
+  readonly #kind: string;
   readonly #conns: Conn[];
   readonly #queue: Fifo<Job>;
   readonly #life: Lifecycle;
@@ -111,7 +124,9 @@ export class TcpPool implements Upstream {
     // A host name would make net.connect resolve it through the system resolver: maybe through us.
     if (net.isIP(opts.server.host) === 0) throw new Error(`TcpPool: server must be an IP address, got "${opts.server.host}"`);
     this.#server = opts.server;
-    this.name = `tcp://${net.isIPv6(opts.server.host) ? `[${opts.server.host}]` : opts.server.host}:${opts.server.port}`;
+    this.name = opts.name ?? `tcp://${net.isIPv6(opts.server.host) ? `[${opts.server.host}]` : opts.server.host}:${opts.server.port}`;
+    this.#connectFn = opts.connect ?? plainConnect;
+    this.#kind = opts.kind ?? 'cluster dns';
     this.#size = Math.max(1, opts.connections ?? DEFAULTS.upstreamConnections);
     // Ids are 16 bits and unique per connection.
     this.#maxInFlight = Math.min(0xffff, Math.max(1, opts.maxInFlightPerConnection ?? DEFAULTS.upstreamMaxInFlight));
@@ -244,22 +259,17 @@ export class TcpPool implements Upstream {
 
   #connect(now: number): void {
     if (this.#lostSinceConnect) this.#values[SLOT.reconnects]!++;
-    const socket = net.connect({
-      host: this.#server.host,
-      port: this.#server.port,
-      noDelay: true,
-      keepAlive: true,
-      keepAliveInitialDelay: 30_000,
-    });
+    const socket = this.#connectFn(this.#server);
     const c: Conn = new Conn(socket, (msg) => this.#onFrame(c, msg), now);
     this.#conns.push(c);
-    socket.on('connect', () => this.#onConnect(c));
+    // TLS: usable once the handshake and certificate checks are done, not at the TCP connect.
+    socket.on(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => this.#onConnect(c));
     socket.on('data', (chunk: Buffer) => c.decoder.push(chunk));
     // The server's FIN: CoreDNS closing an idle connection, or a pod going away. Nothing more will be answered on it.
     socket.on('end', () => this.#setClosed(c, 'lost'));
     socket.on('error', (err: NodeJS.ErrnoException) => {
       c.lastError = err.code ?? err.message;
-      this.#log.debug('cluster dns connection error', { upstream: this.name, code: c.lastError });
+      this.#log.debug(`${this.#kind} connection error`, { upstream: this.name, code: c.lastError });
     });
     socket.on('close', () => this.#setClosed(c, 'lost'));
     this.#armSweep();
@@ -275,7 +285,7 @@ export class TcpPool implements Upstream {
     this.#lostSinceConnect = false;
     if (this.#unreachable) {
       this.#unreachable = false;
-      this.#log.info('cluster dns reachable again', { upstream: this.name });
+      this.#log.info(`${this.#kind} reachable again`, { upstream: this.name });
     }
     this.#pump(c.openedAt);
   }
@@ -354,7 +364,7 @@ export class TcpPool implements Upstream {
       if (was === 'connecting' && !this.#unreachable && !this.#conns.some((o) => o.state === 'open')) {
         this.#unreachable = true;
         this.health.record('unreachable', now);
-        this.#log.warn('cluster dns unreachable: queries to it fail at once until it is back (then answered from the view, stale, or SERVFAIL)', {
+        this.#log.warn(`${this.#kind} unreachable: queries to it fail at once until it is back (then answered from the view, stale, or SERVFAIL)`, {
           upstream: this.name,
           error: cause === 'connectTimeout' ? 'connect timeout' : c.lastError,
         });
@@ -387,7 +397,7 @@ export class TcpPool implements Upstream {
     const delay = this.#backoffMs * (0.5 + Math.random() * 0.5);
     this.#nextConnectAt = Math.max(this.#nextConnectAt, now + delay);
     this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
-    this.#log.debug('cluster dns connect backoff', { upstream: this.name, delayMs: Math.round(delay) });
+    this.#log.debug(`${this.#kind} connect backoff`, { upstream: this.name, delayMs: Math.round(delay) });
   }
 
   #armSweep(): void {
@@ -455,4 +465,8 @@ export class TcpPool implements Upstream {
     if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
     settle(job.ex, null, reason, this.#log);
   }
+}
+
+function plainConnect(server: ServerAddress): net.Socket {
+  return net.connect({ host: server.host, port: server.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
 }

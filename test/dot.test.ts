@@ -1,0 +1,219 @@
+// DNS over TLS to external upstreams (RFC 7858), end to end: a real agent on
+// loopback, a real UDP client, and DNS-over-TLS servers of the test's own with
+// certificates the openssl CLI makes at test time. Asserts on what the server
+// counted (connections, queries pending at once, resumed sessions) and on the
+// agent's counters, never on timing.
+import t, { type Test } from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig } from '../src/config.js';
+import { parseTlsServer } from '../src/upstream/tls-address.js';
+import { startAgent, type TestAgent } from './helpers/agent.js';
+import { udpQuery } from './helpers/dns-client.js';
+import { DotServer, TestCa, opensslAvailable, type DotServerOptions, type KeyPair } from './helpers/dot-server.js';
+
+const HOST = '127.0.0.1';
+const RECORDS = { 'www.example.org': '192.0.2.10', 'a.example.org': '192.0.2.11', 'b.example.org': '192.0.2.12' };
+
+const RCODES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN'];
+const rcode = (p: { flags?: number }): string => RCODES[(p.flags ?? 0) & 0xf] ?? String((p.flags ?? 0) & 0xf);
+const aOf = (p: { answers?: { type: string; data?: unknown }[] }): unknown => p.answers?.find((x) => x.type === 'A')?.data;
+
+/** A tls:// pool's counter, read from the agent's own block for that upstream (what /metrics shows with to="tls://..."). */
+function poolCounter(agent: TestAgent, name: string, counter: 'connectFailures' | 'reconnects' | 'connects' | 'sent'): number {
+  return agent.agent.metrics.pool(name).get(counter);
+}
+
+t.test('flag parsing: tls:// forms, defaults and refusals', async (t) => {
+  t.same(parseTlsServer('tls://1.1.1.1@one.one.one.one'), { host: '1.1.1.1', port: 853, serverName: 'one.one.one.one' });
+  t.same(parseTlsServer('tls://9.9.9.9:8853@DNS.Quad9.net.'), { host: '9.9.9.9', port: 8853, serverName: 'dns.quad9.net' });
+  t.same(parseTlsServer('tls://[2606:4700:4700::1111]:853@cloudflare-dns.com'), { host: '2606:4700:4700::1111', port: 853, serverName: 'cloudflare-dns.com' });
+  t.same(parseTlsServer('TLS://8.8.8.8'), { host: '8.8.8.8', port: 853, serverName: null });
+
+  const load = (...lists: string[]) => loadConfig(lists.flatMap((l) => ['--upstream-nameservers', l]), { env: {}, readFile: () => { throw new Error('ENOENT'); } }).config;
+  const c = load('tls://1.1.1.1@one.one.one.one,tls://1.0.0.1@one.one.one.one');
+  t.same(c.upstreamTls.map((s) => `${s.host}:${s.port}@${s.serverName}`), ['1.1.1.1:853@one.one.one.one', '1.0.0.1:853@one.one.one.one']);
+  t.same(c.upstreamNameservers, [], 'the plain list is empty: nothing goes out in clear text');
+  t.equal(c.tlsCaFile, '');
+  t.same(load('8.8.8.8').upstreamTls, [], 'plain upstreams stay plain');
+
+  const refused: Array<[string[], RegExp]> = [
+    [['tls://1.1.1.1@one.one.one.one,8.8.8.8'], /all plain or all tls:\/\/, not both/],
+    [['8.8.8.8', 'tls://1.1.1.1@one.one.one.one'], /all plain or all tls:\/\//],
+    [['tls://one.one.one.one'], /the address must be an IP, not "one.one.one.one"/],
+    [['tls://1.1.1.1:99999@one.one.one.one'], /port must be 1-65535/],
+    [['tls://1.1.1.1@bad_name!'], /not a host name the certificate could be checked against/],
+    [['tls://1.1.1.1@'], /not a host name/],
+    [['tls://@one.one.one.one'], /no address before "@"/],
+    [['tls://1.1.1.1@10.0.0.1'], /not a host name/],
+  ];
+  for (const [args, re] of refused) {
+    // main.ts turns a ConfigError into exit status 2 with its message on stderr.
+    t.throws(() => load(...args), { name: 'ConfigError', message: re }, args.join(' '));
+  }
+});
+
+t.test('the kube-dns ConfigMap takes plain upstreams only (kube-dns reads it too)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-dot-cm-'));
+  writeFileSync(join(dir, 'upstreamNameservers'), JSON.stringify(['tls://1.1.1.1@one.one.one.one']));
+  t.throws(
+    () => loadConfig(['--kube-dns-config-dir', dir], { env: {} }),
+    { name: 'ConfigError', message: /plain IP\[:PORT\] only.*--upstream-nameservers/ },
+  );
+  // Even with the flag given: the ConfigMap is wrong for kube-dns itself, better said than silently half-used.
+  t.throws(() => loadConfig(['--kube-dns-config-dir', dir, '--upstream-nameservers', 'tls://1.1.1.1@one.one.one.one'], { env: {} }), { name: 'ConfigError' });
+  writeFileSync(join(dir, 'upstreamNameservers'), JSON.stringify(['8.8.8.8']));
+  const c = loadConfig(['--kube-dns-config-dir', dir, '--upstream-nameservers', 'tls://1.1.1.1@one.one.one.one'], { env: {} });
+  t.equal(c.config.upstreamTls.length, 1, 'the flag wins over a plain ConfigMap list, as for plain servers');
+  t.same(c.config.upstreamNameservers, []);
+});
+
+if (!opensslAvailable()) {
+  t.test('DNS over TLS end to end', { skip: '/usr/bin/openssl is missing: no certificates can be made (CI is Debian and has it)' }, async () => {});
+} else {
+  const ca = new TestCa('trusted');
+  const dnsTest = ca.issue('DNS:dns.test');
+  const otherName = ca.issue('DNS:other.test');
+  const ipOnly = ca.issue('IP:127.0.0.1');
+  const untrusted = new TestCa('untrusted');
+  const untrustedLeaf = untrusted.issue('DNS:dns.test');
+
+  const server = async (t: Test, pair: KeyPair, opts: Partial<DotServerOptions> = {}): Promise<DotServer> => {
+    const s = new DotServer(pair, { records: RECORDS, ...opts });
+    await s.start();
+    t.teardown(() => s.close());
+    return s;
+  };
+  const agent = async (t: Test, upstreams: string, ...extra: string[]): Promise<TestAgent> => {
+    const ag = await startAgent(HOST, ['--upstream-nameservers', upstreams, '--tls-ca-file', ca.certPath, '--timeout', '1s', ...extra]);
+    t.teardown(() => ag.stop());
+    return ag;
+  };
+
+  t.test('answers flow through the agent over TLS; queries are pipelined on one connection', async (t) => {
+    const names = Array.from({ length: 8 }, (_, i) => `n${i}.example.org`);
+    const records = Object.fromEntries(names.map((n, i) => [n, `198.51.100.${i + 1}`]));
+    // The server answers nothing until all 8 are pending: they can only all arrive if they share the connection.
+    const s = await server(t, dnsTest, { records: { ...RECORDS, ...records }, holdUntilPending: names.length });
+    const upstream = `tls://127.0.0.1:${s.port}@dns.test`;
+    const ag = await agent(t, upstream, '--upstream-connections', '1');
+    const answers = await Promise.all(names.map((n) => udpQuery(ag.target, n, { timeoutMs: 5000 })));
+    answers.forEach((p, i) => t.equal(aOf(p), `198.51.100.${i + 1}`, names[i]!));
+    t.equal(s.connections, 1, 'one TLS connection');
+    t.equal(s.maxPendingOnOneConnection, names.length, 'all 8 queries outstanding on it at once');
+    t.equal(poolCounter(ag, upstream, 'connects'), 1);
+  });
+
+  t.test('a plain answer path: cached after the first query', async (t) => {
+    const s = await server(t, dnsTest);
+    const ag = await agent(t, `tls://127.0.0.1:${s.port}@dns.test`);
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org')), '192.0.2.10');
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org')), '192.0.2.10');
+    const nx = await udpQuery(ag.target, 'nothing.example.org');
+    t.equal(rcode(nx), 'NXDOMAIN', 'the upstream\'s NXDOMAIN is passed on');
+    t.equal(s.queries, 2, 'the second www query was a cache hit');
+  });
+
+  t.test('a certificate for another name: nothing sent to it, SERVFAIL, counted', async (t) => {
+    const s = await server(t, otherName);
+    const name = `tls://127.0.0.1:${s.port}@dns.test`;
+    const ag = await agent(t, name);
+    const p = await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 });
+    t.equal(rcode(p), 'SERVFAIL');
+    t.equal(s.queries, 0, 'no query reached the server');
+    t.ok(poolCounter(ag, name, 'connectFailures') >= 1, 'the failed handshake is a connect failure (nodelocal_upstream_tcp_connect_failures_total)');
+    t.equal(poolCounter(ag, name, 'sent'), 0, 'nothing written');
+  });
+
+  t.test('a certificate from a CA we do not trust: refused', async (t) => {
+    const s = await server(t, untrustedLeaf);
+    const name = `tls://127.0.0.1:${s.port}@dns.test`;
+    const ag = await agent(t, name);
+    const p = await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 });
+    t.equal(rcode(p), 'SERVFAIL');
+    t.equal(s.queries, 0);
+    t.ok(poolCounter(ag, name, 'connectFailures') >= 1);
+  });
+
+  t.test('the default trust store does not include a private CA: --tls-ca-file is needed', async (t) => {
+    const s = await server(t, dnsTest);
+    const ag = await startAgent(HOST, ['--upstream-nameservers', `tls://127.0.0.1:${s.port}@dns.test`, '--timeout', '1s']);
+    t.teardown(() => ag.stop());
+    t.equal(rcode(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), 'SERVFAIL');
+    t.equal(s.queries, 0);
+  });
+
+  t.test('without @NAME the certificate must name the IP', async (t) => {
+    const good = await server(t, ipOnly);
+    const ag = await agent(t, `tls://127.0.0.1:${good.port}`);
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10', 'IP SAN 127.0.0.1 verifies');
+    const bad = await server(t, dnsTest);
+    const ag2 = await agent(t, `tls://127.0.0.1:${bad.port}`);
+    t.equal(rcode(await udpQuery(ag2.target, 'www.example.org', { timeoutMs: 5000 })), 'SERVFAIL', 'a DNS-name-only certificate does not');
+    t.equal(bad.queries, 0);
+  });
+
+  t.test('the server closing the connection: the agent reconnects, resuming the TLS session', async (t) => {
+    const s = await server(t, dnsTest, { closeAfterAnswers: 1 });
+    const name = `tls://127.0.0.1:${s.port}@dns.test`;
+    const ag = await agent(t, name, '--upstream-connections', '1');
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10');
+    t.equal(aOf(await udpQuery(ag.target, 'a.example.org', { timeoutMs: 5000 })), '192.0.2.11');
+    t.equal(aOf(await udpQuery(ag.target, 'b.example.org', { timeoutMs: 5000 })), '192.0.2.12');
+    t.equal(s.connections, 3, 'one connection per answer: each closed by the server, each replaced');
+    t.ok(poolCounter(ag, name, 'reconnects') >= 2, 'counted as reconnects');
+    t.ok(s.resumed >= 1, `later handshakes resumed the session (${s.resumed} of ${s.connections})`);
+
+    // A server that drops everything at once (a restart): the next query reconnects too.
+    s.dropConnections();
+    t.equal(rcode(await udpQuery(ag.target, 'gone.example.org', { timeoutMs: 5000 })), 'NXDOMAIN', 'answered after the drop');
+    t.equal(s.connections, 4);
+  });
+
+  t.test('failover: the first server fails verification, the second answers', async (t) => {
+    const bad = await server(t, untrustedLeaf);
+    const good = await server(t, dnsTest);
+    const ag = await agent(t, `tls://127.0.0.1:${bad.port}@dns.test,tls://127.0.0.1:${good.port}@dns.test`);
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10');
+    t.equal(aOf(await udpQuery(ag.target, 'a.example.org', { timeoutMs: 5000 })), '192.0.2.11');
+    t.equal(bad.queries, 0);
+    t.ok(good.queries >= 2);
+  });
+
+  t.test('failover: the first server accepts and never answers, the second answers within the budget', async (t) => {
+    const silent = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const good = await server(t, dnsTest);
+    const ag = await agent(t, `tls://127.0.0.1:${silent.port}@dns.test,tls://127.0.0.1:${good.port}@dns.test`, '--timeout', '2s');
+    // The first try gives up after --timeout (2 s); the second server gets the rest of the 4 s budget (room for a handshake on a loaded machine).
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10');
+    t.equal(silent.queries, 1, 'the first server was asked');
+    t.equal(good.queries, 1, 'then the second');
+  });
+
+  t.test('a reload with the same settings keeps the TLS connections; a changed list replaces them', async (t) => {
+    const s = await server(t, dnsTest);
+    const ag = await agent(t, `tls://127.0.0.1:${s.port}@dns.test`, '--upstream-connections', '1');
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10');
+    t.equal(ag.agent.reload(loadConfig(ag.argv, { env: {} }).config).applied, true);
+    t.equal(aOf(await udpQuery(ag.target, 'a.example.org', { timeoutMs: 5000 })), '192.0.2.11');
+    t.equal(s.connections, 1, 'same connection after the reload');
+
+    const s2 = await server(t, dnsTest);
+    const argv = ag.argv.map((x) => (x === `tls://127.0.0.1:${s.port}@dns.test` ? `tls://127.0.0.1:${s2.port}@dns.test` : x));
+    t.equal(ag.agent.reload(loadConfig(argv, { env: {} }).config).applied, true);
+    t.equal(aOf(await udpQuery(ag.target, 'b.example.org', { timeoutMs: 5000 })), '192.0.2.12');
+    t.equal(s2.queries, 1, 'the new server answers after the reload');
+    t.equal(s.queries, 2);
+  });
+
+  t.test('a --tls-ca-file without a certificate: the agent refuses to start', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'nldns-dot-ca-'));
+    const path = join(dir, 'ca.pem');
+    writeFileSync(path, 'not a certificate\n');
+    await t.rejects(
+      startAgent(HOST, ['--upstream-nameservers', 'tls://127.0.0.1:853@dns.test', '--tls-ca-file', path]),
+      { name: 'StartupError', message: /no PEM certificate/ },
+    );
+  });
+}
