@@ -597,7 +597,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
   const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
   const init: WorkerInit = {
     index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, maxUdpSize: 512,
-    queryLogEvery: 0, batch: 4, maxInflight: 100, ...over,
+    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
   t.teardown(() => k.mainPort.close());
@@ -740,7 +740,7 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
         t.equal(reports.find((r) => r.aborted !== undefined)?.aborted, 1);
         t.equal(k.sent.length, 2);
         t.equal(idOf(k.sent[1]!.data), 1, 'the waiting client gets its SERVFAIL');
-        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1 });
+        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1, clientMissRate: 0, clientMissBurst: 1 });
         k.queue(5, { data: query({ name: 'big.example.com', id: 3, edns: true, udpSize: 4096 }), from: from4(3) });
       },
       () => {
