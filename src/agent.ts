@@ -40,7 +40,6 @@ import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
 import { SERVER_COUNTERS } from './server/stats.js';
 import { TcpListener } from './server/tcp-listener.js';
 import type { BatchedUdpListener } from './server/batched/listener.js';
-import { MissMux } from './server/batched/mux.js';
 import { createUdpListeners, type UdpIo } from './server/batched/select.js';
 import { Counters, defineCounters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
@@ -247,13 +246,12 @@ export class Agent {
     });
     this.#udpIo = udp.io;
     this.#batched = udp.batched;
-    // One Resolver for both sources of misses: the main hit path (TCP, dgram UDP) and the workers.
-    const mux = udp.batched !== null ? new MissMux(this.hitPath, udp.batched) : null;
     const resolver = new Resolver({
       router: routing.router,
       clock: this.#clock,
       counters: new Counters(RESOLVER_COUNTERS),
-      hits: mux ?? this.hitPath,
+      // Batched: every miss, the workers' and the main hit path's (TCP), goes through the listener's exchange.
+      hits: udp.batched ?? this.hitPath,
       fallbackAfterMs: c.fallbackAfterMs,
       localNegative: c.localNegative,
       maxConcurrent: c.maxConcurrent,
@@ -261,10 +259,9 @@ export class Agent {
     this.#resolver = resolver;
     this.metrics.add(resolver.counters, false);
     const batched = udp.batched;
-    if (mux !== null && batched !== null) {
-      mux.connect(resolver);
-      this.hitPath.connect(mux.sink(0));
-      batched.connect(mux.sink(1));
+    if (batched !== null) {
+      batched.connect(resolver);
+      this.hitPath.connect(batched.mainSink(this.hitPath));
       this.metrics.addWorkerTotals(() => batched.totals());
     } else {
       this.hitPath.connect(resolver);

@@ -329,6 +329,17 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     await this.#shutdownAll();
   }
 
+  /**
+   * A MissSink for the main thread's own hit path (TCP, and anything else
+   * answered on this thread): its misses go through the same exchange as the
+   * workers', so a question asked over TCP and UDP at once goes upstream
+   * once, and the shared cache (when kept) answers what a worker fetched.
+   * The outcome comes back synchronously, as the Resolver would give it.
+   */
+  mainSink(hits: MissCompleter): MissSink {
+    return this.#exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome) });
+  }
+
   /** MissCompleter, for the Resolver. */
   complete(token: number, answer: Buffer | null, outcome: MissOutcome): void {
     this.#exchange.complete(token, answer, outcome);
