@@ -100,7 +100,8 @@ export interface UdpListeners {
  */
 export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpListeners> {
   let fallbackReason: string | null = null;
-  if (o.io === 'batched') {
+  // No UDP address (an embedding that brings its own listeners): no workers to start for nothing.
+  if (o.io === 'batched' && o.listen.length > 0) {
     const scoped = o.listen.find((a) => a.host.includes('%'));
     // The batched sockets are bound from a plain sockaddr: an interface scope (fe80::1%eth0) is dgram's to handle.
     const sys = scoped !== undefined ? `listen address ${scoped.host} has an interface scope` : await probeBatchedIo(o.loadKoffi);
