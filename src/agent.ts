@@ -499,8 +499,8 @@ export class Agent {
   #snapshotPart(path: string): Component {
     return {
       name: 'cache-snapshot',
-      // Batched: the workers' answers all pass through the shared cache behind them (TCP's cache is this.cache), so
-      // that is what is written; a load fills both, and each worker's first miss on a name is answered from it.
+      // Batched: every upstream answer (the workers' and TCP's) passes through the shared cache behind the workers, so
+      // that is what is written; a load fills it and TCP's cache, and each worker's first miss on a name is answered from it.
       start: async () => {
         await loadSnapshot(this.cache, path, this.#clock, this.#logger);
         const shared = this.#batched?.sharedCache ?? null;
