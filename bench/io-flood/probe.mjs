@@ -1,7 +1,7 @@
 // Hits at a fixed rate from one socket: per-query RTT percentiles.
 import dgram from 'node:dgram';
 const [port, rate, secs] = process.argv.slice(2).map(Number);
-const s = dgram.createSocket('udp4');
+const s = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20 }); // a burst of answers (one sendmmsg) must not overflow the probe's own socket
 const sent = new Map(); const rtts = []; let id = 0;
 const q = (name, qid) => { const labels = name.split('.'); const parts = [Buffer.from([qid >> 8, qid & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0])]; for (const l of labels) parts.push(Buffer.from([l.length]), Buffer.from(l)); parts.push(Buffer.from([0, 0, 1, 0, 1])); return Buffer.concat(parts); };
 s.on('message', (m) => { const i = m.readUInt16BE(0); const t0 = sent.get(i); if (t0 !== undefined) { rtts.push(Number(process.hrtime.bigint() - t0) / 1000); sent.delete(i); } });

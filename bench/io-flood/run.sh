@@ -1,7 +1,7 @@
 #!/bin/bash
 # Hits at a fixed rate, alone and beside a miss flood, for each UDP backend
 # (README "UDP backends"). Run from the repository root after `npm run build`:
-#   bench/io-flood/run.sh [AGENT_CPUS]     (default 1; generator and upstream on CPU 0)
+#   [FLOOD_QPS=500] bench/io-flood/run.sh [AGENT_CPUS]   (agent on CPU 1 by default; generator and upstream on CPU 0)
 # Prints per backend: the hit probe's round trips alone and beside the flood
 # (p50/p99/p99.9 in us, answered of sent), and the misses/s the flood got.
 # Loopback only: the agent's upstream is upstream.mjs on 127.0.0.1.
@@ -18,7 +18,7 @@ for v in "dgram:--io dgram" "batched1:--io batched --workers 1" "batched2:--io b
   for i in $(seq 1 60); do dig +short +time=1 +tries=1 @127.0.0.1 -p $port h1.example >/dev/null 2>&1 && break; sleep 0.5; done
   taskset -c 0 node probe.mjs $port 2000 2 > /dev/null   # every worker's cache warm
   alone=$(taskset -c 0 node probe.mjs $port 2000 5)
-  taskset -c 0 dnsperf -s 127.0.0.1 -p $port -d misses.txt -c 200 -q 500 -l 8 > flood-$name.txt 2>&1 & FPID=$!
+  taskset -c 0 dnsperf -s 127.0.0.1 -p $port -d misses.txt -c 200 -q 500 -Q ${FLOOD_QPS:-500} -l 8 > flood-$name.txt 2>&1 & FPID=$!
   sleep 1.5
   flood=$(taskset -c 0 node probe.mjs $port 2000 5)
   wait $FPID
