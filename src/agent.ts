@@ -41,7 +41,8 @@ import type { Listener } from './server/listener.js';
 import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
 import { SERVER_COUNTERS } from './server/stats.js';
 import { TcpListener } from './server/tcp-listener.js';
-import { UdpListener } from './server/udp-listener.js';
+import type { BatchedUdpListener } from './server/batched/listener.js';
+import { createUdpListeners, type UdpIo } from './server/batched/select.js';
 import { Counters, defineCounters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
 import { listenersOn } from './sys/reuseport.js';
@@ -70,7 +71,7 @@ export const AGENT_COUNTERS = defineCounters({
 const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
   'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
-  'metricsListen', 'cacheSnapshot', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName',
+  'metricsListen', 'cacheSnapshot', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName', 'io', 'workers',
 ];
 
 export interface ReloadOutcome {
@@ -95,6 +96,11 @@ export class Agent {
   readonly #readFile: (path: string) => string;
   readonly #setLogLevel: ((level: Config['logLevel']) => void) | null;
   readonly #listeners: Listener[];
+  /** The batched UDP listener (also in #listeners) when --io batched runs; null with dgram. */
+  #batched: BatchedUdpListener | null;
+  #udpIo: UdpIo | null;
+  /** The workers' last reconfiguration, applied (tests wait on it). */
+  #workersConfigured: Promise<void>;
   readonly #parts: ComponentStack;
   #resolver: Resolver | null;
   #routing: Routing | null;
@@ -153,6 +159,9 @@ export class Agent {
     this.counters = new Counters(AGENT_COUNTERS);
     this.setupCounters = new Counters(setupCounterSchema);
     this.#listeners = [];
+    this.#batched = null;
+    this.#udpIo = null;
+    this.#workersConfigured = Promise.resolve();
     this.#parts = new ComponentStack(this.#logger);
     this.#resolver = null;
     this.#routing = null;
@@ -181,6 +190,26 @@ export class Agent {
   /** Listeners as started (ports resolved when configured as 0). */
   get listeners(): readonly Listener[] {
     return this.#listeners;
+  }
+
+  /** The UDP backend serving (after start): batched, or dgram (asked for, or the fallback). */
+  get udpIo(): UdpIo | null {
+    return this.#udpIo;
+  }
+
+  /** The batched UDP listener (its workers' totals, shared cache); null with dgram. */
+  get batched(): BatchedUdpListener | null {
+    return this.#batched;
+  }
+
+  /** Questions waiting on the upstream side: the main hit path's and the workers'. */
+  get inflight(): number {
+    return this.hitPath.inflight + (this.#batched?.inflight ?? 0);
+  }
+
+  /** Resolves once every worker has applied the last reload (at once with dgram). */
+  get reloadApplied(): Promise<void> {
+    return this.#workersConfigured;
   }
 
   /** Health of the cluster DNS upstream; null in local mode or before start. */
@@ -216,20 +245,46 @@ export class Agent {
         { clusterDomain: c.clusterDomain },
       );
     }
+    const udp = await createUdpListeners({
+      io: c.io,
+      workers: c.workers,
+      listen: c.listen,
+      hitPath: this.hitPath,
+      cache: { positiveCapacity: c.cacheSize, negativeCapacity: c.negativeCacheSize, maxBytes: c.cacheMemoryBytes, ...cachePolicy(c) },
+      maxUdpSize: c.maxUdpSize,
+      queryLogEvery: c.queryLogEvery,
+      clientMissRate: c.clientMissRate,
+      clientMissBurst: c.clientMissBurst,
+      // The snapshot is written from the shared cache, so it must exist even with one worker.
+      ...(c.cacheSnapshot !== '' ? { sharedCache: true } : {}),
+      dgram: { reusePort: c.reusePort, clock: this.#clock },
+      logger: this.#logger,
+    });
+    this.#udpIo = udp.io;
+    this.#batched = udp.batched;
     const resolver = new Resolver({
       router: routing.router,
       clock: this.#clock,
       counters: new Counters(RESOLVER_COUNTERS),
-      hits: this.hitPath,
+      // Batched: every miss, the workers' and the main hit path's (TCP), goes through the listener's exchange.
+      hits: udp.batched ?? this.hitPath,
       fallbackAfterMs: c.fallbackAfterMs,
       localNegative: c.localNegative,
       maxConcurrent: c.maxConcurrent,
     });
     this.#resolver = resolver;
     this.metrics.add(resolver.counters, false);
-    this.hitPath.connect(resolver);
+    const batched = udp.batched;
+    if (batched !== null) {
+      batched.connect(resolver);
+      this.hitPath.connect(batched.mainSink(this.hitPath));
+      this.metrics.addWorkerTotals(() => batched.totals());
+    } else {
+      this.hitPath.connect(resolver);
+    }
+    this.#listeners.push(...udp.listeners);
+    // TCP stays on this thread whatever the UDP backend: a small share of pods' DNS, and more listeners here add no core.
     for (const addr of c.listen) {
-      this.#listeners.push(new UdpListener(addr, this.hitPath, this.#logger, { reusePort: c.reusePort, clock: this.#clock }));
       const tcp = new TcpListener(addr, this.hitPath, this.#logger, {
         idleTimeoutMs: c.tcpIdleTimeoutMs,
         readTimeoutMs: c.tcpReadTimeoutMs,
@@ -302,6 +357,15 @@ export class Agent {
     resolver.configure({ router: routing.router, fallbackAfterMs: merged.fallbackAfterMs, localNegative: merged.localNegative, maxConcurrent: merged.maxConcurrent });
     this.cache.configure(cachePolicy(merged));
     this.hitPath.configure({ maxUdpSize: merged.maxUdpSize, queryLogEvery: merged.queryLogEvery, clientLimit: clientLimiter(merged) });
+    if (this.#batched !== null) {
+      this.#workersConfigured = this.#batched.configure({
+        cache: cachePolicy(merged),
+        maxUdpSize: merged.maxUdpSize,
+        queryLogEvery: merged.queryLogEvery,
+        clientMissRate: merged.clientMissRate,
+        clientMissBurst: merged.clientMissBurst,
+      });
+    }
     this.#setLogLevel?.(merged.logLevel);
     if (previous.cluster !== null && previous.cluster !== routing.cluster) previous.cluster.probe?.stop();
     for (const u of previous.upstreams) {
@@ -466,7 +530,7 @@ export class Agent {
         this.#ops = createOpsServers({
           metrics: c.metricsListen,
           health: c.healthPort === 0 ? null : { host, port: c.healthPort },
-          handlers: { metrics: this.metrics.registry, serving: () => this.#serving, readiness: () => this.readiness() },
+          handlers: { metrics: this.metrics, serving: () => this.#serving, readiness: () => this.readiness() },
           logger: this.#logger,
           reusePort: c.reusePort,
         });
@@ -492,11 +556,15 @@ export class Agent {
   #snapshotPart(path: string): Component {
     return {
       name: 'cache-snapshot',
+      // Batched: every upstream answer (the workers' and TCP's) passes through the shared cache behind the workers, so
+      // that is what is written; a load fills it and TCP's cache, and each worker's first miss on a name is answered from it.
       start: async () => {
         await loadSnapshot(this.cache, path, this.#clock, this.#logger);
+        const shared = this.#batched?.sharedCache ?? null;
+        if (shared !== null) await loadSnapshot(shared, path, this.#clock, this.#logger);
       },
       stop: async () => {
-        await writeSnapshot(this.cache, path, this.#clock, this.#logger);
+        await writeSnapshot(this.#batched?.sharedCache ?? this.cache, path, this.#clock, this.#logger);
       },
     };
   }
@@ -548,8 +616,10 @@ export class Agent {
         for (const l of this.#listeners) l.pause();
         // A handover: what the kernel queued for us before pause() still comes in; take it all before waiting for answers.
         await this.#until(deadline, Promise.all(this.#listeners.map((l) => l.drained())).then(() => undefined));
-        if (this.hitPath.inflight > 0) await this.#until(deadline, this.hitPath.drain());
-        const aborted = this.hitPath.abortAll();
+        const batched = this.#batched;
+        const draining = [this.hitPath.inflight > 0 ? this.hitPath.drain() : Promise.resolve(), batched?.drain() ?? Promise.resolve()];
+        await this.#until(deadline, Promise.all(draining).then(() => undefined));
+        const aborted = this.hitPath.abortAll() + (batched !== null ? await batched.abortAll() : 0);
         if (aborted > 0) this.#logger.warn('shutdown grace over: answered queries still in flight with stale or SERVFAIL', { queries: aborted });
         await Promise.all(this.#listeners.map((l) => l.close()));
         this.#listeners.length = 0;

@@ -73,6 +73,10 @@ export interface Config {
   readonly shutdownGraceMs: number;
   /** Bind listeners with SO_REUSEPORT so a new agent can start beside this one and take over with no gap. */
   readonly reusePort: boolean;
+  /** UDP backend: recvmmsg/sendmmsg worker threads (falls back to dgram where they cannot run), or dgram on the main thread. */
+  readonly io: 'batched' | 'dgram';
+  /** Batched UDP worker threads; 0 = the CPUs this process may use, capped (select.ts defaultWorkers). */
+  readonly workers: number;
   /** Watch the Kubernetes API and answer cluster names from it when the cluster DNS fails. */
   readonly kube: boolean;
   /** --kubeconfig; '' = in-cluster config. */
@@ -178,6 +182,11 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: 'external-name (and stub-domain) queries in flight per upstream, each holding at most 3 UDP sockets; beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
   },
   { flag: 'reuse-port', kind: 'bool', def: 'true', help: 'bind with SO_REUSEPORT (through koffi) so a new agent can start beside this one; on SIGTERM this one hands new queries to it and answers those already queued (upgrade with no gap); --no-reuse-port: an exclusive bind' },
+  {
+    flag: 'io', kind: 'string', def: 'batched',
+    help: 'UDP backend: batched (worker threads answering cache hits with recvmmsg/sendmmsg, SO_REUSEPORT sockets through koffi; falls back to dgram with a warning where koffi or the calls are missing) or dgram (Node sockets on the main thread). TCP is served on the main thread either way',
+  },
+  { flag: 'workers', kind: 'int', def: '0', min: 0, max: 64, help: 'batched UDP worker threads, each with its own socket per listen address; 0 = the CPUs this process may use (affinity and cgroup quota), at most 4' },
   { flag: 'shutdown-grace', kind: 'duration', def: '5s', min: 0, max: 300_000, help: 'on SIGTERM, how long queries in flight may take to finish' },
   { flag: 'kube', kind: 'bool', def: 'true', help: 'watch Services, EndpointSlices and Namespaces and answer cluster names from them when the cluster DNS fails; --no-kube turns the watch and the fallback off' },
   { flag: 'kubeconfig', kind: 'string', def: undefined, help: 'kubeconfig file for the API watch outside a cluster (default: in-cluster service account; none found: the fallback is off)' },
@@ -557,6 +566,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   if (metricsByNamespace && nodeName === '') {
     throw new ConfigError('--metrics-by-namespace: no node name: give --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)');
   }
+  const io = str('io')!;
+  if (io !== 'batched' && io !== 'dgram') throw new ConfigError(`--io "${io}": expected batched or dgram`);
 
   const logLevel = str('log-level')!;
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
@@ -596,6 +607,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     clientMissBurst: int('client-miss-burst'),
     shutdownGraceMs: duration('shutdown-grace', true),
     reusePort: bool('reuse-port'),
+    io,
+    workers: int('workers'),
     kube: bool('kube'),
     kubeconfig: str('kubeconfig') ?? '',
     fallbackAfterMs: duration('fallback-after', true),

@@ -1,7 +1,14 @@
 // The agent end to end on loopback, against fake upstreams of our own:
 // hits and misses, TTLs, negative caching, coalescing, prefetch, pipelining,
 // reconnects, truncation, failover, deadlines, spoofing, bad input, shutdown.
-import t from 'tap';
+// The cases below run on the dgram backend (the helper's default: a
+// ManualClock cannot reach batched workers, which keep their own); the last
+// test runs one scenario (answers, coalescing, truncation, bad input,
+// /metrics, reload, the client miss limit, drain and abort, warm restart)
+// against every backend: dgram, batched with one worker, with two. It
+// shares one agent per backend because a worker thread takes seconds to
+// start under the test runner's TypeScript loader.
+import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
 import * as dnsPacket from 'dns-packet';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
@@ -10,10 +17,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManualClock } from '../src/clock.js';
 import { loadConfig } from '../src/config.js';
+import type { ServerCounterName } from '../src/server/stats.js';
 import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
-import { startAgent, writeResolvConf } from './helpers/agent.js';
+import { BACKENDS, startAgent, writeResolvConf, type Backend, type TestAgent } from './helpers/agent.js';
 
 const HOST = '127.0.20.1';
+// Each batched worker thread loads the TypeScript loader afresh: seconds per start on a busy machine.
+t.setTimeout(360_000);
 const ttlOf = (a: dnsPacket.Answer | undefined): number | undefined => (a as { ttl?: number } | undefined)?.ttl;
 const dataOf = (p: dnsPacket.Packet): unknown[] => (p.answers ?? []).map((a) => (a as { data?: unknown }).data);
 const rcodeOf = (p: dnsPacket.Packet): number => (p.flags ?? 0) & 0xf;
@@ -473,3 +483,170 @@ t.test('warm restart: a restarted agent answers a cached name before any upstrea
   t.ok(ttlOf(warm.answers?.[0])! <= 30, 'with its remaining TTL');
   t.equal(second.agent.cache.counters.get('hitPositive'), 1);
 });
+
+/** The agent runs the backend asked for (batched must not have fallen back to dgram here). */
+function served(t: Test, b: Backend, a: TestAgent): void {
+  t.equal(a.agent.udpIo, b.workers === 0 ? 'dgram' : 'batched', `UDP served by ${b.name}`);
+  if (b.workers > 0) t.equal(a.agent.batched?.workers, b.workers);
+}
+
+/** A hit-path counter over the main thread and every worker. */
+const serverTotal = (a: TestAgent, name: ServerCounterName): number => a.agent.hitPath.counters.get(name) + (a.agent.batched?.totals().server.get(name) ?? 0);
+
+/** The sum of every series of `name` whose labels include `labels`, from Prometheus text. */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+    if (m === null || m[1] !== name) continue;
+    const l = m[2] ?? '';
+    if (Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`))) sum += Number(m[3]);
+  }
+  return sum;
+}
+
+for (const b of BACKENDS) {
+  t.test(`[${b.name}] one agent through its life: answers, coalescing, truncation, bad input, /metrics, reload, client limit, abort, warm restart`, async (t) => {
+    const { cluster, external, args } = await sims(t);
+    const slowStub = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.1'] } }, { soaZone: 'corp.example' }), faults: { latencyMs: 150 } });
+    const stub = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.2'] } }, { soaZone: 'corp.example' }) });
+    t.teardown(() => Promise.all([slowStub.close(), stub.close()]));
+    const dir = mkdtempSync(join(tmpdir(), 'nldns-life-'));
+    const file = join(dir, 'agent.yaml');
+    const snapshot = join(dir, 'cache.snapshot');
+    // A long TTL cap by default (in the file: flags would win over a reload): worker threads take seconds to start
+    // under the test runner, the warm-restart name must outlive that.
+    const write = (port: number, extra = 'successTtl: 1h\n'): void => writeFileSync(file, `stubDomains:\n  corp.example: ["127.0.0.1:${port}"]\n${extra}`);
+    write(slowStub.port);
+    const common = [...b.args, ...args, '--timeout', '10s', '--config', file, '--cache-snapshot', snapshot];
+    const metricsPort = 17000 + (process.pid % 1000) * 3 + BACKENDS.indexOf(b);
+    const a = await startAgent(HOST, [...common, '--metrics-listen-address', `${HOST}:${metricsPort}`]);
+    let stopped = false;
+    t.teardown(() => (stopped ? undefined : a.stop()));
+    served(t, b, a);
+    const metricsUrl = `${a.agent.opsServers.find((o) => o.routes.includes('metrics'))!.url}/metrics`;
+    const scrape = async (): Promise<string> => (await fetch(metricsUrl)).text();
+    const reload = async (): Promise<void> => {
+      const outcome = a.agent.reload(loadConfig(a.argv, { env: {} }).config);
+      t.ok(outcome.applied, 'reload applied');
+      t.same(outcome.restartNeeded, []);
+      await a.agent.reloadApplied;
+    };
+    const web = 'web.default.svc.cluster.local';
+
+    // Answers: a miss, then hits on Node sockets (a fresh source port each: the kernel spreads them over the workers).
+    const first = await udpQuery(a.target, web, { id: 1 });
+    t.same(dataOf(first), ['10.96.1.10'], 'the miss');
+    const hits = await Promise.all(Array.from({ length: 20 }, (_, i) => udpQuery(a.target, i % 2 === 0 ? web : 'WEB.Default.svc.cluster.local', { id: 100 + i })));
+    t.ok(
+      hits.every((h, i) => h.id === 100 + i && dataOf(h)[0] === '10.96.1.10' && h.flag_aa === true && h.questions?.[0]?.name === (i % 2 === 0 ? web : 'WEB.Default.svc.cluster.local')),
+      'every hit right: its own id and spelling, the data, AA',
+    );
+    t.equal(count(cluster, web), 1, 'one upstream query for all (with two workers the second one\'s miss is answered by the shared cache)');
+    t.same(dataOf(await udpQuery(a.target, 'www.example.com')), ['192.0.2.80'], 'external name through the host resolver');
+    t.same(dataOf(await tcpQuery(a.target, web)), ['10.96.1.10'], 'TCP, on the main thread');
+
+    // Coalescing: 40 clients, one question in flight, each answered with its own id and case.
+    cluster.faults.latencyMs = 150;
+    const db = 'db.prod.svc.cluster.local';
+    const names = Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? db : 'DB.prod.SVC.cluster.local'));
+    const coalesced = await Promise.all(names.map((n, i) => udpQuery(a.target, n, { id: 1000 + i })));
+    cluster.faults.latencyMs = 0;
+    t.equal(count(cluster, db), 1, '40 clients, one upstream query');
+    t.ok(coalesced.every((p, i) => p.id === 1000 + i && p.questions?.[0]?.name === names[i] && dataOf(p)[0] === '10.96.2.20'), 'each waiter its own answer');
+
+    // Truncation, and TCP gets it whole.
+    const udp = await udpQuery(a.target, 'big.example.com');
+    t.equal(udp.flag_tc, true, 'TC=1 without EDNS');
+    t.ok((udp.answers?.length ?? 0) > 0 && (udp.answers?.length ?? 0) < 30, 'the records that fit in 512 bytes');
+    t.equal((await udpQuery(a.target, 'big.example.com', { edns: true, udpSize: 4096 })).answers?.length, 30, 'EDNS 4096: all 30 in 1232 bytes');
+    t.equal((await tcpQuery(a.target, 'big.example.com')).answers?.length, 30);
+    // Batched: TCP's own cache has not seen the name, its miss is answered by the shared cache (kept here for the snapshot).
+    t.equal(count(external, 'big.example.com'), 1, 'one upstream query for the three');
+
+    // Bad input.
+    const q = buildQuery('www.example.com', { id: 9 });
+    const two = Buffer.from(q);
+    two.writeUInt16BE(2, 4);
+    t.equal(dnsPacket.decode((await udpExchange(a.target, two))!).flags! & 0xf, 1, 'QDCOUNT 2: FORMERR');
+    const notify = Buffer.from(q);
+    notify[2] = (4 << 3) | 1;
+    t.equal(dnsPacket.decode((await udpExchange(a.target, notify))!).flags! & 0xf, 4, 'NOTIFY: NOTIMP');
+    t.equal(await udpExchange(a.target, Buffer.from([1, 2, 3]), 300), null, 'short packet dropped');
+
+    // /metrics: 40 more hits, counted whoever answered them.
+    const webAsked = count(cluster, web);
+    const before = await scrape();
+    const more = await Promise.all(Array.from({ length: 40 }, (_, i) => udpQuery(a.target, web, { id: 2000 + i })));
+    t.ok(more.every((h, i) => h.id === 2000 + i && dataOf(h)[0] === '10.96.1.10'), '40 hits right');
+    const after = await scrape();
+    const delta = (name: string, labels: Record<string, string> = {}): number => sample(after, name, labels) - sample(before, name, labels);
+    t.equal(delta('coredns_dns_requests_total', { proto: 'udp' }), 40, 'coredns_dns_requests_total{proto=udp} +40');
+    t.equal(delta('coredns_dns_responses_total', { rcode: 'NOERROR' }), 40, 'coredns_dns_responses_total{rcode=NOERROR} +40');
+    t.equal(delta('coredns_cache_hits_total', { type: 'success' }) + delta('coredns_cache_misses_total'), 40, 'each looked up in a cache once');
+    t.ok(delta('coredns_cache_hits_total', { type: 'success' }) >= 40 - b.workers, 'hits (a worker that had not seen the name yet misses it once)');
+    t.equal(count(cluster, web), webAsked, 'and the upstream was not asked again');
+    t.ok(sample(after, 'coredns_cache_entries', { type: 'success' }) >= 2, 'entries include what the workers hold');
+    t.equal(delta('nodelocal_udp_batched_datagrams_total'), b.workers > 0 ? 40 : 0, 'nodelocal_udp_batched_datagrams_total: what the workers received');
+
+    // Reload under load: the stub zone moves to the other server, the TTL cap and a client miss limit reach every worker.
+    t.same(dataOf(await udpQuery(a.target, 'db.corp.example')), ['192.0.2.1'], 'the stub zone goes to the first server');
+    const workers = Math.max(1, b.workers);
+    const pending: Promise<dnsPacket.DecodedPacket | null>[] = [];
+    for (let i = 0; i < 40; i++) {
+      if (i === 20) {
+        write(stub.port, 'successTtl: 10s\n');
+        const outcome = a.agent.reload(loadConfig(a.argv, { env: {} }).config);
+        t.ok(outcome.applied, 'applied while misses are in flight');
+      }
+      pending.push(udpQuery(a.target, `n${i}.corp.example`, { timeoutMs: 3000 }).catch(() => null));
+      await sleep(5);
+    }
+    await a.agent.reloadApplied;
+    const streamed = await Promise.all(pending);
+    t.equal(streamed.filter((p) => p === null || rcodeOf(p) === 2).length, 0, 'no query lost or failed across the reload');
+    t.ok(slowStub.stats.byName.size > 0 && stub.stats.byName.size > 0, 'before it: the first server; after it: the second');
+    const aaaa = await Promise.all(Array.from({ length: 6 }, () => udpQuery(a.target, web, { type: 'AAAA' })));
+    t.ok(aaaa.every((p) => dataOf(p)[0] === 'fd00::a' && (ttlOf(p.answers?.[0]) ?? 99) <= 10), `TTL capped at 10 s by the reload: ${aaaa.map((p) => ttlOf(p.answers?.[0])).join(',')}`);
+    // The client limit, by reload: fresh names, all from 127.0.0.1. Hits stay free.
+    write(stub.port, `successTtl: 10s\nclientMissRate: 1\nclientMissBurst: ${2 * workers}\n`);
+    await reload();
+    const limitedBefore = serverTotal(a, 'clientLimited');
+    const askedBefore = cluster.stats.tcpQueries;
+    const fresh = Array.from({ length: 10 * workers }, (_, i) => `limit${i}.default.svc.cluster.local`);
+    const limitedAnswers = await Promise.all(fresh.map((n) => udpQuery(a.target, n, { timeoutMs: 3000 })));
+    const limited = serverTotal(a, 'clientLimited') - limitedBefore;
+    const asked = cluster.stats.tcpQueries - askedBefore;
+    t.equal(asked + limited, fresh.length, `each fresh miss went upstream or was limited (${asked} + ${limited})`);
+    t.ok(asked <= 2 * workers, `at most the burst went upstream (${asked})`);
+    t.equal(limitedAnswers.filter((p) => rcodeOf(p) === 2).length, limited, 'the limited ones got SERVFAIL');
+    t.same(dataOf(await udpQuery(a.target, web)), ['10.96.1.10'], 'hits are never limited');
+    write(stub.port);
+    await reload();
+
+    // Shutdown past its grace: the upstreams stop answering, every waiting client still gets SERVFAIL.
+    cluster.faults.dropAll = true;
+    external.faults.dropAll = true;
+    const stuck = Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? `s${i}.default.svc.cluster.local` : `s${i}.example.com`));
+    const waiting = stuck.map((n) => udpQuery(a.target, n, { timeoutMs: 8000 }));
+    for (let i = 0; i < 200 && a.agent.inflight < stuck.length; i++) await sleep(10);
+    t.equal(a.agent.inflight, stuck.length, 'all in flight upstream');
+    stopped = true;
+    await a.agent.stop(300);
+    t.same((await Promise.all(waiting)).map(rcodeOf), stuck.map(() => 2), 'each got SERVFAIL');
+    t.equal(serverTotal(a, 'abortedAtShutdown'), stuck.length, 'counted');
+    t.equal(await udpExchange(a.target, buildQuery(web), 300), null, 'no longer listening');
+
+    // Warm restart from the snapshot written at stop (www.example.com: TTL 300 s, asked at the start).
+    external.faults.dropAll = false;
+    const www = count(external, 'www.example.com');
+    const second = await startAgent(HOST, common);
+    t.teardown(second.stop);
+    served(t, b, second);
+    const warm = await udpQuery(second.target, 'www.example.com');
+    t.same(dataOf(warm), ['192.0.2.80'], 'answered after a restart');
+    t.equal(count(external, 'www.example.com'), www, 'from the loaded cache: the upstream was not asked');
+    if (b.workers === 0) t.equal(second.agent.cache.counters.get('hitPositive'), 1);
+    else t.equal(second.agent.batched?.totals().io.get('sharedHits'), 1, 'the worker\'s first miss answered from the loaded shared cache');
+  });
+}

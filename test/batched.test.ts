@@ -6,6 +6,9 @@
 // polls for an event, never assertions about how fast.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { ManualClock, systemClock } from '../src/clock.js';
 import { upstreamQuery } from '../src/dns/build.js';
@@ -20,7 +23,7 @@ import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { UdpListener } from '../src/server/udp-listener.js';
-import { BatchedUdpListener, workerShare } from '../src/server/batched/listener.js';
+import { BatchedUdpListener, workerMissLimit, workerShare } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop, ipv6Text } from '../src/server/batched/loop.js';
@@ -597,7 +600,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
   const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
   const init: WorkerInit = {
     index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, maxUdpSize: 512,
-    queryLogEvery: 0, batch: 4, maxInflight: 100, ...over,
+    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
   t.teardown(() => k.mainPort.close());
@@ -740,7 +743,7 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
         t.equal(reports.find((r) => r.aborted !== undefined)?.aborted, 1);
         t.equal(k.sent.length, 2);
         t.equal(idOf(k.sent[1]!.data), 1, 'the waiting client gets its SERVFAIL');
-        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1 });
+        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1, clientMissRate: 0, clientMissBurst: 1 });
         k.queue(5, { data: query({ name: 'big.example.com', id: 3, edns: true, udpSize: 4096 }), from: from4(3) });
       },
       () => {
@@ -786,4 +789,26 @@ t.test('loop: a hit is not held behind a big batch of completions (at most COMPL
   t.equal(after.length, N + 1);
   const hit = after.findIndex((s) => idOf(s.data) === 9999 && portOf(s.to) === 2);
   t.ok(hit >= 0 && hit <= COMPLETIONS_PER_TURN, `the hit went out with the first ${COMPLETIONS_PER_TURN} completions (at ${hit}), not after all ${N}`);
+});
+
+t.test('--io and --workers: flags and config-file keys, validated (a bad value is a ConfigError: exit 2)', async (t) => {
+  const { loadConfig, ConfigError, DEFAULTS } = await import('../src/config.js');
+  t.equal(DEFAULTS.io, 'batched', 'batched by default');
+  t.equal(DEFAULTS.workers, 0, 'workers auto by default');
+  const c = loadConfig(['--io', 'dgram', '--workers', '3'], { env: {} }).config;
+  t.equal(c.io, 'dgram');
+  t.equal(c.workers, 3);
+  t.throws(() => loadConfig(['--io', 'recvmmsg'], { env: {} }), ConfigError, 'an unknown backend');
+  t.throws(() => loadConfig(['--io', 'recvmmsg'], { env: {} }), /--io "recvmmsg": expected batched or dgram/);
+  t.throws(() => loadConfig(['--workers', '-1'], { env: {} }), /--workers "-1"/);
+  t.throws(() => loadConfig(['--workers', '65'], { env: {} }), /--workers "65": expected a whole number 0-64/);
+  t.throws(() => loadConfig(['--workers', 'two'], { env: {} }), ConfigError);
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-io-'));
+  const file = join(dir, 'agent.yaml');
+  writeFileSync(file, 'io: dgram\nworkers: 2\n');
+  const f = loadConfig(['--config', file], { env: {} }).config;
+  t.same([f.io, f.workers], ['dgram', 2], 'config-file keys io and workers');
+  t.same(workerMissLimit(0, 1000, 4), { clientMissRate: 0, clientMissBurst: 1 }, 'no limit: none in the workers');
+  t.same(workerMissLimit(100, 1000, 4), { clientMissRate: 25, clientMissBurst: 250 }, 'each worker a quarter of rate and burst');
+  t.same(workerMissLimit(100, 2, 4), { clientMissRate: 25, clientMissBurst: 1 }, 'a burst of at least one');
 });

@@ -1,5 +1,6 @@
 // The socket-free pipeline: HitPath + Resolver + cache with a fake channel,
-// fake upstreams and a manual clock. This is the contract every I/O backend
+// fake upstreams and a manual clock (at the end, the core of it again
+// against every backend's boundary: dgram, batched with one and two workers). This is the contract every I/O backend
 // relies on: coalescing, prefetch, stale, malformed answers, the failure
 // order, drain and abort, buffer ownership; plus the cache, health,
 // lifecycle and clock parts it is built from.
@@ -13,11 +14,15 @@ import { parseQuery } from '../src/dns/query.js';
 import { ComponentStack, StartupError } from '../src/lifecycle.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { ClientMissLimiter, MAX_CLIENTS } from '../src/server/client-limit.js';
-import { HitPath } from '../src/server/hit-path.js';
+import { HitPath, type MissOutcome } from '../src/server/hit-path.js';
+import { workerShare } from '../src/server/batched/listener.js';
+import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
+import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken } from '../src/server/batched/protocol.js';
+import { BATCHED_COUNTERS } from '../src/server/batched/stats.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
-import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
+import { RESOLVER_COUNTERS, Resolver, type MissCompleter } from '../src/server/resolver.js';
 import type { LocalAnswerer, Route } from '../src/server/route.js';
-import { SERVER_COUNTERS } from '../src/server/stats.js';
+import { SERVER_COUNTERS, type ServerCounterName } from '../src/server/stats.js';
 import { Counters } from '../src/stats/counters.js';
 import { FAIL_STREAK, UpstreamHealth } from '../src/upstream/health.js';
 import { ZoneRouter } from '../src/upstream/router.js';
@@ -685,3 +690,166 @@ t.test('bailiwick: records outside the question are removed before caching and n
   t.same(ch.decoded(2).additionals?.filter((x) => x.type === 'A').map((x) => x.name), ['pod-1.svc.example'], 'SRV target addresses stay');
   t.equal(r.hits.counters.get('scrubbedAnswers'), 1, 'a clean answer is not rewritten');
 });
+
+// The same contract through the batched backend's boundary, socket-free: worker
+// hit paths (each with its own cache, a shared one behind them with two) hand
+// misses to the main thread's MissExchange as a worker does, one Resolver
+// serves them and the main thread's hit path through the MissMux, and
+// outcomes come back through the packed form they travel in; the main
+// thread's hit path (TCP) asks through the same exchange. Queries go to
+// the workers in turn (the kernel's spreading), or to one named worker.
+
+interface BackendRig {
+  readonly clock: ManualClock;
+  readonly resolver: Resolver;
+  readonly cluster: FakeUpstream;
+  readonly external: FakeUpstream;
+  /** Query to the next worker in turn (or `worker`; -1: the main thread's hit path, i.e. TCP). */
+  handle(msg: Buffer, ch: FakeChannel, worker?: number, peer?: ClientPeer): void;
+  counter(name: ServerCounterName): number;
+  readonly inflight: number;
+  abortAll(): number;
+}
+
+/** What a completion looks like after the trip through the worker port: packed, then read back as a view. */
+function throughPort(token: number, answer: Buffer | null, outcome: MissOutcome): [number, Buffer | null, MissOutcome] {
+  const p = new Packer(false);
+  p.push(token, OUTCOME_INDEX[outcome], answer, null);
+  const items = p.take();
+  return [itemToken(items, 0), itemBytes(items, 0), OUTCOMES[itemTag(items, 0)]!];
+}
+
+function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst: number }; maxConcurrent?: number } = {}): BackendRig {
+  const clock = new ManualClock();
+  const limiter = (share: number): ClientMissLimiter | null => (opts.clientLimit === undefined ? null : new ClientMissLimiter(opts.clientLimit.rate / share, Math.max(1, opts.clientLimit.burst / share)));
+  const hitPath = (cache: DnsCache, share: number): HitPath =>
+    new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232, queryLogEvery: 0, clientLimit: limiter(share) });
+  const main = hitPath(new DnsCache(CACHE_OPTS, new Counters(CACHE_COUNTERS)), 1);
+  const cluster = new FakeUpstream(clock);
+  const external = new FakeUpstream(clock);
+  const router = new ZoneRouter<Route>([{ zone: 'cluster.local', target: { upstream: cluster, timeoutMs: 2000, local: null } }], { upstream: external, timeoutMs: 4500, local: null });
+  const make = (hits: MissCompleter): Resolver =>
+    new Resolver({ router, clock, counters: new Counters(RESOLVER_COUNTERS), hits, fallbackAfterMs: 1000, localNegative: false, maxConcurrent: opts.maxConcurrent ?? 1000 });
+  if (workers === 0) {
+    const resolver = make(main);
+    main.connect(resolver);
+    return {
+      clock, resolver, cluster, external,
+      handle: (msg, ch, _w, peer = PEER) => main.handle(msg, ch, peer),
+      counter: (name) => main.counters.get(name),
+      get inflight() {
+        return main.inflight;
+      },
+      abortAll: () => main.abortAll(),
+    };
+  }
+  const shared = workers > 1 ? new DnsCache(CACHE_OPTS, new Counters(CACHE_COUNTERS)) : null;
+  const exchange = new MissExchange(new Counters(BATCHED_COUNTERS), shared, clock);
+  const resolver = make(exchange);
+  exchange.connect(resolver);
+  // The main thread's hit path (TCP) asks through the same exchange, answered synchronously.
+  main.connect(exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome) }));
+  const paths = Array.from({ length: workers }, () => {
+    const cache = new DnsCache(shared === null ? CACHE_OPTS : workerShare(CACHE_OPTS, workers), new Counters(CACHE_COUNTERS));
+    return hitPath(cache, workers);
+  });
+  for (const w of paths) {
+    const link: MissReturn = { alive: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)) };
+    w.connect({ forward: (token, key, query) => exchange.forward(link, token, key, Buffer.from(query)) });
+  }
+  let next = 0;
+  return {
+    clock, resolver, cluster, external,
+    handle: (msg, ch, worker, peer = PEER) => {
+      if (worker === -1) return main.handle(msg, ch, peer);
+      const i = worker ?? next++ % workers;
+      paths[i]!.handle(msg, ch, peer);
+    },
+    counter: (name) => [main, ...paths].reduce((n, p) => n + p.counters.get(name), 0),
+    get inflight() {
+      return [main, ...paths].reduce((n, p) => n + p.inflight, 0);
+    },
+    abortAll: () => [main, ...paths].reduce((n, p) => n + p.abortAll(), 0),
+  };
+}
+
+const RIG_BACKENDS = [
+  { name: 'dgram', workers: 0 },
+  { name: 'batched-1', workers: 1 },
+  { name: 'batched-2', workers: 2 },
+] as const;
+
+for (const b of RIG_BACKENDS) {
+  t.test(`[${b.name}] one upstream query per name, each client its own id and spelling, TTLs aged, hits after`, async (t) => {
+    const r = backendRig(b.workers);
+    const ch = new FakeChannel();
+    r.handle(query({ name: 'WEB.default.svc.cluster.local', id: 1 }), ch);
+    r.handle(query({ name: SVC, id: 2 }), ch);
+    r.handle(query({ name: SVC, id: 3 }), ch, -1);
+    t.equal(r.cluster.exchanges.length, 1, 'three clients (workers and TCP), one upstream question');
+    t.equal(ch.sent.length, 0);
+    r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 20)], { aa: true }));
+    t.same(ch.sent.map((m) => m.readUInt16BE(0)).sort(), [1, 2, 3], 'each answered');
+    t.equal(ch.decoded(ch.sent.findIndex((m) => m.readUInt16BE(0) === 1)).questions?.[0]?.name, 'WEB.default.svc.cluster.local', '0x20 spelling echoed');
+    r.clock.advance(5_000);
+    for (let i = 0; i < 4; i++) r.handle(query({ name: SVC, id: 10 + i }), ch);
+    t.equal(r.cluster.exchanges.length, 1, 'hits on every worker');
+    t.ok(ch.sent.slice(3).every((m) => ttlOf(dnsPacket.decode(m).answers![0]!) === 15), 'TTL counted down by age');
+    t.equal(r.inflight, 0);
+  });
+
+  t.test(`[${b.name}] failures: stale from the cache that held it, else SERVFAIL; malformed answers are not cached`, async (t) => {
+    const r = backendRig(b.workers);
+    const ch = new FakeChannel();
+    r.handle(query({ name: SVC, id: 1 }), ch, 0);
+    r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
+    r.clock.advance(6_000);
+    r.handle(query({ name: SVC, id: 2 }), ch, 0);
+    r.cluster.exchanges[1]!.reject('timeout');
+    t.equal(ttlOf(ch.decoded(1).answers![0]!), 30, 'stale, with the stale TTL');
+    r.handle(query({ name: 'x.example', id: 3 }), ch);
+    r.external.exchanges[0]!.reject('network');
+    t.equal(rcodeOf(ch.sent[2]!), 2, 'nothing stale: SERVFAIL');
+    r.handle(query({ name: 'bad.example', id: 4 }), ch);
+    const bad = Buffer.from(answer('bad.example', [a('bad.example', '192.0.2.1')]));
+    r.external.answer(1, bad.subarray(0, bad.length - 3));
+    t.equal(rcodeOf(ch.sent[3]!), 2, 'malformed: SERVFAIL');
+    r.handle(query({ name: 'bad.example', id: 5 }), ch);
+    t.equal(r.external.exchanges.length, 3, 'and not cached');
+    t.equal(r.counter('upstreamMalformed'), 1);
+  });
+
+  t.test(`[${b.name}] overloaded: SERVFAIL at once, hits still served; abort answers every waiting client`, async (t) => {
+    const r = backendRig(b.workers, { maxConcurrent: 2 });
+    const ch = new FakeChannel();
+    r.handle(query({ name: 'one.example', id: 1 }), ch);
+    r.handle(query({ name: 'two.example', id: 2 }), ch);
+    r.handle(query({ name: 'three.example', id: 3 }), ch);
+    t.equal(ch.sent.length, 1);
+    t.equal(ch.sent[0]!.readUInt16BE(0), 3, 'the third, over --max-concurrent');
+    t.equal(rcodeOf(ch.sent[0]!), 2);
+    r.external.answer(0, answer('one.example', [a('one.example', '192.0.2.1')]));
+    r.handle(query({ name: 'one.example', id: 4 }), ch, 0);
+    t.equal(ch.sent.length, 3, 'the answer, then a hit');
+    t.equal(r.inflight, 1);
+    t.equal(r.abortAll(), 1, 'one client still waiting at the end of the grace');
+    t.equal(rcodeOf(ch.sent[3]!), 2, 'it gets SERVFAIL');
+    r.external.answer(1, answer('two.example', [a('two.example', '192.0.2.2')]));
+    t.equal(ch.sent.length, 4, 'a late answer after the abort sends nothing');
+  });
+
+  t.test(`[${b.name}] --client-miss-rate: a client over its budget gets SERVFAIL without upstream traffic; hits and other clients are free`, async (t) => {
+    const r = backendRig(b.workers, { clientLimit: { rate: 1, burst: 4 } });
+    const ch = new FakeChannel();
+    for (let i = 0; i < 12; i++) r.handle(query({ name: `n${i}.example`, id: i }), ch);
+    t.equal(r.external.exchanges.length, 4, 'the burst (split evenly over the workers when the queries are)');
+    t.equal(r.counter('clientLimited'), 8);
+    t.equal(ch.sent.filter((m) => rcodeOf(m) === 2).length, 8, 'the rest SERVFAIL at once');
+    r.handle(query({ name: 'other.example', id: 50 }), ch, undefined, { address: '10.0.0.9', port: 5353 });
+    t.equal(r.external.exchanges.length, 5, 'another client has its own budget');
+    r.external.answer(0, answer('n0.example', [a('n0.example', '192.0.2.1')]));
+    r.handle(query({ name: 'n0.example', id: 60 }), ch, 0);
+    t.equal(ch.decoded(ch.sent.length - 1).id, 60, 'a hit is never limited');
+    t.equal(rcodeOf(ch.sent[ch.sent.length - 1]!), 0);
+  });
+}

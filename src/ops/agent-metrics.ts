@@ -27,8 +27,13 @@ export interface AgentMetricSources {
   readonly view: () => ClusterView | null;
 }
 
+/** What the batched UDP workers counted, added up over the workers (BatchedUdpListener.totals()). */
+export type WorkerTotals = () => { readonly server: Counters<string>; readonly cache: Counters<string>; readonly io: Counters<string> };
+
 export class AgentMetrics implements UpstreamCounterBlocks {
   readonly registry: MetricsRegistry;
+  /** Run before each scrape: blocks that are sums of other blocks (the workers') are refreshed. */
+  readonly #beforeScrape: (() => void)[];
   readonly histograms: HitPathHistograms;
   readonly #server: string;
   readonly #pools: Map<string, Counters<TcpPoolCounter>>;
@@ -39,6 +44,7 @@ export class AgentMetrics implements UpstreamCounterBlocks {
     this.registry = new MetricsRegistry({ buildInfo });
     this.#pools = new Map();
     this.#hosts = new Map();
+    this.#beforeScrape = [];
     const server = { server: src.server };
     this.histograms = {
       duration: new DurationHistogram(REQUEST_DURATION),
@@ -64,6 +70,32 @@ export class AgentMetrics implements UpstreamCounterBlocks {
       if (v === null) return [];
       return [[{}, v.lastContactMs < 0 ? Infinity : (src.clock.now() - v.lastContactMs) / 1000]];
     });
+  }
+
+  /** What GET /metrics serves (ops/http.ts MetricsSource): the registry, with the workers' sums brought up to date first. */
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  metrics(): Promise<string> {
+    for (const f of this.#beforeScrape) f();
+    return this.registry.metrics();
+  }
+
+  /**
+   * The batched UDP workers' counters: the same names and labels as the
+   * main thread's blocks (requests, responses, cache hits and misses, cache
+   * entries and bytes), so each published series is the main thread's count
+   * plus every worker's; plus the workers' own nodelocal_udp_* counters.
+   * The sums live in blocks refreshed at scrape time (a worker bumps its own
+   * block in shared memory; nothing on its hot path knows about /metrics).
+   */
+  addWorkerTotals(totals: WorkerTotals): void {
+    const t = totals();
+    this.add(t.server, true);
+    this.add(t.cache, true);
+    this.add(t.io, true);
+    this.#beforeScrape.push(() => void totals());
   }
 
   /** A block for the agent-wide counters (`server` label when `perServer`). */

@@ -20,6 +20,18 @@ export function writeResolvConf(text: string): string {
   return path;
 }
 
+/** The UDP backends the integration suites run against. */
+export interface Backend {
+  readonly name: string;
+  readonly args: readonly string[];
+  readonly workers: number;
+}
+export const BACKENDS: readonly Backend[] = [
+  { name: 'dgram', args: ['--io', 'dgram'], workers: 0 },
+  { name: 'batched-1', args: ['--io', 'batched', '--workers', '1'], workers: 1 },
+  { name: 'batched-2', args: ['--io', 'batched', '--workers', '2'], workers: 2 },
+];
+
 export interface TestAgent {
   agent: Agent;
   target: Target;
@@ -37,6 +49,8 @@ export async function startAgent(host: string, args: string[], opts: { clock?: C
     // Several test agents share an address: their HTTP endpoints only where a test asks for them.
     ...(args.includes('--metrics-listen-address') ? [] : ['--metrics-listen-address', 'off']),
     ...(args.includes('--health-port') ? [] : ['--health-port', '0']),
+    // dgram unless a test opts into batched (BACKENDS): batched workers keep their own clock, a ManualClock cannot reach them.
+    ...(args.includes('--io') ? [] : ['--io', 'dgram']),
     ...args,
   ];
   const { config } = loadConfig(argv, { env: {} });

@@ -35,7 +35,7 @@ import type { Listener } from '../listener.js';
 import type { MissCompleter } from '../resolver.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import { MissExchange, type MissReturn } from './miss-exchange.js';
-import { Ctl, OUTCOME_INDEX, Packer, itemBytes, itemToken, transferOf, type CachePolicy, type ToWorker, type WorkerInit, type WorkerReport } from './protocol.js';
+import { Ctl, OUTCOME_INDEX, Packer, itemBytes, itemToken, transferOf, type CachePolicy, type ToWorker, type WorkerInit, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, sumInto, workerCounters, type BatchedCounters, type WorkerCounters } from './stats.js';
 
 /**
@@ -69,6 +69,9 @@ export interface BatchedUdpOptions {
   readonly cache: CacheOptions;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
+  /** --client-miss-rate and --client-miss-burst for the whole agent (0: off); each worker gets its share (workerMissLimit). */
+  readonly clientMissRate?: number;
+  readonly clientMissBurst?: number;
   readonly logger: Logger;
   /** The libc binding, from probeBatchedIo(). */
   readonly sys: UdpBatchSys;
@@ -173,13 +176,15 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly #links: (WorkerLink | null)[];
   /** Bound ports, per listen address (port 0 resolves at start). */
   readonly #ports: number[];
-  #policy: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number };
+  #policy: WorkerSettings;
   #state: State;
   #drainWaiters: (() => void)[];
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
   readonly #restartTimers: Set<NodeJS.Timeout>;
   readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters };
   readonly #workerCache: CacheOptions;
+  /** Counter blocks of workers that died: their counts stay in the totals (gauges zeroed), so a restart never makes a counter go down. */
+  readonly #dead: WorkerCounters[];
 
   constructor(opts: BatchedUdpOptions) {
     if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
@@ -199,7 +204,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       cache: { successTtl: c.successTtl, denialTtl: c.denialTtl, minHits: c.minHits, percent: c.percent, staleMs: c.staleMs },
       maxUdpSize: opts.maxUdpSize,
       queryLogEvery: opts.queryLogEvery,
+      ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.workers),
     };
+    this.#dead = [];
     this.#state = 'new';
     this.#drainWaiters = [];
     this.#abortWaiters = null;
@@ -296,8 +303,14 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * query-log sampling, from each worker's next turn. Resolves when every
    * live worker has applied it (a restarted worker starts with it).
    */
-  configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number }): Promise<void> {
-    this.#policy = o;
+  configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number; clientMissRate?: number; clientMissBurst?: number }): Promise<void> {
+    const policy: WorkerSettings = {
+      cache: o.cache,
+      maxUdpSize: o.maxUdpSize,
+      queryLogEvery: o.queryLogEvery,
+      ...workerMissLimit(o.clientMissRate ?? 0, o.clientMissBurst ?? 1, this.#links.length),
+    };
+    this.#policy = policy;
     this.sharedCache?.configure(o.cache);
     const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
     return Promise.all(
@@ -305,7 +318,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         (l) =>
           new Promise<void>((resolve) => {
             l.configuring.push(resolve);
-            l.post({ t: 'configure', ...o });
+            l.post({ t: 'configure', ...policy });
           }),
       ),
     ).then(() => undefined);
@@ -314,6 +327,17 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   async close(): Promise<void> {
     this.#state = 'closed';
     await this.#shutdownAll();
+  }
+
+  /**
+   * A MissSink for the main thread's own hit path (TCP, and anything else
+   * answered on this thread): its misses go through the same exchange as the
+   * workers', so a question asked over TCP and UDP at once goes upstream
+   * once, and the shared cache (when kept) answers what a worker fetched.
+   * The outcome comes back synchronously, as the Resolver would give it.
+   */
+  mainSink(hits: MissCompleter): MissSink {
+    return this.#exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome) });
   }
 
   /** MissCompleter, for the Resolver. */
@@ -338,7 +362,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * thread's own slots (restarts, cross-worker coalescing).
    */
   totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters } {
-    const blocks = this.workerCounters();
+    const blocks = [...this.#dead, ...this.workerCounters().filter((c) => !this.#dead.includes(c))];
     sumInto(this.#sums.server, blocks.map((b) => b.server));
     sumInto(this.#sums.cache, blocks.map((b) => b.cache));
     sumInto(this.#sums.io, [this.#own, ...blocks.map((b) => b.io)]);
@@ -376,6 +400,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         cache: { ...this.#workerCache, ...this.#policy.cache },
         maxUdpSize: this.#policy.maxUdpSize,
         queryLogEvery: this.#policy.queryLogEvery,
+        clientMissRate: this.#policy.clientMissRate,
+        clientMissBurst: this.#policy.clientMissBurst,
         batch: this.#opts.batch ?? DEFAULT_BATCH,
         maxInflight: this.#opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
       },
@@ -409,6 +435,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
           reject(new Error(`worker exited with code ${code} before it started`));
           return;
         }
+        // Its counts stay published after a successor replaces it; its gauges (entries, bytes, in flight) went with it.
+        if (!link.closing) this.#dead.push(zeroGauges(link.counters));
         // A dead worker applies nothing more; its successor starts with the latest settings.
         for (const done of link.configuring.splice(0)) done();
         if (!link.closing) this.#restart(link, code);
@@ -488,6 +516,29 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     }
     await Promise.all(exits);
   }
+}
+
+/**
+ * A worker's part of the per-client miss limit. The kernel spreads a
+ * client's queries over the workers by source address and port, and libc
+ * resolvers use a new source port per lookup, so each worker sees about
+ * 1/N of a client's misses: a 1/N share keeps the agent-wide limit where
+ * --client-miss-rate puts it. (A client that sends everything from one
+ * port lands on one worker and gets 1/N: stricter, never looser.)
+ */
+export function workerMissLimit(rate: number, burst: number, workers: number): { clientMissRate: number; clientMissBurst: number } {
+  if (rate <= 0) return { clientMissRate: 0, clientMissBurst: 1 };
+  return { clientMissRate: rate / workers, clientMissBurst: Math.max(1, burst / workers) };
+}
+
+/** The block with its gauge slots zeroed (a dead worker holds no entries and waits on nothing). */
+function zeroGauges(c: WorkerCounters): WorkerCounters {
+  for (const block of [c.server, c.cache, c.io] as const) {
+    block.schema.defs.forEach((d, i) => {
+      if (d.type === 'gauge') block.values[i] = 0;
+    });
+  }
+  return c;
 }
 
 /** A worker's part of the budget when a shared cache stands behind the workers. */

@@ -24,6 +24,7 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { DnsCache } from '../../cache/cache.js';
 import type { Clock } from '../../clock.js';
 import type { LogFields, Logger } from '../../log.js';
+import { ClientMissLimiter } from '../client-limit.js';
 import { HitPath, type MissSink } from '../hit-path.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
 import { AF_INET6, EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
@@ -201,6 +202,7 @@ export class WorkerLoop implements MissSink {
       counters: this.#counters.server,
       maxUdpSize: init.maxUdpSize,
       queryLogEvery: init.queryLogEvery,
+      clientLimit: missLimiter(init.clientMissRate, init.clientMissBurst),
     });
     this.#hits.connect(this);
     this.#fds = init.fds;
@@ -354,8 +356,8 @@ export class WorkerLoop implements MissSink {
         return;
       case 'configure':
         this.#cache.configure(m.cache);
-        // The per-client miss limit lives on the main thread's side only for now (workers see no limiter).
-        this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery, clientLimit: null });
+        // A fresh limiter, as the main thread's hit path gets on reload: buckets start full.
+        this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery, clientLimit: missLimiter(m.clientMissRate, m.clientMissBurst) });
         this.#post({ misses: null, logs: null, configured: true });
         return;
       case 'pause':
@@ -427,6 +429,15 @@ export class WorkerLoop implements MissSink {
   #post(r: WorkerReport): void {
     this.#port.postMessage(r);
   }
+}
+
+/**
+ * The worker's own per-client miss limiter: the check happens here, before
+ * a miss crosses to the main thread, because only the worker knows the
+ * client's address (the boundary carries a token, a key and the query).
+ */
+function missLimiter(rate: number, burst: number): ClientMissLimiter | null {
+  return rate > 0 ? new ClientMissLimiter(rate, burst) : null;
 }
 
 /** Native bytes of one worker: the receive vector, a send vector per socket, a scratch sockaddr and the pollfds. */

@@ -1,6 +1,7 @@
 /**
  * The main thread's side of the workers' miss boundary: misses from every
- * worker go to one MissSink (the Resolver), identical questions in flight
+ * worker, and from the main thread's own hit path (TCP), go to one MissSink
+ * (the Resolver), identical questions in flight
  * from several workers share one upstream query, and each outcome is handed
  * back to every worker that asked, under that worker's own token.
  *
@@ -105,6 +106,11 @@ export class MissExchange implements MissCompleter {
     this.#byToken.set(t, s);
     // May complete synchronously: registered first so complete() finds it.
     this.#sink.forward(t, key, query);
+  }
+
+  /** A MissSink whose misses are `to`'s (the main thread's hit path: see BatchedUdpListener.mainSink). */
+  sinkFor(to: MissReturn): MissSink {
+    return { forward: (token, key, query) => this.forward(to, token, key, query) };
   }
 
   /** MissCompleter: the upstream side's outcome, fanned out to every worker that asked. Unknown tokens are ignored. */

@@ -43,11 +43,24 @@ export interface WorkerInit {
   readonly cache: CacheOptions;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
+  /** This worker's part of --client-miss-rate (0: off) and its burst (listener.ts workerMissLimit). */
+  readonly clientMissRate: number;
+  readonly clientMissBurst: number;
   readonly batch: number;
   readonly maxInflight: number;
 }
 
 export type CachePolicy = TtlCaps & PrefetchOptions & { readonly staleMs: number };
+
+/** What a reload changes in a worker (and what a restarted worker starts with). */
+export interface WorkerSettings {
+  readonly cache: CachePolicy;
+  readonly maxUdpSize: number;
+  readonly queryLogEvery: number;
+  /** This worker's part of the per-client miss limit: 0 = off. */
+  readonly clientMissRate: number;
+  readonly clientMissBurst: number;
+}
 
 /** Items packed for transfer: per item [token, tag, start, length]; length -1 means null. */
 export interface Packed {
@@ -81,7 +94,7 @@ export interface WorkerReport {
 /** Main to worker. */
 export type ToWorker =
   | { readonly t: 'done'; readonly items: Packed }
-  | { readonly t: 'configure'; readonly cache: CachePolicy; readonly maxUdpSize: number; readonly queryLogEvery: number }
+  | { readonly t: 'configure' } & WorkerSettings
   | { readonly t: 'pause' }
   | { readonly t: 'abort' }
   | { readonly t: 'close' };

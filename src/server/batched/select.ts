@@ -14,7 +14,7 @@ import type { Logger } from '../../log.js';
 import { loadUdpBatch, type KoffiLoader, type UdpBatchSys } from '../../sys/udp-batch.js';
 import type { ServerAddress } from '../../upstream/types.js';
 import type { Listener, QueryHandler } from '../listener.js';
-import { UdpListener } from '../udp-listener.js';
+import { UdpListener, type UdpListenerOptions } from '../udp-listener.js';
 import { BatchedUdpListener } from './listener.js';
 
 export type UdpIo = 'batched' | 'dgram';
@@ -73,6 +73,13 @@ export interface UdpListenersOptions {
   readonly cache: CacheOptions;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
+  /** --client-miss-rate / --client-miss-burst (0: off): batched workers apply their share themselves; dgram's is the hit path's. */
+  readonly clientMissRate?: number;
+  readonly clientMissBurst?: number;
+  /** Keep the shared cache behind the workers even with one (a cache snapshot is taken from it); default: with more than one. */
+  readonly sharedCache?: boolean;
+  /** dgram listeners: SO_REUSEPORT and the clock (the handover's drain). */
+  readonly dgram?: UdpListenerOptions;
   readonly logger: Logger;
   /** For tests: where koffi comes from. */
   readonly loadKoffi?: KoffiLoader;
@@ -93,7 +100,8 @@ export interface UdpListeners {
  */
 export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpListeners> {
   let fallbackReason: string | null = null;
-  if (o.io === 'batched') {
+  // No UDP address (an embedding that brings its own listeners): no workers to start for nothing.
+  if (o.io === 'batched' && o.listen.length > 0) {
     const scoped = o.listen.find((a) => a.host.includes('%'));
     // The batched sockets are bound from a plain sockaddr: an interface scope (fe80::1%eth0) is dgram's to handle.
     const sys = scoped !== undefined ? `listen address ${scoped.host} has an interface scope` : await probeBatchedIo(o.loadKoffi);
@@ -101,6 +109,8 @@ export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpLis
       const workers = o.workers > 0 ? o.workers : defaultWorkers();
       const batched = new BatchedUdpListener({
         listen: o.listen, workers, cache: o.cache, maxUdpSize: o.maxUdpSize, queryLogEvery: o.queryLogEvery, logger: o.logger, sys,
+        ...(o.clientMissRate !== undefined ? { clientMissRate: o.clientMissRate, clientMissBurst: o.clientMissBurst ?? 1 } : {}),
+        ...(o.sharedCache !== undefined ? { sharedCache: o.sharedCache } : {}),
       });
       o.logger.info('udp: batched I/O (recvmmsg/sendmmsg in worker threads, SO_REUSEPORT)', { workers });
       return { io: 'batched', fallbackReason: null, listeners: [batched], batched };
@@ -108,5 +118,5 @@ export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpLis
     fallbackReason = sys;
     o.logger.warn('udp: batched I/O unavailable, serving UDP with dgram (slower: one recvmsg and one sendmsg per query)', { reason: sys });
   }
-  return { io: 'dgram', fallbackReason, listeners: o.listen.map((a) => new UdpListener(a, o.hitPath, o.logger)), batched: null };
+  return { io: 'dgram', fallbackReason, listeners: o.listen.map((a) => new UdpListener(a, o.hitPath, o.logger, o.dgram)), batched: null };
 }
