@@ -22,7 +22,7 @@ import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
-import { loadSnapshot, writeSnapshot } from './cache/snapshot.js';
+import { CacheSnapshots, SNAPSHOT_COUNTERS } from './cache/snapshot.js';
 import { interceptionPart, interfacePart, type NodePart, type NodeSetupOptions } from './iface/node-setup.js';
 import { setupCounterSchema } from './iface/setup-counters.js';
 import { KubeApi, loadClusterConfig } from './kube/client.js';
@@ -67,7 +67,7 @@ export const AGENT_COUNTERS = defineCounters({
 const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
   'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
-  'metricsListen', 'cacheSnapshot',
+  'metricsListen', 'cacheSnapshot', 'cacheSnapshotIntervalMs',
 ];
 
 export interface ReloadOutcome {
@@ -84,6 +84,8 @@ export class Agent {
   readonly counters: Counters<keyof typeof AGENT_COUNTERS.slot>;
   /** node-cache's coredns_nodecache_setup_errors_total and our repairs: interface and interception. */
   readonly setupCounters: Counters<keyof typeof setupCounterSchema.slot>;
+  /** Cache snapshot writes and loads (published only with --cache-snapshot). */
+  readonly snapshotCounters: Counters<keyof typeof SNAPSHOT_COUNTERS.slot>;
   /** Everything /metrics publishes. */
   readonly metrics: AgentMetrics;
   #config: Config;
@@ -143,6 +145,7 @@ export class Agent {
     });
     this.counters = new Counters(AGENT_COUNTERS);
     this.setupCounters = new Counters(setupCounterSchema);
+    this.snapshotCounters = new Counters(SNAPSHOT_COUNTERS);
     this.#listeners = [];
     this.#parts = new ComponentStack(this.#logger);
     this.#resolver = null;
@@ -431,15 +434,24 @@ export class Agent {
     return this.#ops;
   }
 
-  /** Warm restart: the cache is loaded before the listeners start, and written after they drained. */
+  /**
+   * Warm restart: the cache is loaded before the listeners start, written
+   * every --cache-snapshot-interval while serving (so that a new agent
+   * started beside this one in an upgrade starts warm), and once more after
+   * the listeners drained.
+   */
   #snapshotPart(path: string): Component {
+    this.metrics.add(this.snapshotCounters, false);
+    const snapshots = new CacheSnapshots({
+      cache: this.cache, path, intervalMs: this.#config.cacheSnapshotIntervalMs, clock: this.#clock, logger: this.#logger, counters: this.snapshotCounters,
+    });
     return {
       name: 'cache-snapshot',
       start: async () => {
-        await loadSnapshot(this.cache, path, this.#clock, this.#logger);
+        await snapshots.start();
       },
       stop: async () => {
-        await writeSnapshot(this.cache, path, this.#clock, this.#logger);
+        await snapshots.stop();
       },
     };
   }

@@ -14,8 +14,8 @@ import * as dnsPacket from 'dns-packet';
 import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
 import type { CacheRecord } from '../src/cache/entry.js';
 import {
-  SNAPSHOT_FUTURE_TOLERANCE_MS, SNAPSHOT_HEADER_LEN, SNAPSHOT_SLACK_BYTES, STALE_TEMP_MS, decodeSnapshot, encodeSnapshot, loadSnapshot,
-  writeSnapshot, type SnapshotLoad,
+  CacheSnapshots, SNAPSHOT_COUNTERS, SNAPSHOT_FUTURE_TOLERANCE_MS, SNAPSHOT_HEADER_LEN, SNAPSHOT_SLACK_BYTES, STALE_TEMP_MS, decodeSnapshot, encodeSnapshot,
+  loadSnapshot, writeSnapshot, type SnapshotLoad, type SnapshotWrite,
 } from '../src/cache/snapshot.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { ManualClock } from '../src/clock.js';
@@ -487,4 +487,169 @@ t.test('atomic write: a failed rename cleans up; concurrent writers leave one wh
   await utimes(oldTemp, past, past);
   t.ok((await writeSnapshot(cache, path, clock, silentLogger)).ok);
   t.same((await readdir(dir)).sort(), ['blocked.snap', 'cache.snap', 'cache.snap.tmp-998-cafebabe'], 'the old temp file is removed, the fresh one kept');
+});
+
+// ---------------------------------------------------------------------------
+// Periodic snapshots (--cache-snapshot-interval): written in slices while
+// the agent serves, so that an upgrade's new agent started beside a running
+// one loads a recent cache.
+
+/** Lets the event loop turn once, as a slice of a periodic write does. */
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+function recordsOf(buf: Buffer): CacheRecord[] {
+  const d = decodeSnapshot(buf);
+  if ('reason' in d) throw new Error(`not a snapshot: ${d.detail}`);
+  return d.records;
+}
+
+t.test('a sliced write: the same file as in one go, written across event-loop turns', async (t) => {
+  const dir = await tempDir(t);
+  const clock = new ManualClock();
+  const cache = newCache({ positiveCapacity: 5000, negativeCapacity: 1000 });
+  for (let i = 0; i < 3000; i++) put(cache, clock, `s${i}.example`, 30, i % 5 === 0);
+  clock.advance(1_234);
+  const whole = join(dir, 'whole.snap');
+  const sliced = join(dir, 'sliced.snap');
+  t.match(await writeSnapshot(cache, whole, clock, silentLogger), { ok: true, entries: 3000 });
+  let turns = 0;
+  let done = false;
+  const writing = writeSnapshot(cache, sliced, clock, silentLogger, { sliceEntries: 100, quiet: true }).finally(() => (done = true));
+  for (let i = 0; i < 100_000 && !done; i++) {
+    await turn();
+    turns++;
+  }
+  t.match(await writing, { ok: true, entries: 3000 });
+  t.ok(turns >= 30, `other work ran between the slices: ${turns} turns during the write (3,000 records, 100 per turn)`);
+  t.same(await readFile(sliced), await readFile(whole), 'byte for byte the file written in one go');
+});
+
+t.test('a sliced write while the cache changes between slices: a sound file, each key once', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const cache = newCache({ positiveCapacity: 4000, negativeCapacity: 1000 });
+  for (let i = 0; i < 2000; i++) put(cache, clock, `c${i}.example`, 30);
+  let done = false;
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 50, quiet: true }).finally(() => (done = true));
+  // What the hit path and the miss path do meanwhile: lookups reorder the entries, inserts add and evict.
+  let seed = 7;
+  const rnd = (n: number): number => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n;
+  let changes = 0;
+  for (let i = 0; i < 100_000 && !done; i++) {
+    for (let j = 0; j < 20; j++) cache.lookup(keyOf(`c${rnd(2000)}.example`), clock.now());
+    put(cache, clock, `new${i}.example`, 30);
+    changes++;
+    await turn();
+  }
+  const w = await writing;
+  t.ok(w.ok, 'written');
+  const records = recordsOf(await readFile(path));
+  t.equal(new Set(records.map((r) => r.key)).size, records.length, `each key once (${records.length} records, ${changes} turns of changes)`);
+  const restored = newCache({ positiveCapacity: 8000 });
+  const counts = restored.restore(records, clock.now());
+  t.equal(counts.invalid, 0, 'every record is a sound answer to its key');
+  t.equal(counts.restored, records.length);
+  // Not asserted (the export's walk is the store's business): how much of it made it.
+  t.comment(`${records.length} of ${cache.positiveSize + cache.negativeSize} entries (2,000 before the write, ${changes} added during it)`);
+});
+
+function snapshots(o: { write: (periodic: boolean) => Promise<SnapshotWrite>; intervalMs?: number; clock: ManualClock; logger?: Logger; path?: string }): CacheSnapshots {
+  return new CacheSnapshots({
+    cache: newCache(), path: o.path ?? '/nonexistent/cache.snap', intervalMs: o.intervalMs ?? 1000, clock: o.clock, logger: o.logger ?? silentLogger,
+    counters: new Counters(SNAPSHOT_COUNTERS), write: o.write,
+  });
+}
+
+t.test('periodic writes: one per interval on the clock, a turn skipped while one still runs, the final one after it', async (t) => {
+  const clock = new ManualClock();
+  const calls: boolean[] = [];
+  let release: (() => void) | null = null;
+  const s = snapshots({
+    clock,
+    write: (periodic) => {
+      calls.push(periodic);
+      if (!periodic || calls.length !== 2) return Promise.resolve({ ok: true, entries: calls.length, bytes: 100 });
+      // The second write hangs (a slow disk) until released.
+      return new Promise((resolve) => (release = () => resolve({ ok: true, entries: 2, bytes: 100 })));
+    },
+  });
+  const loaded = await s.start();
+  t.equal(loaded.reason, 'missing', 'nothing to load: a cold start');
+  clock.advance(999);
+  t.same(calls, [], 'nothing before the first interval');
+  clock.advance(1);
+  t.same(calls, [true], 'one periodic write at the interval');
+  await turn();
+  t.equal(s.counters.get('written'), 1);
+  t.equal(s.counters.get('lastEntries'), 1);
+  t.equal(s.counters.get('lastWrittenAt'), clock.wall() / 1000);
+  clock.advance(1000);
+  t.same(calls, [true, true]);
+  t.ok(s.writing, 'the second one hangs');
+  clock.advance(3000);
+  t.same(calls, [true, true], 'no write starts while one runs');
+  t.equal(s.counters.get('skipped'), 3, 'each interval it covered is counted as skipped');
+  const stopping = s.stop();
+  await turn();
+  t.same(calls, [true, true], 'stop waits for the write under way...');
+  release!();
+  const final = await stopping;
+  t.same(calls, [true, true, false], '...then writes the final snapshot, not periodic');
+  t.match(final, { ok: true, entries: 3 });
+  t.equal(s.counters.get('written'), 3);
+  clock.advance(5000);
+  t.same(calls, [true, true, false], 'no periodic writes after stop');
+});
+
+t.test('periodic failures: each counted, logged at most once per window, the recovery said once', async (t) => {
+  const clock = new ManualClock();
+  const log = capture();
+  let failing = true;
+  let calls = 0;
+  const s = snapshots({
+    clock, logger: log.logger, intervalMs: 60_000,
+    write: () => {
+      calls++;
+      return Promise.resolve(failing ? { ok: false, error: 'ENOENT: no such file or directory' } : { ok: true, entries: 5, bytes: 10 });
+    },
+  });
+  await s.start();
+  const warned = (): number => log.lines.filter((l) => l.msg === 'periodic cache snapshot not written; the previous one, if any, is unchanged').length;
+  for (let i = 0; i < 12; i++) {
+    clock.advance(60_000);
+    await turn();
+  }
+  t.equal(calls, 12);
+  t.equal(s.counters.get('failed'), 12, 'every failure counted');
+  t.equal(warned(), 2, 'logged at the first failure and once more when the 10-minute window passed');
+  t.match(log.lines.filter((l) => l.level === 'warn').at(-1), { failuresSinceLastLog: 10, error: 'ENOENT: no such file or directory' });
+  failing = false;
+  clock.advance(60_000);
+  await turn();
+  t.equal(s.counters.get('written'), 1);
+  t.match(log.lines.at(-1), { level: 'info', msg: 'cache snapshot written again', failedBefore: 12 });
+  failing = true;
+  clock.advance(60_000);
+  await turn();
+  t.equal(warned(), 3, 'a new run of failures is logged at once');
+  const thrown = snapshots({ clock, write: () => Promise.reject(new Error('boom')) });
+  await thrown.start();
+  clock.advance(1000);
+  await turn();
+  await turn();
+  t.equal(thrown.counters.get('failed'), 1, 'a write that throws is a counted failure, not an unhandled rejection');
+  await thrown.stop();
+  await s.stop();
+});
+
+t.test('interval 0: only the final write', async (t) => {
+  const clock = new ManualClock();
+  const calls: boolean[] = [];
+  const s = snapshots({ clock, intervalMs: 0, write: (p) => (calls.push(p), Promise.resolve({ ok: true, entries: 0, bytes: 40 })) });
+  await s.start();
+  clock.advance(3_600_000);
+  t.same(calls, []);
+  await s.stop();
+  t.same(calls, [false]);
 });
