@@ -23,6 +23,12 @@ import { scanAnswer } from '../src/dns/answer.js';
 import { parseQuery } from '../src/dns/query.js';
 import { createLogger, silentLogger, type Logger } from '../src/log.js';
 import { Counters } from '../src/stats/counters.js';
+import { Agent } from '../src/agent.js';
+import { loadConfig } from '../src/config.js';
+import { listenersOn, loadReusePort } from '../src/sys/reuseport.js';
+import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { writeResolvConf } from './helpers/agent.js';
+import { sleep, udpQuery } from './helpers/dns-client.js';
 import { a, answer, query, soa, ttlOf } from './kit/dns.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -652,4 +658,104 @@ t.test('interval 0: only the final write', async (t) => {
   t.same(calls, []);
   await s.stop();
   t.same(calls, [false]);
+});
+
+// ---------------------------------------------------------------------------
+// In an agent: an upgrade by surge starts warm; a failing disk does not touch serving.
+
+/** An address of our own in 127/8, so no other test's SO_REUSEPORT socket joins our groups. */
+const SURGE_HOST = `127.0.${180 + (process.pid % 50)}.${1 + (process.pid % 250)}`;
+let surgePort = 24000 + (process.pid % 1000) * 4;
+
+async function agentOn(port: number, args: string[], logger: Logger = silentLogger): Promise<Agent> {
+  const { config } = loadConfig(
+    ['--listen', `${SURGE_HOST}:${port}`, '--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n'), '--no-kube', '--metrics-listen-address', 'off', '--health-port', '0', ...args],
+    { env: {} },
+  );
+  const agent = new Agent(config, { logger });
+  await agent.start();
+  return agent;
+}
+
+/** Whether the snapshot at `path` holds `key` (false while there is none). */
+async function snapshotHas(path: string, key: string): Promise<boolean> {
+  const buf = await readFile(path).catch(() => null);
+  if (buf === null) return false;
+  const d = decodeSnapshot(buf);
+  return !('reason' in d) && d.records.some((r) => r.key === key);
+}
+
+const reuse = await loadReusePort();
+
+t.test('surge: a new agent started beside a running one loads its periodic snapshot and answers before any upstream traffic', { skip: typeof reuse === 'string' ? `koffi: ${reuse}` : false }, async (t) => {
+  const name = 'web.default.svc.cluster.local';
+  const cluster = await SimDnsServer.start({ handler: staticHandler({ [name]: { A: ['10.96.1.10'], ttl: 300 } }, { soaZone: 'cluster.local' }) });
+  t.teardown(() => cluster.close());
+  const path = join(await tempDir(t), 'cache.snapshot');
+  const port = surgePort++;
+  const target = { host: SURGE_HOST, port };
+  const args = ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--cache-snapshot', path, '--cache-snapshot-interval', '100ms'];
+  const oldAgent = await agentOn(port, args);
+  let oldStopped = false;
+  t.teardown(() => (oldStopped ? undefined : oldAgent.stop(0)));
+  t.same((await udpQuery(target, name)).answers?.map((r) => (r as { data?: unknown }).data), ['10.96.1.10'], 'the old agent asks upstream once');
+  const asked = cluster.stats.byName.get(name) ?? 0;
+  t.equal(asked, 1);
+  for (let i = 0; i < 200 && !(await snapshotHas(path, keyOf(name))); i++) await sleep(50);
+  t.ok(await snapshotHas(path, keyOf(name)), 'a periodic snapshot of the running agent holds the name');
+  t.ok(oldAgent.snapshotCounters.get('written') >= 1, `written by the periodic writer (${oldAgent.snapshotCounters.get('written')} so far)`);
+
+  await cluster.close();
+  const newAgent = await agentOn(port, args);
+  t.teardown(() => newAgent.stop(0));
+  t.equal(listenersOn(target), 2, 'bound beside the old one (SO_REUSEPORT)');
+  t.ok(newAgent.snapshotCounters.get('loaded') >= 1, 'and loaded the periodic snapshot, while the old agent still runs');
+  for (let i = 0; i < 10; i++) t.same((await udpQuery(target, name, { id: 100 + i })).answers?.map((r) => (r as { data?: unknown }).data), ['10.96.1.10'], `both serve it (query ${i})`);
+  await oldAgent.stop(1000);
+  oldStopped = true;
+  const hits = newAgent.cache.counters.get('hitPositive');
+  const warm = await udpQuery(target, name, { id: 7 });
+  t.same(warm.answers?.map((r) => (r as { data?: unknown }).data), ['10.96.1.10'], 'the old agent gone, the new one answers');
+  t.equal(newAgent.cache.counters.get('hitPositive'), hits + 1, 'from its cache');
+  t.ok(ttlOf(warm.answers![0]!)! < 300, 'with the remaining TTL');
+  t.equal(cluster.stats.byName.get(name) ?? 0, asked, 'and the cluster DNS was never asked again');
+});
+
+t.test('a periodic write that fails (directory removed) does not touch serving; counted, logged once, recovery said', async (t) => {
+  const name = 'web.default.svc.cluster.local';
+  const cluster = await SimDnsServer.start({ handler: staticHandler({ [name]: { A: ['10.96.1.10'], ttl: 300 } }, { soaZone: 'cluster.local' }) });
+  t.teardown(() => cluster.close());
+  const dir = join(await tempDir(t), 'state');
+  await mkdir(dir);
+  const path = join(dir, 'cache.snapshot');
+  const log = capture();
+  const port = surgePort++;
+  const agent = await agentOn(port, ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--cache-snapshot', path, '--cache-snapshot-interval', '100ms'], log.logger);
+  const target = { host: SURGE_HOST, port };
+  t.teardown(() => agent.stop(0));
+  const c = agent.snapshotCounters;
+  for (let i = 0; i < 200 && c.get('written') === 0; i++) await sleep(50);
+  t.ok(c.get('written') >= 1, 'writing');
+  await rm(dir, { recursive: true, force: true });
+  const failedBefore = c.get('failed');
+  let answered = 0;
+  let asked = 0;
+  for (let i = 0; i < 200 && c.get('failed') < failedBefore + 3; i++) {
+    asked++;
+    const r = await udpQuery(target, i % 2 === 0 ? name : `n${i}.default.svc.cluster.local`, { id: i });
+    const rcode = (r.flags ?? 0) & 0xf;
+    if (rcode === 0 || rcode === 3) answered++;
+    await sleep(20);
+  }
+  t.ok(c.get('failed') >= failedBefore + 3, `writes failing: ${c.get('failed')}`);
+  t.equal(answered, asked, `every query answered meanwhile (${asked}, hits and misses)`);
+  const warned = log.lines.filter((l) => l.msg === 'periodic cache snapshot not written; the previous one, if any, is unchanged');
+  t.equal(warned.length, 1, 'one warning for the whole run of failures');
+  t.match(warned[0], { level: 'warn', path, error: /ENOENT/ });
+  await mkdir(dir);
+  const writtenBefore = c.get('written');
+  for (let i = 0; i < 200 && c.get('written') === writtenBefore; i++) await sleep(50);
+  t.ok(c.get('written') > writtenBefore, 'written again once the directory is back');
+  t.match(log.lines.find((l) => l.msg === 'cache snapshot written again'), { level: 'info', path });
+  t.ok(await snapshotHas(path, keyOf(name)));
 });
