@@ -4,7 +4,7 @@
  */
 import type { Endpoint } from './loadgen.js';
 import { parsePhases } from './phases.js';
-import { isLoopback, parseEndpoint } from './targets.js';
+import { BUILTIN_PEERS, builtinPeerCommands, ceilingCommand, isLoopback, parseEndpoint, type BuiltinPeer } from './targets.js';
 import { WORKLOADS, WORKLOAD_NAMES, type WorkloadName } from './workloads.js';
 
 export class UsageError extends Error {
@@ -18,8 +18,10 @@ export interface UpstreamOptions {
   readonly port: number;
 }
 
-/** Built-in targets: the agent, the agent with --local-negative, and the simulator itself. */
+/** Built-in targets: the agent, the agent with --local-negative, and the simulator itself. (`ceiling` is accepted too: it runs as a started peer.) */
 export const BUILTIN_TARGETS = ['agent', 'agent+localneg', 'direct'] as const;
+/** The bare dgram responder (bench/sim/ceiling.ts), named in --targets, started as a peer command. */
+export const CEILING_TARGET = 'ceiling';
 export type BuiltinTarget = (typeof BUILTIN_TARGETS)[number];
 /** Extra agent arguments of each agent variant (on top of --agent-arg). */
 export const AGENT_VARIANTS: Readonly<Record<Exclude<BuiltinTarget, 'direct'>, readonly string[]>> = {
@@ -34,7 +36,10 @@ export interface BenchOptions {
   readonly target: Endpoint | null;
   readonly targetPid: number | null;
   readonly peers: ReadonlyArray<{ readonly name: string; readonly endpoint: Endpoint }>;
+  /** --peer-cmd, then the built-in ones (--targets ceiling, --peers) as commands. */
   readonly peerCmds: ReadonlyArray<{ readonly name: string; readonly command: string }>;
+  /** Said when the run starts and kept with its warnings (a --peers binary not installed). */
+  readonly notes: readonly string[];
   readonly agentPath: string | null;
   readonly agentArgs: readonly string[];
   readonly readyTimeoutMs: number;
@@ -104,7 +109,8 @@ const SPECS: readonly Spec[] = [
   { group: 'General', name: 'no-summary', help: 'do not write DIR/summary/latest.md after a full run (one that ran at least the default workloads, not --quick)' },
   { group: 'General', name: 'quiet', help: 'only print the final table' },
 
-  { group: 'Targets', name: 'targets', arg: 'LIST', def: 'agent,direct', help: 'built-in targets: agent (started against the simulator, watching its fake API server), agent+localneg (the same with --local-negative) and direct (straight to the simulator)' },
+  { group: 'Targets', name: 'targets', arg: 'LIST', def: 'agent,direct', help: 'built-in targets: agent (started against the simulator, watching its fake API server), agent+localneg (the same with --local-negative), direct (straight to the simulator) and ceiling (a bare Node dgram responder that patches the id of a stored answer: what any Node dgram server pays per query)' },
+  { group: 'Targets', name: 'peers', arg: 'LIST', help: `also start these as caches in front of the simulator, each with a generated config, when installed (skipped with a warning when not): ${BUILTIN_PEERS.join(', ')}` },
   { group: 'Targets', name: 'target', arg: 'ADDR:PORT', help: 'measure this address instead of starting the agent (label "target"); it must use the simulator as upstream (see --cluster-port/--external-port)' },
   { group: 'Targets', name: 'target-pid', arg: 'PID', help: 'process of --target to charge CPU and memory to' },
   { group: 'Targets', name: 'peer', arg: 'NAME=ADDR:PORT', repeat: true, help: 'also measure a server already running at ADDR:PORT (repeatable)' },
@@ -230,7 +236,13 @@ function collect(argv: readonly string[]): Map<string, string[]> {
   return out;
 }
 
-export function parseOptions(argv: readonly string[]): BenchOptions {
+/** What parseOptions looks up outside the arguments (tests replace it). */
+export interface OptionsEnv {
+  /** Where a --peers binary is; null: not installed. */
+  readonly findBinary?: (name: string) => string | null;
+}
+
+export function parseOptions(argv: readonly string[], env: OptionsEnv = {}): BenchOptions {
   const given = collect(argv);
   const quick = given.has('quick');
   const raw = (name: string): string | undefined => {
@@ -261,9 +273,15 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
   });
   if (workloads.length === 0) throw new UsageError('--workloads: empty');
 
-  const builtinTargets = list('targets').map((t) => {
-    if (!(BUILTIN_TARGETS as readonly string[]).includes(t)) throw new UsageError(`--targets: expected some of ${BUILTIN_TARGETS.join(', ')}, got ${JSON.stringify(t)}`);
+  const targetNames = list('targets');
+  const ceiling = targetNames.includes(CEILING_TARGET);
+  const builtinTargets = targetNames.filter((t) => t !== CEILING_TARGET).map((t) => {
+    if (!(BUILTIN_TARGETS as readonly string[]).includes(t)) throw new UsageError(`--targets: expected some of ${[...BUILTIN_TARGETS, CEILING_TARGET].join(', ')}, got ${JSON.stringify(t)}`);
     return t as BuiltinTarget;
+  });
+  const builtinPeers = list('peers').map((p) => {
+    if (!(BUILTIN_PEERS as readonly string[]).includes(p)) throw new UsageError(`--peers: expected some of ${BUILTIN_PEERS.join(', ')}, got ${JSON.stringify(p)}`);
+    return p as BuiltinPeer;
   });
 
   const named = (name: string): Array<{ name: string; value: string }> =>
@@ -287,6 +305,11 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     return { name: p.name, command: p.value };
   });
   const target = given.has('target') ? endpoint('target', str('target')) : null;
+  const domain = str('cluster-domain').toLowerCase().replace(/\.$/, '');
+  if (!/^[a-z0-9-]+(\.[a-z0-9-]+)*$/.test(domain)) throw new UsageError('--cluster-domain: not a domain name');
+  const started = builtinPeerCommands(builtinPeers, domain, env.findBinary);
+  if (ceiling) peerCmds.push({ name: CEILING_TARGET, command: ceilingCommand(domain) });
+  peerCmds.push(...started.commands);
   const names = [...(target !== null ? ['target'] : builtinTargets), ...peers.map((p) => p.name), ...peerCmds.map((p) => p.name)];
   const dup = names.find((n, i) => names.indexOf(n) !== i);
   if (dup !== undefined) throw new UsageError(`two targets are named ${JSON.stringify(dup)}`);
@@ -336,8 +359,6 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
   }
   const outage = str('fallback-outage');
   if (outage !== 'stop' && outage !== 'blackhole') throw new UsageError('--fallback-outage: expected stop or blackhole');
-  const domain = str('cluster-domain').toLowerCase().replace(/\.$/, '');
-  if (!/^[a-z0-9-]+(\.[a-z0-9-]+)*$/.test(domain)) throw new UsageError('--cluster-domain: not a domain name');
 
   return {
     quick,
@@ -347,6 +368,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     targetPid,
     peers,
     peerCmds,
+    notes: started.notes,
     agentPath: given.has('agent') ? str('agent') : null,
     agentArgs: given.get('agent-arg') ?? [],
     readyTimeoutMs: num('ready-timeout', 0.1, 600) * 1000,

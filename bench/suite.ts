@@ -96,10 +96,12 @@ function resolvePins(opts: BenchOptions, cores: number, hasTaskset: boolean, war
 export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOutcome> {
   const startedAt = new Date().toISOString();
   const env = environment();
-  const warnings: string[] = [];
+  // Notes from the options (a --peers binary not installed) are warnings of the run.
+  const warnings: string[] = [...opts.notes];
   const say = (s: string): void => {
     if (!opts.quiet) io.log(s);
   };
+  for (const n of opts.notes) say(`bench: warning: ${n}`);
   if (opts.driver === 'dnsperf' && env.dnsperf === null) {
     throw new UsageError('--driver dnsperf: dnsperf is not installed (not found on PATH). Install it (e.g. apt-get install dnsperf) or use --driver node.');
   }

@@ -8,9 +8,10 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
-import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Endpoint } from './loadgen.js';
 import type { SimProcess } from './sim/control.js';
 
@@ -137,7 +138,7 @@ function logTail(file: string | null): string {
   }
 }
 
-function shellQuote(s: string): string {
+export function shellQuote(s: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
@@ -368,4 +369,101 @@ export function directTarget(sim: SimProcess): Target {
     stop: () => Promise.resolve(),
     killNow: () => {},
   };
+}
+
+// ---------------------------------------------------------------- built-in peers: ceiling, unbound, dnsmasq
+
+/** Peers the harness knows how to start and configure (--peers). */
+export const BUILTIN_PEERS = ['unbound', 'dnsmasq'] as const;
+export type BuiltinPeer = (typeof BUILTIN_PEERS)[number];
+
+/** Where daemons live on Debian and most distributions; often not on a non-root PATH. */
+const SBIN_DIRS = ['/usr/sbin', '/usr/local/sbin', '/sbin'];
+
+/** The executable `name` on PATH or in the sbin directories, or null. */
+export function findBinary(name: string): string | null {
+  const dirs = [...(process.env.PATH ?? '').split(path.delimiter).filter((d) => d !== ''), ...SBIN_DIRS];
+  for (const dir of dirs) {
+    const p = path.join(dir, name);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      /* keep looking */
+    }
+  }
+  return null;
+}
+
+/**
+ * The `ceiling` target as a peer command: bench/sim/ceiling.ts (a bare
+ * `dgram` responder that patches the id of a stored answer), run by this
+ * Node the way this module runs (TypeScript under the test runner,
+ * JavaScript from dist/).
+ */
+export function ceilingCommand(clusterDomain: string): string {
+  const self = fileURLToPath(import.meta.url);
+  const script = path.join(path.dirname(self), 'sim', `ceiling${path.extname(self)}`);
+  const node = [process.execPath, ...process.execArgv, script].map(shellQuote).join(' ');
+  return `exec ${node} --host {host} --port {port} --cluster-host {clusterHost} --cluster-port {clusterPort} --external-host {externalHost} --external-port {externalPort} --cluster-domain ${shellQuote(clusterDomain)}`;
+}
+
+/**
+ * Peer commands for unbound and dnsmasq as caches in front of the simulator,
+ * in the --peer-cmd template language: the cluster zone and the reverse
+ * zones to the simulated kube-dns, everything else to the simulated host
+ * resolver, on {host}:{port}. Caches sized like the agent's defaults
+ * (9,984 + 9,984 entries, 64 MiB): dnsmasq 10,000 names, unbound 32 MiB of
+ * messages + 32 MiB of RRsets. One thread each (the agent's dgram backend
+ * is one thread). Neither reads the machine's configuration or resolv.conf.
+ */
+export function peerCommand(peer: BuiltinPeer, binary: string, clusterDomain: string): string {
+  const domain = clusterDomain.replace(/\.$/, '');
+  if (peer === 'dnsmasq') {
+    return [
+      'exec', shellQuote(binary), '--keep-in-foreground', '--conf-file=/dev/null', '--no-resolv', '--no-hosts', '--bind-interfaces',
+      '--listen-address={host}', '--port={port}', '--pid-file={dir}/dnsmasq.pid', '--log-facility=-',
+      `--server=/${domain}/{clusterHost}#{clusterPort}`, '--server=/in-addr.arpa/{clusterHost}#{clusterPort}', '--server=/ip6.arpa/{clusterHost}#{clusterPort}',
+      '--server={externalHost}#{externalPort}', '--cache-size=10000', '--dns-forward-max=4096',
+    ].join(' ');
+  }
+  const conf = [
+    'server:',
+    '  interface: {host}', '  port: {port}', '  do-daemonize: no', '  username: ""', '  chroot: ""', '  directory: "{dir}"', '  pidfile: ""',
+    '  use-syslog: no', '  logfile: ""', '  verbosity: 0', '  num-threads: 1',
+    '  access-control: 127.0.0.0/8 allow', '  access-control: ::1 allow',
+    // The simulator is on loopback, which unbound refuses to query by default.
+    '  do-not-query-localhost: no', '  module-config: "iterator"', '  qname-minimisation: no',
+    '  msg-cache-size: 32m', '  rrset-cache-size: 32m',
+    // Socket buffers like the agent's, and room for dnsperf's outstanding queries: without them unbound drops bursts.
+    '  so-rcvbuf: 4m', '  so-sndbuf: 4m', '  num-queries-per-thread: 4096',
+    // unbound answers these itself by default (RFC 6762 .local, RFC 6303 private reverse zones).
+    ...(domain === 'local' || domain.endsWith('.local') ? ['  local-zone: "local." nodefault'] : []),
+    '  local-zone: "10.in-addr.arpa." nodefault',
+    'remote-control:', '  control-enable: no',
+    'forward-zone:', `  name: "${domain}."`, '  forward-addr: {clusterHost}@{clusterPort}',
+    'forward-zone:', '  name: "in-addr.arpa."', '  forward-addr: {clusterHost}@{clusterPort}',
+    'forward-zone:', '  name: "ip6.arpa."', '  forward-addr: {clusterHost}@{clusterPort}',
+    'forward-zone:', '  name: "."', '  forward-addr: {externalHost}@{externalPort}',
+  ];
+  return `printf '%s\\n' ${conf.map(shellQuote).join(' ')} > {dir}/unbound.conf && exec ${shellQuote(binary)} -d -c {dir}/unbound.conf`;
+}
+
+/**
+ * The peer commands for --peers: each peer whose binary is found, and a
+ * note for each one skipped. `find` is for tests.
+ */
+export function builtinPeerCommands(
+  peers: readonly BuiltinPeer[],
+  clusterDomain: string,
+  find: (name: string) => string | null = findBinary,
+): { commands: Array<{ name: string; command: string }>; notes: string[] } {
+  const commands: Array<{ name: string; command: string }> = [];
+  const notes: string[] = [];
+  for (const p of peers) {
+    const bin = find(p);
+    if (bin === null) notes.push(`--peers ${p}: not installed (${p} not found on PATH or in ${SBIN_DIRS.join(', ')}); skipped`);
+    else commands.push({ name: p, command: peerCommand(p, bin, clusterDomain) });
+  }
+  return { commands, notes };
 }

@@ -22,7 +22,7 @@ import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
-import { loadSnapshot, writeSnapshot } from './cache/snapshot.js';
+import { CacheSnapshots, loadSnapshot, SNAPSHOT_COUNTERS } from './cache/snapshot.js';
 import { interceptionPart, interfacePart, type NodePart, type NodeSetupOptions } from './iface/node-setup.js';
 import { setupCounterSchema } from './iface/setup-counters.js';
 import { KubeApi, loadClusterConfig } from './kube/client.js';
@@ -71,7 +71,7 @@ export const AGENT_COUNTERS = defineCounters({
 const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
   'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
-  'metricsListen', 'cacheSnapshot', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName', 'io', 'workers',
+  'metricsListen', 'cacheSnapshot', 'cacheSnapshotIntervalMs', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName', 'io', 'workers',
 ];
 
 export interface ReloadOutcome {
@@ -88,6 +88,8 @@ export class Agent {
   readonly counters: Counters<keyof typeof AGENT_COUNTERS.slot>;
   /** node-cache's coredns_nodecache_setup_errors_total and our repairs: interface and interception. */
   readonly setupCounters: Counters<keyof typeof setupCounterSchema.slot>;
+  /** Cache snapshot writes and loads (published only with --cache-snapshot). */
+  readonly snapshotCounters: Counters<keyof typeof SNAPSHOT_COUNTERS.slot>;
   /** Everything /metrics publishes. */
   readonly metrics: AgentMetrics;
   #config: Config;
@@ -158,6 +160,7 @@ export class Agent {
     });
     this.counters = new Counters(AGENT_COUNTERS);
     this.setupCounters = new Counters(setupCounterSchema);
+    this.snapshotCounters = new Counters(SNAPSHOT_COUNTERS);
     this.#listeners = [];
     this.#batched = null;
     this.#udpIo = null;
@@ -552,19 +555,28 @@ export class Agent {
     return this.#ops;
   }
 
-  /** Warm restart: the cache is loaded before the listeners start, and written after they drained. */
+  /**
+   * Warm restart: the cache is loaded before the listeners start, written
+   * every --cache-snapshot-interval while serving (so that a new agent
+   * started beside this one in an upgrade starts warm), and once more after
+   * the listeners drained.
+   */
   #snapshotPart(path: string): Component {
+    this.metrics.add(this.snapshotCounters, false);
+    const shared = this.#batched?.sharedCache ?? null;
+    const snapshots = new CacheSnapshots({
+      cache: shared ?? this.cache, path, intervalMs: this.#config.cacheSnapshotIntervalMs, clock: this.#clock, logger: this.#logger, counters: this.snapshotCounters,
+    });
     return {
       name: 'cache-snapshot',
       // Batched: every upstream answer (the workers' and TCP's) passes through the shared cache behind the workers, so
       // that is what is written; a load fills it and TCP's cache, and each worker's first miss on a name is answered from it.
       start: async () => {
-        await loadSnapshot(this.cache, path, this.#clock, this.#logger);
-        const shared = this.#batched?.sharedCache ?? null;
-        if (shared !== null) await loadSnapshot(shared, path, this.#clock, this.#logger);
+        if (shared !== null) await loadSnapshot(this.cache, path, this.#clock, this.#logger);
+        await snapshots.start();
       },
       stop: async () => {
-        await writeSnapshot(this.#batched?.sharedCache ?? this.cache, path, this.#clock, this.#logger);
+        await snapshots.stop();
       },
     };
   }

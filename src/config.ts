@@ -100,6 +100,8 @@ export interface Config {
   readonly healthPort: number;
   /** Warm restart file; '' = off. */
   readonly cacheSnapshot: string;
+  /** ms between snapshots written while serving (with cacheSnapshot); 0: only at shutdown. */
+  readonly cacheSnapshotIntervalMs: number;
   /** /metrics; null = off. */
   readonly metricsListen: ServerAddress | null;
   readonly logLevel: LogLevel;
@@ -221,6 +223,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   {
     flag: 'cache-snapshot', kind: 'string', def: undefined,
     help: 'file the cache is written to on shutdown and loaded from at start (warm restart: hits in the first second); an absolute path; off by default',
+  },
+  {
+    flag: 'cache-snapshot-interval', kind: 'duration', def: '60s', min: 0, max: 86_400_000,
+    help: 'with --cache-snapshot, also write it this often while serving (in slices, without stalling hits), so that an upgrade\'s new agent started beside this one loads a recent cache; 0 = only on shutdown',
   },
   {
     flag: 'metrics-listen-address', kind: 'string', def: undefined,
@@ -625,6 +631,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     healthPort: int('health-port'),
     metricsListen: metricsListen(str('metrics-listen-address'), listen),
     cacheSnapshot: snapshotPath(str('cache-snapshot')),
+    cacheSnapshotIntervalMs: duration('cache-snapshot-interval', true),
     logLevel: logLevel as LogLevel,
     queryLogEvery: sampleEvery(str('query-log-sample')!),
     metricsByNamespace,

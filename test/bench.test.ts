@@ -28,7 +28,7 @@ import {
   answerPacket, combinedZoneHandler, expectedAnswer, listedServices, nameExists, zoneOf,
 } from '../bench/sim/zones.js';
 import { fallbackNotes, localTtlOf, runBench } from '../bench/suite.js';
-import { probe } from '../bench/targets.js';
+import { findBinary, probe } from '../bench/targets.js';
 import { makeTemplate, renderName, writeUnique } from '../bench/wire.js';
 import { Rng, Zipf, fallbackWorkload, podSearchList, searchCandidates, type LookupPlan, type Workload, type WorkloadParams } from '../bench/workloads.js';
 
@@ -445,6 +445,73 @@ t.test('--quick end to end: direct, a --peer-cmd, a wrong peer', async (t) => {
   t.ok(existsSync(res.reports.summary));
   t.equal(res.reports.publishedSummary, null, 'a quick run does not publish a summary');
   t.notOk(existsSync(path.join(out, 'summary')));
+});
+
+t.test('options: --targets ceiling and --peers become started peers; a peer not installed is skipped with a note', async (t) => {
+  const none = (): null => null;
+  const c = parseOptions(['--targets', 'direct,ceiling'], { findBinary: none });
+  t.same(c.builtinTargets, ['direct'], 'ceiling is not an agent variant');
+  t.same(c.peerCmds.map((p) => p.name), ['ceiling']);
+  t.match(c.peerCmds[0]?.command, /sim[/\\]ceiling\.(ts|js).* --port \{port\}.*--cluster-domain cluster\.local/);
+  t.same(c.notes, []);
+  const skipped = parseOptions(['--targets', 'direct', '--peers', 'unbound,dnsmasq'], { findBinary: none });
+  t.same(skipped.peerCmds, [], 'nothing to start');
+  t.equal(skipped.notes.length, 2);
+  t.match(skipped.notes[0], /--peers unbound: not installed.*skipped/);
+  t.match(skipped.notes[1], /--peers dnsmasq: not installed.*skipped/);
+  const found = parseOptions(['--targets', 'agent', '--peers', 'dnsmasq,unbound', '--cluster-domain', 'k8s.example'], { findBinary: (n) => `/opt/bin/${n}` });
+  t.same(found.peerCmds.map((p) => p.name), ['dnsmasq', 'unbound']);
+  const [dnsmasq, unbound] = found.peerCmds;
+  t.match(dnsmasq?.command, /^exec \/opt\/bin\/dnsmasq .*--conf-file=\/dev\/null --no-resolv --no-hosts .*--listen-address=\{host\} --port=\{port\}/, 'dnsmasq: none of the machine\'s config or resolvers');
+  t.match(dnsmasq?.command, /--server=\/k8s\.example\/\{clusterHost\}#\{clusterPort\} .*--server=\{externalHost\}#\{externalPort\} --cache-size=10000/);
+  t.match(unbound?.command, /forward-zone:.*name: "k8s\.example\.".*forward-addr: \{clusterHost\}@\{clusterPort\}.*name: "\.".*forward-addr: \{externalHost\}@\{externalPort\}/);
+  t.match(unbound?.command, /do-not-query-localhost: no/);
+  t.match(unbound?.command, /exec \/opt\/bin\/unbound -d -c \{dir\}\/unbound\.conf$/);
+  t.throws(() => parseOptions(['--peers', 'bind9']), { name: 'UsageError' });
+  t.throws(() => parseOptions(['--targets', 'direct', '--peers', 'dnsmasq', '--peer-cmd', 'dnsmasq=x {port}'], { findBinary: (n) => `/opt/bin/${n}` }), /two targets are named "dnsmasq"/);
+});
+
+t.test('--quick: the ceiling answers right from stored answers; a --peers binary missing is a warning, not a failure', async (t) => {
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  const argv = ['--quick', '--workloads', 'hit', '--targets', 'direct,ceiling', '--peers', 'unbound,dnsmasq', '--host', HOST, '--out', out];
+  const logs: string[] = [];
+  const res = await runBench(parseOptions(argv, { findBinary: () => null }), { log: (l) => logs.push(l), signal: new AbortController().signal, argv });
+  t.equal(res.exitCode, 0, 'every answer right');
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  t.same(json.targets.map((x) => x.name), ['direct', 'ceiling'], 'the missing peers were not started');
+  t.ok(json.targets.find((x) => x.name === 'ceiling')?.pid, 'the ceiling is a started process (CPU accounted)');
+  for (const p of ['unbound', 'dnsmasq']) {
+    t.ok(json.warnings.some((w) => w.includes(`--peers ${p}: not installed`)), `${p}: a warning in the results`);
+    t.ok(logs.some((l) => l.includes(`--peers ${p}: not installed`)), `${p}: and said at the start`);
+  }
+  const runs = json.runs.filter((x) => x.target === 'ceiling');
+  t.ok(runs.length > 0);
+  for (const r of runs) {
+    t.ok(r.queries.answered > 0, `${r.mode}: answered ${r.queries.answered}`);
+    t.equal(r.queries.wrong, 0, `${r.mode}: checked, none wrong (the simulator's answers)`);
+    t.equal(r.queries.timeouts, 0, `${r.mode}: none lost`);
+    const up = r.upstreamQueries;
+    t.equal((up?.cluster ?? 0) + (up?.external ?? 0), 0, `${r.mode}: warmed names never go upstream again (stored answers, id patched)`);
+  }
+});
+
+const installedPeers = (['unbound', 'dnsmasq'] as const).filter((p) => findBinary(p) !== null);
+
+t.test('--quick: unbound and dnsmasq, as installed, start from their generated configs and answer right', { skip: installedPeers.length === 0 ? 'neither unbound nor dnsmasq is installed' : false }, async (t) => {
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  const argv = ['--quick', '--workloads', 'hit,negative', '--targets', '', '--peers', installedPeers.join(','), '--host', HOST, '--out', out];
+  const res = await runBench(parseOptions(argv), { log: () => {}, signal: new AbortController().signal, argv });
+  t.equal(res.exitCode, 0);
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  t.same(json.targets.map((x) => x.name), installedPeers);
+  for (const r of json.runs) {
+    t.ok(r.queries.answered > 0 && r.queries.wrong === 0 && r.queries.timeouts === 0, `${r.workload}/${r.target}/${r.mode}: ${r.queries.answered} answered, none wrong or lost`);
+  }
+  for (const p of installedPeers) {
+    const hit = json.runs.find((x) => x.workload === 'hit' && x.target === p && x.mode === 'closed');
+    const up = hit?.upstreamQueries;
+    t.ok((up?.cluster ?? 0) + (up?.external ?? 0) < (hit?.queries.answered ?? 0) / 10, `${p}: a cache (hits mostly not sent upstream: ${JSON.stringify(up)})`);
+  }
 });
 
 const AGENT = path.join(ROOT, 'dist', 'src', 'main.js');

@@ -9,6 +9,23 @@
 // the two kernel behaviours the drain relies on (a connected UDP member is
 // skipped by the group and keeps its queue; a cBPF "return 1" sends every new
 // connection to the second listener), and the fallback without koffi.
+//
+// Caveats these tests do not cover (docs/install.md, "Upgrading"):
+// - Three generations (a rollout during a rollout): the steering program
+//   belongs to the whole SO_REUSEPORT group and picks a member by index. When
+//   the oldest member closes, the kernel moves the last socket into its slot,
+//   so a middle agent that pauses after that steers to index count-1, which is
+//   itself: its TCP drain then runs to the end of its grace and the
+//   connections still queued are reset. UDP is unaffected (a paused member is
+//   connected away from the group, whatever the indexes).
+// - A ManualClock: both drains count quiet sweeps of the listener's clock
+//   (UDP: one after connect(); TCP: DRAIN_QUIET_SWEEPS with an empty accept
+//   queue), and a ManualClock sweeps only when advanced. An agent on one, with
+//   a successor beside it, is drained only if the test advances the clock
+//   while stop() runs; otherwise stop() waits out the whole grace (its
+//   deadline is real time). Alone, pause() closes at once and nothing waits.
+//   So agents that hand over run on the system clock, as here and in
+//   test/snapshot.test.ts ("surge").
 import t, { type Test } from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';

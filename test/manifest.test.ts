@@ -278,9 +278,15 @@ for (const v of variants) {
     t.equal(pod.initContainers, undefined, 'no init containers');
     t.equal(pod.containers?.length, 1, 'one container');
 
-    // Rolling update: surge one, never unavailable (SO_REUSEPORT handover).
-    // Surge waits for the SO_REUSEPORT handover: without it a surge pod cannot bind port 53 and the rollout stalls.
-    t.same(ds.spec?.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 0, maxUnavailable: '10%' } });
+    // Rolling update: surge one, never unavailable. The new pod binds beside the old one (SO_REUSEPORT,
+    // test/handover.test.ts) and starts warm from the old one's periodic snapshot (test/snapshot.test.ts).
+    t.same(ds.spec?.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    t.equal(pod.hostNetwork, true, 'host network: the surge pod shares the node\'s addresses with the old one');
+    t.not(argValue(c, 'reuse-port'), 'false', 'SO_REUSEPORT not turned off (the surge pod binds beside the old one)');
+    t.notOk((c.args ?? []).includes('--no-reuse-port'), 'no --no-reuse-port');
+    const interval = argValue(c, 'cache-snapshot-interval');
+    t.ok(interval !== undefined && (parseDuration(interval) ?? 0) > 0, `periodic snapshots on (--cache-snapshot-interval ${interval}): the surge pod loads the running one's`);
+    t.ok((ds.spec?.minReadySeconds ?? 0) >= 10, 'the old pod stays until the new one has been ready a while (its probe may reach the old agent until it binds)');
 
     // No ports anywhere: with hostNetwork they are host ports and would keep the surge pod off its node.
     for (const ctr of [...(pod.containers ?? []), ...(pod.initContainers ?? [])]) t.ok(ctr.ports === undefined || ctr.ports.length === 0, `no ports on ${ctr.name}`);

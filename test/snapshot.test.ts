@@ -14,8 +14,8 @@ import * as dnsPacket from 'dns-packet';
 import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
 import type { CacheRecord } from '../src/cache/entry.js';
 import {
-  SNAPSHOT_FUTURE_TOLERANCE_MS, SNAPSHOT_HEADER_LEN, SNAPSHOT_SLACK_BYTES, STALE_TEMP_MS, decodeSnapshot, encodeSnapshot, loadSnapshot,
-  writeSnapshot, type SnapshotLoad,
+  CacheSnapshots, SNAPSHOT_COUNTERS, SNAPSHOT_FUTURE_TOLERANCE_MS, SNAPSHOT_HEADER_LEN, SNAPSHOT_SLACK_BYTES, STALE_TEMP_MS, decodeSnapshot, encodeSnapshot,
+  loadSnapshot, writeSnapshot, type SnapshotLoad, type SnapshotWrite,
 } from '../src/cache/snapshot.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { ManualClock } from '../src/clock.js';
@@ -23,6 +23,12 @@ import { scanAnswer } from '../src/dns/answer.js';
 import { parseQuery } from '../src/dns/query.js';
 import { createLogger, silentLogger, type Logger } from '../src/log.js';
 import { Counters } from '../src/stats/counters.js';
+import { Agent } from '../src/agent.js';
+import { loadConfig } from '../src/config.js';
+import { listenersOn, loadReusePort } from '../src/sys/reuseport.js';
+import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { writeResolvConf } from './helpers/agent.js';
+import { sleep, udpQuery } from './helpers/dns-client.js';
 import { a, answer, query, soa, ttlOf } from './kit/dns.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -487,4 +493,269 @@ t.test('atomic write: a failed rename cleans up; concurrent writers leave one wh
   await utimes(oldTemp, past, past);
   t.ok((await writeSnapshot(cache, path, clock, silentLogger)).ok);
   t.same((await readdir(dir)).sort(), ['blocked.snap', 'cache.snap', 'cache.snap.tmp-998-cafebabe'], 'the old temp file is removed, the fresh one kept');
+});
+
+// ---------------------------------------------------------------------------
+// Periodic snapshots (--cache-snapshot-interval): written in slices while
+// the agent serves, so that an upgrade's new agent started beside a running
+// one loads a recent cache.
+
+/** Lets the event loop turn once, as a slice of a periodic write does. */
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+function recordsOf(buf: Buffer): CacheRecord[] {
+  const d = decodeSnapshot(buf);
+  if ('reason' in d) throw new Error(`not a snapshot: ${d.detail}`);
+  return d.records;
+}
+
+t.test('a sliced write: the same file as in one go, written across event-loop turns', async (t) => {
+  const dir = await tempDir(t);
+  const clock = new ManualClock();
+  const cache = newCache({ positiveCapacity: 5000, negativeCapacity: 1000 });
+  for (let i = 0; i < 3000; i++) put(cache, clock, `s${i}.example`, 30, i % 5 === 0);
+  clock.advance(1_234);
+  const whole = join(dir, 'whole.snap');
+  const sliced = join(dir, 'sliced.snap');
+  t.match(await writeSnapshot(cache, whole, clock, silentLogger), { ok: true, entries: 3000 });
+  let turns = 0;
+  let done = false;
+  const writing = writeSnapshot(cache, sliced, clock, silentLogger, { sliceEntries: 100, quiet: true }).finally(() => (done = true));
+  for (let i = 0; i < 100_000 && !done; i++) {
+    await turn();
+    turns++;
+  }
+  t.match(await writing, { ok: true, entries: 3000 });
+  t.ok(turns >= 30, `other work ran between the slices: ${turns} turns during the write (3,000 records, 100 per turn)`);
+  t.same(await readFile(sliced), await readFile(whole), 'byte for byte the file written in one go');
+});
+
+t.test('a sliced write while the cache changes between slices: a sound file, each key once', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const cache = newCache({ positiveCapacity: 4000, negativeCapacity: 1000 });
+  for (let i = 0; i < 2000; i++) put(cache, clock, `c${i}.example`, 30);
+  let done = false;
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 50, quiet: true }).finally(() => (done = true));
+  // What the hit path and the miss path do meanwhile: lookups reorder the entries, inserts add and evict.
+  let seed = 7;
+  const rnd = (n: number): number => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n;
+  let changes = 0;
+  for (let i = 0; i < 100_000 && !done; i++) {
+    for (let j = 0; j < 20; j++) cache.lookup(keyOf(`c${rnd(2000)}.example`), clock.now());
+    put(cache, clock, `new${i}.example`, 30);
+    changes++;
+    await turn();
+  }
+  const w = await writing;
+  t.ok(w.ok, 'written');
+  const records = recordsOf(await readFile(path));
+  t.equal(new Set(records.map((r) => r.key)).size, records.length, `each key once (${records.length} records, ${changes} turns of changes)`);
+  const restored = newCache({ positiveCapacity: 8000 });
+  const counts = restored.restore(records, clock.now());
+  t.equal(counts.invalid, 0, 'every record is a sound answer to its key');
+  t.equal(counts.restored, records.length);
+  // Not asserted (the export's walk is the store's business): how much of it made it.
+  t.comment(`${records.length} of ${cache.positiveSize + cache.negativeSize} entries (2,000 before the write, ${changes} added during it)`);
+});
+
+function snapshots(o: { write: (periodic: boolean) => Promise<SnapshotWrite>; intervalMs?: number; clock: ManualClock; logger?: Logger; path?: string }): CacheSnapshots {
+  return new CacheSnapshots({
+    cache: newCache(), path: o.path ?? '/nonexistent/cache.snap', intervalMs: o.intervalMs ?? 1000, clock: o.clock, logger: o.logger ?? silentLogger,
+    counters: new Counters(SNAPSHOT_COUNTERS), write: o.write,
+  });
+}
+
+t.test('periodic writes: one per interval on the clock, a turn skipped while one still runs, the final one after it', async (t) => {
+  const clock = new ManualClock();
+  const calls: boolean[] = [];
+  let release: (() => void) | null = null;
+  const s = snapshots({
+    clock,
+    write: (periodic) => {
+      calls.push(periodic);
+      if (!periodic || calls.length !== 2) return Promise.resolve({ ok: true, entries: calls.length, bytes: 100 });
+      // The second write hangs (a slow disk) until released.
+      return new Promise((resolve) => (release = () => resolve({ ok: true, entries: 2, bytes: 100 })));
+    },
+  });
+  const loaded = await s.start();
+  t.equal(loaded.reason, 'missing', 'nothing to load: a cold start');
+  clock.advance(999);
+  t.same(calls, [], 'nothing before the first interval');
+  clock.advance(1);
+  t.same(calls, [true], 'one periodic write at the interval');
+  await turn();
+  t.equal(s.counters.get('written'), 1);
+  t.equal(s.counters.get('lastEntries'), 1);
+  t.equal(s.counters.get('lastWrittenAt'), clock.wall() / 1000);
+  clock.advance(1000);
+  t.same(calls, [true, true]);
+  t.ok(s.writing, 'the second one hangs');
+  clock.advance(3000);
+  t.same(calls, [true, true], 'no write starts while one runs');
+  t.equal(s.counters.get('skipped'), 3, 'each interval it covered is counted as skipped');
+  const stopping = s.stop();
+  await turn();
+  t.same(calls, [true, true], 'stop waits for the write under way...');
+  release!();
+  const final = await stopping;
+  t.same(calls, [true, true, false], '...then writes the final snapshot, not periodic');
+  t.match(final, { ok: true, entries: 3 });
+  t.equal(s.counters.get('written'), 3);
+  clock.advance(5000);
+  t.same(calls, [true, true, false], 'no periodic writes after stop');
+});
+
+t.test('periodic failures: each counted, logged at most once per window, the recovery said once', async (t) => {
+  const clock = new ManualClock();
+  const log = capture();
+  let failing = true;
+  let calls = 0;
+  const s = snapshots({
+    clock, logger: log.logger, intervalMs: 60_000,
+    write: () => {
+      calls++;
+      return Promise.resolve(failing ? { ok: false, error: 'ENOENT: no such file or directory' } : { ok: true, entries: 5, bytes: 10 });
+    },
+  });
+  await s.start();
+  const warned = (): number => log.lines.filter((l) => l.msg === 'periodic cache snapshot not written; the previous one, if any, is unchanged').length;
+  for (let i = 0; i < 12; i++) {
+    clock.advance(60_000);
+    await turn();
+  }
+  t.equal(calls, 12);
+  t.equal(s.counters.get('failed'), 12, 'every failure counted');
+  t.equal(warned(), 2, 'logged at the first failure and once more when the 10-minute window passed');
+  t.match(log.lines.filter((l) => l.level === 'warn').at(-1), { failuresSinceLastLog: 10, error: 'ENOENT: no such file or directory' });
+  failing = false;
+  clock.advance(60_000);
+  await turn();
+  t.equal(s.counters.get('written'), 1);
+  t.match(log.lines.at(-1), { level: 'info', msg: 'cache snapshot written again', failedBefore: 12 });
+  failing = true;
+  clock.advance(60_000);
+  await turn();
+  t.equal(warned(), 3, 'a new run of failures is logged at once');
+  const thrown = snapshots({ clock, write: () => Promise.reject(new Error('boom')) });
+  await thrown.start();
+  clock.advance(1000);
+  await turn();
+  await turn();
+  t.equal(thrown.counters.get('failed'), 1, 'a write that throws is a counted failure, not an unhandled rejection');
+  await thrown.stop();
+  await s.stop();
+});
+
+t.test('interval 0: only the final write', async (t) => {
+  const clock = new ManualClock();
+  const calls: boolean[] = [];
+  const s = snapshots({ clock, intervalMs: 0, write: (p) => (calls.push(p), Promise.resolve({ ok: true, entries: 0, bytes: 40 })) });
+  await s.start();
+  clock.advance(3_600_000);
+  t.same(calls, []);
+  await s.stop();
+  t.same(calls, [false]);
+});
+
+// ---------------------------------------------------------------------------
+// In an agent: an upgrade by surge starts warm; a failing disk does not touch serving.
+
+/** An address of our own in 127/8, so no other test's SO_REUSEPORT socket joins our groups. */
+const SURGE_HOST = `127.0.${180 + (process.pid % 50)}.${1 + (process.pid % 250)}`;
+let surgePort = 24000 + (process.pid % 1000) * 4;
+
+async function agentOn(port: number, args: string[], logger: Logger = silentLogger): Promise<Agent> {
+  const { config } = loadConfig(
+    ['--listen', `${SURGE_HOST}:${port}`, '--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n'), '--no-kube', '--metrics-listen-address', 'off', '--health-port', '0', ...args],
+    { env: {} },
+  );
+  const agent = new Agent(config, { logger });
+  await agent.start();
+  return agent;
+}
+
+/** Whether the snapshot at `path` holds `key` (false while there is none). */
+async function snapshotHas(path: string, key: string): Promise<boolean> {
+  const buf = await readFile(path).catch(() => null);
+  if (buf === null) return false;
+  const d = decodeSnapshot(buf);
+  return !('reason' in d) && d.records.some((r) => r.key === key);
+}
+
+const reuse = await loadReusePort();
+
+t.test('surge: a new agent started beside a running one loads its periodic snapshot and answers before any upstream traffic', { skip: typeof reuse === 'string' ? `koffi: ${reuse}` : false }, async (t) => {
+  const name = 'web.default.svc.cluster.local';
+  const cluster = await SimDnsServer.start({ handler: staticHandler({ [name]: { A: ['10.96.1.10'], ttl: 300 } }, { soaZone: 'cluster.local' }) });
+  t.teardown(() => cluster.close());
+  const path = join(await tempDir(t), 'cache.snapshot');
+  const port = surgePort++;
+  const target = { host: SURGE_HOST, port };
+  const args = ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--cache-snapshot', path, '--cache-snapshot-interval', '100ms'];
+  const oldAgent = await agentOn(port, args);
+  let oldStopped = false;
+  t.teardown(() => (oldStopped ? undefined : oldAgent.stop(0)));
+  t.same((await udpQuery(target, name)).answers?.map((r) => (r as { data?: unknown }).data), ['10.96.1.10'], 'the old agent asks upstream once');
+  const asked = cluster.stats.byName.get(name) ?? 0;
+  t.equal(asked, 1);
+  for (let i = 0; i < 200 && !(await snapshotHas(path, keyOf(name))); i++) await sleep(50);
+  t.ok(await snapshotHas(path, keyOf(name)), 'a periodic snapshot of the running agent holds the name');
+  t.ok(oldAgent.snapshotCounters.get('written') >= 1, `written by the periodic writer (${oldAgent.snapshotCounters.get('written')} so far)`);
+
+  await cluster.close();
+  const newAgent = await agentOn(port, args);
+  t.teardown(() => newAgent.stop(0));
+  t.equal(listenersOn(target), 2, 'bound beside the old one (SO_REUSEPORT)');
+  t.ok(newAgent.snapshotCounters.get('loaded') >= 1, 'and loaded the periodic snapshot, while the old agent still runs');
+  for (let i = 0; i < 10; i++) t.same((await udpQuery(target, name, { id: 100 + i })).answers?.map((r) => (r as { data?: unknown }).data), ['10.96.1.10'], `both serve it (query ${i})`);
+  await oldAgent.stop(1000);
+  oldStopped = true;
+  const hits = newAgent.cache.counters.get('hitPositive');
+  const warm = await udpQuery(target, name, { id: 7 });
+  t.same(warm.answers?.map((r) => (r as { data?: unknown }).data), ['10.96.1.10'], 'the old agent gone, the new one answers');
+  t.equal(newAgent.cache.counters.get('hitPositive'), hits + 1, 'from its cache');
+  t.ok(ttlOf(warm.answers![0]!)! < 300, 'with the remaining TTL');
+  t.equal(cluster.stats.byName.get(name) ?? 0, asked, 'and the cluster DNS was never asked again');
+});
+
+t.test('a periodic write that fails (directory removed) does not touch serving; counted, logged once, recovery said', async (t) => {
+  const name = 'web.default.svc.cluster.local';
+  const cluster = await SimDnsServer.start({ handler: staticHandler({ [name]: { A: ['10.96.1.10'], ttl: 300 } }, { soaZone: 'cluster.local' }) });
+  t.teardown(() => cluster.close());
+  const dir = join(await tempDir(t), 'state');
+  await mkdir(dir);
+  const path = join(dir, 'cache.snapshot');
+  const log = capture();
+  const port = surgePort++;
+  const agent = await agentOn(port, ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--cache-snapshot', path, '--cache-snapshot-interval', '100ms'], log.logger);
+  const target = { host: SURGE_HOST, port };
+  t.teardown(() => agent.stop(0));
+  const c = agent.snapshotCounters;
+  for (let i = 0; i < 200 && c.get('written') === 0; i++) await sleep(50);
+  t.ok(c.get('written') >= 1, 'writing');
+  await rm(dir, { recursive: true, force: true });
+  const failedBefore = c.get('failed');
+  let answered = 0;
+  let asked = 0;
+  for (let i = 0; i < 200 && c.get('failed') < failedBefore + 3; i++) {
+    asked++;
+    const r = await udpQuery(target, i % 2 === 0 ? name : `n${i}.default.svc.cluster.local`, { id: i });
+    const rcode = (r.flags ?? 0) & 0xf;
+    if (rcode === 0 || rcode === 3) answered++;
+    await sleep(20);
+  }
+  t.ok(c.get('failed') >= failedBefore + 3, `writes failing: ${c.get('failed')}`);
+  t.equal(answered, asked, `every query answered meanwhile (${asked}, hits and misses)`);
+  const warned = log.lines.filter((l) => l.msg === 'periodic cache snapshot not written; the previous one, if any, is unchanged');
+  t.equal(warned.length, 1, 'one warning for the whole run of failures');
+  t.match(warned[0], { level: 'warn', path, error: /ENOENT/ });
+  await mkdir(dir);
+  const writtenBefore = c.get('written');
+  for (let i = 0; i < 200 && c.get('written') === writtenBefore; i++) await sleep(50);
+  t.ok(c.get('written') > writtenBefore, 'written again once the directory is back');
+  t.match(log.lines.find((l) => l.msg === 'cache snapshot written again'), { level: 'info', path });
+  t.ok(await snapshotHas(path, keyOf(name)));
 });
