@@ -47,7 +47,8 @@ const KUBELET_RESOLV_CONF = `search default.svc.cluster.local svc.cluster.local 
 const AGENT_TIMEOUT = '500ms';
 /** Upper bound for one getent/dig run; a healthy one takes milliseconds, the kube-dns-dead ones a few seconds. */
 const CLIENT_TIMEOUT_MS = 20_000;
-const START_TIMEOUT_MS = 20_000;
+// Processes started through the TypeScript loader take seconds each on a loaded 2-core machine.
+const START_TIMEOUT_MS = 60_000;
 
 /** The only environment children get: nothing from the caller that glibc, ts-node or tap would read. */
 const CHILD_ENV: NodeJS.ProcessEnv = {

@@ -455,6 +455,8 @@ async function scenario(t: Test, mode: Mode, b: Backend, muslBin: string | null)
 }
 
 async function main(): Promise<void> {
+  // Seven agent starts (each with its UDP worker threads), netns set-up and firewall runs: past tap's default 120 s on a loaded machine.
+  t.setTimeout(300_000);
   const why = skipReason();
   if (why !== null) {
     t.plan(0, why);
