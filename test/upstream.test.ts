@@ -2,6 +2,7 @@
 // resolv.conf parsing, the pipelined TCP pool (cluster DNS) and the host
 // resolvers (UDP with TCP fallback and failover).
 import { readdirSync } from 'node:fs';
+import net from 'node:net';
 import t, { type Test } from 'tap';
 import dnsPacket from 'dns-packet';
 import type { DecodedPacket, Packet, StringAnswer } from 'dns-packet';
@@ -235,6 +236,52 @@ t.test('TcpPool: many queries pipelined on one connection, ids unique on it', as
   t.equal(new Set(ids).size, 300, 'no id reused among queries in flight together');
   t.equal(pool.inFlight, 0);
   t.equal(pool.openConnections, 1);
+});
+
+t.test('TcpPool: the queries of one event-loop turn leave in one write per connection, each answered under its own id', async (t) => {
+  const { names, records } = manyNames(60);
+  const sim = await SimDnsServer.start({ handler: staticHandler(records), udp: false, faults: { latencyMs: 20 } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.close());
+  // Count write() calls on sockets to this server (the pool's only); restored at the end of the test.
+  const proto = net.Socket.prototype;
+  const original = proto.write;
+  let writes = 0;
+  proto.write = function (this: net.Socket, ...args: Parameters<typeof original>): boolean {
+    if (this.remotePort === sim.port) writes++;
+    return original.apply(this, args);
+  } as typeof original;
+  t.teardown(() => {
+    proto.write = original;
+  });
+
+  // Turn 1, while connecting: the queue goes out on connect, in one write.
+  const first = names.slice(0, 20).map((n) => ask(pool, n, { timeoutMs: 5000 }));
+  t.ok(await until(() => pool.openConnections === 1), 'connected');
+  t.ok(await until(() => writes > 0), 'the queued queries were written');
+  t.equal(writes, 1, 'twenty queued queries, one write');
+  // Turn 2, on the open connection: forty queries in one synchronous loop, one write.
+  const second = names.slice(20).map((n) => ask(pool, n, { timeoutMs: 5000 }));
+  t.equal(writes, 1, 'nothing written inside send()');
+  t.ok(await until(() => writes > 1), 'flushed after the turn');
+  await sleep(5);
+  t.equal(writes, 2, 'forty queries of one turn, one write');
+  const results = await Promise.all([...first, ...second].map((x) => x.done));
+  for (let i = 0; i < names.length; i++) {
+    const r = results[i]!;
+    if (r.reason !== null || r.calls !== 1) t.fail(`query ${i}: ${String(r.reason)} calls=${r.calls}`);
+    t.same(addresses(r.answer), [records[names[i]!]!.A[0]], names[i]!);
+  }
+  t.equal(sim.stats.tcpQueries, 60);
+  t.equal(pool.counters.get('mismatched'), 0);
+  // The caller's buffer is read, never written (the id goes into the staging copy).
+  const mine = queryBytes(names[0]!);
+  const got = await new Promise<Buffer | UpstreamFailure>((resolve) => {
+    pool.send({ query: mine, deadline: systemClock.now() + 5000, resolve, reject: resolve });
+  });
+  t.ok(Buffer.isBuffer(got), 'answered');
+  t.equal(mine.readUInt16BE(0), 0xbeef, 'the caller\'s query buffer is untouched');
 });
 
 t.test('TcpPool: answers out of order are matched to their queries', async (t) => {
