@@ -2,6 +2,8 @@
 // resolv.conf parsing, the pipelined TCP pool (cluster DNS) and the host
 // resolvers (UDP with TCP fallback and failover).
 import { readdirSync } from 'node:fs';
+import dgram from 'node:dgram';
+import net from 'node:net';
 import t, { type Test } from 'tap';
 import dnsPacket from 'dns-packet';
 import type { DecodedPacket, Packet, StringAnswer } from 'dns-packet';
@@ -235,6 +237,52 @@ t.test('TcpPool: many queries pipelined on one connection, ids unique on it', as
   t.equal(new Set(ids).size, 300, 'no id reused among queries in flight together');
   t.equal(pool.inFlight, 0);
   t.equal(pool.openConnections, 1);
+});
+
+t.test('TcpPool: the queries of one event-loop turn leave in one write per connection, each answered under its own id', async (t) => {
+  const { names, records } = manyNames(60);
+  const sim = await SimDnsServer.start({ handler: staticHandler(records), udp: false, faults: { latencyMs: 20 } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.close());
+  // Count write() calls on sockets to this server (the pool's only); restored at the end of the test.
+  const proto = net.Socket.prototype;
+  const original = proto.write;
+  let writes = 0;
+  proto.write = function (this: net.Socket, ...args: Parameters<typeof original>): boolean {
+    if (this.remotePort === sim.port) writes++;
+    return original.apply(this, args);
+  } as typeof original;
+  t.teardown(() => {
+    proto.write = original;
+  });
+
+  // Turn 1, while connecting: the queue goes out on connect, in one write.
+  const first = names.slice(0, 20).map((n) => ask(pool, n, { timeoutMs: 5000 }));
+  t.ok(await until(() => pool.openConnections === 1), 'connected');
+  t.ok(await until(() => writes > 0), 'the queued queries were written');
+  t.equal(writes, 1, 'twenty queued queries, one write');
+  // Turn 2, on the open connection: forty queries in one synchronous loop, one write.
+  const second = names.slice(20).map((n) => ask(pool, n, { timeoutMs: 5000 }));
+  t.equal(writes, 1, 'nothing written inside send()');
+  t.ok(await until(() => writes > 1), 'flushed after the turn');
+  await sleep(5);
+  t.equal(writes, 2, 'forty queries of one turn, one write');
+  const results = await Promise.all([...first, ...second].map((x) => x.done));
+  for (let i = 0; i < names.length; i++) {
+    const r = results[i]!;
+    if (r.reason !== null || r.calls !== 1) t.fail(`query ${i}: ${String(r.reason)} calls=${r.calls}`);
+    t.same(addresses(r.answer), [records[names[i]!]!.A[0]], names[i]!);
+  }
+  t.equal(sim.stats.tcpQueries, 60);
+  t.equal(pool.counters.get('mismatched'), 0);
+  // The caller's buffer is read, never written (the id goes into the staging copy).
+  const mine = queryBytes(names[0]!);
+  const got = await new Promise<Buffer | UpstreamFailure>((resolve) => {
+    pool.send({ query: mine, deadline: systemClock.now() + 5000, resolve, reject: resolve });
+  });
+  t.ok(Buffer.isBuffer(got), 'answered');
+  t.equal(mine.readUInt16BE(0), 0xbeef, 'the caller\'s query buffer is untouched');
 });
 
 t.test('TcpPool: answers out of order are matched to their queries', async (t) => {
@@ -483,6 +531,109 @@ t.test('HostResolvers: answers over UDP from the first server, fresh source port
   t.equal(up.counters.get('sent'), 7);
   t.equal(up.counters.get('responsesNoError'), 6);
   t.equal(up.counters.get('responsesNxDomain'), 1);
+});
+
+t.test('HostResolvers: tries share a few sockets, ids unique on each, every answer to its own query', async (t) => {
+  const { names, records } = manyNames(40);
+  const seen: Array<{ port: number; id: number; name: string }> = [];
+  const zone = staticHandler(records);
+  // Latency keeps all 40 in flight together, so they share sockets at once.
+  const sim = await SimDnsServer.start({
+    handler: (q, ctx) => {
+      seen.push({ port: ctx.remotePort, id: q.id ?? -1, name: q.questions?.[0]?.name ?? '' });
+      return zone(q, ctx);
+    },
+    faults: { latencyMs: 30 },
+  });
+  t.teardown(() => sim.close());
+  const up = resolvers([sim], { udpSocketsPerServer: 2 });
+  t.teardown(() => up.close());
+  const results = await Promise.all(names.map((n) => ask(up, n, { timeoutMs: 3000 }).done));
+  for (let i = 0; i < names.length; i++) {
+    const r = results[i]!;
+    if (r.reason !== null || r.calls !== 1) t.fail(`query ${i}: ${String(r.reason)} calls=${r.calls}`);
+    t.same(addresses(r.answer), [records[names[i]!]!.A[0]], names[i]!);
+  }
+  const ports = new Set(seen.map((x) => x.port));
+  t.equal(ports.size, 2, 'forty tries, two sockets');
+  for (const port of ports) {
+    const ids = seen.filter((x) => x.port === port).map((x) => x.id);
+    t.equal(new Set(ids).size, ids.length, `ids unique on port ${port}`);
+  }
+  t.equal(up.counters.get('sent'), 40);
+  t.equal(up.counters.get('spoofed'), 0);
+  t.ok(up.udpSockets <= 2, 'no socket beyond the slots');
+  t.equal(up.counters.get('udpSockets'), up.udpSockets, 'the gauge follows');
+});
+
+t.test('HostResolvers: a socket is replaced after its tries or its age; every replacement has a new port', async (t) => {
+  const ports: number[] = [];
+  const sim = await SimDnsServer.start({
+    handler: (q, ctx) => {
+      ports.push(ctx.remotePort);
+      return base(q, ctx);
+    },
+  });
+  t.teardown(() => sim.close());
+  const clock = new ManualClock();
+  const up = resolvers([sim], { udpSocketsPerServer: 1, udpRotateAfterTries: 3, udpRotateAfterMs: 1000, clock });
+  t.teardown(() => up.close());
+  for (let i = 0; i < 9; i++) t.same(addresses((await ask(up, 'www.example.com', { clock }).done).answer), ['192.0.2.1']);
+  t.equal(ports.length, 9);
+  t.equal(new Set(ports).size, 3, 'nine tries, three tries per socket');
+  for (let k = 0; k < 9; k += 3) t.ok(ports[k] === ports[k + 1] && ports[k] === ports[k + 2], `tries ${k}..${k + 2} on one socket`);
+  t.ok(ports[0] !== ports[3] && ports[3] !== ports[6] && ports[0] !== ports[6], 'each replacement on a port of its own');
+  t.ok(await until(() => up.udpSockets === 1), 'the used-up ones closed');
+
+  // Age: the next try after T ms goes out on a fresh socket, even though this one has tries left.
+  t.same(addresses((await ask(up, 'www.example.com', { clock }).done).answer), ['192.0.2.1']);
+  const before = ports.at(-1)!;
+  clock.advance(1000);
+  t.ok(await until(() => up.udpSockets === 0), 'an idle socket past its age is closed by the sweep');
+  t.same(addresses((await ask(up, 'www.example.com', { clock }).done).answer), ['192.0.2.1']);
+  t.not(ports.at(-1), before, 'a new port after the age limit');
+
+  // Round-robin over the slots: back-to-back tries leave from different ports.
+  const rr = resolvers([sim], { udpSocketsPerServer: 2 });
+  t.teardown(() => rr.close());
+  ports.length = 0;
+  for (let i = 0; i < 4; i++) await ask(rr, 'www.example.com').done;
+  t.ok(ports[0] !== ports[1] && ports[0] === ports[2] && ports[1] === ports[3], 'alternates between its two sockets');
+});
+
+t.test('HostResolvers: an answer forged from another port or address is never taken', async (t) => {
+  let query: { port: number; id: number } | null = null;
+  // The real server answers late; the forgeries arrive first, with the right id and question.
+  const sim = await SimDnsServer.start({
+    handler: (q, ctx) => {
+      query = { port: ctx.remotePort, id: q.id ?? -1 };
+      return base(q, ctx);
+    },
+    faults: { latencyMs: 150 },
+  });
+  t.teardown(() => sim.close());
+  const up = resolvers([sim]);
+  t.teardown(() => up.close());
+  const pending = ask(up, 'www.example.com', { timeoutMs: 3000 });
+  t.ok(await until(() => query !== null), 'the query reached the server');
+  const target = query as unknown as { port: number; id: number };
+  const forged = dnsPacket.encode({
+    type: 'response',
+    id: target.id,
+    flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE,
+    questions: [{ name: 'www.example.com', type: 'A', class: 'IN' }],
+    answers: [{ name: 'www.example.com', type: 'A', ttl: 300, data: '203.0.113.66' }],
+  });
+  // From another port of the server's address, and from another loopback address.
+  for (const from of ['127.0.0.1', '127.0.0.2']) {
+    const s = dgram.createSocket('udp4');
+    await new Promise<void>((resolve) => s.bind(0, from, resolve));
+    await new Promise<void>((resolve) => s.send(forged, target.port, '127.0.0.1', () => resolve()));
+    s.close();
+  }
+  const r = await pending.done;
+  t.same(addresses(r.answer), ['192.0.2.1'], 'the server\'s answer, not the forged one');
+  t.equal(r.calls, 1);
 });
 
 t.test('HostResolvers: TC=1 -> the same server over TCP', async (t) => {

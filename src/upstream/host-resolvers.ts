@@ -3,7 +3,7 @@
  * stub domain's servers, queried the way glibc's res_send does it:
  *
  *   for try in 0 .. attempts*servers-1:  server = (start + try) % servers
- *     UDP (fresh socket, random id and port) ── TC=1 ──► same server over TCP
+ *     UDP (shared socket, random id and port) ── TC=1 ──► same server over TCP
  *     timeout / ICMP error / SERVFAIL / REFUSED ──► next server
  *
  * `start` is 0, or round-robin per query with `options rotate`. Everything is
@@ -21,8 +21,15 @@
  * new names/s once used 20,000 fds in 4 s, and client TCP accepts then failed):
  *
  *   exchanges in flight   <= maxInFlight             over it: reject('overloaded') at once
- *   sockets per exchange  <= maxSocketsPerExchange   the oldest try's socket closes first
- *   sockets in all        <= maxInFlight * maxSocketsPerExchange
+ *   tries per exchange    <= maxSocketsPerExchange   the oldest try stops listening first
+ *   tries listening       <= maxInFlight * maxSocketsPerExchange
+ *
+ * A UDP try no longer has a socket of its own: it takes an id on one of a few
+ * connected sockets per server that are replaced after 64 tries or 1 s
+ * (udp-sockets.ts), which saves most of the syscalls of a miss and keeps the
+ * random source port (see there why). UDP sockets are then at most
+ * servers x 4 plus retired ones with tries still listening; a TCP try still
+ * opens its own connection.
  */
 import net from 'node:net';
 import { DEFAULTS } from '../config.js';
@@ -35,6 +42,7 @@ import { UpstreamHealth } from './health.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
+import { UdpSockets } from './udp-sockets.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
 import { ignoredAnswersFamily, rcodeSlots, upstreamCounterDefs } from './upstream-counters.js';
 
@@ -51,7 +59,16 @@ export const hostResolversCounters = defineCounters({
   failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/REFUSED answer.' },
   attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },
   attemptErrors: { ...TRY_FAILURES, labels: { reason: 'error' } },
-  openSockets: { name: 'nodelocal_upstream_open_sockets', help: 'UDP and TCP sockets open for tries in flight.', type: 'gauge' },
+  openSockets: {
+    name: 'nodelocal_upstream_open_sockets',
+    help: 'Tries listening for an answer: an id on a shared UDP socket, or a TCP connection of their own.',
+    type: 'gauge',
+  },
+  udpSockets: {
+    name: 'nodelocal_upstream_udp_sockets',
+    help: 'UDP sockets open to the host resolvers, each shared by a few tries and replaced after some tries or an age (a fresh random source port).',
+    type: 'gauge',
+  },
 });
 
 export type HostResolversCounter = keyof typeof hostResolversCounters.slot;
@@ -82,6 +99,12 @@ export interface HostResolversOptions {
    * whole host budget (4.5 s) at the default 2 s, and 3 s at `timeout:1`.
    */
   maxSocketsPerExchange?: number;
+  /** UDP sockets in use per server at once (default 4); tries take them round-robin. */
+  udpSocketsPerServer?: number;
+  /** Tries a UDP socket carries before a fresh one (a fresh port) replaces it (default 64). */
+  udpRotateAfterTries?: number;
+  /** Age after which a UDP socket takes no new try (default 1000 ms). */
+  udpRotateAfterMs?: number;
   /** Where this instance counts; a fresh block when omitted. */
   counters?: Counters<HostResolversCounter>;
   clock?: Clock;
@@ -137,6 +160,7 @@ export class HostResolvers implements Upstream {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #active: Set<Job>;
+  readonly #udp: UdpSockets;
   /** Bound once: every attempt reports through the same object. */
   readonly #events: AttemptEvents<Job>;
   #rr: number;
@@ -175,6 +199,17 @@ export class HostResolvers implements Upstream {
       onAnswer: (attempt, answer) => this.#onAnswer(attempt, answer),
       onError: (attempt, code) => this.#onError(attempt, code),
     };
+    this.#udp = new UdpSockets({
+      perServer: opts.udpSocketsPerServer,
+      rotateAfterTries: opts.udpRotateAfterTries,
+      rotateAfterMs: opts.udpRotateAfterMs,
+      onStray: () => {
+        this.#values[SLOT.spoofed]!++;
+      },
+      onCount: (open) => {
+        this.#values[SLOT.udpSockets] = open;
+      },
+    });
     this.#rr = 0;
     this.#openSockets = 0;
     this.#rejects = 0;
@@ -187,9 +222,14 @@ export class HostResolvers implements Upstream {
     return this.#active.size;
   }
 
-  /** Sockets held by tries in flight; never above maxInFlight * maxSocketsPerExchange. */
+  /** Tries listening (an id on a shared UDP socket, or a TCP connection); never above maxInFlight * maxSocketsPerExchange. */
   get openSockets(): number {
     return this.#openSockets;
+  }
+
+  /** UDP sockets open: in use, or retired with tries still listening, or idle until their age retires them. */
+  get udpSockets(): number {
+    return this.#udp.open;
   }
 
   send(ex: UpstreamExchange): void {
@@ -306,7 +346,7 @@ export class HostResolvers implements Upstream {
     // The socket bound: the oldest try stops listening to make room for the new one.
     if (job.live.length >= this.#maxSockets) this.#forget(job, job.live[0]!).finish();
     const deadline = Math.min(now + this.#attemptTimeoutMs, job.ex.deadline);
-    const attempt = new QueryAttempt(job, transport, this.#servers[idx]!, idx, job.ex.query, deadline, this.#events);
+    const attempt = new QueryAttempt(job, transport, this.#servers[idx]!, idx, job.ex.query, deadline, this.#events, this.#udp, now);
     job.current = attempt;
     job.live.push(attempt);
     this.#openSockets++;
@@ -362,7 +402,8 @@ export class HostResolvers implements Upstream {
       job.lastFailure = 'timeout';
       this.#next(job, now);
     }
-    if (this.#active.size === 0 && this.#sweep !== null) {
+    this.#udp.sweep(now);
+    if (this.#active.size === 0 && this.#udp.open === 0 && this.#sweep !== null) {
       this.#sweep();
       this.#sweep = null;
     }
@@ -370,6 +411,7 @@ export class HostResolvers implements Upstream {
 
   #maybeFinishClose(): void {
     if (!this.#life.closing || this.#active.size > 0) return;
+    this.#udp.closeAll();
     if (this.#sweep !== null) this.#sweep();
     this.#sweep = null;
     this.#life.finish();

@@ -21,6 +21,13 @@
  *
  * Deadlines, connect timeouts, age rotation and backoff expiry are all handled
  * by one sweep timer that runs only while something is pending.
+ *
+ * Writes: a query is framed straight into its connection's staging buffer
+ * (no copy of its own), and every connection written to in this event-loop
+ * turn is flushed once, by one setImmediate for the whole pool: the misses
+ * that one poll phase read (libuv reads many datagrams per wake-up) leave in
+ * one write() per connection, not one each. Nagle is off, so each flush goes
+ * out at once.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -112,6 +119,8 @@ export class TcpPool implements Upstream {
   #backoffMs: number;
   #nextConnectAt: number;
   #lostSinceConnect: boolean;
+  /** Connections with frames staged since the last flush; the flush is scheduled while this is non-empty. */
+  readonly #dirty: Conn[];
   /**
    * The last connect failed and nothing is open: queries fail at once
    * ('network' -> SERVFAIL now) instead of each waiting out its deadline,
@@ -146,6 +155,7 @@ export class TcpPool implements Upstream {
     this.#backoffMs = BACKOFF_MIN_MS;
     this.#nextConnectAt = 0;
     this.#lostSinceConnect = false;
+    this.#dirty = [];
     this.#unreachable = false;
   }
 
@@ -241,14 +251,28 @@ export class TcpPool implements Upstream {
     while (c.inflight.has(id)) id = (id + 1) & 0xffff;
     c.nextId = (id + 1) & 0xffff;
     job.id = id;
-    job.wire.writeUInt16BE(id, 2);
     c.inflight.set(id, job);
-    c.socket.write(job.wire);
+    if (c.stage(job.ex.query, id)) {
+      if (this.#dirty.length === 0) setImmediate(this.#flush);
+      this.#dirty.push(c);
+    }
     c.sent++;
     this.#values[SLOT.sent]!++;
     if (c.sent >= this.#rotateAfterQueries) this.#drain(c, true);
     this.#armSweep();
   }
+
+  /** Bound once: one write per connection for everything staged this turn. */
+  readonly #flush = (): void => {
+    const dirty = this.#dirty;
+    // Index loop: a write error surfaces later as an event, never re-entrantly, so the list only shrinks here.
+    for (let i = 0; i < dirty.length; i++) {
+      const c = dirty[i]!;
+      // A connection closed meanwhile dropped its staging; its jobs were re-queued or failed by #setClosed.
+      if (c.state === 'open' || c.state === 'draining') c.flush();
+    }
+    dirty.length = 0;
+  };
 
   #ensureConnecting(now: number): void {
     if (!this.#life.running || now < this.#nextConnectAt) return;
@@ -351,6 +375,7 @@ export class TcpPool implements Upstream {
     if (c.state === 'closed') return;
     const was = c.state;
     c.state = 'closed';
+    c.outLen = 0;
     const i = this.#conns.indexOf(c);
     if (i >= 0) this.#conns.splice(i, 1);
     c.socket.destroy();

@@ -1,21 +1,25 @@
 /**
- * One try of one query at one server: over UDP from a fresh socket, or over a
- * one-shot TCP connection (after TC=1). Policy (which server, when to give
- * up) belongs to the caller; this only sends, filters and reports.
+ * One try of one query at one server: over UDP on one of the shared sockets
+ * (udp-sockets.ts), or over a one-shot TCP connection (after TC=1). Policy
+ * (which server, when to give up) belongs to the caller; this only sends,
+ * filters and reports.
  *
- * Anti-spoofing (RFC 5452): a cryptographically random id and a fresh
- * ephemeral source port per try, and an answer is taken only if its source,
- * id and question all match. The UDP socket is connect()ed, which makes the
- * kernel drop datagrams from other addresses and, on Linux, is the only way
- * an ICMP port-unreachable reaches us (as ECONNREFUSED).
+ * Anti-spoofing (RFC 5452): a cryptographically random id per try, unique on
+ * its socket; a random source port per socket, and a socket carries only a
+ * few tries for a short time (udp-sockets.ts says why that keeps the
+ * protection); an answer is taken only if its source, id and question all
+ * match. The UDP sockets are connect()ed, which makes the kernel drop
+ * datagrams from other addresses and, on Linux, is the only way an ICMP
+ * port-unreachable reaches us (as ECONNREFUSED).
  */
-import dgram from 'node:dgram';
 import net from 'node:net';
-import { randomFillSync } from 'node:crypto';
 import { HEADER_LEN } from '../dns/constants.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
 import { answerMatchesQuery, readId, writeId } from '../dns/question.js';
 import type { ServerAddress } from './types.js';
+import { randomId, type SharedSocket, type SharedTry, type UdpSockets } from './udp-sockets.js';
+
+export { randomId };
 
 export type AttemptTransport = 'udp' | 'tcp';
 
@@ -30,29 +34,7 @@ export interface AttemptEvents<T> {
   onError(attempt: QueryAttempt<T>, code: string): void;
 }
 
-// Random ids drawn in bulk: one getrandom() per 512 queries instead of one per query.
-const idPool = new Uint16Array(512);
-let idNext = idPool.length;
-
-export function randomId(): number {
-  if (idNext === idPool.length) {
-    randomFillSync(idPool);
-    idNext = 0;
-  }
-  return idPool[idNext++]!;
-}
-
-/** Address equality with IPv6 spelled differently (case, zone) tolerated. */
-function sameHost(a: string, b: string): boolean {
-  if (a === b) return true;
-  const strip = (h: string): string => {
-    const pct = h.indexOf('%');
-    return (pct >= 0 ? h.slice(0, pct) : h).toLowerCase();
-  };
-  return strip(a) === strip(b);
-}
-
-export class QueryAttempt<T> {
+export class QueryAttempt<T> implements SharedTry {
   readonly owner: T;
   readonly transport: AttemptTransport;
   readonly server: ServerAddress;
@@ -62,7 +44,8 @@ export class QueryAttempt<T> {
   readonly deadline: number;
   readonly #query: Buffer;
   readonly #events: AttemptEvents<T>;
-  #udp: dgram.Socket | null;
+  /** The shared socket this try's id is registered on, until it finishes. */
+  #udp: SharedSocket | null;
   #tcp: net.Socket | null;
   #state: 'active' | 'finished';
 
@@ -74,20 +57,29 @@ export class QueryAttempt<T> {
     query: Buffer,
     deadline: number,
     events: AttemptEvents<T>,
+    /** Where UDP tries get their socket (unused for TCP). */
+    sockets: UdpSockets,
+    now: number,
   ) {
     this.owner = owner;
     this.transport = transport;
     this.server = server;
     this.serverIndex = serverIndex;
-    this.id = randomId();
     this.deadline = deadline;
     this.#query = query;
     this.#events = events;
     this.#udp = null;
     this.#tcp = null;
     this.#state = 'active';
-    if (transport === 'udp') this.#startUdp();
-    else this.#startTcp();
+    if (transport === 'udp') {
+      const sock = sockets.socketFor(serverIndex, server, now);
+      this.#udp = sock;
+      this.id = sock.attach(this);
+      if (sock.ready) this.socketReady(sock);
+    } else {
+      this.id = randomId();
+      this.#startTcp();
+    }
   }
 
   get active(): boolean {
@@ -100,13 +92,7 @@ export class QueryAttempt<T> {
     this.#state = 'finished';
     const udp = this.#udp;
     this.#udp = null;
-    if (udp !== null) {
-      try {
-        udp.close();
-      } catch {
-        // Already closed by an error path.
-      }
-    }
+    if (udp !== null) udp.detach(this.id, this);
     const tcp = this.#tcp;
     this.#tcp = null;
     if (tcp !== null) tcp.destroy();
@@ -118,33 +104,23 @@ export class QueryAttempt<T> {
     return msg;
   }
 
-  #startUdp(): void {
-    const sock = dgram.createSocket(net.isIPv6(this.server.host) ? 'udp6' : 'udp4');
-    this.#udp = sock;
-    sock.on('error', (err: NodeJS.ErrnoException) => this.#error(err.code ?? 'EUDP'));
-    sock.on('message', (msg: Buffer, rinfo: dgram.RemoteInfo) => this.#onDatagram(msg, rinfo));
-    sock.once('connect', () => {
-      if (this.#state !== 'active') return;
-      try {
-        // Without a callback, send errors come back as 'error' events.
-        sock.send(this.#wire());
-      } catch (err) {
-        this.#error((err as NodeJS.ErrnoException).code ?? 'EUDP');
-        return;
-      }
-      this.#events.onSent(this);
-    });
-    // connect() binds to port 0 of the socket's family first: a fresh random source port per try.
-    sock.connect(this.server.port, this.server.host);
+  /** SharedTry: the socket is connected. */
+  socketReady(sock: SharedSocket): void {
+    if (this.#state !== 'active' || this.#udp !== sock) return;
+    // A copy per send: the caller's query is never written, and the id is this try's.
+    sock.send(this.#wire());
+    this.#events.onSent(this);
   }
 
-  #onDatagram(msg: Buffer, rinfo: dgram.RemoteInfo): void {
-    if (this.#state !== 'active') return;
-    if (rinfo.port !== this.server.port || !sameHost(rinfo.address, this.server.host)) {
-      this.#events.onSpoofed(this);
-      return;
-    }
-    this.#onMessage(msg);
+  /** SharedTry: a datagram from this try's server under its id. */
+  deliver(msg: Buffer): void {
+    if (this.#state === 'active') this.#onMessage(msg);
+  }
+
+  /** SharedTry: the socket failed; it has already let go of this try. */
+  socketFailed(code: string): void {
+    this.#udp = null;
+    this.#error(code);
   }
 
   #onMessage(msg: Buffer): void {
