@@ -72,9 +72,9 @@ async function scrape(): Promise<string> {
 function cacheGauges(text: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const line of text.split('\n')) {
-    const m = /^(coredns_cache_entries|nodelocal_cache_bytes)\{([^}]*)\} (\S+)$/.exec(line);
+    const m = /^(coredns_cache_entries|nodelocal_cache_bytes|nodejs_heap_size_used_bytes|nodejs_heap_size_total_bytes|nodejs_external_memory_bytes|nodejs_heap_space_size_used_bytes)\{([^}]*)\} (\S+)$/.exec(line);
     if (m === null) continue;
-    const type = /type="(\w+)"/.exec(m[2]!)?.[1];
+    const type = /(?:type|space)="(\w+)"/.exec(m[2]!)?.[1];
     out[type !== undefined ? `${m[1]}_${type}` : m[1]!] = Number(m[3]);
   }
   return out;
