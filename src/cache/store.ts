@@ -19,7 +19,7 @@
  * Freed space: records are appended at the tail; a removed record is marked
  * DEAD and its bytes counted as dead. When the tail reaches the end, the slab
  * is compacted in place (live records slid down in address order, their
- * slots' offsets rewritten) if it is mostly dead, or grown (x2, copying only
+ * slots' offsets rewritten) if it is mostly dead, or grown (x1.5, copying only
  * the live records, so growth compacts too) while it is below its cap. The
  * cap is the byte budget, and the lists' budgets leave LIVE_SHARE of it for
  * live records, so a compaction at the cap frees at least a fifth of the slab
@@ -47,9 +47,9 @@ const DEAD = 0xffffffff;
 const RECORD_HEADER = 8;
 const NONE = -1;
 const FLAG_REFRESHING = 1;
-/** Slots allocated at first; the arrays double up to the two capacities together. */
+/** Slots allocated at first; the arrays grow by half up to the two capacities together. */
 const INITIAL_SLOTS = 1024;
-/** The slab's first size; it doubles up to its cap. */
+/** The slab's first size; it grows by half up to its cap. */
 const INITIAL_SLAB = 64 * 1024;
 /** A Buffer's largest length in Node 20 (buffer.constants.MAX_LENGTH), less alignment: offsets are u32. */
 export const MAX_SLAB = 2 ** 32 - 8;
@@ -440,8 +440,9 @@ export class AnswerStore {
     if (this.#tail + rec <= cap) return true;
     const live = this.#tail - this.#dead;
     if ((live + rec) * 4 > cap * 3 && cap < this.#slabCap) {
-      let size = cap * 2;
-      while (size < live + rec) size *= 2;
+      // x1.5, not x2: a doubled slab is up to half empty for good once the cache stops growing.
+      let size = align8(cap + (cap >>> 1));
+      while (size < live + rec) size = align8(size + (size >>> 1));
       this.#moveLive(Buffer.allocUnsafeSlow(Math.min(size, this.#slabCap)));
       return this.#tail + rec <= this.#slab.length;
     }
@@ -490,7 +491,7 @@ export class AnswerStore {
       this.#freeSlot = this.#older[s]!;
       return s;
     }
-    if (this.#fresh === this.#slots) this.#growSlots(this.#slots * 2);
+    if (this.#fresh === this.#slots) this.#growSlots(this.#slots + (this.#slots >>> 1) + 1);
     return this.#fresh++;
   }
 
