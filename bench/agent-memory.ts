@@ -14,6 +14,12 @@
  *   npx tsc -p tsconfig.json && node dist/bench/agent-memory.js
  *   SERVICES=10000 NAMES=20000 ANSWER_BYTES=10000 (the defaults); extra agent flags after --
  *
+ * SERVICES=0 runs the agent with --no-kube (no API server, no view, no
+ * relist): the cache alone, as the compact-store figures are stated
+ * (issue 16: 100,000 names, one A record each):
+ *
+ *   SERVICES=0 NAMES=100000 ANSWER_BYTES=0 node dist/bench/agent-memory.js -- --cache-size 100000 --cache-memory 256Mi
+ *
  * Everything on 127.0.0.1; the agent's resolv.conf names only the fake resolver.
  * Prints one JSON object (MiB). RssFile (mostly the node binary) is shown apart:
  * it is shared and reclaimable, anon memory is what an OOM kill is about.
@@ -33,6 +39,7 @@ const SERVICES = Number(process.env['SERVICES'] ?? 10_000);
 const NAMES = Number(process.env['NAMES'] ?? 20_000);
 const ANSWER_BYTES = Number(process.env['ANSWER_BYTES'] ?? 10_000);
 const PORT = Number(process.env['PORT'] ?? 5399);
+const METRICS_PORT = PORT + 1000;
 /** Bounded waits: the sync poll, one query, the relist watch. */
 const SYNC_WAIT_MS = 60_000;
 const QUERY_TIMEOUT_MS = 2000;
@@ -50,6 +57,27 @@ function memOf(pid: number): Mem {
   const kib = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? NaN);
   const mib = (k: string): number => Math.round(kib(k) / 1024);
   return { rss: mib('VmRSS'), anon: mib('RssAnon'), file: mib('RssFile') };
+}
+
+/** The cache's own gauges from /metrics: entries and the bytes charged against --cache-memory. */
+async function scrape(): Promise<string> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${METRICS_PORT}/metrics`, { signal: AbortSignal.timeout(QUERY_TIMEOUT_MS) });
+    return await res.text();
+  } catch {
+    return '';
+  }
+}
+
+function cacheGauges(text: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    const m = /^(coredns_cache_entries|nodelocal_cache_bytes|nodejs_heap_size_used_bytes|nodejs_heap_size_total_bytes|nodejs_external_memory_bytes|nodejs_heap_space_size_used_bytes)\{([^}]*)\} (\S+)$/.exec(line);
+    if (m === null) continue;
+    const type = /(?:type|space)="(\w+)"/.exec(m[2]!)?.[1];
+    out[type !== undefined ? `${m[1]}_${type}` : m[1]!] = Number(m[3]);
+  }
+  return out;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -81,8 +109,9 @@ async function main(): Promise<void> {
   const resolv = join(dir, 'resolv.conf');
   writeFileSync(resolv, 'nameserver 127.0.0.1\n');
   const extra = process.argv.includes('--') ? process.argv.slice(process.argv.indexOf('--') + 1) : [];
+  const kube = SERVICES > 0 ? ['--kubeconfig', writeKubeconfig(api.url, 'bench')] : ['--no-kube'];
   const agent = spawn(process.execPath, [
-    MAIN, '--listen', `127.0.0.1:${PORT}`, '--kubeconfig', writeKubeconfig(api.url, 'bench'),
+    MAIN, '--listen', `127.0.0.1:${PORT}`, ...kube, '--health-port', '0', '--metrics-listen-address', `127.0.0.1:${METRICS_PORT}`,
     '--upstream-addr', `127.0.0.1:${kubeDns.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`, '--resolv-conf', resolv,
     '--success-ttl', '1h', '--prefetch-min-hits', '0', '--log-level', 'info', ...extra,
   ], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -98,7 +127,7 @@ async function main(): Promise<void> {
     await sleep(2000);
     out['idle'] = memOf(pid);
     const synced = (): number => (log.match(/kube initial list applied/g) ?? []).length;
-    for (let waited = 0; synced() < 3; waited += 100) {
+    for (let waited = 0; SERVICES > 0 && synced() < 3; waited += 100) {
       if (waited > SYNC_WAIT_MS) throw new Error(`view not synced after ${SYNC_WAIT_MS} ms`);
       await sleep(100);
     }
@@ -135,16 +164,21 @@ async function main(): Promise<void> {
     await sleep(2000);
     out['filled'] = { ...memOf(pid), answered };
 
-    // The watch history expires under every reflector (as after an etcd compaction): 410, relist.
-    api.bumpRv();
-    api.compact();
-    api.closeWatches();
-    let peak = 0;
-    for (let t = 0; t < RELIST_WATCH_MS; t += 50) {
-      await sleep(50);
-      peak = Math.max(peak, memOf(pid).rss);
+    const filled = memOf(pid);
+    out['perNameBytes'] = Math.round(((filled.rss - (out['synced'] as Mem).rss) * 1048576) / Math.max(1, answered));
+    out['cache'] = cacheGauges(await scrape());
+    if (SERVICES > 0) {
+      // The watch history expires under every reflector (as after an etcd compaction): 410, relist.
+      api.bumpRv();
+      api.compact();
+      api.closeWatches();
+      let peak = 0;
+      for (let t = 0; t < RELIST_WATCH_MS; t += 50) {
+        await sleep(50);
+        peak = Math.max(peak, memOf(pid).rss);
+      }
+      out['relist'] = { peakRss: peak, after: memOf(pid), relisted: (log.match(/relisting/g) ?? []).length };
     }
-    out['relist'] = { peakRss: peak, after: memOf(pid), relisted: (log.match(/relisting/g) ?? []).length };
     const hwm = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
     out['peakRss'] = Math.round(hwm / 1024);
   } finally {

@@ -191,11 +191,11 @@ t.test('recency and hits survive; restored entries respect the capacities and th
   t.ok(small.lookup(keyOf('x1.example'), 0));
   t.equal(small.counters.get('evictPositive'), 0, 'records that did not fit are not counted as evictions');
 
-  // Room for two entries in the positive store's share of the budget (each costs about 1.1 KB).
-  const tight = newCache({ maxBytes: 3_100 });
+  // Room for two entries in the positive store's share of the budget (0.6 of it: each costs 152 bytes, record and index).
+  const tight = newCache({ maxBytes: 650 });
   t.match(tight.restore(records(), 0), { restored: 2, noRoom: 1 });
-  t.ok(tight.bytes <= 3_100, `within the budget (${tight.bytes})`);
-  const tiny = newCache({ maxBytes: 1_000 });
+  t.ok(tight.bytes <= 650, `within the budget (${tight.bytes})`);
+  const tiny = newCache({ maxBytes: 200 });
   t.match(tiny.restore(records(), 0), { restored: 0, noRoom: 3 }, 'an entry bigger than the budget is refused, and counted');
 
   const live = newCache();

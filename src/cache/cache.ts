@@ -1,21 +1,22 @@
 /**
- * The answer cache: two LRU stores (positive and negative, separate
+ * The answer cache: two LRU lists (positive and negative, separate
  * capacities, as in CoreDNS) of wire-format entries keyed by the query key
- * (dns/query.ts). Lookup is find, check freshness, done; everything else was
- * decided at insert.
+ * (dns/query.ts), kept in one compact store (store.ts: a slab of bytes and
+ * typed-array indexes, no object per entry). Lookup is find, check
+ * freshness, done; everything else was decided at insert.
  *
  * Bounded twice: by entries (node-cache's 9984 each) and by bytes. Entry
  * counts alone let 12,000 names with 64 KB answers take 800 MB; the byte
- * budget charges each entry its answer bytes plus a fixed overhead for the
- * objects around them, so memory stays bounded whatever the answers weigh.
+ * budget charges each entry its slab record plus its index overhead, and
+ * caps the slab itself, so memory stays bounded whatever the answers weigh.
  */
-import { LRUCache } from 'lru-cache';
 import { scanAnswer, type AnswerScan } from '../dns/answer.js';
 import { HEADER_LEN } from '../dns/constants.js';
-import { CacheEntry, type CacheRecord } from './entry.js';
+import { AnswerCopy, lifeSec, type CacheEntry, type CacheRecord } from './entry.js';
 import { planCaching, type CachePlan, type TtlCaps } from './policy.js';
 import { prefetchStart, type PrefetchOptions } from './prefetch.js';
 import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
+import { AnswerStore, LIVE_SHARE, NEGATIVE, POSITIVE, SLOT_OVERHEAD_BYTES, type ListId } from './store.js';
 
 export interface CacheOptions extends TtlCaps, PrefetchOptions {
   readonly positiveCapacity: number;
@@ -34,12 +35,14 @@ export interface CacheOptions extends TtlCaps, PrefetchOptions {
 export const STALE_ANSWER_TTL = 30;
 
 /**
- * What an entry costs besides its answer bytes: the CacheEntry object, its
- * Buffer and Uint16Array headers, the key string and the LRU's slots.
- * Measured: 100,000 small entries cost about 1.4 KB each in RSS, of which
- * about 100 B are answer bytes (design section 7).
+ * What an entry costs besides its slab record (answer, key, TTL offsets and
+ * an 8-byte header): its slot in the typed-array indexes and the hash table.
+ * An entry of one A record is charged about 175 bytes in all; the agent's
+ * RSS grows by about 550 bytes per cached name with 100,000 of them (most
+ * of the rest is the V8 heap the misses that filled it left behind), against
+ * 1,590 with the lru-cache store this replaced (bench/agent-memory.ts).
  */
-export const ENTRY_OVERHEAD_BYTES = 1024;
+export const ENTRY_OVERHEAD_BYTES = SLOT_OVERHEAD_BYTES;
 /** Share of maxBytes given to negative answers. */
 export const NEGATIVE_SHARE = 0.25;
 
@@ -76,47 +79,28 @@ function keyMatchesQuestion(key: string, wire: Buffer, questionEnd: number): boo
   return true;
 }
 
-function entryBytes(e: CacheEntry, key: string): number {
-  return e.wire.length + e.ttlOffsets.byteLength + key.length + ENTRY_OVERHEAD_BYTES;
-}
-
 export class DnsCache {
   readonly counters: CacheCounters;
-  readonly #positive: LRUCache<string, CacheEntry>;
-  readonly #negative: LRUCache<string, CacheEntry>;
+  readonly #store: AnswerStore;
   #opts: CacheOptions;
   /** True while restore() runs: its evictions are records that did not fit, not the cache's churn. */
   #restoring: boolean;
   #restoreEvictions: number;
 
-  constructor(opts: CacheOptions, counters: CacheCounters) {
+  /** `hashMask`: tests only, to force hash collisions (store.ts). */
+  constructor(opts: CacheOptions, counters: CacheCounters, hashMask?: number) {
     this.#opts = opts;
     this.counters = counters;
     this.#restoring = false;
     this.#restoreEvictions = 0;
-    const v = counters.values;
-    const negativeBytes = Math.max(1, Math.floor(opts.maxBytes * NEGATIVE_SHARE));
-    this.#positive = new LRUCache<string, CacheEntry>({
-      max: opts.positiveCapacity,
-      maxSize: Math.max(1, opts.maxBytes - negativeBytes),
-      sizeCalculation: entryBytes,
-      dispose: (_v, _k, reason) => {
-        if (reason === 'evict') {
-          if (this.#restoring) this.#restoreEvictions++;
-          else v[S.evictPositive]!++;
-        }
-      },
-    });
-    this.#negative = new LRUCache<string, CacheEntry>({
-      max: opts.negativeCapacity,
-      maxSize: negativeBytes,
-      sizeCalculation: entryBytes,
-      dispose: (_v, _k, reason) => {
-        if (reason === 'evict') {
-          if (this.#restoring) this.#restoreEvictions++;
-          else v[S.evictNegative]!++;
-        }
-      },
+    // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store.ts).
+    const live = opts.maxBytes * LIVE_SHARE;
+    const negativeBytes = Math.max(1, Math.floor(live * NEGATIVE_SHARE));
+    this.#store = new AnswerStore({
+      capacity: [opts.positiveCapacity, opts.negativeCapacity],
+      budget: [Math.max(1, Math.floor(live - negativeBytes)), negativeBytes],
+      slabCap: opts.maxBytes,
+      ...(hashMask !== undefined ? { hashMask } : {}),
     });
   }
 
@@ -129,18 +113,25 @@ export class DnsCache {
     this.#opts = { ...this.#opts, ...policy };
   }
 
-  /** A fresh entry for `key`, counting the hit; undefined (and a miss) otherwise. */
+  /**
+   * A fresh entry for `key`, counting the hit; undefined (and a miss)
+   * otherwise. The entry is the store's one handle (store.ts StoredEntry):
+   * valid until the next call into this cache, so serve it at once.
+   */
   lookup(key: string, now: number): CacheEntry | undefined {
-    const positive = this.#positive.get(key);
-    const entry = positive ?? this.#negative.get(key);
-    if (entry !== undefined) {
-      if (now < entry.expiresAt) {
-        entry.hits++;
-        this.counters.values[positive !== undefined ? S.hitPositive : S.hitNegative]!++;
-        return entry;
+    const st = this.#store;
+    const slot = st.find(key);
+    if (slot >= 0) {
+      st.touch(slot);
+      const expiresAt = st.expiresAt(slot);
+      if (now < expiresAt) {
+        st.addHit(slot);
+        this.counters.values[st.listOf(slot) === POSITIVE ? S.hitPositive : S.hitNegative]!++;
+        st.view.slot = slot;
+        return st.view;
       }
       // Expired entries stay for the stale window: they may still answer if the upstream fails.
-      if (now >= entry.expiresAt + this.#opts.staleMs) (positive !== undefined ? this.#positive : this.#negative).delete(key);
+      if (now >= expiresAt + this.#opts.staleMs) st.remove(slot);
     }
     this.counters.values[S.miss]!++;
     return undefined;
@@ -148,60 +139,87 @@ export class DnsCache {
 
   /**
    * An expired entry still inside the stale window, for when the upstream
-   * failed (RFC 8767); counted as served. Does not touch LRU order.
+   * failed (RFC 8767); counted as served. Does not touch LRU order. A copy:
+   * it answers every waiter of the failed miss.
    */
   stale(key: string, now: number): CacheEntry | undefined {
-    const entry = this.#positive.peek(key) ?? this.#negative.peek(key);
-    if (entry === undefined || now < entry.expiresAt || now >= entry.expiresAt + this.#opts.staleMs) return undefined;
+    const st = this.#store;
+    const slot = st.find(key);
+    if (slot < 0) return undefined;
+    const expiresAt = st.expiresAt(slot);
+    if (now < expiresAt || now >= expiresAt + this.#opts.staleMs) return undefined;
     this.counters.values[S.stale]!++;
-    return entry;
+    return new AnswerCopy(
+      st.wireCopy(slot), st.questionEnd(slot), st.ttlOffsetsCopy(slot), st.storedAt(slot), expiresAt, st.prefetchAt(slot),
+      st.listOf(slot) === NEGATIVE,
+    );
   }
 
-  /** True when a hit on `entry` at `now` should start a background refresh (and marks it started). */
+  /** True when a hit on `entry` (the handle lookup just returned) at `now` should start a background refresh (and marks it started). */
   claimPrefetch(entry: CacheEntry, now: number): boolean {
-    if (entry.refreshing || now < entry.prefetchAt || entry.hits < this.#opts.minHits) return false;
-    entry.refreshing = true;
+    const st = this.#store;
+    if (entry !== st.view) return false;
+    const slot = st.view.slot;
+    if (st.refreshing(slot) || now < st.prefetchAt(slot) || st.hits(slot) < this.#opts.minHits) return false;
+    st.setRefreshing(slot);
     this.counters.values[S.prefetch]!++;
     return true;
   }
 
   /**
    * Stores a validated upstream answer if policy allows, and returns the
-   * entry to answer waiting clients from (transient when not stored).
+   * entry to answer waiting clients from (a copy of what was stored;
+   * transient when not stored).
    */
   insert(key: string, answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
     const plan: CachePlan = planCaching(scan, this.#opts);
     if (plan.kind === 'none') {
       this.counters.values[S.uncacheable]!++;
-      return CacheEntry.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
+      return AnswerCopy.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
     }
     const negative = plan.kind === 'negative';
-    const entry = CacheEntry.fromAnswer(answer, scan, now, plan.ttl, prefetchStart(now, plan.ttl, this.#opts), negative);
-    if (negative) {
-      // A name that turned negative must not keep answering from the positive store, and vice versa.
-      this.#positive.delete(key);
-      this.#negative.set(key, entry);
-      this.counters.values[S.insertNegative]!++;
-    } else {
-      this.#negative.delete(key);
-      this.#positive.set(key, entry);
-      this.counters.values[S.insertPositive]!++;
-    }
+    const entry = AnswerCopy.fromAnswer(answer, scan, now, plan.ttl, prefetchStart(now, plan.ttl, this.#opts), negative);
+    // The store drops any entry the key had in the other list: a name that turned negative must not keep answering positive.
+    this.#store.insert(negative ? NEGATIVE : POSITIVE, key, entry);
+    this.#countEvictions();
+    this.counters.values[negative ? S.insertNegative : S.insertPositive]!++;
     return entry;
+  }
+
+  /** Moves the store's evictions into the counters (or, during a restore, into the records that did not fit). */
+  #countEvictions(): void {
+    const ev = this.#store.evicted;
+    if (ev[0] === 0 && ev[1] === 0) return;
+    if (this.#restoring) this.#restoreEvictions += ev[0]! + ev[1]!;
+    else {
+      this.counters.values[S.evictPositive]! += ev[0]!;
+      this.counters.values[S.evictNegative]! += ev[1]!;
+    }
+    ev.fill(0);
   }
 
   /**
    * Every entry still inside its stale window, as records aged to `now`:
    * positive store first, then negative, each least recently used first, so
-   * restoring them in this order keeps their recency. Do not change the cache
-   * while iterating.
+   * restoring them in this order keeps their recency. Each record's `wire` is
+   * its own copy. Do not change the cache while iterating.
    */
   *export(now: number): Generator<CacheRecord> {
     const staleMs = this.#opts.staleMs;
-    for (const store of [this.#positive, this.#negative]) {
-      // lru-cache 11 types rentries() as (K | V)[]; it yields [key, value] like entries().
-      for (const [key, entry] of store.rentries() as Generator<[string, CacheEntry]>) {
-        if (now < entry.expiresAt + staleMs) yield entry.toRecord(key, now);
+    const st = this.#store;
+    for (const list of [POSITIVE, NEGATIVE] as const) {
+      for (const slot of st.slots(list)) {
+        const storedAt = st.storedAt(slot);
+        const expiresAt = st.expiresAt(slot);
+        if (now >= expiresAt + staleMs) continue;
+        yield {
+          key: st.keyOf(slot),
+          wire: st.wireCopy(slot),
+          ttlSec: lifeSec(storedAt, expiresAt),
+          ageMs: now > storedAt ? now - storedAt : 0,
+          hits: st.hits(slot),
+          negative: list === NEGATIVE,
+        };
       }
     }
   }
@@ -216,11 +234,13 @@ export class DnsCache {
    */
   restore(records: Iterable<CacheRecord>, now: number): RestoreCounts {
     const counts: RestoreCounts = { restored: 0, expired: 0, invalid: 0, present: 0, noRoom: 0 };
+    const st = this.#store;
+    this.#countEvictions();
     this.#restoring = true;
     this.#restoreEvictions = 0;
     try {
       for (const r of records) {
-        if (this.#positive.has(r.key) || this.#negative.has(r.key)) {
+        if (st.find(r.key) >= 0) {
           counts.present++;
           continue;
         }
@@ -228,11 +248,10 @@ export class DnsCache {
         if (entry === 'invalid') counts.invalid++;
         else if (entry === 'expired') counts.expired++;
         else {
-          const store = entry.negative ? this.#negative : this.#positive;
-          store.set(r.key, entry);
-          // lru-cache refuses, without a word, an entry bigger than the whole budget.
-          if (store.has(r.key)) counts.restored++;
+          const list: ListId = entry.negative ? NEGATIVE : POSITIVE;
+          if (st.insert(list, r.key, entry) >= 0) counts.restored++;
           else counts.noRoom++;
+          this.#countEvictions();
         }
       }
     } finally {
@@ -243,7 +262,7 @@ export class DnsCache {
     return counts;
   }
 
-  #revive(r: CacheRecord, now: number): CacheEntry | 'invalid' | 'expired' {
+  #revive(r: CacheRecord, now: number): AnswerCopy | 'invalid' | 'expired' {
     const scan = scanAnswer(r.wire);
     if (scan === undefined || scan.optStart >= 0 || scan.end !== r.wire.length || !keyMatchesQuestion(r.key, r.wire, scan.questionEnd)) {
       return 'invalid';
@@ -256,7 +275,7 @@ export class DnsCache {
     if (ageMs >= plan.ttl * 1000 + this.#opts.staleMs) return 'expired';
     const storedAt = now - ageMs;
     // fromAnswer copies the bytes (the caller's buffer may be a whole file) and re-caps the TTLs.
-    const entry = CacheEntry.fromAnswer(r.wire, scan, storedAt, plan.ttl, prefetchStart(storedAt, plan.ttl, this.#opts), r.negative);
+    const entry = AnswerCopy.fromAnswer(r.wire, scan, storedAt, plan.ttl, prefetchStart(storedAt, plan.ttl, this.#opts), r.negative);
     entry.hits = r.hits;
     return entry;
   }
@@ -267,20 +286,24 @@ export class DnsCache {
   }
 
   get positiveSize(): number {
-    return this.#positive.size;
+    return this.#store.size(POSITIVE);
   }
 
   get negativeSize(): number {
-    return this.#negative.size;
+    return this.#store.size(NEGATIVE);
   }
 
-  /** Bytes charged against the budget (answer bytes plus per-entry overhead). */
+  /** Bytes charged against the budget (slab records plus per-entry index overhead). */
   get bytes(): number {
-    return this.#positive.calculatedSize + this.#negative.calculatedSize;
+    return this.#store.charged(POSITIVE) + this.#store.charged(NEGATIVE);
+  }
+
+  /** The slab's length now (it grows up to maxBytes), live and dead records together. */
+  get slabBytes(): number {
+    return this.#store.slabBytes;
   }
 
   clear(): void {
-    this.#positive.clear();
-    this.#negative.clear();
+    this.#store.clear();
   }
 }

@@ -1,7 +1,8 @@
 /**
- * One cached answer: its bytes (id 0, no OPT, TTLs capped to the entry's
- * lifetime), the offsets a hit patches, and its clock. Serving it is a copy
- * plus patches (dns/patch.ts).
+ * One cached answer as the rest of the agent sees it: its bytes (id 0, no
+ * OPT, TTLs capped to the entry's lifetime), the offsets a hit patches, and
+ * its clock. Stored entries live in store.ts's slab; this file holds the
+ * shapes around them.
  */
 import type { AnswerScan } from '../dns/answer.js';
 import { stripOpt, writeAnswer } from '../dns/patch.js';
@@ -24,7 +25,27 @@ export interface CacheRecord {
   readonly negative: boolean;
 }
 
-export class CacheEntry {
+/**
+ * What the hit path serves from: a stored entry (store.ts StoredEntry, the
+ * handle a lookup returns) or a copy (AnswerCopy, what insert and stale
+ * return). Serving is a copy plus patches (dns/patch.ts).
+ */
+export interface CacheEntry {
+  /** Clock ms from which a hit on a popular entry starts a background refresh (Infinity: never). */
+  readonly prefetchAt: number;
+  readonly negative: boolean;
+  /** The client's answer, aged to `now`. `limit` is the most bytes the client takes. */
+  serve(q: Query, now: number, limit: number, ednsSize: number): Buffer;
+  /** The expired answer with every TTL set to `ttl` (RFC 8767 stale serving). */
+  serveStale(q: Query, ttl: number, limit: number, ednsSize: number): Buffer;
+}
+
+/**
+ * An answer with its own bytes: how an upstream answer is prepared before the
+ * store copies it into its slab, and what outlives the store's handle (the
+ * waiters of a miss, a stale answer).
+ */
+export class AnswerCopy implements CacheEntry {
   readonly wire: Buffer;
   readonly questionEnd: number;
   readonly ttlOffsets: Uint16Array;
@@ -32,34 +53,30 @@ export class CacheEntry {
   readonly storedAt: number;
   /** Clock ms when it stops being served. */
   readonly expiresAt: number;
-  /** Clock ms from which a hit on a popular entry starts a background refresh. */
   readonly prefetchAt: number;
   readonly negative: boolean;
-  /** Hits since stored; prefetch asks for a minimum. */
+  /** Hits before it was stored (a restored entry keeps its count). */
   hits: number;
-  /** A background refresh is under way; start no other. */
-  refreshing: boolean;
 
   constructor(
-    wire: Buffer, questionEnd: number, ttlOffsets: Uint16Array, storedAt: number, ttlSec: number, prefetchAt: number,
+    wire: Buffer, questionEnd: number, ttlOffsets: Uint16Array, storedAt: number, expiresAt: number, prefetchAt: number,
     negative: boolean,
   ) {
     this.wire = wire;
     this.questionEnd = questionEnd;
     this.ttlOffsets = ttlOffsets;
     this.storedAt = storedAt;
-    this.expiresAt = storedAt + ttlSec * 1000;
+    this.expiresAt = expiresAt;
     this.prefetchAt = prefetchAt;
     this.negative = negative;
     this.hits = 0;
-    this.refreshing = false;
   }
 
   /**
    * Builds an entry from a validated upstream answer. `ttlSec` 0 makes a
    * transient entry: never stored, used once to answer the clients waiting on it.
    */
-  static fromAnswer(answer: Buffer, scan: AnswerScan, now: number, ttlSec: number, prefetchAt: number, negative: boolean): CacheEntry {
+  static fromAnswer(answer: Buffer, scan: AnswerScan, now: number, ttlSec: number, prefetchAt: number, negative: boolean): AnswerCopy {
     const offsets = scan.ttlOffsets.slice();
     const wire = stripOpt(answer, scan.end, scan.optStart, scan.optEnd, offsets);
     wire.writeUInt16BE(0, 0);
@@ -70,27 +87,20 @@ export class CacheEntry {
         if (wire.readUInt32BE(off) > ttlSec) wire.writeUInt32BE(ttlSec, off);
       }
     }
-    return new CacheEntry(wire, scan.questionEnd, offsets, now, ttlSec, prefetchAt, negative);
+    return new AnswerCopy(wire, scan.questionEnd, offsets, now, now + ttlSec * 1000, prefetchAt, negative);
   }
 
-  /** The life it was stored with, seconds (derived, so an entry carries no extra field). */
-  get ttlSec(): number {
-    return Math.round((this.expiresAt - this.storedAt) / 1000);
-  }
-
-  /** This entry as a record for a snapshot; shares `wire`, which the caller must not change. */
-  toRecord(key: string, now: number): CacheRecord {
-    return { key, wire: this.wire, ttlSec: this.ttlSec, ageMs: now > this.storedAt ? now - this.storedAt : 0, hits: this.hits, negative: this.negative };
-  }
-
-  /** The client's answer, aged to `now`. `limit` is the most bytes the client takes. */
   serve(q: Query, now: number, limit: number, ednsSize: number): Buffer {
     const age = now > this.storedAt ? Math.floor((now - this.storedAt) / 1000) : 0;
     return writeAnswer(this.wire, this.questionEnd, this.ttlOffsets, q, age, -1, limit, ednsSize);
   }
 
-  /** The expired answer with every TTL set to `ttl` (RFC 8767 stale serving). */
   serveStale(q: Query, ttl: number, limit: number, ednsSize: number): Buffer {
     return writeAnswer(this.wire, this.questionEnd, this.ttlOffsets, q, 0, ttl, limit, ednsSize);
   }
+}
+
+/** The life an entry was stored with, seconds. */
+export function lifeSec(storedAt: number, expiresAt: number): number {
+  return Math.round((expiresAt - storedAt) / 1000);
 }

@@ -65,9 +65,10 @@ const U32_MAX = 0xffffffff;
 
 /**
  * Room past the cache's byte budget for the header and trailer. A record
- * costs 17 bytes plus its key and answer on disk and the cache charges the
- * same entry its key and answer plus about 1 KiB, so a snapshot of a full
- * cache stays well inside the budget; anything bigger is not ours to read.
+ * costs 17 bytes plus its key and answer on disk, and the cache charges the
+ * same entry its key and answer plus at least 72 bytes (store.ts: record
+ * header, TTL offsets, index overhead), so a snapshot of a full cache stays
+ * inside the budget; anything bigger is not ours to read.
  */
 export const SNAPSHOT_SLACK_BYTES = 1 << 20;
 /**

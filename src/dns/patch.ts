@@ -22,25 +22,42 @@ import type { Query } from './query.js';
 export function writeAnswer(
   wire: Buffer, questionEnd: number, ttlOffsets: Uint16Array, q: Query, ageSec: number, fixedTtl: number, limit: number, ednsSize: number,
 ): Buffer {
+  return writeAnswerFrom(wire, 0, wire.length, questionEnd, ttlOffsets, 0, ttlOffsets.length, q, ageSec, fixedTtl, limit, ednsSize);
+}
+
+/**
+ * writeAnswer for an answer stored inside a larger buffer (the cache's slab):
+ * its bytes are src[base, base + wireLen), its TTL offsets (relative to
+ * `base`) are ttl[ttlAt, ttlAt + ttlCount). Reading in place is what lets a
+ * hit allocate nothing but the outgoing buffer.
+ */
+/** Below this, a byte loop beats Buffer.copy (which builds a view of the source range per call). */
+const SMALL_COPY = 256;
+
+export function writeAnswerFrom(
+  src: Buffer, base: number, wireLen: number, questionEnd: number, ttl: Uint16Array, ttlAt: number, ttlCount: number,
+  q: Query, ageSec: number, fixedTtl: number, limit: number, ednsSize: number,
+): Buffer {
   const optLen = q.edns ? OPT_LEN : 0;
-  const full = wire.length + optLen <= limit;
+  const full = wireLen + optLen <= limit;
   // The cut is the rare path: it is worked out here, before the copy, so the common path only pays this branch.
-  const kept = full ? ttlOffsets.length : keptRecords(wire, ttlOffsets, limit - optLen);
+  const kept = full ? ttlCount : keptRecordsFrom(src, base, ttl, ttlAt, ttlCount, limit - optLen);
   const tc = kept < 0;
   const n = tc ? ~kept : kept;
-  const len = full ? wire.length : n === 0 ? questionEnd : recordEnd(wire, ttlOffsets[n - 1]!);
+  const len = full ? wireLen : n === 0 ? questionEnd : recordEnd(src, base, ttl[ttlAt + n - 1]!);
   const out = Buffer.allocUnsafe(len + optLen);
   // TypedArray.set and byte stores instead of Buffer.copy/readUInt*: for a few hundred
   // bytes the native copy binding and the bounds-checked accessors cost more than the work.
-  // A cut copies with Buffer.copy: a subarray view would be a second allocation.
-  if (full) out.set(wire);
-  else wire.copy(out, 0, 0, len);
+  // From inside a larger buffer (or cut) it copies with Buffer.copy: a subarray view would be a second allocation.
+  if (full && base === 0 && wireLen === src.length) out.set(src);
+  else if (len <= SMALL_COPY) for (let i = 0; i < len; i++) out[i] = src[base + i]!;
+  else src.copy(out, 0, base, base + len);
   out[0] = q.id >>> 8;
   out[1] = q.id & 0xff;
   // AA=1 as node-cache (CoreDNS's cache, plugin/cache/item.go) sets it on every cached answer: some clients
   // discard non-authoritative answers, and pods moving from node-cache must see the same bits. RD and CD
   // echo the client; we offer recursion.
-  let flags = (((wire[OFF_FLAGS]! << 8) | wire[OFF_FLAGS + 1]!) & ~(FLAG_RD | FLAG_CD)) | FLAG_AA | (q.flags & (FLAG_RD | FLAG_CD)) | FLAG_RA;
+  let flags = (((src[base + OFF_FLAGS]! << 8) | src[base + OFF_FLAGS + 1]!) & ~(FLAG_RD | FLAG_CD)) | FLAG_AA | (q.flags & (FLAG_RD | FLAG_CD)) | FLAG_RA;
   if (tc) flags |= FLAG_TC;
   out[OFF_FLAGS] = flags >>> 8;
   out[OFF_FLAGS + 1] = flags & 0xff;
@@ -49,17 +66,18 @@ export function writeAnswer(
   for (let i = HEADER_LEN; i < q.qnameEnd; i++) out[i] = msg[i]!;
   if (ageSec > 0 || fixedTtl >= 0) {
     for (let i = 0; i < n; i++) {
-      const off = ttlOffsets[i]!;
-      const stored = ((wire[off]! << 24) | (wire[off + 1]! << 16) | (wire[off + 2]! << 8) | wire[off + 3]!) >>> 0;
-      const ttl = fixedTtl >= 0 ? fixedTtl : stored > ageSec ? stored - ageSec : 0;
-      out[off] = ttl >>> 24;
-      out[off + 1] = (ttl >>> 16) & 0xff;
-      out[off + 2] = (ttl >>> 8) & 0xff;
-      out[off + 3] = ttl & 0xff;
+      const off = ttl[ttlAt + i]!;
+      const at = base + off;
+      const stored = ((src[at]! << 24) | (src[at + 1]! << 16) | (src[at + 2]! << 8) | src[at + 3]!) >>> 0;
+      const t = fixedTtl >= 0 ? fixedTtl : stored > ageSec ? stored - ageSec : 0;
+      out[off] = t >>> 24;
+      out[off + 1] = (t >>> 16) & 0xff;
+      out[off + 2] = (t >>> 8) & 0xff;
+      out[off + 3] = t & 0xff;
     }
   }
   if (!full || optLen !== 0) {
-    let arcount = full ? (wire[OFF_ARCOUNT]! << 8) | wire[OFF_ARCOUNT + 1]! : writeCutCounts(wire, out, n);
+    let arcount = full ? (src[base + OFF_ARCOUNT]! << 8) | src[base + OFF_ARCOUNT + 1]! : writeCutCounts(src, base, out, n);
     if (optLen !== 0) {
       writeOpt(out, len, ednsSize, 0, q.dnssecOk);
       arcount++;
@@ -75,9 +93,9 @@ export function writeAnswer(
  * returns its ARCOUNT: records run answer, authority, additional, so the
  * first n of them keep their sections.
  */
-function writeCutCounts(wire: Buffer, out: Buffer, n: number): number {
-  const an = (wire[OFF_ANCOUNT]! << 8) | wire[OFF_ANCOUNT + 1]!;
-  const ns = (wire[OFF_NSCOUNT]! << 8) | wire[OFF_NSCOUNT + 1]!;
+function writeCutCounts(wire: Buffer, base: number, out: Buffer, n: number): number {
+  const an = (wire[base + OFF_ANCOUNT]! << 8) | wire[base + OFF_ANCOUNT + 1]!;
+  const ns = (wire[base + OFF_NSCOUNT]! << 8) | wire[base + OFF_NSCOUNT + 1]!;
   const keptAn = n < an ? n : an;
   const keptNs = n - keptAn < ns ? n - keptAn : ns;
   out[OFF_ANCOUNT] = keptAn >>> 8;
@@ -87,9 +105,9 @@ function writeCutCounts(wire: Buffer, out: Buffer, n: number): number {
   return n - keptAn - keptNs;
 }
 
-/** Offset past the record whose TTL sits at `ttlOff`: RDLENGTH follows the TTL, then RDATA. */
-function recordEnd(wire: Buffer, ttlOff: number): number {
-  return ttlOff + 6 + ((wire[ttlOff + 4]! << 8) | wire[ttlOff + 5]!);
+/** Offset (relative to `base`) past the record whose TTL sits at `ttlOff`: RDLENGTH follows the TTL, then RDATA. */
+function recordEnd(wire: Buffer, base: number, ttlOff: number): number {
+  return ttlOff + 6 + ((wire[base + ttlOff + 4]! << 8) | wire[base + ttlOff + 5]!);
 }
 
 /**
@@ -109,12 +127,16 @@ function recordEnd(wire: Buffer, ttlOff: number): number {
  * (answer.ts scanAnswer refuses anything else at insert).
  */
 export function keptRecords(wire: Buffer, ttlOffsets: Uint16Array, budget: number): number {
+  return keptRecordsFrom(wire, 0, ttlOffsets, 0, ttlOffsets.length, budget);
+}
+
+function keptRecordsFrom(wire: Buffer, base: number, ttl: Uint16Array, ttlAt: number, ttlCount: number, budget: number): number {
   let n = 0;
-  while (n < ttlOffsets.length && recordEnd(wire, ttlOffsets[n]!) <= budget) n++;
-  const an = (wire[OFF_ANCOUNT]! << 8) | wire[OFF_ANCOUNT + 1]!;
+  while (n < ttlCount && recordEnd(wire, base, ttl[ttlAt + n]!) <= budget) n++;
+  const an = (wire[base + OFF_ANCOUNT]! << 8) | wire[base + OFF_ANCOUNT + 1]!;
   if (n < an) return ~n;
   if (an === 0) {
-    const ns = (wire[OFF_NSCOUNT]! << 8) | wire[OFF_NSCOUNT + 1]!;
+    const ns = (wire[base + OFF_NSCOUNT]! << 8) | wire[base + OFF_NSCOUNT + 1]!;
     if (n < ns) return ~n;
   }
   return n;
