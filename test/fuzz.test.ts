@@ -30,7 +30,7 @@ const NEGATIVE_CACHE_SIZE = 256;
 /** The whole run: warm-up, UDP, honest TCP frames, lying TCP connections. */
 const WARM_UDP = 3000;
 const WARM_TCP = 500;
-const UDP_PACKETS = 84_000;
+const UDP_PACKETS = 84_500;
 const TCP_CONNECTIONS = 12;
 const TCP_PER_CONNECTION = 1000;
 const LIAR_ROUNDS = 2;
