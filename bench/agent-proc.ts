@@ -112,3 +112,13 @@ export async function scrape(url: string, names: readonly string[]): Promise<Map
 }
 
 export const mib = (b: number | null | undefined): string => (b === null || b === undefined ? '-' : (b / 2 ** 20).toFixed(1));
+
+/** Every series of the metrics whose names start with `prefix`, as text lines (empty if the scrape fails). */
+export async function scrapeLines(url: string, prefix: string): Promise<string[]> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(3000) });
+    return (await res.text()).split('\n').filter((l) => l.startsWith(prefix));
+  } catch {
+    return [];
+  }
+}

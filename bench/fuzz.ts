@@ -24,7 +24,7 @@ import {
   closeUdpChannels, fuzzUpstreams, liarScripts, openUdpChannels, tcpHonest, tcpLiar, tcpPayloads, udpFuzz, udpRcvbufErrors, until,
   type FuzzTarget,
 } from '../testkit/fuzz-drive.js';
-import { mib, rssOf, spawnAgent } from './agent-proc.js';
+import { mib, rssOf, scrapeLines, spawnAgent } from './agent-proc.js';
 import { tcpQuery, udpQuery } from './fuzz-probe.js';
 
 interface Args {
@@ -154,6 +154,8 @@ const after = [
 ];
 const afterOk = after[0] === '10.96.1.10' && after[1] === '192.0.2.80' && after[2] === '30 records';
 await until(() => false, 200);
+// Why the agent closed client connections (a reset is how it protects itself from clients that do not read).
+const closes = (await scrapeLines(agent.metricsUrl, 'nodelocal_tcp_closed_total')).filter((l) => !l.endsWith(' 0'));
 const rssEnd = rssOf(agent.pid);
 const crashed = agent.alive() ? null : agent.exit();
 const secs = (performance.now() - t0) / 1000;
@@ -162,6 +164,7 @@ await ups.close();
 
 console.log(summary);
 for (const f of failures) console.log(`  failure: ${f}`);
+if (args.tcp) console.log(`agent's client TCP closes by reason: ${closes.join('; ') || 'none'}`);
 console.log(`valid queries afterwards: ${JSON.stringify(after)} ${afterOk ? 'right' : 'WRONG'}`);
 console.log(`agent RSS: at start ${mib(rssStart)} MiB, after warm-up (${WARMUP}) ${mib(rssWarm)} MiB, at the end ${mib(rssEnd)} MiB; ${secs.toFixed(0)} s`);
 if (crashed !== null) console.log(`the agent exited: ${crashed} (log ${agent.logFile})`);

@@ -135,13 +135,18 @@ export async function udpFuzz(target: FuzzTarget, fuzz: Fuzz, chs: readonly UdpC
 /**
  * One TCP connection with honest framing: every payload framed with its real
  * length (zero-length frames included), written in random-sized chunks so
- * frames straddle reads. Resolves once every owed answer came (or after
- * `timeoutMs`) and the connection is closed.
+ * frames straddle reads, `window` frames at a time: the next batch goes out
+ * once the last one's answers are in (or after a bound), so answers never
+ * pile up unread behind a slow client (the agent resets a client that leaves
+ * too much unread: that is its protection, not what this drives at).
+ * Resolves once every owed answer came (or after `timeoutMs`) and the
+ * connection is closed.
  */
-export function tcpHonest(target: FuzzTarget, fuzz: Fuzz, payloads: Array<{ kind: string; bytes: Buffer }>, timeoutMs = 6000): Promise<Ledger> {
+export function tcpHonest(target: FuzzTarget, fuzz: Fuzz, payloads: Array<{ kind: string; bytes: Buffer }>, timeoutMs = 6000, window = 200): Promise<Ledger> {
   const ledger = new Ledger('tcp');
   for (const p of payloads) ledger.add(p.bytes, p.kind);
-  const stream = Buffer.concat(payloads.map((p) => frame(p.bytes)));
+  const batches: Buffer[] = [];
+  for (let i = 0; i < payloads.length; i += window) batches.push(Buffer.concat(payloads.slice(i, i + window).map((p) => frame(p.bytes))));
   return new Promise((resolve) => {
     const sock = net.connect(target.port, target.host);
     const dec = new FrameDecoder((f) => ledger.onAnswer(Buffer.from(f)));
@@ -170,11 +175,19 @@ export function tcpHonest(target: FuzzTarget, fuzz: Fuzz, payloads: Array<{ kind
       resolve(ledger);
     });
     sock.on('connect', async () => {
-      for (let off = 0; off < stream.length; ) {
-        const n = 1 + fuzz.int(700);
-        sock.write(stream.subarray(off, off + n));
-        off += n;
-        if (fuzz.chance(0.2)) await sleep(0);
+      let due = 0;
+      for (let b = 0; b < batches.length && !finished; b++) {
+        const stream = batches[b]!;
+        for (let off = 0; off < stream.length; ) {
+          const n = 1 + fuzz.int(700);
+          sock.write(stream.subarray(off, off + n));
+          off += n;
+          if (fuzz.chance(0.2)) await sleep(0);
+        }
+        // Owed answers of the frames written so far: everything not yet written is still owed too.
+        due += Math.min(window, payloads.length - b * window);
+        const owedUnwritten = payloads.slice(due).filter((p) => p.bytes.length >= 12 && (p.bytes[2]! & 0x80) === 0).length;
+        await until(() => finished || ledger.owed.size <= owedUnwritten, Math.max(1000, timeoutMs / 2), 2);
       }
       written = true;
       if (ledger.owed.size === 0) finish();
