@@ -1,6 +1,10 @@
-// Seeded generators of bad DNS queries for test/fuzz.test.ts: random bytes,
-// and valid queries (dns-packet) mutated at the places parsers get wrong.
-// Everything is driven by one PRNG so a failing run is replayed from its seed.
+// Seeded generators of bad DNS queries, shared by test/fuzz.test.ts and
+// `npm run fuzz` (bench/fuzz.ts): random bytes, and valid queries
+// (dns-packet) mutated at the places parsers get wrong (lying counts,
+// compression loops and forward pointers, labels past the end, OPT in the
+// wrong section or twice, huge option lengths, every opcode, QR=1, empty
+// questions). Everything is driven by one PRNG so a failing run is replayed
+// from its seed.
 import * as dnsPacket from 'dns-packet';
 
 /** mulberry32: small, fast, good enough to drive a fuzzer; [0, 1). */
@@ -266,11 +270,69 @@ export const MUTATIONS: readonly Mutation[] = [
     },
   },
   {
+    // Every opcode, QUERY (0) included so a mutated opcode field can also land back on it.
     name: 'opcode',
     apply(f, b) {
       const out = Buffer.from(b);
-      if (out.length >= 3) out[2] = (out[2]! & 0x87) | ((1 + f.int(15)) << 3);
+      if (out.length >= 3) out[2] = (out[2]! & 0x87) | (f.int(16) << 3);
       return out;
+    },
+  },
+  {
+    // A record in the answer or authority section whose owner points forwards (past itself, or past the end).
+    name: 'forward-pointer-record',
+    apply(f, b) {
+      if (b.length < 12) return b;
+      const at = b.length;
+      const target = f.pick([at, at + 2, at + 12, at + 200, 0x3fff]);
+      const rr = Buffer.alloc(14);
+      rr[0] = 0xc0 | ((target >> 8) & 0x3f);
+      rr[1] = target & 0xff;
+      rr.writeUInt16BE(1, 2);
+      rr.writeUInt16BE(1, 4);
+      rr.writeUInt32BE(60, 6);
+      rr.writeUInt16BE(f.pick([0, 4, 0xffff]), 10);
+      const out = Buffer.concat([b, rr]);
+      const section = f.chance(0.5) ? 6 : 8;
+      out.writeUInt16BE((out.readUInt16BE(section) + 1) & 0xffff, section);
+      return out;
+    },
+  },
+  {
+    // A well-formed OPT record, but in the answer or authority section.
+    name: 'opt-wrong-section',
+    apply(f, b) {
+      if (b.length < 12) return b;
+      const out = Buffer.concat([b, optRecord(Buffer.from([0]), 1232, 0, 0, Buffer.alloc(0))]);
+      const section = f.chance(0.5) ? 6 : 8;
+      out.writeUInt16BE((out.readUInt16BE(section) + 1) & 0xffff, section);
+      return out;
+    },
+  },
+  {
+    // An OPT whose option claims far more bytes than the record holds (the record's own rdlength honest).
+    name: 'opt-huge-option',
+    apply(f, b) {
+      if (b.length < 12) return b;
+      const body = f.bytes(f.int(12));
+      const option = Buffer.alloc(4);
+      option.writeUInt16BE(f.pick([8, 10, 12, 15, 65001, f.int(65536)]), 0);
+      option.writeUInt16BE(f.pick([0xffff, 0x8000, body.length + 1, body.length + 1 + f.int(60000)]), 2);
+      const rdata = Buffer.concat([option, body]);
+      return withArcount(Buffer.concat([b, optRecord(Buffer.from([0]), f.pick([512, 1232, 65535]), 0, rdata.length, rdata)]), 1);
+    },
+  },
+  {
+    // QDCOUNT=1 with nothing (or only the root name, or the name without its type) behind the header.
+    name: 'empty-question',
+    apply(f, b) {
+      if (b.length < 12) return b;
+      const head = Buffer.from(b.subarray(0, 12));
+      head.writeUInt16BE(1, 4);
+      head.writeUInt16BE(0, 6);
+      head.writeUInt16BE(0, 8);
+      head.writeUInt16BE(0, 10);
+      return f.pick([head, Buffer.concat([head, Buffer.from([0])]), Buffer.concat([head, Buffer.from([0, 0, 1])]), Buffer.concat([head, Buffer.from([0, 0, 1, 0, 1])])]);
     },
   },
   {
