@@ -14,7 +14,7 @@ import { parseQuery } from '../src/dns/query.js';
 import { ComponentStack, StartupError } from '../src/lifecycle.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { ClientMissLimiter, MAX_CLIENTS } from '../src/server/client-limit.js';
-import { HitPath, type MissOutcome } from '../src/server/hit-path.js';
+import { HitPath, MAX_WAITERS_PER_QUESTION, type MissOutcome } from '../src/server/hit-path.js';
 import { workerShare } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken } from '../src/server/batched/protocol.js';
@@ -140,6 +140,30 @@ t.test('coalescing: identical misses share one upstream query', async (t) => {
   });
   t.equal(chans[1]!.decoded(0).questions?.[0]?.name, 'Web.Default.svc.cluster.local', 'and its own spelling');
   t.equal(r.hits.inflight, 0);
+});
+
+t.test('shedding: past MAX_WAITERS_PER_QUESTION clients on one question, the next is answered at once (stale, else SERVFAIL)', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch, PEER);
+  t.equal(ch.sent.length, 0, 'every client up to the cap waits');
+  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, PEER);
+  t.equal(ch.sent.length, 1, 'the one past the cap is answered at once');
+  t.equal(ch.decoded(0).id, 60_000);
+  t.equal(rcodeOf(ch.sent[0]!), 2, 'nothing cached: SERVFAIL');
+  t.equal(r.hits.counters.get('shed'), 1);
+  t.equal(r.cluster.exchanges.length, 1, 'still one upstream query');
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
+  t.equal(ch.sent.length, MAX_WAITERS_PER_QUESTION + 1, 'the waiters get the answer');
+
+  // Expired now, and the refresh stalls: the shed client gets the stale answer instead.
+  r.clock.advance(10_000);
+  const ch2 = new FakeChannel();
+  for (let i = 0; i <= MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch2, PEER);
+  t.equal(ch2.sent.length, 1);
+  t.same(dataOf(ch2.decoded(0)), ['10.96.0.5'], 'stale data for the shed client');
+  t.equal(ttlOf(ch2.decoded(0).answers![0]!), 30, 'with the stale TTL');
+  t.equal(r.hits.counters.get('shed'), 2);
 });
 
 t.test('buffer ownership: a waiter keeps its own copy; the receive buffer may be reused at once', async (t) => {

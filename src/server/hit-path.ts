@@ -122,6 +122,15 @@ export interface HitPathHistograms {
 
 const S = SERVER_COUNTERS.slot;
 
+/**
+ * Clients that may wait on one question in flight. Without a cap they grow
+ * with rate x deadline: a popular name during an upstream stall at 100k q/s
+ * would hold 200,000 waiters (tens of MB) for 2 s. Past it a query is shed at
+ * once with what a failed upstream would give (stale, else SERVFAIL), cheaply
+ * and without queueing; glibc retries, by then the question is answered.
+ */
+export const MAX_WAITERS_PER_QUESTION = 1024;
+
 export class HitPath implements QueryHandler {
   readonly counters: ServerCounters;
   readonly #cache: DnsCache;
@@ -212,6 +221,11 @@ export class HitPath implements QueryHandler {
 
     let miss = this.#byKey.get(q.key);
     if (miss !== undefined) {
+      if (miss.waiters.length >= MAX_WAITERS_PER_QUESTION) {
+        this.#v[S.shed]!++;
+        this.#shed(q, channel, peer, now, logged);
+        return;
+      }
       this.#v[S.coalesced]!++;
       miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now, logged });
       return;
@@ -303,6 +317,14 @@ export class HitPath implements QueryHandler {
     }
     this.#v[S.abortedAtShutdown]! += n;
     return n;
+  }
+
+  /** One query turned away at once (too many waiting on its question): stale if we have it, else SERVFAIL. */
+  #shed(q: Query, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean): void {
+    const stale = this.#cache.stale(q.key, now);
+    const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#limit(q, channel), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
+    this.#send(reply, channel, peer);
+    if (logged) this.#logQuery(q, peer, reply, 0, stale !== undefined ? 'stale' : 'servfail');
   }
 
   /** Stale if we have it, else SERVFAIL: the last two steps of the failure order (resolver.ts has the first). */
