@@ -55,6 +55,8 @@ const KUBE_DNS_POD = '10.244.1.53';
 const NODE_IP = '10.244.0.1';
 const POD_IP = '10.244.0.2';
 const LINK = 'nodelocaldns';
+/** The agent's --sync-interval here: link, addresses and rules removed behind its back come back within it. */
+const SYNC_INTERVAL_MS = 1000;
 /** The agent flag that turns on the IPVS-mode DNAT; IPVS mode is skipped when the built agent lacks it. */
 const FAIL_OPEN_FLAG = '--fail-open-to';
 
@@ -296,6 +298,7 @@ async function startAgent(t: Test, n: Node, mode: Mode, b: Backend, externalPort
     '--firewall', b.label,
     '--shutdown-grace', '200ms',
     '--timeout', '1s',
+    '--sync-interval', `${SYNC_INTERVAL_MS}ms`,
     '--log-level', 'info',
   ];
   const proc = spawnInNode(n, argv);
@@ -342,6 +345,21 @@ function leftovers(n: Node, b: Backend): string[] {
   if (runSync('ip', ['-n', n.node, 'link', 'show', LINK]).status === 0) found.push(`link ${LINK}`);
   if (runSync('ip', ['-n', n.node, '-o', 'addr', 'show']).stdout.includes(`inet ${LOCAL_IP}/`)) found.push(`address ${LOCAL_IP}`);
   return found;
+}
+
+/** What an operator's script or another agent might do: our link (and so its addresses) and our rules, gone. */
+function removeOurs(n: Node, b: Backend): void {
+  mustSync('ip', ['-n', n.node, 'link', 'del', LINK], 10_000);
+  if (b.label === 'nftables') {
+    mustSync('ip', ['netns', 'exec', n.node, 'nft', 'delete', 'table', 'inet', 'nodelocaldns'], 10_000);
+    return;
+  }
+  for (const tool of [b.tool, b.tool.replace('iptables', 'ip6tables')]) {
+    const saved = runSync('ip', ['netns', 'exec', n.node, `${tool}-save`]).stdout;
+    if (!/nodelocaldns/i.test(saved)) continue;
+    const without = saved.split('\n').filter((l) => !/nodelocaldns/i.test(l)).join('\n');
+    mustSync('ip', ['netns', 'exec', n.node, `${tool}-restore`], 10_000, without);
+  }
 }
 
 // ---- the run ----------------------------------------------------------------------
@@ -441,6 +459,26 @@ async function scenario(t: Test, mode: Mode, b: Backend, muslBin: string | null)
   const k2 = await kubeDns.stats();
   t.equal(k2.udp, k.udp, 'kube-dns saw no new UDP: the pod\'s queries reach the agent again');
   t.ok(k2.tcp > k.tcp, 'the new agent forwarded its miss over TCP');
+
+  // ---- 3b. link, addresses and rules removed behind the agent's back: repaired within a sync interval ----
+  const ours = leftovers(n, b);
+  removeOurs(n, b);
+  t.same(leftovers(n, b), [], 'link, addresses and rules removed by hand');
+  const removedAt = performance.now();
+  let repaired: string[] = [];
+  while (performance.now() - removedAt < 3 * SYNC_INTERVAL_MS + 5000) {
+    repaired = leftovers(n, b);
+    if (repaired.length === ours.length) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.same(repaired, ours, 'the agent put back the link, its addresses and its rules');
+  const repairLine = `${b.label}, ${mode} mode: removed by hand -> repaired ${(performance.now() - removedAt).toFixed(0)} ms later (--sync-interval ${SYNC_INTERVAL_MS} ms)`;
+  measured.push(repairLine);
+  t.comment(repairLine);
+  const k3 = await kubeDns.stats();
+  const afterRepair = await resolveWeb();
+  t.ok(webOk(afterRepair), `after the repair the pod resolves: ${describeRan(afterRepair)}`);
+  t.equal((await kubeDns.stats()).udp, k3.udp, 'through the agent again: kube-dns saw no pod UDP');
 
   // ---- 4. SIGTERM: exit 0, and nothing of ours is left ----
   agent.proc.kill('SIGTERM');
