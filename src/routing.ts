@@ -23,7 +23,8 @@ import type { Route } from './server/route.js';
 import type { Counters } from './stats/counters.js';
 import { HostResolvers, type HostResolversCounter } from './upstream/host-resolvers.js';
 import { DEFAULT_ATTEMPTS, hostBudget, type HostServers } from './upstream/host-route.js';
-import { HealthProbe } from './upstream/probe.js';
+import type { ForwardDurations } from './upstream/forward-durations.js';
+import { HealthProbe, type ProbeCounter } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
 import { TcpPool, type TcpPoolCounter } from './upstream/tcp-pool.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
@@ -59,6 +60,10 @@ export interface RoutingDeps {
 export interface UpstreamCounterBlocks {
   pool(name: string): Counters<TcpPoolCounter>;
   host(name: string): Counters<HostResolversCounter>;
+  /** coredns_forward_request_duration_seconds of one server, by "IP:port" (CoreDNS's `to`). */
+  durations(to: string): ForwardDurations;
+  /** coredns_forward_healthcheck_failures_total of one server, by "IP:port". */
+  probe(to: string): Counters<ProbeCounter>;
 }
 
 export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: ClusterUpstream | null): Routing {
@@ -67,6 +72,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
     const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, attemptMs, attempts, servers.length);
     const upstream = new HostResolvers({
       servers, attemptTimeoutMs, attempts, rotate, maxInFlight: c.hostMaxInflight, clock: deps.clock, logger: deps.logger, name, counters: deps.counters.host(name),
+      durations: servers.map((s) => deps.counters.durations(formatHostPort(s))),
     });
     upstreams.push(upstream);
     return { upstream, timeoutMs: budgetMs, local: null };
@@ -101,9 +107,10 @@ function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpst
     clock: deps.clock,
     logger: deps.logger,
     counters: deps.counters.pool(`tcp://${formatHostPort(server)}`),
+    durations: deps.counters.durations(formatHostPort(server)),
   });
   // Probing matters only when there is a view to answer from meanwhile; without one, pods' own queries probe.
-  const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, probeQuery(c.clusterDomain));
+  const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, probeQuery(c.clusterDomain), deps.counters.probe(formatHostPort(server)));
   return { pool, probe, settings };
 }
 

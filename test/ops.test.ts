@@ -134,8 +134,9 @@ t.test('counter blocks are published with their names, labels and values, over r
   reg.addCounters(server, { server: SERVER });
   reg.addCounters(cache, { server: SERVER });
   const S = SERVER_COUNTERS.slot;
+  bump(server.values, S.req_udp_1_A, 41);
+  bump(server.values, S.req_tcp_2_other, 2);
   bump(server.values, S.requestsUdp, 41);
-  bump(server.values, S.requestsTcp, 2);
   bump(server.values, S.rcode3, 7);
   bump(server.values, S.rcode2, 1);
   bump(server.values, S.dropped, 3);
@@ -144,8 +145,11 @@ t.test('counter blocks are published with their names, labels and values, over r
 
   const p = await scrape(t, reg);
   const z = { server: SERVER, zone: '.' };
-  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'udp' })), 41);
-  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'tcp' })), 2);
+  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'udp', family: '1', type: 'A' })), 41);
+  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'tcp', family: '2', type: 'other' })), 2);
+  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'udp', family: '2', type: 'SVCB' })), 0, 'every (proto, family, type) published');
+  t.equal([...p.samples.keys()].filter((k) => k.startsWith('coredns_dns_requests_total{')).length, 2 * 2 * 20, 'bounded: 2 protos x 2 families x 20 types');
+  t.equal(p.samples.get(key('nodelocal_requests_total', { server: SERVER, proto: 'udp' })), 41);
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'NXDOMAIN' })), 7);
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'SERVFAIL' })), 1);
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'NOERROR' })), 0, 'untouched slots are published as 0, not left out');
@@ -153,7 +157,7 @@ t.test('counter blocks are published with their names, labels and values, over r
   t.equal(p.samples.get(key('coredns_cache_hits_total', { server: SERVER, type: 'success', zones: '.' })), 30);
   t.equal(p.samples.get(key('coredns_cache_misses_total', { server: SERVER, zones: '.' })), 11);
   t.equal(p.types.get('coredns_dns_requests_total'), 'counter');
-  t.equal(p.help.get('coredns_dns_requests_total'), 'Queries received.');
+  t.equal(p.help.get('coredns_dns_requests_total'), 'Counter of DNS requests made per zone, protocol and family.', "CoreDNS's help text");
   t.equal(p.samples.get(key('coredns_build_info', { version: '9.8.7', revision: 'abc123', goversion: `node${process.versions.node}` })), 1);
   t.equal(p.types.get('coredns_build_info'), 'gauge');
   t.ok(p.samples.has(key('process_cpu_user_seconds_total')), 'prom-client process_* metrics');
@@ -161,12 +165,12 @@ t.test('counter blocks are published with their names, labels and values, over r
 
   // The registry can also be read directly, without HTTP.
   const json = await reg.registry.getMetricsAsJSON();
-  const req = json.find((m) => m.name === 'coredns_dns_requests_total');
+  const req = json.find((m) => m.name === 'nodelocal_requests_total');
   t.same(
     req?.values.map((v) => [v.labels, v.value]),
     [
-      [{ server: SERVER, proto: 'udp', zone: '.' }, 41],
-      [{ server: SERVER, proto: 'tcp', zone: '.' }, 2],
+      [{ server: SERVER, proto: 'udp' }, 41],
+      [{ server: SERVER, proto: 'tcp' }, 0],
     ],
   );
 });
@@ -297,7 +301,7 @@ t.test('a scrape changes no counter value', async (t) => {
   t.same([...pool.values], [...before[1]!]);
   t.same([...h.values], [...before[2]!]);
   t.same([...first.samples], [...second.samples], 'two scrapes, the same text values');
-  t.equal(first.samples.get(key('coredns_dns_requests_total', { server: SERVER, zone: '.', proto: 'udp' })), SERVER_COUNTERS.slot.requestsUdp + 1);
+  t.equal(first.samples.get(key('nodelocal_requests_total', { server: SERVER, proto: 'udp' })), SERVER_COUNTERS.slot.requestsUdp + 1);
 });
 
 // ------------------------------------------------------------------ histograms

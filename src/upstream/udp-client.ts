@@ -60,6 +60,8 @@ export class QueryAttempt<T> {
   readonly id: number;
   /** Clock ms after which the owner gives up on this attempt. */
   readonly deadline: number;
+  /** Clock ms when the query went out; set by the owner in onSent (this class keeps no clock). */
+  sentAt: number;
   readonly #query: Buffer;
   readonly #events: AttemptEvents<T>;
   #udp: dgram.Socket | null;
@@ -81,6 +83,7 @@ export class QueryAttempt<T> {
     this.serverIndex = serverIndex;
     this.id = randomId();
     this.deadline = deadline;
+    this.sentAt = -1;
     this.#query = query;
     this.#events = events;
     this.#udp = null;
