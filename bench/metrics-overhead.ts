@@ -13,12 +13,13 @@
  * of our own, dnsperf and curl as clients.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SimDnsServer } from '../testkit/dns-server.js';
 import { parseDnsperfOutput } from './dnsperf.js';
+import type { DnsperfStats } from './results.js';
 
 interface Args {
   agent: string;
@@ -69,9 +70,16 @@ function run(cmd: string, args: readonly string[], timeoutMs: number): Promise<s
   });
 }
 
-async function dnsperf(a: Args, port: number, file: string, seconds: number, extra: readonly string[] = []): Promise<number> {
+async function dnsperf(a: Args, port: number, file: string, seconds: number, extra: readonly string[] = []): Promise<DnsperfStats> {
   const args = ['-c', a.pinLoad, 'dnsperf', '-s', HOST, '-p', String(port), '-d', file, '-l', String(seconds), '-q', '64', '-c', '4', '-t', '2', ...extra];
-  return parseDnsperfOutput(await run('taskset', args, (seconds + 60) * 1000), `taskset ${args.join(' ')}`).qps;
+  return parseDnsperfOutput(await run('taskset', args, (seconds + 60) * 1000), `taskset ${args.join(' ')}`);
+}
+
+/** CPU seconds (user + system) a process has used: throughput swings with what the shared CPU gives; CPU per query much less. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
 }
 
 async function scrapeMs(url: string): Promise<{ ms: number; bytes: number }> {
@@ -122,6 +130,10 @@ async function main(): Promise<void> {
     '--cache-size', String(Math.max(a.names * 2 + 10_000, 200_000)), '--cache-memory', '1Gi',
   ];
   const agent: ChildProcess = spawn('taskset', agentArgs, { stdio: ['ignore', 'inherit', 'inherit'] });
+  process.once('SIGTERM', () => {
+    agent.kill('SIGTERM');
+    process.exit(1);
+  });
   const stopAll = async (): Promise<void> => {
     if (agent.exitCode === null) agent.kill('SIGTERM');
     await upstream.close();
@@ -144,10 +156,12 @@ async function main(): Promise<void> {
     writeFileSync(hitFile, lines.join('\n') + '\n');
     await dnsperf(a, dnsPort, hitFile, 5, ['-n', '1']);
     const smallScrape: number[] = [];
-    for (let i = 0; i < 20; i++) smallScrape.push((await scrapeMs(metricsUrl)).ms);
+    for (let i = 0; i < 30; i++) smallScrape.push((await scrapeMs(metricsUrl)).ms);
 
     const off: number[] = [];
     const on: number[] = [];
+    const cpuOff: number[] = [];
+    const cpuOn: number[] = [];
     let scrapes = 0;
     for (let r = 0; r < a.rounds; r++) {
       // Alternate which side goes first, so a trend over the run does not favour one.
@@ -158,23 +172,27 @@ async function main(): Promise<void> {
           scraper = spawn('taskset', ['-c', a.pinLoad, 'sh', '-c', `while :; do curl -s -o /dev/null ${metricsUrl}; echo x; sleep 1; done`], { stdio: ['ignore', 'pipe', 'ignore'] });
           scraper.stdout?.on('data', (b: Buffer) => (scrapes += b.toString().split('x').length - 1));
         }
-        const qps = await dnsperf(a, dnsPort, hitFile, a.seconds);
+        const cpu0 = cpuSeconds(agent.pid!);
+        const st = await dnsperf(a, dnsPort, hitFile, a.seconds);
+        const usPerQuery = ((cpuSeconds(agent.pid!) - cpu0) / st.queriesCompleted) * 1e6;
         if (scraper !== null) scraper.kill('SIGTERM');
-        (side === 'on' ? on : off).push(qps);
-        console.log(`round ${r + 1} ${side.padEnd(3)} ${qps.toFixed(0)} q/s`);
+        (side === 'on' ? on : off).push(st.qps);
+        (side === 'on' ? cpuOn : cpuOff).push(usPerQuery);
+        console.log(`round ${r + 1} ${side.padEnd(3)} ${st.qps.toFixed(0)} q/s, agent CPU ${usPerQuery.toFixed(2)} us/query`);
       }
     }
 
     // 100k cached names (A), then the scrape again.
     const bigFile = join(dir, 'big.txt');
     const big: string[] = [];
-    for (let i = 0; i < a.names; i++) big.push(`n-${i}.fill.example A`);
+    for (let i = 0; i < a.names; i++) big.push(`n-${i}.fill.svc.cluster.local A`);
     writeFileSync(bigFile, big.join('\n') + '\n');
-    await dnsperf(a, dnsPort, bigFile, 120, ['-n', '1']);
+    // Cluster names: the pipelined TCP pool fills faster than a UDP socket per host-resolver try. One pass (-n 1), however long it takes.
+    await dnsperf(a, dnsPort, bigFile, 1800, ['-n', '1']);
     const entries = await metricValue(metricsUrl, /^coredns_cache_entries\{[^}]*type="success"[^}]*\} ([0-9.e+]+)$/m);
     const bigScrape: number[] = [];
     let bytes = 0;
-    for (let i = 0; i < 20; i++) {
+    for (let i = 0; i < 30; i++) {
       const s = await scrapeMs(metricsUrl);
       bigScrape.push(s.ms);
       bytes = s.bytes;
@@ -185,8 +203,12 @@ async function main(): Promise<void> {
     console.log('');
     console.log(`hit throughput, median of ${a.rounds} x ${a.seconds} s each: not scraped ${mOff.toFixed(0)} q/s, scraped every 1 s ${mOn.toFixed(0)} q/s: ${(((mOn - mOff) / mOff) * 100).toFixed(1)}%`);
     console.log(`  off: ${off.map((x) => x.toFixed(0)).join(' ')}   on: ${on.map((x) => x.toFixed(0)).join(' ')}   (${scrapes} scrapes during the on runs)`);
-    console.log(`one scrape, ${a.hitNames * 2} cached names: median ${median(smallScrape).toFixed(1)} ms, p90 ${pct(smallScrape, 90).toFixed(1)} ms`);
-    console.log(`one scrape, ${entries} cached names: median ${median(bigScrape).toFixed(1)} ms, p90 ${pct(bigScrape, 90).toFixed(1)} ms, ${bytes} bytes`);
+    const cOff = median(cpuOff);
+    const cOn = median(cpuOn);
+    console.log(`agent CPU per query (scrapes included), median: not scraped ${cOff.toFixed(2)} us, scraped ${cOn.toFixed(2)} us: ${(((cOn - cOff) / cOff) * 100).toFixed(1)}%`);
+    console.log(`  off: ${cpuOff.map((x) => x.toFixed(2)).join(' ')}   on: ${cpuOn.map((x) => x.toFixed(2)).join(' ')}`);
+    console.log(`one scrape, ${a.hitNames * 2} cached names: min ${pct(smallScrape, 0).toFixed(1)} ms, median ${median(smallScrape).toFixed(1)} ms, p90 ${pct(smallScrape, 90).toFixed(1)} ms`);
+    console.log(`one scrape, ${entries} cached names: min ${pct(bigScrape, 0).toFixed(1)} ms, median ${median(bigScrape).toFixed(1)} ms, p90 ${pct(bigScrape, 90).toFixed(1)} ms, ${bytes} bytes`);
   } finally {
     await stopAll();
   }

@@ -615,6 +615,9 @@ async function agentShapedNames(t: Test): Promise<Set<string>> {
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]/.exec(line);
     if (m !== null) names.add(m[1]!);
+    // Series only where the agent manages the link and rules (not on loopback): their families are still declared.
+    const declared = /^# TYPE (nodelocal_interface_up|nodelocal_interception_active) gauge$/.exec(line);
+    if (declared !== null) names.add(declared[1]!);
   }
   t.ok(names.has('coredns_dns_requests_total') && names.has('coredns_cache_entries') && names.has('nodelocal_view_synced'), 'a real scrape of the agent');
   return names;
@@ -655,7 +658,7 @@ t.test('deploy/: the dashboard and the alert rules parse, and use only metrics t
 // ------------------------------------------------------------------ the agent's own series, from real traffic
 
 t.test('qtype and client address to the coredns_dns_requests_total slots: CoreDNS\'s bounded type set, family as Go sees it', async (t) => {
-  const { REQUEST_TYPES, requestTypeIndex, addressFamilyIndex } = await import('../src/server/stats.js');
+  const { REQUEST_TYPES, requestTypeIndex, addressFamilyIndex, peerFamilyIndex } = await import('../src/server/stats.js');
   t.equal(REQUEST_TYPES[requestTypeIndex(1)], 'A');
   t.equal(REQUEST_TYPES[requestTypeIndex(28)], 'AAAA');
   t.equal(REQUEST_TYPES[requestTypeIndex(65)], 'HTTPS');
@@ -665,6 +668,23 @@ t.test('qtype and client address to the coredns_dns_requests_total slots: CoreDN
   t.equal(addressFamilyIndex('::1'), 1);
   t.equal(addressFamilyIndex('fd00::10'), 1);
   t.equal(addressFamilyIndex('::ffff:10.1.2.3'), 0, 'IPv4-mapped is IPv4 (Go To4())');
+  t.equal(peerFamilyIndex({ address: '10.0.0.1' }), 0, 'no family given: from the address');
+  t.equal(peerFamilyIndex({ address: 'fd00::1' }), 1);
+  const lazy = {
+    get address(): string {
+      throw new Error('address read');
+    },
+    port: 1,
+    family: 'IPv6',
+  };
+  t.equal(peerFamilyIndex(lazy), 1, "the peer's family when given, without reading its address");
+  const lazy4 = {
+    get address(): string {
+      throw new Error('address read');
+    },
+    family: 'IPv4',
+  };
+  t.equal(peerFamilyIndex(lazy4), 0);
 });
 
 /** One scrape of a running agent's /metrics, parsed. */

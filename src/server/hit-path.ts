@@ -35,7 +35,7 @@ import type { DurationHistogram, TypedHistogram } from '../ops/histogram.js';
 import type { ClientMissLimiter } from './client-limit.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import {
-  RCODE_SLOT_BASE, RCODE_SLOT_OTHER, REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, addressFamilyIndex, requestTypeIndex, type ServerCounters,
+  RCODE_SLOT_BASE, RCODE_SLOT_OTHER, REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters,
 } from './stats.js';
 
 /**
@@ -169,7 +169,7 @@ export class HitPath implements QueryHandler {
     if (hist !== null) hist.requestSize[channel.transport]!.observe(msg.length);
     const q = parseQuery(msg);
     // coredns_dns_requests_total{proto,family,type}: one slot bump (qtype 0 when unreadable: "other").
-    this.#v[REQUEST_SLOT_BASE + (channel.transport * 2 + addressFamilyIndex(peer.address)) * REQUEST_TYPE_COUNT + requestTypeIndex(q.qtype)]!++;
+    this.#v[REQUEST_SLOT_BASE + (channel.transport * 2 + peerFamilyIndex(peer)) * REQUEST_TYPE_COUNT + requestTypeIndex(q.qtype)]!++;
     const logged = this.#logEvery > 0 && --this.#logCountdown <= 0;
     if (logged) this.#logCountdown = this.#logEvery;
     if (q.status !== QueryStatus.OK) {

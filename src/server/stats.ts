@@ -48,6 +48,21 @@ export function addressFamilyIndex(address: string): number {
   return address.startsWith('::ffff:') && address.indexOf('.') > 0 ? 0 : 1;
 }
 
+/**
+ * The family index of a client: from `peer.family` when the listener gives
+ * it (dgram's RemoteInfo, the batched backend: no address string read or
+ * built), else from the address. An IPv6 socket bound to the wildcard "::"
+ * reports an IPv4 client through dgram as family 'IPv6' with a
+ * ::ffff:a.b.c.d address: counted as family 2 there (the agent listens on
+ * specific addresses, where this does not happen).
+ */
+export function peerFamilyIndex(peer: { readonly address: string; readonly family?: string }): number {
+  const f = peer.family;
+  if (f === 'IPv4') return 0;
+  if (f === 'IPv6') return 1;
+  return addressFamilyIndex(peer.address);
+}
+
 type Proto = 'udp' | 'tcp';
 type Family = '1' | '2';
 type RequestKey = `req_${Proto}_${Family}_${RequestType}`;
