@@ -3,9 +3,12 @@
  * closed loop) with /metrics scraped every second by curl, against the same
  * agent process not scraped, alternating off/on in one run so machine load
  * drifts hit both sides alike; then the cost of one scrape (ms, curl's
- * time_total) with a small cache and with 100k cached names.
+ * time_total) with a small cache and with 100k cached names. Also agent CPU
+ * per query from /proc, which a loaded machine disturbs less than q/s.
  *
- *   npx tsc -p tsconfig.json --outDir DIST && node DIST/bench/metrics-overhead.js \
+ * DIST needs node_modules and package.json ("type": "module") beside it:
+ *   npx tsc -p tsconfig.json --outDir DIST && ln -s "$PWD/node_modules" DIST/ && cp package.json DIST/
+ *   node DIST/bench/metrics-overhead.js \
  *     [--agent DIST/src/main.js] [--rounds 4] [--seconds 10] [--pin-agent 1] [--pin-load 0] [--names 100000]
  *
  * Everything on 127.0.0.1: a fake upstream (testkit SimDnsServer) answering
