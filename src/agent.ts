@@ -142,6 +142,7 @@ export class Agent {
         clock: this.#clock,
         upstreams: () => [...(this.#routing?.upstreams ?? []), ...this.#retired],
         view: () => this.#view,
+        nodeParts: () => this.#nodeParts,
       },
       { version: deps.version ?? 'unknown', revision: '' },
     );

@@ -24,7 +24,8 @@ import type { Route } from './server/route.js';
 import type { Counters } from './stats/counters.js';
 import { HostResolvers, type HostResolversCounter } from './upstream/host-resolvers.js';
 import { DEFAULT_ATTEMPTS, hostBudget, type HostServers } from './upstream/host-route.js';
-import { HealthProbe } from './upstream/probe.js';
+import type { ForwardDurations } from './upstream/forward-durations.js';
+import { HealthProbe, type ProbeCounter } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
 import { TcpPool, type TcpPoolCounter } from './upstream/tcp-pool.js';
 import { loadCaFile } from './upstream/tls-connect.js';
@@ -73,6 +74,10 @@ export interface RoutingDeps {
 export interface UpstreamCounterBlocks {
   pool(name: string): Counters<TcpPoolCounter>;
   host(name: string): Counters<HostResolversCounter>;
+  /** coredns_forward_request_duration_seconds of one server, by "IP:port" (CoreDNS's `to`). */
+  durations(to: string): ForwardDurations;
+  /** coredns_forward_healthcheck_failures_total of one server, by "IP:port". */
+  probe(to: string): Counters<ProbeCounter>;
 }
 
 /** `previous`: the routing in use, whose upstreams are kept where their settings did not change (null at start). */
@@ -82,6 +87,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
     const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, attemptMs, attempts, servers.length);
     const upstream = new HostResolvers({
       servers, attemptTimeoutMs, attempts, rotate, maxInFlight: c.hostMaxInflight, clock: deps.clock, logger: deps.logger, name, counters: deps.counters.host(name),
+      durations: servers.map((s) => deps.counters.durations(formatHostPort(s))),
     });
     upstreams.push(upstream);
     return { upstream, timeoutMs: budgetMs, local: null };
@@ -150,9 +156,10 @@ function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpst
     clock: deps.clock,
     logger: deps.logger,
     counters: deps.counters.pool(`tcp://${formatHostPort(server)}`),
+    durations: deps.counters.durations(formatHostPort(server)),
   });
   // Probing matters only when there is a view to answer from meanwhile; without one, pods' own queries probe.
-  const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, probeQuery(c.clusterDomain));
+  const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, probeQuery(c.clusterDomain), deps.counters.probe(formatHostPort(server)));
   return { pool, probe, settings };
 }
 

@@ -658,6 +658,8 @@ t.test('loop: a miss crosses once for many clients on two sockets, its answer go
   t.equal(c.io.get('sends') - sendsBefore, 5, 'the five answers for socket 5 take two calls (four slots), socket 6 one, the hits two');
   t.equal(c.cache.get('hitPositive'), 6);
   t.equal(c.server.get('coalesced'), 5);
+  t.equal(c.server.get('req_udp_1_A'), 11, 'coredns_dns_requests_total: the IPv4 clients as family 1 (read from the sockaddr)');
+  t.equal(c.server.get('req_udp_2_A'), 1, 'the IPv6 client as family 2');
   t.equal(c.io.get('entriesPositive'), 1);
   const all = [...seen, ...k.reports()];
   t.equal(all[0]?.ready, true, 'ready first');

@@ -409,6 +409,11 @@ async function scenario(t: Test, mode: Mode, b: Backend, muslBin: string | null)
   t.equal(k.udp, 0, 'kube-dns saw no UDP: every pod query went to the agent');
   t.ok(k.tcp > 0, 'the agent asked kube-dns over TCP');
   t.ok(((await external.stats()).byName['www.example.com'] ?? 0) >= 1, 'the external name went to the node resolver');
+  // What /metrics says of it (the default listen address: the first local IP, port 9253).
+  const scraped = await run('ip', ['netns', 'exec', n.node, 'curl', '-s', '--max-time', '5', `http://${LOCAL_IP}:9253/metrics`], CLIENT_TIMEOUT_MS);
+  t.match(scraped.stdout, /^nodelocal_interface_up 1$/m, 'metrics: the interface is up');
+  t.match(scraped.stdout, new RegExp(`^nodelocal_interception_active\\{mode="${b.label}"\\} 1$`, 'm'), `metrics: interception active, mode ${b.label}`);
+  t.match(scraped.stdout, /^coredns_dns_requests_total\{[^}]*proto="udp",family="1",type="A"[^}]*\} [1-9]/m, "metrics: the pod's A queries, IPv4 over UDP");
 
   // ---- 2. SIGKILL: the rules stay, and stop matching ----
   const udpBefore = (await kubeDns.stats()).udp;

@@ -134,8 +134,9 @@ t.test('counter blocks are published with their names, labels and values, over r
   reg.addCounters(server, { server: SERVER });
   reg.addCounters(cache, { server: SERVER });
   const S = SERVER_COUNTERS.slot;
+  bump(server.values, S.req_udp_1_A, 41);
+  bump(server.values, S.req_tcp_2_other, 2);
   bump(server.values, S.requestsUdp, 41);
-  bump(server.values, S.requestsTcp, 2);
   bump(server.values, S.rcode3, 7);
   bump(server.values, S.rcode2, 1);
   bump(server.values, S.dropped, 3);
@@ -144,8 +145,11 @@ t.test('counter blocks are published with their names, labels and values, over r
 
   const p = await scrape(t, reg);
   const z = { server: SERVER, zone: '.' };
-  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'udp' })), 41);
-  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'tcp' })), 2);
+  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'udp', family: '1', type: 'A' })), 41);
+  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'tcp', family: '2', type: 'other' })), 2);
+  t.equal(p.samples.get(key('coredns_dns_requests_total', { ...z, proto: 'udp', family: '2', type: 'SVCB' })), 0, 'every (proto, family, type) published');
+  t.equal([...p.samples.keys()].filter((k) => k.startsWith('coredns_dns_requests_total{')).length, 2 * 2 * 20, 'bounded: 2 protos x 2 families x 20 types');
+  t.equal(p.samples.get(key('nodelocal_requests_total', { server: SERVER, proto: 'udp' })), 41);
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'NXDOMAIN' })), 7);
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'SERVFAIL' })), 1);
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'NOERROR' })), 0, 'untouched slots are published as 0, not left out');
@@ -153,7 +157,7 @@ t.test('counter blocks are published with their names, labels and values, over r
   t.equal(p.samples.get(key('coredns_cache_hits_total', { server: SERVER, type: 'success', zones: '.' })), 30);
   t.equal(p.samples.get(key('coredns_cache_misses_total', { server: SERVER, zones: '.' })), 11);
   t.equal(p.types.get('coredns_dns_requests_total'), 'counter');
-  t.equal(p.help.get('coredns_dns_requests_total'), 'Queries received.');
+  t.equal(p.help.get('coredns_dns_requests_total'), 'Counter of DNS requests made per zone, protocol and family.', "CoreDNS's help text");
   t.equal(p.samples.get(key('coredns_build_info', { version: '9.8.7', revision: 'abc123', goversion: `node${process.versions.node}` })), 1);
   t.equal(p.types.get('coredns_build_info'), 'gauge');
   t.ok(p.samples.has(key('process_cpu_user_seconds_total')), 'prom-client process_* metrics');
@@ -161,12 +165,12 @@ t.test('counter blocks are published with their names, labels and values, over r
 
   // The registry can also be read directly, without HTTP.
   const json = await reg.registry.getMetricsAsJSON();
-  const req = json.find((m) => m.name === 'coredns_dns_requests_total');
+  const req = json.find((m) => m.name === 'nodelocal_requests_total');
   t.same(
     req?.values.map((v) => [v.labels, v.value]),
     [
-      [{ server: SERVER, proto: 'udp', zone: '.' }, 41],
-      [{ server: SERVER, proto: 'tcp', zone: '.' }, 2],
+      [{ server: SERVER, proto: 'udp' }, 41],
+      [{ server: SERVER, proto: 'tcp' }, 0],
     ],
   );
 });
@@ -297,7 +301,7 @@ t.test('a scrape changes no counter value', async (t) => {
   t.same([...pool.values], [...before[1]!]);
   t.same([...h.values], [...before[2]!]);
   t.same([...first.samples], [...second.samples], 'two scrapes, the same text values');
-  t.equal(first.samples.get(key('coredns_dns_requests_total', { server: SERVER, zone: '.', proto: 'udp' })), SERVER_COUNTERS.slot.requestsUdp + 1);
+  t.equal(first.samples.get(key('nodelocal_requests_total', { server: SERVER, proto: 'udp' })), SERVER_COUNTERS.slot.requestsUdp + 1);
 });
 
 // ------------------------------------------------------------------ histograms
@@ -611,6 +615,9 @@ async function agentShapedNames(t: Test): Promise<Set<string>> {
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]/.exec(line);
     if (m !== null) names.add(m[1]!);
+    // Series only where the agent manages the link and rules (not on loopback): their families are still declared.
+    const declared = /^# TYPE (nodelocal_interface_up|nodelocal_interception_active) gauge$/.exec(line);
+    if (declared !== null) names.add(declared[1]!);
   }
   t.ok(names.has('coredns_dns_requests_total') && names.has('coredns_cache_entries') && names.has('nodelocal_view_synced'), 'a real scrape of the agent');
   return names;
@@ -646,4 +653,205 @@ t.test('deploy/: the dashboard and the alert rules parse, and use only metrics t
   t.ok(used.size > 20, `${used.size} metric names used`);
   const missing = [...used].filter((n) => !published.has(n));
   t.same(missing, [], 'every metric the dashboard and rules use is published');
+});
+
+// ------------------------------------------------------------------ the agent's own series, from real traffic
+
+t.test('qtype and client address to the coredns_dns_requests_total slots: CoreDNS\'s bounded type set, family as Go sees it', async (t) => {
+  const { REQUEST_TYPES, requestTypeIndex, addressFamilyIndex, peerFamilyIndex } = await import('../src/server/stats.js');
+  t.equal(REQUEST_TYPES[requestTypeIndex(1)], 'A');
+  t.equal(REQUEST_TYPES[requestTypeIndex(28)], 'AAAA');
+  t.equal(REQUEST_TYPES[requestTypeIndex(65)], 'HTTPS');
+  t.equal(REQUEST_TYPES[requestTypeIndex(255)], 'ANY');
+  for (const other of [0, 35, 99, 250, 256, 0xffff]) t.equal(REQUEST_TYPES[requestTypeIndex(other)], 'other', `qtype ${other} is "other"`);
+  t.equal(addressFamilyIndex('127.0.0.1'), 0);
+  t.equal(addressFamilyIndex('::1'), 1);
+  t.equal(addressFamilyIndex('fd00::10'), 1);
+  t.equal(addressFamilyIndex('::ffff:10.1.2.3'), 0, 'IPv4-mapped is IPv4 (Go To4())');
+  t.equal(peerFamilyIndex({ address: '10.0.0.1' }), 0, 'no family given: from the address');
+  t.equal(peerFamilyIndex({ address: 'fd00::1' }), 1);
+  const lazy = {
+    get address(): string {
+      throw new Error('address read');
+    },
+    port: 1,
+    family: 'IPv6',
+  };
+  t.equal(peerFamilyIndex(lazy), 1, "the peer's family when given, without reading its address");
+  const lazy4 = {
+    get address(): string {
+      throw new Error('address read');
+    },
+    family: 'IPv4',
+  };
+  t.equal(peerFamilyIndex(lazy4), 0);
+});
+
+/** One scrape of a running agent's /metrics, parsed. */
+async function scrapeUrl(url: string): Promise<Parsed> {
+  const r = await request(url);
+  if (r.status !== 200) throw new Error(`scrape: ${r.status}`);
+  return parseExposition(r.body);
+}
+
+const rcodeOf = (p: { flags?: number }): number => (p.flags ?? 0) & 0xf;
+
+function sumOf(p: Parsed, name: string, match: Record<string, string> = {}): number {
+  let s = 0;
+  for (const [k, v] of p.samples) {
+    if (!k.startsWith(`${name}{`)) continue;
+    if (Object.entries(match).every(([l, val]) => k.includes(`${l}="${val}"`))) s += v;
+  }
+  return s;
+}
+
+t.test('a real agent: requests by proto, family and type; forward latency per upstream server and rcode; upstream gauges; health-check failures', async (t) => {
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { FakeApiServer } = await import('../testkit/fake-apiserver.js');
+  const { loadSampleCluster, writeKubeconfig, SAMPLE_RECORDS } = await import('../testkit/cluster.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery, tcpQuery } = await import('./helpers/dns-client.js');
+  const api = new FakeApiServer({ token: 'sample-token' });
+  await api.start();
+  loadSampleCluster(api);
+  // 30 ms before each cluster answer: every forward observation lands above the 16 ms bucket.
+  const kubeDns = await SimDnsServer.start({ handler: staticHandler(SAMPLE_RECORDS, { soaZone: 'cluster.local' }), faults: { latencyMs: 30 } });
+  const external = await SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+  const v6Port = 17000 + (process.pid % 1000);
+  const metricsPort = 19500 + (process.pid % 400);
+  const agent = await startAgent('127.0.44.3', [
+    '--listen', `[::1]:${v6Port}`,
+    '--upstream-addr', `127.0.0.1:${kubeDns.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`,
+    '--kubeconfig', writeKubeconfig(api.url), '--metrics-listen-address', `127.0.44.3:${metricsPort}`,
+  ]);
+  t.teardown(async () => {
+    await agent.stop();
+    await Promise.all([api.close(), kubeDns.close(), external.close()]);
+  });
+  const url = `http://127.0.44.3:${metricsPort}/metrics`;
+  const v4 = agent.target;
+  const v6 = { host: '::1', port: v6Port };
+  const sent = { udp4A: 5, udp4AAAA: 3, tcp4TXT: 2, udp4Other: 1, udp6A: 2, udp4ExternalA: 2 };
+  for (let i = 0; i < sent.udp4A; i++) t.equal(rcodeOf(await udpQuery(v4, 'web.shop.svc.cluster.local', { type: 'A' })), 0);
+  for (let i = 0; i < sent.udp4AAAA; i++) t.equal(rcodeOf(await udpQuery(v4, 'web.shop.svc.cluster.local', { type: 'AAAA' })), 0);
+  for (let i = 0; i < sent.tcp4TXT; i++) t.equal(rcodeOf(await tcpQuery(v4, 'cart.shop.svc.cluster.local', { type: 'TXT' })), 0);
+  t.equal(rcodeOf(await udpQuery(v4, 'cart.shop.svc.cluster.local', { type: 'NAPTR' })), 0);
+  for (let i = 0; i < sent.udp6A; i++) t.equal(rcodeOf(await udpQuery(v6, 'cart.shop.svc.cluster.local', { type: 'A' })), 0);
+  t.equal(rcodeOf(await udpQuery(v4, 'www.example.com', { type: 'A' })), 0);
+  t.equal(rcodeOf(await udpQuery(v4, 'nx.example.com', { type: 'A' })), 3);
+
+  const p = await scrapeUrl(url);
+  const server = `dns://127.0.44.3:${v4.port}`;
+  const req = (proto: string, family: string, type: string): number | undefined =>
+    p.samples.get(key('coredns_dns_requests_total', { server, zone: '.', proto, family, type }));
+  t.equal(req('udp', '1', 'A'), sent.udp4A + sent.udp4ExternalA, 'UDP from 127.0.0.1, type A');
+  t.equal(req('udp', '1', 'AAAA'), sent.udp4AAAA);
+  t.equal(req('tcp', '1', 'TXT'), sent.tcp4TXT);
+  t.equal(req('udp', '1', 'other'), sent.udp4Other, 'NAPTR is "other"');
+  t.equal(req('udp', '2', 'A'), sent.udp6A, 'UDP from ::1: family 2');
+  t.equal(req('tcp', '2', 'A'), 0);
+  const total = Object.values(sent).reduce((a, b) => a + b, 0);
+  t.equal(sumOf(p, 'coredns_dns_requests_total'), total, 'every query counted once');
+  t.equal(sumOf(p, 'nodelocal_requests_total'), total, 'the per-transport totals agree');
+
+  // Forward latency: one observation per answer the upstream gave, labelled by the server's IP:port.
+  const cluster = `127.0.0.1:${kubeDns.port}`;
+  const fwd = (to: string, rcode: string, suffix: string, extra: Record<string, string> = {}): number =>
+    p.samples.get(key(`coredns_forward_request_duration_seconds_${suffix}`, { to, rcode, ...extra })) ?? NaN;
+  const clusterAnswers = kubeDns.stats.tcpQueries;
+  t.ok(clusterAnswers >= 4, `the cluster DNS got ${clusterAnswers} questions (A, AAAA, TXT, NAPTR, A of cart, and the view's nothing)`);
+  t.equal(fwd(cluster, 'NOERROR', 'count'), clusterAnswers, 'one observation per cluster DNS answer');
+  t.equal(p.samples.get(key('coredns_forward_responses_total', { to: `tcp://${cluster}`, rcode: 'NOERROR' })), clusterAnswers, 'as many as coredns_forward_responses_total');
+  t.equal(fwd(cluster, 'NOERROR', 'bucket', { le: '0.016' }), 0, 'none faster than the 30 ms the fake upstream waits');
+  t.equal(fwd(cluster, 'NOERROR', 'bucket', { le: '+Inf' }), clusterAnswers);
+  t.ok(fwd(cluster, 'NOERROR', 'sum') >= clusterAnswers * 0.016, 'the sum is in seconds');
+  t.equal(fwd(cluster, 'SERVFAIL', 'count'), 0, 'every rcode class published, zero until seen');
+  const ext = `127.0.0.1:${external.port}`;
+  t.equal(fwd(ext, 'NOERROR', 'count'), 1, 'host resolvers: per server too');
+  t.equal(fwd(ext, 'NXDOMAIN', 'count'), 1);
+  t.equal(p.types.get('coredns_forward_request_duration_seconds'), 'histogram');
+
+  const poolName = `tcp://${cluster}`;
+  const conns = p.samples.get(key('nodelocal_upstream_connections', { to: poolName })) ?? NaN;
+  t.ok(conns >= 1 && conns <= 2, `connections open to the cluster DNS: ${conns} (pool of 2)`);
+  t.equal(p.samples.get(key('nodelocal_upstream_exchanges_inflight', { to: poolName })), 0, 'nothing in flight once answered');
+  t.equal(p.samples.get(key('nodelocal_upstream_exchanges_inflight', { to: 'host-resolvers' })), 0);
+  t.equal(p.samples.get(key('nodelocal_upstream_queued', { to: poolName })), 0);
+  t.equal(p.samples.get(key('coredns_forward_healthcheck_failures_total', { to: cluster })), 0, 'no failed check while healthy');
+  t.notOk([...p.samples.keys()].some((k) => k.startsWith('nodelocal_interface_up') || k.startsWith('nodelocal_interception_active')), 'no interface or interception series when the agent manages neither');
+
+  // The cluster DNS goes away: it is marked failing, the probe checks it once a second, each check fails.
+  await kubeDns.stop();
+  await udpQuery(v4, 'db.shop.svc.cluster.local', { type: 'A' });
+  let failures = 0;
+  for (let i = 0; i < 100 && failures < 2; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    failures = (await scrapeUrl(url)).samples.get(key('coredns_forward_healthcheck_failures_total', { to: cluster })) ?? 0;
+  }
+  t.ok(failures >= 2, `failed health checks counted: ${failures}`);
+  const down = await scrapeUrl(url);
+  t.equal(down.samples.get(key('nodelocal_upstream_healthy', { to: poolName })), 0, 'and the upstream is failing');
+  t.equal(down.samples.get(key('nodelocal_upstream_connections', { to: poolName })), 0, 'with no connection open');
+});
+
+t.test('interface and interception gauges follow the node parts the agent manages', async (t) => {
+  const { AgentMetrics } = await import('../src/ops/agent-metrics.js');
+  const { DnsCache } = await import('../src/cache/cache.js');
+  const { ManualClock } = await import('../src/clock.js');
+  const cache = new DnsCache({ positiveCapacity: 10, negativeCapacity: 10, maxBytes: 1 << 20, staleMs: 0 } as ConstructorParameters<typeof DnsCache>[0], new Counters(CACHE_COUNTERS));
+  const parts: Array<{ name: string; inPlace: boolean; mode?: string }> = [];
+  const m = new AgentMetrics({ server: SERVER, cache, clock: new ManualClock(), upstreams: () => [], view: () => null, nodeParts: () => parts }, { version: 't', revision: '' });
+  const read = async (): Promise<Parsed> => parseExposition(await m.registry.metrics());
+  let p = await read();
+  t.notOk([...p.samples.keys()].some((k) => k.startsWith('nodelocal_interface_up') || k.startsWith('nodelocal_interception_active')), 'absent when not ours');
+  const iface = { name: 'interface', inPlace: true };
+  const rules = { name: 'interception', inPlace: false, mode: 'iptables-nft' };
+  parts.push(iface, rules);
+  p = await read();
+  t.equal(p.samples.get(key('nodelocal_interface_up')), 1);
+  t.equal(p.samples.get(key('nodelocal_interception_active', { mode: 'iptables-nft' })), 0);
+  iface.inPlace = false;
+  rules.inPlace = true;
+  p = await read();
+  t.equal(p.samples.get(key('nodelocal_interface_up')), 0, 'read at each scrape');
+  t.equal(p.samples.get(key('nodelocal_interception_active', { mode: 'iptables-nft' })), 1);
+  t.equal(p.types.get('nodelocal_interception_active'), 'gauge');
+});
+
+t.test('health probe: each failed check counted (timeout, network, SERVFAIL answer), a good answer or a shutdown not', async (t) => {
+  const { HealthProbe, PROBE_COUNTERS, PROBE_INTERVAL_MS } = await import('../src/upstream/probe.js');
+  const { UpstreamHealth } = await import('../src/upstream/health.js');
+  const { ManualClock } = await import('../src/clock.js');
+  const clock = new ManualClock();
+  const health = new UpstreamHealth('fake', silentLogger, clock.now());
+  health.record('unreachable', clock.now());
+  type Ex = import('../src/upstream/types.js').UpstreamExchange;
+  const sentEx: Ex[] = [];
+  const upstream = { name: 'fake', health, send: (ex: Ex) => sentEx.push(ex), close: () => Promise.resolve(), abort: () => {} };
+  const counters = new Counters(PROBE_COUNTERS);
+  const probe = new HealthProbe(upstream, clock, Buffer.alloc(12), counters);
+  t.teardown(() => probe.stop());
+  const answer = (rcode: number): Buffer => {
+    const b = Buffer.alloc(12);
+    b[3] = rcode;
+    return b;
+  };
+  const step = (): Ex => {
+    clock.advance(PROBE_INTERVAL_MS);
+    const ex = sentEx.at(-1);
+    if (ex === undefined) throw new Error('no probe sent');
+    return ex;
+  };
+  step().reject('timeout');
+  t.equal(counters.get('failures'), 1, 'timeout');
+  step().reject('network');
+  t.equal(counters.get('failures'), 2, 'network');
+  step().resolve(answer(2));
+  t.equal(counters.get('failures'), 3, 'SERVFAIL answer');
+  step().reject('closed');
+  t.equal(counters.get('failures'), 3, 'shutdown: not a failed check');
+  const n = sentEx.length;
+  step().resolve(answer(0));
+  t.equal(sentEx.length, n + 1);
+  t.equal(counters.get('failures'), 3, 'a good answer: no failure');
 });

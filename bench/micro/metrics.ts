@@ -21,7 +21,7 @@ import { watchCounterSchema } from '../../src/kube/watch.js';
 import { DurationHistogram, TIME_BUCKETS, TypedHistogram, requestSizeDef, responseSizeDef } from '../../src/ops/histogram.js';
 import { MetricsRegistry } from '../../src/ops/metrics.js';
 import { RESOLVER_COUNTERS } from '../../src/server/resolver.js';
-import { SERVER_COUNTERS } from '../../src/server/stats.js';
+import { REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex } from '../../src/server/stats.js';
 import { tcpListenerCounters } from '../../src/server/tcp-stats.js';
 import { Counters } from '../../src/stats/counters.js';
 import { hostResolversCounters } from '../../src/upstream/host-resolvers.js';
@@ -103,6 +103,21 @@ time('counter slot bump values[slot]++', (n) => {
   const v = server.values;
   for (let i = 0; i < n; i++) v[slot]! += hits[i & MASK]! > 0 ? 1 : 0;
   return v[slot]!;
+});
+// coredns_dns_requests_total{proto,family,type} as the hit path bumps it: family from the peer, type from a table.
+const peers = [
+  { address: '10.244.1.7', port: 40000, family: 'IPv4' },
+  { address: 'fd00::7', port: 40000, family: 'IPv6' },
+  { address: '10.244.1.8', port: 40000 },
+];
+const qtypes = Uint16Array.from({ length: MASK + 1 }, () => [1, 28, 1, 28, 33, 12, 65, 99][Math.floor(rand() * 8)]!);
+time('requests slot: family + qtype lookup + bump (UDP)', (n) => {
+  const v = server.values;
+  for (let i = 0; i < n; i++) {
+    const peer = peers[i % 3]!;
+    v[REQUEST_SLOT_BASE + (0 * 2 + peerFamilyIndex(peer)) * REQUEST_TYPE_COUNT + requestTypeIndex(qtypes[i & MASK]!)]!++;
+  }
+  return v[REQUEST_SLOT_BASE]!;
 });
 time('performance.now() (the Clock.now() behind a duration)', (n) => {
   let s = 0;

@@ -48,7 +48,11 @@ export interface NodeSetupOptions {
 }
 
 /** A node part, and whether what it set up is in place (as of its last check), for /ready. */
-export type NodePart = Component & { readonly inPlace: boolean };
+export type NodePart = Component & {
+  readonly inPlace: boolean;
+  /** Interception: the backend chosen at start ("iptables-nft", "nftables", ...), '' before; for nodelocal_interception_active{mode}. */
+  readonly mode?: string;
+};
 
 /** Chain prefix, comment and nft table name of every rule: node-cache's own name for its interface and rules. */
 const RULE_NAME = 'nodelocaldns';
@@ -99,13 +103,18 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
   let firewall: Firewall | null = null;
   let stopChecks: (() => void) | null = null;
   let inPlace = false;
+  let mode = '';
   return {
     name: 'interception',
     get inPlace() {
       return inPlace;
     },
+    get mode() {
+      return mode;
+    },
     start: async () => {
       const { backend, reason } = await chooseBackend(o.firewall, run);
+      mode = describeBackend(backend);
       const failOpenTo = o.failOpenTo ?? null;
       firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, failOpenTo, backend, run, counters: o.counters });
       await firewall.apply();

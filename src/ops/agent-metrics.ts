@@ -2,8 +2,9 @@
  * Everything the agent counts, registered once for /metrics: the counter
  * blocks of the hit path, cache, resolver, listeners, node setup and API
  * watch; one block per upstream name that outlives reloads; the request
- * histograms; and the gauges read at scrape time (cache entries, upstream
- * health, view sync). The hot path only ever touches typed arrays.
+ * histograms (per upstream server too); and the gauges read at scrape time
+ * (cache entries, upstream health and connections, view sync, interface and
+ * interception). The hot path only ever touches typed arrays.
  */
 import type { DnsCache } from '../cache/cache.js';
 import type { Clock } from '../clock.js';
@@ -11,8 +12,10 @@ import type { ClusterView } from '../kube/view.js';
 import type { HitPathHistograms } from '../server/hit-path.js';
 import { Counters, type CounterSchema } from '../stats/counters.js';
 import type { UpstreamCounterBlocks } from '../routing.js';
-import { hostResolversCounters, type HostResolversCounter } from '../upstream/host-resolvers.js';
-import { tcpPoolCounters, type TcpPoolCounter } from '../upstream/tcp-pool.js';
+import { ForwardDurations } from '../upstream/forward-durations.js';
+import { HostResolvers, hostResolversCounters, type HostResolversCounter } from '../upstream/host-resolvers.js';
+import { PROBE_COUNTERS, type ProbeCounter } from '../upstream/probe.js';
+import { TcpPool, tcpPoolCounters, type TcpPoolCounter } from '../upstream/tcp-pool.js';
 import type { Upstream } from '../upstream/types.js';
 import { DurationHistogram, REQUEST_DURATION, TypedHistogram, requestSizeDef, responseSizeDef } from './histogram.js';
 import { MetricsRegistry, type Labels } from './metrics.js';
@@ -25,6 +28,17 @@ export interface AgentMetricSources {
   /** The upstreams in use now (they change on reload). */
   readonly upstreams: () => readonly Upstream[];
   readonly view: () => ClusterView | null;
+  /** The interface and interception the agent manages (none: not ours, no series). */
+  readonly nodeParts?: () => readonly NodePartState[];
+}
+
+/** What /metrics reads of a node part (iface/node-setup.ts NodePart). */
+export interface NodePartState {
+  /** 'interface' or 'interception'. */
+  readonly name: string;
+  readonly inPlace: boolean;
+  /** Interception backend once chosen ("iptables-nft", "nftables", ...); '' before. */
+  readonly mode?: string;
 }
 
 /** What the batched UDP workers counted, added up over the workers (BatchedUdpListener.totals()). */
@@ -38,6 +52,8 @@ export class AgentMetrics implements UpstreamCounterBlocks {
   readonly #server: string;
   readonly #pools: Map<string, Counters<TcpPoolCounter>>;
   readonly #hosts: Map<string, Counters<HostResolversCounter>>;
+  readonly #durations: Map<string, ForwardDurations>;
+  readonly #probes: Map<string, Counters<ProbeCounter>>;
 
   constructor(src: AgentMetricSources, buildInfo: { version: string; revision: string }) {
     this.#server = src.server;
@@ -45,6 +61,8 @@ export class AgentMetrics implements UpstreamCounterBlocks {
     this.#pools = new Map();
     this.#hosts = new Map();
     this.#beforeScrape = [];
+    this.#durations = new Map();
+    this.#probes = new Map();
     const server = { server: src.server };
     this.histograms = {
       duration: new DurationHistogram(REQUEST_DURATION),
@@ -60,6 +78,25 @@ export class AgentMetrics implements UpstreamCounterBlocks {
     this.registry.addGauge('nodelocal_cache_bytes', 'Bytes the cache charges against --cache-memory.', ['server'], () => [[server, src.cache.bytes]]);
     this.registry.addGauge('nodelocal_upstream_healthy', 'Whether an upstream answers (1) or is marked failing (0).', ['to'], () =>
       src.upstreams().map((u): [Labels, number] => [{ to: u.name }, u.health.healthy ? 1 : 0]),
+    );
+    this.registry.addGauge('nodelocal_upstream_connections', 'TCP connections open to the cluster DNS (persistent, pipelined).', ['to'], () =>
+      src.upstreams().flatMap((u): [Labels, number][] => (u instanceof TcpPool ? [[{ to: u.name }, u.openConnections]] : [])),
+    );
+    this.registry.addGauge('nodelocal_upstream_exchanges_inflight', 'Questions sent to an upstream and not yet answered, failed or timed out.', ['to'], () =>
+      src.upstreams().flatMap((u): [Labels, number][] => (u instanceof TcpPool || u instanceof HostResolvers ? [[{ to: u.name }, u.inFlight]] : [])),
+    );
+    this.registry.addGauge('nodelocal_upstream_queued', 'Questions waiting for room on a cluster DNS connection (not sent yet).', ['to'], () =>
+      src.upstreams().flatMap((u): [Labels, number][] => (u instanceof TcpPool ? [[{ to: u.name }, u.queued]] : [])),
+    );
+    const parts = src.nodeParts ?? ((): readonly NodePartState[] => []);
+    this.registry.addGauge('nodelocal_interface_up', 'Whether the node-local interface and its addresses are in place (1) or not (0); absent when the agent does not manage one.', [], () =>
+      parts().flatMap((p): [Labels, number][] => (p.name === 'interface' ? [[{}, p.inPlace ? 1 : 0]] : [])),
+    );
+    this.registry.addGauge(
+      'nodelocal_interception_active',
+      'Whether the rules that steer pods\' DNS to the agent are in place (1) or not (0), by backend; absent when the agent installs none.',
+      ['mode'],
+      () => parts().flatMap((p): [Labels, number][] => (p.name === 'interception' ? [[{ mode: p.mode === undefined || p.mode === '' ? 'unknown' : p.mode }, p.inPlace ? 1 : 0]] : [])),
     );
     this.registry.addGauge('nodelocal_view_synced', 'Whether the cluster view has listed every kind (1) or not (0); absent when the fallback is off.', [], () => {
       const v = src.view();
@@ -113,6 +150,21 @@ export class AgentMetrics implements UpstreamCounterBlocks {
 
   host(name: string): Counters<HostResolversCounter> {
     return this.#block(this.#hosts, hostResolversCounters, name);
+  }
+
+  /** The histograms of one upstream server ("IP:port"), made and published on first use; the same ones across reloads. */
+  durations(to: string): ForwardDurations {
+    let d = this.#durations.get(to);
+    if (d === undefined) {
+      d = new ForwardDurations(to);
+      this.#durations.set(to, d);
+      for (const h of d.histograms) this.registry.addHistogram(h, { to });
+    }
+    return d;
+  }
+
+  probe(to: string): Counters<ProbeCounter> {
+    return this.#block(this.#probes, PROBE_COUNTERS, to);
   }
 
   #block<K extends string>(map: Map<string, Counters<K>>, schema: CounterSchema<K>, name: string): Counters<K> {

@@ -47,10 +47,10 @@ export interface BuildInfo {
  * server block (cache plugin) that took the query; the agent is one block for
  * every name, i.e. the root zone ".", which is what node-cache's catch-all
  * `.:53` block reports. Left out rather than faked: `view` (CoreDNS exports ""
- * without the view plugin, which Prometheus stores as absent: the same thing),
- * `family` and `type` of coredns_dns_requests_total and `plugin` of
- * coredns_dns_responses_total (we keep no slot per address family, query type
- * or answering plugin).
+ * without the view plugin, which Prometheus stores as absent: the same thing)
+ * and `plugin` of coredns_dns_responses_total (we keep no slot per answering
+ * plugin). `family` and `type` of coredns_dns_requests_total are real slots
+ * (server/stats.ts).
  */
 export const COREDNS_CONSTANT_LABELS: Readonly<Record<string, Labels>> = Object.freeze({
   coredns_dns_requests_total: { zone: '.' },

@@ -34,7 +34,9 @@ import type { Logger } from '../log.js';
 import type { DurationHistogram, TypedHistogram } from '../ops/histogram.js';
 import type { ClientMissLimiter } from './client-limit.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
-import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from './stats.js';
+import {
+  RCODE_SLOT_BASE, RCODE_SLOT_OTHER, REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters,
+} from './stats.js';
 
 /**
  * How a miss came back: with an answer from the upstream or the local view,
@@ -189,6 +191,8 @@ export class HitPath implements QueryHandler {
     // Answered synchronously (hits, errors): the first bucket (250 us); reading a clock per hit would cost more than the rest.
     if (hist !== null) hist.requestSize[channel.transport]!.observe(msg.length);
     const q = parseQuery(msg);
+    // coredns_dns_requests_total{proto,family,type}: one slot bump (qtype 0 when unreadable: "other").
+    this.#v[REQUEST_SLOT_BASE + (channel.transport * 2 + peerFamilyIndex(peer)) * REQUEST_TYPE_COUNT + requestTypeIndex(q.qtype)]!++;
     const logged = this.#logEvery > 0 && --this.#logCountdown <= 0;
     if (logged) this.#logCountdown = this.#logEvery;
     if (q.status !== QueryStatus.OK) {

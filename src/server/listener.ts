@@ -9,6 +9,12 @@
 export interface ClientPeer {
   readonly address: string;
   readonly port: number;
+  /**
+   * 'IPv4' or 'IPv6' as Node reports it (dgram's RemoteInfo has it), for
+   * coredns_dns_requests_total{family}; read instead of `address` when
+   * present, so a peer that decodes its address lazily need not.
+   */
+  readonly family?: string;
 }
 
 export const Transport = { UDP: 0, TCP: 1 } as const;

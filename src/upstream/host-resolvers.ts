@@ -39,6 +39,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { FLAG_TC, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
 import { Counters, defineCounters } from '../stats/counters.js';
 import { UpstreamHealth } from './health.js';
+import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
@@ -107,6 +108,8 @@ export interface HostResolversOptions {
   udpRotateAfterMs?: number;
   /** Where this instance counts; a fresh block when omitted. */
   counters?: Counters<HostResolversCounter>;
+  /** coredns_forward_request_duration_seconds of each server, index for index with `servers` (none when omitted). */
+  durations?: readonly (ForwardDurations | null)[];
   clock?: Clock;
   logger?: Logger;
   name?: string;
@@ -151,6 +154,7 @@ export class HostResolvers implements Upstream {
   readonly health: UpstreamHealth;
   readonly counters: Counters<HostResolversCounter>;
   readonly #values: Float64Array;
+  readonly #durations: readonly (ForwardDurations | null)[];
   readonly #servers: readonly ServerAddress[];
   readonly #attemptTimeoutMs: number;
   readonly #attempts: number;
@@ -188,9 +192,11 @@ export class HostResolvers implements Upstream {
     this.health = new UpstreamHealth(this.name, this.#log, this.#clock.now());
     this.counters = opts.counters ?? new Counters(hostResolversCounters);
     this.#values = this.counters.values;
+    this.#durations = opts.durations ?? [];
     this.#active = new Set();
     this.#events = {
-      onSent: () => {
+      onSent: (attempt) => {
+        attempt.sentAt = this.#clock.now();
         this.#values[SLOT.sent]!++;
       },
       onSpoofed: () => {
@@ -288,6 +294,8 @@ export class HostResolvers implements Upstream {
     const flags = (answer[OFF_FLAGS]! << 8) | answer[OFF_FLAGS + 1]!;
     const rcode = flags & RCODE_MASK;
     this.#values[RCODE_SLOT[rcode]!]!++;
+    const durations = this.#durations[attempt.serverIndex];
+    if (durations !== undefined && durations !== null && attempt.sentAt >= 0) durations.observeMs(rcode, this.#clock.now() - attempt.sentAt);
     if ((flags & FLAG_TC) !== 0 && attempt.transport === 'udp') {
       // RFC 7766 5: a truncated UDP answer is retried over TCP at the same server. That becomes the current
       // try, from whichever try the truncated answer came: the name exists and TCP is the way to it.

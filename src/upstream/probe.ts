@@ -12,7 +12,22 @@
  * second of extra fallback is invisible to pods.
  */
 import type { Clock } from '../clock.js';
-import type { Upstream, UpstreamExchange } from './types.js';
+import { OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { defineCounters, type Counters } from '../stats/counters.js';
+import type { Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
+
+/**
+ * CoreDNS forward's name (pre-1.11; later versions call it
+ * coredns_proxy_healthcheck_failures_total{proxy_name="forward"}). A failed
+ * check is one our health state counts as a failure: no answer by the
+ * deadline, a network error, or a SERVFAIL/REFUSED answer. A probe cut
+ * short by shutdown is not one.
+ */
+export const PROBE_COUNTERS = defineCounters({
+  failures: { name: 'coredns_forward_healthcheck_failures_total', help: 'Counter of the number of failed healthchecks.' },
+});
+export type ProbeCounter = keyof typeof PROBE_COUNTERS.slot;
+const FAILURES = PROBE_COUNTERS.slot.failures;
 
 export const PROBE_INTERVAL_MS = 1000;
 
@@ -25,10 +40,27 @@ export class HealthProbe {
   #lastSentAt: number;
   #sent: number;
   #stopped: boolean;
+  readonly #failures: Float64Array | null;
+  readonly #onAnswer: (answer: Buffer) => void;
+  readonly #onFailure: (reason: UpstreamFailure) => void;
 
-  /** `query`: an upstream-form query whose answer proves the upstream works (kubernetes.default.svc.<zone> A). */
-  constructor(upstream: Upstream, clock: Clock, query: Buffer) {
+  /**
+   * `query`: an upstream-form query whose answer proves the upstream works
+   * (kubernetes.default.svc.<zone> A). `counters`: where failed checks are
+   * counted (labelled with the upstream's `to` by whoever publishes it).
+   */
+  constructor(upstream: Upstream, clock: Clock, query: Buffer, counters: Counters<ProbeCounter> | null = null) {
     this.#upstream = upstream;
+    this.#failures = counters === null ? null : counters.values;
+    this.#onAnswer = (answer: Buffer): void => {
+      this.#inFlight = false;
+      const rcode = answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL;
+      if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) this.#failed();
+    };
+    this.#onFailure = (reason: UpstreamFailure): void => {
+      this.#inFlight = false;
+      if (reason !== 'closed') this.#failed();
+    };
     this.#clock = clock;
     this.#query = query;
     this.#sweep = null;
@@ -45,6 +77,10 @@ export class HealthProbe {
   /** Probes sent so far. */
   get sent(): number {
     return this.#sent;
+  }
+
+  #failed(): void {
+    if (this.#failures !== null) this.#failures[FAILURES]!++;
   }
 
   stop(): void {
@@ -67,10 +103,7 @@ export class HealthProbe {
     this.#inFlight = true;
     this.#lastSentAt = now;
     this.#sent++;
-    const done = (): void => {
-      this.#inFlight = false;
-    };
-    const probe: UpstreamExchange = { query: this.#query, deadline: now + PROBE_INTERVAL_MS, resolve: done, reject: done };
+    const probe: UpstreamExchange = { query: this.#query, deadline: now + PROBE_INTERVAL_MS, resolve: this.#onAnswer, reject: this.#onFailure };
     this.#upstream.send(probe);
   };
 }

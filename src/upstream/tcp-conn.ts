@@ -24,9 +24,12 @@ export class Job {
   id: number;
   retried: boolean;
   done: boolean;
+  /** Clock ms of the last write, for coredns_forward_request_duration_seconds. */
+  sentAt: number;
   constructor(ex: UpstreamExchange) {
     this.ex = ex;
     this.id = -1;
+    this.sentAt = 0;
     this.retried = false;
     this.done = false;
   }

@@ -39,6 +39,7 @@ import { UpstreamHealth } from './health.js';
 import { answerMatchesQuery, readId } from '../dns/question.js';
 import { Counters, defineCounters } from '../stats/counters.js';
 import { Fifo } from './fifo.js';
+import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Conn, Job } from './tcp-conn.js';
@@ -87,6 +88,8 @@ export interface TcpPoolOptions {
   name?: string;
   /** What the server is, in log lines (default "cluster dns"). */
   kind?: string;
+  /** coredns_forward_request_duration_seconds of its server (none when omitted). */
+  durations?: ForwardDurations | null;
   clock?: Clock;
   logger?: Logger;
 }
@@ -100,6 +103,7 @@ export class TcpPool implements Upstream {
   readonly health: UpstreamHealth;
   readonly counters: Counters<TcpPoolCounter>;
   readonly #values: Float64Array;
+  readonly #durations: ForwardDurations | null;
   readonly #server: ServerAddress;
   readonly #size: number;
   readonly #maxInFlight: number;
@@ -148,6 +152,7 @@ export class TcpPool implements Upstream {
     this.health = new UpstreamHealth(this.name, this.#log, this.#clock.now());
     this.counters = opts.counters ?? new Counters(tcpPoolCounters);
     this.#values = this.counters.values;
+    this.#durations = opts.durations ?? null;
     this.#conns = [];
     this.#queue = new Fifo<Job>(64);
     this.#life = new Lifecycle();
@@ -212,7 +217,7 @@ export class TcpPool implements Upstream {
     if (this.#queue.length === 0) {
       const c = this.#pick(now);
       if (c !== null) {
-        this.#write(c, job);
+        this.#write(c, job, now);
         return;
       }
     }
@@ -245,7 +250,7 @@ export class TcpPool implements Upstream {
     return best;
   }
 
-  #write(c: Conn, job: Job): void {
+  #write(c: Conn, job: Job, now: number): void {
     let id = c.nextId;
     // Terminates: in-flight is capped below 65536.
     while (c.inflight.has(id)) id = (id + 1) & 0xffff;
@@ -256,6 +261,7 @@ export class TcpPool implements Upstream {
       if (this.#dirty.length === 0) setImmediate(this.#flush);
       this.#dirty.push(c);
     }
+    job.sentAt = now;
     c.sent++;
     this.#values[SLOT.sent]!++;
     if (c.sent >= this.#rotateAfterQueries) this.#drain(c, true);
@@ -333,9 +339,11 @@ export class TcpPool implements Upstream {
     // Success is an answer, not a connect: a server that accepts and then drops us must keep backing off.
     if (c.answered++ === 0) this.#backoffMs = BACKOFF_MIN_MS;
     const rcode = msg[OFF_FLAGS + 1]! & RCODE_MASK;
+    const now = this.#clock.now();
     this.#values[SLOT.answered]!++;
     this.#values[RCODE_SLOT[rcode]!]!++;
-    this.health.record(rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED ? 'servfail' : 'answered', this.#clock.now());
+    if (this.#durations !== null) this.#durations.observeMs(rcode, now - job.sentAt);
+    this.health.record(rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED ? 'servfail' : 'answered', now);
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
     if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
@@ -353,7 +361,7 @@ export class TcpPool implements Upstream {
       const c = this.#pick(now);
       if (c === null) break;
       this.#queue.shift();
-      this.#write(c, job);
+      this.#write(c, job, now);
     }
     if (this.#queue.length > 0) this.#ensureConnecting(now);
   }

@@ -42,6 +42,8 @@ export class QueryAttempt<T> implements SharedTry {
   readonly id: number;
   /** Clock ms after which the owner gives up on this attempt. */
   readonly deadline: number;
+  /** Clock ms when the query went out; set by the owner in onSent (this class keeps no clock). */
+  sentAt: number;
   readonly #query: Buffer;
   readonly #events: AttemptEvents<T>;
   /** The shared socket this try's id is registered on, until it finishes. */
@@ -66,6 +68,7 @@ export class QueryAttempt<T> implements SharedTry {
     this.server = server;
     this.serverIndex = serverIndex;
     this.deadline = deadline;
+    this.sentAt = -1;
     this.#query = query;
     this.#events = events;
     this.#udp = null;

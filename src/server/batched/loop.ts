@@ -95,6 +95,16 @@ class Peer implements ClientPeer {
     return `${b[4]}.${b[5]}.${b[6]}.${b[7]}`;
   }
 
+  /** For coredns_dns_requests_total{family} without decoding the address: an IPv4-mapped IPv6 source counts as IPv4 (as CoreDNS's Go does). */
+  get family(): string {
+    // Read as words (little-endian host, as sa_family above), no view allocated: sockaddr_in6's address is
+    // bytes 8-23, and ::ffff:a.b.c.d is ten zero bytes then 0xffff, i.e. words 2 and 3 zero, word 4 0xffff0000.
+    const w = this.words;
+    const o = this.wordOff;
+    if ((w[o]! & 0xffff) !== AF_INET6) return 'IPv4';
+    return w[o + 2] === 0 && w[o + 3] === 0 && w[o + 4] === 0xffff0000 ? 'IPv4' : 'IPv6';
+  }
+
   get port(): number {
     const b = new Uint8Array(this.words.buffer, this.words.byteOffset + this.wordOff * 4, 4);
     return (b[2]! << 8) | b[3]!;
