@@ -227,6 +227,21 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    // The probes' and scrapes' ports first, answering 503 until we serve: in an upgrade the old agent holds the
+    // same address, and until this one has bound it the kubelet's readiness probe of the new pod reaches the old
+    // agent and its 200 (ops/http.ts steers new connections to the newest member once we have).
+    this.#parts.add(this.#opsPart());
+    await this.#parts.start(() => this.#clock.now());
+    try {
+      await this.#build();
+    } catch (err) {
+      await this.#parts.stop(this.#clock.now());
+      throw err;
+    }
+  }
+
+  /** Everything after the ops servers: routing, listeners, node set-up, in start order. */
+  async #build(): Promise<void> {
     const c = this.#config;
     let host: HostServers;
     try {
@@ -317,7 +332,6 @@ export class Agent {
       this.#nodeParts.push(interception);
       this.#parts.add(interception);
     }
-    this.#parts.add(this.#opsPart());
     await this.#parts.start(() => this.#clock.now());
     this.#logger.info('serving', {
       listen: this.#listeners.map((l) => l.name),

@@ -13,7 +13,7 @@
  * probe never waits on DNS.
  */
 import http from 'node:http';
-import { loadReusePort } from '../sys/reuseport.js';
+import { listenersOn, loadReusePort } from '../sys/reuseport.js';
 import { isIP } from 'node:net';
 import { formatHostPort, isWildcard } from '../addr.js';
 import type { Component } from '../lifecycle.js';
@@ -159,7 +159,18 @@ export class OpsServer implements Component {
       const rp = await loadReusePort();
       if (typeof rp !== 'string') {
         const r = rp.open('tcp', this.#wanted);
-        if (typeof r === 'number') fd = r;
+        if (typeof r === 'number') {
+          fd = r;
+          // Kubelet probes the new pod on the address the old agent also holds: new connections must reach the
+          // newest member, not a hash's pick, or the old agent's 200 marks the new pod ready before it serves.
+          // "return <our index>" (join order); once older members leave, the index is past the group's end and
+          // the kernel hashes again among whoever is left.
+          const index = listenersOn(this.#wanted) - 1;
+          if (index > 0) {
+            const err = rp.steer(fd, index);
+            if (err !== null) this.#log.warn('ops http: cannot steer new connections to this agent; probes may reach the older one', { address: formatHostPort(this.#wanted), error: err.message });
+          }
+        }
       }
     }
     return new Promise((resolve, reject) => {
