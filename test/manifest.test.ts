@@ -355,6 +355,7 @@ for (const v of variants) {
     for (const a of c.args ?? []) for (const m of a.matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) t.ok(envNames.has(m[1]), `$(${m[1]}) in "${a}" is defined`);
     t.same(c.env?.find((e) => e.name === 'HOST_IP')?.valueFrom, { fieldRef: { fieldPath: 'status.hostIP' } });
     // --node-name's default, for the pod watch of --metrics-by-namespace (this node's pods only).
+    t.equal(c.env?.find((e) => e.name === 'MALLOC_ARENA_MAX')?.value, '2', 'glibc malloc arenas capped (worker threads)');
     t.same(c.env?.find((e) => e.name === 'NODE_NAME')?.valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } }, 'NODE_NAME from the downward API');
     t.equal(argValue(c, 'metrics-by-namespace'), undefined, '--metrics-by-namespace off by default (it needs the extra pods RBAC)');
 
