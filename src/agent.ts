@@ -227,21 +227,23 @@ export class Agent {
   }
 
   async start(): Promise<void> {
-    // The probes' and scrapes' ports first, answering 503 until we serve: in an upgrade the old agent holds the
-    // same address, and until this one has bound it the kubelet's readiness probe of the new pod reaches the old
-    // agent and its 200 (ops/http.ts steers new connections to the newest member once we have).
-    this.#parts.add(this.#opsPart());
-    await this.#parts.start(() => this.#clock.now());
+    // The probes' and scrapes' ports first when their address already exists (an upgrade: the old agent's link
+    // holds it), answering 503 until we serve: until this agent has bound them, the kubelet's readiness probe
+    // of the new pod reaches the old agent and its 200 (ops/http.ts then steers new connections to the newest
+    // member). On a fresh node the address comes with our interface: they bind in their place in the order.
+    const ops = this.#opsPart();
+    await ops.tryEarly();
     try {
-      await this.#build();
+      await this.#build(ops);
     } catch (err) {
       await this.#parts.stop(this.#clock.now());
+      await ops.stop(0);
       throw err;
     }
   }
 
   /** Everything after the ops servers: routing, listeners, node set-up, in start order. */
-  async #build(): Promise<void> {
+  async #build(ops: Component): Promise<void> {
     const c = this.#config;
     let host: HostServers;
     try {
@@ -332,6 +334,7 @@ export class Agent {
       this.#nodeParts.push(interception);
       this.#parts.add(interception);
     }
+    this.#parts.add(ops);
     await this.#parts.start(() => this.#clock.now());
     this.#logger.info('serving', {
       listen: this.#listeners.map((l) => l.name),
@@ -539,31 +542,46 @@ export class Agent {
   }
 
   /** /metrics, /health and /ready: last up, first down. */
-  #opsPart(): Component {
+  /** The ops servers as a part; `tryEarly` binds them before the rest when it can (then `start` has nothing left to do). */
+  #opsPart(): Component & { tryEarly(): Promise<void> } {
     const c = this.#config;
+    let bound = false;
+    const bind = async (): Promise<void> => {
+      const host = defaultOpsHost(c.listen);
+      this.#ops = createOpsServers({
+        metrics: c.metricsListen,
+        health: c.healthPort === 0 ? null : { host, port: c.healthPort },
+        handlers: { metrics: this.metrics, serving: () => this.#serving, readiness: () => this.readiness() },
+        logger: this.#logger,
+        reusePort: c.reusePort,
+      });
+      try {
+        for (const s of this.#ops) await s.start();
+      } catch (err) {
+        await Promise.all(this.#ops.map((s) => s.stop()));
+        throw err;
+      }
+      bound = true;
+    };
     return {
       name: 'ops-http',
-      start: async () => {
-        const host = defaultOpsHost(c.listen);
-        this.#ops = createOpsServers({
-          metrics: c.metricsListen,
-          health: c.healthPort === 0 ? null : { host, port: c.healthPort },
-          handlers: { metrics: this.metrics, serving: () => this.#serving, readiness: () => this.readiness() },
-          logger: this.#logger,
-          reusePort: c.reusePort,
-        });
+      tryEarly: async () => {
         try {
-          for (const s of this.#ops) await s.start();
+          await bind();
         } catch (err) {
-          await Promise.all(this.#ops.map((s) => s.stop()));
-          throw err;
+          this.#logger.debug('ops http: binding after the interface instead', { error: (err as Error).message });
         }
       },
+      start: async () => {
+        if (!bound) await bind();
+      },
       stop: async () => {
+        bound = false;
         await Promise.all(this.#ops.map((s) => s.stop()));
       },
     };
   }
+
 
   /** Ops servers as started (ports resolved when configured as 0). */
   get opsServers(): readonly OpsServer[] {

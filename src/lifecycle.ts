@@ -41,14 +41,9 @@ export class ComponentStack {
     return this.#parts.map((p) => p.name);
   }
 
-  /**
-   * Starts, in order, every part added since the last call (so a part that
-   * must come first, such as the probes' port, can start before the rest is
-   * even built); on a failure stops those already started (reverse) and
-   * throws a StartupError naming the part.
-   */
+  /** Starts every part in order; on a failure stops those already started (reverse) and throws a StartupError naming the part. */
   async start(deadlineForRollback: () => number): Promise<void> {
-    for (const part of this.#parts.slice(this.#started.length)) {
+    for (const part of this.#parts) {
       try {
         await part.start();
       } catch (err) {
