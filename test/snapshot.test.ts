@@ -669,7 +669,9 @@ let surgePort = 24000 + (process.pid % 1000) * 4;
 
 async function agentOn(port: number, args: string[], logger: Logger = silentLogger): Promise<Agent> {
   const { config } = loadConfig(
-    ['--listen', `${SURGE_HOST}:${port}`, '--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n'), '--no-kube', '--metrics-listen-address', 'off', '--health-port', '0', ...args],
+    // dgram: the cache counters read here are the main thread's (batched workers count in blocks of their own, and
+    // the upgrade with workers is agent.test's and handover.test's); "the cluster DNS was never asked" holds for both.
+    ['--listen', `${SURGE_HOST}:${port}`, '--io', 'dgram', '--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n'), '--no-kube', '--metrics-listen-address', 'off', '--health-port', '0', ...args],
     { env: {} },
   );
   const agent = new Agent(config, { logger });
