@@ -198,13 +198,7 @@ class SnapshotEncoder {
    * take one long turn.
    */
   async finish(writtenAt: number, pause?: () => Promise<void>): Promise<Buffer[]> {
-    this.#seal();
-    const header = Buffer.alloc(SNAPSHOT_HEADER_LEN);
-    SNAPSHOT_MAGIC.copy(header, 0);
-    header.writeUInt16BE(SNAPSHOT_VERSION, 8);
-    header.writeUInt32BE(this.#count, 12);
-    header.writeDoubleBE(writtenAt, 16);
-    header.writeUInt32BE(this.#body, 24);
+    const header = this.#header(writtenAt);
     let crc = crc32(header);
     for (const c of this.#chunks) {
       if (pause !== undefined) await pause();
@@ -217,6 +211,13 @@ class SnapshotEncoder {
 
   /** The same, in one go. */
   finishNow(writtenAt: number): Buffer {
+    const buf = Buffer.concat([this.#header(writtenAt), ...this.#chunks, Buffer.alloc(TRAILER_LEN)]);
+    buf.writeUInt32BE(crc32(buf.subarray(0, buf.length - TRAILER_LEN)), buf.length - TRAILER_LEN);
+    return buf;
+  }
+
+  /** Seals the records and returns the file's header for them. */
+  #header(writtenAt: number): Buffer {
     this.#seal();
     const header = Buffer.alloc(SNAPSHOT_HEADER_LEN);
     SNAPSHOT_MAGIC.copy(header, 0);
@@ -224,9 +225,7 @@ class SnapshotEncoder {
     header.writeUInt32BE(this.#count, 12);
     header.writeDoubleBE(writtenAt, 16);
     header.writeUInt32BE(this.#body, 24);
-    const buf = Buffer.concat([header, ...this.#chunks, Buffer.alloc(TRAILER_LEN)]);
-    buf.writeUInt32BE(crc32(buf.subarray(0, buf.length - TRAILER_LEN)), buf.length - TRAILER_LEN);
-    return buf;
+    return header;
   }
 
   #seal(): void {
