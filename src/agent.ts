@@ -266,8 +266,12 @@ export class Agent {
         { clusterDomain: c.clusterDomain },
       );
     }
+    // The namespace table lives on this thread: UDP must be read here too for every query to be counted.
+    if (c.metricsByNamespace && c.io === 'batched') {
+      this.#logger.info('--metrics-by-namespace: UDP served by this thread (--io dgram), where the client namespaces are counted');
+    }
     const udp = await createUdpListeners({
-      io: c.io,
+      io: c.metricsByNamespace ? 'dgram' : c.io,
       workers: c.workers,
       listen: c.listen,
       hitPath: this.hitPath,

@@ -244,7 +244,9 @@ function tcpFrom(source: string, target: { host: string; port: number }, name: s
 const NAME = 'web.default.svc.cluster.local';
 
 t.test('agent: requests by namespace in a real scrape, from a field-selected pod watch', async (t) => {
-  const { fake, agent, scrape } = await setup(t, []);
+  // Asked for batched: the flag keeps UDP on the main thread, where the namespace table is (every query counted).
+  const { fake, agent, scrape } = await setup(t, ['--io', 'batched']);
+  t.equal(agent.agent.udpIo, 'dgram', 'UDP read by the main thread while counting by namespace');
   await until(t, 'pods listed', async () => valueOf(await scrape(), 'nodelocal_kube_lists_total', { kind: 'pods' }) === 1);
   t.equal(valueOf(await scrape(), 'nodelocal_node_pods', {}), 3, 'the three pods of our node (hostNetwork one included), not the other node\'s');
   await until(t, 'pod watch open', async () => fake.requests.some((r) => r.kind === 'pods' && r.watch));
