@@ -23,19 +23,15 @@ function koffiLib(): Koffi {
 }
 import { closeSync, openSync } from 'node:fs';
 import { type NlAck, type NlMessage, NLMSG_DONE, NLMSG_ERROR, NLM_F_MULTI, parseAck, splitMessages } from './rtnl-wire.js';
+import { EAGAIN, EINTR, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../sys/linux.js';
 
 const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
 const NETLINK_ROUTE = 0;
-const SOL_SOCKET = 1;
 const SO_RCVTIMEO = 20; // SO_RCVTIMEO_OLD: struct timeval of two longs (x86_64, arm64)
 const SOL_NETLINK = 270;
 const NETLINK_CAP_ACK = 10;
 const NETLINK_EXT_ACK = 11;
 const CLONE_NEWNET = 0x40000000;
-const EINTR = 4;
-const EAGAIN = 11;
 
 /** Upper bound on one blocking recv(); replies are immediate, so this only bounds a lost one. */
 export const RECV_TIMEOUT_MS = 1000;

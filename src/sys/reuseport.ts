@@ -30,22 +30,13 @@ import { formatHostPort } from '../addr.js';
 import { ipToBytes } from '../iface/ip-bytes.js';
 import type { Logger } from '../log.js';
 import type { ServerAddress } from '../upstream/types.js';
+import {
+  AF_INET, AF_INET6, IPPROTO_IPV6, IPPROTO_TCP, IPV6_V6ONLY, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT,
+} from './linux.js';
 
 /** Linux, every architecture Node runs on (asm-generic/socket.h, linux/in.h, linux/in6.h, linux/tcp.h). */
-const AF_INET = 2;
-const AF_INET6 = 10;
-const SOCK_STREAM = 1;
-const SOCK_DGRAM = 2;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
-const SO_REUSEADDR = 2;
-const SO_REUSEPORT = 15;
 const SO_ATTACH_REUSEPORT_CBPF = 51;
 const SO_MEMINFO = 55;
-const IPPROTO_TCP = 6;
-const IPPROTO_IPV6 = 41;
-const IPV6_V6ONLY = 26;
 const TCP_INFO = 11;
 /** struct tcp_info: tcpi_unacked, which a listener fills with its accept queue length (tcp_get_info). */
 const TCPI_UNACKED_OFFSET = 24;

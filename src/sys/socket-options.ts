@@ -7,10 +7,9 @@
  * here): fine once per listener or per connection, never per query.
  */
 import type net from 'node:net';
+import { SOL_SOCKET, SO_SNDBUF } from './linux.js';
 
 /** Linux, every architecture Node runs on (asm-generic/socket.h, asm-generic/ioctls.h). */
-const SOL_SOCKET = 1;
-const SO_SNDBUF = 7;
 const SIOCOUTQ = 0x5411;
 
 export interface SocketOptions {

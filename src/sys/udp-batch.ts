@@ -16,26 +16,18 @@ import { isIP } from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import { ipToBytes } from '../iface/ip-bytes.js';
 import type { ServerAddress } from '../upstream/types.js';
+import {
+  AF_INET, AF_INET6, EAGAIN, EINTR, IPPROTO_IPV6, IPV6_V6ONLY, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_SOCKET, SO_RCVBUF, SO_REUSEPORT, SO_SNDBUF,
+} from './linux.js';
 
-/** Linux, asm-generic (x86-64 and arm64 agree): socket(7), ip(7), ipv6(7), poll(2), eventfd(2). */
-export const AF_INET = 2;
-export const AF_INET6 = 10;
-const SOCK_DGRAM = 2;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
-const SO_SNDBUF = 7;
-const SO_RCVBUF = 8;
-const SO_REUSEPORT = 15;
-const IPPROTO_IPV6 = 41;
-const IPV6_V6ONLY = 26;
+export { AF_INET, AF_INET6, EAGAIN, EINTR };
+
+/** Linux, asm-generic (x86-64 and arm64 agree): poll(2), eventfd(2), recv(2), prctl(2); the socket numbers are in linux.ts. */
 const EFD_NONBLOCK = 0o4000;
 const EFD_CLOEXEC = 0o2000000;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 export const POLLIN = 0x1;
-export const EAGAIN = 11;
-export const EINTR = 4;
 const PR_SET_NAME = 15;
 
 /** Absorbs bursts while a batch is being answered; the kernel caps it at net.core.rmem_max (as for the dgram listener). */
