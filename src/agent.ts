@@ -491,7 +491,7 @@ export class Agent {
     const watchCounters = new Counters(watchCounterSchema);
     this.metrics.add(watchCounters, false);
     this.#watch = new KubeWatch(new KubeApi(cfg), this.#view, { clock: this.#clock, log: this.#logger, counters: watchCounters });
-    this.#logger.info('cluster-records fallback on: watching the API', { server: cfg.server, source: cfg.source });
+    this.#logger.info('cluster-records fallback on: watching the API', { server: cfg.server, source: cfg.source, auth: cfg.auth });
   }
 
   /**

@@ -5,8 +5,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { objectKey, resourceVersionOf, toSlimEndpointSlice, toSlimNamespace, toSlimService } from '../src/kube/convert.js';
-import { loadClusterConfig } from '../src/kube/client.js';
-import { endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
+import { KubeApi, loadClusterConfig, type ClusterConfig } from '../src/kube/client.js';
+import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
+import { TestCa, opensslAvailable } from './helpers/dot-server.js';
 
 t.test('services', async (t) => {
   t.same(toSlimService(serviceJson('ns', 'web', { clusterIPs: ['10.96.0.5', 'fd00::5'], clusterIP: '10.96.0.5' })), {
@@ -160,4 +161,97 @@ t.test('cluster config', async (t) => {
     kind: 'error',
     reason: /no current context/,
   });
+});
+
+/** One GET through the real client path; the status, or the error. */
+async function getStatus(cfg: ClusterConfig): Promise<number | string> {
+  if (cfg.kind !== 'ok') return `config: ${cfg.kind}`;
+  const out = await new KubeApi(cfg).get('/api/v1/namespaces', AbortSignal.timeout(5000));
+  if (!out.ok) return out.error;
+  out.body.resume();
+  return out.status;
+}
+
+// Our own credential reading (src/kube/credentials.ts), against an HTTPS fake
+// API server with a CA of the test's own: what a pod's service account and
+// the usual kubeconfigs send, without client-node.
+t.test('credentials over TLS', { skip: opensslAvailable() ? false : 'no /usr/bin/openssl to make certificates' }, async (t) => {
+  const ca = new TestCa('kapi');
+  const other = new TestCa('other');
+  const server = ca.issue('IP:127.0.0.1');
+  const fake = new FakeApiServer({ tls: { ...server, ca: ca.cert } });
+  await fake.start();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kcred-'));
+  const saved = { host: process.env['KUBERNETES_SERVICE_HOST'], port: process.env['KUBERNETES_SERVICE_PORT'] };
+  t.teardown(async () => {
+    await fake.close();
+    for (const d of [dir, ca.dir, other.dir]) fs.rmSync(d, { recursive: true, force: true });
+    for (const [k, v] of [['KUBERNETES_SERVICE_HOST', saved.host], ['KUBERNETES_SERVICE_PORT', saved.port]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  });
+  const last = (): { authorization: string; clientCn: string } => fake.requests[fake.requests.length - 1] ?? { authorization: '', clientCn: '' };
+
+  // In-cluster: the token and ca.crt of the service-account directory.
+  process.env['KUBERNETES_SERVICE_HOST'] = '127.0.0.1';
+  process.env['KUBERNETES_SERVICE_PORT'] = String(fake.port);
+  const sa = path.join(dir, 'var/run/secrets/kubernetes.io/serviceaccount');
+  fs.mkdirSync(sa, { recursive: true });
+  fs.writeFileSync(path.join(sa, 'token'), 'token-one\n');
+  fs.writeFileSync(path.join(sa, 'ca.crt'), ca.cert);
+  const inCluster = await loadClusterConfig({ serviceAccountPrefix: dir });
+  t.match(inCluster, { kind: 'ok', source: 'in-cluster', auth: 'native', server: `https://127.0.0.1:${fake.port}` });
+  t.equal(await getStatus(inCluster), 200, 'the CA verifies the server');
+  t.equal(last().authorization, 'Bearer token-one');
+  // The kubelet rotates the projected token by swapping the file: the next request sends the new one.
+  fs.writeFileSync(path.join(sa, 'token.new'), 'token-two-rotated');
+  fs.renameSync(path.join(sa, 'token.new'), path.join(sa, 'token'));
+  t.equal(await getStatus(inCluster), 200);
+  t.equal(last().authorization, 'Bearer token-two-rotated', 'rotated token re-read');
+  // A CA that did not sign the server: refused, not trusted blindly.
+  fs.writeFileSync(path.join(sa, 'ca.crt'), other.cert);
+  const wrongCa = await loadClusterConfig({ serviceAccountPrefix: dir });
+  t.match(await getStatus(wrongCa), /certificate/, 'a server the CA did not sign is refused');
+
+  // A kubeconfig: CA by a relative path, a client certificate as data.
+  const client = ca.issue('DNS:node-agent', 'clientAuth');
+  fs.writeFileSync(path.join(dir, 'ca.pem'), ca.cert);
+  const b64 = (s: string): string => Buffer.from(s).toString('base64');
+  const kubeconfig = (user: string, cluster = 'certificate-authority: ca.pem'): string => {
+    const p = path.join(dir, `kc-${fake.requests.length}-${Math.random().toString(36).slice(2)}`);
+    fs.writeFileSync(p, [
+      'apiVersion: v1',
+      'clusters:',
+      `- {name: c, cluster: {server: "${fake.url}", ${cluster}}}`,
+      'users:',
+      `- {name: u, user: {${user}}}`,
+      'contexts:',
+      '- {name: x, context: {cluster: c, user: u}}',
+      'current-context: x',
+    ].join('\n'));
+    return p;
+  };
+  const mtls = await loadClusterConfig({ kubeconfig: kubeconfig(`client-certificate-data: ${b64(client.cert)}, client-key-data: ${b64(client.key)}`) });
+  t.match(mtls, { kind: 'ok', auth: 'native' });
+  t.equal(await getStatus(mtls), 200);
+  t.same(last(), { ...last(), clientCn: 'node-agent', authorization: '' }, 'the client certificate was presented, no token');
+
+  fs.writeFileSync(path.join(dir, 'tok'), 'from-a-file');
+  const tokenFile = await loadClusterConfig({ kubeconfig: kubeconfig('tokenFile: tok') });
+  t.equal(await getStatus(tokenFile), 200);
+  t.equal(last().authorization, 'Bearer from-a-file', 'tokenFile, relative to the kubeconfig');
+  const basic = await loadClusterConfig({ kubeconfig: kubeconfig('username: admin, password: s3cret') });
+  t.equal(await getStatus(basic), 200);
+  t.equal(last().authorization, `Basic ${b64('admin:s3cret')}`);
+  const skip = await loadClusterConfig({ kubeconfig: kubeconfig('token: tk', 'insecure-skip-tls-verify: true') });
+  t.equal(await getStatus(skip), 200, 'insecure-skip-tls-verify: no CA needed');
+  const noCa = await loadClusterConfig({ kubeconfig: kubeconfig('token: tk', 'tls-server-name: api.internal') });
+  t.match(await getStatus(noCa), /certificate/, 'without a CA (and another server name) the server is not trusted');
+
+  t.match(await loadClusterConfig({ kubeconfig: kubeconfig('tokenFile: missing-token') }), { kind: 'error', reason: /cannot load kubeconfig .*missing-token/ });
+  t.match(await loadClusterConfig({ kubeconfig: kubeconfig('token: tk', 'certificate-authority: nowhere.pem') }), { kind: 'error', reason: /nowhere\.pem/ });
+  // Plugins are client-node's job: it is loaded for them only.
+  const exec = await loadClusterConfig({ kubeconfig: kubeconfig('exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/true}') });
+  t.match(exec, { kind: 'ok', auth: 'client-node (user.exec)' });
 });

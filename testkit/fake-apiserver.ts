@@ -22,6 +22,8 @@
  * bearer token to require, gzip for lists, and a log of the requests seen.
  */
 import http from 'node:http';
+import https from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import type { AddressInfo, Socket } from 'node:net';
 import { gzipSync } from 'node:zlib';
 
@@ -94,11 +96,21 @@ export interface RequestSeen {
   readonly kind: FakeKind | null;
   readonly watch: boolean;
   readonly params: URLSearchParams;
+  /** The Authorization header as sent ('' without one). */
+  readonly authorization: string;
+  /** Over TLS with a client certificate: its subject CN ('' otherwise). */
+  readonly clientCn: string;
 }
 
 export interface FakeApiOptions {
   /** Require `Authorization: Bearer <token>`. */
   readonly token?: string;
+  /**
+   * Serve HTTPS with this key and certificate; with `ca`, ask for a client
+   * certificate and record its CN (requests without one still get through:
+   * tests assert on what was sent).
+   */
+  readonly tls?: { readonly key: string; readonly cert: string; readonly ca?: string };
   /** Gzip list responses for clients that accept it. */
   readonly gzip?: boolean;
 }
@@ -141,7 +153,11 @@ export class FakeApiServer {
   }
 
   get url(): string {
-    return `http://127.0.0.1:${this.#port}`;
+    return `${this.#opts.tls !== undefined ? 'https' : 'http'}://127.0.0.1:${this.#port}`;
+  }
+
+  get port(): number {
+    return this.#port;
   }
 
   get resourceVersion(): string {
@@ -163,7 +179,11 @@ export class FakeApiServer {
 
   /** Listens (again) on 127.0.0.1, on the same port as before if there was one. */
   up(): Promise<void> {
-    const server = http.createServer((req, res) => this.#handle(req, res));
+    const tls = this.#opts.tls;
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => this.#handle(req, res);
+    const server: http.Server = tls === undefined
+      ? http.createServer(handler)
+      : https.createServer({ key: tls.key, cert: tls.cert, ...(tls.ca !== undefined ? { ca: tls.ca, requestCert: true, rejectUnauthorized: false } : {}) }, handler);
     server.on('connection', (s: Socket) => {
       this.#sockets.add(s);
       s.on('close', () => this.#sockets.delete(s));
@@ -291,7 +311,9 @@ export class FakeApiServer {
     const url = new URL(req.url ?? '/', 'http://x');
     const kind = (Object.keys(KINDS) as FakeKind[]).find((k) => KINDS[k].path === url.pathname) ?? null;
     const watch = url.searchParams.get('watch') === '1' || url.searchParams.get('watch') === 'true';
-    this.requests.push({ kind, watch, params: url.searchParams });
+    const sock = req.socket as Partial<TLSSocket>;
+    const cn = typeof sock.getPeerCertificate === 'function' ? sock.getPeerCertificate().subject?.CN : undefined;
+    this.requests.push({ kind, watch, params: url.searchParams, authorization: req.headers.authorization ?? '', clientCn: typeof cn === 'string' ? cn : '' });
     if (this.#opts.token !== undefined && req.headers.authorization !== `Bearer ${this.#opts.token}`) {
       this.#send(res, 401, statusJson(401, 'Unauthorized', 'Unauthorized'));
       return;

@@ -1,16 +1,18 @@
 /**
  * Where the cluster is and how to talk to it: the cluster config (in-cluster
  * service account, or a kubeconfig file) and one GET over Node's http/https
- * with the KubeConfig's auth and TLS.
+ * with its auth and TLS.
  *
  * Why raw http/https and not client-node's generated API or its Watch class:
  * the generated list calls deserialize every item into full model objects
  * (a second, larger copy of each raw object) and do not stream; Watch goes
  * through node-fetch plus readline and reports every ending through one
- * callback. A plain request with the options `applyToHTTPSOptions` fills in
- * (CA, client cert, bearer token re-read from the token file as it rotates,
- * exec/OIDC plugins, proxies) keeps all of client-node's auth and gives us
- * the raw bytes to convert page by page.
+ * callback. A plain request gives us the raw bytes to convert page by page.
+ *
+ * Credentials are read by credentials.ts (in-cluster, and kubeconfigs with
+ * tokens, client certificates or basic auth); client-node is loaded only for
+ * a kubeconfig that needs its exec or auth-provider plugins or a proxy,
+ * because importing it holds about 60 MiB of RSS (credentials.ts).
  */
 import fs from 'node:fs';
 import http from 'node:http';
@@ -18,11 +20,17 @@ import https from 'node:https';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-// Type only: the library itself (about 1.5 s of CPU to import) is loaded when a cluster config exists, never on a local run.
-import type { KubeConfig } from '@kubernetes/client-node';
+import { SERVICE_ACCOUNT_DIR, inClusterCredentials, inClusterServer, readKubeconfig, type Credentials } from './credentials.js';
 
 export type ClusterConfig =
-  | { readonly kind: 'ok'; readonly source: 'in-cluster' | 'kubeconfig'; readonly server: string; readonly kc: KubeConfig }
+  | {
+      readonly kind: 'ok';
+      readonly source: 'in-cluster' | 'kubeconfig';
+      readonly server: string;
+      readonly credentials: Credentials;
+      /** Who reads the credentials: ours, or client-node for a plugin or proxy (and which field asked for it). */
+      readonly auth: 'native' | `client-node (${string})`;
+    }
   /** Not in a cluster and no --kubeconfig: the cluster-records fallback is off. */
   | { readonly kind: 'none'; readonly reason: string }
   /** A config was asked for (or found) but cannot be used: an operator error to report. */
@@ -35,10 +43,30 @@ export interface ClusterConfigOptions {
   readonly serviceAccountPrefix?: string;
 }
 
-const SA_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
-
 function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
+}
+
+interface ServerCheck {
+  readonly server: string;
+  readonly skipVerify: boolean;
+}
+
+/** The server URL must be https, or http with TLS checks explicitly off (client-node 1.x's rule, kept for both paths). */
+function checkServer(c: ServerCheck): { ok: true; server: string } | { ok: false; reason: string } {
+  let url: URL;
+  try {
+    url = new URL(c.server);
+  } catch {
+    return { ok: false, reason: `cluster server '${c.server}' is not a URL` };
+  }
+  if (url.protocol === 'http:' && !c.skipVerify) {
+    return { ok: false, reason: `cluster server ${c.server} is plain http: set insecure-skip-tls-verify: true to allow it` };
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    return { ok: false, reason: `cluster server ${c.server}: unsupported scheme ${url.protocol}` };
+  }
+  return { ok: true, server: c.server.replace(/\/+$/, '') };
 }
 
 /**
@@ -48,47 +76,44 @@ function message(e: unknown): string {
  */
 export async function loadClusterConfig(opts: ClusterConfigOptions = {}): Promise<ClusterConfig> {
   const explicit = opts.kubeconfig !== undefined && opts.kubeconfig !== '';
-  if (!explicit) {
+  if (!explicit || opts.kubeconfig === undefined) {
     const host = process.env['KUBERNETES_SERVICE_HOST'] ?? '';
     const port = process.env['KUBERNETES_SERVICE_PORT'] ?? '';
     if (host === '' || port === '') {
       return { kind: 'none', reason: 'not in a cluster (KUBERNETES_SERVICE_HOST/PORT unset) and no --kubeconfig' };
     }
+    const saDir = (opts.serviceAccountPrefix ?? '') + SERVICE_ACCOUNT_DIR;
+    if (!fs.existsSync(`${saDir}/token`)) {
+      return { kind: 'none', reason: `no service-account token at ${saDir}/token (automountServiceAccountToken off?)` };
+    }
+    return { kind: 'ok', source: 'in-cluster', server: inClusterServer(host, port), credentials: inClusterCredentials(saDir), auth: 'native' };
   }
-  const { KubeConfig: KubeConfigClass } = await import('@kubernetes/client-node');
-  const kc = new KubeConfigClass();
-  let source: 'in-cluster' | 'kubeconfig';
-  if (explicit && opts.kubeconfig !== undefined) {
-    try {
-      kc.loadFromFile(opts.kubeconfig);
-    } catch (e) {
-      return { kind: 'error', reason: `cannot load kubeconfig ${opts.kubeconfig}: ${message(e)}` };
-    }
-    source = 'kubeconfig';
-  } else {
-    const prefix = opts.serviceAccountPrefix ?? '';
-    if (!fs.existsSync(prefix + SA_TOKEN)) {
-      return { kind: 'none', reason: `no service-account token at ${prefix + SA_TOKEN} (automountServiceAccountToken off?)` };
-    }
-    kc.loadFromCluster(prefix);
-    source = 'in-cluster';
+  const path = opts.kubeconfig;
+  const read = readKubeconfig(path);
+  if (read.kind === 'error') return { kind: 'error', reason: `cannot load kubeconfig ${path}: ${read.reason}` };
+  if (read.kind === 'static') {
+    const checked = checkServer(read);
+    if (!checked.ok) return { kind: 'error', reason: checked.reason };
+    return { kind: 'ok', source: 'kubeconfig', server: checked.server, credentials: read.credentials, auth: 'native' };
+  }
+  return delegated(path, read.why);
+}
+
+/** A kubeconfig only client-node can serve: its KubeConfig reads it and fills in each request. */
+async function delegated(path: string, why: string): Promise<ClusterConfig> {
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const kc = new KubeConfig();
+  try {
+    kc.loadFromFile(path);
+  } catch (e) {
+    return { kind: 'error', reason: `cannot load kubeconfig ${path}: ${message(e)}` };
   }
   const cluster = kc.getCurrentCluster();
-  if (cluster === null) return { kind: 'error', reason: `kubeconfig ${opts.kubeconfig ?? ''}: no current context or cluster` };
-  let url: URL;
-  try {
-    url = new URL(cluster.server);
-  } catch {
-    return { kind: 'error', reason: `cluster server '${cluster.server}' is not a URL` };
-  }
-  // client-node 1.x refuses plain http unless TLS checks are explicitly off; say so now, not at the first request.
-  if (url.protocol === 'http:' && cluster.skipTLSVerify !== true) {
-    return { kind: 'error', reason: `cluster server ${cluster.server} is plain http: set insecure-skip-tls-verify: true to allow it` };
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    return { kind: 'error', reason: `cluster server ${cluster.server}: unsupported scheme ${url.protocol}` };
-  }
-  return { kind: 'ok', source, server: cluster.server.replace(/\/+$/, ''), kc };
+  if (cluster === null) return { kind: 'error', reason: `cannot load kubeconfig ${path}: no current context or cluster` };
+  const checked = checkServer({ server: cluster.server, skipVerify: cluster.skipTLSVerify === true });
+  if (!checked.ok) return { kind: 'error', reason: checked.reason };
+  const credentials: Credentials = { apply: (o) => kc.applyToHTTPSOptions(o) };
+  return { kind: 'ok', source: 'kubeconfig', server: checked.server, credentials, auth: `client-node (${why})` };
 }
 
 export type GetOutcome =
@@ -108,11 +133,11 @@ function ignore(): void {}
 const KEEPALIVE_MS = 30_000;
 
 export class KubeApi implements ApiGetter {
-  readonly #kc: KubeConfig;
+  readonly #credentials: Credentials;
   readonly #server: string;
 
-  constructor(config: { readonly kc: KubeConfig; readonly server: string }) {
-    this.#kc = config.kc;
+  constructor(config: { readonly credentials: Credentials; readonly server: string }) {
+    this.#credentials = config.credentials;
     this.#server = config.server;
   }
 
@@ -120,7 +145,7 @@ export class KubeApi implements ApiGetter {
     const opts: https.RequestOptions = {};
     try {
       // Per request on purpose: the token file is re-read when it rotates, exec plugins refresh.
-      await this.#kc.applyToHTTPSOptions(opts);
+      await this.#credentials.apply(opts);
     } catch (e) {
       return { ok: false, error: `auth: ${message(e)}` };
     }

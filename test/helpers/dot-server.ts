@@ -48,10 +48,10 @@ export class TestCa {
   }
 
   /** `san`: "DNS:dns.test" or "IP:127.0.0.1". */
-  issue(san: string): KeyPair {
+  issue(san: string, usage: 'serverAuth' | 'clientAuth' = 'serverAuth'): KeyPair {
     const base = join(this.dir, `leaf${this.#serial}`);
     const cn = san.slice(san.indexOf(':') + 1);
-    writeFileSync(`${base}.ext`, `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n`);
+    writeFileSync(`${base}.ext`, `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=${usage}\nkeyUsage=digitalSignature\n`);
     openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${base}.key`, '-out', `${base}.csr`, '-subj', `/CN=${cn}`]);
     openssl([
       'x509', '-req', '-in', `${base}.csr`, '-CA', this.certPath, '-CAkey', this.#keyPath, '-set_serial', String(this.#serial++),
