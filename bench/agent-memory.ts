@@ -31,6 +31,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import dnsPacket from 'dns-packet';
+import { parse as parseYaml } from 'yaml';
 import { writeKubeconfig } from '../testkit/cluster.js';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
 import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
@@ -45,6 +46,22 @@ const SYNC_WAIT_MS = 60_000;
 const QUERY_TIMEOUT_MS = 2000;
 const RELIST_WATCH_MS = 15_000;
 const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
+const DAEMONSET = fileURLToPath(new URL('../../daemonset.yaml', import.meta.url));
+
+/**
+ * The environment the DaemonSet gives the agent (its literal `value:` entries:
+ * MALLOC_ARENA_MAX, NODE_OPTIONS), so the figures are the deployed process's.
+ * AS_DEPLOYED=0 runs with this shell's environment only.
+ */
+function deployedEnv(): Record<string, string> {
+  if (process.env['AS_DEPLOYED'] === '0') return {};
+  const doc = parseYaml(readFileSync(DAEMONSET, 'utf8').split(/^---$/m).find((d) => /kind:\s*DaemonSet/.test(d)) ?? '') as {
+    spec?: { template?: { spec?: { containers?: { env?: { name: string; value?: string }[] }[] } } };
+  };
+  const out: Record<string, string> = {};
+  for (const e of doc.spec?.template?.spec?.containers?.[0]?.env ?? []) if (typeof e.value === 'string') out[e.name] = e.value;
+  return out;
+}
 
 interface Mem {
   readonly rss: number;
@@ -110,15 +127,16 @@ async function main(): Promise<void> {
   writeFileSync(resolv, 'nameserver 127.0.0.1\n');
   const extra = process.argv.includes('--') ? process.argv.slice(process.argv.indexOf('--') + 1) : [];
   const kube = SERVICES > 0 ? ['--kubeconfig', writeKubeconfig(api.url, 'bench')] : ['--no-kube'];
+  const env = deployedEnv();
   const agent = spawn(process.execPath, [
     MAIN, '--listen', `127.0.0.1:${PORT}`, ...kube, '--health-port', '0', '--metrics-listen-address', `127.0.0.1:${METRICS_PORT}`,
     '--upstream-addr', `127.0.0.1:${kubeDns.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`, '--resolv-conf', resolv,
     '--success-ttl', '1h', '--prefetch-min-hits', '0', '--log-level', 'info', ...extra,
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   let log = '';
   agent.stderr.setEncoding('utf8').on('data', (d: string) => { log += d; });
   const pid = agent.pid!;
-  const out: Record<string, unknown> = { services: SERVICES, names: NAMES, answerBytes: ANSWER_BYTES, extraFlags: extra };
+  const out: Record<string, unknown> = { services: SERVICES, names: NAMES, answerBytes: ANSWER_BYTES, extraFlags: extra, env };
   try {
     for (let waited = 0; !log.includes('"started"'); waited += 100) {
       if (waited > SYNC_WAIT_MS || agent.exitCode !== null) throw new Error(`agent did not start: ${log}`);

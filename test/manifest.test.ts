@@ -356,6 +356,16 @@ for (const v of variants) {
     t.same(c.env?.find((e) => e.name === 'HOST_IP')?.valueFrom, { fieldRef: { fieldPath: 'status.hostIP' } });
     // --node-name's default, for the pod watch of --metrics-by-namespace (this node's pods only).
     t.equal(c.env?.find((e) => e.name === 'MALLOC_ARENA_MAX')?.value, '2', 'glibc malloc arenas capped (worker threads)');
+    // NODE_OPTIONS as the container gets it: node refuses to start (exit 9) on a flag NODE_OPTIONS does not allow.
+    const nodeOptions = c.env?.find((e) => e.name === 'NODE_OPTIONS')?.value ?? '';
+    t.match(nodeOptions, /--max-semi-space-size=\d+/, 'the main thread young generation capped');
+    // Churn that grows a default young generation to 32 MiB, then its size (the flag keeps it at 2 x 1 MiB).
+    const churn = "let k = []; for (let i = 0; i < 3e6; i++) { k.push({ i }); if (k.length > 2e5) k = []; } require('v8').getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size";
+    const semi = spawnSync(process.execPath, ['-p', churn], {
+      env: { ...process.env, NODE_OPTIONS: nodeOptions }, encoding: 'utf8', timeout: 10_000,
+    });
+    t.equal(semi.status, 0, `node starts with NODE_OPTIONS="${nodeOptions}": ${semi.stderr}`);
+    t.ok(Number(semi.stdout) > 0 && Number(semi.stdout) <= 4 * 1024 * 1024, `new space after churn ${semi.stdout.trim()} bytes: the flag took effect`);
     t.same(c.env?.find((e) => e.name === 'NODE_NAME')?.valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } }, 'NODE_NAME from the downward API');
     t.equal(argValue(c, 'metrics-by-namespace'), undefined, '--metrics-by-namespace off by default (it needs the extra pods RBAC)');
 
