@@ -241,9 +241,11 @@ export class HitPath implements QueryHandler {
     const entry = this.#cache.lookupBytes(q.keyBytes, q.keyLen, q.keyHash, now);
     if (entry !== undefined) {
       const reply = entry.serve(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE);
+      // Claimed before the send: the entry handle is only valid until the next call into the cache.
+      const refresh = this.#cache.claimPrefetch(entry, now);
       this.#send(reply, channel, peer);
       if (logged) this.#logQuery(q, peer, reply, 0, 'cache');
-      if (this.#cache.claimPrefetch(entry, now)) this.#refresh(q);
+      if (refresh) this.#refresh(q);
       return;
     }
 
