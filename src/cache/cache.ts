@@ -119,8 +119,20 @@ export class DnsCache {
    * valid until the next call into this cache, so serve it at once.
    */
   lookup(key: string, now: number): CacheEntry | undefined {
+    return this.#found(this.#store.find(key), now);
+  }
+
+  /**
+   * lookup for the key in bytes[0, len) (dns/query.ts QueryScratch: keyBytes,
+   * keyLen, keyHash), so a hit makes no key string. `hash` must be the
+   * key's hashKey.
+   */
+  lookupBytes(bytes: Uint8Array, len: number, hash: number, now: number): CacheEntry | undefined {
+    return this.#found(this.#store.findBytes(bytes, len, hash), now);
+  }
+
+  #found(slot: number, now: number): CacheEntry | undefined {
     const st = this.#store;
-    const slot = st.find(key);
     if (slot >= 0) {
       st.touch(slot);
       const expiresAt = st.expiresAt(slot);

@@ -29,13 +29,15 @@
  * Hash table: linear probing over a power-of-two Int32Array of slots (-1
  * empty), at most half full, deletion by backward shift (no tombstones). The
  * full 32-bit hash is kept per slot, so a probe compares key bytes only when
- * the hashes agree. The hash is seeded per process: names are chosen by
- * whoever sends queries, and a fixed hash would let them build long probe
- * chains.
+ * the hashes agree. The hash is dns/query.ts hashKey, seeded per process:
+ * names are chosen by whoever sends queries, and a fixed hash would let them
+ * build long probe chains. The hit path looks up by the key's bytes and the
+ * hash the parser computed while building them (findBytes), everything else
+ * by the key string (find); both hash the same bytes the same way, so both
+ * find the same slot.
  */
-import { randomBytes } from 'node:crypto';
 import { writeAnswerFrom } from '../dns/patch.js';
-import type { Query } from '../dns/query.js';
+import { hashKey, type Query } from '../dns/query.js';
 import type { CacheEntry } from './entry.js';
 
 /** The two LRU lists. */
@@ -66,32 +68,6 @@ export const LIVE_SHARE = 0.8;
  * load), rounded up. Charged against the budget with the record.
  */
 export const SLOT_OVERHEAD_BYTES = 64;
-
-/**
- * The key's bytes four at a time (latin1: every char is one byte), each word
- * mixed in with a multiply and a shift from a random basis, then murmur3's
- * finaliser to spread the bits the table uses. Four bytes a step: the hash
- * is a third of a lookup's cost. A plain function of (key, seed) so the hit
- * path's lookup inlines it. Seeded, not keyed: it keeps a flood of chosen
- * names from being cheap, a SipHash would make it impossible at twice the cost.
- */
-export function hashKey(key: string, seed: number): number {
-  let h = seed ^ key.length;
-  const n = key.length;
-  let i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const w = key.charCodeAt(i) | (key.charCodeAt(i + 1) << 8) | (key.charCodeAt(i + 2) << 16) | (key.charCodeAt(i + 3) << 24);
-    h = Math.imul(h ^ w, 0x9e3779b1);
-    h ^= h >>> 15;
-  }
-  for (; i < n; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
 
 export interface StoreOptions {
   /** Entry capacity of each list. */
@@ -125,7 +101,6 @@ export function recordBytes(keyLen: number, wireLen: number, ttlCount: number): 
 }
 
 export class AnswerStore {
-  readonly #seed: number;
   readonly #hashMask: number;
   readonly #capacity: readonly [number, number];
   readonly #budget: readonly [number, number];
@@ -175,7 +150,6 @@ export class AnswerStore {
   readonly view: StoredEntry;
 
   constructor(opts: StoreOptions) {
-    this.#seed = randomBytes(4).readUInt32LE(0);
     this.#hashMask = opts.hashMask ?? 0xffffffff;
     this.#capacity = opts.capacity;
     this.#budget = opts.budget;
@@ -218,7 +192,7 @@ export class AnswerStore {
 
   /** The slot holding `key`, or -1. Does not touch LRU order. */
   find(key: string): number {
-    const h = (hashKey(key, this.#seed) & this.#hashMask) >>> 0;
+    const h = (hashKey(key) & this.#hashMask) >>> 0;
     const table = this.#table;
     const mask = this.#mask;
     for (let i = h & mask; ; i = (i + 1) & mask) {
@@ -228,12 +202,35 @@ export class AnswerStore {
     }
   }
 
+  /**
+   * find for the key in bytes[0, len) whose hashKey is `hash` (the parser
+   * computes it while building the key): the hit path's lookup, no string.
+   */
+  findBytes(bytes: Uint8Array, len: number, hash: number): number {
+    const h = (hash & this.#hashMask) >>> 0;
+    const table = this.#table;
+    const mask = this.#mask;
+    for (let i = h & mask; ; i = (i + 1) & mask) {
+      const slot = table[i]!;
+      if (slot === NONE) return NONE;
+      if (this.#keyHash[slot] === h && this.#keyBytesEqual(slot, bytes, len)) return slot;
+    }
+  }
+
   #keyEquals(slot: number, key: string): boolean {
     const n = this.#keyLen[slot]!;
     if (n !== key.length) return false;
     const slab = this.#slab;
     const at = this.#off[slot]! + RECORD_HEADER + 2 * this.#ttlCount[slot]!;
     for (let i = 0; i < n; i++) if (slab[at + i] !== key.charCodeAt(i)) return false;
+    return true;
+  }
+
+  #keyBytesEqual(slot: number, bytes: Uint8Array, len: number): boolean {
+    if (this.#keyLen[slot] !== len) return false;
+    const slab = this.#slab;
+    const at = this.#off[slot]! + RECORD_HEADER + 2 * this.#ttlCount[slot]!;
+    for (let i = 0; i < len; i++) if (slab[at + i] !== bytes[i]) return false;
     return true;
   }
 
@@ -364,7 +361,7 @@ export class AnswerStore {
     const keyAt = off + RECORD_HEADER + 2 * ttlCount;
     for (let i = 0; i < keyLen; i++) slab[keyAt + i] = key.charCodeAt(i);
     slab.set(e.wire, keyAt + keyLen);
-    const h = (hashKey(key, this.#seed) & this.#hashMask) >>> 0;
+    const h = (hashKey(key) & this.#hashMask) >>> 0;
     this.#keyHash[slot] = h;
     this.#off[slot] = off;
     this.#keyLen[slot] = keyLen;

@@ -2,7 +2,13 @@
  * The hot-path query parser: reads only what routing and caching need
  * (header, the one question, the OPT record) and builds the cache key. It
  * never throws: a bad packet becomes a status the resolver answers or drops.
+ *
+ * Two ways in: parseQueryInto fills a caller's QueryScratch and allocates
+ * nothing (the hit path: the key stays bytes plus its hash, looked up as
+ * such), parseQuery returns a new immutable Query with its key as a string
+ * (everything off the hit path, and whatever must outlive a call).
  */
+import { randomBytes } from 'node:crypto';
 import {
   EDNS_DO, FLAG_CD, FLAG_QR, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT,
   OPCODE_MASK, QClass, QType,
@@ -49,22 +55,174 @@ export interface Query {
   readonly key: string;
 }
 
-/** Scratch space for building keys: a name is at most 255 bytes, plus type, class and flags. */
-const keyScratch = Buffer.allocUnsafe(256 + 5);
 /** Flags byte in the key. */
 export const KEY_DO = 1;
 export const KEY_CD = 2;
+/** Longest key: a name is at most 255 bytes, plus type, class and flags. */
+export const KEY_MAX = 255 + 5;
+
+/**
+ * The seed of the key hash, one per process (per thread: each has its own
+ * cache). Names are chosen by whoever sends queries, and a fixed hash would
+ * let them build long probe chains in the cache's table (cache/store.ts).
+ * It lives here because the parser hashes the key while it builds it; the
+ * store hashes string keys (restored, inserted) with the same function.
+ */
+const KEY_HASH_SEED = randomBytes(4).readUInt32LE(0);
+
+/**
+ * The key's bytes four at a time (little-endian words), each word mixed in
+ * with a multiply and a shift from a seeded basis, the last 0-3 bytes one at
+ * a time, then murmur3's finaliser to spread the bits the table uses. Four
+ * bytes a step: the hash was a third of a lookup's cost. Seeded, not keyed:
+ * it keeps a flood of chosen names from being cheap, a SipHash would make it
+ * impossible at twice the cost. parseQueryInto computes the same function
+ * inline while it lower-cases the name, and keyHashOfBytes over bytes: all
+ * three must agree, or a byte lookup misses what a string insert stored.
+ */
+export function hashKey(key: string): number {
+  const n = key.length;
+  let h = KEY_HASH_SEED ^ n;
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    h = Math.imul(h ^ (key.charCodeAt(i) | (key.charCodeAt(i + 1) << 8) | (key.charCodeAt(i + 2) << 16) | (key.charCodeAt(i + 3) << 24)), 0x9e3779b1);
+    h ^= h >>> 15;
+  }
+  for (; i < n; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  return finish(h);
+}
+
+/** hashKey of the latin1 string of b[0, n). */
+export function keyHashOfBytes(b: Uint8Array, n: number): number {
+  return hashTail(b, 0, n, KEY_HASH_SEED ^ n);
+}
+
+/** The words and bytes of b[i, n) mixed into `h`, then finished. */
+function hashTail(b: Uint8Array, i: number, n: number, h: number): number {
+  for (; i + 4 <= n; i += 4) {
+    h = Math.imul(h ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24)), 0x9e3779b1);
+    h ^= h >>> 15;
+  }
+  for (; i < n; i++) h = Math.imul(h ^ b[i]!, 0x01000193);
+  return finish(h);
+}
+
+/**
+ * murmur3's 32-bit finaliser. Signed: an int32 stays a small integer when
+ * stored in QueryScratch.keyHash, where a uint32 above 2^31 would be boxed in
+ * a new heap number on every other parse (16 bytes); the store reads it
+ * back as unsigned.
+ */
+function finish(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h | 0;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+type Latin1Slicer = Buffer & { latin1Slice?: (start: number, end: number) => string };
+
+/**
+ * A parse result that is overwritten by the next parse: what the hit path
+ * parses into, so a hit allocates no Query and no key string (one per
+ * HitPath; parseQuery has its own). The key is kept as bytes with its hash,
+ * for the cache's byte lookup (DnsCache.lookupBytes).
+ *
+ * Valid only until the next parseQueryInto on it. Whatever must outlive the
+ * call (a miss's waiter, a pending upstream question) takes a snapshot with
+ * queryCopy; never keep the scratch itself.
+ */
+export class QueryScratch implements Query {
+  status: QueryStatus;
+  msg: Buffer;
+  id: number;
+  flags: number;
+  qnameEnd: number;
+  qtype: number;
+  qclass: number;
+  edns: boolean;
+  udpSize: number;
+  dnssecOk: boolean;
+  /** The key's bytes (see Query.key) in [0, keyLen); keyLen is 0 unless status is OK. */
+  readonly keyBytes: Buffer;
+  keyLen: number;
+  /** hashKey of the key, computed while the key was built. */
+  keyHash: number;
+
+  constructor() {
+    this.status = QueryStatus.DROP;
+    this.msg = EMPTY;
+    this.id = 0;
+    this.flags = 0;
+    this.qnameEnd = 0;
+    this.qtype = 0;
+    this.qclass = 0;
+    this.edns = false;
+    this.udpSize = 512;
+    this.dnssecOk = false;
+    this.keyBytes = Buffer.alloc(KEY_MAX);
+    this.keyLen = 0;
+    this.keyHash = 0;
+  }
+
+  /**
+   * The key as a latin1 string: a new string on every read (an allocation;
+   * the hit path reads it only on a miss or a prefetch).
+   */
+  get key(): string {
+    const n = this.keyLen;
+    if (n === 0) return '';
+    // latin1Slice skips toString's encoding dispatch (about 8% of a hit); it has been on Buffer since Node 0.x.
+    const slicer = this.keyBytes as Latin1Slicer;
+    return slicer.latin1Slice !== undefined ? slicer.latin1Slice(0, n) : this.keyBytes.toString('latin1', 0, n);
+  }
+}
+
+/**
+ * An immutable snapshot of `q` with `msg` in place of its message (a copy,
+ * when the original is a receive buffer about to be reused) and `key` (its
+ * key string, so a caller that already made one does not make another).
+ */
+export function queryCopy(q: Query, msg: Buffer, key: string): Query {
+  return {
+    status: q.status, msg, id: q.id, flags: q.flags, qnameEnd: q.qnameEnd, qtype: q.qtype, qclass: q.qclass,
+    edns: q.edns, udpSize: q.udpSize, dnssecOk: q.dnssecOk, key,
+  };
+}
+
+function set(
+  q: QueryScratch, status: QueryStatus, msg: Buffer, id: number, flags: number, qnameEnd: number, qtype: number, qclass: number,
+  edns: boolean, udpSize: number, dnssecOk: boolean,
+): QueryStatus {
+  q.status = status;
+  q.msg = msg;
+  q.id = id;
+  q.flags = flags;
+  q.qnameEnd = qnameEnd;
+  q.qtype = qtype;
+  q.qclass = qclass;
+  q.edns = edns;
+  q.udpSize = udpSize;
+  q.dnssecOk = dnssecOk;
+  q.keyLen = 0;
+  q.keyHash = 0;
+  return status;
+}
 
 /**
  * An error status for a query with a readable header. The answer still owes
  * the client an OPT if its query had one (RFC 6891 7), so the OPT is looked
  * for here, off the OK path, however far the error was found from it.
  */
-function failed(status: QueryStatus, msg: Buffer, id: number, flags: number, qnameEnd: number, qtype: number, qclass: number): Query {
+function failed(q: QueryScratch, status: QueryStatus, msg: Buffer, id: number, flags: number, qnameEnd: number, qtype: number, qclass: number): QueryStatus {
   const opt = findOpt(msg);
-  if (opt < 0) return result(status, msg, id, flags, qnameEnd, qtype, qclass, false, 512, false, '');
+  if (opt < 0) return set(q, status, msg, id, flags, qnameEnd, qtype, qclass, false, 512, false);
   const size = opt & 0xffff;
-  return result(status, msg, id, flags, qnameEnd, qtype, qclass, true, size < 512 ? 512 : size, (opt & OPT_FOUND_DO) !== 0, '');
+  return set(q, status, msg, id, flags, qnameEnd, qtype, qclass, true, size < 512 ? 512 : size, (opt & OPT_FOUND_DO) !== 0);
 }
 
 /** findOpt's packed result: the UDP size in the low 16 bits, this bit for DO. */
@@ -111,35 +269,37 @@ function u16(b: Buffer, off: number): number {
   return (b[off]! << 8) | b[off + 1]!;
 }
 
-type Latin1Slicer = Buffer & { latin1Slice?: (start: number, end: number) => string };
-
-function result(
-  status: QueryStatus, msg: Buffer, id: number, flags: number, qnameEnd: number, qtype: number, qclass: number,
-  edns: boolean, udpSize: number, dnssecOk: boolean, key: string,
-): Query {
-  return { status, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk, key };
+/** ASCII upper case to lower; every other byte (label lengths are < 64, non-ASCII >= 0x80) as it is. */
+function lower(c: number): number {
+  return c >= 0x41 && c <= 0x5a ? c | 0x20 : c;
 }
 
-export function parseQuery(msg: Buffer): Query {
-  if (msg.length < HEADER_LEN) return result(QueryStatus.DROP, msg, 0, 0, 0, 0, 0, false, 512, false, '');
+/**
+ * Parses `msg` into `q` (every field overwritten) and returns its status.
+ * Allocates nothing on the OK path: the key goes into q.keyBytes and its
+ * hash into q.keyHash. `q.msg` is `msg` itself, so q is as short-lived as
+ * the caller's buffer.
+ */
+export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
+  if (msg.length < HEADER_LEN) return set(q, QueryStatus.DROP, msg, 0, 0, 0, 0, 0, false, 512, false);
   const id = u16(msg, 0);
   const flags = u16(msg, OFF_FLAGS);
-  if ((flags & FLAG_QR) !== 0) return result(QueryStatus.DROP, msg, id, flags, 0, 0, 0, false, 512, false, '');
-  if ((flags & OPCODE_MASK) !== 0) return failed(QueryStatus.NOTIMP, msg, id, flags, 0, 0, 0);
-  if (u16(msg, OFF_QDCOUNT) !== 1) return failed(QueryStatus.FORMERR, msg, id, flags, 0, 0, 0);
+  if ((flags & FLAG_QR) !== 0) return set(q, QueryStatus.DROP, msg, id, flags, 0, 0, 0, false, 512, false);
+  if ((flags & OPCODE_MASK) !== 0) return failed(q, QueryStatus.NOTIMP, msg, id, flags, 0, 0, 0);
+  if (u16(msg, OFF_QDCOUNT) !== 1) return failed(q, QueryStatus.FORMERR, msg, id, flags, 0, 0, 0);
 
   const qnameEnd = skipUncompressedName(msg, HEADER_LEN);
-  if (qnameEnd < 0 || qnameEnd + 4 > msg.length) return failed(QueryStatus.FORMERR, msg, id, flags, 0, 0, 0);
+  if (qnameEnd < 0 || qnameEnd + 4 > msg.length) return failed(q, QueryStatus.FORMERR, msg, id, flags, 0, 0, 0);
   const qtype = u16(msg, qnameEnd);
   const qclass = u16(msg, qnameEnd + 2);
   // A query carries no answers or authority (unbound and CoreDNS agree).
   if (u16(msg, OFF_ANCOUNT) !== 0 || u16(msg, OFF_NSCOUNT) !== 0) {
-    return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+    return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
   }
-  if (qtype === QType.OPT) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+  if (qtype === QType.OPT) return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
   // A cache has no zones to transfer; other classes (CH probes, HS) are not served.
   if (qtype === QType.AXFR || qtype === QType.IXFR || qclass !== QClass.IN) {
-    return failed(QueryStatus.NOTIMP, msg, id, flags, qnameEnd, qtype, qclass);
+    return failed(q, QueryStatus.NOTIMP, msg, id, flags, qnameEnd, qtype, qclass);
   }
 
   // Additional section: find the OPT record (at most one, owner must be the root).
@@ -151,46 +311,72 @@ export function parseQuery(msg: Buffer): Query {
   for (let i = 0; i < arcount; i++) {
     const nameStart = off;
     off = skipName(msg, off);
-    if (off < 0 || off + 10 > msg.length) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+    if (off < 0 || off + 10 > msg.length) return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
     const type = u16(msg, off);
     const rdlen = u16(msg, off + 8);
-    if (off + 10 + rdlen > msg.length) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+    if (off + 10 + rdlen > msg.length) return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
     if (type === QType.TSIG) {
       // RFC 8945 5.1: a TSIG must be the last record (so there is one at most) and well formed.
       if (i !== arcount - 1 || !tsigWellFormed(msg, nameStart, off, off + 10 + rdlen)) {
-        return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+        return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
       }
-      return result(QueryStatus.TSIG, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk, '');
+      return set(q, QueryStatus.TSIG, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk);
     }
     if (type === QType.OPT) {
-      if (edns || msg[nameStart] !== 0 || off !== nameStart + 1) return failed(QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
+      if (edns || msg[nameStart] !== 0 || off !== nameStart + 1) return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
       edns = true;
       const size = u16(msg, off + 2);
       udpSize = size < 512 ? 512 : size;
       const version = msg[off + 5]!;
       dnssecOk = (u16(msg, off + 6) & EDNS_DO) !== 0;
-      if (version !== 0) {
-        return result(QueryStatus.BADVERS, msg, id, flags, qnameEnd, qtype, qclass, true, udpSize, dnssecOk, '');
-      }
+      if (version !== 0) return set(q, QueryStatus.BADVERS, msg, id, flags, qnameEnd, qtype, qclass, true, udpSize, dnssecOk);
     }
     off += 10 + rdlen;
   }
 
-  // Key: lower-cased name + type + class + flags byte, one string allocation.
+  set(q, QueryStatus.OK, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk);
+  // Key: lower-cased name + type + class + flags byte, hashed (hashKey) in the same pass, whole words first.
+  const k = q.keyBytes;
   const nameLen = qnameEnd - HEADER_LEN;
-  for (let i = 0; i < nameLen; i++) {
-    const c = msg[HEADER_LEN + i]!;
-    keyScratch[i] = c >= 0x41 && c <= 0x5a ? c | 0x20 : c;
+  const keyLen = nameLen + 5;
+  let h = KEY_HASH_SEED ^ keyLen;
+  let i = 0;
+  for (let at = HEADER_LEN; i + 4 <= nameLen; i += 4, at += 4) {
+    const c0 = lower(msg[at]!);
+    const c1 = lower(msg[at + 1]!);
+    const c2 = lower(msg[at + 2]!);
+    const c3 = lower(msg[at + 3]!);
+    k[i] = c0;
+    k[i + 1] = c1;
+    k[i + 2] = c2;
+    k[i + 3] = c3;
+    h = Math.imul(h ^ (c0 | (c1 << 8) | (c2 << 16) | (c3 << 24)), 0x9e3779b1);
+    h ^= h >>> 15;
   }
-  keyScratch[nameLen] = msg[qnameEnd]!;
-  keyScratch[nameLen + 1] = msg[qnameEnd + 1]!;
-  keyScratch[nameLen + 2] = msg[qnameEnd + 2]!;
-  keyScratch[nameLen + 3] = msg[qnameEnd + 3]!;
-  keyScratch[nameLen + 4] = (dnssecOk ? KEY_DO : 0) | ((flags & FLAG_CD) !== 0 ? KEY_CD : 0);
-  // latin1Slice skips toString's encoding dispatch (about 8% of a hit); it has been on Buffer since Node 0.x.
-  const slicer = keyScratch as Latin1Slicer;
-  const key = slicer.latin1Slice !== undefined ? slicer.latin1Slice(0, nameLen + 5) : keyScratch.toString('latin1', 0, nameLen + 5);
-  return result(QueryStatus.OK, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk, key);
+  for (let j = i; j < nameLen; j++) k[j] = lower(msg[HEADER_LEN + j]!);
+  k[nameLen] = msg[qnameEnd]!;
+  k[nameLen + 1] = msg[qnameEnd + 1]!;
+  k[nameLen + 2] = msg[qnameEnd + 2]!;
+  k[nameLen + 3] = msg[qnameEnd + 3]!;
+  k[nameLen + 4] = (dnssecOk ? KEY_DO : 0) | ((flags & FLAG_CD) !== 0 ? KEY_CD : 0);
+  // The words that straddle the name's end and the type, class and flags: from the bytes just written.
+  q.keyHash = hashTail(k, i, keyLen, h);
+  q.keyLen = keyLen;
+  return QueryStatus.OK;
+}
+
+/** parseQuery's scratch: it parses here and returns a copy. */
+const shared = new QueryScratch();
+
+/**
+ * Parses `msg` into a new immutable Query (which keeps `msg` by reference).
+ * For callers off the hit path; the hit path parses into its own scratch.
+ */
+export function parseQuery(msg: Buffer): Query {
+  parseQueryInto(msg, shared);
+  const q = queryCopy(shared, msg, shared.key);
+  shared.msg = EMPTY;
+  return q;
 }
 
 /** The lower-cased wire name inside a key (for building the upstream query and routing). */

@@ -19,13 +19,18 @@
  * call (a batched backend reuses its receive ring). A waiter keeps a private
  * copy of the header and question (needed for the id, flags and the 0x20
  * echo), nothing else of the client's datagram.
+ *
+ * Allocation: a hit allocates its answer Buffer and nothing else. The query
+ * is parsed into one QueryScratch per HitPath and looked up by its key bytes
+ * and hash; the key string and an immutable Query are made only for what
+ * outlives the call (a miss's key and waiters, a prefetch).
  */
 import { scanAnswer } from '../dns/answer.js';
 import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
 import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
 import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE, Rcode } from '../dns/constants.js';
 import { nameToString } from '../dns/name.js';
-import { QueryStatus, parseQuery, type Query } from '../dns/query.js';
+import { QueryScratch, QueryStatus, parseQueryInto, queryCopy, type Query } from '../dns/query.js';
 import { tsigErrorResponse } from '../dns/tsig.js';
 import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
@@ -151,6 +156,10 @@ export class HitPath implements QueryHandler {
   #clientLimit: ClientMissLimiter | null;
   readonly #hist: HitPathHistograms | null;
   readonly #tagger: ClientTagger | null;
+  /** What handle() parses into; overwritten by the next query, so nothing may keep it (see retain). */
+  readonly #scratch: QueryScratch;
+  /** Inside handle(): a re-entrant call (a channel that answers synchronously into handle) gets its own scratch. */
+  #busy: boolean;
 
   constructor(opts: HitPathOptions) {
     this.#cache = opts.cache;
@@ -169,6 +178,8 @@ export class HitPath implements QueryHandler {
     this.#clientLimit = opts.clientLimit ?? null;
     this.#hist = opts.histograms ?? null;
     this.#tagger = opts.tagger ?? null;
+    this.#scratch = new QueryScratch();
+    this.#busy = false;
   }
 
   /** A reload: the new largest UDP answer and query-log sampling apply from the next query. */
@@ -185,12 +196,25 @@ export class HitPath implements QueryHandler {
   }
 
   handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+    if (this.#busy) {
+      this.#handle(msg, new QueryScratch(), channel, peer);
+      return;
+    }
+    this.#busy = true;
+    try {
+      this.#handle(msg, this.#scratch, channel, peer);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #handle(msg: Buffer, q: QueryScratch, channel: ClientChannel, peer: ClientPeer): void {
     if (this.#tagger !== null) this.#tagger.tag(peer.address);
     this.#v[channel.transport === Transport.TCP ? S.requestsTcp : S.requestsUdp]!++;
     const hist = this.#hist;
     // Answered synchronously (hits, errors): the first bucket (250 us); reading a clock per hit would cost more than the rest.
     if (hist !== null) hist.requestSize[channel.transport]!.observe(msg.length);
-    const q = parseQuery(msg);
+    parseQueryInto(msg, q);
     // coredns_dns_requests_total{proto,family,type}: one slot bump (qtype 0 when unreadable: "other").
     this.#v[REQUEST_SLOT_BASE + (channel.transport * 2 + peerFamilyIndex(peer)) * REQUEST_TYPE_COUNT + requestTypeIndex(q.qtype)]!++;
     const logged = this.#logEvery > 0 && --this.#logCountdown <= 0;
@@ -214,37 +238,41 @@ export class HitPath implements QueryHandler {
     }
 
     const now = this.#clock.now();
-    const entry = this.#cache.lookup(q.key, now);
+    const entry = this.#cache.lookupBytes(q.keyBytes, q.keyLen, q.keyHash, now);
     if (entry !== undefined) {
       const reply = entry.serve(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE);
+      // Claimed before the send: the entry handle is only valid until the next call into the cache.
+      const refresh = this.#cache.claimPrefetch(entry, now);
       this.#send(reply, channel, peer);
       if (logged) this.#logQuery(q, peer, reply, 0, 'cache');
-      if (this.#cache.claimPrefetch(entry, now)) this.#refresh(q);
+      if (refresh) this.#refresh(q);
       return;
     }
 
-    let miss = this.#byKey.get(q.key);
+    // A miss: from here on the key is a string (the maps' key) and waiters keep snapshots, never the scratch.
+    const key = q.key;
+    let miss = this.#byKey.get(key);
     if (miss !== undefined) {
       if (miss.waiters.length >= MAX_WAITERS_PER_QUESTION) {
         this.#v[S.shed]!++;
-        this.#shed(q, channel, peer, now, logged);
+        this.#shed(q, key, channel, peer, now, logged);
         return;
       }
       this.#v[S.coalesced]!++;
-      miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now, logged });
+      miss.waiters.push({ q: retain(q, key), channel, peer, arrivedAt: now, logged });
       return;
     }
     if (this.#clientLimit !== null && !this.#clientLimit.take(peer.address, now)) {
       // Over its miss rate: this client gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
       this.#v[S.clientLimited]!++;
-      miss = this.#open(q.key);
-      miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now, logged });
+      miss = this.#open(key);
+      miss.waiters.push({ q: retain(q, key), channel, peer, arrivedAt: now, logged });
       this.#close(miss);
       this.#fail(miss, now);
       return;
     }
-    miss = this.#open(q.key);
-    miss.waiters.push({ q: retain(q), channel, peer, arrivedAt: now, logged });
+    miss = this.#open(key);
+    miss.waiters.push({ q: retain(q, key), channel, peer, arrivedAt: now, logged });
     this.#forward(miss, q);
   }
 
@@ -324,8 +352,8 @@ export class HitPath implements QueryHandler {
   }
 
   /** One query turned away at once (too many waiting on its question): stale if we have it, else SERVFAIL. */
-  #shed(q: Query, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean): void {
-    const stale = this.#cache.stale(q.key, now);
+  #shed(q: Query, key: string, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean): void {
+    const stale = this.#cache.stale(key, now);
     const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#limit(q, channel), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
     this.#send(reply, channel, peer);
     if (logged) this.#logQuery(q, peer, reply, 0, stale !== undefined ? 'stale' : 'servfail');
@@ -348,8 +376,9 @@ export class HitPath implements QueryHandler {
    * retried: the entry runs out and the next query is an ordinary miss.
    */
   #refresh(q: Query): void {
-    if (this.#byKey.has(q.key)) return;
-    this.#forward(this.#open(q.key), q);
+    const key = q.key;
+    if (this.#byKey.has(key)) return;
+    this.#forward(this.#open(key), q);
   }
 
   #open(key: string): Miss {
@@ -362,6 +391,7 @@ export class HitPath implements QueryHandler {
     return miss;
   }
 
+  /** `q` is read now (for the upstream query's bytes), not kept. */
   #forward(miss: Miss, q: Query): void {
     this.#v[S.misses]!++;
     if (this.#sink === null) {
@@ -417,12 +447,14 @@ export class HitPath implements QueryHandler {
 }
 
 /**
- * A waiter's own copy of the header and question: the client's datagram may
- * be a view of a receive buffer that is reused as soon as handle() returns.
+ * A waiter's own snapshot of the query, with its own copy of the header and
+ * question: the client's datagram may be a view of a receive buffer that is
+ * reused as soon as handle() returns, and `q` the scratch the next query is
+ * parsed into.
  */
-function retain(q: Query): Query {
+function retain(q: Query, key: string): Query {
   const end = q.qnameEnd + 4;
   const msg = Buffer.allocUnsafe(end);
   q.msg.copy(msg, 0, 0, end);
-  return { ...q, msg };
+  return queryCopy(q, msg, key);
 }
