@@ -91,13 +91,20 @@ export interface DnsperfSpawn {
   readonly cpu: string | null;
 }
 
-/** dnsperf with a 1 s timeout and 16 client sockets (so SO_REUSEPORT spreads them over the workers). */
-export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfStats> {
+/** dnsperf's statistics, and the CPU it used (user+system seconds, its threads). */
+export type DnsperfRun = DnsperfStats & { readonly cpuS: number };
+
+/**
+ * dnsperf with a 1 s timeout and 16 client sockets (so SO_REUSEPORT spreads
+ * them over the workers), through `sh -c '...; times'`: the shell's `times`
+ * prints its children's CPU, i.e. dnsperf's, once it has been reaped.
+ */
+export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfRun> {
   const args = ['-s', d.host, '-p', String(d.port), '-d', d.dataFile, '-l', String(d.seconds), '-q', String(d.outstanding), '-t', '1', '-c', '16'];
   if (d.qps !== null) args.push('-Q', String(Math.round(d.qps)));
   const argv = d.cpu === null ? ['dnsperf', ...args] : ['taskset', '-c', d.cpu, 'dnsperf', ...args];
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('sh', ['-c', '"$@"; times', 'sh', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (out = (out + c.toString()).slice(-1 << 20)));
@@ -108,8 +115,11 @@ export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfStats> {
     });
     child.on('exit', () => {
       clearTimeout(hard);
+      // Last line of `times`: the children's user and system time, e.g. "0m1.230000s 0m0.450000s".
+      const t = /(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s\s*$/.exec(out);
+      const cpuS = t === null ? NaN : Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]);
       try {
-        resolve(parseDnsperfOutput(out, argv.join(' ')));
+        resolve({ ...parseDnsperfOutput(out, argv.join(' ')), cpuS });
       } catch (e) {
         reject(e instanceof Error ? e : new Error(String(e)));
       }

@@ -28,9 +28,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProbeResult } from './hit-probe.js';
 import { scrape } from './agent-proc.js';
-import { runDnsperfRate, runProbe, startBenchAgent, startSim, udpDrops, writeMissFile } from './isolation-stack.js';
+import { runDnsperfRate, runProbe, type DnsperfRun, startBenchAgent, startSim, udpDrops, writeMissFile } from './isolation-stack.js';
 import { pinProcess, treeCpuSeconds, which } from './proc-stats.js';
-import type { DnsperfStats } from './results.js';
 import { runScaling, formatScaling, type ScalingOptions } from './scaling.js';
 import { repoRoot } from './suite.js';
 import { isLoopback } from './targets.js';
@@ -113,7 +112,7 @@ export interface Phase {
   /** Misses the agent answered at once without forwarding (its in-flight limits), over the phase; null if the scrape failed. */
   readonly refusedMisses: number | null;
   /** dnsperf's account of the flood (null: no flood). */
-  readonly flood: (DnsperfStats & { readonly offeredQps: number; readonly noerrorQps: number; readonly seconds: number }) | null;
+  readonly flood: (DnsperfRun & { readonly offeredQps: number; readonly noerrorQps: number; readonly seconds: number }) | null;
 }
 
 export interface BackendRun {
@@ -311,7 +310,7 @@ export function formatIsolation(rep: IsolationReport): string {
   }
   for (const r of rep.runs) {
     const f = r.flooded.flood;
-    if (f !== null) lines.push(`${r.backend}: flood answers by rcode ${Object.entries(f.rcodes).map(([k, v]) => `${k} ${v}`).join(', ')}; sent ${f.queriesSent}, lost ${f.queriesLost} (dnsperf: ${f.command})`);
+    if (f !== null) lines.push(`${r.backend}: flood answers by rcode ${Object.entries(f.rcodes).map(([k, v]) => `${k} ${v}`).join(', ')}; sent ${f.queriesSent}, lost ${f.queriesLost}; dnsperf used ${pc(f.cpuS / f.seconds)} of a CPU (${f.command})`);
     lines.push(`${r.backend}: the probe's own send lag p99 ${us(r.alone.probe.sendLagP99Us)} alone, ${us(r.flooded.probe.sendLagP99Us)} beside the flood`);
   }
   for (const n of rep.notes) lines.push(`note: ${n}`);

@@ -16,6 +16,7 @@
 import { mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { scrape } from './agent-proc.js';
 import { probeNames } from './hit-probe.js';
 import { runDnsperfRate, runProbe, startBenchAgent, startSim, writeHitFile } from './isolation-stack.js';
 import { which } from './proc-stats.js';
@@ -48,6 +49,16 @@ export interface ScalingSample {
   readonly workerBusy: readonly number[];
   /** Busy CPUs of the whole machine over the run (/proc/stat): agent + dnsperf + simulator + anything else. */
   readonly machineBusyCpus: number;
+  /**
+   * Softirq time of the whole machine over the run, in CPUs: with IRQ time
+   * accounting the kernel's loopback delivery lands here and in no thread's
+   * stime, so the per-thread CPU per hit leaves it out.
+   */
+  readonly softirqCpus: number;
+  /** dnsperf's CPU over the run, in CPUs. */
+  readonly generatorCpus: number;
+  /** Datagrams per recvmmsg call that returned any (the workers' mean batch), from the agent's /metrics; null if the scrape failed. */
+  readonly batch: number | null;
   /** Queries the simulator received during the run: near 0 when every query was a hit. */
   readonly upstreamQueries: number;
 }
@@ -61,10 +72,11 @@ export interface ScalingReport {
 }
 
 /** Busy and total jiffies of the whole machine ("cpu" line of /proc/stat). */
-function machineTicks(): { busy: number; total: number } {
+function machineTicks(): { busy: number; softirq: number; total: number } {
+  // user nice system idle iowait irq softirq steal
   const f = (/^cpu\s+(.+)$/m.exec(readFileSync('/proc/stat', 'utf8'))?.[1] ?? '').trim().split(/\s+/).map(Number);
   const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
-  return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
+  return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), softirq: f[6] ?? 0, total };
 }
 
 interface Snapshot {
@@ -82,6 +94,8 @@ function snapshot(pid: number, workerTids: readonly number[]): Snapshot {
   }
   return { main: threadStat(pid, pid), workers: workerTids.map((tid) => threadStat(pid, tid)), all };
 }
+
+const BATCH_METRICS = ['nodelocal_udp_batched_datagrams_total', 'nodelocal_udp_batches_total'];
 
 const cpuS = (s: ThreadStat | null): number => (s === null ? NaN : s.utime + s.stime);
 
@@ -108,6 +122,7 @@ export async function runScaling(o: ScalingOptions, log: (line: string) => void)
           await runProbe({ host: o.host, port: agent.port, names: names.length, cpu: null, rtPriority: 0, mode: 'warm' });
           await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: 2, outstanding: o.outstanding, qps: null, cpu: null });
           const up0 = await sim.stats();
+          const b0 = await scrape(agent.metricsUrl, BATCH_METRICS);
           const m0 = machineTicks();
           const s0 = snapshot(agent.pid, tids);
           const t0 = performance.now();
@@ -116,6 +131,9 @@ export async function runScaling(o: ScalingOptions, log: (line: string) => void)
           const s1 = snapshot(agent.pid, tids);
           const m1 = machineTicks();
           const up1 = await sim.stats();
+          const b1 = await scrape(agent.metricsUrl, BATCH_METRICS);
+          const delta = (k: string): number => (b1.get(k) ?? NaN) - (b0.get(k) ?? NaN);
+          const batch = delta(BATCH_METRICS[0]!) / delta(BATCH_METRICS[1]!);
           const n = Math.max(1, r.queriesCompleted);
           const main = cpuS(s1.main) - cpuS(s0.main);
           const perWorker = tids.map((_, i) => cpuS(s1.workers[i] ?? null) - cpuS(s0.workers[i] ?? null));
@@ -132,6 +150,9 @@ export async function runScaling(o: ScalingOptions, log: (line: string) => void)
               return a == null || b == null ? NaN : (b.run - a.run + b.wait - a.wait) / wallS;
             }),
             machineBusyCpus: ((m1.busy - m0.busy) / Math.max(1, m1.total - m0.total)) * os.cpus().length,
+            generatorCpus: r.cpuS / wallS,
+            softirqCpus: ((m1.softirq - m0.softirq) / Math.max(1, m1.total - m0.total)) * os.cpus().length,
+            batch: Number.isFinite(batch) ? batch : null,
             upstreamQueries: upstream(up1) - upstream(up0),
           };
           samples.push(sample);
@@ -156,13 +177,13 @@ const f1 = (x: number): string => (Number.isFinite(x) ? x.toFixed(1) : '-');
 const pc = (x: number): string => (Number.isFinite(x) ? `${Math.round(x * 100)}%` : '-');
 
 export const SCALING_HEAD =
-  '| workers | round | hits/s | lost | agent CPUs | us CPU per hit: all / main / workers / other | worker threads busy | machine busy CPUs | upstream queries |\n' +
-  '|--:|--:|--:|--:|--:|--:|--:|--:|--:|';
+  '| workers | round | hits/s | lost | agent CPUs | us CPU per hit: all / main / workers / other | worker threads busy | datagrams per recvmmsg | dnsperf CPUs | machine busy CPUs (softirq) | upstream queries |\n' +
+  '|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|';
 
 function formatSample(s: ScalingSample): string {
   const u = s.usPerHit;
   return `| ${s.workers} | ${s.round} | ${Math.round(s.hitsPerS)} | ${s.lost} | ${s.agentCpus.toFixed(2)} | ${f1(u.total)} / ${f1(u.main)} / ${f1(u.workers)} / ${f1(u.other)} | ` +
-    `${s.workerBusy.map(pc).join(', ')} | ${s.machineBusyCpus.toFixed(2)} | ${s.upstreamQueries} |`;
+    `${s.workerBusy.map(pc).join(', ')} | ${s.batch === null ? '-' : s.batch.toFixed(1)} | ${s.generatorCpus.toFixed(2)} | ${s.machineBusyCpus.toFixed(2)} (${s.softirqCpus.toFixed(2)}) | ${s.upstreamQueries} |`;
 }
 
 const median = (xs: readonly number[]): number => {
@@ -191,16 +212,17 @@ export function formatScaling(rep: ScalingReport): string {
     lines.push(`| ${w} | ${Math.round(median(ss.map((s) => s.hitsPerS)))} | ${f1(median(ss.map((s) => s.usPerHit.total)))} / ${f1(median(ss.map((s) => s.usPerHit.main)))} / ${f1(median(ss.map((s) => s.usPerHit.workers)))} | ${ratio.toFixed(2)}x |`);
   }
   // What a worker with a core of its own would answer: its CPU per hit (the kernel's recvmmsg/sendmmsg included, as stime).
-  const perWorkerUs = median(rep.samples.map((s) => s.usPerHit.workers));
-  const mainUs = median(rep.samples.map((s) => s.usPerHit.main));
-  if (Number.isFinite(perWorkerUs) && perWorkerUs > 0) {
-    const core = 1e6 / perWorkerUs;
+  lines.push('');
+  for (const w of o.workers) {
+    const ss = rep.samples.filter((s) => s.workers === w);
+    const perHit = median(ss.map((s) => s.usPerHit.workers));
+    if (!Number.isFinite(perHit) || perHit <= 0) continue;
+    const core = 1e6 / perHit;
     lines.push(
-      '',
-      `one worker thread spends ${f1(perWorkerUs)} us of CPU per hit (main thread ${f1(mainUs)} us): a core of its own answers about ${Math.round(core)} hits/s. ` +
-        `With the clients elsewhere and one core left to the main thread, 8 cores (7 workers) would give about ${Math.round(7 * core)} and 16 cores (15) about ${Math.round(15 * core)} hits/s, ` +
-        'if nothing else (the NIC, the kernel\'s socket locks, memory bandwidth) limits first; --workers 0 takes at most 4, so such a node needs --workers set.',
+      `--workers ${w}: ${f1(perHit)} us of worker CPU per hit (main thread ${f1(median(ss.map((s) => s.usPerHit.main)))} us), so a worker with a core of its own answers about ${Math.round(core)} hits/s; ` +
+        `with the clients elsewhere and a core left to the main thread, 8 cores (7 workers) about ${Math.round(7 * core)} and 16 cores (15 workers) about ${Math.round(15 * core)} hits/s.`,
     );
   }
+  lines.push('(An upper bound: it assumes nothing else binds first: the NIC and its queues, the kernel\'s socket locks, memory bandwidth; CPU per hit grows as batches shrink, and softirq time, charged to no thread, is not in it. --workers 0 takes at most 4, so such a node needs --workers set.)');
   return lines.join('\n');
 }
