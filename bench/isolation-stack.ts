@@ -89,10 +89,12 @@ export interface DnsperfSpawn {
   /** -Q: an open-loop rate; null: closed loop (as fast as answers come). */
   readonly qps: number | null;
   readonly cpu: string | null;
+  /** Interrupts dnsperf (SIGINT: it stops sending and prints its statistics) when this settles. */
+  readonly stopOn?: Promise<unknown>;
 }
 
-/** dnsperf's statistics, and the CPU it used (user+system seconds, its threads). */
-export type DnsperfRun = DnsperfStats & { readonly cpuS: number };
+/** dnsperf's statistics, the CPU it used (user+system seconds, its threads) and how long it ran. */
+export type DnsperfRun = DnsperfStats & { readonly cpuS: number; readonly runTimeS: number };
 
 /**
  * dnsperf with a 1 s timeout and 16 client sockets (so SO_REUSEPORT spreads
@@ -104,7 +106,17 @@ export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfRun> {
   if (d.qps !== null) args.push('-Q', String(Math.round(d.qps)));
   const argv = d.cpu === null ? ['dnsperf', ...args] : ['taskset', '-c', d.cpu, 'dnsperf', ...args];
   return new Promise((resolve, reject) => {
-    const child = spawn('sh', ['-c', '"$@"; times', 'sh', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // A process group of its own, the shell ignoring SIGINT: an interrupt stops dnsperf, and the shell still reports.
+    const child = spawn('sh', ['-c', 'trap "" INT; "$@"; times', 'sh', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let exited = false;
+    void d.stopOn?.finally(() => {
+      if (exited || child.pid === undefined) return;
+      try {
+        process.kill(-child.pid, 'SIGINT');
+      } catch {
+        /* already gone */
+      }
+    });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (out = (out + c.toString()).slice(-1 << 20)));
@@ -114,12 +126,14 @@ export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfRun> {
       reject(e);
     });
     child.on('exit', () => {
+      exited = true;
       clearTimeout(hard);
       // Last line of `times`: the children's user and system time, e.g. "0m1.230000s 0m0.450000s".
       const t = /(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s\s*$/.exec(out);
       const cpuS = t === null ? NaN : Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]);
       try {
-        resolve({ ...parseDnsperfOutput(out, argv.join(' ')), cpuS });
+        const runTimeS = Number(/Run time \(s\):\s+([0-9.]+)/.exec(out)?.[1] ?? NaN);
+        resolve({ ...parseDnsperfOutput(out, argv.join(' ')), cpuS, runTimeS });
       } catch (e) {
         reject(e instanceof Error ? e : new Error(String(e)));
       }
