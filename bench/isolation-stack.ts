@@ -10,6 +10,7 @@ import { execFile, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { HIT_PROBE_SCRIPT, type ProbeResult, type WarmResult } from './hit-probe.js';
 import { parseDnsperfOutput } from './dnsperf.js';
+import { processTree } from './proc-stats.js';
 import type { DnsperfStats } from './results.js';
 import { SimProcess } from './sim/control.js';
 import { DEFAULT_ZONES, type ZoneConfig } from './sim/zones.js';
@@ -106,15 +107,20 @@ export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfRun> {
   if (d.qps !== null) args.push('-Q', String(Math.round(d.qps)));
   const argv = d.cpu === null ? ['dnsperf', ...args] : ['taskset', '-c', d.cpu, 'dnsperf', ...args];
   return new Promise((resolve, reject) => {
-    // A process group of its own, the shell ignoring SIGINT: an interrupt stops dnsperf, and the shell still reports.
-    const child = spawn('sh', ['-c', 'trap "" INT; "$@"; times', 'sh', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    // Not detached: a session of its own would also be a scheduler autogroup of its own (see --autogroup-nice).
+    // The shell ignores SIGINT, so interrupting its children stops dnsperf and the shell still reports.
+    const child = spawn('sh', ['-c', 'trap "" INT; "$@"; times', 'sh', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     let exited = false;
     void d.stopOn?.finally(() => {
-      if (exited || child.pid === undefined) return;
-      try {
-        process.kill(-child.pid, 'SIGINT');
-      } catch {
-        /* already gone */
+      const sh = child.pid;
+      if (exited || sh === undefined) return;
+      for (const p of processTree(sh)) {
+        if (p === sh) continue;
+        try {
+          process.kill(p, 'SIGINT');
+        } catch {
+          /* already gone */
+        }
       }
     });
     let out = '';
