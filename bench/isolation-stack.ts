@@ -135,8 +135,9 @@ export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfRun> {
       exited = true;
       clearTimeout(hard);
       // Last line of `times`: the children's user and system time, e.g. "0m1.230000s 0m0.450000s".
-      const t = /(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s\s*$/.exec(out);
-      const cpuS = t === null ? NaN : Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]);
+      // (Anchored on the pattern, not the end: dnsperf's stderr can arrive after it.)
+      const t = [...out.matchAll(/^(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s\s*$/gm)].pop();
+      const cpuS = t === undefined ? NaN : Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]);
       try {
         const runTimeS = Number(/Run time \(s\):\s+([0-9.]+)/.exec(out)?.[1] ?? NaN);
         resolve({ ...parseDnsperfOutput(out, argv.join(' ')), cpuS, runTimeS });

@@ -27,7 +27,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProbeResult } from './hit-probe.js';
-import { scrape } from './agent-proc.js';
+import { scrapeLines } from './agent-proc.js';
 import { runDnsperfRate, runProbe, type AgentRun, type DnsperfRun, type ProbeSpawn, startBenchAgent, startSim, udpDrops, writeMissFile } from './isolation-stack.js';
 import { pinProcess, treeCpuSeconds, which } from './proc-stats.js';
 import { runScaling, formatScaling, type ScalingOptions } from './scaling.js';
@@ -101,6 +101,8 @@ export interface Phase {
   readonly socketDrops: number;
   /** Misses the agent answered at once without forwarding (its in-flight limits), over the phase; null if the scrape failed. */
   readonly refusedMisses: number | null;
+  /** Upstream exchanges that failed over the phase, by reason (timeout, network, overloaded, closed, servfail): SERVFAILs the flood got. */
+  readonly upstreamFailures: Readonly<Record<string, number>>;
   /** dnsperf's account of the flood (null: no flood). */
   readonly flood: (DnsperfRun & { readonly offeredQps: number; readonly noerrorQps: number }) | null;
 }
@@ -134,12 +136,52 @@ function mustStat(pid: number, tid: number): ThreadStat {
   return s;
 }
 
-/** Refusal counters of both backends: misses past a worker's limit, and past --max-concurrent on the main thread. */
+/**
+ * Misses answered at once without an upstream query: past a worker's limit
+ * waiting on the main thread, and past the in-flight caps (--max-concurrent
+ * is the to="all" series; per-upstream caps have their own): every series
+ * summed, each refusal is counted by one cap only. Null if the scrape failed.
+ */
 const REFUSALS = ['nodelocal_worker_misses_refused_total', 'coredns_forward_max_concurrent_rejects_total'];
 
 async function refused(url: string): Promise<number | null> {
-  const m = await scrape(url, REFUSALS);
-  return m.size === 0 ? null : [...m.values()].reduce((a, b) => a + b, 0);
+  let sum = 0;
+  let seen = false;
+  for (const name of REFUSALS) {
+    for (const line of await scrapeLines(url, name)) {
+      const v = Number(/ ([0-9.e+-]+)$/.exec(line)?.[1]);
+      if (!Number.isFinite(v)) continue;
+      sum += v;
+      seen = true;
+    }
+  }
+  return seen ? sum : null;
+}
+
+/**
+ * A counter once it stops moving (two equal readings 500 ms apart, 10 s at
+ * most): a flooded main thread is still working through queued misses, and
+ * counts them, after the flood has stopped.
+ */
+async function settled(read: () => Promise<number | null>): Promise<number | null> {
+  let last = await read();
+  for (let i = 0; i < 20; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    const now = await read();
+    if (now === last) return now;
+    last = now;
+  }
+  return last;
+}
+
+/** nodelocal_upstream_failures_total per reason, now. */
+async function upstreamFailures(url: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const line of await scrapeLines(url, 'nodelocal_upstream_failures_total{')) {
+    const m = /reason="([^"]+)"[^}]*\} ([0-9.e+-]+)/.exec(line);
+    if (m !== null) out.set(m[1]!, (out.get(m[1]!) ?? 0) + Number(m[2]));
+  }
+  return out;
 }
 
 function placementOf(pid: number, workerTids: readonly number[]): Placement {
@@ -174,6 +216,7 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
   const { o, agent, sim } = c;
   const drops0 = udpDrops(agent.port);
   const refused0 = await refused(agent.metricsUrl);
+  const failed0 = await upstreamFailures(agent.metricsUrl);
   let probeDone = (): void => {};
   const stopOn = new Promise<void>((resolve) => (probeDone = resolve));
   const floodRun = flood
@@ -196,8 +239,12 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
     const simCpu = ((treeCpuSeconds(sim.pid) ?? NaN) - sim0) / wallS;
     probeDone();
     const fr = floodRun === null ? null : await floodRun;
-    const refused1 = await refused(agent.metricsUrl);
+    const refused1 = await settled(() => refused(agent.metricsUrl));
+    const failed1 = await upstreamFailures(agent.metricsUrl);
+    const failures: Record<string, number> = {};
+    for (const [k, v] of failed1) if (v - (failed0.get(k) ?? 0) > 0) failures[k] = v - (failed0.get(k) ?? 0);
     return {
+      upstreamFailures: failures,
       probe, wallS, agentCpu, simCpu,
       socketDrops: udpDrops(agent.port) - drops0,
       refusedMisses: refused0 === null || refused1 === null ? null : refused1 - refused0,
@@ -313,7 +360,8 @@ export function formatIsolation(rep: IsolationReport): string {
   }
   for (const r of rep.runs) {
     const f = r.flooded.flood;
-    if (f !== null) lines.push(`${r.backend}: flood answers by rcode ${Object.entries(f.rcodes).map(([k, v]) => `${k} ${v}`).join(', ')}; sent ${f.queriesSent}, lost ${f.queriesLost}; ran ${f.runTimeS.toFixed(1)} s, dnsperf used ${pc(f.cpuS / f.runTimeS)} of a CPU (${f.command})`);
+    const fails = Object.entries(r.flooded.upstreamFailures).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
+    if (f !== null) lines.push(`${r.backend}: flood answers by rcode ${Object.entries(f.rcodes).map(([k, v]) => `${k} ${v}`).join(', ')}; upstream failures ${fails}; sent ${f.queriesSent}, lost ${f.queriesLost}; ran ${f.runTimeS.toFixed(1)} s, dnsperf used ${pc(f.cpuS / f.runTimeS)} of a CPU (${f.command})`);
     lines.push(`${r.backend}: the probe's own send lag p99 ${us(r.alone.probe.sendLagP99Us)} alone, ${us(r.flooded.probe.sendLagP99Us)} beside the flood`);
   }
   for (const n of rep.notes) lines.push(`note: ${n}`);
