@@ -22,7 +22,7 @@
  * Loopback only; the simulator is the only upstream. Prints a table and
  * (with --json FILE) writes the report.
  */
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -288,7 +288,7 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
       const workers = backend === 'batched' ? 1 : 0;
       const agent = await startBenchAgent({ agentPath: o.agentPath, sim, host: o.host, io: backend, workers, workDir: dir, name: backend, readyTimeoutMs: o.readyTimeoutMs });
       try {
-        // Everything on the main CPU first (threads made later inherit it), then the worker alone on its own.
+        // Every thread to --others-cpu (default the main CPU; threads made later inherit it), the main thread to the main CPU, the worker alone on its own.
         const found = backend === 'batched' ? await findWorkerThreads(agent.pid, workers, 10_000) : [];
         pinProcess(agent.pid, o.othersCpu ?? o.mainCpu);
         pinThread(agent.pid, o.mainCpu);
@@ -316,6 +316,8 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
   } finally {
     await sim.stop();
     pinProcess(process.pid, ownCpus);
+    // The name list is big and of no use afterwards; the agents' logs stay in the folder.
+    rmSync(missFile, { force: true });
   }
   const { agentPath: _agentPath, ...options } = o;
   return {
