@@ -9,7 +9,7 @@
 // No timing thresholds anywhere: this checks the harness, not the machine.
 import t from 'tap';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import os, { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import dnsPacket from 'dns-packet';
@@ -20,6 +20,9 @@ import { helpText, parseOptions } from '../bench/options.js';
 import { PhaseTally, boundaries, parsePhases, phaseAt, totalMs } from '../bench/phases.js';
 import { which } from '../bench/proc-stats.js';
 import type { BenchResults, RunRecord } from '../bench/results.js';
+import { ISOLATION_DEFAULTS, formatIsolation, runIsolation } from '../bench/isolation.js';
+import { formatScaling, runScaling } from '../bench/scaling.js';
+import { findWorkerThreads, threadStat, threadsOf } from '../bench/threads.js';
 import { SimDnsServer } from '../testkit/dns-server.js';
 import { canonicalIpv6, zoneServiceJson } from '../bench/sim/api.js';
 import { SimProcess } from '../bench/sim/control.js';
@@ -563,4 +566,65 @@ t.test('--quick through the agent: podmix with and without --local-negative, fal
   t.match(md, /kube-dns q\/lookup/, 'and the podmix upstream table');
   t.equal(svgWellFormed(readFileSync(res.reports.plot, 'utf8')), null, 'plot.svg with a phase panel is well formed');
   t.match(readFileSync(res.reports.plot, 'utf8'), /fallback: latency per phase/);
+});
+
+// The isolation bench (npm run isolation): a tiny bounded run through the built agent, both backends,
+// checking the report's shape and that the batched worker thread was found by its name and pinned
+// alone; then the scaling mode's shape. No timing thresholds: figures are whatever the machine gives.
+const isolationReady = existsSync(AGENT) && which('dnsperf') !== null && which('taskset') !== null && os.cpus().length >= 2;
+
+t.test('threads: a process without batched workers is an error, not an empty placement', async (t) => {
+  await t.rejects(findWorkerThreads(process.pid, 1, 100), /0 of 1 threads named udp-worker-<i> after 100 ms \(threads: \d+:/);
+  const st = threadStat(process.pid, process.pid);
+  t.ok(st !== null && st.utime + st.stime > 0, 'this thread has used CPU');
+  t.match(st?.cpus, /^[0-9,-]+$/);
+  t.same(threadsOf(process.pid).find((x) => x.tid === process.pid)?.tid, process.pid, 'the main thread is listed');
+  t.equal(threadStat(process.pid, 1 << 30), null, 'a thread that does not exist');
+});
+
+t.test('isolation: hits alone and beside a miss flood, batched worker pinned alone, dgram as the contrast; scaling 1 and 2 workers', { skip: isolationReady ? false : 'needs the built agent, dnsperf, taskset and 2 CPUs' }, async (t) => {
+  const logs: string[] = [];
+  const rep = await runIsolation({
+    ...ISOLATION_DEFAULTS, agentPath: AGENT, seconds: 0.5, rate: 200, names: 20, floodQps: 500, floodRampS: 0.2,
+  }, (l) => logs.push(l));
+  t.equal(rep.kind, 'isolation');
+  t.same(rep.runs.map((r) => r.backend), ['batched', 'dgram']);
+  const [batched, dgram] = rep.runs;
+  const w = batched?.placement.workers[0];
+  t.equal(batched?.placement.workers.length, 1, 'one worker thread found');
+  t.equal(w?.name, 'udp-worker-0', 'by the name it gives itself');
+  t.ok(w !== undefined && w.tid > 0 && w.tid !== batched?.placement.mainTid, 'a thread of its own');
+  t.equal(w?.cpus, '1', 'pinned alone on CPU 1');
+  t.equal(batched?.placement.mainCpus, '0', 'the main thread on CPU 0');
+  t.same(batched?.placement.otherCpus, ['0'], 'every other thread on CPU 0');
+  t.same(dgram?.placement.workers, [], 'dgram has no worker threads');
+  t.equal(dgram?.placement.mainCpus, '0');
+  for (const r of rep.runs) {
+    t.equal(r.warm.answered, r.warm.names, `${r.backend}: every probe name warmed`);
+    for (const [name, p] of [['alone', r.alone], ['flooded', r.flooded]] as const) {
+      t.equal(p.probe.sent, 100, `${r.backend}/${name}: 0.5 s at 200/s`);
+      // Beside the flood every hit may be late or lost (dgram on a busy machine): that is a finding, not a failure.
+      t.ok(p.probe.answered >= (name === 'alone' ? 1 : 0) && p.probe.answered <= p.probe.sent, `${r.backend}/${name}: ${p.probe.answered} answered`);
+      t.equal(p.probe.wrong, 0, `${r.backend}/${name}: every answer a cached A record`);
+      t.ok(Number.isFinite(p.main.busy) && Number.isFinite(p.main.user) && p.main.cpus === '0', `${r.backend}/${name}: main thread use read from /proc`);
+      t.ok(p.socketDrops >= 0);
+    }
+    t.equal(r.alone.flood, null, `${r.backend}: no flood beside the first phase`);
+    t.ok(r.flooded.flood !== null && r.flooded.flood.queriesSent > 0 && r.flooded.flood.offeredQps === 500, `${r.backend}: dnsperf flooded`);
+  }
+  t.equal(batched?.flooded.serving.cpus, '1', 'the hit thread measured is the pinned worker');
+  const text = formatIsolation(rep);
+  t.match(text, /\| batched \| hits \+ miss flood \|/);
+  t.match(text, /\| dgram \| hits alone \|/);
+  t.match(text, /udp-worker-0 tid \d+ on CPU 1/);
+  t.ok(logs.some((l) => /batched: pid \d+, \d+ threads; main thread on CPU 0, udp-worker-0 \(tid \d+\) on CPU 1/.test(l)), 'said as it went');
+
+  const sc = await runScaling({ host: '127.0.0.1', workers: [1, 2], rounds: 1, seconds: 1, outstanding: 50, names: 20, agentPath: AGENT, readyTimeoutMs: 60_000 }, () => {});
+  t.same(sc.samples.map((s) => s.workers), [1, 2]);
+  for (const s of sc.samples) {
+    t.ok(s.completed > 0 && s.hitsPerS > 0, `${s.workers} worker(s): ${s.completed} hits`);
+    t.equal(s.workerBusy.length, s.workers, 'a busy share per worker thread found');
+    t.ok(Number.isFinite(s.usPerHit.total) && Number.isFinite(s.usPerHit.main) && Number.isFinite(s.machineBusyCpus));
+  }
+  t.match(formatScaling(sc), /--workers 1: [0-9.]+ us of worker CPU per hit|\| 1 \| 1 \|/);
 });
