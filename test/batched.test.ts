@@ -235,7 +235,8 @@ t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
     const before = r.logs.length;
     void c.send(port4, 'svc-2.example.com', 701);
     await until('answer', () => c.answers.has(701));
-    t.equal(r.logs.slice(before).filter((l) => l.includes('"msg":"query"')).length, 0, 'query log off after the reload');
+    // Only this query's line: the waiting client's line of the test before may come now (its worker logs it when it takes the answer for its cache).
+    t.equal(r.logs.slice(before).filter((l) => l.includes('"msg":"query"') && l.toLowerCase().includes('svc-2.example.com')).length, 0, 'query log off after the reload');
   });
 
   await t.test('an answer bigger than the send slots (--max-udp-size raised by a reload) still goes out whole', async (t) => {
