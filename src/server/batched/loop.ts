@@ -280,8 +280,9 @@ export class WorkerLoop implements MissSink {
         if (received === 0 && this.#state === 'draining') this.#state = 'paused';
         got += received;
       }
-      for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
+      // Gauges before the answers leave: a client that reads them after its answer sees this turn's (a completion's insert included).
       this.#publish();
+      for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
       this.#report();
       if (this.#state === 'closing') break;
       if (got === 0) this.#sleep();
