@@ -31,11 +31,13 @@ import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
 import { QueryStatus, parseQuery } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
 import type { MissOutcome } from '../hit-path.js';
+import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
 import { itemBytes, itemExtraOffset, itemTag, itemToken, nextSeq, type Packed } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
 
 const IO = BATCHED_COUNTERS.slot;
+const SV = SERVER_COUNTERS.slot;
 
 /** One client waiting on a worker's miss, as its record arrived. */
 interface DirectWaiter {
@@ -60,6 +62,8 @@ export class DirectAnswers {
   readonly #fds: readonly number[];
   readonly #policy: () => DirectPolicy;
   readonly #v: Float64Array;
+  /** coredns_dns_responses_total and the truncated count of what is sent from here (the worker takes its own count back). */
+  readonly #server: Float64Array;
   readonly #block: NativeBlock;
   readonly #arena: Arena;
   readonly #send: SendVec[];
@@ -72,11 +76,14 @@ export class DirectAnswers {
   /** A completion went back with clients the worker must answer itself: it has to be woken. */
   needWake: boolean;
 
-  constructor(sys: UdpBatchSys, fds: readonly number[], batch: number, slotBytes: number, policy: () => DirectPolicy, counters: BatchedCounters) {
+  constructor(
+    sys: UdpBatchSys, fds: readonly number[], batch: number, slotBytes: number, policy: () => DirectPolicy, counters: BatchedCounters, server: ServerCounters,
+  ) {
     this.#sys = sys;
     this.#fds = fds;
     this.#policy = policy;
     this.#v = counters.values;
+    this.#server = server.values;
     this.#block = sys.alloc(fds.length * vecBytes(batch, slotBytes) + 64);
     this.#arena = new Arena(this.#block.address, this.#block.bytes);
     this.#send = fds.map(() => new SendVec(this.#arena, batch, slotBytes));
@@ -178,6 +185,10 @@ export class DirectAnswers {
 
   #queue(w: DirectWaiter, reply: Buffer): void {
     this.#v[IO.directAnswers]!++;
+    // Counted as the answer leaves, as the hit path counts its own (loop.ts takes the worker's count of it back).
+    const rcode = reply[3]! & 0x0f;
+    this.#server[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
+    if ((reply[2]! & 0x02) !== 0) this.#server[SV.truncated]!++;
     const vec = this.#send[w.sock];
     if (vec === undefined) return;
     if (reply.length > vec.slotBytes) {

@@ -131,7 +131,7 @@ class WorkerLink implements MissReturn {
 
   constructor(
     index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys,
-    direct: { policy: () => DirectPolicy; counters: BatchedCounters } | null,
+    direct: { policy: () => DirectPolicy; counters: BatchedCounters; server: ServerCounters } | null,
   ) {
     this.index = index;
     this.fds = fds;
@@ -152,7 +152,7 @@ class WorkerLink implements MissReturn {
     this.#sys = sys;
     this.#done = new Packer(false, DONE_STRIDE);
     this.#flushQueued = false;
-    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct.policy, direct.counters);
+    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct.policy, direct.counters, direct.server);
     this.lazy = true;
   }
 
@@ -223,6 +223,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly sharedCache: DnsCache | null;
   /** Main-thread counters (restarts, cross-worker coalescing), summed with the workers'. */
   readonly #own: BatchedCounters;
+  /** Answers the main thread sent on the workers' sockets (direct.ts), by rcode: summed with the workers' own. */
+  readonly #ownServer: ServerCounters;
   readonly #links: (WorkerLink | null)[];
   /** Bound ports, per listen address (port 0 resolves at start). */
   readonly #ports: number[];
@@ -244,6 +246,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#logger = opts.logger;
     this.name = `udp://${opts.listen.map(formatHostPort).join(',')} (batched, ${opts.workers} worker${opts.workers === 1 ? '' : 's'})`;
     this.#own = new Counters(BATCHED_COUNTERS);
+    this.#ownServer = new Counters(SERVER_COUNTERS);
     // Its own counter block: a shared hit follows a worker miss already counted, so publishing both would count the query twice.
     this.sharedCache = (opts.sharedCache ?? opts.workers > 1) ? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS)) : null;
     this.#workerCache = this.sharedCache === null ? opts.cache : workerShare(opts.cache, opts.workers);
@@ -420,7 +423,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    */
   totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters } {
     const blocks = [...this.#dead, ...this.workerCounters().filter((c) => !this.#dead.includes(c))];
-    sumInto(this.#sums.server, blocks.map((b) => b.server));
+    sumInto(this.#sums.server, [this.#ownServer, ...blocks.map((b) => b.server)]);
     sumInto(this.#sums.cache, blocks.map((b) => b.cache));
     sumInto(this.#sums.io, [this.#own, ...blocks.map((b) => b.io)]);
     return this.#sums;
@@ -463,7 +466,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         maxInflight: this.#opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
       },
       this.#sys,
-      this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own },
+      this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer },
     );
     this.#links[i] = link;
     return new Promise((resolve, reject) => {

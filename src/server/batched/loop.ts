@@ -27,6 +27,7 @@ import type { LogFields, Logger } from '../../log.js';
 import { ClientMissLimiter } from '../client-limit.js';
 import { HitPath, type MissSink } from '../hit-path.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
+import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js';
 import { AF_INET6, EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from './msgvec.js';
 import { parseQuery, QueryStatus } from '../../dns/query.js';
@@ -307,8 +308,15 @@ export class WorkerLoop implements MissSink {
   /** An answer for `peer`, from handle() now or from complete() later. */
   queue(sock: number, answer: Buffer, peer: Peer): void {
     peer.answered = true;
-    // The main thread already sent this client its answer (listener.ts DirectAnswers): the hit path counted it, nothing to send.
-    if (this.#answeredThrough !== 0 && seqAtOrBefore(peer.seq, this.#answeredThrough)) return;
+    if (this.#answeredThrough !== 0 && seqAtOrBefore(peer.seq, this.#answeredThrough)) {
+      // The main thread already sent this client its answer, and counted it as it left (direct.ts): the hit path just
+      // counted it again (HitPath.#send counts the rcode and TC before handing the answer over), so take that back.
+      const sv = this.#counters.server.values;
+      const rcode = answer[3]! & 0x0f;
+      sv[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!--;
+      if ((answer[2]! & 0x02) !== 0) sv[SERVER_COUNTERS.slot.truncated]!--;
+      return;
+    }
     const vec = this.#send[sock]!;
     if (answer.length > vec.slotBytes) {
       // A reload raised --max-udp-size past the slots: this answer goes alone.
