@@ -11,8 +11,11 @@
  *   per socket: recvmmsg(MSG_DONTWAIT) ─► HitPath.handle() per datagram
  *                 answers go into that socket's send vector
  *                 a miss parks its client (the peer is detached from the ring)
+ *                 and reports it (sockaddr, datagram), so the main thread
+ *                 sends the answer itself (direct.ts); the completion then
+ *                 comes here only for the cache, without waking us
  *   sendmmsg the filled vectors
- *   post one report: the turn's misses and log lines
+ *   post one report: the turn's misses, waiting clients and log lines
  *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
  *                 main thread's wake ends it (idle costs ~0% CPU)
  *

@@ -1,8 +1,9 @@
 /**
  * What crosses between the main thread and a batched UDP worker. Both ways
- * are batched: a worker posts at most one report per loop turn (its misses
- * and log lines), the main thread at most one message of completions per
- * event-loop turn. Items are packed into one byte buffer plus an index,
+ * are batched: a worker posts at most one report per loop turn (its misses,
+ * the clients waiting on them, and log lines), the main thread at most one
+ * message of completions per event-loop turn (for the worker's cache when
+ * the main thread answered the clients itself: direct.ts). Items are packed into one byte buffer plus an index,
  * both transferred rather than cloned, so a turn with 500 misses costs one
  * postMessage, not 500.
  *
