@@ -27,11 +27,15 @@ import { BatchedUdpListener, workerMissLimit, workerShare } from '../src/server/
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop, ipv6Text } from '../src/server/batched/loop.js';
-import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken, type WorkerInit, type WorkerReport } from '../src/server/batched/protocol.js';
+import {
+  DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, stamp16, waiterTag,
+  type Packed, type WorkerInit, type WorkerReport,
+} from '../src/server/batched/protocol.js';
+import { DirectAnswers } from '../src/server/batched/direct.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
-import { EAGAIN, loadUdpBatch } from '../src/sys/udp-batch.js';
+import { EAGAIN, loadUdpBatch, type UdpBatchSys } from '../src/sys/udp-batch.js';
 import { FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
 import { HostResolvers } from '../src/upstream/host-resolvers.js';
 import { ZoneRouter } from '../src/upstream/router.js';
@@ -90,13 +94,18 @@ interface Rig {
   logs: string[];
 }
 
-/** Names starting "black-" get no answer at all from the upstream (a silent server, per name). */
-function handler(n: number): SimHandler {
+/** Names starting "black-" get no answer at all from the upstream (a silent server, per name); "held-" ones once `hold` resolves. */
+function handler(n: number, hold?: Promise<void>): SimHandler {
   const inner = staticHandler(
     { ...records(n), 'big.example.com': { A: Array.from({ length: 120 }, (_, i) => `10.1.${i >> 8}.${i & 255}`), ttl: 60 } },
     { soaZone: 'example.com' },
   );
-  return (q, ctx) => (q.questions?.[0]?.name.toLowerCase().startsWith('black-') ? null : inner(q, ctx));
+  return (q, ctx) => {
+    const name = q.questions?.[0]?.name.toLowerCase() ?? '';
+    if (name.startsWith('black-')) return null;
+    if (hold !== undefined && name.startsWith('held-')) return hold.then(() => inner(q, ctx));
+    return inner(q, ctx);
+  };
 }
 
 /**
@@ -105,10 +114,14 @@ function handler(n: number): SimHandler {
  * threads, which under the test's TypeScript loader takes seconds: the
  * tests share rigs where they can.
  */
-async function rig(t: Test, o: { workers?: number; latencyMs?: number; listen?: string[]; queryLogEvery?: number } = {}): Promise<Rig> {
-  const sys = await probeBatchedIo();
-  if (typeof sys === 'string') throw new Error(`batched I/O unavailable on this machine: ${sys}`);
-  const upstream = await SimDnsServer.start({ handler: handler(50), faults: { latencyMs: o.latencyMs ?? 0 } });
+async function rig(
+  t: Test,
+  o: { workers?: number; latencyMs?: number; listen?: string[]; queryLogEvery?: number; spy?: (sys: UdpBatchSys) => UdpBatchSys; hold?: Promise<void> } = {},
+): Promise<Rig> {
+  const probed = await probeBatchedIo();
+  if (typeof probed === 'string') throw new Error(`batched I/O unavailable on this machine: ${probed}`);
+  const sys = o.spy?.(probed) ?? probed;
+  const upstream = await SimDnsServer.start({ handler: handler(50, o.hold), faults: { latencyMs: o.latencyMs ?? 0 } });
   const host = new HostResolvers({
     servers: [{ host: '127.0.0.1', port: upstream.port }], attemptTimeoutMs: 2000, attempts: 1, clock: systemClock, logger: silentLogger, name: 'host',
   });
@@ -235,7 +248,8 @@ t.test('one worker, two addresses (127.0.0.1 and ::1)', async (t) => {
     const before = r.logs.length;
     void c.send(port4, 'svc-2.example.com', 701);
     await until('answer', () => c.answers.has(701));
-    t.equal(r.logs.slice(before).filter((l) => l.includes('"msg":"query"')).length, 0, 'query log off after the reload');
+    // Only this query's line: the waiting client's line of the test before may come now (its worker logs it when it takes the answer for its cache).
+    t.equal(r.logs.slice(before).filter((l) => l.includes('"msg":"query"') && l.toLowerCase().includes('svc-2.example.com')).length, 0, 'query log off after the reload');
   });
 
   await t.test('an answer bigger than the send slots (--max-udp-size raised by a reload) still goes out whole', async (t) => {
@@ -293,6 +307,130 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
   await until('all answers from the survivor', () => clients.every((c, i) => c.answers.has(800 + i)));
   t.equal(r.listener.workerCounters()[0]!.io.get('datagrams') - before, 32, 'all to worker 0');
   // The teardown closes before the restart delay: the replacement is never started here (start() covers that path).
+});
+
+/** The main thread's socket calls on the workers' sockets (the workers load their own binding): which fds it sends on, and which it closed. */
+class SysSpy {
+  readonly sends: number[] = [];
+  readonly stale: number[] = [];
+  readonly #open = new Set<number>();
+  wrap(sys: UdpBatchSys): UdpBatchSys {
+    return {
+      ...sys,
+      openUdp: (addr) => {
+        const fd = sys.openUdp(addr);
+        if (typeof fd === 'number') this.#open.add(fd);
+        return fd;
+      },
+      close: (fd) => {
+        this.#open.delete(fd);
+        sys.close(fd);
+      },
+      sendmmsg: (fd, vec, count) => {
+        this.#sent(fd);
+        return sys.sendmmsg(fd, vec, count);
+      },
+      sendto: (fd, data, sa, len) => {
+        this.#sent(fd);
+        return sys.sendto(fd, data, sa, len);
+      },
+    };
+  }
+  #sent(fd: number): void {
+    this.sends.push(fd);
+    if (!this.#open.has(fd)) this.stale.push(fd);
+  }
+}
+
+t.test('direct answers: the main thread sends a miss\'s answer on the worker\'s socket, with the client\'s id, case and size; the worker caches it for the next ask', async (t) => {
+  const spy = new SysSpy();
+  const r = await rig(t, { spy: (s) => spy.wrap(s) });
+  const port = r.ports[0]!;
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  const io = (): Counters<keyof typeof BATCHED_COUNTERS.slot> => r.listener.totals().io;
+
+  void c.send(port, 'SvC-5.ExAmPlE.cOm', 4321, '127.0.0.1', 1232);
+  await until('the answer', () => c.answers.has(4321));
+  const a = c.answers.get(4321);
+  t.equal(a?.questions?.[0]?.name, 'SvC-5.ExAmPlE.cOm', 'the client\'s 0x20 spelling echoed');
+  t.same(dataOf(a), ['10.0.0.5']);
+  t.ok(a?.additionals?.some((x) => x.type === 'OPT'), 'an OPT for the EDNS client');
+  t.equal(io().get('directAnswers'), 1, 'sent by the main thread');
+  t.ok(spy.sends.length >= 1, 'on a socket of the main thread\'s sys (sendmmsg)');
+  t.equal(spy.stale.length, 0);
+
+  // Asked again: a hit in the worker's own cache (one worker: no shared cache), not a second upstream query.
+  void c.send(port, 'svc-5.example.com', 4322);
+  await until('the second answer', () => c.answers.has(4322));
+  t.same(dataOf(c.answers.get(4322)), ['10.0.0.5']);
+  t.equal(r.upstream.stats.udpQueries, 1, 'one upstream query');
+  const w = r.listener.workerCounters()[0]!;
+  t.equal(w.cache.get('hitPositive'), 1, 'the second ask is a worker hit');
+  t.equal(io().get('directAnswers'), 1, 'the hit went out from the worker');
+  t.equal(w.server.get('rcode0'), 1, 'the worker counts the answer it sent');
+  t.equal(r.listener.totals().server.get('rcode0'), 2, 'each answer counted once (the main thread counts what it sent)');
+
+  // No EDNS, an answer of about 2 KB: truncated to 512 bytes for this client, as the worker would.
+  void c.send(port, 'big.example.com', 4323);
+  await until('the big answer', () => c.answers.has(4323));
+  const big = c.answers.get(4323)!;
+  t.ok((big.flags! & dnsPacket.TRUNCATED_RESPONSE) !== 0, 'TC set');
+  t.equal(io().get('directAnswers'), 2);
+
+  // Many clients on one name in flight (some join after the first): each gets exactly one answer, with its id.
+  const clients: Client[] = [];
+  for (let i = 0; i < 8; i++) {
+    const k = new Client();
+    await k.ready();
+    clients.push(k);
+  }
+  t.teardown(() => clients.forEach((k) => k.close()));
+  clients.forEach((k, i) => void k.send(port, 'svc-6.example.com', 500 + i));
+  await until('all answers', () => clients.every((k, i) => k.answers.has(500 + i)));
+  // A duplicate would arrive within the worker's next turn: give it one (a query that wakes it) and a bounded wait.
+  void c.send(port, 'svc-6.example.com', 4324);
+  await until('the hit', () => c.answers.has(4324));
+  await new Promise((res) => setTimeout(res, 50));
+  t.ok(clients.every((k) => k.answers.size === 1), 'no client answered twice');
+  t.equal(r.upstream.stats.udpQueries, 3);
+  t.equal(spy.stale.length, 0, 'never a send on a closed socket');
+});
+
+t.test('direct answers: a worker that dies with a miss in flight gets nothing sent on its closed sockets; its successor serves', async (t) => {
+  const spy = new SysSpy();
+  let release = (): void => {};
+  const hold = new Promise<void>((resolve) => (release = resolve));
+  const r = await rig(t, { spy: (s) => spy.wrap(s), hold });
+  const port = r.ports[0]!;
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'held-7.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  // A thread asleep in poll ends only when poll returns: a datagram wakes it (the answer to that one is lost with the worker too).
+  const dying = r.listener.workerThread(0)!.terminate();
+  const waker = new Client();
+  await waker.ready();
+  t.teardown(() => waker.close());
+  void waker.send(port, 'svc-8.example.com', 1);
+  await dying;
+  await until('the death to be noticed', () => r.listener.totals().io.get('restarts') === 1);
+  t.equal(r.resolver.inflight, 1, 'dead before the upstream answered');
+  release();
+  await until('the upstream answer to come back', () => r.resolver.inflight === 0);
+  await new Promise((res) => setTimeout(res, 20));
+  t.equal(spy.sends.length, 0, 'nothing sent for the dead worker');
+  t.equal(spy.stale.length, 0);
+  t.notOk(c.answers.has(1), 'its client retries (as with any lost datagram)');
+  await until('the successor', () => r.listener.workerThread(0) !== null, 5000);
+  // A thread starts in seconds under the test's TypeScript loader: the query waits in its socket meanwhile.
+  void c.send(port, 'held-7.example.com', 2);
+  await until('the answer from the successor', () => c.answers.has(2), 30_000);
+  t.equal(rcodeName(c.answers.get(2)), 'NXDOMAIN');
+  t.equal(spy.stale.length, 0, 'the successor\'s sockets are new and open');
+  t.ok(spy.sends.length >= 1, 'its answer went out directly');
 });
 
 t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
@@ -813,4 +951,134 @@ t.test('--io and --workers: flags and config-file keys, validated (a bad value i
   t.same(workerMissLimit(0, 1000, 4), { clientMissRate: 0, clientMissBurst: 1 }, 'no limit: none in the workers');
   t.same(workerMissLimit(100, 1000, 4), { clientMissRate: 25, clientMissBurst: 250 }, 'each worker a quarter of rate and burst');
   t.same(workerMissLimit(100, 2, 4), { clientMissRate: 25, clientMissBurst: 1 }, 'a burst of at least one');
+});
+
+/** A completion as the main thread sends it when it answered the token's clients through waiter `through` itself (0: none). */
+function doneItems(items: { token: number; answer: Buffer | null; through: number }[]): Packer {
+  const done = new Packer(false, DONE_STRIDE);
+  for (const i of items) {
+    done.push(i.token, OUTCOME_INDEX.upstream, i.answer, null);
+    done.extra(0, i.through);
+    done.extra(1, stamp16());
+  }
+  return done;
+}
+
+t.test('loop: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is cached and counted, not sent again; a client that joined later is answered by the worker', async (t) => {
+  let token = 0;
+  const waiters: Packed[] = [];
+  const take = (reports: WorkerReport[]): void => {
+    for (const r of reports) {
+      if (r.misses !== null) token = itemToken(r.misses, 0);
+      if (r.waiters) waiters.push(r.waiters);
+    }
+  };
+  const { k, loop, c } = loopRig([
+    () => k.queue(5, { data: query({ name: 'SvC.example.com', id: 1, edns: true }), from: from4(1111) }),
+    () => {
+      take(k.reports());
+      // A second client joins the miss in flight: its record comes in a later report, under the same token.
+      k.queue(6, { data: query({ name: SVC, id: 2 }), from: sockaddr6loopback(2222) });
+    },
+    () => {
+      take(k.reports());
+      // The main thread answered client 1 (waiter 1) when the answer came, before client 2's record arrived.
+      k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), through: 1 }]).take() });
+    },
+    () => {
+      t.same(k.sent.map((s) => [s.fd, idOf(s.data)]), [[6, 2]], 'only the client the main thread did not know of is answered by the worker');
+      k.queue(5, { data: query({ name: SVC, id: 3 }), from: from4(3333) });
+    },
+  ]);
+  loop.run();
+  t.not(token, 0);
+  const all = waiters.flatMap((p) => [...Array(p.count).keys()].map((i) => ({ p, i })));
+  t.equal(all.length, 2, 'two waiter records');
+  const [w1, w2] = all as [{ p: Packed; i: number }, { p: Packed; i: number }];
+  t.same([itemToken(w1.p, w1.i), itemToken(w2.p, w2.i)], [token, token], 'both under the miss\'s token (the second found by its key)');
+  t.same([itemTag(w1.p, w1.i), itemTag(w2.p, w2.i)], [waiterTag(0, 16), waiterTag(1, 28)], 'socket index and sockaddr length');
+  t.equal(idOf(itemBytes(w1.p, w1.i)!), 1, 'the client\'s own datagram');
+  const sa = new Uint8Array(new Uint32Array([...Array(WAITER_SOCKADDR_WORDS).keys()].map((x) => itemExtra(w1.p, w1.i, x))).buffer).subarray(0, 16);
+  t.same(Buffer.from(sa), from4(1111), 'its sockaddr');
+  t.same(k.sent.map((s) => idOf(s.data)), [2, 3], 'then a hit from the cache the completion filled');
+  t.equal(c.cache.get('hitPositive'), 1);
+  t.equal(c.server.get('rcode0'), 2, 'the two answers the worker sent counted; the one the main thread sent is its to count');
+  t.equal(c.io.get('inflight'), 0);
+});
+
+t.test('loop: abort after completions the main thread answered takes them first: no SERVFAIL after an answer', async (t) => {
+  let token = 0;
+  const { k, loop } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
+      k.queue(5, { data: query({ name: 'other.example.com', id: 2 }), from: from4(2222) });
+    },
+    () => {
+      k.reports();
+      // The first answered by the main thread and posted without a wake; then the abort.
+      k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), through: 1 }]).take() });
+      k.post({ t: 'abort' });
+    },
+  ]);
+  loop.run();
+  t.same(k.sent.map((s) => [idOf(s.data), s.data[3]! & 0x0f]), [[2, 2]], 'only the other, still waiting, gets its SERVFAIL');
+});
+
+t.test('DirectAnswers: serves each waiter as the worker would, tells late records and failures apart, never sends on closed sockets', async (t) => {
+  const sys = new FakeKernel([]);
+  const fds = [5, 6];
+  const counters = new Counters(BATCHED_COUNTERS);
+  const server = new Counters(SERVER_COUNTERS);
+  const d = new DirectAnswers(sys, fds, 2, 512, () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server);
+  const waiter = (tok: number, sock: number, data: Buffer, from: Buffer): Packed => {
+    const p = new Packer(false, WAITER_STRIDE);
+    p.push(tok, waiterTag(sock, from.length), data, null);
+    const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+    new Uint8Array(words.buffer).set(from);
+    p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+    return p.take();
+  };
+  const ok = answer(SVC, [rr(SVC, '192.0.2.7', 600)]);
+
+  d.expect(7);
+  t.equal(d.add(waiter(7, 0, query({ name: 'sVc.EXAMPLE.com', id: 0x1234, edns: true, udpSize: 4096 }), from4(1111))), false);
+  t.equal(d.add(waiter(7, 1, query({ name: SVC, id: 0x4321 }), sockaddr6loopback(2222))), false);
+  t.equal(d.answer(7, ok, 'upstream'), 2, 'answered through the second record');
+  t.equal(sys.sent.length, 0, 'nothing before the end of the turn');
+  d.flush();
+  t.same(sys.sent.map((s) => [s.fd, idOf(s.data), portOf(s.to), s.via]), [[5, 0x1234, 1111, 'sendmmsg'], [6, 0x4321, 2222, 'sendmmsg']]);
+  const first = dnsPacket.decode(sys.sent[0]!.data);
+  t.equal(first.questions?.[0]?.name, 'sVc.EXAMPLE.com', '0x20 case echoed');
+  t.ok(first.additionals?.some((x) => x.type === 'OPT'), 'OPT for the EDNS client');
+  t.equal((first.answers?.[0] as { ttl?: number } | undefined)?.ttl, 30, 'TTL capped by the cache policy (successTtl), as the worker serves it');
+  t.notOk(dnsPacket.decode(sys.sent[1]!.data).additionals?.some((x) => x.type === 'OPT'), 'none for the other');
+  t.equal(counters.get('directAnswers'), 2);
+  t.equal(server.get('rcode0'), 2, 'counted by rcode as they leave');
+  t.equal(d.add(waiter(7, 0, query({ name: SVC, id: 9 }), from4(9999))), true, 'a record for a completed miss: late (the worker answers it, and must be woken)');
+
+  d.expect(8);
+  d.add(waiter(8, 0, query({ name: SVC, id: 10 }), from4(1010)));
+  t.equal(d.answer(8, null, 'timeout'), 0, 'a failure is the worker\'s (it may have a stale answer)');
+  t.equal(d.needWake, true);
+  d.needWake = false;
+  d.expect(9);
+  d.add(waiter(9, 0, query({ name: SVC, id: 11 }), from4(1011)));
+  t.equal(d.answer(9, answer(SVC, [], { rcode: 'SERVFAIL' }), 'upstream'), 0, 'so is a SERVFAIL');
+  d.expect(10);
+  t.not(d.answer(10, ok, 'upstream'), 0, 'no waiters (a refresh): nothing to answer, no wake');
+  t.equal(d.needWake, true, 'only the SERVFAIL and timeout asked for one');
+
+  // Queued, then the worker's sockets are closed before the end of the turn: nothing goes out.
+  d.expect(11);
+  d.add(waiter(11, 0, query({ name: SVC, id: 12 }), from4(1012)));
+  t.not(d.answer(11, ok, 'upstream'), 0);
+  fds.length = 0;
+  d.close();
+  d.flush();
+  d.expect(12);
+  d.add(waiter(12, 0, query({ name: SVC, id: 13 }), from4(1013)));
+  t.equal(d.answer(12, ok, 'upstream'), 0, 'after close: left to nobody');
+  t.equal(sys.sent.length, 2, 'nothing sent after the sockets closed');
+  t.equal(counters.get('sendErrors'), 1, 'the one queued counted as lost');
 });

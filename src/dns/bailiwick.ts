@@ -17,6 +17,7 @@
  */
 import dnsPacket from 'dns-packet';
 import type { Answer, DecodedPacket } from 'dns-packet';
+import { plainlyInBailiwick } from './bailiwick-fast.js';
 
 export interface Scrubbed {
   readonly msg: Buffer;
@@ -54,6 +55,8 @@ function targetOf(rr: Answer): string | null {
  * the answer is treated as malformed, never cached with the intruders).
  */
 export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
+  // Most answers (an address, or a negative answer with its zone's SOA): nothing to remove, known without a decode.
+  if (plainlyInBailiwick(msg)) return null;
   let p: DecodedPacket;
   try {
     p = dnsPacket.decode(msg);

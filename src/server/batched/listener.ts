@@ -4,11 +4,13 @@
  * path and cache with recvmmsg/sendmmsg (loop.ts), and handing misses to
  * this thread, which owns upstream I/O, the view and config:
  *
- *   worker i: sockets ─► HitPath_i + DnsCache_i ─ misses ─┐
+ *   worker i: sockets ─► HitPath_i + DnsCache_i ─ misses + their waiters ─┐
  *                                                         ▼ (one post per turn)
  *   main:                              MissExchange ─► Resolver (upstreams, view)
  *                                         │ complete(token, answer | failure)
- *   worker i ◄─ one post per main-loop turn + eventfd wake if asleep
+ *   clients ◄─ answers sent by main on worker i's sockets (direct.ts), one sendmmsg per socket per turn
+ *   worker i ◄─ one post per main-loop turn, for its cache: no wake-up (a failure,
+ *               which the worker answers itself from its cache, wakes it)
  *
  * One cache per worker, not one shared: a JS cache cannot be shared between
  * threads without rebuilding it over a SharedArrayBuffer, and per-worker
@@ -34,8 +36,11 @@ import type { MissOutcome, MissSink } from '../hit-path.js';
 import type { Listener } from '../listener.js';
 import type { MissCompleter } from '../resolver.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
+import { DirectAnswers, type DirectPolicy } from './direct.js';
 import { MissExchange, type MissReturn } from './miss-exchange.js';
-import { Ctl, OUTCOME_INDEX, Packer, itemBytes, itemToken, transferOf, type CachePolicy, type ToWorker, type WorkerInit, type WorkerReport, type WorkerSettings } from './protocol.js';
+import {
+  Ctl, DONE_STRIDE, OUTCOME_INDEX, Packer, stamp16, itemBytes, itemToken, transferOf, type CachePolicy, type ToWorker, type WorkerInit, type WorkerReport, type WorkerSettings,
+} from './protocol.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, sumInto, workerCounters, type BatchedCounters, type WorkerCounters } from './stats.js';
 
 /**
@@ -92,6 +97,8 @@ export interface BatchedUdpOptions {
   readonly sharedCache?: boolean;
   /** The shared cache's clock (tests). */
   readonly clock?: Clock;
+  /** The main thread answers the workers' misses itself (direct.ts); default on. Off: every answer goes back through the worker (tests, comparisons). */
+  readonly directAnswers?: boolean;
 }
 
 /** One worker thread as the main thread holds it. */
@@ -110,11 +117,22 @@ class WorkerLink implements MissReturn {
   aborting: boolean;
   /** Reloads posted and not yet applied, in order. */
   readonly configuring: (() => void)[];
+  /** Answers to this worker's clients sent from this thread; null when turned off (tests). */
+  readonly direct: DirectAnswers | null;
+  /**
+   * Completions whose clients were all answered here go without waking the
+   * worker (it takes them with its next batch or poll timeout). Off once
+   * paused, aborting or closing: then the worker has nothing else to wake it.
+   */
+  lazy: boolean;
   readonly #sys: UdpBatchSys;
   #done: Packer;
   #flushQueued: boolean;
 
-  constructor(index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys) {
+  constructor(
+    index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys,
+    direct: { policy: () => DirectPolicy; counters: BatchedCounters; server: ServerCounters } | null,
+  ) {
     this.index = index;
     this.fds = fds;
     this.wakeFd = wakeFd;
@@ -132,13 +150,22 @@ class WorkerLink implements MissReturn {
     this.aborting = false;
     this.configuring = [];
     this.#sys = sys;
-    this.#done = new Packer(false);
+    this.#done = new Packer(false, DONE_STRIDE);
     this.#flushQueued = false;
+    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct.policy, direct.counters, direct.server);
+    this.lazy = true;
   }
 
-  /** MissReturn: queued, and posted once per event-loop turn (all the turn's completions in one message). */
+  /**
+   * MissReturn: the clients answered from here when they can be (direct.ts),
+   * the completion queued for the worker's cache; all posted once per
+   * event-loop turn (all the turn's completions in one message).
+   */
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+    const through = this.direct === null || !this.alive ? 0 : this.direct.answer(token, answer, outcome);
     this.#done.push(token, OUTCOME_INDEX[outcome], answer, null);
+    this.#done.extra(0, through);
+    if (through !== 0) this.#done.extra(1, stamp16());
     if (!this.#flushQueued) {
       this.#flushQueued = true;
       setImmediate(this.#flush);
@@ -146,22 +173,38 @@ class WorkerLink implements MissReturn {
   }
 
   post(m: ToWorker, transfer: ArrayBuffer[] = []): void {
+    this.#post(m, transfer, true);
+  }
+
+  /** Wakes the worker if it sleeps (a message it must act on is already posted). */
+  nudge(): void {
+    if (this.alive && Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
+  }
+
+  #post(m: ToWorker, transfer: ArrayBuffer[], wake: boolean): void {
     if (!this.alive) return;
     this.port.postMessage(m, transfer);
     // After the post, so a worker that sees PENDING finds the message; SLEEPING read after PENDING set (worker.ts #sleep).
     Atomics.store(this.ctl, Ctl.PENDING, 1);
-    if (Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
+    if (wake && Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
   }
 
   readonly #flush = (): void => {
     this.#flushQueued = false;
     if (this.#done.count === 0) return;
     const items = this.#done.take();
-    this.post({ t: 'done', items }, transferOf(items));
+    const direct = this.direct;
+    // The completions first, then the answers: a client that asks again at once finds its worker with the answer to cache.
+    this.#post({ t: 'done', items }, transferOf(items), direct === null || direct.needWake || !this.lazy);
+    if (direct !== null) {
+      direct.needWake = false;
+      direct.flush();
+    }
   };
 
   /** Sockets and eventfd: only once the thread has left its loop (it may be inside recvmmsg or poll on them). */
   closeFds(): void {
+    this.direct?.close();
     for (const fd of this.fds) this.#sys.close(fd);
     this.#sys.close(this.wakeFd);
     this.fds.length = 0;
@@ -180,10 +223,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly sharedCache: DnsCache | null;
   /** Main-thread counters (restarts, cross-worker coalescing), summed with the workers'. */
   readonly #own: BatchedCounters;
+  /** Answers the main thread sent on the workers' sockets (direct.ts), by rcode: summed with the workers' own. */
+  readonly #ownServer: ServerCounters;
   readonly #links: (WorkerLink | null)[];
   /** Bound ports, per listen address (port 0 resolves at start). */
   readonly #ports: number[];
   #policy: WorkerSettings;
+  readonly #directPolicy: () => DirectPolicy;
   #state: State;
   #drainWaiters: (() => void)[];
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
@@ -200,6 +246,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#logger = opts.logger;
     this.name = `udp://${opts.listen.map(formatHostPort).join(',')} (batched, ${opts.workers} worker${opts.workers === 1 ? '' : 's'})`;
     this.#own = new Counters(BATCHED_COUNTERS);
+    this.#ownServer = new Counters(SERVER_COUNTERS);
     // Its own counter block: a shared hit follows a worker miss already counted, so publishing both would count the query twice.
     this.sharedCache = (opts.sharedCache ?? opts.workers > 1) ? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS)) : null;
     this.#workerCache = this.sharedCache === null ? opts.cache : workerShare(opts.cache, opts.workers);
@@ -214,6 +261,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.workers),
     };
     this.#dead = [];
+    this.#directPolicy = () => this.#policy;
     this.#state = 'new';
     this.#drainWaiters = [];
     this.#abortWaiters = null;
@@ -267,6 +315,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         // Not fatal: the worker still stops receiving, and what the kernel hands this socket meanwhile is lost as before.
         if (err !== 0) this.#logger.warn('udp: could not take a socket out of its group at pause', { worker: l.index, errno: err });
       }
+      // No datagram will wake it any more: every completion from now on does.
+      l.lazy = false;
       l.post({ t: 'pause' });
     }
   }
@@ -300,6 +350,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       this.#abortWaiters = { total: 0, resolve };
       for (const l of live) {
         l.aborting = true;
+        l.lazy = false;
+        // The worker answers every client still waiting: none of them from here any more.
+        l.direct?.forget();
         l.post({ t: 'abort' });
       }
     });
@@ -370,7 +423,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    */
   totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters } {
     const blocks = [...this.#dead, ...this.workerCounters().filter((c) => !this.#dead.includes(c))];
-    sumInto(this.#sums.server, blocks.map((b) => b.server));
+    sumInto(this.#sums.server, [this.#ownServer, ...blocks.map((b) => b.server)]);
     sumInto(this.#sums.cache, blocks.map((b) => b.cache));
     sumInto(this.#sums.io, [this.#own, ...blocks.map((b) => b.io)]);
     return this.#sums;
@@ -413,6 +466,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         maxInflight: this.#opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
       },
       this.#sys,
+      this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer },
     );
     this.#links[i] = link;
     return new Promise((resolve, reject) => {
@@ -455,6 +509,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
 
   #onReport(link: WorkerLink, r: WorkerReport): void {
     const m = r.misses;
+    const direct = link.direct;
+    if (direct !== null) {
+      // The waiters before the misses go out: a miss may complete at once (shared cache) and find its waiters.
+      if (m !== null) for (let k = 0; k < m.count; k++) direct.expect(itemToken(m, k));
+      const w = r.waiters ?? null;
+      if (w !== null && direct.add(w)) link.nudge();
+    }
     if (m !== null) {
       const keys = m.keys!;
       for (let k = 0; k < m.count; k++) this.#exchange.forward(link, itemToken(m, k), keys[k]!, itemBytes(m, k)!);
@@ -518,6 +579,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     for (const l of this.#links) {
       if (l === null || !l.alive) continue;
       l.closing = true;
+      l.lazy = false;
       exits.push(new Promise((resolve) => l.worker.once('exit', () => resolve())));
       l.post({ t: 'close' });
     }

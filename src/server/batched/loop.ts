@@ -11,8 +11,11 @@
  *   per socket: recvmmsg(MSG_DONTWAIT) ─► HitPath.handle() per datagram
  *                 answers go into that socket's send vector
  *                 a miss parks its client (the peer is detached from the ring)
+ *                 and reports it (sockaddr, datagram), so the main thread
+ *                 sends the answer itself (direct.ts); the completion then
+ *                 comes here only for the cache, without waking us
  *   sendmmsg the filled vectors
- *   post one report: the turn's misses and log lines
+ *   post one report: the turn's misses, waiting clients and log lines
  *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
  *                 main thread's wake ends it (idle costs ~0% CPU)
  *
@@ -27,9 +30,14 @@ import type { LogFields, Logger } from '../../log.js';
 import { ClientMissLimiter } from '../client-limit.js';
 import { HitPath, type MissSink } from '../hit-path.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
+import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js';
 import { AF_INET6, EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from './msgvec.js';
-import { Ctl, OUTCOMES, Packer, itemBytes, itemTag, itemToken, transferOf, type LogRecord, type Packed, type ToWorker, type WorkerInit, type WorkerReport } from './protocol.js';
+import { parseQuery, QueryStatus } from '../../dns/query.js';
+import {
+  Ctl, OUTCOMES, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, msSince16, nextSeq, seqAtOrBefore, transferOf, waiterTag,
+  type LogRecord, type Packed, type ToWorker, type WorkerInit, type WorkerReport,
+} from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
 
 /** Bytes a query may take; a longer datagram arrives cut (MSG_TRUNC) and is dropped. Real queries are a few hundred bytes. */
@@ -70,10 +78,13 @@ class Peer implements ClientPeer {
   words: Uint32Array;
   wordOff: number;
   nameLen: number;
+  /** A waiter's sequence number as reported to the main thread (protocol.ts); 0: not reported. */
+  seq: number;
 
   constructor(words: Uint32Array, wordOff: number) {
     this.sock = 0;
     this.answered = false;
+    this.seq = 0;
     this.words = words;
     this.wordOff = wordOff;
     this.nameLen = SOCKADDR_SLOT_BYTES;
@@ -188,6 +199,16 @@ export class WorkerLoop implements MissSink {
   readonly #pollOff: number;
   readonly #scratchOff: number;
   readonly #misses: Packer;
+  /** This turn's waiting clients, for the main thread to answer itself (protocol.ts WAITER_STRIDE). */
+  readonly #waiters: Packer;
+  #waiterSeq: number;
+  /** The token forward() was given during the current handle() (0: none): a new miss's first waiter. */
+  #forwarded: number;
+  /** Our misses in flight, both ways, so a waiter that joined one is reported under its token. */
+  readonly #tokenOf: Map<string, number>;
+  readonly #keyOf: Map<number, string>;
+  /** While a completion is applied: its clients with a sequence number up to this were answered by the main thread (0: none). */
+  #answeredThrough: number;
   /** Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. */
   readonly #done: Packed[];
   #doneAt: number;
@@ -235,6 +256,12 @@ export class WorkerLoop implements MissSink {
       pv.setInt16(this.#pollOff + i * POLLFD_BYTES + 4, POLLIN, true);
     });
     this.#misses = new Packer(true);
+    this.#waiters = new Packer(false, WAITER_STRIDE);
+    this.#waiterSeq = 0;
+    this.#forwarded = 0;
+    this.#tokenOf = new Map();
+    this.#keyOf = new Map();
+    this.#answeredThrough = 0;
     this.#done = [];
     this.#doneAt = 0;
     this.#state = 'running';
@@ -257,8 +284,9 @@ export class WorkerLoop implements MissSink {
         if (received === 0 && this.#state === 'draining') this.#state = 'paused';
         got += received;
       }
-      for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
+      // Gauges before the answers leave: a client that reads them after its answer sees this turn's (a completion's insert included).
       this.#publish();
+      for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
       this.#report();
       if (this.#state === 'closing') break;
       if (got === 0) this.#sleep();
@@ -275,11 +303,23 @@ export class WorkerLoop implements MissSink {
       return;
     }
     this.#misses.push(token, 0, query, key);
+    this.#forwarded = token;
+    this.#tokenOf.set(key, token);
+    this.#keyOf.set(token, key);
   }
 
   /** An answer for `peer`, from handle() now or from complete() later. */
   queue(sock: number, answer: Buffer, peer: Peer): void {
     peer.answered = true;
+    if (this.#answeredThrough !== 0 && seqAtOrBefore(peer.seq, this.#answeredThrough)) {
+      // The main thread already sent this client its answer, and counted it as it left (direct.ts): the hit path just
+      // counted it again (HitPath.#send counts the rcode and TC before handing the answer over), so take that back.
+      const sv = this.#counters.server.values;
+      const rcode = answer[3]! & 0x0f;
+      sv[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!--;
+      if ((answer[2]! & 0x02) !== 0) sv[SERVER_COUNTERS.slot.truncated]!--;
+      return;
+    }
     const vec = this.#send[sock]!;
     if (answer.length > vec.slotBytes) {
       // A reload raised --max-udp-size past the slots: this answer goes alone.
@@ -317,6 +357,7 @@ export class WorkerLoop implements MissSink {
       peer.answered = false;
       peer.nameLen = recv.nameLength(i);
       const msg = Buffer.from(buf, recv.dataOffset(i), recv.length(i));
+      this.#forwarded = 0;
       try {
         hits.handle(msg, channel, peer);
       } catch (err) {
@@ -327,10 +368,31 @@ export class WorkerLoop implements MissSink {
         // The query waits on a miss and keeps this peer: give the slot a fresh one.
         peer.detach();
         peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
+        this.#reportWaiter(peer, s, msg);
       }
     }
     recv.reset(n);
     return n;
+  }
+
+  /**
+   * Tells the main thread about a waiting client, so it sends the answer
+   * itself as soon as it has it (no wake-up of this thread on the way back).
+   * A new miss's waiter is under the token forward() was just given; one that
+   * joined a miss in flight is found by its key (a second parse, only then).
+   */
+  #reportWaiter(peer: Peer, s: number, msg: Buffer): void {
+    let token = this.#forwarded;
+    if (token === 0) {
+      const q = parseQuery(msg);
+      token = q.status === QueryStatus.OK ? (this.#tokenOf.get(q.key) ?? 0) : 0;
+      // Not ours to report (cannot happen: every miss with waiters went through forward()): we answer it at completion.
+      if (token === 0) return;
+    }
+    this.#waiterSeq = nextSeq(this.#waiterSeq);
+    peer.seq = this.#waiterSeq;
+    this.#waiters.push(token, waiterTag(s, peer.nameLen), msg, null);
+    this.#waiters.extraWords(peer.words, peer.wordOff, WAITER_SOCKADDR_WORDS);
   }
 
   #flush(s: number): void {
@@ -374,7 +436,11 @@ export class WorkerLoop implements MissSink {
         if (this.#state === 'running') this.#state = 'draining';
         return;
       case 'abort': {
+        // Completions taken first: their clients may have had their answer from the main thread, and must not get a SERVFAIL after it.
+        while (this.#done.length > 0) this.#complete();
         const n = this.#hits.abortAll();
+        this.#tokenOf.clear();
+        this.#keyOf.clear();
         this.#post({ misses: null, logs: null, aborted: n });
         return;
       }
@@ -395,7 +461,25 @@ export class WorkerLoop implements MissSink {
         this.#doneAt = 0;
       }
       if (i >= p.count) continue;
-      this.#hits.complete(itemToken(p, i), itemBytes(p, i), OUTCOMES[itemTag(p, i)] ?? 'network');
+      const token = itemToken(p, i);
+      const key = this.#keyOf.get(token);
+      if (key !== undefined) {
+        this.#keyOf.delete(token);
+        if (this.#tokenOf.get(key) === token) this.#tokenOf.delete(key);
+      }
+      const through = itemExtra(p, i, 0);
+      const turn = this.#clock.stamp;
+      if (through !== 0) {
+        // Its clients had their answer when the main thread sent it: stored, and logged with their duration, as of then.
+        this.#answeredThrough = through;
+        this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
+      }
+      try {
+        this.#hits.complete(token, itemBytes(p, i), OUTCOMES[itemTag(p, i)] ?? 'network');
+      } finally {
+        this.#answeredThrough = 0;
+        this.#clock.stamp = turn;
+      }
       n++;
     }
     return n;
@@ -427,13 +511,16 @@ export class WorkerLoop implements MissSink {
 
   #report(): void {
     const misses = this.#misses.count > 0 ? this.#misses.take() : null;
+    const waiters = this.#waiters.count > 0 ? this.#waiters.take() : null;
     const logs = this.#logger.records.length > 0 ? this.#logger.records : null;
     if (logs !== null) this.#logger.records = [];
     const drained = (this.#state === 'paused' || this.#state === 'closing') && !this.#drainedSent && this.#hits.inflight === 0;
     if (drained) this.#drainedSent = true;
-    if (misses === null && logs === null && !drained) return;
-    const report: WorkerReport = drained ? { misses, logs, drained: true } : { misses, logs };
-    this.#port.postMessage(report, misses === null ? [] : transferOf(misses));
+    if (misses === null && waiters === null && logs === null && !drained) return;
+    const report: WorkerReport = drained ? { misses, waiters, logs, drained: true } : { misses, waiters, logs };
+    const transfer = misses === null ? [] : transferOf(misses);
+    if (waiters !== null) transfer.push(...transferOf(waiters));
+    this.#port.postMessage(report, transfer);
   }
 
   #post(r: WorkerReport): void {

@@ -1,8 +1,9 @@
 /**
  * What crosses between the main thread and a batched UDP worker. Both ways
- * are batched: a worker posts at most one report per loop turn (its misses
- * and log lines), the main thread at most one message of completions per
- * event-loop turn. Items are packed into one byte buffer plus an index,
+ * are batched: a worker posts at most one report per loop turn (its misses,
+ * the clients waiting on them, and log lines), the main thread at most one
+ * message of completions per event-loop turn (for the worker's cache when
+ * the main thread answered the clients itself: direct.ts). Items are packed into one byte buffer plus an index,
  * both transferred rather than cloned, so a turn with 500 misses costs one
  * postMessage, not 500.
  *
@@ -62,9 +63,14 @@ export interface WorkerSettings {
   readonly clientMissBurst: number;
 }
 
-/** Items packed for transfer: per item [token, tag, start, length]; length -1 means null. */
+/**
+ * Items packed for transfer: per item [token, tag, start, length, ...extra]
+ * (`stride` words); length -1 means null. The extra words: a completion's
+ * answered-through mark, a waiter's sockaddr (see Waiter below).
+ */
 export interface Packed {
   readonly count: number;
+  readonly stride: number;
   readonly index: Int32Array;
   readonly bytes: Uint8Array;
   /** Cache keys of misses (strings clone cheaply); null for completions. */
@@ -73,10 +79,58 @@ export interface Packed {
 
 export type LogRecord = readonly [level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields: LogFields | undefined];
 
+/**
+ * A client waiting on a miss, as the worker reports it so the main thread
+ * can answer it itself (listener.ts DirectAnswers): (token, tag, the
+ * client's datagram) and the sockaddr as extra words. Its place in the
+ * order of a worker's waiter records is its sequence number (1, 2, ...,
+ * skipping 0 on wrap), counted on both sides, never sent.
+ */
+export const WAITER_SOCKADDR_WORDS = 8;
+export const WAITER_STRIDE = 4 + WAITER_SOCKADDR_WORDS;
+/** A waiter's tag: the socket index in the low byte, the sockaddr's length above. */
+export function waiterTag(sock: number, nameLen: number): number {
+  return sock | (nameLen << 8);
+}
+
+/**
+ * A completion's extra words. 0: the sequence number of the last waiter
+ * record the main thread had received when it answered this token's clients
+ * itself; 0 when it answered none (the worker answers them all). The worker
+ * answers the token's waiters with a later number (reported after the
+ * answer went out) itself. 1: when those answers went out (stamp16), so the
+ * worker stores the entry and logs the query with that time, not its own
+ * later one.
+ */
+export const DONE_STRIDE = 6;
+
+/** Now in 1/16 ms, modulo 2^32 (a 74-hour wrap): comparable between threads (epoch-based, see loop.ts TurnClock). */
+export function stamp16(): number {
+  return Math.floor((performance.timeOrigin + performance.now()) * 16) >>> 0;
+}
+
+/** Milliseconds from a stamp16() to the epoch-ms time `now` (never negative). */
+export function msSince16(then: number, now: number): number {
+  const d = ((Math.floor(now * 16) >>> 0) - then) >>> 0;
+  return d >= 0x80000000 ? 0 : d / 16;
+}
+
+/** The next waiter sequence number after `n` (uint32, 0 skipped: it means "none"). */
+export function nextSeq(n: number): number {
+  return n >= 0xffffffff ? 1 : n + 1;
+}
+
+/** Serial-number order (RFC 1982 style, uint32): `seq` is at or before `through`. Pending waiters are never 2^31 apart. */
+export function seqAtOrBefore(seq: number, through: number): boolean {
+  return seq !== 0 && through !== 0 && ((through - seq) >>> 0) < 0x80000000;
+}
+
 /** Worker to main: one per loop turn at most. */
 export interface WorkerReport {
   /** (token, tag 0, query bytes) with keys. */
   readonly misses: Packed | null;
+  /** Clients waiting on this turn's misses and on misses already in flight (WAITER_STRIDE). */
+  readonly waiters?: Packed | null;
   readonly logs: LogRecord[] | null;
   /** Started (sockets and vectors ready), or why not. */
   readonly ready?: true;
@@ -107,10 +161,12 @@ export class Packer {
   #count: number;
   #used: number;
   readonly #withKeys: boolean;
+  readonly #stride: number;
 
-  constructor(withKeys: boolean) {
+  constructor(withKeys: boolean, stride = 4) {
     this.#withKeys = withKeys;
-    this.#index = new Int32Array(4 * 64);
+    this.#stride = stride;
+    this.#index = new Int32Array(stride * 64);
     this.#bytes = new Uint8Array(8192);
     this.#keys = withKeys ? [] : null;
     this.#count = 0;
@@ -121,8 +177,9 @@ export class Packer {
     return this.#count;
   }
 
+  /** Pushes an item; its extra words (stride > 4) are set with extra() before the next push. */
   push(token: number, tag: number, data: Uint8Array | null, key: string | null): void {
-    if ((this.#count + 1) * 4 > this.#index.length) {
+    if ((this.#count + 1) * this.#stride > this.#index.length) {
       const index = new Int32Array(this.#index.length * 2);
       index.set(this.#index);
       this.#index = index;
@@ -133,7 +190,7 @@ export class Packer {
       bytes.set(this.#bytes.subarray(0, this.#used));
       this.#bytes = bytes;
     }
-    const at = this.#count * 4;
+    const at = this.#count * this.#stride;
     this.#index[at] = token;
     this.#index[at + 1] = tag;
     this.#index[at + 2] = this.#used;
@@ -146,11 +203,32 @@ export class Packer {
     this.#count++;
   }
 
-  /** The packed items; the buffers are the caller's (to transfer). */
+  /** Extra word k of the last item pushed. */
+  extra(k: number, value: number): void {
+    this.#index[(this.#count - 1) * this.#stride + 4 + k] = value;
+  }
+
+  /** Copies `n` words from `words` (at `from`) into the last item's extra words. */
+  extraWords(words: Uint32Array, from: number, n: number): void {
+    const at = (this.#count - 1) * this.#stride + 4;
+    const index = this.#index;
+    for (let w = 0; w < n; w++) index[at + w] = words[from + w]! | 0;
+  }
+
+  /**
+   * The packed items, in buffers of their own (the caller's, to transfer):
+   * exact-size copies, so the packer keeps its buffers. A turn usually packs
+   * a few hundred bytes; handing over fresh 8 KB buffers each time cost more
+   * than the copy (measured under a miss load, about one report per miss:
+   * take() was a fifth of a worker's JavaScript time).
+   */
   take(): Packed {
-    const p: Packed = { count: this.#count, index: this.#index, bytes: this.#bytes, keys: this.#keys };
-    this.#index = new Int32Array(4 * 64);
-    this.#bytes = new Uint8Array(8192);
+    const p: Packed = {
+      count: this.#count, stride: this.#stride, index: this.#index.slice(0, this.#count * this.#stride), bytes: this.#bytes.slice(0, this.#used), keys: this.#keys,
+    };
+    // A burst grew them: back to the usual size rather than holding the peak for good.
+    if (this.#index.length > this.#stride * 4096) this.#index = new Int32Array(this.#stride * 64);
+    if (this.#bytes.length > 1 << 20) this.#bytes = new Uint8Array(8192);
     this.#keys = this.#withKeys ? [] : null;
     this.#count = 0;
     this.#used = 0;
@@ -165,15 +243,25 @@ export function transferOf(p: Packed): ArrayBuffer[] {
 
 /** Item i's bytes as a Buffer view (no copy), or null. */
 export function itemBytes(p: Packed, i: number): Buffer | null {
-  const len = p.index[i * 4 + 3]!;
+  const len = p.index[i * p.stride + 3]!;
   if (len < 0) return null;
-  return Buffer.from(p.bytes.buffer, p.bytes.byteOffset + p.index[i * 4 + 2]!, len);
+  return Buffer.from(p.bytes.buffer, p.bytes.byteOffset + p.index[i * p.stride + 2]!, len);
 }
 
 export function itemToken(p: Packed, i: number): number {
-  return p.index[i * 4]!;
+  return p.index[i * p.stride]!;
 }
 
 export function itemTag(p: Packed, i: number): number {
-  return p.index[i * 4 + 1]!;
+  return p.index[i * p.stride + 1]!;
+}
+
+/** Extra word k of item i (as uint32); 0 when items have no such word. */
+export function itemExtra(p: Packed, i: number, k: number): number {
+  return 4 + k < p.stride ? p.index[i * p.stride + 4 + k]! >>> 0 : 0;
+}
+
+/** Word offset of item i's extra words in `index` (a Uint32Array over the same buffer reads them unsigned). */
+export function itemExtraOffset(p: Packed, i: number): number {
+  return i * p.stride + 4;
 }

@@ -25,6 +25,10 @@ export const BATCHED_COUNTERS = defineCounters({
     name: 'nodelocal_shared_cache_hits_total',
     help: 'Worker cache misses answered from the shared cache on the main thread (another worker had fetched the name), without an upstream query.',
   },
+  directAnswers: {
+    name: 'nodelocal_udp_direct_answers_total',
+    help: 'Answers to batched workers\' misses that the main thread sent itself on the worker\'s socket (the worker caches the answer later, without a wake-up).',
+  },
   crossWorkerCoalesced: { name: 'nodelocal_coalesced_total', labels: { across: 'workers' }, help: 'Misses that joined an identical question another worker had in flight.' },
   inflight: { name: 'nodelocal_udp_worker_inflight', type: 'gauge', help: 'Questions the batched UDP workers have waiting on the upstream side.' },
   entriesPositive: { name: 'coredns_cache_entries', labels: { type: 'success' }, type: 'gauge', help: 'Entries in the cache.' },

@@ -1,0 +1,103 @@
+// The bailiwick scrub's fast path (src/dns/bailiwick-fast.ts): it may only say
+// "nothing to remove" when the full check (dns-packet decode) would remove
+// nothing, and it must say so for the common answers, compressed or not.
+import t from 'tap';
+import * as dnsPacket from 'dns-packet';
+import { plainlyInBailiwick } from '../src/dns/bailiwick-fast.js';
+import { scrubOutOfBailiwick } from '../src/dns/bailiwick.js';
+
+const Q = 'Svc-1.NS-2.svc.cluster.local';
+
+function msg(p: Partial<dnsPacket.Packet>): Buffer {
+  return dnsPacket.encode({ type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE, questions: [{ name: Q, type: 'A', class: 'IN' }], ...p });
+}
+
+const soa = (name: string): dnsPacket.Answer => ({
+  type: 'SOA', name, ttl: 30, data: { mname: 'ns.dns.cluster.local', rname: 'hostmaster.cluster.local', serial: 1, refresh: 7200, retry: 1800, expire: 86400, minimum: 30 },
+});
+const a = (name: string, data = '10.0.0.1'): dnsPacket.Answer => ({ type: 'A', name, ttl: 30, data });
+const opt = { type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0, options: [] } as unknown as dnsPacket.Answer;
+
+/** A name in wire form, uncompressed. */
+function wireName(name: string): Buffer {
+  const labels = name.replace(/\.$/, '').split('.').filter((l) => l !== '');
+  return Buffer.concat([...labels.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')])), Buffer.from([0])]);
+}
+
+/** One record in wire form after its owner name (type, class, TTL, rdata). */
+function afterOwner(rr: dnsPacket.Answer): Buffer {
+  const m = dnsPacket.encode({ type: 'response', id: 0, flags: 0, answers: [rr] });
+  return m.subarray(12 + wireName(rr.name).length);
+}
+
+/** The same message with every owner name that repeats the question's (or its suffix) replaced by a pointer, as CoreDNS sends it. */
+function compressed(m: Buffer): Buffer {
+  const d = dnsPacket.decode(m);
+  const qname = Buffer.from(m.subarray(12, m.indexOf(0, 12) + 1));
+  const parts: Buffer[] = [m.subarray(0, 12 + qname.length + 4)];
+  const labels: number[] = [];
+  for (let p = 0; qname[p] !== 0; p += qname[p]! + 1) labels.push(p);
+  const owner = (name: string): Buffer => {
+    const wire = wireName(name);
+    for (const l of labels) if (Buffer.compare(wire, qname.subarray(l)) === 0 || wire.toString('latin1').toLowerCase() === qname.subarray(l).toString('latin1').toLowerCase()) return Buffer.from([0xc0, 12 + l]);
+    return wire;
+  };
+  const section = (rrs: dnsPacket.Answer[] | undefined): void => {
+    for (const rr of rrs ?? []) {
+      parts.push(owner(rr.name), afterOwner(rr));
+    }
+  };
+  section(d.answers);
+  section(d.authorities);
+  section(d.additionals);
+  return Buffer.concat(parts);
+}
+
+t.test('the common answers: nothing to remove, known without a decode, compressed or not', async (t) => {
+  const cases: [string, Buffer][] = [
+    ['an address', msg({ answers: [a(Q), a(Q.toLowerCase(), '10.0.0.2')] })],
+    ['an address with OPT', msg({ answers: [a(Q)], additionals: [opt] })],
+    ['NXDOMAIN with the zone\'s SOA', msg({ flags: 3, authorities: [soa('cluster.local')] })],
+    ['NODATA with the SOA of the name itself', msg({ authorities: [soa(Q)] })],
+    ['nothing at all', msg({})],
+  ];
+  for (const [what, m] of cases) {
+    t.equal(plainlyInBailiwick(m), true, what);
+    t.equal(plainlyInBailiwick(compressed(m)), true, `${what}, compressed`);
+    t.equal(scrubOutOfBailiwick(m), null, `${what}: the full check agrees`);
+    t.equal(scrubOutOfBailiwick(compressed(m)), null, `${what}, compressed: the full check agrees`);
+  }
+  t.ok(compressed(msg({ answers: [a(Q)] })).length < msg({ answers: [a(Q)] }).length, 'the compressed form really is');
+});
+
+t.test('anything else is left to the full check: intruders are still removed', async (t) => {
+  const cases: [string, Buffer, boolean][] = [
+    ['an address of another name', msg({ answers: [a(Q), a('evil.example.com')] }), true],
+    ['an authority for another zone', msg({ authorities: [{ type: 'NS', name: 'example.com', ttl: 30, data: 'ns.evil.com' }] }), true],
+    ['additional glue nobody points at', msg({ answers: [a(Q)], additionals: [a('ns.evil.com')] }), true],
+    ['a CNAME chain (kept, but the fast path cannot tell)', msg({ answers: [{ type: 'CNAME', name: Q, ttl: 30, data: 'target.cluster.local' }, a('target.cluster.local')] }), false],
+    ['a child of the question in authority', msg({ authorities: [soa(`x.${Q}`)] }), true],
+  ];
+  for (const [what, m, removes] of cases) {
+    t.equal(plainlyInBailiwick(m), false, what);
+    t.equal(plainlyInBailiwick(compressed(m)), false, `${what}, compressed`);
+    const s = scrubOutOfBailiwick(m);
+    t.equal(s !== null && s !== 'unusable', removes, `${what}: the full check ${removes ? 'removes' : 'keeps'}`);
+  }
+});
+
+t.test('broken messages: never "clean"', async (t) => {
+  const m = msg({ answers: [a(Q)] });
+  for (let cut = 0; cut < m.length; cut++) t.equal(plainlyInBailiwick(m.subarray(0, cut)), false, `cut at ${cut}`);
+  const loop = Buffer.from(compressed(m));
+  // The answer's owner pointer aimed at itself.
+  const at = 12 + wireName(Q).length + 4;
+  loop[at] = 0xc0;
+  loop[at + 1] = at;
+  t.equal(plainlyInBailiwick(loop), false, 'a pointer loop');
+  const extra = Buffer.concat([m, Buffer.from([0])]);
+  t.equal(plainlyInBailiwick(extra), false, 'trailing bytes');
+  const two = Buffer.from(m);
+  two.writeUInt16BE(2, 4);
+  t.equal(plainlyInBailiwick(two), false, 'two questions');
+});
