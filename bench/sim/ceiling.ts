@@ -7,10 +7,13 @@
  *
  * A miss (the first time a question is seen) goes to the simulator, like
  * the agent's: names under --cluster-domain and the reverse zones to
- * --cluster, the rest to --external, over one UDP socket; the answer
+ * --cluster over one pipelined TCP connection (as the agent asks kube-dns),
+ * the rest to --external over one UDP socket; the answer
  * (NOERROR or NXDOMAIN, not truncated) is kept forever. So answers are the
  * simulator's and the harness checks them like any target's, but this is a
- * ceiling, not a cache: nothing expires, nothing is evicted.
+ * ceiling, not a cache: nothing expires, nothing is evicted. On the miss
+ * workload every name is new, so it is the least a Node process pays to
+ * relay a query: what the agent adds beyond it is its own work.
  *
  *   node dist/bench/sim/ceiling.js --host 127.0.0.1 --port N --cluster-host 127.0.0.1 --cluster-port P \
  *     --external-host 127.0.0.1 --external-port Q [--cluster-domain cluster.local]
@@ -107,13 +110,38 @@ async function main(): Promise<void> {
     nextId = (nextId + 1) & 0xffff;
     pending.set(nextId, { key, id: msg.readUInt16BE(0), port: rinfo.port, address: rinfo.address });
     const name = qname(msg);
-    const to = name === domain || name.endsWith(`.${domain}`) || name.endsWith('.in-addr.arpa') || name.endsWith('.ip6.arpa') ? cluster : external;
+    const inCluster = name === domain || name.endsWith(`.${domain}`) || name.endsWith('.in-addr.arpa') || name.endsWith('.ip6.arpa');
     const q = Buffer.from(msg);
     q.writeUInt16BE(nextId, 0);
-    up.send(q, to.port, to.host);
+    if (inCluster) toCluster(q);
+    else up.send(q, external.port, external.host);
   });
 
-  up.on('message', (ans) => {
+  /** Cluster misses: one pipelined TCP connection, made again if it closes; frames written as they come. */
+  let tcp: net.Socket | null = null;
+  let held: Buffer = Buffer.alloc(0);
+  const toCluster = (q: Buffer): void => {
+    if (tcp === null || tcp.destroyed) {
+      held = Buffer.alloc(0);
+      const c = net.connect({ host: cluster.host, port: cluster.port, noDelay: true });
+      c.on('data', (d: Buffer) => {
+        held = held.length === 0 ? d : Buffer.concat([held, d]);
+        while (held.length >= 2 && held.length >= 2 + held.readUInt16BE(0)) {
+          const n = held.readUInt16BE(0);
+          answered(Buffer.from(held.subarray(2, 2 + n)));
+          held = held.subarray(2 + n);
+        }
+      });
+      c.on('error', () => c.destroy());
+      tcp = c;
+    }
+    const f = Buffer.allocUnsafe(q.length + 2);
+    f.writeUInt16BE(q.length, 0);
+    q.copy(f, 2);
+    tcp.write(f);
+  };
+
+  const answered = (ans: Buffer): void => {
     if (ans.length < 12) return;
     const id = ans.readUInt16BE(0);
     const p = pending.get(id);
@@ -123,7 +151,8 @@ async function main(): Promise<void> {
     if ((rcode === RCODE_NOERROR || rcode === RCODE_NXDOMAIN) && (ans[2]! & FLAG_TC) === 0) cache.set(p.key, Buffer.from(ans));
     ans.writeUInt16BE(p.id, 0);
     sock.send(ans, p.port, p.address);
-  });
+  };
+  up.on('message', answered);
 
   await new Promise<void>((resolve, reject) => {
     sock.once('error', reject);
@@ -132,6 +161,7 @@ async function main(): Promise<void> {
   await new Promise<void>((resolve) => up.bind(0, () => resolve()));
   process.stdout.write(`ceiling listening on ${host}:${sock.address().port}\n`);
   const stop = (): void => {
+    tcp?.destroy();
     sock.close();
     up.close();
     process.exit(0);
