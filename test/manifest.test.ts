@@ -191,7 +191,7 @@ const PENDING_FLAGS = ['setup-interface', 'interface-name', 'firewall', 'skip-te
  * Measured with bench/agent-memory.ts (RSS MiB, docs/install.md "Resources").
  * Requests cover the typical node, the limit the worst case with room.
  */
-const MEASURED_MIB = { typical1kServicesFullCache: 231, worst10kServicesByteBudgetRelist: 391 };
+const MEASURED_MIB = { typical1kServicesFullCache: 154, worst10kServicesByteBudgetRelist: 304 };
 /** The cache byte budget those measurements were taken with. */
 const MEASURED_CACHE_MEMORY = '64Mi';
 /** After --shutdown-grace: the snapshot, then the teardown (two iptables-restore calls, each waiting at most 5 s for the xtables lock). */
