@@ -4,7 +4,6 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { PassThrough } from 'node:stream';
-import os from 'node:os';
 import path from 'node:path';
 import { ManualClock } from '../src/clock.js';
 import { createLogger } from '../src/log.js';
@@ -13,6 +12,7 @@ import { KubeApi, loadClusterConfig, type ApiGetter } from '../src/kube/client.j
 import { Backoff, backoffDelay, backoffDefaults } from '../src/kube/backoff.js';
 import { KubeWatch, Reflector, realTimers, watchCounterSchema, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
 import type { ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
+import { writeKubeconfig } from '../testkit/cluster.js';
 import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson, type FakeApiOptions } from '../testkit/fake-apiserver.js';
 
 // ---------------------------------------------------------------- helpers
@@ -100,26 +100,8 @@ async function setup(
 ): Promise<Env> {
   const fake = new FakeApiServer({ token: 'test-token', ...o.fake });
   await fake.start();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kwatch-'));
-  const file = path.join(dir, 'kubeconfig');
-  fs.writeFileSync(
-    file,
-    [
-      'apiVersion: v1',
-      'kind: Config',
-      'clusters:',
-      `- name: fake`,
-      `  cluster: {server: "${fake.url}", insecure-skip-tls-verify: true}`,
-      'users:',
-      `- name: u`,
-      `  user: {token: ${o.token ?? 'test-token'}}`,
-      'contexts:',
-      '- name: c',
-      '  context: {cluster: fake, user: u}',
-      'current-context: c',
-      '',
-    ].join('\n'),
-  );
+  const file = writeKubeconfig(fake.url, o.token ?? 'test-token');
+  const dir = path.dirname(file);
   const cfg = await loadClusterConfig({ kubeconfig: file });
   if (cfg.kind !== 'ok') throw new Error(cfg.reason);
   const api = new KubeApi(cfg);

@@ -9,7 +9,6 @@ import dgram from 'node:dgram';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { ManualClock } from '../src/clock.js';
@@ -19,6 +18,7 @@ import { podsSource, toSlimPod } from '../src/kube/pods.js';
 import { IDLE_MS, METRIC_NAME, NS_OTHER, NS_UNKNOWN, NamespaceRequests } from '../src/ops/namespace-metrics.js';
 import { FakeApiServer, podJson } from '../testkit/fake-apiserver.js';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { writeKubeconfig } from '../testkit/cluster.js';
 import { buildQuery } from './helpers/dns-client.js';
 import { startAgent, type TestAgent } from './helpers/agent.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
@@ -110,27 +110,8 @@ const HOST = '127.0.31.1';
 const NODE = 'node-a';
 
 function kubeconfigFor(t: Test, fake: FakeApiServer): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nsmet-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const file = path.join(dir, 'kubeconfig');
-  fs.writeFileSync(
-    file,
-    [
-      'apiVersion: v1',
-      'kind: Config',
-      'clusters:',
-      `- name: fake`,
-      `  cluster: {server: "${fake.url}", insecure-skip-tls-verify: true}`,
-      'users:',
-      `- name: u`,
-      `  user: {token: test-token}`,
-      'contexts:',
-      '- name: c',
-      '  context: {cluster: fake, user: u}',
-      'current-context: c',
-      '',
-    ].join('\n'),
-  );
+  const file = writeKubeconfig(fake.url, 'test-token');
+  t.teardown(() => fs.rmSync(path.dirname(file), { recursive: true, force: true }));
   return file;
 }
 
