@@ -1,0 +1,134 @@
+/**
+ * One batched UDP worker thread as the main thread holds it: the thread,
+ * its message port and shared control words, its counters, and the
+ * completions it is owed (posted once per event-loop turn, with the
+ * clients' answers sent from here when direct.ts can: listener.ts says how
+ * the backend fits together).
+ */
+import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
+import type { UdpBatchSys } from '../../sys/udp-batch.js';
+import type { MissOutcome } from '../hit-path.js';
+import type { ServerCounters } from '../stats.js';
+import { DirectAnswers, type DirectPolicy } from './direct.js';
+import type { MissReturn } from './miss-exchange.js';
+import { Ctl, DONE_STRIDE, OUTCOME_INDEX, Packer, stamp16, transferOf, type ToWorker, type WorkerInit } from './protocol.js';
+import { WORKER_STATS_BYTES, workerCounters, type BatchedCounters, type WorkerCounters } from './stats.js';
+
+/**
+ * A worker's young generation (semi-spaces), MB. A hit allocates next to
+ * nothing, so V8's default (up to 3 x 16 MB per isolate) only holds garbage
+ * from misses and configuration messages: a small one is as fast here and
+ * saves RSS per worker.
+ */
+const WORKER_YOUNG_GENERATION_MB = 4;
+const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url);
+
+/** One worker thread as the main thread holds it. */
+export class WorkerLink implements MissReturn {
+  readonly index: number;
+  readonly fds: number[];
+  readonly wakeFd: number;
+  readonly ctl: Int32Array;
+  readonly counters: WorkerCounters;
+  readonly worker: Worker;
+  readonly port: MessagePort;
+  alive: boolean;
+  closing: boolean;
+  drained: boolean;
+  /** Asked to abort and not yet answered. */
+  aborting: boolean;
+  /** Reloads posted and not yet applied, in order. */
+  readonly configuring: (() => void)[];
+  /** Answers to this worker's clients sent from this thread; null when turned off (tests). */
+  readonly direct: DirectAnswers | null;
+  /**
+   * Completions whose clients were all answered here go without waking the
+   * worker (it takes them with its next batch or poll timeout). Off once
+   * paused, aborting or closing: then the worker has nothing else to wake it.
+   */
+  lazy: boolean;
+  readonly #sys: UdpBatchSys;
+  #done: Packer;
+  #flushQueued: boolean;
+
+  constructor(
+    index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys,
+    direct: { policy: () => DirectPolicy; counters: BatchedCounters; server: ServerCounters } | null,
+  ) {
+    this.index = index;
+    this.fds = fds;
+    this.wakeFd = wakeFd;
+    const ctl = new SharedArrayBuffer(Ctl.WORDS * 4);
+    const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
+    this.ctl = new Int32Array(ctl);
+    this.counters = workerCounters(stats);
+    const { port1, port2 } = new MessageChannel();
+    this.port = port1;
+    const full: WorkerInit = { ...init, index, fds, wakeFd, ctl, stats };
+    this.worker = new Worker(WORKER_URL, { workerData: { init: full, port: port2 }, transferList: [port2], name: `udp-worker-${index}`, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } });
+    this.alive = true;
+    this.closing = false;
+    this.drained = false;
+    this.aborting = false;
+    this.configuring = [];
+    this.#sys = sys;
+    this.#done = new Packer(false, DONE_STRIDE);
+    this.#flushQueued = false;
+    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct.policy, direct.counters, direct.server);
+    this.lazy = true;
+  }
+
+  /**
+   * MissReturn: the clients answered from here when they can be (direct.ts),
+   * the completion queued for the worker's cache; all posted once per
+   * event-loop turn (all the turn's completions in one message).
+   */
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+    const through = this.direct === null || !this.alive ? 0 : this.direct.answer(token, answer, outcome);
+    this.#done.push(token, OUTCOME_INDEX[outcome], answer, null);
+    this.#done.extra(0, through);
+    if (through !== 0) this.#done.extra(1, stamp16());
+    if (!this.#flushQueued) {
+      this.#flushQueued = true;
+      setImmediate(this.#flush);
+    }
+  }
+
+  post(m: ToWorker, transfer: ArrayBuffer[] = []): void {
+    this.#post(m, transfer, true);
+  }
+
+  /** Wakes the worker if it sleeps (a message it must act on is already posted). */
+  nudge(): void {
+    if (this.alive && Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
+  }
+
+  #post(m: ToWorker, transfer: ArrayBuffer[], wake: boolean): void {
+    if (!this.alive) return;
+    this.port.postMessage(m, transfer);
+    // After the post, so a worker that sees PENDING finds the message; SLEEPING read after PENDING set (worker.ts #sleep).
+    Atomics.store(this.ctl, Ctl.PENDING, 1);
+    if (wake && Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
+  }
+
+  readonly #flush = (): void => {
+    this.#flushQueued = false;
+    if (this.#done.count === 0) return;
+    const items = this.#done.take();
+    const direct = this.direct;
+    // The completions first, then the answers: a client that asks again at once finds its worker with the answer to cache.
+    this.#post({ t: 'done', items }, transferOf(items), direct === null || direct.needWake || !this.lazy);
+    if (direct !== null) {
+      direct.needWake = false;
+      direct.flush();
+    }
+  };
+
+  /** Sockets and eventfd: only once the thread has left its loop (it may be inside recvmmsg or poll on them). */
+  closeFds(): void {
+    this.direct?.close();
+    for (const fd of this.fds) this.#sys.close(fd);
+    this.#sys.close(this.wakeFd);
+    this.fds.length = 0;
+  }
+}
