@@ -26,7 +26,8 @@ import { UdpListener } from '../src/server/udp-listener.js';
 import { BatchedUdpListener, workerMissLimit, workerShare } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
-import { COMPLETIONS_PER_TURN, WorkerLoop, ipv6Text } from '../src/server/batched/loop.js';
+import { COMPLETIONS_PER_TURN, WorkerLoop } from '../src/server/batched/loop.js';
+import { ipv6Text } from '../src/server/batched/loop-parts.js';
 import {
   DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, stamp16, waiterTag,
   type Packed, type WorkerInit, type WorkerReport,

@@ -1,0 +1,125 @@
+/**
+ * The small parts a batched worker's loop (loop.ts) hands its hit path: the
+ * client a datagram came from (its sockaddr in the receive vector, copied
+ * out only when the query must wait), the clock stamped once per turn, and
+ * the logger whose lines ride with the turn's report.
+ */
+import type { Clock } from '../../clock.js';
+import type { LogFields, Logger } from '../../log.js';
+import type { ClientPeer } from '../listener.js';
+import { AF_INET6 } from '../../sys/udp-batch.js';
+import { SOCKADDR_SLOT_BYTES } from './msgvec.js';
+import type { LogRecord } from './protocol.js';
+
+/**
+ * Where an answer goes: the sockaddr of a received datagram. A live peer
+ * reads it from the receive vector; a peer whose query became a waiter is
+ * detached (its sockaddr copied out) because the slot is refilled next turn.
+ */
+export class Peer implements ClientPeer {
+  sock: number;
+  answered: boolean;
+  words: Uint32Array;
+  wordOff: number;
+  nameLen: number;
+  /** A waiter's sequence number as reported to the main thread (protocol.ts); 0: not reported. */
+  seq: number;
+
+  constructor(words: Uint32Array, wordOff: number) {
+    this.sock = 0;
+    this.answered = false;
+    this.seq = 0;
+    this.words = words;
+    this.wordOff = wordOff;
+    this.nameLen = SOCKADDR_SLOT_BYTES;
+  }
+
+  /** Keeps the sockaddr past this turn: the only per-packet allocation, and only for a miss. */
+  detach(): void {
+    const own = new Uint32Array(SOCKADDR_SLOT_BYTES >> 2);
+    for (let w = 0; w < own.length; w++) own[w] = this.words[this.wordOff + w]!;
+    this.words = own;
+    this.wordOff = 0;
+  }
+
+  /** Decoded only when someone reads it (the query log). */
+  get address(): string {
+    const b = new Uint8Array(this.words.buffer, this.words.byteOffset + this.wordOff * 4, this.nameLen);
+    const family = b[0]! | (b[1]! << 8);
+    if (family === AF_INET6) return ipv6Text(b.subarray(8, 24));
+    return `${b[4]}.${b[5]}.${b[6]}.${b[7]}`;
+  }
+
+  /** For coredns_dns_requests_total{family} without decoding the address: an IPv4-mapped IPv6 source counts as IPv4 (as CoreDNS's Go does). */
+  get family(): string {
+    // Read as words (little-endian host, as sa_family above), no view allocated: sockaddr_in6's address is
+    // bytes 8-23, and ::ffff:a.b.c.d is ten zero bytes then 0xffff, i.e. words 2 and 3 zero, word 4 0xffff0000.
+    const w = this.words;
+    const o = this.wordOff;
+    if ((w[o]! & 0xffff) !== AF_INET6) return 'IPv4';
+    return w[o + 2] === 0 && w[o + 3] === 0 && w[o + 4] === 0xffff0000 ? 'IPv4' : 'IPv6';
+  }
+
+  get port(): number {
+    const b = new Uint8Array(this.words.buffer, this.words.byteOffset + this.wordOff * 4, 4);
+    return (b[2]! << 8) | b[3]!;
+  }
+}
+
+/** The hit path's clock in a worker: stamped once per turn (TTLs count in seconds), no timers (the loop never yields). */
+export class TurnClock implements Clock {
+  stamp: number;
+  constructor() {
+    this.stamp = performance.timeOrigin + performance.now();
+  }
+  tick(): number {
+    this.stamp = performance.timeOrigin + performance.now();
+    return this.stamp;
+  }
+  now(): number {
+    return this.stamp;
+  }
+  wall(): number {
+    return Date.now();
+  }
+  sweep(): () => void {
+    // Nothing in the worker's hit path sweeps; a timer would never fire inside the blocking loop anyway.
+    return () => {};
+  }
+}
+
+/** Log lines ride along with the turn's report; the main thread's logger filters and writes them. */
+export class ReportLogger implements Logger {
+  records: LogRecord[] = [];
+  debug(msg: string, fields?: LogFields): void {
+    this.records.push(['debug', msg, fields]);
+  }
+  info(msg: string, fields?: LogFields): void {
+    this.records.push(['info', msg, fields]);
+  }
+  warn(msg: string, fields?: LogFields): void {
+    this.records.push(['warn', msg, fields]);
+  }
+  error(msg: string, fields?: LogFields): void {
+    this.records.push(['error', msg, fields]);
+  }
+}
+
+/** RFC 5952 text of 16 address bytes: lower-case hex, the longest run of two or more zero groups as "::". */
+export function ipv6Text(b: Uint8Array): string {
+  const g: number[] = [];
+  for (let i = 0; i < 16; i += 2) g.push((b[i]! << 8) | b[i + 1]!);
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j === i ? i + 1 : j;
+  }
+  const hex = (from: number, to: number): string => g.slice(from, to).map((x) => x.toString(16)).join(':');
+  return best < 0 ? hex(0, 8) : `${hex(0, best)}::${hex(best + bestLen, 8)}`;
+}
