@@ -76,6 +76,29 @@ function memOf(pid: number): Mem {
   return { rss: mib('VmRSS'), anon: mib('RssAnon'), file: mib('RssFile') };
 }
 
+/**
+ * The process's anonymous memory by kind, MiB, from /proc/PID/smaps: V8's
+ * heap pages (mappings of 256 KiB and less), glibc's main heap ([heap]), and
+ * the rest (thread stacks, malloc arenas of other threads, large mallocs and
+ * ArrayBuffers, which glibc maps on their own).
+ */
+function anonByKind(pid: number): Record<string, number> {
+  const sums: Record<string, number> = { v8Pages: 0, mallocHeap: 0, other: 0 };
+  let kind = 'other';
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (m !== null) {
+      const kib = (parseInt(m[2]!, 16) - parseInt(m[1]!, 16)) / 1024;
+      const name = m[3]!.trim();
+      kind = name === '[heap]' ? 'mallocHeap' : name === '' && kib <= 256 ? 'v8Pages' : 'other';
+    } else if (line.startsWith('Anonymous:')) {
+      sums[kind]! += Number(line.split(/\s+/)[1]) / 1024;
+    }
+  }
+  for (const k of Object.keys(sums)) sums[k] = Math.round(sums[k]! * 10) / 10;
+  return sums;
+}
+
 /** The cache's own gauges from /metrics: entries and the bytes charged against --cache-memory. */
 async function scrape(): Promise<string> {
   try {
@@ -143,7 +166,7 @@ async function main(): Promise<void> {
       await sleep(100);
     }
     await sleep(2000);
-    out['idle'] = memOf(pid);
+    out['idle'] = { ...memOf(pid), anonByKind: anonByKind(pid) };
     const synced = (): number => (log.match(/kube initial list applied/g) ?? []).length;
     for (let waited = 0; SERVICES > 0 && synced() < 3; waited += 100) {
       if (waited > SYNC_WAIT_MS) throw new Error(`view not synced after ${SYNC_WAIT_MS} ms`);
@@ -180,7 +203,7 @@ async function main(): Promise<void> {
     await Promise.all(Array.from({ length: 32 }, worker));
     sock.close();
     await sleep(2000);
-    out['filled'] = { ...memOf(pid), answered };
+    out['filled'] = { ...memOf(pid), answered, anonByKind: anonByKind(pid) };
 
     const filled = memOf(pid);
     out['perNameBytes'] = Math.round(((filled.rss - (out['synced'] as Mem).rss) * 1048576) / Math.max(1, answered));
