@@ -576,10 +576,22 @@ for (const b of BACKENDS) {
 
     // /metrics: 40 more hits, counted whoever answered them.
     const webAsked = count(cluster, web);
-    const before = await scrape();
+    // Every answer sent is one duration observation. A worker observes a miss the main thread answered for it when it
+    // takes the completion (with its next datagram or its 1 s poll timeout, and with the answer's own time): wait for that.
+    const answers = (text: string): number => sample(text, 'coredns_dns_responses_total');
+    const settled = async (): Promise<string> => {
+      let text = await scrape();
+      for (let i = 0; i < 40 && sample(text, 'coredns_dns_request_duration_seconds_count') !== answers(text); i++) {
+        await sleep(100);
+        text = await scrape();
+      }
+      return text;
+    };
+    const before = await settled();
+    t.equal(sample(before, 'coredns_dns_request_duration_seconds_count'), answers(before), 'one duration observation per answer sent, whichever thread sent it');
     const more = await Promise.all(Array.from({ length: 40 }, (_, i) => udpQuery(a.target, web, { id: 2000 + i })));
     t.ok(more.every((h, i) => h.id === 2000 + i && dataOf(h)[0] === '10.96.1.10'), '40 hits right');
-    const after = await scrape();
+    const after = await settled();
     const delta = (name: string, labels: Record<string, string> = {}): number => sample(after, name, labels) - sample(before, name, labels);
     t.equal(delta('coredns_dns_requests_total', { proto: 'udp' }), 40, 'coredns_dns_requests_total{proto=udp} +40');
     t.equal(delta('coredns_dns_responses_total', { rcode: 'NOERROR' }), 40, 'coredns_dns_responses_total{rcode=NOERROR} +40');
@@ -588,6 +600,11 @@ for (const b of BACKENDS) {
     t.equal(count(cluster, web), webAsked, 'and the upstream was not asked again');
     t.ok(sample(after, 'coredns_cache_entries', { type: 'success' }) >= 2, 'entries include what the workers hold');
     t.equal(delta('nodelocal_udp_batched_datagrams_total'), b.workers > 0 ? 40 : 0, 'nodelocal_udp_batched_datagrams_total: what the workers received');
+    // The histograms too, whichever thread answered (a worker's live in its shared block, added at scrape).
+    t.equal(delta('coredns_dns_request_duration_seconds_count'), 40, 'coredns_dns_request_duration_seconds: +40 observations');
+    t.equal(delta('coredns_dns_request_size_bytes_count', { proto: 'udp' }), 40, 'coredns_dns_request_size_bytes{proto=udp}: +40');
+    t.equal(delta('coredns_dns_response_size_bytes_count', { proto: 'udp' }), 40, 'coredns_dns_response_size_bytes{proto=udp}: +40');
+    t.ok(delta('coredns_dns_response_size_bytes_sum', { proto: 'udp' }) >= 40 * 40, 'response sizes summed (each answer is over 40 bytes)');
 
     // Reload under load: the stub zone moves to the other server, the TTL cap and a client miss limit reach every worker.
     t.same(dataOf(await udpQuery(a.target, 'db.corp.example')), ['192.0.2.1'], 'the stub zone goes to the first server');

@@ -17,7 +17,7 @@ import { HostResolvers, hostResolversCounters, type HostResolversCounter } from 
 import { PROBE_COUNTERS, type ProbeCounter } from '../upstream/probe.js';
 import { TcpPool, tcpPoolCounters, type TcpPoolCounter } from '../upstream/tcp-pool.js';
 import type { Upstream } from '../upstream/types.js';
-import { DurationHistogram, REQUEST_DURATION, TypedHistogram, requestSizeDef, responseSizeDef } from './histogram.js';
+import { hitPathHistograms } from './histogram.js';
 import { MetricsRegistry, type Labels } from './metrics.js';
 
 export interface AgentMetricSources {
@@ -42,7 +42,12 @@ export interface NodePartState {
 }
 
 /** What the batched UDP workers counted, added up over the workers (BatchedUdpListener.totals()). */
-export type WorkerTotals = () => { readonly server: Counters<string>; readonly cache: Counters<string>; readonly io: Counters<string> };
+export type WorkerTotals = () => {
+  readonly server: Counters<string>;
+  readonly cache: Counters<string>;
+  readonly io: Counters<string>;
+  readonly hist: HitPathHistograms;
+};
 
 export class AgentMetrics implements UpstreamCounterBlocks {
   readonly registry: MetricsRegistry;
@@ -64,11 +69,7 @@ export class AgentMetrics implements UpstreamCounterBlocks {
     this.#durations = new Map();
     this.#probes = new Map();
     const server = { server: src.server };
-    this.histograms = {
-      duration: new DurationHistogram(REQUEST_DURATION),
-      requestSize: [new TypedHistogram(requestSizeDef('udp')), new TypedHistogram(requestSizeDef('tcp'))],
-      responseSize: [new TypedHistogram(responseSizeDef('udp')), new TypedHistogram(responseSizeDef('tcp'))],
-    };
+    this.histograms = hitPathHistograms();
     this.registry.addHistogram(this.histograms.duration, server);
     for (const h of [...this.histograms.requestSize, ...this.histograms.responseSize]) this.registry.addHistogram(h, server);
     this.registry.addGauge('coredns_cache_entries', 'The number of elements in the cache.', ['server', 'type'], () => [
@@ -132,6 +133,10 @@ export class AgentMetrics implements UpstreamCounterBlocks {
     this.add(t.server, true);
     this.add(t.cache, true);
     this.add(t.io, true);
+    // Same names and labels as this thread's histograms: the registry publishes each series as their sum.
+    const server = { server: this.#server };
+    this.registry.addHistogram(t.hist.duration, server);
+    for (const h of [...t.hist.requestSize, ...t.hist.responseSize]) this.registry.addHistogram(h, server);
     this.#beforeScrape.push(() => void totals());
   }
 

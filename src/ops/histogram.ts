@@ -14,6 +14,7 @@
  * Like a Counters block it may live in a SharedArrayBuffer (`buffer`,
  * `byteOffset`), so a worker observes and the main thread publishes.
  */
+import type { HitPathHistograms } from '../server/hit-path.js';
 
 export interface HistogramDef {
   /** Prometheus name, without _bucket/_sum/_count. */
@@ -133,4 +134,47 @@ export class DurationHistogram extends TypedHistogram {
   observeMs(ms: number): void {
     this.observe(ms / 1000);
   }
+}
+
+/** The hit path's histograms in their order in a shared buffer: duration, request size udp/tcp, response size udp/tcp. */
+const HIT_PATH_DEFS: readonly HistogramDef[] = [REQUEST_DURATION, requestSizeDef('udp'), requestSizeDef('tcp'), responseSizeDef('udp'), responseSizeDef('tcp')];
+
+/** Bytes the hit path's histograms take in a shared buffer. */
+export const HIT_PATH_HISTOGRAM_BYTES = HIT_PATH_DEFS.reduce((n, d) => n + TypedHistogram.byteLength(d.bounds.length), 0);
+
+/**
+ * The hit path's histograms (coredns_dns_request_duration_seconds, request
+ * and response sizes by transport): in their own memory, or over `buffer`
+ * from `byteOffset` (a batched worker's, which the main thread adds up).
+ */
+export function hitPathHistograms(buffer?: ArrayBufferLike, byteOffset = 0): HitPathHistograms {
+  let at = byteOffset;
+  const next = (def: HistogramDef): TypedHistogram => {
+    const h = buffer === undefined ? new TypedHistogram(def) : new TypedHistogram(def, buffer, at);
+    at += TypedHistogram.byteLength(def.bounds.length);
+    return h;
+  };
+  const duration = buffer === undefined ? new DurationHistogram(REQUEST_DURATION) : new DurationHistogram(REQUEST_DURATION, buffer, at);
+  at += TypedHistogram.byteLength(REQUEST_DURATION.bounds.length);
+  return {
+    duration,
+    requestSize: [next(HIT_PATH_DEFS[1]!), next(HIT_PATH_DEFS[2]!)],
+    responseSize: [next(HIT_PATH_DEFS[3]!), next(HIT_PATH_DEFS[4]!)],
+  };
+}
+
+/** Adds the histograms of `blocks` into `into` (zeroed first), bucket by bucket: what a scrape publishes. */
+export function sumHistogramsInto(into: HitPathHistograms, blocks: readonly HitPathHistograms[]): HitPathHistograms {
+  const all = (h: HitPathHistograms): TypedHistogram[] => [h.duration, ...h.requestSize, ...h.responseSize];
+  const out = all(into);
+  for (const h of out) h.values.fill(0);
+  for (const b of blocks) {
+    const src = all(b);
+    for (let k = 0; k < out.length; k++) {
+      const o = out[k]!.values;
+      const v = src[k]!.values;
+      for (let i = 0; i < o.length; i++) o[i]! += v[i]!;
+    }
+  }
+  return into;
 }

@@ -32,7 +32,7 @@ import type { Logger } from '../../log.js';
 import { Counters } from '../../stats/counters.js';
 import { isSysError, type UdpBatchSys } from '../../sys/udp-batch.js';
 import type { ServerAddress } from '../../upstream/types.js';
-import type { MissOutcome, MissSink } from '../hit-path.js';
+import type { HitPathHistograms, MissOutcome, MissSink } from '../hit-path.js';
 import type { Listener } from '../listener.js';
 import type { MissCompleter } from '../resolver.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
@@ -41,6 +41,7 @@ import { MissExchange } from './miss-exchange.js';
 import { WorkerLink } from './worker-link.js';
 import { itemBytes, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, sumInto, type BatchedCounters, type WorkerCounters } from './stats.js';
+import { hitPathHistograms, sumHistogramsInto } from '../../ops/histogram.js';
 
 /**
  * Datagrams per recvmmsg and answers per sendmmsg. 64 amortises the two
@@ -114,7 +115,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #drainWaiters: (() => void)[];
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
   readonly #restartTimers: Set<NodeJS.Timeout>;
-  readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters };
+  readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms };
   readonly #workerCache: CacheOptions;
   /** Counter blocks of workers that died: their counts stay in the totals (gauges zeroed), so a restart never makes a counter go down. */
   readonly #dead: WorkerCounters[];
@@ -146,7 +147,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#drainWaiters = [];
     this.#abortWaiters = null;
     this.#restartTimers = new Set();
-    this.#sums = { server: new Counters(SERVER_COUNTERS), cache: new Counters(CACHE_COUNTERS), io: new Counters(BATCHED_COUNTERS) };
+    this.#sums = { server: new Counters(SERVER_COUNTERS), cache: new Counters(CACHE_COUNTERS), io: new Counters(BATCHED_COUNTERS), hist: hitPathHistograms() };
   }
 
   /** Wires the upstream side (a Resolver whose `hits` is this listener); before start(). */
@@ -301,11 +302,12 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * refreshed): what a scrape publishes. The io block includes the main
    * thread's own slots (restarts, cross-worker coalescing).
    */
-  totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters } {
+  totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms } {
     const blocks = [...this.#dead, ...this.workerCounters().filter((c) => !this.#dead.includes(c))];
     sumInto(this.#sums.server, [this.#ownServer, ...blocks.map((b) => b.server)]);
     sumInto(this.#sums.cache, blocks.map((b) => b.cache));
     sumInto(this.#sums.io, [this.#own, ...blocks.map((b) => b.io)]);
+    sumHistogramsInto(this.#sums.hist, blocks.map((b) => b.hist));
     return this.#sums;
   }
 

@@ -136,6 +136,7 @@ export class WorkerLoop implements MissSink {
       clock: this.#clock,
       logger: this.#logger,
       counters: this.#counters.server,
+      histograms: this.#counters.hist,
       maxUdpSize: init.maxUdpSize,
       queryLogEvery: init.queryLogEvery,
       clientLimit: missLimiter(init.clientMissRate, init.clientMissBurst),

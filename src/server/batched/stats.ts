@@ -5,6 +5,8 @@
  * placed in the same shared buffer.
  */
 import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
+import { HIT_PATH_HISTOGRAM_BYTES, hitPathHistograms } from '../../ops/histogram.js';
+import type { HitPathHistograms } from '../hit-path.js';
 import { Counters, defineCounters } from '../../stats/counters.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 
@@ -38,20 +40,30 @@ export const BATCHED_COUNTERS = defineCounters({
 export type BatchedCounterName = keyof typeof BATCHED_COUNTERS.slot;
 export type BatchedCounters = Counters<BatchedCounterName>;
 
-/** A worker's three blocks, laid out one after the other in one buffer (shared with the main thread). */
+/**
+ * A worker's three counter blocks and its hit path's histograms (request
+ * duration, request and response sizes), laid out one after the other in one
+ * buffer shared with the main thread, which adds them to its own at scrape
+ * time: with the batched backend the workers answer nearly every UDP query,
+ * so without theirs coredns_dns_request_duration_seconds would show only TCP
+ * and the main thread's share.
+ */
 export interface WorkerCounters {
   readonly server: ServerCounters;
   readonly cache: CacheCounters;
   readonly io: BatchedCounters;
+  readonly hist: HitPathHistograms;
 }
 
-export const WORKER_STATS_BYTES = (SERVER_COUNTERS.size + CACHE_COUNTERS.size + BATCHED_COUNTERS.size) * 8;
+const COUNTER_BYTES = (SERVER_COUNTERS.size + CACHE_COUNTERS.size + BATCHED_COUNTERS.size) * 8;
+export const WORKER_STATS_BYTES = COUNTER_BYTES + HIT_PATH_HISTOGRAM_BYTES;
 
 export function workerCounters(buffer: ArrayBufferLike): WorkerCounters {
   return {
     server: new Counters(SERVER_COUNTERS, buffer, 0),
     cache: new Counters(CACHE_COUNTERS, buffer, SERVER_COUNTERS.size * 8),
     io: new Counters(BATCHED_COUNTERS, buffer, (SERVER_COUNTERS.size + CACHE_COUNTERS.size) * 8),
+    hist: hitPathHistograms(buffer, COUNTER_BYTES),
   };
 }
 
