@@ -5,14 +5,15 @@
  *   1. idle        started, nothing asked;
  *   2. synced      with the API view of SERVICES Services (3 endpoints each,
  *                  one EndpointSlice each, 100 namespaces) from a fake API server;
- *   3. filled      after NAMES distinct external names, each answered with
+ *   3. filled      2 s after NAMES distinct external names, each answered with
  *                  ANSWER_BYTES of TXT (10,000: the cache's byte budget binds
  *                  before its entry count; 0: one A record, the entry count binds);
+ *      settled     SETTLE_S seconds later, at rest (V8's memory reducer has run);
  *   4. relist      peak and final RSS while the watch history expires under the
  *                  agent (410 Gone) and it lists everything again.
  *
  *   npx tsc -p tsconfig.json && node dist/bench/agent-memory.js
- *   SERVICES=10000 NAMES=20000 ANSWER_BYTES=10000 (the defaults); extra agent flags after --
+ *   SERVICES=10000 NAMES=20000 ANSWER_BYTES=10000 SETTLE_S=20 (the defaults); extra agent flags after --
  *
  * SERVICES=0 runs the agent with --no-kube (no API server, no view, no
  * relist): the cache alone, as the compact-store figures are stated
@@ -40,6 +41,8 @@ const SERVICES = Number(process.env['SERVICES'] ?? 10_000);
 const NAMES = Number(process.env['NAMES'] ?? 20_000);
 const ANSWER_BYTES = Number(process.env['ANSWER_BYTES'] ?? 10_000);
 const PORT = Number(process.env['PORT'] ?? 5399);
+/** Seconds at rest after the fill before the "settled" figure (0: none). */
+const SETTLE_S = Number(process.env['SETTLE_S'] ?? 20);
 const METRICS_PORT = PORT + 1000;
 /** Bounded waits: the sync poll, one query, the relist watch. */
 const SYNC_WAIT_MS = 60_000;
@@ -204,10 +207,16 @@ async function main(): Promise<void> {
     sock.close();
     await sleep(2000);
     out['filled'] = { ...memOf(pid), answered, anonByKind: anonByKind(pid) };
+    out['cache'] = cacheGauges(await scrape());
+    // At rest, V8's memory reducer collects what the fill left in the heap (it starts about 8 s after allocation
+    // slows down) and returns the pages: the RSS a cache at rest holds, as a dashboard shows it between bursts.
+    if (SETTLE_S > 0) {
+      await sleep(SETTLE_S * 1000);
+      out['settled'] = { ...memOf(pid), afterSeconds: SETTLE_S, anonByKind: anonByKind(pid) };
+    }
 
     const filled = memOf(pid);
     out['perNameBytes'] = Math.round(((filled.rss - (out['synced'] as Mem).rss) * 1048576) / Math.max(1, answered));
-    out['cache'] = cacheGauges(await scrape());
     if (SERVICES > 0) {
       // The watch history expires under every reflector (as after an etcd compaction): 410, relist.
       api.bumpRv();

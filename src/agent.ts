@@ -46,6 +46,8 @@ import { createUdpListeners, type UdpIo } from './server/batched/select.js';
 import { Counters, defineCounters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
 import { listenersOn } from './sys/reuseport.js';
+import { loadMallocTrim } from './sys/malloc-trim.js';
+import { HEAP_TRIM_COUNTERS, HeapTrimmer } from './ops/heap-trim.js';
 import { loadHostServers, type HostServers } from './upstream/host-route.js';
 import { formatTlsServer } from './upstream/tls-address.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
@@ -72,6 +74,7 @@ const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
   'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
   'metricsListen', 'cacheSnapshot', 'cacheSnapshotIntervalMs', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName', 'io', 'workers',
+  'mallocTrimIntervalMs',
 ];
 
 export interface ReloadOutcome {
@@ -331,6 +334,7 @@ export class Agent {
       this.#parts.add(iface);
     }
     if (c.cacheSnapshot !== '') this.#parts.add(this.#snapshotPart(c.cacheSnapshot));
+    if (c.mallocTrimIntervalMs > 0) this.#parts.add(this.#heapTrimPart(c.mallocTrimIntervalMs));
     this.#parts.add(this.#listenersPart());
     // Only once we answer: from here on pods' DNS is steered to us.
     const interception = interceptionPart(node);
@@ -614,6 +618,29 @@ export class Agent {
       },
       stop: async () => {
         await snapshots.stop();
+      },
+    };
+  }
+
+  /** Freed heap memory back to the kernel now and then (ops/heap-trim.ts); nothing where glibc's calls are missing. */
+  #heapTrimPart(intervalMs: number): Component {
+    let trimmer: HeapTrimmer | null = null;
+    return {
+      name: 'heap-trim',
+      start: async () => {
+        const sys = await loadMallocTrim();
+        if (typeof sys === 'string') {
+          this.#logger.info('malloc_trim unavailable: freed heap memory is not handed back early', { reason: sys });
+          return;
+        }
+        const counters = new Counters(HEAP_TRIM_COUNTERS);
+        this.metrics.add(counters, false);
+        trimmer = new HeapTrimmer({ sys, clock: this.#clock, intervalMs, counters, logger: this.#logger });
+        trimmer.start();
+      },
+      stop: () => {
+        trimmer?.stop();
+        return Promise.resolve();
       },
     };
   }

@@ -102,6 +102,8 @@ export interface Config {
   readonly cacheSnapshot: string;
   /** ms between snapshots written while serving (with cacheSnapshot); 0: only at shutdown. */
   readonly cacheSnapshotIntervalMs: number;
+  /** --malloc-trim-interval: how often freed heap memory is handed back (ops/heap-trim.ts); 0 = never. */
+  readonly mallocTrimIntervalMs: number;
   /** /metrics; null = off. */
   readonly metricsListen: ServerAddress | null;
   readonly logLevel: LogLevel;
@@ -223,6 +225,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   {
     flag: 'cache-snapshot', kind: 'string', def: undefined,
     help: 'file the cache is written to on shutdown and loaded from at start (warm restart: hits in the first second); an absolute path; off by default',
+  },
+  {
+    flag: 'malloc-trim-interval', kind: 'duration', def: '10s', min: 0, max: 86_400_000,
+    help: 'this often, when the malloc heaps hold over 4 MiB of freed memory, hand it back to the kernel (glibc malloc_trim, run off the main thread); 0 = never',
   },
   {
     flag: 'cache-snapshot-interval', kind: 'duration', def: '60s', min: 0, max: 86_400_000,
@@ -632,6 +638,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     metricsListen: metricsListen(str('metrics-listen-address'), listen),
     cacheSnapshot: snapshotPath(str('cache-snapshot')),
     cacheSnapshotIntervalMs: duration('cache-snapshot-interval', true),
+    mallocTrimIntervalMs: duration('malloc-trim-interval', true),
     logLevel: logLevel as LogLevel,
     queryLogEvery: sampleEvery(str('query-log-sample')!),
     metricsByNamespace,

@@ -5,8 +5,12 @@
 // the connection cap and the header deadline).
 import t, { type Test } from 'tap';
 import http from 'node:http';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
-import { silentLogger } from '../src/log.js';
+import { createLogger, silentLogger } from '../src/log.js';
+import { ManualClock } from '../src/clock.js';
+import { HEAP_TRIM_COUNTERS, HeapTrimmer } from '../src/ops/heap-trim.js';
+import { loadMallocTrim, type MallocTrim } from '../src/sys/malloc-trim.js';
 import { Counters, defineCounters } from '../src/stats/counters.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
@@ -646,7 +650,7 @@ async function agentShapedNames(t: Test): Promise<Set<string>> {
 const METRIC_NAME = /\b((?:coredns|nodelocal|process|nodejs)_[a-z0-9_]+)/g;
 
 t.test('deploy/: the dashboard and the alert rules parse, and use only metrics the agent publishes', async (t) => {
-  const { readFileSync } = await import('node:fs');
+
   const { parse } = await import('yaml');
   const published = await agentShapedNames(t);
 
@@ -790,6 +794,9 @@ t.test('a real agent: requests by proto, family and type; forward latency per up
   t.equal(fwd(ext, 'NOERROR', 'count'), 1, 'host resolvers: per server too');
   t.equal(fwd(ext, 'NXDOMAIN', 'count'), 1);
   t.equal(p.types.get('coredns_forward_request_duration_seconds'), 'histogram');
+  // The heap trimmer is on by default (glibc here): its counter and gauge are published from the start.
+  t.equal(p.types.get('nodelocal_malloc_trims_total'), 'counter');
+  t.equal(p.types.get('nodelocal_malloc_free_bytes'), 'gauge');
 
   const poolName = `tcp://${cluster}`;
   const conns = p.samples.get(key('nodelocal_upstream_connections', { to: poolName })) ?? NaN;
@@ -874,4 +881,74 @@ t.test('health probe: each failed check counted (timeout, network, SERVFAIL answ
   step().resolve(answer(0));
   t.equal(sentEx.length, n + 1);
   t.equal(counters.get('failures'), 3, 'a good answer: no failure');
+});
+
+t.test('malloc_trim: holes below a live chunk are handed back to the kernel (real glibc, through koffi)', async (t) => {
+  const sys = await loadMallocTrim();
+  if (typeof sys === 'string') {
+    t.fail(`glibc's malloc_trim should bind on this machine: ${sys}`);
+    return;
+  }
+  const koffi = (await import('koffi')).default;
+  const libc = koffi.load('libc.so.6');
+  const malloc = libc.func('void *malloc(size_t)') as (n: number) => unknown;
+  const free = libc.func('void free(void *)') as (p: unknown) => void;
+  const memset = libc.func('void *memset(void *, int, size_t)') as (p: unknown, c: number, n: number) => unknown;
+  // 1,000 chunks of 32 KiB (under the mmap threshold: they come from the heap), every page touched; then every chunk but
+  // the last freed, so the ~31 MiB free lies below a live chunk, where glibc's own trimming of the heap top cannot reach.
+  const CHUNK = 32 * 1024;
+  const chunks = Array.from({ length: 1000 }, () => {
+    const p = malloc(CHUNK);
+    memset(p, 1, CHUNK);
+    return p;
+  });
+  const rssAnon = (): number => Number(/RssAnon:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]) * 1024;
+  for (let i = 0; i < chunks.length - 1; i++) free(chunks[i]);
+  const before = sys.stats();
+  t.ok(before.inUse > 0 && before.free - before.top >= 24 * 2 ** 20, `the heaps hold the freed chunks below their tops (${Math.round((before.free - before.top) / 2 ** 20)} MiB)`);
+  const rssBefore = rssAnon();
+  const released = await new Promise<boolean>((resolve, reject) => sys.trimAsync((err, r) => (err === null ? resolve(r) : reject(err))));
+  const rssAfter = rssAnon();
+  t.equal(released, true, 'malloc_trim says it released memory');
+  t.ok(rssBefore - rssAfter >= 16 * 2 ** 20, `resident anonymous memory fell by ${Math.round((rssBefore - rssAfter) / 2 ** 20)} MiB`);
+  free(chunks[chunks.length - 1]);
+});
+
+t.test('heap trimmer: trims on its interval only past the free threshold, one at a time; a broken call stops it', async (t) => {
+  const clock = new ManualClock();
+  let free = 0;
+  let pending: ((err: Error | null, released: boolean) => void) | null = null;
+  let calls = 0;
+  const sys: MallocTrim = {
+    stats: () => ({ inUse: 50 * 2 ** 20, free, top: 2 ** 20 }),
+    trimAsync: (done) => {
+      calls++;
+      pending = done;
+    },
+  };
+  const warnings: string[] = [];
+  const logger = createLogger('warn', (line) => warnings.push(line));
+  const counters = new Counters(HEAP_TRIM_COUNTERS);
+  const trimmer = new HeapTrimmer({ sys, clock, intervalMs: 10_000, counters, logger, minFreeBytes: 4 * 2 ** 20 });
+  trimmer.start();
+  free = 3 * 2 ** 20;
+  clock.advance(10_000);
+  t.equal(calls, 0, 'nothing to give back: 2 MiB of holes');
+  t.equal(counters.get('freeBytes'), 2 * 2 ** 20, 'gauge: the holes at the last check');
+  free = 20 * 2 ** 20;
+  clock.advance(5_000);
+  t.equal(calls, 0, 'not before the interval');
+  clock.advance(5_000);
+  t.equal(calls, 1, '19 MiB of holes: one trim');
+  clock.advance(10_000);
+  t.equal(calls, 1, 'not a second one while the first runs');
+  pending!(null, true);
+  t.equal(counters.get('trims'), 1, 'counted when it finished');
+  clock.advance(10_000);
+  t.equal(calls, 2, 'next interval: again');
+  pending!(new Error('boom'), false);
+  t.match(warnings.join('\n'), /malloc_trim failed/, 'a failure is logged');
+  clock.advance(30_000);
+  t.equal(calls, 2, 'and trimming stops');
+  trimmer.stop();
 });
