@@ -28,6 +28,7 @@ import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchan
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop } from '../src/server/batched/loop.js';
 import { ipv6Text } from '../src/server/batched/loop-parts.js';
+import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/server/batched/idle-gc.js';
 import {
   DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, stamp16, waiterTag,
   type Packed, type WorkerInit, type WorkerReport,
@@ -1082,4 +1083,51 @@ t.test('DirectAnswers: serves each waiter as the worker would, tells late record
   t.equal(d.answer(12, ok, 'upstream'), 0, 'after close: left to nobody');
   t.equal(sys.sent.length, 2, 'nothing sent after the sockets closed');
   t.equal(counters.get('sendErrors'), 1, 'the one queued counted as lost');
+});
+
+t.test('idle GC: a worker gone quiet after a burst collects twice, one check apart; never while busy, small or too soon', async (t) => {
+  let heap = 100e6;
+  let gcs = 0;
+  const gc = (): void => {
+    gcs++;
+    heap -= 30e6;
+  };
+  const c = new IdleCollector(gc, 0, () => heap);
+  let now = 0;
+  let datagrams = 0;
+  const step = (rate: number): boolean => {
+    now += CHECK_EVERY_MS;
+    datagrams += rate;
+    return c.maybeCollect(now, datagrams);
+  };
+  t.equal(c.maybeCollect(CHECK_EVERY_MS - 1, 0), false, 'not before a second');
+  heap += MIN_GROWTH_BYTES - 1;
+  t.equal(step(0), false, 'quiet, but not grown enough');
+  heap += 50e6;
+  for (let i = 0; i < 12; i++) t.equal(step(QUIET_RATE * 10), false, `busy (${QUIET_RATE * 10}/s): no pause, however big the heap`);
+  t.equal(gcs, 0);
+  t.equal(step(QUIET_RATE), true, 'quiet again and grown: collect');
+  t.equal(step(0), true, 'and once more at the next check');
+  t.equal(gcs, 2);
+  heap += 50e6;
+  const until = now + MIN_GAP_MS - CHECK_EVERY_MS;
+  while (now < until) t.equal(step(0), false, 'not again within the gap');
+  t.equal(step(0), true, 'after the gap');
+  t.equal(gcs, 3);
+  t.equal(new IdleCollector(null, 0, () => 1e12).maybeCollect(60_000, 0), false, 'no gc function: never');
+});
+
+t.test('idle GC: the real gc() from exposeGc collects garbage on this thread', async (t) => {
+  const gc = exposeGc();
+  t.type(gc, 'function', 'V8 hands over gc()');
+  gc!();
+  const base = heapAndExternalBytes();
+  let junk: Buffer[] | null = Array.from({ length: 2000 }, () => Buffer.alloc(16 * 1024, 1));
+  t.ok(heapAndExternalBytes() - base >= 16e6, 'the garbage to be counted: ArrayBuffer memory outside the heap');
+  junk = null;
+  // As the collector does: the second collection finishes sweeping the ArrayBuffers the first found dead.
+  gc!();
+  gc!();
+  t.equal(junk, null);
+  t.ok(heapAndExternalBytes() - base < 8e6, `collected: ${Math.round((heapAndExternalBytes() - base) / 1e6)} MB above the start`);
 });

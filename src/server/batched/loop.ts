@@ -18,6 +18,7 @@
  *   post one report: the turn's misses, waiting clients and log lines
  *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
  *                 main thread's wake ends it (idle costs ~0% CPU)
+ *   quiet for a second after a burst? one full GC (idle-gc.ts)
  *
  * Under load a turn is exactly two koffi calls per socket (recvmmsg and
  * sendmmsg); nothing is allocated per packet by this file except the
@@ -32,6 +33,7 @@ import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js'
 import { EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from './msgvec.js';
 import { Peer, ReportLogger, TurnClock } from './loop-parts.js';
+import { IdleCollector, exposeGc } from './idle-gc.js';
 import { parseQuery, QueryStatus } from '../../dns/query.js';
 import {
   Ctl, OUTCOMES, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, msSince16, nextSeq, seqAtOrBefore, transferOf, waiterTag,
@@ -120,6 +122,7 @@ export class WorkerLoop implements MissSink {
   #state: State;
   #drainedSent: boolean;
   readonly #free: () => void;
+  readonly #idleGc: IdleCollector;
 
   constructor(sys: UdpBatchSys, port: MessagePort, init: WorkerInit) {
     this.#sys = sys;
@@ -172,6 +175,7 @@ export class WorkerLoop implements MissSink {
     this.#doneAt = 0;
     this.#state = 'running';
     this.#drainedSent = false;
+    this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
   }
 
   /** Runs until told to close. Never returns early on a bad packet: handle() errors are counted and logged. */
@@ -196,6 +200,7 @@ export class WorkerLoop implements MissSink {
       this.#report();
       if (this.#state === 'closing') break;
       if (got === 0) this.#sleep();
+      if (this.#idleGc.maybeCollect(this.#clock.now(), this.#io[IO.datagrams]!)) this.#io[IO.idleGcs]!++;
     }
     this.#post({ misses: null, logs: null, closed: true });
     this.#free();

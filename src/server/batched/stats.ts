@@ -23,6 +23,7 @@ export const BATCHED_COUNTERS = defineCounters({
     help: 'Misses answered SERVFAIL (or stale) at once because their worker already had its limit waiting on the main thread.',
   },
   restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again.' },
+  idleGcs: { name: 'nodelocal_udp_worker_idle_gcs_total', help: 'Full garbage collections a batched worker ran once quiet after a burst (its event loop never runs V8\'s own).' },
   sharedHits: {
     name: 'nodelocal_shared_cache_hits_total',
     help: 'Worker cache misses answered from the shared cache on the main thread (another worker had fetched the name), without an upstream query.',
