@@ -42,7 +42,7 @@ export interface NodePartState {
 }
 
 /** What the batched UDP workers counted, added up over the workers (BatchedUdpListener.totals()). */
-export type WorkerTotals = () => { readonly server: Counters<string>; readonly cache: Counters<string>; readonly io: Counters<string> };
+export type WorkerTotals = () => { readonly server: Counters<string>; readonly cache: Counters<string>; readonly io: Counters<string>; readonly queueWait?: TypedHistogram };
 
 export class AgentMetrics implements UpstreamCounterBlocks {
   readonly registry: MetricsRegistry;
@@ -132,6 +132,7 @@ export class AgentMetrics implements UpstreamCounterBlocks {
     this.add(t.server, true);
     this.add(t.cache, true);
     this.add(t.io, true);
+    if (t.queueWait !== undefined) this.registry.addHistogram(t.queueWait, { server: this.#server });
     this.#beforeScrape.push(() => void totals());
   }
 

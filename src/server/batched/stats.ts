@@ -5,6 +5,7 @@
  * placed in the same shared buffer.
  */
 import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
+import { TypedHistogram, type HistogramDef } from '../../ops/histogram.js';
 import { Counters, defineCounters } from '../../stats/counters.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 
@@ -14,6 +15,7 @@ export const BATCHED_COUNTERS = defineCounters({
   sends: { name: 'nodelocal_udp_sendmmsg_total', help: 'sendmmsg calls.' },
   wakeups: { name: 'nodelocal_udp_worker_wakeups_total', help: 'Times a worker woke from poll (idle to busy).' },
   oversize: { name: 'nodelocal_dropped_total', labels: { reason: 'oversize_query' }, help: 'Queries dropped unanswered, by reason.' },
+  stale: { name: 'nodelocal_dropped_total', labels: { reason: 'stale_query' }, help: 'Queries dropped unanswered, by reason.' },
   recvErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'recv' }, help: 'Socket errors of the batched UDP workers, by operation.' },
   sendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Socket errors of the batched UDP workers, by operation.' },
   overloaded: {
@@ -38,21 +40,50 @@ export const BATCHED_COUNTERS = defineCounters({
 export type BatchedCounterName = keyof typeof BATCHED_COUNTERS.slot;
 export type BatchedCounters = Counters<BatchedCounterName>;
 
-/** A worker's three blocks, laid out one after the other in one buffer (shared with the main thread). */
+/**
+ * How long a query waited in the kernel before its worker took it: from the
+ * datagram's receive timestamp (SO_TIMESTAMPNS, taken as the sender's packet
+ * entered the stack, so on loopback about its send time) to the recvmmsg
+ * that returned it. The socket queue, the softirq that fills it and the
+ * worker's wake-up, everything but the worker's own work on the query. From
+ * 10 us (a worker awake and waiting) to 10 s (a stalled one: past
+ * --max-query-age the query is dropped, and still counted here).
+ */
+export const QUEUE_WAIT: HistogramDef = {
+  name: 'nodelocal_udp_queue_wait_seconds',
+  help: 'Time a query waited in the kernel (socket queue) before a batched UDP worker received it, from its kernel receive timestamp.',
+  bounds: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+};
+
+/** A worker's three counter blocks and its histogram, laid out one after the other in one buffer (shared with the main thread). */
 export interface WorkerCounters {
   readonly server: ServerCounters;
   readonly cache: CacheCounters;
   readonly io: BatchedCounters;
+  readonly queueWait: TypedHistogram;
 }
 
-export const WORKER_STATS_BYTES = (SERVER_COUNTERS.size + CACHE_COUNTERS.size + BATCHED_COUNTERS.size) * 8;
+const COUNTER_BYTES = (SERVER_COUNTERS.size + CACHE_COUNTERS.size + BATCHED_COUNTERS.size) * 8;
+export const WORKER_STATS_BYTES = COUNTER_BYTES + TypedHistogram.byteLength(QUEUE_WAIT.bounds.length);
 
 export function workerCounters(buffer: ArrayBufferLike): WorkerCounters {
   return {
     server: new Counters(SERVER_COUNTERS, buffer, 0),
     cache: new Counters(CACHE_COUNTERS, buffer, SERVER_COUNTERS.size * 8),
     io: new Counters(BATCHED_COUNTERS, buffer, (SERVER_COUNTERS.size + CACHE_COUNTERS.size) * 8),
+    queueWait: new TypedHistogram(QUEUE_WAIT, buffer, COUNTER_BYTES),
   };
+}
+
+/** Adds every worker's histogram into `into` (zeroed first), as sumInto does for counters. */
+export function sumHistograms(into: TypedHistogram, hists: readonly TypedHistogram[]): TypedHistogram {
+  const out = into.values;
+  out.fill(0);
+  for (const h of hists) {
+    const v = h.values;
+    for (let i = 0; i < out.length; i++) out[i]! += v[i]!;
+  }
+  return into;
 }
 
 /** Adds every worker's block into `into` (zeroed first): what a scrape publishes. */
