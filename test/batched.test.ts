@@ -25,7 +25,7 @@ import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { UdpListener } from '../src/server/udp-listener.js';
 import { BatchedUdpListener, workerMissLimit, workerShare } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
-import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
+import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop } from '../src/server/batched/loop.js';
 import { ipv6Text } from '../src/server/batched/loop-parts.js';
 import {
@@ -685,7 +685,7 @@ t.test('packed batches survive the trip: tokens, tags, bytes, nulls, keys, growt
 
 t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects them', async (t) => {
   const base = 0x10000;
-  const ab = new ArrayBuffer(vecBytes(4, 100) * 2);
+  const ab = new ArrayBuffer(recvVecBytes(4, 100) + vecBytes(4, 100));
   const arena = new Arena(base, ab);
   const recv = new RecvVec(arena, 4, 100);
   const send = new SendVec(arena, 4, 100);
