@@ -46,7 +46,7 @@ function loadWorker(prefix: string): Map<number, WorkerRow> {
   const dir = path.dirname(prefix);
   const base = path.basename(prefix);
   const out = new Map<number, WorkerRow>();
-  for (const f of readdirSync(dir).filter((n) => n.startsWith(`${base}.`))) {
+  for (const f of readdirSync(dir).filter((n) => n.startsWith(`${base}.`) && !n.endsWith('.turns'))) {
     const r = f64(path.join(dir, f));
     const rows = r.length / W;
     // Batch sizes: consecutive rows with one recvmmsg return time.

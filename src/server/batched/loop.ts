@@ -209,8 +209,10 @@ export class WorkerLoop implements MissSink {
       if (trace !== null) trace.turn(this.#realtimeUs());
       // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
       if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
+      if (trace !== null) trace.mark(1, this.#realtimeUs());
       // Completions left over count as work: no sleeping while some wait.
       let got = this.#done.length > 0 ? this.#complete() : 0;
+      if (trace !== null) trace.mark(2, this.#realtimeUs());
       if (this.#state === 'running' || this.#state === 'draining') {
         let received = 0;
         for (let s = 0; s < fds.length; s++) received += this.#receive(s);
@@ -222,6 +224,7 @@ export class WorkerLoop implements MissSink {
       for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
       if (trace !== null) trace.sent(this.#realtimeUs());
       this.#report();
+      if (trace !== null) trace.endTurn(this.#realtimeUs(), got, this.#io[IO.wakeups]!);
       if (this.#state === 'closing') break;
       if (got === 0) this.#sleep();
     }
