@@ -15,7 +15,7 @@ import { systemClock } from '../src/clock.js';
 import { loadConfig } from '../src/config.js';
 import { silentLogger } from '../src/log.js';
 import { AgentMetrics } from '../src/ops/agent-metrics.js';
-import { WorkerLoop, workerBlockBytes } from '../src/server/batched/loop.js';
+import { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND, WorkerLoop, workerBlockBytes } from '../src/server/batched/loop.js';
 import { Arena, RecvVec, recvVecBytes, type Timespec } from '../src/server/batched/msgvec.js';
 import { BatchedUdpListener } from '../src/server/batched/listener.js';
 import { Ctl, Packer, itemBytes, itemToken, transferOf, type ToWorker, type WorkerInit, type WorkerReport } from '../src/server/batched/protocol.js';
@@ -166,6 +166,13 @@ function missIds(reports: WorkerReport[]): number[] {
     for (let i = 0; i < m.count; i++) out.push(itemBytes(m, i)!.readUInt16BE(0));
   }
   return out;
+}
+
+/** The question name of a DNS message. */
+function dnsName(m: Buffer): string {
+  const labels: string[] = [];
+  for (let i = 12; i < m.length && m[i]! > 0; i += m[i]! + 1) labels.push(m.subarray(i + 1, i + 1 + m[i]!).toString('latin1'));
+  return labels.join('.');
 }
 
 /** Bucket index of `seconds` in QUEUE_WAIT (the +Inf bucket last). */
@@ -381,4 +388,60 @@ t.test('/metrics: the workers\' queue-wait histogram and stale drops, summed ove
   t.match(line('nodelocal_udp_queue_wait_seconds_bucket{', 'le="+Inf"'), /\} 4$/);
   t.match(line('nodelocal_dropped_total{', 'reason="stale_query"'), /\} 1$/);
   t.match(line('nodelocal_udp_queue_wait_seconds_bucket{', 'le="0.00001"'), /server="dns:\/\/127\.0\.0\.1:53"/, 'with the server label');
+});
+
+// The turn's order under a backlog: completions give way to the queries queued behind.
+
+t.test('loop: while a socket is behind (a full receive), a turn applies at most COMPLETIONS_WHEN_BEHIND completions before reading on', async (t) => {
+  const N = 300;
+  const BATCH = 8;
+  const answerAll = (k: FakeKernel, reports: WorkerReport[]): number => {
+    const done = new Packer(false, 6);
+    for (const r of reports) {
+      const m = r.misses;
+      if (m === null) continue;
+      for (let i = 0; i < m.count; i++) {
+        const name = dnsName(itemBytes(m, i)!);
+        done.push(itemToken(m, i), 0, answer(name, [rr(name, '192.0.2.7', 60)]), null);
+      }
+    }
+    const count = done.count;
+    const items = done.take();
+    k.mainPort.postMessage({ t: 'done', items } satisfies ToWorker, transferOf(items));
+    Atomics.store(new Int32Array(k.ctl), Ctl.PENDING, 1);
+    return count;
+  };
+  let mark = 0;
+  const { k, loop } = loopRig(
+    [
+      () => k.queue(5, { data: query({ name: 'hot.example.com', id: 1 }), from: sockaddr4('10.0.0.2', 1) }),
+      () => answerAll(k, k.reports()),
+      () => {
+        for (let i = 0; i < N; i++) k.queue(5, { data: query({ name: `m-${i}.example.com`, id: i }), from: sockaddr4('10.0.0.3', 1000 + i) });
+      },
+      () => {
+        t.equal(answerAll(k, k.reports()), N);
+        mark = k.sent.length;
+        // Three full batches of hits queued behind the completions.
+        for (let i = 0; i < 3 * BATCH; i++) k.queue(5, { data: query({ name: 'hot.example.com', id: 5000 + i }), from: sockaddr4('10.0.0.4', 2000 + i) });
+      },
+    ],
+    // Room for every answer: an evicted hot entry would turn the hits into misses.
+    { maxInflight: 1000, batch: BATCH, cache: { ...CACHE, positiveCapacity: 1000 } },
+  );
+  loop.run();
+  const after = k.sent.slice(mark).map((s) => (s.data.readUInt16BE(0) >= 5000 ? 'hit' : 'done'));
+  t.equal(after.length, N + 3 * BATCH, JSON.stringify(after.reduce<[string, number][]>((r, x) => { const l = r[r.length - 1]; if (l !== undefined && l[0] === x) l[1]++; else r.push([x, 1]); return r; }, [])));
+  // Runs of the same kind, in order: [kind, length].
+  const runs: [string, number][] = [];
+  for (const x of after) {
+    const last = runs[runs.length - 1];
+    if (last !== undefined && last[0] === x) last[1]++;
+    else runs.push([x, 1]);
+  }
+  t.same(runs, [
+    ['done', COMPLETIONS_PER_TURN], ['hit', BATCH],
+    ['done', COMPLETIONS_WHEN_BEHIND], ['hit', BATCH],
+    ['done', N - COMPLETIONS_PER_TURN - COMPLETIONS_WHEN_BEHIND], ['hit', BATCH],
+  ], 'a turn not behind applies 256, then while the receives come back full 32 a turn');
 });
