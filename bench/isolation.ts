@@ -30,6 +30,17 @@
  * environment (src/server/batched/rx-trace.ts, hit-probe.ts) record each
  * query's times for bench/rx-trace-join.ts.
  *
+ * Know what the default placement measures: V8's platform threads serve
+ * both isolates, and they are on CPU 0 with the flood. The worker's garbage
+ * collections wait for their helper jobs there (DefaultJobHandle::Join), and
+ * its mmap/munmap wait for the address-space lock the main thread holds
+ * there: measured with `perf record -e sched:sched_switch -g` on CPU 1, the
+ * worker (at SCHED_FIFO, never waiting for its CPU) slept ~0.5 s of an 8 s
+ * flooded window in futex and mmap_lock waits, up to 21 ms at a time, while
+ * the flood's datagrams queued ahead of the hits. That is part of what the
+ * flooded p99 shows; `--others-cpu 0-1` lets those threads run on either
+ * CPU, as an unpinned pod's would.
+ *
  * `npm run isolation -- scaling`: saturating hit throughput and agent CPU
  * per hit with --workers 1 and 2 (see scaling.ts).
  *
