@@ -11,8 +11,15 @@
  * Names are the simulator's listed services (svc-<i>.ns-<j>), type A. Prints
  * one JSON line: a ProbeResult or WarmResult. Loopback only (the caller's
  * host is checked).
+ *
+ * HIT_PROBE_TRACE=DIR (diagnostic, off by default): probe mode also writes
+ * DIR/probe-<start ms>-<pid>.bin, one row of 3 float64s per query: the key
+ * (its source port * 65536 + id, as the agent's NODELOCAL_RX_TRACE rows),
+ * the send and the receive time (NaN: no answer), CLOCK_REALTIME microseconds
+ * (performance.timeOrigin + now()), for bench/rx-trace-join.ts.
  */
 import dgram from 'node:dgram';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -125,6 +132,11 @@ function probe(sock: dgram.Socket, host: string, port: number, names: string[], 
   let sent = 0;
   let answered = 0;
   let wrong = 0;
+  const traceDir = process.env['HIT_PROBE_TRACE'] ?? '';
+  // Per query: key, send and receive time (realtime us); NaN receive: unanswered.
+  const trace = traceDir === '' ? null : new Float64Array(total * 3).fill(NaN);
+  const origin = performance.timeOrigin;
+  const keyBase = sock.address().port * 65536;
   sock.on('message', (m) => {
     const now = performance.now();
     if (m.length < 12) return;
@@ -134,6 +146,10 @@ function probe(sock: dgram.Socket, host: string, port: number, names: string[], 
     sentAt[id] = NaN;
     if (!good(m)) wrong++;
     if (answered < total) rtt[answered++] = (now - t0) * 1000;
+    if (trace !== null) {
+      // Ids wrap at 65536 sends: the latest send of this id is the one answered (at most one outstanding per id).
+      for (let q = id; q < total; q += 65536) if (trace[q * 3 + 1] === (origin + t0) * 1000) trace[q * 3 + 2] = (origin + now) * 1000;
+    }
   });
   return new Promise((resolve) => {
     const start = performance.now();
@@ -146,11 +162,16 @@ function probe(sock: dgram.Socket, host: string, port: number, names: string[], 
         q.writeUInt16BE(id, 0);
         lag[sent] = (now - (start + (sent * 1000) / rate)) * 1000;
         sentAt[id] = performance.now();
+        if (trace !== null) {
+          trace[sent * 3] = keyBase + id;
+          trace[sent * 3 + 1] = (origin + sentAt[id]!) * 1000;
+        }
         sock.send(q, port, host);
       }
       if (sent >= total) {
         clearInterval(tick);
         setTimeout(() => {
+          if (trace !== null) writeFileSync(path.join(traceDir, `probe-${Math.round(origin + start)}-${process.pid}.bin`), new Uint8Array(trace.buffer));
           const r = rtt.subarray(0, answered).sort();
           const l = lag.subarray(0, sent).sort();
           resolve({

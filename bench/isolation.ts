@@ -16,12 +16,38 @@
  * queue behind the misses. The main thread's share of CPU 0 (utime, stime,
  * and "busy": running or runnable, from schedstat) shows it was saturated.
  *
+ * Where a batched hit waited, per phase: the hit thread's wait for its CPU
+ * (schedstat: runnable, not running) and the kernel queue wait of every
+ * datagram its worker read (nodelocal_udp_queue_wait_seconds, from the
+ * datagrams' receive timestamps), next to the probe's round trips. On a
+ * machine shared with other work, CPU 1 is not the worker's alone: beside
+ * the flood the worker needs several times the CPU it needs for the hits
+ * alone, and the hits' p99 follows how long it waited for CPU 1 (measured:
+ * README). `--worker-rt-priority N` (a diagnostic, off by default) runs the
+ * worker at SCHED_FIFO N, so it has CPU 1 whenever it wants it, as on a core
+ * of its own: the figures then are the agent's, not the neighbours'. The
+ * report says which was used. NODELOCAL_RX_TRACE and HIT_PROBE_TRACE in the
+ * environment (src/server/batched/rx-trace.ts, hit-probe.ts) record each
+ * query's times for bench/rx-trace-join.ts.
+ *
+ * Know what the default placement measures: V8's platform threads serve
+ * both isolates, and they are on CPU 0 with the flood. The worker's garbage
+ * collections wait for their helper jobs there (DefaultJobHandle::Join), and
+ * its mmap/munmap wait for the address-space lock the main thread holds
+ * there: measured with `perf record -e sched:sched_switch -g` on CPU 1, the
+ * worker (at SCHED_FIFO, never waiting for its CPU) slept ~0.5 s of an 8 s
+ * flooded window in futex and mmap_lock waits, up to 21 ms at a time, while
+ * the flood's datagrams queued ahead of the hits. That is part of what the
+ * flooded p99 shows; `--others-cpu 0-1` lets those threads run on either
+ * CPU, as an unpinned pod's would.
+ *
  * `npm run isolation -- scaling`: saturating hit throughput and agent CPU
  * per hit with --workers 1 and 2 (see scaling.ts).
  *
  * Loopback only; the simulator is the only upstream. Prints a table and
  * (with --json FILE) writes the report.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -54,6 +80,8 @@ export interface IsolationOptions {
   readonly floodRampS: number;
   /** SCHED_FIFO priority of the probe; 0: none. */
   readonly rtPriority: number;
+  /** SCHED_FIFO priority of the batched worker thread (a diagnostic: a CPU of its own, in effect); 0: none, the default. */
+  readonly workerRtPriority: number;
   readonly mainCpu: string;
   readonly workerCpu: string;
   /** CPUs of the agent's other threads (V8's and libuv's helpers); null: the main thread's. */
@@ -72,6 +100,7 @@ export const ISOLATION_DEFAULTS: Omit<IsolationOptions, 'agentPath'> = {
   floodMix: 'both',
   floodRampS: 1,
   rtPriority: 50,
+  workerRtPriority: 0,
   mainCpu: '0',
   workerCpu: '1',
   othersCpu: null,
@@ -94,6 +123,10 @@ export interface Phase {
   readonly main: ThreadUse;
   /** The thread that answers hits: udp-worker-0 (batched) or the main thread (dgram). */
   readonly serving: ThreadUse;
+  /** Share of the window the serving thread was runnable but not running (schedstat): waiting for its CPU. */
+  readonly servingWaited: number;
+  /** Kernel queue wait of the datagrams the workers read in the window (batched; null: no timestamps or no scrape): quantiles, us. */
+  readonly queueWait: { readonly count: number; readonly p50Us: number; readonly p99Us: number; readonly p999Us: number } | null;
   /** Every thread of the agent, in CPUs (1 = one CPU). */
   readonly agentCpu: number;
   readonly simCpu: number;
@@ -174,6 +207,28 @@ async function settled(read: () => Promise<number | null>): Promise<number | nul
   return last;
 }
 
+/** nodelocal_udp_queue_wait_seconds buckets now: upper bound (s, Infinity for +Inf) -> cumulative count. */
+async function queueWaitBuckets(url: string): Promise<Map<number, number>> {
+  const out = new Map<number, number>();
+  for (const line of await scrapeLines(url, 'nodelocal_udp_queue_wait_seconds_bucket{')) {
+    const m = /le="([^"]+)"[^}]*\} ([0-9.e+-]+)/.exec(line);
+    if (m !== null) out.set(m[1] === '+Inf' ? Infinity : Number(m[1]), (out.get(m[1] === '+Inf' ? Infinity : Number(m[1])) ?? 0) + Number(m[2]));
+  }
+  return out;
+}
+
+/** Quantiles of the datagrams observed between two bucket readings: the bucket's upper bound (us) where each falls. */
+function queueWaitBetween(a: Map<number, number>, b: Map<number, number>): Phase['queueWait'] {
+  const bounds = [...b.keys()].sort((x, y) => x - y);
+  const total = (b.get(Infinity) ?? 0) - (a.get(Infinity) ?? 0);
+  if (bounds.length === 0 || total <= 0) return null;
+  const q = (p: number): number => {
+    for (const le of bounds) if ((b.get(le) ?? 0) - (a.get(le) ?? 0) >= p * total) return le * 1e6;
+    return Infinity;
+  };
+  return { count: total, p50Us: q(0.5), p99Us: q(0.99), p999Us: q(0.999) };
+}
+
 /** nodelocal_upstream_failures_total per reason, now. */
 async function upstreamFailures(url: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
@@ -217,6 +272,7 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
   const drops0 = udpDrops(agent.port);
   const refused0 = await refused(agent.metricsUrl);
   const failed0 = await upstreamFailures(agent.metricsUrl);
+  let waits0 = new Map<number, number>();
   let probeDone = (): void => {};
   const stopOn = new Promise<void>((resolve) => (probeDone = resolve));
   const floodRun = flood
@@ -230,6 +286,7 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
     const s0 = mustStat(agent.pid, c.servingTid);
     const a0 = treeCpuSeconds(agent.pid) ?? NaN;
     const sim0 = treeCpuSeconds(sim.pid) ?? NaN;
+    waits0 = await queueWaitBuckets(agent.metricsUrl);
     const t0 = performance.now();
     const probe = await runProbe({ ...c.probeBase, mode: 'probe', rate: o.rate, seconds: o.seconds });
     const wallS = (performance.now() - t0) / 1000;
@@ -237,6 +294,8 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
     const s1 = mustStat(agent.pid, c.servingTid);
     const agentCpu = ((treeCpuSeconds(agent.pid) ?? NaN) - a0) / wallS;
     const simCpu = ((treeCpuSeconds(sim.pid) ?? NaN) - sim0) / wallS;
+    // Includes the flood's datagrams read in the window (the hits are a tenth of them beside the flood).
+    const queueWait = queueWaitBetween(waits0, await queueWaitBuckets(agent.metricsUrl));
     probeDone();
     const fr = floodRun === null ? null : await floodRun;
     const refused1 = await settled(() => refused(agent.metricsUrl));
@@ -250,6 +309,8 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
       refusedMisses: refused0 === null || refused1 === null ? null : refused1 - refused0,
       main: threadUse(m0, m1, wallS),
       serving: threadUse(s0, s1, wallS),
+      servingWaited: (s1.wait - s0.wait) / wallS,
+      queueWait,
       flood: fr === null ? null : { ...fr, offeredQps: o.floodQps, noerrorQps: (fr.rcodes['NOERROR'] ?? 0) / fr.runTimeS },
     };
   } finally {
@@ -293,6 +354,7 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
         pinProcess(agent.pid, o.othersCpu ?? o.mainCpu);
         pinThread(agent.pid, o.mainCpu);
         for (const w of found) pinThread(w.tid, o.workerCpu);
+        if (o.workerRtPriority > 0) for (const w of found) realtimeThread(w.tid, o.workerRtPriority);
         const placement = placementOf(agent.pid, found.map((w) => w.tid));
         log(`${backend}: pid ${agent.pid}, ${placement.threads} threads; main thread on CPU ${placement.mainCpus}` +
           (found.length > 0 ? `, ${placement.workers.map((w) => `${w.name} (tid ${w.tid}) on CPU ${w.cpus}`).join(', ')}` : '') +
@@ -325,6 +387,11 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
     machine: { cores: os.cpus().length, loadBefore, loadAfter: os.loadavg(), cpuModel: os.cpus()[0]?.model ?? '?' },
     options, probeRealtime: realtime, notes, runs,
   };
+}
+
+/** SCHED_FIFO for one thread (chrt -p): --worker-rt-priority. */
+function realtimeThread(tid: number, priority: number): void {
+  execFileSync('chrt', ['-f', '-p', String(priority), String(tid)], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 5000 });
 }
 
 const us = (x: number): string => (Number.isFinite(x) ? (x >= 10_000 ? `${(x / 1000).toFixed(1)} ms` : `${Math.round(x)} us`) : '-');
@@ -365,6 +432,10 @@ export function formatIsolation(rep: IsolationReport): string {
     const fails = Object.entries(r.flooded.upstreamFailures).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
     if (f !== null) lines.push(`${r.backend}: flood answers by rcode ${Object.entries(f.rcodes).map(([k, v]) => `${k} ${v}`).join(', ')}; upstream failures ${fails}; sent ${f.queriesSent}, lost ${f.queriesLost}; ran ${f.runTimeS.toFixed(1)} s, dnsperf used ${pc(f.cpuS / f.runTimeS)} of a CPU (${f.command})`);
     lines.push(`${r.backend}: the probe's own send lag p99 ${us(r.alone.probe.sendLagP99Us)} alone, ${us(r.flooded.probe.sendLagP99Us)} beside the flood`);
+    lines.push(`${r.backend}: the hit thread waited for its CPU ${pc(r.alone.servingWaited)} of the window alone, ${pc(r.flooded.servingWaited)} beside the flood` +
+      (o.workerRtPriority > 0 && r.backend === 'batched' ? ` (worker at SCHED_FIFO ${o.workerRtPriority})` : ''));
+    const qw = (p: Phase): string => (p.queueWait === null ? '-' : `p50 <= ${us(p.queueWait.p50Us)}, p99 <= ${us(p.queueWait.p99Us)}, p99.9 <= ${us(p.queueWait.p999Us)} of ${p.queueWait.count}`);
+    if (r.backend === 'batched') lines.push(`${r.backend}: kernel queue wait of the datagrams read (bucket bounds): alone ${qw(r.alone)}; beside the flood ${qw(r.flooded)}`);
   }
   for (const n of rep.notes) lines.push(`note: ${n}`);
   return lines.join('\n');
@@ -375,7 +446,7 @@ export function formatIsolation(rep: IsolationReport): string {
 function usage(): string {
   return [
     'npm run isolation -- [--seconds 10] [--rate 2000] [--names 1000] [--flood-qps 30000] [--flood both|cluster|external]',
-    '                     [--backends batched,dgram] [--rt-priority 50] [--main-cpu 0] [--worker-cpu 1] [--others-cpu LIST] [--host 127.0.0.1] [--json FILE]',
+    '                     [--backends batched,dgram] [--rt-priority 50] [--worker-rt-priority 0] [--main-cpu 0] [--worker-cpu 1] [--others-cpu LIST] [--host 127.0.0.1] [--json FILE]',
     '                     [--agent dist/src/main.js] [--autogroup-nice -20]   (both modes; a machine shared with other sessions; run under setsid: the whole session\'s group changes)',
     'npm run isolation -- scaling [--workers 1,2] [--rounds 2] [--seconds 10] [--outstanding 500] [--names 1000] [--json FILE]',
   ].join('\n');
@@ -418,6 +489,7 @@ function parseArgs(argv: readonly string[]): { mode: 'isolation' | 'scaling'; is
         break;
       }
       case '--rt-priority': iso.rtPriority = num(flag, v); break;
+      case '--worker-rt-priority': iso.workerRtPriority = num(flag, v); break;
       case '--main-cpu': iso.mainCpu = String(v); break;
       case '--worker-cpu': iso.workerCpu = String(v); break;
       case '--others-cpu': iso.othersCpu = String(v); break;

@@ -283,6 +283,7 @@ export class Agent {
       queryLogEvery: c.queryLogEvery,
       clientMissRate: c.clientMissRate,
       clientMissBurst: c.clientMissBurst,
+      maxQueryAgeMs: c.maxQueryAgeMs,
       // The snapshot is written from the shared cache, so it must exist even with one worker.
       ...(c.cacheSnapshot !== '' ? { sharedCache: true } : {}),
       dgram: { reusePort: c.reusePort, clock: this.#clock },

@@ -75,6 +75,8 @@ export interface Config {
   readonly reusePort: boolean;
   /** UDP backend: recvmmsg/sendmmsg worker threads (falls back to dgram where they cannot run), or dgram on the main thread. */
   readonly io: 'batched' | 'dgram';
+  /** Batched workers drop a query older than this (kernel receive timestamp to recvmmsg); 0: never. */
+  readonly maxQueryAgeMs: number;
   /** Batched UDP worker threads; 0 = the CPUs this process may use, capped (select.ts defaultWorkers). */
   readonly workers: number;
   /** Watch the Kubernetes API and answer cluster names from it when the cluster DNS fails. */
@@ -191,6 +193,13 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: 'UDP backend: batched (worker threads answering cache hits with recvmmsg/sendmmsg, SO_REUSEPORT sockets through koffi; falls back to dgram with a warning where koffi or the calls are missing) or dgram (Node sockets on the main thread). TCP is served on the main thread either way',
   },
   { flag: 'workers', kind: 'int', def: '0', min: 0, max: 64, help: 'batched UDP worker threads, each with its own socket per listen address; 0 = the CPUs this process may use (affinity and cgroup quota), at most 4' },
+  // 5 s: a pod's stub (glibc, musl, Go: resolv.conf's default timeout) has given up on a try that old; what is
+  // dropped is work no client waits for (its retry, queued behind, is answered). Shorter would drop answers a
+  // client still waits for, to save about a microsecond of a worker's time each.
+  {
+    flag: 'max-query-age', kind: 'duration', def: '5s', min: 0, max: 60_000,
+    help: 'batched UDP: drop a query that waited longer than this in the kernel before a worker read it (its client has timed out; kernel receive timestamps, nodelocal_udp_queue_wait_seconds); 0 = never',
+  },
   { flag: 'shutdown-grace', kind: 'duration', def: '5s', min: 0, max: 300_000, help: 'on SIGTERM, how long queries in flight may take to finish' },
   { flag: 'kube', kind: 'bool', def: 'true', help: 'watch Services, EndpointSlices and Namespaces and answer cluster names from them when the cluster DNS fails; --no-kube turns the watch and the fallback off' },
   { flag: 'kubeconfig', kind: 'string', def: undefined, help: 'kubeconfig file for the API watch outside a cluster (default: in-cluster service account; none found: the fallback is off)' },
@@ -621,6 +630,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     reusePort: bool('reuse-port'),
     io,
     workers: int('workers'),
+    maxQueryAgeMs: duration('max-query-age', true),
     kube: bool('kube'),
     kubeconfig: str('kubeconfig') ?? '',
     fallbackAfterMs: duration('fallback-after', true),

@@ -25,7 +25,7 @@ import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { UdpListener } from '../src/server/udp-listener.js';
 import { BatchedUdpListener, workerMissLimit, workerShare } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
-import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from '../src/server/batched/msgvec.js';
+import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop } from '../src/server/batched/loop.js';
 import { ipv6Text } from '../src/server/batched/loop-parts.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/server/batched/idle-gc.js';
@@ -686,7 +686,7 @@ t.test('packed batches survive the trip: tokens, tags, bytes, nulls, keys, growt
 
 t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects them', async (t) => {
   const base = 0x10000;
-  const ab = new ArrayBuffer(vecBytes(4, 100) * 2);
+  const ab = new ArrayBuffer(recvVecBytes(4, 100) + vecBytes(4, 100));
   const arena = new Arena(base, ab);
   const recv = new RecvVec(arena, 4, 100);
   const send = new SendVec(arena, 4, 100);
@@ -740,7 +740,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
   const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
   const init: WorkerInit = {
     index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, maxUdpSize: 512,
-    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, ...over,
+    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, maxQueryAgeMs: 0, ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
   t.teardown(() => k.mainPort.close());

@@ -17,7 +17,7 @@ import { HostResolvers, hostResolversCounters, type HostResolversCounter } from 
 import { PROBE_COUNTERS, type ProbeCounter } from '../upstream/probe.js';
 import { TcpPool, tcpPoolCounters, type TcpPoolCounter } from '../upstream/tcp-pool.js';
 import type { Upstream } from '../upstream/types.js';
-import { hitPathHistograms } from './histogram.js';
+import { hitPathHistograms, type TypedHistogram } from './histogram.js';
 import { MetricsRegistry, type Labels } from './metrics.js';
 
 export interface AgentMetricSources {
@@ -47,6 +47,7 @@ export type WorkerTotals = () => {
   readonly cache: Counters<string>;
   readonly io: Counters<string>;
   readonly hist: HitPathHistograms;
+  readonly queueWait?: TypedHistogram;
 };
 
 export class AgentMetrics implements UpstreamCounterBlocks {
@@ -137,6 +138,7 @@ export class AgentMetrics implements UpstreamCounterBlocks {
     const server = { server: this.#server };
     this.registry.addHistogram(t.hist.duration, server);
     for (const h of [...t.hist.requestSize, ...t.hist.responseSize]) this.registry.addHistogram(h, server);
+    if (t.queueWait !== undefined) this.registry.addHistogram(t.queueWait, server);
     this.#beforeScrape.push(() => void totals());
   }
 

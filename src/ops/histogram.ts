@@ -163,18 +163,23 @@ export function hitPathHistograms(buffer?: ArrayBufferLike, byteOffset = 0): Hit
   };
 }
 
-/** Adds the histograms of `blocks` into `into` (zeroed first), bucket by bucket: what a scrape publishes. */
+/** Adds `hists` (of the same bounds) into `into` (zeroed first), bucket by bucket: what a scrape publishes. */
+export function sumHistogram(into: TypedHistogram, hists: readonly TypedHistogram[]): TypedHistogram {
+  const out = into.values;
+  out.fill(0);
+  for (const h of hists) {
+    const v = h.values;
+    for (let i = 0; i < out.length; i++) out[i]! += v[i]!;
+  }
+  return into;
+}
+
+/** sumHistogram for each of the hit path's histograms. */
 export function sumHistogramsInto(into: HitPathHistograms, blocks: readonly HitPathHistograms[]): HitPathHistograms {
-  const all = (h: HitPathHistograms): TypedHistogram[] => [h.duration, ...h.requestSize, ...h.responseSize];
-  const out = all(into);
-  for (const h of out) h.values.fill(0);
-  for (const b of blocks) {
-    const src = all(b);
-    for (let k = 0; k < out.length; k++) {
-      const o = out[k]!.values;
-      const v = src[k]!.values;
-      for (let i = 0; i < o.length; i++) o[i]! += v[i]!;
-    }
+  sumHistogram(into.duration, blocks.map((b) => b.duration));
+  for (const t of [0, 1] as const) {
+    sumHistogram(into.requestSize[t], blocks.map((b) => b.requestSize[t]));
+    sumHistogram(into.responseSize[t], blocks.map((b) => b.responseSize[t]));
   }
   return into;
 }

@@ -29,6 +29,14 @@ export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 export const POLLIN = 0x1;
 const PR_SET_NAME = 15;
+/**
+ * socket(7), asm-generic (x86-64 and arm64): SO_TIMESTAMPNS (the "old" one,
+ * whose struct timespec is already 64-bit on LP64) asks for the kernel's
+ * receive time of each datagram as an SCM_TIMESTAMPNS control message.
+ */
+export const SO_TIMESTAMPNS = 35;
+export const SCM_TIMESTAMPNS = SO_TIMESTAMPNS;
+const CLOCK_REALTIME = 0;
 
 /** Absorbs bursts while a batch is being answered; the kernel caps it at net.core.rmem_max (as for the dgram listener). */
 export const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -88,6 +96,14 @@ export interface UdpBatchSys {
   nameThread(name: string): void;
   /** Native memory for the vectors and buffers, allocated once per worker. */
   alloc(bytes: number): NativeBlock;
+  /**
+   * Turns on SO_TIMESTAMPNS: each datagram received from then on carries the
+   * kernel's receive time (CLOCK_REALTIME) as a control message. 0 or errno
+   * (a kernel or seccomp profile that refuses it: the caller goes without).
+   */
+  rxTimestamps(fd: number): number;
+  /** clock_gettime(CLOCK_REALTIME) into a struct timespec (16 bytes) in native memory: the clock the kernel stamps datagrams with. 0 or -errno. */
+  realtime(into: number): number;
 }
 
 /** What we use of koffi; injectable so a test can take it away. */
@@ -144,6 +160,7 @@ function bind(koffi: Koffi): UdpBatchSys {
   const read = f('intptr_t read(int fd, uintptr_t buf, size_t count)');
   const close = f('int close(int fd)');
   const prctl = f('int prctl(int option, const char *arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)');
+  const clockGettime = f('int clock_gettime(int clock, uintptr_t ts)');
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
   const int = (v: number): Buffer => {
@@ -226,6 +243,10 @@ function bind(koffi: Koffi): UdpBatchSys {
       // Best effort: a thread name is for people reading top, nothing depends on it.
       prctl(PR_SET_NAME, name.slice(0, 15), 0, 0, 0);
     },
+    rxTimestamps(fd) {
+      return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, int(1), 4) === 0 ? 0 : koffi.errno();
+    },
+    realtime: (into) => ret(clockGettime(CLOCK_REALTIME, into)),
     alloc(bytes) {
       const ptr = koffi.alloc('uint8_t', bytes);
       const address = Number(koffi.address(ptr));

@@ -14,6 +14,8 @@ export interface Datagram {
   readonly data: Buffer;
   /** sockaddr bytes of the sender (16 for IPv4, 28 for IPv6). */
   readonly from: Buffer;
+  /** Kernel receive time (CLOCK_REALTIME ns) written as SCM_TIMESTAMPNS when the socket asked for timestamps; default: `nowNs` when queued. */
+  readonly stampNs?: bigint;
 }
 
 export interface Sent {
@@ -49,6 +51,11 @@ export class FakeKernel implements UdpBatchSys {
   recvCalls = 0;
   polls = 0;
   closed: number[] = [];
+  /** CLOCK_REALTIME as realtime() reports it, in ns; tests move it. */
+  nowNs = 1_700_000_000_000_000_000n;
+  /** rxTimestamps() answers this errno (0: accepted). */
+  timestampErrno = 0;
+  readonly stamping = new Set<number>();
   /** The loop's end of the channel, and ours (the main thread's). */
   readonly workerPort: MessagePort;
   readonly mainPort: MessagePort;
@@ -84,7 +91,7 @@ export class FakeKernel implements UdpBatchSys {
 
   queue(fd: number, d: Datagram): void {
     const q = this.inbox.get(fd) ?? [];
-    q.push(d);
+    q.push(d.stampNs === undefined ? { ...d, stampNs: this.nowNs } : d);
     this.inbox.set(fd, q);
   }
 
@@ -111,6 +118,16 @@ export class FakeKernel implements UdpBatchSys {
     return 0;
   }
   nameThread(): void {}
+  rxTimestamps(fd: number): number {
+    if (this.timestampErrno === 0) this.stamping.add(fd);
+    return this.timestampErrno;
+  }
+  realtime(into: number): number {
+    const v = this.#view!;
+    v.setBigInt64(this.#off(into), this.nowNs / 1_000_000_000n, true);
+    v.setBigInt64(this.#off(into) + 8, this.nowNs % 1_000_000_000n, true);
+    return 0;
+  }
 
   alloc(bytes: number): NativeBlock {
     const ab = new ArrayBuffer(bytes);
@@ -146,6 +163,19 @@ export class FakeKernel implements UdpBatchSys {
       const len = Math.min(cap, d.data.length);
       this.#u8!.set(d.data.subarray(0, len), buf);
       v.setInt32(h + 48, d.data.length > cap ? MSG_TRUNC : 0, true);
+      // SCM_TIMESTAMPNS as the kernel lays it out (cmsg_len 32, SOL_SOCKET, type 35, timespec), when asked for and there is room.
+      const ctlRoom = Number(v.getBigUint64(h + 40, true));
+      if (this.stamping.has(fd) && ctlRoom >= 32 && d.stampNs !== undefined) {
+        const c = this.#ptr(h + 32);
+        v.setBigUint64(c, 32n, true);
+        v.setInt32(c + 8, 1, true);
+        v.setInt32(c + 12, 35, true);
+        v.setBigInt64(c + 16, d.stampNs / 1_000_000_000n, true);
+        v.setBigInt64(c + 24, d.stampNs % 1_000_000_000n, true);
+        v.setBigUint64(h + 40, 32n, true);
+      } else {
+        v.setBigUint64(h + 40, 0n, true);
+      }
       v.setUint32(h + 56, len, true);
     }
     return n;

@@ -27,6 +27,7 @@ import type { Worker } from 'node:worker_threads';
 import { formatHostPort } from '../../addr.js';
 import { DnsCache, type CacheOptions } from '../../cache/cache.js';
 import { systemClock, type Clock } from '../../clock.js';
+import { DEFAULTS } from '../../config.js';
 import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
 import type { Logger } from '../../log.js';
 import { Counters } from '../../stats/counters.js';
@@ -40,8 +41,8 @@ import type { DirectPolicy } from './direct.js';
 import { MissExchange } from './miss-exchange.js';
 import { WorkerLink } from './worker-link.js';
 import { itemBytes, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
-import { BATCHED_COUNTERS, sumInto, type BatchedCounters, type WorkerCounters } from './stats.js';
-import { hitPathHistograms, sumHistogramsInto } from '../../ops/histogram.js';
+import { BATCHED_COUNTERS, QUEUE_WAIT, sumInto, type BatchedCounters, type WorkerCounters } from './stats.js';
+import { TypedHistogram, hitPathHistograms, sumHistogram, sumHistogramsInto } from '../../ops/histogram.js';
 
 /**
  * Datagrams per recvmmsg and answers per sendmmsg. 64 amortises the two
@@ -80,6 +81,8 @@ export interface BatchedUdpOptions {
   readonly sys: UdpBatchSys;
   readonly batch?: number;
   readonly maxInflight?: number;
+  /** A worker drops a query that waited longer than this in the kernel (0: never); default config.ts DEFAULTS. */
+  readonly maxQueryAgeMs?: number;
   /**
    * Keep a shared cache on this thread behind the workers' own (see
    * miss-exchange.ts). Default: on with more than one worker; with one it
@@ -115,7 +118,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #drainWaiters: (() => void)[];
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
   readonly #restartTimers: Set<NodeJS.Timeout>;
-  readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms };
+  readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms; queueWait: TypedHistogram };
   readonly #workerCache: CacheOptions;
   /** Counter blocks of workers that died: their counts stay in the totals (gauges zeroed), so a restart never makes a counter go down. */
   readonly #dead: WorkerCounters[];
@@ -147,7 +150,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#drainWaiters = [];
     this.#abortWaiters = null;
     this.#restartTimers = new Set();
-    this.#sums = { server: new Counters(SERVER_COUNTERS), cache: new Counters(CACHE_COUNTERS), io: new Counters(BATCHED_COUNTERS), hist: hitPathHistograms() };
+    this.#sums = {
+      server: new Counters(SERVER_COUNTERS), cache: new Counters(CACHE_COUNTERS), io: new Counters(BATCHED_COUNTERS), hist: hitPathHistograms(), queueWait: new TypedHistogram(QUEUE_WAIT),
+    };
   }
 
   /** Wires the upstream side (a Resolver whose `hits` is this listener); before start(). */
@@ -302,12 +307,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * refreshed): what a scrape publishes. The io block includes the main
    * thread's own slots (restarts, cross-worker coalescing).
    */
-  totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms } {
+  totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms; queueWait: TypedHistogram } {
     const blocks = [...this.#dead, ...this.workerCounters().filter((c) => !this.#dead.includes(c))];
     sumInto(this.#sums.server, [this.#ownServer, ...blocks.map((b) => b.server)]);
     sumInto(this.#sums.cache, blocks.map((b) => b.cache));
     sumInto(this.#sums.io, [this.#own, ...blocks.map((b) => b.io)]);
     sumHistogramsInto(this.#sums.hist, blocks.map((b) => b.hist));
+    sumHistogram(this.#sums.queueWait, blocks.map((b) => b.queueWait));
     return this.#sums;
   }
 
@@ -346,6 +352,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         clientMissBurst: this.#policy.clientMissBurst,
         batch: this.#opts.batch ?? DEFAULT_BATCH,
         maxInflight: this.#opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
+        maxQueryAgeMs: this.#opts.maxQueryAgeMs ?? DEFAULTS.maxQueryAgeMs,
       },
       this.#sys,
       this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer },

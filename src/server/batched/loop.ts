@@ -7,8 +7,12 @@
  *   stamp the clock
  *   messages waiting? (shared `pending` word) ─► receiveMessageOnPort():
  *                 completions are queued; configure / pause / abort / close apply
- *   up to 256 queued completions ─► HitPath.complete() ─► answers into the vectors
+ *   up to 256 queued completions (32 while the sockets are behind: the last
+ *                 receive filled its vector) ─► HitPath.complete() ─► answers into the vectors
  *   per socket: recvmmsg(MSG_DONTWAIT) ─► HitPath.handle() per datagram
+ *                 its kernel receive timestamp says how long it waited in
+ *                 the socket queue (nodelocal_udp_queue_wait_seconds); past
+ *                 --max-query-age it is dropped unanswered (its client gave up)
  *                 answers go into that socket's send vector
  *                 a miss parks its client (the peer is detached from the ring)
  *                 and reports it (sockaddr, datagram), so the main thread
@@ -31,7 +35,8 @@ import { HitPath, type MissSink } from '../hit-path.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js';
 import { EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
-import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, vecBytes } from './msgvec.js';
+import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes, type Timespec } from './msgvec.js';
+import { RxTrace, traceKey } from './rx-trace.js';
 import { Peer, ReportLogger, TurnClock } from './loop-parts.js';
 import { IdleCollector, exposeGc } from './idle-gc.js';
 import { parseQuery, QueryStatus } from '../../dns/query.js';
@@ -40,6 +45,7 @@ import {
   type Packed, type ToWorker, type WorkerInit, type WorkerReport,
 } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
+import type { TypedHistogram } from '../../ops/histogram.js';
 
 /** Bytes a query may take; a longer datagram arrives cut (MSG_TRUNC) and is dropped. Real queries are a few hundred bytes. */
 export const RECV_SLOT_BYTES = 4096;
@@ -57,6 +63,17 @@ const POLLFD_BYTES = 8;
  * 3 ms to 50 ms under a miss flood). 256 is about a batch's worth of work.
  */
 export const COMPLETIONS_PER_TURN = 256;
+/**
+ * Completions per turn while a socket is behind (its last recvmmsg filled the
+ * vector, so the kernel holds more). Under a miss flood a completion is
+ * cache work (~4 us: the main thread answered its clients already) and the
+ * queries behind in the socket queue are hits waiting: 256 took two thirds
+ * of each turn, and a hit waited ~15 turns of it (measured with per-datagram
+ * kernel timestamps: 20-28 ms). 32 take ~130 us beside a full batch's
+ * ~600 us, and still apply ~40k completions a second while behind, more than
+ * the main thread produces.
+ */
+export const COMPLETIONS_WHEN_BEHIND = 32;
 
 const IO = BATCHED_COUNTERS.slot;
 
@@ -105,6 +122,16 @@ export class WorkerLoop implements MissSink {
   /** pollfd[0] is the eventfd, then one per socket. */
   readonly #pollOff: number;
   readonly #scratchOff: number;
+  /** A struct timespec in the arena: clock_gettime(CLOCK_REALTIME) after each receive, to age the datagrams by. */
+  readonly #nowOff: number;
+  readonly #now: Timespec;
+  /** Per socket: the kernel stamps its datagrams (SO_TIMESTAMPNS accepted). */
+  readonly #stamped: boolean[];
+  readonly #queueWait: TypedHistogram;
+  /** --max-query-age in ns; 0: never drop. */
+  readonly #maxAgeNs: number;
+  /** NODELOCAL_RX_TRACE's per-datagram record; null (the usual case): off. */
+  readonly #trace: RxTrace | null;
   readonly #misses: Packer;
   /** This turn's waiting clients, for the main thread to answer itself (protocol.ts WAITER_STRIDE). */
   readonly #waiters: Packer;
@@ -120,6 +147,8 @@ export class WorkerLoop implements MissSink {
   readonly #done: Packed[];
   #doneAt: number;
   #state: State;
+  /** The last receive filled its vector: the kernel has more queued (see COMPLETIONS_WHEN_BEHIND). */
+  #behind: boolean;
   #drainedSent: boolean;
   readonly #free: () => void;
   readonly #idleGc: IdleCollector;
@@ -157,6 +186,17 @@ export class WorkerLoop implements MissSink {
     this.#peers = [];
     for (let i = 0; i < init.batch; i++) this.#peers.push(new Peer(this.#arena.u32, this.#recv.sockaddrOffset(i) >> 2));
     this.#scratchOff = this.#arena.take(SOCKADDR_SLOT_BYTES);
+    this.#nowOff = this.#arena.take(TIMESPEC_BYTES);
+    this.#now = { sec: 0, nsec: 0 };
+    this.#queueWait = this.#counters.queueWait;
+    this.#maxAgeNs = init.maxQueryAgeMs * 1e6;
+    this.#trace = RxTrace.fromEnv(init.index);
+    // Best effort, per socket: without timestamps a socket's queries are neither aged nor dropped.
+    this.#stamped = init.fds.map((fd, i) => {
+      const err = sys.rxTimestamps(fd);
+      if (err !== 0) this.#logger.warn('udp: no kernel receive timestamps (SO_TIMESTAMPNS refused): queue wait not measured, --max-query-age not applied', { socket: init.names[i], errno: err });
+      return err === 0;
+    });
     this.#pollOff = this.#arena.take((init.fds.length + 1) * POLLFD_BYTES);
     const pv = this.#arena.view;
     const all = [init.wakeFd, ...init.fds];
@@ -174,6 +214,7 @@ export class WorkerLoop implements MissSink {
     this.#done = [];
     this.#doneAt = 0;
     this.#state = 'running';
+    this.#behind = false;
     this.#drainedSent = false;
     this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
   }
@@ -182,12 +223,17 @@ export class WorkerLoop implements MissSink {
   run(): void {
     this.#post({ misses: null, logs: null, ready: true });
     const fds = this.#fds;
+    const trace = this.#trace;
     for (;;) {
       this.#clock.tick();
+      if (trace !== null) trace.turn(this.#realtimeUs());
       // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
       if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
+      if (trace !== null) trace.mark(1, this.#realtimeUs());
       // Completions left over count as work: no sleeping while some wait.
-      let got = this.#done.length > 0 ? this.#complete() : 0;
+      let got = this.#done.length > 0 ? this.#complete(this.#behind ? COMPLETIONS_WHEN_BEHIND : COMPLETIONS_PER_TURN) : 0;
+      this.#behind = false;
+      if (trace !== null) trace.mark(2, this.#realtimeUs());
       if (this.#state === 'running' || this.#state === 'draining') {
         let received = 0;
         for (let s = 0; s < fds.length; s++) received += this.#receive(s);
@@ -197,11 +243,14 @@ export class WorkerLoop implements MissSink {
       // Gauges before the answers leave: a client that reads them after its answer sees this turn's (a completion's insert included).
       this.#publish();
       for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
+      if (trace !== null) trace.sent(this.#realtimeUs());
       this.#report();
+      if (trace !== null) trace.endTurn(this.#realtimeUs(), got, this.#io[IO.wakeups]!);
       if (this.#state === 'closing') break;
       if (got === 0) this.#sleep();
       if (this.#idleGc.maybeCollect(this.#clock.now(), this.#io[IO.datagrams]!)) this.#io[IO.idleGcs]!++;
     }
+    trace?.write();
     this.#post({ misses: null, logs: null, closed: true });
     this.#free();
   }
@@ -251,6 +300,7 @@ export class WorkerLoop implements MissSink {
       if (n !== -EAGAIN && n !== -EINTR && n !== 0) this.#io[IO.recvErrors]!++;
       return 0;
     }
+    if (n === recv.count) this.#behind = true;
     const io = this.#io;
     io[IO.batches]!++;
     io[IO.datagrams]! += n;
@@ -258,16 +308,33 @@ export class WorkerLoop implements MissSink {
     const channel = this.#channels[s]!;
     const hits = this.#hits;
     const peers = this.#peers;
+    const stamped = this.#stamped[s]!;
+    const now = this.#now;
+    // One clock read per batch, after the receive: a datagram's age is its whole wait, up to the moment it was taken.
+    if (stamped) this.#readNow();
+    const maxAgeNs = this.#maxAgeNs;
+    const trace = this.#trace;
     for (let i = 0; i < n; i++) {
       if (recv.truncated(i)) {
         io[IO.oversize]!++;
         continue;
+      }
+      if (stamped) {
+        const age = recv.ageNs(i, now);
+        if (age >= 0) {
+          this.#queueWait.observe(age / 1e9);
+          if (maxAgeNs > 0 && age > maxAgeNs) {
+            io[IO.stale]!++;
+            continue;
+          }
+        }
       }
       const peer = peers[i]!;
       peer.sock = s;
       peer.answered = false;
       peer.nameLen = recv.nameLength(i);
       const msg = Buffer.from(buf, recv.dataOffset(i), recv.length(i));
+      if (trace !== null && msg.length >= 2) trace.datagram(recv.kernelTimeUs(i), now.sec * 1e6 + now.nsec / 1000, traceKey(peer.port, msg.readUInt16BE(0)));
       this.#forwarded = 0;
       try {
         hits.handle(msg, channel, peer);
@@ -304,6 +371,21 @@ export class WorkerLoop implements MissSink {
     peer.seq = this.#waiterSeq;
     this.#waiters.push(token, waiterTag(s, peer.nameLen), msg, null);
     this.#waiters.extraWords(peer.words, peer.wordOff, WAITER_SOCKADDR_WORDS);
+  }
+
+  /** CLOCK_REALTIME now, into #now. */
+  #readNow(): void {
+    this.#sys.realtime(this.#arena.address + this.#nowOff);
+    const u32 = this.#arena.u32;
+    const w = this.#nowOff >> 2;
+    this.#now.sec = u32[w]! + u32[w + 1]! * 0x100000000;
+    this.#now.nsec = u32[w + 2]!;
+  }
+
+  /** CLOCK_REALTIME now in microseconds since the epoch (the trace's clock). */
+  #realtimeUs(): number {
+    this.#readNow();
+    return this.#now.sec * 1e6 + this.#now.nsec / 1000;
   }
 
   #flush(s: number): void {
@@ -361,10 +443,10 @@ export class WorkerLoop implements MissSink {
     }
   }
 
-  /** Applies up to COMPLETIONS_PER_TURN queued completions; returns how many. */
-  #complete(): number {
+  /** Applies up to `limit` queued completions; returns how many. */
+  #complete(limit = COMPLETIONS_PER_TURN): number {
     let n = 0;
-    while (n < COMPLETIONS_PER_TURN && this.#done.length > 0) {
+    while (n < limit && this.#done.length > 0) {
       const p = this.#done[0]!;
       const i = this.#doneAt++;
       if (this.#doneAt >= p.count) {
@@ -448,7 +530,10 @@ function missLimiter(rate: number, burst: number): ClientMissLimiter | null {
   return rate > 0 ? new ClientMissLimiter(rate, burst) : null;
 }
 
-/** Native bytes of one worker: the receive vector, a send vector per socket, a scratch sockaddr and the pollfds. */
+const TIMESPEC_BYTES = 16;
+
+/** Native bytes of one worker: the receive vector (with its control slots), a send vector per socket, a scratch sockaddr, a timespec and the pollfds. */
 export function workerBlockBytes(batch: number, sockets: number, maxUdpSize: number): number {
-  return vecBytes(batch, RECV_SLOT_BYTES) + sockets * vecBytes(batch, maxUdpSize) + 64 * 2 + (sockets + 1) * POLLFD_BYTES;
+  // Each take() rounds up to 64 bytes: the sockaddr, the timespec and the pollfds one 64 each at least, plus the pollfds themselves.
+  return recvVecBytes(batch, RECV_SLOT_BYTES) + sockets * vecBytes(batch, maxUdpSize) + 64 * 3 + (sockets + 1) * POLLFD_BYTES;
 }

@@ -17,9 +17,21 @@
  *
  * A vector of N messages is [N mmsghdr][N iovec][N sockaddr][N slots]: the
  * pointers are written once at construction; per packet only msg_len,
- * msg_flags, msg_namelen and iov_len change.
+ * msg_flags, msg_namelen and iov_len change. A receive vector adds
+ * [N control slots] after them, for the kernel's receive timestamp:
+ *
+ *   control slot (64 bytes): struct cmsghdr then its data
+ *    0  size_t   cmsg_len   = 32 for SCM_TIMESTAMPNS (CMSG_LEN(16))
+ *    8  int      cmsg_level = SOL_SOCKET
+ *   12  int      cmsg_type  = SCM_TIMESTAMPNS
+ *   16  int64    tv_sec     (CLOCK_REALTIME)
+ *   24  int64    tv_nsec
+ *
+ * msg_controllen is value-result like msg_namelen: the kernel writes what
+ * it used (0: no timestamp), reset() gives the slot size back.
  */
-import { MSG_TRUNC } from '../../sys/udp-batch.js';
+import { SOL_SOCKET } from '../../sys/linux.js';
+import { MSG_TRUNC, SCM_TIMESTAMPNS } from '../../sys/udp-batch.js';
 
 export const MMSGHDR_BYTES = 64;
 const IOVEC_BYTES = 16;
@@ -28,6 +40,8 @@ const H_NAME = 0;
 const H_NAMELEN = 8;
 const H_IOV = 16;
 const H_IOVLEN = 24;
+const H_CONTROL = 32;
+const H_CONTROLLEN = 40;
 const H_FLAGS = 48;
 const H_LEN = 56;
 const IOV_LEN = 8;
@@ -35,6 +49,21 @@ const IOV_LEN = 8;
 /** Bytes a vector of `count` messages of `slotBytes` each takes, alignment included. */
 export function vecBytes(count: number, slotBytes: number): number {
   return align(count * (MMSGHDR_BYTES + IOVEC_BYTES + SOCKADDR_SLOT_BYTES)) + align(count * align(slotBytes));
+}
+
+/** Bytes of one receive slot's control buffer: one timestamp needs CMSG_SPACE(16) = 32; room to spare for a second message. */
+export const CONTROL_SLOT_BYTES = 64;
+const CMSG_HDR_BYTES = 16;
+
+/** Bytes a receive vector of `count` messages takes: vecBytes plus the control slots. */
+export function recvVecBytes(count: number, slotBytes: number): number {
+  return vecBytes(count, slotBytes) + align(count * CONTROL_SLOT_BYTES);
+}
+
+/** A struct timespec in the arena, read as two numbers (whole seconds fit a double exactly). */
+export interface Timespec {
+  sec: number;
+  nsec: number;
 }
 
 function align(n: number): number {
@@ -127,13 +156,66 @@ abstract class MsgVec {
 
 /**
  * What recvmmsg fills. Each slot's iov_len stays the slot size; after a
- * receive, msg_len, msg_flags and msg_namelen say what arrived.
+ * receive, msg_len, msg_flags, msg_namelen and msg_controllen say what
+ * arrived.
  */
 export class RecvVec extends MsgVec {
-  /** Before the next receive: the kernel shrank msg_namelen of the first n slots to what it wrote. */
+  readonly #ctl: number;
+
+  constructor(arena: Arena, count: number, slotBytes: number) {
+    super(arena, count, slotBytes);
+    this.#ctl = arena.take(count * CONTROL_SLOT_BYTES);
+    for (let i = 0; i < count; i++) {
+      const h = this.hdr + i * MMSGHDR_BYTES;
+      arena.pointer(h + H_CONTROL, arena.address + this.#ctl + i * CONTROL_SLOT_BYTES);
+      arena.pointer(h + H_CONTROLLEN, CONTROL_SLOT_BYTES);
+    }
+  }
+
+  /** Before the next receive: the kernel shrank msg_namelen and msg_controllen of the first n slots to what it wrote. */
   reset(n: number): void {
     const u32 = this.a.u32;
-    for (let i = 0; i < n; i++) u32[(this.hdr + i * MMSGHDR_BYTES + H_NAMELEN) >> 2] = SOCKADDR_SLOT_BYTES;
+    for (let i = 0; i < n; i++) {
+      const h = this.hdr + i * MMSGHDR_BYTES;
+      u32[(h + H_NAMELEN) >> 2] = SOCKADDR_SLOT_BYTES;
+      // The low word of a little-endian size_t; the kernel never writes more than we gave, so the high word stays 0.
+      u32[(h + H_CONTROLLEN) >> 2] = CONTROL_SLOT_BYTES;
+    }
+  }
+
+  /**
+   * Nanoseconds from the kernel's receive timestamp of message i to `now`
+   * (a CLOCK_REALTIME reading), or -1 when the message carries none (the
+   * socket has no SO_TIMESTAMPNS, or the kernel left it out). Reads words,
+   * allocates nothing. Never negative: a clock stepped back reads as 0.
+   */
+  ageNs(i: number, now: Timespec): number {
+    const u32 = this.a.u32;
+    const used = u32[(this.hdr + i * MMSGHDR_BYTES + H_CONTROLLEN) >> 2]!;
+    const base = this.#ctl + i * CONTROL_SLOT_BYTES;
+    let off = 0;
+    // Bounded by the slot: each message advances by at least its header.
+    while (off + CMSG_HDR_BYTES + 16 <= used) {
+      const w = (base + off) >> 2;
+      const len = u32[w]!;
+      if (len < CMSG_HDR_BYTES) return -1;
+      if (u32[w + 2] === SOL_SOCKET && u32[w + 3] === SCM_TIMESTAMPNS) {
+        const sec = u32[w + 4]! + u32[w + 5]! * 0x100000000;
+        const ns = (now.sec - sec) * 1e9 + (now.nsec - u32[w + 6]!);
+        return ns > 0 ? ns : 0;
+      }
+      off += (len + 7) & ~7;
+    }
+    return -1;
+  }
+
+  /** Message i's kernel receive time in microseconds since the epoch (for a trace), or NaN. */
+  kernelTimeUs(i: number): number {
+    const u32 = this.a.u32;
+    const used = u32[(this.hdr + i * MMSGHDR_BYTES + H_CONTROLLEN) >> 2]!;
+    const w = (this.#ctl + i * CONTROL_SLOT_BYTES) >> 2;
+    if (used < CMSG_HDR_BYTES + 16 || u32[w + 2] !== SOL_SOCKET || u32[w + 3] !== SCM_TIMESTAMPNS) return NaN;
+    return (u32[w + 4]! + u32[w + 5]! * 0x100000000) * 1e6 + u32[w + 6]! / 1000;
   }
 
   length(i: number): number {

@@ -49,6 +49,8 @@ export interface WorkerInit {
   readonly clientMissBurst: number;
   readonly batch: number;
   readonly maxInflight: number;
+  /** Queries older than this (kernel receive timestamp to recvmmsg) are dropped unanswered; 0: never. */
+  readonly maxQueryAgeMs: number;
 }
 
 export type CachePolicy = TtlCaps & PrefetchOptions & { readonly staleMs: number };

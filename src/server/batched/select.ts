@@ -76,6 +76,8 @@ export interface UdpListenersOptions {
   /** --client-miss-rate / --client-miss-burst (0: off): batched workers apply their share themselves; dgram's is the hit path's. */
   readonly clientMissRate?: number;
   readonly clientMissBurst?: number;
+  /** --max-query-age (batched only: dgram has no receive timestamps); default config.ts DEFAULTS. */
+  readonly maxQueryAgeMs?: number;
   /** Keep the shared cache behind the workers even with one (a cache snapshot is taken from it); default: with more than one. */
   readonly sharedCache?: boolean;
   /** dgram listeners: SO_REUSEPORT and the clock (the handover's drain). */
@@ -111,6 +113,7 @@ export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpLis
         listen: o.listen, workers, cache: o.cache, maxUdpSize: o.maxUdpSize, queryLogEvery: o.queryLogEvery, logger: o.logger, sys,
         ...(o.clientMissRate !== undefined ? { clientMissRate: o.clientMissRate, clientMissBurst: o.clientMissBurst ?? 1 } : {}),
         ...(o.sharedCache !== undefined ? { sharedCache: o.sharedCache } : {}),
+        ...(o.maxQueryAgeMs !== undefined ? { maxQueryAgeMs: o.maxQueryAgeMs } : {}),
       });
       o.logger.info('udp: batched I/O (recvmmsg/sendmmsg in worker threads, SO_REUSEPORT)', { workers });
       return { io: 'batched', fallbackReason: null, listeners: [batched], batched };

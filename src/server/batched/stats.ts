@@ -5,7 +5,7 @@
  * placed in the same shared buffer.
  */
 import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
-import { HIT_PATH_HISTOGRAM_BYTES, hitPathHistograms } from '../../ops/histogram.js';
+import { HIT_PATH_HISTOGRAM_BYTES, TypedHistogram, hitPathHistograms, type HistogramDef } from '../../ops/histogram.js';
 import type { HitPathHistograms } from '../hit-path.js';
 import { Counters, defineCounters } from '../../stats/counters.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
@@ -16,6 +16,7 @@ export const BATCHED_COUNTERS = defineCounters({
   sends: { name: 'nodelocal_udp_sendmmsg_total', help: 'sendmmsg calls.' },
   wakeups: { name: 'nodelocal_udp_worker_wakeups_total', help: 'Times a worker woke from poll (idle to busy).' },
   oversize: { name: 'nodelocal_dropped_total', labels: { reason: 'oversize_query' }, help: 'Queries dropped unanswered, by reason.' },
+  stale: { name: 'nodelocal_dropped_total', labels: { reason: 'stale_query' }, help: 'Queries dropped unanswered, by reason.' },
   recvErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'recv' }, help: 'Socket errors of the batched UDP workers, by operation.' },
   sendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Socket errors of the batched UDP workers, by operation.' },
   overloaded: {
@@ -42,22 +43,39 @@ export type BatchedCounterName = keyof typeof BATCHED_COUNTERS.slot;
 export type BatchedCounters = Counters<BatchedCounterName>;
 
 /**
- * A worker's three counter blocks and its hit path's histograms (request
- * duration, request and response sizes), laid out one after the other in one
- * buffer shared with the main thread, which adds them to its own at scrape
- * time: with the batched backend the workers answer nearly every UDP query,
- * so without theirs coredns_dns_request_duration_seconds would show only TCP
- * and the main thread's share.
+ * How long a query waited in the kernel before its worker took it: from the
+ * datagram's receive timestamp (SO_TIMESTAMPNS, taken as the sender's packet
+ * entered the stack, so on loopback about its send time) to the recvmmsg
+ * that returned it. The socket queue, the softirq that fills it and the
+ * worker's wake-up, everything but the worker's own work on the query. From
+ * 10 us (a worker awake and waiting) to 10 s (a stalled one: past
+ * --max-query-age the query is dropped, and still counted here).
+ */
+export const QUEUE_WAIT: HistogramDef = {
+  name: 'nodelocal_udp_queue_wait_seconds',
+  help: 'Time a query waited in the kernel (socket queue) before a batched UDP worker received it, from its kernel receive timestamp.',
+  bounds: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+};
+
+/**
+ * A worker's three counter blocks, its hit path's histograms (request
+ * duration, request and response sizes) and its queue wait, laid out one
+ * after the other in one buffer shared with the main thread, which adds them
+ * up at scrape time (the hit path's into its own: with the batched backend
+ * the workers answer nearly every UDP query, so without theirs
+ * coredns_dns_request_duration_seconds would show only TCP and the main
+ * thread's share).
  */
 export interface WorkerCounters {
   readonly server: ServerCounters;
   readonly cache: CacheCounters;
   readonly io: BatchedCounters;
   readonly hist: HitPathHistograms;
+  readonly queueWait: TypedHistogram;
 }
 
 const COUNTER_BYTES = (SERVER_COUNTERS.size + CACHE_COUNTERS.size + BATCHED_COUNTERS.size) * 8;
-export const WORKER_STATS_BYTES = COUNTER_BYTES + HIT_PATH_HISTOGRAM_BYTES;
+export const WORKER_STATS_BYTES = COUNTER_BYTES + HIT_PATH_HISTOGRAM_BYTES + TypedHistogram.byteLength(QUEUE_WAIT.bounds.length);
 
 export function workerCounters(buffer: ArrayBufferLike): WorkerCounters {
   return {
@@ -65,6 +83,7 @@ export function workerCounters(buffer: ArrayBufferLike): WorkerCounters {
     cache: new Counters(CACHE_COUNTERS, buffer, SERVER_COUNTERS.size * 8),
     io: new Counters(BATCHED_COUNTERS, buffer, (SERVER_COUNTERS.size + CACHE_COUNTERS.size) * 8),
     hist: hitPathHistograms(buffer, COUNTER_BYTES),
+    queueWait: new TypedHistogram(QUEUE_WAIT, buffer, COUNTER_BYTES + HIT_PATH_HISTOGRAM_BYTES),
   };
 }
 
