@@ -41,6 +41,7 @@ import { MissExchange } from './miss-exchange.js';
 import { WorkerLink } from './worker-link.js';
 import { itemBytes, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, sumInto, type BatchedCounters, type WorkerCounters } from './stats.js';
+import { MISS_TRACE, traceReport } from '../../miss-trace.js';
 
 /**
  * Datagrams per recvmmsg and answers per sendmmsg. 64 amortises the two
@@ -388,6 +389,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   #onReport(link: WorkerLink, r: WorkerReport): void {
+    if (MISS_TRACE && r.trace !== undefined) traceReport(r.trace);
     const m = r.misses;
     const direct = link.direct;
     if (direct !== null) {

@@ -38,6 +38,7 @@ import {
   type Packed, type ToWorker, type WorkerInit, type WorkerReport,
 } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
+import { MISS_TRACE, traceNow } from '../../miss-trace.js';
 
 /** Bytes a query may take; a longer datagram arrives cut (MSG_TRUNC) and is dropped. Real queries are a few hundred bytes. */
 export const RECV_SLOT_BYTES = 4096;
@@ -120,6 +121,10 @@ export class WorkerLoop implements MissSink {
   #state: State;
   #drainedSent: boolean;
   readonly #free: () => void;
+  /** Under NODELOCAL_MISS_TRACE only: when this turn began, and whether it followed a sleep in poll. */
+  #traceTurnAt: number;
+  #traceSlept: boolean;
+  #traceCompletedAt: number;
 
   constructor(sys: UdpBatchSys, port: MessagePort, init: WorkerInit) {
     this.#sys = sys;
@@ -171,6 +176,9 @@ export class WorkerLoop implements MissSink {
     this.#doneAt = 0;
     this.#state = 'running';
     this.#drainedSent = false;
+    this.#traceTurnAt = 0;
+    this.#traceSlept = false;
+    this.#traceCompletedAt = 0;
   }
 
   /** Runs until told to close. Never returns early on a bad packet: handle() errors are counted and logged. */
@@ -179,10 +187,12 @@ export class WorkerLoop implements MissSink {
     const fds = this.#fds;
     for (;;) {
       this.#clock.tick();
+      if (MISS_TRACE) this.#traceTurnAt = traceNow();
       // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
       if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
       // Completions left over count as work: no sleeping while some wait.
       let got = this.#done.length > 0 ? this.#complete() : 0;
+      if (MISS_TRACE) this.#traceCompletedAt = traceNow();
       if (this.#state === 'running' || this.#state === 'draining') {
         let received = 0;
         for (let s = 0; s < fds.length; s++) received += this.#receive(s);
@@ -398,6 +408,7 @@ export class WorkerLoop implements MissSink {
       const nfds = this.#state === 'running' || this.#state === 'draining' ? this.#fds.length + 1 : 1;
       this.#sys.poll(this.#arena.address + this.#pollOff, nfds, IDLE_POLL_MS);
       this.#io[IO.wakeups]!++;
+      if (MISS_TRACE) this.#traceSlept = true;
     }
     Atomics.store(ctl, Ctl.SLEEPING, 0);
     // The eventfd is level-triggered: drain it whether or not this wake came from it (read fails with EAGAIN when empty).
@@ -422,10 +433,16 @@ export class WorkerLoop implements MissSink {
     const drained = (this.#state === 'paused' || this.#state === 'closing') && !this.#drainedSent && this.#hits.inflight === 0;
     if (drained) this.#drainedSent = true;
     if (misses === null && waiters === null && logs === null && !drained) return;
-    const report: WorkerReport = drained ? { misses, waiters, logs, drained: true } : { misses, waiters, logs };
+    const report: WorkerReport = drained ? { misses, waiters, logs, drained: true } : MISS_TRACE && misses !== null ? this.#traced(misses, waiters, logs) : { misses, waiters, logs };
     const transfer = misses === null ? [] : transferOf(misses);
     if (waiters !== null) transfer.push(...transferOf(waiters));
     this.#port.postMessage(report, transfer);
+  }
+
+  #traced(misses: Packed, waiters: Packed | null, logs: WorkerReport['logs']): WorkerReport {
+    const trace = [this.#traceTurnAt, traceNow(), this.#traceSlept ? 1 : 0, this.#traceCompletedAt];
+    this.#traceSlept = false;
+    return { misses, waiters, logs, trace };
   }
 
   #post(r: WorkerReport): void {

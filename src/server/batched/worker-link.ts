@@ -12,6 +12,7 @@ import type { ServerCounters } from '../stats.js';
 import { DirectAnswers, type DirectPolicy } from './direct.js';
 import type { MissReturn } from './miss-exchange.js';
 import { Ctl, DONE_STRIDE, OUTCOME_INDEX, Packer, stamp16, transferOf, type ToWorker, type WorkerInit } from './protocol.js';
+import { MISS_TRACE, traceNow, traceRecord } from '../../miss-trace.js';
 import { WORKER_STATS_BYTES, workerCounters, type BatchedCounters, type WorkerCounters } from './stats.js';
 
 /**
@@ -117,7 +118,9 @@ export class WorkerLink implements MissReturn {
     const items = this.#done.take();
     const direct = this.direct;
     // The completions first, then the answers: a client that asks again at once finds its worker with the answer to cache.
+    const at = MISS_TRACE ? traceNow() : 0;
     this.#post({ t: 'done', items }, transferOf(items), direct === null || direct.needWake || !this.lazy);
+    if (MISS_TRACE) traceRecord('done.post', traceNow() - at);
     if (direct !== null) {
       direct.needWake = false;
       direct.flush();
