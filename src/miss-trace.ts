@@ -7,7 +7,7 @@
  * in microseconds, then starts the interval afresh:
  *
  *   worker.turn   the worker's recvmmsg returned ─► its report posted (batched)
- *   turn.complete the part of worker.turn spent applying completions before the report (0: the report went first)
+ *   turn.complete the part of worker.turn before receiving: messages taken and completions applied
  *   post.report   the report posted ─► the main thread's handler runs (thread hop)
  *   report.write  the report handled ─► the TCP pool's write() returned
  *   stage.write   a query staged in the pool ─► its write() returned

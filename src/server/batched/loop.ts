@@ -187,27 +187,18 @@ export class WorkerLoop implements MissSink {
     const fds = this.#fds;
     for (;;) {
       this.#clock.tick();
-      if (MISS_TRACE) this.#traceCompletedAt = this.#traceTurnAt = traceNow();
-      // Messages first: a reload applies to this turn's queries.
+      if (MISS_TRACE) this.#traceTurnAt = traceNow();
+      // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
       if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
-      let got = 0;
-      if (this.#state === 'running' || this.#state === 'draining') {
-        for (let s = 0; s < fds.length; s++) got += this.#receive(s);
-        if (got === 0 && this.#state === 'draining') this.#state = 'paused';
-      }
-      if (this.#done.length > 0) {
-        // This turn's misses and answers leave before the completions are
-        // applied: at a low rate nearly every turn that takes a new miss also
-        // takes the last one's completion (posted without a wake), and applying
-        // it first delayed the new miss. A query for a name whose completion
-        // waits here joins that miss and is answered by it below, in this turn.
-        if (this.#misses.count > 0) this.#report();
-        this.#publish();
-        for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
-        // Completions left over count as work: no sleeping while some wait.
-        got += this.#complete();
-      }
+      // Completions left over count as work: no sleeping while some wait.
+      let got = this.#done.length > 0 ? this.#complete() : 0;
       if (MISS_TRACE) this.#traceCompletedAt = traceNow();
+      if (this.#state === 'running' || this.#state === 'draining') {
+        let received = 0;
+        for (let s = 0; s < fds.length; s++) received += this.#receive(s);
+        if (received === 0 && this.#state === 'draining') this.#state = 'paused';
+        got += received;
+      }
       // Gauges before the answers leave: a client that reads them after its answer sees this turn's (a completion's insert included).
       this.#publish();
       for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
