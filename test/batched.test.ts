@@ -868,6 +868,35 @@ t.test('loop: a miss crosses once for many clients on two sockets, its answer go
   t.equal(all.at(-1)?.closed, true, 'closed last');
 });
 
+t.test('loop: after a turn that posted misses (under a batch, no completions waiting) it sleeps at once; after hits or a full batch it looks again first', async (t) => {
+  const at: number[] = [];
+  const { k, loop, c } = loopRig([
+    () => {
+      at.push(k.recvCalls);
+      k.queue(5, { data: query({ name: 'svc-0.example.com', id: 1 }), from: from4(1000) });
+    },
+    () => {
+      at.push(k.recvCalls);
+      t.equal(answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.1', 60)])), 1);
+    },
+    () => {
+      at.push(k.recvCalls);
+      k.queue(5, { data: query({ name: 'svc-0.example.com', id: 2 }), from: from4(1000) });
+    },
+    () => {
+      at.push(k.recvCalls);
+      for (let i = 1; i <= 4; i++) k.queue(5, { data: query({ name: `svc-${i}.example.com`, id: 10 + i }), from: from4(1000 + i) });
+    },
+    () => at.push(k.recvCalls),
+  ]);
+  loop.run();
+  const turns = at.slice(1).map((n, i) => n - at[i]!);
+  // Two sockets: a turn is two receives. The miss's turn is the only one not followed by a second look.
+  t.same(turns, [2, 4, 4, 4], 'miss: slept at once; completion, hit, full batch of misses: one more turn first');
+  t.equal(c.cache.get('hitPositive'), 1, 'the second ask was a hit');
+  t.equal(k.sent.filter((s) => idOf(s.data) === 1 || idOf(s.data) === 2).length, 2, 'both asks answered');
+});
+
 t.test('loop: pause reads and answers what was already queued, then stops receiving; drained once nothing waits', async (t) => {
   // Opcode STATUS: answered NOTIMP at once by the hit path, no cache involved.
   const status = (id: number): Buffer => {

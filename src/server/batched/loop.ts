@@ -193,18 +193,19 @@ export class WorkerLoop implements MissSink {
       // Completions left over count as work: no sleeping while some wait.
       let got = this.#done.length > 0 ? this.#complete() : 0;
       if (MISS_TRACE) this.#traceCompletedAt = traceNow();
+      let received = 0;
       if (this.#state === 'running' || this.#state === 'draining') {
-        let received = 0;
         for (let s = 0; s < fds.length; s++) received += this.#receive(s);
         if (received === 0 && this.#state === 'draining') this.#state = 'paused';
         got += received;
       }
+      const missed = this.#misses.count > 0;
       // Gauges before the answers leave: a client that reads them after its answer sees this turn's (a completion's insert included).
       this.#publish();
       for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
       this.#report();
       if (this.#state === 'closing') break;
-      if (got === 0) this.#sleep();
+      if (got === 0 || (missed && this.#done.length === 0 && received < this.#init.batch)) this.#sleep();
     }
     this.#post({ misses: null, logs: null, closed: true });
     this.#free();
@@ -400,6 +401,13 @@ export class WorkerLoop implements MissSink {
     return n;
   }
 
+  /**
+   * Also right after a turn that posted misses, when it took less than a
+   * full batch and no completions wait: the main thread needs the CPU to
+   * forward them (with the agent on one CPU it runs only once we sleep), and
+   * another turn would only find the sockets empty. poll() returns at once
+   * if a datagram came meanwhile, so nothing waits longer for it.
+   */
   #sleep(): void {
     const ctl = this.#ctl;
     Atomics.store(ctl, Ctl.SLEEPING, 1);
