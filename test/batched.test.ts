@@ -37,7 +37,7 @@ import { DirectAnswers } from '../src/server/batched/direct.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
-import { EAGAIN, loadUdpBatch, type UdpBatchSys } from '../src/sys/udp-batch.js';
+import { EAGAIN, MSG_DONTWAIT, loadUdpBatch, type UdpBatchSys } from '../src/sys/udp-batch.js';
 import { FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
 import { HostResolvers } from '../src/upstream/host-resolvers.js';
 import { ZoneRouter } from '../src/upstream/router.js';
@@ -315,6 +315,8 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
 class SysSpy {
   readonly sends: number[] = [];
   readonly stale: number[] = [];
+  /** Runs once, on the main thread, right after the next sendmmsg returns. */
+  afterSend: (() => void) | null = null;
   readonly #open = new Set<number>();
   wrap(sys: UdpBatchSys): UdpBatchSys {
     return {
@@ -330,7 +332,11 @@ class SysSpy {
       },
       sendmmsg: (fd, vec, count) => {
         this.#sent(fd);
-        return sys.sendmmsg(fd, vec, count);
+        const r = sys.sendmmsg(fd, vec, count);
+        const after = this.afterSend;
+        this.afterSend = null;
+        after?.();
+        return r;
       },
       sendto: (fd, data, sa, len) => {
         this.#sent(fd);
@@ -398,6 +404,63 @@ t.test('direct answers: the main thread sends a miss\'s answer on the worker\'s 
   t.ok(clients.every((k) => k.answers.size === 1), 'no client answered twice');
   t.equal(r.upstream.stats.udpQueries, 3);
   t.equal(spy.stale.length, 0, 'never a send on a closed socket');
+});
+
+t.test('direct answers leave before the completion is posted: a client that asks again in between joins the miss in its worker and gets one answer, from the worker', async (t) => {
+  const spy = new SysSpy();
+  const r = await rig(t, { spy: (s) => spy.wrap(s) });
+  const port = r.ports[0]!;
+  const sys = (await probeBatchedIo()) as UdpBatchSys;
+  // The second client is a socket of our own through the same calls: it can send while this thread is held inside sendmmsg.
+  const fd = sys.openUdp({ host: '127.0.0.1', port: 0 });
+  if (typeof fd !== 'number') throw new Error(`openUdp: ${String(fd)}`);
+  const block = sys.alloc(recvVecBytes(2, 512) + 64);
+  t.teardown(() => {
+    sys.close(fd);
+    block.free();
+  });
+  const arena = new Arena(block.address, block.bytes);
+  const recv = new RecvVec(arena, 2, 512);
+  const to = arena.take(SOCKADDR_SLOT_BYTES);
+  arena.u8.set(sockaddr4('127.0.0.1', port), to);
+  const ask = (id: number): Buffer =>
+    Buffer.from(dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'svc-9.example.com', type: 'A', class: 'IN' }] }));
+  const w = r.listener.workerCounters()[0]!;
+  let joinedBeforePost = false;
+  spy.afterSend = () => {
+    // The first client's answer just left; the completion is not posted yet. Ask again and hold this thread until the
+    // worker has taken the datagram (its turn took its messages before receiving: it cannot have the completion).
+    const before = w.io.get('datagrams');
+    t.ok(sys.sendto(fd, ask(2), block.address + to, 16) > 0, 'the second ask sent');
+    const end = Date.now() + 5000;
+    while (w.io.get('datagrams') === before && Date.now() < end);
+    joinedBeforePost = w.io.get('datagrams') > before;
+  };
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'svc-9.example.com', 1);
+  await until('the first answer', () => c.answers.has(1));
+  t.ok(joinedBeforePost, 'the worker took the second ask while the main thread was still sending');
+  const answers: Buffer[] = [];
+  const take = (): boolean => {
+    const n = sys.recvmmsg(fd, recv.address, 2, MSG_DONTWAIT);
+    for (let i = 0; i < n; i++) answers.push(Buffer.from(arena.u8.subarray(recv.dataOffset(i), recv.dataOffset(i) + recv.length(i))));
+    if (n > 0) recv.reset(n);
+    return answers.length > 0;
+  };
+  await until('the second answer', take);
+  await new Promise((res) => setTimeout(res, 50));
+  take();
+  t.equal(answers.length, 1, 'answered once');
+  const second = dnsPacket.decode(answers[0]!);
+  t.equal(second.id, 2);
+  t.same(dataOf(second), ['10.0.0.9']);
+  t.same(dataOf(c.answers.get(1)), ['10.0.0.9']);
+  t.equal(r.upstream.stats.udpQueries, 1, 'one upstream query');
+  t.equal(w.cache.get('hitPositive'), 0, 'not a hit: the completion had not reached the worker');
+  t.equal(w.server.get('coalesced'), 1, 'it joined the miss in flight');
+  t.equal(r.listener.totals().io.get('directAnswers'), 1, 'the worker answered the second client itself');
 });
 
 t.test('direct answers: a worker that dies with a miss in flight gets nothing sent on its closed sockets; its successor serves', async (t) => {
@@ -804,6 +867,35 @@ t.test('loop: a miss crosses once for many clients on two sockets, its answer go
   const all = [...seen, ...k.reports()];
   t.equal(all[0]?.ready, true, 'ready first');
   t.equal(all.at(-1)?.closed, true, 'closed last');
+});
+
+t.test('loop: after a turn that posted misses (under a batch, no completions waiting) it sleeps at once; after hits or a full batch it looks again first', async (t) => {
+  const at: number[] = [];
+  const { k, loop, c } = loopRig([
+    () => {
+      at.push(k.recvCalls);
+      k.queue(5, { data: query({ name: 'svc-0.example.com', id: 1 }), from: from4(1000) });
+    },
+    () => {
+      at.push(k.recvCalls);
+      t.equal(answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.1', 60)])), 1);
+    },
+    () => {
+      at.push(k.recvCalls);
+      k.queue(5, { data: query({ name: 'svc-0.example.com', id: 2 }), from: from4(1000) });
+    },
+    () => {
+      at.push(k.recvCalls);
+      for (let i = 1; i <= 4; i++) k.queue(5, { data: query({ name: `svc-${i}.example.com`, id: 10 + i }), from: from4(1000 + i) });
+    },
+    () => at.push(k.recvCalls),
+  ]);
+  loop.run();
+  const turns = at.slice(1).map((n, i) => n - at[i]!);
+  // Two sockets: a turn is two receives. The miss's turn is the only one not followed by a second look.
+  t.same(turns, [2, 4, 4, 4], 'miss: slept at once; completion, hit, full batch of misses: one more turn first');
+  t.equal(c.cache.get('hitPositive'), 1, 'the second ask was a hit');
+  t.equal(k.sent.filter((s) => idOf(s.data) === 1 || idOf(s.data) === 2).length, 2, 'both asks answered');
 });
 
 t.test('loop: pause reads and answers what was already queued, then stops receiving; drained once nothing waits', async (t) => {

@@ -26,10 +26,13 @@ export class Job {
   done: boolean;
   /** Clock ms of the last write, for coredns_forward_request_duration_seconds. */
   sentAt: number;
+  /** Under NODELOCAL_MISS_TRACE only (src/miss-trace.ts): when it was staged, and when its write() returned, us. */
+  tracedAt: number;
   constructor(ex: UpstreamExchange) {
     this.ex = ex;
     this.id = -1;
     this.sentAt = 0;
+    this.tracedAt = 0;
     this.retried = false;
     this.done = false;
   }

@@ -43,6 +43,7 @@ import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Conn, Job } from './tcp-conn.js';
+import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../miss-trace.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
 import { ignoredAnswersFamily, rcodeSlots, upstreamCounterDefs } from './upstream-counters.js';
 
@@ -132,6 +133,8 @@ export class TcpPool implements Upstream {
    * --timeout for every search-list candidate while kube-dns is down.
    */
   #unreachable: boolean;
+  /** Under NODELOCAL_MISS_TRACE only: the jobs staged since the last flush. */
+  readonly #traced: Job[];
 
   constructor(opts: TcpPoolOptions) {
     // A host name would make net.connect resolve it through the system resolver: maybe through us.
@@ -162,6 +165,7 @@ export class TcpPool implements Upstream {
     this.#lostSinceConnect = false;
     this.#dirty = [];
     this.#unreachable = false;
+    this.#traced = [];
   }
 
   get openConnections(): number {
@@ -262,6 +266,10 @@ export class TcpPool implements Upstream {
       this.#dirty.push(c);
     }
     job.sentAt = now;
+    if (MISS_TRACE) {
+      job.tracedAt = traceNow();
+      this.#traced.push(job);
+    }
     c.sent++;
     this.#values[SLOT.sent]!++;
     if (c.sent >= this.#rotateAfterQueries) this.#drain(c, true);
@@ -275,10 +283,28 @@ export class TcpPool implements Upstream {
     for (let i = 0; i < dirty.length; i++) {
       const c = dirty[i]!;
       // A connection closed meanwhile dropped its staging; its jobs were re-queued or failed by #setClosed.
-      if (c.state === 'open' || c.state === 'draining') c.flush();
+      if (c.state !== 'open' && c.state !== 'draining') continue;
+      if (!MISS_TRACE) c.flush();
+      else {
+        const at = traceNow();
+        c.flush();
+        traceRecord('write.call', traceNow() - at);
+      }
     }
     dirty.length = 0;
+    if (MISS_TRACE) this.#traceFlush();
   };
+
+  #traceFlush(): void {
+    const now = traceNow();
+    for (const job of this.#traced) {
+      traceRecord('stage.write', now - job.tracedAt);
+      job.tracedAt = now;
+    }
+    this.#traced.length = 0;
+    if (traceMarks.reportAt > 0) traceRecord('report.write', now - traceMarks.reportAt);
+    traceMarks.reportAt = 0;
+  }
 
   #ensureConnecting(now: number): void {
     if (!this.#life.running || now < this.#nextConnectAt) return;
@@ -294,7 +320,7 @@ export class TcpPool implements Upstream {
     this.#conns.push(c);
     // TLS: usable once the handshake and certificate checks are done, not at the TCP connect.
     socket.on(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => this.#onConnect(c));
-    socket.on('data', (chunk: Buffer) => c.decoder.push(chunk));
+    socket.on('data', MISS_TRACE ? (chunk: Buffer) => tracedData(c, chunk) : (chunk: Buffer) => c.decoder.push(chunk));
     // The server's FIN: CoreDNS closing an idle connection, or a pod going away. Nothing more will be answered on it.
     socket.on('end', () => this.#setClosed(c, 'lost'));
     socket.on('error', (err: NodeJS.ErrnoException) => {
@@ -336,6 +362,7 @@ export class TcpPool implements Upstream {
       return;
     }
     c.inflight.delete(job.id);
+    if (MISS_TRACE) traceRecord('write.data', traceMarks.dataAt - job.tracedAt);
     // Success is an answer, not a connect: a server that accepts and then drops us must keep backing off.
     if (c.answered++ === 0) this.#backoffMs = BACKOFF_MIN_MS;
     const rcode = msg[OFF_FLAGS + 1]! & RCODE_MASK;
@@ -498,6 +525,13 @@ export class TcpPool implements Upstream {
     if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
     settle(job.ex, null, reason, this.#log);
   }
+}
+
+function tracedData(c: Conn, chunk: Buffer): void {
+  const at = traceNow();
+  traceMarks.dataAt = at;
+  c.decoder.push(chunk);
+  traceRecord('data.handled', traceNow() - at);
 }
 
 function plainConnect(server: ServerAddress): net.Socket {

@@ -35,6 +35,7 @@ import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters
 import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
 import { itemBytes, itemExtraOffset, itemTag, itemToken, nextSeq, type Packed } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
+import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
 
 const IO = BATCHED_COUNTERS.slot;
 const SV = SERVER_COUNTERS.slot;
@@ -215,6 +216,7 @@ export class DirectAnswers {
       return;
     }
     let k = 0;
+    const at = MISS_TRACE ? traceNow() : 0;
     // Bounded: every round either sends something or gives up on one message (as the worker's flush).
     while (k < filled) {
       const r = this.#sys.sendmmsg(fd, vec.at(k), filled - k);
@@ -224,6 +226,11 @@ export class DirectAnswers {
         this.#v[IO.sendErrors]!++;
         k++;
       }
+    }
+    if (MISS_TRACE) {
+      const now = traceNow();
+      traceRecord('send.call', now - at);
+      traceRecord('data.sent', now - traceMarks.dataAt);
     }
   }
 }

@@ -43,6 +43,7 @@ import { WorkerLink } from './worker-link.js';
 import { itemBytes, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, QUEUE_WAIT, sumInto, type BatchedCounters, type WorkerCounters } from './stats.js';
 import { TypedHistogram, hitPathHistograms, sumHistogram, sumHistogramsInto } from '../../ops/histogram.js';
+import { MISS_TRACE, traceReport } from '../../miss-trace.js';
 
 /**
  * Datagrams per recvmmsg and answers per sendmmsg. 64 amortises the two
@@ -397,6 +398,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   #onReport(link: WorkerLink, r: WorkerReport): void {
+    if (MISS_TRACE && r.trace !== undefined) traceReport(r.trace);
     const m = r.misses;
     const direct = link.direct;
     if (direct !== null) {

@@ -46,6 +46,7 @@ import {
 } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
 import type { TypedHistogram } from '../../ops/histogram.js';
+import { MISS_TRACE, traceNow } from '../../miss-trace.js';
 
 /** Bytes a query may take; a longer datagram arrives cut (MSG_TRUNC) and is dropped. Real queries are a few hundred bytes. */
 export const RECV_SLOT_BYTES = 4096;
@@ -152,6 +153,10 @@ export class WorkerLoop implements MissSink {
   #drainedSent: boolean;
   readonly #free: () => void;
   readonly #idleGc: IdleCollector;
+  /** Under NODELOCAL_MISS_TRACE only: when this turn began, and whether it followed a sleep in poll. */
+  #traceTurnAt: number;
+  #traceSlept: boolean;
+  #traceCompletedAt: number;
 
   constructor(sys: UdpBatchSys, port: MessagePort, init: WorkerInit) {
     this.#sys = sys;
@@ -217,6 +222,9 @@ export class WorkerLoop implements MissSink {
     this.#behind = false;
     this.#drainedSent = false;
     this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
+    this.#traceTurnAt = 0;
+    this.#traceSlept = false;
+    this.#traceCompletedAt = 0;
   }
 
   /** Runs until told to close. Never returns early on a bad packet: handle() errors are counted and logged. */
@@ -227,6 +235,7 @@ export class WorkerLoop implements MissSink {
     for (;;) {
       this.#clock.tick();
       if (trace !== null) trace.turn(this.#realtimeUs());
+      if (MISS_TRACE) this.#traceTurnAt = traceNow();
       // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
       if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
       if (trace !== null) trace.mark(1, this.#realtimeUs());
@@ -234,12 +243,14 @@ export class WorkerLoop implements MissSink {
       let got = this.#done.length > 0 ? this.#complete(this.#behind ? COMPLETIONS_WHEN_BEHIND : COMPLETIONS_PER_TURN) : 0;
       this.#behind = false;
       if (trace !== null) trace.mark(2, this.#realtimeUs());
+      if (MISS_TRACE) this.#traceCompletedAt = traceNow();
+      let received = 0;
       if (this.#state === 'running' || this.#state === 'draining') {
-        let received = 0;
         for (let s = 0; s < fds.length; s++) received += this.#receive(s);
         if (received === 0 && this.#state === 'draining') this.#state = 'paused';
         got += received;
       }
+      const missed = this.#misses.count > 0;
       // Gauges before the answers leave: a client that reads them after its answer sees this turn's (a completion's insert included).
       this.#publish();
       for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
@@ -247,7 +258,7 @@ export class WorkerLoop implements MissSink {
       this.#report();
       if (trace !== null) trace.endTurn(this.#realtimeUs(), got, this.#io[IO.wakeups]!);
       if (this.#state === 'closing') break;
-      if (got === 0) this.#sleep();
+      if (got === 0 || (missed && this.#done.length === 0 && received < this.#init.batch)) this.#sleep();
       if (this.#idleGc.maybeCollect(this.#clock.now(), this.#io[IO.datagrams]!)) this.#io[IO.idleGcs]!++;
     }
     trace?.write();
@@ -478,6 +489,13 @@ export class WorkerLoop implements MissSink {
     return n;
   }
 
+  /**
+   * Also right after a turn that posted misses, when it took less than a
+   * full batch and no completions wait: the main thread needs the CPU to
+   * forward them (with the agent on one CPU it runs only once we sleep), and
+   * another turn would only find the sockets empty. poll() returns at once
+   * if a datagram came meanwhile, so nothing waits longer for it.
+   */
   #sleep(): void {
     const ctl = this.#ctl;
     Atomics.store(ctl, Ctl.SLEEPING, 1);
@@ -486,6 +504,7 @@ export class WorkerLoop implements MissSink {
       const nfds = this.#state === 'running' || this.#state === 'draining' ? this.#fds.length + 1 : 1;
       this.#sys.poll(this.#arena.address + this.#pollOff, nfds, IDLE_POLL_MS);
       this.#io[IO.wakeups]!++;
+      if (MISS_TRACE) this.#traceSlept = true;
     }
     Atomics.store(ctl, Ctl.SLEEPING, 0);
     // The eventfd is level-triggered: drain it whether or not this wake came from it (read fails with EAGAIN when empty).
@@ -510,10 +529,16 @@ export class WorkerLoop implements MissSink {
     const drained = (this.#state === 'paused' || this.#state === 'closing') && !this.#drainedSent && this.#hits.inflight === 0;
     if (drained) this.#drainedSent = true;
     if (misses === null && waiters === null && logs === null && !drained) return;
-    const report: WorkerReport = drained ? { misses, waiters, logs, drained: true } : { misses, waiters, logs };
+    const report: WorkerReport = drained ? { misses, waiters, logs, drained: true } : MISS_TRACE && misses !== null ? this.#traced(misses, waiters, logs) : { misses, waiters, logs };
     const transfer = misses === null ? [] : transferOf(misses);
     if (waiters !== null) transfer.push(...transferOf(waiters));
     this.#port.postMessage(report, transfer);
+  }
+
+  #traced(misses: Packed, waiters: Packed | null, logs: WorkerReport['logs']): WorkerReport {
+    const trace = [this.#traceTurnAt, traceNow(), this.#traceSlept ? 1 : 0, this.#traceCompletedAt];
+    this.#traceSlept = false;
+    return { misses, waiters, logs, trace };
   }
 
   #post(r: WorkerReport): void {

@@ -145,6 +145,8 @@ export interface WorkerReport {
   readonly aborted?: number;
   /** Left its loop; it posts nothing after this. */
   readonly closed?: true;
+  /** Only under NODELOCAL_MISS_TRACE (src/miss-trace.ts): [turn start, post, slept in poll before the turn (0/1), messages and completions done], us. */
+  readonly trace?: readonly number[];
 }
 
 /** Main to worker. */
