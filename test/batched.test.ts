@@ -1038,6 +1038,25 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
   t.equal(c.io.get('inflight'), 0);
 });
 
+t.test('loop: a completion whose clients the main thread all answered only closes the question: the answer is not even read', async (t) => {
+  let token = 0;
+  const { k, loop, c } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
+      // Bytes that are no DNS message: read, they would count as malformed and answer SERVFAIL.
+      k.post({ t: 'done', items: doneItems([{ token, answer: Buffer.from('not an answer'), through: 1 }]).take() });
+    },
+    () => k.queue(5, { data: query({ name: 'other.example.com', id: 2 }), from: from4(2222) }),
+  ]);
+  loop.run();
+  t.not(token, 0);
+  t.equal(c.server.get('upstreamMalformed'), 0, 'not read');
+  t.same(k.sent.map((s) => idOf(s.data)), [], 'nothing sent: the main thread answered the client');
+  t.equal(c.server.get('rcode2'), 0, 'nothing counted here');
+  t.equal(c.io.get('inflight'), 1, 'closed: only the later miss waits');
+});
+
 t.test('loop: abort after completions the main thread answered takes them first: no SERVFAIL after an answer', async (t) => {
   let token = 0;
   const { k, loop } = loopRig([

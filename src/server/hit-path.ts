@@ -331,6 +331,22 @@ export class HitPath implements QueryHandler {
     this.#fail(miss, now);
   }
 
+  /**
+   * A completion whose clients were all answered elsewhere (`answered(peer)`
+   * for each: the batched main thread sent them theirs, and stored the
+   * answer in the one cache): the question is closed without reading the
+   * answer, and nothing is counted here (whoever answered counted). False,
+   * with nothing done, when a client still needs its answer from here or is
+   * sampled for the query log: complete() then.
+   */
+  release(token: number, answered: (peer: ClientPeer) => boolean): boolean {
+    const miss = this.#byToken.get(token);
+    if (miss === undefined) return true;
+    for (const w of miss.waiters) if (w.logged || !answered(w.peer)) return false;
+    this.#close(miss);
+    return true;
+  }
+
   /** Questions still waiting on the upstream side. */
   get inflight(): number {
     return this.#byToken.size;

@@ -117,6 +117,7 @@ export class WorkerLoop implements MissSink {
   readonly #keyOf: Map<number, string>;
   /** While a completion is applied: its clients with a sequence number up to this were answered by the main thread (0: none). */
   #answeredThrough: number;
+  readonly #answeredByMain = (peer: ClientPeer): boolean => seqAtOrBefore((peer as Peer).seq, this.#answeredThrough);
   /** Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. */
   readonly #done: Packed[];
   #doneAt: number;
@@ -379,8 +380,14 @@ export class WorkerLoop implements MissSink {
       const through = itemExtra(p, i, 0);
       const turn = this.#clock.stamp;
       if (through !== 0) {
-        // Its clients had their answer when the main thread sent it: logged with their duration as of then.
         this.#answeredThrough = through;
+        // Every client of it had its answer from the main thread, which stored it too: only the question to close.
+        if (this.#hits.release(token, this.#answeredByMain)) {
+          this.#answeredThrough = 0;
+          n++;
+          continue;
+        }
+        // Its clients had their answer when the main thread sent it: logged with their duration as of then.
         this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
       }
       try {

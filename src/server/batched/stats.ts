@@ -23,7 +23,7 @@ export const BATCHED_COUNTERS = defineCounters({
   restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again.' },
   sharedHits: {
     name: 'nodelocal_shared_cache_hits_total',
-    help: 'Worker cache misses answered from the shared cache on the main thread (another worker had fetched the name), without an upstream query.',
+    help: 'Worker cache misses answered from the cache on the main thread (the entry arrived after the worker looked, or its read found the store changing), without an upstream query.',
   },
   directAnswers: {
     name: 'nodelocal_udp_direct_answers_total',

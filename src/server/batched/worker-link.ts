@@ -80,7 +80,7 @@ export class WorkerLink implements MissReturn {
 
   /**
    * MissReturn: the clients answered from here when they can be (direct.ts),
-   * the completion queued for the worker's cache; all posted once per
+   * the completion queued for the worker (to release its waiters); all posted once per
    * event-loop turn (all the turn's completions in one message).
    */
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
