@@ -15,14 +15,14 @@
  * (store-layout.ts), so a torn read costs a retry, never an exception or a
  * loop.
  *
- * Memory order: the checks are Atomics (sequentially consistent); the data
- * reads between them are plain. V8 does not move plain typed-array accesses
- * across Atomics operations, and on x86 loads are not reordered with loads;
- * on weaker hardware (arm64) the second Atomics.load is a load-acquire,
- * which does not order the plain loads before it: a change could in
- * principle go unnoticed there in a window of a few instructions. Nothing a
- * reader does can crash on such a read (above), and the writer's changes are
- * rare next to reads.
+ * Memory order: the checks are Atomics; the data reads between them are
+ * plain. V8 does not move plain typed-array accesses across Atomics
+ * operations, and on x86 loads are not reordered with loads. On arm64 the
+ * second check's load-acquire would not keep the plain reads before it, so
+ * an Atomics.store to a word of our own comes first (a store-release there,
+ * which the reads before it cannot pass, and which the load-acquire after
+ * it cannot pass either); on x86 it costs one locked instruction a read.
+ * The writer does the mirror image (store.ts #begin).
  *
  * What a reader writes: the entry's `ref` byte (eviction gives a referenced
  * entry a second chance, since readers cannot reorder the LRU lists) and its
@@ -67,6 +67,8 @@ export class CacheReader implements HitCache {
   #slot: number;
   /** Reads that found the store changing and gave up (tests, diagnostics). */
   gaveUp: number;
+  /** A word of our own to store to between a read and its check (the memory order note above). */
+  readonly #fence: Int32Array;
 
   constructor(layout: StoreLayout, policy: CachePolicyOptions, counters: CacheCounters) {
     // The writer's hash: keys parsed on this thread must land where it put them.
@@ -79,6 +81,7 @@ export class CacheReader implements HitCache {
     this.#reply = null;
     this.#slot = -1;
     this.gaveUp = 0;
+    this.#fence = new Int32Array(new SharedArrayBuffer(4));
   }
 
   /** A reload: new TTL caps (for prepare), prefetch and stale window. */
@@ -99,6 +102,7 @@ export class CacheReader implements HitCache {
         continue;
       }
       const r = this.#read(q, h, now, limit, ednsSize);
+      Atomics.store(this.#fence, 0, 0);
       if (v.seq() !== before) {
         attempt++;
         continue;
@@ -177,6 +181,7 @@ export class CacheReader implements HitCache {
           );
         }
       }
+      Atomics.store(this.#fence, 0, 0);
       if (v.seq() !== before) {
         attempt++;
         continue;

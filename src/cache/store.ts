@@ -401,9 +401,17 @@ export class AnswerStore {
     this.evicted[list]!++;
   }
 
-  /** The sequence word odd: readers retry (or miss) what they read meanwhile (reader.ts). */
+  /**
+   * The sequence word odd: readers retry (or miss) what they read meanwhile
+   * (reader.ts). The load after the add keeps the changes that follow from
+   * being seen before the odd word on arm64 (there the add's store is only a
+   * store-release; a load-acquire after it orders what comes next).
+   */
   #begin(): void {
-    if (this.#depth++ === 0) Atomics.add(this.#v.header, SEQ, 1);
+    if (this.#depth++ === 0) {
+      Atomics.add(this.#v.header, SEQ, 1);
+      Atomics.load(this.#v.header, SEQ);
+    }
   }
 
   #end(): void {
