@@ -5,6 +5,11 @@
  * typed-array indexes, no object per entry). Lookup is find, check
  * freshness, done; everything else was decided at insert.
  *
+ * With batched UDP workers this is the one cache of the process: built
+ * `shared` (its store on SharedArrayBuffers), written only here, on the main
+ * thread, and read by every worker through reader.ts (HitCache is what a
+ * hit path needs of either).
+ *
  * Bounded twice: by entries (node-cache's 9984 each) and by bytes. Entry
  * counts alone let 12,000 names with 64 KB answers take 800 MB; the byte
  * budget charges each entry its slab record plus its index overhead, and
