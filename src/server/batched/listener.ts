@@ -128,6 +128,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#ownServer = new Counters(SERVER_COUNTERS);
     this.#ownsCache = opts.store === undefined;
     this.sharedCache = opts.store ?? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS), { shared: true });
+    // An ordinary ArrayBuffer would be copied into each worker: they would read a snapshot, never what is stored after.
+    if (!(this.sharedCache.layout.index instanceof SharedArrayBuffer)) throw new Error('BatchedUdpListener needs a cache built { shared: true }');
     this.#clock = opts.clock ?? systemClock;
     // Its lookups in a block of their own: they follow a worker miss already counted, so publishing them would count the query twice.
     this.#exchange = new MissExchange(this.#own, this.sharedCache.exchangeView(new Counters(CACHE_COUNTERS)), this.#clock);
