@@ -22,7 +22,7 @@ import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
-import { CacheSnapshots, loadSnapshot, SNAPSHOT_COUNTERS } from './cache/snapshot.js';
+import { CacheSnapshots, SNAPSHOT_COUNTERS } from './cache/snapshot.js';
 import { interceptionPart, interfacePart, type NodePart, type NodeSetupOptions } from './iface/node-setup.js';
 import { setupCounterSchema } from './iface/setup-counters.js';
 import { KubeApi, loadClusterConfig } from './kube/client.js';
@@ -137,6 +137,8 @@ export class Agent {
         ...cachePolicy(config),
       },
       new Counters(CACHE_COUNTERS),
+      // Batched: the workers read this very store (SharedArrayBuffers); it is the only cache.
+      { shared: config.io === 'batched' && !config.metricsByNamespace },
     );
     this.metrics = new AgentMetrics(
       {
@@ -284,8 +286,7 @@ export class Agent {
       clientMissRate: c.clientMissRate,
       clientMissBurst: c.clientMissBurst,
       maxQueryAgeMs: c.maxQueryAgeMs,
-      // The snapshot is written from the shared cache, so it must exist even with one worker.
-      ...(c.cacheSnapshot !== '' ? { sharedCache: true } : {}),
+      store: this.cache,
       dgram: { reusePort: c.reusePort, clock: this.#clock },
       logger: this.#logger,
     });
@@ -306,7 +307,8 @@ export class Agent {
     const batched = udp.batched;
     if (batched !== null) {
       batched.connect(resolver);
-      this.hitPath.connect(batched.mainSink(this.hitPath));
+      // The exchange stores what it fetches in this.cache: the hit path must not store it again.
+      this.hitPath.connect(batched.mainSink(this.hitPath), false);
       this.metrics.addWorkerTotals(() => batched.totals());
     } else {
       this.hitPath.connect(resolver);
@@ -605,16 +607,13 @@ export class Agent {
    */
   #snapshotPart(path: string): Component {
     this.metrics.add(this.snapshotCounters, false);
-    const shared = this.#batched?.sharedCache ?? null;
     const snapshots = new CacheSnapshots({
-      cache: shared ?? this.cache, path, intervalMs: this.#config.cacheSnapshotIntervalMs, clock: this.#clock, logger: this.#logger, counters: this.snapshotCounters,
+      cache: this.cache, path, intervalMs: this.#config.cacheSnapshotIntervalMs, clock: this.#clock, logger: this.#logger, counters: this.snapshotCounters,
     });
     return {
       name: 'cache-snapshot',
-      // Batched: every upstream answer (the workers' and TCP's) passes through the shared cache behind the workers, so
-      // that is what is written; a load fills it and TCP's cache, and each worker's first miss on a name is answered from it.
+      // Batched too: this.cache is the one cache, which the workers read.
       start: async () => {
-        if (shared !== null) await loadSnapshot(this.cache, path, this.#clock, this.#logger);
         await snapshots.start();
       },
       stop: async () => {

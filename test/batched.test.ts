@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { ManualClock, systemClock } from '../src/clock.js';
+import { scanAnswer } from '../src/dns/answer.js';
 import { upstreamQuery } from '../src/dns/build.js';
 import { parseQuery } from '../src/dns/query.js';
 import { a as rr, answer, query, ttlOf } from './kit/dns.js';
@@ -23,11 +24,12 @@ import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { UdpListener } from '../src/server/udp-listener.js';
-import { BatchedUdpListener, workerMissLimit, workerShare } from '../src/server/batched/listener.js';
+import { BatchedUdpListener, workerMissLimit } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop } from '../src/server/batched/loop.js';
 import { ipv6Text } from '../src/server/batched/loop-parts.js';
+import { hitPathHistograms } from '../src/ops/histogram.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/server/batched/idle-gc.js';
 import {
   DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, stamp16, waiterTag,
@@ -290,15 +292,22 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
   t.ok(r.listener.totals().io.get('crossWorkerCoalesced') >= 1, 'counted as coalesced across workers');
   clients.forEach((c, i) => t.same(dataOf(c.answers.get(300 + i)), ['10.0.0.9']));
 
-  // One after the other this time: the second worker's first miss on a name the other fetched is answered from the shared cache.
+  // One after the other this time: a name fetched through one worker is a hit in the other (one cache, read by both).
+  const hitsBefore = r.listener.workerCounters().map((w) => w.cache.get('hitPositive'));
+  const missesBefore = r.listener.workerCounters().map((w) => w.cache.get('miss'));
   for (let i = 0; i < clients.length; i++) {
     void clients[i]!.send(port, 'svc-11.example.com', 400 + i);
     await until('answer', () => clients[i]!.answers.has(400 + i));
     t.same(dataOf(clients[i]!.answers.get(400 + i)), ['10.0.0.11']);
   }
   t.equal(r.upstream.stats.udpQueries, 2, 'one upstream query for the new name');
-  t.ok(r.listener.totals().io.get('sharedHits') >= 1, 'the other worker got it from the shared cache');
-  t.equal(r.listener.sharedCache?.positiveSize, 2);
+  const hits = r.listener.workerCounters().map((w, k) => w.cache.get('hitPositive') - hitsBefore[k]!);
+  const misses = r.listener.workerCounters().map((w, k) => w.cache.get('miss') - missesBefore[k]!);
+  t.same(misses.sort(), [0, 1], `one worker missed it once (${misses.join(', ')})`);
+  t.ok(hits.every((n) => n > 0), `both workers answered it as a hit (${hits.join(', ')}): the one that did not fetch it too`);
+  t.equal(r.listener.totals().io.get('sharedHits'), 0, 'no worker had to ask the main thread for it');
+  t.equal(r.listener.sharedCache.positiveSize, 2);
+  t.equal(r.listener.totals().io.get('entriesPositive'), 2, 'the one store\'s size, not a sum over workers');
 
   // A worker that dies takes its sockets out of the group with it: the other answers everyone at once.
   const before = r.listener.workerCounters()[0]!.io.get('datagrams');
@@ -406,7 +415,7 @@ t.test('direct answers: the main thread sends a miss\'s answer on the worker\'s 
   t.equal(spy.stale.length, 0, 'never a send on a closed socket');
 });
 
-t.test('direct answers leave before the completion is posted: a client that asks again in between joins the miss in its worker and gets one answer, from the worker', async (t) => {
+t.test('direct answers leave before the completion is posted: a client that asks again in between is a hit in its worker (the exchange stored the answer in the one cache first) and gets one answer', async (t) => {
   const spy = new SysSpy();
   const r = await rig(t, { spy: (s) => spy.wrap(s) });
   const port = r.ports[0]!;
@@ -458,9 +467,9 @@ t.test('direct answers leave before the completion is posted: a client that asks
   t.same(dataOf(second), ['10.0.0.9']);
   t.same(dataOf(c.answers.get(1)), ['10.0.0.9']);
   t.equal(r.upstream.stats.udpQueries, 1, 'one upstream query');
-  t.equal(w.cache.get('hitPositive'), 0, 'not a hit: the completion had not reached the worker');
-  t.equal(w.server.get('coalesced'), 1, 'it joined the miss in flight');
-  t.equal(r.listener.totals().io.get('directAnswers'), 1, 'the worker answered the second client itself');
+  t.equal(w.cache.get('hitPositive'), 1, 'a hit, although the completion had not reached the worker: it reads the store the exchange wrote');
+  t.equal(w.server.get('coalesced'), 0, 'nothing to join');
+  t.equal(r.listener.totals().io.get('directAnswers'), 1, 'the main thread sent the first answer, the worker the second (its hit)');
 });
 
 t.test('direct answers: a worker that dies with a miss in flight gets nothing sent on its closed sockets; its successor serves', async (t) => {
@@ -472,8 +481,12 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   const c = new Client();
   await c.ready();
   t.teardown(() => c.close());
+  // A name fetched before the death: the main thread stores it, the successor reads it.
+  void c.send(port, 'svc-4.example.com', 100);
+  await until('the first answer', () => c.answers.has(100));
+  const sentBefore = spy.sends.length;
   void c.send(port, 'held-7.example.com', 1);
-  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 2);
   // A thread asleep in poll ends only when poll returns: a datagram wakes it (the answer to that one is lost with the worker too).
   const dying = r.listener.workerThread(0)!.terminate();
   const waker = new Client();
@@ -486,16 +499,25 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   release();
   await until('the upstream answer to come back', () => r.resolver.inflight === 0);
   await new Promise((res) => setTimeout(res, 20));
-  t.equal(spy.sends.length, 0, 'nothing sent for the dead worker');
+  t.equal(spy.sends.length, sentBefore, 'nothing sent for the dead worker');
   t.equal(spy.stale.length, 0);
   t.notOk(c.answers.has(1), 'its client retries (as with any lost datagram)');
   await until('the successor', () => r.listener.workerThread(0) !== null, 5000);
   // A thread starts in seconds under the test's TypeScript loader: the query waits in its socket meanwhile.
-  void c.send(port, 'held-7.example.com', 2);
+  void c.send(port, 'svc-4.example.com', 2);
   await until('the answer from the successor', () => c.answers.has(2), 30_000);
-  t.equal(rcodeName(c.answers.get(2)), 'NXDOMAIN');
+  t.same(dataOf(c.answers.get(2)), ['10.0.0.4']);
+  t.equal(r.upstream.stats.udpQueries, 2, 'no second query for the name fetched before the death');
+  t.equal(r.listener.workerCounters().at(-1)!.cache.get('hitPositive'), 1, 'a hit in the successor: it reads the same store');
+  t.equal(spy.sends.length, sentBefore, 'a hit goes out from the worker');
+  void c.send(port, 'held-7.example.com', 3);
+  await until('the held name', () => c.answers.has(3), 30_000);
+  t.equal(rcodeName(c.answers.get(3)), 'NXDOMAIN');
+  void c.send(port, 'svc-3.example.com', 4);
+  await until('a new name through the successor', () => c.answers.has(4), 30_000);
+  t.same(dataOf(c.answers.get(4)), ['10.0.0.3']);
   t.equal(spy.stale.length, 0, 'the successor\'s sockets are new and open');
-  t.ok(spy.sends.length >= 1, 'its answer went out directly');
+  t.ok(spy.sends.length > sentBefore, 'its miss was answered directly');
 });
 
 t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
@@ -622,8 +644,6 @@ t.test('the platform checks: a loader that is not koffi, and the worker count ru
   t.equal(defaultWorkers(64, null), MAX_AUTO_WORKERS, 'capped');
   t.equal(defaultWorkers(64, 1.5), 2, 'a cgroup quota of 1.5 CPUs allows 2');
   t.equal(defaultWorkers(8, 0.2), 1);
-  const share = workerShare({ ...CACHE, positiveCapacity: 9984, negativeCapacity: 9984, maxBytes: 64 << 20 }, 3);
-  t.same([share.positiveCapacity, share.negativeCapacity, share.maxBytes, share.successTtl], [3328, 3328, Math.floor((64 << 20) / 3), CACHE.successTtl], 'a worker\'s share of the cache');
   const files: Record<string, string> = { '/sys/fs/cgroup/cpu.max': '150000 100000\n' };
   const read = (p: string): string => {
     const v = files[p];
@@ -801,28 +821,37 @@ const SVC = 'svc.example.com';
 function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
   const k = new FakeKernel(steps);
   const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
+  // The main thread's cache: the loop reads it, the script plays the main thread and stores in it.
+  const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
-    index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, maxUdpSize: 512,
+    index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
     queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, maxQueryAgeMs: 0, ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
   t.teardown(() => k.mainPort.close());
-  return { k, loop, c: workerCounters(stats) };
+  return { k, loop, c: workerCounters(stats), store };
+}
+
+/** What the main thread's exchange does with an answer it fetched: stores it in the one cache. */
+function storeAnswer(store: DnsCache, name: string, bytes: Buffer): void {
+  store.insert(parseQuery(query({ name })).key, bytes, scanAnswer(bytes)!, systemClock.now());
 }
 
 const from4 = (port: number): Buffer => sockaddr4('10.0.0.1', port);
 const idOf = (b: Buffer): number => b.readUInt16BE(0);
 const portOf = (sa: Buffer): number => sa.readUInt16BE(2);
 
-/** The main thread's answer to every miss in the loop's reports so far. */
-function answerMisses(k: FakeKernel, reports: WorkerReport[], bytes: (name: string) => Buffer): number {
+/** The main thread's answer to every miss in the loop's reports so far (stored in `store` first, as the exchange does, when given). */
+function answerMisses(k: FakeKernel, reports: WorkerReport[], bytes: (name: string) => Buffer, store: DnsCache | null = null): number {
   const done = new Packer(false);
   for (const r of reports) {
     const m = r.misses;
     if (m === null) continue;
     for (let i = 0; i < m.count; i++) {
-      const q = dnsPacket.decode(itemBytes(m, i)!);
-      done.push(itemToken(m, i), OUTCOME_INDEX.upstream, bytes(q.questions![0]!.name), null);
+      const name = dnsPacket.decode(itemBytes(m, i)!).questions![0]!.name;
+      const ans = bytes(name);
+      if (store !== null) storeAnswer(store, name, ans);
+      done.push(itemToken(m, i), OUTCOME_INDEX.upstream, ans, null);
     }
   }
   const n = done.count;
@@ -832,7 +861,7 @@ function answerMisses(k: FakeKernel, reports: WorkerReport[], bytes: (name: stri
 
 t.test('loop: a miss crosses once for many clients on two sockets, its answer goes back to each on its own socket (flushing a full vector), then hits', async (t) => {
   const seen: WorkerReport[] = [];
-  const { k, loop, c } = loopRig([
+  const { k, loop, c, store } = loopRig([
     () => {
       for (let i = 1; i <= 5; i++) k.queue(5, { data: query({ name: i === 1 ? 'SVC.example.com' : SVC, id: i }), from: from4(1110 + i) });
       k.queue(6, { data: query({ name: SVC, id: 6 }), from: sockaddr6loopback(2222) });
@@ -840,7 +869,7 @@ t.test('loop: a miss crosses once for many clients on two sockets, its answer go
     () => {
       const reports = k.reports();
       seen.push(...reports);
-      t.equal(answerMisses(k, reports, (n) => answer(n, [rr(n, '192.0.2.9', 60)])), 1, 'one miss for six clients');
+      t.equal(answerMisses(k, reports, (n) => answer(n, [rr(n, '192.0.2.9', 60)]), store), 1, 'one miss for six clients');
     },
     () => {
       t.equal(k.sent.length, 6);
@@ -863,7 +892,8 @@ t.test('loop: a miss crosses once for many clients on two sockets, its answer go
   t.equal(c.server.get('coalesced'), 5);
   t.equal(c.server.get('req_udp_1_A'), 11, 'coredns_dns_requests_total: the IPv4 clients as family 1 (read from the sockaddr)');
   t.equal(c.server.get('req_udp_2_A'), 1, 'the IPv6 client as family 2');
-  t.equal(c.io.get('entriesPositive'), 1);
+  t.equal(store.positiveSize, 1, 'stored once, by the main thread');
+  t.equal(c.io.get('entriesPositive'), 0, 'the worker publishes no cache gauges: the store is the main thread\'s');
   const all = [...seen, ...k.reports()];
   t.equal(all[0]?.ready, true, 'ready first');
   t.equal(all.at(-1)?.closed, true, 'closed last');
@@ -871,14 +901,14 @@ t.test('loop: a miss crosses once for many clients on two sockets, its answer go
 
 t.test('loop: after a turn that posted misses (under a batch, no completions waiting) it sleeps at once; after hits or a full batch it looks again first', async (t) => {
   const at: number[] = [];
-  const { k, loop, c } = loopRig([
+  const { k, loop, c, store } = loopRig([
     () => {
       at.push(k.recvCalls);
       k.queue(5, { data: query({ name: 'svc-0.example.com', id: 1 }), from: from4(1000) });
     },
     () => {
       at.push(k.recvCalls);
-      t.equal(answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.1', 60)])), 1);
+      t.equal(answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.1', 60)]), store), 1);
     },
     () => {
       at.push(k.recvCalls);
@@ -1003,23 +1033,23 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
 t.test('loop: a hit is not held behind a big batch of completions (at most COMPLETIONS_PER_TURN per turn)', async (t) => {
   const N = COMPLETIONS_PER_TURN + 44;
   let mark = 0;
-  const { k, loop } = loopRig(
+  const rig = loopRig(
     [
-      () => k.queue(5, { data: query({ name: 'hot.example.com', id: 1 }), from: from4(1) }),
-      () => answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.1', 60)])),
+      () => rig.k.queue(5, { data: query({ name: 'hot.example.com', id: 1 }), from: from4(1) }),
+      () => answerMisses(rig.k, rig.k.reports(), (n) => answer(n, [rr(n, '192.0.2.1', 60)]), rig.store),
       () => {
-        for (let i = 0; i < N; i++) k.queue(5, { data: query({ name: `m-${i}.example.com`, id: i }), from: from4(1000 + i) });
+        for (let i = 0; i < N; i++) rig.k.queue(5, { data: query({ name: `m-${i}.example.com`, id: i }), from: from4(1000 + i) });
       },
       () => {
-        t.equal(answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.2', 60)])), N);
-        mark = k.sent.length;
-        k.queue(5, { data: query({ name: 'hot.example.com', id: 9999 }), from: from4(2) });
+        t.equal(answerMisses(rig.k, rig.k.reports(), (n) => answer(n, [rr(n, '192.0.2.2', 60)]), rig.store), N);
+        mark = rig.k.sent.length;
+        rig.k.queue(5, { data: query({ name: 'hot.example.com', id: 9999 }), from: from4(2) });
       },
     ],
     { maxInflight: 1000 },
   );
-  loop.run();
-  const after = k.sent.slice(mark);
+  rig.loop.run();
+  const after = rig.k.sent.slice(mark);
   t.equal(after.length, N + 1);
   const hit = after.findIndex((s) => idOf(s.data) === 9999 && portOf(s.to) === 2);
   t.ok(hit >= 0 && hit <= COMPLETIONS_PER_TURN, `the hit went out with the first ${COMPLETIONS_PER_TURN} completions (at ${hit}), not after all ${N}`);
@@ -1058,7 +1088,7 @@ function doneItems(items: { token: number; answer: Buffer | null; through: numbe
   return done;
 }
 
-t.test('loop: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is cached and counted, not sent again; a client that joined later is answered by the worker', async (t) => {
+t.test('loop: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is counted, not sent again; a client that joined later is answered by the worker', async (t) => {
   let token = 0;
   const waiters: Packed[] = [];
   const take = (reports: WorkerReport[]): void => {
@@ -1067,7 +1097,7 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
       if (r.waiters) waiters.push(r.waiters);
     }
   };
-  const { k, loop, c } = loopRig([
+  const { k, loop, c, store } = loopRig([
     () => k.queue(5, { data: query({ name: 'SvC.example.com', id: 1, edns: true }), from: from4(1111) }),
     () => {
       take(k.reports());
@@ -1076,8 +1106,10 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
     },
     () => {
       take(k.reports());
-      // The main thread answered client 1 (waiter 1) when the answer came, before client 2's record arrived.
-      k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), through: 1 }]).take() });
+      // The main thread answered client 1 (waiter 1) when the answer came, before client 2's record arrived, and stored it.
+      const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
+      storeAnswer(store, SVC, ans);
+      k.post({ t: 'done', items: doneItems([{ token, answer: ans, through: 1 }]).take() });
     },
     () => {
       t.same(k.sent.map((s) => [s.fd, idOf(s.data)]), [[6, 2]], 'only the client the main thread did not know of is answered by the worker');
@@ -1098,6 +1130,25 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
   t.equal(c.cache.get('hitPositive'), 1);
   t.equal(c.server.get('rcode0'), 2, 'the two answers the worker sent counted; the one the main thread sent is its to count');
   t.equal(c.io.get('inflight'), 0);
+});
+
+t.test('loop: a completion whose clients the main thread all answered only closes the question: the answer is not even read', async (t) => {
+  let token = 0;
+  const { k, loop, c } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
+      // Bytes that are no DNS message: read, they would count as malformed and answer SERVFAIL.
+      k.post({ t: 'done', items: doneItems([{ token, answer: Buffer.from('not an answer'), through: 1 }]).take() });
+    },
+    () => k.queue(5, { data: query({ name: 'other.example.com', id: 2 }), from: from4(2222) }),
+  ]);
+  loop.run();
+  t.not(token, 0);
+  t.equal(c.server.get('upstreamMalformed'), 0, 'not read');
+  t.same(k.sent.map((s) => idOf(s.data)), [], 'nothing sent: the main thread answered the client');
+  t.equal(c.server.get('rcode2'), 0, 'nothing counted here');
+  t.equal(c.io.get('inflight'), 1, 'closed: only the later miss waits');
 });
 
 t.test('loop: abort after completions the main thread answered takes them first: no SERVFAIL after an answer', async (t) => {
@@ -1124,7 +1175,9 @@ t.test('DirectAnswers: serves each waiter as the worker would, tells late record
   const fds = [5, 6];
   const counters = new Counters(BATCHED_COUNTERS);
   const server = new Counters(SERVER_COUNTERS);
-  const d = new DirectAnswers(sys, fds, 2, 512, () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server);
+  const hist = hitPathHistograms();
+  let nowMs = 1000;
+  const d = new DirectAnswers(sys, fds, 2, 512, () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server, hist, () => nowMs);
   const waiter = (tok: number, sock: number, data: Buffer, from: Buffer): Packed => {
     const p = new Packer(false, WAITER_STRIDE);
     p.push(tok, waiterTag(sock, from.length), data, null);
@@ -1138,7 +1191,11 @@ t.test('DirectAnswers: serves each waiter as the worker would, tells late record
   d.expect(7);
   t.equal(d.add(waiter(7, 0, query({ name: 'sVc.EXAMPLE.com', id: 0x1234, edns: true, udpSize: 4096 }), from4(1111))), false);
   t.equal(d.add(waiter(7, 1, query({ name: SVC, id: 0x4321 }), sockaddr6loopback(2222))), false);
+  nowMs += 3;
   t.equal(d.answer(7, ok, 'upstream'), 2, 'answered through the second record');
+  t.equal(hist.duration.count, 2, 'each answer observed in coredns_dns_request_duration_seconds, here where it leaves');
+  t.equal(hist.duration.sum, 0.006, 'from when its record arrived: 3 ms each');
+  t.equal(hist.responseSize[0].count, 2, 'and its size, as UDP');
   t.equal(sys.sent.length, 0, 'nothing before the end of the turn');
   d.flush();
   t.same(sys.sent.map((s) => [s.fd, idOf(s.data), portOf(s.to), s.via]), [[5, 0x1234, 1111, 'sendmmsg'], [6, 0x4321, 2222, 'sendmmsg']]);

@@ -18,7 +18,7 @@ const OPTS: CacheOptions = {
 };
 
 function newCache(o: Partial<CacheOptions> = {}, hashMask?: number): DnsCache {
-  return new DnsCache({ ...OPTS, ...o }, new Counters(CACHE_COUNTERS), hashMask);
+  return new DnsCache({ ...OPTS, ...o }, new Counters(CACHE_COUNTERS), hashMask === undefined ? {} : { hashMask });
 }
 
 const q = (name: string): Query => parseQuery(query({ name }));

@@ -149,7 +149,7 @@ t.test('key bytes: non-ASCII bytes never fold, ASCII letters always do, and the 
 
 t.test('lookupBytes finds what a string key stored, also when every hash collides', async (t) => {
   for (const hashMask of [undefined, 0, 0xf]) {
-    const cache = new DnsCache(OPTS, new Counters(CACHE_COUNTERS), hashMask);
+    const cache = new DnsCache(OPTS, new Counters(CACHE_COUNTERS), hashMask === undefined ? {} : { hashMask });
     const clock = new ManualClock();
     const names = Array.from({ length: 60 }, (_, i) => `N${i}.Example`);
     for (const [i, name] of names.entries()) {

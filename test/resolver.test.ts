@@ -6,7 +6,8 @@
 // lifecycle and clock parts it is built from.
 import t from 'tap';
 import * as dnsPacket from 'dns-packet';
-import { DnsCache, ENTRY_OVERHEAD_BYTES, type CacheOptions } from '../src/cache/cache.js';
+import { DnsCache, ENTRY_OVERHEAD_BYTES, type CacheOptions, type HitCache } from '../src/cache/cache.js';
+import { CacheReader } from '../src/cache/reader.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { ManualClock, SWEEP_MS } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
@@ -15,7 +16,6 @@ import { ComponentStack, StartupError } from '../src/lifecycle.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { ClientMissLimiter, MAX_CLIENTS } from '../src/server/client-limit.js';
 import { HitPath, MAX_WAITERS_PER_QUESTION, type MissOutcome } from '../src/server/hit-path.js';
-import { workerShare } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken } from '../src/server/batched/protocol.js';
 import { BATCHED_COUNTERS } from '../src/server/batched/stats.js';
@@ -716,7 +716,7 @@ t.test('bailiwick: records outside the question are removed before caching and n
 });
 
 // The same contract through the batched backend's boundary, socket-free: worker
-// hit paths (each with its own cache, a shared one behind them with two) hand
+// hit paths (each reading the one cache the main thread writes, cache/reader.ts) hand
 // misses to the main thread's MissExchange as a worker does, one Resolver
 // serves them and the main thread's hit path through the MissMux, and
 // outcomes come back through the packed form they travel in; the main
@@ -746,9 +746,11 @@ function throughPort(token: number, answer: Buffer | null, outcome: MissOutcome)
 function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst: number }; maxConcurrent?: number } = {}): BackendRig {
   const clock = new ManualClock();
   const limiter = (share: number): ClientMissLimiter | null => (opts.clientLimit === undefined ? null : new ClientMissLimiter(opts.clientLimit.rate / share, Math.max(1, opts.clientLimit.burst / share)));
-  const hitPath = (cache: DnsCache, share: number): HitPath =>
+  const hitPath = (cache: HitCache, share: number): HitPath =>
     new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232, queryLogEvery: 0, clientLimit: limiter(share) });
-  const main = hitPath(new DnsCache(CACHE_OPTS, new Counters(CACHE_COUNTERS)), 1);
+  // Batched: the one cache, on this thread, which the workers read (as the listener wires it).
+  const store = new DnsCache(CACHE_OPTS, new Counters(CACHE_COUNTERS), { shared: workers > 0 });
+  const main = hitPath(store, 1);
   const cluster = new FakeUpstream(clock);
   const external = new FakeUpstream(clock);
   const router = new ZoneRouter<Route>([{ zone: 'cluster.local', target: { upstream: cluster, timeoutMs: 2000, local: null } }], { upstream: external, timeoutMs: 4500, local: null });
@@ -767,19 +769,21 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
       abortAll: () => main.abortAll(),
     };
   }
-  const shared = workers > 1 ? new DnsCache(CACHE_OPTS, new Counters(CACHE_COUNTERS)) : null;
-  const exchange = new MissExchange(new Counters(BATCHED_COUNTERS), shared, clock);
+  const exchange = new MissExchange(new Counters(BATCHED_COUNTERS), store.exchangeView(new Counters(CACHE_COUNTERS)), clock);
   const resolver = make(exchange);
   exchange.connect(resolver);
-  // The main thread's hit path (TCP) asks through the same exchange, answered synchronously.
-  main.connect(exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome) }));
-  const paths = Array.from({ length: workers }, () => {
-    const cache = new DnsCache(shared === null ? CACHE_OPTS : workerShare(CACHE_OPTS, workers), new Counters(CACHE_COUNTERS));
-    return hitPath(cache, workers);
-  });
+  // The main thread's hit path (TCP) asks through the same exchange, answered synchronously; the exchange stores.
+  main.connect(exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome) }), false);
+  const paths = Array.from({ length: workers }, () => hitPath(new CacheReader(store.layout, CACHE_OPTS, new Counters(CACHE_COUNTERS)), workers));
   for (const w of paths) {
     const link: MissReturn = { alive: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)) };
-    w.connect({ forward: (token, key, query) => exchange.forward(link, token, key, Buffer.from(query)) });
+    w.connect({
+      forward: (token, key, query, refresh) => {
+        // As listener.ts: a worker's refresh is claimed on the main thread, or dropped.
+        if (refresh === true && !store.claimRefresh(key, clock.now())) link.deliver(token, null, 'overloaded');
+        else exchange.forward(link, token, key, Buffer.from(query));
+      },
+    });
   }
   let next = 0;
   return {

@@ -8,6 +8,8 @@
 import t, { type Test } from 'tap';
 import { MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
 import { a as rr, answer, query } from './kit/dns.js';
+import { scanAnswer } from '../src/dns/answer.js';
+import { parseQuery } from '../src/dns/query.js';
 import type { CacheOptions } from '../src/cache/cache.js';
 import { DnsCache } from '../src/cache/cache.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
@@ -141,18 +143,20 @@ t.test('a real socket: SO_TIMESTAMPNS ages are at least the time held, in send o
 const SVC = 'svc.example.com';
 const NOW_NS = 1_700_000_000_000_000_000n;
 
-function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}, errno = 0) {
+function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}, errno = 0, cache: CacheOptions = CACHE) {
   const k = new FakeKernel(steps);
   k.nowNs = NOW_NS;
   k.timestampErrno = errno;
   const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
+  // The main thread's cache: the loop reads it; a script playing the main thread stores in it.
+  const store = new DnsCache(cache, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
-    index: 0, fds: [5], names: ['udp://127.0.0.1:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, maxUdpSize: 512,
+    index: 0, fds: [5], names: ['udp://127.0.0.1:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
     queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 8, maxInflight: 100, maxQueryAgeMs: 1000, ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
   t.teardown(() => k.mainPort.close());
-  return { k, loop, c: workerCounters(stats) };
+  return { k, loop, c: workerCounters(stats), store };
 }
 
 const ms = (n: number): bigint => BigInt(n) * 1_000_000n;
@@ -242,13 +246,16 @@ t.test('loop: a socket that refuses SO_TIMESTAMPNS serves every query, measures 
 });
 
 t.test('loop: ages are read per datagram of a batch, and a hit after a dropped query is answered', async (t) => {
-  const { k, loop, c } = loopRig([
+  const { k, loop, c, store } = loopRig([
     () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: sockaddr4('10.0.0.1', 1001) }),
     () => {
       const r = k.reports();
       const m = r.find((x) => x.misses !== null)!.misses!;
       const done = new Packer(false, 6);
-      done.push(itemToken(m, 0), 0, answer(SVC, [rr(SVC, '192.0.2.1', 60)]), null);
+      const bytes = answer(SVC, [rr(SVC, '192.0.2.1', 60)]);
+      // The main thread's part: stored in the one cache, then the completion posted.
+      store.insert(parseQuery(query({ name: SVC })).key, bytes, scanAnswer(bytes)!, systemClock.now());
+      done.push(itemToken(m, 0), 0, bytes, null);
       const items = done.take();
       k.mainPort.postMessage({ t: 'done', items } satisfies ToWorker, transferOf(items));
       Atomics.store(new Int32Array(k.ctl), Ctl.PENDING, 1);
@@ -314,8 +321,9 @@ t.test('loop over real sockets: a query held in the kernel queue past the bound 
       return 1;
     },
   };
+  const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
-    index: 0, fds: [server], names: [`udp://127.0.0.1:${port}`], wakeFd: wake, ctl, stats, cache: CACHE, maxUdpSize: 512,
+    index: 0, fds: [server], names: [`udp://127.0.0.1:${port}`], wakeFd: wake, ctl, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
     queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, maxQueryAgeMs: BOUND_MS,
   };
   t.ok(workerBlockBytes(4, 1, 512) > recvVecBytes(4, 4096), 'the worker block holds the control slots');
@@ -395,6 +403,7 @@ t.test('/metrics: the workers\' queue-wait histogram and stale drops, summed ove
 t.test('loop: while a socket is behind (a full receive), a turn applies at most COMPLETIONS_WHEN_BEHIND completions before reading on', async (t) => {
   const N = 300;
   const BATCH = 8;
+  // The main thread's part: each answer stored in the one cache (as the exchange does), then the completion posted.
   const answerAll = (k: FakeKernel, reports: WorkerReport[]): number => {
     const done = new Packer(false, 6);
     for (const r of reports) {
@@ -402,7 +411,9 @@ t.test('loop: while a socket is behind (a full receive), a turn applies at most 
       if (m === null) continue;
       for (let i = 0; i < m.count; i++) {
         const name = dnsName(itemBytes(m, i)!);
-        done.push(itemToken(m, i), 0, answer(name, [rr(name, '192.0.2.7', 60)]), null);
+        const bytes = answer(name, [rr(name, '192.0.2.7', 60)]);
+        rig.store.insert(parseQuery(query({ name })).key, bytes, scanAnswer(bytes)!, systemClock.now());
+        done.push(itemToken(m, i), 0, bytes, null);
       }
     }
     const count = done.count;
@@ -412,7 +423,7 @@ t.test('loop: while a socket is behind (a full receive), a turn applies at most 
     return count;
   };
   let mark = 0;
-  const { k, loop } = loopRig(
+  const rig = loopRig(
     [
       () => k.queue(5, { data: query({ name: 'hot.example.com', id: 1 }), from: sockaddr4('10.0.0.2', 1) }),
       () => answerAll(k, k.reports()),
@@ -427,8 +438,11 @@ t.test('loop: while a socket is behind (a full receive), a turn applies at most 
       },
     ],
     // Room for every answer: an evicted hot entry would turn the hits into misses.
-    { maxInflight: 1000, batch: BATCH, cache: { ...CACHE, positiveCapacity: 1000 } },
+    { maxInflight: 1000, batch: BATCH },
+    0,
+    { ...CACHE, positiveCapacity: 1000 },
   );
+  const { k, loop } = rig;
   loop.run();
   const after = k.sent.slice(mark).map((s) => (s.data.readUInt16BE(0) >= 5000 ? 'hit' : 'done'));
   t.equal(after.length, N + 3 * BATCH, JSON.stringify(after.reduce<[string, number][]>((r, x) => { const l = r[r.length - 1]; if (l !== undefined && l[0] === x) l[1]++; else r.push([x, 1]); return r; }, [])));

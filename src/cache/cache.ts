@@ -5,18 +5,25 @@
  * typed-array indexes, no object per entry). Lookup is find, check
  * freshness, done; everything else was decided at insert.
  *
+ * With batched UDP workers this is the one cache of the process: built
+ * `shared` (its store on SharedArrayBuffers), written only here, on the main
+ * thread, and read by every worker through reader.ts (HitCache is what a
+ * hit path needs of either).
+ *
  * Bounded twice: by entries (node-cache's 9984 each) and by bytes. Entry
  * counts alone let 12,000 names with 64 KB answers take 800 MB; the byte
  * budget charges each entry its slab record plus its index overhead, and
  * caps the slab itself, so memory stays bounded whatever the answers weigh.
  */
 import { scanAnswer, type AnswerScan } from '../dns/answer.js';
+import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
 import { HEADER_LEN } from '../dns/constants.js';
+import type { QueryScratch } from '../dns/query.js';
 import { AnswerCopy, lifeSec, type CacheEntry, type CacheRecord } from './entry.js';
 import { planCaching, type CachePlan, type TtlCaps } from './policy.js';
 import { prefetchStart, type PrefetchOptions } from './prefetch.js';
 import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
-import { AnswerStore, LIVE_SHARE, NEGATIVE, POSITIVE, SLOT_OVERHEAD_BYTES, type ListId } from './store.js';
+import { AnswerStore, LIVE_SHARE, NEGATIVE, POSITIVE, SLOT_OVERHEAD_BYTES, type ListId, type StoreLayout } from './store.js';
 
 export interface CacheOptions extends TtlCaps, PrefetchOptions {
   readonly positiveCapacity: number;
@@ -33,6 +40,30 @@ export interface CacheOptions extends TtlCaps, PrefetchOptions {
 
 /** RFC 8767 4: the TTL of a stale answer, so clients come back soon but not at once. */
 export const STALE_ANSWER_TTL = 30;
+
+export type CachePolicyOptions = TtlCaps & PrefetchOptions & { readonly staleMs: number };
+
+/**
+ * What a hit path needs of a cache: the writer's (DnsCache, on the main
+ * thread) or a reader's (reader.ts CacheReader, in a batched worker, over
+ * the same store).
+ */
+export interface HitCache {
+  readonly counters: CacheCounters;
+  /**
+   * The answer to `q` (its key bytes and hash) from a fresh entry, counting
+   * the hit; null (and a miss) otherwise. After a hit, refreshDue says
+   * whether the hit path should refresh the entry in the background.
+   */
+  answer(q: QueryScratch, now: number, limit: number, ednsSize: number): Buffer | null;
+  readonly refreshDue: boolean;
+  /** Stores a validated upstream answer if policy allows (a reader never stores); returns the entry to answer its waiters from. */
+  insert(key: string, answer: Buffer, scan: AnswerScan, now: number): CacheEntry;
+  /** What insert would return, without storing: for a hit path whose answers another part stores. */
+  prepare(answer: Buffer, scan: AnswerScan, now: number): CacheEntry;
+  /** An expired entry still inside the stale window (RFC 8767), as a copy; counted as served. */
+  stale(key: string, now: number): CacheEntry | undefined;
+}
 
 /**
  * What an entry costs besides its slab record (answer, key, TTL offsets and
@@ -79,29 +110,75 @@ function keyMatchesQuestion(key: string, wire: Buffer, questionEnd: number): boo
   return true;
 }
 
-export class DnsCache {
-  readonly counters: CacheCounters;
-  readonly #store: AnswerStore;
-  #opts: CacheOptions;
-  /** True while restore() runs: its evictions are records that did not fit, not the cache's churn. */
-  #restoring: boolean;
-  #restoreEvictions: number;
+export interface DnsCacheOptions {
+  /** Tests only: bits of the key hash kept, to force hash collisions (store.ts). */
+  readonly hashMask?: number;
+  /** The store on SharedArrayBuffers, for batched workers to read (layout, reader.ts). */
+  readonly shared?: boolean;
+}
 
-  /** `hashMask`: tests only, to force hash collisions (store.ts). */
-  constructor(opts: CacheOptions, counters: CacheCounters, hashMask?: number) {
-    this.#opts = opts;
+/** What a cache and its views (exchangeView) share. */
+interface Core {
+  readonly store: AnswerStore;
+  opts: CacheOptions;
+  /** True while restore() runs: its evictions are records that did not fit, not the cache's churn. */
+  restoring: boolean;
+  restoreEvictions: number;
+}
+
+export class DnsCache implements HitCache {
+  readonly counters: CacheCounters;
+  readonly #core: Core;
+  readonly #store: AnswerStore;
+  /** Where hits and misses are counted: `counters`, but a view's own block (exchangeView). */
+  readonly #lookups: Float64Array;
+  /** A view for the miss exchange: inserts are scrubbed first (exchangeView). */
+  readonly #scrubs: boolean;
+  refreshDue: boolean;
+
+  constructor(opts: CacheOptions, counters: CacheCounters, o: DnsCacheOptions = {}, view?: { core: Core; lookups: CacheCounters }) {
     this.counters = counters;
-    this.#restoring = false;
-    this.#restoreEvictions = 0;
-    // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store.ts).
-    const live = opts.maxBytes * LIVE_SHARE;
-    const negativeBytes = Math.max(1, Math.floor(live * NEGATIVE_SHARE));
-    this.#store = new AnswerStore({
-      capacity: [opts.positiveCapacity, opts.negativeCapacity],
-      budget: [Math.max(1, Math.floor(live - negativeBytes)), negativeBytes],
-      slabCap: opts.maxBytes,
-      ...(hashMask !== undefined ? { hashMask } : {}),
-    });
+    this.refreshDue = false;
+    if (view !== undefined) {
+      this.#core = view.core;
+      this.#lookups = view.lookups.values;
+      this.#scrubs = true;
+    } else {
+      // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store.ts).
+      const live = opts.maxBytes * LIVE_SHARE;
+      const negativeBytes = Math.max(1, Math.floor(live * NEGATIVE_SHARE));
+      const store = new AnswerStore({
+        capacity: [opts.positiveCapacity, opts.negativeCapacity],
+        budget: [Math.max(1, Math.floor(live - negativeBytes)), negativeBytes],
+        slabCap: opts.maxBytes,
+        shared: o.shared === true,
+        ...(o.hashMask !== undefined ? { hashMask: o.hashMask } : {}),
+      });
+      this.#core = { store, opts, restoring: false, restoreEvictions: 0 };
+      this.#lookups = counters.values;
+      this.#scrubs = false;
+    }
+    this.#store = this.#core.store;
+  }
+
+  /**
+   * The same cache for the batched miss exchange (miss-exchange.ts): its
+   * lookups (a worker's miss asked again here) are counted in `lookups`, not
+   * published (the worker already counted the miss), and what it inserts is
+   * scrubbed of out-of-bailiwick records first, as a hit path does before it
+   * stores: the workers serve straight from this store.
+   */
+  exchangeView(lookups: CacheCounters): DnsCache {
+    return new DnsCache(this.#core.opts, this.counters, {}, { core: this.#core, lookups });
+  }
+
+  /** The store's buffers, for batched workers to read (meaningful when built `shared`). */
+  get layout(): StoreLayout {
+    return this.#store.layout;
+  }
+
+  get #opts(): CacheOptions {
+    return this.#core.opts;
   }
 
   /**
@@ -109,8 +186,31 @@ export class DnsCache {
    * insert (entries already stored keep the life they were given). Capacities
    * and the byte budget are fixed for the process's life.
    */
-  configure(policy: TtlCaps & PrefetchOptions & { readonly staleMs: number }): void {
-    this.#opts = { ...this.#opts, ...policy };
+  configure(policy: CachePolicyOptions): void {
+    this.#core.opts = { ...this.#core.opts, ...policy };
+  }
+
+  /** HitCache: lookupBytes, serve and claimPrefetch in one call. */
+  answer(q: QueryScratch, now: number, limit: number, ednsSize: number): Buffer | null {
+    const entry = this.lookupBytes(q.keyBytes, q.keyLen, q.keyHash, now);
+    if (entry === undefined) return null;
+    const reply = entry.serve(q, now, limit, ednsSize);
+    this.refreshDue = this.claimPrefetch(entry, now);
+    return reply;
+  }
+
+  /**
+   * A batched worker's hit asks for a background refresh (it cannot claim
+   * the entry's flag itself: reader.ts): true, and the entry marked, when it
+   * is fresh, due and not being refreshed already.
+   */
+  claimRefresh(key: string, now: number): boolean {
+    const st = this.#store;
+    const slot = st.find(key);
+    if (slot < 0 || now >= st.expiresAt(slot) || now < st.prefetchAt(slot) || st.refreshing(slot)) return false;
+    st.setRefreshing(slot);
+    this.counters.values[S.prefetch]!++;
+    return true;
   }
 
   /**
@@ -138,14 +238,14 @@ export class DnsCache {
       const expiresAt = st.expiresAt(slot);
       if (now < expiresAt) {
         st.addHit(slot);
-        this.counters.values[st.listOf(slot) === POSITIVE ? S.hitPositive : S.hitNegative]!++;
+        this.#lookups[st.listOf(slot) === POSITIVE ? S.hitPositive : S.hitNegative]!++;
         st.view.slot = slot;
         return st.view;
       }
       // Expired entries stay for the stale window: they may still answer if the upstream fails.
       if (now >= expiresAt + this.#opts.staleMs) st.remove(slot);
     }
-    this.counters.values[S.miss]!++;
+    this.#lookups[S.miss]!++;
     return undefined;
   }
 
@@ -184,6 +284,17 @@ export class DnsCache {
    * transient when not stored).
    */
   insert(key: string, answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
+    if (this.#scrubs) {
+      const scrubbed = scrubOutOfBailiwick(answer);
+      // Not cached with the intruders: the hit path makes the same call for its clients.
+      if (scrubbed === 'unusable') return this.prepare(answer, scan, now);
+      if (scrubbed !== null) {
+        const rescan = scanAnswer(scrubbed.msg);
+        if (rescan === undefined) return this.prepare(answer, scan, now);
+        answer = scrubbed.msg;
+        scan = rescan;
+      }
+    }
     const plan: CachePlan = planCaching(scan, this.#opts);
     if (plan.kind === 'none') {
       this.counters.values[S.uncacheable]!++;
@@ -198,11 +309,18 @@ export class DnsCache {
     return entry;
   }
 
+  /** HitCache: what insert would return, not stored and not counted. */
+  prepare(answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
+    const plan = planCaching(scan, this.#opts);
+    if (plan.kind === 'none') return AnswerCopy.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
+    return AnswerCopy.fromAnswer(answer, scan, now, plan.ttl, prefetchStart(now, plan.ttl, this.#opts), plan.kind === 'negative');
+  }
+
   /** Moves the store's evictions into the counters (or, during a restore, into the records that did not fit). */
   #countEvictions(): void {
     const ev = this.#store.evicted;
     if (ev[0] === 0 && ev[1] === 0) return;
-    if (this.#restoring) this.#restoreEvictions += ev[0]! + ev[1]!;
+    if (this.#core.restoring) this.#core.restoreEvictions += ev[0]! + ev[1]!;
     else {
       this.counters.values[S.evictPositive]! += ev[0]!;
       this.counters.values[S.evictNegative]! += ev[1]!;
@@ -248,8 +366,9 @@ export class DnsCache {
     const counts: RestoreCounts = { restored: 0, expired: 0, invalid: 0, present: 0, noRoom: 0 };
     const st = this.#store;
     this.#countEvictions();
-    this.#restoring = true;
-    this.#restoreEvictions = 0;
+    const core = this.#core;
+    core.restoring = true;
+    core.restoreEvictions = 0;
     try {
       for (const r of records) {
         if (st.find(r.key) >= 0) {
@@ -267,10 +386,10 @@ export class DnsCache {
         }
       }
     } finally {
-      this.#restoring = false;
+      core.restoring = false;
     }
-    counts.restored -= this.#restoreEvictions;
-    counts.noRoom += this.#restoreEvictions;
+    counts.restored -= core.restoreEvictions;
+    counts.noRoom += core.restoreEvictions;
     return counts;
   }
 
@@ -310,7 +429,7 @@ export class DnsCache {
     return this.#store.charged(POSITIVE) + this.#store.charged(NEGATIVE);
   }
 
-  /** The slab's length now (it grows up to maxBytes), live and dead records together. */
+  /** The part of the slab in use now (its soft end: it moves up to maxBytes), live and dead records together. */
   get slabBytes(): number {
     return this.#store.slabBytes;
   }

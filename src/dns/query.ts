@@ -62,13 +62,27 @@ export const KEY_CD = 2;
 export const KEY_MAX = 255 + 5;
 
 /**
- * The seed of the key hash, one per process (per thread: each has its own
- * cache). Names are chosen by whoever sends queries, and a fixed hash would
+ * The seed of the key hash, one per process (a batched worker takes the
+ * main thread's, as it reads the main thread's cache: useKeyHashSeed). Names are chosen by whoever sends queries, and a fixed hash would
  * let them build long probe chains in the cache's table (cache/store.ts).
  * It lives here because the parser hashes the key while it builds it; the
  * store hashes string keys (restored, inserted) with the same function.
  */
-const KEY_HASH_SEED = randomBytes(4).readUInt32LE(0);
+let KEY_HASH_SEED = randomBytes(4).readUInt32LE(0);
+
+/** This thread's key hash seed. */
+export function keyHashSeed(): number {
+  return KEY_HASH_SEED;
+}
+
+/**
+ * Hash keys with `seed` from now on: a thread that reads a cache another
+ * thread writes (a batched worker, cache/reader.ts) must hash as the writer
+ * does. Call it before any key is hashed on this thread.
+ */
+export function useKeyHashSeed(seed: number): void {
+  KEY_HASH_SEED = seed >>> 0;
+}
 
 /**
  * The key's bytes four at a time (little-endian words), each word mixed in

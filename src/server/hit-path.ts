@@ -32,7 +32,7 @@ import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE, Rcode } from '../dns/consta
 import { nameToString } from '../dns/name.js';
 import { QueryScratch, QueryStatus, parseQueryInto, queryCopy, type Query } from '../dns/query.js';
 import { tsigErrorResponse } from '../dns/tsig.js';
-import { STALE_ANSWER_TTL, type DnsCache } from '../cache/cache.js';
+import { STALE_ANSWER_TTL, type HitCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
@@ -63,9 +63,10 @@ export type MissOutcome =
 export interface MissSink {
   /**
    * Resolve `query` (our canonical upstream form) for cache key `key`; call
-   * HitPath.complete(token, ...) exactly once, now or later.
+   * HitPath.complete(token, ...) exactly once, now or later. `refresh`: a
+   * background refresh of a cached entry (no client waits on it).
    */
-  forward(token: number, key: string, query: Buffer): void;
+  forward(token: number, key: string, query: Buffer, refresh?: boolean): void;
 }
 
 /** One client waiting on a miss: a private copy of its query header and question, and where to answer. */
@@ -95,7 +96,8 @@ class Miss {
 }
 
 export interface HitPathOptions {
-  readonly cache: DnsCache;
+  /** The main thread's DnsCache, or a batched worker's read-only view of it (cache/reader.ts). */
+  readonly cache: HitCache;
   readonly clock: Clock;
   readonly logger: Logger;
   readonly counters: ServerCounters;
@@ -140,7 +142,9 @@ export const MAX_WAITERS_PER_QUESTION = 1024;
 
 export class HitPath implements QueryHandler {
   readonly counters: ServerCounters;
-  readonly #cache: DnsCache;
+  readonly #cache: HitCache;
+  /** Stores what its misses bring back; off when the upstream side stores them itself (the batched miss exchange). */
+  #stores: boolean;
   readonly #clock: Clock;
   readonly #logger: Logger;
   #maxUdpSize: number;
@@ -169,6 +173,7 @@ export class HitPath implements QueryHandler {
     this.counters = opts.counters;
     this.#v = opts.counters.values;
     this.#sink = null;
+    this.#stores = true;
     this.#byKey = new Map();
     this.#byToken = new Map();
     this.#nextToken = 1;
@@ -190,9 +195,15 @@ export class HitPath implements QueryHandler {
     this.#logCountdown = o.queryLogEvery;
   }
 
-  /** Wires the upstream side; set once before the first query. */
-  connect(sink: MissSink): void {
+  /**
+   * Wires the upstream side; set once before the first query. `stores`
+   * false: the sink stores answers in this hit path's cache itself (the
+   * batched backend's exchange, which stores every answer it fetches in the
+   * one cache), so completions only answer the waiting clients.
+   */
+  connect(sink: MissSink, stores = true): void {
     this.#sink = sink;
+    this.#stores = stores;
   }
 
   handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
@@ -238,11 +249,10 @@ export class HitPath implements QueryHandler {
     }
 
     const now = this.#clock.now();
-    const entry = this.#cache.lookupBytes(q.keyBytes, q.keyLen, q.keyHash, now);
-    if (entry !== undefined) {
-      const reply = entry.serve(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE);
-      // Claimed before the send: the entry handle is only valid until the next call into the cache.
-      const refresh = this.#cache.claimPrefetch(entry, now);
+    const reply = this.#cache.answer(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE);
+    if (reply !== null) {
+      // Read before the send: the next call into the cache sets it again.
+      const refresh = this.#cache.refreshDue;
       this.#send(reply, channel, peer);
       if (logged) this.#logQuery(q, peer, reply, 0, 'cache');
       if (refresh) this.#refresh(q);
@@ -309,7 +319,7 @@ export class HitPath implements QueryHandler {
           });
         }
       } else if (scan.rcode !== Rcode.SERVFAIL && scan.rcode !== Rcode.REFUSED) {
-        const fresh: CacheEntry = this.#cache.insert(miss.key, answer, scan, now);
+        const fresh: CacheEntry = this.#stores ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {
           const reply = fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
           this.#send(reply, w.channel, w.peer, w.arrivedAt);
@@ -319,6 +329,22 @@ export class HitPath implements QueryHandler {
       }
     }
     this.#fail(miss, now);
+  }
+
+  /**
+   * A completion whose clients were all answered elsewhere (`answered(peer)`
+   * for each: the batched main thread sent them theirs, and stored the
+   * answer in the one cache): the question is closed without reading the
+   * answer, and nothing is counted here (whoever answered counted). False,
+   * with nothing done, when a client still needs its answer from here or is
+   * sampled for the query log: complete() then.
+   */
+  release(token: number, answered: (peer: ClientPeer) => boolean): boolean {
+    const miss = this.#byToken.get(token);
+    if (miss === undefined) return true;
+    for (const w of miss.waiters) if (w.logged || !answered(w.peer)) return false;
+    this.#close(miss);
+    return true;
   }
 
   /** Questions still waiting on the upstream side. */
@@ -399,7 +425,7 @@ export class HitPath implements QueryHandler {
       return;
     }
     // May complete synchronously (a local limit): the miss is registered first so complete() finds it.
-    this.#sink.forward(miss.token, miss.key, upstreamQuery(q));
+    this.#sink.forward(miss.token, miss.key, upstreamQuery(q), miss.waiters.length === 0);
   }
 
   #close(miss: Miss): void {

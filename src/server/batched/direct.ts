@@ -8,8 +8,9 @@
  *   worker: miss ─ report: (token, key, query) + waiters (token, sockaddr, client datagram)
  *   main:   answer for token ─► each waiter: parse its datagram, serve (id, 0x20 case, EDNS, size) ─► send vector
  *           end of turn: post the completions to the worker (no wake-up), then sendmmsg
- *   worker: takes the completions with its next batch or poll timeout: caches the answer,
- *           counts the answers, and sends nothing to the clients the main thread answered
+ *   worker: takes the completions with its next batch or poll timeout: releases its waiters
+ *           (nothing to store: the exchange stored the answer), sends nothing to the clients
+ *           the main thread answered
  *
  * Which clients those are: each waiter record has a sequence number (its
  * place in the worker's record order, counted on both sides), and a
@@ -19,8 +20,8 @@
  * main thread wakes it when that late record arrives.
  *
  * Only answers the worker would serve as they are: a failure (timeout,
- * SERVFAIL, malformed) may be answered stale from the worker's cache, which
- * only the worker has, so those go back as before and wake the worker.
+ * SERVFAIL, malformed) may be answered stale, which the worker decides with
+ * its own hit path, so those go back as before and wake the worker.
  */
 import { AnswerCopy } from '../../cache/entry.js';
 import { planCaching, type TtlCaps } from '../../cache/policy.js';
@@ -30,7 +31,8 @@ import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
 import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
 import { QueryStatus, parseQuery } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
-import type { MissOutcome } from '../hit-path.js';
+import type { HitPathHistograms, MissOutcome } from '../hit-path.js';
+import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
 import { itemBytes, itemExtraOffset, itemTag, itemToken, nextSeq, type Packed } from './protocol.js';
@@ -49,6 +51,8 @@ interface DirectWaiter {
   readonly wordOff: number;
   /** The client's datagram (a view of the record's bytes). */
   readonly msg: Buffer;
+  /** When its record reached this thread (clock ms): its duration runs from here, missing the worker's one turn before. */
+  readonly at: number;
 }
 
 /** What the main thread applies as the worker would: its TTL caps and largest UDP answer (the listener's current settings). */
@@ -65,6 +69,9 @@ export class DirectAnswers {
   readonly #v: Float64Array;
   /** coredns_dns_responses_total and the truncated count of what is sent from here (the worker takes its own count back). */
   readonly #server: Float64Array;
+  /** coredns_dns_request_duration_seconds and the response sizes of what is sent from here (the worker only releases these clients). */
+  readonly #hist: HitPathHistograms;
+  readonly #now: () => number;
   readonly #block: NativeBlock;
   readonly #arena: Arena;
   readonly #send: SendVec[];
@@ -79,7 +86,10 @@ export class DirectAnswers {
 
   constructor(
     sys: UdpBatchSys, fds: readonly number[], batch: number, slotBytes: number, policy: () => DirectPolicy, counters: BatchedCounters, server: ServerCounters,
+    hist: HitPathHistograms, now: () => number,
   ) {
+    this.#hist = hist;
+    this.#now = now;
     this.#sys = sys;
     this.#fds = fds;
     this.#policy = policy;
@@ -108,6 +118,7 @@ export class DirectAnswers {
   add(p: Packed): boolean {
     let late = false;
     const words = new Uint32Array(p.index.buffer, p.index.byteOffset, p.index.length);
+    const at = this.#now();
     for (let i = 0; i < p.count; i++) {
       this.#received = nextSeq(this.#received);
       const list = this.#pending.get(itemToken(p, i));
@@ -116,7 +127,7 @@ export class DirectAnswers {
         continue;
       }
       const tag = itemTag(p, i);
-      list.push({ sock: tag & 0xff, nameLen: tag >>> 8, words, wordOff: itemExtraOffset(p, i), msg: itemBytes(p, i)! });
+      list.push({ sock: tag & 0xff, nameLen: tag >>> 8, words, wordOff: itemExtraOffset(p, i), msg: itemBytes(p, i)!, at });
     }
     return late;
   }
@@ -190,6 +201,8 @@ export class DirectAnswers {
     const rcode = reply[3]! & 0x0f;
     this.#server[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
     if ((reply[2]! & 0x02) !== 0) this.#server[SV.truncated]!++;
+    this.#hist.responseSize[Transport.UDP].observe(reply.length);
+    this.#hist.duration.observeMs(this.#now() - w.at);
     const vec = this.#send[w.sock];
     if (vec === undefined) return;
     if (reply.length > vec.slotBytes) {

@@ -1,26 +1,29 @@
 /**
  * The batched UDP backend (--io batched): N worker threads, each owning one
  * SO_REUSEPORT socket per listen address, answering hits from its own hit
- * path and cache with recvmmsg/sendmmsg (loop.ts), and handing misses to
- * this thread, which owns upstream I/O, the view and config:
+ * path with recvmmsg/sendmmsg (loop.ts), and handing misses to this
+ * thread, which owns upstream I/O, the view, config and the cache:
  *
- *   worker i: sockets ─► HitPath_i + DnsCache_i ─ misses + their waiters ─┐
- *                                                         ▼ (one post per turn)
- *   main:                              MissExchange ─► Resolver (upstreams, view)
- *                                         │ complete(token, answer | failure)
+ *   worker i: sockets ─► HitPath_i + CacheReader_i ─ misses + their waiters ─┐
+ *                              │ reads (no lock)                  ▼ (one post per turn)
+ *   main:                 the one DnsCache ◄─ stores ─ MissExchange ─► Resolver (upstreams, view)
+ *                                                       │ complete(token, answer | failure)
  *   clients ◄─ answers sent by main on worker i's sockets (direct.ts), one sendmmsg per socket per turn
- *   worker i ◄─ one post per main-loop turn, for its cache: no wake-up (a failure,
- *               which the worker answers itself from its cache, wakes it)
+ *   worker i ◄─ one post per main-loop turn, to release its waiters: no wake-up (a
+ *               failure, which the worker answers itself, stale if it can, wakes it)
  *
- * One cache per worker, not one shared: a JS cache cannot be shared between
- * threads without rebuilding it over a SharedArrayBuffer, and per-worker
- * caches keep the hit path free of locks. The cost: each worker misses a
- * name once before it hits it (the kernel spreads clients' source ports
- * over the workers). The exchange keeps the upstream cost at one query per
- * name in flight, and with several workers a shared cache behind theirs
- * gives back the shared hit rate (miss-exchange.ts).
+ * One cache for all the threads: the main thread's DnsCache (the agent's,
+ * which TCP uses too) is built on SharedArrayBuffers, is the only writer
+ * (inserts, evictions, LRU order, snapshots), and every worker reads the
+ * same store without locks (cache/reader.ts: a sequence word, retries, a
+ * miss when the store keeps changing under the read). So every answer is
+ * held once whatever the worker count, a name fetched through one worker
+ * is a hit in all of them, and workers spend nothing on storing. A worker's
+ * miss is asked of the cache again here (the exchange's shared lookup: the
+ * entry may have arrived since, or the worker's read gave up), then goes
+ * upstream once per name in flight.
  *
- * It is one Listener for all the UDP listen addresses, so each worker has
+ * It is one Listener for all the UDP listen addresses, so the workers read
  * one cache whichever address a pod asks (link-local or kube-dns ClusterIP).
  */
 import type { Worker } from 'node:worker_threads';
@@ -40,7 +43,7 @@ import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import type { DirectPolicy } from './direct.js';
 import { MissExchange } from './miss-exchange.js';
 import { WorkerLink } from './worker-link.js';
-import { itemBytes, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
+import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, QUEUE_WAIT, sumInto, type BatchedCounters, type WorkerCounters } from './stats.js';
 import { TypedHistogram, hitPathHistograms, sumHistogram, sumHistogramsInto } from '../../ops/histogram.js';
 import { MISS_TRACE, traceReport } from '../../miss-trace.js';
@@ -64,14 +67,14 @@ const RESTART_DELAY_MS = 1000;
 export interface BatchedUdpOptions {
   readonly listen: readonly ServerAddress[];
   readonly workers: number;
-  /**
-   * The cache as configured (--cache-size, --cache-memory...). With a shared
-   * cache, it gets all of it and each worker an equal share of the entries
-   * and bytes (a worker's miss on what its share dropped is still answered
-   * from the shared cache); alone, the one worker gets all of it. Memory:
-   * at most twice the budget.
-   */
+  /** The cache as configured (--cache-size, --cache-memory...): the policy the workers read with, and the store's size when `store` is not given. */
   readonly cache: CacheOptions;
+  /**
+   * The main thread's cache, built `shared` (the agent's, which its TCP hit
+   * path uses too, and whose gauges and counters the agent publishes). Not
+   * given: the listener makes its own and publishes it in totals().
+   */
+  readonly store?: DnsCache;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
   /** --client-miss-rate and --client-miss-burst for the whole agent (0: off); each worker gets its share (workerMissLimit). */
@@ -84,13 +87,7 @@ export interface BatchedUdpOptions {
   readonly maxInflight?: number;
   /** A worker drops a query that waited longer than this in the kernel (0: never); default config.ts DEFAULTS. */
   readonly maxQueryAgeMs?: number;
-  /**
-   * Keep a shared cache on this thread behind the workers' own (see
-   * miss-exchange.ts). Default: on with more than one worker; with one it
-   * would only duplicate the worker's cache.
-   */
-  readonly sharedCache?: boolean;
-  /** The shared cache's clock (tests). */
+  /** The exchange's clock, for its lookups and inserts (tests). */
   readonly clock?: Clock;
   /** The main thread answers the workers' misses itself (direct.ts); default on. Off: every answer goes back through the worker (tests, comparisons). */
   readonly directAnswers?: boolean;
@@ -104,12 +101,18 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly #sys: UdpBatchSys;
   readonly #logger: Logger;
   readonly #exchange: MissExchange;
-  /** Behind the workers' caches, with more than one worker; null otherwise. */
-  readonly sharedCache: DnsCache | null;
+  /** The one cache: written here, read by every worker. */
+  readonly sharedCache: DnsCache;
+  /** True when sharedCache is our own (no `store` given): its counters and gauges are published with the workers' totals. */
+  readonly #ownsCache: boolean;
+  readonly #clock: Clock;
   /** Main-thread counters (restarts, cross-worker coalescing), summed with the workers'. */
   readonly #own: BatchedCounters;
   /** Answers the main thread sent on the workers' sockets (direct.ts), by rcode: summed with the workers' own. */
   readonly #ownServer: ServerCounters;
+  /** The histograms of what this thread sends itself on the workers' sockets (direct.ts), summed with the workers'. */
+  readonly #ownHist: HitPathHistograms;
+  readonly #now: () => number;
   readonly #links: (WorkerLink | null)[];
   /** Bound ports, per listen address (port 0 resolves at start). */
   readonly #ports: number[];
@@ -120,7 +123,6 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
   readonly #restartTimers: Set<NodeJS.Timeout>;
   readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms; queueWait: TypedHistogram };
-  readonly #workerCache: CacheOptions;
   /** Counter blocks of workers that died: their counts stay in the totals (gauges zeroed), so a restart never makes a counter go down. */
   readonly #dead: WorkerCounters[];
 
@@ -132,10 +134,16 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.name = `udp://${opts.listen.map(formatHostPort).join(',')} (batched, ${opts.workers} worker${opts.workers === 1 ? '' : 's'})`;
     this.#own = new Counters(BATCHED_COUNTERS);
     this.#ownServer = new Counters(SERVER_COUNTERS);
-    // Its own counter block: a shared hit follows a worker miss already counted, so publishing both would count the query twice.
-    this.sharedCache = (opts.sharedCache ?? opts.workers > 1) ? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS)) : null;
-    this.#workerCache = this.sharedCache === null ? opts.cache : workerShare(opts.cache, opts.workers);
-    this.#exchange = new MissExchange(this.#own, this.sharedCache, opts.clock ?? systemClock);
+    this.#ownHist = hitPathHistograms();
+    const clock = opts.clock ?? systemClock;
+    this.#now = () => clock.now();
+    this.#ownsCache = opts.store === undefined;
+    this.sharedCache = opts.store ?? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS), { shared: true });
+    // An ordinary ArrayBuffer would be copied into each worker: they would read a snapshot, never what is stored after.
+    if (!(this.sharedCache.layout.index instanceof SharedArrayBuffer)) throw new Error('BatchedUdpListener needs a cache built { shared: true }');
+    this.#clock = opts.clock ?? systemClock;
+    // Its lookups in a block of their own: they follow a worker miss already counted, so publishing them would count the query twice.
+    this.#exchange = new MissExchange(this.#own, this.sharedCache.exchangeView(new Counters(CACHE_COUNTERS)), this.#clock);
     this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
     this.#ports = opts.listen.map((a) => a.port);
     const c = opts.cache;
@@ -258,7 +266,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       ...workerMissLimit(o.clientMissRate ?? 0, o.clientMissBurst ?? 1, this.#links.length),
     };
     this.#policy = policy;
-    this.sharedCache?.configure(o.cache);
+    this.sharedCache.configure(o.cache);
     const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
     return Promise.all(
       live.map(
@@ -280,8 +288,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * A MissSink for the main thread's own hit path (TCP, and anything else
    * answered on this thread): its misses go through the same exchange as the
    * workers', so a question asked over TCP and UDP at once goes upstream
-   * once, and the shared cache (when kept) answers what a worker fetched.
-   * The outcome comes back synchronously, as the Resolver would give it.
+   * once. The exchange stores what it fetches: connect that hit path with
+   * `stores` false. The outcome comes back synchronously, as the Resolver
+   * would give it.
    */
   mainSink(hits: MissCompleter): MissSink {
     return this.#exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome) });
@@ -311,9 +320,19 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms; queueWait: TypedHistogram } {
     const blocks = [...this.#dead, ...this.workerCounters().filter((c) => !this.#dead.includes(c))];
     sumInto(this.#sums.server, [this.#ownServer, ...blocks.map((b) => b.server)]);
-    sumInto(this.#sums.cache, blocks.map((b) => b.cache));
+    const cache = this.sharedCache;
+    if (this.#ownsCache) {
+      // Its inserts, evictions and claimed refreshes (its lookups are the exchange's, counted apart); the gauges are the one store's.
+      sumInto(this.#sums.cache, [cache.counters, ...blocks.map((b) => b.cache)]);
+      const io = this.#own.values;
+      io[BATCHED_COUNTERS.slot.entriesPositive] = cache.positiveSize;
+      io[BATCHED_COUNTERS.slot.entriesNegative] = cache.negativeSize;
+      io[BATCHED_COUNTERS.slot.cacheBytes] = cache.bytes;
+    } else {
+      sumInto(this.#sums.cache, blocks.map((b) => b.cache));
+    }
     sumInto(this.#sums.io, [this.#own, ...blocks.map((b) => b.io)]);
-    sumHistogramsInto(this.#sums.hist, blocks.map((b) => b.hist));
+    sumHistogramsInto(this.#sums.hist, [this.#ownHist, ...blocks.map((b) => b.hist)]);
     sumHistogram(this.#sums.queueWait, blocks.map((b) => b.queueWait));
     return this.#sums;
   }
@@ -346,7 +365,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       wakeFd,
       {
         names: this.#opts.listen.map((a, k) => `udp://${formatHostPort({ host: a.host, port: this.#ports[k]! })}`),
-        cache: { ...this.#workerCache, ...this.#policy.cache },
+        cache: this.#policy.cache,
+        store: this.sharedCache.layout,
         maxUdpSize: this.#policy.maxUdpSize,
         queryLogEvery: this.#policy.queryLogEvery,
         clientMissRate: this.#policy.clientMissRate,
@@ -356,7 +376,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         maxQueryAgeMs: this.#opts.maxQueryAgeMs ?? DEFAULTS.maxQueryAgeMs,
       },
       this.#sys,
-      this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer },
+      this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now },
     );
     this.#links[i] = link;
     return new Promise((resolve, reject) => {
@@ -409,7 +429,15 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     }
     if (m !== null) {
       const keys = m.keys!;
-      for (let k = 0; k < m.count; k++) this.#exchange.forward(link, itemToken(m, k), keys[k]!, itemBytes(m, k)!);
+      for (let k = 0; k < m.count; k++) {
+        const token = itemToken(m, k);
+        // A worker's hit due for refresh: claimed here, once per entry (readers never set the flag); dropped if another has it.
+        if (itemTag(m, k) === MISS_REFRESH && !this.sharedCache.claimRefresh(keys[k]!, this.#clock.now())) {
+          link.deliver(token, null, 'overloaded');
+          continue;
+        }
+        this.#exchange.forward(link, token, keys[k]!, itemBytes(m, k)!);
+      }
     }
     if (r.logs !== null) {
       for (const [level, msg, fields] of r.logs) this.#logger[level](msg, { worker: link.index, ...fields });
@@ -499,14 +527,4 @@ function zeroGauges(c: WorkerCounters): WorkerCounters {
     });
   }
   return c;
-}
-
-/** A worker's part of the budget when a shared cache stands behind the workers. */
-export function workerShare(c: CacheOptions, workers: number): CacheOptions {
-  return {
-    ...c,
-    positiveCapacity: Math.max(1, Math.ceil(c.positiveCapacity / workers)),
-    negativeCapacity: Math.max(1, Math.ceil(c.negativeCapacity / workers)),
-    maxBytes: Math.max(1, Math.floor(c.maxBytes / workers)),
-  };
 }

@@ -1,14 +1,16 @@
 /**
  * A batched UDP worker's life: one loop that receives a batch of queries
- * per socket with recvmmsg, answers every hit from its own hit path and
- * cache, sends the answers with one sendmmsg, and hands misses to the main
- * thread. Each turn:
+ * per socket with recvmmsg, answers every hit from its own hit path reading
+ * the main thread's cache (cache/reader.ts: one store for all threads, never
+ * written here), sends the answers with one sendmmsg, and hands misses to
+ * the main thread. Each turn:
  *
  *   stamp the clock
  *   messages waiting? (shared `pending` word) ─► receiveMessageOnPort():
  *                 completions are queued; configure / pause / abort / close apply
  *   up to 256 queued completions (32 while the sockets are behind: the last
  *                 receive filled its vector) ─► HitPath.complete() ─► answers into the vectors
+ *                 (for clients the main thread has not answered; nothing is stored here)
  *   per socket: recvmmsg(MSG_DONTWAIT) ─► HitPath.handle() per datagram
  *                 its kernel receive timestamp says how long it waited in
  *                 the socket queue (nodelocal_udp_queue_wait_seconds); past
@@ -16,8 +18,9 @@
  *                 answers go into that socket's send vector
  *                 a miss parks its client (the peer is detached from the ring)
  *                 and reports it (sockaddr, datagram), so the main thread
- *                 sends the answer itself (direct.ts); the completion then
- *                 comes here only for the cache, without waking us
+ *                 sends the answer itself (direct.ts) and stores it in the
+ *                 one cache; the completion then comes here only to release
+ *                 the waiters, without waking us
  *   sendmmsg the filled vectors
  *   post one report: the turn's misses, waiting clients and log lines
  *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
@@ -29,7 +32,7 @@
  * Buffer view handed to handle() and, for a miss, the peer it keeps.
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { DnsCache } from '../../cache/cache.js';
+import { CacheReader } from '../../cache/reader.js';
 import { ClientMissLimiter } from '../client-limit.js';
 import { HitPath, type MissSink } from '../hit-path.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
@@ -41,7 +44,7 @@ import { Peer, ReportLogger, TurnClock } from './loop-parts.js';
 import { IdleCollector, exposeGc } from './idle-gc.js';
 import { parseQuery, QueryStatus } from '../../dns/query.js';
 import {
-  Ctl, OUTCOMES, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, msSince16, nextSeq, seqAtOrBefore, transferOf, waiterTag,
+  Ctl, MISS_REFRESH, OUTCOMES, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, msSince16, nextSeq, seqAtOrBefore, transferOf, waiterTag,
   type Packed, type ToWorker, type WorkerInit, type WorkerReport,
 } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
@@ -112,7 +115,7 @@ export class WorkerLoop implements MissSink {
   readonly #io: Float64Array;
   readonly #clock: TurnClock;
   readonly #logger: ReportLogger;
-  readonly #cache: DnsCache;
+  readonly #cache: CacheReader;
   readonly #hits: HitPath;
   readonly #fds: readonly number[];
   readonly #channels: SocketChannel[];
@@ -144,6 +147,7 @@ export class WorkerLoop implements MissSink {
   readonly #keyOf: Map<number, string>;
   /** While a completion is applied: its clients with a sequence number up to this were answered by the main thread (0: none). */
   #answeredThrough: number;
+  readonly #answeredByMain = (peer: ClientPeer): boolean => seqAtOrBefore((peer as Peer).seq, this.#answeredThrough);
   /** Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. */
   readonly #done: Packed[];
   #doneAt: number;
@@ -167,7 +171,8 @@ export class WorkerLoop implements MissSink {
     this.#io = this.#counters.io.values;
     this.#clock = new TurnClock();
     this.#logger = new ReportLogger();
-    this.#cache = new DnsCache(init.cache, this.#counters.cache);
+    // Read-only: the main thread stores every answer (it fetched them all), and the store's gauges are its.
+    this.#cache = new CacheReader(init.store, init.cache, this.#counters.cache);
     this.#hits = new HitPath({
       cache: this.#cache,
       clock: this.#clock,
@@ -251,7 +256,7 @@ export class WorkerLoop implements MissSink {
         got += received;
       }
       const missed = this.#misses.count > 0;
-      // Gauges before the answers leave: a client that reads them after its answer sees this turn's (a completion's insert included).
+      // Gauges before the answers leave: a client that reads them after its answer sees this turn's.
       this.#publish();
       for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
       if (trace !== null) trace.sent(this.#realtimeUs());
@@ -267,13 +272,13 @@ export class WorkerLoop implements MissSink {
   }
 
   /** MissSink: queued for this turn's report; refused at once past the limit (the main thread is behind). */
-  forward(token: number, key: string, query: Buffer): void {
+  forward(token: number, key: string, query: Buffer, refresh = false): void {
     if (this.#hits.inflight > this.#init.maxInflight) {
       this.#io[IO.overloaded]!++;
       this.#hits.complete(token, null, 'overloaded');
       return;
     }
-    this.#misses.push(token, 0, query, key);
+    this.#misses.push(token, refresh ? MISS_REFRESH : 0, query, key);
     this.#forwarded = token;
     this.#tokenOf.set(key, token);
     this.#keyOf.set(token, key);
@@ -474,8 +479,14 @@ export class WorkerLoop implements MissSink {
       const through = itemExtra(p, i, 0);
       const turn = this.#clock.stamp;
       if (through !== 0) {
-        // Its clients had their answer when the main thread sent it: stored, and logged with their duration, as of then.
         this.#answeredThrough = through;
+        // Every client of it had its answer from the main thread, which stored it too: only the question to close.
+        if (this.#hits.release(token, this.#answeredByMain)) {
+          this.#answeredThrough = 0;
+          n++;
+          continue;
+        }
+        // Its clients had their answer when the main thread sent it: logged with their duration as of then.
         this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
       }
       try {
@@ -514,11 +525,8 @@ export class WorkerLoop implements MissSink {
   }
 
   #publish(): void {
-    const io = this.#io;
-    io[IO.inflight] = this.#hits.inflight;
-    io[IO.entriesPositive] = this.#cache.positiveSize;
-    io[IO.entriesNegative] = this.#cache.negativeSize;
-    io[IO.cacheBytes] = this.#cache.bytes;
+    // The cache's entry and byte gauges are the main thread's: one store, not one per worker.
+    this.#io[IO.inflight] = this.#hits.inflight;
   }
 
   #report(): void {

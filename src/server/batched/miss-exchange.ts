@@ -9,15 +9,12 @@
  *   worker B ─ (b3, key, query) ─┴► Shared{t42} ─ forward(t42) ─► Resolver
  *                                   Resolver ─ complete(t42, answer) ─┘ └─► B: complete(b3, ...)
  *
- * Each worker keeps its own cache (listener.ts says why). With several
- * workers the exchange also keeps a shared cache of every answer the
- * workers fetched: a worker's miss on a name another worker already has is
- * answered from it (TTLs aged, so the worker's copy expires with the
- * original) instead of going upstream. That gives back the hit rate of one
- * shared cache (bench/micro/cache-split.ts: per-worker caches alone lose 6
- * to 13 points on podmix) at the price of one more round trip between
- * threads for those queries. It stops answering an entry once the entry is
- * due for prefetch, so a worker's refresh always reaches the upstream.
+ * The exchange stores every answer in the one cache all threads read
+ * (listener.ts): from then on every worker hits the name itself. A worker's
+ * miss is asked of that cache first (TTLs aged), because the entry may have
+ * arrived since the worker looked, or the worker's lock-free read gave up
+ * while the store was changing under it. It stops answering an entry once
+ * the entry is due for prefetch, so a refresh always reaches the upstream.
  */
 import type { DnsCache } from '../../cache/cache.js';
 import type { Clock } from '../../clock.js';
@@ -136,7 +133,7 @@ export class MissExchange implements MissCompleter {
     return true;
   }
 
-  /** What the worker will cache, the shared cache keeps too (the same validation and policy as the worker's). */
+  /** Stores the answer in the one cache the workers read (the same validation and policy as every insert). */
   #store(key: string, answer: Buffer): void {
     const scan = scanAnswer(answer);
     if (scan === undefined || scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) return;

@@ -2,8 +2,8 @@
  * What crosses between the main thread and a batched UDP worker. Both ways
  * are batched: a worker posts at most one report per loop turn (its misses,
  * the clients waiting on them, and log lines), the main thread at most one
- * message of completions per event-loop turn (for the worker's cache when
- * the main thread answered the clients itself: direct.ts). Items are packed into one byte buffer plus an index,
+ * message of completions per event-loop turn (bookkeeping for the worker's
+ * own waiting clients when the main thread answered them itself: direct.ts). Items are packed into one byte buffer plus an index,
  * both transferred rather than cloned, so a turn with 500 misses costs one
  * postMessage, not 500.
  *
@@ -12,9 +12,9 @@
  * `pending` word says there are some, and the main thread writes to the
  * worker's eventfd when the worker sleeps in poll (see worker.ts).
  */
-import type { CacheOptions } from '../../cache/cache.js';
 import type { TtlCaps } from '../../cache/policy.js';
 import type { PrefetchOptions } from '../../cache/prefetch.js';
+import type { StoreLayout } from '../../cache/store.js';
 import type { LogFields } from '../../log.js';
 import type { MissOutcome } from '../hit-path.js';
 
@@ -41,7 +41,14 @@ export interface WorkerInit {
   readonly ctl: SharedArrayBuffer;
   /** Counter blocks (server, cache, io), one after the other. */
   readonly stats: SharedArrayBuffer;
-  readonly cache: CacheOptions;
+  /** The policy the worker's cache reads with (TTL caps for the answers it prepares, prefetch, stale window). */
+  readonly cache: CachePolicy;
+  /**
+   * The main thread's cache store (SharedArrayBuffers): the worker reads it
+   * and never writes it (cache/reader.ts). A restarted worker attaches to
+   * the same one.
+   */
+  readonly store: StoreLayout;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
   /** This worker's part of --client-miss-rate (0: off) and its burst (listener.ts workerMissLimit). */
@@ -127,9 +134,12 @@ export function seqAtOrBefore(seq: number, through: number): boolean {
   return seq !== 0 && through !== 0 && ((through - seq) >>> 0) < 0x80000000;
 }
 
+/** A miss's tag: a background refresh of an entry a worker hit (the main thread claims it: DnsCache.claimRefresh); 0 otherwise. */
+export const MISS_REFRESH = 1;
+
 /** Worker to main: one per loop turn at most. */
 export interface WorkerReport {
-  /** (token, tag 0, query bytes) with keys. */
+  /** (token, tag 0 or MISS_REFRESH, query bytes) with keys. */
   readonly misses: Packed | null;
   /** Clients waiting on this turn's misses and on misses already in flight (WAITER_STRIDE). */
   readonly waiters?: Packed | null;

@@ -9,7 +9,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
-import type { CacheOptions } from '../../cache/cache.js';
+import type { CacheOptions, DnsCache } from '../../cache/cache.js';
 import type { Logger } from '../../log.js';
 import { loadUdpBatch, type KoffiLoader, type UdpBatchSys } from '../../sys/udp-batch.js';
 import type { ServerAddress } from '../../upstream/types.js';
@@ -20,9 +20,9 @@ import { BatchedUdpListener } from './listener.js';
 export type UdpIo = 'batched' | 'dgram';
 
 /**
- * Default cap on --workers 0 (auto). Each worker holds its own cache (memory
- * and a first miss per name per worker), and the main thread needs CPU for
- * misses; past 4 workers a node-local cache is unlikely to be CPU-bound on
+ * Default cap on --workers 0 (auto). Each worker costs an isolate's memory
+ * (they all read one cache), and the main thread needs CPU for misses;
+ * past 4 workers a node-local cache is unlikely to be CPU-bound on
  * hits (one worker answers well over 100k hits/s).
  */
 export const MAX_AUTO_WORKERS = 4;
@@ -69,8 +69,10 @@ export interface UdpListenersOptions {
   readonly listen: readonly ServerAddress[];
   /** For dgram: the main thread's hit path (the one TCP uses too). */
   readonly hitPath: QueryHandler;
-  /** For batched: the cache as configured (the listener splits it, see BatchedUdpOptions.cache). */
+  /** For batched: the cache as configured (see BatchedUdpOptions.cache). */
   readonly cache: CacheOptions;
+  /** For batched: the main thread's cache, built `shared`, which the workers read (BatchedUdpOptions.store). */
+  readonly store?: DnsCache;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
   /** --client-miss-rate / --client-miss-burst (0: off): batched workers apply their share themselves; dgram's is the hit path's. */
@@ -78,8 +80,6 @@ export interface UdpListenersOptions {
   readonly clientMissBurst?: number;
   /** --max-query-age (batched only: dgram has no receive timestamps); default config.ts DEFAULTS. */
   readonly maxQueryAgeMs?: number;
-  /** Keep the shared cache behind the workers even with one (a cache snapshot is taken from it); default: with more than one. */
-  readonly sharedCache?: boolean;
   /** dgram listeners: SO_REUSEPORT and the clock (the handover's drain). */
   readonly dgram?: UdpListenerOptions;
   readonly logger: Logger;
@@ -112,7 +112,7 @@ export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpLis
       const batched = new BatchedUdpListener({
         listen: o.listen, workers, cache: o.cache, maxUdpSize: o.maxUdpSize, queryLogEvery: o.queryLogEvery, logger: o.logger, sys,
         ...(o.clientMissRate !== undefined ? { clientMissRate: o.clientMissRate, clientMissBurst: o.clientMissBurst ?? 1 } : {}),
-        ...(o.sharedCache !== undefined ? { sharedCache: o.sharedCache } : {}),
+        ...(o.store !== undefined ? { store: o.store } : {}),
         ...(o.maxQueryAgeMs !== undefined ? { maxQueryAgeMs: o.maxQueryAgeMs } : {}),
       });
       o.logger.info('udp: batched I/O (recvmmsg/sendmmsg in worker threads, SO_REUSEPORT)', { workers });

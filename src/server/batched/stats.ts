@@ -27,11 +27,11 @@ export const BATCHED_COUNTERS = defineCounters({
   idleGcs: { name: 'nodelocal_udp_worker_idle_gcs_total', help: 'Full garbage collections a batched worker ran once quiet after a burst (its event loop never runs V8\'s own).' },
   sharedHits: {
     name: 'nodelocal_shared_cache_hits_total',
-    help: 'Worker cache misses answered from the shared cache on the main thread (another worker had fetched the name), without an upstream query.',
+    help: 'Worker cache misses answered from the cache on the main thread (the entry arrived after the worker looked, or its read found the store changing), without an upstream query.',
   },
   directAnswers: {
     name: 'nodelocal_udp_direct_answers_total',
-    help: 'Answers to batched workers\' misses that the main thread sent itself on the worker\'s socket (the worker caches the answer later, without a wake-up).',
+    help: 'Answers to batched workers\' misses that the main thread sent itself on the worker\'s socket (the worker releases its waiters later, without a wake-up).',
   },
   crossWorkerCoalesced: { name: 'nodelocal_coalesced_total', labels: { across: 'workers' }, help: 'Misses that joined an identical question another worker had in flight.' },
   inflight: { name: 'nodelocal_udp_worker_inflight', type: 'gauge', help: 'Questions the batched UDP workers have waiting on the upstream side.' },

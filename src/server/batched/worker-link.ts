@@ -7,7 +7,7 @@
  */
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
-import type { MissOutcome } from '../hit-path.js';
+import type { HitPathHistograms, MissOutcome } from '../hit-path.js';
 import type { ServerCounters } from '../stats.js';
 import { DirectAnswers, type DirectPolicy } from './direct.js';
 import type { MissReturn } from './miss-exchange.js';
@@ -54,7 +54,7 @@ export class WorkerLink implements MissReturn {
 
   constructor(
     index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys,
-    direct: { policy: () => DirectPolicy; counters: BatchedCounters; server: ServerCounters } | null,
+    direct: { policy: () => DirectPolicy; counters: BatchedCounters; server: ServerCounters; hist: HitPathHistograms; now: () => number } | null,
   ) {
     this.index = index;
     this.fds = fds;
@@ -75,13 +75,13 @@ export class WorkerLink implements MissReturn {
     this.#sys = sys;
     this.#done = new Packer(false, DONE_STRIDE);
     this.#flushQueued = false;
-    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct.policy, direct.counters, direct.server);
+    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct.policy, direct.counters, direct.server, direct.hist, direct.now);
     this.lazy = true;
   }
 
   /**
    * MissReturn: the clients answered from here when they can be (direct.ts),
-   * the completion queued for the worker's cache; all posted once per
+   * the completion queued for the worker (to release its waiters); all posted once per
    * event-loop turn (all the turn's completions in one message).
    */
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {

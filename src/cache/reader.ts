@@ -1,0 +1,195 @@
+/**
+ * A batched worker's cache: a read-only view of the store the main thread
+ * writes (store.ts, on SharedArrayBuffers handed over in WorkerInit), so all
+ * the workers and the main thread hold one copy of every answer, and a name
+ * fetched through one worker is a hit in every other.
+ *
+ * No lock on this side. The writer makes the store's sequence word odd
+ * before any change that can move or overwrite bytes a reader may be
+ * looking at (insert, remove, compaction, clear) and even after; a read
+ * takes the word, looks up and serves (copies the answer out and patches it
+ * in its own buffer), then takes the word again: the same even value means
+ * nothing changed meanwhile, so the answer is the key's own. Otherwise it
+ * tries again, a few times, then counts a miss: the main thread, asked next,
+ * answers from the same store. Reads are bounded whatever they find
+ * (store-layout.ts), so a torn read costs a retry, never an exception or a
+ * loop.
+ *
+ * Memory order: the checks are Atomics; the data reads between them are
+ * plain. V8 does not move plain typed-array accesses across Atomics
+ * operations, and on x86 loads are not reordered with loads. On arm64 the
+ * second check's load-acquire would not keep the plain reads before it, so
+ * an Atomics.store to a word of our own comes first (a store-release there,
+ * which the reads before it cannot pass, and which the load-acquire after
+ * it cannot pass either); on x86 it costs one locked instruction a read.
+ * The writer does the mirror image (store.ts #begin).
+ *
+ * What a reader writes: the entry's `ref` byte (eviction gives a referenced
+ * entry a second chance, since readers cannot reorder the LRU lists) and its
+ * hit count (for prefetch's min-hits), both after the read checked out, both
+ * racy by design: a stray mark or a lost increment on a slot reused
+ * meanwhile only nudges eviction or prefetch. It never sets the entry's
+ * "refreshing" flag (the slot may hold another entry by then): a due refresh
+ * is reported (refreshDue), sent to the main thread as a refresh miss, and
+ * the main thread claims the flag (DnsCache.claimRefresh) or drops it.
+ *
+ * Expired entries are misses here (the main thread removes them, or serves
+ * them stale); nothing is ever stored from this side (insert only prepares
+ * the answer for the worker's own waiting clients).
+ */
+import type { AnswerScan } from '../dns/answer.js';
+import { hashKey, keyHashSeed, useKeyHashSeed, type QueryScratch } from '../dns/query.js';
+import type { CachePolicyOptions, HitCache } from './cache.js';
+import { AnswerCopy, type CacheEntry } from './entry.js';
+import { planCaching } from './policy.js';
+import { prefetchStart } from './prefetch.js';
+import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
+import { FLAG_REFRESHING, NEGATIVE, POSITIVE, StoreView, type StoreLayout } from './store-layout.js';
+
+/** Reads of one query that found the store changing before it counts a miss. */
+export const READ_ATTEMPTS = 4;
+/** Sequence-word loads a read waits while the writer is mid-change (an insert takes about a microsecond). */
+const SPINS = 256;
+
+const S = CACHE_COUNTERS.slot;
+const MISS = 0;
+const HIT = 1;
+const TORN = 2;
+
+export class CacheReader implements HitCache {
+  readonly counters: CacheCounters;
+  readonly #v: StoreView;
+  readonly #hashMask: number;
+  #policy: CachePolicyOptions;
+  refreshDue: boolean;
+  /** The last read's outputs (no object per read). */
+  #reply: Buffer | null;
+  #slot: number;
+  /** Reads that found the store changing and gave up (tests, diagnostics). */
+  gaveUp: number;
+  /** A word of our own to store to between a read and its check (the memory order note above). */
+  readonly #fence: Int32Array;
+
+  constructor(layout: StoreLayout, policy: CachePolicyOptions, counters: CacheCounters) {
+    // The writer's hash: keys parsed on this thread must land where it put them.
+    if (keyHashSeed() !== layout.hashSeed) useKeyHashSeed(layout.hashSeed);
+    this.#v = new StoreView(layout);
+    this.#hashMask = layout.hashMask;
+    this.#policy = policy;
+    this.counters = counters;
+    this.refreshDue = false;
+    this.#reply = null;
+    this.#slot = -1;
+    this.gaveUp = 0;
+    this.#fence = new Int32Array(new SharedArrayBuffer(4));
+  }
+
+  /** A reload: new TTL caps (for prepare), prefetch and stale window. */
+  configure(policy: CachePolicyOptions): void {
+    this.#policy = { ...this.#policy, ...policy };
+  }
+
+  answer(q: QueryScratch, now: number, limit: number, ednsSize: number): Buffer | null {
+    const v = this.#v;
+    const h = (q.keyHash & this.#hashMask) >>> 0;
+    this.refreshDue = false;
+    let spins = 0;
+    let settled = false;
+    for (let attempt = 0; attempt < READ_ATTEMPTS; ) {
+      const before = v.seq();
+      if ((before & 1) !== 0) {
+        if (++spins > SPINS) break;
+        continue;
+      }
+      const r = this.#read(q, h, now, limit, ednsSize);
+      Atomics.store(this.#fence, 0, 0);
+      if (v.seq() !== before) {
+        attempt++;
+        continue;
+      }
+      settled = true;
+      // TORN on a store that did not change: cannot happen; a miss, not a loop.
+      if (r !== HIT) break;
+      const slot = this.#slot;
+      v.ref[slot] = 1;
+      v.hitsA[slot]!++;
+      this.counters.values[v.list[slot] === POSITIVE ? S.hitPositive : S.hitNegative]!++;
+      const reply = this.#reply;
+      this.#reply = null;
+      return reply;
+    }
+    if (!settled) this.gaveUp++;
+    this.#reply = null;
+    this.counters.values[S.miss]!++;
+    return null;
+  }
+
+  /** One unchecked read: MISS, TORN, or HIT with #reply, #slot and refreshDue set. */
+  #read(q: QueryScratch, h: number, now: number, limit: number, ednsSize: number): number {
+    const v = this.#v;
+    this.#reply = null;
+    const slot = v.findBytes(q.keyBytes, q.keyLen, h);
+    if (slot < 0) return MISS;
+    const storedAt = v.storedAtA[slot]!;
+    const expiresAt = v.expiresAtA[slot]!;
+    if (!(now < expiresAt)) return MISS;
+    const age = now > storedAt ? Math.floor((now - storedAt) / 1000) : 0;
+    let reply: Buffer | null;
+    try {
+      reply = v.serve(slot, q, age, -1, limit, ednsSize);
+    } catch {
+      // Bounded reads do not throw; a torn one that still did is a retry, not a dead worker.
+      return TORN;
+    }
+    if (reply === null) return TORN;
+    const p = this.#policy;
+    this.refreshDue = p.minHits > 0 && now >= v.prefetchAtA[slot]! && v.hitsA[slot]! + 1 >= p.minHits && (v.flags[slot]! & FLAG_REFRESHING) === 0;
+    this.#reply = reply;
+    this.#slot = slot;
+    return HIT;
+  }
+
+  /** Never stores (the main thread does): the answer for this worker's waiting clients. */
+  insert(_key: string, answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
+    return this.prepare(answer, scan, now);
+  }
+
+  prepare(answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
+    const plan = planCaching(scan, this.#policy);
+    if (plan.kind === 'none') return AnswerCopy.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
+    return AnswerCopy.fromAnswer(answer, scan, now, plan.ttl, prefetchStart(now, plan.ttl, this.#policy), plan.kind === 'negative');
+  }
+
+  /** An expired entry inside the stale window, copied out under the same check as a hit. */
+  stale(key: string, now: number): CacheEntry | undefined {
+    const v = this.#v;
+    const h = (hashKey(key) & this.#hashMask) >>> 0;
+    for (let attempt = 0, spins = 0; attempt < READ_ATTEMPTS && spins <= SPINS; ) {
+      const before = v.seq();
+      if ((before & 1) !== 0) {
+        spins++;
+        continue;
+      }
+      const slot = v.find(key, h);
+      let copy: AnswerCopy | undefined;
+      if (slot >= 0) {
+        const expiresAt = v.expiresAtA[slot]!;
+        if (now >= expiresAt && now < expiresAt + this.#policy.staleMs) {
+          copy = new AnswerCopy(
+            v.wireCopy(slot), v.questionEndA[slot]!, v.ttlOffsetsCopy(slot), v.storedAtA[slot]!, expiresAt, v.prefetchAtA[slot]!,
+            v.list[slot] === NEGATIVE,
+          );
+        }
+      }
+      Atomics.store(this.#fence, 0, 0);
+      if (v.seq() !== before) {
+        attempt++;
+        continue;
+      }
+      if (copy === undefined || copy.wire.length < 12 || copy.questionEnd > copy.wire.length) return undefined;
+      this.counters.values[S.stale]!++;
+      return copy;
+    }
+    return undefined;
+  }
+}

@@ -1,0 +1,256 @@
+/**
+ * The memory of one answer store (store.ts) and the reads every thread may
+ * do on it. Two buffers, allocated once at their final size and never
+ * replaced, so a worker thread handed them (SharedArrayBuffers) reads the
+ * very store the main thread writes:
+ *
+ *   index: a header (the sequence word), then per slot, each array
+ *          `slots` long: storedAt, expiresAt, prefetchAt (f64); keyHash,
+ *          off, wireLen, hits, newer, older (u32/i32); the hash table
+ *          (i32, `tableSize` long, slot+1 per entry, 0 empty, so a fresh
+ *          buffer is an empty table); keyLen, questionEnd, ttlCount (u16);
+ *          list, flags, ref (u8).
+ *   slab:  the records (store.ts has their format), `slabBytes` long.
+ *
+ * Allocated at the capacities and the byte budget up front, not grown: the
+ * kernel backs a page only once it is written, so a 256 MiB slab of which
+ * the store has used 20 MiB costs about 20 MiB (test/store.test.ts checks
+ * RssAnon). The store's "soft end" (store.ts) keeps the used part as small
+ * as growth by copying kept it.
+ *
+ * Reads here are bounded whatever the bytes say (bounded probes, slot
+ * numbers, offsets and lengths checked before use): a reader on another
+ * thread may see a record half-written, and must get a miss or an answer it
+ * then throws away (the sequence check, reader.ts), never an exception or an
+ * endless loop.
+ */
+import { MAX_MESSAGE } from '../dns/constants.js';
+import { writeAnswerFrom } from '../dns/patch.js';
+import { keyHashSeed, type Query } from '../dns/query.js';
+
+/** What a thread needs to read a store another thread writes (WorkerInit carries it). */
+export interface StoreLayout {
+  /** SharedArrayBuffer when the store is shared. */
+  readonly index: ArrayBufferLike;
+  readonly slab: ArrayBufferLike;
+  readonly slots: number;
+  readonly tableSize: number;
+  /** Bits of the key hash the table uses (tests force collisions with fewer). */
+  readonly hashMask: number;
+  /** The writer's dns/query.ts key hash seed: a reader must hash keys alike. */
+  readonly hashSeed: number;
+}
+
+export const DEAD = 0xffffffff;
+export const RECORD_HEADER = 8;
+export const NONE = -1;
+export const FLAG_REFRESHING = 1;
+/** Index header words (Int32). */
+export const SEQ = 0;
+const HEADER_BYTES = 16;
+
+/** The lists, as stored in `list`. */
+export const POSITIVE = 0;
+export const NEGATIVE = 1;
+export type ListId = typeof POSITIVE | typeof NEGATIVE;
+
+/** Bytes of the index buffer for `slots` slots and a `tableSize` table. */
+function indexBytes(slots: number, tableSize: number): number {
+  return HEADER_BYTES + slots * 3 * 8 + slots * 6 * 4 + tableSize * 4 + align4(slots * 3 * 2) + slots * 3;
+}
+
+function align4(n: number): number {
+  return (n + 3) & ~3;
+}
+
+/** A new layout: both buffers zeroed (the kernel's zero pages until written). */
+export function allocLayout(slots: number, slabBytes: number, hashMask: number, shared: boolean): StoreLayout {
+  let tableSize = 16;
+  while (tableSize < slots * 2) tableSize *= 2;
+  const n = indexBytes(slots, tableSize);
+  return {
+    index: shared ? new SharedArrayBuffer(n) : new ArrayBuffer(n),
+    slab: shared ? new SharedArrayBuffer(slabBytes) : new ArrayBuffer(slabBytes),
+    slots,
+    tableSize,
+    hashMask,
+    hashSeed: keyHashSeed(),
+  };
+}
+
+/**
+ * Typed-array views of a layout, and the bounded reads (lookups by key,
+ * serving a slot's answer). The writer (store.ts AnswerStore) and the
+ * readers (reader.ts) both build on it.
+ */
+export class StoreView {
+  readonly layout: StoreLayout;
+  readonly header: Int32Array;
+  readonly slots: number;
+  readonly tableMask: number;
+  readonly hashMask: number;
+  readonly slab: Buffer;
+  readonly slabU16: Uint16Array;
+  readonly slabU32: Uint32Array;
+  readonly storedAtA: Float64Array;
+  readonly expiresAtA: Float64Array;
+  readonly prefetchAtA: Float64Array;
+  readonly keyHash: Uint32Array;
+  readonly off: Uint32Array;
+  readonly wireLen: Uint32Array;
+  /**
+   * Hits per slot. Readers on other threads bump it without a lock (a lost
+   * or stray increment only nudges prefetch's min-hits), and the writer
+   * resets it when the slot gets a new entry.
+   */
+  readonly hitsA: Uint32Array;
+  readonly newer: Int32Array;
+  readonly older: Int32Array;
+  /** slot+1 per entry, 0 empty. */
+  readonly table: Int32Array;
+  readonly keyLen: Uint16Array;
+  readonly questionEndA: Uint16Array;
+  readonly ttlCount: Uint16Array;
+  readonly list: Uint8Array;
+  readonly flags: Uint8Array;
+  /** Set by readers on a hit (they cannot reorder the LRU lists); the writer's eviction gives such an entry a second chance. */
+  readonly ref: Uint8Array;
+
+  constructor(layout: StoreLayout) {
+    this.layout = layout;
+    const n = layout.slots;
+    const buf = layout.index;
+    this.slots = n;
+    this.tableMask = layout.tableSize - 1;
+    this.hashMask = layout.hashMask;
+    let at = 0;
+    this.header = new Int32Array(buf, at, HEADER_BYTES / 4);
+    at += HEADER_BYTES;
+    const f64 = (): Float64Array => {
+      const a = new Float64Array(buf, at, n);
+      at += n * 8;
+      return a;
+    };
+    this.storedAtA = f64();
+    this.expiresAtA = f64();
+    this.prefetchAtA = f64();
+    this.keyHash = new Uint32Array(buf, at, n);
+    at += n * 4;
+    this.off = new Uint32Array(buf, at, n);
+    at += n * 4;
+    this.wireLen = new Uint32Array(buf, at, n);
+    at += n * 4;
+    this.hitsA = new Uint32Array(buf, at, n);
+    at += n * 4;
+    this.newer = new Int32Array(buf, at, n);
+    at += n * 4;
+    this.older = new Int32Array(buf, at, n);
+    at += n * 4;
+    this.table = new Int32Array(buf, at, layout.tableSize);
+    at += layout.tableSize * 4;
+    this.keyLen = new Uint16Array(buf, at, n);
+    at += n * 2;
+    this.questionEndA = new Uint16Array(buf, at, n);
+    at += n * 2;
+    this.ttlCount = new Uint16Array(buf, at, n);
+    at = align4(at + n * 2);
+    this.list = new Uint8Array(buf, at, n);
+    at += n;
+    this.flags = new Uint8Array(buf, at, n);
+    at += n;
+    this.ref = new Uint8Array(buf, at, n);
+    this.slab = Buffer.from(layout.slab);
+    this.slabU16 = new Uint16Array(layout.slab, 0, this.slab.length >>> 1);
+    this.slabU32 = new Uint32Array(layout.slab, 0, this.slab.length >>> 2);
+  }
+
+  /** The sequence word: odd while the writer changes what readers may be reading (reader.ts). */
+  seq(): number {
+    return Atomics.load(this.header, SEQ);
+  }
+
+  /** The slot holding `key`, or -1. At most one pass over the table, whatever it holds. */
+  find(key: string, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      const slot = table[i]! - 1;
+      if (slot < 0) return NONE;
+      if (slot < this.slots && this.keyHash[slot] === h && this.#keyEquals(slot, key)) return slot;
+    }
+    return NONE;
+  }
+
+  /** find for the key in bytes[0, len) whose (masked) hash is `h`: the hit path's lookup, no string. */
+  findBytes(bytes: Uint8Array, len: number, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      const slot = table[i]! - 1;
+      if (slot < 0) return NONE;
+      if (slot < this.slots && this.keyHash[slot] === h && this.#keyBytesEqual(slot, bytes, len)) return slot;
+    }
+    return NONE;
+  }
+
+  /** Slab offset of the slot's key, or -1 when the slot's fields do not describe a record inside the slab. */
+  #keyAt(slot: number, keyLen: number): number {
+    const off = this.off[slot]!;
+    const at = off + RECORD_HEADER + 2 * this.ttlCount[slot]!;
+    return (off & 7) === 0 && at + keyLen + this.wireLen[slot]! <= this.slab.length ? at : -1;
+  }
+
+  #keyEquals(slot: number, key: string): boolean {
+    const n = this.keyLen[slot]!;
+    if (n !== key.length) return false;
+    const at = this.#keyAt(slot, n);
+    if (at < 0) return false;
+    const slab = this.slab;
+    for (let i = 0; i < n; i++) if (slab[at + i] !== key.charCodeAt(i)) return false;
+    return true;
+  }
+
+  #keyBytesEqual(slot: number, bytes: Uint8Array, len: number): boolean {
+    if (this.keyLen[slot] !== len) return false;
+    const at = this.#keyAt(slot, len);
+    if (at < 0) return false;
+    const slab = this.slab;
+    for (let i = 0; i < len; i++) if (slab[at + i] !== bytes[i]) return false;
+    return true;
+  }
+
+  /**
+   * The slot's answer for one client, copied and patched straight from the
+   * slab; null when its fields do not describe an answer inside the slab (a
+   * reader caught the writer mid-change).
+   */
+  serve(slot: number, q: Query, ageSec: number, fixedTtl: number, limit: number, ednsSize: number): Buffer | null {
+    const off = this.off[slot]!;
+    const ttlCount = this.ttlCount[slot]!;
+    const wireLen = this.wireLen[slot]!;
+    const questionEnd = this.questionEndA[slot]!;
+    const wireAt = off + RECORD_HEADER + 2 * ttlCount + this.keyLen[slot]!;
+    if ((off & 7) !== 0 || wireLen > MAX_MESSAGE || wireAt + wireLen > this.slab.length || questionEnd > wireLen || questionEnd < 12) return null;
+    return writeAnswerFrom(this.slab, wireAt, wireLen, questionEnd, this.slabU16, (off + RECORD_HEADER) >>> 1, ttlCount, q, ageSec, fixedTtl, limit, ednsSize);
+  }
+
+  /** A copy of the slot's stored wire bytes (bounded like serve: empty when they are not inside the slab). */
+  wireCopy(slot: number): Buffer {
+    const at = this.off[slot]! + RECORD_HEADER + 2 * this.ttlCount[slot]! + this.keyLen[slot]!;
+    const len = Math.min(this.wireLen[slot]!, MAX_MESSAGE);
+    const out = Buffer.alloc(at + len <= this.slab.length ? len : 0);
+    this.slab.copy(out, 0, at, at + out.length);
+    return out;
+  }
+
+  /** A copy of the slot's TTL offsets. */
+  ttlOffsetsCopy(slot: number): Uint16Array {
+    const at = (this.off[slot]! + RECORD_HEADER) >>> 1;
+    return this.slabU16.slice(at, at + this.ttlCount[slot]!);
+  }
+
+  keyOf(slot: number): string {
+    const at = this.off[slot]! + RECORD_HEADER + 2 * this.ttlCount[slot]!;
+    return this.slab.toString('latin1', at, at + this.keyLen[slot]!);
+  }
+}
