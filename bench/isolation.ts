@@ -56,7 +56,7 @@ import type { ProbeResult } from './hit-probe.js';
 import { scrapeLines } from './agent-proc.js';
 import { runDnsperfRate, runProbe, type AgentRun, type DnsperfRun, type ProbeSpawn, startBenchAgent, startSim, udpDrops, writeMissFile } from './isolation-stack.js';
 import { pinProcess, treeCpuSeconds, which } from './proc-stats.js';
-import { runScaling, formatScaling, type ScalingOptions } from './scaling.js';
+import { runScaling, formatScaling, type BenchMachine, type ScalingOptions } from './scaling.js';
 import type { SimProcess } from './sim/control.js';
 import { repoRoot } from './suite.js';
 import { isLoopback } from './targets.js';
@@ -152,7 +152,7 @@ export interface BackendRun {
 export interface IsolationReport {
   readonly kind: 'isolation';
   readonly startedAt: string;
-  readonly machine: { readonly cores: number; readonly loadBefore: readonly number[]; readonly loadAfter: readonly number[]; readonly cpuModel: string };
+  readonly machine: BenchMachine;
   readonly options: Omit<IsolationOptions, 'agentPath'>;
   readonly probeRealtime: boolean;
   readonly notes: readonly string[];

@@ -63,10 +63,18 @@ export interface ScalingSample {
   readonly upstreamQueries: number;
 }
 
+/** The machine a report was taken on: its cores and CPU, and the load before and after the run. */
+export interface BenchMachine {
+  readonly cores: number;
+  readonly loadBefore: readonly number[];
+  readonly loadAfter: readonly number[];
+  readonly cpuModel: string;
+}
+
 export interface ScalingReport {
   readonly kind: 'scaling';
   readonly startedAt: string;
-  readonly machine: { readonly cores: number; readonly loadBefore: readonly number[]; readonly loadAfter: readonly number[]; readonly cpuModel: string };
+  readonly machine: BenchMachine;
   readonly options: Omit<ScalingOptions, 'agentPath'>;
   readonly samples: readonly ScalingSample[];
 }

@@ -15,6 +15,7 @@
  * `byteOffset`), so a worker observes and the main thread publishes.
  */
 import type { HitPathHistograms } from '../server/hit-path.js';
+import { sumArraysInto } from '../stats/counters.js';
 
 export interface HistogramDef {
   /** Prometheus name, without _bucket/_sum/_count. */
@@ -165,12 +166,7 @@ export function hitPathHistograms(buffer?: ArrayBufferLike, byteOffset = 0): Hit
 
 /** Adds `hists` (of the same bounds) into `into` (zeroed first), bucket by bucket: what a scrape publishes. */
 export function sumHistogram(into: TypedHistogram, hists: readonly TypedHistogram[]): TypedHistogram {
-  const out = into.values;
-  out.fill(0);
-  for (const h of hists) {
-    const v = h.values;
-    for (let i = 0; i < out.length; i++) out[i]! += v[i]!;
-  }
+  sumArraysInto(into.values, hists.map((h) => h.values));
   return into;
 }
 

@@ -56,3 +56,15 @@ export class Counters<K extends string> {
     return out;
   }
 }
+
+/**
+ * Sets `out` to the element-wise sum of `parts` (all at least as long): how
+ * the blocks of several threads (counters, histogram buckets) become the one
+ * series a scrape publishes.
+ */
+export function sumArraysInto(out: Float64Array, parts: readonly Float64Array[]): void {
+  out.fill(0);
+  for (const v of parts) {
+    for (let i = 0; i < out.length; i++) out[i]! += v[i]!;
+  }
+}

@@ -7,7 +7,7 @@
 import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
 import { HIT_PATH_HISTOGRAM_BYTES, TypedHistogram, hitPathHistograms, type HistogramDef } from '../../ops/histogram.js';
 import type { HitPathHistograms } from '../hit-path.js';
-import { Counters, defineCounters } from '../../stats/counters.js';
+import { Counters, defineCounters, sumArraysInto } from '../../stats/counters.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 
 export const BATCHED_COUNTERS = defineCounters({
@@ -89,11 +89,6 @@ export function workerCounters(buffer: ArrayBufferLike): WorkerCounters {
 
 /** Adds every worker's block into `into` (zeroed first): what a scrape publishes. */
 export function sumInto<K extends string>(into: Counters<K>, blocks: readonly Counters<K>[]): Counters<K> {
-  const out = into.values;
-  out.fill(0);
-  for (const b of blocks) {
-    const v = b.values;
-    for (let i = 0; i < out.length; i++) out[i]! += v[i]!;
-  }
+  sumArraysInto(into.values, blocks.map((b) => b.values));
   return into;
 }
