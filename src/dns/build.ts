@@ -38,17 +38,14 @@ export function writeOpt(buf: Buffer, off: number, udpSize: number, extendedRcod
  */
 export function errorResponse(q: Query, rcode: number, ednsSize = DEFAULT_EDNS_SIZE): Buffer {
   const qEnd = q.qnameEnd > 0 ? q.qnameEnd + 4 : HEADER_LEN;
-  const out = Buffer.alloc(qEnd + (q.edns ? OPT_LEN : 0));
+  // From the pool (a flood of refused misses is answered with these): every byte is written below.
+  const out = Buffer.allocUnsafe(qEnd + (q.edns ? OPT_LEN : 0));
   out.writeUInt16BE(q.id, 0);
   out.writeUInt16BE(FLAG_QR | (q.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD)) | FLAG_RA | (rcode & 0xf), 2);
-  if (q.qnameEnd > 0) {
-    out.writeUInt16BE(1, OFF_QDCOUNT);
-    q.msg.copy(out, HEADER_LEN, HEADER_LEN, qEnd);
-  }
-  if (q.edns) {
-    out.writeUInt16BE(1, OFF_ARCOUNT);
-    writeOpt(out, qEnd, ednsSize, rcode, q.dnssecOk);
-  }
+  out.writeUInt32BE(q.qnameEnd > 0 ? 0x00010000 : 0, OFF_QDCOUNT); // QDCOUNT, ANCOUNT 0
+  out.writeUInt32BE(q.edns ? 1 : 0, OFF_ARCOUNT - 2); // NSCOUNT 0, ARCOUNT
+  if (q.qnameEnd > 0) q.msg.copy(out, HEADER_LEN, HEADER_LEN, qEnd);
+  if (q.edns) writeOpt(out, qEnd, ednsSize, rcode, q.dnssecOk);
   return out;
 }
 
