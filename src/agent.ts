@@ -286,6 +286,7 @@ export class Agent {
       clientMissRate: c.clientMissRate,
       clientMissBurst: c.clientMissBurst,
       maxQueryAgeMs: c.maxQueryAgeMs,
+      localZones: routing.localZones,
       store: this.cache,
       dgram: { reusePort: c.reusePort, clock: this.#clock },
       logger: this.#logger,
@@ -396,6 +397,7 @@ export class Agent {
         queryLogEvery: merged.queryLogEvery,
         clientMissRate: merged.clientMissRate,
         clientMissBurst: merged.clientMissBurst,
+        localZones: routing.localZones,
       });
     }
     this.#setLogLevel?.(merged.logLevel);

@@ -48,7 +48,8 @@ export interface Routing {
   readonly upstreams: readonly Upstream[];
   readonly cluster: ClusterUpstream | null;
   /** The DNS-over-TLS upstreams for external names; null when they go to the host resolvers. */
-  readonly tls: TlsUpstream | null;
+  readonly tls: TlsUpstream | null;  /** Zones whose route has a local answerer (the cluster view): at the upstream side's limit those are answered locally, not refused. */
+  readonly localZones: readonly string[];
 }
 
 export interface TlsUpstream {
@@ -111,7 +112,10 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
   for (const stub of c.stubDomains) {
     routes.push({ zone: stub.zone, target: hostRoute(`stub:${stub.zone}`, stub.servers, undefined, DEFAULT_ATTEMPTS, false) });
   }
-  return { router: new ZoneRouter(routes, external), upstreams, cluster, tls };
+  // As the router sees them: a later route for the same zone (a stub domain) replaces an earlier one.
+  const byZone = new Map(routes.map((r) => [r.zone.toLowerCase().replace(/\.$/, ''), r]));
+  const localZones = [...byZone.values()].filter((r) => r.target.local !== null).map((r) => r.zone);
+  return { router: new ZoneRouter(routes, external), upstreams, cluster, tls, localZones };
 }
 
 /**

@@ -19,6 +19,7 @@ import { createLogger, silentLogger } from '../src/log.js';
 import type { CacheOptions } from '../src/cache/cache.js';
 import { DnsCache } from '../src/cache/cache.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
+import { SEQ } from '../src/cache/store-layout.js';
 import { HitPath, type MissOutcome, type MissSink } from '../src/server/hit-path.js';
 import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
@@ -32,10 +33,11 @@ import { ipv6Text } from '../src/server/batched/loop-parts.js';
 import { hitPathHistograms } from '../src/ops/histogram.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/server/batched/idle-gc.js';
 import {
-  DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, stamp16, waiterTag,
+  Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, stamp16, waiterTag,
   type Packed, type WorkerInit, type WorkerReport,
 } from '../src/server/batched/protocol.js';
 import { DirectAnswers } from '../src/server/batched/direct.js';
+import { SHED_WINDOW_MS, ShedGate, stampRefusal } from '../src/server/batched/shed-gate.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
@@ -666,8 +668,12 @@ t.test('the platform checks: a loader that is not koffi, and the worker count ru
 class Ret implements MissReturn {
   alive = true;
   got: [number, Buffer | null, MissOutcome][] = [];
+  refusals = 0;
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
     this.got.push([token, answer, outcome]);
+  }
+  refusedForLoad(): void {
+    this.refusals++;
   }
 }
 
@@ -705,6 +711,40 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   sync.forward(a, 10, 'k3', Buffer.from('q'));
   t.same(a.got.at(-1), [10, null, 'overloaded']);
   t.equal(sync.inflight, 0);
+  // Only a refusal for load tells a worker to shed: once per waiter it had on the question.
+  t.equal(a.refusals, 1, 'the overloaded outcome stamped the worker');
+  t.equal(b.refusals, 0, 'a timeout, an answer or a dead worker stamp nothing');
+});
+
+t.test('shed gate: sheds for SHED_WINDOW_MS after the main thread\'s last refusal, never a zone the view answers, across the 32-bit wrap', async (t) => {
+  const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
+  const c = new Counters(BATCHED_COUNTERS);
+  let wall = 1_700_000_000_000;
+  const reads = { lastGaveUp: false };
+  const gate = new ShedGate(ctl, ['cluster.local'], reads, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, () => wall);
+  const ext = parseQuery(query({ name: 'x.example.org' })).key;
+  const svc = parseQuery(query({ name: 'web.shop.svc.CLUSTER.local' })).key;
+  stampRefusal(ctl, wall - 3_600_000);
+  t.ok(gate.admits(ext), 'no refusal lately: admitted');
+  stampRefusal(ctl, wall);
+  t.notOk(gate.admits(ext), 'refused just now: shed');
+  t.ok(gate.admits(svc), 'the cluster zone is left to the view, whatever the case');
+  reads.lastGaveUp = true;
+  t.ok(gate.admits(ext), 'a read that gave up on a store mid-change is no miss: the main thread answers it from the store');
+  reads.lastGaveUp = false;
+  wall += SHED_WINDOW_MS - 1;
+  t.notOk(gate.admits(ext), 'still inside the window');
+  wall += 1;
+  t.ok(gate.admits(ext), 'the window has ended');
+  stampRefusal(ctl, wall + 1000);
+  t.ok(gate.admits(ext), 'a stamp from the future (the clock stepped back) ends the window, never stretches it');
+  wall = 2 ** 32 * 400 - 10;
+  stampRefusal(ctl, wall);
+  wall += 20;
+  t.notOk(gate.admits(ext), 'across the wrap of the 32-bit stamp');
+  gate.configure([]);
+  t.notOk(gate.admits(svc), 'no view after a reload: the cluster zone is shed too');
+  t.equal(c.get('shedBusy'), 4, 'each shed miss counted');
 });
 
 t.test('the shared cache: another worker\'s miss on a fetched name is answered without the upstream, aged, until the entry is due for refresh', async (t) => {
@@ -825,7 +865,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
   const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
     index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
-    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, maxQueryAgeMs: 0, ...over,
+    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, maxQueryAgeMs: 0, localZones: [], ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
   t.teardown(() => k.mainPort.close());
@@ -1007,7 +1047,7 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
         t.equal(reports.find((r) => r.aborted !== undefined)?.aborted, 1);
         t.equal(k.sent.length, 2);
         t.equal(idOf(k.sent[1]!.data), 1, 'the waiting client gets its SERVFAIL');
-        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1, clientMissRate: 0, clientMissBurst: 1 });
+        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1, clientMissRate: 0, clientMissBurst: 1, localZones: [] });
         k.queue(5, { data: query({ name: 'big.example.com', id: 3, edns: true, udpSize: 4096 }), from: from4(3) });
       },
       () => {
@@ -1028,6 +1068,74 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
   );
   loop.run();
   t.equal(c.server.get('abortedAtShutdown'), 1);
+});
+
+t.test('loop: while the main thread refuses misses for load, a new one is answered here (stale, else SERVFAIL) without crossing; a view zone and a question in flight still cross', async (t) => {
+  const q = (name: string, id: number) => ({ data: query({ name, id }), from: from4(id) });
+  const missKeys = (reports: WorkerReport[]): string[] => reports.flatMap((r) => r.misses?.keys ?? []);
+  const { k, loop, c, store } = loopRig(
+    [
+      () => k.queue(5, q('inflight.example.com', 1)),
+      () => {
+        t.equal(missKeys(k.reports()).length, 1, 'before any refusal a miss crosses');
+        stampRefusal(new Int32Array(k.ctl));
+        k.queue(5, q('inflight.example.com', 2));
+        k.queue(5, q('new.example.com', 3));
+        k.queue(5, q('old.example.com', 4));
+        k.queue(5, q('web.shop.svc.cluster.local', 5));
+      },
+      () => {
+        const keys = missKeys(k.reports());
+        t.equal(keys.length, 1, 'only the view\'s zone crossed');
+        t.match(keys[0], /cluster/);
+        t.same(k.sent.map((d) => idOf(d.data)), [3, 4], 'the two shed misses answered in the turn they arrived');
+        t.equal(k.sent[0]!.data[3]! & 0x0f, 2, 'SERVFAIL without a stale answer');
+        const stale = dnsPacket.decode(k.sent[1]!.data);
+        t.equal(k.sent[1]!.data[3]! & 0x0f, 0, 'the stale answer where the cache still holds one');
+        t.equal(ttlOf(stale.answers![0]!), 30, 'with the stale TTL');
+        t.equal(c.io.get('shedBusy'), 2);
+        t.equal(c.server.get('coalesced'), 1, 'the query for the name in flight joined it');
+        stampRefusal(new Int32Array(k.ctl), Date.now() - 1000);
+        k.queue(5, q('later.example.com', 6));
+      },
+      () => t.same(missKeys(k.reports()).length, 1, 'a second after the last refusal misses cross again'),
+    ],
+    { localZones: ['cluster.local'] },
+  );
+  const old = answer('old.example.com', [rr('old.example.com', '192.0.2.4', 60)]);
+  store.insert(parseQuery(query({ name: 'old.example.com' })).key, old, scanAnswer(old)!, systemClock.now() - 120_000);
+  loop.run();
+  t.equal(c.io.get('shedBusy'), 2);
+});
+
+t.test('loop: a read that meets the writer mid-change is no miss: neither the shed gate nor the worker limit answers it, it goes to the main thread', async (t) => {
+  const missKeys = (reports: WorkerReport[]): string[] => reports.flatMap((r) => r.misses?.keys ?? []);
+  let seq: Int32Array | null = null;
+  const { k, loop, c, store } = loopRig(
+    [
+      () => k.queue(5, { data: query({ name: 'fill.example.com', id: 1 }), from: from4(1) }),
+      () => {
+        t.equal(missKeys(k.reports()).length, 1, 'the worker limit (1) is now taken');
+        stampRefusal(new Int32Array(k.ctl));
+        // The writer, preempted inside a change: the sequence word stays odd.
+        Atomics.add(seq!, SEQ, 1);
+        k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2) });
+      },
+      () => {
+        t.same(missKeys(k.reports()), [parseQuery(query({ name: SVC })).key], 'the cached name went to the main thread, not a SERVFAIL');
+        t.equal(k.sent.length, 0, 'nothing answered here');
+        t.equal(c.cache.get('readGaveUp'), 1, 'counted as a read given up');
+        t.equal(c.io.get('shedBusy') + c.io.get('overloaded'), 0, 'neither shed nor refused');
+        Atomics.add(seq!, SEQ, 1);
+        k.queue(5, { data: query({ name: SVC, id: 3 }), from: from4(3) });
+      },
+      () => t.same(k.sent.map((d) => idOf(d.data)), [3], 'once the change is done, a hit again'),
+    ],
+    { maxInflight: 1 },
+  );
+  storeAnswer(store, SVC, answer(SVC, [rr(SVC, '192.0.2.9', 60)]));
+  seq = new Int32Array(store.layout.index, 0, 4);
+  loop.run();
 });
 
 t.test('loop: a hit is not held behind a big batch of completions (at most COMPLETIONS_PER_TURN per turn)', async (t) => {

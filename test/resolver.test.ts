@@ -30,7 +30,13 @@ import type { Upstream, UpstreamExchange } from '../src/upstream/types.js';
 import { ViewAnswerer } from '../src/kube/local-answerer.js';
 import type { SlimService } from '../src/kube/types.js';
 import { ClusterView } from '../src/kube/view.js';
-import { HealthProbe, PROBE_INTERVAL_MS } from '../src/upstream/probe.js';
+import { loadConfig } from '../src/config.js';
+import { ForwardDurations } from '../src/upstream/forward-durations.js';
+import { hostResolversCounters } from '../src/upstream/host-resolvers.js';
+import { tcpPoolCounters } from '../src/upstream/tcp-pool.js';
+import { buildRouting } from '../src/routing.js';
+import { loadHostServers } from '../src/upstream/host-route.js';
+import { HealthProbe, PROBE_COUNTERS, PROBE_INTERVAL_MS } from '../src/upstream/probe.js';
 import { a, answer, query, rcodeOf, soa, tsigRr, ttlOf, withAdditional } from './kit/dns.js';
 
 class FakeChannel implements ClientChannel {
@@ -773,10 +779,10 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
   const resolver = make(exchange);
   exchange.connect(resolver);
   // The main thread's hit path (TCP) asks through the same exchange, answered synchronously; the exchange stores.
-  main.connect(exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome) }), false);
+  main.connect(exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome), refusedForLoad: () => {} }), false);
   const paths = Array.from({ length: workers }, () => hitPath(new CacheReader(store.layout, CACHE_OPTS, new Counters(CACHE_COUNTERS)), workers));
   for (const w of paths) {
-    const link: MissReturn = { alive: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)) };
+    const link: MissReturn = { alive: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)), refusedForLoad: () => {} };
     w.connect({
       forward: (token, key, query, refresh) => {
         // As listener.ts: a worker's refresh is claimed on the main thread, or dropped.
@@ -881,3 +887,17 @@ for (const b of RIG_BACKENDS) {
     t.equal(rcodeOf(ch.sent[ch.sent.length - 1]!), 0);
   });
 }
+
+t.test('routing: the zones a local answerer covers (what batched workers never shed), as the router resolves them', async (t) => {
+  const build = (argv: string[], view: ClusterView | null) => {
+    const { config } = loadConfig(['--upstream-addr', '127.0.0.1:1053', '--upstream-nameservers', '127.0.0.1:1054', ...argv], { env: {} });
+    const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
+    const counters = {
+      pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
+    };
+    return buildRouting(config, host, { clock: new ManualClock(), logger: silentLogger, view, counters }, null);
+  };
+  t.same(build([], new ClusterView()).localZones, ['cluster.local', 'in-addr.arpa', 'ip6.arpa'], 'with the view: the cluster domain and the reverse zones');
+  t.same(build(['--stub-domain', 'in-addr.arpa=127.0.0.1:1055'], new ClusterView()).localZones, ['cluster.local', 'ip6.arpa'], 'a stub domain that takes over a zone takes it from the view');
+  t.same(build([], null).localZones, [], 'no view (--no-kube): none');
+});

@@ -67,6 +67,12 @@ export class CacheReader implements HitCache {
   #slot: number;
   /** Reads that found the store changing and gave up (tests, diagnostics). */
   gaveUp: number;
+  /**
+   * The last answer() gave up rather than found nothing: its miss is not a
+   * miss of the store, and the main thread answers it from there (never shed
+   * or refused on the worker's side: shed-gate.ts, loop.ts forward).
+   */
+  lastGaveUp: boolean;
   /** A word of our own to store to between a read and its check (the memory order note above). */
   readonly #fence: Int32Array;
 
@@ -81,6 +87,7 @@ export class CacheReader implements HitCache {
     this.#reply = null;
     this.#slot = -1;
     this.gaveUp = 0;
+    this.lastGaveUp = false;
     this.#fence = new Int32Array(new SharedArrayBuffer(4));
   }
 
@@ -93,6 +100,7 @@ export class CacheReader implements HitCache {
     const v = this.#v;
     const h = (q.keyHash & this.#hashMask) >>> 0;
     this.refreshDue = false;
+    this.lastGaveUp = false;
     let spins = 0;
     let settled = false;
     for (let attempt = 0; attempt < READ_ATTEMPTS; ) {
@@ -118,7 +126,11 @@ export class CacheReader implements HitCache {
       this.#reply = null;
       return reply;
     }
-    if (!settled) this.gaveUp++;
+    if (!settled) {
+      this.gaveUp++;
+      this.lastGaveUp = true;
+      this.counters.values[S.readGaveUp]!++;
+    }
     this.#reply = null;
     this.counters.values[S.miss]!++;
     return null;

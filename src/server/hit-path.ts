@@ -69,6 +69,16 @@ export interface MissSink {
   forward(token: number, key: string, query: Buffer, refresh?: boolean): void;
 }
 
+/**
+ * Asked before a new question goes to the upstream side (after coalescing
+ * and the per-client limit): false turns it away at once with what a failed
+ * upstream would give (stale, else SERVFAIL). A batched worker's ShedGate,
+ * while the main thread is refusing misses for load.
+ */
+export interface MissGate {
+  admits(key: string): boolean;
+}
+
 /** One client waiting on a miss: a private copy of its query header and question, and where to answer. */
 interface Waiter {
   readonly q: Query;
@@ -110,7 +120,8 @@ export interface HitPathOptions {
   /** coredns_dns_request_duration_seconds and the size histograms (typed arrays: a few ns an observe). */
   readonly histograms?: HitPathHistograms | null;
   /** Requests by client namespace; null (the default): off, one null check per query. */
-  readonly tagger?: ClientTagger | null;
+  readonly tagger?: ClientTagger | null;  /** Turns new misses away before any work (null, the default: every miss goes to the sink). */
+  readonly gate?: MissGate | null;
 }
 
 /**
@@ -160,6 +171,7 @@ export class HitPath implements QueryHandler {
   #clientLimit: ClientMissLimiter | null;
   readonly #hist: HitPathHistograms | null;
   readonly #tagger: ClientTagger | null;
+  readonly #gate: MissGate | null;
   /** What handle() parses into; overwritten by the next query, so nothing may keep it (see retain). */
   readonly #scratch: QueryScratch;
   /** Inside handle(): a re-entrant call (a channel that answers synchronously into handle) gets its own scratch. */
@@ -183,6 +195,7 @@ export class HitPath implements QueryHandler {
     this.#clientLimit = opts.clientLimit ?? null;
     this.#hist = opts.histograms ?? null;
     this.#tagger = opts.tagger ?? null;
+    this.#gate = opts.gate ?? null;
     this.#scratch = new QueryScratch();
     this.#busy = false;
   }
@@ -275,10 +288,12 @@ export class HitPath implements QueryHandler {
     if (this.#clientLimit !== null && !this.#clientLimit.take(peer.address, now)) {
       // Over its miss rate: this client gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
       this.#v[S.clientLimited]!++;
-      miss = this.#open(key);
-      miss.waiters.push({ q: retain(q, key), channel, peer, arrivedAt: now, logged });
-      this.#close(miss);
-      this.#fail(miss, now);
+      this.#shed(q, key, channel, peer, now, logged);
+      return;
+    }
+    // The gate counts what it turns away (it knows why).
+    if (this.#gate !== null && !this.#gate.admits(key)) {
+      this.#shed(q, key, channel, peer, now, logged);
       return;
     }
     miss = this.#open(key);
@@ -377,7 +392,7 @@ export class HitPath implements QueryHandler {
     return n;
   }
 
-  /** One query turned away at once (too many waiting on its question): stale if we have it, else SERVFAIL. */
+  /** One query turned away at once (too many waiting on its question, its client over its miss rate, the gate): stale if we have it, else SERVFAIL. */
   #shed(q: Query, key: string, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean): void {
     const stale = this.#cache.stale(key, now);
     const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#limit(q, channel), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);

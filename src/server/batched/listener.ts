@@ -90,7 +90,8 @@ export interface BatchedUdpOptions {
   /** The exchange's clock, for its lookups and inserts (tests). */
   readonly clock?: Clock;
   /** The main thread answers the workers' misses itself (direct.ts); default on. Off: every answer goes back through the worker (tests, comparisons). */
-  readonly directAnswers?: boolean;
+  readonly directAnswers?: boolean;  /** Zones the main thread answers from its cluster view when the upstream side is at its limit (Routing.localZones): workers never shed those (shed-gate.ts). Default none. */
+  readonly localZones?: readonly string[];
 }
 
 type State = 'new' | 'running' | 'paused' | 'closed';
@@ -151,6 +152,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       cache: { successTtl: c.successTtl, denialTtl: c.denialTtl, minHits: c.minHits, percent: c.percent, staleMs: c.staleMs },
       maxUdpSize: opts.maxUdpSize,
       queryLogEvery: opts.queryLogEvery,
+      localZones: opts.localZones ?? [],
       ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.workers),
     };
     this.#dead = [];
@@ -258,11 +260,12 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * query-log sampling, from each worker's next turn. Resolves when every
    * live worker has applied it (a restarted worker starts with it).
    */
-  configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number; clientMissRate?: number; clientMissBurst?: number }): Promise<void> {
+  configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number; clientMissRate?: number; clientMissBurst?: number; localZones?: readonly string[] }): Promise<void> {
     const policy: WorkerSettings = {
       cache: o.cache,
       maxUdpSize: o.maxUdpSize,
       queryLogEvery: o.queryLogEvery,
+      localZones: o.localZones ?? [],
       ...workerMissLimit(o.clientMissRate ?? 0, o.clientMissBurst ?? 1, this.#links.length),
     };
     this.#policy = policy;
@@ -293,7 +296,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * would give it.
    */
   mainSink(hits: MissCompleter): MissSink {
-    return this.#exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome) });
+    // This thread's own misses are refused by the resolver directly: nothing to shed ahead of it.
+    return this.#exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome), refusedForLoad: () => {} });
   }
 
   /** MissCompleter, for the Resolver. */
@@ -374,6 +378,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         batch: this.#opts.batch ?? DEFAULT_BATCH,
         maxInflight: this.#opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
         maxQueryAgeMs: this.#opts.maxQueryAgeMs ?? DEFAULTS.maxQueryAgeMs,
+        localZones: this.#policy.localZones,
       },
       this.#sys,
       this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now },

@@ -42,6 +42,7 @@ import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes, t
 import { RxTrace, traceKey } from './rx-trace.js';
 import { Peer, ReportLogger, TurnClock } from './loop-parts.js';
 import { IdleCollector, exposeGc } from './idle-gc.js';
+import { ShedGate } from './shed-gate.js';
 import { parseQuery, QueryStatus } from '../../dns/query.js';
 import {
   Ctl, MISS_REFRESH, OUTCOMES, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, msSince16, nextSeq, seqAtOrBefore, transferOf, waiterTag,
@@ -116,6 +117,8 @@ export class WorkerLoop implements MissSink {
   readonly #clock: TurnClock;
   readonly #logger: ReportLogger;
   readonly #cache: CacheReader;
+  /** Answers new misses here while the main thread refuses them for load (shed-gate.ts). */
+  readonly #gate: ShedGate;
   readonly #hits: HitPath;
   readonly #fds: readonly number[];
   readonly #channels: SocketChannel[];
@@ -173,6 +176,7 @@ export class WorkerLoop implements MissSink {
     this.#logger = new ReportLogger();
     // Read-only: the main thread stores every answer (it fetched them all), and the store's gauges are its.
     this.#cache = new CacheReader(init.store, init.cache, this.#counters.cache);
+    this.#gate = new ShedGate(this.#ctl, init.localZones, this.#cache, { values: this.#io, slot: IO.shedBusy });
     this.#hits = new HitPath({
       cache: this.#cache,
       clock: this.#clock,
@@ -182,6 +186,7 @@ export class WorkerLoop implements MissSink {
       maxUdpSize: init.maxUdpSize,
       queryLogEvery: init.queryLogEvery,
       clientLimit: missLimiter(init.clientMissRate, init.clientMissBurst),
+      gate: this.#gate,
     });
     this.#hits.connect(this);
     this.#fds = init.fds;
@@ -273,7 +278,8 @@ export class WorkerLoop implements MissSink {
 
   /** MissSink: queued for this turn's report; refused at once past the limit (the main thread is behind). */
   forward(token: number, key: string, query: Buffer, refresh = false): void {
-    if (this.#hits.inflight > this.#init.maxInflight) {
+    // A read that gave up on a store mid-change is no miss: it always goes to the main thread, which answers it from the store.
+    if (this.#hits.inflight > this.#init.maxInflight && !this.#cache.lastGaveUp) {
       this.#io[IO.overloaded]!++;
       this.#hits.complete(token, null, 'overloaded');
       return;
@@ -439,6 +445,7 @@ export class WorkerLoop implements MissSink {
         this.#cache.configure(m.cache);
         // A fresh limiter, as the main thread's hit path gets on reload: buckets start full.
         this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery, clientLimit: missLimiter(m.clientMissRate, m.clientMissBurst) });
+        this.#gate.configure(m.localZones);
         this.#post({ misses: null, logs: null, configured: true });
         return;
       case 'pause':

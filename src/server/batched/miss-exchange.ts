@@ -33,6 +33,8 @@ export interface MissReturn {
   /** False once the worker is gone: its waiters are dropped. */
   readonly alive: boolean;
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void;
+  /** One of its questions was refused for load (outcome 'overloaded'): a worker sheds its next misses itself for a while (shed-gate.ts). */
+  refusedForLoad(): void;
 }
 
 interface Waiter {
@@ -117,7 +119,11 @@ export class MissExchange implements MissCompleter {
     this.#byToken.delete(token);
     if (this.#byKey.get(s.key) === s) this.#byKey.delete(s.key);
     if (this.#shared !== null && answer !== null) this.#store(s.key, answer);
-    for (const w of s.waiters) if (w.to.alive) w.to.deliver(w.token, answer, outcome);
+    for (const w of s.waiters) {
+      if (!w.to.alive) continue;
+      w.to.deliver(w.token, answer, outcome);
+      if (outcome === 'overloaded') w.to.refusedForLoad();
+    }
   }
 
   /** Answers a miss from the shared cache when it holds the key, fresh and not yet due for refresh. */

@@ -28,7 +28,9 @@ export const Ctl = {
   PENDING: 0,
   /** 1 while the worker sleeps in poll: whoever posts must write to its eventfd. */
   SLEEPING: 1,
-  WORDS: 2,
+  /** When the main thread last refused one of this worker's misses for load: wall ms cut to 32 bits (shed-gate.ts). */
+  REFUSED_AT: 2,
+  WORDS: 3,
 } as const;
 
 /** Everything a worker needs to start; sockets are made and bound by the main thread (errors surface at start()). */
@@ -58,6 +60,8 @@ export interface WorkerInit {
   readonly maxInflight: number;
   /** Queries older than this (kernel receive timestamp to recvmmsg) are dropped unanswered; 0: never. */
   readonly maxQueryAgeMs: number;
+  /** See WorkerSettings.localZones. */
+  readonly localZones: readonly string[];
 }
 
 export type CachePolicy = TtlCaps & PrefetchOptions & { readonly staleMs: number };
@@ -70,6 +74,8 @@ export interface WorkerSettings {
   /** This worker's part of the per-client miss limit: 0 = off. */
   readonly clientMissRate: number;
   readonly clientMissBurst: number;
+  /** Zones the main thread answers from its cluster view when at its limit: never shed by the worker (shed-gate.ts). */
+  readonly localZones: readonly string[];
 }
 
 /**

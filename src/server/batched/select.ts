@@ -80,6 +80,8 @@ export interface UdpListenersOptions {
   readonly clientMissBurst?: number;
   /** --max-query-age (batched only: dgram has no receive timestamps); default config.ts DEFAULTS. */
   readonly maxQueryAgeMs?: number;
+  /** For batched: zones answered from the cluster view at the upstream side's limit (BatchedUdpOptions.localZones). */
+  readonly localZones?: readonly string[];
   /** dgram listeners: SO_REUSEPORT and the clock (the handover's drain). */
   readonly dgram?: UdpListenerOptions;
   readonly logger: Logger;
@@ -114,6 +116,7 @@ export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpLis
         ...(o.clientMissRate !== undefined ? { clientMissRate: o.clientMissRate, clientMissBurst: o.clientMissBurst ?? 1 } : {}),
         ...(o.store !== undefined ? { store: o.store } : {}),
         ...(o.maxQueryAgeMs !== undefined ? { maxQueryAgeMs: o.maxQueryAgeMs } : {}),
+        ...(o.localZones !== undefined ? { localZones: o.localZones } : {}),
       });
       o.logger.info('udp: batched I/O (recvmmsg/sendmmsg in worker threads, SO_REUSEPORT)', { workers });
       return { io: 'batched', fallbackReason: null, listeners: [batched], batched };

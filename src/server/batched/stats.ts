@@ -21,7 +21,13 @@ export const BATCHED_COUNTERS = defineCounters({
   sendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Socket errors of the batched UDP workers, by operation.' },
   overloaded: {
     name: 'nodelocal_worker_misses_refused_total',
-    help: 'Misses answered SERVFAIL (or stale) at once because their worker already had its limit waiting on the main thread.',
+    labels: { reason: 'worker_limit' },
+    help: 'Misses a batched worker answered itself at once (stale, else SERVFAIL), by reason: worker_limit, its limit already waited on the main thread; upstream_busy, the main thread was refusing misses for load (--max-concurrent or an upstream\'s limit) in the last 50 ms.',
+  },
+  shedBusy: {
+    name: 'nodelocal_worker_misses_refused_total',
+    labels: { reason: 'upstream_busy' },
+    help: 'Misses a batched worker answered itself at once (stale, else SERVFAIL), by reason: worker_limit, its limit already waited on the main thread; upstream_busy, the main thread was refusing misses for load (--max-concurrent or an upstream\'s limit) in the last 50 ms.',
   },
   restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again.' },
   idleGcs: { name: 'nodelocal_udp_worker_idle_gcs_total', help: 'Full garbage collections a batched worker ran once quiet after a burst (its event loop never runs V8\'s own).' },

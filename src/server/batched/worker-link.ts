@@ -10,6 +10,7 @@ import type { UdpBatchSys } from '../../sys/udp-batch.js';
 import type { HitPathHistograms, MissOutcome } from '../hit-path.js';
 import type { ServerCounters } from '../stats.js';
 import { DirectAnswers, type DirectPolicy } from './direct.js';
+import { stampRefusal } from './shed-gate.js';
 import type { MissReturn } from './miss-exchange.js';
 import { Ctl, DONE_STRIDE, OUTCOME_INDEX, Packer, stamp16, transferOf, type ToWorker, type WorkerInit } from './protocol.js';
 import { MISS_TRACE, traceNow, traceRecord } from '../../miss-trace.js';
@@ -62,6 +63,8 @@ export class WorkerLink implements MissReturn {
     const ctl = new SharedArrayBuffer(Ctl.WORDS * 4);
     const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
     this.ctl = new Int32Array(ctl);
+    // Long ago: the worker starts admitting every miss.
+    stampRefusal(this.ctl, Date.now() - 3_600_000);
     this.counters = workerCounters(stats);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
@@ -93,6 +96,11 @@ export class WorkerLink implements MissReturn {
       this.#flushQueued = true;
       setImmediate(this.#flush);
     }
+  }
+
+  /** MissReturn: stamps the shared word the worker's ShedGate reads. */
+  refusedForLoad(): void {
+    stampRefusal(this.ctl);
   }
 
   post(m: ToWorker, transfer: ArrayBuffer[] = []): void {

@@ -1,0 +1,82 @@
+/**
+ * A batched worker's echo of the main thread's overload: while the upstream
+ * side is turning questions away (--max-concurrent, or an upstream's own
+ * in-flight limit), a worker answers new misses itself, as the main thread
+ * would (stale, else SERVFAIL), instead of packing each one, posting it,
+ * taking the refusal back and only then answering.
+ *
+ * Why: under a miss flood every refused miss cost its worker about 10 us
+ * and 2 KB of garbage on the way there and back (waiter copies, maps, the
+ * report, the completion), and that work and its garbage collections are
+ * what cached answers waited behind (README, "Where the hits wait"). Shed
+ * here, a flood miss costs what an error answer costs.
+ *
+ * The main thread stamps a shared word with the wall clock (ms, cut to 32
+ * bits) each time it refuses one of this worker's questions for load; the
+ * worker sheds for SHED_WINDOW_MS after the latest stamp. Differences are
+ * taken in 32-bit arithmetic, so the wrap every 49.7 days is harmless, and a
+ * stamp from the future (the wall clock stepped back) ends the window
+ * rather than stretching it. Once a window ends misses flow to the main
+ * thread again; if it still refuses, the next stamp opens the next window.
+ *
+ * Never shed here:
+ *   - names in the zones the main thread can answer from its own cluster
+ *     view: at its limit it answers those locally, not with a SERVFAIL;
+ *   - a query whose cache read gave up (the store was mid-change on every
+ *     attempt): the name may be cached, and the main thread answers it from
+ *     the store; a flood keeps the writer busy, so these come with one;
+ *   - questions already in flight: joined (the hit path looks first).
+ */
+import { ZoneRouter } from '../../upstream/router.js';
+import type { MissGate } from '../hit-path.js';
+import { Ctl } from './protocol.js';
+
+/** How long one refusal keeps a worker shedding, ms: a few upstream round trips, short beside any client's retry. */
+export const SHED_WINDOW_MS = 50;
+
+/** The wall clock as the shared word holds it: ms since the epoch, cut to a signed 32-bit integer. */
+export function wallStamp(ms: number = Date.now()): number {
+  return ms | 0;
+}
+
+export class ShedGate implements MissGate {
+  readonly #ctl: Int32Array;
+  readonly #v: Float64Array;
+  readonly #slot: number;
+  readonly #wall: () => number;
+  readonly #reads: { readonly lastGaveUp: boolean };
+  /** Zones the main thread answers from its view at its limit; null when there are none. */
+  #local: ZoneRouter<boolean> | null;
+
+  /** `reads`: the worker's cache reader, whose last read may have given up on a store mid-change (that is no miss). */
+  constructor(ctl: Int32Array, localZones: readonly string[], reads: { readonly lastGaveUp: boolean }, counter: { values: Float64Array; slot: number }, wall: () => number = Date.now) {
+    this.#ctl = ctl;
+    this.#reads = reads;
+    this.#v = counter.values;
+    this.#slot = counter.slot;
+    this.#wall = wall;
+    this.#local = null;
+    this.configure(localZones);
+  }
+
+  /** A reload: the zones with a local answerer may have changed (the cluster view turned on or off). */
+  configure(localZones: readonly string[]): void {
+    this.#local = localZones.length === 0 ? null : new ZoneRouter(localZones.map((zone) => ({ zone, target: true })), false);
+  }
+
+  /** False: answer this new miss now (stale or SERVFAIL), the main thread is refusing them. Counts what it turns away. */
+  admits(key: string): boolean {
+    const since = (wallStamp(this.#wall()) - Atomics.load(this.#ctl, Ctl.REFUSED_AT)) | 0;
+    if (since < 0 || since >= SHED_WINDOW_MS) return true;
+    // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
+    if (this.#reads.lastGaveUp) return true;
+    if (this.#local !== null && this.#local.route(key)) return true;
+    this.#v[this.#slot]!++;
+    return false;
+  }
+}
+
+/** The main thread's side: one of this worker's questions was refused for load. */
+export function stampRefusal(ctl: Int32Array, ms: number = Date.now()): void {
+  Atomics.store(ctl, Ctl.REFUSED_AT, wallStamp(ms));
+}
