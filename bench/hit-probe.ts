@@ -31,6 +31,8 @@ export interface ProbeResult {
   readonly answered: number;
   /** Answers that were not NOERROR with at least one record. */
   readonly wrong: number;
+  /** The wrong answers by rcode (NOERROR here: no records). */
+  readonly wrongRcodes: Readonly<Record<string, number>>;
   readonly p50Us: number;
   readonly p99Us: number;
   readonly p999Us: number;
@@ -64,6 +66,8 @@ function query(name: string): Buffer {
   b.writeUInt16BE(1, 14 + qname.length); // IN
   return b;
 }
+
+const RCODE_NAMES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'];
 
 const good = (m: Buffer): boolean => m.length >= 12 && (m[3]! & 0x0f) === 0 && m.readUInt16BE(6) > 0;
 
@@ -132,6 +136,7 @@ function probe(sock: dgram.Socket, host: string, port: number, names: string[], 
   let sent = 0;
   let answered = 0;
   let wrong = 0;
+  const wrongRcodes: Record<string, number> = {};
   const traceDir = process.env['HIT_PROBE_TRACE'] ?? '';
   // Per query: key, send and receive time (realtime us); NaN receive: unanswered.
   const trace = traceDir === '' ? null : new Float64Array(total * 3).fill(NaN);
@@ -144,7 +149,11 @@ function probe(sock: dgram.Socket, host: string, port: number, names: string[], 
     const t0 = sentAt[id]!;
     if (Number.isNaN(t0)) return;
     sentAt[id] = NaN;
-    if (!good(m)) wrong++;
+    if (!good(m)) {
+      wrong++;
+      const rcode = RCODE_NAMES[m[3]! & 0x0f] ?? String(m[3]! & 0x0f);
+      wrongRcodes[rcode] = (wrongRcodes[rcode] ?? 0) + 1;
+    }
     if (answered < total) rtt[answered++] = (now - t0) * 1000;
     if (trace !== null) {
       // Ids wrap at 65536 sends: the latest send of this id is the one answered (at most one outstanding per id).
@@ -175,7 +184,7 @@ function probe(sock: dgram.Socket, host: string, port: number, names: string[], 
           const r = rtt.subarray(0, answered).sort();
           const l = lag.subarray(0, sent).sort();
           resolve({
-            sent, answered, wrong,
+            sent, answered, wrong, wrongRcodes,
             p50Us: pct(r, 0.5), p99Us: pct(r, 0.99), p999Us: pct(r, 0.999), maxUs: r.length > 0 ? r[r.length - 1]! : NaN,
             sendLagP99Us: pct(l, 0.99),
           });

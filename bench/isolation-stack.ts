@@ -35,12 +35,13 @@ export interface AgentRun {
 }
 
 /** The agent with `--io io` (and `--workers` for batched), no cluster view, long TTLs, no prefetch. */
-export async function startBenchAgent(o: { agentPath: string; sim: SimProcess; host: string; io: 'batched' | 'dgram'; workers: number; workDir: string; name: string; readyTimeoutMs: number }): Promise<AgentRun> {
+export async function startBenchAgent(o: { agentPath: string; sim: SimProcess; host: string; io: 'batched' | 'dgram'; workers: number; workDir: string; name: string; readyTimeoutMs: number; agentArgs?: readonly string[] }): Promise<AgentRun> {
   const metrics = { host: o.host, port: await freePort(o.host) };
   const extraArgs = [
     '--no-kube', '--io', o.io, ...(o.io === 'batched' ? ['--workers', String(o.workers)] : []),
     '--success-ttl', `${LONG_TTL_S}s`, '--prefetch-min-hits', '0',
     '--health-port', '0', '--metrics-listen-address', formatEndpoint(metrics),
+    ...(o.agentArgs ?? []),
   ];
   const target = await startAgent({
     name: o.name, agentPath: o.agentPath, extraArgs, kubeconfig: null, clusterDomain: BENCH_ZONES.clusterDomain,

@@ -87,6 +87,8 @@ export interface IsolationOptions {
   /** CPUs of the agent's other threads (V8's and libuv's helpers); null: the main thread's. */
   readonly othersCpu: string | null;
   readonly agentPath: string;
+  /** More agent flags (--agent-arg, repeatable), after the bench's own. */
+  readonly agentArgs: readonly string[];
   readonly readyTimeoutMs: number;
 }
 
@@ -104,6 +106,7 @@ export const ISOLATION_DEFAULTS: Omit<IsolationOptions, 'agentPath'> = {
   mainCpu: '0',
   workerCpu: '1',
   othersCpu: null,
+  agentArgs: [],
   readyTimeoutMs: 60_000,
 };
 
@@ -136,6 +139,8 @@ export interface Phase {
   readonly refusedMisses: number | null;
   /** Upstream exchanges that failed over the phase, by reason (timeout, network, overloaded, closed, servfail): SERVFAILs the flood got. */
   readonly upstreamFailures: Readonly<Record<string, number>>;
+  /** How the agent dealt with what it could not answer from a worker's read (DIAGNOSTIC_SERIES), increase over the phase by series. */
+  readonly diagnostics: Readonly<Record<string, number>>;
   /** dnsperf's account of the flood (null: no flood). */
   readonly flood: (DnsperfRun & { readonly offeredQps: number; readonly noerrorQps: number }) | null;
 }
@@ -176,6 +181,23 @@ function mustStat(pid: number, tid: number): ThreadStat {
  * summed, each refusal is counted by one cap only. Null if the scrape failed.
  */
 const REFUSALS = ['nodelocal_worker_misses_refused_total', 'coredns_forward_max_concurrent_rejects_total'];
+
+/** Series whose increase over a phase says where hits and misses went when a worker could not answer them itself. */
+const DIAGNOSTIC_SERIES = [
+  'nodelocal_cache_reads_given_up_total', 'nodelocal_worker_misses_refused_total', 'nodelocal_shared_cache_hits_total',
+  'coredns_forward_max_concurrent_rejects_total', 'coredns_cache_evictions_total',
+];
+
+async function diagnosticCounters(url: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const name of DIAGNOSTIC_SERIES) {
+    for (const line of await scrapeLines(url, name)) {
+      const m = /^(\S+) ([0-9.e+-]+)$/.exec(line);
+      if (m !== null) out.set(m[1]!, Number(m[2]));
+    }
+  }
+  return out;
+}
 
 async function refused(url: string): Promise<number | null> {
   let sum = 0;
@@ -272,6 +294,7 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
   const drops0 = udpDrops(agent.port);
   const refused0 = await refused(agent.metricsUrl);
   const failed0 = await upstreamFailures(agent.metricsUrl);
+  const diag0 = await diagnosticCounters(agent.metricsUrl);
   let waits0 = new Map<number, number>();
   let probeDone = (): void => {};
   const stopOn = new Promise<void>((resolve) => (probeDone = resolve));
@@ -302,8 +325,11 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
     const failed1 = await upstreamFailures(agent.metricsUrl);
     const failures: Record<string, number> = {};
     for (const [k, v] of failed1) if (v - (failed0.get(k) ?? 0) > 0) failures[k] = v - (failed0.get(k) ?? 0);
+    const diagnostics: Record<string, number> = {};
+    for (const [k, v] of await diagnosticCounters(agent.metricsUrl)) if (v - (diag0.get(k) ?? 0) > 0) diagnostics[k] = v - (diag0.get(k) ?? 0);
     return {
       upstreamFailures: failures,
+      diagnostics,
       probe, wallS, agentCpu, simCpu,
       socketDrops: udpDrops(agent.port) - drops0,
       refusedMisses: refused0 === null || refused1 === null ? null : refused1 - refused0,
@@ -347,7 +373,7 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
     pinProcess(sim.pid, o.mainCpu);
     for (const backend of o.backends) {
       const workers = backend === 'batched' ? 1 : 0;
-      const agent = await startBenchAgent({ agentPath: o.agentPath, sim, host: o.host, io: backend, workers, workDir: dir, name: backend, readyTimeoutMs: o.readyTimeoutMs });
+      const agent = await startBenchAgent({ agentPath: o.agentPath, sim, host: o.host, io: backend, workers, workDir: dir, name: backend, readyTimeoutMs: o.readyTimeoutMs, agentArgs: o.agentArgs });
       try {
         // Every thread to --others-cpu (default the main CPU; threads made later inherit it), the main thread to the main CPU, the worker alone on its own.
         const found = backend === 'batched' ? await findWorkerThreads(agent.pid, workers, 10_000) : [];
@@ -493,6 +519,7 @@ function parseArgs(argv: readonly string[]): { mode: 'isolation' | 'scaling'; is
       case '--main-cpu': iso.mainCpu = String(v); break;
       case '--worker-cpu': iso.workerCpu = String(v); break;
       case '--others-cpu': iso.othersCpu = String(v); break;
+      case '--agent-arg': iso.agentArgs = [...iso.agentArgs, String(v)]; break;
       case '--autogroup-nice': {
         const n = Number(v);
         if (!Number.isInteger(n) || n < -20 || n > 19) throw new Error(`--autogroup-nice: -20..19\n${usage()}`);
