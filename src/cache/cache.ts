@@ -23,7 +23,8 @@ import { AnswerCopy, lifeSec, type CacheEntry, type CacheRecord } from './entry.
 import { planCaching, type CachePlan, type TtlCaps } from './policy.js';
 import { prefetchStart, type PrefetchOptions } from './prefetch.js';
 import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
-import { AnswerStore, LIVE_SHARE, NEGATIVE, POSITIVE, SLOT_OVERHEAD_BYTES, type ListId, type StoreLayout } from './store.js';
+import { AnswerStore, NEGATIVE, POSITIVE, SLOT_OVERHEAD_BYTES, type ListId, type StoreLayout } from './store.js';
+import { LIVE_SHARE } from './store-slab.js';
 
 export interface CacheOptions extends TtlCaps, PrefetchOptions {
   readonly positiveCapacity: number;
@@ -144,7 +145,7 @@ export class DnsCache implements HitCache {
       this.#lookups = view.lookups.values;
       this.#scrubs = true;
     } else {
-      // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store.ts).
+      // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store-slab.ts).
       const live = opts.maxBytes * LIVE_SHARE;
       const negativeBytes = Math.max(1, Math.floor(live * NEGATIVE_SHARE));
       const store = new AnswerStore({
@@ -215,7 +216,7 @@ export class DnsCache implements HitCache {
 
   /**
    * A fresh entry for `key`, counting the hit; undefined (and a miss)
-   * otherwise. The entry is the store's one handle (store.ts StoredEntry):
+   * otherwise. The entry is the store's one handle (stored-entry.ts StoredEntry):
    * valid until the next call into this cache, so serve it at once.
    */
   lookup(key: string, now: number): CacheEntry | undefined {
