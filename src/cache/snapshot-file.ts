@@ -28,7 +28,8 @@ import { open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/pr
 import { basename, dirname, join } from 'node:path';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
-import type { DnsCache, RestoreCounts } from './cache.js';
+import type { DnsCache } from './cache.js';
+import type { RestoreCounts } from './revive.js';
 import type { CacheRecord } from './entry.js';
 import { SnapshotEncoder, decodeSnapshot, snapshotError, type SnapshotError, type SnapshotRejection } from './snapshot-format.js';
 
