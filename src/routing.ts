@@ -27,7 +27,8 @@ import { DEFAULT_ATTEMPTS, hostBudget, type HostServers } from './upstream/host-
 import type { ForwardDurations } from './upstream/forward-durations.js';
 import { HealthProbe, type ProbeCounter } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
-import { TcpPool, type TcpPoolCounter } from './upstream/tcp-pool.js';
+import { TcpPool } from './upstream/tcp-pool.js';
+import type { TcpPoolCounter } from './upstream/tcp-pool-counters.js';
 import { loadCaFile } from './upstream/tls-connect.js';
 import { TlsResolvers } from './upstream/tls-resolvers.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';

@@ -5,7 +5,7 @@
 import t from 'tap';
 import * as dnsPacket from 'dns-packet';
 import { DnsCache, ENTRY_OVERHEAD_BYTES, type CacheOptions } from '../src/cache/cache.js';
-import { decodeSnapshot, encodeSnapshot } from '../src/cache/snapshot.js';
+import { decodeSnapshot, encodeSnapshot } from '../src/cache/snapshot-format.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { ManualClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';

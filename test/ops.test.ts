@@ -14,7 +14,7 @@ import { loadMallocTrim, type MallocTrim } from '../src/sys/malloc-trim.js';
 import { Counters, defineCounters } from '../src/stats/counters.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
-import { tcpPoolCounters } from '../src/upstream/tcp-pool.js';
+import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
 import { tcpListenerCounters } from '../src/server/tcp-stats.js';
 import { DurationHistogram, REQUEST_DURATION, TIME_BUCKETS, TypedHistogram, requestSizeDef, responseSizeDef } from '../src/ops/histogram.js';
 import { MetricsRegistry } from '../src/ops/metrics.js';

@@ -13,10 +13,11 @@ import { crc32 } from 'node:zlib';
 import * as dnsPacket from 'dns-packet';
 import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
 import type { CacheRecord } from '../src/cache/entry.js';
+import { CacheSnapshots, SNAPSHOT_COUNTERS } from '../src/cache/snapshot.js';
 import {
-  CacheSnapshots, SNAPSHOT_COUNTERS, SNAPSHOT_FUTURE_TOLERANCE_MS, SNAPSHOT_HEADER_LEN, SNAPSHOT_SLACK_BYTES, STALE_TEMP_MS, decodeSnapshot, encodeSnapshot,
-  loadSnapshot, writeSnapshot, type SnapshotLoad, type SnapshotWrite,
-} from '../src/cache/snapshot.js';
+  SNAPSHOT_FUTURE_TOLERANCE_MS, SNAPSHOT_SLACK_BYTES, STALE_TEMP_MS, loadSnapshot, writeSnapshot, type SnapshotLoad, type SnapshotWrite,
+} from '../src/cache/snapshot-file.js';
+import { SNAPSHOT_HEADER_LEN, decodeSnapshot, encodeSnapshot } from '../src/cache/snapshot-format.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { ManualClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';

@@ -12,7 +12,7 @@ import { Worker } from 'node:worker_threads';
 import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
 import { CacheReader } from '../src/cache/reader.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
-import { SECOND_CHANCES } from '../src/cache/store.js';
+import { SECOND_CHANCES } from '../src/cache/store-lru.js';
 import { SEQ, allocLayout } from '../src/cache/store-layout.js';
 import { ManualClock, systemClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';

@@ -25,7 +25,7 @@ import { REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex
 import { tcpListenerCounters } from '../../src/server/tcp-stats.js';
 import { Counters } from '../../src/stats/counters.js';
 import { hostResolversCounters } from '../../src/upstream/host-resolvers.js';
-import { tcpPoolCounters } from '../../src/upstream/tcp-pool.js';
+import { tcpPoolCounters } from '../../src/upstream/tcp-pool-counters.js';
 
 const N = Number(process.env.N ?? 2_000_000);
 const SCRAPES = Number(process.env.SCRAPES ?? 200);

@@ -14,16 +14,20 @@
  * counts alone let 12,000 names with 64 KB answers take 800 MB; the byte
  * budget charges each entry its slab record plus its index overhead, and
  * caps the slab itself, so memory stays bounded whatever the answers weigh.
+ *
+ * export/restore carry the entries across a restart (snapshot.ts); whether a
+ * restored record is still an answer to cache, and as what, is revive.ts's.
  */
 import { scanAnswer, type AnswerScan } from '../dns/answer.js';
 import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
-import { HEADER_LEN } from '../dns/constants.js';
 import type { QueryScratch } from '../dns/query.js';
 import { AnswerCopy, lifeSec, type CacheEntry, type CacheRecord } from './entry.js';
 import { planCaching, type CachePlan, type TtlCaps } from './policy.js';
 import { prefetchStart, type PrefetchOptions } from './prefetch.js';
+import { reviveRecord, type RestoreCounts } from './revive.js';
 import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
-import { AnswerStore, LIVE_SHARE, NEGATIVE, POSITIVE, SLOT_OVERHEAD_BYTES, type ListId, type StoreLayout } from './store.js';
+import { AnswerStore, NEGATIVE, POSITIVE, SLOT_OVERHEAD_BYTES, type ListId, type StoreLayout } from './store.js';
+import { LIVE_SHARE } from './store-slab.js';
 
 export interface CacheOptions extends TtlCaps, PrefetchOptions {
   readonly positiveCapacity: number;
@@ -79,37 +83,6 @@ export const NEGATIVE_SHARE = 0.25;
 
 const S = CACHE_COUNTERS.slot;
 
-/** What DnsCache.restore did with the records it was given. */
-export interface RestoreCounts {
-  /** Entries now in the cache (all of them, when it started empty). */
-  restored: number;
-  /** Past their stale window by now. */
-  expired: number;
-  /** Not an answer today's policy caches the same way, or not the answer to its key. */
-  invalid: number;
-  /** The key was already cached: a live answer is fresher than a restored one. */
-  present: number;
-  /** Did not fit the capacities or the byte budget (the least recent give way). */
-  noRoom: number;
-}
-
-/**
- * Whether `key` (dns/query.ts: lower-cased wire name, type, class, one flags
- * byte) is the key of the question in `wire`. A restored entry under the
- * wrong key would answer one name with another's records.
- */
-function keyMatchesQuestion(key: string, wire: Buffer, questionEnd: number): boolean {
-  const nameEnd = questionEnd - 4;
-  // The flags byte holds only KEY_DO | KEY_CD.
-  if (key.length !== questionEnd - HEADER_LEN + 1 || key.charCodeAt(key.length - 1) > 3) return false;
-  for (let i = HEADER_LEN; i < questionEnd; i++) {
-    const c = wire[i]!;
-    const want = i < nameEnd && c >= 0x41 && c <= 0x5a ? c | 0x20 : c;
-    if (key.charCodeAt(i - HEADER_LEN) !== want) return false;
-  }
-  return true;
-}
-
 export interface DnsCacheOptions {
   /** Tests only: bits of the key hash kept, to force hash collisions (store.ts). */
   readonly hashMask?: number;
@@ -144,7 +117,7 @@ export class DnsCache implements HitCache {
       this.#lookups = view.lookups.values;
       this.#scrubs = true;
     } else {
-      // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store.ts).
+      // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store-slab.ts).
       const live = opts.maxBytes * LIVE_SHARE;
       const negativeBytes = Math.max(1, Math.floor(live * NEGATIVE_SHARE));
       const store = new AnswerStore({
@@ -215,7 +188,7 @@ export class DnsCache implements HitCache {
 
   /**
    * A fresh entry for `key`, counting the hit; undefined (and a miss)
-   * otherwise. The entry is the store's one handle (store.ts StoredEntry):
+   * otherwise. The entry is the store's one handle (stored-entry.ts StoredEntry):
    * valid until the next call into this cache, so serve it at once.
    */
   lookup(key: string, now: number): CacheEntry | undefined {
@@ -375,7 +348,7 @@ export class DnsCache implements HitCache {
           counts.present++;
           continue;
         }
-        const entry = this.#revive(r, now);
+        const entry = reviveRecord(r, now, this.#opts);
         if (entry === 'invalid') counts.invalid++;
         else if (entry === 'expired') counts.expired++;
         else {
@@ -391,24 +364,6 @@ export class DnsCache implements HitCache {
     counts.restored -= core.restoreEvictions;
     counts.noRoom += core.restoreEvictions;
     return counts;
-  }
-
-  #revive(r: CacheRecord, now: number): AnswerCopy | 'invalid' | 'expired' {
-    const scan = scanAnswer(r.wire);
-    if (scan === undefined || scan.optStart >= 0 || scan.end !== r.wire.length || !keyMatchesQuestion(r.key, r.wire, scan.questionEnd)) {
-      return 'invalid';
-    }
-    const plan = planCaching(scan, this.#opts);
-    // Its TTLs were capped to its life at insert, so the plan gives that life
-    // back, or less under a cap lowered since; more would mean bytes and life disagree.
-    if (plan.kind === 'none' || (plan.kind === 'negative') !== r.negative || plan.ttl > r.ttlSec) return 'invalid';
-    const ageMs = r.ageMs > 0 ? r.ageMs : 0;
-    if (ageMs >= plan.ttl * 1000 + this.#opts.staleMs) return 'expired';
-    const storedAt = now - ageMs;
-    // fromAnswer copies the bytes (the caller's buffer may be a whole file) and re-caps the TTLs.
-    const entry = AnswerCopy.fromAnswer(r.wire, scan, storedAt, plan.ttl, prefetchStart(storedAt, plan.ttl, this.#opts), r.negative);
-    entry.hits = r.hits;
-    return entry;
   }
 
   /** The byte budget both stores share (--cache-memory). */

@@ -26,7 +26,7 @@ export interface CacheRecord {
 }
 
 /**
- * What the hit path serves from: a stored entry (store.ts StoredEntry, the
+ * What the hit path serves from: a stored entry (stored-entry.ts StoredEntry, the
  * handle a lookup returns) or a copy (AnswerCopy, what insert and stale
  * return). Serving is a copy plus patches (dns/patch.ts).
  */

@@ -10,12 +10,12 @@
  *          (i32, `tableSize` long, slot+1 per entry, 0 empty, so a fresh
  *          buffer is an empty table); keyLen, questionEnd, ttlCount (u16);
  *          list, flags, ref (u8).
- *   slab:  the records (store.ts has their format), `slabBytes` long.
+ *   slab:  the records (store-slab.ts has their format), `slabBytes` long.
  *
  * Allocated at the capacities and the byte budget up front, not grown: the
  * kernel backs a page only once it is written, so a 256 MiB slab of which
  * the store has used 20 MiB costs about 20 MiB (test/store.test.ts checks
- * RssAnon). The store's "soft end" (store.ts) keeps the used part as small
+ * RssAnon). The store's "soft end" (store-slab.ts) keeps the used part as small
  * as growth by copying kept it.
  *
  * Reads here are bounded whatever the bytes say (bounded probes, slot

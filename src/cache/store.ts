@@ -16,74 +16,34 @@
  * a reader may be looking at (insert, remove, compaction, clear) runs with
  * the sequence word odd, and readers check the word around their read.
  *
- * Slab record, 8-byte aligned so its TTL offsets can be read as a Uint16Array:
+ * The slab's record format and compaction are in store-slab.ts, the hash
+ * table's upkeep in store-table.ts, the LRU lists and eviction's choice in
+ * store-lru.ts, the entry handle lookups return in stored-entry.ts.
  *
- *     +0  slot, u32 (DEAD when the entry is gone)
- *     +4  record length, u32 (a multiple of 8)
- *     +8  TTL offsets, u16 each, relative to the wire's first byte
- *         key bytes (the latin1 key of dns/query.ts)
- *         wire bytes (id 0, no OPT, TTLs capped; entry.ts)
- *
- * Freed space: records are appended at the tail; a removed record is marked
- * DEAD and its bytes counted as dead. The slab is allocated at its cap, but
- * used only up to a soft end: when the tail reaches it, the slab is
- * compacted in place (live records slid down in address order, their slots'
- * offsets rewritten) if it is mostly dead, else the soft end moves up (x1.5,
- * nothing copied) while it is below the cap. Pages past the soft end are
- * never written, so they cost no memory. The cap is the byte budget, and
- * the lists' budgets leave LIVE_SHARE of it for live records, so a
- * compaction at the cap frees at least a fifth of the slab and its cost (a
- * memmove of the live bytes) is amortised over that many inserted bytes. No
- * size classes, so no internal fragmentation.
- *
- * Hash table: linear probing over a power-of-two Int32Array of slot+1 (0
- * empty), at most half full, deletion by backward shift (no tombstones). The
- * full 32-bit hash is kept per slot, so a probe compares key bytes only when
- * the hashes agree. The hash is dns/query.ts hashKey, seeded per process:
+ * The hash table's key hash is dns/query.ts hashKey, seeded per process:
  * names are chosen by whoever sends queries, and a fixed hash would let them
  * build long probe chains. The hit path looks up by the key's bytes and the
  * hash the parser computed while building them (findBytes), everything else
  * by the key string (find); both hash the same bytes the same way, so both
  * find the same slot.
- *
- * LRU order is the writer's: its own lookups move an entry to the front; a
- * reader only sets the entry's `ref` byte, and eviction gives an entry with
- * it set a second chance (cleared, moved to the front) instead of evicting it.
  */
 import { hashKey, type Query } from '../dns/query.js';
-import type { CacheEntry } from './entry.js';
 import {
-  allocLayout, DEAD, FLAG_REFRESHING, NEGATIVE, NONE, RECORD_HEADER, SEQ, StoreView, type ListId, type StoreLayout,
+  allocLayout, DEAD, FLAG_REFRESHING, NONE, RECORD_HEADER, SEQ, StoreView, type ListId, type StoreLayout,
 } from './store-layout.js';
+import { evictionVictim, linkMru, unlink } from './store-lru.js';
+import { compactSlab, grownSoftEnd, INITIAL_SLAB, MAX_SLAB, recordBytes } from './store-slab.js';
+import { tableDelete, tableInsert } from './store-table.js';
+import { StoredEntry } from './stored-entry.js';
 
 export { NEGATIVE, POSITIVE, type ListId, type StoreLayout } from './store-layout.js';
 
-/** The slab's first soft end; it moves up by half up to its cap. */
-const INITIAL_SLAB = 64 * 1024;
-/**
- * The largest slab: offsets are u32, and a SharedArrayBuffer (like a Buffer
- * in Node 20) may be 2^32 bytes at most; less alignment.
- */
-export const MAX_SLAB = 2 ** 32 - 8;
-/**
- * Share of the byte budget the lists may fill with live records (charged with
- * their index overhead); the rest is the slab's room to append between
- * compactions. At 0.8 a compaction at the cap moves at most 4 bytes per byte
- * appended since the last one.
- */
-export const LIVE_SHARE = 0.8;
 /**
  * Index bytes per entry besides its slab record: the per-slot typed arrays
  * (about 60 bytes) and its share of the hash table (2 x 4 bytes at half
  * load), rounded up. Charged against the budget with the record.
  */
 export const SLOT_OVERHEAD_BYTES = 64;
-/**
- * Referenced entries an eviction moves to the front before it takes the
- * least recent one whatever its mark: bounds one insert's work when readers
- * have marked a long run of the list.
- */
-export const SECOND_CHANCES = 64;
 
 export interface StoreOptions {
   /** Entry capacity of each list. */
@@ -109,14 +69,6 @@ export interface StoreInput {
   readonly hits: number;
 }
 
-function align8(n: number): number {
-  return (n + 7) & ~7;
-}
-
-/** Bytes a record takes in the slab. */
-export function recordBytes(keyLen: number, wireLen: number, ttlCount: number): number {
-  return align8(RECORD_HEADER + 2 * ttlCount + keyLen + wireLen);
-}
 
 export class AnswerStore {
   readonly #v: StoreView;
@@ -194,8 +146,8 @@ export class AnswerStore {
     v.ref[slot] = 0;
     const list = v.list[slot]!;
     if (this.#mru[list] === slot) return;
-    this.#unlink(slot, list);
-    this.#linkMru(slot, list);
+    unlink(v, this.#mru, this.#lru, slot, list);
+    linkMru(v, this.#mru, this.#lru, slot, list);
   }
 
   listOf(slot: number): ListId {
@@ -334,8 +286,8 @@ export class AnswerStore {
     v.storedAtA[slot] = e.storedAt;
     v.expiresAtA[slot] = e.expiresAt;
     v.prefetchAtA[slot] = e.prefetchAt;
-    this.#tableInsert(slot, h);
-    this.#linkMru(slot, list);
+    tableInsert(v, slot, h);
+    linkMru(v, this.#mru, this.#lru, slot, list);
     this.#count[list]!++;
     this.#bytes[list]! += charge;
     return slot;
@@ -358,8 +310,8 @@ export class AnswerStore {
     const rec = v.slabU32[(off >>> 2) + 1]!;
     v.slabU32[off >>> 2] = DEAD;
     this.#dead += rec;
-    this.#tableDelete(slot);
-    this.#unlink(slot, list);
+    tableDelete(v, slot);
+    unlink(v, this.#mru, this.#lru, slot, list);
     this.#count[list]!--;
     this.#bytes[list]! -= rec + SLOT_OVERHEAD_BYTES;
     this.#v.older[slot] = this.#freeSlot;
@@ -389,15 +341,7 @@ export class AnswerStore {
   }
 
   #evict(list: ListId): void {
-    const ref = this.#v.ref;
-    let victim = this.#lru[list]!;
-    for (let k = 0; k < SECOND_CHANCES && ref[victim] !== 0; k++) {
-      ref[victim] = 0;
-      this.#unlink(victim, list);
-      this.#linkMru(victim, list);
-      victim = this.#lru[list]!;
-    }
-    this.#remove(victim);
+    this.#remove(evictionVictim(this.#v, this.#mru, this.#lru, list));
     this.evicted[list]!++;
   }
 
@@ -430,46 +374,15 @@ export class AnswerStore {
     if (this.#tail + rec <= end) return true;
     const live = this.#tail - this.#dead;
     if ((live + rec) * 4 > end * 3 && end < this.#slabCap) {
-      // x1.5, not x2: pages once written stay resident, and a doubled slab is up to half empty for good once the cache stops growing.
-      let size = align8(end + (end >>> 1));
-      while (size < this.#tail + rec) size = align8(size + (size >>> 1));
-      this.#softEnd = Math.min(size, this.#slabCap);
+      this.#softEnd = grownSoftEnd(end, this.#tail + rec, this.#slabCap);
       if (this.#tail + rec <= this.#softEnd) return true;
     }
     if (this.#dead > 0 && live + rec <= this.#softEnd) {
-      this.#compact();
+      this.#tail = compactSlab(this.#v, this.#tail);
+      this.#dead = 0;
       return true;
     }
     return false;
-  }
-
-  /**
-   * Slides the live records, in address order, to the start of the slab.
-   * Runs of adjacent live records move in one copy.
-   */
-  #compact(): void {
-    const v = this.#v;
-    const slab = v.slab;
-    const u32 = v.slabU32;
-    let dst = 0;
-    let runStart = 0;
-    let runEnd = 0;
-    for (let src = 0; src < this.#tail; ) {
-      const slot = u32[src >>> 2]!;
-      const rec = u32[(src >>> 2) + 1]!;
-      if (slot !== DEAD) {
-        if (src !== runEnd) {
-          dst = moveRun(slab, runStart, runEnd, dst);
-          runStart = src;
-        }
-        runEnd = src + rec;
-        v.off[slot] = dst + (src - runStart);
-      }
-      src += rec;
-    }
-    dst = moveRun(slab, runStart, runEnd, dst);
-    this.#tail = dst;
-    this.#dead = 0;
   }
 
   // ---- slots ----
@@ -482,103 +395,5 @@ export class AnswerStore {
     }
     // Never past the arrays: at most capacity[0] + capacity[1] entries live, and there is one slot more.
     return this.#fresh++;
-  }
-
-  // ---- hash table ----
-
-  #tableInsert(slot: number, h: number): void {
-    const table = this.#v.table;
-    const mask = this.#v.tableMask;
-    let i = h & mask;
-    while (table[i] !== 0) i = (i + 1) & mask;
-    table[i] = slot + 1;
-  }
-
-  /** Backward-shift deletion: later entries of the same run move up, so probes never need tombstones. */
-  #tableDelete(slot: number): void {
-    const v = this.#v;
-    const table = v.table;
-    const mask = v.tableMask;
-    let i = v.keyHash[slot]! & mask;
-    while (table[i] !== slot + 1) i = (i + 1) & mask;
-    let hole = i;
-    for (let j = (hole + 1) & mask; table[j] !== 0; j = (j + 1) & mask) {
-      const home = v.keyHash[table[j]! - 1]! & mask;
-      // Moves j into the hole unless its home lies cyclically in (hole, j].
-      if (((j - home) & mask) >= ((j - hole) & mask)) {
-        table[hole] = table[j]!;
-        hole = j;
-      }
-    }
-    table[hole] = 0;
-  }
-
-  // ---- LRU lists ----
-
-  #linkMru(slot: number, list: number): void {
-    const v = this.#v;
-    const head = this.#mru[list]!;
-    v.newer[slot] = NONE;
-    v.older[slot] = head;
-    if (head !== NONE) v.newer[head] = slot;
-    else this.#lru[list] = slot;
-    this.#mru[list] = slot;
-  }
-
-  #unlink(slot: number, list: number): void {
-    const v = this.#v;
-    const newer = v.newer[slot]!;
-    const older = v.older[slot]!;
-    if (newer !== NONE) v.older[newer] = older;
-    else this.#mru[list] = older;
-    if (older !== NONE) v.newer[older] = newer;
-    else this.#lru[list] = newer;
-  }
-}
-
-/** Moves slab[start, end) down to `dst`; returns the new end of what was moved. */
-function moveRun(slab: Buffer, start: number, end: number, dst: number): number {
-  if (end === start) return dst;
-  if (dst !== start) slab.copyWithin(dst, start, end);
-  return dst + (end - start);
-}
-
-/**
- * The entry handle a lookup returns: one per store, pointing at the slot the
- * last lookup found, so a hit allocates nothing. It is valid until the next
- * call into the cache; the hit path uses it at once (serve, then
- * claimPrefetch). Whatever must outlive that (an insert's answer for its
- * waiters, a stale answer) is a copy (entry.ts AnswerCopy).
- */
-export class StoredEntry implements CacheEntry {
-  readonly #store: AnswerStore;
-  slot: number;
-
-  constructor(store: AnswerStore) {
-    this.#store = store;
-    this.slot = NONE;
-  }
-
-  get prefetchAt(): number {
-    return this.#store.prefetchAt(this.slot);
-  }
-  get expiresAt(): number {
-    return this.#store.expiresAt(this.slot);
-  }
-  get negative(): boolean {
-    return this.#store.listOf(this.slot) === NEGATIVE;
-  }
-  get hits(): number {
-    return this.#store.hits(this.slot);
-  }
-
-  serve(q: Query, now: number, limit: number, ednsSize: number): Buffer {
-    const storedAt = this.#store.storedAt(this.slot);
-    const age = now > storedAt ? Math.floor((now - storedAt) / 1000) : 0;
-    return this.#store.serve(this.slot, q, age, -1, limit, ednsSize);
-  }
-
-  serveStale(q: Query, ttl: number, limit: number, ednsSize: number): Buffer {
-    return this.#store.serve(this.slot, q, 0, ttl, limit, ednsSize);
   }
 }

@@ -30,6 +30,9 @@
  * random source port (see there why). UDP sockets are then at most
  * servers x 4 plus retired ones with tries still listening; a TCP try still
  * opens its own connection.
+ *
+ * One exchange's record and its order of servers are in host-job.ts, one try
+ * in udp-client.ts.
  */
 import net from 'node:net';
 import { DEFAULTS } from '../config.js';
@@ -42,6 +45,7 @@ import { UpstreamHealth } from './health.js';
 import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
+import { HostJob } from './host-job.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
 import { UdpSockets } from './udp-sockets.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
@@ -118,37 +122,6 @@ export interface HostResolversOptions {
 // Overload warnings: the first, then one per this many rejects; a flood must not turn into a log flood.
 const OVERLOAD_LOG_EVERY = 1000;
 
-class Job {
-  readonly ex: UpstreamExchange;
-  readonly start: number;
-  readonly total: number;
-  tries: number;
-  lastServer: number;
-  /** The newest try: its timeout starts the next one. Null only inside a transition. */
-  current: QueryAttempt<Job> | null;
-  /** Every try still listening, oldest first, `current` included. */
-  readonly live: QueryAttempt<Job>[];
-  lastFailure: UpstreamFailure;
-  /** A SERVFAIL/REFUSED answer kept in case no other server does better. */
-  badAnswer: Buffer | null;
-  /** Servers that answered SERVFAIL/REFUSED; not asked again for this query. */
-  badServers: Set<number> | null;
-  done: boolean;
-  constructor(ex: UpstreamExchange, start: number, total: number) {
-    this.ex = ex;
-    this.start = start;
-    this.total = total;
-    this.tries = 0;
-    this.lastServer = -1;
-    this.current = null;
-    this.live = [];
-    this.lastFailure = 'timeout';
-    this.badAnswer = null;
-    this.badServers = null;
-    this.done = false;
-  }
-}
-
 export class HostResolvers implements Upstream {
   readonly name: string;
   readonly health: UpstreamHealth;
@@ -163,10 +136,10 @@ export class HostResolvers implements Upstream {
   readonly #maxSockets: number;
   readonly #clock: Clock;
   readonly #log: Logger;
-  readonly #active: Set<Job>;
+  readonly #active: Set<HostJob>;
   readonly #udp: UdpSockets;
   /** Bound once: every attempt reports through the same object. */
-  readonly #events: AttemptEvents<Job>;
+  readonly #events: AttemptEvents<HostJob>;
   #rr: number;
   #openSockets: number;
   /** Rejects at the cap since start, for the rate-limited warning (the counter block may be shared or preset). */
@@ -255,7 +228,7 @@ export class HostResolvers implements Upstream {
     }
     const start = this.#rotate ? this.#rr++ % n : 0;
     if (this.#rr >= n) this.#rr = 0;
-    const job = new Job(ex, start, this.#attempts * n);
+    const job = new HostJob(ex, start, this.#attempts * n);
     this.#active.add(job);
     this.#next(job, this.#clock.now());
   }
@@ -285,7 +258,7 @@ export class HostResolvers implements Upstream {
     settle(ex, null, 'overloaded', this.#log);
   }
 
-  #onAnswer(attempt: QueryAttempt<Job>, answer: Buffer): void {
+  #onAnswer(attempt: QueryAttempt<HostJob>, answer: Buffer): void {
     const job = attempt.owner;
     if (job.done) return;
     this.#forget(job, attempt);
@@ -315,7 +288,7 @@ export class HostResolvers implements Upstream {
     this.#finish(job, answer, 'network');
   }
 
-  #onError(attempt: QueryAttempt<Job>, code: string): void {
+  #onError(attempt: QueryAttempt<HostJob>, code: string): void {
     const job = attempt.owner;
     if (job.done) return;
     this.#forget(job, attempt);
@@ -329,12 +302,9 @@ export class HostResolvers implements Upstream {
   }
 
   /** Starts the next try, or completes the job when tries or time have run out. */
-  #next(job: Job, now: number): void {
-    const n = this.#servers.length;
-    while (job.tries < job.total && now < job.ex.deadline) {
-      const idx = (job.start + job.tries) % n;
-      job.tries++;
-      if (job.badServers !== null && job.badServers.has(idx)) continue;
+  #next(job: HostJob, now: number): void {
+    const idx = job.nextServer(this.#servers.length, now);
+    if (idx >= 0) {
       if (job.lastServer >= 0 && job.lastServer !== idx) this.#values[SLOT.failovers]!++;
       this.#start(job, 'udp', idx, now);
       return;
@@ -349,7 +319,7 @@ export class HostResolvers implements Upstream {
     this.#finish(job, null, now >= job.ex.deadline ? 'timeout' : job.lastFailure);
   }
 
-  #start(job: Job, transport: 'udp' | 'tcp', idx: number, now: number): void {
+  #start(job: HostJob, transport: 'udp' | 'tcp', idx: number, now: number): void {
     job.lastServer = idx;
     // The socket bound: the oldest try stops listening to make room for the new one.
     if (job.live.length >= this.#maxSockets) this.#forget(job, job.live[0]!).finish();
@@ -363,7 +333,7 @@ export class HostResolvers implements Upstream {
   }
 
   /** Takes a try off the job's live list (it finished itself, or the caller finishes it next). */
-  #forget(job: Job, attempt: QueryAttempt<Job>): QueryAttempt<Job> {
+  #forget(job: HostJob, attempt: QueryAttempt<HostJob>): QueryAttempt<HostJob> {
     const i = job.live.indexOf(attempt);
     if (i >= 0) {
       job.live.splice(i, 1);
@@ -373,7 +343,7 @@ export class HostResolvers implements Upstream {
     return attempt;
   }
 
-  #finish(job: Job, answer: Buffer | null, reason: UpstreamFailure): void {
+  #finish(job: HostJob, answer: Buffer | null, reason: UpstreamFailure): void {
     if (job.done) return;
     job.done = true;
     for (const a of job.live) a.finish();

@@ -1,13 +1,20 @@
 /**
  * The two records TcpPool moves through its state machine: a Job (one
  * exchange) and a Conn (one upstream connection, its state, its in-flight
- * table and the frames staged for its next write). Plain data and the byte
- * staging: every transition is TcpPool's.
+ * table and the frames staged for its next write). Plain data and one
+ * connection's pipelining (RFC 7766 6.2.1): ids allocated per connection,
+ * frames staged under them, answers matched to their query in any order;
+ * and opening one, its socket's events routed to the pool. Every transition
+ * is TcpPool's.
  */
-import type net from 'node:net';
+import net from 'node:net';
+import tls from 'node:tls';
 import { randomInt } from 'node:crypto';
+import { HEADER_LEN } from '../dns/constants.js';
 import { FrameDecoder } from '../dns/framing.js';
-import type { UpstreamExchange } from './types.js';
+import { answerMatchesQuery, readId } from '../dns/question.js';
+import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../miss-trace.js';
+import type { ServerAddress, UpstreamExchange } from './types.js';
 
 /** Room for ~100 typical queries per turn before the staging buffer grows. */
 const STAGING_BYTES = 8192;
@@ -74,6 +81,37 @@ export class Conn {
     this.outLen = 0;
   }
 
+  /**
+   * Puts `job` in flight under the next free id and stages its query; true
+   * when it is the first frame since the last flush (the caller schedules
+   * one).
+   */
+  send(job: Job): boolean {
+    let id = this.nextId;
+    // Terminates: in-flight is capped below 65536.
+    while (this.inflight.has(id)) id = (id + 1) & 0xffff;
+    this.nextId = (id + 1) & 0xffff;
+    job.id = id;
+    this.inflight.set(id, job);
+    return this.stage(job.ex.query, id);
+  }
+
+  /**
+   * The in-flight job `msg` answers, taken out of the table; or why none:
+   * 'late' when nothing is in flight under its id (the query already timed
+   * out), 'mismatched' when it is too short to tell or its question is not
+   * the one sent under that id. A mismatched job keeps waiting: the right
+   * answer may still come, and the deadline bounds the wait.
+   */
+  answerFor(msg: Buffer): Job | 'late' | 'mismatched' {
+    if (msg.length < HEADER_LEN) return 'mismatched';
+    const job = this.inflight.get(readId(msg));
+    if (job === undefined) return 'late';
+    if (!answerMatchesQuery(job.ex.query, msg)) return 'mismatched';
+    this.inflight.delete(job.id);
+    return job;
+  }
+
   /** Appends `query` framed (RFC 7766 length prefix) under `id`; returns true when it is the first frame since the last flush. */
   stage(query: Buffer, id: number): boolean {
     const first = this.outLen === 0;
@@ -102,3 +140,42 @@ export class Conn {
   }
 }
 
+
+/** What a connection's socket tells the pool (bound once per pool; each connection closes over its Conn). */
+export interface ConnEvents {
+  /** Usable: connected, or for TLS the handshake and certificate checks done. */
+  readonly open: (c: Conn) => void;
+  readonly frame: (c: Conn, msg: Buffer) => void;
+  /** The server closed it or the socket closed: nothing more will be answered on it. */
+  readonly lost: (c: Conn) => void;
+  /** A socket error, its code in c.lastError ('close' follows). */
+  readonly error: (c: Conn) => void;
+}
+
+/** A new connection over `socket` (just connecting), its events routed to `ev`. */
+export function openConn(socket: net.Socket, now: number, ev: ConnEvents): Conn {
+  const c: Conn = new Conn(socket, (msg) => ev.frame(c, msg), now);
+  // TLS: usable once the handshake and certificate checks are done, not at the TCP connect.
+  socket.on(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => ev.open(c));
+  socket.on('data', MISS_TRACE ? (chunk: Buffer) => tracedData(c, chunk) : (chunk: Buffer) => c.decoder.push(chunk));
+  // The server's FIN: CoreDNS closing an idle connection, or a pod going away. Nothing more will be answered on it.
+  socket.on('end', () => ev.lost(c));
+  socket.on('error', (err: NodeJS.ErrnoException) => {
+    c.lastError = err.code ?? err.message;
+    ev.error(c);
+  });
+  socket.on('close', () => ev.lost(c));
+  return c;
+}
+
+function tracedData(c: Conn, chunk: Buffer): void {
+  const at = traceNow();
+  traceMarks.dataAt = at;
+  c.decoder.push(chunk);
+  traceRecord('data.handled', traceNow() - at);
+}
+
+/** The default connect of a TcpPool: plain TCP. */
+export function plainConnect(server: ServerAddress): net.Socket {
+  return net.connect({ host: server.host, port: server.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+}

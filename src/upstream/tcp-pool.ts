@@ -22,48 +22,30 @@
  * Deadlines, connect timeouts, age rotation and backoff expiry are all handled
  * by one sweep timer that runs only while something is pending.
  *
- * Writes: a query is framed straight into its connection's staging buffer
- * (no copy of its own), and every connection written to in this event-loop
- * turn is flushed once, by one setImmediate for the whole pool: the misses
- * that one poll phase read (libuv reads many datagrams per wake-up) leave in
- * one write() per connection, not one each. Nagle is off, so each flush goes
- * out at once.
+ * This module is the pool: its queue, the choice of a connection, and the
+ * connections' lifecycle. One connection's ids, staging and answer matching
+ * are in tcp-conn.ts, the once-per-turn flush in tcp-write-batch.ts, connect
+ * backoff and the unreachable state in tcp-reachability.ts, the counters in
+ * tcp-pool-counters.ts.
  */
 import net from 'node:net';
-import tls from 'node:tls';
 import { DEFAULTS } from '../config.js';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
-import { HEADER_LEN, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
 import { UpstreamHealth } from './health.js';
-import { answerMatchesQuery, readId } from '../dns/question.js';
-import { Counters, defineCounters } from '../stats/counters.js';
+import { Counters } from '../stats/counters.js';
 import { Fifo } from './fifo.js';
 import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
-import { Conn, Job } from './tcp-conn.js';
-import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../miss-trace.js';
+import { Job, openConn, plainConnect, type Conn, type ConnEvents } from './tcp-conn.js';
+import { tcpPoolCounters, type TcpPoolCounter } from './tcp-pool-counters.js';
+import { TcpReachability } from './tcp-reachability.js';
+import { WriteBatch } from './tcp-write-batch.js';
+import { MISS_TRACE, traceMarks, traceRecord } from '../miss-trace.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
-import { ignoredAnswersFamily, rcodeSlots, upstreamCounterDefs } from './upstream-counters.js';
-
-export const tcpPoolCounters = defineCounters({
-  ...upstreamCounterDefs,
-  // The question did not match the query sent under that id (or the frame was too short to tell).
-  mismatched: { ...ignoredAnswersFamily, labels: { reason: 'mismatched' } },
-  // Nothing in flight under that id: the query already timed out.
-  late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
-  connects: { name: 'nodelocal_upstream_tcp_connects_total', help: 'TCP connections to the cluster DNS established.' },
-  reconnects: { name: 'nodelocal_upstream_tcp_reconnects_total', help: 'TCP connects started to replace a lost or failed connection.' },
-  connectFailures: { name: 'nodelocal_upstream_tcp_connect_failures_total', help: 'TCP connects to the cluster DNS that failed or timed out.' },
-  rotations: {
-    name: 'nodelocal_upstream_tcp_rotations_total',
-    help: 'Connections drained after their query count or age, so that load spreads over the pods behind the address.',
-  },
-  retried: { name: 'nodelocal_upstream_tcp_retries_total', help: 'Queries sent again on another connection after theirs closed with them in flight.' },
-});
-
-export type TcpPoolCounter = keyof typeof tcpPoolCounters.slot;
+import { rcodeSlots } from './upstream-counters.js';
 
 const SLOT = tcpPoolCounters.slot;
 const RCODE_SLOT = rcodeSlots(SLOT);
@@ -95,10 +77,6 @@ export interface TcpPoolOptions {
   logger?: Logger;
 }
 
-// Backoff after connect failures: fast enough to catch a restarting CoreDNS, capped so a dead one is not hammered.
-const BACKOFF_MIN_MS = 100;
-const BACKOFF_MAX_MS = 5000;
-
 export class TcpPool implements Upstream {
   readonly name: string;
   readonly health: UpstreamHealth;
@@ -121,20 +99,9 @@ export class TcpPool implements Upstream {
   readonly #life: Lifecycle;
   /** Unregisters our sweep from the clock's shared timer; null while nothing is pending. */
   #sweep: (() => void) | null;
-  #backoffMs: number;
-  #nextConnectAt: number;
-  #lostSinceConnect: boolean;
-  /** Connections with frames staged since the last flush; the flush is scheduled while this is non-empty. */
-  readonly #dirty: Conn[];
-  /**
-   * The last connect failed and nothing is open: queries fail at once
-   * ('network' -> SERVFAIL now) instead of each waiting out its deadline,
-   * until a connect succeeds. A pod behind us would otherwise wait the whole
-   * --timeout for every search-list candidate while kube-dns is down.
-   */
-  #unreachable: boolean;
-  /** Under NODELOCAL_MISS_TRACE only: the jobs staged since the last flush. */
-  readonly #traced: Job[];
+  readonly #reach: TcpReachability;
+  readonly #batch: WriteBatch;
+  readonly #events: ConnEvents;
 
   constructor(opts: TcpPoolOptions) {
     // A host name would make net.connect resolve it through the system resolver: maybe through us.
@@ -160,12 +127,14 @@ export class TcpPool implements Upstream {
     this.#queue = new Fifo<Job>(64);
     this.#life = new Lifecycle();
     this.#sweep = null;
-    this.#backoffMs = BACKOFF_MIN_MS;
-    this.#nextConnectAt = 0;
-    this.#lostSinceConnect = false;
-    this.#dirty = [];
-    this.#unreachable = false;
-    this.#traced = [];
+    this.#reach = new TcpReachability(this.name, this.#kind, this.#values, this.health, this.#log);
+    this.#batch = new WriteBatch();
+    this.#events = {
+      open: (c) => this.#onConnect(c),
+      frame: this.#onFrame,
+      lost: (c) => this.#setClosed(c, 'lost'),
+      error: (c) => this.#log.debug(`${this.#kind} connection error`, { upstream: this.name, code: c.lastError }),
+    };
   }
 
   get openConnections(): number {
@@ -225,7 +194,7 @@ export class TcpPool implements Upstream {
         return;
       }
     }
-    if (this.#unreachable && now < this.#nextConnectAt) {
+    if (this.#reach.failsFast(now)) {
       this.#fail(job, 'network');
       return;
     }
@@ -255,79 +224,25 @@ export class TcpPool implements Upstream {
   }
 
   #write(c: Conn, job: Job, now: number): void {
-    let id = c.nextId;
-    // Terminates: in-flight is capped below 65536.
-    while (c.inflight.has(id)) id = (id + 1) & 0xffff;
-    c.nextId = (id + 1) & 0xffff;
-    job.id = id;
-    c.inflight.set(id, job);
-    if (c.stage(job.ex.query, id)) {
-      if (this.#dirty.length === 0) setImmediate(this.#flush);
-      this.#dirty.push(c);
-    }
+    if (c.send(job)) this.#batch.add(c);
     job.sentAt = now;
-    if (MISS_TRACE) {
-      job.tracedAt = traceNow();
-      this.#traced.push(job);
-    }
+    if (MISS_TRACE) this.#batch.traceStaged(job);
     c.sent++;
     this.#values[SLOT.sent]!++;
     if (c.sent >= this.#rotateAfterQueries) this.#drain(c, true);
     this.#armSweep();
   }
 
-  /** Bound once: one write per connection for everything staged this turn. */
-  readonly #flush = (): void => {
-    const dirty = this.#dirty;
-    // Index loop: a write error surfaces later as an event, never re-entrantly, so the list only shrinks here.
-    for (let i = 0; i < dirty.length; i++) {
-      const c = dirty[i]!;
-      // A connection closed meanwhile dropped its staging; its jobs were re-queued or failed by #setClosed.
-      if (c.state !== 'open' && c.state !== 'draining') continue;
-      if (!MISS_TRACE) c.flush();
-      else {
-        const at = traceNow();
-        c.flush();
-        traceRecord('write.call', traceNow() - at);
-      }
-    }
-    dirty.length = 0;
-    if (MISS_TRACE) this.#traceFlush();
-  };
-
-  #traceFlush(): void {
-    const now = traceNow();
-    for (const job of this.#traced) {
-      traceRecord('stage.write', now - job.tracedAt);
-      job.tracedAt = now;
-    }
-    this.#traced.length = 0;
-    if (traceMarks.reportAt > 0) traceRecord('report.write', now - traceMarks.reportAt);
-    traceMarks.reportAt = 0;
-  }
-
   #ensureConnecting(now: number): void {
-    if (!this.#life.running || now < this.#nextConnectAt) return;
+    if (!this.#life.running || !this.#reach.mayConnect(now)) return;
     let live = 0;
     for (const c of this.#conns) if (c.state === 'connecting' || c.state === 'open') live++;
     if (live < this.#size) this.#connect(now);
   }
 
   #connect(now: number): void {
-    if (this.#lostSinceConnect) this.#values[SLOT.reconnects]!++;
-    const socket = this.#connectFn(this.#server);
-    const c: Conn = new Conn(socket, (msg) => this.#onFrame(c, msg), now);
-    this.#conns.push(c);
-    // TLS: usable once the handshake and certificate checks are done, not at the TCP connect.
-    socket.on(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => this.#onConnect(c));
-    socket.on('data', MISS_TRACE ? (chunk: Buffer) => tracedData(c, chunk) : (chunk: Buffer) => c.decoder.push(chunk));
-    // The server's FIN: CoreDNS closing an idle connection, or a pod going away. Nothing more will be answered on it.
-    socket.on('end', () => this.#setClosed(c, 'lost'));
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      c.lastError = err.code ?? err.message;
-      this.#log.debug(`${this.#kind} connection error`, { upstream: this.name, code: c.lastError });
-    });
-    socket.on('close', () => this.#setClosed(c, 'lost'));
+    this.#reach.connecting();
+    this.#conns.push(openConn(this.#connectFn(this.#server), now, this.#events));
     this.#armSweep();
   }
 
@@ -336,35 +251,24 @@ export class TcpPool implements Upstream {
     c.state = 'open';
     c.openedAt = this.#clock.now();
     c.socket.setNoDelay(true);
-    this.#values[SLOT.connects]!++;
-    this.health.record('connected', c.openedAt);
-    this.#lostSinceConnect = false;
-    if (this.#unreachable) {
-      this.#unreachable = false;
-      this.#log.info(`${this.#kind} reachable again`, { upstream: this.name });
-    }
+    this.#reach.connected(c.openedAt);
     this.#pump(c.openedAt);
   }
 
-  #onFrame(c: Conn, msg: Buffer): void {
-    if (msg.length < HEADER_LEN) {
-      this.#values[SLOT.mismatched]!++;
-      return;
-    }
-    const job = c.inflight.get(readId(msg));
-    if (job === undefined) {
+  /** An arrow bound once: ConnEvents.frame, called straight from each connection's decoder. */
+  readonly #onFrame = (c: Conn, msg: Buffer): void => {
+    const job = c.answerFor(msg);
+    if (job === 'late') {
       this.#values[SLOT.late]!++;
       return;
     }
-    // Keep waiting on a mismatch: the right answer may still come, and the deadline bounds the wait.
-    if (!answerMatchesQuery(job.ex.query, msg)) {
+    if (job === 'mismatched') {
       this.#values[SLOT.mismatched]!++;
       return;
     }
-    c.inflight.delete(job.id);
     if (MISS_TRACE) traceRecord('write.data', traceMarks.dataAt - job.tracedAt);
     // Success is an answer, not a connect: a server that accepts and then drops us must keep backing off.
-    if (c.answered++ === 0) this.#backoffMs = BACKOFF_MIN_MS;
+    if (c.answered++ === 0) this.#reach.answered();
     const rcode = msg[OFF_FLAGS + 1]! & RCODE_MASK;
     const now = this.#clock.now();
     this.#values[SLOT.answered]!++;
@@ -375,7 +279,7 @@ export class TcpPool implements Upstream {
     this.#resolve(job, Buffer.from(msg));
     if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
     else if (this.#queue.length > 0) this.#pump(this.#clock.now());
-  }
+  };
 
   /** Sends queued jobs while some connection has room. */
   #pump(now: number): void {
@@ -416,19 +320,7 @@ export class TcpPool implements Upstream {
     c.socket.destroy();
     const now = this.#clock.now();
     if (cause !== 'ours') {
-      this.#lostSinceConnect = true;
-      if (was === 'connecting') this.#values[SLOT.connectFailures]!++;
-      // A connection that never answered anything (refused at connect, or accepted and dropped) gets backoff, so a
-      // sick server is not hammered in a tight loop.
-      if (was === 'connecting' || c.answered === 0) this.#backOff(now);
-      if (was === 'connecting' && !this.#unreachable && !this.#conns.some((o) => o.state === 'open')) {
-        this.#unreachable = true;
-        this.health.record('unreachable', now);
-        this.#log.warn(`${this.#kind} unreachable: queries to it fail at once until it is back (then answered from the view, stale, or SERVFAIL)`, {
-          upstream: this.name,
-          error: cause === 'connectTimeout' ? 'connect timeout' : c.lastError,
-        });
-      }
+      this.#reach.lost(now, c, was === 'connecting', this.#conns, cause === 'connectTimeout' ? 'connect timeout' : c.lastError);
     }
     if (c.inflight.size > 0) {
       const jobs = [...c.inflight.values()];
@@ -445,19 +337,11 @@ export class TcpPool implements Upstream {
         }
       }
     }
-    if (this.#unreachable && !this.#conns.some((o) => o.state === 'open')) {
+    if (this.#reach.unreachable && !this.#conns.some((o) => o.state === 'open')) {
       for (const job of this.#queue.drain()) this.#fail(job, 'network');
     }
     if (this.#queue.length > 0) this.#pump(now);
     this.#maybeFinishClose();
-  }
-
-  #backOff(now: number): void {
-    // Jitter in [delay/2, delay] keeps the agents of a whole cluster from reconnecting in step after a CoreDNS restart.
-    const delay = this.#backoffMs * (0.5 + Math.random() * 0.5);
-    this.#nextConnectAt = Math.max(this.#nextConnectAt, now + delay);
-    this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
-    this.#log.debug(`${this.#kind} connect backoff`, { upstream: this.name, delayMs: Math.round(delay) });
   }
 
   #armSweep(): void {
@@ -525,15 +409,4 @@ export class TcpPool implements Upstream {
     if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
     settle(job.ex, null, reason, this.#log);
   }
-}
-
-function tracedData(c: Conn, chunk: Buffer): void {
-  const at = traceNow();
-  traceMarks.dataAt = at;
-  c.decoder.push(chunk);
-  traceRecord('data.handled', traceNow() - at);
-}
-
-function plainConnect(server: ServerAddress): net.Socket {
-  return net.connect({ host: server.host, port: server.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
 }

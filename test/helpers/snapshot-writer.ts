@@ -7,7 +7,7 @@
 // the TypeScript loader writes its own cache files at start.
 import koffi from 'koffi';
 import { DnsCache } from '../../src/cache/cache.js';
-import { writeSnapshot } from '../../src/cache/snapshot.js';
+import { writeSnapshot } from '../../src/cache/snapshot-file.js';
 import { CACHE_COUNTERS } from '../../src/cache/stats.js';
 import { ManualClock } from '../../src/clock.js';
 import { scanAnswer } from '../../src/dns/answer.js';

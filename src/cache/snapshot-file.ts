@@ -1,0 +1,258 @@
+/**
+ * The cache snapshot file on disk: writing one atomically and reading one
+ * back into the cache (the bytes are snapshot-format.ts's; when to write is
+ * snapshot.ts's).
+ *
+ * A missing file is a cold start. A file that is truncated, corrupt, foreign,
+ * of a later version, too big, or writable by anyone but us is ignored as a
+ * whole with one warning: never a crash, never part of a file. Writing goes
+ * to a temporary file in the same directory, fsynced, then renamed over the
+ * old snapshot, so a reader sees the old file or the new one, never half of
+ * one. Several writers (an old and a new agent during an upgrade) may share
+ * the path: each rename installs one whole file, the last one wins.
+ *
+ * A periodic write must not stall hits: the export is copied out of the
+ * cache in slices of `sliceEntries` records (snapshot.ts:
+ * SNAPSHOT_SLICE_ENTRIES), one slice per event-loop turn (setImmediate:
+ * pending queries are read in between), the checksum one chunk per turn, and
+ * the file written with async fs. Between slices the cache goes on changing,
+ * so a periodic snapshot is a fuzzy copy: an entry changed meanwhile may be
+ * written as it was or as it became, an entry may be missed, and a repeated
+ * record is dropped by key. Each record is aged from the export's start, so
+ * a record replaced meanwhile is written as older than it is: it expires
+ * early after a restart, never late. The shutdown write runs after the
+ * listeners closed, in one go.
+ */
+import { randomBytes } from 'node:crypto';
+import { open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../log.js';
+import type { DnsCache } from './cache.js';
+import type { RestoreCounts } from './revive.js';
+import type { CacheRecord } from './entry.js';
+import { SnapshotEncoder, decodeSnapshot, snapshotError, type SnapshotError, type SnapshotRejection } from './snapshot-format.js';
+
+/**
+ * Room past the cache's byte budget for the header and trailer. A record
+ * costs 17 bytes plus its key and answer on disk, and the cache charges the
+ * same entry its key and answer plus at least 72 bytes (store.ts: record
+ * header, TTL offsets, index overhead), so a snapshot of a full cache stays
+ * inside the budget; anything bigger is not ours to read.
+ */
+export const SNAPSHOT_SLACK_BYTES = 1 << 20;
+/**
+ * How far in the future a snapshot's write time may be. More means the wall
+ * clock stepped back while the agent was down: the downtime is unknown, so
+ * nothing is loaded rather than serving answers for longer than their TTLs.
+ */
+export const SNAPSHOT_FUTURE_TOLERANCE_MS = 1000;
+/** A temporary file this old was left by a writer that died; younger ones may belong to a writer at work. */
+export const STALE_TEMP_MS = 10 * 60_000;
+
+export type SnapshotWrite =
+  | { readonly ok: true; readonly entries: number; readonly bytes: number }
+  | { readonly ok: false; readonly error: string };
+
+export interface SnapshotLoad {
+  /** Entries put in the cache. */
+  readonly loaded: number;
+  /** Records read but not put back (expired, invalid, no room, already cached). */
+  readonly dropped: number;
+  /** Set when nothing was read: why. */
+  readonly reason?: SnapshotRejection;
+  /** What became of the records, when the file was read. */
+  readonly counts?: RestoreCounts;
+}
+
+export interface WriteOptions {
+  /**
+   * Copy the export this many records per event-loop turn (a periodic write
+   * while serving). Unset: in one go (at shutdown, when nothing else runs).
+   */
+  readonly sliceEntries?: number;
+  /** Log success at debug and failure not at all: the caller counts and logs (periodic writes). */
+  readonly quiet?: boolean;
+}
+
+/** Lets the event loop run (pending I/O first): one slice of a periodic write per turn. */
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/**
+ * Writes the cache's live and stale-window entries to `path` atomically (temp
+ * file, fsync, rename, fsync of the directory). Never throws: a failure is
+ * logged once (unless quiet) and returned, and the previous snapshot stays as
+ * it was.
+ */
+export async function writeSnapshot(cache: DnsCache, path: string, clock: Clock, logger: Logger, opts: WriteOptions = {}): Promise<SnapshotWrite> {
+  const t0 = clock.now();
+  const sliced = opts.sliceEntries !== undefined && opts.sliceEntries > 0;
+  // A name no other writer picks, even one in another container that is pid 1 too.
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  let fh: FileHandle | undefined;
+  let parts: Buffer[];
+  let entries: number;
+  let bytes = 0;
+  try {
+    // Inside the try: an export that fails (a store that changed under a sliced walk, a cache over 4 GiB) is a failed write, not a crash.
+    const enc = new SnapshotEncoder(sliced);
+    const writtenAt = clock.wall();
+    if (sliced) {
+      await exportSliced(cache, t0, enc, opts.sliceEntries!);
+      parts = await enc.finish(writtenAt, nextTurn);
+    } else {
+      for (const r of cache.export(t0)) enc.add(r);
+      parts = await enc.finish(writtenAt);
+    }
+    entries = enc.count;
+    // Owner-only: the names a node's pods look up are nobody else's business.
+    fh = await open(tmp, 'wx', 0o600);
+    for (const part of parts) {
+      await writeAll(fh, part);
+      bytes += part.length;
+    }
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await rename(tmp, path);
+  } catch (err) {
+    if (fh !== undefined) await fh.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    const error = errorText(err);
+    if (opts.quiet !== true) logger.warn('cache snapshot not written; the previous one, if any, is unchanged', { path, error });
+    return { ok: false, error };
+  }
+  // The rename is only durable once the directory is; the file itself is complete either way.
+  await syncDir(dirname(path)).catch((err: unknown) => logger.warn('cache snapshot: directory fsync failed', { path, error: errorText(err) }));
+  await removeStaleTemps(path, clock.wall());
+  const fields = { path, entries, bytes, ms: Math.round(clock.now() - t0) };
+  if (opts.quiet === true) logger.debug('cache snapshot written', fields);
+  else logger.info('cache snapshot written', fields);
+  return { ok: true, entries, bytes };
+}
+
+/**
+ * Copies the export `slice` records per event-loop turn. The walk crosses
+ * turns while the cache changes: a record may come twice (the encoder keeps
+ * the first) or the walk may end early; it is also cut off past twice the
+ * entries the cache held, so a walk that keeps meeting entries moved behind
+ * it still ends.
+ */
+async function exportSliced(cache: DnsCache, now: number, enc: SnapshotEncoder, slice: number): Promise<void> {
+  const limit = 2 * (cache.positiveSize + cache.negativeSize) + slice;
+  const it = cache.export(now);
+  try {
+    let n = 0;
+    for (let r = it.next(); r.done !== true; r = it.next()) {
+      enc.add(r.value);
+      if (++n >= limit) break;
+      if (n % slice === 0) await nextTurn();
+    }
+  } finally {
+    it.return(undefined);
+  }
+}
+
+/** FileHandle.write may write less than asked (a file size limit reached midway): go on until all is written or it throws. */
+async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
+  let off = 0;
+  while (off < buf.length) {
+    const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+    if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
+    off += bytesWritten;
+  }
+}
+
+/**
+ * Loads the snapshot at `path` into `cache`, each entry aged by the wall-clock
+ * time since it was written. Call it before the listeners start. Never
+ * throws; a file that cannot be trusted is ignored whole, with one warning.
+ */
+export async function loadSnapshot(cache: DnsCache, path: string, clock: Clock, logger: Logger): Promise<SnapshotLoad> {
+  const t0 = clock.now();
+  const read = await readBounded(path, cache.maxBytes + SNAPSHOT_SLACK_BYTES);
+  if (!Buffer.isBuffer(read)) return rejected(read, path, logger);
+  const decoded = decodeSnapshot(read);
+  if ('reason' in decoded) return rejected(decoded, path, logger);
+  const elapsed = clock.wall() - decoded.writtenAt;
+  if (elapsed < -SNAPSHOT_FUTURE_TOLERANCE_MS) {
+    return rejected({ reason: 'clock', detail: `written ${Math.round(-elapsed)} ms in the future; the wall clock stepped back` }, path, logger);
+  }
+  const downMs = elapsed > 0 ? elapsed : 0;
+  const counts = cache.restore(aged(decoded.records, downMs), clock.now());
+  const dropped = decoded.records.length - counts.restored;
+  logger.info('cache snapshot loaded', {
+    path, loaded: counts.restored, expired: counts.expired, invalid: counts.invalid, noRoom: counts.noRoom, present: counts.present,
+    snapshotAgeMs: Math.round(downMs), ms: Math.round(clock.now() - t0),
+  });
+  return { loaded: counts.restored, dropped, counts };
+}
+
+function* aged(records: readonly CacheRecord[], downMs: number): Generator<CacheRecord> {
+  for (const r of records) yield { ...r, ageMs: r.ageMs + downMs };
+}
+
+function rejected(e: SnapshotError, path: string, logger: Logger): SnapshotLoad {
+  if (e.reason === 'missing') logger.info('no cache snapshot; starting cold', { path });
+  else logger.warn('cache snapshot ignored; starting cold', { path, reason: e.reason, detail: e.detail });
+  return { loaded: 0, dropped: 0, reason: e.reason };
+}
+
+/** The whole file, if it is a regular file of at most `limit` bytes. */
+async function readBounded(path: string, limit: number): Promise<Buffer | SnapshotError> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(path, 'r');
+    const st = await fh.stat();
+    if (!st.isFile()) return snapshotError('foreign', 'not a regular file');
+    // Whoever can write the file chooses the answers pods get: only we may (we write it 0600).
+    if ((st.mode & 0o022) !== 0) return snapshotError('unsafe', `writable by group or others (mode ${(st.mode & 0o777).toString(8)})`);
+    const uid = process.getuid?.();
+    if (uid !== undefined && st.uid !== uid) return snapshotError('unsafe', `owned by uid ${st.uid}, not ${uid}`);
+    if (st.size > limit) return snapshotError('too-large', `${st.size} bytes, over the cache budget plus slack (${limit})`);
+    // One byte more than expected, to notice a file that grew since the stat.
+    const buf = Buffer.allocUnsafe(st.size + 1);
+    let got = 0;
+    while (got < buf.length) {
+      const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    if (got > st.size) return snapshotError('corrupt', 'the file grew while being read');
+    return buf.subarray(0, got);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return snapshotError('missing', 'no file');
+    return snapshotError('unreadable', errorText(err));
+  } finally {
+    if (fh !== undefined) await fh.close().catch(() => {});
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Best effort: temporary files of writers that died mid-write would otherwise pile up in the host path. */
+async function removeStaleTemps(path: string, wallNow: number): Promise<void> {
+  const dir = dirname(path);
+  const prefix = `${basename(path)}.tmp-`;
+  try {
+    for (const name of await readdir(dir)) {
+      if (!name.startsWith(prefix)) continue;
+      const p = join(dir, name);
+      const st = await stat(p).catch(() => undefined);
+      if (st !== undefined && st.isFile() && wallNow - st.mtimeMs > STALE_TEMP_MS) await unlink(p).catch(() => {});
+    }
+  } catch {
+    // A directory we cannot list is not worth failing a written snapshot for.
+  }
+}
+
+export function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,218 @@
+/**
+ * The cache snapshot's file format: the bytes of a snapshot file and back
+ * (snapshot-file.ts writes and reads the file; snapshot.ts runs the
+ * snapshots of an agent).
+ *
+ * File layout, version 1 (integers big-endian):
+ *
+ *     0  magic "NLDCACHE"                       8 bytes
+ *     8  format version                         u16
+ *    10  reserved, 0                            u16
+ *    12  record count                           u32
+ *    16  written at, wall-clock epoch ms        f64
+ *    24  body length (the records)              u32
+ *    28  reserved, 0                            u32
+ *    32  records, each:
+ *          key length u16, wire length u16, life s u32, age ms u32,
+ *          hits u32, flags u8 (1 = negative), key (latin1), wire
+ *   end-4 crc32 of every byte before it        u32
+ *
+ * Entries leave with their age, not clock values (the monotonic clock means
+ * nothing in another process), and come back aged by the wall-clock time the
+ * agent was down. Offsets are not stored: the restore scans each answer
+ * again, which both finds them and validates the bytes (cache.ts restore).
+ *
+ * The decoder trusts nothing: every length is checked, and a file that is
+ * not whole and ours is rejected as a whole, with the reason.
+ */
+import { crc32 } from 'node:zlib';
+import type { CacheRecord } from './entry.js';
+
+export const SNAPSHOT_MAGIC = Buffer.from('NLDCACHE', 'latin1');
+export const SNAPSHOT_VERSION = 1;
+export const SNAPSHOT_HEADER_LEN = 32;
+const TRAILER_LEN = 4;
+/** Fixed part of a record, before its key and wire bytes. */
+const RECORD_FIXED_LEN = 17;
+const FLAG_NEGATIVE = 1;
+const U32_MAX = 0xffffffff;
+/** Bytes per buffer the encoder fills; the checksum takes one per turn. */
+const CHUNK_BYTES = 1 << 20;
+
+/** Why a snapshot was not loaded. Only 'missing' is normal. */
+export type SnapshotRejection =
+  | 'missing' | 'unreadable' | 'unsafe' | 'too-large' | 'foreign' | 'future-version' | 'truncated' | 'corrupt' | 'clock';
+
+export interface DecodedSnapshot {
+  /** Wall-clock epoch ms when it was written. */
+  readonly writtenAt: number;
+  /** Records as they were at writing (ages not yet moved on). Their `wire` are views into the file's buffer. */
+  readonly records: CacheRecord[];
+}
+
+export interface SnapshotError {
+  readonly reason: SnapshotRejection;
+  readonly detail: string;
+}
+
+/**
+ * Builds a snapshot record by record into 1 MiB buffers, copying each
+ * record's key and answer at once (the cache may reuse those bytes once
+ * control returns to the event loop). The header and the checksum come last.
+ */
+export class SnapshotEncoder {
+  readonly #chunks: Buffer[];
+  #cur: Buffer;
+  #off: number;
+  #count: number;
+  #body: number;
+  /** Keys written, when the same record may come twice (an export walked across event-loop turns). */
+  readonly #seen: Set<string> | null;
+
+  constructor(dedupe: boolean) {
+    this.#chunks = [];
+    this.#cur = Buffer.allocUnsafe(CHUNK_BYTES);
+    this.#off = 0;
+    this.#count = 0;
+    this.#body = 0;
+    this.#seen = dedupe ? new Set() : null;
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+
+  add(r: CacheRecord): void {
+    // Cannot happen for real entries (a key is at most 260 bytes, a DNS message 65,535); kept honest anyway.
+    if (r.key.length > 0xffff || r.wire.length > 0xffff) return;
+    if (this.#seen !== null) {
+      if (this.#seen.has(r.key)) return;
+      this.#seen.add(r.key);
+    }
+    const len = RECORD_FIXED_LEN + r.key.length + r.wire.length;
+    if (this.#off + len > this.#cur.length) {
+      this.#seal();
+      this.#cur = Buffer.allocUnsafe(Math.max(CHUNK_BYTES, len));
+    }
+    const buf = this.#cur;
+    let off = this.#off;
+    buf.writeUInt16BE(r.key.length, off);
+    buf.writeUInt16BE(r.wire.length, off + 2);
+    buf.writeUInt32BE(clampU32(r.ttlSec), off + 4);
+    buf.writeUInt32BE(clampU32(r.ageMs), off + 8);
+    buf.writeUInt32BE(clampU32(r.hits), off + 12);
+    buf.writeUInt8(r.negative ? FLAG_NEGATIVE : 0, off + 16);
+    off += RECORD_FIXED_LEN;
+    // By hand and with set(): Buffer.write and copy cross into C++ per call, which costs more than these few bytes.
+    const key = r.key;
+    for (let i = 0; i < key.length; i++) buf[off + i] = key.charCodeAt(i);
+    off += key.length;
+    buf.set(r.wire, off);
+    this.#off = off + r.wire.length;
+    this.#count++;
+    this.#body += len;
+  }
+
+  /**
+   * The file as parts in order: header, records, trailer. The checksum runs
+   * over one part per call of `pause` (when given), so a big file does not
+   * take one long turn.
+   */
+  async finish(writtenAt: number, pause?: () => Promise<void>): Promise<Buffer[]> {
+    const header = this.#header(writtenAt);
+    let crc = crc32(header);
+    for (const c of this.#chunks) {
+      if (pause !== undefined) await pause();
+      crc = crc32(c, crc);
+    }
+    const trailer = Buffer.allocUnsafe(TRAILER_LEN);
+    trailer.writeUInt32BE(crc, 0);
+    return [header, ...this.#chunks, trailer];
+  }
+
+  /** The same, in one go. */
+  finishNow(writtenAt: number): Buffer {
+    const buf = Buffer.concat([this.#header(writtenAt), ...this.#chunks, Buffer.alloc(TRAILER_LEN)]);
+    buf.writeUInt32BE(crc32(buf.subarray(0, buf.length - TRAILER_LEN)), buf.length - TRAILER_LEN);
+    return buf;
+  }
+
+  /** Seals the records and returns the file's header for them. */
+  #header(writtenAt: number): Buffer {
+    this.#seal();
+    const header = Buffer.alloc(SNAPSHOT_HEADER_LEN);
+    SNAPSHOT_MAGIC.copy(header, 0);
+    header.writeUInt16BE(SNAPSHOT_VERSION, 8);
+    header.writeUInt32BE(this.#count, 12);
+    header.writeDoubleBE(writtenAt, 16);
+    header.writeUInt32BE(this.#body, 24);
+    return header;
+  }
+
+  #seal(): void {
+    if (this.#off > 0) this.#chunks.push(this.#cur.subarray(0, this.#off));
+    this.#cur = this.#cur.subarray(this.#off);
+    this.#off = 0;
+  }
+}
+
+/** The file's bytes for `records`, written at wall-clock `writtenAt`. Records that cannot be framed are left out. */
+export function encodeSnapshot(records: Iterable<CacheRecord>, writtenAt: number): Buffer {
+  const enc = new SnapshotEncoder(false);
+  for (const r of records) enc.add(r);
+  return enc.finishNow(writtenAt);
+}
+
+/** The snapshot in `buf`, or why it is not one we can trust. All or nothing; never throws. */
+export function decodeSnapshot(buf: Buffer): DecodedSnapshot | SnapshotError {
+  const magicLen = Math.min(buf.length, SNAPSHOT_MAGIC.length);
+  if (!buf.subarray(0, magicLen).equals(SNAPSHOT_MAGIC.subarray(0, magicLen))) return snapshotError('foreign', 'not a cache snapshot (magic)');
+  if (buf.length < SNAPSHOT_HEADER_LEN + TRAILER_LEN) return snapshotError('truncated', `${buf.length} bytes, shorter than a header`);
+  const version = buf.readUInt16BE(8);
+  if (version > SNAPSHOT_VERSION) return snapshotError('future-version', `format version ${version}, this agent reads ${SNAPSHOT_VERSION}`);
+  if (version !== SNAPSHOT_VERSION) return snapshotError('foreign', `format version ${version}`);
+  const count = buf.readUInt32BE(12);
+  const writtenAt = buf.readDoubleBE(16);
+  const bodyLen = buf.readUInt32BE(24);
+  const want = SNAPSHOT_HEADER_LEN + bodyLen + TRAILER_LEN;
+  if (buf.length < want) return snapshotError('truncated', `${buf.length} of ${want} bytes`);
+  if (buf.length > want) return snapshotError('corrupt', `${buf.length - want} bytes past the end`);
+  const end = want - TRAILER_LEN;
+  if (crc32(buf.subarray(0, end)) !== buf.readUInt32BE(end)) return snapshotError('corrupt', 'checksum mismatch');
+  // Past the checksum only a writer's bug or a forged file gets here; still check every length.
+  if (!Number.isFinite(writtenAt) || writtenAt <= 0) return snapshotError('corrupt', 'write time');
+  if (count * RECORD_FIXED_LEN > bodyLen) return snapshotError('corrupt', 'record count');
+  const records: CacheRecord[] = [];
+  let off = SNAPSHOT_HEADER_LEN;
+  for (let i = 0; i < count; i++) {
+    if (off + RECORD_FIXED_LEN > end) return snapshotError('corrupt', `record ${i} runs past the end`);
+    const keyLen = buf.readUInt16BE(off);
+    const wireLen = buf.readUInt16BE(off + 2);
+    const ttlSec = buf.readUInt32BE(off + 4);
+    const ageMs = buf.readUInt32BE(off + 8);
+    const hits = buf.readUInt32BE(off + 12);
+    const flags = buf[off + 16]!;
+    const keyStart = off + RECORD_FIXED_LEN;
+    const wireStart = keyStart + keyLen;
+    off = wireStart + wireLen;
+    if (off > end) return snapshotError('corrupt', `record ${i} runs past the end`);
+    if ((flags & ~FLAG_NEGATIVE) !== 0) return snapshotError('corrupt', `record ${i} flags`);
+    records.push({
+      key: buf.toString('latin1', keyStart, wireStart),
+      wire: buf.subarray(wireStart, off),
+      ttlSec, ageMs, hits,
+      negative: (flags & FLAG_NEGATIVE) !== 0,
+    });
+  }
+  if (off !== end) return snapshotError('corrupt', `${end - off} bytes after the last record`);
+  return { writtenAt, records };
+}
+
+/** Why a file was not taken (the decoder's, and the reader's in snapshot-file.ts). */
+export function snapshotError(reason: SnapshotRejection, detail: string): SnapshotError {
+  return { reason, detail };
+}
+
+function clampU32(n: number): number {
+  return n <= 0 ? 0 : n >= U32_MAX ? U32_MAX : Math.round(n);
+}

@@ -1,0 +1,92 @@
+/**
+ * The answer store's slab (store.ts): how big a record is, how far the used
+ * part grows, and compaction. The store decides when (its #reserve); this
+ * module holds the record format and the two mechanisms.
+ *
+ * Slab record, 8-byte aligned so its TTL offsets can be read as a Uint16Array:
+ *
+ *     +0  slot, u32 (DEAD when the entry is gone)
+ *     +4  record length, u32 (a multiple of 8)
+ *     +8  TTL offsets, u16 each, relative to the wire's first byte
+ *         key bytes (the latin1 key of dns/query.ts)
+ *         wire bytes (id 0, no OPT, TTLs capped; entry.ts)
+ *
+ * Freed space: records are appended at the tail; a removed record is marked
+ * DEAD and its bytes counted as dead. The slab is allocated at its cap, but
+ * used only up to a soft end: when the tail reaches it, the slab is
+ * compacted in place (live records slid down in address order, their slots'
+ * offsets rewritten) if it is mostly dead, else the soft end moves up (x1.5,
+ * nothing copied) while it is below the cap. Pages past the soft end are
+ * never written, so they cost no memory. The cap is the byte budget, and
+ * the lists' budgets leave LIVE_SHARE of it for live records, so a
+ * compaction at the cap frees at least a fifth of the slab and its cost (a
+ * memmove of the live bytes) is amortised over that many inserted bytes. No
+ * size classes, so no internal fragmentation.
+ */
+import { DEAD, RECORD_HEADER, type StoreView } from './store-layout.js';
+
+/** The slab's first soft end; it moves up by half up to its cap. */
+export const INITIAL_SLAB = 64 * 1024;
+/**
+ * The largest slab: offsets are u32, and a SharedArrayBuffer (like a Buffer
+ * in Node 20) may be 2^32 bytes at most; less alignment.
+ */
+export const MAX_SLAB = 2 ** 32 - 8;
+/**
+ * Share of the byte budget the lists may fill with live records (charged with
+ * their index overhead); the rest is the slab's room to append between
+ * compactions. At 0.8 a compaction at the cap moves at most 4 bytes per byte
+ * appended since the last one.
+ */
+export const LIVE_SHARE = 0.8;
+
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+/** Bytes a record takes in the slab. */
+export function recordBytes(keyLen: number, wireLen: number, ttlCount: number): number {
+  return align8(RECORD_HEADER + 2 * ttlCount + keyLen + wireLen);
+}
+
+/** The soft end moved up from `end` by half at a time until `need` bytes fit, at most `cap`. */
+export function grownSoftEnd(end: number, need: number, cap: number): number {
+  // x1.5, not x2: pages once written stay resident, and a doubled slab is up to half empty for good once the cache stops growing.
+  let size = align8(end + (end >>> 1));
+  while (size < need) size = align8(size + (size >>> 1));
+  return Math.min(size, cap);
+}
+
+/**
+ * Slides the live records below `tail`, in address order, to the start of
+ * the slab, rewriting their slots' offsets. Runs of adjacent live records
+ * move in one copy. Returns the new tail (nothing dead is left below it).
+ */
+export function compactSlab(v: StoreView, tail: number): number {
+  const slab = v.slab;
+  const u32 = v.slabU32;
+  let dst = 0;
+  let runStart = 0;
+  let runEnd = 0;
+  for (let src = 0; src < tail; ) {
+    const slot = u32[src >>> 2]!;
+    const rec = u32[(src >>> 2) + 1]!;
+    if (slot !== DEAD) {
+      if (src !== runEnd) {
+        dst = moveRun(slab, runStart, runEnd, dst);
+        runStart = src;
+      }
+      runEnd = src + rec;
+      v.off[slot] = dst + (src - runStart);
+    }
+    src += rec;
+  }
+  return moveRun(slab, runStart, runEnd, dst);
+}
+
+/** Moves slab[start, end) down to `dst`; returns the new end of what was moved. */
+function moveRun(slab: Buffer, start: number, end: number, dst: number): number {
+  if (end === start) return dst;
+  if (dst !== start) slab.copyWithin(dst, start, end);
+  return dst + (end - start);
+}

@@ -1,0 +1,25 @@
+/**
+ * The counters of a TcpPool (tcp-pool.ts): the slots every upstream
+ * transport declares (upstream-counters.ts) and the pool's own, bumped by the
+ * pool and by its reachability tracking (tcp-reachability.ts).
+ */
+import { defineCounters } from '../stats/counters.js';
+import { ignoredAnswersFamily, upstreamCounterDefs } from './upstream-counters.js';
+
+export const tcpPoolCounters = defineCounters({
+  ...upstreamCounterDefs,
+  // The question did not match the query sent under that id (or the frame was too short to tell).
+  mismatched: { ...ignoredAnswersFamily, labels: { reason: 'mismatched' } },
+  // Nothing in flight under that id: the query already timed out.
+  late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
+  connects: { name: 'nodelocal_upstream_tcp_connects_total', help: 'TCP connections to the cluster DNS established.' },
+  reconnects: { name: 'nodelocal_upstream_tcp_reconnects_total', help: 'TCP connects started to replace a lost or failed connection.' },
+  connectFailures: { name: 'nodelocal_upstream_tcp_connect_failures_total', help: 'TCP connects to the cluster DNS that failed or timed out.' },
+  rotations: {
+    name: 'nodelocal_upstream_tcp_rotations_total',
+    help: 'Connections drained after their query count or age, so that load spreads over the pods behind the address.',
+  },
+  retried: { name: 'nodelocal_upstream_tcp_retries_total', help: 'Queries sent again on another connection after theirs closed with them in flight.' },
+});
+
+export type TcpPoolCounter = keyof typeof tcpPoolCounters.slot;

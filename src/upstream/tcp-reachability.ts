@@ -1,0 +1,112 @@
+/**
+ * Whether a TcpPool (tcp-pool.ts) may connect now, and whether its server
+ * counts as unreachable: connects that fail, and connections that close
+ * before answering anything, back off; a failed connect while nothing is
+ * open makes the server unreachable until a connect succeeds, and the pool
+ * fails queries at once meanwhile. Moved out of the pool with the counters,
+ * health records and log lines of those events.
+ */
+import type { Logger } from '../log.js';
+import type { UpstreamHealth } from './health.js';
+import type { Conn } from './tcp-conn.js';
+import { tcpPoolCounters } from './tcp-pool-counters.js';
+
+const SLOT = tcpPoolCounters.slot;
+
+// Backoff after connect failures: fast enough to catch a restarting CoreDNS, capped so a dead one is not hammered.
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+
+export class TcpReachability {
+  readonly #name: string;
+  readonly #kind: string;
+  readonly #values: Float64Array;
+  readonly #health: UpstreamHealth;
+  readonly #log: Logger;
+  #backoffMs: number;
+  /** Clock ms before which no connect starts. */
+  #nextConnectAt: number;
+  #lostSinceConnect: boolean;
+  /**
+   * The last connect failed and nothing is open: queries fail at once
+   * ('network' -> SERVFAIL now) instead of each waiting out its deadline,
+   * until a connect succeeds. A pod behind us would otherwise wait the whole
+   * --timeout for every search-list candidate while kube-dns is down.
+   */
+  #unreachable: boolean;
+
+  constructor(name: string, kind: string, values: Float64Array, health: UpstreamHealth, log: Logger) {
+    this.#name = name;
+    this.#kind = kind;
+    this.#values = values;
+    this.#health = health;
+    this.#log = log;
+    this.#backoffMs = BACKOFF_MIN_MS;
+    this.#nextConnectAt = 0;
+    this.#lostSinceConnect = false;
+    this.#unreachable = false;
+  }
+
+  get unreachable(): boolean {
+    return this.#unreachable;
+  }
+
+  /** No connect may start before the backoff has passed. */
+  mayConnect(now: number): boolean {
+    return now >= this.#nextConnectAt;
+  }
+
+  /** A query finding no connection fails at once: unreachable, and no connect may start yet. */
+  failsFast(now: number): boolean {
+    return this.#unreachable && now < this.#nextConnectAt;
+  }
+
+  /** A connect starts. */
+  connecting(): void {
+    if (this.#lostSinceConnect) this.#values[SLOT.reconnects]!++;
+  }
+
+  /** A connection opened. */
+  connected(now: number): void {
+    this.#values[SLOT.connects]!++;
+    this.#health.record('connected', now);
+    this.#lostSinceConnect = false;
+    if (this.#unreachable) {
+      this.#unreachable = false;
+      this.#log.info(`${this.#kind} reachable again`, { upstream: this.#name });
+    }
+  }
+
+  /** A connection's first answer: success is an answer, not a connect, so a server that accepts and then drops us must keep backing off. */
+  answered(): void {
+    this.#backoffMs = BACKOFF_MIN_MS;
+  }
+
+  /**
+   * A connection was lost (the server closed it, or its connect failed or
+   * timed out) and has left `open`, the pool's connections: a connection
+   * that never answered anything (refused at connect, or accepted and
+   * dropped) gets backoff, so a sick server is not hammered in a tight loop.
+   */
+  lost(now: number, c: Conn, wasConnecting: boolean, open: readonly Conn[], error: string): void {
+    this.#lostSinceConnect = true;
+    if (wasConnecting) this.#values[SLOT.connectFailures]!++;
+    if (wasConnecting || c.answered === 0) this.#backOff(now);
+    if (wasConnecting && !this.#unreachable && !open.some((o) => o.state === 'open')) {
+      this.#unreachable = true;
+      this.#health.record('unreachable', now);
+      this.#log.warn(`${this.#kind} unreachable: queries to it fail at once until it is back (then answered from the view, stale, or SERVFAIL)`, {
+        upstream: this.#name,
+        error,
+      });
+    }
+  }
+
+  #backOff(now: number): void {
+    // Jitter in [delay/2, delay] keeps the agents of a whole cluster from reconnecting in step after a CoreDNS restart.
+    const delay = this.#backoffMs * (0.5 + Math.random() * 0.5);
+    this.#nextConnectAt = Math.max(this.#nextConnectAt, now + delay);
+    this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
+    this.#log.debug(`${this.#kind} connect backoff`, { upstream: this.#name, delayMs: Math.round(delay) });
+  }
+}
