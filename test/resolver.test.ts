@@ -33,7 +33,7 @@ import { ClusterView } from '../src/kube/view.js';
 import { loadConfig } from '../src/config.js';
 import { ForwardDurations } from '../src/upstream/forward-durations.js';
 import { hostResolversCounters } from '../src/upstream/host-resolvers.js';
-import { tcpPoolCounters } from '../src/upstream/tcp-pool.js';
+import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
 import { buildRouting } from '../src/routing.js';
 import { loadHostServers } from '../src/upstream/host-route.js';
 import { HealthProbe, PROBE_COUNTERS, PROBE_INTERVAL_MS } from '../src/upstream/probe.js';
