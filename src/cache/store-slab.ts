@@ -58,12 +58,27 @@ export function grownSoftEnd(end: number, need: number, cap: number): number {
 }
 
 /**
+ * Bytes compaction moves in one odd-word window at most (a run of adjacent
+ * live records is cut at a record boundary past this): a few microseconds of
+ * copying, so readers retry instead of giving up, and a writer preempted
+ * inside one blocks them for one chunk's window only.
+ */
+export const COMPACT_CHUNK = 64 * 1024;
+
+/** Brackets a change readers must not see half done (store.ts #begin/#end). */
+export interface ChangeWindow {
+  begin(): void;
+  end(): void;
+}
+
+/**
  * Slides the live records below `tail`, in address order, to the start of
  * the slab, rewriting their slots' offsets. Runs of adjacent live records
- * move in one copy. Returns the new tail (nothing dead is left below it).
+ * move in one copy, at most COMPACT_CHUNK bytes per window; a record's
+ * bytes and its slot's offset change inside the same window. Returns the
+ * new tail (nothing dead is left below it).
  */
-export function compactSlab(v: StoreView, tail: number): number {
-  const slab = v.slab;
+export function compactSlab(v: StoreView, tail: number, window: ChangeWindow): number {
   const u32 = v.slabU32;
   let dst = 0;
   let runStart = 0;
@@ -72,21 +87,26 @@ export function compactSlab(v: StoreView, tail: number): number {
     const slot = u32[src >>> 2]!;
     const rec = u32[(src >>> 2) + 1]!;
     if (slot !== DEAD) {
-      if (src !== runEnd) {
-        dst = moveRun(slab, runStart, runEnd, dst);
+      if (src !== runEnd || runEnd - runStart >= COMPACT_CHUNK) {
+        dst = moveRun(v, runStart, runEnd, dst, window);
         runStart = src;
       }
       runEnd = src + rec;
-      v.off[slot] = dst + (src - runStart);
     }
     src += rec;
   }
-  return moveRun(slab, runStart, runEnd, dst);
+  return moveRun(v, runStart, runEnd, dst, window);
 }
 
-/** Moves slab[start, end) down to `dst`; returns the new end of what was moved. */
-function moveRun(slab: Buffer, start: number, end: number, dst: number): number {
+/** Moves the records in slab[start, end) down to `dst` and points their slots there; returns the new end of what was moved. */
+function moveRun(v: StoreView, start: number, end: number, dst: number, window: ChangeWindow): number {
   if (end === start) return dst;
-  if (dst !== start) slab.copyWithin(dst, start, end);
+  if (dst !== start) {
+    const u32 = v.slabU32;
+    window.begin();
+    v.slab.copyWithin(dst, start, end);
+    for (let at = dst, stop = dst + (end - start); at < stop; at += u32[(at >>> 2) + 1]!) v.off[u32[at >>> 2]!] = at;
+    window.end();
+  }
   return dst + (end - start);
 }

@@ -13,8 +13,21 @@
  * SharedArrayBuffers) batched worker threads read it at the same time
  * (reader.ts). Everything is allocated once at its final size, so no buffer
  * is ever replaced under a reader; a change that can move or overwrite bytes
- * a reader may be looking at (insert, remove, compaction, clear) runs with
- * the sequence word odd, and readers check the word around their read.
+ * a reader may be looking at runs with the sequence word odd, and readers
+ * check the word around their read.
+ *
+ * The odd windows are kept as short as the changes allow, because a reader
+ * that keeps finding the word odd gives up and its query goes to the main
+ * thread: under a miss flood the writer shares its CPU, is preempted inside
+ * a window now and then, and every worker read meanwhile gave up (2.6% of
+ * reads beside a 20k/s flood, each hit then as slow as the saturated main
+ * thread). So: each eviction is a window of its own; a new key's bytes and
+ * fields are written outside any window, into
+ * a slot and slab space no reader can reach until the hash table points at
+ * them, and only that one table store (the publication) is a window;
+ * compaction moves the live records a bounded chunk per window
+ * (store-slab.ts); clear is one window, and so is replacing a key's entry
+ * (a refresh), so that no reader finds the key missing in between.
  *
  * The slab's record format and compaction are in store-slab.ts, the hash
  * table's upkeep in store-table.ts, the LRU lists and eviction's choice in
@@ -237,17 +250,20 @@ export class AnswerStore {
    * lru-cache did).
    */
   insert(list: ListId, key: string, e: StoreInput): number {
+    const old = this.find(key);
+    if (old === NONE) return this.#insert(list, key, e);
+    // A replacement (a refresh) is one window, so no reader ever finds the key missing between the old entry and the new.
     this.#begin();
     try {
+      this.#remove(old);
       return this.#insert(list, key, e);
     } finally {
       this.#end();
     }
   }
 
+  /** `key` is not in the store. */
   #insert(list: ListId, key: string, e: StoreInput): number {
-    const old = this.find(key);
-    if (old !== NONE) this.#remove(old);
     const ttlCount = e.ttlOffsets.length;
     const keyLen = key.length;
     const wireLen = e.wire.length;
@@ -286,7 +302,10 @@ export class AnswerStore {
     v.storedAtA[slot] = e.storedAt;
     v.expiresAtA[slot] = e.expiresAt;
     v.prefetchAtA[slot] = e.prefetchAt;
+    // Published: from here readers can find it. The window orders everything above before the table store for them.
+    this.#begin();
     tableInsert(v, slot, h);
+    this.#end();
     linkMru(v, this.#mru, this.#lru, slot, list);
     this.#count[list]!++;
     this.#bytes[list]! += charge;
@@ -341,7 +360,7 @@ export class AnswerStore {
   }
 
   #evict(list: ListId): void {
-    this.#remove(evictionVictim(this.#v, this.#mru, this.#lru, list));
+    this.remove(evictionVictim(this.#v, this.#mru, this.#lru, list));
     this.evicted[list]!++;
   }
 
@@ -362,6 +381,9 @@ export class AnswerStore {
     if (--this.#depth === 0) Atomics.add(this.#v.header, SEQ, 1);
   }
 
+  /** The odd-word window as compaction takes it, one chunk at a time. */
+  readonly #window = { begin: (): void => this.#begin(), end: (): void => this.#end() };
+
   // ---- slab ----
 
   /**
@@ -378,7 +400,7 @@ export class AnswerStore {
       if (this.#tail + rec <= this.#softEnd) return true;
     }
     if (this.#dead > 0 && live + rec <= this.#softEnd) {
-      this.#tail = compactSlab(this.#v, this.#tail);
+      this.#tail = compactSlab(this.#v, this.#tail, this.#window);
       this.#dead = 0;
       return true;
     }
