@@ -711,8 +711,13 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   sync.forward(a, 10, 'k3', Buffer.from('q'));
   t.same(a.got.at(-1), [10, null, 'overloaded']);
   t.equal(sync.inflight, 0);
-  // Only a refusal for load tells a worker to shed: once per waiter it had on the question.
-  t.equal(a.refusals, 1, 'the overloaded outcome stamped the worker');
+  // Only a refusal at --max-concurrent tells a worker to shed, once per waiter it had on the question.
+  t.equal(a.refusals, 0, 'one upstream\'s own limit (overloaded) stamps nothing');
+  const capped = new MissExchange(counters, null, new ManualClock());
+  capped.connect({ forward: (token) => capped.complete(token, null, 'capped') });
+  capped.forward(a, 11, 'k4', Buffer.from('q'));
+  t.same(a.got.at(-1), [11, null, 'capped']);
+  t.equal(a.refusals, 1, 'the cap stamped the worker');
   t.equal(b.refusals, 0, 'a timeout, an answer or a dead worker stamp nothing');
 });
 

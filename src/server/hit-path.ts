@@ -54,7 +54,8 @@ export type MissOutcome =
   | 'local' // answered by the route's local answerer (the cluster view)
   | 'timeout' // no answer by the deadline
   | 'network' // unreachable, reset, refused
-  | 'overloaded' // a local limit: never sent
+  | 'overloaded' // a local limit (an upstream's own in-flight cap, a worker's): never sent
+  | 'capped' // --max-concurrent, the cap across every upstream: never sent
   | 'closed' // shutting down
   | 'servfail' // the upstream answered SERVFAIL or REFUSED
   | 'malformed'; // the upstream's answer failed validation

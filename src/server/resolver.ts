@@ -132,7 +132,7 @@ export class Resolver implements MissSink, PendingOwner {
       // Shed before any work: no socket, no upstream traffic; the hit path answers stale or SERVFAIL.
       this.#v[S.maxConcurrentRejects]!++;
       if (local !== null && this.#answerLocally(token, key, route, local.answer(key), 'localOnFailure')) return;
-      this.#hits.complete(token, null, 'overloaded');
+      this.#hits.complete(token, null, 'capped');
       return;
     }
     const p = new PendingQuery(this, token, key, route, query, this.#clock.now());

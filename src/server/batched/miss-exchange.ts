@@ -33,7 +33,12 @@ export interface MissReturn {
   /** False once the worker is gone: its waiters are dropped. */
   readonly alive: boolean;
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void;
-  /** One of its questions was refused for load (outcome 'overloaded'): a worker sheds its next misses itself for a while (shed-gate.ts). */
+  /**
+   * One of its questions was refused at --max-concurrent (outcome 'capped'):
+   * a worker sheds its next misses itself for a while (shed-gate.ts). Only
+   * that cap: it turns away every route's misses alike, as the worker does;
+   * one upstream's own limit ('overloaded') says nothing of the others.
+   */
   refusedForLoad(): void;
 }
 
@@ -122,7 +127,7 @@ export class MissExchange implements MissCompleter {
     for (const w of s.waiters) {
       if (!w.to.alive) continue;
       w.to.deliver(w.token, answer, outcome);
-      if (outcome === 'overloaded') w.to.refusedForLoad();
+      if (outcome === 'capped') w.to.refusedForLoad();
     }
   }
 

@@ -19,7 +19,7 @@ import type { LogFields } from '../../log.js';
 import type { MissOutcome } from '../hit-path.js';
 
 /** Outcomes by index, as they travel. */
-export const OUTCOMES: readonly MissOutcome[] = ['upstream', 'local', 'timeout', 'network', 'overloaded', 'closed', 'servfail', 'malformed'];
+export const OUTCOMES: readonly MissOutcome[] = ['upstream', 'local', 'timeout', 'network', 'overloaded', 'closed', 'servfail', 'malformed', 'capped'];
 export const OUTCOME_INDEX: Readonly<Record<MissOutcome, number>> = Object.fromEntries(OUTCOMES.map((o, i) => [o, i])) as Record<MissOutcome, number>;
 
 /** Int32 words shared by the main thread and one worker (Atomics). */

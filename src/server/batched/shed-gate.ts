@@ -1,9 +1,10 @@
 /**
- * A batched worker's echo of the main thread's overload: while the upstream
- * side is turning questions away (--max-concurrent, or an upstream's own
- * in-flight limit), a worker answers new misses itself, as the main thread
+ * A batched worker's echo of the main thread's overload: while the main
+ * thread is turning questions away at --max-concurrent (the cap across
+ * every upstream), a worker answers new misses itself, as the main thread
  * would (stale, else SERVFAIL), instead of packing each one, posting it,
- * taking the refusal back and only then answering.
+ * taking the refusal back and only then answering. One upstream's own
+ * in-flight limit does not count: it says nothing of the other routes.
  *
  * Why: under a miss flood every refused miss cost its worker about 10 us
  * and 2 KB of garbage on the way there and back (waiter copies, maps, the
@@ -12,7 +13,7 @@
  * here, a flood miss costs what an error answer costs.
  *
  * The main thread stamps a shared word with the wall clock (ms, cut to 32
- * bits) each time it refuses one of this worker's questions for load; the
+ * bits) each time it refuses one of this worker's questions at the cap; the
  * worker sheds for SHED_WINDOW_MS after the latest stamp. Differences are
  * taken in 32-bit arithmetic, so the wrap every 49.7 days is harmless, and a
  * stamp from the future (the wall clock stepped back) ends the window
@@ -76,7 +77,7 @@ export class ShedGate implements MissGate {
   }
 }
 
-/** The main thread's side: one of this worker's questions was refused for load. */
+/** The main thread's side: one of this worker's questions was refused at the cap. */
 export function stampRefusal(ctl: Int32Array, ms: number = Date.now()): void {
   Atomics.store(ctl, Ctl.REFUSED_AT, wallStamp(ms));
 }
