@@ -37,7 +37,7 @@ import {
   type Packed, type WorkerInit, type WorkerReport,
 } from '../src/server/batched/protocol.js';
 import { DirectAnswers } from '../src/server/batched/direct.js';
-import { SHED_WINDOW_MS, ShedGate, stampRefusal } from '../src/server/batched/shed-gate.js';
+import { SHED_WINDOW_MS, SOFT_INFLIGHT, SOFT_PERIOD_MS, ShedGate, stampRefusal } from '../src/server/batched/shed-gate.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
@@ -721,7 +721,7 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   t.equal(b.refusals, 0, 'a timeout, an answer or a dead worker stamp nothing');
 });
 
-t.test('shed gate: sheds for SHED_WINDOW_MS after the main thread\'s last refusal, never a zone the view answers, across the 32-bit wrap', async (t) => {
+t.test('shed gate: sheds everything for SHED_WINDOW_MS after the main thread\'s last refusal, then lets a trickle cross until SOFT_PERIOD_MS; never a zone the view answers; across the 32-bit wrap', async (t) => {
   const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
   const c = new Counters(BATCHED_COUNTERS);
   let wall = 1_700_000_000_000;
@@ -740,7 +740,15 @@ t.test('shed gate: sheds for SHED_WINDOW_MS after the main thread\'s last refusa
   wall += SHED_WINDOW_MS - 1;
   t.notOk(gate.admits(ext), 'still inside the window');
   wall += 1;
-  t.ok(gate.admits(ext), 'the window has ended');
+  t.ok(gate.admits(ext), 'the window has ended: with nothing waiting on the main thread, a miss crosses');
+  const waiting = { inflight: SOFT_INFLIGHT };
+  gate.watch(waiting);
+  t.notOk(gate.admits(ext), 'but only a trickle: not with SOFT_INFLIGHT of ours already waiting');
+  waiting.inflight = SOFT_INFLIGHT - 1;
+  t.ok(gate.admits(ext), 'one fewer: it crosses');
+  waiting.inflight = SOFT_INFLIGHT;
+  wall += SOFT_PERIOD_MS - SHED_WINDOW_MS;
+  t.ok(gate.admits(ext), 'the soft period has ended: the usual limits');
   stampRefusal(ctl, wall + 1000);
   t.ok(gate.admits(ext), 'a stamp from the future (the clock stepped back) ends the window, never stretches it');
   wall = 2 ** 32 * 400 - 10;
@@ -749,7 +757,7 @@ t.test('shed gate: sheds for SHED_WINDOW_MS after the main thread\'s last refusa
   t.notOk(gate.admits(ext), 'across the wrap of the 32-bit stamp');
   gate.configure([]);
   t.notOk(gate.admits(svc), 'no view after a reload: the cluster zone is shed too');
-  t.equal(c.get('shedBusy'), 4, 'each shed miss counted');
+  t.equal(c.get('shedBusy'), 5, 'each shed miss counted');
 });
 
 t.test('the shared cache: another worker\'s miss on a fetched name is answered without the upstream, aged, until the entry is due for refresh', async (t) => {
@@ -1103,7 +1111,7 @@ t.test('loop: while the main thread refuses misses for load, a new one is answer
         stampRefusal(new Int32Array(k.ctl), Date.now() - 1000);
         k.queue(5, q('later.example.com', 6));
       },
-      () => t.same(missKeys(k.reports()).length, 1, 'a second after the last refusal misses cross again'),
+      () => t.same(missKeys(k.reports()).length, 1, 'past the window, with few of its own waiting, a miss crosses again'),
     ],
     { localZones: ['cluster.local'] },
   );

@@ -189,6 +189,7 @@ export class WorkerLoop implements MissSink {
       gate: this.#gate,
     });
     this.#hits.connect(this);
+    this.#gate.watch(this.#hits);
     this.#fds = init.fds;
     this.#channels = init.fds.map((_fd, i) => new SocketChannel(this, i));
     // One native block for everything: the receive vector, a send vector per socket, the pollfds and a scratch sockaddr.

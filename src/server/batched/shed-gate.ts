@@ -14,11 +14,15 @@
  *
  * The main thread stamps a shared word with the wall clock (ms, cut to 32
  * bits) each time it refuses one of this worker's questions at the cap; the
- * worker sheds for SHED_WINDOW_MS after the latest stamp. Differences are
+ * worker sheds every new miss for SHED_WINDOW_MS after the latest stamp,
+ * then, until SOFT_PERIOD_MS after it, those beyond SOFT_INFLIGHT of its own
+ * waiting on the main thread. Differences are
  * taken in 32-bit arithmetic, so the wrap every 49.7 days is harmless, and a
  * stamp from the future (the wall clock stepped back) ends the window
- * rather than stretching it. Once a window ends misses flow to the main
- * thread again; if it still refuses, the next stamp opens the next window.
+ * rather than stretching it. Once the window ends a trickle of misses flows
+ * to the main thread again; if it still refuses, the next stamp opens the
+ * next window; if it answers, the period runs out and the limits are the
+ * usual ones.
  *
  * Never shed here:
  *   - names in the zones the main thread can answer from its own cluster
@@ -32,8 +36,19 @@ import { ZoneRouter } from '../../upstream/router.js';
 import type { MissGate } from '../hit-path.js';
 import { Ctl } from './protocol.js';
 
-/** How long one refusal keeps a worker shedding, ms: a few upstream round trips, short beside any client's retry. */
+/** How long one refusal keeps a worker shedding every new miss, ms: a few upstream round trips, short beside any client's retry. */
 export const SHED_WINDOW_MS = 50;
+/**
+ * After that, for this long, a worker still lets only a trickle across:
+ * new misses while fewer than SOFT_INFLIGHT of its own wait on the main
+ * thread. Without it each lapse of the window sent a burst the saturated
+ * main thread took hundreds of ms to refuse, and the worker held those
+ * misses' state meanwhile: 6k misses/s crossed beside a 20k/s flood, the
+ * worker's scavenges copied their survivors (9-57 ms each, 10-23% of its
+ * time), and hits waited behind the collections.
+ */
+export const SOFT_PERIOD_MS = 2000;
+export const SOFT_INFLIGHT = 64;
 
 /** The wall clock as the shared word holds it: ms since the epoch, cut to a signed 32-bit integer. */
 export function wallStamp(ms: number = Date.now()): number {
@@ -46,6 +61,8 @@ export class ShedGate implements MissGate {
   readonly #slot: number;
   readonly #wall: () => number;
   readonly #reads: { readonly lastGaveUp: boolean };
+  /** This worker's misses waiting on the main thread (its hit path). */
+  #waiting: { readonly inflight: number };
   /** Zones the main thread answers from its view at its limit; null when there are none. */
   #local: ZoneRouter<boolean> | null;
 
@@ -56,8 +73,14 @@ export class ShedGate implements MissGate {
     this.#v = counter.values;
     this.#slot = counter.slot;
     this.#wall = wall;
+    this.#waiting = { inflight: 0 };
     this.#local = null;
     this.configure(localZones);
+  }
+
+  /** Whose misses in flight count against SOFT_INFLIGHT: the hit path this gate guards (made after the gate). */
+  watch(waiting: { readonly inflight: number }): void {
+    this.#waiting = waiting;
   }
 
   /** A reload: the zones with a local answerer may have changed (the cluster view turned on or off). */
@@ -68,7 +91,8 @@ export class ShedGate implements MissGate {
   /** False: answer this new miss now (stale or SERVFAIL), the main thread is refusing them. Counts what it turns away. */
   admits(key: string): boolean {
     const since = (wallStamp(this.#wall()) - Atomics.load(this.#ctl, Ctl.REFUSED_AT)) | 0;
-    if (since < 0 || since >= SHED_WINDOW_MS) return true;
+    if (since < 0 || since >= SOFT_PERIOD_MS) return true;
+    if (since >= SHED_WINDOW_MS && this.#waiting.inflight < SOFT_INFLIGHT) return true;
     // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
     if (this.#reads.lastGaveUp) return true;
     if (this.#local !== null && this.#local.route(key)) return true;
