@@ -8,7 +8,7 @@
 // reader reports refreshes and never claims them; garbage never makes a read
 // throw or loop; and a big budget with few entries costs little memory
 // (untouched pages).
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { randomFillSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
@@ -16,7 +16,7 @@ import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
 import { CacheReader } from '../src/cache/reader.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { SECOND_CHANCES } from '../src/cache/store-lru.js';
-import { AnswerStore, POSITIVE, type StoreInput } from '../src/cache/store.js';
+import { AnswerStore, POSITIVE, type StoreInput, type StoreLayout } from '../src/cache/store.js';
 import { NONE, REBUILDS, SEQ, StoreView, TOMB, allocLayout } from '../src/cache/store-layout.js';
 import { REBUILD_AT } from '../src/cache/store-table.js';
 import { ManualClock, systemClock } from '../src/clock.js';
@@ -64,6 +64,33 @@ interface ReaderResult {
   gaveUp: number;
 }
 
+/** A reader thread (helpers/store-reader.ts) asking keys 0..names-1 until finish(); started and running when this resolves. */
+async function startReader(t: Test, layout: StoreLayout, names: number): Promise<{ finish: () => Promise<ReaderResult> }> {
+  const stop = new SharedArrayBuffer(4);
+  const worker = new Worker(new URL('./helpers/store-reader.ts', import.meta.url), {
+    workerData: { layout, names, stop, maxReads: 20_000_000 },
+  });
+  const messages: Record<string, unknown>[] = [];
+  const done = new Promise<ReaderResult>((resolve, reject) => {
+    worker.on('message', (m: Record<string, unknown>) => {
+      messages.push(m);
+      if (m['done'] === true) resolve(m as unknown as ReaderResult);
+    });
+    worker.on('error', reject);
+    worker.on('exit', (code) => reject(new Error(`reader exited (${code}) before reporting`)));
+  });
+  t.teardown(() => void worker.terminate());
+  // Bounded wait for the thread to start (seconds under the TypeScript loader).
+  for (let k = 0; k < 600 && !messages.some((m) => m['ready'] === true); k++) await new Promise((r) => setTimeout(r, 50));
+  t.ok(messages.some((m) => m['ready'] === true), 'the reader started');
+  return {
+    finish: async (): Promise<ReaderResult> => {
+      Atomics.store(new Int32Array(stop), 0, 1);
+      return done;
+    },
+  };
+}
+
 /** Sum of the slots' versions: every slot change adds 2. */
 function versionSum(view: StoreView): number {
   let sum = 0;
@@ -80,23 +107,7 @@ t.test('a reader thread reading while this thread inserts, replaces, evicts, com
     { ...OPTS, positiveCapacity: 450, negativeCapacity: 60, maxBytes: 160 * 1024 }, new Counters(CACHE_COUNTERS), { shared: true, hashMask: 0x3ff },
   );
   let unasked = NAMES;
-  const stop = new SharedArrayBuffer(4);
-  const worker = new Worker(new URL('./helpers/store-reader.ts', import.meta.url), {
-    workerData: { layout: cache.layout, names: NAMES, stop, maxReads: 20_000_000 },
-  });
-  const messages: Record<string, unknown>[] = [];
-  const done = new Promise<ReaderResult>((resolve, reject) => {
-    worker.on('message', (m: Record<string, unknown>) => {
-      messages.push(m);
-      if (m['done'] === true) resolve(m as unknown as ReaderResult);
-    });
-    worker.on('error', reject);
-    worker.on('exit', (code) => reject(new Error(`reader exited (${code}) before reporting`)));
-  });
-  t.teardown(() => void worker.terminate());
-  // Bounded wait for the thread to start (seconds under the TypeScript loader).
-  for (let k = 0; k < 600 && !messages.some((m) => m['ready'] === true); k++) await new Promise((r) => setTimeout(r, 50));
-  t.ok(messages.some((m) => m['ready'] === true), 'the reader started');
+  const reader = await startReader(t, cache.layout, NAMES);
   // Warm so that the reader finds hits from its first reads.
   for (let i = 0; i < 450; i++) put(cache, i, 1 + (i % 4), systemClock.now());
   let seed = 7;
@@ -131,8 +142,7 @@ t.test('a reader thread reading while this thread inserts, replaces, evicts, com
     }
     await new Promise((r) => setImmediate(r));
   }
-  Atomics.store(new Int32Array(stop), 0, 1);
-  const r = await done;
+  const r = await reader.finish();
   const seqAfter = Atomics.load(view.header, SEQ);
   const rebuilds = view.header[REBUILDS]! - rebuildsBefore;
   t.equal(seqAfter % 2, 0, 'the global sequence word is even at rest');
@@ -146,6 +156,41 @@ t.test('a reader thread reading while this thread inserts, replaces, evicts, com
   t.ok(r.hits > 0, 'and found answers');
   t.equal(r.threw, 0, `no read threw ${r.firstWrong}`);
   t.equal(r.wrong, 0, `no answer belonged to another key ${r.firstWrong}`);
+});
+
+t.test('a hot key refreshed in a tight loop beside churn: a reader holding its old slot (freed, reused, its bytes compacted over) never serves torn bytes', async (t) => {
+  // Every refresh takes the slot the previous one freed (the free list is LIFO), so a reader that found the key in the old
+  // slot meets that slot being rewritten with the same key: only the slot's version tells the two entries apart. The other
+  // keys' churn on a small slab compacts over freed records all the time.
+  const cache = shared({ positiveCapacity: 40, negativeCapacity: 4, maxBytes: 16 * 1024 });
+  const reader = await startReader(t, cache.layout, 1);
+  let seed = 3;
+  const rand = (n: number): number => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return (seed >>> 8) % n;
+  };
+  // Prepared answers, so the loop writes as fast as the store does.
+  const hot = Array.from({ length: 12 }, (_, r) => upstream(0, r + 1));
+  const hotScans = hot.map((up) => scanAnswer(up)!);
+  const hotKey = keyOf('k0.example');
+  const others = Array.from({ length: 200 }, (_, i) => ({ key: keyOf(`k${i + 1}.example`), up: upstream(i + 1, 1 + (i % 6)) }));
+  const otherScans = others.map((o) => scanAnswer(o.up)!);
+  for (let round = 0; round < 40; round++) {
+    for (let k = 0; k < 5_000; k++) {
+      const now = systemClock.now();
+      const r = rand(12);
+      cache.insert(hotKey, hot[r]!, hotScans[r]!, now);
+      if (rand(4) === 0) {
+        const o = rand(others.length);
+        cache.insert(others[o]!.key, others[o]!.up, otherScans[o]!, now);
+      }
+    }
+    await new Promise((r) => setImmediate(r));
+  }
+  const r = await reader.finish();
+  t.ok(r.hits > 10_000, `the reader hit the hot key throughout (${r.reads} reads, ${r.hits} hits, ${r.misses} misses, ${r.gaveUp} given up)`);
+  t.equal(r.threw, 0, `no read threw ${r.firstWrong}`);
+  t.equal(r.wrong, 0, `no torn answer ${r.firstWrong}`);
 });
 
 t.test('second chance: an entry a reader hit survives the eviction that takes the least recent unmarked one', async (t) => {
