@@ -321,9 +321,9 @@ t.test('a 256 MiB budget with few entries stays small: untouched pages of the sh
 });
 
 /** A store of `capacity` positive entries (a few negative), on shared buffers, keys of our own (no DNS needed). */
-function rawStore(capacity: number, hashMask?: number): AnswerStore {
+function rawStore(capacity: number, hashMask?: number, slabCap = 1 << 25): AnswerStore {
   return new AnswerStore({
-    capacity: [capacity, 4], budget: [1 << 24, 1 << 16], slabCap: 1 << 25, shared: true, ...(hashMask !== undefined ? { hashMask } : {}),
+    capacity: [capacity, 4], budget: [Math.floor(slabCap * 0.7), Math.floor(slabCap * 0.1)], slabCap, shared: true, ...(hashMask !== undefined ? { hashMask } : {}),
   });
 }
 
@@ -456,4 +456,56 @@ t.test('the table rebuild: keeps every live key, leaves no tombstone, and stays 
   const c = cells(view);
   t.ok(c.live + c.tombs <= rebuildAt, 'cells in use under the bound');
   t.equal(c.live, capacity);
+});
+
+t.test('every change to a slot moves its version by two (what a reader holding the slot checks): a new entry, a refresh, a removal, a compaction move', async (t) => {
+  // 64 KiB: the slab's first soft end is its cap, so making room compacts.
+  const store = rawStore(2000, undefined, 64 * 1024);
+  const view = new StoreView(store.layout);
+  const s0 = store.insert(POSITIVE, rawKey(0), rawInput(0));
+  t.equal(view.ver[s0], 2, 'a new entry: odd while written, even after');
+  // A reader found key 0 in s0 under this version.
+  t.equal(view.find(rawKey(0), view.keyHash[s0]!), s0);
+  const found = view.foundVer;
+  const s0b = store.insert(POSITIVE, rawKey(0), rawInput(1));
+  t.not(s0b, s0, 'a refresh writes another slot');
+  t.equal(view.ver[s0b], 2);
+  t.equal(view.ver[s0], found + 2, 'and frees the old one: its version moved');
+  t.equal(view.serve(s0, parseQuery(query({ name: 'x.example' })), 0, -1, 512, 1232), null, 'a freed slot describes no record (compaction may reuse its bytes)');
+  const s1 = store.insert(POSITIVE, rawKey(1), rawInput(1));
+  t.equal(s1, s0, 'a new key reuses the freed slot');
+  t.equal(view.ver[s0], found + 4, 'and moves its version again: a reader still holding the slot from before retries');
+  store.remove(s1);
+  t.equal(view.ver[s1], found + 6, 'a removal moves it');
+
+  // Compaction: remove every other entry, then insert until the slab compacts; each moved record's slot moved by two, no other.
+  let i = 10;
+  const live: number[] = [];
+  while (live.length < 300) live.push(store.insert(POSITIVE, rawKey(i), rawInput(i++)));
+  for (let k = 0; k < live.length; k += 2) store.remove(live[k]!);
+  const kept = live.filter((_, k) => k % 2 === 1);
+  const offs = kept.map((s) => view.off[s]!);
+  const vers = kept.map((s) => view.ver[s]!);
+  let compacted = false;
+  // Entries inserted and removed at once: dead space piles up at the tail with no eviction, until making room compacts.
+  for (let k = 0; k < 5000 && !compacted; k++) {
+    const dead = store.deadBytes;
+    const s = store.insert(POSITIVE, rawKey(i), rawInput(i++));
+    compacted = dead > 0 && store.deadBytes === 0;
+    if (!compacted) store.remove(s);
+  }
+  t.ok(compacted, 'the slab compacted');
+  t.equal(kept.length, 150);
+  let moved = 0;
+  let wrong = 0;
+  kept.forEach((s, k) => {
+    const delta = view.ver[s]! - vers[k]!;
+    if (view.off[s] !== offs[k]) {
+      moved++;
+      if (delta !== 2) wrong++;
+    } else if (delta !== 0) wrong++;
+  });
+  t.equal(moved, kept.length, `every kept record moved (${moved})`);
+  t.equal(wrong, 0, 'each moved record\'s slot version moved by two, the others not at all');
+  t.ok(view.ver.every((x) => x % 2 === 0), 'every version even at rest');
 });
