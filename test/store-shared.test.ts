@@ -134,7 +134,7 @@ t.test('a reader thread reading while this thread inserts, replaces, evicts, com
         const up = answer(`k${i}.example`, [], { rcode: 'NXDOMAIN', authorities: [soa('example', 5, 5)] });
         cache.insert(keyOf(`k${i}.example`), up, scanAnswer(up)!, now);
       } else if (op < 99) put(cache, i, 1, now, 1); // short-lived: expires under the reader
-      else if (rand(400) === 0) {
+      else if (rand(80) === 0) {
         cache.clear();
         clears++;
       }
@@ -508,4 +508,10 @@ t.test('every change to a slot moves its version by two (what a reader holding t
   t.equal(moved, kept.length, `every kept record moved (${moved})`);
   t.equal(wrong, 0, 'each moved record\'s slot version moved by two, the others not at all');
   t.ok(view.ver.every((x) => x % 2 === 0), 'every version even at rest');
+  // clear frees every slot alike (new records then start at the slab's first byte, over the old ones).
+  const k0 = kept[0]!;
+  const before = view.ver[k0]!;
+  store.clear();
+  t.equal(view.ver[k0], before + 2, 'clear moves every used slot\'s version');
+  t.equal(view.serve(k0, parseQuery(query({ name: 'x.example' })), 0, -1, 512, 1232), null, 'and leaves it describing no record');
 });

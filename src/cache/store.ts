@@ -378,6 +378,12 @@ export class AnswerStore {
   clear(): void {
     this.#begin();
     try {
+      // Every slot freed as #free frees one: a reader still holding one from before reads no record, whatever the global word.
+      for (let s = 0; s < this.#fresh; s++) {
+        this.#open(s);
+        this.#v.off[s] = NO_RECORD;
+        this.#close(s);
+      }
       this.#v.table.fill(0);
       this.#mru.fill(NONE);
       this.#lru.fill(NONE);
