@@ -63,8 +63,10 @@ export { NEGATIVE, POSITIVE, type ListId, type StoreLayout } from './store-layou
 
 /**
  * Index bytes per entry besides its slab record: the per-slot typed arrays
- * (about 60 bytes) and its share of the hash table (2 x 4 bytes at half
- * load), rounded up. Charged against the budget with the record.
+ * (61 bytes with the slot version) and its share of the hash table (2 x 4
+ * bytes at half load; the default capacities leave it a third full).
+ * Charged against the budget with the record; a few bytes under the truth
+ * at half load, kept at 64 because --cache-memory is documented with it.
  */
 export const SLOT_OVERHEAD_BYTES = 64;
 
