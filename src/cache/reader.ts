@@ -15,7 +15,8 @@
  *     the key compare is inside the check.
  *   - the global sequence word, odd only while the table is rebuilt or the
  *     store cleared: taken before the lookup and checked after, so a probe
- *     through a table rebuilt under it is thrown away.
+ *     through a table rebuilt under it (which may miss a key that is there)
+ *     is tried again rather than counted a miss.
  * A changed version is a retry, a few times, then a miss. A version that
  * stays odd (the writer preempted inside that slot's change, or a rebuild)
  * is waited for a few hundred loads, then the read gives up (gaveUp): the

@@ -71,7 +71,7 @@ export const COMPACT_CHUNK = 64 * 1024;
  * move in one copy, at most COMPACT_CHUNK bytes per step; a record's bytes
  * and its slot's offset change while its slot's version is odd. The dead
  * records it overwrites need no version: their slots' offsets no longer
- * point at them (store.ts #remove). Returns the new tail (nothing dead is
+ * point at them (store.ts #free). Returns the new tail (nothing dead is
  * left below it).
  */
 export function compactSlab(v: StoreView, tail: number): number {

@@ -37,7 +37,12 @@
  *
  * The global sequence word stays for what changes everything at once, and
  * is odd only then: clear, and the table's rebuild when tombstones pile up
- * (amortised over at least a quarter of the table's worth of deletions).
+ * (amortised: a quarter of the table must have come into use since the
+ * last; with the default capacities the table is at most a third full and
+ * 1e6 insert/evict cycles at capacity rebuilt it never). The slot versions
+ * alone keep a reader from serving another key's bytes (clear frees every
+ * slot as a removal does); the global word keeps a probe through a table
+ * being rebuilt from counting a present key as a miss.
  *
  * The slab's record format and compaction are in store-slab.ts, the hash
  * table's upkeep in store-table.ts, the LRU lists and eviction's choice in
