@@ -188,7 +188,7 @@ t.test('a hot key refreshed in a tight loop beside churn: a reader holding its o
     await new Promise((r) => setImmediate(r));
   }
   const r = await reader.finish();
-  t.ok(r.hits > 10_000, `the reader hit the hot key throughout (${r.reads} reads, ${r.hits} hits, ${r.misses} misses, ${r.gaveUp} given up)`);
+  t.ok(r.hits > 1_000, `the reader hit the hot key throughout (${r.reads} reads, ${r.hits} hits, ${r.misses} misses, ${r.gaveUp} given up)`);
   t.equal(r.threw, 0, `no read threw ${r.firstWrong}`);
   t.equal(r.wrong, 0, `no torn answer ${r.firstWrong}`);
 });

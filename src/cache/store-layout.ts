@@ -193,7 +193,7 @@ export class StoreView {
     this.foundVer = 0;
   }
 
-  /** The sequence word: odd while the writer changes what readers may be reading (reader.ts). */
+  /** The global sequence word: odd while the writer rebuilds the table or clears the store (reader.ts). */
   seq(): number {
     return Atomics.load(this.header, SEQ);
   }
@@ -209,13 +209,15 @@ export class StoreView {
     const table = this.table;
     const mask = this.tableMask;
     const slots = this.slots;
+    let spins = 0;
+    let tries = 0;
     for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
-      const cell = table[i]!;
-      if (cell === 0) return NONE;
-      const slot = cell - 1;
-      // A tombstone (or garbage), or another key's hash: probe on. A slot mid-reuse whose hash no longer agrees held or will hold another key in this cell.
-      if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) continue;
-      for (let spins = 0, tries = 0; ; ) {
+      let cell = table[i]!;
+      for (;;) {
+        if (cell === 0) return NONE;
+        const slot = cell - 1;
+        // A tombstone (or garbage), or another key's hash: probe on.
+        if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) break;
         const before = Atomics.load(this.ver, slot);
         if ((before & 1) !== 0) {
           if (++spins > SLOT_SPINS) return BUSY;
@@ -225,9 +227,12 @@ export class StoreView {
           this.foundVer = before;
           return slot;
         }
-        // Another key with the same hash, unless the slot changed under the compare (then look again, a few times).
-        if (Atomics.load(this.ver, slot) === before) break;
+        // Another key with the same hash, unless the slot changed under the compare or a refresh pointed the cell at a
+        // new slot meanwhile (the old one freed, so no longer the key's): then this cell again, a few times in all.
+        const now = table[i]!;
+        if (now === cell && Atomics.load(this.ver, slot) === before) break;
         if (++tries >= SLOT_TRIES) return BUSY;
+        cell = now;
       }
     }
     return NONE;
@@ -238,12 +243,15 @@ export class StoreView {
     const table = this.table;
     const mask = this.tableMask;
     const slots = this.slots;
+    let spins = 0;
+    let tries = 0;
     for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
-      const cell = table[i]!;
-      if (cell === 0) return NONE;
-      const slot = cell - 1;
-      if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) continue;
-      for (let spins = 0, tries = 0; ; ) {
+      let cell = table[i]!;
+      for (;;) {
+        if (cell === 0) return NONE;
+        const slot = cell - 1;
+        // A tombstone (or garbage), or another key's hash: probe on.
+        if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) break;
         const before = Atomics.load(this.ver, slot);
         if ((before & 1) !== 0) {
           if (++spins > SLOT_SPINS) return BUSY;
@@ -253,8 +261,12 @@ export class StoreView {
           this.foundVer = before;
           return slot;
         }
-        if (Atomics.load(this.ver, slot) === before) break;
+        // Another key with the same hash, unless the slot changed under the compare or a refresh pointed the cell at a
+        // new slot meanwhile (the old one freed, so no longer the key's): then this cell again, a few times in all.
+        const now = table[i]!;
+        if (now === cell && Atomics.load(this.ver, slot) === before) break;
         if (++tries >= SLOT_TRIES) return BUSY;
+        cell = now;
       }
     }
     return NONE;
