@@ -201,11 +201,61 @@ export class StoreView {
   /**
    * The slot holding `key`, -1 (NONE), or BUSY when a slot that may hold it
    * stayed mid-change; foundVer is the slot's version the key compared
-   * under. At most one pass over the table and bounded waits, whatever it
+   * under. At most two passes over the table and bounded waits, whatever it
    * holds. On the writer's own thread no version is ever odd here, so it is
    * a plain lookup there.
    */
   find(key: string, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    const slots = this.slots;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      const cell = table[i]!;
+      if (cell === 0) return NONE;
+      const slot = cell - 1;
+      // A tombstone (or garbage), or another key's hash: probe on.
+      if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) continue;
+      const before = Atomics.load(this.ver, slot);
+      if ((before & 1) === 0) {
+        if (this.#keyEquals(slot, key)) {
+          this.foundVer = before;
+          return slot;
+        }
+        // Another key with the same hash: probe on, unless the slot or the cell changed under the compare.
+        if (Atomics.load(this.ver, slot) === before && table[i] === cell) continue;
+      }
+      return this.#findSlow(key, h);
+    }
+    return NONE;
+  }
+
+  /** find for the key in bytes[0, len) whose (masked) hash is `h`: the hit path's lookup, no string. */
+  findBytes(bytes: Uint8Array, len: number, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    const slots = this.slots;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      const cell = table[i]!;
+      if (cell === 0) return NONE;
+      const slot = cell - 1;
+      // A tombstone (or garbage), or another key's hash: probe on.
+      if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) continue;
+      const before = Atomics.load(this.ver, slot);
+      if ((before & 1) === 0) {
+        if (this.#keyBytesEqual(slot, bytes, len)) {
+          this.foundVer = before;
+          return slot;
+        }
+        // Another key with the same hash: probe on, unless the slot or the cell changed under the compare.
+        if (Atomics.load(this.ver, slot) === before && table[i] === cell) continue;
+      }
+      return this.#findBytesSlow(bytes, len, h);
+    }
+    return NONE;
+  }
+
+  /** find's careful pass, when a slot was mid-change or changed under a compare: waits and retries, bounded. */
+  #findSlow(key: string, h: number): number {
     const table = this.table;
     const mask = this.tableMask;
     const slots = this.slots;
@@ -216,7 +266,6 @@ export class StoreView {
       for (;;) {
         if (cell === 0) return NONE;
         const slot = cell - 1;
-        // A tombstone (or garbage), or another key's hash: probe on.
         if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) break;
         const before = Atomics.load(this.ver, slot);
         if ((before & 1) !== 0) {
@@ -227,8 +276,8 @@ export class StoreView {
           this.foundVer = before;
           return slot;
         }
-        // Another key with the same hash, unless the slot changed under the compare or a refresh pointed the cell at a
-        // new slot meanwhile (the old one freed, so no longer the key's): then this cell again, a few times in all.
+        // Changed under the compare, or a refresh pointed the cell at a new slot meanwhile (the old one freed, so no
+        // longer the key's): this cell again, a few times in all.
         const now = table[i]!;
         if (now === cell && Atomics.load(this.ver, slot) === before) break;
         if (++tries >= SLOT_TRIES) return BUSY;
@@ -238,8 +287,8 @@ export class StoreView {
     return NONE;
   }
 
-  /** find for the key in bytes[0, len) whose (masked) hash is `h`: the hit path's lookup, no string. */
-  findBytes(bytes: Uint8Array, len: number, h: number): number {
+  /** find's careful pass, when a slot was mid-change or changed under a compare: waits and retries, bounded. */
+  #findBytesSlow(bytes: Uint8Array, len: number, h: number): number {
     const table = this.table;
     const mask = this.tableMask;
     const slots = this.slots;
@@ -250,7 +299,6 @@ export class StoreView {
       for (;;) {
         if (cell === 0) return NONE;
         const slot = cell - 1;
-        // A tombstone (or garbage), or another key's hash: probe on.
         if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) break;
         const before = Atomics.load(this.ver, slot);
         if ((before & 1) !== 0) {
@@ -261,8 +309,8 @@ export class StoreView {
           this.foundVer = before;
           return slot;
         }
-        // Another key with the same hash, unless the slot changed under the compare or a refresh pointed the cell at a
-        // new slot meanwhile (the old one freed, so no longer the key's): then this cell again, a few times in all.
+        // Changed under the compare, or a refresh pointed the cell at a new slot meanwhile (the old one freed, so no
+        // longer the key's): this cell again, a few times in all.
         const now = table[i]!;
         if (now === cell && Atomics.load(this.ver, slot) === before) break;
         if (++tries >= SLOT_TRIES) return BUSY;
