@@ -80,13 +80,14 @@ export function tableDelete(v: StoreView, slot: number): number {
   let i = cellOf(v, slot);
   if (i === NONE) return 0;
   if (table[(i + 1) & mask] !== 0) {
-    Atomics.store(table, i, TOMB);
+    // A plain store: a reader that still sees the old cell holds a slot whose version the removal moves next (store.ts).
+    table[i] = TOMB;
     return 0;
   }
   // The chain ends here: this cell and the tombstones just before it lead nowhere.
   let freed = 0;
   for (let k = 0; k <= mask && (freed === 0 || table[i] === TOMB); i = (i - 1) & mask, k++) {
-    Atomics.store(table, i, 0);
+    table[i] = 0;
     freed++;
   }
   return freed;

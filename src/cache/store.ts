@@ -366,9 +366,7 @@ export class AnswerStore {
     const off = v.off[slot]!;
     v.slabU32[off >>> 2] = DEAD;
     this.#dead += v.slabU32[(off >>> 2) + 1]!;
-    this.#open(slot);
-    v.off[slot] = NO_RECORD;
-    this.#close(slot);
+    this.#unpoint(slot);
     v.older[slot] = this.#freeSlot;
     this.#freeSlot = slot;
   }
@@ -386,11 +384,7 @@ export class AnswerStore {
     this.#begin();
     try {
       // Every slot freed as #free frees one: a reader still holding one from before reads no record, whatever the global word.
-      for (let s = 0; s < this.#fresh; s++) {
-        this.#open(s);
-        this.#v.off[s] = NO_RECORD;
-        this.#close(s);
-      }
+      for (let s = 0; s < this.#fresh; s++) this.#unpoint(s);
       this.#v.table.fill(0);
       this.#mru.fill(NONE);
       this.#lru.fill(NONE);
@@ -451,6 +445,17 @@ export class AnswerStore {
 
   #close(slot: number): void {
     Atomics.add(this.#v.ver, slot, 1);
+  }
+
+  /**
+   * A freed slot's offset points nowhere, and its version moves on: one
+   * word changes, so no odd window is needed. A reader that took the
+   * version before sees it moved; one that took it after reads NO_RECORD
+   * (the add orders the store before it, on arm64 as a store-release).
+   */
+  #unpoint(slot: number): void {
+    this.#v.off[slot] = NO_RECORD;
+    Atomics.add(this.#v.ver, slot, 2);
   }
 
   // ---- slab ----
