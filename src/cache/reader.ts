@@ -6,8 +6,9 @@
  *
  * No lock on this side. Two versions guard a read (store-layout.ts):
  *   - the slot's: the writer makes ver[slot] odd while it changes that
- *     slot's fields or record (a new entry in it, its removal, compaction
- *     moving it) and even after. The lookup takes it (Atomics.load) before
+ *     slot's fields or record (a new entry in it, compaction moving it) and
+ *     even after, and moves it by two when it frees the slot (removal,
+ *     refresh, clear). The lookup takes it (Atomics.load) before
  *     comparing the slot's key; the read serves (copies the answer out and
  *     patches it in its own buffer), then takes it again: unchanged means
  *     the slot held the key's entry throughout. A slot reused under a stale

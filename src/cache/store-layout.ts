@@ -27,8 +27,10 @@
  *
  * Two kinds of version (reader.ts has the protocol):
  *   - per slot, `ver`: odd while the writer changes that slot's fields or
- *     record bytes (a new entry in it, its removal, compaction moving its
- *     record). A writer preempted there blocks the readers of that one key.
+ *     record bytes (a new entry in it, compaction moving its record), and
+ *     moved by two at once when the slot is freed (its offset then points
+ *     nowhere). A writer preempted in a change blocks the readers of that
+ *     one key.
  *   - the global sequence word, header[SEQ]: odd only while everything
  *     changes at once (the table's rebuild, clear). Rare.
  * The hash table never moves a cell under a reader: a deletion leaves a

@@ -16,8 +16,9 @@
  *
  * A change is seen by the readers of the key it changes only. The writer
  * makes a slot's version odd while it changes that slot's fields or record
- * bytes (a new entry in it, its removal, compaction moving its record), and
- * readers check the version of the slot they read around their read; the
+ * bytes (a new entry in it, compaction moving its record) and moves it by
+ * two when it frees the slot, and readers check the version of the slot
+ * they read around their read; the
  * hash table never moves a cell (deletions leave tombstones, store-table.ts).
  * A reader that keeps finding its slot odd gives up and its query goes to
  * the main thread: under a miss flood the writer shares its CPU and is
