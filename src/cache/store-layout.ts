@@ -204,8 +204,7 @@ export class StoreView {
    * The slot holding `key`, -1 (NONE), or BUSY when a slot that may hold it
    * stayed mid-change; foundVer is the slot's version the key compared
    * under. At most two passes over the table and bounded waits, whatever it
-   * holds. On the writer's own thread no version is ever odd here, so it is
-   * a plain lookup there.
+   * holds. The writer's own thread uses findOwn.
    */
   find(key: string, h: number): number {
     const table = this.table;
@@ -252,6 +251,36 @@ export class StoreView {
         if (Atomics.load(this.ver, slot) === before && table[i] === cell) continue;
       }
       return this.#findBytesSlow(bytes, len, h);
+    }
+    return NONE;
+  }
+
+  /**
+   * find on the writer's own thread (store.ts): no slot is ever mid-change
+   * between its calls, so no version to take or check, and its table holds
+   * no garbage. Tombstones are passed like any other key's cell.
+   */
+  findOwn(key: string, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      const cell = table[i]!;
+      if (cell === 0) return NONE;
+      const slot = cell - 1;
+      if (slot >= 0 && this.keyHash[slot] === h && this.#keyEquals(slot, key)) return slot;
+    }
+    return NONE;
+  }
+
+  /** findBytes on the writer's own thread (as findOwn). */
+  findBytesOwn(bytes: Uint8Array, len: number, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      const cell = table[i]!;
+      if (cell === 0) return NONE;
+      const slot = cell - 1;
+      if (slot >= 0 && this.keyHash[slot] === h && this.#keyBytesEqual(slot, bytes, len)) return slot;
     }
     return NONE;
   }

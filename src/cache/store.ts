@@ -163,9 +163,8 @@ export class AnswerStore {
 
   /** The slot holding `key`, or -1. Does not touch LRU order. */
   find(key: string): number {
-    // Never BUSY on the writer's own thread (no slot is mid-change between its calls); mapped anyway, so it reads as a miss.
-    const slot = this.#v.find(key, (hashKey(key) & this.#hashMask) >>> 0);
-    return slot >= 0 ? slot : NONE;
+    // The writer's own thread: no version checks (StoreView.findOwn).
+    return this.#v.findOwn(key, (hashKey(key) & this.#hashMask) >>> 0);
   }
 
   /**
@@ -173,8 +172,7 @@ export class AnswerStore {
    * computes it while building the key): the hit path's lookup, no string.
    */
   findBytes(bytes: Uint8Array, len: number, hash: number): number {
-    const slot = this.#v.findBytes(bytes, len, (hash & this.#hashMask) >>> 0);
-    return slot >= 0 ? slot : NONE;
+    return this.#v.findBytesOwn(bytes, len, (hash & this.#hashMask) >>> 0);
   }
 
   /** Makes `slot` the most recently used of its list (a use by this thread: any reader's mark is spent). */
