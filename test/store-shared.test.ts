@@ -1,11 +1,14 @@
 // One store for all threads (cache/store.ts, store-layout.ts, reader.ts): a
 // reader in a real worker thread reading while this thread inserts, replaces,
-// evicts, compacts and clears at a high rate gets its key's own answer or a
-// miss, never another key's bytes, never an exception; readers' marks give
-// entries a second chance at eviction; a reader reports refreshes and never
-// claims them; garbage never makes a read throw or loop; and a big budget
-// with few entries costs little memory (untouched pages).
-import t from 'tap';
+// evicts, compacts, rebuilds the table and clears at a high rate gets its
+// key's own answer or a miss, never another key's bytes, never an exception;
+// a writer stopped inside one slot's change blocks the readers of that key
+// only; the table's tombstones keep every chain findable and its rebuilds
+// stay amortised; readers' marks give entries a second chance at eviction; a
+// reader reports refreshes and never claims them; garbage never makes a read
+// throw or loop; and a big budget with few entries costs little memory
+// (untouched pages).
+import t, { type Test } from 'tap';
 import { randomFillSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
@@ -13,10 +16,12 @@ import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
 import { CacheReader } from '../src/cache/reader.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { SECOND_CHANCES } from '../src/cache/store-lru.js';
-import { SEQ, allocLayout } from '../src/cache/store-layout.js';
+import { AnswerStore, POSITIVE, type StoreInput, type StoreLayout } from '../src/cache/store.js';
+import { NONE, REBUILDS, SEQ, StoreView, TOMB, allocLayout } from '../src/cache/store-layout.js';
+import { REBUILD_AT } from '../src/cache/store-table.js';
 import { ManualClock, systemClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
-import { QueryScratch, keyHashSeed, parseQuery, parseQueryInto } from '../src/dns/query.js';
+import { QueryScratch, hashKey, keyHashSeed, parseQuery, parseQueryInto } from '../src/dns/query.js';
 import { Counters } from '../src/stats/counters.js';
 import { a, answer, query, soa } from './kit/dns.js';
 import { expectedData } from './helpers/store-keys.js';
@@ -59,13 +64,11 @@ interface ReaderResult {
   gaveUp: number;
 }
 
-t.test('a reader thread reading while this thread inserts, replaces, evicts, compacts and clears: its own key\'s answer or a miss, nothing else', async (t) => {
-  const NAMES = 600;
-  // Small on purpose: 300 entries at most and a 48 KiB slab, so the churn evicts, compacts and reuses slots all the time.
-  const cache = shared({ positiveCapacity: 300, negativeCapacity: 50, maxBytes: 48 * 1024 });
+/** A reader thread (helpers/store-reader.ts) asking keys 0..names-1 until finish(); started and running when this resolves. */
+async function startReader(t: Test, layout: StoreLayout, names: number): Promise<{ finish: () => Promise<ReaderResult> }> {
   const stop = new SharedArrayBuffer(4);
   const worker = new Worker(new URL('./helpers/store-reader.ts', import.meta.url), {
-    workerData: { layout: cache.layout, names: NAMES, stop, maxReads: 20_000_000 },
+    workerData: { layout, names, stop, maxReads: 20_000_000 },
   });
   const messages: Record<string, unknown>[] = [];
   const done = new Promise<ReaderResult>((resolve, reject) => {
@@ -80,42 +83,114 @@ t.test('a reader thread reading while this thread inserts, replaces, evicts, com
   // Bounded wait for the thread to start (seconds under the TypeScript loader).
   for (let k = 0; k < 600 && !messages.some((m) => m['ready'] === true); k++) await new Promise((r) => setTimeout(r, 50));
   t.ok(messages.some((m) => m['ready'] === true), 'the reader started');
+  return {
+    finish: async (): Promise<ReaderResult> => {
+      Atomics.store(new Int32Array(stop), 0, 1);
+      return done;
+    },
+  };
+}
+
+/** Sum of the slots' versions: every slot change adds 2. */
+function versionSum(view: StoreView): number {
+  let sum = 0;
+  for (const x of view.ver) sum += x;
+  return sum;
+}
+
+t.test('a reader thread reading while this thread inserts, replaces, evicts, compacts, rebuilds the table and clears: its own key\'s answer or a miss, nothing else', async (t) => {
+  const NAMES = 900;
+  // Small on purpose: 510 entries at most and a 160 KiB slab, so the churn evicts, compacts and reuses slots all the time;
+  // 511 slots, so a 1024-cell table up to half full; 10 bits of hash, so many keys share a hash (compared under change);
+  // the names the reader never asks, each stored once, leave tombstones all over the table, so it is rebuilt under the reader too.
+  const cache = new DnsCache(
+    { ...OPTS, positiveCapacity: 450, negativeCapacity: 60, maxBytes: 160 * 1024 }, new Counters(CACHE_COUNTERS), { shared: true, hashMask: 0x3ff },
+  );
+  let unasked = NAMES;
+  const reader = await startReader(t, cache.layout, NAMES);
   // Warm so that the reader finds hits from its first reads.
-  for (let i = 0; i < 300; i++) put(cache, i, 1 + (i % 4), systemClock.now());
+  for (let i = 0; i < 450; i++) put(cache, i, 1 + (i % 4), systemClock.now());
   let seed = 7;
   const rand = (n: number): number => {
     seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
     return (seed >>> 8) % n;
   };
-  const seqBefore = Atomics.load(new Int32Array(cache.layout.index, 0, 4), SEQ);
+  const view = new StoreView(cache.layout);
+  const seqBefore = Atomics.load(view.header, SEQ);
+  const rebuildsBefore = view.header[REBUILDS]!;
+  const versBefore = versionSum(view);
   let ops = 0;
+  let clears = 0;
   // Rounds with a yield between them, so the reader is sure to be running while we write.
   for (let round = 0; round < 40; round++) {
     for (let k = 0; k < 5_000; k++, ops++) {
       const i = rand(NAMES);
       const op = rand(100);
       const now = systemClock.now();
-      if (op < 85) put(cache, i, 1 + rand(12), now);
+      if (op < 65) put(cache, i, 1 + rand(12), now);
+      else if (op < 85) put(cache, unasked++, 1 + rand(4), now);
       else if (op < 97) {
         // A negative answer for the key: it leaves the positive list (a removal) and lands in the small negative one.
         const up = answer(`k${i}.example`, [], { rcode: 'NXDOMAIN', authorities: [soa('example', 5, 5)] });
         cache.insert(keyOf(`k${i}.example`), up, scanAnswer(up)!, now);
       } else if (op < 99) put(cache, i, 1, now, 1); // short-lived: expires under the reader
-      else if (rand(50) === 0) cache.clear();
+      else if (rand(80) === 0) {
+        cache.clear();
+        clears++;
+      }
       else ops--; // nothing written
     }
     await new Promise((r) => setImmediate(r));
   }
-  Atomics.store(new Int32Array(stop), 0, 1);
-  const r = await done;
-  const seqAfter = Atomics.load(new Int32Array(cache.layout.index, 0, 4), SEQ);
-  t.equal(seqAfter % 2, 0, 'the sequence word is even at rest');
-  t.ok(seqAfter - seqBefore >= 2 * ops, 'every change went through the sequence word');
+  const r = await reader.finish();
+  const seqAfter = Atomics.load(view.header, SEQ);
+  const rebuilds = view.header[REBUILDS]! - rebuildsBefore;
+  t.equal(seqAfter % 2, 0, 'the global sequence word is even at rest');
+  t.ok(rebuilds > 0, `the table was rebuilt under the reader (${rebuilds} times)`);
+  t.ok(clears > 0, `and cleared (${clears} times)`);
+  t.equal(seqAfter - seqBefore, 2 * (clears + rebuilds), 'the global word moved for clears and rebuilds only');
+  t.ok(view.ver.every((x) => x % 2 === 0), 'every slot version is even at rest');
+  t.ok(versionSum(view) - versBefore >= 2 * ops, 'every write went through a slot version');
   t.ok(cache.counters.get('evictPositive') > 0, 'entries were evicted');
   t.ok(r.reads > 10_000, `the reader read throughout (${r.reads} reads, ${r.hits} hits, ${r.misses} misses, ${r.gaveUp} given up)`);
   t.ok(r.hits > 0, 'and found answers');
   t.equal(r.threw, 0, `no read threw ${r.firstWrong}`);
   t.equal(r.wrong, 0, `no answer belonged to another key ${r.firstWrong}`);
+});
+
+t.test('a hot key refreshed in a tight loop beside churn: a reader holding its old slot (freed, reused, its bytes compacted over) never serves torn bytes', async (t) => {
+  // Every refresh takes the slot the previous one freed (the free list is LIFO), so a reader that found the key in the old
+  // slot meets that slot being rewritten with the same key: only the slot's version tells the two entries apart. The other
+  // keys' churn on a small slab compacts over freed records all the time.
+  const cache = shared({ positiveCapacity: 40, negativeCapacity: 4, maxBytes: 16 * 1024 });
+  const reader = await startReader(t, cache.layout, 1);
+  let seed = 3;
+  const rand = (n: number): number => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return (seed >>> 8) % n;
+  };
+  // Prepared answers, so the loop writes as fast as the store does.
+  const hot = Array.from({ length: 12 }, (_, r) => upstream(0, r + 1));
+  const hotScans = hot.map((up) => scanAnswer(up)!);
+  const hotKey = keyOf('k0.example');
+  const others = Array.from({ length: 200 }, (_, i) => ({ key: keyOf(`k${i + 1}.example`), up: upstream(i + 1, 1 + (i % 6)) }));
+  const otherScans = others.map((o) => scanAnswer(o.up)!);
+  for (let round = 0; round < 40; round++) {
+    for (let k = 0; k < 5_000; k++) {
+      const now = systemClock.now();
+      const r = rand(12);
+      cache.insert(hotKey, hot[r]!, hotScans[r]!, now);
+      if (rand(4) === 0) {
+        const o = rand(others.length);
+        cache.insert(others[o]!.key, others[o]!.up, otherScans[o]!, now);
+      }
+    }
+    await new Promise((r) => setImmediate(r));
+  }
+  const r = await reader.finish();
+  t.ok(r.hits > 1_000, `the reader hit the hot key throughout (${r.reads} reads, ${r.hits} hits, ${r.misses} misses, ${r.gaveUp} given up)`);
+  t.equal(r.threw, 0, `no read threw ${r.firstWrong}`);
+  t.equal(r.wrong, 0, `no torn answer ${r.firstWrong}`);
 });
 
 t.test('second chance: an entry a reader hit survives the eviction that takes the least recent unmarked one', async (t) => {
@@ -243,4 +318,200 @@ t.test('a 256 MiB budget with few entries stays small: untouched pages of the sh
   const grown = rssAnonKiB() - before;
   t.ok(grown < 32 * 1024, `RssAnon grew by ${Math.round(grown / 1024)} MiB, not by the 256 MiB allocated (plus ~7 MiB of index)`);
   t.equal(cache.positiveSize, 2000);
+});
+
+/** A store of `capacity` positive entries (a few negative), on shared buffers, keys of our own (no DNS needed). */
+function rawStore(capacity: number, hashMask?: number, slabCap = 1 << 25): AnswerStore {
+  return new AnswerStore({
+    capacity: [capacity, 4], budget: [Math.floor(slabCap * 0.7), Math.floor(slabCap * 0.1)], slabCap, shared: true, ...(hashMask !== undefined ? { hashMask } : {}),
+  });
+}
+
+function rawInput(i: number): StoreInput {
+  const wire = Buffer.alloc(16 + (i % 5));
+  wire.writeUInt32BE(i >>> 0, 12);
+  return { wire, questionEnd: 12, ttlOffsets: new Uint16Array(0), storedAt: 0, expiresAt: 1e15, prefetchAt: 1e15, hits: 0 };
+}
+
+const rawKey = (i: number): string => `key-${i}`;
+
+function cells(view: StoreView): { live: number; tombs: number } {
+  let live = 0;
+  let tombs = 0;
+  for (const c of view.table) {
+    if (c === TOMB) tombs++;
+    else if (c !== 0) live++;
+  }
+  return { live, tombs };
+}
+
+t.test('a writer stopped inside one slot\'s change blocks the readers of that key only', async (t) => {
+  const cache = shared();
+  const counters = new Counters(CACHE_COUNTERS);
+  const reader = new CacheReader(cache.layout, POLICY, counters);
+  const now = systemClock.now();
+  const N = 200;
+  for (let i = 0; i < N; i++) put(cache, i, 1 + (i % 3), now);
+  const view = new StoreView(cache.layout);
+  const hashOf = (i: number): number => (hashKey(keyOf(`k${i}.example`)) & 0xffffffff) >>> 0;
+  const slotOf = (i: number): number => view.find(keyOf(`k${i}.example`), hashOf(i));
+  const victim = 17;
+  const s = slotOf(victim);
+  t.ok(s >= 0, 'the victim key has a slot');
+
+  // "Preempted" inside the slot's change: its version odd, as store.ts #open leaves it.
+  Atomics.add(view.ver, s, 1);
+  let others = 0;
+  for (let i = 0; i < N; i++) {
+    if (i === victim) continue;
+    if (ask(reader, `k${i}.example`, now) !== null && !reader.lastGaveUp) others++;
+  }
+  t.equal(others, N - 1, 'every other key is a hit');
+  t.equal(reader.gaveUp, 0, 'no read of another key gave up');
+  t.equal(ask(reader, `k${victim}.example`, now), null, 'the key in change: no answer');
+  t.ok(reader.lastGaveUp, 'given up (its miss is not a miss of the store)');
+  t.equal(reader.gaveUp, 1);
+  t.equal(counters.get('readGaveUp'), 1, 'counted');
+  t.equal(reader.stale(keyOf(`k${victim}.example`), now), undefined, 'stale() returns, empty-handed');
+  Atomics.add(view.ver, s, 1);
+  t.ok(ask(reader, `k${victim}.example`, now), 'the change over: a hit again');
+  t.notOk(reader.lastGaveUp);
+
+  // A version that changed between the lookup and the check: a retry, not a wrong answer (the slot was reused for another key).
+  // The global word (rebuild, clear) still stops every read while it is odd.
+  Atomics.add(view.header, SEQ, 1);
+  let blocked = 0;
+  for (let i = 0; i < 10; i++) if (ask(reader, `k${i}.example`, now) === null && reader.lastGaveUp) blocked++;
+  Atomics.add(view.header, SEQ, 1);
+  t.equal(blocked, 10, 'the global word odd: every key gives up (the rare everything-changes window)');
+  t.ok(ask(reader, 'k0.example', now), 'and reads again once it is even');
+});
+
+t.test('tombstones: a deletion leaves the chain findable, an insert reuses the first tombstone, the end of a chain empties', async (t) => {
+  // hashMask 0: every key hashes alike, so all of them share one chain.
+  const store = rawStore(64, 0);
+  const view = new StoreView(store.layout);
+  for (let i = 0; i < 10; i++) store.insert(POSITIVE, rawKey(i), rawInput(i));
+  const home = 0;
+  t.same(cells(view), { live: 10, tombs: 0 });
+  const cell3 = view.table.indexOf(store.find(rawKey(3)) + 1);
+  t.equal(cell3, home + 3, 'one chain from the home cell');
+  store.remove(store.find(rawKey(3)));
+  t.equal(view.table[cell3], TOMB, 'a deletion inside a chain leaves a tombstone');
+  t.equal(store.find(rawKey(3)), NONE, 'the deleted key is gone');
+  for (let i = 0; i < 10; i++) if (i !== 3 && store.find(rawKey(i)) < 0) t.fail(`key ${i} lost past the tombstone`);
+  store.remove(store.find(rawKey(5)));
+  const slot = store.insert(POSITIVE, rawKey(100), rawInput(100));
+  t.equal(view.table[cell3], slot + 1, 'a new key takes the first tombstone of its chain');
+  t.equal(view.table[home + 5], TOMB, 'the later one stays');
+  t.equal(store.find(rawKey(100)), slot);
+  // The chain's end: the last cell and the tombstones just before it become empty.
+  store.remove(store.find(rawKey(8)));
+  t.equal(view.table[home + 8], TOMB);
+  store.remove(store.find(rawKey(9)));
+  t.equal(view.table[home + 9], 0, 'the last cell empties');
+  t.equal(view.table[home + 8], 0, 'and the tombstone before it');
+  t.equal(view.table[home + 7], store.find(rawKey(7)) + 1, 'up to the first live cell');
+  for (const i of [0, 1, 2, 4, 6, 7, 100]) t.ok(store.find(rawKey(i)) >= 0, `key ${i} still found`);
+  // A replacement points the key's cell at the new slot: no tombstone, the same cell.
+  const before = view.table.indexOf(store.find(rawKey(4)) + 1);
+  const s4 = store.insert(POSITIVE, rawKey(4), rawInput(4));
+  t.equal(view.table[before], s4 + 1, 'a refresh replaces the entry in its own cell');
+  t.same(cells(view), { live: 7, tombs: 1 });
+});
+
+t.test('the table rebuild: keeps every live key, leaves no tombstone, and stays amortised under churn', async (t) => {
+  const capacity = 1000;
+  const store = rawStore(capacity);
+  const view = new StoreView(store.layout);
+  const tableSize = view.tableMask + 1;
+  const rebuildAt = Math.floor(tableSize * REBUILD_AT);
+  const CYCLES = 100_000;
+  let lastRebuilds = 0;
+  let checked = 0;
+  for (let i = 0; i < CYCLES; i++) {
+    store.insert(POSITIVE, rawKey(i), rawInput(i));
+    const rebuilds = view.header[REBUILDS]!;
+    if (rebuilds !== lastRebuilds && checked < 3) {
+      // Just rebuilt: no tombstones, and every live key (the last `capacity` inserted) findable.
+      checked++;
+      const c = cells(view);
+      t.same(c, { live: store.size(POSITIVE), tombs: 0 }, `rebuild ${rebuilds}: only live cells`);
+      let lost = 0;
+      for (let k = Math.max(0, i - capacity + 1); k <= i; k++) if (store.find(rawKey(k)) < 0) lost++;
+      t.equal(lost, 0, 'every live key found');
+    }
+    lastRebuilds = rebuilds;
+  }
+  t.equal(store.size(POSITIVE), capacity, 'at capacity throughout: every insert evicted one');
+  const rebuilds = view.header[REBUILDS]!;
+  // Each rebuild needs (rebuildAt - live) new cells in use since the last, each from an insert.
+  const bound = Math.ceil(CYCLES / (rebuildAt - capacity)) + 1;
+  t.ok(rebuilds > 0, 'the churn rebuilt the table');
+  t.ok(rebuilds <= bound, `amortised: ${rebuilds} rebuilds for ${CYCLES} insert/evict cycles (table ${tableSize}, at most ${bound})`);
+  t.equal(Atomics.load(view.header, SEQ), 2 * rebuilds, 'each rebuild one window of the global word, nothing else on it');
+  let lost = 0;
+  for (let k = CYCLES - capacity; k < CYCLES; k++) if (store.find(rawKey(k)) < 0) lost++;
+  t.equal(lost, 0, 'every live key found at the end');
+  const c = cells(view);
+  t.ok(c.live + c.tombs <= rebuildAt, 'cells in use under the bound');
+  t.equal(c.live, capacity);
+});
+
+t.test('every change to a slot moves its version by two (what a reader holding the slot checks): a new entry, a refresh, a removal, a compaction move', async (t) => {
+  // 64 KiB: the slab's first soft end is its cap, so making room compacts.
+  const store = rawStore(2000, undefined, 64 * 1024);
+  const view = new StoreView(store.layout);
+  const s0 = store.insert(POSITIVE, rawKey(0), rawInput(0));
+  t.equal(view.ver[s0], 2, 'a new entry: odd while written, even after');
+  // A reader found key 0 in s0 under this version.
+  t.equal(view.find(rawKey(0), view.keyHash[s0]!), s0);
+  const found = view.foundVer;
+  const s0b = store.insert(POSITIVE, rawKey(0), rawInput(1));
+  t.not(s0b, s0, 'a refresh writes another slot');
+  t.equal(view.ver[s0b], 2);
+  t.equal(view.ver[s0], found + 2, 'and frees the old one: its version moved');
+  t.equal(view.serve(s0, parseQuery(query({ name: 'x.example' })), 0, -1, 512, 1232), null, 'a freed slot describes no record (compaction may reuse its bytes)');
+  const s1 = store.insert(POSITIVE, rawKey(1), rawInput(1));
+  t.equal(s1, s0, 'a new key reuses the freed slot');
+  t.equal(view.ver[s0], found + 4, 'and moves its version again: a reader still holding the slot from before retries');
+  store.remove(s1);
+  t.equal(view.ver[s1], found + 6, 'a removal moves it');
+
+  // Compaction: remove every other entry, then insert until the slab compacts; each moved record's slot moved by two, no other.
+  let i = 10;
+  const live: number[] = [];
+  while (live.length < 300) live.push(store.insert(POSITIVE, rawKey(i), rawInput(i++)));
+  for (let k = 0; k < live.length; k += 2) store.remove(live[k]!);
+  const kept = live.filter((_, k) => k % 2 === 1);
+  const offs = kept.map((s) => view.off[s]!);
+  const vers = kept.map((s) => view.ver[s]!);
+  let compacted = false;
+  // Entries inserted and removed at once: dead space piles up at the tail with no eviction, until making room compacts.
+  for (let k = 0; k < 5000 && !compacted; k++) {
+    const dead = store.deadBytes;
+    const s = store.insert(POSITIVE, rawKey(i), rawInput(i++));
+    compacted = dead > 0 && store.deadBytes === 0;
+    if (!compacted) store.remove(s);
+  }
+  t.ok(compacted, 'the slab compacted');
+  t.equal(kept.length, 150);
+  let moved = 0;
+  let wrong = 0;
+  kept.forEach((s, k) => {
+    const delta = view.ver[s]! - vers[k]!;
+    if (view.off[s] !== offs[k]) {
+      moved++;
+      if (delta !== 2) wrong++;
+    } else if (delta !== 0) wrong++;
+  });
+  t.equal(moved, kept.length, `every kept record moved (${moved})`);
+  t.equal(wrong, 0, 'each moved record\'s slot version moved by two, the others not at all');
+  t.ok(view.ver.every((x) => x % 2 === 0), 'every version even at rest');
+  // clear frees every slot alike (new records then start at the slab's first byte, over the old ones).
+  const k0 = kept[0]!;
+  const before = view.ver[k0]!;
+  store.clear();
+  t.equal(view.ver[k0], before + 2, 'clear moves every used slot\'s version');
+  t.equal(view.serve(k0, parseQuery(query({ name: 'x.example' })), 0, -1, 512, 1232), null, 'and leaves it describing no record');
 });

@@ -4,14 +4,27 @@
  * the workers and the main thread hold one copy of every answer, and a name
  * fetched through one worker is a hit in every other.
  *
- * No lock on this side. The writer makes the store's sequence word odd
- * before any change that can move or overwrite bytes a reader may be
- * looking at (insert, remove, compaction, clear) and even after; a read
- * takes the word, looks up and serves (copies the answer out and patches it
- * in its own buffer), then takes the word again: the same even value means
- * nothing changed meanwhile, so the answer is the key's own. Otherwise it
- * tries again, a few times, then counts a miss: the main thread, asked next,
- * answers from the same store. Reads are bounded whatever they find
+ * No lock on this side. Two versions guard a read (store-layout.ts):
+ *   - the slot's: the writer makes ver[slot] odd while it changes that
+ *     slot's fields or record (a new entry in it, compaction moving it) and
+ *     even after, and moves it by two when it frees the slot (removal,
+ *     refresh, clear). The lookup takes it (Atomics.load) before
+ *     comparing the slot's key; the read serves (copies the answer out and
+ *     patches it in its own buffer), then takes it again: unchanged means
+ *     the slot held the key's entry throughout. A slot reused under a stale
+ *     table reference is caught alike: the reuse changed its version, and
+ *     the key compare is inside the check.
+ *   - the global sequence word, odd only while the table is rebuilt or the
+ *     store cleared: taken before the lookup and checked after, so a probe
+ *     through a table rebuilt under it (which may miss a key that is there)
+ *     is tried again rather than counted a miss.
+ * A changed version is a retry, a few times, then a miss. A version that
+ * stays odd (the writer preempted inside that slot's change, or a rebuild)
+ * is waited for a few hundred loads, then the read gives up (gaveUp): the
+ * main thread, asked next, answers from the same store. A writer preempted
+ * in one slot's change so blocks the readers of that one key; the hash
+ * table never moves a cell under a probe (store-table.ts), so every other
+ * key's read goes on. Reads are bounded whatever they find
  * (store-layout.ts), so a torn read costs a retry, never an exception or a
  * loop.
  *
@@ -22,7 +35,13 @@
  * an Atomics.store to a word of our own comes first (a store-release there,
  * which the reads before it cannot pass, and which the load-acquire after
  * it cannot pass either); on x86 it costs one locked instruction a read.
- * The writer does the mirror image (store.ts #begin).
+ * The writer does the mirror image (store.ts #open, #begin). The table cell
+ * itself is a plain load: the writer stores it last (Atomics.store, a
+ * store-release on arm64), and what the reader loads next is at addresses
+ * computed from it, which arm64 keeps in order (store-table.ts). A key
+ * compare that finds another key is not fenced (find checks the version
+ * again, but on arm64 a compare torn past that check is possible): at worst
+ * a miss, never a wrong answer.
  *
  * What a reader writes: the entry's `ref` byte (eviction gives a referenced
  * entry a second chance, since readers cannot reorder the LRU lists) and its
@@ -44,17 +63,19 @@ import { AnswerCopy, type CacheEntry } from './entry.js';
 import { planCaching } from './policy.js';
 import { prefetchStart } from './prefetch.js';
 import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
-import { FLAG_REFRESHING, NEGATIVE, POSITIVE, StoreView, type StoreLayout } from './store-layout.js';
+import { BUSY, FLAG_REFRESHING, NEGATIVE, NONE, POSITIVE, StoreView, type StoreLayout } from './store-layout.js';
 
 /** Reads of one query that found the store changing before it counts a miss. */
 export const READ_ATTEMPTS = 4;
-/** Sequence-word loads a read waits while the writer is mid-change (an insert takes about a microsecond). */
+/** Global-word loads a read waits while the writer rebuilds the table or clears the store. */
 const SPINS = 256;
 
 const S = CACHE_COUNTERS.slot;
 const MISS = 0;
 const HIT = 1;
 const TORN = 2;
+/** The key's slot stayed mid-change: give this key up (find's BUSY). */
+const GIVE_UP = 3;
 
 export class CacheReader implements HitCache {
   readonly counters: CacheCounters;
@@ -65,6 +86,8 @@ export class CacheReader implements HitCache {
   /** The last read's outputs (no object per read). */
   #reply: Buffer | null;
   #slot: number;
+  /** The version #slot was found under (StoreView.foundVer). */
+  #ver: number;
   /** Reads that found the store changing and gave up (tests, diagnostics). */
   gaveUp: number;
   /**
@@ -85,7 +108,8 @@ export class CacheReader implements HitCache {
     this.counters = counters;
     this.refreshDue = false;
     this.#reply = null;
-    this.#slot = -1;
+    this.#slot = NONE;
+    this.#ver = 0;
     this.gaveUp = 0;
     this.lastGaveUp = false;
     this.#fence = new Int32Array(new SharedArrayBuffer(4));
@@ -110,8 +134,10 @@ export class CacheReader implements HitCache {
         continue;
       }
       const r = this.#read(q, h, now, limit, ednsSize);
+      if (r === GIVE_UP) break;
       Atomics.store(this.#fence, 0, 0);
-      if (v.seq() !== before) {
+      // The slot first (a miss with no slot has none to check), then the table as a whole.
+      if ((this.#slot >= 0 && Atomics.load(v.ver, this.#slot) !== this.#ver) || v.seq() !== before) {
         attempt++;
         continue;
       }
@@ -136,12 +162,14 @@ export class CacheReader implements HitCache {
     return null;
   }
 
-  /** One unchecked read: MISS, TORN, or HIT with #reply, #slot and refreshDue set. */
+  /** One unchecked read: GIVE_UP, MISS, TORN, or HIT with #reply and refreshDue set; #slot and #ver what it read (#slot NONE: no slot). */
   #read(q: QueryScratch, h: number, now: number, limit: number, ednsSize: number): number {
     const v = this.#v;
     this.#reply = null;
     const slot = v.findBytes(q.keyBytes, q.keyLen, h);
-    if (slot < 0) return MISS;
+    this.#slot = slot >= 0 ? slot : NONE;
+    if (slot < 0) return slot === BUSY ? GIVE_UP : MISS;
+    this.#ver = v.foundVer;
     const storedAt = v.storedAtA[slot]!;
     const expiresAt = v.expiresAtA[slot]!;
     if (!(now < expiresAt)) return MISS;
@@ -157,7 +185,6 @@ export class CacheReader implements HitCache {
     const p = this.#policy;
     this.refreshDue = p.minHits > 0 && now >= v.prefetchAtA[slot]! && v.hitsA[slot]! + 1 >= p.minHits && (v.flags[slot]! & FLAG_REFRESHING) === 0;
     this.#reply = reply;
-    this.#slot = slot;
     return HIT;
   }
 
@@ -183,6 +210,8 @@ export class CacheReader implements HitCache {
         continue;
       }
       const slot = v.find(key, h);
+      if (slot === BUSY) return undefined;
+      const ver = v.foundVer;
       let copy: AnswerCopy | undefined;
       if (slot >= 0) {
         const expiresAt = v.expiresAtA[slot]!;
@@ -194,7 +223,7 @@ export class CacheReader implements HitCache {
         }
       }
       Atomics.store(this.#fence, 0, 0);
-      if (v.seq() !== before) {
+      if ((slot >= 0 && Atomics.load(v.ver, slot) !== ver) || v.seq() !== before) {
         attempt++;
         continue;
       }

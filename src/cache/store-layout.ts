@@ -4,12 +4,13 @@
  * replaced, so a worker thread handed them (SharedArrayBuffers) reads the
  * very store the main thread writes:
  *
- *   index: a header (the sequence word), then per slot, each array
- *          `slots` long: storedAt, expiresAt, prefetchAt (f64); keyHash,
- *          off, wireLen, hits, newer, older (u32/i32); the hash table
- *          (i32, `tableSize` long, slot+1 per entry, 0 empty, so a fresh
- *          buffer is an empty table); keyLen, questionEnd, ttlCount (u16);
- *          list, flags, ref (u8).
+ *   index: a header (the global sequence word, the rebuild count), then
+ *          per slot, each array `slots` long: storedAt, expiresAt,
+ *          prefetchAt (f64); keyHash, off, wireLen, hits, newer, older, ver
+ *          (u32/i32); the hash table (i32, `tableSize` long, slot+1 per
+ *          entry, 0 empty, so a fresh buffer is an empty table, TOMB for a
+ *          deleted entry); keyLen, questionEnd, ttlCount (u16); list,
+ *          flags, ref (u8).
  *   slab:  the records (store-slab.ts has their format), `slabBytes` long.
  *
  * Allocated at the capacities and the byte budget up front, not grown: the
@@ -19,10 +20,22 @@
  * as growth by copying kept it.
  *
  * Reads here are bounded whatever the bytes say (bounded probes, slot
- * numbers, offsets and lengths checked before use): a reader on another
- * thread may see a record half-written, and must get a miss or an answer it
- * then throws away (the sequence check, reader.ts), never an exception or an
- * endless loop.
+ * numbers, offsets and lengths checked before use, bounded waits on a
+ * slot's version): a reader on another thread may see a record
+ * half-written, and must get a miss or an answer it then throws away (the
+ * version checks, reader.ts), never an exception or an endless loop.
+ *
+ * Two kinds of version (reader.ts has the protocol):
+ *   - per slot, `ver`: odd while the writer changes that slot's fields or
+ *     record bytes (a new entry in it, compaction moving its record), and
+ *     moved by two at once when the slot is freed (its offset then points
+ *     nowhere). A writer preempted in a change blocks the readers of that
+ *     one key.
+ *   - the global sequence word, header[SEQ]: odd only while everything
+ *     changes at once (the table's rebuild, clear). Rare.
+ * The hash table never moves a cell under a reader: a deletion leaves a
+ * tombstone (store-table.ts), so a probe that began before a change still
+ * passes every cell of its key's chain.
  */
 import { MAX_MESSAGE } from '../dns/constants.js';
 import { writeAnswerFrom } from '../dns/patch.js';
@@ -45,9 +58,20 @@ export const DEAD = 0xffffffff;
 export const RECORD_HEADER = 8;
 export const NONE = -1;
 export const FLAG_REFRESHING = 1;
-/** Index header words (Int32). */
+/** Index header words (Int32): the global sequence word, and how often the table was rebuilt (diagnostics, tests). */
 export const SEQ = 0;
+export const REBUILDS = 1;
+/** A table cell whose entry was deleted: probes pass it, an insert may reuse it (store-table.ts). */
+export const TOMB = -1;
+/** find's answer when the key's slot stayed mid-change (its version odd) past SLOT_SPINS loads: the reader gives this key up. */
+export const BUSY = -2;
+/** Loads of an odd slot version a lookup waits before it answers BUSY (an insert's change takes about a microsecond). */
+export const SLOT_SPINS = 256;
+/** A removed slot's offset: unaligned, so no read takes the slot's fields for a record (its bytes may be reused). */
+export const NO_RECORD = 1;
 const HEADER_BYTES = 16;
+/** Compares of one candidate slot that found it changed before find answers BUSY. */
+const SLOT_TRIES = 4;
 
 /** The lists, as stored in `list`. */
 export const POSITIVE = 0;
@@ -56,7 +80,7 @@ export type ListId = typeof POSITIVE | typeof NEGATIVE;
 
 /** Bytes of the index buffer for `slots` slots and a `tableSize` table. */
 function indexBytes(slots: number, tableSize: number): number {
-  return HEADER_BYTES + slots * 3 * 8 + slots * 6 * 4 + tableSize * 4 + align4(slots * 3 * 2) + slots * 3;
+  return HEADER_BYTES + slots * 3 * 8 + slots * 7 * 4 + tableSize * 4 + align4(slots * 3 * 2) + slots * 3;
 }
 
 function align4(n: number): number {
@@ -106,7 +130,9 @@ export class StoreView {
   readonly hitsA: Uint32Array;
   readonly newer: Int32Array;
   readonly older: Int32Array;
-  /** slot+1 per entry, 0 empty. */
+  /** Per slot: odd while the writer changes the slot (see the header); readers check it around their read. */
+  readonly ver: Int32Array;
+  /** slot+1 per entry, 0 empty, TOMB deleted. */
   readonly table: Int32Array;
   readonly keyLen: Uint16Array;
   readonly questionEndA: Uint16Array;
@@ -115,6 +141,8 @@ export class StoreView {
   readonly flags: Uint8Array;
   /** Set by readers on a hit (they cannot reorder the LRU lists); the writer's eviction gives such an entry a second chance. */
   readonly ref: Uint8Array;
+  /** The version find/findBytes saw, even, on the slot they returned: the reader checks it again after its read. */
+  foundVer: number;
 
   constructor(layout: StoreLayout) {
     this.layout = layout;
@@ -146,6 +174,8 @@ export class StoreView {
     at += n * 4;
     this.older = new Int32Array(buf, at, n);
     at += n * 4;
+    this.ver = new Int32Array(buf, at, n);
+    at += n * 4;
     this.table = new Int32Array(buf, at, layout.tableSize);
     at += layout.tableSize * 4;
     this.keyLen = new Uint16Array(buf, at, n);
@@ -162,21 +192,40 @@ export class StoreView {
     this.slab = Buffer.from(layout.slab);
     this.slabU16 = new Uint16Array(layout.slab, 0, this.slab.length >>> 1);
     this.slabU32 = new Uint32Array(layout.slab, 0, this.slab.length >>> 2);
+    this.foundVer = 0;
   }
 
-  /** The sequence word: odd while the writer changes what readers may be reading (reader.ts). */
+  /** The global sequence word: odd while the writer rebuilds the table or clears the store (reader.ts). */
   seq(): number {
     return Atomics.load(this.header, SEQ);
   }
 
-  /** The slot holding `key`, or -1. At most one pass over the table, whatever it holds. */
+  /**
+   * The slot holding `key`, -1 (NONE), or BUSY when a slot that may hold it
+   * stayed mid-change; foundVer is the slot's version the key compared
+   * under. At most two passes over the table and bounded waits, whatever it
+   * holds. The writer's own thread uses findOwn.
+   */
   find(key: string, h: number): number {
     const table = this.table;
     const mask = this.tableMask;
+    const slots = this.slots;
     for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
-      const slot = table[i]! - 1;
-      if (slot < 0) return NONE;
-      if (slot < this.slots && this.keyHash[slot] === h && this.#keyEquals(slot, key)) return slot;
+      const cell = table[i]!;
+      if (cell === 0) return NONE;
+      const slot = cell - 1;
+      // A tombstone (or garbage), or another key's hash: probe on.
+      if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) continue;
+      const before = Atomics.load(this.ver, slot);
+      if ((before & 1) === 0) {
+        if (this.#keyEquals(slot, key)) {
+          this.foundVer = before;
+          return slot;
+        }
+        // Another key with the same hash: probe on, unless the slot or the cell changed under the compare.
+        if (Atomics.load(this.ver, slot) === before && table[i] === cell) continue;
+      }
+      return this.#findSlow(key, h);
     }
     return NONE;
   }
@@ -185,10 +234,119 @@ export class StoreView {
   findBytes(bytes: Uint8Array, len: number, h: number): number {
     const table = this.table;
     const mask = this.tableMask;
+    const slots = this.slots;
     for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
-      const slot = table[i]! - 1;
-      if (slot < 0) return NONE;
-      if (slot < this.slots && this.keyHash[slot] === h && this.#keyBytesEqual(slot, bytes, len)) return slot;
+      const cell = table[i]!;
+      if (cell === 0) return NONE;
+      const slot = cell - 1;
+      // A tombstone (or garbage), or another key's hash: probe on.
+      if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) continue;
+      const before = Atomics.load(this.ver, slot);
+      if ((before & 1) === 0) {
+        if (this.#keyBytesEqual(slot, bytes, len)) {
+          this.foundVer = before;
+          return slot;
+        }
+        // Another key with the same hash: probe on, unless the slot or the cell changed under the compare.
+        if (Atomics.load(this.ver, slot) === before && table[i] === cell) continue;
+      }
+      return this.#findBytesSlow(bytes, len, h);
+    }
+    return NONE;
+  }
+
+  /**
+   * find on the writer's own thread (store.ts): no slot is ever mid-change
+   * between its calls, so no version to take or check, and its table holds
+   * no garbage. Tombstones are passed like any other key's cell.
+   */
+  findOwn(key: string, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      const cell = table[i]!;
+      if (cell === 0) return NONE;
+      const slot = cell - 1;
+      if (slot >= 0 && this.keyHash[slot] === h && this.#keyEquals(slot, key)) return slot;
+    }
+    return NONE;
+  }
+
+  /** findBytes on the writer's own thread (as findOwn). */
+  findBytesOwn(bytes: Uint8Array, len: number, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      const cell = table[i]!;
+      if (cell === 0) return NONE;
+      const slot = cell - 1;
+      if (slot >= 0 && this.keyHash[slot] === h && this.#keyBytesEqual(slot, bytes, len)) return slot;
+    }
+    return NONE;
+  }
+
+  /** find's careful pass, when a slot was mid-change or changed under a compare: waits and retries, bounded. */
+  #findSlow(key: string, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    const slots = this.slots;
+    let spins = 0;
+    let tries = 0;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      let cell = table[i]!;
+      for (;;) {
+        if (cell === 0) return NONE;
+        const slot = cell - 1;
+        if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) break;
+        const before = Atomics.load(this.ver, slot);
+        if ((before & 1) !== 0) {
+          if (++spins > SLOT_SPINS) return BUSY;
+          continue;
+        }
+        if (this.#keyEquals(slot, key)) {
+          this.foundVer = before;
+          return slot;
+        }
+        // Changed under the compare, or a refresh pointed the cell at a new slot meanwhile (the old one freed, so no
+        // longer the key's): this cell again, a few times in all.
+        const now = table[i]!;
+        if (now === cell && Atomics.load(this.ver, slot) === before) break;
+        if (++tries >= SLOT_TRIES) return BUSY;
+        cell = now;
+      }
+    }
+    return NONE;
+  }
+
+  /** find's careful pass, when a slot was mid-change or changed under a compare: waits and retries, bounded. */
+  #findBytesSlow(bytes: Uint8Array, len: number, h: number): number {
+    const table = this.table;
+    const mask = this.tableMask;
+    const slots = this.slots;
+    let spins = 0;
+    let tries = 0;
+    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
+      let cell = table[i]!;
+      for (;;) {
+        if (cell === 0) return NONE;
+        const slot = cell - 1;
+        if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) break;
+        const before = Atomics.load(this.ver, slot);
+        if ((before & 1) !== 0) {
+          if (++spins > SLOT_SPINS) return BUSY;
+          continue;
+        }
+        if (this.#keyBytesEqual(slot, bytes, len)) {
+          this.foundVer = before;
+          return slot;
+        }
+        // Changed under the compare, or a refresh pointed the cell at a new slot meanwhile (the old one freed, so no
+        // longer the key's): this cell again, a few times in all.
+        const now = table[i]!;
+        if (now === cell && Atomics.load(this.ver, slot) === before) break;
+        if (++tries >= SLOT_TRIES) return BUSY;
+        cell = now;
+      }
     }
     return NONE;
   }

@@ -58,27 +58,23 @@ export function grownSoftEnd(end: number, need: number, cap: number): number {
 }
 
 /**
- * Bytes compaction moves in one odd-word window at most (a run of adjacent
- * live records is cut at a record boundary past this): a few microseconds of
- * copying, so readers retry instead of giving up, and a writer preempted
- * inside one blocks them for one chunk's window only.
+ * Bytes compaction moves in one step at most (a run of adjacent live
+ * records is cut at a record boundary past this): the records of one step
+ * have their slot versions odd together, so a writer preempted inside one
+ * blocks the readers of those keys only, for one step.
  */
 export const COMPACT_CHUNK = 64 * 1024;
-
-/** Brackets a change readers must not see half done (store.ts #begin/#end). */
-export interface ChangeWindow {
-  begin(): void;
-  end(): void;
-}
 
 /**
  * Slides the live records below `tail`, in address order, to the start of
  * the slab, rewriting their slots' offsets. Runs of adjacent live records
- * move in one copy, at most COMPACT_CHUNK bytes per window; a record's
- * bytes and its slot's offset change inside the same window. Returns the
- * new tail (nothing dead is left below it).
+ * move in one copy, at most COMPACT_CHUNK bytes per step; a record's bytes
+ * and its slot's offset change while its slot's version is odd. The dead
+ * records it overwrites need no version: their slots' offsets no longer
+ * point at them (store.ts #free). Returns the new tail (nothing dead is
+ * left below it).
  */
-export function compactSlab(v: StoreView, tail: number, window: ChangeWindow): number {
+export function compactSlab(v: StoreView, tail: number): number {
   const u32 = v.slabU32;
   let dst = 0;
   let runStart = 0;
@@ -88,25 +84,32 @@ export function compactSlab(v: StoreView, tail: number, window: ChangeWindow): n
     const rec = u32[(src >>> 2) + 1]!;
     if (slot !== DEAD) {
       if (src !== runEnd || runEnd - runStart >= COMPACT_CHUNK) {
-        dst = moveRun(v, runStart, runEnd, dst, window);
+        dst = moveRun(v, runStart, runEnd, dst);
         runStart = src;
       }
       runEnd = src + rec;
     }
     src += rec;
   }
-  return moveRun(v, runStart, runEnd, dst, window);
+  return moveRun(v, runStart, runEnd, dst);
 }
 
 /** Moves the records in slab[start, end) down to `dst` and points their slots there; returns the new end of what was moved. */
-function moveRun(v: StoreView, start: number, end: number, dst: number, window: ChangeWindow): number {
+function moveRun(v: StoreView, start: number, end: number, dst: number): number {
   if (end === start) return dst;
   if (dst !== start) {
     const u32 = v.slabU32;
-    window.begin();
+    const ver = v.ver;
+    let slot = 0;
+    for (let at = start; at < end; at += u32[(at >>> 2) + 1]!) Atomics.add(ver, (slot = u32[at >>> 2]!), 1);
+    // On arm64 the adds are store-releases: this load-acquire keeps the copy below from being seen before them (x86: a plain load).
+    Atomics.load(ver, slot);
     v.slab.copyWithin(dst, start, end);
-    for (let at = dst, stop = dst + (end - start); at < stop; at += u32[(at >>> 2) + 1]!) v.off[u32[at >>> 2]!] = at;
-    window.end();
+    for (let at = dst, stop = dst + (end - start); at < stop; at += u32[(at >>> 2) + 1]!) {
+      slot = u32[at >>> 2]!;
+      v.off[slot] = at;
+      Atomics.add(ver, slot, 1);
+    }
   }
   return dst + (end - start);
 }

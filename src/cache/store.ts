@@ -12,22 +12,38 @@
  * changes the store; with a shared layout (store-layout.ts, on
  * SharedArrayBuffers) batched worker threads read it at the same time
  * (reader.ts). Everything is allocated once at its final size, so no buffer
- * is ever replaced under a reader; a change that can move or overwrite bytes
- * a reader may be looking at runs with the sequence word odd, and readers
- * check the word around their read.
+ * is ever replaced under a reader.
  *
- * The odd windows are kept as short as the changes allow, because a reader
- * that keeps finding the word odd gives up and its query goes to the main
- * thread: under a miss flood the writer shares its CPU, is preempted inside
- * a window now and then, and every worker read meanwhile gave up (2.6% of
- * reads beside a 20k/s flood, each hit then as slow as the saturated main
- * thread). So: each eviction is a window of its own; a new key's bytes and
- * fields are written outside any window, into
- * a slot and slab space no reader can reach until the hash table points at
- * them, and only that one table store (the publication) is a window;
- * compaction moves the live records a bounded chunk per window
- * (store-slab.ts); clear is one window, and so is replacing a key's entry
- * (a refresh), so that no reader finds the key missing in between.
+ * A change is seen by the readers of the key it changes only. The writer
+ * makes a slot's version odd while it changes that slot's fields or record
+ * bytes (a new entry in it, compaction moving its record) and moves it by
+ * two when it frees the slot, and readers check the version of the slot
+ * they read around their read; the
+ * hash table never moves a cell (deletions leave tombstones, store-table.ts).
+ * A reader that keeps finding its slot odd gives up and its query goes to
+ * the main thread: under a miss flood the writer shares its CPU and is
+ * preempted inside a change now and then, and with one global window per
+ * change every worker read of every key gave up meanwhile (600-5,000 reads
+ * per 8 s beside a 20k/s flood, each then as slow as the saturated main
+ * thread). Now only the readers of the slot in change wait.
+ *
+ * The order of a new key: its record and fields are written into a free
+ * slot (version odd, then even), then the table cell is stored, the
+ * publication. A replacement (a refresh) writes the new entry into another
+ * slot and then points the key's cell at it, one store, so no reader ever
+ * finds the key missing in between; then the old slot is freed. An
+ * eviction leaves a tombstone and makes the slot's offset point nowhere
+ * (NO_RECORD), so a reader still holding the slot from the table gets a
+ * miss, even after compaction reuses its bytes.
+ *
+ * The global sequence word stays for what changes everything at once, and
+ * is odd only then: clear, and the table's rebuild when tombstones pile up
+ * (amortised: a quarter of the table must have come into use since the
+ * last; with the default capacities the table is at most a third full and
+ * 1e6 insert/evict cycles at capacity rebuilt it never). The slot versions
+ * alone keep a reader from serving another key's bytes (clear frees every
+ * slot as a removal does); the global word keeps a probe through a table
+ * being rebuilt from counting a present key as a miss.
  *
  * The slab's record format and compaction are in store-slab.ts, the hash
  * table's upkeep in store-table.ts, the LRU lists and eviction's choice in
@@ -42,19 +58,21 @@
  */
 import { hashKey, type Query } from '../dns/query.js';
 import {
-  allocLayout, DEAD, FLAG_REFRESHING, NONE, RECORD_HEADER, SEQ, StoreView, type ListId, type StoreLayout,
+  allocLayout, DEAD, FLAG_REFRESHING, NO_RECORD, NONE, REBUILDS, RECORD_HEADER, SEQ, StoreView, type ListId, type StoreLayout,
 } from './store-layout.js';
 import { evictionVictim, linkMru, unlink } from './store-lru.js';
 import { compactSlab, grownSoftEnd, INITIAL_SLAB, MAX_SLAB, recordBytes } from './store-slab.js';
-import { tableDelete, tableInsert } from './store-table.js';
+import { REBUILD_AT, tableDelete, tableInsert, tableRebuild, tableReplace } from './store-table.js';
 import { StoredEntry } from './stored-entry.js';
 
 export { NEGATIVE, POSITIVE, type ListId, type StoreLayout } from './store-layout.js';
 
 /**
  * Index bytes per entry besides its slab record: the per-slot typed arrays
- * (about 60 bytes) and its share of the hash table (2 x 4 bytes at half
- * load), rounded up. Charged against the budget with the record.
+ * (61 bytes with the slot version) and its share of the hash table (2 x 4
+ * bytes at half load; the default capacities leave it a third full).
+ * Charged against the budget with the record; a few bytes under the truth
+ * at half load, kept at 64 because --cache-memory is documented with it.
  */
 export const SLOT_OVERHEAD_BYTES = 64;
 
@@ -97,8 +115,10 @@ export class AnswerStore {
   #freeSlot: number;
   /** Slots never used yet start here. */
   #fresh: number;
-  /** Nesting of changes under an odd sequence word. */
-  #depth: number;
+  /** Table cells in use: live entries and tombstones (store-table.ts). */
+  #cellsUsed: number;
+  /** #cellsUsed past which the table is rebuilt. */
+  readonly #rebuildAt: number;
 
   // Lists.
   readonly #mru: Int32Array;
@@ -124,7 +144,8 @@ export class AnswerStore {
     this.#dead = 0;
     this.#freeSlot = NONE;
     this.#fresh = 0;
-    this.#depth = 0;
+    this.#cellsUsed = 0;
+    this.#rebuildAt = Math.floor((this.#v.tableMask + 1) * REBUILD_AT);
     this.#mru = new Int32Array([NONE, NONE]);
     this.#lru = new Int32Array([NONE, NONE]);
     this.#count = new Float64Array(2);
@@ -142,7 +163,8 @@ export class AnswerStore {
 
   /** The slot holding `key`, or -1. Does not touch LRU order. */
   find(key: string): number {
-    return this.#v.find(key, (hashKey(key) & this.#hashMask) >>> 0);
+    // The writer's own thread: no version checks (StoreView.findOwn).
+    return this.#v.findOwn(key, (hashKey(key) & this.#hashMask) >>> 0);
   }
 
   /**
@@ -150,7 +172,7 @@ export class AnswerStore {
    * computes it while building the key): the hit path's lookup, no string.
    */
   findBytes(bytes: Uint8Array, len: number, hash: number): number {
-    return this.#v.findBytes(bytes, len, (hash & this.#hashMask) >>> 0);
+    return this.#v.findBytesOwn(bytes, len, (hash & this.#hashMask) >>> 0);
   }
 
   /** Makes `slot` the most recently used of its list (a use by this thread: any reader's mark is spent). */
@@ -251,35 +273,36 @@ export class AnswerStore {
    */
   insert(list: ListId, key: string, e: StoreInput): number {
     const old = this.find(key);
-    if (old === NONE) return this.#insert(list, key, e);
-    // A replacement (a refresh) is one window, so no reader ever finds the key missing between the old entry and the new.
-    this.#begin();
-    try {
-      this.#remove(old);
-      return this.#insert(list, key, e);
-    } finally {
-      this.#end();
-    }
+    if (old !== NONE) this.#detach(old);
+    return this.#insert(list, key, e, old);
   }
 
-  /** `key` is not in the store. */
-  #insert(list: ListId, key: string, e: StoreInput): number {
+  /**
+   * `key` is not in the store, or only in `old`, detached (out of its list
+   * and counts, still in the table and readable until the new entry
+   * replaces it there).
+   */
+  #insert(list: ListId, key: string, e: StoreInput, old: number): number {
     const ttlCount = e.ttlOffsets.length;
     const keyLen = key.length;
     const wireLen = e.wire.length;
     const rec = recordBytes(keyLen, wireLen, ttlCount);
     const charge = rec + SLOT_OVERHEAD_BYTES;
-    if (charge > this.#budget[list]! || rec > this.#slabCap || keyLen > 0xffff || ttlCount > 0xffff) return NONE;
+    if (charge > this.#budget[list]! || rec > this.#slabCap || keyLen > 0xffff || ttlCount > 0xffff) return this.#dropDetached(old);
     while (this.#count[list]! >= this.#capacity[list]! || this.#bytes[list]! + charge > this.#budget[list]!) this.#evict(list);
     while (!this.#reserve(rec)) {
       if (this.#lru[list] !== NONE) this.#evict(list);
       else if (this.#lru[1 - list] !== NONE) this.#evict((1 - list) as ListId);
-      else return NONE; // cannot happen: rec <= cap and an empty slab compacts to nothing
+      else return this.#dropDetached(old); // cannot happen: rec and a detached old record fit in the cap (LIVE_SHARE)
     }
     const v = this.#v;
+    // Never past the arrays: at most capacity[0] + capacity[1] - 1 entries counted here, a detached old one, and this one.
     const slot = this.#takeSlot();
     const off = this.#tail;
     this.#tail = off + rec;
+    const h = (hashKey(key) & this.#hashMask) >>> 0;
+    // Odd while the slot changes: a reader still holding it from a table cell read before its last removal retries or misses.
+    this.#open(slot);
     const u32 = v.slabU32;
     u32[off >>> 2] = slot;
     u32[(off >>> 2) + 1] = rec;
@@ -288,7 +311,6 @@ export class AnswerStore {
     const keyAt = off + RECORD_HEADER + 2 * ttlCount;
     for (let i = 0; i < keyLen; i++) slab[keyAt + i] = key.charCodeAt(i);
     slab.set(e.wire, keyAt + keyLen);
-    const h = (hashKey(key) & this.#hashMask) >>> 0;
     v.keyHash[slot] = h;
     v.off[slot] = off;
     v.keyLen[slot] = keyLen;
@@ -302,44 +324,66 @@ export class AnswerStore {
     v.storedAtA[slot] = e.storedAt;
     v.expiresAtA[slot] = e.expiresAt;
     v.prefetchAtA[slot] = e.prefetchAt;
-    // Published: from here readers can find it. The window orders everything above before the table store for them.
-    this.#begin();
-    tableInsert(v, slot, h);
-    this.#end();
+    this.#close(slot);
+    // Published: from here readers can find it (the cell store comes after everything above: store-table.ts).
+    if (old === NONE) this.#cellsUsed += tableInsert(v, slot, h);
+    else {
+      tableReplace(v, old, slot);
+      this.#free(old);
+    }
     linkMru(v, this.#mru, this.#lru, slot, list);
     this.#count[list]!++;
     this.#bytes[list]! += charge;
+    if (this.#cellsUsed > this.#rebuildAt) this.#rebuild();
     return slot;
   }
 
   /** Removes the entry in `slot`; its slab bytes become dead space. */
   remove(slot: number): void {
-    this.#begin();
-    try {
-      this.#remove(slot);
-    } finally {
-      this.#end();
-    }
+    this.#cellsUsed -= tableDelete(this.#v, slot);
+    this.#detach(slot);
+    this.#free(slot);
   }
 
-  #remove(slot: number): void {
+  /** Takes `slot` out of its list and counts; the table and its record untouched. */
+  #detach(slot: number): void {
     const v = this.#v;
     const list = v.list[slot] as ListId;
-    const off = v.off[slot]!;
-    const rec = v.slabU32[(off >>> 2) + 1]!;
-    v.slabU32[off >>> 2] = DEAD;
-    this.#dead += rec;
-    tableDelete(v, slot);
+    const rec = v.slabU32[(v.off[slot]! >>> 2) + 1]!;
     unlink(v, this.#mru, this.#lru, slot, list);
     this.#count[list]!--;
     this.#bytes[list]! -= rec + SLOT_OVERHEAD_BYTES;
-    this.#v.older[slot] = this.#freeSlot;
+  }
+
+  /**
+   * A detached slot no table cell points at any more: its record dead, its
+   * offset pointing nowhere (a reader that still holds the slot must not
+   * take bytes compaction may overwrite for the key's), the slot free.
+   */
+  #free(slot: number): void {
+    const v = this.#v;
+    const off = v.off[slot]!;
+    v.slabU32[off >>> 2] = DEAD;
+    this.#dead += v.slabU32[(off >>> 2) + 1]!;
+    this.#unpoint(slot);
+    v.older[slot] = this.#freeSlot;
     this.#freeSlot = slot;
+  }
+
+  /** An insert that stores nothing: a detached old entry for the key goes too. */
+  #dropDetached(old: number): number {
+    if (old !== NONE) {
+      this.#cellsUsed -= tableDelete(this.#v, old);
+      this.#free(old);
+    }
+    return NONE;
   }
 
   clear(): void {
     this.#begin();
     try {
+      // Every slot freed as #free frees one: a reader still holding one from before reads no record, whatever the global word.
+      for (let s = 0; s < this.#fresh; s++) this.#unpoint(s);
       this.#v.table.fill(0);
       this.#mru.fill(NONE);
       this.#lru.fill(NONE);
@@ -349,9 +393,21 @@ export class AnswerStore {
       this.#fresh = 0;
       this.#tail = 0;
       this.#dead = 0;
+      this.#cellsUsed = 0;
     } finally {
       this.#end();
     }
+  }
+
+  /** The table without tombstones, in place, under the global word (store-table.ts). */
+  #rebuild(): void {
+    this.#begin();
+    try {
+      this.#cellsUsed = tableRebuild(this.#v, this.#mru);
+    } finally {
+      this.#end();
+    }
+    this.#v.header[REBUILDS]!++;
   }
 
   /** Slots of `list`, least recently used first. Do not change the store while iterating. */
@@ -365,24 +421,41 @@ export class AnswerStore {
   }
 
   /**
-   * The sequence word odd: readers retry (or miss) what they read meanwhile
-   * (reader.ts). The load after the add keeps the changes that follow from
+   * The global sequence word odd: every reader retries (or gives up) what
+   * it read meanwhile (reader.ts). Only for what changes everything (clear,
+   * rebuild). The load after the add keeps the changes that follow from
    * being seen before the odd word on arm64 (there the add's store is only a
    * store-release; a load-acquire after it orders what comes next).
    */
   #begin(): void {
-    if (this.#depth++ === 0) {
-      Atomics.add(this.#v.header, SEQ, 1);
-      Atomics.load(this.#v.header, SEQ);
-    }
+    Atomics.add(this.#v.header, SEQ, 1);
+    Atomics.load(this.#v.header, SEQ);
   }
 
   #end(): void {
-    if (--this.#depth === 0) Atomics.add(this.#v.header, SEQ, 1);
+    Atomics.add(this.#v.header, SEQ, 1);
   }
 
-  /** The odd-word window as compaction takes it, one chunk at a time. */
-  readonly #window = { begin: (): void => this.#begin(), end: (): void => this.#end() };
+  /** The slot's version odd: readers of this slot retry, or give up this key (the same arm64 note as #begin). */
+  #open(slot: number): void {
+    Atomics.add(this.#v.ver, slot, 1);
+    Atomics.load(this.#v.ver, slot);
+  }
+
+  #close(slot: number): void {
+    Atomics.add(this.#v.ver, slot, 1);
+  }
+
+  /**
+   * A freed slot's offset points nowhere, and its version moves on: one
+   * word changes, so no odd window is needed. A reader that took the
+   * version before sees it moved; one that took it after reads NO_RECORD
+   * (the add orders the store before it, on arm64 as a store-release).
+   */
+  #unpoint(slot: number): void {
+    this.#v.off[slot] = NO_RECORD;
+    Atomics.add(this.#v.ver, slot, 2);
+  }
 
   // ---- slab ----
 
@@ -400,7 +473,7 @@ export class AnswerStore {
       if (this.#tail + rec <= this.#softEnd) return true;
     }
     if (this.#dead > 0 && live + rec <= this.#softEnd) {
-      this.#tail = compactSlab(this.#v, this.#tail, this.#window);
+      this.#tail = compactSlab(this.#v, this.#tail);
       this.#dead = 0;
       return true;
     }
@@ -415,7 +488,6 @@ export class AnswerStore {
       this.#freeSlot = this.#v.older[s]!;
       return s;
     }
-    // Never past the arrays: at most capacity[0] + capacity[1] entries live, and there is one slot more.
     return this.#fresh++;
   }
 }
