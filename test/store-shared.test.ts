@@ -210,7 +210,7 @@ t.test('second chance: an entry a reader hit survives the eviction that takes th
   t.same(order(), [k(3), k(4), k(5)], 'the chance spent, k0 went in its turn');
 
   // Bounded: when every entry is marked, one insert moves at most SECOND_CHANCES of them, then evicts the least recent.
-  const big = shared({ positiveCapacity: SECOND_CHANCES + 10 });
+  const big = shared({ positiveCapacity: SECOND_CHANCES + 10, maxBytes: 1 << 24 });
   const r2 = new CacheReader(big.layout, POLICY, new Counters(CACHE_COUNTERS));
   const n = SECOND_CHANCES + 10;
   for (let i = 0; i < n; i++) put(big, i, 1, clock.now());
@@ -218,6 +218,22 @@ t.test('second chance: an entry a reader hit survives the eviction that takes th
   put(big, n, 1, clock.now());
   t.equal(big.positiveSize, n, 'one entry went');
   t.equal(big.lookup(keyOf(`k${SECOND_CHANCES}.example`), clock.now()), undefined, 'the least recent after the bounded run of second chances');
+});
+
+t.test('second chance: a hot set warmed together survives a flood of one-shot names five times the capacity', async (t) => {
+  const clock = new ManualClock();
+  const hot = 1000;
+  const cache = shared({ positiveCapacity: 2000 });
+  const reader = new CacheReader(cache.layout, POLICY, new Counters(CACHE_COUNTERS));
+  for (let i = 0; i < hot; i++) put(cache, i, 1, clock.now());
+  let lost = 0;
+  for (let n = 0; n < 10_000; n++) {
+    // Every hot name is asked between any two of its trips to the end of the list.
+    if (n % 500 === 0) for (let i = 0; i < hot; i++) if (!ask(reader, `k${i}.example`, clock.now())) lost++;
+    put(cache, 100_000 + n, 1, clock.now());
+  }
+  t.equal(lost, 0, 'no hot name was evicted');
+  t.equal(cache.counters.get('evictPositive'), 9000, 'the one-shot names went instead');
 });
 
 t.test('a reader: hits and misses counted, expired is a miss, a due refresh reported but claimed only by the writer, once', async (t) => {
