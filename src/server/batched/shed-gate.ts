@@ -9,7 +9,7 @@
  * Why: under a miss flood every refused miss cost its worker about 10 us
  * and 2 KB of garbage on the way there and back (waiter copies, maps, the
  * report, the completion), and that work and its garbage collections are
- * what cached answers waited behind (README, "Where the hits wait"). Shed
+ * what cached answers waited behind (README, "Hits beside a miss flood"). Shed
  * here, a flood miss costs what an error answer costs.
  *
  * The main thread stamps a shared word with the wall clock (ms, cut to 32
