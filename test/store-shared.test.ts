@@ -531,3 +531,14 @@ t.test('every change to a slot moves its version by two (what a reader holding t
   t.equal(view.ver[k0], before + 2, 'clear moves every used slot\'s version');
   t.equal(view.serve(k0, parseQuery(query({ name: 'x.example' })), 0, -1, 512, 1232), null, 'and leaves it describing no record');
 });
+
+t.test('the cache counts each table rebuild once (nodelocal_cache_table_rebuilds_total), whichever of its views inserted', async (t) => {
+  const clock = new ManualClock();
+  // A table of 2,048 cells (1,005 slots): deleted cells pile up to the rebuild within a few thousand inserts.
+  const cache = shared({ positiveCapacity: 1000, negativeCapacity: 4 });
+  const exchange = cache.exchangeView(new Counters(CACHE_COUNTERS));
+  for (let i = 0; i < 20_000; i++) put(i % 2 === 0 ? cache : exchange, i, 1, clock.now());
+  const header = new StoreView(cache.layout).header;
+  t.ok(header[REBUILDS]! > 0, `the churn rebuilt the table (${header[REBUILDS]} times)`);
+  t.equal(cache.counters.get('tableRebuilds'), header[REBUILDS], 'counted once each');
+});

@@ -97,6 +97,8 @@ interface Core {
   /** True while restore() runs: its evictions are records that did not fit, not the cache's churn. */
   restoring: boolean;
   restoreEvictions: number;
+  /** The store's table rebuilds already added to the counters (the exchange's view shares them). */
+  rebuildsCounted: number;
 }
 
 export class DnsCache implements HitCache {
@@ -127,7 +129,7 @@ export class DnsCache implements HitCache {
         shared: o.shared === true,
         ...(o.hashMask !== undefined ? { hashMask: o.hashMask } : {}),
       });
-      this.#core = { store, opts, restoring: false, restoreEvictions: 0 };
+      this.#core = { store, opts, restoring: false, restoreEvictions: 0, rebuildsCounted: 0 };
       this.#lookups = counters.values;
       this.#scrubs = false;
     }
@@ -291,6 +293,12 @@ export class DnsCache implements HitCache {
 
   /** Moves the store's evictions into the counters (or, during a restore, into the records that did not fit). */
   #countEvictions(): void {
+    const rebuilds = this.#store.rebuilds;
+    const core = this.#core;
+    if (rebuilds !== core.rebuildsCounted) {
+      this.counters.values[S.tableRebuilds]! += rebuilds - core.rebuildsCounted;
+      core.rebuildsCounted = rebuilds;
+    }
     const ev = this.#store.evicted;
     if (ev[0] === 0 && ev[1] === 0) return;
     if (this.#core.restoring) this.#core.restoreEvictions += ev[0]! + ev[1]!;

@@ -15,6 +15,10 @@ export const CACHE_COUNTERS = defineCounters({
   insertNegative: { name: 'nodelocal_cache_inserts_total', labels: { type: 'denial' }, help: 'Answers stored.' },
   uncacheable: { name: 'nodelocal_cache_uncacheable_total', help: 'Answers passed through without storing (rcode, TC, zero TTL, no SOA, too big).' },
   stale: { name: 'coredns_cache_served_stale_total', help: 'Expired answers given because the upstream failed (RFC 8767).' },
+  tableRebuilds: {
+    name: 'nodelocal_cache_table_rebuilds_total',
+    help: 'Rebuilds of the cache\'s hash table in place (its deleted cells piled up): each one a window in which every batched worker\'s read waits or goes to the main thread.',
+  },
   readGaveUp: {
     name: 'nodelocal_cache_reads_given_up_total',
     help: 'Cache reads by a batched worker that found the store mid-change on every attempt (its writer, the main thread, busy or preempted inside a change): each went to the main thread, which answers it from the same store.',

@@ -410,6 +410,11 @@ export class AnswerStore {
     this.#v.header[REBUILDS]!++;
   }
 
+  /** Table rebuilds so far (the shared header's count). */
+  get rebuilds(): number {
+    return this.#v.header[REBUILDS]!;
+  }
+
   /** Slots of `list`, least recently used first. Do not change the store while iterating. */
   *slots(list: ListId): Generator<number> {
     for (let s = this.#lru[list]!; s !== NONE; s = this.#v.newer[s]!) yield s;
