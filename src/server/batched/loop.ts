@@ -16,6 +16,8 @@
  *                 the socket queue (nodelocal_udp_queue_wait_seconds); past
  *                 --max-query-age it is dropped unanswered (its client gave up)
  *                 answers go into that socket's send vector
+ *                 a new miss while the main thread refuses misses at its cap
+ *                 is answered here (stale, else SERVFAIL: shed-gate.ts)
  *                 a miss parks its client (the peer is detached from the ring)
  *                 and reports it (sockaddr, datagram), so the main thread
  *                 sends the answer itself (direct.ts) and stores it in the
