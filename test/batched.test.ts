@@ -29,7 +29,7 @@ import { BatchedUdpListener, workerMissLimit } from '../src/server/batched/liste
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop } from '../src/server/batched/loop.js';
-import { ipv6Text } from '../src/server/batched/loop-parts.js';
+import { SlotViews, VIEW_LENGTHS, ipv6Text } from '../src/server/batched/loop-parts.js';
 import { hitPathHistograms } from '../src/ops/histogram.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/server/batched/idle-gc.js';
 import {
@@ -719,6 +719,23 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   t.same(a.got.at(-1), [11, null, 'capped']);
   t.equal(a.refusals, 1, 'the cap stamped the worker');
   t.equal(b.refusals, 0, 'a timeout, an answer or a dead worker stamp nothing');
+});
+
+t.test('slot views: one Buffer per receive slot and length, made once, reading the slot as it is now; long datagrams get their own', async (t) => {
+  const ab = new ArrayBuffer(4 * 1024);
+  const u8 = new Uint8Array(ab);
+  const views = new SlotViews(ab, 4);
+  u8.set([1, 2, 3], 1024);
+  const a = views.get(1, 1024, 3);
+  t.same([...a], [1, 2, 3]);
+  u8.set([7, 8, 9], 1024);
+  const b = views.get(1, 1024, 3);
+  t.equal(b, a, 'the same object for the same slot and length');
+  t.same([...b], [7, 8, 9], 'showing what the slot holds now');
+  t.not(views.get(1, 1024, 2), a, 'another length: another view');
+  t.equal(views.get(1, 1024, 2).length, 2, 'exactly as long as the datagram');
+  t.not(views.get(2, 2048, 3), a, 'another slot: another view');
+  t.not(views.get(1, 1024, VIEW_LENGTHS), views.get(1, 1024, VIEW_LENGTHS), 'from VIEW_LENGTHS up, a fresh view each time (the cache stays bounded)');
 });
 
 t.test('shed gate: sheds everything for SHED_WINDOW_MS after the main thread\'s last refusal, then lets a trickle cross until SOFT_PERIOD_MS; never a zone the view answers; across the 32-bit wrap', async (t) => {

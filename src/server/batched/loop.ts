@@ -30,8 +30,9 @@
  *   quiet for a second after a burst? one full GC (idle-gc.ts)
  *
  * Under load a turn is exactly two koffi calls per socket (recvmmsg and
- * sendmmsg); nothing is allocated per packet by this file except the
- * Buffer view handed to handle() and, for a miss, the peer it keeps.
+ * sendmmsg); nothing is allocated per packet by this file except, for a
+ * miss, the peer it keeps (the views handed to handle() are made once per
+ * receive slot and length: loop-parts.ts SlotViews).
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { CacheReader } from '../../cache/reader.js';
@@ -42,7 +43,7 @@ import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js'
 import { EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes, type Timespec } from './msgvec.js';
 import { RxTrace, traceKey } from './rx-trace.js';
-import { Peer, ReportLogger, TurnClock } from './loop-parts.js';
+import { Peer, ReportLogger, SlotViews, TurnClock } from './loop-parts.js';
 import { IdleCollector, exposeGc } from './idle-gc.js';
 import { ShedGate } from './shed-gate.js';
 import { parseQuery, QueryStatus } from '../../dns/query.js';
@@ -119,6 +120,8 @@ export class WorkerLoop implements MissSink {
   readonly #clock: TurnClock;
   readonly #logger: ReportLogger;
   readonly #cache: CacheReader;
+  /** The datagrams as the hit path reads them: views of the receive slots, made once per slot and length. */
+  readonly #views: SlotViews;
   /** Answers new misses here while the main thread refuses them for load (shed-gate.ts). */
   readonly #gate: ShedGate;
   readonly #hits: HitPath;
@@ -200,6 +203,7 @@ export class WorkerLoop implements MissSink {
     this.#free = block.free;
     this.#arena = new Arena(block.address, block.bytes);
     this.#recv = new RecvVec(this.#arena, init.batch, RECV_SLOT_BYTES);
+    this.#views = new SlotViews(this.#arena.u8.buffer as ArrayBuffer, init.batch);
     this.#send = init.fds.map(() => new SendVec(this.#arena, init.batch, sendSlot));
     this.#peers = [];
     for (let i = 0; i < init.batch; i++) this.#peers.push(new Peer(this.#arena.u32, this.#recv.sockaddrOffset(i) >> 2));
@@ -329,7 +333,7 @@ export class WorkerLoop implements MissSink {
     const io = this.#io;
     io[IO.batches]!++;
     io[IO.datagrams]! += n;
-    const buf = this.#arena.u8.buffer;
+    const views = this.#views;
     const channel = this.#channels[s]!;
     const hits = this.#hits;
     const peers = this.#peers;
@@ -358,7 +362,7 @@ export class WorkerLoop implements MissSink {
       peer.sock = s;
       peer.answered = false;
       peer.nameLen = recv.nameLength(i);
-      const msg = Buffer.from(buf, recv.dataOffset(i), recv.length(i));
+      const msg = views.get(i, recv.dataOffset(i), recv.length(i));
       if (trace !== null && msg.length >= 2) trace.datagram(recv.kernelTimeUs(i), now.sec * 1e6 + now.nsec / 1000, traceKey(peer.port, msg.readUInt16BE(0)));
       this.#forwarded = 0;
       try {
