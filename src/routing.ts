@@ -49,7 +49,8 @@ export interface Routing {
   readonly upstreams: readonly Upstream[];
   readonly cluster: ClusterUpstream | null;
   /** The DNS-over-TLS upstreams for external names; null when they go to the host resolvers. */
-  readonly tls: TlsUpstream | null;  /** Zones whose route has a local answerer (the cluster view): at the upstream side's limit those are answered locally, not refused. */
+  readonly tls: TlsUpstream | null;
+  /** Zones whose route has a local answerer (the cluster view): at the upstream side's limit those are answered locally, not refused. */
   readonly localZones: readonly string[];
 }
 

@@ -121,7 +121,8 @@ export interface HitPathOptions {
   /** coredns_dns_request_duration_seconds and the size histograms (typed arrays: a few ns an observe). */
   readonly histograms?: HitPathHistograms | null;
   /** Requests by client namespace; null (the default): off, one null check per query. */
-  readonly tagger?: ClientTagger | null;  /** Turns new misses away before any work (null, the default: every miss goes to the sink). */
+  readonly tagger?: ClientTagger | null;
+  /** Turns new misses away before any work (null, the default: every miss goes to the sink). */
   readonly gate?: MissGate | null;
 }
 

@@ -90,7 +90,8 @@ export interface BatchedUdpOptions {
   /** The exchange's clock, for its lookups and inserts (tests). */
   readonly clock?: Clock;
   /** The main thread answers the workers' misses itself (direct.ts); default on. Off: every answer goes back through the worker (tests, comparisons). */
-  readonly directAnswers?: boolean;  /** Zones the main thread answers from its cluster view when the upstream side is at its limit (Routing.localZones): workers never shed those (shed-gate.ts). Default none. */
+  readonly directAnswers?: boolean;
+  /** Zones the main thread answers from its cluster view when the upstream side is at its limit (Routing.localZones): workers never shed those (shed-gate.ts). Default none. */
   readonly localZones?: readonly string[];
 }
 
