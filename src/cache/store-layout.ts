@@ -72,6 +72,8 @@ export const NO_RECORD = 1;
 const HEADER_BYTES = 16;
 /** Compares of one candidate slot that found it changed before find answers BUSY. */
 const SLOT_TRIES = 4;
+/** The bytes argument of #findSlow when it compares a key string. */
+const NO_BYTES = new Uint8Array(0);
 
 /** The lists, as stored in `list`. */
 export const POSITIVE = 0;
@@ -225,7 +227,7 @@ export class StoreView {
         // Another key with the same hash: probe on, unless the slot or the cell changed under the compare.
         if (Atomics.load(this.ver, slot) === before && table[i] === cell) continue;
       }
-      return this.#findSlow(key, h);
+      return this.#findSlow(key, NO_BYTES, 0, h);
     }
     return NONE;
   }
@@ -250,7 +252,7 @@ export class StoreView {
         // Another key with the same hash: probe on, unless the slot or the cell changed under the compare.
         if (Atomics.load(this.ver, slot) === before && table[i] === cell) continue;
       }
-      return this.#findBytesSlow(bytes, len, h);
+      return this.#findSlow(null, bytes, len, h);
     }
     return NONE;
   }
@@ -285,8 +287,12 @@ export class StoreView {
     return NONE;
   }
 
-  /** find's careful pass, when a slot was mid-change or changed under a compare: waits and retries, bounded. */
-  #findSlow(key: string, h: number): number {
+  /**
+   * find's and findBytes' careful pass, when a slot was mid-change or changed
+   * under a compare: waits and retries, bounded. The key is `key` when it is
+   * not null, else bytes[0, len) (off the hot path: one branch per compare).
+   */
+  #findSlow(key: string | null, bytes: Uint8Array, len: number, h: number): number {
     const table = this.table;
     const mask = this.tableMask;
     const slots = this.slots;
@@ -303,40 +309,7 @@ export class StoreView {
           if (++spins > SLOT_SPINS) return BUSY;
           continue;
         }
-        if (this.#keyEquals(slot, key)) {
-          this.foundVer = before;
-          return slot;
-        }
-        // Changed under the compare, or a refresh pointed the cell at a new slot meanwhile (the old one freed, so no
-        // longer the key's): this cell again, a few times in all.
-        const now = table[i]!;
-        if (now === cell && Atomics.load(this.ver, slot) === before) break;
-        if (++tries >= SLOT_TRIES) return BUSY;
-        cell = now;
-      }
-    }
-    return NONE;
-  }
-
-  /** find's careful pass, when a slot was mid-change or changed under a compare: waits and retries, bounded. */
-  #findBytesSlow(bytes: Uint8Array, len: number, h: number): number {
-    const table = this.table;
-    const mask = this.tableMask;
-    const slots = this.slots;
-    let spins = 0;
-    let tries = 0;
-    for (let i = h & mask, k = 0; k <= mask; i = (i + 1) & mask, k++) {
-      let cell = table[i]!;
-      for (;;) {
-        if (cell === 0) return NONE;
-        const slot = cell - 1;
-        if (slot < 0 || slot >= slots || this.keyHash[slot] !== h) break;
-        const before = Atomics.load(this.ver, slot);
-        if ((before & 1) !== 0) {
-          if (++spins > SLOT_SPINS) return BUSY;
-          continue;
-        }
-        if (this.#keyBytesEqual(slot, bytes, len)) {
+        if (key !== null ? this.#keyEquals(slot, key) : this.#keyBytesEqual(slot, bytes, len)) {
           this.foundVer = before;
           return slot;
         }
