@@ -309,7 +309,7 @@ export class Agent {
     if (batched !== null) {
       batched.connect(resolver);
       // The exchange stores what it fetches in this.cache: the hit path must not store it again.
-      this.hitPath.connect(batched.mainSink(this.hitPath), false);
+      this.hitPath.connect(batched.mainSink(this.hitPath), true);
       this.metrics.addWorkerTotals(() => batched.totals());
     } else {
       this.hitPath.connect(resolver);

@@ -775,7 +775,7 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
       abortAll: () => main.abortAll(),
     };
   }
-  const exchange = new MissExchange(new Counters(BATCHED_COUNTERS), store.exchangeView(new Counters(CACHE_COUNTERS)), clock);
+  const exchange = new MissExchange({ counters: new Counters(BATCHED_COUNTERS), server: main.counters, shared: store.exchangeView(new Counters(CACHE_COUNTERS)), clock });
   const resolver = make(exchange);
   exchange.connect(resolver);
   // The main thread's hit path (TCP) asks through the same exchange, answered synchronously; the exchange stores.
@@ -885,6 +885,31 @@ for (const b of RIG_BACKENDS) {
     r.handle(query({ name: 'n0.example', id: 60 }), ch, 0);
     t.equal(ch.decoded(ch.sent.length - 1).id, 60, 'a hit is never limited');
     t.equal(rcodeOf(ch.sent[ch.sent.length - 1]!), 0);
+  });
+  t.test(`[${b.name}] bailiwick: a poisoned answer is scrubbed once, whoever waited on it, and only the scrubbed form is served and cached`, async (t) => {
+    const r = backendRig(b.workers);
+    const ch = new FakeChannel();
+    // Every thread waits on the one question: each worker, and the main thread's TCP path.
+    const waiters = [...Array.from({ length: Math.max(1, b.workers) }, (_v, i) => (b.workers === 0 ? undefined : i)), -1];
+    waiters.forEach((w, i) => r.handle(query({ name: 'www.example.com', id: 1 + i }), ch, w));
+    t.equal(r.external.exchanges.length, 1, 'one upstream question');
+    r.external.answer(0, answer('www.example.com', [
+      { type: 'CNAME', name: 'www.example.com', ttl: 60, data: 'edge.cdn.example.net' },
+      a('edge.cdn.example.net', '192.0.2.10'),
+      a('bank.example.org', '203.0.113.66'),
+    ], { additionals: [a('mail.example.org', '203.0.113.25')] }));
+    t.equal(ch.sent.length, waiters.length, 'every waiter answered');
+    for (let i = 0; i < ch.sent.length; i++) {
+      const m = ch.decoded(i);
+      t.same(m.answers?.map((x) => x.name), ['www.example.com', 'edge.cdn.example.net'], `waiter ${m.id}: the chain, not the intruder`);
+      t.notOk(m.additionals?.some((x) => x.type === 'A'), `waiter ${m.id}: no unrelated glue`);
+    }
+    t.equal(r.counter('scrubbedAnswers'), 1, 'scrubbed (and counted) once, not once per thread that waited');
+    t.equal(r.counter('scrubbedRecords'), 2);
+    for (const w of waiters) r.handle(query({ name: 'www.example.com', id: 50 }), ch, w);
+    const hits = ch.sent.slice(waiters.length).map((m) => dnsPacket.decode(m).answers?.map((x) => x.name));
+    t.same(hits, waiters.map(() => ['www.example.com', 'edge.cdn.example.net']), 'hits on every thread serve the scrubbed entry');
+    t.equal(r.external.exchanges.length, 1, 'from the cache');
   });
 }
 

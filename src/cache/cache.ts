@@ -18,8 +18,7 @@
  * export/restore carry the entries across a restart (snapshot.ts); whether a
  * restored record is still an answer to cache, and as what, is revive.ts's.
  */
-import { scanAnswer, type AnswerScan } from '../dns/answer.js';
-import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
+import type { AnswerScan } from '../dns/answer.js';
 import type { QueryScratch } from '../dns/query.js';
 import { AnswerCopy, lifeSec, type CacheEntry, type CacheRecord } from './entry.js';
 import { planCaching, type CachePlan, type TtlCaps } from './policy.js';
@@ -107,8 +106,6 @@ export class DnsCache implements HitCache {
   readonly #store: AnswerStore;
   /** Where hits and misses are counted: `counters`, but a view's own block (exchangeView). */
   readonly #lookups: Float64Array;
-  /** A view for the miss exchange: inserts are scrubbed first (exchangeView). */
-  readonly #scrubs: boolean;
   refreshDue: boolean;
 
   constructor(opts: CacheOptions, counters: CacheCounters, o: DnsCacheOptions = {}, view?: { core: Core; lookups: CacheCounters }) {
@@ -117,7 +114,6 @@ export class DnsCache implements HitCache {
     if (view !== undefined) {
       this.#core = view.core;
       this.#lookups = view.lookups.values;
-      this.#scrubs = true;
     } else {
       // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store-slab.ts).
       const live = opts.maxBytes * LIVE_SHARE;
@@ -131,7 +127,6 @@ export class DnsCache implements HitCache {
       });
       this.#core = { store, opts, restoring: false, restoreEvictions: 0, rebuildsCounted: 0 };
       this.#lookups = counters.values;
-      this.#scrubs = false;
     }
     this.#store = this.#core.store;
   }
@@ -139,9 +134,9 @@ export class DnsCache implements HitCache {
   /**
    * The same cache for the batched miss exchange (miss-exchange.ts): its
    * lookups (a worker's miss asked again here) are counted in `lookups`, not
-   * published (the worker already counted the miss), and what it inserts is
-   * scrubbed of out-of-bailiwick records first, as a hit path does before it
-   * stores: the workers serve straight from this store.
+   * published (the worker already counted the miss). What it inserts the
+   * exchange has scrubbed of out-of-bailiwick records, as a hit path does
+   * before it stores: the workers serve straight from this store.
    */
   exchangeView(lookups: CacheCounters): DnsCache {
     return new DnsCache(this.#core.opts, this.counters, {}, { core: this.#core, lookups });
@@ -259,17 +254,6 @@ export class DnsCache implements HitCache {
    * transient when not stored).
    */
   insert(key: string, answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
-    if (this.#scrubs) {
-      const scrubbed = scrubOutOfBailiwick(answer);
-      // Not cached with the intruders: the hit path makes the same call for its clients.
-      if (scrubbed === 'unusable') return this.prepare(answer, scan, now);
-      if (scrubbed !== null) {
-        const rescan = scanAnswer(scrubbed.msg);
-        if (rescan === undefined) return this.prepare(answer, scan, now);
-        answer = scrubbed.msg;
-        scan = rescan;
-      }
-    }
     const plan: CachePlan = planCaching(scan, this.#opts);
     if (plan.kind === 'none') {
       this.counters.values[S.uncacheable]!++;

@@ -26,12 +26,12 @@
  * outlives the call (a miss's key and waiters, a prefetch).
  */
 import { scanAnswer } from '../dns/answer.js';
-import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
 import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
 import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE, Rcode } from '../dns/constants.js';
 import { nameToString } from '../dns/name.js';
 import { QueryScratch, QueryStatus, parseQueryInto, queryCopy, type Query } from '../dns/query.js';
 import { tsigErrorResponse } from '../dns/tsig.js';
+import { scrubCounted } from './scrub.js';
 import { STALE_ANSWER_TTL, type HitCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
@@ -156,8 +156,12 @@ export const MAX_WAITERS_PER_QUESTION = 1024;
 export class HitPath implements QueryHandler {
   readonly counters: ServerCounters;
   readonly #cache: HitCache;
-  /** Stores what its misses bring back; off when the upstream side stores them itself (the batched miss exchange). */
-  #stores: boolean;
+  /**
+   * Scrubs and stores what its misses bring back; off when the sink has done
+   * both before it completes (the batched miss exchange, once for every
+   * thread that waits on the answer).
+   */
+  #validates: boolean;
   readonly #clock: Clock;
   readonly #logger: Logger;
   #maxUdpSize: number;
@@ -187,7 +191,7 @@ export class HitPath implements QueryHandler {
     this.counters = opts.counters;
     this.#v = opts.counters.values;
     this.#sink = null;
-    this.#stores = true;
+    this.#validates = true;
     this.#byKey = new Map();
     this.#byToken = new Map();
     this.#nextToken = 1;
@@ -211,14 +215,15 @@ export class HitPath implements QueryHandler {
   }
 
   /**
-   * Wires the upstream side; set once before the first query. `stores`
-   * false: the sink stores answers in this hit path's cache itself (the
-   * batched backend's exchange, which stores every answer it fetches in the
-   * one cache), so completions only answer the waiting clients.
+   * Wires the upstream side; set once before the first query. `sinkValidates`
+   * true: the sink scrubs every answer and stores it in the one cache before
+   * it completes (the batched backend's miss exchange, for every worker and
+   * the main thread's TCP path), so completions only answer the waiting
+   * clients: an answer is decoded once, not once per thread that waited.
    */
-  connect(sink: MissSink, stores = true): void {
+  connect(sink: MissSink, sinkValidates = false): void {
     this.#sink = sink;
-    this.#stores = stores;
+    this.#validates = !sinkValidates;
   }
 
   handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
@@ -316,15 +321,7 @@ export class HitPath implements QueryHandler {
     if (miss === undefined) return;
     this.#close(miss);
     const now = this.#clock.now();
-    if (answer !== null && outcome === 'upstream') {
-      const scrubbed = scrubOutOfBailiwick(answer);
-      if (scrubbed === 'unusable') answer = Buffer.alloc(0);
-      else if (scrubbed !== null) {
-        this.#v[S.scrubbedAnswers]!++;
-        this.#v[S.scrubbedRecords]! += scrubbed.removed;
-        answer = scrubbed.msg;
-      }
-    }
+    if (answer !== null && outcome === 'upstream' && this.#validates) answer = scrubCounted(answer, this.#v);
     if (answer !== null) {
       const scan = scanAnswer(answer);
       if (scan === undefined) {
@@ -336,7 +333,7 @@ export class HitPath implements QueryHandler {
           });
         }
       } else if (scan.rcode !== Rcode.SERVFAIL && scan.rcode !== Rcode.REFUSED) {
-        const fresh: CacheEntry = this.#stores ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
+        const fresh: CacheEntry = this.#validates ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {
           const reply = fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
           this.#send(reply, w.channel, w.peer, w.arrivedAt);

@@ -26,12 +26,11 @@
 import { AnswerCopy } from '../../cache/entry.js';
 import { planCaching, type TtlCaps } from '../../cache/policy.js';
 import { scanAnswer } from '../../dns/answer.js';
-import { scrubOutOfBailiwick } from '../../dns/bailiwick.js';
 import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
 import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
 import { QueryStatus, parseQuery } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
-import type { HitPathHistograms, MissOutcome } from '../hit-path.js';
+import type { HitPathHistograms } from '../hit-path.js';
 import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
@@ -138,12 +137,12 @@ export class DirectAnswers {
    * completion's answered-through mark (protocol.ts DONE_STRIDE): the last
    * record's number, or 0 when the worker answers every client itself.
    */
-  answer(token: number, answer: Buffer | null, outcome: MissOutcome): number {
+  answer(token: number, answer: Buffer | null): number {
     const list = this.#pending.get(token);
     if (list === undefined) return 0;
     this.#pending.delete(token);
     if (list.length === 0) return this.#received;
-    if (answer === null || this.#closed || !this.#serve(list, answer, outcome)) {
+    if (answer === null || this.#closed || !this.#serve(list, answer)) {
       this.needWake = true;
       return 0;
     }
@@ -168,14 +167,8 @@ export class DirectAnswers {
     this.#block.free();
   }
 
-  /** As the worker's hit path would: scrub, validate, the entry it would store (or a transient one), served to each client. */
-  #serve(list: DirectWaiter[], answer: Buffer, outcome: MissOutcome): boolean {
-    let a = answer;
-    if (outcome === 'upstream') {
-      const scrubbed = scrubOutOfBailiwick(a);
-      if (scrubbed === 'unusable') return false;
-      if (scrubbed !== null) a = scrubbed.msg;
-    }
+  /** As the worker's hit path would: validate, the entry it would store (or a transient one), served to each client (the exchange scrubbed the answer). */
+  #serve(list: DirectWaiter[], a: Buffer): boolean {
     const scan = scanAnswer(a);
     if (scan === undefined || scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) return false;
     const policy = this.#policy();

@@ -145,7 +145,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     if (!(this.sharedCache.layout.index instanceof SharedArrayBuffer)) throw new Error('BatchedUdpListener needs a cache built { shared: true }');
     this.#clock = opts.clock ?? systemClock;
     // Its lookups in a block of their own: they follow a worker miss already counted, so publishing them would count the query twice.
-    this.#exchange = new MissExchange(this.#own, this.sharedCache.exchangeView(new Counters(CACHE_COUNTERS)), this.#clock);
+    this.#exchange = new MissExchange({ counters: this.#own, server: this.#ownServer, shared: this.sharedCache.exchangeView(new Counters(CACHE_COUNTERS)), clock: this.#clock });
     this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
     this.#ports = opts.listen.map((a) => a.port);
     const c = opts.cache;

@@ -193,7 +193,8 @@ export class WorkerLoop implements MissSink {
       clientLimit: missLimiter(init.clientMissRate, init.clientMissBurst),
       gate: this.#gate,
     });
-    this.#hits.connect(this);
+    // The exchange scrubbed and stored every answer before it came back: this side only serves it.
+    this.#hits.connect(this, true);
     this.#gate.watch(this.#hits);
     this.#fds = init.fds;
     this.#channels = init.fds.map((_fd, i) => new SocketChannel(this, i));

@@ -23,6 +23,8 @@ import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
 import { MAX_MESSAGE, Rcode } from '../../dns/constants.js';
 import { QueryStatus, parseQuery } from '../../dns/query.js';
 import type { MissOutcome, MissSink } from '../hit-path.js';
+import { scrubCounted } from '../scrub.js';
+import type { ServerCounters } from '../stats.js';
 import type { MissCompleter } from '../resolver.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
 
@@ -58,6 +60,16 @@ class Shared {
   }
 }
 
+export interface MissExchangeOptions {
+  /** Main-thread slots of the batched block: cross-worker coalescing, shared-cache hits. */
+  readonly counters: BatchedCounters;
+  /** The scrub's counts (nodelocal_bailiwick_scrubbed_*). */
+  readonly server: ServerCounters;
+  /** The one cache the workers read (its exchangeView); null: answers are only handed back. */
+  readonly shared: DnsCache | null;
+  readonly clock: Clock;
+}
+
 export class MissExchange implements MissCompleter {
   #sink: MissSink | null;
   readonly #byKey: Map<string, Shared>;
@@ -65,17 +77,20 @@ export class MissExchange implements MissCompleter {
   #nextToken: number;
   /** Main-thread slots: cross-worker coalescing, shared-cache hits. */
   readonly #v: Float64Array;
+  /** Where the bailiwick scrub is counted (the listener's own server block, summed with the workers'). */
+  readonly #server: Float64Array;
   readonly #shared: DnsCache | null;
   readonly #clock: Clock;
 
-  constructor(counters: BatchedCounters, shared: DnsCache | null, clock: Clock) {
+  constructor(o: MissExchangeOptions) {
     this.#sink = null;
     this.#byKey = new Map();
     this.#byToken = new Map();
     this.#nextToken = 1;
-    this.#v = counters.values;
-    this.#shared = shared;
-    this.#clock = clock;
+    this.#v = o.counters.values;
+    this.#server = o.server.values;
+    this.#shared = o.shared;
+    this.#clock = o.clock;
   }
 
   /** Wires the upstream side (the Resolver); set once before the first miss. */
@@ -117,12 +132,18 @@ export class MissExchange implements MissCompleter {
     return { forward: (token, key, query) => this.forward(to, token, key, query) };
   }
 
-  /** MissCompleter: the upstream side's outcome, fanned out to every worker that asked. Unknown tokens are ignored. */
+  /**
+   * MissCompleter: the upstream side's outcome, fanned out to every worker
+   * that asked. Unknown tokens are ignored. An upstream answer is scrubbed
+   * here, once, before it is stored and handed on: every hit path behind the
+   * exchange is connected as validated and serves it as it comes.
+   */
   complete(token: number, answer: Buffer | null, outcome: MissOutcome): void {
     const s = this.#byToken.get(token);
     if (s === undefined) return;
     this.#byToken.delete(token);
     if (this.#byKey.get(s.key) === s) this.#byKey.delete(s.key);
+    if (answer !== null && outcome === 'upstream') answer = scrubCounted(answer, this.#server);
     if (this.#shared !== null && answer !== null) this.#store(s.key, answer);
     for (const w of s.waiters) {
       if (!w.to.alive) continue;
@@ -144,7 +165,7 @@ export class MissExchange implements MissCompleter {
     return true;
   }
 
-  /** Stores the answer in the one cache the workers read (the same validation and policy as every insert). */
+  /** Stores the (scrubbed) answer in the one cache the workers read (the same validation and policy as every insert). */
   #store(key: string, answer: Buffer): void {
     const scan = scanAnswer(answer);
     if (scan === undefined || scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) return;
