@@ -35,7 +35,7 @@ export interface AgentRun {
 }
 
 /** The agent with `--io io` (and `--workers` for batched), no cluster view, long TTLs, no prefetch. */
-export async function startBenchAgent(o: { agentPath: string; sim: SimProcess; host: string; io: 'batched' | 'dgram'; workers: number; workDir: string; name: string; readyTimeoutMs: number; agentArgs?: readonly string[] }): Promise<AgentRun> {
+export async function startBenchAgent(o: { agentPath: string; sim: SimProcess; host: string; io: 'batched' | 'dgram'; workers: number; workDir: string; name: string; readyTimeoutMs: number; agentArgs?: readonly string[]; nodeArgs?: readonly string[] }): Promise<AgentRun> {
   const metrics = { host: o.host, port: await freePort(o.host) };
   const extraArgs = [
     '--no-kube', '--io', o.io, ...(o.io === 'batched' ? ['--workers', String(o.workers)] : []),
@@ -44,7 +44,7 @@ export async function startBenchAgent(o: { agentPath: string; sim: SimProcess; h
     ...(o.agentArgs ?? []),
   ];
   const target = await startAgent({
-    name: o.name, agentPath: o.agentPath, extraArgs, kubeconfig: null, clusterDomain: BENCH_ZONES.clusterDomain,
+    name: o.name, agentPath: o.agentPath, extraArgs, nodeArgs: o.nodeArgs ?? [], kubeconfig: null, clusterDomain: BENCH_ZONES.clusterDomain,
     host: o.host, sim: o.sim, workDir: o.workDir, pin: null, readyTimeoutMs: o.readyTimeoutMs,
   });
   if (target.pid === null) throw new Error('the agent has no pid');

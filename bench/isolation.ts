@@ -89,6 +89,8 @@ export interface IsolationOptions {
   readonly agentPath: string;
   /** More agent flags (--agent-arg, repeatable), after the bench's own. */
   readonly agentArgs: readonly string[];
+  /** Flags for node before the agent's path (--agent-node-arg, repeatable): V8's GC flags, for one. */
+  readonly nodeArgs: readonly string[];
   readonly readyTimeoutMs: number;
 }
 
@@ -107,6 +109,7 @@ export const ISOLATION_DEFAULTS: Omit<IsolationOptions, 'agentPath'> = {
   workerCpu: '1',
   othersCpu: null,
   agentArgs: [],
+  nodeArgs: [],
   readyTimeoutMs: 60_000,
 };
 
@@ -373,7 +376,7 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
     pinProcess(sim.pid, o.mainCpu);
     for (const backend of o.backends) {
       const workers = backend === 'batched' ? 1 : 0;
-      const agent = await startBenchAgent({ agentPath: o.agentPath, sim, host: o.host, io: backend, workers, workDir: dir, name: backend, readyTimeoutMs: o.readyTimeoutMs, agentArgs: o.agentArgs });
+      const agent = await startBenchAgent({ agentPath: o.agentPath, sim, host: o.host, io: backend, workers, workDir: dir, name: backend, readyTimeoutMs: o.readyTimeoutMs, agentArgs: o.agentArgs, nodeArgs: o.nodeArgs });
       try {
         // Every thread to --others-cpu (default the main CPU; threads made later inherit it), the main thread to the main CPU, the worker alone on its own.
         const found = backend === 'batched' ? await findWorkerThreads(agent.pid, workers, 10_000) : [];
@@ -473,6 +476,7 @@ function usage(): string {
   return [
     'npm run isolation -- [--seconds 10] [--rate 2000] [--names 1000] [--flood-qps 30000] [--flood both|cluster|external]',
     '                     [--backends batched,dgram] [--rt-priority 50] [--worker-rt-priority 0] [--main-cpu 0] [--worker-cpu 1] [--others-cpu LIST] [--host 127.0.0.1] [--json FILE]',
+    '                     [--agent-arg ARG]... [--agent-node-arg ARG]...   (agent flags after the bench\'s own; node/V8 flags before the agent\'s path, e.g. --single-threaded-gc)',
     '                     [--agent dist/src/main.js] [--autogroup-nice -20]   (both modes; a machine shared with other sessions; run under setsid: the whole session\'s group changes)',
     'npm run isolation -- scaling [--workers 1,2] [--rounds 2] [--seconds 10] [--outstanding 500] [--names 1000] [--json FILE]',
   ].join('\n');
@@ -520,6 +524,7 @@ function parseArgs(argv: readonly string[]): { mode: 'isolation' | 'scaling'; is
       case '--worker-cpu': iso.workerCpu = String(v); break;
       case '--others-cpu': iso.othersCpu = String(v); break;
       case '--agent-arg': iso.agentArgs = [...iso.agentArgs, String(v)]; break;
+      case '--agent-node-arg': iso.nodeArgs = [...iso.nodeArgs, String(v)]; break;
       case '--autogroup-nice': {
         const n = Number(v);
         if (!Number.isInteger(n) || n < -20 || n > 19) throw new Error(`--autogroup-nice: -20..19\n${usage()}`);

@@ -208,6 +208,8 @@ export interface AgentSpec {
   readonly name: string;
   readonly agentPath: string;
   readonly extraArgs: readonly string[];
+  /** Flags for node itself, before the agent's path (V8's, which neither NODE_OPTIONS nor the agent can set). */
+  readonly nodeArgs?: readonly string[];
   /** Kubeconfig of the simulator's fake API server (null: the agent runs without the cluster view). */
   readonly kubeconfig: string | null;
   readonly clusterDomain: string;
@@ -278,7 +280,8 @@ export async function startAgent(spec: AgentSpec): Promise<Target> {
     ...(await opsArgs(spec)),
     ...spec.extraArgs,
   ];
-  const argv = spec.pin === null ? [process.execPath, ...args] : ['taskset', '-c', spec.pin, process.execPath, ...args];
+  const node = [process.execPath, ...(spec.nodeArgs ?? []), ...args];
+  const argv = spec.pin === null ? node : ['taskset', '-c', spec.pin, ...node];
   const logFile = path.join(spec.workDir, `${spec.name.replace(/[^A-Za-z0-9_.+-]/g, '_')}.log`);
   const fd = openLog(logFile);
   // Loader flags of a test runner have no business in the agent.
