@@ -58,7 +58,7 @@
  */
 import type { AnswerScan } from '../dns/answer.js';
 import { hashKey, keyHashSeed, useKeyHashSeed, type QueryScratch } from '../dns/query.js';
-import type { CachePolicyOptions, HitCache } from './cache.js';
+import type { CachePolicyOptions, HitCache } from './cache-api.js';
 import { AnswerCopy, type CacheEntry } from './entry.js';
 import { planCaching } from './policy.js';
 import { prefetchStart } from './prefetch.js';
