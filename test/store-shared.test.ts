@@ -375,7 +375,7 @@ t.test('a writer stopped inside one slot\'s change blocks the readers of that ke
   const s = slotOf(victim);
   t.ok(s >= 0, 'the victim key has a slot');
 
-  // "Preempted" inside the slot's change: its version odd, as store.ts #open leaves it.
+  // "Preempted" inside the slot's change: its version odd, as store-versions.ts openSlot leaves it.
   Atomics.add(view.ver, s, 1);
   let others = 0;
   for (let i = 0; i < N; i++) {

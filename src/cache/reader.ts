@@ -35,8 +35,8 @@
  * an Atomics.store to a word of our own comes first (a store-release there,
  * which the reads before it cannot pass, and which the load-acquire after
  * it cannot pass either); on x86 it costs one locked instruction a read.
- * The writer does the mirror image (store.ts #open, #begin). The table cell
- * itself is a plain load: the writer stores it last (Atomics.store, a
+ * The writer does the mirror image (store-versions.ts openSlot, beginAll).
+ * The table cell itself is a plain load: the writer stores it last (Atomics.store, a
  * store-release on arm64), and what the reader loads next is at addresses
  * computed from it, which arm64 keeps in order (store-table.ts). A key
  * compare that finds another key is not fenced (find checks the version
@@ -58,7 +58,7 @@
  */
 import type { AnswerScan } from '../dns/answer.js';
 import { hashKey, keyHashSeed, useKeyHashSeed, type QueryScratch } from '../dns/query.js';
-import type { CachePolicyOptions, HitCache } from './cache.js';
+import type { CachePolicyOptions, HitCache } from './cache-api.js';
 import { AnswerCopy, type CacheEntry } from './entry.js';
 import { planCaching } from './policy.js';
 import { prefetchStart } from './prefetch.js';

@@ -7,7 +7,7 @@
  */
 import { scanAnswer } from '../dns/answer.js';
 import { HEADER_LEN } from '../dns/constants.js';
-import type { CachePolicyOptions } from './cache.js';
+import type { CachePolicyOptions } from './cache-api.js';
 import { AnswerCopy, type CacheRecord } from './entry.js';
 import { planCaching } from './policy.js';
 import { prefetchStart } from './prefetch.js';

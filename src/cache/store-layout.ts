@@ -258,7 +258,7 @@ export class StoreView {
   }
 
   /**
-   * find on the writer's own thread (store.ts): no slot is ever mid-change
+   * find on the writer's own thread (store-fields.ts): no slot is ever mid-change
    * between its calls, so no version to take or check, and its table holds
    * no garbage. Tombstones are passed like any other key's cell.
    */

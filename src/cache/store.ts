@@ -14,19 +14,6 @@
  * (reader.ts). Everything is allocated once at its final size, so no buffer
  * is ever replaced under a reader.
  *
- * A change is seen by the readers of the key it changes only. The writer
- * makes a slot's version odd while it changes that slot's fields or record
- * bytes (a new entry in it, compaction moving its record) and moves it by
- * two when it frees the slot, and readers check the version of the slot
- * they read around their read; the
- * hash table never moves a cell (deletions leave tombstones, store-table.ts).
- * A reader that keeps finding its slot odd gives up and its query goes to
- * the main thread: under a miss flood the writer shares its CPU and is
- * preempted inside a change now and then, and with one global window per
- * change every worker read of every key gave up meanwhile (600-5,000 reads
- * per 8 s beside a 20k/s flood, each then as slow as the saturated main
- * thread). Now only the readers of the slot in change wait.
- *
  * The order of a new key: its record and fields are written into a free
  * slot (version odd, then even), then the table cell is stored, the
  * publication. A replacement (a refresh) writes the new entry into another
@@ -36,34 +23,20 @@
  * (NO_RECORD), so a reader still holding the slot from the table gets a
  * miss, even after compaction reuses its bytes.
  *
- * The global sequence word stays for what changes everything at once, and
- * is odd only then: clear, and the table's rebuild when tombstones pile up
- * (amortised: a quarter of the table must have come into use since the
- * last; with the default capacities the table is at most a third full and
- * 1e6 insert/evict cycles at capacity rebuilt it never). The slot versions
- * alone keep a reader from serving another key's bytes (clear frees every
- * slot as a removal does); the global word keeps a probe through a table
- * being rebuilt from counting a present key as a miss.
- *
  * The slab's record format and compaction are in store-slab.ts, the hash
  * table's upkeep in store-table.ts, the LRU lists and eviction's choice in
- * store-lru.ts, the entry handle lookups return in stored-entry.ts.
- *
- * The hash table's key hash is dns/query.ts hashKey, seeded per process:
- * names are chosen by whoever sends queries, and a fixed hash would let them
- * build long probe chains. The hit path looks up by the key's bytes and the
- * hash the parser computed while building them (findBytes), everything else
- * by the key string (find); both hash the same bytes the same way, so both
- * find the same slot.
+ * store-lru.ts, the lookups and an entry's fields in store-fields.ts (the
+ * class AnswerStore extends), the entry handle lookups return in
+ * stored-entry.ts, and the slot versions and global word that keep readers
+ * on other threads from using a change half-made in store-versions.ts.
  */
-import { hashKey, type Query } from '../dns/query.js';
-import {
-  allocLayout, DEAD, FLAG_REFRESHING, NO_RECORD, NONE, REBUILDS, RECORD_HEADER, SEQ, StoreView, type ListId, type StoreLayout,
-} from './store-layout.js';
+import { hashKey } from '../dns/query.js';
+import { StoreFields } from './store-fields.js';
+import { allocLayout, DEAD, NONE, REBUILDS, RECORD_HEADER, StoreView, type ListId } from './store-layout.js';
 import { evictionVictim, linkMru, unlink } from './store-lru.js';
 import { compactSlab, grownSoftEnd, INITIAL_SLAB, MAX_SLAB, recordBytes } from './store-slab.js';
 import { REBUILD_AT, tableDelete, tableInsert, tableRebuild, tableReplace } from './store-table.js';
-import { StoredEntry } from './stored-entry.js';
+import { beginAll, closeSlot, endAll, openSlot, unpointSlot } from './store-versions.js';
 
 export { NEGATIVE, POSITIVE, type ListId, type StoreLayout } from './store-layout.js';
 
@@ -100,8 +73,7 @@ export interface StoreInput {
   readonly hits: number;
 }
 
-
-export class AnswerStore {
+export class AnswerStore extends StoreFields {
   readonly #v: StoreView;
   readonly #hashMask: number;
   readonly #capacity: readonly [number, number];
@@ -128,16 +100,16 @@ export class AnswerStore {
   /** Entries pushed out to make room, per list, since the owner last read them. */
   readonly evicted: Float64Array;
 
-  /** The one entry handle lookups return (see StoredEntry). */
-  readonly view: StoredEntry;
-
   constructor(opts: StoreOptions) {
-    this.#hashMask = (opts.hashMask ?? 0xffffffff) >>> 0;
-    this.#capacity = opts.capacity;
-    this.#budget = opts.budget;
+    const hashMask = (opts.hashMask ?? 0xffffffff) >>> 0;
     const cap = Math.max(RECORD_HEADER, Math.min(MAX_SLAB, Math.floor(opts.slabCap / 8) * 8));
     const slots = Math.max(1, opts.capacity[0] + opts.capacity[1] + 1);
-    this.#v = new StoreView(allocLayout(slots, cap, this.#hashMask, opts.shared === true));
+    const v = new StoreView(allocLayout(slots, cap, hashMask, opts.shared === true));
+    super(v, hashMask);
+    this.#v = v;
+    this.#hashMask = hashMask;
+    this.#capacity = opts.capacity;
+    this.#budget = opts.budget;
     this.#slabCap = cap;
     this.#softEnd = Math.min(INITIAL_SLAB, cap);
     this.#tail = 0;
@@ -151,29 +123,9 @@ export class AnswerStore {
     this.#count = new Float64Array(2);
     this.#bytes = new Float64Array(2);
     this.evicted = new Float64Array(2);
-    this.view = new StoredEntry(this);
   }
 
-  /** The buffers and shape a reader thread attaches to (reader.ts). */
-  get layout(): StoreLayout {
-    return this.#v.layout;
-  }
-
-  // ---- lookups (the hit path: no allocation) ----
-
-  /** The slot holding `key`, or -1. Does not touch LRU order. */
-  find(key: string): number {
-    // The writer's own thread: no version checks (StoreView.findOwn).
-    return this.#v.findOwn(key, (hashKey(key) & this.#hashMask) >>> 0);
-  }
-
-  /**
-   * find for the key in bytes[0, len) whose hashKey is `hash` (the parser
-   * computes it while building the key): the hit path's lookup, no string.
-   */
-  findBytes(bytes: Uint8Array, len: number, hash: number): number {
-    return this.#v.findBytesOwn(bytes, len, (hash & this.#hashMask) >>> 0);
-  }
+  // ---- use (the hit path: no allocation; the lookups are StoreFields') ----
 
   /** Makes `slot` the most recently used of its list (a use by this thread: any reader's mark is spent). */
   touch(slot: number): void {
@@ -183,59 +135,6 @@ export class AnswerStore {
     if (this.#mru[list] === slot) return;
     unlink(v, this.#mru, this.#lru, slot, list);
     linkMru(v, this.#mru, this.#lru, slot, list);
-  }
-
-  listOf(slot: number): ListId {
-    return this.#v.list[slot] as ListId;
-  }
-  storedAt(slot: number): number {
-    return this.#v.storedAtA[slot]!;
-  }
-  expiresAt(slot: number): number {
-    return this.#v.expiresAtA[slot]!;
-  }
-  prefetchAt(slot: number): number {
-    return this.#v.prefetchAtA[slot]!;
-  }
-  hits(slot: number): number {
-    return this.#v.hitsA[slot]!;
-  }
-  addHit(slot: number): void {
-    this.#v.hitsA[slot]!++;
-  }
-  refreshing(slot: number): boolean {
-    return (this.#v.flags[slot]! & FLAG_REFRESHING) !== 0;
-  }
-  setRefreshing(slot: number): void {
-    this.#v.flags[slot]! |= FLAG_REFRESHING;
-  }
-  /** Whether a reader has marked `slot` since it was last used here or given its second chance. */
-  referenced(slot: number): boolean {
-    return this.#v.ref[slot] !== 0;
-  }
-
-  /** The slot's answer for one client: copy and patch straight from the slab. */
-  serve(slot: number, q: Query, ageSec: number, fixedTtl: number, limit: number, ednsSize: number): Buffer {
-    // The writer's own fields always describe a record in the slab.
-    return this.#v.serve(slot, q, ageSec, fixedTtl, limit, ednsSize)!;
-  }
-
-  /** A copy of the slot's stored wire bytes. */
-  wireCopy(slot: number): Buffer {
-    return this.#v.wireCopy(slot);
-  }
-
-  /** A copy of the slot's TTL offsets. */
-  ttlOffsetsCopy(slot: number): Uint16Array {
-    return this.#v.ttlOffsetsCopy(slot);
-  }
-
-  questionEnd(slot: number): number {
-    return this.#v.questionEndA[slot]!;
-  }
-
-  keyOf(slot: number): string {
-    return this.#v.keyOf(slot);
   }
 
   // ---- sizes ----
@@ -302,7 +201,7 @@ export class AnswerStore {
     this.#tail = off + rec;
     const h = (hashKey(key) & this.#hashMask) >>> 0;
     // Odd while the slot changes: a reader still holding it from a table cell read before its last removal retries or misses.
-    this.#open(slot);
+    openSlot(v, slot);
     const u32 = v.slabU32;
     u32[off >>> 2] = slot;
     u32[(off >>> 2) + 1] = rec;
@@ -324,7 +223,7 @@ export class AnswerStore {
     v.storedAtA[slot] = e.storedAt;
     v.expiresAtA[slot] = e.expiresAt;
     v.prefetchAtA[slot] = e.prefetchAt;
-    this.#close(slot);
+    closeSlot(v, slot);
     // Published: from here readers can find it (the cell store comes after everything above: store-table.ts).
     if (old === NONE) this.#cellsUsed += tableInsert(v, slot, h);
     else {
@@ -365,7 +264,7 @@ export class AnswerStore {
     const off = v.off[slot]!;
     v.slabU32[off >>> 2] = DEAD;
     this.#dead += v.slabU32[(off >>> 2) + 1]!;
-    this.#unpoint(slot);
+    unpointSlot(v, slot);
     v.older[slot] = this.#freeSlot;
     this.#freeSlot = slot;
   }
@@ -380,10 +279,10 @@ export class AnswerStore {
   }
 
   clear(): void {
-    this.#begin();
+    beginAll(this.#v);
     try {
       // Every slot freed as #free frees one: a reader still holding one from before reads no record, whatever the global word.
-      for (let s = 0; s < this.#fresh; s++) this.#unpoint(s);
+      for (let s = 0; s < this.#fresh; s++) unpointSlot(this.#v, s);
       this.#v.table.fill(0);
       this.#mru.fill(NONE);
       this.#lru.fill(NONE);
@@ -395,17 +294,17 @@ export class AnswerStore {
       this.#dead = 0;
       this.#cellsUsed = 0;
     } finally {
-      this.#end();
+      endAll(this.#v);
     }
   }
 
   /** The table without tombstones, in place, under the global word (store-table.ts). */
   #rebuild(): void {
-    this.#begin();
+    beginAll(this.#v);
     try {
       this.#cellsUsed = tableRebuild(this.#v, this.#mru);
     } finally {
-      this.#end();
+      endAll(this.#v);
     }
     this.#v.header[REBUILDS]!++;
   }
@@ -423,43 +322,6 @@ export class AnswerStore {
   #evict(list: ListId): void {
     this.remove(evictionVictim(this.#v, this.#mru, this.#lru, list));
     this.evicted[list]!++;
-  }
-
-  /**
-   * The global sequence word odd: every reader retries (or gives up) what
-   * it read meanwhile (reader.ts). Only for what changes everything (clear,
-   * rebuild). The load after the add keeps the changes that follow from
-   * being seen before the odd word on arm64 (there the add's store is only a
-   * store-release; a load-acquire after it orders what comes next).
-   */
-  #begin(): void {
-    Atomics.add(this.#v.header, SEQ, 1);
-    Atomics.load(this.#v.header, SEQ);
-  }
-
-  #end(): void {
-    Atomics.add(this.#v.header, SEQ, 1);
-  }
-
-  /** The slot's version odd: readers of this slot retry, or give up this key (the same arm64 note as #begin). */
-  #open(slot: number): void {
-    Atomics.add(this.#v.ver, slot, 1);
-    Atomics.load(this.#v.ver, slot);
-  }
-
-  #close(slot: number): void {
-    Atomics.add(this.#v.ver, slot, 1);
-  }
-
-  /**
-   * A freed slot's offset points nowhere, and its version moves on: one
-   * word changes, so no odd window is needed. A reader that took the
-   * version before sees it moved; one that took it after reads NO_RECORD
-   * (the add orders the store before it, on arm64 as a store-release).
-   */
-  #unpoint(slot: number): void {
-    this.#v.off[slot] = NO_RECORD;
-    Atomics.add(this.#v.ver, slot, 2);
   }
 
   // ---- slab ----

@@ -1,11 +1,11 @@
 /**
  * The entry handle of an answer store (store.ts): the CacheEntry a lookup
- * hands out, reading the store's slot fields in place.
+ * hands out, reading the store's slot fields in place (store-fields.ts).
  */
 import type { Query } from '../dns/query.js';
 import type { CacheEntry } from './entry.js';
 import { NEGATIVE, NONE } from './store-layout.js';
-import type { AnswerStore } from './store.js';
+import type { StoreFields } from './store-fields.js';
 
 /**
  * The entry handle a lookup returns: one per store, pointing at the slot the
@@ -15,10 +15,10 @@ import type { AnswerStore } from './store.js';
  * waiters, a stale answer) is a copy (entry.ts AnswerCopy).
  */
 export class StoredEntry implements CacheEntry {
-  readonly #store: AnswerStore;
+  readonly #store: StoreFields;
   slot: number;
 
-  constructor(store: AnswerStore) {
+  constructor(store: StoreFields) {
     this.#store = store;
     this.slot = NONE;
   }

@@ -4,7 +4,7 @@
  * from the cluster DNS (coredns/coredns#3868: behind node-cache every query
  * comes from the node), so only a node-local agent can say who asked.
  *
- * One ListWatch (kube/watch.ts) of `/api/v1/pods?fieldSelector=spec.nodeName=NODE`:
+ * One ListWatch (kube/list-watch.ts) of `/api/v1/pods?fieldSelector=spec.nodeName=NODE`:
  * the API server filters, so the agent holds and hears about the pods of its
  * own node only (about 110 at most by kubelet's default), never the
  * cluster's. Each pod is cut down at the edge to its namespace and its

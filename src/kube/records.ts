@@ -28,118 +28,29 @@
  * types, and only a name that does not exist gets NXDOMAIN (RFC 8020: an
  * NXDOMAIN denies every name below it too, so existing parents must never
  * get one). Negative answers carry the zone's SOA with CoreDNS's fields.
+ *
+ * This file is the lookup and the answers built for each kind of name; what
+ * a name is (labels, classification, endpoints) is record-names.ts, and the
+ * option, record and answer types are record-types.ts.
  */
 import { QType, Rcode } from '../dns/constants.js';
-import { dashedName, inAddrKey, ip6ArpaKey, ipKey, isV4, podLabelAddress } from './ip.js';
-import type { ServicePort, SlimService } from './types.js';
+import { dashedName, inAddrKey, ip6ArpaKey, ipKey, isV4 } from './ip.js';
+import { IN_ADDR, IP6_ARPA, backends, classify, endsWith, srvTargets, trimDot, wireLabels, type SrvTarget } from './record-names.js';
+import {
+  DNS_SCHEMA_VERSION,
+  RECORD_DEFAULTS,
+  type ClusterAnswer,
+  type ClusterResult,
+  type ClusterRR,
+  type NameRR,
+  type RecordOptions,
+  type SoaRR,
+} from './record-types.js';
+import type { SlimService } from './types.js';
 import type { ClusterViewReader } from './view.js';
 
-/** The defaults of cluster records, each where CoreDNS has it. */
-export const RECORD_DEFAULTS = {
-  /** CoreDNS kubernetes plugin `defaultTTL`. */
-  ttl: 5,
-  /** CoreDNS answers dns-version with this fixed TTL (kubernetes.go), as does the spec's example. */
-  dnsVersionTtl: 28800,
-  /**
-   * The Service whose cluster IPs name the zone's nameserver: CoreDNS finds
-   * the Service its own pods back (ns.go nsAddrs); in a standard cluster that
-   * is kube-dns in kube-system.
-   */
-  dnsService: { namespace: 'kube-system', name: 'kube-dns' },
-  /** CoreDNS backend_lookup.go maxCnameChainLength. */
-  maxCnameChain: 10,
-} as const;
-
-export const DNS_SCHEMA_VERSION = '1.1.0';
-
-export interface RecordOptions {
-  /** The cluster domain, lower-case, no trailing dot ("cluster.local"). */
-  readonly zone: string;
-  /** TTL of every record (and the SOA minimum), seconds. */
-  readonly ttl: number;
-  /**
-   * False before the view has synced or once the API server has been silent
-   * too long: then every answer that would be negative is 'unknown'
-   * (SERVFAIL), never an invented NXDOMAIN/NODATA.
-   */
-  readonly negativesAllowed: boolean;
-  readonly dnsService: { readonly namespace: string; readonly name: string };
-}
-
-export function recordOptions(o: {
-  zone: string;
-  negativesAllowed: boolean;
-  ttl?: number;
-  dnsService?: { readonly namespace: string; readonly name: string };
-}): RecordOptions {
-  return {
-    zone: trimDot(o.zone.toLowerCase()),
-    ttl: o.ttl ?? RECORD_DEFAULTS.ttl,
-    negativesAllowed: o.negativesAllowed,
-    dnsService: o.dnsService ?? RECORD_DEFAULTS.dnsService,
-  };
-}
-
-// Records are shaped like dns-packet's answers (names without trailing
-// dots), so the encoder hands them over as they are and a decoded answer
-// compares field by field.
-export interface NameRR {
-  readonly name: string;
-  readonly type: 'A' | 'AAAA' | 'CNAME' | 'PTR' | 'NS';
-  readonly ttl: number;
-  readonly data: string;
-}
-export interface SrvRR {
-  readonly name: string;
-  readonly type: 'SRV';
-  readonly ttl: number;
-  readonly data: { readonly priority: number; readonly weight: number; readonly port: number; readonly target: string };
-}
-export interface TxtRR {
-  readonly name: string;
-  readonly type: 'TXT';
-  readonly ttl: number;
-  readonly data: string;
-}
-export interface SoaRR {
-  readonly name: string;
-  readonly type: 'SOA';
-  readonly ttl: number;
-  readonly data: {
-    readonly mname: string;
-    readonly rname: string;
-    readonly serial: number;
-    readonly refresh: number;
-    readonly retry: number;
-    readonly expire: number;
-    readonly minimum: number;
-  };
-}
-export type ClusterRR = NameRR | SrvRR | TxtRR | SoaRR;
-
-export interface ClusterAnswer {
-  readonly kind: 'answer';
-  readonly rcode: typeof Rcode.NOERROR | typeof Rcode.NXDOMAIN;
-  readonly answer: readonly ClusterRR[];
-  /** The zone's SOA for negative answers (NXDOMAIN and NODATA); empty otherwise. */
-  readonly authority: readonly ClusterRR[];
-  /** A/AAAA of SRV targets and NS hosts, as CoreDNS adds them. */
-  readonly additional: readonly ClusterRR[];
-  /**
-   * '' unless the answer ends in a CNAME to a name outside the zone (an
-   * ExternalName service): the caller resolves this name for the same qtype
-   * elsewhere and appends what it gets, as CoreDNS's upstream lookup does.
-   */
-  readonly chase: string;
-}
-
-/**
- * 'unknown': the answer would be negative but the view may not deny it
- * (SERVFAIL). 'notOurs': outside the zone and the reverse zones, or a reverse
- * name the view holds nothing for (CoreDNS's stock Corefile falls through
- * in-addr.arpa/ip6.arpa to forward): the caller forwards.
- */
-export type ClusterResult = ClusterAnswer | { readonly kind: 'unknown' } | { readonly kind: 'notOurs' };
+export { wireLabels } from './record-names.js';
+export * from './record-types.js';
 
 const UNKNOWN: ClusterResult = { kind: 'unknown' };
 const NOT_OURS: ClusterResult = { kind: 'notOurs' };
@@ -184,184 +95,6 @@ export function isCertainNxdomain(view: ClusterViewReader, qname: Uint8Array, op
   const zone = opts.zone.split('.');
   if (!endsWith(labels, zone)) return false;
   return classify(view, labels.slice(0, labels.length - zone.length)).t === 'nx';
-}
-
-// ---------------------------------------------------------------------------
-// Names
-
-const IN_ADDR = ['in-addr', 'arpa'];
-const IP6_ARPA = ['ip6', 'arpa'];
-
-/** Lower-cased labels of an uncompressed wire name, or undefined when malformed. */
-export function wireLabels(name: Uint8Array): string[] | undefined {
-  const labels: string[] = [];
-  let off = 0;
-  while (off < name.length) {
-    const len = name[off]!;
-    if (len === 0) return labels;
-    if (len > 63 || off + 1 + len > name.length) return undefined;
-    let l = '';
-    for (let i = off + 1; i <= off + len; i++) {
-      const c = name[i]!;
-      l += String.fromCharCode(c >= 0x41 && c <= 0x5a ? c | 0x20 : c);
-    }
-    labels.push(l);
-    off += len + 1;
-  }
-  return undefined;
-}
-
-function endsWith(labels: readonly string[], suffix: readonly string[]): boolean {
-  if (labels.length < suffix.length) return false;
-  const d = labels.length - suffix.length;
-  for (let i = 0; i < suffix.length; i++) if (labels[d + i] !== suffix[i]) return false;
-  return true;
-}
-
-function trimDot(s: string): string {
-  return s.endsWith('.') ? s.slice(0, -1) : s;
-}
-
-/** Leading underscore stripped, as CoreDNS parse.go stripUnderscore does (it accepts both spellings). */
-function strip(label: string): string {
-  return label.startsWith('_') ? label.slice(1) : label;
-}
-
-// ---------------------------------------------------------------------------
-// What a name is
-
-type Node =
-  | { readonly t: 'nx' }
-  | { readonly t: 'empty' }
-  | { readonly t: 'apex' }
-  | { readonly t: 'version' }
-  | { readonly t: 'nsHost' }
-  | { readonly t: 'service'; readonly svc: SlimService }
-  | { readonly t: 'endpoint'; readonly svc: SlimService; readonly host: string }
-  | { readonly t: 'srv'; readonly svc: SlimService; readonly port: string; readonly proto: string }
-  | { readonly t: 'pod'; readonly ip: string };
-
-const NX: Node = { t: 'nx' };
-const EMPTY: Node = { t: 'empty' };
-
-/** `rel`: the labels left of the zone, left to right. */
-function classify(view: ClusterViewReader, rel: readonly string[]): Node {
-  const n = rel.length;
-  if (n === 0) return { t: 'apex' };
-  const top = rel[n - 1]!;
-  if (top === 'svc') return classifyService(view, rel);
-  if (top === 'pod') {
-    if (n === 1) return EMPTY;
-    if (!view.namespaceExists(rel[n - 2]!)) return NX;
-    if (n === 2) return EMPTY;
-    if (n > 3) return NX;
-    const ip = podLabelAddress(rel[0]!);
-    return ip === '' ? NX : { t: 'pod', ip };
-  }
-  if (top === 'dns-version' && n === 1) return { t: 'version' };
-  if (top === 'dns') {
-    if (n === 1) return EMPTY;
-    if (n === 2 && rel[0] === 'ns') return { t: 'nsHost' };
-  }
-  return NX;
-}
-
-function classifyService(view: ClusterViewReader, rel: readonly string[]): Node {
-  const n = rel.length;
-  if (n === 1) return EMPTY;
-  const ns = rel[n - 2]!;
-  if (n === 2) return view.namespaceExists(ns) ? EMPTY : NX;
-  const svc = view.service(ns, rel[n - 3]!);
-  if (svc === undefined || n > 5) return NX;
-  if (n === 3) {
-    // Spec 2.4.1: a headless service with no ready endpoints is NXDOMAIN
-    // (CoreDNS agrees: findServices finds nothing and keeps errNoItems).
-    if (svc.kind === 'Headless' && backends(view, svc, '').length === 0) return NX;
-    return { t: 'service', svc };
-  }
-  // CoreDNS: an ExternalName service has no endpoints and no port names below it.
-  if (svc.kind === 'ExternalName') return NX;
-  if (n === 4) {
-    const host = rel[0]!;
-    if (backends(view, svc, host).length > 0) return { t: 'endpoint', svc, host };
-    // "_tcp.<svc>..." is the empty non-terminal above "_http._tcp.<svc>...".
-    if (host.startsWith('_') && hasNamedPort(view, svc, strip(host))) return EMPTY;
-    return NX;
-  }
-  const port = strip(rel[0]!);
-  const proto = strip(rel[1]!);
-  // An unnamed port has no SRV name (spec 2.3.2): '' must not match it.
-  if (port === '') return NX;
-  return srvTargets(view, svc, port, proto).length > 0 ? { t: 'srv', svc, port, proto } : NX;
-}
-
-// ---------------------------------------------------------------------------
-// Endpoints
-
-interface Backend {
-  /** The endpoint's hostname, or CoreDNS's dashed-address name when it has none. */
-  readonly host: string;
-  readonly addr: string;
-  readonly ports: readonly ServicePort[];
-}
-
-/**
- * Serving addresses of a service's endpoints (all slices merged), optionally
- * only those whose host name is `host`. Ready means conditions.ready
- * (unset counts as ready, converted upstream); publishNotReadyAddresses
- * publishes them all.
- */
-function backends(view: ClusterViewReader, svc: SlimService, host: string): Backend[] {
-  const out: Backend[] = [];
-  for (const slice of view.slices(svc.namespace, svc.name)) {
-    for (const ep of slice.endpoints) {
-      if (!ep.ready && !svc.publishNotReadyAddresses) continue;
-      for (const addr of ep.addresses) {
-        const h = ep.hostname !== '' ? ep.hostname.toLowerCase() : dashedName(addr);
-        if (host === '' || h === host) out.push({ host: h, addr, ports: slice.ports });
-      }
-    }
-  }
-  return out;
-}
-
-function portMatches(p: ServicePort, port: string, proto: string): boolean {
-  return (port === '' || p.name.toLowerCase() === port) && (proto === '' || p.protocol.toLowerCase() === proto);
-}
-
-/** Some named port (only those have SRV names, spec 2.3.2) speaks `proto`. */
-function hasNamedPort(view: ClusterViewReader, svc: SlimService, proto: string): boolean {
-  const named = (p: ServicePort): boolean => p.name !== '' && portMatches(p, '', proto);
-  if (svc.kind === 'ClusterIP') return svc.ports.some(named);
-  return backends(view, svc, '').some((b) => b.ports.some(named));
-}
-
-interface SrvTarget {
-  readonly target: string;
-  readonly port: number;
-  /** The address of the target (additional section). */
-  readonly addr: string;
-}
-
-/**
- * (target, port, address) of every SRV the service has for the port filter
- * ('' matches any), before naming the target's zone. ClusterIP: the service
- * itself per service port; headless and endpoint names: each serving
- * endpoint per port of its slice (spec 2.4.2: N endpoints x M ports).
- */
-function srvTargets(view: ClusterViewReader, svc: SlimService, port: string, proto: string, host = ''): SrvTarget[] {
-  const out: SrvTarget[] = [];
-  if (svc.kind === 'ClusterIP' && host === '') {
-    for (const p of svc.ports) {
-      if (!portMatches(p, port, proto)) continue;
-      for (const ip of svc.clusterIPs) out.push({ target: '', port: p.port, addr: ip });
-    }
-    return out;
-  }
-  for (const b of backends(view, svc, host)) {
-    for (const p of b.ports) if (portMatches(p, port, proto)) out.push({ target: b.host, port: p.port, addr: b.addr });
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------

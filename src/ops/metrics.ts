@@ -11,17 +11,28 @@
  * series with identical labels are summed. A family is registered with
  * prom-client once, on first use; later blocks only add sources to it.
  *
- * Families are prom-client Counter/Gauge/Histogram subclasses whose get()
- * builds the values from the sources at scrape time, so the registry's text
- * and JSON output, default labels and content type all stay prom-client's.
+ * Families are prom-client Counter/Gauge/Histogram subclasses
+ * (metric-families.ts) whose get() builds the values from the sources at
+ * scrape time, so the registry's text and JSON output, default labels and
+ * content type all stay prom-client's. This file is the registry: which
+ * name, help, labels and sources each family gets.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry, collectDefaultMetrics } from 'prom-client';
 import type { Counters } from '../stats/counters.js';
 import type { TypedHistogram } from './histogram.js';
+import {
+  BlockSlots,
+  CallbackSource,
+  CounterFamily,
+  GaugeFamily,
+  HistogramFamily,
+  labelKey,
+  withConstLabels,
+  type Labels,
+  type LabelledValue,
+} from './metric-families.js';
 
-export type Labels = Readonly<Record<string, string>>;
-/** One series of a callback family: its labels and its value now. */
-export type LabelledValue = readonly [labels: Labels, value: number];
+export type { Labels, LabelledValue } from './metric-families.js';
 
 export type FamilyType = 'counter' | 'gauge' | 'histogram';
 
@@ -83,170 +94,10 @@ export interface MetricsOptions {
 
 const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
-/**
- * Label set -> map key. Sorted so {a,b} and {b,a} are one series; \u0000
- * cannot appear in a label name and separates fields unambiguously.
- */
-function labelKey(labels: Labels): string {
-  const names = Object.keys(labels).sort();
-  let k = '';
-  for (const n of names) k += `${n}\u0000${labels[n]}\u0000`;
-  return k;
-}
-
-/** `labels` plus each constant label it does not set itself (given labels first, so `server` reads before `zone`). */
-function withConstLabels(labels: Labels, constLabels: Labels | null): Labels {
-  if (constLabels === null) return labels;
-  const out: Record<string, string> = { ...labels };
-  for (const k of Object.keys(constLabels)) if (!(k in out)) out[k] = constLabels[k]!;
-  return out;
-}
-
 function checkLabelNames(family: string, names: Iterable<string>, histogram: boolean): void {
   for (const n of names) {
     if (!LABEL_NAME.test(n) || n.startsWith('__')) throw new Error(`metric ${family}: invalid label name "${n}"`);
     if (histogram && n === 'le') throw new Error(`metric ${family}: "le" is reserved in a histogram`);
-  }
-}
-
-/** One series of a counter or gauge family, as published. */
-interface Sample {
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** A source of samples: slots of a block, or a callback. Pushes into `out`, summing on `key`. */
-interface ScalarSource {
-  collect(out: Map<string, Sample>): void;
-}
-
-function addSample(out: Map<string, Sample>, key: string, labels: Labels, value: number): void {
-  const s = out.get(key);
-  if (s === undefined) out.set(key, { labels: { ...labels }, value });
-  else s.value += value;
-}
-
-/** The slots of one block that belong to one family, with their labels worked out once, at add time. */
-class BlockSlots implements ScalarSource {
-  readonly #values: Float64Array;
-  readonly #slots: number[];
-  readonly #labels: Labels[];
-  readonly #keys: string[];
-
-  constructor(values: Float64Array) {
-    this.#values = values;
-    this.#slots = [];
-    this.#labels = [];
-    this.#keys = [];
-  }
-
-  add(slot: number, labels: Labels): void {
-    this.#slots.push(slot);
-    this.#labels.push(labels);
-    this.#keys.push(labelKey(labels));
-  }
-
-  collect(out: Map<string, Sample>): void {
-    for (let i = 0; i < this.#slots.length; i++) {
-      addSample(out, this.#keys[i]!, this.#labels[i]!, this.#values[this.#slots[i]!] ?? 0);
-    }
-  }
-}
-
-class CallbackSource implements ScalarSource {
-  readonly #fn: () => Iterable<LabelledValue>;
-  readonly #constLabels: Labels | null;
-  constructor(fn: () => Iterable<LabelledValue>, constLabels: Labels | null) {
-    this.#fn = fn;
-    this.#constLabels = constLabels;
-  }
-  collect(out: Map<string, Sample>): void {
-    const c = this.#constLabels;
-    for (const [given, value] of this.#fn()) {
-      const labels = withConstLabels(given, c);
-      addSample(out, labelKey(labels), labels, value);
-    }
-  }
-}
-
-function collectScalars(sources: readonly ScalarSource[]): Sample[] {
-  const out = new Map<string, Sample>();
-  for (const s of sources) s.collect(out);
-  return [...out.values()];
-}
-
-class CounterFamily extends Counter<string> {
-  readonly sources: ScalarSource[] = [];
-  override async get(): Promise<Awaited<ReturnType<Counter<string>['get']>>> {
-    const base = await super.get();
-    return { ...base, values: collectScalars(this.sources) };
-  }
-}
-
-class GaugeFamily extends Gauge<string> {
-  readonly sources: ScalarSource[] = [];
-  override async get(): Promise<Awaited<ReturnType<Gauge<string>['get']>>> {
-    const base = await super.get();
-    return { ...base, values: collectScalars(this.sources) };
-  }
-}
-
-/** The shape prom-client's Registry reads from a histogram (registry.js: getForPromString, then histogram.js get() splays). */
-interface HistogramSample {
-  metricName: string;
-  labels: Record<string, string | number>;
-  sharedLabels: Labels;
-  value: number;
-}
-
-const NO_SHARED_LABELS: Labels = Object.freeze({});
-
-interface HistogramSeries {
-  readonly labels: Labels;
-  readonly key: string;
-  readonly hists: TypedHistogram[];
-}
-
-class HistogramFamily extends Histogram<string> {
-  readonly series: HistogramSeries[] = [];
-  bounds: readonly number[] = [];
-  // prom-client's typings do not declare these on Histogram; ours, set from the same config.
-  readonly familyName: string;
-  readonly familyHelp: string;
-
-  constructor(config: { name: string; help: string; registers: Registry[] }) {
-    super(config);
-    this.familyName = config.name;
-    this.familyHelp = config.help;
-  }
-
-  /**
-   * Replaces prom-client's own (Histogram.get() calls it, and so does the
-   * Registry's text output): cumulative buckets, +Inf, sum and count per series,
-   * read from the typed arrays. Series of identical labels are summed.
-   */
-  async getForPromString(): Promise<{ name: string; help: string; type: 'histogram'; values: HistogramSample[]; aggregator: string }> {
-    const values: HistogramSample[] = [];
-    const n = this.bounds.length;
-    const les = this.bounds.map((b) => String(b));
-    for (const s of this.series) {
-      const cum = new Array<number>(n + 1).fill(0);
-      let sum = 0;
-      for (const h of s.hists) {
-        let acc = 0;
-        for (let i = 0; i <= n; i++) {
-          acc += h.values[i]!;
-          cum[i]! += acc;
-        }
-        sum += h.values[n + 1]!;
-      }
-      const bucket = `${this.familyName}_bucket`;
-      for (let i = 0; i < n; i++) values.push({ metricName: bucket, labels: { ...s.labels, le: les[i]! }, sharedLabels: NO_SHARED_LABELS, value: cum[i]! });
-      values.push({ metricName: bucket, labels: { ...s.labels, le: '+Inf' }, sharedLabels: NO_SHARED_LABELS, value: cum[n]! });
-      values.push({ metricName: `${this.familyName}_sum`, labels: { ...s.labels }, sharedLabels: NO_SHARED_LABELS, value: sum });
-      values.push({ metricName: `${this.familyName}_count`, labels: { ...s.labels }, sharedLabels: NO_SHARED_LABELS, value: cum[n]! });
-    }
-    return { name: this.familyName, help: this.familyHelp, type: 'histogram', values, aggregator: 'sum' };
   }
 }
 

@@ -26,7 +26,7 @@
  * connections' lifecycle. One connection's ids, staging and answer matching
  * are in tcp-conn.ts, the once-per-turn flush in tcp-write-batch.ts, connect
  * backoff and the unreachable state in tcp-reachability.ts, the counters in
- * tcp-pool-counters.ts.
+ * tcp-pool-counters.ts, its options in tcp-pool-options.ts.
  */
 import net from 'node:net';
 import { DEFAULTS } from '../config.js';
@@ -40,6 +40,7 @@ import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Job, openConn, plainConnect, type Conn, type ConnEvents } from './tcp-conn.js';
+import type { TcpPoolOptions } from './tcp-pool-options.js';
 import { tcpPoolCounters, type TcpPoolCounter } from './tcp-pool-counters.js';
 import { TcpReachability } from './tcp-reachability.js';
 import { WriteBatch } from './tcp-write-batch.js';
@@ -50,32 +51,7 @@ import { rcodeSlots } from './upstream-counters.js';
 const SLOT = tcpPoolCounters.slot;
 const RCODE_SLOT = rcodeSlots(SLOT);
 
-export interface TcpPoolOptions {
-  server: ServerAddress;
-  /** Persistent connections (default 2): enough to spread over two kube-dns pods and survive one reconnecting. */
-  connections?: number;
-  maxInFlightPerConnection?: number;
-  maxQueued?: number;
-  rotateAfterQueries?: number;
-  rotateAfterMs?: number;
-  connectTimeoutMs?: number;
-  /** Where this pool counts; a fresh block when omitted. */
-  counters?: Counters<TcpPoolCounter>;
-  /**
-   * Opens one connection to `server` (default: plain TCP). A tls.TLSSocket
-   * counts as open at 'secureConnect', so a handshake or certificate failure
-   * is a connect failure like a refused one (DNS over TLS, tls-resolvers.ts).
-   */
-  connect?: (server: ServerAddress) => net.Socket;
-  /** For logs and metrics (default tcp://IP:PORT). */
-  name?: string;
-  /** What the server is, in log lines (default "cluster dns"). */
-  kind?: string;
-  /** coredns_forward_request_duration_seconds of its server (none when omitted). */
-  durations?: ForwardDurations | null;
-  clock?: Clock;
-  logger?: Logger;
-}
+export type { TcpPoolOptions } from './tcp-pool-options.js';
 
 export class TcpPool implements Upstream {
   readonly name: string;

@@ -1,0 +1,95 @@
+/**
+ * What a ListWatch (list-watch.ts) is given: where it reads (WatchSource),
+ * where it writes (WatchSink), its tuning and their defaults, the timers it
+ * waits on and the counter block it bumps. Kept apart from the loop so the
+ * contract its users (watch.ts, pods.ts) build against reads on its own.
+ */
+import type { Clock } from '../clock.js';
+import type { Logger } from '../log.js';
+import type { Counters } from '../stats/counters.js';
+import { backoffDefaults, type BackoffPolicy } from './backoff.js';
+import type { WatchCounter } from './reflector-stats.js';
+
+export interface WatchTuning {
+  /** Items per list page (client-go's pager uses 500): bounds the raw JSON held at once. */
+  readonly pageSize: number;
+  /** Watches ask for a random timeout in [min, 2*min) s, as client-go does (5-10 min), so nodes do not re-watch in step. */
+  readonly minWatchTimeoutS: number;
+  /** A watch silent for its timeout plus this long is dead (the server should have ended it): drop it. */
+  readonly idleGraceMs: number;
+  /** A watch that ends with no event sooner than this counts as a failure (client-go's "very short watch"). */
+  readonly shortWatchMs: number;
+  /** Longest watch line (one object) and list page accepted; beyond that the stream is broken, not big. */
+  readonly maxLineBytes: number;
+  readonly maxPageBytes: number;
+  readonly backoff: BackoffPolicy;
+}
+
+export const watchDefaults: WatchTuning = {
+  pageSize: 500,
+  minWatchTimeoutS: 300,
+  idleGraceMs: 30_000,
+  shortWatchMs: 1_000,
+  maxLineBytes: 16 << 20,
+  maxPageBytes: 256 << 20,
+  backoff: backoffDefaults,
+};
+
+export type TimerHandle = ReturnType<typeof setTimeout>;
+
+/** Real timers by default; tests pass their own to see (and shorten) the delays asked for. */
+export interface Timers {
+  set(fn: () => void, ms: number): TimerHandle;
+  clear(h: TimerHandle): void;
+}
+
+export const realTimers: Timers = { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h) };
+
+export interface WatchOptions {
+  readonly clock: Clock;
+  readonly log: Logger;
+  readonly counters: Counters<WatchCounter>;
+  /** In [0, 1): jitter of backoffs and watch timeouts. */
+  readonly random?: () => number;
+  readonly timers?: Timers;
+  readonly tuning?: Partial<WatchTuning>;
+}
+
+// ---------------------------------------------------------------- one kind
+
+/** What one ListWatch lists and watches, and how a raw object becomes the slim one kept. */
+export interface WatchSource<T> {
+  /** For logs and the `kind` label of its counters. */
+  readonly kind: string;
+  /** The collection's path ('/api/v1/pods'). */
+  readonly path: string;
+  /**
+   * Extra query parameters sent with every list and watch, already encoded
+   * ('fieldSelector=spec.nodeName%3Dnode-a'), '' for none. The server applies
+   * them to both, so the watch only ever carries the selected objects.
+   */
+  readonly selector: string;
+  readonly convert: (raw: unknown) => T | null;
+}
+
+/** Where a ListWatch puts what it converted: one kind of a ClusterViewWriter (kindSink), or a table of its own. */
+export interface WatchSink<T> {
+  upsert(obj: T): void;
+  remove(namespace: string, name: string): void;
+  /** After a (re)list: the whole set, replacing what was there. */
+  replace(objs: Iterable<T>): void;
+  /** The initial list has been applied. */
+  markSynced(): void;
+  /** Any sign of life from the API server, in Clock ms. */
+  touch(nowMs: number): void;
+}
+
+/** The counter slots a ListWatch bumps: any block whose schema has `${kind}.lists` and the rest. */
+export interface ReflectorCounters {
+  readonly values: Float64Array;
+  readonly schema: { readonly slot: Readonly<Record<string, number>> };
+}
+
+export interface ListWatchOptions extends Omit<WatchOptions, 'counters'> {
+  readonly counters: ReflectorCounters;
+}

@@ -1,0 +1,368 @@
+/**
+ * The reflector loop for one source (client-go's tools/cache/reflector.go
+ * protocol; watch.ts draws it): list in pages and replace, watch from the
+ * resourceVersion and apply events, relist on 410 Gone, back off after a
+ * failure while the sink keeps serving the last view. Generic over what it
+ * keeps: watch.ts runs one per kind of the cluster view, pods.ts one for
+ * this node's pods.
+ */
+import type { Readable } from 'node:stream';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../log.js';
+import { asObject, readBody, statusMessage, type Json } from './api-body.js';
+import { Backoff } from './backoff.js';
+import type { ApiGetter } from './client.js';
+import { objectKey, resourceVersionOf } from './convert.js';
+import {
+  realTimers,
+  watchDefaults,
+  type ListWatchOptions,
+  type TimerHandle,
+  type Timers,
+  type WatchSink,
+  type WatchSource,
+  type WatchTuning,
+} from './list-watch-options.js';
+import type { Metric } from './reflector-stats.js';
+
+type Outcome =
+  | { readonly kind: 'listed' }
+  /** The server ended the watch (timeoutSeconds): watch again from the kept RV. */
+  | { readonly kind: 'ended' }
+  /** 410 Gone: the RV (or continue token) is older than the server's history; list again. */
+  | { readonly kind: 'expired'; readonly reason: string }
+  | { readonly kind: 'failed'; readonly error: string };
+
+const LISTED: Outcome = { kind: 'listed' };
+const ENDED: Outcome = { kind: 'ended' };
+
+function failed(error: string): Outcome {
+  return { kind: 'failed', error };
+}
+
+/** The reflector loop for one source, generic over what it keeps. */
+export class ListWatch<T> {
+  readonly #kind: string;
+  readonly #path: string;
+  readonly #selector: string;
+  readonly #api: ApiGetter;
+  readonly #writer: WatchSink<T>;
+  readonly #convert: (raw: unknown) => T | null;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #values: Float64Array;
+  readonly #slot: { readonly [M in Metric]: number };
+  readonly #random: () => number;
+  readonly #timers: Timers;
+  readonly #tuning: WatchTuning;
+  readonly #backoff: Backoff;
+
+  /** Last resourceVersion seen; '' = must list. */
+  #rv = '';
+  #synced = false;
+  #listedBefore = false;
+  /** A watch follows a list directly (otherwise it is a restart from a kept RV). */
+  #afterList = false;
+  /** In a failure streak (logged once on entry, once on recovery). */
+  #failing = false;
+  #failingSinceMs = 0;
+  #stopped = false;
+  #abort: AbortController | null = null;
+  #sleepTimer: TimerHandle | null = null;
+  #wake: (() => void) | null = null;
+  #running: Promise<void> | null = null;
+
+  constructor(source: WatchSource<T>, api: ApiGetter, sink: WatchSink<T>, opts: ListWatchOptions) {
+    const kind = source.kind;
+    this.#kind = kind;
+    this.#path = source.path;
+    this.#selector = source.selector === '' ? '' : `&${source.selector}`;
+    this.#api = api;
+    this.#writer = sink;
+    this.#convert = source.convert;
+    this.#clock = opts.clock;
+    this.#log = opts.log;
+    this.#values = opts.counters.values;
+    const slot = (m: Metric): number => {
+      const i = opts.counters.schema.slot[`${kind}.${m}`];
+      if (i === undefined) throw new Error(`watch ${kind}: the counter block has no slot ${kind}.${m}`);
+      return i;
+    };
+    this.#slot = {
+      lists: slot('lists'),
+      relists: slot('relists'),
+      watchRestarts: slot('watchRestarts'),
+      events: slot('events'),
+      errors: slot('errors'),
+      decodeFailures: slot('decodeFailures'),
+    };
+    this.#random = opts.random ?? Math.random;
+    this.#timers = opts.timers ?? realTimers;
+    this.#tuning = { ...watchDefaults, ...opts.tuning };
+    this.#backoff = new Backoff(this.#tuning.backoff);
+  }
+
+  get synced(): boolean {
+    return this.#synced;
+  }
+
+  /** The last resourceVersion applied ('' before the first list or after a 410). */
+  get resourceVersion(): string {
+    return this.#rv;
+  }
+
+  start(): void {
+    if (this.#running === null && !this.#stopped) this.#running = this.#run();
+  }
+
+  /** Aborts the request in flight and any backoff wait; resolves once the loop has exited. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#abort?.abort();
+    if (this.#sleepTimer !== null) this.#timers.clear(this.#sleepTimer);
+    this.#wake?.();
+    await this.#running;
+  }
+
+  #count(m: Metric): void {
+    this.#values[this.#slot[m]]!++;
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stopped) {
+      let o: Outcome;
+      try {
+        o = this.#rv === '' ? await this.#list() : await this.#watch();
+      } catch (e) {
+        o = this.#internalError(e);
+      }
+      if (this.#stopped) break;
+      if (o.kind === 'listed' || o.kind === 'ended') continue;
+      if (o.kind === 'expired') {
+        this.#rv = '';
+        this.#log.info('kube watch history expired; relisting', { kind: this.#kind, reason: o.reason });
+      } else {
+        this.#count('errors');
+      }
+      const delay = this.#backoff.next(this.#clock.now(), this.#random());
+      if (o.kind === 'failed') this.#onFailure(o.error, delay);
+      await this.#sleep(delay);
+    }
+  }
+
+  /** A bug below us (the writer threw): the view may be half-updated, so start over from a list. */
+  #internalError(e: unknown): Outcome {
+    const error = e instanceof Error ? e.message : String(e);
+    this.#log.error('kube reflector failed; relisting', { kind: this.#kind, error });
+    this.#rv = '';
+    return failed(`internal: ${error}`);
+  }
+
+  #onFailure(error: string, retryMs: number): void {
+    if (this.#failing) {
+      this.#log.debug('kube API still failing', { kind: this.#kind, error, retryMs });
+      return;
+    }
+    this.#failing = true;
+    this.#failingSinceMs = this.#clock.now();
+    this.#log.warn('kube API request failed; serving the last view, retrying with backoff', { kind: this.#kind, error, retryMs });
+  }
+
+  /** A 200 from the API server: sign of life, and the end of a failure streak. */
+  #onAlive(): void {
+    const now = this.#clock.now();
+    this.#writer.touch(now);
+    if (!this.#failing) return;
+    this.#failing = false;
+    this.#log.info('kube API reachable again', { kind: this.#kind, downMs: now - this.#failingSinceMs });
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.#wake = resolve;
+      this.#sleepTimer = this.#timers.set(() => {
+        this.#sleepTimer = null;
+        this.#wake = null;
+        resolve();
+      }, ms);
+    });
+  }
+
+  #newAbort(): AbortSignal {
+    this.#abort = new AbortController();
+    return this.#abort.signal;
+  }
+
+  // ---------------------------------------------------------------- list
+
+  /**
+   * All pages, converted as they arrive; the view is replaced once, after the
+   * last page, so a reader never sees half a list and a relist neither loses
+   * nor duplicates objects. A continue token that expires (410) mid-way
+   * throws the partial list away: the pages must come from one snapshot.
+   */
+  async #list(): Promise<Outcome> {
+    const items: T[] = [];
+    let cont = '';
+    let rv = '';
+    do {
+      let query = `?limit=${this.#tuning.pageSize}${this.#selector}`;
+      if (cont !== '') query += `&continue=${encodeURIComponent(cont)}`;
+      const r = await this.#api.get(this.#path + query, this.#newAbort());
+      if (!r.ok) return failed(`list: ${r.error}`);
+      const text = await readBody(r.body, this.#tuning.maxPageBytes);
+      if (text === null) return failed(`list: response broken off`);
+      if (r.status === 410 && cont !== '') return { kind: 'expired', reason: `list continue: ${statusMessage(text)}` };
+      if (r.status !== 200) return failed(`list: HTTP ${r.status}: ${statusMessage(text)}`);
+      let page: Json | null;
+      try {
+        page = asObject(JSON.parse(text));
+      } catch {
+        page = null;
+      }
+      const rawItems = page?.['items'];
+      if (page === null || !(Array.isArray(rawItems) || rawItems === null)) {
+        this.#count('decodeFailures');
+        return failed('list: response is not a list');
+      }
+      this.#onAlive();
+      for (const raw of rawItems ?? []) {
+        const slim = this.#convert(raw);
+        if (slim === null) this.#count('decodeFailures');
+        else items.push(slim);
+      }
+      const meta = asObject(page['metadata']);
+      rv = typeof meta?.['resourceVersion'] === 'string' ? meta['resourceVersion'] : '';
+      cont = typeof meta?.['continue'] === 'string' ? meta['continue'] : '';
+    } while (cont !== '');
+    if (rv === '') return failed('list: no resourceVersion');
+    this.#writer.replace(items);
+    this.#rv = rv;
+    this.#afterList = true;
+    this.#count('lists');
+    if (this.#listedBefore) this.#count('relists');
+    this.#listedBefore = true;
+    if (!this.#synced) {
+      this.#synced = true;
+      this.#writer.markSynced();
+      this.#log.info('kube initial list applied', { kind: this.#kind, objects: items.length, resourceVersion: rv });
+    }
+    return LISTED;
+  }
+
+  // ---------------------------------------------------------------- watch
+
+  async #watch(): Promise<Outcome> {
+    if (!this.#afterList) this.#count('watchRestarts');
+    this.#afterList = false;
+    const timeoutS = Math.floor(this.#tuning.minWatchTimeoutS * (1 + this.#random()));
+    const query =
+      `?watch=1&resourceVersion=${encodeURIComponent(this.#rv)}` + `&allowWatchBookmarks=true&timeoutSeconds=${timeoutS}${this.#selector}`;
+    const r = await this.#api.get(this.#path + query, this.#newAbort());
+    if (!r.ok) return failed(`watch: ${r.error}`);
+    if (r.status !== 200) {
+      const text = (await readBody(r.body, 1 << 20)) ?? '';
+      if (r.status === 410) return { kind: 'expired', reason: `watch: ${statusMessage(text)}` };
+      return failed(`watch: HTTP ${r.status}: ${statusMessage(text)}`);
+    }
+    this.#onAlive();
+    return this.#stream(r.body, timeoutS * 1000 + this.#tuning.idleGraceMs);
+  }
+
+  /** Applies the events of one watch response until it ends. */
+  #stream(body: Readable, idleMs: number): Promise<Outcome> {
+    const startedMs = this.#clock.now();
+    let events = 0;
+    let pending = '';
+    let done = false;
+    return new Promise<Outcome>((resolve) => {
+      const finish = (o: Outcome): void => {
+        if (done) return;
+        done = true;
+        this.#timers.clear(idle);
+        body.destroy();
+        resolve(o);
+      };
+      const onIdle = (): void => finish(failed(`watch: no data for ${idleMs} ms`));
+      let idle = this.#timers.set(onIdle, idleMs);
+      body.setEncoding('utf8');
+      body.on('data', (chunk: string) => {
+        this.#timers.clear(idle);
+        idle = this.#timers.set(onIdle, idleMs);
+        let start = 0;
+        for (let nl = chunk.indexOf('\n'); nl >= 0; nl = chunk.indexOf('\n', start)) {
+          const line = pending + chunk.slice(start, nl);
+          pending = '';
+          start = nl + 1;
+          events++;
+          let o: Outcome | null;
+          try {
+            o = this.#onEvent(line);
+          } catch (e) {
+            o = this.#internalError(e);
+          }
+          if (o !== null) return finish(o);
+        }
+        pending += chunk.slice(start);
+        if (pending.length > this.#tuning.maxLineBytes) finish(failed(`watch: event over ${this.#tuning.maxLineBytes} bytes`));
+      });
+      body.on('end', () => {
+        if (events === 0 && this.#clock.now() - startedMs < this.#tuning.shortWatchMs) finish(failed('watch: very short watch, no events'));
+        else finish(ENDED);
+      });
+      body.on('error', (e: Error) => finish(failed(`watch: ${e.message}`)));
+      body.on('close', () => finish(failed('watch: connection closed')));
+    });
+  }
+
+  /** One watch line; returns an outcome when the watch must end. */
+  #onEvent(line: string): Outcome | null {
+    if (line.trim() === '') return null;
+    let ev: Json | null;
+    try {
+      ev = asObject(JSON.parse(line));
+    } catch {
+      ev = null;
+    }
+    this.#count('events');
+    const now = this.#clock.now();
+    this.#writer.touch(now);
+    const type = ev?.['type'];
+    const object = ev?.['object'];
+    switch (type) {
+      case 'ADDED':
+      case 'MODIFIED': {
+        const slim = this.#convert(object);
+        if (slim !== null) {
+          this.#writer.upsert(slim);
+        } else {
+          // The object exists but we cannot read it: better no records than the stale ones.
+          this.#count('decodeFailures');
+          const key = objectKey(object);
+          if (key !== null) this.#writer.remove(key.namespace, key.name);
+        }
+        break;
+      }
+      case 'DELETED': {
+        const key = objectKey(object);
+        if (key !== null) this.#writer.remove(key.namespace, key.name);
+        else this.#count('decodeFailures');
+        break;
+      }
+      case 'BOOKMARK':
+        break;
+      case 'ERROR': {
+        const status = asObject(object);
+        const text = `${String(status?.['code'])} ${String(status?.['message'])}`;
+        if (status?.['code'] === 410) return { kind: 'expired', reason: `watch event: ${text}` };
+        return failed(`watch event: ${text}`);
+      }
+      default:
+        this.#count('decodeFailures');
+        return null;
+    }
+    const rv = resourceVersionOf(object);
+    if (rv !== '') this.#rv = rv;
+    return null;
+  }
+}

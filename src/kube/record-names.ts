@@ -1,0 +1,187 @@
+/**
+ * What a cluster name is (records.ts answers from it): the question's
+ * labels, which node of the Kubernetes DNS tree they name (classify), and
+ * the endpoints and SRV targets of a service that the classification and
+ * the answers both need. Pure: reads the view, no I/O, no clock.
+ */
+import { dashedName, podLabelAddress } from './ip.js';
+import type { ServicePort, SlimService } from './types.js';
+import type { ClusterViewReader } from './view.js';
+
+// ---------------------------------------------------------------------------
+// Names
+
+export const IN_ADDR = ['in-addr', 'arpa'];
+export const IP6_ARPA = ['ip6', 'arpa'];
+
+/** Lower-cased labels of an uncompressed wire name, or undefined when malformed. */
+export function wireLabels(name: Uint8Array): string[] | undefined {
+  const labels: string[] = [];
+  let off = 0;
+  while (off < name.length) {
+    const len = name[off]!;
+    if (len === 0) return labels;
+    if (len > 63 || off + 1 + len > name.length) return undefined;
+    let l = '';
+    for (let i = off + 1; i <= off + len; i++) {
+      const c = name[i]!;
+      l += String.fromCharCode(c >= 0x41 && c <= 0x5a ? c | 0x20 : c);
+    }
+    labels.push(l);
+    off += len + 1;
+  }
+  return undefined;
+}
+
+export function endsWith(labels: readonly string[], suffix: readonly string[]): boolean {
+  if (labels.length < suffix.length) return false;
+  const d = labels.length - suffix.length;
+  for (let i = 0; i < suffix.length; i++) if (labels[d + i] !== suffix[i]) return false;
+  return true;
+}
+
+export function trimDot(s: string): string {
+  return s.endsWith('.') ? s.slice(0, -1) : s;
+}
+
+/** Leading underscore stripped, as CoreDNS parse.go stripUnderscore does (it accepts both spellings). */
+function strip(label: string): string {
+  return label.startsWith('_') ? label.slice(1) : label;
+}
+
+// ---------------------------------------------------------------------------
+// What a name is
+
+export type Node =
+  | { readonly t: 'nx' }
+  | { readonly t: 'empty' }
+  | { readonly t: 'apex' }
+  | { readonly t: 'version' }
+  | { readonly t: 'nsHost' }
+  | { readonly t: 'service'; readonly svc: SlimService }
+  | { readonly t: 'endpoint'; readonly svc: SlimService; readonly host: string }
+  | { readonly t: 'srv'; readonly svc: SlimService; readonly port: string; readonly proto: string }
+  | { readonly t: 'pod'; readonly ip: string };
+
+const NX: Node = { t: 'nx' };
+const EMPTY: Node = { t: 'empty' };
+
+/** `rel`: the labels left of the zone, left to right. */
+export function classify(view: ClusterViewReader, rel: readonly string[]): Node {
+  const n = rel.length;
+  if (n === 0) return { t: 'apex' };
+  const top = rel[n - 1]!;
+  if (top === 'svc') return classifyService(view, rel);
+  if (top === 'pod') {
+    if (n === 1) return EMPTY;
+    if (!view.namespaceExists(rel[n - 2]!)) return NX;
+    if (n === 2) return EMPTY;
+    if (n > 3) return NX;
+    const ip = podLabelAddress(rel[0]!);
+    return ip === '' ? NX : { t: 'pod', ip };
+  }
+  if (top === 'dns-version' && n === 1) return { t: 'version' };
+  if (top === 'dns') {
+    if (n === 1) return EMPTY;
+    if (n === 2 && rel[0] === 'ns') return { t: 'nsHost' };
+  }
+  return NX;
+}
+
+function classifyService(view: ClusterViewReader, rel: readonly string[]): Node {
+  const n = rel.length;
+  if (n === 1) return EMPTY;
+  const ns = rel[n - 2]!;
+  if (n === 2) return view.namespaceExists(ns) ? EMPTY : NX;
+  const svc = view.service(ns, rel[n - 3]!);
+  if (svc === undefined || n > 5) return NX;
+  if (n === 3) {
+    // Spec 2.4.1: a headless service with no ready endpoints is NXDOMAIN
+    // (CoreDNS agrees: findServices finds nothing and keeps errNoItems).
+    if (svc.kind === 'Headless' && backends(view, svc, '').length === 0) return NX;
+    return { t: 'service', svc };
+  }
+  // CoreDNS: an ExternalName service has no endpoints and no port names below it.
+  if (svc.kind === 'ExternalName') return NX;
+  if (n === 4) {
+    const host = rel[0]!;
+    if (backends(view, svc, host).length > 0) return { t: 'endpoint', svc, host };
+    // "_tcp.<svc>..." is the empty non-terminal above "_http._tcp.<svc>...".
+    if (host.startsWith('_') && hasNamedPort(view, svc, strip(host))) return EMPTY;
+    return NX;
+  }
+  const port = strip(rel[0]!);
+  const proto = strip(rel[1]!);
+  // An unnamed port has no SRV name (spec 2.3.2): '' must not match it.
+  if (port === '') return NX;
+  return srvTargets(view, svc, port, proto).length > 0 ? { t: 'srv', svc, port, proto } : NX;
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints
+
+interface Backend {
+  /** The endpoint's hostname, or CoreDNS's dashed-address name when it has none. */
+  readonly host: string;
+  readonly addr: string;
+  readonly ports: readonly ServicePort[];
+}
+
+/**
+ * Serving addresses of a service's endpoints (all slices merged), optionally
+ * only those whose host name is `host`. Ready means conditions.ready
+ * (unset counts as ready, converted upstream); publishNotReadyAddresses
+ * publishes them all.
+ */
+export function backends(view: ClusterViewReader, svc: SlimService, host: string): Backend[] {
+  const out: Backend[] = [];
+  for (const slice of view.slices(svc.namespace, svc.name)) {
+    for (const ep of slice.endpoints) {
+      if (!ep.ready && !svc.publishNotReadyAddresses) continue;
+      for (const addr of ep.addresses) {
+        const h = ep.hostname !== '' ? ep.hostname.toLowerCase() : dashedName(addr);
+        if (host === '' || h === host) out.push({ host: h, addr, ports: slice.ports });
+      }
+    }
+  }
+  return out;
+}
+
+function portMatches(p: ServicePort, port: string, proto: string): boolean {
+  return (port === '' || p.name.toLowerCase() === port) && (proto === '' || p.protocol.toLowerCase() === proto);
+}
+
+/** Some named port (only those have SRV names, spec 2.3.2) speaks `proto`. */
+function hasNamedPort(view: ClusterViewReader, svc: SlimService, proto: string): boolean {
+  const named = (p: ServicePort): boolean => p.name !== '' && portMatches(p, '', proto);
+  if (svc.kind === 'ClusterIP') return svc.ports.some(named);
+  return backends(view, svc, '').some((b) => b.ports.some(named));
+}
+
+export interface SrvTarget {
+  readonly target: string;
+  readonly port: number;
+  /** The address of the target (additional section). */
+  readonly addr: string;
+}
+
+/**
+ * (target, port, address) of every SRV the service has for the port filter
+ * ('' matches any), before naming the target's zone. ClusterIP: the service
+ * itself per service port; headless and endpoint names: each serving
+ * endpoint per port of its slice (spec 2.4.2: N endpoints x M ports).
+ */
+export function srvTargets(view: ClusterViewReader, svc: SlimService, port: string, proto: string, host = ''): SrvTarget[] {
+  const out: SrvTarget[] = [];
+  if (svc.kind === 'ClusterIP' && host === '') {
+    for (const p of svc.ports) {
+      if (!portMatches(p, port, proto)) continue;
+      for (const ip of svc.clusterIPs) out.push({ target: '', port: p.port, addr: ip });
+    }
+    return out;
+  }
+  for (const b of backends(view, svc, host)) {
+    for (const p of b.ports) if (portMatches(p, port, proto)) out.push({ target: b.host, port: p.port, addr: b.addr });
+  }
+  return out;
+}

@@ -1,0 +1,260 @@
+/**
+ * One client connection of the TCP listener (tcp-listener.ts): the length
+ * framing across partial reads, the in-flight cap and its backlog (reading
+ * pauses at the cap), the answers written back with the unsent-bytes limit,
+ * and the timeouts the listener's sweep asks about (read timeout, idle,
+ * handover finish). Kept apart so the listener reads as accept, limits and
+ * drain, and this file as what happens on one socket.
+ */
+import type net from 'node:net';
+import { FrameDecoder, frame } from '../dns/framing.js';
+import type { Logger } from '../log.js';
+import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
+import type { TcpListenerCounter, TcpListenerCounters } from './tcp-stats.js';
+
+/**
+ * While draining, how long an accepted connection may stay silent before it
+ * is closed: long enough for the first query of a client that connected just
+ * before the steering (it follows the handshake at once), short against the
+ * shutdown grace.
+ */
+export const DRAIN_IDLE_MS = 500;
+
+export type TcpCloseReason = 'read_timeout' | 'idle' | 'evicted' | 'unsent_limit';
+
+const CLOSE_SLOT: Readonly<Record<TcpCloseReason, TcpListenerCounter>> = {
+  read_timeout: 'closedReadTimeout',
+  idle: 'closedIdle',
+  evicted: 'closedEvicted',
+  unsent_limit: 'closedUnsentLimit',
+};
+
+/** Shared by a listener and its connections: the sweep's last stamp of the clock. */
+export interface CoarseTime {
+  now: number;
+}
+
+/** Settings with every default applied. */
+export interface Limits {
+  readonly idleTimeoutMs: number;
+  readonly readTimeoutMs: number;
+  readonly maxQueriesPerConnection: number;
+  readonly maxUnsentBytes: number;
+}
+
+/** One client connection; the ClientChannel its answers go back through. */
+export class TcpClientConnection implements ClientChannel {
+  readonly transport = Transport.TCP;
+  readonly #socket: net.Socket;
+  readonly #handler: QueryHandler;
+  readonly #logger: Logger;
+  readonly #limits: Limits;
+  readonly #peer: ClientPeer;
+  readonly #decoder: FrameDecoder;
+  readonly #listenerName: string;
+  readonly #time: CoarseTime;
+  readonly #counters: TcpListenerCounters;
+  /** Queries handed to the resolver and not yet answered. */
+  #inflight: number;
+  /** Frames that arrived (in the same read) after the in-flight cap was reached. */
+  readonly #backlog: Buffer[];
+  #reading: boolean;
+  #closed: boolean;
+  /** Guards #drainBacklog against re-entry: a cache hit answers inside handle(), which calls back into send(). */
+  #draining: boolean;
+  /** Last complete query or answer (coarse ms): what idleness and eviction order are measured from. */
+  #lastActiveMs: number;
+  /** When the first byte of the incomplete message now buffered arrived; -1 when none is. */
+  #partialSinceMs: number;
+  /** Set by #onFrame: the current chunk completed at least one message. */
+  #framed: boolean;
+  /** Handover: close as soon as nothing is owed (see finish()). */
+  #finishing: boolean;
+  /** We sent our FIN with nothing owed; only the client's close is left. */
+  #ended: boolean;
+  /** Queries answered or discarded on this connection. */
+  #served: number;
+  /** Inside decoder.push(): frames later in the chunk are not counted as buffered yet, so finishing must wait. */
+  #pushing: boolean;
+
+  constructor(
+    socket: net.Socket,
+    handler: QueryHandler,
+    logger: Logger,
+    limits: Limits,
+    listenerName: string,
+    time: CoarseTime,
+    counters: TcpListenerCounters,
+  ) {
+    this.#socket = socket;
+    this.#handler = handler;
+    this.#logger = logger;
+    this.#limits = limits;
+    this.#listenerName = listenerName;
+    this.#time = time;
+    this.#counters = counters;
+    this.#peer = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+    this.#decoder = new FrameDecoder((f) => this.#onFrame(f));
+    this.#inflight = 0;
+    this.#backlog = [];
+    this.#reading = true;
+    this.#closed = false;
+    this.#draining = false;
+    this.#lastActiveMs = time.now;
+    this.#partialSinceMs = -1;
+    this.#framed = false;
+    this.#finishing = false;
+    this.#ended = false;
+    this.#served = 0;
+    this.#pushing = false;
+    socket.setKeepAlive(true);
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    socket.on('end', () => this.stopReading());
+    socket.on('error', (err) => this.#logger.debug('tcp client error', { listener: this.#listenerName, error: err.message }));
+  }
+
+  get lastActiveMs(): number {
+    return this.#lastActiveMs;
+  }
+
+  /** Nothing owed to the client: no query in flight or waiting. Such a connection may be evicted. */
+  get idle(): boolean {
+    return this.#inflight === 0 && this.#backlog.length === 0 && !this.#closed;
+  }
+
+  /** Nothing more will be answered: closed, or our FIN sent with nothing owed. */
+  get finished(): boolean {
+    return this.#closed || this.#ended || this.#socket.destroyed;
+  }
+
+  /**
+   * Handover (the listener is draining): keep answering, and end the
+   * connection the moment it owes nothing after at least one answer. A client
+   * that sends nothing is closed by the sweep after DRAIN_IDLE_MS. A query
+   * sent after our FIN goes unanswered; RFC 7766 6.2.3 clients retry it.
+   */
+  finish(): void {
+    this.#finishing = true;
+    this.#finishIfDone();
+  }
+
+  /** Why the sweep should close this connection now, if it should. */
+  expired(now: number): TcpCloseReason | null {
+    // Not while reading is paused at the in-flight cap: the rest of the message waits on us, not on the client.
+    if (this.#partialSinceMs >= 0 && !this.#socket.isPaused() && now - this.#partialSinceMs >= this.#limits.readTimeoutMs) {
+      return 'read_timeout';
+    }
+    const idleLimit = this.#finishing ? Math.min(DRAIN_IDLE_MS, this.#limits.idleTimeoutMs) : this.#limits.idleTimeoutMs;
+    if (this.idle && now - this.#lastActiveMs >= idleLimit) return 'idle';
+    return null;
+  }
+
+  send(answer: Buffer, _peer: ClientPeer): void {
+    this.#inflight--;
+    this.#served++;
+    this.#lastActiveMs = this.#time.now;
+    if (this.#closed || this.#socket.destroyed) return;
+    this.#socket.write(frame(answer));
+    // writableLength is what the kernel would not take; the kernel's own share is capped by SO_SNDBUF.
+    if (this.#socket.writableLength > this.#limits.maxUnsentBytes) {
+      this.#logger.debug('tcp client not reading its answers: reset', { listener: this.#listenerName, peer: this.#peer.address });
+      this.close('unsent_limit');
+      return;
+    }
+    this.#drainBacklog();
+  }
+
+  discard(_peer: ClientPeer): void {
+    this.#inflight--;
+    this.#served++;
+    this.#lastActiveMs = this.#time.now;
+    this.#drainBacklog();
+  }
+
+  /** No more queries from this client (it sent FIN, or we are shutting down); answer what was taken, then close. */
+  stopReading(): void {
+    this.#reading = false;
+    this.#partialSinceMs = -1;
+    this.#socket.pause();
+    this.#drainBacklog();
+  }
+
+  /** Closes for a counted reason. A reset (RST) where the peer is misbehaving: the kernel frees the send queue at once instead of keeping it for an orphaned FIN. */
+  close(reason: TcpCloseReason): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#reading = false;
+    this.#backlog.length = 0;
+    this.#counters.values[this.#counters.schema.slot[CLOSE_SLOT[reason]]]!++;
+    if (reason === 'unsent_limit' || reason === 'read_timeout') this.#socket.resetAndDestroy();
+    else this.#socket.destroy();
+  }
+
+  destroy(): void {
+    this.#closed = true;
+    this.#reading = false;
+    this.#socket.destroy();
+  }
+
+  #onData(chunk: Buffer): void {
+    this.#framed = false;
+    this.#pushing = true;
+    this.#decoder.push(chunk);
+    this.#pushing = false;
+    this.#finishIfDone();
+    const now = this.#time.now;
+    if (this.#framed) this.#lastActiveMs = now;
+    // Partial bytes start (or restart, after a completed message) the read timeout and touch nothing else.
+    if (this.#decoder.buffered === 0) this.#partialSinceMs = -1;
+    else if (this.#framed || this.#partialSinceMs < 0) this.#partialSinceMs = now;
+  }
+
+  #onFrame(msg: Buffer): void {
+    if (!this.#reading) return;
+    this.#framed = true;
+    if (this.#inflight >= this.#limits.maxQueriesPerConnection) {
+      this.#backlog.push(msg);
+      this.#socket.pause();
+      return;
+    }
+    this.#dispatch(msg);
+  }
+
+  #dispatch(msg: Buffer): void {
+    this.#inflight++;
+    try {
+      this.#handler.handle(msg, this, this.#peer);
+    } catch (err) {
+      this.#inflight--;
+      this.#logger.error('query handler threw', { listener: this.#listenerName, error: String(err) });
+    }
+  }
+
+  #drainBacklog(): void {
+    if (this.#draining) return;
+    this.#draining = true;
+    while (this.#backlog.length > 0 && this.#inflight < this.#limits.maxQueriesPerConnection) this.#dispatch(this.#backlog.shift()!);
+    this.#draining = false;
+    if (this.#closed) return;
+    if (!this.#reading) {
+      if (this.#inflight === 0 && this.#backlog.length === 0 && !this.#socket.destroyed) this.#socket.end();
+      return;
+    }
+    if (this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#socket.isPaused()) {
+      // The client could not send the rest of a split message while we were paused: its read timeout starts again.
+      if (this.#partialSinceMs >= 0) this.#partialSinceMs = this.#time.now;
+      this.#socket.resume();
+    }
+    this.#finishIfDone();
+  }
+
+  #finishIfDone(): void {
+    if (!this.#finishing || this.#pushing || this.#ended || this.#closed || !this.#reading) return;
+    if (this.#served === 0 || this.#inflight > 0 || this.#backlog.length > 0 || this.#decoder.buffered > 0) return;
+    this.#reading = false;
+    this.#ended = true;
+    this.#socket.end();
+    // Keep reading: the client's FIN closes the socket, and bytes it sent after ours are dropped, not left to turn our close into a reset.
+    this.#socket.resume();
+  }
+}
