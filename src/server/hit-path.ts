@@ -24,123 +24,36 @@
  * is parsed into one QueryScratch per HitPath and looked up by its key bytes
  * and hash; the key string and an immutable Query are made only for what
  * outlives the call (a miss's key and waiters, a prefetch).
+ *
+ * The boundary's types are in miss-boundary.ts, the options and hooks in
+ * hit-path-options.ts, a question in flight and its waiters in
+ * miss-waiters.ts; this file re-exports the types.
  */
 import { scanAnswer } from '../dns/answer.js';
 import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
 import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE, Rcode } from '../dns/constants.js';
 import { nameToString } from '../dns/name.js';
-import { QueryScratch, QueryStatus, parseQueryInto, queryCopy, type Query } from '../dns/query.js';
+import { QueryScratch, QueryStatus, parseQueryInto, type Query } from '../dns/query.js';
 import { tsigErrorResponse } from '../dns/tsig.js';
 import { scrubCounted } from './scrub.js';
 import { STALE_ANSWER_TTL, type HitCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
-import type { DurationHistogram, TypedHistogram } from '../ops/histogram.js';
 import type { ClientMissLimiter } from './client-limit.js';
+import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
+import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
+import { Miss, retain } from './miss-waiters.js';
 import {
   RCODE_SLOT_BASE, RCODE_SLOT_OTHER, REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters,
 } from './stats.js';
 
-/**
- * How a miss came back: with an answer from the upstream or the local view,
- * or failed, and why. On a failure the upstream side has already tried what
- * it could (the local view, when the route has one); the hit path then
- * answers stale if it can, else SERVFAIL.
- */
-export type MissOutcome =
-  | 'upstream' // answered by the upstream
-  | 'local' // answered by the route's local answerer (the cluster view)
-  | 'timeout' // no answer by the deadline
-  | 'network' // unreachable, reset, refused
-  | 'overloaded' // a local limit (an upstream's own in-flight cap, a worker's): never sent
-  | 'capped' // --max-concurrent, the cap across every upstream: never sent
-  | 'closed' // shutting down
-  | 'servfail' // the upstream answered SERVFAIL or REFUSED
-  | 'malformed'; // the upstream's answer failed validation
-
-/** The upstream side of the boundary. */
-export interface MissSink {
-  /**
-   * Resolve `query` (our canonical upstream form) for cache key `key`; call
-   * HitPath.complete(token, ...) exactly once, now or later. `refresh`: a
-   * background refresh of a cached entry (no client waits on it).
-   */
-  forward(token: number, key: string, query: Buffer, refresh?: boolean): void;
-}
-
-/**
- * Asked before a new question goes to the upstream side (after coalescing
- * and the per-client limit): false turns it away at once with what a failed
- * upstream would give (stale, else SERVFAIL). A batched worker's ShedGate,
- * while the main thread is refusing misses for load.
- */
-export interface MissGate {
-  admits(key: string): boolean;
-}
-
-/** One client waiting on a miss: a private copy of its query header and question, and where to answer. */
-interface Waiter {
-  readonly q: Query;
-  readonly channel: ClientChannel;
-  readonly peer: ClientPeer;
-  /** Clock ms when the query arrived, for duration histograms. */
-  readonly arrivedAt: number;
-  /** Chosen for the sampled query log: logged when answered. */
-  readonly logged: boolean;
-}
+export type * from './miss-boundary.js';
+export type * from './hit-path-options.js';
 
 /** Where an answer came from, in the query log. */
 type AnswerSource = 'cache' | 'upstream' | 'view' | 'stale' | 'servfail' | 'refused-query';
-
-/** One distinct question in flight: its waiters (none for a background refresh). */
-class Miss {
-  readonly token: number;
-  readonly key: string;
-  readonly waiters: Waiter[];
-  constructor(token: number, key: string) {
-    this.token = token;
-    this.key = key;
-    this.waiters = [];
-  }
-}
-
-export interface HitPathOptions {
-  /** The main thread's DnsCache, or a batched worker's read-only view of it (cache/reader.ts). */
-  readonly cache: HitCache;
-  readonly clock: Clock;
-  readonly logger: Logger;
-  readonly counters: ServerCounters;
-  /** Largest UDP answer whatever the client advertises. */
-  readonly maxUdpSize: number;
-  /** Log one query in this many (0: no query log). A countdown, not a random draw: no cost on the other queries. */
-  readonly queryLogEvery?: number;
-  /** Per-client limit on new upstream questions (null: off). */
-  readonly clientLimit?: ClientMissLimiter | null;
-  /** coredns_dns_request_duration_seconds and the size histograms (typed arrays: a few ns an observe). */
-  readonly histograms?: HitPathHistograms | null;
-  /** Requests by client namespace; null (the default): off, one null check per query. */
-  readonly tagger?: ClientTagger | null;
-  /** Turns new misses away before any work (null, the default: every miss goes to the sink). */
-  readonly gate?: MissGate | null;
-}
-
-/**
- * Counts a query by who sent it (--metrics-by-namespace: the client pod's
- * namespace). Called once per query with the peer's address, before parsing;
- * must be a lookup and a typed-array add, nothing more.
- */
-export interface ClientTagger {
-  tag(address: string): void;
-}
-
-/** Indexed by Transport (UDP 0, TCP 1). */
-export interface HitPathHistograms {
-  readonly duration: DurationHistogram;
-  readonly requestSize: readonly [TypedHistogram, TypedHistogram];
-  readonly responseSize: readonly [TypedHistogram, TypedHistogram];
-}
 
 const S = SERVER_COUNTERS.slot;
 
@@ -484,17 +397,4 @@ export class HitPath implements QueryHandler {
     if ((answer[2]! & 0x02) !== 0) this.#v[S.truncated]!++;
     channel.send(answer, peer);
   }
-}
-
-/**
- * A waiter's own snapshot of the query, with its own copy of the header and
- * question: the client's datagram may be a view of a receive buffer that is
- * reused as soon as handle() returns, and `q` the scratch the next query is
- * parsed into.
- */
-function retain(q: Query, key: string): Query {
-  const end = q.qnameEnd + 4;
-  const msg = Buffer.allocUnsafe(end);
-  q.msg.copy(msg, 0, 0, end);
-  return queryCopy(q, msg, key);
 }

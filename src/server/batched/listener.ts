@@ -25,75 +25,36 @@
  *
  * It is one Listener for all the UDP listen addresses, so the workers read
  * one cache whichever address a pod asks (link-local or kube-dns ClusterIP).
+ * Its options are in listener-options.ts (re-exported here), starting one
+ * worker in worker-spawn.ts, the sums a scrape reads in worker-totals.ts.
  */
 import type { Worker } from 'node:worker_threads';
 import { formatHostPort } from '../../addr.js';
-import { DnsCache, type CacheOptions } from '../../cache/cache.js';
+import { DnsCache } from '../../cache/cache.js';
 import { systemClock, type Clock } from '../../clock.js';
-import { DEFAULTS } from '../../config.js';
-import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
+import { CACHE_COUNTERS } from '../../cache/stats.js';
 import type { Logger } from '../../log.js';
 import { Counters } from '../../stats/counters.js';
-import { isSysError, type UdpBatchSys } from '../../sys/udp-batch.js';
-import type { ServerAddress } from '../../upstream/types.js';
+import type { UdpBatchSys } from '../../sys/udp-batch.js';
 import type { HitPathHistograms, MissOutcome, MissSink } from '../hit-path.js';
 import type { Listener } from '../listener.js';
 import type { MissCompleter } from '../resolver.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import type { DirectPolicy } from './direct.js';
+import { workerMissLimit, type BatchedUdpOptions } from './listener-options.js';
 import { MissExchange } from './miss-exchange.js';
-import { WorkerLink } from './worker-link.js';
+import type { WorkerLink } from './worker-link.js';
+import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
+import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
 import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
-import { BATCHED_COUNTERS, QUEUE_WAIT, sumInto, type BatchedCounters, type WorkerCounters } from './stats.js';
-import { TypedHistogram, hitPathHistograms, sumHistogram, sumHistogramsInto } from '../../ops/histogram.js';
+import { BATCHED_COUNTERS, type BatchedCounters, type WorkerCounters } from './stats.js';
+import { hitPathHistograms } from '../../ops/histogram.js';
 import { MISS_TRACE, traceReport } from '../../miss-trace.js';
 
-/**
- * Datagrams per recvmmsg and answers per sendmmsg. 64 amortises the two
- * calls to well under the per-packet kernel cost; more only grows the
- * latency of the batch's last answer.
- */
-export const DEFAULT_BATCH = 64;
-/**
- * Questions one worker may have waiting on the main thread. About twice
- * what the upstream side itself admits (2 x 1000 on the cluster pool, 1000
- * per host resolver), so in normal operation the upstream side's own limits
- * decide; this only bounds memory when the main thread falls behind.
- */
-export const DEFAULT_MAX_INFLIGHT = 4096;
+export * from './listener-options.js';
+
 /** A worker that died is replaced after this: long enough not to spin on a bug, short against a pod's 5 s timeout. */
 const RESTART_DELAY_MS = 1000;
-
-export interface BatchedUdpOptions {
-  readonly listen: readonly ServerAddress[];
-  readonly workers: number;
-  /** The cache as configured (--cache-size, --cache-memory...): the policy the workers read with, and the store's size when `store` is not given. */
-  readonly cache: CacheOptions;
-  /**
-   * The main thread's cache, built `shared` (the agent's, which its TCP hit
-   * path uses too, and whose gauges and counters the agent publishes). Not
-   * given: the listener makes its own and publishes it in totals().
-   */
-  readonly store?: DnsCache;
-  readonly maxUdpSize: number;
-  readonly queryLogEvery: number;
-  /** --client-miss-rate and --client-miss-burst for the whole agent (0: off); each worker gets its share (workerMissLimit). */
-  readonly clientMissRate?: number;
-  readonly clientMissBurst?: number;
-  readonly logger: Logger;
-  /** The libc binding, from probeBatchedIo(). */
-  readonly sys: UdpBatchSys;
-  readonly batch?: number;
-  readonly maxInflight?: number;
-  /** A worker drops a query that waited longer than this in the kernel (0: never); default config.ts DEFAULTS. */
-  readonly maxQueryAgeMs?: number;
-  /** The exchange's clock, for its lookups and inserts (tests). */
-  readonly clock?: Clock;
-  /** The main thread answers the workers' misses itself (direct.ts); default on. Off: every answer goes back through the worker (tests, comparisons). */
-  readonly directAnswers?: boolean;
-  /** Zones the main thread answers from its cluster view when the upstream side is at its limit (Routing.localZones): workers never shed those (shed-gate.ts). Default none. */
-  readonly localZones?: readonly string[];
-}
 
 type State = 'new' | 'running' | 'paused' | 'closed';
 
@@ -105,8 +66,6 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly #exchange: MissExchange;
   /** The one cache: written here, read by every worker. */
   readonly sharedCache: DnsCache;
-  /** True when sharedCache is our own (no `store` given): its counters and gauges are published with the workers' totals. */
-  readonly #ownsCache: boolean;
   readonly #clock: Clock;
   /** Main-thread counters (restarts, cross-worker coalescing), summed with the workers'. */
   readonly #own: BatchedCounters;
@@ -124,9 +83,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #drainWaiters: (() => void)[];
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
   readonly #restartTimers: Set<NodeJS.Timeout>;
-  readonly #sums: { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms; queueWait: TypedHistogram };
-  /** Counter blocks of workers that died: their counts stay in the totals (gauges zeroed), so a restart never makes a counter go down. */
-  readonly #dead: WorkerCounters[];
+  /** What a scrape publishes: the workers' counters and ours added up, the dead workers' kept in. */
+  readonly #totals: WorkerTotals;
 
   constructor(opts: BatchedUdpOptions) {
     if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
@@ -139,7 +97,6 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#ownHist = hitPathHistograms();
     const clock = opts.clock ?? systemClock;
     this.#now = () => clock.now();
-    this.#ownsCache = opts.store === undefined;
     this.sharedCache = opts.store ?? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS), { shared: true });
     // An ordinary ArrayBuffer would be copied into each worker: they would read a snapshot, never what is stored after.
     if (!(this.sharedCache.layout.index instanceof SharedArrayBuffer)) throw new Error('BatchedUdpListener needs a cache built { shared: true }');
@@ -156,15 +113,12 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       localZones: opts.localZones ?? [],
       ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.workers),
     };
-    this.#dead = [];
     this.#directPolicy = () => this.#policy;
     this.#state = 'new';
     this.#drainWaiters = [];
     this.#abortWaiters = null;
     this.#restartTimers = new Set();
-    this.#sums = {
-      server: new Counters(SERVER_COUNTERS), cache: new Counters(CACHE_COUNTERS), io: new Counters(BATCHED_COUNTERS), hist: hitPathHistograms(), queueWait: new TypedHistogram(QUEUE_WAIT),
-    };
+    this.#totals = new WorkerTotals(this.#own, this.#ownServer, this.#ownHist, this.sharedCache, opts.store === undefined);
   }
 
   /** Wires the upstream side (a Resolver whose `hits` is this listener); before start(). */
@@ -322,105 +276,33 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * refreshed): what a scrape publishes. The io block includes the main
    * thread's own slots (restarts, cross-worker coalescing).
    */
-  totals(): { server: ServerCounters; cache: CacheCounters; io: BatchedCounters; hist: HitPathHistograms; queueWait: TypedHistogram } {
-    const blocks = [...this.#dead, ...this.workerCounters().filter((c) => !this.#dead.includes(c))];
-    sumInto(this.#sums.server, [this.#ownServer, ...blocks.map((b) => b.server)]);
-    const cache = this.sharedCache;
-    if (this.#ownsCache) {
-      // Its inserts, evictions and claimed refreshes (its lookups are the exchange's, counted apart); the gauges are the one store's.
-      sumInto(this.#sums.cache, [cache.counters, ...blocks.map((b) => b.cache)]);
-      const io = this.#own.values;
-      io[BATCHED_COUNTERS.slot.entriesPositive] = cache.positiveSize;
-      io[BATCHED_COUNTERS.slot.entriesNegative] = cache.negativeSize;
-      io[BATCHED_COUNTERS.slot.cacheBytes] = cache.bytes;
-    } else {
-      sumInto(this.#sums.cache, blocks.map((b) => b.cache));
-    }
-    sumInto(this.#sums.io, [this.#own, ...blocks.map((b) => b.io)]);
-    sumHistogramsInto(this.#sums.hist, [this.#ownHist, ...blocks.map((b) => b.hist)]);
-    sumHistogram(this.#sums.queueWait, blocks.map((b) => b.queueWait));
-    return this.#sums;
+  totals(): BatchedTotals {
+    return this.#totals.sum(this.workerCounters());
   }
 
   /** Opens worker i's sockets (the ports of the first worker for the rest) and starts its thread; resolves when it is in its loop. */
   #spawn(i: number): Promise<void> {
-    const fds: number[] = [];
-    let wakeFd = -1;
+    let sockets: WorkerSockets;
     try {
-      this.#opts.listen.forEach((addr, a) => {
-        const fd = this.#sys.openUdp({ host: addr.host, port: this.#ports[a]! });
-        if (isSysError(fd)) throw new Error(fd.message);
-        fds.push(fd);
-        if (this.#ports[a] === 0) {
-          const port = this.#sys.localPort(fd);
-          if (port <= 0) throw new Error(`getsockname: errno ${-port}`);
-          this.#ports[a] = port;
-        }
-      });
-      const ev = this.#sys.eventfd();
-      if (isSysError(ev)) throw new Error(ev.message);
-      wakeFd = ev;
+      sockets = openSockets(this.#sys, this.#opts.listen, this.#ports);
     } catch (err) {
-      for (const fd of fds) this.#sys.close(fd);
       return Promise.reject(err);
     }
-    const link = new WorkerLink(
-      i,
-      fds,
-      wakeFd,
-      {
-        names: this.#opts.listen.map((a, k) => `udp://${formatHostPort({ host: a.host, port: this.#ports[k]! })}`),
-        cache: this.#policy.cache,
-        store: this.sharedCache.layout,
-        maxUdpSize: this.#policy.maxUdpSize,
-        queryLogEvery: this.#policy.queryLogEvery,
-        clientMissRate: this.#policy.clientMissRate,
-        clientMissBurst: this.#policy.clientMissBurst,
-        batch: this.#opts.batch ?? DEFAULT_BATCH,
-        maxInflight: this.#opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
-        maxQueryAgeMs: this.#opts.maxQueryAgeMs ?? DEFAULTS.maxQueryAgeMs,
-        localZones: this.#policy.localZones,
-      },
-      this.#sys,
-      this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now },
-    );
+    const direct = this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now };
+    const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, this.sharedCache.layout, direct);
     this.#links[i] = link;
-    return new Promise((resolve, reject) => {
-      let started = false;
-      link.port.on('message', (r: WorkerReport) => {
-        if (r.ready === true && !started) {
-          started = true;
-          resolve();
-        }
-        if (r.failed !== undefined && !started) {
-          started = true;
-          // It never ran: its exit is no death to report.
-          link.closing = true;
-          reject(new Error(r.failed));
-        }
-        this.#onReport(link, r);
-      });
-      link.worker.on('error', (err) => {
-        this.#logger.error('udp worker failed', { worker: i, error: err.message });
-      });
-      link.worker.on('exit', (code) => {
-        link.alive = false;
-        link.port.close();
-        link.closeFds();
-        if (!started) {
-          started = true;
-          reject(new Error(`worker exited with code ${code} before it started`));
-          return;
-        }
-        // Its counts stay published after a successor replaces it; its gauges (entries, bytes, in flight) went with it.
-        if (!link.closing) this.#dead.push(zeroGauges(link.counters));
-        // A dead worker applies nothing more; its successor starts with the latest settings.
-        for (const done of link.configuring.splice(0)) done();
-        if (!link.closing) this.#restart(link, code);
-        this.#checkDrained();
-        this.#checkAborted(link, 0);
-      });
-    });
+    return whenStarted(link, this.#logger, (r) => this.#onReport(link, r), (code) => this.#exited(link, code));
+  }
+
+  /** Worker `link` left its loop after it started (closed, or died). */
+  #exited(link: WorkerLink, code: number): void {
+    // Its counts stay published after a successor replaces it; its gauges (entries, bytes, in flight) went with it.
+    if (!link.closing) this.#totals.died(link.counters);
+    // A dead worker applies nothing more; its successor starts with the latest settings.
+    for (const done of link.configuring.splice(0)) done();
+    if (!link.closing) this.#restart(link, code);
+    this.#checkDrained();
+    this.#checkAborted(link, 0);
   }
 
   #onReport(link: WorkerLink, r: WorkerReport): void {
@@ -510,27 +392,4 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     }
     await Promise.all(exits);
   }
-}
-
-/**
- * A worker's part of the per-client miss limit. The kernel spreads a
- * client's queries over the workers by source address and port, and libc
- * resolvers use a new source port per lookup, so each worker sees about
- * 1/N of a client's misses: a 1/N share keeps the agent-wide limit where
- * --client-miss-rate puts it. (A client that sends everything from one
- * port lands on one worker and gets 1/N: stricter, never looser.)
- */
-export function workerMissLimit(rate: number, burst: number, workers: number): { clientMissRate: number; clientMissBurst: number } {
-  if (rate <= 0) return { clientMissRate: 0, clientMissBurst: 1 };
-  return { clientMissRate: rate / workers, clientMissBurst: Math.max(1, burst / workers) };
-}
-
-/** The block with its gauge slots zeroed (a dead worker holds no entries and waits on nothing). */
-function zeroGauges(c: WorkerCounters): WorkerCounters {
-  for (const block of [c.server, c.cache, c.io] as const) {
-    block.schema.defs.forEach((d, i) => {
-      if (d.type === 'gauge') block.values[i] = 0;
-    });
-  }
-  return c;
 }

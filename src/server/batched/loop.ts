@@ -33,27 +33,31 @@
  * sendmmsg); nothing is allocated per packet by this file except, for a
  * miss, the peer it keeps (the views handed to handle() are made once per
  * receive slot and length: loop-parts.ts SlotViews).
+ *
+ * The send side (the send vectors, queue and flush) is in loop-send.ts, the
+ * completions queued from the main thread in loop-completions.ts, the report
+ * and the misses in flight in loop-report.ts; this file re-exports the
+ * completion limits.
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { CacheReader } from '../../cache/reader.js';
 import { ClientMissLimiter } from '../client-limit.js';
 import { HitPath, type MissSink } from '../hit-path.js';
-import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
-import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js';
 import { EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes, type Timespec } from './msgvec.js';
 import { RxTrace, traceKey } from './rx-trace.js';
 import { Peer, ReportLogger, SlotViews, TurnClock } from './loop-parts.js';
+import { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND, Completions } from './loop-completions.js';
+import { Outbox } from './loop-report.js';
+import { Sender, SocketChannel } from './loop-send.js';
 import { IdleCollector, exposeGc } from './idle-gc.js';
 import { ShedGate } from './shed-gate.js';
-import { parseQuery, QueryStatus } from '../../dns/query.js';
-import {
-  Ctl, MISS_REFRESH, OUTCOMES, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, msSince16, nextSeq, seqAtOrBefore, transferOf, waiterTag,
-  type Packed, type ToWorker, type WorkerInit, type WorkerReport,
-} from './protocol.js';
+import { Ctl, type ToWorker, type WorkerInit } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
 import type { TypedHistogram } from '../../ops/histogram.js';
 import { MISS_TRACE, traceNow } from '../../miss-trace.js';
+
+export { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND } from './loop-completions.js';
 
 /** Bytes a query may take; a longer datagram arrives cut (MSG_TRUNC) and is dropped. Real queries are a few hundred bytes. */
 export const RECV_SLOT_BYTES = 4096;
@@ -64,25 +68,6 @@ export const RECV_SLOT_BYTES = 4096;
  */
 const IDLE_POLL_MS = 1000;
 const POLLFD_BYTES = 8;
-/**
- * Completions answered per turn at most. A main thread that fell behind
- * hands back thousands at once; answering them all in one turn would hold
- * the hits queued behind them for milliseconds (measured: hit p99 from
- * 3 ms to 50 ms under a miss flood). 256 is about a batch's worth of work.
- */
-export const COMPLETIONS_PER_TURN = 256;
-/**
- * Completions per turn while a socket is behind (its last recvmmsg filled the
- * vector, so the kernel holds more). Under a miss flood a completion is
- * cache work (~4 us: the main thread answered its clients already) and the
- * queries behind in the socket queue are hits waiting: 256 took two thirds
- * of each turn, and a hit waited ~15 turns of it (measured with per-datagram
- * kernel timestamps: 20-28 ms). 32 take ~130 us beside a full batch's
- * ~600 us, and still apply ~40k completions a second while behind, more than
- * the main thread produces.
- */
-export const COMPLETIONS_WHEN_BEHIND = 32;
-
 const IO = BATCHED_COUNTERS.slot;
 
 /**
@@ -92,23 +77,6 @@ const IO = BATCHED_COUNTERS.slot;
  * to queries taken still go out. closing: leave the loop.
  */
 type State = 'running' | 'draining' | 'paused' | 'closing';
-
-/** Answers for one socket go into its send vector. */
-class SocketChannel implements ClientChannel {
-  readonly transport = Transport.UDP;
-  readonly #loop: WorkerLoop;
-  readonly #sock: number;
-  constructor(loop: WorkerLoop, sock: number) {
-    this.#loop = loop;
-    this.#sock = sock;
-  }
-  send(answer: Buffer, peer: ClientPeer): void {
-    this.#loop.queue(this.#sock, answer, peer as Peer);
-  }
-  discard(peer: ClientPeer): void {
-    (peer as Peer).answered = true;
-  }
-}
 
 export class WorkerLoop implements MissSink {
   readonly #sys: UdpBatchSys;
@@ -129,7 +97,8 @@ export class WorkerLoop implements MissSink {
   readonly #channels: SocketChannel[];
   readonly #arena: Arena;
   readonly #recv: RecvVec;
-  readonly #send: SendVec[];
+  /** Each socket's send vector, and which waiting clients the main thread answered itself (loop-send.ts). */
+  readonly #sender: Sender;
   readonly #peers: Peer[];
   /** pollfd[0] is the eventfd, then one per socket. */
   readonly #pollOff: number;
@@ -144,31 +113,16 @@ export class WorkerLoop implements MissSink {
   readonly #maxAgeNs: number;
   /** NODELOCAL_RX_TRACE's per-datagram record; null (the usual case): off. */
   readonly #trace: RxTrace | null;
-  readonly #misses: Packer;
-  /** This turn's waiting clients, for the main thread to answer itself (protocol.ts WAITER_STRIDE). */
-  readonly #waiters: Packer;
-  #waiterSeq: number;
+  /** The turn's misses, waiters and log lines for the main thread, and our misses in flight. */
+  readonly #outbox: Outbox;
   /** The token forward() was given during the current handle() (0: none): a new miss's first waiter. */
   #forwarded: number;
-  /** Our misses in flight, both ways, so a waiter that joined one is reported under its token. */
-  readonly #tokenOf: Map<string, number>;
-  readonly #keyOf: Map<number, string>;
-  /** While a completion is applied: its clients with a sequence number up to this were answered by the main thread (0: none). */
-  #answeredThrough: number;
-  readonly #answeredByMain = (peer: ClientPeer): boolean => seqAtOrBefore((peer as Peer).seq, this.#answeredThrough);
-  /** Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. */
-  readonly #done: Packed[];
-  #doneAt: number;
+  readonly #completions: Completions;
   #state: State;
   /** The last receive filled its vector: the kernel has more queued (see COMPLETIONS_WHEN_BEHIND). */
   #behind: boolean;
-  #drainedSent: boolean;
   readonly #free: () => void;
   readonly #idleGc: IdleCollector;
-  /** Under NODELOCAL_MISS_TRACE only: when this turn began, and whether it followed a sleep in poll. */
-  #traceTurnAt: number;
-  #traceSlept: boolean;
-  #traceCompletedAt: number;
 
   constructor(sys: UdpBatchSys, port: MessagePort, init: WorkerInit) {
     this.#sys = sys;
@@ -197,7 +151,6 @@ export class WorkerLoop implements MissSink {
     this.#hits.connect(this, true);
     this.#gate.watch(this.#hits);
     this.#fds = init.fds;
-    this.#channels = init.fds.map((_fd, i) => new SocketChannel(this, i));
     // One native block for everything: the receive vector, a send vector per socket, the pollfds and a scratch sockaddr.
     const sendSlot = init.maxUdpSize;
     const block = sys.alloc(workerBlockBytes(init.batch, init.fds.length, sendSlot));
@@ -205,10 +158,12 @@ export class WorkerLoop implements MissSink {
     this.#arena = new Arena(block.address, block.bytes);
     this.#recv = new RecvVec(this.#arena, init.batch, RECV_SLOT_BYTES);
     this.#views = new SlotViews(this.#arena.u8.buffer as ArrayBuffer, init.batch);
-    this.#send = init.fds.map(() => new SendVec(this.#arena, init.batch, sendSlot));
+    const send = init.fds.map(() => new SendVec(this.#arena, init.batch, sendSlot));
     this.#peers = [];
     for (let i = 0; i < init.batch; i++) this.#peers.push(new Peer(this.#arena.u32, this.#recv.sockaddrOffset(i) >> 2));
     this.#scratchOff = this.#arena.take(SOCKADDR_SLOT_BYTES);
+    this.#sender = new Sender(sys, init.fds, this.#arena, send, this.#scratchOff, this.#counters);
+    this.#channels = init.fds.map((_fd, i) => new SocketChannel(this.#sender, i));
     this.#nowOff = this.#arena.take(TIMESPEC_BYTES);
     this.#now = { sec: 0, nsec: 0 };
     this.#queueWait = this.#counters.queueWait;
@@ -227,60 +182,50 @@ export class WorkerLoop implements MissSink {
       pv.setInt32(this.#pollOff + i * POLLFD_BYTES, fd, true);
       pv.setInt16(this.#pollOff + i * POLLFD_BYTES + 4, POLLIN, true);
     });
-    this.#misses = new Packer(true);
-    this.#waiters = new Packer(false, WAITER_STRIDE);
-    this.#waiterSeq = 0;
+    this.#outbox = new Outbox(port, this.#logger);
     this.#forwarded = 0;
-    this.#tokenOf = new Map();
-    this.#keyOf = new Map();
-    this.#answeredThrough = 0;
-    this.#done = [];
-    this.#doneAt = 0;
+    this.#completions = new Completions(this.#hits, this.#clock, this.#sender, this.#outbox);
     this.#state = 'running';
     this.#behind = false;
-    this.#drainedSent = false;
     this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
-    this.#traceTurnAt = 0;
-    this.#traceSlept = false;
-    this.#traceCompletedAt = 0;
   }
 
   /** Runs until told to close. Never returns early on a bad packet: handle() errors are counted and logged. */
   run(): void {
-    this.#post({ misses: null, logs: null, ready: true });
+    this.#outbox.post({ misses: null, logs: null, ready: true });
     const fds = this.#fds;
     const trace = this.#trace;
     for (;;) {
       this.#clock.tick();
       if (trace !== null) trace.turn(this.#realtimeUs());
-      if (MISS_TRACE) this.#traceTurnAt = traceNow();
+      if (MISS_TRACE) this.#outbox.traceTurnAt = traceNow();
       // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
       if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
       if (trace !== null) trace.mark(1, this.#realtimeUs());
       // Completions left over count as work: no sleeping while some wait.
-      let got = this.#done.length > 0 ? this.#complete(this.#behind ? COMPLETIONS_WHEN_BEHIND : COMPLETIONS_PER_TURN) : 0;
+      let got = this.#completions.waiting ? this.#completions.apply(this.#behind ? COMPLETIONS_WHEN_BEHIND : COMPLETIONS_PER_TURN) : 0;
       this.#behind = false;
       if (trace !== null) trace.mark(2, this.#realtimeUs());
-      if (MISS_TRACE) this.#traceCompletedAt = traceNow();
+      if (MISS_TRACE) this.#outbox.traceCompletedAt = traceNow();
       let received = 0;
       if (this.#state === 'running' || this.#state === 'draining') {
         for (let s = 0; s < fds.length; s++) received += this.#receive(s);
         if (received === 0 && this.#state === 'draining') this.#state = 'paused';
         got += received;
       }
-      const missed = this.#misses.count > 0;
+      const missed = this.#outbox.missed;
       // Gauges before the answers leave: a client that reads them after its answer sees this turn's.
       this.#publish();
-      for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
+      this.#sender.flushFilled();
       if (trace !== null) trace.sent(this.#realtimeUs());
-      this.#report();
+      this.#outbox.send((this.#state === 'paused' || this.#state === 'closing') && this.#hits.inflight === 0);
       if (trace !== null) trace.endTurn(this.#realtimeUs(), got, this.#io[IO.wakeups]!);
       if (this.#state === 'closing') break;
-      if (got === 0 || (missed && this.#done.length === 0 && received < this.#init.batch)) this.#sleep();
+      if (got === 0 || (missed && !this.#completions.waiting && received < this.#init.batch)) this.#sleep();
       if (this.#idleGc.maybeCollect(this.#clock.now(), this.#io[IO.datagrams]!)) this.#io[IO.idleGcs]!++;
     }
     trace?.write();
-    this.#post({ misses: null, logs: null, closed: true });
+    this.#outbox.post({ misses: null, logs: null, closed: true });
     this.#free();
   }
 
@@ -292,35 +237,8 @@ export class WorkerLoop implements MissSink {
       this.#hits.complete(token, null, 'overloaded');
       return;
     }
-    this.#misses.push(token, refresh ? MISS_REFRESH : 0, query, key);
+    this.#outbox.miss(token, key, query, refresh);
     this.#forwarded = token;
-    this.#tokenOf.set(key, token);
-    this.#keyOf.set(token, key);
-  }
-
-  /** An answer for `peer`, from handle() now or from complete() later. */
-  queue(sock: number, answer: Buffer, peer: Peer): void {
-    peer.answered = true;
-    if (this.#answeredThrough !== 0 && seqAtOrBefore(peer.seq, this.#answeredThrough)) {
-      // The main thread already sent this client its answer, and counted it as it left (direct.ts): the hit path just
-      // counted it again (HitPath.#send counts the rcode and TC before handing the answer over), so take that back.
-      const sv = this.#counters.server.values;
-      const rcode = answer[3]! & 0x0f;
-      sv[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!--;
-      if ((answer[2]! & 0x02) !== 0) sv[SERVER_COUNTERS.slot.truncated]!--;
-      return;
-    }
-    const vec = this.#send[sock]!;
-    if (answer.length > vec.slotBytes) {
-      // A reload raised --max-udp-size past the slots: this answer goes alone.
-      const words = this.#arena.u32;
-      const dst = this.#scratchOff >> 2;
-      for (let w = 0; w < peer.nameLen >> 2; w++) words[dst + w] = peer.words[peer.wordOff + w]!;
-      if (this.#sys.sendto(this.#fds[sock]!, answer, this.#arena.address + this.#scratchOff, peer.nameLen) < 0) this.#io[IO.sendErrors]!++;
-      return;
-    }
-    if (vec.full) this.#flush(sock);
-    vec.push(answer, peer.words, peer.wordOff, peer.nameLen);
   }
 
   #receive(s: number): number {
@@ -376,31 +294,11 @@ export class WorkerLoop implements MissSink {
         // The query waits on a miss and keeps this peer: give the slot a fresh one.
         peer.detach();
         peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
-        this.#reportWaiter(peer, s, msg);
+        this.#outbox.waiter(peer, s, msg, this.#forwarded);
       }
     }
     recv.reset(n);
     return n;
-  }
-
-  /**
-   * Tells the main thread about a waiting client, so it sends the answer
-   * itself as soon as it has it (no wake-up of this thread on the way back).
-   * A new miss's waiter is under the token forward() was just given; one that
-   * joined a miss in flight is found by its key (a second parse, only then).
-   */
-  #reportWaiter(peer: Peer, s: number, msg: Buffer): void {
-    let token = this.#forwarded;
-    if (token === 0) {
-      const q = parseQuery(msg);
-      token = q.status === QueryStatus.OK ? (this.#tokenOf.get(q.key) ?? 0) : 0;
-      // Not ours to report (cannot happen: every miss with waiters went through forward()): we answer it at completion.
-      if (token === 0) return;
-    }
-    this.#waiterSeq = nextSeq(this.#waiterSeq);
-    peer.seq = this.#waiterSeq;
-    this.#waiters.push(token, waiterTag(s, peer.nameLen), msg, null);
-    this.#waiters.extraWords(peer.words, peer.wordOff, WAITER_SOCKADDR_WORDS);
   }
 
   /** CLOCK_REALTIME now, into #now. */
@@ -418,26 +316,6 @@ export class WorkerLoop implements MissSink {
     return this.#now.sec * 1e6 + this.#now.nsec / 1000;
   }
 
-  #flush(s: number): void {
-    const vec = this.#send[s]!;
-    const fd = this.#fds[s]!;
-    const filled = vec.filled;
-    let k = 0;
-    // Bounded: every round either sends something or gives up on one message.
-    while (k < filled) {
-      const r = this.#sys.sendmmsg(fd, vec.at(k), filled - k);
-      this.#io[IO.sends]!++;
-      if (r > 0) {
-        k += r;
-      } else {
-        // EAGAIN (send buffer full), EPERM (a firewall), ...: that client's answer is lost, and it will retry.
-        this.#io[IO.sendErrors]!++;
-        k++;
-      }
-    }
-    vec.clear();
-  }
-
   #takeMessages(): void {
     for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
       this.#apply(m.message as ToWorker);
@@ -447,72 +325,30 @@ export class WorkerLoop implements MissSink {
   #apply(m: ToWorker): void {
     switch (m.t) {
       case 'done':
-        this.#done.push(m.items);
+        this.#completions.push(m.items);
         return;
       case 'configure':
         this.#cache.configure(m.cache);
         // A fresh limiter, as the main thread's hit path gets on reload: buckets start full.
         this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery, clientLimit: missLimiter(m.clientMissRate, m.clientMissBurst) });
         this.#gate.configure(m.localZones);
-        this.#post({ misses: null, logs: null, configured: true });
+        this.#outbox.post({ misses: null, logs: null, configured: true });
         return;
       case 'pause':
         if (this.#state === 'running') this.#state = 'draining';
         return;
       case 'abort': {
         // Completions taken first: their clients may have had their answer from the main thread, and must not get a SERVFAIL after it.
-        while (this.#done.length > 0) this.#complete();
+        while (this.#completions.waiting) this.#completions.apply();
         const n = this.#hits.abortAll();
-        this.#tokenOf.clear();
-        this.#keyOf.clear();
-        this.#post({ misses: null, logs: null, aborted: n });
+        this.#outbox.forgetAll();
+        this.#outbox.post({ misses: null, logs: null, aborted: n });
         return;
       }
       case 'close':
         this.#state = 'closing';
         return;
     }
-  }
-
-  /** Applies up to `limit` queued completions; returns how many. */
-  #complete(limit = COMPLETIONS_PER_TURN): number {
-    let n = 0;
-    while (n < limit && this.#done.length > 0) {
-      const p = this.#done[0]!;
-      const i = this.#doneAt++;
-      if (this.#doneAt >= p.count) {
-        this.#done.shift();
-        this.#doneAt = 0;
-      }
-      if (i >= p.count) continue;
-      const token = itemToken(p, i);
-      const key = this.#keyOf.get(token);
-      if (key !== undefined) {
-        this.#keyOf.delete(token);
-        if (this.#tokenOf.get(key) === token) this.#tokenOf.delete(key);
-      }
-      const through = itemExtra(p, i, 0);
-      const turn = this.#clock.stamp;
-      if (through !== 0) {
-        this.#answeredThrough = through;
-        // Every client of it had its answer from the main thread, which stored it too: only the question to close.
-        if (this.#hits.release(token, this.#answeredByMain)) {
-          this.#answeredThrough = 0;
-          n++;
-          continue;
-        }
-        // Its clients had their answer when the main thread sent it: logged with their duration as of then.
-        this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
-      }
-      try {
-        this.#hits.complete(token, itemBytes(p, i), OUTCOMES[itemTag(p, i)] ?? 'network');
-      } finally {
-        this.#answeredThrough = 0;
-        this.#clock.stamp = turn;
-      }
-      n++;
-    }
-    return n;
   }
 
   /**
@@ -530,7 +366,7 @@ export class WorkerLoop implements MissSink {
       const nfds = this.#state === 'running' || this.#state === 'draining' ? this.#fds.length + 1 : 1;
       this.#sys.poll(this.#arena.address + this.#pollOff, nfds, IDLE_POLL_MS);
       this.#io[IO.wakeups]!++;
-      if (MISS_TRACE) this.#traceSlept = true;
+      if (MISS_TRACE) this.#outbox.traceSlept = true;
     }
     Atomics.store(ctl, Ctl.SLEEPING, 0);
     // The eventfd is level-triggered: drain it whether or not this wake came from it (read fails with EAGAIN when empty).
@@ -542,30 +378,6 @@ export class WorkerLoop implements MissSink {
   #publish(): void {
     // The cache's entry and byte gauges are the main thread's: one store, not one per worker.
     this.#io[IO.inflight] = this.#hits.inflight;
-  }
-
-  #report(): void {
-    const misses = this.#misses.count > 0 ? this.#misses.take() : null;
-    const waiters = this.#waiters.count > 0 ? this.#waiters.take() : null;
-    const logs = this.#logger.records.length > 0 ? this.#logger.records : null;
-    if (logs !== null) this.#logger.records = [];
-    const drained = (this.#state === 'paused' || this.#state === 'closing') && !this.#drainedSent && this.#hits.inflight === 0;
-    if (drained) this.#drainedSent = true;
-    if (misses === null && waiters === null && logs === null && !drained) return;
-    const report: WorkerReport = drained ? { misses, waiters, logs, drained: true } : MISS_TRACE && misses !== null ? this.#traced(misses, waiters, logs) : { misses, waiters, logs };
-    const transfer = misses === null ? [] : transferOf(misses);
-    if (waiters !== null) transfer.push(...transferOf(waiters));
-    this.#port.postMessage(report, transfer);
-  }
-
-  #traced(misses: Packed, waiters: Packed | null, logs: WorkerReport['logs']): WorkerReport {
-    const trace = [this.#traceTurnAt, traceNow(), this.#traceSlept ? 1 : 0, this.#traceCompletedAt];
-    this.#traceSlept = false;
-    return { misses, waiters, logs, trace };
-  }
-
-  #post(r: WorkerReport): void {
-    this.#port.postMessage(r);
   }
 }
 

@@ -53,7 +53,7 @@ export interface WorkerInit {
   readonly store: StoreLayout;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
-  /** This worker's part of --client-miss-rate (0: off) and its burst (listener.ts workerMissLimit). */
+  /** This worker's part of --client-miss-rate (0: off) and its burst (listener-options.ts workerMissLimit). */
   readonly clientMissRate: number;
   readonly clientMissBurst: number;
   readonly batch: number;
@@ -119,7 +119,7 @@ export function waiterTag(sock: number, nameLen: number): number {
  */
 export const DONE_STRIDE = 6;
 
-/** Now in 1/16 ms, modulo 2^32 (a 74-hour wrap): comparable between threads (epoch-based, see loop.ts TurnClock). */
+/** Now in 1/16 ms, modulo 2^32 (a 74-hour wrap): comparable between threads (epoch-based, see loop-parts.ts TurnClock). */
 export function stamp16(): number {
   return Math.floor((performance.timeOrigin + performance.now()) * 16) >>> 0;
 }

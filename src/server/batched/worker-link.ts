@@ -115,7 +115,7 @@ export class WorkerLink implements MissReturn {
   #post(m: ToWorker, transfer: ArrayBuffer[], wake: boolean): void {
     if (!this.alive) return;
     this.port.postMessage(m, transfer);
-    // After the post, so a worker that sees PENDING finds the message; SLEEPING read after PENDING set (worker.ts #sleep).
+    // After the post, so a worker that sees PENDING finds the message; SLEEPING read after PENDING set (loop.ts #sleep).
     Atomics.store(this.ctl, Ctl.PENDING, 1);
     if (wake && Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
   }

@@ -1,0 +1,101 @@
+/**
+ * The completions a batched worker's loop (loop.ts) owes its hit path: the
+ * main thread's 'done' messages queued as they come, applied a bounded
+ * number per turn so the hits behind them are not held. A completion whose
+ * clients the main thread already answered (direct.ts) only closes the
+ * question; the others are answered here. Kept apart so loop.ts reads as
+ * the turn, and this file as what a completion does.
+ */
+import type { HitPath } from '../hit-path.js';
+import type { TurnClock } from './loop-parts.js';
+import type { Outbox } from './loop-report.js';
+import type { Sender } from './loop-send.js';
+import { OUTCOMES, itemBytes, itemExtra, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
+import type { ClientPeer } from '../listener.js';
+
+/**
+ * Completions answered per turn at most. A main thread that fell behind
+ * hands back thousands at once; answering them all in one turn would hold
+ * the hits queued behind them for milliseconds (measured: hit p99 from
+ * 3 ms to 50 ms under a miss flood). 256 is about a batch's worth of work.
+ */
+export const COMPLETIONS_PER_TURN = 256;
+/**
+ * Completions per turn while a socket is behind (its last recvmmsg filled the
+ * vector, so the kernel holds more). Under a miss flood a completion is
+ * cache work (~4 us: the main thread answered its clients already) and the
+ * queries behind in the socket queue are hits waiting: 256 took two thirds
+ * of each turn, and a hit waited ~15 turns of it (measured with per-datagram
+ * kernel timestamps: 20-28 ms). 32 take ~130 us beside a full batch's
+ * ~600 us, and still apply ~40k completions a second while behind, more than
+ * the main thread produces.
+ */
+export const COMPLETIONS_WHEN_BEHIND = 32;
+
+export class Completions {
+  readonly #hits: HitPath;
+  readonly #clock: TurnClock;
+  readonly #sender: Sender;
+  readonly #answeredByMain: (peer: ClientPeer) => boolean;
+  readonly #outbox: Outbox;
+  /** Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. */
+  readonly #done: Packed[];
+  #doneAt: number;
+
+  constructor(hits: HitPath, clock: TurnClock, sender: Sender, outbox: Outbox) {
+    this.#hits = hits;
+    this.#clock = clock;
+    this.#sender = sender;
+    this.#answeredByMain = sender.answeredByMain;
+    this.#outbox = outbox;
+    this.#done = [];
+    this.#doneAt = 0;
+  }
+
+  /** Some wait: a turn with them left over is no idle turn. */
+  get waiting(): boolean {
+    return this.#done.length > 0;
+  }
+
+  /** A 'done' message's completions, applied in the turns to come. */
+  push(items: Packed): void {
+    this.#done.push(items);
+  }
+
+  /** Applies up to `limit` queued completions; returns how many. */
+  apply(limit = COMPLETIONS_PER_TURN): number {
+    let n = 0;
+    while (n < limit && this.#done.length > 0) {
+      const p = this.#done[0]!;
+      const i = this.#doneAt++;
+      if (this.#doneAt >= p.count) {
+        this.#done.shift();
+        this.#doneAt = 0;
+      }
+      if (i >= p.count) continue;
+      const token = itemToken(p, i);
+      this.#outbox.settled(token);
+      const through = itemExtra(p, i, 0);
+      const turn = this.#clock.stamp;
+      if (through !== 0) {
+        this.#sender.setAnsweredThrough(through);
+        // Every client of it had its answer from the main thread, which stored it too: only the question to close.
+        if (this.#hits.release(token, this.#answeredByMain)) {
+          this.#sender.setAnsweredThrough(0);
+          n++;
+          continue;
+        }
+        // Its clients had their answer when the main thread sent it: logged with their duration as of then.
+        this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
+      }
+      try {
+        this.#hits.complete(token, itemBytes(p, i), OUTCOMES[itemTag(p, i)] ?? 'network');
+      } finally {
+        this.#sender.setAnsweredThrough(0);
+        this.#clock.stamp = turn;
+      }
+      n++;
+    }
+    return n;
+  }
+}

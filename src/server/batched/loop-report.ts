@@ -1,0 +1,118 @@
+/**
+ * What a batched worker's loop (loop.ts) tells the main thread: the turn's
+ * misses, its waiting clients (so the main thread answers them itself,
+ * direct.ts), its log lines, drained once paused and idle, and the one-off
+ * messages (ready, configured, aborted, closed). It keeps our misses in
+ * flight by key and token, so a client that joins one is reported under its
+ * token. Kept apart so loop.ts reads as the turn, and this file as the
+ * report that ends it.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import { parseQuery, QueryStatus } from '../../dns/query.js';
+import { MISS_TRACE, traceNow } from '../../miss-trace.js';
+import type { Peer, ReportLogger } from './loop-parts.js';
+import { MISS_REFRESH, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, nextSeq, transferOf, waiterTag, type Packed, type WorkerReport } from './protocol.js';
+
+export class Outbox {
+  readonly #port: MessagePort;
+  readonly #logger: ReportLogger;
+  readonly #misses: Packer;
+  /** This turn's waiting clients, for the main thread to answer itself (protocol.ts WAITER_STRIDE). */
+  readonly #waiters: Packer;
+  #waiterSeq: number;
+  /** Our misses in flight, both ways, so a waiter that joined one is reported under its token. */
+  readonly #tokenOf: Map<string, number>;
+  readonly #keyOf: Map<number, string>;
+  #drainedSent: boolean;
+  /** Under NODELOCAL_MISS_TRACE only: when this turn began, and whether it followed a sleep in poll. */
+  traceTurnAt: number;
+  traceSlept: boolean;
+  traceCompletedAt: number;
+
+  constructor(port: MessagePort, logger: ReportLogger) {
+    this.#port = port;
+    this.#logger = logger;
+    this.#misses = new Packer(true);
+    this.#waiters = new Packer(false, WAITER_STRIDE);
+    this.#waiterSeq = 0;
+    this.#tokenOf = new Map();
+    this.#keyOf = new Map();
+    this.#drainedSent = false;
+    this.traceTurnAt = 0;
+    this.traceSlept = false;
+    this.traceCompletedAt = 0;
+  }
+
+  /** This turn has misses to report. */
+  get missed(): boolean {
+    return this.#misses.count > 0;
+  }
+
+  /** A new miss, for this turn's report (the loop's forward() admitted it). */
+  miss(token: number, key: string, query: Buffer, refresh: boolean): void {
+    this.#misses.push(token, refresh ? MISS_REFRESH : 0, query, key);
+    this.#tokenOf.set(key, token);
+    this.#keyOf.set(token, key);
+  }
+
+  /** A completion came for `token`: no client joins it any more. */
+  settled(token: number): void {
+    const key = this.#keyOf.get(token);
+    if (key !== undefined) {
+      this.#keyOf.delete(token);
+      if (this.#tokenOf.get(key) === token) this.#tokenOf.delete(key);
+    }
+  }
+
+  /** Every miss was aborted. */
+  forgetAll(): void {
+    this.#tokenOf.clear();
+    this.#keyOf.clear();
+  }
+
+  /**
+   * Tells the main thread about a waiting client, so it sends the answer
+   * itself as soon as it has it (no wake-up of this thread on the way back).
+   * A new miss's waiter is under the token forward() was just given
+   * (`forwarded`); one that joined a miss in flight is found by its key (a
+   * second parse, only then).
+   */
+  waiter(peer: Peer, s: number, msg: Buffer, forwarded: number): void {
+    let token = forwarded;
+    if (token === 0) {
+      const q = parseQuery(msg);
+      token = q.status === QueryStatus.OK ? (this.#tokenOf.get(q.key) ?? 0) : 0;
+      // Not ours to report (cannot happen: every miss with waiters went through forward()): we answer it at completion.
+      if (token === 0) return;
+    }
+    this.#waiterSeq = nextSeq(this.#waiterSeq);
+    peer.seq = this.#waiterSeq;
+    this.#waiters.push(token, waiterTag(s, peer.nameLen), msg, null);
+    this.#waiters.extraWords(peer.words, peer.wordOff, WAITER_SOCKADDR_WORDS);
+  }
+
+  /** The turn's report, if it has anything to say. `drainable`: paused or closing, with nothing in flight (said once: drained). */
+  send(drainable: boolean): void {
+    const misses = this.#misses.count > 0 ? this.#misses.take() : null;
+    const waiters = this.#waiters.count > 0 ? this.#waiters.take() : null;
+    const logs = this.#logger.records.length > 0 ? this.#logger.records : null;
+    if (logs !== null) this.#logger.records = [];
+    const drained = drainable && !this.#drainedSent;
+    if (drained) this.#drainedSent = true;
+    if (misses === null && waiters === null && logs === null && !drained) return;
+    const report: WorkerReport = drained ? { misses, waiters, logs, drained: true } : MISS_TRACE && misses !== null ? this.#traced(misses, waiters, logs) : { misses, waiters, logs };
+    const transfer = misses === null ? [] : transferOf(misses);
+    if (waiters !== null) transfer.push(...transferOf(waiters));
+    this.#port.postMessage(report, transfer);
+  }
+
+  #traced(misses: Packed, waiters: Packed | null, logs: WorkerReport['logs']): WorkerReport {
+    const trace = [this.traceTurnAt, traceNow(), this.traceSlept ? 1 : 0, this.traceCompletedAt];
+    this.traceSlept = false;
+    return { misses, waiters, logs, trace };
+  }
+
+  post(r: WorkerReport): void {
+    this.#port.postMessage(r);
+  }
+}

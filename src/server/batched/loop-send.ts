@@ -1,0 +1,116 @@
+/**
+ * The send side of a batched worker's loop (loop.ts): each socket's send
+ * vector, the answers queued into it (from handle() now or a completion
+ * later), and the sendmmsg that flushes it. It also holds the one fact a
+ * completion changes about sending: which waiting clients the main thread
+ * already answered itself (direct.ts), so they get nothing more from here.
+ * Kept apart so loop.ts reads as the turn (messages, completions, receive,
+ * send, report, sleep), and this file as where answers go.
+ */
+import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
+import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js';
+import type { UdpBatchSys } from '../../sys/udp-batch.js';
+import type { Arena, SendVec } from './msgvec.js';
+import type { Peer } from './loop-parts.js';
+import { seqAtOrBefore } from './protocol.js';
+import { BATCHED_COUNTERS, type WorkerCounters } from './stats.js';
+
+const IO = BATCHED_COUNTERS.slot;
+
+/** Answers for one socket go into its send vector. */
+export class SocketChannel implements ClientChannel {
+  readonly transport = Transport.UDP;
+  readonly #sender: Sender;
+  readonly #sock: number;
+  constructor(sender: Sender, sock: number) {
+    this.#sender = sender;
+    this.#sock = sock;
+  }
+  send(answer: Buffer, peer: ClientPeer): void {
+    this.#sender.queue(this.#sock, answer, peer as Peer);
+  }
+  discard(peer: ClientPeer): void {
+    (peer as Peer).answered = true;
+  }
+}
+
+export class Sender {
+  readonly #sys: UdpBatchSys;
+  readonly #fds: readonly number[];
+  readonly #arena: Arena;
+  readonly #send: SendVec[];
+  /** A sockaddr's room in the arena: an answer too big for its slot is sent alone from here. */
+  readonly #scratchOff: number;
+  readonly #counters: WorkerCounters;
+  readonly #io: Float64Array;
+  /** While a completion is applied: its clients with a sequence number up to this were answered by the main thread (0: none). */
+  #answeredThrough: number;
+  readonly answeredByMain = (peer: ClientPeer): boolean => seqAtOrBefore((peer as Peer).seq, this.#answeredThrough);
+
+  constructor(sys: UdpBatchSys, fds: readonly number[], arena: Arena, send: SendVec[], scratchOff: number, counters: WorkerCounters) {
+    this.#sys = sys;
+    this.#fds = fds;
+    this.#arena = arena;
+    this.#send = send;
+    this.#scratchOff = scratchOff;
+    this.#counters = counters;
+    this.#io = counters.io.values;
+    this.#answeredThrough = 0;
+  }
+
+  /** Around a completion (loop-completions.ts): its clients up to `through` had their answer from the main thread; 0 after it. */
+  setAnsweredThrough(through: number): void {
+    this.#answeredThrough = through;
+  }
+
+  /** An answer for `peer`, from handle() now or from complete() later. */
+  queue(sock: number, answer: Buffer, peer: Peer): void {
+    peer.answered = true;
+    if (this.#answeredThrough !== 0 && seqAtOrBefore(peer.seq, this.#answeredThrough)) {
+      // The main thread already sent this client its answer, and counted it as it left (direct.ts): the hit path just
+      // counted it again (HitPath.#send counts the rcode and TC before handing the answer over), so take that back.
+      const sv = this.#counters.server.values;
+      const rcode = answer[3]! & 0x0f;
+      sv[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!--;
+      if ((answer[2]! & 0x02) !== 0) sv[SERVER_COUNTERS.slot.truncated]!--;
+      return;
+    }
+    const vec = this.#send[sock]!;
+    if (answer.length > vec.slotBytes) {
+      // A reload raised --max-udp-size past the slots: this answer goes alone.
+      const words = this.#arena.u32;
+      const dst = this.#scratchOff >> 2;
+      for (let w = 0; w < peer.nameLen >> 2; w++) words[dst + w] = peer.words[peer.wordOff + w]!;
+      if (this.#sys.sendto(this.#fds[sock]!, answer, this.#arena.address + this.#scratchOff, peer.nameLen) < 0) this.#io[IO.sendErrors]!++;
+      return;
+    }
+    if (vec.full) this.#flush(sock);
+    vec.push(answer, peer.words, peer.wordOff, peer.nameLen);
+  }
+
+  /** Sends every vector that holds answers: once a turn. */
+  flushFilled(): void {
+    const fds = this.#fds;
+    for (let s = 0; s < fds.length; s++) if (this.#send[s]!.filled > 0) this.#flush(s);
+  }
+
+  #flush(s: number): void {
+    const vec = this.#send[s]!;
+    const fd = this.#fds[s]!;
+    const filled = vec.filled;
+    let k = 0;
+    // Bounded: every round either sends something or gives up on one message.
+    while (k < filled) {
+      const r = this.#sys.sendmmsg(fd, vec.at(k), filled - k);
+      this.#io[IO.sends]!++;
+      if (r > 0) {
+        k += r;
+      } else {
+        // EAGAIN (send buffer full), EPERM (a firewall), ...: that client's answer is lost, and it will retry.
+        this.#io[IO.sendErrors]!++;
+        k++;
+      }
+    }
+    vec.clear();
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * How one batched worker comes to life (listener.ts #spawn): its sockets
+ * opened in order, one per listen address, and its wake eventfd; its thread
+ * started with what it needs to know; and the wait until it is in its loop
+ * (ready, failed, or gone before it ran). Kept apart so listener.ts reads as
+ * what the backend does with its workers (pause, drain, abort, reload,
+ * restart), and this file as starting one.
+ */
+import { formatHostPort } from '../../addr.js';
+import type { StoreLayout } from '../../cache/store-layout.js';
+import { DEFAULTS } from '../../config.js';
+import type { Logger } from '../../log.js';
+import { isSysError, type UdpBatchSys } from '../../sys/udp-batch.js';
+import type { ServerAddress } from '../../upstream/types.js';
+import { DEFAULT_BATCH, DEFAULT_MAX_INFLIGHT, type BatchedUdpOptions } from './listener-options.js';
+import type { WorkerReport, WorkerSettings } from './protocol.js';
+import { WorkerLink } from './worker-link.js';
+
+/** A worker's bound sockets (one per listen address, in order) and its wake eventfd. */
+export interface WorkerSockets {
+  readonly fds: number[];
+  readonly wakeFd: number;
+}
+
+/** What the main thread answers a worker's misses with on its sockets (direct.ts); null: off. */
+export type DirectDeps = ConstructorParameters<typeof WorkerLink>[5];
+
+/**
+ * Opens a worker's sockets and its eventfd. `ports` holds the bound port
+ * per listen address: a 0 is replaced by the port the first bind got, so
+ * every later worker joins the same group. Throws, with nothing left open,
+ * when one cannot be had.
+ */
+export function openSockets(sys: UdpBatchSys, listen: readonly ServerAddress[], ports: number[]): WorkerSockets {
+  const fds: number[] = [];
+  let wakeFd = -1;
+  try {
+    listen.forEach((addr, a) => {
+      const fd = sys.openUdp({ host: addr.host, port: ports[a]! });
+      if (isSysError(fd)) throw new Error(fd.message);
+      fds.push(fd);
+      if (ports[a] === 0) {
+        const port = sys.localPort(fd);
+        if (port <= 0) throw new Error(`getsockname: errno ${-port}`);
+        ports[a] = port;
+      }
+    });
+    const ev = sys.eventfd();
+    if (isSysError(ev)) throw new Error(ev.message);
+    wakeFd = ev;
+  } catch (err) {
+    for (const fd of fds) sys.close(fd);
+    throw err;
+  }
+  return { fds, wakeFd };
+}
+
+/** Starts worker i's thread on its sockets, with the settings of now (a restarted worker starts with the latest). */
+export function startWorker(
+  i: number, sockets: WorkerSockets, opts: BatchedUdpOptions, ports: readonly number[], policy: WorkerSettings, store: StoreLayout, direct: DirectDeps,
+): WorkerLink {
+  return new WorkerLink(
+    i,
+    sockets.fds,
+    sockets.wakeFd,
+    {
+      names: opts.listen.map((a, k) => `udp://${formatHostPort({ host: a.host, port: ports[k]! })}`),
+      cache: policy.cache,
+      store,
+      maxUdpSize: policy.maxUdpSize,
+      queryLogEvery: policy.queryLogEvery,
+      clientMissRate: policy.clientMissRate,
+      clientMissBurst: policy.clientMissBurst,
+      batch: opts.batch ?? DEFAULT_BATCH,
+      maxInflight: opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
+      maxQueryAgeMs: opts.maxQueryAgeMs ?? DEFAULTS.maxQueryAgeMs,
+      localZones: policy.localZones,
+    },
+    opts.sys,
+    direct,
+  );
+}
+
+/**
+ * Resolves once worker `link` is in its loop; rejects when it failed to
+ * start or exited first. Every report goes to `onReport` (the ready one
+ * too); an exit after the start goes to `onExit`, its sockets already closed.
+ */
+export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let started = false;
+    link.port.on('message', (r: WorkerReport) => {
+      if (r.ready === true && !started) {
+        started = true;
+        resolve();
+      }
+      if (r.failed !== undefined && !started) {
+        started = true;
+        // It never ran: its exit is no death to report.
+        link.closing = true;
+        reject(new Error(r.failed));
+      }
+      onReport(r);
+    });
+    link.worker.on('error', (err) => {
+      logger.error('udp worker failed', { worker: link.index, error: err.message });
+    });
+    link.worker.on('exit', (code) => {
+      link.alive = false;
+      link.port.close();
+      link.closeFds();
+      if (!started) {
+        started = true;
+        reject(new Error(`worker exited with code ${code} before it started`));
+        return;
+      }
+      onExit(code);
+    });
+  });
+}
