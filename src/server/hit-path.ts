@@ -44,7 +44,7 @@ import type { ClientMissLimiter } from './client-limit.js';
 import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
-import { Miss, retain } from './miss-waiters.js';
+import { Miss, retain, type Waiter } from './miss-waiters.js';
 import {
   RCODE_SLOT_BASE, RCODE_SLOT_OTHER, REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters,
 } from './stats.js';
@@ -216,8 +216,7 @@ export class HitPath implements QueryHandler {
       this.#shed(q, key, channel, peer, now, logged);
       return;
     }
-    miss = this.#open(key);
-    miss.waiters.push({ q: retain(q, key), channel, peer, arrivedAt: now, logged });
+    miss = this.#open(key, { q: retain(q, key), channel, peer, arrivedAt: now, logged });
     this.#forward(miss, q);
   }
 
@@ -331,14 +330,14 @@ export class HitPath implements QueryHandler {
   #refresh(q: Query): void {
     const key = q.key;
     if (this.#byKey.has(key)) return;
-    this.#forward(this.#open(key), q);
+    this.#forward(this.#open(key, null), q);
   }
 
-  #open(key: string): Miss {
+  #open(key: string, first: Waiter | null): Miss {
     // Tokens wrap long before a double could lose precision; a live token is never reused (2^31 misses apart).
     const token = this.#nextToken;
     this.#nextToken = token >= 0x7fffffff ? 1 : token + 1;
-    const miss = new Miss(token, key);
+    const miss = new Miss(token, key, first);
     this.#byKey.set(key, miss);
     this.#byToken.set(token, miss);
     return miss;

@@ -24,10 +24,16 @@ export class Miss {
   readonly token: number;
   readonly key: string;
   readonly waiters: Waiter[];
-  constructor(token: number, key: string) {
+  /**
+   * `first`: the client that asked (null for a refresh). Most misses keep
+   * one waiter until the answer, so the list starts with exactly that room:
+   * an empty list would grow to 17 slots on its first push, and under a miss
+   * flood these lists are what a worker's young generation copies.
+   */
+  constructor(token: number, key: string, first: Waiter | null) {
     this.token = token;
     this.key = key;
-    this.waiters = [];
+    this.waiters = first === null ? [] : [first];
   }
 }
 
