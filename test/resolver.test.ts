@@ -778,8 +778,8 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
   const exchange = new MissExchange({ counters: new Counters(BATCHED_COUNTERS), server: main.counters, shared: store.exchangeView(new Counters(CACHE_COUNTERS)), clock });
   const resolver = make(exchange);
   exchange.connect(resolver);
-  // The main thread's hit path (TCP) asks through the same exchange, answered synchronously; the exchange stores.
-  main.connect(exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome), refusedForLoad: () => {} }), false);
+  // The main thread's hit path (TCP) asks through the same exchange, answered synchronously; the exchange scrubs and stores (as agent.ts wires it).
+  main.connect(exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome), refusedForLoad: () => {} }), true);
   const paths = Array.from({ length: workers }, () => hitPath(new CacheReader(store.layout, CACHE_OPTS, new Counters(CACHE_COUNTERS)), workers));
   for (const w of paths) {
     const link: MissReturn = { alive: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)), refusedForLoad: () => {} };
