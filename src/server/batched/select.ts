@@ -9,13 +9,11 @@
  */
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
-import type { CacheOptions, DnsCache } from '../../cache/cache.js';
-import type { Logger } from '../../log.js';
 import { loadUdpBatch, type KoffiLoader, type UdpBatchSys } from '../../sys/udp-batch.js';
-import type { ServerAddress } from '../../upstream/types.js';
 import type { Listener, QueryHandler } from '../listener.js';
 import { UdpListener, type UdpListenerOptions } from '../udp-listener.js';
 import { BatchedUdpListener } from './listener.js';
+import type { BatchedUdpOptions } from './listener-options.js';
 
 export type UdpIo = 'batched' | 'dgram';
 
@@ -62,29 +60,22 @@ export function cgroupCpuQuota(read: (path: string) => string = (p) => readFileS
   }
 }
 
-export interface UdpListenersOptions {
+/**
+ * What selects and builds the UDP listeners: the batched listener's own
+ * options where both backends take the same thing (the cache and store only
+ * batched uses; the rest both), plus the choice and dgram's parts.
+ */
+export interface UdpListenersOptions extends Pick<
+  BatchedUdpOptions,
+  'listen' | 'cache' | 'store' | 'maxUdpSize' | 'queryLogEvery' | 'clientMissRate' | 'clientMissBurst' | 'maxQueryAgeMs' | 'localZones' | 'logger'
+> {
   readonly io: UdpIo;
   /** 0: defaultWorkers(). */
   readonly workers: number;
-  readonly listen: readonly ServerAddress[];
-  /** For dgram: the main thread's hit path (the one TCP uses too). */
+  /** For dgram: the main thread's hit path (the one TCP uses too); dgram's per-client miss limit is this hit path's. */
   readonly hitPath: QueryHandler;
-  /** For batched: the cache as configured (see BatchedUdpOptions.cache). */
-  readonly cache: CacheOptions;
-  /** For batched: the main thread's cache, built `shared`, which the workers read (BatchedUdpOptions.store). */
-  readonly store?: DnsCache;
-  readonly maxUdpSize: number;
-  readonly queryLogEvery: number;
-  /** --client-miss-rate / --client-miss-burst (0: off): batched workers apply their share themselves; dgram's is the hit path's. */
-  readonly clientMissRate?: number;
-  readonly clientMissBurst?: number;
-  /** --max-query-age (batched only: dgram has no receive timestamps); default config.ts DEFAULTS. */
-  readonly maxQueryAgeMs?: number;
-  /** For batched: zones answered from the cluster view at the upstream side's limit (BatchedUdpOptions.localZones). */
-  readonly localZones?: readonly string[];
   /** dgram listeners: SO_REUSEPORT and the clock (the handover's drain). */
   readonly dgram?: UdpListenerOptions;
-  readonly logger: Logger;
   /** For tests: where koffi comes from. */
   readonly loadKoffi?: KoffiLoader;
 }
