@@ -1,23 +1,26 @@
 /**
  * Configuration: flags and an optional config file (YAML or JSON) turned into
- * one validated, typed Config. Every default lives in OPTIONS below, with its
- * reason. Flags win over the file. A bad value is a ConfigError naming the
- * flag and the value (main.ts exits 2 with it).
+ * one validated, typed Config. Every default lives in OPTIONS
+ * (config-options.ts), with its reason; the raw settings come from
+ * config-sources.ts (flags, the file, the kube-dns ConfigMap). Flags win over
+ * the file. A bad value is a ConfigError naming the flag and the value
+ * (main.ts exits 2 with it).
  */
 import { readFileSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
 import { formatHostPort, parseHostPort } from './addr.js';
 import type { LogLevel } from './log.js';
 import { nameToWire } from './dns/name.js';
 import type { ServerAddress } from './upstream/types.js';
 import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
+import { ConfigError, OPTIONS } from './config-options.js';
+import { parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
+
+// The table and the sources have modules of their own; callers keep importing them from here.
+export { ConfigError, HELP_FLAGS, OPTIONS, helpText } from './config-options.js';
+export { parseBytes, parseConfigFile, parseDuration, parseFlags } from './config-sources.js';
 
 const FIREWALL_CHOICES: readonly FirewallChoice[] = ['auto', 'iptables', 'iptables-legacy', 'iptables-nft', 'nftables', 'none'];
-
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
-}
 
 export interface StubDomain {
   readonly zone: string;
@@ -119,322 +122,6 @@ export interface Config {
   readonly nodeName: string;
 }
 
-type Kind = 'string' | 'int' | 'duration' | 'bool' | 'list' | 'bytes';
-interface OptionSpec {
-  readonly flag: string;
-  readonly kind: Kind;
-  readonly def: string | undefined;
-  readonly help: string;
-  /** Bounds: whole numbers for int and bytes, milliseconds for duration. */
-  readonly min?: number;
-  readonly max?: number;
-}
-
-/** Every option, its default and why. Config-file keys are the flags in camelCase. */
-export const OPTIONS: readonly OptionSpec[] = [
-  { flag: 'config', kind: 'string', def: undefined, help: 'YAML or JSON file with the same settings (camelCase keys) plus stubDomains; flags win' },
-  { flag: 'listen', kind: 'list', def: undefined, help: 'ADDR:PORT to serve UDP and TCP on; repeatable. Default 127.0.0.1:5353 when neither --listen nor --localip is given' },
-  { flag: 'localip', kind: 'string', def: undefined, help: 'IP[,IP] to serve on, with --port (node-cache spelling); e.g. 169.254.20.10,10.96.0.10' },
-  { flag: 'port', kind: 'int', def: '53', help: 'port for --localip addresses', min: 1, max: 65535 },
-  { flag: 'cluster-domain', kind: 'string', def: 'cluster.local', help: 'cluster zone forwarded to the cluster DNS (with in-addr.arpa and ip6.arpa)' },
-  { flag: 'upstream-addr', kind: 'string', def: undefined, help: 'cluster DNS (kube-dns) IP[:PORT], spoken to over TCP; default from the --upstream-svc Service environment' },
-  { flag: 'upstream-svc', kind: 'string', def: 'kube-dns-upstream', help: 'Service whose <NAME>_SERVICE_HOST/_PORT environment gives the cluster DNS address' },
-  { flag: 'require-cluster-dns', kind: 'bool', def: 'false', help: 'fail at start when no cluster DNS address is found (set in the DaemonSet) instead of running in local mode' },
-  { flag: 'resolv-conf', kind: 'string', def: '/etc/resolv.conf', help: 'resolv.conf whose nameservers answer external names' },
-  {
-    flag: 'upstream-nameservers', kind: 'list', def: undefined,
-    help: 'IP[:PORT][,...] for external names, instead of the resolv.conf nameservers (kube-dns upstreamNameservers); or tls://IP[:PORT][@NAME][,...] for DNS over TLS (port 853; the certificate must be valid for NAME, or for the IP without one); all plain or all tls://',
-  },
-  { flag: 'tls-ca-file', kind: 'string', def: undefined, help: 'PEM file of the CA certificates trusted for tls:// upstreams, instead of Node\'s bundled Mozilla roots (a private resolver\'s CA)' },
-  { flag: 'stub-domain', kind: 'list', def: undefined, help: 'ZONE=IP[:PORT][,IP[:PORT]] forwards ZONE to those servers; repeatable (kube-dns stubDomains)' },
-  { flag: 'timeout', kind: 'duration', def: '2s', min: 100, max: 30_000, help: 'deadline of a cluster DNS query, and the longest one host-resolver try may wait (resolv.conf timeout: may shorten it); then SERVFAIL, well inside a pod\'s own 5 s' },
-  { flag: 'upstream-connections', kind: 'int', def: '2', help: 'persistent TCP connections to the cluster DNS (queries are pipelined on each)', min: 1, max: 64 },
-  { flag: 'upstream-max-inflight', kind: 'int', def: '1000', help: 'queries in flight on one upstream TCP connection', min: 1, max: 65000 },
-  { flag: 'upstream-rotate-queries', kind: 'int', def: '10000', help: 'replace an upstream connection after this many queries, so load spreads over kube-dns pods', min: 1 },
-  { flag: 'upstream-rotate-after', kind: 'duration', def: '60s', min: 1000, max: 86_400_000, help: 'replace an upstream connection after this long, for the same reason' },
-  { flag: 'cache-size', kind: 'int', def: '9984', help: 'positive cache capacity in entries (node-cache default)', min: 1 },
-  { flag: 'negative-cache-size', kind: 'int', def: '9984', help: 'negative cache capacity in entries (node-cache default)', min: 1 },
-  {
-    flag: 'cache-memory', kind: 'bytes', def: '64Mi', min: 1 << 20, max: 64 * 2 ** 30,
-    help: 'byte budget of the cache (answers plus about 1 KiB per entry; a quarter for negative answers); 64Mi holds the default 2 x 9984 entries of ordinary answers with room to spare, and bounds big ones',
-  },
-  { flag: 'success-ttl', kind: 'duration', def: '30s', max: 86_400_000, help: 'longest a positive answer is cached (node-cache `success`)' },
-  { flag: 'denial-ttl', kind: 'duration', def: '5s', max: 86_400_000, help: 'longest a negative answer (NXDOMAIN, NODATA) is cached (node-cache `denial`)' },
-  { flag: 'prefetch-min-hits', kind: 'int', def: '3', help: 'hits in its lifetime that make an entry worth refreshing before it expires; 0 disables prefetch', min: 0 },
-  { flag: 'prefetch-percent', kind: 'int', def: '10', help: 'refresh popular entries in the last PERCENT of their TTL (at least 1 s)', min: 1, max: 99 },
-  { flag: 'serve-stale', kind: 'duration', def: '1h', min: 0, max: 7 * 86_400_000, help: 'when an upstream fails, answer from an entry expired at most this long ago, with TTL 30 (RFC 8767); 0 turns it off' },
-  { flag: 'max-udp-size', kind: 'int', def: '1232', help: 'largest UDP answer, whatever the client advertises (DNS Flag Day 2020); larger ones go TC=1', min: 512, max: 65535 },
-  { flag: 'tcp-idle-timeout', kind: 'duration', def: '10s', min: 100, max: 3_600_000, help: 'close an idle client TCP connection after this long (RFC 7766 6.2.3)' },
-  // A pod's query is a few hundred bytes in one write, so it arrives in one segment; a split one completes
-  // within an RTT unless a segment is lost. 2 s covers one retransmission at TCP's initial 1 s RTO (RFC 6298)
-  // and caps what a slow-loris connection can hold a slot for.
-  {
-    flag: 'tcp-read-timeout', kind: 'duration', def: '2s', min: 100, max: 60_000,
-    help: 'a client TCP message must be complete this long after its first byte (slow-loris); a pod sends one segment, 2 s allows a retransmission',
-  },
-  { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; at the cap a newcomer closes the connection idle longest, and is refused only when all are busy', min: 1 },
-  { flag: 'max-tcp-queries', kind: 'int', def: '128', help: 'queries in flight on one client TCP connection; reading pauses beyond it', min: 1 },
-  {
-    flag: 'max-concurrent', kind: 'int', def: '1000', min: 1, max: 1_000_000,
-    help: 'upstream queries in flight across every upstream (CoreDNS forward max_concurrent, about 2 KB each); beyond it new misses get a stale answer or SERVFAIL at once, hits are still served',
-  },
-  {
-    flag: 'client-miss-rate', kind: 'int', def: '0', min: 0, max: 1_000_000,
-    help: 'opt-in: new upstream questions one client (pod IP) may start per second; over it the client gets stale or SERVFAIL and nothing is sent; hits are never limited. 0 = off; 200 is far above what a normal pod sends',
-  },
-  { flag: 'client-miss-burst', kind: 'int', def: '1000', min: 1, max: 1_000_000, help: 'misses a client may start at once under --client-miss-rate (a pod starting up resolves everything it knows)' },
-  {
-    flag: 'host-max-inflight', kind: 'int', def: '1000', min: 1, max: 100_000,
-    help: 'external-name (and stub-domain) queries in flight per upstream, each holding at most 3 UDP sockets; beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
-  },
-  { flag: 'reuse-port', kind: 'bool', def: 'true', help: 'bind with SO_REUSEPORT (through koffi) so a new agent can start beside this one; on SIGTERM this one hands new queries to it and answers those already queued (upgrade with no gap); --no-reuse-port: an exclusive bind' },
-  {
-    flag: 'io', kind: 'string', def: 'batched',
-    help: 'UDP backend: batched (worker threads answering cache hits with recvmmsg/sendmmsg, SO_REUSEPORT sockets through koffi; falls back to dgram with a warning where koffi or the calls are missing) or dgram (Node sockets on the main thread). TCP is served on the main thread either way',
-  },
-  { flag: 'workers', kind: 'int', def: '0', min: 0, max: 64, help: 'batched UDP worker threads, each with its own socket per listen address; 0 = the CPUs this process may use (affinity and cgroup quota), at most 4' },
-  // 5 s: a pod's stub (glibc, musl, Go: resolv.conf's default timeout) has given up on a try that old; what is
-  // dropped is work no client waits for (its retry, queued behind, is answered). Shorter would drop answers a
-  // client still waits for, to save about a microsecond of a worker's time each.
-  {
-    flag: 'max-query-age', kind: 'duration', def: '5s', min: 0, max: 60_000,
-    help: 'batched UDP: drop a query that waited longer than this in the kernel before a worker read it (its client has timed out; kernel receive timestamps, nodelocal_udp_queue_wait_seconds); 0 = never',
-  },
-  { flag: 'shutdown-grace', kind: 'duration', def: '5s', min: 0, max: 300_000, help: 'on SIGTERM, how long queries in flight may take to finish' },
-  { flag: 'kube', kind: 'bool', def: 'true', help: 'watch Services, EndpointSlices and Namespaces and answer cluster names from them when the cluster DNS fails; --no-kube turns the watch and the fallback off' },
-  { flag: 'kubeconfig', kind: 'string', def: undefined, help: 'kubeconfig file for the API watch outside a cluster (default: in-cluster service account; none found: the fallback is off)' },
-  {
-    flag: 'fallback-after', kind: 'duration', def: '1s', min: 0, max: 30_000,
-    help: 'a cluster-zone query the cluster DNS has not answered after this long is answered from the view, so pods never wait out their own 5 s; 0 = only when it fails',
-  },
-  {
-    flag: 'max-api-silence', kind: 'duration', def: '5m', min: 1000, max: 86_400_000,
-    help: 'once the API server has been silent this long the view may no longer deny a name (SERVFAIL, never an invented NXDOMAIN); positive answers keep being served',
-  },
-  { flag: 'local-negative', kind: 'bool', def: 'false', help: 'answer cluster-zone names that certainly do not exist (ndots:5 search-path junk) from the synced view, without asking the cluster DNS. Off by default: a cluster DNS may carry custom records' },
-  { flag: 'local-ttl', kind: 'duration', def: '5s', max: 3_600_000, help: 'TTL of records answered from the view (CoreDNS kubernetes plugin default)' },
-  {
-    flag: 'kube-dns-config-dir', kind: 'string', def: '/etc/kube-dns',
-    help: 'the kube-dns ConfigMap mounted as a directory: stubDomains and upstreamNameservers (JSON), as node-cache reads them; watched and reloaded; missing = none',
-  },
-  { flag: 'setup-interface', kind: 'bool', def: 'true', help: 'create the link (--interface-name, kind dummy) and put the non-loopback listen addresses on it through netlink (node-cache -setupinterface); needs CAP_NET_ADMIN' },
-  { flag: 'interface-name', kind: 'string', def: 'nodelocaldns', help: 'name of that link (node-cache -interfacename)' },
-  { flag: 'interface-kind', kind: 'string', def: 'dummy', help: 'link kind to create; dummy in production (tests use bridge on kernels without the dummy driver)' },
-  {
-    flag: 'firewall', kind: 'string', def: 'auto',
-    help: 'interception rules (raw NOTRACK + filter ACCEPT, as node-cache): auto (follow kube-proxy and kubelet, as iptables-wrappers does), iptables, iptables-legacy, iptables-nft, nftables, or none',
-  },
-  {
-    flag: 'fail-open-to', kind: 'string', def: undefined,
-    help: 'IPVS mode: the kube-dns ClusterIP[:PORT] (local to the node under IPVS) that pods\' DNS to the link-local address is DNATed to whenever no socket of ours is listening (agent killed); leave unset in iptables mode, where pods use the ClusterIP and kube-proxy takes over by itself',
-  },
-  { flag: 'skip-teardown', kind: 'bool', def: 'false', help: 'leave the link, addresses and rules in place on exit (node-cache -skipteardown)' },
-  { flag: 'sync-interval', kind: 'duration', def: '60s', min: 1000, max: 3_600_000, help: 'how often the link, addresses and rules are checked and repaired (node-cache -syncinterval)' },
-  { flag: 'health-port', kind: 'int', def: '8080', min: 0, max: 65535, help: 'port of /health and /ready on the first local IP (node-cache 8080); also NOTRACKed by the interception rules; 0 turns them off' },
-  {
-    flag: 'cache-snapshot', kind: 'string', def: undefined,
-    help: 'file the cache is written to on shutdown and loaded from at start (warm restart: hits in the first second); an absolute path; off by default',
-  },
-  {
-    flag: 'malloc-trim-interval', kind: 'duration', def: '10s', min: 0, max: 86_400_000,
-    help: 'this often, when the malloc heaps hold over 4 MiB of freed memory, hand it back to the kernel (glibc malloc_trim, run off the main thread); 0 = never',
-  },
-  {
-    flag: 'cache-snapshot-interval', kind: 'duration', def: '60s', min: 0, max: 86_400_000,
-    help: 'with --cache-snapshot, also write it this often while serving (in slices, without stalling hits), so that an upgrade\'s new agent started beside this one loads a recent cache; 0 = only on shutdown',
-  },
-  {
-    flag: 'metrics-listen-address', kind: 'string', def: undefined,
-    help: 'IP:PORT of /metrics (node-cache flag); default the first local IP, port 9253 (never all interfaces unless given, e.g. 0.0.0.0:9253 so Prometheus on other nodes can scrape); "off" turns it off',
-  },
-  {
-    flag: 'metrics-by-namespace', kind: 'bool', def: 'false',
-    help: 'opt-in: count requests by the client pod\'s namespace (nodelocal_dns_requests_by_namespace_total) from a watch of this node\'s pods; needs --node-name and get/list/watch on pods (docs/install.md)',
-  },
-  // A node runs at most 110 pods by kubelet's default: 100 namespaces cover nearly every node, and bound the series a node can add.
-  { flag: 'metrics-namespaces-max', kind: 'int', def: '100', min: 1, max: 10_000, help: 'namespaces with a series of their own under --metrics-by-namespace; the rest count as "_other"' },
-  { flag: 'node-name', kind: 'string', def: undefined, help: 'this node\'s name, for the pod watch of --metrics-by-namespace (default $NODE_NAME, which the DaemonSet sets from spec.nodeName)' },
-  { flag: 'log-level', kind: 'string', def: 'info', help: 'debug, info, warn or error' },
-  { flag: 'query-log-sample', kind: 'string', def: '0', help: 'log this share of queries (0.01 = one in a hundred) with client, name, type, rcode, duration and where the answer came from (cache, upstream, view, stale, servfail); 0 = off' },
-];
-
-export const HELP_FLAGS = ['help', 'version'] as const;
-
-function camel(flag: string): string {
-  return flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
-}
-
-/** Raw settings as strings (list options as arrays), before validation. */
-type Raw = Map<string, string | string[]>;
-
-/** "64Mi", "64MiB", "512Ki", "1Gi", or a bare number of bytes. */
-export function parseBytes(text: string): number | undefined {
-  const m = /^(\d+)\s*(Ki|Mi|Gi|KiB|MiB|GiB)?$/.exec(text.trim());
-  if (m === null) return undefined;
-  const unit = m[2] === undefined ? 1 : m[2].startsWith('K') ? 1024 : m[2].startsWith('M') ? 1024 ** 2 : 1024 ** 3;
-  return Number(m[1]) * unit;
-}
-
-/** "500ms", "2s", "1m", "1m30s", or a bare number of seconds. */
-export function parseDuration(text: string): number | undefined {
-  const s = text.trim();
-  if (/^\d+(\.\d+)?$/.test(s)) return Math.round(Number(s) * 1000);
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
-  let total = 0;
-  let matched = 0;
-  for (let m = re.exec(s); m !== null; m = re.exec(s)) {
-    const unit = m[2] === 'ms' ? 1 : m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 3_600_000;
-    total += Number(m[1]) * unit;
-    matched = re.lastIndex;
-  }
-  return matched === s.length && s.length > 0 ? Math.round(total) : undefined;
-}
-
-/** Flags (argv without node and script) into raw settings; ConfigError on unknown flags or missing values. */
-export function parseFlags(argv: readonly string[]): { raw: Raw; help: boolean; version: boolean } {
-  const raw: Raw = new Map();
-  let help = false;
-  let version = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--help' || arg === '-h') { help = true; continue; }
-    if (arg === '--version') { version = true; continue; }
-    if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument "${arg}" (flags start with --; see --help)`);
-    const eq = arg.indexOf('=');
-    const name = arg.slice(2, eq >= 0 ? eq : undefined);
-    const spec = OPTIONS.find((o) => o.flag === name);
-    // --no-X turns a boolean X off (--no-kube).
-    if (spec === undefined && name.startsWith('no-') && eq < 0) {
-      const positive = OPTIONS.find((o) => o.flag === name.slice(3) && o.kind === 'bool');
-      if (positive !== undefined) {
-        raw.set(positive.flag, 'false');
-        continue;
-      }
-    }
-    if (spec === undefined) throw new ConfigError(`unknown flag --${name} (see --help)`);
-    let value: string;
-    if (eq >= 0) value = arg.slice(eq + 1);
-    else if (spec.kind === 'bool' && (i + 1 >= argv.length || argv[i + 1]!.startsWith('--'))) value = 'true';
-    else if (i + 1 < argv.length) value = argv[++i]!;
-    else throw new ConfigError(`--${name} needs a value`);
-    if (spec.kind === 'list') {
-      const prev = raw.get(name);
-      raw.set(name, [...(Array.isArray(prev) ? prev : []), value]);
-    } else raw.set(name, value);
-  }
-  return { raw, help, version };
-}
-
-/** A config file's settings into raw settings. `stubDomains` (a map zone -> [servers]) is kept apart. */
-export function parseConfigFile(path: string, text: string): { raw: Raw; stubDomains: StubDomain[] } {
-  let doc: unknown;
-  try {
-    doc = parseYaml(text); // YAML 1.2 is a superset of JSON: one parser for both
-  } catch (e) {
-    throw new ConfigError(`config file ${path}: ${(e as Error).message.split('\n')[0]}`);
-  }
-  if (doc === null || doc === undefined) doc = {};
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: expected a mapping of settings`);
-  const raw: Raw = new Map();
-  const stubDomains: StubDomain[] = [];
-  for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
-    if (key === 'stubDomains') {
-      if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-        throw new ConfigError(`config file ${path}: stubDomains must map a zone to a list of servers`);
-      }
-      for (const [zone, servers] of Object.entries(value as Record<string, unknown>)) {
-        if (!Array.isArray(servers) || servers.length === 0) throw new ConfigError(`config file ${path}: stubDomains.${zone} must be a non-empty list of IP[:PORT]`);
-        stubDomains.push(stubDomain(`stubDomains.${zone}`, zone, servers.map(String)));
-      }
-      continue;
-    }
-    const spec = OPTIONS.find((o) => camel(o.flag) === key && o.flag !== 'config');
-    if (spec === undefined) throw new ConfigError(`config file ${path}: unknown setting "${key}"`);
-    if (spec.kind === 'list') {
-      const items: unknown[] = Array.isArray(value) ? value : [value];
-      for (const item of items) {
-        if (typeof item !== 'string' && typeof item !== 'number') {
-          throw new ConfigError(`config file ${path}: ${key}: each item must be a string such as "127.0.0.1:53", got ${JSON.stringify(item)}`);
-        }
-      }
-      raw.set(spec.flag, items.map(String));
-    } else if (value === null || typeof value === 'object') {
-      throw new ConfigError(`config file ${path}: ${key} must be a single value, got ${JSON.stringify(value)}`);
-    } else if (spec.kind === 'bool' && typeof value !== 'boolean') {
-      // YAML says `yes` is a string and 1 a number: neither is a boolean, and guessing hides typos.
-      throw new ConfigError(`config file ${path}: ${key} must be true or false, got ${JSON.stringify(value)}`);
-    } else raw.set(spec.flag, String(value));
-  }
-  return { raw, stubDomains };
-}
-
-function stubDomain(where: string, zone: string, servers: readonly string[]): StubDomain {
-  try {
-    nameToWire(zone);
-  } catch {
-    throw new ConfigError(`${where}: "${zone}" is not a valid zone name`);
-  }
-  const addrs = servers.flatMap((s) => s.split(',')).map((s) => {
-    const a = parseHostPort(s, 53);
-    if (typeof a === 'string') throw new ConfigError(`${where}: ${a}`);
-    return a;
-  });
-  return { zone: zone.toLowerCase().replace(/\.$/, ''), servers: addrs };
-}
-
-/** kube-dns allows at most 3 upstream nameservers (as glibc's MAXNS); node-cache refuses more too. */
-const KUBE_DNS_MAX_UPSTREAMS = 3;
-
-/**
- * `stubDomains` (a JSON map zone -> [IP[:PORT]]) and `upstreamNameservers` (a
- * JSON list) from the kube-dns ConfigMap mounted at --kube-dns-config-dir, as
- * node-cache reads them. A missing directory or file is no configuration; a
- * malformed one is a ConfigError (at start: exit 2; on reload: refused, the
- * old config keeps serving).
- */
-function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string): { stubDomains: StubDomain[]; upstreamNameservers: string[] } | null {
-  const v = raw.get('kube-dns-config-dir') ?? OPTIONS.find((o) => o.flag === 'kube-dns-config-dir')?.def;
-  const dir = Array.isArray(v) ? v[v.length - 1] : v;
-  if (dir === undefined || dir === '') return null;
-  const read = (file: string): string | null => {
-    try {
-      return readFile(`${dir}/${file}`);
-    } catch {
-      return null;
-    }
-  };
-  const parse = (file: string, text: string): unknown => {
-    try {
-      return JSON.parse(text);
-    } catch (e) {
-      throw new ConfigError(`kube-dns ConfigMap ${dir}/${file}: not JSON (${(e as Error).message})`);
-    }
-  };
-  const stubDomains: StubDomain[] = [];
-  const stubText = read('stubDomains');
-  if (stubText !== null && stubText.trim() !== '') {
-    const doc = parse('stubDomains', stubText);
-    if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: expected a map of zone to a list of servers`);
-    for (const [zone, servers] of Object.entries(doc as Record<string, unknown>)) {
-      if (!Array.isArray(servers) || servers.length === 0 || !servers.every((x) => typeof x === 'string')) {
-        throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: ${zone} must be a non-empty list of "IP[:PORT]" strings`);
-      }
-      stubDomains.push(stubDomain(`kube-dns ConfigMap stubDomains.${zone}`, zone, servers as string[]));
-    }
-  }
-  let upstreamNameservers: string[] = [];
-  const upText = read('upstreamNameservers');
-  if (upText !== null && upText.trim() !== '') {
-    const doc = parse('upstreamNameservers', upText);
-    if (!Array.isArray(doc) || !doc.every((x) => typeof x === 'string')) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: expected a list of "IP[:PORT]" strings`);
-    if (doc.length > KUBE_DNS_MAX_UPSTREAMS) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: at most ${KUBE_DNS_MAX_UPSTREAMS} servers, got ${doc.length}`);
-    // kube-dns reads the same ConfigMap and takes plain IPs only; DNS over TLS is our flag's (or config file's).
-    const tls = (doc as string[]).find(isTlsAddress);
-    if (tls !== undefined) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: "${tls}": plain IP[:PORT] only (kube-dns reads this too); give tls:// upstreams with --upstream-nameservers`);
-    upstreamNameservers = doc as string[];
-  }
-  return { stubDomains, upstreamNameservers };
-}
 
 export interface LoadOptions {
   readonly env?: NodeJS.ProcessEnv;
@@ -710,16 +397,6 @@ function formatMs(ms: number): string {
   return `${ms}ms`;
 }
 
-export function helpText(): string {
-  const lines = ['Usage: nodelocal-dns [flags]', '', 'Node-local DNS cache agent for Kubernetes.', '', 'Flags:'];
-  for (const o of OPTIONS) {
-    const arg = o.kind === 'bool' ? '' : o.kind === 'int' ? ' N' : o.kind === 'duration' ? ' DURATION' : o.kind === 'bytes' ? ' SIZE' : ' VALUE';
-    lines.push(`  --${o.flag}${arg}`);
-    lines.push(`      ${o.help}${o.def !== undefined ? ` (default ${o.def})` : ''}`);
-  }
-  lines.push('  --help', '      this text', '  --version', '      print the version');
-  return lines.join('\n');
-}
 
 /**
  * Every setting at its default: what a constructor falls back to when a

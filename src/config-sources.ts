@@ -1,0 +1,188 @@
+/**
+ * Where raw settings come from before validation (config.ts): the command
+ * line, the --config file (YAML or JSON, camelCase keys, stubDomains), and
+ * the kube-dns ConfigMap's stubDomains and upstreamNameservers. Also the
+ * size and duration spellings every source shares.
+ */
+import { parse as parseYaml } from 'yaml';
+import { parseHostPort } from './addr.js';
+import type { StubDomain } from './config.js';
+import { ConfigError, OPTIONS } from './config-options.js';
+import { nameToWire } from './dns/name.js';
+import { isTlsAddress } from './upstream/tls-address.js';
+
+function camel(flag: string): string {
+  return flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+}
+
+/** Raw settings as strings (list options as arrays), before validation. */
+export type Raw = Map<string, string | string[]>;
+
+/** "64Mi", "64MiB", "512Ki", "1Gi", or a bare number of bytes. */
+export function parseBytes(text: string): number | undefined {
+  const m = /^(\d+)\s*(Ki|Mi|Gi|KiB|MiB|GiB)?$/.exec(text.trim());
+  if (m === null) return undefined;
+  const unit = m[2] === undefined ? 1 : m[2].startsWith('K') ? 1024 : m[2].startsWith('M') ? 1024 ** 2 : 1024 ** 3;
+  return Number(m[1]) * unit;
+}
+
+/** "500ms", "2s", "1m", "1m30s", or a bare number of seconds. */
+export function parseDuration(text: string): number | undefined {
+  const s = text.trim();
+  if (/^\d+(\.\d+)?$/.test(s)) return Math.round(Number(s) * 1000);
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
+  let total = 0;
+  let matched = 0;
+  for (let m = re.exec(s); m !== null; m = re.exec(s)) {
+    const unit = m[2] === 'ms' ? 1 : m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 3_600_000;
+    total += Number(m[1]) * unit;
+    matched = re.lastIndex;
+  }
+  return matched === s.length && s.length > 0 ? Math.round(total) : undefined;
+}
+
+/** Flags (argv without node and script) into raw settings; ConfigError on unknown flags or missing values. */
+export function parseFlags(argv: readonly string[]): { raw: Raw; help: boolean; version: boolean } {
+  const raw: Raw = new Map();
+  let help = false;
+  let version = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--help' || arg === '-h') { help = true; continue; }
+    if (arg === '--version') { version = true; continue; }
+    if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument "${arg}" (flags start with --; see --help)`);
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq >= 0 ? eq : undefined);
+    const spec = OPTIONS.find((o) => o.flag === name);
+    // --no-X turns a boolean X off (--no-kube).
+    if (spec === undefined && name.startsWith('no-') && eq < 0) {
+      const positive = OPTIONS.find((o) => o.flag === name.slice(3) && o.kind === 'bool');
+      if (positive !== undefined) {
+        raw.set(positive.flag, 'false');
+        continue;
+      }
+    }
+    if (spec === undefined) throw new ConfigError(`unknown flag --${name} (see --help)`);
+    let value: string;
+    if (eq >= 0) value = arg.slice(eq + 1);
+    else if (spec.kind === 'bool' && (i + 1 >= argv.length || argv[i + 1]!.startsWith('--'))) value = 'true';
+    else if (i + 1 < argv.length) value = argv[++i]!;
+    else throw new ConfigError(`--${name} needs a value`);
+    if (spec.kind === 'list') {
+      const prev = raw.get(name);
+      raw.set(name, [...(Array.isArray(prev) ? prev : []), value]);
+    } else raw.set(name, value);
+  }
+  return { raw, help, version };
+}
+
+/** A config file's settings into raw settings. `stubDomains` (a map zone -> [servers]) is kept apart. */
+export function parseConfigFile(path: string, text: string): { raw: Raw; stubDomains: StubDomain[] } {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text); // YAML 1.2 is a superset of JSON: one parser for both
+  } catch (e) {
+    throw new ConfigError(`config file ${path}: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (doc === null || doc === undefined) doc = {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: expected a mapping of settings`);
+  const raw: Raw = new Map();
+  const stubDomains: StubDomain[] = [];
+  for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
+    if (key === 'stubDomains') {
+      if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+        throw new ConfigError(`config file ${path}: stubDomains must map a zone to a list of servers`);
+      }
+      for (const [zone, servers] of Object.entries(value as Record<string, unknown>)) {
+        if (!Array.isArray(servers) || servers.length === 0) throw new ConfigError(`config file ${path}: stubDomains.${zone} must be a non-empty list of IP[:PORT]`);
+        stubDomains.push(stubDomain(`stubDomains.${zone}`, zone, servers.map(String)));
+      }
+      continue;
+    }
+    const spec = OPTIONS.find((o) => camel(o.flag) === key && o.flag !== 'config');
+    if (spec === undefined) throw new ConfigError(`config file ${path}: unknown setting "${key}"`);
+    if (spec.kind === 'list') {
+      const items: unknown[] = Array.isArray(value) ? value : [value];
+      for (const item of items) {
+        if (typeof item !== 'string' && typeof item !== 'number') {
+          throw new ConfigError(`config file ${path}: ${key}: each item must be a string such as "127.0.0.1:53", got ${JSON.stringify(item)}`);
+        }
+      }
+      raw.set(spec.flag, items.map(String));
+    } else if (value === null || typeof value === 'object') {
+      throw new ConfigError(`config file ${path}: ${key} must be a single value, got ${JSON.stringify(value)}`);
+    } else if (spec.kind === 'bool' && typeof value !== 'boolean') {
+      // YAML says `yes` is a string and 1 a number: neither is a boolean, and guessing hides typos.
+      throw new ConfigError(`config file ${path}: ${key} must be true or false, got ${JSON.stringify(value)}`);
+    } else raw.set(spec.flag, String(value));
+  }
+  return { raw, stubDomains };
+}
+
+export function stubDomain(where: string, zone: string, servers: readonly string[]): StubDomain {
+  try {
+    nameToWire(zone);
+  } catch {
+    throw new ConfigError(`${where}: "${zone}" is not a valid zone name`);
+  }
+  const addrs = servers.flatMap((s) => s.split(',')).map((s) => {
+    const a = parseHostPort(s, 53);
+    if (typeof a === 'string') throw new ConfigError(`${where}: ${a}`);
+    return a;
+  });
+  return { zone: zone.toLowerCase().replace(/\.$/, ''), servers: addrs };
+}
+
+/** kube-dns allows at most 3 upstream nameservers (as glibc's MAXNS); node-cache refuses more too. */
+const KUBE_DNS_MAX_UPSTREAMS = 3;
+
+/**
+ * `stubDomains` (a JSON map zone -> [IP[:PORT]]) and `upstreamNameservers` (a
+ * JSON list) from the kube-dns ConfigMap mounted at --kube-dns-config-dir, as
+ * node-cache reads them. A missing directory or file is no configuration; a
+ * malformed one is a ConfigError (at start: exit 2; on reload: refused, the
+ * old config keeps serving).
+ */
+export function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string): { stubDomains: StubDomain[]; upstreamNameservers: string[] } | null {
+  const v = raw.get('kube-dns-config-dir') ?? OPTIONS.find((o) => o.flag === 'kube-dns-config-dir')?.def;
+  const dir = Array.isArray(v) ? v[v.length - 1] : v;
+  if (dir === undefined || dir === '') return null;
+  const read = (file: string): string | null => {
+    try {
+      return readFile(`${dir}/${file}`);
+    } catch {
+      return null;
+    }
+  };
+  const parse = (file: string, text: string): unknown => {
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new ConfigError(`kube-dns ConfigMap ${dir}/${file}: not JSON (${(e as Error).message})`);
+    }
+  };
+  const stubDomains: StubDomain[] = [];
+  const stubText = read('stubDomains');
+  if (stubText !== null && stubText.trim() !== '') {
+    const doc = parse('stubDomains', stubText);
+    if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: expected a map of zone to a list of servers`);
+    for (const [zone, servers] of Object.entries(doc as Record<string, unknown>)) {
+      if (!Array.isArray(servers) || servers.length === 0 || !servers.every((x) => typeof x === 'string')) {
+        throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: ${zone} must be a non-empty list of "IP[:PORT]" strings`);
+      }
+      stubDomains.push(stubDomain(`kube-dns ConfigMap stubDomains.${zone}`, zone, servers as string[]));
+    }
+  }
+  let upstreamNameservers: string[] = [];
+  const upText = read('upstreamNameservers');
+  if (upText !== null && upText.trim() !== '') {
+    const doc = parse('upstreamNameservers', upText);
+    if (!Array.isArray(doc) || !doc.every((x) => typeof x === 'string')) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: expected a list of "IP[:PORT]" strings`);
+    if (doc.length > KUBE_DNS_MAX_UPSTREAMS) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: at most ${KUBE_DNS_MAX_UPSTREAMS} servers, got ${doc.length}`);
+    // kube-dns reads the same ConfigMap and takes plain IPs only; DNS over TLS is our flag's (or config file's).
+    const tls = (doc as string[]).find(isTlsAddress);
+    if (tls !== undefined) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: "${tls}": plain IP[:PORT] only (kube-dns reads this too); give tls:// upstreams with --upstream-nameservers`);
+    upstreamNameservers = doc as string[];
+  }
+  return { stubDomains, upstreamNameservers };
+}
