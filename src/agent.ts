@@ -17,42 +17,41 @@
  * (listen addresses, interface, cache sizes...) are reported and kept.
  */
 import { readFileSync } from 'node:fs';
-import { formatHostPort, isLoopback, isWildcard } from './addr.js';
+import { formatHostPort } from './addr.js';
+import { cacheOptions, clientLimiter, configSourcePaths, hostServers, keepRestartOnly, nodeSetupOptions, type ReloadOutcome } from './agent-config.js';
+import { startPodWatch, startView } from './agent-cluster.js';
+import { heapTrimPart, opsPart, podWatchPart, snapshotPart, watchPart } from './agent-parts.js';
+import { buildServing, listenersPart, reconfigureServing, retireReplaced, upstreamsPart } from './agent-serving.js';
 import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
-import { CacheSnapshots, SNAPSHOT_COUNTERS } from './cache/snapshot.js';
-import { interceptionPart, interfacePart, type NodePart, type NodeSetupOptions } from './iface/node-setup.js';
+import { SNAPSHOT_COUNTERS } from './cache/snapshot.js';
+import { interceptionPart, interfacePart, type NodePart } from './iface/node-setup.js';
 import { setupCounterSchema } from './iface/setup-counters.js';
-import { KubeApi, loadClusterConfig } from './kube/client.js';
-import { PodWatch, podWatchCounterSchema } from './kube/pods.js';
-import { ClusterView } from './kube/view.js';
-import { KubeWatch, watchCounterSchema } from './kube/watch.js';
+import type { PodWatch } from './kube/pods.js';
+import type { ClusterView } from './kube/view.js';
+import type { KubeWatch } from './kube/watch.js';
 import { ComponentStack, StartupError, type Component } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { AgentMetrics } from './ops/agent-metrics.js';
-import { createOpsServers, defaultOpsHost, type OpsServer } from './ops/http.js';
+import type { OpsServer } from './ops/http.js';
 import { NamespaceRequests, addNamespaceMetrics } from './ops/namespace-metrics.js';
 import { buildRouting, type Routing } from './routing.js';
-import { ClientMissLimiter } from './server/client-limit.js';
 import { HitPath } from './server/hit-path.js';
 import type { Listener } from './server/listener.js';
-import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
+import type { Resolver } from './server/resolver.js';
 import { SERVER_COUNTERS } from './server/stats.js';
-import { TcpListener } from './server/tcp-listener.js';
 import type { BatchedUdpListener } from './server/batched/listener.js';
-import { createUdpListeners, type UdpIo } from './server/batched/select.js';
+import type { UdpIo } from './server/batched/select.js';
 import { Counters, defineCounters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
-import { listenersOn } from './sys/reuseport.js';
-import { loadMallocTrim } from './sys/malloc-trim.js';
-import { HEAP_TRIM_COUNTERS, HeapTrimmer } from './ops/heap-trim.js';
-import { loadHostServers, type HostServers } from './upstream/host-route.js';
+import type { HostServers } from './upstream/host-route.js';
 import { formatTlsServer } from './upstream/tls-address.js';
-import type { ServerAddress, Upstream } from './upstream/types.js';
+import type { Upstream } from './upstream/types.js';
 
 export { StartupError } from './lifecycle.js';
+export type { ReloadOutcome } from './agent-config.js';
 
 export interface AgentDeps {
   readonly logger: Logger;
@@ -69,22 +68,6 @@ export const AGENT_COUNTERS = defineCounters({
   reloadFailures: { name: 'nodelocal_config_reloads_total', labels: { result: 'refused' }, help: 'Configuration reloads, by result.' },
 });
 
-/** Settings read once at start: a reload that changes them is told they need a restart. */
-const RESTART_ONLY: readonly (keyof Config)[] = [
-  'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
-  'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
-  'metricsListen', 'cacheSnapshot', 'cacheSnapshotIntervalMs', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName', 'io', 'workers',
-  'mallocTrimIntervalMs',
-];
-
-export interface ReloadOutcome {
-  readonly applied: boolean;
-  /** Why it was refused (the old config keeps serving). */
-  readonly error: string | null;
-  /** Changed settings that take effect only after a restart. */
-  readonly restartNeeded: readonly string[];
-}
-
 export class Agent {
   readonly cache: DnsCache;
   readonly hitPath: HitPath;
@@ -100,28 +83,28 @@ export class Agent {
   readonly #clock: Clock;
   readonly #readFile: (path: string) => string;
   readonly #setLogLevel: ((level: Config['logLevel']) => void) | null;
-  readonly #listeners: Listener[];
+  readonly #listeners: Listener[] = [];
   /** The batched UDP listener (also in #listeners) when --io batched runs; null with dgram. */
-  #batched: BatchedUdpListener | null;
-  #udpIo: UdpIo | null;
+  #batched: BatchedUdpListener | null = null;
+  #udpIo: UdpIo | null = null;
   /** The workers' last reconfiguration, applied (tests wait on it). */
-  #workersConfigured: Promise<void>;
+  #workersConfigured: Promise<void> = Promise.resolve();
   readonly #parts: ComponentStack;
-  #resolver: Resolver | null;
-  #routing: Routing | null;
+  #resolver: Resolver | null = null;
+  #routing: Routing | null = null;
   /** Upstreams a reload replaced, still finishing their queries in flight. */
-  readonly #retired: Set<Upstream>;
+  readonly #retired = new Set<Upstream>();
   /** The cluster view and its watch; null with --no-kube or no cluster config. */
-  #view: ClusterView | null;
-  #watch: KubeWatch | null;
+  #view: ClusterView | null = null;
+  #watch: KubeWatch | null = null;
   /** Node parts, for /ready: what they set up is in place. */
-  readonly #nodeParts: NodePart[];
+  readonly #nodeParts: NodePart[] = [];
   /** Listeners bound and taking queries (false before start and once stopping). */
-  #serving: boolean;
-  #ops: OpsServer[];
+  #serving = false;
+  #ops: OpsServer[] = [];
   /** --metrics-by-namespace: the table the hit path tags with, and its pod watch (null when off or no cluster config). */
   readonly #byNamespace: NamespaceRequests | null;
-  #podWatch: PodWatch | null;
+  #podWatch: PodWatch | null = null;
 
   constructor(config: Config, deps: AgentDeps) {
     this.#config = config;
@@ -129,20 +112,16 @@ export class Agent {
     this.#clock = deps.clock ?? systemClock;
     this.#readFile = deps.readFile ?? ((p) => readFileSync(p, 'utf8'));
     this.#setLogLevel = deps.setLogLevel ?? null;
+    const server = `dns://${config.listen[0] !== undefined ? formatHostPort(config.listen[0]) : ''}`;
     this.cache = new DnsCache(
-      {
-        positiveCapacity: config.cacheSize,
-        negativeCapacity: config.negativeCacheSize,
-        maxBytes: config.cacheMemoryBytes,
-        ...cachePolicy(config),
-      },
+      cacheOptions(config),
       new Counters(CACHE_COUNTERS),
       // Batched: the workers read this very store (SharedArrayBuffers); it is the only cache.
       { shared: config.io === 'batched' && !config.metricsByNamespace },
     );
     this.metrics = new AgentMetrics(
       {
-        server: `dns://${config.listen[0] !== undefined ? formatHostPort(config.listen[0]) : ''}`,
+        server,
         cache: this.cache,
         clock: this.#clock,
         upstreams: () => [...(this.#routing?.upstreams ?? []), ...this.#retired],
@@ -152,7 +131,6 @@ export class Agent {
       { version: deps.version ?? 'unknown', revision: '' },
     );
     this.#byNamespace = config.metricsByNamespace ? new NamespaceRequests({ maxNamespaces: config.metricsNamespacesMax, clock: this.#clock }) : null;
-    this.#podWatch = null;
     this.hitPath = new HitPath({
       tagger: this.#byNamespace,
       cache: this.cache,
@@ -167,24 +145,12 @@ export class Agent {
     this.counters = new Counters(AGENT_COUNTERS);
     this.setupCounters = new Counters(setupCounterSchema);
     this.snapshotCounters = new Counters(SNAPSHOT_COUNTERS);
-    this.#listeners = [];
-    this.#batched = null;
-    this.#udpIo = null;
-    this.#workersConfigured = Promise.resolve();
     this.#parts = new ComponentStack(this.#logger);
-    this.#resolver = null;
-    this.#routing = null;
-    this.#retired = new Set();
-    this.#view = null;
-    this.#watch = null;
-    this.#nodeParts = [];
-    this.#serving = false;
-    this.#ops = [];
     this.metrics.add(this.hitPath.counters, true);
     this.metrics.add(this.cache.counters, true);
     this.metrics.add(this.counters, false);
     this.metrics.add(this.setupCounters, false);
-    if (this.#byNamespace !== null) addNamespaceMetrics(this.metrics.registry, `dns://${config.listen[0] !== undefined ? formatHostPort(config.listen[0]) : ''}`, this.#byNamespace);
+    if (this.#byNamespace !== null) addNamespaceMetrics(this.metrics.registry, server, this.#byNamespace);
   }
 
   get config(): Config {
@@ -236,7 +202,16 @@ export class Agent {
     // holds it), answering 503 until we serve: until this agent has bound them, the kubelet's readiness probe
     // of the new pod reaches the old agent and its 200 (ops/http.ts then steers new connections to the newest
     // member). On a fresh node the address comes with our interface: they bind in their place in the order.
-    const ops = this.#opsPart();
+    const ops = opsPart({
+      config: this.#config,
+      metrics: this.metrics,
+      logger: this.#logger,
+      serving: () => this.#serving,
+      readiness: () => this.readiness(),
+      created: (servers) => {
+        this.#ops = servers;
+      },
+    });
     await ops.tryEarly();
     try {
       await this.#build(ops);
@@ -250,14 +225,19 @@ export class Agent {
   /** Everything after the ops servers: routing, listeners, node set-up, in start order. */
   async #build(ops: Component): Promise<void> {
     const c = this.#config;
+    const d = { metrics: this.metrics, clock: this.#clock, logger: this.#logger };
     let host: HostServers;
     try {
-      host = this.#hostServers(c);
+      host = hostServers(c, this.#readFile, this.#logger);
     } catch (err) {
       throw new StartupError((err as Error).message);
     }
-    await this.#startView();
-    await this.#startPodWatch();
+    const cluster = await startView(c, d);
+    if (cluster !== null) {
+      this.#view = cluster.view;
+      this.#watch = cluster.watch;
+    }
+    this.#podWatch = await startPodWatch(c, this.#byNamespace, d);
     let routing: Routing;
     try {
       routing = buildRouting(c, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics, readFile: this.#readFile }, null);
@@ -271,75 +251,34 @@ export class Agent {
         { clusterDomain: c.clusterDomain },
       );
     }
-    // The namespace table lives on this thread: UDP must be read here too for every query to be counted.
-    if (c.metricsByNamespace && c.io === 'batched') {
-      this.#logger.info('--metrics-by-namespace: UDP served by this thread (--io dgram), where the client namespaces are counted');
-    }
-    const udp = await createUdpListeners({
-      io: c.metricsByNamespace ? 'dgram' : c.io,
-      workers: c.workers,
-      listen: c.listen,
-      hitPath: this.hitPath,
-      cache: { positiveCapacity: c.cacheSize, negativeCapacity: c.negativeCacheSize, maxBytes: c.cacheMemoryBytes, ...cachePolicy(c) },
-      maxUdpSize: c.maxUdpSize,
-      queryLogEvery: c.queryLogEvery,
-      clientMissRate: c.clientMissRate,
-      clientMissBurst: c.clientMissBurst,
-      maxQueryAgeMs: c.maxQueryAgeMs,
-      localZones: routing.localZones,
-      store: this.cache,
-      dgram: { reusePort: c.reusePort, clock: this.#clock },
-      logger: this.#logger,
-    });
-    this.#udpIo = udp.io;
-    this.#batched = udp.batched;
-    const resolver = new Resolver({
-      router: routing.router,
-      clock: this.#clock,
-      counters: new Counters(RESOLVER_COUNTERS),
-      // Batched: every miss, the workers' and the main hit path's (TCP), goes through the listener's exchange.
-      hits: udp.batched ?? this.hitPath,
-      fallbackAfterMs: c.fallbackAfterMs,
-      localNegative: c.localNegative,
-      maxConcurrent: c.maxConcurrent,
-    });
-    this.#resolver = resolver;
-    this.metrics.add(resolver.counters, false);
-    const batched = udp.batched;
-    if (batched !== null) {
-      batched.connect(resolver);
-      // The exchange stores what it fetches in this.cache: the hit path must not store it again.
-      this.hitPath.connect(batched.mainSink(this.hitPath), true);
-      this.metrics.addWorkerTotals(() => batched.totals());
-    } else {
-      this.hitPath.connect(resolver);
-    }
-    this.#listeners.push(...udp.listeners);
-    // TCP stays on this thread whatever the UDP backend: a small share of pods' DNS, and more listeners here add no core.
-    for (const addr of c.listen) {
-      const tcp = new TcpListener(addr, this.hitPath, this.#logger, {
-        idleTimeoutMs: c.tcpIdleTimeoutMs,
-        readTimeoutMs: c.tcpReadTimeoutMs,
-        maxConnections: c.maxTcpConnections,
-        maxQueriesPerConnection: c.maxTcpQueries,
-        clock: this.#clock,
-        reusePort: c.reusePort,
-      });
-      this.metrics.addWithLabels(tcp.counters, { server: `dns://${formatHostPort(addr)}` });
-      this.#listeners.push(tcp);
-    }
-    const node = this.#nodeSetup();
-    this.#parts.add(this.#upstreamsPart());
-    if (this.#watch !== null) this.#parts.add(this.#watchPart(this.#watch));
-    if (this.#podWatch !== null) this.#parts.add(this.#podWatchPart(this.#podWatch));
+    const serving = await buildServing(c, routing, { ...d, hitPath: this.hitPath, cache: this.cache });
+    this.#udpIo = serving.io;
+    this.#batched = serving.batched;
+    this.#resolver = serving.resolver;
+    this.#listeners.push(...serving.listeners);
+    const node = nodeSetupOptions(c, { clock: this.#clock, logger: this.#logger, counters: this.setupCounters });
+    this.#parts.add(upstreamsPart({ routing: () => this.#routing, resolver: () => this.#resolver, retired: this.#retired, clock: this.#clock }));
+    if (this.#watch !== null) this.#parts.add(watchPart(this.#watch));
+    if (this.#podWatch !== null) this.#parts.add(podWatchPart(this.#podWatch, this.#byNamespace));
     const iface = interfacePart(node);
     if (iface !== null) {
       this.#nodeParts.push(iface);
       this.#parts.add(iface);
     }
-    if (c.cacheSnapshot !== '') this.#parts.add(this.#snapshotPart(c.cacheSnapshot));
-    if (c.mallocTrimIntervalMs > 0) this.#parts.add(this.#heapTrimPart(c.mallocTrimIntervalMs));
-    this.#parts.add(this.#listenersPart());
+    if (c.cacheSnapshot !== '') {
+      this.#parts.add(snapshotPart(c.cacheSnapshot, { ...d, cache: this.cache, intervalMs: c.cacheSnapshotIntervalMs, counters: this.snapshotCounters }));
+    }
+    if (c.mallocTrimIntervalMs > 0) this.#parts.add(heapTrimPart(c.mallocTrimIntervalMs, d));
+    this.#parts.add(listenersPart({
+      listeners: this.#listeners,
+      hitPath: this.hitPath,
+      batched: this.#batched,
+      clock: this.#clock,
+      logger: this.#logger,
+      setServing: (serving) => {
+        this.#serving = serving;
+      },
+    }));
     // Only once we answer: from here on pods' DNS is steered to us.
     const interception = interceptionPart(node);
     if (interception !== null) {
@@ -373,41 +312,21 @@ export class Agent {
     const old = this.#config;
     const resolver = this.#resolver;
     if (resolver === null || this.#routing === null) return this.#refused('agent not started');
-    const restartNeeded = RESTART_ONLY.filter((k) => JSON.stringify(old[k]) !== JSON.stringify(next[k])).map(String);
     // Settings that need a restart keep their running values; the rest come from the new config.
-    const kept: Partial<Record<keyof Config, unknown>> = {};
-    for (const k of RESTART_ONLY) kept[k] = old[k];
-    const merged = { ...next, ...kept } as Config;
+    const { merged, restartNeeded } = keepRestartOnly(old, next);
     let routing: Routing;
     try {
-      const host = this.#hostServers(merged);
+      const host = hostServers(merged, this.#readFile, this.#logger);
       routing = buildRouting(merged, host, { clock: this.#clock, logger: this.#logger, view: this.#view, counters: this.metrics, readFile: this.#readFile }, this.#routing);
     } catch (err) {
       return this.#refused((err as Error).message);
     }
     const previous = this.#routing;
     this.#routing = routing;
-    resolver.configure({ router: routing.router, fallbackAfterMs: merged.fallbackAfterMs, localNegative: merged.localNegative, maxConcurrent: merged.maxConcurrent });
-    this.cache.configure(cachePolicy(merged));
-    this.hitPath.configure({ maxUdpSize: merged.maxUdpSize, queryLogEvery: merged.queryLogEvery, clientLimit: clientLimiter(merged) });
-    if (this.#batched !== null) {
-      this.#workersConfigured = this.#batched.configure({
-        cache: cachePolicy(merged),
-        maxUdpSize: merged.maxUdpSize,
-        queryLogEvery: merged.queryLogEvery,
-        clientMissRate: merged.clientMissRate,
-        clientMissBurst: merged.clientMissBurst,
-        localZones: routing.localZones,
-      });
-    }
+    const workers = reconfigureServing(merged, routing, { resolver, cache: this.cache, hitPath: this.hitPath, batched: this.#batched });
+    if (workers !== null) this.#workersConfigured = workers;
     this.#setLogLevel?.(merged.logLevel);
-    if (previous.cluster !== null && previous.cluster !== routing.cluster) previous.cluster.probe?.stop();
-    for (const u of previous.upstreams) {
-      if (routing.upstreams.includes(u)) continue;
-      // Finishes its queries in flight (each has a deadline), then closes.
-      this.#retired.add(u);
-      void u.close().then(() => this.#retired.delete(u));
-    }
+    retireReplaced(previous, routing, this.#retired);
     this.#config = merged;
     this.counters.values[AGENT_COUNTERS.slot.reloads]!++;
     this.#logger.info('configuration reloaded', {
@@ -426,118 +345,13 @@ export class Agent {
 
   /** The files the running configuration comes from, for the watcher. */
   get configSources(): string[] {
-    const c = this.#config;
-    const paths: string[] = [];
-    if (c.configFile !== '') paths.push(c.configFile);
-    if (c.kubeDnsConfigDir !== '') paths.push(`${c.kubeDnsConfigDir}/stubDomains`, `${c.kubeDnsConfigDir}/upstreamNameservers`);
-    paths.push(c.resolvConf);
-    if (c.tlsCaFile !== '') paths.push(c.tlsCaFile);
-    return paths;
+    return configSourcePaths(this.#config);
   }
 
   #refused(error: string): ReloadOutcome {
     this.counters.values[AGENT_COUNTERS.slot.reloadFailures]!++;
     this.#logger.error('configuration reload refused: the running configuration keeps serving', { error });
     return { applied: false, error, restartNeeded: [] };
-  }
-
-  /** Host resolvers for `c`, checked against forwarding loops. Throws Error with an operator's message. */
-  #hostServers(c: Config): HostServers {
-    // DNS over TLS replaces the resolv.conf servers: that file need not exist or list anything then.
-    const host = c.upstreamTls.length > 0 ? TLS_ONLY : loadHostServers(c.upstreamNameservers, c.resolvConf, this.#readFile);
-    for (const w of host.warnings) this.#logger.warn('resolv.conf', { file: host.source, warning: w });
-    guardLoops(c.listen, [
-      ...(c.clusterUpstream !== null ? [{ what: '--upstream-addr', addr: c.clusterUpstream }] : []),
-      ...host.servers.map((addr) => ({ what: host.source, addr })),
-      ...c.upstreamTls.map((addr) => ({ what: '--upstream-nameservers', addr })),
-      ...c.stubDomains.flatMap((d) => d.servers.map((addr) => ({ what: `stub domain ${d.zone}`, addr }))),
-    ]);
-    return host;
-  }
-
-  /** What node integration works on: the listen addresses that are not loopback (loopback needs no link and no rules). */
-  #nodeSetup(): NodeSetupOptions {
-    const c = this.#config;
-    const addresses = [...new Set(c.listen.filter((l) => !isLoopback(l.host) && !isWildcard(l.host)).map((l) => l.host))];
-    const ports = new Set(c.listen.filter((l) => addresses.includes(l.host)).map((l) => l.port));
-    if (ports.size > 1) throw new StartupError(`node setup: the non-loopback listen addresses use several ports (${[...ports].join(', ')}); interception needs one`);
-    return {
-      addresses,
-      port: [...ports][0] ?? 53,
-      healthPort: c.healthPort,
-      setupInterface: c.setupInterface,
-      interfaceName: c.interfaceName,
-      interfaceKind: c.interfaceKind,
-      firewall: c.firewall,
-      failOpenTo: c.failOpenTo,
-      skipTeardown: c.skipTeardown,
-      syncIntervalMs: c.syncIntervalMs,
-      clock: this.#clock,
-      logger: this.#logger,
-      counters: this.setupCounters,
-      // A new agent already listens on our address (an upgrade by surge): the link and rules are its now.
-      successor: () => c.reusePort && c.listen.some((l) => addresses.includes(l.host) && listenersOn(l) > 1),
-    };
-  }
-
-  /**
-   * The cluster view and its API watch, when there is a cluster to watch.
-   * Without one the agent still runs, and says once that the fallback is off.
-   */
-  async #startView(): Promise<void> {
-    const c = this.#config;
-    if (!c.kube) {
-      this.#logger.info('cluster-records fallback off (--no-kube): cluster names are answered by the cluster DNS only');
-      return;
-    }
-    const cfg = await loadClusterConfig({ kubeconfig: c.kubeconfig });
-    if (cfg.kind === 'error') throw new StartupError(`--kubeconfig: ${cfg.reason}`);
-    if (cfg.kind === 'none') {
-      this.#logger.info('cluster-records fallback off: no cluster config (not in a cluster and no --kubeconfig)', { reason: cfg.reason });
-      return;
-    }
-    this.#view = new ClusterView();
-    const watchCounters = new Counters(watchCounterSchema);
-    this.metrics.add(watchCounters, false);
-    this.#watch = new KubeWatch(new KubeApi(cfg), this.#view, { clock: this.#clock, log: this.#logger, counters: watchCounters });
-    this.#logger.info('cluster-records fallback on: watching the API', { server: cfg.server, source: cfg.source, auth: cfg.auth });
-  }
-
-  /**
-   * --metrics-by-namespace: a watch of this node's pods, on the same cluster
-   * config as the view (independent of --kube: it is a metric, not the
-   * fallback). No cluster config is not worth refusing to serve DNS for:
-   * said once, and every query counts as "_unknown".
-   */
-  async #startPodWatch(): Promise<void> {
-    const c = this.#config;
-    const table = this.#byNamespace;
-    if (table === null) return;
-    const cfg = await loadClusterConfig({ kubeconfig: c.kubeconfig });
-    if (cfg.kind !== 'ok') {
-      this.#logger.error('--metrics-by-namespace: no cluster config, every request counts as "_unknown"', { reason: cfg.reason });
-      return;
-    }
-    const counters = new Counters(podWatchCounterSchema);
-    this.metrics.add(counters, false);
-    this.#podWatch = new PodWatch(new KubeApi(cfg), table.pods, { nodeName: c.nodeName, clock: this.#clock, log: this.#logger, counters });
-    this.#logger.info('requests by namespace on: watching the pods of this node', { node: c.nodeName, maxNamespaces: c.metricsNamespacesMax });
-  }
-
-  #podWatchPart(watch: PodWatch): Component {
-    const table = this.#byNamespace;
-    return {
-      name: 'pod-watch',
-      start: () => {
-        table?.start();
-        watch.start();
-        return Promise.resolve();
-      },
-      stop: async () => {
-        await watch.stop();
-        table?.stop();
-      },
-    };
   }
 
   /**
@@ -554,191 +368,8 @@ export class Agent {
     return { ready: missing.length === 0, missing };
   }
 
-  /** /metrics, /health and /ready: last up, first down. */
-  /** The ops servers as a part; `tryEarly` binds them before the rest when it can (then `start` has nothing left to do). */
-  #opsPart(): Component & { tryEarly(): Promise<void> } {
-    const c = this.#config;
-    let bound = false;
-    const bind = async (): Promise<void> => {
-      const host = defaultOpsHost(c.listen);
-      this.#ops = createOpsServers({
-        metrics: c.metricsListen,
-        health: c.healthPort === 0 ? null : { host, port: c.healthPort },
-        handlers: { metrics: this.metrics, serving: () => this.#serving, readiness: () => this.readiness() },
-        logger: this.#logger,
-        reusePort: c.reusePort,
-      });
-      try {
-        for (const s of this.#ops) await s.start();
-      } catch (err) {
-        await Promise.all(this.#ops.map((s) => s.stop()));
-        throw err;
-      }
-      bound = true;
-    };
-    return {
-      name: 'ops-http',
-      tryEarly: async () => {
-        try {
-          await bind();
-        } catch (err) {
-          this.#logger.debug('ops http: binding after the interface instead', { error: (err as Error).message });
-        }
-      },
-      start: async () => {
-        if (!bound) await bind();
-      },
-      stop: async () => {
-        bound = false;
-        await Promise.all(this.#ops.map((s) => s.stop()));
-      },
-    };
-  }
-
-
   /** Ops servers as started (ports resolved when configured as 0). */
   get opsServers(): readonly OpsServer[] {
     return this.#ops;
-  }
-
-  /**
-   * Warm restart: the cache is loaded before the listeners start, written
-   * every --cache-snapshot-interval while serving (so that a new agent
-   * started beside this one in an upgrade starts warm), and once more after
-   * the listeners drained.
-   */
-  #snapshotPart(path: string): Component {
-    this.metrics.add(this.snapshotCounters, false);
-    const snapshots = new CacheSnapshots({
-      cache: this.cache, path, intervalMs: this.#config.cacheSnapshotIntervalMs, clock: this.#clock, logger: this.#logger, counters: this.snapshotCounters,
-    });
-    return {
-      name: 'cache-snapshot',
-      // Batched too: this.cache is the one cache, which the workers read.
-      start: async () => {
-        await snapshots.start();
-      },
-      stop: async () => {
-        await snapshots.stop();
-      },
-    };
-  }
-
-  /** Freed heap memory back to the kernel now and then (ops/heap-trim.ts); nothing where glibc's calls are missing. */
-  #heapTrimPart(intervalMs: number): Component {
-    let trimmer: HeapTrimmer | null = null;
-    return {
-      name: 'heap-trim',
-      start: async () => {
-        const sys = await loadMallocTrim();
-        if (typeof sys === 'string') {
-          this.#logger.info('malloc_trim unavailable: freed heap memory is not handed back early', { reason: sys });
-          return;
-        }
-        const counters = new Counters(HEAP_TRIM_COUNTERS);
-        this.metrics.add(counters, false);
-        trimmer = new HeapTrimmer({ sys, clock: this.#clock, intervalMs, counters, logger: this.#logger });
-        trimmer.start();
-      },
-      stop: () => {
-        trimmer?.stop();
-        return Promise.resolve();
-      },
-    };
-  }
-
-  #watchPart(watch: KubeWatch): Component {
-    return {
-      name: 'kube-watch',
-      // Not awaited: the agent serves (forwarding) while the view syncs; the view knows when it has.
-      start: () => {
-        watch.start();
-        return Promise.resolve();
-      },
-      stop: () => watch.stop(),
-    };
-  }
-
-  /** Upstreams close last (stopped after the listeners): in-flight exchanges are answered by then. */
-  #upstreamsPart(): Component {
-    return {
-      name: 'upstreams',
-      start: () => Promise.resolve(),
-      stop: async (deadline) => {
-        this.#routing?.cluster?.probe?.stop();
-        this.#resolver?.close();
-        const all = [...(this.#routing?.upstreams ?? []), ...this.#retired];
-        await this.#until(deadline, Promise.all(all.map((u) => u.close())).then(() => undefined));
-        // Past the deadline nothing waits on them any more (the hit path answered its clients): drop what is left.
-        for (const u of all) u.abort();
-        this.#retired.clear();
-      },
-    };
-  }
-
-  #listenersPart(): Component {
-    return {
-      name: 'listeners',
-      start: async () => {
-        try {
-          for (const l of this.#listeners) await l.start();
-          this.#serving = true;
-        } catch (err) {
-          // This part never counts as started: close what did bind before the error.
-          await Promise.all(this.#listeners.map((l) => l.close()));
-          throw err;
-        }
-      },
-      stop: async (deadline) => {
-        this.#serving = false;
-        for (const l of this.#listeners) l.pause();
-        // A handover: what the kernel queued for us before pause() still comes in; take it all before waiting for answers.
-        await this.#until(deadline, Promise.all(this.#listeners.map((l) => l.drained())).then(() => undefined));
-        const batched = this.#batched;
-        const draining = [this.hitPath.inflight > 0 ? this.hitPath.drain() : Promise.resolve(), batched?.drain() ?? Promise.resolve()];
-        await this.#until(deadline, Promise.all(draining).then(() => undefined));
-        const aborted = this.hitPath.abortAll() + (batched !== null ? await batched.abortAll() : 0);
-        if (aborted > 0) this.#logger.warn('shutdown grace over: answered queries still in flight with stale or SERVFAIL', { queries: aborted });
-        await Promise.all(this.#listeners.map((l) => l.close()));
-        this.#listeners.length = 0;
-      },
-    };
-  }
-
-  /** Waits for `p`, but not past `deadline` (Clock ms). */
-  async #until(deadline: number, p: Promise<void>): Promise<void> {
-    const left = deadline - this.#clock.now();
-    if (left <= 0) return;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      p,
-      new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, left);
-      }),
-    ]);
-    clearTimeout(timer);
-  }
-}
-
-const TLS_ONLY: HostServers = { servers: [], source: '--upstream-nameservers (tls)', attemptMs: undefined, attempts: 1, rotate: false, warnings: [] };
-
-function clientLimiter(c: Config): ClientMissLimiter | null {
-  return c.clientMissRate > 0 ? new ClientMissLimiter(c.clientMissRate, c.clientMissBurst) : null;
-}
-
-function cachePolicy(c: Config): { successTtl: number; denialTtl: number; minHits: number; percent: number; staleMs: number } {
-  return { successTtl: c.successTtl, denialTtl: c.denialTtl, minHits: c.prefetchMinHits, percent: c.prefetchPercent, staleMs: c.serveStaleMs };
-}
-
-/** Forwarding to ourselves would loop each query until it times out: refuse. */
-function guardLoops(listen: readonly ServerAddress[], upstreams: readonly { what: string; addr: ServerAddress }[]): void {
-  for (const { what, addr } of upstreams) {
-    for (const l of listen) {
-      if (l.port !== addr.port) continue;
-      const same = l.host === addr.host || (isWildcard(l.host) && (isLoopback(addr.host) || isWildcard(addr.host)));
-      if (same) {
-        throw new StartupError(`${what}: upstream ${formatHostPort(addr)} is one of our own listen addresses (${formatHostPort(l)}); forwarding there would loop`);
-      }
-    }
   }
 }
