@@ -1270,6 +1270,33 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
   t.equal(c.io.get('inflight'), 0);
 });
 
+t.test('loop: a client the main thread answered is not observed again in the worker\'s histograms when a later joiner sends the completion down complete()', async (t) => {
+  // Client 1 is answered by the main thread (through: 1), which observes its size and duration there (direct.ts #queue);
+  // client 2 joined later, so the worker runs complete(): HitPath.#send observes every waiter, and Sender.queue takes
+  // back only the rcode and TC counts of the one it does not send. Each answer that left must be observed once.
+  let token = 0;
+  const { k, loop, c, store } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
+      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+    () => {
+      k.reports();
+      const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
+      storeAnswer(store, SVC, ans);
+      k.post({ t: 'done', items: doneItems([{ token, answer: ans, through: 1 }]).take() });
+    },
+  ]);
+  const durationBefore = c.hist.duration.count;
+  const sizeBefore = c.hist.responseSize[0].count;
+  loop.run();
+  t.same(k.sent.map((s) => idOf(s.data)), [2], 'the worker sends only the later joiner its answer');
+  t.equal(c.server.get('rcode0'), 1, 'and counts only it by rcode');
+  t.equal(c.hist.responseSize[0].count - sizeBefore, 1, 'coredns_dns_response_size_bytes: only the answer the worker sent');
+  t.equal(c.hist.duration.count - durationBefore, 1, 'coredns_dns_request_duration_seconds: only the answer the worker sent');
+});
+
 t.test('loop: a completion whose clients the main thread all answered only closes the question: the answer is not even read', async (t) => {
   let token = 0;
   const { k, loop, c } = loopRig([
