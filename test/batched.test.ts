@@ -13,13 +13,13 @@ import * as dnsPacket from 'dns-packet';
 import { ManualClock, systemClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { upstreamQuery } from '../src/dns/build.js';
-import { parseQuery } from '../src/dns/query.js';
+import { hashKey, parseQuery } from '../src/dns/query.js';
 import { a as rr, answer, query, ttlOf } from './kit/dns.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import type { CacheOptions } from '../src/cache/cache.js';
 import { DnsCache } from '../src/cache/cache.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
-import { SEQ } from '../src/cache/store-layout.js';
+import { SEQ, StoreView } from '../src/cache/store-layout.js';
 import { HitPath, type MissOutcome, type MissSink } from '../src/server/hit-path.js';
 import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
@@ -626,6 +626,66 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   t.equal(scoped.io, 'dgram');
   t.match(scoped.fallbackReason, /interface scope/);
   t.equal(plain.listeners.length, 2, 'one dgram listener per address');
+});
+
+t.test('a worker\'s refresh that another thread claimed first: a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
+  // The listener drops a refresh miss whose claim fails (DnsCache.claimRefresh: another thread refreshes the name)
+  // by delivering 'overloaded' (listener.ts #onReport). A refresh has no client when it leaves the worker, but one
+  // may join it there before the outcome returns: a query whose read gave up (the slot mid-change) or that came just
+  // after expiry. The worker answers what joined with stale-or-SERVFAIL: for a fresh name, SERVFAIL.
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const name = 'svc-7.example.com';
+  const key = parseQuery(query({ name })).key;
+  const cache = r.listener.sharedCache;
+  // Stored 28 s ago with TTL 30 (successTtl): due for refresh since 27 s (10%), fresh for 2 s more.
+  const up = answer(name, [rr(name, '10.0.0.7', 30)]);
+  cache.insert(key, up, scanAnswer(up)!, Date.now() - 28_000);
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  // Two hits first: CACHE asks for 3 hits before a refresh.
+  for (const id of [1, 2]) {
+    await c.send(port, name, id);
+    await until(`hit ${id}`, () => c.answers.has(id));
+  }
+  t.same(dataOf(c.answers.get(2)), ['10.0.0.7']);
+  // From here the main thread does not yield until both queries are in the worker: a connected socket sends at once.
+  await new Promise<void>((res) => c.socket.connect(port, '127.0.0.1', () => res()));
+  const io = r.listener.workerCounters()[0]!.io;
+  const spinUntil = (what: string, cond: () => boolean): void => {
+    const end = Date.now() + 2000;
+    while (!cond()) if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+  };
+  const pause = (ms: number): void => {
+    const end = Date.now() + ms;
+    while (Date.now() < end);
+  };
+  const encode = (id: number): Buffer => dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
+  const seen = io.get('datagrams');
+  c.socket.send(encode(3));
+  spinUntil('the third hit', () => io.get('datagrams') === seen + 1);
+  pause(20);
+  // The hit reported the refresh; meanwhile another thread claimed it (what the listener does for another worker's).
+  t.ok(cache.claimRefresh(key, Date.now()), 'claimed elsewhere first');
+  // The writer mid-change in the name's slot: the next read gives up and joins the refresh in flight.
+  const view = new StoreView(cache.layout);
+  const slot = view.find(key, (hashKey(key) & cache.layout.hashMask) >>> 0);
+  t.ok(slot >= 0);
+  Atomics.add(view.ver, slot, 1);
+  c.socket.send(encode(4));
+  spinUntil('the fourth query', () => io.get('datagrams') === seen + 2);
+  pause(20);
+  Atomics.add(view.ver, slot, 1);
+  const w = r.listener.workerCounters()[0]!;
+  t.equal(w.cache.get('readGaveUp'), 1, 'the fourth query\'s read gave up');
+  t.equal(w.server.get('coalesced'), 1, 'and it joined the refresh in flight');
+  const at = Date.now();
+  await until('answers 3 and 4', () => c.answers.has(3) && c.answers.has(4));
+  t.comment(`answer 4 after ${Date.now() - at} ms`);
+  t.same(dataOf(c.answers.get(3)), ['10.0.0.7'], 'the hit');
+  t.equal(rcodeName(c.answers.get(4)), 'NOERROR', 'the client that joined the refresh gets an answer, not SERVFAIL');
+  t.same(dataOf(c.answers.get(4)), ['10.0.0.7']);
 });
 
 t.test('--io batched where it works: one listener for every address, the auto worker count', async (t) => {
