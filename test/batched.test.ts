@@ -688,6 +688,57 @@ t.test('a worker\'s refresh that another thread claimed first: a client that joi
   t.same(dataOf(c.answers.get(4)), ['10.0.0.7']);
 });
 
+t.test('a client whose record reaches the main thread after its miss was answered there, in the same turn, is answered without waiting for the worker\'s idle poll', async (t) => {
+  // The main thread answers a miss's known clients itself and posts the completion lazily (no wake: worker-link.ts
+  // #flush). A client that joined the miss later is the worker's to answer; its record, arriving late, nudges the
+  // worker (listener.ts #onReport). When the record arrives in the same turn as the answer, before the completion is
+  // posted, the nudge finds nothing to take, and the completion that follows goes without a wake: the worker sleeps
+  // in poll until IDLE_POLL_MS (1 s) or the next datagram, and the client waits that long.
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const name = 'svc-11.example.com';
+  const key = parseQuery(query({ name })).key;
+  const c1 = new Client();
+  const c2 = new Client();
+  await c1.ready();
+  await c2.ready();
+  t.teardown(() => {
+    c1.close();
+    c2.close();
+  });
+  await new Promise<void>((res) => c1.socket.connect(port, '127.0.0.1', () => res()));
+  await new Promise<void>((res) => c2.socket.connect(port, '127.0.0.1', () => res()));
+  const io = r.listener.workerCounters()[0]!.io;
+  const spinUntil = (what: string, cond: () => boolean): void => {
+    const end = Date.now() + 2000;
+    while (!cond()) if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+  };
+  const pause = (ms: number): void => {
+    const end = Date.now() + ms;
+    while (Date.now() < end);
+  };
+  const encode = (id: number): Buffer => dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
+  // This thread does not yield until both clients wait on one miss in the worker, each reported in its own turn.
+  const seen = io.get('datagrams');
+  c1.socket.send(encode(1));
+  spinUntil('the first query', () => io.get('datagrams') === seen + 1);
+  pause(20);
+  c2.socket.send(encode(2));
+  spinUntil('the second query', () => io.get('datagrams') === seen + 2);
+  pause(20);
+  // The name arrives in the one cache meanwhile (another worker fetched it): the exchange answers the miss from it as
+  // soon as the first report is read, in the same turn as the second report.
+  const up = answer(name, [rr(name, '10.0.0.11', 30)]);
+  r.listener.sharedCache.insert(key, up, scanAnswer(up)!, Date.now());
+  const at = Date.now();
+  await until('both answers', () => c1.answers.has(1) && c2.answers.has(2));
+  const waited = Date.now() - at;
+  t.same(dataOf(c1.answers.get(1)), ['10.0.0.11']);
+  t.same(dataOf(c2.answers.get(2)), ['10.0.0.11']);
+  t.equal(r.listener.workerCounters()[0]!.server.get('coalesced'), 1, 'the second client joined the first one\'s miss');
+  t.ok(waited < 500, `the later client is answered without waiting out the worker's idle poll (${waited} ms)`);
+});
+
 t.test('--io batched where it works: one listener for every address, the auto worker count', async (t) => {
   const made = await createUdpListeners({
     io: 'batched', workers: 0, listen: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.2', port: 0 }], hitPath: { handle: () => {} }, cache: CACHE, maxUdpSize: 1232,
