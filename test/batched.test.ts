@@ -739,6 +739,31 @@ t.test('a client whose record reaches the main thread after its miss was answere
   t.ok(waited < 500, `the later client is answered without waiting out the worker's idle poll (${waited} ms)`);
 });
 
+t.test('shutdown with a restarted worker that dies before it is ready: drain and abort still resolve', async (t) => {
+  // A worker is in the listener's links (alive) from the moment it is spawned, so pause() and abortAll() count on its
+  // answer. whenStarted (worker-spawn.ts) reports an exit to the listener only after 'ready' (or 'failed'); an exit
+  // before either only rejects the start, and nothing tells #checkDrained or #checkAborted that this worker will
+  // never answer: drain() and abortAll() wait forever (the agent's stop has no deadline around abortAll).
+  const r = await rig(t);
+  const first = r.listener.workerThread(0)!;
+  await first.terminate();
+  await until('the successor spawned', () => {
+    const w = r.listener.workerThread(0);
+    return w !== null && w !== first;
+  }, 5000);
+  const successor = r.listener.workerThread(0)!;
+  // Shutdown while it starts: pause, drain, then (grace over) abort; it dies before its loop ran.
+  r.listener.pause();
+  const drained = r.listener.drain().then(() => 'drained');
+  const aborted = r.listener.abortAll();
+  await successor.terminate();
+  await until('the failed start to be logged', () => r.logs.some((l) => l.includes('could not be restarted')));
+  t.pass('it died before it was ready (its start failed)');
+  const within = <T>(p: Promise<T>, ms: number): Promise<T | 'hung'> => Promise.race([p, new Promise<'hung'>((res) => setTimeout(() => res('hung'), ms).unref())]);
+  t.equal(await within(drained, 3000), 'drained', 'drain() resolves: the worker that died answers nothing more');
+  t.equal(await within(aborted, 3000), 0, 'abortAll() resolves: nothing was waiting in it');
+});
+
 t.test('--io batched where it works: one listener for every address, the auto worker count', async (t) => {
   const made = await createUdpListeners({
     io: 'batched', workers: 0, listen: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.2', port: 0 }], hitPath: { handle: () => {} }, cache: CACHE, maxUdpSize: 1232,
