@@ -764,6 +764,32 @@ t.test('shutdown with a restarted worker that dies before it is ready: drain and
   t.equal(await within(aborted, 3000), 0, 'abortAll() resolves: nothing was waiting in it');
 });
 
+t.test('abort right after an answer came back in the same turn: the client gets that answer once, no SERVFAIL beside it', async (t) => {
+  // The main thread answers the client itself (direct.ts) and queues the completion for the end of the turn
+  // (worker-link.ts #flush, setImmediate). abortAll() in the same turn forgets the direct answers and posts 'abort'
+  // at once: the worker takes the abort before the completion, answers the client SERVFAIL, and the queued answer
+  // is still sent at the end of the turn. The worker's own guard (loop.ts: completions taken before aborting) only
+  // covers completions already posted.
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const name = 'black-abort.example.com';
+  const got: Buffer[] = [];
+  const c = new Client();
+  await c.ready();
+  c.socket.on('message', (m) => got.push(m));
+  t.teardown(() => c.close());
+  void c.send(port, name, 7);
+  await until('the question to be in flight upstream', () => r.resolver.inflight === 1 && r.listener.inflight === 1);
+  r.listener.pause();
+  // The upstream's answer for the exchange's first question (token 1), then the grace period ends, in one turn.
+  r.listener.complete(1, answer(name, [rr(name, '192.0.2.77', 60)]), 'upstream');
+  const aborted = r.listener.abortAll();
+  await aborted;
+  await until('an answer', () => got.length > 0);
+  await new Promise((res) => setTimeout(res, 300));
+  t.same(got.map((m) => [m.readUInt16BE(0), m[3]! & 0x0f]), [[7, 0]], 'one answer, the upstream\'s (NOERROR)');
+});
+
 t.test('--io batched where it works: one listener for every address, the auto worker count', async (t) => {
   const made = await createUdpListeners({
     io: 'batched', workers: 0, listen: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.2', port: 0 }], hitPath: { handle: () => {} }, cache: CACHE, maxUdpSize: 1232,
