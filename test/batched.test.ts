@@ -730,6 +730,9 @@ t.test('a client whose record reaches the main thread after its miss was answere
   // soon as the first report is read, in the same turn as the second report.
   const up = answer(name, [rr(name, '10.0.0.11', 30)]);
   r.listener.sharedCache.insert(key, up, scanAnswer(up)!, Date.now());
+  // Other work of this thread's turn between reading the reports and the link's flush (this immediate is queued
+  // before the flush): the nudged worker finds nothing and is back in poll by the time the completion is posted.
+  setImmediate(() => pause(50));
   const at = Date.now();
   await until('both answers', () => c1.answers.has(1) && c2.answers.has(2));
   const waited = Date.now() - at;
