@@ -13,13 +13,13 @@ import * as dnsPacket from 'dns-packet';
 import { ManualClock, systemClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { upstreamQuery } from '../src/dns/build.js';
-import { parseQuery } from '../src/dns/query.js';
+import { hashKey, parseQuery } from '../src/dns/query.js';
 import { a as rr, answer, query, ttlOf } from './kit/dns.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import type { CacheOptions } from '../src/cache/cache.js';
 import { DnsCache } from '../src/cache/cache.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
-import { SEQ } from '../src/cache/store-layout.js';
+import { SEQ, StoreView } from '../src/cache/store-layout.js';
 import { HitPath, type MissOutcome, type MissSink } from '../src/server/hit-path.js';
 import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
@@ -626,6 +626,171 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   t.equal(scoped.io, 'dgram');
   t.match(scoped.fallbackReason, /interface scope/);
   t.equal(plain.listeners.length, 2, 'one dgram listener per address');
+});
+
+t.test('a worker\'s refresh that another thread claimed first: a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
+  // The listener drops a refresh miss whose claim fails (DnsCache.claimRefresh: another thread refreshes the name)
+  // by delivering 'overloaded' (listener.ts #onReport). A refresh has no client when it leaves the worker, but one
+  // may join it there before the outcome returns: a query whose read gave up (the slot mid-change) or that came just
+  // after expiry. The worker answers what joined with stale-or-SERVFAIL: for a fresh name, SERVFAIL.
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const name = 'svc-7.example.com';
+  const key = parseQuery(query({ name })).key;
+  const cache = r.listener.sharedCache;
+  // Stored 28 s ago with TTL 30 (successTtl): due for refresh since 27 s (10%), fresh for 2 s more.
+  const up = answer(name, [rr(name, '10.0.0.7', 30)]);
+  cache.insert(key, up, scanAnswer(up)!, Date.now() - 28_000);
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  // Two hits first: CACHE asks for 3 hits before a refresh.
+  for (const id of [1, 2]) {
+    await c.send(port, name, id);
+    await until(`hit ${id}`, () => c.answers.has(id));
+  }
+  t.same(dataOf(c.answers.get(2)), ['10.0.0.7']);
+  // From here the main thread does not yield until both queries are in the worker: a connected socket sends at once.
+  await new Promise<void>((res) => c.socket.connect(port, '127.0.0.1', () => res()));
+  const io = r.listener.workerCounters()[0]!.io;
+  const spinUntil = (what: string, cond: () => boolean): void => {
+    const end = Date.now() + 2000;
+    while (!cond()) if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+  };
+  const pause = (ms: number): void => {
+    const end = Date.now() + ms;
+    while (Date.now() < end);
+  };
+  const encode = (id: number): Buffer => dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
+  const seen = io.get('datagrams');
+  c.socket.send(encode(3));
+  spinUntil('the third hit', () => io.get('datagrams') === seen + 1);
+  pause(20);
+  // The hit reported the refresh; meanwhile another thread claimed it (what the listener does for another worker's).
+  t.ok(cache.claimRefresh(key, Date.now()), 'claimed elsewhere first');
+  // The writer mid-change in the name's slot: the next read gives up and joins the refresh in flight.
+  const view = new StoreView(cache.layout);
+  const slot = view.find(key, (hashKey(key) & cache.layout.hashMask) >>> 0);
+  t.ok(slot >= 0);
+  Atomics.add(view.ver, slot, 1);
+  c.socket.send(encode(4));
+  spinUntil('the fourth query', () => io.get('datagrams') === seen + 2);
+  pause(20);
+  Atomics.add(view.ver, slot, 1);
+  const w = r.listener.workerCounters()[0]!;
+  t.equal(w.cache.get('readGaveUp'), 1, 'the fourth query\'s read gave up');
+  t.equal(w.server.get('coalesced'), 1, 'and it joined the refresh in flight');
+  const at = Date.now();
+  await until('answers 3 and 4', () => c.answers.has(3) && c.answers.has(4));
+  t.comment(`answer 4 after ${Date.now() - at} ms`);
+  t.same(dataOf(c.answers.get(3)), ['10.0.0.7'], 'the hit');
+  t.equal(rcodeName(c.answers.get(4)), 'NOERROR', 'the client that joined the refresh gets an answer, not SERVFAIL');
+  t.same(dataOf(c.answers.get(4)), ['10.0.0.7']);
+});
+
+t.test('a client whose record reaches the main thread after its miss was answered there, in the same turn, is answered without waiting for the worker\'s idle poll', async (t) => {
+  // The main thread answers a miss's known clients itself and posts the completion lazily (no wake: worker-link.ts
+  // #flush). A client that joined the miss later is the worker's to answer; its record, arriving late, nudges the
+  // worker (listener.ts #onReport). When the record arrives in the same turn as the answer, before the completion is
+  // posted, the nudge finds nothing to take, and the completion that follows goes without a wake: the worker sleeps
+  // in poll until IDLE_POLL_MS (1 s) or the next datagram, and the client waits that long.
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const name = 'svc-11.example.com';
+  const key = parseQuery(query({ name })).key;
+  const c1 = new Client();
+  const c2 = new Client();
+  await c1.ready();
+  await c2.ready();
+  t.teardown(() => {
+    c1.close();
+    c2.close();
+  });
+  await new Promise<void>((res) => c1.socket.connect(port, '127.0.0.1', () => res()));
+  await new Promise<void>((res) => c2.socket.connect(port, '127.0.0.1', () => res()));
+  const io = r.listener.workerCounters()[0]!.io;
+  const spinUntil = (what: string, cond: () => boolean): void => {
+    const end = Date.now() + 2000;
+    while (!cond()) if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+  };
+  const pause = (ms: number): void => {
+    const end = Date.now() + ms;
+    while (Date.now() < end);
+  };
+  const encode = (id: number): Buffer => dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
+  // This thread does not yield until both clients wait on one miss in the worker, each reported in its own turn.
+  const seen = io.get('datagrams');
+  c1.socket.send(encode(1));
+  spinUntil('the first query', () => io.get('datagrams') === seen + 1);
+  pause(20);
+  c2.socket.send(encode(2));
+  spinUntil('the second query', () => io.get('datagrams') === seen + 2);
+  pause(20);
+  // The name arrives in the one cache meanwhile (another worker fetched it): the exchange answers the miss from it as
+  // soon as the first report is read, in the same turn as the second report.
+  const up = answer(name, [rr(name, '10.0.0.11', 30)]);
+  r.listener.sharedCache.insert(key, up, scanAnswer(up)!, Date.now());
+  // Other work of this thread's turn between reading the reports and the link's flush (this immediate is queued
+  // before the flush): the nudged worker finds nothing and is back in poll by the time the completion is posted.
+  setImmediate(() => pause(50));
+  const at = Date.now();
+  await until('both answers', () => c1.answers.has(1) && c2.answers.has(2));
+  const waited = Date.now() - at;
+  t.same(dataOf(c1.answers.get(1)), ['10.0.0.11']);
+  t.same(dataOf(c2.answers.get(2)), ['10.0.0.11']);
+  t.equal(r.listener.workerCounters()[0]!.server.get('coalesced'), 1, 'the second client joined the first one\'s miss');
+  t.ok(waited < 500, `the later client is answered without waiting out the worker's idle poll (${waited} ms)`);
+});
+
+t.test('shutdown with a restarted worker that dies before it is ready: drain and abort still resolve', async (t) => {
+  // A worker is in the listener's links (alive) from the moment it is spawned, so pause() and abortAll() count on its
+  // answer. whenStarted (worker-spawn.ts) reports an exit to the listener only after 'ready' (or 'failed'); an exit
+  // before either only rejects the start, and nothing tells #checkDrained or #checkAborted that this worker will
+  // never answer: drain() and abortAll() wait forever (the agent's stop has no deadline around abortAll).
+  const r = await rig(t);
+  const first = r.listener.workerThread(0)!;
+  await first.terminate();
+  await until('the successor spawned', () => {
+    const w = r.listener.workerThread(0);
+    return w !== null && w !== first;
+  }, 5000);
+  const successor = r.listener.workerThread(0)!;
+  // Shutdown while it starts: pause, drain, then (grace over) abort; it dies before its loop ran.
+  r.listener.pause();
+  const drained = r.listener.drain().then(() => 'drained');
+  const aborted = r.listener.abortAll();
+  await successor.terminate();
+  await until('the failed start to be logged', () => r.logs.some((l) => l.includes('could not be restarted')));
+  t.pass('it died before it was ready (its start failed)');
+  const within = <T>(p: Promise<T>, ms: number): Promise<T | 'hung'> => Promise.race([p, new Promise<'hung'>((res) => setTimeout(() => res('hung'), ms).unref())]);
+  t.equal(await within(drained, 3000), 'drained', 'drain() resolves: the worker that died answers nothing more');
+  t.equal(await within(aborted, 3000), 0, 'abortAll() resolves: nothing was waiting in it');
+});
+
+t.test('abort right after an answer came back in the same turn: the client gets that answer once, no SERVFAIL beside it', async (t) => {
+  // The main thread answers the client itself (direct.ts) and queues the completion for the end of the turn
+  // (worker-link.ts #flush, setImmediate). abortAll() in the same turn forgets the direct answers and posts 'abort'
+  // at once: the worker takes the abort before the completion, answers the client SERVFAIL, and the queued answer
+  // is still sent at the end of the turn. The worker's own guard (loop.ts: completions taken before aborting) only
+  // covers completions already posted.
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const name = 'black-abort.example.com';
+  const got: Buffer[] = [];
+  const c = new Client();
+  await c.ready();
+  c.socket.on('message', (m) => got.push(m));
+  t.teardown(() => c.close());
+  void c.send(port, name, 7);
+  await until('the question to be in flight upstream', () => r.resolver.inflight === 1 && r.listener.inflight === 1);
+  r.listener.pause();
+  // The upstream's answer for the exchange's first question (token 1), then the grace period ends, in one turn.
+  r.listener.complete(1, answer(name, [rr(name, '192.0.2.77', 60)]), 'upstream');
+  const aborted = r.listener.abortAll();
+  await aborted;
+  await until('an answer', () => got.length > 0);
+  await new Promise((res) => setTimeout(res, 300));
+  t.same(got.map((m) => [m.readUInt16BE(0), m[3]! & 0x0f]), [[7, 0]], 'one answer, the upstream\'s (NOERROR)');
 });
 
 t.test('--io batched where it works: one listener for every address, the auto worker count', async (t) => {
@@ -1268,6 +1433,33 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
   t.equal(c.cache.get('hitPositive'), 1);
   t.equal(c.server.get('rcode0'), 2, 'the two answers the worker sent counted; the one the main thread sent is its to count');
   t.equal(c.io.get('inflight'), 0);
+});
+
+t.test('loop: a client the main thread answered is not observed again in the worker\'s histograms when a later joiner sends the completion down complete()', async (t) => {
+  // Client 1 is answered by the main thread (through: 1), which observes its size and duration there (direct.ts #queue);
+  // client 2 joined later, so the worker runs complete(): HitPath.#send observes every waiter, and Sender.queue takes
+  // back only the rcode and TC counts of the one it does not send. Each answer that left must be observed once.
+  let token = 0;
+  const { k, loop, c, store } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
+      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+    () => {
+      k.reports();
+      const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
+      storeAnswer(store, SVC, ans);
+      k.post({ t: 'done', items: doneItems([{ token, answer: ans, through: 1 }]).take() });
+    },
+  ]);
+  const durationBefore = c.hist.duration.count;
+  const sizeBefore = c.hist.responseSize[0].count;
+  loop.run();
+  t.same(k.sent.map((s) => idOf(s.data)), [2], 'the worker sends only the later joiner its answer');
+  t.equal(c.server.get('rcode0'), 1, 'and counts only it by rcode');
+  t.equal(c.hist.responseSize[0].count - sizeBefore, 1, 'coredns_dns_response_size_bytes: only the answer the worker sent');
+  t.equal(c.hist.duration.count - durationBefore, 1, 'coredns_dns_request_duration_seconds: only the answer the worker sent');
 });
 
 t.test('loop: a completion whose clients the main thread all answered only closes the question: the answer is not even read', async (t) => {

@@ -542,3 +542,50 @@ t.test('the cache counts each table rebuild once (nodelocal_cache_table_rebuilds
   t.ok(header[REBUILDS]! > 0, `the churn rebuilt the table (${header[REBUILDS]} times)`);
   t.equal(cache.counters.get('tableRebuilds'), header[REBUILDS], 'counted once each');
 });
+
+t.test('a stale read the writer preempts right after find (the slot freed and reused for a record at the end of the slab) is a retry or nothing, never a throw', async (t) => {
+  // The reader's stale() copies the record out with plain reads between find() and its version check (reader.ts). The
+  // writer reusing that slot writes the new offset before the new key length and TTL count (store.ts #insert): a read
+  // in between pairs the new offset, near the slab's end, with the old entry's longer key. wireCopy then starts past
+  // the slab. In a batched worker stale() runs inside HitPath.complete() (a failed miss) with nothing to catch there:
+  // the exception would end the worker thread, and every client waiting in it.
+  const clock = new ManualClock();
+  const cache = shared({ staleMs: 3_600_000, maxBytes: 64 * 1024 });
+  const long = `${'a'.repeat(60)}.${'b'.repeat(60)}.${'c'.repeat(60)}.example`;
+  const up = answer(long, [a(long, '192.0.2.1', 1)]);
+  cache.insert(keyOf(long), up, scanAnswer(up)!, clock.now());
+  const reader = new CacheReader(cache.layout, { ...POLICY, staleMs: 3_600_000 }, new Counters(CACHE_COUNTERS));
+  clock.advance(5_000);
+  t.ok(reader.stale(keyOf(long), clock.now()), 'expired, inside the stale window: served stale');
+
+  const view = new StoreView(cache.layout);
+  const original = StoreView.prototype.find;
+  let preempted = false;
+  StoreView.prototype.find = function (this: StoreView, key: string, h: number): number {
+    const slot = original.call(this, key, h);
+    if (slot >= 0 && !preempted) {
+      preempted = true;
+      // The writer, meanwhile: the slot freed (offset nowhere, version +2), then reused for a short key's record at
+      // the slab's tail, its version odd and its offset written; the key length and TTL count not yet.
+      view.off[slot] = 1;
+      Atomics.add(view.ver, slot, 2);
+      Atomics.add(view.ver, slot, 1);
+      view.off[slot] = view.slab.length - 64;
+    }
+    return slot;
+  };
+  t.teardown(() => {
+    StoreView.prototype.find = original;
+  });
+  let threw: unknown = null;
+  let got: unknown = 'not read';
+  try {
+    got = reader.stale(keyOf(long), clock.now());
+  } catch (err) {
+    threw = err;
+  }
+  StoreView.prototype.find = original;
+  t.ok(preempted, 'the read was preempted after find');
+  t.equal(threw, null, `stale() did not throw (${String(threw)})`);
+  t.equal(got, undefined, 'nothing served from a slot that changed under the read');
+});
