@@ -216,10 +216,15 @@ export class CacheReader implements HitCache {
       if (slot >= 0) {
         const expiresAt = v.expiresAtA[slot]!;
         if (now >= expiresAt && now < expiresAt + this.#policy.staleMs) {
-          copy = new AnswerCopy(
-            v.wireCopy(slot), v.questionEndA[slot]!, v.ttlOffsetsCopy(slot), v.storedAtA[slot]!, expiresAt, v.prefetchAtA[slot]!,
-            v.list[slot] === NEGATIVE,
-          );
+          try {
+            copy = new AnswerCopy(
+              v.wireCopy(slot), v.questionEndA[slot]!, v.ttlOffsetsCopy(slot), v.storedAtA[slot]!, expiresAt, v.prefetchAtA[slot]!,
+              v.list[slot] === NEGATIVE,
+            );
+          } catch {
+            // As in #read: a torn read that still threw is a retry (the version check below fails it), not a dead worker.
+            copy = undefined;
+          }
         }
       }
       Atomics.store(this.#fence, 0, 0);

@@ -369,8 +369,11 @@ export class StoreView {
   wireCopy(slot: number): Buffer {
     const at = this.off[slot]! + RECORD_HEADER + 2 * this.ttlCount[slot]! + this.keyLen[slot]!;
     const len = Math.min(this.wireLen[slot]!, MAX_MESSAGE);
-    const out = Buffer.alloc(at + len <= this.slab.length ? len : 0);
-    this.slab.copy(out, 0, at, at + out.length);
+    // A lock-free reader can see a new offset with an old entry's key length: out of the slab is an empty copy
+    // (the reader's version check then retries), never a RangeError in a worker.
+    if (at + len > this.slab.length) return Buffer.alloc(0);
+    const out = Buffer.alloc(len);
+    this.slab.copy(out, 0, at, at + len);
     return out;
   }
 

@@ -226,9 +226,11 @@ export class HitPath implements QueryHandler {
    * waiter; a failure is answered stale when the cache still holds an
    * expired entry (RFC 8767), else SERVFAIL. Unknown tokens (already
    * aborted) are ignored. The outcome travels with the message for the query
-   * log; it is counted on the upstream side.
+   * log; it is counted on the upstream side. `answered(peer)` true: that
+   * client already had this answer from elsewhere (the batched main thread
+   * sent it and counted it), so it gets nothing and counts nothing here.
    */
-  complete(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+  complete(token: number, answer: Buffer | null, outcome: MissOutcome, answered?: (peer: ClientPeer) => boolean): void {
     const miss = this.#byToken.get(token);
     if (miss === undefined) return;
     this.#close(miss);
@@ -248,7 +250,7 @@ export class HitPath implements QueryHandler {
         const fresh: CacheEntry = this.#validates ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {
           const reply = fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
-          this.#send(reply, w.channel, w.peer, w.arrivedAt);
+          if (answered === undefined || !answered(w.peer)) this.#send(reply, w.channel, w.peer, w.arrivedAt);
           if (w.logged) this.#logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
         }
         return;

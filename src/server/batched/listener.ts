@@ -203,6 +203,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       for (const l of live) {
         l.aborting = true;
         l.lazy = false;
+        // What this turn answered from here goes first, with its completions: the worker applies those before it aborts.
+        l.flushNow();
         // The worker answers every client still waiting: none of them from here any more.
         l.direct?.forget();
         l.post({ t: 'abort' });
@@ -313,17 +315,21 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       // The waiters before the misses go out: a miss may complete at once (shared cache) and find its waiters.
       if (m !== null) for (let k = 0; k < m.count; k++) direct.expect(itemToken(m, k));
       const w = r.waiters ?? null;
-      if (w !== null && direct.add(w)) link.nudge();
+      if (w !== null && direct.add(w)) {
+        // Late: the answer went out before these clients' record came. The worker answers them with the completion,
+        // which may still be queued in the link for this turn: that post must wake it too, not only this nudge.
+        direct.needWake = true;
+        link.nudge();
+      }
     }
     if (m !== null) {
       const keys = m.keys!;
       for (let k = 0; k < m.count; k++) {
         const token = itemToken(m, k);
-        // A worker's hit due for refresh: claimed here, once per entry (readers never set the flag); dropped if another has it.
-        if (itemTag(m, k) === MISS_REFRESH && !this.sharedCache.claimRefresh(keys[k]!, this.#clock.now())) {
-          link.deliver(token, null, 'overloaded');
-          continue;
-        }
+        // A worker's hit due for refresh: claimed here, once per entry (readers never set the flag). One another thread
+        // claimed first still goes to the exchange, since clients may have joined it in the worker: the exchange joins
+        // it to that fetch in flight, or answers it from the store.
+        if (itemTag(m, k) === MISS_REFRESH) this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
         this.#exchange.forward(link, token, keys[k]!, itemBytes(m, k)!);
       }
     }

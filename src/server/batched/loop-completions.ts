@@ -89,7 +89,8 @@ export class Completions {
         this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
       }
       try {
-        this.#hits.complete(token, itemBytes(p, i), OUTCOMES[itemTag(p, i)] ?? 'network');
+        // The clients the main thread answered (through !== 0) get nothing more from here, and are not counted twice.
+        this.#hits.complete(token, itemBytes(p, i), OUTCOMES[itemTag(p, i)] ?? 'network', through !== 0 ? this.#answeredByMain : undefined);
       } finally {
         this.#sender.setAnsweredThrough(0);
         this.#clock.stamp = turn;

@@ -3,12 +3,12 @@
  * vector, the answers queued into it (from handle() now or a completion
  * later), and the sendmmsg that flushes it. It also holds the one fact a
  * completion changes about sending: which waiting clients the main thread
- * already answered itself (direct.ts), so they get nothing more from here.
+ * already answered itself (direct.ts), so the hit path sends and counts
+ * nothing more for them (HitPath.release and complete ask it).
  * Kept apart so loop.ts reads as the turn (messages, completions, receive,
  * send, report, sleep), and this file as where answers go.
  */
 import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
-import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
 import type { Arena, SendVec } from './msgvec.js';
 import type { Peer } from './loop-parts.js';
@@ -41,7 +41,6 @@ export class Sender {
   readonly #send: SendVec[];
   /** A sockaddr's room in the arena: an answer too big for its slot is sent alone from here. */
   readonly #scratchOff: number;
-  readonly #counters: WorkerCounters;
   readonly #io: Float64Array;
   /** While a completion is applied: its clients with a sequence number up to this were answered by the main thread (0: none). */
   #answeredThrough: number;
@@ -53,7 +52,6 @@ export class Sender {
     this.#arena = arena;
     this.#send = send;
     this.#scratchOff = scratchOff;
-    this.#counters = counters;
     this.#io = counters.io.values;
     this.#answeredThrough = 0;
   }
@@ -66,15 +64,6 @@ export class Sender {
   /** An answer for `peer`, from handle() now or from complete() later. */
   queue(sock: number, answer: Buffer, peer: Peer): void {
     peer.answered = true;
-    if (this.#answeredThrough !== 0 && seqAtOrBefore(peer.seq, this.#answeredThrough)) {
-      // The main thread already sent this client its answer, and counted it as it left (direct.ts): the hit path just
-      // counted it again (HitPath.#send counts the rcode and TC before handing the answer over), so take that back.
-      const sv = this.#counters.server.values;
-      const rcode = answer[3]! & 0x0f;
-      sv[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!--;
-      if ((answer[2]! & 0x02) !== 0) sv[SERVER_COUNTERS.slot.truncated]!--;
-      return;
-    }
     const vec = this.#send[sock]!;
     if (answer.length > vec.slotBytes) {
       // A reload raised --max-udp-size past the slots: this answer goes alone.

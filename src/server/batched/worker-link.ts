@@ -103,6 +103,15 @@ export class WorkerLink implements MissReturn {
     stampRefusal(this.ctl);
   }
 
+  /**
+   * This turn's direct answers sent and their completions posted now, not
+   * at the end of the turn: before an abort, so that no client this thread
+   * just answered hears SERVFAIL from the worker first.
+   */
+  flushNow(): void {
+    this.#flush();
+  }
+
   post(m: ToWorker, transfer: ArrayBuffer[] = []): void {
     this.#post(m, transfer, true);
   }

@@ -84,7 +84,9 @@ export function startWorker(
 /**
  * Resolves once worker `link` is in its loop; rejects when it failed to
  * start or exited first. Every report goes to `onReport` (the ready one
- * too); an exit after the start goes to `onExit`, its sockets already closed.
+ * too); its exit goes to `onExit`, its sockets already closed (an exit
+ * before the start with `link.closing` set: the listener neither counts it
+ * as a death nor restarts it).
  */
 export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -111,8 +113,10 @@ export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: Work
       link.closeFds();
       if (!started) {
         started = true;
+        // It never ran: no death to report and no restart, but whatever waits on this link (a drain, an abort, a
+        // reload) must still hear that it is gone.
+        link.closing = true;
         reject(new Error(`worker exited with code ${code} before it started`));
-        return;
       }
       onExit(code);
     });
