@@ -53,6 +53,11 @@ export interface BatchedUdpOptions {
   readonly directAnswers?: boolean;
   /** Zones the main thread answers from its cluster view when the upstream side is at its limit (Routing.localZones): workers never shed those (shed-gate.ts). Default none. */
   readonly localZones?: readonly string[];
+  /**
+   * A worker's idle sleep in poll (default 1 s): only a safety net, since the main thread wakes it for anything it
+   * must act on. Tests lengthen it, so that a missing wake-up shows as a hang instead of a second's delay.
+   */
+  readonly idlePollMs?: number;
 }
 
 /**

@@ -364,7 +364,7 @@ export class WorkerLoop implements MissSink {
     // Checked after announcing the sleep: a message posted before this is seen here, one posted after finds SLEEPING and wakes us.
     if (Atomics.load(ctl, Ctl.PENDING) === 0) {
       const nfds = this.#state === 'running' || this.#state === 'draining' ? this.#fds.length + 1 : 1;
-      this.#sys.poll(this.#arena.address + this.#pollOff, nfds, IDLE_POLL_MS);
+      this.#sys.poll(this.#arena.address + this.#pollOff, nfds, this.#init.idlePollMs ?? IDLE_POLL_MS);
       this.#io[IO.wakeups]!++;
       if (MISS_TRACE) this.#outbox.traceSlept = true;
     }

@@ -62,6 +62,8 @@ export interface WorkerInit {
   readonly maxQueryAgeMs: number;
   /** See WorkerSettings.localZones. */
   readonly localZones: readonly string[];
+  /** How long an idle worker sleeps in poll before it looks around anyway; default loop.ts IDLE_POLL_MS. */
+  readonly idlePollMs?: number;
 }
 
 export type CachePolicy = TtlCaps & PrefetchOptions & { readonly staleMs: number };

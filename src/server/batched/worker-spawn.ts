@@ -75,6 +75,7 @@ export function startWorker(
       maxInflight: opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
       maxQueryAgeMs: opts.maxQueryAgeMs ?? DEFAULTS.maxQueryAgeMs,
       localZones: policy.localZones,
+      ...(opts.idlePollMs !== undefined ? { idlePollMs: opts.idlePollMs } : {}),
     },
     opts.sys,
     direct,
