@@ -567,3 +567,91 @@ t.test('a writer that throws: logged, relisted, the reflector keeps going', asyn
   env.fake.put('services', serviceJson('default', 'after'));
   await until(t, 'after', () => env.writer.service('default', 'after') !== undefined);
 });
+
+// ---------------------------------------------------------------- deadlines on requests that never finish
+
+/**
+ * A scripted ApiGetter: each GET takes the next step; a step either answers
+ * (status, chunks written, body ended or left open) or hangs before any
+ * response header. Everything hangs once the script is played. Every body and
+ * every hung request is released when its signal aborts, as KubeApi's are.
+ */
+type Step = { readonly hang: true } | { readonly hang?: false; readonly status: number; readonly chunks: readonly string[]; readonly end: boolean };
+
+function scriptedApi(script: Step[]): { api: ApiGetter; paths: string[] } {
+  const paths: string[] = [];
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      paths.push(p);
+      const step = script.shift() ?? { hang: true };
+      if (step.hang === true) {
+        return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      }
+      const body = new PassThrough();
+      signal.addEventListener('abort', () => body.destroy());
+      for (const c of step.chunks) body.write(c);
+      if (step.end) body.end();
+      return Promise.resolve({ ok: true, status: step.status, body });
+    },
+  };
+  return { api, paths };
+}
+
+/**
+ * Every timer the reflector asks for fires within 50 ms, whatever its length:
+ * a deadline of any size is reached at once, so the tests below assert that
+ * the reflector recovers, not when.
+ */
+const hurriedTimers: Timers = { set: (fn, ms) => realTimers.set(fn, Math.min(ms, 50)), clear: realTimers.clear };
+
+function nsList(rv: string, names: readonly string[]): string {
+  return JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: rv }, items: names.map((name) => ({ metadata: { name } })) });
+}
+
+function scriptedReflector(t: Test, api: ApiGetter): { r: Reflector<'namespaces'>; writer: RecordingWriter; counters: Counters<WatchCounter> } {
+  const writer = new RecordingWriter();
+  const counters = new Counters(watchCounterSchema);
+  const r = new Reflector('namespaces', api, writer, {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters,
+    timers: hurriedTimers,
+    tuning: { backoff: testBackoff, minWatchTimeoutS: 1, idleGraceMs: 20 },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  return { r, writer, counters };
+}
+
+t.test('a watch whose response headers never come is given up and made again', async (t) => {
+  // The connection is up (the peer ACKs, keepalive cannot tell) but the
+  // server, or a proxy in front of it, never answers the watch request.
+  // Once the watch's own timeout has passed, nothing good can come of it.
+  const { api, paths } = scriptedApi([
+    { status: 200, chunks: [nsList('7', ['n1'])], end: true },
+    { hang: true },
+    { status: 200, chunks: [JSON.stringify({ type: 'ADDED', object: { metadata: { name: 'n2', resourceVersion: '8' } } }) + '\n'], end: false },
+  ]);
+  const { writer } = scriptedReflector(t, api);
+  await until(t, 'the event of the second watch applied', () => writer.maps.namespaces.has('n2'));
+  t.match(paths[2], /watch=1&resourceVersion=7&/, 'watched again from the listed RV');
+});
+
+t.test('a list page whose body stops half-way is given up and listed again', async (t) => {
+  // Headers and half a page, then silence on a live connection: the whole
+  // list must not wait on it for ever (the view would never sync).
+  const full = nsList('7', ['n1', 'n2']);
+  const { api } = scriptedApi([
+    { status: 200, chunks: [full.slice(0, full.length >> 1)], end: false },
+    { status: 200, chunks: [full], end: true },
+  ]);
+  const { r, writer } = scriptedReflector(t, api);
+  await until(t, 'synced from the second list', () => r.synced);
+  t.same([...writer.maps.namespaces.keys()].sort(), ['n1', 'n2']);
+});
+
+t.test('a list whose response headers never come is given up and made again', async (t) => {
+  const { api } = scriptedApi([{ hang: true }, { status: 200, chunks: [nsList('7', ['n1'])], end: true }]);
+  const { r } = scriptedReflector(t, api);
+  await until(t, 'synced from the second list', () => r.synced);
+});
