@@ -12,6 +12,10 @@ import { KubeApi, loadClusterConfig, type ApiGetter } from '../src/kube/client.j
 import { Backoff, backoffDelay, backoffDefaults } from '../src/kube/backoff.js';
 import { KubeWatch, Reflector, realTimers, watchCounterSchema, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
 import type { ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
+import { ClusterView } from '../src/kube/view.js';
+import { answerCluster, recordOptions } from '../src/kube/records.js';
+import { QType, Rcode } from '../src/dns/constants.js';
+import { nameToWire } from '../src/dns/name.js';
 import { writeKubeconfig } from '../testkit/cluster.js';
 import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson, type FakeApiOptions } from '../testkit/fake-apiserver.js';
 
@@ -654,4 +658,41 @@ t.test('a list whose response headers never come is given up and made again', as
   const { api } = scriptedApi([{ hang: true }, { status: 200, chunks: [nsList('7', ['n1'])], end: true }]);
   const { r } = scriptedReflector(t, api);
   await until(t, 'synced from the second list', () => r.synced);
+});
+
+t.test('one kind that can no longer reach the API: the view may not deny what that kind would have shown', async (t) => {
+  // RBAC for endpointslices revoked (or their watch stuck) after the sync,
+  // while services and namespaces keep hearing from the API server. Their
+  // bookmarks must not vouch for the endpoint slices: past max-api-silence
+  // without a word about slices, a headless service with no endpoints in
+  // the view is stale, not empty.
+  const env = await setup(t);
+  seed(env.fake, 1);
+  let slicesRefused = false;
+  const api: ApiGetter = {
+    get: (p, signal) =>
+      slicesRefused && p.startsWith('/apis/discovery.k8s.io/')
+        ? Promise.resolve({ ok: false, error: 'HTTP 403: endpointslices is forbidden' })
+        : env.api.get(p, signal),
+  };
+  const view = new ClusterView();
+  const w = new KubeWatch(api, view, env.opts);
+  t.teardown(() => w.stop());
+  w.start();
+  await until(t, 'watching', () => w.synced && env.fake.openWatches === 3);
+  slicesRefused = true;
+  env.fake.closeWatches();
+  await until(t, 'slices refused, the others watching again', () => env.counters.get('endpointslices.errors') >= 1 && env.fake.openWatches === 2);
+  env.fake.put('services', serviceJson('default', 'late', { clusterIP: 'None' }));
+  env.fake.put('endpointslices', endpointSliceJson('default', 'late-x', 'late', [{ addresses: ['10.244.9.9'], ready: true }]));
+  await until(t, 'the service arrived', () => view.service('default', 'late') !== undefined);
+  const maxSilenceMs = 300_000;
+  env.clock.advance(maxSilenceMs + 1_000);
+  env.fake.bookmark('services');
+  env.fake.bookmark('namespaces');
+  await until(t, 'bookmarks heard', () => view.lastContactMs === env.clock.now());
+  const opts = recordOptions({ zone: 'cluster.local', negativesAllowed: view.negativesAllowed(env.clock.now(), maxSilenceMs) });
+  const r = answerCluster(view, nameToWire('late.default.svc.cluster.local'), QType.A, opts);
+  t.not(r.kind === 'answer' ? r.rcode : r.kind, Rcode.NXDOMAIN, 'no NXDOMAIN for a service whose endpoints the view has not heard about');
+  t.equal(r.kind, 'unknown', 'SERVFAIL rather than a negative from a kind silent past max-api-silence');
 });
