@@ -690,7 +690,7 @@ t.test('one kind that can no longer reach the API: the view may not deny what th
   env.clock.advance(maxSilenceMs + 1_000);
   env.fake.bookmark('services');
   env.fake.bookmark('namespaces');
-  await until(t, 'bookmarks heard', () => view.lastContactMs === env.clock.now());
+  await until(t, 'bookmarks heard', () => view.contactOf('services') === env.clock.now() && view.contactOf('namespaces') === env.clock.now());
   const opts = recordOptions({ zone: 'cluster.local', negativesAllowed: view.negativesAllowed(env.clock.now(), maxSilenceMs) });
   const r = answerCluster(view, nameToWire('late.default.svc.cluster.local'), QType.A, opts);
   t.not(r.kind === 'answer' ? r.rcode : r.kind, Rcode.NXDOMAIN, 'no NXDOMAIN for a service whose endpoints the view has not heard about');

@@ -17,6 +17,11 @@ export interface WatchTuning {
   readonly minWatchTimeoutS: number;
   /** A watch silent for its timeout plus this long is dead (the server should have ended it): drop it. */
   readonly idleGraceMs: number;
+  /**
+   * A list page (headers and body) and a watch's response headers must come within this long. A silent peer on a
+   * live connection (a proxy, a wedged API server) answers TCP keepalive, so nothing else would ever end the wait.
+   */
+  readonly requestTimeoutMs: number;
   /** A watch that ends with no event sooner than this counts as a failure (client-go's "very short watch"). */
   readonly shortWatchMs: number;
   /** Longest watch line (one object) and list page accepted; beyond that the stream is broken, not big. */
@@ -29,6 +34,7 @@ export const watchDefaults: WatchTuning = {
   pageSize: 500,
   minWatchTimeoutS: 300,
   idleGraceMs: 30_000,
+  requestTimeoutMs: 60_000,
   shortWatchMs: 1_000,
   maxLineBytes: 16 << 20,
   maxPageBytes: 256 << 20,

@@ -40,6 +40,9 @@ function failed(error: string): Outcome {
   return { kind: 'failed', error };
 }
 
+/** What #within gives when the deadline came first. */
+const TIMED_OUT: unique symbol = Symbol('timed out');
+
 /** The reflector loop for one source, generic over what it keeps. */
 export class ListWatch<T> {
   readonly #kind: string;
@@ -193,6 +196,27 @@ export class ListWatch<T> {
     return this.#abort.signal;
   }
 
+  /** `p`, or TIMED_OUT once --requestTimeoutMs pass; then the request in flight is aborted (its socket released). */
+  #within<R>(p: Promise<R>): Promise<R | typeof TIMED_OUT> {
+    const abort = this.#abort;
+    return new Promise((resolve, reject) => {
+      const timer = this.#timers.set(() => {
+        resolve(TIMED_OUT);
+        abort?.abort();
+      }, this.#tuning.requestTimeoutMs);
+      p.then(
+        (v) => {
+          this.#timers.clear(timer);
+          resolve(v);
+        },
+        (e: unknown) => {
+          this.#timers.clear(timer);
+          reject(e instanceof Error ? e : new Error(String(e)));
+        },
+      );
+    });
+  }
+
   // ---------------------------------------------------------------- list
 
   /**
@@ -208,9 +232,11 @@ export class ListWatch<T> {
     do {
       let query = `?limit=${this.#tuning.pageSize}${this.#selector}`;
       if (cont !== '') query += `&continue=${encodeURIComponent(cont)}`;
-      const r = await this.#api.get(this.#path + query, this.#newAbort());
+      const r = await this.#within(this.#api.get(this.#path + query, this.#newAbort()));
+      if (r === TIMED_OUT) return failed(`list: no response in ${this.#tuning.requestTimeoutMs} ms`);
       if (!r.ok) return failed(`list: ${r.error}`);
-      const text = await readBody(r.body, this.#tuning.maxPageBytes);
+      const text = await this.#within(readBody(r.body, this.#tuning.maxPageBytes));
+      if (text === TIMED_OUT) return failed(`list: page not complete in ${this.#tuning.requestTimeoutMs} ms`);
       if (text === null) return failed(`list: response broken off`);
       if (r.status === 410 && cont !== '') return { kind: 'expired', reason: `list continue: ${statusMessage(text)}` };
       if (r.status !== 200) return failed(`list: HTTP ${r.status}: ${statusMessage(text)}`);
@@ -225,7 +251,6 @@ export class ListWatch<T> {
         this.#count('decodeFailures');
         return failed('list: response is not a list');
       }
-      this.#onAlive();
       for (const raw of rawItems ?? []) {
         const slim = this.#convert(raw);
         if (slim === null) this.#count('decodeFailures');
@@ -236,6 +261,8 @@ export class ListWatch<T> {
       cont = typeof meta?.['continue'] === 'string' ? meta['continue'] : '';
     } while (cont !== '');
     if (rv === '') return failed('list: no resourceVersion');
+    // A whole list is the sign of life, not its first page: a relist failing on a later page has not heard the kind.
+    this.#onAlive();
     this.#writer.replace(items);
     this.#rv = rv;
     this.#afterList = true;
@@ -258,10 +285,12 @@ export class ListWatch<T> {
     const timeoutS = Math.floor(this.#tuning.minWatchTimeoutS * (1 + this.#random()));
     const query =
       `?watch=1&resourceVersion=${encodeURIComponent(this.#rv)}` + `&allowWatchBookmarks=true&timeoutSeconds=${timeoutS}${this.#selector}`;
-    const r = await this.#api.get(this.#path + query, this.#newAbort());
+    const r = await this.#within(this.#api.get(this.#path + query, this.#newAbort()));
+    if (r === TIMED_OUT) return failed(`watch: no response in ${this.#tuning.requestTimeoutMs} ms`);
     if (!r.ok) return failed(`watch: ${r.error}`);
     if (r.status !== 200) {
-      const text = (await readBody(r.body, 1 << 20)) ?? '';
+      const body = await this.#within(readBody(r.body, 1 << 20));
+      const text = body === TIMED_OUT ? 'error body not complete in time' : (body ?? '');
       if (r.status === 410) return { kind: 'expired', reason: `watch: ${statusMessage(text)}` };
       return failed(`watch: HTTP ${r.status}: ${statusMessage(text)}`);
     }

@@ -70,6 +70,6 @@ export interface ClusterViewWriter {
   replace<K extends KindName>(kind: K, objs: Iterable<KindObjects[K]>): void;
   /** The initial list of `kind` has been applied. */
   markSynced(kind: KindName): void;
-  /** Any sign of life from the API server (list, event, bookmark), in Clock ms. */
-  touch(nowMs: number): void;
+  /** A sign of life from the API server about `kind` (a whole list, a watch, an event, a bookmark), in Clock ms; every kind when omitted. */
+  touch(nowMs: number, kind?: KindName): void;
 }

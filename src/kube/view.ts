@@ -64,7 +64,10 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
   #svcIPs: Map<string, SlimService | SlimService[]>;
   #epIPs: Map<string, SlimEndpointSlice | SlimEndpointSlice[]>;
   readonly #syncedKinds: Set<KindName>;
-  #lastContactMs: number;
+  /** Per kind: when the API server was last heard from about it (-1: never). One kind's silence is not covered by another's bookmarks. */
+  readonly #contactMs: Map<KindName, number>;
+  /** The latest contact about any kind: when the view last changed, for #changed. */
+  #latestContactMs: number;
   #modifiedMs: number;
 
   constructor() {
@@ -73,7 +76,8 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
     this.#svcIPs = new Map();
     this.#epIPs = new Map();
     this.#syncedKinds = new Set();
-    this.#lastContactMs = -1;
+    this.#contactMs = new Map(ALL_KINDS.map((k) => [k, -1]));
+    this.#latestContactMs = -1;
     this.#modifiedMs = 0;
   }
 
@@ -127,8 +131,10 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
     this.#syncedKinds.add(kind);
   }
 
-  touch(nowMs: number): void {
-    this.#lastContactMs = nowMs;
+  touch(nowMs: number, kind?: KindName): void {
+    if (kind === undefined) for (const k of ALL_KINDS) this.#contactMs.set(k, nowMs);
+    else this.#contactMs.set(kind, nowMs);
+    if (nowMs > this.#latestContactMs) this.#latestContactMs = nowMs;
   }
 
   // ---- state ----
@@ -137,9 +143,22 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
     return ALL_KINDS.every((k) => this.#syncedKinds.has(k));
   }
 
-  /** Clock ms of the last sign of life from the API server; -1 before any. */
+  /**
+   * Clock ms since which the API server has been heard from about every kind
+   * (the kind heard from longest ago); -1 while one kind never was.
+   */
   get lastContactMs(): number {
-    return this.#lastContactMs;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const ms of this.#contactMs.values()) {
+      if (ms < 0) return -1;
+      if (ms < oldest) oldest = ms;
+    }
+    return oldest;
+  }
+
+  /** Clock ms of the last sign of life about `kind`; -1 before any. */
+  contactOf(kind: KindName): number {
+    return this.#contactMs.get(kind) ?? -1;
   }
 
   get modifiedMs(): number {
@@ -152,7 +171,8 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
    * stale must answer SERVFAIL rather than invent a negative (design 4).
    */
   negativesAllowed(nowMs: number, maxSilenceMs: number): boolean {
-    return this.synced && this.#lastContactMs >= 0 && nowMs - this.#lastContactMs <= maxSilenceMs;
+    const since = this.lastContactMs;
+    return this.synced && since >= 0 && nowMs - since <= maxSilenceMs;
   }
 
   /** Object counts, for metrics and the memory bench. */
@@ -196,7 +216,7 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
 
   #changed(): void {
     // The watch touches on every event, so the last contact is this change's time.
-    this.#modifiedMs = this.#lastContactMs < 0 ? 0 : this.#lastContactMs;
+    this.#modifiedMs = this.#latestContactMs < 0 ? 0 : this.#latestContactMs;
   }
 
   #nsEntry(namespace: string): NamespaceEntry {

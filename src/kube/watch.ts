@@ -58,7 +58,7 @@ function kindSink<K extends KindName>(kind: K, writer: ClusterViewWriter): Watch
     remove: (namespace, name) => writer.remove(kind, namespace, name),
     replace: (objs) => writer.replace(kind, objs),
     markSynced: () => writer.markSynced(kind),
-    touch: (nowMs) => writer.touch(nowMs),
+    touch: (nowMs) => writer.touch(nowMs, kind),
   };
 }
 
