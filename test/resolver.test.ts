@@ -771,6 +771,24 @@ t.test('bailiwick: records outside the question are removed before caching and n
   t.equal(r.hits.counters.get('scrubbedAnswers'), 1, 'a clean answer is not rewritten');
 });
 
+t.test('bailiwick: an ExternalName target\'s answer is scrubbed too before it is merged, served and cached', async (t) => {
+  const r = viewRig();
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 1 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'the target is looked up externally');
+  r.external.answer(0, answer('www.example.org', [
+    a('www.example.org', '192.0.2.44', 60),
+    a('bank.example.org', '203.0.113.66'), // poison: an unrelated name in the answer section
+    a('ext.default.svc.cluster.local', '203.0.113.67'), // poison: an address for the very name the client asked
+  ]));
+  const names = (d: dnsPacket.DecodedPacket): string[] => (d.answers ?? []).map((x) => `${x.type} ${x.name}`);
+  t.same(names(ch.decoded(0)), ['CNAME ext.default.svc.cluster.local', 'A www.example.org'], 'the chain stays, the intruders go');
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 2 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'the second query is a hit');
+  t.same(names(ch.decoded(1)), ['CNAME ext.default.svc.cluster.local', 'A www.example.org'], 'and the cached entry is the scrubbed one');
+});
+
 // The same contract through the batched backend's boundary, socket-free: worker
 // hit paths (each reading the one cache the main thread writes, cache/reader.ts) hand
 // misses to the main thread's MissExchange as a worker does, one Resolver
