@@ -252,6 +252,20 @@ t.test('failure order: local answerer, then stale, then SERVFAIL', async (t) => 
   t.equal(localCalls, 3, 'never asked for a name outside its route');
 });
 
+t.test('coredns_cache_served_stale_total counts every stale answer given, one per client of a failed question', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 1 }), ch, PEER);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
+  r.clock.advance(6_000);
+  // Three clients wait on the refetch of the expired entry; the upstream fails.
+  for (let id = 2; id <= 4; id++) r.hits.handle(query({ name: SVC, id }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 2, 'one refetch for the three');
+  r.cluster.exchanges[1]!.reject('timeout');
+  t.same(ch.sent.slice(1).map((m) => (dnsPacket.decode(m).answers ?? []).map((x) => (x as { data: string }).data)), [['10.96.0.5'], ['10.96.0.5'], ['10.96.0.5']], 'each of the three got the stale answer');
+  t.equal(r.cache.counters.get('stale'), 3, 'three stale answers given, three counted (a shed client\'s stale answer counts one too)');
+});
+
 /** A synced view with one ClusterIP service (web.default) and one ExternalName (ext.default -> www.example.org). */
 function syncedView(clock: ManualClock): ClusterView {
   const view = new ClusterView();
