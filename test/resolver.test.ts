@@ -28,7 +28,7 @@ import { FAIL_STREAK, UpstreamHealth } from '../src/upstream/health.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import type { Upstream, UpstreamExchange } from '../src/upstream/types.js';
 import { ViewAnswerer } from '../src/kube/local-answerer.js';
-import type { SlimService } from '../src/kube/types.js';
+import type { SlimEndpointSlice, SlimService } from '../src/kube/types.js';
 import { ClusterView } from '../src/kube/view.js';
 import { loadConfig } from '../src/config.js';
 import { ForwardDurations } from '../src/upstream/forward-durations.js';
@@ -252,6 +252,20 @@ t.test('failure order: local answerer, then stale, then SERVFAIL', async (t) => 
   t.equal(localCalls, 3, 'never asked for a name outside its route');
 });
 
+t.test('coredns_cache_served_stale_total counts every stale answer given, one per client of a failed question', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 1 }), ch, PEER);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
+  r.clock.advance(6_000);
+  // Three clients wait on the refetch of the expired entry; the upstream fails.
+  for (let id = 2; id <= 4; id++) r.hits.handle(query({ name: SVC, id }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 2, 'one refetch for the three');
+  r.cluster.exchanges[1]!.reject('timeout');
+  t.same(ch.sent.slice(1).map((m) => (dnsPacket.decode(m).answers ?? []).map((x) => (x as { data: string }).data)), [['10.96.0.5'], ['10.96.0.5'], ['10.96.0.5']], 'each of the three got the stale answer');
+  t.equal(r.cache.counters.get('stale'), 3, 'three stale answers given, three counted (a shed client\'s stale answer counts one too)');
+});
+
 /** A synced view with one ClusterIP service (web.default) and one ExternalName (ext.default -> www.example.org). */
 function syncedView(clock: ManualClock): ClusterView {
   const view = new ClusterView();
@@ -369,6 +383,56 @@ t.test('ExternalName from the view: the CNAME plus the target resolved through t
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', type: 'AAAA', id: 10 }), ch, PEER);
   r.external.exchanges[1]!.reject('timeout');
   t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME']);
+});
+
+t.test('a headless service whose answer is over 64 KiB, answered from the view: every client gets a well-formed answer of its own addresses, and the next query is a plain hit', async (t) => {
+  const r = viewRig();
+  const big = 'big.default.svc.cluster.local';
+  // 1,600 ready endpoints (two slices: the API caps one at 1,000): about 72 KB of A records, as dns-packet writes them (no compression).
+  const ips = Array.from({ length: 1600 }, (_, i) => `10.244.${i >> 8}.${i & 255}`);
+  const headless: SlimService = {
+    namespace: 'default', name: 'big', kind: 'Headless', clusterIPs: [], externalName: '', ports: [], publishNotReadyAddresses: false,
+  };
+  const slice = (name: string, part: string[]): SlimEndpointSlice => ({
+    namespace: 'default', name, serviceName: 'big', addressType: 'IPv4', ports: [], endpoints: part.map((ip) => ({ addresses: [ip], ready: true, hostname: '' })),
+  });
+  r.view.replace('services', [headless]);
+  r.view.replace('endpointslices', [slice('big-a', ips.slice(0, 1000)), slice('big-b', ips.slice(1000))]);
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  t.equal(r.cluster.health.state, 'failing', 'the cluster DNS is failing: the view answers');
+
+  const known = new Set(ips);
+  const check = (msg: Buffer | undefined, limit: number, what: string): void => {
+    if (msg === undefined) {
+      t.fail(`${what}: no answer`);
+      return;
+    }
+    t.ok(msg.length <= limit, `${what}: ${msg.length} bytes, within ${limit}`);
+    let d: dnsPacket.DecodedPacket;
+    try {
+      d = dnsPacket.decode(msg);
+    } catch (err) {
+      t.fail(`${what}: the answer does not decode (${String(err)}); header ${msg.subarray(0, 12).toString('hex')}`);
+      return;
+    }
+    const records = d.answers ?? [];
+    t.ok(records.length > 0, `${what}: carries address records (${records.length}), header ${msg.subarray(0, 12).toString('hex')}`);
+    const foreign = records.filter((x) => x.type !== 'A' || x.name !== big || !known.has((x as { data: string }).data));
+    t.same(foreign.slice(0, 3), [], `${what}: every record is one of the service's addresses`);
+  };
+  const udp = new FakeChannel();
+  const tcp = new FakeChannel(Transport.TCP);
+  r.hits.handle(query({ name: big, id: 1, edns: true }), udp, PEER);
+  check(udp.sent[0], 1232, 'UDP');
+  r.hits.handle(query({ name: big, id: 2 }), tcp, PEER);
+  check(tcp.sent[0], 65535, 'TCP');
+  r.clock.advance(1_000);
+  r.hits.handle(query({ name: big, id: 3, edns: true }), udp, PEER);
+  check(udp.sent[1], 1232, 'UDP, a second later');
+  const hits = r.cache.counters.get('hitPositive');
+  const forwarded = r.hits.counters.get('misses');
+  t.equal(hits + forwarded, 3, `each query is a cache hit or a miss handed on, never both (hits ${hits}, handed on ${forwarded})`);
+  t.equal(r.resolver.counters.get('localFailing'), 1, 'the view was asked once; the answer it gave was cached and served from then on');
 });
 
 t.test('health probe: one query a second while failing, none in flight twice, none once healthy', async (t) => {
@@ -719,6 +783,24 @@ t.test('bailiwick: records outside the question are removed before caching and n
   ], { type: 'SRV', additionals: [a('pod-1.svc.example', '10.0.0.1')] }));
   t.same(ch.decoded(2).additionals?.filter((x) => x.type === 'A').map((x) => x.name), ['pod-1.svc.example'], 'SRV target addresses stay');
   t.equal(r.hits.counters.get('scrubbedAnswers'), 1, 'a clean answer is not rewritten');
+});
+
+t.test('bailiwick: an ExternalName target\'s answer is scrubbed too before it is merged, served and cached', async (t) => {
+  const r = viewRig();
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 1 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'the target is looked up externally');
+  r.external.answer(0, answer('www.example.org', [
+    a('www.example.org', '192.0.2.44', 60),
+    a('bank.example.org', '203.0.113.66'), // poison: an unrelated name in the answer section
+    a('ext.default.svc.cluster.local', '203.0.113.67'), // poison: an address for the very name the client asked
+  ]));
+  const names = (d: dnsPacket.DecodedPacket): string[] => (d.answers ?? []).map((x) => `${x.type} ${x.name}`);
+  t.same(names(ch.decoded(0)), ['CNAME ext.default.svc.cluster.local', 'A www.example.org'], 'the chain stays, the intruders go');
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 2 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'the second query is a hit');
+  t.same(names(ch.decoded(1)), ['CNAME ext.default.svc.cluster.local', 'A www.example.org'], 'and the cached entry is the scrubbed one');
 });
 
 // The same contract through the batched backend's boundary, socket-free: worker

@@ -6,6 +6,8 @@
 import t, { type Test } from 'tap';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { silentLogger } from '../src/log.js';
 import type { ClientChannel, ClientPeer, QueryHandler } from '../src/server/listener.js';
@@ -108,13 +110,13 @@ async function startListener(t: Test, handler: QueryHandler, opts: Partial<TcpLi
 }
 
 /** The server side of a loopback connection from /proc/net/tcp (this netns): state and unacknowledged + unsent bytes. */
-function serverSide(serverPort: number, clientPort: number): { state: number; txQueue: number } | null {
+function serverSide(serverPort: number, clientPort: number): { state: number; txQueue: number; rxQueue: number } | null {
   const hexPort = (p: number): string => p.toString(16).toUpperCase().padStart(4, '0');
   for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
     const f = line.trim().split(/\s+/);
     if (f.length < 5) continue;
     if (f[1]?.split(':')[1] !== hexPort(serverPort) || f[2]?.split(':')[1] !== hexPort(clientPort)) continue;
-    return { state: parseInt(f[3] ?? '0', 16), txQueue: parseInt(f[4]?.split(':')[0] ?? '0', 16) };
+    return { state: parseInt(f[3] ?? '0', 16), txQueue: parseInt(f[4]?.split(':')[0] ?? '0', 16), rxQueue: parseInt(f[4]?.split(':')[1] ?? '0', 16) };
   }
   return null;
 }
@@ -138,6 +140,33 @@ t.test('pipelined queries are all answered; a client that sends FIN still gets i
   h.release();
   t.ok(await until(() => d.closed), 'closed once the held answer is written');
   t.same(d.answers, [8, 7]);
+});
+
+t.test('frames past the in-flight cap cost what their bytes cost: 60 KB of empty frames on a busy connection is not 30,000 objects', async (t) => {
+  // A pod keeps each connection at its in-flight cap (queries for a name whose servers never answer, coalesced:
+  // nearly free), then sends one read's worth of 2-byte empty frames. At 1,024 connections what the agent
+  // holds for them must stay near what was sent (60 MB), not 50 times that.
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const h = new FakeHandler();
+  const conns = 16;
+  const l = await startListener(t, h, { maxConnections: conns, maxQueriesPerConnection: 1, readTimeoutMs: 60_000, idleTimeoutMs: 60_000 });
+  gc();
+  const before = process.memoryUsage();
+  const clients: Client[] = [];
+  for (let i = 0; i < conns; i++) {
+    const c = await Client.connect(t, l.port);
+    c.socket.write(Buffer.concat([query(i, true), Buffer.alloc(60_000)]));
+    clients.push(c);
+  }
+  t.ok(await until(() => h.held.length === conns), 'every connection is at its cap, its query held');
+  // Whatever the server will take off the kernel queues, it has taken (or it stopped reading: then the bytes wait there).
+  await until(() => clients.every((c) => (serverSide(l.port, c.localPort)?.rxQueue ?? 0) === 0), 3000);
+  gc();
+  const after = process.memoryUsage();
+  const perConn = (after.heapUsed + after.arrayBuffers - before.heapUsed - before.arrayBuffers) / conns;
+  t.ok(perConn < 512 * 1024, `held per connection: ${Math.round(perConn / 1024)} KiB for 60 KB sent (bound 512 KiB)`);
+  t.equal(l.connections, conns);
 });
 
 // ---------------------------------------------------------------- defect 8: slow-loris

@@ -489,3 +489,32 @@ t.test('planCaching', async (t) => {
   t.equal(prefetchStart(1000, 1, { minHits: 3, percent: 10 }), Infinity);
   t.equal(prefetchStart(1000, 30, { minHits: 0, percent: 10 }), Infinity);
 });
+
+t.test('stripOpt: an OPT before other additional records, compressed names pointing past it still read the same', async (t) => {
+  // MX example.com: the answer, then OPT first in the additional section (RFC 6891 does not fix its place),
+  // then the exchange's A and AAAA, the AAAA's owner compressed against the A's (which sits after the OPT).
+  const hdr = Buffer.from([0, 0, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 3]);
+  const question = Buffer.concat([nameToWire('example.com'), Buffer.from([0, 15, 0, 1])]);
+  const mxRdata = Buffer.concat([Buffer.from([0, 10]), nameToWire('mail.example.com')]);
+  const mx = Buffer.concat([Buffer.from([0xc0, 12, 0, 15, 0, 1, 0, 0, 0, 60, 0, mxRdata.length]), mxRdata]);
+  const opt = Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+  const aAt = hdr.length + question.length + mx.length + opt.length;
+  const aRr = Buffer.concat([nameToWire('mail.example.com'), Buffer.from([0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 25])]);
+  const aaaaRr = Buffer.concat([Buffer.from([0xc0 | (aAt >> 8), aAt & 0xff, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16]), Buffer.alloc(16, 0x20)]);
+  const msg = Buffer.concat([hdr, question, mx, opt, aRr, aaaaRr]);
+  const before = dnsPacket.decode(msg);
+  t.same(before.additionals?.map((x) => `${x.type} ${x.name}`), ['OPT .', 'A mail.example.com', 'AAAA mail.example.com'], 'the upstream answer as sent');
+
+  const scan = scanAnswer(msg)!;
+  t.ok(scan, 'scanAnswer takes it');
+  const offsets = scan.ttlOffsets.slice();
+  const stored = stripOpt(msg, scan.end, scan.optStart, scan.optEnd, offsets);
+  const served = writeAnswer(stored, scan.questionEnd, offsets, parseQuery(query({ name: 'example.com', type: 'MX', id: 7 })), 0, -1, 65535, 1232);
+  let after: dnsPacket.DecodedPacket | null = null;
+  try {
+    after = dnsPacket.decode(served);
+  } catch (err) {
+    t.fail(`the served answer does not decode: ${String(err)}`);
+  }
+  t.same(after?.additionals?.map((x) => `${x.type} ${x.name}`), ['A mail.example.com', 'AAAA mail.example.com'], 'the AAAA keeps its owner once the OPT is gone');
+});
