@@ -168,13 +168,13 @@ export class DnsCache implements HitCache {
    * failed (RFC 8767); counted as served. Does not touch LRU order. A copy:
    * it answers every waiter of the failed miss.
    */
-  stale(key: string, now: number): CacheEntry | undefined {
+  stale(key: string, now: number, served = 1): CacheEntry | undefined {
     const st = this.#store;
     const slot = st.find(key);
     if (slot < 0) return undefined;
     const expiresAt = st.expiresAt(slot);
     if (now < expiresAt || now >= expiresAt + this.#opts.staleMs) return undefined;
-    this.counters.values[S.stale]!++;
+    this.counters.values[S.stale]! += served;
     return new AnswerCopy(
       st.wireCopy(slot), st.questionEnd(slot), st.ttlOffsetsCopy(slot), st.storedAt(slot), expiresAt, st.prefetchAt(slot),
       st.listOf(slot) === NEGATIVE,

@@ -77,8 +77,7 @@ export class AnswerCopy implements CacheEntry {
    * transient entry: never stored, used once to answer the clients waiting on it.
    */
   static fromAnswer(answer: Buffer, scan: AnswerScan, now: number, ttlSec: number, prefetchAt: number, negative: boolean): AnswerCopy {
-    const offsets = scan.ttlOffsets.slice();
-    const wire = stripOpt(answer, scan.end, scan.optStart, scan.optEnd, offsets);
+    const { wire, ttlOffsets: offsets } = stripOpt(answer, scan.end, scan.optStart, scan.optEnd, scan.ttlOffsets.slice());
     wire.writeUInt16BE(0, 0);
     if (ttlSec > 0) {
       // Clients must not keep a record longer than we do: cap every TTL to the entry's life.

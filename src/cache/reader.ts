@@ -200,7 +200,7 @@ export class CacheReader implements HitCache {
   }
 
   /** An expired entry inside the stale window, copied out under the same check as a hit. */
-  stale(key: string, now: number): CacheEntry | undefined {
+  stale(key: string, now: number, served = 1): CacheEntry | undefined {
     const v = this.#v;
     const h = (hashKey(key) & this.#hashMask) >>> 0;
     for (let attempt = 0, spins = 0; attempt < READ_ATTEMPTS && spins <= SPINS; ) {
@@ -233,7 +233,7 @@ export class CacheReader implements HitCache {
         continue;
       }
       if (copy === undefined || copy.wire.length < 12 || copy.questionEnd > copy.wire.length) return undefined;
-      this.counters.values[S.stale]!++;
+      this.counters.values[S.stale]! += served;
       return copy;
     }
     return undefined;

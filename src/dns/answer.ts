@@ -5,7 +5,7 @@
  * walks the packet again.
  */
 import {
-  FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT, QType, RCODE_MASK,
+  FLAG_TC, HEADER_LEN, MAX_MESSAGE, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT, QType, RCODE_MASK,
 } from './constants.js';
 import { skipName } from './name.js';
 
@@ -32,6 +32,8 @@ export interface AnswerScan {
 export function scanAnswer(msg: Buffer): AnswerScan | undefined {
   if (msg.length < HEADER_LEN) return undefined;
   const flags = msg.readUInt16BE(OFF_FLAGS);
+  // Past the largest DNS message no transport carries it, and the TTL offsets (u16) could not address it.
+  if (msg.length > MAX_MESSAGE) return undefined;
   const qdcount = msg.readUInt16BE(OFF_QDCOUNT);
   const ancount = msg.readUInt16BE(OFF_ANCOUNT);
   const nscount = msg.readUInt16BE(OFF_NSCOUNT);

@@ -5,13 +5,14 @@
  * answer, which the cache then serves, never per hit.
  */
 import dnsPacket from 'dns-packet';
-import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, RCODE_MASK } from './constants.js';
+import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, MAX_MESSAGE, RCODE_MASK } from './constants.js';
 
 /**
  * `cname`: our answer for the question, ending in a CNAME. `target`: an
  * upstream answer for the CNAME's target. Returns the question with the
  * CNAME chain followed by the target's records, the target's rcode and
- * authority; null when either does not decode.
+ * authority; null when either does not decode or the join would not fit a
+ * DNS message.
  */
 export function appendTargetAnswer(cname: Buffer, target: Buffer): Buffer | null {
   try {
@@ -27,6 +28,8 @@ export function appendTargetAnswer(cname: Buffer, target: Buffer): Buffer | null
       authorities: tail.authorities ?? [],
       additionals: [],
     });
+    // Too big for any transport: the CNAME alone is still a true answer.
+    if (body.length > MAX_MESSAGE) return null;
     body.writeUInt16BE(FLAG_QR | FLAG_AA | FLAG_RD | FLAG_RA | rcode, 2);
     return body;
   } catch {

@@ -144,22 +144,29 @@ function keptRecordsFrom(wire: Buffer, base: number, ttl: Uint16Array, ttlAt: nu
 
 /**
  * A copy of `msg` without the OPT record at [optStart, optEnd), with ARCOUNT
- * decremented, and the TTL offsets past it shifted back. Used once at insert:
- * the OPT we send to a client is always our own.
+ * decremented, and its TTL offsets (`ttlOffsets`, in message order, shifted
+ * back past the cut). Used once at insert: the OPT we send to a client is
+ * always our own.
  */
-export function stripOpt(msg: Buffer, end: number, optStart: number, optEnd: number, ttlOffsets: Uint16Array): Buffer {
+export function stripOpt(msg: Buffer, end: number, optStart: number, optEnd: number, ttlOffsets: Uint16Array): { wire: Buffer; ttlOffsets: Uint16Array } {
   if (optStart < 0) {
     const copy = Buffer.allocUnsafe(end);
     msg.copy(copy, 0, 0, end);
-    return copy;
+    return { wire: copy, ttlOffsets };
   }
-  const optLen = optEnd - optStart;
-  const out = Buffer.allocUnsafe(end - optLen);
+  if (optEnd < end) {
+    // An OPT before other additional records (RFC 6891 does not fix its place; rare): cut out of the middle, the
+    // compression pointers past it would aim at the wrong bytes. The additional records after it go with it
+    // instead (glue, optional by nature); nothing before it points past it (pointers point back).
+    let kept = 0;
+    while (kept < ttlOffsets.length && ttlOffsets[kept]! < optStart) kept++;
+    const out = Buffer.allocUnsafe(optStart);
+    msg.copy(out, 0, 0, optStart);
+    out.writeUInt16BE(msg.readUInt16BE(OFF_ARCOUNT) - 1 - (ttlOffsets.length - kept), OFF_ARCOUNT);
+    return { wire: out, ttlOffsets: ttlOffsets.subarray(0, kept) };
+  }
+  const out = Buffer.allocUnsafe(optStart);
   msg.copy(out, 0, 0, optStart);
-  msg.copy(out, optStart, optEnd, end);
   out.writeUInt16BE(msg.readUInt16BE(OFF_ARCOUNT) - 1, OFF_ARCOUNT);
-  for (let i = 0; i < ttlOffsets.length; i++) {
-    if (ttlOffsets[i]! > optStart) ttlOffsets[i] = ttlOffsets[i]! - optLen;
-  }
-  return out;
+  return { wire: out, ttlOffsets };
 }

@@ -8,7 +8,7 @@
  */
 import dnsPacket from 'dns-packet';
 import type { Answer as PacketAnswer } from 'dns-packet';
-import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, OFF_FLAGS, OFF_QDCOUNT, QClass } from '../dns/constants.js';
+import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, MAX_MESSAGE, OFF_FLAGS, OFF_QDCOUNT, QClass } from '../dns/constants.js';
 import { skipUncompressedName } from '../dns/name.js';
 import type { ClusterAnswer, ClusterRR } from './records.js';
 
@@ -26,15 +26,29 @@ export function encodeAnswer(qname: Uint8Array, qtype: number, ans: ClusterAnswe
   if (nameEnd < 0) throw new Error('encodeAnswer: malformed question name');
   // Encode without a question, then splice ours in after the header:
   // dns-packet does not compress names, so no offset needs fixing.
-  const body = dnsPacket.encode({
-    type: 'response',
-    id: 0,
-    flags: FLAG_AA | FLAG_RD | FLAG_RA | ans.rcode,
-    questions: [],
-    answers: ans.answer.map(toPacket),
-    authorities: ans.authority.map(toPacket),
-    additionals: ans.additional.map(toPacket),
-  });
+  const encode = (answer: readonly ClusterRR[], additional: readonly ClusterRR[]): Buffer =>
+    dnsPacket.encode({
+      type: 'response',
+      id: 0,
+      flags: FLAG_AA | FLAG_RD | FLAG_RA | ans.rcode,
+      questions: [],
+      answers: answer.map(toPacket),
+      authorities: ans.authority.map(toPacket),
+      additionals: additional.map(toPacket),
+    });
+  let body = encode(ans.answer, ans.additional);
+  const room = MAX_MESSAGE - nameEnd - 4;
+  if (body.length > room) {
+    // Past the largest DNS message (a headless service with a few thousand endpoints: uncompressed names): the
+    // additional records go, then answers from the end. A subset of a service's addresses is still a true answer,
+    // and one that fits every transport; a client over UDP gets it cut further, with TC, by the hit path.
+    let answer = ans.answer;
+    body = encode(answer, []);
+    while (body.length > room && answer.length > 0) {
+      answer = answer.slice(0, Math.min(answer.length - 1, Math.floor((answer.length * room) / body.length)));
+      body = encode(answer, []);
+    }
+  }
   const out = Buffer.allocUnsafe(body.length + nameEnd + 4);
   body.copy(out, 0, 0, HEADER_LEN);
   out.writeUInt16BE(FLAG_QR | FLAG_AA | FLAG_RD | FLAG_RA | ans.rcode, OFF_FLAGS);

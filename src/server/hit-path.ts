@@ -316,7 +316,8 @@ export class HitPath implements QueryHandler {
   /** Stale if we have it, else SERVFAIL: the last two steps of the failure order (resolver.ts has the first). */
   #fail(miss: Miss, now: number): void {
     if (miss.waiters.length === 0) return;
-    const stale = this.#cache.stale(miss.key, now);
+    // Counted once per client it answers, as #shed counts and CoreDNS does (per response).
+    const stale = this.#cache.stale(miss.key, now, miss.waiters.length);
     for (const w of miss.waiters) {
       const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
       this.#send(reply, w.channel, w.peer, w.arrivedAt);

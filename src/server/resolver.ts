@@ -23,6 +23,7 @@
  */
 import { questionMessage, upstreamQuery } from '../dns/build.js';
 import { RCODE_MASK, OFF_FLAGS, QType, Rcode } from '../dns/constants.js';
+import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
 import { appendTargetAnswer } from '../dns/merge.js';
 import { nameToWire } from '../dns/name.js';
 import { QueryStatus, parseQuery } from '../dns/query.js';
@@ -236,7 +237,14 @@ export class Resolver implements MissSink, PendingOwner {
     const exchange: UpstreamExchange = {
       query: upstreamQuery(q),
       deadline: this.#clock.now() + targetRoute.timeoutMs,
-      resolve: (answer) => hits.complete(token, appendTargetAnswer(cname, answer) ?? cname, 'local'),
+      resolve: (answer) => {
+        // The host resolver's answer joins ours, and the join completes as 'local', which the hit path does not
+        // scrub: so the target's records are scrubbed here against the target's own question, or one owned by our
+        // question's name (or any other) would be served and cached with it.
+        const scrubbed = scrubOutOfBailiwick(answer);
+        const clean = scrubbed === null ? answer : scrubbed === 'unusable' ? null : scrubbed.msg;
+        hits.complete(token, clean === null ? cname : (appendTargetAnswer(cname, clean) ?? cname), 'local');
+      },
       reject: () => hits.complete(token, cname, 'local'),
     };
     targetRoute.upstream.send(exchange);
