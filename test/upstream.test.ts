@@ -478,6 +478,22 @@ t.test('TcpPool: close() rejects queued, lets in-flight finish, refuses new', as
   t.equal((await q.done).reason, 'closed');
 });
 
+t.test('TcpPool: abort() rejects what is in flight with closed: no network error, no health failure', async (t) => {
+  // Shutdown past its grace: types.ts says abort() rejects in-flight exchanges with 'closed' (HostResolvers does).
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  const asks = ['a.example.com', 'b.example.com', 'c.example.com'].map((n) => ask(pool, n, { timeoutMs: 60_000 }));
+  t.ok(await until(() => sim.stats.tcpQueries === 3), 'all three reached the server');
+  t.equal(pool.inFlight, 3);
+  pool.abort();
+  const results = await Promise.all(asks.map((a) => a.done));
+  t.same(results.map((r) => r.reason), ['closed', 'closed', 'closed'], 'rejected as closed, as the Upstream contract says');
+  t.ok(results.every((r) => r.calls === 1));
+  t.equal(pool.counters.get('networkErrors'), 0, 'a shutdown is not a network error of the upstream');
+  t.ok(pool.health.healthy, 'a shutdown does not mark the upstream failing');
+});
+
 // ---------------------------------------------------------------- host resolvers
 
 async function twoServers(
