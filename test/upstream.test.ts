@@ -866,6 +866,29 @@ t.test('HostResolvers: a silent resolver holds at most maxInFlight x maxSocketsP
   t.ok(await until(() => openFds() - fd0 <= 2), 'every socket closed');
 });
 
+t.test('HostResolvers: a reload\'s old and new instance share a counter block: the socket gauges still tell what is open', async (t) => {
+  // A reload builds a new HostResolvers under the same name, and agent-metrics hands it the same block (host(name));
+  // the old one keeps finishing its exchanges meanwhile. The gauges are assigned, not added, by each instance.
+  const sim = await SimDnsServer.start({ handler: base, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const counters = new Counters(hostResolversCounters);
+  const old = resolvers([sim], { attemptTimeoutMs: 30_000, attempts: 1, counters });
+  const next = resolvers([sim], { attemptTimeoutMs: 30_000, attempts: 1, counters });
+  t.teardown(() => next.abort());
+  const retiring = ask(old, 'old.example.com', { timeoutMs: 60_000 });
+  const current = ['a.example.com', 'b.example.com'].map((n) => ask(next, n, { timeoutMs: 60_000 }));
+  t.ok(await until(() => sim.stats.udpQueries === 3), 'all three tries sent');
+  // The old instance finishes (here at once) while the new one still has its tries listening.
+  old.abort();
+  t.equal((await retiring.done).reason, 'closed');
+  t.equal(next.openSockets, 2);
+  t.ok(next.udpSockets >= 1);
+  t.equal(counters.get('openSockets'), next.openSockets, 'nodelocal_upstream_open_sockets counts the tries still listening');
+  t.equal(counters.get('udpSockets'), next.udpSockets, 'nodelocal_upstream_udp_sockets counts the sockets still open');
+  next.abort();
+  t.same((await Promise.all(current.map((c) => c.done))).map((r) => r.reason), ['closed', 'closed']);
+});
+
 t.test('HostResolvers: an answer slower than the try timeout still gets through (late answer to an earlier try)', async (t) => {
   // Every answer comes 1.5 try timeouts after its query: each try is superseded before its answer arrives.
   const slow = await SimDnsServer.start({ handler: base, faults: { latencyMs: 600 } });
