@@ -483,7 +483,7 @@ t.test('TcpPool: close() rejects queued, lets in-flight finish, refuses new', as
  * A healthy TCP DNS server that, like CoreDNS (its first read waits `read` of the timeouts plugin, 3 s, then
  * the connection is closed), closes on command the connections on which no query has arrived.
  */
-async function idleClosingServer(t: Test): Promise<{ port: number; accepted: () => number; closeUnused: () => number }> {
+async function idleClosingServer(t: Test): Promise<{ port: number; accepted: () => number; unused: () => number; closeUnused: () => number }> {
   const conns = new Map<net.Socket, number>();
   let accepted = 0;
   const server = net.createServer((s) => {
@@ -508,6 +508,7 @@ async function idleClosingServer(t: Test): Promise<{ port: number; accepted: () 
   return {
     port: (server.address() as net.AddressInfo).port,
     accepted: () => accepted,
+    unused: () => [...conns.values()].filter((queries) => queries === 0).length,
     closeUnused: () => {
       let n = 0;
       for (const [s, queries] of conns) {
@@ -537,7 +538,7 @@ t.test('TcpPool: a healthy server closing a connection we never used does not ho
     const pair = [ask(pool, 'www.example.com', { clock, timeoutMs: 2000 }), ask(pool, 'www.example.com', { type: 'AAAA', clock, timeoutMs: 2000 })];
     const got = await Promise.all(pair.map((p) => p.done));
     t.same(got.map((r) => r.reason), [null, null], `round ${round}: both answered`);
-    t.ok(await until(() => pool.openConnections === 2), `round ${round}: the second connection opened`);
+    t.ok(await until(() => pool.openConnections === 2 && server.unused() === 1), `round ${round}: the second connection opened, unused`);
     t.equal(server.closeUnused(), 1, `round ${round}: the server closes the one that carried nothing`);
     t.ok(await until(() => pool.openConnections === 1), `round ${round}: the pool saw it close`);
   }
