@@ -15,6 +15,7 @@ import { Counters } from '../src/stats/counters.js';
 import type { Logger, LogFields } from '../src/log.js';
 import type { Upstream, UpstreamFailure } from '../src/upstream/types.js';
 import { ManualClock, systemClock, type Clock } from '../src/clock.js';
+import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { SimDnsServer, staticHandler, type SimContext, type SimHandler } from '../testkit/dns-server.js';
 
 // ---------------------------------------------------------------- helpers
@@ -478,6 +479,102 @@ t.test('TcpPool: close() rejects queued, lets in-flight finish, refuses new', as
   t.equal((await q.done).reason, 'closed');
 });
 
+/**
+ * A healthy TCP DNS server that, like CoreDNS (its first read waits `read` of the timeouts plugin, 3 s, then
+ * the connection is closed), closes on command the connections on which no query has arrived.
+ */
+async function idleClosingServer(t: Test): Promise<{ port: number; accepted: () => number; unused: () => number; closeUnused: () => number }> {
+  const conns = new Map<net.Socket, number>();
+  let accepted = 0;
+  const server = net.createServer((s) => {
+    accepted++;
+    conns.set(s, 0);
+    s.on('error', () => {});
+    s.on('close', () => conns.delete(s));
+    const dec = new FrameDecoder((f) => {
+      conns.set(s, (conns.get(s) ?? 0) + 1);
+      const q = dnsPacket.decode(Buffer.from(f));
+      const question = q.questions![0]!;
+      const answers = question.type === 'A' ? [{ type: 'A' as const, name: question.name, ttl: 60, class: 'IN' as const, data: '192.0.2.1' }] : [];
+      s.write(frame(dnsPacket.encode({ type: 'response', id: q.id ?? 0, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE, questions: [question], answers })));
+    });
+    s.on('data', (c: Buffer) => dec.push(c));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => {
+    for (const s of conns.keys()) s.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    accepted: () => accepted,
+    unused: () => [...conns.values()].filter((queries) => queries === 0).length,
+    closeUnused: () => {
+      let n = 0;
+      for (const [s, queries] of conns) {
+        if (queries === 0) {
+          s.end();
+          n++;
+        }
+      }
+      return n;
+    },
+  };
+}
+
+t.test('TcpPool: a healthy server closing a connection we never used does not hold back the next connect', async (t) => {
+  // A pod's A and AAAA arrive together: the second finds the first connection busy and opens the second one, but
+  // both go out on the first (the second is still connecting). On a quiet node the second then carries nothing
+  // until the server's first-read timeout closes it. The pool counts that as "accepted and dropped before
+  // answering" (tcp-reachability.ts lost(): c.answered === 0) and backs off, doubling each time, never reset while
+  // the first connection lives on. When that one rotates, the replacement may not connect for up to 5 s.
+  const server = await idleClosingServer(t);
+  const clock = new ManualClock();
+  const rotateAfterMs = 7 * 6000 + 1;
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 2, rotateAfterMs, clock });
+  t.teardown(() => pool.abort());
+  for (let round = 0; round < 8; round++) {
+    if (round > 0) clock.advance(6000); // past any backoff (at most 5 s): each round may connect again
+    const pair = [ask(pool, 'www.example.com', { clock, timeoutMs: 2000 }), ask(pool, 'www.example.com', { type: 'AAAA', clock, timeoutMs: 2000 })];
+    const got = await Promise.all(pair.map((p) => p.done));
+    t.same(got.map((r) => r.reason), [null, null], `round ${round}: both answered`);
+    t.ok(await until(() => pool.openConnections === 2 && server.unused() === 1), `round ${round}: the second connection opened, unused`);
+    t.equal(server.closeUnused(), 1, `round ${round}: the server closes the one that carried nothing`);
+    t.ok(await until(() => pool.openConnections === 1), `round ${round}: the pool saw it close`);
+  }
+  t.equal(pool.counters.get('connectFailures'), 0, 'every connect succeeded');
+  t.equal(pool.counters.get('timeouts') + pool.counters.get('networkErrors'), 0, 'and every query was answered');
+  // The first connection reaches its age: the next query drains it and needs a new connection to a server that is fine.
+  clock.advance(1);
+  const accepted = server.accepted();
+  const q = ask(pool, 'www.example.com', { clock, timeoutMs: 2000 });
+  for (let i = 0; i < 44 && q.outcome.calls === 0; i++) {
+    clock.advance(50);
+    await sleep(10);
+  }
+  const r = await q.done;
+  t.equal(pool.counters.get('rotations'), 1, 'the first connection was rotated');
+  t.ok(server.accepted() > accepted, 'a new connection was made within the query\'s 2 s');
+  t.equal(r.reason, null, 'the query is answered, not failed at its deadline');
+  t.same(addresses(r.answer), ['192.0.2.1']);
+});
+
+t.test('TcpPool: abort() rejects what is in flight with closed: no network error, no health failure', async (t) => {
+  // Shutdown past its grace: types.ts says abort() rejects in-flight exchanges with 'closed' (HostResolvers does).
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  const asks = ['a.example.com', 'b.example.com', 'c.example.com'].map((n) => ask(pool, n, { timeoutMs: 60_000 }));
+  t.ok(await until(() => sim.stats.tcpQueries === 3), 'all three reached the server');
+  t.equal(pool.inFlight, 3);
+  pool.abort();
+  const results = await Promise.all(asks.map((a) => a.done));
+  t.same(results.map((r) => r.reason), ['closed', 'closed', 'closed'], 'rejected as closed, as the Upstream contract says');
+  t.ok(results.every((r) => r.calls === 1));
+  t.equal(pool.counters.get('networkErrors'), 0, 'a shutdown is not a network error of the upstream');
+  t.ok(pool.health.healthy, 'a shutdown does not mark the upstream failing');
+});
+
 // ---------------------------------------------------------------- host resolvers
 
 async function twoServers(
@@ -848,6 +945,29 @@ t.test('HostResolvers: a silent resolver holds at most maxInFlight x maxSocketsP
   t.equal(up.openSockets, 0);
   t.equal(up.counters.get('openSockets'), 0, 'the gauge is back to zero');
   t.ok(await until(() => openFds() - fd0 <= 2), 'every socket closed');
+});
+
+t.test('HostResolvers: a reload\'s old and new instance share a counter block: the socket gauges still tell what is open', async (t) => {
+  // A reload builds a new HostResolvers under the same name, and agent-metrics hands it the same block (host(name));
+  // the old one keeps finishing its exchanges meanwhile. The gauges are assigned, not added, by each instance.
+  const sim = await SimDnsServer.start({ handler: base, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const counters = new Counters(hostResolversCounters);
+  const old = resolvers([sim], { attemptTimeoutMs: 30_000, attempts: 1, counters });
+  const next = resolvers([sim], { attemptTimeoutMs: 30_000, attempts: 1, counters });
+  t.teardown(() => next.abort());
+  const retiring = ask(old, 'old.example.com', { timeoutMs: 60_000 });
+  const current = ['a.example.com', 'b.example.com'].map((n) => ask(next, n, { timeoutMs: 60_000 }));
+  t.ok(await until(() => sim.stats.udpQueries === 3), 'all three tries sent');
+  // The old instance finishes (here at once) while the new one still has its tries listening.
+  old.abort();
+  t.equal((await retiring.done).reason, 'closed');
+  t.equal(next.openSockets, 2);
+  t.ok(next.udpSockets >= 1);
+  t.equal(counters.get('openSockets'), next.openSockets, 'nodelocal_upstream_open_sockets counts the tries still listening');
+  t.equal(counters.get('udpSockets'), next.udpSockets, 'nodelocal_upstream_udp_sockets counts the sockets still open');
+  next.abort();
+  t.same((await Promise.all(current.map((c) => c.done))).map((r) => r.reason), ['closed', 'closed']);
 });
 
 t.test('HostResolvers: an answer slower than the try timeout still gets through (late answer to an earlier try)', async (t) => {

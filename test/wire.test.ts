@@ -447,6 +447,39 @@ t.test('framing across partial reads', async (t) => {
   t.equal(d.buffered, 4);
 });
 
+t.test('framing: a frame trickled in byte by byte is copied in linear, not quadratic, bytes', async (t) => {
+  // A slow or hostile peer (an upstream over TCP or DoT, or a client of the TCP listener) can send its frame one
+  // byte per segment; every read then re-copies everything buffered so far (Buffer.concat of pending + chunk, then
+  // Buffer.from of the tail): a 64 KiB frame costs ~4 GiB of copying. Counted here as the bytes those calls copy.
+  const size = 16 * 1024;
+  const msg = Buffer.alloc(size, 7);
+  const wire = frame(msg);
+  let copied = 0;
+  const concat = Buffer.concat;
+  const from = Buffer.from;
+  Buffer.concat = ((list: readonly Uint8Array[], total?: number): Buffer => {
+    const out = concat.call(Buffer, list, total);
+    copied += out.length;
+    return out;
+  }) as typeof Buffer.concat;
+  Buffer.from = function (this: unknown, ...args: unknown[]): Buffer {
+    const out = (from as unknown as (...a: unknown[]) => Buffer).apply(Buffer, args);
+    if (args[0] instanceof Uint8Array) copied += out.length;
+    return out;
+  } as unknown as typeof Buffer.from;
+  const frames: Buffer[] = [];
+  try {
+    const d = new FrameDecoder((f) => frames.push(Buffer.copyBytesFrom(f)));
+    for (let i = 0; i < wire.length; i++) d.push(wire.subarray(i, i + 1));
+  } finally {
+    Buffer.concat = concat;
+    Buffer.from = from;
+  }
+  t.equal(frames.length, 1);
+  t.ok(frames[0]!.equals(msg), 'the frame, whole');
+  t.ok(copied <= 8 * wire.length, `${copied} bytes copied for a ${wire.length}-byte frame (at most 8 x its size)`);
+});
+
 t.test('names', async (t) => {
   const w = nameToWire('Foo.Example.');
   t.equal(w.toString('hex'), '03666f6f076578616d706c6500');
