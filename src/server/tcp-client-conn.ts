@@ -213,7 +213,10 @@ export class TcpClientConnection implements ClientChannel {
     if (!this.#reading) return;
     this.#framed = true;
     if (this.#inflight >= this.#limits.maxQueriesPerConnection) {
+      // At the cap: this frame waits, and the decoder keeps the rest as raw bytes (a view per frame held would cost
+      // ~110 B of heap for each 2-byte frame a client packs in) until answers make room.
       this.#backlog.push(msg);
+      this.#decoder.pause();
       this.#socket.pause();
       return;
     }
@@ -234,15 +237,27 @@ export class TcpClientConnection implements ClientChannel {
     if (this.#draining) return;
     this.#draining = true;
     while (this.#backlog.length > 0 && this.#inflight < this.#limits.maxQueriesPerConnection) this.#dispatch(this.#backlog.shift()!);
-    this.#draining = false;
-    if (this.#closed) return;
+    if (this.#closed) {
+      this.#draining = false;
+      return;
+    }
     if (!this.#reading) {
+      this.#draining = false;
       if (this.#inflight === 0 && this.#backlog.length === 0 && !this.#socket.destroyed) this.#socket.end();
       return;
     }
+    if (this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#decoder.paused) {
+      // What came while at the cap first (answers it gets at once do not re-enter here); it may fill the cap again,
+      // and pause the decoder and the socket again.
+      this.#pushing = true;
+      this.#decoder.resume();
+      this.#pushing = false;
+    }
+    this.#draining = false;
+    if (this.#closed || !this.#reading || this.#decoder.paused) return;
     if (this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#socket.isPaused()) {
       // The client could not send the rest of a split message while we were paused: its read timeout starts again.
-      if (this.#partialSinceMs >= 0) this.#partialSinceMs = this.#time.now;
+      this.#partialSinceMs = this.#decoder.buffered === 0 ? -1 : this.#time.now;
       this.#socket.resume();
     }
     this.#finishIfDone();
