@@ -142,6 +142,8 @@ export class HostResolvers implements Upstream {
   readonly #events: AttemptEvents<HostJob>;
   #rr: number;
   #openSockets: number;
+  /** This instance's share of the udpSockets gauge. */
+  #udpOpen: number;
   /** Rejects at the cap since start, for the rate-limited warning (the counter block may be shared or preset). */
   #rejects: number;
   readonly #life: Lifecycle;
@@ -178,6 +180,7 @@ export class HostResolvers implements Upstream {
       onAnswer: (attempt, answer) => this.#onAnswer(attempt, answer),
       onError: (attempt, code) => this.#onError(attempt, code),
     };
+    this.#udpOpen = 0;
     this.#udp = new UdpSockets({
       perServer: opts.udpSocketsPerServer,
       rotateAfterTries: opts.udpRotateAfterTries,
@@ -185,8 +188,11 @@ export class HostResolvers implements Upstream {
       onStray: () => {
         this.#values[SLOT.spoofed]!++;
       },
+      // Gauges moved by this instance's changes, not set to its counts: after a reload the old instance (still
+      // finishing its exchanges) and the new one share the counter block, and the gauge is their sum.
       onCount: (open) => {
-        this.#values[SLOT.udpSockets] = open;
+        this.#values[SLOT.udpSockets]! += open - this.#udpOpen;
+        this.#udpOpen = open;
       },
     });
     this.#rr = 0;
@@ -328,7 +334,7 @@ export class HostResolvers implements Upstream {
     job.current = attempt;
     job.live.push(attempt);
     this.#openSockets++;
-    this.#values[SLOT.openSockets] = this.#openSockets;
+    this.#values[SLOT.openSockets]!++;
     this.#armSweep();
   }
 
@@ -338,7 +344,7 @@ export class HostResolvers implements Upstream {
     if (i >= 0) {
       job.live.splice(i, 1);
       this.#openSockets--;
-      this.#values[SLOT.openSockets] = this.#openSockets;
+      this.#values[SLOT.openSockets]!--;
     }
     return attempt;
   }
@@ -348,7 +354,7 @@ export class HostResolvers implements Upstream {
     job.done = true;
     for (const a of job.live) a.finish();
     this.#openSockets -= job.live.length;
-    this.#values[SLOT.openSockets] = this.#openSockets;
+    this.#values[SLOT.openSockets]! -= job.live.length;
     job.live.length = 0;
     job.current = null;
     this.#active.delete(job);

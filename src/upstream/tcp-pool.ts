@@ -309,7 +309,8 @@ export class TcpPool implements Upstream {
           this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
-          this.#fail(job, 'network');
+          // Closed by us (a shutdown past its grace, a pool retired): no fault of the upstream's, so no network error.
+          this.#fail(job, cause === 'ours' && !this.#life.running ? 'closed' : 'network');
         }
       }
     }

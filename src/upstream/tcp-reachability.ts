@@ -85,13 +85,15 @@ export class TcpReachability {
   /**
    * A connection was lost (the server closed it, or its connect failed or
    * timed out) and has left `open`, the pool's connections: a connection
-   * that never answered anything (refused at connect, or accepted and
-   * dropped) gets backoff, so a sick server is not hammered in a tight loop.
+   * that never answered what it was sent (refused at connect, or accepted
+   * and dropped) gets backoff, so a sick server is not hammered in a tight loop.
    */
   lost(now: number, c: Conn, wasConnecting: boolean, open: readonly Conn[], error: string): void {
     this.#lostSinceConnect = true;
     if (wasConnecting) this.#values[SLOT.connectFailures]!++;
-    if (wasConnecting || c.answered === 0) this.#backOff(now);
+    // A connection that carried nothing says nothing of the server (CoreDNS closes one whose first read times out):
+    // only one that was sent queries and answered none, or whose connect failed, is a sign of a sick server.
+    if (wasConnecting || (c.sent > 0 && c.answered === 0)) this.#backOff(now);
     if (wasConnecting && !this.#unreachable && !open.some((o) => o.state === 'open')) {
       this.#unreachable = true;
       this.#health.record('unreachable', now);
