@@ -74,6 +74,8 @@ export class TcpClientConnection implements ClientChannel {
   #ended: boolean;
   /** Queries answered or discarded on this connection. */
   #served: number;
+  /** Inside decoder.resume() from #drainBacklog: the frames it hands out were read before any stop, so they are taken. */
+  #takingHeld = false;
   /** Inside decoder.push(): frames later in the chunk are not counted as buffered yet, so finishing must wait. */
   #pushing: boolean;
 
@@ -210,7 +212,7 @@ export class TcpClientConnection implements ClientChannel {
   }
 
   #onFrame(msg: Buffer): void {
-    if (!this.#reading) return;
+    if (!this.#reading && !this.#takingHeld) return;
     this.#framed = true;
     if (this.#inflight >= this.#limits.maxQueriesPerConnection) {
       // At the cap: this frame waits, and the decoder keeps the rest as raw bytes (a view per frame held would cost
@@ -237,24 +239,22 @@ export class TcpClientConnection implements ClientChannel {
     if (this.#draining) return;
     this.#draining = true;
     while (this.#backlog.length > 0 && this.#inflight < this.#limits.maxQueriesPerConnection) this.#dispatch(this.#backlog.shift()!);
-    if (this.#closed) {
-      this.#draining = false;
-      return;
-    }
-    if (!this.#reading) {
-      this.#draining = false;
-      if (this.#inflight === 0 && this.#backlog.length === 0 && !this.#socket.destroyed) this.#socket.end();
-      return;
-    }
-    if (this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#decoder.paused) {
-      // What came while at the cap first (answers it gets at once do not re-enter here); it may fill the cap again,
-      // and pause the decoder and the socket again.
+    if (!this.#closed && this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#decoder.paused) {
+      // What came while at the cap, taken before any FIN or shutdown, so answered like the backlog (answers it gets at
+      // once do not re-enter here); it may fill the cap again, and pause the decoder and the socket again.
       this.#pushing = true;
+      this.#takingHeld = true;
       this.#decoder.resume();
+      this.#takingHeld = false;
       this.#pushing = false;
     }
     this.#draining = false;
-    if (this.#closed || !this.#reading || this.#decoder.paused) return;
+    if (this.#closed) return;
+    if (!this.#reading) {
+      if (this.#inflight === 0 && this.#backlog.length === 0 && !this.#decoder.paused && !this.#socket.destroyed) this.#socket.end();
+      return;
+    }
+    if (this.#decoder.paused) return;
     if (this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#socket.isPaused()) {
       // The client could not send the rest of a split message while we were paused: its read timeout starts again.
       this.#partialSinceMs = this.#decoder.buffered === 0 ? -1 : this.#time.now;
