@@ -36,7 +36,7 @@ import { PendingQuery, type PendingOwner } from './pending.js';
 import type { LocalAnswer, Route } from './route.js';
 
 export const RESOLVER_COUNTERS = defineCounters({
-  forwarded: { name: 'nodelocal_upstream_questions_total', help: 'Questions sent to an upstream (all upstreams; per upstream: coredns_forward_requests_total{to}).' },
+  forwarded: { name: 'nodelocal_upstream_questions_total', help: 'Questions handed to an upstream transport, all upstreams (those it refused at its queue limit included: nodelocal_upstream_failures_total{reason="overloaded"}; per upstream: coredns_forward_requests_total{to}).' },
   failTimeout: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'timeout' }, help: 'Upstream exchanges that failed, by reason.' },
   failNetwork: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'network' }, help: 'Upstream exchanges that failed, by reason.' },
   failOverloaded: { name: 'nodelocal_upstream_failures_total', labels: { reason: 'overloaded' }, help: 'Upstream exchanges that failed, by reason.' },
