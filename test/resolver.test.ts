@@ -110,6 +110,33 @@ function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallb
 
 const SVC = 'web.default.svc.cluster.local';
 
+t.test('reload: a query the retired upstream gives back as closed goes to the new upstream, not to SERVFAIL', async (t) => {
+  // A reload retires the old upstream, whose close() rejects what it still queued with 'closed' (types.ts). That is
+  // no shutdown: the new routes are in place, so the question is asked again there.
+  const r = rig();
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 7 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'queued at the old cluster upstream');
+  const next = new FakeUpstream(r.clock);
+  const router = new ZoneRouter<Route>([{ zone: 'cluster.local', target: { upstream: next, timeoutMs: 2000, local: null } }], { upstream: r.external, timeoutMs: 4500, local: null });
+  r.resolver.configure({ router, fallbackAfterMs: 1000, localNegative: false, maxConcurrent: 1000 });
+  r.cluster.exchanges[0]!.reject('closed');
+  t.equal(ch.sent.length, 0, 'no SERVFAIL for it');
+  t.equal(next.exchanges.length, 1, 'asked again of the new cluster upstream');
+  next.answer(0, answer(SVC, [a(SVC, '10.96.0.9', 20)]));
+  t.equal(ch.sent.length, 1);
+  t.same(ch.decoded(0).answers?.map((x) => (x as { data: string }).data), ['10.96.0.9']);
+  t.equal(r.resolver.inflight, 0, 'both exchanges released');
+
+  // At shutdown (the resolver closed) 'closed' ends the question as before: stale or SERVFAIL, never a resend.
+  r.hits.handle(query({ name: 'db.default.svc.cluster.local', id: 8 }), ch, PEER);
+  t.equal(next.exchanges.length, 2);
+  r.resolver.close();
+  next.exchanges[1]!.reject('closed');
+  t.equal(next.exchanges.length, 2, 'not sent again');
+  t.equal((ch.decoded(1) as { rcode?: string }).rcode, 'SERVFAIL', 'SERVFAIL (nothing stale)');
+});
+
 t.test('a miss goes upstream once; the answer is cached and served with each client\'s id and spelling', async (t) => {
   const r = rig();
   const ch = new FakeChannel();
@@ -867,9 +894,9 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
     const link: MissReturn = { alive: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)), refusedForLoad: () => {} };
     w.connect({
       forward: (token, key, query, refresh) => {
-        // As listener.ts: a worker's refresh is claimed on the main thread, or dropped.
-        if (refresh === true && !store.claimRefresh(key, clock.now())) link.deliver(token, null, 'overloaded');
-        else exchange.forward(link, token, key, Buffer.from(query));
+        // As listener.ts: a worker's refresh is claimed on the main thread; claimed elsewhere, it still goes to the exchange.
+        if (refresh === true) store.claimRefresh(key, clock.now());
+        exchange.forward(link, token, key, Buffer.from(query));
       },
     });
   }

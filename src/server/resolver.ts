@@ -105,6 +105,8 @@ export class Resolver implements MissSink, PendingOwner {
   readonly #watch: PendingQuery[];
   #watchHead: number;
   #sweep: (() => void) | null;
+  /** Shut down (close()): an upstream's 'closed' is the end, not a reload to follow. */
+  #closed = false;
 
   constructor(opts: ResolverOptions) {
     this.#router = opts.router;
@@ -169,6 +171,12 @@ export class Resolver implements MissSink, PendingOwner {
 
   failed(p: PendingQuery, reason: UpstreamFailure): void {
     this.#v[failureSlot[reason]]!++;
+    // 'closed' while we still serve: a reload retired that upstream (close() rejects what it still queued). The new
+    // routes are in place, so the question is asked there, once: the route it gets is not the one that closed.
+    if (reason === 'closed' && !this.#closed && this.#router.route(p.key).upstream !== p.route.upstream) {
+      this.forward(p.token, p.key, p.query);
+      return;
+    }
     this.#fallBack(p, reason);
   }
 
@@ -183,8 +191,9 @@ export class Resolver implements MissSink, PendingOwner {
     this.#maxConcurrent = o.maxConcurrent;
   }
 
-  /** Stops the fallback sweep (shutdown). */
+  /** Stops the fallback sweep (shutdown); from here an upstream's 'closed' ends its question. */
   close(): void {
+    this.#closed = true;
     if (this.#sweep !== null) this.#sweep();
     this.#sweep = null;
     this.#watch.length = 0;
