@@ -6,7 +6,7 @@
  */
 import { parse as parseYaml } from 'yaml';
 import { parseHostPort } from './addr.js';
-import type { StubDomain } from './config.js';
+import type { StubDomain } from './config-types.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import { nameToWire } from './dns/name.js';
 import { isTlsAddress } from './upstream/tls-address.js';
