@@ -225,10 +225,8 @@ export class HitPath implements QueryHandler {
    * An answer is validated, cached (if policy allows) and served to every
    * waiter; a failure is answered stale when the cache still holds an
    * expired entry (RFC 8767), else SERVFAIL. Unknown tokens (already
-   * aborted) are ignored. The outcome travels with the message for the query
-   * log; it is counted on the upstream side. `answered(peer)` true: that
-   * client already had this answer from elsewhere (the batched main thread
-   * sent it and counted it), so it gets nothing and counts nothing here.
+   * aborted) are ignored. The outcome is for the query log. A client for
+   * which `answered(peer)` holds had it sent and counted elsewhere.
    */
   complete(token: number, answer: Buffer | null, outcome: MissOutcome, answered?: (peer: ClientPeer) => boolean): void {
     const miss = this.#byToken.get(token);

@@ -316,8 +316,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       if (m !== null) for (let k = 0; k < m.count; k++) direct.expect(itemToken(m, k));
       const w = r.waiters ?? null;
       if (w !== null && direct.add(w)) {
-        // Late: the answer went out before these clients' record came. The worker answers them with the completion,
-        // which may still be queued in the link for this turn: that post must wake it too, not only this nudge.
+        // Late records: the worker answers them with the completion, which may still be queued here: its post must wake it.
         direct.needWake = true;
         link.nudge();
       }
@@ -326,9 +325,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       const keys = m.keys!;
       for (let k = 0; k < m.count; k++) {
         const token = itemToken(m, k);
-        // A worker's hit due for refresh: claimed here, once per entry (readers never set the flag). One another thread
-        // claimed first still goes to the exchange, since clients may have joined it in the worker: the exchange joins
-        // it to that fetch in flight, or answers it from the store.
+        // A worker's refresh is claimed here (readers never set the flag); claimed elsewhere, it still goes to the
+        // exchange (clients may have joined it), which joins the fetch in flight or answers from the store.
         if (itemTag(m, k) === MISS_REFRESH) this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
         this.#exchange.forward(link, token, keys[k]!, itemBytes(m, k)!);
       }
