@@ -142,8 +142,6 @@ export class HostResolvers implements Upstream {
   readonly #events: AttemptEvents<HostJob>;
   #rr: number;
   #openSockets: number;
-  /** This instance's share of the udpSockets gauge. */
-  #udpOpen: number;
   /** Rejects at the cap since start, for the rate-limited warning (the counter block may be shared or preset). */
   #rejects: number;
   readonly #life: Lifecycle;
@@ -180,7 +178,6 @@ export class HostResolvers implements Upstream {
       onAnswer: (attempt, answer) => this.#onAnswer(attempt, answer),
       onError: (attempt, code) => this.#onError(attempt, code),
     };
-    this.#udpOpen = 0;
     this.#udp = new UdpSockets({
       perServer: opts.udpSocketsPerServer,
       rotateAfterTries: opts.udpRotateAfterTries,
@@ -188,11 +185,9 @@ export class HostResolvers implements Upstream {
       onStray: () => {
         this.#values[SLOT.spoofed]!++;
       },
-      // Gauges moved by this instance's changes, not set to its counts: after a reload the old instance (still
-      // finishing its exchanges) and the new one share the counter block, and the gauge is their sum.
-      onCount: (open) => {
-        this.#values[SLOT.udpSockets]! += open - this.#udpOpen;
-        this.#udpOpen = open;
+      // Moved by deltas: after a reload the old and the new instance share the block; the gauge is their sum.
+      onCount: (delta) => {
+        this.#values[SLOT.udpSockets]! += delta;
       },
     });
     this.#rr = 0;

@@ -60,8 +60,8 @@ export interface UdpSocketsOptions {
   rotateAfterMs?: number;
   /** A datagram under an id no try holds, or too short to carry one. */
   onStray: () => void;
-  /** Sockets open changed (for the gauge). */
-  onCount: (open: number) => void;
+  /** A socket opened (1) or closed (-1), for the gauge. */
+  onCount: (delta: 1 | -1) => void;
 }
 
 export const UDP_SOCKETS_DEFAULTS = { perServer: 4, rotateAfterTries: 64, rotateAfterMs: 1000 } as const;
@@ -190,7 +190,7 @@ export class UdpSockets {
   readonly #rotateAfterTries: number;
   readonly #rotateAfterMs: number;
   readonly #onStray: () => void;
-  readonly #onCount: (open: number) => void;
+  readonly #onCount: (delta: 1 | -1) => void;
   /** Per server index, K slots of sockets taking new tries. */
   readonly #slots: Array<Array<SharedSocket | null>>;
   readonly #cursor: number[];
@@ -231,7 +231,7 @@ export class UdpSockets {
       s = new SharedSocket(this, server, now);
       slots[k] = s;
       this.#open++;
-      this.#onCount(this.#open);
+      this.#onCount(1);
     }
     return s;
   }
@@ -273,7 +273,7 @@ export class UdpSockets {
       if (k >= 0) slots[k] = null;
     }
     this.#open--;
-    this.#onCount(this.#open);
+    this.#onCount(-1);
   }
 
   #indexOf(s: SharedSocket): number {
