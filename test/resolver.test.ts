@@ -363,6 +363,23 @@ t.test('cluster DNS late: a forward unanswered after --fallback-after is answere
   t.equal(r.hits.inflight, 0);
 });
 
+t.test('reload to --fallback-after 0: queries already in flight wait for their upstream, not for the view', async (t) => {
+  const r = viewRig({ fallbackAfterMs: 1000 });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 6 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'forwarded and watched under --fallback-after 1s');
+  const router = new ZoneRouter<Route>(
+    [{ zone: 'cluster.local', target: { upstream: r.cluster, timeoutMs: 2000, local: { answer: (k) => r.answerer.answer(k), deniesForSure: (k) => r.answerer.deniesForSure(k) } } }],
+    { upstream: r.external, timeoutMs: 4500, local: null },
+  );
+  r.resolver.configure({ router, fallbackAfterMs: 0, localNegative: false, maxConcurrent: 1000 });
+  r.clock.advance(1500);
+  t.equal(ch.sent.length, 0, 'fallback is off now: the view does not answer it');
+  t.equal(r.resolver.counters.get('localLate'), 0);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.77')]));
+  t.same(dataOf(ch.decoded(0)), ['10.96.0.77'], 'the upstream\'s answer');
+});
+
 t.test('view not synced: no invented negative answer (SERVFAIL), positive answers still served', async (t) => {
   const r = viewRig();
   // The API server has been silent past --max-api-silence.

@@ -189,15 +189,14 @@ export class Resolver implements MissSink, PendingOwner {
     this.#fallbackAfterMs = o.fallbackAfterMs;
     this.#localNegative = o.localNegative;
     this.#maxConcurrent = o.maxConcurrent;
+    // Fallback turned off: the sweep's cutoff would be "now", so every query still watched would go to the view.
+    if (o.fallbackAfterMs === 0) this.#unwatchAll();
   }
 
   /** Stops the fallback sweep (shutdown); from here an upstream's 'closed' ends its question. */
   close(): void {
     this.#closed = true;
-    if (this.#sweep !== null) this.#sweep();
-    this.#sweep = null;
-    this.#watch.length = 0;
-    this.#watchHead = 0;
+    this.#unwatchAll();
   }
 
   /** The failure order's first step; the hit path does the rest (stale, then SERVFAIL). */
@@ -257,6 +256,13 @@ export class Resolver implements MissSink, PendingOwner {
       reject: () => hits.complete(token, cname, 'local'),
     };
     targetRoute.upstream.send(exchange);
+  }
+
+  #unwatchAll(): void {
+    if (this.#sweep !== null) this.#sweep();
+    this.#sweep = null;
+    this.#watch.length = 0;
+    this.#watchHead = 0;
   }
 
   #watchLate(p: PendingQuery): void {
