@@ -591,6 +591,24 @@ t.test('a TSIG-signed query gets NOTAUTH with an unsigned TSIG saying BADKEY, an
   t.equal(reply.readUInt16BE(reply.length - 4), 17, 'TSIG error BADKEY (Original ID, Error, Other Len close the record)');
 });
 
+t.test('a TSIG NOTAUTH too long for a client without EDNS is cut to its question with TC, never over 512 bytes', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  const long = (c: string): string => Array.from({ length: 4 }, () => c.repeat(60)).join('.');
+  // A question and a key name of 244 bytes each: the NOTAUTH with its TSIG is over 512 bytes.
+  r.hits.handle(withAdditional(query({ name: long('q'), id: 77 }), tsigRr({ key: long('k'), origId: 77 })), ch, PEER);
+  const reply = ch.sent[0]!;
+  t.ok(reply.length <= 512, `within the classic UDP limit (${reply.length} B)`);
+  t.equal(rcodeOf(reply), 9, 'still NOTAUTH');
+  t.ok((reply[2]! & 0x02) !== 0, 'TC: ask again over TCP');
+  t.equal(reply.readUInt16BE(4), 1, 'the question echoed');
+  t.equal(r.cluster.exchanges.length + r.external.exchanges.length, 0, 'not forwarded');
+  const tcp = new FakeChannel(Transport.TCP);
+  r.hits.handle(withAdditional(query({ name: long('q'), id: 78 }), tsigRr({ key: long('k'), origId: 78 })), tcp, PEER);
+  t.ok(tcp.sent[0]!.length > 512, 'over TCP the whole NOTAUTH');
+  t.equal(tcp.sent[0]!.readUInt16BE(10), 1, 'with its TSIG');
+});
+
 t.test('cache: TTL countdown, expiry, negative store, prefetch claim, eviction', async (t) => {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, positiveCapacity: 2, negativeCapacity: 2, minHits: 2, staleMs: 0 }, new Counters(CACHE_COUNTERS));

@@ -5,7 +5,7 @@
  * the rest of the work.
  */
 import {
-  EDNS_DO, FLAG_CD, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, OFF_ARCOUNT, OFF_QDCOUNT, OPCODE_MASK, QType,
+  EDNS_DO, FLAG_CD, FLAG_QR, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ARCOUNT, OFF_FLAGS, OFF_QDCOUNT, OPCODE_MASK, QType,
 } from './constants.js';
 import type { Query } from './query.js';
 import { copyLowerName } from './name.js';
@@ -46,6 +46,13 @@ export function errorResponse(q: Query, rcode: number, ednsSize = DEFAULT_EDNS_S
   out.writeUInt32BE(q.edns ? 1 : 0, OFF_ARCOUNT - 2); // NSCOUNT 0, ARCOUNT
   if (q.qnameEnd > 0) q.msg.copy(out, HEADER_LEN, HEADER_LEN, qEnd);
   if (q.edns) writeOpt(out, qEnd, ednsSize, rcode, q.dnssecOk);
+  return out;
+}
+
+/** errorResponse with TC set: the answer did not fit the client's UDP limit, and it should ask again over TCP. */
+export function truncatedResponse(q: Query, rcode: number): Buffer {
+  const out = errorResponse(q, rcode);
+  out[OFF_FLAGS] = out[OFF_FLAGS]! | (FLAG_TC >>> 8);
   return out;
 }
 

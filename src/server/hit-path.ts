@@ -25,12 +25,10 @@
  * and hash; the key string and an immutable Query are made only for what
  * outlives the call (a miss's key and waiters, a prefetch).
  *
- * The boundary's types are in miss-boundary.ts, the options and hooks in
- * hit-path-options.ts, a question in flight and its waiters in
- * miss-waiters.ts; this file re-exports the types.
+ * Types: miss-boundary.ts, hit-path-options.ts, miss-waiters.ts (re-exported).
  */
 import { scanAnswer } from '../dns/answer.js';
-import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, upstreamQuery } from '../dns/build.js';
+import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, truncatedResponse, upstreamQuery } from '../dns/build.js';
 import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE, Rcode } from '../dns/constants.js';
 import { nameToString } from '../dns/name.js';
 import { QueryScratch, QueryStatus, parseQueryInto, type Query } from '../dns/query.js';
@@ -170,8 +168,10 @@ export class HitPath implements QueryHandler {
         return;
       }
       if (q.status === QueryStatus.TSIG) {
-        // Signed, and we hold no keys: NOTAUTH with an unsigned TSIG saying BADKEY (RFC 8945 5.2), never an unsigned answer.
-        this.#send(tsigErrorResponse(q, Math.floor(this.#clock.wall() / 1000)), channel, peer);
+        // We hold no keys: NOTAUTH with an unsigned TSIG saying BADKEY (RFC 8945 5.2), never an unsigned answer; if
+        // that is over the client's UDP limit, the question with TC, so it asks again over TCP.
+        const notAuth = tsigErrorResponse(q, Math.floor(this.#clock.wall() / 1000));
+        this.#send(notAuth.length <= this.#limit(q, channel) ? notAuth : truncatedResponse(q, Rcode.NOTAUTH), channel, peer);
         return;
       }
       const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;
