@@ -123,6 +123,12 @@ function cacheGauges(text: string): Record<string, number> {
   return out;
 }
 
+/** Full collections each thread's idle collector ran: the main thread's, and the batched workers' summed. */
+function idleGcs(text: string): { main: number; workers: number } {
+  const sum = (name: string): number => text.split('\n').filter((l) => l.startsWith(name)).reduce((n, l) => n + Number(l.split(' ').pop()), 0);
+  return { main: sum('nodelocal_idle_gcs_total'), workers: sum('nodelocal_udp_worker_idle_gcs_total') };
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function ip(i: number, base: number): string {
@@ -208,11 +214,11 @@ async function main(): Promise<void> {
     await sleep(2000);
     out['filled'] = { ...memOf(pid), answered, anonByKind: anonByKind(pid) };
     out['cache'] = cacheGauges(await scrape());
-    // At rest, V8's memory reducer collects what the fill left in the heap (it starts about 8 s after allocation
-    // slows down) and returns the pages: the RSS a cache at rest holds, as a dashboard shows it between bursts.
+    // At rest, each thread's idle collector (src/ops/idle-gc.ts) collects what the fill left in its heap once it goes
+    // quiet and the pages go back: the RSS a cache at rest holds, as a dashboard shows it between bursts.
     if (SETTLE_S > 0) {
       await sleep(SETTLE_S * 1000);
-      out['settled'] = { ...memOf(pid), afterSeconds: SETTLE_S, anonByKind: anonByKind(pid) };
+      out['settled'] = { ...memOf(pid), afterSeconds: SETTLE_S, anonByKind: anonByKind(pid), idleGcs: idleGcs(await scrape()) };
     }
 
     const filled = memOf(pid);

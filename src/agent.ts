@@ -20,7 +20,7 @@ import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
 import { cacheOptions, clientLimiter, configSourcePaths, hostServers, keepRestartOnly, nodeSetupOptions, type ReloadOutcome } from './agent-config.js';
 import { startPodWatch, startView } from './agent-cluster.js';
-import { heapTrimPart, opsPart, podWatchPart, snapshotPart, watchPart } from './agent-parts.js';
+import { heapTrimPart, idleGcPart, opsPart, podWatchPart, snapshotPart, watchPart } from './agent-parts.js';
 import { buildServing, listenersPart, reconfigureServing, retireReplaced, upstreamsPart } from './agent-serving.js';
 import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
@@ -269,6 +269,7 @@ export class Agent {
       this.#parts.add(snapshotPart(c.cacheSnapshot, { ...d, cache: this.cache, intervalMs: c.cacheSnapshotIntervalMs, counters: this.snapshotCounters }));
     }
     if (c.mallocTrimIntervalMs > 0) this.#parts.add(heapTrimPart(c.mallocTrimIntervalMs, d));
+    this.#parts.add(idleGcPart(d));
     this.#parts.add(listenersPart({
       listeners: this.#listeners,
       hitPath: this.hitPath,

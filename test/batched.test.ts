@@ -31,7 +31,7 @@ import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecByt
 import { COMPLETIONS_PER_TURN, WorkerLoop } from '../src/server/batched/loop.js';
 import { SlotViews, VIEW_LENGTHS, ipv6Text } from '../src/server/batched/loop-parts.js';
 import { hitPathHistograms } from '../src/ops/histogram.js';
-import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/server/batched/idle-gc.js';
+import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/ops/idle-gc.js';
 import {
   Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, stamp16, waiterTag,
   type Packed, type WorkerInit, type WorkerReport,
@@ -1606,4 +1606,36 @@ t.test('idle GC: the real gc() from exposeGc collects garbage on this thread', a
   gc!();
   t.equal(junk, null);
   t.ok(heapAndExternalBytes() - base < 8e6, `collected: ${Math.round((heapAndExternalBytes() - base) / 1e6)} MB above the start`);
+});
+
+t.test('idle GC on the main thread: the part collects after a burst once the event loop has been quiet, and counts it', async (t) => {
+  const { idleGcPart } = await import('../src/agent-parts.js');
+  const clock = new ManualClock();
+  const added: Array<Counters<string>> = [];
+  const metrics = { add: (c: Counters<string>) => void added.push(c) } as unknown as Parameters<typeof idleGcPart>[0]['metrics'];
+  const part = idleGcPart({ metrics, clock });
+  await part.start();
+  t.teardown(() => part.stop(clock.now() + 1000));
+  const collections = (): number => added[0]!.get('collections');
+  // A burst: garbage held past the collector's baseline, then let go.
+  let junk: Buffer[] | null = Array.from({ length: 1500 }, () => Buffer.alloc(16 * 1024, 1));
+  t.ok(junk.length > 0);
+  junk = null;
+  // Quiet: the event loop idles between checks (real time), while the manual clock passes the minimum gap.
+  for (let i = 0; i < 15 && collections() < 2; i++) {
+    await new Promise((r) => setTimeout(r, 30));
+    clock.advance(CHECK_EVERY_MS);
+  }
+  t.equal(collections(), 2, 'a pair of full collections once quiet after the gap');
+  // Busy: the loop never idles between checks, so no pause however large the heap.
+  const busyUntil = clock.now() + MIN_GAP_MS + 5 * CHECK_EVERY_MS;
+  let held: Buffer[] = Array.from({ length: 1500 }, () => Buffer.alloc(16 * 1024, 1));
+  held = [];
+  while (clock.now() < busyUntil) {
+    const spin = performance.now() + 2;
+    while (performance.now() < spin);
+    clock.advance(CHECK_EVERY_MS);
+  }
+  t.equal(held.length, 0);
+  t.equal(collections(), 2, 'none while the event loop was busy');
 });

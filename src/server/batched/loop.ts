@@ -27,7 +27,7 @@
  *   post one report: the turn's misses, waiting clients and log lines
  *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
  *                 main thread's wake ends it (idle costs ~0% CPU)
- *   quiet for a second after a burst? one full GC (idle-gc.ts)
+ *   quiet for a second after a burst? one full GC (ops/idle-gc.ts)
  *
  * Under load a turn is exactly two koffi calls per socket (recvmmsg and
  * sendmmsg); nothing is allocated per packet by this file except, for a
@@ -50,7 +50,7 @@ import { Peer, ReportLogger, SlotViews, TurnClock } from './loop-parts.js';
 import { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND, Completions } from './loop-completions.js';
 import { Outbox } from './loop-report.js';
 import { Sender, SocketChannel } from './loop-send.js';
-import { IdleCollector, exposeGc } from './idle-gc.js';
+import { IdleCollector, exposeGc } from '../../ops/idle-gc.js';
 import { ShedGate } from './shed-gate.js';
 import { Ctl, type ToWorker, type WorkerInit } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';

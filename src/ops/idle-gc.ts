@@ -1,5 +1,7 @@
 /**
- * A full garbage collection for a batched worker once it has gone quiet.
+ * A full garbage collection for a thread once it has gone quiet: a batched
+ * worker (quiet: few datagrams) or the main thread (quiet: its event loop
+ * mostly idle).
  *
  * V8 collects what a burst left (a cache fill, a miss flood) by itself only
  * when more allocation pushes the heap to its next limit, or through its
@@ -55,9 +57,14 @@ export class IdleCollector {
     const elapsed = now - this.#checkedAt;
     if (elapsed < CHECK_EVERY_MS) return false;
     const rate = ((datagrams - this.#datagrams) * 1000) / elapsed;
-    this.#checkedAt = now;
     this.#datagrams = datagrams;
-    if (this.#gc === null || rate > QUIET_RATE) return false;
+    return this.check(now, rate <= QUIET_RATE);
+  }
+
+  /** One check, about every CHECK_EVERY_MS, given whether the thread was quiet since the last; true when it collected. */
+  check(now: number, quiet: boolean): boolean {
+    this.#checkedAt = now;
+    if (this.#gc === null || !quiet) return false;
     if (this.#followUp) {
       this.#followUp = false;
     } else {
