@@ -952,3 +952,40 @@ t.test('heap trimmer: trims on its interval only past the free threshold, one at
   t.equal(calls, 2, 'and trimming stops');
   trimmer.stop();
 });
+
+// ------------------------------------------------------------------ review: defects (each test fails until fixed)
+
+/** Polls `read` every 100 ms until two looks in a row agree, or `ms` passes; returns the last value. */
+async function settled(read: () => number, ms: number): Promise<number> {
+  let last = read();
+  for (let waited = 0; waited < ms; waited += 100) {
+    await new Promise((r) => setTimeout(r, 100));
+    const now = read();
+    if (now === last) return now;
+    last = now;
+  }
+  return last;
+}
+
+t.test('bounded: a client that pipelines scrapes and never reads the answers gets only a few of them rendered and held', async (t) => {
+  // Any pod on the node reaches the metrics port (the node-local IP). One connection, one write of pipelined
+  // GET /metrics: the HTTP parser takes every request in the chunk and the handler renders each one, so the
+  // answers (about 60 kB each for the real agent) pile up in memory behind a client that reads nothing.
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      renders++;
+      await new Promise((r) => setImmediate(r));
+      return `# ${renders}\n${'x'.repeat(60_000)}\n`;
+    },
+  };
+  const s = await withServer(t, { metrics: source }, ['metrics']);
+  const sock = await connect(s.url);
+  sock.on('error', () => {});
+  t.teardown(() => sock.destroy());
+  sock.pause();
+  sock.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(1_000));
+  const n = await settled(() => renders, 5_000);
+  t.ok(n <= 8, `at most a few scrapes rendered for one connection that reads nothing (rendered ${n} of 1000 pipelined)`);
+});
