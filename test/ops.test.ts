@@ -18,7 +18,7 @@ import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
 import { tcpListenerCounters } from '../src/server/tcp-stats.js';
 import { DurationHistogram, REQUEST_DURATION, TIME_BUCKETS, TypedHistogram, requestSizeDef, responseSizeDef } from '../src/ops/histogram.js';
 import { MetricsRegistry } from '../src/ops/metrics.js';
-import { OpsServer, createOpsServers, defaultOpsHost, readinessOf, type OpsHandlers, type OpsRoute, type Readiness } from '../src/ops/http.js';
+import { OPS_HTTP_LIMITS, OpsServer, createOpsServers, defaultOpsHost, readinessOf, type OpsHandlers, type OpsRoute, type Readiness } from '../src/ops/http.js';
 
 const HOST = '127.0.0.1';
 const SERVER = 'dns://169.254.20.10:53';
@@ -988,4 +988,30 @@ t.test('bounded: a client that pipelines scrapes and never reads the answers get
   sock.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(1_000));
   const n = await settled(() => renders, 5_000);
   t.ok(n <= 8, `at most a few scrapes rendered for one connection that reads nothing (rendered ${n} of 1000 pipelined)`);
+});
+
+t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {
+  // The cap (32) is global: a pod that opens 32 keep-alive connections to the node-local IP's probe port and
+  // sends a request on each now and then (so keepAliveTimeout never fires) makes every new connection, the
+  // kubelet's liveness probe among them, closed on accept; three failed probes and the agent is restarted.
+  const s = await withServer(t, { serving: () => true, readiness: () => ({ ready: true }) }, ['health', 'ready']);
+  const u = new URL(s.url);
+  const hogs: net.Socket[] = [];
+  t.teardown(() => {
+    for (const h of hogs) h.destroy();
+  });
+  for (let i = 0; i < OPS_HTTP_LIMITS.maxConnections; i++) {
+    const h = net.connect({ host: u.hostname, port: Number(u.port), localAddress: '127.0.0.2' });
+    h.on('error', () => {});
+    hogs.push(h);
+    await new Promise<void>((resolve) => {
+      const done = (): void => resolve();
+      h.once('data', done);
+      h.once('close', done);
+      h.once('connect', () => h.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n'));
+      setTimeout(done, 2_000);
+    });
+  }
+  const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
+  t.equal(probe.status, 200, `a probe from another address is answered (got: ${probe.status === 0 ? probe.body : probe.status})`);
 });
