@@ -1015,3 +1015,31 @@ t.test('bounded: one client holding every connection slot does not lock the kube
   const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
   t.equal(probe.status, 200, `a probe from another address is answered (got: ${probe.status === 0 ? probe.body : probe.status})`);
 });
+
+t.test('stop answers a scrape already in flight before it closes the connection', async (t) => {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  let entered: () => void = () => {};
+  const inScrape = new Promise<void>((r) => (entered = r));
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      entered();
+      await gate;
+      return 'nodelocal_last_words_total 7\n';
+    },
+  };
+  const s = new OpsServer({ address: { host: HOST, port: 0 }, routes: ['metrics'], handlers: { metrics: source }, logger: silentLogger });
+  await s.start();
+  t.teardown(() => s.stop());
+  const scrape = request(`${s.url}/metrics`).catch((err: Error) => ({ status: 0, headers: {}, body: err.message }));
+  await inScrape;
+  const stopped = s.stop();
+  // The render finishes a moment after the stop began (a scrape of the real agent takes milliseconds).
+  setTimeout(release, 50);
+  const r = await scrape;
+  await stopped;
+  t.equal(r.status, 200, `the scrape in flight is answered (got: ${r.status === 0 ? r.body : r.status})`);
+  t.equal(r.body, 'nodelocal_last_words_total 7\n');
+  await t.rejects(request(`${s.url}/metrics`), /ECONNREFUSED/, 'and nothing new is accepted after stop');
+});
