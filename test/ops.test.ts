@@ -1043,3 +1043,27 @@ t.test('stop answers a scrape already in flight before it closes the connection'
   t.equal(r.body, 'nodelocal_last_words_total 7\n');
   await t.rejects(request(`${s.url}/metrics`), /ECONNREFUSED/, 'and nothing new is accepted after stop');
 });
+
+t.test('nodelocal_upstream_healthy stays 0 or 1 across a reload that replaces an upstream with queries in flight', async (t) => {
+  // Every reload builds new host resolvers under the same name ("host-resolvers"); the old ones stay listed
+  // (retired) until their queries in flight finish, and the gauge sums series of identical labels: 1 + 1 = 2.
+  // Anything reading it as "is it healthy" (== 0, == 1, a count of healthy upstreams) is misled meanwhile.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const { loadConfig } = await import('../src/config.js');
+  const external = await SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }), faults: { latencyMs: 1_500 } });
+  const agent = await startAgent('127.0.44.5', ['--upstream-nameservers', `127.0.0.1:${external.port}`, '--no-kube']);
+  t.teardown(async () => {
+    await agent.stop();
+    await external.close();
+  });
+  const healthy = async (): Promise<number | undefined> => parseExposition(await agent.agent.metrics.metrics()).samples.get(key('nodelocal_upstream_healthy', { to: 'host-resolvers' }));
+  t.equal(await healthy(), 1, 'before: one upstream, healthy');
+  const answer = udpQuery(agent.target, 'www.example.com', { timeoutMs: 5_000 });
+  for (let i = 0; i < 100 && agent.agent.inflight === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(agent.agent.inflight, 1, 'a query waits on the host resolvers');
+  t.equal(agent.agent.reload(loadConfig(agent.argv, { env: {} }).config).applied, true, 'reloaded (same settings)');
+  t.equal(await healthy(), 1, 'after the reload, while the replaced resolvers finish their query: still one healthy upstream');
+  t.equal(rcodeOf(await answer), 0, 'the query in flight is answered');
+});
