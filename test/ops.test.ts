@@ -1067,3 +1067,14 @@ t.test('nodelocal_upstream_healthy stays 0 or 1 across a reload that replaces an
   t.equal(await healthy(), 1, 'after the reload, while the replaced resolvers finish their query: still one healthy upstream');
   t.equal(rcodeOf(await answer), 0, 'the query in flight is answered');
 });
+
+t.test('bounded: a connection that never sends a byte is cut off at the header deadline, not held for the idle-socket timeout', async (t) => {
+  // headersTimeout starts with a request's first byte: a connection that sends nothing at all keeps its slot
+  // until the 30 s socket timeout. 32 such connections, renewed every 30 s, lock every probe out for the price
+  // of 32 connects (no request, no byte).
+  const s = await withServer(t, { serving: () => true }, ['health'], { headersTimeoutMs: 200, requestTimeoutMs: 200, checkIntervalMs: 50 });
+  const sock = await connect(s.url);
+  sock.on('error', () => {});
+  t.teardown(() => sock.destroy());
+  t.ok(await closedWithin(sock, 5_000), 'closed by the server within the header deadline (plus checks), long before 30 s');
+});
