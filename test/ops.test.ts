@@ -18,7 +18,7 @@ import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
 import { tcpListenerCounters } from '../src/server/tcp-stats.js';
 import { DurationHistogram, REQUEST_DURATION, TIME_BUCKETS, TypedHistogram, requestSizeDef, responseSizeDef } from '../src/ops/histogram.js';
 import { MetricsRegistry } from '../src/ops/metrics.js';
-import { OpsServer, createOpsServers, defaultOpsHost, readinessOf, type OpsHandlers, type OpsRoute, type Readiness } from '../src/ops/http.js';
+import { OPS_HTTP_LIMITS, OpsServer, createOpsServers, defaultOpsHost, readinessOf, type OpsHandlers, type OpsRoute, type Readiness } from '../src/ops/http.js';
 
 const HOST = '127.0.0.1';
 const SERVER = 'dns://169.254.20.10:53';
@@ -951,4 +951,130 @@ t.test('heap trimmer: trims on its interval only past the free threshold, one at
   clock.advance(30_000);
   t.equal(calls, 2, 'and trimming stops');
   trimmer.stop();
+});
+
+// ------------------------------------------------------------------ review: defects (each test fails until fixed)
+
+/** Polls `read` every 100 ms until two looks in a row agree, or `ms` passes; returns the last value. */
+async function settled(read: () => number, ms: number): Promise<number> {
+  let last = read();
+  for (let waited = 0; waited < ms; waited += 100) {
+    await new Promise((r) => setTimeout(r, 100));
+    const now = read();
+    if (now === last) return now;
+    last = now;
+  }
+  return last;
+}
+
+t.test('bounded: a client that pipelines scrapes and never reads the answers gets only a few of them rendered and held', async (t) => {
+  // Any pod on the node reaches the metrics port (the node-local IP). One connection, one write of pipelined
+  // GET /metrics: the HTTP parser takes every request in the chunk and the handler renders each one, so the
+  // answers (about 60 kB each for the real agent) pile up in memory behind a client that reads nothing.
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      renders++;
+      await new Promise((r) => setImmediate(r));
+      return `# ${renders}\n${'x'.repeat(60_000)}\n`;
+    },
+  };
+  const s = await withServer(t, { metrics: source }, ['metrics']);
+  const sock = await connect(s.url);
+  sock.on('error', () => {});
+  t.teardown(() => sock.destroy());
+  sock.pause();
+  sock.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(1_000));
+  const n = await settled(() => renders, 5_000);
+  t.ok(n <= 8, `at most a few scrapes rendered for one connection that reads nothing (rendered ${n} of 1000 pipelined)`);
+});
+
+t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {
+  // The cap (32) is global: a pod that opens 32 keep-alive connections to the node-local IP's probe port and
+  // sends a request on each now and then (so keepAliveTimeout never fires) makes every new connection, the
+  // kubelet's liveness probe among them, closed on accept; three failed probes and the agent is restarted.
+  const s = await withServer(t, { serving: () => true, readiness: () => ({ ready: true }) }, ['health', 'ready']);
+  const u = new URL(s.url);
+  const hogs: net.Socket[] = [];
+  t.teardown(() => {
+    for (const h of hogs) h.destroy();
+  });
+  for (let i = 0; i < OPS_HTTP_LIMITS.maxConnections; i++) {
+    const h = net.connect({ host: u.hostname, port: Number(u.port), localAddress: '127.0.0.2' });
+    h.on('error', () => {});
+    hogs.push(h);
+    await new Promise<void>((resolve) => {
+      const done = (): void => resolve();
+      h.once('data', done);
+      h.once('close', done);
+      h.once('connect', () => h.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n'));
+      setTimeout(done, 2_000);
+    });
+  }
+  const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
+  t.equal(probe.status, 200, `a probe from another address is answered (got: ${probe.status === 0 ? probe.body : probe.status})`);
+});
+
+t.test('stop answers a scrape already in flight before it closes the connection', async (t) => {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  let entered: () => void = () => {};
+  const inScrape = new Promise<void>((r) => (entered = r));
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      entered();
+      await gate;
+      return 'nodelocal_last_words_total 7\n';
+    },
+  };
+  const s = new OpsServer({ address: { host: HOST, port: 0 }, routes: ['metrics'], handlers: { metrics: source }, logger: silentLogger });
+  await s.start();
+  t.teardown(() => s.stop());
+  const scrape = request(`${s.url}/metrics`).catch((err: Error) => ({ status: 0, headers: {}, body: err.message }));
+  await inScrape;
+  const stopped = s.stop();
+  // The render finishes a moment after the stop began (a scrape of the real agent takes milliseconds).
+  setTimeout(release, 50);
+  const r = await scrape;
+  await stopped;
+  t.equal(r.status, 200, `the scrape in flight is answered (got: ${r.status === 0 ? r.body : r.status})`);
+  t.equal(r.body, 'nodelocal_last_words_total 7\n');
+  await t.rejects(request(`${s.url}/metrics`), /ECONNREFUSED/, 'and nothing new is accepted after stop');
+});
+
+t.test('nodelocal_upstream_healthy stays 0 or 1 across a reload that replaces an upstream with queries in flight', async (t) => {
+  // Every reload builds new host resolvers under the same name ("host-resolvers"); the old ones stay listed
+  // (retired) until their queries in flight finish, and the gauge sums series of identical labels: 1 + 1 = 2.
+  // Anything reading it as "is it healthy" (== 0, == 1, a count of healthy upstreams) is misled meanwhile.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const { loadConfig } = await import('../src/config.js');
+  const external = await SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }), faults: { latencyMs: 1_500 } });
+  const agent = await startAgent('127.0.44.5', ['--upstream-nameservers', `127.0.0.1:${external.port}`, '--no-kube']);
+  t.teardown(async () => {
+    await agent.stop();
+    await external.close();
+  });
+  const healthy = async (): Promise<number | undefined> => parseExposition(await agent.agent.metrics.metrics()).samples.get(key('nodelocal_upstream_healthy', { to: 'host-resolvers' }));
+  t.equal(await healthy(), 1, 'before: one upstream, healthy');
+  const answer = udpQuery(agent.target, 'www.example.com', { timeoutMs: 5_000 });
+  for (let i = 0; i < 100 && agent.agent.inflight === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(agent.agent.inflight, 1, 'a query waits on the host resolvers');
+  t.equal(agent.agent.reload(loadConfig(agent.argv, { env: {} }).config).applied, true, 'reloaded (same settings)');
+  t.equal(await healthy(), 1, 'after the reload, while the replaced resolvers finish their query: still one healthy upstream');
+  t.equal(rcodeOf(await answer), 0, 'the query in flight is answered');
+});
+
+t.test('bounded: a connection that never sends a byte is cut off at the header deadline, not held for the idle-socket timeout', async (t) => {
+  // headersTimeout starts with a request's first byte: a connection that sends nothing at all keeps its slot
+  // until the 30 s socket timeout. 32 such connections, renewed every 30 s, lock every probe out for the price
+  // of 32 connects (no request, no byte).
+  const s = await withServer(t, { serving: () => true }, ['health'], { headersTimeoutMs: 200, requestTimeoutMs: 200, checkIntervalMs: 50 });
+  const sock = await connect(s.url);
+  sock.on('error', () => {});
+  t.teardown(() => sock.destroy());
+  t.ok(await closedWithin(sock, 5_000), 'closed by the server within the header deadline (plus checks), long before 30 s');
 });
