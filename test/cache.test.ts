@@ -296,3 +296,27 @@ t.test('RFC 2308: a CNAME chain ending in NODATA (SOA in authority) lives min(SO
   capped.insert(qa.key, long, scanAnswer(long)!, 0);
   t.equal(capped.lookup(qa.key, 5_000), undefined, '--denial-ttl (5 s) caps it, as it caps every negative answer');
 });
+
+t.test('RFC 8767: a fresh answer the cache does not keep (TTL 0, NXDOMAIN without SOA) supersedes the expired entry; a later failure never serves the older data', async (t) => {
+  // The expired entry waits in the stale window for an upstream failure. A successful answer that is not cached
+  // (TTL 0; a denial without SOA, RFC 2308 5) is still the upstream's word on the name: the stale copy is now older
+  // than what clients were last told, and serving it on the next failure brings back an address (or a name) that
+  // is gone, for up to --serve-stale.
+  const hour = 3_600_000;
+  const name = 'moved.example';
+  const key = q(name).key;
+  const cases: Array<[string, Buffer]> = [
+    ['TTL 0, a new address', answer(name, [a(name, '10.9.9.9', 0)])],
+    ['NXDOMAIN without SOA', answer(name, [], { rcode: 'NXDOMAIN' })],
+  ];
+  for (const [what, fresh] of cases) {
+    const cache = newCache({ staleMs: hour });
+    put(cache, name, 1, 0); // 10.0.1.0, 30 s
+    t.equal(cache.lookup(key, 40_000), undefined, `${what}: expired at 30 s, so asked upstream at 40 s`);
+    cache.insert(key, fresh, scanAnswer(fresh)!, 40_000);
+    // At 50 s the upstream fails: what may a client be given?
+    const s = cache.stale(key, 50_000);
+    const data = s === undefined ? undefined : firstData(s.serveStale(q(name), 30, 512, 1232));
+    t.not(data, ipOf(1), `${what}: the address from before the newer answer is not served stale (got ${String(data)})`);
+  }
+});
