@@ -5,7 +5,7 @@
 // fails leaves the previous snapshot as it was.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
-import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, open, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -761,4 +761,28 @@ t.test('a periodic write that fails (directory removed) does not touch serving; 
   t.ok(c.get('written') > writtenBefore, 'written again once the directory is back');
   t.match(log.lines.find((l) => l.msg === 'cache snapshot written again'), { level: 'info', path });
   t.ok(await snapshotHas(path, keyOf(name)));
+});
+
+t.test('a FIFO at the snapshot path: ignored as not a regular file, without holding up the start', async (t) => {
+  // Whoever can write the snapshot's directory (a hostPath) can leave a named pipe there. Opening it for reading
+  // blocks until a writer comes: the agent, which loads the snapshot before its listeners start, would never serve.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const mk = spawnSync('mkfifo', ['-m', '600', path], { encoding: 'utf8' });
+  if (mk.status !== 0) {
+    t.fail(`test rig: mkfifo failed: ${mk.stderr || mk.error?.message}`);
+    return;
+  }
+  const log = capture();
+  const cache = newCache();
+  let settled = false;
+  const loading = loadSnapshot(cache, path, new ManualClock(), log.logger).finally(() => (settled = true));
+  for (let i = 0; i < 100 && !settled; i++) await sleep(50);
+  if (!settled) {
+    t.fail('loadSnapshot still waiting after 5 s: open() of the FIFO blocks until a writer opens it');
+    // Let the blocked open return (a writer comes and goes), so the test ends.
+    const w = await open(path, 'w');
+    await w.close();
+  }
+  assertRejected(t, { result: await loading, cache, log }, 'foreign', 'a FIFO');
 });
