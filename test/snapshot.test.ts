@@ -786,3 +786,31 @@ t.test('a FIFO at the snapshot path: ignored as not a regular file, without hold
   }
   assertRejected(t, { result: await loading, cache, log }, 'foreign', 'a FIFO');
 });
+
+t.test('a snapshot of a cache with a larger --cache-memory: the most recent entries that fit are loaded, not a cold start', async (t) => {
+  // Lowering --cache-memory (and the memory limit with it) in a rollout: every node's new agent finds the snapshot
+  // of a bigger cache. Its most recent entries are what the restore keeps anyway (records go back least recent
+  // first, and the least recent give way); refusing the whole file starts every node cold at once.
+  const clock = new ManualClock();
+  const big = newCache({ positiveCapacity: 100_000, maxBytes: 8 << 20 });
+  const records = Array.from({ length: 20 }, (_, i) => a('x', `10.0.${i}.1`, 30));
+  let n = 0;
+  for (; n < 100_000 && big.counters.get('evictPositive') === 0; n++) {
+    const name = `n${n}.example`;
+    const up = answer(name, records.map((r) => ({ ...r, name })));
+    big.insert(keyOf(name), up, scanAnswer(up)!, clock.now());
+  }
+  const path = join(await tempDir(t), 'cache.snap');
+  t.match(await writeSnapshot(big, path, clock, silentLogger), { ok: true });
+  const size = (await stat(path)).size;
+  const maxBytes = 2 << 20;
+  t.ok(size > maxBytes + SNAPSHOT_SLACK_BYTES, `the snapshot (${size} bytes) is bigger than the new budget (${maxBytes}) plus slack`);
+
+  const small = newCache({ positiveCapacity: 100_000, maxBytes });
+  const log = capture();
+  const r = await loadSnapshot(small, path, clock, log.logger);
+  t.not(r.reason, 'too-large', 'the file is read');
+  t.ok(r.loaded > 0, `entries loaded (${r.loaded})`);
+  t.ok(small.bytes <= maxBytes, 'within the new budget');
+  t.ok(servedTtl(small, `n${n - 1}.example`, clock.now()) !== undefined, 'the most recent entry is served');
+});
