@@ -270,3 +270,53 @@ t.test('clear empties both lists and the slab is reused from its start', async (
   put(cache, 'z1.example', 5, 0);
   t.equal(served(cache, 'z1.example', 0), ipOf(5));
 });
+
+t.test('RFC 2308: a CNAME chain ending in NODATA (SOA in authority) lives min(SOA TTL, MINIMUM), at most --denial-ttl', async (t) => {
+  // An AAAA question for a name that is a CNAME to a host with no AAAA: NOERROR, the CNAME in the answer section,
+  // the target zone's SOA in the authority section (RFC 2308 2.2, "NODATA" after a CNAME chain). The negative part
+  // is what the client caches and is what may change (an AAAA added): its life is the SOA's, as for a bare NODATA.
+  const name = 'www.example';
+  const qa = parseQuery(query({ name, type: 'AAAA' }));
+  const cnameNodata = (soaTtl: number, minimum: number): Buffer =>
+    answer(name, [{ type: 'CNAME', name, ttl: 300, data: 'host.cdn.example' } as dnsPacket.Answer], {
+      type: 'AAAA', authorities: [soa('cdn.example', soaTtl, minimum)],
+    });
+
+  const cache = newCache({ successTtl: 30, denialTtl: 5 });
+  const short = cnameNodata(300, 2);
+  cache.insert(qa.key, short, scanAnswer(short)!, 0);
+  const e = cache.lookup(qa.key, 0);
+  t.ok(e, 'cached');
+  const soaTtl = (dnsPacket.decode(e!.serve(qa, 0, 4096, 1232)).authorities?.[0] as { ttl?: number } | undefined)?.ttl;
+  t.ok(soaTtl !== undefined && soaTtl <= 2, `the SOA a client gets says at most 2 s (says ${soaTtl})`);
+  t.equal(cache.lookup(qa.key, 2_000), undefined, 'gone once min(SOA TTL 300, MINIMUM 2) = 2 s have passed, not after --success-ttl 30 s');
+
+  const capped = newCache({ successTtl: 30, denialTtl: 5 });
+  const long = cnameNodata(300, 300);
+  capped.insert(qa.key, long, scanAnswer(long)!, 0);
+  t.equal(capped.lookup(qa.key, 5_000), undefined, '--denial-ttl (5 s) caps it, as it caps every negative answer');
+});
+
+t.test('RFC 8767: a fresh answer the cache does not keep (TTL 0, NXDOMAIN without SOA) supersedes the expired entry; a later failure never serves the older data', async (t) => {
+  // The expired entry waits in the stale window for an upstream failure. A successful answer that is not cached
+  // (TTL 0; a denial without SOA, RFC 2308 5) is still the upstream's word on the name: the stale copy is now older
+  // than what clients were last told, and serving it on the next failure brings back an address (or a name) that
+  // is gone, for up to --serve-stale.
+  const hour = 3_600_000;
+  const name = 'moved.example';
+  const key = q(name).key;
+  const cases: Array<[string, Buffer]> = [
+    ['TTL 0, a new address', answer(name, [a(name, '10.9.9.9', 0)])],
+    ['NXDOMAIN without SOA', answer(name, [], { rcode: 'NXDOMAIN' })],
+  ];
+  for (const [what, fresh] of cases) {
+    const cache = newCache({ staleMs: hour });
+    put(cache, name, 1, 0); // 10.0.1.0, 30 s
+    t.equal(cache.lookup(key, 40_000), undefined, `${what}: expired at 30 s, so asked upstream at 40 s`);
+    cache.insert(key, fresh, scanAnswer(fresh)!, 40_000);
+    // At 50 s the upstream fails: what may a client be given?
+    const s = cache.stale(key, 50_000);
+    const data = s === undefined ? undefined : firstData(s.serveStale(q(name), 30, 512, 1232));
+    t.not(data, ipOf(1), `${what}: the address from before the newer answer is not served stale (got ${String(data)})`);
+  }
+});

@@ -5,7 +5,7 @@
 // fails leaves the previous snapshot as it was.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
-import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, open, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -761,4 +761,56 @@ t.test('a periodic write that fails (directory removed) does not touch serving; 
   t.ok(c.get('written') > writtenBefore, 'written again once the directory is back');
   t.match(log.lines.find((l) => l.msg === 'cache snapshot written again'), { level: 'info', path });
   t.ok(await snapshotHas(path, keyOf(name)));
+});
+
+t.test('a FIFO at the snapshot path: ignored as not a regular file, without holding up the start', async (t) => {
+  // Whoever can write the snapshot's directory (a hostPath) can leave a named pipe there. Opening it for reading
+  // blocks until a writer comes: the agent, which loads the snapshot before its listeners start, would never serve.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const mk = spawnSync('mkfifo', ['-m', '600', path], { encoding: 'utf8' });
+  if (mk.status !== 0) {
+    t.fail(`test rig: mkfifo failed: ${mk.stderr || mk.error?.message}`);
+    return;
+  }
+  const log = capture();
+  const cache = newCache();
+  let settled = false;
+  const loading = loadSnapshot(cache, path, new ManualClock(), log.logger).finally(() => (settled = true));
+  for (let i = 0; i < 100 && !settled; i++) await sleep(50);
+  if (!settled) {
+    t.fail('loadSnapshot still waiting after 5 s: open() of the FIFO blocks until a writer opens it');
+    // Let the blocked open return (a writer comes and goes), so the test ends.
+    const w = await open(path, 'w');
+    await w.close();
+  }
+  assertRejected(t, { result: await loading, cache, log }, 'foreign', 'a FIFO');
+});
+
+t.test('a snapshot of a cache with a larger --cache-memory: the most recent entries that fit are loaded, not a cold start', async (t) => {
+  // Lowering --cache-memory (and the memory limit with it) in a rollout: every node's new agent finds the snapshot
+  // of a bigger cache. Its most recent entries are what the restore keeps anyway (records go back least recent
+  // first, and the least recent give way); refusing the whole file starts every node cold at once.
+  const clock = new ManualClock();
+  const big = newCache({ positiveCapacity: 100_000, maxBytes: 8 << 20 });
+  const records = Array.from({ length: 20 }, (_, i) => a('x', `10.0.${i}.1`, 30));
+  let n = 0;
+  for (; n < 100_000 && big.counters.get('evictPositive') === 0; n++) {
+    const name = `n${n}.example`;
+    const up = answer(name, records.map((r) => ({ ...r, name })));
+    big.insert(keyOf(name), up, scanAnswer(up)!, clock.now());
+  }
+  const path = join(await tempDir(t), 'cache.snap');
+  t.match(await writeSnapshot(big, path, clock, silentLogger), { ok: true });
+  const size = (await stat(path)).size;
+  const maxBytes = 2 << 20;
+  t.ok(size > maxBytes + SNAPSHOT_SLACK_BYTES, `the snapshot (${size} bytes) is bigger than the new budget (${maxBytes}) plus slack`);
+
+  const small = newCache({ positiveCapacity: 100_000, maxBytes });
+  const log = capture();
+  const r = await loadSnapshot(small, path, clock, log.logger);
+  t.not(r.reason, 'too-large', 'the file is read');
+  t.ok(r.loaded > 0, `entries loaded (${r.loaded})`);
+  t.ok(small.bytes <= maxBytes, 'within the new budget');
+  t.ok(servedTtl(small, `n${n - 1}.example`, clock.now()) !== undefined, 'the most recent entry is served');
 });
