@@ -12,8 +12,11 @@
 // because these kernels have no dummy driver; it goes through the same code
 // path. No packet leaves the namespaces.
 import t, { type Test } from 'tap';
-import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { NodeInterface, InterfaceError, describeNetlinkError } from '../src/iface/node-interface.js';
 import { type NetlinkIo, Rtnl, openRtnetlink } from '../src/iface/netlink.js';
 import {
@@ -36,6 +39,7 @@ import { buildRules, diffIptables, iptablesApplyBatch, iptablesRemoveBatch, nftA
 import { Firewall, type FirewallBackend } from '../src/iface/firewall.js';
 import { detectFirewallBackend } from '../src/iface/firewall-detect.js';
 import { type CommandResult, type CommandRunner, spawnRunner } from '../src/iface/run-command.js';
+import { CHILD_ENV, Lines, stopChild } from './helpers/netns-proc.js';
 
 const FIXTURES = new URL('./fixtures/', import.meta.url);
 
@@ -550,4 +554,65 @@ t.test('backend detection in a network namespace', { skip: namespaceSkip() || (h
     const choice = await detectFirewallBackend(spawnRunner(['ip', 'netns', 'exec', ns]));
     t.same(choice.backend, backend, `${label}: ${choice.reason}`);
   }
+});
+
+// ---- review: defects, each shown by a test that fails until it is fixed ---------
+
+/**
+ * The agent compiled (no type check) into a private temp dir, for tests that
+ * need whole agent processes.
+ */
+function buildAgent(t: Test): string {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-iface-review-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // The build outside the tree resolves packages and @types through this link.
+  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
+  // All of src/: the batched UDP workers are loaded by path, not imported.
+  const tsconfig = join(dir, 'tsconfig.json');
+  writeFileSync(tsconfig, JSON.stringify({
+    extends: join(root, 'tsconfig.json'),
+    compilerOptions: { rootDir: root, outDir: dir, sourceMap: false, noCheck: true },
+    include: [join(root, 'src/**/*.ts')],
+  }));
+  const r = spawnSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', tsconfig], { cwd: root, encoding: 'utf8', timeout: 180_000 });
+  if (r.status !== 0) throw new Error(`building src/: status ${r.status} ${r.stdout} ${r.stderr}`);
+  writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
+  writeFileSync(join(dir, 'resolv.conf'), 'nameserver 127.0.0.1\n');
+  return dir;
+}
+
+/** One agent process inside `ns`, started with `args`; resolves once it logs "started". */
+async function startAgentIn(t: Test, ns: string, dir: string, args: readonly string[]): Promise<{ proc: ChildProcess; log: Lines }> {
+  // env -i: tap puts its loader into every child's NODE_OPTIONS; setpriv: the agent dies with this process.
+  const pdeath = hasCommand('setpriv') ? ['setpriv', '--pdeathsig', 'KILL', '--'] : [];
+  const clean = ['env', '-i', ...Object.entries(CHILD_ENV).map(([k, v]) => `${k}=${v ?? ''}`)];
+  const argv = [process.execPath, join(dir, 'src/main.js'), '--resolv-conf', join(dir, 'resolv.conf'), '--no-kube', ...args];
+  const proc = spawn('ip', ['netns', 'exec', ns, ...pdeath, ...clean, ...argv], { env: CHILD_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.on('error', () => {});
+  const log = new Lines(proc.stderr!);
+  new Lines(proc.stdout!);
+  t.teardown(async () => {
+    await stopChild(proc, 'SIGKILL', 2000);
+    if (!t.passing()) t.comment(`agent log:\n${log.all.join('\n')}`);
+  });
+  const started = await log.next((l) => l.includes('"msg":"started"'), 90_000);
+  if (started === null) throw new Error(`agent did not start (exit ${proc.exitCode ?? proc.signalCode ?? 'none'}):\n${log.all.join('\n')}`);
+  return { proc, log };
+}
+
+t.test('surge upgrade: the old agent leaves the link and addresses to the new one beside it', { skip: namespaceSkip(), timeout: 300_000 }, async (t) => {
+  const dir = buildAgent(t);
+  const ns = netns(t);
+  inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
+  const args = ['--listen', '169.254.20.10:53', '--interface-kind', 'bridge', '--firewall', 'none', '--health-port', '0', '--shutdown-grace', '300ms', '--log-level', 'info'];
+  const old = await startAgentIn(t, ns, dir, args);
+  t.match(inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns').stdout, /inet 169\.254\.20\.10\/32 /, 'the first agent set up the link');
+  const next = await startAgentIn(t, ns, dir, args);
+  await stopChild(old.proc, 'SIGTERM', 30_000);
+  t.equal(old.proc.exitCode, 0, 'the old agent stopped cleanly');
+  // The new agent is bound to 169.254.20.10 and serving: without the address on a local link, pods' queries are routed away.
+  t.match(inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns').stdout, /inet 169\.254\.20\.10\/32 /, 'the link and address the new agent serves on are still there');
+  await stopChild(next.proc, 'SIGTERM', 30_000);
+  t.not(inNs(ns, 'ip', 'link', 'show', 'nodelocaldns').status, 0, 'the last agent alone removes the link');
 });
