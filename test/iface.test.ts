@@ -40,6 +40,9 @@ import { Firewall, type FirewallBackend } from '../src/iface/firewall.js';
 import { detectFirewallBackend } from '../src/iface/firewall-detect.js';
 import { type CommandResult, type CommandRunner, spawnRunner } from '../src/iface/run-command.js';
 import { CHILD_ENV, Lines, stopChild } from './helpers/netns-proc.js';
+import { interceptionPart } from '../src/iface/node-setup.js';
+import { ManualClock } from '../src/clock.js';
+import { silentLogger } from '../src/log.js';
 
 const FIXTURES = new URL('./fixtures/', import.meta.url);
 
@@ -615,4 +618,55 @@ t.test('surge upgrade: the old agent leaves the link and addresses to the new on
   t.match(inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns').stdout, /inet 169\.254\.20\.10\/32 /, 'the link and address the new agent serves on are still there');
   await stopChild(next.proc, 'SIGTERM', 30_000);
   t.not(inNs(ns, 'ip', 'link', 'show', 'nodelocaldns').status, 0, 'the last agent alone removes the link');
+});
+
+t.test('shutdown while a periodic check is running leaves no rules behind', { skip: namespaceSkip() || (hasCommand('nft') ? false : 'nft not installed') }, async (t) => {
+  const ns = netns(t);
+  const real = spawnRunner(['ip', 'netns', 'exec', ns]);
+  // The check's read of our table is held (as a slow fork would hold it) until the test lets it go.
+  let hold: Promise<void> | null = null;
+  let letGo = (): void => {};
+  const calls = new Set<Promise<CommandResult>>();
+  let removed = false;
+  const run: CommandRunner = (cmd, args, stdin) => {
+    const p = (async () => {
+      if (hold !== null && args[0] === 'list') await hold;
+      const r = await real(cmd, args, stdin);
+      if (stdin?.includes('delete table') === true && !stdin.includes('{')) removed = true;
+      return r;
+    })();
+    calls.add(p);
+    void p.finally(() => calls.delete(p));
+    return p;
+  };
+  /** Until no command is running and none follows: every continuation of the check has run. */
+  const settle = async (): Promise<void> => {
+    for (let i = 0; i < 100; i++) {
+      await Promise.all([...calls]);
+      await new Promise((r) => setImmediate(r));
+      if (calls.size === 0) return;
+    }
+  };
+  const clock = new ManualClock();
+  const part = interceptionPart({
+    addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+    firewall: 'nftables', skipTeardown: false, syncIntervalMs: 1000, clock, logger: silentLogger, counters: newSetupCounters(), run,
+  })!;
+  await part.start();
+  t.equal(inNs(ns, 'nft', 'list', 'table', 'inet', 'nodelocaldns').status, 0, 'rules in place');
+
+  hold = new Promise((resolve) => {
+    letGo = resolve;
+  });
+  clock.advance(1000); // the periodic check starts and reads the table
+  const stopping = part.stop(clock.now() + 1000);
+  // Let the read go once the teardown has deleted the table (or after a bounded wait, should stop() wait for the check).
+  for (let i = 0; i < 250 && !removed; i++) await new Promise((r) => setTimeout(r, 20));
+  letGo();
+  hold = null;
+  await stopping;
+  t.ok(removed, 'the teardown deleted the table');
+  await settle();
+  const left = inNs(ns, 'nft', 'list', 'table', 'inet', 'nodelocaldns');
+  t.not(left.status, 0, `no table of ours after shutdown (found: ${left.stdout.split('\n').slice(0, 3).join(' ')})`);
 });
