@@ -39,7 +39,7 @@ import { buildRules, diffIptables, iptablesApplyBatch, iptablesRemoveBatch, nftA
 import { Firewall, type FirewallBackend } from '../src/iface/firewall.js';
 import { detectFirewallBackend } from '../src/iface/firewall-detect.js';
 import { type CommandResult, type CommandRunner, spawnRunner } from '../src/iface/run-command.js';
-import { CHILD_ENV, Lines, stopChild } from './helpers/netns-proc.js';
+import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
 import { interceptionPart } from '../src/iface/node-setup.js';
 import { ManualClock } from '../src/clock.js';
 import { silentLogger } from '../src/log.js';
@@ -561,11 +561,14 @@ t.test('backend detection in a network namespace', { skip: namespaceSkip() || (h
 
 // ---- review: defects, each shown by a test that fails until it is fixed ---------
 
+let agentBuild: string | null = null;
+
 /**
- * The agent compiled (no type check) into a private temp dir, for tests that
- * need whole agent processes.
+ * The agent compiled (no type check) into a private temp dir, once per run of
+ * this file, for tests that need whole agent processes.
  */
-function buildAgent(t: Test): string {
+function buildAgent(): string {
+  if (agentBuild !== null) return agentBuild;
   const root = fileURLToPath(new URL('..', import.meta.url));
   const dir = mkdtempSync(join(tmpdir(), 'nldns-iface-review-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -582,11 +585,13 @@ function buildAgent(t: Test): string {
   if (r.status !== 0) throw new Error(`building src/: status ${r.status} ${r.stdout} ${r.stderr}`);
   writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
   writeFileSync(join(dir, 'resolv.conf'), 'nameserver 127.0.0.1\n');
+  agentBuild = dir;
   return dir;
 }
 
-/** One agent process inside `ns`, started with `args`; resolves once it logs "started". */
-async function startAgentIn(t: Test, ns: string, dir: string, args: readonly string[]): Promise<{ proc: ChildProcess; log: Lines }> {
+/** One agent process inside `ns` with `args` (killed at the end of the test). */
+function spawnAgentIn(t: Test, ns: string, args: readonly string[]): { proc: ChildProcess; log: Lines } {
+  const dir = buildAgent();
   // env -i: tap puts its loader into every child's NODE_OPTIONS; setpriv: the agent dies with this process.
   const pdeath = hasCommand('setpriv') ? ['setpriv', '--pdeathsig', 'KILL', '--'] : [];
   const clean = ['env', '-i', ...Object.entries(CHILD_ENV).map(([k, v]) => `${k}=${v ?? ''}`)];
@@ -599,19 +604,24 @@ async function startAgentIn(t: Test, ns: string, dir: string, args: readonly str
     await stopChild(proc, 'SIGKILL', 2000);
     if (!t.passing()) t.comment(`agent log:\n${log.all.join('\n')}`);
   });
-  const started = await log.next((l) => l.includes('"msg":"started"'), 90_000);
-  if (started === null) throw new Error(`agent did not start (exit ${proc.exitCode ?? proc.signalCode ?? 'none'}):\n${log.all.join('\n')}`);
   return { proc, log };
 }
 
+/** spawnAgentIn, resolved once the agent logs "started". */
+async function startAgentIn(t: Test, ns: string, args: readonly string[]): Promise<{ proc: ChildProcess; log: Lines }> {
+  const agent = spawnAgentIn(t, ns, args);
+  const started = await agent.log.next((l) => l.includes('"msg":"started"'), 90_000);
+  if (started === null) throw new Error(`agent did not start (exit ${agent.proc.exitCode ?? agent.proc.signalCode ?? 'none'}):\n${agent.log.all.join('\n')}`);
+  return agent;
+}
+
 t.test('surge upgrade: the old agent leaves the link and addresses to the new one beside it', { skip: namespaceSkip(), timeout: 300_000 }, async (t) => {
-  const dir = buildAgent(t);
   const ns = netns(t);
   inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
   const args = ['--listen', '169.254.20.10:53', '--interface-kind', 'bridge', '--firewall', 'none', '--health-port', '0', '--shutdown-grace', '300ms', '--log-level', 'info'];
-  const old = await startAgentIn(t, ns, dir, args);
+  const old = await startAgentIn(t, ns, args);
   t.match(inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns').stdout, /inet 169\.254\.20\.10\/32 /, 'the first agent set up the link');
-  const next = await startAgentIn(t, ns, dir, args);
+  const next = await startAgentIn(t, ns, args);
   await stopChild(old.proc, 'SIGTERM', 30_000);
   t.equal(old.proc.exitCode, 0, 'the old agent stopped cleanly');
   // The new agent is bound to 169.254.20.10 and serving: without the address on a local link, pods' queries are routed away.
@@ -669,4 +679,17 @@ t.test('shutdown while a periodic check is running leaves no rules behind', { sk
   await settle();
   const left = inNs(ns, 'nft', 'list', 'table', 'inet', 'nodelocaldns');
   t.not(left.status, 0, `no table of ours after shutdown (found: ${left.stdout.split('\n').slice(0, 3).join(' ')})`);
+});
+
+t.test('a start that fails half way through the interface leaves no link or address behind', { skip: namespaceSkip(), timeout: 300_000 }, async (t) => {
+  const ns = netns(t);
+  inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
+  // IPv6 off on the node (a common hardening): the IPv6 listen address cannot be added, after the link and the IPv4 one were.
+  inNs(ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1');
+  const agent = spawnAgentIn(t, ns, ['--listen', '169.254.20.10:53', '--listen', '[fd00::a]:53', '--interface-kind', 'bridge', '--firewall', 'none', '--health-port', '0']);
+  t.ok(await waitExit(agent.proc, 90_000), 'the agent gave up');
+  t.equal(agent.proc.exitCode, 1, 'a start-up failure');
+  t.match(agent.log.all.join('\n'), /add address fd00::a/, 'for the reason set up');
+  const left = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
+  t.not(left.status, 0, `the link it created is gone (found: ${left.stdout.trim()})`);
 });
