@@ -693,3 +693,21 @@ t.test('a start that fails half way through the interface leaves no link or addr
   const left = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
   t.not(left.status, 0, `the link it created is gone (found: ${left.stdout.trim()})`);
 });
+
+t.test('interception whose start fails for one family leaves none of its rules behind', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') ? false : 'iptables-legacy not installed') }, async (t) => {
+  const ns = netns(t);
+  const real = spawnRunner(['ip', 'netns', 'exec', ns]);
+  // ip6tables refuses the batch (no xt_socket / ip6table_raw for IPv6 on this kernel, say); iptables takes its own.
+  const run: CommandRunner = (cmd, args, stdin) =>
+    cmd === 'ip6tables-legacy-restore'
+      ? Promise.resolve({ status: 2, stdout: '', stderr: "ip6tables-restore v1.8.9 (legacy): Couldn't load match `socket':No such file or directory\n", error: null })
+      : real(cmd, args, stdin);
+  const part = interceptionPart({
+    addresses: ['169.254.20.10', 'fd00::a'], port: 53, healthPort: 8080, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock: new ManualClock(), logger: silentLogger, counters: newSetupCounters(), run,
+  })!;
+  await t.rejects(part.start(), /Couldn't load match `socket'/);
+  // The lifecycle stops only the parts that started: a part whose start failed must undo its own half.
+  const left = inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l));
+  t.same(left, [], 'no IPv4 rule of ours on a node the agent is not serving');
+});
