@@ -711,3 +711,9 @@ t.test('interception whose start fails for one family leaves none of its rules b
   const left = inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l));
   t.same(left, [], 'no IPv4 rule of ours on a node the agent is not serving');
 });
+
+t.test('EACCES from RTM_NEWADDR is IPv6 turned off on the link, not a missing capability', async (t) => {
+  // The kernel refuses an IPv6 address on a link with disable_ipv6 with EACCES (addrconf), while a missing CAP_NET_ADMIN is EPERM (netlink_ns_capable).
+  const text = describeNetlinkError('add address fd00::a to nodelocaldns', 13, 'ipv6: IPv6 is disabled on this device', 'dummy');
+  t.notMatch(text, /CAP_NET_ADMIN/, text);
+});
