@@ -738,3 +738,24 @@ t.test('a link dump the kernel marks interrupted (NLM_F_DUMP_INTR) is not taken 
   const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
   t.same(ni.teardown(), { removed: ['address 169.254.20.10', 'link nodelocaldns'], errors: [] }, 'the link is found and removed at shutdown');
 });
+
+t.test('rules an earlier run left in another backend do not outlive a run on the new one', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') && hasCommand('nft') ? false : 'needs iptables-legacy and nft') }, async (t) => {
+  const ns = netns(t);
+  const run = spawnRunner(['ip', 'netns', 'exec', ns]);
+  const counters = newSetupCounters();
+  const opts = { name: 'nodelocaldns', addresses: ['169.254.20.10', '10.96.0.10'], port: 53, healthPort: 8080 };
+  // An earlier run on iptables-legacy, killed (no teardown); kube-proxy has since moved to nftables mode.
+  await new Firewall({ ...opts, backend: { kind: 'iptables', mode: 'legacy' }, run, counters }).apply();
+  inNs(ns, 'nft', 'add', 'table', 'ip', 'kube-proxy');
+  const part = interceptionPart({
+    addresses: opts.addresses, port: 53, healthPort: 8080, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+    firewall: 'auto', skipTeardown: false, syncIntervalMs: 1000, clock: new ManualClock(), logger: silentLogger, counters, run,
+  })!;
+  await part.start();
+  t.equal(part.mode, 'nftables', 'follows kube-proxy');
+  await part.stop(0);
+  t.not(inNs(ns, 'nft', 'list', 'table', 'inet', 'nodelocaldns').status, 0, 'its own table removed');
+  // Left, the unconditional raw OUTPUT NOTRACK keeps node processes' DNS to the ClusterIP from kube-proxy's DNAT for good.
+  const left = inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l) && l.startsWith('-A'));
+  t.same(left, [], 'no rule of ours left in iptables-legacy either');
+});
