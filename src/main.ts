@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * Entry point: flags and config file -> Config, start the Agent, stop it
- * cleanly on SIGTERM/SIGINT. A bad flag exits 2 naming it; a start-up
+ * cleanly on SIGTERM/SIGINT (stop-signals.ts), even one that came while it
+ * was starting. A bad flag exits 2 naming it; a start-up
  * failure (address in use, unreadable resolv.conf, a loop) exits 1 saying why.
  */
 import { readFileSync } from 'node:fs';
@@ -10,6 +11,7 @@ import { systemClock } from './clock.js';
 import { ConfigError, helpText, loadConfig, type Config } from './config.js';
 import { ConfigWatcher } from './config-watch.js';
 import { createLogger } from './log.js';
+import { StopSignals } from './stop-signals.js';
 
 function version(): string {
   try {
@@ -45,6 +47,13 @@ async function main(argv: readonly string[]): Promise<number> {
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
   const agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version() });
+  const signals = new StopSignals(process, (signal, repeated) => {
+    if (repeated) {
+      logger.warn('second signal while starting: exiting at once', { signal });
+      process.exit(1);
+    }
+    logger.info('signal while starting: stopping once started', { signal });
+  });
   try {
     await agent.start();
   } catch (err) {
@@ -75,7 +84,7 @@ async function main(argv: readonly string[]): Promise<number> {
 
   return new Promise<number>((resolve) => {
     let stopping = false;
-    const onSignal = (signal: NodeJS.Signals): void => {
+    signals.handle((signal) => {
       if (stopping) {
         // A second signal: the operator wants out now (node-cache's open kubernetes/dns#453 is a hang here).
         logger.warn('second signal: exiting at once', { signal });
@@ -99,9 +108,7 @@ async function main(argv: readonly string[]): Promise<number> {
           resolve(1);
         },
       );
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
+    });
   });
 }
 

@@ -744,6 +744,31 @@ t.test('lifecycle: start in order, stop in reverse, roll back a failed start wit
   t.same(events, ['start interface', 'start listeners', 'stop interface 7'], 'what started is stopped; what did not start is not');
 });
 
+t.test('stop signals: one that comes while starting is held and stops the agent once started; a second while starting exits', async (t) => {
+  const { EventEmitter } = await import('node:events');
+  const { StopSignals } = await import('../src/stop-signals.js');
+  const source = new EventEmitter();
+  const early: string[] = [];
+  const signals = new StopSignals(source as unknown as import('../src/stop-signals.js').SignalSource, (s, repeated) => early.push(`${s}${repeated ? ' again' : ''}`));
+  source.emit('SIGTERM', 'SIGTERM');
+  t.same(early, ['SIGTERM'], 'heard while starting, nothing stopped yet');
+  const handled: string[] = [];
+  signals.handle((s) => handled.push(s));
+  t.same(handled, ['SIGTERM'], 'the held signal stops the agent as soon as it has started');
+  source.emit('SIGINT', 'SIGINT');
+  t.same(handled, ['SIGTERM', 'SIGINT'], 'later ones go to the handler');
+  t.same(early, ['SIGTERM']);
+  const quiet = new StopSignals(source as unknown as import('../src/stop-signals.js').SignalSource, (s, repeated) => early.push(`${s}${repeated ? ' again' : ''}`));
+  early.length = 0;
+  source.emit('SIGINT', 'SIGINT');
+  source.emit('SIGTERM', 'SIGTERM');
+  t.same(early, ['SIGINT', 'SIGTERM again'], 'a second signal while starting is told apart');
+  const none: string[] = [];
+  new StopSignals(new EventEmitter() as unknown as import('../src/stop-signals.js').SignalSource, () => none.push('x')).handle((s) => none.push(s));
+  t.same(none, [], 'no signal: nothing runs');
+  t.ok(quiet);
+});
+
 t.test('clock: sweeps run as a manual clock advances, and stop when removed', async (t) => {
   const clock = new ManualClock(0);
   const seen: number[] = [];
