@@ -380,6 +380,46 @@ t.test('reload to --fallback-after 0: queries already in flight wait for their u
   t.same(dataOf(ch.decoded(0)), ['10.96.0.77'], 'the upstream\'s answer');
 });
 
+t.test('failure recheck (RFC 8767 5): for 30 s after a name\'s upstream failed, its stale answer is served at once, not after another timeout', async (t) => {
+  const r = rig();
+  const ch = new FakeChannel();
+  const EXT = 'www.example.org';
+  r.hits.handle(query({ name: EXT, id: 1 }), ch, PEER);
+  r.external.answer(0, answer(EXT, [a(EXT, '192.0.2.7', 5)]));
+  r.clock.advance(6_000);
+  r.hits.handle(query({ name: EXT, id: 2 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'expired: asked again');
+  r.external.exchanges[1]!.reject('timeout');
+  t.same(dataOf(ch.decoded(1)), ['192.0.2.7'], 'the failure answered stale');
+  r.clock.advance(10_000);
+  r.hits.handle(query({ name: EXT, id: 3 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'within the recheck window: not asked again');
+  t.equal(ch.sent.length, 3, 'answered at once');
+  t.same(dataOf(ch.decoded(2)), ['192.0.2.7']);
+  t.equal(ttlOf(ch.decoded(2).answers![0]!), 30, 'stale, TTL 30');
+  t.equal(ch.decoded(2).id, 3);
+  // A name that failed with nothing stale to give is still asked: there is nothing to lose.
+  r.hits.handle(query({ name: 'new.example.org', id: 4 }), ch, PEER);
+  r.external.exchanges[2]!.reject('timeout');
+  t.equal(rcodeOf(ch.sent[3]!), 2);
+  r.hits.handle(query({ name: 'new.example.org', id: 5 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 4, 'no stale entry: asked again, not SERVFAIL at once');
+  r.external.answer(3, answer('new.example.org', [a('new.example.org', '192.0.2.8', 60)]));
+  // Past the window the name is asked again, and an answer ends the window.
+  r.clock.advance(21_000);
+  r.hits.handle(query({ name: EXT, id: 6 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 5, 'after 30 s: asked again');
+  r.external.answer(4, answer(EXT, [a(EXT, '192.0.2.9', 1)]));
+  t.same(dataOf(ch.decoded(5)), ['192.0.2.9']);
+  // Shutdown's aborts and local limits are not upstream failures: no window after them.
+  r.clock.advance(2_000);
+  r.hits.handle(query({ name: EXT, id: 7 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 6, 'expired again: asked');
+  r.external.exchanges[5]!.reject('overloaded');
+  r.hits.handle(query({ name: EXT, id: 8 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 7, 'an overloaded refusal opens no window');
+});
+
 t.test('view not synced: no invented negative answer (SERVFAIL), positive answers still served', async (t) => {
   const r = viewRig();
   // The API server has been silent past --max-api-silence.

@@ -42,27 +42,19 @@ import type { ClientMissLimiter } from './client-limit.js';
 import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
-import { Miss, retain, type Waiter } from './miss-waiters.js';
+import { MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, retain, type Waiter } from './miss-waiters.js';
 import {
   RCODE_SLOT_BASE, RCODE_SLOT_OTHER, REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters,
 } from './stats.js';
 
 export type * from './miss-boundary.js';
 export type * from './hit-path-options.js';
+export { MAX_WAITERS_PER_QUESTION };
 
 /** Where an answer came from, in the query log. */
 type AnswerSource = 'cache' | 'upstream' | 'view' | 'stale' | 'servfail' | 'refused-query';
 
 const S = SERVER_COUNTERS.slot;
-
-/**
- * Clients that may wait on one question in flight. Without a cap they grow
- * with rate x deadline: a popular name during an upstream stall at 100k q/s
- * would hold 200,000 waiters (tens of MB) for 2 s. Past it a query is shed at
- * once with what a failed upstream would give (stale, else SERVFAIL), cheaply
- * and without queueing; glibc retries, by then the question is answered.
- */
-export const MAX_WAITERS_PER_QUESTION = 1024;
 
 export class HitPath implements QueryHandler {
   readonly counters: ServerCounters;
@@ -93,6 +85,7 @@ export class HitPath implements QueryHandler {
   readonly #scratch: QueryScratch;
   /** Inside handle(): a re-entrant call (a channel that answers synchronously into handle) gets its own scratch. */
   #busy: boolean;
+  readonly #recentFailures: RecentFailures;
 
   constructor(opts: HitPathOptions) {
     this.#cache = opts.cache;
@@ -115,6 +108,7 @@ export class HitPath implements QueryHandler {
     this.#gate = opts.gate ?? null;
     this.#scratch = new QueryScratch();
     this.#busy = false;
+    this.#recentFailures = new RecentFailures();
   }
 
   /** A reload: the new largest UDP answer and query-log sampling apply from the next query. */
@@ -205,6 +199,7 @@ export class HitPath implements QueryHandler {
       miss.waiters.push({ q: retain(q, key), channel, peer, arrivedAt: now, logged });
       return;
     }
+    if (this.#recentFailures.holds(key, now) && this.#shed(q, key, channel, peer, now, logged, false)) return;
     if (this.#clientLimit !== null && !this.#clientLimit.take(peer.address, now)) {
       // Over its miss rate: this client gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
       this.#v[S.clientLimited]!++;
@@ -245,6 +240,7 @@ export class HitPath implements QueryHandler {
           });
         }
       } else if (scan.rcode !== Rcode.SERVFAIL && scan.rcode !== Rcode.REFUSED) {
+        this.#recentFailures.answered(miss.key);
         const fresh: CacheEntry = this.#validates ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {
           const reply = fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
@@ -254,6 +250,8 @@ export class HitPath implements QueryHandler {
         return;
       }
     }
+    // An upstream's failure (not a local limit's refusal, not shutdown) opens the recheck window.
+    if (outcome === 'timeout' || outcome === 'network' || outcome === 'servfail' || outcome === 'malformed' || outcome === 'upstream') this.#recentFailures.failed(miss.key, now);
     this.#fail(miss, now);
   }
 
@@ -303,12 +301,14 @@ export class HitPath implements QueryHandler {
     return n;
   }
 
-  /** One query turned away at once (too many waiting on its question, its client over its miss rate, the gate): stale if we have it, else SERVFAIL. */
-  #shed(q: Query, key: string, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean): void {
+  /** One query answered at once (too many waiting on its question, its client over its miss rate, the gate, a recent failure): stale if we have it, else SERVFAIL, or (`servfail` false) nothing and false. */
+  #shed(q: Query, key: string, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean, servfail = true): boolean {
     const stale = this.#cache.stale(key, now);
+    if (stale === undefined && !servfail) return false;
     const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#limit(q, channel), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
     this.#send(reply, channel, peer);
     if (logged) this.#logQuery(q, peer, reply, 0, stale !== undefined ? 'stale' : 'servfail');
+    return true;
   }
 
   /** Stale if we have it, else SERVFAIL: the last two steps of the failure order (resolver.ts has the first). */

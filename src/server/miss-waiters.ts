@@ -8,6 +8,15 @@
 import { queryCopy, type Query } from '../dns/query.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
 
+/**
+ * Clients that may wait on one question in flight. Without a cap they grow
+ * with rate x deadline: a popular name during an upstream stall at 100k q/s
+ * would hold 200,000 waiters (tens of MB) for 2 s. Past it a query is shed at
+ * once with what a failed upstream would give (stale, else SERVFAIL), cheaply
+ * and without queueing; glibc retries, by then the question is answered.
+ */
+export const MAX_WAITERS_PER_QUESTION = 1024;
+
 /** One client waiting on a miss: a private copy of its query header and question, and where to answer. */
 export interface Waiter {
   readonly q: Query;
@@ -48,4 +57,40 @@ export function retain(q: Query, key: string): Query {
   const msg = Buffer.allocUnsafe(end);
   q.msg.copy(msg, 0, 0, end);
   return queryCopy(q, msg, key);
+}
+
+/** RFC 8767 5's failure recheck timer: how long after a failure a question is not asked again while a stale answer can be given. */
+export const FAILURE_RECHECK_MS = 30_000;
+/** Names remembered at once; past it the oldest is forgotten (it is then asked once more, as before the window). */
+export const MAX_RECENT_FAILURES = 4096;
+
+/**
+ * Questions whose upstream failed recently. While an upstream is down every
+ * query for an expired name would otherwise wait out the whole deadline (up
+ * to 4.5 s for the host's resolvers) before its stale answer; inside the
+ * window it gets that answer at once, and the upstream is asked again once
+ * the window has passed.
+ */
+export class RecentFailures {
+  readonly #at = new Map<string, number>();
+
+  failed(key: string, now: number): void {
+    this.#at.delete(key);
+    this.#at.set(key, now);
+    if (this.#at.size > MAX_RECENT_FAILURES) this.#at.delete(this.#at.keys().next().value!);
+  }
+
+  answered(key: string): void {
+    if (this.#at.size !== 0) this.#at.delete(key);
+  }
+
+  /** True while `key` failed less than FAILURE_RECHECK_MS ago. */
+  holds(key: string, now: number): boolean {
+    if (this.#at.size === 0) return false;
+    const at = this.#at.get(key);
+    if (at === undefined) return false;
+    if (now - at < FAILURE_RECHECK_MS) return true;
+    this.#at.delete(key);
+    return false;
+  }
 }
