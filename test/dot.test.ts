@@ -216,4 +216,20 @@ if (!opensslAvailable()) {
       { name: 'StartupError', message: /no PEM certificate/ },
     );
   });
+
+  t.test('a server that closes each connection after N answers: pipelined queries are re-sent until answered, while the deadline allows', async (t) => {
+    // A per-connection query limit (dnsdist's setMaxTCPQueriesPerConnection), resolver pods restarting one by one, an
+    // idle close racing a burst: the server answers 2 queries on a connection and closes it, the rest of what was
+    // pipelined on it unanswered. The connection answered, so the server is alive; with 2 s of deadline and reconnects
+    // that take a millisecond on loopback, every query can be answered on the next connections. Re-sending a lost
+    // query only once turns what the third and later connections would have answered into SERVFAIL.
+    const names = Array.from({ length: 8 }, (_, i) => `p${i}.example.org`);
+    const records = Object.fromEntries(names.map((n, i) => [n, `198.51.100.${i + 1}`]));
+    const s = await server(t, dnsTest, { records, closeAfterAnswers: 2 });
+    const ag = await agent(t, `tls://127.0.0.1:${s.port}@dns.test`, '--timeout', '2s', '--upstream-connections', '1');
+    const answers = await Promise.all(names.map((n) => udpQuery(ag.target, n, { timeoutMs: 5000 })));
+    t.same(answers.map(rcode), names.map(() => 'NOERROR'), 'no SERVFAIL: each query answered on some connection');
+    answers.forEach((p, i) => t.equal(aOf(p), `198.51.100.${i + 1}`, names[i]!));
+    t.ok(s.connections >= 4, `${s.connections} connections for 8 answers at 2 a connection`);
+  });
 }
