@@ -1054,3 +1054,31 @@ t.test('routing: reverse lookups of outside addresses that the cluster DNS passe
   t.equal(cluster.health.state, 'healthy', 'the cluster DNS answered every question it was asked: it is not failing');
   t.equal(await exchange(wire('kubernetes.default.svc.cluster.local', 'A')), 'NOERROR', 'and it answers cluster names');
 });
+
+t.test('routing: a stub domain\'s servers that failed and came back are healthy again without waiting for a client to ask', async (t) => {
+  // A stub domain is often asked rarely. After a short outage (three exchanges timed out) its upstream is 'failing',
+  // and nothing probes it: its health changes only with the next client exchange, so a recovered, idle stub domain stays
+  // nodelocal_upstream_healthy 0 for as long as nobody asks, and NodeLocalDNSExternalUpstreamFailing fires ("have not
+  // answered for 5 minutes") about servers that are answering. The cluster DNS and each tls:// server are probed once a
+  // second while failing; a stub domain's (and the host resolvers') health should come back the same way.
+  const sim = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.5'] } }), faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const { config } = loadConfig(['--stub-domain', `corp.example=${sim.host}:${sim.port}`, '--upstream-nameservers', '127.0.0.1:1054', '--timeout', '200ms'], { env: {} });
+  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
+  const counters = {
+    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
+  };
+  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
+  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
+  const msg = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'db.corp.example', type: 'A', class: 'IN' }] });
+  const route = routing.router.route(parseQuery(msg).key);
+  t.equal(route.upstream.name, 'stub:corp.example');
+  const outcomes = await Promise.all([0, 1, 2].map(() => new Promise<string>((resolve) => {
+    route.upstream.send({ query: msg, deadline: systemClock.now() + route.timeoutMs, resolve: () => resolve('answered'), reject: (reason) => resolve(reason) });
+  })));
+  t.same(outcomes, ['timeout', 'timeout', 'timeout'], 'the servers were down');
+  t.equal(route.upstream.health.state, 'failing', 'three failures in a row: failing');
+  sim.faults.dropAll = false;
+  // No client asks anything from here on; a probe once a second would find the servers within a few seconds.
+  t.ok(await until(() => route.upstream.health.healthy, 200, 20), 'healthy again once the servers answer, with no client traffic');
+});
