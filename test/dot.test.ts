@@ -59,6 +59,17 @@ t.test('flag parsing: tls:// forms, defaults and refusals', async (t) => {
   }
 });
 
+t.test('flag parsing: a server name that is all digits is refused (Unbound and Knot Resolver write the port after "@")', async (t) => {
+  // tls://1.1.1.1@853 is how Unbound (forward-addr 1.1.1.1@853#name) and Knot Resolver write "port 853". Taken as
+  // the certificate name "853", it is sent as SNI and checked against the certificate: every handshake fails, every
+  // external name gets SERVFAIL, and the agent started happily. No certificate can name "853" (a top-level label is
+  // never all digits, RFC 3696 2), so it is a configuration error like the IP-literal name already refused.
+  const load = (list: string) => loadConfig(['--upstream-nameservers', list], { env: {}, readFile: () => { throw new Error('ENOENT'); } }).config;
+  t.throws(() => load('tls://1.1.1.1@853'), { name: 'ConfigError' }, 'tls://1.1.1.1@853');
+  t.throws(() => load('tls://9.9.9.9@8853'), { name: 'ConfigError' }, 'tls://9.9.9.9@8853');
+  t.same(load('tls://1.1.1.1:853@one.one.one.one').upstreamTls, [{ host: '1.1.1.1', port: 853, serverName: 'one.one.one.one' }], 'the port goes after ":"');
+});
+
 t.test('the kube-dns ConfigMap takes plain upstreams only (kube-dns reads it too)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'nldns-dot-cm-'));
   writeFileSync(join(dir, 'upstreamNameservers'), JSON.stringify(['tls://1.1.1.1@one.one.one.one']));
