@@ -5,13 +5,18 @@
 // agent's counters, never on timing.
 import t, { type Test } from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import tls from 'node:tls';
+import * as dnsPacket from 'dns-packet';
 import { loadConfig } from '../src/config.js';
+import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { parseTlsServer } from '../src/upstream/tls-address.js';
 import { startAgent, type TestAgent } from './helpers/agent.js';
 import { udpQuery } from './helpers/dns-client.js';
 import { DotServer, TestCa, opensslAvailable, type DotServerOptions, type KeyPair } from './helpers/dot-server.js';
+import { a, answer } from './kit/dns.js';
 
 const HOST = '127.0.0.1';
 const RECORDS = { 'www.example.org': '192.0.2.10', 'a.example.org': '192.0.2.11', 'b.example.org': '192.0.2.12' };
@@ -52,6 +57,17 @@ t.test('flag parsing: tls:// forms, defaults and refusals', async (t) => {
     // main.ts turns a ConfigError into exit status 2 with its message on stderr.
     t.throws(() => load(...args), { name: 'ConfigError', message: re }, args.join(' '));
   }
+});
+
+t.test('flag parsing: a server name that is all digits is refused (Unbound and Knot Resolver write the port after "@")', async (t) => {
+  // tls://1.1.1.1@853 is how Unbound (forward-addr 1.1.1.1@853#name) and Knot Resolver write "port 853". Taken as
+  // the certificate name "853", it is sent as SNI and checked against the certificate: every handshake fails, every
+  // external name gets SERVFAIL, and the agent started happily. No certificate can name "853" (a top-level label is
+  // never all digits, RFC 3696 2), so it is a configuration error like the IP-literal name already refused.
+  const load = (list: string) => loadConfig(['--upstream-nameservers', list], { env: {}, readFile: () => { throw new Error('ENOENT'); } }).config;
+  t.throws(() => load('tls://1.1.1.1@853'), { name: 'ConfigError' }, 'tls://1.1.1.1@853');
+  t.throws(() => load('tls://9.9.9.9@8853'), { name: 'ConfigError' }, 'tls://9.9.9.9@8853');
+  t.same(load('tls://1.1.1.1:853@one.one.one.one').upstreamTls, [{ host: '1.1.1.1', port: 853, serverName: 'one.one.one.one' }], 'the port goes after ":"');
 });
 
 t.test('the kube-dns ConfigMap takes plain upstreams only (kube-dns reads it too)', async (t) => {
@@ -215,5 +231,56 @@ if (!opensslAvailable()) {
       startAgent(HOST, ['--upstream-nameservers', 'tls://127.0.0.1:853@dns.test', '--tls-ca-file', path]),
       { name: 'StartupError', message: /no PEM certificate/ },
     );
+  });
+
+  t.test('a server that closes each connection after N answers: pipelined queries are re-sent until answered, while the deadline allows', async (t) => {
+    // A per-connection query limit (dnsdist's setMaxTCPQueriesPerConnection), resolver pods restarting one by one, an
+    // idle close racing a burst: the server answers 2 queries on a connection and closes it, the rest of what was
+    // pipelined on it unanswered. The connection answered, so the server is alive; with 2 s of deadline and reconnects
+    // that take a millisecond on loopback, every query can be answered on the next connections. Re-sending a lost
+    // query only once turns what the third and later connections would have answered into SERVFAIL.
+    const names = Array.from({ length: 8 }, (_, i) => `p${i}.example.org`);
+    const records = Object.fromEntries(names.map((n, i) => [n, `198.51.100.${i + 1}`]));
+    const s = await server(t, dnsTest, { records, closeAfterAnswers: 2 });
+    const ag = await agent(t, `tls://127.0.0.1:${s.port}@dns.test`, '--timeout', '2s', '--upstream-connections', '1');
+    const answers = await Promise.all(names.map((n) => udpQuery(ag.target, n, { timeoutMs: 5000 })));
+    t.same(answers.map(rcode), names.map(() => 'NOERROR'), 'no SERVFAIL: each query answered on some connection');
+    answers.forEach((p, i) => t.equal(aOf(p), `198.51.100.${i + 1}`, names[i]!));
+    t.ok(s.connections >= 4, `${s.connections} connections for 8 answers at 2 a connection`);
+  });
+
+  t.test('failover: an answer from the first server after its try ended, but inside the budget, is used', async (t) => {
+    // Over TCP/TLS a query is not lost the way a UDP datagram is: a server past the try timeout is still working on it
+    // (a cold recursive lookup through slow authoritative servers takes seconds). The host resolvers keep an earlier
+    // try open until the exchange's deadline and take whichever answer comes first; the DNS-over-TLS failover drops
+    // the first server's try at --timeout, so its answer at 2.6 s is discarded ('late') while the second server,
+    // asked from scratch, never answers in the 4 s budget: SERVFAIL for a name that was answered in time.
+    const sockets = new Set<tls.TLSSocket>();
+    const slow = tls.createServer({ key: dnsTest.key, cert: dnsTest.cert, ALPNProtocols: ['dot'] }, (socket) => {
+      sockets.add(socket);
+      socket.on('error', () => {});
+      const decoder = new FrameDecoder((f) => {
+        const q = dnsPacket.decode(Buffer.from(f));
+        const name = q.questions?.[0]?.name ?? '.';
+        const timer = setTimeout(() => {
+          if (socket.writable) socket.write(frame(answer(name, [a(name, '192.0.2.99')], { id: q.id ?? 0 })));
+        }, 2600);
+        socket.once('close', () => clearTimeout(timer));
+      });
+      socket.on('data', (chunk: Buffer) => decoder.push(chunk));
+    });
+    await new Promise<void>((resolve) => slow.listen(0, HOST, () => resolve()));
+    t.teardown(() => new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      slow.close(() => resolve());
+    }));
+    const slowPort = (slow.address() as AddressInfo).port;
+    const silent = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    // --timeout 2s: each try 2 s while another server is left, the exchange 4 s in all.
+    const ag = await agent(t, `tls://127.0.0.1:${slowPort}@dns.test,tls://127.0.0.1:${silent.port}@dns.test`, '--timeout', '2s');
+    const p = await udpQuery(ag.target, 'slow.example.org', { timeoutMs: 6000 });
+    t.equal(silent.queries, 1, 'the first try ran out and the second server was asked');
+    t.equal(rcode(p), 'NOERROR', 'the first server\'s answer, 1.4 s inside the budget, is the answer');
+    t.equal(aOf(p), '192.0.2.99');
   });
 }

@@ -17,6 +17,14 @@ import type { Upstream, UpstreamFailure } from '../src/upstream/types.js';
 import { ManualClock, systemClock, type Clock } from '../src/clock.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { SimDnsServer, staticHandler, type SimContext, type SimHandler } from '../testkit/dns-server.js';
+import { responseFlags } from '../testkit/static-handler.js';
+import { loadConfig } from '../src/config.js';
+import { buildRouting } from '../src/routing.js';
+import { loadHostServers } from '../src/upstream/host-route.js';
+import { ForwardDurations } from '../src/upstream/forward-durations.js';
+import { PROBE_COUNTERS } from '../src/upstream/probe.js';
+import { parseQuery } from '../src/dns/query.js';
+import { silentLogger } from '../src/log.js';
 
 // ---------------------------------------------------------------- helpers
 
@@ -1004,4 +1012,73 @@ t.test('HostResolvers: a slow first server answers after the failover to a silen
   t.equal(silent.stats.udpQueries, 1, 'the second server was tried');
   t.equal(up.counters.get('failovers'), 1);
   t.equal(up.openSockets, 0);
+});
+
+t.test('routing: reverse lookups of outside addresses that the cluster DNS passes on as SERVFAIL do not make the cluster DNS failing', async (t) => {
+  // All of in-addr.arpa goes to the cluster DNS (it owns the Service and Pod PTRs), which forwards the rest to its own
+  // upstream. PTR lookups of outside addresses whose reverse zones are broken are everyday traffic (a web server or a
+  // log shipper resolving client IPs), and CoreDNS passes their failure on as SERVFAIL. Those answers say the cluster
+  // DNS is up and answering; they say nothing of its cluster records. Yet three in a row share the cluster route's
+  // health: the cluster DNS turns 'failing' (warning, nodelocal_upstream_healthy 0, not ready without a synced view), and
+  // cluster names are answered from the view without asking it (wrong for any record only CoreDNS holds) until the probe.
+  const handler: SimHandler = (q: Packet, ctx: SimContext) => {
+    const name = q.questions?.[0]?.name ?? '';
+    if (name.endsWith('.in-addr.arpa')) return { flags: responseFlags(q, 2) };
+    return staticHandler({ 'kubernetes.default.svc.cluster.local': { A: ['10.96.0.1'] } })(q, ctx);
+  };
+  const sim = await SimDnsServer.start({ handler, udp: false });
+  t.teardown(() => sim.close());
+  const { config } = loadConfig(['--upstream-addr', `${sim.host}:${sim.port}`, '--upstream-nameservers', '127.0.0.1:1054'], { env: {} });
+  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
+  const counters = {
+    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
+  };
+  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
+  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
+  const wire = (name: string, type: 'A' | 'PTR'): Buffer =>
+    dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type, class: 'IN' }] });
+  const routeOf = (msg: Buffer): Upstream => routing.router.route(parseQuery(msg).key).upstream;
+  const exchange = (msg: Buffer): Promise<string> =>
+    new Promise((resolve) => {
+      routeOf(msg).send({
+        query: msg, deadline: systemClock.now() + 2000,
+        resolve: (answer) => resolve(rcodeOf(dnsPacket.decode(answer)) ?? '?'),
+        reject: (reason) => resolve(reason),
+      });
+    });
+  for (const ip of ['203.0.113.7', '198.51.100.23', '192.0.2.200']) {
+    const ptr = `${ip.split('.').reverse().join('.')}.in-addr.arpa`;
+    t.equal(await exchange(wire(ptr, 'PTR')), 'SERVFAIL', `${ptr}: the cluster DNS answered, SERVFAIL`);
+  }
+  const cluster = routeOf(wire('kubernetes.default.svc.cluster.local', 'A'));
+  t.equal(cluster.health.state, 'healthy', 'the cluster DNS answered every question it was asked: it is not failing');
+  t.equal(await exchange(wire('kubernetes.default.svc.cluster.local', 'A')), 'NOERROR', 'and it answers cluster names');
+});
+
+t.test('routing: a stub domain\'s servers that failed and came back are healthy again without waiting for a client to ask', async (t) => {
+  // A stub domain is often asked rarely. After a short outage (three exchanges timed out) its upstream is 'failing',
+  // and nothing probes it: its health changes only with the next client exchange, so a recovered, idle stub domain stays
+  // nodelocal_upstream_healthy 0 for as long as nobody asks, and NodeLocalDNSExternalUpstreamFailing fires ("have not
+  // answered for 5 minutes") about servers that are answering. The cluster DNS and each tls:// server are probed once a
+  // second while failing; a stub domain's (and the host resolvers') health should come back the same way.
+  const sim = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.5'] } }), faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const { config } = loadConfig(['--stub-domain', `corp.example=${sim.host}:${sim.port}`, '--upstream-nameservers', '127.0.0.1:1054', '--timeout', '200ms'], { env: {} });
+  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
+  const counters = {
+    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
+  };
+  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
+  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
+  const msg = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'db.corp.example', type: 'A', class: 'IN' }] });
+  const route = routing.router.route(parseQuery(msg).key);
+  t.equal(route.upstream.name, 'stub:corp.example');
+  const outcomes = await Promise.all([0, 1, 2].map(() => new Promise<string>((resolve) => {
+    route.upstream.send({ query: msg, deadline: systemClock.now() + route.timeoutMs, resolve: () => resolve('answered'), reject: (reason) => resolve(reason) });
+  })));
+  t.same(outcomes, ['timeout', 'timeout', 'timeout'], 'the servers were down');
+  t.equal(route.upstream.health.state, 'failing', 'three failures in a row: failing');
+  sim.faults.dropAll = false;
+  // No client asks anything from here on; a probe once a second would find the servers within a few seconds.
+  t.ok(await until(() => route.upstream.health.healthy, 200, 20), 'healthy again once the servers answer, with no client traffic');
 });
