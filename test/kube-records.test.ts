@@ -648,3 +648,20 @@ t.test('ip forms', async (t) => {
   t.equal(podLabelAddress('a-b-c-d'), '');
   t.equal(podLabelAddress('fe80--1%x'), '');
 });
+
+// ---------------------------------------------------------------------------
+// Review: defects found against the spec and CoreDNS
+
+t.test('ExternalName holding an IP literal: no address record, NXDOMAIN as the cluster DNS answers', async (t) => {
+  // CoreDNS findServices keeps an ExternalName service only when its host is a name
+  // (`if t, _ := s.HostType(); t == dns.TypeCNAME`), so an IP literal leaves the name
+  // NXDOMAIN (coredns/coredns#2324: "the external name field is supposed to hold a DNS
+  // name, not an IP"); the Kubernetes docs say such names "are not resolved by DNS
+  // servers". The view stands in for CoreDNS: a name must not start resolving only
+  // while kube-dns is down (or merely late, --fallback-after).
+  const v = fixture();
+  const a = found(t, ask(v, SVC('extip.apps'), 'A'));
+  t.same(a.answer.filter((rr) => rr.type === 'A' || rr.type === 'AAAA'), [], 'no address record invented from an ExternalName');
+  nxdomain(t, ask(v, SVC('extip.apps'), 'A'), 'A: NXDOMAIN, as CoreDNS');
+  nxdomain(t, ask(v, SVC('extip.apps'), 'AAAA'), 'AAAA: NXDOMAIN, as CoreDNS');
+});
