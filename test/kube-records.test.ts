@@ -665,3 +665,18 @@ t.test('ExternalName holding an IP literal: no address record, NXDOMAIN as the c
   nxdomain(t, ask(v, SVC('extip.apps'), 'A'), 'A: NXDOMAIN, as CoreDNS');
   nxdomain(t, ask(v, SVC('extip.apps'), 'AAAA'), 'AAAA: NXDOMAIN, as CoreDNS');
 });
+
+t.test('a name the view holds keeps its NODATA while the view may not deny (API silent, or not yet synced)', async (t) => {
+  // The view keeps serving positive answers through API silence (README: "positive
+  // answers keep being served"); the other address family of the same name is as
+  // certain as the positive itself. Turned into SERVFAIL, it breaks the positive too:
+  // musl's getaddrinfo asks A and AAAA together and returns EAI_AGAIN when either
+  // answer is SERVFAIL (name_from_dns: rcode 2 -> EAI_AGAIN), so an Alpine pod cannot
+  // resolve kubernetes.default at all although the view has its address.
+  const v = fixture();
+  const cold = recordOptions({ zone: 'cluster.local', negativesAllowed: false });
+  positive(t, ask(v, SVC('kubernetes.default'), 'A', cold), 'A', ['10.96.0.1'], 'the A is served');
+  nodata(t, ask(v, SVC('kubernetes.default'), 'AAAA', cold), 'IPv4-only service, AAAA: NODATA, not SERVFAIL');
+  positive(t, ask(v, SVC('pet-3.web.apps'), 'A', cold), 'A', ['10.0.0.4'], 'endpoint name A is served');
+  nodata(t, ask(v, SVC('pet-3.web.apps'), 'AAAA', cold), 'IPv4-only endpoint name, AAAA: NODATA, not SERVFAIL');
+});
