@@ -11,6 +11,7 @@ import { FakeApiServer, endpointSliceJson, serviceJson } from '../testkit/fake-a
 import { SAMPLE_RECORDS, loadSampleCluster, writeKubeconfig } from '../testkit/cluster.js';
 import { sleep, udpQuery } from './helpers/dns-client.js';
 import { startAgent, type TestAgent } from './helpers/agent.js';
+import { systemClock } from '../src/clock.js';
 
 const HOST = '127.0.33.1';
 const dataOf = (p: dnsPacket.Packet): string[] => (p.answers ?? []).map((a) => String((a as { data?: unknown }).data)).sort();
@@ -186,4 +187,18 @@ t.test('--no-kube: no watch, no fallback; and no cluster config: the agent runs 
   t.equal(lines.filter((l) => l.includes('--no-kube')).length, 1);
   t.equal(lines.filter((l) => l.includes('no cluster config')).length, 1, 'said once');
   t.same(dataOf(await udpQuery(none.target, 'web.shop.svc.cluster.local')), ['10.96.1.10'], 'and forwards as before');
+});
+
+t.test('API server silent past --max-api-silence, kube-dns down: a service the view serves keeps its NODATA for the other family (musl asks A and AAAA together)', async (t) => {
+  const r = await rig(t, ['--max-api-silence', '1s']);
+  await r.kubeDns.stop();
+  await r.api.down();
+  t.ok(await until(() => r.agent.agent.view?.negativesAllowed(systemClock.now(), 1000) === false, 5000), 'the view may no longer deny names');
+  const a = await udpQuery(r.agent.target, 'kubernetes.default.svc.cluster.local', { type: 'A', timeoutMs: 3000 });
+  t.same(dataOf(a), ['10.96.0.1'], 'the A record is still served from the view');
+  // musl's name_from_dns returns EAI_AGAIN when either of the two answers is SERVFAIL:
+  // the positive A above is lost to an Alpine pod unless the AAAA says NODATA.
+  const aaaa = await udpQuery(r.agent.target, 'kubernetes.default.svc.cluster.local', { type: 'AAAA', timeoutMs: 3000 });
+  t.equal(rcodeOf(aaaa), 0, 'AAAA of an IPv4-only service the view holds: NOERROR (NODATA), not SERVFAIL');
+  t.same(dataOf(aaaa), [], 'and no records');
 });
