@@ -7,6 +7,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import * as dnsPacket from 'dns-packet';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { responseFlags } from '../testkit/static-handler.js';
 import { FakeApiServer, endpointSliceJson, serviceJson } from '../testkit/fake-apiserver.js';
 import { SAMPLE_RECORDS, loadSampleCluster, writeKubeconfig } from '../testkit/cluster.js';
 import { sleep, udpQuery } from './helpers/dns-client.js';
@@ -201,4 +202,34 @@ t.test('API server silent past --max-api-silence, kube-dns down: a service the v
   const aaaa = await udpQuery(r.agent.target, 'kubernetes.default.svc.cluster.local', { type: 'AAAA', timeoutMs: 3000 });
   t.equal(rcodeOf(aaaa), 0, 'AAAA of an IPv4-only service the view holds: NOERROR (NODATA), not SERVFAIL');
   t.same(dataOf(aaaa), [], 'and no records');
+});
+
+t.test('ExternalName from the view: a target whose AAAA the node resolvers SERVFAIL still gets its CNAME (NOERROR), as from CoreDNS', async (t) => {
+  // resolver.ts #chase: "If that fails, the CNAME alone is still a true answer" -- but a host resolver that
+  // answers SERVFAIL (after every server and try) is joined as an answer, and the join carries its rcode:
+  // the client gets SERVFAIL. CoreDNS (backend_lookup.go A/AAAA) appends nothing from a failed upstream
+  // lookup and answers NOERROR. musl asks A and AAAA together and fails the whole lookup (EAI_AGAIN) on
+  // either SERVFAIL, so the working A of the ExternalName target is lost while kube-dns is down.
+  const api = new FakeApiServer({ token: 'sample-token' });
+  await api.start();
+  loadSampleCluster(api);
+  const kubeDns = await SimDnsServer.start({ handler: staticHandler(SAMPLE_RECORDS, { soaZone: 'cluster.local' }) });
+  const a = staticHandler({ 'pay.example.com': { A: ['192.0.2.77'], ttl: 60 } }, { soaZone: 'example.com' });
+  const external = await SimDnsServer.start({
+    handler: (q, ctx) => (q.questions?.[0]?.type === 'AAAA' ? { flags: responseFlags(q, 2) } : a(q, ctx)),
+  });
+  const agent = await startAgent(HOST, [
+    '--upstream-addr', `127.0.0.1:${kubeDns.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`, '--kubeconfig', writeKubeconfig(api.url),
+  ]);
+  t.teardown(async () => {
+    await agent.stop();
+    await Promise.all([api.close(), kubeDns.close(), external.close()]);
+  });
+  t.ok(await until(() => agent.agent.view?.synced === true), 'the view synced');
+  await kubeDns.stop();
+  const four = await udpQuery(agent.target, 'payments.shop.svc.cluster.local', { type: 'A', timeoutMs: 4000 });
+  t.same(dataOf(four), ['192.0.2.77', 'pay.example.com'], 'A: the CNAME and the target address');
+  const six = await udpQuery(agent.target, 'payments.shop.svc.cluster.local', { type: 'AAAA', timeoutMs: 4000 });
+  t.equal(rcodeOf(six), 0, 'AAAA: NOERROR with the CNAME, not SERVFAIL');
+  t.same(dataOf(six), ['pay.example.com'], 'AAAA: the CNAME alone');
 });
