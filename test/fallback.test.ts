@@ -7,10 +7,12 @@ import t from 'tap';
 import type { Test } from 'tap';
 import * as dnsPacket from 'dns-packet';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { responseFlags } from '../testkit/static-handler.js';
 import { FakeApiServer, endpointSliceJson, serviceJson } from '../testkit/fake-apiserver.js';
 import { SAMPLE_RECORDS, loadSampleCluster, writeKubeconfig } from '../testkit/cluster.js';
 import { sleep, udpQuery } from './helpers/dns-client.js';
 import { startAgent, type TestAgent } from './helpers/agent.js';
+import { systemClock } from '../src/clock.js';
 
 const HOST = '127.0.33.1';
 const dataOf = (p: dnsPacket.Packet): string[] => (p.answers ?? []).map((a) => String((a as { data?: unknown }).data)).sort();
@@ -186,4 +188,48 @@ t.test('--no-kube: no watch, no fallback; and no cluster config: the agent runs 
   t.equal(lines.filter((l) => l.includes('--no-kube')).length, 1);
   t.equal(lines.filter((l) => l.includes('no cluster config')).length, 1, 'said once');
   t.same(dataOf(await udpQuery(none.target, 'web.shop.svc.cluster.local')), ['10.96.1.10'], 'and forwards as before');
+});
+
+t.test('API server silent past --max-api-silence, kube-dns down: a service the view serves keeps its NODATA for the other family (musl asks A and AAAA together)', async (t) => {
+  const r = await rig(t, ['--max-api-silence', '1s']);
+  await r.kubeDns.stop();
+  await r.api.down();
+  t.ok(await until(() => r.agent.agent.view?.negativesAllowed(systemClock.now(), 1000) === false, 5000), 'the view may no longer deny names');
+  const a = await udpQuery(r.agent.target, 'kubernetes.default.svc.cluster.local', { type: 'A', timeoutMs: 3000 });
+  t.same(dataOf(a), ['10.96.0.1'], 'the A record is still served from the view');
+  // musl's name_from_dns returns EAI_AGAIN when either of the two answers is SERVFAIL:
+  // the positive A above is lost to an Alpine pod unless the AAAA says NODATA.
+  const aaaa = await udpQuery(r.agent.target, 'kubernetes.default.svc.cluster.local', { type: 'AAAA', timeoutMs: 3000 });
+  t.equal(rcodeOf(aaaa), 0, 'AAAA of an IPv4-only service the view holds: NOERROR (NODATA), not SERVFAIL');
+  t.same(dataOf(aaaa), [], 'and no records');
+});
+
+t.test('ExternalName from the view: a target whose AAAA the node resolvers SERVFAIL still gets its CNAME (NOERROR), as from CoreDNS', async (t) => {
+  // resolver.ts #chase: "If that fails, the CNAME alone is still a true answer" -- but a host resolver that
+  // answers SERVFAIL (after every server and try) is joined as an answer, and the join carries its rcode:
+  // the client gets SERVFAIL. CoreDNS (backend_lookup.go A/AAAA) appends nothing from a failed upstream
+  // lookup and answers NOERROR. musl asks A and AAAA together and fails the whole lookup (EAI_AGAIN) on
+  // either SERVFAIL, so the working A of the ExternalName target is lost while kube-dns is down.
+  const api = new FakeApiServer({ token: 'sample-token' });
+  await api.start();
+  loadSampleCluster(api);
+  const kubeDns = await SimDnsServer.start({ handler: staticHandler(SAMPLE_RECORDS, { soaZone: 'cluster.local' }) });
+  const a = staticHandler({ 'pay.example.com': { A: ['192.0.2.77'], ttl: 60 } }, { soaZone: 'example.com' });
+  const external = await SimDnsServer.start({
+    handler: (q, ctx) => (q.questions?.[0]?.type === 'AAAA' ? { flags: responseFlags(q, 2) } : a(q, ctx)),
+  });
+  const agent = await startAgent(HOST, [
+    '--upstream-addr', `127.0.0.1:${kubeDns.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`, '--kubeconfig', writeKubeconfig(api.url),
+  ]);
+  t.teardown(async () => {
+    await agent.stop();
+    await Promise.all([api.close(), kubeDns.close(), external.close()]);
+  });
+  t.ok(await until(() => agent.agent.view?.synced === true), 'the view synced');
+  await kubeDns.stop();
+  const four = await udpQuery(agent.target, 'payments.shop.svc.cluster.local', { type: 'A', timeoutMs: 4000 });
+  t.same(dataOf(four), ['192.0.2.77', 'pay.example.com'], 'A: the CNAME and the target address');
+  const six = await udpQuery(agent.target, 'payments.shop.svc.cluster.local', { type: 'AAAA', timeoutMs: 4000 });
+  t.equal(rcodeOf(six), 0, 'AAAA: NOERROR with the CNAME, not SERVFAIL');
+  t.same(dataOf(six), ['pay.example.com'], 'AAAA: the CNAME alone');
 });

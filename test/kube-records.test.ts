@@ -648,3 +648,35 @@ t.test('ip forms', async (t) => {
   t.equal(podLabelAddress('a-b-c-d'), '');
   t.equal(podLabelAddress('fe80--1%x'), '');
 });
+
+// ---------------------------------------------------------------------------
+// Review: defects found against the spec and CoreDNS
+
+t.test('ExternalName holding an IP literal: no address record, NXDOMAIN as the cluster DNS answers', async (t) => {
+  // CoreDNS findServices keeps an ExternalName service only when its host is a name
+  // (`if t, _ := s.HostType(); t == dns.TypeCNAME`), so an IP literal leaves the name
+  // NXDOMAIN (coredns/coredns#2324: "the external name field is supposed to hold a DNS
+  // name, not an IP"); the Kubernetes docs say such names "are not resolved by DNS
+  // servers". The view stands in for CoreDNS: a name must not start resolving only
+  // while kube-dns is down (or merely late, --fallback-after).
+  const v = fixture();
+  const a = found(t, ask(v, SVC('extip.apps'), 'A'));
+  t.same(a.answer.filter((rr) => rr.type === 'A' || rr.type === 'AAAA'), [], 'no address record invented from an ExternalName');
+  nxdomain(t, ask(v, SVC('extip.apps'), 'A'), 'A: NXDOMAIN, as CoreDNS');
+  nxdomain(t, ask(v, SVC('extip.apps'), 'AAAA'), 'AAAA: NXDOMAIN, as CoreDNS');
+});
+
+t.test('a name the view holds keeps its NODATA while the view may not deny (API silent, or not yet synced)', async (t) => {
+  // The view keeps serving positive answers through API silence (README: "positive
+  // answers keep being served"); the other address family of the same name is as
+  // certain as the positive itself. Turned into SERVFAIL, it breaks the positive too:
+  // musl's getaddrinfo asks A and AAAA together and returns EAI_AGAIN when either
+  // answer is SERVFAIL (name_from_dns: rcode 2 -> EAI_AGAIN), so an Alpine pod cannot
+  // resolve kubernetes.default at all although the view has its address.
+  const v = fixture();
+  const cold = recordOptions({ zone: 'cluster.local', negativesAllowed: false });
+  positive(t, ask(v, SVC('kubernetes.default'), 'A', cold), 'A', ['10.96.0.1'], 'the A is served');
+  nodata(t, ask(v, SVC('kubernetes.default'), 'AAAA', cold), 'IPv4-only service, AAAA: NODATA, not SERVFAIL');
+  positive(t, ask(v, SVC('pet-3.web.apps'), 'A', cold), 'A', ['10.0.0.4'], 'endpoint name A is served');
+  nodata(t, ask(v, SVC('pet-3.web.apps'), 'AAAA', cold), 'IPv4-only endpoint name, AAAA: NODATA, not SERVFAIL');
+});
