@@ -4,7 +4,7 @@
  * the endpoints and SRV targets of a service that the classification and
  * the answers both need. Pure: reads the view, no I/O, no clock.
  */
-import { dashedName, podLabelAddress } from './ip.js';
+import { dashedName, ipKey, podLabelAddress } from './ip.js';
 import type { ServicePort, SlimService } from './types.js';
 import type { ClusterViewReader } from './view.js';
 
@@ -99,6 +99,9 @@ function classifyService(view: ClusterViewReader, rel: readonly string[]): Node 
     // Spec 2.4.1: a headless service with no ready endpoints is NXDOMAIN
     // (CoreDNS agrees: findServices finds nothing and keeps errNoItems).
     if (svc.kind === 'Headless' && backends(view, svc, '').length === 0) return NX;
+    // An IP address as externalName is no name to point a CNAME at: CoreDNS keeps only ExternalNames whose
+    // host is a name (findServices, HostType), so the service's name does not exist (coredns/coredns#2324).
+    if (svc.kind === 'ExternalName' && ipKey(trimDot(svc.externalName)) !== '') return NX;
     return { t: 'service', svc };
   }
   // CoreDNS: an ExternalName service has no endpoints and no port names below it.

@@ -77,9 +77,20 @@ export function answerCluster(view: ClusterViewReader, qname: Uint8Array, qtype:
     // An address the view does not hold: not ours once synced, unknown before.
     if (ans === undefined) return opts.negativesAllowed ? NOT_OURS : UNKNOWN;
   }
-  // Only negative answers carry authority records.
-  if (ans.authority.length > 0 && !opts.negativesAllowed) return UNKNOWN;
+  // Only negative answers carry authority records. While the view may not deny, NODATA for a name it holds
+  // stays (the other address family of a served name: musl fails the whole lookup on a SERVFAIL for either),
+  // once every kind has been listed whole: before that a dual-stack service's second slice may not be in yet.
+  if (ans.authority.length > 0 && !opts.negativesAllowed && !(ans.rcode === Rcode.NOERROR && view.synced && holdsName(view, labels, zone))) {
+    return UNKNOWN;
+  }
   return ans;
+}
+
+/** True when the name under the zone is one the view has records for (not missing, not an empty non-terminal). */
+function holdsName(view: ClusterViewReader, labels: readonly string[], zone: readonly string[]): boolean {
+  if (!endsWith(labels, zone)) return false;
+  const t = classify(view, labels.slice(0, labels.length - zone.length)).t;
+  return t !== 'nx' && t !== 'empty';
 }
 
 /**
@@ -208,17 +219,13 @@ function forward(
  * CNAME owner has no other data; CoreDNS answers only A/AAAA/TXT this way
  * and NODATA otherwise). A target inside the zone is chased here, at most
  * maxCnameChain links and never through the same name twice; a target
- * outside is left to the caller (`chase`). An IP literal as external name is
- * served as an address record, as CoreDNS does (msg.Service HostType).
+ * outside is left to the caller (`chase`). An IP literal as external name
+ * makes no record at all (record-names.ts classifies the name NX), as CoreDNS.
  */
 function externalName(
   view: ClusterViewReader, svc: SlimService, name: string, qtype: number, opts: RecordOptions, chain: readonly string[],
 ): Answer {
   const target = trimDot(svc.externalName.toLowerCase());
-  if (ipKey(target) !== '') {
-    const recs = qtype === QType.A || qtype === QType.AAAA ? addresses(name, [target], qtype, opts.ttl) : [];
-    return recs.length > 0 ? positive(recs) : negative(view, Rcode.NOERROR, opts.zone, opts);
-  }
   const cname: NameRR = { name, type: 'CNAME', ttl: opts.ttl, data: target };
   if (qtype === QType.CNAME) return positive([cname]);
   const zone = opts.zone.split('.');

@@ -85,6 +85,12 @@ export interface ResolverOptions {
   readonly maxConcurrent: number;
 }
 
+/** An answer that is a failure (SERVFAIL, REFUSED, or too short to say): it answers nothing. */
+function failedAnswer(answer: Buffer): boolean {
+  const rcode = answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL;
+  return rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED;
+}
+
 /** Why a local answer is being given, for its counter. */
 type LocalWhy = 'localOnFailure' | 'localLate' | 'localFailing' | 'localNegative';
 
@@ -150,8 +156,7 @@ export class Resolver implements MissSink, PendingOwner {
   answered(p: PendingQuery, answer: Buffer): void {
     // An upstream that answers SERVFAIL or REFUSED has failed this question: clients get our failure
     // order, never a REFUSED (musl then waits out its whole timeout; unbound answers SERVFAIL too).
-    const rcode = answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL;
-    if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) {
+    if (failedAnswer(answer)) {
       this.#v[S.failServfail]!++;
       this.#fallBack(p, 'servfail');
       return;
@@ -246,6 +251,12 @@ export class Resolver implements MissSink, PendingOwner {
       query: upstreamQuery(q),
       deadline: this.#clock.now() + targetRoute.timeoutMs,
       resolve: (answer) => {
+        // A target that failed (SERVFAIL, REFUSED) adds nothing: the CNAME alone, NOERROR, as CoreDNS answers;
+        // the join would carry the target's rcode, and musl fails a whole lookup on either family's SERVFAIL.
+        if (failedAnswer(answer)) {
+          hits.complete(token, cname, 'local');
+          return;
+        }
         // The host resolver's answer joins ours, and the join completes as 'local', which the hit path does not
         // scrub: so the target's records are scrubbed here against the target's own question, or one owned by our
         // question's name (or any other) would be served and cached with it.
