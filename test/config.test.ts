@@ -170,3 +170,19 @@ t.test('ConfigWatcher: a change in any watched file is reported once, a missing 
   clock.advance(3 * CONFIG_POLL_MS);
   t.equal(changes, 2, 'stopped');
 });
+
+t.test('the root zone is refused as the cluster domain or a stub domain (it would take every name)', async (t) => {
+  // A zone of "" or "." matches every name in the router's suffix walk: all external names would go to the
+  // cluster DNS (or the stub's servers), and with the view as the cluster route's local answerer, a slow
+  // cluster DNS would get external names answered from the cluster view. A templated
+  // `--cluster-domain=$(CLUSTER_DOMAIN)` with an empty variable gives exactly this.
+  t.match(err(['--cluster-domain', '']), /--cluster-domain/);
+  t.match(err(['--cluster-domain', '.']), /--cluster-domain/);
+  t.match(err(['--stub-domain', '.=127.0.0.1']), /--stub-domain/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {".": ["127.0.0.1"]}' }), /stubDomains/);
+  t.match(
+    err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{".": ["127.0.0.1"]}' }),
+    /kube-dns ConfigMap.*stubDomains/,
+    'kube-dns refuses it too (IsDNS1123Subdomain)',
+  );
+});
