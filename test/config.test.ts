@@ -186,3 +186,13 @@ t.test('the root zone is refused as the cluster domain or a stub domain (it woul
     'kube-dns refuses it too (IsDNS1123Subdomain)',
   );
 });
+
+t.test('cache sizes have an upper bound: a huge one is a flag error, not a crash at start', async (t) => {
+  // Entry slots are allocated up front by count, outside --cache-memory: 1e9 entries throws
+  // "RangeError: Array buffer allocation failed" from the Agent constructor, which main.ts reports as
+  // "unexpected error" with a stack and exit 1, not exit 2 naming the flag. No count above what the
+  // byte budget can hold (64 bytes of slot each at least) is of any use.
+  t.match(err(['--cache-size', '1000000000']), /--cache-size "1000000000"/);
+  t.match(err(['--negative-cache-size', '3000000000']), /--negative-cache-size "3000000000"/);
+  t.match(err(['--cache-size', '99999999999999999999']), /--cache-size "99999999999999999999"/);
+});
