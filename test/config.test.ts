@@ -196,3 +196,18 @@ t.test('cache sizes have an upper bound: a huge one is a flag error, not a crash
   t.match(err(['--negative-cache-size', '3000000000']), /--negative-cache-size "3000000000"/);
   t.match(err(['--cache-size', '99999999999999999999']), /--cache-size "99999999999999999999"/);
 });
+
+t.test('reload: settings only read at start are reported as needing a restart, never claimed applied', async (t) => {
+  const { keepRestartOnly } = await import('../src/agent-config.js');
+  // --reuse-port is a bind option of the listeners and HTTP servers made at start; --max-query-age is handed to
+  // the batched workers when they are spawned (worker-spawn.ts), and their configure() message has no field for
+  // it. A reload changing either logs "configuration reloaded" with no restartNeeded, and agent.config then shows
+  // the new value while the old one is in force.
+  const old = load(['--io', 'batched']).config;
+  const next = load(['--io', 'batched', '--no-reuse-port', '--max-query-age', '1s']).config;
+  const { merged, restartNeeded } = keepRestartOnly(old, next);
+  t.ok(restartNeeded.includes('reusePort'), `reusePort reported (got ${JSON.stringify(restartNeeded)})`);
+  t.ok(restartNeeded.includes('maxQueryAgeMs'), `maxQueryAgeMs reported (got ${JSON.stringify(restartNeeded)})`);
+  t.equal(merged.reusePort, old.reusePort, 'the running value is kept');
+  t.equal(merged.maxQueryAgeMs, old.maxQueryAgeMs, 'the running value is kept');
+});
