@@ -1,0 +1,143 @@
+// main.ts as a process: what it does with signals, and reloads as main drives
+// them (SIGHUP, the watcher of the configuration files). The agent runs in
+// local mode on loopback with --io dgram, no HTTP endpoints and no API watch;
+// its only upstream is a resolv.conf nameserver of 127.0.0.x that nothing
+// here queries.
+import t from 'tap';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+/** Bounds, not expectations: an agent process starts in a few seconds here. */
+const START_TIMEOUT_MS = 60_000;
+const BUILD_TIMEOUT_MS = 180_000;
+t.setTimeout(400_000);
+
+let nextPort = 24000 + (process.pid % 1000) * 4;
+
+/**
+ * src/main.ts and what it imports, emitted as JavaScript (no type check) into
+ * a private temp dir, as handover.test.ts does: through the TypeScript loader
+ * an agent process takes many seconds just to load.
+ */
+function buildMain(): { dir: string; main: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-main-'));
+  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  const r = spawnSync(
+    process.execPath,
+    [tsc, '--noCheck', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--skipLibCheck', '--esModuleInterop', '--types', 'node', '--rootDir', ROOT, '--outDir', dir, join(ROOT, 'src/main.ts')],
+    { cwd: ROOT, encoding: 'utf8', timeout: BUILD_TIMEOUT_MS },
+  );
+  if (r.status !== 0) throw new Error(`building src/main.ts: status ${r.status} ${r.error?.message ?? ''} ${r.stdout} ${r.stderr}`);
+  writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
+  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
+  return { dir, main: join(dir, 'src', 'main.js') };
+}
+
+const built = buildMain();
+t.teardown(() => rmSync(built.dir, { recursive: true, force: true }));
+
+interface AgentProcess {
+  readonly child: ChildProcess;
+  /** Its log, one JSON object a line on stderr. */
+  readonly log: Lines;
+}
+
+function startMain(work: string, args: readonly string[]): AgentProcess {
+  const argv = [
+    built.main,
+    '--listen', `127.0.0.1:${nextPort++}`,
+    '--io', 'dgram',
+    '--no-kube',
+    '--metrics-listen-address', 'off',
+    '--health-port', '0',
+    '--kube-dns-config-dir', join(work, 'no-kube-dns'),
+    ...args,
+  ];
+  const child = spawn(process.execPath, argv, { env: CHILD_ENV, cwd: work, stdio: ['ignore', 'ignore', 'pipe'] });
+  child.on('error', () => {});
+  return { child, log: new Lines(child.stderr!) };
+}
+
+const msgIs = (msg: string) => (line: string): boolean => {
+  try {
+    return (JSON.parse(line) as { msg?: unknown }).msg === msg;
+  } catch {
+    return false;
+  }
+};
+
+function workDir(t: { teardown(fn: () => unknown): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-main-run-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'resolv.conf'), 'nameserver 127.0.0.254\n');
+  return dir;
+}
+
+/** Bounded: resolves once one of the process's threads waits in open(2) on a FIFO for its writer. */
+async function blockedOnFifo(pid: number, timeoutMs: number): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    try {
+      for (const task of readdirSync(`/proc/${pid}/task`)) {
+        if (readFileSync(`/proc/${pid}/task/${task}/wchan`, 'utf8').trim() === 'wait_for_partner') return true;
+      }
+    } catch {
+      return false;
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return false;
+}
+
+/** Lets the reader blocked in open(2) go on (it then finds no regular file and starts cold). */
+function releaseFifo(path: string): void {
+  try {
+    closeSync(openSync(path, constants.O_WRONLY | constants.O_NONBLOCK));
+  } catch {
+    // ENXIO: no reader any more (the process is gone).
+  }
+}
+
+t.test('a signal during start-up is handled: SIGHUP does not kill the agent, SIGTERM stops it cleanly (exit 0)', async (t) => {
+  // main.ts installs its SIGHUP, SIGTERM and SIGINT handlers only after agent.start() resolves. Until then the
+  // default actions apply: SIGHUP and SIGTERM kill the process at once, with no teardown (the link and its
+  // addresses, when already made, stay on the node; no snapshot is written). In the container the agent is PID 1
+  // (Dockerfile ENTRYPOINT node ...), for which the kernel drops signals with no handler: the kubelet's SIGTERM
+  // during start-up is lost, the agent starts and serves, and the pod's deletion waits out
+  // terminationGracePeriodSeconds for the SIGKILL. Start-up is held here at a known point: the cache snapshot is
+  // a FIFO, so the snapshot part's open() waits (off the main thread, the event loop running) until we open it.
+  const work = workDir(t);
+  // One FIFO each: an agent that stops cleanly writes its snapshot over the path.
+  const fifos = [join(work, 'snapshot-1'), join(work, 'snapshot-2')];
+  t.equal(spawnSync('mkfifo', fifos).status, 0, 'mkfifo');
+  const args = (fifo: string): string[] => ['--resolv-conf', join(work, 'resolv.conf'), '--cache-snapshot', fifo, '--cache-snapshot-interval', '0'];
+
+  let fifo = fifos[0]!;
+  const hup = startMain(work, args(fifo));
+  t.teardown(() => stopChild(hup.child, 'SIGKILL', 1000));
+  t.ok(await blockedOnFifo(hup.child.pid!, START_TIMEOUT_MS), 'start-up holds in the snapshot load');
+  hup.child.kill('SIGHUP');
+  // Give a default action time to take effect before start-up may go on.
+  await waitExit(hup.child, 1000);
+  releaseFifo(fifo);
+  const started = await hup.log.next(msgIs('started'), START_TIMEOUT_MS);
+  t.equal(hup.child.signalCode, null, 'not killed by the SIGHUP that arrived during start-up');
+  t.ok(started !== null, 'and went on to serve');
+  await stopChild(hup.child, 'SIGTERM', 20_000);
+
+  fifo = fifos[1]!;
+  const term = startMain(work, args(fifo));
+  t.teardown(() => stopChild(term.child, 'SIGKILL', 1000));
+  t.ok(await blockedOnFifo(term.child.pid!, START_TIMEOUT_MS), 'start-up holds in the snapshot load');
+  term.child.kill('SIGTERM');
+  await waitExit(term.child, 1000);
+  releaseFifo(fifo);
+  t.ok(await waitExit(term.child, 30_000), 'exits');
+  t.equal(term.child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
+  t.equal(term.child.exitCode, 0, 'with status 0, as a stop after start-up does');
+});
