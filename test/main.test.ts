@@ -5,7 +5,7 @@
 // here queries.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -140,4 +140,42 @@ t.test('a signal during start-up is handled: SIGHUP does not kill the agent, SIG
   t.ok(await waitExit(term.child, 30_000), 'exits');
   t.equal(term.child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
   t.equal(term.child.exitCode, 0, 'with status 0, as a stop after start-up does');
+});
+
+/** As editors and the kubelet replace a file: never seen half written (an empty config file is a valid one). */
+function replaceFile(path: string, text: string): void {
+  writeFileSync(`${path}.new`, text);
+  renameSync(`${path}.new`, path);
+}
+
+/** The fields of the next log line with this message, or null (bounded wait). */
+async function nextLog(a: AgentProcess, msg: string, timeoutMs: number): Promise<Record<string, unknown> | null> {
+  const line = await a.log.next(msgIs(msg), timeoutMs);
+  return line === null ? null : (JSON.parse(line) as Record<string, unknown>);
+}
+
+t.test('a reload that changes --shutdown-grace is applied at the next SIGTERM, or reported as needing a restart', async (t) => {
+  // main.ts gives agent.stop() and its hard-stop timer `config.shutdownGraceMs` of the configuration it started
+  // with; agent-config.ts does not list shutdownGraceMs among the restart-only settings. So a reload from 1s to
+  // 7s logs "configuration reloaded" with no restartNeeded, agent.config says 7 s, and the next SIGTERM still
+  // cuts queries in flight at 1 s (and hard-exits at 1 s + 10 s, even when the new grace is longer than that).
+  const work = workDir(t);
+  const file = join(work, 'agent.yaml');
+  writeFileSync(file, 'shutdownGrace: 1s\n');
+  const a = startMain(work, ['--resolv-conf', join(work, 'resolv.conf'), '--config', file]);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'started');
+  replaceFile(file, 'shutdownGrace: 7s\n');
+  a.child.kill('SIGHUP');
+  const reloaded = await nextLog(a, 'configuration reloaded', START_TIMEOUT_MS);
+  t.ok(reloaded, 'reloaded');
+  const restartNeeded = (reloaded?.['restartNeeded'] as string[] | undefined) ?? [];
+  a.child.kill('SIGTERM');
+  const stopping = await nextLog(a, 'stopping: finishing queries in flight', START_TIMEOUT_MS);
+  t.ok(stopping, 'stopping');
+  t.ok(
+    stopping?.['graceMs'] === 7000 || restartNeeded.includes('shutdownGraceMs'),
+    `the stop uses the reloaded grace (graceMs ${String(stopping?.['graceMs'])}), or the reload said it needs a restart (restartNeeded ${JSON.stringify(restartNeeded)})`,
+  );
+  t.ok(await waitExit(a.child, 30_000), 'exits');
 });
