@@ -179,3 +179,26 @@ t.test('a reload that changes --shutdown-grace is applied at the next SIGTERM, o
   );
   t.ok(await waitExit(a.child, 30_000), 'exits');
 });
+
+t.test('a reload that moves --resolv-conf (or another watched file) watches the new file from then on', async (t) => {
+  // main.ts builds its ConfigWatcher once, from agent.configSources at start, and never again. A config file
+  // that points resolvConf (or kubeDnsConfigDir, or tlsCaFile) somewhere else is reloaded and read from there,
+  // but later edits of the new file are never noticed (until a SIGHUP), while edits of the old one, no longer
+  // used, still trigger reloads.
+  const work = workDir(t);
+  const first = join(work, 'resolv.conf');
+  const second = join(work, 'resolv-2.conf');
+  writeFileSync(second, 'nameserver 127.0.0.253\n');
+  const file = join(work, 'agent.yaml');
+  writeFileSync(file, `resolvConf: ${first}\n`);
+  const a = startMain(work, ['--config', file]);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'started');
+  replaceFile(file, `resolvConf: ${second}\n`);
+  t.ok(await nextLog(a, 'configuration reloaded', START_TIMEOUT_MS), 'the config file change is picked up (polled every second)');
+  replaceFile(second, 'nameserver 127.0.0.252\n');
+  // The watcher polls every second: ten polls is a generous bound.
+  const again = await nextLog(a, 'configuration reloaded', 10_000);
+  t.ok(again, 'a change in the resolv.conf now in use is reloaded too');
+  await stopChild(a.child, 'SIGTERM', 20_000);
+});
