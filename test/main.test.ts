@@ -202,3 +202,25 @@ t.test('a reload that moves --resolv-conf (or another watched file) watches the 
   t.ok(again, 'a change in the resolv.conf now in use is reloaded too');
   await stopChild(a.child, 'SIGTERM', 20_000);
 });
+
+t.test('a configuration file changed while the agent starts is reloaded once it serves', async (t) => {
+  // main.ts reads the configuration, starts the agent (seconds: workers, the snapshot load, the link and the
+  // rules behind the xtables lock), and only then builds its ConfigWatcher, whose first read becomes the
+  // baseline. A ConfigMap update (or a resolv.conf rewrite) that lands during start-up is that baseline: the
+  // agent serves the old configuration until some later change, with nothing logged. Start-up is held at a
+  // known point as above (a FIFO as the cache snapshot).
+  const work = workDir(t);
+  const fifo = join(work, 'snapshot');
+  t.equal(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo');
+  const file = join(work, 'agent.yaml');
+  writeFileSync(file, 'successTtl: 30s\n');
+  const a = startMain(work, ['--resolv-conf', join(work, 'resolv.conf'), '--config', file, '--cache-snapshot', fifo, '--cache-snapshot-interval', '0']);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  t.ok(await blockedOnFifo(a.child.pid!, START_TIMEOUT_MS), 'start-up holds in the snapshot load');
+  replaceFile(file, 'successTtl: 10s\n');
+  releaseFifo(fifo);
+  t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'started');
+  // The watcher polls every second: ten polls is a generous bound.
+  t.ok(await nextLog(a, 'configuration reloaded', 10_000), 'the change made during start-up is applied');
+  await stopChild(a.child, 'SIGTERM', 20_000);
+});
