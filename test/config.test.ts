@@ -211,3 +211,27 @@ t.test('reload: settings only read at start are reported as needing a restart, n
   t.equal(merged.reusePort, old.reusePort, 'the running value is kept');
   t.equal(merged.maxQueryAgeMs, old.maxQueryAgeMs, 'the running value is kept');
 });
+
+t.test('loop guard: an upstream that is one of our own addresses is refused whatever its spelling, and under a wildcard listen', async (t) => {
+  const { hostServers } = await import('../src/agent-config.js');
+  const { silentLogger } = await import('../src/log.js');
+  const { networkInterfaces } = await import('node:os');
+  const guard = (argv: string[]): string => {
+    try {
+      hostServers(load(argv).config, () => 'nameserver 127.0.0.254\n', silentLogger);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return 'no error';
+  };
+  t.match(guard(['--listen', '127.0.0.1:5300', '--upstream-nameservers', '127.0.0.1:5300']), /would loop/, 'the same spelling is caught');
+  // agent-config.ts guardLoops compares host strings: one address written in another case is not noticed, and
+  // every query for an external name is forwarded to ourselves until it times out (SERVFAIL for all of them).
+  t.match(guard(['--listen', '[FD00::A]:5300', '--upstream-nameservers', '[fd00::a]:5300']), /would loop/, 'IPv6 in another case is the same address');
+  t.match(guard(['--listen', '[fd00::a]:5300', '--upstream-addr', '[fd00:0:0:0:0:0:0:a]:5300']), /would loop/, 'IPv6 written out in full is the same address');
+  // Under 0.0.0.0 only 127/8 counts as ours, but the wildcard receives on every local address: a resolv.conf
+  // naming this host's own IP (a common set-up for a caching host) loops.
+  const own = Object.values(networkInterfaces()).flat().find((i) => i !== undefined && i.family === 'IPv4' && !i.internal);
+  if (own === undefined) t.comment('no non-loopback IPv4 address on this machine: the wildcard case is not checked');
+  else t.match(guard(['--listen', '0.0.0.0:5300', '--upstream-nameservers', `${own.address}:5300`]), /would loop/, `a wildcard listen covers ${own.address}`);
+});
