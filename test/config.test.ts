@@ -235,3 +235,22 @@ t.test('loop guard: an upstream that is one of our own addresses is refused what
   if (own === undefined) t.comment('no non-loopback IPv4 address on this machine: the wildcard case is not checked');
   else t.match(guard(['--listen', '0.0.0.0:5300', '--upstream-nameservers', `${own.address}:5300`]), /would loop/, `a wildcard listen covers ${own.address}`);
 });
+
+t.test('an external-name server written in a non-canonical IPv6 form is answered like any other', async (t) => {
+  // resolv.conf, --upstream-nameservers and the kube-dns ConfigMap take any valid spelling of an IPv6 address
+  // (glibc's inet_pton does). The host resolvers keep it as written, and accept an answer only when its source
+  // (rinfo.address, always canonical: "::1") matches the server by sameHost() in udp-sockets.ts, which lower-cases
+  // and drops a %zone but does not canonicalise. So every answer from "0:0:0:0:0:0:0:1" (or "2001:db8::0053", or
+  // "::ffff:7f00:1"-style forms) is dropped as spoofed, and every external name ends in SERVFAIL.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const server = await SimDnsServer.start({ host: '::1', handler: staticHandler({ 'www.example.com': { A: ['192.0.2.80'] } }, { soaZone: 'example.com' }) });
+  t.teardown(() => server.close());
+  const a = await startAgent('127.0.20.9', ['--upstream-nameservers', `[0:0:0:0:0:0:0:1]:${server.port}`]);
+  t.teardown(a.stop);
+  const answer = await udpQuery(a.target, 'www.example.com', { timeoutMs: 5000 });
+  t.equal((answer.flags ?? 0) & 0xf, 0, 'NOERROR, not SERVFAIL');
+  t.same((answer.answers ?? []).map((r) => (r as { data?: unknown }).data), ['192.0.2.80']);
+  t.ok((server.stats.byName.get('www.example.com') ?? 0) > 0, 'the server was asked');
+});
