@@ -17,7 +17,9 @@ const START_TIMEOUT_MS = 60_000;
 const BUILD_TIMEOUT_MS = 180_000;
 t.setTimeout(400_000);
 
-let nextPort = 24000 + (process.pid % 1000) * 4;
+/** An address of this file's own in 127/8, so its ports meet no other test's. */
+const HOST = '127.0.31.1';
+let nextPort = 24000 + (process.pid % 1000) * 8;
 
 /**
  * src/main.ts and what it imports, emitted as JavaScript (no type check) into
@@ -50,7 +52,7 @@ interface AgentProcess {
 function startMain(work: string, args: readonly string[]): AgentProcess {
   const argv = [
     built.main,
-    '--listen', `127.0.0.1:${nextPort++}`,
+    '--listen', `${HOST}:${nextPort++}`,
     '--io', 'dgram',
     '--no-kube',
     '--metrics-listen-address', 'off',
