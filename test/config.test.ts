@@ -254,3 +254,13 @@ t.test('an external-name server written in a non-canonical IPv6 form is answered
   t.same((answer.answers ?? []).map((r) => (r as { data?: unknown }).data), ['192.0.2.80']);
   t.ok((server.stats.byName.get('www.example.com') ?? 0) > 0, 'the server was asked');
 });
+
+t.test('an IPv6 address with an empty zone ("fe80::1%") is a flag error, not a crash with a stack at start', async (t) => {
+  // parseHostPort (addr.ts) checks only the part before "%", so "[fe80::1%]:53" passes validation. With
+  // --setup-interface (the default) NodeInterface's constructor then throws InterfaceError '"fe80::1%" is not an
+  // IP address' from inside Agent.#build: not a StartupError, so main.ts prints "unexpected error" and a stack
+  // trace (exit 1), not exit 2 naming --listen. The same text is accepted for --upstream-addr and stub servers.
+  t.match(err(['--listen', '[fe80::1%]:53']), /--listen/);
+  t.match(err(['--upstream-addr', '[fe80::1%]:53']), /--upstream-addr/);
+  t.equal(load(['--listen', '[fe80::1%eth0]:53']).config.listen[0]?.host, 'fe80::1%eth0', 'a named zone is fine');
+});
