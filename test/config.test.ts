@@ -170,3 +170,97 @@ t.test('ConfigWatcher: a change in any watched file is reported once, a missing 
   clock.advance(3 * CONFIG_POLL_MS);
   t.equal(changes, 2, 'stopped');
 });
+
+t.test('the root zone is refused as the cluster domain or a stub domain (it would take every name)', async (t) => {
+  // A zone of "" or "." matches every name in the router's suffix walk: all external names would go to the
+  // cluster DNS (or the stub's servers), and with the view as the cluster route's local answerer, a slow
+  // cluster DNS would get external names answered from the cluster view. A templated
+  // `--cluster-domain=$(CLUSTER_DOMAIN)` with an empty variable gives exactly this.
+  t.match(err(['--cluster-domain', '']), /--cluster-domain/);
+  t.match(err(['--cluster-domain', '.']), /--cluster-domain/);
+  t.match(err(['--stub-domain', '.=127.0.0.1']), /--stub-domain/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {".": ["127.0.0.1"]}' }), /stubDomains/);
+  t.match(
+    err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{".": ["127.0.0.1"]}' }),
+    /kube-dns ConfigMap.*stubDomains/,
+    'kube-dns refuses it too (IsDNS1123Subdomain)',
+  );
+});
+
+t.test('cache sizes have an upper bound: a huge one is a flag error, not a crash at start', async (t) => {
+  // Entry slots are allocated up front by count, outside --cache-memory: 1e9 entries throws
+  // "RangeError: Array buffer allocation failed" from the Agent constructor, which main.ts reports as
+  // "unexpected error" with a stack and exit 1, not exit 2 naming the flag. No count above what the
+  // byte budget can hold (64 bytes of slot each at least) is of any use.
+  t.match(err(['--cache-size', '1000000000']), /--cache-size "1000000000"/);
+  t.match(err(['--negative-cache-size', '3000000000']), /--negative-cache-size "3000000000"/);
+  t.match(err(['--cache-size', '99999999999999999999']), /--cache-size "99999999999999999999"/);
+});
+
+t.test('reload: settings only read at start are reported as needing a restart, never claimed applied', async (t) => {
+  const { keepRestartOnly } = await import('../src/agent-config.js');
+  // --reuse-port is a bind option of the listeners and HTTP servers made at start; --max-query-age is handed to
+  // the batched workers when they are spawned (worker-spawn.ts), and their configure() message has no field for
+  // it. A reload changing either logs "configuration reloaded" with no restartNeeded, and agent.config then shows
+  // the new value while the old one is in force.
+  const old = load(['--io', 'batched']).config;
+  const next = load(['--io', 'batched', '--no-reuse-port', '--max-query-age', '1s']).config;
+  const { merged, restartNeeded } = keepRestartOnly(old, next);
+  t.ok(restartNeeded.includes('reusePort'), `reusePort reported (got ${JSON.stringify(restartNeeded)})`);
+  t.ok(restartNeeded.includes('maxQueryAgeMs'), `maxQueryAgeMs reported (got ${JSON.stringify(restartNeeded)})`);
+  t.equal(merged.reusePort, old.reusePort, 'the running value is kept');
+  t.equal(merged.maxQueryAgeMs, old.maxQueryAgeMs, 'the running value is kept');
+});
+
+t.test('loop guard: an upstream that is one of our own addresses is refused whatever its spelling, and under a wildcard listen', async (t) => {
+  const { hostServers } = await import('../src/agent-config.js');
+  const { silentLogger } = await import('../src/log.js');
+  const { networkInterfaces } = await import('node:os');
+  const guard = (argv: string[]): string => {
+    try {
+      hostServers(load(argv).config, () => 'nameserver 127.0.0.254\n', silentLogger);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return 'no error';
+  };
+  t.match(guard(['--listen', '127.0.0.1:5300', '--upstream-nameservers', '127.0.0.1:5300']), /would loop/, 'the same spelling is caught');
+  // agent-config.ts guardLoops compares host strings: one address written in another case is not noticed, and
+  // every query for an external name is forwarded to ourselves until it times out (SERVFAIL for all of them).
+  t.match(guard(['--listen', '[FD00::A]:5300', '--upstream-nameservers', '[fd00::a]:5300']), /would loop/, 'IPv6 in another case is the same address');
+  t.match(guard(['--listen', '[fd00::a]:5300', '--upstream-addr', '[fd00:0:0:0:0:0:0:a]:5300']), /would loop/, 'IPv6 written out in full is the same address');
+  // Under 0.0.0.0 only 127/8 counts as ours, but the wildcard receives on every local address: a resolv.conf
+  // naming this host's own IP (a common set-up for a caching host) loops.
+  const own = Object.values(networkInterfaces()).flat().find((i) => i !== undefined && i.family === 'IPv4' && !i.internal);
+  if (own === undefined) t.comment('no non-loopback IPv4 address on this machine: the wildcard case is not checked');
+  else t.match(guard(['--listen', '0.0.0.0:5300', '--upstream-nameservers', `${own.address}:5300`]), /would loop/, `a wildcard listen covers ${own.address}`);
+});
+
+t.test('an external-name server written in a non-canonical IPv6 form is answered like any other', async (t) => {
+  // resolv.conf, --upstream-nameservers and the kube-dns ConfigMap take any valid spelling of an IPv6 address
+  // (glibc's inet_pton does). The host resolvers keep it as written, and accept an answer only when its source
+  // (rinfo.address, always canonical: "::1") matches the server by sameHost() in udp-sockets.ts, which lower-cases
+  // and drops a %zone but does not canonicalise. So every answer from "0:0:0:0:0:0:0:1" (or "2001:db8::0053", or
+  // "::ffff:7f00:1"-style forms) is dropped as spoofed, and every external name ends in SERVFAIL.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const server = await SimDnsServer.start({ host: '::1', handler: staticHandler({ 'www.example.com': { A: ['192.0.2.80'] } }, { soaZone: 'example.com' }) });
+  t.teardown(() => server.close());
+  const a = await startAgent('127.0.20.9', ['--upstream-nameservers', `[0:0:0:0:0:0:0:1]:${server.port}`]);
+  t.teardown(a.stop);
+  const answer = await udpQuery(a.target, 'www.example.com', { timeoutMs: 5000 });
+  t.equal((answer.flags ?? 0) & 0xf, 0, 'NOERROR, not SERVFAIL');
+  t.same((answer.answers ?? []).map((r) => (r as { data?: unknown }).data), ['192.0.2.80']);
+  t.ok((server.stats.byName.get('www.example.com') ?? 0) > 0, 'the server was asked');
+});
+
+t.test('an IPv6 address with an empty zone ("fe80::1%") is a flag error, not a crash with a stack at start', async (t) => {
+  // parseHostPort (addr.ts) checks only the part before "%", so "[fe80::1%]:53" passes validation. With
+  // --setup-interface (the default) NodeInterface's constructor then throws InterfaceError '"fe80::1%" is not an
+  // IP address' from inside Agent.#build: not a StartupError, so main.ts prints "unexpected error" and a stack
+  // trace (exit 1), not exit 2 naming --listen. The same text is accepted for --upstream-addr and stub servers.
+  t.match(err(['--listen', '[fe80::1%]:53']), /--listen/);
+  t.match(err(['--upstream-addr', '[fe80::1%]:53']), /--upstream-addr/);
+  t.equal(load(['--listen', '[fe80::1%eth0]:53']).config.listen[0]?.host, 'fe80::1%eth0', 'a named zone is fine');
+});
