@@ -101,11 +101,16 @@ export function snapshotPart(path: string, o: SnapshotPartOptions): Component {
     start: async () => {
       await snapshots.start();
     },
-    stop: async () => {
-      await snapshots.stop();
+    // Bounded like every other part (a hung disk must not keep the link and rules on the node), with a second at
+    // least for the final write when draining took the whole grace period.
+    stop: async (deadline) => {
+      await until(o.clock, Math.max(deadline, o.clock.now() + FINAL_SNAPSHOT_MIN_MS), snapshots.stop().then(() => undefined));
     },
   };
 }
+
+/** The least time the final snapshot write gets at shutdown. */
+const FINAL_SNAPSHOT_MIN_MS = 1000;
 
 /** Freed heap memory back to the kernel now and then (ops/heap-trim.ts); nothing where glibc's calls are missing. */
 export function heapTrimPart(intervalMs: number, o: { readonly metrics: AgentMetrics; readonly clock: Clock; readonly logger: Logger }): Component {
