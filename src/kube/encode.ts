@@ -16,6 +16,28 @@ function toPacket(rr: ClusterRR): PacketAnswer {
   return { ...rr, class: 'IN' } as PacketAnswer;
 }
 
+/** One record's bytes as dns-packet writes it (names uncompressed). */
+function recordLength(rr: ClusterRR): number {
+  return dnsPacket.encodingLength({ answers: [toPacket(rr)] }) - HEADER_LEN;
+}
+
+/** How many of the first records fit in `room` bytes. */
+function recordsWithin(rrs: readonly ClusterRR[], room: number): number {
+  let used = 0;
+  for (let i = 0; i < rrs.length; i++) {
+    used += recordLength(rrs[i]!);
+    if (used > room) return i;
+  }
+  return rrs.length;
+}
+
+/** The records' bytes, counted only up to just past `cap` (enough to know they do not fit). */
+function wireLength(rrs: readonly ClusterRR[], cap: number): number {
+  let used = 0;
+  for (let i = 0; i < rrs.length && used <= cap; i++) used += recordLength(rrs[i]!);
+  return used;
+}
+
 /**
  * `qname` is the question's uncompressed wire name, written back byte for
  * byte (dns-packet's name encoder cannot carry every byte a label may hold).
@@ -36,18 +58,24 @@ export function encodeAnswer(qname: Uint8Array, qtype: number, ans: ClusterAnswe
       authorities: ans.authority.map(toPacket),
       additionals: additional.map(toPacket),
     });
-  let body = encode(ans.answer, ans.additional);
   const room = MAX_MESSAGE - nameEnd - 4;
-  if (body.length > room) {
-    // Past the largest DNS message (a headless service with a few thousand endpoints: uncompressed names): the
-    // additional records go, then answers from the end. A subset of a service's addresses is still a true answer,
-    // and one that fits every transport; a client over UDP gets it cut further, with TC, by the hit path.
-    let answer = ans.answer;
+  // Past the largest DNS message (a headless service with a few thousand endpoints: uncompressed names): the
+  // additional records go, then answers from the end. A subset of a service's addresses is still a true answer,
+  // and one that fits every transport; a client over UDP gets it cut further, with TC, by the hit path. Measured
+  // record by record before anything is encoded: encoding 18,000 records to keep 2,000 took 1.5 s of the main thread.
+  const fixed = HEADER_LEN + wireLength(ans.authority, room);
+  const whole = wireLength(ans.answer, room - fixed) + wireLength(ans.additional, room);
+  let answer = ans.answer;
+  let additional = ans.additional;
+  if (fixed + whole > room) {
+    additional = [];
+    answer = answer.slice(0, recordsWithin(answer, room - fixed));
+  }
+  let body = encode(answer, additional);
+  // Only if dns-packet's lengths and ours ever disagree.
+  while (body.length > room && answer.length > 0) {
+    answer = answer.slice(0, Math.min(answer.length - 1, Math.floor((answer.length * room) / body.length)));
     body = encode(answer, []);
-    while (body.length > room && answer.length > 0) {
-      answer = answer.slice(0, Math.min(answer.length - 1, Math.floor((answer.length * room) / body.length)));
-      body = encode(answer, []);
-    }
   }
   const out = Buffer.allocUnsafe(body.length + nameEnd + 4);
   body.copy(out, 0, 0, HEADER_LEN);

@@ -33,7 +33,7 @@
  * a name is (labels, classification, endpoints) is record-names.ts, and the
  * option, record and answer types are record-types.ts.
  */
-import { QType, Rcode } from '../dns/constants.js';
+import { MAX_MESSAGE, QType, Rcode } from '../dns/constants.js';
 import { dashedName, inAddrKey, ip6ArpaKey, ipKey, isV4 } from './ip.js';
 import { IN_ADDR, IP6_ARPA, backends, classify, endsWith, srvTargets, trimDot, wireLabels, type SrvTarget } from './record-names.js';
 import {
@@ -244,17 +244,25 @@ function externalName(
  * weighs them (it counts one per address; we count one per record, so
  * dual-stack services are not halved). Each (target, port) once.
  */
+/** An SRV record's bytes besides its two names (uncompressed): two name ends, type, class, TTL, length, priority, weight, port. */
+const SRV_RR_FIXED = 2 + 2 + 10 + 6;
+
 function srvRecords(name: string, targets: readonly SrvTarget[], svc: SlimService, opts: RecordOptions): [ClusterRR[], ClusterRR[]] {
   const base = `${svc.name}.${svc.namespace}.svc.${opts.zone}`;
   const seen = new Set<string>();
   const picked: { target: string; port: number }[] = [];
   const extra: ClusterRR[] = [];
+  // Once the SRV records alone pass one message, encode.ts drops every additional and keeps a prefix of these:
+  // building the rest (a headless service with thousands of endpoints and ports) would only make garbage.
+  let bytes = 0;
   for (const t of targets) {
+    if (bytes > MAX_MESSAGE) break;
     const target = t.target === '' ? base : `${t.target}.${base}`;
     const k = `${target}|${t.port}`;
     if (!seen.has(k)) {
       seen.add(k);
       picked.push({ target, port: t.port });
+      bytes += name.length + target.length + SRV_RR_FIXED;
     }
     const a = `${target}|${t.addr}`;
     if (!seen.has(a)) {
