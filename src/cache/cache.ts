@@ -198,7 +198,7 @@ export class DnsCache implements HitCache {
    * transient when not stored).
    */
   insert(key: string, answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
-    const plan: CachePlan = planCaching(scan, this.#opts);
+    const plan: CachePlan = planCaching(scan, this.#opts, answer);
     if (plan.kind === 'none') {
       this.counters.values[S.uncacheable]!++;
       return AnswerCopy.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
@@ -214,7 +214,7 @@ export class DnsCache implements HitCache {
 
   /** HitCache: what insert would return, not stored and not counted. */
   prepare(answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
-    const plan = planCaching(scan, this.#opts);
+    const plan = planCaching(scan, this.#opts, answer);
     if (plan.kind === 'none') return AnswerCopy.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
     return AnswerCopy.fromAnswer(answer, scan, now, plan.ttl, prefetchStart(now, plan.ttl, this.#opts), plan.kind === 'negative');
   }
