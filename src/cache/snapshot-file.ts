@@ -24,6 +24,7 @@
  * listeners closed, in one go.
  */
 import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
 import { open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Clock } from '../clock.js';
@@ -202,7 +203,9 @@ function rejected(e: SnapshotError, path: string, logger: Logger): SnapshotLoad 
 async function readBounded(path: string, limit: number): Promise<Buffer | SnapshotError> {
   let fh: FileHandle | undefined;
   try {
-    fh = await open(path, 'r');
+    // O_NONBLOCK: a FIFO left at the path would block a plain open until a writer came, and the agent
+    // loads before it serves; so it opens at once and is refused below. No effect on a regular file.
+    fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
     const st = await fh.stat();
     if (!st.isFile()) return snapshotError('foreign', 'not a regular file');
     // Whoever can write the file chooses the answers pods get: only we may (we write it 0600).
