@@ -45,7 +45,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'negative-cache-size', kind: 'int', def: '9984', help: 'negative cache capacity in entries (node-cache default)', min: 1 },
   {
     flag: 'cache-memory', kind: 'bytes', def: '64Mi', min: 1 << 20, max: 64 * 2 ** 30,
-    help: 'byte budget of the cache (answers plus about 1 KiB per entry; a quarter for negative answers); 64Mi holds the default 2 x 9984 entries of ordinary answers with room to spare, and bounds big ones',
+    help: 'byte budget of the cache: each entry is charged its answer, key and TTL offsets plus 72 bytes (record header and index); 60% of it for positive answers, 20% for negative, the rest is slack for the slab; 64Mi holds the default 2 x 9984 entries of ordinary answers with room to spare, and bounds big ones',
   },
   { flag: 'success-ttl', kind: 'duration', def: '30s', max: 86_400_000, help: 'longest a positive answer is cached (node-cache `success`)' },
   { flag: 'denial-ttl', kind: 'duration', def: '5s', max: 86_400_000, help: 'longest a negative answer (NXDOMAIN, NODATA) is cached (node-cache `denial`)' },

@@ -193,14 +193,22 @@ export class DnsCache implements HitCache {
   }
 
   /**
-   * Stores a validated upstream answer if policy allows, and returns the
-   * entry to answer waiting clients from (a copy of what was stored;
-   * transient when not stored).
+   * Stores a validated upstream answer if policy allows (an answer about the
+   * name it does not keep removes the key's entry), and returns the entry to
+   * answer waiting clients from (a copy of what was stored; transient when
+   * not stored).
    */
   insert(key: string, answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
-    const plan: CachePlan = planCaching(scan, this.#opts);
+    const plan: CachePlan = planCaching(scan, this.#opts, answer);
     if (plan.kind === 'none') {
       this.counters.values[S.uncacheable]!++;
+      // A TTL of 0 or a denial without SOA is still the upstream's word on the name, newer than what the key
+      // holds: kept, that older entry would come back stale on the next failure (RFC 8767). A truncated or
+      // SERVFAIL answer says nothing about the name, so the entry stays for that failure.
+      if (plan.reason === 'zero-ttl' || plan.reason === 'no-soa') {
+        const slot = this.#store.find(key);
+        if (slot >= 0) this.#store.remove(slot);
+      }
       return AnswerCopy.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
     }
     const negative = plan.kind === 'negative';
@@ -214,7 +222,7 @@ export class DnsCache implements HitCache {
 
   /** HitCache: what insert would return, not stored and not counted. */
   prepare(answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
-    const plan = planCaching(scan, this.#opts);
+    const plan = planCaching(scan, this.#opts, answer);
     if (plan.kind === 'none') return AnswerCopy.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
     return AnswerCopy.fromAnswer(answer, scan, now, plan.ttl, prefetchStart(now, plan.ttl, this.#opts), plan.kind === 'negative');
   }

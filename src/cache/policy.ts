@@ -2,7 +2,7 @@
  * What may be cached, and for how long: decided once, at insert (dnsdist's
  * rule: all the policy at insert, lookup stays short). Pure.
  */
-import { Rcode } from '../dns/constants.js';
+import { QType, Rcode } from '../dns/constants.js';
 import type { AnswerScan } from '../dns/answer.js';
 
 export interface TtlCaps {
@@ -16,16 +16,21 @@ export type CachePlan =
   | { readonly kind: 'positive' | 'negative'; readonly ttl: number }
   | { readonly kind: 'none'; readonly reason: 'rcode' | 'truncated' | 'zero-ttl' | 'no-soa' };
 
-export function planCaching(scan: AnswerScan, caps: TtlCaps): CachePlan {
+/**
+ * `answer` is the message `scan` was made of. Without it, any record in the
+ * answer section makes the answer positive, so a CNAME chain that ends in
+ * NODATA is taken for one; every caller that stores should pass it.
+ */
+export function planCaching(scan: AnswerScan, caps: TtlCaps, answer?: Uint8Array): CachePlan {
   // A truncated answer is incomplete by definition; caching it would pin TC=1 on every client.
   if (scan.truncated) return { kind: 'none', reason: 'truncated' };
-  if (scan.rcode === Rcode.NOERROR && scan.ancount > 0) {
+  if (scan.rcode === Rcode.NOERROR && scan.ancount > 0 && (answer === undefined || answersQuestion(answer, scan))) {
     const ttl = Math.min(scan.minTtl, caps.successTtl);
     return ttl > 0 ? { kind: 'positive', ttl } : { kind: 'none', reason: 'zero-ttl' };
   }
   if (scan.rcode === Rcode.NXDOMAIN || scan.rcode === Rcode.NOERROR) {
     // RFC 2308 5: no SOA, no negative caching. The TTL is min(SOA TTL, MINIMUM),
-    // and no longer than any other record it came with (a CNAME before an NXDOMAIN).
+    // and no longer than any other record it came with (a CNAME before an NXDOMAIN or a NODATA).
     if (scan.negativeTtl < 0) return { kind: 'none', reason: 'no-soa' };
     const ttl = Math.min(scan.negativeTtl, scan.minTtl, caps.denialTtl);
     return ttl > 0 ? { kind: 'negative', ttl } : { kind: 'none', reason: 'zero-ttl' };
@@ -33,4 +38,22 @@ export function planCaching(scan: AnswerScan, caps: TtlCaps): CachePlan {
   // SERVFAIL, REFUSED, NOTIMP...: never cached. Coalescing already stops a
   // burst of identical queries from hammering a failing upstream.
   return { kind: 'none', reason: 'rcode' };
+}
+
+/**
+ * Whether the answer section holds a record of the question's type. A
+ * NOERROR answer with only the CNAME/DNAME chain there is a NODATA for the
+ * chain's end (RFC 2308 2.2): what a client caches from it is the absence,
+ * which lives as long as the SOA says, not as long as the CNAME.
+ */
+function answersQuestion(answer: Uint8Array, scan: AnswerScan): boolean {
+  const qtype = u16(answer, scan.questionEnd - 4);
+  if (qtype === QType.ANY) return true;
+  // The answer section has no OPT (scanAnswer refuses one there), so its records are the first ancount TTL offsets.
+  for (let i = 0; i < scan.ancount; i++) if (u16(answer, scan.ttlOffsets[i]! - 4) === qtype) return true;
+  return false;
+}
+
+function u16(b: Uint8Array, off: number): number {
+  return (b[off]! << 8) | b[off + 1]!;
 }

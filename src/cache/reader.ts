@@ -194,7 +194,7 @@ export class CacheReader implements HitCache {
   }
 
   prepare(answer: Buffer, scan: AnswerScan, now: number): CacheEntry {
-    const plan = planCaching(scan, this.#policy);
+    const plan = planCaching(scan, this.#policy, answer);
     if (plan.kind === 'none') return AnswerCopy.fromAnswer(answer, scan, now, 0, Number.POSITIVE_INFINITY, false);
     return AnswerCopy.fromAnswer(answer, scan, now, plan.ttl, prefetchStart(now, plan.ttl, this.#policy), plan.kind === 'negative');
   }

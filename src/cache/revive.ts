@@ -54,7 +54,7 @@ export function reviveRecord(r: CacheRecord, now: number, opts: CachePolicyOptio
   if (scan === undefined || scan.optStart >= 0 || scan.end !== r.wire.length || !keyMatchesQuestion(r.key, r.wire, scan.questionEnd)) {
     return 'invalid';
   }
-  const plan = planCaching(scan, opts);
+  const plan = planCaching(scan, opts, r.wire);
   // Its TTLs were capped to its life at insert, so the plan gives that life
   // back, or less under a cap lowered since; more would mean bytes and life disagree.
   if (plan.kind === 'none' || (plan.kind === 'negative') !== r.negative || plan.ttl > r.ttlSec) return 'invalid';

@@ -4,11 +4,12 @@
  * snapshot.ts's).
  *
  * A missing file is a cold start. A file that is truncated, corrupt, foreign,
- * of a later version, too big, or writable by anyone but us is ignored as a
- * whole with one warning: never a crash, never part of a file. Writing goes
- * to a temporary file in the same directory, fsynced, then renamed over the
- * old snapshot, so a reader sees the old file or the new one, never half of
- * one. Several writers (an old and a new agent during an upgrade) may share
+ * of a later version, bigger than the format can frame, or writable by
+ * anyone but us is ignored as a whole with one warning: never a crash, never
+ * part of a file; it is read in chunks, whatever its size (snapshot-read.ts).
+ * Writing goes to a temporary file in the same directory, fsynced, then
+ * renamed over the old snapshot, so a reader sees the old file or the new
+ * one, never half of one. Several writers (an old and a new agent during an upgrade) may share
  * the path: each rename installs one whole file, the last one wins.
  *
  * A periodic write must not stall hits: the export is copied out of the
@@ -31,14 +32,19 @@ import type { Logger } from '../log.js';
 import type { DnsCache } from './cache.js';
 import type { RestoreCounts } from './revive.js';
 import type { CacheRecord } from './entry.js';
-import { SnapshotEncoder, decodeSnapshot, snapshotError, type SnapshotError, type SnapshotRejection } from './snapshot-format.js';
+import { SnapshotEncoder, type SnapshotError, type SnapshotRejection } from './snapshot-format.js';
+import { SnapshotReader, errorText } from './snapshot-read.js';
+
+export { errorText };
 
 /**
  * Room past the cache's byte budget for the header and trailer. A record
  * costs 17 bytes plus its key and answer on disk, and the cache charges the
  * same entry its key and answer plus at least 72 bytes (store.ts: record
  * header, TTL offsets, index overhead), so a snapshot of a full cache stays
- * inside the budget; anything bigger is not ours to read.
+ * inside the budget; a bigger one was written by a cache with a larger
+ * --cache-memory (a rollout lowering it), and only its most recent entries
+ * fit this one. Said in the log; the file is read all the same.
  */
 export const SNAPSHOT_SLACK_BYTES = 1 << 20;
 /**
@@ -167,25 +173,52 @@ async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
  * Loads the snapshot at `path` into `cache`, each entry aged by the wall-clock
  * time since it was written. Call it before the listeners start. Never
  * throws; a file that cannot be trusted is ignored whole, with one warning.
+ * The file is read in chunks (snapshot-read.ts), so one written by a cache
+ * with a larger --cache-memory costs no more memory than any other: the
+ * cache keeps its most recent entries that fit.
  */
 export async function loadSnapshot(cache: DnsCache, path: string, clock: Clock, logger: Logger): Promise<SnapshotLoad> {
   const t0 = clock.now();
-  const read = await readBounded(path, cache.maxBytes + SNAPSHOT_SLACK_BYTES);
-  if (!Buffer.isBuffer(read)) return rejected(read, path, logger);
-  const decoded = decodeSnapshot(read);
-  if ('reason' in decoded) return rejected(decoded, path, logger);
-  const elapsed = clock.wall() - decoded.writtenAt;
-  if (elapsed < -SNAPSHOT_FUTURE_TOLERANCE_MS) {
-    return rejected({ reason: 'clock', detail: `written ${Math.round(-elapsed)} ms in the future; the wall clock stepped back` }, path, logger);
+  const file = await SnapshotReader.open(path);
+  if (!(file instanceof SnapshotReader)) return rejected(file, path, logger);
+  try {
+    const bad = await file.check();
+    if (bad !== undefined) return rejected(bad, path, logger);
+    const elapsed = clock.wall() - file.header.writtenAt;
+    if (elapsed < -SNAPSHOT_FUTURE_TOLERANCE_MS) {
+      return rejected({ reason: 'clock', detail: `written ${Math.round(-elapsed)} ms in the future; the wall clock stepped back` }, path, logger);
+    }
+    if (file.size > cache.maxBytes + SNAPSHOT_SLACK_BYTES) {
+      logger.info('cache snapshot of a cache with a larger --cache-memory: the most recent entries that fit are loaded', {
+        path, bytes: file.size, maxBytes: cache.maxBytes,
+      });
+    }
+    const downMs = elapsed > 0 ? elapsed : 0;
+    const now = clock.now();
+    const counts: RestoreCounts = { restored: 0, expired: 0, invalid: 0, present: 0, noRoom: 0 };
+    const changed = await file.records((records) => addCounts(counts, cache.restore(aged(records, downMs), now)));
+    if (changed !== undefined) {
+      // Checked whole, then different when read again (rewritten in place): what went in may not be one file's.
+      cache.clear();
+      return rejected(changed, path, logger);
+    }
+    logger.info('cache snapshot loaded', {
+      path, loaded: counts.restored, expired: counts.expired, invalid: counts.invalid, noRoom: counts.noRoom, present: counts.present,
+      snapshotAgeMs: Math.round(downMs), ms: Math.round(clock.now() - t0),
+    });
+    return { loaded: counts.restored, dropped: file.header.count - counts.restored, counts };
+  } finally {
+    await file.close();
   }
-  const downMs = elapsed > 0 ? elapsed : 0;
-  const counts = cache.restore(aged(decoded.records, downMs), clock.now());
-  const dropped = decoded.records.length - counts.restored;
-  logger.info('cache snapshot loaded', {
-    path, loaded: counts.restored, expired: counts.expired, invalid: counts.invalid, noRoom: counts.noRoom, present: counts.present,
-    snapshotAgeMs: Math.round(downMs), ms: Math.round(clock.now() - t0),
-  });
-  return { loaded: counts.restored, dropped, counts };
+}
+
+/** Sums restores of one file's chunks: an eviction in a later chunk takes back an earlier chunk's restored entry. */
+function addCounts(into: RestoreCounts, c: RestoreCounts): void {
+  into.restored += c.restored;
+  into.expired += c.expired;
+  into.invalid += c.invalid;
+  into.present += c.present;
+  into.noRoom += c.noRoom;
 }
 
 function* aged(records: readonly CacheRecord[], downMs: number): Generator<CacheRecord> {
@@ -196,36 +229,6 @@ function rejected(e: SnapshotError, path: string, logger: Logger): SnapshotLoad 
   if (e.reason === 'missing') logger.info('no cache snapshot; starting cold', { path });
   else logger.warn('cache snapshot ignored; starting cold', { path, reason: e.reason, detail: e.detail });
   return { loaded: 0, dropped: 0, reason: e.reason };
-}
-
-/** The whole file, if it is a regular file of at most `limit` bytes. */
-async function readBounded(path: string, limit: number): Promise<Buffer | SnapshotError> {
-  let fh: FileHandle | undefined;
-  try {
-    fh = await open(path, 'r');
-    const st = await fh.stat();
-    if (!st.isFile()) return snapshotError('foreign', 'not a regular file');
-    // Whoever can write the file chooses the answers pods get: only we may (we write it 0600).
-    if ((st.mode & 0o022) !== 0) return snapshotError('unsafe', `writable by group or others (mode ${(st.mode & 0o777).toString(8)})`);
-    const uid = process.getuid?.();
-    if (uid !== undefined && st.uid !== uid) return snapshotError('unsafe', `owned by uid ${st.uid}, not ${uid}`);
-    if (st.size > limit) return snapshotError('too-large', `${st.size} bytes, over the cache budget plus slack (${limit})`);
-    // One byte more than expected, to notice a file that grew since the stat.
-    const buf = Buffer.allocUnsafe(st.size + 1);
-    let got = 0;
-    while (got < buf.length) {
-      const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    if (got > st.size) return snapshotError('corrupt', 'the file grew while being read');
-    return buf.subarray(0, got);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return snapshotError('missing', 'no file');
-    return snapshotError('unreadable', errorText(err));
-  } finally {
-    if (fh !== undefined) await fh.close().catch(() => {});
-  }
 }
 
 async function syncDir(dir: string): Promise<void> {
@@ -251,8 +254,4 @@ async function removeStaleTemps(path: string, wallNow: number): Promise<void> {
   } catch {
     // A directory we cannot list is not worth failing a written snapshot for.
   }
-}
-
-export function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

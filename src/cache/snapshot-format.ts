@@ -163,49 +163,125 @@ export function encodeSnapshot(records: Iterable<CacheRecord>, writtenAt: number
   return enc.finishNow(writtenAt);
 }
 
-/** The snapshot in `buf`, or why it is not one we can trust. All or nothing; never throws. */
-export function decodeSnapshot(buf: Buffer): DecodedSnapshot | SnapshotError {
-  const magicLen = Math.min(buf.length, SNAPSHOT_MAGIC.length);
-  if (!buf.subarray(0, magicLen).equals(SNAPSHOT_MAGIC.subarray(0, magicLen))) return snapshotError('foreign', 'not a cache snapshot (magic)');
-  if (buf.length < SNAPSHOT_HEADER_LEN + TRAILER_LEN) return snapshotError('truncated', `${buf.length} bytes, shorter than a header`);
-  const version = buf.readUInt16BE(8);
+/**
+ * The largest file the format can frame (its body length is a u32): past it a
+ * file cannot be a snapshot. It bounds the read instead of this cache's
+ * budget, since a cache with any --cache-memory may have written the file (one
+ * whose export passes it fails to write).
+ */
+export const SNAPSHOT_MAX_BYTES = SNAPSHOT_HEADER_LEN + U32_MAX + TRAILER_LEN;
+/** The longest record: its fixed part, the longest key and the longest DNS message. */
+export const SNAPSHOT_MAX_RECORD = RECORD_FIXED_LEN + 0xffff + 0xffff;
+
+export interface SnapshotHeader {
+  readonly count: number;
+  /** Wall-clock epoch ms when it was written. */
+  readonly writtenAt: number;
+  readonly bodyLen: number;
+}
+
+/**
+ * The header of a file `fileLen` bytes long, from `head`: its first
+ * SNAPSHOT_HEADER_LEN bytes, or all of it when shorter. Checks what the
+ * header says about the file's framing; its values are checked by
+ * headerValues once the checksum matched.
+ */
+export function readHeader(head: Buffer, fileLen: number): SnapshotHeader | SnapshotError {
+  const magicLen = Math.min(head.length, SNAPSHOT_MAGIC.length);
+  if (!head.subarray(0, magicLen).equals(SNAPSHOT_MAGIC.subarray(0, magicLen))) return snapshotError('foreign', 'not a cache snapshot (magic)');
+  if (fileLen < SNAPSHOT_HEADER_LEN + TRAILER_LEN) return snapshotError('truncated', `${fileLen} bytes, shorter than a header`);
+  const version = head.readUInt16BE(8);
   if (version > SNAPSHOT_VERSION) return snapshotError('future-version', `format version ${version}, this agent reads ${SNAPSHOT_VERSION}`);
   if (version !== SNAPSHOT_VERSION) return snapshotError('foreign', `format version ${version}`);
-  const count = buf.readUInt32BE(12);
-  const writtenAt = buf.readDoubleBE(16);
-  const bodyLen = buf.readUInt32BE(24);
-  const want = SNAPSHOT_HEADER_LEN + bodyLen + TRAILER_LEN;
-  if (buf.length < want) return snapshotError('truncated', `${buf.length} of ${want} bytes`);
-  if (buf.length > want) return snapshotError('corrupt', `${buf.length - want} bytes past the end`);
-  const end = want - TRAILER_LEN;
-  if (crc32(buf.subarray(0, end)) !== buf.readUInt32BE(end)) return snapshotError('corrupt', 'checksum mismatch');
-  // Past the checksum only a writer's bug or a forged file gets here; still check every length.
-  if (!Number.isFinite(writtenAt) || writtenAt <= 0) return snapshotError('corrupt', 'write time');
-  if (count * RECORD_FIXED_LEN > bodyLen) return snapshotError('corrupt', 'record count');
-  const records: CacheRecord[] = [];
-  let off = SNAPSHOT_HEADER_LEN;
-  for (let i = 0; i < count; i++) {
-    if (off + RECORD_FIXED_LEN > end) return snapshotError('corrupt', `record ${i} runs past the end`);
-    const keyLen = buf.readUInt16BE(off);
-    const wireLen = buf.readUInt16BE(off + 2);
-    const ttlSec = buf.readUInt32BE(off + 4);
-    const ageMs = buf.readUInt32BE(off + 8);
-    const hits = buf.readUInt32BE(off + 12);
-    const flags = buf[off + 16]!;
-    const keyStart = off + RECORD_FIXED_LEN;
-    const wireStart = keyStart + keyLen;
-    off = wireStart + wireLen;
-    if (off > end) return snapshotError('corrupt', `record ${i} runs past the end`);
-    if ((flags & ~FLAG_NEGATIVE) !== 0) return snapshotError('corrupt', `record ${i} flags`);
-    records.push({
-      key: buf.toString('latin1', keyStart, wireStart),
-      wire: buf.subarray(wireStart, off),
-      ttlSec, ageMs, hits,
-      negative: (flags & FLAG_NEGATIVE) !== 0,
-    });
+  const h: SnapshotHeader = { count: head.readUInt32BE(12), writtenAt: head.readDoubleBE(16), bodyLen: head.readUInt32BE(24) };
+  const want = SNAPSHOT_HEADER_LEN + h.bodyLen + TRAILER_LEN;
+  if (fileLen < want) return snapshotError('truncated', `${fileLen} of ${want} bytes`);
+  if (fileLen > want) return snapshotError('corrupt', `${fileLen - want} bytes past the end`);
+  return h;
+}
+
+/** Past the checksum only a writer's bug or a forged file gets here; still check every value. */
+export function headerValues(h: SnapshotHeader): SnapshotError | undefined {
+  if (!Number.isFinite(h.writtenAt) || h.writtenAt <= 0) return snapshotError('corrupt', 'write time');
+  if (h.count * RECORD_FIXED_LEN > h.bodyLen) return snapshotError('corrupt', 'record count');
+  return undefined;
+}
+
+/** Where the records end and the checksum starts. */
+export function bodyEnd(h: SnapshotHeader): number {
+  return SNAPSHOT_HEADER_LEN + h.bodyLen;
+}
+
+/**
+ * Reads a snapshot's records from its body handed over in pieces, in order:
+ * each call takes the bytes not consumed by the previous one followed by the
+ * next ones, and consumes the whole records among them, so a file is decoded
+ * in bounded memory. Every length is checked against the header's.
+ */
+export class RecordParser {
+  readonly #count: number;
+  readonly #bodyLen: number;
+  #index: number;
+  #consumed: number;
+
+  constructor(h: SnapshotHeader) {
+    this.#count = h.count;
+    this.#bodyLen = h.bodyLen;
+    this.#index = 0;
+    this.#consumed = 0;
   }
-  if (off !== end) return snapshotError('corrupt', `${end - off} bytes after the last record`);
-  return { writtenAt, records };
+
+  /**
+   * The whole records in buf[off, end), pushed onto `out` (null: only
+   * checked); returns the offset past the last one. Their `wire` are views
+   * into `buf`.
+   */
+  parse(buf: Buffer, off: number, end: number, out: CacheRecord[] | null): number | SnapshotError {
+    for (; this.#index < this.#count; this.#index++) {
+      if (off + RECORD_FIXED_LEN > end) return off;
+      const keyLen = buf.readUInt16BE(off);
+      const wireLen = buf.readUInt16BE(off + 2);
+      const keyStart = off + RECORD_FIXED_LEN;
+      const wireStart = keyStart + keyLen;
+      const next = wireStart + wireLen;
+      if (next > end) return off;
+      const flags = buf[off + 16]!;
+      if ((flags & ~FLAG_NEGATIVE) !== 0) return snapshotError('corrupt', `record ${this.#index} flags`);
+      out?.push({
+        key: buf.toString('latin1', keyStart, wireStart),
+        wire: buf.subarray(wireStart, next),
+        ttlSec: buf.readUInt32BE(off + 4),
+        ageMs: buf.readUInt32BE(off + 8),
+        hits: buf.readUInt32BE(off + 12),
+        negative: (flags & FLAG_NEGATIVE) !== 0,
+      });
+      this.#consumed += next - off;
+      off = next;
+    }
+    return off < end ? snapshotError('corrupt', `${this.#bodyLen - this.#consumed} bytes after the last record`) : off;
+  }
+
+  /** After the whole body went through parse: whether it held exactly the records the header counts. */
+  finish(): SnapshotError | undefined {
+    if (this.#index < this.#count) return snapshotError('corrupt', `record ${this.#index} runs past the end`);
+    if (this.#consumed !== this.#bodyLen) return snapshotError('corrupt', `${this.#bodyLen - this.#consumed} bytes after the last record`);
+    return undefined;
+  }
+}
+
+/** The snapshot in `buf`, or why it is not one we can trust. All or nothing; never throws. */
+export function decodeSnapshot(buf: Buffer): DecodedSnapshot | SnapshotError {
+  const h = readHeader(buf, buf.length);
+  if ('reason' in h) return h;
+  const end = bodyEnd(h);
+  if (crc32(buf.subarray(0, end)) !== buf.readUInt32BE(end)) return snapshotError('corrupt', 'checksum mismatch');
+  const bad = headerValues(h);
+  if (bad !== undefined) return bad;
+  const records: CacheRecord[] = [];
+  const parser = new RecordParser(h);
+  const used = parser.parse(buf, SNAPSHOT_HEADER_LEN, end, records);
+  if (typeof used !== 'number') return used;
+  return parser.finish() ?? { writtenAt: h.writtenAt, records };
 }
 
 /** Why a file was not taken (the decoder's, and the reader's in snapshot-file.ts). */

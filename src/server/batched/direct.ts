@@ -172,7 +172,7 @@ export class DirectAnswers {
     const scan = scanAnswer(a);
     if (scan === undefined || scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) return false;
     const policy = this.#policy();
-    const plan = planCaching(scan, policy.cache);
+    const plan = planCaching(scan, policy.cache, a);
     // Served the same second it is stored: no aging, so the clock does not matter here.
     const entry = AnswerCopy.fromAnswer(a, scan, 0, plan.kind === 'none' ? 0 : plan.ttl, Number.POSITIVE_INFINITY, plan.kind === 'negative');
     for (const w of list) {
