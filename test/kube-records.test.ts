@@ -681,3 +681,20 @@ t.test('a name the view holds keeps its NODATA while the view may not deny (API 
   positive(t, ask(v, SVC('pet-3.web.apps'), 'A', cold), 'A', ['10.0.0.4'], 'endpoint name A is served');
   nodata(t, ask(v, SVC('pet-3.web.apps'), 'AAAA', cold), 'IPv4-only endpoint name, AAAA: NODATA, not SERVFAIL');
 });
+
+t.test('a headless service\'s addresses come in an order of each computation\'s own, never the slices\' order on every node', async (t) => {
+  const v = new ClusterView();
+  v.touch(1_700_000_000_000);
+  v.replace('namespaces', [{ name: 'apps' }]);
+  v.replace('services', [headless('apps', 'many', [tcp('http', 80)])]);
+  const ips = Array.from({ length: 20 }, (_, i) => `10.0.5.${i + 1}`);
+  v.replace('endpointslices', [slice('apps', 'many-a', 'many', ips.map((ip) => ep(ip)), [tcp('http', 80)])]);
+  for (const k of ['namespaces', 'services', 'endpointslices'] as const) v.markSynced(k);
+  const orders = new Set<string>();
+  for (let i = 0; i < 10; i++) {
+    const a = positive(t, ask(v, SVC('many.apps'), 'A'), 'A', ips, `computation ${i}: every address`);
+    orders.add(data(a.answer).join(','));
+  }
+  // Ten computations of 20 addresses in one order by chance: 1 in (20!)^9.
+  t.ok(orders.size > 1, `${orders.size} different orders in 10 computations`);
+});

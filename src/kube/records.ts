@@ -151,6 +151,22 @@ function addr(name: string, ip: string, ttl: number): NameRR {
   return { name, type: isV4(ip) ? 'A' : 'AAAA', ttl, data: ip };
 }
 
+/**
+ * A headless service's addresses in an order of this node's own. The view builds
+ * them in the slices' order, which is the same on every node; kube-dns (CoreDNS's
+ * loadbalance) shuffles each answer, so each node caches its own order and clients
+ * that take the first address spread over the pods. During an outage the view must
+ * not send every node's clients to the same pod.
+ */
+function shuffle(recs: ClusterRR[]): void {
+  for (let i = recs.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    const r = recs[i]!;
+    recs[i] = recs[j]!;
+    recs[j] = r;
+  }
+}
+
 /** A or AAAA records at `name` for the addresses of the asked family, each address once. */
 function addresses(name: string, ips: Iterable<string>, qtype: number, ttl: number): ClusterRR[] {
   const want = qtype === QType.A;
@@ -198,6 +214,7 @@ function forward(
       if (svc.kind === 'ExternalName') return externalName(view, svc, name, qtype, opts, chain);
       if (isAddr) {
         recs = addresses(name, svc.kind === 'ClusterIP' ? svc.clusterIPs : backends(view, svc, '').map((b) => b.addr), qtype, ttl);
+        if (svc.kind === 'Headless') shuffle(recs);
       } else if (qtype === QType.SRV) {
         [recs, extra] = srvRecords(name, srvTargets(view, svc, '', ''), svc, opts);
       }
