@@ -7,18 +7,20 @@
  * one server with every route.
  *
  * Bounded, because it shares the node with pods: a connection cap, header and
- * request deadlines (slow-loris), an idle-socket timeout, small headers, and
- * no request body is ever read (a request that has one gets its answer and
- * `Connection: close`). It answers from callbacks that only read state, so a
- * probe never waits on DNS.
+ * request deadlines (slow-loris), an idle-socket timeout, a few answers owed
+ * per connection (http-connections.ts), small headers, and no request body is
+ * ever read (a request that has one gets its answer and `Connection: close`).
+ * Concurrent scrapes share one render. It answers from callbacks that only
+ * read state, so a probe never waits on DNS.
  */
 import http from 'node:http';
 import { listenersOn, loadReusePort } from '../sys/reuseport.js';
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { formatHostPort, isWildcard } from '../addr.js';
 import type { Component } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import type { ServerAddress } from '../upstream/types.js';
+import { OpsConnections } from './http-connections.js';
 
 export type OpsRoute = 'metrics' | 'health' | 'ready';
 
@@ -46,6 +48,8 @@ export interface OpsHandlers {
 export interface OpsHttpLimits {
   /** Open connections at once; more are closed on accept. Prometheus and kubelet need a handful. */
   readonly maxConnections: number;
+  /** Requests taken and not yet answered on one connection (pipelined); one more closes it. */
+  readonly maxAnswersOwed: number;
   /** All headers must arrive within this (slow-loris). */
   readonly headersTimeoutMs: number;
   /** The whole request must arrive within this. */
@@ -67,6 +71,7 @@ export interface OpsHttpLimits {
  */
 export const OPS_HTTP_LIMITS: OpsHttpLimits = {
   maxConnections: 32,
+  maxAnswersOwed: 2,
   headersTimeoutMs: 5_000,
   requestTimeoutMs: 5_000,
   keepAliveTimeoutMs: 5_000,
@@ -109,7 +114,10 @@ export class OpsServer implements Component {
   readonly #handlers: OpsHandlers;
   readonly #log: Logger;
   readonly #server: http.Server;
+  readonly #connections: OpsConnections;
   #bound: ServerAddress | null;
+  /** The render in progress: scrapes that arrive meanwhile get its text rather than starting their own. */
+  #render: Promise<string> | null;
 
   constructor(opts: OpsServerOptions) {
     const limits = { ...OPS_HTTP_LIMITS, ...opts.limits };
@@ -124,6 +132,10 @@ export class OpsServer implements Component {
     this.#handlers = opts.handlers;
     this.#log = opts.logger;
     this.#bound = null;
+    this.#render = null;
+    this.#connections = new OpsConnections({
+      maxAnswersOwed: limits.maxAnswersOwed,
+    });
     this.#server = http.createServer(
       {
         headersTimeout: limits.headersTimeoutMs,
@@ -132,9 +144,12 @@ export class OpsServer implements Component {
         connectionsCheckingInterval: limits.checkIntervalMs,
         maxHeaderSize: limits.maxHeaderBytes,
       },
-      (req, res) => this.#onRequest(req, res),
+      (req, res) => {
+        if (this.#connections.take(req, res)) this.#onRequest(req, res);
+      },
     );
     this.#server.maxConnections = limits.maxConnections;
+    this.#server.on('connection', (socket: Socket) => this.#connections.accept(socket));
     this.#server.timeout = limits.socketTimeoutMs;
   }
 
@@ -235,7 +250,15 @@ export class OpsServer implements Component {
 
   #metrics(res: http.ServerResponse): void {
     const source = this.#handlers.metrics!;
-    source.metrics().then(
+    if (this.#render === null) {
+      const render = source.metrics();
+      this.#render = render;
+      const done = (): void => {
+        if (this.#render === render) this.#render = null;
+      };
+      render.then(done, done);
+    }
+    this.#render.then(
       (text) => reply(res, 200, source.contentType, text),
       (err: unknown) => {
         this.#log.warn('metrics scrape failed', { error: message(err) });
