@@ -2,6 +2,10 @@
  * The connections of one ops HTTP server (http.ts), bounded because any pod
  * on the node reaches the probe and metrics ports:
  *
+ * - a cap per client address below the total, and at either cap the
+ *   connection idle longest (it answered everything it asked) makes room;
+ *   only when none is idle is the newcomer closed. One pod holding every slot
+ *   with keep-alive connections must not lock the kubelet's probe out.
  * - a few answers owed per connection: Node parses every request of a chunk
  *   before its backpressure stops reading, so a client pipelining scrapes it
  *   never reads would have each one rendered and held. Past the bound the
@@ -11,29 +15,45 @@ import type http from 'node:http';
 import type { Socket } from 'node:net';
 
 export interface ConnectionBounds {
+  readonly maxConnections: number;
+  readonly maxConnectionsPerPeer: number;
   /** Requests taken and not yet answered, per connection; one more closes it. */
   readonly maxAnswersOwed: number;
 }
 
 interface Connection {
   readonly socket: Socket;
+  readonly peer: string;
   /** Requests taken whose answers are not yet handed to the socket. */
   owed: number;
+  answered: number;
 }
 
 export class OpsConnections {
   readonly #bounds: ConnectionBounds;
   readonly #open: Map<Socket, Connection>;
+  /** Connections with every answer written, the one idle longest first: who makes room at a cap. */
+  readonly #idle: Set<Connection>;
+  readonly #perPeer: Map<string, number>;
 
   constructor(bounds: ConnectionBounds) {
     this.#bounds = bounds;
     this.#open = new Map();
+    this.#idle = new Set();
+    this.#perPeer = new Map();
   }
 
-  /** For the server's 'connection' event. */
+  /** For the server's 'connection' event: admits the socket, making room if it must, or closes it. */
   accept(socket: Socket): void {
-    const conn: Connection = { socket, owed: 0 };
+    const peer = socket.remoteAddress ?? '';
+    const fromPeer = this.#perPeer.get(peer) ?? 0;
+    if ((fromPeer >= this.#bounds.maxConnectionsPerPeer && !this.#evictIdlest(peer)) || (this.#open.size >= this.#bounds.maxConnections && !this.#evictIdlest(null))) {
+      socket.destroy();
+      return;
+    }
+    const conn: Connection = { socket, peer, owed: 0, answered: 0 };
     this.#open.set(socket, conn);
+    this.#perPeer.set(peer, (this.#perPeer.get(peer) ?? 0) + 1);
     socket.once('close', () => this.#forget(conn));
   }
 
@@ -48,13 +68,25 @@ export class OpsConnections {
       return false;
     }
     conn.owed++;
+    this.#idle.delete(conn);
     res.once('close', () => {
       conn.owed--;
+      if (res.writableFinished) conn.answered++;
+      if (conn.owed === 0 && conn.answered > 0 && this.#open.get(socket) === conn) this.#idle.add(conn);
     });
     return true;
   }
 
-  /** Closes at once and forgets now: the socket's 'close' comes a tick later. */
+  #evictIdlest(peer: string | null): boolean {
+    for (const conn of this.#idle) {
+      if (peer !== null && conn.peer !== peer) continue;
+      this.#close(conn);
+      return true;
+    }
+    return false;
+  }
+
+  /** Closes at once and forgets now: the socket's 'close' comes a tick later, and the caller counts on the room. */
   #close(conn: Connection): void {
     this.#forget(conn);
     conn.socket.destroy();
@@ -63,5 +95,9 @@ export class OpsConnections {
   #forget(conn: Connection): void {
     if (this.#open.get(conn.socket) !== conn) return;
     this.#open.delete(conn.socket);
+    this.#idle.delete(conn);
+    const n = (this.#perPeer.get(conn.peer) ?? 1) - 1;
+    if (n > 0) this.#perPeer.set(conn.peer, n);
+    else this.#perPeer.delete(conn.peer);
   }
 }

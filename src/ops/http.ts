@@ -6,12 +6,13 @@
  * has two (metrics and health), and when both land on one address they are
  * one server with every route.
  *
- * Bounded, because it shares the node with pods: a connection cap, header and
- * request deadlines (slow-loris), an idle-socket timeout, a few answers owed
- * per connection (http-connections.ts), small headers, and no request body is
- * ever read (a request that has one gets its answer and `Connection: close`).
- * Concurrent scrapes share one render. It answers from callbacks that only
- * read state, so a probe never waits on DNS.
+ * Bounded, because it shares the node with pods: connection caps (in all and
+ * per client address, http-connections.ts), header and request deadlines
+ * (slow-loris), an idle-socket timeout, a few answers owed per connection,
+ * small headers, and no request body is ever read (a request that has one
+ * gets its answer and `Connection: close`). Concurrent scrapes share one
+ * render. It answers from callbacks that only read state, so a probe never
+ * waits on DNS.
  */
 import http from 'node:http';
 import { listenersOn, loadReusePort } from '../sys/reuseport.js';
@@ -46,8 +47,10 @@ export interface OpsHandlers {
 }
 
 export interface OpsHttpLimits {
-  /** Open connections at once; more are closed on accept. Prometheus and kubelet need a handful. */
+  /** Open connections at once; past it a newcomer closes the one idle longest, or is closed when none is idle. Prometheus and kubelet need a handful. */
   readonly maxConnections: number;
+  /** The same, per client address: one pod cannot take every slot from the kubelet's probe. */
+  readonly maxConnectionsPerPeer: number;
   /** Requests taken and not yet answered on one connection (pipelined); one more closes it. */
   readonly maxAnswersOwed: number;
   /** All headers must arrive within this (slow-loris). */
@@ -71,6 +74,7 @@ export interface OpsHttpLimits {
  */
 export const OPS_HTTP_LIMITS: OpsHttpLimits = {
   maxConnections: 32,
+  maxConnectionsPerPeer: 8,
   maxAnswersOwed: 2,
   headersTimeoutMs: 5_000,
   requestTimeoutMs: 5_000,
@@ -134,6 +138,8 @@ export class OpsServer implements Component {
     this.#bound = null;
     this.#render = null;
     this.#connections = new OpsConnections({
+      maxConnections: limits.maxConnections,
+      maxConnectionsPerPeer: limits.maxConnectionsPerPeer,
       maxAnswersOwed: limits.maxAnswersOwed,
     });
     this.#server = http.createServer(
@@ -148,7 +154,7 @@ export class OpsServer implements Component {
         if (this.#connections.take(req, res)) this.#onRequest(req, res);
       },
     );
-    this.#server.maxConnections = limits.maxConnections;
+    // No server.maxConnections: the caps are ours, so a newcomer can make room rather than be refused.
     this.#server.on('connection', (socket: Socket) => this.#connections.accept(socket));
     this.#server.timeout = limits.socketTimeoutMs;
   }
