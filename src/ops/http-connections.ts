@@ -6,6 +6,8 @@
  *   connection idle longest (it answered everything it asked) makes room;
  *   only when none is idle is the newcomer closed. One pod holding every slot
  *   with keep-alive connections must not lock the kubelet's probe out.
+ * - a connection that sends no byte at all is closed at the header deadline:
+ *   Node's own header timer starts only with a request's first byte.
  * - a few answers owed per connection: Node parses every request of a chunk
  *   before its backpressure stops reading, so a client pipelining scrapes it
  *   never reads would have each one rendered and held. Past the bound the
@@ -19,6 +21,8 @@ export interface ConnectionBounds {
   readonly maxConnectionsPerPeer: number;
   /** Requests taken and not yet answered, per connection; one more closes it. */
   readonly maxAnswersOwed: number;
+  /** A connection that has sent nothing this long after accept is closed. */
+  readonly firstByteMs: number;
 }
 
 interface Connection {
@@ -27,6 +31,7 @@ interface Connection {
   /** Requests taken whose answers are not yet handed to the socket. */
   owed: number;
   answered: number;
+  firstByte: NodeJS.Timeout | null;
 }
 
 export class OpsConnections {
@@ -51,7 +56,12 @@ export class OpsConnections {
       socket.destroy();
       return;
     }
-    const conn: Connection = { socket, peer, owed: 0, answered: 0 };
+    const conn: Connection = { socket, peer, owed: 0, answered: 0, firstByte: null };
+    conn.firstByte = setTimeout(() => {
+      // bytesRead counts at the handle, which the HTTP parser consumes directly (no 'data' events to watch).
+      if (socket.bytesRead === 0) socket.destroy();
+    }, this.#bounds.firstByteMs);
+    conn.firstByte.unref();
     this.#open.set(socket, conn);
     this.#perPeer.set(peer, (this.#perPeer.get(peer) ?? 0) + 1);
     socket.once('close', () => this.#forget(conn));
@@ -66,6 +76,10 @@ export class OpsConnections {
     if (conn.owed >= this.#bounds.maxAnswersOwed) {
       this.#close(conn);
       return false;
+    }
+    if (conn.firstByte !== null) {
+      clearTimeout(conn.firstByte);
+      conn.firstByte = null;
     }
     conn.owed++;
     this.#idle.delete(conn);
@@ -96,6 +110,7 @@ export class OpsConnections {
     if (this.#open.get(conn.socket) !== conn) return;
     this.#open.delete(conn.socket);
     this.#idle.delete(conn);
+    if (conn.firstByte !== null) clearTimeout(conn.firstByte);
     const n = (this.#perPeer.get(conn.peer) ?? 1) - 1;
     if (n > 0) this.#perPeer.set(conn.peer, n);
     else this.#perPeer.delete(conn.peer);

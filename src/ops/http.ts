@@ -8,11 +8,11 @@
  *
  * Bounded, because it shares the node with pods: connection caps (in all and
  * per client address, http-connections.ts), header and request deadlines
- * (slow-loris), an idle-socket timeout, a few answers owed per connection,
- * small headers, and no request body is ever read (a request that has one
- * gets its answer and `Connection: close`). Concurrent scrapes share one
- * render. It answers from callbacks that only read state, so a probe never
- * waits on DNS.
+ * (slow-loris, from accept), an idle-socket timeout, a few answers owed per
+ * connection, small headers, and no request body is ever read (a request that
+ * has one gets its answer and `Connection: close`). Concurrent scrapes share
+ * one render. It answers from callbacks that only read state, so a probe
+ * never waits on DNS.
  */
 import http from 'node:http';
 import { listenersOn, loadReusePort } from '../sys/reuseport.js';
@@ -53,7 +53,7 @@ export interface OpsHttpLimits {
   readonly maxConnectionsPerPeer: number;
   /** Requests taken and not yet answered on one connection (pipelined); one more closes it. */
   readonly maxAnswersOwed: number;
-  /** All headers must arrive within this (slow-loris). */
+  /** All headers must arrive within this (slow-loris); a connection that sends nothing is closed after it too. */
   readonly headersTimeoutMs: number;
   /** The whole request must arrive within this. */
   readonly requestTimeoutMs: number;
@@ -141,6 +141,7 @@ export class OpsServer implements Component {
       maxConnections: limits.maxConnections,
       maxConnectionsPerPeer: limits.maxConnectionsPerPeer,
       maxAnswersOwed: limits.maxAnswersOwed,
+      firstByteMs: limits.headersTimeoutMs,
     });
     this.#server = http.createServer(
       {
