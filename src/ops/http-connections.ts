@@ -12,6 +12,8 @@
  *   before its backpressure stops reading, so a client pipelining scrapes it
  *   never reads would have each one rendered and held. Past the bound the
  *   connection is closed (Prometheus and kubelet never pipeline).
+ * - on stop, answers owed are finished (each closing its connection) before
+ *   the rest are closed, so a rollout does not cut a scrape in flight.
  */
 import type http from 'node:http';
 import type { Socket } from 'node:net';
@@ -40,12 +42,16 @@ export class OpsConnections {
   /** Connections with every answer written, the one idle longest first: who makes room at a cap. */
   readonly #idle: Set<Connection>;
   readonly #perPeer: Map<string, number>;
+  #draining: boolean;
+  #onSettled: (() => void) | null;
 
   constructor(bounds: ConnectionBounds) {
     this.#bounds = bounds;
     this.#open = new Map();
     this.#idle = new Set();
     this.#perPeer = new Map();
+    this.#draining = false;
+    this.#onSettled = null;
   }
 
   /** For the server's 'connection' event: admits the socket, making room if it must, or closes it. */
@@ -83,12 +89,46 @@ export class OpsConnections {
     }
     conn.owed++;
     this.#idle.delete(conn);
+    if (this.#draining) res.setHeader('Connection', 'close');
     res.once('close', () => {
       conn.owed--;
       if (res.writableFinished) conn.answered++;
-      if (conn.owed === 0 && conn.answered > 0 && this.#open.get(socket) === conn) this.#idle.add(conn);
+      if (conn.owed === 0 && this.#open.get(socket) === conn) {
+        if (this.#draining) this.#close(conn);
+        else if (conn.answered > 0) this.#idle.add(conn);
+      }
+      this.#settled();
     });
     return true;
+  }
+
+  /**
+   * From now on every answer closes its connection, and idle ones close now.
+   * Resolves once no answer is owed, or after `ms`.
+   */
+  drain(ms: number): Promise<void> {
+    this.#draining = true;
+    for (const conn of [...this.#idle]) this.#close(conn);
+    if (this.#owed() === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#onSettled = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#onSettled = done;
+    });
+  }
+
+  #owed(): number {
+    let n = 0;
+    for (const c of this.#open.values()) n += c.owed;
+    return n;
+  }
+
+  #settled(): void {
+    if (this.#onSettled !== null && this.#owed() === 0) this.#onSettled();
   }
 
   #evictIdlest(peer: string | null): boolean {
@@ -114,5 +154,6 @@ export class OpsConnections {
     const n = (this.#perPeer.get(conn.peer) ?? 1) - 1;
     if (n > 0) this.#perPeer.set(conn.peer, n);
     else this.#perPeer.delete(conn.peer);
+    this.#settled();
   }
 }

@@ -18,6 +18,7 @@ import http from 'node:http';
 import { listenersOn, loadReusePort } from '../sys/reuseport.js';
 import { isIP, type Socket } from 'node:net';
 import { formatHostPort, isWildcard } from '../addr.js';
+import { systemClock, type Clock } from '../clock.js';
 import type { Component } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import type { ServerAddress } from '../upstream/types.js';
@@ -64,6 +65,8 @@ export interface OpsHttpLimits {
   /** How often Node checks the header and request deadlines; they fire up to this late. */
   readonly checkIntervalMs: number;
   readonly maxHeaderBytes: number;
+  /** On stop, answers owed (a scrape rendering) may take this long, at most until the stop's deadline; then every connection is closed. */
+  readonly drainMs: number;
 }
 
 /**
@@ -82,6 +85,7 @@ export const OPS_HTTP_LIMITS: OpsHttpLimits = {
   socketTimeoutMs: 30_000,
   checkIntervalMs: 1_000,
   maxHeaderBytes: 8 * 1024,
+  drainMs: 1_000,
 };
 
 export interface OpsServerOptions {
@@ -92,6 +96,8 @@ export interface OpsServerOptions {
   readonly limits?: Partial<OpsHttpLimits>;
   /** Bind with SO_REUSEPORT (an upgrade's new agent beside the old one). */
   readonly reusePort?: boolean;
+  /** What stop()'s deadline is measured on (default the system clock). */
+  readonly clock?: Clock;
 }
 
 const TEXT = 'text/plain; charset=utf-8';
@@ -119,6 +125,8 @@ export class OpsServer implements Component {
   readonly #log: Logger;
   readonly #server: http.Server;
   readonly #connections: OpsConnections;
+  readonly #clock: Clock;
+  readonly #drainMs: number;
   #bound: ServerAddress | null;
   /** The render in progress: scrapes that arrive meanwhile get its text rather than starting their own. */
   #render: Promise<string> | null;
@@ -137,6 +145,8 @@ export class OpsServer implements Component {
     this.#log = opts.logger;
     this.#bound = null;
     this.#render = null;
+    this.#clock = opts.clock ?? systemClock;
+    this.#drainMs = limits.drainMs;
     this.#connections = new OpsConnections({
       maxConnections: limits.maxConnections,
       maxConnectionsPerPeer: limits.maxConnectionsPerPeer,
@@ -215,16 +225,18 @@ export class OpsServer implements Component {
     });
   }
 
-  /** Stops at once: probes and scrapes have nothing worth waiting for. Never throws. */
-  stop(): Promise<void> {
-    return new Promise((resolve) => {
-      if (!this.#server.listening) {
-        resolve();
-        return;
-      }
-      this.#server.close(() => resolve());
-      this.#server.closeAllConnections();
-    });
+  /**
+   * Takes no new connection, answers what is owed (a scrape rendering) until
+   * `deadline` (Clock ms) or drainMs, whichever comes first, then closes every
+   * connection. Never throws.
+   */
+  async stop(deadline?: number): Promise<void> {
+    if (!this.#server.listening) return;
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const left = deadline === undefined ? this.#drainMs : Math.min(this.#drainMs, deadline - this.#clock.now());
+    await this.#connections.drain(Math.max(0, left));
+    this.#server.closeAllConnections();
+    await closed;
   }
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -342,6 +354,8 @@ export interface OpsListenOptions {
   readonly logger: Logger;
   readonly limits?: Partial<OpsHttpLimits>;
   readonly reusePort?: boolean;
+  /** The clock of stop()'s deadline (the agent's). */
+  readonly clock?: Clock;
 }
 
 function sameAddress(a: ServerAddress, b: ServerAddress): boolean {
@@ -354,7 +368,7 @@ function sameAddress(a: ServerAddress, b: ServerAddress): boolean {
  * started: each is a Component for the agent's stack.
  */
 export function createOpsServers(o: OpsListenOptions): OpsServer[] {
-  const common = { handlers: o.handlers, logger: o.logger, limits: o.limits, reusePort: o.reusePort ?? false };
+  const common = { handlers: o.handlers, logger: o.logger, limits: o.limits, reusePort: o.reusePort ?? false, clock: o.clock };
   const health: OpsRoute[] = o.handlers.readiness === undefined ? ['health'] : ['health', 'ready'];
   if (o.metrics !== null && o.health !== null && sameAddress(o.metrics, o.health)) {
     return [new OpsServer({ ...common, address: o.metrics, routes: ['metrics', ...health] })];
