@@ -26,7 +26,10 @@ export interface AgentMetricSources {
   readonly server: string;
   readonly cache: DnsCache;
   readonly clock: Clock;
-  /** The upstreams in use now (they change on reload). */
+  /**
+   * The upstreams in use now (they change on reload), then those a reload
+   * replaced that still finish queries in flight (a name may repeat).
+   */
   readonly upstreams: () => readonly Upstream[];
   readonly view: () => ClusterView | null;
   /** The interface and interception the agent manages (none: not ours, no series). */
@@ -79,9 +82,12 @@ export class AgentMetrics implements UpstreamCounterBlocks {
       [{ server: src.server, type: 'denial' }, src.cache.negativeSize],
     ]);
     this.registry.addGauge('nodelocal_cache_bytes', 'Bytes the cache charges against --cache-memory.', ['server'], () => [[server, src.cache.bytes]]);
-    this.registry.addGauge('nodelocal_upstream_healthy', 'Whether an upstream answers (1) or is marked failing (0).', ['to'], () =>
-      src.upstreams().map((u): [Labels, number] => [{ to: u.name }, u.health.healthy ? 1 : 0]),
-    );
+    // Not summed like the other gauges: a state, one series per name, of the upstream in use (listed first).
+    this.registry.addGauge('nodelocal_upstream_healthy', 'Whether an upstream answers (1) or is marked failing (0).', ['to'], () => {
+      const byName = new Map<string, number>();
+      for (const u of src.upstreams()) if (!byName.has(u.name)) byName.set(u.name, u.health.healthy ? 1 : 0);
+      return [...byName].map(([to, healthy]): [Labels, number] => [{ to }, healthy]);
+    });
     this.registry.addGauge('nodelocal_upstream_connections', 'TCP connections open to the cluster DNS (persistent, pipelined).', ['to'], () =>
       src.upstreams().flatMap((u): [Labels, number][] => (u instanceof TcpPool ? [[{ to: u.name }, u.openConnections]] : [])),
     );

@@ -6,19 +6,23 @@
  * has two (metrics and health), and when both land on one address they are
  * one server with every route.
  *
- * Bounded, because it shares the node with pods: a connection cap, header and
- * request deadlines (slow-loris), an idle-socket timeout, small headers, and
- * no request body is ever read (a request that has one gets its answer and
- * `Connection: close`). It answers from callbacks that only read state, so a
- * probe never waits on DNS.
+ * Bounded, because it shares the node with pods: connection caps (in all and
+ * per client address, http-connections.ts), header and request deadlines
+ * (slow-loris, from accept), an idle-socket timeout, a few answers owed per
+ * connection, small headers, and no request body is ever read (a request that
+ * has one gets its answer and `Connection: close`). Concurrent scrapes share
+ * one render. It answers from callbacks that only read state, so a probe
+ * never waits on DNS.
  */
 import http from 'node:http';
 import { listenersOn, loadReusePort } from '../sys/reuseport.js';
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { formatHostPort, isWildcard } from '../addr.js';
+import { systemClock, type Clock } from '../clock.js';
 import type { Component } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import type { ServerAddress } from '../upstream/types.js';
+import { OpsConnections } from './http-connections.js';
 
 export type OpsRoute = 'metrics' | 'health' | 'ready';
 
@@ -44,9 +48,13 @@ export interface OpsHandlers {
 }
 
 export interface OpsHttpLimits {
-  /** Open connections at once; more are closed on accept. Prometheus and kubelet need a handful. */
+  /** Open connections at once; past it a newcomer closes the one idle longest, or is closed when none is idle. Prometheus and kubelet need a handful. */
   readonly maxConnections: number;
-  /** All headers must arrive within this (slow-loris). */
+  /** The same, per client address: one pod cannot take every slot from the kubelet's probe. */
+  readonly maxConnectionsPerPeer: number;
+  /** Requests taken and not yet answered on one connection (pipelined); one more closes it. */
+  readonly maxAnswersOwed: number;
+  /** All headers must arrive within this (slow-loris); a connection that sends nothing is closed after it too. */
   readonly headersTimeoutMs: number;
   /** The whole request must arrive within this. */
   readonly requestTimeoutMs: number;
@@ -57,6 +65,8 @@ export interface OpsHttpLimits {
   /** How often Node checks the header and request deadlines; they fire up to this late. */
   readonly checkIntervalMs: number;
   readonly maxHeaderBytes: number;
+  /** On stop, answers owed (a scrape rendering) may take this long, at most until the stop's deadline; then every connection is closed. */
+  readonly drainMs: number;
 }
 
 /**
@@ -67,12 +77,15 @@ export interface OpsHttpLimits {
  */
 export const OPS_HTTP_LIMITS: OpsHttpLimits = {
   maxConnections: 32,
+  maxConnectionsPerPeer: 8,
+  maxAnswersOwed: 2,
   headersTimeoutMs: 5_000,
   requestTimeoutMs: 5_000,
   keepAliveTimeoutMs: 5_000,
   socketTimeoutMs: 30_000,
   checkIntervalMs: 1_000,
   maxHeaderBytes: 8 * 1024,
+  drainMs: 1_000,
 };
 
 export interface OpsServerOptions {
@@ -83,6 +96,8 @@ export interface OpsServerOptions {
   readonly limits?: Partial<OpsHttpLimits>;
   /** Bind with SO_REUSEPORT (an upgrade's new agent beside the old one). */
   readonly reusePort?: boolean;
+  /** What stop()'s deadline is measured on (default the system clock). */
+  readonly clock?: Clock;
 }
 
 const TEXT = 'text/plain; charset=utf-8';
@@ -109,7 +124,12 @@ export class OpsServer implements Component {
   readonly #handlers: OpsHandlers;
   readonly #log: Logger;
   readonly #server: http.Server;
+  readonly #connections: OpsConnections;
+  readonly #clock: Clock;
+  readonly #drainMs: number;
   #bound: ServerAddress | null;
+  /** The render in progress: scrapes that arrive meanwhile get its text rather than starting their own. */
+  #render: Promise<string> | null;
 
   constructor(opts: OpsServerOptions) {
     const limits = { ...OPS_HTTP_LIMITS, ...opts.limits };
@@ -124,6 +144,15 @@ export class OpsServer implements Component {
     this.#handlers = opts.handlers;
     this.#log = opts.logger;
     this.#bound = null;
+    this.#render = null;
+    this.#clock = opts.clock ?? systemClock;
+    this.#drainMs = limits.drainMs;
+    this.#connections = new OpsConnections({
+      maxConnections: limits.maxConnections,
+      maxConnectionsPerPeer: limits.maxConnectionsPerPeer,
+      maxAnswersOwed: limits.maxAnswersOwed,
+      firstByteMs: limits.headersTimeoutMs,
+    });
     this.#server = http.createServer(
       {
         headersTimeout: limits.headersTimeoutMs,
@@ -132,9 +161,12 @@ export class OpsServer implements Component {
         connectionsCheckingInterval: limits.checkIntervalMs,
         maxHeaderSize: limits.maxHeaderBytes,
       },
-      (req, res) => this.#onRequest(req, res),
+      (req, res) => {
+        if (this.#connections.take(req, res)) this.#onRequest(req, res);
+      },
     );
-    this.#server.maxConnections = limits.maxConnections;
+    // No server.maxConnections: the caps are ours, so a newcomer can make room rather than be refused.
+    this.#server.on('connection', (socket: Socket) => this.#connections.accept(socket));
     this.#server.timeout = limits.socketTimeoutMs;
   }
 
@@ -193,16 +225,18 @@ export class OpsServer implements Component {
     });
   }
 
-  /** Stops at once: probes and scrapes have nothing worth waiting for. Never throws. */
-  stop(): Promise<void> {
-    return new Promise((resolve) => {
-      if (!this.#server.listening) {
-        resolve();
-        return;
-      }
-      this.#server.close(() => resolve());
-      this.#server.closeAllConnections();
-    });
+  /**
+   * Takes no new connection, answers what is owed (a scrape rendering) until
+   * `deadline` (Clock ms) or drainMs, whichever comes first, then closes every
+   * connection. Never throws.
+   */
+  async stop(deadline?: number): Promise<void> {
+    if (!this.#server.listening) return;
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const left = deadline === undefined ? this.#drainMs : Math.min(this.#drainMs, deadline - this.#clock.now());
+    await this.#connections.drain(Math.max(0, left));
+    this.#server.closeAllConnections();
+    await closed;
   }
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -235,7 +269,15 @@ export class OpsServer implements Component {
 
   #metrics(res: http.ServerResponse): void {
     const source = this.#handlers.metrics!;
-    source.metrics().then(
+    if (this.#render === null) {
+      const render = source.metrics();
+      this.#render = render;
+      const done = (): void => {
+        if (this.#render === render) this.#render = null;
+      };
+      render.then(done, done);
+    }
+    this.#render.then(
       (text) => reply(res, 200, source.contentType, text),
       (err: unknown) => {
         this.#log.warn('metrics scrape failed', { error: message(err) });
@@ -312,6 +354,8 @@ export interface OpsListenOptions {
   readonly logger: Logger;
   readonly limits?: Partial<OpsHttpLimits>;
   readonly reusePort?: boolean;
+  /** The clock of stop()'s deadline (the agent's). */
+  readonly clock?: Clock;
 }
 
 function sameAddress(a: ServerAddress, b: ServerAddress): boolean {
@@ -324,7 +368,7 @@ function sameAddress(a: ServerAddress, b: ServerAddress): boolean {
  * started: each is a Component for the agent's stack.
  */
 export function createOpsServers(o: OpsListenOptions): OpsServer[] {
-  const common = { handlers: o.handlers, logger: o.logger, limits: o.limits, reusePort: o.reusePort ?? false };
+  const common = { handlers: o.handlers, logger: o.logger, limits: o.limits, reusePort: o.reusePort ?? false, clock: o.clock };
   const health: OpsRoute[] = o.handlers.readiness === undefined ? ['health'] : ['health', 'ready'];
   if (o.metrics !== null && o.health !== null && sameAddress(o.metrics, o.health)) {
     return [new OpsServer({ ...common, address: o.metrics, routes: ['metrics', ...health] })];

@@ -1,0 +1,159 @@
+/**
+ * The connections of one ops HTTP server (http.ts), bounded because any pod
+ * on the node reaches the probe and metrics ports:
+ *
+ * - a cap per client address below the total, and at either cap the
+ *   connection idle longest (it answered everything it asked) makes room;
+ *   only when none is idle is the newcomer closed. One pod holding every slot
+ *   with keep-alive connections must not lock the kubelet's probe out.
+ * - a connection that sends no byte at all is closed at the header deadline:
+ *   Node's own header timer starts only with a request's first byte.
+ * - a few answers owed per connection: Node parses every request of a chunk
+ *   before its backpressure stops reading, so a client pipelining scrapes it
+ *   never reads would have each one rendered and held. Past the bound the
+ *   connection is closed (Prometheus and kubelet never pipeline).
+ * - on stop, answers owed are finished (each closing its connection) before
+ *   the rest are closed, so a rollout does not cut a scrape in flight.
+ */
+import type http from 'node:http';
+import type { Socket } from 'node:net';
+
+export interface ConnectionBounds {
+  readonly maxConnections: number;
+  readonly maxConnectionsPerPeer: number;
+  /** Requests taken and not yet answered, per connection; one more closes it. */
+  readonly maxAnswersOwed: number;
+  /** A connection that has sent nothing this long after accept is closed. */
+  readonly firstByteMs: number;
+}
+
+interface Connection {
+  readonly socket: Socket;
+  readonly peer: string;
+  /** Requests taken whose answers are not yet handed to the socket. */
+  owed: number;
+  answered: number;
+  firstByte: NodeJS.Timeout | null;
+}
+
+export class OpsConnections {
+  readonly #bounds: ConnectionBounds;
+  readonly #open: Map<Socket, Connection>;
+  /** Connections with every answer written, the one idle longest first: who makes room at a cap. */
+  readonly #idle: Set<Connection>;
+  readonly #perPeer: Map<string, number>;
+  #draining: boolean;
+  #onSettled: (() => void) | null;
+
+  constructor(bounds: ConnectionBounds) {
+    this.#bounds = bounds;
+    this.#open = new Map();
+    this.#idle = new Set();
+    this.#perPeer = new Map();
+    this.#draining = false;
+    this.#onSettled = null;
+  }
+
+  /** For the server's 'connection' event: admits the socket, making room if it must, or closes it. */
+  accept(socket: Socket): void {
+    const peer = socket.remoteAddress ?? '';
+    const fromPeer = this.#perPeer.get(peer) ?? 0;
+    if ((fromPeer >= this.#bounds.maxConnectionsPerPeer && !this.#evictIdlest(peer)) || (this.#open.size >= this.#bounds.maxConnections && !this.#evictIdlest(null))) {
+      socket.destroy();
+      return;
+    }
+    const conn: Connection = { socket, peer, owed: 0, answered: 0, firstByte: null };
+    conn.firstByte = setTimeout(() => {
+      // bytesRead counts at the handle, which the HTTP parser consumes directly (no 'data' events to watch).
+      if (socket.bytesRead === 0) socket.destroy();
+    }, this.#bounds.firstByteMs);
+    conn.firstByte.unref();
+    this.#open.set(socket, conn);
+    this.#perPeer.set(peer, (this.#perPeer.get(peer) ?? 0) + 1);
+    socket.once('close', () => this.#forget(conn));
+  }
+
+  /** For each request: whether to answer it. False when its connection is gone or owes too many answers (then closed). */
+  take(req: http.IncomingMessage, res: http.ServerResponse): boolean {
+    const socket = req.socket;
+    const conn = this.#open.get(socket);
+    // The parser goes on through the rest of a chunk after its socket is closed.
+    if (conn === undefined || socket.destroyed) return false;
+    if (conn.owed >= this.#bounds.maxAnswersOwed) {
+      this.#close(conn);
+      return false;
+    }
+    if (conn.firstByte !== null) {
+      clearTimeout(conn.firstByte);
+      conn.firstByte = null;
+    }
+    conn.owed++;
+    this.#idle.delete(conn);
+    if (this.#draining) res.setHeader('Connection', 'close');
+    res.once('close', () => {
+      conn.owed--;
+      if (res.writableFinished) conn.answered++;
+      if (conn.owed === 0 && this.#open.get(socket) === conn) {
+        if (this.#draining) this.#close(conn);
+        else if (conn.answered > 0) this.#idle.add(conn);
+      }
+      this.#settled();
+    });
+    return true;
+  }
+
+  /**
+   * From now on every answer closes its connection, and idle ones close now.
+   * Resolves once no answer is owed, or after `ms`.
+   */
+  drain(ms: number): Promise<void> {
+    this.#draining = true;
+    for (const conn of [...this.#idle]) this.#close(conn);
+    if (this.#owed() === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#onSettled = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#onSettled = done;
+    });
+  }
+
+  #owed(): number {
+    let n = 0;
+    for (const c of this.#open.values()) n += c.owed;
+    return n;
+  }
+
+  #settled(): void {
+    if (this.#onSettled !== null && this.#owed() === 0) this.#onSettled();
+  }
+
+  #evictIdlest(peer: string | null): boolean {
+    for (const conn of this.#idle) {
+      if (peer !== null && conn.peer !== peer) continue;
+      this.#close(conn);
+      return true;
+    }
+    return false;
+  }
+
+  /** Closes at once and forgets now: the socket's 'close' comes a tick later, and the caller counts on the room. */
+  #close(conn: Connection): void {
+    this.#forget(conn);
+    conn.socket.destroy();
+  }
+
+  #forget(conn: Connection): void {
+    if (this.#open.get(conn.socket) !== conn) return;
+    this.#open.delete(conn.socket);
+    this.#idle.delete(conn);
+    if (conn.firstByte !== null) clearTimeout(conn.firstByte);
+    const n = (this.#perPeer.get(conn.peer) ?? 1) - 1;
+    if (n > 0) this.#perPeer.set(conn.peer, n);
+    else this.#perPeer.delete(conn.peer);
+    this.#settled();
+  }
+}
