@@ -24,6 +24,7 @@ export interface OpsPartOptions {
   readonly config: Config;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
+  readonly clock: Clock;
   readonly serving: () => boolean;
   readonly readiness: () => Readiness;
   /** Told the servers as soon as they are created (the Agent publishes them as opsServers). */
@@ -46,6 +47,7 @@ export function opsPart(o: OpsPartOptions): Component & { tryEarly(): Promise<vo
       handlers: { metrics: o.metrics, serving: o.serving, readiness: o.readiness },
       logger: o.logger,
       reusePort: c.reusePort,
+      clock: o.clock,
     });
     o.created(servers);
     try {
@@ -68,9 +70,9 @@ export function opsPart(o: OpsPartOptions): Component & { tryEarly(): Promise<vo
     start: async () => {
       if (!bound) await bind();
     },
-    stop: async () => {
+    stop: async (deadline) => {
       bound = false;
-      await Promise.all(servers.map((s) => s.stop()));
+      await Promise.all(servers.map((s) => s.stop(deadline)));
     },
   };
 }

@@ -206,6 +206,7 @@ export class Agent {
       config: this.#config,
       metrics: this.metrics,
       logger: this.#logger,
+      clock: this.#clock,
       serving: () => this.#serving,
       readiness: () => this.readiness(),
       created: (servers) => {
