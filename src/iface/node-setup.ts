@@ -60,7 +60,7 @@ const RULE_NAME = 'nodelocaldns';
 export function interfacePart(o: NodeSetupOptions): NodePart | null {
   if (!o.setupInterface || o.addresses.length === 0) return null;
   const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters });
-  let stopChecks: (() => void) | null = null;
+  let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
   return {
     name: 'interface',
@@ -82,8 +82,8 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
       });
       return Promise.resolve();
     },
-    stop: () => {
-      stopChecks?.();
+    stop: async () => {
+      await stopChecks?.();
       inPlace = false;
       if (o.successor?.() === true) {
         o.logger.info('a successor serves these addresses: leaving the link to it', { link: o.interfaceName });
@@ -92,7 +92,6 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
         o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });
       }
       iface.close();
-      return Promise.resolve();
     },
   };
 }
@@ -101,7 +100,7 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
   if (o.firewall === 'none' || o.addresses.length === 0) return null;
   const run = o.run ?? spawnRunner();
   let firewall: Firewall | null = null;
-  let stopChecks: (() => void) | null = null;
+  let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
   let mode = '';
   return {
@@ -131,7 +130,7 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       });
     },
     stop: async () => {
-      stopChecks?.();
+      await stopChecks?.();
       inPlace = false;
       if (firewall === null || o.skipTeardown) return;
       if (o.successor?.() === true) {
@@ -167,16 +166,22 @@ function describeBackend(b: FirewallBackend): string {
 /**
  * Runs `fn` every `intervalMs` on the clock's shared sweep, never two at a
  * time (a check that shells out to iptables may take longer than a sweep).
+ * The returned stop resolves once a run in flight is over: a check still
+ * running would otherwise rewrite what the teardown is about to remove.
  */
-function every(clock: Clock, intervalMs: number, fn: () => Promise<void>): () => void {
+function every(clock: Clock, intervalMs: number, fn: () => Promise<void>): () => Promise<void> {
   let last = clock.now();
-  let running = false;
-  return clock.sweep((now) => {
-    if (running || now - last < intervalMs) return;
+  let running: Promise<void> | null = null;
+  const unsubscribe = clock.sweep((now) => {
+    if (running !== null || now - last < intervalMs) return;
     last = now;
-    running = true;
-    fn().finally(() => {
-      running = false;
+    // fn logs its own failures; a rejection here would only end the run.
+    running = fn().catch(() => {}).finally(() => {
+      running = null;
     });
   });
+  return async () => {
+    unsubscribe();
+    await running;
+  };
 }
