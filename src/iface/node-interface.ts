@@ -128,7 +128,10 @@ export class NodeInterface {
     this.#counters = opts.counters;
   }
 
-  /** Startup: create or reuse the link, set it up, add the addresses. Throws InterfaceError with an actionable message. */
+  /**
+   * Startup: create or reuse the link, set it up, add the addresses. Throws
+   * InterfaceError with an actionable message, having removed what it made.
+   */
   ensure(): EnsureReport {
     let link = this.#findLink();
     let created = false;
@@ -143,20 +146,47 @@ export class NodeInterface {
       if (link === null) throw new InterfaceError(`link ${this.name} was created but is not listed`, ENODEV);
     }
     const setUp = (link.flags & IFF_UP) === 0;
-    if (setUp) this.#must(setLinkUpRequest(this.#seq(), link.index), `set link ${this.name} up`);
-    const present = new Set(this.#addrsOn(link.index));
-    const added: string[] = [];
+    const added: Wanted[] = [];
     const already: string[] = [];
-    for (const w of this.#wanted) {
-      if (present.has(w.text)) {
-        already.push(w.text);
-        continue;
+    try {
+      if (setUp) this.#must(setLinkUpRequest(this.#seq(), link.index), `set link ${this.name} up`);
+      const present = new Set(this.#addrsOn(link.index));
+      for (const w of this.#wanted) {
+        if (present.has(w.text)) {
+          already.push(w.text);
+          continue;
+        }
+        const r = this.#call(addrRequest(this.#seq(), 'add', link.index, w.bytes));
+        if (!r.ok && r.errno !== EEXIST) throw new InterfaceError(describeNetlinkError(`add address ${w.text} to ${this.name}`, r.errno, r.message, this.kind), r.errno);
+        if (r.ok) added.push(w);
+        else already.push(w.text);
       }
-      const r = this.#call(addrRequest(this.#seq(), 'add', link.index, w.bytes));
-      if (!r.ok && r.errno !== EEXIST) throw new InterfaceError(describeNetlinkError(`add address ${w.text} to ${this.name}`, r.errno, r.message, this.kind), r.errno);
-      (r.ok ? added : already).push(w.text);
+    } catch (e) {
+      // The lifecycle stops only parts that started: a half-done start must not outlive the agent.
+      const undone = this.#undo(link.index, created, added);
+      if (undone === null || !(e instanceof InterfaceError)) throw e;
+      throw new InterfaceError(`${e.message}; undoing the start failed too: ${undone}`, e.errno);
     }
-    return { linkIndex: link.index, created, kind: link.kind, setUp, addressesAdded: added, addressesPresent: already };
+    return { linkIndex: link.index, created, kind: link.kind, setUp, addressesAdded: added.map((w) => w.text), addressesPresent: already };
+  }
+
+  /** What a failed ensure() did: the link if it made it (its addresses go with it), else the addresses it added. An error text, or null. */
+  #undo(index: number, created: boolean, added: readonly Wanted[]): string | null {
+    const errors: string[] = [];
+    try {
+      if (created) {
+        const r = this.#call(delLinkRequest(this.#seq(), index));
+        if (!r.ok && r.errno !== ENODEV) errors.push(describeNetlinkError(`delete link ${this.name}`, r.errno, r.message, this.kind));
+      } else {
+        for (const w of added) {
+          const r = this.#call(addrRequest(this.#seq(), 'del', index, w.bytes));
+          if (!r.ok && r.errno !== EADDRNOTAVAIL && r.errno !== ENOENT) errors.push(describeNetlinkError(`delete address ${w.text}`, r.errno, r.message, this.kind));
+        }
+      }
+    } catch (e) {
+      errors.push(e instanceof Error ? e.message : String(e)); // the socket could not be reopened
+    }
+    return errors.length === 0 ? null : errors.join('; ');
   }
 
   /** Periodic: put back whatever is missing. Never throws; a failure is counted and reported. */

@@ -18,7 +18,7 @@ import type { Component } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import { detectFirewallBackend } from './firewall-detect.js';
 import { Firewall, type FirewallBackend } from './firewall.js';
-import { NodeInterface } from './node-interface.js';
+import { type EnsureReport, NodeInterface } from './node-interface.js';
 import { spawnRunner, type CommandRunner } from './run-command.js';
 import type { SetupCounters } from './setup-counters.js';
 
@@ -67,8 +67,14 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
     get inPlace() {
       return inPlace;
     },
-    start: () => {
-      const r = iface.ensure();
+    start: async () => {
+      let r: EnsureReport;
+      try {
+        r = iface.ensure(); // undoes its own half on failure
+      } catch (e) {
+        iface.close();
+        throw e;
+      }
       o.logger.info('interface ready', {
         link: o.interfaceName, kind: r.kind, created: r.created, added: r.addressesAdded, present: r.addressesPresent,
       });
@@ -80,7 +86,6 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
         if (c.error !== null) o.logger.warn('interface check failed', { link: o.interfaceName, error: c.error });
         return Promise.resolve();
       });
-      return Promise.resolve();
     },
     stop: async () => {
       await stopChecks?.();
