@@ -41,7 +41,11 @@ export interface NodeSetupOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly counters: SetupCounters;
-  /** True when another agent already serves our addresses (a handover): teardown then leaves the link and rules to it. */
+  /**
+   * True when another agent serves our addresses (the new one beside us in a
+   * handover, or the old one while a start of ours fails): teardown then
+   * leaves the link and rules to it.
+   */
   readonly successor?: () => boolean;
   /** Runs iptables/nft; injected for tests. */
   readonly run?: CommandRunner;
@@ -91,7 +95,7 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
       await stopChecks?.();
       inPlace = false;
       if (o.successor?.() === true) {
-        o.logger.info('a successor serves these addresses: leaving the link to it', { link: o.interfaceName });
+        o.logger.info('another agent serves these addresses: leaving the link to it', { link: o.interfaceName });
       } else if (!o.skipTeardown) {
         const t = iface.teardown();
         o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });
@@ -121,7 +125,13 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       mode = describeBackend(backend);
       const failOpenTo = o.failOpenTo ?? null;
       firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, failOpenTo, backend, run, counters: o.counters });
-      await firewall.apply();
+      try {
+        await firewall.apply();
+      } catch (e) {
+        // The lifecycle stops only parts that started: a family apply did write would steer pods to an agent that exits.
+        await removeRules(firewall);
+        throw e;
+      }
       inPlace = true;
       o.logger.info('interception rules in place', {
         backend: describeBackend(backend), why: reason, addresses: o.addresses, failOpenTo: failOpenTo === null ? 'none' : `${failOpenTo.host}:${failOpenTo.port}`,
@@ -137,16 +147,20 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
     stop: async () => {
       await stopChecks?.();
       inPlace = false;
-      if (firewall === null || o.skipTeardown) return;
-      if (o.successor?.() === true) {
-        o.logger.info('a successor serves these addresses: leaving the interception rules to it');
-        return;
-      }
-      const err = await firewall.remove();
-      if (err !== null) o.logger.warn('could not remove interception rules', { error: err });
-      else o.logger.info('interception rules removed');
+      if (firewall !== null) await removeRules(firewall);
     },
   };
+
+  async function removeRules(fw: Firewall): Promise<void> {
+    if (o.skipTeardown) return;
+    if (o.successor?.() === true) {
+      o.logger.info('another agent serves these addresses: leaving the interception rules to it');
+      return;
+    }
+    const err = await fw.remove();
+    if (err !== null) o.logger.warn('could not remove interception rules', { error: err });
+    else o.logger.info('interception rules removed');
+  }
 }
 
 async function chooseBackend(choice: FirewallChoice, run: CommandRunner): Promise<{ backend: FirewallBackend; reason: string }> {
