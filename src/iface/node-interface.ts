@@ -82,9 +82,12 @@ export class InterfaceError extends Error {
 export function describeNetlinkError(op: string, errno: number, kernelText: string | null, kind: string): string {
   const detail = kernelText === null || kernelText === '' ? '' : ` (kernel: ${kernelText})`;
   switch (errno) {
-    case EPERM:
-    case EACCES:
+    case EPERM: // rtnetlink's capability check (netlink_net_capable) fails with EPERM only
       return `${op}: permission denied: the agent needs CAP_NET_ADMIN${detail}`;
+    case EACCES:
+      // addrconf refuses an IPv6 address on a link with disable_ipv6 this way; otherwise a security module said no.
+      if (op.startsWith('add address')) return `${op}: IPv6 is disabled on this link or node (net.ipv6.conf.*.disable_ipv6)${detail}`;
+      return `${op}: access denied (EACCES), by a security module (SELinux, AppArmor) or the kernel${detail}`;
     case EOPNOTSUPP:
       if (op.startsWith('create link')) {
         return kind === 'dummy'
