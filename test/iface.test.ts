@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NodeInterface, InterfaceError, describeNetlinkError } from '../src/iface/node-interface.js';
-import { type NetlinkIo, Rtnl, openRtnetlink } from '../src/iface/netlink.js';
+import { MAX_DUMP_TRIES, type NetlinkIo, Rtnl, openRtnetlink } from '../src/iface/netlink.js';
 import {
   IFA_F_NODAD,
   IFF_UP,
@@ -759,4 +759,16 @@ t.test('rules an earlier run left in another backend do not outlive a run on the
   // Left, the unconditional raw OUTPUT NOTRACK keeps node processes' DNS to the ClusterIP from kube-proxy's DNAT for good.
   const left = inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l) && l.startsWith('-A'));
   t.same(left, [], 'no rule of ours left in iptables-legacy either');
+});
+
+t.test('a dump interrupted on every try is an error after MAX_DUMP_TRIES, not a partial list', async (t) => {
+  const flagged = fixture('rtnl-getlink-dump.hex').map((d) => {
+    const copy = Buffer.from(d);
+    for (let o = 0; o + 16 <= copy.length; o += (copy.readUInt32LE(o) + 3) & ~3) copy.writeUInt16LE(copy.readUInt16LE(o + 6) | 0x10, o + 6);
+    return copy;
+  });
+  const io = replay(Array.from({ length: MAX_DUMP_TRIES }, () => flagged));
+  const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
+  t.match(ni.teardown(), { removed: [], errors: [/list links: .*interrupted by changes 5 times in a row/] });
+  t.equal(io.sent.length, MAX_DUMP_TRIES, 'asked again each time, then gave up');
 });
