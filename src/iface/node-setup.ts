@@ -18,6 +18,7 @@ import type { Component } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import { detectFirewallBackend } from './firewall-detect.js';
 import { Firewall, type FirewallBackend } from './firewall.js';
+import type { OtherBackends } from './firewall-others.js';
 import { type EnsureReport, NodeInterface } from './node-interface.js';
 import { spawnRunner, type CommandRunner } from './run-command.js';
 import type { SetupCounters } from './setup-counters.js';
@@ -125,8 +126,9 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       mode = describeBackend(backend);
       const failOpenTo = o.failOpenTo ?? null;
       firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, failOpenTo, backend, run, counters: o.counters });
+      let others: OtherBackends;
       try {
-        await firewall.apply();
+        others = await firewall.apply();
       } catch (e) {
         // The lifecycle stops only parts that started: a family apply did write would steer pods to an agent that exits.
         await removeRules(firewall);
@@ -136,6 +138,8 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       o.logger.info('interception rules in place', {
         backend: describeBackend(backend), why: reason, addresses: o.addresses, failOpenTo: failOpenTo === null ? 'none' : `${failOpenTo.host}:${failOpenTo.port}`,
       });
+      if (others.cleared.length > 0) o.logger.info('removed interception rules an earlier run left in another backend', { from: others.cleared });
+      if (others.errors.length > 0) o.logger.warn('could not remove interception rules left in another backend', { errors: others.errors });
       const fw = firewall;
       stopChecks = every(o.clock, o.syncIntervalMs, async () => {
         const c = await fw.check();
