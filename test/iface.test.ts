@@ -41,6 +41,8 @@ import { detectFirewallBackend } from '../src/iface/firewall-detect.js';
 import { type CommandResult, type CommandRunner, spawnRunner } from '../src/iface/run-command.js';
 import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
 import { interceptionPart } from '../src/iface/node-setup.js';
+import { type ProcReader, otherListenersOn } from '../src/iface/other-listeners.js';
+import { procAddress } from '../src/sys/reuseport.js';
 import { ManualClock } from '../src/clock.js';
 import { silentLogger } from '../src/log.js';
 
@@ -771,4 +773,27 @@ t.test('a dump interrupted on every try is an error after MAX_DUMP_TRIES, not a 
   const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
   t.match(ni.teardown(), { removed: [], errors: [/list links: .*interrupted by changes 5 times in a row/] });
   t.equal(io.sent.length, MAX_DUMP_TRIES, 'asked again each time, then gave up');
+});
+
+t.test('a failed ensure() on a link it did not create removes only the addresses it added', async (t) => {
+  // The captured link holds 169.254.20.10 and fd00::a; 10.96.0.10 is added, then 10.96.0.11 is refused.
+  const io = replay(['rtnl-getlink-dump.hex', 'rtnl-getaddr-dump.hex', 'rtnl-newaddr-v4-ack.hex', 'rtnl-newlink-eperm.hex', 'rtnl-newaddr-v4-ack.hex']);
+  const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10', '10.96.0.10', '10.96.0.11'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
+  t.throws(() => ni.ensure(), { message: /add address 10\.96\.0\.11 .*CAP_NET_ADMIN/ });
+  t.equal(io.sent.length, 5, 'one request to undo, no link deleted');
+  const undo = io.sent[4]!;
+  t.equal(undo.toString('hex'), addrRequest(undo.readUInt32LE(8), 'del', 2, ipToBytes('10.96.0.10')!).toString('hex'), 'the address it added, deleted');
+});
+
+t.test('another agent beside us: only listeners held by other processes count', async (t) => {
+  const row = (sl: number, local: string, st: string, inode: string): string =>
+    `  ${sl}: ${local} 00000000:0000 ${st} 00000000:00000000 00:00000000 00000000     0        0 ${inode} 1 0000000000000000 100 0 0 10 0`;
+  const addr = { host: '169.254.20.10', port: 53 };
+  const local = procAddress(addr);
+  const table = ['  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode', row(0, local, '0A', '111'), row(1, local, '0A', '222'), row(2, local, '01', '333')].join('\n');
+  const proc = (own: string[]): ProcReader => ({ readFile: () => table, ownSockets: () => new Set(own) });
+  t.equal(otherListenersOn(addr, proc(['111'])), 1, 'ours apart, the new agent counts');
+  t.equal(otherListenersOn(addr, proc(['111', '222'])), 0, 'both ours: no one else');
+  t.equal(otherListenersOn(addr, proc([])), 2, 'none of them ours: both count, the established socket does not');
+  t.equal(otherListenersOn(addr, { readFile: () => { throw new Error('no /proc'); }, ownSockets: () => new Set() }), 0);
 });
