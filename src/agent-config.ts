@@ -10,12 +10,12 @@ import { formatHostPort, isLoopback, isWildcard } from './addr.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import type { NodeSetupOptions } from './iface/node-setup.js';
+import { otherListenersOn } from './iface/other-listeners.js';
 import type { setupCounterSchema } from './iface/setup-counters.js';
 import { StartupError } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { ClientMissLimiter } from './server/client-limit.js';
 import type { Counters } from './stats/counters.js';
-import { listenersOn } from './sys/reuseport.js';
 import { loadHostServers, type HostServers } from './upstream/host-route.js';
 import type { ServerAddress } from './upstream/types.js';
 
@@ -118,6 +118,7 @@ export function nodeSetupOptions(
     logger: o.logger,
     counters: o.counters,
     // A new agent already listens on our address (an upgrade by surge): the link and rules are its now.
-    successor: () => c.reusePort && c.listen.some((l) => addresses.includes(l.host) && listenersOn(l) > 1),
+    // Only others' listeners count: ours may already be closed when the interface part asks.
+    successor: () => c.reusePort && c.listen.some((l) => addresses.includes(l.host) && otherListenersOn(l) > 0),
   };
 }

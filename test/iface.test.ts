@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NodeInterface, InterfaceError, describeNetlinkError } from '../src/iface/node-interface.js';
-import { type NetlinkIo, Rtnl, openRtnetlink } from '../src/iface/netlink.js';
+import { MAX_DUMP_TRIES, type NetlinkIo, Rtnl, openRtnetlink } from '../src/iface/netlink.js';
 import {
   IFA_F_NODAD,
   IFF_UP,
@@ -41,6 +41,8 @@ import { detectFirewallBackend } from '../src/iface/firewall-detect.js';
 import { type CommandResult, type CommandRunner, spawnRunner } from '../src/iface/run-command.js';
 import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
 import { interceptionPart } from '../src/iface/node-setup.js';
+import { type ProcReader, otherListenersOn } from '../src/iface/other-listeners.js';
+import { procAddress } from '../src/sys/reuseport.js';
 import { ManualClock } from '../src/clock.js';
 import { silentLogger } from '../src/log.js';
 
@@ -215,7 +217,8 @@ t.test('NodeInterface against replayed kernel replies', async (t) => {
 
   t.test('error texts', async (t) => {
     t.match(describeNetlinkError('create link x of kind bridge', 95, null, 'bridge'), /does not support links of kind bridge/);
-    t.match(describeNetlinkError('add address', 13, null, 'dummy'), /CAP_NET_ADMIN/);
+    t.match(describeNetlinkError('add address', 1, null, 'dummy'), /CAP_NET_ADMIN/);
+    t.match(describeNetlinkError('add address', 13, null, 'dummy'), /disable_ipv6/);
     t.match(describeNetlinkError('add address', 22, 'bad', 'dummy'), /errno 22 \(kernel: bad\)/);
     t.throws(() => new NodeInterface({ name: 'a-name-too-long-for-linux', addresses: [], counters: newSetupCounters() }), InterfaceError);
     t.throws(() => new NodeInterface({ name: 'x', addresses: ['not-an-ip'], counters: newSetupCounters() }), /not an IP address/);
@@ -758,4 +761,39 @@ t.test('rules an earlier run left in another backend do not outlive a run on the
   // Left, the unconditional raw OUTPUT NOTRACK keeps node processes' DNS to the ClusterIP from kube-proxy's DNAT for good.
   const left = inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l) && l.startsWith('-A'));
   t.same(left, [], 'no rule of ours left in iptables-legacy either');
+});
+
+t.test('a dump interrupted on every try is an error after MAX_DUMP_TRIES, not a partial list', async (t) => {
+  const flagged = fixture('rtnl-getlink-dump.hex').map((d) => {
+    const copy = Buffer.from(d);
+    for (let o = 0; o + 16 <= copy.length; o += (copy.readUInt32LE(o) + 3) & ~3) copy.writeUInt16LE(copy.readUInt16LE(o + 6) | 0x10, o + 6);
+    return copy;
+  });
+  const io = replay(Array.from({ length: MAX_DUMP_TRIES }, () => flagged));
+  const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
+  t.match(ni.teardown(), { removed: [], errors: [/list links: .*interrupted by changes 5 times in a row/] });
+  t.equal(io.sent.length, MAX_DUMP_TRIES, 'asked again each time, then gave up');
+});
+
+t.test('a failed ensure() on a link it did not create removes only the addresses it added', async (t) => {
+  // The captured link holds 169.254.20.10 and fd00::a; 10.96.0.10 is added, then 10.96.0.11 is refused.
+  const io = replay(['rtnl-getlink-dump.hex', 'rtnl-getaddr-dump.hex', 'rtnl-newaddr-v4-ack.hex', 'rtnl-newlink-eperm.hex', 'rtnl-newaddr-v4-ack.hex']);
+  const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10', '10.96.0.10', '10.96.0.11'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
+  t.throws(() => ni.ensure(), { message: /add address 10\.96\.0\.11 .*CAP_NET_ADMIN/ });
+  t.equal(io.sent.length, 5, 'one request to undo, no link deleted');
+  const undo = io.sent[4]!;
+  t.equal(undo.toString('hex'), addrRequest(undo.readUInt32LE(8), 'del', 2, ipToBytes('10.96.0.10')!).toString('hex'), 'the address it added, deleted');
+});
+
+t.test('another agent beside us: only listeners held by other processes count', async (t) => {
+  const row = (sl: number, local: string, st: string, inode: string): string =>
+    `  ${sl}: ${local} 00000000:0000 ${st} 00000000:00000000 00:00000000 00000000     0        0 ${inode} 1 0000000000000000 100 0 0 10 0`;
+  const addr = { host: '169.254.20.10', port: 53 };
+  const local = procAddress(addr);
+  const table = ['  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode', row(0, local, '0A', '111'), row(1, local, '0A', '222'), row(2, local, '01', '333')].join('\n');
+  const proc = (own: string[]): ProcReader => ({ readFile: () => table, ownSockets: () => new Set(own) });
+  t.equal(otherListenersOn(addr, proc(['111'])), 1, 'ours apart, the new agent counts');
+  t.equal(otherListenersOn(addr, proc(['111', '222'])), 0, 'both ours: no one else');
+  t.equal(otherListenersOn(addr, proc([])), 2, 'none of them ours: both count, the established socket does not');
+  t.equal(otherListenersOn(addr, { readFile: () => { throw new Error('no /proc'); }, ownSockets: () => new Set() }), 0);
 });

@@ -18,7 +18,8 @@ import {
   nftRemoveScript,
   parseSave,
 } from './firewall-rules.js';
-import type { CommandResult, CommandRunner } from './run-command.js';
+import { type CommandRunner, describeResult } from './run-command.js';
+import { type OtherBackends, clearOtherBackends } from './firewall-others.js';
 import { type SetupCounters, bump } from './setup-counters.js';
 
 /**
@@ -53,12 +54,6 @@ const DEFAULT_LOCK_WAIT_S = 5;
 const BASE_TABLES: readonly Table[] = ['raw', 'filter'];
 const ALL_TABLES: readonly Table[] = ['raw', 'filter', 'nat'];
 
-function describe(cmd: string, r: CommandResult): string {
-  if (r.error !== null) return `${cmd}: ${r.error}`;
-  const msg = r.stderr.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#')).join('; ');
-  return `${cmd}: exit ${r.status ?? 'killed'}${msg === '' ? '' : `: ${msg}`}`;
-}
-
 export class Firewall {
   readonly backend: FirewallBackend;
   readonly #name: string;
@@ -79,10 +74,15 @@ export class Firewall {
     if (!/^[A-Za-z0-9_-]{1,20}$/.test(opts.name)) throw new FirewallError(`firewall name "${opts.name}": 1-20 letters, digits, "_" or "-"`);
   }
 
-  /** Startup: write every rule (replacing any of ours already there). Throws FirewallError. */
-  async apply(): Promise<void> {
+  /**
+   * Startup: write every rule (replacing any of ours already there), then
+   * clear what an earlier run left through another backend. Throws
+   * FirewallError when ours cannot be written; says what it cleared.
+   */
+  async apply(): Promise<OtherBackends> {
     const err = await this.#write(null);
     if (err !== null) throw new FirewallError(err);
+    return this.#clearOthers();
   }
 
   /** Periodic: read back, and rewrite whatever differs. Never throws. */
@@ -93,12 +93,23 @@ export class Firewall {
     return { repaired, error: err };
   }
 
-  /** Teardown: delete only our jumps, chains and table. Returns an error text or null. */
+  /** Teardown: delete only our jumps, chains and table, in every backend. Returns an error text or null. */
   async remove(): Promise<string | null> {
+    const errors = [...(await this.#removeOwn()), ...(await this.#clearOthers()).errors];
+    return errors.length === 0 ? null : errors.join('; ');
+  }
+
+  async #clearOthers(): Promise<OtherBackends> {
+    const others = await clearOtherBackends(this.#name, this.backend, this.#run, this.#lockWait);
+    for (const e of others.errors) this.#fail(e);
+    return others;
+  }
+
+  async #removeOwn(): Promise<string[]> {
     if (this.backend.kind === 'nftables') {
       const r = await this.#run('nft', ['-f', '-'], nftRemoveScript(this.#name));
       this.#nftBaseline = null;
-      return r.status === 0 ? null : this.#fail(describe('nft -f', r));
+      return r.status === 0 ? [] : [this.#fail(describeResult('nft -f', r))];
     }
     const errors: string[] = [];
     for (const family of [4, 6] as const) {
@@ -113,7 +124,7 @@ export class Firewall {
       const e = await this.#restore(family, batch.join(''));
       if (e !== null) errors.push(e);
     }
-    return errors.length === 0 ? null : errors.join('; ');
+    return errors;
   }
 
   /**
@@ -175,7 +186,7 @@ export class Firewall {
       else return null;
     }
     const r = await this.#run('nft', ['-f', '-'], nftApplyScript(this.#name, this.#rules));
-    if (r.status !== 0) return this.#fail(describe('nft -f', r));
+    if (r.status !== 0) return this.#fail(describeResult('nft -f', r));
     this.#nftBaseline = await this.#listNft();
     return null;
   }
@@ -192,7 +203,7 @@ export class Firewall {
     const out = new Map<Table, SavedTable>();
     for (const t of tables) {
       const r = await this.#run(cmd, ['-t', t]);
-      if (r.status !== 0) return describe(`${cmd} -t ${t}`, r); // counted by the caller, if that family matters
+      if (r.status !== 0) return describeResult(`${cmd} -t ${t}`, r); // counted by the caller, if that family matters
       out.set(t, parseSave(r.stdout, t));
     }
     return out;
@@ -201,7 +212,7 @@ export class Firewall {
   async #restore(family: IpFamily, batch: string): Promise<string | null> {
     const cmd = this.#binary(family, 'restore');
     const r = await this.#run(cmd, ['-w', String(this.#lockWait), '--noflush'], batch);
-    return r.status === 0 ? null : this.#fail(describe(cmd, r));
+    return r.status === 0 ? null : this.#fail(describeResult(cmd, r));
   }
 
   #binary(family: IpFamily, tool: 'save' | 'restore'): string {

@@ -22,7 +22,7 @@ function koffiLib(): Koffi {
   return koffiLoaded;
 }
 import { closeSync, openSync } from 'node:fs';
-import { type NlAck, type NlMessage, NLMSG_DONE, NLMSG_ERROR, NLM_F_MULTI, parseAck, splitMessages } from './rtnl-wire.js';
+import { type NlAck, type NlMessage, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR, NLM_F_MULTI, parseAck, splitMessages } from './rtnl-wire.js';
 import { EAGAIN, EINTR, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../sys/linux.js';
 
 const AF_NETLINK = 16;
@@ -39,6 +39,8 @@ export const RECV_TIMEOUT_MS = 1000;
 const RECV_BUFFER_BYTES = 64 * 1024;
 /** A dump of a few thousand links or addresses is a few hundred datagrams; past this something loops. */
 const MAX_DATAGRAMS_PER_REQUEST = 10_000;
+/** Dumps interrupted by a change in a row before giving up: links and addresses churn in bursts (pods starting), not for long. */
+export const MAX_DUMP_TRIES = 5;
 
 /** The raw datagram I/O, so the protocol loop below is tested against captured replies. */
 export interface NetlinkIo {
@@ -166,6 +168,8 @@ function socketInNetns(c: Libc, path: string): number {
   }
 }
 
+const INTERRUPTED = Symbol('dump interrupted');
+
 /**
  * One request, every reply part read: acks until the NLMSG_ERROR for our seq,
  * dumps until NLMSG_DONE. Replies to an older seq (one that timed out) are
@@ -186,25 +190,41 @@ export class Rtnl {
     return this.#seq;
   }
 
-  /** Sends msg (built with seq = the last nextSeq()) and collects the reply. */
+  /**
+   * Sends msg (built with seq = the last nextSeq()) and collects the reply.
+   * A dump the kernel flags as interrupted (NLM_F_DUMP_INTR) is asked again:
+   * taken whole, it could miss our link, and a teardown would leave it.
+   */
   request(msg: Buffer): RtnlResult {
+    for (let tries = 1; ; tries++) {
+      const r = this.#once(msg);
+      if (r !== INTERRUPTED) return r;
+      // Every part of the interrupted dump has been read: its seq can serve again.
+      if (tries === MAX_DUMP_TRIES) return { ok: false, errno: EINTR, message: `dump interrupted by changes ${MAX_DUMP_TRIES} times in a row` };
+    }
+  }
+
+  #once(msg: Buffer): RtnlResult | typeof INTERRUPTED {
     const seq = this.#seq;
     const sent = this.#io.send(msg);
     if (sent !== 0) return { ok: false, errno: sent, message: 'send' };
     const messages: NlMessage[] = [];
+    let interrupted = false;
+    const done = (): RtnlResult | typeof INTERRUPTED => (interrupted ? INTERRUPTED : { ok: true, messages });
     for (let i = 0; i < MAX_DATAGRAMS_PER_REQUEST; i++) {
       const n = this.#io.recv(this.#buf);
       if (n < 0) return { ok: false, errno: -n, message: -n === EAGAIN ? `no reply within ${RECV_TIMEOUT_MS} ms` : 'recv' };
       // Copy: the receive buffer is reused for the next datagram.
       for (const m of splitMessages(Buffer.from(this.#buf.subarray(0, n)))) {
         if (m.seq !== seq) continue;
+        if ((m.flags & NLM_F_DUMP_INTR) !== 0) interrupted = true;
         if (m.type === NLMSG_ERROR) {
           const ack: NlAck = parseAck(m);
-          return ack.errno === 0 ? { ok: true, messages } : { ok: false, errno: ack.errno, message: ack.message };
+          return ack.errno === 0 ? done() : { ok: false, errno: ack.errno, message: ack.message };
         }
-        if (m.type === NLMSG_DONE) return { ok: true, messages };
+        if (m.type === NLMSG_DONE) return done();
         messages.push(m);
-        if ((m.flags & NLM_F_MULTI) === 0) return { ok: true, messages };
+        if ((m.flags & NLM_F_MULTI) === 0) return done();
       }
     }
     return { ok: false, errno: 0, message: `more than ${MAX_DATAGRAMS_PER_REQUEST} reply datagrams` };

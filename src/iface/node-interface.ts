@@ -26,6 +26,7 @@ import { type SetupCounters, bump } from './setup-counters.js';
 
 const EPERM = 1;
 const ENOENT = 2;
+const EINTR = 4;
 const EACCES = 13;
 const EEXIST = 17;
 const ENODEV = 19;
@@ -82,9 +83,14 @@ export class InterfaceError extends Error {
 export function describeNetlinkError(op: string, errno: number, kernelText: string | null, kind: string): string {
   const detail = kernelText === null || kernelText === '' ? '' : ` (kernel: ${kernelText})`;
   switch (errno) {
-    case EPERM:
-    case EACCES:
+    case EPERM: // rtnetlink's capability check (netlink_net_capable) fails with EPERM only
       return `${op}: permission denied: the agent needs CAP_NET_ADMIN${detail}`;
+    case EACCES:
+      // addrconf refuses an IPv6 address on a link with disable_ipv6 this way; otherwise a security module said no.
+      if (op.startsWith('add address')) return `${op}: IPv6 is disabled on this link or node (net.ipv6.conf.*.disable_ipv6)${detail}`;
+      return `${op}: access denied (EACCES), by a security module (SELinux, AppArmor) or the kernel${detail}`;
+    case EINTR: // not the kernel's word: Rtnl gave up on a dump that kept changing
+      return `${op}: ${kernelText ?? 'interrupted'}`;
     case EOPNOTSUPP:
       if (op.startsWith('create link')) {
         return kind === 'dummy'
@@ -128,7 +134,10 @@ export class NodeInterface {
     this.#counters = opts.counters;
   }
 
-  /** Startup: create or reuse the link, set it up, add the addresses. Throws InterfaceError with an actionable message. */
+  /**
+   * Startup: create or reuse the link, set it up, add the addresses. Throws
+   * InterfaceError with an actionable message, having removed what it made.
+   */
   ensure(): EnsureReport {
     let link = this.#findLink();
     let created = false;
@@ -143,20 +152,47 @@ export class NodeInterface {
       if (link === null) throw new InterfaceError(`link ${this.name} was created but is not listed`, ENODEV);
     }
     const setUp = (link.flags & IFF_UP) === 0;
-    if (setUp) this.#must(setLinkUpRequest(this.#seq(), link.index), `set link ${this.name} up`);
-    const present = new Set(this.#addrsOn(link.index));
-    const added: string[] = [];
+    const added: Wanted[] = [];
     const already: string[] = [];
-    for (const w of this.#wanted) {
-      if (present.has(w.text)) {
-        already.push(w.text);
-        continue;
+    try {
+      if (setUp) this.#must(setLinkUpRequest(this.#seq(), link.index), `set link ${this.name} up`);
+      const present = new Set(this.#addrsOn(link.index));
+      for (const w of this.#wanted) {
+        if (present.has(w.text)) {
+          already.push(w.text);
+          continue;
+        }
+        const r = this.#call(addrRequest(this.#seq(), 'add', link.index, w.bytes));
+        if (!r.ok && r.errno !== EEXIST) throw new InterfaceError(describeNetlinkError(`add address ${w.text} to ${this.name}`, r.errno, r.message, this.kind), r.errno);
+        if (r.ok) added.push(w);
+        else already.push(w.text);
       }
-      const r = this.#call(addrRequest(this.#seq(), 'add', link.index, w.bytes));
-      if (!r.ok && r.errno !== EEXIST) throw new InterfaceError(describeNetlinkError(`add address ${w.text} to ${this.name}`, r.errno, r.message, this.kind), r.errno);
-      (r.ok ? added : already).push(w.text);
+    } catch (e) {
+      // The lifecycle stops only parts that started: a half-done start must not outlive the agent.
+      const undone = this.#undo(link.index, created, added);
+      if (undone === null || !(e instanceof InterfaceError)) throw e;
+      throw new InterfaceError(`${e.message}; undoing the start failed too: ${undone}`, e.errno);
     }
-    return { linkIndex: link.index, created, kind: link.kind, setUp, addressesAdded: added, addressesPresent: already };
+    return { linkIndex: link.index, created, kind: link.kind, setUp, addressesAdded: added.map((w) => w.text), addressesPresent: already };
+  }
+
+  /** What a failed ensure() did: the link if it made it (its addresses go with it), else the addresses it added. An error text, or null. */
+  #undo(index: number, created: boolean, added: readonly Wanted[]): string | null {
+    const errors: string[] = [];
+    try {
+      if (created) {
+        const r = this.#call(delLinkRequest(this.#seq(), index));
+        if (!r.ok && r.errno !== ENODEV) errors.push(describeNetlinkError(`delete link ${this.name}`, r.errno, r.message, this.kind));
+      } else {
+        for (const w of added) {
+          const r = this.#call(addrRequest(this.#seq(), 'del', index, w.bytes));
+          if (!r.ok && r.errno !== EADDRNOTAVAIL && r.errno !== ENOENT) errors.push(describeNetlinkError(`delete address ${w.text}`, r.errno, r.message, this.kind));
+        }
+      }
+    } catch (e) {
+      errors.push(e instanceof Error ? e.message : String(e)); // the socket could not be reopened
+    }
+    return errors.length === 0 ? null : errors.join('; ');
   }
 
   /** Periodic: put back whatever is missing. Never throws; a failure is counted and reported. */

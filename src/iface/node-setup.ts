@@ -18,7 +18,8 @@ import type { Component } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import { detectFirewallBackend } from './firewall-detect.js';
 import { Firewall, type FirewallBackend } from './firewall.js';
-import { NodeInterface } from './node-interface.js';
+import type { OtherBackends } from './firewall-others.js';
+import { type EnsureReport, NodeInterface } from './node-interface.js';
 import { spawnRunner, type CommandRunner } from './run-command.js';
 import type { SetupCounters } from './setup-counters.js';
 
@@ -41,7 +42,11 @@ export interface NodeSetupOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly counters: SetupCounters;
-  /** True when another agent already serves our addresses (a handover): teardown then leaves the link and rules to it. */
+  /**
+   * True when another agent serves our addresses (the new one beside us in a
+   * handover, or the old one while a start of ours fails): teardown then
+   * leaves the link and rules to it.
+   */
   readonly successor?: () => boolean;
   /** Runs iptables/nft; injected for tests. */
   readonly run?: CommandRunner;
@@ -60,15 +65,21 @@ const RULE_NAME = 'nodelocaldns';
 export function interfacePart(o: NodeSetupOptions): NodePart | null {
   if (!o.setupInterface || o.addresses.length === 0) return null;
   const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters });
-  let stopChecks: (() => void) | null = null;
+  let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
   return {
     name: 'interface',
     get inPlace() {
       return inPlace;
     },
-    start: () => {
-      const r = iface.ensure();
+    start: async () => {
+      let r: EnsureReport;
+      try {
+        r = iface.ensure(); // undoes its own half on failure
+      } catch (e) {
+        iface.close();
+        throw e;
+      }
       o.logger.info('interface ready', {
         link: o.interfaceName, kind: r.kind, created: r.created, added: r.addressesAdded, present: r.addressesPresent,
       });
@@ -80,19 +91,17 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
         if (c.error !== null) o.logger.warn('interface check failed', { link: o.interfaceName, error: c.error });
         return Promise.resolve();
       });
-      return Promise.resolve();
     },
-    stop: () => {
-      stopChecks?.();
+    stop: async () => {
+      await stopChecks?.();
       inPlace = false;
       if (o.successor?.() === true) {
-        o.logger.info('a successor serves these addresses: leaving the link to it', { link: o.interfaceName });
+        o.logger.info('another agent serves these addresses: leaving the link to it', { link: o.interfaceName });
       } else if (!o.skipTeardown) {
         const t = iface.teardown();
         o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });
       }
       iface.close();
-      return Promise.resolve();
     },
   };
 }
@@ -101,7 +110,7 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
   if (o.firewall === 'none' || o.addresses.length === 0) return null;
   const run = o.run ?? spawnRunner();
   let firewall: Firewall | null = null;
-  let stopChecks: (() => void) | null = null;
+  let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
   let mode = '';
   return {
@@ -117,11 +126,20 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       mode = describeBackend(backend);
       const failOpenTo = o.failOpenTo ?? null;
       firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, failOpenTo, backend, run, counters: o.counters });
-      await firewall.apply();
+      let others: OtherBackends;
+      try {
+        others = await firewall.apply();
+      } catch (e) {
+        // The lifecycle stops only parts that started: a family apply did write would steer pods to an agent that exits.
+        await removeRules(firewall);
+        throw e;
+      }
       inPlace = true;
       o.logger.info('interception rules in place', {
         backend: describeBackend(backend), why: reason, addresses: o.addresses, failOpenTo: failOpenTo === null ? 'none' : `${failOpenTo.host}:${failOpenTo.port}`,
       });
+      if (others.cleared.length > 0) o.logger.info('removed interception rules an earlier run left in another backend', { from: others.cleared });
+      if (others.errors.length > 0) o.logger.warn('could not remove interception rules left in another backend', { errors: others.errors });
       const fw = firewall;
       stopChecks = every(o.clock, o.syncIntervalMs, async () => {
         const c = await fw.check();
@@ -131,18 +149,22 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       });
     },
     stop: async () => {
-      stopChecks?.();
+      await stopChecks?.();
       inPlace = false;
-      if (firewall === null || o.skipTeardown) return;
-      if (o.successor?.() === true) {
-        o.logger.info('a successor serves these addresses: leaving the interception rules to it');
-        return;
-      }
-      const err = await firewall.remove();
-      if (err !== null) o.logger.warn('could not remove interception rules', { error: err });
-      else o.logger.info('interception rules removed');
+      if (firewall !== null) await removeRules(firewall);
     },
   };
+
+  async function removeRules(fw: Firewall): Promise<void> {
+    if (o.skipTeardown) return;
+    if (o.successor?.() === true) {
+      o.logger.info('another agent serves these addresses: leaving the interception rules to it');
+      return;
+    }
+    const err = await fw.remove();
+    if (err !== null) o.logger.warn('could not remove interception rules', { error: err });
+    else o.logger.info('interception rules removed');
+  }
 }
 
 async function chooseBackend(choice: FirewallChoice, run: CommandRunner): Promise<{ backend: FirewallBackend; reason: string }> {
@@ -167,16 +189,22 @@ function describeBackend(b: FirewallBackend): string {
 /**
  * Runs `fn` every `intervalMs` on the clock's shared sweep, never two at a
  * time (a check that shells out to iptables may take longer than a sweep).
+ * The returned stop resolves once a run in flight is over: a check still
+ * running would otherwise rewrite what the teardown is about to remove.
  */
-function every(clock: Clock, intervalMs: number, fn: () => Promise<void>): () => void {
+function every(clock: Clock, intervalMs: number, fn: () => Promise<void>): () => Promise<void> {
   let last = clock.now();
-  let running = false;
-  return clock.sweep((now) => {
-    if (running || now - last < intervalMs) return;
+  let running: Promise<void> | null = null;
+  const unsubscribe = clock.sweep((now) => {
+    if (running !== null || now - last < intervalMs) return;
     last = now;
-    running = true;
-    fn().finally(() => {
-      running = false;
+    // fn logs its own failures; a rejection here would only end the run.
+    running = fn().catch(() => {}).finally(() => {
+      running = null;
     });
   });
+  return async () => {
+    unsubscribe();
+    await running;
+  };
 }

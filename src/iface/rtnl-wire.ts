@@ -25,6 +25,8 @@ export const NLM_F_ACK = 0x4;
 export const NLM_F_DUMP = 0x300; // ROOT | MATCH
 export const NLM_F_EXCL = 0x200;
 export const NLM_F_CREATE = 0x400;
+/** On a dump part: the table changed while it was being dumped, so the list may miss entries or show one twice. */
+export const NLM_F_DUMP_INTR = 0x10;
 /** In an ack: the request payload was left out (we set NETLINK_CAP_ACK). */
 const NLM_F_CAPPED = 0x100;
 /** In an ack: extended-ack attributes follow (we set NETLINK_EXT_ACK). */

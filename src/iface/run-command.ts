@@ -51,3 +51,10 @@ export function spawnRunner(prefix: readonly string[] = [], timeoutMs = COMMAND_
       child.stdin.end(stdin ?? '');
     });
 }
+
+/** "cmd: exit 2: <stderr lines>" (or why it did not run), for logs and errors. */
+export function describeResult(cmd: string, r: CommandResult): string {
+  if (r.error !== null) return `${cmd}: ${r.error}`;
+  const msg = r.stderr.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#')).join('; ');
+  return `${cmd}: exit ${r.status ?? 'killed'}${msg === '' ? '' : `: ${msg}`}`;
+}
