@@ -13,7 +13,7 @@
 // path. No packet leaves the namespaces.
 import t, { type Test } from 'tap';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -564,41 +564,30 @@ t.test('backend detection in a network namespace', { skip: namespaceSkip() || (h
 
 // ---- review: defects, each shown by a test that fails until it is fixed ---------
 
-let agentBuild: string | null = null;
+let agentDir: string | null = null;
 
 /**
- * The agent compiled (no type check) into a private temp dir, once per run of
- * this file, for tests that need whole agent processes.
+ * The built agent (dist/, which the test command builds first, as clients.test.ts
+ * uses it) and a resolv.conf of its own, for tests that need whole agent processes.
  */
-function buildAgent(): string {
-  if (agentBuild !== null) return agentBuild;
+function agentFiles(): { main: string; resolv: string } {
   const root = fileURLToPath(new URL('..', import.meta.url));
-  const dir = mkdtempSync(join(tmpdir(), 'nldns-iface-review-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // The build outside the tree resolves packages and @types through this link.
-  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
-  // All of src/: the batched UDP workers are loaded by path, not imported.
-  const tsconfig = join(dir, 'tsconfig.json');
-  writeFileSync(tsconfig, JSON.stringify({
-    extends: join(root, 'tsconfig.json'),
-    compilerOptions: { rootDir: root, outDir: dir, sourceMap: false, noCheck: true },
-    include: [join(root, 'src/**/*.ts')],
-  }));
-  const r = spawnSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', tsconfig], { cwd: root, encoding: 'utf8', timeout: 180_000 });
-  if (r.status !== 0) throw new Error(`building src/: status ${r.status} ${r.stdout} ${r.stderr}`);
-  writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
-  writeFileSync(join(dir, 'resolv.conf'), 'nameserver 127.0.0.1\n');
-  agentBuild = dir;
-  return dir;
+  if (agentDir === null) {
+    const dir = mkdtempSync(join(tmpdir(), 'nldns-iface-review-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, 'resolv.conf'), 'nameserver 127.0.0.1\n');
+    agentDir = dir;
+  }
+  return { main: join(root, 'dist/src/main.js'), resolv: join(agentDir, 'resolv.conf') };
 }
 
 /** One agent process inside `ns` with `args` (killed at the end of the test). */
 function spawnAgentIn(t: Test, ns: string, args: readonly string[]): { proc: ChildProcess; log: Lines } {
-  const dir = buildAgent();
+  const files = agentFiles();
   // env -i: tap puts its loader into every child's NODE_OPTIONS; setpriv: the agent dies with this process.
   const pdeath = hasCommand('setpriv') ? ['setpriv', '--pdeathsig', 'KILL', '--'] : [];
   const clean = ['env', '-i', ...Object.entries(CHILD_ENV).map(([k, v]) => `${k}=${v ?? ''}`)];
-  const argv = [process.execPath, join(dir, 'src/main.js'), '--resolv-conf', join(dir, 'resolv.conf'), '--no-kube', ...args];
+  const argv = [process.execPath, files.main, '--resolv-conf', files.resolv, '--no-kube', ...args];
   const proc = spawn('ip', ['netns', 'exec', ns, ...pdeath, ...clean, ...argv], { env: CHILD_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
   proc.on('error', () => {});
   const log = new Lines(proc.stderr!);
