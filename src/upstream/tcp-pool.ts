@@ -283,8 +283,8 @@ export class TcpPool implements Upstream {
 
   /**
    * The one way out of every state. 'lost': the server closed or the connect
-   * failed; in-flight queries get one more try elsewhere while their deadline
-   * allows. 'ours': we closed it (drained, rotated, connect timeout, pool close).
+   * failed; in-flight queries are sent again while their deadline allows (once,
+   * unless the connection had answered). 'ours': we closed it (drained, rotated, connect timeout, pool close).
    */
   #setClosed(c: Conn, cause: 'lost' | 'ours' | 'connectTimeout'): void {
     if (c.state === 'closed') return;
@@ -301,11 +301,15 @@ export class TcpPool implements Upstream {
     if (c.inflight.size > 0) {
       const jobs = [...c.inflight.values()];
       c.inflight.clear();
+      // A connection that answered is a live server closing it (a per-connection query limit, a pod restarting, an idle
+      // close racing a burst): what it left unanswered is re-sent as often as the deadline allows. One that answered
+      // nothing may be failing on these very queries: one more try only.
+      const serverAlive = c.answered > 0;
       // Re-queue at the head, oldest first: these waited longer than anything in the queue.
       for (let k = jobs.length - 1; k >= 0; k--) {
         const job = jobs[k]!;
-        if (this.#life.running && !job.retried && now < job.ex.deadline) {
-          job.retried = true;
+        if (this.#life.running && (serverAlive || !job.retried) && now < job.ex.deadline) {
+          if (!serverAlive) job.retried = true;
           this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
