@@ -129,18 +129,24 @@ export class TcpPool implements Upstream {
     return this.#queue.length;
   }
 
-  send(ex: UpstreamExchange): void {
-    if (!this.#life.running) {
-      settle(ex, null, 'closed', this.#log);
-      return;
-    }
-    const now = this.#clock.now();
+  /** Returns the exchange's record, for cancel(). */
+  send(ex: UpstreamExchange): Job {
     const job = new Job(ex);
-    if (now >= ex.deadline) {
-      this.#fail(job, 'timeout');
-      return;
+    const now = this.#clock.now();
+    if (!this.#life.running) this.#fail(job, 'closed');
+    else if (now >= ex.deadline) this.#fail(job, 'timeout');
+    else this.#dispatch(job, now);
+    return job;
+  }
+
+  /** Forgets `job` uncompleted, its caller answered elsewhere (a failover's other server): no health record; a reply counts late. */
+  cancel(job: Job): void {
+    if (job.done) return;
+    job.done = true;
+    // A queued job is skipped by the next pump; an in-flight one is under its id on at most one connection.
+    for (const c of this.#conns) {
+      if (c.inflight.get(job.id) === job) c.inflight.delete(job.id);
     }
-    this.#dispatch(job, now);
   }
 
   close(): Promise<void> {
@@ -330,9 +336,7 @@ export class TcpPool implements Upstream {
     this.#sweep = this.#clock.sweep(this.#onSweep);
   }
 
-  readonly #onSweep = (now: number): void => this.#tick(now);
-
-  #tick(now: number): void {
+  readonly #onSweep = (now: number): void => {
     for (const c of [...this.#conns]) {
       if (c.state === 'connecting') {
         if (now - c.startedAt >= this.#connectTimeoutMs) this.#setClosed(c, 'connectTimeout');
@@ -360,7 +364,7 @@ export class TcpPool implements Upstream {
       this.#sweep();
       this.#sweep = null;
     }
-  }
+  };
 
   #hasPending(): boolean {
     if (this.#queue.length > 0) return true;
