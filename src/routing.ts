@@ -163,6 +163,8 @@ function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpst
     logger: deps.logger,
     counters: deps.counters.pool(`tcp://${formatHostPort(server)}`),
     durations: deps.counters.durations(formatHostPort(server)),
+    // Reverse zones share the pool: there the cluster DNS passes on its own upstream's failures (outside addresses).
+    servfailCounts: inZone(c.clusterDomain),
   });
   // Probing matters only when there is a view to answer from meanwhile; without one, pods' own queries probe.
   const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, probeQuery(c.clusterDomain), deps.counters.probe(formatHostPort(server)));
@@ -172,4 +174,10 @@ function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpst
 /** What proves the cluster DNS works: the API server's own Service, which every cluster has. */
 function probeQuery(zone: string): Buffer {
   return upstreamQuery(parseQuery(questionMessage(nameToWire(`kubernetes.default.svc.${zone}`), QType.A)));
+}
+
+/** Whether an upstream query's question is `zone` or a name under it. */
+function inZone(zone: string): (query: Buffer) => boolean {
+  const router = new ZoneRouter([{ zone, target: true }], false);
+  return (query) => router.route(parseQuery(query).key);
 }

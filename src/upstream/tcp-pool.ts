@@ -70,6 +70,7 @@ export class TcpPool implements Upstream {
   readonly #log: Logger;
   readonly #connectFn: (server: ServerAddress) => net.Socket;
   readonly #kind: string;
+  readonly #servfailCounts: (query: Buffer) => boolean;
   readonly #conns: Conn[];
   readonly #queue: Fifo<Job>;
   readonly #life: Lifecycle;
@@ -86,6 +87,7 @@ export class TcpPool implements Upstream {
     this.name = opts.name ?? `tcp://${net.isIPv6(opts.server.host) ? `[${opts.server.host}]` : opts.server.host}:${opts.server.port}`;
     this.#connectFn = opts.connect ?? plainConnect;
     this.#kind = opts.kind ?? 'cluster dns';
+    this.#servfailCounts = opts.servfailCounts ?? (() => true);
     this.#size = Math.max(1, opts.connections ?? DEFAULTS.upstreamConnections);
     // Ids are 16 bits and unique per connection.
     this.#maxInFlight = Math.min(0xffff, Math.max(1, opts.maxInFlightPerConnection ?? DEFAULTS.upstreamMaxInFlight));
@@ -256,7 +258,8 @@ export class TcpPool implements Upstream {
     this.#values[SLOT.answered]!++;
     this.#values[RCODE_SLOT[rcode]!]!++;
     if (this.#durations !== null) this.#durations.observeMs(rcode, now - job.sentAt);
-    this.health.record(rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED ? 'servfail' : 'answered', now);
+    const failed = (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) && this.#servfailCounts(job.ex.query);
+    this.health.record(failed ? 'servfail' : 'answered', now);
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
     if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
