@@ -17,14 +17,11 @@
  * soon as it works again.
  */
 import { systemClock, type Clock } from '../clock.js';
-import { questionMessage, upstreamQuery } from '../dns/build.js';
 import { OFF_FLAGS, QType, RCODE_MASK, Rcode } from '../dns/constants.js';
-import { nameToWire } from '../dns/name.js';
-import { parseQuery } from '../dns/query.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
 import { UpstreamHealth } from './health.js';
-import { HealthProbe } from './probe.js';
+import { HealthProbe, probeQuery } from './probe.js';
 import { settle } from './settle.js';
 import { TcpPool } from './tcp-pool.js';
 import type { Job as PoolJob } from './tcp-conn.js';
@@ -116,6 +113,8 @@ export class TlsResolvers implements Upstream {
   readonly name: string;
   readonly health: UpstreamHealth;
   readonly servers: readonly TlsServerUpstream[];
+  /** Brings the aggregate health back once any server answers again, client traffic or not. */
+  readonly #probe: HealthProbe;
   readonly #attemptTimeoutMs: number;
   readonly #clock: Clock;
   readonly #log: Logger;
@@ -135,7 +134,8 @@ export class TlsResolvers implements Upstream {
     this.#waiting = new Set();
     this.#sweep = null;
     this.#failovers = 0;
-    const probeQuery = rootNsQuery();
+    // CoreDNS forward's health check: ". IN NS", which every recursive resolver answers from its cache.
+    const rootNs = probeQuery('.', QType.NS);
     this.servers = opts.servers.map((server) => {
       const name = formatTlsServer(server);
       const connector = new TlsConnector(server, opts.ca, this.#log);
@@ -153,8 +153,9 @@ export class TlsResolvers implements Upstream {
         clock: this.#clock,
         logger: this.#log,
       });
-      return { server, pool, connector, probe: new HealthProbe(pool, this.#clock, probeQuery) };
+      return { server, pool, connector, probe: new HealthProbe(pool, this.#clock, rootNs) };
     });
+    this.#probe = new HealthProbe(this, this.#clock, rootNs);
   }
 
   /** Moves to another server after a try failed or expired (since start). */
@@ -171,11 +172,13 @@ export class TlsResolvers implements Upstream {
   }
 
   close(): Promise<void> {
+    this.#probe.stop();
     for (const s of this.servers) s.probe.stop();
     return Promise.all(this.servers.map((s) => s.pool.close())).then(() => undefined);
   }
 
   abort(): void {
+    this.#probe.stop();
     for (const s of this.servers) {
       s.probe.stop();
       s.pool.abort();
@@ -282,7 +285,3 @@ export class TlsResolvers implements Upstream {
   };
 }
 
-/** CoreDNS forward's health check: ". IN NS", which every recursive resolver answers from its cache. */
-function rootNsQuery(): Buffer {
-  return upstreamQuery(parseQuery(questionMessage(nameToWire('.'), QType.NS)));
-}
