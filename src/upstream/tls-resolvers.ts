@@ -215,7 +215,8 @@ export class TlsResolvers implements Upstream {
   /** `t` ended without a good answer: the next server now if it was the newest try, else wait on the others. */
   #ended(t: Try): void {
     const job = t.job;
-    job.live.splice(job.live.indexOf(t), 1);
+    const i = job.live.indexOf(t);
+    if (i >= 0) job.live.splice(i, 1);
     if (job.current === t) this.#next(job, this.#clock.now());
     else if (job.current === null && job.live.length === 0) this.#giveUp(job, this.#clock.now());
   }
