@@ -13,9 +13,7 @@ import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
-import { questionMessage, upstreamQuery } from './dns/build.js';
 import { QType } from './dns/constants.js';
-import { nameToWire } from './dns/name.js';
 import { parseQuery } from './dns/query.js';
 import { ViewAnswerer } from './kube/local-answerer.js';
 import type { ClusterView } from './kube/view.js';
@@ -25,7 +23,7 @@ import type { Counters } from './stats/counters.js';
 import { HostResolvers, type HostResolversCounter } from './upstream/host-resolvers.js';
 import { DEFAULT_ATTEMPTS, hostBudget, type HostServers } from './upstream/host-route.js';
 import type { ForwardDurations } from './upstream/forward-durations.js';
-import { HealthProbe, type ProbeCounter } from './upstream/probe.js';
+import { HealthProbe, probeQuery, type ProbeCounter } from './upstream/probe.js';
 import { ZoneRouter, type ZoneRoute } from './upstream/router.js';
 import { TcpPool } from './upstream/tcp-pool.js';
 import type { TcpPoolCounter } from './upstream/tcp-pool-counters.js';
@@ -86,11 +84,14 @@ export interface UpstreamCounterBlocks {
 /** `previous`: the routing in use, whose upstreams are kept where their settings did not change (null at start). */
 export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: Routing | null): Routing {
   const upstreams: Upstream[] = [];
-  const hostRoute = (name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean): Route => {
+  /** `probe`: what proves the servers answer again while the route is failing. */
+  const hostRoute = (name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean, probe: Buffer): Route => {
     const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, attemptMs, attempts, servers.length);
     const upstream = new HostResolvers({
       servers, attemptTimeoutMs, attempts, rotate, maxInFlight: c.hostMaxInflight, clock: deps.clock, logger: deps.logger, name, counters: deps.counters.host(name),
       durations: servers.map((s) => deps.counters.durations(formatHostPort(s))),
+      // Else a failing route rarely asked (a stub domain) stays failing while idle after its servers recover.
+      probeQuery: probe,
     });
     upstreams.push(upstream);
     return { upstream, timeoutMs: budgetMs, local: null };
@@ -98,7 +99,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
 
   const tls = c.upstreamTls.length > 0 ? tlsUpstream(c, deps, previous?.tls ?? null) : null;
   if (tls !== null) upstreams.push(tls.upstream, ...tls.upstream.servers.map((s) => s.pool));
-  const external = tls !== null ? tls.route : hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate);
+  const external = tls !== null ? tls.route : hostRoute('host-resolvers', host.servers, host.attemptMs, host.attempts, host.rotate, probeQuery('.', QType.NS));
   const routes: ZoneRoute<Route>[] = [];
   let cluster: ClusterUpstream | null = null;
   if (c.clusterUpstream !== null) {
@@ -112,7 +113,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
     for (const zone of [c.clusterDomain, ...REVERSE_ZONES]) routes.push({ zone, target: route });
   }
   for (const stub of c.stubDomains) {
-    routes.push({ zone: stub.zone, target: hostRoute(`stub:${stub.zone}`, stub.servers, undefined, DEFAULT_ATTEMPTS, false) });
+    routes.push({ zone: stub.zone, target: hostRoute(`stub:${stub.zone}`, stub.servers, undefined, DEFAULT_ATTEMPTS, false, probeQuery(stub.zone, QType.SOA)) });
   }
   // As the router sees them: a later route for the same zone (a stub domain) replaces an earlier one.
   const byZone = new Map(routes.map((r) => [r.zone.toLowerCase().replace(/\.$/, ''), r]));
@@ -163,13 +164,19 @@ function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpst
     logger: deps.logger,
     counters: deps.counters.pool(`tcp://${formatHostPort(server)}`),
     durations: deps.counters.durations(formatHostPort(server)),
+    // Reverse zones share the pool: there the cluster DNS passes on its own upstream's failures (outside addresses).
+    servfailCounts: inZone(c.clusterDomain),
   });
   // Probing matters only when there is a view to answer from meanwhile; without one, pods' own queries probe.
-  const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, probeQuery(c.clusterDomain), deps.counters.probe(formatHostPort(server)));
+  // What proves the cluster DNS works: the API server's own Service, which every cluster has.
+  const query = probeQuery(`kubernetes.default.svc.${c.clusterDomain}`, QType.A);
+  const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, query, deps.counters.probe(formatHostPort(server)));
   return { pool, probe, settings };
 }
 
-/** What proves the cluster DNS works: the API server's own Service, which every cluster has. */
-function probeQuery(zone: string): Buffer {
-  return upstreamQuery(parseQuery(questionMessage(nameToWire(`kubernetes.default.svc.${zone}`), QType.A)));
+
+/** Whether an upstream query's question is `zone` or a name under it. */
+function inZone(zone: string): (query: Buffer) => boolean {
+  const router = new ZoneRouter([{ zone, target: true }], false);
+  return (query) => router.route(parseQuery(query).key);
 }

@@ -32,7 +32,7 @@
  * opens its own connection.
  *
  * One exchange's record and its order of servers are in host-job.ts, one try
- * in udp-client.ts.
+ * in udp-client.ts, the options in host-resolvers-options.ts.
  */
 import net from 'node:net';
 import { DEFAULTS } from '../config.js';
@@ -46,6 +46,8 @@ import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { HostJob } from './host-job.js';
+import type { HostResolversOptions } from './host-resolvers-options.js';
+import { HealthProbe } from './probe.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
 import { UdpSockets } from './udp-sockets.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
@@ -81,43 +83,7 @@ export type HostResolversCounter = keyof typeof hostResolversCounters.slot;
 const SLOT = hostResolversCounters.slot;
 const RCODE_SLOT = rcodeSlots(SLOT);
 
-export interface HostResolversOptions {
-  servers: readonly ServerAddress[];
-  /** Per try (glibc `options timeout:`, default 2 s here; glibc's own default is 5 s). */
-  attemptTimeoutMs?: number;
-  /** Rounds over the server list (glibc `options attempts:`, default 2). */
-  attempts?: number;
-  /** glibc `options rotate`. */
-  rotate?: boolean;
-  /**
-   * Exchanges in flight at once; more are rejected with 'overloaded' (SERVFAIL
-   * at once). Default 1000, CoreDNS forward's recommended max_concurrent: at a
-   * healthy resolver's 10-50 ms that carries 20k-100k misses/s, far above what a
-   * node's resolver takes (AWS: 1,024 packets/s per ENI), and against a silent
-   * one it holds at most 1000 x maxSocketsPerExchange sockets.
-   */
-  maxInFlight?: number;
-  /**
-   * Sockets one exchange keeps open (default 3): tries that timed out keep
-   * listening for a late answer until this many are open, then the oldest
-   * closes. With 3, every try listens at least 3 try timeouts: the agent's
-   * whole host budget (4.5 s) at the default 2 s, and 3 s at `timeout:1`.
-   */
-  maxSocketsPerExchange?: number;
-  /** UDP sockets in use per server at once (default 4); tries take them round-robin. */
-  udpSocketsPerServer?: number;
-  /** Tries a UDP socket carries before a fresh one (a fresh port) replaces it (default 64). */
-  udpRotateAfterTries?: number;
-  /** Age after which a UDP socket takes no new try (default 1000 ms). */
-  udpRotateAfterMs?: number;
-  /** Where this instance counts; a fresh block when omitted. */
-  counters?: Counters<HostResolversCounter>;
-  /** coredns_forward_request_duration_seconds of each server, index for index with `servers` (none when omitted). */
-  durations?: readonly (ForwardDurations | null)[];
-  clock?: Clock;
-  logger?: Logger;
-  name?: string;
-}
+export type { HostResolversOptions } from './host-resolvers-options.js';
 
 // Overload warnings: the first, then one per this many rejects; a flood must not turn into a log flood.
 const OVERLOAD_LOG_EVERY = 1000;
@@ -145,6 +111,7 @@ export class HostResolvers implements Upstream {
   /** Rejects at the cap since start, for the rate-limited warning (the counter block may be shared or preset). */
   #rejects: number;
   readonly #life: Lifecycle;
+  readonly #probe: HealthProbe | null;
   /** Unregisters our sweep from the clock's shared timer; null while nothing is pending. */
   #sweep: (() => void) | null;
 
@@ -195,6 +162,7 @@ export class HostResolvers implements Upstream {
     this.#rejects = 0;
     this.#life = new Lifecycle();
     this.#sweep = null;
+    this.#probe = opts.probeQuery !== undefined ? new HealthProbe(this, this.#clock, opts.probeQuery) : null;
   }
 
   /** Exchanges not yet completed. */
@@ -236,12 +204,14 @@ export class HostResolvers implements Upstream {
 
   /** In-flight exchanges run on until answered or past their deadline; new ones are rejected with 'closed'. */
   close(): Promise<void> {
+    this.#probe?.stop();
     if (!this.#life.beginClose()) return this.#life.done;
     this.#maybeFinishClose();
     return this.#life.done;
   }
 
   abort(): void {
+    this.#probe?.stop();
     this.#life.beginClose();
     for (const job of [...this.#active]) this.#finish(job, null, 'closed');
     this.#maybeFinishClose();

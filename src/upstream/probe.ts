@@ -12,7 +12,10 @@
  * second of extra fallback is invisible to pods.
  */
 import type { Clock } from '../clock.js';
+import { questionMessage, upstreamQuery } from '../dns/build.js';
 import { OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { nameToWire } from '../dns/name.js';
+import { parseQuery } from '../dns/query.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
 import type { Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
 
@@ -46,7 +49,9 @@ export class HealthProbe {
 
   /**
    * `query`: an upstream-form query whose answer proves the upstream works
-   * (kubernetes.default.svc.<zone> A). `counters`: where failed checks are
+   * (kubernetes.default.svc.<zone> A for the cluster DNS, ". NS" for
+   * recursive resolvers, the zone's SOA for a stub domain). `counters`:
+   * where failed checks are
    * counted (labelled with the upstream's `to` by whoever publishes it).
    */
   constructor(upstream: Upstream, clock: Clock, query: Buffer, counters: Counters<ProbeCounter> | null = null) {
@@ -106,4 +111,9 @@ export class HealthProbe {
     const probe: UpstreamExchange = { query: this.#query, deadline: now + PROBE_INTERVAL_MS, resolve: this.#onAnswer, reject: this.#onFailure };
     this.#upstream.send(probe);
   };
+}
+
+/** A probe's question in upstream form: `name` `qtype` IN. */
+export function probeQuery(name: string, qtype: number): Buffer {
+  return upstreamQuery(parseQuery(questionMessage(nameToWire(name), qtype)));
 }

@@ -30,6 +30,13 @@ export interface TcpPoolOptions {
    * is a connect failure like a refused one (DNS over TLS, tls-resolvers.ts).
    */
   connect?: (server: ServerAddress) => net.Socket;
+  /**
+   * Whether a SERVFAIL/REFUSED answer to `query` counts against the server's
+   * health (default: always). Where it does not, it is an answer like any
+   * other: the cluster DNS passes on its own upstream's failures for outside
+   * reverse lookups, which say nothing of the cluster records it serves.
+   */
+  servfailCounts?: (query: Buffer) => boolean;
   /** For logs and metrics (default tcp://IP:PORT). */
   name?: string;
   /** What the server is, in log lines (default "cluster dns"). */

@@ -70,6 +70,7 @@ export class TcpPool implements Upstream {
   readonly #log: Logger;
   readonly #connectFn: (server: ServerAddress) => net.Socket;
   readonly #kind: string;
+  readonly #servfailCounts: (query: Buffer) => boolean;
   readonly #conns: Conn[];
   readonly #queue: Fifo<Job>;
   readonly #life: Lifecycle;
@@ -86,6 +87,7 @@ export class TcpPool implements Upstream {
     this.name = opts.name ?? `tcp://${net.isIPv6(opts.server.host) ? `[${opts.server.host}]` : opts.server.host}:${opts.server.port}`;
     this.#connectFn = opts.connect ?? plainConnect;
     this.#kind = opts.kind ?? 'cluster dns';
+    this.#servfailCounts = opts.servfailCounts ?? (() => true);
     this.#size = Math.max(1, opts.connections ?? DEFAULTS.upstreamConnections);
     // Ids are 16 bits and unique per connection.
     this.#maxInFlight = Math.min(0xffff, Math.max(1, opts.maxInFlightPerConnection ?? DEFAULTS.upstreamMaxInFlight));
@@ -129,18 +131,24 @@ export class TcpPool implements Upstream {
     return this.#queue.length;
   }
 
-  send(ex: UpstreamExchange): void {
-    if (!this.#life.running) {
-      settle(ex, null, 'closed', this.#log);
-      return;
-    }
-    const now = this.#clock.now();
+  /** Returns the exchange's record, for cancel(). */
+  send(ex: UpstreamExchange): Job {
     const job = new Job(ex);
-    if (now >= ex.deadline) {
-      this.#fail(job, 'timeout');
-      return;
+    const now = this.#clock.now();
+    if (!this.#life.running) this.#fail(job, 'closed');
+    else if (now >= ex.deadline) this.#fail(job, 'timeout');
+    else this.#dispatch(job, now);
+    return job;
+  }
+
+  /** Forgets `job` uncompleted, its caller answered elsewhere (a failover's other server): no health record; a reply counts late. */
+  cancel(job: Job): void {
+    if (job.done) return;
+    job.done = true;
+    // A queued job is skipped by the next pump; an in-flight one is under its id on at most one connection.
+    for (const c of this.#conns) {
+      if (c.inflight.get(job.id) === job) c.inflight.delete(job.id);
     }
-    this.#dispatch(job, now);
   }
 
   close(): Promise<void> {
@@ -250,7 +258,8 @@ export class TcpPool implements Upstream {
     this.#values[SLOT.answered]!++;
     this.#values[RCODE_SLOT[rcode]!]!++;
     if (this.#durations !== null) this.#durations.observeMs(rcode, now - job.sentAt);
-    this.health.record(rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED ? 'servfail' : 'answered', now);
+    const failed = (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) && this.#servfailCounts(job.ex.query);
+    this.health.record(failed ? 'servfail' : 'answered', now);
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
     if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
@@ -283,8 +292,8 @@ export class TcpPool implements Upstream {
 
   /**
    * The one way out of every state. 'lost': the server closed or the connect
-   * failed; in-flight queries get one more try elsewhere while their deadline
-   * allows. 'ours': we closed it (drained, rotated, connect timeout, pool close).
+   * failed; in-flight queries are sent again while their deadline allows (once,
+   * unless the connection had answered). 'ours': we closed it (drained, rotated, connect timeout, pool close).
    */
   #setClosed(c: Conn, cause: 'lost' | 'ours' | 'connectTimeout'): void {
     if (c.state === 'closed') return;
@@ -301,11 +310,15 @@ export class TcpPool implements Upstream {
     if (c.inflight.size > 0) {
       const jobs = [...c.inflight.values()];
       c.inflight.clear();
+      // A connection that answered is a live server closing it (a per-connection query limit, a pod restarting, an idle
+      // close racing a burst): what it left unanswered is re-sent as often as the deadline allows. One that answered
+      // nothing may be failing on these very queries: one more try only.
+      const serverAlive = c.answered > 0;
       // Re-queue at the head, oldest first: these waited longer than anything in the queue.
       for (let k = jobs.length - 1; k >= 0; k--) {
         const job = jobs[k]!;
-        if (this.#life.running && !job.retried && now < job.ex.deadline) {
-          job.retried = true;
+        if (this.#life.running && (serverAlive || !job.retried) && now < job.ex.deadline) {
+          if (!serverAlive) job.retried = true;
           this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
@@ -326,9 +339,7 @@ export class TcpPool implements Upstream {
     this.#sweep = this.#clock.sweep(this.#onSweep);
   }
 
-  readonly #onSweep = (now: number): void => this.#tick(now);
-
-  #tick(now: number): void {
+  readonly #onSweep = (now: number): void => {
     for (const c of [...this.#conns]) {
       if (c.state === 'connecting') {
         if (now - c.startedAt >= this.#connectTimeoutMs) this.#setClosed(c, 'connectTimeout');
@@ -356,7 +367,7 @@ export class TcpPool implements Upstream {
       this.#sweep();
       this.#sweep = null;
     }
-  }
+  };
 
   #hasPending(): boolean {
     if (this.#queue.length > 0) return true;

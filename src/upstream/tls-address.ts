@@ -47,6 +47,12 @@ export function parseTlsServer(text: string): TlsServer | string {
   if (!validHostName(serverName)) {
     return `"${text}": "${name}" is not a host name the certificate could be checked against (letters, digits, "-" and "." only)`;
   }
+  // Unbound (forward-addr IP@853#NAME) and Knot Resolver write the port after "@"; no certificate can name "853".
+  if (/^[0-9]+$/.test(serverName.slice(serverName.lastIndexOf('.') + 1))) {
+    const port = Number(serverName);
+    const hint = Number.isInteger(port) && port >= 1 && port <= 65535 ? `${TLS_SCHEME}${formatHostPort({ host: addr.host, port })}@NAME` : 'tls://IP:PORT@NAME';
+    return `"${text}": "${name}" is not a host name (its last label is all digits); a port goes after ":", as ${hint}`;
+  }
   return { host: addr.host, port: addr.port, serverName };
 }
 

@@ -6,26 +6,25 @@
  * resolvers) do with resolv.conf:
  *
  *   start = first healthy server (else the first)
- *   try k: server (start + k) % n, deadline min(now + tryTimeout, exchange deadline); the last try gets all that is left
- *     answer ─────────────────────► done
- *     SERVFAIL / REFUSED ─────────► kept; next server (passed on if no server does better)
- *     timeout / connection lost ──► next server
+ *   try k: server (start + k) % n, sent with the exchange's whole deadline
+ *     answer (from any try still open) ─► done; the other tries are cancelled
+ *     SERVFAIL / REFUSED ───────────────► kept; next server (passed on if no server does better)
+ *     no answer within tryTimeout ──────► next server; this try stays open (as the host resolvers do)
+ *     connection lost ──────────────────► next server
  *
  * A failing server is probed (". NS", as CoreDNS forward's health check) once
  * a second until it answers, so the first server takes the traffic back as
  * soon as it works again.
  */
 import { systemClock, type Clock } from '../clock.js';
-import { questionMessage, upstreamQuery } from '../dns/build.js';
 import { OFF_FLAGS, QType, RCODE_MASK, Rcode } from '../dns/constants.js';
-import { nameToWire } from '../dns/name.js';
-import { parseQuery } from '../dns/query.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
 import { UpstreamHealth } from './health.js';
-import { HealthProbe } from './probe.js';
+import { HealthProbe, probeQuery } from './probe.js';
 import { settle } from './settle.js';
 import { TcpPool } from './tcp-pool.js';
+import type { Job as PoolJob } from './tcp-conn.js';
 import type { TcpPoolCounter } from './tcp-pool-counters.js';
 import { formatTlsServer, type TlsServer } from './tls-address.js';
 import { TlsConnector } from './tls-connect.js';
@@ -63,6 +62,10 @@ class Job {
   readonly ex: UpstreamExchange;
   readonly start: number;
   tries: number;
+  /** The newest try: its expiry starts the next. Null once no server is left to move to. */
+  current: Try | null;
+  /** Every try still waiting for its server, `current` included. */
+  readonly live: Try[];
   badAnswer: Buffer | null;
   lastFailure: UpstreamFailure;
   done: boolean;
@@ -70,29 +73,39 @@ class Job {
     this.ex = ex;
     this.start = start;
     this.tries = 0;
+    this.current = null;
+    this.live = [];
     this.badAnswer = null;
     this.lastFailure = 'timeout';
     this.done = false;
   }
 }
 
-/** One try: the exchange a pool sees. A class rather than closures: its callbacks are methods. */
+/** One try: the exchange a pool sees, with the whole exchange's deadline. A class rather than closures: its callbacks are methods. */
 class Try implements UpstreamExchange {
   readonly query: Buffer;
   readonly deadline: number;
-  readonly #job: Job;
+  readonly job: Job;
+  readonly server: TlsServerUpstream;
+  /** When the next server is asked if this one has not answered (the exchange's deadline for the last try). */
+  readonly expiresAt: number;
+  /** The pool's record of it, for cancel(). */
+  pending: PoolJob | null;
   readonly #owner: TlsResolvers;
-  constructor(job: Job, deadline: number, owner: TlsResolvers) {
+  constructor(job: Job, server: TlsServerUpstream, expiresAt: number, owner: TlsResolvers) {
     this.query = job.ex.query;
-    this.deadline = deadline;
-    this.#job = job;
+    this.deadline = job.ex.deadline;
+    this.job = job;
+    this.server = server;
+    this.expiresAt = expiresAt;
+    this.pending = null;
     this.#owner = owner;
   }
   resolve(answer: Buffer): void {
-    this.#owner.onAnswer(this.#job, answer);
+    this.#owner.onAnswer(this, answer);
   }
   reject(reason: UpstreamFailure): void {
-    this.#owner.onFailure(this.#job, reason);
+    this.#owner.onFailure(this, reason);
   }
 }
 
@@ -100,9 +113,15 @@ export class TlsResolvers implements Upstream {
   readonly name: string;
   readonly health: UpstreamHealth;
   readonly servers: readonly TlsServerUpstream[];
+  /** Brings the aggregate health back once any server answers again, client traffic or not. */
+  readonly #probe: HealthProbe;
   readonly #attemptTimeoutMs: number;
   readonly #clock: Clock;
   readonly #log: Logger;
+  /** Jobs whose current try has another server to move to when it expires. */
+  readonly #waiting: Set<Job>;
+  /** Unregisters our sweep from the clock's shared timer; null while no job is waiting. */
+  #sweep: (() => void) | null;
   #failovers: number;
 
   constructor(opts: TlsResolversOptions) {
@@ -112,8 +131,11 @@ export class TlsResolvers implements Upstream {
     this.#attemptTimeoutMs = Math.max(1, opts.attemptTimeoutMs);
     this.name = 'tls-resolvers';
     this.health = new UpstreamHealth(this.name, this.#log, this.#clock.now());
+    this.#waiting = new Set();
+    this.#sweep = null;
     this.#failovers = 0;
-    const probeQuery = rootNsQuery();
+    // CoreDNS forward's health check: ". IN NS", which every recursive resolver answers from its cache.
+    const rootNs = probeQuery('.', QType.NS);
     this.servers = opts.servers.map((server) => {
       const name = formatTlsServer(server);
       const connector = new TlsConnector(server, opts.ca, this.#log);
@@ -131,11 +153,12 @@ export class TlsResolvers implements Upstream {
         clock: this.#clock,
         logger: this.#log,
       });
-      return { server, pool, connector, probe: new HealthProbe(pool, this.#clock, probeQuery) };
+      return { server, pool, connector, probe: new HealthProbe(pool, this.#clock, rootNs) };
     });
+    this.#probe = new HealthProbe(this, this.#clock, rootNs);
   }
 
-  /** Moves to another server after a try failed (since start). */
+  /** Moves to another server after a try failed or expired (since start). */
   get failovers(): number {
     return this.#failovers;
   }
@@ -149,11 +172,13 @@ export class TlsResolvers implements Upstream {
   }
 
   close(): Promise<void> {
+    this.#probe.stop();
     for (const s of this.servers) s.probe.stop();
     return Promise.all(this.servers.map((s) => s.pool.close())).then(() => undefined);
   }
 
   abort(): void {
+    this.#probe.stop();
     for (const s of this.servers) {
       s.probe.stop();
       s.pool.abort();
@@ -161,20 +186,22 @@ export class TlsResolvers implements Upstream {
   }
 
   /** @internal Try's callback. */
-  onAnswer(job: Job, answer: Buffer): void {
+  onAnswer(t: Try, answer: Buffer): void {
+    const job = t.job;
     if (job.done) return;
     const rcode = answer[OFF_FLAGS + 1]! & RCODE_MASK;
-    if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) {
-      // Another server may do better; this answer is passed on if none does.
-      job.badAnswer = answer;
-      this.#next(job, this.#clock.now());
+    if (rcode !== Rcode.SERVFAIL && rcode !== Rcode.REFUSED) {
+      this.#finish(job, answer, 'network');
       return;
     }
-    this.#finish(job, answer, 'network');
+    // Another server may do better; this answer is passed on if none does.
+    job.badAnswer = answer;
+    this.#ended(t);
   }
 
   /** @internal Try's callback. */
-  onFailure(job: Job, reason: UpstreamFailure): void {
+  onFailure(t: Try, reason: UpstreamFailure): void {
+    const job = t.job;
     if (job.done) return;
     // Shutting down: no other server changes that. ('overloaded', one pool's queue full, does move on: another may have room.)
     if (reason === 'closed') {
@@ -182,34 +209,80 @@ export class TlsResolvers implements Upstream {
       return;
     }
     job.lastFailure = reason;
-    this.#next(job, this.#clock.now());
+    this.#ended(t);
   }
 
+  /** `t` ended without a good answer: the next server now if it was the newest try, else wait on the others. */
+  #ended(t: Try): void {
+    const job = t.job;
+    const i = job.live.indexOf(t);
+    if (i >= 0) job.live.splice(i, 1);
+    if (job.current === t) this.#next(job, this.#clock.now());
+    else if (job.current === null && job.live.length === 0) this.#giveUp(job, this.#clock.now());
+  }
+
+  /**
+   * Asks the next server, keeping the tries before it open: over TCP a query
+   * is not lost the way a datagram is, and a server past the try timeout may
+   * still be working on it (a cold recursive lookup), so its answer is taken
+   * whenever it comes before the exchange's deadline.
+   */
   #next(job: Job, now: number): void {
     const n = this.servers.length;
     if (job.tries < n && now < job.ex.deadline) {
-      const idx = (job.start + job.tries) % n;
+      const server = this.servers[(job.start + job.tries) % n]!;
       if (job.tries > 0) this.#failovers++;
       job.tries++;
-      const deadline = job.tries === n ? job.ex.deadline : Math.min(now + this.#attemptTimeoutMs, job.ex.deadline);
-      // May complete synchronously (a pool that knows its server is unreachable fails at once): then the next try starts here.
-      this.servers[idx]!.pool.send(new Try(job, deadline, this));
+      const last = job.tries === n;
+      const t = new Try(job, server, last ? job.ex.deadline : Math.min(now + this.#attemptTimeoutMs, job.ex.deadline), this);
+      job.current = last ? null : t;
+      job.live.push(t);
+      if (last) this.#waiting.delete(job);
+      else this.#wait(job);
+      // May complete synchronously (a pool that knows its server is unreachable fails at once): then the next try starts there.
+      const pending = server.pool.send(t);
+      if (job.live.includes(t)) t.pending = pending;
       return;
     }
+    job.current = null;
+    this.#waiting.delete(job);
+    if (job.live.length === 0) this.#giveUp(job, now);
+  }
+
+  #giveUp(job: Job, now: number): void {
     if (job.badAnswer !== null) this.#finish(job, job.badAnswer, 'network');
     else this.#finish(job, null, now >= job.ex.deadline ? 'timeout' : job.lastFailure);
   }
 
   #finish(job: Job, answer: Buffer | null, reason: UpstreamFailure): void {
     job.done = true;
+    this.#waiting.delete(job);
     const now = this.#clock.now();
+    for (const t of job.live) {
+      if (t.pending !== null) t.server.pool.cancel(t.pending);
+      // Cancelled, a try that outlived its timeout is never failed by its pool: it is that server's timeout, counted here.
+      if (reason !== 'closed' && now >= t.expiresAt) t.server.pool.health.record('timeout', now);
+    }
+    job.live.length = 0;
+    job.current = null;
     if (answer !== null) this.health.record(answer === job.badAnswer ? 'servfail' : 'answered', now);
     else if (reason === 'timeout' || reason === 'network') this.health.record(reason, now);
     settle(job.ex, answer, reason, this.#log);
   }
+
+  #wait(job: Job): void {
+    this.#waiting.add(job);
+    if (this.#sweep === null) this.#sweep = this.#clock.sweep(this.#onSweep);
+  }
+
+  readonly #onSweep = (now: number): void => {
+    for (const job of this.#waiting) {
+      if (job.current !== null && now >= job.current.expiresAt) this.#next(job, now);
+    }
+    if (this.#waiting.size === 0 && this.#sweep !== null) {
+      this.#sweep();
+      this.#sweep = null;
+    }
+  };
 }
 
-/** CoreDNS forward's health check: ". IN NS", which every recursive resolver answers from its cache. */
-function rootNsQuery(): Buffer {
-  return upstreamQuery(parseQuery(questionMessage(nameToWire('.'), QType.NS)));
-}
