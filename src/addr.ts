@@ -71,3 +71,32 @@ export function isWildcard(host: string): boolean {
 export function isLoopback(host: string): boolean {
   return host.startsWith('127.') || host === '::1';
 }
+
+/**
+ * Whether a datagram to `host` reaches a socket bound to `bound` (the ports
+ * alike): the same address in any spelling, or under a wildcard any address
+ * of this host of its family (`local`, as os.networkInterfaces() lists them;
+ * 127/8 under 0.0.0.0). IPv6 wildcards bind IPv6 only here (the listeners set
+ * ipv6Only). A wildcard as destination is this host, as Linux takes it.
+ */
+export function reaches(host: string, bound: string, local: readonly string[]): boolean {
+  const to = destination(host);
+  const at = unzoned(bound);
+  if (isIP(to) !== isIP(at)) return false;
+  if (to === at) return true;
+  return isWildcard(at) && (isLoopback(to) || local.some((a) => unzoned(a) === to));
+}
+
+/** Canonical, without a zone, IPv4-mapped IPv6 as the IPv4 address it carries, and a wildcard as this host's loopback. */
+function destination(host: string): string {
+  const ip = unzoned(host);
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(ip);
+  const plain = mapped !== null ? mapped[1]! : ip;
+  return plain === '0.0.0.0' ? '127.0.0.1' : plain === '::' ? '::1' : plain;
+}
+
+function unzoned(host: string): string {
+  const pct = host.indexOf('%');
+  const base = pct >= 0 ? host.slice(0, pct) : host;
+  return canonicalIp(base) ?? base;
+}
