@@ -135,6 +135,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   }
 
   const clusterDomain = str('cluster-domain')!.toLowerCase().replace(/\.$/, '');
+  // The root zone holds every name: all of them would go to the cluster DNS (a templated flag with an empty variable).
+  if (clusterDomain === '') throw new ConfigError(`--cluster-domain "${str('cluster-domain')}": the root zone would take every name; give the cluster's zone, such as cluster.local`);
   try {
     nameToWire(clusterDomain);
   } catch {
