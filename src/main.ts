@@ -91,14 +91,16 @@ async function main(argv: readonly string[]): Promise<number> {
         process.exit(1);
       }
       stopping = true;
+      // The grace in force now: a reload may have changed it since start.
+      const graceMs = agent.config.shutdownGraceMs;
       // Every part is bounded, but the pod's termination must never hang on one that is not: a hard stop.
       setTimeout(() => {
-        logger.error('shutdown took too long: exiting', { graceMs: config.shutdownGraceMs });
+        logger.error('shutdown took too long: exiting', { graceMs });
         process.exit(1);
-      }, config.shutdownGraceMs + HARD_STOP_EXTRA_MS).unref();
+      }, graceMs + HARD_STOP_EXTRA_MS).unref();
       watcher.stop();
-      logger.info('stopping: finishing queries in flight', { signal, graceMs: config.shutdownGraceMs, inflight: agent.hitPath.inflight });
-      agent.stop(config.shutdownGraceMs).then(
+      logger.info('stopping: finishing queries in flight', { signal, graceMs, inflight: agent.hitPath.inflight });
+      agent.stop(graceMs).then(
         () => {
           logger.info('stopped');
           resolve(0);
