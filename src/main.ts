@@ -46,7 +46,6 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
-  const agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version() });
   const signals = new StopSignals(process, (signal, repeated) => {
     if (repeated) {
       logger.warn('second signal while starting: exiting at once', { signal });
@@ -54,15 +53,16 @@ async function main(argv: readonly string[]): Promise<number> {
     }
     logger.info('signal while starting: stopping once started', { signal });
   });
+  let agent: Agent;
   try {
+    agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version() });
     await agent.start();
   } catch (err) {
-    if (err instanceof StartupError) {
-      logger.error('cannot start', { error: err.message });
-      process.stderr.write(`nodelocal-dns: ${err.message}\n`);
-      return 1;
-    }
-    throw err;
+    // Any failure to start is the operator's to read, not a stack trace: a StartupError says what to fix, the rest say what broke.
+    const message = err instanceof StartupError ? err.message : `cannot start: ${err instanceof Error ? err.message : String(err)}`;
+    logger.error('cannot start', { error: message });
+    process.stderr.write(`nodelocal-dns: ${message}\n`);
+    return 1;
   }
   logger.info('started', { version: version(), pid: process.pid });
 
