@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 /**
  * Entry point: flags and config file -> Config, start the Agent, stop it
- * cleanly on SIGTERM/SIGINT (stop-signals.ts), even one that came while it
- * was starting. A bad flag exits 2 naming it; a start-up
- * failure (address in use, unreadable resolv.conf, a loop) exits 1 saying why.
+ * cleanly on SIGTERM/SIGINT and reload on SIGHUP (stop-signals.ts), even for
+ * a signal that came while it was starting. A bad flag exits 2 naming it; a
+ * start-up failure (address in use, unreadable resolv.conf, a loop) exits 1
+ * saying why.
  */
 import { readFileSync } from 'node:fs';
 import { Agent, StartupError } from './agent.js';
@@ -47,6 +48,10 @@ async function main(argv: readonly string[]): Promise<number> {
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
   const signals = new StopSignals(process, (signal, repeated) => {
+    if (signal === 'SIGHUP') {
+      if (!repeated) logger.info('signal while starting: reloading once started', { signal });
+      return;
+    }
     if (repeated) {
       logger.warn('second signal while starting: exiting at once', { signal });
       process.exit(1);
@@ -66,9 +71,11 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   logger.info('started', { version: version(), pid: process.pid });
 
+  let stopping = false;
   // Reload: SIGHUP, or a change in any file the configuration comes from. Flags are read again too
   // (they do not change), so a reload always sees exactly what a restart would.
   const reload = (why: string): void => {
+    if (stopping) return;
     let next: Config;
     try {
       next = loadConfig(argv).config;
@@ -80,10 +87,8 @@ async function main(argv: readonly string[]): Promise<number> {
     agent.reload(next);
   };
   const watcher = new ConfigWatcher(systemClock, agent.configSources, () => reload('a configuration file changed'));
-  process.on('SIGHUP', () => reload('SIGHUP'));
 
   return new Promise<number>((resolve) => {
-    let stopping = false;
     signals.handle((signal) => {
       if (stopping) {
         // A second signal: the operator wants out now (node-cache's open kubernetes/dns#453 is a hang here).
@@ -110,7 +115,7 @@ async function main(argv: readonly string[]): Promise<number> {
           resolve(1);
         },
       );
-    });
+    }, () => reload('SIGHUP'));
   });
 }
 
