@@ -12,6 +12,9 @@ import type { Clock } from './clock.js';
 
 export const CONFIG_POLL_MS = 1000;
 
+/** What a file held when it was read: its text, null when it could not be read, undefined when it was not read. */
+export type Baseline = (path: string) => string | null | undefined;
+
 export class ConfigWatcher {
   readonly #paths: readonly string[];
   readonly #read: (path: string) => string | null;
@@ -20,11 +23,18 @@ export class ConfigWatcher {
   readonly #stop: () => void;
   #last: number;
 
-  constructor(clock: Clock, paths: readonly string[], onChange: () => void, read: (path: string) => string | null = readOrNull) {
+  /**
+   * `baseline`: what the configuration in force was read from (SourceReads),
+   * so a change made after that read, while the agent started, is one.
+   */
+  constructor(clock: Clock, paths: readonly string[], onChange: () => void, read: (path: string) => string | null = readOrNull, baseline: Baseline = () => undefined) {
     this.#paths = paths;
     this.#read = read;
     this.#onChange = onChange;
-    this.#seen = new Map(paths.map((p) => [p, read(p)]));
+    this.#seen = new Map(paths.map((p) => {
+      const b = baseline(p);
+      return [p, b !== undefined ? b : read(p)];
+    }));
     this.#last = clock.now();
     this.#stop = clock.sweep((now) => {
       if (now - this.#last < CONFIG_POLL_MS) return;
@@ -47,6 +57,32 @@ export class ConfigWatcher {
       }
     }
     if (changed) this.#onChange();
+  }
+}
+
+/**
+ * A readFile for loadConfig and the agent that remembers what each file held
+ * (null: unreadable) since forget(): the watcher's baseline after a start or a
+ * reload is then exactly what that configuration was made from.
+ */
+export class SourceReads {
+  readonly #texts = new Map<string, string | null>();
+
+  readonly read = (path: string): string => {
+    try {
+      const text = readFileSync(path, 'utf8');
+      this.#texts.set(path, text);
+      return text;
+    } catch (err) {
+      this.#texts.set(path, null);
+      throw err;
+    }
+  };
+
+  readonly last: Baseline = (path) => this.#texts.get(path);
+
+  forget(): void {
+    this.#texts.clear();
   }
 }
 

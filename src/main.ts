@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { Agent, StartupError } from './agent.js';
 import { systemClock } from './clock.js';
 import { ConfigError, helpText, loadConfig, type Config } from './config.js';
-import { ConfigWatcher } from './config-watch.js';
+import { ConfigWatcher, SourceReads } from './config-watch.js';
 import { createLogger } from './log.js';
 import { StopSignals } from './stop-signals.js';
 
@@ -27,9 +27,11 @@ function version(): string {
 const HARD_STOP_EXTRA_MS = 10_000;
 
 async function main(argv: readonly string[]): Promise<number> {
+  // Every file the configuration is read from, as read: the watcher's baseline once the agent serves.
+  const reads = new SourceReads();
   let loaded;
   try {
-    loaded = loadConfig(argv);
+    loaded = loadConfig(argv, { readFile: reads.read });
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`nodelocal-dns: ${err.message}\n`);
@@ -60,7 +62,7 @@ async function main(argv: readonly string[]): Promise<number> {
   });
   let agent: Agent;
   try {
-    agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version() });
+    agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version(), readFile: reads.read });
     await agent.start();
   } catch (err) {
     // Any failure to start is the operator's to read, not a stack trace: a StartupError says what to fix, the rest say what broke.
@@ -78,7 +80,7 @@ async function main(argv: readonly string[]): Promise<number> {
     if (stopping) return;
     let next: Config;
     try {
-      next = loadConfig(argv).config;
+      next = loadConfig(argv, { readFile: reads.read }).config;
     } catch (err) {
       agent.reloadFailed(err instanceof Error ? err.message : String(err));
       return;
@@ -86,7 +88,7 @@ async function main(argv: readonly string[]): Promise<number> {
     logger.info('reloading configuration', { why });
     agent.reload(next);
   };
-  const watcher = new ConfigWatcher(systemClock, agent.configSources, () => reload('a configuration file changed'));
+  const watcher = new ConfigWatcher(systemClock, agent.configSources, () => reload('a configuration file changed'), undefined, reads.last);
 
   return new Promise<number>((resolve) => {
     signals.handle((signal) => {
