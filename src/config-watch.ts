@@ -16,7 +16,7 @@ export const CONFIG_POLL_MS = 1000;
 export type Baseline = (path: string) => string | null | undefined;
 
 export class ConfigWatcher {
-  readonly #paths: readonly string[];
+  #paths: readonly string[];
   readonly #read: (path: string) => string | null;
   readonly #onChange: () => void;
   readonly #seen: Map<string, string | null>;
@@ -28,19 +28,34 @@ export class ConfigWatcher {
    * so a change made after that read, while the agent started, is one.
    */
   constructor(clock: Clock, paths: readonly string[], onChange: () => void, read: (path: string) => string | null = readOrNull, baseline: Baseline = () => undefined) {
-    this.#paths = paths;
+    this.#paths = [];
     this.#read = read;
     this.#onChange = onChange;
-    this.#seen = new Map(paths.map((p) => {
-      const b = baseline(p);
-      return [p, b !== undefined ? b : read(p)];
-    }));
+    this.#seen = new Map();
+    this.watch(paths, baseline);
     this.#last = clock.now();
     this.#stop = clock.sweep((now) => {
       if (now - this.#last < CONFIG_POLL_MS) return;
       this.#last = now;
       this.#poll();
     });
+  }
+
+  /**
+   * The files of the configuration now in force (a reload may have moved
+   * resolv.conf, the ConfigMap directory or the CA file), compared from here
+   * against what it was read from; a file it did not read keeps what the
+   * watcher last saw of it, a new one is read now.
+   */
+  watch(paths: readonly string[], baseline: Baseline): void {
+    const seen = new Map<string, string | null>();
+    for (const p of paths) {
+      const b = baseline(p);
+      seen.set(p, b !== undefined ? b : this.#seen.has(p) ? this.#seen.get(p)! : this.#read(p));
+    }
+    this.#paths = paths;
+    this.#seen.clear();
+    for (const [p, text] of seen) this.#seen.set(p, text);
   }
 
   stop(): void {

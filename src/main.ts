@@ -78,15 +78,19 @@ async function main(argv: readonly string[]): Promise<number> {
   // (they do not change), so a reload always sees exactly what a restart would.
   const reload = (why: string): void => {
     if (stopping) return;
-    let next: Config;
+    reads.forget();
+    let next: Config | null = null;
     try {
       next = loadConfig(argv, { readFile: reads.read }).config;
     } catch (err) {
       agent.reloadFailed(err instanceof Error ? err.message : String(err));
-      return;
     }
-    logger.info('reloading configuration', { why });
-    agent.reload(next);
+    if (next !== null) {
+      logger.info('reloading configuration', { why });
+      agent.reload(next);
+    }
+    // The files of the configuration now in force (a reload may have moved them), from what this reload read.
+    watcher.watch(agent.configSources, reads.last);
   };
   const watcher = new ConfigWatcher(systemClock, agent.configSources, () => reload('a configuration file changed'), undefined, reads.last);
 
