@@ -118,7 +118,8 @@ function startHeld(work: string, name: string, args: readonly string[]): { agent
   const script = join(dir, 'firewall-tool');
   writeFileSync(
     script,
-    `#!/bin/sh\n[ -e '${releaseFile}' ] && exit 0\n: > '${heldFile}'\nwhile [ ! -e '${releaseFile}' ]; do sleep 0.02; done\nexit 0\n`,
+    // Bounded (about a minute), so a wait the test never released ends by itself once the agent is gone.
+    `#!/bin/sh\n[ -e '${releaseFile}' ] && exit 0\n: > '${heldFile}'\ni=0\nwhile [ ! -e '${releaseFile}' ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done\nexit 0\n`,
   );
   chmodSync(script, 0o755);
   for (const tool of FIREWALL_TOOLS) symlinkSync(script, join(bin, tool));
