@@ -1,5 +1,9 @@
-/** Parsing of addresses as operators write them: "1.2.3.4", "1.2.3.4:53", "::1", "[::1]:53". */
-import { isIP } from 'node:net';
+/**
+ * Parsing of addresses as operators write them: "1.2.3.4", "1.2.3.4:53",
+ * "::1", "[::1]:53". IPv6 comes out in its one canonical spelling (RFC 5952,
+ * as the kernel reports a peer), so comparing hosts is comparing strings.
+ */
+import { isIP, SocketAddress } from 'node:net';
 import type { ServerAddress } from './upstream/types.js';
 
 /** Returns the address, or an error string naming what is wrong. */
@@ -23,7 +27,8 @@ export function parseHostPort(text: string, defaultPort: number | undefined): Se
     host = colon >= 0 ? s.slice(0, colon) : s;
     portText = colon >= 0 ? s.slice(colon + 1) : undefined;
   }
-  if (isIP(host.split('%')[0] ?? '') === 0) return `"${text}": "${host}" is not an IPv4 or IPv6 address`;
+  const ip = canonicalIp(host);
+  if (ip === null) return `"${text}": "${host}" is not an IPv4 or IPv6 address (a %zone: IPv6 only, an interface name or index)`;
   let port = defaultPort;
   if (portText !== undefined) {
     if (!/^\d{1,5}$/.test(portText) || Number(portText) < 1 || Number(portText) > 65535) {
@@ -32,7 +37,27 @@ export function parseHostPort(text: string, defaultPort: number | undefined): Se
     port = Number(portText);
   }
   if (port === undefined) return `"${text}": a port is required (ADDR:PORT)`;
-  return { host, port };
+  return { host: ip, port };
+}
+
+/** A %zone names an interface (or its index): no empty one, no spaces or separators. */
+const ZONE = /^[A-Za-z0-9_.-]+$/;
+
+/**
+ * `host` in canonical form: IPv4 as is, IPv6 compressed and lower case
+ * (inet_ntop's spelling, which is what rinfo.address gives), a %zone kept as
+ * written; null when it is no IP address, or its zone is empty or malformed.
+ */
+export function canonicalIp(host: string): string | null {
+  const pct = host.indexOf('%');
+  const base = pct >= 0 ? host.slice(0, pct) : host;
+  const family = isIP(base);
+  if (family === 4) return pct >= 0 ? null : base;
+  if (family !== 6) return null;
+  const zone = pct >= 0 ? host.slice(pct + 1) : null;
+  if (zone !== null && !ZONE.test(zone)) return null;
+  const canonical = new SocketAddress({ address: base, family: 'ipv6' }).address;
+  return zone === null ? canonical : `${canonical}%${zone}`;
 }
 
 export function formatHostPort(a: ServerAddress): string {
@@ -45,4 +70,33 @@ export function isWildcard(host: string): boolean {
 
 export function isLoopback(host: string): boolean {
   return host.startsWith('127.') || host === '::1';
+}
+
+/**
+ * Whether a datagram to `host` reaches a socket bound to `bound` (the ports
+ * alike): the same address in any spelling, or under a wildcard any address
+ * of this host of its family (`local`, as os.networkInterfaces() lists them;
+ * 127/8 under 0.0.0.0). IPv6 wildcards bind IPv6 only here (the listeners set
+ * ipv6Only). A wildcard as destination is this host, as Linux takes it.
+ */
+export function reaches(host: string, bound: string, local: readonly string[]): boolean {
+  const to = destination(host);
+  const at = unzoned(bound);
+  if (isIP(to) !== isIP(at)) return false;
+  if (to === at) return true;
+  return isWildcard(at) && (isLoopback(to) || local.some((a) => unzoned(a) === to));
+}
+
+/** Canonical, without a zone, IPv4-mapped IPv6 as the IPv4 address it carries, and a wildcard as this host's loopback. */
+function destination(host: string): string {
+  const ip = unzoned(host);
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(ip);
+  const plain = mapped !== null ? mapped[1]! : ip;
+  return plain === '0.0.0.0' ? '127.0.0.1' : plain === '::' ? '::1' : plain;
+}
+
+function unzoned(host: string): string {
+  const pct = host.indexOf('%');
+  const base = pct >= 0 ? host.slice(0, pct) : host;
+  return canonicalIp(base) ?? base;
 }

@@ -6,7 +6,8 @@
  * apart from agent.ts so that start and reload share them without the
  * Agent's state.
  */
-import { formatHostPort, isLoopback, isWildcard } from './addr.js';
+import { networkInterfaces } from 'node:os';
+import { formatHostPort, isLoopback, isWildcard, reaches } from './addr.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import type { NodeSetupOptions } from './iface/node-setup.js';
@@ -24,7 +25,7 @@ const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
   'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
   'metricsListen', 'cacheSnapshot', 'cacheSnapshotIntervalMs', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName', 'io', 'workers',
-  'mallocTrimIntervalMs',
+  'mallocTrimIntervalMs', 'reusePort', 'maxQueryAgeMs',
 ];
 
 export interface ReloadOutcome {
@@ -71,11 +72,11 @@ export function hostServers(c: Config, readFile: (path: string) => string, logge
 
 /** Forwarding to ourselves would loop each query until it times out: refuse. */
 function guardLoops(listen: readonly ServerAddress[], upstreams: readonly { what: string; addr: ServerAddress }[]): void {
+  // A wildcard listen receives on every address of the host: a resolv.conf naming the node's own IP loops too.
+  const local = Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address));
   for (const { what, addr } of upstreams) {
     for (const l of listen) {
-      if (l.port !== addr.port) continue;
-      const same = l.host === addr.host || (isWildcard(l.host) && (isLoopback(addr.host) || isWildcard(addr.host)));
-      if (same) {
+      if (l.port === addr.port && reaches(addr.host, l.host, local)) {
         throw new StartupError(`${what}: upstream ${formatHostPort(addr)} is one of our own listen addresses (${formatHostPort(l)}); forwarding there would loop`);
       }
     }

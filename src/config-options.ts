@@ -19,6 +19,13 @@ export interface OptionSpec {
   readonly max?: number;
 }
 
+/**
+ * Entries of one cache list: the store's hash table is a power of two at
+ * least twice the slots of both lists, with slot numbers in Int32 cells, so
+ * 2^28 a list keeps it within 2^31 cells.
+ */
+export const MAX_CACHE_ENTRIES = 2 ** 28;
+
 /** Every option, its default and why. Config-file keys are the flags in camelCase. */
 export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'config', kind: 'string', def: undefined, help: 'YAML or JSON file with the same settings (camelCase keys) plus stubDomains; flags win' },
@@ -41,8 +48,9 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'upstream-max-inflight', kind: 'int', def: '1000', help: 'queries in flight on one upstream TCP connection', min: 1, max: 65000 },
   { flag: 'upstream-rotate-queries', kind: 'int', def: '10000', help: 'replace an upstream connection after this many queries, so load spreads over kube-dns pods', min: 1 },
   { flag: 'upstream-rotate-after', kind: 'duration', def: '60s', min: 1000, max: 86_400_000, help: 'replace an upstream connection after this long, for the same reason' },
-  { flag: 'cache-size', kind: 'int', def: '9984', help: 'positive cache capacity in entries (node-cache default)', min: 1 },
-  { flag: 'negative-cache-size', kind: 'int', def: '9984', help: 'negative cache capacity in entries (node-cache default)', min: 1 },
+  // At most MAX_CACHE_ENTRIES, and no more than --cache-memory holds at 64 bytes of index an entry (config.ts).
+  { flag: 'cache-size', kind: 'int', def: '9984', help: 'positive cache capacity in entries (node-cache default)', min: 1, max: MAX_CACHE_ENTRIES },
+  { flag: 'negative-cache-size', kind: 'int', def: '9984', help: 'negative cache capacity in entries (node-cache default)', min: 1, max: MAX_CACHE_ENTRIES },
   {
     flag: 'cache-memory', kind: 'bytes', def: '64Mi', min: 1 << 20, max: 64 * 2 ** 30,
     help: 'byte budget of the cache: each entry is charged its answer, key and TTL offsets plus 72 bytes (record header and index); 60% of it for positive answers, 20% for negative, the rest is slack for the slab; 64Mi holds the default 2 x 9984 entries of ordinary answers with room to spare, and bounds big ones',

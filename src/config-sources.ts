@@ -125,12 +125,15 @@ export function stubDomain(where: string, zone: string, servers: readonly string
   } catch {
     throw new ConfigError(`${where}: "${zone}" is not a valid zone name`);
   }
+  const name = zone.toLowerCase().replace(/\.$/, '');
+  // As kube-dns (IsDNS1123Subdomain): the root zone would send every name to these servers.
+  if (name === '') throw new ConfigError(`${where}: "${zone}" is the root zone, which would take every name`);
   const addrs = servers.flatMap((s) => s.split(',')).map((s) => {
     const a = parseHostPort(s, 53);
     if (typeof a === 'string') throw new ConfigError(`${where}: ${a}`);
     return a;
   });
-  return { zone: zone.toLowerCase().replace(/\.$/, ''), servers: addrs };
+  return { zone: name, servers: addrs };
 }
 
 /** kube-dns allows at most 3 upstream nameservers (as glibc's MAXNS); node-cache refuses more too. */

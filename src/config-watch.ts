@@ -12,25 +12,50 @@ import type { Clock } from './clock.js';
 
 export const CONFIG_POLL_MS = 1000;
 
+/** What a file held when it was read: its text, null when it could not be read, undefined when it was not read. */
+export type Baseline = (path: string) => string | null | undefined;
+
 export class ConfigWatcher {
-  readonly #paths: readonly string[];
+  #paths: readonly string[];
   readonly #read: (path: string) => string | null;
   readonly #onChange: () => void;
   readonly #seen: Map<string, string | null>;
   readonly #stop: () => void;
   #last: number;
 
-  constructor(clock: Clock, paths: readonly string[], onChange: () => void, read: (path: string) => string | null = readOrNull) {
-    this.#paths = paths;
+  /**
+   * `baseline`: what the configuration in force was read from (SourceReads),
+   * so a change made after that read, while the agent started, is one.
+   */
+  constructor(clock: Clock, paths: readonly string[], onChange: () => void, read: (path: string) => string | null = readOrNull, baseline: Baseline = () => undefined) {
+    this.#paths = [];
     this.#read = read;
     this.#onChange = onChange;
-    this.#seen = new Map(paths.map((p) => [p, read(p)]));
+    this.#seen = new Map();
+    this.watch(paths, baseline);
     this.#last = clock.now();
     this.#stop = clock.sweep((now) => {
       if (now - this.#last < CONFIG_POLL_MS) return;
       this.#last = now;
       this.#poll();
     });
+  }
+
+  /**
+   * The files of the configuration now in force (a reload may have moved
+   * resolv.conf, the ConfigMap directory or the CA file), compared from here
+   * against what it was read from; a file it did not read keeps what the
+   * watcher last saw of it, a new one is read now.
+   */
+  watch(paths: readonly string[], baseline: Baseline): void {
+    const seen = new Map<string, string | null>();
+    for (const p of paths) {
+      const b = baseline(p);
+      seen.set(p, b !== undefined ? b : this.#seen.has(p) ? this.#seen.get(p)! : this.#read(p));
+    }
+    this.#paths = paths;
+    this.#seen.clear();
+    for (const [p, text] of seen) this.#seen.set(p, text);
   }
 
   stop(): void {
@@ -47,6 +72,32 @@ export class ConfigWatcher {
       }
     }
     if (changed) this.#onChange();
+  }
+}
+
+/**
+ * A readFile for loadConfig and the agent that remembers what each file held
+ * (null: unreadable) since forget(): the watcher's baseline after a start or a
+ * reload is then exactly what that configuration was made from.
+ */
+export class SourceReads {
+  readonly #texts = new Map<string, string | null>();
+
+  readonly read = (path: string): string => {
+    try {
+      const text = readFileSync(path, 'utf8');
+      this.#texts.set(path, text);
+      return text;
+    } catch (err) {
+      this.#texts.set(path, null);
+      throw err;
+    }
+  };
+
+  readonly last: Baseline = (path) => this.#texts.get(path);
+
+  forget(): void {
+    this.#texts.clear();
   }
 }
 

@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { formatHostPort, parseHostPort } from './addr.js';
+import { SLOT_OVERHEAD_BYTES } from './cache/store.js';
 import type { LogLevel } from './log.js';
 import { nameToWire } from './dns/name.js';
 import type { ServerAddress } from './upstream/types.js';
@@ -116,6 +117,14 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     if (v === 'false') return false;
     throw new ConfigError(`--${flag} "${v}": expected true or false`);
   };
+  // Every entry costs at least its index slot against the budget, and the slots are allocated up front by count:
+  // more than the budget holds is never used, only allocated (at 1e9 the allocation fails at start).
+  const cacheEntries = (flag: string): number => {
+    const n = int(flag);
+    const most = Math.floor(bytes('cache-memory') / SLOT_OVERHEAD_BYTES);
+    if (n > most) throw new ConfigError(`--${flag} "${str(flag)}": more entries than --cache-memory ${str('cache-memory')} holds at ${SLOT_OVERHEAD_BYTES} bytes each at least; at most ${most}`);
+    return n;
+  };
   const addr = (flag: string, text: string, defPort: number | undefined): ServerAddress => {
     const a = parseHostPort(text, defPort);
     if (typeof a === 'string') throw new ConfigError(`--${flag} ${a}`);
@@ -135,6 +144,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   }
 
   const clusterDomain = str('cluster-domain')!.toLowerCase().replace(/\.$/, '');
+  // The root zone holds every name: all of them would go to the cluster DNS (a templated flag with an empty variable).
+  if (clusterDomain === '') throw new ConfigError(`--cluster-domain "${str('cluster-domain')}": the root zone would take every name; give the cluster's zone, such as cluster.local`);
   try {
     nameToWire(clusterDomain);
   } catch {
@@ -197,8 +208,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     upstreamMaxInFlight: int('upstream-max-inflight'),
     upstreamRotateQueries: int('upstream-rotate-queries'),
     upstreamRotateAfterMs: duration('upstream-rotate-after'),
-    cacheSize: int('cache-size'),
-    negativeCacheSize: int('negative-cache-size'),
+    cacheSize: cacheEntries('cache-size'),
+    negativeCacheSize: cacheEntries('negative-cache-size'),
     cacheMemoryBytes: bytes('cache-memory'),
     successTtl: seconds('success-ttl'),
     denialTtl: seconds('denial-ttl'),

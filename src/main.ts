@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 /**
  * Entry point: flags and config file -> Config, start the Agent, stop it
- * cleanly on SIGTERM/SIGINT (stop-signals.ts), even one that came while it
- * was starting. A bad flag exits 2 naming it; a start-up
- * failure (address in use, unreadable resolv.conf, a loop) exits 1 saying why.
+ * cleanly on SIGTERM/SIGINT and reload on SIGHUP (stop-signals.ts), even for
+ * a signal that came while it was starting. A bad flag exits 2 naming it; a
+ * start-up failure (address in use, unreadable resolv.conf, a loop) exits 1
+ * saying why.
  */
 import { readFileSync } from 'node:fs';
 import { Agent, StartupError } from './agent.js';
 import { systemClock } from './clock.js';
 import { ConfigError, helpText, loadConfig, type Config } from './config.js';
-import { ConfigWatcher } from './config-watch.js';
+import { ConfigWatcher, SourceReads } from './config-watch.js';
 import { createLogger } from './log.js';
 import { StopSignals } from './stop-signals.js';
 
@@ -26,9 +27,11 @@ function version(): string {
 const HARD_STOP_EXTRA_MS = 10_000;
 
 async function main(argv: readonly string[]): Promise<number> {
+  // Every file the configuration is read from, as read: the watcher's baseline once the agent serves.
+  const reads = new SourceReads();
   let loaded;
   try {
-    loaded = loadConfig(argv);
+    loaded = loadConfig(argv, { readFile: reads.read });
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`nodelocal-dns: ${err.message}\n`);
@@ -46,44 +49,52 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
-  const agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version() });
   const signals = new StopSignals(process, (signal, repeated) => {
+    if (signal === 'SIGHUP') {
+      if (!repeated) logger.info('signal while starting: reloading once started', { signal });
+      return;
+    }
     if (repeated) {
       logger.warn('second signal while starting: exiting at once', { signal });
       process.exit(1);
     }
     logger.info('signal while starting: stopping once started', { signal });
   });
+  let agent: Agent;
   try {
+    agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version(), readFile: reads.read });
     await agent.start();
   } catch (err) {
-    if (err instanceof StartupError) {
-      logger.error('cannot start', { error: err.message });
-      process.stderr.write(`nodelocal-dns: ${err.message}\n`);
-      return 1;
-    }
-    throw err;
+    // Any failure to start is the operator's to read, not a stack trace: a StartupError says what to fix, the rest say what broke.
+    const message = err instanceof StartupError ? err.message : `cannot start: ${err instanceof Error ? err.message : String(err)}`;
+    logger.error('cannot start', { error: message });
+    process.stderr.write(`nodelocal-dns: ${message}\n`);
+    return 1;
   }
   logger.info('started', { version: version(), pid: process.pid });
 
+  let stopping = false;
   // Reload: SIGHUP, or a change in any file the configuration comes from. Flags are read again too
   // (they do not change), so a reload always sees exactly what a restart would.
   const reload = (why: string): void => {
-    let next: Config;
+    if (stopping) return;
+    reads.forget();
+    let next: Config | null = null;
     try {
-      next = loadConfig(argv).config;
+      next = loadConfig(argv, { readFile: reads.read }).config;
     } catch (err) {
       agent.reloadFailed(err instanceof Error ? err.message : String(err));
-      return;
     }
-    logger.info('reloading configuration', { why });
-    agent.reload(next);
+    if (next !== null) {
+      logger.info('reloading configuration', { why });
+      agent.reload(next);
+    }
+    // The files of the configuration now in force (a reload may have moved them), from what this reload read.
+    watcher.watch(agent.configSources, reads.last);
   };
-  const watcher = new ConfigWatcher(systemClock, agent.configSources, () => reload('a configuration file changed'));
-  process.on('SIGHUP', () => reload('SIGHUP'));
+  const watcher = new ConfigWatcher(systemClock, agent.configSources, () => reload('a configuration file changed'), undefined, reads.last);
 
   return new Promise<number>((resolve) => {
-    let stopping = false;
     signals.handle((signal) => {
       if (stopping) {
         // A second signal: the operator wants out now (node-cache's open kubernetes/dns#453 is a hang here).
@@ -91,14 +102,16 @@ async function main(argv: readonly string[]): Promise<number> {
         process.exit(1);
       }
       stopping = true;
+      // The grace in force now: a reload may have changed it since start.
+      const graceMs = agent.config.shutdownGraceMs;
       // Every part is bounded, but the pod's termination must never hang on one that is not: a hard stop.
       setTimeout(() => {
-        logger.error('shutdown took too long: exiting', { graceMs: config.shutdownGraceMs });
+        logger.error('shutdown took too long: exiting', { graceMs });
         process.exit(1);
-      }, config.shutdownGraceMs + HARD_STOP_EXTRA_MS).unref();
+      }, graceMs + HARD_STOP_EXTRA_MS).unref();
       watcher.stop();
-      logger.info('stopping: finishing queries in flight', { signal, graceMs: config.shutdownGraceMs, inflight: agent.hitPath.inflight });
-      agent.stop(config.shutdownGraceMs).then(
+      logger.info('stopping: finishing queries in flight', { signal, graceMs, inflight: agent.hitPath.inflight });
+      agent.stop(graceMs).then(
         () => {
           logger.info('stopped');
           resolve(0);
@@ -108,7 +121,7 @@ async function main(argv: readonly string[]): Promise<number> {
           resolve(1);
         },
       );
-    });
+    }, () => reload('SIGHUP'));
   });
 }
 

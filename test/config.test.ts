@@ -264,3 +264,24 @@ t.test('an IPv6 address with an empty zone ("fe80::1%") is a flag error, not a c
   t.match(err(['--upstream-addr', '[fe80::1%]:53']), /--upstream-addr/);
   t.equal(load(['--listen', '[fe80::1%eth0]:53']).config.listen[0]?.host, 'fe80::1%eth0', 'a named zone is fine');
 });
+
+t.test('ConfigWatcher: compared against what the configuration was read from, and the files of the one in force after a reload', async (t) => {
+  const { ManualClock } = await import('../src/clock.js');
+  const { ConfigWatcher, CONFIG_POLL_MS } = await import('../src/config-watch.js');
+  const clock = new ManualClock();
+  const files = new Map<string, string | null>([['/c.yaml', 'a: 2'], ['/resolv-1', 'nameserver 127.0.0.2'], ['/resolv-2', 'nameserver 127.0.0.3']]);
+  const read = (p: string): string | null => files.get(p) ?? null;
+  let changes = 0;
+  // The config was read as "a: 1" at start; it became "a: 2" while the agent started.
+  const w = new ConfigWatcher(clock, ['/c.yaml', '/resolv-1'], () => changes++, read, (p) => (p === '/c.yaml' ? 'a: 1' : undefined));
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 1, 'a change made after the read and before the watcher is one');
+  w.watch(['/c.yaml', '/resolv-2'], (p) => (p === '/c.yaml' ? 'a: 2' : undefined));
+  files.set('/resolv-1', 'nameserver 127.0.0.4');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 1, 'a file no longer used is no longer watched');
+  files.set('/resolv-2', 'nameserver 127.0.0.5');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 2, 'the file now in use is');
+  w.stop();
+});

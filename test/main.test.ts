@@ -2,10 +2,11 @@
 // them (SIGHUP, the watcher of the configuration files). The agent runs in
 // local mode on loopback with --io dgram, no HTTP endpoints and no API watch;
 // its only upstream is a resolv.conf nameserver of 127.0.0.x that nothing
-// here queries.
+// here queries. The tests of start-up run it in a network namespace of its own
+// (unshare -n), where its firewall tools are fakes that hold start-up.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -50,9 +51,15 @@ interface AgentProcess {
 }
 
 function startMain(work: string, args: readonly string[]): AgentProcess {
+  return spawnMain(work, [], CHILD_ENV.PATH ?? '', `${HOST}:${nextPort++}`, args);
+}
+
+function spawnMain(work: string, prefix: readonly string[], path: string, listen: string, args: readonly string[]): AgentProcess {
   const argv = [
+    ...prefix,
+    process.execPath,
     built.main,
-    '--listen', `${HOST}:${nextPort++}`,
+    '--listen', listen,
     '--io', 'dgram',
     '--no-kube',
     '--metrics-listen-address', 'off',
@@ -60,7 +67,7 @@ function startMain(work: string, args: readonly string[]): AgentProcess {
     '--kube-dns-config-dir', join(work, 'no-kube-dns'),
     ...args,
   ];
-  const child = spawn(process.execPath, argv, { env: CHILD_ENV, cwd: work, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(argv[0]!, argv.slice(1), { env: { ...CHILD_ENV, PATH: path }, cwd: work, stdio: ['ignore', 'ignore', 'pipe'] });
   child.on('error', () => {});
   return { child, log: new Lines(child.stderr!) };
 }
@@ -80,68 +87,98 @@ function workDir(t: { teardown(fn: () => unknown): void }): string {
   return dir;
 }
 
-/** Bounded: resolves once one of the process's threads waits in open(2) on a FIFO for its writer. */
-async function blockedOnFifo(pid: number, timeoutMs: number): Promise<boolean> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    try {
-      for (const task of readdirSync(`/proc/${pid}/task`)) {
-        if (readFileSync(`/proc/${pid}/task/${task}/wchan`, 'utf8').trim() === 'wait_for_partner') return true;
+/**
+ * Start-up held at a known point, with the event loop running: the agent runs
+ * in a network namespace of its own (nothing it does reaches the host's
+ * links or rules), serving an address on that namespace's lo, so it sets up
+ * interception, the last part it starts; every firewall tool it may run is a
+ * fake whose first call waits until the test releases it, and whose every
+ * call then succeeds with no output.
+ */
+interface StartupHold {
+  /** Resolves true once the agent waits in its first firewall command (bounded). */
+  held(timeoutMs: number): Promise<boolean>;
+  release(): void;
+}
+
+/** The address the held agent serves, on its own namespace's lo (not loopback to the agent, so it sets up interception). */
+const HELD_ADDRESS = '169.254.31.1';
+
+const FIREWALL_TOOLS = ['nft', ...['iptables', 'ip6tables'].flatMap((base) => ['', '-legacy', '-nft'].flatMap((mode) => ['', '-save', '-restore'].map((tool) => `${base}${mode}${tool}`)))];
+
+const canUnshare = process.getuid?.() === 0 && spawnSync('unshare', ['-n', 'true'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+const holdSkip = canUnshare ? false : 'needs root and unshare -n (a network namespace of its own for the agent)';
+
+function startHeld(work: string, name: string, args: readonly string[]): { agent: AgentProcess; hold: StartupHold } {
+  const dir = join(work, `hold-${name}`);
+  const bin = join(dir, 'bin');
+  mkdirSync(bin, { recursive: true });
+  const heldFile = join(dir, 'held');
+  const releaseFile = join(dir, 'release');
+  const script = join(dir, 'firewall-tool');
+  writeFileSync(
+    script,
+    // Bounded (about a minute), so a wait the test never released ends by itself once the agent is gone.
+    `#!/bin/sh\n[ -e '${releaseFile}' ] && exit 0\n: > '${heldFile}'\ni=0\nwhile [ ! -e '${releaseFile}' ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done\nexit 0\n`,
+  );
+  chmodSync(script, 0o755);
+  for (const tool of FIREWALL_TOOLS) symlinkSync(script, join(bin, tool));
+  // lo up with our address on it, then exec: the agent keeps the pid the test signals.
+  const setup = `ip link set lo up && ip addr add ${HELD_ADDRESS}/32 dev lo && exec "$@"`;
+  const agent = spawnMain(work, ['unshare', '-n', 'sh', '-c', setup, 'sh'], `${bin}:${CHILD_ENV.PATH ?? ''}`, `${HELD_ADDRESS}:53`, [
+    '--no-setup-interface',
+    '--firewall', 'nftables',
+    ...args,
+  ]);
+  const hold: StartupHold = {
+    async held(timeoutMs) {
+      const until = Date.now() + timeoutMs;
+      while (Date.now() < until && agent.child.exitCode === null && agent.child.signalCode === null) {
+        if (existsSync(heldFile)) return true;
+        await new Promise((r) => setTimeout(r, 20));
       }
-    } catch {
       return false;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return false;
+    },
+    release() {
+      writeFileSync(releaseFile, '');
+    },
+  };
+  return { agent, hold };
 }
 
-/** Lets the reader blocked in open(2) go on (it then finds no regular file and starts cold). */
-function releaseFifo(path: string): void {
-  try {
-    closeSync(openSync(path, constants.O_WRONLY | constants.O_NONBLOCK));
-  } catch {
-    // ENXIO: no reader any more (the process is gone).
-  }
-}
-
-t.test('a signal during start-up is handled: SIGHUP does not kill the agent, SIGTERM stops it cleanly (exit 0)', async (t) => {
+t.test('a signal during start-up is handled: SIGHUP does not kill the agent, SIGTERM stops it cleanly (exit 0)', { skip: holdSkip }, async (t) => {
   // main.ts installs its SIGHUP, SIGTERM and SIGINT handlers only after agent.start() resolves. Until then the
   // default actions apply: SIGHUP and SIGTERM kill the process at once, with no teardown (the link and its
   // addresses, when already made, stay on the node; no snapshot is written). In the container the agent is PID 1
   // (Dockerfile ENTRYPOINT node ...), for which the kernel drops signals with no handler: the kubelet's SIGTERM
   // during start-up is lost, the agent starts and serves, and the pod's deletion waits out
-  // terminationGracePeriodSeconds for the SIGKILL. Start-up is held here at a known point: the cache snapshot is
-  // a FIFO, so the snapshot part's open() waits (off the main thread, the event loop running) until we open it.
+  // terminationGracePeriodSeconds for the SIGKILL. Start-up is held here at a known point (startHeld): its first
+  // firewall command waits, the event loop running, until the test releases it.
   const work = workDir(t);
-  // One FIFO each: an agent that stops cleanly writes its snapshot over the path.
-  const fifos = [join(work, 'snapshot-1'), join(work, 'snapshot-2')];
-  t.equal(spawnSync('mkfifo', fifos).status, 0, 'mkfifo');
-  const args = (fifo: string): string[] => ['--resolv-conf', join(work, 'resolv.conf'), '--cache-snapshot', fifo, '--cache-snapshot-interval', '0'];
+  const args = ['--resolv-conf', join(work, 'resolv.conf')];
 
-  let fifo = fifos[0]!;
-  const hup = startMain(work, args(fifo));
-  t.teardown(() => stopChild(hup.child, 'SIGKILL', 1000));
-  t.ok(await blockedOnFifo(hup.child.pid!, START_TIMEOUT_MS), 'start-up holds in the snapshot load');
-  hup.child.kill('SIGHUP');
+  const hup = startHeld(work, 'hup', args);
+  t.teardown(() => stopChild(hup.agent.child, 'SIGKILL', 1000));
+  t.ok(await hup.hold.held(START_TIMEOUT_MS), 'start-up holds in the interception set-up');
+  hup.agent.child.kill('SIGHUP');
   // Give a default action time to take effect before start-up may go on.
-  await waitExit(hup.child, 1000);
-  releaseFifo(fifo);
-  const started = await hup.log.next(msgIs('started'), START_TIMEOUT_MS);
-  t.equal(hup.child.signalCode, null, 'not killed by the SIGHUP that arrived during start-up');
+  await waitExit(hup.agent.child, 1000);
+  hup.hold.release();
+  const started = await hup.agent.log.next(msgIs('started'), START_TIMEOUT_MS);
+  t.equal(hup.agent.child.signalCode, null, 'not killed by the SIGHUP that arrived during start-up');
   t.ok(started !== null, 'and went on to serve');
-  await stopChild(hup.child, 'SIGTERM', 20_000);
+  t.ok(await hup.agent.log.next(msgIs('configuration reloaded'), START_TIMEOUT_MS), 'and then reloaded, as the SIGHUP asked');
+  await stopChild(hup.agent.child, 'SIGTERM', 20_000);
 
-  fifo = fifos[1]!;
-  const term = startMain(work, args(fifo));
-  t.teardown(() => stopChild(term.child, 'SIGKILL', 1000));
-  t.ok(await blockedOnFifo(term.child.pid!, START_TIMEOUT_MS), 'start-up holds in the snapshot load');
-  term.child.kill('SIGTERM');
-  await waitExit(term.child, 1000);
-  releaseFifo(fifo);
-  t.ok(await waitExit(term.child, 30_000), 'exits');
-  t.equal(term.child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
-  t.equal(term.child.exitCode, 0, 'with status 0, as a stop after start-up does');
+  const term = startHeld(work, 'term', args);
+  t.teardown(() => stopChild(term.agent.child, 'SIGKILL', 1000));
+  t.ok(await term.hold.held(START_TIMEOUT_MS), 'start-up holds in the interception set-up');
+  term.agent.child.kill('SIGTERM');
+  await waitExit(term.agent.child, 1000);
+  term.hold.release();
+  t.ok(await waitExit(term.agent.child, 30_000), 'exits');
+  t.equal(term.agent.child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
+  t.equal(term.agent.child.exitCode, 0, 'with status 0, as a stop after start-up does');
 });
 
 /** As editors and the kubelet replace a file: never seen half written (an empty config file is a valid one). */
@@ -205,24 +242,47 @@ t.test('a reload that moves --resolv-conf (or another watched file) watches the 
   await stopChild(a.child, 'SIGTERM', 20_000);
 });
 
-t.test('a configuration file changed while the agent starts is reloaded once it serves', async (t) => {
+t.test('a configuration file changed while the agent starts is reloaded once it serves', { skip: holdSkip }, async (t) => {
   // main.ts reads the configuration, starts the agent (seconds: workers, the snapshot load, the link and the
   // rules behind the xtables lock), and only then builds its ConfigWatcher, whose first read becomes the
   // baseline. A ConfigMap update (or a resolv.conf rewrite) that lands during start-up is that baseline: the
   // agent serves the old configuration until some later change, with nothing logged. Start-up is held at a
-  // known point as above (a FIFO as the cache snapshot).
+  // known point as above (startHeld).
   const work = workDir(t);
-  const fifo = join(work, 'snapshot');
-  t.equal(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo');
   const file = join(work, 'agent.yaml');
   writeFileSync(file, 'successTtl: 30s\n');
-  const a = startMain(work, ['--resolv-conf', join(work, 'resolv.conf'), '--config', file, '--cache-snapshot', fifo, '--cache-snapshot-interval', '0']);
+  const { agent: a, hold } = startHeld(work, 'change', ['--resolv-conf', join(work, 'resolv.conf'), '--config', file]);
   t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
-  t.ok(await blockedOnFifo(a.child.pid!, START_TIMEOUT_MS), 'start-up holds in the snapshot load');
+  t.ok(await hold.held(START_TIMEOUT_MS), 'start-up holds in the interception set-up');
   replaceFile(file, 'successTtl: 10s\n');
-  releaseFifo(fifo);
+  hold.release();
   t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'started');
   // The watcher polls every second: ten polls is a generous bound.
   t.ok(await nextLog(a, 'configuration reloaded', 10_000), 'the change made during start-up is applied');
   await stopChild(a.child, 'SIGTERM', 20_000);
+});
+
+t.test('stop signals: SIGHUPs while starting reload once, when started; a stop held with them wins', async (t) => {
+  const { EventEmitter } = await import('node:events');
+  const { StopSignals } = await import('../src/stop-signals.js');
+  type Source = import('../src/stop-signals.js').SignalSource;
+  const source = new EventEmitter();
+  const early: string[] = [];
+  const signals = new StopSignals(source as unknown as Source, (s, repeated) => early.push(`${s}${repeated ? ' again' : ''}`));
+  source.emit('SIGHUP', 'SIGHUP');
+  source.emit('SIGHUP', 'SIGHUP');
+  t.same(early, ['SIGHUP', 'SIGHUP again'], 'heard while starting, nothing reloaded yet');
+  const handled: string[] = [];
+  signals.handle((s) => handled.push(s), () => handled.push('reload'));
+  t.same(handled, ['reload'], 'one reload once started: it reads every file afresh');
+  source.emit('SIGHUP', 'SIGHUP');
+  t.same(handled, ['reload', 'reload'], 'later ones reload at once');
+
+  const other = new EventEmitter();
+  const both = new StopSignals(other as unknown as Source, () => {});
+  other.emit('SIGHUP', 'SIGHUP');
+  other.emit('SIGTERM', 'SIGTERM');
+  const after: string[] = [];
+  both.handle((s) => after.push(s), () => after.push('reload'));
+  t.same(after, ['SIGTERM'], 'a held stop is served, not a reload of an agent about to stop');
 });

@@ -12,7 +12,7 @@
  *
  * Pure: text in, values and warnings out.
  */
-import net from 'node:net';
+import { canonicalIp } from '../addr.js';
 import type { ServerAddress } from './types.js';
 
 export interface ResolvConfOptions {
@@ -61,10 +61,9 @@ function leadingInt(s: string): number | undefined {
 function parseNameserver(token: string): ServerAddress | string {
   // glibc cuts the address at the first ';' or '#' as well as at whitespace.
   const addr = token.split(/[;#]/, 1)[0]!;
-  if (net.isIPv4(addr)) return { host: addr, port: 53 };
-  const pct = addr.indexOf('%');
-  const base = pct >= 0 ? addr.slice(0, pct) : addr;
-  if (net.isIPv6(base) && (pct < 0 || /^[A-Za-z0-9_.-]+$/.test(addr.slice(pct + 1)))) return { host: addr, port: 53 };
+  // Canonical, as every configured address: answers are matched by their source, which the kernel spells so.
+  const host = canonicalIp(addr);
+  if (host !== null) return { host, port: 53 };
   return `nameserver "${token}" is not an IPv4 or IPv6 address: skipped`;
 }
 

@@ -25,6 +25,7 @@
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { randomFillSync } from 'node:crypto';
+import { canonicalIp } from '../addr.js';
 import { HEADER_LEN } from '../dns/constants.js';
 import { readId } from '../dns/question.js';
 import type { ServerAddress } from './types.js';
@@ -175,12 +176,17 @@ export class SharedSocket {
   };
 }
 
-/** Address equality with IPv6 spelled differently (case, zone) tolerated. */
+/**
+ * Address equality whatever the IPv6 spelling (case, zone, zeros written out).
+ * Configured addresses are canonical already (addr.ts), so the comparison of
+ * spellings runs only for a reply from somewhere else.
+ */
 export function sameHost(a: string, b: string): boolean {
   if (a === b) return true;
   const strip = (h: string): string => {
     const pct = h.indexOf('%');
-    return (pct >= 0 ? h.slice(0, pct) : h).toLowerCase();
+    const base = pct >= 0 ? h.slice(0, pct) : h;
+    return canonicalIp(base) ?? base.toLowerCase();
   };
   return strip(a) === strip(b);
 }
