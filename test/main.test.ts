@@ -15,34 +15,14 @@ import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** Bounds, not expectations: an agent process starts in a few seconds here. */
 const START_TIMEOUT_MS = 60_000;
-const BUILD_TIMEOUT_MS = 180_000;
 t.setTimeout(400_000);
 
 /** An address of this file's own in 127/8, so its ports meet no other test's. */
 const HOST = '127.0.31.1';
 let nextPort = 24000 + (process.pid % 1000) * 8;
 
-/**
- * src/main.ts and what it imports, emitted as JavaScript (no type check) into
- * a private temp dir, as handover.test.ts does: through the TypeScript loader
- * an agent process takes many seconds just to load.
- */
-function buildMain(): { dir: string; main: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'nldns-main-'));
-  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
-  const r = spawnSync(
-    process.execPath,
-    [tsc, '--noCheck', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--skipLibCheck', '--esModuleInterop', '--types', 'node', '--rootDir', ROOT, '--outDir', dir, join(ROOT, 'src/main.ts')],
-    { cwd: ROOT, encoding: 'utf8', timeout: BUILD_TIMEOUT_MS },
-  );
-  if (r.status !== 0) throw new Error(`building src/main.ts: status ${r.status} ${r.error?.message ?? ''} ${r.stdout} ${r.stderr}`);
-  writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
-  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
-  return { dir, main: join(dir, 'src', 'main.js') };
-}
-
-const built = buildMain();
-t.teardown(() => rmSync(built.dir, { recursive: true, force: true }));
+/** The built agent (dist/, which the test command builds first, as clients.test.ts uses it). */
+const built = { main: join(ROOT, 'dist', 'src', 'main.js') };
 
 interface AgentProcess {
   readonly child: ChildProcess;
