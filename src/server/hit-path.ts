@@ -250,8 +250,8 @@ export class HitPath implements QueryHandler {
         return;
       }
     }
-    // An upstream's failure (not a local limit's refusal, not shutdown) opens the recheck window.
-    if (outcome === 'timeout' || outcome === 'network' || outcome === 'servfail' || outcome === 'malformed' || outcome === 'upstream') this.#recentFailures.failed(miss.key, now);
+    // A deadline passed opens the recheck window (BIND's stale-refresh-time); a fast failure costs a retry nothing.
+    if (outcome === 'timeout') this.#recentFailures.failed(miss.key, now);
     this.#fail(miss, now);
   }
 

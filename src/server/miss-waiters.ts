@@ -59,13 +59,13 @@ export function retain(q: Query, key: string): Query {
   return queryCopy(q, msg, key);
 }
 
-/** RFC 8767 5's failure recheck timer: how long after a failure a question is not asked again while a stale answer can be given. */
+/** RFC 8767 5's failure recheck timer: how long after a timeout a question is not asked again while a stale answer can be given. */
 export const FAILURE_RECHECK_MS = 30_000;
 /** Names remembered at once; past it the oldest is forgotten (it is then asked once more, as before the window). */
 export const MAX_RECENT_FAILURES = 4096;
 
 /**
- * Questions whose upstream failed recently. While an upstream is down every
+ * Questions whose upstream timed out recently. While an upstream is down every
  * query for an expired name would otherwise wait out the whole deadline (up
  * to 4.5 s for the host's resolvers) before its stale answer; inside the
  * window it gets that answer at once, and the upstream is asked again once
