@@ -109,8 +109,10 @@ async function kubeDnsFault(t: Test, mode: 'close' | 'garbage' | 'wrong-id'): Pr
   t.same(known.data, ['10.96.7.1'], `${mode}: and the known name is answered`);
   // A query that waited out its deadline (garbage and a wrong id are dropped unread) opens RFC 8767's failure
   // recheck window: for 30 s the known name is answered stale at once, as BIND's stale-refresh-time does. A
-  // fast failure (the connection closed) opens none: the name is asked again and refreshed.
-  t.equal(known.ttl, mode === 'close' ? 1 : 30, `${mode}: ${mode === 'close' ? 'refreshed, its real TTL again' : 'stale within the recheck window'}`);
+  // closed connection is a fast failure (no window: asked again, refreshed) unless its re-sends and reconnect
+  // backoff ran into the deadline, which a loaded machine can make happen: then the window, as for a timeout.
+  if (mode === 'close') t.ok(known.ttl === 1 || known.ttl === 30, `close: refreshed (TTL 1) or within the window (30): ${known.ttl}`);
+  else t.equal(known.ttl, 30, `${mode}: stale within the recheck window`);
 }
 
 t.test('kube-dns closes the connection mid-query: stale or SERVFAIL, then it works after the reconnect', (t) => kubeDnsFault(t, 'close'));
