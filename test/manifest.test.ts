@@ -605,3 +605,28 @@ t.test('render-manifest as a program: from source, and built by scripts/tsconfig
   t.equal(good.stdout, render(TEMPLATE, BASE));
 });
 
+
+// ---------------------------------------------------------------- review: the kube-dns ConfigMap, as node-cache mounts it
+
+t.test('the kube-dns ConfigMap reaches --kube-dns-config-dir: an optional, whole-directory, read-only volume (node-cache parity)', async (t) => {
+  // node-cache's nodelocaldns.yaml mounts ConfigMap kube-dns (optional: true) at /etc/kube-dns, and the README
+  // promises the agent reads and watches stubDomains/upstreamNameservers there "as node-cache reads them".
+  // Without the volume the directory is empty in the container and an admin's kube-dns stubDomains are ignored.
+  for (const v of variants.filter((x) => x.rendered !== null)) {
+    const docs = parseDocs(v.text);
+    const { pod, c } = agentOf(docs);
+    const known = new Set(OPTIONS.map((o) => o.flag));
+    const args = argPairs((c.args ?? []).map((a) => expand(a, { HOST_IP: '192.0.2.7' })))
+      .filter(([n]) => known.has(n) && n !== 'config')
+      .map(([n, val]) => (val === null ? `--${n}` : `--${n}=${val}`));
+    const dir = loadConfig(args, { env: { KUBE_DNS_UPSTREAM_SERVICE_HOST: '10.96.0.53' } }).config.kubeDnsConfigDir;
+    t.not(dir, '', `${v.name}: --kube-dns-config-dir is on`);
+    const vol = (pod.volumes ?? []).find((x) => x.configMap?.name === 'kube-dns');
+    t.ok(vol, `${v.name}: ConfigMap kube-dns is a volume`);
+    t.equal((vol?.configMap as { optional?: boolean } | undefined)?.optional, true, `${v.name}: optional (CoreDNS clusters have no kube-dns ConfigMap)`);
+    const mount = c.volumeMounts?.find((m) => m.name === vol?.name);
+    t.equal(mount?.mountPath, dir, `${v.name}: mounted at --kube-dns-config-dir (${dir})`);
+    t.equal(mount?.readOnly, true, `${v.name}: read-only`);
+    t.equal(mount?.subPath, undefined, `${v.name}: no subPath, so edits reach the running agent`);
+  }
+});
