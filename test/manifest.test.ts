@@ -630,3 +630,106 @@ t.test('the kube-dns ConfigMap reaches --kube-dns-config-dir: an optional, whole
     t.equal(mount?.subPath, undefined, `${v.name}: no subPath, so edits reach the running agent`);
   }
 });
+
+// ---------------------------------------------------------------- review: liveness during an upgrade's overlap, on a node
+
+const AGENT_MAIN = join(ROOT, 'dist', 'src', 'main.js');
+const OVERLAP_NS = `nlmanifest-${process.pid}`;
+const overlapSkip = (() => {
+  if (process.getuid?.() !== 0) return 'needs root (network namespaces)';
+  if (!existsSync(AGENT_MAIN)) return 'dist/src/main.js missing (npx tsc -p tsconfig.json)';
+  for (const cmd of ['ip', 'iptables-legacy-restore', 'flock', 'curl']) {
+    if (spawnSync('sh', ['-c', `command -v ${cmd}`], { timeout: 5000 }).status !== 0) return `no ${cmd}`;
+  }
+  return false;
+})();
+
+t.test('upgrade overlap: while the surge pod\'s agent is still starting, the liveness probe on the shared address does not fail the running agent', { skip: overlapSkip }, async (t) => {
+  // Kubelet probes /health on LOCAL_IP:8080 for both pods. The new agent binds that port first thing (SO_REUSEPORT)
+  // and steers every new connection to itself, so from then on the OLD pod's liveness probe is answered by the new
+  // agent, which says 503 until it serves. A start that takes longer than failureThreshold x periodSeconds (here
+  // 3 x 10 s: the interception step waits on the xtables lock kube-proxy holds during its syncs, iptables-save of a
+  // large nat table) gets the old, healthy pod restarted by kubelet. Liveness must not fail while a process is
+  // merely starting: the starting agent should answer /health 200 (and /ready 503).
+  const docs = parseDocs(variants[1]!.text);
+  const { c } = agentOf(docs);
+  const cm = one<ConfigMap>(docs, 'ConfigMap', 'nodelocal-dns');
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-overlap-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'config.yaml'), cm.data?.['config.yaml'] ?? '');
+  writeFileSync(join(dir, 'resolv.conf'), 'nameserver 127.0.0.1\n'); // never asked: no query is sent in this test
+  writeFileSync(join(dir, 'xtables.lock'), '');
+  const hostIp = '192.0.2.7';
+  const ns = (args: string[]): void => {
+    const r = spawnSync('ip', ['-n', OVERLAP_NS, ...args], { encoding: 'utf8', timeout: 10_000 });
+    if (r.status !== 0) throw new Error(`ip -n ${OVERLAP_NS} ${args.join(' ')}: ${r.stderr}`);
+  };
+  spawnSync('ip', ['netns', 'del', OVERLAP_NS], { timeout: 10_000 });
+  const made = spawnSync('ip', ['netns', 'add', OVERLAP_NS], { encoding: 'utf8', timeout: 10_000 });
+  t.equal(made.status, 0, made.stderr);
+  t.teardown(() => { spawnSync('ip', ['netns', 'del', OVERLAP_NS], { timeout: 10_000 }); });
+  ns(['link', 'set', 'lo', 'up']);
+  ns(['link', 'add', 'h0', 'type', 'bridge']); // the node's NIC, carrying HOST_IP
+  ns(['addr', 'add', `${hostIp}/24`, 'dev', 'h0']);
+  ns(['link', 'set', 'h0', 'up']);
+
+  // The manifest's args and env as the container gets them; paths into the temporary directory, and test-only
+  // overrides: a bridge (no dummy driver here), a resolv.conf of our own, and iptables-legacy with a private
+  // xtables lock (bind-mounted inside the namespace's mount namespace) that the test can hold.
+  const podEnv: Record<string, string> = { HOST_IP: hostIp, NODE_NAME: 'node-1' };
+  for (const e of c.env ?? []) if (e.value !== undefined) podEnv[e.name!] = e.value;
+  const args = (c.args ?? []).map((a) => expand(a, podEnv))
+    .map((a) => (a.startsWith('--config=') ? `--config=${join(dir, 'config.yaml')}` : a))
+    .map((a) => (a.startsWith('--cache-snapshot=') ? `--cache-snapshot=${join(dir, 'cache.snapshot')}` : a));
+  args.push('--interface-kind=bridge', `--resolv-conf=${join(dir, 'resolv.conf')}`, '--firewall=iptables-legacy');
+  const env = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...podEnv, KUBE_DNS_UPSTREAM_SERVICE_HOST: '127.0.0.1', KUBE_DNS_UPSTREAM_SERVICE_PORT: '5300' };
+  const { spawn } = await import('node:child_process');
+  const { createInterface } = await import('node:readline');
+  const children: import('node:child_process').ChildProcess[] = [];
+  t.teardown(async () => {
+    for (const ch of children) if (ch.exitCode === null && ch.signalCode === null) ch.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    for (const ch of children) if (ch.exitCode === null && ch.signalCode === null) ch.kill('SIGKILL');
+  });
+  const startAgent = (name: string): { lines: string[]; wait: (re: RegExp, ms: number) => Promise<string | null> } => {
+    const script = `mount --bind "$0" /run/xtables.lock && exec "$@"`;
+    const ch = spawn('ip', ['netns', 'exec', OVERLAP_NS, 'sh', '-c', script, join(dir, 'xtables.lock'), process.execPath, AGENT_MAIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(ch);
+    const lines: string[] = [];
+    const waiters = new Set<() => void>();
+    for (const s of [ch.stdout!, ch.stderr!]) createInterface({ input: s }).on('line', (l) => { lines.push(`${name}: ${l}`); for (const w of waiters) w(); });
+    const wait = (re: RegExp, ms: number): Promise<string | null> => new Promise((resolve) => {
+      const check = (): boolean => {
+        const hit = lines.find((l) => re.test(l));
+        if (hit === undefined) return false;
+        waiters.delete(check2); clearTimeout(timer); resolve(hit); return true;
+      };
+      const check2 = (): void => { check(); };
+      const timer = setTimeout(() => { waiters.delete(check2); resolve(null); }, ms);
+      if (!check()) waiters.add(check2);
+    });
+    return { lines, wait };
+  };
+  const probe = (path: string): string => {
+    const r = spawnSync('ip', ['netns', 'exec', OVERLAP_NS, 'curl', '-s', '-m', '2', '-o', '/dev/null', '-w', '%{http_code}', `http://169.254.20.10:8080${path}`], { encoding: 'utf8', timeout: 5000 });
+    return r.stdout;
+  };
+
+  const old = startAgent('old');
+  t.ok(await old.wait(/"msg":"started"/, 20_000), `the running agent started: ${old.lines.slice(-5).join('\n')}`);
+  t.equal(probe('/health'), '200', 'the running agent is live');
+
+  // Kube-proxy holding the xtables lock (one of its syncs): the new agent's interception step waits on it.
+  const holder = spawn('flock', [join(dir, 'xtables.lock'), 'sleep', '20'], { stdio: 'ignore' });
+  children.push(holder);
+  await new Promise((r) => setTimeout(r, 300));
+  const surge = startAgent('new');
+  t.ok(await surge.wait(/ops http listening.*169\.254\.20\.10:8080/, 20_000), `the new agent bound the probe port: ${surge.lines.slice(-5).join('\n')}`);
+  const health: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    health.push(probe('/health'));
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  t.same(health, ['200', '200', '200'], `liveness on the shared address while the new agent starts (old pod alive): ${health.join(' ')}`);
+  holder.kill('SIGTERM');
+});
