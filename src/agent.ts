@@ -101,6 +101,7 @@ export class Agent {
   readonly #nodeParts: NodePart[] = [];
   /** Listeners bound and taking queries (false before start and once stopping). */
   #serving = false;
+  #hasServed = false;
   #ops: OpsServer[] = [];
   /** --metrics-by-namespace: the table the hit path tags with, and its pod watch (null when off or no cluster config). */
   readonly #byNamespace: NamespaceRequests | null;
@@ -207,7 +208,9 @@ export class Agent {
       metrics: this.metrics,
       logger: this.#logger,
       clock: this.#clock,
-      serving: () => this.#serving,
+      // Liveness: 200 from the moment the port is bound, starting included. In a surge upgrade the new agent's port
+      // takes the old pod's probes too, and a slow start (the xtables lock) must not get the healthy old pod killed.
+      serving: () => this.#serving || !this.#hasServed,
       readiness: () => this.readiness(),
       created: (servers) => {
         this.#ops = servers;
@@ -279,6 +282,7 @@ export class Agent {
       logger: this.#logger,
       setServing: (serving) => {
         this.#serving = serving;
+        if (serving) this.#hasServed = true;
       },
     }));
     // Only once we answer: from here on pods' DNS is steered to us.

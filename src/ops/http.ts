@@ -1,6 +1,6 @@
 /**
  * The operations HTTP surface, node:http only: GET /metrics (the registry's
- * text), GET /health (liveness: 200 "OK" while the agent says it is serving)
+ * text), GET /health (liveness: 200 "OK" while the agent says it is alive: starting or serving)
  * and GET /ready (readiness: 200, or 503 with a JSON body naming what is
  * missing). Anything else is 404. One OpsServer per listen address; node-cache
  * has two (metrics and health), and when both land on one address they are
@@ -286,7 +286,7 @@ export class OpsServer implements Component {
     );
   }
 
-  /** CoreDNS's health plugin answers 200 "OK"; so do we while serving. */
+  /** CoreDNS's health plugin answers 200 "OK"; so do we while alive (the agent's `serving`: starting or serving). */
   #health(res: http.ServerResponse): void {
     const serving = this.#handlers.serving;
     let ok: boolean;
