@@ -4,7 +4,7 @@
 // its only upstream is a resolv.conf nameserver of 127.0.0.x that nothing
 // here queries. The tests of start-up run it in a network namespace of its own
 // (unshare -n), where its firewall tools are fakes that hold start-up.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -137,29 +137,29 @@ t.test('a signal during start-up is handled: SIGHUP does not kill the agent, SIG
   const work = workDir(t);
   const args = ['--resolv-conf', join(work, 'resolv.conf')];
 
-  const hup = startHeld(work, 'hup', args);
-  t.teardown(() => stopChild(hup.agent.child, 'SIGKILL', 1000));
-  t.ok(await hup.hold.held(START_TIMEOUT_MS), 'start-up holds in the interception set-up');
-  hup.agent.child.kill('SIGHUP');
-  // Give a default action time to take effect before start-up may go on.
-  await waitExit(hup.agent.child, 1000);
-  hup.hold.release();
-  const started = await hup.agent.log.next(msgIs('started'), START_TIMEOUT_MS);
-  t.equal(hup.agent.child.signalCode, null, 'not killed by the SIGHUP that arrived during start-up');
+  const hup = await signalledWhileStarting(t, work, 'hup', args, 'SIGHUP');
+  const started = await hup.log.next(msgIs('started'), START_TIMEOUT_MS);
+  t.equal(hup.child.signalCode, null, 'not killed by the SIGHUP that arrived during start-up');
   t.ok(started !== null, 'and went on to serve');
-  t.ok(await hup.agent.log.next(msgIs('configuration reloaded'), START_TIMEOUT_MS), 'and then reloaded, as the SIGHUP asked');
-  await stopChild(hup.agent.child, 'SIGTERM', 20_000);
+  t.ok(await hup.log.next(msgIs('configuration reloaded'), START_TIMEOUT_MS), 'and then reloaded, as the SIGHUP asked');
+  await stopChild(hup.child, 'SIGTERM', 20_000);
 
-  const term = startHeld(work, 'term', args);
-  t.teardown(() => stopChild(term.agent.child, 'SIGKILL', 1000));
-  t.ok(await term.hold.held(START_TIMEOUT_MS), 'start-up holds in the interception set-up');
-  term.agent.child.kill('SIGTERM');
-  await waitExit(term.agent.child, 1000);
-  term.hold.release();
-  t.ok(await waitExit(term.agent.child, 30_000), 'exits');
-  t.equal(term.agent.child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
-  t.equal(term.agent.child.exitCode, 0, 'with status 0, as a stop after start-up does');
+  const term = await signalledWhileStarting(t, work, 'term', args, 'SIGTERM');
+  t.ok(await waitExit(term.child, 30_000), 'exits');
+  t.equal(term.child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
+  t.equal(term.child.exitCode, 0, 'with status 0, as a stop after start-up does');
 });
+
+/** An agent held in start-up, sent `signal` there, given time for a default action to act, then let go on. */
+async function signalledWhileStarting(t: Test, work: string, name: string, args: readonly string[], signal: NodeJS.Signals): Promise<AgentProcess> {
+  const held = startHeld(work, name, args);
+  t.teardown(() => stopChild(held.agent.child, 'SIGKILL', 1000));
+  t.ok(await held.hold.held(START_TIMEOUT_MS), 'start-up holds in the interception set-up');
+  held.agent.child.kill(signal);
+  await waitExit(held.agent.child, 1000);
+  held.hold.release();
+  return held.agent;
+}
 
 /** As editors and the kubelet replace a file: never seen half written (an empty config file is a valid one). */
 function replaceFile(path: string, text: string): void {
