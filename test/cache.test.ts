@@ -319,4 +319,12 @@ t.test('RFC 8767: a fresh answer the cache does not keep (TTL 0, NXDOMAIN withou
     const data = s === undefined ? undefined : firstData(s.serveStale(q(name), 30, 512, 1232));
     t.not(data, ipOf(1), `${what}: the address from before the newer answer is not served stale (got ${String(data)})`);
   }
+  // A CNAME alone without SOA (the view's ExternalName answer when its target failed) says nothing of the name's
+  // data: not kept, and the stale entry stays for the failure it was kept for.
+  const cache = newCache({ staleMs: hour });
+  put(cache, name, 1, 0);
+  const cname = answer(name, [{ type: 'CNAME', name, ttl: 30, data: 'target.example' }]);
+  cache.insert(key, cname, scanAnswer(cname)!, 40_000);
+  const s = cache.stale(key, 50_000);
+  t.equal(s === undefined ? undefined : firstData(s.serveStale(q(name), 30, 512, 1232)), ipOf(1), 'a CNAME alone leaves the stale entry');
 });

@@ -502,20 +502,15 @@ t.test('ZoneRouter: longest suffix, case-insensitive', async (t) => {
 
 t.test('planCaching', async (t) => {
   const caps = { successTtl: 30, denialTtl: 5 };
-  const pos = scanAnswer(answer('a.example', [{ type: 'A', name: 'a.example', ttl: 300, data: '192.0.2.1' }]))!;
-  t.same(planCaching(pos, caps), { kind: 'positive', ttl: 30 });
-  const short = scanAnswer(answer('a.example', [{ type: 'A', name: 'a.example', ttl: 4, data: '192.0.2.1' }]))!;
-  t.same(planCaching(short, caps), { kind: 'positive', ttl: 4 });
-  const nx = scanAnswer(answer('n.example', [], { rcode: 'NXDOMAIN', authorities: [soa('example', 3, 60)] }))!;
-  t.same(planCaching(nx, caps), { kind: 'negative', ttl: 3 });
-  const nodata = scanAnswer(answer('a.example', [], { authorities: [soa('example', 60, 60)] }))!;
-  t.same(planCaching(nodata, caps), { kind: 'negative', ttl: 5 }, 'NODATA capped like NXDOMAIN');
-  const nosoa = scanAnswer(answer('n.example', [], { rcode: 'NXDOMAIN' }))!;
-  t.equal(planCaching(nosoa, caps).kind, 'none');
-  t.equal(planCaching(scanAnswer(answer('n.example', [], { rcode: 'SERVFAIL' }))!, caps).kind, 'none');
-  t.equal(planCaching(scanAnswer(answer('n.example', [], { tc: true }))!, caps).kind, 'none');
-  const zero = scanAnswer(answer('a.example', [{ type: 'A', name: 'a.example', ttl: 0, data: '192.0.2.1' }]))!;
-  t.equal(planCaching(zero, caps).kind, 'none');
+  const plan = (msg: Buffer): ReturnType<typeof planCaching> => planCaching(scanAnswer(msg)!, caps, msg);
+  t.same(plan(answer('a.example', [{ type: 'A', name: 'a.example', ttl: 300, data: '192.0.2.1' }])), { kind: 'positive', ttl: 30 });
+  t.same(plan(answer('a.example', [{ type: 'A', name: 'a.example', ttl: 4, data: '192.0.2.1' }])), { kind: 'positive', ttl: 4 });
+  t.same(plan(answer('n.example', [], { rcode: 'NXDOMAIN', authorities: [soa('example', 3, 60)] })), { kind: 'negative', ttl: 3 });
+  t.same(plan(answer('a.example', [], { authorities: [soa('example', 60, 60)] })), { kind: 'negative', ttl: 5 }, 'NODATA capped like NXDOMAIN');
+  t.equal(plan(answer('n.example', [], { rcode: 'NXDOMAIN' })).kind, 'none');
+  t.equal(plan(answer('n.example', [], { rcode: 'SERVFAIL' })).kind, 'none');
+  t.equal(plan(answer('n.example', [], { tc: true })).kind, 'none');
+  t.equal(plan(answer('a.example', [{ type: 'A', name: 'a.example', ttl: 0, data: '192.0.2.1' }])).kind, 'none');
   t.equal(prefetchStart(1000, 30, { minHits: 3, percent: 10 }), 1000 + 27_000);
   t.equal(prefetchStart(1000, 5, { minHits: 3, percent: 10 }), 1000 + 4_000, 'at least 1 s window');
   t.equal(prefetchStart(1000, 1, { minHits: 3, percent: 10 }), Infinity);

@@ -204,8 +204,9 @@ export class DnsCache implements HitCache {
       this.counters.values[S.uncacheable]!++;
       // A TTL of 0 or a denial without SOA is still the upstream's word on the name, newer than what the key
       // holds: kept, that older entry would come back stale on the next failure (RFC 8767). A truncated or
-      // SERVFAIL answer says nothing about the name, so the entry stays for that failure.
-      if (plan.reason === 'zero-ttl' || plan.reason === 'no-soa') {
+      // SERVFAIL answer says nothing about the name, nor does a CNAME alone without SOA (its target's answer
+      // missing: the view's ExternalName whose target failed), so the entry stays for that failure.
+      if (plan.reason === 'zero-ttl' || (plan.reason === 'no-soa' && scan.ancount === 0)) {
         const slot = this.#store.find(key);
         if (slot >= 0) this.#store.remove(slot);
       }

@@ -16,15 +16,11 @@ export type CachePlan =
   | { readonly kind: 'positive' | 'negative'; readonly ttl: number }
   | { readonly kind: 'none'; readonly reason: 'rcode' | 'truncated' | 'zero-ttl' | 'no-soa' };
 
-/**
- * `answer` is the message `scan` was made of. Without it, any record in the
- * answer section makes the answer positive, so a CNAME chain that ends in
- * NODATA is taken for one; every caller that stores should pass it.
- */
-export function planCaching(scan: AnswerScan, caps: TtlCaps, answer?: Uint8Array): CachePlan {
+/** `answer` is the message `scan` was made of: its record types tell an answer from a CNAME chain ending in NODATA. */
+export function planCaching(scan: AnswerScan, caps: TtlCaps, answer: Uint8Array): CachePlan {
   // A truncated answer is incomplete by definition; caching it would pin TC=1 on every client.
   if (scan.truncated) return { kind: 'none', reason: 'truncated' };
-  if (scan.rcode === Rcode.NOERROR && scan.ancount > 0 && (answer === undefined || answersQuestion(answer, scan))) {
+  if (scan.rcode === Rcode.NOERROR && scan.ancount > 0 && answersQuestion(answer, scan)) {
     const ttl = Math.min(scan.minTtl, caps.successTtl);
     return ttl > 0 ? { kind: 'positive', ttl } : { kind: 'none', reason: 'zero-ttl' };
   }
