@@ -696,3 +696,40 @@ t.test('one kind that can no longer reach the API: the view may not deny what th
   t.not(r.kind === 'answer' ? r.rcode : r.kind, Rcode.NXDOMAIN, 'no NXDOMAIN for a service whose endpoints the view has not heard about');
   t.equal(r.kind, 'unknown', 'SERVFAIL rather than a negative from a kind silent past max-api-silence');
 });
+
+t.test('a watch line that cannot be decoded ends the watch: the event it carried is replayed, not lost', async (t) => {
+  // client-go's StreamWatcher stops at a decode error and the reflector
+  // watches again from the last RV it applied, so the server replays the
+  // event. Skipping the line and reading on applies later events (and their
+  // RV) past it: the lost event (here the deletion of n1) never comes back,
+  // and the view serves a deleted object until the next 410 relist, which
+  // in a healthy cluster may be days away.
+  const deleted = JSON.stringify({ type: 'DELETED', object: { metadata: { name: 'n1', resourceVersion: '8' } } });
+  const added = JSON.stringify({ type: 'ADDED', object: { metadata: { name: 'n3', resourceVersion: '9' } } });
+  const paths: string[] = [];
+  let watchesFrom7 = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      paths.push(p);
+      const body = new PassThrough();
+      signal.addEventListener('abort', () => body.destroy());
+      if (!p.includes('watch=1')) {
+        body.end(nsList('7', ['n1', 'n2']));
+      } else if (p.includes('resourceVersion=7&') && watchesFrom7++ === 0) {
+        // The first watch: the deletion arrives cut short (a proxy, a corrupted chunk), then the next event whole.
+        body.write(deleted.slice(0, deleted.length - 3) + '\n');
+        body.write(added + '\n');
+      } else if (p.includes('resourceVersion=7&')) {
+        // Watched again from the RV before the broken line: the server's history replays both.
+        body.write(deleted + '\n');
+        body.write(added + '\n');
+      }
+      // Any other watch (from a later RV): open and quiet, as a live watch in a calm cluster.
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const { writer } = scriptedReflector(t, api);
+  await until(t, 'n3 applied', () => writer.maps.namespaces.has('n3'));
+  await until(t, 'the deletion carried by the broken line applied', () => !writer.maps.namespaces.has('n1'));
+  t.same([...writer.maps.namespaces.keys()].sort(), ['n2', 'n3']);
+});
