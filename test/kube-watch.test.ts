@@ -733,3 +733,66 @@ t.test('a watch line that cannot be decoded ends the watch: the event it carried
   await until(t, 'the deletion carried by the broken line applied', () => !writer.maps.namespaces.has('n1'));
   t.same([...writer.maps.namespaces.keys()].sort(), ['n2', 'n3']);
 });
+
+/** Timers on a virtual clock the test moves: `advance` fires what fell due, in order. */
+class VirtualTimers implements Timers {
+  nowMs = 0;
+  readonly #due = new Map<TimerHandle, { at: number; fn: () => void }>();
+
+  set(fn: () => void, ms: number): TimerHandle {
+    // A real handle that never fires, only as the key the reflector gives back to clear().
+    const h = setTimeout(() => {}, 2 ** 31 - 1);
+    h.unref();
+    clearTimeout(h);
+    this.#due.set(h, { at: this.nowMs + ms, fn });
+    return h;
+  }
+
+  clear(h: TimerHandle): void {
+    this.#due.delete(h);
+  }
+
+  advance(ms: number): void {
+    this.nowMs += ms;
+    for (;;) {
+      let next: [TimerHandle, { at: number; fn: () => void }] | undefined;
+      for (const e of this.#due) if (e[1].at <= this.nowMs && (next === undefined || e[1].at < next[1].at)) next = e;
+      if (next === undefined) return;
+      this.#due.delete(next[0]);
+      next[1].fn();
+    }
+  }
+}
+
+type TimerHandle = ReturnType<typeof setTimeout>;
+
+t.test('a watch silent for several bookmark periods is dead: given up and made again, not kept for the whole watch timeout', async (t) => {
+  // We ask for bookmarks (allowWatchBookmarks=true) and kube-apiserver's
+  // watch cache sends one to such a watch every minute
+  // (cacher.go defaultBookmarkFrequency), even in a cluster where nothing
+  // changes. A watch that has carried no byte for several minutes is on a
+  // wedged server or proxy, or a half-open connection whose peer's kernel
+  // still answers keepalives: nothing else will ever end it. Waiting for
+  // timeoutSeconds (300-600 s) plus grace freezes the view for up to
+  // 10.5 minutes, while the same node could be watching through another
+  // API server behind the load balancer.
+  const env = await setup(t);
+  seed(env.fake, 1);
+  const vt = new VirtualTimers();
+  const r = new Reflector('services', env.api, env.writer, { ...env.opts, timers: vt, random: () => 0 });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
+  const timeoutS = Number(env.fake.requests.filter((q) => q.kind === 'services' && q.watch).at(-1)?.params.get('timeoutSeconds'));
+  t.equal(timeoutS, 300, 'the watch asked the server for 300 s');
+  // 200 s without a byte: more than three missed bookmarks, well inside the 300 s the watch asked for.
+  for (let s = 0; s < 200; s++) {
+    vt.advance(1_000);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  await until(t, 'the silent watch given up and a new one made', () => {
+    vt.advance(10); // the backoff before the new watch, on the same virtual clock (at most 10 s more in all)
+    return env.fake.seen('services', true) >= 2;
+  });
+  t.ok(vt.nowMs < timeoutS * 1_000, `a new watch after ${vt.nowMs} ms of silence, before the old one's own timeout`);
+});
