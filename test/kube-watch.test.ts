@@ -796,3 +796,41 @@ t.test('a watch silent for several bookmark periods is dead: given up and made a
   });
   t.ok(vt.nowMs < timeoutS * 1_000, `a new watch after ${vt.nowMs} ms of silence, before the old one's own timeout`);
 });
+
+t.test('a 410 is no sign of a fresh view: negatives stop max-api-silence after the view was last known complete', async (t) => {
+  // The watch broke at T0 (API server restarted); when it comes back the
+  // resumed watch gets ERROR 410: events since T0 are gone from its history,
+  // so the view is known to be missing changes until a relist succeeds.
+  // Counting that 410 (or the watch's 200 before it) as contact restarts
+  // the max-api-silence clock: if the relists then fail (an API server
+  // shedding load after a restart answers lists with 429), the view goes on
+  // denying names created during the outage for another max-api-silence,
+  // here 6 minutes after it was last complete with a limit of 5.
+  const env = await setup(t);
+  seed(env.fake, 1);
+  let refuseLists = false;
+  const api: ApiGetter = {
+    get: (p, signal) =>
+      refuseLists && !p.includes('watch=1') ? Promise.resolve({ ok: false, error: 'HTTP 429: too many requests' }) : env.api.get(p, signal),
+  };
+  const view = new ClusterView();
+  const w = new KubeWatch(api, view, env.opts);
+  t.teardown(() => w.stop());
+  w.start();
+  await until(t, 'watching', () => w.synced && env.fake.openWatches === 3);
+  const maxSilenceMs = 300_000;
+  const completeAt = env.clock.now();
+  await env.fake.down();
+  env.fake.put('services', serviceJson('default', 'late', { clusterIP: '10.96.7.7' }));
+  env.fake.compact();
+  refuseLists = true;
+  env.clock.advance(240_000);
+  await env.fake.up();
+  await until(t, 'every kind told its history expired', () => env.logs.filter((l) => l.msg === 'kube watch history expired; relisting').length >= 3);
+  env.clock.advance(120_000);
+  t.ok(env.clock.now() - completeAt > maxSilenceMs, 'the view was last complete more than max-api-silence ago');
+  t.notOk(view.negativesAllowed(env.clock.now(), maxSilenceMs), 'no negatives from a view known to miss changes for longer than max-api-silence');
+  const opts = recordOptions({ zone: 'cluster.local', negativesAllowed: view.negativesAllowed(env.clock.now(), maxSilenceMs) });
+  const r = answerCluster(view, nameToWire('late.default.svc.cluster.local'), QType.A, opts);
+  t.not(r.kind === 'answer' ? r.rcode : r.kind, Rcode.NXDOMAIN, 'no NXDOMAIN for a service created while the watch was away');
+});
