@@ -3,6 +3,8 @@
 // file, client-node's auth (bearer token checked by the fake), Node's http.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import path from 'node:path';
 import { ManualClock } from '../src/clock.js';
@@ -833,4 +835,50 @@ t.test('a 410 is no sign of a fresh view: negatives stop max-api-silence after t
   const opts = recordOptions({ zone: 'cluster.local', negativesAllowed: view.negativesAllowed(env.clock.now(), maxSilenceMs) });
   const r = answerCluster(view, nameToWire('late.default.svc.cluster.local'), QType.A, opts);
   t.not(r.kind === 'answer' ? r.rcode : r.kind, Rcode.NXDOMAIN, 'no NXDOMAIN for a service created while the watch was away');
+});
+
+t.test('429 with Retry-After: the reflector waits at least as long as the server asked', async (t) => {
+  // kube-apiserver (priority and fairness, a watch cache still
+  // initialising) and the load balancers in front of it shed load with 429
+  // and say when to come back; client-go's request retry honours
+  // Retry-After. Retrying on our own backoff (0.8-1.6 s at first) sends a
+  // DaemonSet's thousands of nodes back many times sooner than asked.
+  const server = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '30' });
+    res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'TooManyRequests', code: 429, message: 'too many requests, please try again later' }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const file = writeKubeconfig(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, 'tk');
+  const cfg = await loadClusterConfig({ kubeconfig: file });
+  if (cfg.kind !== 'ok') throw new Error(cfg.reason);
+  const requestTimeoutMs = 123_456;
+  const slept: number[] = [];
+  const timers: Timers = {
+    set: (fn, ms) => {
+      if (ms === requestTimeoutMs) return realTimers.set(fn, ms);
+      slept.push(ms);
+      return realTimers.set(fn, 1);
+    },
+    clear: realTimers.clear,
+  };
+  const writer = new RecordingWriter();
+  const counters = new Counters(watchCounterSchema);
+  const r = new Reflector('services', new KubeApi(cfg), writer, {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters,
+    timers,
+    tuning: { backoff: backoffDefaults, requestTimeoutMs },
+  });
+  t.teardown(async () => {
+    await r.stop();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    fs.rmSync(path.dirname(file), { recursive: true, force: true });
+  });
+  r.start();
+  await until(t, 'two 429s answered', () => slept.length >= 2);
+  t.ok(slept[0]! >= 30_000, `first retry after ${slept[0]} ms; the server asked for 30 s`);
+  t.ok(slept[1]! >= 30_000, `second retry after ${slept[1]} ms; the server asked for 30 s`);
 });
