@@ -255,3 +255,44 @@ t.test('credentials over TLS', { skip: opensslAvailable() ? false : 'no /usr/bin
   const exec = await loadClusterConfig({ kubeconfig: kubeconfig('exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/true}') });
   t.match(exec, { kind: 'ok', auth: 'client-node (user.exec)' });
 });
+
+// A cluster CA rotation: kube-controller-manager publishes the new CA in the
+// kube-root-ca.crt ConfigMap, the kubelet swaps the projected ca.crt of every
+// pod (old and new CA bundled while the rotation lasts), then the API
+// server's serving certificate is re-issued by the new CA. client-go
+// (ClientsAllowCARotation, kubernetes/kubernetes#119483) re-reads the CA file;
+// a long-lived DaemonSet that kept the CA it started with can never reach
+// the API server again until it is restarted: its cluster view freezes.
+t.test('in-cluster: a rotated ca.crt is trusted without a restart', { skip: opensslAvailable() ? false : 'no /usr/bin/openssl to make certificates' }, async (t) => {
+  const oldCa = new TestCa('kapi-old');
+  const newCa = new TestCa('kapi-new');
+  const before = new FakeApiServer({ tls: oldCa.issue('IP:127.0.0.1') });
+  const after = new FakeApiServer({ tls: newCa.issue('IP:127.0.0.1') });
+  await before.start();
+  await after.start();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kca-'));
+  const saved = { host: process.env['KUBERNETES_SERVICE_HOST'], port: process.env['KUBERNETES_SERVICE_PORT'] };
+  t.teardown(async () => {
+    await before.close();
+    await after.close();
+    for (const d of [dir, oldCa.dir, newCa.dir]) fs.rmSync(d, { recursive: true, force: true });
+    for (const [k, v] of [['KUBERNETES_SERVICE_HOST', saved.host], ['KUBERNETES_SERVICE_PORT', saved.port]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  });
+  process.env['KUBERNETES_SERVICE_HOST'] = '127.0.0.1';
+  process.env['KUBERNETES_SERVICE_PORT'] = String(before.port);
+  const sa = path.join(dir, 'var/run/secrets/kubernetes.io/serviceaccount');
+  fs.mkdirSync(sa, { recursive: true });
+  fs.writeFileSync(path.join(sa, 'token'), 'tk');
+  fs.writeFileSync(path.join(sa, 'ca.crt'), oldCa.cert);
+  const cfg = await loadClusterConfig({ serviceAccountPrefix: dir });
+  if (cfg.kind !== 'ok') throw new Error(`in-cluster config: ${cfg.kind}`);
+  t.equal(await getStatus(cfg), 200, 'the CA the pod started with verifies the server');
+  // The kubelet's atomic swap of the projected file: both CAs while the rotation lasts.
+  fs.writeFileSync(path.join(sa, 'ca.crt.new'), oldCa.cert + newCa.cert);
+  fs.renameSync(path.join(sa, 'ca.crt.new'), path.join(sa, 'ca.crt'));
+  // The API server now presents a certificate of the new CA (here: the same credentials, the re-issued server).
+  t.equal(await getStatus({ ...cfg, server: after.url }), 200, 'the rotated ca.crt verifies the re-issued server certificate');
+});

@@ -3,6 +3,8 @@
 // file, client-node's auth (bearer token checked by the fake), Node's http.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import path from 'node:path';
 import { ManualClock } from '../src/clock.js';
@@ -695,4 +697,188 @@ t.test('one kind that can no longer reach the API: the view may not deny what th
   const r = answerCluster(view, nameToWire('late.default.svc.cluster.local'), QType.A, opts);
   t.not(r.kind === 'answer' ? r.rcode : r.kind, Rcode.NXDOMAIN, 'no NXDOMAIN for a service whose endpoints the view has not heard about');
   t.equal(r.kind, 'unknown', 'SERVFAIL rather than a negative from a kind silent past max-api-silence');
+});
+
+t.test('a watch line that cannot be decoded ends the watch: the event it carried is replayed, not lost', async (t) => {
+  // client-go's StreamWatcher stops at a decode error and the reflector
+  // watches again from the last RV it applied, so the server replays the
+  // event. Skipping the line and reading on applies later events (and their
+  // RV) past it: the lost event (here the deletion of n1) never comes back,
+  // and the view serves a deleted object until the next 410 relist, which
+  // in a healthy cluster may be days away.
+  const deleted = JSON.stringify({ type: 'DELETED', object: { metadata: { name: 'n1', resourceVersion: '8' } } });
+  const added = JSON.stringify({ type: 'ADDED', object: { metadata: { name: 'n3', resourceVersion: '9' } } });
+  const paths: string[] = [];
+  let watchesFrom7 = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      paths.push(p);
+      const body = new PassThrough();
+      signal.addEventListener('abort', () => body.destroy());
+      if (!p.includes('watch=1')) {
+        body.end(nsList('7', ['n1', 'n2']));
+      } else if (p.includes('resourceVersion=7&') && watchesFrom7++ === 0) {
+        // The first watch: the deletion arrives cut short (a proxy, a corrupted chunk), then the next event whole.
+        body.write(deleted.slice(0, deleted.length - 3) + '\n');
+        body.write(added + '\n');
+      } else if (p.includes('resourceVersion=7&')) {
+        // Watched again from the RV before the broken line: the server's history replays both.
+        body.write(deleted + '\n');
+        body.write(added + '\n');
+      }
+      // Any other watch (from a later RV): open and quiet, as a live watch in a calm cluster.
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const { writer } = scriptedReflector(t, api);
+  await until(t, 'n3 applied', () => writer.maps.namespaces.has('n3'));
+  await until(t, 'the deletion carried by the broken line applied', () => !writer.maps.namespaces.has('n1'));
+  t.same([...writer.maps.namespaces.keys()].sort(), ['n2', 'n3']);
+});
+
+/** Timers on a virtual clock the test moves: `advance` fires what fell due, in order. */
+class VirtualTimers implements Timers {
+  nowMs = 0;
+  readonly #due = new Map<TimerHandle, { at: number; fn: () => void }>();
+
+  set(fn: () => void, ms: number): TimerHandle {
+    // A real handle that never fires, only as the key the reflector gives back to clear().
+    const h = setTimeout(() => {}, 2 ** 31 - 1);
+    h.unref();
+    clearTimeout(h);
+    this.#due.set(h, { at: this.nowMs + ms, fn });
+    return h;
+  }
+
+  clear(h: TimerHandle): void {
+    this.#due.delete(h);
+  }
+
+  advance(ms: number): void {
+    this.nowMs += ms;
+    for (;;) {
+      let next: [TimerHandle, { at: number; fn: () => void }] | undefined;
+      for (const e of this.#due) if (e[1].at <= this.nowMs && (next === undefined || e[1].at < next[1].at)) next = e;
+      if (next === undefined) return;
+      this.#due.delete(next[0]);
+      next[1].fn();
+    }
+  }
+}
+
+type TimerHandle = ReturnType<typeof setTimeout>;
+
+t.test('a watch silent for several bookmark periods is dead: given up and made again, not kept for the whole watch timeout', async (t) => {
+  // We ask for bookmarks (allowWatchBookmarks=true) and kube-apiserver's
+  // watch cache sends one to such a watch every minute
+  // (cacher.go defaultBookmarkFrequency), even in a cluster where nothing
+  // changes. A watch that has carried no byte for several minutes is on a
+  // wedged server or proxy, or a half-open connection whose peer's kernel
+  // still answers keepalives: nothing else will ever end it. Waiting for
+  // timeoutSeconds (300-600 s) plus grace freezes the view for up to
+  // 10.5 minutes, while the same node could be watching through another
+  // API server behind the load balancer.
+  const env = await setup(t);
+  seed(env.fake, 1);
+  const vt = new VirtualTimers();
+  const r = new Reflector('services', env.api, env.writer, { ...env.opts, timers: vt, random: () => 0 });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
+  const timeoutS = Number(env.fake.requests.filter((q) => q.kind === 'services' && q.watch).at(-1)?.params.get('timeoutSeconds'));
+  t.equal(timeoutS, 300, 'the watch asked the server for 300 s');
+  // 200 s without a byte: more than three missed bookmarks, well inside the 300 s the watch asked for.
+  for (let s = 0; s < 200; s++) {
+    vt.advance(1_000);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  await until(t, 'the silent watch given up and a new one made', () => {
+    vt.advance(10); // the backoff before the new watch, on the same virtual clock (at most 10 s more in all)
+    return env.fake.seen('services', true) >= 2;
+  });
+  t.ok(vt.nowMs < timeoutS * 1_000, `a new watch after ${vt.nowMs} ms of silence, before the old one's own timeout`);
+});
+
+t.test('a 410 is no sign of a fresh view: negatives stop max-api-silence after the view was last known complete', async (t) => {
+  // The watch broke at T0 (API server restarted); when it comes back the
+  // resumed watch gets ERROR 410: events since T0 are gone from its history,
+  // so the view is known to be missing changes until a relist succeeds.
+  // Counting that 410 (or the watch's 200 before it) as contact restarts
+  // the max-api-silence clock: if the relists then fail (an API server
+  // shedding load after a restart answers lists with 429), the view goes on
+  // denying names created during the outage for another max-api-silence,
+  // here 6 minutes after it was last complete with a limit of 5.
+  const env = await setup(t);
+  seed(env.fake, 1);
+  let refuseLists = false;
+  const api: ApiGetter = {
+    get: (p, signal) =>
+      refuseLists && !p.includes('watch=1') ? Promise.resolve({ ok: false, error: 'HTTP 429: too many requests' }) : env.api.get(p, signal),
+  };
+  const view = new ClusterView();
+  const w = new KubeWatch(api, view, env.opts);
+  t.teardown(() => w.stop());
+  w.start();
+  await until(t, 'watching', () => w.synced && env.fake.openWatches === 3);
+  const maxSilenceMs = 300_000;
+  const completeAt = env.clock.now();
+  await env.fake.down();
+  env.fake.put('services', serviceJson('default', 'late', { clusterIP: '10.96.7.7' }));
+  env.fake.compact();
+  refuseLists = true;
+  env.clock.advance(240_000);
+  await env.fake.up();
+  await until(t, 'every kind told its history expired', () => env.logs.filter((l) => l.msg === 'kube watch history expired; relisting').length >= 3);
+  env.clock.advance(120_000);
+  t.ok(env.clock.now() - completeAt > maxSilenceMs, 'the view was last complete more than max-api-silence ago');
+  t.notOk(view.negativesAllowed(env.clock.now(), maxSilenceMs), 'no negatives from a view known to miss changes for longer than max-api-silence');
+  const opts = recordOptions({ zone: 'cluster.local', negativesAllowed: view.negativesAllowed(env.clock.now(), maxSilenceMs) });
+  const r = answerCluster(view, nameToWire('late.default.svc.cluster.local'), QType.A, opts);
+  t.not(r.kind === 'answer' ? r.rcode : r.kind, Rcode.NXDOMAIN, 'no NXDOMAIN for a service created while the watch was away');
+});
+
+t.test('429 with Retry-After: the reflector waits at least as long as the server asked', async (t) => {
+  // kube-apiserver (priority and fairness, a watch cache still
+  // initialising) and the load balancers in front of it shed load with 429
+  // and say when to come back; client-go's request retry honours
+  // Retry-After. Retrying on our own backoff (0.8-1.6 s at first) sends a
+  // DaemonSet's thousands of nodes back many times sooner than asked.
+  const server = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '30' });
+    res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'TooManyRequests', code: 429, message: 'too many requests, please try again later' }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const file = writeKubeconfig(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, 'tk');
+  const cfg = await loadClusterConfig({ kubeconfig: file });
+  if (cfg.kind !== 'ok') throw new Error(cfg.reason);
+  const requestTimeoutMs = 123_456;
+  const slept: number[] = [];
+  const timers: Timers = {
+    set: (fn, ms) => {
+      if (ms === requestTimeoutMs) return realTimers.set(fn, ms);
+      slept.push(ms);
+      return realTimers.set(fn, 1);
+    },
+    clear: realTimers.clear,
+  };
+  const writer = new RecordingWriter();
+  const counters = new Counters(watchCounterSchema);
+  const r = new Reflector('services', new KubeApi(cfg), writer, {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters,
+    timers,
+    tuning: { backoff: backoffDefaults, requestTimeoutMs },
+  });
+  t.teardown(async () => {
+    await r.stop();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    fs.rmSync(path.dirname(file), { recursive: true, force: true });
+  });
+  r.start();
+  await until(t, 'two 429s answered', () => slept.length >= 2);
+  t.ok(slept[0]! >= 30_000, `first retry after ${slept[0]} ms; the server asked for 30 s`);
+  t.ok(slept[1]! >= 30_000, `second retry after ${slept[1]} ms; the server asked for 30 s`);
 });
