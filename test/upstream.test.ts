@@ -1082,3 +1082,21 @@ t.test('routing: a stub domain\'s servers that failed and came back are healthy 
   // No client asks anything from here on; a probe once a second would find the servers within a few seconds.
   t.ok(await until(() => route.upstream.health.healthy, 200, 20), 'healthy again once the servers answer, with no client traffic');
 });
+
+t.test('HostResolvers: a late answer from the server we asked is not counted as spoofed', async (t) => {
+  // The first server is slower than the try timeout: the second one answers first and completes the exchange, and the
+  // first one's genuine answer (right source, id and question) arrives after. RFC 5452's counter must tell an operator
+  // of forgeries; a slow resolver is not one (TcpPool counts these as reason="late").
+  const slow = await SimDnsServer.start({ handler: base, faults: { latencyMs: 400 } });
+  const fast = await SimDnsServer.start({ handler: base });
+  t.teardown(() => slow.close());
+  t.teardown(() => fast.close());
+  const up = resolvers([slow, fast], { attemptTimeoutMs: 150, attempts: 1 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(fast.stats.udpQueries, 1, 'the second server answered');
+  t.ok(await until(() => slow.stats.answered === 1), 'the slow server sent its answer');
+  await sleep(100);
+  t.equal(up.counters.get('spoofed'), 0, 'nothing forged reached us: no reason="spoofed"');
+});
