@@ -1100,3 +1100,15 @@ t.test('HostResolvers: a late answer from the server we asked is not counted as 
   await sleep(100);
   t.equal(up.counters.get('spoofed'), 0, 'nothing forged reached us: no reason="spoofed"');
 });
+
+t.test('HostResolvers: NOTIMP from one server moves on to the next, as glibc does', async (t) => {
+  // glibc res_send (send_dg) goes to the next server on SERVFAIL, NOTIMP and REFUSED alike; a server that does not
+  // implement a query must not decide the answer while another one can give it.
+  const [a, b] = await twoServers(t, { rcode: 'NOTIMP' });
+  const up = resolvers([a, b]);
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com').done;
+  t.equal(rcodeOf(r.answer), 'NOERROR', 'the second server\'s answer');
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(b.stats.udpQueries, 1, 'the second server was asked');
+});
