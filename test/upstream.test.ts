@@ -1112,3 +1112,37 @@ t.test('HostResolvers: NOTIMP from one server moves on to the next, as glibc doe
   t.same(addresses(r.answer), ['192.0.2.1']);
   t.equal(b.stats.udpQueries, 1, 'the second server was asked');
 });
+
+t.test('routing: a stub domain whose first server stays silent is healthy again once its second server answers, with no client traffic', async (t) => {
+  // The probe is one exchange with a deadline of PROBE_INTERVAL_MS (1 s), and the first try of an exchange waits the
+  // try timeout (--timeout, 2 s by default) on the first server: the probe never gets past a silent first server.
+  // A stub domain asked rarely then stays 'failing' (nodelocal_upstream_healthy 0, the alert) while its second server
+  // answers, and every probe counts as a failed health check.
+  const first = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.5'] } }), faults: { dropAll: true } });
+  const second = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.5'] } }, { soaZone: 'corp.example' }), faults: { dropAll: true } });
+  t.teardown(() => first.close());
+  t.teardown(() => second.close());
+  const { config } = loadConfig(
+    ['--stub-domain', `corp.example=${first.host}:${first.port},${second.host}:${second.port}`, '--upstream-nameservers', '127.0.0.1:1054'],
+    { env: {} },
+  );
+  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
+  const counters = {
+    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
+  };
+  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
+  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
+  const msg = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'db.corp.example', type: 'A', class: 'IN' }] });
+  const route = routing.router.route(parseQuery(msg).key);
+  t.equal(route.upstream.name, 'stub:corp.example');
+  // Both servers down: three exchanges time out (short deadlines, to keep the test short), the route is failing.
+  const outcomes = await Promise.all([0, 1, 2].map(() => new Promise<string>((resolve) => {
+    route.upstream.send({ query: msg, deadline: systemClock.now() + 300, resolve: () => resolve('answered'), reject: (reason) => resolve(reason) });
+  })));
+  t.same(outcomes, ['timeout', 'timeout', 'timeout'], 'the servers were down');
+  t.equal(route.upstream.health.state, 'failing');
+  // The second server comes back; the first stays silent (its host is gone). No client asks anything.
+  second.faults.dropAll = false;
+  t.ok(await until(() => route.upstream.health.healthy, 400, 20), 'healthy again once a server of the route answers the probe');
+  t.ok(second.stats.udpQueries > 0, 'the probe reached the server that answers');
+});
