@@ -1146,3 +1146,23 @@ t.test('routing: a stub domain whose first server stays silent is healthy again 
   t.ok(await until(() => route.upstream.health.healthy, 400, 20), 'healthy again once a server of the route answers the probe');
   t.ok(second.stats.udpQueries > 0, 'the probe reached the server that answers');
 });
+
+t.test('HostResolvers: a first server that never answers is not waited on by every new query', async (t) => {
+  // The node's first resolver is gone (its host black-holes port 53) and the second answers. Every exchange starts at
+  // server 0 (without `options rotate`), so every cache miss of the node waits a whole try timeout (2 s by default) on
+  // the dead server before it is sent to the live one, for as long as the agent runs: the agent keeps no memory of which
+  // server answers. CoreDNS forward, which NodeLocal DNSCache used, marks such a server down after max_fails and skips
+  // it until its health check succeeds; systemd-resolved moves its current server. Here a few exchanges may still
+  // find out, but not all of them.
+  const [a, b] = await twoServers(t, { dropAll: true });
+  const up = resolvers([a, b], { attemptTimeoutMs: 200 });
+  t.teardown(() => up.close());
+  const n = 8;
+  for (let i = 0; i < n; i++) {
+    const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+    t.same(addresses(r.answer), ['192.0.2.1'], `query ${i} answered by the live server`);
+  }
+  t.equal(b.stats.udpQueries, n, 'the live server answered every query');
+  t.ok(a.stats.udpQueries < n, `the silent server was not asked first by every query (asked ${a.stats.udpQueries} of ${n} times)`);
+  t.ok(up.counters.get('attemptTimeouts') < n, `not every query waited out a try timeout (${up.counters.get('attemptTimeouts')} of ${n})`);
+});
