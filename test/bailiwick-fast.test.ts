@@ -101,3 +101,32 @@ t.test('broken messages: never "clean"', async (t) => {
   two.writeUInt16BE(2, 4);
   t.equal(plainlyInBailiwick(two), false, 'two questions');
 });
+
+t.test('a DNSSEC wildcard answer keeps its proof: the NSEC/NSEC3 records of the zone in authority, without an SOA', async (t) => {
+  // A signed zone's wildcard-expanded answer (RFC 4035 3.1.3.3, RFC 5155 7.2.6) carries, in the authority section, the
+  // NSEC (or NSEC3) proving that no closer name exists, and its RRSIG: owned by other names of the zone, and with no
+  // SOA or NS beside them (minimal responses: Unbound, Google, Cloudflare). The query carried the client's DO bit, so a
+  // validating client (systemd-resolved, a pod's own Unbound) gets the answer: without the proof it is bogus, and it
+  // fails every name under a signed wildcard. These records belong to the answer's own zone: nothing to remove.
+  const qname = 'foo.example.com';
+  const sig = (name: string, typeCovered: string, labels: number): dnsPacket.Answer => ({
+    type: 'RRSIG', name, ttl: 300,
+    data: { typeCovered, algorithm: 13, labels, originalTTL: 300, expiration: 2000000000, inception: 1700000000, keyTag: 12345, signersName: 'example.com', signature: Buffer.alloc(64, 7) },
+  } as dnsPacket.Answer);
+  const m = dnsPacket.encode({
+    type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE | dnsPacket.RECURSION_DESIRED,
+    questions: [{ name: qname, type: 'A', class: 'IN' }],
+    answers: [a(qname, '192.0.2.1'), sig(qname, 'A', 2)],
+    authorities: [
+      { type: 'NSEC', name: 'bar.example.com', ttl: 300, data: { nextDomain: 'goo.example.com', rrtypes: ['A', 'RRSIG', 'NSEC'] } } as dnsPacket.Answer,
+      sig('bar.example.com', 'NSEC', 3),
+    ],
+    additionals: [opt],
+  });
+  const s = scrubOutOfBailiwick(m);
+  t.equal(s, null, 'the wildcard proof is the zone\'s own: nothing removed');
+  if (s !== null && s !== 'unusable') {
+    const kept = dnsPacket.decode(s.msg).authorities ?? [];
+    t.same(kept.map((r) => r.type), ['NSEC', 'RRSIG'], `the NSEC and its RRSIG are kept (removed ${s.removed})`);
+  }
+});
