@@ -130,3 +130,31 @@ t.test('a DNSSEC wildcard answer keeps its proof: the NSEC/NSEC3 records of the 
     t.same(kept.map((r) => r.type), ['NSEC', 'RRSIG'], `the NSEC and its RRSIG are kept (removed ${s.removed})`);
   }
 });
+
+t.test('a signed DNAME answer keeps the DNAME\'s RRSIG', async (t) => {
+  // RFC 6672 5.3.1 / RFC 4035: the synthesized CNAME is unsigned; a validator proves the redirection with the DNAME's
+  // own RRSIG, owned by the DNAME's owner. The scrub keeps the DNAME (its owner is an ancestor of the question) but
+  // takes that RRSIG for an intruder: a DO=1 client then holds an unsigned DNAME in a signed zone, a bogus answer.
+  const sig = (name: string, typeCovered: string, labels: number): dnsPacket.Answer => ({
+    type: 'RRSIG', name, ttl: 300,
+    data: { typeCovered, algorithm: 13, labels, originalTTL: 300, expiration: 2000000000, inception: 1700000000, keyTag: 12345, signersName: 'example.com', signature: Buffer.alloc(64, 7) },
+  } as dnsPacket.Answer);
+  const m = dnsPacket.encode({
+    type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE | dnsPacket.RECURSION_DESIRED,
+    questions: [{ name: 'www.a.example.com', type: 'A', class: 'IN' }],
+    answers: [
+      { type: 'DNAME', name: 'a.example.com', ttl: 300, data: 'b.example.com' } as dnsPacket.Answer,
+      sig('a.example.com', 'DNAME', 3),
+      { type: 'CNAME', name: 'www.a.example.com', ttl: 300, data: 'www.b.example.com' },
+      a('www.b.example.com', '192.0.2.1'),
+      sig('www.b.example.com', 'A', 4),
+    ],
+    additionals: [opt],
+  });
+  const s = scrubOutOfBailiwick(m);
+  t.equal(s, null, 'every record belongs to the answer: nothing removed');
+  if (s !== null && s !== 'unusable') {
+    const kept = (dnsPacket.decode(s.msg).answers ?? []).map((r) => `${r.name} ${r.type}`);
+    t.ok(kept.includes('a.example.com RRSIG'), `the DNAME's RRSIG is kept (kept: ${kept.join(', ')})`);
+  }
+});
