@@ -101,3 +101,58 @@ t.test('broken messages: never "clean"', async (t) => {
   two.writeUInt16BE(2, 4);
   t.equal(plainlyInBailiwick(two), false, 'two questions');
 });
+
+/** An RRSIG of example.com's key over `typeCovered` at `name` (`labels`: the owner's label count, less for a wildcard). */
+const sig = (name: string, typeCovered: string, labels: number): dnsPacket.Answer => ({
+  type: 'RRSIG', name, ttl: 300,
+  data: { typeCovered, algorithm: 13, labels, originalTTL: 300, expiration: 2000000000, inception: 1700000000, keyTag: 12345, signersName: 'example.com', signature: Buffer.alloc(64, 7) },
+} as dnsPacket.Answer);
+
+t.test('a DNSSEC wildcard answer keeps its proof: the NSEC/NSEC3 records of the zone in authority, without an SOA', async (t) => {
+  // A signed zone's wildcard-expanded answer (RFC 4035 3.1.3.3, RFC 5155 7.2.6) carries, in the authority section, the
+  // NSEC (or NSEC3) proving that no closer name exists, and its RRSIG: owned by other names of the zone, and with no
+  // SOA or NS beside them (minimal responses: Unbound, Google, Cloudflare). The query carried the client's DO bit, so a
+  // validating client (systemd-resolved, a pod's own Unbound) gets the answer: without the proof it is bogus, and it
+  // fails every name under a signed wildcard. These records belong to the answer's own zone: nothing to remove.
+  const qname = 'foo.example.com';
+  const m = dnsPacket.encode({
+    type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE | dnsPacket.RECURSION_DESIRED,
+    questions: [{ name: qname, type: 'A', class: 'IN' }],
+    answers: [a(qname, '192.0.2.1'), sig(qname, 'A', 2)],
+    authorities: [
+      { type: 'NSEC', name: 'bar.example.com', ttl: 300, data: { nextDomain: 'goo.example.com', rrtypes: ['A', 'RRSIG', 'NSEC'] } } as dnsPacket.Answer,
+      sig('bar.example.com', 'NSEC', 3),
+    ],
+    additionals: [opt],
+  });
+  const s = scrubOutOfBailiwick(m);
+  t.equal(s, null, 'the wildcard proof is the zone\'s own: nothing removed');
+  if (s !== null && s !== 'unusable') {
+    const kept = dnsPacket.decode(s.msg).authorities ?? [];
+    t.same(kept.map((r) => r.type), ['NSEC', 'RRSIG'], `the NSEC and its RRSIG are kept (removed ${s.removed})`);
+  }
+});
+
+t.test('a signed DNAME answer keeps the DNAME\'s RRSIG', async (t) => {
+  // RFC 6672 5.3.1 / RFC 4035: the synthesized CNAME is unsigned; a validator proves the redirection with the DNAME's
+  // own RRSIG, owned by the DNAME's owner. The scrub keeps the DNAME (its owner is an ancestor of the question) but
+  // takes that RRSIG for an intruder: a DO=1 client then holds an unsigned DNAME in a signed zone, a bogus answer.
+  const m = dnsPacket.encode({
+    type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE | dnsPacket.RECURSION_DESIRED,
+    questions: [{ name: 'www.a.example.com', type: 'A', class: 'IN' }],
+    answers: [
+      { type: 'DNAME', name: 'a.example.com', ttl: 300, data: 'b.example.com' } as dnsPacket.Answer,
+      sig('a.example.com', 'DNAME', 3),
+      { type: 'CNAME', name: 'www.a.example.com', ttl: 300, data: 'www.b.example.com' },
+      a('www.b.example.com', '192.0.2.1'),
+      sig('www.b.example.com', 'A', 4),
+    ],
+    additionals: [opt],
+  });
+  const s = scrubOutOfBailiwick(m);
+  t.equal(s, null, 'every record belongs to the answer: nothing removed');
+  if (s !== null && s !== 'unusable') {
+    const kept = (dnsPacket.decode(s.msg).answers ?? []).map((r) => `${r.name} ${r.type}`);
+    t.ok(kept.includes('a.example.com RRSIG'), `the DNAME's RRSIG is kept (kept: ${kept.join(', ')})`);
+  }
+});

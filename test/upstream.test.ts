@@ -1082,3 +1082,87 @@ t.test('routing: a stub domain\'s servers that failed and came back are healthy 
   // No client asks anything from here on; a probe once a second would find the servers within a few seconds.
   t.ok(await until(() => route.upstream.health.healthy, 200, 20), 'healthy again once the servers answer, with no client traffic');
 });
+
+t.test('HostResolvers: a late answer from the server we asked is not counted as spoofed', async (t) => {
+  // The first server is slower than the try timeout: the second one answers first and completes the exchange, and the
+  // first one's genuine answer (right source, id and question) arrives after. RFC 5452's counter must tell an operator
+  // of forgeries; a slow resolver is not one (TcpPool counts these as reason="late").
+  const slow = await SimDnsServer.start({ handler: base, faults: { latencyMs: 400 } });
+  const fast = await SimDnsServer.start({ handler: base });
+  t.teardown(() => slow.close());
+  t.teardown(() => fast.close());
+  const up = resolvers([slow, fast], { attemptTimeoutMs: 150, attempts: 1 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(fast.stats.udpQueries, 1, 'the second server answered');
+  t.ok(await until(() => slow.stats.answered === 1), 'the slow server sent its answer');
+  await sleep(100);
+  t.equal(up.counters.get('spoofed'), 0, 'nothing forged reached us: no reason="spoofed"');
+});
+
+t.test('HostResolvers: NOTIMP from one server moves on to the next, as glibc does', async (t) => {
+  // glibc res_send (send_dg) goes to the next server on SERVFAIL, NOTIMP and REFUSED alike; a server that does not
+  // implement a query must not decide the answer while another one can give it.
+  const [a, b] = await twoServers(t, { rcode: 'NOTIMP' });
+  const up = resolvers([a, b]);
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com').done;
+  t.equal(rcodeOf(r.answer), 'NOERROR', 'the second server\'s answer');
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(b.stats.udpQueries, 1, 'the second server was asked');
+});
+
+t.test('routing: a stub domain whose first server stays silent is healthy again once its second server answers, with no client traffic', async (t) => {
+  // The probe is one exchange with a deadline of PROBE_INTERVAL_MS (1 s), and the first try of an exchange waits the
+  // try timeout (--timeout, 2 s by default) on the first server: the probe never gets past a silent first server.
+  // A stub domain asked rarely then stays 'failing' (nodelocal_upstream_healthy 0, the alert) while its second server
+  // answers, and every probe counts as a failed health check.
+  const first = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.5'] } }), faults: { dropAll: true } });
+  const second = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.5'] } }, { soaZone: 'corp.example' }), faults: { dropAll: true } });
+  t.teardown(() => first.close());
+  t.teardown(() => second.close());
+  const { config } = loadConfig(
+    ['--stub-domain', `corp.example=${first.host}:${first.port},${second.host}:${second.port}`, '--upstream-nameservers', '127.0.0.1:1054'],
+    { env: {} },
+  );
+  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
+  const counters = {
+    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
+  };
+  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
+  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
+  const msg = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'db.corp.example', type: 'A', class: 'IN' }] });
+  const route = routing.router.route(parseQuery(msg).key);
+  t.equal(route.upstream.name, 'stub:corp.example');
+  // Both servers down: three exchanges time out (short deadlines, to keep the test short), the route is failing.
+  const outcomes = await Promise.all([0, 1, 2].map(() => new Promise<string>((resolve) => {
+    route.upstream.send({ query: msg, deadline: systemClock.now() + 300, resolve: () => resolve('answered'), reject: (reason) => resolve(reason) });
+  })));
+  t.same(outcomes, ['timeout', 'timeout', 'timeout'], 'the servers were down');
+  t.equal(route.upstream.health.state, 'failing');
+  // The second server comes back; the first stays silent (its host is gone). No client asks anything.
+  second.faults.dropAll = false;
+  t.ok(await until(() => route.upstream.health.healthy, 400, 20), 'healthy again once a server of the route answers the probe');
+  t.ok(second.stats.udpQueries > 0, 'the probe reached the server that answers');
+});
+
+t.test('HostResolvers: a first server that never answers is not waited on by every new query', async (t) => {
+  // The node's first resolver is gone (its host black-holes port 53) and the second answers. Every exchange starts at
+  // server 0 (without `options rotate`), so every cache miss of the node waits a whole try timeout (2 s by default) on
+  // the dead server before it is sent to the live one, for as long as the agent runs: the agent keeps no memory of which
+  // server answers. CoreDNS forward, which NodeLocal DNSCache used, marks such a server down after max_fails and skips
+  // it until its health check succeeds; systemd-resolved moves its current server. Here a few exchanges may still
+  // find out, but not all of them.
+  const [a, b] = await twoServers(t, { dropAll: true });
+  const up = resolvers([a, b], { attemptTimeoutMs: 200 });
+  t.teardown(() => up.close());
+  const n = 8;
+  for (let i = 0; i < n; i++) {
+    const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+    t.same(addresses(r.answer), ['192.0.2.1'], `query ${i} answered by the live server`);
+  }
+  t.equal(b.stats.udpQueries, n, 'the live server answered every query');
+  t.ok(a.stats.udpQueries < n, `the silent server was not asked first by every query (asked ${a.stats.udpQueries} of ${n} times)`);
+  t.ok(up.counters.get('attemptTimeouts') < n, `not every query waited out a try timeout (${up.counters.get('attemptTimeouts')} of ${n})`);
+});
