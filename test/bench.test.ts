@@ -628,3 +628,23 @@ t.test('isolation: hits alone and beside a miss flood, batched worker pinned alo
   }
   t.match(formatScaling(sc), /--workers 1: [0-9.]+ us of worker CPU per hit|\| 1 \| 1 \|/);
 });
+
+t.test('--driver dnsperf: a target that answers every hit with SERVFAIL is not reported as serving hits', { skip: which('dnsperf') === null ? 'dnsperf is not installed' : false }, async (t) => {
+  // dnsperf counts any response as completed and its "Queries per second" includes every rcode; the record
+  // built from it must not turn SERVFAILs into served hits (the node driver counts them wrong and saturated).
+  const failing = await SimDnsServer.start({ host: HOST, handler: () => null, faults: { rcode: 'SERVFAIL' } });
+  t.teardown(() => failing.close());
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  const argv = ['--quick', '--workloads', 'hit', '--targets', '', '--driver', 'dnsperf', '--host', HOST, '--out', out, '--peer', `servfail=${HOST}:${failing.port}`];
+  const res = await runBench(parseOptions(argv), { log: () => {}, signal: new AbortController().signal, argv });
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  const open = json.runs.find((x) => x.target === 'servfail' && x.mode === 'open');
+  t.ok(open !== undefined && open.saturated && open.queries.wrong === open.queries.answered, 'the node driver: every answer wrong, saturated');
+  const r = json.runs.find((x) => x.target === 'servfail' && x.driver === 'dnsperf');
+  if (r === undefined || r.dnsperf === null) throw new Error('no dnsperf run');
+  const servfails = r.dnsperf.rcodes['SERVFAIL'] ?? 0;
+  t.ok(servfails > 0 && servfails === r.dnsperf.queriesCompleted, `precondition: dnsperf got only SERVFAIL (${JSON.stringify(r.dnsperf.rcodes)})`);
+  t.equal(r.saturated, true, 'a run in which no query got its answer is saturated');
+  t.equal(r.queries.wrong, servfails, 'the SERVFAILs are counted wrong');
+  t.equal(r.throughputQps, 0, 'no hits served per second');
+});
