@@ -23,6 +23,8 @@ import type { BenchResults, RunRecord } from '../bench/results.js';
 import { ISOLATION_DEFAULTS, formatIsolation, runIsolation } from '../bench/isolation.js';
 import { formatScaling, runScaling } from '../bench/scaling.js';
 import { findWorkerThreads, threadStat, threadsOf } from '../bench/threads.js';
+import { probeNames } from '../bench/hit-probe.js';
+import { runProbe } from '../bench/isolation-stack.js';
 import { SimDnsServer } from '../testkit/dns-server.js';
 import { canonicalIpv6, zoneServiceJson } from '../bench/sim/api.js';
 import { SimProcess } from '../bench/sim/control.js';
@@ -647,4 +649,29 @@ t.test('--driver dnsperf: a target that answers every hit with SERVFAIL is not r
   t.equal(r.saturated, true, 'a run in which no query got its answer is saturated');
   t.equal(r.queries.wrong, servfails, 'the SERVFAILs are counted wrong');
   t.equal(r.throughputQps, 0, 'no hits served per second');
+});
+
+t.test('hit probe: an answer that is another name\'s cached entry is not a right hit', async (t) => {
+  // A cache that hands out the wrong entry (a torn read of a shared store, a key collision) answers NOERROR
+  // with A records, for another question. The probe's figures ("every hit answered, correctly") must count it wrong.
+  const names = probeNames(10);
+  const serve = combinedZoneHandler(zones);
+  const swapped = await SimDnsServer.start({
+    host: HOST,
+    handler: (q, ctx) => {
+      const asked = (q.questions?.[0]?.name ?? '').toLowerCase().replace(/\.$/, '');
+      const other = names[(names.indexOf(asked) + 1) % names.length] as string;
+      const questions = [{ type: 'A' as const, class: 'IN' as const, name: other }];
+      const p = serve({ ...q, questions }, ctx) as Packet;
+      return { ...p, questions };
+    },
+  });
+  t.teardown(() => swapped.close());
+  const base = { host: HOST, port: swapped.port, names: names.length, cpu: null, rtPriority: 0 };
+  const warm = await runProbe({ ...base, mode: 'warm' });
+  t.equal(warm.answered, names.length, 'precondition: every warm-up query answered');
+  t.equal(warm.wrong, warm.answered, 'warm-up: every answer was for another name');
+  const p = await runProbe({ ...base, mode: 'probe', rate: 200, seconds: 0.5 });
+  t.ok(p.answered > 0, `precondition: ${p.answered} of ${p.sent} answered`);
+  t.equal(p.wrong, p.answered, 'probe: every answer was for another name');
 });
