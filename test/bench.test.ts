@@ -12,6 +12,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import os, { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import dgram from 'node:dgram';
 import dnsPacket from 'dns-packet';
 import type { Packet } from 'dns-packet';
 import { Verdict, answerTtl, checkResponse } from '../bench/check.js';
@@ -674,4 +675,48 @@ t.test('hit probe: an answer that is another name\'s cached entry is not a right
   const p = await runProbe({ ...base, mode: 'probe', rate: 200, seconds: 0.5 });
   t.ok(p.answered > 0, `precondition: ${p.answered} of ${p.sent} answered`);
   t.equal(p.wrong, p.answered, 'probe: every answer was for another name');
+});
+
+t.test('--driver dnsperf, miss: every query asks a name never asked before, however many dnsperf sends', { skip: which('dnsperf') === null ? 'dnsperf is not installed' : false }, async (t) => {
+  // dnsperf loops over its data file: past its end, a "miss" asks a name the target has cached, a hit.
+  // A peer that answers at once (no upstream to wait for) and counts the questions it sees, in this process
+  // (idle while dnsperf runs), so dnsperf gets through more than the file's lines in a short run.
+  const seen = new Set<string>();
+  let queries = 0;
+  const peer = dgram.createSocket('udp4');
+  peer.on('message', (msg, rinfo) => {
+    if (msg.length < 12) return;
+    queries++;
+    let off = 12;
+    while (off < msg.length && msg[off] !== 0) off += 1 + (msg[off] as number);
+    seen.add(msg.toString('latin1', 12, off).toLowerCase());
+    const out = Buffer.from(msg);
+    out[2] = (out[2] as number) | 0x80;
+    out[3] = 0x80;
+    peer.send(out, rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((resolve) => peer.bind(0, HOST, resolve));
+  t.teardown(() => peer.close());
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  const argv = ['--quick', '--workloads', 'miss', '--targets', '', '--peer', `fast=${HOST}:${peer.address().port}`, '--driver', 'dnsperf', '--concurrency', '64', '--max-duration', '10', '--rates', '100', '--host', HOST, '--out', out];
+  let before = 0;
+  let seenBefore = 0;
+  const res = await runBench(parseOptions(argv), {
+    log: (l) => {
+      // The open-loop run comes first; count from the dnsperf run on.
+      if (/miss\s+fast\s+100 q\/s/.test(l)) {
+        before = queries;
+        seenBefore = seen.size;
+      }
+    },
+    signal: new AbortController().signal,
+    argv,
+  });
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  const r = json.runs.find((x) => x.target === 'fast' && x.driver === 'dnsperf');
+  if (r === undefined || r.dnsperf === null) throw new Error('no dnsperf run');
+  const asked = queries - before;
+  const distinct = seen.size - seenBefore;
+  t.ok(before > 0 && asked > 200_000, `precondition: dnsperf sent more than the data file's 200,000 lines (${asked})`);
+  t.equal(distinct, asked, `each of the ${asked} miss queries asked a new name (${distinct} distinct)`);
 });
