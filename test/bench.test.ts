@@ -720,3 +720,18 @@ t.test('--driver dnsperf, miss: every query asks a name never asked before, howe
   t.ok(before > 0 && asked > 200_000, `precondition: dnsperf sent more than the data file's 200,000 lines (${asked})`);
   t.equal(distinct, asked, `each of the ${asked} miss queries asked a new name (${distinct} distinct)`);
 });
+
+t.test('--driver dnsperf: the run is recorded with the duration dnsperf was given, and its sent rate over it', { skip: which('dnsperf') === null ? 'dnsperf is not installed' : false }, async (t) => {
+  const server = await SimDnsServer.start({ host: HOST, handler: combinedZoneHandler({ ...zones, namespaces: 3, servicesPerNamespace: 5 }) });
+  t.teardown(() => server.close());
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  // --quick's max-throughput runs last 0.3 s.
+  const argv = ['--quick', '--workloads', 'hit', '--targets', '', '--peer', `sim=${HOST}:${server.port}`, '--driver', 'dnsperf', '--host', HOST, '--out', out];
+  const res = await runBench(parseOptions(argv), { log: () => {}, signal: new AbortController().signal, argv });
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  const r = json.runs.find((x) => x.target === 'sim' && x.driver === 'dnsperf');
+  if (r === undefined || r.dnsperf === null) throw new Error('no dnsperf run');
+  const limit = Number(/ -l ([0-9.]+)/.exec(r.dnsperf.command)?.[1]);
+  t.equal(limit, r.durationS, `dnsperf ran for the duration the record states (${r.dnsperf.command})`);
+  t.equal(r.sentQps, r.dnsperf.queriesSent / limit, 'sent q/s over the time dnsperf sent');
+});
