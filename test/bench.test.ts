@@ -8,6 +8,7 @@
 // podmix and fallback through the agent with and without --local-negative.
 // No timing thresholds anywhere: this checks the harness, not the machine.
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import os, { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -734,4 +735,42 @@ t.test('--driver dnsperf: the run is recorded with the duration dnsperf was give
   const limit = Number(/ -l ([0-9.]+)/.exec(r.dnsperf.command)?.[1]);
   t.equal(limit, r.durationS, `dnsperf ran for the duration the record states (${r.dnsperf.command})`);
   t.equal(r.sentQps, r.dnsperf.queriesSent / limit, 'sent q/s over the time dnsperf sent');
+});
+
+t.test('isolation bench: stopped with SIGTERM half way, it leaves no agent running', { skip: isolationReady ? false : 'needs the built agent, dnsperf, taskset and 2 CPUs' }, async (t) => {
+  // `timeout 600 npm run isolation`, a CI step's cancel, or `kill PID` send SIGTERM to the bench process alone.
+  const script = path.join(ROOT, 'bench', 'isolation.ts');
+  const child = spawn(process.execPath, [...process.execArgv, script, '--agent', AGENT, '--backends', 'batched', '--seconds', '20', '--rate', '100', '--names', '20', '--rt-priority', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let out = '';
+  const agentPid = await new Promise<number>((resolve, reject) => {
+    const limit = setTimeout(() => reject(new Error(`the bench did not start the agent within 60 s:\n${out}`)), 60_000);
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+      const m = /batched: pid (\d+)/.exec(out);
+      if (m !== null) {
+        clearTimeout(limit);
+        resolve(Number(m[1]));
+      }
+    });
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+  });
+  const running = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  t.teardown(() => {
+    // The agent this test caused to start, if the bench left it behind.
+    if (running(agentPid)) process.kill(agentPid, 'SIGKILL');
+  });
+  t.ok(running(agentPid), `precondition: the agent (pid ${agentPid}) runs`);
+  child.kill('SIGTERM');
+  await exited;
+  // The agent's own shutdown is bounded well below this.
+  for (let i = 0; i < 100 && running(agentPid); i++) await new Promise((r) => setTimeout(r, 100));
+  t.notOk(running(agentPid), 'the agent was stopped with the bench');
 });
