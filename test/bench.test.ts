@@ -699,7 +699,7 @@ t.test('--driver dnsperf, miss: every query asks a name never asked before, howe
   await new Promise<void>((resolve) => peer.bind(0, HOST, resolve));
   t.teardown(() => peer.close());
   const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
-  const argv = ['--quick', '--workloads', 'miss', '--targets', '', '--peer', `fast=${HOST}:${peer.address().port}`, '--driver', 'dnsperf', '--concurrency', '64', '--max-duration', '10', '--rates', '100', '--host', HOST, '--out', out];
+  const argv = ['--quick', '--workloads', 'miss', '--targets', '', '--peer', `fast=${HOST}:${peer.address().port}`, '--driver', 'dnsperf', '--concurrency', '64', '--max-duration', '15', '--rates', '100', '--host', HOST, '--out', out];
   let before = 0;
   let seenBefore = 0;
   const res = await runBench(parseOptions(argv), {
