@@ -8,10 +8,12 @@
 // podmix and fallback through the agent with and without --local-negative.
 // No timing thresholds anywhere: this checks the harness, not the machine.
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import os, { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import dgram from 'node:dgram';
 import dnsPacket from 'dns-packet';
 import type { Packet } from 'dns-packet';
 import { Verdict, answerTtl, checkResponse } from '../bench/check.js';
@@ -23,6 +25,8 @@ import type { BenchResults, RunRecord } from '../bench/results.js';
 import { ISOLATION_DEFAULTS, formatIsolation, runIsolation } from '../bench/isolation.js';
 import { formatScaling, runScaling } from '../bench/scaling.js';
 import { findWorkerThreads, threadStat, threadsOf } from '../bench/threads.js';
+import { probeNames } from '../bench/hit-probe.js';
+import { runProbe } from '../bench/isolation-stack.js';
 import { SimDnsServer } from '../testkit/dns-server.js';
 import { canonicalIpv6, zoneServiceJson } from '../bench/sim/api.js';
 import { SimProcess } from '../bench/sim/control.js';
@@ -627,4 +631,146 @@ t.test('isolation: hits alone and beside a miss flood, batched worker pinned alo
     t.ok(Number.isFinite(s.usPerHit.total) && Number.isFinite(s.usPerHit.main) && Number.isFinite(s.machineBusyCpus));
   }
   t.match(formatScaling(sc), /--workers 1: [0-9.]+ us of worker CPU per hit|\| 1 \| 1 \|/);
+});
+
+t.test('--driver dnsperf: a target that answers every hit with SERVFAIL is not reported as serving hits', { skip: which('dnsperf') === null ? 'dnsperf is not installed' : false }, async (t) => {
+  // dnsperf counts any response as completed and its "Queries per second" includes every rcode; the record
+  // built from it must not turn SERVFAILs into served hits (the node driver counts them wrong and saturated).
+  const failing = await SimDnsServer.start({ host: HOST, handler: () => null, faults: { rcode: 'SERVFAIL' } });
+  t.teardown(() => failing.close());
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  const argv = ['--quick', '--workloads', 'hit', '--targets', '', '--driver', 'dnsperf', '--host', HOST, '--out', out, '--peer', `servfail=${HOST}:${failing.port}`];
+  const res = await runBench(parseOptions(argv), { log: () => {}, signal: new AbortController().signal, argv });
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  const open = json.runs.find((x) => x.target === 'servfail' && x.mode === 'open');
+  t.ok(open !== undefined && open.saturated && open.queries.wrong === open.queries.answered, 'the node driver: every answer wrong, saturated');
+  const r = json.runs.find((x) => x.target === 'servfail' && x.driver === 'dnsperf');
+  if (r === undefined || r.dnsperf === null) throw new Error('no dnsperf run');
+  const servfails = r.dnsperf.rcodes['SERVFAIL'] ?? 0;
+  t.ok(servfails > 0 && servfails === r.dnsperf.queriesCompleted, `precondition: dnsperf got only SERVFAIL (${JSON.stringify(r.dnsperf.rcodes)})`);
+  t.equal(r.saturated, true, 'a run in which no query got its answer is saturated');
+  t.equal(r.queries.wrong, servfails, 'the SERVFAILs are counted wrong');
+  t.equal(r.throughputQps, 0, 'no hits served per second');
+});
+
+t.test('hit probe: an answer that is another name\'s cached entry is not a right hit', async (t) => {
+  // A cache that hands out the wrong entry (a torn read of a shared store, a key collision) answers NOERROR
+  // with A records, for another question. The probe's figures ("every hit answered, correctly") must count it wrong.
+  const names = probeNames(10);
+  const serve = combinedZoneHandler(zones);
+  const swapped = await SimDnsServer.start({
+    host: HOST,
+    handler: (q, ctx) => {
+      const asked = (q.questions?.[0]?.name ?? '').toLowerCase().replace(/\.$/, '');
+      const other = names[(names.indexOf(asked) + 1) % names.length] as string;
+      const questions = [{ type: 'A' as const, class: 'IN' as const, name: other }];
+      const p = serve({ ...q, questions }, ctx) as Packet;
+      return { ...p, questions };
+    },
+  });
+  t.teardown(() => swapped.close());
+  const base = { host: HOST, port: swapped.port, names: names.length, cpu: null, rtPriority: 0 };
+  const warm = await runProbe({ ...base, mode: 'warm' });
+  t.equal(warm.answered, names.length, 'precondition: every warm-up query answered');
+  t.equal(warm.wrong, warm.answered, 'warm-up: every answer was for another name');
+  const p = await runProbe({ ...base, mode: 'probe', rate: 200, seconds: 0.5 });
+  t.ok(p.answered > 0, `precondition: ${p.answered} of ${p.sent} answered`);
+  t.equal(p.wrong, p.answered, 'probe: every answer was for another name');
+});
+
+t.test('--driver dnsperf, miss: every query asks a name never asked before, however many dnsperf sends', { skip: which('dnsperf') === null ? 'dnsperf is not installed' : false }, async (t) => {
+  // dnsperf loops over its data file: past its end, a "miss" asks a name the target has cached, a hit.
+  // A peer that answers at once (no upstream to wait for) and counts the questions it sees, in this process
+  // (idle while dnsperf runs), so dnsperf gets through more than the file's lines in a short run.
+  const seen = new Set<string>();
+  let queries = 0;
+  const peer = dgram.createSocket('udp4');
+  peer.on('message', (msg, rinfo) => {
+    if (msg.length < 12) return;
+    queries++;
+    let off = 12;
+    while (off < msg.length && msg[off] !== 0) off += 1 + (msg[off] as number);
+    seen.add(msg.toString('latin1', 12, off).toLowerCase());
+    const out = Buffer.from(msg);
+    out[2] = (out[2] as number) | 0x80;
+    out[3] = 0x80;
+    peer.send(out, rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((resolve) => peer.bind(0, HOST, resolve));
+  t.teardown(() => peer.close());
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  const argv = ['--quick', '--workloads', 'miss', '--targets', '', '--peer', `fast=${HOST}:${peer.address().port}`, '--driver', 'dnsperf', '--concurrency', '64', '--max-duration', '15', '--rates', '100', '--host', HOST, '--out', out];
+  let before = 0;
+  let seenBefore = 0;
+  const res = await runBench(parseOptions(argv), {
+    log: (l) => {
+      // The open-loop run comes first; count from the dnsperf run on.
+      if (/miss\s+fast\s+100 q\/s/.test(l)) {
+        before = queries;
+        seenBefore = seen.size;
+      }
+    },
+    signal: new AbortController().signal,
+    argv,
+  });
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  const r = json.runs.find((x) => x.target === 'fast' && x.driver === 'dnsperf');
+  if (r === undefined || r.dnsperf === null) throw new Error('no dnsperf run');
+  const asked = queries - before;
+  const distinct = seen.size - seenBefore;
+  t.ok(before > 0 && asked > 200_000, `precondition: dnsperf sent more than the data file's 200,000 lines (${asked})`);
+  t.equal(distinct, asked, `each of the ${asked} miss queries asked a new name (${distinct} distinct)`);
+});
+
+t.test('--driver dnsperf: the run is recorded with the duration dnsperf was given, and its sent rate over it', { skip: which('dnsperf') === null ? 'dnsperf is not installed' : false }, async (t) => {
+  const server = await SimDnsServer.start({ host: HOST, handler: combinedZoneHandler({ ...zones, namespaces: 3, servicesPerNamespace: 5 }) });
+  t.teardown(() => server.close());
+  const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+  // --quick's max-throughput runs last 0.3 s.
+  const argv = ['--quick', '--workloads', 'hit', '--targets', '', '--peer', `sim=${HOST}:${server.port}`, '--driver', 'dnsperf', '--host', HOST, '--out', out];
+  const res = await runBench(parseOptions(argv), { log: () => {}, signal: new AbortController().signal, argv });
+  const json = JSON.parse(readFileSync(res.reports.json, 'utf8')) as BenchResults;
+  const r = json.runs.find((x) => x.target === 'sim' && x.driver === 'dnsperf');
+  if (r === undefined || r.dnsperf === null) throw new Error('no dnsperf run');
+  const limit = Number(/ -l ([0-9.]+)/.exec(r.dnsperf.command)?.[1]);
+  t.equal(limit, r.durationS, `dnsperf ran for the duration the record states (${r.dnsperf.command})`);
+  t.equal(r.sentQps, r.dnsperf.queriesSent / limit, 'sent q/s over the time dnsperf sent');
+});
+
+t.test('isolation bench: stopped with SIGTERM half way, it leaves no agent running', { skip: isolationReady ? false : 'needs the built agent, dnsperf, taskset and 2 CPUs' }, async (t) => {
+  // `timeout 600 npm run isolation`, a CI step's cancel, or `kill PID` send SIGTERM to the bench process alone.
+  const script = path.join(ROOT, 'bench', 'isolation.ts');
+  const child = spawn(process.execPath, [...process.execArgv, script, '--agent', AGENT, '--backends', 'batched', '--seconds', '20', '--rate', '100', '--names', '20', '--rt-priority', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let out = '';
+  const agentPid = await new Promise<number>((resolve, reject) => {
+    const limit = setTimeout(() => reject(new Error(`the bench did not start the agent within 60 s:\n${out}`)), 60_000);
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+      const m = /batched: pid (\d+)/.exec(out);
+      if (m !== null) {
+        clearTimeout(limit);
+        resolve(Number(m[1]));
+      }
+    });
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+  });
+  const running = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  t.teardown(() => {
+    // The agent this test caused to start, if the bench left it behind.
+    if (running(agentPid)) process.kill(agentPid, 'SIGKILL');
+  });
+  t.ok(running(agentPid), `precondition: the agent (pid ${agentPid}) runs`);
+  child.kill('SIGTERM');
+  await exited;
+  // The agent's own shutdown is bounded well below this.
+  for (let i = 0; i < 100 && running(agentPid); i++) await new Promise((r) => setTimeout(r, 100));
+  t.notOk(running(agentPid), 'the agent was stopped with the bench');
 });
