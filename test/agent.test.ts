@@ -264,6 +264,52 @@ t.test('bad queries: FORMERR, NOTIMP, drops, and the agent keeps answering', asy
   t.same(dataOf(dnsPacket.decode(tcp.get(10)!)), ['192.0.2.80'], 'next query on the same connection answered');
 });
 
+/**
+ * Sends `payload` to host:port as a UDP datagram whose source port is 0, through a raw socket (root): Linux
+ * delivers such a datagram to a UDP socket, and dgram reports rinfo.port 0. Anyone who can spoof can send one.
+ */
+async function sendFromPortZero(host: string, port: number, payload: Buffer): Promise<void> {
+  const koffi = (await import('koffi')).default;
+  const libc = koffi.load('libc.so.6');
+  const socket = libc.func('int socket(int domain, int type, int protocol)') as (d: number, ty: number, p: number) => number;
+  const sendto = libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as (
+    fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrlen: number,
+  ) => number;
+  const close = libc.func('int close(int fd)') as (fd: number) => number;
+  const fd = socket(2 /* AF_INET */, 3 /* SOCK_RAW */, 17 /* IPPROTO_UDP */);
+  if (fd < 0) throw new Error(`raw socket: errno ${koffi.errno()}`);
+  try {
+    const udp = Buffer.alloc(8 + payload.length);
+    udp.writeUInt16BE(0, 0); // source port 0
+    udp.writeUInt16BE(port, 2);
+    udp.writeUInt16BE(udp.length, 4);
+    udp.writeUInt16BE(0, 6); // no checksum (IPv4)
+    payload.copy(udp, 8);
+    const sa = Buffer.alloc(16);
+    sa.writeUInt16LE(2, 0);
+    Buffer.from(host.split('.').map(Number)).copy(sa, 4);
+    if (sendto(fd, udp, udp.length, 0, sa, sa.length) !== udp.length) throw new Error(`raw sendto: errno ${koffi.errno()}`);
+  } finally {
+    close(fd);
+  }
+}
+
+t.test('a query from source port 0 (spoofed) costs nothing to the clients that joined its miss', async (t) => {
+  // dgram's send() throws ERR_SOCKET_BAD_PORT for port 0. The first waiter of a miss is answered first: if its send
+  // throws out of the hit path's completion, every client coalesced behind it gets nothing and waits out its own
+  // 5 s timeout, though the answer came back and was cached.
+  const { cluster, args } = await sims(t, { latencyMs: 300 });
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const name = 'web.default.svc.cluster.local';
+  await sendFromPortZero(HOST, a.target.port, buildQuery(name, { id: 1 }));
+  for (let i = 0; i < 100 && a.agent.hitPath.inflight === 0; i++) await sleep(10);
+  t.equal(a.agent.hitPath.inflight, 1, 'the spoofed query opened the miss');
+  const answers = await Promise.all([2, 3, 4].map((id) => udpExchange(a.target, buildQuery(name, { id }), 2000)));
+  t.equal(count(cluster, name), 1, 'one upstream query for all of them');
+  t.same(answers.map((b) => (b === null ? null : dataOf(dnsPacket.decode(b)))), [['10.96.1.10'], ['10.96.1.10'], ['10.96.1.10']], 'every real client that joined the miss is answered');
+});
+
 t.test('loop guard: an upstream that is our own listen address is refused', async (t) => {
   await t.rejects(startAgent(HOST, ['--upstream-nameservers', `${HOST}:15299`, '--listen', `${HOST}:15299`]), { name: 'StartupError' });
   await t.rejects(
