@@ -310,6 +310,24 @@ t.test('a query from source port 0 (spoofed) costs nothing to the clients that j
   t.same(answers.map((b) => (b === null ? null : dataOf(dnsPacket.decode(b)))), [['10.96.1.10'], ['10.96.1.10'], ['10.96.1.10']], 'every real client that joined the miss is answered');
 });
 
+t.test('--client-miss-rate: a reload that leaves the limit as it was does not hand every client a fresh burst', async (t) => {
+  // A reload comes with any change of the config file, resolv.conf or the kube-dns ConfigMap, and with SIGHUP.
+  // Rebuilding the limiter then forgets every bucket: a runaway pod held at its rate gets --client-miss-burst
+  // (1000 by default) new upstream questions at once, each time, which is what the limit exists to prevent.
+  const { external, args } = await sims(t);
+  const clock = new ManualClock();
+  const a = await startAgent(HOST, [...args, '--client-miss-rate', '1', '--client-miss-burst', '2'], { clock });
+  t.teardown(a.stop);
+  for (const n of ['m1', 'm2']) await udpQuery(a.target, `${n}.example.com`);
+  t.equal(rcodeOf(await udpQuery(a.target, 'm3.example.com')), 2, 'past its burst: SERVFAIL');
+  t.equal(count(external, 'm3.example.com'), 0, 'and nothing sent');
+  const outcome = a.agent.reload(loadConfig(a.argv, { env: {} }).config);
+  t.ok(outcome.applied, 'the same configuration reloaded');
+  // No time has passed on the agent's clock: the bucket has not refilled.
+  t.equal(rcodeOf(await udpQuery(a.target, 'm4.example.com')), 2, 'still past its burst after the reload: SERVFAIL');
+  t.equal(count(external, 'm4.example.com'), 0, 'and nothing sent upstream for it');
+});
+
 t.test('loop guard: an upstream that is our own listen address is refused', async (t) => {
   await t.rejects(startAgent(HOST, ['--upstream-nameservers', `${HOST}:15299`, '--listen', `${HOST}:15299`]), { name: 'StartupError' });
   await t.rejects(
