@@ -351,6 +351,28 @@ t.test('--client-miss-rate: a reload that leaves the limit as it was does not ha
   t.equal(count(external, 'm4.example.com'), 0, 'and nothing sent upstream for it');
 });
 
+t.test('--max-udp-size 65535 (accepted): an answer too big for one IPv4 datagram goes out truncated, not lost', async (t) => {
+  // The flag accepts up to 65535, but an IPv4 UDP payload is at most 65507 bytes (65535 less the IP and UDP
+  // headers): an answer between the two is refused by sendmsg (EMSGSIZE; dgram's send() without a callback drops
+  // that error silently, no 'error' event) and the client, which asked with EDNS 65535, gets nothing at all, not
+  // the TC=1 that sends it to TCP. 2,112 addresses (a large headless service;
+  // the simulator does not compress names, 31 bytes a record): 65,505 bytes, 65,516 with our OPT.
+  const name = 'h.cluster.local';
+  const n = 2112;
+  const addrs = Array.from({ length: n }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+  const cluster = await SimDnsServer.start({ handler: staticHandler({ [name]: { A: addrs, ttl: 30 } }, { soaZone: 'cluster.local' }) });
+  t.teardown(() => cluster.close());
+  const a = await startAgent(HOST, ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--max-udp-size', '65535']);
+  t.teardown(a.stop);
+  const whole = await tcpQuery(a.target, name);
+  t.equal(whole.answers?.length, n, 'over TCP: the whole answer (now cached)');
+  const b = await udpExchange(a.target, buildQuery(name, { id: 5, edns: true, udpSize: 65535 }), 2000);
+  t.not(b, null, 'over UDP the client gets an answer');
+  if (b === null) return;
+  t.ok(b.length <= 65507, `it fits one IPv4 datagram (${b.length} bytes)`);
+  t.ok(dnsPacket.decode(b).flag_tc, 'TC=1: the rest is over TCP');
+});
+
 t.test('loop guard: an upstream that is our own listen address is refused', async (t) => {
   await t.rejects(startAgent(HOST, ['--upstream-nameservers', `${HOST}:15299`, '--listen', `${HOST}:15299`]), { name: 'StartupError' });
   await t.rejects(
