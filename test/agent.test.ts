@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { ManualClock } from '../src/clock.js';
 import { createLogger } from '../src/log.js';
 import { loadConfig } from '../src/config.js';
+import { UdpListener } from '../src/server/udp-listener.js';
 import type { ServerCounterName } from '../src/server/stats.js';
 import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
 import { BACKENDS, startAgent, writeResolvConf, type Backend, type TestAgent } from './helpers/agent.js';
@@ -371,6 +372,19 @@ t.test('--max-udp-size 65535 (accepted): an answer too big for one IPv4 datagram
   if (b === null) return;
   t.ok(b.length <= 65507, `it fits one IPv4 datagram (${b.length} bytes)`);
   t.ok(dnsPacket.decode(b).flag_tc, 'TC=1: the rest is over TCP');
+});
+
+t.test('dgram listener: an answer the kernel refuses to send is reported, not dropped in silence', async (t) => {
+  // UdpListener counts and logs 'udp socket error' on the socket's 'error' event, but dgram emits none for a
+  // send() without a callback: EMSGSIZE, EAGAIN on a full send buffer, EPERM from a firewall are all lost
+  // unseen, while coredns_dns_responses_total counts the answer as given.
+  const logs: string[] = [];
+  const l = new UdpListener({ host: HOST, port: 0 }, { handle: () => {} }, createLogger('info', (line) => logs.push(line)));
+  await l.start();
+  t.teardown(() => l.close());
+  l.send(Buffer.alloc(65_516), { address: HOST, port: 9 }); // over the 65,507 bytes an IPv4 datagram carries
+  for (let i = 0; i < 50 && !logs.some((x) => x.includes('udp socket error')); i++) await sleep(10);
+  t.ok(logs.some((x) => x.includes('udp socket error') && x.includes('EMSGSIZE')), 'the failed send is logged with its error');
 });
 
 t.test('loop guard: an upstream that is our own listen address is refused', async (t) => {
