@@ -16,7 +16,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManualClock } from '../src/clock.js';
+import { createLogger } from '../src/log.js';
 import { loadConfig } from '../src/config.js';
+import { UdpListener } from '../src/server/udp-listener.js';
 import type { ServerCounterName } from '../src/server/stats.js';
 import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
 import { BACKENDS, startAgent, writeResolvConf, type Backend, type TestAgent } from './helpers/agent.js';
@@ -262,6 +264,127 @@ t.test('bad queries: FORMERR, NOTIMP, drops, and the agent keeps answering', asy
   const tcp = await tcpQueries(a.target, [two, buildQuery('www.example.com', { id: 10 })]);
   t.equal(tcp.get(9)![3]! & 0xf, 1, 'FORMERR over TCP');
   t.same(dataOf(dnsPacket.decode(tcp.get(10)!)), ['192.0.2.80'], 'next query on the same connection answered');
+});
+
+/**
+ * Sends `payload` to host:port as a UDP datagram whose source port is 0, through a raw socket (root): Linux
+ * delivers such a datagram to a UDP socket, and dgram reports rinfo.port 0. Anyone who can spoof can send one.
+ */
+async function sendFromPortZero(host: string, port: number, payload: Buffer): Promise<void> {
+  const koffi = (await import('koffi')).default;
+  const libc = koffi.load('libc.so.6');
+  const socket = libc.func('int socket(int domain, int type, int protocol)') as (d: number, ty: number, p: number) => number;
+  const sendto = libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as (
+    fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrlen: number,
+  ) => number;
+  const close = libc.func('int close(int fd)') as (fd: number) => number;
+  const fd = socket(2 /* AF_INET */, 3 /* SOCK_RAW */, 17 /* IPPROTO_UDP */);
+  if (fd < 0) throw new Error(`raw socket: errno ${koffi.errno()}`);
+  try {
+    const udp = Buffer.alloc(8 + payload.length);
+    udp.writeUInt16BE(0, 0); // source port 0
+    udp.writeUInt16BE(port, 2);
+    udp.writeUInt16BE(udp.length, 4);
+    udp.writeUInt16BE(0, 6); // no checksum (IPv4)
+    payload.copy(udp, 8);
+    const sa = Buffer.alloc(16);
+    sa.writeUInt16LE(2, 0);
+    Buffer.from(host.split('.').map(Number)).copy(sa, 4);
+    if (sendto(fd, udp, udp.length, 0, sa, sa.length) !== udp.length) throw new Error(`raw sendto: errno ${koffi.errno()}`);
+  } finally {
+    close(fd);
+  }
+}
+
+t.test('a query from source port 0 (spoofed) costs nothing to the clients that joined its miss', async (t) => {
+  // dgram's send() throws ERR_SOCKET_BAD_PORT for port 0. The first waiter of a miss is answered first: if its send
+  // throws out of the hit path's completion, every client coalesced behind it gets nothing and waits out its own
+  // 5 s timeout, though the answer came back and was cached.
+  const { cluster, args } = await sims(t, { latencyMs: 300 });
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const name = 'web.default.svc.cluster.local';
+  await sendFromPortZero(HOST, a.target.port, buildQuery(name, { id: 1 }));
+  for (let i = 0; i < 100 && a.agent.hitPath.inflight === 0; i++) await sleep(10);
+  t.equal(a.agent.hitPath.inflight, 1, 'the spoofed query opened the miss');
+  const answers = await Promise.all([2, 3, 4].map((id) => udpExchange(a.target, buildQuery(name, { id }), 2000)));
+  t.equal(count(cluster, name), 1, 'one upstream query for all of them');
+  t.same(answers.map((b) => (b === null ? null : dataOf(dnsPacket.decode(b)))), [['10.96.1.10'], ['10.96.1.10'], ['10.96.1.10']], 'every real client that joined the miss is answered');
+});
+
+t.test('a query from source port 0 in flight at shutdown: the listeners part stops cleanly and closes its sockets', async (t) => {
+  // Past the grace, abortAll() answers every waiting client in order; the send to port 0 throws out of it, so the
+  // listeners part's stop() fails before it closes a single socket: the other waiting clients are not answered
+  // there, and the UDP and TCP sockets stay open (in a test, the process never exits).
+  const { args } = await sims(t, { dropAll: true }, { dropAll: true });
+  const logs: string[] = [];
+  const a = await startAgent(HOST, [...args, '--timeout', '10s'], { logger: createLogger('info', (l) => logs.push(l)) });
+  // Whatever stop() left open is closed here, so a failure of this test cannot hold the test process.
+  t.teardown(() => Promise.all(a.agent.listeners.map((l) => l.close())));
+  await sendFromPortZero(HOST, a.target.port, buildQuery('spoofed.example.com', { id: 1 }));
+  for (let i = 0; i < 100 && a.agent.hitPath.inflight === 0; i++) await sleep(10);
+  const pending = udpExchange(a.target, buildQuery('n1.example.com'), 4000);
+  for (let i = 0; i < 100 && a.agent.hitPath.inflight < 2; i++) await sleep(10);
+  t.equal(a.agent.hitPath.inflight, 2, 'both in flight upstream');
+  await a.agent.stop(300);
+  t.same(logs.filter((l) => l.includes('error while stopping')), [], 'no part failed to stop');
+  t.equal(a.agent.listeners.length, 0, 'every listener was closed');
+  t.equal(a.agent.hitPath.counters.get('abortedAtShutdown'), 2, 'both waiting clients counted as answered at the abort');
+  const b = await pending;
+  t.equal(b === null ? null : rcodeOf(dnsPacket.decode(b)), 2, 'the real client got SERVFAIL');
+});
+
+t.test('--client-miss-rate: a reload that leaves the limit as it was does not hand every client a fresh burst', async (t) => {
+  // A reload comes with any change of the config file, resolv.conf or the kube-dns ConfigMap, and with SIGHUP.
+  // Rebuilding the limiter then forgets every bucket: a runaway pod held at its rate gets --client-miss-burst
+  // (1000 by default) new upstream questions at once, each time, which is what the limit exists to prevent.
+  const { external, args } = await sims(t);
+  const clock = new ManualClock();
+  const a = await startAgent(HOST, [...args, '--client-miss-rate', '1', '--client-miss-burst', '2'], { clock });
+  t.teardown(a.stop);
+  for (const n of ['m1', 'm2']) await udpQuery(a.target, `${n}.example.com`);
+  t.equal(rcodeOf(await udpQuery(a.target, 'm3.example.com')), 2, 'past its burst: SERVFAIL');
+  t.equal(count(external, 'm3.example.com'), 0, 'and nothing sent');
+  const outcome = a.agent.reload(loadConfig(a.argv, { env: {} }).config);
+  t.ok(outcome.applied, 'the same configuration reloaded');
+  // No time has passed on the agent's clock: the bucket has not refilled.
+  t.equal(rcodeOf(await udpQuery(a.target, 'm4.example.com')), 2, 'still past its burst after the reload: SERVFAIL');
+  t.equal(count(external, 'm4.example.com'), 0, 'and nothing sent upstream for it');
+});
+
+t.test('--max-udp-size 65535 (accepted): an answer too big for one IPv4 datagram goes out truncated, not lost', async (t) => {
+  // The flag accepts up to 65535, but an IPv4 UDP payload is at most 65507 bytes (65535 less the IP and UDP
+  // headers): an answer between the two is refused by sendmsg (EMSGSIZE; dgram's send() without a callback drops
+  // that error silently, no 'error' event) and the client, which asked with EDNS 65535, gets nothing at all, not
+  // the TC=1 that sends it to TCP. 2,112 addresses (a large headless service;
+  // the simulator does not compress names, 31 bytes a record): 65,505 bytes, 65,516 with our OPT.
+  const name = 'h.cluster.local';
+  const n = 2112;
+  const addrs = Array.from({ length: n }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+  const cluster = await SimDnsServer.start({ handler: staticHandler({ [name]: { A: addrs, ttl: 30 } }, { soaZone: 'cluster.local' }) });
+  t.teardown(() => cluster.close());
+  const a = await startAgent(HOST, ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--max-udp-size', '65535']);
+  t.teardown(a.stop);
+  const whole = await tcpQuery(a.target, name);
+  t.equal(whole.answers?.length, n, 'over TCP: the whole answer (now cached)');
+  const b = await udpExchange(a.target, buildQuery(name, { id: 5, edns: true, udpSize: 65535 }), 2000);
+  t.not(b, null, 'over UDP the client gets an answer');
+  if (b === null) return;
+  t.ok(b.length <= 65507, `it fits one IPv4 datagram (${b.length} bytes)`);
+  t.ok(dnsPacket.decode(b).flag_tc, 'TC=1: the rest is over TCP');
+});
+
+t.test('dgram listener: an answer the kernel refuses to send is reported, not dropped in silence', async (t) => {
+  // UdpListener counts and logs 'udp socket error' on the socket's 'error' event, but dgram emits none for a
+  // send() without a callback: EMSGSIZE, EAGAIN on a full send buffer, EPERM from a firewall are all lost
+  // unseen, while coredns_dns_responses_total counts the answer as given.
+  const logs: string[] = [];
+  const l = new UdpListener({ host: HOST, port: 0 }, { handle: () => {} }, createLogger('info', (line) => logs.push(line)));
+  await l.start();
+  t.teardown(() => l.close());
+  l.send(Buffer.alloc(65_516), { address: HOST, port: 9 }); // over the 65,507 bytes an IPv4 datagram carries
+  for (let i = 0; i < 50 && !logs.some((x) => x.includes('udp socket error')); i++) await sleep(10);
+  t.ok(logs.some((x) => x.includes('udp socket error') && x.includes('EMSGSIZE')), 'the failed send is logged with its error');
 });
 
 t.test('loop guard: an upstream that is our own listen address is refused', async (t) => {

@@ -337,3 +337,34 @@ t.test('socket-options: SO_SNDBUF set and read back, errors as errno values', as
   t.equal(so.setSendBuffer(fd, 20_000), 0);
   t.equal(so.sendBuffer(fd), 40_000, 'the kernel doubles it');
 });
+
+t.test('a client that never reads, closed as idle or evicted, leaves no send queue behind either', async (t) => {
+  // Twenty answers of 60 KB, with Node's unsent cap out of the way so that only the idle timeout or an eviction
+  // can close the connection (in production a client gets the same by asking for a little less than the client's
+  // receive buffer + ~110 KB + the cap); once the client's receive buffer is full, ~110 KB sit in our kernel send
+  // queue against a zero window. A plain close() turns that
+  // socket into an orphan in FIN_WAIT1 that keeps the queue while the kernel probes the shut window (minutes): a
+  // pod that cycles such connections through idle or the cap makes the node hold 1,024 x 110 KB each cycle.
+  // Closed with a reset, as at the unsent cap, the queue is freed at once.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 100, idleTimeoutMs: 300, maxUnsentBytes: 16 * 1024 * 1024 });
+  const idle = await flood(t, l, 20);
+  t.ok(idle.maxTx > 0, `answers were queued in the kernel (max ${idle.maxTx} bytes)`);
+  t.ok(await until(() => l.counters.get('closedIdle') === 1), 'closed as idle');
+  t.ok(
+    await until(() => (serverSide(l.port, idle.client.localPort)?.txQueue ?? 0) === 0, 3000),
+    `no server-side send queue left behind after an idle close (left: ${JSON.stringify(serverSide(l.port, idle.client.localPort))})`,
+  );
+
+  const l2 = await startListener(t, h, { maxQueriesPerConnection: 100, maxConnections: 1, maxUnsentBytes: 16 * 1024 * 1024 });
+  const victim = await flood(t, l2, 20);
+  t.ok((serverSide(l2.port, victim.client.localPort)?.txQueue ?? 0) > 0, 'answers wait in the kernel send queue');
+  const d = await Client.connect(t, l2.port);
+  d.socket.write(query(9));
+  t.ok(await until(() => d.answers.length === 1), 'the newcomer is served');
+  t.equal(l2.counters.get('closedEvicted'), 1, 'the reader-less connection was evicted for it');
+  t.ok(
+    await until(() => (serverSide(l2.port, victim.client.localPort)?.txQueue ?? 0) === 0, 3000),
+    `no server-side send queue left behind after an eviction (left: ${JSON.stringify(serverSide(l2.port, victim.client.localPort))})`,
+  );
+});
