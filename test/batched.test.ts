@@ -1639,3 +1639,34 @@ t.test('idle GC on the main thread: the part collects after a burst once the eve
   t.equal(held.length, 0);
   t.equal(collections(), 2, 'none while the event loop was busy');
 });
+
+t.test('a worker whose restart fails is tried again while the listener runs: its slot does not stay empty for the life of the process', async (t) => {
+  // listener.ts #restart tries once: when the successor dies before it is ready (its start is rejected: whenStarted
+  // marks it closing), the error is logged ("could not be restarted; the other workers keep serving") and nothing
+  // schedules another try. With --workers 1 (the default on a pinned or 1-CPU pod) nothing serves UDP any more,
+  // and /ready does not say so.
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const first = r.listener.workerThread(0)!;
+  await first.terminate();
+  await until('the successor spawned', () => {
+    const w = r.listener.workerThread(0);
+    return w !== null && w !== first;
+  }, 5000);
+  const successor = r.listener.workerThread(0)!;
+  await successor.terminate();
+  await until('the failed start to be logged', () => r.logs.some((l) => l.includes('could not be restarted')));
+  t.pass('the first restart failed (its worker died before it was ready)');
+  await until('another try', () => {
+    const w = r.listener.workerThread(0);
+    return w !== null && w !== successor && w !== first;
+  }, 15_000).catch(() => undefined);
+  t.not(r.listener.workerThread(0), null, 'a new worker holds slot 0 again');
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'svc-2.example.com', 1);
+  // Nothing to wait for without a worker: the datagram sits in no socket (its port is closed).
+  if (r.listener.workerThread(0) !== null) await until('an answer', () => c.answers.has(1), 30_000).catch(() => undefined);
+  t.same(dataOf(c.answers.get(1)), ['10.0.0.2'], 'UDP is served again');
+});
