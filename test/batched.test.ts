@@ -1670,3 +1670,26 @@ t.test('a worker whose restart fails is tried again while the listener runs: its
   if (r.listener.workerThread(0) !== null) await until('an answer', () => c.answers.has(1), 30_000).catch(() => undefined);
   t.same(dataOf(c.answers.get(1)), ['10.0.0.2'], 'UDP is served again');
 });
+
+t.test('shed gate: a refusal 2^32 ms (49.7 days) ago is no refusal now: a long-lived worker does not start shedding when the 32-bit stamp comes round again', async (t) => {
+  // shed-gate.ts keeps the last refusal as wall ms cut to 32 bits and takes the difference in 32-bit arithmetic, so
+  // a stamp T and a time T + 2^32 + x read as "x ms since a refusal". A worker never refused (WorkerLink stamps it
+  // an hour before its spawn) sheds every new miss (SERVFAIL, or stale) for SHED_WINDOW_MS, then all beyond
+  // SOFT_INFLIGHT until SOFT_PERIOD_MS, once every 49.7 days of uptime: all workers at once (they start together).
+  const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
+  const c = new Counters(BATCHED_COUNTERS);
+  const spawnedAt = 1_700_000_000_000;
+  let wall = spawnedAt;
+  const gate = new ShedGate(ctl, [], { lastGaveUp: false }, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, () => wall);
+  const ext = parseQuery(query({ name: 'x.example.org' })).key;
+  // What a new WorkerLink stamps: long ago, so the worker starts admitting every miss.
+  stampRefusal(ctl, spawnedAt - 3_600_000);
+  t.ok(gate.admits(ext), 'a fresh worker admits');
+  wall = spawnedAt - 3_600_000 + 2 ** 32 + 10;
+  t.ok(gate.admits(ext), 'never refused, 49.7 days later: still admitted');
+  stampRefusal(ctl, spawnedAt);
+  wall = spawnedAt + 2 ** 32 + SHED_WINDOW_MS + 10;
+  gate.watch({ inflight: SOFT_INFLIGHT });
+  t.ok(gate.admits(ext), 'refused once 49.7 days ago, nothing since: admitted (the soft period ended long ago)');
+  t.equal(c.get('shedBusy'), 0, 'nothing shed');
+});
