@@ -6,6 +6,7 @@
 // polls for an event, never assertions about how fast.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
+import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -1692,4 +1693,54 @@ t.test('shed gate: a refusal 2^32 ms (49.7 days) ago is no refusal now: a long-l
   gate.watch({ inflight: SOFT_INFLIGHT });
   t.ok(gate.admits(ext), 'refused once 49.7 days ago, nothing since: admitted (the soft period ended long ago)');
   t.equal(c.get('shedBusy'), 0, 'nothing shed');
+});
+
+const netnsClientSkip = process.getuid?.() !== 0 ? 'needs root (a network namespace)' : spawnSync('dig', ['-v']).status !== 0 ? 'needs dig' : false;
+
+t.test('pause on a wildcard address: answers to queries already taken still reach a client on another host', { skip: netnsClientSkip }, async (t) => {
+  // pause() (listener.ts) detaches every socket: udp-batch.ts detach() connects it to its own address, loopback for a
+  // wildcard. connect() on a socket bound to 0.0.0.0 also fixes its local address to 127.0.0.1 (ip4_datagram_connect
+  // sets inet_saddr and inet_rcv_saddr when unset), so every answer sent on it afterwards leaves from 127.0.0.1:
+  // to a pod or another host the kernel refuses it (sendmmsg: EINVAL). The misses in flight at a shutdown or
+  // handover, and the queries still queued, are lost ("shutdown loses nothing taken" holds only for loopback clients).
+  // A client in a namespace of this test's own, over a veth pair.
+  const ip = (...args: string[]): void => {
+    const r = spawnSync('ip', args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
+  };
+  const tag = `${process.pid % 100000}`;
+  const ns = `rvb-wild-${tag}`;
+  const hostIf = `rvbh${tag}`;
+  const peerIf = `rvbc${tag}`;
+  const net = `10.213.${process.pid % 250}`;
+  ip('netns', 'add', ns);
+  t.teardown(() => {
+    spawnSync('ip', ['netns', 'del', ns]);
+    spawnSync('ip', ['link', 'del', hostIf]);
+  });
+  ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', peerIf);
+  ip('link', 'set', peerIf, 'netns', ns);
+  ip('addr', 'add', `${net}.1/30`, 'dev', hostIf);
+  ip('link', 'set', hostIf, 'up');
+  ip('-n', ns, 'addr', 'add', `${net}.2/30`, 'dev', peerIf);
+  ip('-n', ns, 'link', 'set', peerIf, 'up');
+  ip('-n', ns, 'link', 'set', 'lo', 'up');
+  let release = (): void => {};
+  const hold = new Promise<void>((resolve) => (release = resolve));
+  const r = await rig(t, { listen: ['0.0.0.0'], hold });
+  const port = r.ports[0]!;
+  const dig = (name: string): Promise<string> =>
+    new Promise((resolve) => {
+      execFile('ip', ['netns', 'exec', ns, 'dig', `@${net}.1`, '-p', String(port), name, 'A', '+tries=1', '+timeout=8'], { encoding: 'utf8' }, (_err, stdout) => resolve(stdout));
+    });
+  const warm = await dig('svc-1.example.com');
+  t.match(warm, /status: NOERROR/, 'before the pause a client on another host is answered (routing and wildcard work)');
+  const held = dig('held-9.example.com');
+  await until('the question to reach the upstream', () => r.resolver.inflight === 1 && r.listener.inflight === 1, 10_000);
+  // Shutdown begins (or a new agent took over): the miss in flight is still to be answered.
+  r.listener.pause();
+  release();
+  const out = await held;
+  t.match(out, /status: NXDOMAIN/, 'the miss taken before the pause is answered');
+  t.equal(r.listener.totals().io.get('sendErrors'), 0, 'no send failed');
 });
