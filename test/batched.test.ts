@@ -6,6 +6,7 @@
 // polls for an event, never assertions about how fast.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
+import type { Worker } from 'node:worker_threads';
 import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -164,6 +165,17 @@ async function rig(
     await upstream.close();
   });
   return { upstream, listener, resolver, ports: listener.ports, logs };
+}
+
+/** Ends worker 0's thread and waits until the listener has spawned its successor (still starting: not yet ready). */
+async function killWorkerZero(listener: BatchedUdpListener): Promise<{ first: Worker; successor: Worker }> {
+  const first = listener.workerThread(0)!;
+  await first.terminate();
+  await until('the successor spawned', () => {
+    const w = listener.workerThread(0);
+    return w !== null && w !== first;
+  }, 5000);
+  return { first, successor: listener.workerThread(0)! };
 }
 
 const dataOf = (p: dnsPacket.DecodedPacket | undefined): string[] => (p?.answers ?? []).map((a) => String((a as { data: unknown }).data));
@@ -743,13 +755,7 @@ t.test('shutdown with a restarted worker that dies before it is ready: drain and
   // before either only rejects the start, and nothing tells #checkDrained or #checkAborted that this worker will
   // never answer: drain() and abortAll() wait forever (the agent's stop has no deadline around abortAll).
   const r = await rig(t);
-  const first = r.listener.workerThread(0)!;
-  await first.terminate();
-  await until('the successor spawned', () => {
-    const w = r.listener.workerThread(0);
-    return w !== null && w !== first;
-  }, 5000);
-  const successor = r.listener.workerThread(0)!;
+  const { successor } = await killWorkerZero(r.listener);
   // Shutdown while it starts: pause, drain, then (grace over) abort; it dies before its loop ran.
   r.listener.pause();
   const drained = r.listener.drain().then(() => 'drained');
@@ -1648,13 +1654,7 @@ t.test('a worker whose restart fails is tried again while the listener runs: its
   // and /ready does not say so.
   const r = await rig(t);
   const port = r.ports[0]!;
-  const first = r.listener.workerThread(0)!;
-  await first.terminate();
-  await until('the successor spawned', () => {
-    const w = r.listener.workerThread(0);
-    return w !== null && w !== first;
-  }, 5000);
-  const successor = r.listener.workerThread(0)!;
+  const { first, successor } = await killWorkerZero(r.listener);
   await successor.terminate();
   await until('the failed start to be logged', () => r.logs.some((l) => l.includes('could not be restarted')));
   t.pass('the first restart failed (its worker died before it was ready)');
