@@ -27,6 +27,7 @@ import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { UdpListener } from '../src/server/udp-listener.js';
+import type { QueryHandler } from '../src/server/listener.js';
 import { BatchedUdpListener, workerMissLimit } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from '../src/server/batched/msgvec.js';
@@ -1695,24 +1696,20 @@ t.test('shed gate: a refusal 2^32 ms (49.7 days) ago is no refusal now: a long-l
   t.equal(c.get('shedBusy'), 0, 'nothing shed');
 });
 
-const netnsClientSkip = process.getuid?.() !== 0 ? 'needs root (a network namespace)' : spawnSync('dig', ['-v']).status !== 0 ? 'needs dig' : false;
-
-t.test('pause on a wildcard address: answers to queries already taken still reach a client on another host', { skip: netnsClientSkip }, async (t) => {
-  // pause() (listener.ts) detaches every socket: udp-batch.ts detach() connects it to its own address, loopback for a
-  // wildcard. connect() on a socket bound to 0.0.0.0 also fixes its local address to 127.0.0.1 (ip4_datagram_connect
-  // sets inet_saddr and inet_rcv_saddr when unset), so every answer sent on it afterwards leaves from 127.0.0.1:
-  // to a pod or another host the kernel refuses it (sendmmsg: EINVAL). The misses in flight at a shutdown or
-  // handover, and the queries still queued, are lost ("shutdown loses nothing taken" holds only for loopback clients).
-  // A client in a namespace of this test's own, over a veth pair.
+/**
+ * A client on another host: a network namespace of this test's own, joined to this one by a veth pair. Returns the
+ * namespace and this side's address on the link (a listener on a wildcard is reached there).
+ */
+function clientNamespace(t: Test): { ns: string; hostAddr: string } {
   const ip = (...args: string[]): void => {
     const r = spawnSync('ip', args, { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
   };
-  const tag = `${process.pid % 100000}`;
+  const tag = `${process.pid % 100000}${clientNamespaces++}`;
   const ns = `rvb-wild-${tag}`;
   const hostIf = `rvbh${tag}`;
   const peerIf = `rvbc${tag}`;
-  const net = `10.213.${process.pid % 250}`;
+  const net = `10.${213 + clientNamespaces}.${process.pid % 250}`;
   ip('netns', 'add', ns);
   t.teardown(() => {
     spawnSync('ip', ['netns', 'del', ns]);
@@ -1725,14 +1722,31 @@ t.test('pause on a wildcard address: answers to queries already taken still reac
   ip('-n', ns, 'addr', 'add', `${net}.2/30`, 'dev', peerIf);
   ip('-n', ns, 'link', 'set', peerIf, 'up');
   ip('-n', ns, 'link', 'set', 'lo', 'up');
+  return { ns, hostAddr: `${net}.1` };
+}
+let clientNamespaces = 0;
+
+/** dig's output for one try (8 s at most) from inside `ns`. */
+function digFrom(ns: string, server: string, port: number, name: string): Promise<string> {
+  return new Promise((resolve) => {
+    execFile('ip', ['netns', 'exec', ns, 'dig', `@${server}`, '-p', String(port), name, 'A', '+tries=1', '+timeout=8'], { encoding: 'utf8' }, (_err, stdout) => resolve(stdout));
+  });
+}
+
+const netnsClientSkip = process.getuid?.() !== 0 ? 'needs root (a network namespace)' : spawnSync('dig', ['-v']).status !== 0 ? 'needs dig' : false;
+
+t.test('pause on a wildcard address: answers to queries already taken still reach a client on another host', { skip: netnsClientSkip }, async (t) => {
+  // pause() (listener.ts) detaches every socket: udp-batch.ts detach() connects it to its own address, loopback for a
+  // wildcard. connect() on a socket bound to 0.0.0.0 also fixes its local address to 127.0.0.1 (ip4_datagram_connect
+  // sets inet_saddr and inet_rcv_saddr when unset), so every answer sent on it afterwards leaves from 127.0.0.1:
+  // to a pod or another host the kernel refuses it (sendmmsg: EINVAL). The misses in flight at a shutdown or
+  // handover, and the queries still queued, are lost ("shutdown loses nothing taken" holds only for loopback clients).
+  const { ns, hostAddr } = clientNamespace(t);
   let release = (): void => {};
   const hold = new Promise<void>((resolve) => (release = resolve));
   const r = await rig(t, { listen: ['0.0.0.0'], hold });
   const port = r.ports[0]!;
-  const dig = (name: string): Promise<string> =>
-    new Promise((resolve) => {
-      execFile('ip', ['netns', 'exec', ns, 'dig', `@${net}.1`, '-p', String(port), name, 'A', '+tries=1', '+timeout=8'], { encoding: 'utf8' }, (_err, stdout) => resolve(stdout));
-    });
+  const dig = (name: string): Promise<string> => digFrom(ns, hostAddr, port, name);
   const warm = await dig('svc-1.example.com');
   t.match(warm, /status: NOERROR/, 'before the pause a client on another host is answered (routing and wildcard work)');
   const held = dig('held-9.example.com');
@@ -1743,4 +1757,31 @@ t.test('pause on a wildcard address: answers to queries already taken still reac
   const out = await held;
   t.match(out, /status: NXDOMAIN/, 'the miss taken before the pause is answered');
   t.equal(r.listener.totals().io.get('sendErrors'), 0, 'no send failed');
+});
+
+t.test('dgram with SO_REUSEPORT, pause on a wildcard address: an answer to a query taken before the pause still reaches a client on another host', { skip: netnsClientSkip }, async (t) => {
+  // The same in reuseport.ts detachUdp (the dgram listener's handover drain): connect() to loopback fixes the
+  // wildcard socket's source to 127.0.0.1, and the answer to a pod is refused by the kernel.
+  const { ns, hostAddr } = clientNamespace(t);
+  let held: (() => void) | null = null;
+  const handler: QueryHandler = {
+    handle(msg, channel, peer) {
+      // A response: the query with QR and RA set (NOERROR, no records).
+      const reply = Buffer.from(msg);
+      reply[2] = reply[2]! | 0x80;
+      reply[3] = reply[3]! | 0x80;
+      if (held === null && msg.includes(Buffer.from('held'))) held = () => channel.send(reply, peer);
+      else channel.send(reply, peer);
+    },
+  };
+  const udp = new UdpListener({ host: '0.0.0.0', port: 0 }, handler, silentLogger, { reusePort: true });
+  await udp.start();
+  t.teardown(() => udp.close());
+  t.ok(udp.reusePort, 'bound through SO_REUSEPORT (the handover drain applies)');
+  t.match(await digFrom(ns, hostAddr, udp.port, 'warm.example.com'), /status: NOERROR/, 'before the pause a client on another host is answered');
+  const out = digFrom(ns, hostAddr, udp.port, 'held.example.com');
+  await until('the query to be taken', () => held !== null, 10_000);
+  udp.pause();
+  held!();
+  t.match(await out, /status: NOERROR/, 'the query taken before the pause is answered');
 });
