@@ -6,6 +6,8 @@
 // polls for an event, never assertions about how fast.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
+import type { Worker } from 'node:worker_threads';
+import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +27,7 @@ import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { UdpListener } from '../src/server/udp-listener.js';
+import type { QueryHandler } from '../src/server/listener.js';
 import { BatchedUdpListener, workerMissLimit } from '../src/server/batched/listener.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from '../src/server/batched/msgvec.js';
@@ -163,6 +166,17 @@ async function rig(
     await upstream.close();
   });
   return { upstream, listener, resolver, ports: listener.ports, logs };
+}
+
+/** Ends worker 0's thread and waits until the listener has spawned its successor (still starting: not yet ready). */
+async function killWorkerZero(listener: BatchedUdpListener): Promise<{ first: Worker; successor: Worker }> {
+  const first = listener.workerThread(0)!;
+  await first.terminate();
+  await until('the successor spawned', () => {
+    const w = listener.workerThread(0);
+    return w !== null && w !== first;
+  }, 5000);
+  return { first, successor: listener.workerThread(0)! };
 }
 
 const dataOf = (p: dnsPacket.DecodedPacket | undefined): string[] => (p?.answers ?? []).map((a) => String((a as { data: unknown }).data));
@@ -742,13 +756,7 @@ t.test('shutdown with a restarted worker that dies before it is ready: drain and
   // before either only rejects the start, and nothing tells #checkDrained or #checkAborted that this worker will
   // never answer: drain() and abortAll() wait forever (the agent's stop has no deadline around abortAll).
   const r = await rig(t);
-  const first = r.listener.workerThread(0)!;
-  await first.terminate();
-  await until('the successor spawned', () => {
-    const w = r.listener.workerThread(0);
-    return w !== null && w !== first;
-  }, 5000);
-  const successor = r.listener.workerThread(0)!;
+  const { successor } = await killWorkerZero(r.listener);
   // Shutdown while it starts: pause, drain, then (grace over) abort; it dies before its loop ran.
   r.listener.pause();
   const drained = r.listener.drain().then(() => 'drained');
@@ -1638,4 +1646,142 @@ t.test('idle GC on the main thread: the part collects after a burst once the eve
   }
   t.equal(held.length, 0);
   t.equal(collections(), 2, 'none while the event loop was busy');
+});
+
+t.test('a worker whose restart fails is tried again while the listener runs: its slot does not stay empty for the life of the process', async (t) => {
+  // listener.ts #restart tries once: when the successor dies before it is ready (its start is rejected: whenStarted
+  // marks it closing), the error is logged ("could not be restarted; the other workers keep serving") and nothing
+  // schedules another try. With --workers 1 (the default on a pinned or 1-CPU pod) nothing serves UDP any more,
+  // and /ready does not say so.
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const { first, successor } = await killWorkerZero(r.listener);
+  await successor.terminate();
+  await until('the failed start to be logged', () => r.logs.some((l) => l.includes('could not be restarted')));
+  t.pass('the first restart failed (its worker died before it was ready)');
+  await until('another try', () => {
+    const w = r.listener.workerThread(0);
+    return w !== null && w !== successor && w !== first;
+  }, 15_000).catch(() => undefined);
+  t.not(r.listener.workerThread(0), null, 'a new worker holds slot 0 again');
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'svc-2.example.com', 1);
+  // Nothing to wait for without a worker: the datagram sits in no socket (its port is closed).
+  if (r.listener.workerThread(0) !== null) await until('an answer', () => c.answers.has(1), 30_000).catch(() => undefined);
+  t.same(dataOf(c.answers.get(1)), ['10.0.0.2'], 'UDP is served again');
+});
+
+t.test('shed gate: a refusal 2^32 ms (49.7 days) ago is no refusal now: a long-lived worker does not start shedding when the 32-bit stamp comes round again', async (t) => {
+  // shed-gate.ts keeps the last refusal as wall ms cut to 32 bits and takes the difference in 32-bit arithmetic, so
+  // a stamp T and a time T + 2^32 + x read as "x ms since a refusal". A worker never refused (WorkerLink stamps it
+  // an hour before its spawn) sheds every new miss (SERVFAIL, or stale) for SHED_WINDOW_MS, then all beyond
+  // SOFT_INFLIGHT until SOFT_PERIOD_MS, once every 49.7 days of uptime: all workers at once (they start together).
+  const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
+  const c = new Counters(BATCHED_COUNTERS);
+  const spawnedAt = 1_700_000_000_000;
+  let wall = spawnedAt;
+  const gate = new ShedGate(ctl, [], { lastGaveUp: false }, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, () => wall);
+  const ext = parseQuery(query({ name: 'x.example.org' })).key;
+  // What a new WorkerLink stamps: long ago, so the worker starts admitting every miss.
+  stampRefusal(ctl, spawnedAt - 3_600_000);
+  t.ok(gate.admits(ext), 'a fresh worker admits');
+  wall = spawnedAt - 3_600_000 + 2 ** 32 + 10;
+  t.ok(gate.admits(ext), 'never refused, 49.7 days later: still admitted');
+  stampRefusal(ctl, spawnedAt);
+  wall = spawnedAt + 2 ** 32 + SHED_WINDOW_MS + 10;
+  gate.watch({ inflight: SOFT_INFLIGHT });
+  t.ok(gate.admits(ext), 'refused once 49.7 days ago, nothing since: admitted (the soft period ended long ago)');
+  t.equal(c.get('shedBusy'), 0, 'nothing shed');
+});
+
+/**
+ * A client on another host: a network namespace of this test's own, joined to this one by a veth pair. Returns the
+ * namespace and this side's address on the link (a listener on a wildcard is reached there).
+ */
+function clientNamespace(t: Test): { ns: string; hostAddr: string } {
+  const ip = (...args: string[]): void => {
+    const r = spawnSync('ip', args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
+  };
+  const tag = `${process.pid % 100000}${clientNamespaces++}`;
+  const ns = `rvb-wild-${tag}`;
+  const hostIf = `rvbh${tag}`;
+  const peerIf = `rvbc${tag}`;
+  const net = `10.${213 + clientNamespaces}.${process.pid % 250}`;
+  ip('netns', 'add', ns);
+  t.teardown(() => {
+    spawnSync('ip', ['netns', 'del', ns]);
+    spawnSync('ip', ['link', 'del', hostIf]);
+  });
+  ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', peerIf);
+  ip('link', 'set', peerIf, 'netns', ns);
+  ip('addr', 'add', `${net}.1/30`, 'dev', hostIf);
+  ip('link', 'set', hostIf, 'up');
+  ip('-n', ns, 'addr', 'add', `${net}.2/30`, 'dev', peerIf);
+  ip('-n', ns, 'link', 'set', peerIf, 'up');
+  ip('-n', ns, 'link', 'set', 'lo', 'up');
+  return { ns, hostAddr: `${net}.1` };
+}
+let clientNamespaces = 0;
+
+/** dig's output for one try (8 s at most) from inside `ns`. */
+function digFrom(ns: string, server: string, port: number, name: string): Promise<string> {
+  return new Promise((resolve) => {
+    execFile('ip', ['netns', 'exec', ns, 'dig', `@${server}`, '-p', String(port), name, 'A', '+tries=1', '+timeout=8'], { encoding: 'utf8' }, (_err, stdout) => resolve(stdout));
+  });
+}
+
+const netnsClientSkip = process.getuid?.() !== 0 ? 'needs root (a network namespace)' : spawnSync('dig', ['-v']).status !== 0 ? 'needs dig' : false;
+
+t.test('pause on a wildcard address: answers to queries already taken still reach a client on another host', { skip: netnsClientSkip }, async (t) => {
+  // pause() (listener.ts) detaches every socket: udp-batch.ts detach() connects it to its own address, loopback for a
+  // wildcard. connect() on a socket bound to 0.0.0.0 also fixes its local address to 127.0.0.1 (ip4_datagram_connect
+  // sets inet_saddr and inet_rcv_saddr when unset), so every answer sent on it afterwards leaves from 127.0.0.1:
+  // to a pod or another host the kernel refuses it (sendmmsg: EINVAL). The misses in flight at a shutdown or
+  // handover, and the queries still queued, are lost ("shutdown loses nothing taken" holds only for loopback clients).
+  const { ns, hostAddr } = clientNamespace(t);
+  let release = (): void => {};
+  const hold = new Promise<void>((resolve) => (release = resolve));
+  const r = await rig(t, { listen: ['0.0.0.0'], hold });
+  const port = r.ports[0]!;
+  const dig = (name: string): Promise<string> => digFrom(ns, hostAddr, port, name);
+  const warm = await dig('svc-1.example.com');
+  t.match(warm, /status: NOERROR/, 'before the pause a client on another host is answered (routing and wildcard work)');
+  const held = dig('held-9.example.com');
+  await until('the question to reach the upstream', () => r.resolver.inflight === 1 && r.listener.inflight === 1, 10_000);
+  // Shutdown begins (or a new agent took over): the miss in flight is still to be answered.
+  r.listener.pause();
+  release();
+  const out = await held;
+  t.match(out, /status: NXDOMAIN/, 'the miss taken before the pause is answered');
+  t.equal(r.listener.totals().io.get('sendErrors'), 0, 'no send failed');
+});
+
+t.test('dgram with SO_REUSEPORT, pause on a wildcard address: an answer to a query taken before the pause still reaches a client on another host', { skip: netnsClientSkip }, async (t) => {
+  // The same in reuseport.ts detachUdp (the dgram listener's handover drain): connect() to loopback fixes the
+  // wildcard socket's source to 127.0.0.1, and the answer to a pod is refused by the kernel.
+  const { ns, hostAddr } = clientNamespace(t);
+  let held: (() => void) | null = null;
+  const handler: QueryHandler = {
+    handle(msg, channel, peer) {
+      // A response: the query with QR and RA set (NOERROR, no records).
+      const reply = Buffer.from(msg);
+      reply[2] = reply[2]! | 0x80;
+      reply[3] = reply[3]! | 0x80;
+      if (held === null && msg.includes(Buffer.from('held'))) held = () => channel.send(reply, peer);
+      else channel.send(reply, peer);
+    },
+  };
+  const udp = new UdpListener({ host: '0.0.0.0', port: 0 }, handler, silentLogger, { reusePort: true });
+  await udp.start();
+  t.teardown(() => udp.close());
+  t.ok(udp.reusePort, 'bound through SO_REUSEPORT (the handover drain applies)');
+  t.match(await digFrom(ns, hostAddr, udp.port, 'warm.example.com'), /status: NOERROR/, 'before the pause a client on another host is answered');
+  const out = digFrom(ns, hostAddr, udp.port, 'held.example.com');
+  await until('the query to be taken', () => held !== null, 10_000);
+  udp.pause();
+  held!();
+  t.match(await out, /status: NOERROR/, 'the query taken before the pause is answered');
 });
