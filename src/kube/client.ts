@@ -144,7 +144,7 @@ export class KubeApi implements ApiGetter {
   async get(path: string, signal: AbortSignal): Promise<GetOutcome> {
     const opts: https.RequestOptions = {};
     try {
-      // Per request on purpose: the token file is re-read when it rotates, exec plugins refresh.
+      // Per request on purpose: token, CA and certificate files are re-read when they rotate, exec plugins refresh.
       await this.#credentials.apply(opts);
     } catch (e) {
       return { ok: false, error: `auth: ${message(e)}` };
