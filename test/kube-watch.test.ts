@@ -326,7 +326,7 @@ t.test('pagination: an expired continue token (410) relists from scratch', async
   t.equal(pages[2]?.params.get('continue'), null);
 });
 
-t.test('malformed objects are skipped and counted; the stream carries on', async (t) => {
+t.test('malformed objects are skipped and counted; an undecodable watch line ends the watch, resumed from the last RV', async (t) => {
   const env = await setup(t);
   env.fake.put('services', serviceJson('default', 'good'));
   env.fake.put('services', { metadata: { name: 'no-spec', namespace: 'default' } });
@@ -337,18 +337,24 @@ t.test('malformed objects are skipped and counted; the stream carries on', async
   t.equal(env.writer.maps.endpointslices.size, 0);
   t.equal(env.counters.get('services.decodeFailures'), 1);
   t.equal(env.counters.get('endpointslices.decodeFailures'), 1);
+  // A line cut short: nothing after it can be trusted to follow it, so the watch ends there and is made again.
   env.fake.injectLine('services', '{"type":"ADDED","object":');
+  await until(t, 'watched again', () => env.fake.seen('services', true) === 2 && env.fake.openWatches === 3);
+  // An unknown type is skipped, a blank line ignored; an event naming no object ends the watch too.
   env.fake.injectLine('services', '{"type":"SURPRISE","object":{}}');
-  env.fake.injectLine('services', '{"type":"DELETED","object":{"metadata":{}}}');
   env.fake.injectLine('services', '');
+  env.fake.injectLine('services', '{"type":"DELETED","object":{"metadata":{}}}');
+  // Written behind the line that ends the second watch: the third replays them from the last RV.
   // A modification we cannot read removes the old version rather than serving it stale.
   env.fake.put('services', { metadata: { name: 'good', namespace: 'default' }, spec: { type: 'ExternalName' } });
   env.fake.put('services', serviceJson('default', 'later'));
   await until(t, 'later', () => env.writer.service('default', 'later') !== undefined);
   t.equal(env.writer.service('default', 'good'), undefined);
   t.equal(env.counters.get('services.decodeFailures'), 1 + 4);
-  t.equal(env.counters.get('services.errors'), 0, 'bad lines do not break the watch');
-  t.equal(env.counters.get('services.lists'), 1);
+  t.equal(env.counters.get('services.errors'), 2, 'each undecodable line ended its watch');
+  t.equal(env.counters.get('services.watchRestarts'), 2, 'resumed from the kept RV');
+  t.equal(env.counters.get('services.lists'), 1, 'no relist');
+  t.ok(env.logs.some((l) => l.level === 'warn' && /undecodable event \(not a JSON object\)/.test(l.error ?? '')));
 });
 
 t.test('HTTP errors: list retried with backoff, watch ERROR event re-watched from RV', async (t) => {

@@ -12,7 +12,6 @@ import type { Logger } from '../log.js';
 import { asObject, readBody, statusMessage, type Json } from './api-body.js';
 import { Backoff } from './backoff.js';
 import type { ApiGetter } from './client.js';
-import { objectKey, resourceVersionOf } from './convert.js';
 import {
   realTimers,
   watchDefaults,
@@ -24,6 +23,7 @@ import {
   type WatchTuning,
 } from './list-watch-options.js';
 import type { Metric } from './reflector-stats.js';
+import { decodeWatchLine } from './watch-event.js';
 
 type Outcome =
   | { readonly kind: 'listed' }
@@ -316,6 +316,8 @@ export class ListWatch<T> {
       let idle = this.#timers.set(onIdle, idleMs);
       body.setEncoding('utf8');
       body.on('data', (chunk: string) => {
+        // Lines after the one that ended the watch are the next watch's to replay.
+        if (done) return;
         this.#timers.clear(idle);
         idle = this.#timers.set(onIdle, idleMs);
         let start = 0;
@@ -344,54 +346,38 @@ export class ListWatch<T> {
     });
   }
 
-  /** One watch line; returns an outcome when the watch must end. */
+  /**
+   * One watch line; returns an outcome when the watch must end. A line we
+   * cannot decode ends the watch where it is, as client-go's StreamWatcher
+   * does: the RV stays at the last event applied, so the next watch gets
+   * that event again from the server's history.
+   */
   #onEvent(line: string): Outcome | null {
     if (line.trim() === '') return null;
-    let ev: Json | null;
-    try {
-      ev = asObject(JSON.parse(line));
-    } catch {
-      ev = null;
-    }
     this.#count('events');
-    const now = this.#clock.now();
-    this.#writer.touch(now);
-    const type = ev?.['type'];
-    const object = ev?.['object'];
-    switch (type) {
-      case 'ADDED':
-      case 'MODIFIED': {
-        const slim = this.#convert(object);
-        if (slim !== null) {
-          this.#writer.upsert(slim);
-        } else {
-          // The object exists but we cannot read it: better no records than the stale ones.
-          this.#count('decodeFailures');
-          const key = objectKey(object);
-          if (key !== null) this.#writer.remove(key.namespace, key.name);
-        }
+    this.#writer.touch(this.#clock.now());
+    const ev = decodeWatchLine(line, this.#convert);
+    switch (ev.kind) {
+      case 'upsert':
+        this.#writer.upsert(ev.obj);
         break;
-      }
-      case 'DELETED': {
-        const key = objectKey(object);
-        if (key !== null) this.#writer.remove(key.namespace, key.name);
-        else this.#count('decodeFailures');
+      case 'remove':
+        if (ev.unreadable) this.#count('decodeFailures');
+        this.#writer.remove(ev.namespace, ev.name);
         break;
-      }
-      case 'BOOKMARK':
+      case 'bookmark':
         break;
-      case 'ERROR': {
-        const status = asObject(object);
-        const text = `${String(status?.['code'])} ${String(status?.['message'])}`;
-        if (status?.['code'] === 410) return { kind: 'expired', reason: `watch event: ${text}` };
-        return failed(`watch event: ${text}`);
-      }
-      default:
+      case 'error':
+        if (ev.code === 410) return { kind: 'expired', reason: `watch event: ${ev.text}` };
+        return failed(`watch event: ${ev.text}`);
+      case 'undecodable':
+        this.#count('decodeFailures');
+        return failed(`watch: undecodable event (${ev.what}); watching again from resourceVersion ${this.#rv}`);
+      case 'unknown':
         this.#count('decodeFailures');
         return null;
     }
-    const rv = resourceVersionOf(object);
-    if (rv !== '') this.#rv = rv;
+    if (ev.rv !== '') this.#rv = ev.rv;
     return null;
   }
 }
