@@ -18,6 +18,12 @@ export interface WatchTuning {
   /** A watch silent for its timeout plus this long is dead (the server should have ended it): drop it. */
   readonly idleGraceMs: number;
   /**
+   * A watch that carried no byte for this long is dead, however long its timeout: kube-apiserver sends a
+   * watch that asked for bookmarks one every minute, even in a cluster where nothing changes. Nothing else
+   * ends a watch on a wedged server or proxy, or a half-open connection whose peer still answers keepalives.
+   */
+  readonly maxWatchSilenceMs: number;
+  /**
    * A list page (headers and body) and a watch's response headers must come within this long. A silent peer on a
    * live connection (a proxy, a wedged API server) answers TCP keepalive, so nothing else would ever end the wait.
    */
@@ -34,6 +40,8 @@ export const watchDefaults: WatchTuning = {
   pageSize: 500,
   minWatchTimeoutS: 300,
   idleGraceMs: 30_000,
+  // Two and a half bookmark periods: one late bookmark is no reason to drop a watch.
+  maxWatchSilenceMs: 150_000,
   requestTimeoutMs: 60_000,
   shortWatchMs: 1_000,
   maxLineBytes: 16 << 20,

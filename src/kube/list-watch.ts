@@ -295,7 +295,7 @@ export class ListWatch<T> {
       return failed(`watch: HTTP ${r.status}: ${statusMessage(text)}`);
     }
     this.#onAlive();
-    return this.#stream(r.body, timeoutS * 1000 + this.#tuning.idleGraceMs);
+    return this.#stream(r.body, Math.min(timeoutS * 1000 + this.#tuning.idleGraceMs, this.#tuning.maxWatchSilenceMs));
   }
 
   /** Applies the events of one watch response until it ends. */
