@@ -12,7 +12,7 @@ import { createLogger } from '../src/log.js';
 import { Counters } from '../src/stats/counters.js';
 import { KubeApi, loadClusterConfig, type ApiGetter } from '../src/kube/client.js';
 import { Backoff, backoffDelay, backoffDefaults } from '../src/kube/backoff.js';
-import { KubeWatch, Reflector, realTimers, watchCounterSchema, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
+import { KubeWatch, Reflector, realTimers, watchCounterSchema, watchDefaults, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
 import type { ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
 import { ClusterView } from '../src/kube/view.js';
 import { answerCluster, recordOptions } from '../src/kube/records.js';
@@ -392,11 +392,19 @@ t.test('gzip list responses are decoded', async (t) => {
 });
 
 t.test('watch timeoutSeconds: the server ends the stream, the reflector re-watches', async (t) => {
-  const env = await setup(t, { tuning: { minWatchTimeoutS: 1 } });
+  // The stream's no-data deadline is set once the watch's 200 arrived, which is when the watch's age starts.
+  const asked: number[] = [];
+  const timers: Timers = {
+    set: (fn, ms) => {
+      asked.push(ms);
+      return realTimers.set(fn, ms);
+    },
+    clear: realTimers.clear,
+  };
+  const env = await setup(t, { tuning: { minWatchTimeoutS: 1 }, timers });
   seed(env.fake, 1);
   const r = env.reflector('services');
-  // Two touches: the list page, then the watch's 200 (which is when the watch's age starts).
-  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1 && env.writer.touches.length >= 2);
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1 && asked.includes(1_000 + watchDefaults.idleGraceMs));
   const t0 = Number(env.fake.requests.at(-1)?.params.get('timeoutSeconds'));
   t.ok(t0 === 1, `timeoutSeconds in [1, 2): ${t0}`);
   env.clock.advance(5_000); // the watch lived long enough to count as healthy though it saw no event

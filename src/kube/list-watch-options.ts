@@ -94,7 +94,10 @@ export interface WatchSink<T> {
   replace(objs: Iterable<T>): void;
   /** The initial list has been applied. */
   markSynced(): void;
-  /** Any sign of life from the API server, in Clock ms. */
+  /**
+   * The kind is current as of `nowMs` (Clock ms): a whole list, or a watch event or bookmark, told just
+   * before it is written. Not a watch's 200 nor its ERROR events: after a 410 the view is known to miss changes.
+   */
   touch(nowMs: number): void;
 }
 

@@ -171,13 +171,20 @@ export class ListWatch<T> {
     this.#log.warn('kube API request failed; serving the last view, retrying with backoff', { kind: this.#kind, error, retryMs });
   }
 
-  /** A 200 from the API server: sign of life, and the end of a failure streak. */
-  #onAlive(): void {
-    const now = this.#clock.now();
-    this.#writer.touch(now);
+  /** A 200 from the API server: the end of a failure streak, for the logs. It says nothing of the view (a 410 may follow). */
+  #onAnswered(): void {
     if (!this.#failing) return;
     this.#failing = false;
-    this.#log.info('kube API reachable again', { kind: this.#kind, downMs: now - this.#failingSinceMs });
+    this.#log.info('kube API reachable again', { kind: this.#kind, downMs: this.#clock.now() - this.#failingSinceMs });
+  }
+
+  /**
+   * The view of this kind is current as of now: a whole list, or a watch
+   * event or bookmark applied in order. Told before the change is written,
+   * so the sink dates the change by it.
+   */
+  #touch(): void {
+    this.#writer.touch(this.#clock.now());
   }
 
   #sleep(ms: number): Promise<void> {
@@ -261,8 +268,9 @@ export class ListWatch<T> {
       cont = typeof meta?.['continue'] === 'string' ? meta['continue'] : '';
     } while (cont !== '');
     if (rv === '') return failed('list: no resourceVersion');
-    // A whole list is the sign of life, not its first page: a relist failing on a later page has not heard the kind.
-    this.#onAlive();
+    // A whole list makes the view current, not its first page: a relist failing on a later page has not.
+    this.#onAnswered();
+    this.#touch();
     this.#writer.replace(items);
     this.#rv = rv;
     this.#afterList = true;
@@ -294,7 +302,7 @@ export class ListWatch<T> {
       if (r.status === 410) return { kind: 'expired', reason: `watch: ${statusMessage(text)}` };
       return failed(`watch: HTTP ${r.status}: ${statusMessage(text)}`);
     }
-    this.#onAlive();
+    this.#onAnswered();
     return this.#stream(r.body, Math.min(timeoutS * 1000 + this.#tuning.idleGraceMs, this.#tuning.maxWatchSilenceMs));
   }
 
@@ -355,8 +363,9 @@ export class ListWatch<T> {
   #onEvent(line: string): Outcome | null {
     if (line.trim() === '') return null;
     this.#count('events');
-    this.#writer.touch(this.#clock.now());
     const ev = decodeWatchLine(line, this.#convert);
+    // An ERROR (410 Gone above all) or a line we cannot apply leaves the view as stale as it was.
+    if (ev.kind === 'upsert' || ev.kind === 'remove' || ev.kind === 'bookmark') this.#touch();
     switch (ev.kind) {
       case 'upsert':
         this.#writer.upsert(ev.obj);
