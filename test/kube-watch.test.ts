@@ -10,7 +10,7 @@ import path from 'node:path';
 import { ManualClock } from '../src/clock.js';
 import { createLogger } from '../src/log.js';
 import { Counters } from '../src/stats/counters.js';
-import { KubeApi, loadClusterConfig, type ApiGetter } from '../src/kube/client.js';
+import { KubeApi, MAX_RETRY_AFTER_MS, loadClusterConfig, parseRetryAfter, type ApiGetter } from '../src/kube/client.js';
 import { Backoff, backoffDelay, backoffDefaults } from '../src/kube/backoff.js';
 import { KubeWatch, Reflector, realTimers, watchCounterSchema, watchDefaults, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
 import type { ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
@@ -895,4 +895,50 @@ t.test('429 with Retry-After: the reflector waits at least as long as the server
   await until(t, 'two 429s answered', () => slept.length >= 2);
   t.ok(slept[0]! >= 30_000, `first retry after ${slept[0]} ms; the server asked for 30 s`);
   t.ok(slept[1]! >= 30_000, `second retry after ${slept[1]} ms; the server asked for 30 s`);
+});
+
+t.test('Retry-After: seconds or an HTTP-date, never negative, capped', async (t) => {
+  const now = Date.parse('Wed, 02 Dec 2026 16:00:00 GMT');
+  t.equal(parseRetryAfter('30', now), 30_000);
+  t.equal(parseRetryAfter(' 0 ', now), 0);
+  t.equal(parseRetryAfter('Wed, 02 Dec 2026 16:01:30 GMT', now), 90_000, 'an HTTP-date, from the wall clock');
+  t.equal(parseRetryAfter('Wed, 02 Dec 2026 15:59:00 GMT', now), 0, 'a date gone by: no wait');
+  t.equal(parseRetryAfter('86400', now), MAX_RETRY_AFTER_MS, 'a day is capped');
+  t.equal(parseRetryAfter('-5', now), undefined);
+  t.equal(parseRetryAfter('soon', now), undefined);
+});
+
+t.test('a 503 asking for a wait is honoured; a 400 with Retry-After is not a reason to wait', async (t) => {
+  const script: [number, string][] = [
+    [503, 'watch cache not ready'],
+    [400, 'bad request'],
+  ];
+  const api: ApiGetter = {
+    get: () => {
+      const [status, message] = script.shift() ?? [503, 'again'];
+      const body = new PassThrough();
+      body.end(JSON.stringify({ kind: 'Status', code: status, message }));
+      return Promise.resolve({ ok: true, status, body, retryAfterMs: 20_000 });
+    },
+  };
+  const slept: number[] = [];
+  const timers: Timers = {
+    set: (fn, ms) => {
+      if (ms !== watchDefaults.requestTimeoutMs) slept.push(ms);
+      return realTimers.set(fn, 1);
+    },
+    clear: realTimers.clear,
+  };
+  const r = new Reflector('services', api, new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters: new Counters(watchCounterSchema),
+    timers,
+    tuning: { backoff: testBackoff },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'two failures', () => slept.length >= 2);
+  t.ok(slept[0]! >= 20_000, `after the 503: ${slept[0]} ms`);
+  t.ok(slept[1]! < 1_000, `after the 400: ${slept[1]} ms, the backoff alone`);
 });

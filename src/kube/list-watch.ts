@@ -22,23 +22,9 @@ import {
   type WatchSource,
   type WatchTuning,
 } from './list-watch-options.js';
+import { ENDED, LISTED, failed, httpFailure, type Outcome } from './reflector-outcome.js';
 import type { Metric } from './reflector-stats.js';
 import { decodeWatchLine } from './watch-event.js';
-
-type Outcome =
-  | { readonly kind: 'listed' }
-  /** The server ended the watch (timeoutSeconds): watch again from the kept RV. */
-  | { readonly kind: 'ended' }
-  /** 410 Gone: the RV (or continue token) is older than the server's history; list again. */
-  | { readonly kind: 'expired'; readonly reason: string }
-  | { readonly kind: 'failed'; readonly error: string };
-
-const LISTED: Outcome = { kind: 'listed' };
-const ENDED: Outcome = { kind: 'ended' };
-
-function failed(error: string): Outcome {
-  return { kind: 'failed', error };
-}
 
 /** What #within gives when the deadline came first. */
 const TIMED_OUT: unique symbol = Symbol('timed out');
@@ -147,8 +133,11 @@ export class ListWatch<T> {
       } else {
         this.#count('errors');
       }
-      const delay = this.#backoff.next(this.#clock.now(), this.#random());
-      if (o.kind === 'failed') this.#onFailure(o.error, delay);
+      let delay = this.#backoff.next(this.#clock.now(), this.#random());
+      if (o.kind === 'failed') {
+        delay = Math.max(delay, o.retryAfterMs ?? 0);
+        this.#onFailure(o.error, delay);
+      }
       await this.#sleep(delay);
     }
   }
@@ -246,7 +235,7 @@ export class ListWatch<T> {
       if (text === TIMED_OUT) return failed(`list: page not complete in ${this.#tuning.requestTimeoutMs} ms`);
       if (text === null) return failed(`list: response broken off`);
       if (r.status === 410 && cont !== '') return { kind: 'expired', reason: `list continue: ${statusMessage(text)}` };
-      if (r.status !== 200) return failed(`list: HTTP ${r.status}: ${statusMessage(text)}`);
+      if (r.status !== 200) return httpFailure('list', r, text);
       let page: Json | null;
       try {
         page = asObject(JSON.parse(text));
@@ -300,7 +289,7 @@ export class ListWatch<T> {
       const body = await this.#within(readBody(r.body, 1 << 20));
       const text = body === TIMED_OUT ? 'error body not complete in time' : (body ?? '');
       if (r.status === 410) return { kind: 'expired', reason: `watch: ${statusMessage(text)}` };
-      return failed(`watch: HTTP ${r.status}: ${statusMessage(text)}`);
+      return httpFailure('watch', r, text);
     }
     this.#onAnswered();
     return this.#stream(r.body, Math.min(timeoutS * 1000 + this.#tuning.idleGraceMs, this.#tuning.maxWatchSilenceMs));
