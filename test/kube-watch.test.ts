@@ -10,9 +10,9 @@ import path from 'node:path';
 import { ManualClock } from '../src/clock.js';
 import { createLogger } from '../src/log.js';
 import { Counters } from '../src/stats/counters.js';
-import { KubeApi, loadClusterConfig, type ApiGetter } from '../src/kube/client.js';
+import { KubeApi, MAX_RETRY_AFTER_MS, loadClusterConfig, parseRetryAfter, type ApiGetter } from '../src/kube/client.js';
 import { Backoff, backoffDelay, backoffDefaults } from '../src/kube/backoff.js';
-import { KubeWatch, Reflector, realTimers, watchCounterSchema, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
+import { KubeWatch, Reflector, realTimers, watchCounterSchema, watchDefaults, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
 import type { ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
 import { ClusterView } from '../src/kube/view.js';
 import { answerCluster, recordOptions } from '../src/kube/records.js';
@@ -326,7 +326,7 @@ t.test('pagination: an expired continue token (410) relists from scratch', async
   t.equal(pages[2]?.params.get('continue'), null);
 });
 
-t.test('malformed objects are skipped and counted; the stream carries on', async (t) => {
+t.test('malformed objects are skipped and counted; an undecodable watch line ends the watch, resumed from the last RV', async (t) => {
   const env = await setup(t);
   env.fake.put('services', serviceJson('default', 'good'));
   env.fake.put('services', { metadata: { name: 'no-spec', namespace: 'default' } });
@@ -337,18 +337,24 @@ t.test('malformed objects are skipped and counted; the stream carries on', async
   t.equal(env.writer.maps.endpointslices.size, 0);
   t.equal(env.counters.get('services.decodeFailures'), 1);
   t.equal(env.counters.get('endpointslices.decodeFailures'), 1);
+  // A line cut short: nothing after it can be trusted to follow it, so the watch ends there and is made again.
   env.fake.injectLine('services', '{"type":"ADDED","object":');
+  await until(t, 'watched again', () => env.fake.seen('services', true) === 2 && env.fake.openWatches === 3);
+  // An unknown type is skipped, a blank line ignored; an event naming no object ends the watch too.
   env.fake.injectLine('services', '{"type":"SURPRISE","object":{}}');
-  env.fake.injectLine('services', '{"type":"DELETED","object":{"metadata":{}}}');
   env.fake.injectLine('services', '');
+  env.fake.injectLine('services', '{"type":"DELETED","object":{"metadata":{}}}');
+  // Written behind the line that ends the second watch: the third replays them from the last RV.
   // A modification we cannot read removes the old version rather than serving it stale.
   env.fake.put('services', { metadata: { name: 'good', namespace: 'default' }, spec: { type: 'ExternalName' } });
   env.fake.put('services', serviceJson('default', 'later'));
   await until(t, 'later', () => env.writer.service('default', 'later') !== undefined);
   t.equal(env.writer.service('default', 'good'), undefined);
   t.equal(env.counters.get('services.decodeFailures'), 1 + 4);
-  t.equal(env.counters.get('services.errors'), 0, 'bad lines do not break the watch');
-  t.equal(env.counters.get('services.lists'), 1);
+  t.equal(env.counters.get('services.errors'), 2, 'each undecodable line ended its watch');
+  t.equal(env.counters.get('services.watchRestarts'), 2, 'resumed from the kept RV');
+  t.equal(env.counters.get('services.lists'), 1, 'no relist');
+  t.ok(env.logs.some((l) => l.level === 'warn' && /undecodable event \(not a JSON object\)/.test(l.error ?? '')));
 });
 
 t.test('HTTP errors: list retried with backoff, watch ERROR event re-watched from RV', async (t) => {
@@ -386,11 +392,19 @@ t.test('gzip list responses are decoded', async (t) => {
 });
 
 t.test('watch timeoutSeconds: the server ends the stream, the reflector re-watches', async (t) => {
-  const env = await setup(t, { tuning: { minWatchTimeoutS: 1 } });
+  // The stream's no-data deadline is set once the watch's 200 arrived, which is when the watch's age starts.
+  const asked: number[] = [];
+  const timers: Timers = {
+    set: (fn, ms) => {
+      asked.push(ms);
+      return realTimers.set(fn, ms);
+    },
+    clear: realTimers.clear,
+  };
+  const env = await setup(t, { tuning: { minWatchTimeoutS: 1 }, timers });
   seed(env.fake, 1);
   const r = env.reflector('services');
-  // Two touches: the list page, then the watch's 200 (which is when the watch's age starts).
-  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1 && env.writer.touches.length >= 2);
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1 && asked.includes(1_000 + watchDefaults.idleGraceMs));
   const t0 = Number(env.fake.requests.at(-1)?.params.get('timeoutSeconds'));
   t.ok(t0 === 1, `timeoutSeconds in [1, 2): ${t0}`);
   env.clock.advance(5_000); // the watch lived long enough to count as healthy though it saw no event
@@ -881,4 +895,50 @@ t.test('429 with Retry-After: the reflector waits at least as long as the server
   await until(t, 'two 429s answered', () => slept.length >= 2);
   t.ok(slept[0]! >= 30_000, `first retry after ${slept[0]} ms; the server asked for 30 s`);
   t.ok(slept[1]! >= 30_000, `second retry after ${slept[1]} ms; the server asked for 30 s`);
+});
+
+t.test('Retry-After: seconds or an HTTP-date, never negative, capped', async (t) => {
+  const now = Date.parse('Wed, 02 Dec 2026 16:00:00 GMT');
+  t.equal(parseRetryAfter('30', now), 30_000);
+  t.equal(parseRetryAfter(' 0 ', now), 0);
+  t.equal(parseRetryAfter('Wed, 02 Dec 2026 16:01:30 GMT', now), 90_000, 'an HTTP-date, from the wall clock');
+  t.equal(parseRetryAfter('Wed, 02 Dec 2026 15:59:00 GMT', now), 0, 'a date gone by: no wait');
+  t.equal(parseRetryAfter('86400', now), MAX_RETRY_AFTER_MS, 'a day is capped');
+  t.equal(parseRetryAfter('-5', now), undefined);
+  t.equal(parseRetryAfter('soon', now), undefined);
+});
+
+t.test('a 503 asking for a wait is honoured; a 400 with Retry-After is not a reason to wait', async (t) => {
+  const script: [number, string][] = [
+    [503, 'watch cache not ready'],
+    [400, 'bad request'],
+  ];
+  const api: ApiGetter = {
+    get: () => {
+      const [status, message] = script.shift() ?? [503, 'again'];
+      const body = new PassThrough();
+      body.end(JSON.stringify({ kind: 'Status', code: status, message }));
+      return Promise.resolve({ ok: true, status, body, retryAfterMs: 20_000 });
+    },
+  };
+  const slept: number[] = [];
+  const timers: Timers = {
+    set: (fn, ms) => {
+      if (ms !== watchDefaults.requestTimeoutMs) slept.push(ms);
+      return realTimers.set(fn, 1);
+    },
+    clear: realTimers.clear,
+  };
+  const r = new Reflector('services', api, new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters: new Counters(watchCounterSchema),
+    timers,
+    tuning: { backoff: testBackoff },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'two failures', () => slept.length >= 2);
+  t.ok(slept[0]! >= 20_000, `after the 503: ${slept[0]} ms`);
+  t.ok(slept[1]! < 1_000, `after the 400: ${slept[1]} ms, the backoff alone`);
 });

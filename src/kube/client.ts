@@ -117,9 +117,31 @@ async function delegated(path: string, why: string): Promise<ClusterConfig> {
 }
 
 export type GetOutcome =
-  /** Response headers arrived; `body` is the (decompressed) payload, to be consumed or destroyed. */
-  | { readonly ok: true; readonly status: number; readonly body: Readable }
+  /**
+   * Response headers arrived; `body` is the (decompressed) payload, to be consumed or destroyed.
+   * `retryAfterMs`: the wait its Retry-After header asked for, if it had one we could read.
+   */
+  | { readonly ok: true; readonly status: number; readonly body: Readable; readonly retryAfterMs?: number }
   | { readonly ok: false; readonly error: string };
+
+/** Longest Retry-After honoured: a mistaken header (a proxy's, a date far off) must not park a reflector for hours. */
+export const MAX_RETRY_AFTER_MS = 600_000;
+
+/** A Retry-After value (RFC 9110 10.2.3: delay-seconds or an HTTP-date) as ms from `nowMs` (wall clock); undefined when unreadable. */
+export function parseRetryAfter(value: string, nowMs: number): number | undefined {
+  const v = value.trim();
+  let ms: number;
+  if (/^\d+$/.test(v)) {
+    ms = Number(v) * 1000;
+  } else {
+    // Every HTTP-date form starts with a day name; Date.parse alone takes '-5' for a year.
+    if (!/^[A-Za-z]+,? /.test(v)) return undefined;
+    const at = Date.parse(v);
+    if (Number.isNaN(at)) return undefined;
+    ms = at - nowMs;
+  }
+  return Math.min(Math.max(ms, 0), MAX_RETRY_AFTER_MS);
+}
 
 /** The one thing the watch needs from the API: a GET. Tests may pass their own. */
 export interface ApiGetter {
@@ -144,7 +166,7 @@ export class KubeApi implements ApiGetter {
   async get(path: string, signal: AbortSignal): Promise<GetOutcome> {
     const opts: https.RequestOptions = {};
     try {
-      // Per request on purpose: the token file is re-read when it rotates, exec plugins refresh.
+      // Per request on purpose: token, CA and certificate files are re-read when they rotate, exec plugins refresh.
       await this.#credentials.apply(opts);
     } catch (e) {
       return { ok: false, error: `auth: ${message(e)}` };
@@ -161,7 +183,9 @@ export class KubeApi implements ApiGetter {
         res.on('error', ignore);
         let body: Readable = res;
         if (res.headers['content-encoding'] === 'gzip') body = pipeline(res, createGunzip(), ignore);
-        resolve({ ok: true, status: res.statusCode ?? 0, body });
+        const header = res.headers['retry-after'];
+        const retryAfterMs = header === undefined ? undefined : parseRetryAfter(header, Date.now());
+        resolve({ ok: true, status: res.statusCode ?? 0, body, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) });
       });
       req.on('socket', (s) => s.setKeepAlive(true, KEEPALIVE_MS));
       req.on('error', (e) => resolve({ ok: false, error: message(e) }));

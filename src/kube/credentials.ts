@@ -27,13 +27,19 @@ export interface Credentials {
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
+/** TLS material, read for each request: fixed data, or a file that may be replaced while we run. */
+export interface PemSource {
+  read(): string | Buffer;
+}
+
 /**
- * A file read again only when it changed (mtime or size): a projected
- * service-account token rotates about hourly and the kubelet swaps the file;
- * client-go re-reads it too. One stat per request; requests are list and
- * watch starts, not per query.
+ * A file read again only when it changed (mtime, size or inode): a projected
+ * service-account token rotates about hourly and the kubelet swaps the file,
+ * and ca.crt is swapped the same way when the cluster CA rotates (client-go
+ * re-reads both); a kubeconfig's certificate files are renewed in place.
+ * One stat per request; requests are list and watch starts, not per query.
  */
-class WatchedFile {
+class WatchedFile implements PemSource {
   readonly path: string;
   #stamp = '';
   #text = '';
@@ -53,10 +59,14 @@ class WatchedFile {
   }
 }
 
+function fixedPem(data: Buffer): PemSource {
+  return { read: () => data };
+}
+
 export interface TlsMaterial {
-  readonly ca?: string | Buffer;
-  readonly cert?: string | Buffer;
-  readonly key?: string | Buffer;
+  readonly ca?: PemSource;
+  readonly cert?: PemSource;
+  readonly key?: PemSource;
   readonly skipVerify: boolean;
   readonly serverName?: string;
 }
@@ -67,8 +77,13 @@ export type Authorization =
   | { readonly kind: 'token-file'; readonly file: WatchedFile }
   | { readonly kind: 'basic'; readonly user: string; readonly password: string };
 
-/** Our own credentials: fixed TLS material and one way to authorize. */
-export class StaticCredentials implements Credentials {
+/**
+ * Our own credentials: TLS material and one way to authorize, both read per
+ * request. A rotated CA or client certificate gives the request other TLS
+ * options, and Node's https agent pools connections by those options, so it
+ * opens a new connection rather than reusing one made with the old material.
+ */
+export class NativeCredentials implements Credentials {
   readonly #tls: TlsMaterial;
   readonly #auth: Authorization;
 
@@ -79,9 +94,9 @@ export class StaticCredentials implements Credentials {
 
   apply(opts: https.RequestOptions): Promise<void> {
     const t = this.#tls;
-    if (t.ca !== undefined) opts.ca = t.ca;
-    if (t.cert !== undefined) opts.cert = t.cert;
-    if (t.key !== undefined) opts.key = t.key;
+    if (t.ca !== undefined) opts.ca = t.ca.read();
+    if (t.cert !== undefined) opts.cert = t.cert.read();
+    if (t.key !== undefined) opts.key = t.key.read();
     if (t.serverName !== undefined) opts.servername = t.serverName;
     opts.rejectUnauthorized = !t.skipVerify;
     const header = this.#header();
@@ -104,12 +119,12 @@ export class StaticCredentials implements Credentials {
   }
 }
 
-/** In-cluster, as rest.InClusterConfig: the token (re-read as it rotates) and the CA next to it. */
+/** In-cluster, as rest.InClusterConfig: the token and the CA next to it, each re-read as it rotates. */
 export function inClusterCredentials(saDir: string): Credentials {
   const caPath = join(saDir, 'ca.crt');
-  // A pod always has ca.crt beside the token; without it, fall back to the system roots rather than refuse.
-  const ca = fs.existsSync(caPath) ? fs.readFileSync(caPath) : undefined;
-  return new StaticCredentials({ ...(ca !== undefined ? { ca } : {}), skipVerify: false }, { kind: 'token-file', file: new WatchedFile(join(saDir, 'token')) });
+  // A pod always has ca.crt beside the token; without it at start, fall back to the system roots rather than refuse.
+  const ca = fs.existsSync(caPath) ? new WatchedFile(caPath) : undefined;
+  return new NativeCredentials({ ...(ca !== undefined ? { ca } : {}), skipVerify: false }, { kind: 'token-file', file: new WatchedFile(join(saDir, 'token')) });
 }
 
 /** The server host for a URL: an IPv6 KUBERNETES_SERVICE_HOST needs brackets. */
@@ -173,11 +188,14 @@ export function readKubeconfig(path: string): KubeconfigRead {
 
   const base = dirname(path);
   const fileOf = (p: string): string => (isAbsolute(p) ? p : join(base, p));
-  const material = (o: Obj, field: string): Buffer | undefined => {
+  const material = (o: Obj, field: string): PemSource | undefined => {
     const data = str(o, `${field}-data`);
-    if (data !== undefined) return Buffer.from(data, 'base64');
-    const file = str(o, field);
-    return file === undefined ? undefined : fs.readFileSync(fileOf(file));
+    if (data !== undefined) return fixedPem(Buffer.from(data, 'base64'));
+    const name = str(o, field);
+    if (name === undefined) return undefined;
+    const file = new WatchedFile(fileOf(name));
+    file.read(); // a missing file is an error now, not at the first list
+    return file;
   };
   try {
     const skipVerify = cluster['insecure-skip-tls-verify'] === true;
@@ -200,7 +218,7 @@ export function readKubeconfig(path: string): KubeconfigRead {
     else if (tokenFile !== undefined) auth = { kind: 'token-file', file: new WatchedFile(fileOf(tokenFile)) };
     else if (username !== undefined) auth = { kind: 'basic', user: username, password: str(user, 'password') ?? '' };
     if (auth.kind === 'token-file') auth.file.read(); // a missing token file is an error now, not at the first list
-    return { kind: 'static', server, skipVerify, credentials: new StaticCredentials(tls, auth) };
+    return { kind: 'static', server, skipVerify, credentials: new NativeCredentials(tls, auth) };
   } catch (e) {
     return { kind: 'error', reason: e instanceof Error ? e.message : String(e) };
   }

@@ -18,6 +18,12 @@ export interface WatchTuning {
   /** A watch silent for its timeout plus this long is dead (the server should have ended it): drop it. */
   readonly idleGraceMs: number;
   /**
+   * A watch that carried no byte for this long is dead, however long its timeout: kube-apiserver sends a
+   * watch that asked for bookmarks one every minute, even in a cluster where nothing changes. Nothing else
+   * ends a watch on a wedged server or proxy, or a half-open connection whose peer still answers keepalives.
+   */
+  readonly maxWatchSilenceMs: number;
+  /**
    * A list page (headers and body) and a watch's response headers must come within this long. A silent peer on a
    * live connection (a proxy, a wedged API server) answers TCP keepalive, so nothing else would ever end the wait.
    */
@@ -34,6 +40,8 @@ export const watchDefaults: WatchTuning = {
   pageSize: 500,
   minWatchTimeoutS: 300,
   idleGraceMs: 30_000,
+  // Two and a half bookmark periods: one late bookmark is no reason to drop a watch.
+  maxWatchSilenceMs: 150_000,
   requestTimeoutMs: 60_000,
   shortWatchMs: 1_000,
   maxLineBytes: 16 << 20,
@@ -86,7 +94,10 @@ export interface WatchSink<T> {
   replace(objs: Iterable<T>): void;
   /** The initial list has been applied. */
   markSynced(): void;
-  /** Any sign of life from the API server, in Clock ms. */
+  /**
+   * The kind is current as of `nowMs` (Clock ms): a whole list, or a watch event or bookmark, told just
+   * before it is written. Not a watch's 200 nor its ERROR events: after a 410 the view is known to miss changes.
+   */
   touch(nowMs: number): void;
 }
 

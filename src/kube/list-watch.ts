@@ -12,7 +12,6 @@ import type { Logger } from '../log.js';
 import { asObject, readBody, statusMessage, type Json } from './api-body.js';
 import { Backoff } from './backoff.js';
 import type { ApiGetter } from './client.js';
-import { objectKey, resourceVersionOf } from './convert.js';
 import {
   realTimers,
   watchDefaults,
@@ -23,22 +22,9 @@ import {
   type WatchSource,
   type WatchTuning,
 } from './list-watch-options.js';
+import { ENDED, LISTED, failed, httpFailure, type Outcome } from './reflector-outcome.js';
 import type { Metric } from './reflector-stats.js';
-
-type Outcome =
-  | { readonly kind: 'listed' }
-  /** The server ended the watch (timeoutSeconds): watch again from the kept RV. */
-  | { readonly kind: 'ended' }
-  /** 410 Gone: the RV (or continue token) is older than the server's history; list again. */
-  | { readonly kind: 'expired'; readonly reason: string }
-  | { readonly kind: 'failed'; readonly error: string };
-
-const LISTED: Outcome = { kind: 'listed' };
-const ENDED: Outcome = { kind: 'ended' };
-
-function failed(error: string): Outcome {
-  return { kind: 'failed', error };
-}
+import { decodeWatchLine } from './watch-event.js';
 
 /** What #within gives when the deadline came first. */
 const TIMED_OUT: unique symbol = Symbol('timed out');
@@ -147,8 +133,11 @@ export class ListWatch<T> {
       } else {
         this.#count('errors');
       }
-      const delay = this.#backoff.next(this.#clock.now(), this.#random());
-      if (o.kind === 'failed') this.#onFailure(o.error, delay);
+      let delay = this.#backoff.next(this.#clock.now(), this.#random());
+      if (o.kind === 'failed') {
+        delay = Math.max(delay, o.retryAfterMs ?? 0);
+        this.#onFailure(o.error, delay);
+      }
       await this.#sleep(delay);
     }
   }
@@ -171,13 +160,20 @@ export class ListWatch<T> {
     this.#log.warn('kube API request failed; serving the last view, retrying with backoff', { kind: this.#kind, error, retryMs });
   }
 
-  /** A 200 from the API server: sign of life, and the end of a failure streak. */
-  #onAlive(): void {
-    const now = this.#clock.now();
-    this.#writer.touch(now);
+  /** A 200 from the API server: the end of a failure streak, for the logs. It says nothing of the view (a 410 may follow). */
+  #onAnswered(): void {
     if (!this.#failing) return;
     this.#failing = false;
-    this.#log.info('kube API reachable again', { kind: this.#kind, downMs: now - this.#failingSinceMs });
+    this.#log.info('kube API reachable again', { kind: this.#kind, downMs: this.#clock.now() - this.#failingSinceMs });
+  }
+
+  /**
+   * The view of this kind is current as of now: a whole list, or a watch
+   * event or bookmark applied in order. Told before the change is written,
+   * so the sink dates the change by it.
+   */
+  #touch(): void {
+    this.#writer.touch(this.#clock.now());
   }
 
   #sleep(ms: number): Promise<void> {
@@ -239,7 +235,7 @@ export class ListWatch<T> {
       if (text === TIMED_OUT) return failed(`list: page not complete in ${this.#tuning.requestTimeoutMs} ms`);
       if (text === null) return failed(`list: response broken off`);
       if (r.status === 410 && cont !== '') return { kind: 'expired', reason: `list continue: ${statusMessage(text)}` };
-      if (r.status !== 200) return failed(`list: HTTP ${r.status}: ${statusMessage(text)}`);
+      if (r.status !== 200) return httpFailure('list', r, text);
       let page: Json | null;
       try {
         page = asObject(JSON.parse(text));
@@ -261,8 +257,9 @@ export class ListWatch<T> {
       cont = typeof meta?.['continue'] === 'string' ? meta['continue'] : '';
     } while (cont !== '');
     if (rv === '') return failed('list: no resourceVersion');
-    // A whole list is the sign of life, not its first page: a relist failing on a later page has not heard the kind.
-    this.#onAlive();
+    // A whole list makes the view current, not its first page: a relist failing on a later page has not.
+    this.#onAnswered();
+    this.#touch();
     this.#writer.replace(items);
     this.#rv = rv;
     this.#afterList = true;
@@ -292,10 +289,10 @@ export class ListWatch<T> {
       const body = await this.#within(readBody(r.body, 1 << 20));
       const text = body === TIMED_OUT ? 'error body not complete in time' : (body ?? '');
       if (r.status === 410) return { kind: 'expired', reason: `watch: ${statusMessage(text)}` };
-      return failed(`watch: HTTP ${r.status}: ${statusMessage(text)}`);
+      return httpFailure('watch', r, text);
     }
-    this.#onAlive();
-    return this.#stream(r.body, timeoutS * 1000 + this.#tuning.idleGraceMs);
+    this.#onAnswered();
+    return this.#stream(r.body, Math.min(timeoutS * 1000 + this.#tuning.idleGraceMs, this.#tuning.maxWatchSilenceMs));
   }
 
   /** Applies the events of one watch response until it ends. */
@@ -316,6 +313,8 @@ export class ListWatch<T> {
       let idle = this.#timers.set(onIdle, idleMs);
       body.setEncoding('utf8');
       body.on('data', (chunk: string) => {
+        // Lines after the one that ended the watch are the next watch's to replay.
+        if (done) return;
         this.#timers.clear(idle);
         idle = this.#timers.set(onIdle, idleMs);
         let start = 0;
@@ -344,54 +343,39 @@ export class ListWatch<T> {
     });
   }
 
-  /** One watch line; returns an outcome when the watch must end. */
+  /**
+   * One watch line; returns an outcome when the watch must end. A line we
+   * cannot decode ends the watch where it is, as client-go's StreamWatcher
+   * does: the RV stays at the last event applied, so the next watch gets
+   * that event again from the server's history.
+   */
   #onEvent(line: string): Outcome | null {
     if (line.trim() === '') return null;
-    let ev: Json | null;
-    try {
-      ev = asObject(JSON.parse(line));
-    } catch {
-      ev = null;
-    }
     this.#count('events');
-    const now = this.#clock.now();
-    this.#writer.touch(now);
-    const type = ev?.['type'];
-    const object = ev?.['object'];
-    switch (type) {
-      case 'ADDED':
-      case 'MODIFIED': {
-        const slim = this.#convert(object);
-        if (slim !== null) {
-          this.#writer.upsert(slim);
-        } else {
-          // The object exists but we cannot read it: better no records than the stale ones.
-          this.#count('decodeFailures');
-          const key = objectKey(object);
-          if (key !== null) this.#writer.remove(key.namespace, key.name);
-        }
+    const ev = decodeWatchLine(line, this.#convert);
+    // An ERROR (410 Gone above all) or a line we cannot apply leaves the view as stale as it was.
+    if (ev.kind === 'upsert' || ev.kind === 'remove' || ev.kind === 'bookmark') this.#touch();
+    switch (ev.kind) {
+      case 'upsert':
+        this.#writer.upsert(ev.obj);
         break;
-      }
-      case 'DELETED': {
-        const key = objectKey(object);
-        if (key !== null) this.#writer.remove(key.namespace, key.name);
-        else this.#count('decodeFailures');
+      case 'remove':
+        if (ev.unreadable) this.#count('decodeFailures');
+        this.#writer.remove(ev.namespace, ev.name);
         break;
-      }
-      case 'BOOKMARK':
+      case 'bookmark':
         break;
-      case 'ERROR': {
-        const status = asObject(object);
-        const text = `${String(status?.['code'])} ${String(status?.['message'])}`;
-        if (status?.['code'] === 410) return { kind: 'expired', reason: `watch event: ${text}` };
-        return failed(`watch event: ${text}`);
-      }
-      default:
+      case 'error':
+        if (ev.code === 410) return { kind: 'expired', reason: `watch event: ${ev.text}` };
+        return failed(`watch event: ${ev.text}`);
+      case 'undecodable':
+        this.#count('decodeFailures');
+        return failed(`watch: undecodable event (${ev.what}); watching again from resourceVersion ${this.#rv}`);
+      case 'unknown':
         this.#count('decodeFailures');
         return null;
     }
-    const rv = resourceVersionOf(object);
-    if (rv !== '') this.#rv = rv;
+    if (ev.rv !== '') this.#rv = ev.rv;
     return null;
   }
 }

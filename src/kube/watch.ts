@@ -20,7 +20,8 @@
  *
  * This file is the cluster view's three reflectors; the loop itself is
  * list-watch.ts (its options list-watch-options.ts, its counters
- * reflector-stats.ts, its response reading api-body.ts).
+ * reflector-stats.ts, its response reading api-body.ts, its watch lines
+ * watch-event.ts, what each request came to reflector-outcome.ts).
  */
 import { defineCounters, type CounterDef } from '../stats/counters.js';
 import type { ApiGetter } from './client.js';

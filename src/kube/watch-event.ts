@@ -1,0 +1,60 @@
+/**
+ * One line of a watch response, decoded into what the reflector
+ * (list-watch.ts) does with it. Kept apart from the loop, which counts,
+ * writes and decides how the watch goes on; here nothing is changed.
+ */
+import { asObject, type Json } from './api-body.js';
+import { objectKey, resourceVersionOf } from './convert.js';
+
+export type WatchEvent<T> =
+  | { readonly kind: 'upsert'; readonly obj: T; readonly rv: string }
+  /**
+   * DELETED, or an ADDED/MODIFIED object we cannot read (`unreadable`): that
+   * object exists, and better no records for it than its stale ones.
+   */
+  | { readonly kind: 'remove'; readonly namespace: string; readonly name: string; readonly unreadable: boolean; readonly rv: string }
+  | { readonly kind: 'bookmark'; readonly rv: string }
+  | { readonly kind: 'error'; readonly code: unknown; readonly text: string }
+  /**
+   * Neither applicable nor safe to read past: a line cut short or corrupted,
+   * or an event that names no object. Skipping it would let later events
+   * advance the RV beyond an event never applied.
+   */
+  | { readonly kind: 'undecodable'; readonly what: string }
+  /** A type this version does not know: it changes nothing we keep. */
+  | { readonly kind: 'unknown'; readonly type: string };
+
+function parse(line: string): Json | null {
+  try {
+    return asObject(JSON.parse(line));
+  } catch {
+    return null;
+  }
+}
+
+/** A non-blank line of a watch stream. */
+export function decodeWatchLine<T>(line: string, convert: (raw: unknown) => T | null): WatchEvent<T> {
+  const ev = parse(line);
+  if (ev === null) return { kind: 'undecodable', what: 'not a JSON object' };
+  const type = ev['type'];
+  const object = ev['object'];
+  switch (type) {
+    case 'ADDED':
+    case 'MODIFIED':
+    case 'DELETED': {
+      const slim = type === 'DELETED' ? null : convert(object);
+      if (slim !== null) return { kind: 'upsert', obj: slim, rv: resourceVersionOf(object) };
+      const key = objectKey(object);
+      if (key === null) return { kind: 'undecodable', what: `${type} of an object without a name` };
+      return { kind: 'remove', ...key, unreadable: type !== 'DELETED', rv: resourceVersionOf(object) };
+    }
+    case 'BOOKMARK':
+      return { kind: 'bookmark', rv: resourceVersionOf(object) };
+    case 'ERROR': {
+      const status = asObject(object);
+      return { kind: 'error', code: status?.['code'], text: `${String(status?.['code'])} ${String(status?.['message'])}` };
+    }
+    default:
+      return { kind: 'unknown', type: String(type) };
+  }
+}
