@@ -32,7 +32,7 @@ import type {
 export interface ClusterViewReader {
   /** All three kinds have had their initial list applied. */
   readonly synced: boolean;
-  /** Clock ms of the last sign of life that came with a change (the SOA serial). 0 before any. */
+  /** Clock ms of the last time the view was known current that came with a change (the SOA serial). 0 before any. */
   readonly modifiedMs: number;
   /** A Namespace object exists, or a Service lives in it (an event may beat its Namespace). */
   namespaceExists(namespace: string): boolean;
@@ -64,7 +64,7 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
   #svcIPs: Map<string, SlimService | SlimService[]>;
   #epIPs: Map<string, SlimEndpointSlice | SlimEndpointSlice[]>;
   readonly #syncedKinds: Set<KindName>;
-  /** Per kind: when the API server was last heard from about it (-1: never). One kind's silence is not covered by another's bookmarks. */
+  /** Per kind: when it was last known current (a whole list, a watch event or bookmark applied; -1: never). One kind's silence is not covered by another's bookmarks. */
   readonly #contactMs: Map<KindName, number>;
   /** The latest contact about any kind: when the view last changed, for #changed. */
   #latestContactMs: number;
@@ -144,8 +144,8 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
   }
 
   /**
-   * Clock ms since which the API server has been heard from about every kind
-   * (the kind heard from longest ago); -1 while one kind never was.
+   * Clock ms since which every kind has been known current
+   * (the kind known current longest ago); -1 while one kind never was.
    */
   get lastContactMs(): number {
     let oldest = Number.POSITIVE_INFINITY;
@@ -156,7 +156,7 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
     return oldest;
   }
 
-  /** Clock ms of the last sign of life about `kind`; -1 before any. */
+  /** Clock ms when `kind` was last known current; -1 before any. */
   contactOf(kind: KindName): number {
     return this.#contactMs.get(kind) ?? -1;
   }
@@ -167,7 +167,7 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
 
   /**
    * May the view deny a name (NXDOMAIN/NODATA)? Only once synced and while the
-   * API server has been heard from within `maxSilenceMs`: a view that may be
+   * view has been known current within `maxSilenceMs`: a view that may be
    * stale must answer SERVFAIL rather than invent a negative (design 4).
    */
   negativesAllowed(nowMs: number, maxSilenceMs: number): boolean {
