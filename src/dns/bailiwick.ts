@@ -5,6 +5,7 @@
  *
  *   answer      owned by the question name, or by a name the answer's own
  *               CNAME chain leads to (DNAME: owned by an ancestor of one);
+ *               an RRSIG also with the RRset it covers (a DNAME's);
  *   authority   owned by the question name, a chain target or one of their
  *               ancestors (the zone's SOA and NS); NSEC/NSEC3/RRSIG proofs
  *               under such a zone;
@@ -48,6 +49,15 @@ function targetOf(rr: Answer): string | null {
   }
 }
 
+/** Adds to `kept` the RRSIGs of `section` over an RRset kept there (same owner, the type they cover). */
+function keepSignatures(section: readonly Answer[], kept: Set<Answer>): void {
+  const rrsets = new Set<string>();
+  for (const rr of kept) rrsets.add(`${lower(rr.name)} ${rr.type}`);
+  for (const rr of section) {
+    if (rr.type === 'RRSIG' && rrsets.has(`${lower(rr.name)} ${rr.data.typeCovered}`)) kept.add(rr);
+  }
+}
+
 /**
  * The scrubbed answer; null when every record belongs (or the message is not
  * something dns-packet reads: our own scanner already validated it);
@@ -85,6 +95,8 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
       if (t !== null) names.add(t);
     }
   }
+  // A kept RRset's signature goes with it: a DNAME's RRSIG is owned by the DNAME's owner, no name of the chain.
+  keepSignatures(answers, keptAnswers);
   const zones: string[] = [];
   const authOk = (rr: Answer): boolean => {
     const owner = lower(rr.name);
