@@ -62,6 +62,8 @@ export const hostResolversCounters = defineCounters({
   ...upstreamCounterDefs,
   // RFC 5452: wrong source, id or question.
   spoofed: { ...ignoredAnswersFamily, labels: { reason: 'spoofed' } },
+  // The server's reply to a try already over: answered by another server or given up (TcpPool's reason too).
+  late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
   tcpFallbacks: { name: 'nodelocal_upstream_tcp_fallbacks_total', help: 'Truncated (TC=1) UDP answers retried over TCP at the same server.' },
   failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/REFUSED answer.' },
   attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },
@@ -151,6 +153,9 @@ export class HostResolvers implements Upstream {
       rotateAfterMs: opts.udpRotateAfterMs,
       onStray: () => {
         this.#values[SLOT.spoofed]!++;
+      },
+      onLate: () => {
+        this.#values[SLOT.late]!++;
       },
       // Moved by deltas: after a reload the old and the new instance share the block; the gauge is their sum.
       onCount: (delta) => {
