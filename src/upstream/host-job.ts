@@ -1,10 +1,10 @@
 /**
  * One exchange of HostResolvers (host-resolvers.ts) from send() until it
  * completes: which servers it has tried and in what order, the try that is
- * current, the tries still listening, and a SERVFAIL/REFUSED answer kept in
+ * current, the tries still listening, and a SERVFAIL/NOTIMP/REFUSED answer kept in
  * case no other server does better; and which server the next try goes to,
  * in glibc res_send's order (the host-resolvers.ts header), skipping servers
- * that already answered SERVFAIL/REFUSED to this query. Plain data and that
+ * that already answered one of those to this query. Plain data and that
  * choice; every transition is HostResolvers'.
  */
 import type { UpstreamExchange, UpstreamFailure } from './types.js';
@@ -21,9 +21,9 @@ export class HostJob {
   /** Every try still listening, oldest first, `current` included. */
   readonly live: QueryAttempt<HostJob>[];
   lastFailure: UpstreamFailure;
-  /** A SERVFAIL/REFUSED answer kept in case no other server does better. */
+  /** A SERVFAIL/NOTIMP/REFUSED answer kept in case no other server does better. */
   badAnswer: Buffer | null;
-  /** Servers that answered SERVFAIL/REFUSED; not asked again for this query. */
+  /** Servers that answered SERVFAIL/NOTIMP/REFUSED; not asked again for this query. */
   badServers: Set<number> | null;
   done: boolean;
   constructor(ex: UpstreamExchange, start: number, total: number) {

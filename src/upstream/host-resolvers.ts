@@ -4,14 +4,14 @@
  *
  *   for try in 0 .. attempts*servers-1:  server = (start + try) % servers
  *     UDP (shared socket, random id and port) ── TC=1 ──► same server over TCP
- *     timeout / ICMP error / SERVFAIL / REFUSED ──► next server
+ *     timeout / ICMP error / SERVFAIL / NOTIMP / REFUSED ──► next server
  *
  * `start` is 0, or round-robin per query with `options rotate`. Everything is
  * bounded by the exchange's deadline. One sweep timer expires attempts.
  *
  * Differences from glibc, on purpose: the per-try timeout is fixed rather than
  * doubling per round (our caller's deadline is the real bound); when every
- * server said SERVFAIL/REFUSED we pass that answer on instead of failing, so
+ * server said SERVFAIL/NOTIMP/REFUSED we pass that answer on instead of failing, so
  * the client sees the upstream's own rcode; and a try that timed out keeps
  * listening while the exchange lives, so a server slower than the try timeout
  * still gets its answer through (glibc closes it, and a resolver that always
@@ -39,9 +39,9 @@ import { DEFAULTS } from '../config.js';
 import { DEFAULT_ATTEMPTS } from './host-route.js';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
-import { FLAG_TC, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { FLAG_TC, OFF_FLAGS, RCODE_MASK } from '../dns/constants.js';
 import { Counters, defineCounters } from '../stats/counters.js';
-import { UpstreamHealth } from './health.js';
+import { UpstreamHealth, serverFailed } from './health.js';
 import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
@@ -65,7 +65,7 @@ export const hostResolversCounters = defineCounters({
   // The server's reply to a try already over: answered by another server or given up (TcpPool's reason too).
   late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
   tcpFallbacks: { name: 'nodelocal_upstream_tcp_fallbacks_total', help: 'Truncated (TC=1) UDP answers retried over TCP at the same server.' },
-  failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/REFUSED answer.' },
+  failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/NOTIMP/REFUSED answer.' },
   attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },
   attemptErrors: { ...TRY_FAILURES, labels: { reason: 'error' } },
   openSockets: {
@@ -252,8 +252,8 @@ export class HostResolvers implements Upstream {
       this.#start(job, 'tcp', attempt.serverIndex, this.#clock.now());
       return;
     }
-    if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) {
-      // glibc moves on to the next server: this one may be lame or refusing us while another is fine.
+    if (serverFailed(rcode)) {
+      // glibc moves on to the next server: this one may be lame, refusing us or lack the feature while another is fine.
       job.badAnswer = answer;
       (job.badServers ??= new Set()).add(attempt.serverIndex);
       // A late bad answer to an earlier try changes nothing: the current try is already elsewhere.

@@ -14,6 +14,7 @@
 import type { Clock } from '../clock.js';
 import { questionMessage, upstreamQuery } from '../dns/build.js';
 import { OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { serverFailed } from './health.js';
 import { nameToWire } from '../dns/name.js';
 import { parseQuery } from '../dns/query.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
@@ -23,7 +24,7 @@ import type { Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
  * CoreDNS forward's name (pre-1.11; later versions call it
  * coredns_proxy_healthcheck_failures_total{proxy_name="forward"}). A failed
  * check is one our health state counts as a failure: no answer by the
- * deadline, a network error, or a SERVFAIL/REFUSED answer. A probe cut
+ * deadline, a network error, or a SERVFAIL/NOTIMP/REFUSED answer. A probe cut
  * short by shutdown is not one.
  */
 export const PROBE_COUNTERS = defineCounters({
@@ -60,7 +61,7 @@ export class HealthProbe {
     this.#onAnswer = (answer: Buffer): void => {
       this.#inFlight = false;
       const rcode = answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL;
-      if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) this.#failed();
+      if (serverFailed(rcode)) this.#failed();
     };
     this.#onFailure = (reason: UpstreamFailure): void => {
       this.#inFlight = false;
