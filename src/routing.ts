@@ -92,6 +92,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
       durations: servers.map((s) => deps.counters.durations(formatHostPort(s))),
       // Else a failing route rarely asked (a stub domain) stays failing while idle after its servers recover.
       probeQuery: probe,
+      probeCounters: deps.counters.probe(name),
     });
     upstreams.push(upstream);
     return { upstream, timeoutMs: budgetMs, local: null };

@@ -1166,3 +1166,14 @@ t.test('HostResolvers: a first server that never answers is not waited on by eve
   t.ok(a.stats.udpQueries < n, `the silent server was not asked first by every query (asked ${a.stats.udpQueries} of ${n} times)`);
   t.ok(up.counters.get('attemptTimeouts') < n, `not every query waited out a try timeout (${up.counters.get('attemptTimeouts')} of ${n})`);
 });
+
+t.test('HostResolvers: the probe of a failing route counts its failed checks where it was told to', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const probeCounters = new Counters(PROBE_COUNTERS);
+  const up = resolvers([sim], { attemptTimeoutMs: 100, attempts: 1, probeQuery: queryBytes('.'), probeCounters });
+  t.teardown(() => up.close());
+  for (let i = 0; i < 3; i++) t.equal((await ask(up, 'www.example.com', { timeoutMs: 150 }).done).reason, 'timeout');
+  t.equal(up.health.state, 'failing');
+  t.ok(await until(() => probeCounters.get('failures') >= 1, 100, 20), 'coredns_forward_healthcheck_failures_total counts the probe that timed out');
+});

@@ -167,7 +167,9 @@ export class HostResolvers implements Upstream {
     this.#rejects = 0;
     this.#life = new Lifecycle();
     this.#sweep = null;
-    this.#probe = opts.probeQuery !== undefined ? new HealthProbe(this, this.#clock, opts.probeQuery) : null;
+    // A probe's deadline allows a try at every server: one silent server must not hide the others' recovery.
+    const probeDeadlineMs = this.#attemptTimeoutMs * this.#servers.length;
+    this.#probe = opts.probeQuery !== undefined ? new HealthProbe(this, this.#clock, opts.probeQuery, opts.probeCounters ?? null, probeDeadlineMs) : null;
   }
 
   /** Exchanges not yet completed. */

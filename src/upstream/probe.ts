@@ -1,7 +1,9 @@
 /**
  * Active health checking of a failing upstream: while its health says
  * failing, one probe query every PROBE_INTERVAL_MS, never two in flight
- * (CoreDNS's up.go keeps one probe at a time too). The probe goes through
+ * (CoreDNS's up.go keeps one probe at a time too); a probe may run longer
+ * than that where the upstream fails over between servers (its deadline
+ * allows a try at each). The probe goes through
  * the transport like any query, so its answer (or its timeout) reaches the
  * health state through the transport's own events; the first answer makes
  * the upstream healthy and forwarding resumes.
@@ -33,12 +35,14 @@ export const PROBE_COUNTERS = defineCounters({
 export type ProbeCounter = keyof typeof PROBE_COUNTERS.slot;
 const FAILURES = PROBE_COUNTERS.slot.failures;
 
+/** Between one probe's start and the next; also a probe's deadline unless the upstream needs longer. */
 export const PROBE_INTERVAL_MS = 1000;
 
 export class HealthProbe {
   readonly #upstream: Upstream;
   readonly #clock: Clock;
   readonly #query: Buffer;
+  readonly #deadlineMs: number;
   #sweep: (() => void) | null;
   #inFlight: boolean;
   #lastSentAt: number;
@@ -54,8 +58,10 @@ export class HealthProbe {
    * recursive resolvers, the zone's SOA for a stub domain). `counters`:
    * where failed checks are
    * counted (labelled with the upstream's `to` by whoever publishes it).
+   * `deadlineMs`: how long one probe may take, at least PROBE_INTERVAL_MS; an
+   * upstream that fails over must get to its other servers within it.
    */
-  constructor(upstream: Upstream, clock: Clock, query: Buffer, counters: Counters<ProbeCounter> | null = null) {
+  constructor(upstream: Upstream, clock: Clock, query: Buffer, counters: Counters<ProbeCounter> | null = null, deadlineMs = PROBE_INTERVAL_MS) {
     this.#upstream = upstream;
     this.#failures = counters === null ? null : counters.values;
     this.#onAnswer = (answer: Buffer): void => {
@@ -69,6 +75,7 @@ export class HealthProbe {
     };
     this.#clock = clock;
     this.#query = query;
+    this.#deadlineMs = Math.max(PROBE_INTERVAL_MS, deadlineMs);
     this.#sweep = null;
     this.#inFlight = false;
     this.#lastSentAt = -Infinity;
@@ -109,7 +116,7 @@ export class HealthProbe {
     this.#inFlight = true;
     this.#lastSentAt = now;
     this.#sent++;
-    const probe: UpstreamExchange = { query: this.#query, deadline: now + PROBE_INTERVAL_MS, resolve: this.#onAnswer, reject: this.#onFailure };
+    const probe: UpstreamExchange = { query: this.#query, deadline: now + this.#deadlineMs, resolve: this.#onAnswer, reject: this.#onFailure };
     this.#upstream.send(probe);
   };
 }
