@@ -1177,3 +1177,25 @@ t.test('HostResolvers: the probe of a failing route counts its failed checks whe
   t.equal(up.health.state, 'failing');
   t.ok(await until(() => probeCounters.get('failures') >= 1, 100, 20), 'coredns_forward_healthcheck_failures_total counts the probe that timed out');
 });
+
+t.test('HostResolvers: a server moved back for its silence is rechecked beside client queries and takes its place back once it answers', async (t) => {
+  const [a, b] = await twoServers(t, { dropAll: true });
+  const up = resolvers([a, b], { attemptTimeoutMs: 150 });
+  t.teardown(() => up.close());
+  for (let i = 0; i < 2; i++) t.same(addresses((await ask(up, 'www.example.com', { timeoutMs: 3000 }).done).answer), ['192.0.2.1']);
+  t.equal(a.stats.udpQueries, 2, 'two try timeouts in a row at the first server');
+  t.same(addresses((await ask(up, 'www.example.com').done).answer), ['192.0.2.1']);
+  t.equal(a.stats.udpQueries, 2, 'then it is asked after the second, which answers');
+  a.faults.dropAll = false;
+  await sleep(1100);
+  const timeouts = up.counters.get('attemptTimeouts');
+  t.same(addresses((await ask(up, 'www.example.com').done).answer), ['192.0.2.1'], 'answered by the second server without waiting');
+  t.ok(await until(() => a.stats.answered === 1 && up.inFlight === 0), 'a copy of the query rechecked the first server');
+  t.equal(up.counters.get('attemptTimeouts'), timeouts, 'nobody waited a try timeout');
+  const bBefore = b.stats.udpQueries;
+  t.same(addresses((await ask(up, 'www.example.com').done).answer), ['192.0.2.1']);
+  t.equal(a.stats.answered, 2, 'the first server is asked first again');
+  t.equal(b.stats.udpQueries, bBefore);
+  t.equal(up.counters.get('answered'), 5, 'the recheck is no exchange of its own');
+  t.equal(up.health.state, 'healthy');
+});

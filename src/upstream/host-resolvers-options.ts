@@ -8,7 +8,7 @@ import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
 import type { ForwardDurations } from './forward-durations.js';
-import type { HostResolversCounter } from './host-resolvers.js';
+import type { HostResolversCounter } from './host-resolvers-counters.js';
 import type { ProbeCounter } from './probe.js';
 import type { ServerAddress } from './types.js';
 

@@ -2,12 +2,14 @@
  * The external-name transport: the node's resolvers (from resolv.conf) or a
  * stub domain's servers, queried the way glibc's res_send does it:
  *
- *   for try in 0 .. attempts*servers-1:  server = (start + try) % servers
+ *   for try in 0 .. attempts*servers-1:  server = round[try % servers]
  *     UDP (shared socket, random id and port) ── TC=1 ──► same server over TCP
  *     timeout / ICMP error / SERVFAIL / NOTIMP / REFUSED ──► next server
  *
- * `start` is 0, or round-robin per query with `options rotate`. Everything is
- * bounded by the exchange's deadline. One sweep timer expires attempts.
+ * `round` is glibc's order from `start` (0, or round-robin per query with
+ * `options rotate`), except that servers whose last tries went unanswered are
+ * asked after the others (server-order.ts). Everything is bounded by the
+ * exchange's deadline. One sweep timer expires attempts.
  *
  * Differences from glibc, on purpose: the per-try timeout is fixed rather than
  * doubling per round (our caller's deadline is the real bound); when every
@@ -40,52 +42,29 @@ import { DEFAULT_ATTEMPTS } from './host-route.js';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { FLAG_TC, OFF_FLAGS, RCODE_MASK } from '../dns/constants.js';
-import { Counters, defineCounters } from '../stats/counters.js';
+import { Counters } from '../stats/counters.js';
 import { UpstreamHealth, serverFailed } from './health.js';
 import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { HostJob } from './host-job.js';
+import { ServerOrder } from './server-order.js';
 import type { HostResolversOptions } from './host-resolvers-options.js';
 import { HealthProbe } from './probe.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
 import { UdpSockets } from './udp-sockets.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
-import { ignoredAnswersFamily, rcodeSlots, upstreamCounterDefs } from './upstream-counters.js';
+import { rcodeSlots } from './upstream-counters.js';
+import { hostResolversCounters, type HostResolversCounter } from './host-resolvers-counters.js';
 
-const TRY_FAILURES = {
-  name: 'nodelocal_upstream_try_failures_total',
-  help: 'Tries given up: no answer within the try timeout (it keeps listening for a late one), or an ICMP error or broken TCP connection.',
-} as const;
-
-export const hostResolversCounters = defineCounters({
-  ...upstreamCounterDefs,
-  // RFC 5452: wrong source, id or question.
-  spoofed: { ...ignoredAnswersFamily, labels: { reason: 'spoofed' } },
-  // The server's reply to a try already over: answered by another server or given up (TcpPool's reason too).
-  late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
-  tcpFallbacks: { name: 'nodelocal_upstream_tcp_fallbacks_total', help: 'Truncated (TC=1) UDP answers retried over TCP at the same server.' },
-  failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/NOTIMP/REFUSED answer.' },
-  attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },
-  attemptErrors: { ...TRY_FAILURES, labels: { reason: 'error' } },
-  openSockets: {
-    name: 'nodelocal_upstream_open_sockets',
-    help: 'Tries listening for an answer: an id on a shared UDP socket, or a TCP connection of their own.',
-    type: 'gauge',
-  },
-  udpSockets: {
-    name: 'nodelocal_upstream_udp_sockets',
-    help: 'UDP sockets open to the host resolvers, each shared by a few tries and replaced after some tries or an age (a fresh random source port).',
-    type: 'gauge',
-  },
-});
-
-export type HostResolversCounter = keyof typeof hostResolversCounters.slot;
+export { hostResolversCounters, type HostResolversCounter } from './host-resolvers-counters.js';
 
 const SLOT = hostResolversCounters.slot;
 const RCODE_SLOT = rcodeSlots(SLOT);
 
 export type { HostResolversOptions } from './host-resolvers-options.js';
+
+const ignoreAnswer = (): void => {};
 
 // Overload warnings: the first, then one per this many rejects; a flood must not turn into a log flood.
 const OVERLOAD_LOG_EVERY = 1000;
@@ -106,6 +85,7 @@ export class HostResolvers implements Upstream {
   readonly #log: Logger;
   readonly #active: Set<HostJob>;
   readonly #udp: UdpSockets;
+  readonly #order: ServerOrder;
   /** Bound once: every attempt reports through the same object. */
   readonly #events: AttemptEvents<HostJob>;
   #rr: number;
@@ -162,6 +142,7 @@ export class HostResolvers implements Upstream {
         this.#values[SLOT.udpSockets]! += delta;
       },
     });
+    this.#order = new ServerOrder(this.#servers.length);
     this.#rr = 0;
     this.#openSockets = 0;
     this.#rejects = 0;
@@ -204,9 +185,22 @@ export class HostResolvers implements Upstream {
     }
     const start = this.#rotate ? this.#rr++ % n : 0;
     if (this.#rr >= n) this.#rr = 0;
-    const job = new HostJob(ex, start, this.#attempts * n);
+    const now = this.#clock.now();
+    const round = this.#order.round(start);
+    const job = new HostJob(ex, round, this.#attempts);
     this.#active.add(job);
-    this.#next(job, this.#clock.now());
+    this.#next(job, now);
+    for (const idx of this.#order.rechecks(round, now)) this.#recheck(ex.query, idx, now);
+  }
+
+  /** A server moved back gets a copy of a client's query, beside the client's exchange: an answer in time puts it back in place. */
+  #recheck(query: Buffer, idx: number, now: number): void {
+    if (!this.#life.running || this.#active.size >= this.#maxInFlight) return;
+    // A copy: the client's buffer may be reused once its exchange completes, and this try may outlive it.
+    const ex: UpstreamExchange = { query: Buffer.from(query), deadline: now + this.#attemptTimeoutMs, resolve: ignoreAnswer, reject: ignoreAnswer };
+    const job = new HostJob(ex, [idx], 1, true);
+    this.#active.add(job);
+    this.#next(job, now);
   }
 
   /** In-flight exchanges run on until answered or past their deadline; new ones are rejected with 'closed'. */
@@ -245,13 +239,16 @@ export class HostResolvers implements Upstream {
     const flags = (answer[OFF_FLAGS]! << 8) | answer[OFF_FLAGS + 1]!;
     const rcode = flags & RCODE_MASK;
     this.#values[RCODE_SLOT[rcode]!]!++;
+    const now = this.#clock.now();
+    // Only an answer within the try timeout puts a server back in place: a slow one should be asked after those that are not.
+    if (now <= attempt.deadline) this.#order.answered(attempt.serverIndex);
     const durations = this.#durations[attempt.serverIndex];
-    if (durations !== undefined && durations !== null && attempt.sentAt >= 0) durations.observeMs(rcode, this.#clock.now() - attempt.sentAt);
+    if (durations !== undefined && durations !== null && attempt.sentAt >= 0) durations.observeMs(rcode, now - attempt.sentAt);
     if ((flags & FLAG_TC) !== 0 && attempt.transport === 'udp') {
       // RFC 7766 5: a truncated UDP answer is retried over TCP at the same server. That becomes the current
       // try, from whichever try the truncated answer came: the name exists and TCP is the way to it.
       this.#values[SLOT.tcpFallbacks]!++;
-      this.#start(job, 'tcp', attempt.serverIndex, this.#clock.now());
+      this.#start(job, 'tcp', attempt.serverIndex, now);
       return;
     }
     if (serverFailed(rcode)) {
@@ -259,10 +256,9 @@ export class HostResolvers implements Upstream {
       job.badAnswer = answer;
       (job.badServers ??= new Set()).add(attempt.serverIndex);
       // A late bad answer to an earlier try changes nothing: the current try is already elsewhere.
-      if (wasCurrent) this.#next(job, this.#clock.now());
+      if (wasCurrent) this.#next(job, now);
       return;
     }
-    this.#values[SLOT.answered]!++;
     this.#finish(job, answer, 'network');
   }
 
@@ -281,7 +277,7 @@ export class HostResolvers implements Upstream {
 
   /** Starts the next try, or completes the job when tries or time have run out. */
   #next(job: HostJob, now: number): void {
-    const idx = job.nextServer(this.#servers.length, now);
+    const idx = job.nextServer(now);
     if (idx >= 0) {
       if (job.lastServer >= 0 && job.lastServer !== idx) this.#values[SLOT.failovers]!++;
       this.#start(job, 'udp', idx, now);
@@ -290,7 +286,6 @@ export class HostResolvers implements Upstream {
     // Out of tries: tries still listening are closed too. glibc gives up here as well, and the caller is
     // better served by a prompt failure (stale answer, SERVFAIL) than by waiting out the whole deadline.
     if (job.badAnswer !== null) {
-      this.#values[SLOT.answered]!++;
       this.#finish(job, job.badAnswer, 'network');
       return;
     }
@@ -330,11 +325,14 @@ export class HostResolvers implements Upstream {
     job.live.length = 0;
     job.current = null;
     this.#active.delete(job);
-    if (answer === null) {
+    if (job.recheck) {
+      // Its try counted what it sent and heard; the exchange was nobody's.
+    } else if (answer === null) {
       if (reason === 'timeout') this.#values[SLOT.timeouts]!++;
       else if (reason === 'network') this.#values[SLOT.networkErrors]!++;
       if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
     } else {
+      this.#values[SLOT.answered]!++;
       this.health.record(answer === job.badAnswer ? 'servfail' : 'answered', this.#clock.now());
     }
     settle(job.ex, answer, reason, this.#log);
@@ -353,6 +351,8 @@ export class HostResolvers implements Upstream {
       const a = job.current;
       if (a === null || now < a.deadline) continue;
       this.#values[SLOT.attemptTimeouts]!++;
+      // A try the exchange's deadline cut short did not give the server its whole try timeout.
+      if (a.deadline < job.ex.deadline) this.#order.timedOut(a.serverIndex, now);
       // It stays in job.live, still listening: a late answer to it is as good as any (bounded by #start).
       job.current = null;
       job.lastFailure = 'timeout';
