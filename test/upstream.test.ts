@@ -1199,3 +1199,26 @@ t.test('HostResolvers: a server moved back for its silence is rechecked beside c
   t.equal(up.counters.get('answered'), 5, 'the recheck is no exchange of its own');
   t.equal(up.health.state, 'healthy');
 });
+
+t.test('HostResolvers: a quick SERVFAIL from the last server does not cut short an earlier try still listening', async (t) => {
+  // One round: a slow first server (its try times out first), then one that says SERVFAIL at once. The first server's
+  // answer comes within the time the last try would have waited had it been silent: it is the one passed on.
+  const slow = await SimDnsServer.start({ handler: base, faults: { latencyMs: 250 } });
+  const failing = await SimDnsServer.start({ handler: base, faults: { rcode: 'SERVFAIL' } });
+  t.teardown(() => slow.close());
+  t.teardown(() => failing.close());
+  const up = resolvers([slow, failing], { attemptTimeoutMs: 150, attempts: 1 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.same(addresses(r.answer), ['192.0.2.1'], 'the slow server\'s answer, not the SERVFAIL');
+  t.equal(failing.stats.udpQueries, 1, 'the second server was asked and said SERVFAIL');
+  t.equal(up.openSockets, 0);
+
+  // Slower than that: the SERVFAIL is passed on when the last try would have timed out, not at the deadline.
+  slow.faults.latencyMs = 2000;
+  const began = Date.now();
+  const late = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.equal(rcodeOf(late.answer), 'SERVFAIL');
+  t.ok(Date.now() - began < 1500, `passed on after the last try's timeout (${Date.now() - began} ms)`);
+  t.equal(up.openSockets, 0);
+});

@@ -19,8 +19,10 @@ export class HostJob {
   readonly recheck: boolean;
   tries: number;
   lastServer: number;
-  /** The newest try: its timeout starts the next one. Null only inside a transition. */
+  /** The newest try: its timeout starts the next one. Null inside a transition, or once out of tries while earlier ones listen. */
   current: QueryAttempt<HostJob> | null;
+  /** Clock ms when the newest try times out: out of tries, the earlier ones listen until then. */
+  lastDeadline: number;
   /** Every try still listening, oldest first, `current` included. */
   readonly live: QueryAttempt<HostJob>[];
   lastFailure: UpstreamFailure;
@@ -37,6 +39,7 @@ export class HostJob {
     this.tries = 0;
     this.lastServer = -1;
     this.current = null;
+    this.lastDeadline = 0;
     this.live = [];
     this.lastFailure = 'timeout';
     this.badAnswer = null;

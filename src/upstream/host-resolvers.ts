@@ -283,7 +283,10 @@ export class HostResolvers implements Upstream {
       this.#start(job, 'udp', idx, now);
       return;
     }
-    // Out of tries: tries still listening are closed too. glibc gives up here as well, and the caller is
+    // Out of tries. Earlier tries still listening get until the last try's own timeout, as they would have had
+    // the last server stayed silent: its quick SERVFAIL or ICMP error must not cut short a slow server's answer.
+    if (job.live.length > 0 && now < job.lastDeadline) return;
+    // Then tries still listening are closed too. glibc gives up here as well, and the caller is
     // better served by a prompt failure (stale answer, SERVFAIL) than by waiting out the whole deadline.
     if (job.badAnswer !== null) {
       this.#finish(job, job.badAnswer, 'network');
@@ -299,6 +302,7 @@ export class HostResolvers implements Upstream {
     const deadline = Math.min(now + this.#attemptTimeoutMs, job.ex.deadline);
     const attempt = new QueryAttempt(job, transport, this.#servers[idx]!, idx, job.ex.query, deadline, this.#events, this.#udp, now);
     job.current = attempt;
+    job.lastDeadline = deadline;
     job.live.push(attempt);
     this.#openSockets++;
     this.#values[SLOT.openSockets]!++;
@@ -349,7 +353,12 @@ export class HostResolvers implements Upstream {
   #tick(now: number): void {
     for (const job of this.#active) {
       const a = job.current;
-      if (a === null || now < a.deadline) continue;
+      if (a === null) {
+        // Out of tries, waiting for earlier ones (#next): until the last try's timeout, or nobody listens.
+        if (now >= job.lastDeadline || job.live.length === 0) this.#next(job, now);
+        continue;
+      }
+      if (now < a.deadline) continue;
       this.#values[SLOT.attemptTimeouts]!++;
       // A try the exchange's deadline cut short did not give the server its whole try timeout.
       if (a.deadline < job.ex.deadline) this.#order.timedOut(a.serverIndex, now);
