@@ -1222,3 +1222,37 @@ t.test('HostResolvers: a quick SERVFAIL from the last server does not cut short 
   t.ok(Date.now() - began < 1500, `passed on after the last try's timeout (${Date.now() - began} ms)`);
   t.equal(up.openSockets, 0);
 });
+
+t.test('HostResolvers: a TCP read carrying two answer frames is one answer of the try', async (t) => {
+  // A server that truncates over UDP, then writes its TCP answer (SERVFAIL) twice in one write: the second frame
+  // belongs to a try already over and must not be taken (or counted) again.
+  const udp = dgram.createSocket('udp4');
+  udp.on('message', (m, r) => {
+    const reply = Buffer.from(m);
+    reply[2] = 0x80 | 0x02 | (reply[2]! & 0x01); // QR, TC, RD kept
+    udp.send(reply, r.port, r.address);
+  });
+  await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
+  const port = udp.address().port;
+  const tcp = net.createServer((sock) => {
+    sock.on('error', () => {});
+    const decoder = new FrameDecoder((q) => {
+      const reply = Buffer.from(q);
+      reply[2] = 0x80 | (reply[2]! & 0x01);
+      reply[3] = 0x80 | 2; // RA, SERVFAIL
+      sock.write(Buffer.concat([frame(reply), frame(reply)]));
+    });
+    sock.on('data', (chunk: Buffer) => decoder.push(chunk));
+  });
+  await new Promise<void>((resolve) => tcp.listen(port, '127.0.0.1', resolve));
+  t.teardown(() => { udp.close(); tcp.close(); });
+  const good = await SimDnsServer.start({ handler: base });
+  t.teardown(() => good.close());
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }, { host: good.host, port: good.port }], attemptTimeoutMs: 1000, attempts: 1 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com').done;
+  t.same(addresses(r.answer), ['192.0.2.1'], 'the second server answered');
+  t.equal(up.counters.get('tcpFallbacks'), 1);
+  t.equal(up.counters.get('responsesServfail'), 1, 'one SERVFAIL counted');
+  t.equal(up.counters.get('spoofed'), 0);
+});
