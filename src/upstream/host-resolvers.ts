@@ -329,9 +329,15 @@ export class HostResolvers implements Upstream {
     job.live.length = 0;
     job.current = null;
     this.#active.delete(job);
-    if (job.recheck) {
-      // Its try counted what it sent and heard; the exchange was nobody's.
-    } else if (answer === null) {
+    // A recheck's try counted what it sent and heard; the exchange itself was nobody's.
+    if (!job.recheck) this.#recordOutcome(job, answer, reason);
+    settle(job.ex, answer, reason, this.#log);
+    this.#maybeFinishClose();
+  }
+
+  /** How a client's exchange ended, in the exchange counters and the health state. */
+  #recordOutcome(job: HostJob, answer: Buffer | null, reason: UpstreamFailure): void {
+    if (answer === null) {
       if (reason === 'timeout') this.#values[SLOT.timeouts]!++;
       else if (reason === 'network') this.#values[SLOT.networkErrors]!++;
       if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
@@ -339,8 +345,6 @@ export class HostResolvers implements Upstream {
       this.#values[SLOT.answered]!++;
       this.health.record(answer === job.badAnswer ? 'servfail' : 'answered', this.#clock.now());
     }
-    settle(job.ex, answer, reason, this.#log);
-    this.#maybeFinishClose();
   }
 
   #armSweep(): void {
