@@ -77,7 +77,7 @@ export interface UpstreamCounterBlocks {
   host(name: string): Counters<HostResolversCounter>;
   /** coredns_forward_request_duration_seconds of one server, by "IP:port" (CoreDNS's `to`). */
   durations(to: string): ForwardDurations;
-  /** coredns_forward_healthcheck_failures_total of one server, by "IP:port". */
+  /** coredns_forward_healthcheck_failures_total of one server, by "IP:port"; of a host route (probed as a whole), by its name. */
   probe(to: string): Counters<ProbeCounter>;
 }
 
@@ -92,6 +92,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
       durations: servers.map((s) => deps.counters.durations(formatHostPort(s))),
       // Else a failing route rarely asked (a stub domain) stays failing while idle after its servers recover.
       probeQuery: probe,
+      probeCounters: deps.counters.probe(name),
     });
     upstreams.push(upstream);
     return { upstream, timeoutMs: budgetMs, local: null };

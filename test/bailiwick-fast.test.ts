@@ -156,3 +156,28 @@ t.test('a signed DNAME answer keeps the DNAME\'s RRSIG', async (t) => {
     t.ok(kept.includes('a.example.com RRSIG'), `the DNAME's RRSIG is kept (kept: ${kept.join(', ')})`);
   }
 });
+
+t.test('a signer is a zone only above its own record, and a signature only goes with the RRset it covers', async (t) => {
+  const qname = 'foo.example.com';
+  const nsec = { type: 'NSEC', name: 'bar.example.com', ttl: 300, data: { nextDomain: 'goo.example.com', rrtypes: ['A', 'RRSIG', 'NSEC'] } } as dnsPacket.Answer;
+  const own = sig(qname, 'A', 3) as dnsPacket.RrsigAnswer;
+  const foreignSigner: dnsPacket.Answer = { ...own, data: { ...own.data, signersName: 'evil.example.net' } };
+  const m = dnsPacket.encode({
+    type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE,
+    questions: [{ name: qname, type: 'A', class: 'IN' }],
+    answers: [a(qname, '192.0.2.1'), foreignSigner],
+    authorities: [
+      { ...nsec, name: 'x.evil.example.net' } as dnsPacket.Answer,
+      sig('x.evil.example.net', 'NSEC', 4),
+      sig('baz.example.com', 'A', 3),
+    ],
+  });
+  const s = scrubOutOfBailiwick(m);
+  t.ok(s !== null && s !== 'unusable', 'something removed');
+  if (s !== null && s !== 'unusable') {
+    const d = dnsPacket.decode(s.msg);
+    t.same((d.answers ?? []).map((r) => r.type), ['A', 'RRSIG'], 'the answer and its own signature stay');
+    t.same(d.authorities ?? [], [], 'the NSEC of a signer not above the answer, its RRSIG and an RRSIG over nothing kept all go');
+    t.equal(s.removed, 3);
+  }
+});

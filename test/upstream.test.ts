@@ -1166,3 +1166,93 @@ t.test('HostResolvers: a first server that never answers is not waited on by eve
   t.ok(a.stats.udpQueries < n, `the silent server was not asked first by every query (asked ${a.stats.udpQueries} of ${n} times)`);
   t.ok(up.counters.get('attemptTimeouts') < n, `not every query waited out a try timeout (${up.counters.get('attemptTimeouts')} of ${n})`);
 });
+
+t.test('HostResolvers: the probe of a failing route counts its failed checks where it was told to', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const probeCounters = new Counters(PROBE_COUNTERS);
+  const up = resolvers([sim], { attemptTimeoutMs: 100, attempts: 1, probeQuery: queryBytes('.'), probeCounters });
+  t.teardown(() => up.close());
+  for (let i = 0; i < 3; i++) t.equal((await ask(up, 'www.example.com', { timeoutMs: 150 }).done).reason, 'timeout');
+  t.equal(up.health.state, 'failing');
+  t.ok(await until(() => probeCounters.get('failures') >= 1, 100, 20), 'coredns_forward_healthcheck_failures_total counts the probe that timed out');
+});
+
+t.test('HostResolvers: a server moved back for its silence is rechecked beside client queries and takes its place back once it answers', async (t) => {
+  const [a, b] = await twoServers(t, { dropAll: true });
+  const up = resolvers([a, b], { attemptTimeoutMs: 150 });
+  t.teardown(() => up.close());
+  for (let i = 0; i < 2; i++) t.same(addresses((await ask(up, 'www.example.com', { timeoutMs: 3000 }).done).answer), ['192.0.2.1']);
+  t.equal(a.stats.udpQueries, 2, 'two try timeouts in a row at the first server');
+  t.same(addresses((await ask(up, 'www.example.com').done).answer), ['192.0.2.1']);
+  t.equal(a.stats.udpQueries, 2, 'then it is asked after the second, which answers');
+  a.faults.dropAll = false;
+  await sleep(1100);
+  const timeouts = up.counters.get('attemptTimeouts');
+  t.same(addresses((await ask(up, 'www.example.com').done).answer), ['192.0.2.1'], 'answered by the second server without waiting');
+  t.ok(await until(() => a.stats.answered === 1 && up.inFlight === 0), 'a copy of the query rechecked the first server');
+  t.equal(up.counters.get('attemptTimeouts'), timeouts, 'nobody waited a try timeout');
+  const bBefore = b.stats.udpQueries;
+  t.same(addresses((await ask(up, 'www.example.com').done).answer), ['192.0.2.1']);
+  t.equal(a.stats.answered, 2, 'the first server is asked first again');
+  t.equal(b.stats.udpQueries, bBefore);
+  t.equal(up.counters.get('answered'), 5, 'the recheck is no exchange of its own');
+  t.equal(up.health.state, 'healthy');
+});
+
+t.test('HostResolvers: a quick SERVFAIL from the last server does not cut short an earlier try still listening', async (t) => {
+  // One round: a slow first server (its try times out first), then one that says SERVFAIL at once. The first server's
+  // answer comes within the time the last try would have waited had it been silent: it is the one passed on.
+  const slow = await SimDnsServer.start({ handler: base, faults: { latencyMs: 250 } });
+  const failing = await SimDnsServer.start({ handler: base, faults: { rcode: 'SERVFAIL' } });
+  t.teardown(() => slow.close());
+  t.teardown(() => failing.close());
+  const up = resolvers([slow, failing], { attemptTimeoutMs: 150, attempts: 1 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.same(addresses(r.answer), ['192.0.2.1'], 'the slow server\'s answer, not the SERVFAIL');
+  t.equal(failing.stats.udpQueries, 1, 'the second server was asked and said SERVFAIL');
+  t.equal(up.openSockets, 0);
+
+  // Slower than that: the SERVFAIL is passed on when the last try would have timed out, not at the deadline.
+  slow.faults.latencyMs = 2000;
+  const began = Date.now();
+  const late = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.equal(rcodeOf(late.answer), 'SERVFAIL');
+  t.ok(Date.now() - began < 1500, `passed on after the last try's timeout (${Date.now() - began} ms)`);
+  t.equal(up.openSockets, 0);
+});
+
+t.test('HostResolvers: a TCP read carrying two answer frames is one answer of the try', async (t) => {
+  // A server that truncates over UDP, then writes its TCP answer (SERVFAIL) twice in one write: the second frame
+  // belongs to a try already over and must not be taken (or counted) again.
+  const udp = dgram.createSocket('udp4');
+  udp.on('message', (m, r) => {
+    const reply = Buffer.from(m);
+    reply[2] = 0x80 | 0x02 | (reply[2]! & 0x01); // QR, TC, RD kept
+    udp.send(reply, r.port, r.address);
+  });
+  await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
+  const port = udp.address().port;
+  const tcp = net.createServer((sock) => {
+    sock.on('error', () => {});
+    const decoder = new FrameDecoder((q) => {
+      const reply = Buffer.from(q);
+      reply[2] = 0x80 | (reply[2]! & 0x01);
+      reply[3] = 0x80 | 2; // RA, SERVFAIL
+      sock.write(Buffer.concat([frame(reply), frame(reply)]));
+    });
+    sock.on('data', (chunk: Buffer) => decoder.push(chunk));
+  });
+  await new Promise<void>((resolve) => tcp.listen(port, '127.0.0.1', resolve));
+  t.teardown(() => { udp.close(); tcp.close(); });
+  const good = await SimDnsServer.start({ handler: base });
+  t.teardown(() => good.close());
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }, { host: good.host, port: good.port }], attemptTimeoutMs: 1000, attempts: 1 });
+  t.teardown(() => up.close());
+  const r = await ask(up, 'www.example.com').done;
+  t.same(addresses(r.answer), ['192.0.2.1'], 'the second server answered');
+  t.equal(up.counters.get('tcpFallbacks'), 1);
+  t.equal(up.counters.get('responsesServfail'), 1, 'one SERVFAIL counted');
+  t.equal(up.counters.get('spoofed'), 0);
+});

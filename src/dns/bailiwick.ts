@@ -5,9 +5,11 @@
  *
  *   answer      owned by the question name, or by a name the answer's own
  *               CNAME chain leads to (DNAME: owned by an ancestor of one);
+ *               an RRSIG also with the RRset it covers (a DNAME's);
  *   authority   owned by the question name, a chain target or one of their
- *               ancestors (the zone's SOA and NS); NSEC/NSEC3/RRSIG proofs
- *               under such a zone;
+ *               ancestors (the zone's SOA and NS); NSEC/NSEC3 proofs under
+ *               such a zone or under a signer of the answer's RRSIGs, with
+ *               the RRSIGs of the kept RRsets;
  *   additional  addresses and signatures of names the kept records point
  *               at (NS, MX, SRV targets), and OPT.
  *
@@ -48,6 +50,15 @@ function targetOf(rr: Answer): string | null {
   }
 }
 
+/** Adds to `kept` the RRSIGs of `section` over an RRset kept there (same owner, the type they cover). */
+function keepSignatures(section: readonly Answer[], kept: Set<Answer>): void {
+  const rrsets = new Set<string>();
+  for (const rr of kept) rrsets.add(`${lower(rr.name)} ${rr.type}`);
+  for (const rr of section) {
+    if (rr.type === 'RRSIG' && rrsets.has(`${lower(rr.name)} ${rr.data.typeCovered}`)) kept.add(rr);
+  }
+}
+
 /**
  * The scrubbed answer; null when every record belongs (or the message is not
  * something dns-packet reads: our own scanner already validated it);
@@ -85,20 +96,29 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
       if (t !== null) names.add(t);
     }
   }
+  // A kept RRset's signature goes with it: a DNAME's RRSIG is owned by the DNAME's owner, no name of the chain.
+  keepSignatures(answers, keptAnswers);
+  // The zones whose denial proofs belong here: the answer's signers (the wildcard proof of a signed answer comes with
+  // no SOA beside it) and the owners of a kept SOA or NS. A signer counts only above its own record, which the answer
+  // speaks for: where a kept SOA could stand too.
   const zones: string[] = [];
-  const authOk = (rr: Answer): boolean => {
+  for (const rr of keptAnswers) {
+    if (rr.type !== 'RRSIG') continue;
+    const signer = lower(rr.data.signersName);
+    if (under(lower(rr.name), signer)) zones.push(signer);
+  }
+  const keptAuth = new Set<Answer>();
+  for (const rr of authorities) {
     const owner = lower(rr.name);
-    if ([...names].some((n) => under(n, owner))) {
-      if (rr.type === 'SOA' || rr.type === 'NS') zones.push(owner);
-      return true;
-    }
-    return false;
-  };
-  const keptAuth = authorities.filter(authOk);
+    if (![...names].some((n) => under(n, owner))) continue;
+    keptAuth.add(rr);
+    if (rr.type === 'SOA' || rr.type === 'NS') zones.push(owner);
+  }
   // DNSSEC denial proofs are owned by other names of the same zone.
   for (const rr of authorities) {
-    if (!keptAuth.includes(rr) && (rr.type === 'NSEC' || rr.type === 'NSEC3' || rr.type === 'RRSIG') && zones.some((z) => under(lower(rr.name), z))) keptAuth.push(rr);
+    if ((rr.type === 'NSEC' || rr.type === 'NSEC3') && zones.some((z) => under(lower(rr.name), z))) keptAuth.add(rr);
   }
+  keepSignatures(authorities, keptAuth);
   const glue = new Set<string>();
   for (const rr of [...keptAnswers, ...keptAuth]) {
     const t = rr.type === 'CNAME' ? null : targetOf(rr);
@@ -107,10 +127,10 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   const keptAdd = additionals.filter(
     (rr) => rr.type === 'OPT' || ((rr.type === 'A' || rr.type === 'AAAA' || rr.type === 'RRSIG') && glue.has(lower(rr.name))),
   );
-  const removed = answers.length - keptAnswers.size + authorities.length - keptAuth.length + additionals.length - keptAdd.length;
+  const removed = answers.length - keptAnswers.size + authorities.length - keptAuth.size + additionals.length - keptAdd.length;
   if (removed === 0) return null;
   try {
-    const out = dnsPacket.encode({ ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: keptAuth, additionals: keptAdd });
+    const out = dnsPacket.encode({ ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: authorities.filter((rr) => keptAuth.has(rr)), additionals: keptAdd });
     return { msg: out, removed };
   } catch {
     return 'unusable';

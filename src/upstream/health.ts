@@ -12,6 +12,7 @@
  * failure, because one lost query is normal; unreachable (a connect refused
  * or timed out with nothing open) is certain at once.
  */
+import { Rcode } from '../dns/constants.js';
 import type { Logger } from '../log.js';
 
 export type HealthState = 'healthy' | 'failing';
@@ -19,6 +20,15 @@ export type HealthEvent = 'connected' | 'unreachable' | 'answered' | 'timeout' |
 
 /** Failures in a row before a reachable upstream is called failing (CoreDNS's forward uses max_fails 2 with active checks). */
 export const FAIL_STREAK = 3;
+
+/**
+ * An answer in which the server failed us rather than answered the question:
+ * glibc's res_send (send_dg) moves on to the next server on exactly these,
+ * since another server may well answer.
+ */
+export function serverFailed(rcode: number): boolean {
+  return rcode === Rcode.SERVFAIL || rcode === Rcode.NOTIMP || rcode === Rcode.REFUSED;
+}
 
 export class UpstreamHealth {
   readonly name: string;

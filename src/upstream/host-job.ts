@@ -1,38 +1,45 @@
 /**
  * One exchange of HostResolvers (host-resolvers.ts) from send() until it
  * completes: which servers it has tried and in what order, the try that is
- * current, the tries still listening, and a SERVFAIL/REFUSED answer kept in
- * case no other server does better; and which server the next try goes to,
- * in glibc res_send's order (the host-resolvers.ts header), skipping servers
- * that already answered SERVFAIL/REFUSED to this query. Plain data and that
- * choice; every transition is HostResolvers'.
+ * current, the tries still listening, and a SERVFAIL/NOTIMP/REFUSED answer kept in
+ * case no other server does better; and which server the next try goes to:
+ * round after round in the order it was given (server-order.ts), skipping
+ * servers that already answered one of those to this query. Plain data and
+ * that choice; every transition is HostResolvers'.
  */
 import type { UpstreamExchange, UpstreamFailure } from './types.js';
 import type { QueryAttempt } from './udp-client.js';
 
 export class HostJob {
   readonly ex: UpstreamExchange;
-  readonly start: number;
+  /** The servers of one round, in the order asked. */
+  readonly round: readonly number[];
   readonly total: number;
+  /** A recheck of a server moved back (server-order.ts), not a client's exchange: it feeds neither health nor exchange counts. */
+  readonly recheck: boolean;
   tries: number;
   lastServer: number;
-  /** The newest try: its timeout starts the next one. Null only inside a transition. */
+  /** The newest try: its timeout starts the next one. Null inside a transition, or once out of tries while earlier ones listen. */
   current: QueryAttempt<HostJob> | null;
+  /** Clock ms when the newest try times out: out of tries, the earlier ones listen until then. */
+  lastDeadline: number;
   /** Every try still listening, oldest first, `current` included. */
   readonly live: QueryAttempt<HostJob>[];
   lastFailure: UpstreamFailure;
-  /** A SERVFAIL/REFUSED answer kept in case no other server does better. */
+  /** A SERVFAIL/NOTIMP/REFUSED answer kept in case no other server does better. */
   badAnswer: Buffer | null;
-  /** Servers that answered SERVFAIL/REFUSED; not asked again for this query. */
+  /** Servers that answered SERVFAIL/NOTIMP/REFUSED; not asked again for this query. */
   badServers: Set<number> | null;
   done: boolean;
-  constructor(ex: UpstreamExchange, start: number, total: number) {
+  constructor(ex: UpstreamExchange, round: readonly number[], rounds: number, recheck = false) {
     this.ex = ex;
-    this.start = start;
-    this.total = total;
+    this.round = round;
+    this.total = rounds * round.length;
+    this.recheck = recheck;
     this.tries = 0;
     this.lastServer = -1;
     this.current = null;
+    this.lastDeadline = 0;
     this.live = [];
     this.lastFailure = 'timeout';
     this.badAnswer = null;
@@ -40,10 +47,10 @@ export class HostJob {
     this.done = false;
   }
 
-  /** The server (index among `n`) the next try goes to, counting the try; -1 when tries or time (at `now`) have run out. */
-  nextServer(n: number, now: number): number {
+  /** The server the next try goes to, counting the try; -1 when tries or time (at `now`) have run out. */
+  nextServer(now: number): number {
     while (this.tries < this.total && now < this.ex.deadline) {
-      const idx = (this.start + this.tries) % n;
+      const idx = this.round[this.tries % this.round.length]!;
       this.tries++;
       if (this.badServers !== null && this.badServers.has(idx)) continue;
       return idx;

@@ -8,7 +8,8 @@ import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
 import type { ForwardDurations } from './forward-durations.js';
-import type { HostResolversCounter } from './host-resolvers.js';
+import type { HostResolversCounter } from './host-resolvers-counters.js';
+import type { ProbeCounter } from './probe.js';
 import type { ServerAddress } from './types.js';
 
 export interface HostResolversOptions {
@@ -46,10 +47,12 @@ export interface HostResolversOptions {
   durations?: readonly (ForwardDurations | null)[];
   /**
    * A question whose answer proves the servers work again (". NS", a stub
-   * domain's SOA): sent once a second while failing, until close(). None when
-   * omitted.
+   * domain's SOA): sent once a second while failing (each may take a try at
+   * every server), until close(). None when omitted.
    */
   probeQuery?: Buffer;
+  /** Where the probe counts its failed checks (coredns_forward_healthcheck_failures_total); nowhere when omitted. */
+  probeCounters?: Counters<ProbeCounter>;
   clock?: Clock;
   logger?: Logger;
   name?: string;

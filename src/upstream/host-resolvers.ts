@@ -2,16 +2,18 @@
  * The external-name transport: the node's resolvers (from resolv.conf) or a
  * stub domain's servers, queried the way glibc's res_send does it:
  *
- *   for try in 0 .. attempts*servers-1:  server = (start + try) % servers
+ *   for try in 0 .. attempts*servers-1:  server = round[try % servers]
  *     UDP (shared socket, random id and port) ── TC=1 ──► same server over TCP
- *     timeout / ICMP error / SERVFAIL / REFUSED ──► next server
+ *     timeout / ICMP error / SERVFAIL / NOTIMP / REFUSED ──► next server
  *
- * `start` is 0, or round-robin per query with `options rotate`. Everything is
- * bounded by the exchange's deadline. One sweep timer expires attempts.
+ * `round` is glibc's order from `start` (0, or round-robin per query with
+ * `options rotate`), except that servers whose last tries went unanswered are
+ * asked after the others (server-order.ts). Everything is bounded by the
+ * exchange's deadline. One sweep timer expires attempts.
  *
  * Differences from glibc, on purpose: the per-try timeout is fixed rather than
  * doubling per round (our caller's deadline is the real bound); when every
- * server said SERVFAIL/REFUSED we pass that answer on instead of failing, so
+ * server said SERVFAIL/NOTIMP/REFUSED we pass that answer on instead of failing, so
  * the client sees the upstream's own rcode; and a try that timed out keeps
  * listening while the exchange lives, so a server slower than the try timeout
  * still gets its answer through (glibc closes it, and a resolver that always
@@ -39,51 +41,30 @@ import { DEFAULTS } from '../config.js';
 import { DEFAULT_ATTEMPTS } from './host-route.js';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
-import { FLAG_TC, OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
-import { Counters, defineCounters } from '../stats/counters.js';
-import { UpstreamHealth } from './health.js';
+import { FLAG_TC, OFF_FLAGS, RCODE_MASK } from '../dns/constants.js';
+import { Counters } from '../stats/counters.js';
+import { UpstreamHealth, serverFailed } from './health.js';
 import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { HostJob } from './host-job.js';
+import { ServerOrder } from './server-order.js';
 import type { HostResolversOptions } from './host-resolvers-options.js';
 import { HealthProbe } from './probe.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
 import { UdpSockets } from './udp-sockets.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
-import { ignoredAnswersFamily, rcodeSlots, upstreamCounterDefs } from './upstream-counters.js';
+import { rcodeSlots } from './upstream-counters.js';
+import { hostResolversCounters, type HostResolversCounter } from './host-resolvers-counters.js';
 
-const TRY_FAILURES = {
-  name: 'nodelocal_upstream_try_failures_total',
-  help: 'Tries given up: no answer within the try timeout (it keeps listening for a late one), or an ICMP error or broken TCP connection.',
-} as const;
-
-export const hostResolversCounters = defineCounters({
-  ...upstreamCounterDefs,
-  // RFC 5452: wrong source, id or question.
-  spoofed: { ...ignoredAnswersFamily, labels: { reason: 'spoofed' } },
-  tcpFallbacks: { name: 'nodelocal_upstream_tcp_fallbacks_total', help: 'Truncated (TC=1) UDP answers retried over TCP at the same server.' },
-  failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/REFUSED answer.' },
-  attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },
-  attemptErrors: { ...TRY_FAILURES, labels: { reason: 'error' } },
-  openSockets: {
-    name: 'nodelocal_upstream_open_sockets',
-    help: 'Tries listening for an answer: an id on a shared UDP socket, or a TCP connection of their own.',
-    type: 'gauge',
-  },
-  udpSockets: {
-    name: 'nodelocal_upstream_udp_sockets',
-    help: 'UDP sockets open to the host resolvers, each shared by a few tries and replaced after some tries or an age (a fresh random source port).',
-    type: 'gauge',
-  },
-});
-
-export type HostResolversCounter = keyof typeof hostResolversCounters.slot;
+export { hostResolversCounters, type HostResolversCounter } from './host-resolvers-counters.js';
 
 const SLOT = hostResolversCounters.slot;
 const RCODE_SLOT = rcodeSlots(SLOT);
 
 export type { HostResolversOptions } from './host-resolvers-options.js';
+
+const ignoreAnswer = (): void => {};
 
 // Overload warnings: the first, then one per this many rejects; a flood must not turn into a log flood.
 const OVERLOAD_LOG_EVERY = 1000;
@@ -104,6 +85,7 @@ export class HostResolvers implements Upstream {
   readonly #log: Logger;
   readonly #active: Set<HostJob>;
   readonly #udp: UdpSockets;
+  readonly #order: ServerOrder;
   /** Bound once: every attempt reports through the same object. */
   readonly #events: AttemptEvents<HostJob>;
   #rr: number;
@@ -152,17 +134,23 @@ export class HostResolvers implements Upstream {
       onStray: () => {
         this.#values[SLOT.spoofed]!++;
       },
+      onLate: () => {
+        this.#values[SLOT.late]!++;
+      },
       // Moved by deltas: after a reload the old and the new instance share the block; the gauge is their sum.
       onCount: (delta) => {
         this.#values[SLOT.udpSockets]! += delta;
       },
     });
+    this.#order = new ServerOrder(this.#servers.length);
     this.#rr = 0;
     this.#openSockets = 0;
     this.#rejects = 0;
     this.#life = new Lifecycle();
     this.#sweep = null;
-    this.#probe = opts.probeQuery !== undefined ? new HealthProbe(this, this.#clock, opts.probeQuery) : null;
+    // A probe's deadline allows a try at every server: one silent server must not hide the others' recovery.
+    const probeDeadlineMs = this.#attemptTimeoutMs * this.#servers.length;
+    this.#probe = opts.probeQuery !== undefined ? new HealthProbe(this, this.#clock, opts.probeQuery, opts.probeCounters ?? null, probeDeadlineMs) : null;
   }
 
   /** Exchanges not yet completed. */
@@ -197,9 +185,22 @@ export class HostResolvers implements Upstream {
     }
     const start = this.#rotate ? this.#rr++ % n : 0;
     if (this.#rr >= n) this.#rr = 0;
-    const job = new HostJob(ex, start, this.#attempts * n);
+    const now = this.#clock.now();
+    const round = this.#order.round(start);
+    const job = new HostJob(ex, round, this.#attempts);
     this.#active.add(job);
-    this.#next(job, this.#clock.now());
+    this.#next(job, now);
+    for (const idx of this.#order.rechecks(round, now)) this.#recheck(ex.query, idx, now);
+  }
+
+  /** A server moved back gets a copy of a client's query, beside the client's exchange: an answer in time puts it back in place. */
+  #recheck(query: Buffer, idx: number, now: number): void {
+    if (!this.#life.running || this.#active.size >= this.#maxInFlight) return;
+    // A copy: the client's buffer may be reused once its exchange completes, and this try may outlive it.
+    const ex: UpstreamExchange = { query: Buffer.from(query), deadline: now + this.#attemptTimeoutMs, resolve: ignoreAnswer, reject: ignoreAnswer };
+    const job = new HostJob(ex, [idx], 1, true);
+    this.#active.add(job);
+    this.#next(job, now);
   }
 
   /** In-flight exchanges run on until answered or past their deadline; new ones are rejected with 'closed'. */
@@ -238,24 +239,26 @@ export class HostResolvers implements Upstream {
     const flags = (answer[OFF_FLAGS]! << 8) | answer[OFF_FLAGS + 1]!;
     const rcode = flags & RCODE_MASK;
     this.#values[RCODE_SLOT[rcode]!]!++;
+    const now = this.#clock.now();
+    // Only an answer within the try timeout puts a server back in place: a slow one should be asked after those that are not.
+    if (now <= attempt.deadline) this.#order.answered(attempt.serverIndex);
     const durations = this.#durations[attempt.serverIndex];
-    if (durations !== undefined && durations !== null && attempt.sentAt >= 0) durations.observeMs(rcode, this.#clock.now() - attempt.sentAt);
+    if (durations !== undefined && durations !== null && attempt.sentAt >= 0) durations.observeMs(rcode, now - attempt.sentAt);
     if ((flags & FLAG_TC) !== 0 && attempt.transport === 'udp') {
       // RFC 7766 5: a truncated UDP answer is retried over TCP at the same server. That becomes the current
       // try, from whichever try the truncated answer came: the name exists and TCP is the way to it.
       this.#values[SLOT.tcpFallbacks]!++;
-      this.#start(job, 'tcp', attempt.serverIndex, this.#clock.now());
+      this.#start(job, 'tcp', attempt.serverIndex, now);
       return;
     }
-    if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) {
-      // glibc moves on to the next server: this one may be lame or refusing us while another is fine.
+    if (serverFailed(rcode)) {
+      // glibc moves on to the next server: this one may be lame, refusing us or lack the feature while another is fine.
       job.badAnswer = answer;
       (job.badServers ??= new Set()).add(attempt.serverIndex);
       // A late bad answer to an earlier try changes nothing: the current try is already elsewhere.
-      if (wasCurrent) this.#next(job, this.#clock.now());
+      if (wasCurrent) this.#next(job, now);
       return;
     }
-    this.#values[SLOT.answered]!++;
     this.#finish(job, answer, 'network');
   }
 
@@ -274,16 +277,18 @@ export class HostResolvers implements Upstream {
 
   /** Starts the next try, or completes the job when tries or time have run out. */
   #next(job: HostJob, now: number): void {
-    const idx = job.nextServer(this.#servers.length, now);
+    const idx = job.nextServer(now);
     if (idx >= 0) {
       if (job.lastServer >= 0 && job.lastServer !== idx) this.#values[SLOT.failovers]!++;
       this.#start(job, 'udp', idx, now);
       return;
     }
-    // Out of tries: tries still listening are closed too. glibc gives up here as well, and the caller is
+    // Out of tries. Earlier tries still listening get until the last try's own timeout, as they would have had
+    // the last server stayed silent: its quick SERVFAIL or ICMP error must not cut short a slow server's answer.
+    if (job.live.length > 0 && now < job.lastDeadline) return;
+    // Then tries still listening are closed too. glibc gives up here as well, and the caller is
     // better served by a prompt failure (stale answer, SERVFAIL) than by waiting out the whole deadline.
     if (job.badAnswer !== null) {
-      this.#values[SLOT.answered]!++;
       this.#finish(job, job.badAnswer, 'network');
       return;
     }
@@ -297,6 +302,7 @@ export class HostResolvers implements Upstream {
     const deadline = Math.min(now + this.#attemptTimeoutMs, job.ex.deadline);
     const attempt = new QueryAttempt(job, transport, this.#servers[idx]!, idx, job.ex.query, deadline, this.#events, this.#udp, now);
     job.current = attempt;
+    job.lastDeadline = deadline;
     job.live.push(attempt);
     this.#openSockets++;
     this.#values[SLOT.openSockets]!++;
@@ -323,15 +329,22 @@ export class HostResolvers implements Upstream {
     job.live.length = 0;
     job.current = null;
     this.#active.delete(job);
+    // A recheck's try counted what it sent and heard; the exchange itself was nobody's.
+    if (!job.recheck) this.#recordOutcome(job, answer, reason);
+    settle(job.ex, answer, reason, this.#log);
+    this.#maybeFinishClose();
+  }
+
+  /** How a client's exchange ended, in the exchange counters and the health state. */
+  #recordOutcome(job: HostJob, answer: Buffer | null, reason: UpstreamFailure): void {
     if (answer === null) {
       if (reason === 'timeout') this.#values[SLOT.timeouts]!++;
       else if (reason === 'network') this.#values[SLOT.networkErrors]!++;
       if (reason === 'timeout' || reason === 'network') this.health.record(reason, this.#clock.now());
     } else {
+      this.#values[SLOT.answered]!++;
       this.health.record(answer === job.badAnswer ? 'servfail' : 'answered', this.#clock.now());
     }
-    settle(job.ex, answer, reason, this.#log);
-    this.#maybeFinishClose();
   }
 
   #armSweep(): void {
@@ -344,8 +357,15 @@ export class HostResolvers implements Upstream {
   #tick(now: number): void {
     for (const job of this.#active) {
       const a = job.current;
-      if (a === null || now < a.deadline) continue;
+      if (a === null) {
+        // Out of tries, waiting for earlier ones (#next): until the last try's timeout, or nobody listens.
+        if (now >= job.lastDeadline || job.live.length === 0) this.#next(job, now);
+        continue;
+      }
+      if (now < a.deadline) continue;
       this.#values[SLOT.attemptTimeouts]!++;
+      // A try the exchange's deadline cut short did not give the server its whole try timeout.
+      if (a.deadline < job.ex.deadline) this.#order.timedOut(a.serverIndex, now);
       // It stays in job.live, still listening: a late answer to it is as good as any (bounded by #start).
       job.current = null;
       job.lastFailure = 'timeout';

@@ -1,7 +1,9 @@
 /**
  * Active health checking of a failing upstream: while its health says
  * failing, one probe query every PROBE_INTERVAL_MS, never two in flight
- * (CoreDNS's up.go keeps one probe at a time too). The probe goes through
+ * (CoreDNS's up.go keeps one probe at a time too); a probe may run longer
+ * than that where the upstream fails over between servers (its deadline
+ * allows a try at each). The probe goes through
  * the transport like any query, so its answer (or its timeout) reaches the
  * health state through the transport's own events; the first answer makes
  * the upstream healthy and forwarding resumes.
@@ -14,6 +16,7 @@
 import type { Clock } from '../clock.js';
 import { questionMessage, upstreamQuery } from '../dns/build.js';
 import { OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { serverFailed } from './health.js';
 import { nameToWire } from '../dns/name.js';
 import { parseQuery } from '../dns/query.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
@@ -23,7 +26,7 @@ import type { Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
  * CoreDNS forward's name (pre-1.11; later versions call it
  * coredns_proxy_healthcheck_failures_total{proxy_name="forward"}). A failed
  * check is one our health state counts as a failure: no answer by the
- * deadline, a network error, or a SERVFAIL/REFUSED answer. A probe cut
+ * deadline, a network error, or a SERVFAIL/NOTIMP/REFUSED answer. A probe cut
  * short by shutdown is not one.
  */
 export const PROBE_COUNTERS = defineCounters({
@@ -32,12 +35,14 @@ export const PROBE_COUNTERS = defineCounters({
 export type ProbeCounter = keyof typeof PROBE_COUNTERS.slot;
 const FAILURES = PROBE_COUNTERS.slot.failures;
 
+/** Between one probe's start and the next; also a probe's deadline unless the upstream needs longer. */
 export const PROBE_INTERVAL_MS = 1000;
 
 export class HealthProbe {
   readonly #upstream: Upstream;
   readonly #clock: Clock;
   readonly #query: Buffer;
+  readonly #deadlineMs: number;
   #sweep: (() => void) | null;
   #inFlight: boolean;
   #lastSentAt: number;
@@ -53,14 +58,16 @@ export class HealthProbe {
    * recursive resolvers, the zone's SOA for a stub domain). `counters`:
    * where failed checks are
    * counted (labelled with the upstream's `to` by whoever publishes it).
+   * `deadlineMs`: how long one probe may take, at least PROBE_INTERVAL_MS; an
+   * upstream that fails over must get to its other servers within it.
    */
-  constructor(upstream: Upstream, clock: Clock, query: Buffer, counters: Counters<ProbeCounter> | null = null) {
+  constructor(upstream: Upstream, clock: Clock, query: Buffer, counters: Counters<ProbeCounter> | null = null, deadlineMs = PROBE_INTERVAL_MS) {
     this.#upstream = upstream;
     this.#failures = counters === null ? null : counters.values;
     this.#onAnswer = (answer: Buffer): void => {
       this.#inFlight = false;
       const rcode = answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL;
-      if (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) this.#failed();
+      if (serverFailed(rcode)) this.#failed();
     };
     this.#onFailure = (reason: UpstreamFailure): void => {
       this.#inFlight = false;
@@ -68,6 +75,7 @@ export class HealthProbe {
     };
     this.#clock = clock;
     this.#query = query;
+    this.#deadlineMs = Math.max(PROBE_INTERVAL_MS, deadlineMs);
     this.#sweep = null;
     this.#inFlight = false;
     this.#lastSentAt = -Infinity;
@@ -108,7 +116,7 @@ export class HealthProbe {
     this.#inFlight = true;
     this.#lastSentAt = now;
     this.#sent++;
-    const probe: UpstreamExchange = { query: this.#query, deadline: now + PROBE_INTERVAL_MS, resolve: this.#onAnswer, reject: this.#onFailure };
+    const probe: UpstreamExchange = { query: this.#query, deadline: now + this.#deadlineMs, resolve: this.#onAnswer, reject: this.#onFailure };
     this.#upstream.send(probe);
   };
 }

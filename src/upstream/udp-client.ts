@@ -117,7 +117,7 @@ export class QueryAttempt<T> implements SharedTry {
 
   /** SharedTry: a datagram from this try's server under its id. */
   deliver(msg: Buffer): void {
-    if (this.#state === 'active') this.#onMessage(msg);
+    this.#onMessage(msg);
   }
 
   /** SharedTry: the socket failed; it has already let go of this try. */
@@ -127,6 +127,8 @@ export class QueryAttempt<T> implements SharedTry {
   }
 
   #onMessage(msg: Buffer): void {
+    // One TCP read may carry several frames: those after the answer reach a try already over.
+    if (this.#state !== 'active') return;
     if (msg.length < HEADER_LEN || readId(msg) !== this.id || !answerMatchesQuery(this.#query, msg)) {
       this.#events.onSpoofed(this);
       return;

@@ -8,7 +8,8 @@
  *            slot empty, or its socket used N times / older than T ─► retire it, open a new one in the slot
  *          ─► attach: an id drawn at random, unique among the tries on that socket
  *          ─► send now, or on 'connect' for a socket still opening
- *   datagram ─► tries.get(id) ─► the try checks the question; unknown id ─► stray (counted as spoofed)
+ *   datagram ─► tries.get(id) ─► the try checks the question
+ *            id handed out here, its try over ─► late; an id never handed out ─► stray (counted as spoofed)
  *   socket error (ICMP unreachable: ECONNREFUSED) ─► every try on it fails over, the socket is retired
  *   retired socket ─► closes when its last try lets go
  *
@@ -59,8 +60,10 @@ export interface UdpSocketsOptions {
   rotateAfterTries?: number;
   /** Age after which a socket takes no new try (default 1000 ms). */
   rotateAfterMs?: number;
-  /** A datagram under an id no try holds, or too short to carry one. */
+  /** A datagram under an id this socket never handed out, or too short to carry one. */
   onStray: () => void;
+  /** A datagram under an id this socket handed out to a try that is over (answered elsewhere, or given up). */
+  onLate: () => void;
   /** A socket opened (1) or closed (-1), for the gauge. */
   onCount: (delta: 1 | -1) => void;
 }
@@ -72,6 +75,11 @@ export class SharedSocket {
   readonly #owner: UdpSockets;
   readonly #sock: dgram.Socket;
   readonly #tries: Map<number, SharedTry>;
+  /**
+   * Every id handed out since open: a reply under one whose try is over is a
+   * slow server's, not a forgery. At most rotateAfterTries of them.
+   */
+  readonly #issued: Set<number>;
   /** Tries attached before 'connect', sent when it comes. */
   #waiting: SharedTry[] | null;
   readonly openedAt: number;
@@ -85,6 +93,7 @@ export class SharedSocket {
     this.server = server;
     this.#owner = owner;
     this.#tries = new Map();
+    this.#issued = new Set();
     this.#waiting = [];
     this.openedAt = now;
     this.used = 0;
@@ -108,11 +117,12 @@ export class SharedSocket {
     return this.#waiting === null;
   }
 
-  /** Registers a try under a fresh random id unique on this socket. */
+  /** Registers a try under a fresh random id never used before on this socket (a late reply cannot reach a newer try). */
   attach(t: SharedTry): number {
     let id = randomId();
     // Terminates: a socket carries at most rotateAfterTries (far below 65536) tries.
-    while (this.#tries.has(id)) id = randomId();
+    while (this.#issued.has(id)) id = randomId();
+    this.#issued.add(id);
     this.#tries.set(id, t);
     this.used++;
     if (this.#waiting !== null) this.#waiting.push(t);
@@ -160,9 +170,15 @@ export class SharedSocket {
 
   readonly #onMessage = (msg: Buffer, rinfo: dgram.RemoteInfo): void => {
     // connect() already filters by source; a check that costs nothing keeps that true whatever the platform.
-    const t = msg.length >= HEADER_LEN && rinfo.port === this.server.port && sameHost(rinfo.address, this.server.host) ? this.#tries.get(readId(msg)) : undefined;
-    if (t === undefined) this.#owner.stray();
-    else t.deliver(msg);
+    if (msg.length < HEADER_LEN || rinfo.port !== this.server.port || !sameHost(rinfo.address, this.server.host)) {
+      this.#owner.stray();
+      return;
+    }
+    const id = readId(msg);
+    const t = this.#tries.get(id);
+    if (t !== undefined) t.deliver(msg);
+    else if (this.#issued.has(id)) this.#owner.late();
+    else this.#owner.stray();
   };
 
   readonly #onError = (err: NodeJS.ErrnoException): void => {
@@ -196,6 +212,7 @@ export class UdpSockets {
   readonly #rotateAfterTries: number;
   readonly #rotateAfterMs: number;
   readonly #onStray: () => void;
+  readonly #onLate: () => void;
   readonly #onCount: (delta: 1 | -1) => void;
   /** Per server index, K slots of sockets taking new tries. */
   readonly #slots: Array<Array<SharedSocket | null>>;
@@ -207,6 +224,7 @@ export class UdpSockets {
     this.#rotateAfterTries = Math.min(4096, Math.max(1, opts.rotateAfterTries ?? UDP_SOCKETS_DEFAULTS.rotateAfterTries));
     this.#rotateAfterMs = Math.max(1, opts.rotateAfterMs ?? UDP_SOCKETS_DEFAULTS.rotateAfterMs);
     this.#onStray = opts.onStray;
+    this.#onLate = opts.onLate;
     this.#onCount = opts.onCount;
     this.#slots = [];
     this.#cursor = [];
@@ -270,6 +288,10 @@ export class UdpSockets {
 
   stray(): void {
     this.#onStray();
+  }
+
+  late(): void {
+    this.#onLate();
   }
 
   closed(s: SharedSocket): void {
