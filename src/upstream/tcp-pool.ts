@@ -32,8 +32,8 @@ import net from 'node:net';
 import { DEFAULTS } from '../config.js';
 import { systemClock, type Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
-import { OFF_FLAGS, RCODE_MASK, Rcode } from '../dns/constants.js';
-import { UpstreamHealth } from './health.js';
+import { OFF_FLAGS, RCODE_MASK } from '../dns/constants.js';
+import { UpstreamHealth, serverFailed } from './health.js';
 import { Counters } from '../stats/counters.js';
 import { Fifo } from './fifo.js';
 import type { ForwardDurations } from './forward-durations.js';
@@ -258,7 +258,7 @@ export class TcpPool implements Upstream {
     this.#values[SLOT.answered]!++;
     this.#values[RCODE_SLOT[rcode]!]!++;
     if (this.#durations !== null) this.#durations.observeMs(rcode, now - job.sentAt);
-    const failed = (rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED) && this.#servfailCounts(job.ex.query);
+    const failed = serverFailed(rcode) && this.#servfailCounts(job.ex.query);
     this.health.record(failed ? 'servfail' : 'answered', now);
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));

@@ -17,10 +17,10 @@
  * soon as it works again.
  */
 import { systemClock, type Clock } from '../clock.js';
-import { OFF_FLAGS, QType, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { OFF_FLAGS, QType, RCODE_MASK } from '../dns/constants.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
-import { UpstreamHealth } from './health.js';
+import { UpstreamHealth, serverFailed } from './health.js';
 import { HealthProbe, probeQuery } from './probe.js';
 import { settle } from './settle.js';
 import { TcpPool } from './tcp-pool.js';
@@ -190,7 +190,7 @@ export class TlsResolvers implements Upstream {
     const job = t.job;
     if (job.done) return;
     const rcode = answer[OFF_FLAGS + 1]! & RCODE_MASK;
-    if (rcode !== Rcode.SERVFAIL && rcode !== Rcode.REFUSED) {
+    if (!serverFailed(rcode)) {
       this.#finish(job, answer, 'network');
       return;
     }
