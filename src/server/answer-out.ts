@@ -1,0 +1,69 @@
+/**
+ * Where the hit path's answers leave (hit-path.ts): how large an answer a
+ * client may be sent, the counters and histograms every answer feeds, the
+ * channel's send, and the sampled query log. Kept apart so the hit path
+ * reads as what to answer and this as how it goes out.
+ */
+import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE } from '../dns/constants.js';
+import { nameToString } from '../dns/name.js';
+import type { Query } from '../dns/query.js';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../log.js';
+import type { HitPathHistograms } from './hit-path-options.js';
+import { Transport, type ClientChannel, type ClientPeer } from './listener.js';
+import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from './stats.js';
+
+/** Where an answer came from, in the query log. */
+export type AnswerSource = 'cache' | 'upstream' | 'view' | 'stale' | 'servfail' | 'refused-query';
+
+const S = SERVER_COUNTERS.slot;
+
+export class AnswerOut {
+  /** Largest UDP answer whatever the client advertises (reloadable). */
+  maxUdpSize: number;
+  readonly #v: Float64Array;
+  readonly #hist: HitPathHistograms | null;
+  readonly #clock: Clock;
+  readonly #logger: Logger;
+
+  constructor(o: { maxUdpSize: number; values: Float64Array; histograms: HitPathHistograms | null; clock: Clock; logger: Logger }) {
+    this.maxUdpSize = o.maxUdpSize;
+    this.#v = o.values;
+    this.#hist = o.histograms;
+    this.#clock = o.clock;
+    this.#logger = o.logger;
+  }
+
+  /** UDP: 512 without EDNS, else the client's size capped by ours (RFC 6891 6.2.5); TCP: the message limit. */
+  limit(q: Query, channel: ClientChannel): number {
+    if (channel.transport === Transport.TCP) return MAX_MESSAGE;
+    if (!q.edns) return CLASSIC_UDP_LIMIT;
+    return q.udpSize < this.maxUdpSize ? q.udpSize : this.maxUdpSize;
+  }
+
+  /** The one place an answer leaves. `arrivedAt` < 0: answered in the same turn (duration ~0). */
+  send(answer: Buffer, channel: ClientChannel, peer: ClientPeer, arrivedAt = -1): void {
+    const hist = this.#hist;
+    if (hist !== null) {
+      hist.responseSize[channel.transport]!.observe(answer.length);
+      if (arrivedAt < 0) hist.duration.observe(0);
+      else hist.duration.observeMs(this.#clock.now() - arrivedAt);
+    }
+    const rcode = answer[3]! & 0x0f;
+    this.#v[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
+    if ((answer[2]! & 0x02) !== 0) this.#v[S.truncated]!++;
+    channel.send(answer, peer);
+  }
+
+  /** One line of the sampled query log (--query-log-sample): off the hit path's common case by construction. */
+  logQuery(q: Query, peer: ClientPeer, reply: Buffer, durationMs: number, source: AnswerSource): void {
+    this.#logger.info('query', {
+      client: peer.address,
+      name: q.qnameEnd > 0 ? (nameToString(q.msg, HEADER_LEN) ?? '?') : '?',
+      type: q.qtype,
+      rcode: reply[3]! & 0x0f,
+      durationMs: Math.round(durationMs * 1000) / 1000,
+      source,
+    });
+  }
+}
