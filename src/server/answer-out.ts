@@ -16,6 +16,9 @@ import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from './stats.js';
 /** Where an answer came from, in the query log. */
 export type AnswerSource = 'cache' | 'upstream' | 'view' | 'stale' | 'servfail' | 'refused-query';
 
+/** Logged the first time and every LOG_EVERY-th after: a bug hit by every query must not become a log flood. */
+const LOG_EVERY = 1000;
+
 const S = SERVER_COUNTERS.slot;
 
 export class AnswerOut {
@@ -25,6 +28,7 @@ export class AnswerOut {
   readonly #hist: HitPathHistograms | null;
   readonly #clock: Clock;
   readonly #logger: Logger;
+  #threw: number;
 
   constructor(o: { maxUdpSize: number; values: Float64Array; histograms: HitPathHistograms | null; clock: Clock; logger: Logger }) {
     this.maxUdpSize = o.maxUdpSize;
@@ -32,6 +36,7 @@ export class AnswerOut {
     this.#hist = o.histograms;
     this.#clock = o.clock;
     this.#logger = o.logger;
+    this.#threw = 0;
   }
 
   /** UDP: 512 without EDNS, else the client's size capped by ours (RFC 6891 6.2.5); TCP: the message limit. */
@@ -53,6 +58,11 @@ export class AnswerOut {
     this.#v[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
     if ((answer[2]! & 0x02) !== 0) this.#v[S.truncated]!++;
     channel.send(answer, peer);
+  }
+
+  /** Answering one of a question's waiting clients threw: that client is lost, the others are still answered. */
+  waiterThrew(err: unknown): void {
+    if (this.#threw++ % LOG_EVERY === 0) this.#logger.error('answering a waiting client threw', { error: String(err), count: this.#threw });
   }
 
   /** One line of the sampled query log (--query-log-sample): off the hit path's common case by construction. */

@@ -239,9 +239,14 @@ export class HitPath implements QueryHandler {
         this.#recentFailures.answered(miss.key);
         const fresh: CacheEntry = this.#validates ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {
-          const reply = fresh.serve(w.q, now, this.#out.limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
-          if (answered === undefined || !answered(w.peer)) this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
-          if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
+          // Per client: one that cannot be answered must not cut the others short.
+          try {
+            const reply = fresh.serve(w.q, now, this.#out.limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
+            if (answered === undefined || !answered(w.peer)) this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
+            if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
+          } catch (err) {
+            this.#out.waiterThrew(err);
+          }
         }
         return;
       }
@@ -313,9 +318,14 @@ export class HitPath implements QueryHandler {
     // Counted once per client it answers, as #shed counts and CoreDNS does (per response).
     const stale = this.#cache.stale(miss.key, now, miss.waiters.length);
     for (const w of miss.waiters) {
-      const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#out.limit(w.q, w.channel), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
-      this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
-      if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
+      // Per client, as in complete(): at shutdown (abortAll) a throw would also leave every later question unanswered.
+      try {
+        const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#out.limit(w.q, w.channel), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
+        this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
+        if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
+      } catch (err) {
+        this.#out.waiterThrew(err);
+      }
     }
   }
 

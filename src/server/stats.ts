@@ -87,7 +87,7 @@ export const SERVER_COUNTERS = defineCounters({
   ...requestDefs(),
   requestsUdp: { name: 'nodelocal_requests_total', labels: { proto: 'udp' }, help: 'Queries received, by transport (coredns_dns_requests_total summed over family and type).' },
   requestsTcp: { name: 'nodelocal_requests_total', labels: { proto: 'tcp' }, help: 'Queries received, by transport (coredns_dns_requests_total summed over family and type).' },
-  dropped: { name: 'nodelocal_dropped_total', help: 'Queries dropped unanswered: unreadable header, or a response sent to us.' },
+  dropped: { name: 'nodelocal_dropped_total', help: 'Queries dropped unanswered: unreadable header, a response sent to us, or (UDP) a source port of 0.' },
   rcode0: { name: 'coredns_dns_responses_total', labels: { rcode: 'NOERROR' }, help: 'Answers sent, by rcode.' },
   rcode1: { name: 'coredns_dns_responses_total', labels: { rcode: 'FORMERR' }, help: 'Answers sent, by rcode.' },
   rcode2: { name: 'coredns_dns_responses_total', labels: { rcode: 'SERVFAIL' }, help: 'Answers sent, by rcode.' },
