@@ -39,7 +39,7 @@ import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { AnswerOut } from './answer-out.js';
-import type { ClientMissLimiter } from './client-limit.js';
+import { keepBuckets, type ClientMissLimiter } from './client-limit.js';
 import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
@@ -107,10 +107,10 @@ export class HitPath implements QueryHandler {
     this.#recentFailures = new RecentFailures();
   }
 
-  /** A reload: the new largest UDP answer and query-log sampling apply from the next query. */
+  /** A reload: the new largest UDP answer, query-log sampling and client limit apply from the next query (the limiter's buckets kept while it stays on). */
   configure(o: { maxUdpSize: number; queryLogEvery: number; clientLimit: ClientMissLimiter | null }): void {
     this.#out.maxUdpSize = o.maxUdpSize;
-    this.#clientLimit = o.clientLimit;
+    this.#clientLimit = keepBuckets(this.#clientLimit, o.clientLimit);
     this.#logEvery = o.queryLogEvery;
     this.#logCountdown = o.queryLogEvery;
   }
