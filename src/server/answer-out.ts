@@ -11,15 +11,38 @@ import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { HitPathHistograms } from './hit-path-options.js';
 import { Transport, type ClientChannel, type ClientPeer } from './listener.js';
-import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from './stats.js';
+import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, peerFamilyIndex } from './stats.js';
 
 /** Where an answer came from, in the query log. */
 export type AnswerSource = 'cache' | 'upstream' | 'view' | 'stale' | 'servfail' | 'refused-query';
+
+/**
+ * The most DNS one datagram carries: 65535 less the IPv4 (20) and UDP (8)
+ * headers; IPv6's payload length leaves out its own header, so less UDP's
+ * only. Past it sendmsg fails (EMSGSIZE): the client gets nothing, where a
+ * smaller answer with TC=1 would send it to TCP. --max-udp-size and EDNS
+ * both allow up to 65535.
+ */
+export const MAX_UDP_PAYLOAD_IPV4 = 65507;
+export const MAX_UDP_PAYLOAD_IPV6 = 65527;
 
 /** Logged the first time and every LOG_EVERY-th after: a bug hit by every query must not become a log flood. */
 const LOG_EVERY = 1000;
 
 const S = SERVER_COUNTERS.slot;
+
+/**
+ * The largest UDP answer for `q` to `peer`: 512 without EDNS, else the
+ * client's size capped by ours (RFC 6891 6.2.5) and by what one datagram to
+ * the peer's family carries (read only past the IPv4 limit: never on the
+ * common path).
+ */
+export function udpAnswerLimit(q: { readonly edns: boolean; readonly udpSize: number }, maxUdpSize: number, peer: ClientPeer): number {
+  if (!q.edns) return CLASSIC_UDP_LIMIT;
+  const size = q.udpSize < maxUdpSize ? q.udpSize : maxUdpSize;
+  if (size <= MAX_UDP_PAYLOAD_IPV4) return size;
+  return peerFamilyIndex(peer) === 0 ? MAX_UDP_PAYLOAD_IPV4 : Math.min(size, MAX_UDP_PAYLOAD_IPV6);
+}
 
 export class AnswerOut {
   /** Largest UDP answer whatever the client advertises (reloadable). */
@@ -39,11 +62,10 @@ export class AnswerOut {
     this.#threw = 0;
   }
 
-  /** UDP: 512 without EDNS, else the client's size capped by ours (RFC 6891 6.2.5); TCP: the message limit. */
-  limit(q: Query, channel: ClientChannel): number {
+  /** The largest answer `q` may get back on `channel`: the message limit over TCP. */
+  limit(q: Query, channel: ClientChannel, peer: ClientPeer): number {
     if (channel.transport === Transport.TCP) return MAX_MESSAGE;
-    if (!q.edns) return CLASSIC_UDP_LIMIT;
-    return q.udpSize < this.maxUdpSize ? q.udpSize : this.maxUdpSize;
+    return udpAnswerLimit(q, this.maxUdpSize, peer);
   }
 
   /** The one place an answer leaves. `arrivedAt` < 0: answered in the same turn (duration ~0). */

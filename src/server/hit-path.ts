@@ -161,7 +161,7 @@ export class HitPath implements QueryHandler {
         // We hold no keys: NOTAUTH with an unsigned TSIG saying BADKEY (RFC 8945 5.2), never an unsigned answer; if
         // that is over the client's UDP limit, the question with TC, so it asks again over TCP.
         const notAuth = tsigErrorResponse(q, Math.floor(this.#clock.wall() / 1000));
-        this.#out.send(notAuth.length <= this.#out.limit(q, channel) ? notAuth : truncatedResponse(q, Rcode.NOTAUTH), channel, peer);
+        this.#out.send(notAuth.length <= this.#out.limit(q, channel, peer) ? notAuth : truncatedResponse(q, Rcode.NOTAUTH), channel, peer);
         return;
       }
       const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;
@@ -172,7 +172,7 @@ export class HitPath implements QueryHandler {
     }
 
     const now = this.#clock.now();
-    const reply = this.#cache.answer(q, now, this.#out.limit(q, channel), DEFAULT_EDNS_SIZE);
+    const reply = this.#cache.answer(q, now, this.#out.limit(q, channel, peer), DEFAULT_EDNS_SIZE);
     if (reply !== null) {
       // Read before the send: the next call into the cache sets it again.
       const refresh = this.#cache.refreshDue;
@@ -241,7 +241,7 @@ export class HitPath implements QueryHandler {
         for (const w of miss.waiters) {
           // Per client: one that cannot be answered must not cut the others short.
           try {
-            const reply = fresh.serve(w.q, now, this.#out.limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
+            const reply = fresh.serve(w.q, now, this.#out.limit(w.q, w.channel, w.peer), DEFAULT_EDNS_SIZE);
             if (answered === undefined || !answered(w.peer)) this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
             if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
           } catch (err) {
@@ -306,7 +306,7 @@ export class HitPath implements QueryHandler {
   #shed(q: Query, key: string, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean, servfail = true): boolean {
     const stale = this.#cache.stale(key, now);
     if (stale === undefined && !servfail) return false;
-    const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#out.limit(q, channel), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
+    const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#out.limit(q, channel, peer), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
     this.#out.send(reply, channel, peer);
     if (logged) this.#out.logQuery(q, peer, reply, 0, stale !== undefined ? 'stale' : 'servfail');
     return true;
@@ -320,7 +320,7 @@ export class HitPath implements QueryHandler {
     for (const w of miss.waiters) {
       // Per client, as in complete(): at shutdown (abortAll) a throw would also leave every later question unanswered.
       try {
-        const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#out.limit(w.q, w.channel), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
+        const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#out.limit(w.q, w.channel, w.peer), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
         this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
         if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
       } catch (err) {
