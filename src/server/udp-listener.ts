@@ -9,7 +9,9 @@
  * says when that queue is empty.
  *
  * send() never throws (the ClientChannel contract): an answer to port 0 (a
- * spoofed source) is dropped and counted.
+ * spoofed source) is dropped and counted, and one the kernel refuses
+ * (EMSGSIZE, EAGAIN, EPERM) is counted and logged, through one callback
+ * bound once; without a callback dgram drops such errors without a word.
  */
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
@@ -49,9 +51,9 @@ const LOG_EVERY = 1000;
 const S = SERVER_COUNTERS.slot;
 
 /**
- * A handler that counts what it answers (HitPath): answers dropped here are
- * counted in its block, beside the answers it counted as sent and under the
- * same `server` label; a handler without one gets a block of the listener's own.
+ * A handler that counts what it answers (HitPath): failed sends are counted
+ * in its block, beside the answers it counted as sent and under the same
+ * `server` label; a handler without one gets a block of the listener's own.
  */
 export type CountingQueryHandler = QueryHandler & { readonly counters?: ServerCounters };
 
@@ -63,9 +65,9 @@ export class UdpListener implements Listener, ClientChannel {
   readonly #logger: Logger;
   #socket: dgram.Socket | null;
   #paused: boolean;
-  /** Where dropped answers (port 0) are counted. */
+  /** Where dropped answers (port 0) and failed sends (nodelocal_udp_errors_total{op="send"}) are counted. */
   readonly counters: ServerCounters;
-  /** Socket errors, for the log's throttle. */
+  /** Socket errors and failed sends, for the log's throttle. */
   #socketErrors: number;
   #handlerThrew: number;
   readonly #reusePort: boolean;
@@ -207,11 +209,10 @@ export class UdpListener implements Listener, ClientChannel {
       return;
     }
     try {
-      // Errors (EAGAIN on a full buffer, EPERM from a firewall) arrive on 'error'; a lost UDP answer is the client's retry.
-      socket.send(answer, peer.port, peer.address);
+      socket.send(answer, peer.port, peer.address, this.#onSent);
     } catch (err) {
       // A bad address or a socket closing under us: one answer lost, never the caller's loop over its other clients.
-      this.#onError(err instanceof Error ? err : new Error(String(err)));
+      this.#onSendError(err instanceof Error ? err : new Error(String(err)));
     }
   }
 
@@ -226,6 +227,16 @@ export class UdpListener implements Listener, ClientChannel {
       if (this.#handlerThrew++ % LOG_EVERY === 0) this.#logger.error('query handler threw', { listener: this.name, error: String(err), count: this.#handlerThrew });
     }
   };
+
+  /** dgram's send callback: called for every answer (on the next tick when sent at once), with an error only when it was not sent. */
+  readonly #onSent = (err: Error | null): void => {
+    if (err !== null) this.#onSendError(err);
+  };
+
+  #onSendError(err: Error): void {
+    this.counters.values[S.udpSendErrors]!++;
+    this.#onError(err);
+  }
 
   readonly #onError = (err: Error): void => {
     if (this.#socketErrors++ % LOG_EVERY === 0) this.#logger.warn('udp socket error', { listener: this.name, error: err.message, count: this.#socketErrors });
