@@ -83,6 +83,7 @@ function guardLoops(listen: readonly ServerAddress[], upstreams: readonly { what
   }
 }
 
+/** The limit `c` asks for (null: off). On a reload HitPath.configure takes its settings and keeps the running limiter's buckets. */
 export function clientLimiter(c: Config): ClientMissLimiter | null {
   return c.clientMissRate > 0 ? new ClientMissLimiter(c.clientMissRate, c.clientMissBurst) : null;
 }

@@ -387,6 +387,22 @@ t.test('dgram listener: an answer the kernel refuses to send is reported, not dr
   t.ok(logs.some((x) => x.includes('udp socket error') && x.includes('EMSGSIZE')), 'the failed send is logged with its error');
 });
 
+t.test('dgram listener: failed sends and answers to port 0 are counted on /metrics, beside the answers', async (t) => {
+  const { args } = await sims(t);
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const l = a.agent.listeners.find((x): x is UdpListener => x instanceof UdpListener);
+  if (l === undefined) throw new Error('no dgram listener');
+  const before = await a.agent.metrics.metrics();
+  l.send(Buffer.alloc(65_516), { address: HOST, port: 9 });
+  l.send(Buffer.alloc(64), { address: HOST, port: 0 });
+  for (let i = 0; i < 50 && a.agent.hitPath.counters.get('udpSendErrors') === 0; i++) await sleep(10);
+  const after = await a.agent.metrics.metrics();
+  const delta = (name: string, labels: Record<string, string> = {}): number => sample(after, name, labels) - sample(before, name, labels);
+  t.equal(delta('nodelocal_udp_errors_total', { op: 'send' }), 1, 'nodelocal_udp_errors_total{op="send"} +1');
+  t.equal(delta('nodelocal_dropped_total'), 1, 'nodelocal_dropped_total +1 (port 0)');
+});
+
 t.test('loop guard: an upstream that is our own listen address is refused', async (t) => {
   await t.rejects(startAgent(HOST, ['--upstream-nameservers', `${HOST}:15299`, '--listen', `${HOST}:15299`]), { name: 'StartupError' });
   await t.rejects(

@@ -9,6 +9,10 @@
  * goes (Map keeps insertion order, and a bucket is re-inserted when used),
  * so an attacker rotating source addresses can only make us forget, never
  * grow.
+ *
+ * Kept across reloads (keepBuckets): a new limiter would hand every client,
+ * a runaway one held at its rate too, a full burst again with each reload
+ * (any change of the config, resolv.conf or the ConfigMap, and SIGHUP).
  */
 
 /** A node runs at most a few hundred pods; the rest of the room is for churn. */
@@ -21,8 +25,8 @@ interface Bucket {
 }
 
 export class ClientMissLimiter {
-  readonly #ratePerMs: number;
-  readonly #burst: number;
+  #ratePerMs: number;
+  #burst: number;
   readonly #buckets: Map<string, Bucket>;
 
   /** `perSecond` misses a client may start each second on average, `burst` at once. */
@@ -34,6 +38,23 @@ export class ClientMissLimiter {
 
   get clients(): number {
     return this.#buckets.size;
+  }
+
+  get perSecond(): number {
+    return this.#ratePerMs * 1000;
+  }
+
+  get burst(): number {
+    return this.#burst;
+  }
+
+  /**
+   * New settings, every bucket kept: a client keeps the tokens it has, never
+   * more than the new burst (take() caps them as it refills).
+   */
+  configure(perSecond: number, burst: number): void {
+    this.#ratePerMs = perSecond / 1000;
+    this.#burst = burst;
   }
 
   /** Takes a token for `client` at `now`; false when it has none left. */
@@ -55,4 +76,15 @@ export class ClientMissLimiter {
     b.tokens -= 1;
     return true;
   }
+}
+
+/**
+ * The limiter after a reload that asks for `next`: the running one with
+ * next's settings, its buckets kept; `next` itself only when the limit is
+ * switched on or off.
+ */
+export function keepBuckets(running: ClientMissLimiter | null, next: ClientMissLimiter | null): ClientMissLimiter | null {
+  if (running === null || next === null) return next;
+  running.configure(next.perSecond, next.burst);
+  return running;
 }

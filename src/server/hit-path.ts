@@ -26,11 +26,11 @@
  * outlives the call (a miss's key and waiters, a prefetch).
  *
  * Types: miss-boundary.ts, hit-path-options.ts, miss-waiters.ts (re-exported).
+ * How answers leave (size limit, counting, the query log): answer-out.ts.
  */
 import { scanAnswer } from '../dns/answer.js';
 import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, truncatedResponse, upstreamQuery } from '../dns/build.js';
-import { CLASSIC_UDP_LIMIT, HEADER_LEN, MAX_MESSAGE, Rcode } from '../dns/constants.js';
-import { nameToString } from '../dns/name.js';
+import { Rcode } from '../dns/constants.js';
 import { QueryScratch, QueryStatus, parseQueryInto, type Query } from '../dns/query.js';
 import { tsigErrorResponse } from '../dns/tsig.js';
 import { scrubCounted } from './scrub.js';
@@ -38,21 +38,17 @@ import { STALE_ANSWER_TTL, type HitCache } from '../cache/cache.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
-import type { ClientMissLimiter } from './client-limit.js';
+import { AnswerOut } from './answer-out.js';
+import { keepBuckets, type ClientMissLimiter } from './client-limit.js';
 import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
 import { MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, retain, type Waiter } from './miss-waiters.js';
-import {
-  RCODE_SLOT_BASE, RCODE_SLOT_OTHER, REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters,
-} from './stats.js';
+import { REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters } from './stats.js';
 
 export type * from './miss-boundary.js';
 export type * from './hit-path-options.js';
 export { MAX_WAITERS_PER_QUESTION };
-
-/** Where an answer came from, in the query log. */
-type AnswerSource = 'cache' | 'upstream' | 'view' | 'stale' | 'servfail' | 'refused-query';
 
 const S = SERVER_COUNTERS.slot;
 
@@ -67,7 +63,7 @@ export class HitPath implements QueryHandler {
   #validates: boolean;
   readonly #clock: Clock;
   readonly #logger: Logger;
-  #maxUdpSize: number;
+  readonly #out: AnswerOut;
   readonly #v: Float64Array;
   #sink: MissSink | null;
   /** Questions in flight, by cache key (identical misses share one) and by token (answers come back by token). */
@@ -91,9 +87,10 @@ export class HitPath implements QueryHandler {
     this.#cache = opts.cache;
     this.#clock = opts.clock;
     this.#logger = opts.logger;
-    this.#maxUdpSize = opts.maxUdpSize;
     this.counters = opts.counters;
     this.#v = opts.counters.values;
+    this.#hist = opts.histograms ?? null;
+    this.#out = new AnswerOut({ maxUdpSize: opts.maxUdpSize, values: this.#v, histograms: this.#hist, clock: opts.clock, logger: opts.logger });
     this.#sink = null;
     this.#validates = true;
     this.#byKey = new Map();
@@ -103,7 +100,6 @@ export class HitPath implements QueryHandler {
     this.#logEvery = opts.queryLogEvery ?? 0;
     this.#logCountdown = this.#logEvery;
     this.#clientLimit = opts.clientLimit ?? null;
-    this.#hist = opts.histograms ?? null;
     this.#tagger = opts.tagger ?? null;
     this.#gate = opts.gate ?? null;
     this.#scratch = new QueryScratch();
@@ -111,10 +107,10 @@ export class HitPath implements QueryHandler {
     this.#recentFailures = new RecentFailures();
   }
 
-  /** A reload: the new largest UDP answer and query-log sampling apply from the next query. */
+  /** A reload: the new largest UDP answer, query-log sampling and client limit apply from the next query (the limiter's buckets kept while it stays on). */
   configure(o: { maxUdpSize: number; queryLogEvery: number; clientLimit: ClientMissLimiter | null }): void {
-    this.#maxUdpSize = o.maxUdpSize;
-    this.#clientLimit = o.clientLimit;
+    this.#out.maxUdpSize = o.maxUdpSize;
+    this.#clientLimit = keepBuckets(this.#clientLimit, o.clientLimit);
     this.#logEvery = o.queryLogEvery;
     this.#logCountdown = o.queryLogEvery;
   }
@@ -165,23 +161,23 @@ export class HitPath implements QueryHandler {
         // We hold no keys: NOTAUTH with an unsigned TSIG saying BADKEY (RFC 8945 5.2), never an unsigned answer; if
         // that is over the client's UDP limit, the question with TC, so it asks again over TCP.
         const notAuth = tsigErrorResponse(q, Math.floor(this.#clock.wall() / 1000));
-        this.#send(notAuth.length <= this.#limit(q, channel) ? notAuth : truncatedResponse(q, Rcode.NOTAUTH), channel, peer);
+        this.#out.send(notAuth.length <= this.#out.limit(q, channel, peer) ? notAuth : truncatedResponse(q, Rcode.NOTAUTH), channel, peer);
         return;
       }
       const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;
       const reply = errorResponse(q, rcode);
-      this.#send(reply, channel, peer);
-      if (logged) this.#logQuery(q, peer, reply, 0, 'refused-query');
+      this.#out.send(reply, channel, peer);
+      if (logged) this.#out.logQuery(q, peer, reply, 0, 'refused-query');
       return;
     }
 
     const now = this.#clock.now();
-    const reply = this.#cache.answer(q, now, this.#limit(q, channel), DEFAULT_EDNS_SIZE);
+    const reply = this.#cache.answer(q, now, this.#out.limit(q, channel, peer), DEFAULT_EDNS_SIZE);
     if (reply !== null) {
       // Read before the send: the next call into the cache sets it again.
       const refresh = this.#cache.refreshDue;
-      this.#send(reply, channel, peer);
-      if (logged) this.#logQuery(q, peer, reply, 0, 'cache');
+      this.#out.send(reply, channel, peer);
+      if (logged) this.#out.logQuery(q, peer, reply, 0, 'cache');
       if (refresh) this.#refresh(q);
       return;
     }
@@ -243,9 +239,14 @@ export class HitPath implements QueryHandler {
         this.#recentFailures.answered(miss.key);
         const fresh: CacheEntry = this.#validates ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {
-          const reply = fresh.serve(w.q, now, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE);
-          if (answered === undefined || !answered(w.peer)) this.#send(reply, w.channel, w.peer, w.arrivedAt);
-          if (w.logged) this.#logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
+          // Per client: one that cannot be answered must not cut the others short.
+          try {
+            const reply = fresh.serve(w.q, now, this.#out.limit(w.q, w.channel, w.peer), DEFAULT_EDNS_SIZE);
+            if (answered === undefined || !answered(w.peer)) this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
+            if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
+          } catch (err) {
+            this.#out.waiterThrew(err);
+          }
         }
         return;
       }
@@ -305,9 +306,9 @@ export class HitPath implements QueryHandler {
   #shed(q: Query, key: string, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean, servfail = true): boolean {
     const stale = this.#cache.stale(key, now);
     if (stale === undefined && !servfail) return false;
-    const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#limit(q, channel), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
-    this.#send(reply, channel, peer);
-    if (logged) this.#logQuery(q, peer, reply, 0, stale !== undefined ? 'stale' : 'servfail');
+    const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#out.limit(q, channel, peer), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
+    this.#out.send(reply, channel, peer);
+    if (logged) this.#out.logQuery(q, peer, reply, 0, stale !== undefined ? 'stale' : 'servfail');
     return true;
   }
 
@@ -317,9 +318,14 @@ export class HitPath implements QueryHandler {
     // Counted once per client it answers, as #shed counts and CoreDNS does (per response).
     const stale = this.#cache.stale(miss.key, now, miss.waiters.length);
     for (const w of miss.waiters) {
-      const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#limit(w.q, w.channel), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
-      this.#send(reply, w.channel, w.peer, w.arrivedAt);
-      if (w.logged) this.#logQuery(w.q, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
+      // Per client, as in complete(): at shutdown (abortAll) a throw would also leave every later question unanswered.
+      try {
+        const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#out.limit(w.q, w.channel, w.peer), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
+        this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
+        if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
+      } catch (err) {
+        this.#out.waiterThrew(err);
+      }
     }
   }
 
@@ -363,38 +369,5 @@ export class HitPath implements QueryHandler {
       this.#drained = null;
       queueMicrotask(done);
     }
-  }
-
-  /** One line of the sampled query log (--query-log-sample): off the hit path's common case by construction. */
-  #logQuery(q: Query, peer: ClientPeer, reply: Buffer, durationMs: number, source: AnswerSource): void {
-    this.#logger.info('query', {
-      client: peer.address,
-      name: q.qnameEnd > 0 ? (nameToString(q.msg, HEADER_LEN) ?? '?') : '?',
-      type: q.qtype,
-      rcode: reply[3]! & 0x0f,
-      durationMs: Math.round(durationMs * 1000) / 1000,
-      source,
-    });
-  }
-
-  /** UDP: 512 without EDNS, else the client's size capped by ours (RFC 6891 6.2.5); TCP: the message limit. */
-  #limit(q: Query, channel: ClientChannel): number {
-    if (channel.transport === Transport.TCP) return MAX_MESSAGE;
-    if (!q.edns) return CLASSIC_UDP_LIMIT;
-    return q.udpSize < this.#maxUdpSize ? q.udpSize : this.#maxUdpSize;
-  }
-
-  /** The one place an answer leaves. `arrivedAt` < 0: answered in the same turn (duration ~0). */
-  #send(answer: Buffer, channel: ClientChannel, peer: ClientPeer, arrivedAt = -1): void {
-    const hist = this.#hist;
-    if (hist !== null) {
-      hist.responseSize[channel.transport]!.observe(answer.length);
-      if (arrivedAt < 0) hist.duration.observe(0);
-      else hist.duration.observeMs(this.#clock.now() - arrivedAt);
-    }
-    const rcode = answer[3]! & 0x0f;
-    this.#v[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
-    if ((answer[2]! & 0x02) !== 0) this.#v[S.truncated]!++;
-    channel.send(answer, peer);
   }
 }

@@ -87,7 +87,7 @@ export const SERVER_COUNTERS = defineCounters({
   ...requestDefs(),
   requestsUdp: { name: 'nodelocal_requests_total', labels: { proto: 'udp' }, help: 'Queries received, by transport (coredns_dns_requests_total summed over family and type).' },
   requestsTcp: { name: 'nodelocal_requests_total', labels: { proto: 'tcp' }, help: 'Queries received, by transport (coredns_dns_requests_total summed over family and type).' },
-  dropped: { name: 'nodelocal_dropped_total', help: 'Queries dropped unanswered: unreadable header, or a response sent to us.' },
+  dropped: { name: 'nodelocal_dropped_total', help: 'Queries dropped unanswered: unreadable header, a response sent to us, or (UDP) a source port of 0.' },
   rcode0: { name: 'coredns_dns_responses_total', labels: { rcode: 'NOERROR' }, help: 'Answers sent, by rcode.' },
   rcode1: { name: 'coredns_dns_responses_total', labels: { rcode: 'FORMERR' }, help: 'Answers sent, by rcode.' },
   rcode2: { name: 'coredns_dns_responses_total', labels: { rcode: 'SERVFAIL' }, help: 'Answers sent, by rcode.' },
@@ -104,6 +104,8 @@ export const SERVER_COUNTERS = defineCounters({
   clientLimited: { name: 'nodelocal_client_miss_limited_total', help: 'Misses refused because their client was over --client-miss-rate (answered stale or SERVFAIL).' },
   shed: { name: 'nodelocal_shed_total', help: 'Queries turned away at once because 1,024 clients already waited on their question (answered stale or SERVFAIL).' },
   abortedAtShutdown: { name: 'nodelocal_shutdown_aborted_total', help: 'Queries still waiting at the end of the shutdown grace period, answered stale or SERVFAIL.' },
+  // The batched workers' series (batched/stats.ts sendErrors) under the same name, labels and help: published as one sum.
+  udpSendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Socket errors of the batched UDP workers, by operation.' },
 });
 export type ServerCounterName = keyof typeof SERVER_COUNTERS.slot;
 export type ServerCounters = Counters<ServerCounterName>;

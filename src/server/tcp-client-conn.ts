@@ -9,6 +9,7 @@
 import type net from 'node:net';
 import { FrameDecoder, frame } from '../dns/framing.js';
 import type { Logger } from '../log.js';
+import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { TcpListenerCounter, TcpListenerCounters } from './tcp-stats.js';
 
@@ -28,6 +29,22 @@ const CLOSE_SLOT: Readonly<Record<TcpCloseReason, TcpListenerCounter>> = {
   evicted: 'closedEvicted',
   unsent_limit: 'closedUnsentLimit',
 };
+
+/**
+ * SIOCOUTQ for close(), once the binding has loaded: the listener loads it at
+ * start (SO_SNDBUF), so it is here before any connection closes. Null without
+ * koffi: then only Node's own unsent bytes are seen.
+ */
+let sockopts: SocketOptions | null = null;
+let sockoptsAsked = false;
+
+function askSocketOptions(): void {
+  if (sockoptsAsked) return;
+  sockoptsAsked = true;
+  void loadSocketOptions().then((so) => {
+    if (typeof so !== 'string') sockopts = so;
+  });
+}
 
 /** Shared by a listener and its connections: the sweep's last stamp of the clock. */
 export interface CoarseTime {
@@ -109,6 +126,7 @@ export class TcpClientConnection implements ClientChannel {
     this.#ended = false;
     this.#served = 0;
     this.#pushing = false;
+    askSocketOptions();
     socket.setKeepAlive(true);
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('end', () => this.stopReading());
@@ -181,15 +199,28 @@ export class TcpClientConnection implements ClientChannel {
     this.#drainBacklog();
   }
 
-  /** Closes for a counted reason. A reset (RST) where the peer is misbehaving: the kernel frees the send queue at once instead of keeping it for an orphaned FIN. */
+  /**
+   * Closes for a counted reason: with a reset (RST) where the peer misbehaves,
+   * or where anything is still unsent. Closed gracefully, such a socket would
+   * become an orphan in FIN_WAIT1 that keeps its send queue while the kernel
+   * probes a window the client keeps shut (minutes); a reset frees it at once.
+   */
   close(reason: TcpCloseReason): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#reading = false;
     this.#backlog.length = 0;
     this.#counters.values[this.#counters.schema.slot[CLOSE_SLOT[reason]]]!++;
-    if (reason === 'unsent_limit' || reason === 'read_timeout') this.#socket.resetAndDestroy();
+    if (reason === 'unsent_limit' || reason === 'read_timeout' || this.#unsent()) this.#socket.resetAndDestroy();
     else this.#socket.destroy();
+  }
+
+  /** Answers not yet taken by the client: in Node's buffer, or in the kernel's send queue (sent but not acknowledged included). */
+  #unsent(): boolean {
+    if (this.#socket.writableLength > 0) return true;
+    const so = sockopts;
+    const fd = so === null ? -1 : fdOf(this.#socket);
+    return so !== null && fd >= 0 && so.unsentBytes(fd) > 0;
   }
 
   destroy(): void {

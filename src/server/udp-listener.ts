@@ -7,15 +7,22 @@
  * takes it out of the group (connect to itself, src/sys/reuseport.ts) and
  * keeps answering what the kernel had already queued for it, and drained()
  * says when that queue is empty.
+ *
+ * send() never throws (the ClientChannel contract): an answer to port 0 (a
+ * spoofed source) is dropped and counted, and one the kernel refuses
+ * (EMSGSIZE, EAGAIN, EPERM) is counted and logged, through one callback
+ * bound once; without a callback dgram drops such errors without a word.
  */
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
 import { formatHostPort } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { Logger } from '../log.js';
+import { Counters } from '../stats/counters.js';
 import { loadReusePort, openShared, type ReusePort } from '../sys/reuseport.js';
 import type { ServerAddress } from '../upstream/types.js';
 import { Transport, type ClientChannel, type ClientPeer, type Listener, type QueryHandler } from './listener.js';
+import { SERVER_COUNTERS, type ServerCounters } from './stats.js';
 
 /** Absorbs bursts while the event loop is busy; the kernel caps it at net.core.rmem_max unless privileged. */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -38,7 +45,17 @@ export interface UdpListenerOptions {
   readonly loadReusePort?: () => Promise<ReusePort | string>;
 }
 
-/** Warned once per process, not per listener. */
+/** Logged the first time and every LOG_EVERY-th after: a flood of failures must not become a flood of logs. */
+const LOG_EVERY = 1000;
+
+const S = SERVER_COUNTERS.slot;
+
+/**
+ * A handler that counts what it answers (HitPath): failed sends are counted
+ * in its block, beside the answers it counted as sent and under the same
+ * `server` label; a handler without one gets a block of the listener's own.
+ */
+export type CountingQueryHandler = QueryHandler & { readonly counters?: ServerCounters };
 
 export class UdpListener implements Listener, ClientChannel {
   readonly transport = Transport.UDP;
@@ -48,7 +65,11 @@ export class UdpListener implements Listener, ClientChannel {
   readonly #logger: Logger;
   #socket: dgram.Socket | null;
   #paused: boolean;
-  #sendErrors: number;
+  /** Where dropped answers (port 0) and failed sends (nodelocal_udp_errors_total{op="send"}) are counted. */
+  readonly counters: ServerCounters;
+  /** Socket errors and failed sends, for the log's throttle. */
+  #socketErrors: number;
+  #handlerThrew: number;
   readonly #reusePort: boolean;
   readonly #handoverDrain: boolean;
   readonly #clock: Clock;
@@ -62,14 +83,16 @@ export class UdpListener implements Listener, ClientChannel {
   #drainDone: (() => void) | null;
   #emptySweeps: number;
 
-  constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: UdpListenerOptions = {}) {
+  constructor(addr: ServerAddress, handler: CountingQueryHandler, logger: Logger, opts: UdpListenerOptions = {}) {
     this.#addr = addr;
     this.#handler = handler;
     this.#logger = logger;
     this.name = `udp://${formatHostPort(addr)}`;
     this.#socket = null;
     this.#paused = false;
-    this.#sendErrors = 0;
+    this.counters = handler.counters ?? new Counters(SERVER_COUNTERS);
+    this.#socketErrors = 0;
+    this.#handlerThrew = 0;
     this.#reusePort = opts.reusePort ?? false;
     this.#handoverDrain = opts.handoverDrain ?? true;
     this.#clock = opts.clock ?? systemClock;
@@ -178,8 +201,19 @@ export class UdpListener implements Listener, ClientChannel {
   }
 
   send(answer: Buffer, peer: ClientPeer): void {
-    // Errors (EAGAIN on a full buffer, EPERM from a firewall) arrive on 'error'; a lost UDP answer is the client's retry.
-    this.#socket?.send(answer, peer.port, peer.address);
+    const socket = this.#socket;
+    if (socket === null) return;
+    // A source port of 0 is spoofed (no socket sends from it): nowhere to answer, and dgram throws for it.
+    if (peer.port === 0) {
+      this.counters.values[S.dropped]!++;
+      return;
+    }
+    try {
+      socket.send(answer, peer.port, peer.address, this.#onSent);
+    } catch (err) {
+      // A bad address or a socket closing under us: one answer lost, never the caller's loop over its other clients.
+      this.#onSendError(err instanceof Error ? err : new Error(String(err)));
+    }
   }
 
   discard(): void {}
@@ -190,12 +224,21 @@ export class UdpListener implements Listener, ClientChannel {
       this.#handler.handle(msg, this, rinfo);
     } catch (err) {
       // handle() promises not to throw; if it ever does, one query is lost, never the listener.
-      this.#logger.error('query handler threw', { listener: this.name, error: String(err) });
+      if (this.#handlerThrew++ % LOG_EVERY === 0) this.#logger.error('query handler threw', { listener: this.name, error: String(err), count: this.#handlerThrew });
     }
   };
 
+  /** dgram's send callback: called for every answer (on the next tick when sent at once), with an error only when it was not sent. */
+  readonly #onSent = (err: Error | null): void => {
+    if (err !== null) this.#onSendError(err);
+  };
+
+  #onSendError(err: Error): void {
+    this.counters.values[S.udpSendErrors]!++;
+    this.#onError(err);
+  }
+
   readonly #onError = (err: Error): void => {
-    // Count everything, log the first and then every 1000th: a flood of send errors must not become a flood of logs.
-    if (this.#sendErrors++ % 1000 === 0) this.#logger.warn('udp socket error', { listener: this.name, error: err.message, count: this.#sendErrors });
+    if (this.#socketErrors++ % LOG_EVERY === 0) this.#logger.warn('udp socket error', { listener: this.name, error: err.message, count: this.#socketErrors });
   };
 }

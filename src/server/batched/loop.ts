@@ -329,7 +329,7 @@ export class WorkerLoop implements MissSink {
         return;
       case 'configure':
         this.#cache.configure(m.cache);
-        // A fresh limiter, as the main thread's hit path gets on reload: buckets start full.
+        // Only its settings are taken: the hit path keeps its own limiter's buckets (keepBuckets), as the main thread's does.
         this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery, clientLimit: missLimiter(m.clientMissRate, m.clientMissBurst) });
         this.#gate.configure(m.localZones);
         this.#outbox.post({ misses: null, logs: null, configured: true });
