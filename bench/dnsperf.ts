@@ -1,8 +1,9 @@
 /**
  * Optional max-throughput driver: DNS-OARC dnsperf (C, multi-threaded),
  * for when the Node generator would be the bottleneck. dnsperf only reports
- * throughput, losses, rcodes and mean/min/max latency, and does not check
- * answers; podmix is flattened (the expansion sequence becomes independent
+ * throughput, losses, rcodes and mean/min/max latency, and checks no answer:
+ * an rcode the data file's names cannot have is counted wrong, the rest are
+ * taken as right (their records unchecked); podmix is flattened (the expansion sequence becomes independent
  * queries) because dnsperf cannot make a query wait for another.
  */
 import { execFile } from 'node:child_process';
@@ -15,17 +16,47 @@ import type { Workload } from './workloads.js';
 /** dnsperf loops over its input; unique-name workloads repeat after this many lines. */
 const MAX_LINES = 500_000;
 
-/** Writes a dnsperf data file ("name type" per line) drawn from the workload; returns the line count. */
-export function writeDataFile(file: string, wl: Workload, lines: number, nextUnique: () => number): number {
+/** Rcodes by number, as dnsperf names them in its "Response codes" line. */
+export const RCODE_NAMES: readonly string[] = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'];
+
+export function rcodeName(rcode: number): string {
+  return RCODE_NAMES[rcode] ?? `RCODE${rcode}`;
+}
+
+export interface DataFile {
+  readonly lines: number;
+  /** The rcodes the zone gives the file's names: dnsperf checks no answer, so any other rcode it counts is a wrong answer. */
+  readonly expectedRcodes: ReadonlySet<string>;
+}
+
+/** Writes a dnsperf data file ("name type" per line) drawn from the workload. */
+export function writeDataFile(file: string, wl: Workload, lines: number, nextUnique: () => number): DataFile {
   const out: string[] = [];
+  const expectedRcodes = new Set<string>();
   const n = Math.min(MAX_LINES, Math.max(1, lines));
   while (out.length < n) {
     const plan = wl.next();
     const u = plan.unique ? nextUnique() : 0;
-    for (const step of plan.steps) for (const t of step) out.push(`${renderName(t, u)} ${qtypeName(t.qtype)}`);
+    for (const step of plan.steps) {
+      for (const t of step) {
+        out.push(`${renderName(t, u)} ${qtypeName(t.qtype)}`);
+        expectedRcodes.add(rcodeName(t.rcode));
+      }
+    }
   }
   writeFileSync(file, out.join('\n') + '\n');
-  return out.length;
+  return { lines: out.length, expectedRcodes };
+}
+
+/** dnsperf's responses split by the rcodes the data file expects: right ones, and the others (wrong answers) by rcode. */
+export function splitByRcode(d: DnsperfStats, expected: ReadonlySet<string>): { right: number; wrong: Record<string, number> } {
+  let right = 0;
+  const wrong: Record<string, number> = {};
+  for (const [rcode, n] of Object.entries(d.rcodes)) {
+    if (expected.has(rcode)) right += n;
+    else if (n > 0) wrong[rcode] = n;
+  }
+  return { right, wrong };
 }
 
 export function parseDnsperfOutput(text: string, command: string): DnsperfStats {

@@ -126,7 +126,7 @@ const SPECS: readonly Spec[] = [
   { group: 'Load', name: 'no-max', help: 'skip the closed-loop max-throughput runs' },
   { group: 'Load', name: 'concurrency', arg: 'N', def: '64', quick: '8', help: 'outstanding lookups in the max-throughput runs' },
   { group: 'Load', name: 'max-duration', arg: 'SEC', def: '5', quick: '0.3', help: 'length of each max-throughput run' },
-  { group: 'Load', name: 'driver', arg: 'node|dnsperf', def: 'node', help: 'generator of the max-throughput runs; dnsperf must be on PATH (answers are then not checked)' },
+  { group: 'Load', name: 'driver', arg: 'node|dnsperf', def: 'node', help: 'generator of the max-throughput runs; dnsperf must be on PATH (its answers are then checked by rcode only)' },
   { group: 'Load', name: 'timeout-ms', arg: 'MS', def: '1000', help: 'a query unanswered after this counts as a timeout' },
   { group: 'Load', name: 'sockets', arg: 'N', def: '4', quick: '2', help: 'generator UDP sockets per destination' },
   { group: 'Load', name: 'seed', arg: 'N', def: '1', help: 'seed of every random choice (names, types, popularity)' },

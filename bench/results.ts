@@ -135,7 +135,7 @@ export interface RunRecord {
   readonly wallS: number;
   readonly lookups: { readonly started: number; readonly completed: number; readonly failed: number };
   readonly queries: RunOutcome['queries'];
-  /** Answers were checked against the simulator's zones (false for dnsperf runs). */
+  /** Answers were checked against the simulator's zones (false for dnsperf runs: only their rcodes are). */
   readonly checked: boolean;
   readonly wrongByReason: Record<WrongReason, number>;
   readonly wrongSamples: readonly string[];
