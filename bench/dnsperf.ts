@@ -76,6 +76,7 @@ export function parseDnsperfOutput(text: string, command: string): DnsperfStats 
   const rc = /Response codes:\s+(.+)/.exec(text)?.[1] ?? '';
   for (const m of rc.matchAll(/([A-Z]+)\s+([0-9]+)/g)) rcodes[m[1] as string] = Number(m[2]);
   const sd = num(/Latency StdDev \(s\):\s+([0-9.]+)/);
+  const runTime = num(/Run time \(s\):\s+([0-9.]+)/);
   return {
     queriesSent: sent,
     queriesCompleted: completed,
@@ -86,6 +87,7 @@ export function parseDnsperfOutput(text: string, command: string): DnsperfStats 
     maxLatencyUs: Number(lat[3]) * 1e6,
     stddevUs: sd === null ? null : sd * 1e6,
     rcodes,
+    runTimeS: runTime,
     command,
   };
 }

@@ -140,8 +140,8 @@ export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfRun> {
       const t = [...out.matchAll(/^(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s\s*$/gm)].pop();
       const cpuS = t === undefined ? NaN : Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]);
       try {
-        const runTimeS = Number(/Run time \(s\):\s+([0-9.]+)/.exec(out)?.[1] ?? NaN);
-        resolve({ ...parseDnsperfOutput(out, argv.join(' ')), cpuS, runTimeS });
+        const stats = parseDnsperfOutput(out, argv.join(' '));
+        resolve({ ...stats, cpuS, runTimeS: stats.runTimeS ?? NaN });
       } catch (e) {
         reject(e instanceof Error ? e : new Error(String(e)));
       }

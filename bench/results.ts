@@ -66,6 +66,8 @@ export interface DnsperfStats {
   readonly maxLatencyUs: number;
   readonly stddevUs: number | null;
   readonly rcodes: Record<string, number>;
+  /** dnsperf's "Run time (s)": how long it ran, a little past its -l limit (null: not printed). */
+  readonly runTimeS: number | null;
   readonly command: string;
 }
 

@@ -400,7 +400,8 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
             dnsperf: env.dnsperf ?? which('dnsperf') ?? 'dnsperf',
             target: t.routes[0],
             dataFile: file,
-            durationS: Math.max(1, Math.round(opts.maxDurationMs / 1000)),
+            // Fractional: dnsperf takes -l 0.3 (--quick), and the record states what it was given.
+            durationS: opts.maxDurationMs / 1000,
             outstanding: opts.concurrency,
             timeoutS: Math.max(1, opts.timeoutMs / 1000),
             pin: pins.generator,
@@ -621,7 +622,9 @@ function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, data: DataFile,
   if (wrong > 0) warnings.push(`${wrong} wrong answers: ${wrongSamples.join('; ')}`);
   const saturated = d.queriesSent === 0 || d.queriesLost + wrong > SATURATION_FAILURE_SHARE * d.queriesSent;
   const servfail = byRcode['SERVFAIL'] ?? 0;
-  const runS = opts.maxDurationMs / 1000;
+  const limitS = opts.maxDurationMs / 1000;
+  // Sends stop at the limit; the last answers come in during the run time dnsperf states, a little past it.
+  const runS = d.runTimeS ?? limitS;
   return {
     target: t.name,
     targetKind: t.kind,
@@ -631,14 +634,14 @@ function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, data: DataFile,
     offeredQps: null,
     offeredLookupRate: null,
     concurrency: opts.concurrency,
-    durationS: runS,
+    durationS: limitS,
     wallS: runS,
     lookups: { started: d.queriesSent, completed: right, failed: d.queriesLost + wrong },
     queries: { sent: d.queriesSent, answered: d.queriesCompleted, timeouts: d.queriesLost, wrong, late: 0, sendErrors: 0, overflow: 0 },
     checked: false,
     wrongByReason: { malformed: 0, truncated: 0, question: 0, servfail, rcode: wrong - servfail, data: 0 },
     wrongSamples,
-    sentQps: d.queriesSent / Math.max(runS, 1e-3),
+    sentQps: d.queriesSent / limitS,
     throughputQps: right / Math.max(runS, 1e-3),
     achievedLookupRate: right / Math.max(runS, 1e-3),
     latencyUs: null,
