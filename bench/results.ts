@@ -68,6 +68,8 @@ export interface DnsperfStats {
   readonly rcodes: Record<string, number>;
   /** dnsperf's "Run time (s)": how long it ran, a little past its -l limit (null: not printed). */
   readonly runTimeS: number | null;
+  /** Why it stopped, as it said: "time limit", "end of file" (-n 1), "interruption"; null: not said. */
+  readonly ended: string | null;
   readonly command: string;
 }
 

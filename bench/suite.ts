@@ -10,7 +10,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { runDnsperf, splitByRcode, writeDataFile, type DataFile } from './dnsperf.js';
+import { DNSPERF_CEILING_QPS, LOOPED_LINES, MAX_UNIQUE_LINES, runDnsperf, splitByRcode, writeDataFile, type DataFile } from './dnsperf.js';
 import { LoadGenerator, UniqueCounter, type RunOutcome } from './loadgen.js';
 import { AGENT_VARIANTS, UsageError, type BenchOptions } from './options.js';
 import { PhaseTally, boundaries, parsePhases, totalMs, type Phase } from './phases.js';
@@ -393,8 +393,13 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
           const file = path.join(dir, `dnsperf-${wname}.txt`);
           let data = dataFiles.get(wname);
           if (data === undefined) {
-            data = writeDataFile(file, wl, 200_000, () => counter.next());
+            const lasting = Math.ceil(DNSPERF_CEILING_QPS * (opts.maxDurationMs / 1000));
+            const size = opts.dnsperfLines === null ? { looped: LOOPED_LINES, unique: Math.min(MAX_UNIQUE_LINES, lasting) } : { looped: opts.dnsperfLines, unique: opts.dnsperfLines };
+            data = writeDataFile(file, wl, size, () => counter.next());
             dataFiles.set(wname, data);
+            if (data.unique && opts.dnsperfLines === null && lasting > MAX_UNIQUE_LINES) {
+              warnings.push(`${wname}: dnsperf's data file holds ${data.lines} unique names, fewer than ${DNSPERF_CEILING_QPS} q/s for ${opts.maxDurationMs / 1000} s: a target that fast runs through them before the limit (--dnsperf-lines)`);
+            }
           }
           const d = await runDnsperf({
             dnsperf: env.dnsperf ?? which('dnsperf') ?? 'dnsperf',
@@ -402,6 +407,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
             dataFile: file,
             // Fractional: dnsperf takes -l 0.3 (--quick), and the record states what it was given.
             durationS: opts.maxDurationMs / 1000,
+            once: data.unique,
             outstanding: opts.concurrency,
             timeoutS: Math.max(1, opts.timeoutMs / 1000),
             pin: pins.generator,
@@ -613,6 +619,12 @@ function toRecord(t: Target, wl: Workload, o: RunOutcome, before: Snapshot, afte
 
 function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, data: DataFile, before: Snapshot, after: Snapshot, w: RunOutcome | null, opts: BenchOptions): RunRecord {
   const cpu = deltaCpu(before.targetCpu, after.targetCpu);
+  const limitS = opts.maxDurationMs / 1000;
+  // Sends stop at the limit; the last answers come in during the run time dnsperf states, a little past it.
+  const runS = d.runTimeS ?? limitS;
+  // Unique names are asked once each (-n 1): past the file's end dnsperf stops rather than ask one again, before the limit.
+  const ranOut = d.ended === 'end of file';
+  const durationS = ranOut ? runS : limitS;
   // dnsperf counts every response as completed whatever its rcode: only the rcodes the names have are answers served.
   const { right, wrong: byRcode } = splitByRcode(d, data.expectedRcodes);
   const wrong = Math.max(0, d.queriesCompleted - right);
@@ -620,11 +632,9 @@ function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, data: DataFile,
   const wrongSamples = Object.entries(byRcode).map(([rcode, n]) => `rcode: ${n} ${rcode} (expected ${expected})`);
   const warnings: string[] = ['dnsperf checks rcodes only, not the records; podmix is flattened into independent queries'];
   if (wrong > 0) warnings.push(`${wrong} wrong answers: ${wrongSamples.join('; ')}`);
+  if (ranOut) warnings.push(`dnsperf asked each of the ${data.lines} names of its data file once in ${runS} s, before the ${limitS} s limit; the run lasted that (more lines: --dnsperf-lines)`);
   const saturated = d.queriesSent === 0 || d.queriesLost + wrong > SATURATION_FAILURE_SHARE * d.queriesSent;
   const servfail = byRcode['SERVFAIL'] ?? 0;
-  const limitS = opts.maxDurationMs / 1000;
-  // Sends stop at the limit; the last answers come in during the run time dnsperf states, a little past it.
-  const runS = d.runTimeS ?? limitS;
   return {
     target: t.name,
     targetKind: t.kind,
@@ -634,14 +644,14 @@ function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, data: DataFile,
     offeredQps: null,
     offeredLookupRate: null,
     concurrency: opts.concurrency,
-    durationS: limitS,
+    durationS,
     wallS: runS,
     lookups: { started: d.queriesSent, completed: right, failed: d.queriesLost + wrong },
     queries: { sent: d.queriesSent, answered: d.queriesCompleted, timeouts: d.queriesLost, wrong, late: 0, sendErrors: 0, overflow: 0 },
     checked: false,
     wrongByReason: { malformed: 0, truncated: 0, question: 0, servfail, rcode: wrong - servfail, data: 0 },
     wrongSamples,
-    sentQps: d.queriesSent / limitS,
+    sentQps: d.queriesSent / durationS,
     throughputQps: right / Math.max(runS, 1e-3),
     achievedLookupRate: right / Math.max(runS, 1e-3),
     latencyUs: null,
