@@ -66,9 +66,10 @@ function templates(names: readonly string[]): QueryTemplate[] {
 
 const good = (m: Buffer, t: QueryTemplate): boolean => checkResponse(m, t, 0) === Verdict.OK;
 
+/** Nearest rank, as the main bench's percentiles: the smallest value with at least p of the samples at or below it. */
 function pct(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))]!;
 }
 
 const WARM_LIMIT_MS = 30_000;
