@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { scrape } from './agent-proc.js';
 import { probeNames } from './hit-probe.js';
-import { runDnsperfRate, runProbe, startBenchAgent, startSim, writeHitFile } from './isolation-stack.js';
+import { runDnsperfRate, runProbe, startBenchAgent, startSim, stopStarted, writeHitFile } from './isolation-stack.js';
 import { which } from './proc-stats.js';
 import { isLoopback } from './targets.js';
 import { findWorkerThreads, threadStat, threadsOf, type ThreadStat } from './threads.js';
@@ -111,7 +111,8 @@ const BATCH_METRICS = ['nodelocal_udp_batched_datagrams_total', 'nodelocal_udp_b
 
 const cpuS = (s: ThreadStat | null): number => (s === null ? NaN : s.utime + s.stime);
 
-export async function runScaling(o: ScalingOptions, log: (line: string) => void): Promise<ScalingReport> {
+/** `signal` stops the run: dnsperf and the probe are interrupted, what was started is stopped, and it rejects. */
+export async function runScaling(o: ScalingOptions, log: (line: string) => void, signal: AbortSignal = new AbortController().signal): Promise<ScalingReport> {
   if (!isLoopback(o.host)) throw new Error(`--host ${o.host}: loopback only`);
   if (which('dnsperf') === null) throw new Error('dnsperf is not installed (apt-get install dnsperf): it drives the hits');
   const startedAt = new Date().toISOString();
@@ -127,18 +128,21 @@ export async function runScaling(o: ScalingOptions, log: (line: string) => void)
     for (let round = 1; round <= o.rounds; round++) {
       const order = o.workers.map((_, k) => o.workers[(k + round - 1) % o.workers.length]!);
       for (const workers of order) {
+        signal.throwIfAborted();
         const agent = await startBenchAgent({ agentPath: o.agentPath, sim, host: o.host, io: 'batched', workers, workDir: dir, name: `w${workers}-r${round}`, readyTimeoutMs: o.readyTimeoutMs });
         try {
           const found = await findWorkerThreads(agent.pid, workers, 10_000);
           const tids = found.map((t) => t.tid);
-          await runProbe({ host: o.host, port: agent.port, names: names.length, cpu: null, rtPriority: 0, mode: 'warm' });
-          await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: 2, outstanding: o.outstanding, qps: null, cpu: null });
+          await runProbe({ host: o.host, port: agent.port, names: names.length, cpu: null, rtPriority: 0, mode: 'warm', signal });
+          await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: 2, outstanding: o.outstanding, qps: null, cpu: null, signal });
+          signal.throwIfAborted();
           const up0 = await sim.stats();
           const b0 = await scrape(agent.metricsUrl, BATCH_METRICS);
           const m0 = machineTicks();
           const s0 = snapshot(agent.pid, tids);
           const t0 = performance.now();
-          const r = await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: o.seconds, outstanding: o.outstanding, qps: null, cpu: null });
+          const r = await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: o.seconds, outstanding: o.outstanding, qps: null, cpu: null, signal });
+          signal.throwIfAborted();
           const wallS = (performance.now() - t0) / 1000;
           const s1 = snapshot(agent.pid, tids);
           const m1 = machineTicks();
@@ -171,12 +175,12 @@ export async function runScaling(o: ScalingOptions, log: (line: string) => void)
           samples.push(sample);
           log(formatSample(sample));
         } finally {
-          await agent.target.stop();
+          await stopStarted(agent.target);
         }
       }
     }
   } finally {
-    await sim.stop();
+    await stopStarted(sim);
   }
   const { agentPath: _agentPath, ...options } = o;
   return {
