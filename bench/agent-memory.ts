@@ -197,12 +197,16 @@ async function main(): Promise<void> {
 
     const sock = dgram.createSocket('udp4');
     const pending = new Map<number, () => void>();
+    // Names the cache now holds an answer for: a SERVFAIL or an empty answer fills nothing.
     let answered = 0;
+    let failed = 0;
     sock.on('message', (m) => {
+      if (m.length < 12) return;
       const done = pending.get(m.readUInt16BE(0));
       if (done !== undefined) {
         pending.delete(m.readUInt16BE(0));
-        answered++;
+        if ((m[3]! & 0x0f) === 0 && m.readUInt16BE(6) > 0) answered++;
+        else failed++;
         done();
       }
     });
@@ -223,7 +227,7 @@ async function main(): Promise<void> {
     await Promise.all(Array.from({ length: 32 }, worker));
     sock.close();
     await sleep(2000);
-    out['filled'] = { ...memOf(pid), answered, anonByKind: anonByKind(pid) };
+    out['filled'] = { ...memOf(pid), answered, failed, anonByKind: anonByKind(pid) };
     out['cache'] = cacheGauges(await scrape());
     // At rest, each thread's idle collector (src/ops/idle-gc.ts) collects what the fill left in its heap once it goes
     // quiet and the pages go back: the RSS a cache at rest holds, as a dashboard shows it between bursts.
