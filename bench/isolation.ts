@@ -396,7 +396,7 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
         signal.throwIfAborted();
         const probeBase = { host: o.host, port: agent.port, names: o.names, cpu: o.mainCpu, rtPriority: o.rtPriority, signal };
         const warm = await runProbe({ ...probeBase, rtPriority: 0, mode: 'warm' });
-        if (warm.answered < warm.names) notes.push(`${backend}: warm-up answered ${warm.answered} of ${warm.names} names`);
+        if (warm.answered < warm.names || warm.wrong > 0) notes.push(`${backend}: warm-up answered ${warm.answered} of ${warm.names} names, ${warm.wrong} of them wrong`);
         // Untimed pass: JIT and the probe path warm (skipped by sub-second runs: the test's).
         if (o.seconds >= 1) await runProbe({ ...probeBase, mode: 'probe', rate: o.rate, seconds: Math.min(2, o.seconds) });
         const servingTid = found[0]?.tid ?? agent.pid;
