@@ -30,12 +30,14 @@ import dgram from 'node:dgram';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import dnsPacket from 'dns-packet';
 import { parse as parseYaml } from 'yaml';
 import { writeKubeconfig } from '../testkit/cluster.js';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
 import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
+import { EXIT_INTERRUPTED, handleInterrupts } from './interrupt.js';
 
 const SERVICES = Number(process.env['SERVICES'] ?? 10_000);
 const NAMES = Number(process.env['NAMES'] ?? 20_000);
@@ -129,7 +131,13 @@ function idleGcs(text: string): { main: number; workers: number } {
   return { main: sum('nodelocal_idle_gcs_total'), workers: sum('nodelocal_udp_worker_idle_gcs_total') };
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** The agent while it runs: killed at once by a second signal, or if this process exits before stopping it. */
+const running = new Set<{ killNow(): void }>();
+// SIGTERM/SIGINT (`kill PID`, `timeout`, Ctrl-C): every wait below ends, and the agent is stopped.
+const interrupts = handleInterrupts('agent-memory', running);
+const sleep = (ms: number): Promise<void> => delay(ms, undefined, { signal: interrupts.signal });
+/** How long the agent may take to stop on SIGTERM before it is killed. */
+const STOP_GRACE_MS = 10_000;
 
 function ip(i: number, base: number): string {
   return `10.${base + ((i >> 16) & 255)}.${(i >> 8) & 255}.${i & 255}`;
@@ -165,6 +173,9 @@ async function main(): Promise<void> {
     '--upstream-addr', `127.0.0.1:${kubeDns.port}`, '--upstream-nameservers', `127.0.0.1:${external.port}`, '--resolv-conf', resolv,
     '--success-ttl', '1h', '--prefetch-min-hits', '0', '--log-level', 'info', ...extra,
   ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  const exited = new Promise<void>((resolve) => agent.once('exit', () => resolve()));
+  const alive = { killNow: (): void => void agent.kill('SIGKILL') };
+  running.add(alive);
   let log = '';
   agent.stderr.setEncoding('utf8').on('data', (d: string) => { log += d; });
   const pid = agent.pid!;
@@ -186,19 +197,23 @@ async function main(): Promise<void> {
 
     const sock = dgram.createSocket('udp4');
     const pending = new Map<number, () => void>();
+    // Names the cache now holds an answer for: a SERVFAIL or an empty answer fills nothing.
     let answered = 0;
+    let failed = 0;
     sock.on('message', (m) => {
+      if (m.length < 12) return;
       const done = pending.get(m.readUInt16BE(0));
       if (done !== undefined) {
         pending.delete(m.readUInt16BE(0));
-        answered++;
+        if ((m[3]! & 0x0f) === 0 && m.readUInt16BE(6) > 0) answered++;
+        else failed++;
         done();
       }
     });
     await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (next < NAMES) {
+      while (next < NAMES && !interrupts.signal.aborted) {
         const i = next++;
         const id = i & 0xffff;
         const q = dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: ANSWER_BYTES === 0 ? 'A' : 'TXT', name: `n${i}.example.org` }] });
@@ -212,7 +227,7 @@ async function main(): Promise<void> {
     await Promise.all(Array.from({ length: 32 }, worker));
     sock.close();
     await sleep(2000);
-    out['filled'] = { ...memOf(pid), answered, anonByKind: anonByKind(pid) };
+    out['filled'] = { ...memOf(pid), answered, failed, anonByKind: anonByKind(pid) };
     out['cache'] = cacheGauges(await scrape());
     // At rest, each thread's idle collector (src/ops/idle-gc.ts) collects what the fill left in its heap once it goes
     // quiet and the pages go back: the RSS a cache at rest holds, as a dashboard shows it between bursts.
@@ -238,10 +253,22 @@ async function main(): Promise<void> {
     const hwm = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
     out['peakRss'] = Math.round(hwm / 1024);
   } finally {
-    agent.kill('SIGTERM');
+    if (agent.exitCode === null && agent.signalCode === null) {
+      agent.kill('SIGTERM');
+      const grace = setTimeout(() => agent.kill('SIGKILL'), STOP_GRACE_MS);
+      await exited;
+      clearTimeout(grace);
+    }
+    running.delete(alive);
     await Promise.all([kubeDns.stop(), external.stop(), api.close()]);
   }
   process.stdout.write(JSON.stringify(out, null, 2) + '\n');
 }
 
-await main();
+try {
+  await main();
+} catch (err) {
+  if (!interrupts.signal.aborted) throw err;
+  process.stderr.write('agent-memory: interrupted; the agent is stopped\n');
+  process.exitCode = EXIT_INTERRUPTED;
+}

@@ -23,15 +23,18 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { Verdict, checkResponse } from './check.js';
+import { rcodeName } from './dnsperf.js';
 import { isLoopback } from './targets.js';
-import { DEFAULT_ZONES, encodeName, serviceFqdn } from './sim/zones.js';
+import { DEFAULT_ZONES, QTYPE_A, serviceFqdn } from './sim/zones.js';
+import { makeTemplate, type QueryTemplate } from './wire.js';
 
 export interface ProbeResult {
   readonly sent: number;
   readonly answered: number;
-  /** Answers that were not NOERROR with at least one record. */
+  /** Answers that were not the zone's A records for the name asked (checked as the main bench checks). */
   readonly wrong: number;
-  /** The wrong answers by rcode (NOERROR here: no records). */
+  /** The wrong answers by rcode (NOERROR here: another question, or not the zone's records). */
   readonly wrongRcodes: Readonly<Record<string, number>>;
   readonly p50Us: number;
   readonly p99Us: number;
@@ -56,24 +59,17 @@ export function probeNames(count: number): string[] {
   return out;
 }
 
-function query(name: string): Buffer {
-  const qname = encodeName(name);
-  const b = Buffer.alloc(12 + qname.length + 4);
-  b[2] = 0x01; // RD
-  b.writeUInt16BE(1, 4);
-  qname.copy(b, 12);
-  b.writeUInt16BE(1, 12 + qname.length); // A
-  b.writeUInt16BE(1, 14 + qname.length); // IN
-  return b;
+/** Type A queries for the names (id 0, RD), each with what the zone answers: a cache that hands out another name's entry answers wrong. */
+function templates(names: readonly string[]): QueryTemplate[] {
+  return names.map((n) => makeTemplate(n, QTYPE_A, DEFAULT_ZONES));
 }
 
-const RCODE_NAMES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'];
+const good = (m: Buffer, t: QueryTemplate): boolean => checkResponse(m, t, 0) === Verdict.OK;
 
-const good = (m: Buffer): boolean => m.length >= 12 && (m[3]! & 0x0f) === 0 && m.readUInt16BE(6) > 0;
-
+/** Nearest rank, as the main bench's percentiles: the smallest value with at least p of the samples at or below it. */
 function pct(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))]!;
 }
 
 const WARM_LIMIT_MS = 30_000;
@@ -82,13 +78,13 @@ const WARM_WINDOW = 200;
 const ANSWER_GRACE_MS = 1000;
 
 function warm(sock: dgram.Socket, host: string, port: number, names: string[]): Promise<WarmResult> {
-  const queries = names.map(query);
+  const queries = templates(names);
   const pending = new Set<number>();
   let next = 0;
   let answered = 0;
   let wrong = 0;
   const send = (i: number): void => {
-    const q = Buffer.from(queries[i]!);
+    const q = Buffer.from(queries[i]!.wire);
     q.writeUInt16BE(i & 0xffff, 0);
     sock.send(q, port, host);
   };
@@ -113,7 +109,7 @@ function warm(sock: dgram.Socket, host: string, port: number, names: string[]): 
       if (i < 0) return;
       pending.delete(i);
       answered++;
-      if (!good(m)) wrong++;
+      if (!good(m, queries[i]!)) wrong++;
       refill();
       if (pending.size === 0) finish();
     });
@@ -127,10 +123,12 @@ function warm(sock: dgram.Socket, host: string, port: number, names: string[]): 
 }
 
 function probe(sock: dgram.Socket, host: string, port: number, names: string[], rate: number, seconds: number): Promise<ProbeResult> {
-  const queries = names.map(query);
+  const queries = templates(names);
   const total = Math.max(1, Math.round(rate * seconds));
   // Send time per id (ms, performance.now()); NaN: nothing outstanding. Ids wrap after 65536 sends.
   const sentAt = new Float64Array(65536).fill(NaN);
+  // The name each id asked, to check its answer against.
+  const askedBy = new Int32Array(65536);
   const rtt = new Float64Array(total);
   const lag = new Float64Array(total);
   let sent = 0;
@@ -149,9 +147,9 @@ function probe(sock: dgram.Socket, host: string, port: number, names: string[], 
     const t0 = sentAt[id]!;
     if (Number.isNaN(t0)) return;
     sentAt[id] = NaN;
-    if (!good(m)) {
+    if (!good(m, queries[askedBy[id]!]!)) {
       wrong++;
-      const rcode = RCODE_NAMES[m[3]! & 0x0f] ?? String(m[3]! & 0x0f);
+      const rcode = rcodeName(m[3]! & 0x0f);
       wrongRcodes[rcode] = (wrongRcodes[rcode] ?? 0) + 1;
     }
     if (answered < total) rtt[answered++] = (now - t0) * 1000;
@@ -167,8 +165,9 @@ function probe(sock: dgram.Socket, host: string, port: number, names: string[], 
       const due = Math.min(total, Math.floor(((now - start) / 1000) * rate));
       for (; sent < due; sent++) {
         const id = sent & 0xffff;
-        const q = Buffer.from(queries[sent % queries.length]!);
+        const q = Buffer.from(queries[sent % queries.length]!.wire);
         q.writeUInt16BE(id, 0);
+        askedBy[id] = sent % queries.length;
         lag[sent] = (now - (start + (sent * 1000) / rate)) * 1000;
         sentAt[id] = performance.now();
         if (trace !== null) {

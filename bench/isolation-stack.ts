@@ -16,6 +16,22 @@ import { SimProcess } from './sim/control.js';
 import { DEFAULT_ZONES, type ZoneConfig } from './sim/zones.js';
 import { formatEndpoint, freePort, startAgent, type Target } from './targets.js';
 
+/**
+ * What the isolation and scaling benches started and have not stopped: the
+ * simulator, agents, probe and dnsperf processes, killed at once by a second
+ * signal or when the bench exits abnormally (interrupt.ts).
+ */
+export const running = new Set<{ killNow(): void }>();
+
+/** Stops what startSim or startBenchAgent started. */
+export async function stopStarted(x: { stop(): Promise<void>; killNow(): void }): Promise<void> {
+  try {
+    await x.stop();
+  } finally {
+    running.delete(x);
+  }
+}
+
 /** Cached answers outlive any run: TTL one hour at the simulator and in the agent. */
 export const LONG_TTL_S = 3600;
 
@@ -24,7 +40,9 @@ export const BENCH_ZONES: ZoneConfig = { ...DEFAULT_ZONES, clusterTtl: LONG_TTL_
 /** The simulator (its own process), no added latency or loss; the caller pins it. */
 export async function startSim(host: string): Promise<SimProcess> {
   const none = { port: 0, latencyMs: 0, jitterMs: 0, lossRate: 0 };
-  return SimProcess.start({ host, zones: BENCH_ZONES, cluster: none, external: none, api: null });
+  const sim = await SimProcess.start({ host, zones: BENCH_ZONES, cluster: none, external: none, api: null });
+  running.add(sim);
+  return sim;
 }
 
 export interface AgentRun {
@@ -47,7 +65,11 @@ export async function startBenchAgent(o: { agentPath: string; sim: SimProcess; h
     name: o.name, agentPath: o.agentPath, extraArgs, nodeArgs: o.nodeArgs ?? [], kubeconfig: null, clusterDomain: BENCH_ZONES.clusterDomain,
     host: o.host, sim: o.sim, workDir: o.workDir, pin: null, readyTimeoutMs: o.readyTimeoutMs,
   });
-  if (target.pid === null) throw new Error('the agent has no pid');
+  running.add(target);
+  if (target.pid === null) {
+    await stopStarted(target);
+    throw new Error('the agent has no pid');
+  }
   return { target, pid: target.pid, port: target.routes[0].port, metricsUrl: `http://${formatEndpoint(metrics)}/metrics` };
 }
 
@@ -59,6 +81,8 @@ export interface ProbeSpawn {
   readonly cpu: string | null;
   /** SCHED_FIFO priority through chrt, or 0 for none. */
   readonly rtPriority: number;
+  /** Kills the probe (the run is being stopped). */
+  readonly signal?: AbortSignal;
 }
 
 /** Runs the hit probe (warm or probe mode) and returns its JSON line. */
@@ -71,7 +95,8 @@ export function runProbe(s: ProbeSpawn & { mode: 'warm' | 'probe'; rate?: number
   const argv = s.rtPriority > 0 ? ['chrt', '-f', String(s.rtPriority), ...pinned] : pinned;
   const limitMs = ((s.seconds ?? 0) + 60) * 1000;
   return new Promise((resolve, reject) => {
-    execFile(argv[0]!, argv.slice(1), { timeout: limitMs, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+    const child = execFile(argv[0]!, argv.slice(1), { timeout: limitMs, maxBuffer: 1 << 20, ...(s.signal === undefined ? {} : { signal: s.signal }) }, (err, stdout, stderr) => {
+      running.delete(entry);
       const line = String(stdout).trim().split('\n').pop() ?? '';
       if (err !== null || !line.startsWith('{')) {
         reject(new Error(`hit probe (${argv.join(' ')}): ${err?.message ?? 'no result'}\n${String(stderr).slice(-1000)}`));
@@ -79,6 +104,9 @@ export function runProbe(s: ProbeSpawn & { mode: 'warm' | 'probe'; rate?: number
       }
       resolve(JSON.parse(line) as WarmResult | ProbeResult);
     });
+    // chrt and taskset exec the probe: the child is the probe itself.
+    const entry = { killNow: (): void => void child.kill('SIGKILL') };
+    running.add(entry);
   });
 }
 
@@ -93,6 +121,8 @@ export interface DnsperfSpawn {
   readonly cpu: string | null;
   /** Interrupts dnsperf (SIGINT: it stops sending and prints its statistics) when this settles. */
   readonly stopOn?: Promise<unknown>;
+  /** Interrupts it too (the run is being stopped). */
+  readonly signal?: AbortSignal;
 }
 
 /** dnsperf's statistics, the CPU it used (user+system seconds, its threads) and how long it ran. */
@@ -107,41 +137,49 @@ export function runDnsperfRate(d: DnsperfSpawn): Promise<DnsperfRun> {
   const args = ['-s', d.host, '-p', String(d.port), '-d', d.dataFile, '-l', String(d.seconds), '-q', String(d.outstanding), '-t', '1', '-c', '16'];
   if (d.qps !== null) args.push('-Q', String(Math.round(d.qps)));
   const argv = d.cpu === null ? ['dnsperf', ...args] : ['taskset', '-c', d.cpu, 'dnsperf', ...args];
+  if (d.signal?.aborted === true) return Promise.reject(d.signal.reason as Error);
   return new Promise((resolve, reject) => {
     // Not detached: a session of its own would also be a scheduler autogroup of its own (see --autogroup-nice).
     // The shell ignores SIGINT, so interrupting its children stops dnsperf and the shell still reports.
     const child = spawn('sh', ['-c', 'trap "" INT; "$@"; times', 'sh', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
     let exited = false;
-    void d.stopOn?.finally(() => {
+    const signalTree = (sig: NodeJS.Signals, withShell: boolean): void => {
       const sh = child.pid;
       if (exited || sh === undefined) return;
       for (const p of processTree(sh)) {
-        if (p === sh) continue;
+        if (p === sh && !withShell) continue;
         try {
-          process.kill(p, 'SIGINT');
+          process.kill(p, sig);
         } catch {
           /* already gone */
         }
       }
-    });
+    };
+    const interrupt = (): void => signalTree('SIGINT', false);
+    void d.stopOn?.finally(interrupt);
+    d.signal?.addEventListener('abort', interrupt, { once: true });
+    const entry = { killNow: (): void => signalTree('SIGKILL', true) };
+    running.add(entry);
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (out = (out + c.toString()).slice(-1 << 20)));
-    const hard = setTimeout(() => child.kill('SIGKILL'), (d.seconds + 30) * 1000);
+    const hard = setTimeout(() => signalTree('SIGKILL', true), (d.seconds + 30) * 1000);
     child.on('error', (e) => {
       clearTimeout(hard);
       reject(e);
     });
     child.on('exit', () => {
       exited = true;
+      running.delete(entry);
+      d.signal?.removeEventListener('abort', interrupt);
       clearTimeout(hard);
       // Last line of `times`: the children's user and system time, e.g. "0m1.230000s 0m0.450000s".
       // (Anchored on the pattern, not the end: dnsperf's stderr can arrive after it.)
       const t = [...out.matchAll(/^(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s\s*$/gm)].pop();
       const cpuS = t === undefined ? NaN : Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]);
       try {
-        const runTimeS = Number(/Run time \(s\):\s+([0-9.]+)/.exec(out)?.[1] ?? NaN);
-        resolve({ ...parseDnsperfOutput(out, argv.join(' ')), cpuS, runTimeS });
+        const stats = parseDnsperfOutput(out, argv.join(' '));
+        resolve({ ...stats, cpuS, runTimeS: stats.runTimeS ?? NaN });
       } catch (e) {
         reject(e instanceof Error ? e : new Error(String(e)));
       }

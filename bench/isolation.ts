@@ -54,7 +54,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProbeResult } from './hit-probe.js';
 import { scrapeLines } from './agent-proc.js';
-import { runDnsperfRate, runProbe, type AgentRun, type DnsperfRun, type ProbeSpawn, startBenchAgent, startSim, udpDrops, writeMissFile } from './isolation-stack.js';
+import { EXIT_INTERRUPTED, handleInterrupts } from './interrupt.js';
+import { runDnsperfRate, runProbe, running, type AgentRun, type DnsperfRun, type ProbeSpawn, startBenchAgent, startSim, stopStarted, udpDrops, writeMissFile } from './isolation-stack.js';
 import { pinProcess, treeCpuSeconds, which } from './proc-stats.js';
 import { runScaling, formatScaling, type BenchMachine, type ScalingOptions } from './scaling.js';
 import type { SimProcess } from './sim/control.js';
@@ -221,9 +222,9 @@ async function refused(url: string): Promise<number | null> {
  * most): a flooded main thread is still working through queued misses, and
  * counts them, after the flood has stopped.
  */
-async function settled(read: () => Promise<number | null>): Promise<number | null> {
+async function settled(read: () => Promise<number | null>, signal: AbortSignal): Promise<number | null> {
   let last = await read();
-  for (let i = 0; i < 20; i++) {
+  for (let i = 0; i < 20 && !signal.aborted; i++) {
     await new Promise((r) => setTimeout(r, 500));
     const now = await read();
     if (now === last) return now;
@@ -284,7 +285,8 @@ interface PhaseContext {
   readonly servingTid: number;
   readonly missFile: string;
   readonly floodLimitS: number;
-  readonly probeBase: ProbeSpawn;
+  /** The probe's spawn, with the run's abort signal. */
+  readonly probeBase: ProbeSpawn & { readonly signal: AbortSignal };
 }
 
 /**
@@ -302,7 +304,7 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
   let probeDone = (): void => {};
   const stopOn = new Promise<void>((resolve) => (probeDone = resolve));
   const floodRun = flood
-    ? runDnsperfRate({ host: o.host, port: agent.port, dataFile: c.missFile, seconds: c.floodLimitS, outstanding: 10_000, qps: o.floodQps, cpu: o.mainCpu, stopOn })
+    ? runDnsperfRate({ host: o.host, port: agent.port, dataFile: c.missFile, seconds: c.floodLimitS, outstanding: 10_000, qps: o.floodQps, cpu: o.mainCpu, stopOn, signal: c.probeBase.signal })
     : null;
   // A failed flood must not leave an unhandled rejection while the probe runs.
   floodRun?.catch(() => {});
@@ -324,7 +326,8 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
     const queueWait = queueWaitBetween(waits0, await queueWaitBuckets(agent.metricsUrl));
     probeDone();
     const fr = floodRun === null ? null : await floodRun;
-    const refused1 = await settled(() => refused(agent.metricsUrl));
+    const refused1 = await settled(() => refused(agent.metricsUrl), c.probeBase.signal);
+    c.probeBase.signal.throwIfAborted();
     const failed1 = await upstreamFailures(agent.metricsUrl);
     const failures: Record<string, number> = {};
     for (const [k, v] of failed1) if (v - (failed0.get(k) ?? 0) > 0) failures[k] = v - (failed0.get(k) ?? 0);
@@ -347,7 +350,8 @@ async function measurePhase(c: PhaseContext, flood: boolean): Promise<Phase> {
   }
 }
 
-export async function runIsolation(o: IsolationOptions, log: (line: string) => void): Promise<IsolationReport> {
+/** `signal` stops the run: the probe and dnsperf are killed, what was started is stopped, and it rejects. */
+export async function runIsolation(o: IsolationOptions, log: (line: string) => void, signal: AbortSignal = new AbortController().signal): Promise<IsolationReport> {
   if (!isLoopback(o.host)) throw new Error(`--host ${o.host}: loopback only`);
   if (!existsSync(o.agentPath)) throw new Error(`the agent is not built: ${o.agentPath} (npm run build)`);
   if (which('dnsperf') === null) throw new Error('dnsperf is not installed (apt-get install dnsperf): it sends the miss flood');
@@ -375,6 +379,7 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
     pinProcess(process.pid, o.mainCpu);
     pinProcess(sim.pid, o.mainCpu);
     for (const backend of o.backends) {
+      signal.throwIfAborted();
       const workers = backend === 'batched' ? 1 : 0;
       const agent = await startBenchAgent({ agentPath: o.agentPath, sim, host: o.host, io: backend, workers, workDir: dir, name: backend, readyTimeoutMs: o.readyTimeoutMs, agentArgs: o.agentArgs, nodeArgs: o.nodeArgs });
       try {
@@ -388,9 +393,10 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
         log(`${backend}: pid ${agent.pid}, ${placement.threads} threads; main thread on CPU ${placement.mainCpus}` +
           (found.length > 0 ? `, ${placement.workers.map((w) => `${w.name} (tid ${w.tid}) on CPU ${w.cpus}`).join(', ')}` : '') +
           `, the rest on CPU ${placement.otherCpus.join('/')}`);
-        const probeBase: ProbeSpawn = { host: o.host, port: agent.port, names: o.names, cpu: o.mainCpu, rtPriority: o.rtPriority };
+        signal.throwIfAborted();
+        const probeBase = { host: o.host, port: agent.port, names: o.names, cpu: o.mainCpu, rtPriority: o.rtPriority, signal };
         const warm = await runProbe({ ...probeBase, rtPriority: 0, mode: 'warm' });
-        if (warm.answered < warm.names) notes.push(`${backend}: warm-up answered ${warm.answered} of ${warm.names} names`);
+        if (warm.answered < warm.names || warm.wrong > 0) notes.push(`${backend}: warm-up answered ${warm.answered} of ${warm.names} names, ${warm.wrong} of them wrong`);
         // Untimed pass: JIT and the probe path warm (skipped by sub-second runs: the test's).
         if (o.seconds >= 1) await runProbe({ ...probeBase, mode: 'probe', rate: o.rate, seconds: Math.min(2, o.seconds) });
         const servingTid = found[0]?.tid ?? agent.pid;
@@ -401,11 +407,11 @@ export async function runIsolation(o: IsolationOptions, log: (line: string) => v
         runs.push({ backend, workers, placement, warm, alone, flooded });
         log(formatRun(runs[runs.length - 1]!));
       } finally {
-        await agent.target.stop();
+        await stopStarted(agent.target);
       }
     }
   } finally {
-    await sim.stop();
+    await stopStarted(sim);
     pinProcess(process.pid, ownCpus);
     // The name list is big and of no use afterwards; the agents' logs stay in the folder.
     rmSync(missFile, { force: true });
@@ -551,7 +557,7 @@ function setAutogroupNice(nice: number): number {
   return before;
 }
 
-async function main(): Promise<void> {
+async function main(): Promise<number> {
   const { mode, iso, scaling, json, autogroupNice } = parseArgs(process.argv.slice(2));
   const log = (l: string): void => console.log(l);
   let report: unknown;
@@ -564,25 +570,37 @@ async function main(): Promise<void> {
   // and waiting 90%). -20 gives it what a CPU of its own would.
   const ownNice = autogroupNice === null ? null : setAutogroupNice(autogroupNice);
   if (autogroupNice !== null) log(`the bench's scheduler autogroup at nice ${autogroupNice} (was ${ownNice}): a machine shared with other sessions`);
+  const restoreNice = (): void => {
+    if (ownNice !== null) setAutogroupNice(ownNice);
+  };
+  // SIGTERM/SIGINT: stop the run and what it started (the agent, the simulator, the probe, dnsperf), then restore the nice value.
+  const interrupts = handleInterrupts('isolation', running, restoreNice);
   try {
     if (mode === 'scaling') {
-      const rep = await runScaling(scaling, log);
+      const rep = await runScaling(scaling, log, interrupts.signal);
       console.log(`\n${formatScaling(rep)}`);
       report = { ...rep, autogroupNice };
     } else {
       log(TABLE_HEAD);
-      const rep = await runIsolation(iso, log);
+      const rep = await runIsolation(iso, log, interrupts.signal);
       console.log(`\n${formatIsolation(rep)}`);
       report = { ...rep, autogroupNice };
     }
+  } catch (err) {
+    if (!interrupts.signal.aborted) throw err;
+    process.stderr.write('isolation: interrupted; everything it started is stopped\n');
+    return EXIT_INTERRUPTED;
   } finally {
-    if (ownNice !== null) setAutogroupNice(ownNice);
+    restoreNice();
   }
   if (json !== null) writeFileSync(json, JSON.stringify(report, null, 2) + '\n');
+  return 0;
 }
 
 if (path.resolve(process.argv[1] ?? '') === fileURLToPath(import.meta.url)) {
-  main().catch((err: unknown) => {
+  main().then((code) => {
+    process.exitCode = code;
+  }, (err: unknown) => {
     process.stderr.write(`isolation: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(1);
   });

@@ -51,6 +51,8 @@ export interface BenchOptions {
   readonly concurrency: number;
   readonly maxDurationMs: number;
   readonly driver: 'node' | 'dnsperf';
+  /** Lines of each dnsperf data file; null: sized by the workload (dnsperf.ts). */
+  readonly dnsperfLines: number | null;
   readonly timeoutMs: number;
   readonly sockets: number;
   readonly seed: number;
@@ -126,7 +128,8 @@ const SPECS: readonly Spec[] = [
   { group: 'Load', name: 'no-max', help: 'skip the closed-loop max-throughput runs' },
   { group: 'Load', name: 'concurrency', arg: 'N', def: '64', quick: '8', help: 'outstanding lookups in the max-throughput runs' },
   { group: 'Load', name: 'max-duration', arg: 'SEC', def: '5', quick: '0.3', help: 'length of each max-throughput run' },
-  { group: 'Load', name: 'driver', arg: 'node|dnsperf', def: 'node', help: 'generator of the max-throughput runs; dnsperf must be on PATH (answers are then not checked)' },
+  { group: 'Load', name: 'driver', arg: 'node|dnsperf', def: 'node', help: 'generator of the max-throughput runs; dnsperf must be on PATH (its answers are then checked by rcode only)' },
+  { group: 'Load', name: 'dnsperf-lines', arg: 'N', help: 'lines of each dnsperf data file (default: 200000 of repeated names, which dnsperf loops over; of unique names (miss, negative), 200000 per second of --max-duration, at most 3000000: dnsperf asks each once and stops at the end of the file)' },
   { group: 'Load', name: 'timeout-ms', arg: 'MS', def: '1000', help: 'a query unanswered after this counts as a timeout' },
   { group: 'Load', name: 'sockets', arg: 'N', def: '4', quick: '2', help: 'generator UDP sockets per destination' },
   { group: 'Load', name: 'seed', arg: 'N', def: '1', help: 'seed of every random choice (names, types, popularity)' },
@@ -380,6 +383,7 @@ export function parseOptions(argv: readonly string[], env: OptionsEnv = {}): Ben
     concurrency: int('concurrency', 1, 100000),
     maxDurationMs: num('max-duration', 0.05, 3600) * 1000,
     driver,
+    dnsperfLines: given.has('dnsperf-lines') ? int('dnsperf-lines', 1, 100_000_000) : null,
     timeoutMs: num('timeout-ms', 1, 60000),
     sockets: int('sockets', 1, 64),
     seed: int('seed', 0, 2 ** 32 - 1),

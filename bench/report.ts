@@ -31,6 +31,11 @@ function load(r: RunRecord): string {
   return r.mode === 'open' ? fmtQps(r.offeredQps) : `c=${r.concurrency}${r.driver === 'dnsperf' ? ' dnsperf' : ''}`;
 }
 
+/** Wrong answers of a run; dnsperf's are wrong rcodes only (it checks no records). */
+export function wrongCell(r: RunRecord): string {
+  return r.checked ? String(r.queries.wrong) : `${r.queries.wrong} (rcodes)`;
+}
+
 function flags(r: RunRecord): string {
   return [r.saturated ? 'saturated' : '', r.generatorBound ? 'generator-bound' : ''].filter((s) => s !== '').join(', ');
 }
@@ -127,7 +132,7 @@ export function terminalTable(res: BenchResults): string {
     return [
       r.workload, r.target, load(r), fmtQps(r.throughputQps),
       l === null ? (r.dnsperf === null ? '-' : `avg ${fmtUs(r.dnsperf.avgLatencyUs)}`) : fmtUs(l.p50), fmtUs(l?.p99), fmtUs(l?.p999), fmtUs(l?.max ?? r.dnsperf?.maxLatencyUs),
-      String(r.queries.timeouts), r.checked ? String(r.queries.wrong) : 'n/a',
+      String(r.queries.timeouts), wrongCell(r),
       r.upstreamQueries === null ? '-' : String(r.upstreamQueries.cluster + r.upstreamQueries.external),
       fmtCpu(r), fmtMb(r.targetUsage.rssBytes), `${(r.generator.cores * 100).toFixed(0)}%`, flags(r),
     ];
@@ -205,7 +210,7 @@ export function markdownReport(res: BenchResults, plotFile: string): string {
         closed.map((r) => [
           r.target, load(r), fmtQps(r.throughputQps),
           r.latencyUs === null ? `avg ${fmtUs(r.dnsperf?.avgLatencyUs)}` : fmtUs(r.latencyUs.p50), fmtUs(r.latencyUs?.p99), fmtUs(r.latencyUs?.p999),
-          String(r.queries.timeouts), r.checked ? String(r.queries.wrong) : 'n/a',
+          String(r.queries.timeouts), wrongCell(r),
           r.upstreamQueries === null ? '-' : `${r.upstreamQueries.cluster} + ${r.upstreamQueries.external}`,
           fmtCpu(r), r.targetUsage.cpuSecondsPer1kQueries === null ? '-' : r.targetUsage.cpuSecondsPer1kQueries.toFixed(4),
           fmtMb(r.targetUsage.rssBytes), `${(r.generator.cores * 100).toFixed(0)}%`, flags(r),

@@ -66,6 +66,10 @@ export interface DnsperfStats {
   readonly maxLatencyUs: number;
   readonly stddevUs: number | null;
   readonly rcodes: Record<string, number>;
+  /** dnsperf's "Run time (s)": how long it ran, a little past its -l limit (null: not printed). */
+  readonly runTimeS: number | null;
+  /** Why it stopped, as it said: "time limit", "end of file" (-n 1), "interruption"; null: not said. */
+  readonly ended: string | null;
   readonly command: string;
 }
 
@@ -135,7 +139,7 @@ export interface RunRecord {
   readonly wallS: number;
   readonly lookups: { readonly started: number; readonly completed: number; readonly failed: number };
   readonly queries: RunOutcome['queries'];
-  /** Answers were checked against the simulator's zones (false for dnsperf runs). */
+  /** Answers were checked against the simulator's zones (false for dnsperf runs: only their rcodes are). */
   readonly checked: boolean;
   readonly wrongByReason: Record<WrongReason, number>;
   readonly wrongSamples: readonly string[];

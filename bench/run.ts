@@ -5,25 +5,16 @@
  * was started and still writes (partial) results; a second Ctrl-C kills at once.
  */
 import { pathToFileURL } from 'node:url';
+import { EXIT_INTERRUPTED, handleInterrupts, killAll } from './interrupt.js';
 import { UsageError, helpText, parseOptions, type BenchOptions } from './options.js';
 import { terminalExtras, terminalTable } from './report.js';
 import { live, runBench } from './suite.js';
 
+export { EXIT_INTERRUPTED };
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_WRONG_ANSWERS = 3;
-export const EXIT_INTERRUPTED = 130;
-
-function killEverythingNow(): void {
-  for (const x of live) {
-    try {
-      x.killNow();
-    } catch {
-      /* best effort */
-    }
-  }
-}
 
 export async function main(argv: readonly string[]): Promise<number> {
   let opts: BenchOptions;
@@ -37,23 +28,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stdout.write(helpText());
     return EXIT_OK;
   }
-  const ac = new AbortController();
-  let interrupts = 0;
-  const onSignal = (): void => {
-    interrupts++;
-    if (interrupts === 1) {
-      process.stderr.write('\nbench: stopping (press Ctrl-C again to kill everything now)\n');
-      ac.abort();
-    } else {
-      killEverythingNow();
-      process.exit(EXIT_INTERRUPTED);
-    }
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('exit', killEverythingNow);
+  const interrupts = handleInterrupts('bench', live);
   try {
-    const out = await runBench(opts, { log: (l) => process.stderr.write(l + '\n'), signal: ac.signal, argv });
+    const out = await runBench(opts, { log: (l) => process.stderr.write(l + '\n'), signal: interrupts.signal, argv });
     process.stdout.write('\n' + terminalTable(out.results) + '\n\n');
     const extras = terminalExtras(out.results);
     if (extras !== '') process.stdout.write(extras + '\n\n');
@@ -77,9 +54,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
     return EXIT_FAILURE;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    process.off('exit', killEverythingNow);
+    interrupts.dispose();
   }
 }
 
@@ -91,7 +66,7 @@ if (entry !== undefined && import.meta.url === pathToFileURL(entry).href) {
     setTimeout(() => process.exit(code), 3000).unref();
   }, (err: unknown) => {
     process.stderr.write(`bench: ${String(err)}\n`);
-    killEverythingNow();
+    killAll(live);
     process.exit(EXIT_FAILURE);
   });
 }

@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { scrape } from './agent-proc.js';
 import { probeNames } from './hit-probe.js';
-import { runDnsperfRate, runProbe, startBenchAgent, startSim, writeHitFile } from './isolation-stack.js';
+import { runDnsperfRate, runProbe, startBenchAgent, startSim, stopStarted, writeHitFile } from './isolation-stack.js';
 import { which } from './proc-stats.js';
 import { isLoopback } from './targets.js';
 import { findWorkerThreads, threadStat, threadsOf, type ThreadStat } from './threads.js';
@@ -38,9 +38,13 @@ export interface ScalingOptions {
 export interface ScalingSample {
   readonly workers: number;
   readonly round: number;
+  /** NOERROR answers per second of dnsperf's run: a SERVFAIL or REFUSED is an answer, not a hit. */
   readonly hitsPerS: number;
+  /** NOERROR answers. */
   readonly completed: number;
   readonly lost: number;
+  /** Answers with another rcode. */
+  readonly failed: number;
   /** Agent CPU over the run, in CPUs (1 = one whole CPU). */
   readonly agentCpus: number;
   /** CPU per answered hit, microseconds: every thread, the main thread, all worker threads, the rest (V8, libuv). */
@@ -107,7 +111,8 @@ const BATCH_METRICS = ['nodelocal_udp_batched_datagrams_total', 'nodelocal_udp_b
 
 const cpuS = (s: ThreadStat | null): number => (s === null ? NaN : s.utime + s.stime);
 
-export async function runScaling(o: ScalingOptions, log: (line: string) => void): Promise<ScalingReport> {
+/** `signal` stops the run: dnsperf and the probe are interrupted, what was started is stopped, and it rejects. */
+export async function runScaling(o: ScalingOptions, log: (line: string) => void, signal: AbortSignal = new AbortController().signal): Promise<ScalingReport> {
   if (!isLoopback(o.host)) throw new Error(`--host ${o.host}: loopback only`);
   if (which('dnsperf') === null) throw new Error('dnsperf is not installed (apt-get install dnsperf): it drives the hits');
   const startedAt = new Date().toISOString();
@@ -123,18 +128,21 @@ export async function runScaling(o: ScalingOptions, log: (line: string) => void)
     for (let round = 1; round <= o.rounds; round++) {
       const order = o.workers.map((_, k) => o.workers[(k + round - 1) % o.workers.length]!);
       for (const workers of order) {
+        signal.throwIfAborted();
         const agent = await startBenchAgent({ agentPath: o.agentPath, sim, host: o.host, io: 'batched', workers, workDir: dir, name: `w${workers}-r${round}`, readyTimeoutMs: o.readyTimeoutMs });
         try {
           const found = await findWorkerThreads(agent.pid, workers, 10_000);
           const tids = found.map((t) => t.tid);
-          await runProbe({ host: o.host, port: agent.port, names: names.length, cpu: null, rtPriority: 0, mode: 'warm' });
-          await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: 2, outstanding: o.outstanding, qps: null, cpu: null });
+          await runProbe({ host: o.host, port: agent.port, names: names.length, cpu: null, rtPriority: 0, mode: 'warm', signal });
+          await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: 2, outstanding: o.outstanding, qps: null, cpu: null, signal });
+          signal.throwIfAborted();
           const up0 = await sim.stats();
           const b0 = await scrape(agent.metricsUrl, BATCH_METRICS);
           const m0 = machineTicks();
           const s0 = snapshot(agent.pid, tids);
           const t0 = performance.now();
-          const r = await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: o.seconds, outstanding: o.outstanding, qps: null, cpu: null });
+          const r = await runDnsperfRate({ host: o.host, port: agent.port, dataFile: hitFile, seconds: o.seconds, outstanding: o.outstanding, qps: null, cpu: null, signal });
+          signal.throwIfAborted();
           const wallS = (performance.now() - t0) / 1000;
           const s1 = snapshot(agent.pid, tids);
           const m1 = machineTicks();
@@ -142,14 +150,15 @@ export async function runScaling(o: ScalingOptions, log: (line: string) => void)
           const b1 = await scrape(agent.metricsUrl, BATCH_METRICS);
           const delta = (k: string): number => (b1.get(k) ?? NaN) - (b0.get(k) ?? NaN);
           const batch = delta(BATCH_METRICS[0]!) / delta(BATCH_METRICS[1]!);
-          const n = Math.max(1, r.queriesCompleted);
+          const hits = r.rcodes['NOERROR'] ?? 0;
+          const n = Math.max(1, hits);
           const main = cpuS(s1.main) - cpuS(s0.main);
           const perWorker = tids.map((_, i) => cpuS(s1.workers[i] ?? null) - cpuS(s0.workers[i] ?? null));
           const workerSum = perWorker.reduce((a, b) => a + b, 0);
           const total = s1.all - s0.all;
           const upstream = (c: typeof up0): number => (c === null ? NaN : c.cluster.udpQueries + c.cluster.tcpQueries + c.external.udpQueries + c.external.tcpQueries);
           const sample: ScalingSample = {
-            workers, round, hitsPerS: r.qps, completed: r.queriesCompleted, lost: r.queriesLost,
+            workers, round, hitsPerS: hits / (r.runTimeS > 0 ? r.runTimeS : wallS), completed: hits, lost: r.queriesLost, failed: r.queriesCompleted - hits,
             agentCpus: total / wallS,
             usPerHit: { total: (total * 1e6) / n, main: (main * 1e6) / n, workers: (workerSum * 1e6) / n, other: ((total - main - workerSum) * 1e6) / n },
             workerBusy: tids.map((_, i) => {
@@ -166,12 +175,12 @@ export async function runScaling(o: ScalingOptions, log: (line: string) => void)
           samples.push(sample);
           log(formatSample(sample));
         } finally {
-          await agent.target.stop();
+          await stopStarted(agent.target);
         }
       }
     }
   } finally {
-    await sim.stop();
+    await stopStarted(sim);
   }
   const { agentPath: _agentPath, ...options } = o;
   return {
@@ -185,12 +194,12 @@ const f1 = (x: number): string => (Number.isFinite(x) ? x.toFixed(1) : '-');
 const pc = (x: number): string => (Number.isFinite(x) ? `${Math.round(x * 100)}%` : '-');
 
 export const SCALING_HEAD =
-  '| workers | round | hits/s | lost | agent CPUs | us CPU per hit: all / main / workers / other | worker threads busy | datagrams per recvmmsg | dnsperf CPUs | machine busy CPUs (softirq) | upstream queries |\n' +
+  '| workers | round | hits/s | lost / not NOERROR | agent CPUs | us CPU per hit: all / main / workers / other | worker threads busy | datagrams per recvmmsg | dnsperf CPUs | machine busy CPUs (softirq) | upstream queries |\n' +
   '|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|';
 
 function formatSample(s: ScalingSample): string {
   const u = s.usPerHit;
-  return `| ${s.workers} | ${s.round} | ${Math.round(s.hitsPerS)} | ${s.lost} | ${s.agentCpus.toFixed(2)} | ${f1(u.total)} / ${f1(u.main)} / ${f1(u.workers)} / ${f1(u.other)} | ` +
+  return `| ${s.workers} | ${s.round} | ${Math.round(s.hitsPerS)} | ${s.lost} / ${s.failed} | ${s.agentCpus.toFixed(2)} | ${f1(u.total)} / ${f1(u.main)} / ${f1(u.workers)} / ${f1(u.other)} | ` +
     `${s.workerBusy.map(pc).join(', ')} | ${s.batch === null ? '-' : s.batch.toFixed(1)} | ${s.generatorCpus.toFixed(2)} | ${s.machineBusyCpus.toFixed(2)} (${s.softirqCpus.toFixed(2)}) | ${s.upstreamQueries} |`;
 }
 

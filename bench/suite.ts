@@ -10,12 +10,12 @@ import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { runDnsperf, writeDataFile } from './dnsperf.js';
+import { DNSPERF_CEILING_QPS, LOOPED_LINES, MAX_UNIQUE_LINES, runDnsperf, splitByRcode, writeDataFile, type DataFile } from './dnsperf.js';
 import { LoadGenerator, UniqueCounter, type RunOutcome } from './loadgen.js';
 import { AGENT_VARIANTS, UsageError, type BenchOptions } from './options.js';
 import { PhaseTally, boundaries, parsePhases, totalMs, type Phase } from './phases.js';
 import { environment, memoryOf, pinProcess, treeCpuSeconds, which } from './proc-stats.js';
-import { writeReports, type WrittenReports } from './report.js';
+import { writeReports, wrongCell, type WrittenReports } from './report.js';
 import {
   GENERATOR_BEHIND_SHARE, GENERATOR_BUSY_CORES, SATURATION_FAILURE_SHARE, SCHEMA, SEND_LAG_WARN_US,
   percentiles, type BenchResults, type DnsperfStats, type FallbackRecord, type Percentiles, type PhaseRecord, type RunRecord, type TargetRecord,
@@ -206,6 +206,8 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       live.add(t);
     }
     const counter = new UniqueCounter();
+    /** One dnsperf data file per workload, shared by the targets (each has a cache of its own). */
+    const dataFiles = new Map<string, DataFile>();
     for (const t of targets) {
       generators.set(t.name, await LoadGenerator.open({ routes: t.routes, sockets: opts.sockets, timeoutMs: opts.timeoutMs, counter }));
       const pinnedTo = t.kind === 'agent' || (t.kind === 'peer' && t.command !== null) ? pins.agent : t.kind === 'direct' ? pins.sim : null;
@@ -389,19 +391,30 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
         let rec: RunRecord;
         if (opts.driver === 'dnsperf' && t.routes[0] === t.routes[1]) {
           const file = path.join(dir, `dnsperf-${wname}.txt`);
-          if (!existsSync(file)) writeDataFile(file, wl, 200_000, () => counter.next());
+          let data = dataFiles.get(wname);
+          if (data === undefined) {
+            const lasting = Math.ceil(DNSPERF_CEILING_QPS * (opts.maxDurationMs / 1000));
+            const size = opts.dnsperfLines === null ? { looped: LOOPED_LINES, unique: Math.min(MAX_UNIQUE_LINES, lasting) } : { looped: opts.dnsperfLines, unique: opts.dnsperfLines };
+            data = writeDataFile(file, wl, size, () => counter.next());
+            dataFiles.set(wname, data);
+            if (data.unique && opts.dnsperfLines === null && lasting > MAX_UNIQUE_LINES) {
+              warnings.push(`${wname}: dnsperf's data file holds ${data.lines} unique names, fewer than ${DNSPERF_CEILING_QPS} q/s for ${opts.maxDurationMs / 1000} s: a target that fast runs through them before the limit (--dnsperf-lines)`);
+            }
+          }
           const d = await runDnsperf({
             dnsperf: env.dnsperf ?? which('dnsperf') ?? 'dnsperf',
             target: t.routes[0],
             dataFile: file,
-            durationS: Math.max(1, Math.round(opts.maxDurationMs / 1000)),
+            // Fractional: dnsperf takes -l 0.3 (--quick), and the record states what it was given.
+            durationS: opts.maxDurationMs / 1000,
+            once: data.unique,
             outstanding: opts.concurrency,
             timeoutS: Math.max(1, opts.timeoutMs / 1000),
             pin: pins.generator,
             signal: io.signal,
           });
           const after = await snapshot(t);
-          rec = dnsperfRecord(t, wl, d, before, after, w, opts);
+          rec = dnsperfRecord(t, wl, d, data, before, after, w, opts);
         } else {
           if (opts.driver === 'dnsperf') warnings.push(`${wname}/${t.name}: dnsperf sends to one address; the direct target splits by zone, so the Node generator measured it`);
           const o = await (generators.get(t.name) as LoadGenerator).run(wl, { kind: 'closed', concurrency: opts.concurrency, durationMs: opts.maxDurationMs }, io.signal);
@@ -604,10 +617,24 @@ function toRecord(t: Target, wl: Workload, o: RunOutcome, before: Snapshot, afte
   };
 }
 
-function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, before: Snapshot, after: Snapshot, w: RunOutcome | null, opts: BenchOptions): RunRecord {
+function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, data: DataFile, before: Snapshot, after: Snapshot, w: RunOutcome | null, opts: BenchOptions): RunRecord {
   const cpu = deltaCpu(before.targetCpu, after.targetCpu);
-  const warnings: string[] = ['dnsperf does not check answers; podmix is flattened into independent queries'];
-  const saturated = d.queriesLost > SATURATION_FAILURE_SHARE * Math.max(1, d.queriesSent);
+  const limitS = opts.maxDurationMs / 1000;
+  // Sends stop at the limit; the last answers come in during the run time dnsperf states, a little past it.
+  const runS = d.runTimeS ?? limitS;
+  // Unique names are asked once each (-n 1): past the file's end dnsperf stops rather than ask one again, before the limit.
+  const ranOut = d.ended === 'end of file';
+  const durationS = ranOut ? runS : limitS;
+  // dnsperf counts every response as completed whatever its rcode: only the rcodes the names have are answers served.
+  const { right, wrong: byRcode } = splitByRcode(d, data.expectedRcodes);
+  const wrong = Math.max(0, d.queriesCompleted - right);
+  const expected = [...data.expectedRcodes].join(' or ');
+  const wrongSamples = Object.entries(byRcode).map(([rcode, n]) => `rcode: ${n} ${rcode} (expected ${expected})`);
+  const warnings: string[] = ['dnsperf checks rcodes only, not the records; podmix is flattened into independent queries'];
+  if (wrong > 0) warnings.push(`${wrong} wrong answers: ${wrongSamples.join('; ')}`);
+  if (ranOut) warnings.push(`dnsperf asked each of the ${data.lines} names of its data file once in ${runS} s, before the ${limitS} s limit; the run lasted that (more lines: --dnsperf-lines)`);
+  const saturated = d.queriesSent === 0 || d.queriesLost + wrong > SATURATION_FAILURE_SHARE * d.queriesSent;
+  const servfail = byRcode['SERVFAIL'] ?? 0;
   return {
     target: t.name,
     targetKind: t.kind,
@@ -617,23 +644,23 @@ function dnsperfRecord(t: Target, wl: Workload, d: DnsperfStats, before: Snapsho
     offeredQps: null,
     offeredLookupRate: null,
     concurrency: opts.concurrency,
-    durationS: opts.maxDurationMs / 1000,
-    wallS: opts.maxDurationMs / 1000,
-    lookups: { started: d.queriesSent, completed: d.queriesCompleted, failed: d.queriesLost },
-    queries: { sent: d.queriesSent, answered: d.queriesCompleted, timeouts: d.queriesLost, wrong: 0, late: 0, sendErrors: 0, overflow: 0 },
+    durationS,
+    wallS: runS,
+    lookups: { started: d.queriesSent, completed: right, failed: d.queriesLost + wrong },
+    queries: { sent: d.queriesSent, answered: d.queriesCompleted, timeouts: d.queriesLost, wrong, late: 0, sendErrors: 0, overflow: 0 },
     checked: false,
-    wrongByReason: { malformed: 0, truncated: 0, question: 0, servfail: 0, rcode: 0, data: 0 },
-    wrongSamples: [],
-    sentQps: d.queriesSent / Math.max(opts.maxDurationMs / 1000, 1e-3),
-    throughputQps: d.qps,
-    achievedLookupRate: d.qps,
+    wrongByReason: { malformed: 0, truncated: 0, question: 0, servfail, rcode: wrong - servfail, data: 0 },
+    wrongSamples,
+    sentQps: d.queriesSent / durationS,
+    throughputQps: right / Math.max(runS, 1e-3),
+    achievedLookupRate: right / Math.max(runS, 1e-3),
     latencyUs: null,
     serviceLatencyUs: null,
     sendLagUs: null,
     classes: {},
     queriesPerLookup: 1,
     upstreamQueries: upstreamDelta(before.sim, after.sim),
-    targetUsage: usage(t, cpu, d.queriesCompleted),
+    targetUsage: usage(t, cpu, right),
     simulatorCpuSeconds: deltaCpu(before.simCpu, after.simCpu),
     generator: { cpuSeconds: 0, cores: 0 },
     saturated,
@@ -655,7 +682,7 @@ function runLine(r: RunRecord): string {
   const cpu = r.targetUsage.cpuUsPerQuery === null ? '' : ` cpu ${r.targetUsage.cpuUsPerQuery.toFixed(1)}us/q`;
   const flags = `${r.saturated ? ' SATURATED' : ''}${r.generatorBound ? ' GENERATOR-BOUND' : ''}`;
   const up = r.workload === 'podmix' && r.upstreamQueries !== null && r.lookups.started > 0 ? `, kube-dns ${(r.upstreamQueries.cluster / r.lookups.started).toFixed(2)} q/lookup` : '';
-  return `  ${r.workload.padEnd(8)} ${r.target.padEnd(14)} ${load.padEnd(16)} ${Math.round(r.throughputQps)} q/s answered, ${lat}, timeouts ${r.queries.timeouts}, wrong ${r.checked ? r.queries.wrong : 'n/a'}${up}${cpu}${flags}`;
+  return `  ${r.workload.padEnd(8)} ${r.target.padEnd(14)} ${load.padEnd(16)} ${Math.round(r.throughputQps)} q/s answered, ${lat}, timeouts ${r.queries.timeouts}, wrong ${wrongCell(r)}${up}${cpu}${flags}`;
 }
 
 /** One line per phase of a fallback run, for the progress output. */
