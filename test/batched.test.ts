@@ -344,8 +344,10 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
   // A worker that dies takes its sockets out of the group with it: the other answers everyone at once.
   const before = r.listener.workerCounters()[0]!.io.get('datagrams');
   await r.listener.workerThread(1)!.terminate();
-  await until('the death to be noticed', () => r.listener.totals().io.get('restarts') === 1);
-  t.ok(r.logs.some((l) => l.includes('udp worker died')), 'logged');
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  t.equal(r.listener.liveWorkers, 1, 'one worker live while its successor waits its turn');
+  t.equal(r.listener.totals().io.get('workersLive'), 1, 'and nodelocal_udp_workers_live says so');
+  t.equal(r.listener.totals().io.get('restarts'), 0, 'no restart counted before the successor is ready');
   clients.forEach((c, i) => void c.send(port, 'svc-9.example.com', 800 + i));
   await until('all answers from the survivor', () => clients.every((c, i) => c.answers.has(800 + i)));
   t.equal(r.listener.workerCounters()[0]!.io.get('datagrams') - before, 32, 'all to worker 0');
@@ -526,7 +528,7 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   t.teardown(() => waker.close());
   void waker.send(port, 'svc-8.example.com', 1);
   await dying;
-  await until('the death to be noticed', () => r.listener.totals().io.get('restarts') === 1);
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
   t.equal(r.resolver.inflight, 1, 'dead before the upstream answered');
   release();
   await until('the upstream answer to come back', () => r.resolver.inflight === 0);
@@ -541,6 +543,7 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   t.same(dataOf(c.answers.get(2)), ['10.0.0.4']);
   t.equal(r.upstream.stats.udpQueries, 2, 'no second query for the name fetched before the death');
   t.equal(r.listener.workerCounters().at(-1)!.cache.get('hitPositive'), 1, 'a hit in the successor: it reads the same store');
+  t.equal(r.listener.totals().io.get('restarts'), 1, 'the restart counted, once its successor was ready');
   t.equal(spy.sends.length, sentBefore, 'a hit goes out from the worker');
   void c.send(port, 'held-7.example.com', 3);
   await until('the held name', () => c.answers.has(3), 30_000);

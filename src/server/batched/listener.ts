@@ -45,6 +45,7 @@ import { workerMissLimit, type BatchedUdpOptions } from './listener-options.js';
 import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
+import { WorkerRestarts } from './worker-restarts.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
 import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters, type WorkerCounters } from './stats.js';
@@ -52,9 +53,6 @@ import { hitPathHistograms } from '../../ops/histogram.js';
 import { MISS_TRACE, traceReport } from '../../miss-trace.js';
 
 export * from './listener-options.js';
-
-/** A worker that died is replaced after this: long enough not to spin on a bug, short against a pod's 5 s timeout. */
-const RESTART_DELAY_MS = 1000;
 
 type State = 'new' | 'running' | 'paused' | 'closed';
 
@@ -82,7 +80,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #state: State;
   #drainWaiters: (() => void)[];
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
-  readonly #restartTimers: Set<NodeJS.Timeout>;
+  readonly #restarts: WorkerRestarts;
   /** What a scrape publishes: the workers' counters and ours added up, the dead workers' kept in. */
   readonly #totals: WorkerTotals;
 
@@ -117,7 +115,12 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#state = 'new';
     this.#drainWaiters = [];
     this.#abortWaiters = null;
-    this.#restartTimers = new Set();
+    this.#restarts = new WorkerRestarts(opts.workers, {
+      spawn: (i) => this.#spawn(i),
+      running: () => this.#state === 'running',
+      restarted: () => void this.#own.values[BATCHED_COUNTERS.slot.restarts]!++,
+      logger: this.#logger,
+    });
     this.#totals = new WorkerTotals(this.#own, this.#ownServer, this.#ownHist, this.sharedCache, opts.store === undefined);
   }
 
@@ -143,6 +146,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       const results = await Promise.allSettled(started);
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed !== undefined) throw failed.reason;
+      for (let i = 0; i < this.#links.length; i++) this.#restarts.ready(i);
     } catch (err) {
       await this.#shutdownAll();
       throw new Error(`cannot listen on ${this.name}: ${err instanceof Error ? err.message : String(err)}`);
@@ -262,6 +266,11 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#exchange.complete(token, answer, outcome);
   }
 
+  /** Workers in their loop, taking queries (fewer than `workers` while one is being restarted). */
+  get liveWorkers(): number {
+    return this.#links.filter((l) => l !== null && l.alive && l.ready).length;
+  }
+
   /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
   workerThread(i: number): Worker | null {
     const l = this.#links[i];
@@ -279,6 +288,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * thread's own slots (restarts, cross-worker coalescing).
    */
   totals(): BatchedTotals {
+    this.#own.values[BATCHED_COUNTERS.slot.workersLive] = this.liveWorkers;
     return this.#totals.sum(this.workerCounters());
   }
 
@@ -302,7 +312,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     if (!link.closing) this.#totals.died(link.counters);
     // A dead worker applies nothing more; its successor starts with the latest settings.
     for (const done of link.configuring.splice(0)) done();
-    if (!link.closing) this.#restart(link, code);
+    if (!link.closing) this.#restarts.died(link.index, code);
     this.#checkDrained();
     this.#checkAborted(link, 0);
   }
@@ -366,26 +376,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     a.resolve(a.total);
   }
 
-  /** A worker died: its sockets are already closed (the kernel spreads its traffic over the others); while running, a new one follows shortly. */
-  #restart(link: WorkerLink, code: number): void {
-    const restarting = this.#state === 'running';
-    this.#own.values[BATCHED_COUNTERS.slot.restarts]! += restarting ? 1 : 0;
-    this.#logger.error('udp worker died; its sockets are closed', { worker: link.index, code, ...(restarting ? { restartInMs: RESTART_DELAY_MS } : {}) });
-    if (!restarting) return;
-    const timer = setTimeout(() => {
-      this.#restartTimers.delete(timer);
-      if (this.#state !== 'running') return;
-      this.#spawn(link.index).catch((err: Error) => {
-        this.#logger.error('udp worker could not be restarted; the other workers keep serving', { worker: link.index, error: err.message });
-      });
-    }, RESTART_DELAY_MS);
-    timer.unref();
-    this.#restartTimers.add(timer);
-  }
-
   async #shutdownAll(): Promise<void> {
-    for (const t of this.#restartTimers) clearTimeout(t);
-    this.#restartTimers.clear();
+    this.#restarts.cancel();
     const exits: Promise<void>[] = [];
     for (const l of this.#links) {
       if (l === null || !l.alive) continue;
