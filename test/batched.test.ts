@@ -1788,3 +1788,20 @@ t.test('dgram with SO_REUSEPORT, pause on a wildcard address: an answer to a que
   held!();
   t.match(await out, /status: NOERROR/, 'the query taken before the pause is answered');
 });
+
+t.test('shutdown past its grace: abortAll() and close() do not wait forever on a worker that does not answer', async (t) => {
+  // A worker asleep in poll that the main thread can no longer wake (its eventfd writes swallowed) answers neither
+  // 'abort' nor 'close' until its idle poll ends: stand-in for a stuck worker. The agent awaits both with no deadline.
+  let deaf = false;
+  const r = await rig(t, { idlePollMs: 4000, spy: (sys) => ({ ...sys, wake: (fd) => (deaf ? 0 : sys.wake(fd)) }) });
+  await new Promise((res) => setTimeout(res, 200));
+  deaf = true;
+  r.listener.pause();
+  const at = Date.now();
+  t.equal(await r.listener.abortAll(), 0, 'abortAll() resolves');
+  t.ok(Date.now() - at < 3000, `within its wait, not the worker's poll (${Date.now() - at} ms)`);
+  t.ok(r.logs.some((l) => l.includes('did not abort in time')), 'the stuck worker is named and terminated');
+  const closing = Date.now();
+  await r.listener.close();
+  t.ok(Date.now() - closing < 3000, `close() does not wait on it either (${Date.now() - closing} ms)`);
+});

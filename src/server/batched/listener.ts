@@ -46,6 +46,7 @@ import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
 import { WorkerRestarts } from './worker-restarts.js';
+import { WORKER_STOP_WAIT_MS, stopWorkers, terminateStuck } from './worker-stop.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
 import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters, type WorkerCounters } from './stats.js';
@@ -197,13 +198,21 @@ export class BatchedUdpListener implements Listener, MissCompleter {
 
   /**
    * Shutdown past its grace period: every worker answers its waiting
-   * clients stale or SERVFAIL now. Resolves with how many were answered.
+   * clients stale or SERVFAIL now. Resolves with how many were answered;
+   * a worker silent after WORKER_STOP_WAIT_MS is terminated (clients retry).
    */
   abortAll(): Promise<number> {
     const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
     if (live.length === 0) return Promise.resolve(0);
     return new Promise((resolve) => {
-      this.#abortWaiters = { total: 0, resolve };
+      const timer = setTimeout(() => {
+        const a = this.#abortWaiters;
+        this.#abortWaiters = null;
+        for (const l of this.#links) if (l !== null && l.aborting) terminateStuck(l, 'abort', this.#logger);
+        a?.resolve(a.total);
+      }, WORKER_STOP_WAIT_MS);
+      timer.unref();
+      this.#abortWaiters = { total: 0, resolve: (n) => (clearTimeout(timer), resolve(n)) };
       for (const l of live) {
         l.aborting = true;
         l.lazy = false;
@@ -378,14 +387,6 @@ export class BatchedUdpListener implements Listener, MissCompleter {
 
   async #shutdownAll(): Promise<void> {
     this.#restarts.cancel();
-    const exits: Promise<void>[] = [];
-    for (const l of this.#links) {
-      if (l === null || !l.alive) continue;
-      l.closing = true;
-      l.lazy = false;
-      exits.push(new Promise((resolve) => l.worker.once('exit', () => resolve())));
-      l.post({ t: 'close' });
-    }
-    await Promise.all(exits);
+    await stopWorkers(this.#links.filter((l): l is WorkerLink => l !== null && l.alive), this.#logger);
   }
 }
