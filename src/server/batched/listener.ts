@@ -47,6 +47,7 @@ import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
 import { WorkerRestarts } from './worker-restarts.js';
 import { WORKER_STOP_WAIT_MS, stopWorkers, terminateStuck } from './worker-stop.js';
+import { isWildcardHost } from '../../sys/reuseport.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
 import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters, type WorkerCounters } from './stats.js';
@@ -82,6 +83,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #drainWaiters: (() => void)[];
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
   readonly #restarts: WorkerRestarts;
+  /** Per listen address: a wildcard, whose sockets pause() leaves in their group (see pause()). */
+  readonly #wildcard: readonly boolean[];
   /** What a scrape publishes: the workers' counters and ours added up, the dead workers' kept in. */
   readonly #totals: WorkerTotals;
 
@@ -122,6 +125,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       restarted: () => void this.#own.values[BATCHED_COUNTERS.slot.restarts]!++,
       logger: this.#logger,
     });
+    this.#wildcard = opts.listen.map((a) => isWildcardHost(a.host));
     this.#totals = new WorkerTotals(this.#own, this.#ownServer, this.#ownHist, this.sharedCache, opts.store === undefined);
   }
 
@@ -161,20 +165,24 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * traffic; alone, clients get a port-unreachable and move on), the
    * workers read and answer what was already queued, then stop receiving.
    * Answers to queries already taken still go out.
+   * Not a wildcard's: connect() would fix its source to loopback (answers to
+   * other hosts refused, EINVAL). Those stay in their group, read and
+   * answered until close() (new queries too); what is queued at close is lost.
    */
   pause(): void {
     if (this.#state !== 'running') return;
     this.#state = 'paused';
     for (const l of this.#links) {
       if (l === null || !l.alive) continue;
-      for (const fd of l.fds) {
+      l.fds.forEach((fd, a) => {
+        if (this.#wildcard[a] === true) return;
         const err = this.#sys.detach(fd);
         // Not fatal: the worker still stops receiving, and what the kernel hands this socket meanwhile is lost as before.
         if (err !== 0) this.#logger.warn('udp: could not take a socket out of its group at pause', { worker: l.index, errno: err });
-      }
+      });
       // No datagram will wake it any more: every completion from now on does.
       l.lazy = false;
-      l.post({ t: 'pause' });
+      l.post({ t: 'pause', keep: this.#wildcard });
     }
   }
 

@@ -171,7 +171,8 @@ export interface WorkerReport {
 export type ToWorker =
   | { readonly t: 'done'; readonly items: Packed }
   | { readonly t: 'configure' } & WorkerSettings
-  | { readonly t: 'pause' }
+  /** `keep`, per socket: left in its group (a wildcard: listener.ts pause()), so read and answered until close. */
+  | { readonly t: 'pause'; readonly keep?: readonly boolean[] }
   | { readonly t: 'abort' }
   | { readonly t: 'close' };
 
