@@ -120,7 +120,7 @@ export class WorkerLoop implements MissSink {
   #state: State;
   /** The last receive filled its vector: the kernel has more queued (see COMPLETIONS_WHEN_BEHIND). */
   #behind: boolean;
-  readonly #free: () => void;
+  #free: (() => void) | null;
   /** Per socket, once paused: left in its group by the main thread, so still read (the 'pause' message). */
   #keep: readonly boolean[];
   readonly #idleGc: IdleCollector;
@@ -227,8 +227,16 @@ export class WorkerLoop implements MissSink {
       if (this.#idleGc.maybeCollect(this.#clock.now(), this.#io[IO.datagrams]!)) this.#io[IO.idleGcs]!++;
     }
     trace?.write();
+    // Before 'closed': the main thread terminates the thread on it, and no JavaScript runs after that.
+    this.dispose();
     this.#outbox.post({ misses: null, logs: null, closed: true });
-    this.#free();
+  }
+
+  /** The native block goes (once): at the end of run(), or after it threw (worker.ts), so a worker that dies of an exception does not leak it. */
+  dispose(): void {
+    const free = this.#free;
+    this.#free = null;
+    free?.();
   }
 
   /** MissSink: queued for this turn's report; refused at once past the limit (the main thread is behind). */
