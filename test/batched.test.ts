@@ -1789,6 +1789,27 @@ t.test('dgram with SO_REUSEPORT, pause on a wildcard address: an answer to a que
   t.match(await out, /status: NOERROR/, 'the query taken before the pause is answered');
 });
 
+t.test('DirectAnswers: a waiter whose datagram does not parse here goes back to the worker with the others: nothing sent, no send error', async (t) => {
+  const sys = new FakeKernel([]);
+  const counters = new Counters(BATCHED_COUNTERS);
+  const d = new DirectAnswers(sys, [5], 2, 512, () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, new Counters(SERVER_COUNTERS), hitPathHistograms(), () => 1000);
+  const p = new Packer(false, WAITER_STRIDE);
+  for (const data of [query({ name: SVC, id: 1 }), Buffer.from('not a query')]) {
+    p.push(7, waiterTag(0, 16), data, null);
+    const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+    new Uint8Array(words.buffer).set(from4(1111));
+    p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+  }
+  d.expect(7);
+  d.add(p.take());
+  t.equal(d.answer(7, answer(SVC, [rr(SVC, '192.0.2.7', 600)])), 0, 'the worker answers both (it holds each client\'s datagram)');
+  t.equal(d.needWake, true, 'and is woken for it');
+  d.flush();
+  t.equal(sys.sent.length, 0, 'nothing sent from here');
+  t.equal(counters.get('sendErrors'), 0, 'nothing counted as a send error: nothing was sent');
+  d.close();
+});
+
 t.test('shutdown past its grace: abortAll() and close() do not wait forever on a worker that does not answer', async (t) => {
   // A worker asleep in poll that the main thread can no longer wake (its eventfd writes swallowed) answers neither
   // 'abort' nor 'close' until its idle poll ends: stand-in for a stuck worker. The agent awaits both with no deadline.
