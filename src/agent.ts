@@ -361,13 +361,16 @@ export class Agent {
   }
 
   /**
-   * Ready means: listeners bound, the link and rules in place (when ours),
-   * and at least one path that answers cluster names (the cluster DNS
-   * healthy, or the view synced); in local mode the listeners are enough.
+   * Ready means: listeners bound (with --io batched, a UDP worker in its
+   * loop), the link and rules in place (when ours), and at least one path
+   * that answers cluster names (the cluster DNS healthy, or the view
+   * synced); in local mode the listeners are enough.
    */
   readiness(): { ready: boolean; missing: string[] } {
     const missing: string[] = [];
     if (!this.#serving) missing.push('listeners');
+    // Serving with no batched worker in its loop (all dead, restarts failing): UDP is down, whatever TCP does.
+    else if (this.#batched !== null && this.#batched.liveWorkers === 0) missing.push('udp workers (none running; restarting)');
     for (const p of this.#nodeParts) if (!p.inPlace) missing.push(p.name);
     const cluster = this.#routing?.cluster ?? null;
     if (cluster !== null && !cluster.pool.health.healthy && this.#view?.synced !== true) missing.push('cluster names (cluster DNS failing, view not synced)');

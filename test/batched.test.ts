@@ -344,8 +344,10 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
   // A worker that dies takes its sockets out of the group with it: the other answers everyone at once.
   const before = r.listener.workerCounters()[0]!.io.get('datagrams');
   await r.listener.workerThread(1)!.terminate();
-  await until('the death to be noticed', () => r.listener.totals().io.get('restarts') === 1);
-  t.ok(r.logs.some((l) => l.includes('udp worker died')), 'logged');
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  t.equal(r.listener.liveWorkers, 1, 'one worker live while its successor waits its turn');
+  t.equal(r.listener.totals().io.get('workersLive'), 1, 'and nodelocal_udp_workers_live says so');
+  t.equal(r.listener.totals().io.get('restarts'), 0, 'no restart counted before the successor is ready');
   clients.forEach((c, i) => void c.send(port, 'svc-9.example.com', 800 + i));
   await until('all answers from the survivor', () => clients.every((c, i) => c.answers.has(800 + i)));
   t.equal(r.listener.workerCounters()[0]!.io.get('datagrams') - before, 32, 'all to worker 0');
@@ -526,7 +528,7 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   t.teardown(() => waker.close());
   void waker.send(port, 'svc-8.example.com', 1);
   await dying;
-  await until('the death to be noticed', () => r.listener.totals().io.get('restarts') === 1);
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
   t.equal(r.resolver.inflight, 1, 'dead before the upstream answered');
   release();
   await until('the upstream answer to come back', () => r.resolver.inflight === 0);
@@ -541,6 +543,7 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   t.same(dataOf(c.answers.get(2)), ['10.0.0.4']);
   t.equal(r.upstream.stats.udpQueries, 2, 'no second query for the name fetched before the death');
   t.equal(r.listener.workerCounters().at(-1)!.cache.get('hitPositive'), 1, 'a hit in the successor: it reads the same store');
+  t.equal(r.listener.totals().io.get('restarts'), 1, 'the restart counted, once its successor was ready');
   t.equal(spy.sends.length, sentBefore, 'a hit goes out from the worker');
   void c.send(port, 'held-7.example.com', 3);
   await until('the held name', () => c.answers.has(3), 30_000);
@@ -1784,4 +1787,42 @@ t.test('dgram with SO_REUSEPORT, pause on a wildcard address: an answer to a que
   udp.pause();
   held!();
   t.match(await out, /status: NOERROR/, 'the query taken before the pause is answered');
+});
+
+t.test('DirectAnswers: a waiter whose datagram does not parse here goes back to the worker with the others: nothing sent, no send error', async (t) => {
+  const sys = new FakeKernel([]);
+  const counters = new Counters(BATCHED_COUNTERS);
+  const d = new DirectAnswers(sys, [5], 2, 512, () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, new Counters(SERVER_COUNTERS), hitPathHistograms(), () => 1000);
+  const p = new Packer(false, WAITER_STRIDE);
+  for (const data of [query({ name: SVC, id: 1 }), Buffer.from('not a query')]) {
+    p.push(7, waiterTag(0, 16), data, null);
+    const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+    new Uint8Array(words.buffer).set(from4(1111));
+    p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+  }
+  d.expect(7);
+  d.add(p.take());
+  t.equal(d.answer(7, answer(SVC, [rr(SVC, '192.0.2.7', 600)])), 0, 'the worker answers both (it holds each client\'s datagram)');
+  t.equal(d.needWake, true, 'and is woken for it');
+  d.flush();
+  t.equal(sys.sent.length, 0, 'nothing sent from here');
+  t.equal(counters.get('sendErrors'), 0, 'nothing counted as a send error: nothing was sent');
+  d.close();
+});
+
+t.test('shutdown past its grace: abortAll() and close() do not wait forever on a worker that does not answer', async (t) => {
+  // A worker asleep in poll that the main thread can no longer wake (its eventfd writes swallowed) answers neither
+  // 'abort' nor 'close' until its idle poll ends: stand-in for a stuck worker. The agent awaits both with no deadline.
+  let deaf = false;
+  const r = await rig(t, { idlePollMs: 4000, spy: (sys) => ({ ...sys, wake: (fd) => (deaf ? 0 : sys.wake(fd)) }) });
+  await new Promise((res) => setTimeout(res, 200));
+  deaf = true;
+  r.listener.pause();
+  const at = Date.now();
+  t.equal(await r.listener.abortAll(), 0, 'abortAll() resolves');
+  t.ok(Date.now() - at < 3000, `within its wait, not the worker's poll (${Date.now() - at} ms)`);
+  t.ok(r.logs.some((l) => l.includes('did not abort in time')), 'the stuck worker is named and terminated');
+  const closing = Date.now();
+  await r.listener.close();
+  t.ok(Date.now() - closing < 3000, `close() does not wait on it either (${Date.now() - closing} ms)`);
 });

@@ -156,6 +156,8 @@ export class UdpListener implements Listener, ClientChannel {
     const sys = this.#sys;
     if (sys !== null && this.#handoverDrain) {
       const err = sys.detachUdp(this.#fd, this.#addr);
+      // Left in its group (connect() would fix its source to loopback): it keeps reading and answering until close.
+      if (err === 'wildcard') return;
       if (err === null) {
         this.#drained = new Promise((resolve) => {
           this.#drainDone = resolve;

@@ -12,7 +12,11 @@
  * - UDP: connect() to our own address. The group lookup skips a connected
  *   member (reuseport_select_sock_by_hash skips TCP_ESTABLISHED) and the
  *   connected socket only matches datagrams from that peer, which only the
- *   group itself could send; what is already queued stays readable.
+ *   group itself could send; what is already queued stays readable. Not a
+ *   wildcard socket: connect() also fixes its source address (to loopback,
+ *   the only "own address" it has), and every answer to another host is
+ *   refused (EINVAL). It stays in the group, read and answered until it
+ *   closes; what is queued on it then is lost.
  * - TCP: a one-instruction classic BPF program on the group ("return index
  *   N"), sending every new connection to the newest listener. No listener
  *   state makes the lookup skip a member, and shutdown() resets the accept
@@ -70,10 +74,11 @@ export interface ReusePort {
    */
   open(kind: SocketKind, addr: ServerAddress, backlog?: number): number | SysError;
   /**
-   * UDP: connects the socket to its own address (loopback for a wildcard) so
-   * the group stops choosing it; datagrams already queued stay readable.
+   * UDP: connects the socket to its own address so the group stops choosing
+   * it; datagrams already queued stay readable. 'wildcard': bound to
+   * 0.0.0.0 or ::, left as it is (keep reading and answering it until close).
    */
-  detachUdp(fd: number, addr: ServerAddress): SysError | null;
+  detachUdp(fd: number, addr: ServerAddress): SysError | null | 'wildcard';
   /** Attaches "return index" to the fd's reuseport group: new traffic goes to the index-th member (join order), or is hashed when there is no such member. */
   steer(fd: number, index: number): SysError | null;
   /** Bytes in the socket's receive queue (UDP: datagrams not yet read), or -errno. */
@@ -140,11 +145,11 @@ async function load(): Promise<ReusePort | string> {
         return err;
       },
       detachUdp(fd, addr) {
+        if (isWildcardHost(addr.host)) return 'wildcard';
         // Our own address: the only senders that could match it are the members of the group.
-        const self = { host: loopbackFor(addr.host), port: addr.port };
-        const sa = sockaddr(self, ifNameToIndex);
+        const sa = sockaddr(addr, ifNameToIndex);
         if (typeof sa === 'string') return { errno: 22, message: sa };
-        return connect(fd, sa.bytes, sa.bytes.length) === 0 ? null : fail(`connect() to ${formatHostPort(self)}`);
+        return connect(fd, sa.bytes, sa.bytes.length) === 0 ? null : fail(`connect() to ${formatHostPort(addr)}`);
       },
       steer(fd, index) {
         // struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; }, one instruction; struct sock_fprog { u16 len; sock_filter *filter; }.
@@ -207,11 +212,14 @@ function errnoName(errno: number): string {
   return name;
 }
 
-/** Where a wildcard socket connects to take itself out of its group: its own port on loopback. */
-function loopbackFor(host: string): string {
-  if (host === '0.0.0.0') return '127.0.0.1';
-  if (host === '::') return '::1';
-  return host;
+/**
+ * An unspecified address (0.0.0.0, ::, any spelling, any zone): a socket
+ * bound there must never be connect()ed to take it out of its group, since
+ * connect() would also fix its source address.
+ */
+export function isWildcardHost(host: string): boolean {
+  const ip = ipToBytes(host.split('%')[0] ?? '');
+  return ip !== null && ip.every((b) => b === 0);
 }
 
 interface SockAddr {

@@ -29,6 +29,8 @@ export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 export const POLLIN = 0x1;
 const PR_SET_NAME = 15;
+/** errno.h: what detach() answers for a wildcard-bound socket, which it never connects. */
+const EINVAL = 22;
 /**
  * socket(7), asm-generic (x86-64 and arm64): SO_TIMESTAMPNS (the "old" one,
  * whose struct timespec is already 64-bit on LP64) asks for the kernel's
@@ -70,11 +72,13 @@ export interface UdpBatchSys {
   /** The port a socket is bound to, or -errno. */
   localPort(fd: number): number;
   /**
-   * Connects a bound UDP socket to its own address (loopback for a
-   * wildcard): the kernel stops choosing it in its SO_REUSEPORT group
-   * (reuseport_select_sock_by_hash skips connected members) and it only
-   * matches datagrams from itself, while what is already queued stays
-   * readable. 0 or errno.
+   * Connects a bound UDP socket to its own address: the kernel stops
+   * choosing it in its SO_REUSEPORT group (reuseport_select_sock_by_hash
+   * skips connected members) and it only matches datagrams from itself,
+   * while what is already queued stays readable. 0 or errno; EINVAL for a
+   * socket bound to a wildcard, which is never connected: connect() would
+   * fix its source address to loopback, and answers to other hosts would
+   * be refused.
    */
   detach(fd: number): number;
   /** A non-blocking eventfd: the main thread writes to it to wake a worker out of poll. */
@@ -220,8 +224,7 @@ function bind(koffi: Koffi): UdpBatchSys {
       const len = [b.length];
       if (getsockname(fd, b, len) !== 0) return koffi.errno();
       const family = b.readUInt16LE(0);
-      if (family === AF_INET && b.readUInt32BE(4) === 0) b.writeUInt32BE(0x7f000001, 4);
-      if (family === AF_INET6 && b.subarray(8, 24).every((x) => x === 0)) b[23] = 1;
+      if ((family === AF_INET && b.readUInt32BE(4) === 0) || (family === AF_INET6 && b.subarray(8, 24).every((x) => x === 0))) return EINVAL;
       return connect(fd, b, family === AF_INET6 ? 28 : 16) === 0 ? 0 : koffi.errno();
     },
     eventfd() {

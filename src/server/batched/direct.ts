@@ -175,16 +175,15 @@ export class DirectAnswers {
     const plan = planCaching(scan, policy.cache, a);
     // Served the same second it is stored: no aging, so the clock does not matter here.
     const entry = AnswerCopy.fromAnswer(a, scan, 0, plan.kind === 'none' ? 0 : plan.ttl, Number.POSITIVE_INFINITY, plan.kind === 'negative');
-    for (const w of list) {
-      const q = parseQuery(w.msg);
-      // It parsed in the worker (it became a waiter), so it parses here; if not, the client retries.
-      if (q.status !== QueryStatus.OK) {
-        this.#v[IO.sendErrors]!++;
-        continue;
-      }
+    const queries = list.map((w) => parseQuery(w.msg));
+    // Each parsed in the worker (it became a waiter); one that does not here (nothing sent, so no send error) goes
+    // back with all the others: the worker answers them, with its own copy of the datagram.
+    if (queries.some((q) => q.status !== QueryStatus.OK)) return false;
+    list.forEach((w, k) => {
+      const q = queries[k]!;
       const limit = !q.edns ? CLASSIC_UDP_LIMIT : q.udpSize < policy.maxUdpSize ? q.udpSize : policy.maxUdpSize;
       this.#queue(w, entry.serve(q, 0, limit, DEFAULT_EDNS_SIZE));
-    }
+    });
     return true;
   }
 

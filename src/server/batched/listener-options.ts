@@ -66,7 +66,10 @@ export interface BatchedUdpOptions {
  * resolvers use a new source port per lookup, so each worker sees about
  * 1/N of a client's misses: a 1/N share keeps the agent-wide limit where
  * --client-miss-rate puts it. (A client that sends everything from one
- * port lands on one worker and gets 1/N: stricter, never looser.)
+ * port lands on one worker and gets 1/N: stricter.) The burst is the one
+ * share that can be looser: a bucket admits nothing below one whole token,
+ * so each worker gets at least 1, and with --client-miss-burst below N the
+ * agent-wide burst is N.
  */
 export function workerMissLimit(rate: number, burst: number, workers: number): { clientMissRate: number; clientMissBurst: number } {
   if (rate <= 0) return { clientMissRate: 0, clientMissBurst: 1 };

@@ -45,6 +45,9 @@ import { workerMissLimit, type BatchedUdpOptions } from './listener-options.js';
 import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
+import { WorkerRestarts } from './worker-restarts.js';
+import { WORKER_STOP_WAIT_MS, stopWorkers, terminateStuck } from './worker-stop.js';
+import { isWildcardHost } from '../../sys/reuseport.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
 import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters, type WorkerCounters } from './stats.js';
@@ -52,9 +55,6 @@ import { hitPathHistograms } from '../../ops/histogram.js';
 import { MISS_TRACE, traceReport } from '../../miss-trace.js';
 
 export * from './listener-options.js';
-
-/** A worker that died is replaced after this: long enough not to spin on a bug, short against a pod's 5 s timeout. */
-const RESTART_DELAY_MS = 1000;
 
 type State = 'new' | 'running' | 'paused' | 'closed';
 
@@ -82,7 +82,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #state: State;
   #drainWaiters: (() => void)[];
   #abortWaiters: { total: number; resolve: (n: number) => void } | null;
-  readonly #restartTimers: Set<NodeJS.Timeout>;
+  readonly #restarts: WorkerRestarts;
+  /** Per listen address: a wildcard, whose sockets pause() leaves in their group (see pause()). */
+  readonly #wildcard: readonly boolean[];
   /** What a scrape publishes: the workers' counters and ours added up, the dead workers' kept in. */
   readonly #totals: WorkerTotals;
 
@@ -117,7 +119,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#state = 'new';
     this.#drainWaiters = [];
     this.#abortWaiters = null;
-    this.#restartTimers = new Set();
+    this.#restarts = new WorkerRestarts(opts.workers, {
+      spawn: (i) => this.#spawn(i),
+      running: () => this.#state === 'running',
+      restarted: () => void this.#own.values[BATCHED_COUNTERS.slot.restarts]!++,
+      logger: this.#logger,
+    });
+    this.#wildcard = opts.listen.map((a) => isWildcardHost(a.host));
     this.#totals = new WorkerTotals(this.#own, this.#ownServer, this.#ownHist, this.sharedCache, opts.store === undefined);
   }
 
@@ -143,6 +151,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       const results = await Promise.allSettled(started);
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed !== undefined) throw failed.reason;
+      for (let i = 0; i < this.#links.length; i++) this.#restarts.ready(i);
     } catch (err) {
       await this.#shutdownAll();
       throw new Error(`cannot listen on ${this.name}: ${err instanceof Error ? err.message : String(err)}`);
@@ -156,20 +165,24 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * traffic; alone, clients get a port-unreachable and move on), the
    * workers read and answer what was already queued, then stop receiving.
    * Answers to queries already taken still go out.
+   * Not a wildcard's: connect() would fix its source to loopback (answers to
+   * other hosts refused, EINVAL). Those stay in their group, read and
+   * answered until close() (new queries too); what is queued at close is lost.
    */
   pause(): void {
     if (this.#state !== 'running') return;
     this.#state = 'paused';
     for (const l of this.#links) {
       if (l === null || !l.alive) continue;
-      for (const fd of l.fds) {
+      l.fds.forEach((fd, a) => {
+        if (this.#wildcard[a] === true) return;
         const err = this.#sys.detach(fd);
         // Not fatal: the worker still stops receiving, and what the kernel hands this socket meanwhile is lost as before.
         if (err !== 0) this.#logger.warn('udp: could not take a socket out of its group at pause', { worker: l.index, errno: err });
-      }
+      });
       // No datagram will wake it any more: every completion from now on does.
       l.lazy = false;
-      l.post({ t: 'pause' });
+      l.post({ t: 'pause', keep: this.#wildcard });
     }
   }
 
@@ -193,13 +206,21 @@ export class BatchedUdpListener implements Listener, MissCompleter {
 
   /**
    * Shutdown past its grace period: every worker answers its waiting
-   * clients stale or SERVFAIL now. Resolves with how many were answered.
+   * clients stale or SERVFAIL now. Resolves with how many were answered;
+   * a worker silent after WORKER_STOP_WAIT_MS is terminated (clients retry).
    */
   abortAll(): Promise<number> {
     const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
     if (live.length === 0) return Promise.resolve(0);
     return new Promise((resolve) => {
-      this.#abortWaiters = { total: 0, resolve };
+      const timer = setTimeout(() => {
+        const a = this.#abortWaiters;
+        this.#abortWaiters = null;
+        for (const l of this.#links) if (l !== null && l.aborting) terminateStuck(l, 'abort', this.#logger);
+        a?.resolve(a.total);
+      }, WORKER_STOP_WAIT_MS);
+      timer.unref();
+      this.#abortWaiters = { total: 0, resolve: (n) => (clearTimeout(timer), resolve(n)) };
       for (const l of live) {
         l.aborting = true;
         l.lazy = false;
@@ -262,6 +283,11 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#exchange.complete(token, answer, outcome);
   }
 
+  /** Workers in their loop, taking queries (fewer than `workers` while one is being restarted). */
+  get liveWorkers(): number {
+    return this.#links.filter((l) => l !== null && l.alive && l.ready).length;
+  }
+
   /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
   workerThread(i: number): Worker | null {
     const l = this.#links[i];
@@ -279,6 +305,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * thread's own slots (restarts, cross-worker coalescing).
    */
   totals(): BatchedTotals {
+    this.#own.values[BATCHED_COUNTERS.slot.workersLive] = this.liveWorkers;
     return this.#totals.sum(this.workerCounters());
   }
 
@@ -302,7 +329,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     if (!link.closing) this.#totals.died(link.counters);
     // A dead worker applies nothing more; its successor starts with the latest settings.
     for (const done of link.configuring.splice(0)) done();
-    if (!link.closing) this.#restart(link, code);
+    if (!link.closing) this.#restarts.died(link.index, code);
     this.#checkDrained();
     this.#checkAborted(link, 0);
   }
@@ -366,34 +393,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     a.resolve(a.total);
   }
 
-  /** A worker died: its sockets are already closed (the kernel spreads its traffic over the others); while running, a new one follows shortly. */
-  #restart(link: WorkerLink, code: number): void {
-    const restarting = this.#state === 'running';
-    this.#own.values[BATCHED_COUNTERS.slot.restarts]! += restarting ? 1 : 0;
-    this.#logger.error('udp worker died; its sockets are closed', { worker: link.index, code, ...(restarting ? { restartInMs: RESTART_DELAY_MS } : {}) });
-    if (!restarting) return;
-    const timer = setTimeout(() => {
-      this.#restartTimers.delete(timer);
-      if (this.#state !== 'running') return;
-      this.#spawn(link.index).catch((err: Error) => {
-        this.#logger.error('udp worker could not be restarted; the other workers keep serving', { worker: link.index, error: err.message });
-      });
-    }, RESTART_DELAY_MS);
-    timer.unref();
-    this.#restartTimers.add(timer);
-  }
-
   async #shutdownAll(): Promise<void> {
-    for (const t of this.#restartTimers) clearTimeout(t);
-    this.#restartTimers.clear();
-    const exits: Promise<void>[] = [];
-    for (const l of this.#links) {
-      if (l === null || !l.alive) continue;
-      l.closing = true;
-      l.lazy = false;
-      exits.push(new Promise((resolve) => l.worker.once('exit', () => resolve())));
-      l.post({ t: 'close' });
-    }
-    await Promise.all(exits);
+    this.#restarts.cancel();
+    await stopWorkers(this.#links.filter((l): l is WorkerLink => l !== null && l.alive), this.#logger);
   }
 }

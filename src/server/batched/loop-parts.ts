@@ -3,13 +3,14 @@
  * client a datagram came from (its sockaddr in the receive vector, copied
  * out only when the query must wait), the datagram itself (a view of its
  * receive slot, kept per slot and length), the clock stamped once per turn,
- * and the logger whose lines ride with the turn's report.
+ * the wall clock datagrams are aged by, and the logger whose lines ride
+ * with the turn's report.
  */
 import type { Clock } from '../../clock.js';
 import type { LogFields, Logger } from '../../log.js';
 import type { ClientPeer } from '../listener.js';
-import { AF_INET6 } from '../../sys/udp-batch.js';
-import { SOCKADDR_SLOT_BYTES } from './msgvec.js';
+import { AF_INET6, type UdpBatchSys } from '../../sys/udp-batch.js';
+import { SOCKADDR_SLOT_BYTES, type Arena, type Timespec } from './msgvec.js';
 import type { LogRecord } from './protocol.js';
 
 /**
@@ -103,6 +104,37 @@ export class SlotViews {
 }
 
 /** The hit path's clock in a worker: stamped once per turn (TTLs count in seconds), no timers (the loop never yields). */
+/** CLOCK_REALTIME (what the kernel stamps datagrams with), read into a struct timespec in the worker's native block. */
+export class Realtime {
+  readonly now: Timespec;
+  readonly #sys: UdpBatchSys;
+  readonly #arena: Arena;
+  readonly #off: number;
+
+  /** `off`: 16 bytes of the arena for the timespec. */
+  constructor(sys: UdpBatchSys, arena: Arena, off: number) {
+    this.now = { sec: 0, nsec: 0 };
+    this.#sys = sys;
+    this.#arena = arena;
+    this.#off = off;
+  }
+
+  /** Now, into `now`. */
+  read(): void {
+    this.#sys.realtime(this.#arena.address + this.#off);
+    const u32 = this.#arena.u32;
+    const w = this.#off >> 2;
+    this.now.sec = u32[w]! + u32[w + 1]! * 0x100000000;
+    this.now.nsec = u32[w + 2]!;
+  }
+
+  /** Now in microseconds since the epoch (the trace's clock). */
+  us(): number {
+    this.read();
+    return this.now.sec * 1e6 + this.now.nsec / 1000;
+  }
+}
+
 export class TurnClock implements Clock {
   stamp: number;
   constructor() {

@@ -43,13 +43,14 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { CacheReader } from '../../cache/reader.js';
 import { ClientMissLimiter } from '../client-limit.js';
 import { HitPath, type MissSink } from '../hit-path.js';
-import { EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, type UdpBatchSys } from '../../sys/udp-batch.js';
-import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes, type Timespec } from './msgvec.js';
+import { EAGAIN, EINTR, MSG_DONTWAIT, type UdpBatchSys } from '../../sys/udp-batch.js';
+import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from './msgvec.js';
 import { RxTrace, traceKey } from './rx-trace.js';
-import { Peer, ReportLogger, SlotViews, TurnClock } from './loop-parts.js';
+import { Peer, Realtime, ReportLogger, SlotViews, TurnClock } from './loop-parts.js';
 import { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND, Completions } from './loop-completions.js';
 import { Outbox } from './loop-report.js';
 import { Sender, SocketChannel } from './loop-send.js';
+import { POLLFD_BYTES, Poller } from './loop-poll.js';
 import { IdleCollector, exposeGc } from '../../ops/idle-gc.js';
 import { ShedGate } from './shed-gate.js';
 import { Ctl, type ToWorker, type WorkerInit } from './protocol.js';
@@ -67,14 +68,14 @@ export const RECV_SLOT_BYTES = 4096;
  * safety net (and one wakeup a second is ~0% CPU).
  */
 const IDLE_POLL_MS = 1000;
-const POLLFD_BYTES = 8;
 const IO = BATCHED_COUNTERS.slot;
 
 /**
  * running: receiving. draining: paused by the main thread, which has taken
  * our sockets out of the group; we read what the kernel had already queued
- * for us, until a receive finds nothing. paused: no more receiving; answers
- * to queries taken still go out. closing: leave the loop.
+ * for us, until a receive finds nothing. paused: no more receiving, but on
+ * the sockets it left in their group (wildcards: listener.ts pause());
+ * answers to queries taken still go out. closing: leave the loop.
  */
 type State = 'running' | 'draining' | 'paused' | 'closing';
 
@@ -100,12 +101,10 @@ export class WorkerLoop implements MissSink {
   /** Each socket's send vector, and which waiting clients the main thread answered itself (loop-send.ts). */
   readonly #sender: Sender;
   readonly #peers: Peer[];
-  /** pollfd[0] is the eventfd, then one per socket. */
-  readonly #pollOff: number;
+  readonly #poller: Poller;
   readonly #scratchOff: number;
-  /** A struct timespec in the arena: clock_gettime(CLOCK_REALTIME) after each receive, to age the datagrams by. */
-  readonly #nowOff: number;
-  readonly #now: Timespec;
+  /** CLOCK_REALTIME after each receive, to age the datagrams by. */
+  readonly #realtime: Realtime;
   /** Per socket: the kernel stamps its datagrams (SO_TIMESTAMPNS accepted). */
   readonly #stamped: boolean[];
   readonly #queueWait: TypedHistogram;
@@ -121,7 +120,9 @@ export class WorkerLoop implements MissSink {
   #state: State;
   /** The last receive filled its vector: the kernel has more queued (see COMPLETIONS_WHEN_BEHIND). */
   #behind: boolean;
-  readonly #free: () => void;
+  #free: (() => void) | null;
+  /** Per socket, once paused: left in its group by the main thread, so still read (the 'pause' message). */
+  #keep: readonly boolean[];
   readonly #idleGc: IdleCollector;
 
   constructor(sys: UdpBatchSys, port: MessagePort, init: WorkerInit) {
@@ -164,8 +165,7 @@ export class WorkerLoop implements MissSink {
     this.#scratchOff = this.#arena.take(SOCKADDR_SLOT_BYTES);
     this.#sender = new Sender(sys, init.fds, this.#arena, send, this.#scratchOff, this.#counters);
     this.#channels = init.fds.map((_fd, i) => new SocketChannel(this.#sender, i));
-    this.#nowOff = this.#arena.take(TIMESPEC_BYTES);
-    this.#now = { sec: 0, nsec: 0 };
+    this.#realtime = new Realtime(sys, this.#arena, this.#arena.take(TIMESPEC_BYTES));
     this.#queueWait = this.#counters.queueWait;
     this.#maxAgeNs = init.maxQueryAgeMs * 1e6;
     this.#trace = RxTrace.fromEnv(init.index);
@@ -175,17 +175,12 @@ export class WorkerLoop implements MissSink {
       if (err !== 0) this.#logger.warn('udp: no kernel receive timestamps (SO_TIMESTAMPNS refused): queue wait not measured, --max-query-age not applied', { socket: init.names[i], errno: err });
       return err === 0;
     });
-    this.#pollOff = this.#arena.take((init.fds.length + 1) * POLLFD_BYTES);
-    const pv = this.#arena.view;
-    const all = [init.wakeFd, ...init.fds];
-    all.forEach((fd, i) => {
-      pv.setInt32(this.#pollOff + i * POLLFD_BYTES, fd, true);
-      pv.setInt16(this.#pollOff + i * POLLFD_BYTES + 4, POLLIN, true);
-    });
+    this.#poller = new Poller(sys, this.#arena, this.#ctl, init.wakeFd, init.fds, this.#scratchOff, init.idlePollMs ?? IDLE_POLL_MS);
     this.#outbox = new Outbox(port, this.#logger);
     this.#forwarded = 0;
     this.#completions = new Completions(this.#hits, this.#clock, this.#sender, this.#outbox);
     this.#state = 'running';
+    this.#keep = [];
     this.#behind = false;
     this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
   }
@@ -197,36 +192,51 @@ export class WorkerLoop implements MissSink {
     const trace = this.#trace;
     for (;;) {
       this.#clock.tick();
-      if (trace !== null) trace.turn(this.#realtimeUs());
+      if (trace !== null) trace.turn(this.#realtime.us());
       if (MISS_TRACE) this.#outbox.traceTurnAt = traceNow();
       // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
       if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
-      if (trace !== null) trace.mark(1, this.#realtimeUs());
+      if (trace !== null) trace.mark(1, this.#realtime.us());
       // Completions left over count as work: no sleeping while some wait.
       let got = this.#completions.waiting ? this.#completions.apply(this.#behind ? COMPLETIONS_WHEN_BEHIND : COMPLETIONS_PER_TURN) : 0;
       this.#behind = false;
-      if (trace !== null) trace.mark(2, this.#realtimeUs());
+      if (trace !== null) trace.mark(2, this.#realtime.us());
       if (MISS_TRACE) this.#outbox.traceCompletedAt = traceNow();
       let received = 0;
-      if (this.#state === 'running' || this.#state === 'draining') {
-        for (let s = 0; s < fds.length; s++) received += this.#receive(s);
-        if (received === 0 && this.#state === 'draining') this.#state = 'paused';
+      if (this.#state !== 'closing') {
+        let detached = 0;
+        for (let s = 0; s < fds.length; s++) {
+          const kept = this.#keep[s] === true;
+          if (this.#state === 'paused' && !kept) continue;
+          const n = this.#receive(s);
+          received += n;
+          if (!kept) detached += n;
+        }
+        if (detached === 0 && this.#state === 'draining') this.#paused();
         got += received;
       }
       const missed = this.#outbox.missed;
       // Gauges before the answers leave: a client that reads them after its answer sees this turn's.
       this.#publish();
       this.#sender.flushFilled();
-      if (trace !== null) trace.sent(this.#realtimeUs());
+      if (trace !== null) trace.sent(this.#realtime.us());
       this.#outbox.send((this.#state === 'paused' || this.#state === 'closing') && this.#hits.inflight === 0);
-      if (trace !== null) trace.endTurn(this.#realtimeUs(), got, this.#io[IO.wakeups]!);
+      if (trace !== null) trace.endTurn(this.#realtime.us(), got, this.#io[IO.wakeups]!);
       if (this.#state === 'closing') break;
       if (got === 0 || (missed && !this.#completions.waiting && received < this.#init.batch)) this.#sleep();
       if (this.#idleGc.maybeCollect(this.#clock.now(), this.#io[IO.datagrams]!)) this.#io[IO.idleGcs]!++;
     }
     trace?.write();
+    // Before 'closed': the main thread terminates the thread on it, and no JavaScript runs after that.
+    this.dispose();
     this.#outbox.post({ misses: null, logs: null, closed: true });
-    this.#free();
+  }
+
+  /** The native block goes (once): at the end of run(), or after it threw (worker.ts), so a worker that dies of an exception does not leak it. */
+  dispose(): void {
+    const free = this.#free;
+    this.#free = null;
+    free?.();
   }
 
   /** MissSink: queued for this turn's report; refused at once past the limit (the main thread is behind). */
@@ -257,9 +267,9 @@ export class WorkerLoop implements MissSink {
     const hits = this.#hits;
     const peers = this.#peers;
     const stamped = this.#stamped[s]!;
-    const now = this.#now;
+    const now = this.#realtime.now;
     // One clock read per batch, after the receive: a datagram's age is its whole wait, up to the moment it was taken.
-    if (stamped) this.#readNow();
+    if (stamped) this.#realtime.read();
     const maxAgeNs = this.#maxAgeNs;
     const trace = this.#trace;
     for (let i = 0; i < n; i++) {
@@ -301,21 +311,6 @@ export class WorkerLoop implements MissSink {
     return n;
   }
 
-  /** CLOCK_REALTIME now, into #now. */
-  #readNow(): void {
-    this.#sys.realtime(this.#arena.address + this.#nowOff);
-    const u32 = this.#arena.u32;
-    const w = this.#nowOff >> 2;
-    this.#now.sec = u32[w]! + u32[w + 1]! * 0x100000000;
-    this.#now.nsec = u32[w + 2]!;
-  }
-
-  /** CLOCK_REALTIME now in microseconds since the epoch (the trace's clock). */
-  #realtimeUs(): number {
-    this.#readNow();
-    return this.#now.sec * 1e6 + this.#now.nsec / 1000;
-  }
-
   #takeMessages(): void {
     for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
       this.#apply(m.message as ToWorker);
@@ -336,6 +331,7 @@ export class WorkerLoop implements MissSink {
         return;
       case 'pause':
         if (this.#state === 'running') this.#state = 'draining';
+        this.#keep = m.keep ?? [];
         return;
       case 'abort': {
         // Completions taken first: their clients may have had their answer from the main thread, and must not get a SERVFAIL after it.
@@ -359,20 +355,15 @@ export class WorkerLoop implements MissSink {
    * if a datagram came meanwhile, so nothing waits longer for it.
    */
   #sleep(): void {
-    const ctl = this.#ctl;
-    Atomics.store(ctl, Ctl.SLEEPING, 1);
-    // Checked after announcing the sleep: a message posted before this is seen here, one posted after finds SLEEPING and wakes us.
-    if (Atomics.load(ctl, Ctl.PENDING) === 0) {
-      const nfds = this.#state === 'running' || this.#state === 'draining' ? this.#fds.length + 1 : 1;
-      this.#sys.poll(this.#arena.address + this.#pollOff, nfds, this.#init.idlePollMs ?? IDLE_POLL_MS);
-      this.#io[IO.wakeups]!++;
-      if (MISS_TRACE) this.#outbox.traceSlept = true;
-    }
-    Atomics.store(ctl, Ctl.SLEEPING, 0);
-    // The eventfd is level-triggered: drain it whether or not this wake came from it (read fails with EAGAIN when empty).
-    if ((this.#arena.view.getInt16(this.#pollOff + 6, true) & POLLIN) !== 0) {
-      this.#sys.read8(this.#init.wakeFd, this.#arena.address + this.#scratchOff);
-    }
+    if (!this.#poller.sleep()) return;
+    this.#io[IO.wakeups]!++;
+    if (MISS_TRACE) this.#outbox.traceSlept = true;
+  }
+
+  /** The detached sockets are empty: neither read nor polled any more. */
+  #paused(): void {
+    this.#state = 'paused';
+    for (let s = 0; s < this.#fds.length; s++) if (this.#keep[s] !== true) this.#poller.skip(s);
   }
 
   #publish(): void {

@@ -28,9 +28,9 @@ export const Ctl = {
   PENDING: 0,
   /** 1 while the worker sleeps in poll: whoever posts must write to its eventfd. */
   SLEEPING: 1,
-  /** When the main thread last refused one of this worker's misses for load: wall ms cut to 32 bits (shed-gate.ts). */
+  /** When the main thread last refused one of this worker's misses for load: wall ms, a BigInt64 over this word and the next (shed-gate.ts). */
   REFUSED_AT: 2,
-  WORDS: 3,
+  WORDS: 4,
 } as const;
 
 /** Everything a worker needs to start; sockets are made and bound by the main thread (errors surface at start()). */
@@ -171,7 +171,8 @@ export interface WorkerReport {
 export type ToWorker =
   | { readonly t: 'done'; readonly items: Packed }
   | { readonly t: 'configure' } & WorkerSettings
-  | { readonly t: 'pause' }
+  /** `keep`, per socket: left in its group (a wildcard: listener.ts pause()), so read and answered until close. */
+  | { readonly t: 'pause'; readonly keep?: readonly boolean[] }
   | { readonly t: 'abort' }
   | { readonly t: 'close' };
 

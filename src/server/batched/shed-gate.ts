@@ -12,14 +12,15 @@
  * what cached answers waited behind (README, "Hits beside a miss flood"). Shed
  * here, a flood miss costs what an error answer costs.
  *
- * The main thread stamps a shared word with the wall clock (ms, cut to 32
- * bits) each time it refuses one of this worker's questions at the cap; the
+ * The main thread stamps a shared 64-bit word with the wall clock (ms)
+ * each time it refuses one of this worker's questions at the cap; the
  * worker sheds every new miss for SHED_WINDOW_MS after the latest stamp,
  * then, until SOFT_PERIOD_MS after it, those beyond SOFT_INFLIGHT of its own
- * waiting on the main thread. Differences are
- * taken in 32-bit arithmetic, so the wrap every 49.7 days is harmless, and a
- * stamp from the future (the wall clock stepped back) ends the window
- * rather than stretching it. Once the window ends a trickle of misses flows
+ * waiting on the main thread. The whole stamp, not 32 bits of it: a cut
+ * stamp came round again every 2^32 ms (49.7 days), and every worker (all
+ * stamped at spawn) then read "refused just now" at once. A stamp from the
+ * future (the wall clock stepped back) ends the window rather than
+ * stretching it. Once the window ends a trickle of misses flows
  * to the main thread again; if it still refuses, the next stamp opens the
  * next window; if it answers, the period runs out and the limits are the
  * usual ones.
@@ -50,13 +51,17 @@ export const SHED_WINDOW_MS = 50;
 export const SOFT_PERIOD_MS = 2000;
 export const SOFT_INFLIGHT = 64;
 
-/** The wall clock as the shared word holds it: ms since the epoch, cut to a signed 32-bit integer. */
-export function wallStamp(ms: number = Date.now()): number {
-  return ms | 0;
+/**
+ * The stamp's word pair as one BigInt64 (Atomics: never read half written).
+ * A Float64 would hold the ms without a BigInt per read, but Atomics does
+ * not take one, and a plain read racing a write may tear.
+ */
+function refusedAt(ctl: Int32Array): BigInt64Array {
+  return new BigInt64Array(ctl.buffer, ctl.byteOffset + Ctl.REFUSED_AT * 4, 1);
 }
 
 export class ShedGate implements MissGate {
-  readonly #ctl: Int32Array;
+  readonly #refusedAt: BigInt64Array;
   readonly #v: Float64Array;
   readonly #slot: number;
   readonly #wall: () => number;
@@ -68,7 +73,7 @@ export class ShedGate implements MissGate {
 
   /** `reads`: the worker's cache reader, whose last read may have given up on a store mid-change (that is no miss). */
   constructor(ctl: Int32Array, localZones: readonly string[], reads: { readonly lastGaveUp: boolean }, counter: { values: Float64Array; slot: number }, wall: () => number = Date.now) {
-    this.#ctl = ctl;
+    this.#refusedAt = refusedAt(ctl);
     this.#reads = reads;
     this.#v = counter.values;
     this.#slot = counter.slot;
@@ -90,7 +95,8 @@ export class ShedGate implements MissGate {
 
   /** False: answer this new miss now (stale or SERVFAIL), the main thread is refusing them. Counts what it turns away. */
   admits(key: string): boolean {
-    const since = (wallStamp(this.#wall()) - Atomics.load(this.#ctl, Ctl.REFUSED_AT)) | 0;
+    // One BigInt per new miss (not per hit): nothing beside the miss's own cost.
+    const since = this.#wall() - Number(Atomics.load(this.#refusedAt, 0));
     if (since < 0 || since >= SOFT_PERIOD_MS) return true;
     if (since >= SHED_WINDOW_MS && this.#waiting.inflight < SOFT_INFLIGHT) return true;
     // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
@@ -103,5 +109,5 @@ export class ShedGate implements MissGate {
 
 /** The main thread's side: one of this worker's questions was refused at the cap. */
 export function stampRefusal(ctl: Int32Array, ms: number = Date.now()): void {
-  Atomics.store(ctl, Ctl.REFUSED_AT, wallStamp(ms));
+  Atomics.store(refusedAt(ctl), 0, BigInt(Math.trunc(ms)));
 }

@@ -29,7 +29,7 @@ export const BATCHED_COUNTERS = defineCounters({
     labels: { reason: 'upstream_busy' },
     help: 'Misses a batched worker answered itself at once (stale, else SERVFAIL), by reason: worker_limit, its limit already waited on the main thread; upstream_busy, the main thread was refusing misses at --max-concurrent in the last 50 ms.',
   },
-  restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again.' },
+  restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again (counted once the replacement was ready).' },
   idleGcs: { name: 'nodelocal_udp_worker_idle_gcs_total', help: 'Full garbage collections a batched worker ran once quiet after a burst (its event loop never runs V8\'s own).' },
   sharedHits: {
     name: 'nodelocal_shared_cache_hits_total',
@@ -40,6 +40,11 @@ export const BATCHED_COUNTERS = defineCounters({
     help: 'Answers to batched workers\' misses that the main thread sent itself on the worker\'s socket (the worker releases its waiters later, without a wake-up).',
   },
   crossWorkerCoalesced: { name: 'nodelocal_coalesced_total', labels: { across: 'workers' }, help: 'Misses that joined an identical question another worker had in flight.' },
+  workersLive: {
+    name: 'nodelocal_udp_workers_live',
+    type: 'gauge',
+    help: 'Batched UDP workers in their loop, taking queries: fewer than --workers while one is being restarted, 0 when none serves UDP.',
+  },
   inflight: { name: 'nodelocal_udp_worker_inflight', type: 'gauge', help: 'Questions the batched UDP workers have waiting on the upstream side.' },
   entriesPositive: { name: 'coredns_cache_entries', labels: { type: 'success' }, type: 'gauge', help: 'Entries in the cache.' },
   entriesNegative: { name: 'coredns_cache_entries', labels: { type: 'denial' }, type: 'gauge', help: 'Entries in the cache.' },

@@ -35,6 +35,8 @@ export class WorkerLink implements MissReturn {
   readonly worker: Worker;
   readonly port: MessagePort;
   alive: boolean;
+  /** In its loop: it said it was ready (alive may already be false again). */
+  ready: boolean;
   closing: boolean;
   drained: boolean;
   /** Asked to abort and not yet answered. */
@@ -71,6 +73,7 @@ export class WorkerLink implements MissReturn {
     const full: WorkerInit = { ...init, index, fds, wakeFd, ctl, stats };
     this.worker = new Worker(WORKER_URL, { workerData: { init: full, port: port2 }, transferList: [port2], name: `udp-worker-${index}`, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } });
     this.alive = true;
+    this.ready = false;
     this.closing = false;
     this.drained = false;
     this.aborting = false;

@@ -95,6 +95,7 @@ export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: Work
     link.port.on('message', (r: WorkerReport) => {
       if (r.ready === true && !started) {
         started = true;
+        link.ready = true;
         resolve();
       }
       if (r.failed !== undefined && !started) {

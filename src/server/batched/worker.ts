@@ -24,5 +24,10 @@ if (typeof sys === 'string') {
     port.postMessage({ misses: null, logs: null, failed: err instanceof Error ? err.message : String(err) } satisfies WorkerReport);
   }
   // Outside the try: an error in the running loop must end the thread (the main thread restarts it), not look like a start failure.
-  loop?.run();
+  try {
+    loop?.run();
+  } finally {
+    // Its native block (~360 KB and ~90 KB a socket) would outlive the thread: every restart after an exception leaked one.
+    loop?.dispose();
+  }
 }

@@ -1,0 +1,41 @@
+/**
+ * The end of batched workers at shutdown, bounded: a worker answers
+ * 'abort' and 'close' within a turn, so one that has not after
+ * WORKER_STOP_WAIT_MS is stuck (a bug), and is terminated rather than
+ * holding the agent's stop past its grace period (the agent awaits
+ * abortAll() and close() with no deadline of its own).
+ */
+import type { Logger } from '../../log.js';
+import type { WorkerLink } from './worker-link.js';
+
+export const WORKER_STOP_WAIT_MS = 1000;
+
+/** Tells each worker to close and waits for its exit; one still running after the wait is terminated, and waited for as long again at most. */
+export async function stopWorkers(live: readonly WorkerLink[], logger: Logger): Promise<void> {
+  const exits: Promise<void>[] = [];
+  for (const l of live) {
+    l.closing = true;
+    l.lazy = false;
+    exits.push(new Promise((resolve) => l.worker.once('exit', () => resolve())));
+    l.post({ t: 'close' });
+  }
+  if (await settlesWithin(Promise.all(exits), WORKER_STOP_WAIT_MS)) return;
+  for (const l of live) if (l.alive) terminateStuck(l, 'close', logger);
+  // A thread blocked in a native call ends only when the call returns (poll: its idle timeout): the process exit takes it then.
+  await settlesWithin(Promise.all(exits), WORKER_STOP_WAIT_MS);
+}
+
+/** A worker that did not answer `what` in time: ended, its exit no death to restart. */
+export function terminateStuck(l: WorkerLink, what: string, logger: Logger): void {
+  l.closing = true;
+  l.aborting = false;
+  logger.error(`udp worker did not ${what} in time; terminated`, { worker: l.index, waitedMs: WORKER_STOP_WAIT_MS });
+  void l.worker.terminate();
+}
+
+/** True when `p` settled within `ms`. */
+function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  return Promise.race([p.then(() => true), late]).finally(() => clearTimeout(timer));
+}
