@@ -352,7 +352,8 @@ t.test('--client-miss-rate: a reload that leaves the limit as it was does not ha
   t.equal(count(external, 'm4.example.com'), 0, 'and nothing sent upstream for it');
 });
 
-t.test('--max-udp-size 65535 (accepted): an answer too big for one IPv4 datagram goes out truncated, not lost', async (t) => {
+for (const io of ['dgram', 'batched'] as const) {
+t.test(`--max-udp-size 65535 (accepted, --io ${io}): an answer too big for one IPv4 datagram goes out truncated, not lost`, async (t) => {
   // The flag accepts up to 65535, but an IPv4 UDP payload is at most 65507 bytes (65535 less the IP and UDP
   // headers): an answer between the two is refused by sendmsg (EMSGSIZE; dgram's send() without a callback drops
   // that error silently, no 'error' event) and the client, which asked with EDNS 65535, gets nothing at all, not
@@ -363,16 +364,21 @@ t.test('--max-udp-size 65535 (accepted): an answer too big for one IPv4 datagram
   const addrs = Array.from({ length: n }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
   const cluster = await SimDnsServer.start({ handler: staticHandler({ [name]: { A: addrs, ttl: 30 } }, { soaZone: 'cluster.local' }) });
   t.teardown(() => cluster.close());
-  const a = await startAgent(HOST, ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--max-udp-size', '65535']);
+  const a = await startAgent(HOST, ['--upstream-addr', `127.0.0.1:${cluster.port}`, '--max-udp-size', '65535', '--io', io, '--workers', '1']);
   t.teardown(a.stop);
+  // First over UDP: the miss's answer goes out from where the upstream's answer arrives (with batched, the main
+  // thread's direct answers); then from the cache (with batched, the worker's hit path).
+  for (const from of ['the miss', 'the cache']) {
+    const b = await udpExchange(a.target, buildQuery(name, { id: 5, edns: true, udpSize: 65535 }), 2000);
+    t.not(b, null, `over UDP the client gets an answer (${from})`);
+    if (b === null) return;
+    t.ok(b.length <= 65507, `it fits one IPv4 datagram (${from}: ${b.length} bytes)`);
+    t.ok(dnsPacket.decode(b).flag_tc, `TC=1: the rest is over TCP (${from})`);
+  }
   const whole = await tcpQuery(a.target, name);
-  t.equal(whole.answers?.length, n, 'over TCP: the whole answer (now cached)');
-  const b = await udpExchange(a.target, buildQuery(name, { id: 5, edns: true, udpSize: 65535 }), 2000);
-  t.not(b, null, 'over UDP the client gets an answer');
-  if (b === null) return;
-  t.ok(b.length <= 65507, `it fits one IPv4 datagram (${b.length} bytes)`);
-  t.ok(dnsPacket.decode(b).flag_tc, 'TC=1: the rest is over TCP');
+  t.equal(whole.answers?.length, n, 'over TCP: the whole answer');
 });
+}
 
 t.test('dgram listener: an answer the kernel refuses to send is reported, not dropped in silence', async (t) => {
   // UdpListener counts and logs 'udp socket error' on the socket's 'error' event, but dgram emits none for a

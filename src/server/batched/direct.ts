@@ -30,6 +30,7 @@ import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
 import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
 import { QueryStatus, parseQuery } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
+import { MAX_UDP_PAYLOAD_IPV4 } from '../answer-out.js';
 import type { HitPathHistograms } from '../hit-path.js';
 import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
@@ -181,7 +182,8 @@ export class DirectAnswers {
     if (queries.some((q) => q.status !== QueryStatus.OK)) return false;
     list.forEach((w, k) => {
       const q = queries[k]!;
-      const limit = !q.edns ? CLASSIC_UDP_LIMIT : q.udpSize < policy.maxUdpSize ? q.udpSize : policy.maxUdpSize;
+      // The client's family is not at hand here: past 65,507 bytes (one IPv4 datagram) the answer is cut to fit either.
+      const limit = Math.min(!q.edns ? CLASSIC_UDP_LIMIT : q.udpSize < policy.maxUdpSize ? q.udpSize : policy.maxUdpSize, MAX_UDP_PAYLOAD_IPV4);
       this.#queue(w, entry.serve(q, 0, limit, DEFAULT_EDNS_SIZE));
     });
     return true;
