@@ -50,6 +50,9 @@ import { HostResolvers } from '../src/upstream/host-resolvers.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { SimDnsServer, staticHandler, type SimHandler, type StaticRecord } from '../testkit/dns-server.js';
 
+// About 70 s alone; two files at a time on a loaded 2-CPU machine have taken it past tap's 120 s per file.
+t.setTimeout(300_000);
+
 const CACHE: CacheOptions = {
   positiveCapacity: 1000, negativeCapacity: 1000, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
