@@ -105,7 +105,7 @@ export const SERVER_COUNTERS = defineCounters({
   shed: { name: 'nodelocal_shed_total', help: 'Queries turned away at once because 1,024 clients already waited on their question (answered stale or SERVFAIL).' },
   abortedAtShutdown: { name: 'nodelocal_shutdown_aborted_total', help: 'Queries still waiting at the end of the shutdown grace period, answered stale or SERVFAIL.' },
   // The batched workers' series (batched/stats.ts sendErrors) under the same name, labels and help: published as one sum.
-  udpSendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Socket errors of the batched UDP workers, by operation.' },
+  udpSendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Errors of the UDP sockets pods query (the batched workers\' and the dgram listener\'s), by operation.' },
 });
 export type ServerCounterName = keyof typeof SERVER_COUNTERS.slot;
 export type ServerCounters = Counters<ServerCounterName>;

@@ -17,8 +17,8 @@ export const BATCHED_COUNTERS = defineCounters({
   wakeups: { name: 'nodelocal_udp_worker_wakeups_total', help: 'Times a worker woke from poll (idle to busy).' },
   oversize: { name: 'nodelocal_dropped_total', labels: { reason: 'oversize_query' }, help: 'Queries dropped unanswered, by reason.' },
   stale: { name: 'nodelocal_dropped_total', labels: { reason: 'stale_query' }, help: 'Queries dropped unanswered, by reason.' },
-  recvErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'recv' }, help: 'Socket errors of the batched UDP workers, by operation.' },
-  sendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Socket errors of the batched UDP workers, by operation.' },
+  recvErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'recv' }, help: 'Errors of the UDP sockets pods query (the batched workers\' and the dgram listener\'s), by operation.' },
+  sendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Errors of the UDP sockets pods query (the batched workers\' and the dgram listener\'s), by operation.' },
   overloaded: {
     name: 'nodelocal_worker_misses_refused_total',
     labels: { reason: 'worker_limit' },
