@@ -339,4 +339,10 @@ t.test('kubeconfig client certificate renewed in place: a pair caught half-writt
     outcome = `rejected: ${e instanceof Error ? e.message : String(e)}`;
   }
   t.notMatch(outcome, /^rejected/, `get() resolves, whatever the files hold (${outcome})`);
+  t.equal(outcome, 'status 200', 'the last pair that loaded is used meanwhile');
+  // The renewal done: a new pair is taken up.
+  const renewed = ca.issue('DNS:node-agent', 'clientAuth');
+  fs.writeFileSync(path.join(dir, 'client.key'), renewed.key);
+  fs.writeFileSync(path.join(dir, 'client.crt'), renewed.cert);
+  t.equal(await getStatus(cfg), 200, 'the renewed pair works');
 });
