@@ -40,6 +40,7 @@ import {
   type Packed, type WorkerInit, type WorkerReport,
 } from '../src/server/batched/protocol.js';
 import { DirectAnswers } from '../src/server/batched/direct.js';
+import { WorkerTotals } from '../src/server/batched/worker-totals.js';
 import { SHED_WINDOW_MS, SOFT_INFLIGHT, SOFT_PERIOD_MS, ShedGate, stampRefusal } from '../src/server/batched/shed-gate.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
@@ -1828,4 +1829,27 @@ t.test('shutdown past its grace: abortAll() and close() do not wait forever on a
   const closing = Date.now();
   await r.listener.close();
   t.ok(Date.now() - closing < 3000, `close() does not wait on it either (${Date.now() - closing} ms)`);
+});
+
+t.test('worker totals: the counts of workers that died stay in the sums, in one block however many die', async (t) => {
+  const cache = new DnsCache(CACHE, new Counters(CACHE_COUNTERS));
+  const totals = new WorkerTotals(new Counters(BATCHED_COUNTERS), new Counters(SERVER_COUNTERS), hitPathHistograms(), cache, false);
+  const slot = SERVER_COUNTERS.slot.requestsUdp;
+  const block = (requests: number): ReturnType<typeof workerCounters> => {
+    const c = workerCounters(new SharedArrayBuffer(WORKER_STATS_BYTES));
+    c.server.values[slot] = requests;
+    c.hist.duration.observeMs(1);
+    return c;
+  };
+  const live = block(5);
+  const dead = [1, 2, 3, 4].map(block);
+  t.equal(totals.sum([live, ...dead]).server.values[slot], 15, 'all five workers summed while alive');
+  for (const d of dead) totals.died(d);
+  totals.died(dead[0]!); // reported twice: counted once
+  t.equal(totals.deadBlocks, 1, 'one block kept for the four dead workers');
+  // The listener still lists the last dead one until its successor replaces it.
+  const sums = totals.sum([live, dead[3]!]);
+  t.equal(sums.server.values[slot], 15, 'no count lost or counted twice');
+  t.equal(sums.hist.duration.values.reduce((a, v, i, all) => (i < all.length - 1 ? a + v : a), 0), 5, 'histogram observations of the dead kept too');
+  t.equal(totals.sum([live, block(7)]).server.values[slot], 22, 'a successor adds its own');
 });

@@ -32,8 +32,15 @@ export class WorkerTotals {
   /** True when the cache is the listener's own (no `store` given): its counters and gauges are published with the workers' totals. */
   readonly #ownsCache: boolean;
   readonly #sums: BatchedTotals;
-  /** Counter blocks of workers that died: their counts stay in the totals (gauges zeroed), so a restart never makes a counter go down. */
-  readonly #dead: WorkerCounters[];
+  /**
+   * What workers that died had counted, folded into one block (gauges
+   * zeroed), so a restart never makes a counter go down, and a worker that
+   * keeps dying (restarted for the life of the process) adds nothing to hold
+   * or to sum at each scrape. The first dead worker's own block, adopted.
+   */
+  #dead: WorkerCounters | null;
+  /** Dead workers' blocks already in `#dead`, skipped while the listener still lists them. */
+  readonly #folded: WeakSet<WorkerCounters>;
 
   constructor(own: BatchedCounters, ownServer: ServerCounters, ownHist: HitPathHistograms, cache: DnsCache, ownsCache: boolean) {
     this.#own = own;
@@ -44,17 +51,28 @@ export class WorkerTotals {
     this.#sums = {
       server: new Counters(SERVER_COUNTERS), cache: new Counters(CACHE_COUNTERS), io: new Counters(BATCHED_COUNTERS), hist: hitPathHistograms(), queueWait: new TypedHistogram(QUEUE_WAIT),
     };
-    this.#dead = [];
+    this.#dead = null;
+    this.#folded = new WeakSet();
   }
 
-  /** A worker died (not closed): its block joins the dead ones, gauges zeroed. */
+  /** A worker died (not closed): its counts join the dead ones', its gauges dropped. */
   died(c: WorkerCounters): void {
-    this.#dead.push(zeroGauges(c));
+    if (this.#folded.has(c)) return;
+    this.#folded.add(c);
+    zeroGauges(c);
+    if (this.#dead === null) this.#dead = c;
+    else addWorkerCounters(this.#dead, c);
+  }
+
+  /** Blocks kept for the dead workers (always one at most). */
+  get deadBlocks(): number {
+    return this.#dead === null ? 0 : 1;
   }
 
   /** `workers`: every worker's blocks the listener holds (a dead one's among them until its successor replaces it). */
   sum(workers: readonly WorkerCounters[]): BatchedTotals {
-    const blocks = [...this.#dead, ...workers.filter((c) => !this.#dead.includes(c))];
+    const live = workers.filter((c) => !this.#folded.has(c));
+    const blocks = this.#dead === null ? live : [this.#dead, ...live];
     sumInto(this.#sums.server, [this.#ownServer, ...blocks.map((b) => b.server)]);
     const cache = this.#cache;
     if (this.#ownsCache) {
@@ -71,6 +89,22 @@ export class WorkerTotals {
     sumHistogramsInto(this.#sums.hist, [this.#ownHist, ...blocks.map((b) => b.hist)]);
     sumHistogram(this.#sums.queueWait, blocks.map((b) => b.queueWait));
     return this.#sums;
+  }
+}
+
+/** Adds `from`'s counts into `into`, slot by slot (the histograms' buckets, counts and sums alike). */
+function addWorkerCounters(into: WorkerCounters, from: WorkerCounters): void {
+  const add = (a: Float64Array, b: Float64Array): void => {
+    for (let i = 0; i < a.length; i++) a[i]! += b[i]!;
+  };
+  add(into.server.values, from.server.values);
+  add(into.cache.values, from.cache.values);
+  add(into.io.values, from.io.values);
+  add(into.queueWait.values, from.queueWait.values);
+  add(into.hist.duration.values, from.hist.duration.values);
+  for (const t of [0, 1] as const) {
+    add(into.hist.requestSize[t].values, from.hist.requestSize[t].values);
+    add(into.hist.responseSize[t].values, from.hist.responseSize[t].values);
   }
 }
 
