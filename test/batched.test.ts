@@ -1829,3 +1829,33 @@ t.test('shutdown past its grace: abortAll() and close() do not wait forever on a
   await r.listener.close();
   t.ok(Date.now() - closing < 3000, `close() does not wait on it either (${Date.now() - closing} ms)`);
 });
+
+t.test('pause on a wildcard address: drain() waits for a miss its kept socket took after the pause (no SERVFAIL from the abort that follows)', async (t) => {
+  // pause() (listener.ts) leaves a wildcard's sockets in their group, read and answered until close(), so queries keep
+  // arriving after the pause. The worker reports 'drained' once (loop-report.ts Outbox: paused and nothing in flight,
+  // then never again) and the listener keeps link.drained true: a miss taken afterwards is not waited for. The agent's
+  // stop (agent-serving.ts) awaits drain() and then calls abortAll() at once: that client gets SERVFAIL (or, at close,
+  // nothing) where the upstream's answer was on its way; with a handover on a wildcard, a share of every pod's misses.
+  let release = (): void => {};
+  const hold = new Promise<void>((resolve) => (release = resolve));
+  const r = await rig(t, { listen: ['0.0.0.0'], hold });
+  const port = r.ports[0]!;
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'svc-1.example.com', 1);
+  await until('warm-up', () => c.answers.has(1));
+  r.listener.pause();
+  await r.listener.drain();
+  t.pass('drained: nothing waited at the pause');
+  // The kept socket still takes queries (by design): this miss is now the listener's to answer.
+  void c.send(port, 'held-7.example.com', 2);
+  await until('the miss to reach the upstream', () => r.resolver.inflight === 1 && r.listener.inflight === 1, 10_000);
+  const drainedNow = await Promise.race([r.listener.drain().then(() => true), new Promise<boolean>((res) => setImmediate(() => res(false)))]);
+  t.notOk(drainedNow, 'drain() does not resolve while a client the listener took waits on the upstream');
+  // As the agent does once drain() resolves: the grace period is taken as over.
+  if (drainedNow) await r.listener.abortAll();
+  release();
+  await until('an answer', () => c.answers.has(2), 10_000);
+  t.equal(rcodeName(c.answers.get(2)), 'NXDOMAIN', 'the client gets the upstream\'s answer, not SERVFAIL');
+});
