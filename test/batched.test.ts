@@ -1859,3 +1859,31 @@ t.test('pause on a wildcard address: drain() waits for a miss its kept socket to
   await until('an answer', () => c.answers.has(2), 10_000);
   t.equal(rcodeName(c.answers.get(2)), 'NXDOMAIN', 'the client gets the upstream\'s answer, not SERVFAIL');
 });
+
+t.test('pause on a wildcard address: a miss its kept socket takes after abortAll() is answered before close(), not dropped', async (t) => {
+  // After 'abort' (loop.ts #apply) the worker keeps reading its kept wildcard socket: a new miss goes to the main
+  // thread and its client waits. close() then ends the worker with that client still waiting: no answer at all
+  // (the client waits its whole timeout, 5 s for glibc), though abortAll() promised that nothing taken waits any more.
+  // After the abort a new miss has nothing to wait for (the agent closes next): it should be answered at once,
+  // stale or SERVFAIL, as abortAll() answered the others.
+  let release = (): void => {};
+  const hold = new Promise<void>((resolve) => (release = resolve));
+  t.teardown(() => release());
+  const r = await rig(t, { listen: ['0.0.0.0'], hold });
+  const port = r.ports[0]!;
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'svc-1.example.com', 1);
+  await until('warm-up', () => c.answers.has(1));
+  r.listener.pause();
+  await r.listener.drain();
+  t.equal(await r.listener.abortAll(), 0, 'nothing waited at the abort');
+  void c.send(port, 'held-8.example.com', 2);
+  // Taken by the worker: either answered at once (the fix) or forwarded upstream (the defect).
+  await until('the miss to be taken', () => c.answers.has(2) || r.resolver.inflight === 1, 10_000);
+  await r.listener.close();
+  await until('an answer', () => c.answers.has(2), 3000).catch(() => undefined);
+  t.ok(c.answers.has(2), 'the client the listener took after the abort got an answer before the listener closed');
+  t.equal(rcodeName(c.answers.get(2)), 'SERVFAIL', 'SERVFAIL (nothing stale to give)');
+});
