@@ -296,3 +296,53 @@ t.test('in-cluster: a rotated ca.crt is trusted without a restart', { skip: open
   // The API server now presents a certificate of the new CA (here: the same credentials, the re-issued server).
   t.equal(await getStatus({ ...cfg, server: after.url }), 200, 'the rotated ca.crt verifies the re-issued server certificate');
 });
+
+// A kubeconfig's client certificate and key are files re-read when they change. A renewal is not atomic across the
+// two files (or a file is caught half-written): for a moment the pair does not load. KubeApi.get() promises never to
+// reject (the reflector then takes any rejection for a bug of its own: 'kube reflector failed; relisting', and drops
+// its resourceVersion), but Node's https.request() throws at once on a PEM it cannot load, inside get()'s promise.
+t.test('kubeconfig client certificate renewed in place: a pair caught half-written is a failed request, get() never rejects', { skip: opensslAvailable() ? false : 'no /usr/bin/openssl to make certificates' }, async (t) => {
+  const ca = new TestCa('kapi-renew');
+  const fake = new FakeApiServer({ tls: { ...ca.issue('IP:127.0.0.1'), ca: ca.cert } });
+  await fake.start();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kcert-'));
+  t.teardown(async () => {
+    await fake.close();
+    for (const d of [dir, ca.dir]) fs.rmSync(d, { recursive: true, force: true });
+  });
+  const client = ca.issue('DNS:node-agent', 'clientAuth');
+  fs.writeFileSync(path.join(dir, 'ca.pem'), ca.cert);
+  fs.writeFileSync(path.join(dir, 'client.crt'), client.cert);
+  fs.writeFileSync(path.join(dir, 'client.key'), client.key);
+  const kc = path.join(dir, 'kubeconfig');
+  fs.writeFileSync(kc, [
+    'apiVersion: v1',
+    'clusters:',
+    `- {name: c, cluster: {server: "${fake.url}", certificate-authority: ca.pem}}`,
+    'users:',
+    '- {name: u, user: {client-certificate: client.crt, client-key: client.key}}',
+    'contexts:',
+    '- {name: x, context: {cluster: c, user: u}}',
+    'current-context: x',
+  ].join('\n'));
+  const cfg = await loadClusterConfig({ kubeconfig: kc });
+  if (cfg.kind !== 'ok') throw new Error(`kubeconfig: ${cfg.kind}`);
+  t.equal(await getStatus(cfg), 200, 'the client certificate files work');
+  // The renewal has written half of the new certificate so far.
+  fs.writeFileSync(path.join(dir, 'client.crt'), client.cert.slice(0, Math.floor(client.cert.length / 2)));
+  let outcome: string;
+  try {
+    const out = await new KubeApi(cfg).get('/api/v1/namespaces', AbortSignal.timeout(5000));
+    if (out.ok) out.body.resume();
+    outcome = out.ok ? `status ${out.status}` : 'failed request';
+  } catch (e) {
+    outcome = `rejected: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  t.notMatch(outcome, /^rejected/, `get() resolves, whatever the files hold (${outcome})`);
+  t.equal(outcome, 'status 200', 'the last pair that loaded is used meanwhile');
+  // The renewal done: a new pair is taken up.
+  const renewed = ca.issue('DNS:node-agent', 'clientAuth');
+  fs.writeFileSync(path.join(dir, 'client.key'), renewed.key);
+  fs.writeFileSync(path.join(dir, 'client.crt'), renewed.cert);
+  t.equal(await getStatus(cfg), 200, 'the renewed pair works');
+});

@@ -179,14 +179,22 @@ export class KubeApi implements ApiGetter {
     opts.signal = signal;
     const request = url.protocol === 'https:' ? https.request : http.request;
     return new Promise<GetOutcome>((resolve) => {
-      const req = request(url, opts, (res) => {
+      const onResponse = (res: http.IncomingMessage): void => {
         res.on('error', ignore);
         let body: Readable = res;
         if (res.headers['content-encoding'] === 'gzip') body = pipeline(res, createGunzip(), ignore);
         const header = res.headers['retry-after'];
         const retryAfterMs = header === undefined ? undefined : parseRetryAfter(header, Date.now());
         resolve({ ok: true, status: res.statusCode ?? 0, body, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) });
-      });
+      };
+      let req: http.ClientRequest;
+      try {
+        req = request(url, opts, onResponse);
+      } catch (e) {
+        // Options Node cannot use (a PEM that does not load) throw here, before any request: a failed request, not a bug.
+        resolve({ ok: false, error: `tls: ${message(e)}` });
+        return;
+      }
       req.on('socket', (s) => s.setKeepAlive(true, KEEPALIVE_MS));
       req.on('error', (e) => resolve({ ok: false, error: message(e) }));
       req.end();

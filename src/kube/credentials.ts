@@ -16,6 +16,7 @@
  */
 import fs from 'node:fs';
 import type https from 'node:https';
+import { createSecureContext } from 'node:tls';
 import { dirname, isAbsolute, join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 
@@ -63,6 +64,12 @@ function fixedPem(data: Buffer): PemSource {
   return { read: () => data };
 }
 
+interface PemSet {
+  readonly ca: string | Buffer | undefined;
+  readonly cert: string | Buffer | undefined;
+  readonly key: string | Buffer | undefined;
+}
+
 export interface TlsMaterial {
   readonly ca?: PemSource;
   readonly cert?: PemSource;
@@ -86,6 +93,8 @@ export type Authorization =
 export class NativeCredentials implements Credentials {
   readonly #tls: TlsMaterial;
   readonly #auth: Authorization;
+  /** The CA, certificate and key last seen to load together; null until a set has. */
+  #loaded: PemSet | null = null;
 
   constructor(tls: TlsMaterial, auth: Authorization) {
     this.#tls = tls;
@@ -94,14 +103,37 @@ export class NativeCredentials implements Credentials {
 
   apply(opts: https.RequestOptions): Promise<void> {
     const t = this.#tls;
-    if (t.ca !== undefined) opts.ca = t.ca.read();
-    if (t.cert !== undefined) opts.cert = t.cert.read();
-    if (t.key !== undefined) opts.key = t.key.read();
+    const pems = this.#pems();
+    if (pems.ca !== undefined) opts.ca = pems.ca;
+    if (pems.cert !== undefined) opts.cert = pems.cert;
+    if (pems.key !== undefined) opts.key = pems.key;
     if (t.serverName !== undefined) opts.servername = t.serverName;
     opts.rejectUnauthorized = !t.skipVerify;
     const header = this.#header();
     if (header !== '') opts.headers = { ...opts.headers, authorization: header };
     return Promise.resolve();
+  }
+
+  /**
+   * The files as they are now, if they load together; else the last set that
+   * did. A renewal rewrites the certificate and the key one after the other
+   * (or is caught half-written): for that moment the pair does not load, and
+   * the set before it still does. A set that never loaded (start) throws.
+   */
+  #pems(): PemSet {
+    const t = this.#tls;
+    const last = this.#loaded;
+    try {
+      // A file gone for a moment (deleted, then written anew) is the same case as one half-written.
+      const now: PemSet = { ca: t.ca?.read(), cert: t.cert?.read(), key: t.key?.read() };
+      if (last !== null && last.ca === now.ca && last.cert === now.cert && last.key === now.key) return last;
+      createSecureContext({ ...(now.ca !== undefined ? { ca: now.ca } : {}), ...(now.cert !== undefined ? { cert: now.cert } : {}), ...(now.key !== undefined ? { key: now.key } : {}) });
+      this.#loaded = now;
+      return now;
+    } catch (e) {
+      if (last !== null) return last;
+      throw e;
+    }
   }
 
   #header(): string {
