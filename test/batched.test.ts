@@ -1831,6 +1831,64 @@ t.test('shutdown past its grace: abortAll() and close() do not wait forever on a
   t.ok(Date.now() - closing < 3000, `close() does not wait on it either (${Date.now() - closing} ms)`);
 });
 
+t.test('pause on a wildcard address: drain() waits for a miss its kept socket took after the pause (no SERVFAIL from the abort that follows)', async (t) => {
+  // pause() (listener.ts) leaves a wildcard's sockets in their group, read and answered until close(), so queries keep
+  // arriving after the pause. The worker reports 'drained' once (loop-report.ts Outbox: paused and nothing in flight,
+  // then never again) and the listener keeps link.drained true: a miss taken afterwards is not waited for. The agent's
+  // stop (agent-serving.ts) awaits drain() and then calls abortAll() at once: that client gets SERVFAIL (or, at close,
+  // nothing) where the upstream's answer was on its way; with a handover on a wildcard, a share of every pod's misses.
+  let release = (): void => {};
+  const hold = new Promise<void>((resolve) => (release = resolve));
+  const r = await rig(t, { listen: ['0.0.0.0'], hold });
+  const port = r.ports[0]!;
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'svc-1.example.com', 1);
+  await until('warm-up', () => c.answers.has(1));
+  r.listener.pause();
+  await r.listener.drain();
+  t.pass('drained: nothing waited at the pause');
+  // The kept socket still takes queries (by design): this miss is now the listener's to answer.
+  void c.send(port, 'held-7.example.com', 2);
+  await until('the miss to reach the upstream', () => r.resolver.inflight === 1 && r.listener.inflight === 1, 10_000);
+  const drainedNow = await Promise.race([r.listener.drain().then(() => true), new Promise<boolean>((res) => setImmediate(() => res(false)))]);
+  t.notOk(drainedNow, 'drain() does not resolve while a client the listener took waits on the upstream');
+  // As the agent does once drain() resolves: the grace period is taken as over.
+  if (drainedNow) await r.listener.abortAll();
+  release();
+  await until('an answer', () => c.answers.has(2), 10_000);
+  t.equal(rcodeName(c.answers.get(2)), 'NXDOMAIN', 'the client gets the upstream\'s answer, not SERVFAIL');
+});
+
+t.test('pause on a wildcard address: a miss its kept socket takes after abortAll() is answered before close(), not dropped', async (t) => {
+  // After 'abort' (loop.ts #apply) the worker keeps reading its kept wildcard socket: a new miss goes to the main
+  // thread and its client waits. close() then ends the worker with that client still waiting: no answer at all
+  // (the client waits its whole timeout, 5 s for glibc), though abortAll() promised that nothing taken waits any more.
+  // After the abort a new miss has nothing to wait for (the agent closes next): it should be answered at once,
+  // stale or SERVFAIL, as abortAll() answered the others.
+  let release = (): void => {};
+  const hold = new Promise<void>((resolve) => (release = resolve));
+  t.teardown(() => release());
+  const r = await rig(t, { listen: ['0.0.0.0'], hold });
+  const port = r.ports[0]!;
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  void c.send(port, 'svc-1.example.com', 1);
+  await until('warm-up', () => c.answers.has(1));
+  r.listener.pause();
+  await r.listener.drain();
+  t.equal(await r.listener.abortAll(), 0, 'nothing waited at the abort');
+  void c.send(port, 'held-8.example.com', 2);
+  // Taken by the worker: either answered at once (the fix) or forwarded upstream (the defect).
+  await until('the miss to be taken', () => c.answers.has(2) || r.resolver.inflight === 1, 10_000);
+  await r.listener.close();
+  await until('an answer', () => c.answers.has(2), 3000).catch(() => undefined);
+  t.ok(c.answers.has(2), 'the client the listener took after the abort got an answer before the listener closed');
+  t.equal(rcodeName(c.answers.get(2)), 'SERVFAIL', 'SERVFAIL (nothing stale to give)');
+});
+
 t.test('worker totals: the counts of workers that died stay in the sums, in one block however many die', async (t) => {
   const cache = new DnsCache(CACHE, new Counters(CACHE_COUNTERS));
   const totals = new WorkerTotals(new Counters(BATCHED_COUNTERS), new Counters(SERVER_COUNTERS), hitPathHistograms(), cache, false);

@@ -361,8 +361,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     if (r.logs !== null) {
       for (const [level, msg, fields] of r.logs) this.#logger[level](msg, { worker: link.index, ...fields });
     }
-    if (r.drained === true) {
-      link.drained = true;
+    if (r.drained !== undefined) {
+      link.drained = r.drained;
       this.#checkDrained();
     }
     if (r.aborted !== undefined) this.#checkAborted(link, r.aborted);

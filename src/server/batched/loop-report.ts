@@ -1,7 +1,8 @@
 /**
  * What a batched worker's loop (loop.ts) tells the main thread: the turn's
  * misses, its waiting clients (so the main thread answers them itself,
- * direct.ts), its log lines, drained once paused and idle, and the one-off
+ * direct.ts), its log lines, whether it is drained (paused and nothing in
+ * flight: said again whenever that changes) and the one-off
  * messages (ready, configured, aborted, closed). It keeps our misses in
  * flight by key and token, so a client that joins one is reported under its
  * token. Kept apart so loop.ts reads as the turn, and this file as the
@@ -23,7 +24,12 @@ export class Outbox {
   /** Our misses in flight, both ways, so a waiter that joined one is reported under its token. */
   readonly #tokenOf: Map<string, number>;
   readonly #keyOf: Map<number, string>;
-  #drainedSent: boolean;
+  /**
+   * What the main thread last heard: drained or not. Not said once and for
+   * all: a socket left in its group at the pause (a wildcard) keeps taking
+   * queries, and a miss taken after 'drained' must be waited for again.
+   */
+  #drainedSaid: boolean;
   /** Under NODELOCAL_MISS_TRACE only: when this turn began, and whether it followed a sleep in poll. */
   traceTurnAt: number;
   traceSlept: boolean;
@@ -37,7 +43,7 @@ export class Outbox {
     this.#waiterSeq = 0;
     this.#tokenOf = new Map();
     this.#keyOf = new Map();
-    this.#drainedSent = false;
+    this.#drainedSaid = false;
     this.traceTurnAt = 0;
     this.traceSlept = false;
     this.traceCompletedAt = 0;
@@ -91,16 +97,17 @@ export class Outbox {
     this.#waiters.extraWords(peer.words, peer.wordOff, WAITER_SOCKADDR_WORDS);
   }
 
-  /** The turn's report, if it has anything to say. `drainable`: paused or closing, with nothing in flight (said once: drained). */
+  /** The turn's report, if it has anything to say. `drainable`: paused or closing, with nothing in flight (said when it changes: drained). */
   send(drainable: boolean): void {
     const misses = this.#misses.count > 0 ? this.#misses.take() : null;
     const waiters = this.#waiters.count > 0 ? this.#waiters.take() : null;
     const logs = this.#logger.records.length > 0 ? this.#logger.records : null;
     if (logs !== null) this.#logger.records = [];
-    const drained = drainable && !this.#drainedSent;
-    if (drained) this.#drainedSent = true;
-    if (misses === null && waiters === null && logs === null && !drained) return;
-    const report: WorkerReport = drained ? { misses, waiters, logs, drained: true } : MISS_TRACE && misses !== null ? this.#traced(misses, waiters, logs) : { misses, waiters, logs };
+    // In the report that carries the misses which undo it: the main thread never sees them while it still counts us drained.
+    const changed = drainable !== this.#drainedSaid;
+    this.#drainedSaid = drainable;
+    if (misses === null && waiters === null && logs === null && !changed) return;
+    const report: WorkerReport = changed ? { misses, waiters, logs, drained: drainable } : MISS_TRACE && misses !== null ? this.#traced(misses, waiters, logs) : { misses, waiters, logs };
     const transfer = misses === null ? [] : transferOf(misses);
     if (waiters !== null) transfer.push(...transferOf(waiters));
     this.#port.postMessage(report, transfer);

@@ -17,7 +17,8 @@
  *                 --max-query-age it is dropped unanswered (its client gave up)
  *                 answers go into that socket's send vector
  *                 a new miss while the main thread refuses misses at its cap
- *                 is answered here (stale, else SERVFAIL: shed-gate.ts)
+ *                 is answered here (stale, else SERVFAIL: shed-gate.ts), as is
+ *                 every new miss after 'pause' and 'abort' (a wildcard's kept socket)
  *                 a miss parks its client (the peer is detached from the ring)
  *                 and reports it (sockaddr, datagram), so the main thread
  *                 sends the answer itself (direct.ts) and stores it in the
@@ -123,6 +124,8 @@ export class WorkerLoop implements MissSink {
   #free: (() => void) | null;
   /** Per socket, once paused: left in its group by the main thread, so still read (the 'pause' message). */
   #keep: readonly boolean[];
+  /** Told to abort: once paused too, the agent closes next, and a miss taken since (on a kept socket) has nothing to wait for. */
+  #aborted: boolean;
   readonly #idleGc: IdleCollector;
 
   constructor(sys: UdpBatchSys, port: MessagePort, init: WorkerInit) {
@@ -181,6 +184,7 @@ export class WorkerLoop implements MissSink {
     this.#completions = new Completions(this.#hits, this.#clock, this.#sender, this.#outbox);
     this.#state = 'running';
     this.#keep = [];
+    this.#aborted = false;
     this.#behind = false;
     this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
   }
@@ -241,6 +245,8 @@ export class WorkerLoop implements MissSink {
 
   /** MissSink: queued for this turn's report; refused at once past the limit (the main thread is behind). */
   forward(token: number, key: string, query: Buffer, refresh = false): void {
+    // Answered now, stale or SERVFAIL, as the abort answered the others: close() would otherwise end us with its client waiting.
+    if (this.#aborted && this.#state !== 'running') return this.#hits.complete(token, null, 'closed');
     // A read that gave up on a store mid-change is no miss: it always goes to the main thread, which answers it from the store.
     if (this.#hits.inflight > this.#init.maxInflight && !this.#cache.lastGaveUp) {
       this.#io[IO.overloaded]!++;
@@ -336,6 +342,7 @@ export class WorkerLoop implements MissSink {
       case 'abort': {
         // Completions taken first: their clients may have had their answer from the main thread, and must not get a SERVFAIL after it.
         while (this.#completions.waiting) this.#completions.apply();
+        this.#aborted = true;
         const n = this.#hits.abortAll();
         this.#outbox.forgetAll();
         this.#outbox.post({ misses: null, logs: null, aborted: n });

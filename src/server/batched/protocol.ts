@@ -155,8 +155,8 @@ export interface WorkerReport {
   /** Started (sockets and vectors ready), or why not. */
   readonly ready?: true;
   readonly failed?: string;
-  /** Paused and nothing in flight any more. */
-  readonly drained?: true;
+  /** true: paused and nothing in flight any more; false: in flight again since (a miss taken on a socket kept in its group). Only when it changes. */
+  readonly drained?: boolean;
   /** Answer to 'configure': applied from this turn on. */
   readonly configured?: true;
   /** Answer to 'abort': waiters answered stale or SERVFAIL. */
