@@ -168,7 +168,12 @@ export function listenersPart(o: ListenersPartOptions): Component {
       const batched = o.batched;
       const draining = [o.hitPath.inflight > 0 ? o.hitPath.drain() : Promise.resolve(), batched?.drain() ?? Promise.resolve()];
       await until(o.clock, deadline, Promise.all(draining).then(() => undefined));
-      const aborted = o.hitPath.abortAll() + (batched !== null ? await batched.abortAll() : 0);
+      // TCP clients' misses the main thread took while the workers drained: waited for too, within the same deadline.
+      if (o.hitPath.inflight > 0) await until(o.clock, deadline, o.hitPath.drain());
+      // The workers' abort takes a turn of the event loop: what the main thread takes meanwhile is aborted after it,
+      // and the listeners close in the same step, so no miss is left without an answer.
+      const abortedInWorkers = batched !== null ? await batched.abortAll() : 0;
+      const aborted = o.hitPath.abortAll() + abortedInWorkers;
       if (aborted > 0) o.logger.warn('shutdown grace over: answered queries still in flight with stale or SERVFAIL', { queries: aborted });
       await Promise.all(listeners.map((l) => l.close()));
       listeners.length = 0;
