@@ -121,7 +121,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#abortWaiters = null;
     this.#restarts = new WorkerRestarts(opts.workers, {
       spawn: (i) => this.#spawn(i),
-      running: () => this.#state === 'running',
+      // 'new' too: a worker that was ready and died while the others still started is restarted like any other.
+      running: () => this.#state === 'running' || this.#state === 'new',
       restarted: () => void this.#own.values[BATCHED_COUNTERS.slot.restarts]!++,
       logger: this.#logger,
     });
@@ -153,6 +154,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       if (failed !== undefined) throw failed.reason;
       for (let i = 0; i < this.#links.length; i++) this.#restarts.ready(i);
     } catch (err) {
+      this.#state = 'closed';
       await this.#shutdownAll();
       throw new Error(`cannot listen on ${this.name}: ${err instanceof Error ? err.message : String(err)}`);
     }
@@ -160,14 +162,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   /**
-   * Stops taking queries: each socket is connected to its own address, so
-   * the kernel stops choosing it (a new agent bound beside us gets the
-   * traffic; alone, clients get a port-unreachable and move on), the
-   * workers read and answer what was already queued, then stop receiving.
-   * Answers to queries already taken still go out.
-   * Not a wildcard's: connect() would fix its source to loopback (answers to
-   * other hosts refused, EINVAL). Those stay in their group, read and
-   * answered until close() (new queries too); what is queued at close is lost.
+   * Stops taking queries: each socket is connected to its own address, so the
+   * kernel stops choosing it (a new agent beside us gets the traffic; alone,
+   * clients get a port-unreachable and move on), the workers answer what was
+   * queued, then stop receiving; answers to queries taken still go out. Not a
+   * wildcard's: connect() would fix its source to loopback (answers to other
+   * hosts: EINVAL). Those stay in their group, answered until close() (new
+   * queries too); what is queued at close is lost.
    */
   pause(): void {
     if (this.#state !== 'running') return;
@@ -299,11 +300,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     return this.#links.filter((l): l is WorkerLink => l !== null).map((l) => l.counters);
   }
 
-  /**
-   * Every worker's counters added up (the same three blocks each time,
-   * refreshed): what a scrape publishes. The io block includes the main
-   * thread's own slots (restarts, cross-worker coalescing).
-   */
+  /** Every worker's counters added up, what a scrape publishes; the io block has the main thread's slots (restarts, coalescing). */
   totals(): BatchedTotals {
     this.#own.values[BATCHED_COUNTERS.slot.workersLive] = this.liveWorkers;
     return this.#totals.sum(this.workerCounters());
