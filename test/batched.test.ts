@@ -1831,14 +1831,14 @@ t.test('shutdown past its grace: abortAll() and close() do not wait forever on a
   t.ok(Date.now() - closing < 3000, `close() does not wait on it either (${Date.now() - closing} ms)`);
 });
 
-t.test('pause on a wildcard address: drain() waits for a miss its kept socket took after the pause (no SERVFAIL from the abort that follows)', async (t) => {
-  // pause() (listener.ts) leaves a wildcard's sockets in their group, read and answered until close(), so queries keep
-  // arriving after the pause. The worker reports 'drained' once (loop-report.ts Outbox: paused and nothing in flight,
-  // then never again) and the listener keeps link.drained true: a miss taken afterwards is not waited for. The agent's
-  // stop (agent-serving.ts) awaits drain() and then calls abortAll() at once: that client gets SERVFAIL (or, at close,
-  // nothing) where the upstream's answer was on its way; with a handover on a wildcard, a share of every pod's misses.
+/**
+ * A listener on 0.0.0.0 whose upstream holds every held-* name until `release`, one name answered, then paused and
+ * drained: its socket stays in its group (no connect() on a wildcard), so it still takes queries.
+ */
+async function pausedOnWildcard(t: Test): Promise<{ r: Awaited<ReturnType<typeof rig>>; port: number; c: Client; release: () => void }> {
   let release = (): void => {};
   const hold = new Promise<void>((resolve) => (release = resolve));
+  t.teardown(() => release());
   const r = await rig(t, { listen: ['0.0.0.0'], hold });
   const port = r.ports[0]!;
   const c = new Client();
@@ -1848,6 +1848,16 @@ t.test('pause on a wildcard address: drain() waits for a miss its kept socket to
   await until('warm-up', () => c.answers.has(1));
   r.listener.pause();
   await r.listener.drain();
+  return { r, port, c, release };
+}
+
+t.test('pause on a wildcard address: drain() waits for a miss its kept socket took after the pause (no SERVFAIL from the abort that follows)', async (t) => {
+  // pause() (listener.ts) leaves a wildcard's sockets in their group, read and answered until close(), so queries keep
+  // arriving after the pause. The worker reports 'drained' once (loop-report.ts Outbox: paused and nothing in flight,
+  // then never again) and the listener keeps link.drained true: a miss taken afterwards is not waited for. The agent's
+  // stop (agent-serving.ts) awaits drain() and then calls abortAll() at once: that client gets SERVFAIL (or, at close,
+  // nothing) where the upstream's answer was on its way; with a handover on a wildcard, a share of every pod's misses.
+  const { r, port, c, release } = await pausedOnWildcard(t);
   t.pass('drained: nothing waited at the pause');
   // The kept socket still takes queries (by design): this miss is now the listener's to answer.
   void c.send(port, 'held-7.example.com', 2);
@@ -1867,18 +1877,7 @@ t.test('pause on a wildcard address: a miss its kept socket takes after abortAll
   // (the client waits its whole timeout, 5 s for glibc), though abortAll() promised that nothing taken waits any more.
   // After the abort a new miss has nothing to wait for (the agent closes next): it should be answered at once,
   // stale or SERVFAIL, as abortAll() answered the others.
-  let release = (): void => {};
-  const hold = new Promise<void>((resolve) => (release = resolve));
-  t.teardown(() => release());
-  const r = await rig(t, { listen: ['0.0.0.0'], hold });
-  const port = r.ports[0]!;
-  const c = new Client();
-  await c.ready();
-  t.teardown(() => c.close());
-  void c.send(port, 'svc-1.example.com', 1);
-  await until('warm-up', () => c.answers.has(1));
-  r.listener.pause();
-  await r.listener.drain();
+  const { r, port, c } = await pausedOnWildcard(t);
   t.equal(await r.listener.abortAll(), 0, 'nothing waited at the abort');
   void c.send(port, 'held-8.example.com', 2);
   // Taken by the worker: either answered at once (the fix) or forwarded upstream (the defect).

@@ -120,6 +120,27 @@ const base = staticHandler({ 'www.example.com': { A: ['192.0.2.1'], AAAA: ['2001
 
 // ---------------------------------------------------------------- resolv.conf
 
+
+/** The routing `args` give (real counters, the system clock), its upstreams closed at teardown. */
+function routingOf(t: Test, args: string[]): ReturnType<typeof buildRouting> {
+  const { config } = loadConfig(args, { env: {} });
+  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
+  const counters = {
+    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
+  };
+  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
+  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
+  return routing;
+}
+
+/** A query for db.corp.example A and its route, which must be the corp.example stub domain's. */
+function stubRoute(t: Test, routing: ReturnType<typeof buildRouting>): { msg: Buffer; route: ReturnType<ReturnType<typeof buildRouting>['router']['route']> } {
+  const msg = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'db.corp.example', type: 'A', class: 'IN' }] });
+  const route = routing.router.route(parseQuery(msg).key);
+  t.equal(route.upstream.name, 'stub:corp.example');
+  return { msg, route };
+}
+
 t.test('parseResolvConf: a kubelet-style file', async (t) => {
   const rc = parseResolvConf(
     'nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n',
@@ -1028,13 +1049,7 @@ t.test('routing: reverse lookups of outside addresses that the cluster DNS passe
   };
   const sim = await SimDnsServer.start({ handler, udp: false });
   t.teardown(() => sim.close());
-  const { config } = loadConfig(['--upstream-addr', `${sim.host}:${sim.port}`, '--upstream-nameservers', '127.0.0.1:1054'], { env: {} });
-  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
-  const counters = {
-    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
-  };
-  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
-  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
+  const routing = routingOf(t, ['--upstream-addr', `${sim.host}:${sim.port}`, '--upstream-nameservers', '127.0.0.1:1054']);
   const wire = (name: string, type: 'A' | 'PTR'): Buffer =>
     dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type, class: 'IN' }] });
   const routeOf = (msg: Buffer): Upstream => routing.router.route(parseQuery(msg).key).upstream;
@@ -1063,16 +1078,8 @@ t.test('routing: a stub domain\'s servers that failed and came back are healthy 
   // second while failing; a stub domain's (and the host resolvers') health should come back the same way.
   const sim = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.5'] } }), faults: { dropAll: true } });
   t.teardown(() => sim.close());
-  const { config } = loadConfig(['--stub-domain', `corp.example=${sim.host}:${sim.port}`, '--upstream-nameservers', '127.0.0.1:1054', '--timeout', '200ms'], { env: {} });
-  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
-  const counters = {
-    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
-  };
-  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
-  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
-  const msg = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'db.corp.example', type: 'A', class: 'IN' }] });
-  const route = routing.router.route(parseQuery(msg).key);
-  t.equal(route.upstream.name, 'stub:corp.example');
+  const routing = routingOf(t, ['--stub-domain', `corp.example=${sim.host}:${sim.port}`, '--upstream-nameservers', '127.0.0.1:1054', '--timeout', '200ms']);
+  const { msg, route } = stubRoute(t, routing);
   const outcomes = await Promise.all([0, 1, 2].map(() => new Promise<string>((resolve) => {
     route.upstream.send({ query: msg, deadline: systemClock.now() + route.timeoutMs, resolve: () => resolve('answered'), reject: (reason) => resolve(reason) });
   })));
@@ -1122,19 +1129,8 @@ t.test('routing: a stub domain whose first server stays silent is healthy again 
   const second = await SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.5'] } }, { soaZone: 'corp.example' }), faults: { dropAll: true } });
   t.teardown(() => first.close());
   t.teardown(() => second.close());
-  const { config } = loadConfig(
-    ['--stub-domain', `corp.example=${first.host}:${first.port},${second.host}:${second.port}`, '--upstream-nameservers', '127.0.0.1:1054'],
-    { env: {} },
-  );
-  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
-  const counters = {
-    pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
-  };
-  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
-  t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
-  const msg = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'db.corp.example', type: 'A', class: 'IN' }] });
-  const route = routing.router.route(parseQuery(msg).key);
-  t.equal(route.upstream.name, 'stub:corp.example');
+  const routing = routingOf(t, ['--stub-domain', `corp.example=${first.host}:${first.port},${second.host}:${second.port}`, '--upstream-nameservers', '127.0.0.1:1054']);
+  const { msg, route } = stubRoute(t, routing);
   // Both servers down: three exchanges time out (short deadlines, to keep the test short), the route is failing.
   const outcomes = await Promise.all([0, 1, 2].map(() => new Promise<string>((resolve) => {
     route.upstream.send({ query: msg, deadline: systemClock.now() + 300, resolve: () => resolve('answered'), reject: (reason) => resolve(reason) });
