@@ -654,17 +654,20 @@ async function adOf(target: { host: string; port: number }, name: string, ask: '
 }
 
 /** An agent whose host resolver is a simulator answering with `handler` (the cluster DNS a static one). */
-async function agentBehind(t: Test, handler: SimHandler): Promise<{ upstream: SimDnsServer; agent: TestAgent }> {
+async function agentBehind(t: Test, handler: SimHandler, io: readonly string[]): Promise<{ upstream: SimDnsServer; agent: TestAgent }> {
   const { args } = await sims(t);
   const upstream = await SimDnsServer.start({ handler });
   t.teardown(() => upstream.close());
-  const agent = await startAgent(HOST, [...args.slice(0, 2), '--upstream-nameservers', `127.0.0.1:${upstream.port}`]);
+  const agent = await startAgent(HOST, [...args.slice(0, 2), '--upstream-nameservers', `127.0.0.1:${upstream.port}`, ...io]);
   t.teardown(agent.stop);
   return { upstream, agent };
 }
 
-t.test('AD in a query (RFC 6840 5.7): forwarded, and the answer\'s AD is given only to clients that asked with AD or DO', async (t) => {
-  const { upstream: validating, agent: a } = await agentBehind(t, adUpstream(false));
+// Both backends: a batched worker builds its own upstream queries and serves hits from the shared store.
+for (const b of [BACKENDS[0]!, BACKENDS[1]!]) {
+t.test(`[${b.name}] AD in a query (RFC 6840 5.7): forwarded, and the answer's AD is given only to clients that asked with AD or DO`, async (t) => {
+  const { upstream: validating, agent: a } = await agentBehind(t, adUpstream(false), b.args);
+  served(t, b, a);
   // Fetched for a plain client first: the entry must still know what an AD client is owed.
   t.equal(await adOf(a.target, 'www.example.com', 'plain'), false, 'plain client, miss: AD=0');
   t.equal(await adOf(a.target, 'www.example.com', 'ad'), true, 'AD client, hit on the entry a plain client fetched: AD=1');
@@ -680,11 +683,12 @@ t.test('AD in a query (RFC 6840 5.7): forwarded, and the answer\'s AD is given o
   const overTcp = (await tcpQueries(a.target, [query({ name: 'www.example.com', id: 9, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.AUTHENTIC_DATA })])).get(9)!;
   t.equal((overTcp.readUInt16BE(2) & dnsPacket.AUTHENTIC_DATA) !== 0, true, 'over TCP too');
 
-  const { agent: b } = await agentBehind(t, adUpstream(true));
-  t.equal(await adOf(b.target, 'www.example.com', 'plain'), false, 'an upstream that sets AD on everything: a plain client still gets AD=0 (RFC 6840 5.8), miss');
-  t.equal(await adOf(b.target, 'www.example.com', 'plain'), false, 'and hit');
-  t.equal(await adOf(b.target, 'www.example.com', 'ad'), true, 'an AD client gets it');
+  const { agent: loose } = await agentBehind(t, adUpstream(true), b.args);
+  t.equal(await adOf(loose.target, 'www.example.com', 'plain'), false, 'an upstream that sets AD on everything: a plain client still gets AD=0 (RFC 6840 5.8), miss');
+  t.equal(await adOf(loose.target, 'www.example.com', 'plain'), false, 'and hit');
+  t.equal(await adOf(loose.target, 'www.example.com', 'ad'), true, 'an AD client gets it');
 });
+}
 
 /** The agent runs the backend asked for (batched must not have fallen back to dgram here). */
 function served(t: Test, b: Backend, a: TestAgent): void {
