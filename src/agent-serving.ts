@@ -91,6 +91,7 @@ export async function buildServing(c: Config, routing: Routing, d: ServingDeps):
       idleTimeoutMs: c.tcpIdleTimeoutMs,
       readTimeoutMs: c.tcpReadTimeoutMs,
       maxConnections: c.maxTcpConnections,
+      maxConnectionsPerClient: c.maxTcpPerClient,
       maxQueriesPerConnection: c.maxTcpQueries,
       clock: d.clock,
       reusePort: c.reusePort,

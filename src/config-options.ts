@@ -70,6 +70,12 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: 'a client TCP message must be complete this long after its first byte (slow-loris); a pod sends one segment, 2 s allows a retransmission',
   },
   { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; at the cap a newcomer closes the connection idle longest, and is refused only when all are busy', min: 1 },
+  // One pod must not hold every slot: 64 is 1/16 of the 1,024 above, and far past what a pod's resolver opens
+  // (glibc, musl and Go open one per lookup and close it after the answer).
+  {
+    flag: 'max-tcp-per-client', kind: 'int', def: '64', min: 0,
+    help: 'client TCP connections one client address may hold; at it a newcomer from that address closes its idlest one, and is refused only when all of its are busy. 0 = no cap',
+  },
   { flag: 'max-tcp-queries', kind: 'int', def: '128', help: 'queries in flight on one client TCP connection; reading pauses beyond it', min: 1 },
   {
     flag: 'max-concurrent', kind: 'int', def: '1000', min: 1, max: 1_000_000,

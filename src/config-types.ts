@@ -51,6 +51,8 @@ export interface Config {
   readonly tcpIdleTimeoutMs: number;
   readonly tcpReadTimeoutMs: number;
   readonly maxTcpConnections: number;
+  /** Client TCP connections one address may hold; 0 = no cap. */
+  readonly maxTcpPerClient: number;
   readonly maxTcpQueries: number;
   /** New upstream questions a client (pod IP) may start per second; 0 = no limit. */
   readonly clientMissRate: number;

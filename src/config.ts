@@ -220,6 +220,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     tcpIdleTimeoutMs: duration('tcp-idle-timeout'),
     tcpReadTimeoutMs: duration('tcp-read-timeout'),
     maxTcpConnections: int('max-tcp-connections'),
+    maxTcpPerClient: int('max-tcp-per-client'),
     maxTcpQueries: int('max-tcp-queries'),
     hostMaxInflight: int('host-max-inflight'),
     maxConcurrent: int('max-concurrent'),

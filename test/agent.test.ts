@@ -11,7 +11,7 @@
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
 import * as dnsPacket from 'dns-packet';
-import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { SimDnsServer, staticHandler, type SimHandler } from '../testkit/dns-server.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +22,7 @@ import { UdpListener } from '../src/server/udp-listener.js';
 import type { ServerCounterName } from '../src/server/stats.js';
 import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
 import { BACKENDS, startAgent, writeResolvConf, type Backend, type TestAgent } from './helpers/agent.js';
+import { query } from './kit/dns.js';
 
 const HOST = '127.0.20.1';
 // Each batched worker thread loads the TypeScript loader afresh: seconds per start on a busy machine.
@@ -628,6 +629,66 @@ t.test('warm restart: a restarted agent answers a cached name before any upstrea
   t.ok(ttlOf(warm.answers?.[0])! <= 30, 'with its remaining TTL');
   t.equal(second.agent.cache.counters.get('hitPositive'), 1);
 });
+
+/**
+ * A validating upstream: AD=1 on its answers only when the query asked with AD or DO (RFC 6840 5.7-5.8), as
+ * unbound and BIND do; `always` is one that sets it on every answer whatever was asked.
+ */
+function adUpstream(always: boolean): SimHandler {
+  const inner = staticHandler({ 'www.example.com': { A: ['192.0.2.80'] }, 'mail.example.com': { A: ['192.0.2.25'] } }, { soaZone: 'example.com' });
+  return async (query, ctx) => {
+    const out = await inner(query, ctx);
+    if (out === null) return null;
+    const opt = (query.additionals ?? []).find((r) => r.type === 'OPT') as { flags?: number } | undefined;
+    const asked = ((query.flags ?? 0) & dnsPacket.AUTHENTIC_DATA) !== 0 || ((opt?.flags ?? 0) & dnsPacket.DNSSEC_OK) !== 0;
+    return { ...out, flags: (out.flags ?? 0) | (always || asked ? dnsPacket.AUTHENTIC_DATA : 0) };
+  };
+}
+
+/** The AD bit of the answer to one UDP query for `name`: a plain one, one with AD set (glibc trust-ad, dig's default), or with EDNS DO. */
+async function adOf(target: { host: string; port: number }, name: string, ask: 'plain' | 'ad' | 'do'): Promise<boolean> {
+  const flags = dnsPacket.RECURSION_DESIRED | (ask === 'ad' ? dnsPacket.AUTHENTIC_DATA : 0);
+  const reply = await udpExchange(target, query({ name, flags, edns: ask === 'do', do: ask === 'do' }));
+  if (reply === null) throw new Error(`no answer for ${name}`);
+  return (reply.readUInt16BE(2) & dnsPacket.AUTHENTIC_DATA) !== 0;
+}
+
+/** An agent whose host resolver is a simulator answering with `handler` (the cluster DNS a static one). */
+async function agentBehind(t: Test, handler: SimHandler, io: readonly string[]): Promise<{ upstream: SimDnsServer; agent: TestAgent }> {
+  const { args } = await sims(t);
+  const upstream = await SimDnsServer.start({ handler });
+  t.teardown(() => upstream.close());
+  const agent = await startAgent(HOST, [...args.slice(0, 2), '--upstream-nameservers', `127.0.0.1:${upstream.port}`, ...io]);
+  t.teardown(agent.stop);
+  return { upstream, agent };
+}
+
+// Both backends: a batched worker builds its own upstream queries and serves hits from the shared store.
+for (const b of [BACKENDS[0]!, BACKENDS[1]!]) {
+t.test(`[${b.name}] AD in a query (RFC 6840 5.7): forwarded, and the answer's AD is given only to clients that asked with AD or DO`, async (t) => {
+  const { upstream: validating, agent: a } = await agentBehind(t, adUpstream(false), b.args);
+  served(t, b, a);
+  // Fetched for a plain client first: the entry must still know what an AD client is owed.
+  t.equal(await adOf(a.target, 'www.example.com', 'plain'), false, 'plain client, miss: AD=0');
+  t.equal(await adOf(a.target, 'www.example.com', 'ad'), true, 'AD client, hit on the entry a plain client fetched: AD=1');
+  t.equal(await adOf(a.target, 'www.example.com', 'plain'), false, 'plain client, hit: AD=0');
+  t.equal(count(validating, 'www.example.com'), 1, 'AD does not split the cache: one upstream query');
+  // Fetched for an AD client first: a plain client after it must not get AD.
+  t.equal(await adOf(a.target, 'mail.example.com', 'ad'), true, 'AD client, miss: AD=1 (the AD request went upstream)');
+  t.equal(await adOf(a.target, 'mail.example.com', 'plain'), false, 'plain client, hit on the entry an AD client fetched: AD=0');
+  t.equal(await adOf(a.target, 'mail.example.com', 'do'), true, 'DO client (its own entry): AD=1');
+  t.equal(count(validating, 'mail.example.com'), 2, 'one query without DO, one with');
+  t.equal(await adOf(a.target, 'nope.example.com', 'ad'), true, 'a negative answer keeps its AD for an AD client');
+  t.equal(await adOf(a.target, 'nope.example.com', 'plain'), false, 'and not for a plain one');
+  const overTcp = (await tcpQueries(a.target, [query({ name: 'www.example.com', id: 9, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.AUTHENTIC_DATA })])).get(9)!;
+  t.equal((overTcp.readUInt16BE(2) & dnsPacket.AUTHENTIC_DATA) !== 0, true, 'over TCP too');
+
+  const { agent: loose } = await agentBehind(t, adUpstream(true), b.args);
+  t.equal(await adOf(loose.target, 'www.example.com', 'plain'), false, 'an upstream that sets AD on everything: a plain client still gets AD=0 (RFC 6840 5.8), miss');
+  t.equal(await adOf(loose.target, 'www.example.com', 'plain'), false, 'and hit');
+  t.equal(await adOf(loose.target, 'www.example.com', 'ad'), true, 'an AD client gets it');
+});
+}
 
 /** The agent runs the backend asked for (batched must not have fallen back to dgram here). */
 function served(t: Test, b: Backend, a: TestAgent): void {

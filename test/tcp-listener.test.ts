@@ -1,8 +1,9 @@
 // The client TCP listener against real sockets on loopback: pipelining and
 // half-close, the slow-loris defences (read timeout, idle that partial bytes
-// do not extend, eviction of the idlest connection at the cap) and the bound
-// on unsent answers for a client that never reads (kernel send queue read
-// from /proc/net/tcp, Node's share capped).
+// do not extend, eviction of the idlest connection at the cap), the cap per
+// client address (clients bound to 127.0.0.2, 127.0.0.3, and in the agent on
+// both UDP backends) and the bound on unsent answers for a client that never
+// reads (kernel send queue read from /proc/net/tcp, Node's share capped).
 import t, { type Test } from 'tap';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -13,7 +14,9 @@ import { silentLogger } from '../src/log.js';
 import type { ClientChannel, ClientPeer, QueryHandler } from '../src/server/listener.js';
 import { TcpListener, type TcpListenerOptions } from '../src/server/tcp-listener.js';
 import { fdOf, loadSocketOptions } from '../src/sys/socket-options.js';
-import { sleep } from './helpers/dns-client.js';
+import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
+import { startAgent } from './helpers/agent.js';
+import { buildQuery, sleep } from './helpers/dns-client.js';
 
 const HOST = '127.0.0.1';
 /** A query whose byte 2 is HOLD is kept by the handler until the test releases it (a slow upstream). */
@@ -69,9 +72,10 @@ class Client {
     });
   }
 
-  static connect(t: Test, port: number, opts: { read?: boolean } = {}): Promise<Client> {
+  /** `host` the listener's address (default HOST), `from` a loopback source address to connect from. */
+  static connect(t: Test, port: number, opts: { read?: boolean; host?: string; from?: string } = {}): Promise<Client> {
     return new Promise((resolve, reject) => {
-      const s = net.connect(port, HOST);
+      const s = net.connect({ port, host: opts.host ?? HOST, ...(opts.from !== undefined ? { localAddress: opts.from } : {}) });
       const c = new Client(s);
       t.teardown(() => {
         s.destroy();
@@ -97,8 +101,8 @@ async function until(pred: () => boolean, boundMs = 5000): Promise<boolean> {
   return pred();
 }
 
-async function startListener(t: Test, handler: QueryHandler, opts: Partial<TcpListenerOptions> = {}): Promise<TcpListener> {
-  const l = new TcpListener({ host: HOST, port: 0 }, handler, silentLogger, {
+async function startListener(t: Test, handler: QueryHandler, opts: Partial<TcpListenerOptions> = {}, host = HOST): Promise<TcpListener> {
+  const l = new TcpListener({ host, port: 0 }, handler, silentLogger, {
     idleTimeoutMs: 10_000,
     maxConnections: 16,
     maxQueriesPerConnection: 8,
@@ -275,6 +279,94 @@ t.test('at the connection cap a new client evicts the idlest connection; refused
   t.notOk(b.closed || c.closed || d.closed);
   t.equal(l.counters.get('open'), 3, 'gauge of open connections');
 });
+
+// ---------------------------------------------------------------- the per-client cap
+
+t.test('per-client cap: at it a client closes its own idlest connection, and is refused only when all of its are busy; others are not touched', async (t) => {
+  const h = new FakeHandler();
+  const l = await startListener(t, h, { maxConnections: 16, maxConnectionsPerClient: 2 });
+  const a1 = await Client.connect(t, l.port, { from: '127.0.0.2' });
+  a1.socket.write(query(1, true));
+  const a2 = await Client.connect(t, l.port, { from: '127.0.0.2' });
+  a2.socket.write(query(2, true));
+  t.ok(await until(() => h.held.length === 2), 'both of 127.0.0.2\'s connections busy');
+  const a3 = await Client.connect(t, l.port, { from: '127.0.0.2' });
+  a3.socket.write(query(3));
+  t.ok(await until(() => a3.closed), 'a third from 127.0.0.2 is closed at once');
+  t.same(a3.answers, [], 'and not served');
+  t.equal(l.counters.get('refusedClient'), 1, 'counted as refused, reason client_limit');
+  t.equal(l.counters.get('refused'), 0, 'not as the listener\'s own cap');
+  const b = await Client.connect(t, l.port, { from: '127.0.0.3' });
+  b.socket.write(query(4));
+  t.ok(await until(() => b.answers.length === 1), 'another address is served');
+  h.release();
+  t.ok(await until(() => a1.answers.length === 1 && a2.answers.length === 1), 'the busy ones get their answers');
+  // Both idle now: a newcomer from the capped address makes room among its own connections, never another client's.
+  const a4 = await Client.connect(t, l.port, { from: '127.0.0.2' });
+  a4.socket.write(query(5));
+  t.ok(await until(() => a4.answers.length === 1), 'the newcomer is served');
+  t.ok(await until(() => a1.closed), 'a1 (its idlest, the older on a tie) was closed for it');
+  t.notOk(a2.closed || b.closed, 'a2 and the other client stay');
+  t.equal(l.counters.get('closedEvicted'), 1, 'counted as evicted');
+  t.equal(l.counters.get('refusedClient'), 1, 'nothing more refused');
+  t.equal(l.clientAddresses, 2, 'two addresses tracked');
+  for (const c of [a2, a4, b]) c.socket.destroy();
+  t.ok(await until(() => l.connections === 0 && l.clientAddresses === 0), 'an address is forgotten with its last connection');
+});
+
+t.test('per-client cap: IPv6 clients are capped by address too; 0 turns it off', async (t) => {
+  const h = new FakeHandler();
+  const l6 = await startListener(t, h, { maxConnectionsPerClient: 1 }, '::1');
+  const c1 = await Client.connect(t, l6.port, { host: '::1' });
+  c1.socket.write(query(1, true));
+  t.ok(await until(() => h.held.length === 1), 'one busy connection from ::1');
+  const c2 = await Client.connect(t, l6.port, { host: '::1' });
+  t.ok(await until(() => c2.closed), 'a second from ::1 is refused');
+  t.equal(l6.counters.get('refusedClient'), 1, 'counted as client_limit');
+  h.release();
+
+  const l0 = await startListener(t, h, { maxConnectionsPerClient: 0 });
+  const many: Client[] = [];
+  for (let i = 0; i < 5; i++) {
+    const c = await Client.connect(t, l0.port, { from: '127.0.0.2' });
+    c.socket.write(query(10 + i, true));
+    many.push(c);
+  }
+  t.ok(await until(() => h.held.length === 5), 'five busy connections from one address, all admitted');
+  t.notOk(many.some((c) => c.closed), 'none closed');
+  t.equal(l0.counters.get('refusedClient'), 0, 'nothing refused');
+  t.equal(l0.clientAddresses, 0, 'nothing tracked without a cap');
+  h.release();
+});
+
+for (const io of ['dgram', 'batched'] as const) {
+  t.test(`--max-tcp-per-client in the agent (--io ${io}: TCP is served on the main thread either way)`, async (t) => {
+    // An upstream that never answers keeps a query in flight, so the connection that asked is busy and cannot make room.
+    const silent = await SimDnsServer.start({ handler: staticHandler({}), faults: { dropAll: true } });
+    t.teardown(() => silent.close());
+    const up = `127.0.0.1:${silent.port}`;
+    const a = await startAgent('127.0.21.1', [
+      '--upstream-addr', up, '--upstream-nameservers', up, '--timeout', '30s', '--max-tcp-per-client', '1',
+      '--io', io, ...(io === 'batched' ? ['--workers', '1'] : []),
+    ]);
+    t.teardown(a.stop);
+    t.equal(a.agent.udpIo, io, `UDP served by ${io}`);
+    const tcp = a.agent.listeners.find((l): l is TcpListener => l instanceof TcpListener);
+    if (tcp === undefined) throw new Error('no TCP listener');
+    const asked = (): number => silent.stats.tcpQueries + silent.stats.udpQueries;
+    const busy = await Client.connect(t, a.target.port, { host: a.target.host, from: '127.0.0.2' });
+    busy.socket.write(frame(buildQuery('a.default.svc.cluster.local', { id: 1 })));
+    t.ok(await until(() => asked() === 1), 'its query waits on the upstream');
+    const second = await Client.connect(t, a.target.port, { host: a.target.host, from: '127.0.0.2' });
+    second.socket.write(frame(buildQuery('b.default.svc.cluster.local', { id: 2 })));
+    t.ok(await until(() => second.closed), 'a second connection from 127.0.0.2 is closed at once');
+    t.equal(tcp.counters.get('refusedClient'), 1, 'counted');
+    const other = await Client.connect(t, a.target.port, { host: a.target.host, from: '127.0.0.3' });
+    other.socket.write(frame(buildQuery('c.default.svc.cluster.local', { id: 3 })));
+    t.ok(await until(() => asked() === 2), 'another address is admitted and its query forwarded');
+    t.notOk(busy.closed || other.closed, 'both stay open');
+  });
+}
 
 // ---------------------------------------------------------------- defect 9: clients that never read
 

@@ -430,6 +430,7 @@ t.test('upstreamQuery: canonical lower-case query with EDNS', async (t) => {
   t.equal(u.questions?.[0]?.name, 'mixed.example');
   t.equal(u.questions?.[0]?.type, 'AAAA');
   t.equal(u.flag_rd, true);
+  t.equal(u.flag_ad, true, 'AD asked for every client (RFC 6840 5.7): the entry then holds the upstream\'s verdict');
   t.equal(((u.additionals?.[0] as { flags: number }).flags & dnsPacket.DNSSEC_OK) !== 0, true);
   t.ok(answerMatchesQuery(upstreamQuery(q), answer('MIXED.example', [], { type: 'AAAA' })), 'case-insensitive match');
   t.notOk(answerMatchesQuery(upstreamQuery(q), answer('mixed.example', [], { type: 'A' })), 'type must match');

@@ -5,7 +5,7 @@
  * the rest of the work.
  */
 import {
-  EDNS_DO, FLAG_CD, FLAG_QR, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ARCOUNT, OFF_FLAGS, OFF_QDCOUNT, OPCODE_MASK, QType,
+  EDNS_DO, FLAG_AD, FLAG_CD, FLAG_QR, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ARCOUNT, OFF_FLAGS, OFF_QDCOUNT, OPCODE_MASK, QType,
 } from './constants.js';
 import type { Query } from './query.js';
 import { copyLowerName } from './name.js';
@@ -60,13 +60,20 @@ export function truncatedResponse(q: Query, rcode: number): Buffer {
  * The query we forward: our canonical form, not the client's bytes. The name
  * is lower-cased (the cache key's spelling), RD is set, CD and DO follow the
  * client (both are in the key), and EDNS is always on so upstream answers are
- * not cut at 512 bytes. The id is left 0: the transport writes its own.
+ * not cut at 512 bytes. AD is always set (RFC 6840 5.7: we understand it), so
+ * a validating upstream says whether the data is authentic even without DO,
+ * and one entry serves every client: patch.ts gives the AD bit only to those
+ * that asked with AD or DO. Keying on the client's AD instead (CoreDNS keys
+ * on DO alone and keeps whatever AD the first asker got) would split the cache
+ * between glibc's trust-ad and every other client, or serve AD=0 to an AD
+ * client from an entry a plain client fetched. The id is left 0: the
+ * transport writes its own.
  */
 export function upstreamQuery(q: Query, ednsSize = DEFAULT_EDNS_SIZE): Buffer {
   const qEnd = q.qnameEnd + 4;
   const out = Buffer.allocUnsafe(qEnd + OPT_LEN);
   out.writeUInt16BE(0, 0);
-  out.writeUInt16BE(FLAG_RD | (q.flags & FLAG_CD), 2);
+  out.writeUInt16BE(FLAG_RD | FLAG_AD | (q.flags & FLAG_CD), 2);
   out.writeUInt32BE(0x00010000, 4); // QDCOUNT 1, ANCOUNT 0
   out.writeUInt32BE(0x00000001, 8); // NSCOUNT 0, ARCOUNT 1
   copyLowerName(q.msg, HEADER_LEN, out, HEADER_LEN, q.qnameEnd - HEADER_LEN);

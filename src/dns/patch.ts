@@ -6,7 +6,7 @@
  * record boundary found from the TTL offsets alone. It never throws.
  */
 import {
-  FLAG_AA, FLAG_CD, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT,
+  FLAG_AA, FLAG_AD, FLAG_CD, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT,
 } from './constants.js';
 import { OPT_LEN, writeOpt } from './build.js';
 import type { Query } from './query.js';
@@ -56,8 +56,10 @@ export function writeAnswerFrom(
   out[1] = q.id & 0xff;
   // AA=1 as node-cache (CoreDNS's cache, plugin/cache/item.go) sets it on every cached answer: some clients
   // discard non-authoritative answers, and pods moving from node-cache must see the same bits. RD and CD
-  // echo the client; we offer recursion.
-  let flags = (((src[base + OFF_FLAGS]! << 8) | src[base + OFF_FLAGS + 1]!) & ~(FLAG_RD | FLAG_CD)) | FLAG_AA | (q.flags & (FLAG_RD | FLAG_CD)) | FLAG_RA;
+  // echo the client; we offer recursion. The upstream's AD (every upstream query asks for it: build.ts
+  // upstreamQuery) goes only to a client that asked with AD or DO (RFC 6840 5.8).
+  const hide = (q.flags & FLAG_AD) !== 0 || q.dnssecOk ? FLAG_RD | FLAG_CD : FLAG_RD | FLAG_CD | FLAG_AD;
+  let flags = (((src[base + OFF_FLAGS]! << 8) | src[base + OFF_FLAGS + 1]!) & ~hide) | FLAG_AA | (q.flags & (FLAG_RD | FLAG_CD)) | FLAG_RA;
   if (tc) flags |= FLAG_TC;
   out[OFF_FLAGS] = flags >>> 8;
   out[OFF_FLAGS + 1] = flags & 0xff;

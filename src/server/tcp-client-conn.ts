@@ -21,6 +21,18 @@ import type { TcpListenerCounter, TcpListenerCounters } from './tcp-stats.js';
  */
 export const DRAIN_IDLE_MS = 500;
 
+/**
+ * Two maximum-size answers (64 KiB each), so one large answer queued behind
+ * another does not cut a client that reads. With a reading client Node's
+ * buffer stays near empty: the kernel hands data straight to the client's
+ * receive buffer (128 KiB initially) and our send buffer. For a client that
+ * never reads the total unsent on our side is then at most ~110 KB kernel +
+ * this + one answer, ~300 KiB (~300 MiB at 1,024 connections), where kernel
+ * autotuning plus the old 1 MiB cut-off allowed ~4.5 MiB each (3.5 MB of it
+ * in the kernel, measured).
+ */
+export const TCP_MAX_UNSENT_BYTES = 128 * 1024;
+
 export type TcpCloseReason = 'read_timeout' | 'idle' | 'evicted' | 'unsent_limit';
 
 const CLOSE_SLOT: Readonly<Record<TcpCloseReason, TcpListenerCounter>> = {
@@ -131,6 +143,11 @@ export class TcpClientConnection implements ClientChannel {
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('end', () => this.stopReading());
     socket.on('error', (err) => this.#logger.debug('tcp client error', { listener: this.#listenerName, error: err.message }));
+  }
+
+  /** The client's address (its per-client cap's key, tcp-per-client.ts). */
+  get address(): string {
+    return this.#peer.address;
   }
 
   get lastActiveMs(): number {

@@ -11,6 +11,8 @@
  *   activity, so they never push the idle timeout back;
  * - at the connection cap a newcomer evicts the connection that has been idle
  *   longest with nothing in flight, and is refused only when every one is busy;
+ *   one client address holds at most maxConnectionsPerClient of them, making
+ *   room the same way among its own (tcp-per-client.ts);
  * - unsent answers are bounded in the kernel (a small SO_SNDBUF set at accept)
  *   and in Node (maxUnsentBytes); past that the client is reset.
  * The clock's shared sweep (every 50 ms) runs the timeouts while connections
@@ -37,14 +39,17 @@ import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-optio
 import type { ServerAddress } from '../upstream/types.js';
 import type { Listener, QueryHandler } from './listener.js';
 import { tcpListenerCounters, type TcpListenerCounters } from './tcp-stats.js';
-import { TcpClientConnection, type CoarseTime, type Limits, type TcpCloseReason } from './tcp-client-conn.js';
+import { TCP_MAX_UNSENT_BYTES, TcpClientConnection, type CoarseTime, type Limits, type TcpCloseReason } from './tcp-client-conn.js';
+import { ConnectionsPerClient, idlest } from './tcp-per-client.js';
 
-export { DRAIN_IDLE_MS, type TcpCloseReason } from './tcp-client-conn.js';
+export { DRAIN_IDLE_MS, TCP_MAX_UNSENT_BYTES, type TcpCloseReason } from './tcp-client-conn.js';
 
 export interface TcpListenerOptions {
   /** Close a connection with no complete message and nothing in flight for this long (RFC 7766 6.2.3). */
   readonly idleTimeoutMs: number;
   readonly maxConnections: number;
+  /** Connections one client address may hold; 0: no cap. Default: --max-tcp-per-client's (config.ts). */
+  readonly maxConnectionsPerClient?: number;
   readonly maxQueriesPerConnection: number;
   /** A message must be complete this long after its first byte arrives. Default: --tcp-read-timeout's (config.ts). */
   readonly readTimeoutMs?: number;
@@ -73,18 +78,6 @@ export interface TcpListenerOptions {
 const DRAIN_QUIET_SWEEPS = 2;
 
 /**
- * Two maximum-size answers (64 KiB each), so one large answer queued behind
- * another does not cut a client that reads. With a reading client Node's
- * buffer stays near empty: the kernel hands data straight to the client's
- * receive buffer (128 KiB initially) and our send buffer. For a client that
- * never reads the total unsent on our side is then at most ~110 KB kernel +
- * this + one answer, ~300 KiB (~300 MiB at 1,024 connections), where kernel
- * autotuning plus the old 1 MiB cut-off allowed ~4.5 MiB each (3.5 MB of it
- * in the kernel, measured).
- */
-export const TCP_MAX_UNSENT_BYTES = 128 * 1024;
-
-/**
  * The kernel doubles it to a 64 KiB sk_sndbuf, which one large segment may
  * overshoot: SIOCOUTQ peaks near 110 KB measured with 60 KB answers, against
  * 3.5 MB under autotuning (net.ipv4.tcp_wmem max 4 MiB) for a client that
@@ -108,6 +101,7 @@ export class TcpListener implements Listener {
   readonly #clock: Clock;
   readonly #time: CoarseTime;
   readonly #conns: Set<TcpClientConnection>;
+  readonly #perClient: ConnectionsPerClient;
   #server: net.Server | null;
   #sockopts: SocketOptions | null;
   /** Unregisters our sweep from the clock's shared timer; null while no connection is open. */
@@ -145,6 +139,7 @@ export class TcpListener implements Listener {
     this.name = `tcp://${formatHostPort(addr)}`;
     this.#time = { now: this.#clock.now() };
     this.#conns = new Set();
+    this.#perClient = new ConnectionsPerClient(opts.maxConnectionsPerClient ?? DEFAULTS.maxTcpPerClient);
     this.#server = null;
     this.#sockopts = null;
     this.#sweep = null;
@@ -184,6 +179,11 @@ export class TcpListener implements Listener {
 
   get connections(): number {
     return this.#conns.size;
+  }
+
+  /** Client addresses the per-client cap tracks (those with a connection open). */
+  get clientAddresses(): number {
+    return this.#perClient.size;
   }
 
   async start(): Promise<void> {
@@ -300,14 +300,22 @@ export class TcpListener implements Listener {
     this.#sweep = null;
     for (const c of this.#conns) c.destroy();
     this.#conns.clear();
+    this.#perClient.clear();
     this.#setOpenGauge();
     if (server === null || !server.listening) return Promise.resolve();
     return new Promise((resolve) => server.close(() => resolve()));
   }
 
   #accept(socket: net.Socket): void {
-    if (this.#conns.size >= this.#maxConnections && !this.#evictIdlest()) {
-      this.counters.values[this.counters.schema.slot.refused]!++;
+    const address = socket.remoteAddress ?? '';
+    const slot = this.counters.schema.slot;
+    if (this.#perClient.full(address) && !this.#evict(this.#perClient.idlestOf(address))) {
+      this.counters.values[slot.refusedClient]!++;
+      socket.destroy();
+      return;
+    }
+    if (this.#conns.size >= this.#maxConnections && !this.#evict(idlest(this.#conns))) {
+      this.counters.values[slot.refused]!++;
       socket.destroy();
       return;
     }
@@ -315,28 +323,18 @@ export class TcpListener implements Listener {
     this.#time.now = this.#clock.now();
     const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#limits, this.name, this.#time, this.counters);
     this.#conns.add(conn);
+    this.#perClient.add(conn);
     if (this.#draining) {
       this.#acceptedSinceSweep++;
       conn.finish();
     }
     this.#setOpenGauge();
-    socket.once('close', () => {
-      this.#conns.delete(conn);
-      this.#setOpenGauge();
-    });
+    socket.once('close', () => this.#forget(conn));
     if (this.#sweep === null) this.#sweep = this.#clock.sweep(this.#onSweep);
   }
 
-  /**
-   * Closes the connection idle longest with nothing in flight; false when every connection is busy.
-   * A scan of the set (about 10 us at 1,024 connections), run only when a client arrives at the cap.
-   */
-  #evictIdlest(): boolean {
-    let victim: TcpClientConnection | null = null;
-    for (const c of this.#conns) {
-      // Strict <: on a tie the older connection (earlier in the set) goes.
-      if (c.idle && (victim === null || c.lastActiveMs < victim.lastActiveMs)) victim = c;
-    }
+  /** Closes `victim` (the idlest at a cap) to make room; false when there is none (every one busy). */
+  #evict(victim: TcpClientConnection | null): boolean {
     if (victim === null) return false;
     this.#closeConn(victim, 'evicted');
     return true;
@@ -360,7 +358,13 @@ export class TcpListener implements Listener {
   #closeConn(c: TcpClientConnection, reason: TcpCloseReason): void {
     c.close(reason);
     // Now, not on 'close' (a tick later): the slot is free for the client being admitted.
-    this.#conns.delete(c);
+    this.#forget(c);
+  }
+
+  /** Once per connection, whichever of #closeConn and its socket's 'close' comes first. */
+  #forget(c: TcpClientConnection): void {
+    if (!this.#conns.delete(c)) return;
+    this.#perClient.remove(c);
     this.#setOpenGauge();
   }
 

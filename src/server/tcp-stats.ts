@@ -6,6 +6,9 @@ import { defineCounters, type Counters } from '../stats/counters.js';
 
 const CLOSED = 'nodelocal_tcp_closed_total';
 const CLOSED_HELP = 'Client TCP connections closed by the agent, by reason';
+const REFUSED = 'nodelocal_tcp_refused_total';
+const REFUSED_HELP =
+  'New client TCP connections closed at once, by reason: connection_limit, --max-tcp-connections reached and every connection busy; client_limit, its address at --max-tcp-per-client and every one of its connections busy';
 
 export const tcpListenerCounters = defineCounters({
   /** A message was not completed within the read timeout of its first byte (slow-loris). */
@@ -17,7 +20,9 @@ export const tcpListenerCounters = defineCounters({
   /** The client left more answers unread than the unsent-bytes cap. */
   closedUnsentLimit: { name: CLOSED, help: CLOSED_HELP, labels: { reason: 'unsent_limit' } },
   /** At the cap with every connection busy: the newcomer is closed at once. */
-  refused: { name: 'nodelocal_tcp_refused_total', help: 'New client TCP connections closed at once: connection cap reached and every connection busy' },
+  refused: { name: REFUSED, help: REFUSED_HELP, labels: { reason: 'connection_limit' } },
+  /** Its address at --max-tcp-per-client with every one of its connections busy: the newcomer is closed at once. */
+  refusedClient: { name: REFUSED, help: REFUSED_HELP, labels: { reason: 'client_limit' } },
   /** Open client connections (set on accept and close). */
   open: { name: 'nodelocal_tcp_connections', help: 'Open client TCP connections', type: 'gauge' },
 });

@@ -78,6 +78,7 @@ const tcp = new TcpListener(addr, agent.hitPath, logger, {
   idleTimeoutMs: config.tcpIdleTimeoutMs,
   readTimeoutMs: config.tcpReadTimeoutMs,
   maxConnections: config.maxTcpConnections,
+  maxConnectionsPerClient: config.maxTcpPerClient,
   maxQueriesPerConnection: config.maxTcpQueries,
   reusePort: true,
   handoverDrain: drain,

@@ -1,0 +1,77 @@
+/**
+ * Who holds the client TCP listener's slots (tcp-listener.ts): the
+ * connections open per client address, for the per-client cap
+ * (--max-tcp-per-client), and who makes room at a cap.
+ *
+ * The listener's own cap (--max-tcp-connections) is shared by every pod on
+ * the node: without a cap per address one pod holding busy connections takes
+ * every slot, and the others' TCP fallback is refused. As dnsdist's
+ * setMaxTCPConnectionsPerClient, the key is the client's address (all its
+ * ports together) as the socket gives it; IPv4 and IPv6 are kept apart
+ * (an IPv6 listener is v6-only, so an IPv4 client never shows up as
+ * ::ffff:a.b.c.d under another key). Unlike dnsdist, a client at its cap
+ * first makes room among its own connections, as a newcomer does at the
+ * listener's cap: a pod that leaves connections idle is not locked out by
+ * them. An address is forgotten with its last connection, so there are
+ * never more entries than open connections.
+ */
+import type { TcpClientConnection } from './tcp-client-conn.js';
+
+/**
+ * The connection idle longest with nothing in flight, null when every one is
+ * busy. On a tie the older connection (earlier in insertion order) goes. A scan
+ * (about 10 us over 1,024 connections), run only when a client arrives at a cap.
+ */
+export function idlest(conns: Iterable<TcpClientConnection>): TcpClientConnection | null {
+  let victim: TcpClientConnection | null = null;
+  for (const c of conns) {
+    if (c.idle && (victim === null || c.lastActiveMs < victim.lastActiveMs)) victim = c;
+  }
+  return victim;
+}
+
+export class ConnectionsPerClient {
+  /** Connections one address may hold; 0: no cap, and nothing is tracked. */
+  readonly #max: number;
+  readonly #byAddress: Map<string, Set<TcpClientConnection>>;
+
+  constructor(max: number) {
+    this.#max = max;
+    this.#byAddress = new Map();
+  }
+
+  /** Addresses with a connection open (0 without a cap). */
+  get size(): number {
+    return this.#byAddress.size;
+  }
+
+  /** Whether `address` already holds its cap (never without a cap). */
+  full(address: string): boolean {
+    return this.#max > 0 && (this.#byAddress.get(address)?.size ?? 0) >= this.#max;
+  }
+
+  /** The idlest of `address`'s own connections, the one to close for its newcomer; null when all are busy. */
+  idlestOf(address: string): TcpClientConnection | null {
+    const own = this.#byAddress.get(address);
+    return own === undefined ? null : idlest(own);
+  }
+
+  /** Once per admitted connection. */
+  add(c: TcpClientConnection): void {
+    if (this.#max === 0) return;
+    const own = this.#byAddress.get(c.address);
+    if (own !== undefined) own.add(c);
+    else this.#byAddress.set(c.address, new Set([c]));
+  }
+
+  /** Once per connection the listener forgets (closed by either side). */
+  remove(c: TcpClientConnection): void {
+    const own = this.#byAddress.get(c.address);
+    if (own === undefined || !own.delete(c)) return;
+    if (own.size === 0) this.#byAddress.delete(c.address);
+  }
+
+  clear(): void {
+    this.#byAddress.clear();
+  }
+}
