@@ -1,7 +1,8 @@
 // Cluster records from our own view: kube/view.ts (indexes, incremental
 // updates, relist), kube/records.ts (the spec's records, NXDOMAIN vs NODATA,
 // reverse, unknown before sync) and kube/encode.ts (the wire answer). Pure:
-// no sockets, no clock.
+// no sockets, no clock; except the last test, which runs the agent against a
+// fake API server on loopback to see its configuration reach the records.
 import t, { type Test } from 'tap';
 import dnsPacket from 'dns-packet';
 import type { Answer as PacketAnswer } from 'dns-packet';
@@ -18,6 +19,10 @@ import { nameToWire, skipName, skipUncompressedName } from '../src/dns/name.js';
 import { keptRecords } from '../src/dns/patch.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { planCaching } from '../src/cache/policy.js';
+import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
+import { writeKubeconfig } from '../testkit/cluster.js';
+import { startAgent } from './helpers/agent.js';
+import { sleep, udpQuery } from './helpers/dns-client.js';
 
 // ---------------------------------------------------------------------------
 // Fixture builders
@@ -820,3 +825,42 @@ function wireSize(qname: Uint8Array, a: ClusterAnswer): number {
     additionals: a.additional.map((r) => ({ ...r, class: 'IN' }) as PacketAnswer),
   });
 }
+
+t.test('the DNS service is found by the cluster DNS address the agent forwards to, when it is not kube-system/kube-dns', async (t) => {
+  // RKE2 names it rke2-coredns-rke2-coredns: with the name fixed to kube-dns, ns.dns.<zone> had no address and
+  // the apex NS no glue while kube-dns failed. The agent forwards to that Service's cluster IP (--upstream-addr);
+  // here nothing listens there, so every forward is refused and the view answers.
+  const dnsIP = '127.0.47.10';
+  const api = new FakeApiServer({ token: 'sample-token' });
+  await api.start();
+  for (const ns of ['default', 'kube-system']) api.put('namespaces', namespaceJson(ns));
+  api.put('services', serviceJson('default', 'kubernetes', { clusterIP: '10.96.0.1', ports: [{ name: 'https', port: 443 }] }));
+  api.put('services', serviceJson('kube-system', 'rke2-coredns-rke2-coredns', { clusterIP: dnsIP, ports: [{ name: 'udp-53', port: 53, protocol: 'UDP' }] }));
+  api.put('endpointslices', endpointSliceJson('kube-system', 'rke2-coredns-a', 'rke2-coredns-rke2-coredns', [{ addresses: ['10.42.0.5'], ready: true }]));
+  const agent = await startAgent('127.0.47.1', ['--upstream-addr', `${dnsIP}:53`, '--local-ttl', '1s', '--kubeconfig', writeKubeconfig(api.url)]);
+  t.teardown(async () => {
+    await agent.stop();
+    await api.close();
+  });
+  for (let i = 0; i < 250 && agent.agent.view?.synced !== true; i++) await sleep(20);
+  t.ok(agent.agent.view?.synced, 'the view synced');
+
+  const a = await udpQuery(agent.target, 'ns.dns.cluster.local', { type: 'A' });
+  t.same((a.answers ?? []).map((r) => [r.name, r.type, (r as { data: unknown }).data]), [['ns.dns.cluster.local', 'A', dnsIP]], 'ns.dns.<zone>: the DNS service\'s address');
+  const ns = await udpQuery(agent.target, 'cluster.local', { type: 'NS' });
+  const host = 'rke2-coredns-rke2-coredns.kube-system.svc.cluster.local';
+  t.same((ns.answers ?? []).map((r) => (r as { data: unknown }).data), [host], 'NS: the DNS service by its own name');
+  t.same((ns.additionals ?? []).filter((r) => r.type === 'A').map((r) => [r.name, (r as { data: unknown }).data]), [[host, dnsIP]], 'with glue');
+
+  // kube-system/kube-dns, where it exists, stays the one named (the address may be kube-dns-upstream's, a second
+  // Service in front of the same pods, as the shipped DaemonSet has it).
+  api.put('services', serviceJson('kube-system', 'kube-dns', { clusterIP: '10.96.0.10', ports: [{ name: 'dns', port: 53, protocol: 'UDP' }] }));
+  let named: string[] = [];
+  for (let i = 0; i < 250; i++) {
+    const r = await udpQuery(agent.target, 'ns.dns.cluster.local', { type: 'A' });
+    named = (r.answers ?? []).map((x) => String((x as { data: unknown }).data));
+    if (named[0] === '10.96.0.10') break;
+    await sleep(20);
+  }
+  t.same(named, ['10.96.0.10'], 'kube-system/kube-dns when the view has it');
+});
