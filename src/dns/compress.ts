@@ -28,13 +28,14 @@ export class NameTable {
   }
 
   /**
-   * Remembers the suffixes of `wire` (an uncompressed name) that start before
-   * `upTo`, as written at `off` in the message: the question, or the labels a
-   * name wrote out before its pointer.
+   * Remembers the suffixes of `wire` (an uncompressed name, lower-cased) that
+   * start before `upTo`, as written at `off` in the message: the question (in
+   * whatever case it was written), or the labels a name wrote out before its
+   * pointer.
    */
-  note(wire: Uint8Array, off: number, upTo = wire.length - 1): void {
+  note(wire: Buffer, off: number, upTo = wire.length - 1): void {
     for (let i = 0; i < upTo && off + i <= MAX_POINTER_TARGET; i += wire[i]! + 1) {
-      const key = lowerKey(wire, i);
+      const key = wire.toString('latin1', i);
       if (!this.#at.has(key)) {
         this.#at.set(key, off + i);
         this.#added.push(key);
@@ -43,19 +44,19 @@ export class NameTable {
   }
 
   /**
-   * Writes the uncompressed name `wire` into `msg` at `off`, and returns the
+   * Writes the uncompressed, lower-cased name `wire` into `msg` at `off`, and returns the
    * offset past it, or -1 when it does not fit before `limit`. `compress`:
    * end it in a pointer to the longest suffix already written (never for
    * names in the rdata of types other than NS, CNAME, SOA, PTR, MX: RFC
    * 3597 4, and RFC 2782 for SRV targets). Either way the labels it writes
    * out become targets for later names.
    */
-  write(msg: Buffer, off: number, limit: number, wire: Uint8Array, compress: boolean): number {
+  write(msg: Buffer, off: number, limit: number, wire: Buffer, compress: boolean): number {
     let cut = wire.length - 1;
     let target = -1;
     if (compress) {
       for (let i = 0; i < wire.length - 1; i += wire[i]! + 1) {
-        const at = this.#at.get(lowerKey(wire, i));
+        const at = this.#at.get(wire.toString('latin1', i));
         if (at !== undefined) {
           cut = i;
           target = at;
@@ -71,14 +72,4 @@ export class NameTable {
     this.note(wire, off, cut);
     return end;
   }
-}
-
-/** The lower-cased bytes of the name's suffix from `from`, as a map key. Only ASCII letters fold; label lengths (< 64) never do. */
-function lowerKey(wire: Uint8Array, from: number): string {
-  let s = '';
-  for (let i = from; i < wire.length; i++) {
-    const c = wire[i]!;
-    s += String.fromCharCode(c >= 0x41 && c <= 0x5a ? c | 0x20 : c);
-  }
-  return s;
 }

@@ -10,7 +10,7 @@
  */
 import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, MAX_MESSAGE, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT, QClass, QType } from '../dns/constants.js';
 import { NameTable } from '../dns/compress.js';
-import { nameToWire, skipUncompressedName } from '../dns/name.js';
+import { copyLowerName, nameToWire, skipUncompressedName } from '../dns/name.js';
 import { ipv6Nibbles } from './ip.js';
 import type { ClusterAnswer, ClusterRR } from './records.js';
 
@@ -42,7 +42,9 @@ export function encodeAnswer(qname: Uint8Array, qtype: number, ans: ClusterAnswe
   msg.writeUInt16BE(QClass.IN, off + 2);
   off += 4;
   const names = new NameTable();
-  names.note(qname.subarray(0, nameEnd), HEADER_LEN);
+  const lower = Buffer.allocUnsafe(nameEnd);
+  copyLowerName(qname, 0, lower, 0, nameEnd);
+  names.note(lower, HEADER_LEN);
 
   const w = new Writer(msg, off, names);
   const an = w.records(ans.answer);
@@ -62,6 +64,8 @@ export function encodeAnswer(qname: Uint8Array, qtype: number, ans: ClusterAnswe
 
 /** Records appended to one message, each whole or not at all. */
 class Writer {
+  readonly #wires = new Map<string, Buffer>();
+
   constructor(
     private readonly msg: Buffer,
     public off: number,
@@ -155,12 +159,16 @@ class Writer {
   }
 
   name(off: number, name: string, compress: boolean): number {
-    let wire: Buffer;
-    try {
-      wire = nameToWire(name);
-    } catch {
-      // Names come from the view's own (validated) objects; one that is not a name ends its section there, never the answer.
-      return -1;
+    let wire = this.#wires.get(name);
+    if (wire === undefined) {
+      try {
+        wire = nameToWire(name);
+      } catch {
+        // Names come from the view's own (validated) objects; one that is not a name ends its section there, never the answer.
+        return -1;
+      }
+      // Most owners repeat (every address of a service): converted once per answer.
+      this.#wires.set(name, wire);
     }
     return this.names.write(this.msg, off, MAX_MESSAGE, wire, compress);
   }
