@@ -109,7 +109,11 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
     cluster = before !== null && before.settings === settings ? before : newCluster(c, deps, settings);
     upstreams.push(cluster.pool);
     const local =
-      deps.view === null ? null : new ViewAnswerer({ view: deps.view, clock: deps.clock, zone: c.clusterDomain, ttl: c.localTtl, maxSilenceMs: c.maxApiSilenceMs });
+      deps.view === null
+        ? null
+        : new ViewAnswerer({
+          view: deps.view, clock: deps.clock, zone: c.clusterDomain, ttl: c.localTtl, maxSilenceMs: c.maxApiSilenceMs, dnsServiceIP: c.clusterUpstream.host,
+        });
     const route: Route = { upstream: cluster.pool, timeoutMs: c.timeoutMs, local };
     for (const zone of [c.clusterDomain, ...REVERSE_ZONES]) routes.push({ zone, target: route });
   }

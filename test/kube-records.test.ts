@@ -1,7 +1,8 @@
 // Cluster records from our own view: kube/view.ts (indexes, incremental
 // updates, relist), kube/records.ts (the spec's records, NXDOMAIN vs NODATA,
 // reverse, unknown before sync) and kube/encode.ts (the wire answer). Pure:
-// no sockets, no clock.
+// no sockets, no clock; except the last test, which runs the agent against a
+// fake API server on loopback to see its configuration reach the records.
 import t, { type Test } from 'tap';
 import dnsPacket from 'dns-packet';
 import type { Answer as PacketAnswer } from 'dns-packet';
@@ -14,9 +15,14 @@ import { encodeAnswer } from '../src/kube/encode.js';
 import { dashedName, inAddrKey, ip6ArpaKey, ipKey, ipv6Nibbles, nibblesToIPv6, podLabelAddress, reverseName } from '../src/kube/ip.js';
 import type { ServicePort, SlimEndpoint, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
 import { QType, Rcode } from '../src/dns/constants.js';
-import { nameToWire } from '../src/dns/name.js';
+import { nameToWire, skipName, skipUncompressedName } from '../src/dns/name.js';
+import { keptRecords } from '../src/dns/patch.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { planCaching } from '../src/cache/policy.js';
+import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
+import { writeKubeconfig } from '../testkit/cluster.js';
+import { startAgent } from './helpers/agent.js';
+import { sleep, udpQuery } from './helpers/dns-client.js';
 
 // ---------------------------------------------------------------------------
 // Fixture builders
@@ -700,4 +706,161 @@ t.test('a headless service\'s addresses come in an order of each computation\'s 
   }
   // Ten computations of 20 addresses in one order by chance: 1 in (20!)^9.
   t.ok(orders.size > 1, `${orders.size} different orders in 10 computations`);
+});
+
+// ---------------------------------------------------------------------------
+// Second review: answer size and the DNS service's name
+
+/** The records the hit path keeps of `wire` within `budget` bytes (its UDP cut), and whether it sets TC. */
+function keptWithin(t: Test, wire: Buffer, budget: number): { kept: number; tc: boolean } {
+  const scan = scanAnswer(wire);
+  t.ok(scan, 'scanAnswer accepts it');
+  const n = keptRecords(wire, scan!.ttlOffsets, budget);
+  return n < 0 ? { kept: ~n, tc: true } : { kept: n, tc: false };
+}
+
+/** `wire` cut to its first `kept` records as the hit path cuts it (a prefix, counts lowered), decoded. */
+function decodeCut(wire: Buffer, kept: number): dnsPacket.Packet {
+  let off = scanAnswer(wire)!.questionEnd;
+  for (let i = 0; i < kept; i++) {
+    off = skipName(wire, off);
+    off += 10 + wire.readUInt16BE(off + 8);
+  }
+  const cut = Buffer.from(wire.subarray(0, off));
+  const an = Math.min(kept, cut.readUInt16BE(6));
+  const ns = Math.min(kept - an, cut.readUInt16BE(8));
+  cut.writeUInt16BE(an, 6);
+  cut.writeUInt16BE(ns, 8);
+  cut.writeUInt16BE(kept - an - ns, 10);
+  return dnsPacket.decode(cut);
+}
+
+/** Wire form keeping the case as written (nameToWire folds it). */
+function spelledWire(name: string): Buffer {
+  return Buffer.concat([...name.split('.').map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')])), Buffer.from([0])]);
+}
+
+t.test('view answers compress names: a headless service gives as many addresses per UDP answer as kube-dns would', async (t) => {
+  // Uncompressed, each A of big.apps.svc.cluster.local took 42 bytes: 11 fit a 512-byte answer, where CoreDNS
+  // (compressed, 16 bytes each) sends 29. More clients fell back to TCP during an outage, and musl before 1.2.4
+  // (never retries over TCP) saw a third of the pods.
+  const v = new ClusterView();
+  v.touch(1_700_000_000_000);
+  v.replace('namespaces', [{ name: 'apps' }]);
+  v.replace('services', [headless('apps', 'big', [tcp('http', 80)])]);
+  const ips = Array.from({ length: 100 }, (_, i) => `10.0.${6 + (i >> 8)}.${(i & 0xff) + 1}`);
+  v.replace('endpointslices', [slice('apps', 'big-a', 'big', ips.map((ip, i) => ep(ip, `pod-${i}`)), [tcp('http', 80)])]);
+  for (const k of ['namespaces', 'services', 'endpointslices'] as const) v.markSynced(k);
+
+  // The question as a client spells it (0x20 case): owners that point at it echo that spelling.
+  const asked = 'BiG.aPPs.svc.Cluster.local';
+  const qname = spelledWire(asked);
+  const ans = found(t, answerCluster(v, qname, QType.A, OPTS));
+  t.equal(ans.answer.length, 100, '100 ready endpoints');
+  const wire = encodeAnswer(qname, QType.A, ans);
+  const whole = dnsPacket.decode(wire);
+  t.same(sorted((whole.answers ?? []).map((a) => (a as { data: unknown }).data)), sorted(ips), 'the whole answer: every address');
+  t.ok((whole.answers ?? []).every((a) => a.name === asked && a.type === 'A' && a.ttl === 5), 'each owner is the question, as the client spelled it');
+
+  // 512 - 12 (header) - 32 (question) = 468 bytes: 29 records of 16 bytes (name pointer 2, fixed 10, address 4).
+  const udp = keptWithin(t, wire, 512);
+  t.equal(udp.kept, 29, '29 addresses in a plain 512-byte UDP answer (11 uncompressed)');
+  t.ok(udp.tc, 'TC=1: the rest is over TCP');
+  const cut = decodeCut(wire, udp.kept);
+  t.equal(cut.answers?.length, 29, 'the cut answer decodes: 29 A records');
+  t.ok((cut.answers ?? []).every((a) => a.name === asked && ips.includes((a as { data: string }).data)), 'each one right');
+  // EDNS 1232, less our 11-byte OPT: 1177 bytes, 73 records (28 uncompressed).
+  t.equal(keptWithin(t, wire, 1232 - 11).kept, 73, '73 addresses with EDNS 1232');
+
+  // SRV (targets never compressed, RFC 2782) with the targets' addresses in additional, which may point at them.
+  const srvName = `_http._tcp.${SVC('big.apps')}`;
+  const srvQ = nameToWire(srvName);
+  const srv = found(t, answerCluster(v, srvQ, QType.SRV, OPTS));
+  const srvWire = encodeAnswer(srvQ, QType.SRV, srv);
+  const sp = dnsPacket.decode(srvWire);
+  t.same(sorted((sp.answers ?? []).map(norm)), sorted(srv.answer.map(normOurs)), 'SRV answers decode right');
+  t.same(sorted((sp.additionals ?? []).map(norm)), sorted(srv.additional.map(normOurs)), 'their addresses decode right');
+  t.ok(srvWire.length < wireSize(srvQ, srv), 'smaller than uncompressed');
+  // SRV rdata holds no pointer: each target is written out whole after priority, weight and port.
+  let off = scanAnswer(srvWire)!.questionEnd;
+  for (let i = 0; i < srv.answer.length; i++) {
+    off = skipName(srvWire, off);
+    const rdlen = srvWire.readUInt16BE(off + 8);
+    const target = srvWire.subarray(off + 10 + 6, off + 10 + rdlen);
+    t.equal(skipUncompressedName(target, 0), target.length, `SRV ${i}: target uncompressed`);
+    off += 10 + rdlen;
+  }
+
+  // PTR for an endpoint, the apex NS with glue, SOA and a negative answer: every record as structured.
+  const cases: [string, keyof typeof QType][] = [
+    [reverseName('10.0.6.7'), 'PTR'], ['cluster.local', 'NS'], ['cluster.local', 'SOA'], [SVC('nope.apps'), 'A'],
+  ];
+  for (const [name, type] of cases) {
+    const q = nameToWire(name);
+    const a = found(t, answerCluster(fixtureWith(v), q, QType[type], OPTS));
+    const w = encodeAnswer(q, QType[type], a);
+    const p = dnsPacket.decode(w);
+    t.same((p.answers ?? []).map(norm), a.answer.map(normOurs), `${name} ${type}: answers`);
+    t.same((p.authorities ?? []).map(norm), a.authority.map(normOurs), `${name} ${type}: authority`);
+    t.same((p.additionals ?? []).map(norm), a.additional.map(normOurs), `${name} ${type}: additional`);
+    t.ok(w.length < wireSize(q, a), `${name} ${type}: smaller than uncompressed`);
+  }
+});
+
+/** The view plus kube-system/kube-dns, for the NS glue. */
+function fixtureWith(v: ClusterView): ClusterView {
+  if (v.service('kube-system', 'kube-dns') === undefined) {
+    v.replace('namespaces', [{ name: 'apps' }, { name: 'kube-system' }]);
+    v.replace('services', [...['big'].map((n) => headless('apps', n, [tcp('http', 80)])), clusterIP('kube-system', 'kube-dns', ['10.96.0.10'])]);
+  }
+  return v;
+}
+
+/** The answer's size with every name written out: what dns-packet (no compression) makes of it. */
+function wireSize(qname: Uint8Array, a: ClusterAnswer): number {
+  return qname.length + 4 + dnsPacket.encodingLength({
+    type: 'response', questions: [],
+    answers: a.answer.map((r) => ({ ...r, class: 'IN' }) as PacketAnswer),
+    authorities: a.authority.map((r) => ({ ...r, class: 'IN' }) as PacketAnswer),
+    additionals: a.additional.map((r) => ({ ...r, class: 'IN' }) as PacketAnswer),
+  });
+}
+
+t.test('the DNS service is found by the cluster DNS address the agent forwards to, when it is not kube-system/kube-dns', async (t) => {
+  // RKE2 names it rke2-coredns-rke2-coredns: with the name fixed to kube-dns, ns.dns.<zone> had no address and
+  // the apex NS no glue while kube-dns failed. The agent forwards to that Service's cluster IP (--upstream-addr);
+  // here nothing listens there, so every forward is refused and the view answers.
+  const dnsIP = '127.0.47.10';
+  const api = new FakeApiServer({ token: 'sample-token' });
+  await api.start();
+  for (const ns of ['default', 'kube-system']) api.put('namespaces', namespaceJson(ns));
+  api.put('services', serviceJson('default', 'kubernetes', { clusterIP: '10.96.0.1', ports: [{ name: 'https', port: 443 }] }));
+  api.put('services', serviceJson('kube-system', 'rke2-coredns-rke2-coredns', { clusterIP: dnsIP, ports: [{ name: 'udp-53', port: 53, protocol: 'UDP' }] }));
+  api.put('endpointslices', endpointSliceJson('kube-system', 'rke2-coredns-a', 'rke2-coredns-rke2-coredns', [{ addresses: ['10.42.0.5'], ready: true }]));
+  const agent = await startAgent('127.0.47.1', ['--upstream-addr', `${dnsIP}:53`, '--local-ttl', '1s', '--kubeconfig', writeKubeconfig(api.url)]);
+  t.teardown(async () => {
+    await agent.stop();
+    await api.close();
+  });
+  for (let i = 0; i < 250 && agent.agent.view?.synced !== true; i++) await sleep(20);
+  t.ok(agent.agent.view?.synced, 'the view synced');
+
+  const a = await udpQuery(agent.target, 'ns.dns.cluster.local', { type: 'A' });
+  t.same((a.answers ?? []).map((r) => [r.name, r.type, (r as { data: unknown }).data]), [['ns.dns.cluster.local', 'A', dnsIP]], 'ns.dns.<zone>: the DNS service\'s address');
+  const ns = await udpQuery(agent.target, 'cluster.local', { type: 'NS' });
+  const host = 'rke2-coredns-rke2-coredns.kube-system.svc.cluster.local';
+  t.same((ns.answers ?? []).map((r) => (r as { data: unknown }).data), [host], 'NS: the DNS service by its own name');
+  t.same((ns.additionals ?? []).filter((r) => r.type === 'A').map((r) => [r.name, (r as { data: unknown }).data]), [[host, dnsIP]], 'with glue');
+
+  // kube-system/kube-dns, where it exists, stays the one named (the address may be kube-dns-upstream's, a second
+  // Service in front of the same pods, as the shipped DaemonSet has it).
+  api.put('services', serviceJson('kube-system', 'kube-dns', { clusterIP: '10.96.0.10', ports: [{ name: 'dns', port: 53, protocol: 'UDP' }] }));
+  let named: string[] = [];
+  for (let i = 0; i < 250; i++) {
+    const r = await udpQuery(agent.target, 'ns.dns.cluster.local', { type: 'A' });
+    named = (r.answers ?? []).map((x) => String((x as { data: unknown }).data));
+    if (named[0] === '10.96.0.10') break;
+    await sleep(20);
+  }
+  t.same(named, ['10.96.0.10'], 'kube-system/kube-dns when the view has it');
 });

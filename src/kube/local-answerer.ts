@@ -21,6 +21,8 @@ export interface ViewAnswererOptions {
   readonly ttl: number;
   /** Past this much API silence, the view may no longer deny a name. */
   readonly maxSilenceMs: number;
+  /** The cluster DNS address cluster names are forwarded to: its Service names the zone's nameserver when kube-dns is not there ('' or absent: none). */
+  readonly dnsServiceIP?: string;
 }
 
 /** Cache keys end with type (2), class (2) and a flags byte after the wire name. */
@@ -32,6 +34,7 @@ export class ViewAnswerer implements LocalAnswerer {
   readonly #zone: string;
   readonly #ttl: number;
   readonly #maxSilenceMs: number;
+  readonly #dnsServiceIP: string;
 
   constructor(opts: ViewAnswererOptions) {
     this.#view = opts.view;
@@ -39,6 +42,7 @@ export class ViewAnswerer implements LocalAnswerer {
     this.#zone = opts.zone;
     this.#ttl = opts.ttl;
     this.#maxSilenceMs = opts.maxSilenceMs;
+    this.#dnsServiceIP = opts.dnsServiceIP ?? '';
   }
 
   /** Synced, and heard from the API server recently enough to deny names. */
@@ -58,7 +62,7 @@ export class ViewAnswerer implements LocalAnswerer {
   }
 
   #options(): RecordOptions {
-    return recordOptions({ zone: this.#zone, ttl: this.#ttl, negativesAllowed: this.authoritative });
+    return recordOptions({ zone: this.#zone, ttl: this.#ttl, negativesAllowed: this.authoritative, dnsServiceIP: this.#dnsServiceIP });
   }
 }
 

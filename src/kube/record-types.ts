@@ -17,7 +17,8 @@ export const RECORD_DEFAULTS = {
   /**
    * The Service whose cluster IPs name the zone's nameserver: CoreDNS finds
    * the Service its own pods back (ns.go nsAddrs); in a standard cluster that
-   * is kube-dns in kube-system.
+   * is kube-dns in kube-system. Where the view has no such Service (RKE2's is
+   * rke2-coredns-rke2-coredns), the one holding `dnsServiceIP` stands in.
    */
   dnsService: { namespace: 'kube-system', name: 'kube-dns' },
   /** CoreDNS backend_lookup.go maxCnameChainLength. */
@@ -38,6 +39,8 @@ export interface RecordOptions {
    */
   readonly negativesAllowed: boolean;
   readonly dnsService: { readonly namespace: string; readonly name: string };
+  /** The cluster DNS address the agent forwards to ('' for none): its Service is the DNS service when `dnsService` is missing. */
+  readonly dnsServiceIP: string;
 }
 
 export function recordOptions(o: {
@@ -45,12 +48,14 @@ export function recordOptions(o: {
   negativesAllowed: boolean;
   ttl?: number;
   dnsService?: { readonly namespace: string; readonly name: string };
+  dnsServiceIP?: string;
 }): RecordOptions {
   return {
     zone: trimDot(o.zone.toLowerCase()),
     ttl: o.ttl ?? RECORD_DEFAULTS.ttl,
     negativesAllowed: o.negativesAllowed,
     dnsService: o.dnsService ?? RECORD_DEFAULTS.dnsService,
+    dnsServiceIP: o.dnsServiceIP ?? '',
   };
 }
 

@@ -292,9 +292,22 @@ function srvRecords(name: string, targets: readonly SrvTarget[], svc: SlimServic
   return [recs, extra];
 }
 
+/**
+ * The cluster DNS service: kube-system/kube-dns (or the one named in the
+ * options), else the Service whose cluster IP is the address the agent
+ * forwards cluster names to. The name first: the shipped DaemonSet forwards
+ * to kube-dns-upstream, a second Service in front of the same pods, and
+ * kube-dns is the one pods know.
+ */
+function dnsService(view: ClusterViewReader, opts: RecordOptions): SlimService | undefined {
+  const named = view.service(opts.dnsService.namespace, opts.dnsService.name);
+  if (named !== undefined && named.kind === 'ClusterIP' && named.clusterIPs.length > 0) return named;
+  if (opts.dnsServiceIP === '') return undefined;
+  return view.servicesByIP(ipKey(opts.dnsServiceIP)).find((s) => s.kind === 'ClusterIP');
+}
+
 function dnsServiceIPs(view: ClusterViewReader, opts: RecordOptions): readonly string[] {
-  const svc = view.service(opts.dnsService.namespace, opts.dnsService.name);
-  return svc !== undefined && svc.kind === 'ClusterIP' ? svc.clusterIPs : [];
+  return dnsService(view, opts)?.clusterIPs ?? [];
 }
 
 /**
@@ -302,10 +315,10 @@ function dnsServiceIPs(view: ClusterViewReader, opts: RecordOptions): readonly s
  * its cluster IPs as glue when the view has it, else ns.dns.<zone>.
  */
 function nameservers(view: ClusterViewReader, zone: string, opts: RecordOptions): [ClusterRR[], ClusterRR[]] {
-  const ips = dnsServiceIPs(view, opts);
-  if (ips.length === 0) return [[{ name: zone, type: 'NS', ttl: opts.ttl, data: `ns.dns.${zone}` }], []];
-  const host = `${opts.dnsService.name}.${opts.dnsService.namespace}.svc.${zone}`;
-  return [[{ name: zone, type: 'NS', ttl: opts.ttl, data: host }], ips.map((ip) => addr(host, ip, opts.ttl))];
+  const svc = dnsService(view, opts);
+  if (svc === undefined || svc.clusterIPs.length === 0) return [[{ name: zone, type: 'NS', ttl: opts.ttl, data: `ns.dns.${zone}` }], []];
+  const host = `${svc.name}.${svc.namespace}.svc.${zone}`;
+  return [[{ name: zone, type: 'NS', ttl: opts.ttl, data: host }], svc.clusterIPs.map((ip) => addr(host, ip, opts.ttl))];
 }
 
 /**
