@@ -821,3 +821,25 @@ t.test('a snapshot of a cache with a larger --cache-memory: the most recent entr
   t.ok(small.bytes <= maxBytes, 'within the new budget');
   t.ok(servedTtl(small, `n${n - 1}.example`, clock.now()) !== undefined, 'the most recent entry is served');
 });
+
+t.test('a sliced (periodic) write: one hit between two slices on the entry the walk paused at does not cut off the rest of the cache', async (t) => {
+  // The periodic snapshot is what an upgrade's new agent loads. The export walks the LRU list by `newer` links
+  // across event-loop turns; a hit (touch: moved to the front, its `newer` now none), a second chance given by an
+  // eviction, or a slot reused for a new entry, on the one entry the walk paused at, ends the walk there: every
+  // entry more recent than it, the hottest ones, is missing from the file.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const cache = newCache({ positiveCapacity: 4000, negativeCapacity: 1000 });
+  const n = 2000;
+  for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
+  // writeSnapshot runs synchronously up to its first pause: the first 512 records (p0..p511) are copied, the walk waits at p511.
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 512, quiet: true });
+  t.not(servedTtl(cache, 'p511.example', clock.now()), undefined, 'a pod hits p511 meanwhile');
+  const w = await writing;
+  t.ok(w.ok, 'written');
+  const keys = new Set(recordsOf(await readFile(path)).map((r) => r.key));
+  let missing = 0;
+  for (let i = 0; i < n; i++) if (!keys.has(keyOf(`p${i}.example`))) missing++;
+  t.ok(missing <= 1, `at most the entry that moved is missing: ${missing} of ${n} entries are not in the snapshot (${keys.size} written)`);
+});
