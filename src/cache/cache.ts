@@ -121,7 +121,8 @@ export class DnsCache implements HitCache {
   claimRefresh(key: string, now: number): boolean {
     const st = this.#store;
     const slot = st.find(key);
-    if (slot < 0 || now >= st.expiresAt(slot) || now < st.prefetchAt(slot) || st.refreshing(slot)) return false;
+    // minHits 0 now: a reload turned prefetch off after the worker asked (prefetchAt was set under the old settings).
+    if (slot < 0 || this.#opts.minHits <= 0 || now >= st.expiresAt(slot) || now < st.prefetchAt(slot) || st.refreshing(slot)) return false;
     st.setRefreshing(slot);
     this.counters.values[S.prefetch]!++;
     return true;
@@ -186,7 +187,9 @@ export class DnsCache implements HitCache {
     const st = this.#store;
     if (entry !== st.view) return false;
     const slot = st.view.slot;
-    if (st.refreshing(slot) || now < st.prefetchAt(slot) || st.hits(slot) < this.#opts.minHits) return false;
+    // prefetchAt was set at insert, under the settings then: a reload to minHits 0 (off) must stop it, not let every hit through.
+    const minHits = this.#opts.minHits;
+    if (minHits <= 0 || st.refreshing(slot) || now < st.prefetchAt(slot) || st.hits(slot) < minHits) return false;
     st.setRefreshing(slot);
     this.counters.values[S.prefetch]!++;
     return true;
