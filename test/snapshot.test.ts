@@ -843,3 +843,30 @@ t.test('a sliced (periodic) write: one hit between two slices on the entry the w
   for (let i = 0; i < n; i++) if (!keys.has(keyOf(`p${i}.example`))) missing++;
   t.ok(missing <= 1, `at most the entry that moved is missing: ${missing} of ${n} entries are not in the snapshot (${keys.size} written)`);
 });
+
+t.test('a sliced (periodic) write while entries move, are evicted and their slots reused: every entry there at the end is written once, the new ones last', async (t) => {
+  // The walk must follow neither the LRU links (rewired by every hit and eviction) nor a slot's later content: slots
+  // ahead of it freed and reused for other keys are new entries, which come after the ones it started with.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const n = 2000;
+  const cache = newCache({ positiveCapacity: n, negativeCapacity: 1000 });
+  for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 256, quiet: true });
+  // Paused after p0..p255: p0..p499 hit (moved behind p1999), then 100 new names evict p500..p599 and take their slots.
+  for (let i = 0; i < 500; i++) t.not(servedTtl(cache, `p${i}.example`, clock.now()), undefined);
+  clock.advance(1);
+  for (let i = 0; i < 100; i++) put(cache, clock, `q${i}.example`, 30);
+  t.equal(cache.positiveSize, n, 'full: each new name evicted one');
+  t.ok((await writing).ok, 'written');
+  const keys = recordsOf(await readFile(path)).map((r) => r.key);
+  const expected = new Set<string>();
+  for (let i = 0; i < n; i++) if (i < 500 || i >= 600) expected.add(keyOf(`p${i}.example`));
+  for (let i = 0; i < 100; i++) expected.add(keyOf(`q${i}.example`));
+  t.equal(new Set(keys).size, keys.length, 'no key twice');
+  t.same(keys.filter((k) => !expected.has(k)), [], 'nothing evicted before the walk reached it');
+  t.same([...expected].filter((k) => !keys.includes(k)), [], 'every entry of the cache is in the file');
+  const firstNew = keys.indexOf(keyOf('q0.example'));
+  t.same(keys.slice(firstNew), Array.from({ length: 100 }, (_, i) => keyOf(`q${i}.example`)), 'the names stored during the write come last, in their order');
+});

@@ -26,7 +26,7 @@ import { planCaching, type CachePlan } from './policy.js';
 import { prefetchStart } from './prefetch.js';
 import { reviveRecord, type RestoreCounts } from './revive.js';
 import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
-import { AnswerStore, NEGATIVE, POSITIVE, type ListId, type StoreLayout } from './store.js';
+import { AnswerStore, NEGATIVE, POSITIVE, type ExportOrder, type ListId, type StoreLayout } from './store.js';
 import { LIVE_SHARE } from './store-slab.js';
 
 export * from './cache-api.js';
@@ -253,25 +253,39 @@ export class DnsCache implements HitCache {
    * Every entry still inside its stale window, as records aged to `now`:
    * positive store first, then negative, each least recently used first, so
    * restoring them in this order keeps their recency. Each record's `wire` is
-   * its own copy. Do not change the cache while iterating.
+   * its own copy. The cache may change between two records (a periodic
+   * snapshot walks it across event-loop turns): the walk follows the order
+   * taken when it began, and writes each entry as it is when reached; one
+   * removed by then is left out, and the entries stored since the walk began
+   * come last (their order taken when the first part ends). A key refreshed
+   * after its old entry was written comes twice, the older first (a restore
+   * keeps the first).
    */
   *export(now: number): Generator<CacheRecord> {
-    const staleMs = this.#opts.staleMs;
     const st = this.#store;
-    for (const list of [POSITIVE, NEGATIVE] as const) {
-      for (const slot of st.slots(list)) {
-        const storedAt = st.storedAt(slot);
-        const expiresAt = st.expiresAt(slot);
-        if (now >= expiresAt + staleMs) continue;
-        yield {
-          key: st.keyOf(slot),
-          wire: st.wireCopy(slot),
-          ttlSec: lifeSec(storedAt, expiresAt),
-          ageMs: now > storedAt ? now - storedAt : 0,
-          hits: st.hits(slot),
-          negative: list === NEGATIVE,
-        };
-      }
+    yield* this.#records(st.capture(Number.NEGATIVE_INFINITY), now, now);
+    yield* this.#records(st.capture(now), now, Number.POSITIVE_INFINITY);
+  }
+
+  /** The records of `order`'s entries that are still there, stored at most at `storedUpTo` and inside their stale window at `now`. */
+  *#records(order: ExportOrder, now: number, storedUpTo: number): Generator<CacheRecord> {
+    const st = this.#store;
+    const { slots, hashes } = order;
+    for (let i = 0; i < slots.length; i++) {
+      const slot = slots[i]!;
+      if (!st.holds(slot, hashes[i]!)) continue;
+      const storedAt = st.storedAt(slot);
+      const expiresAt = st.expiresAt(slot);
+      // Stored since the walk began (a slot reused for the same key): the second part has it.
+      if (storedAt > storedUpTo || now >= expiresAt + this.#opts.staleMs) continue;
+      yield {
+        key: st.keyOf(slot),
+        wire: st.wireCopy(slot),
+        ttlSec: lifeSec(storedAt, expiresAt),
+        ageMs: now > storedAt ? now - storedAt : 0,
+        hits: st.hits(slot),
+        negative: st.listOf(slot) === NEGATIVE,
+      };
     }
   }
 

@@ -17,9 +17,11 @@
  * SNAPSHOT_SLICE_ENTRIES), one slice per event-loop turn (setImmediate:
  * pending queries are read in between), the checksum one chunk per turn, and
  * the file written with async fs. Between slices the cache goes on changing,
- * so a periodic snapshot is a fuzzy copy: an entry changed meanwhile may be
- * written as it was or as it became, an entry may be missed, and a repeated
- * record is dropped by key. Each record is aged from the export's start, so
+ * so a periodic snapshot is a fuzzy copy: the walk follows the entries'
+ * order taken when it began (not the LRU links, which a hit or an eviction
+ * rewires under it), an entry is written as it is when the walk reaches it,
+ * one removed by then is missed, the entries stored meanwhile come last, and
+ * a repeated record is dropped by key. Each record is aged from the export's start, so
  * a record replaced meanwhile is written as older than it is: it expires
  * early after a restart, never late. The shutdown write runs after the
  * listeners closed, in one go.
@@ -138,24 +140,16 @@ export async function writeSnapshot(cache: DnsCache, path: string, clock: Clock,
 }
 
 /**
- * Copies the export `slice` records per event-loop turn. The walk crosses
- * turns while the cache changes: a record may come twice (the encoder keeps
- * the first) or the walk may end early; it is also cut off past twice the
- * entries the cache held, so a walk that keeps meeting entries moved behind
- * it still ends.
+ * Copies the export `slice` records per event-loop turn. The cache changes
+ * between turns; the export's walk follows the order it took up front, so
+ * it ends after the entries there were (and those stored meanwhile), never
+ * early (DnsCache.export).
  */
 async function exportSliced(cache: DnsCache, now: number, enc: SnapshotEncoder, slice: number): Promise<void> {
-  const limit = 2 * (cache.positiveSize + cache.negativeSize) + slice;
-  const it = cache.export(now);
-  try {
-    let n = 0;
-    for (let r = it.next(); r.done !== true; r = it.next()) {
-      enc.add(r.value);
-      if (++n >= limit) break;
-      if (n % slice === 0) await nextTurn();
-    }
-  } finally {
-    it.return(undefined);
+  let n = 0;
+  for (const r of cache.export(now)) {
+    enc.add(r);
+    if (++n % slice === 0) await nextTurn();
   }
 }
 
