@@ -342,3 +342,14 @@ t.test('a reload that turns prefetch off (--prefetch-min-hits 0) prefetches no e
   t.notOk(cache.claimPrefetch(e!, 28_000), 'no background refresh: prefetch is off, and this was the entry\'s first hit');
   t.equal(cache.counters.get('prefetch'), 0, 'coredns_cache_prefetch_total stays 0');
 });
+
+t.test('--cache-memory past what the store can hold (its slab is capped near 4 GiB): the budget is the slab\'s, not the flag\'s', async (t) => {
+  // With the lists' byte limits set from 8 GiB and the slab capped at 4 GiB, live records filled the whole slab: every
+  // insert then evicted one and compacted the entire slab. The budget the cache works to (and says) is what it can hold.
+  const cache = newCache({ positiveCapacity: 10, negativeCapacity: 10, maxBytes: 8 * 2 ** 30 });
+  t.ok(cache.maxBytes <= 2 ** 32, `the budget is at most the slab's cap (${cache.maxBytes})`);
+  t.ok(cache.maxBytes >= 2 ** 32 - 8, 'and all of it');
+  const clock = new ManualClock();
+  for (let i = 0; i < 30; i++) put(cache, `n${i}.example`, 1, clock.now());
+  t.equal(cache.positiveSize, 10, 'entries still bounded by count');
+});

@@ -27,7 +27,7 @@ import { prefetchStart } from './prefetch.js';
 import { reviveRecord, type RestoreCounts } from './revive.js';
 import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
 import { AnswerStore, NEGATIVE, POSITIVE, type ExportOrder, type ListId, type StoreLayout } from './store.js';
-import { LIVE_SHARE } from './store-slab.js';
+import { LIVE_SHARE, MAX_SLAB } from './store-slab.js';
 
 export * from './cache-api.js';
 
@@ -60,12 +60,15 @@ export class DnsCache implements HitCache {
       this.#lookups = view.lookups.values;
     } else {
       // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store-slab.ts).
-      const live = opts.maxBytes * LIVE_SHARE;
+      // Of the budget the store can hold: lists allowed more than the slab fills it with live records, and then
+      // every insert evicts one and compacts the whole slab.
+      const room = Math.min(opts.maxBytes, MAX_SLAB);
+      const live = room * LIVE_SHARE;
       const negativeBytes = Math.max(1, Math.floor(live * NEGATIVE_SHARE));
       const store = new AnswerStore({
         capacity: [opts.positiveCapacity, opts.negativeCapacity],
         budget: [Math.max(1, Math.floor(live - negativeBytes)), negativeBytes],
-        slabCap: opts.maxBytes,
+        slabCap: room,
         shared: o.shared === true,
         ...(o.hashMask !== undefined ? { hashMask: o.hashMask } : {}),
       });
@@ -328,9 +331,9 @@ export class DnsCache implements HitCache {
     return counts;
   }
 
-  /** The byte budget both stores share (--cache-memory). */
+  /** The byte budget both stores share: --cache-memory, at most what the store can hold (its slab's cap). */
   get maxBytes(): number {
-    return this.#opts.maxBytes;
+    return this.#store.slabCap;
   }
 
   get positiveSize(): number {

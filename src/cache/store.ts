@@ -156,6 +156,10 @@ export class AnswerStore extends StoreFields {
   get slabBytes(): number {
     return this.#softEnd;
   }
+  /** The most the slab may grow to: the byte budget, at most MAX_SLAB. */
+  get slabCap(): number {
+    return this.#slabCap;
+  }
   /** Bytes of removed records not yet reclaimed by a compaction. */
   get deadBytes(): number {
     return this.#dead;
