@@ -870,3 +870,56 @@ t.test('a sliced (periodic) write while entries move, are evicted and their slot
   const firstNew = keys.indexOf(keyOf('q0.example'));
   t.same(keys.slice(firstNew), Array.from({ length: 100 }, (_, i) => keyOf(`q${i}.example`)), 'the names stored during the write come last, in their order');
 });
+
+t.test('a periodic write streams the file: records are on disk while the cache is still being walked, not held whole in memory first', async (t) => {
+  // The write used to encode the whole file in memory (about the live cache's size again, each interval) and open the
+  // file only then: a pod sized to --cache-memory could be OOM-killed during a write. Now the body goes to the
+  // temporary file each time the encoder's 1 MiB buffer fills.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const n = 20_000;
+  const cache = newCache({ positiveCapacity: n, negativeCapacity: 10, maxBytes: 1 << 26 });
+  for (let i = 0; i < n; i++) {
+    const name = `n${i}.example`;
+    const up = answer(name, Array.from({ length: 8 }, (_, k) => a(name, `192.0.2.${k + 1}`, 30)));
+    cache.insert(keyOf(name), up, scanAnswer(up)!, clock.now());
+  }
+  t.equal(cache.positiveSize, n, 'all cached');
+  let walked = 0;
+  const exportAll = cache.export.bind(cache);
+  cache.export = function* (now: number): Generator<CacheRecord> {
+    for (const r of exportAll(now)) {
+      walked++;
+      yield r;
+    }
+  };
+  let done = false;
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 64, quiet: true }).finally(() => { done = true; });
+  let onDiskMidWalk = 0;
+  for (let turn = 0; turn < 10_000 && !done; turn++) {
+    await new Promise((resolve) => setImmediate(resolve));
+    if (walked >= n) continue;
+    for (const name of await readdir(dir)) {
+      if (name.includes('.tmp-')) onDiskMidWalk = Math.max(onDiskMidWalk, (await stat(join(dir, name))).size);
+    }
+  }
+  const w = await writing;
+  t.ok(w.ok, 'written');
+  t.ok(w.ok && w.bytes > 2 * (1 << 20), `a file of several MiB (${w.ok ? w.bytes : 0} bytes)`);
+  // The first drain writes just under 1 MiB (a whole number of records).
+  t.ok(onDiskMidWalk > 1 << 19, `records on disk before the walk ended (${onDiskMidWalk} bytes)`);
+  const back = newCache({ positiveCapacity: n, negativeCapacity: 10, maxBytes: 1 << 26 });
+  const load = await loadSnapshot(back, path, clock, silentLogger);
+  t.equal(load.loaded, n, 'the streamed file checks out (header, body, checksum) and loads whole');
+});
+
+t.test('crc32Combine: the checksum of A then B from theirs, as zlib computes it over both', async (t) => {
+  const { crc32Combine } = await import('../src/cache/crc32-combine.js');
+  const { randomBytes } = await import('node:crypto');
+  for (const [la, lb] of [[0, 0], [32, 0], [0, 5], [32, 1], [32, 1000], [7, 65_537], [32, 1 << 20], [100, 3_000_001]] as const) {
+    const x = randomBytes(la);
+    const y = randomBytes(lb);
+    t.equal(crc32Combine(crc32(x), crc32(y), lb), crc32(Buffer.concat([x, y])), `${la} + ${lb} bytes`);
+  }
+});
