@@ -52,7 +52,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'cache-size', kind: 'int', def: '9984', help: 'positive cache capacity in entries (node-cache default)', min: 1, max: MAX_CACHE_ENTRIES },
   { flag: 'negative-cache-size', kind: 'int', def: '9984', help: 'negative cache capacity in entries (node-cache default)', min: 1, max: MAX_CACHE_ENTRIES },
   {
-    flag: 'cache-memory', kind: 'bytes', def: '64Mi', min: 1 << 20, max: 64 * 2 ** 30,
+    // At most 4Gi: the store's slab is one buffer of u32 offsets (store-slab.ts MAX_SLAB); more could not be used.
+    flag: 'cache-memory', kind: 'bytes', def: '64Mi', min: 1 << 20, max: 4 * 2 ** 30,
     help: 'byte budget of the cache: each entry is charged its answer, key and TTL offsets plus 72 bytes (record header and index); 60% of it for positive answers, 20% for negative, the rest is slack for the slab; 64Mi holds the default 2 x 9984 entries of ordinary answers with room to spare, and bounds big ones',
   },
   { flag: 'success-ttl', kind: 'duration', def: '30s', max: 86_400_000, help: 'longest a positive answer is cached (node-cache `success`)' },

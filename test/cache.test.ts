@@ -328,3 +328,28 @@ t.test('RFC 8767: a fresh answer the cache does not keep (TTL 0, NXDOMAIN withou
   const s = cache.stale(key, 50_000);
   t.equal(s === undefined ? undefined : firstData(s.serveStale(q(name), 30, 512, 1232)), ipOf(1), 'a CNAME alone leaves the stale entry');
 });
+
+t.test('a reload that turns prefetch off (--prefetch-min-hits 0) prefetches no entry, not every entry stored before it', async (t) => {
+  // prefetchAt is fixed at insert (under the old settings), the hit count is checked against the new --prefetch-min-hits:
+  // with 0 ("disables prefetch") no entry is below it, so every entry stored before the reload is refreshed on its
+  // first hit in its window, popular or not, where before the reload it needed 3 hits.
+  const cache = newCache({ minHits: 3, percent: 10 });
+  const name = 'once.example';
+  put(cache, name, 1, 0); // 30 s: due from 27 s
+  cache.configure({ successTtl: 30, denialTtl: 5, minHits: 0, percent: 10, staleMs: 0 });
+  const e = cache.lookup(q(name).key, 28_000);
+  t.ok(e, 'a hit at 28 s');
+  t.notOk(cache.claimPrefetch(e!, 28_000), 'no background refresh: prefetch is off, and this was the entry\'s first hit');
+  t.equal(cache.counters.get('prefetch'), 0, 'coredns_cache_prefetch_total stays 0');
+});
+
+t.test('--cache-memory past what the store can hold (its slab is capped near 4 GiB): the budget is the slab\'s, not the flag\'s', async (t) => {
+  // With the lists' byte limits set from 8 GiB and the slab capped at 4 GiB, live records filled the whole slab: every
+  // insert then evicted one and compacted the entire slab. The budget the cache works to (and says) is what it can hold.
+  const cache = newCache({ positiveCapacity: 10, negativeCapacity: 10, maxBytes: 8 * 2 ** 30 });
+  t.ok(cache.maxBytes <= 2 ** 32, `the budget is at most the slab's cap (${cache.maxBytes})`);
+  t.ok(cache.maxBytes >= 2 ** 32 - 8, 'and all of it');
+  const clock = new ManualClock();
+  for (let i = 0; i < 30; i++) put(cache, `n${i}.example`, 1, clock.now());
+  t.equal(cache.positiveSize, 10, 'entries still bounded by count');
+});

@@ -821,3 +821,105 @@ t.test('a snapshot of a cache with a larger --cache-memory: the most recent entr
   t.ok(small.bytes <= maxBytes, 'within the new budget');
   t.ok(servedTtl(small, `n${n - 1}.example`, clock.now()) !== undefined, 'the most recent entry is served');
 });
+
+t.test('a sliced (periodic) write: one hit between two slices on the entry the walk paused at does not cut off the rest of the cache', async (t) => {
+  // The periodic snapshot is what an upgrade's new agent loads. The export walks the LRU list by `newer` links
+  // across event-loop turns; a hit (touch: moved to the front, its `newer` now none), a second chance given by an
+  // eviction, or a slot reused for a new entry, on the one entry the walk paused at, ends the walk there: every
+  // entry more recent than it, the hottest ones, is missing from the file.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const cache = newCache({ positiveCapacity: 4000, negativeCapacity: 1000 });
+  const n = 2000;
+  for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
+  // writeSnapshot runs synchronously up to its first pause: the first 512 records (p0..p511) are copied, the walk waits at p511.
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 512, quiet: true });
+  t.not(servedTtl(cache, 'p511.example', clock.now()), undefined, 'a pod hits p511 meanwhile');
+  const w = await writing;
+  t.ok(w.ok, 'written');
+  const keys = new Set(recordsOf(await readFile(path)).map((r) => r.key));
+  let missing = 0;
+  for (let i = 0; i < n; i++) if (!keys.has(keyOf(`p${i}.example`))) missing++;
+  t.ok(missing <= 1, `at most the entry that moved is missing: ${missing} of ${n} entries are not in the snapshot (${keys.size} written)`);
+});
+
+t.test('a sliced (periodic) write while entries move, are evicted and their slots reused: every entry there at the end is written once, the new ones last', async (t) => {
+  // The walk must follow neither the LRU links (rewired by every hit and eviction) nor a slot's later content: slots
+  // ahead of it freed and reused for other keys are new entries, which come after the ones it started with.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const n = 2000;
+  const cache = newCache({ positiveCapacity: n, negativeCapacity: 1000 });
+  for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 256, quiet: true });
+  // Paused after p0..p255: p0..p499 hit (moved behind p1999), then 100 new names evict p500..p599 and take their slots.
+  for (let i = 0; i < 500; i++) t.not(servedTtl(cache, `p${i}.example`, clock.now()), undefined);
+  clock.advance(1);
+  for (let i = 0; i < 100; i++) put(cache, clock, `q${i}.example`, 30);
+  t.equal(cache.positiveSize, n, 'full: each new name evicted one');
+  t.ok((await writing).ok, 'written');
+  const keys = recordsOf(await readFile(path)).map((r) => r.key);
+  const expected = new Set<string>();
+  for (let i = 0; i < n; i++) if (i < 500 || i >= 600) expected.add(keyOf(`p${i}.example`));
+  for (let i = 0; i < 100; i++) expected.add(keyOf(`q${i}.example`));
+  t.equal(new Set(keys).size, keys.length, 'no key twice');
+  t.same(keys.filter((k) => !expected.has(k)), [], 'nothing evicted before the walk reached it');
+  t.same([...expected].filter((k) => !keys.includes(k)), [], 'every entry of the cache is in the file');
+  const firstNew = keys.indexOf(keyOf('q0.example'));
+  t.same(keys.slice(firstNew), Array.from({ length: 100 }, (_, i) => keyOf(`q${i}.example`)), 'the names stored during the write come last, in their order');
+});
+
+t.test('a periodic write streams the file: records are on disk while the cache is still being walked, not held whole in memory first', async (t) => {
+  // The write used to encode the whole file in memory (about the live cache's size again, each interval) and open the
+  // file only then: a pod sized to --cache-memory could be OOM-killed during a write. Now the body goes to the
+  // temporary file each time the encoder's 1 MiB buffer fills.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const n = 20_000;
+  const cache = newCache({ positiveCapacity: n, negativeCapacity: 10, maxBytes: 1 << 26 });
+  for (let i = 0; i < n; i++) {
+    const name = `n${i}.example`;
+    const up = answer(name, Array.from({ length: 8 }, (_, k) => a(name, `192.0.2.${k + 1}`, 30)));
+    cache.insert(keyOf(name), up, scanAnswer(up)!, clock.now());
+  }
+  t.equal(cache.positiveSize, n, 'all cached');
+  let walked = 0;
+  const exportAll = cache.export.bind(cache);
+  cache.export = function* (now: number): Generator<CacheRecord> {
+    for (const r of exportAll(now)) {
+      walked++;
+      yield r;
+    }
+  };
+  let done = false;
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 64, quiet: true }).finally(() => { done = true; });
+  let onDiskMidWalk = 0;
+  for (let turn = 0; turn < 10_000 && !done; turn++) {
+    await new Promise((resolve) => setImmediate(resolve));
+    if (walked >= n) continue;
+    for (const name of await readdir(dir)) {
+      if (name.includes('.tmp-')) onDiskMidWalk = Math.max(onDiskMidWalk, (await stat(join(dir, name))).size);
+    }
+  }
+  const w = await writing;
+  t.ok(w.ok, 'written');
+  t.ok(w.ok && w.bytes > 2 * (1 << 20), `a file of several MiB (${w.ok ? w.bytes : 0} bytes)`);
+  // The first drain writes just under 1 MiB (a whole number of records).
+  t.ok(onDiskMidWalk > 1 << 19, `records on disk before the walk ended (${onDiskMidWalk} bytes)`);
+  const back = newCache({ positiveCapacity: n, negativeCapacity: 10, maxBytes: 1 << 26 });
+  const load = await loadSnapshot(back, path, clock, silentLogger);
+  t.equal(load.loaded, n, 'the streamed file checks out (header, body, checksum) and loads whole');
+});
+
+t.test('crc32Combine: the checksum of A then B from theirs, as zlib computes it over both', async (t) => {
+  const { crc32Combine } = await import('../src/cache/crc32-combine.js');
+  const { randomBytes } = await import('node:crypto');
+  for (const [la, lb] of [[0, 0], [32, 0], [0, 5], [32, 1], [32, 1000], [7, 65_537], [32, 1 << 20], [100, 3_000_001]] as const) {
+    const x = randomBytes(la);
+    const y = randomBytes(lb);
+    t.equal(crc32Combine(crc32(x), crc32(y), lb), crc32(Buffer.concat([x, y])), `${la} + ${lb} bytes`);
+  }
+});

@@ -10,6 +10,7 @@
 // (untouched pages).
 import t, { type Test } from 'tap';
 import { randomFillSync } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
@@ -588,4 +589,22 @@ t.test('a stale read the writer preempts right after find (the slot freed and re
   t.ok(preempted, 'the read was preempted after find');
   t.equal(threw, null, `stale() did not throw (${String(threw)})`);
   t.equal(got, undefined, 'nothing served from a slot that changed under the read');
+});
+
+t.test('the soft end grows past 2 GiB (--cache-memory past 2Gi): growth returns, at most the cap', async (t) => {
+  // grownSoftEnd rounds with align8, (n + 7) & ~7: 32-bit arithmetic, so every size it computes is below 2^31 (or
+  // negative). Past ~2 GiB x1.5 wraps: the soft end creeps up by a few KB per growth, thousands of loop turns each
+  // (from 64 KiB: 2,142,731,488, 2,145,409,960, 2,145,999,808, 2,147,163,520...), and once `need` (tail + record)
+  // is past 2^31 - 8 no size can reach it: the main thread spins for good inside an insert, the node's DNS gone.
+  // A cache with --cache-memory 4Gi gets there once it holds ~1.6 GB of answers.
+  const end = 2 ** 31 - 65_536;
+  const need = end + 65_544; // a 64 KiB record at a tail at the soft end
+  const cap = 2 ** 32 - 8;
+  // Run in a process of its own (bounded) so that the hang is a failed assertion, not a hung test.
+  const code = `import { grownSoftEnd } from ${JSON.stringify(new URL('../src/cache/store-slab.ts', import.meta.url).href)};
+    process.stdout.write(String(grownSoftEnd(${end}, ${need}, ${cap})));`;
+  const r = spawnSync(process.execPath, [...process.execArgv, '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 15_000, killSignal: 'SIGKILL' });
+  t.equal(r.signal, null, `grownSoftEnd returned (${r.signal ?? 'exit ' + String(r.status)}${r.stderr ? ': ' + r.stderr.slice(0, 200) : ''})`);
+  const got = Number(r.stdout);
+  t.ok(got >= need && got <= cap, `the soft end covers the record, within the cap (${r.stdout})`);
 });

@@ -26,8 +26,8 @@ import { planCaching, type CachePlan } from './policy.js';
 import { prefetchStart } from './prefetch.js';
 import { reviveRecord, type RestoreCounts } from './revive.js';
 import { CACHE_COUNTERS, type CacheCounters } from './stats.js';
-import { AnswerStore, NEGATIVE, POSITIVE, type ListId, type StoreLayout } from './store.js';
-import { LIVE_SHARE } from './store-slab.js';
+import { AnswerStore, NEGATIVE, POSITIVE, type ExportOrder, type ListId, type StoreLayout } from './store.js';
+import { LIVE_SHARE, MAX_SLAB } from './store-slab.js';
 
 export * from './cache-api.js';
 
@@ -60,12 +60,15 @@ export class DnsCache implements HitCache {
       this.#lookups = view.lookups.values;
     } else {
       // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store-slab.ts).
-      const live = opts.maxBytes * LIVE_SHARE;
+      // Of the budget the store can hold: lists allowed more than the slab fills it with live records, and then
+      // every insert evicts one and compacts the whole slab.
+      const room = Math.min(opts.maxBytes, MAX_SLAB);
+      const live = room * LIVE_SHARE;
       const negativeBytes = Math.max(1, Math.floor(live * NEGATIVE_SHARE));
       const store = new AnswerStore({
         capacity: [opts.positiveCapacity, opts.negativeCapacity],
         budget: [Math.max(1, Math.floor(live - negativeBytes)), negativeBytes],
-        slabCap: opts.maxBytes,
+        slabCap: room,
         shared: o.shared === true,
         ...(o.hashMask !== undefined ? { hashMask: o.hashMask } : {}),
       });
@@ -121,7 +124,8 @@ export class DnsCache implements HitCache {
   claimRefresh(key: string, now: number): boolean {
     const st = this.#store;
     const slot = st.find(key);
-    if (slot < 0 || now >= st.expiresAt(slot) || now < st.prefetchAt(slot) || st.refreshing(slot)) return false;
+    // minHits 0 now: a reload turned prefetch off after the worker asked (prefetchAt was set under the old settings).
+    if (slot < 0 || this.#opts.minHits <= 0 || now >= st.expiresAt(slot) || now < st.prefetchAt(slot) || st.refreshing(slot)) return false;
     st.setRefreshing(slot);
     this.counters.values[S.prefetch]!++;
     return true;
@@ -186,7 +190,9 @@ export class DnsCache implements HitCache {
     const st = this.#store;
     if (entry !== st.view) return false;
     const slot = st.view.slot;
-    if (st.refreshing(slot) || now < st.prefetchAt(slot) || st.hits(slot) < this.#opts.minHits) return false;
+    // prefetchAt was set at insert, under the settings then: a reload to minHits 0 (off) must stop it, not let every hit through.
+    const minHits = this.#opts.minHits;
+    if (minHits <= 0 || st.refreshing(slot) || now < st.prefetchAt(slot) || st.hits(slot) < minHits) return false;
     st.setRefreshing(slot);
     this.counters.values[S.prefetch]!++;
     return true;
@@ -250,25 +256,39 @@ export class DnsCache implements HitCache {
    * Every entry still inside its stale window, as records aged to `now`:
    * positive store first, then negative, each least recently used first, so
    * restoring them in this order keeps their recency. Each record's `wire` is
-   * its own copy. Do not change the cache while iterating.
+   * its own copy. The cache may change between two records (a periodic
+   * snapshot walks it across event-loop turns): the walk follows the order
+   * taken when it began, and writes each entry as it is when reached; one
+   * removed by then is left out, and the entries stored since the walk began
+   * come last (their order taken when the first part ends). A key refreshed
+   * after its old entry was written comes twice, the older first (a restore
+   * keeps the first).
    */
   *export(now: number): Generator<CacheRecord> {
-    const staleMs = this.#opts.staleMs;
     const st = this.#store;
-    for (const list of [POSITIVE, NEGATIVE] as const) {
-      for (const slot of st.slots(list)) {
-        const storedAt = st.storedAt(slot);
-        const expiresAt = st.expiresAt(slot);
-        if (now >= expiresAt + staleMs) continue;
-        yield {
-          key: st.keyOf(slot),
-          wire: st.wireCopy(slot),
-          ttlSec: lifeSec(storedAt, expiresAt),
-          ageMs: now > storedAt ? now - storedAt : 0,
-          hits: st.hits(slot),
-          negative: list === NEGATIVE,
-        };
-      }
+    yield* this.#records(st.capture(Number.NEGATIVE_INFINITY), now, now);
+    yield* this.#records(st.capture(now), now, Number.POSITIVE_INFINITY);
+  }
+
+  /** The records of `order`'s entries that are still there, stored at most at `storedUpTo` and inside their stale window at `now`. */
+  *#records(order: ExportOrder, now: number, storedUpTo: number): Generator<CacheRecord> {
+    const st = this.#store;
+    const { slots, hashes } = order;
+    for (let i = 0; i < slots.length; i++) {
+      const slot = slots[i]!;
+      if (!st.holds(slot, hashes[i]!)) continue;
+      const storedAt = st.storedAt(slot);
+      const expiresAt = st.expiresAt(slot);
+      // Stored since the walk began (a slot reused for the same key): the second part has it.
+      if (storedAt > storedUpTo || now >= expiresAt + this.#opts.staleMs) continue;
+      yield {
+        key: st.keyOf(slot),
+        wire: st.wireCopy(slot),
+        ttlSec: lifeSec(storedAt, expiresAt),
+        ageMs: now > storedAt ? now - storedAt : 0,
+        hits: st.hits(slot),
+        negative: st.listOf(slot) === NEGATIVE,
+      };
     }
   }
 
@@ -311,9 +331,9 @@ export class DnsCache implements HitCache {
     return counts;
   }
 
-  /** The byte budget both stores share (--cache-memory). */
+  /** The byte budget both stores share: --cache-memory, at most what the store can hold (its slab's cap). */
   get maxBytes(): number {
-    return this.#opts.maxBytes;
+    return this.#store.slabCap;
   }
 
   get positiveSize(): number {

@@ -12,17 +12,24 @@
  * one, never half of one. Several writers (an old and a new agent during an upgrade) may share
  * the path: each rename installs one whole file, the last one wins.
  *
+ * A write holds about 1 MiB beyond the cache, whatever the cache's size:
+ * records are encoded into one buffer and written to the temporary file each
+ * time it fills; the header and the checksum are written last
+ * (snapshot-format.ts SnapshotEncoder).
+ *
  * A periodic write must not stall hits: the export is copied out of the
  * cache in slices of `sliceEntries` records (snapshot.ts:
  * SNAPSHOT_SLICE_ENTRIES), one slice per event-loop turn (setImmediate:
- * pending queries are read in between), the checksum one chunk per turn, and
- * the file written with async fs. Between slices the cache goes on changing,
- * so a periodic snapshot is a fuzzy copy: an entry changed meanwhile may be
- * written as it was or as it became, an entry may be missed, and a repeated
- * record is dropped by key. Each record is aged from the export's start, so
- * a record replaced meanwhile is written as older than it is: it expires
- * early after a restart, never late. The shutdown write runs after the
- * listeners closed, in one go.
+ * pending queries are read in between), and the file written with async fs.
+ * Between slices the cache goes on changing, so a periodic snapshot is a
+ * fuzzy copy: the walk follows the entries' order taken when it began (not
+ * the LRU links, which a hit or an eviction rewires under it), an entry is
+ * written as it is when the walk reaches it, one removed by then is missed,
+ * the entries stored meanwhile come last, and a key refreshed after the walk
+ * passed it comes twice (the load keeps the first). Each record is aged from
+ * the export's start, so a record replaced meanwhile is written as older
+ * than it is: it expires early after a restart, never late. The shutdown
+ * write runs after the listeners closed, without pauses.
  */
 import { randomBytes } from 'node:crypto';
 import { open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
@@ -32,7 +39,7 @@ import type { Logger } from '../log.js';
 import type { DnsCache } from './cache.js';
 import type { RestoreCounts } from './revive.js';
 import type { CacheRecord } from './entry.js';
-import { SnapshotEncoder, type SnapshotError, type SnapshotRejection } from './snapshot-format.js';
+import { SNAPSHOT_HEADER_LEN, SnapshotEncoder, type SnapshotError, type SnapshotRejection } from './snapshot-format.js';
 import { SnapshotReader, errorText } from './snapshot-read.js';
 
 export { errorText };
@@ -92,31 +99,24 @@ const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(reso
  */
 export async function writeSnapshot(cache: DnsCache, path: string, clock: Clock, logger: Logger, opts: WriteOptions = {}): Promise<SnapshotWrite> {
   const t0 = clock.now();
-  const sliced = opts.sliceEntries !== undefined && opts.sliceEntries > 0;
+  const slice = opts.sliceEntries !== undefined && opts.sliceEntries > 0 ? opts.sliceEntries : 0;
   // A name no other writer picks, even one in another container that is pid 1 too.
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   let fh: FileHandle | undefined;
-  let parts: Buffer[];
   let entries: number;
   let bytes = 0;
   try {
-    // Inside the try: an export that fails (a store that changed under a sliced walk, a cache over 4 GiB) is a failed write, not a crash.
-    const enc = new SnapshotEncoder(sliced);
     const writtenAt = clock.wall();
-    if (sliced) {
-      await exportSliced(cache, t0, enc, opts.sliceEntries!);
-      parts = await enc.finish(writtenAt, nextTurn);
-    } else {
-      for (const r of cache.export(t0)) enc.add(r);
-      parts = await enc.finish(writtenAt);
-    }
-    entries = enc.count;
     // Owner-only: the names a node's pods look up are nobody else's business.
     fh = await open(tmp, 'wx', 0o600);
-    for (const part of parts) {
-      await writeAll(fh, part);
-      bytes += part.length;
-    }
+    // Inside the try: an export that fails (a body past the format's u32 length) is a failed write, not a crash.
+    const enc = new SnapshotEncoder();
+    bytes = await writeBody(fh, cache.export(t0), enc, slice);
+    const header = enc.header(writtenAt);
+    await writeAll(fh, header, 0);
+    await writeAll(fh, enc.trailer(header), bytes);
+    bytes += 4;
+    entries = enc.count;
     await fh.sync();
     await fh.close();
     fh = undefined;
@@ -138,35 +138,36 @@ export async function writeSnapshot(cache: DnsCache, path: string, clock: Clock,
 }
 
 /**
- * Copies the export `slice` records per event-loop turn. The walk crosses
- * turns while the cache changes: a record may come twice (the encoder keeps
- * the first) or the walk may end early; it is also cut off past twice the
- * entries the cache held, so a walk that keeps meeting entries moved behind
- * it still ends.
+ * Encodes `records` and writes them to `fh` after the header's room as the
+ * encoder's buffer fills (memory: that buffer, not the file). With `slice`
+ * > 0 (a periodic write while serving), lets the event loop run every
+ * `slice` records. The cache changes between turns; its export follows the
+ * order it took up front, so it ends after the entries there were (and those
+ * stored meanwhile), never early (DnsCache.export). Returns where the body
+ * ends.
  */
-async function exportSliced(cache: DnsCache, now: number, enc: SnapshotEncoder, slice: number): Promise<void> {
-  const limit = 2 * (cache.positiveSize + cache.negativeSize) + slice;
-  const it = cache.export(now);
-  try {
-    let n = 0;
-    for (let r = it.next(); r.done !== true; r = it.next()) {
-      enc.add(r.value);
-      if (++n >= limit) break;
-      if (n % slice === 0) await nextTurn();
+async function writeBody(fh: FileHandle, records: Iterable<CacheRecord>, enc: SnapshotEncoder, slice: number): Promise<number> {
+  let pos = SNAPSHOT_HEADER_LEN;
+  let n = 0;
+  for (const r of records) {
+    if (!enc.add(r)) {
+      pos = await writeAll(fh, enc.drain(), pos);
+      enc.add(r);
     }
-  } finally {
-    it.return(undefined);
+    if (slice > 0 && ++n % slice === 0) await nextTurn();
   }
+  return writeAll(fh, enc.drain(), pos);
 }
 
-/** FileHandle.write may write less than asked (a file size limit reached midway): go on until all is written or it throws. */
-async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
+/** Writes `buf` at `pos`; FileHandle.write may write less than asked (a file size limit reached midway): go on until all is written or it throws. Returns where it ended. */
+async function writeAll(fh: FileHandle, buf: Buffer, pos: number): Promise<number> {
   let off = 0;
   while (off < buf.length) {
-    const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+    const { bytesWritten } = await fh.write(buf, off, buf.length - off, pos + off);
     if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
     off += bytesWritten;
   }
+  return pos + off;
 }
 
 /**

@@ -26,6 +26,7 @@
  * not whole and ours is rejected as a whole, with the reason.
  */
 import { crc32 } from 'node:zlib';
+import { crc32Combine } from './crc32-combine.js';
 import type { CacheRecord } from './entry.js';
 
 export const SNAPSHOT_MAGIC = Buffer.from('NLDCACHE', 'latin1');
@@ -36,7 +37,7 @@ const TRAILER_LEN = 4;
 const RECORD_FIXED_LEN = 17;
 const FLAG_NEGATIVE = 1;
 const U32_MAX = 0xffffffff;
-/** Bytes per buffer the encoder fills; the checksum takes one per turn. */
+/** Bytes the encoder buffers before they are written out. */
 const CHUNK_BYTES = 1 << 20;
 
 /** Why a snapshot was not loaded. Only 'missing' is normal. */
@@ -56,45 +57,42 @@ export interface SnapshotError {
 }
 
 /**
- * Builds a snapshot record by record into 1 MiB buffers, copying each
- * record's key and answer at once (the cache may reuse those bytes once
- * control returns to the event loop). The header and the checksum come last.
+ * Encodes a snapshot record by record into one reused 1 MiB buffer, to be
+ * written out each time it fills (drain), so a write holds about that much
+ * whatever the cache's size: the body is streamed to the file after room
+ * for the header, and the header (count and length, known only at the end)
+ * and the checksum come last, the body's checksum taken as it drains and
+ * combined with the header's (crc32-combine.ts). Each record's key and
+ * answer are copied at add (the cache may reuse those bytes once control
+ * returns to the event loop).
  */
 export class SnapshotEncoder {
-  readonly #chunks: Buffer[];
-  #cur: Buffer;
+  readonly #buf: Buffer;
   #off: number;
   #count: number;
   #body: number;
-  /** Keys written, when the same record may come twice (an export walked across event-loop turns). */
-  readonly #seen: Set<string> | null;
+  /** CRC-32 of the body drained so far. */
+  #crc: number;
 
-  constructor(dedupe: boolean) {
-    this.#chunks = [];
-    this.#cur = Buffer.allocUnsafe(CHUNK_BYTES);
+  constructor() {
+    this.#buf = Buffer.allocUnsafe(CHUNK_BYTES);
     this.#off = 0;
     this.#count = 0;
     this.#body = 0;
-    this.#seen = dedupe ? new Set() : null;
+    this.#crc = 0;
   }
 
   get count(): number {
     return this.#count;
   }
 
-  add(r: CacheRecord): void {
+  /** False when the record does not fit what is buffered: drain, then add it again (any record fits an empty buffer). */
+  add(r: CacheRecord): boolean {
     // Cannot happen for real entries (a key is at most 260 bytes, a DNS message 65,535); kept honest anyway.
-    if (r.key.length > 0xffff || r.wire.length > 0xffff) return;
-    if (this.#seen !== null) {
-      if (this.#seen.has(r.key)) return;
-      this.#seen.add(r.key);
-    }
+    if (r.key.length > 0xffff || r.wire.length > 0xffff) return true;
     const len = RECORD_FIXED_LEN + r.key.length + r.wire.length;
-    if (this.#off + len > this.#cur.length) {
-      this.#seal();
-      this.#cur = Buffer.allocUnsafe(Math.max(CHUNK_BYTES, len));
-    }
-    const buf = this.#cur;
+    if (this.#off + len > this.#buf.length) return false;
+    const buf = this.#buf;
     let off = this.#off;
     buf.writeUInt16BE(r.key.length, off);
     buf.writeUInt16BE(r.wire.length, off + 2);
@@ -111,35 +109,19 @@ export class SnapshotEncoder {
     this.#off = off + r.wire.length;
     this.#count++;
     this.#body += len;
+    return true;
   }
 
-  /**
-   * The file as parts in order: header, records, trailer. The checksum runs
-   * over one part per call of `pause` (when given), so a big file does not
-   * take one long turn.
-   */
-  async finish(writtenAt: number, pause?: () => Promise<void>): Promise<Buffer[]> {
-    const header = this.#header(writtenAt);
-    let crc = crc32(header);
-    for (const c of this.#chunks) {
-      if (pause !== undefined) await pause();
-      crc = crc32(c, crc);
-    }
-    const trailer = Buffer.allocUnsafe(TRAILER_LEN);
-    trailer.writeUInt32BE(crc, 0);
-    return [header, ...this.#chunks, trailer];
+  /** The body bytes added since the last drain, next in the file: a view of the buffer, to be written before the next add. */
+  drain(): Buffer {
+    const out = this.#buf.subarray(0, this.#off);
+    this.#crc = crc32(out, this.#crc);
+    this.#off = 0;
+    return out;
   }
 
-  /** The same, in one go. */
-  finishNow(writtenAt: number): Buffer {
-    const buf = Buffer.concat([this.#header(writtenAt), ...this.#chunks, Buffer.alloc(TRAILER_LEN)]);
-    buf.writeUInt32BE(crc32(buf.subarray(0, buf.length - TRAILER_LEN)), buf.length - TRAILER_LEN);
-    return buf;
-  }
-
-  /** Seals the records and returns the file's header for them. */
-  #header(writtenAt: number): Buffer {
-    this.#seal();
+  /** The file's header for the records drained: call after the last drain. */
+  header(writtenAt: number): Buffer {
     const header = Buffer.alloc(SNAPSHOT_HEADER_LEN);
     SNAPSHOT_MAGIC.copy(header, 0);
     header.writeUInt16BE(SNAPSHOT_VERSION, 8);
@@ -149,18 +131,26 @@ export class SnapshotEncoder {
     return header;
   }
 
-  #seal(): void {
-    if (this.#off > 0) this.#chunks.push(this.#cur.subarray(0, this.#off));
-    this.#cur = this.#cur.subarray(this.#off);
-    this.#off = 0;
+  /** The file's last bytes: the checksum of `header` followed by the body. */
+  trailer(header: Buffer): Buffer {
+    const trailer = Buffer.allocUnsafe(TRAILER_LEN);
+    trailer.writeUInt32BE(crc32Combine(crc32(header), this.#crc, this.#body), 0);
+    return trailer;
   }
 }
 
-/** The file's bytes for `records`, written at wall-clock `writtenAt`. Records that cannot be framed are left out. */
+/** The file's bytes for `records`, written at wall-clock `writtenAt`, in memory. Records that cannot be framed are left out. */
 export function encodeSnapshot(records: Iterable<CacheRecord>, writtenAt: number): Buffer {
-  const enc = new SnapshotEncoder(false);
-  for (const r of records) enc.add(r);
-  return enc.finishNow(writtenAt);
+  const enc = new SnapshotEncoder();
+  const body: Buffer[] = [];
+  for (const r of records) {
+    if (enc.add(r)) continue;
+    body.push(Buffer.from(enc.drain()));
+    enc.add(r);
+  }
+  body.push(Buffer.from(enc.drain()));
+  const header = enc.header(writtenAt);
+  return Buffer.concat([header, ...body, enc.trailer(header)]);
 }
 
 /**

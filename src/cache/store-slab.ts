@@ -40,8 +40,9 @@ export const MAX_SLAB = 2 ** 32 - 8;
  */
 export const LIVE_SHARE = 0.8;
 
+/** Arithmetic, not `& ~7`: bitwise operators are 32-bit signed, and slab sizes pass 2^31 (a budget past 2 GiB). */
 function align8(n: number): number {
-  return (n + 7) & ~7;
+  return Math.ceil(n / 8) * 8;
 }
 
 /** Bytes a record takes in the slab. */
@@ -52,8 +53,9 @@ export function recordBytes(keyLen: number, wireLen: number, ttlCount: number): 
 /** The soft end moved up from `end` by half at a time until `need` bytes fit, at most `cap`. */
 export function grownSoftEnd(end: number, need: number, cap: number): number {
   // x1.5, not x2: pages once written stay resident, and a doubled slab is up to half empty for good once the cache stops growing.
-  let size = align8(end + (end >>> 1));
-  while (size < need) size = align8(size + (size >>> 1));
+  // Math.floor, not >>> 1: past 2^32 (a need beyond the cap) a shift wraps and the loop would never reach it.
+  let size = align8(end + Math.floor(end / 2));
+  while (size < need) size = align8(size + Math.floor(size / 2));
   return Math.min(size, cap);
 }
 

@@ -32,7 +32,7 @@
  */
 import { hashKey } from '../dns/query.js';
 import { StoreFields } from './store-fields.js';
-import { allocLayout, DEAD, NONE, REBUILDS, RECORD_HEADER, StoreView, type ListId } from './store-layout.js';
+import { allocLayout, DEAD, NO_RECORD, NONE, REBUILDS, RECORD_HEADER, StoreView, type ListId } from './store-layout.js';
 import { evictionVictim, linkMru, unlink } from './store-lru.js';
 import { compactSlab, grownSoftEnd, INITIAL_SLAB, MAX_SLAB, recordBytes } from './store-slab.js';
 import { REBUILD_AT, tableDelete, tableInsert, tableRebuild, tableReplace } from './store-table.js';
@@ -60,6 +60,12 @@ export interface StoreOptions {
   readonly hashMask?: number;
   /** On SharedArrayBuffers, for reader threads (layout); default: ordinary ArrayBuffers. */
   readonly shared?: boolean;
+}
+
+/** Entries as AnswerStore.capture saw them: slot i held the key whose hash is hashes[i]. */
+export interface ExportOrder {
+  readonly slots: Int32Array;
+  readonly hashes: Uint32Array;
 }
 
 /** The fields of an entry to store; its bytes are copied into the slab. */
@@ -149,6 +155,10 @@ export class AnswerStore extends StoreFields {
   /** The part of the slab in use: its soft end (it moves up to the cap, the byte budget). */
   get slabBytes(): number {
     return this.#softEnd;
+  }
+  /** The most the slab may grow to: the byte budget, at most MAX_SLAB. */
+  get slabCap(): number {
+    return this.#slabCap;
   }
   /** Bytes of removed records not yet reclaimed by a compaction. */
   get deadBytes(): number {
@@ -314,9 +324,33 @@ export class AnswerStore extends StoreFields {
     return this.#v.header[REBUILDS]!;
   }
 
-  /** Slots of `list`, least recently used first. Do not change the store while iterating. */
-  *slots(list: ListId): Generator<number> {
-    for (let s = this.#lru[list]!; s !== NONE; s = this.#v.newer[s]!) yield s;
+  /**
+   * The entries of both lists stored after clock ms `storedAfter` (positive
+   * first, each least recently used first), as slots and their key hashes
+   * now. Walked later, across event-loop turns, with holds(): unlike the
+   * lists' links, these stay valid whatever changes meanwhile (a hit moving
+   * an entry, an eviction's second chance, a slot reused). 8 bytes an entry.
+   */
+  capture(storedAfter: number): ExportOrder {
+    const v = this.#v;
+    const n = this.#count[0]! + this.#count[1]!;
+    const slots = new Int32Array(n);
+    const hashes = new Uint32Array(n);
+    let i = 0;
+    for (const list of [0, 1]) {
+      for (let s = this.#lru[list]!; s !== NONE && i < n; s = v.newer[s]!) {
+        if (v.storedAtA[s]! <= storedAfter) continue;
+        slots[i] = s;
+        hashes[i++] = v.keyHash[s]!;
+      }
+    }
+    return { slots: slots.subarray(0, i), hashes: hashes.subarray(0, i) };
+  }
+
+  /** Whether `slot` still holds the entry capture() saw there (key hash `hash`): not freed, not reused for another key; compaction may have moved it. */
+  holds(slot: number, hash: number): boolean {
+    const v = this.#v;
+    return v.off[slot] !== NO_RECORD && v.keyHash[slot] === hash;
   }
 
   #evict(list: ListId): void {

@@ -81,7 +81,7 @@ export class AgentMetrics implements UpstreamCounterBlocks {
       [{ server: src.server, type: 'success' }, src.cache.positiveSize],
       [{ server: src.server, type: 'denial' }, src.cache.negativeSize],
     ]);
-    this.registry.addGauge('nodelocal_cache_bytes', 'Bytes the cache charges against --cache-memory.', ['server'], () => [[server, src.cache.bytes]]);
+    this.registry.addGauge('nodelocal_cache_bytes', 'Bytes the cache charges against --cache-memory; the hash table, sized by the entry capacities, is not in it.', ['server'], () => [[server, src.cache.bytes]]);
     // Not summed like the other gauges: a state, one series per name, of the upstream in use (listed first).
     this.registry.addGauge('nodelocal_upstream_healthy', 'Whether an upstream answers (1) or is marked failing (0).', ['to'], () => {
       const byName = new Map<string, number>();

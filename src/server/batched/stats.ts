@@ -48,7 +48,7 @@ export const BATCHED_COUNTERS = defineCounters({
   inflight: { name: 'nodelocal_udp_worker_inflight', type: 'gauge', help: 'Questions the batched UDP workers have waiting on the upstream side.' },
   entriesPositive: { name: 'coredns_cache_entries', labels: { type: 'success' }, type: 'gauge', help: 'Entries in the cache.' },
   entriesNegative: { name: 'coredns_cache_entries', labels: { type: 'denial' }, type: 'gauge', help: 'Entries in the cache.' },
-  cacheBytes: { name: 'nodelocal_cache_bytes', type: 'gauge', help: 'Bytes charged against the cache budget.' },
+  cacheBytes: { name: 'nodelocal_cache_bytes', type: 'gauge', help: 'Bytes charged against the cache budget (--cache-memory); the hash table, sized by the entry capacities, is not in it.' },
 });
 export type BatchedCounterName = keyof typeof BATCHED_COUNTERS.slot;
 export type BatchedCounters = Counters<BatchedCounterName>;
