@@ -786,3 +786,18 @@ t.test('another agent beside us: only listeners held by other processes count', 
   t.equal(otherListenersOn(addr, proc([])), 2, 'none of them ours: both count, the established socket does not');
   t.equal(otherListenersOn(addr, { readFile: () => { throw new Error('no /proc'); }, ownSockets: () => new Set() }), 0);
 });
+
+t.test('a second agent whose listeners cannot bind leaves the running agent its link and addresses (--no-reuse-port)', { skip: namespaceSkip(), timeout: 300_000 }, async (t) => {
+  const ns = netns(t);
+  inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
+  const args = ['--listen', '169.254.20.10:53', '--no-reuse-port', '--io', 'dgram', '--interface-kind', 'bridge', '--firewall', 'none', '--health-port', '0', '--metrics-listen-address', 'off', '--log-level', 'info'];
+  await startAgentIn(t, ns, args);
+  // Started again by mistake (a debug run, a DaemonSet swap that overlaps): it reuses the link, then its bind fails.
+  const second = spawnAgentIn(t, ns, args);
+  t.ok(await waitExit(second.proc, 90_000), 'the second agent gave up');
+  t.equal(second.proc.exitCode, 1, 'a start-up failure');
+  t.match(second.log.all.join('\n'), /EADDRINUSE|address already in use/i, 'because the first one holds the address');
+  // The first agent still serves on 169.254.20.10: without the address on a local link its pods' queries are routed away.
+  const shown = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
+  t.match(shown.stdout, /inet 169\.254\.20\.10\/32 /, `the running agent's address is still there (found: ${shown.stdout.trim() || shown.stderr.trim()})`);
+});
