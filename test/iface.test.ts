@@ -801,3 +801,24 @@ t.test('a second agent whose listeners cannot bind leaves the running agent its 
   const shown = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
   t.match(shown.stdout, /inet 169\.254\.20\.10\/32 /, `the running agent's address is still there (found: ${shown.stdout.trim() || shown.stderr.trim()})`);
 });
+
+t.test('a dump the kernel ends with an error in NLMSG_DONE is an error, not the partial list', async (t) => {
+  // The kernel reports a dump callback's failure (say -EMSGSIZE: one entry fits no datagram) as the int payload of
+  // NLMSG_DONE (netlink_dump_done); iproute2 prints "Dump terminated". What came before it is not the whole table.
+  const EMSGSIZE = 90;
+  const [links, done] = fixture('rtnl-getlink-dump.hex');
+  const partial = Buffer.concat(splitMessages(links!).filter((m) => parseLink(m)?.name !== 'nodelocaldns').map((m) => {
+    const h = Buffer.alloc(16);
+    h.writeUInt32LE(16 + m.body.length, 0);
+    h.writeUInt16LE(m.type, 4);
+    h.writeUInt16LE(m.flags, 6);
+    return Buffer.concat([h, m.body, Buffer.alloc(((m.body.length + 3) & ~3) - m.body.length)]);
+  }));
+  const failed = Buffer.from(done!);
+  failed.writeInt32LE(-EMSGSIZE, 16);
+  t.same(splitMessages(failed).map((m) => m.type), [3], 'an NLMSG_DONE');
+  const io = replay([[partial, failed]]);
+  const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
+  // Taken as the whole list, our link is "not there": the teardown leaves it and says nothing went wrong.
+  t.match(ni.teardown(), { removed: [], errors: [/list links/] }, 'the failed dump is reported');
+});
