@@ -822,3 +822,25 @@ t.test('a dump the kernel ends with an error in NLMSG_DONE is an error, not the 
   // Taken as the whole list, our link is "not there": the teardown leaves it and says nothing went wrong.
   t.match(ni.teardown(), { removed: [], errors: [/list links/] }, 'the failed dump is reported');
 });
+
+t.test('a check whose rewrite fails counts no repair: nothing was put back', async (t) => {
+  // Every rule missing (a firewall reload flushed them), and the rewrite refused (kube-proxy holds the xtables lock, nft lacks a module).
+  const iptables = newSetupCounters();
+  const locked = fakeRunner({
+    'iptables-legacy-save -t raw': {},
+    'iptables-legacy-save -t filter': {},
+    'iptables-legacy-restore': { status: 4, stderr: 'Another app is currently holding the xtables lock. Stopped waiting after 5s.' },
+  });
+  const fw = new Firewall({ ...RULES, addresses: ['169.254.20.10'], backend: { kind: 'iptables', mode: 'legacy' }, run: locked, counters: iptables });
+  const c = await fw.check();
+  t.match(c.error, /xtables lock/, 'the check failed');
+  t.equal(iptables.get('iptablesLock'), 1);
+  t.equal(iptables.get('firewallRepairs'), 0, `nodelocal_setup_repairs_total{part="firewall"} unchanged (reported repaired: ${JSON.stringify(c.repaired)})`);
+
+  const nft = newSetupCounters();
+  const refused = fakeRunner({ 'nft list table inet nodelocaldns': { status: 1, stderr: 'Error: No such file or directory' }, 'nft -f -': { status: 1, stderr: "Error: Could not process rule: No such file or directory\n" } });
+  const table = new Firewall({ ...RULES, addresses: ['169.254.20.10'], backend: { kind: 'nftables' }, run: refused, counters: nft });
+  const n = await table.check();
+  t.match(n.error, /nft -f: exit 1/, 'the check failed');
+  t.equal(nft.get('firewallRepairs'), 0, `nftables: nothing put back either (reported repaired: ${JSON.stringify(n.repaired)})`);
+});
