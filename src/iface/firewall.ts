@@ -147,11 +147,13 @@ export class Firewall {
         // A family we no longer serve (the config dropped its last address): clear what an earlier run left.
         const batch = looked.map((t) => iptablesRemoveBatch(this.#name, t, tables.get(t)!)).filter((b): b is string => b !== null);
         if (batch.length === 0) continue;
-        repaired?.push(`IPv${family}: removed rules for addresses no longer served`);
         const e = await this.#restore(family, batch.join(''));
         if (e !== null) errors.push(e);
+        else repaired?.push(`IPv${family}: removed rules for addresses no longer served`);
         continue;
       }
+      // Said into `repaired` only once written: a rewrite that failed put nothing back.
+      const found: string[] = [];
       const batches: string[] = [];
       for (const t of looked) {
         const tableState = tables.get(t)!;
@@ -159,34 +161,37 @@ export class Firewall {
           // nat without a DNAT to install: an earlier run's (a config that had one) goes.
           const stale = iptablesRemoveBatch(this.#name, t, tableState);
           if (stale === null) continue;
-          repaired?.push(`IPv${family} ${t}: removed rules no longer wanted`);
+          found.push(`IPv${family} ${t}: removed rules no longer wanted`);
           batches.push(stale);
           continue;
         }
         if (repaired !== null) {
           const problems = diffIptables(this.#name, t, tableState, want);
           if (problems.length === 0) continue;
-          repaired.push(...problems.map((p) => `IPv${family} ${p}`));
+          found.push(...problems.map((p) => `IPv${family} ${p}`));
         }
         batches.push(iptablesApplyBatch(this.#name, t, tableState, want));
       }
       if (batches.length === 0) continue;
       const e = await this.#restore(family, batches.join(''));
       if (e !== null) errors.push(e);
+      else repaired?.push(...found);
     }
     return errors.length === 0 ? null : errors.join('; ');
   }
 
   async #writeNft(repaired: string[] | null): Promise<string | null> {
+    let found = '';
     if (repaired !== null) {
       const listed = await this.#listNft();
-      if (listed === null) repaired.push(`nftables: table inet ${this.#name} missing`);
-      else if (this.#nftBaseline === null) repaired.push(`nftables: table inet ${this.#name} not written by this process`);
-      else if (listed !== this.#nftBaseline) repaired.push(`nftables: table inet ${this.#name} changed${firstLineDiff(listed, this.#nftBaseline)}`);
+      if (listed === null) found = `nftables: table inet ${this.#name} missing`;
+      else if (this.#nftBaseline === null) found = `nftables: table inet ${this.#name} not written by this process`;
+      else if (listed !== this.#nftBaseline) found = `nftables: table inet ${this.#name} changed${firstLineDiff(listed, this.#nftBaseline)}`;
       else return null;
     }
     const r = await this.#run('nft', ['-f', '-'], nftApplyScript(this.#name, this.#rules));
     if (r.status !== 0) return this.#fail(describeResult('nft -f', r));
+    repaired?.push(found);
     this.#nftBaseline = await this.#listNft();
     return null;
   }
