@@ -844,3 +844,20 @@ t.test('a check whose rewrite fails counts no repair: nothing was put back', asy
   t.match(n.error, /nft -f: exit 1/, 'the check failed');
   t.equal(nft.get('firewallRepairs'), 0, `nftables: nothing put back either (reported repaired: ${JSON.stringify(n.repaired)})`);
 });
+
+t.test('a start that fails at the listeners still removes the link it created (the rollback undoes its own start)', { skip: namespaceSkip(), timeout: 300_000 }, async (t) => {
+  const ns = netns(t);
+  inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
+  // Port 53 held on the wildcard by something else: the link and address go in, then the listeners cannot bind.
+  const holder = spawn('ip', ['netns', 'exec', ns, 'env', '-i', process.execPath, '-e',
+    "const d=require('node:dgram').createSocket('udp4');d.bind(53,'0.0.0.0',()=>{require('node:net').createServer().listen(53,'0.0.0.0',()=>console.log('held'))})"], { env: CHILD_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => stopChild(holder, 'SIGKILL', 2000));
+  t.ok(await new Lines(holder.stdout!).next((l) => l === 'held', 30_000), 'port 53 is held');
+  const agent = spawnAgentIn(t, ns, ['--listen', '169.254.20.10:53', '--no-reuse-port', '--io', 'dgram', '--interface-kind', 'bridge', '--firewall', 'none', '--health-port', '0', '--metrics-listen-address', 'off', '--log-level', 'info']);
+  t.ok(await waitExit(agent.proc, 90_000), 'the agent gave up');
+  t.equal(agent.proc.exitCode, 1, 'a start-up failure');
+  t.match(agent.log.all.join('\n'), /interface ready.*"created":true/, 'after creating the link');
+  t.match(agent.log.all.join('\n'), /interface start undone.*"removed":\["link nodelocaldns"\]/, 'which the rollback removed');
+  const left = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
+  t.not(left.status, 0, `the link it created is gone (found: ${left.stdout.trim()})`);
+});

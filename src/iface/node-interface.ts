@@ -176,6 +176,19 @@ export class NodeInterface {
     return { linkIndex: link.index, created, kind: link.kind, setUp, addressesAdded: added.map((w) => w.text), addressesPresent: already };
   }
 
+  /**
+   * Undo what ensure() made, and only that (its start failed further on): the
+   * link if it created it, else the addresses it added. What it found in
+   * place (another agent's link and addresses) stays. Closes the socket.
+   */
+  undoEnsure(r: EnsureReport): TeardownReport {
+    const added = this.#wanted.filter((w) => r.addressesAdded.includes(w.text));
+    const error = r.created || added.length > 0 ? this.#undo(r.linkIndex, r.created, added) : null;
+    this.close();
+    const removed = error !== null ? [] : r.created ? [`link ${this.name}`] : added.map((w) => `address ${w.text}`);
+    return { removed, errors: error === null ? [] : [error] };
+  }
+
   /** What a failed ensure() did: the link if it made it (its addresses go with it), else the addresses it added. An error text, or null. */
   #undo(index: number, created: boolean, added: readonly Wanted[]): string | null {
     const errors: string[] = [];
