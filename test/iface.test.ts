@@ -45,6 +45,7 @@ import { type ProcReader, otherListenersOn } from '../src/iface/other-listeners.
 import { procAddress } from '../src/sys/reuseport.js';
 import { ManualClock } from '../src/clock.js';
 import { silentLogger } from '../src/log.js';
+import { ConfigError, loadConfig } from '../src/config.js';
 
 const FIXTURES = new URL('./fixtures/', import.meta.url);
 
@@ -860,4 +861,19 @@ t.test('a start that fails at the listeners still removes the link it created (t
   t.match(agent.log.all.join('\n'), /interface start undone.*"removed":\["link nodelocaldns"\]/, 'which the rollback removed');
   const left = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
   t.not(left.status, 0, `the link it created is gone (found: ${left.stdout.trim()})`);
+});
+
+t.test('--interface-name "." or "..": a flag error naming the flag, not a kernel refusal at start', async (t) => {
+  // dev_valid_name() refuses both (they would clash with /sys/class/net's own entries).
+  for (const name of ['.', '..']) {
+    let msg = 'no error';
+    try {
+      loadConfig(['--interface-name', name], { env: {}, readFile: () => { throw Object.assign(new Error('no such file'), { code: 'ENOENT' }); } });
+    } catch (e) {
+      msg = e instanceof ConfigError ? e.message : `not a ConfigError: ${String(e)}`;
+    }
+    t.match(msg, /--interface-name/, `"${name}" is refused as a flag error`);
+    t.throws(() => new NodeInterface({ name, addresses: [], counters: newSetupCounters() }), InterfaceError, `NodeInterface refuses "${name}" too`);
+  }
+  t.equal(new NodeInterface({ name: '.nl-0', addresses: [], counters: newSetupCounters() }).name, '.nl-0', 'a name that only starts with a dot is fine');
 });

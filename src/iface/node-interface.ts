@@ -118,8 +118,8 @@ export class NodeInterface {
   #rtnl: Rtnl | null = null;
 
   constructor(opts: NodeInterfaceOptions) {
-    if (opts.name === '' || Buffer.byteLength(opts.name) > IFNAME_MAX || /[\s/:]/.test(opts.name)) {
-      throw new InterfaceError(`interface name "${opts.name}": 1-${IFNAME_MAX} bytes, no space, "/" or ":"`, 0);
+    if (opts.name === '' || opts.name === '.' || opts.name === '..' || Buffer.byteLength(opts.name) > IFNAME_MAX || /[\s/:]/.test(opts.name)) {
+      throw new InterfaceError(`interface name "${opts.name}": 1-${IFNAME_MAX} bytes, no space, "/" or ":", not "." or ".."`, 0);
     }
     this.name = opts.name;
     this.kind = opts.kind ?? 'dummy';
