@@ -877,3 +877,35 @@ t.test('--interface-name "." or "..": a flag error naming the flag, not a kernel
   }
   t.equal(new NodeInterface({ name: '.nl-0', addresses: [], counters: newSetupCounters() }).name, '.nl-0', 'a name that only starts with a dot is fine');
 });
+
+t.test('spawnRunner: a timed-out command is answered at its timeout, and a grandchild holding its output dies with it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-run-'));
+  const pidFile = join(dir, 'pid');
+  let grandchild = 0;
+  t.teardown(() => {
+    if (grandchild > 0) {
+      try {
+        process.kill(grandchild, 'SIGKILL');
+      } catch {
+        // gone, as it should be
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+  // A wrapper whose helper inherits stdout and outlives it: killing only the wrapper leaves the pipe open for 600 s.
+  const pending = spawnRunner([], 300)('sh', ['-c', `sleep 600 & echo $! > ${pidFile}; wait`]);
+  const r = await Promise.race([pending, new Promise<'pending'>((res) => setTimeout(() => res('pending'), 20_000).unref())]);
+  grandchild = Number(readFileSync(pidFile, 'utf8').trim());
+  t.not(r, 'pending', 'the runner answered (not still waiting on the grandchild\'s pipe)');
+  t.match(r, { status: null, error: /killed by SIGKILL/ }, 'as a timeout');
+  let alive = true;
+  for (let i = 0; i < 50 && alive; i++) {
+    try {
+      process.kill(grandchild, 0);
+      await new Promise((res) => setTimeout(res, 100));
+    } catch {
+      alive = false;
+    }
+  }
+  t.notOk(alive, `the grandchild (pid ${grandchild}) was killed with the command`);
+});
