@@ -909,3 +909,21 @@ t.test('spawnRunner: a timed-out command is answered at its timeout, and a grand
   }
   t.notOk(alive, `the grandchild (pid ${grandchild}) was killed with the command`);
 });
+
+t.test('no fail-open DNAT wanted: a nat table that cannot be read neither stops interception nor keeps teardown from raw and filter', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') ? false : 'iptables-legacy not installed') }, async (t) => {
+  const ns = netns(t);
+  const real = spawnRunner(['ip', 'netns', 'exec', ns]);
+  // A kernel without ip6table_nat: IPv6 raw and filter work, the nat table does not exist.
+  const run: CommandRunner = (cmd, args, stdin) =>
+    cmd === 'ip6tables-legacy-save' && args.includes('nat')
+      ? Promise.resolve({ status: 1, stdout: '', stderr: "ip6tables-save v1.8.9 (legacy): Cannot initialize: Table does not exist (do you need to insmod?)\n", error: null })
+      : real(cmd, args, stdin);
+  const fw = new Firewall({ ...RULES, backend: { kind: 'iptables', mode: 'legacy' }, run, counters: newSetupCounters() });
+  await fw.apply().then(() => t.pass('apply succeeded'), (e: unknown) => t.fail(`apply failed: ${String(e)}`));
+  const ours = (family: 'iptables' | 'ip6tables') => ['raw', 'filter'].flatMap((tbl) => inNs(ns, `${family}-legacy-save`, '-t', tbl).stdout.split('\n')).filter((l) => /^-A .*nodelocaldns/i.test(l));
+  t.ok(ours('ip6tables').length > 0, 'IPv6 rules in place');
+  t.equal((await fw.check()).error, null, 'the check passes');
+  t.equal(await fw.remove(), null, 'teardown reports no error');
+  t.same(ours('ip6tables'), [], 'no IPv6 rule of ours left in raw or filter');
+  t.same(ours('iptables'), [], 'nor IPv4');
+});
