@@ -927,3 +927,24 @@ t.test('no fail-open DNAT wanted: a nat table that cannot be read neither stops 
   t.same(ours('ip6tables'), [], 'no IPv6 rule of ours left in raw or filter');
   t.same(ours('iptables'), [], 'nor IPv4');
 });
+
+t.test('order check: a jump to another user chain above ours (Calico, kube-proxy) is no misorder; a verdict above it is', async (t) => {
+  // Calico's Felix (insert mode) keeps its own jump first in raw PREROUTING and filter INPUT and rewrites every ~90 s:
+  // demanding rule 1 for ours as well made the two swap for good, with a repair and a warning each time.
+  const want = buildRules(RULES).filter((r) => r.family === 4);
+  const good = parseSave(iptablesApplyBatch('nodelocaldns', 'raw', new Map(), want).replace(/^-I (\w+) 1 /gm, '-A $1 '), 'raw');
+  const withAbove = (...above: string[]) => {
+    const m = new Map(good);
+    m.set('cali-PREROUTING', ['-m mark --mark 0x10000/0x10000 -j ACCEPT']);
+    m.set('PREROUTING', [...above, ...(good.get('PREROUTING') ?? [])]);
+    return m;
+  };
+  const calico = withAbove('-m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING');
+  t.same(diffIptables('nodelocaldns', 'raw', calico, want), [], 'below Calico\'s jump: in place, nothing to repair');
+  t.same(diffIptables('nodelocaldns', 'raw', withAbove('-j LOG --log-prefix "raw: "', '-p udp -j cali-PREROUTING', '-m mark --mark 0x1 -j MARK --set-mark 0x2'), want), [], 'below a LOG, a MARK and a narrowed jump to a user chain: in place');
+  t.match(diffIptables('nodelocaldns', 'raw', withAbove('-j SOME-TARGET'), want), [/is rule 2, below "-A PREROUTING -j SOME-TARGET"/], 'a target that is no chain of this table (an extension we do not know): a misorder');
+  t.match(diffIptables('nodelocaldns', 'raw', withAbove('-g cali-PREROUTING'), want), [/is rule 2, below "-A PREROUTING -g cali-PREROUTING"/], 'a goto never comes back to this chain: a misorder');
+  t.same(diffIptables('nodelocaldns', 'raw', withAbove('-m comment --comment "cali:x" -j cali-PREROUTING', '-p udp -j DROP'), want), [
+    'raw PREROUTING: jump to NODELOCALDNS-PREROUTING is rule 3, below "-A PREROUTING -p udp -j DROP"',
+  ], 'a verdict above it (here under Calico\'s jump) still is');
+});
