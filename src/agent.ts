@@ -220,8 +220,8 @@ export class Agent {
     try {
       await this.#build(ops);
     } catch (err) {
-      await this.#parts.stop(this.#clock.now());
-      await ops.stop(0);
+      await this.#parts.stop(this.#clock.now(), 'rollback');
+      await ops.stop(0, 'rollback');
       throw err;
     }
   }

@@ -179,7 +179,10 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     throw new ConfigError(`--firewall "${firewall}": expected one of ${FIREWALL_CHOICES.join(', ')}`);
   }
   const interfaceName = str('interface-name')!;
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(interfaceName)) throw new ConfigError(`--interface-name "${interfaceName}": 1-15 letters, digits, "_", "." or "-"`);
+  // The kernel (dev_valid_name) also refuses "." and "..": they would clash with /sys/class/net's own entries.
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(interfaceName) || interfaceName === '.' || interfaceName === '..') {
+    throw new ConfigError(`--interface-name "${interfaceName}": 1-15 letters, digits, "_", "." or "-", and not "." or ".."`);
+  }
 
   const metricsByNamespace = bool('metrics-by-namespace');
   const nodeName = str('node-name') ?? env['NODE_NAME'] ?? '';

@@ -13,10 +13,14 @@ export interface Component {
   /**
    * Undo start(). `deadline` (Clock ms) is when the whole shutdown must be
    * over: a part that waits for something (queries in flight) stops waiting
-   * then. Must not throw for ordinary failures: log them and go on.
+   * then. `why` is 'rollback' when a later part failed to start: a part that
+   * found things in place (another agent's link) then undoes only what its
+   * own start made. Must not throw for ordinary failures: log them and go on.
    */
-  stop(deadline: number): Promise<void>;
+  stop(deadline: number, why?: StopReason): Promise<void>;
 }
+
+export type StopReason = 'stop' | 'rollback';
 
 export class StartupError extends Error {
   override readonly name = 'StartupError';
@@ -47,7 +51,7 @@ export class ComponentStack {
       try {
         await part.start();
       } catch (err) {
-        await this.stop(deadlineForRollback());
+        await this.stop(deadlineForRollback(), 'rollback');
         const msg = err instanceof Error ? err.message : String(err);
         throw new StartupError(`${part.name}: ${msg}`, { cause: err });
       }
@@ -56,11 +60,11 @@ export class ComponentStack {
   }
 
   /** Stops the started parts in reverse order; one part's error does not keep the others up. */
-  async stop(deadline: number): Promise<void> {
+  async stop(deadline: number, why: StopReason = 'stop'): Promise<void> {
     while (this.#started.length > 0) {
       const part = this.#started.pop()!;
       try {
-        await part.stop(deadline);
+        await part.stop(deadline, why);
       } catch (err) {
         this.#logger.error('error while stopping', { part: part.name, error: err instanceof Error ? err.message : String(err) });
       }

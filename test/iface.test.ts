@@ -45,6 +45,7 @@ import { type ProcReader, otherListenersOn } from '../src/iface/other-listeners.
 import { procAddress } from '../src/sys/reuseport.js';
 import { ManualClock } from '../src/clock.js';
 import { silentLogger } from '../src/log.js';
+import { ConfigError, loadConfig } from '../src/config.js';
 
 const FIXTURES = new URL('./fixtures/', import.meta.url);
 
@@ -785,4 +786,165 @@ t.test('another agent beside us: only listeners held by other processes count', 
   t.equal(otherListenersOn(addr, proc(['111', '222'])), 0, 'both ours: no one else');
   t.equal(otherListenersOn(addr, proc([])), 2, 'none of them ours: both count, the established socket does not');
   t.equal(otherListenersOn(addr, { readFile: () => { throw new Error('no /proc'); }, ownSockets: () => new Set() }), 0);
+});
+
+t.test('a second agent whose listeners cannot bind leaves the running agent its link and addresses (--no-reuse-port)', { skip: namespaceSkip(), timeout: 300_000 }, async (t) => {
+  const ns = netns(t);
+  inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
+  const args = ['--listen', '169.254.20.10:53', '--no-reuse-port', '--io', 'dgram', '--interface-kind', 'bridge', '--firewall', 'none', '--health-port', '0', '--metrics-listen-address', 'off', '--log-level', 'info'];
+  await startAgentIn(t, ns, args);
+  // Started again by mistake (a debug run, a DaemonSet swap that overlaps): it reuses the link, then its bind fails.
+  const second = spawnAgentIn(t, ns, args);
+  t.ok(await waitExit(second.proc, 90_000), 'the second agent gave up');
+  t.equal(second.proc.exitCode, 1, 'a start-up failure');
+  t.match(second.log.all.join('\n'), /EADDRINUSE|address already in use/i, 'because the first one holds the address');
+  // The first agent still serves on 169.254.20.10: without the address on a local link its pods' queries are routed away.
+  const shown = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
+  t.match(shown.stdout, /inet 169\.254\.20\.10\/32 /, `the running agent's address is still there (found: ${shown.stdout.trim() || shown.stderr.trim()})`);
+});
+
+t.test('a dump the kernel ends with an error in NLMSG_DONE is an error, not the partial list', async (t) => {
+  // The kernel reports a dump callback's failure (say -EMSGSIZE: one entry fits no datagram) as the int payload of
+  // NLMSG_DONE (netlink_dump_done); iproute2 prints "Dump terminated". What came before it is not the whole table.
+  const EMSGSIZE = 90;
+  const [links, done] = fixture('rtnl-getlink-dump.hex');
+  const partial = Buffer.concat(splitMessages(links!).filter((m) => parseLink(m)?.name !== 'nodelocaldns').map((m) => {
+    const h = Buffer.alloc(16);
+    h.writeUInt32LE(16 + m.body.length, 0);
+    h.writeUInt16LE(m.type, 4);
+    h.writeUInt16LE(m.flags, 6);
+    return Buffer.concat([h, m.body, Buffer.alloc(((m.body.length + 3) & ~3) - m.body.length)]);
+  }));
+  const failed = Buffer.from(done!);
+  failed.writeInt32LE(-EMSGSIZE, 16);
+  t.same(splitMessages(failed).map((m) => m.type), [3], 'an NLMSG_DONE');
+  const io = replay([[partial, failed]]);
+  const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
+  // Taken as the whole list, our link is "not there": the teardown leaves it and says nothing went wrong.
+  t.match(ni.teardown(), { removed: [], errors: [/list links/] }, 'the failed dump is reported');
+});
+
+t.test('a check whose rewrite fails counts no repair: nothing was put back', async (t) => {
+  // Every rule missing (a firewall reload flushed them), and the rewrite refused (kube-proxy holds the xtables lock, nft lacks a module).
+  const iptables = newSetupCounters();
+  const locked = fakeRunner({
+    'iptables-legacy-save -t raw': {},
+    'iptables-legacy-save -t filter': {},
+    'iptables-legacy-restore': { status: 4, stderr: 'Another app is currently holding the xtables lock. Stopped waiting after 5s.' },
+  });
+  const fw = new Firewall({ ...RULES, addresses: ['169.254.20.10'], backend: { kind: 'iptables', mode: 'legacy' }, run: locked, counters: iptables });
+  const c = await fw.check();
+  t.match(c.error, /xtables lock/, 'the check failed');
+  t.equal(iptables.get('iptablesLock'), 1);
+  t.equal(iptables.get('firewallRepairs'), 0, `nodelocal_setup_repairs_total{part="firewall"} unchanged (reported repaired: ${JSON.stringify(c.repaired)})`);
+
+  const nft = newSetupCounters();
+  const refused = fakeRunner({ 'nft list table inet nodelocaldns': { status: 1, stderr: 'Error: No such file or directory' }, 'nft -f -': { status: 1, stderr: "Error: Could not process rule: No such file or directory\n" } });
+  const table = new Firewall({ ...RULES, addresses: ['169.254.20.10'], backend: { kind: 'nftables' }, run: refused, counters: nft });
+  const n = await table.check();
+  t.match(n.error, /nft -f: exit 1/, 'the check failed');
+  t.equal(nft.get('firewallRepairs'), 0, `nftables: nothing put back either (reported repaired: ${JSON.stringify(n.repaired)})`);
+});
+
+t.test('a start that fails at the listeners still removes the link it created (the rollback undoes its own start)', { skip: namespaceSkip(), timeout: 300_000 }, async (t) => {
+  const ns = netns(t);
+  inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
+  // Port 53 held on the wildcard by something else: the link and address go in, then the listeners cannot bind.
+  const holder = spawn('ip', ['netns', 'exec', ns, 'env', '-i', process.execPath, '-e',
+    "const d=require('node:dgram').createSocket('udp4');d.bind(53,'0.0.0.0',()=>{require('node:net').createServer().listen(53,'0.0.0.0',()=>console.log('held'))})"], { env: CHILD_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => stopChild(holder, 'SIGKILL', 2000));
+  t.ok(await new Lines(holder.stdout!).next((l) => l === 'held', 30_000), 'port 53 is held');
+  const agent = spawnAgentIn(t, ns, ['--listen', '169.254.20.10:53', '--no-reuse-port', '--io', 'dgram', '--interface-kind', 'bridge', '--firewall', 'none', '--health-port', '0', '--metrics-listen-address', 'off', '--log-level', 'info']);
+  t.ok(await waitExit(agent.proc, 90_000), 'the agent gave up');
+  t.equal(agent.proc.exitCode, 1, 'a start-up failure');
+  t.match(agent.log.all.join('\n'), /interface ready.*"created":true/, 'after creating the link');
+  t.match(agent.log.all.join('\n'), /interface start undone.*"removed":\["link nodelocaldns"\]/, 'which the rollback removed');
+  const left = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
+  t.not(left.status, 0, `the link it created is gone (found: ${left.stdout.trim()})`);
+});
+
+t.test('--interface-name "." or "..": a flag error naming the flag, not a kernel refusal at start', async (t) => {
+  // dev_valid_name() refuses both (they would clash with /sys/class/net's own entries).
+  for (const name of ['.', '..']) {
+    let msg = 'no error';
+    try {
+      loadConfig(['--interface-name', name], { env: {}, readFile: () => { throw Object.assign(new Error('no such file'), { code: 'ENOENT' }); } });
+    } catch (e) {
+      msg = e instanceof ConfigError ? e.message : `not a ConfigError: ${String(e)}`;
+    }
+    t.match(msg, /--interface-name/, `"${name}" is refused as a flag error`);
+    t.throws(() => new NodeInterface({ name, addresses: [], counters: newSetupCounters() }), InterfaceError, `NodeInterface refuses "${name}" too`);
+  }
+  t.equal(new NodeInterface({ name: '.nl-0', addresses: [], counters: newSetupCounters() }).name, '.nl-0', 'a name that only starts with a dot is fine');
+});
+
+t.test('spawnRunner: a timed-out command is answered at its timeout, and a grandchild holding its output dies with it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nldns-run-'));
+  const pidFile = join(dir, 'pid');
+  let grandchild = 0;
+  t.teardown(() => {
+    if (grandchild > 0) {
+      try {
+        process.kill(grandchild, 'SIGKILL');
+      } catch {
+        // gone, as it should be
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+  // A wrapper whose helper inherits stdout and outlives it: killing only the wrapper leaves the pipe open for 600 s.
+  const pending = spawnRunner([], 300)('sh', ['-c', `sleep 600 & echo $! > ${pidFile}; wait`]);
+  const r = await Promise.race([pending, new Promise<'pending'>((res) => setTimeout(() => res('pending'), 20_000).unref())]);
+  grandchild = Number(readFileSync(pidFile, 'utf8').trim());
+  t.not(r, 'pending', 'the runner answered (not still waiting on the grandchild\'s pipe)');
+  t.match(r, { status: null, error: /killed by SIGKILL/ }, 'as a timeout');
+  let alive = true;
+  for (let i = 0; i < 50 && alive; i++) {
+    try {
+      process.kill(grandchild, 0);
+      await new Promise((res) => setTimeout(res, 100));
+    } catch {
+      alive = false;
+    }
+  }
+  t.notOk(alive, `the grandchild (pid ${grandchild}) was killed with the command`);
+});
+
+t.test('no fail-open DNAT wanted: a nat table that cannot be read neither stops interception nor keeps teardown from raw and filter', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') ? false : 'iptables-legacy not installed') }, async (t) => {
+  const ns = netns(t);
+  const real = spawnRunner(['ip', 'netns', 'exec', ns]);
+  // A kernel without ip6table_nat: IPv6 raw and filter work, the nat table does not exist.
+  const run: CommandRunner = (cmd, args, stdin) =>
+    cmd === 'ip6tables-legacy-save' && args.includes('nat')
+      ? Promise.resolve({ status: 1, stdout: '', stderr: "ip6tables-save v1.8.9 (legacy): Cannot initialize: Table does not exist (do you need to insmod?)\n", error: null })
+      : real(cmd, args, stdin);
+  const fw = new Firewall({ ...RULES, backend: { kind: 'iptables', mode: 'legacy' }, run, counters: newSetupCounters() });
+  await fw.apply().then(() => t.pass('apply succeeded'), (e: unknown) => t.fail(`apply failed: ${String(e)}`));
+  const ours = (family: 'iptables' | 'ip6tables') => ['raw', 'filter'].flatMap((tbl) => inNs(ns, `${family}-legacy-save`, '-t', tbl).stdout.split('\n')).filter((l) => /^-A .*nodelocaldns/i.test(l));
+  t.ok(ours('ip6tables').length > 0, 'IPv6 rules in place');
+  t.equal((await fw.check()).error, null, 'the check passes');
+  t.equal(await fw.remove(), null, 'teardown reports no error');
+  t.same(ours('ip6tables'), [], 'no IPv6 rule of ours left in raw or filter');
+  t.same(ours('iptables'), [], 'nor IPv4');
+});
+
+t.test('order check: a jump to another user chain above ours (Calico, kube-proxy) is no misorder; a verdict above it is', async (t) => {
+  // Calico's Felix (insert mode) keeps its own jump first in raw PREROUTING and filter INPUT and rewrites every ~90 s:
+  // demanding rule 1 for ours as well made the two swap for good, with a repair and a warning each time.
+  const want = buildRules(RULES).filter((r) => r.family === 4);
+  const good = parseSave(iptablesApplyBatch('nodelocaldns', 'raw', new Map(), want).replace(/^-I (\w+) 1 /gm, '-A $1 '), 'raw');
+  const withAbove = (...above: string[]) => {
+    const m = new Map(good);
+    m.set('cali-PREROUTING', ['-m mark --mark 0x10000/0x10000 -j ACCEPT']);
+    m.set('PREROUTING', [...above, ...(good.get('PREROUTING') ?? [])]);
+    return m;
+  };
+  const calico = withAbove('-m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING');
+  t.same(diffIptables('nodelocaldns', 'raw', calico, want), [], 'below Calico\'s jump: in place, nothing to repair');
+  t.same(diffIptables('nodelocaldns', 'raw', withAbove('-j LOG --log-prefix "raw: "', '-p udp -j cali-PREROUTING', '-m mark --mark 0x1 -j MARK --set-mark 0x2'), want), [], 'below a LOG, a MARK and a narrowed jump to a user chain: in place');
+  t.match(diffIptables('nodelocaldns', 'raw', withAbove('-j SOME-TARGET'), want), [/is rule 2, below "-A PREROUTING -j SOME-TARGET"/], 'a target that is no chain of this table (an extension we do not know): a misorder');
+  t.match(diffIptables('nodelocaldns', 'raw', withAbove('-g cali-PREROUTING'), want), [/is rule 2, below "-A PREROUTING -g cali-PREROUTING"/], 'a goto never comes back to this chain: a misorder');
+  t.same(diffIptables('nodelocaldns', 'raw', withAbove('-m comment --comment "cali:x" -j cali-PREROUTING', '-p udp -j DROP'), want), [
+    'raw PREROUTING: jump to NODELOCALDNS-PREROUTING is rule 3, below "-A PREROUTING -p udp -j DROP"',
+  ], 'a verdict above it (here under Calico\'s jump) still is');
 });

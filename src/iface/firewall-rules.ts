@@ -41,7 +41,9 @@
  * jumped to from rule 1 of its built-in chain. Order matters, not only
  * presence: a rule above our jump such as `-t raw -A PREROUTING ! -p 253 -j
  * ACCEPT` ends the raw table for every packet and silently defeats NOTRACK
- * (kubernetes-sigs/node-local-dns#13), so the check demands our jump be first.
+ * (kubernetes-sigs/node-local-dns#13), so the check moves our jump back to
+ * rule 1 when a rule above it may decide (mayDecide), not merely because
+ * another jump to a user chain got there first.
  *
  * nftables: one table `inet NAME` (IPv4 and IPv6 together) whose base chains
  * sit at priority raw (-300), before conntrack (-200), and just before filter.
@@ -192,8 +194,9 @@ export function diffIptables(name: string, table: Table, saved: SavedTable, want
   for (const hook of HOOKS[table]) {
     const chain = ourChain(name, hook);
     const jumps = jumpPositions(saved, hook, chain);
+    const ahead = jumps.length === 0 ? undefined : (saved.get(hook) ?? []).slice(0, jumps[0]).find((spec) => mayDecide(spec, saved));
     if (jumps.length === 0) problems.push(`${table} ${hook}: no jump to ${chain}`);
-    else if (jumps[0] !== 0) problems.push(`${table} ${hook}: jump to ${chain} is rule ${jumps[0]! + 1}, below ${describeFirst(saved, hook)}`);
+    else if (ahead !== undefined) problems.push(`${table} ${hook}: jump to ${chain} is rule ${jumps[0]! + 1}, below "-A ${hook} ${ahead}"`);
     if (jumps.length > 1) problems.push(`${table} ${hook}: ${jumps.length} jumps to ${chain}`);
     const have = saved.get(chain);
     const expected = want.filter((r) => r.table === table && r.hook === hook).map((r) => normalizeSpec(iptablesRuleSpec(name, r)));
@@ -208,8 +211,25 @@ export function diffIptables(name: string, table: Table, saved: SavedTable, want
   return problems;
 }
 
-function describeFirst(saved: SavedTable, hook: BuiltinChain): string {
-  return `"-A ${hook} ${saved.get(hook)?.[0] ?? ''}"`;
+/** Targets after which a packet carries on down the same chain. */
+const PASS_THROUGH = new Set(['LOG', 'NFLOG', 'MARK', 'CONNMARK', 'TRACE', 'CLASSIFY', 'DSCP', 'TOS', 'TTL', 'HL', 'CHECKSUM', 'TCPMSS', 'SECMARK', 'CONNSECMARK']);
+
+/**
+ * Whether a rule above our jump could keep packets from reaching it: a
+ * verdict (ACCEPT, DROP, CT, DNAT...), a goto (the chain it goes to ends in
+ * the built-in chain's policy), or a target we do not know, however narrowed
+ * (we do not judge matches). A jump to another chain of this table comes back
+ * and is no reason to move: Calico's Felix and kube-proxy keep their jumps at
+ * the top too, and demanding rule 1 made them and us swap places forever.
+ * node-cache checks presence only; what the chain they jump to does is
+ * theirs, as it is for node-cache.
+ */
+function mayDecide(spec: string, saved: SavedTable): boolean {
+  const m = /(?:^| )-([jg]) (\S+)/.exec(spec);
+  if (m === null) return false; // no target: a counter
+  if (m[1] === 'g') return true;
+  const target = m[2]!;
+  return !saved.has(target) && !PASS_THROUGH.has(target);
 }
 
 function firstDifference(got: readonly string[], want: readonly string[]): string {

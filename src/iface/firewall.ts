@@ -50,7 +50,11 @@ export class FirewallError extends Error {
 }
 
 const DEFAULT_LOCK_WAIT_S = 5;
-/** Always ours; nat only with a fail-open DNAT, and when clearing up (apply, remove) in case an earlier run had one. */
+/**
+ * Always ours; nat only with a fail-open DNAT, and when clearing up (apply,
+ * remove) in case an earlier run had one: that read is best effort, so a
+ * kernel without a nat table for a family still gets raw and filter.
+ */
 const BASE_TABLES: readonly Table[] = ['raw', 'filter'];
 const ALL_TABLES: readonly Table[] = ['raw', 'filter', 'nat'];
 
@@ -113,13 +117,10 @@ export class Firewall {
     }
     const errors: string[] = [];
     for (const family of [4, 6] as const) {
-      const saved = await this.#save(family, ALL_TABLES);
-      if (typeof saved === 'string') {
-        // No ip6tables on a node without IPv6 support: nothing of ours can be there either.
-        if (this.#familyWanted(family)) errors.push(this.#fail(saved));
-        continue;
-      }
-      const batch = ALL_TABLES.map((t) => iptablesRemoveBatch(this.#name, t, saved.get(t) ?? new Map())).filter((b): b is string => b !== null);
+      // One table that cannot be read keeps nothing from the others: each goes on its own read.
+      const saved = await this.#save(family, ALL_TABLES, (t) => this.#tableWanted(family, t));
+      errors.push(...saved.errors.map((e) => this.#fail(e)));
+      const batch = [...saved.tables].map(([t, state]) => iptablesRemoveBatch(this.#name, t, state)).filter((b): b is string => b !== null);
       if (batch.length === 0) continue;
       const e = await this.#restore(family, batch.join(''));
       if (e !== null) errors.push(e);
@@ -137,56 +138,61 @@ export class Firewall {
     const looked = repaired === null || this.#rules.some((r) => r.table === 'nat') ? ALL_TABLES : BASE_TABLES;
     for (const family of [4, 6] as const) {
       const want = this.#rules.filter((r) => r.family === family);
-      const saved = await this.#save(family, looked);
-      if (typeof saved === 'string') {
-        if (want.length > 0) errors.push(this.#fail(saved));
+      const saved = await this.#save(family, looked, (t) => this.#tableWanted(family, t));
+      if (saved.errors.length > 0) {
+        // All of a family or none: half its rules (ACCEPT without NOTRACK) would steer nothing and confuse the check.
+        errors.push(this.#fail(saved.errors[0]!));
         continue;
       }
-      const tables = new Map<Table, SavedTable>(looked.map((t) => [t, saved.get(t) ?? new Map<string, readonly string[]>()]));
+      const tables = saved.tables;
       if (want.length === 0) {
         // A family we no longer serve (the config dropped its last address): clear what an earlier run left.
-        const batch = looked.map((t) => iptablesRemoveBatch(this.#name, t, tables.get(t)!)).filter((b): b is string => b !== null);
+        const batch = [...tables].map(([t, state]) => iptablesRemoveBatch(this.#name, t, state)).filter((b): b is string => b !== null);
         if (batch.length === 0) continue;
-        repaired?.push(`IPv${family}: removed rules for addresses no longer served`);
         const e = await this.#restore(family, batch.join(''));
         if (e !== null) errors.push(e);
+        else repaired?.push(`IPv${family}: removed rules for addresses no longer served`);
         continue;
       }
+      // Said into `repaired` only once written: a rewrite that failed put nothing back.
+      const found: string[] = [];
       const batches: string[] = [];
-      for (const t of looked) {
-        const tableState = tables.get(t)!;
+      for (const [t, tableState] of tables) {
         if (!want.some((r) => r.table === t)) {
           // nat without a DNAT to install: an earlier run's (a config that had one) goes.
           const stale = iptablesRemoveBatch(this.#name, t, tableState);
           if (stale === null) continue;
-          repaired?.push(`IPv${family} ${t}: removed rules no longer wanted`);
+          found.push(`IPv${family} ${t}: removed rules no longer wanted`);
           batches.push(stale);
           continue;
         }
         if (repaired !== null) {
           const problems = diffIptables(this.#name, t, tableState, want);
           if (problems.length === 0) continue;
-          repaired.push(...problems.map((p) => `IPv${family} ${p}`));
+          found.push(...problems.map((p) => `IPv${family} ${p}`));
         }
         batches.push(iptablesApplyBatch(this.#name, t, tableState, want));
       }
       if (batches.length === 0) continue;
       const e = await this.#restore(family, batches.join(''));
       if (e !== null) errors.push(e);
+      else repaired?.push(...found);
     }
     return errors.length === 0 ? null : errors.join('; ');
   }
 
   async #writeNft(repaired: string[] | null): Promise<string | null> {
+    let found = '';
     if (repaired !== null) {
       const listed = await this.#listNft();
-      if (listed === null) repaired.push(`nftables: table inet ${this.#name} missing`);
-      else if (this.#nftBaseline === null) repaired.push(`nftables: table inet ${this.#name} not written by this process`);
-      else if (listed !== this.#nftBaseline) repaired.push(`nftables: table inet ${this.#name} changed${firstLineDiff(listed, this.#nftBaseline)}`);
+      if (listed === null) found = `nftables: table inet ${this.#name} missing`;
+      else if (this.#nftBaseline === null) found = `nftables: table inet ${this.#name} not written by this process`;
+      else if (listed !== this.#nftBaseline) found = `nftables: table inet ${this.#name} changed${firstLineDiff(listed, this.#nftBaseline)}`;
       else return null;
     }
     const r = await this.#run('nft', ['-f', '-'], nftApplyScript(this.#name, this.#rules));
     if (r.status !== 0) return this.#fail(describeResult('nft -f', r));
+    repaired?.push(found);
     this.#nftBaseline = await this.#listNft();
     return null;
   }
@@ -196,17 +202,23 @@ export class Firewall {
     return r.status === 0 ? r.stdout : null;
   }
 
-  /** iptables-save of one family, split by table; or an error text. */
-  async #save(family: IpFamily, tables: readonly Table[]): Promise<Map<Table, SavedTable> | string> {
+  /**
+   * iptables-save of one family, split by table: the tables read, and why
+   * each `needed` one could not be. A table we put nothing in that cannot be
+   * read (nat on a kernel without ip6table_nat, and no DNAT wanted) holds
+   * nothing of ours either: it is left out, not an error.
+   */
+  async #save(family: IpFamily, tables: readonly Table[], needed: (t: Table) => boolean): Promise<{ tables: Map<Table, SavedTable>; errors: string[] }> {
     const cmd = this.#binary(family, 'save');
     // Only the tables we use: saving every table would make iptables-legacy load modules for all of them.
     const out = new Map<Table, SavedTable>();
+    const errors: string[] = [];
     for (const t of tables) {
       const r = await this.#run(cmd, ['-t', t]);
-      if (r.status !== 0) return describeResult(`${cmd} -t ${t}`, r); // counted by the caller, if that family matters
-      out.set(t, parseSave(r.stdout, t));
+      if (r.status === 0) out.set(t, parseSave(r.stdout, t));
+      else if (needed(t)) errors.push(describeResult(`${cmd} -t ${t}`, r)); // counted by the caller
     }
-    return out;
+    return { tables: out, errors };
   }
 
   async #restore(family: IpFamily, batch: string): Promise<string | null> {
@@ -221,8 +233,9 @@ export class Firewall {
     return `${base}${mode}-${tool}`;
   }
 
-  #familyWanted(family: IpFamily): boolean {
-    return this.#rules.some((r) => r.family === family);
+  /** A table of a family we write rules into (no ip6tables on a node without IPv6: nothing of ours there either). */
+  #tableWanted(family: IpFamily, table: Table): boolean {
+    return this.#rules.some((r) => r.family === family && r.table === table);
   }
 
   /** Counts the failure the way node-cache does (a held xtables lock apart) and returns its text. */

@@ -22,7 +22,7 @@ function koffiLib(): Koffi {
   return koffiLoaded;
 }
 import { closeSync, openSync } from 'node:fs';
-import { type NlAck, type NlMessage, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR, NLM_F_MULTI, parseAck, splitMessages } from './rtnl-wire.js';
+import { type NlAck, type NlMessage, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR, NLM_F_MULTI, parseAck, parseDone, splitMessages } from './rtnl-wire.js';
 import { EAGAIN, EINTR, SOCK_CLOEXEC, SOCK_RAW, SOL_SOCKET } from '../sys/linux.js';
 
 const AF_NETLINK = 16;
@@ -222,7 +222,11 @@ export class Rtnl {
           const ack: NlAck = parseAck(m);
           return ack.errno === 0 ? done() : { ok: false, errno: ack.errno, message: ack.message };
         }
-        if (m.type === NLMSG_DONE) return done();
+        if (m.type === NLMSG_DONE) {
+          // A dump the kernel cut short is an error, not the whole table: a missing link would pass for "not there".
+          const end = parseDone(m);
+          return end.errno === 0 ? done() : { ok: false, errno: end.errno, message: `dump terminated${end.message === null ? '' : `: ${end.message}`}` };
+        }
         messages.push(m);
         if ((m.flags & NLM_F_MULTI) === 0) return done();
       }

@@ -118,8 +118,8 @@ export class NodeInterface {
   #rtnl: Rtnl | null = null;
 
   constructor(opts: NodeInterfaceOptions) {
-    if (opts.name === '' || Buffer.byteLength(opts.name) > IFNAME_MAX || /[\s/:]/.test(opts.name)) {
-      throw new InterfaceError(`interface name "${opts.name}": 1-${IFNAME_MAX} bytes, no space, "/" or ":"`, 0);
+    if (opts.name === '' || opts.name === '.' || opts.name === '..' || Buffer.byteLength(opts.name) > IFNAME_MAX || /[\s/:]/.test(opts.name)) {
+      throw new InterfaceError(`interface name "${opts.name}": 1-${IFNAME_MAX} bytes, no space, "/" or ":", not "." or ".."`, 0);
     }
     this.name = opts.name;
     this.kind = opts.kind ?? 'dummy';
@@ -174,6 +174,19 @@ export class NodeInterface {
       throw new InterfaceError(`${e.message}; undoing the start failed too: ${undone}`, e.errno);
     }
     return { linkIndex: link.index, created, kind: link.kind, setUp, addressesAdded: added.map((w) => w.text), addressesPresent: already };
+  }
+
+  /**
+   * Undo what ensure() made, and only that (its start failed further on): the
+   * link if it created it, else the addresses it added. What it found in
+   * place (another agent's link and addresses) stays. Closes the socket.
+   */
+  undoEnsure(r: EnsureReport): TeardownReport {
+    const added = this.#wanted.filter((w) => r.addressesAdded.includes(w.text));
+    const error = r.created || added.length > 0 ? this.#undo(r.linkIndex, r.created, added) : null;
+    this.close();
+    const removed = error !== null ? [] : r.created ? [`link ${this.name}`] : added.map((w) => `address ${w.text}`);
+    return { removed, errors: error === null ? [] : [error] };
   }
 
   /** What a failed ensure() did: the link if it made it (its addresses go with it), else the addresses it added. An error text, or null. */

@@ -67,6 +67,7 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
   const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters });
   let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
+  let made: EnsureReport | null = null;
   return {
     name: 'interface',
     get inPlace() {
@@ -84,6 +85,7 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
         link: o.interfaceName, kind: r.kind, created: r.created, added: r.addressesAdded, present: r.addressesPresent,
       });
       inPlace = true;
+      made = r;
       stopChecks = every(o.clock, o.syncIntervalMs, () => {
         const c = iface.check();
         inPlace = c.error === null;
@@ -92,10 +94,14 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
         return Promise.resolve();
       });
     },
-    stop: async () => {
+    stop: async (_deadline, why) => {
       await stopChecks?.();
       inPlace = false;
-      if (o.successor?.() === true) {
+      if (why === 'rollback' && made !== null) {
+        // A later part failed: what this start found (a running agent's link, say) is not ours to remove.
+        const u = iface.undoEnsure(made);
+        o.logger.info('interface start undone', { link: o.interfaceName, removed: u.removed, errors: u.errors });
+      } else if (o.successor?.() === true) {
         o.logger.info('another agent serves these addresses: leaving the link to it', { link: o.interfaceName });
       } else if (!o.skipTeardown) {
         const t = iface.teardown();

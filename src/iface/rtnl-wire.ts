@@ -275,6 +275,17 @@ export function parseAck(msg: NlMessage): NlAck {
   return { errno: -err, message };
 }
 
+/**
+ * A dump's end: 0, or the -errno a dump callback failed with (netlink_dump_done;
+ * iproute2's "Dump terminated"), then with extended acks the kernel's text as
+ * attributes right after the int (NLM_F_ACK_TLVS).
+ */
+export function parseDone(msg: NlMessage): NlAck {
+  const err = msg.body.length >= 4 ? rdI32(msg.body, 0) : 0;
+  const message = err < 0 && (msg.flags & NLM_F_ACK_TLVS) !== 0 ? cString(parseAttrs(msg.body.subarray(4)).get(NLMSGERR_ATTR_MSG)) : null;
+  return { errno: -err, message };
+}
+
 export interface LinkInfo {
   readonly index: number;
   readonly name: string;

@@ -25,15 +25,33 @@ export function spawnRunner(prefix: readonly string[] = [], timeoutMs = COMMAND_
   return (cmd, args, stdin) =>
     new Promise((resolve) => {
       const argv = [...prefix, cmd, ...args];
+      // Its own process group, killed whole at the timeout: spawn's `timeout` kills only the direct child, and a
+      // grandchild still holding stdout (a wrapper's helper) would keep 'close', and this promise, pending past it.
       const child = spawn(argv[0] ?? cmd, argv.slice(1), {
         stdio: ['pipe', 'pipe', 'pipe'],
-        timeout: timeoutMs,
-        killSignal: 'SIGKILL',
+        detached: true,
         env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
       });
       let stdout = '';
       let stderr = '';
       let error: string | null = null;
+      let settled = false;
+      const settle = (status: number | null): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve({ status: error === null ? status : null, stdout, stderr, error });
+      };
+      let exited: number | null = null;
+      const timer = setTimeout(() => {
+        // Output cut short is no answer, even from a command that exited: its save may be incomplete.
+        error = exited === null ? `killed by SIGKILL (timeout ${timeoutMs} ms)` : `exited ${exited}, but its output was held open past ${timeoutMs} ms`;
+        killGroup(child.pid);
+        // Whatever still holds its pipes (a process that left the group), the answer is due now.
+        child.stdout.destroy();
+        child.stderr.destroy();
+        settle(null);
+      }, timeoutMs);
       child.stdout.setEncoding('utf8').on('data', (d: string) => {
         stdout += d;
       });
@@ -43,13 +61,26 @@ export function spawnRunner(prefix: readonly string[] = [], timeoutMs = COMMAND_
       child.stdin.on('error', () => {}); // the command may exit before reading its input
       child.on('error', (e) => {
         error = e.message;
+        settle(null); // not started: no 'close' may follow
+      });
+      child.on('exit', (status) => {
+        exited = status ?? -1;
       });
       child.on('close', (status, signal) => {
-        if (signal !== null && error === null) error = `killed by ${signal} (timeout ${timeoutMs} ms)`;
-        resolve({ status: error === null ? status : null, stdout, stderr, error });
+        if (signal !== null && error === null) error = `killed by ${signal}`;
+        settle(status);
       });
       child.stdin.end(stdin ?? '');
     });
+}
+
+function killGroup(pid: number | undefined): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
 }
 
 /** "cmd: exit 2: <stderr lines>" (or why it did not run), for logs and errors. */
