@@ -1078,3 +1078,49 @@ t.test('bounded: a connection that never sends a byte is cut off at the header d
   t.teardown(() => sock.destroy());
   t.ok(await closedWithin(sock, 5_000), 'closed by the server within the header deadline (plus checks), long before 30 s');
 });
+
+t.test('bounded: connections that have sent no request yet do not lock the kubelet\'s probe out', async (t) => {
+  // OpsConnections makes room at a cap only by closing a connection in #idle, and a connection joins #idle only
+  // once it has been answered. One that has sent nothing (or half a request) is never evicted: it holds its slot
+  // until the 5 s header deadline, and its owner simply opens it again. The kubelet's probe of the node-local
+  // address comes from that address itself (169.254.20.10 -> 169.254.20.10), which every hostNetwork process
+  // connecting there shares: 8 silent connections from any of them fill that per-address cap, and 32 from four
+  // pods fill the total; either way the probe is closed on accept, every time, and the agent is restarted.
+  const s = await withServer(t, { serving: () => true }, ['health']);
+  const u = new URL(s.url);
+  const hogs: net.Socket[] = [];
+  t.teardown(() => {
+    for (const h of hogs) h.destroy();
+  });
+  const open = async (localAddress: string, n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) {
+      const h = net.connect({ host: u.hostname, port: Number(u.port), localAddress });
+      h.on('error', () => {});
+      hogs.push(h);
+      await new Promise<void>((resolve) => {
+        h.once('connect', () => resolve());
+        h.once('close', () => resolve());
+      });
+    }
+    // Accepts are taken in order: once a later connection (another address, closing) is answered, these were accepted.
+    const marker = net.connect({ host: u.hostname, port: Number(u.port), localAddress: '127.0.0.9' });
+    marker.on('error', () => {});
+    await new Promise<void>((resolve) => {
+      marker.once('connect', () => marker.write('GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+      marker.once('close', () => resolve());
+      marker.resume();
+    });
+  };
+  const probe = async (): Promise<string> => {
+    const r = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
+    return r.status === 0 ? r.body : String(r.status);
+  };
+  // The probe's own address (the test's requests leave from 127.0.0.1, as the kubelet's from the node-local IP).
+  await open('127.0.0.1', OPS_HTTP_LIMITS.maxConnectionsPerPeer);
+  t.equal(await probe(), '200', 'a probe from an address with silent connections open is answered');
+  for (const h of hogs.splice(0)) h.destroy();
+  // The total cap, from four other addresses (four pods).
+  const per = OPS_HTTP_LIMITS.maxConnectionsPerPeer;
+  for (let i = 0; i < OPS_HTTP_LIMITS.maxConnections / per; i++) await open(`127.0.0.${20 + i}`, per);
+  t.equal(await probe(), '200', 'a probe while other addresses hold every slot with silent connections is answered');
+});
