@@ -1124,3 +1124,27 @@ t.test('bounded: connections that have sent no request yet do not lock the kubel
   for (let i = 0; i < OPS_HTTP_LIMITS.maxConnections / per; i++) await open(`127.0.0.${20 + i}`, per);
   t.equal(await probe(), '200', 'a probe while other addresses hold every slot with silent connections is answered');
 });
+
+t.test('a real agent\'s families each carry one set of label names and one help text (the registry warns of nothing)', async (t) => {
+  // MetricsRegistry records a family given two help texts, or series with different label names (a sum() by a
+  // label some series lack mixes totals with parts), in `warnings` "for a start-up log" that nothing logs. The
+  // batched backend adds nodelocal_dropped_total{reason="oversize_query"|"stale_query"} beside the hit path's
+  // nodelocal_dropped_total{server} (no reason), and nodelocal_coalesced_total{across="workers"} beside the plain
+  // one; the HELP kept ("unreadable header, a response sent to us, or a source port of 0") then describes
+  // neither stale nor oversize drops, and `sum by (reason)` shows the hit path's drops under no reason at all.
+  const { startAgent } = await import('./helpers/agent.js');
+  const agent = await startAgent('127.0.44.9', ['--io', 'batched', '--workers', '1', '--no-kube']);
+  t.teardown(() => agent.stop());
+  t.same(agent.agent.metrics.registry.warnings, [], 'no family with two help texts or two sets of label names');
+  const text = await agent.agent.metrics.metrics();
+  const labelSets = new Map<string, Set<string>>();
+  for (const line of text.split('\n')) {
+    const m = /^(nodelocal_\w+|coredns_\w+)(?:\{(.*)\})? \S+$/.exec(line);
+    if (m === null) continue;
+    const names = [...(m[2] ?? '').matchAll(/([a-zA-Z_]\w*)="/g)].map((l) => l[1]!).filter((n) => n !== 'le').sort().join(',');
+    const base = m[1]!.replace(/_(bucket|sum|count)$/, '');
+    (labelSets.get(base) ?? labelSets.set(base, new Set()).get(base)!).add(names);
+  }
+  const mixed = [...labelSets].filter(([, s]) => s.size > 1).map(([name, s]) => `${name}: {${[...s].join('} {')}}`);
+  t.same(mixed, [], 'every series of a family has the same label names in a scrape');
+});
