@@ -187,6 +187,21 @@ t.test('the root zone is refused as the cluster domain or a stub domain (it woul
   );
 });
 
+t.test('a cluster domain of two dots is the root zone too, and refused like "."', async (t) => {
+  // validate() strips one trailing dot and then refuses only "": "..", left as ".", passes nameToWire as the root
+  // name, so the cluster route's zone is the root and every name (external ones too) goes to the cluster DNS,
+  // with the view answering them when it is slow: what the root-zone check exists to refuse. A templated
+  // `--cluster-domain=$(CLUSTER_DOMAIN).` whose variable holds "." gives exactly this.
+  let domain = '';
+  try {
+    domain = load(['--cluster-domain', '..']).config.clusterDomain;
+  } catch (e) {
+    t.match((e as Error).message, /--cluster-domain/, 'refused, naming the flag');
+    return;
+  }
+  t.fail(`accepted as cluster domain "${domain}"`);
+});
+
 t.test('cache sizes have an upper bound: a huge one is a flag error, not a crash at start', async (t) => {
   // Entry slots are allocated up front by count, outside --cache-memory: 1e9 entries throws
   // "RangeError: Array buffer allocation failed" from the Agent constructor, which main.ts reports as
