@@ -504,25 +504,53 @@ function connect(url: string): Promise<net.Socket> {
   });
 }
 
-t.test('bounded: connections beyond the cap are closed on accept; the others still served', async (t) => {
-  const s = await withServer(t, { serving: () => true }, ['health'], { maxConnections: 2 });
+t.test('bounded: past the cap a newcomer closes a connection owing no answer; when every one is being answered it is closed on accept', async (t) => {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      renders++;
+      await gate;
+      return 'nodelocal_x_total 1\n';
+    },
+  };
+  const s = await withServer(t, { serving: () => true, metrics: source }, ['metrics', 'health'], { maxConnections: 2 });
   const a = await connect(s.url);
   const b = await connect(s.url);
   t.teardown(() => {
     a.destroy();
     b.destroy();
   });
-  // Let the server accept both before the third arrives.
+  const answered = (sock: net.Socket): Promise<string> =>
+    new Promise((resolve) => {
+      let got = '';
+      sock.on('data', (d: Buffer) => {
+        got += d.toString();
+        if (got.includes('nodelocal_x_total 1')) resolve(got);
+      });
+      sock.once('close', () => resolve(got));
+    });
+  const aAnswer = answered(a);
+  const bAnswer = answered(b);
+  // Both owe a scrape that is held: neither may make room.
+  a.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+  b.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+  for (let i = 0; i < 100 && renders === 0; i++) await new Promise((r) => setTimeout(r, 20));
   await new Promise((r) => setTimeout(r, 50));
   const c = await connect(s.url);
   c.on('error', () => {});
   c.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
-  t.ok(await closedWithin(c, 5_000), 'the third connection is closed');
-  a.destroy();
-  await closedWithin(a, 5_000);
-  await new Promise((r) => setTimeout(r, 50));
+  t.ok(await closedWithin(c, 5_000), 'the third connection is closed while both others are being answered');
+  release();
+  t.match(await aAnswer, /^HTTP\/1\.1 200/, 'the held scrapes are answered');
+  t.match(await bAnswer, /^HTTP\/1\.1 200/);
+  // Both now idle (keep-alive): a newcomer closes the one quiet longest and is served.
   const r = await request(`${s.url}/health`);
-  t.equal(r.status, 200, 'served again once below the cap');
+  t.equal(r.status, 200, 'a newcomer is served once a connection owes no answer');
+  t.ok(await closedWithin(a, 5_000), 'by closing the connection quiet longest');
+  t.notOk(b.destroyed, 'the other is left open');
 });
 
 t.test('bounded: a client that never finishes its headers is cut off (slow-loris)', async (t) => {
