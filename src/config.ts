@@ -143,14 +143,15 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     seen.add(k);
   }
 
+  // Checked as given, before the trailing dot goes: ".." (a templated "$(DOMAIN)." holding ".") is no name, not the root.
+  try {
+    nameToWire(str('cluster-domain')!);
+  } catch {
+    throw new ConfigError(`--cluster-domain "${str('cluster-domain')}": not a valid domain name`);
+  }
   const clusterDomain = str('cluster-domain')!.toLowerCase().replace(/\.$/, '');
   // The root zone holds every name: all of them would go to the cluster DNS (a templated flag with an empty variable).
   if (clusterDomain === '') throw new ConfigError(`--cluster-domain "${str('cluster-domain')}": the root zone would take every name; give the cluster's zone, such as cluster.local`);
-  try {
-    nameToWire(clusterDomain);
-  } catch {
-    throw new ConfigError(`--cluster-domain "${clusterDomain}": not a valid domain name`);
-  }
 
   let clusterUpstream: ServerAddress | null = null;
   let clusterUpstreamSource = 'none';
