@@ -16,6 +16,7 @@ import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-add
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import { parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
+import { refuseOpsOnDnsPorts } from './config-ports.js';
 import type { Config, StubDomain } from './config-types.js';
 
 // The table and the sources have modules of their own; callers keep importing them from here.
@@ -193,7 +194,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   const logLevel = str('log-level')!;
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
 
-  return {
+  const config: Config = {
     configFile: str('config') ?? '',
     kubeDnsConfigDir: str('kube-dns-config-dir') ?? '',
     listen,
@@ -255,6 +256,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     metricsNamespacesMax: int('metrics-namespaces-max'),
     nodeName,
   };
+  refuseOpsOnDnsPorts(listen, config.metricsListen, config.healthPort);
+  return config;
 }
 
 /**

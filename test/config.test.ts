@@ -280,6 +280,25 @@ t.test('an IPv6 address with an empty zone ("fe80::1%") is a flag error, not a c
   t.equal(load(['--listen', '[fe80::1%eth0]:53']).config.listen[0]?.host, 'fe80::1%eth0', 'a named zone is fine');
 });
 
+t.test('an ops port on a DNS listen address:port is refused, naming both flags (both would be SO_REUSEPORT on one port)', async (t) => {
+  const refused = (argv: string[]): string => {
+    try {
+      load(argv);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return 'accepted';
+  };
+  t.match(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '127.0.0.1:5300']), /--metrics-listen-address.*--listen/, 'the same address');
+  t.match(refused(['--listen', '[fd00::a]:5300', '--metrics-listen-address', '[FD00:0::A]:5300']), /--metrics-listen-address/, 'one IPv6 address in two spellings');
+  t.match(refused(['--listen', '0.0.0.0:5300', '--metrics-listen-address', '127.0.0.5:5300']), /--metrics-listen-address/, 'under a DNS wildcard');
+  t.match(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '0.0.0.0:5300']), /--metrics-listen-address/, 'a metrics wildcard');
+  t.match(refused(['--listen', '127.0.0.1:5300', '--health-port', '5300']), /--health-port.*--listen/, '--health-port on the DNS port of the first address');
+  t.match(refused(['--localip', '127.0.0.2,127.0.0.3', '--port', '5300', '--health-port', '5300']), /--health-port/, 'with --localip and --port');
+  t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '127.0.0.2:5300', '--health-port', '5301']), 'accepted', 'another address or port is fine');
+  t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', 'off', '--health-port', '0']), 'accepted', 'off is fine');
+});
+
 t.test('ConfigWatcher: compared against what the configuration was read from, and the files of the one in force after a reload', async (t) => {
   const { ManualClock } = await import('../src/clock.js');
   const { ConfigWatcher, CONFIG_POLL_MS } = await import('../src/config-watch.js');
