@@ -1178,3 +1178,19 @@ t.test('a real agent\'s families each carry one set of label names and one help 
   const mixed = [...labelSets].filter(([, s]) => s.size > 1).map(([name, s]) => `${name}: {${[...s].join('} {')}}`);
   t.same(mixed, [], 'every series of a family has the same label names in a scrape');
 });
+
+t.test('a family the registry warns of is logged when the agent starts, not only kept in a list', async (t) => {
+  const { Agent } = await import('../src/agent.js');
+  const { loadConfig } = await import('../src/config.js');
+  const { writeResolvConf } = await import('./helpers/agent.js');
+  const argv = ['--listen', '127.0.44.11:15299', '--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n'), '--metrics-listen-address', 'off', '--health-port', '0', '--io', 'dgram', '--no-kube'];
+  const logs: Array<{ msg: string; warning?: unknown }> = [];
+  const agent = new Agent(loadConfig(argv, { env: {} }).config, { logger: createLogger('info', (l) => logs.push(JSON.parse(l) as { msg: string; warning?: unknown })) });
+  // A second help text for a family the agent publishes: what two schemas disagreeing looks like.
+  agent.metrics.registry.addGauge('nodelocal_cache_bytes', 'Another meaning.', ['server'], () => []);
+  await agent.start();
+  t.teardown(() => agent.stop(1000));
+  const warned = logs.filter((l) => l.msg === 'metric family inconsistent');
+  t.equal(warned.length, 1, 'one warning logged');
+  t.match(String(warned[0]?.warning), /nodelocal_cache_bytes: help "Another meaning\." differs/);
+});
