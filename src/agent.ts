@@ -224,6 +224,8 @@ export class Agent {
       await ops.stop(0, 'rollback');
       throw err;
     }
+    // Every block is published by now: a family with two help texts or two sets of label names is a bug to see.
+    for (const warning of this.metrics.registry.warnings) this.#logger.warn('metric family inconsistent', { warning });
   }
 
   /** Everything after the ops servers: routing, listeners, node set-up, in start order. */

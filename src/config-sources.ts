@@ -88,6 +88,8 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: expected a mapping of settings`);
   const raw: Raw = new Map();
   const stubDomains: StubDomain[] = [];
+  const spellings = new Map<string, string>();
+  const unknown: string[] = [];
   for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
     if (key === 'stubDomains') {
       if (value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -95,12 +97,15 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
       }
       for (const [zone, servers] of Object.entries(value as Record<string, unknown>)) {
         if (!Array.isArray(servers) || servers.length === 0) throw new ConfigError(`config file ${path}: stubDomains.${zone} must be a non-empty list of IP[:PORT]`);
-        stubDomains.push(stubDomain(`stubDomains.${zone}`, zone, servers.map(String)));
+        addStub(stubDomains, spellings, stubDomain(`stubDomains.${zone}`, zone, servers.map(String)), zone, `config file ${path}: stubDomains`);
       }
       continue;
     }
     const spec = OPTIONS.find((o) => camel(o.flag) === key && o.flag !== 'config');
-    if (spec === undefined) throw new ConfigError(`config file ${path}: unknown setting "${key}"`);
+    if (spec === undefined) {
+      unknown.push(`"${key}"`);
+      continue;
+    }
     if (spec.kind === 'list') {
       const items: unknown[] = Array.isArray(value) ? value : [value];
       for (const item of items) {
@@ -114,9 +119,29 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
     } else if (spec.kind === 'bool' && typeof value !== 'boolean') {
       // YAML says `yes` is a string and 1 a number: neither is a boolean, and guessing hides typos.
       throw new ConfigError(`config file ${path}: ${key} must be true or false, got ${JSON.stringify(value)}`);
+    } else if (spec.kind === 'string' && typeof value !== 'string' && !NUMERIC_TEXT.has(spec.flag)) {
+      // YAML reads `interfaceName: 0123` as the number 123: turned back into text, it is not what was written.
+      throw new ConfigError(`config file ${path}: ${key} must be a string (quote it), got ${JSON.stringify(value)}`);
     } else raw.set(spec.flag, String(value));
   }
+  // Every typo at once: an operator fixing one at a time would restart (or reload) once per key.
+  if (unknown.length > 0) throw new ConfigError(`config file ${path}: unknown setting${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}`);
   return { raw, stubDomains };
+}
+
+/** Text settings whose value is a number, which YAML rightly reads as one. */
+const NUMERIC_TEXT: ReadonlySet<string> = new Set(['query-log-sample']);
+
+/**
+ * One zone in two spellings ("consul.local", "Consul.Local.") is one zone: the
+ * router would take one and the health gauge name the other. Refused, as
+ * CoreDNS refuses a zone defined twice (node-cache's stub blocks).
+ */
+function addStub(list: StubDomain[], spellings: Map<string, string>, stub: StubDomain, written: string, where: string): void {
+  const before = spellings.get(stub.zone);
+  if (before !== undefined) throw new ConfigError(`${where}: zone "${stub.zone}" given twice, as "${before}" and "${written}"`);
+  spellings.set(stub.zone, written);
+  list.push(stub);
 }
 
 export function stubDomain(where: string, zone: string, servers: readonly string[]): StubDomain {
@@ -165,6 +190,7 @@ export function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string):
     }
   };
   const stubDomains: StubDomain[] = [];
+  const spellings = new Map<string, string>();
   const stubText = read('stubDomains');
   if (stubText !== null && stubText.trim() !== '') {
     const doc = parse('stubDomains', stubText);
@@ -173,7 +199,7 @@ export function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string):
       if (!Array.isArray(servers) || servers.length === 0 || !servers.every((x) => typeof x === 'string')) {
         throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: ${zone} must be a non-empty list of "IP[:PORT]" strings`);
       }
-      stubDomains.push(stubDomain(`kube-dns ConfigMap stubDomains.${zone}`, zone, servers as string[]));
+      addStub(stubDomains, spellings, stubDomain(`kube-dns ConfigMap stubDomains.${zone}`, zone, servers as string[]), zone, `kube-dns ConfigMap ${dir}/stubDomains`);
     }
   }
   let upstreamNameservers: string[] = [];

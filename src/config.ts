@@ -16,6 +16,7 @@ import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-add
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import { parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
+import { refuseOpsOnDnsPorts } from './config-ports.js';
 import type { Config, StubDomain } from './config-types.js';
 
 // The table and the sources have modules of their own; callers keep importing them from here.
@@ -85,13 +86,15 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     }
     return n;
   };
-  const duration = (flag: string, allowZero = false): number => {
+  // `least`: the floor the option's own min does not say (0 refused unless allowed; whole seconds for TTLs), so the range named is the one enforced.
+  const duration = (flag: string, allowZero = false, least = allowZero ? 0 : 1, why = ''): number => {
     const spec = OPTIONS.find((o) => o.flag === flag)!;
     const v = str(flag)!;
     const ms = parseDuration(v);
-    if (ms === undefined || (ms <= 0 && !(allowZero && ms === 0))) throw new ConfigError(`--${flag} "${v}": expected a duration such as 500ms, 2s or 1m`);
-    if ((spec.min !== undefined && ms < spec.min) || (spec.max !== undefined && ms > spec.max)) {
-      throw new ConfigError(`--${flag} "${v}": must be between ${formatMs(spec.min ?? 0)} and ${formatMs(spec.max ?? Infinity)}`);
+    if (ms === undefined) throw new ConfigError(`--${flag} "${v}": expected a duration such as 500ms, 2s or 1m`);
+    const lo = Math.max(spec.min ?? 0, least);
+    if (ms < lo || (spec.max !== undefined && ms > spec.max)) {
+      throw new ConfigError(`--${flag} "${v}": must be between ${formatMs(lo)} and ${formatMs(spec.max ?? Infinity)}${why}`);
     }
     return ms;
   };
@@ -99,18 +102,14 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     const spec = OPTIONS.find((o) => o.flag === flag)!;
     const v = str(flag)!;
     const n = parseBytes(v);
-    if (n === undefined) throw new ConfigError(`--${flag} "${v}": expected a size such as 64Mi, 512Ki or 1Gi`);
+    if (n === undefined) throw new ConfigError(`--${flag} "${v}": expected a size such as 64Mi, 256Mi or 1Gi`);
     if ((spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) {
       throw new ConfigError(`--${flag} "${v}": must be between ${spec.min ?? 0} and ${spec.max ?? Infinity} bytes`);
     }
     return n;
   };
   // DNS TTLs are whole seconds: "500ms" would silently mean "never cache".
-  const seconds = (flag: string): number => {
-    const ms = duration(flag);
-    if (ms < 1000) throw new ConfigError(`--${flag} "${str(flag)}": must be at least 1s (DNS TTLs are whole seconds)`);
-    return Math.floor(ms / 1000);
-  };
+  const seconds = (flag: string): number => Math.floor(duration(flag, false, 1000, ' (DNS TTLs are whole seconds)') / 1000);
   const bool = (flag: string): boolean => {
     const v = str(flag)!;
     if (v === 'true') return true;
@@ -143,14 +142,15 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     seen.add(k);
   }
 
+  // Checked as given, before the trailing dot goes: ".." (a templated "$(DOMAIN)." holding ".") is no name, not the root.
+  try {
+    nameToWire(str('cluster-domain')!);
+  } catch {
+    throw new ConfigError(`--cluster-domain "${str('cluster-domain')}": not a valid domain name`);
+  }
   const clusterDomain = str('cluster-domain')!.toLowerCase().replace(/\.$/, '');
   // The root zone holds every name: all of them would go to the cluster DNS (a templated flag with an empty variable).
   if (clusterDomain === '') throw new ConfigError(`--cluster-domain "${str('cluster-domain')}": the root zone would take every name; give the cluster's zone, such as cluster.local`);
-  try {
-    nameToWire(clusterDomain);
-  } catch {
-    throw new ConfigError(`--cluster-domain "${clusterDomain}": not a valid domain name`);
-  }
 
   let clusterUpstream: ServerAddress | null = null;
   let clusterUpstreamSource = 'none';
@@ -178,6 +178,9 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   if (!FIREWALL_CHOICES.includes(firewall as FirewallChoice)) {
     throw new ConfigError(`--firewall "${firewall}": expected one of ${FIREWALL_CHOICES.join(', ')}`);
   }
+  const interfaceKind = str('interface-kind')!;
+  // The kinds that carry addresses without a lower device; anything else fails at start in netlink, after the ops ports are up.
+  if (interfaceKind !== 'dummy' && interfaceKind !== 'bridge') throw new ConfigError(`--interface-kind "${interfaceKind}": expected dummy or bridge`);
   const interfaceName = str('interface-name')!;
   // The kernel (dev_valid_name) also refuses "." and "..": they would clash with /sys/class/net's own entries.
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(interfaceName) || interfaceName === '.' || interfaceName === '..') {
@@ -195,7 +198,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   const logLevel = str('log-level')!;
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
 
-  return {
+  const config: Config = {
     configFile: str('config') ?? '',
     kubeDnsConfigDir: str('kube-dns-config-dir') ?? '',
     listen,
@@ -242,7 +245,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     localTtl: seconds('local-ttl'),
     setupInterface: bool('setup-interface'),
     interfaceName,
-    interfaceKind: str('interface-kind')!,
+    interfaceKind,
     firewall: firewall as FirewallChoice,
     failOpenTo: str('fail-open-to') === undefined ? null : addr('fail-open-to', str('fail-open-to')!, 53),
     skipTeardown: bool('skip-teardown'),
@@ -258,6 +261,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     metricsNamespacesMax: int('metrics-namespaces-max'),
     nodeName,
   };
+  refuseOpsOnDnsPorts(listen, config.metricsListen, config.healthPort);
+  return config;
 }
 
 /**
@@ -299,11 +304,15 @@ function metricsListen(text: string | undefined, listen: readonly ServerAddress[
   return { host, port: 9253 };
 }
 
-/** A share (0..1) as "one query in N": a countdown is cheaper on the hot path than a random draw per query. */
+/**
+ * A share (0..1) as "one query in N", N fractional (0.7: one in 1.43): a
+ * countdown that carries its remainder (hit-path.ts) logs exactly that share,
+ * and is cheaper on the hot path than a random draw per query.
+ */
 function sampleEvery(text: string): number {
   const share = Number(text);
   if (text.trim() === '' || !Number.isFinite(share) || share < 0 || share > 1) throw new ConfigError(`--query-log-sample "${text}": expected a share between 0 and 1, such as 0.01`);
-  return share === 0 ? 0 : Math.max(1, Math.round(1 / share));
+  return share === 0 ? 0 : 1 / share;
 }
 
 function formatMs(ms: number): string {

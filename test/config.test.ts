@@ -67,7 +67,7 @@ t.test('bad values name the flag and the value', async (t) => {
   t.match(err(['--cache-size', '0']), /--cache-size "0"/);
   t.match(err(['--port', '70000']), /--port "70000": expected a whole number 1-65535/);
   t.match(err(['--timeout', 'soon']), /--timeout "soon": expected a duration/);
-  t.match(err(['--success-ttl', '500ms']), /--success-ttl "500ms": must be at least 1s/);
+  t.match(err(['--success-ttl', '500ms']), /--success-ttl "500ms": must be between 1s and 24h \(DNS TTLs are whole seconds\)/);
   t.match(err(['--serve-stale', '-1']), /--serve-stale "-1"/);
   t.equal(load(['--serve-stale', '0']).config.serveStaleMs, 0, '0 turns stale serving off');
   t.match(err(['--log-level', 'loud']), /--log-level "loud"/);
@@ -187,6 +187,21 @@ t.test('the root zone is refused as the cluster domain or a stub domain (it woul
   );
 });
 
+t.test('a cluster domain of two dots is the root zone too, and refused like "."', async (t) => {
+  // validate() strips one trailing dot and then refuses only "": "..", left as ".", passes nameToWire as the root
+  // name, so the cluster route's zone is the root and every name (external ones too) goes to the cluster DNS,
+  // with the view answering them when it is slow: what the root-zone check exists to refuse. A templated
+  // `--cluster-domain=$(CLUSTER_DOMAIN).` whose variable holds "." gives exactly this.
+  let domain = '';
+  try {
+    domain = load(['--cluster-domain', '..']).config.clusterDomain;
+  } catch (e) {
+    t.match((e as Error).message, /--cluster-domain/, 'refused, naming the flag');
+    return;
+  }
+  t.fail(`accepted as cluster domain "${domain}"`);
+});
+
 t.test('cache sizes have an upper bound: a huge one is a flag error, not a crash at start', async (t) => {
   // Entry slots are allocated up front by count, outside --cache-memory: 1e9 entries throws
   // "RangeError: Array buffer allocation failed" from the Agent constructor, which main.ts reports as
@@ -263,6 +278,65 @@ t.test('an IPv6 address with an empty zone ("fe80::1%") is a flag error, not a c
   t.match(err(['--listen', '[fe80::1%]:53']), /--listen/);
   t.match(err(['--upstream-addr', '[fe80::1%]:53']), /--upstream-addr/);
   t.equal(load(['--listen', '[fe80::1%eth0]:53']).config.listen[0]?.host, 'fe80::1%eth0', 'a named zone is fine');
+});
+
+t.test('an ops port on a DNS listen address:port is refused, naming both flags (both would be SO_REUSEPORT on one port)', async (t) => {
+  const refused = (argv: string[]): string => {
+    try {
+      load(argv);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return 'accepted';
+  };
+  t.match(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '127.0.0.1:5300']), /--metrics-listen-address.*--listen/, 'the same address');
+  t.match(refused(['--listen', '[fd00::a]:5300', '--metrics-listen-address', '[FD00:0::A]:5300']), /--metrics-listen-address/, 'one IPv6 address in two spellings');
+  t.match(refused(['--listen', '0.0.0.0:5300', '--metrics-listen-address', '127.0.0.5:5300']), /--metrics-listen-address/, 'under a DNS wildcard');
+  t.match(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '0.0.0.0:5300']), /--metrics-listen-address/, 'a metrics wildcard');
+  t.match(refused(['--listen', '127.0.0.1:5300', '--health-port', '5300']), /--health-port.*--listen/, '--health-port on the DNS port of the first address');
+  t.match(refused(['--localip', '127.0.0.2,127.0.0.3', '--port', '5300', '--health-port', '5300']), /--health-port/, 'with --localip and --port');
+  t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '127.0.0.2:5300', '--health-port', '5301']), 'accepted', 'another address or port is fine');
+  t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', 'off', '--health-port', '0']), 'accepted', 'off is fine');
+});
+
+t.test('one stub zone spelled two ways is refused (the router used one, the health gauge named the other)', async (t) => {
+  const file = 'stubDomains:\n  consul.local: ["127.0.0.7"]\n  Consul.Local.: ["127.0.0.8"]\n';
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': file }), /stubDomains.*"consul\.local".*"Consul\.Local\."|given twice/, 'in our config file');
+  t.match(
+    err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"consul.local": ["127.0.0.7"], "Consul.Local.": ["127.0.0.8"]}' }),
+    /kube-dns ConfigMap.*given twice/,
+    'in the kube-dns ConfigMap (CoreDNS refuses a zone defined twice too)',
+  );
+  // Across sources a zone is one zone: the flag's replaces the file's, the file's the ConfigMap's.
+  const c = load(['--config', '/c.yaml', '--kube-dns-config-dir', '/kd'], noEnv, {
+    '/c.yaml': 'stubDomains:\n  Consul.Local.: ["127.0.0.8"]\n',
+    '/kd/stubDomains': '{"consul.local": ["127.0.0.7"]}',
+  }).config;
+  t.same(c.stubDomains, [{ zone: 'consul.local', servers: [{ host: '127.0.0.8', port: 53 }] }], 'the file wins over the ConfigMap');
+});
+
+t.test('config file: every unknown key is named; a number for a text setting is refused, not turned into other text', async (t) => {
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'cachesize: 1\nlogLevel: info\ntimout: 2s\n' }), /"cachesize".*"timout"/);
+  // YAML reads 0123 as the number 123: the link would be named "123".
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'interfaceName: 0123\n' }), /interfaceName.*string/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'clusterDomain: 1e3\n' }), /clusterDomain.*string/);
+  t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'interfaceName: "0123"\nqueryLogSample: 0.5\n' }).config.interfaceName, '0123', 'quoted, it is text');
+});
+
+t.test('--interface-kind is one of the kinds the link can be; messages of durations say what is allowed', async (t) => {
+  t.match(err(['--interface-kind', 'dumy']), /--interface-kind "dumy": expected dummy or bridge/);
+  t.equal(load(['--interface-kind', 'bridge']).config.interfaceKind, 'bridge');
+  // "0" is a duration; it is out of range, and the range said "between 0s and ..." though 0 was refused.
+  t.match(err(['--success-ttl', '0']), /--success-ttl "0": must be between 1s and 24h/);
+  t.match(err(['--timeout', '0']), /--timeout "0": must be between 100ms and 30s/);
+  t.match(err(['--upstream-rotate-after', '0']), /must be between 1s and/);
+});
+
+t.test('--query-log-sample: a share that is no one-in-N is honoured, not rounded to every query', async (t) => {
+  const every = load(['--query-log-sample', '0.7']).config.queryLogEvery;
+  t.ok(Math.abs(every - 1 / 0.7) < 1e-9, `one in ${every} (0.7 was rounded to 1: every query)`);
+  t.equal(load(['--query-log-sample', '0.01']).config.queryLogEvery, 100);
+  t.equal(load(['--query-log-sample', '0']).config.queryLogEvery, 0);
 });
 
 t.test('ConfigWatcher: compared against what the configuration was read from, and the files of the one in force after a reload', async (t) => {

@@ -266,3 +266,20 @@ t.test('stop signals: SIGHUPs while starting reload once, when started; a stop h
   both.handle((s) => after.push(s), () => after.push('reload'));
   t.same(after, ['SIGTERM'], 'a held stop is served, not a reload of an agent about to stop');
 });
+
+t.test('a metrics address that is one of the DNS listen addresses is refused at start, not shared with the DNS TCP listener', async (t) => {
+  // With --reuse-port (the default) the ops HTTP server and the DNS TCP listener are both bound with
+  // SO_REUSEPORT, by the same process: binding /metrics on a DNS listen address succeeds, and the kernel then
+  // spreads new TCP connections to that port over both sockets. Pods' DNS-over-TCP queries (every truncated
+  // answer's retry) reach the HTTP server about half the time, and Prometheus's scrapes the DNS server; nothing
+  // is logged. A start-up failure ("address in use", exit 1) or a flag error (exit 2) is what the README promises.
+  const work = workDir(t);
+  const listen = `${HOST}:${nextPort++}`;
+  const a = spawnMain(work, [], CHILD_ENV.PATH ?? '', listen, ['--resolv-conf', join(work, 'resolv.conf'), '--metrics-listen-address', listen]);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  const started = await a.log.next(msgIs('started'), START_TIMEOUT_MS);
+  t.equal(started, null, 'the agent does not start serving with /metrics on its own DNS address');
+  // Serving already: no exit to wait for.
+  t.ok(started === null && (await waitExit(a.child, START_TIMEOUT_MS)), 'it exits');
+  t.ok(a.child.exitCode === 1 || a.child.exitCode === 2, `with status 1 or 2 (got ${String(a.child.exitCode)})`);
+});

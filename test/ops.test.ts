@@ -157,7 +157,7 @@ t.test('counter blocks are published with their names, labels and values, over r
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'NXDOMAIN' })), 7);
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'SERVFAIL' })), 1);
   t.equal(p.samples.get(key('coredns_dns_responses_total', { ...z, rcode: 'NOERROR' })), 0, 'untouched slots are published as 0, not left out');
-  t.equal(p.samples.get(key('nodelocal_dropped_total', { server: SERVER })), 3, 'no constant zone label outside the CoreDNS families');
+  t.equal(p.samples.get(key('nodelocal_dropped_total', { server: SERVER, reason: 'invalid_query' })), 3, 'no constant zone label outside the CoreDNS families');
   t.equal(p.samples.get(key('coredns_cache_hits_total', { server: SERVER, type: 'success', zones: '.' })), 30);
   t.equal(p.samples.get(key('coredns_cache_misses_total', { server: SERVER, zones: '.' })), 11);
   t.equal(p.types.get('coredns_dns_requests_total'), 'counter');
@@ -504,25 +504,53 @@ function connect(url: string): Promise<net.Socket> {
   });
 }
 
-t.test('bounded: connections beyond the cap are closed on accept; the others still served', async (t) => {
-  const s = await withServer(t, { serving: () => true }, ['health'], { maxConnections: 2 });
+t.test('bounded: past the cap a newcomer closes a connection owing no answer; when every one is being answered it is closed on accept', async (t) => {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      renders++;
+      await gate;
+      return 'nodelocal_x_total 1\n';
+    },
+  };
+  const s = await withServer(t, { serving: () => true, metrics: source }, ['metrics', 'health'], { maxConnections: 2 });
   const a = await connect(s.url);
   const b = await connect(s.url);
   t.teardown(() => {
     a.destroy();
     b.destroy();
   });
-  // Let the server accept both before the third arrives.
+  const answered = (sock: net.Socket): Promise<string> =>
+    new Promise((resolve) => {
+      let got = '';
+      sock.on('data', (d: Buffer) => {
+        got += d.toString();
+        if (got.includes('nodelocal_x_total 1')) resolve(got);
+      });
+      sock.once('close', () => resolve(got));
+    });
+  const aAnswer = answered(a);
+  const bAnswer = answered(b);
+  // Both owe a scrape that is held: neither may make room.
+  a.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+  b.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+  for (let i = 0; i < 100 && renders === 0; i++) await new Promise((r) => setTimeout(r, 20));
   await new Promise((r) => setTimeout(r, 50));
   const c = await connect(s.url);
   c.on('error', () => {});
   c.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
-  t.ok(await closedWithin(c, 5_000), 'the third connection is closed');
-  a.destroy();
-  await closedWithin(a, 5_000);
-  await new Promise((r) => setTimeout(r, 50));
+  t.ok(await closedWithin(c, 5_000), 'the third connection is closed while both others are being answered');
+  release();
+  t.match(await aAnswer, /^HTTP\/1\.1 200/, 'the held scrapes are answered');
+  t.match(await bAnswer, /^HTTP\/1\.1 200/);
+  // Both now idle (keep-alive): a newcomer closes the one quiet longest and is served.
   const r = await request(`${s.url}/health`);
-  t.equal(r.status, 200, 'served again once below the cap');
+  t.equal(r.status, 200, 'a newcomer is served once a connection owes no answer');
+  t.ok(await closedWithin(a, 5_000), 'by closing the connection quiet longest');
+  t.notOk(b.destroyed, 'the other is left open');
 });
 
 t.test('bounded: a client that never finishes its headers is cut off (slow-loris)', async (t) => {
@@ -674,6 +702,8 @@ t.test('deploy/: the dashboard and the alert rules parse, and use only metrics t
     for (const m of r.expr.matchAll(METRIC_NAME)) used.add(m[1]!);
     t.equal(r.expr.split('(').length, r.expr.split(')').length, `rule ${r.alert}: balanced parentheses`);
   }
+  // A refused reload leaves the old configuration serving, and the next start of the pod failing: someone must hear of it.
+  t.ok(alerts.some((r) => r.expr.includes('nodelocal_config_reloads_total{result="refused"}')), 'a refused reload raises an alert');
   t.ok(used.size > 20, `${used.size} metric names used`);
   const missing = [...used].filter((n) => !published.has(n));
   t.same(missing, [], 'every metric the dashboard and rules use is published');
@@ -1077,4 +1107,90 @@ t.test('bounded: a connection that never sends a byte is cut off at the header d
   sock.on('error', () => {});
   t.teardown(() => sock.destroy());
   t.ok(await closedWithin(sock, 5_000), 'closed by the server within the header deadline (plus checks), long before 30 s');
+});
+
+t.test('bounded: connections that have sent no request yet do not lock the kubelet\'s probe out', async (t) => {
+  // OpsConnections makes room at a cap only by closing a connection in #idle, and a connection joins #idle only
+  // once it has been answered. One that has sent nothing (or half a request) is never evicted: it holds its slot
+  // until the 5 s header deadline, and its owner simply opens it again. The kubelet's probe of the node-local
+  // address comes from that address itself (169.254.20.10 -> 169.254.20.10), which every hostNetwork process
+  // connecting there shares: 8 silent connections from any of them fill that per-address cap, and 32 from four
+  // pods fill the total; either way the probe is closed on accept, every time, and the agent is restarted.
+  const s = await withServer(t, { serving: () => true }, ['health']);
+  const u = new URL(s.url);
+  const hogs: net.Socket[] = [];
+  t.teardown(() => {
+    for (const h of hogs) h.destroy();
+  });
+  const open = async (localAddress: string, n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) {
+      const h = net.connect({ host: u.hostname, port: Number(u.port), localAddress });
+      h.on('error', () => {});
+      hogs.push(h);
+      await new Promise<void>((resolve) => {
+        h.once('connect', () => resolve());
+        h.once('close', () => resolve());
+      });
+    }
+    // Accepts are taken in order: once a later connection (another address, closing) is answered, these were accepted.
+    const marker = net.connect({ host: u.hostname, port: Number(u.port), localAddress: '127.0.0.9' });
+    marker.on('error', () => {});
+    await new Promise<void>((resolve) => {
+      marker.once('connect', () => marker.write('GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+      marker.once('close', () => resolve());
+      marker.resume();
+    });
+  };
+  const probe = async (): Promise<string> => {
+    const r = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
+    return r.status === 0 ? r.body : String(r.status);
+  };
+  // The probe's own address (the test's requests leave from 127.0.0.1, as the kubelet's from the node-local IP).
+  await open('127.0.0.1', OPS_HTTP_LIMITS.maxConnectionsPerPeer);
+  t.equal(await probe(), '200', 'a probe from an address with silent connections open is answered');
+  for (const h of hogs.splice(0)) h.destroy();
+  // The total cap, from four other addresses (four pods).
+  const per = OPS_HTTP_LIMITS.maxConnectionsPerPeer;
+  for (let i = 0; i < OPS_HTTP_LIMITS.maxConnections / per; i++) await open(`127.0.0.${20 + i}`, per);
+  t.equal(await probe(), '200', 'a probe while other addresses hold every slot with silent connections is answered');
+});
+
+t.test('a real agent\'s families each carry one set of label names and one help text (the registry warns of nothing)', async (t) => {
+  // MetricsRegistry records a family given two help texts, or series with different label names (a sum() by a
+  // label some series lack mixes totals with parts), in `warnings` "for a start-up log" that nothing logs. The
+  // batched backend adds nodelocal_dropped_total{reason="oversize_query"|"stale_query"} beside the hit path's
+  // nodelocal_dropped_total{server} (no reason), and nodelocal_coalesced_total{across="workers"} beside the plain
+  // one; the HELP kept ("unreadable header, a response sent to us, or a source port of 0") then describes
+  // neither stale nor oversize drops, and `sum by (reason)` shows the hit path's drops under no reason at all.
+  const { startAgent } = await import('./helpers/agent.js');
+  const agent = await startAgent('127.0.44.9', ['--io', 'batched', '--workers', '1', '--no-kube']);
+  t.teardown(() => agent.stop());
+  t.same(agent.agent.metrics.registry.warnings, [], 'no family with two help texts or two sets of label names');
+  const text = await agent.agent.metrics.metrics();
+  const labelSets = new Map<string, Set<string>>();
+  for (const line of text.split('\n')) {
+    const m = /^(nodelocal_\w+|coredns_\w+)(?:\{(.*)\})? \S+$/.exec(line);
+    if (m === null) continue;
+    const names = [...(m[2] ?? '').matchAll(/([a-zA-Z_]\w*)="/g)].map((l) => l[1]!).filter((n) => n !== 'le').sort().join(',');
+    const base = m[1]!.replace(/_(bucket|sum|count)$/, '');
+    (labelSets.get(base) ?? labelSets.set(base, new Set()).get(base)!).add(names);
+  }
+  const mixed = [...labelSets].filter(([, s]) => s.size > 1).map(([name, s]) => `${name}: {${[...s].join('} {')}}`);
+  t.same(mixed, [], 'every series of a family has the same label names in a scrape');
+});
+
+t.test('a family the registry warns of is logged when the agent starts, not only kept in a list', async (t) => {
+  const { Agent } = await import('../src/agent.js');
+  const { loadConfig } = await import('../src/config.js');
+  const { writeResolvConf } = await import('./helpers/agent.js');
+  const argv = ['--listen', '127.0.44.11:15299', '--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n'), '--metrics-listen-address', 'off', '--health-port', '0', '--io', 'dgram', '--no-kube'];
+  const logs: Array<{ msg: string; warning?: unknown }> = [];
+  const agent = new Agent(loadConfig(argv, { env: {} }).config, { logger: createLogger('info', (l) => logs.push(JSON.parse(l) as { msg: string; warning?: unknown })) });
+  // A second help text for a family the agent publishes: what two schemas disagreeing looks like.
+  agent.metrics.registry.addGauge('nodelocal_cache_bytes', 'Another meaning.', ['server'], () => []);
+  await agent.start();
+  t.teardown(() => agent.stop(1000));
+  const warned = logs.filter((l) => l.msg === 'metric family inconsistent');
+  t.equal(warned.length, 1, 'one warning logged');
+  t.match(String(warned[0]?.warning), /nodelocal_cache_bytes: help "Another meaning\." differs/);
 });

@@ -4,6 +4,10 @@
  */
 import { defineCounters, type Counters } from '../stats/counters.js';
 
+/** coredns_cache_entries and nodelocal_cache_bytes: published by the main thread's cache and by each batched worker's, under one help text. */
+export const CACHE_ENTRIES_HELP = 'The number of elements in the cache.';
+export const CACHE_BYTES_HELP = 'Bytes the cache charges against --cache-memory; the hash table, sized by the entry capacities, is not in it.';
+
 export const CACHE_COUNTERS = defineCounters({
   hitPositive: { name: 'coredns_cache_hits_total', labels: { type: 'success' }, help: 'Queries answered from the cache.' },
   hitNegative: { name: 'coredns_cache_hits_total', labels: { type: 'denial' }, help: 'Queries answered from the cache.' },

@@ -7,6 +7,7 @@
  * interception). The hot path only ever touches typed arrays.
  */
 import type { DnsCache } from '../cache/cache.js';
+import { CACHE_BYTES_HELP, CACHE_ENTRIES_HELP } from '../cache/stats.js';
 import type { Clock } from '../clock.js';
 import type { ClusterView } from '../kube/view.js';
 import type { HitPathHistograms } from '../server/hit-path.js';
@@ -77,11 +78,11 @@ export class AgentMetrics implements UpstreamCounterBlocks {
     this.histograms = hitPathHistograms();
     this.registry.addHistogram(this.histograms.duration, server);
     for (const h of [...this.histograms.requestSize, ...this.histograms.responseSize]) this.registry.addHistogram(h, server);
-    this.registry.addGauge('coredns_cache_entries', 'The number of elements in the cache.', ['server', 'type'], () => [
+    this.registry.addGauge('coredns_cache_entries', CACHE_ENTRIES_HELP, ['server', 'type'], () => [
       [{ server: src.server, type: 'success' }, src.cache.positiveSize],
       [{ server: src.server, type: 'denial' }, src.cache.negativeSize],
     ]);
-    this.registry.addGauge('nodelocal_cache_bytes', 'Bytes the cache charges against --cache-memory; the hash table, sized by the entry capacities, is not in it.', ['server'], () => [[server, src.cache.bytes]]);
+    this.registry.addGauge('nodelocal_cache_bytes', CACHE_BYTES_HELP, ['server'], () => [[server, src.cache.bytes]]);
     // Not summed like the other gauges: a state, one series per name, of the upstream in use (listed first).
     this.registry.addGauge('nodelocal_upstream_healthy', 'Whether an upstream answers (1) or is marked failing (0).', ['to'], () => {
       const byName = new Map<string, number>();

@@ -3,9 +3,13 @@
  * on the node reaches the probe and metrics ports:
  *
  * - a cap per client address below the total, and at either cap the
- *   connection idle longest (it answered everything it asked) makes room;
- *   only when none is idle is the newcomer closed. One pod holding every slot
- *   with keep-alive connections must not lock the kubelet's probe out.
+ *   connection quiet longest makes room: one owing no answer, whether idle
+ *   after its answers or not yet through its first request (silent, or half a
+ *   request). Only when every one is being answered is the newcomer closed.
+ *   The kubelet probes from the node's own address, which every hostNetwork
+ *   process shares: connections that hold a slot without asking must not lock
+ *   the probe out. The newcomer gets its turn; a client reopening them only
+ *   churns its own (the oldest go first), and the probe asks at once.
  * - a connection that sends no byte at all is closed at the header deadline:
  *   Node's own header timer starts only with a request's first byte.
  * - a few answers owed per connection: Node parses every request of a chunk
@@ -32,15 +36,14 @@ interface Connection {
   readonly peer: string;
   /** Requests taken whose answers are not yet handed to the socket. */
   owed: number;
-  answered: number;
   firstByte: NodeJS.Timeout | null;
 }
 
 export class OpsConnections {
   readonly #bounds: ConnectionBounds;
   readonly #open: Map<Socket, Connection>;
-  /** Connections with every answer written, the one idle longest first: who makes room at a cap. */
-  readonly #idle: Set<Connection>;
+  /** Connections owing no answer (idle, or no whole request yet), the one quiet longest first: who makes room at a cap. */
+  readonly #quiet: Set<Connection>;
   readonly #perPeer: Map<string, number>;
   #draining: boolean;
   #onSettled: (() => void) | null;
@@ -48,7 +51,7 @@ export class OpsConnections {
   constructor(bounds: ConnectionBounds) {
     this.#bounds = bounds;
     this.#open = new Map();
-    this.#idle = new Set();
+    this.#quiet = new Set();
     this.#perPeer = new Map();
     this.#draining = false;
     this.#onSettled = null;
@@ -58,11 +61,11 @@ export class OpsConnections {
   accept(socket: Socket): void {
     const peer = socket.remoteAddress ?? '';
     const fromPeer = this.#perPeer.get(peer) ?? 0;
-    if ((fromPeer >= this.#bounds.maxConnectionsPerPeer && !this.#evictIdlest(peer)) || (this.#open.size >= this.#bounds.maxConnections && !this.#evictIdlest(null))) {
+    if ((fromPeer >= this.#bounds.maxConnectionsPerPeer && !this.#evictQuietest(peer)) || (this.#open.size >= this.#bounds.maxConnections && !this.#evictQuietest(null))) {
       socket.destroy();
       return;
     }
-    const conn: Connection = { socket, peer, owed: 0, answered: 0, firstByte: null };
+    const conn: Connection = { socket, peer, owed: 0, firstByte: null };
     conn.firstByte = setTimeout(() => {
       // bytesRead counts at the handle, which the HTTP parser consumes directly (no 'data' events to watch).
       if (socket.bytesRead === 0) socket.destroy();
@@ -70,6 +73,7 @@ export class OpsConnections {
     conn.firstByte.unref();
     this.#open.set(socket, conn);
     this.#perPeer.set(peer, (this.#perPeer.get(peer) ?? 0) + 1);
+    this.#quiet.add(conn);
     socket.once('close', () => this.#forget(conn));
   }
 
@@ -88,14 +92,13 @@ export class OpsConnections {
       conn.firstByte = null;
     }
     conn.owed++;
-    this.#idle.delete(conn);
+    this.#quiet.delete(conn);
     if (this.#draining) res.setHeader('Connection', 'close');
     res.once('close', () => {
       conn.owed--;
-      if (res.writableFinished) conn.answered++;
       if (conn.owed === 0 && this.#open.get(socket) === conn) {
         if (this.#draining) this.#close(conn);
-        else if (conn.answered > 0) this.#idle.add(conn);
+        else this.#quiet.add(conn);
       }
       this.#settled();
     });
@@ -103,12 +106,12 @@ export class OpsConnections {
   }
 
   /**
-   * From now on every answer closes its connection, and idle ones close now.
+   * From now on every answer closes its connection, and quiet ones close now.
    * Resolves once no answer is owed, or after `ms`.
    */
   drain(ms: number): Promise<void> {
     this.#draining = true;
-    for (const conn of [...this.#idle]) this.#close(conn);
+    for (const conn of [...this.#quiet]) this.#close(conn);
     if (this.#owed() === 0) return Promise.resolve();
     return new Promise((resolve) => {
       const done = (): void => {
@@ -131,8 +134,8 @@ export class OpsConnections {
     if (this.#onSettled !== null && this.#owed() === 0) this.#onSettled();
   }
 
-  #evictIdlest(peer: string | null): boolean {
-    for (const conn of this.#idle) {
+  #evictQuietest(peer: string | null): boolean {
+    for (const conn of this.#quiet) {
       if (peer !== null && conn.peer !== peer) continue;
       this.#close(conn);
       return true;
@@ -149,7 +152,7 @@ export class OpsConnections {
   #forget(conn: Connection): void {
     if (this.#open.get(conn.socket) !== conn) return;
     this.#open.delete(conn.socket);
-    this.#idle.delete(conn);
+    this.#quiet.delete(conn);
     if (conn.firstByte !== null) clearTimeout(conn.firstByte);
     const n = (this.#perPeer.get(conn.peer) ?? 1) - 1;
     if (n > 0) this.#perPeer.set(conn.peer, n);

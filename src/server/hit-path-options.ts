@@ -21,7 +21,7 @@ export interface HitPathOptions {
   readonly counters: ServerCounters;
   /** Largest UDP answer whatever the client advertises. */
   readonly maxUdpSize: number;
-  /** Log one query in this many (0: no query log). A countdown, not a random draw: no cost on the other queries. */
+  /** Log one query in this many, fractions kept (1.43: 70%; 0: no query log). A countdown, not a random draw: no cost on the other queries. */
   readonly queryLogEvery?: number;
   /** Per-client limit on new upstream questions (null: off). */
   readonly clientLimit?: ClientMissLimiter | null;

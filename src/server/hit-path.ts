@@ -150,7 +150,8 @@ export class HitPath implements QueryHandler {
     // coredns_dns_requests_total{proto,family,type}: one slot bump (qtype 0 when unreadable: "other").
     this.#v[REQUEST_SLOT_BASE + (channel.transport * 2 + peerFamilyIndex(peer)) * REQUEST_TYPE_COUNT + requestTypeIndex(q.qtype)]!++;
     const logged = this.#logEvery > 0 && --this.#logCountdown <= 0;
-    if (logged) this.#logCountdown = this.#logEvery;
+    // Adding keeps the remainder of a fractional "one in N" (1.43 for a share of 0.7): the share logged is exact.
+    if (logged) this.#logCountdown += this.#logEvery;
     if (q.status !== QueryStatus.OK) {
       if (q.status === QueryStatus.DROP) {
         this.#v[S.dropped]!++;

@@ -30,6 +30,7 @@ import { QueryStatus, parseQuery } from '../dns/query.js';
 import type { Clock } from '../clock.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
 import type { ZoneRouter } from '../upstream/router.js';
+import { MAX_CONCURRENT_REJECTS_HELP } from '../upstream/upstream-counters.js';
 import type { UpstreamExchange, UpstreamFailure } from '../upstream/types.js';
 import type { MissOutcome, MissSink } from './hit-path.js';
 import { PendingQuery, type PendingOwner } from './pending.js';
@@ -49,7 +50,7 @@ export const RESOLVER_COUNTERS = defineCounters({
   chases: { name: 'nodelocal_externalname_chases_total', help: 'ExternalName targets looked up to complete a local answer.' },
   maxConcurrentRejects: {
     name: 'coredns_forward_max_concurrent_rejects_total', labels: { to: 'all' },
-    help: 'Questions refused because the upstream queries in flight were at the cap (--max-concurrent).',
+    help: MAX_CONCURRENT_REJECTS_HELP,
   },
   inflight: { name: 'nodelocal_upstream_inflight', type: 'gauge', help: 'Questions in flight upstream, all upstreams together.' },
 });

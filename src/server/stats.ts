@@ -83,11 +83,21 @@ function requestDefs(): Record<RequestKey, CounterDef> {
   return out;
 }
 
+/**
+ * Families the batched workers' own blocks (batched/stats.ts) add series to:
+ * one help text for every series, and every series with the same label names
+ * (a sum by a label some series lack would mix totals with parts).
+ */
+export const DROPPED_HELP =
+  'Queries dropped unanswered, by reason: invalid_query, an unreadable header, a response sent to us, or (UDP) a source port of 0; with --io batched also oversize_query, a datagram larger than the receive buffer, and stale_query, one that waited past --max-query-age in the kernel.';
+export const COALESCED_HELP =
+  'Misses that joined an identical question already in flight, by across: none, one the same thread had in flight (the main thread, or one batched worker); workers, one another batched worker had in flight.';
+
 export const SERVER_COUNTERS = defineCounters({
   ...requestDefs(),
   requestsUdp: { name: 'nodelocal_requests_total', labels: { proto: 'udp' }, help: 'Queries received, by transport (coredns_dns_requests_total summed over family and type).' },
   requestsTcp: { name: 'nodelocal_requests_total', labels: { proto: 'tcp' }, help: 'Queries received, by transport (coredns_dns_requests_total summed over family and type).' },
-  dropped: { name: 'nodelocal_dropped_total', help: 'Queries dropped unanswered: unreadable header, a response sent to us, or (UDP) a source port of 0.' },
+  dropped: { name: 'nodelocal_dropped_total', labels: { reason: 'invalid_query' }, help: DROPPED_HELP },
   rcode0: { name: 'coredns_dns_responses_total', labels: { rcode: 'NOERROR' }, help: 'Answers sent, by rcode.' },
   rcode1: { name: 'coredns_dns_responses_total', labels: { rcode: 'FORMERR' }, help: 'Answers sent, by rcode.' },
   rcode2: { name: 'coredns_dns_responses_total', labels: { rcode: 'SERVFAIL' }, help: 'Answers sent, by rcode.' },
@@ -96,7 +106,7 @@ export const SERVER_COUNTERS = defineCounters({
   rcode5: { name: 'coredns_dns_responses_total', labels: { rcode: 'REFUSED' }, help: 'Answers sent, by rcode.' },
   rcodeOther: { name: 'coredns_dns_responses_total', labels: { rcode: 'other' }, help: 'Answers sent, by rcode.' },
   truncated: { name: 'nodelocal_truncated_total', help: 'Answers sent with TC=1 because they exceed what the client takes.' },
-  coalesced: { name: 'nodelocal_coalesced_total', help: 'Misses that joined an identical question already in flight.' },
+  coalesced: { name: 'nodelocal_coalesced_total', labels: { across: 'none' }, help: COALESCED_HELP },
   misses: { name: 'nodelocal_misses_forwarded_total', help: 'Distinct questions handed to the upstream side (prefetches included).' },
   upstreamMalformed: { name: 'nodelocal_upstream_malformed_total', help: 'Upstream answers that failed validation (not cached; answered stale or SERVFAIL).' },
   scrubbedAnswers: { name: 'nodelocal_bailiwick_scrubbed_answers_total', help: 'Upstream answers that carried records outside the question\'s bailiwick (removed before caching).' },

@@ -8,6 +8,10 @@
 import { Rcode } from '../dns/constants.js';
 import type { CounterDef } from '../stats/counters.js';
 
+/** One help for the agent-wide cap's series (server/resolver.ts, to="all") and each upstream's own. */
+export const MAX_CONCURRENT_REJECTS_HELP =
+  'Questions refused at once, never sent, because the queries in flight were at a cap: to="all", the agent-wide --max-concurrent; else that upstream\'s own limit. Answered from the view, stale, or SERVFAIL.';
+
 const RESPONSES = 'coredns_forward_responses_total';
 const RESPONSES_HELP = 'Answers received from an upstream that matched their query, by rcode.';
 const EXCHANGES = 'nodelocal_upstream_exchanges_total';
@@ -27,7 +31,7 @@ export const upstreamCounterDefs = {
   networkErrors: { name: EXCHANGES, help: EXCHANGES_HELP, labels: { result: 'network' } },
   overloaded: {
     name: 'coredns_forward_max_concurrent_rejects_total',
-    help: 'Queries answered SERVFAIL at once, without being sent, because the upstream was at its local limit.',
+    help: MAX_CONCURRENT_REJECTS_HELP,
   },
 } as const satisfies Record<string, CounterDef>;
 

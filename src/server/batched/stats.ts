@@ -4,19 +4,19 @@
  * path and cache count in their own blocks (server/stats.ts, cache/stats.ts),
  * placed in the same shared buffer.
  */
-import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
+import { CACHE_BYTES_HELP, CACHE_COUNTERS, CACHE_ENTRIES_HELP, type CacheCounters } from '../../cache/stats.js';
 import { HIT_PATH_HISTOGRAM_BYTES, TypedHistogram, hitPathHistograms, type HistogramDef } from '../../ops/histogram.js';
 import type { HitPathHistograms } from '../hit-path.js';
 import { Counters, defineCounters, sumArraysInto } from '../../stats/counters.js';
-import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
+import { COALESCED_HELP, DROPPED_HELP, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 
 export const BATCHED_COUNTERS = defineCounters({
   batches: { name: 'nodelocal_udp_batches_total', help: 'recvmmsg calls that returned datagrams (datagrams / batches = mean batch size).' },
   datagrams: { name: 'nodelocal_udp_batched_datagrams_total', help: 'Datagrams received by the batched UDP workers.' },
   sends: { name: 'nodelocal_udp_sendmmsg_total', help: 'sendmmsg calls.' },
   wakeups: { name: 'nodelocal_udp_worker_wakeups_total', help: 'Times a worker woke from poll (idle to busy).' },
-  oversize: { name: 'nodelocal_dropped_total', labels: { reason: 'oversize_query' }, help: 'Queries dropped unanswered, by reason.' },
-  stale: { name: 'nodelocal_dropped_total', labels: { reason: 'stale_query' }, help: 'Queries dropped unanswered, by reason.' },
+  oversize: { name: 'nodelocal_dropped_total', labels: { reason: 'oversize_query' }, help: DROPPED_HELP },
+  stale: { name: 'nodelocal_dropped_total', labels: { reason: 'stale_query' }, help: DROPPED_HELP },
   recvErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'recv' }, help: 'Errors of the UDP sockets pods query (the batched workers\' and the dgram listener\'s), by operation.' },
   sendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Errors of the UDP sockets pods query (the batched workers\' and the dgram listener\'s), by operation.' },
   overloaded: {
@@ -39,16 +39,16 @@ export const BATCHED_COUNTERS = defineCounters({
     name: 'nodelocal_udp_direct_answers_total',
     help: 'Answers to batched workers\' misses that the main thread sent itself on the worker\'s socket (the worker releases its waiters later, without a wake-up).',
   },
-  crossWorkerCoalesced: { name: 'nodelocal_coalesced_total', labels: { across: 'workers' }, help: 'Misses that joined an identical question another worker had in flight.' },
+  crossWorkerCoalesced: { name: 'nodelocal_coalesced_total', labels: { across: 'workers' }, help: COALESCED_HELP },
   workersLive: {
     name: 'nodelocal_udp_workers_live',
     type: 'gauge',
     help: 'Batched UDP workers in their loop, taking queries: fewer than --workers while one is being restarted, 0 when none serves UDP.',
   },
   inflight: { name: 'nodelocal_udp_worker_inflight', type: 'gauge', help: 'Questions the batched UDP workers have waiting on the upstream side.' },
-  entriesPositive: { name: 'coredns_cache_entries', labels: { type: 'success' }, type: 'gauge', help: 'Entries in the cache.' },
-  entriesNegative: { name: 'coredns_cache_entries', labels: { type: 'denial' }, type: 'gauge', help: 'Entries in the cache.' },
-  cacheBytes: { name: 'nodelocal_cache_bytes', type: 'gauge', help: 'Bytes charged against the cache budget (--cache-memory); the hash table, sized by the entry capacities, is not in it.' },
+  entriesPositive: { name: 'coredns_cache_entries', labels: { type: 'success' }, type: 'gauge', help: CACHE_ENTRIES_HELP },
+  entriesNegative: { name: 'coredns_cache_entries', labels: { type: 'denial' }, type: 'gauge', help: CACHE_ENTRIES_HELP },
+  cacheBytes: { name: 'nodelocal_cache_bytes', type: 'gauge', help: CACHE_BYTES_HELP },
 });
 export type BatchedCounterName = keyof typeof BATCHED_COUNTERS.slot;
 export type BatchedCounters = Counters<BatchedCounterName>;

@@ -1,0 +1,32 @@
+/**
+ * The ops HTTP addresses (/metrics, /health and /ready) against the DNS listen
+ * addresses. Both are bound with SO_REUSEPORT by this one process
+ * (--reuse-port, the default), so the kernel lets an ops server bind a DNS
+ * address:port and then spreads new TCP connections over both sockets:
+ * DNS-over-TCP clients reach the HTTP server and scrapes the DNS listener,
+ * with nothing logged. A wildcard takes every address of its port.
+ */
+import { canonicalIp, formatHostPort, isWildcard } from './addr.js';
+import { ConfigError } from './config-options.js';
+import { defaultOpsHost } from './ops/http.js';
+import type { ServerAddress } from './upstream/types.js';
+
+/** Throws a ConfigError naming both flags when an ops address shares a DNS listen address's TCP port. */
+export function refuseOpsOnDnsPorts(listen: readonly ServerAddress[], metrics: ServerAddress | null, healthPort: number): void {
+  const ops: [string, ServerAddress | null][] = [
+    ['--metrics-listen-address', metrics],
+    ['--health-port', healthPort === 0 ? null : { host: defaultOpsHost(listen), port: healthPort }],
+  ];
+  for (const [flag, a] of ops) {
+    const clash = a === null ? undefined : listen.find((l) => overlaps(l, a));
+    if (a === null || clash === undefined) continue;
+    throw new ConfigError(
+      `${flag} ${formatHostPort(a)} and --listen/--localip ${formatHostPort(clash)}: the same TCP port (both bound with SO_REUSEPORT, the kernel would hand DNS clients to the HTTP server and scrapes to the DNS listener); give the ops server another port`,
+    );
+  }
+}
+
+function overlaps(a: ServerAddress, b: ServerAddress): boolean {
+  if (a.port !== b.port) return false;
+  return isWildcard(a.host) || isWildcard(b.host) || (canonicalIp(a.host) ?? a.host) === (canonicalIp(b.host) ?? b.host);
+}
