@@ -483,6 +483,38 @@ t.test('TcpPool: server down, then back: fails, backs off, recovers', async (t) 
   t.ok(pool.counters.get('reconnects') >= 1);
 });
 
+t.test('TcpPool: a refused connect while another connect to the same address is still under way does not fail the queued queries', async (t) => {
+  // A ClusterIP fronts several kube-dns pods and each connect may land on another one: a stale endpoint (a pod just
+  // deleted, its IP not listening) refuses while the pool's other connect is on its way to a live pod. The pool
+  // declares the server unreachable as soon as a connect fails with nothing *open* (tcp-reachability.ts lost()),
+  // ignoring the connect still in progress: everything queued is failed 'network' at once (SERVFAIL, or the view),
+  // the health goes failing, and a moment later the other connect succeeds and would have answered them all.
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const dead = net.createServer();
+  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', () => resolve()));
+  const deadPort = (dead.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => dead.close(() => resolve()));
+  let connects = 0;
+  const timers: NodeJS.Timeout[] = [];
+  t.teardown(() => timers.forEach((x) => clearTimeout(x)));
+  // The first connect lands on the stale endpoint (refused at once); the second on a live pod a little later.
+  const connect = (): net.Socket => {
+    if (++connects === 1) return net.connect({ host: '127.0.0.1', port: deadPort });
+    const s = new net.Socket();
+    timers.push(setTimeout(() => s.connect({ host: sim.host, port: sim.port }), 200));
+    return s;
+  };
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 2, connect });
+  t.teardown(() => pool.abort());
+  const q = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  t.equal(connects, 2, 'both connects started for the first query');
+  const r = await q.done;
+  t.equal(r.reason, null, 'answered on the connection that did connect, not failed while it was still connecting');
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(pool.counters.get('networkErrors'), 0, 'no network error for a server that answers');
+});
+
 t.test('TcpPool: close() rejects queued, lets in-flight finish, refuses new', async (t) => {
   const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { latencyMs: 150 } });
   t.teardown(() => sim.close());
