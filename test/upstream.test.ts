@@ -620,6 +620,78 @@ t.test('TcpPool: a healthy server closing a connection we never used does not ho
   t.same(addresses(r.answer), ['192.0.2.1']);
 });
 
+/**
+ * A TCP DNS server that handles the queries of one connection one at a time, in order, as CoreDNS (miekg/dns
+ * Server.serveTCPConn: read a message, run the plugin chain, write the answer, then read the next) and kube-dns's
+ * dnsmasq do. `slow` names take `slowMs` (an outside reverse lookup CoreDNS forwards to its own upstream); the rest
+ * are answered at once.
+ */
+async function sequentialServer(t: Test, slow: (name: string) => boolean, slowMs: number): Promise<{ port: number; received: () => number }> {
+  const sockets = new Set<net.Socket>();
+  const timers = new Set<NodeJS.Timeout>();
+  let received = 0;
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.on('close', () => sockets.delete(s));
+    const waiting: Buffer[] = [];
+    let busy = false;
+    const next = (): void => {
+      const f = waiting.shift();
+      if (f === undefined || s.destroyed) {
+        busy = false;
+        return;
+      }
+      busy = true;
+      const q = dnsPacket.decode(f);
+      const question = q.questions![0]!;
+      const reply = (): void => {
+        const answers = question.type === 'A' ? [{ type: 'A' as const, name: question.name, ttl: 60, class: 'IN' as const, data: '192.0.2.1' }] : [];
+        if (!s.destroyed) s.write(frame(dnsPacket.encode({ type: 'response', id: q.id ?? 0, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE, questions: [question], answers })));
+        next();
+      };
+      if (!slow(question.name)) return reply();
+      const timer = setTimeout(() => {
+        timers.delete(timer);
+        reply();
+      }, slowMs);
+      timers.add(timer);
+    };
+    const dec = new FrameDecoder((f) => {
+      received++;
+      waiting.push(Buffer.from(f));
+      if (!busy) next();
+    });
+    s.on('data', (c: Buffer) => dec.push(c));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => {
+    for (const x of timers) clearTimeout(x);
+    for (const s of sockets) s.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return { port: (server.address() as net.AddressInfo).port, received: () => received };
+}
+
+t.test('TcpPool: against a cluster DNS that serves each connection in order (CoreDNS, dnsmasq), slow lookups do not hold up the queries queued behind them', async (t) => {
+  // CoreDNS reads, answers and only then reads the next query of a TCP connection; pipelined queries wait for the
+  // ones before them. The cluster pool also carries the reverse zones, whose outside addresses CoreDNS forwards to
+  // its own upstream (seconds for a lame PTR delegation). Two such lookups, one on each of the two connections, and
+  // every cluster name pipelined behind them waits seconds and times out (or is answered from the view), while the
+  // cluster DNS itself would answer it at once on a connection of its own.
+  const server = await sequentialServer(t, (name) => name.startsWith('slow'), 4000);
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 2 });
+  t.teardown(() => pool.abort());
+  const slow1 = ask(pool, 'slow1.test', { timeoutMs: 6000 });
+  t.ok(await until(() => pool.openConnections === 2 && server.received() === 1), 'the first slow lookup is on one connection, the second connection open');
+  const slow2 = ask(pool, 'slow2.test', { timeoutMs: 6000 });
+  t.ok(await until(() => server.received() === 2), 'the second slow lookup reached the server (on the other, idle connection: least-loaded)');
+  const fast = await ask(pool, 'www.example.com', { timeoutMs: 1500 }).done;
+  t.equal(fast.reason, null, 'a cluster name the server answers at once is answered, not left behind a slow lookup until its deadline');
+  t.same(addresses(fast.answer), ['192.0.2.1']);
+  await Promise.all([slow1.done, slow2.done]);
+});
+
 t.test('TcpPool: abort() rejects what is in flight with closed: no network error, no health failure', async (t) => {
   // Shutdown past its grace: types.ts says abort() rejects in-flight exchanges with 'closed' (HostResolvers does).
   const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
