@@ -249,6 +249,20 @@ if (!opensslAvailable()) {
     t.ok(s.connections >= 4, `${s.connections} connections for 8 answers at 2 a connection`);
   });
 
+  t.test('each DNS-over-TLS server has its coredns_forward_request_duration_seconds{to}, as every other upstream server does', async (t) => {
+    // deploy/README.md: the forward latency histogram is kept per upstream server (`to` = IP:port), "each host
+    // resolver and stub-domain server apart", and node-cache's dashboards read it. The host resolvers and the cluster
+    // pool are given theirs (routing.ts); the pools of tls:// servers are built without one, so with DNS over TLS the
+    // external names' upstream latency is not published at all.
+    const s = await server(t, dnsTest);
+    const name = `tls://127.0.0.1:${s.port}@dns.test`;
+    const ag = await agent(t, name);
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10');
+    t.equal(s.queries, 1, 'answered by the DNS-over-TLS server');
+    const observed = (to: string): number => ag.agent.metrics.durations(to).histograms.reduce((n, h) => n + h.count, 0);
+    t.equal(observed(`127.0.0.1:${s.port}`) + observed(name), 1, 'its answer observed in the server\'s forward latency histogram');
+  });
+
   t.test('failover: an answer from the first server after its try ended, but inside the budget, is used', async (t) => {
     // Over TCP/TLS a query is not lost the way a UDP datagram is: a server past the try timeout is still working on it
     // (a cold recursive lookup through slow authoritative servers takes seconds). The host resolvers keep an earlier
