@@ -483,6 +483,14 @@ t.test('TcpPool: server down, then back: fails, backs off, recovers', async (t) 
   t.ok(pool.counters.get('reconnects') >= 1);
 });
 
+/** A socket that starts connecting to `to` only after `ms`: a pool's connect that lands after whatever the test does first. */
+function laterConnect(t: Test, to: { host: string; port: number }, ms: number): net.Socket {
+  const s = new net.Socket();
+  const timer = setTimeout(() => s.connect({ host: to.host, port: to.port }), ms);
+  t.teardown(() => clearTimeout(timer));
+  return s;
+}
+
 t.test('TcpPool: a refused connect while another connect to the same address is still under way does not fail the queued queries', async (t) => {
   // A ClusterIP fronts several kube-dns pods and each connect may land on another one: a stale endpoint (a pod just
   // deleted, its IP not listening) refuses while the pool's other connect is on its way to a live pod. The pool
@@ -496,15 +504,8 @@ t.test('TcpPool: a refused connect while another connect to the same address is 
   const deadPort = (dead.address() as net.AddressInfo).port;
   await new Promise<void>((resolve) => dead.close(() => resolve()));
   let connects = 0;
-  const timers: NodeJS.Timeout[] = [];
-  t.teardown(() => timers.forEach((x) => clearTimeout(x)));
   // The first connect lands on the stale endpoint (refused at once); the second on a live pod a little later.
-  const connect = (): net.Socket => {
-    if (++connects === 1) return net.connect({ host: '127.0.0.1', port: deadPort });
-    const s = new net.Socket();
-    timers.push(setTimeout(() => s.connect({ host: sim.host, port: sim.port }), 200));
-    return s;
-  };
+  const connect = (): net.Socket => (++connects === 1 ? net.connect({ host: '127.0.0.1', port: deadPort }) : laterConnect(t, sim, 200));
   const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 2, connect });
   t.teardown(() => pool.abort());
   const q = ask(pool, 'www.example.com', { timeoutMs: 3000 });
@@ -690,6 +691,32 @@ t.test('TcpPool: against a cluster DNS that serves each connection in order (Cor
   t.equal(fast.reason, null, 'a cluster name the server answers at once is answered, not left behind a slow lookup until its deadline');
   t.same(addresses(fast.answer), ['192.0.2.1']);
   await Promise.all([slow1.done, slow2.done]);
+});
+
+t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
+  // Both connections go to the ClusterIP; the first reached a kube-dns pod whose node then died: no RST, no FIN, the
+  // connection stays ESTABLISHED (TCP retransmits for ~15 minutes), every query on it times out. The second reached a
+  // live pod. On a quiet node each query finds both connections with nothing in flight, and the least-loaded pick's
+  // tie goes to the first: every query lands on the dead connection until its age rotation (--upstream-rotate-after,
+  // 60 s by default, up to a day), the health goes failing and the probe lands there too, while the other connection
+  // would answer at once. (CoreDNS's forward plugin drops a connection on a read timeout.)
+  const good = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => good.close());
+  const dead = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => dead.close());
+  let connects = 0;
+  // The live pod's connection opens a little later, so the dead one is first in the pool and takes the first query.
+  const connect = (): net.Socket => (++connects === 1 ? net.connect({ host: dead.host, port: dead.port }) : laterConnect(t, good, 100));
+  const pool = new TcpPool({ server: { host: good.host, port: good.port }, connections: 2, connect });
+  t.teardown(() => pool.abort());
+  const reasons: Array<UpstreamFailure | 'never completed' | null> = [];
+  for (let i = 0; i < 8; i++) {
+    const r = await ask(pool, `q${i}.example.com`, { timeoutMs: 400 }).done;
+    reasons.push(r.reason);
+    if (i === 0) t.ok(await until(() => pool.openConnections === 2), 'both connections open');
+  }
+  t.ok(good.stats.tcpQueries > 0, `the live connection was used (${good.stats.tcpQueries} queries; the dead one got ${dead.stats.tcpQueries})`);
+  t.same(reasons.slice(-3), [null, null, null], `after a few timeouts on the dead connection, queries are answered (got ${reasons.join(', ')})`);
 });
 
 t.test('TcpPool: abort() rejects what is in flight with closed: no network error, no health failure', async (t) => {
