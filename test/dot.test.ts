@@ -12,7 +12,10 @@ import tls from 'node:tls';
 import * as dnsPacket from 'dns-packet';
 import { loadConfig } from '../src/config.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
-import { parseTlsServer } from '../src/upstream/tls-address.js';
+import { parseTlsServer, type TlsServer } from '../src/upstream/tls-address.js';
+import { TlsResolvers } from '../src/upstream/tls-resolvers.js';
+import type { UpstreamFailure } from '../src/upstream/types.js';
+import { systemClock } from '../src/clock.js';
 import { startAgent, type TestAgent } from './helpers/agent.js';
 import { udpQuery } from './helpers/dns-client.js';
 import { DotServer, TestCa, opensslAvailable, type DotServerOptions, type KeyPair } from './helpers/dot-server.js';
@@ -261,6 +264,33 @@ if (!opensslAvailable()) {
     t.equal(s.queries, 1, 'answered by the DNS-over-TLS server');
     const observed = (to: string): number => ag.agent.metrics.durations(to).histograms.reduce((n, h) => n + h.count, 0);
     t.equal(observed(`127.0.0.1:${s.port}`) + observed(name), 1, 'its answer observed in the server\'s forward latency histogram');
+  });
+
+  t.test('close() lets an exchange in flight on the first server finish: its try running out during the close does not reject it closed', async (t) => {
+    // types.ts: close() "lets in-flight ones finish (bounded by their deadlines)"; a reload that changes the tls://
+    // settings closes the old TlsResolvers that way. An exchange waiting on the first server whose try runs out
+    // meanwhile moves to the next server, whose pool is closed too: that 'closed' ends the whole exchange at once
+    // (onFailure) and cancels the first server's try, still open, whose answer then comes and is dropped.
+    const slow = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const other = await server(t, dnsTest);
+    const servers = [slow, other].map((s) => parseTlsServer(`tls://127.0.0.1:${s.port}@dns.test`) as TlsServer);
+    const resolvers = new TlsResolvers({ servers, ca: [ca.cert], attemptTimeoutMs: 300 });
+    t.teardown(() => resolvers.abort());
+    const query = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'www.example.org', type: 'A', class: 'IN' }] });
+    const outcome = new Promise<Buffer | UpstreamFailure>((resolve) => {
+      resolvers.send({ query, deadline: systemClock.now() + 4000, resolve, reject: resolve });
+    });
+    for (let i = 0; i < 100 && slow.queries === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    t.equal(slow.queries, 1, 'the first server has the query');
+    const closing = resolvers.close();
+    // Past the 300 ms try: the exchange would move to the second server, which is closing.
+    await new Promise((r) => setTimeout(r, 600));
+    slow.releaseHeld();
+    const got = await outcome;
+    t.ok(Buffer.isBuffer(got), `answered by the first server, not rejected (got ${Buffer.isBuffer(got) ? 'an answer' : got})`);
+    if (Buffer.isBuffer(got)) t.equal(aOf(dnsPacket.decode(got)), '192.0.2.10');
+    t.equal(other.queries, 0, 'nothing sent to the second server after the close');
+    await closing;
   });
 
   t.test('failover: an answer from the first server after its try ended, but inside the budget, is used', async (t) => {

@@ -119,6 +119,11 @@ export class DotServer {
     return this.port;
   }
 
+  /** Answers every held query now (holdUntilPending), each on the connection it came in on. */
+  releaseHeld(): void {
+    for (const p of this.#held.splice(0)) p.reply(p.msg);
+  }
+
   /** Drops every open connection (a server restart, as the client sees it). */
   dropConnections(): void {
     for (const s of this.#sockets) s.destroy();
