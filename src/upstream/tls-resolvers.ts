@@ -20,6 +20,7 @@ import { systemClock, type Clock } from '../clock.js';
 import { OFF_FLAGS, QType, RCODE_MASK } from '../dns/constants.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
+import type { ForwardDurations } from './forward-durations.js';
 import { UpstreamHealth, serverFailed } from './health.js';
 import { HealthProbe, probeQuery } from './probe.js';
 import { settle } from './settle.js';
@@ -45,6 +46,8 @@ export interface TlsResolversOptions {
   connectTimeoutMs?: number;
   /** The counter block of each server's pool, by its name (the same block across reloads). */
   counters?: (name: string) => Counters<TcpPoolCounter>;
+  /** Each server's coredns_forward_request_duration_seconds (none when omitted). */
+  durations?: (server: TlsServer) => ForwardDurations;
   clock?: Clock;
   logger?: Logger;
 }
@@ -150,6 +153,7 @@ export class TlsResolvers implements Upstream {
         ...(opts.rotateAfterMs !== undefined ? { rotateAfterMs: opts.rotateAfterMs } : {}),
         ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}),
         ...(opts.counters !== undefined ? { counters: opts.counters(name) } : {}),
+        durations: opts.durations?.(server) ?? null,
         clock: this.#clock,
         logger: this.#log,
       });
