@@ -266,6 +266,24 @@ if (!opensslAvailable()) {
     t.equal(observed(`127.0.0.1:${s.port}`) + observed(name), 1, 'its answer observed in the server\'s forward latency histogram');
   });
 
+  /** TlsResolvers (300 ms tries) over `servers` in order, aborted at the test's end. */
+  const resolversOf = (t: Test, servers: readonly DotServer[]): TlsResolvers => {
+    const list = servers.map((s) => parseTlsServer(`tls://127.0.0.1:${s.port}@dns.test`) as TlsServer);
+    const resolvers = new TlsResolvers({ servers: list, ca: [ca.cert], attemptTimeoutMs: 300 });
+    t.teardown(() => resolvers.abort());
+    return resolvers;
+  };
+  /** `name` A through `resolvers` with a 4 s deadline: the answer, or why none. */
+  const exchange = (resolvers: TlsResolvers, name: string): Promise<Buffer | UpstreamFailure> => {
+    const query = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
+    return new Promise<Buffer | UpstreamFailure>((resolve) => {
+      resolvers.send({ query, deadline: systemClock.now() + 4000, resolve, reject: resolve });
+    });
+  };
+  const untilQueries = async (s: DotServer, n: number): Promise<void> => {
+    for (let i = 0; i < 100 && s.queries < n; i++) await new Promise((r) => setTimeout(r, 20));
+  };
+
   t.test('close() lets an exchange in flight on the first server finish: its try running out during the close does not reject it closed', async (t) => {
     // types.ts: close() "lets in-flight ones finish (bounded by their deadlines)"; a reload that changes the tls://
     // settings closes the old TlsResolvers that way. An exchange waiting on the first server whose try runs out
@@ -273,14 +291,9 @@ if (!opensslAvailable()) {
     // (onFailure) and cancels the first server's try, still open, whose answer then comes and is dropped.
     const slow = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
     const other = await server(t, dnsTest);
-    const servers = [slow, other].map((s) => parseTlsServer(`tls://127.0.0.1:${s.port}@dns.test`) as TlsServer);
-    const resolvers = new TlsResolvers({ servers, ca: [ca.cert], attemptTimeoutMs: 300 });
-    t.teardown(() => resolvers.abort());
-    const query = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'www.example.org', type: 'A', class: 'IN' }] });
-    const outcome = new Promise<Buffer | UpstreamFailure>((resolve) => {
-      resolvers.send({ query, deadline: systemClock.now() + 4000, resolve, reject: resolve });
-    });
-    for (let i = 0; i < 100 && slow.queries === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    const resolvers = resolversOf(t, [slow, other]);
+    const outcome = exchange(resolvers, 'www.example.org');
+    await untilQueries(slow, 1);
     t.equal(slow.queries, 1, 'the first server has the query');
     const closing = resolvers.close();
     // Past the 300 ms try: the exchange would move to the second server, which is closing.

@@ -11,6 +11,7 @@
  *     SERVFAIL / REFUSED ───────────────► kept; next server (passed on if no server does better)
  *     no answer within tryTimeout ──────► next server; this try stays open (as the host resolvers do)
  *     connection lost ──────────────────► next server
+ *     pool closed (shutdown, reload) ───► no next server; the tries still open finish by the deadline
  *
  * A failing server is probed (". NS", as CoreDNS forward's health check) once
  * a second until it answers, so the first server takes the traffic back as
@@ -207,12 +208,13 @@ export class TlsResolvers implements Upstream {
   onFailure(t: Try, reason: UpstreamFailure): void {
     const job = t.job;
     if (job.done) return;
-    // Shutting down: no other server changes that. ('overloaded', one pool's queue full, does move on: another may have room.)
-    if (reason === 'closed') {
-      this.#finish(job, null, reason);
-      return;
-    }
     job.lastFailure = reason;
+    // Shutting down: no other server changes that, but tries still open finish by their deadline (close()'s contract).
+    // ('overloaded', one pool's queue full, does move on: another may have room.)
+    if (reason === 'closed') {
+      job.current = null;
+      this.#waiting.delete(job);
+    }
     this.#ended(t);
   }
 
