@@ -306,6 +306,20 @@ if (!opensslAvailable()) {
     await closing;
   });
 
+  t.test('an answer that comes after its try ran out is not also counted a timeout of the server that gave it', async (t) => {
+    // TlsResolvers.#finish records a timeout against every try past its expiry that it cancels; the try that just
+    // answered was among them: its server, having answered, was marked with a failure too (a third of the way to failing).
+    const first = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const second = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const resolvers = resolversOf(t, [first, second]);
+    const outcome = exchange(resolvers, 'www.example.org');
+    await untilQueries(second, 1);
+    t.equal(second.queries, 1, 'the first try ran out, the second server was asked');
+    first.releaseHeld();
+    t.ok(Buffer.isBuffer(await outcome), 'answered by the first server');
+    t.equal(resolvers.servers[0]!.pool.health.lastCause, 'answered', 'the first server\'s last health event is its answer, no timeout');
+  });
+
   t.test('failover: an answer from the first server after its try ended, but inside the budget, is used', async (t) => {
     // Over TCP/TLS a query is not lost the way a UDP datagram is: a server past the try timeout is still working on it
     // (a cold recursive lookup through slow authoritative servers takes seconds). The host resolvers keep an earlier

@@ -196,7 +196,7 @@ export class TlsResolvers implements Upstream {
     if (job.done) return;
     const rcode = answer[OFF_FLAGS + 1]! & RCODE_MASK;
     if (!serverFailed(rcode)) {
-      this.#finish(job, answer, 'network');
+      this.#finish(job, answer, 'network', t);
       return;
     }
     // Another server may do better; this answer is passed on if none does.
@@ -260,11 +260,13 @@ export class TlsResolvers implements Upstream {
     else this.#finish(job, null, now >= job.ex.deadline ? 'timeout' : job.lastFailure);
   }
 
-  #finish(job: Job, answer: Buffer | null, reason: UpstreamFailure): void {
+  /** `by`: the try that answered, if one did (its own pool recorded how). */
+  #finish(job: Job, answer: Buffer | null, reason: UpstreamFailure, by: Try | null = null): void {
     job.done = true;
     this.#waiting.delete(job);
     const now = this.#clock.now();
     for (const t of job.live) {
+      if (t === by) continue;
       if (t.pending !== null) t.server.pool.cancel(t.pending);
       // Cancelled, a try that outlived its timeout is never failed by its pool: it is that server's timeout, counted here.
       if (reason !== 'closed' && now >= t.expiresAt) t.server.pool.health.record('timeout', now);
