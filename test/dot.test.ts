@@ -320,6 +320,25 @@ if (!opensslAvailable()) {
     t.equal(resolvers.servers[0]!.pool.health.lastCause, 'answered', 'the first server\'s last health event is its answer, no timeout');
   });
 
+  t.test('SERVFAIL for one domain moves the exchange on but does not count against the server\'s health', async (t) => {
+    // The host resolvers' rule: a SERVFAIL (a lame or bogus domain) sends the query to the next server and counts
+    // against the route only when no server does better. The DoT servers' pools counted it as the server failing:
+    // three lookups of one broken domain marked a healthy first resolver failing, and every name went to the second.
+    const lame = 'lame.example.org';
+    const first = await server(t, dnsTest, { servfail: [lame] });
+    const second = await server(t, dnsTest, { servfail: [lame] });
+    const resolvers = resolversOf(t, [first, second]);
+    for (let i = 0; i < 3; i++) {
+      const got = await exchange(resolvers, lame);
+      t.ok(Buffer.isBuffer(got) && rcode(dnsPacket.decode(got)) === 'SERVFAIL', `lookup ${i + 1}: SERVFAIL passed on`);
+    }
+    t.equal(second.queries, 3, 'each SERVFAIL moved on to the second server');
+    t.ok(resolvers.servers[0]!.pool.health.healthy, 'the first server, which answers, stays healthy');
+    const before = first.queries;
+    t.ok(Buffer.isBuffer(await exchange(resolvers, 'www.example.org')));
+    t.equal(first.queries, before + 1, 'the next name still starts at the first server');
+  });
+
   t.test('failover: an answer from the first server after its try ended, but inside the budget, is used', async (t) => {
     // Over TCP/TLS a query is not lost the way a UDP datagram is: a server past the try timeout is still working on it
     // (a cold recursive lookup through slow authoritative servers takes seconds). The host resolvers keep an earlier

@@ -155,6 +155,9 @@ export class TlsResolvers implements Upstream {
         ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}),
         ...(opts.counters !== undefined ? { counters: opts.counters(name) } : {}),
         durations: opts.durations?.(server) ?? null,
+        // As with the host resolvers: a SERVFAIL moves the exchange on but says nothing of the server's health (one
+        // lame domain asked three times would otherwise send every name to the next server).
+        servfailCounts: () => false,
         clock: this.#clock,
         logger: this.#log,
       });
