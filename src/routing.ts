@@ -147,6 +147,7 @@ function tlsUpstream(c: Config, deps: RoutingDeps, previous: TlsUpstream | null)
     connectTimeoutMs: attemptTimeoutMs,
     counters: (name) => deps.counters.pool(name),
     durations: (server) => deps.counters.durations(formatHostPort(server)),
+    probeCounters: (server) => deps.counters.probe(formatHostPort(server)),
     clock: deps.clock,
     logger: deps.logger,
   });

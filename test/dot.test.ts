@@ -339,6 +339,18 @@ if (!opensslAvailable()) {
     t.equal(first.queries, before + 1, 'the next name still starts at the first server');
   });
 
+  t.test('a failing DNS-over-TLS server\'s failed health checks are counted in coredns_forward_healthcheck_failures_total{to}', async (t) => {
+    // Every other probed upstream has its probe's failures counted; the DoT servers' probes were built without counters.
+    const gone = await server(t, dnsTest);
+    const port = gone.port;
+    await gone.close();
+    const ag = await agent(t, `tls://127.0.0.1:${port}@dns.test`);
+    t.equal(rcode(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), 'SERVFAIL', 'the server is down');
+    const failures = (): number => ag.agent.metrics.probe(`127.0.0.1:${port}`).get('failures');
+    for (let i = 0; i < 150 && failures() === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    t.ok(failures() > 0, `the probes of the down server counted as failed health checks (${failures()})`);
+  });
+
   t.test('failover: an answer from the first server after its try ended, but inside the budget, is used', async (t) => {
     // Over TCP/TLS a query is not lost the way a UDP datagram is: a server past the try timeout is still working on it
     // (a cold recursive lookup through slow authoritative servers takes seconds). The host resolvers keep an earlier

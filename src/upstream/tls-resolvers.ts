@@ -23,7 +23,7 @@ import { silentLogger, type Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
 import type { ForwardDurations } from './forward-durations.js';
 import { UpstreamHealth, serverFailed } from './health.js';
-import { HealthProbe, probeQuery } from './probe.js';
+import { HealthProbe, probeQuery, type ProbeCounter } from './probe.js';
 import { settle } from './settle.js';
 import { TcpPool } from './tcp-pool.js';
 import type { Job as PoolJob } from './tcp-conn.js';
@@ -49,6 +49,8 @@ export interface TlsResolversOptions {
   counters?: (name: string) => Counters<TcpPoolCounter>;
   /** Each server's coredns_forward_request_duration_seconds (none when omitted). */
   durations?: (server: TlsServer) => ForwardDurations;
+  /** Each server's coredns_forward_healthcheck_failures_total (not counted when omitted). */
+  probeCounters?: (server: TlsServer) => Counters<ProbeCounter>;
   clock?: Clock;
   logger?: Logger;
 }
@@ -161,7 +163,7 @@ export class TlsResolvers implements Upstream {
         clock: this.#clock,
         logger: this.#log,
       });
-      return { server, pool, connector, probe: new HealthProbe(pool, this.#clock, rootNs) };
+      return { server, pool, connector, probe: new HealthProbe(pool, this.#clock, rootNs, opts.probeCounters?.(server) ?? null) };
     });
     this.#probe = new HealthProbe(this, this.#clock, rootNs);
   }
