@@ -55,6 +55,8 @@ export class Conn {
   answered: number;
   readonly startedAt: number;
   openedAt: number;
+  /** Queries timed out on it since its last answer: a connection black-holed (its pod's node gone, no RST) only times out. */
+  silentTimeouts: number;
   /** errno code of the last socket error, for the unreachable log line. */
   lastError: string;
   /**
@@ -76,6 +78,7 @@ export class Conn {
     this.answered = 0;
     this.startedAt = now;
     this.openedAt = 0;
+    this.silentTimeouts = 0;
     this.lastError = 'closed';
     this.out = Buffer.allocUnsafe(STAGING_BYTES);
     this.outLen = 0;
@@ -110,6 +113,11 @@ export class Conn {
     if (!answerMatchesQuery(job.ex.query, msg)) return 'mismatched';
     this.inflight.delete(job.id);
     return job;
+  }
+
+  /** An answer read: the connection is not silent. */
+  heard(): void {
+    this.silentTimeouts = 0;
   }
 
   /** Appends `query` framed (RFC 7766 length prefix) under `id`; returns true when it is the first frame since the last flush. */
