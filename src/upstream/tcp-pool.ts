@@ -23,7 +23,7 @@
  * by one sweep timer that runs only while something is pending.
  *
  * This module is the pool: its queue and the connections' lifecycle. The
- * choice of a connection (silent ones too) is in tcp-pick.ts, one
+ * choice of a connection (stalled and silent ones) is in tcp-pick.ts, one
  * connection's ids, staging and answer matching in tcp-conn.ts, the
  * once-per-turn flush in tcp-write-batch.ts, connect backoff and the
  * unreachable state in tcp-reachability.ts, the counters in
@@ -41,7 +41,7 @@ import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Job, openConn, plainConnect, type Conn, type ConnEvents } from './tcp-conn.js';
-import { SILENT_TIMEOUTS, pickConn, wantsConnect } from './tcp-pick.js';
+import { SILENT_TIMEOUTS, moveStalled, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
 import type { TcpPoolOptions } from './tcp-pool-options.js';
 import { tcpPoolCounters, type TcpPoolCounter } from './tcp-pool-counters.js';
 import { TcpReachability } from './tcp-reachability.js';
@@ -194,15 +194,17 @@ export class TcpPool implements Upstream {
     this.#armSweep();
   }
 
-  /** The best open connection with room (tcp-pick.ts); opens another (up to the pool size) once it is busy. */
-  #pick(now: number): Conn | null {
+  /** Best open connection with room (tcp-pick.ts), opening another once it is busy; null: wait for one on its way, not queue behind a stalled query (`moved`: any). */
+  #pick(now: number, moved = false): Conn | null {
     const best = pickConn(this.#conns, now, this.#maxInFlight, this.#rotateAfterMs, this.#rotate);
     if (best === null || best.inflight.size > 0) this.#ensureConnecting(now);
+    if (best !== null && (moved ? best.inflight.size > 0 : stalled(best, now)) && this.#conns.some((c) => c.state === 'connecting')) return null;
     return best;
   }
 
   #write(c: Conn, job: Job, now: number): void {
     if (c.send(job)) this.#batch.add(c);
+    if (c.inflight.size === 1) c.progressAt = now;
     job.sentAt = now;
     if (MISS_TRACE) this.#batch.traceStaged(job);
     c.sent++;
@@ -212,7 +214,7 @@ export class TcpPool implements Upstream {
   }
 
   #ensureConnecting(now: number): void {
-    if (this.#life.running && this.#reach.mayConnect(now) && wantsConnect(this.#conns, this.#size)) this.#connect(now);
+    if (this.#life.running && this.#reach.mayConnect(now) && wantsConnect(this.#conns, this.#size, now)) this.#connect(now);
   }
 
   #connect(now: number): void {
@@ -246,7 +248,7 @@ export class TcpPool implements Upstream {
     if (c.answered++ === 0) this.#reach.answered();
     const rcode = msg[OFF_FLAGS + 1]! & RCODE_MASK;
     const now = this.#clock.now();
-    c.heard();
+    c.heard(now);
     this.#values[SLOT.answered]!++;
     this.#values[RCODE_SLOT[rcode]!]!++;
     if (this.#durations !== null) this.#durations.observeMs(rcode, now - job.sentAt);
@@ -254,6 +256,7 @@ export class TcpPool implements Upstream {
     this.health.record(failed ? 'servfail' : 'answered', now);
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
+    if (c.state === 'open' && c.inflight.size === 0 && surplus(this.#conns, this.#size, now)) this.#drain(c, false);
     if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
     else if (this.#queue.length > 0) this.#pump(this.#clock.now());
   };
@@ -266,7 +269,7 @@ export class TcpPool implements Upstream {
         this.#queue.shift();
         continue;
       }
-      const c = this.#pick(now);
+      const c = this.#pick(now, job.moved);
       if (c === null) break;
       this.#queue.shift();
       this.#write(c, job, now);
@@ -345,7 +348,9 @@ export class TcpPool implements Upstream {
           this.#fail(job, 'timeout');
         }
       }
+      // Queries behind a stalled connection's slow one go back to the queue: the pump below sends them on another.
       if (c.silentTimeouts >= SILENT_TIMEOUTS) this.#setClosed(c, 'silent');
+      else moveStalled(c, now, this.#queue);
       if (c.state === 'open' && now - c.openedAt >= this.#rotateAfterMs) this.#drain(c, true);
       if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
     }
