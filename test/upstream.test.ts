@@ -719,6 +719,24 @@ t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-
   t.same(reasons.slice(-3), [null, null, null], `after a few timeouts on the dead connection, queries are answered (got ${reasons.join(', ')})`);
 });
 
+t.test('TcpPool: the server closing a draining connection during close() fails its queries closed, not network', async (t) => {
+  // A reload retires the old pool with close(): its in-flight queries may finish. If the server closes that draining
+  // connection first, they cannot be re-sent (the pool takes nothing new) and were failed 'network', so the resolver
+  // answered from the view or SERVFAIL instead of asking again on the new route; nor is it the server's fault.
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.abort());
+  const q = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  t.ok(await until(() => sim.stats.tcpQueries === 1), 'the query is in flight');
+  const closing = pool.close();
+  await sim.stop();
+  const r = await q.done;
+  t.equal(r.reason, 'closed', 'closed: the caller may ask again elsewhere');
+  t.equal(pool.counters.get('networkErrors'), 0, 'no network error');
+  await closing;
+});
+
 t.test('TcpPool: abort() rejects what is in flight with closed: no network error, no health failure', async (t) => {
   // Shutdown past its grace: types.ts says abort() rejects in-flight exchanges with 'closed' (HostResolvers does).
   const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });

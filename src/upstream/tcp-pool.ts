@@ -319,8 +319,8 @@ export class TcpPool implements Upstream {
           this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
-          // Closed by us (a shutdown past its grace, a pool retired): no fault of the upstream's, so no network error.
-          this.#fail(job, cause === 'ours' && !this.#life.running ? 'closed' : 'network');
+          // The pool closing (a shutdown, a pool retired by a reload), whoever closed this: 'closed', so the caller may ask again on its new route.
+          this.#fail(job, this.#life.running ? 'network' : 'closed');
         }
       }
     }
