@@ -491,6 +491,15 @@ function laterConnect(t: Test, to: { host: string; port: number }, ms: number): 
   return s;
 }
 
+/** A loopback port nothing listens on (a stale endpoint): a connect to it is refused. */
+async function refusedPort(): Promise<number> {
+  const dead = net.createServer();
+  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', () => resolve()));
+  const port = (dead.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => dead.close(() => resolve()));
+  return port;
+}
+
 t.test('TcpPool: a refused connect while another connect to the same address is still under way does not fail the queued queries', async (t) => {
   // A ClusterIP fronts several kube-dns pods and each connect may land on another one: a stale endpoint (a pod just
   // deleted, its IP not listening) refuses while the pool's other connect is on its way to a live pod. The pool
@@ -499,10 +508,7 @@ t.test('TcpPool: a refused connect while another connect to the same address is 
   // the health goes failing, and a moment later the other connect succeeds and would have answered them all.
   const sim = await SimDnsServer.start({ handler: base, udp: false });
   t.teardown(() => sim.close());
-  const dead = net.createServer();
-  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', () => resolve()));
-  const deadPort = (dead.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => dead.close(() => resolve()));
+  const deadPort = await refusedPort();
   let connects = 0;
   // The first connect lands on the stale endpoint (refused at once); the second on a live pod a little later.
   const connect = (): net.Socket => (++connects === 1 ? net.connect({ host: '127.0.0.1', port: deadPort }) : laterConnect(t, sim, 200));
@@ -514,6 +520,34 @@ t.test('TcpPool: a refused connect while another connect to the same address is 
   t.equal(r.reason, null, 'answered on the connection that did connect, not failed while it was still connecting');
   t.same(addresses(r.answer), ['192.0.2.1']);
   t.equal(pool.counters.get('networkErrors'), 0, 'no network error for a server that answers');
+});
+
+t.test('TcpPool: an answer clears a connect backoff left by another connection\'s refused connect', async (t) => {
+  // answered() reset the backoff step but not the time before which no connect may start: one refused connect (a
+  // stale endpoint) beside a connection that answers still held back the next connect, here a rotation's
+  // replacement, by up to the 5 s backoff cap while queries waited in the queue. The clock stands still: only a
+  // connect allowed at once starts.
+  const clock = new ManualClock();
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const deadPort = await refusedPort();
+  let connects = 0;
+  // The first connection opens a little later, so the second's refusal comes before its answer.
+  const connect = (): net.Socket => {
+    connects++;
+    if (connects === 1) return laterConnect(t, sim, 100);
+    return net.connect({ host: '127.0.0.1', port: connects === 2 ? deadPort : sim.port });
+  };
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 2, rotateAfterQueries: 1, connect, clock });
+  t.teardown(() => pool.abort());
+  const first = await ask(pool, 'www.example.com', { clock, timeoutMs: 3000 }).done;
+  t.equal(first.reason, null, 'the first connection answers (and is rotated after it)');
+  t.equal(pool.counters.get('connectFailures'), 1, 'the other connect was refused meanwhile');
+  const second = ask(pool, 'www.example.com', { clock, timeoutMs: 3000 });
+  t.ok(connects > 2, `the replacement connect starts at once (${connects} connects)`);
+  clock.advance(200);
+  const r = await second.done;
+  t.equal(r.reason, null, 'answered');
 });
 
 t.test('TcpPool: close() rejects queued, lets in-flight finish, refuses new', async (t) => {

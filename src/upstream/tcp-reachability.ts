@@ -77,9 +77,13 @@ export class TcpReachability {
     }
   }
 
-  /** A connection's first answer: success is an answer, not a connect, so a server that accepts and then drops us must keep backing off. */
+  /**
+   * A connection's first answer: success is an answer, not a connect, so a server that accepts and then drops us must
+   * keep backing off. It clears the wait too: a refused connect beside it (a stale endpoint) must not hold back the next.
+   */
   answered(): void {
     this.#backoffMs = BACKOFF_MIN_MS;
+    this.#nextConnectAt = 0;
   }
 
   /**
