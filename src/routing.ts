@@ -150,6 +150,8 @@ function tlsUpstream(c: Config, deps: RoutingDeps, previous: TlsUpstream | null)
     // A TCP connect and a handshake to a resolver maybe far away: as long as a try may wait.
     connectTimeoutMs: attemptTimeoutMs,
     counters: (name) => deps.counters.pool(name),
+    durations: (server) => deps.counters.durations(formatHostPort(server)),
+    probeCounters: (server) => deps.counters.probe(formatHostPort(server)),
     clock: deps.clock,
     logger: deps.logger,
   });

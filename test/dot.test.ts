@@ -12,7 +12,10 @@ import tls from 'node:tls';
 import * as dnsPacket from 'dns-packet';
 import { loadConfig } from '../src/config.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
-import { parseTlsServer } from '../src/upstream/tls-address.js';
+import { parseTlsServer, type TlsServer } from '../src/upstream/tls-address.js';
+import { TlsResolvers } from '../src/upstream/tls-resolvers.js';
+import type { UpstreamFailure } from '../src/upstream/types.js';
+import { systemClock } from '../src/clock.js';
 import { startAgent, type TestAgent } from './helpers/agent.js';
 import { udpQuery } from './helpers/dns-client.js';
 import { DotServer, TestCa, opensslAvailable, type DotServerOptions, type KeyPair } from './helpers/dot-server.js';
@@ -247,6 +250,105 @@ if (!opensslAvailable()) {
     t.same(answers.map(rcode), names.map(() => 'NOERROR'), 'no SERVFAIL: each query answered on some connection');
     answers.forEach((p, i) => t.equal(aOf(p), `198.51.100.${i + 1}`, names[i]!));
     t.ok(s.connections >= 4, `${s.connections} connections for 8 answers at 2 a connection`);
+  });
+
+  t.test('each DNS-over-TLS server has its coredns_forward_request_duration_seconds{to}, as every other upstream server does', async (t) => {
+    // deploy/README.md: the forward latency histogram is kept per upstream server (`to` = IP:port), "each host
+    // resolver and stub-domain server apart", and node-cache's dashboards read it. The host resolvers and the cluster
+    // pool are given theirs (routing.ts); the pools of tls:// servers are built without one, so with DNS over TLS the
+    // external names' upstream latency is not published at all.
+    const s = await server(t, dnsTest);
+    const name = `tls://127.0.0.1:${s.port}@dns.test`;
+    const ag = await agent(t, name);
+    t.equal(aOf(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), '192.0.2.10');
+    t.equal(s.queries, 1, 'answered by the DNS-over-TLS server');
+    const observed = (to: string): number => ag.agent.metrics.durations(to).histograms.reduce((n, h) => n + h.count, 0);
+    t.equal(observed(`127.0.0.1:${s.port}`) + observed(name), 1, 'its answer observed in the server\'s forward latency histogram');
+  });
+
+  /** TlsResolvers (300 ms tries) over `servers` in order, aborted at the test's end. */
+  const resolversOf = (t: Test, servers: readonly DotServer[]): TlsResolvers => {
+    const list = servers.map((s) => parseTlsServer(`tls://127.0.0.1:${s.port}@dns.test`) as TlsServer);
+    const resolvers = new TlsResolvers({ servers: list, ca: [ca.cert], attemptTimeoutMs: 300 });
+    t.teardown(() => resolvers.abort());
+    return resolvers;
+  };
+  /** `name` A through `resolvers` with a 4 s deadline: the answer, or why none. */
+  const exchange = (resolvers: TlsResolvers, name: string): Promise<Buffer | UpstreamFailure> => {
+    const query = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
+    return new Promise<Buffer | UpstreamFailure>((resolve) => {
+      resolvers.send({ query, deadline: systemClock.now() + 4000, resolve, reject: resolve });
+    });
+  };
+  const untilQueries = async (s: DotServer, n: number): Promise<void> => {
+    for (let i = 0; i < 100 && s.queries < n; i++) await new Promise((r) => setTimeout(r, 20));
+  };
+
+  t.test('close() lets an exchange in flight on the first server finish: its try running out during the close does not reject it closed', async (t) => {
+    // types.ts: close() "lets in-flight ones finish (bounded by their deadlines)"; a reload that changes the tls://
+    // settings closes the old TlsResolvers that way. An exchange waiting on the first server whose try runs out
+    // meanwhile moves to the next server, whose pool is closed too: that 'closed' ends the whole exchange at once
+    // (onFailure) and cancels the first server's try, still open, whose answer then comes and is dropped.
+    const slow = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const other = await server(t, dnsTest);
+    const resolvers = resolversOf(t, [slow, other]);
+    const outcome = exchange(resolvers, 'www.example.org');
+    await untilQueries(slow, 1);
+    t.equal(slow.queries, 1, 'the first server has the query');
+    const closing = resolvers.close();
+    // Past the 300 ms try: the exchange would move to the second server, which is closing.
+    await new Promise((r) => setTimeout(r, 600));
+    slow.releaseHeld();
+    const got = await outcome;
+    t.ok(Buffer.isBuffer(got), `answered by the first server, not rejected (got ${Buffer.isBuffer(got) ? 'an answer' : got})`);
+    if (Buffer.isBuffer(got)) t.equal(aOf(dnsPacket.decode(got)), '192.0.2.10');
+    t.equal(other.queries, 0, 'nothing sent to the second server after the close');
+    await closing;
+  });
+
+  t.test('an answer that comes after its try ran out is not also counted a timeout of the server that gave it', async (t) => {
+    // TlsResolvers.#finish records a timeout against every try past its expiry that it cancels; the try that just
+    // answered was among them: its server, having answered, was marked with a failure too (a third of the way to failing).
+    const first = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const second = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const resolvers = resolversOf(t, [first, second]);
+    const outcome = exchange(resolvers, 'www.example.org');
+    await untilQueries(second, 1);
+    t.equal(second.queries, 1, 'the first try ran out, the second server was asked');
+    first.releaseHeld();
+    t.ok(Buffer.isBuffer(await outcome), 'answered by the first server');
+    t.equal(resolvers.servers[0]!.pool.health.lastCause, 'answered', 'the first server\'s last health event is its answer, no timeout');
+  });
+
+  t.test('SERVFAIL for one domain moves the exchange on but does not count against the server\'s health', async (t) => {
+    // The host resolvers' rule: a SERVFAIL (a lame or bogus domain) sends the query to the next server and counts
+    // against the route only when no server does better. The DoT servers' pools counted it as the server failing:
+    // three lookups of one broken domain marked a healthy first resolver failing, and every name went to the second.
+    const lame = 'lame.example.org';
+    const first = await server(t, dnsTest, { servfail: [lame] });
+    const second = await server(t, dnsTest, { servfail: [lame] });
+    const resolvers = resolversOf(t, [first, second]);
+    for (let i = 0; i < 3; i++) {
+      const got = await exchange(resolvers, lame);
+      t.ok(Buffer.isBuffer(got) && rcode(dnsPacket.decode(got)) === 'SERVFAIL', `lookup ${i + 1}: SERVFAIL passed on`);
+    }
+    t.equal(second.queries, 3, 'each SERVFAIL moved on to the second server');
+    t.ok(resolvers.servers[0]!.pool.health.healthy, 'the first server, which answers, stays healthy');
+    const before = first.queries;
+    t.ok(Buffer.isBuffer(await exchange(resolvers, 'www.example.org')));
+    t.equal(first.queries, before + 1, 'the next name still starts at the first server');
+  });
+
+  t.test('a failing DNS-over-TLS server\'s failed health checks are counted in coredns_forward_healthcheck_failures_total{to}', async (t) => {
+    // Every other probed upstream has its probe's failures counted; the DoT servers' probes were built without counters.
+    const gone = await server(t, dnsTest);
+    const port = gone.port;
+    await gone.close();
+    const ag = await agent(t, `tls://127.0.0.1:${port}@dns.test`);
+    t.equal(rcode(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), 'SERVFAIL', 'the server is down');
+    const failures = (): number => ag.agent.metrics.probe(`127.0.0.1:${port}`).get('failures');
+    for (let i = 0; i < 150 && failures() === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    t.ok(failures() > 0, `the probes of the down server counted as failed health checks (${failures()})`);
   });
 
   t.test('failover: an answer from the first server after its try ended, but inside the budget, is used', async (t) => {

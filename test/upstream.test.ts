@@ -483,6 +483,73 @@ t.test('TcpPool: server down, then back: fails, backs off, recovers', async (t) 
   t.ok(pool.counters.get('reconnects') >= 1);
 });
 
+/** A socket that starts connecting to `to` only after `ms`: a pool's connect that lands after whatever the test does first. */
+function laterConnect(t: Test, to: { host: string; port: number }, ms: number): net.Socket {
+  const s = new net.Socket();
+  const timer = setTimeout(() => s.connect({ host: to.host, port: to.port }), ms);
+  t.teardown(() => clearTimeout(timer));
+  return s;
+}
+
+/** A loopback port nothing listens on (a stale endpoint): a connect to it is refused. */
+async function refusedPort(): Promise<number> {
+  const dead = net.createServer();
+  await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', () => resolve()));
+  const port = (dead.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => dead.close(() => resolve()));
+  return port;
+}
+
+t.test('TcpPool: a refused connect while another connect to the same address is still under way does not fail the queued queries', async (t) => {
+  // A ClusterIP fronts several kube-dns pods and each connect may land on another one: a stale endpoint (a pod just
+  // deleted, its IP not listening) refuses while the pool's other connect is on its way to a live pod. The pool
+  // declares the server unreachable as soon as a connect fails with nothing *open* (tcp-reachability.ts lost()),
+  // ignoring the connect still in progress: everything queued is failed 'network' at once (SERVFAIL, or the view),
+  // the health goes failing, and a moment later the other connect succeeds and would have answered them all.
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const deadPort = await refusedPort();
+  let connects = 0;
+  // The first connect lands on the stale endpoint (refused at once); the second on a live pod a little later.
+  const connect = (): net.Socket => (++connects === 1 ? net.connect({ host: '127.0.0.1', port: deadPort }) : laterConnect(t, sim, 200));
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 2, connect });
+  t.teardown(() => pool.abort());
+  const q = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  t.equal(connects, 2, 'both connects started for the first query');
+  const r = await q.done;
+  t.equal(r.reason, null, 'answered on the connection that did connect, not failed while it was still connecting');
+  t.same(addresses(r.answer), ['192.0.2.1']);
+  t.equal(pool.counters.get('networkErrors'), 0, 'no network error for a server that answers');
+});
+
+t.test('TcpPool: an answer clears a connect backoff left by another connection\'s refused connect', async (t) => {
+  // answered() reset the backoff step but not the time before which no connect may start: one refused connect (a
+  // stale endpoint) beside a connection that answers still held back the next connect, here a rotation's
+  // replacement, by up to the 5 s backoff cap while queries waited in the queue. The clock stands still: only a
+  // connect allowed at once starts.
+  const clock = new ManualClock();
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const deadPort = await refusedPort();
+  let connects = 0;
+  // The first connection opens a little later, so the second's refusal comes before its answer.
+  const connect = (): net.Socket => {
+    connects++;
+    if (connects === 1) return laterConnect(t, sim, 100);
+    return net.connect({ host: '127.0.0.1', port: connects === 2 ? deadPort : sim.port });
+  };
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 2, rotateAfterQueries: 1, connect, clock });
+  t.teardown(() => pool.abort());
+  const first = await ask(pool, 'www.example.com', { clock, timeoutMs: 3000 }).done;
+  t.equal(first.reason, null, 'the first connection answers (and is rotated after it)');
+  t.equal(pool.counters.get('connectFailures'), 1, 'the other connect was refused meanwhile');
+  const second = ask(pool, 'www.example.com', { clock, timeoutMs: 3000 });
+  t.ok(connects > 2, `the replacement connect starts at once (${connects} connects)`);
+  clock.advance(200);
+  const r = await second.done;
+  t.equal(r.reason, null, 'answered');
+});
+
 t.test('TcpPool: close() rejects queued, lets in-flight finish, refuses new', async (t) => {
   const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { latencyMs: 150 } });
   t.teardown(() => sim.close());
@@ -586,6 +653,122 @@ t.test('TcpPool: a healthy server closing a connection we never used does not ho
   t.ok(server.accepted() > accepted, 'a new connection was made within the query\'s 2 s');
   t.equal(r.reason, null, 'the query is answered, not failed at its deadline');
   t.same(addresses(r.answer), ['192.0.2.1']);
+});
+
+/**
+ * A TCP DNS server that handles the queries of one connection one at a time, in order, as CoreDNS (miekg/dns
+ * Server.serveTCPConn: read a message, run the plugin chain, write the answer, then read the next) and kube-dns's
+ * dnsmasq do. `slow` names take `slowMs` (an outside reverse lookup CoreDNS forwards to its own upstream); the rest
+ * are answered at once.
+ */
+async function sequentialServer(t: Test, slow: (name: string) => boolean, slowMs: number): Promise<{ port: number; received: () => number }> {
+  const sockets = new Set<net.Socket>();
+  const timers = new Set<NodeJS.Timeout>();
+  let received = 0;
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.on('close', () => sockets.delete(s));
+    const waiting: Buffer[] = [];
+    let busy = false;
+    const next = (): void => {
+      const f = waiting.shift();
+      if (f === undefined || s.destroyed) {
+        busy = false;
+        return;
+      }
+      busy = true;
+      const q = dnsPacket.decode(f);
+      const question = q.questions![0]!;
+      const reply = (): void => {
+        const answers = question.type === 'A' ? [{ type: 'A' as const, name: question.name, ttl: 60, class: 'IN' as const, data: '192.0.2.1' }] : [];
+        if (!s.destroyed) s.write(frame(dnsPacket.encode({ type: 'response', id: q.id ?? 0, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE, questions: [question], answers })));
+        next();
+      };
+      if (!slow(question.name)) return reply();
+      const timer = setTimeout(() => {
+        timers.delete(timer);
+        reply();
+      }, slowMs);
+      timers.add(timer);
+    };
+    const dec = new FrameDecoder((f) => {
+      received++;
+      waiting.push(Buffer.from(f));
+      if (!busy) next();
+    });
+    s.on('data', (c: Buffer) => dec.push(c));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => {
+    for (const x of timers) clearTimeout(x);
+    for (const s of sockets) s.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return { port: (server.address() as net.AddressInfo).port, received: () => received };
+}
+
+t.test('TcpPool: against a cluster DNS that serves each connection in order (CoreDNS, dnsmasq), slow lookups do not hold up the queries queued behind them', async (t) => {
+  // CoreDNS reads, answers and only then reads the next query of a TCP connection; pipelined queries wait for the
+  // ones before them. The cluster pool also carries the reverse zones, whose outside addresses CoreDNS forwards to
+  // its own upstream (seconds for a lame PTR delegation). Two such lookups, one on each of the two connections, and
+  // every cluster name pipelined behind them waits seconds and times out (or is answered from the view), while the
+  // cluster DNS itself would answer it at once on a connection of its own.
+  const server = await sequentialServer(t, (name) => name.startsWith('slow'), 4000);
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 2 });
+  t.teardown(() => pool.abort());
+  const slow1 = ask(pool, 'slow1.test', { timeoutMs: 6000 });
+  t.ok(await until(() => pool.openConnections === 2 && server.received() === 1), 'the first slow lookup is on one connection, the second connection open');
+  const slow2 = ask(pool, 'slow2.test', { timeoutMs: 6000 });
+  t.ok(await until(() => server.received() === 2), 'the second slow lookup reached the server (on the other, idle connection: least-loaded)');
+  const fast = await ask(pool, 'www.example.com', { timeoutMs: 1500 }).done;
+  t.equal(fast.reason, null, 'a cluster name the server answers at once is answered, not left behind a slow lookup until its deadline');
+  t.same(addresses(fast.answer), ['192.0.2.1']);
+  await Promise.all([slow1.done, slow2.done]);
+});
+
+t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
+  // Both connections go to the ClusterIP; the first reached a kube-dns pod whose node then died: no RST, no FIN, the
+  // connection stays ESTABLISHED (TCP retransmits for ~15 minutes), every query on it times out. The second reached a
+  // live pod. On a quiet node each query finds both connections with nothing in flight, and the least-loaded pick's
+  // tie goes to the first: every query lands on the dead connection until its age rotation (--upstream-rotate-after,
+  // 60 s by default, up to a day), the health goes failing and the probe lands there too, while the other connection
+  // would answer at once. (CoreDNS's forward plugin drops a connection on a read timeout.)
+  const good = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => good.close());
+  const dead = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => dead.close());
+  let connects = 0;
+  // The live pod's connection opens a little later, so the dead one is first in the pool and takes the first query.
+  const connect = (): net.Socket => (++connects === 1 ? net.connect({ host: dead.host, port: dead.port }) : laterConnect(t, good, 100));
+  const pool = new TcpPool({ server: { host: good.host, port: good.port }, connections: 2, connect });
+  t.teardown(() => pool.abort());
+  const reasons: Array<UpstreamFailure | 'never completed' | null> = [];
+  for (let i = 0; i < 8; i++) {
+    const r = await ask(pool, `q${i}.example.com`, { timeoutMs: 400 }).done;
+    reasons.push(r.reason);
+    if (i === 0) t.ok(await until(() => pool.openConnections === 2), 'both connections open');
+  }
+  t.ok(good.stats.tcpQueries > 0, `the live connection was used (${good.stats.tcpQueries} queries; the dead one got ${dead.stats.tcpQueries})`);
+  t.same(reasons.slice(-3), [null, null, null], `after a few timeouts on the dead connection, queries are answered (got ${reasons.join(', ')})`);
+});
+
+t.test('TcpPool: the server closing a draining connection during close() fails its queries closed, not network', async (t) => {
+  // A reload retires the old pool with close(): its in-flight queries may finish. If the server closes that draining
+  // connection first, they cannot be re-sent (the pool takes nothing new) and were failed 'network', so the resolver
+  // answered from the view or SERVFAIL instead of asking again on the new route; nor is it the server's fault.
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1 });
+  t.teardown(() => pool.abort());
+  const q = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  t.ok(await until(() => sim.stats.tcpQueries === 1), 'the query is in flight');
+  const closing = pool.close();
+  await sim.stop();
+  const r = await q.done;
+  t.equal(r.reason, 'closed', 'closed: the caller may ask again elsewhere');
+  t.equal(pool.counters.get('networkErrors'), 0, 'no network error');
+  await closing;
 });
 
 t.test('TcpPool: abort() rejects what is in flight with closed: no network error, no health failure', async (t) => {

@@ -30,6 +30,8 @@ export class Job {
   readonly ex: UpstreamExchange;
   id: number;
   retried: boolean;
+  /** Moved off a stalled connection once already (tcp-pick.ts): never again. */
+  moved: boolean;
   done: boolean;
   /** Clock ms of the last write, for coredns_forward_request_duration_seconds. */
   sentAt: number;
@@ -41,6 +43,7 @@ export class Job {
     this.sentAt = 0;
     this.tracedAt = 0;
     this.retried = false;
+    this.moved = false;
     this.done = false;
   }
 }
@@ -55,6 +58,10 @@ export class Conn {
   answered: number;
   readonly startedAt: number;
   openedAt: number;
+  /** Clock ms it last moved on: an answer read, or a query written while nothing was in flight (tcp-pick.ts stalled()). */
+  progressAt: number;
+  /** Queries timed out on it since its last answer: a connection black-holed (its pod's node gone, no RST) only times out. */
+  silentTimeouts: number;
   /** errno code of the last socket error, for the unreachable log line. */
   lastError: string;
   /**
@@ -76,6 +83,8 @@ export class Conn {
     this.answered = 0;
     this.startedAt = now;
     this.openedAt = 0;
+    this.progressAt = 0;
+    this.silentTimeouts = 0;
     this.lastError = 'closed';
     this.out = Buffer.allocUnsafe(STAGING_BYTES);
     this.outLen = 0;
@@ -110,6 +119,12 @@ export class Conn {
     if (!answerMatchesQuery(job.ex.query, msg)) return 'mismatched';
     this.inflight.delete(job.id);
     return job;
+  }
+
+  /** An answer read: the connection moves on, and is not silent. */
+  heard(now: number): void {
+    this.progressAt = now;
+    this.silentTimeouts = 0;
   }
 
   /** Appends `query` framed (RFC 7766 length prefix) under `id`; returns true when it is the first frame since the last flush. */

@@ -22,10 +22,11 @@
  * Deadlines, connect timeouts, age rotation and backoff expiry are all handled
  * by one sweep timer that runs only while something is pending.
  *
- * This module is the pool: its queue, the choice of a connection, and the
- * connections' lifecycle. One connection's ids, staging and answer matching
- * are in tcp-conn.ts, the once-per-turn flush in tcp-write-batch.ts, connect
- * backoff and the unreachable state in tcp-reachability.ts, the counters in
+ * This module is the pool: its queue and the connections' lifecycle. The
+ * choice of a connection (stalled and silent ones) is in tcp-pick.ts, one
+ * connection's ids, staging and answer matching in tcp-conn.ts, the
+ * once-per-turn flush in tcp-write-batch.ts, connect backoff and the
+ * unreachable state in tcp-reachability.ts, the counters in
  * tcp-pool-counters.ts, its options in tcp-pool-options.ts.
  */
 import net from 'node:net';
@@ -40,6 +41,7 @@ import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Job, openConn, plainConnect, type Conn, type ConnEvents } from './tcp-conn.js';
+import { SILENT_TIMEOUTS, moveStalled, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
 import type { TcpPoolOptions } from './tcp-pool-options.js';
 import { tcpPoolCounters, type TcpPoolCounter } from './tcp-pool-counters.js';
 import { TcpReachability } from './tcp-reachability.js';
@@ -79,6 +81,7 @@ export class TcpPool implements Upstream {
   readonly #reach: TcpReachability;
   readonly #batch: WriteBatch;
   readonly #events: ConnEvents;
+  readonly #rotate = (c: Conn): void => this.#drain(c, true);
 
   constructor(opts: TcpPoolOptions) {
     // A host name would make net.connect resolve it through the system resolver: maybe through us.
@@ -191,24 +194,17 @@ export class TcpPool implements Upstream {
     this.#armSweep();
   }
 
-  /** Least-loaded open connection with room; opens another (up to the pool size) once the best one is busy. */
-  #pick(now: number): Conn | null {
-    let best: Conn | null = null;
-    for (const c of this.#conns) {
-      if (c.state !== 'open') continue;
-      if (now - c.openedAt >= this.#rotateAfterMs) {
-        this.#drain(c, true);
-        continue;
-      }
-      if (c.inflight.size >= this.#maxInFlight) continue;
-      if (best === null || c.inflight.size < best.inflight.size) best = c;
-    }
+  /** Best open connection with room (tcp-pick.ts), opening another once it is busy; null: wait for one on its way, not queue behind a stalled query (`moved`: any). */
+  #pick(now: number, moved = false): Conn | null {
+    const best = pickConn(this.#conns, now, this.#maxInFlight, this.#rotateAfterMs, this.#rotate);
     if (best === null || best.inflight.size > 0) this.#ensureConnecting(now);
+    if (best !== null && (moved ? best.inflight.size > 0 : stalled(best, now)) && this.#conns.some((c) => c.state === 'connecting')) return null;
     return best;
   }
 
   #write(c: Conn, job: Job, now: number): void {
     if (c.send(job)) this.#batch.add(c);
+    if (c.inflight.size === 1) c.progressAt = now;
     job.sentAt = now;
     if (MISS_TRACE) this.#batch.traceStaged(job);
     c.sent++;
@@ -218,10 +214,7 @@ export class TcpPool implements Upstream {
   }
 
   #ensureConnecting(now: number): void {
-    if (!this.#life.running || !this.#reach.mayConnect(now)) return;
-    let live = 0;
-    for (const c of this.#conns) if (c.state === 'connecting' || c.state === 'open') live++;
-    if (live < this.#size) this.#connect(now);
+    if (this.#life.running && this.#reach.mayConnect(now) && wantsConnect(this.#conns, this.#size, now)) this.#connect(now);
   }
 
   #connect(now: number): void {
@@ -255,6 +248,7 @@ export class TcpPool implements Upstream {
     if (c.answered++ === 0) this.#reach.answered();
     const rcode = msg[OFF_FLAGS + 1]! & RCODE_MASK;
     const now = this.#clock.now();
+    c.heard(now);
     this.#values[SLOT.answered]!++;
     this.#values[RCODE_SLOT[rcode]!]!++;
     if (this.#durations !== null) this.#durations.observeMs(rcode, now - job.sentAt);
@@ -262,6 +256,7 @@ export class TcpPool implements Upstream {
     this.health.record(failed ? 'servfail' : 'answered', now);
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
+    if (c.state === 'open' && c.inflight.size === 0 && surplus(this.#conns, this.#size, now)) this.#drain(c, false);
     if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
     else if (this.#queue.length > 0) this.#pump(this.#clock.now());
   };
@@ -274,7 +269,7 @@ export class TcpPool implements Upstream {
         this.#queue.shift();
         continue;
       }
-      const c = this.#pick(now);
+      const c = this.#pick(now, job.moved);
       if (c === null) break;
       this.#queue.shift();
       this.#write(c, job, now);
@@ -295,7 +290,7 @@ export class TcpPool implements Upstream {
    * failed; in-flight queries are sent again while their deadline allows (once,
    * unless the connection had answered). 'ours': we closed it (drained, rotated, connect timeout, pool close).
    */
-  #setClosed(c: Conn, cause: 'lost' | 'ours' | 'connectTimeout'): void {
+  #setClosed(c: Conn, cause: 'lost' | 'ours' | 'connectTimeout' | 'silent'): void {
     if (c.state === 'closed') return;
     const was = c.state;
     c.state = 'closed';
@@ -305,7 +300,9 @@ export class TcpPool implements Upstream {
     c.socket.destroy();
     const now = this.#clock.now();
     if (cause !== 'ours') {
-      this.#reach.lost(now, c, was === 'connecting', this.#conns, cause === 'connectTimeout' ? 'connect timeout' : c.lastError);
+      const error = cause === 'connectTimeout' ? 'connect timeout' : cause === 'silent' ? 'queries time out, nothing read' : c.lastError;
+      if (cause === 'silent') this.#log.info(`${this.#kind} connection replaced: ${error}`, { upstream: this.name });
+      this.#reach.lost(now, c, was === 'connecting', this.#conns, error);
     }
     if (c.inflight.size > 0) {
       const jobs = [...c.inflight.values()];
@@ -322,8 +319,8 @@ export class TcpPool implements Upstream {
           this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
-          // Closed by us (a shutdown past its grace, a pool retired): no fault of the upstream's, so no network error.
-          this.#fail(job, cause === 'ours' && !this.#life.running ? 'closed' : 'network');
+          // The pool closing (a shutdown, a pool retired by a reload), whoever closed this: 'closed', so the caller may ask again on its new route.
+          this.#fail(job, this.#life.running ? 'network' : 'closed');
         }
       }
     }
@@ -335,8 +332,7 @@ export class TcpPool implements Upstream {
   }
 
   #armSweep(): void {
-    if (this.#sweep !== null) return;
-    this.#sweep = this.#clock.sweep(this.#onSweep);
+    if (this.#sweep === null) this.#sweep = this.#clock.sweep(this.#onSweep);
   }
 
   readonly #onSweep = (now: number): void => {
@@ -348,9 +344,13 @@ export class TcpPool implements Upstream {
       for (const job of c.inflight.values()) {
         if (now >= job.ex.deadline) {
           c.inflight.delete(job.id);
+          c.silentTimeouts++;
           this.#fail(job, 'timeout');
         }
       }
+      // Queries behind a stalled connection's slow one go back to the queue: the pump below sends them on another.
+      if (c.silentTimeouts >= SILENT_TIMEOUTS) this.#setClosed(c, 'silent');
+      else moveStalled(c, now, this.#queue);
       if (c.state === 'open' && now - c.openedAt >= this.#rotateAfterMs) this.#drain(c, true);
       if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
     }

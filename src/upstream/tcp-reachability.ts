@@ -2,7 +2,7 @@
  * Whether a TcpPool (tcp-pool.ts) may connect now, and whether its server
  * counts as unreachable: connects that fail, and connections that close
  * before answering anything, back off; a failed connect while nothing is
- * open makes the server unreachable until a connect succeeds, and the pool
+ * open or connecting makes the server unreachable until a connect succeeds, and the pool
  * fails queries at once meanwhile. Moved out of the pool with the counters,
  * health records and log lines of those events.
  */
@@ -28,7 +28,7 @@ export class TcpReachability {
   #nextConnectAt: number;
   #lostSinceConnect: boolean;
   /**
-   * The last connect failed and nothing is open: queries fail at once
+   * The last connect failed and nothing is open or connecting: queries fail at once
    * ('network' -> SERVFAIL now) instead of each waiting out its deadline,
    * until a connect succeeds. A pod behind us would otherwise wait the whole
    * --timeout for every search-list candidate while kube-dns is down.
@@ -77,9 +77,13 @@ export class TcpReachability {
     }
   }
 
-  /** A connection's first answer: success is an answer, not a connect, so a server that accepts and then drops us must keep backing off. */
+  /**
+   * A connection's first answer: success is an answer, not a connect, so a server that accepts and then drops us must
+   * keep backing off. It clears the wait too: a refused connect beside it (a stale endpoint) must not hold back the next.
+   */
   answered(): void {
     this.#backoffMs = BACKOFF_MIN_MS;
+    this.#nextConnectAt = 0;
   }
 
   /**
@@ -94,7 +98,9 @@ export class TcpReachability {
     // A connection that carried nothing says nothing of the server (CoreDNS closes one whose first read times out):
     // only one that was sent queries and answered none, or whose connect failed, is a sign of a sick server.
     if (wasConnecting || (c.sent > 0 && c.answered === 0)) this.#backOff(now);
-    if (wasConnecting && !this.#unreachable && !open.some((o) => o.state === 'open')) {
+    // Another connect still under way may land on a live pod behind the same address (this one a stale endpoint):
+    // the server is unreachable only once no connection is open or on its way.
+    if (wasConnecting && !this.#unreachable && !open.some((o) => o.state === 'open' || o.state === 'connecting')) {
       this.#unreachable = true;
       this.#health.record('unreachable', now);
       this.#log.warn(`${this.#kind} unreachable: queries to it fail at once until it is back (then answered from the view, stale, or SERVFAIL)`, {

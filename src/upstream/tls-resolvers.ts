@@ -11,6 +11,7 @@
  *     SERVFAIL / REFUSED ───────────────► kept; next server (passed on if no server does better)
  *     no answer within tryTimeout ──────► next server; this try stays open (as the host resolvers do)
  *     connection lost ──────────────────► next server
+ *     pool closed (shutdown, reload) ───► no next server; the tries still open finish by the deadline
  *
  * A failing server is probed (". NS", as CoreDNS forward's health check) once
  * a second until it answers, so the first server takes the traffic back as
@@ -20,8 +21,9 @@ import { systemClock, type Clock } from '../clock.js';
 import { OFF_FLAGS, QType, RCODE_MASK } from '../dns/constants.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
+import type { ForwardDurations } from './forward-durations.js';
 import { UpstreamHealth, serverFailed } from './health.js';
-import { HealthProbe, probeQuery } from './probe.js';
+import { HealthProbe, probeQuery, type ProbeCounter } from './probe.js';
 import { settle } from './settle.js';
 import { TcpPool } from './tcp-pool.js';
 import type { Job as PoolJob } from './tcp-conn.js';
@@ -45,6 +47,10 @@ export interface TlsResolversOptions {
   connectTimeoutMs?: number;
   /** The counter block of each server's pool, by its name (the same block across reloads). */
   counters?: (name: string) => Counters<TcpPoolCounter>;
+  /** Each server's coredns_forward_request_duration_seconds (none when omitted). */
+  durations?: (server: TlsServer) => ForwardDurations;
+  /** Each server's coredns_forward_healthcheck_failures_total (not counted when omitted). */
+  probeCounters?: (server: TlsServer) => Counters<ProbeCounter>;
   clock?: Clock;
   logger?: Logger;
 }
@@ -150,10 +156,14 @@ export class TlsResolvers implements Upstream {
         ...(opts.rotateAfterMs !== undefined ? { rotateAfterMs: opts.rotateAfterMs } : {}),
         ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}),
         ...(opts.counters !== undefined ? { counters: opts.counters(name) } : {}),
+        durations: opts.durations?.(server) ?? null,
+        // As with the host resolvers: a SERVFAIL moves the exchange on but says nothing of the server's health (one
+        // lame domain asked three times would otherwise send every name to the next server).
+        servfailCounts: () => false,
         clock: this.#clock,
         logger: this.#log,
       });
-      return { server, pool, connector, probe: new HealthProbe(pool, this.#clock, rootNs) };
+      return { server, pool, connector, probe: new HealthProbe(pool, this.#clock, rootNs, opts.probeCounters?.(server) ?? null) };
     });
     this.#probe = new HealthProbe(this, this.#clock, rootNs);
   }
@@ -191,7 +201,7 @@ export class TlsResolvers implements Upstream {
     if (job.done) return;
     const rcode = answer[OFF_FLAGS + 1]! & RCODE_MASK;
     if (!serverFailed(rcode)) {
-      this.#finish(job, answer, 'network');
+      this.#finish(job, answer, 'network', t);
       return;
     }
     // Another server may do better; this answer is passed on if none does.
@@ -203,12 +213,13 @@ export class TlsResolvers implements Upstream {
   onFailure(t: Try, reason: UpstreamFailure): void {
     const job = t.job;
     if (job.done) return;
-    // Shutting down: no other server changes that. ('overloaded', one pool's queue full, does move on: another may have room.)
-    if (reason === 'closed') {
-      this.#finish(job, null, reason);
-      return;
-    }
     job.lastFailure = reason;
+    // Shutting down: no other server changes that, but tries still open finish by their deadline (close()'s contract).
+    // ('overloaded', one pool's queue full, does move on: another may have room.)
+    if (reason === 'closed') {
+      job.current = null;
+      this.#waiting.delete(job);
+    }
     this.#ended(t);
   }
 
@@ -254,11 +265,13 @@ export class TlsResolvers implements Upstream {
     else this.#finish(job, null, now >= job.ex.deadline ? 'timeout' : job.lastFailure);
   }
 
-  #finish(job: Job, answer: Buffer | null, reason: UpstreamFailure): void {
+  /** `by`: the try that answered, if one did (its own pool recorded how). */
+  #finish(job: Job, answer: Buffer | null, reason: UpstreamFailure, by: Try | null = null): void {
     job.done = true;
     this.#waiting.delete(job);
     const now = this.#clock.now();
     for (const t of job.live) {
+      if (t === by) continue;
       if (t.pending !== null) t.server.pool.cancel(t.pending);
       // Cancelled, a try that outlived its timeout is never failed by its pool: it is that server's timeout, counted here.
       if (reason !== 'closed' && now >= t.expiresAt) t.server.pool.health.record('timeout', now);

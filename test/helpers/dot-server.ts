@@ -72,6 +72,8 @@ export interface DotServerOptions {
   closeAfterAnswers?: number;
   /** Hold answers until this many queries are pending across all connections, then answer them all. */
   holdUntilPending?: number;
+  /** Names answered SERVFAIL (a lame or bogus domain the resolver cannot resolve). */
+  servfail?: readonly string[];
 }
 
 interface Pending {
@@ -117,6 +119,11 @@ export class DotServer {
     });
     this.port = (this.#server.address() as AddressInfo).port;
     return this.port;
+  }
+
+  /** Answers every held query now (holdUntilPending), each on the connection it came in on. */
+  releaseHeld(): void {
+    for (const p of this.#held.splice(0)) p.reply(p.msg);
   }
 
   /** Drops every open connection (a server restart, as the client sees it). */
@@ -166,6 +173,7 @@ export class DotServer {
     const question = q.questions?.[0];
     const id = q.id ?? 0;
     if (question === undefined) return answer('.', [], { id, rcode: 'FORMERR' });
+    if (this.#opts.servfail?.includes(question.name.toLowerCase()) === true) return answer(question.name, [], { id, type: question.type, rcode: 'SERVFAIL' });
     const ip = this.#opts.records[question.name.toLowerCase()];
     if (question.type === 'A' && ip !== undefined) return answer(question.name, [a(question.name, ip)], { id });
     return answer(question.name, [], { id, type: question.type, rcode: ip === undefined ? 'NXDOMAIN' : 'NOERROR' });

@@ -1,0 +1,91 @@
+/**
+ * Which connection of a TcpPool (tcp-pool.ts) takes the next query, and when
+ * the pool opens one more, moves queries, or gives a connection up.
+ *
+ * CoreDNS (miekg/dns serveTCPConn) and dnsmasq serve a TCP connection one
+ * query at a time: read, answer, then read the next. Queries pipelined behind
+ * a slow one (an outside reverse lookup CoreDNS forwards to its own upstream,
+ * seconds for a lame delegation) wait for it. So a connection with queries
+ * outstanding that has read nothing for STALL_MS is *stalled*: it is chosen
+ * last, it does not count toward the pool's size (another connection opens,
+ * up to twice the size), and the queries behind its oldest are moved to a
+ * connection with nothing in flight, the new one if need be (each query once;
+ * the old connection's late answer to it is ignored). An extra connection
+ * going idle once enough others are not stalled is closed.
+ *
+ * A connection whose queries time out with nothing read (SILENT_TIMEOUTS in a
+ * row) is taken for dead, as CoreDNS forward drops one on a read timeout: a
+ * pod whose node died sends no RST or FIN and TCP would retry for ~15 minutes.
+ * Before that, one with a timeout since its last answer is chosen after the others.
+ */
+import type { Fifo } from './fifo.js';
+import type { Conn, Job } from './tcp-conn.js';
+
+/** Cluster names are answered in about a millisecond: this long with nothing read means a query ahead is slow. */
+export const STALL_MS = 300;
+export const SILENT_TIMEOUTS = 2;
+
+export function stalled(c: Conn, now: number): boolean {
+  return c.inflight.size > 0 && now - c.progressAt >= STALL_MS;
+}
+
+/** 0 fine, 1 a timeout since its last answer, 2 stalled: the lowest is chosen, then the least loaded. */
+function rank(c: Conn, now: number): number {
+  return stalled(c, now) ? 2 : c.silentTimeouts > 0 ? 1 : 0;
+}
+
+/** The best open connection with room, or null; `rotate` drains any past its age on the way. */
+export function pickConn(conns: readonly Conn[], now: number, maxInFlight: number, rotateAfterMs: number, rotate: (c: Conn) => void): Conn | null {
+  let best: Conn | null = null;
+  let bestRank = 0;
+  for (const c of conns) {
+    if (c.state !== 'open') continue;
+    if (now - c.openedAt >= rotateAfterMs) {
+      rotate(c);
+      continue;
+    }
+    if (c.inflight.size >= maxInFlight) continue;
+    const r = rank(c, now);
+    if (best === null || r < bestRank || (r === bestRank && c.inflight.size < best.inflight.size)) {
+      best = c;
+      bestRank = r;
+    }
+  }
+  return best;
+}
+
+/** Whether another connection should open: fewer than `size` connecting or open and not stalled, fewer than twice `size` in all. */
+export function wantsConnect(conns: readonly Conn[], size: number, now: number): boolean {
+  let usable = 0;
+  let all = 0;
+  for (const c of conns) {
+    if (c.state !== 'connecting' && c.state !== 'open') continue;
+    all++;
+    if (c.state === 'connecting' || !stalled(c, now)) usable++;
+  }
+  return usable < size && all < size * 2;
+}
+
+/** Whether an idle connection is one too many: more than `size` open ones not stalled (an extra opened beside stalled ones). */
+export function surplus(conns: readonly Conn[], size: number, now: number): boolean {
+  let usable = 0;
+  for (const c of conns) if (c.state === 'open' && !stalled(c, now)) usable++;
+  return usable > size;
+}
+
+/** Takes the queries waiting behind a stalled connection's oldest (not moved before) off it, to the head of `queue`, oldest first. */
+export function moveStalled(c: Conn, now: number, queue: Fifo<Job>): void {
+  if (!stalled(c, now) || c.inflight.size < 2) return;
+  const moving: Job[] = [];
+  let first = true;
+  for (const job of c.inflight.values()) {
+    if (!first && !job.moved) moving.push(job);
+    first = false;
+  }
+  for (let k = moving.length - 1; k >= 0; k--) {
+    const job = moving[k]!;
+    c.inflight.delete(job.id);
+    job.moved = true;
+    queue.unshift(job);
+  }
+}
