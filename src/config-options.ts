@@ -74,7 +74,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   // One pod must not hold every slot: 64 is 1/16 of the 1,024 above, and far past what a pod's resolver opens
   // (glibc, musl and Go open one per lookup and close it after the answer).
   {
-    flag: 'max-tcp-per-client', kind: 'int', def: '64', min: 0,
+    flag: 'max-tcp-per-client', kind: 'int', def: '256', min: 0,
     help: 'client TCP connections one client address may hold; at it a newcomer from that address closes its idlest one, and is refused only when all of its are busy. 0 = no cap',
   },
   { flag: 'max-tcp-queries', kind: 'int', def: '128', help: 'queries in flight on one client TCP connection; reading pauses beyond it', min: 1 },

@@ -360,8 +360,8 @@ t.test('ConfigWatcher: compared against what the configuration was read from, an
   w.stop();
 });
 
-t.test('--max-tcp-per-client: 64 by default, 0 turns the cap off, a bad value names the flag', async (t) => {
-  t.equal(load([]).config.maxTcpPerClient, 64);
+t.test('--max-tcp-per-client: 256 by default, 0 turns the cap off, a bad value names the flag', async (t) => {
+  t.equal(load([]).config.maxTcpPerClient, 256);
   t.equal(load(['--max-tcp-per-client', '0']).config.maxTcpPerClient, 0);
   t.equal(load(['--max-tcp-per-client=8']).config.maxTcpPerClient, 8);
   t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'maxTcpPerClient: 16\n' }).config.maxTcpPerClient, 16, 'config file key');

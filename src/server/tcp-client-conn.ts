@@ -154,6 +154,11 @@ export class TcpClientConnection implements ClientChannel {
     return this.#lastActiveMs;
   }
 
+  /** Queries answered (or dropped) on this connection so far; 0: it has not sent one yet. */
+  get served(): number {
+    return this.#served;
+  }
+
   /** Nothing owed to the client: no query in flight or waiting. Such a connection may be evicted. */
   get idle(): boolean {
     return this.#inflight === 0 && this.#backlog.length === 0 && !this.#closed;

@@ -309,18 +309,18 @@ export class TcpListener implements Listener {
   #accept(socket: net.Socket): void {
     const address = socket.remoteAddress ?? '';
     const slot = this.counters.schema.slot;
-    if (this.#perClient.full(address) && !this.#evict(this.#perClient.idlestOf(address))) {
+    const now = (this.#time.now = this.#clock.now());
+    if (this.#perClient.full(address) && !this.#evict(this.#perClient.idlestOf(address, now))) {
       this.counters.values[slot.refusedClient]!++;
       socket.destroy();
       return;
     }
-    if (this.#conns.size >= this.#maxConnections && !this.#evict(idlest(this.#conns))) {
+    if (this.#conns.size >= this.#maxConnections && !this.#evict(idlest(this.#conns, now))) {
       this.counters.values[slot.refused]!++;
       socket.destroy();
       return;
     }
     this.#limitSendBuffer(socket);
-    this.#time.now = this.#clock.now();
     const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#limits, this.name, this.#time, this.counters);
     this.#conns.add(conn);
     this.#perClient.add(conn);

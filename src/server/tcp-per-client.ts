@@ -18,14 +18,25 @@
 import type { TcpClientConnection } from './tcp-client-conn.js';
 
 /**
- * The connection idle longest with nothing in flight, null when every one is
- * busy. On a tie the older connection (earlier in insertion order) goes. A scan
- * (about 10 us over 1,024 connections), run only when a client arrives at a cap.
+ * How long a connection that has not yet sent a query is spared at a cap.
+ * Resolvers (glibc, Go) open a connection per TCP query and send at once, but
+ * the bytes may sit unread behind a busy event loop: closing such a
+ * connection loses a query. A client that connects and stays silent is
+ * evictable after this, and cut by the read/idle timeouts anyway.
  */
-export function idlest(conns: Iterable<TcpClientConnection>): TcpClientConnection | null {
+export const FRESH_GRACE_MS = 1000;
+
+/**
+ * The connection idle longest with nothing in flight, null when every one is
+ * busy (or fresh: FRESH_GRACE_MS). On a tie the older connection (earlier in
+ * insertion order) goes. A scan (about 10 us over 1,024 connections), run only
+ * when a client arrives at a cap.
+ */
+export function idlest(conns: Iterable<TcpClientConnection>, now: number): TcpClientConnection | null {
   let victim: TcpClientConnection | null = null;
   for (const c of conns) {
-    if (c.idle && (victim === null || c.lastActiveMs < victim.lastActiveMs)) victim = c;
+    if (!c.idle || (c.served === 0 && now - c.lastActiveMs < FRESH_GRACE_MS)) continue;
+    if (victim === null || c.lastActiveMs < victim.lastActiveMs) victim = c;
   }
   return victim;
 }
@@ -51,9 +62,9 @@ export class ConnectionsPerClient {
   }
 
   /** The idlest of `address`'s own connections, the one to close for its newcomer; null when all are busy. */
-  idlestOf(address: string): TcpClientConnection | null {
+  idlestOf(address: string, now: number): TcpClientConnection | null {
     const own = this.#byAddress.get(address);
-    return own === undefined ? null : idlest(own);
+    return own === undefined ? null : idlest(own, now);
   }
 
   /** Once per admitted connection. */
