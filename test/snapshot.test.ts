@@ -871,6 +871,19 @@ t.test('a sliced (periodic) write while entries move, are evicted and their slot
   t.same(keys.slice(firstNew), Array.from({ length: 100 }, (_, i) => keyOf(`q${i}.example`)), 'the names stored during the write come last, in their order');
 });
 
+/** Counts the records the cache's export has handed out so far (how far a write's walk has got). */
+function countWalk(cache: DnsCache): () => number {
+  let walked = 0;
+  const exportAll = cache.export.bind(cache);
+  cache.export = function* (now: number): Generator<CacheRecord> {
+    for (const r of exportAll(now)) {
+      walked++;
+      yield r;
+    }
+  };
+  return () => walked;
+}
+
 t.test('a periodic write streams the file: records are on disk while the cache is still being walked, not held whole in memory first', async (t) => {
   // The write used to encode the whole file in memory (about the live cache's size again, each interval) and open the
   // file only then: a pod sized to --cache-memory could be OOM-killed during a write. Now the body goes to the
@@ -886,20 +899,13 @@ t.test('a periodic write streams the file: records are on disk while the cache i
     cache.insert(keyOf(name), up, scanAnswer(up)!, clock.now());
   }
   t.equal(cache.positiveSize, n, 'all cached');
-  let walked = 0;
-  const exportAll = cache.export.bind(cache);
-  cache.export = function* (now: number): Generator<CacheRecord> {
-    for (const r of exportAll(now)) {
-      walked++;
-      yield r;
-    }
-  };
+  const walked = countWalk(cache);
   let done = false;
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 64, quiet: true }).finally(() => { done = true; });
   let onDiskMidWalk = 0;
   for (let turn = 0; turn < 10_000 && !done; turn++) {
     await new Promise((resolve) => setImmediate(resolve));
-    if (walked >= n) continue;
+    if (walked() >= n) continue;
     for (const name of await readdir(dir)) {
       if (name.includes('.tmp-')) onDiskMidWalk = Math.max(onDiskMidWalk, (await stat(join(dir, name))).size);
     }
@@ -922,4 +928,39 @@ t.test('crc32Combine: the checksum of A then B from theirs, as zlib computes it 
     const y = randomBytes(lb);
     t.equal(crc32Combine(crc32(x), crc32(y), lb), crc32(Buffer.concat([x, y])), `${la} + ${lb} bytes`);
   }
+});
+
+t.test('a sliced (periodic) write: a name refreshed after the walk wrote it comes twice, and the load keeps the newer answer', async (t) => {
+  // The export writes an entry as it is when the walk reaches it and appends the entries stored since the walk began,
+  // so a name refreshed meanwhile (a prefetch, a miss after expiry, a changed address) is in the file twice, the old
+  // answer first. The new agent must serve what the old one served at the end: the newer answer, with its TTL.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const n = 2000;
+  const cache = newCache({ positiveCapacity: n, negativeCapacity: 1000, successTtl: 300 });
+  for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
+  clock.advance(10_000);
+  const walked = countWalk(cache);
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 256, quiet: true });
+  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  t.ok(walked() > 0 && walked() < n, `the walk has begun and paused (${walked()} records)`);
+  // Paused after p0..p255: p0 is refreshed upstream with a new address and a longer TTL.
+  clock.advance(1);
+  const fresh = answer('p0.example', [a('p0.example', '192.0.2.99', 300)]);
+  cache.insert(keyOf('p0.example'), fresh, scanAnswer(fresh)!, clock.now());
+  t.ok((await writing).ok, 'written');
+  const copies = recordsOf(await readFile(path)).filter((r) => r.key === keyOf('p0.example'));
+  t.equal(copies.length, 2, 'p0 is in the file twice (the walk wrote its old entry before the refresh)');
+
+  const back = newCache({ positiveCapacity: n, negativeCapacity: 1000, successTtl: 300 });
+  const load = await loadSnapshot(back, path, clock, silentLogger);
+  t.equal(load.loaded, n, 'every name loaded once');
+  const q = parseQuery(query({ name: 'p0.example' }));
+  const e = back.lookup(q.key, clock.now());
+  t.ok(e, 'p0 is cached');
+  const d = dnsPacket.decode(e!.serve(q, clock.now(), 4096, 1232));
+  const rr = d.answers?.[0];
+  t.equal(rr?.type === 'A' ? rr.data : undefined, '192.0.2.99', 'the newer answer is served, as the old agent did at the end');
+  t.equal(rr === undefined ? undefined : ttlOf(rr), 300, 'with the newer answer\'s TTL');
 });
