@@ -262,7 +262,7 @@ export class DnsCache implements HitCache {
    * removed by then is left out, and the entries stored since the walk began
    * come last (their order taken when the first part ends). A key refreshed
    * after its old entry was written comes twice, the older first (a restore
-   * keeps the first).
+   * keeps the more recently stored).
    */
   *export(now: number): Generator<CacheRecord> {
     const st = this.#store;
@@ -298,7 +298,8 @@ export class DnsCache implements HitCache {
    * would have. Each record goes through today's policy again, as an insert
    * does: the bytes must scan as a cacheable answer to the record's key, and a
    * cap lowered since then shortens its life. Meant for an empty cache at
-   * start; a key already cached keeps its live entry.
+   * start; of two entries for one key (a cached one, or an earlier copy in the
+   * same file) the more recently stored stays.
    */
   restore(records: Iterable<CacheRecord>, now: number): RestoreCounts {
     const counts: RestoreCounts = { restored: 0, expired: 0, invalid: 0, present: 0, noRoom: 0 };
@@ -309,14 +310,24 @@ export class DnsCache implements HitCache {
     core.restoreEvictions = 0;
     try {
       for (const r of records) {
-        if (st.find(r.key) >= 0) {
+        const found = st.find(r.key);
+        // A key twice in one file (refreshed after a periodic write's walk passed it) has its newer copy later.
+        if (found >= 0 && st.storedAt(found) >= now - r.ageMs) {
           counts.present++;
           continue;
         }
         const entry = reviveRecord(r, now, this.#opts);
         if (entry === 'invalid') counts.invalid++;
         else if (entry === 'expired') counts.expired++;
-        else {
+        else if (found >= 0) {
+          // Replaces the older copy in place of a new entry: counted once, as restored already.
+          counts.present++;
+          if (st.insert(entry.negative ? NEGATIVE : POSITIVE, r.key, entry) < 0) {
+            counts.restored--;
+            counts.noRoom++;
+          }
+          this.#countEvictions();
+        } else {
           const list: ListId = entry.negative ? NEGATIVE : POSITIVE;
           if (st.insert(list, r.key, entry) >= 0) counts.restored++;
           else counts.noRoom++;
