@@ -822,6 +822,19 @@ t.test('a snapshot of a cache with a larger --cache-memory: the most recent entr
   t.ok(servedTtl(small, `n${n - 1}.example`, clock.now()) !== undefined, 'the most recent entry is served');
 });
 
+/** Counts the records the cache's export has handed out so far (how far a write's walk has got). */
+function countWalk(cache: DnsCache): () => number {
+  let walked = 0;
+  const exportAll = cache.export.bind(cache);
+  cache.export = function* (now: number): Generator<CacheRecord> {
+    for (const r of exportAll(now)) {
+      walked++;
+      yield r;
+    }
+  };
+  return () => walked;
+}
+
 t.test('a sliced (periodic) write: one hit between two slices on the entry the walk paused at does not cut off the rest of the cache', async (t) => {
   // The periodic snapshot is what an upgrade's new agent loads. The export walks the LRU list by `newer` links
   // across event-loop turns; a hit (touch: moved to the front, its `newer` now none), a second chance given by an
@@ -833,8 +846,11 @@ t.test('a sliced (periodic) write: one hit between two slices on the entry the w
   const cache = newCache({ positiveCapacity: 4000, negativeCapacity: 1000 });
   const n = 2000;
   for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
-  // writeSnapshot runs synchronously up to its first pause: the first 512 records (p0..p511) are copied, the walk waits at p511.
+  const walked = countWalk(cache);
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 512, quiet: true });
+  // The walk starts once the temporary file is open; at its first pause the first 512 records (p0..p511) are copied.
+  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  t.equal(walked(), 512, 'the walk paused at p511');
   t.not(servedTtl(cache, 'p511.example', clock.now()), undefined, 'a pod hits p511 meanwhile');
   const w = await writing;
   t.ok(w.ok, 'written');
@@ -853,7 +869,11 @@ t.test('a sliced (periodic) write while entries move, are evicted and their slot
   const n = 2000;
   const cache = newCache({ positiveCapacity: n, negativeCapacity: 1000 });
   for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
+  const walked = countWalk(cache);
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 256, quiet: true });
+  // The walk starts once the temporary file is open: wait for its first pause.
+  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  t.equal(walked(), 256, 'the walk paused after its first slice');
   // Paused after p0..p255: p0..p499 hit (moved behind p1999), then 100 new names evict p500..p599 and take their slots.
   for (let i = 0; i < 500; i++) t.not(servedTtl(cache, `p${i}.example`, clock.now()), undefined);
   clock.advance(1);
@@ -870,19 +890,6 @@ t.test('a sliced (periodic) write while entries move, are evicted and their slot
   const firstNew = keys.indexOf(keyOf('q0.example'));
   t.same(keys.slice(firstNew), Array.from({ length: 100 }, (_, i) => keyOf(`q${i}.example`)), 'the names stored during the write come last, in their order');
 });
-
-/** Counts the records the cache's export has handed out so far (how far a write's walk has got). */
-function countWalk(cache: DnsCache): () => number {
-  let walked = 0;
-  const exportAll = cache.export.bind(cache);
-  cache.export = function* (now: number): Generator<CacheRecord> {
-    for (const r of exportAll(now)) {
-      walked++;
-      yield r;
-    }
-  };
-  return () => walked;
-}
 
 t.test('a periodic write streams the file: records are on disk while the cache is still being walked, not held whole in memory first', async (t) => {
   // The write used to encode the whole file in memory (about the live cache's size again, each interval) and open the
