@@ -971,3 +971,16 @@ t.test('a sliced (periodic) write: a name refreshed after the walk wrote it come
   t.equal(rr?.type === 'A' ? rr.data : undefined, '192.0.2.99', 'the newer answer is served, as the old agent did at the end');
   t.equal(rr === undefined ? undefined : ttlOf(rr), 300, 'with the newer answer\'s TTL');
 });
+
+t.test('restore: of two copies of a key the newer decides, also when it has expired by the load (the earlier answer had been replaced)', async (t) => {
+  const clock = new ManualClock();
+  const long = answer('r.example', [a('r.example', '192.0.2.1', 300)]);
+  const short = answer('r.example', [a('r.example', '192.0.2.2', 5)]);
+  const rec = (wire: Buffer, ttlSec: number, ageMs: number): CacheRecord => ({ key: keyOf('r.example'), wire, ttlSec, ageMs, hits: 0, negative: false });
+  // Written at the walk's start: the 300 s answer stored 100 s before; appended: its 5 s replacement, stored 1 s before
+  // the end. Loaded 10 s later: the replacement has expired, the answer it replaced has not.
+  const cache = newCache({ successTtl: 300 });
+  const counts = cache.restore([rec(long, 300, 110_000), rec(short, 5, 11_000)], clock.now());
+  t.equal(cache.lookup(keyOf('r.example'), clock.now()), undefined, 'the replaced answer is not served');
+  t.match(counts, { restored: 0, expired: 1, present: 1 }, 'each record counted once: the earlier as superseded, the newer as expired');
+});
