@@ -298,8 +298,10 @@ export class DnsCache implements HitCache {
    * would have. Each record goes through today's policy again, as an insert
    * does: the bytes must scan as a cacheable answer to the record's key, and a
    * cap lowered since then shortens its life. Meant for an empty cache at
-   * start; of two entries for one key (a cached one, or an earlier copy in the
-   * same file) the more recently stored stays.
+   * start (an entry found for a key is taken as an earlier record of this
+   * load, counted restored): of two copies of one key the more recently
+   * stored decides, so a copy superseded in the file is dropped even when the
+   * newer one has expired by now or is invalid.
    */
   restore(records: Iterable<CacheRecord>, now: number): RestoreCounts {
     const counts: RestoreCounts = { restored: 0, expired: 0, invalid: 0, present: 0, noRoom: 0 };
@@ -311,23 +313,18 @@ export class DnsCache implements HitCache {
     try {
       for (const r of records) {
         const found = st.find(r.key);
-        // A key twice in one file (refreshed after a periodic write's walk passed it) has its newer copy later.
-        if (found >= 0 && st.storedAt(found) >= now - r.ageMs) {
+        if (found >= 0) {
+          // The more recently stored copy decides: a key twice in one file (refreshed after a periodic write's walk
+          // passed it) has its newer copy later, and the earlier answer had been replaced even if the newer expired since.
           counts.present++;
-          continue;
+          if (st.storedAt(found) >= now - r.ageMs) continue;
+          st.remove(found);
+          counts.restored--;
         }
         const entry = reviveRecord(r, now, this.#opts);
         if (entry === 'invalid') counts.invalid++;
         else if (entry === 'expired') counts.expired++;
-        else if (found >= 0) {
-          // Replaces the older copy in place of a new entry: counted once, as restored already.
-          counts.present++;
-          if (st.insert(entry.negative ? NEGATIVE : POSITIVE, r.key, entry) < 0) {
-            counts.restored--;
-            counts.noRoom++;
-          }
-          this.#countEvictions();
-        } else {
+        else {
           const list: ListId = entry.negative ? NEGATIVE : POSITIVE;
           if (st.insert(list, r.key, entry) >= 0) counts.restored++;
           else counts.noRoom++;
