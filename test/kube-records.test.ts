@@ -864,3 +864,61 @@ t.test('the DNS service is found by the cluster DNS address the agent forwards t
   }
   t.same(named, ['10.96.0.10'], 'kube-system/kube-dns when the view has it');
 });
+
+/** Every compression pointer in the names of `wire`'s records: [where it is, where it points]. */
+function pointersOf(wire: Buffer): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  const walk = (off: number): number => {
+    for (;;) {
+      const len = wire[off]!;
+      if (len === 0) return off + 1;
+      if ((len & 0xc0) === 0xc0) {
+        out.push([off, wire.readUInt16BE(off) & 0x3fff]);
+        return off + 2;
+      }
+      off += len + 1;
+    }
+  };
+  let off = scanAnswer(wire)!.questionEnd;
+  const records = wire.readUInt16BE(6) + wire.readUInt16BE(8) + wire.readUInt16BE(10);
+  for (let i = 0; i < records; i++) {
+    off = walk(off);
+    const type = wire.readUInt16BE(off);
+    const rd = off + 10;
+    if (type === QType.CNAME || type === QType.PTR || type === QType.NS) walk(rd);
+    else if (type === QType.SRV) walk(rd + 6);
+    else if (type === QType.SOA) walk(walk(rd));
+    off = rd + wire.readUInt16BE(off + 8);
+  }
+  return out;
+}
+
+t.test('a view answer past 16 KiB: every pointer targets an offset below 0x4000 written before it, and any cut of it decodes', async (t) => {
+  // A pointer holds 14 bits of offset: a name first written past 16,383 must be written out again, never pointed at.
+  // SRV targets (written whole) and their addresses (owners pointing at them) fill the message well past that.
+  const svc = SVC('big.apps');
+  const n = 600;
+  const answer: ClusterRR[] = [];
+  const additional: ClusterRR[] = [];
+  for (let i = 0; i < n; i++) {
+    const target = `pod-${i}.${svc}`;
+    answer.push({ name: `_http._tcp.${svc}`, type: 'SRV', ttl: 5, data: { priority: 0, weight: 100, port: 80, target } });
+    additional.push({ name: target, type: 'A', ttl: 5, data: `10.1.${i >> 8}.${i & 0xff}` });
+  }
+  const ans: ClusterAnswer = { kind: 'answer', rcode: Rcode.NOERROR, answer, authority: [], additional, chase: '' };
+  const wire = encodeAnswer(nameToWire(`_http._tcp.${svc}`), QType.SRV, ans);
+  t.ok(wire.length > 0x4000 * 2, `well past 16 KiB (${wire.length} bytes)`);
+  const d = dnsPacket.decode(wire);
+  t.equal(d.answers?.length, n, 'every SRV');
+  t.equal(d.additionals?.length, n, 'every address');
+  t.same((d.additionals ?? []).map((r) => `${r.name} ${(r as { data: string }).data}`), additional.map((r) => `${r.name} ${r.data as string}`), 'each address under its target');
+  const ptrs = pointersOf(wire);
+  t.ok(ptrs.some(([at]) => at > 0x4000), 'names past 16 KiB are compressed too (against earlier suffixes)');
+  t.same(ptrs.filter(([at, to]) => to >= 0x4000 || to >= at), [], 'no pointer at or past 0x4000, none forwards');
+  const scan = scanAnswer(wire)!;
+  for (const budget of [512, 1221, 16_384, 0x4000 + 700, 40_000]) {
+    const k = keptRecords(wire, scan.ttlOffsets, budget);
+    const kept = k < 0 ? ~k : k;
+    t.equal(decodeCut(wire, kept).answers?.length, Math.min(kept, n), `cut to ${budget} bytes: ${kept} records decode`);
+  }
+});

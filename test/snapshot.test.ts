@@ -822,6 +822,19 @@ t.test('a snapshot of a cache with a larger --cache-memory: the most recent entr
   t.ok(servedTtl(small, `n${n - 1}.example`, clock.now()) !== undefined, 'the most recent entry is served');
 });
 
+/** Counts the records the cache's export has handed out so far (how far a write's walk has got). */
+function countWalk(cache: DnsCache): () => number {
+  let walked = 0;
+  const exportAll = cache.export.bind(cache);
+  cache.export = function* (now: number): Generator<CacheRecord> {
+    for (const r of exportAll(now)) {
+      walked++;
+      yield r;
+    }
+  };
+  return () => walked;
+}
+
 t.test('a sliced (periodic) write: one hit between two slices on the entry the walk paused at does not cut off the rest of the cache', async (t) => {
   // The periodic snapshot is what an upgrade's new agent loads. The export walks the LRU list by `newer` links
   // across event-loop turns; a hit (touch: moved to the front, its `newer` now none), a second chance given by an
@@ -833,8 +846,11 @@ t.test('a sliced (periodic) write: one hit between two slices on the entry the w
   const cache = newCache({ positiveCapacity: 4000, negativeCapacity: 1000 });
   const n = 2000;
   for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
-  // writeSnapshot runs synchronously up to its first pause: the first 512 records (p0..p511) are copied, the walk waits at p511.
+  const walked = countWalk(cache);
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 512, quiet: true });
+  // The walk starts once the temporary file is open; at its first pause the first 512 records (p0..p511) are copied.
+  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  t.equal(walked(), 512, 'the walk paused at p511');
   t.not(servedTtl(cache, 'p511.example', clock.now()), undefined, 'a pod hits p511 meanwhile');
   const w = await writing;
   t.ok(w.ok, 'written');
@@ -853,7 +869,11 @@ t.test('a sliced (periodic) write while entries move, are evicted and their slot
   const n = 2000;
   const cache = newCache({ positiveCapacity: n, negativeCapacity: 1000 });
   for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
+  const walked = countWalk(cache);
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 256, quiet: true });
+  // The walk starts once the temporary file is open: wait for its first pause.
+  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  t.equal(walked(), 256, 'the walk paused after its first slice');
   // Paused after p0..p255: p0..p499 hit (moved behind p1999), then 100 new names evict p500..p599 and take their slots.
   for (let i = 0; i < 500; i++) t.not(servedTtl(cache, `p${i}.example`, clock.now()), undefined);
   clock.advance(1);
@@ -886,20 +906,13 @@ t.test('a periodic write streams the file: records are on disk while the cache i
     cache.insert(keyOf(name), up, scanAnswer(up)!, clock.now());
   }
   t.equal(cache.positiveSize, n, 'all cached');
-  let walked = 0;
-  const exportAll = cache.export.bind(cache);
-  cache.export = function* (now: number): Generator<CacheRecord> {
-    for (const r of exportAll(now)) {
-      walked++;
-      yield r;
-    }
-  };
+  const walked = countWalk(cache);
   let done = false;
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 64, quiet: true }).finally(() => { done = true; });
   let onDiskMidWalk = 0;
   for (let turn = 0; turn < 10_000 && !done; turn++) {
     await new Promise((resolve) => setImmediate(resolve));
-    if (walked >= n) continue;
+    if (walked() >= n) continue;
     for (const name of await readdir(dir)) {
       if (name.includes('.tmp-')) onDiskMidWalk = Math.max(onDiskMidWalk, (await stat(join(dir, name))).size);
     }
@@ -922,4 +935,52 @@ t.test('crc32Combine: the checksum of A then B from theirs, as zlib computes it 
     const y = randomBytes(lb);
     t.equal(crc32Combine(crc32(x), crc32(y), lb), crc32(Buffer.concat([x, y])), `${la} + ${lb} bytes`);
   }
+});
+
+t.test('a sliced (periodic) write: a name refreshed after the walk wrote it comes twice, and the load keeps the newer answer', async (t) => {
+  // The export writes an entry as it is when the walk reaches it and appends the entries stored since the walk began,
+  // so a name refreshed meanwhile (a prefetch, a miss after expiry, a changed address) is in the file twice, the old
+  // answer first. The new agent must serve what the old one served at the end: the newer answer, with its TTL.
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snap');
+  const clock = new ManualClock();
+  const n = 2000;
+  const cache = newCache({ positiveCapacity: n, negativeCapacity: 1000, successTtl: 300 });
+  for (let i = 0; i < n; i++) put(cache, clock, `p${i}.example`, 30);
+  clock.advance(10_000);
+  const walked = countWalk(cache);
+  const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 256, quiet: true });
+  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  t.ok(walked() > 0 && walked() < n, `the walk has begun and paused (${walked()} records)`);
+  // Paused after p0..p255: p0 is refreshed upstream with a new address and a longer TTL.
+  clock.advance(1);
+  const fresh = answer('p0.example', [a('p0.example', '192.0.2.99', 300)]);
+  cache.insert(keyOf('p0.example'), fresh, scanAnswer(fresh)!, clock.now());
+  t.ok((await writing).ok, 'written');
+  const copies = recordsOf(await readFile(path)).filter((r) => r.key === keyOf('p0.example'));
+  t.equal(copies.length, 2, 'p0 is in the file twice (the walk wrote its old entry before the refresh)');
+
+  const back = newCache({ positiveCapacity: n, negativeCapacity: 1000, successTtl: 300 });
+  const load = await loadSnapshot(back, path, clock, silentLogger);
+  t.equal(load.loaded, n, 'every name loaded once');
+  const q = parseQuery(query({ name: 'p0.example' }));
+  const e = back.lookup(q.key, clock.now());
+  t.ok(e, 'p0 is cached');
+  const d = dnsPacket.decode(e!.serve(q, clock.now(), 4096, 1232));
+  const rr = d.answers?.[0];
+  t.equal(rr?.type === 'A' ? rr.data : undefined, '192.0.2.99', 'the newer answer is served, as the old agent did at the end');
+  t.equal(rr === undefined ? undefined : ttlOf(rr), 300, 'with the newer answer\'s TTL');
+});
+
+t.test('restore: of two copies of a key the newer decides, also when it has expired by the load (the earlier answer had been replaced)', async (t) => {
+  const clock = new ManualClock();
+  const long = answer('r.example', [a('r.example', '192.0.2.1', 300)]);
+  const short = answer('r.example', [a('r.example', '192.0.2.2', 5)]);
+  const rec = (wire: Buffer, ttlSec: number, ageMs: number): CacheRecord => ({ key: keyOf('r.example'), wire, ttlSec, ageMs, hits: 0, negative: false });
+  // Written at the walk's start: the 300 s answer stored 100 s before; appended: its 5 s replacement, stored 1 s before
+  // the end. Loaded 10 s later: the replacement has expired, the answer it replaced has not.
+  const cache = newCache({ successTtl: 300 });
+  const counts = cache.restore([rec(long, 300, 110_000), rec(short, 5, 11_000)], clock.now());
+  t.equal(cache.lookup(keyOf('r.example'), clock.now()), undefined, 'the replaced answer is not served');
+  t.match(counts, { restored: 0, expired: 1, present: 1 }, 'each record counted once: the earlier as superseded, the newer as expired');
 });

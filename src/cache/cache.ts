@@ -262,7 +262,7 @@ export class DnsCache implements HitCache {
    * removed by then is left out, and the entries stored since the walk began
    * come last (their order taken when the first part ends). A key refreshed
    * after its old entry was written comes twice, the older first (a restore
-   * keeps the first).
+   * keeps the more recently stored).
    */
   *export(now: number): Generator<CacheRecord> {
     const st = this.#store;
@@ -298,7 +298,10 @@ export class DnsCache implements HitCache {
    * would have. Each record goes through today's policy again, as an insert
    * does: the bytes must scan as a cacheable answer to the record's key, and a
    * cap lowered since then shortens its life. Meant for an empty cache at
-   * start; a key already cached keeps its live entry.
+   * start (an entry found for a key is taken as an earlier record of this
+   * load, counted restored): of two copies of one key the more recently
+   * stored decides, so a copy superseded in the file is dropped even when the
+   * newer one has expired by now or is invalid.
    */
   restore(records: Iterable<CacheRecord>, now: number): RestoreCounts {
     const counts: RestoreCounts = { restored: 0, expired: 0, invalid: 0, present: 0, noRoom: 0 };
@@ -309,9 +312,14 @@ export class DnsCache implements HitCache {
     core.restoreEvictions = 0;
     try {
       for (const r of records) {
-        if (st.find(r.key) >= 0) {
+        const found = st.find(r.key);
+        if (found >= 0) {
+          // The more recently stored copy decides: a key twice in one file (refreshed after a periodic write's walk
+          // passed it) has its newer copy later, and the earlier answer had been replaced even if the newer expired since.
           counts.present++;
-          continue;
+          if (st.storedAt(found) >= now - r.ageMs) continue;
+          st.remove(found);
+          counts.restored--;
         }
         const entry = reviveRecord(r, now, this.#opts);
         if (entry === 'invalid') counts.invalid++;

@@ -26,7 +26,7 @@
  * the LRU links, which a hit or an eviction rewires under it), an entry is
  * written as it is when the walk reaches it, one removed by then is missed,
  * the entries stored meanwhile come last, and a key refreshed after the walk
- * passed it comes twice (the load keeps the first). Each record is aged from
+ * passed it comes twice (the load keeps the newer). Each record is aged from
  * the export's start, so a record replaced meanwhile is written as older
  * than it is: it expires early after a restart, never late. The shutdown
  * write runs after the listeners closed, without pauses.
