@@ -1155,6 +1155,39 @@ t.test('bounded: connections that have sent no request yet do not lock the kubel
   t.equal(await probe(), '200', 'a probe while other addresses hold every slot with silent connections is answered');
 });
 
+t.test('bounded: connections whose clients do not read their answers do not lock the kubelet\'s probe out', async (t) => {
+  // A connection is "being answered" from its request until its answer is handed to the kernel. A client that
+  // asks for /metrics (or pipelines /health) and never reads leaves the answer stuck in the socket's buffer, so
+  // it is never quiet and never evictable until the 30 s socket timeout: a few such connections from the node's
+  // own address (which the kubelet's probe shares) close every probe on accept, renewed every 30 s.
+  const big = 'x'.repeat(16 * 1024 * 1024);
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      renders++;
+      return big;
+    },
+  };
+  const s = await withServer(t, { serving: () => true, metrics: source }, ['metrics', 'health'], { maxConnectionsPerPeer: 2 });
+  const hogs: net.Socket[] = [];
+  t.teardown(() => {
+    for (const h of hogs) h.destroy();
+  });
+  for (let i = 0; i < 2; i++) {
+    const h = await connect(s.url);
+    h.on('error', () => {});
+    h.pause();
+    h.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+    hogs.push(h);
+  }
+  for (let i = 0; i < 100 && renders === 0; i++) await new Promise((r) => setTimeout(r, 20));
+  // Let the server fill both sockets' kernel buffers (16 MiB each cannot fit: the clients read nothing).
+  await new Promise((r) => setTimeout(r, 300));
+  const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
+  t.equal(probe.status, 200, `a probe from the same address is answered (got: ${probe.status === 0 ? probe.body : probe.status})`);
+});
+
 t.test('a real agent\'s families each carry one set of label names and one help text (the registry warns of nothing)', async (t) => {
   // MetricsRegistry records a family given two help texts, or series with different label names (a sum() by a
   // label some series lack mixes totals with parts), in `warnings` "for a start-up log" that nothing logs. The
