@@ -1188,6 +1188,19 @@ t.test('bounded: connections whose clients do not read their answers do not lock
   t.equal(probe.status, 200, `a probe from the same address is answered (got: ${probe.status === 0 ? probe.body : probe.status})`);
 });
 
+/** Families of a scrape whose series carry different sets of label names (le aside), as "name: {a,b} {a}". */
+function mixedLabelSets(text: string): string[] {
+  const labelSets = new Map<string, Set<string>>();
+  for (const line of text.split('\n')) {
+    const m = /^(nodelocal_\w+|coredns_\w+)(?:\{(.*)\})? \S+$/.exec(line);
+    if (m === null) continue;
+    const names = [...(m[2] ?? '').matchAll(/([a-zA-Z_]\w*)="/g)].map((l) => l[1]!).filter((n) => n !== 'le').sort().join(',');
+    const base = m[1]!.replace(/_(bucket|sum|count)$/, '');
+    (labelSets.get(base) ?? labelSets.set(base, new Set()).get(base)!).add(names);
+  }
+  return [...labelSets].filter(([, s]) => s.size > 1).map(([name, s]) => `${name}: {${[...s].join('} {')}}`);
+}
+
 t.test('a real agent\'s families each carry one set of label names and one help text (the registry warns of nothing)', async (t) => {
   // MetricsRegistry records a family given two help texts, or series with different label names (a sum() by a
   // label some series lack mixes totals with parts), in `warnings` "for a start-up log" that nothing logs. The
@@ -1200,16 +1213,33 @@ t.test('a real agent\'s families each carry one set of label names and one help 
   t.teardown(() => agent.stop());
   t.same(agent.agent.metrics.registry.warnings, [], 'no family with two help texts or two sets of label names');
   const text = await agent.agent.metrics.metrics();
-  const labelSets = new Map<string, Set<string>>();
-  for (const line of text.split('\n')) {
-    const m = /^(nodelocal_\w+|coredns_\w+)(?:\{(.*)\})? \S+$/.exec(line);
-    if (m === null) continue;
-    const names = [...(m[2] ?? '').matchAll(/([a-zA-Z_]\w*)="/g)].map((l) => l[1]!).filter((n) => n !== 'le').sort().join(',');
-    const base = m[1]!.replace(/_(bucket|sum|count)$/, '');
-    (labelSets.get(base) ?? labelSets.set(base, new Set()).get(base)!).add(names);
-  }
-  const mixed = [...labelSets].filter(([, s]) => s.size > 1).map(([name, s]) => `${name}: {${[...s].join('} {')}}`);
+  const mixed = mixedLabelSets(text);
   t.same(mixed, [], 'every series of a family has the same label names in a scrape');
+});
+
+t.test('after traffic (hits, misses, TCP, drops, NXDOMAIN), each family still has one set of label names, --io dgram and batched', async (t) => {
+  // Series that appear only with traffic (a drop's reason, an rcode, a TCP listener's counters) are where a
+  // family can gain a second label set that a scrape at start never shows.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery, udpExchange, tcpQuery } = await import('./helpers/dns-client.js');
+  const external = await SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+  t.teardown(() => external.close());
+  for (const [i, io] of (['dgram', 'batched'] as const).entries()) {
+    const host = `127.0.44.${20 + i}`;
+    const agent = await startAgent(host, ['--io', io, ...(io === 'batched' ? ['--workers', '1'] : []), '--upstream-nameservers', `127.0.0.1:${external.port}`, '--no-kube']);
+    t.teardown(() => agent.stop());
+    for (let k = 0; k < 2; k++) {
+      await udpQuery(agent.target, 'www.example.com', { timeoutMs: 3_000 });
+      await udpQuery(agent.target, 'nothing.example.com', { timeoutMs: 3_000 });
+      await tcpQuery(agent.target, 'www.example.com');
+      await udpExchange(agent.target, Buffer.from([1, 2, 3]), 300);
+    }
+    const text = await agent.agent.metrics.metrics();
+    const mixed = mixedLabelSets(text);
+    t.same(mixed, [], `--io ${io}: every series of a family has the same label names after traffic`);
+    t.same(agent.agent.metrics.registry.warnings, [], `--io ${io}: the registry warns of nothing`);
+  }
 });
 
 t.test('a family the registry warns of is logged when the agent starts, not only kept in a list', async (t) => {
