@@ -283,3 +283,22 @@ t.test('a metrics address that is one of the DNS listen addresses is refused at 
   t.ok(started === null && (await waitExit(a.child, START_TIMEOUT_MS)), 'it exits');
   t.ok(a.child.exitCode === 1 || a.child.exitCode === 2, `with status 1 or 2 (got ${String(a.child.exitCode)})`);
 });
+
+t.test('a kube-dns ConfigMap that gains a stub zone twice (two spellings) is refused on reload: the agent keeps serving with the old one and says so', async (t) => {
+  const work = workDir(t);
+  const dir = join(work, 'kube-dns');
+  mkdirSync(dir);
+  writeFileSync(join(dir, 'stubDomains'), '{"consul.local": ["127.0.0.1:5353"]}');
+  const a = startMain(work, ['--resolv-conf', join(work, 'resolv.conf'), '--kube-dns-config-dir', dir]);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  const started = await nextLog(a, 'started', START_TIMEOUT_MS);
+  t.ok(started, 'started with one stub zone');
+  replaceFile(join(dir, 'stubDomains'), '{"consul.local": ["127.0.0.1:5353"], "Consul.Local.": ["127.0.0.1:5354"]}');
+  a.child.kill('SIGHUP');
+  const refused = await nextLog(a, 'configuration reload refused: the running configuration keeps serving', START_TIMEOUT_MS);
+  t.match(String(refused?.['error']), /kube-dns ConfigMap.*given twice/, 'the reload is refused, naming the zone given twice');
+  t.equal(a.child.exitCode, null, 'the agent keeps running');
+  a.child.kill('SIGTERM');
+  t.ok(await waitExit(a.child, 30_000), 'and stops cleanly');
+  t.equal(a.child.exitCode, 0, 'exit 0: the refused reload left nothing broken');
+});

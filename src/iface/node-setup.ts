@@ -97,12 +97,14 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
     stop: async (_deadline, why) => {
       await stopChecks?.();
       inPlace = false;
-      if (why === 'rollback' && made !== null) {
+      // First, rollback included: an agent that bound our addresses after this start made them (a reuse-port
+      // successor started meanwhile) serves on them now, whoever created the link.
+      if (o.successor?.() === true) {
+        o.logger.info('another agent serves these addresses: leaving the link to it', { link: o.interfaceName });
+      } else if (why === 'rollback' && made !== null) {
         // A later part failed: what this start found (a running agent's link, say) is not ours to remove.
         const u = iface.undoEnsure(made);
         o.logger.info('interface start undone', { link: o.interfaceName, removed: u.removed, errors: u.errors });
-      } else if (o.successor?.() === true) {
-        o.logger.info('another agent serves these addresses: leaving the link to it', { link: o.interfaceName });
       } else if (!o.skipTeardown) {
         const t = iface.teardown();
         o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });

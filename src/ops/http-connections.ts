@@ -5,7 +5,10 @@
  * - a cap per client address below the total, and at either cap the
  *   connection quiet longest makes room: one owing no answer, whether idle
  *   after its answers or not yet through its first request (silent, or half a
- *   request). Only when every one is being answered is the newcomer closed.
+ *   request). Failing that, one whose answer sits unsent in its socket (the
+ *   kernel would take no more: a client that asked and does not read, which
+ *   would otherwise hold its slot until the 30 s socket timeout). Only when
+ *   every one is being answered and read is the newcomer closed.
  *   The kubelet probes from the node's own address, which every hostNetwork
  *   process shares: connections that hold a slot without asking must not lock
  *   the probe out. The newcomer gets its turn; a client reopening them only
@@ -61,7 +64,7 @@ export class OpsConnections {
   accept(socket: Socket): void {
     const peer = socket.remoteAddress ?? '';
     const fromPeer = this.#perPeer.get(peer) ?? 0;
-    if ((fromPeer >= this.#bounds.maxConnectionsPerPeer && !this.#evictQuietest(peer)) || (this.#open.size >= this.#bounds.maxConnections && !this.#evictQuietest(null))) {
+    if ((fromPeer >= this.#bounds.maxConnectionsPerPeer && !this.#makeRoom(peer)) || (this.#open.size >= this.#bounds.maxConnections && !this.#makeRoom(null))) {
       socket.destroy();
       return;
     }
@@ -134,9 +137,14 @@ export class OpsConnections {
     if (this.#onSettled !== null && this.#owed() === 0) this.#onSettled();
   }
 
-  #evictQuietest(peer: string | null): boolean {
-    for (const conn of this.#quiet) {
-      if (peer !== null && conn.peer !== peer) continue;
+  /** Closes the connection quiet longest, else one whose client is not reading its answer; false when neither exists. */
+  #makeRoom(peer: string | null): boolean {
+    return this.#evictFirst(this.#quiet, peer, () => true) || this.#evictFirst(this.#open.values(), peer, (c) => c.socket.writableLength > 0);
+  }
+
+  #evictFirst(conns: Iterable<Connection>, peer: string | null, may: (conn: Connection) => boolean): boolean {
+    for (const conn of conns) {
+      if ((peer !== null && conn.peer !== peer) || !may(conn)) continue;
       this.#close(conn);
       return true;
     }
