@@ -727,6 +727,21 @@ t.test('TcpPool: against a cluster DNS that serves each connection in order (Cor
   await Promise.all([slow1.done, slow2.done]);
 });
 
+
+t.test('TcpPool: a cluster DNS slow for every query (overloaded) is not sent the queries waiting on each connection a second time', async (t) => {
+  // An overloaded kube-dns answers every query slowly, each connection in order. Every connection with queries
+  // waiting then looks stalled (300 ms with nothing read), and the queries behind each one's oldest were all moved
+  // and sent again: the server answers both copies (the first is already in its socket buffer), so its load nearly
+  // doubles, and the queries are answered no sooner on a new connection that is just as slow.
+  const server = await sequentialServer(t, () => true, 1000);
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 2 });
+  t.teardown(() => pool.abort());
+  const asks = [0, 1, 2, 3, 4, 5].map((i) => ask(pool, `q${i}.example.com`, { timeoutMs: 10_000 }));
+  const results = await Promise.all(asks.map((a) => a.done));
+  t.same(results.map((r) => r.reason), [null, null, null, null, null, null], 'all answered');
+  t.ok(server.received() <= 7, `each query was sent once, at most one a second time to learn whether another connection is faster (the server received ${server.received()} for 6)`);
+});
+
 t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
   // Both connections go to the ClusterIP; the first reached a kube-dns pod whose node then died: no RST, no FIN, the
   // connection stays ESTABLISHED (TCP retransmits for ~15 minutes), every query on it times out. The second reached a
