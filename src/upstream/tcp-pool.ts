@@ -41,7 +41,7 @@ import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Job, openConn, plainConnect, type Conn, type ConnEvents } from './tcp-conn.js';
-import { SILENT_TIMEOUTS, moveStalled, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
+import { Mover, SILENT_TIMEOUTS, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
 import type { TcpPoolOptions } from './tcp-pool-options.js';
 import { tcpPoolCounters, type TcpPoolCounter } from './tcp-pool-counters.js';
 import { TcpReachability } from './tcp-reachability.js';
@@ -82,6 +82,7 @@ export class TcpPool implements Upstream {
   readonly #batch: WriteBatch;
   readonly #events: ConnEvents;
   readonly #rotate = (c: Conn): void => this.#drain(c, true);
+  readonly #mover = new Mover();
 
   constructor(opts: TcpPoolOptions) {
     // A host name would make net.connect resolve it through the system resolver: maybe through us.
@@ -130,9 +131,7 @@ export class TcpPool implements Upstream {
     return n;
   }
 
-  get queued(): number {
-    return this.#queue.length;
-  }
+  get queued(): number { return this.#queue.length; }
 
   /** Returns the exchange's record, for cancel(). */
   send(ex: UpstreamExchange): Job {
@@ -254,6 +253,7 @@ export class TcpPool implements Upstream {
     if (this.#durations !== null) this.#durations.observeMs(rcode, now - job.sentAt);
     const failed = serverFailed(rcode) && this.#servfailCounts(job.ex.query);
     this.health.record(failed ? 'servfail' : 'answered', now);
+    this.#mover.answered(job, now);
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
     if (c.state === 'open' && c.inflight.size === 0 && surplus(this.#conns, this.#size, now)) this.#drain(c, false);
@@ -350,7 +350,7 @@ export class TcpPool implements Upstream {
       }
       // Queries behind a stalled connection's slow one go back to the queue: the pump below sends them on another.
       if (c.silentTimeouts >= SILENT_TIMEOUTS) this.#setClosed(c, 'silent');
-      else moveStalled(c, now, this.#queue);
+      else this.#mover.move(c, now, this.#queue);
       if (c.state === 'open' && now - c.openedAt >= this.#rotateAfterMs) this.#drain(c, true);
       if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
     }
