@@ -768,6 +768,25 @@ t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-
   t.same(reasons.slice(-3), [null, null, null], `after a few timeouts on the dead connection, queries are answered (got ${reasons.join(', ')})`);
 });
 
+t.test('TcpPool: a connection whose answers all come after their deadline (a slow cluster DNS) is not closed as silent', async (t) => {
+  // A connection on which 2 queries in a row time out with nothing read is taken for dead (its pod's node gone, no
+  // RST) and replaced. An answer after its deadline (counted late) is something read: the server is alive, only slow
+  // (kube-dns overloaded). It did not count, so such a connection was closed every 2 timeouts, logged as "nothing
+  // read", its other queries sent again to the slow server on a new connection, and the server's work on them lost.
+  const server = await sequentialServer(t, () => true, 600);
+  const replaced: string[] = [];
+  const logger: Logger = { debug() {}, warn() {}, error() {}, info: (msg) => void (msg.includes('replaced') && replaced.push(msg)) };
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 1, logger });
+  t.teardown(() => pool.abort());
+  for (let i = 0; i < 4; i++) {
+    const r = await ask(pool, `q${i}.example.com`, { timeoutMs: 300 }).done;
+    t.equal(r.reason, 'timeout', `round ${i}: the query timed out`);
+    t.ok(await until(() => pool.counters.get('late') === i + 1), `round ${i}: its answer was read, late`);
+  }
+  t.same(replaced, [], 'no connection was replaced as silent: every query was answered, if late');
+  t.equal(server.received(), 4, 'each query reached the server once');
+});
+
 t.test('TcpPool: the server closing a draining connection during close() fails its queries closed, not network', async (t) => {
   // A reload retires the old pool with close(): its in-flight queries may finish. If the server closes that draining
   // connection first, they cannot be re-sent (the pool takes nothing new) and were failed 'network', so the resolver
