@@ -60,7 +60,7 @@ export class Conn {
   openedAt: number;
   /** Clock ms it last moved on: an answer read, or a query written while nothing was in flight (tcp-pick.ts stalled()). */
   progressAt: number;
-  /** Queries timed out on it since its last answer: a connection black-holed (its pod's node gone, no RST) only times out. */
+  /** Queries timed out on it since it last read a frame: a connection black-holed (its pod's node gone, no RST) only times out. */
   silentTimeouts: number;
   /** errno code of the last socket error, for the unreachable log line. */
   lastError: string;
@@ -121,7 +121,7 @@ export class Conn {
     return job;
   }
 
-  /** An answer read: the connection moves on, and is not silent. */
+  /** A frame read (an answer, or one late or mismatched): the connection moves on, and is not silent. */
   heard(now: number): void {
     this.progressAt = now;
     this.silentTimeouts = 0;

@@ -234,12 +234,10 @@ export class TcpPool implements Upstream {
   /** An arrow bound once: ConnEvents.frame, called straight from each connection's decoder. */
   readonly #onFrame = (c: Conn, msg: Buffer): void => {
     const job = c.answerFor(msg);
-    if (job === 'late') {
-      this.#values[SLOT.late]!++;
-      return;
-    }
-    if (job === 'mismatched') {
-      this.#values[SLOT.mismatched]!++;
+    if (job === 'late' || job === 'mismatched') {
+      // Still something read: the server is alive, only slow (not silent), and moving on (not stalled).
+      c.heard(this.#clock.now());
+      this.#values[job === 'late' ? SLOT.late : SLOT.mismatched]!++;
       return;
     }
     if (MISS_TRACE) traceRecord('write.data', traceMarks.dataAt - job.tracedAt);
