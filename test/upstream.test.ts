@@ -805,6 +805,26 @@ t.test('TcpPool: the server closing a draining connection during close() fails i
   await closing;
 });
 
+t.test('TcpPool: close() while a connection is stalled behind a slow query still completes the queries behind it', async (t) => {
+  // A reload retires the pool with close(): what is in flight may finish on its connection, now draining. When that
+  // connection stalled behind a slow lookup, the sweep still moved the query behind it to the queue, where nothing
+  // would send it (the pool takes no new connection), and once the slow answer closed the last connection the pool
+  // finished closing and stopped its sweep: the query was never answered nor failed (its client waits, the
+  // resolver's in-flight count never comes down).
+  const server = await sequentialServer(t, (name) => name.startsWith('slow'), 1000);
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 1 });
+  t.teardown(() => pool.abort());
+  const slow = ask(pool, 'slow.example.com', { timeoutMs: 3000 });
+  const behind = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  t.ok(await until(() => server.received() === 2), 'both are on the one connection, the second behind the slow one');
+  const closing = pool.close();
+  const [s, b] = await Promise.all([slow.done, behind.done]);
+  t.equal(s.reason, null, 'the slow query is answered');
+  t.not(b.reason, 'never completed', 'the query behind it completes');
+  t.equal(b.reason, null, 'answered on its connection, after the slow one');
+  await closing;
+});
+
 t.test('TcpPool: abort() rejects what is in flight with closed: no network error, no health failure', async (t) => {
   // Shutdown past its grace: types.ts says abort() rejects in-flight exchanges with 'closed' (HostResolvers does).
   const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
