@@ -23,12 +23,16 @@
 import type { Fifo } from './fifo.js';
 import type { Conn, Job } from './tcp-conn.js';
 
-/** Cluster names are answered in about a millisecond: this long with nothing read means a query ahead is slow. */
+/**
+ * Cluster names are answered in about a millisecond: this long with nothing read means a query ahead is slow. The
+ * cluster pool's default (TcpPoolOptions.stallMs); a DNS-over-TLS resolver answers out of order, and takes longer
+ * for a name not in its cache, so its pools have none.
+ */
 export const STALL_MS = 300;
 export const SILENT_TIMEOUTS = 2;
 
 export function stalled(c: Conn, now: number): boolean {
-  return c.inflight.size > 0 && now - c.progressAt >= STALL_MS;
+  return c.inflight.size > 0 && now - c.progressAt >= c.stallMs;
 }
 
 /** 0 fine, 1 a timeout since its last answer, 2 stalled: the lowest is chosen, then the least loaded. */

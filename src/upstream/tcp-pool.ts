@@ -41,7 +41,7 @@ import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Job, openConn, plainConnect, type Conn, type ConnEvents } from './tcp-conn.js';
-import { Mover, SILENT_TIMEOUTS, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
+import { Mover, SILENT_TIMEOUTS, STALL_MS, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
 import type { TcpPoolOptions } from './tcp-pool-options.js';
 import { tcpPoolCounters, type TcpPoolCounter } from './tcp-pool-counters.js';
 import { TcpReachability } from './tcp-reachability.js';
@@ -73,11 +73,13 @@ export class TcpPool implements Upstream {
   readonly #connectFn: (server: ServerAddress) => net.Socket;
   readonly #kind: string;
   readonly #servfailCounts: (query: Buffer) => boolean;
-  readonly #conns: Conn[];
-  readonly #queue: Fifo<Job>;
-  readonly #life: Lifecycle;
+  /** A connection is stalled after this long with nothing read (tcp-pick.ts); Infinity: never. */
+  readonly #stallMs: number;
+  readonly #conns: Conn[] = [];
+  readonly #queue = new Fifo<Job>(64);
+  readonly #life = new Lifecycle();
   /** Unregisters our sweep from the clock's shared timer; null while nothing is pending. */
-  #sweep: (() => void) | null;
+  #sweep: (() => void) | null = null;
   readonly #reach: TcpReachability;
   readonly #batch: WriteBatch;
   readonly #events: ConnEvents;
@@ -92,6 +94,7 @@ export class TcpPool implements Upstream {
     this.#connectFn = opts.connect ?? plainConnect;
     this.#kind = opts.kind ?? 'cluster dns';
     this.#servfailCounts = opts.servfailCounts ?? (() => true);
+    this.#stallMs = opts.stallMs === undefined ? STALL_MS : (opts.stallMs ?? Infinity);
     this.#size = Math.max(1, opts.connections ?? DEFAULTS.upstreamConnections);
     // Ids are 16 bits and unique per connection.
     this.#maxInFlight = Math.min(0xffff, Math.max(1, opts.maxInFlightPerConnection ?? DEFAULTS.upstreamMaxInFlight));
@@ -105,10 +108,6 @@ export class TcpPool implements Upstream {
     this.counters = opts.counters ?? new Counters(tcpPoolCounters);
     this.#values = this.counters.values;
     this.#durations = opts.durations ?? null;
-    this.#conns = [];
-    this.#queue = new Fifo<Job>(64);
-    this.#life = new Lifecycle();
-    this.#sweep = null;
     this.#reach = new TcpReachability(this.name, this.#kind, this.#values, this.health, this.#log);
     this.#batch = new WriteBatch();
     this.#events = {
@@ -218,7 +217,7 @@ export class TcpPool implements Upstream {
 
   #connect(now: number): void {
     this.#reach.connecting();
-    this.#conns.push(openConn(this.#connectFn(this.#server), now, this.#events));
+    this.#conns.push(openConn(this.#connectFn(this.#server), now, this.#events, this.#stallMs));
     this.#armSweep();
   }
 
