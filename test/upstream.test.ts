@@ -742,6 +742,23 @@ t.test('TcpPool: a cluster DNS slow for every query (overloaded) is not sent the
   t.ok(server.received() <= 7, `each query was sent once, at most one a second time to learn whether another connection is faster (the server received ${server.received()} for 6)`);
 });
 
+t.test('TcpPool: a query moved off a stalled connection and sent again is counted as sent again', async (t) => {
+  // nodelocal_upstream_tcp_retries_total counts queries sent again on another connection; a query moved off a
+  // stalled connection is sent again too (the server answers both copies), but only coredns_forward_requests_total
+  // rose: an operator saw more requests than exchanges and no reason for it.
+  const server = await sequentialServer(t, (name) => name.startsWith('slow'), 1000);
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 1 });
+  t.teardown(() => pool.abort());
+  const slow = ask(pool, 'slow.example.com', { timeoutMs: 3000 });
+  const behind = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  const b = await behind.done;
+  t.equal(b.reason, null, 'the query behind the slow one is answered');
+  t.equal(server.received(), 3, 'it was sent twice');
+  t.equal(pool.counters.get('sent'), 3, 'both sends counted as requests');
+  t.equal(pool.counters.get('retried'), 1, 'the second one counted as sent again');
+  await slow.done;
+});
+
 t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
   // Both connections go to the ClusterIP; the first reached a kube-dns pod whose node then died: no RST, no FIN, the
   // connection stays ESTABLISHED (TCP retransmits for ~15 minutes), every query on it times out. The second reached a
