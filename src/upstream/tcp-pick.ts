@@ -103,15 +103,15 @@ export class Mover {
     else this.#hold(now);
   }
 
-  /** Moves the queries waiting behind stalled `c`'s oldest (not moved before) to the head of `queue`, oldest first, as the last outcome allows. */
-  move(c: Conn, now: number, queue: Fifo<Job>): void {
-    if (!stalled(c, now) || c.inflight.size < 2) return;
+  /** Moves the queries waiting behind stalled `c`'s oldest (not moved before) to the head of `queue`, oldest first, as the last outcome allows; how many. */
+  move(c: Conn, now: number, queue: Fifo<Job>): number {
+    if (!stalled(c, now) || c.inflight.size < 2) return 0;
     const all = now < this.#openUntil;
-    if (!all && now < this.#heldUntil) return;
+    if (!all && now < this.#heldUntil) return 0;
     if (!all && this.#probe !== null) {
       // Done without an answer (answered() clears it): it timed out, or failed, on its new connection too.
       if (this.#probe.done) this.#hold(now);
-      return;
+      return 0;
     }
     const moving: Job[] = [];
     let first = true;
@@ -127,6 +127,7 @@ export class Mover {
       job.moved = true;
       queue.unshift(job);
     }
+    return moving.length;
   }
 
   #hold(now: number): void {

@@ -348,7 +348,7 @@ export class TcpPool implements Upstream {
       // Queries behind a stalled connection's slow one go back to the queue: the pump below sends them on another.
       // Not while the pool closes: nothing would send them, and they may still be answered where they are.
       if (c.silentTimeouts >= SILENT_TIMEOUTS) this.#setClosed(c, 'silent');
-      else if (this.#life.running) this.#mover.move(c, now, this.#queue);
+      else if (this.#life.running) this.#values[SLOT.retried]! += this.#mover.move(c, now, this.#queue);
       if (c.state === 'open' && now - c.openedAt >= this.#rotateAfterMs) this.#drain(c, true);
       if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
     }
