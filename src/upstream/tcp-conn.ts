@@ -62,7 +62,7 @@ export class Conn {
   progressAt: number;
   /** Nothing read this long with queries outstanding: stalled (tcp-pick.ts); Infinity for a server that answers out of order. */
   readonly stallMs: number;
-  /** Queries timed out on it since it last read a frame: a connection black-holed (its pod's node gone, no RST) only times out. */
+  /** Queries timed out on it since it last read an answer (late ones too): a connection black-holed (its pod's node gone, no RST) only times out. */
   silentTimeouts: number;
   /** errno code of the last socket error, for the unreachable log line. */
   lastError: string;
@@ -124,7 +124,7 @@ export class Conn {
     return job;
   }
 
-  /** A frame read (an answer, or one late or mismatched): the connection moves on, and is not silent. */
+  /** An answer read (one in time, or late): the connection moves on, and is not silent. */
   heard(now: number): void {
     this.progressAt = now;
     this.silentTimeouts = 0;

@@ -234,8 +234,8 @@ export class TcpPool implements Upstream {
   readonly #onFrame = (c: Conn, msg: Buffer): void => {
     const job = c.answerFor(msg);
     if (job === 'late' || job === 'mismatched') {
-      // Still something read: the server is alive, only slow (not silent), and moving on (not stalled).
-      c.heard(this.#clock.now());
+      // A late answer is still an answer: the server is alive, only slow (not silent), and moving on (not stalled).
+      if (job === 'late') c.heard(this.#clock.now());
       this.#values[job === 'late' ? SLOT.late : SLOT.mismatched]!++;
       return;
     }
