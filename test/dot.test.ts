@@ -306,6 +306,26 @@ if (!opensslAvailable()) {
     await closing;
   });
 
+  t.test('a DNS-over-TLS server slow to answer (a cold recursive lookup) is not sent the queries again nor given extra connections', async (t) => {
+    // The cluster pool's stall rule (tcp-pick.ts) is for a cluster DNS that serves each connection in order and
+    // answers cluster names in a millisecond: 300 ms with nothing read means a query ahead holds the others up. A
+    // DNS-over-TLS resolver answers out of order (RFC 7766) and takes hundreds of ms for a name not in its cache:
+    // nothing is held up, yet the rule opened more TLS connections and sent queries again.
+    const s = await server(t, dnsTest, { holdUntilPending: 1_000_000 });
+    const resolvers = new TlsResolvers({ servers: [parseTlsServer(`tls://127.0.0.1:${s.port}@dns.test`) as TlsServer], ca: [ca.cert], attemptTimeoutMs: 300, connections: 1 });
+    t.teardown(() => resolvers.abort());
+    const names = ['www.example.org', 'a.example.org', 'b.example.org', 'c.example.org'];
+    const outcomes = names.map((n) => exchange(resolvers, n));
+    await untilQueries(s, names.length);
+    // A second and a half with nothing answered, as a resolver busy with cold lookups.
+    await new Promise((r) => setTimeout(r, 1500));
+    s.releaseHeld();
+    const got = await Promise.all(outcomes);
+    t.ok(got.every((g) => Buffer.isBuffer(g)), 'all answered');
+    t.equal(s.queries, names.length, `each query sent once (the server got ${s.queries} for ${names.length})`);
+    t.equal(s.connections, 1, `on its one connection (${s.connections} made)`);
+  });
+
   t.test('an answer that comes after its try ran out is not also counted a timeout of the server that gave it', async (t) => {
     // TlsResolvers.#finish records a timeout against every try past its expiry that it cancels; the try that just
     // answered was among them: its server, having answered, was marked with a failure too (a third of the way to failing).

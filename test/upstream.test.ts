@@ -727,6 +727,38 @@ t.test('TcpPool: against a cluster DNS that serves each connection in order (Cor
   await Promise.all([slow1.done, slow2.done]);
 });
 
+
+t.test('TcpPool: a cluster DNS slow for every query (overloaded) is not sent the queries waiting on each connection a second time', async (t) => {
+  // An overloaded kube-dns answers every query slowly, each connection in order. Every connection with queries
+  // waiting then looks stalled (300 ms with nothing read), and the queries behind each one's oldest were all moved
+  // and sent again: the server answers both copies (the first is already in its socket buffer), so its load nearly
+  // doubles, and the queries are answered no sooner on a new connection that is just as slow.
+  const server = await sequentialServer(t, () => true, 1000);
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 2 });
+  t.teardown(() => pool.abort());
+  const asks = [0, 1, 2, 3, 4, 5].map((i) => ask(pool, `q${i}.example.com`, { timeoutMs: 10_000 }));
+  const results = await Promise.all(asks.map((a) => a.done));
+  t.same(results.map((r) => r.reason), [null, null, null, null, null, null], 'all answered');
+  t.ok(server.received() <= 7, `each query was sent once, at most one a second time to learn whether another connection is faster (the server received ${server.received()} for 6)`);
+});
+
+t.test('TcpPool: a query moved off a stalled connection and sent again is counted as sent again', async (t) => {
+  // nodelocal_upstream_tcp_retries_total counts queries sent again on another connection; a query moved off a
+  // stalled connection is sent again too (the server answers both copies), but only coredns_forward_requests_total
+  // rose: an operator saw more requests than exchanges and no reason for it.
+  const server = await sequentialServer(t, (name) => name.startsWith('slow'), 1000);
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 1 });
+  t.teardown(() => pool.abort());
+  const slow = ask(pool, 'slow.example.com', { timeoutMs: 3000 });
+  const behind = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  const b = await behind.done;
+  t.equal(b.reason, null, 'the query behind the slow one is answered');
+  t.equal(server.received(), 3, 'it was sent twice');
+  t.equal(pool.counters.get('sent'), 3, 'both sends counted as requests');
+  t.equal(pool.counters.get('retried'), 1, 'the second one counted as sent again');
+  await slow.done;
+});
+
 t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
   // Both connections go to the ClusterIP; the first reached a kube-dns pod whose node then died: no RST, no FIN, the
   // connection stays ESTABLISHED (TCP retransmits for ~15 minutes), every query on it times out. The second reached a
@@ -753,6 +785,25 @@ t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-
   t.same(reasons.slice(-3), [null, null, null], `after a few timeouts on the dead connection, queries are answered (got ${reasons.join(', ')})`);
 });
 
+t.test('TcpPool: a connection whose answers all come after their deadline (a slow cluster DNS) is not closed as silent', async (t) => {
+  // A connection on which 2 queries in a row time out with nothing read is taken for dead (its pod's node gone, no
+  // RST) and replaced. An answer after its deadline (counted late) is something read: the server is alive, only slow
+  // (kube-dns overloaded). It did not count, so such a connection was closed every 2 timeouts, logged as "nothing
+  // read", its other queries sent again to the slow server on a new connection, and the server's work on them lost.
+  const server = await sequentialServer(t, () => true, 600);
+  const replaced: string[] = [];
+  const logger: Logger = { debug() {}, warn() {}, error() {}, info: (msg) => void (msg.includes('replaced') && replaced.push(msg)) };
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 1, logger });
+  t.teardown(() => pool.abort());
+  for (let i = 0; i < 4; i++) {
+    const r = await ask(pool, `q${i}.example.com`, { timeoutMs: 300 }).done;
+    t.equal(r.reason, 'timeout', `round ${i}: the query timed out`);
+    t.ok(await until(() => pool.counters.get('late') === i + 1), `round ${i}: its answer was read, late`);
+  }
+  t.same(replaced, [], 'no connection was replaced as silent: every query was answered, if late');
+  t.equal(server.received(), 4, 'each query reached the server once');
+});
+
 t.test('TcpPool: the server closing a draining connection during close() fails its queries closed, not network', async (t) => {
   // A reload retires the old pool with close(): its in-flight queries may finish. If the server closes that draining
   // connection first, they cannot be re-sent (the pool takes nothing new) and were failed 'network', so the resolver
@@ -768,6 +819,26 @@ t.test('TcpPool: the server closing a draining connection during close() fails i
   const r = await q.done;
   t.equal(r.reason, 'closed', 'closed: the caller may ask again elsewhere');
   t.equal(pool.counters.get('networkErrors'), 0, 'no network error');
+  await closing;
+});
+
+t.test('TcpPool: close() while a connection is stalled behind a slow query still completes the queries behind it', async (t) => {
+  // A reload retires the pool with close(): what is in flight may finish on its connection, now draining. When that
+  // connection stalled behind a slow lookup, the sweep still moved the query behind it to the queue, where nothing
+  // would send it (the pool takes no new connection), and once the slow answer closed the last connection the pool
+  // finished closing and stopped its sweep: the query was never answered nor failed (its client waits, the
+  // resolver's in-flight count never comes down).
+  const server = await sequentialServer(t, (name) => name.startsWith('slow'), 1000);
+  const pool = new TcpPool({ server: { host: '127.0.0.1', port: server.port }, connections: 1 });
+  t.teardown(() => pool.abort());
+  const slow = ask(pool, 'slow.example.com', { timeoutMs: 3000 });
+  const behind = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  t.ok(await until(() => server.received() === 2), 'both are on the one connection, the second behind the slow one');
+  const closing = pool.close();
+  const [s, b] = await Promise.all([slow.done, behind.done]);
+  t.equal(s.reason, null, 'the slow query is answered');
+  t.not(b.reason, 'never completed', 'the query behind it completes');
+  t.equal(b.reason, null, 'answered on its connection, after the slow one');
   await closing;
 });
 

@@ -60,7 +60,9 @@ export class Conn {
   openedAt: number;
   /** Clock ms it last moved on: an answer read, or a query written while nothing was in flight (tcp-pick.ts stalled()). */
   progressAt: number;
-  /** Queries timed out on it since its last answer: a connection black-holed (its pod's node gone, no RST) only times out. */
+  /** Nothing read this long with queries outstanding: stalled (tcp-pick.ts); Infinity for a server that answers out of order. */
+  readonly stallMs: number;
+  /** Queries timed out on it since it last read an answer (late ones too): a connection black-holed (its pod's node gone, no RST) only times out. */
   silentTimeouts: number;
   /** errno code of the last socket error, for the unreachable log line. */
   lastError: string;
@@ -72,7 +74,7 @@ export class Conn {
    */
   out: Buffer;
   outLen: number;
-  constructor(socket: net.Socket, onFrame: (msg: Buffer) => void, now: number) {
+  constructor(socket: net.Socket, onFrame: (msg: Buffer) => void, now: number, stallMs: number) {
     this.state = 'connecting';
     this.socket = socket;
     this.inflight = new Map();
@@ -84,6 +86,7 @@ export class Conn {
     this.startedAt = now;
     this.openedAt = 0;
     this.progressAt = 0;
+    this.stallMs = stallMs;
     this.silentTimeouts = 0;
     this.lastError = 'closed';
     this.out = Buffer.allocUnsafe(STAGING_BYTES);
@@ -121,7 +124,7 @@ export class Conn {
     return job;
   }
 
-  /** An answer read: the connection moves on, and is not silent. */
+  /** An answer read (one in time, or late): the connection moves on, and is not silent. */
   heard(now: number): void {
     this.progressAt = now;
     this.silentTimeouts = 0;
@@ -167,9 +170,9 @@ export interface ConnEvents {
   readonly error: (c: Conn) => void;
 }
 
-/** A new connection over `socket` (just connecting), its events routed to `ev`. */
-export function openConn(socket: net.Socket, now: number, ev: ConnEvents): Conn {
-  const c: Conn = new Conn(socket, (msg) => ev.frame(c, msg), now);
+/** A new connection over `socket` (just connecting), its events routed to `ev`, stalled after `stallMs` with nothing read. */
+export function openConn(socket: net.Socket, now: number, ev: ConnEvents, stallMs: number): Conn {
+  const c: Conn = new Conn(socket, (msg) => ev.frame(c, msg), now, stallMs);
   // TLS: usable once the handshake and certificate checks are done, not at the TCP connect.
   socket.on(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', () => ev.open(c));
   socket.on('data', MISS_TRACE ? (chunk: Buffer) => tracedData(c, chunk) : (chunk: Buffer) => c.decoder.push(chunk));

@@ -19,7 +19,7 @@ export const tcpPoolCounters = defineCounters({
     name: 'nodelocal_upstream_tcp_rotations_total',
     help: 'Connections drained after their query count or age, so that load spreads over the pods behind the address.',
   },
-  retried: { name: 'nodelocal_upstream_tcp_retries_total', help: 'Queries sent again on another connection after theirs closed with them in flight.' },
+  retried: { name: 'nodelocal_upstream_tcp_retries_total', help: 'Queries sent again on another connection: theirs closed with them in flight, or stalled behind a slow query.' },
 });
 
 export type TcpPoolCounter = keyof typeof tcpPoolCounters.slot;

@@ -37,6 +37,12 @@ export interface TcpPoolOptions {
    * reverse lookups, which say nothing of the cluster records it serves.
    */
   servfailCounts?: (query: Buffer) => boolean;
+  /**
+   * A connection with queries outstanding that has read nothing this long is stalled (tcp-pick.ts): for a server
+   * that serves each connection in order, as CoreDNS and dnsmasq do (default STALL_MS, 300 ms); null: never, for
+   * one that answers out of order (a DNS-over-TLS resolver).
+   */
+  stallMs?: number | null;
   /** For logs and metrics (default tcp://IP:PORT). */
   name?: string;
   /** What the server is, in log lines (default "cluster dns"). */

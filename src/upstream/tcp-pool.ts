@@ -41,7 +41,7 @@ import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
 import { Job, openConn, plainConnect, type Conn, type ConnEvents } from './tcp-conn.js';
-import { SILENT_TIMEOUTS, moveStalled, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
+import { Mover, SILENT_TIMEOUTS, STALL_MS, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
 import type { TcpPoolOptions } from './tcp-pool-options.js';
 import { tcpPoolCounters, type TcpPoolCounter } from './tcp-pool-counters.js';
 import { TcpReachability } from './tcp-reachability.js';
@@ -73,15 +73,18 @@ export class TcpPool implements Upstream {
   readonly #connectFn: (server: ServerAddress) => net.Socket;
   readonly #kind: string;
   readonly #servfailCounts: (query: Buffer) => boolean;
-  readonly #conns: Conn[];
-  readonly #queue: Fifo<Job>;
-  readonly #life: Lifecycle;
+  /** A connection is stalled after this long with nothing read (tcp-pick.ts); Infinity: never. */
+  readonly #stallMs: number;
+  readonly #conns: Conn[] = [];
+  readonly #queue = new Fifo<Job>(64);
+  readonly #life = new Lifecycle();
   /** Unregisters our sweep from the clock's shared timer; null while nothing is pending. */
-  #sweep: (() => void) | null;
+  #sweep: (() => void) | null = null;
   readonly #reach: TcpReachability;
   readonly #batch: WriteBatch;
   readonly #events: ConnEvents;
   readonly #rotate = (c: Conn): void => this.#drain(c, true);
+  readonly #mover = new Mover();
 
   constructor(opts: TcpPoolOptions) {
     // A host name would make net.connect resolve it through the system resolver: maybe through us.
@@ -91,6 +94,7 @@ export class TcpPool implements Upstream {
     this.#connectFn = opts.connect ?? plainConnect;
     this.#kind = opts.kind ?? 'cluster dns';
     this.#servfailCounts = opts.servfailCounts ?? (() => true);
+    this.#stallMs = opts.stallMs === undefined ? STALL_MS : (opts.stallMs ?? Infinity);
     this.#size = Math.max(1, opts.connections ?? DEFAULTS.upstreamConnections);
     // Ids are 16 bits and unique per connection.
     this.#maxInFlight = Math.min(0xffff, Math.max(1, opts.maxInFlightPerConnection ?? DEFAULTS.upstreamMaxInFlight));
@@ -104,10 +108,6 @@ export class TcpPool implements Upstream {
     this.counters = opts.counters ?? new Counters(tcpPoolCounters);
     this.#values = this.counters.values;
     this.#durations = opts.durations ?? null;
-    this.#conns = [];
-    this.#queue = new Fifo<Job>(64);
-    this.#life = new Lifecycle();
-    this.#sweep = null;
     this.#reach = new TcpReachability(this.name, this.#kind, this.#values, this.health, this.#log);
     this.#batch = new WriteBatch();
     this.#events = {
@@ -130,9 +130,7 @@ export class TcpPool implements Upstream {
     return n;
   }
 
-  get queued(): number {
-    return this.#queue.length;
-  }
+  get queued(): number { return this.#queue.length; }
 
   /** Returns the exchange's record, for cancel(). */
   send(ex: UpstreamExchange): Job {
@@ -219,7 +217,7 @@ export class TcpPool implements Upstream {
 
   #connect(now: number): void {
     this.#reach.connecting();
-    this.#conns.push(openConn(this.#connectFn(this.#server), now, this.#events));
+    this.#conns.push(openConn(this.#connectFn(this.#server), now, this.#events, this.#stallMs));
     this.#armSweep();
   }
 
@@ -235,12 +233,10 @@ export class TcpPool implements Upstream {
   /** An arrow bound once: ConnEvents.frame, called straight from each connection's decoder. */
   readonly #onFrame = (c: Conn, msg: Buffer): void => {
     const job = c.answerFor(msg);
-    if (job === 'late') {
-      this.#values[SLOT.late]!++;
-      return;
-    }
-    if (job === 'mismatched') {
-      this.#values[SLOT.mismatched]!++;
+    if (job === 'late' || job === 'mismatched') {
+      // A late answer is still an answer: the server is alive, only slow (not silent), and moving on (not stalled).
+      if (job === 'late') c.heard(this.#clock.now());
+      this.#values[job === 'late' ? SLOT.late : SLOT.mismatched]!++;
       return;
     }
     if (MISS_TRACE) traceRecord('write.data', traceMarks.dataAt - job.tracedAt);
@@ -254,6 +250,7 @@ export class TcpPool implements Upstream {
     if (this.#durations !== null) this.#durations.observeMs(rcode, now - job.sentAt);
     const failed = serverFailed(rcode) && this.#servfailCounts(job.ex.query);
     this.health.record(failed ? 'servfail' : 'answered', now);
+    this.#mover.answered(job, now);
     // Copy: the frame is a view of a read chunk, and the caller may keep the answer (in the cache) for long.
     this.#resolve(job, Buffer.from(msg));
     if (c.state === 'open' && c.inflight.size === 0 && surplus(this.#conns, this.#size, now)) this.#drain(c, false);
@@ -349,8 +346,9 @@ export class TcpPool implements Upstream {
         }
       }
       // Queries behind a stalled connection's slow one go back to the queue: the pump below sends them on another.
+      // Not while the pool closes: nothing would send them, and they may still be answered where they are.
       if (c.silentTimeouts >= SILENT_TIMEOUTS) this.#setClosed(c, 'silent');
-      else moveStalled(c, now, this.#queue);
+      else if (this.#life.running) this.#values[SLOT.retried]! += this.#mover.move(c, now, this.#queue);
       if (c.state === 'open' && now - c.openedAt >= this.#rotateAfterMs) this.#drain(c, true);
       if (c.state === 'draining' && c.inflight.size === 0) this.#setClosed(c, 'ours');
     }

@@ -160,6 +160,8 @@ export class TlsResolvers implements Upstream {
         // As with the host resolvers: a SERVFAIL moves the exchange on but says nothing of the server's health (one
         // lame domain asked three times would otherwise send every name to the next server).
         servfailCounts: () => false,
+        // A resolver answers out of order (RFC 7766), cold names in hundreds of ms: nothing waits behind a slow one.
+        stallMs: null,
         clock: this.#clock,
         logger: this.#log,
       });
