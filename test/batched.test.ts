@@ -540,8 +540,9 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   t.equal(spy.sends.length, sentBefore, 'nothing sent for the dead worker');
   t.equal(spy.stale.length, 0);
   t.notOk(c.answers.has(1), 'its client retries (as with any lost datagram)');
-  await until('the successor', () => r.listener.workerThread(0) !== null, 5000);
-  // A thread starts in seconds under the test's TypeScript loader: the query waits in its socket meanwhile.
+  // A thread starts in seconds under the test's TypeScript loader. Wait until it is ready (the restart is counted
+  // then): before it has bound, the port may have no socket at all and the datagram is refused (seen in CI under load).
+  await until('the successor to be ready', () => r.listener.totals().io.get('restarts') === 1, 30_000);
   void c.send(port, 'svc-4.example.com', 2);
   await until('the answer from the successor', () => c.answers.has(2), 30_000);
   t.same(dataOf(c.answers.get(2)), ['10.0.0.4']);
