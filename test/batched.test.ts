@@ -172,6 +172,27 @@ async function rig(
   return { upstream, listener, resolver, ports: listener.ports, logs };
 }
 
+interface HeldRig {
+  readonly r: Rig;
+  readonly port: number;
+  /** A client ready on loopback, closed at teardown. */
+  readonly c: Client;
+  /** Lets the upstream answer the held-* names it holds until then. */
+  readonly release: () => void;
+}
+
+/** A rig whose upstream holds every held-* name until `release`, and a client for it. */
+async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys } = {}): Promise<HeldRig> {
+  let release = (): void => {};
+  const hold = new Promise<void>((resolve) => (release = resolve));
+  const r = await rig(t, { ...o, hold });
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  return { r, port: r.ports[0]!, c, release };
+}
+
+
 /** Ends worker 0's thread and waits until the listener has spawned its successor (still starting: not yet ready). */
 async function killWorkerZero(listener: BatchedUdpListener): Promise<{ first: Worker; successor: Worker }> {
   const first = listener.workerThread(0)!;
@@ -512,13 +533,7 @@ t.test('direct answers leave before the completion is posted: a client that asks
 
 t.test('direct answers: a worker that dies with a miss in flight gets nothing sent on its closed sockets; its successor serves', async (t) => {
   const spy = new SysSpy();
-  let release = (): void => {};
-  const hold = new Promise<void>((resolve) => (release = resolve));
-  const r = await rig(t, { spy: (s) => spy.wrap(s), hold });
-  const port = r.ports[0]!;
-  const c = new Client();
-  await c.ready();
-  t.teardown(() => c.close());
+  const { r, port, c, release } = await heldRig(t, { spy: (s) => spy.wrap(s) });
   // A name fetched before the death: the main thread stores it, the successor reads it.
   void c.send(port, 'svc-4.example.com', 100);
   await until('the first answer', () => c.answers.has(100));
@@ -1753,10 +1768,7 @@ t.test('pause on a wildcard address: answers to queries already taken still reac
   // to a pod or another host the kernel refuses it (sendmmsg: EINVAL). The misses in flight at a shutdown or
   // handover, and the queries still queued, are lost ("shutdown loses nothing taken" holds only for loopback clients).
   const { ns, hostAddr } = clientNamespace(t);
-  let release = (): void => {};
-  const hold = new Promise<void>((resolve) => (release = resolve));
-  const r = await rig(t, { listen: ['0.0.0.0'], hold });
-  const port = r.ports[0]!;
+  const { r, port, release } = await heldRig(t, { listen: ['0.0.0.0'] });
   const dig = (name: string): Promise<string> => digFrom(ns, hostAddr, port, name);
   const warm = await dig('svc-1.example.com');
   t.match(warm, /status: NOERROR/, 'before the pause a client on another host is answered (routing and wildcard work)');
@@ -1839,20 +1851,15 @@ t.test('shutdown past its grace: abortAll() and close() do not wait forever on a
  * A listener on 0.0.0.0 whose upstream holds every held-* name until `release`, one name answered, then paused and
  * drained: its socket stays in its group (no connect() on a wildcard), so it still takes queries.
  */
-async function pausedOnWildcard(t: Test): Promise<{ r: Awaited<ReturnType<typeof rig>>; port: number; c: Client; release: () => void }> {
-  let release = (): void => {};
-  const hold = new Promise<void>((resolve) => (release = resolve));
+async function pausedOnWildcard(t: Test): Promise<HeldRig> {
+  const held = await heldRig(t, { listen: ['0.0.0.0'] });
+  const { r, port, c, release } = held;
   t.teardown(() => release());
-  const r = await rig(t, { listen: ['0.0.0.0'], hold });
-  const port = r.ports[0]!;
-  const c = new Client();
-  await c.ready();
-  t.teardown(() => c.close());
   void c.send(port, 'svc-1.example.com', 1);
   await until('warm-up', () => c.answers.has(1));
   r.listener.pause();
   await r.listener.drain();
-  return { r, port, c, release };
+  return held;
 }
 
 t.test('pause on a wildcard address: drain() waits for a miss its kept socket took after the pause (no SERVFAIL from the abort that follows)', async (t) => {
