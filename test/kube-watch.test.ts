@@ -942,3 +942,23 @@ t.test('a 503 asking for a wait is honoured; a 400 with Retry-After is not a rea
   t.ok(slept[0]! >= 20_000, `after the 503: ${slept[0]} ms`);
   t.ok(slept[1]! < 1_000, `after the 400: ${slept[1]} ms, the backoff alone`);
 });
+
+t.test('a continue token the server hands back unchanged is a failure: the list neither loops without backoff nor grows without bound', async (t) => {
+  // A real continue token always moves on (it names the last key served).
+  // One that comes back as sent (a broken proxy or server answering every
+  // page alike) would have the reflector fetch the same page for ever, with
+  // no backoff, holding each copy of its items until the list "ends".
+  let lists = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      if (p.includes('watch=1') || ++lists > 50) return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      const body = new PassThrough();
+      body.end(JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: '7', continue: 'same-token' }, items: [{ metadata: { name: 'n1' } }] }));
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const { counters } = scriptedReflector(t, api);
+  await until(t, 'the list given up, or 50 pages asked for', () => counters.get('namespaces.errors') >= 1 || lists > 50);
+  t.ok(counters.get('namespaces.errors') >= 1, 'a page whose continue token did not move on ends the list as a failure');
+  t.ok(lists <= 2 * (counters.get('namespaces.errors') + 1), `${lists} pages asked for, for ${counters.get('namespaces.errors')} failed lists`);
+});
