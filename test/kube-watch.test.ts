@@ -962,3 +962,16 @@ t.test('a continue token the server hands back unchanged is a failure: the list 
   t.ok(counters.get('namespaces.errors') >= 1, 'a page whose continue token did not move on ends the list as a failure');
   t.ok(lists <= 2 * (counters.get('namespaces.errors') + 1), `${lists} pages asked for, for ${counters.get('namespaces.errors')} failed lists`);
 });
+
+t.test('watchRestarts counts watches resumed, not attempts that never reached the API server', async (t) => {
+  const env = await setup(t);
+  seed(env.fake, 1);
+  const r = env.reflector('services');
+  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
+  await env.fake.down();
+  await until(t, 'several failed attempts', () => env.counters.get('services.errors') >= 4);
+  await env.fake.up();
+  await until(t, 'watching again', () => env.fake.openWatches === 1);
+  t.equal(env.counters.get('services.lists'), 1, 'resumed, not relisted');
+  t.equal(env.counters.get('services.watchRestarts'), 1, 'one watch resumed from the kept RV');
+});
