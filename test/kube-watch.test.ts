@@ -975,3 +975,23 @@ t.test('watchRestarts counts watches resumed, not attempts that never reached th
   t.equal(env.counters.get('services.lists'), 1, 'resumed, not relisted');
   t.equal(env.counters.get('services.watchRestarts'), 1, 'one watch resumed from the kept RV');
 });
+
+t.test('a watch that ends at once with only blank lines is a very short watch: backed off, not made again in a tight loop', async (t) => {
+  // client-go counts decoded events for its "very short watch" rule; a
+  // blank line is none. A proxy answering each watch with a newline and
+  // closing would otherwise have the reflector re-watch with no delay at all.
+  let watches = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      const body = new PassThrough();
+      if (!p.includes('watch=1')) body.end(nsList('7', ['n1']));
+      else if (++watches <= 20) body.end('\n');
+      else return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const { counters } = scriptedReflector(t, api);
+  await until(t, 'a failure counted, or 20 watches made', () => counters.get('namespaces.errors') >= 1 || watches > 20);
+  t.ok(counters.get('namespaces.errors') >= 1, 'a watch with nothing but a blank line, ended at once, is a failure');
+  t.ok(watches < 20, `${watches} watches made before the first backoff`);
+});
