@@ -254,7 +254,11 @@ export class ListWatch<T> {
       }
       const meta = asObject(page['metadata']);
       rv = typeof meta?.['resourceVersion'] === 'string' ? meta['resourceVersion'] : '';
+      const sent = cont;
       cont = typeof meta?.['continue'] === 'string' ? meta['continue'] : '';
+      // A real token names the last key served, so it always moves on; one handed back as sent would have us
+      // fetch the same page for ever, holding each copy, with no backoff.
+      if (cont !== '' && cont === sent) return failed('list: the continue token came back unchanged');
     } while (cont !== '');
     if (rv === '') return failed('list: no resourceVersion');
     // A whole list makes the view current, not its first page: a relist failing on a later page has not.
