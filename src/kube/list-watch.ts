@@ -326,7 +326,8 @@ export class ListWatch<T> {
           const line = pending + chunk.slice(start, nl);
           pending = '';
           start = nl + 1;
-          events++;
+          // client-go's very-short-watch rule counts decoded events: a blank line is none.
+          if (line.trim() !== '') events++;
           let o: Outcome | null;
           try {
             o = this.#onEvent(line);
