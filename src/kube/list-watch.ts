@@ -281,7 +281,7 @@ export class ListWatch<T> {
   // ---------------------------------------------------------------- watch
 
   async #watch(): Promise<Outcome> {
-    if (!this.#afterList) this.#count('watchRestarts');
+    const resuming = !this.#afterList;
     this.#afterList = false;
     const timeoutS = Math.floor(this.#tuning.minWatchTimeoutS * (1 + this.#random()));
     const query =
@@ -295,6 +295,8 @@ export class ListWatch<T> {
       if (r.status === 410) return { kind: 'expired', reason: `watch: ${statusMessage(text)}` };
       return httpFailure('watch', r, text);
     }
+    // Counted once the server took the watch: attempts that fail (an outage's retries) are errors, not resumptions.
+    if (resuming) this.#count('watchRestarts');
     this.#onAnswered();
     return this.#stream(r.body, Math.min(timeoutS * 1000 + this.#tuning.idleGraceMs, this.#tuning.maxWatchSilenceMs));
   }

@@ -16,7 +16,7 @@ export type WatchCounter = ReflectorCounter<KindName>;
 const metricDefs: { readonly [M in Metric]: Omit<CounterDef, 'labels'> } = {
   lists: { name: 'nodelocal_kube_lists_total', help: 'Complete lists (all pages) applied to the cluster view.' },
   relists: { name: 'nodelocal_kube_relists_total', help: 'Lists after the first one (watch history expired: 410 Gone).' },
-  watchRestarts: { name: 'nodelocal_kube_watch_restarts_total', help: 'Watches resumed from the last resourceVersion without a list.' },
+  watchRestarts: { name: 'nodelocal_kube_watch_restarts_total', help: 'Watches resumed from the last resourceVersion without a list (the API server answered 200; failed attempts count as errors).' },
   events: { name: 'nodelocal_kube_watch_events_total', help: 'Watch events received (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR).' },
   errors: { name: 'nodelocal_kube_errors_total', help: 'Failed API requests and broken watch streams (each followed by a backoff).' },
   decodeFailures: { name: 'nodelocal_kube_decode_failures_total', help: 'Objects that could not be decoded (skipped) and watch lines that could not (the watch ends, resumed from the last resourceVersion).' },
