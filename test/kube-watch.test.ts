@@ -280,6 +280,7 @@ t.test('bookmarks advance the RV the next watch starts from', async (t) => {
   const r = env.reflector('services');
   await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
   env.fake.bumpRv(50); // other kinds changed; no services event carries the new RV
+  env.fake.progressNotify(); // etcd tells the services watch cache the new RV
   env.fake.bookmark('services');
   await until(t, 'bookmark applied', () => r.resourceVersion === env.fake.resourceVersion);
   const bookmarkRv = r.resourceVersion;
@@ -704,6 +705,7 @@ t.test('one kind that can no longer reach the API: the view may not deny what th
   await until(t, 'the service arrived', () => view.service('default', 'late') !== undefined);
   const maxSilenceMs = 300_000;
   env.clock.advance(maxSilenceMs + 1_000);
+  env.fake.progressNotify(); // no namespace changed: without it the namespaces watch gets no bookmark
   env.fake.bookmark('services');
   env.fake.bookmark('namespaces');
   await until(t, 'bookmarks heard', () => view.contactOf('services') === env.clock.now() && view.contactOf('namespaces') === env.clock.now());

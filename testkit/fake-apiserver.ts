@@ -16,7 +16,8 @@
  *            `expiredAs` is 'http'.
  *
  * Test knobs: add/update/remove objects live (one global RV, bumped per change,
- * pushed to open watches), bookmark(), compact() (forget history), closeWatches(),
+ * pushed to open watches), bookmark() (only past a watch's own RV, as the watch
+ * cache) and progressNotify() (etcd's), compact() (forget history), closeWatches(),
  * down()/up() (refuse connections, then listen again on the same port),
  * injectLine() (raw lines into open watches), failNext() (error statuses), a
  * bearer token to require, gzip for lists, and a log of the requests seen.
@@ -84,6 +85,8 @@ interface Watcher {
   readonly match: Matcher;
   readonly res: http.ServerResponse;
   readonly bookmarks: boolean;
+  /** The RV it watches from: kube-apiserver bookmarks a watch only past it. */
+  readonly fromRv: number;
   readonly timer: NodeJS.Timeout | null;
 }
 
@@ -139,6 +142,11 @@ export class FakeApiServer {
   /** Events at or below this RV are forgotten. */
   #compactedRv = 0;
   #rv = 1000;
+  /**
+   * Per kind, the RV its watch cache has seen: that of its last event, or the global RV at the last
+   * progressNotify(). kube-apiserver's bookmarks carry it (cacher.go, lastProcessedResourceVersion).
+   */
+  readonly #kindRv: Record<FakeKind, number> = { services: 1000, endpointslices: 1000, namespaces: 1000, pods: 1000 };
   readonly #watchers = new Set<Watcher>();
   readonly #sockets = new Set<Socket>();
   readonly #snapshots = new Map<number, Snapshot>();
@@ -242,14 +250,30 @@ export class FakeApiServer {
     this.#emit({ rv, kind, type: 'DELETED', object });
   }
 
-  /** Sends a BOOKMARK at the current RV to watches that asked for bookmarks. */
+  /**
+   * Sends a BOOKMARK to watches that asked for bookmarks, as kube-apiserver's
+   * watch cache does once a minute: at the RV the kind's cache has seen, and
+   * only to watches started before it (cache_watcher.go sends nothing at or
+   * below a watch's own RV). A kind with no event since a watch began gets
+   * none until progressNotify().
+   */
   bookmark(kind?: FakeKind): void {
     for (const w of this.#watchers) {
-      if (!w.bookmarks || (kind !== undefined && w.kind !== kind)) continue;
+      const rv = this.#kindRv[w.kind];
+      if (!w.bookmarks || (kind !== undefined && w.kind !== kind) || rv <= w.fromRv) continue;
       const info = KINDS[w.kind];
-      const object = { kind: info.kind, apiVersion: info.apiVersion, metadata: { resourceVersion: String(this.#rv), creationTimestamp: null } };
+      const object = { kind: info.kind, apiVersion: info.apiVersion, metadata: { resourceVersion: String(rv), creationTimestamp: null } };
       w.res.write(JSON.stringify({ type: 'BOOKMARK', object }) + '\n');
     }
+  }
+
+  /**
+   * An etcd progress notification: every kind's watch cache learns the global
+   * RV (etcd's --experimental-watch-progress-notify-interval, 5 s where
+   * kubeadm and GKE set it, 10 min by etcd's default).
+   */
+  progressNotify(): void {
+    for (const k of Object.keys(this.#kindRv) as FakeKind[]) this.#kindRv[k] = this.#rv;
   }
 
   /** Bumps the global RV without touching `kind` (other resources changed), e.g. to move bookmarks. */
@@ -286,6 +310,7 @@ export class FakeApiServer {
 
   #emit(ev: HistoryEvent): void {
     this.#history.push(ev);
+    this.#kindRv[ev.kind] = ev.rv;
     const line = JSON.stringify({ type: ev.type, object: ev.object }) + '\n';
     for (const w of this.#watchers) {
       if (w.kind !== ev.kind || !w.match(ev.object)) continue;
@@ -404,7 +429,7 @@ export class FakeApiServer {
             res.end();
           }, timeoutS * 1000)
         : null;
-    const w: Watcher = { kind, match, res, bookmarks: params.get('allowWatchBookmarks') === 'true', timer };
+    const w: Watcher = { kind, match, res, bookmarks: params.get('allowWatchBookmarks') === 'true', fromRv: from ?? this.#rv, timer };
     this.#watchers.add(w);
     res.on('close', () => {
       if (timer !== null) clearTimeout(timer);
