@@ -61,8 +61,10 @@ export interface KindObjects {
 
 /**
  * What the watch feeds (kube/watch.ts -> kube/view.ts). Updates are
- * incremental; `replace` swaps a kind's whole set after a (re)list, so a
- * relist never holds two copies of the view longer than the swap.
+ * incremental; `replace` swaps a kind's whole set after a (re)list, so
+ * readers see the old set until the new one is whole. Until then a relist
+ * holds the kind's new slim objects beside the old ones (never raw objects
+ * beyond one page): slim copies, about twice the kind's view at the peak.
  */
 export interface ClusterViewWriter {
   upsert<K extends KindName>(kind: K, obj: KindObjects[K]): void;
