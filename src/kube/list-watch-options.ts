@@ -18,9 +18,10 @@ export interface WatchTuning {
   /** A watch silent for its timeout plus this long is dead (the server should have ended it): drop it. */
   readonly idleGraceMs: number;
   /**
-   * A watch that carried no byte for this long is dead, however long its timeout: kube-apiserver sends a
-   * watch that asked for bookmarks one every minute, even in a cluster where nothing changes. Nothing else
-   * ends a watch on a wedged server or proxy, or a half-open connection whose peer still answers keepalives.
+   * A watch that carried no byte for this long is made again, however long its timeout: nothing else ends a
+   * watch on a wedged server or proxy, or a half-open connection whose peer still answers keepalives. A quiet
+   * kind's watch gets a bookmark a minute only where etcd sends progress notifications often (kubeadm: 5 s;
+   * etcd's default is 10 min, kine's none), so silence alone is no failure: the new watch says (list-watch.ts).
    */
   readonly maxWatchSilenceMs: number;
   /**
@@ -30,6 +31,11 @@ export interface WatchTuning {
   readonly requestTimeoutMs: number;
   /** A watch that ends with no event sooner than this counts as a failure (client-go's "very short watch"). */
   readonly shortWatchMs: number;
+  /**
+   * A watch the server took (200) and that brought no ERROR within this long vouches for the kind's view as of
+   * the 200: kube-apiserver replays every event after our resourceVersion at once, or sends ERROR 410 at once.
+   */
+  readonly acceptGraceMs: number;
   /** Longest watch line (one object) and list page accepted; beyond that the stream is broken, not big. */
   readonly maxLineBytes: number;
   readonly maxPageBytes: number;
@@ -44,6 +50,7 @@ export const watchDefaults: WatchTuning = {
   maxWatchSilenceMs: 150_000,
   requestTimeoutMs: 60_000,
   shortWatchMs: 1_000,
+  acceptGraceMs: 2_000,
   maxLineBytes: 16 << 20,
   maxPageBytes: 256 << 20,
   backoff: backoffDefaults,

@@ -11,6 +11,7 @@ import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { asObject, readBody, statusMessage, type Json } from './api-body.js';
 import { Backoff } from './backoff.js';
+import { TIMED_OUT, within } from './deadline.js';
 import type { ApiGetter } from './client.js';
 import {
   realTimers,
@@ -25,9 +26,6 @@ import {
 import { ENDED, LISTED, failed, httpFailure, type Outcome } from './reflector-outcome.js';
 import type { Metric } from './reflector-stats.js';
 import { decodeWatchLine } from './watch-event.js';
-
-/** What #within gives when the deadline came first. */
-const TIMED_OUT: unique symbol = Symbol('timed out');
 
 /** The reflector loop for one source, generic over what it keeps. */
 export class ListWatch<T> {
@@ -52,6 +50,8 @@ export class ListWatch<T> {
   #listedBefore = false;
   /** A watch follows a list directly (otherwise it is a restart from a kept RV). */
   #afterList = false;
+  /** When the view of this kind was last told it is current (#touch). */
+  #lastTouchMs = -Infinity;
   /** In a failure streak (logged once on entry, once on recovery). */
   #failing = false;
   #failingSinceMs = 0;
@@ -173,7 +173,12 @@ export class ListWatch<T> {
    * so the sink dates the change by it.
    */
   #touch(): void {
-    this.#writer.touch(this.#clock.now());
+    this.#touchAt(this.#clock.now());
+  }
+
+  #touchAt(ms: number): void {
+    this.#lastTouchMs = ms;
+    this.#writer.touch(ms);
   }
 
   #sleep(ms: number): Promise<void> {
@@ -192,25 +197,9 @@ export class ListWatch<T> {
     return this.#abort.signal;
   }
 
-  /** `p`, or TIMED_OUT once --requestTimeoutMs pass; then the request in flight is aborted (its socket released). */
+  /** `p`, or TIMED_OUT once --requestTimeoutMs pass (deadline.ts). */
   #within<R>(p: Promise<R>): Promise<R | typeof TIMED_OUT> {
-    const abort = this.#abort;
-    return new Promise((resolve, reject) => {
-      const timer = this.#timers.set(() => {
-        resolve(TIMED_OUT);
-        abort?.abort();
-      }, this.#tuning.requestTimeoutMs);
-      p.then(
-        (v) => {
-          this.#timers.clear(timer);
-          resolve(v);
-        },
-        (e: unknown) => {
-          this.#timers.clear(timer);
-          reject(e instanceof Error ? e : new Error(String(e)));
-        },
-      );
-    });
+    return within(p, this.#timers, this.#tuning.requestTimeoutMs, this.#abort);
   }
 
   // ---------------------------------------------------------------- list
@@ -301,21 +290,43 @@ export class ListWatch<T> {
     return this.#stream(r.body, Math.min(timeoutS * 1000 + this.#tuning.idleGraceMs, this.#tuning.maxWatchSilenceMs));
   }
 
+  /**
+   * A watch taken from our resourceVersion with no ERROR in the grace: the
+   * server replayed what we missed (or had nothing), so the kind is current as
+   * of the 200. A quiet kind gets no bookmark where etcd's progress
+   * notifications are rare, and without this its view would stop denying
+   * names past --max-api-silence while nothing was wrong.
+   */
+  #vouch(acceptedMs: number): void {
+    if (acceptedMs > this.#lastTouchMs) this.#touchAt(acceptedMs);
+  }
+
   /** Applies the events of one watch response until it ends. */
   #stream(body: Readable, idleMs: number): Promise<Outcome> {
     const startedMs = this.#clock.now();
     let events = 0;
     let pending = '';
     let done = false;
+    let vouched = false;
     return new Promise<Outcome>((resolve) => {
       const finish = (o: Outcome): void => {
         if (done) return;
         done = true;
         this.#timers.clear(idle);
+        this.#timers.clear(grace);
         body.destroy();
         resolve(o);
       };
-      const onIdle = (): void => finish(failed(`watch: no data for ${idleMs} ms`));
+      const grace = this.#timers.set(() => {
+        vouched = true;
+        this.#vouch(startedMs);
+      }, this.#tuning.acceptGraceMs);
+      // Silence after a vouched start is a quiet kind, or a connection gone dead: the next watch tells which.
+      const onIdle = (): void => {
+        if (!vouched) return finish(failed(`watch: no data for ${idleMs} ms`));
+        this.#log.debug('kube watch silent; watching again', { kind: this.#kind, silentMs: idleMs });
+        finish(ENDED);
+      };
       let idle = this.#timers.set(onIdle, idleMs);
       body.setEncoding('utf8');
       body.on('data', (chunk: string) => {
