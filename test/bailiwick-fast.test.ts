@@ -181,3 +181,18 @@ t.test('a signer is a zone only above its own record, and a signature only goes 
     t.equal(s.removed, 3);
   }
 });
+
+t.test('an answer dns-packet cannot decode is not passed on unscrubbed', async (t) => {
+  // The upstream's OPT ends in half an option (code, then one byte of its length): our scanner never reads OPT
+  // RDATA and takes the answer, dns-packet throws on it. Were a decode failure "nothing to remove", every intruder
+  // beside such an OPT would be cached and served (the OPT itself is dropped at insert: the client sees a clean
+  // answer with the intruder in it).
+  const withIntruder = msg({ answers: [a(Q), a('www.bank.example', '203.0.113.66')] });
+  t.ok(scrubOutOfBailiwick(withIntruder) !== null, 'the intruder is seen in the well-formed answer');
+  const brokenOpt = Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 3, 0, 8, 0]);
+  const m = Buffer.concat([withIntruder, brokenOpt]);
+  m.writeUInt16BE(1, 10);
+  t.throws(() => dnsPacket.decode(m), 'dns-packet cannot read it');
+  t.equal(plainlyInBailiwick(m), false, 'the fast path cannot vouch for it');
+  t.equal(scrubOutOfBailiwick(m), 'unusable', 'records may have to go and cannot be checked: unusable, never "nothing to remove"');
+});
