@@ -196,3 +196,19 @@ t.test('an answer dns-packet cannot decode is not passed on unscrubbed', async (
   t.equal(plainlyInBailiwick(m), false, 'the fast path cannot vouch for it');
   t.equal(scrubOutOfBailiwick(m), 'unusable', 'records may have to go and cannot be checked: unusable, never "nothing to remove"');
 });
+
+t.test('a scrubbed answer keeps the question as the upstream sent it (a label that is not UTF-8)', async (t) => {
+  // The cache serves the scrubbed bytes to every client of the key, writing each client's spelling over the stored
+  // question: it must be the same name, byte for byte but for case. dns-packet reads labels as UTF-8, so a 0xff
+  // label comes back as U+FFFD, three bytes: the stored question would no longer line up with the client's.
+  const qname = Buffer.from([1, 0xff, 7, ...Buffer.from('example'), 0]);
+  const head = Buffer.from([0, 7, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0]);
+  const own = Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 1]);
+  const intruder = Buffer.concat([wireName('evil.example.net'), Buffer.from([0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 203, 0, 113, 66])]);
+  const m = Buffer.concat([head, qname, Buffer.from([0, 1, 0, 1]), own, intruder]);
+  const s = scrubOutOfBailiwick(m);
+  t.not(s, null, 'the intruder is seen');
+  if (s !== null && s !== 'unusable') {
+    t.same([...s.msg.subarray(12, 12 + qname.length + 4)], [...qname, 0, 1, 0, 1], 'the question is the upstream\'s, byte for byte');
+  }
+});
