@@ -12,6 +12,7 @@ import { nameToString, nameToWire, skipName } from '../src/dns/name.js';
 import { answerMatchesQuery } from '../src/dns/question.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { planCaching } from '../src/cache/policy.js';
+import { AnswerCopy } from '../src/cache/entry.js';
 import { prefetchStart } from '../src/cache/prefetch.js';
 import { answer, query, soa, ttlOf, tsigRr, withAdditional } from './kit/dns.js';
 
@@ -547,4 +548,17 @@ t.test('stripOpt: an OPT before other additional records goes with the records a
   t.same(after?.answers?.map((x) => `${x.type} ${x.name}`), ['MX example.com'], 'the answer intact');
   // Cut out of the middle, the OPT would have left the AAAA's compressed owner pointing into the A's record data.
   t.same(after?.additionals?.map((x) => `${x.type} ${x.name}`), [], 'the glue after the OPT went with it (and the query had no EDNS: no OPT of ours)');
+});
+
+t.test('an answer never cached still goes out with no TTL over 2^31 - 1 (RFC 2181 8: such a TTL means zero)', async (t) => {
+  // The TTL is what makes it uncacheable (read as 0), so it is served once, as a transient entry, to the clients that
+  // waited: with the upstream's bytes, a client reads 2147483649 seconds where the upstream meant none.
+  const up = answer('www.example.com', [{ type: 'A', name: 'www.example.com', ttl: 0x80000001, data: '192.0.2.1' }]);
+  const scan = scanAnswer(up)!;
+  t.equal(scan.minTtl, 0, 'read as zero');
+  const plan = planCaching(scan, { successTtl: 30, denialTtl: 5 }, up);
+  t.equal(plan.kind, 'none', 'so it is not cached');
+  const transient = AnswerCopy.fromAnswer(up, scan, 1000, 0, Infinity, false);
+  const out = dnsPacket.decode(transient.serve(parseQuery(query({ name: 'www.example.com' })), 1000, 512, 1232));
+  t.same(out.answers?.map(ttlOf), [0], 'served with TTL 0');
 });
