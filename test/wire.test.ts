@@ -562,3 +562,12 @@ t.test('an answer never cached still goes out with no TTL over 2^31 - 1 (RFC 218
   const out = dnsPacket.decode(transient.serve(parseQuery(query({ name: 'www.example.com' })), 1000, 512, 1232));
   t.same(out.answers?.map(ttlOf), [0], 'served with TTL 0');
 });
+
+t.test('scanAnswer: a compression pointer into the header is malformed', async (t) => {
+  // What a name there reads as changes when a hit writes the client's id and flags over the header: the same stored
+  // answer would name a different owner for every client.
+  const up = rawAnswer('a.example', 1, [{ ...aRr(1), owner: Buffer.from([0xc0, 2]) }]);
+  t.equal(skipName(up, 12 + nameToWire('a.example').length + 4), up.length - 14, 'skipName alone steps over it');
+  t.equal(scanAnswer(up), undefined, 'refused');
+  t.ok(scanAnswer(rawAnswer('a.example', 1, [aRr(1)])), 'a pointer to the question is fine');
+});
