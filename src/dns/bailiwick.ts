@@ -60,10 +60,10 @@ function keepSignatures(section: readonly Answer[], kept: Set<Answer>): void {
 }
 
 /**
- * The scrubbed answer; null when every record belongs (or the message is not
- * something dns-packet reads: our own scanner already validated it);
- * 'unusable' when records must go but the rest cannot be re-encoded (then
- * the answer is treated as malformed, never cached with the intruders).
+ * The scrubbed answer; null when every record belongs; 'unusable' when
+ * records must go but the rest cannot be re-encoded, or when the message is
+ * not something dns-packet reads (then the answer is treated as malformed,
+ * never cached with the intruders).
  */
 export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   // Most answers (an address, or a negative answer with its zone's SOA): nothing to remove, known without a decode.
@@ -72,7 +72,9 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   try {
     p = dnsPacket.decode(msg);
   } catch {
-    return null; // our own scanner accepted it; a decoder gap is no reason to drop an answer
+    // Not known clean (the fast path said so), and unreadable here: whatever it carries cannot be checked. Our own
+    // scanner is no guarantee: it reads no OPT RDATA and follows no pointer past the first, where dns-packet throws.
+    return 'unusable';
   }
   const q = p.questions?.[0];
   if (q === undefined) return null;
