@@ -208,7 +208,7 @@ t.test('a scrubbed answer keeps the question as the upstream sent it (a label th
   const m = Buffer.concat([head, qname, Buffer.from([0, 1, 0, 1]), own, intruder]);
   const s = scrubOutOfBailiwick(m);
   t.not(s, null, 'the intruder is seen');
-  if (s !== null && s !== 'unusable') {
-    t.same([...s.msg.subarray(12, 12 + qname.length + 4)], [...qname, 0, 1, 0, 1], 'the question is the upstream\'s, byte for byte');
-  }
+  // Unusable (stale or SERVFAIL) is an honest outcome too: names that did not survive the decode were not compared as sent.
+  const question = s === null || s === 'unusable' ? s : [...s.msg.subarray(12, 12 + qname.length + 4)];
+  t.ok(s === 'unusable' || JSON.stringify(question) === JSON.stringify([...qname, 0, 1, 0, 1]), `the question is the upstream's, byte for byte, or the answer is unusable (${JSON.stringify(question)})`);
 });

@@ -20,6 +20,8 @@
 import dnsPacket from 'dns-packet';
 import type { Answer, DecodedPacket } from 'dns-packet';
 import { plainlyInBailiwick } from './bailiwick-fast.js';
+import { HEADER_LEN } from './constants.js';
+import { skipName } from './name.js';
 
 export interface Scrubbed {
   readonly msg: Buffer;
@@ -133,8 +135,20 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   if (removed === 0) return null;
   try {
     const out = dnsPacket.encode({ ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: authorities.filter((rr) => keptAuth.has(rr)), additionals: keptAdd });
-    return { msg: out, removed };
+    return sameQuestion(msg, out) ? { msg: out, removed } : 'unusable';
   } catch {
     return 'unusable';
   }
+}
+
+/**
+ * Whether `out` starts with `msg`'s question, byte for byte. dns-packet reads
+ * labels as UTF-8 text: a label that is not UTF-8, or holds a dot, comes back
+ * as another name (often of another length). The cache writes each client's
+ * spelling over the stored question, so that must still be the name asked:
+ * and names that do not survive the decode were not compared as sent either.
+ */
+function sameQuestion(msg: Buffer, out: Buffer): boolean {
+  const end = skipName(msg, HEADER_LEN) + 4;
+  return end > HEADER_LEN + 4 && end <= msg.length && end <= out.length && msg.compare(out, HEADER_LEN, end, HEADER_LEN, end) === 0;
 }
