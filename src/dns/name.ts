@@ -2,13 +2,15 @@
  * Domain names in wire format, read in place. Nothing here allocates except
  * nameToString (slow paths: routing, logs).
  */
-import { MAX_LABEL, MAX_NAME_WIRE, POINTER_MASK } from './constants.js';
+import { HEADER_LEN, MAX_LABEL, MAX_NAME_WIRE, POINTER_MASK } from './constants.js';
 
 /**
  * Offset just past the name that starts at `off`, or -1 if it is malformed
  * (runs past the end, label type 0x40/0x80, over 255 bytes, or a compression
  * pointer that does not point strictly backwards, which is what rules out
- * loops without following anything).
+ * loops without following anything, or that points into the header: no name
+ * is there, and what the bytes would read as changes when an answer's id and
+ * flags are patched).
  */
 export function skipName(msg: Uint8Array, off: number): number {
   const start = off;
@@ -19,7 +21,7 @@ export function skipName(msg: Uint8Array, off: number): number {
     if ((len & POINTER_MASK) === POINTER_MASK) {
       if (off + 1 >= msg.length) return -1;
       const target = ((len & 0x3f) << 8) | msg[off + 1]!;
-      return target < start ? off + 2 : -1;
+      return target >= HEADER_LEN && target < start ? off + 2 : -1;
     }
     if (len > MAX_LABEL) return -1;
     wireLen += len + 1;
