@@ -571,3 +571,45 @@ t.test('scanAnswer: a compression pointer into the header is malformed', async (
   t.equal(scanAnswer(up), undefined, 'refused');
   t.ok(scanAnswer(rawAnswer('a.example', 1, [aRr(1)])), 'a pointer to the question is fine');
 });
+
+t.test('writeAnswer: what is dropped without TC goes by whole RRsets (RFC 2181 5.1, 9: a partial RRset only with TC)', async (t) => {
+  // A positive answer, then the zone's three NS in authority, then glue: two A records of ns1 (one RRset, the second
+  // owner a pointer to the first, as servers compress), then one A of ns2. A client that keeps what comes without TC
+  // (a caching resolver in a pod) must not be handed two of three NS, or one of ns1's two addresses, as the whole set.
+  const name = 'a.example';
+  const zoneOwner = Buffer.from([0xc0, 14]); // "example", the question's second label
+  const nsRr = (host: string): Rr => ({ type: 2, ttl: 30, rdata: nameToWire(host), owner: zoneOwner });
+  const ns = [nsRr('ns1.example'), nsRr('ns2.example'), nsRr('ns3.example')];
+  const head = rawAnswer(name, 1, [aRr(1)], ns, []);
+  const ns1At = head.length;
+  const glue: Rr[] = [
+    { ...aRr(7), owner: nameToWire('ns1.example') },
+    { ...aRr(8), owner: Buffer.from([0xc0, ns1At]) },
+    { ...aRr(9), owner: nameToWire('ns2.example') },
+  ];
+  const s = stored(rawAnswer(name, 1, [aRr(1)], ns, glue));
+  const q = parseQuery(query({ name }));
+  const answerEnd = s.questionEnd + 16;
+  const nsLen = 2 + 10 + nameToWire('ns1.example').length;
+  const glue1 = nameToWire('ns1.example').length + 14;
+
+  const twoNs = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + 2 * nsLen, 1232);
+  t.equal(tcOf(twoNs), false, 'the answer section is whole: no TC');
+  t.same(counts(twoNs), [1, 0, 0], 'room for two of the three NS: none of them');
+  dnsPacket.decode(twoNs);
+  t.equal(dnsPacket.decode.bytes, twoNs.length, 'ends at the last kept record');
+
+  const oneGlue = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + 3 * nsLen + glue1 + 15, 1232);
+  t.equal(tcOf(oneGlue), false);
+  t.same(counts(oneGlue), [1, 3, 0], 'room for one of ns1\'s two addresses: neither');
+
+  const ns1Whole = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + 3 * nsLen + glue1 + 16 + 5, 1232);
+  t.same(counts(ns1Whole), [1, 3, 2], 'ns1\'s two addresses fit: both, without ns2\'s');
+  t.same(dnsPacket.decode(ns1Whole).additionals?.map((r) => `${r.name} ${(r as { data: string }).data}`), ['ns1.example 10.96.100.7', 'ns1.example 10.96.100.8']);
+
+  // With TC (the answer section itself cut) the leading records stay as they are: musl < 1.2.4 uses them.
+  const many = stored(rawAnswer(name, 1, [aRr(1), aRr(2), aRr(3)]));
+  const cut = writeAnswer(many.wire, many.questionEnd, many.offsets, q, 0, -1, many.questionEnd + 2 * 16, 1232);
+  t.equal(tcOf(cut), true);
+  t.same(counts(cut), [2, 0, 0], 'TC: two of the three addresses kept');
+});
