@@ -65,6 +65,35 @@ export function namesEqualCI(a: Uint8Array, aOff: number, b: Uint8Array, bOff: n
   return true;
 }
 
+/**
+ * Whether the names at `a` and `b` (offsets in the message that starts at
+ * `base` of `buf`, which its pointers are relative to) are one name, ASCII
+ * case folded, following compression pointers (at most 64 hops each). For
+ * messages already validated (a stored answer); false on anything malformed.
+ */
+export function sameNameAt(buf: Uint8Array, base: number, a: number, b: number): boolean {
+  let pa = base + a;
+  let pb = base + b;
+  let hops = 0;
+  for (;;) {
+    while (pa + 1 < buf.length && (buf[pa]! & POINTER_MASK) === POINTER_MASK) {
+      if (++hops > 128) return false;
+      pa = base + (((buf[pa]! & 0x3f) << 8) | buf[pa + 1]!);
+    }
+    while (pb + 1 < buf.length && (buf[pb]! & POINTER_MASK) === POINTER_MASK) {
+      if (++hops > 128) return false;
+      pb = base + (((buf[pb]! & 0x3f) << 8) | buf[pb + 1]!);
+    }
+    if (pa === pb) return true;
+    const len = buf[pa];
+    if (len === undefined || len !== buf[pb] || len > MAX_LABEL || pb + 1 + len > buf.length || pa + 1 + len > buf.length) return false;
+    if (len === 0) return true;
+    for (let i = 1; i <= len; i++) if (lower(buf[pa + i]!) !== lower(buf[pb + i]!)) return false;
+    pa += len + 1;
+    pb += len + 1;
+  }
+}
+
 /** Copies `len` bytes of a wire name into `out`, folding ASCII to lower case. */
 export function copyLowerName(src: Uint8Array, srcOff: number, out: Uint8Array, outOff: number, len: number): void {
   for (let i = 0; i < len; i++) out[outOff + i] = lower(src[srcOff + i]!);
