@@ -68,7 +68,7 @@ export function namesEqualCI(a: Uint8Array, aOff: number, b: Uint8Array, bOff: n
 /**
  * Whether the names at `a` and `b` (offsets in the message that starts at
  * `base` of `buf`, which its pointers are relative to) are one name, ASCII
- * case folded, following compression pointers (at most 64 hops each). For
+ * case folded, following compression pointers (at most 128 hops in all). For
  * messages already validated (a stored answer); false on anything malformed.
  */
 export function sameNameAt(buf: Uint8Array, base: number, a: number, b: number): boolean {
