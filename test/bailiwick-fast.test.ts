@@ -212,3 +212,19 @@ t.test('a scrubbed answer keeps the question as the upstream sent it (a label th
   const question = s === null || s === 'unusable' ? s : [...s.msg.subarray(12, 12 + qname.length + 4)];
   t.ok(s === 'unusable' || JSON.stringify(question) === JSON.stringify([...qname, 0, 1, 0, 1]), `the question is the upstream's, byte for byte, or the answer is unusable (${JSON.stringify(question)})`);
 });
+
+t.test('names compare with ASCII case folded only (RFC 4343): a look-alike owner is another name', async (t) => {
+  // JavaScript's toLowerCase folds far more than DNS does: the Kelvin sign (U+212A) lower-cases to "k", so a record
+  // owned by "\u212Aey.example" (bytes e2 84 aa) would pass as the question's "key.example". In DNS it is another name.
+  const m = dnsPacket.encode({
+    type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE,
+    questions: [{ name: 'key.example', type: 'A', class: 'IN' }],
+    answers: [a('KEY.example', '192.0.2.1'), a('\u212Aey.example', '203.0.113.66')],
+  });
+  t.equal(plainlyInBailiwick(m), false, 'the fast path sees another name');
+  const s = scrubOutOfBailiwick(m);
+  t.ok(s !== null && s !== 'unusable', 'the look-alike is removed');
+  if (s !== null && s !== 'unusable') {
+    t.same((dnsPacket.decode(s.msg).answers ?? []).map((r) => r.name), ['KEY.example'], 'the question\'s own record stays, in any ASCII case');
+  }
+});
