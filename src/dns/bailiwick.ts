@@ -29,7 +29,8 @@ export interface Scrubbed {
   readonly removed: number;
 }
 
-const lower = (n: string): string => n.toLowerCase().replace(/\.$/, '');
+/** DNS folds ASCII letters only (RFC 4343); toLowerCase alone would fold look-alikes too (the Kelvin sign to "k"). */
+const lower = (n: string): string => n.replace(/[A-Z]+/g, (c) => c.toLowerCase()).replace(/\.$/, '');
 
 /** True when `name` is `zone` or below it. */
 function under(name: string, zone: string): boolean {
