@@ -489,6 +489,8 @@ t.test('names', async (t) => {
   t.equal(nameToString(Buffer.from([0]), 0), '.');
   t.equal(skipName(Buffer.from([3, 0x61, 0x62]), 0), -1);
   t.throws(() => nameToWire('a'.repeat(64) + '.com'));
+  // toLowerCase maps the Kelvin sign (U+212A) to an ASCII "k": refused as the non-ASCII it is, not read as kube.local.
+  t.throws(() => nameToWire('\u212Aube.local'), /non-ASCII/);
 });
 
 t.test('ZoneRouter: longest suffix, case-insensitive', async (t) => {
