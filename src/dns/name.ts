@@ -164,15 +164,16 @@ export function nameToString(msg: Uint8Array, off: number): string | undefined {
 export function nameToWire(name: string): Buffer {
   const trimmed = name.endsWith('.') ? name.slice(0, -1) : name;
   if (trimmed === '') return Buffer.from([0]);
-  const parts = trimmed.toLowerCase().split('.');
+  const parts = trimmed.split('.');
   const bytes: number[] = [];
   for (const p of parts) {
     if (p.length === 0 || p.length > MAX_LABEL) throw new Error(`invalid DNS name "${name}": bad label length`);
     bytes.push(p.length);
     for (let i = 0; i < p.length; i++) {
+      // Checked before folding, and ASCII folded by hand: toLowerCase maps some non-ASCII (the Kelvin sign) to ASCII.
       const c = p.charCodeAt(i);
       if (c > 0x7e) throw new Error(`invalid DNS name "${name}": non-ASCII`);
-      bytes.push(c);
+      bytes.push(lower(c));
     }
   }
   bytes.push(0);
