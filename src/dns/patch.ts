@@ -3,7 +3,8 @@
  * patch the id, the flags, the question's spelling and every TTL. This is the
  * whole cost of a cache hit besides the lookup, so it decodes no record and
  * allocates one (pooled) buffer: an answer too big for the client is cut at a
- * record boundary found from the TTL offsets alone. It never throws.
+ * record boundary found from the TTL offsets (an RRset boundary, compared by
+ * the owner names they follow, when it goes without TC). It never throws.
  */
 import {
   FLAG_AA, FLAG_AD, FLAG_CD, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT,
