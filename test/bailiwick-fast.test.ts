@@ -181,3 +181,50 @@ t.test('a signer is a zone only above its own record, and a signature only goes 
     t.equal(s.removed, 3);
   }
 });
+
+t.test('an answer dns-packet cannot decode is not passed on unscrubbed', async (t) => {
+  // The upstream's OPT ends in half an option (code, then one byte of its length): our scanner never reads OPT
+  // RDATA and takes the answer, dns-packet throws on it. Were a decode failure "nothing to remove", every intruder
+  // beside such an OPT would be cached and served (the OPT itself is dropped at insert: the client sees a clean
+  // answer with the intruder in it).
+  const withIntruder = msg({ answers: [a(Q), a('www.bank.example', '203.0.113.66')] });
+  t.ok(scrubOutOfBailiwick(withIntruder) !== null, 'the intruder is seen in the well-formed answer');
+  const brokenOpt = Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 3, 0, 8, 0]);
+  const m = Buffer.concat([withIntruder, brokenOpt]);
+  m.writeUInt16BE(1, 10);
+  t.throws(() => dnsPacket.decode(m), 'dns-packet cannot read it');
+  t.equal(plainlyInBailiwick(m), false, 'the fast path cannot vouch for it');
+  t.equal(scrubOutOfBailiwick(m), 'unusable', 'records may have to go and cannot be checked: unusable, never "nothing to remove"');
+});
+
+t.test('a scrubbed answer keeps the question as the upstream sent it (a label that is not UTF-8)', async (t) => {
+  // The cache serves the scrubbed bytes to every client of the key, writing each client's spelling over the stored
+  // question: it must be the same name, byte for byte but for case. dns-packet reads labels as UTF-8, so a 0xff
+  // label comes back as U+FFFD, three bytes: the stored question would no longer line up with the client's.
+  const qname = Buffer.from([1, 0xff, 7, ...Buffer.from('example'), 0]);
+  const head = Buffer.from([0, 7, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0]);
+  const own = Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 1]);
+  const intruder = Buffer.concat([wireName('evil.example.net'), Buffer.from([0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 203, 0, 113, 66])]);
+  const m = Buffer.concat([head, qname, Buffer.from([0, 1, 0, 1]), own, intruder]);
+  const s = scrubOutOfBailiwick(m);
+  t.not(s, null, 'the intruder is seen');
+  // Unusable (stale or SERVFAIL) is an honest outcome too: names that did not survive the decode were not compared as sent.
+  const question = s === null || s === 'unusable' ? s : [...s.msg.subarray(12, 12 + qname.length + 4)];
+  t.ok(s === 'unusable' || JSON.stringify(question) === JSON.stringify([...qname, 0, 1, 0, 1]), `the question is the upstream's, byte for byte, or the answer is unusable (${JSON.stringify(question)})`);
+});
+
+t.test('names compare with ASCII case folded only (RFC 4343): a look-alike owner is another name', async (t) => {
+  // JavaScript's toLowerCase folds far more than DNS does: the Kelvin sign (U+212A) lower-cases to "k", so a record
+  // owned by "\u212Aey.example" (bytes e2 84 aa) would pass as the question's "key.example". In DNS it is another name.
+  const m = dnsPacket.encode({
+    type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE,
+    questions: [{ name: 'key.example', type: 'A', class: 'IN' }],
+    answers: [a('KEY.example', '192.0.2.1'), a('\u212Aey.example', '203.0.113.66')],
+  });
+  t.equal(plainlyInBailiwick(m), false, 'the fast path sees another name');
+  const s = scrubOutOfBailiwick(m);
+  t.ok(s !== null && s !== 'unusable', 'the look-alike is removed');
+  if (s !== null && s !== 'unusable') {
+    t.same((dnsPacket.decode(s.msg).answers ?? []).map((r) => r.name), ['KEY.example'], 'the question\'s own record stays, in any ASCII case');
+  }
+});

@@ -12,6 +12,7 @@ import { nameToString, nameToWire, skipName } from '../src/dns/name.js';
 import { answerMatchesQuery } from '../src/dns/question.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { planCaching } from '../src/cache/policy.js';
+import { AnswerCopy } from '../src/cache/entry.js';
 import { prefetchStart } from '../src/cache/prefetch.js';
 import { answer, query, soa, ttlOf, tsigRr, withAdditional } from './kit/dns.js';
 
@@ -243,13 +244,13 @@ t.test('writeAnswer: RFC 2181 9, TC only when what the client needs is missing',
 
   const cutAuthority = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + nsLen + 5, 1232);
   t.equal(tcOf(cutAuthority), false, 'answer section whole: no TC for a partial authority section');
-  t.same(counts(cutAuthority), [2, 1, 0]);
+  t.same(counts(cutAuthority), [2, 0, 0], 'the NS RRset did not fit whole: none of it');
   t.equal(dnsPacket.decode(cutAuthority).answers?.length, 2);
 
   const cutAdditional = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + 3 * nsLen + 16, 1232);
   t.equal(tcOf(cutAdditional), false, 'nor for a partial additional section');
-  t.same(counts(cutAdditional), [2, 3, 1]);
-  t.equal(dnsPacket.decode(cutAdditional).additionals?.length, 1);
+  t.same(counts(cutAdditional), [2, 3, 0], 'the glue RRset did not fit whole: none of it');
+  t.equal(dnsPacket.decode(cutAdditional).additionals?.length, 0);
   t.equal(dnsPacket.decode.bytes, cutAdditional.length, 'ends at the last kept record');
 
   const cutAnswers = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd - 1, 1232);
@@ -488,6 +489,8 @@ t.test('names', async (t) => {
   t.equal(nameToString(Buffer.from([0]), 0), '.');
   t.equal(skipName(Buffer.from([3, 0x61, 0x62]), 0), -1);
   t.throws(() => nameToWire('a'.repeat(64) + '.com'));
+  // toLowerCase maps the Kelvin sign (U+212A) to an ASCII "k": refused as the non-ASCII it is, not read as kube.local.
+  t.throws(() => nameToWire('\u212Aube.local'), /non-ASCII/);
 });
 
 t.test('ZoneRouter: longest suffix, case-insensitive', async (t) => {
@@ -547,4 +550,68 @@ t.test('stripOpt: an OPT before other additional records goes with the records a
   t.same(after?.answers?.map((x) => `${x.type} ${x.name}`), ['MX example.com'], 'the answer intact');
   // Cut out of the middle, the OPT would have left the AAAA's compressed owner pointing into the A's record data.
   t.same(after?.additionals?.map((x) => `${x.type} ${x.name}`), [], 'the glue after the OPT went with it (and the query had no EDNS: no OPT of ours)');
+});
+
+t.test('an answer never cached still goes out with no TTL over 2^31 - 1 (RFC 2181 8: such a TTL means zero)', async (t) => {
+  // The TTL is what makes it uncacheable (read as 0), so it is served once, as a transient entry, to the clients that
+  // waited: with the upstream's bytes, a client reads 2147483649 seconds where the upstream meant none.
+  const up = answer('www.example.com', [{ type: 'A', name: 'www.example.com', ttl: 0x80000001, data: '192.0.2.1' }]);
+  const scan = scanAnswer(up)!;
+  t.equal(scan.minTtl, 0, 'read as zero');
+  const plan = planCaching(scan, { successTtl: 30, denialTtl: 5 }, up);
+  t.equal(plan.kind, 'none', 'so it is not cached');
+  const transient = AnswerCopy.fromAnswer(up, scan, 1000, 0, Infinity, false);
+  const out = dnsPacket.decode(transient.serve(parseQuery(query({ name: 'www.example.com' })), 1000, 512, 1232));
+  t.same(out.answers?.map(ttlOf), [0], 'served with TTL 0');
+});
+
+t.test('scanAnswer: a compression pointer into the header is malformed', async (t) => {
+  // What a name there reads as changes when a hit writes the client's id and flags over the header: the same stored
+  // answer would name a different owner for every client.
+  const up = rawAnswer('a.example', 1, [{ ...aRr(1), owner: Buffer.from([0xc0, 2]) }]);
+  t.equal(skipName(up, 12 + nameToWire('a.example').length + 4), -1, 'skipName refuses it');
+  t.equal(scanAnswer(up), undefined, 'refused');
+  t.ok(scanAnswer(rawAnswer('a.example', 1, [aRr(1)])), 'a pointer to the question is fine');
+});
+
+t.test('writeAnswer: what is dropped without TC goes by whole RRsets (RFC 2181 5.1, 9: a partial RRset only with TC)', async (t) => {
+  // A positive answer, then the zone's three NS in authority, then glue: two A records of ns1 (one RRset, the second
+  // owner a pointer to the first, as servers compress), then one A of ns2. A client that keeps what comes without TC
+  // (a caching resolver in a pod) must not be handed two of three NS, or one of ns1's two addresses, as the whole set.
+  const name = 'a.example';
+  const zoneOwner = Buffer.from([0xc0, 14]); // "example", the question's second label
+  const nsRr = (host: string): Rr => ({ type: 2, ttl: 30, rdata: nameToWire(host), owner: zoneOwner });
+  const ns = [nsRr('ns1.example'), nsRr('ns2.example'), nsRr('ns3.example')];
+  const head = rawAnswer(name, 1, [aRr(1)], ns, []);
+  const ns1At = head.length;
+  const glue: Rr[] = [
+    { ...aRr(7), owner: nameToWire('ns1.example') },
+    { ...aRr(8), owner: Buffer.from([0xc0, ns1At]) },
+    { ...aRr(9), owner: nameToWire('ns2.example') },
+  ];
+  const s = stored(rawAnswer(name, 1, [aRr(1)], ns, glue));
+  const q = parseQuery(query({ name }));
+  const answerEnd = s.questionEnd + 16;
+  const nsLen = 2 + 10 + nameToWire('ns1.example').length;
+  const glue1 = nameToWire('ns1.example').length + 14;
+
+  const twoNs = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + 2 * nsLen, 1232);
+  t.equal(tcOf(twoNs), false, 'the answer section is whole: no TC');
+  t.same(counts(twoNs), [1, 0, 0], 'room for two of the three NS: none of them');
+  dnsPacket.decode(twoNs);
+  t.equal(dnsPacket.decode.bytes, twoNs.length, 'ends at the last kept record');
+
+  const oneGlue = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + 3 * nsLen + glue1 + 15, 1232);
+  t.equal(tcOf(oneGlue), false);
+  t.same(counts(oneGlue), [1, 3, 0], 'room for one of ns1\'s two addresses: neither');
+
+  const ns1Whole = writeAnswer(s.wire, s.questionEnd, s.offsets, q, 0, -1, answerEnd + 3 * nsLen + glue1 + 16 + 5, 1232);
+  t.same(counts(ns1Whole), [1, 3, 2], 'ns1\'s two addresses fit: both, without ns2\'s');
+  t.same(dnsPacket.decode(ns1Whole).additionals?.map((r) => `${r.name} ${(r as { data: string }).data}`), ['ns1.example 10.96.100.7', 'ns1.example 10.96.100.8']);
+
+  // With TC (the answer section itself cut) the leading records stay as they are: musl < 1.2.4 uses them.
+  const many = stored(rawAnswer(name, 1, [aRr(1), aRr(2), aRr(3)]));
+  const cut = writeAnswer(many.wire, many.questionEnd, many.offsets, q, 0, -1, many.questionEnd + 2 * 16, 1232);
+  t.equal(tcOf(cut), true);
+  t.same(counts(cut), [2, 0, 0], 'TC: two of the three addresses kept');
 });

@@ -79,12 +79,13 @@ export class AnswerCopy implements CacheEntry {
   static fromAnswer(answer: Buffer, scan: AnswerScan, now: number, ttlSec: number, prefetchAt: number, negative: boolean): AnswerCopy {
     const { wire, ttlOffsets: offsets } = stripOpt(answer, scan.end, scan.optStart, scan.optEnd, scan.ttlOffsets.slice());
     wire.writeUInt16BE(0, 0);
-    if (ttlSec > 0) {
-      // Clients must not keep a record longer than we do: cap every TTL to the entry's life.
-      for (let i = 0; i < offsets.length; i++) {
-        const off = offsets[i]!;
-        if (wire.readUInt32BE(off) > ttlSec) wire.writeUInt32BE(ttlSec, off);
-      }
+    // Clients must not keep a record longer than we do: cap every TTL to the entry's life. A transient entry (ttlSec 0)
+    // keeps the upstream's TTLs but those over 2^31 - 1, which mean zero (RFC 2181 8) and are often why it is transient.
+    const cap = ttlSec > 0 ? ttlSec : 0x7fffffff;
+    for (let i = 0; i < offsets.length; i++) {
+      const off = offsets[i]!;
+      const ttl = wire.readUInt32BE(off);
+      if (ttl > cap) wire.writeUInt32BE(ttl > 0x7fffffff ? 0 : cap, off);
     }
     return new AnswerCopy(wire, scan.questionEnd, offsets, now, now + ttlSec * 1000, prefetchAt, negative);
   }

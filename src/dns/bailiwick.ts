@@ -20,6 +20,8 @@
 import dnsPacket from 'dns-packet';
 import type { Answer, DecodedPacket } from 'dns-packet';
 import { plainlyInBailiwick } from './bailiwick-fast.js';
+import { HEADER_LEN } from './constants.js';
+import { skipName } from './name.js';
 
 export interface Scrubbed {
   readonly msg: Buffer;
@@ -27,7 +29,8 @@ export interface Scrubbed {
   readonly removed: number;
 }
 
-const lower = (n: string): string => n.toLowerCase().replace(/\.$/, '');
+/** DNS folds ASCII letters only (RFC 4343); toLowerCase alone would fold look-alikes too (the Kelvin sign to "k"). */
+const lower = (n: string): string => n.replace(/[A-Z]+/g, (c) => c.toLowerCase()).replace(/\.$/, '');
 
 /** True when `name` is `zone` or below it. */
 function under(name: string, zone: string): boolean {
@@ -60,10 +63,10 @@ function keepSignatures(section: readonly Answer[], kept: Set<Answer>): void {
 }
 
 /**
- * The scrubbed answer; null when every record belongs (or the message is not
- * something dns-packet reads: our own scanner already validated it);
- * 'unusable' when records must go but the rest cannot be re-encoded (then
- * the answer is treated as malformed, never cached with the intruders).
+ * The scrubbed answer; null when every record belongs; 'unusable' when
+ * records must go but the rest cannot be re-encoded, or when the message is
+ * not something dns-packet reads (then the answer is treated as malformed,
+ * never cached with the intruders).
  */
 export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   // Most answers (an address, or a negative answer with its zone's SOA): nothing to remove, known without a decode.
@@ -72,7 +75,9 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   try {
     p = dnsPacket.decode(msg);
   } catch {
-    return null; // our own scanner accepted it; a decoder gap is no reason to drop an answer
+    // Not known clean (the fast path said so), and unreadable here: whatever it carries cannot be checked. Our own
+    // scanner is no guarantee: it reads no OPT RDATA and follows no pointer past the first, where dns-packet throws.
+    return 'unusable';
   }
   const q = p.questions?.[0];
   if (q === undefined) return null;
@@ -131,8 +136,20 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   if (removed === 0) return null;
   try {
     const out = dnsPacket.encode({ ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: authorities.filter((rr) => keptAuth.has(rr)), additionals: keptAdd });
-    return { msg: out, removed };
+    return sameQuestion(msg, out) ? { msg: out, removed } : 'unusable';
   } catch {
     return 'unusable';
   }
+}
+
+/**
+ * Whether `out` starts with `msg`'s question, byte for byte. dns-packet reads
+ * labels as UTF-8 text: a label that is not UTF-8, or holds a dot, comes back
+ * as another name (often of another length). The cache writes each client's
+ * spelling over the stored question, so that must still be the name asked:
+ * and names that do not survive the decode were not compared as sent either.
+ */
+function sameQuestion(msg: Buffer, out: Buffer): boolean {
+  const end = skipName(msg, HEADER_LEN) + 4;
+  return end > HEADER_LEN + 4 && end <= msg.length && end <= out.length && msg.compare(out, HEADER_LEN, end, HEADER_LEN, end) === 0;
 }

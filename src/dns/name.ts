@@ -2,13 +2,15 @@
  * Domain names in wire format, read in place. Nothing here allocates except
  * nameToString (slow paths: routing, logs).
  */
-import { MAX_LABEL, MAX_NAME_WIRE, POINTER_MASK } from './constants.js';
+import { HEADER_LEN, MAX_LABEL, MAX_NAME_WIRE, POINTER_MASK } from './constants.js';
 
 /**
  * Offset just past the name that starts at `off`, or -1 if it is malformed
  * (runs past the end, label type 0x40/0x80, over 255 bytes, or a compression
  * pointer that does not point strictly backwards, which is what rules out
- * loops without following anything).
+ * loops without following anything, or that points into the header: no name
+ * is there, and what the bytes would read as changes when an answer's id and
+ * flags are patched).
  */
 export function skipName(msg: Uint8Array, off: number): number {
   const start = off;
@@ -19,7 +21,7 @@ export function skipName(msg: Uint8Array, off: number): number {
     if ((len & POINTER_MASK) === POINTER_MASK) {
       if (off + 1 >= msg.length) return -1;
       const target = ((len & 0x3f) << 8) | msg[off + 1]!;
-      return target < start ? off + 2 : -1;
+      return target >= HEADER_LEN && target < start ? off + 2 : -1;
     }
     if (len > MAX_LABEL) return -1;
     wireLen += len + 1;
@@ -61,6 +63,35 @@ export function namesEqualCI(a: Uint8Array, aOff: number, b: Uint8Array, bOff: n
     if (lower(a[aOff + i]!) !== lower(b[bOff + i]!)) return false;
   }
   return true;
+}
+
+/**
+ * Whether the names at `a` and `b` (offsets in the message that starts at
+ * `base` of `buf`, which its pointers are relative to) are one name, ASCII
+ * case folded, following compression pointers (at most 128 hops in all). For
+ * messages already validated (a stored answer); false on anything malformed.
+ */
+export function sameNameAt(buf: Uint8Array, base: number, a: number, b: number): boolean {
+  let pa = base + a;
+  let pb = base + b;
+  let hops = 0;
+  for (;;) {
+    while (pa + 1 < buf.length && (buf[pa]! & POINTER_MASK) === POINTER_MASK) {
+      if (++hops > 128) return false;
+      pa = base + (((buf[pa]! & 0x3f) << 8) | buf[pa + 1]!);
+    }
+    while (pb + 1 < buf.length && (buf[pb]! & POINTER_MASK) === POINTER_MASK) {
+      if (++hops > 128) return false;
+      pb = base + (((buf[pb]! & 0x3f) << 8) | buf[pb + 1]!);
+    }
+    if (pa === pb) return true;
+    const len = buf[pa];
+    if (len === undefined || len !== buf[pb] || len > MAX_LABEL || pb + 1 + len > buf.length || pa + 1 + len > buf.length) return false;
+    if (len === 0) return true;
+    for (let i = 1; i <= len; i++) if (lower(buf[pa + i]!) !== lower(buf[pb + i]!)) return false;
+    pa += len + 1;
+    pb += len + 1;
+  }
 }
 
 /** Copies `len` bytes of a wire name into `out`, folding ASCII to lower case. */
@@ -133,15 +164,16 @@ export function nameToString(msg: Uint8Array, off: number): string | undefined {
 export function nameToWire(name: string): Buffer {
   const trimmed = name.endsWith('.') ? name.slice(0, -1) : name;
   if (trimmed === '') return Buffer.from([0]);
-  const parts = trimmed.toLowerCase().split('.');
+  const parts = trimmed.split('.');
   const bytes: number[] = [];
   for (const p of parts) {
     if (p.length === 0 || p.length > MAX_LABEL) throw new Error(`invalid DNS name "${name}": bad label length`);
     bytes.push(p.length);
     for (let i = 0; i < p.length; i++) {
+      // Checked before folding, and ASCII folded by hand: toLowerCase maps some non-ASCII (the Kelvin sign) to ASCII.
       const c = p.charCodeAt(i);
       if (c > 0x7e) throw new Error(`invalid DNS name "${name}": non-ASCII`);
-      bytes.push(c);
+      bytes.push(lower(c));
     }
   }
   bytes.push(0);

@@ -3,12 +3,14 @@
  * patch the id, the flags, the question's spelling and every TTL. This is the
  * whole cost of a cache hit besides the lookup, so it decodes no record and
  * allocates one (pooled) buffer: an answer too big for the client is cut at a
- * record boundary found from the TTL offsets alone. It never throws.
+ * record boundary found from the TTL offsets (an RRset boundary, compared by
+ * the owner names they follow, when it goes without TC). It never throws.
  */
 import {
   FLAG_AA, FLAG_AD, FLAG_CD, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT,
 } from './constants.js';
 import { OPT_LEN, writeOpt } from './build.js';
+import { sameNameAt, skipName } from './name.js';
 import type { Query } from './query.js';
 
 /**
@@ -41,7 +43,7 @@ export function writeAnswerFrom(
   const optLen = q.edns ? OPT_LEN : 0;
   const full = wireLen + optLen <= limit;
   // The cut is the rare path: it is worked out here, before the copy, so the common path only pays this branch.
-  const kept = full ? ttlCount : keptRecordsFrom(src, base, ttl, ttlAt, ttlCount, limit - optLen);
+  const kept = full ? ttlCount : keptRecordsFrom(src, base, questionEnd, ttl, ttlAt, ttlCount, limit - optLen);
   const tc = kept < 0;
   const n = tc ? ~kept : kept;
   const len = full ? wireLen : n === 0 ? questionEnd : recordEnd(src, base, ttl[ttlAt + n - 1]!);
@@ -124,24 +126,37 @@ function recordEnd(wire: Buffer, base: number, ttlOff: number): number {
  * additional records that do not fit are dropped without TC; but a negative
  * answer (no answer records) needs its authority section (the SOA for RFC
  * 2308 negative caching, and any RFC 4035 denial proofs beside it), so a
- * negative answer that loses an authority record is TC. Cutting a suffix is
- * safe on the wire because compression pointers only point backwards
- * (answer.ts scanAnswer refuses anything else at insert).
+ * negative answer that loses an authority record is TC. What goes without TC
+ * goes by whole RRsets: a partial RRset is allowed only with TC (RFC 2181
+ * 5.1, 9), and a client that keeps what it is given would take the part for
+ * the set. Cutting a suffix is safe on the wire because compression pointers
+ * only point backwards (answer.ts scanAnswer refuses anything else at insert).
  */
 export function keptRecords(wire: Buffer, ttlOffsets: Uint16Array, budget: number): number {
-  return keptRecordsFrom(wire, 0, ttlOffsets, 0, ttlOffsets.length, budget);
+  return keptRecordsFrom(wire, 0, skipName(wire, HEADER_LEN) + 4, ttlOffsets, 0, ttlOffsets.length, budget);
 }
 
-function keptRecordsFrom(wire: Buffer, base: number, ttl: Uint16Array, ttlAt: number, ttlCount: number, budget: number): number {
+function keptRecordsFrom(wire: Buffer, base: number, questionEnd: number, ttl: Uint16Array, ttlAt: number, ttlCount: number, budget: number): number {
   let n = 0;
   while (n < ttlCount && recordEnd(wire, base, ttl[ttlAt + n]!) <= budget) n++;
   const an = (wire[base + OFF_ANCOUNT]! << 8) | wire[base + OFF_ANCOUNT + 1]!;
   if (n < an) return ~n;
-  if (an === 0) {
-    const ns = (wire[base + OFF_NSCOUNT]! << 8) | wire[base + OFF_NSCOUNT + 1]!;
-    if (n < ns) return ~n;
-  }
+  const ns = (wire[base + OFF_NSCOUNT]! << 8) | wire[base + OFF_NSCOUNT + 1]!;
+  if (an === 0 && n < ns) return ~n;
+  // Back to the start of the RRset the cut went through, within its section.
+  const sectionStart = n < an + ns ? an : an + ns;
+  while (n > sectionStart && n < ttlCount && sameRRset(wire, base, questionEnd, ttl, ttlAt, n - 1)) n--;
   return n;
+}
+
+/** Whether records i and i + 1 (by their TTL offsets) share owner, type and class. */
+function sameRRset(wire: Buffer, base: number, questionEnd: number, ttl: Uint16Array, ttlAt: number, i: number): boolean {
+  const ttlA = ttl[ttlAt + i]!;
+  const ttlB = ttl[ttlAt + i + 1]!;
+  // TYPE and CLASS are the 4 bytes before the TTL.
+  for (let k = 4; k > 0; k--) if (wire[base + ttlA - k] !== wire[base + ttlB - k]) return false;
+  const startA = i === 0 ? questionEnd : recordEnd(wire, base, ttl[ttlAt + i - 1]!);
+  return sameNameAt(wire, base, startA, recordEnd(wire, base, ttlA));
 }
 
 /**

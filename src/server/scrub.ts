@@ -14,7 +14,8 @@ const UNUSABLE = Buffer.alloc(0);
  * The answer to cache and serve: `answer` itself when every record belongs,
  * the scrubbed copy when some did not, or an empty message (which every
  * reader treats as malformed: stale or SERVFAIL, never cached) when records
- * must go and the rest cannot be re-encoded. Counted in a server block.
+ * must go and the rest cannot be re-encoded, or when it cannot be checked
+ * at all (dns-packet does not read it). Counted in a server block.
  */
 export function scrubCounted(answer: Buffer, server: Float64Array): Buffer {
   const scrubbed = scrubOutOfBailiwick(answer);
