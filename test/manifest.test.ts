@@ -733,3 +733,78 @@ t.test('upgrade overlap: while the surge pod\'s agent is still starting, the liv
   t.same(health, ['200', '200', '200'], `liveness on the shared address while the new agent starts (old pod alive): ${health.join(' ')}`);
   holder.kill('SIGTERM');
 });
+
+// ---------------------------------------------------------------- review: what the dashboard's legends and the alerts' texts say
+
+interface DashboardTarget { expr: string; legendFormat?: string }
+interface Dashboard { panels: { title: string; type: string; targets?: DashboardTarget[] }[] }
+interface AlertRule { alert?: string; expr: string; annotations?: Record<string, string> }
+
+const DASHBOARD = JSON.parse(readFileSync(join(ROOT, 'deploy', 'grafana-dashboard.json'), 'utf8')) as Dashboard;
+const ALERTS = (parseAllDocuments(readFileSync(join(ROOT, 'deploy', 'prometheus-rules.yaml'), 'utf8'))[0]!.toJS() as { groups: { rules: AlertRule[] }[] }).groups.flatMap((g) => g.rules);
+
+/** The label lists of every `by (...)` aggregation in a PromQL expression, or null when it aggregates nothing. */
+function byLists(expr: string): string[][] | null {
+  const aggs = [...expr.matchAll(/\b(?:sum|count|max|min|avg|topk|bottomk)\s*(?:by\s*\(([^)]*)\))?\s*\(/g)];
+  if (aggs.length === 0) return null;
+  return aggs.map((m) => (m[1] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== ''));
+}
+
+/** The label_replace(v, "dst", "replacement", "src", "regex") calls of an expression, innermost first (their trailing arguments come first in the text). */
+function labelReplaces(expr: string): { dst: string; replacement: string; src: string; regex: string }[] {
+  return [...expr.matchAll(/,\s*"([^"]*)"\s*,\s*"([^"]*)"\s*,\s*"([^"]*)"\s*,\s*"([^"]*)"\s*\)/g)].map((m) => ({ dst: m[1]!, replacement: m[2]!, src: m[3]!, regex: m[4]! }));
+}
+
+/** The legend Grafana draws for one series of a target: the labels the aggregation keeps, then each label_replace, as Prometheus applies them. */
+function legendOf(target: DashboardTarget, series: Record<string, string>): string {
+  const kept = byLists(target.expr)?.[0];
+  const labels: Record<string, string> = kept === undefined ? { ...series } : Object.fromEntries(kept.filter((k) => k in series).map((k) => [k, series[k]!]));
+  for (const r of labelReplaces(target.expr)) {
+    const m = new RegExp(`^(?:${r.regex})$`).exec(labels[r.src] ?? '');
+    if (m !== null) labels[r.dst] = r.replacement.replace(/\$(\d)/g, (_, i: string) => m[Number(i)] ?? '');
+  }
+  return (target.legendFormat ?? '').replace(/\{\{\s*([A-Za-z_]+)\s*\}\}/g, (_, l: string) => labels[l] ?? '');
+}
+
+t.test('dashboard: the address-family panel names IPv4 and IPv6, not CoreDNS\'s family numbers read as IP versions', async (t) => {
+  // coredns_dns_requests_total's family label is "1" for an IPv4 client and "2" for IPv6 (CoreDNS's numbering).
+  // A legend of "IPv{{family}}" draws "IPv1" and "IPv2": an operator reads the IPv6 share as something else.
+  const { SERVER_COUNTERS, addressFamilyIndex } = await import('../src/server/stats.js');
+  const families = [...new Set(SERVER_COUNTERS.defs.filter((d) => d.name === 'coredns_dns_requests_total').map((d) => d.labels?.['family'] ?? ''))];
+  t.same(families.length, 2, 'two family values');
+  const panel = DASHBOARD.panels.find((p) => (p.targets ?? []).some((x) => /sum by \([^)]*\bfamily\b/.test(x.expr)));
+  t.ok(panel, 'a panel splits requests by family');
+  const target = panel!.targets!.find((x) => /\bfamily\b/.test(x.expr))!;
+  for (const [client, version] of [['192.0.2.1', 'IPv4'], ['2001:db8::1', 'IPv6'], ['::ffff:192.0.2.1', 'IPv4']] as const) {
+    const family = families[addressFamilyIndex(client)]!;
+    const legend = legendOf(target, { family, proto: 'udp', instance: 'node-1' });
+    t.match(legend, new RegExp(`\\b${version}\\b`), `a client at ${client} (family="${family}") is drawn as ${version}: "${legend}"`);
+    t.notMatch(legend, /IPv[12]\b/, `no "IPv1"/"IPv2": "${legend}"`);
+  }
+});
+
+t.test('dashboard: every {{label}} a legend draws is one its query keeps', async (t) => {
+  for (const p of DASHBOARD.panels) {
+    for (const x of p.targets ?? []) {
+      const lists = byLists(x.expr);
+      if (lists === null) continue; // no aggregation: every label of the series is there
+      const kept = new Set([...lists.flat(), ...labelReplaces(x.expr).map((r) => r.dst)]);
+      for (const m of (x.legendFormat ?? '').matchAll(/\{\{\s*([A-Za-z_]+)\s*\}\}/g)) {
+        t.ok(kept.has(m[1]!) && m[1] !== 'le', `panel "${p.title}": {{${m[1]}}} is kept by "${x.expr.replace(/\s+/g, ' ')}"`);
+      }
+    }
+  }
+});
+
+t.test('alerts: every $labels.X an annotation names survives the expression\'s aggregation', async (t) => {
+  t.ok(ALERTS.length > 10, `${ALERTS.length} alerts`);
+  for (const r of ALERTS) {
+    const lists = byLists(r.expr);
+    const kept = lists === null ? null : lists.reduce((a, b) => a.filter((l) => b.includes(l)));
+    for (const [k, text] of Object.entries(r.annotations ?? {})) {
+      for (const m of text.matchAll(/\$labels\.([A-Za-z_]+)/g)) {
+        t.ok(kept === null || (kept.includes(m[1]!) && m[1] !== 'le'), `${r.alert} ${k}: $labels.${m[1]} is kept (${kept === null ? 'no aggregation' : `by ${kept.join(', ')}`})`);
+      }
+    }
+  }
+});
