@@ -808,3 +808,21 @@ t.test('alerts: every $labels.X an annotation names survives the expression\'s a
     }
   }
 });
+
+t.test('alerts: refused client TCP connections say which limit refused them (the two have different causes and remedies)', async (t) => {
+  // nodelocal_tcp_refused_total{reason}: connection_limit (every --max-tcp-connections slot busy: a flood) or
+  // client_limit (one address at --max-tcp-per-client: a pod, or hostNetwork pods sharing the node's address).
+  // An alert summed over both that names only the first sends the operator after the wrong knob.
+  const src = readFileSync(join(ROOT, 'src', 'server', 'tcp-stats.ts'), 'utf8');
+  const reasons = [...src.matchAll(/name: REFUSED, help: REFUSED_HELP, labels: \{ reason: '([a-z_]+)' \}/g)].map((m) => m[1]!);
+  t.same(reasons.sort(), ['client_limit', 'connection_limit'], 'the two reasons the agent counts');
+  const rules = ALERTS.filter((r) => r.expr.includes('nodelocal_tcp_refused_total'));
+  t.ok(rules.length > 0, 'an alert on refused connections');
+  for (const r of rules) {
+    const selects = /nodelocal_tcp_refused_total\{[^}]*reason\s*=\s*"/.test(r.expr);
+    const keeps = (byLists(r.expr) ?? [['reason']]).every((l) => l.includes('reason'));
+    t.ok(selects || keeps, `${r.alert}: one reason selected, or reason kept by the aggregation: ${r.expr.trim()}`);
+    if (!selects) t.match(r.annotations?.['summary'] ?? '', /\$labels\.reason/, `${r.alert}: the summary names the reason`);
+    for (const reason of reasons) t.match(r.annotations?.['description'] ?? '', reason, `${r.alert}: the description explains ${reason}`);
+  }
+});
