@@ -826,3 +826,54 @@ t.test('alerts: refused client TCP connections say which limit refused them (the
     for (const reason of reasons) t.match(r.annotations?.['description'] ?? '', reason, `${r.alert}: the description explains ${reason}`);
   }
 });
+
+// ---------------------------------------------------------------- review: README's flag table and config-file example against the agent
+
+/** README's "### Flags" table: each row's flags (in order) and its default cell, backticks dropped. */
+function readmeFlagRows(): { flags: string[]; def: string; row: string }[] {
+  const md = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const section = md.slice(md.indexOf('### Flags'), md.indexOf('### Config file'));
+  return section.split('\n').filter((l) => l.startsWith('| `--')).map((row) => {
+    const cells = row.split(/(?<!\\)\|/).map((c) => c.trim());
+    return { flags: [...cells[1]!.matchAll(/`--([a-z0-9-]+)/g)].map((m) => m[1]!), def: cells[2]!.replace(/`/g, ''), row };
+  });
+}
+
+t.test("README's flag table: every flag of the agent, each with the agent's default, and no flag the agent does not take", async (t) => {
+  const rows = readmeFlagRows();
+  t.ok(rows.length > 40, `${rows.length} rows`);
+  const inTable = new Set(rows.flatMap((r) => r.flags));
+  const isBool = (flag: string): boolean => OPTIONS.some((o) => o.flag === flag && o.kind === 'bool');
+  for (const f of inTable) t.ok(OPTIONS.some((o) => o.flag === f) || (f.startsWith('no-') && isBool(f.slice(3))), `--${f} in the table is a flag of the agent`);
+  for (const o of OPTIONS) {
+    t.ok(inTable.has(o.flag), `--${o.flag} is in the table`);
+    if (o.def === undefined) continue;
+    for (const r of rows.filter((x) => x.flags.includes(o.flag))) {
+      // "a / b" defaults pair with "--x / --y" rows; otherwise the cell holds the one default.
+      const named = r.flags.filter((f) => !f.startsWith('no-'));
+      const parts = r.def.split(' / ');
+      const cell = parts.length === named.length ? parts[named.indexOf(o.flag)]! : r.def;
+      const tokens = cell.split(/[\s(),]+/).filter((x) => x !== '');
+      const want = o.kind === 'bool' ? (o.def === 'true' ? ['true', 'on'] : ['false', 'off']) : [o.def];
+      t.ok(tokens.some((x) => want.includes(x)), `--${o.flag}: default ${o.def} in the table (cell "${cell}")`);
+    }
+  }
+});
+
+t.test("README's config file example loads in the agent as written", async (t) => {
+  const md = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const section = md.slice(md.indexOf('### Config file'));
+  const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+  t.ok(yaml !== undefined, 'a YAML example');
+  const files: Record<string, string> = { '/etc/nodelocal-dns/example.yaml': yaml! };
+  const { config } = loadConfig(['--config', '/etc/nodelocal-dns/example.yaml', '--kube-dns-config-dir', ''], {
+    // It sets requireClusterDns: the Service environment kubelet injects.
+    env: { KUBE_DNS_UPSTREAM_SERVICE_HOST: '10.96.0.53' },
+    readFile: (p) => {
+      const text = files[p];
+      if (text === undefined) throw Object.assign(new Error(`no such file ${p}`), { code: 'ENOENT' });
+      return text;
+    },
+  });
+  t.ok(config.listen.length > 0 && config.stubDomains.length > 0, 'listen addresses and a stub domain from the file');
+});
