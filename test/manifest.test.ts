@@ -889,3 +889,15 @@ t.test('alerts: a held xtables lock (errortype="iptables_lock", retried at the n
   for (const r of rules) t.match(r.expr, /coredns_nodecache_setup_errors_total\{[^}]*errortype\s*!=\s*"iptables_lock"/, `${r.alert} leaves iptables_lock out: ${r.expr.trim()}`);
   t.ok(ALERTS.some((r) => /nodelocal_interception_active\s*==\s*0/.test(r.expr)), 'rules that stay missing are alerted on by themselves');
 });
+
+t.test('alerts: a refused reload alerts for as long as it stands, not for the window after it (a state, not a counter\'s increase)', async (t) => {
+  // increase(nodelocal_config_reloads_total{result="refused"}[10m]) > 0 resolves 10 minutes after the refusal,
+  // with the files still holding what the next start of the pod refuses (test/main.test.ts: the gauge stays 1
+  // until a reload is applied).
+  const rules = ALERTS.filter((r) => /nodelocal_config_reload/.test(r.expr));
+  t.ok(rules.length > 0, 'an alert on refused reloads');
+  for (const r of rules) {
+    t.match(r.expr, /nodelocal_config_reload_refused\s*(==\s*1|>\s*0)/, `${r.alert} is on the state: ${r.expr.trim()}`);
+    t.notMatch(r.expr, /increase\(/, `${r.alert}: no increase() window to fall out of`);
+  }
+});
