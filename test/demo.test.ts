@@ -43,6 +43,9 @@ t.test('npm run demo: the README walkthrough, on a machine where 127.0.0.1:8080 
   t.ok(banner !== null, `the demo starts: ${banner ?? ((await waitExit(child, 2000)) ? err.all.slice(-5).join('\n') : 'no banner yet')}`);
   if (banner === null) return;
   t.match(banner, `127.0.0.1:${port}`, 'on DEMO_PORT');
+  const metricsLine = await out.next((l) => /curl -s \S+\/metrics/.test(l), WAIT_MS);
+  const metricsUrl = /curl -s (\S+\/metrics)/.exec(metricsLine ?? '')?.[1];
+  t.ok(metricsUrl !== undefined, `the banner says where /metrics is: ${metricsLine}`);
 
   const agent = { host: '127.0.0.1', port };
   const a = (r: { answers?: { type: string; data?: unknown }[] }): string[] => (r.answers ?? []).filter((x) => x.type === 'A').map((x) => String(x.data));
@@ -53,6 +56,9 @@ t.test('npm run demo: the README walkthrough, on a machine where 127.0.0.1:8080 
   t.ok(await out.next((l) => l.includes('simulated kube-dns stopped'), WAIT_MS), 'SIGUSR1 stops the simulated kube-dns');
   const cart = await udpQuery(agent, 'cart.shop.svc.cluster.local', { timeoutMs: 5000 });
   t.same(a(cart), ['10.96.1.20'], 'cart.shop, never asked: 10.96.1.20 although kube-dns is gone');
+  const scrape = await (await fetch(`http://${metricsUrl}`, { signal: AbortSignal.timeout(10_000) })).text();
+  const fromView = [...scrape.matchAll(/^nodelocal_local_answers_total\{[^}]*why="upstream_[a-z]+"[^}]*\} (\S+)$/gm)].reduce((s, m) => s + Number(m[1]), 0);
+  t.ok(fromView >= 1, `the banner's /metrics counts it among the answers from the view (${fromView})`);
   t.equal(rcode(await udpQuery(agent, 'nope.shop.svc.cluster.local', { timeoutMs: 5000 })), 3, 'nope.shop: NXDOMAIN from the synced view');
 
   child.kill('SIGUSR2');
