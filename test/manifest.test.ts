@@ -659,6 +659,9 @@ t.test('upgrade overlap: while the surge pod\'s agent is still starting, the liv
   writeFileSync(join(dir, 'config.yaml'), cm.data?.['config.yaml'] ?? '');
   writeFileSync(join(dir, 'resolv.conf'), 'nameserver 127.0.0.1\n'); // never asked: no query is sent in this test
   writeFileSync(join(dir, 'xtables.lock'), '');
+  // The bind mount below needs its mount point. iptables creates /run/xtables.lock (empty, 0600) the first time it
+  // takes the lock, so a machine where iptables has not run since boot has none: make it as iptables would.
+  if (!existsSync('/run/xtables.lock')) writeFileSync('/run/xtables.lock', '', { mode: 0o600, flag: 'a' });
   const hostIp = '192.0.2.7';
   const ns = (args: string[]): void => {
     const r = spawnSync('ip', ['-n', OVERLAP_NS, ...args], { encoding: 'utf8', timeout: 10_000 });
