@@ -19,6 +19,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const PORT = Number(process.env['DEMO_PORT'] ?? 5300);
+/**
+ * /metrics, /health and /ready, on one server next to the DNS port: the agent's defaults (8080 and 9253) are
+ * ports a developer's machine often has in use, and the demo would die on them.
+ */
+const OPS_PORT = PORT + 1;
 
 async function main(): Promise<void> {
   const api = new FakeApiServer({ token: 'demo-token' });
@@ -40,6 +45,8 @@ async function main(): Promise<void> {
     '--timeout', '1s',
     '--success-ttl', '5s',
     '--log-level', process.env['DEMO_LOG'] ?? 'warn',
+    '--health-port', String(OPS_PORT),
+    '--metrics-listen-address', `127.0.0.1:${OPS_PORT}`,
   ], { env: {} });
   const agent = new Agent(config, { logger: createLogger(config.logLevel) });
   await agent.start();
@@ -77,6 +84,7 @@ Try, in another terminal:
 Also: db-0.db.shop.svc.cluster.local, db.shop.svc.cluster.local (headless), payments.shop.svc.cluster.local
 (CNAME + target), -x 10.96.1.20 (PTR), nope.shop.svc.cluster.local (NXDOMAIN from the synced view).
 kill -USR2 ${process.pid} starts kube-dns again; Ctrl-C stops everything.
+Its metrics: curl -s 127.0.0.1:${OPS_PORT}/metrics | grep nodelocal_local_answers_total (answers from the view, by why).
 `);
 }
 

@@ -66,6 +66,11 @@ export interface AgentDeps {
 export const AGENT_COUNTERS = defineCounters({
   reloads: { name: 'nodelocal_config_reloads_total', labels: { result: 'applied' }, help: 'Configuration reloads, by result.' },
   reloadFailures: { name: 'nodelocal_config_reloads_total', labels: { result: 'refused' }, help: 'Configuration reloads, by result.' },
+  // A state, not only a count: an alert on the count's increase() would resolve once its window passed, unfixed.
+  reloadRefused: {
+    name: 'nodelocal_config_reload_refused', type: 'gauge',
+    help: 'Whether the last configuration reload was refused (1: the agent serves an older configuration than its files hold, and a restart may fail on them) or applied (0, also before any reload).',
+  },
 });
 
 export class Agent {
@@ -337,6 +342,7 @@ export class Agent {
     retireReplaced(previous, routing, this.#retired);
     this.#config = merged;
     this.counters.values[AGENT_COUNTERS.slot.reloads]!++;
+    this.counters.values[AGENT_COUNTERS.slot.reloadRefused] = 0;
     this.#logger.info('configuration reloaded', {
       stubDomains: merged.stubDomains.map((d) => d.zone),
       upstreams: routing.upstreams.map((u) => u.name),
@@ -358,6 +364,7 @@ export class Agent {
 
   #refused(error: string): ReloadOutcome {
     this.counters.values[AGENT_COUNTERS.slot.reloadFailures]!++;
+    this.counters.values[AGENT_COUNTERS.slot.reloadRefused] = 1;
     this.#logger.error('configuration reload refused: the running configuration keeps serving', { error });
     return { applied: false, error, restartNeeded: [] };
   }

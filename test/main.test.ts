@@ -302,3 +302,31 @@ t.test('a kube-dns ConfigMap that gains a stub zone twice (two spellings) is ref
   t.ok(await waitExit(a.child, 30_000), 'and stops cleanly');
   t.equal(a.child.exitCode, 0, 'exit 0: the refused reload left nothing broken');
 });
+
+t.test('a refused reload is a state /metrics keeps showing until a reload is applied (nodelocal_config_reload_refused 1, then 0)', async (t) => {
+  // A refused reload leaves the agent serving its old configuration while the files hold one the next start of
+  // the pod refuses. nodelocal_config_reloads_total{result="refused"} ticks once: an alert on its increase() over
+  // a window resolves when the window has passed, with nothing fixed. The state is what an alert needs.
+  const work = workDir(t);
+  const config = join(work, 'config.yaml');
+  writeFileSync(config, 'logLevel: info\n');
+  const metrics = `${HOST}:${nextPort++}`;
+  const a = startMain(work, ['--resolv-conf', join(work, 'resolv.conf'), '--config', config, '--metrics-listen-address', metrics]);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'started');
+  const refusedState = async (): Promise<string | null> => {
+    const text = await (await fetch(`http://${metrics}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
+    return /^nodelocal_config_reload_refused (\S+)$/m.exec(text)?.[1] ?? null;
+  };
+  t.equal(await refusedState(), '0', 'nothing refused at start');
+  replaceFile(config, 'logLevel: info\nnoSuchSetting: 1\n');
+  a.child.kill('SIGHUP');
+  t.ok(await nextLog(a, 'configuration reload refused: the running configuration keeps serving', START_TIMEOUT_MS), 'the reload is refused');
+  t.equal(await refusedState(), '1', 'refused: 1, for as long as no reload is applied');
+  replaceFile(config, 'logLevel: info\n');
+  a.child.kill('SIGHUP');
+  t.ok(await nextLog(a, 'configuration reloaded', START_TIMEOUT_MS), 'the fixed file is applied');
+  t.equal(await refusedState(), '0', 'applied: 0 again');
+  a.child.kill('SIGTERM');
+  t.ok(await waitExit(a.child, 30_000), 'it stops');
+});

@@ -659,6 +659,9 @@ t.test('upgrade overlap: while the surge pod\'s agent is still starting, the liv
   writeFileSync(join(dir, 'config.yaml'), cm.data?.['config.yaml'] ?? '');
   writeFileSync(join(dir, 'resolv.conf'), 'nameserver 127.0.0.1\n'); // never asked: no query is sent in this test
   writeFileSync(join(dir, 'xtables.lock'), '');
+  // The bind mount below needs its mount point. iptables creates /run/xtables.lock (empty, 0600) the first time it
+  // takes the lock, so a machine where iptables has not run since boot has none: make it as iptables would.
+  if (!existsSync('/run/xtables.lock')) writeFileSync('/run/xtables.lock', '', { mode: 0o600, flag: 'a' });
   const hostIp = '192.0.2.7';
   const ns = (args: string[]): void => {
     const r = spawnSync('ip', ['-n', OVERLAP_NS, ...args], { encoding: 'utf8', timeout: 10_000 });
@@ -732,4 +735,172 @@ t.test('upgrade overlap: while the surge pod\'s agent is still starting, the liv
   }
   t.same(health, ['200', '200', '200'], `liveness on the shared address while the new agent starts (old pod alive): ${health.join(' ')}`);
   holder.kill('SIGTERM');
+});
+
+// ---------------------------------------------------------------- review: what the dashboard's legends and the alerts' texts say
+
+interface DashboardTarget { expr: string; legendFormat?: string }
+interface Dashboard { panels: { title: string; type: string; targets?: DashboardTarget[] }[] }
+interface AlertRule { alert?: string; expr: string; annotations?: Record<string, string> }
+
+const DASHBOARD = JSON.parse(readFileSync(join(ROOT, 'deploy', 'grafana-dashboard.json'), 'utf8')) as Dashboard;
+const ALERTS = (parseAllDocuments(readFileSync(join(ROOT, 'deploy', 'prometheus-rules.yaml'), 'utf8'))[0]!.toJS() as { groups: { rules: AlertRule[] }[] }).groups.flatMap((g) => g.rules);
+
+/** The label lists of every `by (...)` aggregation in a PromQL expression, or null when it aggregates nothing. */
+function byLists(expr: string): string[][] | null {
+  const aggs = [...expr.matchAll(/\b(?:sum|count|max|min|avg|topk|bottomk)\s*(?:by\s*\(([^)]*)\))?\s*\(/g)];
+  if (aggs.length === 0) return null;
+  return aggs.map((m) => (m[1] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== ''));
+}
+
+/** The label_replace(v, "dst", "replacement", "src", "regex") calls of an expression, innermost first (their trailing arguments come first in the text). */
+function labelReplaces(expr: string): { dst: string; replacement: string; src: string; regex: string }[] {
+  return [...expr.matchAll(/,\s*"([^"]*)"\s*,\s*"([^"]*)"\s*,\s*"([^"]*)"\s*,\s*"([^"]*)"\s*\)/g)].map((m) => ({ dst: m[1]!, replacement: m[2]!, src: m[3]!, regex: m[4]! }));
+}
+
+/** The legend Grafana draws for one series of a target: the labels the aggregation keeps, then each label_replace, as Prometheus applies them. */
+function legendOf(target: DashboardTarget, series: Record<string, string>): string {
+  const kept = byLists(target.expr)?.[0];
+  const labels: Record<string, string> = kept === undefined ? { ...series } : Object.fromEntries(kept.filter((k) => k in series).map((k) => [k, series[k]!]));
+  for (const r of labelReplaces(target.expr)) {
+    const m = new RegExp(`^(?:${r.regex})$`).exec(labels[r.src] ?? '');
+    if (m !== null) labels[r.dst] = r.replacement.replace(/\$(\d)/g, (_, i: string) => m[Number(i)] ?? '');
+  }
+  return (target.legendFormat ?? '').replace(/\{\{\s*([A-Za-z_]+)\s*\}\}/g, (_, l: string) => labels[l] ?? '');
+}
+
+t.test('dashboard: the address-family panel names IPv4 and IPv6, not CoreDNS\'s family numbers read as IP versions', async (t) => {
+  // coredns_dns_requests_total's family label is "1" for an IPv4 client and "2" for IPv6 (CoreDNS's numbering).
+  // A legend of "IPv{{family}}" draws "IPv1" and "IPv2": an operator reads the IPv6 share as something else.
+  const { SERVER_COUNTERS, addressFamilyIndex } = await import('../src/server/stats.js');
+  const families = [...new Set(SERVER_COUNTERS.defs.filter((d) => d.name === 'coredns_dns_requests_total').map((d) => d.labels?.['family'] ?? ''))];
+  t.same(families.length, 2, 'two family values');
+  const panel = DASHBOARD.panels.find((p) => (p.targets ?? []).some((x) => /sum by \([^)]*\bfamily\b/.test(x.expr)));
+  t.ok(panel, 'a panel splits requests by family');
+  const target = panel!.targets!.find((x) => /\bfamily\b/.test(x.expr))!;
+  for (const [client, version] of [['192.0.2.1', 'IPv4'], ['2001:db8::1', 'IPv6'], ['::ffff:192.0.2.1', 'IPv4']] as const) {
+    const family = families[addressFamilyIndex(client)]!;
+    const legend = legendOf(target, { family, proto: 'udp', instance: 'node-1' });
+    t.match(legend, new RegExp(`\\b${version}\\b`), `a client at ${client} (family="${family}") is drawn as ${version}: "${legend}"`);
+    t.notMatch(legend, /IPv[12]\b/, `no "IPv1"/"IPv2": "${legend}"`);
+  }
+});
+
+t.test('dashboard: every {{label}} a legend draws is one its query keeps', async (t) => {
+  for (const p of DASHBOARD.panels) {
+    for (const x of p.targets ?? []) {
+      const lists = byLists(x.expr);
+      if (lists === null) continue; // no aggregation: every label of the series is there
+      const kept = new Set([...lists.flat(), ...labelReplaces(x.expr).map((r) => r.dst)]);
+      for (const m of (x.legendFormat ?? '').matchAll(/\{\{\s*([A-Za-z_]+)\s*\}\}/g)) {
+        t.ok(kept.has(m[1]!) && m[1] !== 'le', `panel "${p.title}": {{${m[1]}}} is kept by "${x.expr.replace(/\s+/g, ' ')}"`);
+      }
+    }
+  }
+});
+
+t.test('alerts: every $labels.X an annotation names survives the expression\'s aggregation', async (t) => {
+  t.ok(ALERTS.length > 10, `${ALERTS.length} alerts`);
+  for (const r of ALERTS) {
+    const lists = byLists(r.expr);
+    const kept = lists === null ? null : lists.reduce((a, b) => a.filter((l) => b.includes(l)));
+    for (const [k, text] of Object.entries(r.annotations ?? {})) {
+      for (const m of text.matchAll(/\$labels\.([A-Za-z_]+)/g)) {
+        t.ok(kept === null || (kept.includes(m[1]!) && m[1] !== 'le'), `${r.alert} ${k}: $labels.${m[1]} is kept (${kept === null ? 'no aggregation' : `by ${kept.join(', ')}`})`);
+      }
+    }
+  }
+});
+
+t.test('alerts: refused client TCP connections say which limit refused them (the two have different causes and remedies)', async (t) => {
+  // nodelocal_tcp_refused_total{reason}: connection_limit (every --max-tcp-connections slot busy: a flood) or
+  // client_limit (one address at --max-tcp-per-client: a pod, or hostNetwork pods sharing the node's address).
+  // An alert summed over both that names only the first sends the operator after the wrong knob.
+  const src = readFileSync(join(ROOT, 'src', 'server', 'tcp-stats.ts'), 'utf8');
+  const reasons = [...src.matchAll(/name: REFUSED, help: REFUSED_HELP, labels: \{ reason: '([a-z_]+)' \}/g)].map((m) => m[1]!);
+  t.same(reasons.sort(), ['client_limit', 'connection_limit'], 'the two reasons the agent counts');
+  const rules = ALERTS.filter((r) => r.expr.includes('nodelocal_tcp_refused_total'));
+  t.ok(rules.length > 0, 'an alert on refused connections');
+  for (const r of rules) {
+    const selects = /nodelocal_tcp_refused_total\{[^}]*reason\s*=\s*"/.test(r.expr);
+    const keeps = (byLists(r.expr) ?? [['reason']]).every((l) => l.includes('reason'));
+    t.ok(selects || keeps, `${r.alert}: one reason selected, or reason kept by the aggregation: ${r.expr.trim()}`);
+    if (!selects) t.match(r.annotations?.['summary'] ?? '', /\$labels\.reason/, `${r.alert}: the summary names the reason`);
+    for (const reason of reasons) t.match(r.annotations?.['description'] ?? '', reason, `${r.alert}: the description explains ${reason}`);
+  }
+});
+
+// ---------------------------------------------------------------- review: README's flag table and config-file example against the agent
+
+/** README's "### Flags" table: each row's flags (in order) and its default cell, backticks dropped. */
+function readmeFlagRows(): { flags: string[]; def: string; row: string }[] {
+  const md = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const section = md.slice(md.indexOf('### Flags'), md.indexOf('### Config file'));
+  return section.split('\n').filter((l) => l.startsWith('| `--')).map((row) => {
+    const cells = row.split(/(?<!\\)\|/).map((c) => c.trim());
+    return { flags: [...cells[1]!.matchAll(/`--([a-z0-9-]+)/g)].map((m) => m[1]!), def: cells[2]!.replace(/`/g, ''), row };
+  });
+}
+
+t.test("README's flag table: every flag of the agent, each with the agent's default, and no flag the agent does not take", async (t) => {
+  const rows = readmeFlagRows();
+  t.ok(rows.length > 40, `${rows.length} rows`);
+  const inTable = new Set(rows.flatMap((r) => r.flags));
+  const isBool = (flag: string): boolean => OPTIONS.some((o) => o.flag === flag && o.kind === 'bool');
+  for (const f of inTable) t.ok(OPTIONS.some((o) => o.flag === f) || (f.startsWith('no-') && isBool(f.slice(3))), `--${f} in the table is a flag of the agent`);
+  for (const o of OPTIONS) {
+    t.ok(inTable.has(o.flag), `--${o.flag} is in the table`);
+    if (o.def === undefined) continue;
+    for (const r of rows.filter((x) => x.flags.includes(o.flag))) {
+      // "a / b" defaults pair with "--x / --y" rows; otherwise the cell holds the one default.
+      const named = r.flags.filter((f) => !f.startsWith('no-'));
+      const parts = r.def.split(' / ');
+      const cell = parts.length === named.length ? parts[named.indexOf(o.flag)]! : r.def;
+      const tokens = cell.split(/[\s(),]+/).filter((x) => x !== '');
+      const want = o.kind === 'bool' ? (o.def === 'true' ? ['true', 'on'] : ['false', 'off']) : [o.def];
+      t.ok(tokens.some((x) => want.includes(x)), `--${o.flag}: default ${o.def} in the table (cell "${cell}")`);
+    }
+  }
+});
+
+t.test("README's config file example loads in the agent as written", async (t) => {
+  const md = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const section = md.slice(md.indexOf('### Config file'));
+  const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+  t.ok(yaml !== undefined, 'a YAML example');
+  const files: Record<string, string> = { '/etc/nodelocal-dns/example.yaml': yaml! };
+  const { config } = loadConfig(['--config', '/etc/nodelocal-dns/example.yaml', '--kube-dns-config-dir', ''], {
+    // It sets requireClusterDns: the Service environment kubelet injects.
+    env: { KUBE_DNS_UPSTREAM_SERVICE_HOST: '10.96.0.53' },
+    readFile: (p) => {
+      const text = files[p];
+      if (text === undefined) throw Object.assign(new Error(`no such file ${p}`), { code: 'ENOENT' });
+      return text;
+    },
+  });
+  t.ok(config.listen.length > 0 && config.stubDomains.length > 0, 'listen addresses and a stub domain from the file');
+});
+
+t.test('alerts: a held xtables lock (errortype="iptables_lock", retried at the next check) does not raise the setup-errors alert by itself', async (t) => {
+  // kube-proxy holds /run/xtables.lock through every sync; on a large cluster one takes longer than our -w 5, and the
+  // agent counts iptables_lock (node-cache's label, which node-cache logs at info and retries) and tries again at the
+  // next check. Rules that stay missing raise NodeLocalDNSInterceptionMissing; an alert on every lock wait is noise.
+  const src = readFileSync(join(ROOT, 'src', 'iface', 'setup-counters.ts'), 'utf8');
+  t.match(src, /errortype: 'iptables_lock'/, 'the agent counts lock waits apart');
+  const rules = ALERTS.filter((r) => r.expr.includes('coredns_nodecache_setup_errors_total'));
+  t.ok(rules.length > 0, 'an alert on setup errors');
+  for (const r of rules) t.match(r.expr, /coredns_nodecache_setup_errors_total\{[^}]*errortype\s*!=\s*"iptables_lock"/, `${r.alert} leaves iptables_lock out: ${r.expr.trim()}`);
+  t.ok(ALERTS.some((r) => /nodelocal_interception_active\s*==\s*0/.test(r.expr)), 'rules that stay missing are alerted on by themselves');
+});
+
+t.test('alerts: a refused reload alerts for as long as it stands, not for the window after it (a state, not a counter\'s increase)', async (t) => {
+  // increase(nodelocal_config_reloads_total{result="refused"}[10m]) > 0 resolves 10 minutes after the refusal,
+  // with the files still holding what the next start of the pod refuses (test/main.test.ts: the gauge stays 1
+  // until a reload is applied).
+  const rules = ALERTS.filter((r) => /nodelocal_config_reload/.test(r.expr));
+  t.ok(rules.length > 0, 'an alert on refused reloads');
+  for (const r of rules) {
+    t.match(r.expr, /nodelocal_config_reload_refused\s*(==\s*1|>\s*0)/, `${r.alert} is on the state: ${r.expr.trim()}`);
+    t.notMatch(r.expr, /increase\(/, `${r.alert}: no increase() window to fall out of`);
+  }
 });
