@@ -65,6 +65,7 @@ interface PodSpec {
   hostNetwork?: boolean;
   hostPID?: boolean;
   hostIPC?: boolean;
+  shareProcessNamespace?: boolean;
   dnsPolicy?: string;
   enableServiceLinks?: boolean;
   terminationGracePeriodSeconds?: number;
@@ -902,5 +903,22 @@ t.test('alerts: a refused reload alerts for as long as it stands, not for the wi
   for (const r of rules) {
     t.match(r.expr, /nodelocal_config_reload_refused\s*(==\s*1|>\s*0)/, `${r.alert} is on the state: ${r.expr.trim()}`);
     t.notMatch(r.expr, /increase\(/, `${r.alert}: no increase() window to fall out of`);
+  }
+});
+
+t.test('one scrape per agent and a reaper for orphans: the pods carry the prometheus.io annotations and the metrics Service none; the pause container is PID 1', async (t) => {
+  for (const v of variants) {
+    const docs = parseDocs(v.text);
+    const annotated = docs.filter((d) => {
+      const own = d.metadata?.annotations?.['prometheus.io/scrape'];
+      const tpl = (d as DaemonSet).spec?.template?.metadata?.annotations?.['prometheus.io/scrape'];
+      return own === 'true' || tpl === 'true';
+    });
+    t.same(
+      annotated.map((d) => `${d.kind}/${d.metadata?.name}`),
+      ['DaemonSet/nodelocal-dns'],
+      `${v.name}: annotation-based scraping finds each agent once (the pods), not also through the headless Service`,
+    );
+    t.equal(agentOf(docs).pod.shareProcessNamespace, true, `${v.name}: pause reaps what a killed process group leaves (node is PID 1 in the image)`);
   }
 });
