@@ -2,6 +2,8 @@
 // resolv.conf parsing, the pipelined TCP pool (cluster DNS) and the host
 // resolvers (UDP with TCP fallback and failover).
 import { readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import t, { type Test } from 'tap';
@@ -1505,4 +1507,53 @@ t.test('HostResolvers: a TCP read carrying two answer frames is one answer of th
   t.equal(up.counters.get('tcpFallbacks'), 1);
   t.equal(up.counters.get('responsesServfail'), 1, 'one SERVFAIL counted');
   t.equal(up.counters.get('spoofed'), 0);
+});
+
+t.test('HostResolvers: a link-local nameserver whose zone is an interface index (fe80::53%3, as systemd-resolved writes it) is reached over UDP and TCP, as through its name', async (t) => {
+  // glibc reads "%3" as interface index 3 (__inet6_scopeid_pton); Node's sockets take only a name there and send
+  // with scope 0 (EINVAL): every try to such a server failed at once, and a node whose only resolver it is got
+  // SERVFAIL for every external name.
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) {
+    t.plan(0, 'needs root on Linux (ip netns, veth)');
+    return;
+  }
+  const ns = `hf-scope-${process.pid}`;
+  const ip = (...args: string[]): string => {
+    const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
+    if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr || r.error?.message || `status ${r.status}`}`);
+    return r.stdout;
+  };
+  try {
+    ip('netns', 'add', ns);
+  } catch (err) {
+    t.plan(0, `no network namespace: ${(err as Error).message}`);
+    return;
+  }
+  t.teardown(() => {
+    spawnSync('ip', ['netns', 'del', ns], { timeout: 10_000 });
+  });
+  // lo carries the namespace's traffic to its own addresses, v0's fe80::53 included.
+  ip('-n', ns, 'link', 'set', 'lo', 'up');
+  ip('-n', ns, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1');
+  ip('-n', ns, 'link', 'set', 'v0', 'up');
+  ip('-n', ns, 'link', 'set', 'v1', 'up');
+  ip('-n', ns, 'addr', 'add', 'fe80::53/64', 'dev', 'v0', 'nodad');
+  const index = /^(\d+):/.exec(ip('-n', ns, '-o', 'link', 'show', 'v0'))?.[1];
+  t.ok(index !== undefined, 'v0 has an index');
+  const helper = fileURLToPath(new URL('./helpers/netns-scope.ts', import.meta.url));
+  const loader = import.meta.resolve('@tapjs/typescript/import');
+  const askThrough = (zone: string): { outcome?: string; udp?: number; tcp?: number; attemptErrors?: number; error?: string } => {
+    const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, `--import=${loader}`, helper, zone], {
+      encoding: 'utf8', timeout: 60_000, killSignal: 'SIGKILL', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TS_NODE_TRANSPILE_ONLY: '1' },
+    });
+    const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
+    return line !== undefined ? JSON.parse(line) : { error: `no output: ${r.stderr} ${r.error?.message ?? ''}` };
+  };
+  const byName = askThrough('v0');
+  t.equal(byName.outcome, 'answer rcode=0 ancount=1', `by name: ${JSON.stringify(byName)}`);
+  const byIndex = askThrough(index!);
+  t.equal(byIndex.outcome, 'answer rcode=0 ancount=1', `by index: ${JSON.stringify(byIndex)}`);
+  t.equal(byIndex.udp, 1, 'asked over UDP (TC=1)');
+  t.equal(byIndex.tcp, 1, 'then over TCP');
+  t.equal(byIndex.attemptErrors, 0);
 });
