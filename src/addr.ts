@@ -4,6 +4,7 @@
  * as the kernel reports a peer), so comparing hosts is comparing strings.
  */
 import { isIP, SocketAddress } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import type { ServerAddress } from './upstream/types.js';
 
 /** Returns the address, or an error string naming what is wrong. */
@@ -99,4 +100,22 @@ function unzoned(host: string): string {
   const pct = host.indexOf('%');
   const base = pct >= 0 ? host.slice(0, pct) : host;
   return canonicalIp(base) ?? base;
+}
+
+/**
+ * `host` as a socket can dial it. A %zone that is an interface index
+ * ("fe80::1%2": glibc reads resolv.conf's zones as names or indexes, and
+ * systemd-resolved writes indexes) becomes that interface's name: Node's
+ * sockets read the zone with if_nametoindex() only, so "2" names no
+ * interface, the address goes out with scope 0 and the kernel refuses it
+ * (EINVAL). An index's name is found among the IPv6 addresses, whose scopeid
+ * is their interface's index for link-local ones (an interface that has none
+ * cannot reach a link-local server anyway). Unchanged otherwise.
+ */
+export function dialableHost(host: string): string {
+  const pct = host.indexOf('%');
+  const index = pct >= 0 && /^\d+$/.test(host.slice(pct + 1)) ? Number(host.slice(pct + 1)) : 0;
+  if (index === 0) return host;
+  const name = Object.entries(networkInterfaces()).find(([, addrs]) => (addrs ?? []).some((a) => a.family === 'IPv6' && a.scopeid === index))?.[0];
+  return name === undefined ? host : `${host.slice(0, pct)}%${name}`;
 }

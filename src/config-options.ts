@@ -89,7 +89,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { flag: 'client-miss-burst', kind: 'int', def: '1000', min: 1, max: 1_000_000, help: 'misses a client may start at once under --client-miss-rate (a pod starting up resolves everything it knows)' },
   {
     flag: 'host-max-inflight', kind: 'int', def: '1000', min: 1, max: 100_000,
-    help: 'external-name (and stub-domain) queries in flight per upstream, each holding at most 3 UDP sockets; beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
+    help: 'external-name (and stub-domain) queries in flight per upstream, each with at most 3 tries listening (an id on a shared UDP socket, or a TCP connection after TC=1); beyond it SERVFAIL at once (CoreDNS forward max_concurrent)',
   },
   { flag: 'reuse-port', kind: 'bool', def: 'true', help: 'bind with SO_REUSEPORT (through koffi) so a new agent can start beside this one; on SIGTERM this one hands new queries to it and answers those already queued (upgrade with no gap); --no-reuse-port: an exclusive bind' },
   {

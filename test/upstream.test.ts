@@ -2,6 +2,8 @@
 // resolv.conf parsing, the pipelined TCP pool (cluster DNS) and the host
 // resolvers (UDP with TCP fallback and failover).
 import { readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import t, { type Test } from 'tap';
@@ -1505,4 +1507,95 @@ t.test('HostResolvers: a TCP read carrying two answer frames is one answer of th
   t.equal(up.counters.get('tcpFallbacks'), 1);
   t.equal(up.counters.get('responsesServfail'), 1, 'one SERVFAIL counted');
   t.equal(up.counters.get('spoofed'), 0);
+});
+
+/** What test/helpers/netns-host-resolvers.ts reports. */
+interface NetnsOutcome {
+  outcome?: string;
+  udp?: number[];
+  tcp?: number[];
+  sent?: number;
+  attemptErrors?: number;
+  attemptTimeouts?: number;
+  failovers?: number;
+  error?: string;
+}
+
+/**
+ * A network namespace of the test's own (deleted at teardown) with lo up, `ip` inside it, and a run of
+ * test/helpers/netns-host-resolvers.ts there; null (the test planned as skipped) without root or namespaces.
+ */
+function netnsRig(t: Test, tag: string): { ns: string; ip: (...args: string[]) => string; run: (...args: string[]) => NetnsOutcome } | null {
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) {
+    t.plan(0, 'needs root on Linux (ip netns)');
+    return null;
+  }
+  const ns = `hf-${tag}-${process.pid}`;
+  const ip = (...args: string[]): string => {
+    const r = spawnSync('ip', args, { encoding: 'utf8', timeout: 10_000 });
+    if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr || r.error?.message || `status ${r.status}`}`);
+    return r.stdout;
+  };
+  try {
+    ip('netns', 'add', ns);
+  } catch (err) {
+    t.plan(0, `no network namespace: ${(err as Error).message}`);
+    return null;
+  }
+  t.teardown(() => {
+    spawnSync('ip', ['netns', 'del', ns], { timeout: 10_000 });
+  });
+  // lo carries the namespace's traffic to its own addresses.
+  ip('-n', ns, 'link', 'set', 'lo', 'up');
+  const helper = fileURLToPath(new URL('./helpers/netns-host-resolvers.ts', import.meta.url));
+  const loader = import.meta.resolve('@tapjs/typescript/import');
+  const run = (...args: string[]): NetnsOutcome => {
+    const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, `--import=${loader}`, helper, ...args], {
+      encoding: 'utf8', timeout: 60_000, killSignal: 'SIGKILL', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TS_NODE_TRANSPILE_ONLY: '1' },
+    });
+    const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
+    return line !== undefined ? (JSON.parse(line) as NetnsOutcome) : { error: `no output: ${r.stderr} ${r.error?.message ?? ''}` };
+  };
+  return { ns, ip, run };
+}
+
+t.test('HostResolvers: a link-local nameserver whose zone is an interface index (fe80::53%3, as systemd-resolved writes it) is reached over UDP and TCP, as through its name', async (t) => {
+  // glibc reads "%3" as interface index 3 (__inet6_scopeid_pton); Node's sockets take only a name there and send
+  // with scope 0 (EINVAL): every try to such a server failed at once, and a node whose only resolver it is got
+  // SERVFAIL for every external name.
+  const rig = netnsRig(t, 'scope');
+  if (rig === null) return;
+  const { ns, ip, run } = rig;
+  ip('-n', ns, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1');
+  ip('-n', ns, 'link', 'set', 'v0', 'up');
+  ip('-n', ns, 'link', 'set', 'v1', 'up');
+  ip('-n', ns, 'addr', 'add', 'fe80::53/64', 'dev', 'v0', 'nodad');
+  const index = /^(\d+):/.exec(ip('-n', ns, '-o', 'link', 'show', 'v0'))?.[1];
+  t.ok(index !== undefined, 'v0 has an index');
+  const byName = run('scope', 'v0');
+  t.equal(byName.outcome, 'answer rcode=0 ancount=1', `by name: ${JSON.stringify(byName)}`);
+  const byIndex = run('scope', index!);
+  t.equal(byIndex.outcome, 'answer rcode=0 ancount=1', `by index: ${JSON.stringify(byIndex)}`);
+  t.same(byIndex.udp, [1], 'asked over UDP (TC=1)');
+  t.same(byIndex.tcp, [1], 'then over TCP');
+  t.equal(byIndex.attemptErrors, 0);
+});
+
+t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {
+  // dgram's send() without a callback drops a send error silently (no 'error' event): such a try waited out its
+  // whole timeout for an answer to a query that never left, counted as a timeout, where glibc's
+  // sendto() error moves on to the next server at once.
+  const rig = netnsRig(t, 'eperm');
+  if (rig === null) return;
+  const ipt = spawnSync('ip', ['netns', 'exec', rig.ns, 'iptables', '-A', 'OUTPUT', '-p', 'udp', '--dport', '5301', '-j', 'DROP'], { encoding: 'utf8', timeout: 10_000 });
+  if (ipt.status !== 0) {
+    t.plan(0, `no iptables in the namespace: ${ipt.stderr || ipt.error?.message || ''}`);
+    return;
+  }
+  const r = rig.run('blocked');
+  t.equal(r.outcome, 'answer rcode=0 ancount=1', `the second server answered: ${JSON.stringify(r)}`);
+  t.same(r.udp, [0, 1], 'nothing reached the first server');
+  t.equal(r.attemptErrors, 1, 'the refused send failed its try');
+  t.equal(r.attemptTimeouts, 0, 'no try waited out its timeout');
+  t.equal(r.failovers, 1);
 });

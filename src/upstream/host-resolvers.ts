@@ -37,6 +37,7 @@
  * in udp-client.ts, the options in host-resolvers-options.ts.
  */
 import net from 'node:net';
+import { dialableHost } from '../addr.js';
 import { DEFAULTS } from '../config.js';
 import { DEFAULT_ATTEMPTS } from './host-route.js';
 import { systemClock, type Clock } from '../clock.js';
@@ -102,7 +103,8 @@ export class HostResolvers implements Upstream {
     for (const s of opts.servers) {
       if (net.isIP(s.host) === 0) throw new Error(`HostResolvers: server must be an IP address, got "${s.host}"`);
     }
-    this.#servers = [...opts.servers];
+    // Dialled as given, except that an interface index in a %zone becomes its name (addr.ts says why).
+    this.#servers = opts.servers.map((s) => ({ host: dialableHost(s.host), port: s.port }));
     this.name = opts.name ?? 'host-resolvers';
     this.#attemptTimeoutMs = Math.max(1, opts.attemptTimeoutMs ?? DEFAULTS.timeoutMs);
     this.#attempts = Math.max(1, opts.attempts ?? DEFAULT_ATTEMPTS);

@@ -111,9 +111,14 @@ export class QueryAttempt<T> implements SharedTry {
   socketReady(sock: SharedSocket): void {
     if (this.#state !== 'active' || this.#udp !== sock) return;
     // A copy per send: the caller's query is never written, and the id is this try's.
-    sock.send(this.#wire());
+    sock.send(this.#wire(), this.#afterSend);
     this.#events.onSent(this);
   }
+
+  /** A datagram the kernel would not send fails this try at once, as glibc's sendto() error does: no answer can come. */
+  readonly #afterSend = (err: Error | null): void => {
+    if (err !== null) this.#error((err as NodeJS.ErrnoException).code ?? 'ESEND');
+  };
 
   /** SharedTry: a datagram from this try's server under its id. */
   deliver(msg: Buffer): void {

@@ -129,9 +129,12 @@ export class SharedSocket {
     return id;
   }
 
-  /** Sends a query already carrying its id; errors come back as the socket's 'error' (every try on it fails over). */
-  send(wire: Buffer): void {
-    this.#sock.send(wire);
+  /**
+   * Sends a query already carrying its id. A refused send (EPERM from a firewall rule, a route gone) comes back
+   * through `done` only: dgram drops it silently without a callback. ICMP errors still come as the socket's 'error'.
+   */
+  send(wire: Buffer, done: (err: Error | null) => void): void {
+    this.#sock.send(wire, done);
   }
 
   detach(id: number, t: SharedTry): void {

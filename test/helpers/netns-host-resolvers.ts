@@ -1,0 +1,60 @@
+// Run by test/upstream.test.ts inside a network namespace of its own
+// (`ip netns exec <ns> node --import=<tap's loader> this file MODE ARG`): fake
+// resolvers there, and HostResolvers asking them for www.example.com A. Prints
+// one JSON line: the outcome and the try counters. Traffic stays in the namespace.
+//
+//   scope ZONE   interface v0 holds fe80::53; the resolver there answers over UDP
+//                with TC=1 and over TCP in full; asked as a resolv.conf line
+//                `nameserver fe80::53%ZONE` names it (an interface name, or its
+//                index as systemd-resolved writes it)
+//   blocked      two resolvers, 127.0.0.1:5301 then :5302; the test's firewall rule
+//                refuses datagrams to the first (sendmsg fails with EPERM)
+import { SimDnsServer, staticHandler } from '../../testkit/dns-server.js';
+import { HostResolvers } from '../../src/upstream/host-resolvers.js';
+import { parseResolvConf } from '../../src/upstream/resolv-conf.js';
+import type { ServerAddress } from '../../src/upstream/types.js';
+import { questionMessage, upstreamQuery } from '../../src/dns/build.js';
+import { nameToWire } from '../../src/dns/name.js';
+import { parseQuery } from '../../src/dns/query.js';
+import { systemClock } from '../../src/clock.js';
+
+const handler = staticHandler({ 'www.example.com': { A: ['192.0.2.53'] } });
+
+async function main(mode: string, arg: string): Promise<void> {
+  let servers: ServerAddress[];
+  let sims: SimDnsServer[];
+  const warnings: string[] = [];
+  if (mode === 'scope') {
+    sims = [await SimDnsServer.start({ host: 'fe80::53%v0', port: 53, handler, faults: { truncateUdp: true } })];
+    const rc = parseResolvConf(`nameserver fe80::53%${arg}\n`);
+    servers = rc.nameservers;
+    warnings.push(...rc.warnings);
+  } else if (mode === 'blocked') {
+    sims = [await SimDnsServer.start({ port: 5301, handler }), await SimDnsServer.start({ port: 5302, handler })];
+    servers = sims.map((s) => ({ host: s.host, port: s.port }));
+  } else {
+    throw new Error(`usage: netns-host-resolvers.ts scope ZONE | blocked (got ${JSON.stringify(mode)})`);
+  }
+  const up = new HostResolvers({ servers, attemptTimeoutMs: 1000, attempts: 1 });
+  const outcome = await new Promise<string>((resolve) => {
+    up.send({
+      query: upstreamQuery(parseQuery(questionMessage(nameToWire('www.example.com'), 1))),
+      deadline: systemClock.now() + 3000,
+      resolve: (answer) => resolve(`answer rcode=${answer[3]! & 0xf} ancount=${answer.readUInt16BE(6)}`),
+      reject: (reason) => resolve(reason),
+    });
+  });
+  const c = up.counters;
+  process.stdout.write(JSON.stringify({
+    servers, warnings, outcome,
+    udp: sims.map((s) => s.stats.udpQueries), tcp: sims.map((s) => s.stats.tcpQueries),
+    sent: c.get('sent'), attemptErrors: c.get('attemptErrors'), attemptTimeouts: c.get('attemptTimeouts'), failovers: c.get('failovers'),
+  }) + '\n');
+  await up.close();
+  await Promise.all(sims.map((s) => s.close()));
+}
+
+main(process.argv[2] ?? '', process.argv[3] ?? '').catch((err: unknown) => {
+  process.stdout.write(JSON.stringify({ error: err instanceof Error ? err.message : String(err) }) + '\n');
+  process.exitCode = 1;
+});
