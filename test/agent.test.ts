@@ -446,6 +446,21 @@ t.test('shutdown past its grace: every query still in flight is answered (SERVFA
   t.equal(a.agent.hitPath.counters.get('abortedAtShutdown'), names.length);
 });
 
+t.test('shutdown: a TCP client\'s queries taken before it, waiting behind --max-tcp-queries, are answered from the upstream within the grace, not aborted', async (t) => {
+  const { args } = await sims(t, { latencyMs: 100 });
+  const a = await startAgent(HOST, [...args, '--max-tcp-queries', '1']);
+  const ids = [0, 1, 2, 3];
+  const msgs = ids.map((i) => buildQuery(`drain${i}.default.svc.cluster.local`, { id: 700 + i }));
+  // One write: all four are read before the stop; the cap keeps three of them waiting on the connection.
+  const pending = tcpQueries(a.target, msgs, 8000);
+  for (let i = 0; i < 200 && a.agent.hitPath.inflight === 0; i++) await sleep(10);
+  t.equal(a.agent.hitPath.inflight, 1, 'the first is in flight upstream, the rest wait on the connection');
+  await a.agent.stop(5000);
+  const answers = await pending;
+  t.same(ids.map((i) => rcodeOf(dnsPacket.decode(answers.get(700 + i)!))), ids.map(() => 3), 'each got its upstream answer (NXDOMAIN), none SERVFAIL');
+  t.equal(a.agent.hitPath.counters.get('abortedAtShutdown'), 0, 'nothing aborted: the grace had time left');
+});
+
 t.test('IPv6 listener, and a stub domain forwarded to its own servers', async (t) => {
   const { cluster, args } = await sims(t);
   const stub = await SimDnsServer.start({ host: '::1', handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.55'] } }, { soaZone: 'corp.example' }) });
