@@ -489,3 +489,17 @@ t.test('a client that never reads, closed as idle or evicted, leaves no send que
     `no server-side send queue left behind after an eviction (left: ${JSON.stringify(serverSide(l2.port, victim.client.localPort))})`,
   );
 });
+
+t.test('a client that reads is never reset for pipelining: large answers answered at once wait for it to read them, past the unsent cap', async (t) => {
+  // Eight 60 KB answers (480 KB) given at once, as cache hits are, for queries in one segment: more than the kernel
+  // takes at once and Node's 128 KiB cap together. The client reads all along; it must get every one.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 8 });
+  const c = await Client.connect(t, l.port);
+  const ids = [1, 2, 3, 4, 5, 6, 7, 8];
+  c.socket.write(Buffer.concat(ids.map((id) => query(id))));
+  t.ok(await until(() => c.answers.length === ids.length || c.closed), 'the answers arrive');
+  t.same([...c.answers].sort((a, b) => a - b), ids, 'every one');
+  t.equal(l.counters.get('closedUnsentLimit'), 0, 'not reset');
+  t.notOk(c.closed, 'the connection stays open');
+});
