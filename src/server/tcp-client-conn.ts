@@ -342,9 +342,17 @@ export class TcpClientConnection implements ClientChannel {
     this.#finishIfDone();
   }
 
-  /** Too many answers unread to take another query now; stamps when that began (the 'drain' listener clears it). */
+  /**
+   * Too many answers unread to take another query now; stamps when that
+   * began. Cleared whenever the client has read enough (here, or on 'drain'):
+   * a client that reads through a long stream of answers is never held back
+   * for long, only one that stops.
+   */
   #unread(): boolean {
-    if (this.#socket.writableLength <= this.#takeLimit) return false;
+    if (this.#socket.writableLength <= this.#takeLimit) {
+      this.#unreadSinceMs = -1;
+      return false;
+    }
     if (this.#unreadSinceMs < 0) this.#unreadSinceMs = this.#time.now;
     return true;
   }
