@@ -431,15 +431,17 @@ t.test('a client that never reads: the kernel send queue stays small', async (t)
   t.ok(maxTx <= 192 * 1024, `send queue bounded: max ${maxTx} bytes`);
 });
 
-t.test('a client that never reads is reset at the unsent cap, and its queue is freed', async (t) => {
-  // 40 answers of 60 KB (2.4 MB): past the kernel's small share and Node's 128 KiB cap.
+t.test('a client that never reads is reset (its queries wait on its reading past the read timeout), and its queue is freed', async (t) => {
+  // 40 answers of 60 KB (2.4 MB): past the kernel's small share and Node's 128 KiB cap. Answers given at once stop
+  // being taken short of the cap; the queries left then wait for a client that never reads them.
   const h = new FakeHandler(60_000);
-  const l = await startListener(t, h, { maxQueriesPerConnection: 100 });
+  const l = await startListener(t, h, { maxQueriesPerConnection: 100, readTimeoutMs: 300 });
   const { client } = await flood(t, l, 40);
   t.ok(await until(() => l.connections === 0), 'the connection is closed and its slot freed');
   // A plain close would leave an orphan in FIN_WAIT1 still holding the queue until the peer reads; a reset frees it.
   t.ok(await until(() => (serverSide(l.port, client.localPort)?.txQueue ?? 0) === 0), 'no server-side send queue left behind');
   t.equal(l.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit');
+  t.ok(h.queries < 40, `queries stopped being taken while its answers went unread (${h.queries} of 40)`);
 });
 
 t.test('socket-options: SO_SNDBUF set and read back, errors as errno values', async (t) => {
