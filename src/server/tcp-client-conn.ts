@@ -294,7 +294,7 @@ export class TcpClientConnection implements ClientChannel {
     if (!this.#reading && !this.#takingHeld) return;
     this.#framed = true;
     if (this.#inflight >= this.#limits.maxQueriesPerConnection || this.#unread()) {
-      // At the cap: this frame waits, and the decoder keeps the rest as raw bytes (a view per frame held would cost
+      // At the cap, or its answers unread: this frame waits, and the decoder keeps the rest as raw bytes (a view per frame held would cost
       // ~110 B of heap for each 2-byte frame a client packs in) until answers make room.
       this.#backlog.push(msg);
       this.#decoder.pause();
