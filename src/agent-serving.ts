@@ -167,19 +167,35 @@ export function listenersPart(o: ListenersPartOptions): Component {
       // A handover: what the kernel queued for us before pause() still comes in; take it all before waiting for answers.
       await until(o.clock, deadline, Promise.all(listeners.map((l) => l.drained())).then(() => undefined));
       const batched = o.batched;
-      const draining = [o.hitPath.inflight > 0 ? o.hitPath.drain() : Promise.resolve(), batched?.drain() ?? Promise.resolve()];
-      await until(o.clock, deadline, Promise.all(draining).then(() => undefined));
+      await until(o.clock, deadline, Promise.all([batched?.drain(), drainHitPath(o.hitPath, o.clock, deadline)]).then(() => undefined));
       // TCP clients' misses the main thread took while the workers drained: waited for too, within the same deadline.
-      if (o.hitPath.inflight > 0) await until(o.clock, deadline, o.hitPath.drain());
+      await drainHitPath(o.hitPath, o.clock, deadline);
       // The workers' abort takes a turn of the event loop: what the main thread takes meanwhile is aborted after it,
       // and the listeners close in the same step, so no miss is left without an answer.
-      const abortedInWorkers = batched !== null ? await batched.abortAll() : 0;
-      const aborted = o.hitPath.abortAll() + abortedInWorkers;
+      let aborted = batched !== null ? await batched.abortAll() : 0;
+      // Each answer the abort gives frees a TCP connection's in-flight slot, and a query it read before the pause and
+      // kept waiting is taken at once, a new miss: aborted in turn (a finite number: reading has stopped).
+      while (o.hitPath.inflight > 0) aborted += o.hitPath.abortAll();
       if (aborted > 0) o.logger.warn('shutdown grace over: answered queries still in flight with stale or SERVFAIL', { queries: aborted });
       await Promise.all(listeners.map((l) => l.close()));
       listeners.length = 0;
     },
   };
+}
+
+/**
+ * Until nothing is in flight on the hit path, or `deadline`. Not one drain():
+ * an answer frees a TCP connection's in-flight slot (--max-tcp-queries), and
+ * a query it read before the pause and kept waiting then goes in flight.
+ */
+async function drainHitPath(hitPath: HitPath, clock: Clock, deadline: number): Promise<void> {
+  while (hitPath.inflight > 0) {
+    let drained = false;
+    await until(clock, deadline, hitPath.drain().then(() => {
+      drained = true;
+    }));
+    if (!drained) return;
+  }
 }
 
 export interface UpstreamsPartOptions {

@@ -6,7 +6,7 @@
  * DNS-over-TCP clients reach the HTTP server and scrapes the DNS listener,
  * with nothing logged. A wildcard takes every address of its port.
  */
-import { canonicalIp, formatHostPort, isWildcard } from './addr.js';
+import { canonicalIp, formatHostPort, isLoopback, isWildcard } from './addr.js';
 import { ConfigError } from './config-options.js';
 import { defaultOpsHost } from './ops/http.js';
 import type { ServerAddress } from './upstream/types.js';
@@ -29,4 +29,17 @@ export function refuseOpsOnDnsPorts(listen: readonly ServerAddress[], metrics: S
 function overlaps(a: ServerAddress, b: ServerAddress): boolean {
   if (a.port !== b.port) return false;
   return isWildcard(a.host) || isWildcard(b.host) || (canonicalIp(a.host) ?? a.host) === (canonicalIp(b.host) ?? b.host);
+}
+
+/**
+ * The node-local listen addresses (neither loopback nor a wildcard: the ones
+ * the link carries and the rules intercept) must share one port; interception
+ * redirects one. A ConfigError naming the flags, before anything starts.
+ */
+export function refuseSeveralNodePorts(listen: readonly ServerAddress[]): void {
+  const node = listen.filter((l) => !isLoopback(l.host) && !isWildcard(l.host));
+  const ports = [...new Set(node.map((l) => l.port))];
+  if (ports.length > 1) {
+    throw new ConfigError(`--listen/--localip ${node.map(formatHostPort).join(', ')}: the non-loopback listen addresses use several ports (${ports.join(', ')}); interception needs one`);
+  }
 }

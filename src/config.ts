@@ -16,7 +16,7 @@ import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-add
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import { parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
-import { refuseOpsOnDnsPorts } from './config-ports.js';
+import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
 import type { Config, StubDomain } from './config-types.js';
 
 // The table and the sources have modules of their own; callers keep importing them from here.
@@ -262,6 +262,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     nodeName,
   };
   refuseOpsOnDnsPorts(listen, config.metricsListen, config.healthPort);
+  refuseSeveralNodePorts(listen);
   return config;
 }
 

@@ -446,6 +446,37 @@ t.test('shutdown past its grace: every query still in flight is answered (SERVFA
   t.equal(a.agent.hitPath.counters.get('abortedAtShutdown'), names.length);
 });
 
+/**
+ * Four misses in one write on a connection with --max-tcp-queries 1 (three wait on the connection), then stop(graceMs):
+ * the rcode each got, in order.
+ */
+async function tcpBacklogAtStop(t: Test, faults: object, graceMs: number): Promise<{ inflight: number; rcodes: number[]; aborted: number }> {
+  const { args } = await sims(t, faults, faults);
+  const a = await startAgent(HOST, [...args, '--max-tcp-queries', '1', '--timeout', '10s']);
+  const ids = [700, 701, 702, 703];
+  // One write: all four are read before the stop.
+  const pending = tcpQueries(a.target, ids.map((id) => buildQuery(`backlog${id}.default.svc.cluster.local`, { id })), 8000);
+  for (let i = 0; i < 200 && a.agent.hitPath.inflight === 0; i++) await sleep(10);
+  const inflight = a.agent.hitPath.inflight;
+  await a.agent.stop(graceMs);
+  const answers = await pending;
+  return { inflight, rcodes: ids.map((id) => rcodeOf(dnsPacket.decode(answers.get(id)!))), aborted: a.agent.hitPath.counters.get('abortedAtShutdown') };
+}
+
+t.test('shutdown: a TCP client\'s queries taken before it, waiting behind --max-tcp-queries, are answered from the upstream within the grace, not aborted', async (t) => {
+  const r = await tcpBacklogAtStop(t, { latencyMs: 100 }, 5000);
+  t.equal(r.inflight, 1, 'the first is in flight upstream, the rest wait on the connection');
+  t.same(r.rcodes, [3, 3, 3, 3], 'each got its upstream answer (NXDOMAIN), none SERVFAIL');
+  t.equal(r.aborted, 0, 'nothing aborted: the grace had time left');
+});
+
+t.test('shutdown past its grace: a TCP client\'s queries waiting behind --max-tcp-queries are each answered (SERVFAIL), none left without an answer', async (t) => {
+  const r = await tcpBacklogAtStop(t, { dropAll: true }, 300);
+  t.equal(r.inflight, 1, 'the first is in flight upstream, the rest wait on the connection');
+  t.same(r.rcodes, [2, 2, 2, 2], 'each got SERVFAIL');
+  t.equal(r.aborted, 4, 'each counted as aborted');
+});
+
 t.test('IPv6 listener, and a stub domain forwarded to its own servers', async (t) => {
   const { cluster, args } = await sims(t);
   const stub = await SimDnsServer.start({ host: '::1', handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.55'] } }, { soaZone: 'corp.example' }) });

@@ -330,3 +330,16 @@ t.test('a refused reload is a state /metrics keeps showing until a reload is app
   a.child.kill('SIGTERM');
   t.ok(await waitExit(a.child, 30_000), 'it stops');
 });
+
+t.test('non-loopback listen addresses on several ports are a flag error (exit 2, naming --listen), refused before anything starts', { skip: holdSkip }, async (t) => {
+  // Interception needs one port; the README promises status 2 and the flag for a bad flag value, and a start-up
+  // failure (exit 1) only for what the node itself refuses. A namespace of its own: nothing it does reaches the host.
+  const work = workDir(t);
+  const a = spawnMain(work, ['unshare', '-n'], CHILD_ENV.PATH ?? '', '169.254.31.1:53', [
+    '--listen', '169.254.31.2:5353', '--resolv-conf', join(work, 'resolv.conf'), '--no-setup-interface', '--firewall', 'none',
+  ]);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  t.ok(await waitExit(a.child, START_TIMEOUT_MS), 'it exits');
+  t.equal(a.child.exitCode, 2, 'with status 2');
+  t.ok(a.log.all.some((l) => l.includes('--listen') && l.includes('several ports')), `saying --listen: ${a.log.all.slice(-2).join(' | ')}`);
+});

@@ -309,7 +309,7 @@ function syncedView(clock: ManualClock): ClusterView {
   return view;
 }
 
-function viewRig(opts: { localNegative?: boolean; fallbackAfterMs?: number } = {}) {
+function viewRig(opts: { localNegative?: boolean; fallbackAfterMs?: number; maxConcurrent?: number } = {}) {
   const clock0 = new ManualClock();
   const view = syncedView(clock0);
   // The answerer reads the rig's own clock: build the rig first, then point a view answerer at it.
@@ -470,6 +470,24 @@ t.test('ExternalName from the view: the CNAME plus the target resolved through t
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', type: 'AAAA', id: 10 }), ch, PEER);
   r.external.exchanges[1]!.reject('timeout');
   t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME']);
+});
+
+t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {
+  const r = viewRig({ maxConcurrent: 2 });
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'one.example', id: 1 }), ch, PEER);
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 2 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'the target is looked up');
+  t.equal(r.resolver.inflight, 2, 'and counted in flight with the other miss');
+  t.equal(r.resolver.counters.get('forwarded'), 2, 'both handed to an upstream');
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', type: 'AAAA', id: 3 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'at the cap the next target is not looked up');
+  t.same(ch.decoded(0).answers?.map((x) => x.type), ['CNAME'], 'its client gets the CNAME alone at once');
+  t.equal(r.resolver.counters.get('maxConcurrentRejects'), 1, 'counted as a rejection at the cap');
+  r.external.answer(1, answer('www.example.org', [a('www.example.org', '192.0.2.44', 60)]));
+  t.equal(r.resolver.inflight, 1, 'the answered lookup frees its slot');
+  t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME', 'A']);
 });
 
 t.test('a headless service whose answer is over 64 KiB, answered from the view: every client gets a well-formed answer of its own addresses, and the next query is a plain hit', async (t) => {

@@ -431,15 +431,17 @@ t.test('a client that never reads: the kernel send queue stays small', async (t)
   t.ok(maxTx <= 192 * 1024, `send queue bounded: max ${maxTx} bytes`);
 });
 
-t.test('a client that never reads is reset at the unsent cap, and its queue is freed', async (t) => {
-  // 40 answers of 60 KB (2.4 MB): past the kernel's small share and Node's 128 KiB cap.
+t.test('a client that never reads is reset (its queries wait on its reading past the read timeout), and its queue is freed', async (t) => {
+  // 40 answers of 60 KB (2.4 MB): past the kernel's small share and Node's 128 KiB cap. Answers given at once stop
+  // being taken short of the cap; the queries left then wait for a client that never reads them.
   const h = new FakeHandler(60_000);
-  const l = await startListener(t, h, { maxQueriesPerConnection: 100 });
+  const l = await startListener(t, h, { maxQueriesPerConnection: 100, readTimeoutMs: 300 });
   const { client } = await flood(t, l, 40);
   t.ok(await until(() => l.connections === 0), 'the connection is closed and its slot freed');
   // A plain close would leave an orphan in FIN_WAIT1 still holding the queue until the peer reads; a reset frees it.
   t.ok(await until(() => (serverSide(l.port, client.localPort)?.txQueue ?? 0) === 0), 'no server-side send queue left behind');
   t.equal(l.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit');
+  t.ok(h.queries < 40, `queries stopped being taken while its answers went unread (${h.queries} of 40)`);
 });
 
 t.test('socket-options: SO_SNDBUF set and read back, errors as errno values', async (t) => {
@@ -488,4 +490,18 @@ t.test('a client that never reads, closed as idle or evicted, leaves no send que
     await until(() => (serverSide(l2.port, victim.client.localPort)?.txQueue ?? 0) === 0, 3000),
     `no server-side send queue left behind after an eviction (left: ${JSON.stringify(serverSide(l2.port, victim.client.localPort))})`,
   );
+});
+
+t.test('a client that reads is never reset for pipelining: large answers answered at once wait for it to read them, past the unsent cap', async (t) => {
+  // Eight 60 KB answers (480 KB) given at once, as cache hits are, for queries in one segment: more than the kernel
+  // takes at once and Node's 128 KiB cap together. The client reads all along; it must get every one.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 8 });
+  const c = await Client.connect(t, l.port);
+  const ids = [1, 2, 3, 4, 5, 6, 7, 8];
+  c.socket.write(Buffer.concat(ids.map((id) => query(id))));
+  t.ok(await until(() => c.answers.length === ids.length || c.closed), 'the answers arrive');
+  t.same([...c.answers].sort((a, b) => a - b), ids, 'every one');
+  t.equal(l.counters.get('closedUnsentLimit'), 0, 'not reset');
+  t.notOk(c.closed, 'the connection stays open');
 });

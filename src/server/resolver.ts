@@ -247,6 +247,23 @@ export class Resolver implements MissSink, PendingOwner {
       this.#hits.complete(token, cname, 'local');
       return;
     }
+    // An upstream query like any miss: held to --max-concurrent and counted in flight (the CNAME alone past the cap).
+    if (this.#inflight >= this.#maxConcurrent) {
+      this.#v[S.maxConcurrentRejects]!++;
+      this.#hits.complete(token, cname, 'local');
+      return;
+    }
+    this.#inflight++;
+    this.#v[S.inflight] = this.#inflight;
+    this.#v[S.forwarded]!++;
+    let settled = false;
+    const settle = (failure: number): void => {
+      if (settled) return;
+      settled = true;
+      this.#inflight--;
+      this.#v[S.inflight] = this.#inflight;
+      if (failure >= 0) this.#v[failure]!++;
+    };
     const hits = this.#hits;
     const exchange: UpstreamExchange = {
       query: upstreamQuery(q),
@@ -254,7 +271,9 @@ export class Resolver implements MissSink, PendingOwner {
       resolve: (answer) => {
         // A target that failed (SERVFAIL, REFUSED) adds nothing: the CNAME alone, NOERROR, as CoreDNS answers;
         // the join would carry the target's rcode, and musl fails a whole lookup on either family's SERVFAIL.
-        if (failedAnswer(answer)) {
+        const failed = failedAnswer(answer);
+        settle(failed ? S.failServfail : -1);
+        if (failed) {
           hits.complete(token, cname, 'local');
           return;
         }
@@ -265,7 +284,10 @@ export class Resolver implements MissSink, PendingOwner {
         const clean = scrubbed === null ? answer : scrubbed === 'unusable' ? null : scrubbed.msg;
         hits.complete(token, clean === null ? cname : (appendTargetAnswer(cname, clean) ?? cname), 'local');
       },
-      reject: () => hits.complete(token, cname, 'local'),
+      reject: (reason) => {
+        settle(failureSlot[reason]);
+        hits.complete(token, cname, 'local');
+      },
     };
     targetRoute.upstream.send(exchange);
   }

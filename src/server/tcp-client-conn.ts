@@ -7,6 +7,7 @@
  * drain, and this file as what happens on one socket.
  */
 import type net from 'node:net';
+import { MAX_MESSAGE } from '../dns/constants.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
 import type { Logger } from '../log.js';
 import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-options.js';
@@ -32,6 +33,19 @@ export const DRAIN_IDLE_MS = 500;
  * in the kernel, measured).
  */
 export const TCP_MAX_UNSENT_BYTES = 128 * 1024;
+
+/**
+ * Unsent bytes in Node's buffer above which no new query is taken: one more
+ * answer, of any size, given at once (a cache hit) still fits under
+ * maxUnsentBytes. A client that pipelines queries for large answers is then
+ * held back by its own reading, as the in-flight cap holds it back by our
+ * upstream, instead of being reset at the cap while it reads. Never below the
+ * socket's high-water mark: past that mark a write asks for 'drain', which is
+ * what takes the queries again.
+ */
+function takeLimit(maxUnsentBytes: number, socket: net.Socket): number {
+  return Math.max(socket.writableHighWaterMark, maxUnsentBytes - (MAX_MESSAGE + 2));
+}
 
 export type TcpCloseReason = 'read_timeout' | 'idle' | 'evicted' | 'unsent_limit';
 
@@ -107,6 +121,10 @@ export class TcpClientConnection implements ClientChannel {
   #takingHeld = false;
   /** Inside decoder.push(): frames later in the chunk are not counted as buffered yet, so finishing must wait. */
   #pushing: boolean;
+  /** No query is taken while Node holds more unsent bytes than this (takeLimit). */
+  readonly #takeLimit: number;
+  /** Since when (coarse ms) queries wait for the client to read its answers ('drain'); -1 when they do not. */
+  #unreadSinceMs: number;
 
   constructor(
     socket: net.Socket,
@@ -138,9 +156,15 @@ export class TcpClientConnection implements ClientChannel {
     this.#ended = false;
     this.#served = 0;
     this.#pushing = false;
+    this.#takeLimit = takeLimit(limits.maxUnsentBytes, socket);
+    this.#unreadSinceMs = -1;
     askSocketOptions();
     socket.setKeepAlive(true);
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    socket.on('drain', () => {
+      this.#unreadSinceMs = -1;
+      this.#drainBacklog();
+    });
     socket.on('end', () => this.stopReading());
     socket.on('error', (err) => this.#logger.debug('tcp client error', { listener: this.#listenerName, error: err.message }));
   }
@@ -186,6 +210,8 @@ export class TcpClientConnection implements ClientChannel {
     if (this.#partialSinceMs >= 0 && !this.#socket.isPaused() && now - this.#partialSinceMs >= this.#limits.readTimeoutMs) {
       return 'read_timeout';
     }
+    // Queries held back for a client that does not read what it asked for: as a client that stops mid-message.
+    if (this.#unreadSinceMs >= 0 && now - this.#unreadSinceMs >= this.#limits.readTimeoutMs) return 'unsent_limit';
     const idleLimit = this.#finishing ? Math.min(DRAIN_IDLE_MS, this.#limits.idleTimeoutMs) : this.#limits.idleTimeoutMs;
     if (this.idle && now - this.#lastActiveMs >= idleLimit) return 'idle';
     return null;
@@ -267,8 +293,8 @@ export class TcpClientConnection implements ClientChannel {
   #onFrame(msg: Buffer): void {
     if (!this.#reading && !this.#takingHeld) return;
     this.#framed = true;
-    if (this.#inflight >= this.#limits.maxQueriesPerConnection) {
-      // At the cap: this frame waits, and the decoder keeps the rest as raw bytes (a view per frame held would cost
+    if (this.#inflight >= this.#limits.maxQueriesPerConnection || this.#unread()) {
+      // At the cap, or its answers unread: this frame waits, and the decoder keeps the rest as raw bytes (a view per frame held would cost
       // ~110 B of heap for each 2-byte frame a client packs in) until answers make room.
       this.#backlog.push(msg);
       this.#decoder.pause();
@@ -291,8 +317,8 @@ export class TcpClientConnection implements ClientChannel {
   #drainBacklog(): void {
     if (this.#draining) return;
     this.#draining = true;
-    while (this.#backlog.length > 0 && this.#inflight < this.#limits.maxQueriesPerConnection) this.#dispatch(this.#backlog.shift()!);
-    if (!this.#closed && this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#decoder.paused) {
+    while (this.#backlog.length > 0 && this.#inflight < this.#limits.maxQueriesPerConnection && !this.#unread()) this.#dispatch(this.#backlog.shift()!);
+    if (!this.#closed && this.#backlog.length === 0 && this.#inflight < this.#limits.maxQueriesPerConnection && this.#decoder.paused && !this.#unread()) {
       // What came while at the cap, taken before any FIN or shutdown, so answered like the backlog (answers it gets at
       // once do not re-enter here); it may fill the cap again, and pause the decoder and the socket again.
       this.#pushing = true;
@@ -314,6 +340,21 @@ export class TcpClientConnection implements ClientChannel {
       this.#socket.resume();
     }
     this.#finishIfDone();
+  }
+
+  /**
+   * Too many answers unread to take another query now; stamps when that
+   * began. Cleared whenever the client has read enough (here, or on 'drain'):
+   * a client that reads through a long stream of answers is never held back
+   * for long, only one that stops.
+   */
+  #unread(): boolean {
+    if (this.#socket.writableLength <= this.#takeLimit) {
+      this.#unreadSinceMs = -1;
+      return false;
+    }
+    if (this.#unreadSinceMs < 0) this.#unreadSinceMs = this.#time.now;
+    return true;
   }
 
   #finishIfDone(): void {
