@@ -645,3 +645,16 @@ t.test('scanAnswer: every name, owner or in RDATA, must expand: no loop, no forw
     undefined, 'an SOA RNAME of 264 bytes expanded');
   t.equal(scanAnswer(twoOwners({ type: 33, ttl: 30, rdata: Buffer.concat([Buffer.alloc(6), Buffer.from([0xc0, 0x7f])]) })), undefined, 'an SRV target pointing forward');
 });
+
+t.test('parseQuery: an OPT of a later version followed by a second OPT is FORMERR, not BADVERS (RFC 6891 6.1.1)', async (t) => {
+  const opt = (version: number): Buffer => Buffer.from([0, 0, 41, 0x10, 0, 0, version, 0, 0, 0, 0]);
+  const withOpts = (...opts: Buffer[]): Buffer => {
+    const q = query({ name: 'a.example' });
+    q.writeUInt16BE(opts.length, 10);
+    return Buffer.concat([q, ...opts]);
+  };
+  t.equal(parseQuery(withOpts(opt(1))).status, QueryStatus.BADVERS, 'one OPT of version 1: BADVERS');
+  t.equal(parseQuery(withOpts(opt(0), opt(0))).status, QueryStatus.FORMERR, 'two OPTs: FORMERR');
+  t.equal(parseQuery(withOpts(opt(1), opt(0))).status, QueryStatus.FORMERR, 'a version 1 OPT, then another: FORMERR');
+  t.equal(parseQuery(withOpts(opt(1), Buffer.from([0, 0, 1]))).status, QueryStatus.FORMERR, 'a version 1 OPT, then a record cut short: FORMERR');
+});
