@@ -658,3 +658,12 @@ t.test('parseQuery: an OPT of a later version followed by a second OPT is FORMER
   t.equal(parseQuery(withOpts(opt(1), opt(0))).status, QueryStatus.FORMERR, 'a version 1 OPT, then another: FORMERR');
   t.equal(parseQuery(withOpts(opt(1), Buffer.from([0, 0, 1]))).status, QueryStatus.FORMERR, 'a version 1 OPT, then a record cut short: FORMERR');
 });
+
+t.test('nameToString: a name of 256 bytes on the wire is malformed, 255 is not', async (t) => {
+  const label = (n: number): Buffer => Buffer.concat([Buffer.from([n]), Buffer.alloc(n, 0x61)]);
+  const max = Buffer.concat([label(63), label(63), label(63), label(61), Buffer.from([0])]);
+  t.equal(max.length, 255);
+  t.equal(nameToString(max, 0)?.length, 253, '255 bytes: read');
+  const over = Buffer.concat([label(63), label(63), label(63), label(62), Buffer.from([0])]);
+  t.equal(nameToString(over, 0), undefined, '256 bytes: malformed');
+});
