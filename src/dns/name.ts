@@ -174,7 +174,8 @@ export function nameToString(msg: Uint8Array, off: number): string | undefined {
     }
     if (len > MAX_LABEL || off + 1 + len > msg.length) return undefined;
     total += len + 1;
-    if (total > MAX_NAME_WIRE) return undefined;
+    // The root label's byte comes on top.
+    if (total > MAX_NAME_WIRE - 1) return undefined;
     let label = '';
     for (let i = off + 1; i <= off + len; i++) {
       const c = msg[i]!;
