@@ -1037,3 +1037,22 @@ t.test('a watch that ends at once with only blank lines is a very short watch: b
   t.ok(counters.get('namespaces.errors') >= 1, 'a watch with nothing but a blank line, ended at once, is a failure');
   t.ok(watches < 20, `${watches} watches made before the first backoff`);
 });
+
+t.test('continue tokens that go round in a cycle are a failure too: the list neither loops without backoff nor grows without bound', async (t) => {
+  // Two tokens handed out in turn (a proxy or a broken server alternating
+  // between two pages) never come back "as sent", yet the list never moves on.
+  let lists = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      if (p.includes('watch=1') || ++lists > 50) return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      const body = new PassThrough();
+      const next = p.includes('continue=token-a') ? 'token-b' : 'token-a';
+      body.end(JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: '7', continue: next }, items: [{ metadata: { name: 'n1' } }] }));
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const { counters } = scriptedReflector(t, api);
+  await until(t, 'the list given up, or 50 pages asked for', () => counters.get('namespaces.errors') >= 1 || lists > 50);
+  t.ok(counters.get('namespaces.errors') >= 1, 'a continue token seen before in the same list ends it as a failure');
+  t.ok(lists <= 3 * (counters.get('namespaces.errors') + 1), `${lists} pages asked for, for ${counters.get('namespaces.errors')} failed lists`);
+});

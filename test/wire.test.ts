@@ -615,3 +615,55 @@ t.test('writeAnswer: what is dropped without TC goes by whole RRsets (RFC 2181 5
   t.equal(tcOf(cut), true);
   t.same(counts(cut), [2, 0, 0], 'TC: two of the three addresses kept');
 });
+
+t.test('scanAnswer: every name, owner or in RDATA, must expand: no loop, no forward pointer, at most 255 bytes', async (t) => {
+  // A hit serves the stored bytes as they are, so a name a client cannot expand would be handed out for the entry's
+  // whole life. The question 'a.example' sits at 12; the first record at 27, its RDATA at 39.
+  const label = (n: number): Buffer => Buffer.concat([Buffer.from([n]), Buffer.alloc(n, 0x61)]);
+  const cname = (rdata: Buffer): Rr => ({ type: 5, ttl: 30, rdata });
+  t.ok(scanAnswer(rawAnswer('a.example', 1, [cname(Buffer.from([1, 0x62, 0xc0, 12])), { ...aRr(1), owner: Buffer.from([0xc0, 39]) }])),
+    'a CNAME target compressed against the question, its A owned by a pointer to that target: fine');
+  t.equal(scanAnswer(rawAnswer('a.example', 5, [cname(Buffer.from([0xc0, 39]))])), undefined, 'a CNAME target pointing at itself (a loop)');
+  t.equal(scanAnswer(rawAnswer('a.example', 5, [cname(Buffer.from([1, 0x62, 0xc0, 39]))])), undefined, 'a CNAME target pointing back into itself (a loop)');
+  t.equal(scanAnswer(rawAnswer('a.example', 2, [], [{ type: 2, ttl: 30, rdata: Buffer.from([0xc0, 0xf0]) }])), undefined, 'an NS target pointing forward');
+  t.equal(scanAnswer(rawAnswer('a.example', 15, [{ type: 15, ttl: 30, rdata: Buffer.from([0, 10, 0xc0, 4]) }])), undefined, 'an MX exchange pointing into the header');
+  t.equal(scanAnswer(rawAnswer('a.example', 5, [cname(Buffer.from([1, 0x62, 0]))].map((r) => ({ ...r, rdata: Buffer.concat([r.rdata, Buffer.from([0])]) })))),
+    undefined, 'a CNAME whose RDATA runs past its name');
+  // The second record's owner points 2 bytes back, into the first's address, whose last bytes read as a one-byte label
+  // followed by that very pointer: 'strictly backwards' of the first pointer alone lets it through.
+  const s = 27 + 2 + 10 + 4;
+  t.equal(scanAnswer(rawAnswer('a.example', 1, [{ type: 1, ttl: 30, rdata: Buffer.from([10, 0, 1, 0x41]) }, { ...aRr(2), owner: Buffer.from([0xc0, s - 2]) }])),
+    undefined, 'an owner whose pointer leads back into itself');
+  // 192 bytes of labels then the question (11): 203 bytes; 61 more in front of that is 264.
+  const long = Buffer.concat([label(63), label(63), label(63), QNAME_PTR]);
+  const longAt = 27 + 2 + 10 + 4;
+  const twoOwners = (second: Rr): Buffer => rawAnswer('a.example', 1, [aRr(1), { ...aRr(2), owner: long }, second]);
+  t.ok(scanAnswer(twoOwners({ ...aRr(3), owner: Buffer.concat([label(40), Buffer.from([0xc0, longAt])]) })), '252 bytes expanded: fine');
+  t.equal(scanAnswer(twoOwners({ ...aRr(3), owner: Buffer.concat([label(60), Buffer.from([0xc0, longAt])]) })), undefined, 'an owner of 264 bytes expanded');
+  t.equal(scanAnswer(twoOwners(cname(Buffer.concat([label(60), Buffer.from([0xc0, longAt])])))), undefined, 'a CNAME target of 264 bytes expanded');
+  t.equal(scanAnswer(twoOwners({ type: 6, ttl: 30, rdata: Buffer.concat([Buffer.from([0xc0, 12]), label(60), Buffer.from([0xc0, longAt]), Buffer.alloc(20)]) })),
+    undefined, 'an SOA RNAME of 264 bytes expanded');
+  t.equal(scanAnswer(twoOwners({ type: 33, ttl: 30, rdata: Buffer.concat([Buffer.alloc(6), Buffer.from([0xc0, 0x7f])]) })), undefined, 'an SRV target pointing forward');
+});
+
+t.test('parseQuery: an OPT of a later version followed by a second OPT is FORMERR, not BADVERS (RFC 6891 6.1.1)', async (t) => {
+  const opt = (version: number): Buffer => Buffer.from([0, 0, 41, 0x10, 0, 0, version, 0, 0, 0, 0]);
+  const withOpts = (...opts: Buffer[]): Buffer => {
+    const q = query({ name: 'a.example' });
+    q.writeUInt16BE(opts.length, 10);
+    return Buffer.concat([q, ...opts]);
+  };
+  t.equal(parseQuery(withOpts(opt(1))).status, QueryStatus.BADVERS, 'one OPT of version 1: BADVERS');
+  t.equal(parseQuery(withOpts(opt(0), opt(0))).status, QueryStatus.FORMERR, 'two OPTs: FORMERR');
+  t.equal(parseQuery(withOpts(opt(1), opt(0))).status, QueryStatus.FORMERR, 'a version 1 OPT, then another: FORMERR');
+  t.equal(parseQuery(withOpts(opt(1), Buffer.from([0, 0, 1]))).status, QueryStatus.FORMERR, 'a version 1 OPT, then a record cut short: FORMERR');
+});
+
+t.test('nameToString: a name of 256 bytes on the wire is malformed, 255 is not', async (t) => {
+  const label = (n: number): Buffer => Buffer.concat([Buffer.from([n]), Buffer.alloc(n, 0x61)]);
+  const max = Buffer.concat([label(63), label(63), label(63), label(61), Buffer.from([0])]);
+  t.equal(max.length, 255);
+  t.equal(nameToString(max, 0)?.length, 253, '255 bytes: read');
+  const over = Buffer.concat([label(63), label(63), label(63), label(62), Buffer.from([0])]);
+  t.equal(nameToString(over, 0), undefined, '256 bytes: malformed');
+});

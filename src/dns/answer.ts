@@ -7,7 +7,7 @@
 import {
   FLAG_TC, HEADER_LEN, MAX_MESSAGE, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT, QType, RCODE_MASK,
 } from './constants.js';
-import { skipName } from './name.js';
+import { skipExpandableName } from './name.js';
 
 export interface AnswerScan {
   readonly rcode: number;
@@ -39,7 +39,7 @@ export function scanAnswer(msg: Buffer): AnswerScan | undefined {
   const nscount = msg.readUInt16BE(OFF_NSCOUNT);
   const arcount = msg.readUInt16BE(OFF_ARCOUNT);
   if (qdcount !== 1) return undefined;
-  let off = skipName(msg, HEADER_LEN);
+  let off = skipExpandableName(msg, HEADER_LEN);
   if (off < 0 || off + 4 > msg.length) return undefined;
   off += 4;
   const questionEnd = off;
@@ -54,7 +54,7 @@ export function scanAnswer(msg: Buffer): AnswerScan | undefined {
   let optEnd = -1;
   for (let i = 0; i < total; i++) {
     const rrStart = off;
-    off = skipName(msg, off);
+    off = skipExpandableName(msg, off);
     if (off < 0 || off + 10 > msg.length) return undefined;
     const type = msg.readUInt16BE(off);
     const ttl = msg.readUInt32BE(off + 4);
@@ -62,6 +62,7 @@ export function scanAnswer(msg: Buffer): AnswerScan | undefined {
     const rdStart = off + 10;
     const rdEnd = rdStart + rdlen;
     if (rdEnd > msg.length) return undefined;
+    if (!rdataNamesExpand(msg, type, rdStart, rdEnd)) return undefined;
     if (type === QType.OPT) {
       // One OPT, in the additional section only (RFC 6891 6.1.1).
       if (optStart >= 0 || i < ancount + nscount) return undefined;
@@ -95,11 +96,52 @@ export function scanAnswer(msg: Buffer): AnswerScan | undefined {
   };
 }
 
+interface RdataNames {
+  /** Bytes before the first name. */
+  readonly skip: number;
+  /** Names one after another. */
+  readonly names: number;
+  /** Bytes after the last. */
+  readonly tail: number;
+}
+
+/** Where the names sit in the RDATA of the types whose names may be compressed (RFC 3597 4). */
+const RDATA_NAMES = new Map<number, RdataNames>([
+  [QType.NS, { skip: 0, names: 1, tail: 0 }],
+  [QType.CNAME, { skip: 0, names: 1, tail: 0 }],
+  [QType.SOA, { skip: 0, names: 2, tail: 20 }],
+  [QType.PTR, { skip: 0, names: 1, tail: 0 }],
+  [14, { skip: 0, names: 2, tail: 0 }], // MINFO
+  [QType.MX, { skip: 2, names: 1, tail: 0 }],
+  [17, { skip: 0, names: 2, tail: 0 }], // RP
+  [18, { skip: 2, names: 1, tail: 0 }], // AFSDB
+  [21, { skip: 2, names: 1, tail: 0 }], // RT
+  [QType.SRV, { skip: 6, names: 1, tail: 0 }],
+  [36, { skip: 2, names: 1, tail: 0 }], // KX
+  [39, { skip: 0, names: 1, tail: 0 }], // DNAME
+]);
+
+/**
+ * The names in a record's RDATA expand and fill it exactly: a client reads
+ * them as names (a CNAME's target, an NS, an MX exchange), and a hit serves
+ * them as stored.
+ */
+function rdataNamesExpand(msg: Buffer, type: number, rdStart: number, rdEnd: number): boolean {
+  const layout = RDATA_NAMES.get(type);
+  if (layout === undefined) return true;
+  let off = rdStart + layout.skip;
+  for (let n = 0; n < layout.names; n++) {
+    off = skipExpandableName(msg, off, rdEnd);
+    if (off < 0) return false;
+  }
+  return off + layout.tail === rdEnd;
+}
+
 /** The SOA MINIMUM field (last 4 bytes after MNAME, RNAME and four counters), or -1. */
 function soaMinimum(msg: Buffer, rdStart: number, rdEnd: number): number {
-  let off = skipName(msg, rdStart);
+  let off = skipExpandableName(msg, rdStart, rdEnd);
   if (off < 0) return -1;
-  off = skipName(msg, off);
+  off = skipExpandableName(msg, off, rdEnd);
   if (off < 0 || off + 20 !== rdEnd) return -1;
   const m = msg.readUInt32BE(off + 16);
   return m > 0x7fffffff ? 0 : m;

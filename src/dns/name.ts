@@ -32,6 +32,38 @@ export function skipName(msg: Uint8Array, off: number): number {
 }
 
 /**
+ * As skipName, but the name must also expand: every pointer it leads through
+ * points below the start of the run of labels it ends (so the bound falls at
+ * each hop and no loop is possible) and never into the header, and the whole
+ * name is at most 255 bytes; none of its bytes at or past `limit` (the end of
+ * the RDATA it is in). For names a hit serves as stored (scanAnswer, on
+ * the miss path): skipName looks at the first pointer only, and a name a
+ * client cannot expand would be handed out for the entry's whole life.
+ */
+export function skipExpandableName(msg: Uint8Array, off: number, limit = msg.length): number {
+  let end = -1;
+  let runStart = off;
+  let wireLen = 0;
+  while (off < limit) {
+    const len = msg[off]!;
+    if (len === 0) return end < 0 ? off + 1 : end;
+    if ((len & POINTER_MASK) === POINTER_MASK) {
+      if (off + 1 >= limit) return -1;
+      const target = ((len & 0x3f) << 8) | msg[off + 1]!;
+      if (target < HEADER_LEN || target >= runStart) return -1;
+      if (end < 0) end = off + 2;
+      off = runStart = target;
+      continue;
+    }
+    if (len > MAX_LABEL) return -1;
+    wireLen += len + 1;
+    if (wireLen > MAX_NAME_WIRE - 1) return -1;
+    off += len + 1;
+  }
+  return -1;
+}
+
+/**
  * Offset past an uncompressed name (as in a query's question), or -1.
  * Pointers are refused: in the question of a query there is nothing earlier
  * than the header for them to point at.
@@ -142,7 +174,8 @@ export function nameToString(msg: Uint8Array, off: number): string | undefined {
     }
     if (len > MAX_LABEL || off + 1 + len > msg.length) return undefined;
     total += len + 1;
-    if (total > MAX_NAME_WIRE) return undefined;
+    // The root label's byte comes on top.
+    if (total > MAX_NAME_WIRE - 1) return undefined;
     let label = '';
     for (let i = off + 1; i <= off + len; i++) {
       const c = msg[i]!;

@@ -209,6 +209,8 @@ export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
   let edns = false;
   let udpSize = 512;
   let dnssecOk = false;
+  // A later EDNS version is BADVERS only once the rest of the section reads well: a second OPT is FORMERR (RFC 6891 6.1.1).
+  let badVersion = false;
   let off = qnameEnd + 4;
   const arcount = u16(msg, OFF_ARCOUNT);
   for (let i = 0; i < arcount; i++) {
@@ -223,7 +225,7 @@ export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
       if (i !== arcount - 1 || !tsigWellFormed(msg, nameStart, off, off + 10 + rdlen)) {
         return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
       }
-      return set(q, QueryStatus.TSIG, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk);
+      return set(q, badVersion ? QueryStatus.BADVERS : QueryStatus.TSIG, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk);
     }
     if (type === QType.OPT) {
       if (edns || msg[nameStart] !== 0 || off !== nameStart + 1) return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
@@ -232,10 +234,11 @@ export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
       udpSize = size < 512 ? 512 : size;
       const version = msg[off + 5]!;
       dnssecOk = (u16(msg, off + 6) & EDNS_DO) !== 0;
-      if (version !== 0) return set(q, QueryStatus.BADVERS, msg, id, flags, qnameEnd, qtype, qclass, true, udpSize, dnssecOk);
+      badVersion = version !== 0;
     }
     off += 10 + rdlen;
   }
+  if (badVersion) return set(q, QueryStatus.BADVERS, msg, id, flags, qnameEnd, qtype, qclass, true, udpSize, dnssecOk);
 
   set(q, QueryStatus.OK, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk);
   // Key: lower-cased name + type + class + flags byte, hashed (hashKey) in the same pass, whole words first.

@@ -103,7 +103,8 @@ export interface WatchSink<T> {
   markSynced(): void;
   /**
    * The kind is current as of `nowMs` (Clock ms): a whole list, or a watch event or bookmark, told just
-   * before it is written. Not a watch's 200 nor its ERROR events: after a 410 the view is known to miss changes.
+   * before it is written, or a watch's 200 once its grace passed with no ERROR (dated at the 200). Not an ERROR
+   * event: after a 410 the view is known to miss changes.
    */
   touch(nowMs: number): void;
 }

@@ -214,6 +214,7 @@ export class ListWatch<T> {
     const items: T[] = [];
     let cont = '';
     let rv = '';
+    const tokens = new Set<string>();
     do {
       let query = `?limit=${this.#tuning.pageSize}${this.#selector}`;
       if (cont !== '') query += `&continue=${encodeURIComponent(cont)}`;
@@ -243,11 +244,11 @@ export class ListWatch<T> {
       }
       const meta = asObject(page['metadata']);
       rv = typeof meta?.['resourceVersion'] === 'string' ? meta['resourceVersion'] : '';
-      const sent = cont;
       cont = typeof meta?.['continue'] === 'string' ? meta['continue'] : '';
-      // A real token names the last key served, so it always moves on; one handed back as sent would have us
-      // fetch the same page for ever, holding each copy, with no backoff.
-      if (cont !== '' && cont === sent) return failed('list: the continue token came back unchanged');
+      // A real token names the last key served, so it always moves on; one seen before in this list (handed back as
+      // sent, or in a cycle) would have us fetch pages for ever, holding each copy, with no backoff.
+      if (tokens.has(cont)) return failed('list: a continue token came back');
+      if (cont !== '') tokens.add(cont);
     } while (cont !== '');
     if (rv === '') return failed('list: no resourceVersion');
     // A whole list makes the view current, not its first page: a relist failing on a later page has not.

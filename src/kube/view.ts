@@ -64,7 +64,7 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
   #svcIPs: Map<string, SlimService | SlimService[]>;
   #epIPs: Map<string, SlimEndpointSlice | SlimEndpointSlice[]>;
   readonly #syncedKinds: Set<KindName>;
-  /** Per kind: when it was last known current (a whole list, a watch event or bookmark applied; -1: never). One kind's silence is not covered by another's bookmarks. */
+  /** Per kind: when it was last known current (a whole list, a watch event or bookmark applied, a watch taken with no ERROR in its grace; -1: never). One kind's silence is not covered by another's bookmarks. */
   readonly #contactMs: Map<KindName, number>;
   /** The latest contact about any kind: when the view last changed, for #changed. */
   #latestContactMs: number;
