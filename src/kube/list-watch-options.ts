@@ -50,7 +50,8 @@ export const watchDefaults: WatchTuning = {
   maxWatchSilenceMs: 150_000,
   requestTimeoutMs: 60_000,
   shortWatchMs: 1_000,
-  acceptGraceMs: 2_000,
+  // Above kube-apiserver's 3 s wait for a cache behind a watch's RV (waitUntilFreshAndBlock), whose error then comes in time.
+  acceptGraceMs: 5_000,
   maxLineBytes: 16 << 20,
   maxPageBytes: 256 << 20,
   backoff: backoffDefaults,

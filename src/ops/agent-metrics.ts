@@ -112,7 +112,7 @@ export class AgentMetrics implements UpstreamCounterBlocks {
       const v = src.view();
       return v === null ? [] : [[{}, v.synced ? 1 : 0]];
     });
-    this.registry.addGauge('nodelocal_view_api_silence_seconds', 'Seconds since every kind of the view was last known current: a whole list, a watch event or bookmark applied, or a watch taken from its resourceVersion with no ERROR in 2 s (the kind known current longest ago; +Inf: never).', [], () => {
+    this.registry.addGauge('nodelocal_view_api_silence_seconds', 'Seconds since every kind of the view was last known current: a whole list, a watch event or bookmark applied, or a watch taken from its resourceVersion with no ERROR in 5 s (the kind known current longest ago; +Inf: never).', [], () => {
       const v = src.view();
       if (v === null) return [];
       return [[{}, v.lastContactMs < 0 ? Infinity : (src.clock.now() - v.lastContactMs) / 1000]];
