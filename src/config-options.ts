@@ -68,7 +68,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   // and caps what a slow-loris connection can hold a slot for.
   {
     flag: 'tcp-read-timeout', kind: 'duration', def: '2s', min: 100, max: 60_000,
-    help: 'a client TCP message must be complete this long after its first byte (slow-loris); a pod sends one segment, 2 s allows a retransmission',
+    help: 'a client TCP message must be complete this long after its first byte (slow-loris; a pod sends one segment, 2 s allows a retransmission); a client whose queries wait for it to read its answers must read them within it too',
   },
   { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; at the cap a newcomer closes the connection idle longest, and is refused only when all are busy', min: 1 },
   // One pod must not hold every slot: 64 is 1/16 of the 1,024 above, and far past what a pod's resolver opens
