@@ -1518,6 +1518,7 @@ interface NetnsOutcome {
   attemptErrors?: number;
   attemptTimeouts?: number;
   failovers?: number;
+  connectFailures?: number;
   error?: string;
 }
 
@@ -1559,12 +1560,10 @@ function netnsRig(t: Test, tag: string): { ns: string; ip: (...args: string[]) =
   return { ns, ip, run };
 }
 
-t.test('HostResolvers: a link-local nameserver whose zone is an interface index (fe80::53%3, as systemd-resolved writes it) is reached over UDP and TCP, as through its name', async (t) => {
-  // glibc reads "%3" as interface index 3 (__inet6_scopeid_pton); Node's sockets take only a name there and send
-  // with scope 0 (EINVAL): every try to such a server failed at once, and a node whose only resolver it is got
-  // SERVFAIL for every external name.
-  const rig = netnsRig(t, 'scope');
-  if (rig === null) return;
+/** netnsRig with a veth v0 holding fe80::53, and v0's interface index. */
+function linkLocalRig(t: Test, tag: string): { run: (...args: string[]) => NetnsOutcome; index: string } | null {
+  const rig = netnsRig(t, tag);
+  if (rig === null) return null;
   const { ns, ip, run } = rig;
   ip('-n', ns, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1');
   ip('-n', ns, 'link', 'set', 'v0', 'up');
@@ -1572,13 +1571,36 @@ t.test('HostResolvers: a link-local nameserver whose zone is an interface index 
   ip('-n', ns, 'addr', 'add', 'fe80::53/64', 'dev', 'v0', 'nodad');
   const index = /^(\d+):/.exec(ip('-n', ns, '-o', 'link', 'show', 'v0'))?.[1];
   t.ok(index !== undefined, 'v0 has an index');
+  return { run, index: index! };
+}
+
+t.test('HostResolvers: a link-local nameserver whose zone is an interface index (fe80::53%3, as systemd-resolved writes it) is reached over UDP and TCP, as through its name', async (t) => {
+  // glibc reads "%3" as interface index 3 (__inet6_scopeid_pton); Node's sockets take only a name there and send
+  // with scope 0 (EINVAL): every try to such a server failed at once, and a node whose only resolver it is got
+  // SERVFAIL for every external name.
+  const rig = linkLocalRig(t, 'scope');
+  if (rig === null) return;
+  const { run, index } = rig;
   const byName = run('scope', 'v0');
   t.equal(byName.outcome, 'answer rcode=0 ancount=1', `by name: ${JSON.stringify(byName)}`);
-  const byIndex = run('scope', index!);
+  const byIndex = run('scope', index);
   t.equal(byIndex.outcome, 'answer rcode=0 ancount=1', `by index: ${JSON.stringify(byIndex)}`);
   t.same(byIndex.udp, [1], 'asked over UDP (TC=1)');
   t.same(byIndex.tcp, [1], 'then over TCP');
   t.equal(byIndex.attemptErrors, 0);
+});
+
+t.test('TcpPool: a cluster DNS at a link-local address whose zone is an interface index ([fe80::53%3]:53) is connected to, as through its name', async (t) => {
+  // --upstream-addr takes a zone as a name or an index (addr.ts); Node's net.connect reads it with if_nametoindex()
+  // only, so "%3" went out with scope 0: every connect failed (EINVAL) and every cluster name got SERVFAIL.
+  const rig = linkLocalRig(t, 'pool');
+  if (rig === null) return;
+  const byName = rig.run('pool', 'v0');
+  t.equal(byName.outcome, 'answer rcode=0 ancount=1', `by name: ${JSON.stringify(byName)}`);
+  const byIndex = rig.run('pool', rig.index);
+  t.equal(byIndex.outcome, 'answer rcode=0 ancount=1', `by index: ${JSON.stringify(byIndex)}`);
+  t.same(byIndex.tcp, [1], 'asked over TCP');
+  t.equal(byIndex.connectFailures, 0);
 });
 
 t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {
