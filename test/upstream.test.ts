@@ -124,13 +124,13 @@ const base = staticHandler({ 'www.example.com': { A: ['192.0.2.1'], AAAA: ['2001
 
 
 /** The routing `args` give (real counters, the system clock), its upstreams closed at teardown. */
-function routingOf(t: Test, args: string[]): ReturnType<typeof buildRouting> {
+function routingOf(t: Test, args: string[], previous: ReturnType<typeof buildRouting> | null = null): ReturnType<typeof buildRouting> {
   const { config } = loadConfig(args, { env: {} });
   const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
   const counters = {
     pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
   };
-  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
+  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, previous);
   t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
   return routing;
 }
@@ -1397,6 +1397,27 @@ t.test('routing: a stub domain whose first server stays silent is healthy again 
   second.faults.dropAll = false;
   t.ok(await until(() => route.upstream.health.healthy, 400, 20), 'healthy again once a server of the route answers the probe');
   t.ok(second.stats.udpQueries > 0, 'the probe reached the server that answers');
+});
+
+t.test('buildRouting: a reload that leaves a route\'s host servers and options as they were keeps its resolvers (their health, a silent server\'s place last); a changed route gets new ones', async (t) => {
+  // A reload comes with any change of the config file, resolv.conf or the kube-dns ConfigMap, and with SIGHUP. New
+  // resolvers start healthy and with the configured order: a route that was failing read as healthy again, and every
+  // node's miss waited a try timeout on a dead first server once more, after every reload. The cluster pool and the
+  // DNS-over-TLS upstreams are kept when their settings are unchanged.
+  const external = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'www.example.com', type: 'A', class: 'IN' }] });
+  const externalOf = (r: ReturnType<typeof buildRouting>): Upstream => r.router.route(parseQuery(external).key).upstream;
+  const args = ['--stub-domain', 'corp.example=127.0.0.1:1055', '--upstream-nameservers', '127.0.0.1:1054'];
+  const first = routingOf(t, args);
+  const same = routingOf(t, args, first);
+  t.equal(stubRoute(t, same).route.upstream, stubRoute(t, first).route.upstream, 'the stub domain\'s resolvers kept');
+  t.equal(externalOf(same), externalOf(first), 'the external names\' resolvers kept');
+  t.equal(same.upstreams.length, first.upstreams.length, 'each listed once');
+  const moved = routingOf(t, ['--stub-domain', 'corp.example=127.0.0.1:1056', '--upstream-nameservers', '127.0.0.1:1054'], same);
+  t.not(stubRoute(t, moved).route.upstream, stubRoute(t, same).route.upstream, 'a stub domain with another server: new resolvers');
+  t.equal(externalOf(moved), externalOf(same), 'the unchanged route kept');
+  const slower = routingOf(t, ['--stub-domain', 'corp.example=127.0.0.1:1056', '--upstream-nameservers', '127.0.0.1:1054', '--timeout', '1s'], moved);
+  t.not(externalOf(slower), externalOf(moved), 'another try timeout: new resolvers');
+  t.not(stubRoute(t, slower).route.upstream, stubRoute(t, moved).route.upstream);
 });
 
 t.test('HostResolvers: a first server that never answers is not waited on by every new query', async (t) => {
