@@ -1540,6 +1540,7 @@ interface NetnsOutcome {
   attemptTimeouts?: number;
   failovers?: number;
   connectFailures?: number;
+  started?: Record<string, string>;
   error?: string;
 }
 
@@ -1622,6 +1623,18 @@ t.test('TcpPool: a cluster DNS at a link-local address whose zone is an interfac
   t.equal(byIndex.outcome, 'answer rcode=0 ancount=1', `by index: ${JSON.stringify(byIndex)}`);
   t.same(byIndex.tcp, [1], 'asked over TCP');
   t.equal(byIndex.connectFailures, 0);
+});
+
+t.test('listeners and the ops HTTP server bound the plain way (--no-reuse-port, no koffi) on a link-local address whose zone is an interface index start, as through its name', async (t) => {
+  // --listen and --metrics-listen-address take a zone as a name or an index (addr.ts), and the SO_REUSEPORT bind
+  // (reuseport.ts sockaddr) reads either; Node's bind() reads a name only, so "%3" bound with scope 0: EINVAL at start.
+  const rig = linkLocalRig(t, 'listen');
+  if (rig === null) return;
+  const want = { udp: 'ok', tcp: 'ok', http: 'ok' };
+  const byName = rig.run('listen', 'v0');
+  t.same(byName.started, want, `by name: ${JSON.stringify(byName)}`);
+  const byIndex = rig.run('listen', rig.index);
+  t.same(byIndex.started, want, `by index: ${JSON.stringify(byIndex)}`);
 });
 
 t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {
