@@ -1092,6 +1092,21 @@ t.test('HostResolvers: nobody listening (ICMP port unreachable) -> network', asy
   t.equal(up.counters.get('networkErrors'), 1);
 });
 
+t.test('HostResolvers: a port-unreachable error that a later send on the socket picks up fails every try on it, not only that one', async (t) => {
+  // Linux reports a connected UDP socket's ICMP error once, to the next syscall on it: recvmsg (the socket's 'error',
+  // every try on it fails) or, when a try sends first, that sendmsg (ECONNREFUSED through the send's callback). The
+  // try whose datagram drew the error then waited out its whole timeout. Eight queries at once: two per socket.
+  const gone = await SimDnsServer.start({ handler: base });
+  const server = { host: gone.host, port: gone.port };
+  await gone.close();
+  const up = new HostResolvers({ servers: [server], attemptTimeoutMs: 2000, attempts: 1, rotate: false });
+  t.teardown(() => up.close());
+  const outcomes = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => ask(up, `n${i}.example.com`, { timeoutMs: 4000 }).done));
+  t.same(outcomes.map((o) => o.reason), Array(8).fill('network'), 'every query failed on the port-unreachable error');
+  t.equal(up.counters.get('attemptTimeouts'), 0, 'no try waited out its timeout');
+  t.equal(up.counters.get('attemptErrors'), 8);
+});
+
 t.test('HostResolvers: SERVFAIL moves on; if every server fails, its answer is passed on', async (t) => {
   const [a, b] = await twoServers(t, { rcode: 'SERVFAIL' });
   const up = resolvers([a, b]);
