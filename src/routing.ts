@@ -7,10 +7,12 @@
  *
  * The cluster pool (and its health and probe) survives a reload whose cluster
  * settings did not change: its health state and warm connections are worth
- * keeping. So do the DNS-over-TLS upstreams (their handshakes and sessions).
+ * keeping. So do the DNS-over-TLS upstreams (their handshakes and sessions),
+ * and each route's host resolvers (their health, and which server went
+ * silent and is asked last).
  */
 import { readFileSync } from 'node:fs';
-import { formatHostPort } from './addr.js';
+import { dialableHost, formatHostPort } from './addr.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import { QType } from './dns/constants.js';
@@ -50,6 +52,14 @@ export interface Routing {
   readonly tls: TlsUpstream | null;
   /** Zones whose route has a local answerer (the cluster view): at the upstream side's limit those are answered locally, not refused. */
   readonly localZones: readonly string[];
+  /** The host resolvers' routes by name: equal settings on reload keep them. */
+  readonly hosts: ReadonlyMap<string, HostRoute>;
+}
+
+/** The host resolvers of one route, by name ("host-resolvers", "stub:ZONE"), and the settings they were built from. */
+interface HostRoute {
+  readonly route: Route;
+  readonly settings: string;
 }
 
 export interface TlsUpstream {
@@ -84,9 +94,19 @@ export interface UpstreamCounterBlocks {
 /** `previous`: the routing in use, whose upstreams are kept where their settings did not change (null at start). */
 export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: Routing | null): Routing {
   const upstreams: Upstream[] = [];
+  const hosts = new Map<string, HostRoute>();
   /** `probe`: what proves the servers answer again while the route is failing. */
   const hostRoute = (name: string, servers: readonly ServerAddress[], attemptMs: number | undefined, attempts: number, rotate: boolean, probe: Buffer): Route => {
     const { attemptTimeoutMs, budgetMs } = hostBudget(c.timeoutMs, attemptMs, attempts, servers.length);
+    // The addresses as dialled too: an interface index maps to another name once interfaces change (addr.ts).
+    const settings = JSON.stringify([servers, servers.map((s) => dialableHost(s.host)), attemptTimeoutMs, budgetMs, attempts, rotate, c.hostMaxInflight]);
+    // Names are unique: the config refuses a stub zone given twice.
+    const kept = previous?.hosts.get(name);
+    if (kept !== undefined && kept.settings === settings) {
+      upstreams.push(kept.route.upstream);
+      hosts.set(name, kept);
+      return kept.route;
+    }
     const upstream = new HostResolvers({
       servers, attemptTimeoutMs, attempts, rotate, maxInFlight: c.hostMaxInflight, clock: deps.clock, logger: deps.logger, name, counters: deps.counters.host(name),
       durations: servers.map((s) => deps.counters.durations(formatHostPort(s))),
@@ -95,7 +115,9 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
       probeCounters: deps.counters.probe(name),
     });
     upstreams.push(upstream);
-    return { upstream, timeoutMs: budgetMs, local: null };
+    const route: Route = { upstream, timeoutMs: budgetMs, local: null };
+    hosts.set(name, { route, settings });
+    return route;
   };
 
   const tls = c.upstreamTls.length > 0 ? tlsUpstream(c, deps, previous?.tls ?? null) : null;
@@ -123,7 +145,7 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
   // As the router sees them: a later route for the same zone (a stub domain) replaces an earlier one.
   const byZone = new Map(routes.map((r) => [r.zone.toLowerCase().replace(/\.$/, ''), r]));
   const localZones = [...byZone.values()].filter((r) => r.target.local !== null).map((r) => r.zone);
-  return { router: new ZoneRouter(routes, external), upstreams, cluster, tls, localZones };
+  return { router: new ZoneRouter(routes, external), upstreams, cluster, tls, localZones, hosts };
 }
 
 /**

@@ -124,13 +124,13 @@ const base = staticHandler({ 'www.example.com': { A: ['192.0.2.1'], AAAA: ['2001
 
 
 /** The routing `args` give (real counters, the system clock), its upstreams closed at teardown. */
-function routingOf(t: Test, args: string[]): ReturnType<typeof buildRouting> {
+function routingOf(t: Test, args: string[], previous: ReturnType<typeof buildRouting> | null = null): ReturnType<typeof buildRouting> {
   const { config } = loadConfig(args, { env: {} });
   const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
   const counters = {
     pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
   };
-  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, null);
+  const routing = buildRouting(config, host, { clock: systemClock, logger: silentLogger, view: null, counters }, previous);
   t.teardown(() => Promise.all(routing.upstreams.map((u) => u.close())));
   return routing;
 }
@@ -1092,6 +1092,21 @@ t.test('HostResolvers: nobody listening (ICMP port unreachable) -> network', asy
   t.equal(up.counters.get('networkErrors'), 1);
 });
 
+t.test('HostResolvers: a port-unreachable error that a later send on the socket picks up fails every try on it, not only that one', async (t) => {
+  // Linux reports a connected UDP socket's ICMP error once, to the next syscall on it: recvmsg (the socket's 'error',
+  // every try on it fails) or, when a try sends first, that sendmsg (ECONNREFUSED through the send's callback). The
+  // try whose datagram drew the error then waited out its whole timeout. Eight queries at once: two per socket.
+  const gone = await SimDnsServer.start({ handler: base });
+  const server = { host: gone.host, port: gone.port };
+  await gone.close();
+  const up = new HostResolvers({ servers: [server], attemptTimeoutMs: 2000, attempts: 1, rotate: false });
+  t.teardown(() => up.close());
+  const outcomes = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => ask(up, `n${i}.example.com`, { timeoutMs: 4000 }).done));
+  t.same(outcomes.map((o) => o.reason), Array(8).fill('network'), 'every query failed on the port-unreachable error');
+  t.equal(up.counters.get('attemptTimeouts'), 0, 'no try waited out its timeout');
+  t.equal(up.counters.get('attemptErrors'), 8);
+});
+
 t.test('HostResolvers: SERVFAIL moves on; if every server fails, its answer is passed on', async (t) => {
   const [a, b] = await twoServers(t, { rcode: 'SERVFAIL' });
   const up = resolvers([a, b]);
@@ -1399,6 +1414,27 @@ t.test('routing: a stub domain whose first server stays silent is healthy again 
   t.ok(second.stats.udpQueries > 0, 'the probe reached the server that answers');
 });
 
+t.test('buildRouting: a reload that leaves a route\'s host servers and options as they were keeps its resolvers (their health, a silent server\'s place last); a changed route gets new ones', async (t) => {
+  // A reload comes with any change of the config file, resolv.conf or the kube-dns ConfigMap, and with SIGHUP. New
+  // resolvers start healthy and with the configured order: a route that was failing read as healthy again, and every
+  // node's miss waited a try timeout on a dead first server once more, after every reload. The cluster pool and the
+  // DNS-over-TLS upstreams are kept when their settings are unchanged.
+  const external = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'www.example.com', type: 'A', class: 'IN' }] });
+  const externalOf = (r: ReturnType<typeof buildRouting>): Upstream => r.router.route(parseQuery(external).key).upstream;
+  const args = ['--stub-domain', 'corp.example=127.0.0.1:1055', '--upstream-nameservers', '127.0.0.1:1054'];
+  const first = routingOf(t, args);
+  const same = routingOf(t, args, first);
+  t.equal(stubRoute(t, same).route.upstream, stubRoute(t, first).route.upstream, 'the stub domain\'s resolvers kept');
+  t.equal(externalOf(same), externalOf(first), 'the external names\' resolvers kept');
+  t.equal(same.upstreams.length, first.upstreams.length, 'each listed once');
+  const moved = routingOf(t, ['--stub-domain', 'corp.example=127.0.0.1:1056', '--upstream-nameservers', '127.0.0.1:1054'], same);
+  t.not(stubRoute(t, moved).route.upstream, stubRoute(t, same).route.upstream, 'a stub domain with another server: new resolvers');
+  t.equal(externalOf(moved), externalOf(same), 'the unchanged route kept');
+  const slower = routingOf(t, ['--stub-domain', 'corp.example=127.0.0.1:1056', '--upstream-nameservers', '127.0.0.1:1054', '--timeout', '1s'], moved);
+  t.not(externalOf(slower), externalOf(moved), 'another try timeout: new resolvers');
+  t.not(stubRoute(t, slower).route.upstream, stubRoute(t, moved).route.upstream);
+});
+
 t.test('HostResolvers: a first server that never answers is not waited on by every new query', async (t) => {
   // The node's first resolver is gone (its host black-holes port 53) and the second answers. Every exchange starts at
   // server 0 (without `options rotate`), so every cache miss of the node waits a whole try timeout (2 s by default) on
@@ -1518,6 +1554,8 @@ interface NetnsOutcome {
   attemptErrors?: number;
   attemptTimeouts?: number;
   failovers?: number;
+  connectFailures?: number;
+  started?: Record<string, string>;
   error?: string;
 }
 
@@ -1559,12 +1597,10 @@ function netnsRig(t: Test, tag: string): { ns: string; ip: (...args: string[]) =
   return { ns, ip, run };
 }
 
-t.test('HostResolvers: a link-local nameserver whose zone is an interface index (fe80::53%3, as systemd-resolved writes it) is reached over UDP and TCP, as through its name', async (t) => {
-  // glibc reads "%3" as interface index 3 (__inet6_scopeid_pton); Node's sockets take only a name there and send
-  // with scope 0 (EINVAL): every try to such a server failed at once, and a node whose only resolver it is got
-  // SERVFAIL for every external name.
-  const rig = netnsRig(t, 'scope');
-  if (rig === null) return;
+/** netnsRig with a veth v0 holding fe80::53, and v0's interface index. */
+function linkLocalRig(t: Test, tag: string): { run: (...args: string[]) => NetnsOutcome; index: string } | null {
+  const rig = netnsRig(t, tag);
+  if (rig === null) return null;
   const { ns, ip, run } = rig;
   ip('-n', ns, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1');
   ip('-n', ns, 'link', 'set', 'v0', 'up');
@@ -1572,13 +1608,48 @@ t.test('HostResolvers: a link-local nameserver whose zone is an interface index 
   ip('-n', ns, 'addr', 'add', 'fe80::53/64', 'dev', 'v0', 'nodad');
   const index = /^(\d+):/.exec(ip('-n', ns, '-o', 'link', 'show', 'v0'))?.[1];
   t.ok(index !== undefined, 'v0 has an index');
+  return { run, index: index! };
+}
+
+t.test('HostResolvers: a link-local nameserver whose zone is an interface index (fe80::53%3, as systemd-resolved writes it) is reached over UDP and TCP, as through its name', async (t) => {
+  // glibc reads "%3" as interface index 3 (__inet6_scopeid_pton); Node's sockets take only a name there and send
+  // with scope 0 (EINVAL): every try to such a server failed at once, and a node whose only resolver it is got
+  // SERVFAIL for every external name.
+  const rig = linkLocalRig(t, 'scope');
+  if (rig === null) return;
+  const { run, index } = rig;
   const byName = run('scope', 'v0');
   t.equal(byName.outcome, 'answer rcode=0 ancount=1', `by name: ${JSON.stringify(byName)}`);
-  const byIndex = run('scope', index!);
+  const byIndex = run('scope', index);
   t.equal(byIndex.outcome, 'answer rcode=0 ancount=1', `by index: ${JSON.stringify(byIndex)}`);
   t.same(byIndex.udp, [1], 'asked over UDP (TC=1)');
   t.same(byIndex.tcp, [1], 'then over TCP');
   t.equal(byIndex.attemptErrors, 0);
+});
+
+t.test('TcpPool: a cluster DNS at a link-local address whose zone is an interface index ([fe80::53%3]:53) is connected to, as through its name', async (t) => {
+  // --upstream-addr takes a zone as a name or an index (addr.ts); Node's net.connect reads it with if_nametoindex()
+  // only, so "%3" went out with scope 0: every connect failed (EINVAL) and every cluster name got SERVFAIL.
+  const rig = linkLocalRig(t, 'pool');
+  if (rig === null) return;
+  const byName = rig.run('pool', 'v0');
+  t.equal(byName.outcome, 'answer rcode=0 ancount=1', `by name: ${JSON.stringify(byName)}`);
+  const byIndex = rig.run('pool', rig.index);
+  t.equal(byIndex.outcome, 'answer rcode=0 ancount=1', `by index: ${JSON.stringify(byIndex)}`);
+  t.same(byIndex.tcp, [1], 'asked over TCP');
+  t.equal(byIndex.connectFailures, 0);
+});
+
+t.test('listeners and the ops HTTP server bound the plain way (--no-reuse-port, no koffi) on a link-local address whose zone is an interface index start, as through its name', async (t) => {
+  // --listen and --metrics-listen-address take a zone as a name or an index (addr.ts), and the SO_REUSEPORT bind
+  // (reuseport.ts sockaddr) reads either; Node's bind() reads a name only, so "%3" bound with scope 0: EINVAL at start.
+  const rig = linkLocalRig(t, 'listen');
+  if (rig === null) return;
+  const want = { udp: 'ok', tcp: 'ok', http: 'ok' };
+  const byName = rig.run('listen', 'v0');
+  t.same(byName.started, want, `by name: ${JSON.stringify(byName)}`);
+  const byIndex = rig.run('listen', rig.index);
+  t.same(byIndex.started, want, `by index: ${JSON.stringify(byIndex)}`);
 });
 
 t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {

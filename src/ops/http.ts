@@ -17,7 +17,7 @@
 import http from 'node:http';
 import { listenersOn, loadReusePort } from '../sys/reuseport.js';
 import { isIP, type Socket } from 'node:net';
-import { formatHostPort, isWildcard } from '../addr.js';
+import { dialableHost, formatHostPort, isWildcard } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { Component } from '../lifecycle.js';
 import type { Logger } from '../log.js';
@@ -220,8 +220,9 @@ export class OpsServer implements Component {
       };
       this.#server.once('error', onError);
       this.#server.once('listening', onListening);
+      // A %zone given as an interface index becomes its name (addr.ts says why); the SO_REUSEPORT bind reads either.
       if (fd !== null) this.#server.listen({ fd });
-      else this.#server.listen({ host: this.#wanted.host, port: this.#wanted.port, exclusive: true });
+      else this.#server.listen({ host: dialableHost(this.#wanted.host), port: this.#wanted.port, exclusive: true });
     });
   }
 

@@ -32,7 +32,7 @@
  */
 import net from 'node:net';
 import { DEFAULTS } from '../config.js';
-import { formatHostPort } from '../addr.js';
+import { dialableHost, formatHostPort } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { Counters } from '../stats/counters.js';
@@ -209,8 +209,9 @@ export class TcpListener implements Listener {
         if (fd >= 0) this.#sayIfShared();
         resolve();
       };
+      // A %zone given as an interface index becomes its name (addr.ts says why); the SO_REUSEPORT bind reads either.
       if (fd >= 0) server.listen({ fd }, onListening);
-      else server.listen({ host: this.#addr.host, port: this.#addr.port, exclusive: true, ipv6Only: net.isIP(this.#addr.host) === 6 }, onListening);
+      else server.listen({ host: dialableHost(this.#addr.host), port: this.#addr.port, exclusive: true, ipv6Only: net.isIP(this.#addr.host) === 6 }, onListening);
     });
   }
 

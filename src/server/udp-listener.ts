@@ -15,7 +15,7 @@
  */
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
-import { formatHostPort } from '../addr.js';
+import { dialableHost, formatHostPort } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { Counters } from '../stats/counters.js';
@@ -137,8 +137,9 @@ export class UdpListener implements Listener, ClientChannel {
         socket.on('error', this.#onError);
         resolve();
       };
+      // A %zone given as an interface index becomes its name (addr.ts says why); the SO_REUSEPORT bind reads either.
       if (fd >= 0) socket.bind({ fd }, onBound);
-      else socket.bind({ address: this.#addr.host, port: this.#addr.port, exclusive: true }, onBound);
+      else socket.bind({ address: dialableHost(this.#addr.host), port: this.#addr.port, exclusive: true }, onBound);
     });
   }
 

@@ -10,6 +10,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { randomInt } from 'node:crypto';
+import { dialableHost } from '../addr.js';
 import { HEADER_LEN } from '../dns/constants.js';
 import { FrameDecoder } from '../dns/framing.js';
 import { answerMatchesQuery, readId } from '../dns/question.js';
@@ -193,7 +194,10 @@ function tracedData(c: Conn, chunk: Buffer): void {
   traceRecord('data.handled', traceNow() - at);
 }
 
-/** The default connect of a TcpPool: plain TCP. */
+/**
+ * The default connect of a TcpPool: plain TCP. A %zone given as an interface index is mapped to its name at each
+ * connect (addr.ts says why): the pool outlives reloads, and the interface may have come up after it was built.
+ */
 export function plainConnect(server: ServerAddress): net.Socket {
-  return net.connect({ host: server.host, port: server.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+  return net.connect({ host: dialableHost(server.host), port: server.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
 }

@@ -115,9 +115,16 @@ export class QueryAttempt<T> implements SharedTry {
     this.#events.onSent(this);
   }
 
-  /** A datagram the kernel would not send fails this try at once, as glibc's sendto() error does: no answer can come. */
+  /**
+   * A datagram the kernel would not send fails this try at once, as glibc's sendto() error does: no answer can come.
+   * ECONNREFUSED is no error of this send but the port-unreachable of an earlier datagram on the socket, which the
+   * kernel hands to whichever syscall comes next: it fails every try there, as the socket's 'error' does.
+   */
   readonly #afterSend = (err: Error | null): void => {
-    if (err !== null) this.#error((err as NodeJS.ErrnoException).code ?? 'ESEND');
+    if (err === null) return;
+    const code = (err as NodeJS.ErrnoException).code ?? 'ESEND';
+    if (code === 'ECONNREFUSED' && this.#udp !== null) this.#udp.fail(code);
+    else this.#error(code);
   };
 
   /** SharedTry: a datagram from this try's server under its id. */

@@ -131,7 +131,8 @@ export class SharedSocket {
 
   /**
    * Sends a query already carrying its id. A refused send (EPERM from a firewall rule, a route gone) comes back
-   * through `done` only: dgram drops it silently without a callback. ICMP errors still come as the socket's 'error'.
+   * through `done` only: dgram drops it silently without a callback. ICMP errors come as the socket's 'error', or
+   * as ECONNREFUSED through `done` when this send is the first syscall after one (see fail()).
    */
   send(wire: Buffer, done: (err: Error | null) => void): void {
     this.#sock.send(wire, done);
@@ -184,15 +185,19 @@ export class SharedSocket {
     else this.#owner.stray();
   };
 
-  readonly #onError = (err: NodeJS.ErrnoException): void => {
-    // An ICMP error cannot be pinned on one try: the server or its port is gone for all of them.
-    const code = err.code ?? 'EUDP';
+  readonly #onError = (err: NodeJS.ErrnoException): void => this.fail(err.code ?? 'EUDP');
+
+  /**
+   * An ICMP error (the socket's 'error', or ECONNREFUSED handed to a send, which the kernel reports it to when
+   * that send comes before recvmsg): it cannot be pinned on one try, the server or its port is gone for all of them.
+   */
+  fail(code: string): void {
     const tries = [...this.#tries.values()];
     this.#tries.clear();
     this.#waiting = null;
     this.close();
     for (const t of tries) t.socketFailed(code);
-  };
+  }
 }
 
 /**
