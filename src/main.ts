@@ -97,9 +97,13 @@ async function main(argv: readonly string[]): Promise<number> {
   return new Promise<number>((resolve) => {
     signals.handle((signal) => {
       if (stopping) {
-        // A second signal: the operator wants out now (node-cache's open kubernetes/dns#453 is a hang here).
-        logger.warn('second signal: exiting at once', { signal });
-        process.exit(1);
+        // A second signal: the operator wants out now (node-cache's open kubernetes/dns#453 is a hang here). The
+        // clients still waiting on this thread are answered first, as at the grace's end, rather than left to time out.
+        const answered = answerWaiting(agent);
+        logger.warn('second signal: answered the clients still waiting with stale or SERVFAIL, exiting at once', { signal, queries: answered });
+        // dgram's send() to an address takes one more tick (its lookup callback): exit after this turn, not in it.
+        setImmediate(() => process.exit(1));
+        return;
       }
       stopping = true;
       // The grace in force now: a reload may have changed it since start.
@@ -123,6 +127,22 @@ async function main(argv: readonly string[]): Promise<number> {
       );
     }, () => reload('SIGHUP'));
   });
+}
+
+/**
+ * Every query still waiting on the main thread answered now (stale or
+ * SERVFAIL). Each answer frees a TCP connection's in-flight slot, and a query
+ * it had read goes in flight in turn: aborted too, as the listeners' stop
+ * does (bounded: only what was read already).
+ */
+function answerWaiting(agent: Agent): number {
+  let answered = 0;
+  try {
+    for (let round = 0; round < 1000 && agent.hitPath.inflight > 0; round++) answered += agent.hitPath.abortAll();
+  } catch {
+    // Exiting anyway: a failure here must not keep the process up.
+  }
+  return answered;
 }
 
 main(process.argv.slice(2)).then(

@@ -10,7 +10,9 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, syml
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import dgram from 'node:dgram';
 import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
+import { buildQuery, udpExchange } from './helpers/dns-client.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** Bounds, not expectations: an agent process starts in a few seconds here. */
@@ -342,4 +344,32 @@ t.test('non-loopback listen addresses on several ports are a flag error (exit 2,
   t.ok(await waitExit(a.child, START_TIMEOUT_MS), 'it exits');
   t.equal(a.child.exitCode, 2, 'with status 2');
   t.ok(a.log.all.some((l) => l.includes('--listen') && l.includes('several ports')), `saying --listen: ${a.log.all.slice(-2).join(' | ')}`);
+});
+
+t.test('a second stop signal exits at once, but first answers the clients still waiting (SERVFAIL), not leaving them to their own timeouts', async (t) => {
+  // A host resolver that takes queries and never answers: the client's query stays in flight through the grace.
+  const silent = dgram.createSocket('udp4');
+  let asked = 0;
+  silent.on('message', () => asked++);
+  await new Promise<void>((resolve) => silent.bind(53, '127.0.31.2', resolve));
+  t.teardown(() => silent.close());
+  const work = workDir(t);
+  writeFileSync(join(work, 'resolv.conf'), 'nameserver 127.0.31.2\n');
+  const listen = `${HOST}:${nextPort++}`;
+  const a = spawnMain(work, [], CHILD_ENV.PATH ?? '', listen, ['--resolv-conf', join(work, 'resolv.conf'), '--shutdown-grace', '30s']);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'started');
+  const [host, port] = [HOST, Number(listen.split(':')[1])];
+  const answer = udpExchange({ host, port }, buildQuery('waits.example', { id: 4242 }), 20_000);
+  for (let i = 0; i < 200 && asked === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  t.ok(asked > 0, 'the query is in flight upstream');
+  a.child.kill('SIGTERM');
+  t.ok(await nextLog(a, 'stopping: finishing queries in flight', START_TIMEOUT_MS), 'stopping, the grace (30 s) ahead');
+  const sentAt = Date.now();
+  a.child.kill('SIGTERM');
+  t.ok(await waitExit(a.child, 10_000), 'exits on the second signal');
+  t.equal(a.child.exitCode, 1, 'exit 1');
+  const reply = await answer;
+  t.ok(reply !== null && Date.now() - sentAt < 10_000, 'the waiting client got an answer, not its own timeout');
+  t.equal(reply === null ? -1 : reply[3]! & 0x0f, 2, 'SERVFAIL');
 });

@@ -505,3 +505,54 @@ t.test('a client that reads is never reset for pipelining: large answers answere
   t.equal(l.counters.get('closedUnsentLimit'), 0, 'not reset');
   t.notOk(c.closed, 'the connection stays open');
 });
+
+t.test('shutdown (a plain listener): queries held while a client has not read its answers are answered once it reads; drained() waits for them', async (t) => {
+  // Eight 60 KB answers given at once to a client not reading yet: the kernel and Node take a few, the rest of its
+  // queries wait on its reading. The stop comes, then the client reads: what it asked before the stop is its due.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 100 });
+  const c = await Client.connect(t, l.port, { read: false });
+  const ids = [1, 2, 3, 4, 5, 6, 7, 8];
+  c.socket.write(Buffer.concat(ids.map((id) => query(id))));
+  let taken = -1;
+  t.ok(await until(() => {
+    const still = h.queries === taken;
+    taken = h.queries;
+    return still && taken > 0;
+  }), 'queries stop being taken');
+  t.ok(h.queries < ids.length, `some wait on the client's reading (${h.queries} of ${ids.length} taken)`);
+  l.pause();
+  c.socket.resume();
+  let drained = false;
+  void l.drained().then(() => {
+    drained = true;
+  });
+  await sleep(0);
+  t.ok(await until(() => drained), 'drained() resolves once they are answered');
+  t.equal(c.answers.length, ids.length, 'every answer was handed over before drained()');
+  await l.close();
+  t.ok(await until(() => c.closed), 'the connection is closed');
+  t.same([...c.answers].sort((a, b) => a - b), ids, 'every one arrived');
+});
+
+t.test('shutdown (a plain listener): a client that never reads its answers holds drained() for the read timeout at most', async (t) => {
+  // A large unsent cap, so every query is taken and its answer waits in Node's buffer, none held back: only the
+  // answers written out are left owed, to a client that will never take them.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 100, readTimeoutMs: 300, maxUnsentBytes: 4 * 1024 * 1024 });
+  const reader = await Client.connect(t, l.port);
+  reader.socket.write(query(99));
+  t.ok(await until(() => reader.answers.length === 1), 'a client that read its answer');
+  const c = await Client.connect(t, l.port, { read: false });
+  const ids = Array.from({ length: 20 }, (_, i) => i + 1);
+  c.socket.write(Buffer.concat(ids.map((id) => query(id))));
+  t.ok(await until(() => h.queries === ids.length + 1), 'every query taken');
+  l.pause();
+  let drained = false;
+  void l.drained().then(() => {
+    drained = true;
+  });
+  t.ok(await until(() => drained, 3000), 'drained() resolves, well before the idle timeout (10 s)');
+  t.equal(l.counters.get('closedUnsentLimit'), 1, 'the client not reading was reset');
+  t.ok(await until(() => reader.closed), 'the one that read was closed as it owed nothing');
+});

@@ -85,6 +85,20 @@ export interface Limits {
   readonly maxUnsentBytes: number;
 }
 
+/**
+ * Shutdown of a plain listener: stops every connection, and calls `done`
+ * once each has settled (what it read answered and written out) or closed.
+ * A client that does not read is reset after the read timeout (expired()).
+ */
+export function stopAll(conns: ReadonlySet<TcpClientConnection>, done: () => void): void {
+  const check = (): void => {
+    for (const c of conns) if (!c.settled) return;
+    done();
+  };
+  for (const c of conns) c.stop(check);
+  check();
+}
+
 /** One client connection; the ClientChannel its answers go back through. */
 export class TcpClientConnection implements ClientChannel {
   readonly transport = Transport.TCP;
@@ -125,6 +139,8 @@ export class TcpClientConnection implements ClientChannel {
   readonly #takeLimit: number;
   /** Since when (coarse ms) queries wait for the client to read its answers ('drain'); -1 when they do not. */
   #unreadSinceMs: number;
+  /** The listener is shutting down (stop()): answers left unsent in Node wait on the client for the read timeout at most. */
+  #stopping = false;
 
   constructor(
     socket: net.Socket,
@@ -193,6 +209,19 @@ export class TcpClientConnection implements ClientChannel {
     return this.#closed || this.#ended || this.#socket.destroyed;
   }
 
+  /** Shutdown (stop()): every answer and our FIN are with the kernel, or the connection is closed. */
+  get settled(): boolean {
+    return this.#closed || this.#socket.destroyed || this.#socket.writableFinished;
+  }
+
+  /** Shutdown of a plain listener: no more queries; those read are answered. `onSettled` is called as it may have settled. */
+  stop(onSettled: () => void): void {
+    this.#stopping = true;
+    this.#socket.once('finish', onSettled);
+    this.#socket.once('close', onSettled);
+    this.stopReading();
+  }
+
   /**
    * Handover (the listener is draining): keep answering, and end the
    * connection the moment it owes nothing after at least one answer. A client
@@ -210,6 +239,8 @@ export class TcpClientConnection implements ClientChannel {
     if (this.#partialSinceMs >= 0 && !this.#socket.isPaused() && now - this.#partialSinceMs >= this.#limits.readTimeoutMs) {
       return 'read_timeout';
     }
+    // At shutdown, answers left in Node's buffer wait on the client's reading as held queries do ('drain' clears it).
+    if (this.#stopping && this.#unreadSinceMs < 0 && this.#socket.writableLength > 0) this.#unreadSinceMs = now;
     // Queries held back for a client that does not read what it asked for: as a client that stops mid-message.
     if (this.#unreadSinceMs >= 0 && now - this.#unreadSinceMs >= this.#limits.readTimeoutMs) return 'unsent_limit';
     const idleLimit = this.#finishing ? Math.min(DRAIN_IDLE_MS, this.#limits.idleTimeoutMs) : this.#limits.idleTimeoutMs;

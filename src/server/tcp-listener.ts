@@ -41,7 +41,7 @@ import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-optio
 import type { ServerAddress } from '../upstream/types.js';
 import type { Listener, QueryHandler } from './listener.js';
 import { tcpListenerCounters, type TcpListenerCounters } from './tcp-stats.js';
-import { TCP_MAX_UNSENT_BYTES, TcpClientConnection, type CoarseTime, type Limits, type TcpCloseReason } from './tcp-client-conn.js';
+import { TCP_MAX_UNSENT_BYTES, TcpClientConnection, stopAll, type CoarseTime, type Limits, type TcpCloseReason } from './tcp-client-conn.js';
 import { ConnectionsPerClient, idlest } from './tcp-per-client.js';
 
 export { DRAIN_IDLE_MS, TCP_MAX_UNSENT_BYTES, type TcpCloseReason } from './tcp-client-conn.js';
@@ -244,7 +244,11 @@ export class TcpListener implements Listener {
       return;
     }
     this.#server?.close();
-    for (const c of this.#conns) c.stopReading();
+    // Queries already read (held at the in-flight cap or behind unread answers) are owed too: drained() waits for them.
+    this.#drained ??= new Promise((resolve) => {
+      this.#drainDone = resolve;
+      stopAll(this.#conns, resolve);
+    });
   }
 
   /**
