@@ -47,6 +47,7 @@ import { HitPath, type MissSink } from '../hit-path.js';
 import { EAGAIN, EINTR, MSG_DONTWAIT, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from './msgvec.js';
 import { RxTrace, traceKey } from './rx-trace.js';
+import { HeapTrace } from './heap-trace.js';
 import { Peer, Realtime, ReportLogger, SlotViews, TurnClock } from './loop-parts.js';
 import { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND, Completions } from './loop-completions.js';
 import { Outbox } from './loop-report.js';
@@ -192,6 +193,7 @@ export class WorkerLoop implements MissSink {
   /** Runs until told to close. Never returns early on a bad packet: handle() errors are counted and logged. */
   run(): void {
     this.#outbox.post({ misses: null, logs: null, ready: true });
+    const heap = HeapTrace.fromEnv(this.#init.index);
     const fds = this.#fds;
     const trace = this.#trace;
     for (;;) {
@@ -231,6 +233,7 @@ export class WorkerLoop implements MissSink {
       if (this.#idleGc.maybeCollect(this.#clock.now(), this.#io[IO.datagrams]!)) this.#io[IO.idleGcs]!++;
     }
     trace?.write();
+    heap?.write({ ...this.#counters.server.snapshot(), ...this.#counters.io.snapshot() });
     // Before 'closed': the main thread terminates the thread on it, and no JavaScript runs after that.
     this.dispose();
     this.#outbox.post({ misses: null, logs: null, closed: true });
