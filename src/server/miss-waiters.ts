@@ -5,6 +5,7 @@
  * hit-path.ts reads as the decisions, and this file as what a waiting
  * client keeps.
  */
+import { copyBytes } from '../dns/name.js';
 import { queryCopy, type Query } from '../dns/query.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
 
@@ -55,7 +56,7 @@ export class Miss {
 export function retain(q: Query, key: string): Query {
   const end = q.qnameEnd + 4;
   const msg = Buffer.allocUnsafe(end);
-  q.msg.copy(msg, 0, 0, end);
+  copyBytes(q.msg, 0, msg, 0, end);
   return queryCopy(q, msg, key);
 }
 
