@@ -6,7 +6,7 @@
  * client keeps.
  */
 import { copyBytes } from '../dns/name.js';
-import { queryCopy, type Query } from '../dns/query.js';
+import { queryCopy, type Query, type QueryScratch } from '../dns/query.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
 
 /**
@@ -33,6 +33,10 @@ export interface Waiter {
 export class Miss {
   readonly token: number;
   readonly key: string;
+  /** The key's hash (dns/query.ts hashKey), where InFlight files it. */
+  readonly hash: number;
+  /** The next question in flight whose key has the same hash (InFlight's chain). */
+  sameHash: Miss | undefined;
   readonly waiters: Waiter[];
   /**
    * `first`: the client that asked (null for a refresh). Most misses keep
@@ -40,11 +44,57 @@ export class Miss {
    * an empty list would grow to 17 slots on its first push, and under a miss
    * flood these lists are what a worker's young generation copies.
    */
-  constructor(token: number, key: string, first: Waiter | null) {
+  constructor(token: number, key: string, hash: number, first: Waiter | null) {
     this.token = token;
     this.key = key;
+    this.hash = hash;
+    this.sameHash = undefined;
     this.waiters = first === null ? [] : [first];
   }
+}
+
+/**
+ * The questions in flight by key, found from a parsed query's key bytes and
+ * hash: a query that joins one, or is shed, makes no key string. Under a
+ * miss flood a batched worker sheds most of what it receives, and that
+ * string was the largest garbage each shed query left. Keys that share a
+ * hash are chained (Miss.sameHash); a key is in flight at most once.
+ */
+export class InFlight {
+  readonly #byHash = new Map<number, Miss>();
+
+  find(q: QueryScratch): Miss | undefined {
+    for (let m = this.#byHash.get(q.keyHash); m !== undefined; m = m.sameHash) if (sameKey(m.key, q.keyBytes, q.keyLen)) return m;
+    return undefined;
+  }
+
+  add(miss: Miss): void {
+    miss.sameHash = this.#byHash.get(miss.hash);
+    this.#byHash.set(miss.hash, miss);
+  }
+
+  /** Takes `miss` out, if it is in. */
+  remove(miss: Miss): void {
+    const first = this.#byHash.get(miss.hash);
+    if (first === miss) {
+      if (miss.sameHash === undefined) this.#byHash.delete(miss.hash);
+      else this.#byHash.set(miss.hash, miss.sameHash);
+      return;
+    }
+    for (let m = first; m !== undefined; m = m.sameHash) {
+      if (m.sameHash === miss) {
+        m.sameHash = miss.sameHash;
+        return;
+      }
+    }
+  }
+}
+
+/** The latin1 key string is the key bytes[0, len). */
+function sameKey(key: string, bytes: Uint8Array, len: number): boolean {
+  if (key.length !== len) return false;
+  for (let i = 0; i < len; i++) if (key.charCodeAt(i) !== bytes[i]) return false;
+  return true;
 }
 
 /**
@@ -85,9 +135,10 @@ export class RecentFailures {
     if (this.#at.size !== 0) this.#at.delete(key);
   }
 
-  /** True while `key` failed less than FAILURE_RECHECK_MS ago. */
-  holds(key: string, now: number): boolean {
+  /** True while `q`'s key failed less than FAILURE_RECHECK_MS ago (its key string is read only when some failed). */
+  holds(q: { readonly key: string }, now: number): boolean {
     if (this.#at.size === 0) return false;
+    const key = q.key;
     const at = this.#at.get(key);
     if (at === undefined) return false;
     if (now - at < FAILURE_RECHECK_MS) return true;

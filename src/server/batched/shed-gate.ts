@@ -111,13 +111,13 @@ export class ShedGate implements MissGate {
   }
 
   /** False: answer this new miss now (stale or SERVFAIL), the main thread is refusing them. Counts what it turns away. */
-  admits(key: string): boolean {
+  admits(q: { readonly key: string }): boolean {
     const since = this.#wall() - readStamp(this.#ctl);
     if (since < 0 || since >= SOFT_PERIOD_MS) return true;
     if (since >= SHED_WINDOW_MS && this.#waiting.inflight < SOFT_INFLIGHT) return true;
     // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
     if (this.#reads.lastGaveUp) return true;
-    if (this.#local !== null && this.#local.route(key)) return true;
+    if (this.#local !== null && this.#local.route(q.key)) return true;
     this.#v[this.#slot]!++;
     return false;
   }
