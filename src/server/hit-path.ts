@@ -54,6 +54,8 @@ const S = SERVER_COUNTERS.slot;
 
 export class HitPath implements QueryHandler {
   readonly counters: ServerCounters;
+  /** The token of the question the last query handled waits on (it joined or opened one): read right after handle() for a client left unanswered. */
+  waitsOn: number;
   readonly #cache: HitCache;
   /**
    * Scrubs and stores what its misses bring back; off when the sink has done
@@ -88,6 +90,7 @@ export class HitPath implements QueryHandler {
     this.#clock = opts.clock;
     this.#logger = opts.logger;
     this.counters = opts.counters;
+    this.waitsOn = 0;
     this.#v = opts.counters.values;
     this.#hist = opts.histograms ?? null;
     this.#out = new AnswerOut({ maxUdpSize: opts.maxUdpSize, values: this.#v, histograms: this.#hist, clock: opts.clock, logger: opts.logger });
@@ -194,6 +197,7 @@ export class HitPath implements QueryHandler {
       }
       this.#v[S.coalesced]!++;
       miss.waiters.push({ q: retain(q, miss.key), channel, peer, arrivedAt: now, logged });
+      this.waitsOn = miss.token;
       return;
     }
     if (this.#recentFailures.holds(q, now) && this.#shed(q, channel, peer, now, logged, false)) return;
@@ -210,6 +214,7 @@ export class HitPath implements QueryHandler {
     }
     const key = q.key;
     miss = this.#open(key, q.keyHash, { q: retain(q, key), channel, peer, arrivedAt: now, logged });
+    this.waitsOn = miss.token;
     this.#forward(miss, q);
   }
 
