@@ -11,6 +11,10 @@
  * itself (SERVFAIL or stale: shed-gate.ts); its scavenges came that much
  * sooner, and hits waited behind them. After the switch an answer is valid
  * only until the next answer made on this thread.
+ *
+ * The query a miss sends upstream (build.ts upstreamQuery) likewise, from a
+ * scratch block of its own: the worker copies it into its report to the
+ * main thread (protocol.ts Packer) before it makes the next.
  */
 
 /** Longest answer written into the scratch; a longer one gets a Buffer of its own. */
@@ -32,14 +36,21 @@ class ScratchAnswers {
   }
 }
 
-let scratch: ScratchAnswers | null = null;
+let answers: ScratchAnswers | null = null;
+let queries: ScratchAnswers | null = null;
 
 /** `n` bytes for an answer, every one of which the caller writes. */
 export function answerBuffer(n: number): Buffer {
-  return scratch === null ? Buffer.allocUnsafe(n) : scratch.get(n);
+  return answers === null ? Buffer.allocUnsafe(n) : answers.get(n);
 }
 
-/** From now on, answers made on this thread share one scratch block: each valid until the next (see above). */
+/** `n` bytes for a query to an upstream, every one of which the caller writes. */
+export function upstreamQueryBuffer(n: number): Buffer {
+  return queries === null ? Buffer.allocUnsafe(n) : queries.get(n);
+}
+
+/** From now on, answers made on this thread share one scratch block, and upstream queries another: each valid until the next of its kind (see above). */
 export function useScratchAnswers(): void {
-  scratch ??= new ScratchAnswers();
+  answers ??= new ScratchAnswers();
+  queries ??= new ScratchAnswers();
 }

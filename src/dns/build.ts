@@ -9,7 +9,7 @@ import {
 } from './constants.js';
 import type { Query } from './query.js';
 import { copyBytes, copyLowerName } from './name.js';
-import { answerBuffer } from './answer-buffer.js';
+import { answerBuffer, upstreamQueryBuffer } from './answer-buffer.js';
 
 export const OPT_LEN = 11;
 /**
@@ -85,7 +85,7 @@ export function truncatedResponse(q: Query, rcode: number): Buffer {
  */
 export function upstreamQuery(q: Query, ednsSize = DEFAULT_EDNS_SIZE): Buffer {
   const qEnd = q.qnameEnd + 4;
-  const out = Buffer.allocUnsafe(qEnd + OPT_LEN);
+  const out = upstreamQueryBuffer(qEnd + OPT_LEN);
   writeHeader(out, 0, FLAG_RD | FLAG_AD | (q.flags & FLAG_CD), 1, 1);
   copyLowerName(q.msg, HEADER_LEN, out, HEADER_LEN, q.qnameEnd - HEADER_LEN);
   copyBytes(q.msg, q.qnameEnd, out, q.qnameEnd, 4);
