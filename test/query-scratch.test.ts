@@ -12,7 +12,7 @@ import { scanAnswer } from '../src/dns/answer.js';
 import { KEY_MAX, QueryScratch, QueryStatus, hashKey, keyHashOfBytes, parseQuery, parseQueryInto, type Query } from '../src/dns/query.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { HitPath, type MissSink } from '../src/server/hit-path.js';
-import { InFlight, Miss } from '../src/server/miss-waiters.js';
+import { FAILURE_RECHECK_MS, InFlight, MAX_RECENT_FAILURES, Miss, RecentFailures } from '../src/server/miss-waiters.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { Counters } from '../src/stats/counters.js';
@@ -200,6 +200,26 @@ t.test('questions in flight are found from key bytes, each its own, also when ev
     inFlight.remove(misses[2]!);
     t.same(names.map(found), [undefined, undefined, undefined, undefined, undefined], `${label}: all closed (twice for one): none left`);
   }
+});
+
+t.test('recent failures: found from a parsed query by its hash, then its key; forgotten when answered, expired or pushed out', async (t) => {
+  const rf = new RecentFailures();
+  const s = new QueryScratch();
+  const parsed = (name: string): QueryScratch => (parseQueryInto(query({ name }), s), s);
+  rf.failed(parseQuery(query({ name: 'down.example' })).key, 0);
+  t.ok(rf.holds(parsed('DOWN.example'), 1000), 'the same key, another spelling');
+  t.notOk(rf.holds(parsed('up.example'), 1000), 'another key');
+  parsed('up.example');
+  s.keyHash = hashKey(parseQuery(query({ name: 'down.example' })).key);
+  t.notOk(rf.holds(s, 1000), 'another key with the same hash: the key decides');
+  t.notOk(rf.holds(parsed('down.example'), FAILURE_RECHECK_MS), 'past the window');
+  t.notOk(rf.holds(parsed('down.example'), 1000), 'and forgotten then');
+  rf.failed(parseQuery(query({ name: 'down.example' })).key, 0);
+  rf.answered(parseQuery(query({ name: 'down.example' })).key);
+  t.notOk(rf.holds(parsed('down.example'), 1000), 'answered: forgotten');
+  for (let i = 0; i <= MAX_RECENT_FAILURES; i++) rf.failed(parseQuery(query({ name: `n${i}.example` })).key, 0);
+  t.notOk(rf.holds(parsed('n0.example'), 1000), 'the oldest pushed out past the cap');
+  t.ok(rf.holds(parsed('n1.example'), 1000) && rf.holds(parsed(`n${MAX_RECENT_FAILURES}.example`), 1000), 'the rest kept');
 });
 
 t.test('stale() finds by key bytes what it finds by key string', async (t) => {

@@ -6,7 +6,7 @@
  * client keeps.
  */
 import { copyBytes } from '../dns/name.js';
-import { queryCopy, type Query, type QueryScratch } from '../dns/query.js';
+import { hashKey, queryCopy, type Query, type QueryScratch } from '../dns/query.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
 
 /**
@@ -124,25 +124,41 @@ export const MAX_RECENT_FAILURES = 4096;
  */
 export class RecentFailures {
   readonly #at = new Map<string, number>();
+  /**
+   * How many of those keys have each hash (dns/query.ts hashKey): a query
+   * whose hash is not here is ruled out without its key string. A flood
+   * brings timeouts, and then every new miss beside it asked this.
+   */
+  readonly #hashes = new Map<number, number>();
 
   failed(key: string, now: number): void {
-    this.#at.delete(key);
+    if (!this.#at.delete(key)) this.#count(hashKey(key), 1);
     this.#at.set(key, now);
-    if (this.#at.size > MAX_RECENT_FAILURES) this.#at.delete(this.#at.keys().next().value!);
+    if (this.#at.size > MAX_RECENT_FAILURES) this.#forget(this.#at.keys().next().value!);
   }
 
   answered(key: string): void {
-    if (this.#at.size !== 0) this.#at.delete(key);
+    if (this.#at.size !== 0) this.#forget(key);
   }
 
-  /** True while `q`'s key failed less than FAILURE_RECHECK_MS ago (its key string is read only when some failed). */
-  holds(q: { readonly key: string }, now: number): boolean {
-    if (this.#at.size === 0) return false;
+  /** True while `q`'s key failed less than FAILURE_RECHECK_MS ago (its key string is read only when one with its hash did). */
+  holds(q: { readonly key: string; readonly keyHash: number }, now: number): boolean {
+    if (this.#at.size === 0 || !this.#hashes.has(q.keyHash)) return false;
     const key = q.key;
     const at = this.#at.get(key);
     if (at === undefined) return false;
     if (now - at < FAILURE_RECHECK_MS) return true;
-    this.#at.delete(key);
+    this.#forget(key);
     return false;
+  }
+
+  #forget(key: string): void {
+    if (this.#at.delete(key)) this.#count(hashKey(key), -1);
+  }
+
+  #count(hash: number, d: number): void {
+    const n = (this.#hashes.get(hash) ?? 0) + d;
+    if (n <= 0) this.#hashes.delete(hash);
+    else this.#hashes.set(hash, n);
   }
 }
