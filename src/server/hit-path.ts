@@ -43,6 +43,7 @@ import { keepBuckets, type ClientMissLimiter } from './client-limit.js';
 import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
+import { IntTable } from './int-table.js';
 import { InFlight, MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, retain, type Waiter } from './miss-waiters.js';
 import { REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters } from './stats.js';
 
@@ -70,7 +71,7 @@ export class HitPath implements QueryHandler {
   #sink: MissSink | null;
   /** Questions in flight, by cache key (identical misses share one) and by token (answers come back by token). */
   readonly #byKey: InFlight;
-  readonly #byToken: Map<number, Miss>;
+  readonly #byToken: IntTable<Miss>;
   #nextToken: number;
   #drained: (() => void) | null;
   #logEvery: number;
@@ -97,7 +98,7 @@ export class HitPath implements QueryHandler {
     this.#sink = null;
     this.#validates = true;
     this.#byKey = new InFlight();
-    this.#byToken = new Map();
+    this.#byToken = new IntTable();
     this.#nextToken = 1;
     this.#drained = null;
     this.#logEvery = opts.queryLogEvery ?? 0;
@@ -300,7 +301,8 @@ export class HitPath implements QueryHandler {
   abortAll(): number {
     const now = this.#clock.now();
     let n = 0;
-    for (const miss of [...this.#byToken.values()]) {
+    // In the order they were opened (tokens count up; a wrap puts the newest first, which nothing relies on).
+    for (const miss of this.#byToken.values().sort((x, y) => x.token - y.token)) {
       this.#close(miss);
       n += miss.waiters.length;
       this.#fail(miss, now);

@@ -8,6 +8,7 @@
 import { copyBytes } from '../dns/name.js';
 import { hashKey, queryCopy, type Query, type QueryScratch } from '../dns/query.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
+import { IntTable } from './int-table.js';
 
 /**
  * Clients that may wait on one question in flight. Without a cap they grow
@@ -61,7 +62,7 @@ export class Miss {
  * hash are chained (Miss.sameHash); a key is in flight at most once.
  */
 export class InFlight {
-  readonly #byHash = new Map<number, Miss>();
+  readonly #byHash = new IntTable<Miss>();
 
   find(q: QueryScratch): Miss | undefined {
     for (let m = this.#byHash.get(q.keyHash); m !== undefined; m = m.sameHash) if (sameKey(m.key, q.keyBytes, q.keyLen)) return m;
