@@ -934,8 +934,8 @@ t.test('shed gate: sheds everything for SHED_WINDOW_MS after the main thread\'s 
   let wall = 1_700_000_000_000;
   const reads = { lastGaveUp: false };
   const gate = new ShedGate(ctl, ['cluster.local'], reads, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, () => wall);
-  const ext = parseQuery(query({ name: 'x.example.org' })).key;
-  const svc = parseQuery(query({ name: 'web.shop.svc.CLUSTER.local' })).key;
+  const ext = parseQuery(query({ name: 'x.example.org' }));
+  const svc = parseQuery(query({ name: 'web.shop.svc.CLUSTER.local' }));
   stampRefusal(ctl, wall - 3_600_000);
   t.ok(gate.admits(ext), 'no refusal lately: admitted');
   stampRefusal(ctl, wall);
@@ -1709,7 +1709,7 @@ t.test('shed gate: a refusal 2^32 ms (49.7 days) ago is no refusal now: a long-l
   const spawnedAt = 1_700_000_000_000;
   let wall = spawnedAt;
   const gate = new ShedGate(ctl, [], { lastGaveUp: false }, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, () => wall);
-  const ext = parseQuery(query({ name: 'x.example.org' })).key;
+  const ext = parseQuery(query({ name: 'x.example.org' }));
   // What a new WorkerLink stamps: long ago, so the worker starts admitting every miss.
   stampRefusal(ctl, spawnedAt - 3_600_000);
   t.ok(gate.admits(ext), 'a fresh worker admits');

@@ -12,6 +12,7 @@ import { scanAnswer } from '../src/dns/answer.js';
 import { KEY_MAX, QueryScratch, QueryStatus, hashKey, keyHashOfBytes, parseQuery, parseQueryInto, type Query } from '../src/dns/query.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { HitPath, type MissSink } from '../src/server/hit-path.js';
+import { FAILURE_RECHECK_MS, InFlight, MAX_RECENT_FAILURES, Miss, RecentFailures } from '../src/server/miss-waiters.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { Counters } from '../src/stats/counters.js';
@@ -172,6 +173,68 @@ t.test('lookupBytes finds what a string key stored, also when every hash collide
     parseQueryInto(query({ name: 'n1.exampl' }), s);
     t.equal(cache.lookupBytes(s.keyBytes, s.keyLen, s.keyHash, clock.now()), undefined, 'a shorter name');
   }
+});
+
+t.test('questions in flight are found from key bytes, each its own, also when every hash collides, and after any one is closed', async (t) => {
+  const s = new QueryScratch();
+  const names = ['a.example', 'A.example', 'b.example', 'ab.example', 'a.exampl'];
+  const keys = [...new Set(names.map((n) => parseQuery(query({ name: n })).key))];
+  t.equal(keys.length, 4, 'two spellings, one key');
+  for (const forced of [null, 7]) {
+    const inFlight = new InFlight();
+    const misses = keys.map((key, i) => new Miss(i + 1, key, forced ?? hashKey(key), null));
+    for (const m of misses) inFlight.add(m);
+    const found = (name: string): number | undefined => {
+      parseQueryInto(query({ name }), s);
+      if (forced !== null) s.keyHash = forced;
+      return inFlight.find(s)?.token;
+    };
+    const label = forced === null ? 'own hashes' : 'one hash for all';
+    t.same(names.map(found), [1, 1, 2, 3, 4], `${label}: each key its own question, whatever the case`);
+    t.equal(found('c.example'), undefined, `${label}: a key not in flight is not found`);
+    inFlight.remove(misses[1]!);
+    inFlight.remove(misses[0]!);
+    t.same(names.map(found), [undefined, undefined, undefined, 3, 4], `${label}: closed ones go, the rest stay`);
+    inFlight.remove(misses[0]!);
+    inFlight.remove(misses[3]!);
+    inFlight.remove(misses[2]!);
+    t.same(names.map(found), [undefined, undefined, undefined, undefined, undefined], `${label}: all closed (twice for one): none left`);
+  }
+});
+
+t.test('recent failures: found from a parsed query by its hash, then its key; forgotten when answered, expired or pushed out', async (t) => {
+  const rf = new RecentFailures();
+  const s = new QueryScratch();
+  const parsed = (name: string): QueryScratch => (parseQueryInto(query({ name }), s), s);
+  rf.failed(parseQuery(query({ name: 'down.example' })).key, 0);
+  t.ok(rf.holds(parsed('DOWN.example'), 1000), 'the same key, another spelling');
+  t.notOk(rf.holds(parsed('up.example'), 1000), 'another key');
+  parsed('up.example');
+  s.keyHash = hashKey(parseQuery(query({ name: 'down.example' })).key);
+  t.notOk(rf.holds(s, 1000), 'another key with the same hash: the key decides');
+  t.notOk(rf.holds(parsed('down.example'), FAILURE_RECHECK_MS), 'past the window');
+  t.notOk(rf.holds(parsed('down.example'), 1000), 'and forgotten then');
+  rf.failed(parseQuery(query({ name: 'down.example' })).key, 0);
+  rf.answered(parseQuery(query({ name: 'down.example' })).key);
+  t.notOk(rf.holds(parsed('down.example'), 1000), 'answered: forgotten');
+  for (let i = 0; i <= MAX_RECENT_FAILURES; i++) rf.failed(parseQuery(query({ name: `n${i}.example` })).key, 0);
+  t.notOk(rf.holds(parsed('n0.example'), 1000), 'the oldest pushed out past the cap');
+  t.ok(rf.holds(parsed('n1.example'), 1000) && rf.holds(parsed(`n${MAX_RECENT_FAILURES}.example`), 1000), 'the rest kept');
+});
+
+t.test('stale() finds by key bytes what it finds by key string', async (t) => {
+  const cache = new DnsCache({ ...OPTS, staleMs: 60_000 }, new Counters(CACHE_COUNTERS));
+  const clock = new ManualClock();
+  const up = answer('old.example', [a('old.example', '10.9.9.9')]);
+  cache.insert(parseQuery(query({ name: 'old.example' })).key, up, scanAnswer(up)!, clock.now());
+  const s = new QueryScratch();
+  parseQueryInto(query({ name: 'OLD.example' }), s);
+  t.equal(cache.stale(s, clock.now()), undefined, 'fresh: not stale');
+  clock.advance(31_000);
+  const e = cache.stale(s, clock.now());
+  t.equal((dnsPacket.decode(e!.serveStale(s, 30, 512, 1232)).answers?.[0] as { data?: string } | undefined)?.data, '10.9.9.9', 'expired, inside the window: found by bytes');
+  parseQueryInto(query({ name: 'old.example', type: 'AAAA' }), s);
+  t.equal(cache.stale(s, clock.now()), undefined, 'another type: another key');
 });
 
 class FakeChannel implements ClientChannel {

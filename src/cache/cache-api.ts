@@ -52,8 +52,8 @@ export interface HitCache {
   /** What insert would return, without storing: for a hit path whose answers another part stores. */
   prepare(answer: Buffer, scan: AnswerScan, now: number): CacheEntry;
   /** An expired entry still inside the stale window (RFC 8767), as a copy; counted as served. */
-  /** `served`: how many clients the stale answer goes to, each counted as served stale (default 1). */
-  stale(key: string, now: number, served?: number): CacheEntry | undefined;
+  /** `served`: how many clients the stale answer goes to, each counted as served stale (default 1). `key`: a string, or a parsed query's key bytes and hash (no string made). */
+  stale(key: string | QueryScratch, now: number, served?: number): CacheEntry | undefined;
 }
 
 /**

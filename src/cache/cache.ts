@@ -172,9 +172,9 @@ export class DnsCache implements HitCache {
    * failed (RFC 8767); counted as served. Does not touch LRU order. A copy:
    * it answers every waiter of the failed miss.
    */
-  stale(key: string, now: number, served = 1): CacheEntry | undefined {
+  stale(key: string | QueryScratch, now: number, served = 1): CacheEntry | undefined {
     const st = this.#store;
-    const slot = st.find(key);
+    const slot = typeof key === 'string' ? st.find(key) : st.findBytes(key.keyBytes, key.keyLen, key.keyHash);
     if (slot < 0) return undefined;
     const expiresAt = st.expiresAt(slot);
     if (now < expiresAt || now >= expiresAt + this.#opts.staleMs) return undefined;

@@ -200,16 +200,16 @@ export class CacheReader implements HitCache {
   }
 
   /** An expired entry inside the stale window, copied out under the same check as a hit. */
-  stale(key: string, now: number, served = 1): CacheEntry | undefined {
+  stale(key: string | QueryScratch, now: number, served = 1): CacheEntry | undefined {
     const v = this.#v;
-    const h = (hashKey(key) & this.#hashMask) >>> 0;
+    const h = ((typeof key === 'string' ? hashKey(key) : key.keyHash) & this.#hashMask) >>> 0;
     for (let attempt = 0, spins = 0; attempt < READ_ATTEMPTS && spins <= SPINS; ) {
       const before = v.seq();
       if ((before & 1) !== 0) {
         spins++;
         continue;
       }
-      const slot = v.find(key, h);
+      const slot = typeof key === 'string' ? v.find(key, h) : v.findBytes(key.keyBytes, key.keyLen, h);
       if (slot === BUSY) return undefined;
       const ver = v.foundVer;
       let copy: AnswerCopy | undefined;

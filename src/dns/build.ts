@@ -8,7 +8,8 @@ import {
   EDNS_DO, FLAG_AD, FLAG_CD, FLAG_QR, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ARCOUNT, OFF_FLAGS, OFF_QDCOUNT, OPCODE_MASK, QType,
 } from './constants.js';
 import type { Query } from './query.js';
-import { copyLowerName } from './name.js';
+import { copyBytes, copyLowerName } from './name.js';
+import { answerBuffer, upstreamQueryBuffer } from './answer-buffer.js';
 
 export const OPT_LEN = 11;
 /**
@@ -21,14 +22,30 @@ export const RCODE_BADVERS = 16;
 
 /** Writes a root-owned OPT RR with no options at `off`; returns the offset past it. */
 export function writeOpt(buf: Buffer, off: number, udpSize: number, extendedRcode: number, dnssecOk: boolean): number {
+  // Byte stores: Node's bounds-checked writers allocate an argument list per call where they are not inlined.
   buf[off] = 0;
-  buf.writeUInt16BE(QType.OPT, off + 1);
-  buf.writeUInt16BE(udpSize, off + 3);
+  buf[off + 1] = QType.OPT >>> 8;
+  buf[off + 2] = QType.OPT & 0xff;
+  buf[off + 3] = (udpSize >>> 8) & 0xff;
+  buf[off + 4] = udpSize & 0xff;
   buf[off + 5] = (extendedRcode >>> 4) & 0xff;
   buf[off + 6] = 0; // version
-  buf.writeUInt16BE(dnssecOk ? EDNS_DO : 0, off + 7);
-  buf.writeUInt16BE(0, off + 9);
+  buf[off + 7] = dnssecOk ? EDNS_DO >>> 8 : 0;
+  buf[off + 8] = dnssecOk ? EDNS_DO & 0xff : 0;
+  buf[off + 9] = 0;
+  buf[off + 10] = 0;
   return off + OPT_LEN;
+}
+
+/** A header with no answer or authority records, in byte stores (see writeOpt). */
+function writeHeader(out: Buffer, id: number, flags: number, qdcount: number, arcount: number): void {
+  out[0] = id >>> 8;
+  out[1] = id & 0xff;
+  out[2] = flags >>> 8;
+  out[3] = flags & 0xff;
+  out.fill(0, OFF_QDCOUNT, HEADER_LEN);
+  out[OFF_QDCOUNT + 1] = qdcount;
+  out[OFF_ARCOUNT + 1] = arcount;
 }
 
 /**
@@ -38,13 +55,10 @@ export function writeOpt(buf: Buffer, off: number, udpSize: number, extendedRcod
  */
 export function errorResponse(q: Query, rcode: number, ednsSize = DEFAULT_EDNS_SIZE): Buffer {
   const qEnd = q.qnameEnd > 0 ? q.qnameEnd + 4 : HEADER_LEN;
-  // From the pool (a flood of refused misses is answered with these): every byte is written below.
-  const out = Buffer.allocUnsafe(qEnd + (q.edns ? OPT_LEN : 0));
-  out.writeUInt16BE(q.id, 0);
-  out.writeUInt16BE(FLAG_QR | (q.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD)) | FLAG_RA | (rcode & 0xf), 2);
-  out.writeUInt32BE(q.qnameEnd > 0 ? 0x00010000 : 0, OFF_QDCOUNT); // QDCOUNT, ANCOUNT 0
-  out.writeUInt32BE(q.edns ? 1 : 0, OFF_ARCOUNT - 2); // NSCOUNT 0, ARCOUNT
-  if (q.qnameEnd > 0) q.msg.copy(out, HEADER_LEN, HEADER_LEN, qEnd);
+  // A flood of refused misses is answered with these: every byte is written below, no bounds-checked writers.
+  const out = answerBuffer(qEnd + (q.edns ? OPT_LEN : 0));
+  writeHeader(out, q.id, FLAG_QR | (q.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD)) | FLAG_RA | (rcode & 0xf), q.qnameEnd > 0 ? 1 : 0, q.edns ? 1 : 0);
+  if (q.qnameEnd > 0) copyBytes(q.msg, HEADER_LEN, out, HEADER_LEN, qEnd - HEADER_LEN);
   if (q.edns) writeOpt(out, qEnd, ednsSize, rcode, q.dnssecOk);
   return out;
 }
@@ -71,13 +85,10 @@ export function truncatedResponse(q: Query, rcode: number): Buffer {
  */
 export function upstreamQuery(q: Query, ednsSize = DEFAULT_EDNS_SIZE): Buffer {
   const qEnd = q.qnameEnd + 4;
-  const out = Buffer.allocUnsafe(qEnd + OPT_LEN);
-  out.writeUInt16BE(0, 0);
-  out.writeUInt16BE(FLAG_RD | FLAG_AD | (q.flags & FLAG_CD), 2);
-  out.writeUInt32BE(0x00010000, 4); // QDCOUNT 1, ANCOUNT 0
-  out.writeUInt32BE(0x00000001, 8); // NSCOUNT 0, ARCOUNT 1
+  const out = upstreamQueryBuffer(qEnd + OPT_LEN);
+  writeHeader(out, 0, FLAG_RD | FLAG_AD | (q.flags & FLAG_CD), 1, 1);
   copyLowerName(q.msg, HEADER_LEN, out, HEADER_LEN, q.qnameEnd - HEADER_LEN);
-  q.msg.copy(out, q.qnameEnd, q.qnameEnd, qEnd);
+  copyBytes(q.msg, q.qnameEnd, out, q.qnameEnd, 4);
   writeOpt(out, qEnd, ednsSize, 0, q.dnssecOk);
   return out;
 }

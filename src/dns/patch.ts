@@ -2,14 +2,16 @@
  * Turning stored answer bytes into the answer for one client: copy, then
  * patch the id, the flags, the question's spelling and every TTL. This is the
  * whole cost of a cache hit besides the lookup, so it decodes no record and
- * allocates one (pooled) buffer: an answer too big for the client is cut at a
- * record boundary found from the TTL offsets (an RRset boundary, compared by
- * the owner names they follow, when it goes without TC). It never throws.
+ * allocates one buffer (answer-buffer.ts: none in a batched worker): an
+ * answer too big for the client is cut at a record boundary found from the
+ * TTL offsets (an RRset boundary, compared by the owner names they follow,
+ * when it goes without TC). It never throws.
  */
 import {
   FLAG_AA, FLAG_AD, FLAG_CD, FLAG_RA, FLAG_RD, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT,
 } from './constants.js';
 import { OPT_LEN, writeOpt } from './build.js';
+import { answerBuffer } from './answer-buffer.js';
 import { sameNameAt, skipName } from './name.js';
 import type { Query } from './query.js';
 
@@ -47,7 +49,7 @@ export function writeAnswerFrom(
   const tc = kept < 0;
   const n = tc ? ~kept : kept;
   const len = full ? wireLen : n === 0 ? questionEnd : recordEnd(src, base, ttl[ttlAt + n - 1]!);
-  const out = Buffer.allocUnsafe(len + optLen);
+  const out = answerBuffer(len + optLen);
   // TypedArray.set and byte stores instead of Buffer.copy/readUInt*: for a few hundred
   // bytes the native copy binding and the bounds-checked accessors cost more than the work.
   // From inside a larger buffer (or cut) it copies with Buffer.copy: a subarray view would be a second allocation.

@@ -43,7 +43,8 @@ import { keepBuckets, type ClientMissLimiter } from './client-limit.js';
 import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
-import { MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, retain, type Waiter } from './miss-waiters.js';
+import { IntTable } from './int-table.js';
+import { InFlight, MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, retain, type Waiter } from './miss-waiters.js';
 import { REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters } from './stats.js';
 
 export type * from './miss-boundary.js';
@@ -54,6 +55,8 @@ const S = SERVER_COUNTERS.slot;
 
 export class HitPath implements QueryHandler {
   readonly counters: ServerCounters;
+  /** The token of the question the last query handled waits on (it joined or opened one): read right after handle() for a client left unanswered. */
+  waitsOn: number;
   readonly #cache: HitCache;
   /**
    * Scrubs and stores what its misses bring back; off when the sink has done
@@ -67,8 +70,8 @@ export class HitPath implements QueryHandler {
   readonly #v: Float64Array;
   #sink: MissSink | null;
   /** Questions in flight, by cache key (identical misses share one) and by token (answers come back by token). */
-  readonly #byKey: Map<string, Miss>;
-  readonly #byToken: Map<number, Miss>;
+  readonly #byKey: InFlight;
+  readonly #byToken: IntTable<Miss>;
   #nextToken: number;
   #drained: (() => void) | null;
   #logEvery: number;
@@ -88,13 +91,14 @@ export class HitPath implements QueryHandler {
     this.#clock = opts.clock;
     this.#logger = opts.logger;
     this.counters = opts.counters;
+    this.waitsOn = 0;
     this.#v = opts.counters.values;
     this.#hist = opts.histograms ?? null;
     this.#out = new AnswerOut({ maxUdpSize: opts.maxUdpSize, values: this.#v, histograms: this.#hist, clock: opts.clock, logger: opts.logger });
     this.#sink = null;
     this.#validates = true;
-    this.#byKey = new Map();
-    this.#byToken = new Map();
+    this.#byKey = new InFlight();
+    this.#byToken = new IntTable();
     this.#nextToken = 1;
     this.#drained = null;
     this.#logEvery = opts.queryLogEvery ?? 0;
@@ -183,32 +187,35 @@ export class HitPath implements QueryHandler {
       return;
     }
 
-    // A miss: from here on the key is a string (the maps' key) and waiters keep snapshots, never the scratch.
-    const key = q.key;
-    let miss = this.#byKey.get(key);
+    // A miss: waiters keep snapshots, never the scratch. The key becomes a string only for a new question in
+    // flight (or a recent failure, a local zone): joining one or being shed reads its bytes (InFlight).
+    let miss = this.#byKey.find(q);
     if (miss !== undefined) {
       if (miss.waiters.length >= MAX_WAITERS_PER_QUESTION) {
         this.#v[S.shed]!++;
-        this.#shed(q, key, channel, peer, now, logged);
+        this.#shed(q, channel, peer, now, logged);
         return;
       }
       this.#v[S.coalesced]!++;
-      miss.waiters.push({ q: retain(q, key), channel, peer, arrivedAt: now, logged });
+      miss.waiters.push({ q: retain(q, miss.key), channel, peer, arrivedAt: now, logged });
+      this.waitsOn = miss.token;
       return;
     }
-    if (this.#recentFailures.holds(key, now) && this.#shed(q, key, channel, peer, now, logged, false)) return;
+    if (this.#recentFailures.holds(q, now) && this.#shed(q, channel, peer, now, logged, false)) return;
     if (this.#clientLimit !== null && !this.#clientLimit.take(peer.address, now)) {
       // Over its miss rate: this client gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
       this.#v[S.clientLimited]!++;
-      this.#shed(q, key, channel, peer, now, logged);
+      this.#shed(q, channel, peer, now, logged);
       return;
     }
     // The gate counts what it turns away (it knows why).
-    if (this.#gate !== null && !this.#gate.admits(key)) {
-      this.#shed(q, key, channel, peer, now, logged);
+    if (this.#gate !== null && !this.#gate.admits(q)) {
+      this.#shed(q, channel, peer, now, logged);
       return;
     }
-    miss = this.#open(key, { q: retain(q, key), channel, peer, arrivedAt: now, logged });
+    const key = q.key;
+    miss = this.#open(key, q.keyHash, { q: retain(q, key), channel, peer, arrivedAt: now, logged });
+    this.waitsOn = miss.token;
     this.#forward(miss, q);
   }
 
@@ -294,7 +301,8 @@ export class HitPath implements QueryHandler {
   abortAll(): number {
     const now = this.#clock.now();
     let n = 0;
-    for (const miss of [...this.#byToken.values()]) {
+    // In the order they were opened (tokens count up; a wrap puts the newest first, which nothing relies on).
+    for (const miss of this.#byToken.values().sort((x, y) => x.token - y.token)) {
       this.#close(miss);
       n += miss.waiters.length;
       this.#fail(miss, now);
@@ -304,8 +312,8 @@ export class HitPath implements QueryHandler {
   }
 
   /** One query answered at once (too many waiting on its question, its client over its miss rate, the gate, a recent failure): stale if we have it, else SERVFAIL, or (`servfail` false) nothing and false. */
-  #shed(q: Query, key: string, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean, servfail = true): boolean {
-    const stale = this.#cache.stale(key, now);
+  #shed(q: QueryScratch, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean, servfail = true): boolean {
+    const stale = this.#cache.stale(q, now);
     if (stale === undefined && !servfail) return false;
     const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#out.limit(q, channel, peer), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
     this.#out.send(reply, channel, peer);
@@ -335,18 +343,17 @@ export class HitPath implements QueryHandler {
    * clients may join once the entry expires. A failed refresh is not
    * retried: the entry runs out and the next query is an ordinary miss.
    */
-  #refresh(q: Query): void {
-    const key = q.key;
-    if (this.#byKey.has(key)) return;
-    this.#forward(this.#open(key, null), q);
+  #refresh(q: QueryScratch): void {
+    if (this.#byKey.find(q) !== undefined) return;
+    this.#forward(this.#open(q.key, q.keyHash, null), q);
   }
 
-  #open(key: string, first: Waiter | null): Miss {
+  #open(key: string, hash: number, first: Waiter | null): Miss {
     // Tokens wrap long before a double could lose precision; a live token is never reused (2^31 misses apart).
     const token = this.#nextToken;
     this.#nextToken = token >= 0x7fffffff ? 1 : token + 1;
-    const miss = new Miss(token, key, first);
-    this.#byKey.set(key, miss);
+    const miss = new Miss(token, key, hash, first);
+    this.#byKey.add(miss);
     this.#byToken.set(token, miss);
     return miss;
   }
@@ -364,7 +371,7 @@ export class HitPath implements QueryHandler {
 
   #close(miss: Miss): void {
     this.#byToken.delete(miss.token);
-    if (this.#byKey.get(miss.key) === miss) this.#byKey.delete(miss.key);
+    this.#byKey.remove(miss);
     if (this.#byToken.size === 0 && this.#drained !== null) {
       const done = this.#drained;
       this.#drained = null;

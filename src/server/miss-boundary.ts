@@ -40,5 +40,6 @@ export interface MissSink {
  * while the main thread is refusing misses for load.
  */
 export interface MissGate {
-  admits(key: string): boolean;
+  /** `q.key` is read only when the decision needs the name (it makes a string). */
+  admits(q: { readonly key: string }): boolean;
 }

@@ -5,8 +5,10 @@
  * hit-path.ts reads as the decisions, and this file as what a waiting
  * client keeps.
  */
-import { queryCopy, type Query } from '../dns/query.js';
+import { copyBytes } from '../dns/name.js';
+import { hashKey, queryCopy, type Query, type QueryScratch } from '../dns/query.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
+import { IntTable } from './int-table.js';
 
 /**
  * Clients that may wait on one question in flight. Without a cap they grow
@@ -32,6 +34,10 @@ export interface Waiter {
 export class Miss {
   readonly token: number;
   readonly key: string;
+  /** The key's hash (dns/query.ts hashKey), where InFlight files it. */
+  readonly hash: number;
+  /** The next question in flight whose key has the same hash (InFlight's chain). */
+  sameHash: Miss | undefined;
   readonly waiters: Waiter[];
   /**
    * `first`: the client that asked (null for a refresh). Most misses keep
@@ -39,11 +45,57 @@ export class Miss {
    * an empty list would grow to 17 slots on its first push, and under a miss
    * flood these lists are what a worker's young generation copies.
    */
-  constructor(token: number, key: string, first: Waiter | null) {
+  constructor(token: number, key: string, hash: number, first: Waiter | null) {
     this.token = token;
     this.key = key;
+    this.hash = hash;
+    this.sameHash = undefined;
     this.waiters = first === null ? [] : [first];
   }
+}
+
+/**
+ * The questions in flight by key, found from a parsed query's key bytes and
+ * hash: a query that joins one, or is shed, makes no key string. Under a
+ * miss flood a batched worker sheds most of what it receives, and that
+ * string was the largest garbage each shed query left. Keys that share a
+ * hash are chained (Miss.sameHash); a key is in flight at most once.
+ */
+export class InFlight {
+  readonly #byHash = new IntTable<Miss>();
+
+  find(q: QueryScratch): Miss | undefined {
+    for (let m = this.#byHash.get(q.keyHash); m !== undefined; m = m.sameHash) if (sameKey(m.key, q.keyBytes, q.keyLen)) return m;
+    return undefined;
+  }
+
+  add(miss: Miss): void {
+    miss.sameHash = this.#byHash.get(miss.hash);
+    this.#byHash.set(miss.hash, miss);
+  }
+
+  /** Takes `miss` out, if it is in. */
+  remove(miss: Miss): void {
+    const first = this.#byHash.get(miss.hash);
+    if (first === miss) {
+      if (miss.sameHash === undefined) this.#byHash.delete(miss.hash);
+      else this.#byHash.set(miss.hash, miss.sameHash);
+      return;
+    }
+    for (let m = first; m !== undefined; m = m.sameHash) {
+      if (m.sameHash === miss) {
+        m.sameHash = miss.sameHash;
+        return;
+      }
+    }
+  }
+}
+
+/** The latin1 key string is the key bytes[0, len). */
+function sameKey(key: string, bytes: Uint8Array, len: number): boolean {
+  if (key.length !== len) return false;
+  for (let i = 0; i < len; i++) if (key.charCodeAt(i) !== bytes[i]) return false;
+  return true;
 }
 
 /**
@@ -55,7 +107,7 @@ export class Miss {
 export function retain(q: Query, key: string): Query {
   const end = q.qnameEnd + 4;
   const msg = Buffer.allocUnsafe(end);
-  q.msg.copy(msg, 0, 0, end);
+  copyBytes(q.msg, 0, msg, 0, end);
   return queryCopy(q, msg, key);
 }
 
@@ -73,24 +125,41 @@ export const MAX_RECENT_FAILURES = 4096;
  */
 export class RecentFailures {
   readonly #at = new Map<string, number>();
+  /**
+   * How many of those keys have each hash (dns/query.ts hashKey): a query
+   * whose hash is not here is ruled out without its key string. A flood
+   * brings timeouts, and then every new miss beside it asked this.
+   */
+  readonly #hashes = new Map<number, number>();
 
   failed(key: string, now: number): void {
-    this.#at.delete(key);
+    if (!this.#at.delete(key)) this.#count(hashKey(key), 1);
     this.#at.set(key, now);
-    if (this.#at.size > MAX_RECENT_FAILURES) this.#at.delete(this.#at.keys().next().value!);
+    if (this.#at.size > MAX_RECENT_FAILURES) this.#forget(this.#at.keys().next().value!);
   }
 
   answered(key: string): void {
-    if (this.#at.size !== 0) this.#at.delete(key);
+    if (this.#at.size !== 0) this.#forget(key);
   }
 
-  /** True while `key` failed less than FAILURE_RECHECK_MS ago. */
-  holds(key: string, now: number): boolean {
-    if (this.#at.size === 0) return false;
+  /** True while `q`'s key failed less than FAILURE_RECHECK_MS ago (its key string is read only when one with its hash did). */
+  holds(q: { readonly key: string; readonly keyHash: number }, now: number): boolean {
+    if (this.#at.size === 0 || !this.#hashes.has(q.keyHash)) return false;
+    const key = q.key;
     const at = this.#at.get(key);
     if (at === undefined) return false;
     if (now - at < FAILURE_RECHECK_MS) return true;
-    this.#at.delete(key);
+    this.#forget(key);
     return false;
+  }
+
+  #forget(key: string): void {
+    if (this.#at.delete(key)) this.#count(hashKey(key), -1);
+  }
+
+  #count(hash: number, d: number): void {
+    const n = (this.#hashes.get(hash) ?? 0) + d;
+    if (n <= 0) this.#hashes.delete(hash);
+    else this.#hashes.set(hash, n);
   }
 }

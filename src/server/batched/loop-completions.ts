@@ -8,7 +8,6 @@
  */
 import type { HitPath } from '../hit-path.js';
 import type { TurnClock } from './loop-parts.js';
-import type { Outbox } from './loop-report.js';
 import type { Sender } from './loop-send.js';
 import { OUTCOMES, itemBytes, itemExtra, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import type { ClientPeer } from '../listener.js';
@@ -37,17 +36,15 @@ export class Completions {
   readonly #clock: TurnClock;
   readonly #sender: Sender;
   readonly #answeredByMain: (peer: ClientPeer) => boolean;
-  readonly #outbox: Outbox;
   /** Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. */
   readonly #done: Packed[];
   #doneAt: number;
 
-  constructor(hits: HitPath, clock: TurnClock, sender: Sender, outbox: Outbox) {
+  constructor(hits: HitPath, clock: TurnClock, sender: Sender) {
     this.#hits = hits;
     this.#clock = clock;
     this.#sender = sender;
     this.#answeredByMain = sender.answeredByMain;
-    this.#outbox = outbox;
     this.#done = [];
     this.#doneAt = 0;
   }
@@ -74,7 +71,6 @@ export class Completions {
       }
       if (i >= p.count) continue;
       const token = itemToken(p, i);
-      this.#outbox.settled(token);
       const through = itemExtra(p, i, 0);
       const turn = this.#clock.stamp;
       if (through !== 0) {

@@ -137,11 +137,14 @@ export class Realtime {
 
 export class TurnClock implements Clock {
   stamp: number;
+  /** performance.timeOrigin, read once: its getter makes a new number on every read (a turn's garbage, as the main thread's clock.ts keeps it). */
+  readonly #origin: number;
   constructor() {
-    this.stamp = performance.timeOrigin + performance.now();
+    this.#origin = performance.timeOrigin;
+    this.stamp = this.#origin + performance.now();
   }
   tick(): number {
-    this.stamp = performance.timeOrigin + performance.now();
+    this.stamp = this.#origin + performance.now();
     return this.stamp;
   }
   now(): number {

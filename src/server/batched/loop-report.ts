@@ -3,13 +3,13 @@
  * misses, its waiting clients (so the main thread answers them itself,
  * direct.ts), its log lines, whether it is drained (paused and nothing in
  * flight: said again whenever that changes) and the one-off
- * messages (ready, configured, aborted, closed). It keeps our misses in
- * flight by key and token, so a client that joins one is reported under its
- * token. Kept apart so loop.ts reads as the turn, and this file as the
+ * messages (ready, configured, aborted, closed). A client that joins a
+ * miss in flight is reported under the token the hit path says it waits on
+ * (it once kept our misses in flight here too, by key and token: two maps
+ * set and cleared per miss, garbage beside a flood). Kept apart so loop.ts reads as the turn, and this file as the
  * report that ends it.
  */
 import type { MessagePort } from 'node:worker_threads';
-import { parseQuery, QueryStatus } from '../../dns/query.js';
 import { MISS_TRACE, traceNow } from '../../miss-trace.js';
 import type { Peer, ReportLogger } from './loop-parts.js';
 import { MISS_REFRESH, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, nextSeq, transferOf, waiterTag, type Packed, type WorkerReport } from './protocol.js';
@@ -21,9 +21,6 @@ export class Outbox {
   /** This turn's waiting clients, for the main thread to answer itself (protocol.ts WAITER_STRIDE). */
   readonly #waiters: Packer;
   #waiterSeq: number;
-  /** Our misses in flight, both ways, so a waiter that joined one is reported under its token. */
-  readonly #tokenOf: Map<string, number>;
-  readonly #keyOf: Map<number, string>;
   /**
    * What the main thread last heard: drained or not. Not said once and for
    * all: a socket left in its group at the pause (a wildcard) keeps taking
@@ -41,8 +38,6 @@ export class Outbox {
     this.#misses = new Packer(true);
     this.#waiters = new Packer(false, WAITER_STRIDE);
     this.#waiterSeq = 0;
-    this.#tokenOf = new Map();
-    this.#keyOf = new Map();
     this.#drainedSaid = false;
     this.traceTurnAt = 0;
     this.traceSlept = false;
@@ -57,40 +52,16 @@ export class Outbox {
   /** A new miss, for this turn's report (the loop's forward() admitted it). */
   miss(token: number, key: string, query: Buffer, refresh: boolean): void {
     this.#misses.push(token, refresh ? MISS_REFRESH : 0, query, key);
-    this.#tokenOf.set(key, token);
-    this.#keyOf.set(token, key);
-  }
-
-  /** A completion came for `token`: no client joins it any more. */
-  settled(token: number): void {
-    const key = this.#keyOf.get(token);
-    if (key !== undefined) {
-      this.#keyOf.delete(token);
-      if (this.#tokenOf.get(key) === token) this.#tokenOf.delete(key);
-    }
-  }
-
-  /** Every miss was aborted. */
-  forgetAll(): void {
-    this.#tokenOf.clear();
-    this.#keyOf.clear();
   }
 
   /**
    * Tells the main thread about a waiting client, so it sends the answer
    * itself as soon as it has it (no wake-up of this thread on the way back).
-   * A new miss's waiter is under the token forward() was just given
-   * (`forwarded`); one that joined a miss in flight is found by its key (a
-   * second parse, only then).
+   * `token`: the question it waits on (HitPath.waitsOn), which went to the
+   * main thread in this report or an earlier one (every miss still in
+   * flight went through forward()).
    */
-  waiter(peer: Peer, s: number, msg: Buffer, forwarded: number): void {
-    let token = forwarded;
-    if (token === 0) {
-      const q = parseQuery(msg);
-      token = q.status === QueryStatus.OK ? (this.#tokenOf.get(q.key) ?? 0) : 0;
-      // Not ours to report (cannot happen: every miss with waiters went through forward()): we answer it at completion.
-      if (token === 0) return;
-    }
+  waiter(peer: Peer, s: number, msg: Buffer, token: number): void {
     this.#waiterSeq = nextSeq(this.#waiterSeq);
     peer.seq = this.#waiterSeq;
     this.#waiters.push(token, waiterTag(s, peer.nameLen), msg, null);

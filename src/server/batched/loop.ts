@@ -47,6 +47,7 @@ import { HitPath, type MissSink } from '../hit-path.js';
 import { EAGAIN, EINTR, MSG_DONTWAIT, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from './msgvec.js';
 import { RxTrace, traceKey } from './rx-trace.js';
+import { HeapTrace } from './heap-trace.js';
 import { Peer, Realtime, ReportLogger, SlotViews, TurnClock } from './loop-parts.js';
 import { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND, Completions } from './loop-completions.js';
 import { Outbox } from './loop-report.js';
@@ -115,8 +116,6 @@ export class WorkerLoop implements MissSink {
   readonly #trace: RxTrace | null;
   /** The turn's misses, waiters and log lines for the main thread, and our misses in flight. */
   readonly #outbox: Outbox;
-  /** The token forward() was given during the current handle() (0: none): a new miss's first waiter. */
-  #forwarded: number;
   readonly #completions: Completions;
   #state: State;
   /** The last receive filled its vector: the kernel has more queued (see COMPLETIONS_WHEN_BEHIND). */
@@ -180,8 +179,7 @@ export class WorkerLoop implements MissSink {
     });
     this.#poller = new Poller(sys, this.#arena, this.#ctl, init.wakeFd, init.fds, this.#scratchOff, init.idlePollMs ?? IDLE_POLL_MS);
     this.#outbox = new Outbox(port, this.#logger);
-    this.#forwarded = 0;
-    this.#completions = new Completions(this.#hits, this.#clock, this.#sender, this.#outbox);
+    this.#completions = new Completions(this.#hits, this.#clock, this.#sender);
     this.#state = 'running';
     this.#keep = [];
     this.#aborted = false;
@@ -192,6 +190,7 @@ export class WorkerLoop implements MissSink {
   /** Runs until told to close. Never returns early on a bad packet: handle() errors are counted and logged. */
   run(): void {
     this.#outbox.post({ misses: null, logs: null, ready: true });
+    const heap = HeapTrace.fromEnv(this.#init.index);
     const fds = this.#fds;
     const trace = this.#trace;
     for (;;) {
@@ -231,6 +230,7 @@ export class WorkerLoop implements MissSink {
       if (this.#idleGc.maybeCollect(this.#clock.now(), this.#io[IO.datagrams]!)) this.#io[IO.idleGcs]!++;
     }
     trace?.write();
+    heap?.write({ ...this.#counters.server.snapshot(), ...this.#counters.io.snapshot() });
     // Before 'closed': the main thread terminates the thread on it, and no JavaScript runs after that.
     this.dispose();
     this.#outbox.post({ misses: null, logs: null, closed: true });
@@ -254,7 +254,6 @@ export class WorkerLoop implements MissSink {
       return;
     }
     this.#outbox.miss(token, key, query, refresh);
-    this.#forwarded = token;
   }
 
   #receive(s: number): number {
@@ -299,7 +298,6 @@ export class WorkerLoop implements MissSink {
       peer.nameLen = recv.nameLength(i);
       const msg = views.get(i, recv.dataOffset(i), recv.length(i));
       if (trace !== null && msg.length >= 2) trace.datagram(recv.kernelTimeUs(i), now.sec * 1e6 + now.nsec / 1000, traceKey(peer.port, msg.readUInt16BE(0)));
-      this.#forwarded = 0;
       try {
         hits.handle(msg, channel, peer);
       } catch (err) {
@@ -310,7 +308,7 @@ export class WorkerLoop implements MissSink {
         // The query waits on a miss and keeps this peer: give the slot a fresh one.
         peer.detach();
         peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
-        this.#outbox.waiter(peer, s, msg, this.#forwarded);
+        this.#outbox.waiter(peer, s, msg, hits.waitsOn);
       }
     }
     recv.reset(n);
@@ -344,7 +342,6 @@ export class WorkerLoop implements MissSink {
         while (this.#completions.waiting) this.#completions.apply();
         this.#aborted = true;
         const n = this.#hits.abortAll();
-        this.#outbox.forgetAll();
         this.#outbox.post({ misses: null, logs: null, aborted: n });
         return;
       }

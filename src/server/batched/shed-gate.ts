@@ -52,16 +52,33 @@ export const SOFT_PERIOD_MS = 2000;
 export const SOFT_INFLIGHT = 64;
 
 /**
- * The stamp's word pair as one BigInt64 (Atomics: never read half written).
- * A Float64 would hold the ms without a BigInt per read, but Atomics does
- * not take one, and a plain read racing a write may tear.
+ * The stamp's word pair as one BigInt64, for the writer (Atomics: never
+ * written half). A Float64 would hold the ms without a BigInt, but Atomics
+ * does not take one, and a plain access racing another may tear.
  */
 function refusedAt(ctl: Int32Array): BigInt64Array {
   return new BigInt64Array(ctl.buffer, ctl.byteOffset + Ctl.REFUSED_AT * 4, 1);
 }
 
+/**
+ * The stamp as the worker reads it, without a BigInt per new miss (one was
+ * a third of the garbage a shed miss left): its two words (little-endian:
+ * low first) one at a time, the high one again after the low; when the two
+ * high reads agree, the low word belongs to a stamp with that high word, old
+ * or new, and either is a whole stamp. Bounded: a retry needs a store in
+ * between, and the main thread stores at most once per refusal.
+ */
+function readStamp(ctl: Int32Array): number {
+  const lo = Ctl.REFUSED_AT;
+  for (;;) {
+    const hi = Atomics.load(ctl, lo + 1);
+    const low = Atomics.load(ctl, lo) >>> 0;
+    if (Atomics.load(ctl, lo + 1) === hi) return hi * 0x100000000 + low;
+  }
+}
+
 export class ShedGate implements MissGate {
-  readonly #refusedAt: BigInt64Array;
+  readonly #ctl: Int32Array;
   readonly #v: Float64Array;
   readonly #slot: number;
   readonly #wall: () => number;
@@ -73,7 +90,7 @@ export class ShedGate implements MissGate {
 
   /** `reads`: the worker's cache reader, whose last read may have given up on a store mid-change (that is no miss). */
   constructor(ctl: Int32Array, localZones: readonly string[], reads: { readonly lastGaveUp: boolean }, counter: { values: Float64Array; slot: number }, wall: () => number = Date.now) {
-    this.#refusedAt = refusedAt(ctl);
+    this.#ctl = ctl;
     this.#reads = reads;
     this.#v = counter.values;
     this.#slot = counter.slot;
@@ -94,14 +111,13 @@ export class ShedGate implements MissGate {
   }
 
   /** False: answer this new miss now (stale or SERVFAIL), the main thread is refusing them. Counts what it turns away. */
-  admits(key: string): boolean {
-    // One BigInt per new miss (not per hit): nothing beside the miss's own cost.
-    const since = this.#wall() - Number(Atomics.load(this.#refusedAt, 0));
+  admits(q: { readonly key: string }): boolean {
+    const since = this.#wall() - readStamp(this.#ctl);
     if (since < 0 || since >= SOFT_PERIOD_MS) return true;
     if (since >= SHED_WINDOW_MS && this.#waiting.inflight < SOFT_INFLIGHT) return true;
     // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
     if (this.#reads.lastGaveUp) return true;
-    if (this.#local !== null && this.#local.route(key)) return true;
+    if (this.#local !== null && this.#local.route(q.key)) return true;
     this.#v[this.#slot]!++;
     return false;
   }

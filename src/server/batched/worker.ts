@@ -8,6 +8,7 @@
  */
 import { workerData, type MessagePort } from 'node:worker_threads';
 import { loadUdpBatch } from '../../sys/udp-batch.js';
+import { useScratchAnswers } from '../../dns/answer-buffer.js';
 import { WorkerLoop } from './loop.js';
 import type { WorkerInit, WorkerReport } from './protocol.js';
 
@@ -17,6 +18,8 @@ if (typeof sys === 'string') {
   port.postMessage({ misses: null, logs: null, failed: sys } satisfies WorkerReport);
 } else {
   sys.nameThread(`udp-worker-${init.index}`);
+  // Every answer made here is copied into a send vector before the next is made: no Buffer per answer (answer-buffer.ts).
+  useScratchAnswers();
   let loop: WorkerLoop | null = null;
   try {
     loop = new WorkerLoop(sys, port, init);
