@@ -1,7 +1,7 @@
 /**
  * SIGTERM, SIGINT and SIGHUP from the first moment. Without a handler Node's
- * default action kills the process at once (and for PID 1, as in the
- * container, the kernel drops the signal instead), so a signal that came
+ * default action kills the process at once (and for PID 1, as in a
+ * container of its own, the kernel drops the signal instead), so a signal that came
  * while the agent was still starting (a snapshot load, the listeners, the
  * link, the rules) left what start() had put on the node there: a link
  * holding the kube-dns ClusterIP blackholes the node's DNS once the pod is
