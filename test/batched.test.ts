@@ -884,7 +884,11 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   t.equal(sent.length, 2);
   t.equal(counters.get('crossWorkerCoalesced'), 1, 'one miss joined another worker\'s');
   t.equal(ex.inflight, 2);
-  const ans = Buffer.from('answer');
+  // A real answer: the exchange scrubs what it fans out, and a message it cannot read goes out as unusable (empty).
+  const ans = Buffer.from(dnsPacket.encode({
+    type: 'response', id: 0, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE,
+    questions: [{ name: 'k1.example', type: 'A' }], answers: [{ name: 'k1.example', type: 'A', ttl: 30, data: '10.0.0.1' }],
+  }));
   ex.complete(sent[0]!.token, ans, 'upstream');
   t.same(a.got, [[8, ans, 'upstream']]);
   t.same(b.got, [[3, ans, 'upstream']]);
