@@ -379,6 +379,42 @@ t.test('two workers on one port: both get traffic, and a name in flight is asked
   // The teardown closes before the restart delay: the replacement is never started here (start() covers that path).
 });
 
+t.test('a worker answers each hit of one receive batch with its own answer: the scratch answer block (answer-buffer.ts) is copied per answer, not shared by the batch', async (t) => {
+  const r = await rig(t);
+  const port = r.ports[0]!;
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  // Datagrams in, whatever their id: answers that shared one block would all carry the batch's last id.
+  let got = 0;
+  c.socket.on('message', () => got++);
+  const N = 8;
+  // Warm the cache one name at a time: the burst below is all hits, every answer the same length (one scratch view).
+  for (let i = 0; i < N; i++) {
+    void c.send(port, `svc-${i}.example.com`, 100 + i);
+    await until('warm answer', () => c.answers.has(100 + i));
+  }
+  const w = (): { datagrams: number; batches: number } => {
+    const io = r.listener.workerCounters()[0]!.io;
+    return { datagrams: io.get('datagrams'), batches: io.get('batches') };
+  };
+  let batched = false;
+  let wrong = 0;
+  // Bounded: a burst usually lands in one or two receives; the loop only waits for one that took several datagrams.
+  for (let round = 0; round < 20 && !batched; round++) {
+    const before = w();
+    const base = 1000 + round * N;
+    const gotBefore = got;
+    await Promise.all(Array.from({ length: N }, (_, i) => c.send(port, `svc-${i}.example.com`, base + i)));
+    await until('the burst\'s answers', () => got - gotBefore >= N);
+    for (let i = 0; i < N; i++) if (dataOf(c.answers.get(base + i)).join() !== `10.0.0.${i}`) wrong++;
+    const after = w();
+    batched = after.datagrams - before.datagrams > after.batches - before.batches;
+  }
+  t.ok(batched, 'some burst reached the worker as one receive batch of several datagrams');
+  t.equal(wrong, 0, 'every client got its own name\'s address, not the batch\'s last answer');
+});
+
 /** The main thread's socket calls on the workers' sockets (the workers load their own binding): which fds it sends on, and which it closed. */
 class SysSpy {
   readonly sends: number[] = [];
