@@ -490,6 +490,32 @@ t.test('ExternalName target lookups are upstream queries: counted in flight and 
   t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME', 'A']);
 });
 
+t.test('nodelocal_externalname_chases_total counts target lookups made: none at the cap, none for a target routed back to a cluster zone or one that cannot be encoded', async (t) => {
+  const EXT_SVC = 'ext.default.svc.cluster.local';
+  let target = 'www.example.org';
+  const local: LocalAnswerer = {
+    answer: () => ({ answer: answer(EXT_SVC, [{ name: EXT_SVC, type: 'CNAME', ttl: 5, data: target }]), chase: target }),
+    deniesForSure: () => false,
+  };
+  const r = rig({ local, maxConcurrent: 1 });
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  const ch = new FakeChannel();
+  target = 'web.default.svc.cluster.local';
+  r.hits.handle(query({ name: EXT_SVC, id: 1 }), ch, PEER);
+  target = 'a..example.org';
+  r.hits.handle(query({ name: EXT_SVC, type: 'AAAA', id: 2 }), ch, PEER);
+  t.equal(ch.sent.length, 2, 'both answered with the CNAME alone at once');
+  t.equal(r.cluster.exchanges.length + r.external.exchanges.length, 0, 'neither target looked up');
+  t.equal(r.resolver.counters.get('chases'), 0, 'so no lookup counted');
+  target = 'www.example.org';
+  r.hits.handle(query({ name: EXT_SVC, type: 'TXT', id: 3 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'this target is looked up');
+  t.equal(r.resolver.counters.get('chases'), 1, 'and counted');
+  r.hits.handle(query({ name: EXT_SVC, type: 'MX', id: 4 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'at the cap the next one is not');
+  t.equal(r.resolver.counters.get('chases'), 1, 'nor counted');
+});
+
 t.test('a headless service whose answer is over 64 KiB, answered from the view: every client gets a well-formed answer of its own addresses, and the next query is a plain hit', async (t) => {
   const r = viewRig();
   const big = 'big.default.svc.cluster.local';
