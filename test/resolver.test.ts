@@ -490,6 +490,17 @@ t.test('ExternalName target lookups are upstream queries: counted in flight and 
   t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME', 'A']);
 });
 
+t.test('--max-concurrent: a miss shed at the cap whose view answer is an ExternalName counts one rejection, not a second for its target', async (t) => {
+  const r = viewRig({ maxConcurrent: 1 });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'one.example', id: 1 }), ch, PEER);
+  t.equal(r.resolver.inflight, 1, 'at the cap');
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 2 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length + r.external.exchanges.length, 1, 'neither the name nor its target is sent');
+  t.same(ch.decoded(0).answers?.map((x) => x.type), ['CNAME'], 'the view\'s CNAME alone');
+  t.equal(r.resolver.counters.get('maxConcurrentRejects'), 1, 'one client query, one rejection');
+});
+
 t.test('nodelocal_externalname_chases_total counts target lookups made: none at the cap, none for a target routed back to a cluster zone or one that cannot be encoded', async (t) => {
   const EXT_SVC = 'ext.default.svc.cluster.local';
   let target = 'www.example.org';
