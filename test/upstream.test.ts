@@ -1548,6 +1548,7 @@ t.test('HostResolvers: a TCP read carrying two answer frames is one answer of th
 /** What test/helpers/netns-host-resolvers.ts reports. */
 interface NetnsOutcome {
   outcome?: string;
+  host?: string;
   udp?: number[];
   tcp?: number[];
   sent?: number;
@@ -1650,6 +1651,27 @@ t.test('listeners and the ops HTTP server bound the plain way (--no-reuse-port, 
   t.same(byName.started, want, `by name: ${JSON.stringify(byName)}`);
   const byIndex = rig.run('listen', rig.index);
   t.same(byIndex.started, want, `by index: ${JSON.stringify(byIndex)}`);
+});
+
+t.test('dialableHost: an interface index names its interface when that interface has no IPv6 address (address generation off)', async (t) => {
+  // os.networkInterfaces() lists an interface only through its addresses, and its IPv6 ones alone carry the index
+  // (scopeid): with IPv6 address generation off (addrgenmode none) the index was found nowhere and stayed "%N",
+  // which Node's sockets refuse (EINVAL).
+  const rig = netnsRig(t, 'ifindex');
+  if (rig === null) return;
+  const { ns, ip, run } = rig;
+  // A veth pair (no dummy driver on every kernel): d0 makes no IPv6 address, its peer does.
+  ip('-n', ns, 'link', 'add', 'd0', 'type', 'veth', 'peer', 'name', 'd1');
+  ip('-n', ns, 'link', 'set', 'd0', 'addrgenmode', 'none');
+  ip('-n', ns, 'link', 'set', 'd0', 'up');
+  ip('-n', ns, 'link', 'set', 'd1', 'up');
+  t.notMatch(ip('-n', ns, '-6', '-o', 'addr', 'show', 'dev', 'd0'), /inet6/, 'd0 has no IPv6 address');
+  const index = /^(\d+):/.exec(ip('-n', ns, '-o', 'link', 'show', 'd0'))?.[1];
+  t.ok(index !== undefined, 'd0 has an index');
+  const r = run('dialable', index!);
+  t.equal(r.host, 'fe80::53%d0', `the index became the name: ${JSON.stringify(r)}`);
+  t.equal(run('dialable', 'd0').host, 'fe80::53%d0', 'a name stays as it is');
+  t.equal(run('dialable', '999').host, 'fe80::53%999', 'an index no interface has stays as it is');
 });
 
 t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {

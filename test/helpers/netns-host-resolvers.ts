@@ -12,6 +12,7 @@
 //   listen ZONE  no resolvers: a UDP and a TCP DNS listener and an ops HTTP
 //                server bound the plain way (--no-reuse-port, or no koffi) on
 //                [fe80::53%ZONE]; prints whether each started
+//   dialable ZONE no sockets: prints dialableHost("fe80::53%ZONE")
 //   blocked      two resolvers, 127.0.0.1:5301 then :5302; the test's firewall rule
 //                refuses datagrams to the first (sendmsg fails with EPERM)
 import { SimDnsServer, staticHandler } from '../../testkit/dns-server.js';
@@ -27,10 +28,15 @@ import { questionMessage, upstreamQuery } from '../../src/dns/build.js';
 import { nameToWire } from '../../src/dns/name.js';
 import { parseQuery } from '../../src/dns/query.js';
 import { systemClock } from '../../src/clock.js';
+import { dialableHost } from '../../src/addr.js';
 
 const handler = staticHandler({ 'www.example.com': { A: ['192.0.2.53'] } });
 
 async function main(mode: string, arg: string): Promise<void> {
+  if (mode === 'dialable') {
+    process.stdout.write(JSON.stringify({ host: dialableHost(`fe80::53%${arg}`) }) + '\n');
+    return;
+  }
   if (mode === 'listen') {
     const host = `fe80::53%${arg}`;
     const handler = { handle: (): void => {} };
@@ -59,7 +65,7 @@ async function main(mode: string, arg: string): Promise<void> {
     sims = [await SimDnsServer.start({ port: 5301, handler }), await SimDnsServer.start({ port: 5302, handler })];
     servers = sims.map((s) => ({ host: s.host, port: s.port }));
   } else {
-    throw new Error(`usage: netns-host-resolvers.ts scope ZONE | pool ZONE | listen ZONE | blocked (got ${JSON.stringify(mode)})`);
+    throw new Error(`usage: netns-host-resolvers.ts scope ZONE | pool ZONE | listen ZONE | dialable ZONE | blocked (got ${JSON.stringify(mode)})`);
   }
   if (mode === 'pool') {
     const pool = new TcpPool({ server: servers[0]!, connections: 1, connectTimeoutMs: 1000 });
