@@ -3,6 +3,7 @@
  * "::1", "[::1]:53". IPv6 comes out in its one canonical spelling (RFC 5952,
  * as the kernel reports a peer), so comparing hosts is comparing strings.
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { isIP, SocketAddress } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { ServerAddress } from './upstream/types.js';
@@ -109,13 +110,36 @@ function unzoned(host: string): string {
  * sockets read the zone with if_nametoindex() only, so "2" names no
  * interface, the address goes out with scope 0 and the kernel refuses it
  * (EINVAL). An index's name is found among the IPv6 addresses, whose scopeid
- * is their interface's index for link-local ones (an interface that has none
- * cannot reach a link-local server anyway). Unchanged otherwise.
+ * is their interface's index for link-local ones; an interface with none
+ * (IPv6 address generation off) carries its index in no address listed
+ * there, so then /sys/class/net/NAME/ifindex names it. Sync file reads: called at configuration and connect time only,
+ * never per query. Unchanged otherwise.
  */
 export function dialableHost(host: string): string {
   const pct = host.indexOf('%');
   const index = pct >= 0 && /^\d+$/.test(host.slice(pct + 1)) ? Number(host.slice(pct + 1)) : 0;
   if (index === 0) return host;
-  const name = Object.entries(networkInterfaces()).find(([, addrs]) => (addrs ?? []).some((a) => a.family === 'IPv6' && a.scopeid === index))?.[0];
+  const name = Object.entries(networkInterfaces()).find(([, addrs]) => (addrs ?? []).some((a) => a.family === 'IPv6' && a.scopeid === index))?.[0]
+    ?? sysfsInterfaceName(index);
   return name === undefined ? host : `${host.slice(0, pct)}%${name}`;
+}
+
+const SYS_NET = '/sys/class/net';
+
+/** The name of the interface with this index as sysfs lists it (the caller's network namespace); undefined when none, or no sysfs. */
+function sysfsInterfaceName(index: number): string | undefined {
+  let names: string[];
+  try {
+    names = readdirSync(SYS_NET);
+  } catch {
+    return undefined;
+  }
+  return names.find((name) => {
+    try {
+      return Number(readFileSync(`${SYS_NET}/${name}/ifindex`, 'utf8').trim()) === index;
+    } catch {
+      // Gone since the listing, or no ifindex file: not this one.
+      return false;
+    }
+  });
 }
