@@ -141,7 +141,7 @@ export class Resolver implements MissSink, PendingOwner {
     if (this.#inflight >= this.#maxConcurrent) {
       // Shed before any work: no socket, no upstream traffic; the hit path answers stale or SERVFAIL.
       this.#v[S.maxConcurrentRejects]!++;
-      if (local !== null && this.#answerLocally(token, key, route, local.answer(key), 'localOnFailure')) return;
+      if (local !== null && this.#answerLocally(token, key, route, local.answer(key), 'localOnFailure', true)) return;
       this.#hits.complete(token, null, 'capped');
       return;
     }
@@ -212,15 +212,18 @@ export class Resolver implements MissSink, PendingOwner {
     this.#hits.complete(p.token, null, reason);
   }
 
-  /** Serves a local answer, chasing an ExternalName target first when it has one; false when there is none. */
-  #answerLocally(token: number, key: string, route: Route, la: LocalAnswer, why: LocalWhy): boolean {
+  /**
+   * Serves a local answer, chasing an ExternalName target first when it has one; false when there is none.
+   * `shed`: the query was already turned away (and counted) at --max-concurrent.
+   */
+  #answerLocally(token: number, key: string, route: Route, la: LocalAnswer, why: LocalWhy, shed = false): boolean {
     if (la === null) return false;
     this.#v[S[why]]!++;
     if (la.chase === '') {
       this.#hits.complete(token, la.answer, 'local');
       return true;
     }
-    this.#chase(token, key, route, la.answer, la.chase);
+    this.#chase(token, key, route, la.answer, la.chase, shed);
     return true;
   }
 
@@ -230,7 +233,7 @@ export class Resolver implements MissSink, PendingOwner {
    * resolvers, usually) and hand the client the CNAME plus the target's
    * records. If that fails, the CNAME alone is still a true answer.
    */
-  #chase(token: number, key: string, route: Route, cname: Buffer, target: string): void {
+  #chase(token: number, key: string, route: Route, cname: Buffer, target: string, shed: boolean): void {
     this.#v[S.chases]!++;
     let wire: Buffer;
     try {
@@ -249,7 +252,8 @@ export class Resolver implements MissSink, PendingOwner {
     }
     // An upstream query like any miss: held to --max-concurrent and counted in flight (the CNAME alone past the cap).
     if (this.#inflight >= this.#maxConcurrent) {
-      this.#v[S.maxConcurrentRejects]!++;
+      // One client query, one rejection: a query shed at the cap whose view answer led here was counted then.
+      if (!shed) this.#v[S.maxConcurrentRejects]!++;
       this.#hits.complete(token, cname, 'local');
       return;
     }
