@@ -234,7 +234,6 @@ export class Resolver implements MissSink, PendingOwner {
    * records. If that fails, the CNAME alone is still a true answer.
    */
   #chase(token: number, key: string, route: Route, cname: Buffer, target: string, shed: boolean): void {
-    this.#v[S.chases]!++;
     let wire: Buffer;
     try {
       wire = nameToWire(target);
@@ -257,6 +256,8 @@ export class Resolver implements MissSink, PendingOwner {
       this.#hits.complete(token, cname, 'local');
       return;
     }
+    // Counted here, where the target is really asked (the metric's help: targets looked up); the CNAME alone before.
+    this.#v[S.chases]!++;
     this.#inflight++;
     this.#v[S.inflight] = this.#inflight;
     this.#v[S.forwarded]!++;
