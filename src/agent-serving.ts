@@ -174,13 +174,30 @@ export function listenersPart(o: ListenersPartOptions): Component {
       // and the listeners close in the same step, so no miss is left without an answer.
       let aborted = batched !== null ? await batched.abortAll() : 0;
       // Each answer the abort gives frees a TCP connection's in-flight slot, and a query it read before the pause and
-      // kept waiting is taken at once, a new miss: aborted in turn (a finite number: reading has stopped).
-      while (o.hitPath.inflight > 0) aborted += o.hitPath.abortAll();
+      // kept waiting is taken at once, a new miss: aborted in turn.
+      aborted += abortUntilIdle(o.hitPath);
       if (aborted > 0) o.logger.warn('shutdown grace over: answered queries still in flight with stale or SERVFAIL', { queries: aborted });
       await Promise.all(listeners.map((l) => l.close()));
       listeners.length = 0;
     },
   };
+}
+
+/**
+ * Every query in flight on the hit path answered now (stale or SERVFAIL),
+ * again while answering frees a TCP connection's in-flight slot and a query
+ * it had read goes in flight (a finite number: reading has stopped). Bounded
+ * all the same: a synchronous loop that did not end would also block the
+ * hard stop's timer. Returns how many were answered.
+ */
+export function abortUntilIdle(hitPath: HitPath): number {
+  let aborted = 0;
+  for (let round = 0; round < 1000 && hitPath.inflight > 0; round++) {
+    const n = hitPath.abortAll();
+    aborted += n;
+    if (n === 0) break;
+  }
+  return aborted;
 }
 
 /**

@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Agent, StartupError } from './agent.js';
+import { abortUntilIdle } from './agent-serving.js';
 import { systemClock } from './clock.js';
 import { ConfigError, helpText, loadConfig, type Config } from './config.js';
 import { ConfigWatcher, SourceReads } from './config-watch.js';
@@ -136,13 +137,12 @@ async function main(argv: readonly string[]): Promise<number> {
  * does (bounded: only what was read already).
  */
 function answerWaiting(agent: Agent): number {
-  let answered = 0;
   try {
-    for (let round = 0; round < 1000 && agent.hitPath.inflight > 0; round++) answered += agent.hitPath.abortAll();
+    return abortUntilIdle(agent.hitPath);
   } catch {
     // Exiting anyway: a failure here must not keep the process up.
+    return 0;
   }
-  return answered;
 }
 
 main(process.argv.slice(2)).then(
