@@ -14,9 +14,8 @@
  *   one client address holds at most maxConnectionsPerClient of them, making
  *   room the same way among its own (tcp-per-client.ts);
  * - unsent answers are bounded in the kernel (a small SO_SNDBUF set at accept)
- *   and in Node (maxUnsentBytes); past that the client is reset. Queries wait
- *   unread while one more answer would not fit, and a client that leaves
- *   them waiting for the read timeout is reset too (tcp-client-conn.ts).
+ *   and in Node (maxUnsentBytes); past that, or with queries left waiting on
+ *   its reading for the read timeout, the client is reset (tcp-client-conn.ts).
  * The clock's shared sweep (every 50 ms) runs the timeouts while connections
  * are open, and stamps a coarse "now" so the per-answer path reads no clock.
  *
