@@ -32,7 +32,7 @@ import { BatchedUdpListener, workerMissLimit } from '../src/server/batched/liste
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { Arena, MMSGHDR_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from '../src/server/batched/msgvec.js';
 import { COMPLETIONS_PER_TURN, WorkerLoop } from '../src/server/batched/loop.js';
-import { SlotViews, VIEW_LENGTHS, ipv6Text } from '../src/server/batched/loop-parts.js';
+import { DETACH_CHUNK_PEERS, Peer, SlotViews, SockaddrChunks, VIEW_LENGTHS, ipv6Text } from '../src/server/batched/loop-parts.js';
 import { hitPathHistograms } from '../src/ops/histogram.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/ops/idle-gc.js';
 import {
@@ -949,6 +949,36 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   t.same(a.got.at(-1), [11, null, 'capped']);
   t.equal(a.refusals, 1, 'the cap stamped the worker');
   t.equal(b.refusals, 0, 'a timeout, an answer or a dead worker stamp nothing');
+});
+
+t.test('detached peers: each keeps its own sockaddr after its receive slot is refilled, across chunks, none sharing a run', async (t) => {
+  const slotWords = SOCKADDR_SLOT_BYTES >> 2;
+  const ring = new Uint32Array(slotWords);
+  const chunks = new SockaddrChunks();
+  const kept: Peer[] = [];
+  // One chunk and a half: the carve rolls over to a fresh chunk and the peers in the old one keep theirs.
+  const n = DETACH_CHUNK_PEERS + DETACH_CHUNK_PEERS / 2;
+  for (let i = 0; i < n; i++) {
+    // 127.0.0.x, port 1000 + i: what recvmmsg would have written into the one slot.
+    ring[0] = 2 | (((1000 + i) >> 8) << 16) | (((1000 + i) & 0xff) << 24);
+    ring[1] = 0x0000007f | ((i % 250) + 1) << 24;
+    const p = new Peer(ring, 0);
+    p.detach(chunks);
+    kept.push(p);
+  }
+  ring.fill(0xffffffff);
+  const seen = new Set<string>();
+  for (let i = 0; i < n; i++) {
+    const p = kept[i]!;
+    t.not(p.words, ring, 'no longer a view of the slot');
+    seen.add(`${p.words === kept[0]!.words ? 'a' : 'b'}:${p.wordOff}`);
+    if (p.port !== 1000 + i || p.address !== `127.0.0.${(i % 250) + 1}`) {
+      t.fail(`peer ${i}: ${p.address}:${p.port}`);
+      return;
+    }
+  }
+  t.equal(seen.size, n, 'every peer has a run of its own');
+  t.not(kept[n - 1]!.words, kept[0]!.words, 'past DETACH_CHUNK_PEERS a new chunk');
 });
 
 t.test('slot views: one Buffer per receive slot and length, made once, reading the slot as it is now; long datagrams get their own', async (t) => {

@@ -2,7 +2,7 @@
  * What the query parser (query.ts) produces: the status of a parse, the
  * Query it describes, the cache key's flag bits and size, and the two forms
  * a parse takes, QueryScratch (overwritten by the next parse: the hit path)
- * and the immutable copy queryCopy makes (whatever must outlive a call).
+ * and QuerySnapshot, the immutable copy (whatever must outlive a call).
  * Kept apart from the parser so the shapes read on their own; query.ts
  * re-exports them.
  */
@@ -24,7 +24,13 @@ export const QueryStatus = {
 } as const;
 export type QueryStatus = (typeof QueryStatus)[keyof typeof QueryStatus];
 
-export interface Query {
+/**
+ * A parsed query that stays as it is: what outlives a call (a waiting
+ * client, a pending upstream question) keeps one, made by queryCopy or a
+ * subclass (server/miss-waiters.ts Waiter). Its fields are what every parse
+ * result has: `Query`.
+ */
+export class QuerySnapshot {
   readonly status: QueryStatus;
   /** The client's message; the question's bytes are echoed from it (0x20 case). */
   readonly msg: Buffer;
@@ -44,7 +50,25 @@ export interface Query {
    * bytes never fold together. Empty unless status is OK.
    */
   readonly key: string;
+
+  /** `q`'s fields, with `msg` in place of its message (a copy, when the original is a receive buffer about to be reused) and `key`. */
+  constructor(q: Query, msg: Buffer, key: string) {
+    this.status = q.status;
+    this.msg = msg;
+    this.id = q.id;
+    this.flags = q.flags;
+    this.qnameEnd = q.qnameEnd;
+    this.qtype = q.qtype;
+    this.qclass = q.qclass;
+    this.edns = q.edns;
+    this.udpSize = q.udpSize;
+    this.dnssecOk = q.dnssecOk;
+    this.key = key;
+  }
 }
+
+/** What a parse describes, whichever form it takes (QueryScratch or QuerySnapshot). */
+export type Query = QuerySnapshot;
 
 /** Flags byte in the key. */
 export const KEY_DO = 1;
@@ -113,14 +137,7 @@ export class QueryScratch implements Query {
   }
 }
 
-/**
- * An immutable snapshot of `q` with `msg` in place of its message (a copy,
- * when the original is a receive buffer about to be reused) and `key` (its
- * key string, so a caller that already made one does not make another).
- */
+/** An immutable snapshot of `q` (see QuerySnapshot): `key` is its key string, so a caller that already made one does not make another. */
 export function queryCopy(q: Query, msg: Buffer, key: string): Query {
-  return {
-    status: q.status, msg, id: q.id, flags: q.flags, qnameEnd: q.qnameEnd, qtype: q.qtype, qclass: q.qclass,
-    edns: q.edns, udpSize: q.udpSize, dnssecOk: q.dnssecOk, key,
-  };
+  return new QuerySnapshot(q, msg, key);
 }

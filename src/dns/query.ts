@@ -19,7 +19,7 @@ import { skipName, skipUncompressedName } from './name.js';
 import { EMPTY, KEY_CD, KEY_DO, QueryScratch, QueryStatus, queryCopy, type Query } from './query-result.js';
 import { tsigWellFormed } from './tsig.js';
 
-export { KEY_CD, KEY_DO, KEY_MAX, QueryScratch, QueryStatus, queryCopy, type Query } from './query-result.js';
+export { KEY_CD, KEY_DO, KEY_MAX, QueryScratch, QuerySnapshot, QueryStatus, queryCopy, type Query } from './query-result.js';
 
 /**
  * The seed of the key hash, one per process (a batched worker takes the

@@ -44,7 +44,7 @@ import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
 import { IntTable } from './int-table.js';
-import { InFlight, MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, retain, type Waiter } from './miss-waiters.js';
+import { InFlight, MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, Waiter } from './miss-waiters.js';
 import { REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters } from './stats.js';
 
 export type * from './miss-boundary.js';
@@ -80,7 +80,7 @@ export class HitPath implements QueryHandler {
   readonly #hist: HitPathHistograms | null;
   readonly #tagger: ClientTagger | null;
   readonly #gate: MissGate | null;
-  /** What handle() parses into; overwritten by the next query, so nothing may keep it (see retain). */
+  /** What handle() parses into; overwritten by the next query, so nothing may keep it (a Waiter copies what it keeps). */
   readonly #scratch: QueryScratch;
   /** Inside handle(): a re-entrant call (a channel that answers synchronously into handle) gets its own scratch. */
   #busy: boolean;
@@ -197,7 +197,7 @@ export class HitPath implements QueryHandler {
         return;
       }
       this.#v[S.coalesced]!++;
-      miss.waiters.push({ q: retain(q, miss.key), channel, peer, arrivedAt: now, logged });
+      miss.waiters.push(new Waiter(q, miss.key, channel, peer, now, logged));
       this.waitsOn = miss.token;
       return;
     }
@@ -214,7 +214,7 @@ export class HitPath implements QueryHandler {
       return;
     }
     const key = q.key;
-    miss = this.#open(key, q.keyHash, { q: retain(q, key), channel, peer, arrivedAt: now, logged });
+    miss = this.#open(key, q.keyHash, new Waiter(q, key, channel, peer, now, logged));
     this.waitsOn = miss.token;
     this.#forward(miss, q);
   }
@@ -249,9 +249,9 @@ export class HitPath implements QueryHandler {
         for (const w of miss.waiters) {
           // Per client: one that cannot be answered must not cut the others short.
           try {
-            const reply = fresh.serve(w.q, now, this.#out.limit(w.q, w.channel, w.peer), DEFAULT_EDNS_SIZE);
+            const reply = fresh.serve(w, now, this.#out.limit(w, w.channel, w.peer), DEFAULT_EDNS_SIZE);
             if (answered === undefined || !answered(w.peer)) this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
-            if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
+            if (w.logged) this.#out.logQuery(w, w.peer, reply, now - w.arrivedAt, outcome === 'local' ? 'view' : 'upstream');
           } catch (err) {
             this.#out.waiterThrew(err);
           }
@@ -329,9 +329,9 @@ export class HitPath implements QueryHandler {
     for (const w of miss.waiters) {
       // Per client, as in complete(): at shutdown (abortAll) a throw would also leave every later question unanswered.
       try {
-        const reply = stale !== undefined ? stale.serveStale(w.q, STALE_ANSWER_TTL, this.#out.limit(w.q, w.channel, w.peer), DEFAULT_EDNS_SIZE) : errorResponse(w.q, Rcode.SERVFAIL);
+        const reply = stale !== undefined ? stale.serveStale(w, STALE_ANSWER_TTL, this.#out.limit(w, w.channel, w.peer), DEFAULT_EDNS_SIZE) : errorResponse(w, Rcode.SERVFAIL);
         this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
-        if (w.logged) this.#out.logQuery(w.q, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
+        if (w.logged) this.#out.logQuery(w, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
       } catch (err) {
         this.#out.waiterThrew(err);
       }

@@ -6,7 +6,7 @@
  * client keeps.
  */
 import { copyBytes } from '../dns/name.js';
-import { hashKey, queryCopy, type Query, type QueryScratch } from '../dns/query.js';
+import { hashKey, QuerySnapshot, type Query, type QueryScratch } from '../dns/query.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
 import { IntTable } from './int-table.js';
 
@@ -19,15 +19,36 @@ import { IntTable } from './int-table.js';
  */
 export const MAX_WAITERS_PER_QUESTION = 1024;
 
-/** One client waiting on a miss: a private copy of its query header and question, and where to answer. */
-export interface Waiter {
-  readonly q: Query;
+/**
+ * One client waiting on a miss: its own snapshot of its query (the header
+ * and question copied, with the query's parsed fields) and where to answer,
+ * in one object. Under a miss flood a batched worker keeps thousands of
+ * these, and each young-generation collection copies the young ones with
+ * the worker's hits waiting: a Query and a waiter object apart cost one
+ * object more each.
+ */
+export class Waiter extends QuerySnapshot {
   readonly channel: ClientChannel;
   readonly peer: ClientPeer;
   /** Clock ms when the query arrived, for duration histograms. */
   readonly arrivedAt: number;
   /** Chosen for the sampled query log: logged when answered. */
   readonly logged: boolean;
+
+  /**
+   * `q` may be the scratch the next query is parsed into, its message a view
+   * of a receive buffer reused as soon as handle() returns: both are copied.
+   */
+  constructor(q: Query, key: string, channel: ClientChannel, peer: ClientPeer, arrivedAt: number, logged: boolean) {
+    const end = q.qnameEnd + 4;
+    const msg = Buffer.allocUnsafe(end);
+    copyBytes(q.msg, 0, msg, 0, end);
+    super(q, msg, key);
+    this.channel = channel;
+    this.peer = peer;
+    this.arrivedAt = arrivedAt;
+    this.logged = logged;
+  }
 }
 
 /** One distinct question in flight: its waiters (none for a background refresh). */
@@ -96,19 +117,6 @@ function sameKey(key: string, bytes: Uint8Array, len: number): boolean {
   if (key.length !== len) return false;
   for (let i = 0; i < len; i++) if (key.charCodeAt(i) !== bytes[i]) return false;
   return true;
-}
-
-/**
- * A waiter's own snapshot of the query, with its own copy of the header and
- * question: the client's datagram may be a view of a receive buffer that is
- * reused as soon as handle() returns, and `q` the scratch the next query is
- * parsed into.
- */
-export function retain(q: Query, key: string): Query {
-  const end = q.qnameEnd + 4;
-  const msg = Buffer.allocUnsafe(end);
-  copyBytes(q.msg, 0, msg, 0, end);
-  return queryCopy(q, msg, key);
 }
 
 /** RFC 8767 5's failure recheck timer: how long after a timeout a question is not asked again while a stale answer can be given. */

@@ -36,12 +36,14 @@ export class Peer implements ClientPeer {
     this.nameLen = SOCKADDR_SLOT_BYTES;
   }
 
-  /** Keeps the sockaddr past this turn: the only per-packet allocation, and only for a miss. */
-  detach(): void {
-    const own = new Uint32Array(SOCKADDR_SLOT_BYTES >> 2);
-    for (let w = 0; w < own.length; w++) own[w] = this.words[this.wordOff + w]!;
-    this.words = own;
-    this.wordOff = 0;
+  /** Keeps the sockaddr past this turn (the slot is refilled next turn): copied into `into`'s current chunk. */
+  detach(into: SockaddrChunks): void {
+    const n = SOCKADDR_SLOT_BYTES >> 2;
+    const at = into.carve();
+    const words = into.chunk;
+    for (let w = 0; w < n; w++) words[at + w] = this.words[this.wordOff + w]!;
+    this.words = words;
+    this.wordOff = at;
   }
 
   /** Decoded only when someone reads it (the query log). */
@@ -65,6 +67,43 @@ export class Peer implements ClientPeer {
   get port(): number {
     const b = new Uint8Array(this.words.buffer, this.words.byteOffset + this.wordOff * 4, 4);
     return (b[2]! << 8) | b[3]!;
+  }
+}
+
+/**
+ * Where detached peers keep their sockaddrs: runs of SOCKADDR_SLOT_BYTES
+ * carved in order from chunks of DETACH_CHUNK_PEERS, as Buffer's pool
+ * carves small buffers. A run is never handed out twice (no free list, so
+ * no peer can see another's address); a chunk goes to the collector with
+ * the last peer in it. A typed array of its own per waiting client (an
+ * object and an ArrayBuffer, about 180 bytes) was the largest thing a
+ * crossed miss kept alive in the worker, and under a miss flood what the
+ * worker keeps alive is what each young-generation collection copies,
+ * with the worker's hits waiting.
+ * Held beyond what is live: at most one chunk per DETACH_CHUNK_PEERS misses
+ * taken in the last deadline (a chunk outlives its last waiter by nothing).
+ */
+export const DETACH_CHUNK_PEERS = 64;
+
+export class SockaddrChunks {
+  chunk: Uint32Array;
+  #next: number;
+
+  constructor() {
+    this.chunk = new Uint32Array(DETACH_CHUNK_PEERS * (SOCKADDR_SLOT_BYTES >> 2));
+    this.#next = 0;
+  }
+
+  /** The word offset of a fresh run in `chunk` (which may be a new chunk: read it after this). */
+  carve(): number {
+    const n = SOCKADDR_SLOT_BYTES >> 2;
+    if (this.#next + n > this.chunk.length) {
+      this.chunk = new Uint32Array(this.chunk.length);
+      this.#next = 0;
+    }
+    const at = this.#next;
+    this.#next = at + n;
+    return at;
   }
 }
 

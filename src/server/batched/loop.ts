@@ -48,7 +48,7 @@ import { EAGAIN, EINTR, MSG_DONTWAIT, type UdpBatchSys } from '../../sys/udp-bat
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from './msgvec.js';
 import { RxTrace, traceKey } from './rx-trace.js';
 import { HeapTrace } from './heap-trace.js';
-import { Peer, Realtime, ReportLogger, SlotViews, TurnClock } from './loop-parts.js';
+import { Peer, Realtime, ReportLogger, SlotViews, SockaddrChunks, TurnClock } from './loop-parts.js';
 import { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND, Completions } from './loop-completions.js';
 import { Outbox } from './loop-report.js';
 import { Sender, SocketChannel } from './loop-send.js';
@@ -103,6 +103,7 @@ export class WorkerLoop implements MissSink {
   /** Each socket's send vector, and which waiting clients the main thread answered itself (loop-send.ts). */
   readonly #sender: Sender;
   readonly #peers: Peer[];
+  readonly #detached = new SockaddrChunks();
   readonly #poller: Poller;
   readonly #scratchOff: number;
   /** CLOCK_REALTIME after each receive, to age the datagrams by. */
@@ -306,7 +307,7 @@ export class WorkerLoop implements MissSink {
       }
       if (!peer.answered) {
         // The query waits on a miss and keeps this peer: give the slot a fresh one.
-        peer.detach();
+        peer.detach(this.#detached);
         peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
         this.#outbox.waiter(peer, s, msg, hits.waitsOn);
       }
