@@ -328,6 +328,11 @@ t.test('pod records (pods insecure)', async (t) => {
   nodata(t, ask(v, 'apps.pod.cluster.local', 'A'), '<ns>.pod exists');
   nxdomain(t, ask(v, 'nope.pod.cluster.local', 'A'), 'unknown <ns>.pod');
   nodata(t, ask(v, 'pod.cluster.local', 'A'), 'pod.<zone> exists');
+  // One label holding dots (an IPv4-mapped IPv6 literal): the answer's owner would be written as several labels,
+  // a name other than the one asked; CoreDNS reads the escaped label as no address.
+  const dotted = Buffer.concat([Buffer.from([14]), Buffer.from('::ffff:1.2.3.4', 'latin1'), nameToWire('apps.pod.cluster.local')]);
+  nxdomain(t, answerCluster(v, dotted, QType.AAAA, OPTS), 'a pod label with dots is no address');
+  t.ok(isCertainNxdomain(v, dotted, OPTS), 'and is certainly no name');
 });
 
 t.test('NXDOMAIN vs NODATA, apex SOA and NS', async (t) => {

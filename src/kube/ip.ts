@@ -116,9 +116,12 @@ export function dashedName(ip: string): string {
  * The address a pod label stands for, CoreDNS `pods insecure` style
  * (kubernetes.go findPods): three dashes and no "--" is IPv4 ("10-1-2-3"),
  * anything else is read as IPv6 with ':' for '-' ("fd00--1"). '' when the
- * result is no address.
+ * result is no address, and for a label holding a dot ("::ffff:1.2.3.4" as
+ * one label): the owner of its answer would be written as several labels,
+ * and CoreDNS reads the escaped dot as no address either.
  */
 export function podLabelAddress(label: string): string {
+  if (label.includes('.')) return '';
   let dashes = 0;
   for (let i = 0; i < label.length; i++) if (label.charCodeAt(i) === 0x2d) dashes++;
   if (dashes === 3 && !label.includes('--')) {
