@@ -27,6 +27,9 @@ import { ForwardDurations } from '../src/upstream/forward-durations.js';
 import { PROBE_COUNTERS } from '../src/upstream/probe.js';
 import { parseQuery } from '../src/dns/query.js';
 import { silentLogger } from '../src/log.js';
+import { questionMessage, upstreamQuery } from '../src/dns/build.js';
+import { QType } from '../src/dns/constants.js';
+import { nameToWire } from '../src/dns/name.js';
 
 // ---------------------------------------------------------------- helpers
 
@@ -1691,4 +1694,39 @@ t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: E
   t.equal(r.attemptErrors, 1, 'the refused send failed its try');
   t.equal(r.attemptTimeouts, 0, 'no try waited out its timeout');
   t.equal(r.failovers, 1);
+});
+
+t.test('HostResolvers: a server that does not know EDNS (FORMERR without OPT) is asked again without it (RFC 6891 7), not its FORMERR passed on', async (t) => {
+  // Our queries always carry OPT; a resolver from before EDNS (an old appliance behind a stub domain) answers them
+  // FORMERR, echoing the question, with no OPT. glibc sends it no OPT and gets its answer.
+  let withOpt = 0;
+  let withoutOpt = 0;
+  const udp = dgram.createSocket('udp4');
+  udp.on('message', (m, r) => {
+    const q = dnsPacket.decode(m);
+    const hasOpt = m.readUInt16BE(10) > 0;
+    if (hasOpt) withOpt++;
+    else withoutOpt++;
+    const reply = hasOpt
+      ? dnsPacket.encode({ type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | 1, questions: q.questions })
+      : dnsPacket.encode({
+        type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE, questions: q.questions,
+        answers: [{ name: q.questions![0]!.name, type: 'A', ttl: 60, data: '192.0.2.7' }],
+      });
+    udp.send(reply, r.port, r.address);
+  });
+  await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
+  t.teardown(() => udp.close());
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port: udp.address().port }], attemptTimeoutMs: 1000, attempts: 1 });
+  t.teardown(() => up.close());
+  const query = upstreamQuery(parseQuery(questionMessage(nameToWire('old.corp.example'), QType.A)));
+  const got = await new Promise<Buffer | UpstreamFailure>((resolve) => {
+    up.send({ query, deadline: systemClock.now() + 2000, resolve, reject: resolve });
+  });
+  t.ok(Buffer.isBuffer(got), `answered, not failed: ${Buffer.isBuffer(got) ? 'answer' : got}`);
+  const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
+  t.equal(rcodeOf(answer), 'NOERROR');
+  t.same(addresses(answer), ['192.0.2.7']);
+  t.equal(withOpt, 1, 'asked with EDNS once');
+  t.equal(withoutOpt, 1, 'then without');
 });

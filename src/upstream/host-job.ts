@@ -7,6 +7,8 @@
  * servers that already answered one of those to this query. Plain data and
  * that choice; every transition is HostResolvers'.
  */
+import { HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, QType, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { skipUncompressedName } from '../dns/name.js';
 import type { UpstreamExchange, UpstreamFailure } from './types.js';
 import type { QueryAttempt } from './udp-client.js';
 
@@ -30,6 +32,9 @@ export class HostJob {
   badAnswer: Buffer | null;
   /** Servers that answered SERVFAIL/NOTIMP/REFUSED; not asked again for this query. */
   badServers: Set<number> | null;
+  /** The query without its OPT record, once a server answered that it does not know EDNS; asked so from then on. */
+  plainQuery: Buffer | null;
+  noEdns: Set<number> | null;
   done: boolean;
   constructor(ex: UpstreamExchange, round: readonly number[], rounds: number, recheck = false) {
     this.ex = ex;
@@ -44,7 +49,27 @@ export class HostJob {
     this.lastFailure = 'timeout';
     this.badAnswer = null;
     this.badServers = null;
+    this.plainQuery = null;
+    this.noEdns = null;
     this.done = false;
+  }
+
+  /** What server `idx` is sent: the query as given, or without OPT to a server that does not know EDNS. */
+  queryFor(idx: number): Buffer {
+    return this.noEdns !== null && this.noEdns.has(idx) ? this.plainQuery! : this.ex.query;
+  }
+
+  /**
+   * Whether `answer` from server `idx` is FORMERR without OPT to a query that carried one: a server from before
+   * EDNS (RFC 6891 7). Then `idx` is asked without OPT from now on, for this query, as glibc would ask it.
+   */
+  refusedEdns(idx: number, answer: Buffer): boolean {
+    if ((answer[OFF_FLAGS + 1]! & RCODE_MASK) !== Rcode.FORMERR || answer.readUInt16BE(OFF_ARCOUNT) !== 0) return false;
+    if (this.noEdns !== null && this.noEdns.has(idx)) return false;
+    this.plainQuery ??= withoutOpt(this.ex.query);
+    if (this.plainQuery === null) return false;
+    (this.noEdns ??= new Set()).add(idx);
+    return true;
   }
 
   /** The server the next try goes to, counting the try; -1 when tries or time (at `now`) have run out. */
@@ -57,4 +82,14 @@ export class HostJob {
     }
     return -1;
   }
+}
+
+/** `query` (one question, then only an OPT record) without the OPT; null when it carries none. */
+function withoutOpt(query: Buffer): Buffer | null {
+  const qEnd = skipUncompressedName(query, HEADER_LEN) + 4;
+  if (qEnd < HEADER_LEN + 5 || query.readUInt16BE(OFF_ARCOUNT) !== 1 || query.readUInt16BE(OFF_ANCOUNT) !== 0 || query.readUInt16BE(OFF_NSCOUNT) !== 0) return null;
+  if (query.length < qEnd + 3 || query[qEnd] !== 0 || query.readUInt16BE(qEnd + 1) !== QType.OPT) return null;
+  const plain = Buffer.from(query.subarray(0, qEnd));
+  plain.writeUInt16BE(0, OFF_ARCOUNT);
+  return plain;
 }

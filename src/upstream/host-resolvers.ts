@@ -4,6 +4,7 @@
  *
  *   for try in 0 .. attempts*servers-1:  server = round[try % servers]
  *     UDP (shared socket, random id and port) ── TC=1 ──► same server over TCP
+ *     FORMERR without OPT (no EDNS there) ──► same server again, the query without OPT
  *     timeout / ICMP error / SERVFAIL / NOTIMP / REFUSED ──► next server
  *
  * `round` is glibc's order from `start` (0, or round-robin per query with
@@ -253,6 +254,11 @@ export class HostResolvers implements Upstream {
       this.#start(job, 'tcp', attempt.serverIndex, now);
       return;
     }
+    if (job.refusedEdns(attempt.serverIndex, answer)) {
+      // RFC 6891 7: a server from before EDNS answers our OPT FORMERR; asked again at once without it (as glibc asks).
+      this.#start(job, attempt.transport, attempt.serverIndex, now);
+      return;
+    }
     if (serverFailed(rcode)) {
       // glibc moves on to the next server: this one may be lame, refusing us or lack the feature while another is fine.
       job.badAnswer = answer;
@@ -302,7 +308,7 @@ export class HostResolvers implements Upstream {
     // The socket bound: the oldest try stops listening to make room for the new one.
     if (job.live.length >= this.#maxSockets) this.#forget(job, job.live[0]!).finish();
     const deadline = Math.min(now + this.#attemptTimeoutMs, job.ex.deadline);
-    const attempt = new QueryAttempt(job, transport, this.#servers[idx]!, idx, job.ex.query, deadline, this.#events, this.#udp, now);
+    const attempt = new QueryAttempt(job, transport, this.#servers[idx]!, idx, job.queryFor(idx), deadline, this.#events, this.#udp, now);
     job.current = attempt;
     job.lastDeadline = deadline;
     job.live.push(attempt);
