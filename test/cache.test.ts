@@ -10,8 +10,12 @@ import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { ManualClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { parseQuery, type Query } from '../src/dns/query.js';
+import { HitPath, type MissSink } from '../src/server/hit-path.js';
+import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
+import { SERVER_COUNTERS } from '../src/server/stats.js';
+import { silentLogger } from '../src/log.js';
 import { Counters } from '../src/stats/counters.js';
-import { a, answer, query, soa } from './kit/dns.js';
+import { a, answer, query, rcodeOf, soa } from './kit/dns.js';
 
 const OPTS: CacheOptions = {
   positiveCapacity: 1000, negativeCapacity: 1000, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 0, percent: 10, staleMs: 0,
@@ -352,4 +356,41 @@ t.test('--cache-memory past what the store can hold (its slab is capped near 4 G
   const clock = new ManualClock();
   for (let i = 0; i < 30; i++) put(cache, `n${i}.example`, 1, clock.now());
   t.equal(cache.positiveSize, 10, 'entries still bounded by count');
+});
+
+t.test('RFC 8767 4: an upstream answer with an rcode other than NOERROR or NXDOMAIN (NOTIMP, FORMERR) did not refresh the name: stale when cached, else passed on', async (t) => {
+  // The upstream side passes such an answer on once no server did better (README: NOTIMP moves on like SERVFAIL and
+  // REFUSED); it answers nothing about the name, so a client must get the expired answer, as after a SERVFAIL.
+  const hour = 3_600_000;
+  const sent: Buffer[] = [];
+  const channel: ClientChannel = { transport: Transport.UDP, send: (m: Buffer) => void sent.push(m), discard: () => {} };
+  const peer: ClientPeer = { address: '127.0.0.1', port: 40000 };
+  const forwarded: number[] = [];
+  const sink: MissSink = { forward: (token: number) => void forwarded.push(token) };
+  const name = 'lame.example';
+  for (const rcode of ['NOTIMP', 'FORMERR', 'SERVFAIL']) {
+    const clock = new ManualClock(0);
+    const cache = newCache({ staleMs: hour });
+    const hits = new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
+    hits.connect(sink);
+    put(cache, name, 7, 0); // 10.0.7.0, 30 s
+    clock.advance(40_000);
+    sent.length = 0;
+    hits.handle(query({ name, id: 0x4242 }), channel, peer);
+    t.equal(sent.length, 0, `${rcode}: expired, so asked upstream`);
+    hits.complete(forwarded.at(-1)!, answer(name, [], { rcode }), 'upstream');
+    t.equal(sent.length, 1, `${rcode}: the client is answered`);
+    const d = dnsPacket.decode(sent[0]!);
+    t.equal(rcodeOf(sent[0]!), 0, `${rcode}: NOERROR, the stale answer (got rcode ${rcodeOf(sent[0]!)})`);
+    t.equal(firstData(sent[0]!), ipOf(7), `${rcode}: the expired address`);
+    t.equal((d.answers?.[0] as { ttl?: number } | undefined)?.ttl, 30, `${rcode}: with TTL 30`);
+  }
+  // Nothing stale: the upstream's answer is passed on as before (NOTIMP is not made up into something else).
+  const clock = new ManualClock(0);
+  const hits = new HitPath({ cache: newCache({ staleMs: hour }), clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
+  hits.connect(sink);
+  sent.length = 0;
+  hits.handle(query({ name: 'new.example' }), channel, peer);
+  hits.complete(forwarded.at(-1)!, answer('new.example', [], { rcode: 'NOTIMP' }), 'upstream');
+  t.equal(sent.length === 1 ? rcodeOf(sent[0]!) : -1, 4, 'no stale entry: NOTIMP passed on');
 });

@@ -284,6 +284,22 @@ t.test('records that are not a cacheable answer to their key are dropped one by 
   t.equal(servedTtl(r.cache, 'other.example', 0), undefined, 'an answer never lands under another name\'s key');
 });
 
+t.test('a record carrying what today\'s bailiwick scrub removes (an older agent\'s, written before a scrub fix) is dropped, not restored and served', async (t) => {
+  // Every answer is scrubbed before it is stored (server/scrub.ts); a record in a snapshot skipped that: an agent of
+  // another version may have let an intruder through (f159e7c: an answer dns-packet could not decode kept its
+  // intruders). Restored as is, the intruder is served for the entry's life and then for the whole stale window.
+  const poisoned = answer('ok.example', [a('ok.example', '192.0.2.1', 30), a('bank.example', '203.0.113.66', 30)]);
+  poisoned.writeUInt16BE(0, 0);
+  const clean = answer('fine.example', [a('fine.example', '192.0.2.2', 30)]);
+  clean.writeUInt16BE(0, 0);
+  const rec = (key: string, wire: Buffer): CacheRecord => ({ key, wire, ttlSec: 30, ageMs: 0, hits: 0, negative: false });
+  const snap = encodeSnapshot([rec(keyOf('ok.example'), poisoned), rec(keyOf('fine.example'), clean)], new ManualClock().wall());
+  const r = await loadBytes(t, snap);
+  t.match(r.result, { loaded: 1, counts: { invalid: 1 } }, 'the clean record is restored, the poisoned one counted invalid');
+  t.equal(servedTtl(r.cache, 'ok.example', 0), undefined, 'the answer with the out-of-bailiwick record is not served');
+  t.equal(servedTtl(r.cache, 'fine.example', 0), 30);
+});
+
 t.test('a flipped byte anywhere: the whole file is ignored', async (t) => {
   const snap = sampleSnapshot();
   const reasons = new Set<string>();

@@ -37,6 +37,16 @@ export function planCaching(scan: AnswerScan, caps: TtlCaps, answer: Uint8Array)
 }
 
 /**
+ * Whether an upstream answer with this rcode says anything about the name
+ * (RFC 8767 4): only NOERROR and NXDOMAIN do. Any other (SERVFAIL, REFUSED,
+ * NOTIMP, FORMERR...) is a failure to refresh it: a client gets the stale
+ * entry when there is one.
+ */
+export function refreshesName(rcode: number): boolean {
+  return rcode === Rcode.NOERROR || rcode === Rcode.NXDOMAIN;
+}
+
+/**
  * Whether the answer section holds a record of the question's type. A
  * NOERROR answer with only the CNAME/DNAME chain there is a NODATA for the
  * chain's end (RFC 2308 2.2): what a client caches from it is the absence,

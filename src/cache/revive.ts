@@ -1,11 +1,13 @@
 /**
  * A saved record back into the cache (a warm restart: snapshot*.ts, then
- * DnsCache.restore). A record goes through today's policy again, as an
- * insert does: its bytes must scan as a cacheable answer to its key, and a
- * cap lowered since then shortens its life. Pure: the record, the time and
+ * DnsCache.restore). A record goes through today's checks again, as an
+ * upstream answer does before it is stored: its bytes must scan as a
+ * cacheable answer to its key with nothing the bailiwick scrub would remove,
+ * and a cap lowered since then shortens its life. Pure: the record, the time and
  * the policy in, an entry (or why not) out.
  */
 import { scanAnswer } from '../dns/answer.js';
+import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
 import { HEADER_LEN } from '../dns/constants.js';
 import type { CachePolicyOptions } from './cache-api.js';
 import { AnswerCopy, type CacheRecord } from './entry.js';
@@ -18,7 +20,7 @@ export interface RestoreCounts {
   restored: number;
   /** Past their stale window by now. */
   expired: number;
-  /** Not an answer today's policy caches the same way, or not the answer to its key. */
+  /** Not an answer today's policy caches the same way, not the answer to its key, or holding what the bailiwick scrub removes. */
   invalid: number;
   /** The key was already cached: a live answer is fresher than a restored one. */
   present: number;
@@ -54,6 +56,9 @@ export function reviveRecord(r: CacheRecord, now: number, opts: CachePolicyOptio
   if (scan === undefined || scan.optStart >= 0 || scan.end !== r.wire.length || !keyMatchesQuestion(r.key, r.wire, scan.questionEnd)) {
     return 'invalid';
   }
+  // Every answer was scrubbed before it was stored; one written by an agent of another version may hold what today's
+  // scrub removes (an intruder an older scrub missed): the whole record goes rather than its intruder being served.
+  if (scrubOutOfBailiwick(r.wire) !== null) return 'invalid';
   const plan = planCaching(scan, opts, r.wire);
   // Its TTLs were capped to its life at insert, so the plan gives that life
   // back, or less under a cap lowered since; more would mean bytes and life disagree.

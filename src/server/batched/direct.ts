@@ -20,14 +20,14 @@
  * main thread wakes it when that late record arrives.
  *
  * Only answers the worker would serve as they are: a failure (timeout,
- * SERVFAIL, malformed) may be answered stale, which the worker decides with
+ * SERVFAIL, NOTIMP, malformed) may be answered stale, which the worker decides with
  * its own hit path, so those go back as before and wake the worker.
  */
 import { AnswerCopy } from '../../cache/entry.js';
-import { planCaching, type TtlCaps } from '../../cache/policy.js';
+import { planCaching, refreshesName, type TtlCaps } from '../../cache/policy.js';
 import { scanAnswer } from '../../dns/answer.js';
 import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
-import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
+import { CLASSIC_UDP_LIMIT } from '../../dns/constants.js';
 import { QueryStatus, parseQuery } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
 import { MAX_UDP_PAYLOAD_IPV4 } from '../answer-out.js';
@@ -171,7 +171,8 @@ export class DirectAnswers {
   /** As the worker's hit path would: validate, the entry it would store (or a transient one), served to each client (the exchange scrubbed the answer). */
   #serve(list: DirectWaiter[], a: Buffer): boolean {
     const scan = scanAnswer(a);
-    if (scan === undefined || scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) return false;
+    // Any rcode but NOERROR and NXDOMAIN failed to refresh the name (RFC 8767 4): the worker answers stale, if it can.
+    if (scan === undefined || !refreshesName(scan.rcode)) return false;
     const policy = this.#policy();
     const plan = planCaching(scan, policy.cache, a);
     // Served the same second it is stored: no aging, so the clock does not matter here.
