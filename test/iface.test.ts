@@ -245,6 +245,7 @@ t.test('rule scheme: node-cache’s rules per address', async (t) => {
   t.match(nft, /^table inet nodelocaldns\ndelete table inet nodelocaldns\ntable inet nodelocaldns \{/);
   t.match(nft, /type filter hook prerouting priority -300;/);
   t.match(nft, /ip6 daddr fd00::a udp dport 53 socket wildcard 0 notrack comment "nodelocaldns"/);
+  t.match(nft, /ip6 daddr fd00::a tcp dport 53 socket wildcard 1 return comment "nodelocaldns"\n\t\tip6 daddr fd00::a tcp dport 53 socket transparent 0 notrack /, 'TCP: also a half-open or TIME_WAIT socket');
   t.match(nft, /ip6 daddr fd00::a udp dport 53 notrack comment "nodelocaldns"/, 'hostNetwork clients -> us (raw OUTPUT): unconditional, no socket match there');
   t.notMatch(nft, /saddr[^\n]*socket/, 'our replies: unconditional');
   t.notMatch(nft, /type nat/, 'no nat chain without a fail-open target');
