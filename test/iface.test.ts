@@ -688,22 +688,34 @@ t.test('a start that fails half way through the interface leaves no link or addr
   t.not(left.status, 0, `the link it created is gone (found: ${left.stdout.trim()})`);
 });
 
-t.test('interception whose start fails for one family leaves none of its rules behind', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') ? false : 'iptables-legacy not installed') }, async (t) => {
-  const ns = netns(t);
-  const real = spawnRunner(['ip', 'netns', 'exec', ns]);
-  // ip6tables refuses the batch (no xt_socket / ip6table_raw for IPv6 on this kernel, say); iptables takes its own.
-  const run: CommandRunner = (cmd, args, stdin) =>
-    cmd === 'ip6tables-legacy-restore'
-      ? Promise.resolve({ status: 2, stdout: '', stderr: "ip6tables-restore v1.8.9 (legacy): Couldn't load match `socket':No such file or directory\n", error: null })
-      : real(cmd, args, stdin);
-  const part = interceptionPart({
-    addresses: ['169.254.20.10', 'fd00::a'], port: 53, healthPort: 8080, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
-    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock: new ManualClock(), logger: silentLogger, counters: newSetupCounters(), run,
-  })!;
-  await t.rejects(part.start(), /Couldn't load match `socket'/);
-  // The lifecycle stops only the parts that started: a part whose start failed must undo its own half.
-  const left = inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l));
-  t.same(left, [], 'no IPv4 rule of ours on a node the agent is not serving');
+t.test('interception whose start fails for one family leaves none of its rules behind, --skip-teardown or not', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') ? false : 'iptables-legacy not installed') }, async (t) => {
+  // --skip-teardown keeps what a running agent set up when it exits; a start that failed set up nothing to keep: the interface
+  // part's rollback removes the link it created either way, and rules left without it would send the node's own NOTRACKed
+  // DNS to the ClusterIP off the node (no local address, no kube-proxy DNAT) for as long as the start keeps failing.
+  for (const skipTeardown of [false, true]) {
+    const ns = netns(t);
+    const real = spawnRunner(['ip', 'netns', 'exec', ns]);
+    // ip6tables refuses the batch (no xt_socket / ip6table_raw for IPv6 on this kernel, say); iptables takes its own.
+    const run: CommandRunner = (cmd, args, stdin) =>
+      cmd === 'ip6tables-legacy-restore'
+        ? Promise.resolve({ status: 2, stdout: '', stderr: "ip6tables-restore v1.8.9 (legacy): Couldn't load match `socket':No such file or directory\n", error: null })
+        : real(cmd, args, stdin);
+    const options = {
+      port: 53, healthPort: 8080, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+      firewall: 'iptables-legacy', skipTeardown, syncIntervalMs: 1000, clock: new ManualClock(), logger: silentLogger, counters: newSetupCounters(), run,
+    } as const;
+    const ours = (): string[] => inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l));
+    const part = interceptionPart({ ...options, addresses: ['169.254.20.10', 'fd00::a'] })!;
+    await t.rejects(part.start(), /Couldn't load match `socket'/);
+    // The lifecycle stops only the parts that started: a part whose start failed must undo its own half.
+    t.same(ours(), [], `skipTeardown ${skipTeardown}: no IPv4 rule of ours on a node the agent is not serving`);
+    // A start that succeeded, rolled back because a later part failed.
+    const v4 = interceptionPart({ ...options, addresses: ['169.254.20.10'] })!;
+    await v4.start();
+    t.not(ours().length, 0, 'rules in place');
+    await v4.stop(0, 'rollback');
+    t.same(ours(), [], `skipTeardown ${skipTeardown}: a rolled-back start leaves no rule either`);
+  }
 });
 
 t.test('EACCES from RTM_NEWADDR is IPv6 turned off on the link, not a missing capability', async (t) => {
