@@ -245,6 +245,7 @@ t.test('rule scheme: node-cache’s rules per address', async (t) => {
   t.match(nft, /^table inet nodelocaldns\ndelete table inet nodelocaldns\ntable inet nodelocaldns \{/);
   t.match(nft, /type filter hook prerouting priority -300;/);
   t.match(nft, /ip6 daddr fd00::a udp dport 53 socket wildcard 0 notrack comment "nodelocaldns"/);
+  t.match(nft, /ip6 daddr fd00::a tcp dport 53 socket wildcard 1 return comment "nodelocaldns"\n\t\tip6 daddr fd00::a tcp dport 53 socket transparent 0 notrack /, 'TCP: also a half-open or TIME_WAIT socket');
   t.match(nft, /ip6 daddr fd00::a udp dport 53 notrack comment "nodelocaldns"/, 'hostNetwork clients -> us (raw OUTPUT): unconditional, no socket match there');
   t.notMatch(nft, /saddr[^\n]*socket/, 'our replies: unconditional');
   t.notMatch(nft, /type nat/, 'no nat chain without a fail-open target');
@@ -687,22 +688,34 @@ t.test('a start that fails half way through the interface leaves no link or addr
   t.not(left.status, 0, `the link it created is gone (found: ${left.stdout.trim()})`);
 });
 
-t.test('interception whose start fails for one family leaves none of its rules behind', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') ? false : 'iptables-legacy not installed') }, async (t) => {
-  const ns = netns(t);
-  const real = spawnRunner(['ip', 'netns', 'exec', ns]);
-  // ip6tables refuses the batch (no xt_socket / ip6table_raw for IPv6 on this kernel, say); iptables takes its own.
-  const run: CommandRunner = (cmd, args, stdin) =>
-    cmd === 'ip6tables-legacy-restore'
-      ? Promise.resolve({ status: 2, stdout: '', stderr: "ip6tables-restore v1.8.9 (legacy): Couldn't load match `socket':No such file or directory\n", error: null })
-      : real(cmd, args, stdin);
-  const part = interceptionPart({
-    addresses: ['169.254.20.10', 'fd00::a'], port: 53, healthPort: 8080, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
-    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock: new ManualClock(), logger: silentLogger, counters: newSetupCounters(), run,
-  })!;
-  await t.rejects(part.start(), /Couldn't load match `socket'/);
-  // The lifecycle stops only the parts that started: a part whose start failed must undo its own half.
-  const left = inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l));
-  t.same(left, [], 'no IPv4 rule of ours on a node the agent is not serving');
+t.test('interception whose start fails for one family leaves none of its rules behind, --skip-teardown or not', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') ? false : 'iptables-legacy not installed') }, async (t) => {
+  // --skip-teardown keeps what a running agent set up when it exits; a start that failed set up nothing to keep: the interface
+  // part's rollback removes the link it created either way, and rules left without it would send the node's own NOTRACKed
+  // DNS to the ClusterIP off the node (no local address, no kube-proxy DNAT) for as long as the start keeps failing.
+  for (const skipTeardown of [false, true]) {
+    const ns = netns(t);
+    const real = spawnRunner(['ip', 'netns', 'exec', ns]);
+    // ip6tables refuses the batch (no xt_socket / ip6table_raw for IPv6 on this kernel, say); iptables takes its own.
+    const run: CommandRunner = (cmd, args, stdin) =>
+      cmd === 'ip6tables-legacy-restore'
+        ? Promise.resolve({ status: 2, stdout: '', stderr: "ip6tables-restore v1.8.9 (legacy): Couldn't load match `socket':No such file or directory\n", error: null })
+        : real(cmd, args, stdin);
+    const options = {
+      port: 53, healthPort: 8080, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+      firewall: 'iptables-legacy', skipTeardown, syncIntervalMs: 1000, clock: new ManualClock(), logger: silentLogger, counters: newSetupCounters(), run,
+    } as const;
+    const ours = (): string[] => inNs(ns, 'iptables-legacy-save').stdout.split('\n').filter((l) => /nodelocaldns/i.test(l));
+    const part = interceptionPart({ ...options, addresses: ['169.254.20.10', 'fd00::a'] })!;
+    await t.rejects(part.start(), /Couldn't load match `socket'/);
+    // The lifecycle stops only the parts that started: a part whose start failed must undo its own half.
+    t.same(ours(), [], `skipTeardown ${skipTeardown}: no IPv4 rule of ours on a node the agent is not serving`);
+    // A start that succeeded, rolled back because a later part failed.
+    const v4 = interceptionPart({ ...options, addresses: ['169.254.20.10'] })!;
+    await v4.start();
+    t.not(ours().length, 0, 'rules in place');
+    await v4.stop(0, 'rollback');
+    t.same(ours(), [], `skipTeardown ${skipTeardown}: a rolled-back start leaves no rule either`);
+  }
 });
 
 t.test('EACCES from RTM_NEWADDR is IPv6 turned off on the link, not a missing capability', async (t) => {
@@ -948,3 +961,68 @@ t.test('order check: a jump to another user chain above ours (Calico, kube-proxy
     'raw PREROUTING: jump to NODELOCALDNS-PREROUTING is rule 3, below "-A PREROUTING -p udp -j DROP"',
   ], 'a verdict above it (here under Calico\'s jump) still is');
 });
+
+/** A TCP server in a namespace: answers each connection with "WORD <the local address it was reached on>" and closes. */
+const TCP_STAND_IN = `require('node:net').createServer((c) => { c.on('error', () => {}); c.end(process.argv[2] + ' ' + c.localAddress); })
+  .listen(53, process.argv[1], () => console.log('listening'));
+setTimeout(() => process.exit(0), 60000);`;
+/** One connection to HOST:53: prints what the server said, or the error. */
+const TCP_CLIENT = `const c = require('node:net').connect(53, process.argv[1]);
+let got = '';
+c.setTimeout(3000, () => { console.log('timeout'); c.destroy(); });
+c.on('data', (d) => { got += d; });
+c.on('end', () => console.log(got));
+c.on('error', (e) => console.log(e.code));`;
+
+for (const { label, backend, need } of BACKENDS) {
+  t.test(`pods' DNS over TCP to an address kube-proxy DNATs reaches our listener, and kube-dns once it is gone: ${label}`, { skip: namespaceSkip() || (hasCommand(need) ? false : `${need} not installed`) }, async (t) => {
+    // node: veth0 10.244.0.1, link nodelocaldns holding the ClusterIP 10.96.0.10 (iptables mode), the "kube-dns pod" 10.244.1.53 on lo;
+    // pod: veth1 10.244.0.2. kube-proxy's DNAT of 10.96.0.10:53 to 10.244.1.53:53 in the backend's own tool.
+    const node = netns(t);
+    const pod = netns(t);
+    const steps: string[][] = [
+      ['ip', '-n', node, 'link', 'set', 'lo', 'up'],
+      ['ip', '-n', pod, 'link', 'set', 'lo', 'up'],
+      ['ip', 'link', 'add', 'veth0', 'netns', node, 'type', 'veth', 'peer', 'name', 'veth1', 'netns', pod],
+      ['ip', '-n', node, 'addr', 'add', '10.244.0.1/24', 'dev', 'veth0'],
+      ['ip', '-n', node, 'link', 'set', 'veth0', 'up'],
+      ['ip', '-n', pod, 'addr', 'add', '10.244.0.2/24', 'dev', 'veth1'],
+      ['ip', '-n', pod, 'link', 'set', 'veth1', 'up'],
+      ['ip', '-n', pod, 'route', 'add', 'default', 'via', '10.244.0.1'],
+      ['ip', '-n', node, 'link', 'add', 'nodelocaldns', 'type', 'bridge'],
+      ['ip', '-n', node, 'link', 'set', 'nodelocaldns', 'up'],
+      ['ip', '-n', node, 'addr', 'add', '10.96.0.10/32', 'dev', 'nodelocaldns'],
+      ['ip', '-n', node, 'addr', 'add', '10.244.1.53/32', 'dev', 'lo'],
+    ];
+    t.same(steps.filter((s) => sh(s[0]!, s.slice(1)).status !== 0), [], 'the two namespaces wired');
+    const kubeProxy = backend.kind === 'nftables'
+      ? spawnSync('ip', ['netns', 'exec', node, 'nft', '-f', '-'], { input: 'table ip kube-proxy {\n\tchain pre {\n\t\ttype nat hook prerouting priority dstnat;\n\t\tip daddr 10.96.0.10 tcp dport 53 dnat to 10.244.1.53:53\n\t}\n}\n' })
+      : spawnSync('ip', ['netns', 'exec', node, `iptables-${backend.mode}`, '-t', 'nat', '-A', 'PREROUTING', '-d', '10.96.0.10/32', '-p', 'tcp', '--dport', '53', '-j', 'DNAT', '--to-destination', '10.244.1.53:53']);
+    t.equal(kubeProxy.status, 0, 'kube-proxy stand-in in place');
+    const fw = new Firewall({ name: 'nodelocaldns', addresses: ['10.96.0.10'], port: 53, healthPort: null, backend, run: spawnRunner(['ip', 'netns', 'exec', node]), counters: newSetupCounters() });
+    await fw.apply();
+
+    const serve = async (host: string, word: string): Promise<ChildProcess> => {
+      const child = spawn('ip', ['netns', 'exec', node, process.execPath, '-e', TCP_STAND_IN, host, word], { env: CHILD_ENV, stdio: ['ignore', 'pipe', 'inherit'] });
+      t.teardown(() => stopChild(child, 'SIGKILL', 2000));
+      t.not(await new Lines(child.stdout).next((l) => l === 'listening', 30_000), null, `${word} listens on ${host}:53`);
+      return child;
+    };
+    const ask = (): string => {
+      const r = spawnSync('ip', ['netns', 'exec', pod, process.execPath, '-e', TCP_CLIENT, '10.96.0.10'], { encoding: 'utf8', env: CHILD_ENV, timeout: 20_000, killSignal: 'SIGKILL' });
+      return (r.stdout ?? '').trim();
+    };
+
+    const kubeDns = await serve('10.244.1.53', 'kube-dns');
+    const agent = await serve('10.96.0.10', 'agent');
+    // The client's ACK that completes the handshake must be NOTRACKed too: tracked, it takes kube-proxy's DNAT and kube-dns resets it.
+    for (let i = 0; i < 3; i++) t.equal(ask(), 'agent 10.96.0.10', `connection ${i + 1}: answered by our listener`);
+    await stopChild(agent, 'SIGKILL', 2000);
+    t.equal(ask(), 'kube-dns 10.244.1.53', 'no socket of ours: kube-proxy\'s DNAT to kube-dns (fail open)');
+    await stopChild(kubeDns, 'SIGKILL', 2000);
+    // A listener on the wildcard (someone else's *:53) does not keep the interception on, as iptables' -m socket.
+    await serve('0.0.0.0', 'wildcard');
+    t.equal(ask(), 'wildcard 10.244.1.53', 'a wildcard listener is no socket of ours: the connection still takes the DNAT');
+    t.equal(await fw.remove(), null, 'rules removed');
+  });
+}

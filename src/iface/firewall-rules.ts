@@ -17,7 +17,7 @@
  * packet skips the nat table, so kube-proxy's DNAT of the ClusterIP never
  * happens and the packet is delivered to the address on our link). It only
  * applies while a socket bound to A:P exists (`-m socket`, nft `socket
- * wildcard 0`): the kernel closes our sockets the moment the agent dies,
+ * wildcard 0` and for TCP the pair in nftRules): the kernel closes our sockets the moment the agent dies,
  * however it dies (SIGKILL, OOM), so from the next packet on pods' queries are
  * conntracked again and take kube-proxy's path to kube-dns; a restarted agent
  * binds again and the rule matches again, with nothing to rewrite. Sockets
@@ -304,14 +304,30 @@ const NFT_CHAINS: readonly (readonly [string, 'prerouting' | 'input' | 'output',
   ['filter-output', 'output', -10, 'filter', 'OUTPUT'],
 ];
 
-export function nftRule(name: string, r: Rule): string {
+/**
+ * The nft rules for one Rule. A socket-conditional one matches as iptables'
+ * plain -m socket does: any socket found for the packet, unless a full one
+ * bound to the wildcard. `socket wildcard 0` alone is not that: for a socket
+ * that is not full (TCP's request socket in SYN_RECV, a TIME_WAIT one) it
+ * yields nothing, so the client's ACK that completes the handshake was
+ * tracked, took kube-proxy's DNAT (or the fail-open one) and kube-dns reset
+ * the connection. So a wildcard socket returns first (ends our chain), then
+ * any other socket found is NOTRACKed (`socket transparent` has a value for
+ * every kind; ours are never IP_TRANSPARENT). UDP finds full sockets only:
+ * one rule.
+ */
+export function nftRules(name: string, r: Rule): string[] {
+  if (!r.ifSocket) return [nftRule(name, r)];
+  if (r.proto === 'udp') return [nftRule(name, r, 'socket wildcard 0')];
+  return [nftRule(name, r, 'socket wildcard 1', 'return'), nftRule(name, r, 'socket transparent 0')];
+}
+
+export function nftRule(name: string, r: Rule, socket = '', verdictText?: string): string {
   const ip = r.family === 4 ? 'ip' : 'ip6';
   const where = r.dir === 'to' ? `${ip} daddr ${r.addr}` : `${ip} saddr ${r.addr}`;
   const port = r.dir === 'to' ? `${r.proto} dport ${r.port}` : `${r.proto} sport ${r.port}`;
-  // `socket wildcard 0`: a socket is bound to the packet's address and port, and not to the wildcard (iptables' plain -m socket).
-  const socket = r.ifSocket ? ' socket wildcard 0' : '';
-  const verdict = r.verdict === 'dnat' ? `dnat ${ip} to ${r.to ?? ''}` : r.verdict;
-  return `${where} ${port}${socket} ${verdict} comment "${name.replace(/["\\]/g, '')}"`;
+  const verdict = verdictText ?? (r.verdict === 'dnat' ? `dnat ${ip} to ${r.to ?? ''}` : r.verdict);
+  return `${where} ${port}${socket === '' ? '' : ` ${socket}`} ${verdict} comment "${name.replace(/["\\]/g, '')}"`;
 }
 
 /**
@@ -326,7 +342,7 @@ export function nftApplyScript(name: string, want: readonly Rule[]): string {
     // No nat chain without a DNAT: a nat base chain costs a hook (and needs nf_nat) for nothing.
     if (table === 'nat' && rules.length === 0) continue;
     lines.push(`\tchain ${chain} {`, `\t\ttype ${table === 'nat' ? 'nat' : 'filter'} hook ${hook} priority ${prio}; policy accept;`);
-    for (const r of rules) lines.push(`\t\t${nftRule(name, r)}`);
+    for (const r of rules) lines.push(...nftRules(name, r).map((l) => `\t\t${l}`));
     lines.push('\t}');
   }
   lines.push('}', '');

@@ -14,7 +14,7 @@
  * loopback needs no interface and no rules.
  */
 import type { Clock } from '../clock.js';
-import type { Component } from '../lifecycle.js';
+import type { Component, StopReason } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import { detectFirewallBackend } from './firewall-detect.js';
 import { Firewall, type FirewallBackend } from './firewall.js';
@@ -139,7 +139,7 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
         others = await firewall.apply();
       } catch (e) {
         // The lifecycle stops only parts that started: a family apply did write would steer pods to an agent that exits.
-        await removeRules(firewall);
+        await removeRules(firewall, 'rollback');
         throw e;
       }
       inPlace = true;
@@ -156,15 +156,20 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
         if (c.error !== null) o.logger.warn('interception check failed', { error: c.error });
       });
     },
-    stop: async () => {
+    stop: async (_deadline, why) => {
       await stopChecks?.();
       inPlace = false;
-      if (firewall !== null) await removeRules(firewall);
+      if (firewall !== null) await removeRules(firewall, why);
     },
   };
 
-  async function removeRules(fw: Firewall): Promise<void> {
-    if (o.skipTeardown) return;
+  /**
+   * --skip-teardown keeps a running agent's rules at exit, not those of a start that failed: the interface
+   * part's rollback removes the link it made all the same, and rules without it would send the node's own
+   * NOTRACKed DNS to the ClusterIP off the node. Without rules, everything takes kube-proxy's path.
+   */
+  async function removeRules(fw: Firewall, why: StopReason = 'stop'): Promise<void> {
+    if (o.skipTeardown && why !== 'rollback') return;
     if (o.successor?.() === true) {
       o.logger.info('another agent serves these addresses: leaving the interception rules to it');
       return;
