@@ -1229,6 +1229,31 @@ t.test('loop: a miss crosses once for many clients on two sockets, its answer go
   t.equal(all.at(-1)?.closed, true, 'closed last');
 });
 
+t.test('loop: a handler that throws after its query became a waiter does not leave that waiter reading the receive slot the next datagram refills', async (t) => {
+  const original = HitPath.prototype.handle;
+  // A fault injected after the real handling: the miss is open and its client waits on it.
+  HitPath.prototype.handle = function (this: HitPath, ...args: Parameters<HitPath['handle']>): void {
+    original.apply(this, args);
+    if (dnsPacket.decode(args[0]).id === 1) throw new Error('injected after the waiter was taken');
+  };
+  t.teardown(() => {
+    HitPath.prototype.handle = original;
+  });
+  const { k, loop } = loopRig([
+    () => k.queue(5, { data: query({ name: 'first.example.com', id: 1 }), from: from4(1111) }),
+    // Into the same receive slot: its sockaddr words now say 2222.
+    () => k.queue(5, { data: query({ name: 'second.example.com', id: 2 }), from: from4(2222) }),
+    () => {
+      answerMisses(k, k.reports(), (n) => answer(n, [rr(n, '192.0.2.9', 60)]));
+    },
+    () => {},
+  ]);
+  loop.run();
+  const first = k.sent.filter((s) => idOf(s.data) === 1);
+  t.same(first.map((s) => portOf(s.to)), [1111], 'the first client gets its answer, at its own address');
+  t.same(k.sent.filter((s) => idOf(s.data) === 2).map((s) => portOf(s.to)), [2222], 'the second client gets its own');
+});
+
 t.test('loop: after a turn that posted misses (under a batch, no completions waiting) it sleeps at once; after hits or a full batch it looks again first', async (t) => {
   const at: number[] = [];
   const { k, loop, c, store } = loopRig([
