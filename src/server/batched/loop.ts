@@ -303,7 +303,12 @@ export class WorkerLoop implements MissSink {
         hits.handle(msg, channel, peer);
       } catch (err) {
         this.#logger.error('query handler threw', { error: String(err) });
-        peer.answered = true;
+        // It may have made the query a waiter (answered here, unreported): keep it off the slot the next datagram refills.
+        if (!peer.answered) {
+          peer.detach(this.#detached);
+          peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
+          continue;
+        }
       }
       if (!peer.answered) {
         // The query waits on a miss and keeps this peer: give the slot a fresh one.
