@@ -184,6 +184,13 @@ t.test('2.3.2 ClusterIP SRV', async (t) => {
   nxdomain(t, ask(v, `_tcp.${SVC('sleepy.apps')}`, 'SRV'), 'headless without ready endpoints: no ENT');
   nxdomain(t, ask(v, `_._tcp.${SVC('dual.apps')}`, 'SRV'), 'unnamed ports have no SRV name');
   nxdomain(t, ask(v, `a._http._tcp.${SVC('kubernetes.default')}`, 'SRV'), 'too long');
+  // The SRV name is answered without its underscores too (CoreDNS parse.go stripUnderscore): the name above it then
+  // exists as well, or its NXDOMAIN would deny what lies below (RFC 8020) and a resolver that trusts that would too.
+  positive(t, ask(v, `https.tcp.${SVC('kubernetes.default')}`, 'SRV'), 'SRV',
+    [{ priority: 0, weight: 100, port: 443, target: SVC('kubernetes.default') }], 'https.tcp: without underscores');
+  nodata(t, ask(v, `tcp.${SVC('kubernetes.default')}`, 'SRV'), 'tcp.<svc> exists (ENT), as _tcp.<svc> does');
+  nxdomain(t, ask(v, `udp.${SVC('kubernetes.default')}`, 'SRV'), 'no UDP port: no udp ENT');
+  nodata(t, ask(v, `tcp.${SVC('web.apps')}`, 'SRV'), 'headless: tcp.<svc> ENT from slice ports');
 });
 
 t.test('2.3.3 PTR for cluster IPs (v4 and v6)', async (t) => {
