@@ -109,8 +109,9 @@ function classifyService(view: ClusterViewReader, rel: readonly string[]): Node 
   if (n === 4) {
     const host = rel[0]!;
     if (backends(view, svc, host).length > 0) return { t: 'endpoint', svc, host };
-    // "_tcp.<svc>..." is the empty non-terminal above "_http._tcp.<svc>...".
-    if (host.startsWith('_') && hasNamedPort(view, svc, strip(host))) return EMPTY;
+    // "_tcp.<svc>..." is the empty non-terminal above "_http._tcp.<svc>...", and "tcp.<svc>..." the one above
+    // "http.tcp.<svc>..." (the SRV name is answered without its underscores too): its NXDOMAIN would deny the SRV name.
+    if (hasNamedPort(view, svc, strip(host))) return EMPTY;
     return NX;
   }
   const port = strip(rel[0]!);
