@@ -191,6 +191,10 @@ t.test('2.3.2 ClusterIP SRV', async (t) => {
   nodata(t, ask(v, `tcp.${SVC('kubernetes.default')}`, 'SRV'), 'tcp.<svc> exists (ENT), as _tcp.<svc> does');
   nxdomain(t, ask(v, `udp.${SVC('kubernetes.default')}`, 'SRV'), 'no UDP port: no udp ENT');
   nodata(t, ask(v, `tcp.${SVC('web.apps')}`, 'SRV'), 'headless: tcp.<svc> ENT from slice ports');
+  // A protocol label of '_' alone names no protocol (CoreDNS: stripUnderscore gives '', which matches none), not every one.
+  nxdomain(t, ask(v, `_https._.${SVC('kubernetes.default')}`, 'SRV'), 'an empty protocol: no SRV');
+  nxdomain(t, ask(v, `_http._.${SVC('web.apps')}`, 'SRV'), 'an empty protocol: no headless SRV either');
+  nxdomain(t, ask(v, `_.${SVC('kubernetes.default')}`, 'SRV'), 'and no ENT above one');
 });
 
 t.test('2.3.3 PTR for cluster IPs (v4 and v6)', async (t) => {
