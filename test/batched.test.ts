@@ -1037,7 +1037,7 @@ t.test('shed gate: sheds everything for SHED_WINDOW_MS after the main thread\'s 
   t.equal(c.get('shedBusy'), 5, 'each shed miss counted');
 });
 
-t.test('the shared cache: another worker\'s miss on a fetched name is answered without the upstream, aged, until the entry is due for refresh', async (t) => {
+t.test('the shared cache: another worker\'s miss on a fetched name is answered without the upstream, aged; only a refresh due goes upstream', async (t) => {
   const clock = new ManualClock();
   const counters = new Counters(BATCHED_COUNTERS);
   const shared = new DnsCache(CACHE, new Counters(CACHE_COUNTERS));
@@ -1063,12 +1063,17 @@ t.test('the shared cache: another worker\'s miss on a fetched name is answered w
   const decoded = dnsPacket.decode(got!);
   t.equal(ttlOf(decoded.answers![0]!), 15, 'TTL aged, so the worker\'s copy expires with the original');
   t.equal(decoded.id, 0, 'answers the worker\'s upstream form of the question');
-  // CACHE has prefetch at 10% with 3 hits: a 20 s entry is due from 18 s; from then on a miss goes upstream again.
+  // CACHE has prefetch at 10% with 3 hits: a 20 s entry is due from 18 s. A worker's plain miss there (its lock-free
+  // read gave up, or the entry arrived since it looked) is still answered from the store; only the refresh goes upstream.
   clock.advance(13_500);
   ex.forward(b, 78, q.key, up);
-  t.equal(sent.length, 2, 'in the prefetch window the question goes upstream');
+  t.equal(sent.length, 1, 'in the prefetch window a plain miss is still answered from the store');
+  t.equal(counters.get('sharedHits'), 2);
+  t.equal(b.got[1]?.[0], 78, 'to the worker that asked');
+  ex.sinkFor(a).forward(79, q.key, up, true);
+  t.equal(sent.length, 2, 'in the prefetch window the refresh goes upstream');
   ex.complete(sent[1]!.token, answer(name, [rr(name, '192.0.2.1', 20)], { rcode: 'SERVFAIL' }), 'upstream');
-  t.equal(counters.get('sharedHits'), 1);
+  t.equal(counters.get('sharedHits'), 2);
   const q2 = parseQuery(query({ name: 'other.example.com' }));
   ex.forward(a, 2, q2.key, upstreamQuery(q2));
   ex.complete(sent[2]!.token, answer('other.example.com', [], { rcode: 'SERVFAIL' }), 'upstream');

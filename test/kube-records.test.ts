@@ -184,6 +184,17 @@ t.test('2.3.2 ClusterIP SRV', async (t) => {
   nxdomain(t, ask(v, `_tcp.${SVC('sleepy.apps')}`, 'SRV'), 'headless without ready endpoints: no ENT');
   nxdomain(t, ask(v, `_._tcp.${SVC('dual.apps')}`, 'SRV'), 'unnamed ports have no SRV name');
   nxdomain(t, ask(v, `a._http._tcp.${SVC('kubernetes.default')}`, 'SRV'), 'too long');
+  // The SRV name is answered without its underscores too (CoreDNS parse.go stripUnderscore): the name above it then
+  // exists as well, or its NXDOMAIN would deny what lies below (RFC 8020) and a resolver that trusts that would too.
+  positive(t, ask(v, `https.tcp.${SVC('kubernetes.default')}`, 'SRV'), 'SRV',
+    [{ priority: 0, weight: 100, port: 443, target: SVC('kubernetes.default') }], 'https.tcp: without underscores');
+  nodata(t, ask(v, `tcp.${SVC('kubernetes.default')}`, 'SRV'), 'tcp.<svc> exists (ENT), as _tcp.<svc> does');
+  nxdomain(t, ask(v, `udp.${SVC('kubernetes.default')}`, 'SRV'), 'no UDP port: no udp ENT');
+  nodata(t, ask(v, `tcp.${SVC('web.apps')}`, 'SRV'), 'headless: tcp.<svc> ENT from slice ports');
+  // A protocol label of '_' alone names no protocol (CoreDNS: stripUnderscore gives '', which matches none), not every one.
+  nxdomain(t, ask(v, `_https._.${SVC('kubernetes.default')}`, 'SRV'), 'an empty protocol: no SRV');
+  nxdomain(t, ask(v, `_http._.${SVC('web.apps')}`, 'SRV'), 'an empty protocol: no headless SRV either');
+  nxdomain(t, ask(v, `_.${SVC('kubernetes.default')}`, 'SRV'), 'and no ENT above one');
 });
 
 t.test('2.3.3 PTR for cluster IPs (v4 and v6)', async (t) => {

@@ -1193,3 +1193,20 @@ t.test('routing: the zones a local answerer covers (what batched workers never s
   t.same(build(['--stub-domain', 'in-addr.arpa=127.0.0.1:1055'], new ClusterView()).localZones, ['cluster.local', 'ip6.arpa'], 'a stub domain that takes over a zone takes it from the view');
   t.same(build([], null).localZones, [], 'no view (--no-kube): none');
 });
+
+t.test('upstream NOTIMP is a failure as SERVFAIL and REFUSED are (as the upstream health counts it): the view answers first, else stale, else SERVFAIL', async (t) => {
+  // musl ignores a NOTIMP as it does a REFUSED and waits out its whole timeout; glibc moves on from all three alike.
+  const viewAnswer = answer(SVC, [a(SVC, '10.96.0.9', 5)], { aa: true });
+  const local: LocalAnswerer = { answer: () => ({ answer: viewAnswer, chase: '' }), deniesForSure: () => false };
+  const r = rig({ local });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 1 }), ch, PEER);
+  r.cluster.answer(0, answer(SVC, [], { rcode: 'NOTIMP' }));
+  t.equal(rcodeOf(ch.sent[0]!), 0, `kube-dns NOTIMP: the view's answer (got rcode ${rcodeOf(ch.sent[0]!)})`);
+  t.same(ch.decoded(0).answers?.map((x) => (x as { data: string }).data), ['10.96.0.9'], 'the address the view holds');
+  t.equal(r.resolver.counters.get('localOnFailure'), 1, 'counted as an answer on failure');
+  r.hits.handle(query({ name: 'lame.example', id: 2 }), ch, PEER);
+  r.external.answer(0, answer('lame.example', [], { rcode: 'NOTIMP' }));
+  t.equal(rcodeOf(ch.sent[1]!), 2, 'an external NOTIMP with nothing stale: SERVFAIL, as after REFUSED');
+  t.equal(r.resolver.counters.get('failServfail'), 2, 'both counted as failed answers');
+});

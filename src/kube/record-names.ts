@@ -109,14 +109,17 @@ function classifyService(view: ClusterViewReader, rel: readonly string[]): Node 
   if (n === 4) {
     const host = rel[0]!;
     if (backends(view, svc, host).length > 0) return { t: 'endpoint', svc, host };
-    // "_tcp.<svc>..." is the empty non-terminal above "_http._tcp.<svc>...".
-    if (host.startsWith('_') && hasNamedPort(view, svc, strip(host))) return EMPTY;
+    // "_tcp.<svc>..." is the empty non-terminal above "_http._tcp.<svc>...", and "tcp.<svc>..." the one above
+    // "http.tcp.<svc>..." (the SRV name is answered without its underscores too): its NXDOMAIN would deny the SRV name.
+    const proto = strip(host);
+    if (proto !== '' && hasNamedPort(view, svc, proto)) return EMPTY;
     return NX;
   }
   const port = strip(rel[0]!);
   const proto = strip(rel[1]!);
-  // An unnamed port has no SRV name (spec 2.3.2): '' must not match it.
-  if (port === '') return NX;
+  // An unnamed port has no SRV name (spec 2.3.2): '' must not match it; nor is '' a protocol ('_' alone: CoreDNS
+  // strips it to '', which matches none), though the filter reads '' as any.
+  if (port === '' || proto === '') return NX;
   return srvTargets(view, svc, port, proto).length > 0 ? { t: 'srv', svc, port, proto } : NX;
 }
 

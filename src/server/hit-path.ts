@@ -245,8 +245,8 @@ export class HitPath implements QueryHandler {
           });
         }
       } else if (scan.rcode !== Rcode.SERVFAIL && scan.rcode !== Rcode.REFUSED && (refreshesName(scan.rcode) || this.#cache.stale(miss.key, now, 0) === undefined)) {
-        // Another rcode (NOTIMP, FORMERR: passed on once no server did better) says nothing of the name either: stale
-        // when there is one (RFC 8767 4), else the upstream's answer as it came.
+        // Another rcode (FORMERR...: the resolver makes SERVFAIL, NOTIMP and REFUSED failures) says nothing of the name
+        // either: stale when there is one (RFC 8767 4), else the upstream's answer as it came.
         this.#recentFailures.answered(miss.key);
         const fresh: CacheEntry = this.#validates ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {

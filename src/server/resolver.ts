@@ -29,6 +29,7 @@ import { nameToWire } from '../dns/name.js';
 import { QueryStatus, parseQuery } from '../dns/query.js';
 import type { Clock } from '../clock.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
+import { serverFailed } from '../upstream/health.js';
 import type { ZoneRouter } from '../upstream/router.js';
 import { MAX_CONCURRENT_REJECTS_HELP } from '../upstream/upstream-counters.js';
 import type { UpstreamExchange, UpstreamFailure } from '../upstream/types.js';
@@ -86,10 +87,12 @@ export interface ResolverOptions {
   readonly maxConcurrent: number;
 }
 
-/** An answer that is a failure (SERVFAIL, REFUSED, or too short to say): it answers nothing. */
+/**
+ * An answer that is a failure (SERVFAIL, NOTIMP, REFUSED, or too short to say): it answers nothing. The same rcodes
+ * the upstream side moves on from and its health counts (health.ts serverFailed): one judgement of a server's answer.
+ */
 function failedAnswer(answer: Buffer): boolean {
-  const rcode = answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL;
-  return rcode === Rcode.SERVFAIL || rcode === Rcode.REFUSED;
+  return serverFailed(answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL);
 }
 
 /** Why a local answer is being given, for its counter. */
@@ -155,8 +158,8 @@ export class Resolver implements MissSink, PendingOwner {
   }
 
   answered(p: PendingQuery, answer: Buffer): void {
-    // An upstream that answers SERVFAIL or REFUSED has failed this question: clients get our failure
-    // order, never a REFUSED (musl then waits out its whole timeout; unbound answers SERVFAIL too).
+    // An upstream that answers SERVFAIL, NOTIMP or REFUSED has failed this question: clients get our failure
+    // order, never a REFUSED or NOTIMP (musl ignores both and waits out its whole timeout; unbound answers SERVFAIL too).
     if (failedAnswer(answer)) {
       this.#v[S.failServfail]!++;
       this.#fallBack(p, 'servfail');
@@ -274,7 +277,7 @@ export class Resolver implements MissSink, PendingOwner {
       query: upstreamQuery(q),
       deadline: this.#clock.now() + targetRoute.timeoutMs,
       resolve: (answer) => {
-        // A target that failed (SERVFAIL, REFUSED) adds nothing: the CNAME alone, NOERROR, as CoreDNS answers;
+        // A target that failed (SERVFAIL, NOTIMP, REFUSED) adds nothing: the CNAME alone, NOERROR, as CoreDNS answers;
         // the join would carry the target's rcode, and musl fails a whole lookup on either family's SERVFAIL.
         const failed = failedAnswer(answer);
         settle(failed ? S.failServfail : -1);

@@ -351,8 +351,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         const token = itemToken(m, k);
         // A worker's refresh is claimed here (readers never set the flag); claimed elsewhere, it still goes to the
         // exchange (clients may have joined it), which joins the fetch in flight or answers from the store.
-        if (itemTag(m, k) === MISS_REFRESH) this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
-        this.#exchange.forward(link, token, keys[k]!, itemBytes(m, k)!);
+        const refresh = itemTag(m, k) === MISS_REFRESH;
+        if (refresh) this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
+        this.#exchange.forward(link, token, keys[k]!, itemBytes(m, k)!, refresh);
       }
     }
     if (r.logs !== null) {

@@ -13,8 +13,9 @@
  * (listener.ts): from then on every worker hits the name itself. A worker's
  * miss is asked of that cache first (TTLs aged), because the entry may have
  * arrived since the worker looked, or the worker's lock-free read gave up
- * while the store was changing under it. It stops answering an entry once
- * the entry is due for prefetch, so a refresh always reaches the upstream.
+ * while the store was changing under it. A refresh is not answered from an
+ * entry due for prefetch, so it always reaches the upstream; a client's miss
+ * still is, until the entry expires.
  */
 import type { DnsCache } from '../../cache/cache.js';
 import type { Clock } from '../../clock.js';
@@ -103,9 +104,9 @@ export class MissExchange implements MissCompleter {
     return this.#byToken.size;
   }
 
-  /** A worker's miss. */
-  forward(from: MissReturn, token: number, key: string, query: Buffer): void {
-    if (this.#shared !== null && this.#fromShared(from, token, key, query)) return;
+  /** A worker's miss; `refresh`: a background refresh of an entry it hit (no client waits on it). */
+  forward(from: MissReturn, token: number, key: string, query: Buffer, refresh = false): void {
+    if (this.#shared !== null && this.#fromShared(from, token, key, query, refresh)) return;
     const waiter: Waiter = { to: from, token };
     const shared = this.#byKey.get(key);
     if (shared !== undefined) {
@@ -129,7 +130,7 @@ export class MissExchange implements MissCompleter {
 
   /** A MissSink whose misses are `to`'s (the main thread's hit path: see BatchedUdpListener.mainSink). */
   sinkFor(to: MissReturn): MissSink {
-    return { forward: (token, key, query) => this.forward(to, token, key, query) };
+    return { forward: (token, key, query, refresh) => this.forward(to, token, key, query, refresh) };
   }
 
   /**
@@ -152,11 +153,15 @@ export class MissExchange implements MissCompleter {
     }
   }
 
-  /** Answers a miss from the shared cache when it holds the key, fresh and not yet due for refresh. */
-  #fromShared(from: MissReturn, token: number, key: string, query: Buffer): boolean {
+  /**
+   * Answers a miss from the shared cache when it holds the key fresh, and a
+   * refresh only while the entry is not yet due for one (one claimed after
+   * another refresh stored the answer).
+   */
+  #fromShared(from: MissReturn, token: number, key: string, query: Buffer, refresh: boolean): boolean {
     const now = this.#clock.now();
     const entry = this.#shared!.lookup(key, now);
-    if (entry === undefined || now >= entry.prefetchAt) return false;
+    if (entry === undefined || (refresh && now >= entry.prefetchAt)) return false;
     // The worker's own upstream form of the question: the answer comes back with its id and spelling, and our OPT.
     const q = parseQuery(query);
     if (q.status !== QueryStatus.OK) return false;
