@@ -479,6 +479,12 @@ t.test('a failing metrics source is a 500, not a crash', async (t) => {
   const r = await request(`${s.url}/metrics`);
   t.equal(r.status, 500);
   t.match(r.body, /collector broke/);
+
+  // A source that throws before it returns a promise (AgentMetrics runs its pre-scrape sums synchronously).
+  const sync = await withServer(t, { metrics: { contentType: 'text/plain', metrics: () => { throw new Error('sums broke'); } } }, ['metrics']);
+  const r2 = await request(`${sync.url}/metrics`);
+  t.equal(r2.status, 500, 'a synchronous throw is a 500 too, not an uncaught exception');
+  t.match(r2.body, /sums broke/);
 });
 
 /** Resolves true once the socket closes, false if it is still open at the deadline. */
