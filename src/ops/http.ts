@@ -271,7 +271,13 @@ export class OpsServer implements Component {
   #metrics(res: http.ServerResponse): void {
     const source = this.#handlers.metrics!;
     if (this.#render === null) {
-      const render = source.metrics();
+      let render: Promise<string>;
+      try {
+        render = source.metrics();
+      } catch (err) {
+        // A throw from the request handler would be uncaught: the process would die over a scrape.
+        render = Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      }
       this.#render = render;
       const done = (): void => {
         if (this.#render === render) this.#render = null;
