@@ -160,6 +160,9 @@ t.test('counter blocks are published with their names, labels and values, over r
   t.equal(p.samples.get(key('nodelocal_dropped_total', { server: SERVER, reason: 'invalid_query' })), 3, 'no constant zone label outside the CoreDNS families');
   t.equal(p.samples.get(key('coredns_cache_hits_total', { server: SERVER, type: 'success', zones: '.' })), 30);
   t.equal(p.samples.get(key('coredns_cache_misses_total', { server: SERVER, zones: '.' })), 11);
+  // CoreDNS 1.9+ has it (and deprecates misses for it): dashboards derive the hit ratio as hits / requests.
+  t.equal(p.samples.get(key('coredns_cache_requests_total', { server: SERVER, zones: '.' })), 41, 'coredns_cache_requests_total: hits + misses');
+  t.equal(p.types.get('coredns_cache_requests_total'), 'counter');
   t.equal(p.types.get('coredns_dns_requests_total'), 'counter');
   t.equal(p.help.get('coredns_dns_requests_total'), 'Counter of DNS requests made per zone, protocol and family.', "CoreDNS's help text");
   t.equal(p.samples.get(key('coredns_build_info', { version: '9.8.7', revision: 'abc123', goversion: `node${process.versions.node}` })), 1);
