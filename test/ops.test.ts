@@ -1029,6 +1029,32 @@ t.test('bounded: a client that pipelines scrapes and never reads the answers get
   t.ok(n <= 8, `at most a few scrapes rendered for one connection that reads nothing (rendered ${n} of 1000 pipelined)`);
 });
 
+t.test('bounded: a client scraping in a loop gets a few renders a second, the rest the last text', async (t) => {
+  // Any pod reaches the metrics port; a render costs the main thread milliseconds (it also serves TCP and every
+  // miss), so one asking back-to-back must not have the agent render without end.
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => `nodelocal_render_total ${++renders}\n`,
+  };
+  const clock = new ManualClock();
+  const limits: Record<string, number> = { maxRendersPerSecond: 3 };
+  const s = new OpsServer({ address: { host: HOST, port: 0 }, routes: ['metrics'], handlers: { metrics: source }, logger: silentLogger, limits, clock });
+  await s.start();
+  t.teardown(() => s.stop());
+  const bodies: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    const r = await request(`${s.url}/metrics`);
+    t.equal(r.status, 200);
+    bodies.push(r.body);
+  }
+  t.equal(renders, 3, 'three renders in the second, however many scrapes');
+  t.same(bodies.slice(3), Array(3).fill('nodelocal_render_total 3\n'), 'the others get the last text');
+  clock.advance(1_000);
+  t.equal((await request(`${s.url}/metrics`)).body, 'nodelocal_render_total 4\n', 'a new second renders again');
+  t.equal(renders, 4);
+});
+
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {
   // The cap (32) is global: a pod that opens 32 keep-alive connections to the node-local IP's probe port and
   // sends a request on each now and then (so keepAliveTimeout never fires) makes every new connection, the
