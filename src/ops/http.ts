@@ -11,8 +11,9 @@
  * (slow-loris, from accept), an idle-socket timeout, a few answers owed per
  * connection, small headers, and no request body is ever read (a request that
  * has one gets its answer and `Connection: close`). Concurrent scrapes share
- * one render, and a few renders a second at most (scrape-render.ts). It answers from callbacks that only read state, so a probe
- * never waits on DNS.
+ * one render, and there are a few renders a second at most (scrape-render.ts).
+ * It answers from callbacks that only read state, so a probe never waits on
+ * DNS.
  */
 import http from 'node:http';
 import { listenersOn, loadReusePort } from '../sys/reuseport.js';
@@ -148,7 +149,7 @@ export class OpsServer implements Component {
     this.#log = opts.logger;
     this.#bound = null;
     this.#clock = opts.clock ?? systemClock;
-    this.#renders = opts.handlers.metrics === undefined ? null : new ScrapeRenders(opts.handlers.metrics, this.#clock, limits.maxRendersPerSecond);
+    this.#renders = opts.handlers.metrics === undefined || !this.routes.includes('metrics') ? null : new ScrapeRenders(opts.handlers.metrics, this.#clock, limits.maxRendersPerSecond);
     this.#drainMs = limits.drainMs;
     this.#connections = new OpsConnections({
       maxConnections: limits.maxConnections,
