@@ -124,7 +124,16 @@ t.test('hand-made bad packets get the precise treatment', async (t) => {
   });
   // EDNS version 1: BADVERS (extended rcode 16 = 1 in the OPT, 0 in the header), question echoed, our OPT at version 0.
   const v1 = withAdditional(q(30), opt([0], 1));
+  const responses = async (): Promise<Record<string, number>> => {
+    const out: Record<string, number> = {};
+    for (const m of (await a.agent.metrics.metrics()).matchAll(/^coredns_dns_responses_total\{[^}]*rcode="([^"]+)"[^}]*\} (\S+)$/gm)) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
+    return out;
+  };
+  const before = await responses();
   const bv = await udpExchange(a.target, v1);
+  const after = await responses();
+  t.equal(after['NOERROR'], before['NOERROR'], 'BADVERS is not counted as a NOERROR answer (its header rcode bits are 0)');
+  t.equal(after['other'], (before['other'] ?? 0) + 1, 'BADVERS is counted under rcode "other"');
   t.not(bv, null, 'EDNS version 1 answered');
   if (bv !== null) {
     const p = dnsPacket.decode(bv);

@@ -160,6 +160,9 @@ t.test('counter blocks are published with their names, labels and values, over r
   t.equal(p.samples.get(key('nodelocal_dropped_total', { server: SERVER, reason: 'invalid_query' })), 3, 'no constant zone label outside the CoreDNS families');
   t.equal(p.samples.get(key('coredns_cache_hits_total', { server: SERVER, type: 'success', zones: '.' })), 30);
   t.equal(p.samples.get(key('coredns_cache_misses_total', { server: SERVER, zones: '.' })), 11);
+  // CoreDNS 1.9+ has it (and deprecates misses for it): dashboards derive the hit ratio as hits / requests.
+  t.equal(p.samples.get(key('coredns_cache_requests_total', { server: SERVER, zones: '.' })), 41, 'coredns_cache_requests_total: hits + misses');
+  t.equal(p.types.get('coredns_cache_requests_total'), 'counter');
   t.equal(p.types.get('coredns_dns_requests_total'), 'counter');
   t.equal(p.help.get('coredns_dns_requests_total'), 'Counter of DNS requests made per zone, protocol and family.', "CoreDNS's help text");
   t.equal(p.samples.get(key('coredns_build_info', { version: '9.8.7', revision: 'abc123', goversion: `node${process.versions.node}` })), 1);
@@ -479,6 +482,12 @@ t.test('a failing metrics source is a 500, not a crash', async (t) => {
   const r = await request(`${s.url}/metrics`);
   t.equal(r.status, 500);
   t.match(r.body, /collector broke/);
+
+  // A source that throws before it returns a promise (AgentMetrics runs its pre-scrape sums synchronously).
+  const sync = await withServer(t, { metrics: { contentType: 'text/plain', metrics: () => { throw new Error('sums broke'); } } }, ['metrics']);
+  const r2 = await request(`${sync.url}/metrics`);
+  t.equal(r2.status, 500, 'a synchronous throw is a 500 too, not an uncaught exception');
+  t.match(r2.body, /sums broke/);
 });
 
 /** Resolves true once the socket closes, false if it is still open at the deadline. */
@@ -1018,6 +1027,32 @@ t.test('bounded: a client that pipelines scrapes and never reads the answers get
   sock.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(1_000));
   const n = await settled(() => renders, 5_000);
   t.ok(n <= 8, `at most a few scrapes rendered for one connection that reads nothing (rendered ${n} of 1000 pipelined)`);
+});
+
+t.test('bounded: a client scraping in a loop gets a few renders a second, the rest the last text', async (t) => {
+  // Any pod reaches the metrics port; a render costs the main thread milliseconds (it also serves TCP and every
+  // miss), so one asking back-to-back must not have the agent render without end.
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => `nodelocal_render_total ${++renders}\n`,
+  };
+  const clock = new ManualClock();
+  const limits: Record<string, number> = { maxRendersPerSecond: 3 };
+  const s = new OpsServer({ address: { host: HOST, port: 0 }, routes: ['metrics'], handlers: { metrics: source }, logger: silentLogger, limits, clock });
+  await s.start();
+  t.teardown(() => s.stop());
+  const bodies: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    const r = await request(`${s.url}/metrics`);
+    t.equal(r.status, 200);
+    bodies.push(r.body);
+  }
+  t.equal(renders, 3, 'three renders in the second, however many scrapes');
+  t.same(bodies.slice(3), Array(3).fill('nodelocal_render_total 3\n'), 'the others get the last text');
+  clock.advance(1_000);
+  t.equal((await request(`${s.url}/metrics`)).body, 'nodelocal_render_total 4\n', 'a new second renders again');
+  t.equal(renders, 4);
 });
 
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {

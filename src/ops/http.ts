@@ -11,8 +11,9 @@
  * (slow-loris, from accept), an idle-socket timeout, a few answers owed per
  * connection, small headers, and no request body is ever read (a request that
  * has one gets its answer and `Connection: close`). Concurrent scrapes share
- * one render. It answers from callbacks that only read state, so a probe
- * never waits on DNS.
+ * one render, and there are a few renders a second at most (scrape-render.ts).
+ * It answers from callbacks that only read state, so a probe never waits on
+ * DNS.
  */
 import http from 'node:http';
 import { listenersOn, loadReusePort } from '../sys/reuseport.js';
@@ -23,6 +24,7 @@ import type { Component } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import type { ServerAddress } from '../upstream/types.js';
 import { OpsConnections } from './http-connections.js';
+import { ScrapeRenders } from './scrape-render.js';
 
 export type OpsRoute = 'metrics' | 'health' | 'ready';
 
@@ -65,6 +67,8 @@ export interface OpsHttpLimits {
   /** How often Node checks the header and request deadlines; they fire up to this late. */
   readonly checkIntervalMs: number;
   readonly maxHeaderBytes: number;
+  /** /metrics renders in one second at most; scrapes past it get the last text (a client scraping in a loop). */
+  readonly maxRendersPerSecond: number;
   /** On stop, answers owed (a scrape rendering) may take this long, at most until the stop's deadline; then every connection is closed. */
   readonly drainMs: number;
 }
@@ -86,6 +90,7 @@ export const OPS_HTTP_LIMITS: OpsHttpLimits = {
   checkIntervalMs: 1_000,
   maxHeaderBytes: 8 * 1024,
   drainMs: 1_000,
+  maxRendersPerSecond: 10,
 };
 
 export interface OpsServerOptions {
@@ -128,8 +133,7 @@ export class OpsServer implements Component {
   readonly #clock: Clock;
   readonly #drainMs: number;
   #bound: ServerAddress | null;
-  /** The render in progress: scrapes that arrive meanwhile get its text rather than starting their own. */
-  #render: Promise<string> | null;
+  readonly #renders: ScrapeRenders | null;
 
   constructor(opts: OpsServerOptions) {
     const limits = { ...OPS_HTTP_LIMITS, ...opts.limits };
@@ -144,8 +148,8 @@ export class OpsServer implements Component {
     this.#handlers = opts.handlers;
     this.#log = opts.logger;
     this.#bound = null;
-    this.#render = null;
     this.#clock = opts.clock ?? systemClock;
+    this.#renders = opts.handlers.metrics === undefined || !this.routes.includes('metrics') ? null : new ScrapeRenders(opts.handlers.metrics, this.#clock, limits.maxRendersPerSecond);
     this.#drainMs = limits.drainMs;
     this.#connections = new OpsConnections({
       maxConnections: limits.maxConnections,
@@ -270,15 +274,7 @@ export class OpsServer implements Component {
 
   #metrics(res: http.ServerResponse): void {
     const source = this.#handlers.metrics!;
-    if (this.#render === null) {
-      const render = source.metrics();
-      this.#render = render;
-      const done = (): void => {
-        if (this.#render === render) this.#render = null;
-      };
-      render.then(done, done);
-    }
-    this.#render.then(
+    this.#renders!.text().then(
       (text) => reply(res, 200, source.contentType, text),
       (err: unknown) => {
         this.#log.warn('metrics scrape failed', { error: message(err) });

@@ -76,6 +76,27 @@ export class BlockSlots implements ScalarSource {
   }
 }
 
+/** Several slots of one block published as one series, their sum: a family derived from others at scrape time. */
+export class SummedSlots implements ScalarSource {
+  readonly #values: Float64Array;
+  readonly #slots: readonly number[];
+  readonly #labels: Labels;
+  readonly #key: string;
+
+  constructor(values: Float64Array, slots: readonly number[], labels: Labels) {
+    this.#values = values;
+    this.#slots = slots;
+    this.#labels = labels;
+    this.#key = labelKey(labels);
+  }
+
+  collect(out: Map<string, Sample>): void {
+    let v = 0;
+    for (const s of this.#slots) v += this.#values[s] ?? 0;
+    addSample(out, this.#key, this.#labels, v);
+  }
+}
+
 export class CallbackSource implements ScalarSource {
   readonly #fn: () => Iterable<LabelledValue>;
   readonly #constLabels: Labels | null;

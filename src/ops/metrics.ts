@@ -26,6 +26,7 @@ import {
   CounterFamily,
   GaugeFamily,
   HistogramFamily,
+  SummedSlots,
   labelKey,
   withConstLabels,
   type Labels,
@@ -76,6 +77,16 @@ export const COREDNS_CONSTANT_LABELS: Readonly<Record<string, Labels>> = Object.
   coredns_cache_prefetch_total: { zones: '.' },
   coredns_cache_evictions_total: { zones: '.' },
   coredns_cache_served_stale_total: { zones: '.' },
+});
+
+/**
+ * CoreDNS families the agent keeps no slot of its own for, published as the
+ * sum of slots it does keep, per block (with the block's extra labels, e.g.
+ * `server`). coredns_cache_requests_total is every lookup of the cache: hits
+ * plus misses (CoreDNS 1.9 deprecated misses in favour of it).
+ */
+export const COREDNS_DERIVED_COUNTERS: Readonly<Record<string, { readonly help: string; readonly sumOf: readonly string[] }>> = Object.freeze({
+  coredns_cache_requests_total: { help: 'The count of cache requests.', sumOf: ['coredns_cache_hits_total', 'coredns_cache_misses_total'] },
 });
 
 export interface MetricsOptions {
@@ -164,6 +175,13 @@ export class MetricsRegistry {
       }
       slots.add(slot, this.#withConst(entry, labels));
     });
+    for (const [name, derived] of Object.entries(COREDNS_DERIVED_COUNTERS)) {
+      const defs = block.schema.defs;
+      if (!derived.sumOf.every((part) => defs.some((d) => d.name === part))) continue;
+      const slots = defs.flatMap((d, slot) => (derived.sumOf.includes(d.name) ? [slot] : []));
+      const entry = this.#family(name, derived.help, 'counter', extraLabels);
+      (entry.metric as CounterFamily).sources.push(new SummedSlots(block.values, slots, this.#withConst(entry, extraLabels)));
+    }
   }
 
   /** A gauge read by a callback at scrape time: e.g. cache entries, upstream health, view sync state. */

@@ -68,15 +68,17 @@ export class AnswerOut {
     return udpAnswerLimit(q, this.maxUdpSize, peer);
   }
 
-  /** The one place an answer leaves. `arrivedAt` < 0: answered in the same turn (duration ~0). */
-  send(answer: Buffer, channel: ClientChannel, peer: ClientPeer, arrivedAt = -1): void {
+  /**
+   * The one place an answer leaves. `arrivedAt` < 0: answered in the same turn (duration ~0). `rcode`: the full
+   * rcode when its upper bits are in the answer's OPT (BADVERS), else the header's four bits are read.
+   */
+  send(answer: Buffer, channel: ClientChannel, peer: ClientPeer, arrivedAt = -1, rcode = answer[3]! & 0x0f): void {
     const hist = this.#hist;
     if (hist !== null) {
       hist.responseSize[channel.transport]!.observe(answer.length);
       if (arrivedAt < 0) hist.duration.observe(0);
       else hist.duration.observeMs(this.#clock.now() - arrivedAt);
     }
-    const rcode = answer[3]! & 0x0f;
     this.#v[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
     if ((answer[2]! & 0x02) !== 0) this.#v[S.truncated]!++;
     channel.send(answer, peer);

@@ -172,7 +172,8 @@ export class HitPath implements QueryHandler {
       }
       const rcode = q.status === QueryStatus.NOTIMP ? Rcode.NOTIMP : q.status === QueryStatus.BADVERS ? RCODE_BADVERS : Rcode.FORMERR;
       const reply = errorResponse(q, rcode);
-      this.#out.send(reply, channel, peer);
+      // BADVERS (16) has header bits 0: counted by its full rcode, not as NOERROR.
+      this.#out.send(reply, channel, peer, -1, rcode);
       if (logged) this.#out.logQuery(q, peer, reply, 0, 'refused-query');
       return;
     }
