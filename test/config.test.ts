@@ -367,3 +367,14 @@ t.test('--max-tcp-per-client: 256 by default, 0 turns the cap off, a bad value n
   t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'maxTcpPerClient: 16\n' }).config.maxTcpPerClient, 16, 'config file key');
   for (const bad of ['-1', 'many', '1.5', '']) t.match(err(['--max-tcp-per-client', bad]), /^--max-tcp-per-client /, `"${bad}" refused`);
 });
+
+t.test('a bad value from the config file or the kube-dns ConfigMap says where it was written, not only the flag it stands for', async (t) => {
+  const fromFile = err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'cacheSize: 0\n' });
+  t.match(fromFile, /^--cache-size "0": expected a whole number/);
+  t.match(fromFile, /config file \/c\.yaml: cacheSize/, 'names the file and its key');
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'listen: ["127.0.0.1:99999"]\n' }), /config file \/c\.yaml: listen/);
+  const fromConfigMap = err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/upstreamNameservers': '["1.1.1.1:99999"]' });
+  t.match(fromConfigMap, /port must be 1-65535/);
+  t.match(fromConfigMap, /kube-dns ConfigMap \/kd\/upstreamNameservers/, 'names the ConfigMap file the operator edited');
+  t.notMatch(err(['--config', '/c.yaml', '--cache-size', '0'], noEnv, { '/c.yaml': 'cacheSize: 5\n' }), /config file/, 'a flag is named as the flag alone');
+});
