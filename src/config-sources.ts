@@ -11,7 +11,8 @@ import { ConfigError, OPTIONS } from './config-options.js';
 import { nameToWire } from './dns/name.js';
 import { isTlsAddress } from './upstream/tls-address.js';
 
-function camel(flag: string): string {
+/** A flag's config-file key: cache-size -> cacheSize. */
+export function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
 }
 
@@ -171,7 +172,10 @@ const KUBE_DNS_MAX_UPSTREAMS = 3;
  * malformed one is a ConfigError (at start: exit 2; on reload: refused, the
  * old config keeps serving).
  */
-export function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string): { stubDomains: StubDomain[]; upstreamNameservers: string[] } | null {
+export function readKubeDnsConfig(
+  raw: Raw,
+  readFile: (path: string) => string,
+): { stubDomains: StubDomain[]; upstreamNameservers: string[]; upstreamNameserversFile: string } | null {
   const v = raw.get('kube-dns-config-dir') ?? OPTIONS.find((o) => o.flag === 'kube-dns-config-dir')?.def;
   const dir = Array.isArray(v) ? v[v.length - 1] : v;
   if (dir === undefined || dir === '') return null;
@@ -213,5 +217,5 @@ export function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string):
     if (tls !== undefined) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: "${tls}": plain IP[:PORT] only (kube-dns reads this too); give tls:// upstreams with --upstream-nameservers`);
     upstreamNameservers = doc as string[];
   }
-  return { stubDomains, upstreamNameservers };
+  return { stubDomains, upstreamNameservers, upstreamNameserversFile: `${dir}/upstreamNameservers` };
 }

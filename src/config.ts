@@ -15,7 +15,7 @@ import type { ServerAddress } from './upstream/types.js';
 import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
-import { parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
+import { camel, parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
 import type { Config, StubDomain } from './config-types.js';
 
@@ -38,6 +38,8 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
   const flags = parseFlags(argv);
   let merged: Raw = new Map();
   let stubs: StubDomain[] = [];
+  // Where a setting not given as a flag was written, so an error about it names that place and key too.
+  const origin = new Map<string, string>();
   const configPath = flags.raw.get('config');
   if (typeof configPath === 'string') {
     let text: string;
@@ -49,21 +51,38 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     const file = parseConfigFile(configPath, text);
     merged = file.raw;
     stubs = file.stubDomains;
+    for (const k of merged.keys()) origin.set(k, `config file ${configPath}: ${camel(k)}`);
   }
-  for (const [k, v] of flags.raw) merged.set(k, v);
+  for (const [k, v] of flags.raw) {
+    merged.set(k, v);
+    origin.delete(k);
+  }
   // The kube-dns ConfigMap (node-cache reads the same two keys): the lowest precedence, under our own file and flags.
   const kubeDns = readKubeDnsConfig(merged, readFile);
   if (kubeDns !== null) {
     stubs = [...kubeDns.stubDomains.filter((k) => !stubs.some((d) => d.zone === k.zone)), ...stubs];
-    if (!merged.has('upstream-nameservers') && kubeDns.upstreamNameservers.length > 0) merged.set('upstream-nameservers', kubeDns.upstreamNameservers);
+    if (!merged.has('upstream-nameservers') && kubeDns.upstreamNameservers.length > 0) {
+      merged.set('upstream-nameservers', kubeDns.upstreamNameservers);
+      origin.set('upstream-nameservers', `kube-dns ConfigMap ${kubeDns.upstreamNameserversFile}`);
+    }
   }
-  for (const s of listOf(merged, 'stub-domain')) {
-    const eq = s.indexOf('=');
-    if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
-    stubs = stubs.filter((d) => d.zone !== s.slice(0, eq).toLowerCase().replace(/\.$/, ''));
-    stubs.push(stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]));
+  try {
+    for (const s of listOf(merged, 'stub-domain')) {
+      const eq = s.indexOf('=');
+      if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
+      stubs = stubs.filter((d) => d.zone !== s.slice(0, eq).toLowerCase().replace(/\.$/, ''));
+      stubs.push(stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]));
+    }
+    return { config: validate(merged, stubs, env), help: flags.help, version: flags.version };
+  } catch (err) {
+    throw whereWritten(err, origin);
   }
-  return { config: validate(merged, stubs, env), help: flags.help, version: flags.version };
+}
+
+/** A ConfigError about a flag the operator set in a file, not on the command line: says that file and key too. */
+function whereWritten(err: unknown, origin: ReadonlyMap<string, string>): unknown {
+  const place = err instanceof ConfigError ? origin.get(/^--([a-z-]+)/.exec(err.message)?.[1] ?? '') : undefined;
+  return place === undefined ? err : new ConfigError(`${(err as ConfigError).message} (set in ${place})`);
 }
 
 function listOf(raw: Raw, flag: string): string[] {
