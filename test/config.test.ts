@@ -378,3 +378,16 @@ t.test('a bad value from the config file or the kube-dns ConfigMap says where it
   t.match(fromConfigMap, /kube-dns ConfigMap \/kd\/upstreamNameservers/, 'names the ConfigMap file the operator edited');
   t.notMatch(err(['--config', '/c.yaml', '--cache-size', '0'], noEnv, { '/c.yaml': 'cacheSize: 5\n' }), /config file/, 'a flag is named as the flag alone');
 });
+
+t.test('a kube-dns ConfigMap file that exists but cannot be read is an error, not "no stub domains" (only a missing one is none)', async (t) => {
+  const files = (code: string) => (p: string): string => {
+    if (p === '/kd/stubDomains') throw Object.assign(new Error(`${code}: ${p}`), { code });
+    throw Object.assign(new Error('no such file'), { code: 'ENOENT' });
+  };
+  const load1 = (code: string) => loadConfig(['--kube-dns-config-dir', '/kd'], { env: noEnv, readFile: files(code) });
+  t.same(load1('ENOENT').config.stubDomains, [], 'missing: none');
+  t.same(load1('ENOTDIR').config.stubDomains, [], 'no directory: none');
+  for (const code of ['EACCES', 'EISDIR', 'EIO']) {
+    t.throws(() => load1(code), new RegExp(`kube-dns ConfigMap /kd/stubDomains: cannot read \\(${code}\\)`), `${code} refused`);
+  }
+});
