@@ -169,7 +169,7 @@ const KUBE_DNS_MAX_UPSTREAMS = 3;
  * `stubDomains` (a JSON map zone -> [IP[:PORT]]) and `upstreamNameservers` (a
  * JSON list) from the kube-dns ConfigMap mounted at --kube-dns-config-dir, as
  * node-cache reads them. A missing directory or file is no configuration; a
- * malformed one is a ConfigError (at start: exit 2; on reload: refused, the
+ * malformed or unreadable one is a ConfigError (at start: exit 2; on reload: refused, the
  * old config keeps serving).
  */
 export function readKubeDnsConfig(
@@ -179,11 +179,15 @@ export function readKubeDnsConfig(
   const v = raw.get('kube-dns-config-dir') ?? OPTIONS.find((o) => o.flag === 'kube-dns-config-dir')?.def;
   const dir = Array.isArray(v) ? v[v.length - 1] : v;
   if (dir === undefined || dir === '') return null;
+  // Missing (no such key, or no such directory) is no configuration; a file there that cannot be read is an error,
+  // else a permission or mount fault would drop its stub domains (on a reload: from a running agent) without a word.
   const read = (file: string): string | null => {
     try {
       return readFile(`${dir}/${file}`);
-    } catch {
-      return null;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+      throw new ConfigError(`kube-dns ConfigMap ${dir}/${file}: cannot read (${code ?? (e as Error).message})`);
     }
   };
   const parse = (file: string, text: string): unknown => {
