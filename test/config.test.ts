@@ -391,3 +391,10 @@ t.test('a kube-dns ConfigMap file that exists but cannot be read is an error, no
     t.throws(() => load1(code), new RegExp(`kube-dns ConfigMap /kd/stubDomains: cannot read \\(${code}\\)`), `${code} refused`);
   }
 });
+
+t.test('--stub-domain given twice for one zone (in any spelling) is refused, as in the file, not settled by which came last', async (t) => {
+  t.match(err(['--stub-domain', 'corp.example=127.0.0.7', '--stub-domain', 'Corp.Example.=127.0.0.8']), /--stub-domain: zone "corp.example" given twice, as "corp.example" and "Corp.Example."/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomain: ["a.example=127.0.0.7", "a.example=127.0.0.8"]\n' }), /zone "a.example" given twice/);
+  const two = load(['--stub-domain', 'a.example=127.0.0.7', '--stub-domain', 'b.example=127.0.0.8']).config.stubDomains.map((d) => d.zone);
+  t.same(two, ['a.example', 'b.example'], 'two zones are two');
+});
