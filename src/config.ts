@@ -67,11 +67,17 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     }
   }
   try {
+    // One zone twice is refused as in stubDomains (CoreDNS refuses a zone defined twice), not settled by the order of the flags.
+    const given = new Map<string, string>();
     for (const s of listOf(merged, 'stub-domain')) {
       const eq = s.indexOf('=');
       if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
-      stubs = stubs.filter((d) => d.zone !== s.slice(0, eq).toLowerCase().replace(/\.$/, ''));
-      stubs.push(stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]));
+      const stub = stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]);
+      const before = given.get(stub.zone);
+      if (before !== undefined) throw new ConfigError(`--stub-domain: zone "${stub.zone}" given twice, as "${before}" and "${s.slice(0, eq)}"`);
+      given.set(stub.zone, s.slice(0, eq));
+      stubs = stubs.filter((d) => d.zone !== stub.zone);
+      stubs.push(stub);
     }
     return { config: validate(merged, stubs, env), help: flags.help, version: flags.version };
   } catch (err) {
