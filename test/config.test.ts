@@ -398,3 +398,13 @@ t.test('--stub-domain given twice for one zone (in any spelling) is refused, as 
   const two = load(['--stub-domain', 'a.example=127.0.0.7', '--stub-domain', 'b.example=127.0.0.8']).config.stubDomains.map((d) => d.zone);
   t.same(two, ['a.example', 'b.example'], 'two zones are two');
 });
+
+t.test('numbers past what a double holds exactly, and hex or binary shares, are refused rather than read as some other number', async (t) => {
+  // 2^53 + 1 would be read as 2^53: a value other than the one written.
+  t.match(err(['--max-tcp-connections', '9007199254740993']), /^--max-tcp-connections "9007199254740993": expected a whole number 1-9007199254740991/);
+  t.match(err(['--upstream-rotate-queries', '99999999999999999999']), /^--upstream-rotate-queries /);
+  t.equal(load(['--max-tcp-connections', '9007199254740991']).config.maxTcpConnections, 9007199254740991, 'the largest exact one is fine');
+  for (const bad of ['0x1', '0b1', '0o1', 'Infinity']) t.match(err(['--query-log-sample', bad]), /^--query-log-sample /, `"${bad}" refused`);
+  t.equal(load(['--query-log-sample', '.5']).config.queryLogEvery, 2);
+  t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'queryLogSample: 0.0000001\n' }).config.queryLogEvery, 1e7, 'YAML writes this one as 1e-7: still a share');
+});
