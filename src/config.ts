@@ -105,9 +105,10 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     const spec = OPTIONS.find((o) => o.flag === flag)!;
     const v = str(flag)!;
     const n = Number(v);
-    if (!/^\d+$/.test(v.trim()) || (spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) {
-      const range = spec.max !== undefined ? `${spec.min ?? 0}-${spec.max}` : `>= ${spec.min ?? 0}`;
-      throw new ConfigError(`--${flag} "${v}": expected a whole number ${range}`);
+    // Past 2^53 a double holds another number than the one written (...993 reads as ...992).
+    const max = spec.max ?? Number.MAX_SAFE_INTEGER;
+    if (!/^\d+$/.test(v.trim()) || (spec.min !== undefined && n < spec.min) || n > max) {
+      throw new ConfigError(`--${flag} "${v}": expected a whole number ${spec.min ?? 0}-${max}`);
     }
     return n;
   };
@@ -337,7 +338,8 @@ function metricsListen(text: string | undefined, listen: readonly ServerAddress[
  */
 function sampleEvery(text: string): number {
   const share = Number(text);
-  if (text.trim() === '' || !Number.isFinite(share) || share < 0 || share > 1) throw new ConfigError(`--query-log-sample "${text}": expected a share between 0 and 1, such as 0.01`);
+  // Decimal only (YAML writes a small share as 1e-7): Number() also reads 0x1, 0b1 and 0o1.
+  if (!/^(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(text.trim()) || !Number.isFinite(share) || share < 0 || share > 1) throw new ConfigError(`--query-log-sample "${text}": expected a share between 0 and 1, such as 0.01`);
   return share === 0 ? 0 : 1 / share;
 }
 
