@@ -408,3 +408,10 @@ t.test('numbers past what a double holds exactly, and hex or binary shares, are 
   t.equal(load(['--query-log-sample', '.5']).config.queryLogEvery, 2);
   t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'queryLogSample: 0.0000001\n' }).config.queryLogEvery, 1e7, 'YAML writes this one as 1e-7: still a share');
 });
+
+t.test('--help and --version answer whatever else the command line or the environment holds', async (t) => {
+  t.equal(load(['--help', '--cache-size', '0']).help, true, 'a bad value beside --help');
+  t.equal(load(['--version', '--require-cluster-dns']).version, true, 'no cluster DNS in this environment');
+  t.equal(load(['--config', '/missing.yaml', '--version']).version, true, 'a config file not there');
+  t.match(err(['--help', '--no-such-flag']), /unknown flag --no-such-flag/, 'an unknown flag is still named');
+});
