@@ -36,6 +36,8 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
   const env = opts.env ?? process.env;
   const readFile = opts.readFile ?? ((p: string) => readFileSync(p, 'utf8'));
   const flags = parseFlags(argv);
+  // Nothing else is read for these: the help or the version whatever the rest of the command line and the environment hold.
+  if (flags.help || flags.version) return { config: DEFAULTS, help: flags.help, version: flags.version };
   let merged: Raw = new Map();
   let stubs: StubDomain[] = [];
   // Where a setting not given as a flag was written, so an error about it names that place and key too.
