@@ -415,3 +415,13 @@ t.test('--help and --version answer whatever else the command line or the enviro
   t.equal(load(['--config', '/missing.yaml', '--version']).version, true, 'a config file not there');
   t.match(err(['--help', '--no-such-flag']), /unknown flag --no-such-flag/, 'an unknown flag is still named');
 });
+
+t.test('listen addresses on the command line replace the file\'s (flags win), not add to them', async (t) => {
+  // The shipped DaemonSet passes --localip; the README's config file example has listen: the two together must start.
+  const file = { '/c.yaml': 'listen: ["169.254.20.10:53", "10.96.0.10:53"]\n' };
+  const both = load(['--config', '/c.yaml', '--localip', '169.254.20.10,10.96.0.10', '--port', '53'], noEnv, file).config.listen;
+  t.same(both, [{ host: '169.254.20.10', port: 53 }, { host: '10.96.0.10', port: 53 }], 'the flag\'s, once each');
+  const moved = load(['--config', '/c.yaml', '--listen', '127.0.0.1:5301'], noEnv, { '/c.yaml': 'localip: 127.0.0.2\nport: 5300\n' }).config.listen;
+  t.same(moved, [{ host: '127.0.0.1', port: 5301 }], 'the file\'s localip is not added to --listen');
+  t.same(load(['--config', '/c.yaml'], noEnv, file).config.listen.length, 2, 'the file alone still sets them');
+});
