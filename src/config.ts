@@ -53,6 +53,8 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     const file = parseConfigFile(configPath, text);
     merged = file.raw;
     stubs = file.stubDomains;
+    // The listen addresses are one setting in two spellings: named on the command line, they replace the file's.
+    if (flags.raw.has('listen') || flags.raw.has('localip')) for (const k of ['listen', 'localip']) merged.delete(k);
     for (const k of merged.keys()) origin.set(k, `config file ${configPath}: ${camel(k)}`);
   }
   for (const [k, v] of flags.raw) {
