@@ -425,3 +425,9 @@ t.test('listen addresses on the command line replace the file\'s (flags win), no
   t.same(moved, [{ host: '127.0.0.1', port: 5301 }], 'the file\'s localip is not added to --listen');
   t.same(load(['--config', '/c.yaml'], noEnv, file).config.listen.length, 2, 'the file alone still sets them');
 });
+
+t.test('an IPv4-mapped IPv6 listen address (which an IPv6-only listener cannot bind: EINVAL at start) is a flag error naming the IPv4 spelling', async (t) => {
+  t.match(err(['--listen', '[::ffff:127.0.0.1]:5300']), /^--listen \[::ffff:127\.0\.0\.1\]:5300: an IPv4-mapped IPv6 address.*127\.0\.0\.1:5300/);
+  t.match(err(['--localip', '::ffff:169.254.20.10']), /^--localip \[::ffff:169\.254\.20\.10\]:53: an IPv4-mapped IPv6 address/);
+  t.same(load(['--listen', '[::1]:5300']).config.listen, [{ host: '::1', port: 5300 }], 'other IPv6 addresses are fine');
+});
