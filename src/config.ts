@@ -160,10 +160,17 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     return a;
   };
 
+  // The listeners are IPv6-only: an IPv4-mapped address is refused by bind() (EINVAL), after the start began.
+  const listenAddr = (flag: string, text: string, defPort: number | undefined): ServerAddress => {
+    const a = addr(flag, text, defPort);
+    const v4 = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(a.host)?.[1];
+    if (v4 !== undefined) throw new ConfigError(`--${flag} ${formatHostPort(a)}: an IPv4-mapped IPv6 address, which an IPv6-only listener cannot bind; write ${v4}:${a.port}`);
+    return a;
+  };
   const port = int('port');
-  const listen: ServerAddress[] = listOf(raw, 'listen').flatMap((l) => l.split(',')).map((l) => addr('listen', l, undefined));
+  const listen: ServerAddress[] = listOf(raw, 'listen').flatMap((l) => l.split(',')).map((l) => listenAddr('listen', l, undefined));
   const localip = str('localip');
-  if (localip !== undefined) for (const ip of localip.split(',')) listen.push(addr('localip', ip, port));
+  if (localip !== undefined) for (const ip of localip.split(',')) listen.push(listenAddr('localip', ip, port));
   if (listen.length === 0) listen.push({ host: '127.0.0.1', port: 5353 });
   const seen = new Set<string>();
   for (const l of listen) {
