@@ -11,7 +11,8 @@ import { ConfigError, OPTIONS } from './config-options.js';
 import { nameToWire } from './dns/name.js';
 import { isTlsAddress } from './upstream/tls-address.js';
 
-function camel(flag: string): string {
+/** A flag's config-file key: cache-size -> cacheSize. */
+export function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
 }
 
@@ -168,18 +169,25 @@ const KUBE_DNS_MAX_UPSTREAMS = 3;
  * `stubDomains` (a JSON map zone -> [IP[:PORT]]) and `upstreamNameservers` (a
  * JSON list) from the kube-dns ConfigMap mounted at --kube-dns-config-dir, as
  * node-cache reads them. A missing directory or file is no configuration; a
- * malformed one is a ConfigError (at start: exit 2; on reload: refused, the
+ * malformed or unreadable one is a ConfigError (at start: exit 2; on reload: refused, the
  * old config keeps serving).
  */
-export function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string): { stubDomains: StubDomain[]; upstreamNameservers: string[] } | null {
+export function readKubeDnsConfig(
+  raw: Raw,
+  readFile: (path: string) => string,
+): { stubDomains: StubDomain[]; upstreamNameservers: string[]; upstreamNameserversFile: string } | null {
   const v = raw.get('kube-dns-config-dir') ?? OPTIONS.find((o) => o.flag === 'kube-dns-config-dir')?.def;
   const dir = Array.isArray(v) ? v[v.length - 1] : v;
   if (dir === undefined || dir === '') return null;
+  // Missing (no such key, or no such directory) is no configuration; a file there that cannot be read is an error,
+  // else a permission or mount fault would drop its stub domains (on a reload: from a running agent) without a word.
   const read = (file: string): string | null => {
     try {
       return readFile(`${dir}/${file}`);
-    } catch {
-      return null;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+      throw new ConfigError(`kube-dns ConfigMap ${dir}/${file}: cannot read (${code ?? (e as Error).message})`);
     }
   };
   const parse = (file: string, text: string): unknown => {
@@ -213,5 +221,5 @@ export function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string):
     if (tls !== undefined) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: "${tls}": plain IP[:PORT] only (kube-dns reads this too); give tls:// upstreams with --upstream-nameservers`);
     upstreamNameservers = doc as string[];
   }
-  return { stubDomains, upstreamNameservers };
+  return { stubDomains, upstreamNameservers, upstreamNameserversFile: `${dir}/upstreamNameservers` };
 }

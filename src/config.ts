@@ -15,7 +15,7 @@ import type { ServerAddress } from './upstream/types.js';
 import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
-import { parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
+import { camel, parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
 import type { Config, StubDomain } from './config-types.js';
 
@@ -36,8 +36,12 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
   const env = opts.env ?? process.env;
   const readFile = opts.readFile ?? ((p: string) => readFileSync(p, 'utf8'));
   const flags = parseFlags(argv);
+  // Nothing else is read for these: the help or the version whatever the rest of the command line and the environment hold.
+  if (flags.help || flags.version) return { config: DEFAULTS, help: flags.help, version: flags.version };
   let merged: Raw = new Map();
   let stubs: StubDomain[] = [];
+  // Where a setting not given as a flag was written, so an error about it names that place and key too.
+  const origin = new Map<string, string>();
   const configPath = flags.raw.get('config');
   if (typeof configPath === 'string') {
     let text: string;
@@ -49,21 +53,46 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     const file = parseConfigFile(configPath, text);
     merged = file.raw;
     stubs = file.stubDomains;
+    // The listen addresses are one setting in two spellings: named on the command line, they replace the file's.
+    if (flags.raw.has('listen') || flags.raw.has('localip')) for (const k of ['listen', 'localip']) merged.delete(k);
+    for (const k of merged.keys()) origin.set(k, `config file ${configPath}: ${camel(k)}`);
   }
-  for (const [k, v] of flags.raw) merged.set(k, v);
+  for (const [k, v] of flags.raw) {
+    merged.set(k, v);
+    origin.delete(k);
+  }
   // The kube-dns ConfigMap (node-cache reads the same two keys): the lowest precedence, under our own file and flags.
   const kubeDns = readKubeDnsConfig(merged, readFile);
   if (kubeDns !== null) {
     stubs = [...kubeDns.stubDomains.filter((k) => !stubs.some((d) => d.zone === k.zone)), ...stubs];
-    if (!merged.has('upstream-nameservers') && kubeDns.upstreamNameservers.length > 0) merged.set('upstream-nameservers', kubeDns.upstreamNameservers);
+    if (!merged.has('upstream-nameservers') && kubeDns.upstreamNameservers.length > 0) {
+      merged.set('upstream-nameservers', kubeDns.upstreamNameservers);
+      origin.set('upstream-nameservers', `kube-dns ConfigMap ${kubeDns.upstreamNameserversFile}`);
+    }
   }
-  for (const s of listOf(merged, 'stub-domain')) {
-    const eq = s.indexOf('=');
-    if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
-    stubs = stubs.filter((d) => d.zone !== s.slice(0, eq).toLowerCase().replace(/\.$/, ''));
-    stubs.push(stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]));
+  try {
+    // One zone twice is refused as in stubDomains (CoreDNS refuses a zone defined twice), not settled by the order of the flags.
+    const given = new Map<string, string>();
+    for (const s of listOf(merged, 'stub-domain')) {
+      const eq = s.indexOf('=');
+      if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
+      const stub = stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]);
+      const before = given.get(stub.zone);
+      if (before !== undefined) throw new ConfigError(`--stub-domain: zone "${stub.zone}" given twice, as "${before}" and "${s.slice(0, eq)}"`);
+      given.set(stub.zone, s.slice(0, eq));
+      stubs = stubs.filter((d) => d.zone !== stub.zone);
+      stubs.push(stub);
+    }
+    return { config: validate(merged, stubs, env), help: flags.help, version: flags.version };
+  } catch (err) {
+    throw whereWritten(err, origin);
   }
-  return { config: validate(merged, stubs, env), help: flags.help, version: flags.version };
+}
+
+/** A ConfigError about a flag the operator set in a file, not on the command line: says that file and key too. */
+function whereWritten(err: unknown, origin: ReadonlyMap<string, string>): unknown {
+  const place = err instanceof ConfigError ? origin.get(/^--([a-z-]+)/.exec(err.message)?.[1] ?? '') : undefined;
+  return place === undefined ? err : new ConfigError(`${(err as ConfigError).message} (set in ${place})`);
 }
 
 function listOf(raw: Raw, flag: string): string[] {
@@ -80,9 +109,10 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     const spec = OPTIONS.find((o) => o.flag === flag)!;
     const v = str(flag)!;
     const n = Number(v);
-    if (!/^\d+$/.test(v.trim()) || (spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) {
-      const range = spec.max !== undefined ? `${spec.min ?? 0}-${spec.max}` : `>= ${spec.min ?? 0}`;
-      throw new ConfigError(`--${flag} "${v}": expected a whole number ${range}`);
+    // Past 2^53 a double holds another number than the one written (...993 reads as ...992).
+    const max = spec.max ?? Number.MAX_SAFE_INTEGER;
+    if (!/^\d+$/.test(v.trim()) || (spec.min !== undefined && n < spec.min) || n > max) {
+      throw new ConfigError(`--${flag} "${v}": expected a whole number ${spec.min ?? 0}-${max}`);
     }
     return n;
   };
@@ -130,10 +160,17 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     return a;
   };
 
+  // The listeners are IPv6-only: an IPv4-mapped address is refused by bind() (EINVAL), after the start began.
+  const listenAddr = (flag: string, text: string, defPort: number | undefined): ServerAddress => {
+    const a = addr(flag, text, defPort);
+    const v4 = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(a.host)?.[1];
+    if (v4 !== undefined) throw new ConfigError(`--${flag} ${formatHostPort(a)}: an IPv4-mapped IPv6 address, which an IPv6-only listener cannot bind; write ${v4}:${a.port}`);
+    return a;
+  };
   const port = int('port');
-  const listen: ServerAddress[] = listOf(raw, 'listen').flatMap((l) => l.split(',')).map((l) => addr('listen', l, undefined));
+  const listen: ServerAddress[] = listOf(raw, 'listen').flatMap((l) => l.split(',')).map((l) => listenAddr('listen', l, undefined));
   const localip = str('localip');
-  if (localip !== undefined) for (const ip of localip.split(',')) listen.push(addr('localip', ip, port));
+  if (localip !== undefined) for (const ip of localip.split(',')) listen.push(listenAddr('localip', ip, port));
   if (listen.length === 0) listen.push({ host: '127.0.0.1', port: 5353 });
   const seen = new Set<string>();
   for (const l of listen) {
@@ -312,7 +349,8 @@ function metricsListen(text: string | undefined, listen: readonly ServerAddress[
  */
 function sampleEvery(text: string): number {
   const share = Number(text);
-  if (text.trim() === '' || !Number.isFinite(share) || share < 0 || share > 1) throw new ConfigError(`--query-log-sample "${text}": expected a share between 0 and 1, such as 0.01`);
+  // Decimal only (YAML writes a small share as 1e-7): Number() also reads 0x1, 0b1 and 0o1.
+  if (!/^(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(text.trim()) || !Number.isFinite(share) || share < 0 || share > 1) throw new ConfigError(`--query-log-sample "${text}": expected a share between 0 and 1, such as 0.01`);
   return share === 0 ? 0 : 1 / share;
 }
 

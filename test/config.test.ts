@@ -367,3 +367,67 @@ t.test('--max-tcp-per-client: 256 by default, 0 turns the cap off, a bad value n
   t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'maxTcpPerClient: 16\n' }).config.maxTcpPerClient, 16, 'config file key');
   for (const bad of ['-1', 'many', '1.5', '']) t.match(err(['--max-tcp-per-client', bad]), /^--max-tcp-per-client /, `"${bad}" refused`);
 });
+
+t.test('a bad value from the config file or the kube-dns ConfigMap says where it was written, not only the flag it stands for', async (t) => {
+  const fromFile = err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'cacheSize: 0\n' });
+  t.match(fromFile, /^--cache-size "0": expected a whole number/);
+  t.match(fromFile, /config file \/c\.yaml: cacheSize/, 'names the file and its key');
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'listen: ["127.0.0.1:99999"]\n' }), /config file \/c\.yaml: listen/);
+  const fromConfigMap = err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/upstreamNameservers': '["1.1.1.1:99999"]' });
+  t.match(fromConfigMap, /port must be 1-65535/);
+  t.match(fromConfigMap, /kube-dns ConfigMap \/kd\/upstreamNameservers/, 'names the ConfigMap file the operator edited');
+  t.notMatch(err(['--config', '/c.yaml', '--cache-size', '0'], noEnv, { '/c.yaml': 'cacheSize: 5\n' }), /config file/, 'a flag is named as the flag alone');
+});
+
+t.test('a kube-dns ConfigMap file that exists but cannot be read is an error, not "no stub domains" (only a missing one is none)', async (t) => {
+  const files = (code: string) => (p: string): string => {
+    if (p === '/kd/stubDomains') throw Object.assign(new Error(`${code}: ${p}`), { code });
+    throw Object.assign(new Error('no such file'), { code: 'ENOENT' });
+  };
+  const load1 = (code: string) => loadConfig(['--kube-dns-config-dir', '/kd'], { env: noEnv, readFile: files(code) });
+  t.same(load1('ENOENT').config.stubDomains, [], 'missing: none');
+  t.same(load1('ENOTDIR').config.stubDomains, [], 'no directory: none');
+  for (const code of ['EACCES', 'EISDIR', 'EIO']) {
+    t.throws(() => load1(code), new RegExp(`kube-dns ConfigMap /kd/stubDomains: cannot read \\(${code}\\)`), `${code} refused`);
+  }
+});
+
+t.test('--stub-domain given twice for one zone (in any spelling) is refused, as in the file, not settled by which came last', async (t) => {
+  t.match(err(['--stub-domain', 'corp.example=127.0.0.7', '--stub-domain', 'Corp.Example.=127.0.0.8']), /--stub-domain: zone "corp.example" given twice, as "corp.example" and "Corp.Example."/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomain: ["a.example=127.0.0.7", "a.example=127.0.0.8"]\n' }), /zone "a.example" given twice/);
+  const two = load(['--stub-domain', 'a.example=127.0.0.7', '--stub-domain', 'b.example=127.0.0.8']).config.stubDomains.map((d) => d.zone);
+  t.same(two, ['a.example', 'b.example'], 'two zones are two');
+});
+
+t.test('numbers past what a double holds exactly, and hex or binary shares, are refused rather than read as some other number', async (t) => {
+  // 2^53 + 1 would be read as 2^53: a value other than the one written.
+  t.match(err(['--max-tcp-connections', '9007199254740993']), /^--max-tcp-connections "9007199254740993": expected a whole number 1-9007199254740991/);
+  t.match(err(['--upstream-rotate-queries', '99999999999999999999']), /^--upstream-rotate-queries /);
+  t.equal(load(['--max-tcp-connections', '9007199254740991']).config.maxTcpConnections, 9007199254740991, 'the largest exact one is fine');
+  for (const bad of ['0x1', '0b1', '0o1', 'Infinity']) t.match(err(['--query-log-sample', bad]), /^--query-log-sample /, `"${bad}" refused`);
+  t.equal(load(['--query-log-sample', '.5']).config.queryLogEvery, 2);
+  t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'queryLogSample: 0.0000001\n' }).config.queryLogEvery, 1e7, 'YAML writes this one as 1e-7: still a share');
+});
+
+t.test('--help and --version answer whatever else the command line or the environment holds', async (t) => {
+  t.equal(load(['--help', '--cache-size', '0']).help, true, 'a bad value beside --help');
+  t.equal(load(['--version', '--require-cluster-dns']).version, true, 'no cluster DNS in this environment');
+  t.equal(load(['--config', '/missing.yaml', '--version']).version, true, 'a config file not there');
+  t.match(err(['--help', '--no-such-flag']), /unknown flag --no-such-flag/, 'an unknown flag is still named');
+});
+
+t.test('listen addresses on the command line replace the file\'s (flags win), not add to them', async (t) => {
+  // The shipped DaemonSet passes --localip; the README's config file example has listen: the two together must start.
+  const file = { '/c.yaml': 'listen: ["169.254.20.10:53", "10.96.0.10:53"]\n' };
+  const both = load(['--config', '/c.yaml', '--localip', '169.254.20.10,10.96.0.10', '--port', '53'], noEnv, file).config.listen;
+  t.same(both, [{ host: '169.254.20.10', port: 53 }, { host: '10.96.0.10', port: 53 }], 'the flag\'s, once each');
+  const moved = load(['--config', '/c.yaml', '--listen', '127.0.0.1:5301'], noEnv, { '/c.yaml': 'localip: 127.0.0.2\nport: 5300\n' }).config.listen;
+  t.same(moved, [{ host: '127.0.0.1', port: 5301 }], 'the file\'s localip is not added to --listen');
+  t.same(load(['--config', '/c.yaml'], noEnv, file).config.listen.length, 2, 'the file alone still sets them');
+});
+
+t.test('an IPv4-mapped IPv6 listen address (which an IPv6-only listener cannot bind: EINVAL at start) is a flag error naming the IPv4 spelling', async (t) => {
+  t.match(err(['--listen', '[::ffff:127.0.0.1]:5300']), /^--listen \[::ffff:127\.0\.0\.1\]:5300: an IPv4-mapped IPv6 address.*127\.0\.0\.1:5300/);
+  t.match(err(['--localip', '::ffff:169.254.20.10']), /^--localip \[::ffff:169\.254\.20\.10\]:53: an IPv4-mapped IPv6 address/);
+  t.same(load(['--listen', '[::1]:5300']).config.listen, [{ host: '::1', port: 5300 }], 'other IPv6 addresses are fine');
+});

@@ -39,7 +39,7 @@ t.test('flag parsing: tls:// forms, defaults and refusals', async (t) => {
   t.same(parseTlsServer('tls://[2606:4700:4700::1111]:853@cloudflare-dns.com'), { host: '2606:4700:4700::1111', port: 853, serverName: 'cloudflare-dns.com' });
   t.same(parseTlsServer('TLS://8.8.8.8'), { host: '8.8.8.8', port: 853, serverName: null });
 
-  const load = (...lists: string[]) => loadConfig(lists.flatMap((l) => ['--upstream-nameservers', l]), { env: {}, readFile: () => { throw new Error('ENOENT'); } }).config;
+  const load = (...lists: string[]) => loadConfig(lists.flatMap((l) => ['--upstream-nameservers', l]), { env: {}, readFile: () => { throw Object.assign(new Error('no such file'), { code: 'ENOENT' }); } }).config;
   const c = load('tls://1.1.1.1@one.one.one.one,tls://1.0.0.1@one.one.one.one');
   t.same(c.upstreamTls.map((s) => `${s.host}:${s.port}@${s.serverName}`), ['1.1.1.1:853@one.one.one.one', '1.0.0.1:853@one.one.one.one']);
   t.same(c.upstreamNameservers, [], 'the plain list is empty: nothing goes out in clear text');
@@ -67,7 +67,7 @@ t.test('flag parsing: a server name that is all digits is refused (Unbound and K
   // the certificate name "853", it is sent as SNI and checked against the certificate: every handshake fails, every
   // external name gets SERVFAIL, and the agent started happily. No certificate can name "853" (a top-level label is
   // never all digits, RFC 3696 2), so it is a configuration error like the IP-literal name already refused.
-  const load = (list: string) => loadConfig(['--upstream-nameservers', list], { env: {}, readFile: () => { throw new Error('ENOENT'); } }).config;
+  const load = (list: string) => loadConfig(['--upstream-nameservers', list], { env: {}, readFile: () => { throw Object.assign(new Error('no such file'), { code: 'ENOENT' }); } }).config;
   t.throws(() => load('tls://1.1.1.1@853'), { name: 'ConfigError' }, 'tls://1.1.1.1@853');
   t.throws(() => load('tls://9.9.9.9@8853'), { name: 'ConfigError' }, 'tls://9.9.9.9@8853');
   t.same(load('tls://1.1.1.1:853@one.one.one.one').upstreamTls, [{ host: '1.1.1.1', port: 853, serverName: 'one.one.one.one' }], 'the port goes after ":"');
