@@ -1730,3 +1730,51 @@ t.test('HostResolvers: a server that does not know EDNS (FORMERR without OPT) is
   t.equal(withOpt, 1, 'asked with EDNS once');
   t.equal(withoutOpt, 1, 'then without');
 });
+
+/** A UDP server on 127.0.0.1 that hands every query (and whether it carried OPT) to `onQuery`, which answers through `send`. */
+async function ednsRig(t: Test, onQuery: (q: DecodedPacket, hasOpt: boolean, send: (reply: Buffer) => void) => void): Promise<number> {
+  const udp = dgram.createSocket('udp4');
+  udp.on('message', (m, r) => onQuery(dnsPacket.decode(m), m.readUInt16BE(10) > 0, (reply) => udp.send(reply, r.port, r.address)));
+  await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
+  t.teardown(() => udp.close());
+  return udp.address().port;
+}
+
+const oldServerAnswer = (q: DecodedPacket): Buffer => dnsPacket.encode({
+  type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE, questions: q.questions,
+  answers: [{ name: q.questions![0]!.name, type: 'A', ttl: 60, data: '192.0.2.7' }],
+});
+
+async function askOnce(up: HostResolvers, name: string): Promise<Buffer | UpstreamFailure> {
+  const query = upstreamQuery(parseQuery(questionMessage(nameToWire(name), QType.A)));
+  return new Promise<Buffer | UpstreamFailure>((resolve) => {
+    up.send({ query, deadline: systemClock.now() + 3000, resolve, reject: resolve });
+  });
+}
+
+t.test('HostResolvers: a second FORMERR without OPT, to an earlier EDNS try at the server already asked again without it, is not passed on', async (t) => {
+  // The first try with OPT is lost (held here) and times out; the second gets FORMERR and the server is asked without
+  // OPT. Then the first try's FORMERR arrives too: the retry without OPT is under way, and that FORMERR is stale.
+  // Each reply goes back to the socket its query came from (tries may be on different shared sockets).
+  let held: { q: DecodedPacket; send: (reply: Buffer) => void } | null = null;
+  let withoutOpt = 0;
+  const port = await ednsRig(t, (q, hasOpt, send) => {
+    const formerr = (p: DecodedPacket): Buffer => dnsPacket.encode({ type: 'response', id: p.id, flags: dnsPacket.RECURSION_DESIRED | 1, questions: p.questions });
+    if (!hasOpt) {
+      withoutOpt++;
+      send(oldServerAnswer(q));
+    } else if (held === null) {
+      held = { q, send };
+    } else {
+      send(formerr(q));
+      held.send(formerr(held.q));
+    }
+  });
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }], attemptTimeoutMs: 300, attempts: 2 });
+  t.teardown(() => up.close());
+  const got = await askOnce(up, 'old.corp.example');
+  const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
+  t.equal(rcodeOf(answer), 'NOERROR', `the answer without EDNS, not the stale FORMERR: ${Buffer.isBuffer(got) ? rcodeOf(answer) : got}`);
+  t.same(addresses(answer), ['192.0.2.7']);
+  t.equal(withoutOpt, 1, 'asked without EDNS once');
+});
