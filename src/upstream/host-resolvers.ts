@@ -254,9 +254,12 @@ export class HostResolvers implements Upstream {
       this.#start(job, 'tcp', attempt.serverIndex, now);
       return;
     }
-    if (job.refusedEdns(attempt.serverIndex, answer)) {
-      // RFC 6891 7: a server from before EDNS answers our OPT FORMERR; asked again at once without it (as glibc asks).
-      this.#start(job, attempt.transport, attempt.serverIndex, now);
+    const edns = job.ednsRefusal(attempt.serverIndex, answer, attempt.query);
+    if (edns !== null) {
+      // RFC 6891 7: a server from before EDNS answers our OPT FORMERR: asked again at once without it (as glibc asks).
+      // 'stale': an earlier OPT try's FORMERR, that retry under way: not the server's answer to this query.
+      if (edns === 'retry') this.#start(job, attempt.transport, attempt.serverIndex, now);
+      else if (wasCurrent) this.#next(job, now);
       return;
     }
     if (serverFailed(rcode)) {

@@ -44,7 +44,8 @@ export class QueryAttempt<T> implements SharedTry {
   readonly deadline: number;
   /** Clock ms when the query went out; set by the owner in onSent (this class keeps no clock). */
   sentAt: number;
-  readonly #query: Buffer;
+  /** What this try sends, but for its id (the caller's buffer, never written). */
+  readonly query: Buffer;
   readonly #events: AttemptEvents<T>;
   /** The shared socket this try's id is registered on, until it finishes. */
   #udp: SharedSocket | null;
@@ -69,7 +70,7 @@ export class QueryAttempt<T> implements SharedTry {
     this.serverIndex = serverIndex;
     this.deadline = deadline;
     this.sentAt = -1;
-    this.#query = query;
+    this.query = query;
     this.#events = events;
     this.#udp = null;
     this.#tcp = null;
@@ -102,7 +103,7 @@ export class QueryAttempt<T> implements SharedTry {
   }
 
   #wire(): Buffer {
-    const msg = Buffer.from(this.#query);
+    const msg = Buffer.from(this.query);
     writeId(msg, this.id);
     return msg;
   }
@@ -141,7 +142,7 @@ export class QueryAttempt<T> implements SharedTry {
   #onMessage(msg: Buffer): void {
     // One TCP read may carry several frames: those after the answer reach a try already over.
     if (this.#state !== 'active') return;
-    if (msg.length < HEADER_LEN || readId(msg) !== this.id || !answerMatchesQuery(this.#query, msg)) {
+    if (msg.length < HEADER_LEN || readId(msg) !== this.id || !answerMatchesQuery(this.query, msg)) {
       this.#events.onSpoofed(this);
       return;
     }
