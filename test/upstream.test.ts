@@ -1778,3 +1778,28 @@ t.test('HostResolvers: a second FORMERR without OPT, to an earlier EDNS try at t
   t.same(addresses(answer), ['192.0.2.7']);
   t.equal(withoutOpt, 1, 'asked without EDNS once');
 });
+
+t.test('HostResolvers: a server that does not know EDNS and answers FORMERR with no question (QDCOUNT 0) is asked again without OPT, not waited out as spoofed', async (t) => {
+  let withoutOpt = 0;
+  const port = await ednsRig(t, (q, hasOpt, send) => {
+    if (!hasOpt) {
+      withoutOpt++;
+      send(oldServerAnswer(q));
+      return;
+    }
+    // The header alone: id, QR, RD, FORMERR; every count 0.
+    const bare = Buffer.alloc(12);
+    bare.writeUInt16BE(q.id!, 0);
+    bare.writeUInt16BE(0x8101, 2);
+    send(bare);
+  });
+  const counters = new Counters(hostResolversCounters);
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }], attemptTimeoutMs: 1000, attempts: 1, counters });
+  t.teardown(() => up.close());
+  const got = await askOnce(up, 'old.corp.example');
+  const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
+  t.equal(rcodeOf(answer), 'NOERROR', `answered without EDNS: ${Buffer.isBuffer(got) ? rcodeOf(answer) : got}`);
+  t.same(addresses(answer), ['192.0.2.7']);
+  t.equal(withoutOpt, 1, 'asked without EDNS once');
+  t.equal(counters.get('spoofed'), 0, 'the FORMERR was not taken for a spoofed answer');
+});
