@@ -7,7 +7,7 @@
  * servers that already answered one of those to this query. Plain data and
  * that choice; every transition is HostResolvers'.
  */
-import { HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, QType, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT, QType, RCODE_MASK, Rcode } from '../dns/constants.js';
 import { skipUncompressedName } from '../dns/name.js';
 import type { UpstreamExchange, UpstreamFailure } from './types.js';
 import type { QueryAttempt } from './udp-client.js';
@@ -69,7 +69,8 @@ export class HostJob {
     if ((answer[OFF_FLAGS + 1]! & RCODE_MASK) !== Rcode.FORMERR || answer.readUInt16BE(OFF_ARCOUNT) !== 0 || sent !== this.ex.query) return null;
     if (this.noEdns !== null && this.noEdns.has(idx)) return 'stale';
     this.plainQuery ??= withoutOpt(this.ex.query);
-    if (this.plainQuery === null) return null;
+    // One with no question (question.ts: questionlessFormerr) is never passed on: without a retry, nothing to take.
+    if (this.plainQuery === null) return answer.readUInt16BE(OFF_QDCOUNT) === 0 ? 'stale' : null;
     (this.noEdns ??= new Set()).add(idx);
     return 'retry';
   }

@@ -8,14 +8,15 @@
  * its socket; a random source port per socket, and a socket carries only a
  * few tries for a short time (udp-sockets.ts says why that keeps the
  * protection); an answer is taken only if its source, id and question all
- * match. The UDP sockets are connect()ed, which makes the kernel drop
+ * match (or it is FORMERR with no question to a query with OPT, which only
+ * makes the caller ask again without OPT: question.ts). The UDP sockets are connect()ed, which makes the kernel drop
  * datagrams from other addresses and, on Linux, is the only way an ICMP
  * port-unreachable reaches us (as ECONNREFUSED).
  */
 import net from 'node:net';
 import { HEADER_LEN } from '../dns/constants.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
-import { answerMatchesQuery, readId, writeId } from '../dns/question.js';
+import { answerMatchesQuery, questionlessFormerr, readId, writeId } from '../dns/question.js';
 import type { ServerAddress } from './types.js';
 import { randomId, type SharedSocket, type SharedTry, type UdpSockets } from './udp-sockets.js';
 
@@ -142,7 +143,7 @@ export class QueryAttempt<T> implements SharedTry {
   #onMessage(msg: Buffer): void {
     // One TCP read may carry several frames: those after the answer reach a try already over.
     if (this.#state !== 'active') return;
-    if (msg.length < HEADER_LEN || readId(msg) !== this.id || !answerMatchesQuery(this.query, msg)) {
+    if (msg.length < HEADER_LEN || readId(msg) !== this.id || !(answerMatchesQuery(this.query, msg) || questionlessFormerr(this.query, msg))) {
       this.#events.onSpoofed(this);
       return;
     }
