@@ -40,11 +40,11 @@ import { Firewall, type FirewallBackend } from '../src/iface/firewall.js';
 import { detectFirewallBackend } from '../src/iface/firewall-detect.js';
 import { type CommandResult, type CommandRunner, spawnRunner } from '../src/iface/run-command.js';
 import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
-import { interceptionPart } from '../src/iface/node-setup.js';
+import { interceptionPart, interfacePart } from '../src/iface/node-setup.js';
 import { type ProcReader, otherListenersOn } from '../src/iface/other-listeners.js';
 import { procAddress } from '../src/sys/reuseport.js';
 import { ManualClock } from '../src/clock.js';
-import { silentLogger } from '../src/log.js';
+import { createLogger, silentLogger } from '../src/log.js';
 import { ConfigError, loadConfig } from '../src/config.js';
 
 const FIXTURES = new URL('./fixtures/', import.meta.url);
@@ -1026,3 +1026,29 @@ for (const { label, backend, need } of BACKENDS) {
     t.equal(await fw.remove(), null, 'rules removed');
   });
 }
+
+t.test('a teardown or rollback of the interface that fails is logged at warn, naming what was left', { skip: namespaceSkip() }, async (t) => {
+  // An operator filtering warnings must see a link that holds the ClusterIP left on the node.
+  for (const why of ['stop', 'rollback'] as const) {
+    const ns = netns(t);
+    let broken = false;
+    // The namespace's own netlink socket, whose sends fail (EPERM) once `broken` is set.
+    const netlink = (): NetlinkIo => {
+      const io = openRtnetlink({ netnsPath: `/var/run/netns/${ns}` });
+      return { send: (m) => (broken ? 1 : io.send(m)), recv: (b) => io.recv(b), close: () => io.close() };
+    };
+    const lines: Array<{ level: string; msg: string; errors?: string[] }> = [];
+    const logger = createLogger('info', (l) => lines.push(JSON.parse(l) as { level: string; msg: string }));
+    const part = interfacePart({
+      addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: true, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+      firewall: 'none', skipTeardown: false, syncIntervalMs: 60_000, clock: new ManualClock(), logger, counters: newSetupCounters(), netlink,
+    })!;
+    await part.start();
+    broken = true;
+    await part.stop(0, why);
+    t.equal(inNs(ns, 'ip', 'link', 'show', 'nodelocaldns').status, 0, `${why}: the link is still there`);
+    const outcome = lines.find((l) => /^interface (removed|start undone)/.test(l.msg));
+    t.equal(outcome?.level, 'warn', `${why}: ${JSON.stringify(outcome)}`);
+    t.match(outcome?.errors, [/\S/], `${why}: naming what failed`);
+  }
+});

@@ -19,6 +19,7 @@ import type { Logger } from '../log.js';
 import { detectFirewallBackend } from './firewall-detect.js';
 import { Firewall, type FirewallBackend } from './firewall.js';
 import type { OtherBackends } from './firewall-others.js';
+import type { NetlinkIo } from './netlink.js';
 import { type EnsureReport, NodeInterface } from './node-interface.js';
 import { spawnRunner, type CommandRunner } from './run-command.js';
 import type { SetupCounters } from './setup-counters.js';
@@ -50,6 +51,8 @@ export interface NodeSetupOptions {
   readonly successor?: () => boolean;
   /** Runs iptables/nft; injected for tests. */
   readonly run?: CommandRunner;
+  /** Opens the rtnetlink socket of the interface part; injected for tests (a namespace's, or one that fails). */
+  readonly netlink?: () => NetlinkIo;
 }
 
 /** A node part, and whether what it set up is in place (as of its last check), for /ready. */
@@ -64,7 +67,7 @@ const RULE_NAME = 'nodelocaldns';
 
 export function interfacePart(o: NodeSetupOptions): NodePart | null {
   if (!o.setupInterface || o.addresses.length === 0) return null;
-  const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters });
+  const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters, open: o.netlink });
   let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
   let made: EnsureReport | null = null;
