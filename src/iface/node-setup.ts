@@ -106,15 +106,20 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
         o.logger.info('another agent serves these addresses: leaving the link to it', { link: o.interfaceName });
       } else if (why === 'rollback' && made !== null) {
         // A later part failed: what this start found (a running agent's link, say) is not ours to remove.
-        const u = iface.undoEnsure(made);
-        o.logger.info('interface start undone', { link: o.interfaceName, removed: u.removed, errors: u.errors });
+        logTeardown('interface start undone', iface.undoEnsure(made));
       } else if (!o.skipTeardown) {
-        const t = iface.teardown();
-        o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });
+        logTeardown('interface removed', iface.teardown());
       }
       iface.close();
     },
   };
+
+  /** At warn when anything could not be removed: a link left holding the ClusterIP takes the node's own DNS to it. */
+  function logTeardown(msg: string, r: { removed: readonly string[]; errors: readonly string[] }): void {
+    const fields = { link: o.interfaceName, removed: r.removed, errors: r.errors };
+    if (r.errors.length > 0) o.logger.warn(`${msg}, not all of it: left on the node`, fields);
+    else o.logger.info(msg, fields);
+  }
 }
 
 export function interceptionPart(o: NodeSetupOptions): NodePart | null {
