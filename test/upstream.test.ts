@@ -176,6 +176,17 @@ t.test('parseResolvConf: comments, last search/domain wins, IPv6 with zone, CRLF
   t.same(parseResolvConf('domain x.example\nsearch y.example z.example\n').search, ['y.example', 'z.example']);
 });
 
+t.test('parseResolvConf: no inline comments but at the start of a line, as glibc reads it (res_init.c)', async (t) => {
+  // glibc cuts a nameserver's address at whitespace only: "10.0.0.1;x" fails inet_aton_exact and the line is skipped;
+  // res_setoptions reads every blank-separated word of an options line, after a "#" too; a search line is split at blanks.
+  const rc = parseResolvConf(['nameserver 10.0.0.1;x', 'nameserver 10.0.0.2#y', 'nameserver 10.0.0.3 # here a comment', 'options ndots:2 # timeout:5', 'search a.example ; b.example', ''].join('\n'));
+  t.same(rc.nameservers.map((n) => n.host), ['10.0.0.3'], 'an address with ";" or "#" in it is no address');
+  t.match(rc.warnings.join('\n'), /10\.0\.0\.1;x[^\n]*skipped[\s\S]*10\.0\.0\.2#y[^\n]*skipped/);
+  t.equal(rc.options.ndots, 2);
+  t.equal(rc.options.timeoutMs, 5000, 'an option after "#" on an options line is applied');
+  t.same(rc.search, ['a.example', ';', 'b.example']);
+});
+
 t.test('parseResolvConf: options clamp like glibc and accumulate', async (t) => {
   const rc = parseResolvConf('options timeout:60 attempts:9\noptions ndots:20 rotate edns0\nnameserver 127.0.0.1\n');
   t.equal(rc.options.timeoutMs, 30_000);
