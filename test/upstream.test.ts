@@ -1730,6 +1730,8 @@ t.test('HostResolvers: a server that does not know EDNS (FORMERR without OPT) is
   t.teardown(() => udp.close());
   const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port: udp.address().port }], attemptTimeoutMs: 1000, attempts: 1 });
   t.teardown(() => up.close());
+  const counted = (): number | undefined => (up.counters.snapshot() as Record<string, number>)['ednsFallbacks'];
+  t.equal(counted(), 0, 'a counter of EDNS fallbacks (nodelocal_upstream_edns_fallbacks_total)');
   const query = upstreamQuery(parseQuery(questionMessage(nameToWire('old.corp.example'), QType.A)));
   const got = await new Promise<Buffer | UpstreamFailure>((resolve) => {
     up.send({ query, deadline: systemClock.now() + 2000, resolve, reject: resolve });
@@ -1740,6 +1742,7 @@ t.test('HostResolvers: a server that does not know EDNS (FORMERR without OPT) is
   t.same(addresses(answer), ['192.0.2.7']);
   t.equal(withOpt, 1, 'asked with EDNS once');
   t.equal(withoutOpt, 1, 'then without');
+  t.equal(counted(), 1, 'the fallback counted: an operator can tell why every miss there costs two round trips');
 });
 
 /** A UDP server on 127.0.0.1 that hands every query (and whether it carried OPT) to `onQuery`, which answers through `send`. */
