@@ -256,10 +256,11 @@ export class HostResolvers implements Upstream {
     }
     const edns = job.ednsRefusal(attempt.serverIndex, answer, attempt.query);
     if (edns !== null) {
-      // RFC 6891 7: a server from before EDNS answers our OPT FORMERR: asked again at once without it (as glibc asks).
-      // 'stale': an earlier OPT try's FORMERR, that retry under way: not the server's answer to this query.
-      if (edns === 'retry') this.#start(job, attempt.transport, attempt.serverIndex, now);
-      else if (wasCurrent) this.#next(job, now);
+      // RFC 6891 7: FORMERR from a server before EDNS: asked again at once without OPT, as glibc; 'stale': that retry is under way.
+      if (edns === 'retry') {
+        this.#values[SLOT.ednsFallbacks]!++;
+        this.#start(job, attempt.transport, attempt.serverIndex, now);
+      } else if (wasCurrent) this.#next(job, now);
       return;
     }
     if (serverFailed(rcode)) {
