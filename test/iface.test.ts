@@ -715,6 +715,13 @@ t.test('interception whose start fails for one family leaves none of its rules b
     t.not(ours().length, 0, 'rules in place');
     await v4.stop(0, 'rollback');
     t.same(ours(), [], `skipTeardown ${skipTeardown}: a rolled-back start leaves no rule either`);
+    // A running agent's exit: --skip-teardown keeps its rules (node-cache -skipteardown), without it they go.
+    const running = interceptionPart({ ...options, addresses: ['169.254.20.10'] })!;
+    await running.start();
+    const before = ours();
+    t.not(before.length, 0, 'rules in place again');
+    await running.stop(0, 'stop');
+    t.same(ours(), skipTeardown ? before : [], `skipTeardown ${skipTeardown}: a running agent's exit ${skipTeardown ? 'keeps' : 'removes'} its rules`);
   }
 });
 
