@@ -40,11 +40,11 @@ import { Firewall, type FirewallBackend } from '../src/iface/firewall.js';
 import { detectFirewallBackend } from '../src/iface/firewall-detect.js';
 import { type CommandResult, type CommandRunner, spawnRunner } from '../src/iface/run-command.js';
 import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
-import { interceptionPart } from '../src/iface/node-setup.js';
+import { interceptionPart, interfacePart } from '../src/iface/node-setup.js';
 import { type ProcReader, otherListenersOn } from '../src/iface/other-listeners.js';
 import { procAddress } from '../src/sys/reuseport.js';
 import { ManualClock } from '../src/clock.js';
-import { silentLogger } from '../src/log.js';
+import { createLogger, silentLogger } from '../src/log.js';
 import { ConfigError, loadConfig } from '../src/config.js';
 
 const FIXTURES = new URL('./fixtures/', import.meta.url);
@@ -715,6 +715,13 @@ t.test('interception whose start fails for one family leaves none of its rules b
     t.not(ours().length, 0, 'rules in place');
     await v4.stop(0, 'rollback');
     t.same(ours(), [], `skipTeardown ${skipTeardown}: a rolled-back start leaves no rule either`);
+    // A running agent's exit: --skip-teardown keeps its rules (node-cache -skipteardown), without it they go.
+    const running = interceptionPart({ ...options, addresses: ['169.254.20.10'] })!;
+    await running.start();
+    const before = ours();
+    t.not(before.length, 0, 'rules in place again');
+    await running.stop(0, 'stop');
+    t.same(ours(), skipTeardown ? before : [], `skipTeardown ${skipTeardown}: a running agent's exit ${skipTeardown ? 'keeps' : 'removes'} its rules`);
   }
 });
 
@@ -1026,3 +1033,86 @@ for (const { label, backend, need } of BACKENDS) {
     t.equal(await fw.remove(), null, 'rules removed');
   });
 }
+
+t.test('a teardown or rollback of the interface that fails is logged at warn, naming what was left', { skip: namespaceSkip() }, async (t) => {
+  // An operator filtering warnings must see a link that holds the ClusterIP left on the node.
+  for (const why of ['stop', 'rollback'] as const) {
+    const ns = netns(t);
+    let broken = false;
+    // The namespace's own netlink socket, whose sends fail (EPERM) once `broken` is set.
+    const netlink = (): NetlinkIo => {
+      const io = openRtnetlink({ netnsPath: `/var/run/netns/${ns}` });
+      return { send: (m) => (broken ? 1 : io.send(m)), recv: (b) => io.recv(b), close: () => io.close() };
+    };
+    const lines: Array<{ level: string; msg: string; errors?: string[] }> = [];
+    const logger = createLogger('info', (l) => lines.push(JSON.parse(l) as { level: string; msg: string }));
+    const part = interfacePart({
+      addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: true, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+      firewall: 'none', skipTeardown: false, syncIntervalMs: 60_000, clock: new ManualClock(), logger, counters: newSetupCounters(), netlink,
+    })!;
+    await part.start();
+    broken = true;
+    await part.stop(0, why);
+    t.equal(inNs(ns, 'ip', 'link', 'show', 'nodelocaldns').status, 0, `${why}: the link is still there`);
+    const outcome = lines.find((l) => /^interface (removed|start undone)/.test(l.msg));
+    t.equal(outcome?.level, 'warn', `${why}: ${JSON.stringify(outcome)}`);
+    t.match(outcome?.errors, [/\S/], `${why}: naming what failed`);
+  }
+});
+
+t.test('interception: a pod\'s TCP connection to an intercepted address completes with us, its handshake not taken by kube-proxy\'s DNAT', { skip: namespaceSkip() }, async (t) => {
+  // `-m socket` (and nft `socket`) must match the handshake's half-open (SYN_RECV) socket too: the client's ACK that
+  // completes it otherwise is tracked, takes kube-proxy's DNAT to kube-dns and is reset there.
+  for (const { label, backend, need } of BACKENDS) {
+    if (!hasCommand(need) || !hasCommand('nft')) {
+      t.comment(`${label}: ${need} or nft not installed`);
+      continue;
+    }
+    const node = netns(t);
+    const pod = netns(t);
+    const ipn = (...a: string[]): void => {
+      const r = sh('ip', ['-n', node, ...a]);
+      if (r.status !== 0) throw new Error(`ip -n node ${a.join(' ')}: ${r.stderr}`);
+    };
+    const ipp = (...a: string[]): void => {
+      const r = sh('ip', ['-n', pod, ...a]);
+      if (r.status !== 0) throw new Error(`ip -n pod ${a.join(' ')}: ${r.stderr}`);
+    };
+    ipn('link', 'set', 'lo', 'up');
+    ipn('link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod);
+    ipn('addr', 'add', '10.244.0.1/24', 'dev', 'v0');
+    ipn('addr', 'add', 'fd00:244::1/64', 'dev', 'v0', 'nodad');
+    ipn('link', 'set', 'v0', 'up');
+    ipp('addr', 'add', '10.244.0.2/24', 'dev', 'eth0');
+    ipp('addr', 'add', 'fd00:244::2/64', 'dev', 'eth0', 'nodad');
+    ipp('link', 'set', 'eth0', 'up');
+    ipp('route', 'add', 'default', 'via', '10.244.0.1');
+    ipp('-6', 'route', 'add', 'default', 'via', 'fd00:244::1');
+    ipn('link', 'add', 'nodelocaldns', 'type', 'bridge');
+    ipn('addr', 'add', '10.96.0.10/32', 'dev', 'nodelocaldns');
+    ipn('addr', 'add', 'fd00::10/128', 'dev', 'nodelocaldns', 'nodad');
+    ipn('link', 'set', 'nodelocaldns', 'up');
+    // kube-dns's pod, and kube-proxy's DNAT of the ClusterIPs to it.
+    ipn('addr', 'add', '10.244.1.53/32', 'dev', 'lo');
+    ipn('addr', 'add', 'fd00:1::53/128', 'dev', 'lo', 'nodad');
+    const kp = sh('ip', ['netns', 'exec', node, 'sh', '-c',
+      `printf '%s\\n' 'table inet kp {' ' chain pre {' '  type nat hook prerouting priority dstnat; policy accept;' '  ip daddr 10.96.0.10 tcp dport 53 dnat ip to 10.244.1.53:53' '  ip6 daddr fd00::10 tcp dport 53 dnat ip6 to [fd00:1::53]:53' ' }' '}' | nft -f -`]);
+    t.equal(kp.status, 0, `kube-proxy's DNAT in place: ${kp.stderr}`);
+    const fw = new Firewall({ name: 'nodelocaldns', addresses: ['10.96.0.10', 'fd00::10'], port: 53, healthPort: null, backend, run: spawnRunner(['ip', 'netns', 'exec', node]), counters: newSetupCounters() });
+    await fw.apply();
+    const listeners = spawn('ip', ['netns', 'exec', node, process.execPath, '-e', [
+      "const net = require('node:net'); let n = 0; const up = () => { if (++n === 4) console.log('ready'); };",
+      "for (const a of ['10.96.0.10', 'fd00::10']) net.createServer((s) => s.end('ours')).listen(53, a, up);",
+      "for (const a of ['10.244.1.53', 'fd00:1::53']) net.createServer((s) => s.end('kube-dns')).listen(53, a, up);",
+    ].join('\n')], { env: CHILD_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+    t.teardown(() => stopChild(listeners, 'SIGKILL', 2000));
+    t.ok(await new Lines(listeners.stdout!).next((l) => l === 'ready', 30_000), `${label}: listening`);
+    for (const addr of ['10.96.0.10', 'fd00::10']) {
+      const got = sh('ip', ['netns', 'exec', pod, process.execPath, '-e',
+        `const s = require('node:net').connect(53, '${addr}'); let d = ''; s.on('data', (c) => { d += c; }); s.on('end', () => console.log(d)); s.on('error', (e) => console.log(e.code)); setTimeout(() => { console.log('timeout'); process.exit(0); }, 5000).unref();`]);
+      t.equal(got.stdout.trim(), 'ours', `${label}: TCP to ${addr} is answered by our listener`);
+    }
+    t.equal(await fw.remove(), null);
+    await stopChild(listeners, 'SIGKILL', 2000);
+  }
+});

@@ -176,6 +176,17 @@ t.test('parseResolvConf: comments, last search/domain wins, IPv6 with zone, CRLF
   t.same(parseResolvConf('domain x.example\nsearch y.example z.example\n').search, ['y.example', 'z.example']);
 });
 
+t.test('parseResolvConf: no inline comments but at the start of a line, as glibc reads it (res_init.c)', async (t) => {
+  // glibc cuts a nameserver's address at whitespace only: "10.0.0.1;x" fails inet_aton_exact and the line is skipped;
+  // res_setoptions reads every blank-separated word of an options line, after a "#" too; a search line is split at blanks.
+  const rc = parseResolvConf(['nameserver 10.0.0.1;x', 'nameserver 10.0.0.2#y', 'nameserver 10.0.0.3 # here a comment', 'options ndots:2 # timeout:5', 'search a.example ; b.example', ''].join('\n'));
+  t.same(rc.nameservers.map((n) => n.host), ['10.0.0.3'], 'an address with ";" or "#" in it is no address');
+  t.match(rc.warnings.join('\n'), /10\.0\.0\.1;x[^\n]*skipped[\s\S]*10\.0\.0\.2#y[^\n]*skipped/);
+  t.equal(rc.options.ndots, 2);
+  t.equal(rc.options.timeoutMs, 5000, 'an option after "#" on an options line is applied');
+  t.same(rc.search, ['a.example', ';', 'b.example']);
+});
+
 t.test('parseResolvConf: options clamp like glibc and accumulate', async (t) => {
   const rc = parseResolvConf('options timeout:60 attempts:9\noptions ndots:20 rotate edns0\nnameserver 127.0.0.1\n');
   t.equal(rc.options.timeoutMs, 30_000);
@@ -1719,6 +1730,8 @@ t.test('HostResolvers: a server that does not know EDNS (FORMERR without OPT) is
   t.teardown(() => udp.close());
   const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port: udp.address().port }], attemptTimeoutMs: 1000, attempts: 1 });
   t.teardown(() => up.close());
+  const counted = (): number | undefined => (up.counters.snapshot() as Record<string, number>)['ednsFallbacks'];
+  t.equal(counted(), 0, 'a counter of EDNS fallbacks (nodelocal_upstream_edns_fallbacks_total)');
   const query = upstreamQuery(parseQuery(questionMessage(nameToWire('old.corp.example'), QType.A)));
   const got = await new Promise<Buffer | UpstreamFailure>((resolve) => {
     up.send({ query, deadline: systemClock.now() + 2000, resolve, reject: resolve });
@@ -1729,4 +1742,78 @@ t.test('HostResolvers: a server that does not know EDNS (FORMERR without OPT) is
   t.same(addresses(answer), ['192.0.2.7']);
   t.equal(withOpt, 1, 'asked with EDNS once');
   t.equal(withoutOpt, 1, 'then without');
+  t.equal(counted(), 1, 'the fallback counted: an operator can tell why every miss there costs two round trips');
+});
+
+/** A UDP server on 127.0.0.1 that hands every query (and whether it carried OPT) to `onQuery`, which answers through `send`. */
+async function ednsRig(t: Test, onQuery: (q: DecodedPacket, hasOpt: boolean, send: (reply: Buffer) => void) => void): Promise<number> {
+  const udp = dgram.createSocket('udp4');
+  udp.on('message', (m, r) => onQuery(dnsPacket.decode(m), m.readUInt16BE(10) > 0, (reply) => udp.send(reply, r.port, r.address)));
+  await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
+  t.teardown(() => udp.close());
+  return udp.address().port;
+}
+
+const oldServerAnswer = (q: DecodedPacket): Buffer => dnsPacket.encode({
+  type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE, questions: q.questions,
+  answers: [{ name: q.questions![0]!.name, type: 'A', ttl: 60, data: '192.0.2.7' }],
+});
+
+async function askOnce(up: HostResolvers, name: string): Promise<Buffer | UpstreamFailure> {
+  const query = upstreamQuery(parseQuery(questionMessage(nameToWire(name), QType.A)));
+  return new Promise<Buffer | UpstreamFailure>((resolve) => {
+    up.send({ query, deadline: systemClock.now() + 3000, resolve, reject: resolve });
+  });
+}
+
+t.test('HostResolvers: a second FORMERR without OPT, to an earlier EDNS try at the server already asked again without it, is not passed on', async (t) => {
+  // The first try with OPT is lost (held here) and times out; the second gets FORMERR and the server is asked without
+  // OPT. Then the first try's FORMERR arrives too: the retry without OPT is under way, and that FORMERR is stale.
+  // Each reply goes back to the socket its query came from (tries may be on different shared sockets).
+  let held: { q: DecodedPacket; send: (reply: Buffer) => void } | null = null;
+  let withoutOpt = 0;
+  const port = await ednsRig(t, (q, hasOpt, send) => {
+    const formerr = (p: DecodedPacket): Buffer => dnsPacket.encode({ type: 'response', id: p.id, flags: dnsPacket.RECURSION_DESIRED | 1, questions: p.questions });
+    if (!hasOpt) {
+      withoutOpt++;
+      send(oldServerAnswer(q));
+    } else if (held === null) {
+      held = { q, send };
+    } else {
+      send(formerr(q));
+      held.send(formerr(held.q));
+    }
+  });
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }], attemptTimeoutMs: 300, attempts: 2 });
+  t.teardown(() => up.close());
+  const got = await askOnce(up, 'old.corp.example');
+  const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
+  t.equal(rcodeOf(answer), 'NOERROR', `the answer without EDNS, not the stale FORMERR: ${Buffer.isBuffer(got) ? rcodeOf(answer) : got}`);
+  t.same(addresses(answer), ['192.0.2.7']);
+  t.equal(withoutOpt, 1, 'asked without EDNS once');
+});
+
+t.test('HostResolvers: a server that does not know EDNS and answers FORMERR with no question (QDCOUNT 0) is asked again without OPT, not waited out as spoofed', async (t) => {
+  let withoutOpt = 0;
+  const port = await ednsRig(t, (q, hasOpt, send) => {
+    if (!hasOpt) {
+      withoutOpt++;
+      send(oldServerAnswer(q));
+      return;
+    }
+    // The header alone: id, QR, RD, FORMERR; every count 0.
+    const bare = Buffer.alloc(12);
+    bare.writeUInt16BE(q.id!, 0);
+    bare.writeUInt16BE(0x8101, 2);
+    send(bare);
+  });
+  const counters = new Counters(hostResolversCounters);
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }], attemptTimeoutMs: 1000, attempts: 1, counters });
+  t.teardown(() => up.close());
+  const got = await askOnce(up, 'old.corp.example');
+  const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
+  t.equal(rcodeOf(answer), 'NOERROR', `answered without EDNS: ${Buffer.isBuffer(got) ? rcodeOf(answer) : got}`);
+  t.same(addresses(answer), ['192.0.2.7']);
+  t.equal(withoutOpt, 1, 'asked without EDNS once');
+  t.equal(counters.get('spoofed'), 0, 'the FORMERR was not taken for a spoofed answer');
 });

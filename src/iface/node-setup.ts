@@ -19,6 +19,7 @@ import type { Logger } from '../log.js';
 import { detectFirewallBackend } from './firewall-detect.js';
 import { Firewall, type FirewallBackend } from './firewall.js';
 import type { OtherBackends } from './firewall-others.js';
+import type { NetlinkIo } from './netlink.js';
 import { type EnsureReport, NodeInterface } from './node-interface.js';
 import { spawnRunner, type CommandRunner } from './run-command.js';
 import type { SetupCounters } from './setup-counters.js';
@@ -50,6 +51,8 @@ export interface NodeSetupOptions {
   readonly successor?: () => boolean;
   /** Runs iptables/nft; injected for tests. */
   readonly run?: CommandRunner;
+  /** Opens the rtnetlink socket of the interface part; injected for tests (a namespace's, or one that fails). */
+  readonly netlink?: () => NetlinkIo;
 }
 
 /** A node part, and whether what it set up is in place (as of its last check), for /ready. */
@@ -64,7 +67,7 @@ const RULE_NAME = 'nodelocaldns';
 
 export function interfacePart(o: NodeSetupOptions): NodePart | null {
   if (!o.setupInterface || o.addresses.length === 0) return null;
-  const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters });
+  const iface = new NodeInterface({ name: o.interfaceName, addresses: o.addresses, kind: o.interfaceKind, counters: o.counters, open: o.netlink });
   let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
   let made: EnsureReport | null = null;
@@ -103,15 +106,20 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
         o.logger.info('another agent serves these addresses: leaving the link to it', { link: o.interfaceName });
       } else if (why === 'rollback' && made !== null) {
         // A later part failed: what this start found (a running agent's link, say) is not ours to remove.
-        const u = iface.undoEnsure(made);
-        o.logger.info('interface start undone', { link: o.interfaceName, removed: u.removed, errors: u.errors });
+        logTeardown('interface start undone', iface.undoEnsure(made));
       } else if (!o.skipTeardown) {
-        const t = iface.teardown();
-        o.logger.info('interface removed', { link: o.interfaceName, removed: t.removed, errors: t.errors });
+        logTeardown('interface removed', iface.teardown());
       }
       iface.close();
     },
   };
+
+  /** At warn when anything could not be removed: a link left holding the ClusterIP takes the node's own DNS to it. */
+  function logTeardown(msg: string, r: { removed: readonly string[]; errors: readonly string[] }): void {
+    const fields = { link: o.interfaceName, removed: r.removed, errors: r.errors };
+    if (r.errors.length > 0) o.logger.warn(`${msg}, not all of it: left on the node`, fields);
+    else o.logger.info(msg, fields);
+  }
 }
 
 export function interceptionPart(o: NodeSetupOptions): NodePart | null {

@@ -7,7 +7,7 @@
  * servers that already answered one of those to this query. Plain data and
  * that choice; every transition is HostResolvers'.
  */
-import { HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, QType, RCODE_MASK, Rcode } from '../dns/constants.js';
+import { HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT, QType, RCODE_MASK, Rcode } from '../dns/constants.js';
 import { skipUncompressedName } from '../dns/name.js';
 import type { UpstreamExchange, UpstreamFailure } from './types.js';
 import type { QueryAttempt } from './udp-client.js';
@@ -60,16 +60,19 @@ export class HostJob {
   }
 
   /**
-   * Whether `answer` from server `idx` is FORMERR without OPT to a query that carried one: a server from before
-   * EDNS (RFC 6891 7). Then `idx` is asked without OPT from now on, for this query, as glibc would ask it.
+   * What FORMERR without OPT from server `idx` to the query `sent` says: 'retry' when `sent` carried OPT and the
+   * server was asked with it so far (a server from before EDNS, RFC 6891 7): `idx` is asked without OPT from now
+   * on, for this query, as glibc would ask it; 'stale' when it answers an earlier try with OPT while the retry
+   * without is under way (a lost try answered late): nothing to take from it. Null for any other answer.
    */
-  refusedEdns(idx: number, answer: Buffer): boolean {
-    if ((answer[OFF_FLAGS + 1]! & RCODE_MASK) !== Rcode.FORMERR || answer.readUInt16BE(OFF_ARCOUNT) !== 0) return false;
-    if (this.noEdns !== null && this.noEdns.has(idx)) return false;
+  ednsRefusal(idx: number, answer: Buffer, sent: Buffer): 'retry' | 'stale' | null {
+    if ((answer[OFF_FLAGS + 1]! & RCODE_MASK) !== Rcode.FORMERR || answer.readUInt16BE(OFF_ARCOUNT) !== 0 || sent !== this.ex.query) return null;
+    if (this.noEdns !== null && this.noEdns.has(idx)) return 'stale';
     this.plainQuery ??= withoutOpt(this.ex.query);
-    if (this.plainQuery === null) return false;
+    // One with no question (question.ts: questionlessFormerr) is never passed on: without a retry, nothing to take.
+    if (this.plainQuery === null) return answer.readUInt16BE(OFF_QDCOUNT) === 0 ? 'stale' : null;
     (this.noEdns ??= new Set()).add(idx);
-    return true;
+    return 'retry';
   }
 
   /** The server the next try goes to, counting the try; -1 when tries or time (at `now`) have run out. */

@@ -14,6 +14,10 @@ export const hostResolversCounters = defineCounters({
   // The server's reply to a try already over: answered by another server or given up (TcpPool's reason too).
   late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
   tcpFallbacks: { name: 'nodelocal_upstream_tcp_fallbacks_total', help: 'Truncated (TC=1) UDP answers retried over TCP at the same server.' },
+  ednsFallbacks: {
+    name: 'nodelocal_upstream_edns_fallbacks_total',
+    help: 'FORMERR answers without OPT to a query with EDNS (a server from before EDNS, RFC 6891 7): the same server asked again without OPT.',
+  },
   failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/NOTIMP/REFUSED answer.' },
   attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },
   attemptErrors: { ...TRY_FAILURES, labels: { reason: 'error' } },

@@ -254,9 +254,13 @@ export class HostResolvers implements Upstream {
       this.#start(job, 'tcp', attempt.serverIndex, now);
       return;
     }
-    if (job.refusedEdns(attempt.serverIndex, answer)) {
-      // RFC 6891 7: a server from before EDNS answers our OPT FORMERR; asked again at once without it (as glibc asks).
-      this.#start(job, attempt.transport, attempt.serverIndex, now);
+    const edns = job.ednsRefusal(attempt.serverIndex, answer, attempt.query);
+    if (edns !== null) {
+      // RFC 6891 7: FORMERR from a server before EDNS: asked again at once without OPT, as glibc; 'stale': that retry is under way.
+      if (edns === 'retry') {
+        this.#values[SLOT.ednsFallbacks]!++;
+        this.#start(job, attempt.transport, attempt.serverIndex, now);
+      } else if (wasCurrent) this.#next(job, now);
       return;
     }
     if (serverFailed(rcode)) {

@@ -3,9 +3,11 @@
  * the same servers, with the same options, as the node's own resolver would:
  *
  * - a keyword counts only at the start of a line and followed by a space or
- *   tab; lines starting with '#' or ';' are comments; anything else is ignored
+ *   tab; lines starting with '#' or ';' are comments, and there are no others:
+ *   a '#' later in a line is a word like any; anything else is ignored
  * - `domain` and `search` both set the search list: the last one wins
- * - `nameserver`: one address per line, the rest of the line ignored; IPv6 may
+ * - `nameserver`: one address per line, up to the first blank (an address
+ *   with a ';' or '#' in it is none), the rest of the line ignored; IPv6 may
  *   carry a %zone. glibc uses the first 3 (MAXNS) only: we keep all, and warn
  * - `options` accumulate over lines; ndots is capped at 15, timeout at 30 s
  *   and attempts at 5 (RES_MAXNDOTS, RES_MAXRETRANS, RES_MAXRETRY)
@@ -41,15 +43,9 @@ const IGNORED_OPTIONS = new Set([
   'insecure1', 'insecure2',
 ]);
 
-/** Tokens up to the first one that starts a comment. */
+/** The blank-separated words of a line's rest: glibc knows no comment after a keyword. */
 function tokens(rest: string): string[] {
-  const out: string[] = [];
-  for (const t of rest.split(/[ \t]+/)) {
-    if (t === '') continue;
-    if (t.startsWith('#') || t.startsWith(';')) break;
-    out.push(t);
-  }
-  return out;
+  return rest.split(/[ \t]+/).filter((t) => t !== '');
 }
 
 /** atoi(): the leading decimal digits, as glibc reads option values. */
@@ -59,10 +55,8 @@ function leadingInt(s: string): number | undefined {
 }
 
 function parseNameserver(token: string): ServerAddress | string {
-  // glibc cuts the address at the first ';' or '#' as well as at whitespace.
-  const addr = token.split(/[;#]/, 1)[0]!;
   // Canonical, as every configured address: answers are matched by their source, which the kernel spells so.
-  const host = canonicalIp(addr);
+  const host = canonicalIp(token);
   if (host !== null) return { host, port: 53 };
   return `nameserver "${token}" is not an IPv4 or IPv6 address: skipped`;
 }
@@ -90,7 +84,8 @@ export function parseResolvConf(text: string): ResolvConf {
         const ns = parseNameserver(args[0]!);
         if (typeof ns === 'string') warnings.push(`${where}: ${ns}`);
         else nameservers.push(ns);
-        if (args.length > 1) warnings.push(`${where}: only one address per nameserver line; ignored "${args.slice(1).join(' ')}"`);
+        // Ignored as glibc ignores it; only what does not read as a comment is worth a word.
+        if (args.length > 1 && !/^[#;]/.test(args[1]!)) warnings.push(`${where}: only one address per nameserver line; ignored "${args.slice(1).join(' ')}"`);
         break;
       }
       case 'domain':

@@ -8,14 +8,15 @@
  * its socket; a random source port per socket, and a socket carries only a
  * few tries for a short time (udp-sockets.ts says why that keeps the
  * protection); an answer is taken only if its source, id and question all
- * match. The UDP sockets are connect()ed, which makes the kernel drop
+ * match (or it is FORMERR with no question to a query with OPT, which only
+ * makes the caller ask again without OPT: question.ts). The UDP sockets are connect()ed, which makes the kernel drop
  * datagrams from other addresses and, on Linux, is the only way an ICMP
  * port-unreachable reaches us (as ECONNREFUSED).
  */
 import net from 'node:net';
 import { HEADER_LEN } from '../dns/constants.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
-import { answerMatchesQuery, readId, writeId } from '../dns/question.js';
+import { answerMatchesQuery, questionlessFormerr, readId, writeId } from '../dns/question.js';
 import type { ServerAddress } from './types.js';
 import { randomId, type SharedSocket, type SharedTry, type UdpSockets } from './udp-sockets.js';
 
@@ -44,7 +45,8 @@ export class QueryAttempt<T> implements SharedTry {
   readonly deadline: number;
   /** Clock ms when the query went out; set by the owner in onSent (this class keeps no clock). */
   sentAt: number;
-  readonly #query: Buffer;
+  /** What this try sends, but for its id (the caller's buffer, never written). */
+  readonly query: Buffer;
   readonly #events: AttemptEvents<T>;
   /** The shared socket this try's id is registered on, until it finishes. */
   #udp: SharedSocket | null;
@@ -69,7 +71,7 @@ export class QueryAttempt<T> implements SharedTry {
     this.serverIndex = serverIndex;
     this.deadline = deadline;
     this.sentAt = -1;
-    this.#query = query;
+    this.query = query;
     this.#events = events;
     this.#udp = null;
     this.#tcp = null;
@@ -102,7 +104,7 @@ export class QueryAttempt<T> implements SharedTry {
   }
 
   #wire(): Buffer {
-    const msg = Buffer.from(this.#query);
+    const msg = Buffer.from(this.query);
     writeId(msg, this.id);
     return msg;
   }
@@ -141,7 +143,7 @@ export class QueryAttempt<T> implements SharedTry {
   #onMessage(msg: Buffer): void {
     // One TCP read may carry several frames: those after the answer reach a try already over.
     if (this.#state !== 'active') return;
-    if (msg.length < HEADER_LEN || readId(msg) !== this.id || !answerMatchesQuery(this.#query, msg)) {
+    if (msg.length < HEADER_LEN || readId(msg) !== this.id || !(answerMatchesQuery(this.query, msg) || questionlessFormerr(this.query, msg))) {
       this.#events.onSpoofed(this);
       return;
     }
