@@ -297,6 +297,12 @@ t.test('an ops port on a DNS listen address:port is refused, naming both flags (
   t.match(refused(['--localip', '127.0.0.2,127.0.0.3', '--port', '5300', '--health-port', '5300']), /--health-port/, 'with --localip and --port');
   t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '127.0.0.2:5300', '--health-port', '5301']), 'accepted', 'another address or port is fine');
   t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', 'off', '--health-port', '0']), 'accepted', 'off is fine');
+  // Two HTTP servers on one port: the specific address takes its connections, so /metrics there is a 404 (exit 1 at bind without SO_REUSEPORT).
+  t.match(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '0.0.0.0:5310', '--health-port', '5310']), /--metrics-listen-address 0\.0\.0\.0:5310.*--health-port/, 'metrics on a wildcard and health under it, one port');
+  t.match(refused(['--listen', '[fd00::a]:5300', '--metrics-listen-address', '[::]:5310', '--health-port', '5310']), /--health-port \[fd00::a\]:5310/, 'under an IPv6 wildcard');
+  t.equal(refused(['--listen', '[fd00::a]:5300', '--metrics-listen-address', '[FD00:0::A]:5310', '--health-port', '5310']), 'accepted', 'one address in two spellings: one server');
+  t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '127.0.0.1:5310', '--health-port', '5310']), 'accepted', 'one address: one server for all three paths');
+  t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '127.0.0.2:5310', '--health-port', '5310']), 'accepted', 'two addresses, neither a wildcard: two servers side by side');
 });
 
 t.test('one stub zone spelled two ways is refused (the router used one, the health gauge named the other)', async (t) => {
