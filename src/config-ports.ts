@@ -6,16 +6,18 @@
  * DNS-over-TCP clients reach the HTTP server and scrapes the DNS listener,
  * with nothing logged. A wildcard takes every address of its port.
  */
+import { isIP } from 'node:net';
 import { canonicalIp, formatHostPort, isLoopback, isWildcard } from './addr.js';
 import { ConfigError } from './config-options.js';
 import { defaultOpsHost } from './ops/http.js';
 import type { ServerAddress } from './upstream/types.js';
 
-/** Throws a ConfigError naming both flags when an ops address shares a DNS listen address's TCP port. */
+/** Throws a ConfigError naming both flags when an ops address shares a DNS listen address's TCP port, or the two ops servers one port. */
 export function refuseOpsOnDnsPorts(listen: readonly ServerAddress[], metrics: ServerAddress | null, healthPort: number): void {
+  const health = healthPort === 0 ? null : { host: defaultOpsHost(listen), port: healthPort };
   const ops: [string, ServerAddress | null][] = [
     ['--metrics-listen-address', metrics],
-    ['--health-port', healthPort === 0 ? null : { host: defaultOpsHost(listen), port: healthPort }],
+    ['--health-port', health],
   ];
   for (const [flag, a] of ops) {
     const clash = a === null ? undefined : listen.find((l) => overlaps(l, a));
@@ -24,6 +26,18 @@ export function refuseOpsOnDnsPorts(listen: readonly ServerAddress[], metrics: S
       `${flag} ${formatHostPort(a)} and --listen/--localip ${formatHostPort(clash)}: the same TCP port (both bound with SO_REUSEPORT, the kernel would hand DNS clients to the HTTP server and scrapes to the DNS listener); give the ops server another port`,
     );
   }
+  // One address is one server for all three paths (ops/http.ts createOpsServers); two that overlap are two servers on one port.
+  if (metrics === null || health === null || metrics.port !== health.port || metrics.host === health.host) return;
+  if (covers(metrics.host, health.host) || covers(health.host, metrics.host)) {
+    throw new ConfigError(
+      `--metrics-listen-address ${formatHostPort(metrics)} and --health-port ${formatHostPort(health)}: one port under two addresses, one of them a wildcard (two HTTP servers: the more specific address takes its connections, so a path the other serves answers 404 there); give both one address or use two ports`,
+    );
+  }
+}
+
+/** A wildcard HTTP server takes `host`'s connections too: `::` is dual-stack (Node's default), `0.0.0.0` IPv4 only. */
+function covers(wildcard: string, host: string): boolean {
+  return wildcard === '::' || (wildcard === '0.0.0.0' && isIP(host) === 4);
 }
 
 function overlaps(a: ServerAddress, b: ServerAddress): boolean {
