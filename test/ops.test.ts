@@ -1055,6 +1055,34 @@ t.test('bounded: a client scraping in a loop gets a few renders a second, the re
   t.equal(renders, 4);
 });
 
+t.test('an agent under a ManualClock: a scrape after many others still shows what happened since (the render bound must not freeze the text)', async (t) => {
+  // The bound on renders guards the main thread's real time. Measured on the agent's clock, a test's ManualClock
+  // (which only moves when told) turns "10 a second" into "10, ever": every later scrape gets the tenth text, and a
+  // test polling /metrics for a value (ns-metrics.test.ts's until()) waits out its whole loop and fails.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const external = await SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+  const clock = new ManualClock();
+  const host = '127.0.44.13';
+  const agent = await startAgent(host, ['--upstream-nameservers', `127.0.0.1:${external.port}`, '--no-kube', '--metrics-listen-address', `${host}:9253`], { clock });
+  t.teardown(async () => {
+    await agent.stop();
+    await external.close();
+  });
+  const ops = agent.agent.opsServers.find((s) => s.routes.includes('metrics'));
+  if (ops === undefined) throw new Error('no metrics server');
+  const requests = async (): Promise<number> => {
+    let n = 0;
+    for (const [k, v] of parseExposition((await request(`${ops.url}/metrics`)).body).samples) if (k.startsWith('coredns_dns_requests_total{')) n += v;
+    return n;
+  };
+  const before = await requests();
+  for (let i = 0; i < OPS_HTTP_LIMITS.maxRendersPerSecond + 2; i++) await requests();
+  t.equal(rcodeOf(await udpQuery(agent.target, 'www.example.com')), 0, 'answered');
+  t.equal(await requests(), before + 1, 'the query is in the next scrape');
+});
+
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {
   // The cap (32) is global: a pod that opens 32 keep-alive connections to the node-local IP's probe port and
   // sends a request on each now and then (so keepAliveTimeout never fires) makes every new connection, the
