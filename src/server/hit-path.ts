@@ -174,7 +174,7 @@ export class HitPath implements QueryHandler {
       const reply = errorResponse(q, rcode);
       // BADVERS (16) has header bits 0: counted by its full rcode, not as NOERROR.
       this.#out.send(reply, channel, peer, -1, rcode);
-      if (logged) this.#out.logQuery(q, peer, reply, 0, 'refused-query');
+      if (logged) this.#out.logQuery(q, peer, reply, 0, 'refused-query', rcode);
       return;
     }
 
