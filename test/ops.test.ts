@@ -1083,6 +1083,32 @@ t.test('an agent under a ManualClock: a scrape after many others still shows wha
   t.equal(await requests(), before + 1, 'the query is in the next scrape');
 });
 
+t.test('coredns_cache_requests_total: one per client lookup (a miss, then a hit), --io dgram and batched', async (t) => {
+  // CoreDNS counts a request each time a query reaches its cache (getIgnoreTTL), then a hit or a miss: requests =
+  // hits + misses. In batched mode the main thread asks the shared store again for each worker miss; that second
+  // look must not count as a second request (or a hit no client got).
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const external = await SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+  t.teardown(() => external.close());
+  for (const [i, io] of (['dgram', 'batched'] as const).entries()) {
+    const agent = await startAgent(`127.0.44.${30 + i}`, ['--io', io, ...(io === 'batched' ? ['--workers', '1'] : []), '--upstream-nameservers', `127.0.0.1:${external.port}`, '--no-kube']);
+    t.teardown(() => agent.stop());
+    const sum = async (name: string): Promise<number> => {
+      let n = 0;
+      for (const [k, v] of parseExposition(await agent.agent.metrics.metrics()).samples) if (k.startsWith(`${name}{`)) n += v;
+      return n;
+    };
+    const before = { requests: await sum('coredns_cache_requests_total'), hits: await sum('coredns_cache_hits_total'), misses: await sum('coredns_cache_misses_total') };
+    await udpQuery(agent.target, 'www.example.com', { timeoutMs: 3_000 });
+    await udpQuery(agent.target, 'www.example.com', { timeoutMs: 3_000 });
+    t.equal((await sum('coredns_cache_misses_total')) - before.misses, 1, `${io}: one miss`);
+    t.equal((await sum('coredns_cache_hits_total')) - before.hits, 1, `${io}: one hit`);
+    t.equal((await sum('coredns_cache_requests_total')) - before.requests, 2, `${io}: two requests`);
+  }
+});
+
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {
   // The cap (32) is global: a pod that opens 32 keep-alive connections to the node-local IP's probe port and
   // sends a request on each now and then (so keepAliveTimeout never fires) makes every new connection, the
