@@ -13,6 +13,7 @@
 // Replay a failure with FUZZ_SEED=<seed printed in the comment>.
 import t from 'tap';
 import * as dnsPacket from 'dns-packet';
+import { createLogger } from '../src/log.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { TcpListener } from '../src/server/tcp-listener.js';
 import { checkAnswer } from '../testkit/fuzz-check.js';
@@ -49,7 +50,8 @@ async function sims(t: { teardown(fn: () => unknown): void }) {
 t.comment(`fuzz seed ${SEED} (replay with FUZZ_SEED=${SEED})`);
 
 t.test('hand-made bad packets get the precise treatment', async (t) => {
-  const a = await startAgent(HOST, await sims(t));
+  const logLines: string[] = [];
+  const a = await startAgent(HOST, [...(await sims(t)), '--query-log-sample', '1'], { logger: createLogger('info', (line) => logLines.push(line)) });
   t.teardown(a.stop);
   const q = (id: number, edns = false): Buffer => buildQuery('www.example.com', { id, edns });
   const set16 = (b: Buffer, off: number, v: number): Buffer => {
@@ -134,6 +136,8 @@ t.test('hand-made bad packets get the precise treatment', async (t) => {
   const after = await responses();
   t.equal(after['NOERROR'], before['NOERROR'], 'BADVERS is not counted as a NOERROR answer (its header rcode bits are 0)');
   t.equal(after['other'], (before['other'] ?? 0) + 1, 'BADVERS is counted under rcode "other"');
+  const logged = logLines.map((l) => JSON.parse(l) as { msg: string; source?: string; rcode?: number }).filter((l) => l.msg === 'query' && l.source === 'refused-query');
+  t.equal(logged.at(-1)?.rcode, 16, 'the query log names the full rcode, BADVERS (16), not the header\'s 0');
   t.not(bv, null, 'EDNS version 1 answered');
   if (bv !== null) {
     const p = dnsPacket.decode(bv);

@@ -1029,9 +1029,10 @@ t.test('bounded: a client that pipelines scrapes and never reads the answers get
   t.ok(n <= 8, `at most a few scrapes rendered for one connection that reads nothing (rendered ${n} of 1000 pipelined)`);
 });
 
-t.test('bounded: a client scraping in a loop gets a few renders a second, the rest the last text', async (t) => {
+t.test('bounded: a client scraping in a loop gets a few renders a second; the rest wait for the next second\'s render', async (t) => {
   // Any pod reaches the metrics port; a render costs the main thread milliseconds (it also serves TCP and every
-  // miss), so one asking back-to-back must not have the agent render without end.
+  // miss), so one asking back-to-back must not have the agent render without end. A scrape past the bound is never
+  // answered with text older than itself (what happened before it, a query or a reload, must be in its answer).
   let renders = 0;
   const source = {
     contentType: 'text/plain; version=0.0.4; charset=utf-8',
@@ -1039,20 +1040,73 @@ t.test('bounded: a client scraping in a loop gets a few renders a second, the re
   };
   const clock = new ManualClock();
   const limits: Record<string, number> = { maxRendersPerSecond: 3 };
-  const s = new OpsServer({ address: { host: HOST, port: 0 }, routes: ['metrics'], handlers: { metrics: source }, logger: silentLogger, limits, clock });
+  const s = new OpsServer({ address: { host: HOST, port: 0 }, routes: ['metrics'], handlers: { metrics: source }, logger: silentLogger, limits, renderClock: clock });
   await s.start();
   t.teardown(() => s.stop());
-  const bodies: string[] = [];
-  for (let i = 0; i < 6; i++) {
-    const r = await request(`${s.url}/metrics`);
-    t.equal(r.status, 200);
-    bodies.push(r.body);
-  }
+  for (let i = 1; i <= 3; i++) t.equal((await request(`${s.url}/metrics`)).body, `nodelocal_render_total ${i}\n`);
+  const late = [request(`${s.url}/metrics`), request(`${s.url}/metrics`), request(`${s.url}/metrics`)];
+  for (let i = 0; i < 200 && !s.scrapesWaiting; i++) await new Promise((r) => setTimeout(r, 10));
+  t.ok(s.scrapesWaiting, 'the fourth scrape in the second waits');
   t.equal(renders, 3, 'three renders in the second, however many scrapes');
-  t.same(bodies.slice(3), Array(3).fill('nodelocal_render_total 3\n'), 'the others get the last text');
   clock.advance(1_000);
-  t.equal((await request(`${s.url}/metrics`)).body, 'nodelocal_render_total 4\n', 'a new second renders again');
+  const bodies = (await Promise.all(late)).map((r) => `${r.status} ${r.body}`);
+  t.same(bodies, Array(3).fill('200 nodelocal_render_total 4\n'), 'the waiting scrapes share the next second\'s render');
   t.equal(renders, 4);
+});
+
+t.test('an agent under a ManualClock: a scrape after many others still shows what happened since (the render bound must not freeze the text)', async (t) => {
+  // The bound on renders guards the main thread's real time. Measured on the agent's clock, a test's ManualClock
+  // (which only moves when told) turns "10 a second" into "10, ever": every later scrape gets the tenth text, and a
+  // test polling /metrics for a value (ns-metrics.test.ts's until()) waits out its whole loop and fails. On any
+  // clock, the text past the bound was older than the scrape: a query made before it was missing from its answer.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const external = await SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+  const clock = new ManualClock();
+  const host = '127.0.44.13';
+  const agent = await startAgent(host, ['--upstream-nameservers', `127.0.0.1:${external.port}`, '--no-kube', '--metrics-listen-address', `${host}:9253`], { clock });
+  t.teardown(async () => {
+    await agent.stop();
+    await external.close();
+  });
+  const ops = agent.agent.opsServers.find((s) => s.routes.includes('metrics'));
+  if (ops === undefined) throw new Error('no metrics server');
+  const requests = async (): Promise<number> => {
+    let n = 0;
+    for (const [k, v] of parseExposition((await request(`${ops.url}/metrics`)).body).samples) if (k.startsWith('coredns_dns_requests_total{')) n += v;
+    return n;
+  };
+  const before = await requests();
+  for (let i = 0; i < OPS_HTTP_LIMITS.maxRendersPerSecond + 2; i++) await requests();
+  t.equal(rcodeOf(await udpQuery(agent.target, 'www.example.com')), 0, 'answered');
+  t.equal(await requests(), before + 1, 'the query is in the next scrape');
+});
+
+t.test('coredns_cache_requests_total: one per client lookup (a miss, then a hit), --io dgram and batched', async (t) => {
+  // CoreDNS counts a request each time a query reaches its cache (getIgnoreTTL), then a hit or a miss: requests =
+  // hits + misses. In batched mode the main thread asks the shared store again for each worker miss; that second
+  // look must not count as a second request (or a hit no client got).
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const external = await SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+  t.teardown(() => external.close());
+  for (const [i, io] of (['dgram', 'batched'] as const).entries()) {
+    const agent = await startAgent(`127.0.44.${30 + i}`, ['--io', io, ...(io === 'batched' ? ['--workers', '1'] : []), '--upstream-nameservers', `127.0.0.1:${external.port}`, '--no-kube']);
+    t.teardown(() => agent.stop());
+    const sum = async (name: string): Promise<number> => {
+      let n = 0;
+      for (const [k, v] of parseExposition(await agent.agent.metrics.metrics()).samples) if (k.startsWith(`${name}{`)) n += v;
+      return n;
+    };
+    const before = { requests: await sum('coredns_cache_requests_total'), hits: await sum('coredns_cache_hits_total'), misses: await sum('coredns_cache_misses_total') };
+    await udpQuery(agent.target, 'www.example.com', { timeoutMs: 3_000 });
+    await udpQuery(agent.target, 'www.example.com', { timeoutMs: 3_000 });
+    t.equal((await sum('coredns_cache_misses_total')) - before.misses, 1, `${io}: one miss`);
+    t.equal((await sum('coredns_cache_hits_total')) - before.hits, 1, `${io}: one hit`);
+    t.equal((await sum('coredns_cache_requests_total')) - before.requests, 2, `${io}: two requests`);
+  }
 });
 
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {

@@ -67,7 +67,7 @@ export interface OpsHttpLimits {
   /** How often Node checks the header and request deadlines; they fire up to this late. */
   readonly checkIntervalMs: number;
   readonly maxHeaderBytes: number;
-  /** /metrics renders in one second at most; scrapes past it get the last text (a client scraping in a loop). */
+  /** /metrics renders in one second at most; scrapes past it wait for the next second's render (a client scraping in a loop). */
   readonly maxRendersPerSecond: number;
   /** On stop, answers owed (a scrape rendering) may take this long, at most until the stop's deadline; then every connection is closed. */
   readonly drainMs: number;
@@ -103,6 +103,11 @@ export interface OpsServerOptions {
   readonly reusePort?: boolean;
   /** What stop()'s deadline is measured on (default the system clock). */
   readonly clock?: Clock;
+  /**
+   * What the bound on /metrics renders is measured on: the system clock unless a test says otherwise. Never the
+   * agent's clock: the bound guards the main thread's real time, and a test's ManualClock would freeze the text.
+   */
+  readonly renderClock?: Clock;
 }
 
 const TEXT = 'text/plain; charset=utf-8';
@@ -149,7 +154,7 @@ export class OpsServer implements Component {
     this.#log = opts.logger;
     this.#bound = null;
     this.#clock = opts.clock ?? systemClock;
-    this.#renders = opts.handlers.metrics === undefined || !this.routes.includes('metrics') ? null : new ScrapeRenders(opts.handlers.metrics, this.#clock, limits.maxRendersPerSecond);
+    this.#renders = opts.handlers.metrics === undefined || !this.routes.includes('metrics') ? null : new ScrapeRenders(opts.handlers.metrics, opts.renderClock ?? systemClock, limits.maxRendersPerSecond);
     this.#drainMs = limits.drainMs;
     this.#connections = new OpsConnections({
       maxConnections: limits.maxConnections,
@@ -177,6 +182,11 @@ export class OpsServer implements Component {
   /** The address as bound (port 0 resolved); the wanted one before start. */
   get address(): ServerAddress {
     return this.#bound ?? this.#wanted;
+  }
+
+  /** Scrapes past the render bound are waiting for the next second's render. */
+  get scrapesWaiting(): boolean {
+    return this.#renders?.waiting ?? false;
   }
 
   get url(): string {

@@ -1,12 +1,15 @@
 /**
  * The text GET /metrics answers with (http.ts), rendered a few times a
  * second at most: scrapes that arrive while a render runs get its text, and
- * past `maxPerSecond` renders in one second of the clock the last text
- * rendered is answered again. Any pod on the node reaches the metrics port
- * (the node-local IP), and a render costs the main thread, which also serves
- * TCP and every miss, milliseconds: a client asking back-to-back must not
- * have it render without end. Prometheus scrapes every 10 to 60 s, so a few
- * scrapers together stay well under the bound and always get a fresh render.
+ * past `maxPerSecond` renders in one second of the clock a scrape waits for
+ * the next second's render (one, shared by every scrape waiting). Any pod on
+ * the node reaches the metrics port (the node-local IP), and a render costs
+ * the main thread, which also serves TCP and every miss, milliseconds: a
+ * client asking back-to-back must not have it render without end. A scrape
+ * is never answered with text rendered before it arrived: what happened
+ * before a scrape (a query, a reload) is in its answer. Prometheus scrapes
+ * every 10 to 60 s, so a few scrapers together stay well under the bound and
+ * never wait. Waiting scrapes are bounded by the connection caps (http-connections.ts).
  */
 import type { Clock } from '../clock.js';
 import type { MetricsSource } from './http.js';
@@ -17,8 +20,8 @@ export class ScrapeRenders {
   readonly #maxPerSecond: number;
   /** The render in progress: scrapes that arrive meanwhile get its text rather than starting their own. */
   #inFlight: Promise<string> | null;
-  /** The last text rendered; null before the first or while every render has failed. */
-  #last: string | null;
+  /** Scrapes past the bound: they share the render of the next second. */
+  #deferred: Promise<string> | null;
   #secondStart: number;
   #rendersThisSecond: number;
 
@@ -27,21 +30,45 @@ export class ScrapeRenders {
     this.#clock = clock;
     this.#maxPerSecond = maxPerSecond;
     this.#inFlight = null;
-    this.#last = null;
+    this.#deferred = null;
     this.#secondStart = -Infinity;
     this.#rendersThisSecond = 0;
+  }
+
+  /** Scrapes waiting for the next second's render. */
+  get waiting(): boolean {
+    return this.#deferred !== null;
   }
 
   /** The text to answer with; rejects when the render fails (never throws). */
   text(): Promise<string> {
     if (this.#inFlight !== null) return this.#inFlight;
-    const now = this.#clock.now();
+    if (this.#deferred !== null) return this.#deferred;
+    if (this.#roomAt(this.#clock.now())) return this.#render();
+    // On the clock's sweep (every 50 ms on the system clock; a ManualClock's advance runs it too).
+    this.#deferred = new Promise<string>((resolve) => {
+      const stop = this.#clock.sweep((now) => {
+        if (!this.#roomAt(now)) return;
+        stop();
+        this.#deferred = null;
+        resolve(this.#render());
+      });
+    });
+    return this.#deferred;
+  }
+
+  /** True (and counts it) when a render may start at `now`. */
+  #roomAt(now: number): boolean {
     if (now - this.#secondStart >= 1000) {
       this.#secondStart = now;
       this.#rendersThisSecond = 0;
     }
-    if (this.#rendersThisSecond >= this.#maxPerSecond && this.#last !== null) return Promise.resolve(this.#last);
+    if (this.#rendersThisSecond >= this.#maxPerSecond) return false;
     this.#rendersThisSecond++;
+    return true;
+  }
+
+  #render(): Promise<string> {
     let render: Promise<string>;
     try {
       render = this.#source.metrics();
@@ -53,10 +80,7 @@ export class ScrapeRenders {
     const done = (): void => {
       if (this.#inFlight === render) this.#inFlight = null;
     };
-    render.then((text) => {
-      this.#last = text;
-      done();
-    }, done);
+    render.then(done, done);
     return render;
   }
 }

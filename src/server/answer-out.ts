@@ -89,13 +89,13 @@ export class AnswerOut {
     if (this.#threw++ % LOG_EVERY === 0) this.#logger.error('answering a waiting client threw', { error: String(err), count: this.#threw });
   }
 
-  /** One line of the sampled query log (--query-log-sample): off the hit path's common case by construction. */
-  logQuery(q: Query, peer: ClientPeer, reply: Buffer, durationMs: number, source: AnswerSource): void {
+  /** One line of the sampled query log (--query-log-sample): off the hit path's common case by construction. `rcode` as in send(). */
+  logQuery(q: Query, peer: ClientPeer, reply: Buffer, durationMs: number, source: AnswerSource, rcode = reply[3]! & 0x0f): void {
     this.#logger.info('query', {
       client: peer.address,
       name: q.qnameEnd > 0 ? (nameToString(q.msg, HEADER_LEN) ?? '?') : '?',
       type: q.qtype,
-      rcode: reply[3]! & 0x0f,
+      rcode,
       durationMs: Math.round(durationMs * 1000) / 1000,
       source,
     });

@@ -36,6 +36,7 @@ import { tsigErrorResponse } from '../dns/tsig.js';
 import { scrubCounted } from './scrub.js';
 import { STALE_ANSWER_TTL, type HitCache } from '../cache/cache.js';
 import { refreshesName } from '../cache/policy.js';
+import { serverFailed } from '../upstream/health.js';
 import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
@@ -174,7 +175,7 @@ export class HitPath implements QueryHandler {
       const reply = errorResponse(q, rcode);
       // BADVERS (16) has header bits 0: counted by its full rcode, not as NOERROR.
       this.#out.send(reply, channel, peer, -1, rcode);
-      if (logged) this.#out.logQuery(q, peer, reply, 0, 'refused-query');
+      if (logged) this.#out.logQuery(q, peer, reply, 0, 'refused-query', rcode);
       return;
     }
 
@@ -245,9 +246,9 @@ export class HitPath implements QueryHandler {
             seen: this.#v[S.upstreamMalformed],
           });
         }
-      } else if (scan.rcode !== Rcode.SERVFAIL && scan.rcode !== Rcode.REFUSED && (refreshesName(scan.rcode) || this.#cache.stale(miss.key, now, 0) === undefined)) {
-        // Another rcode (FORMERR...: the resolver makes SERVFAIL, NOTIMP and REFUSED failures) says nothing of the name
-        // either: stale when there is one (RFC 8767 4), else the upstream's answer as it came.
+      } else if (!serverFailed(scan.rcode) && (refreshesName(scan.rcode) || this.#cache.stale(miss.key, now, 0) === undefined)) {
+        // SERVFAIL, NOTIMP and REFUSED are failures (serverFailed, as the resolver and the upstream side judge). Another
+        // rcode (FORMERR...) says nothing of the name either: stale when there is one (RFC 8767 4), else the answer as it came.
         this.#recentFailures.answered(miss.key);
         const fresh: CacheEntry = this.#validates ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {

@@ -21,10 +21,11 @@ import type { DnsCache } from '../../cache/cache.js';
 import type { Clock } from '../../clock.js';
 import { scanAnswer } from '../../dns/answer.js';
 import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
-import { MAX_MESSAGE, Rcode } from '../../dns/constants.js';
+import { MAX_MESSAGE } from '../../dns/constants.js';
 import { QueryStatus, parseQuery } from '../../dns/query.js';
 import type { MissOutcome, MissSink } from '../hit-path.js';
 import { scrubCounted } from '../scrub.js';
+import { serverFailed } from '../../upstream/health.js';
 import type { ServerCounters } from '../stats.js';
 import type { MissCompleter } from '../resolver.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
@@ -173,7 +174,7 @@ export class MissExchange implements MissCompleter {
   /** Stores the (scrubbed) answer in the one cache the workers read (the same validation and policy as every insert). */
   #store(key: string, answer: Buffer): void {
     const scan = scanAnswer(answer);
-    if (scan === undefined || scan.rcode === Rcode.SERVFAIL || scan.rcode === Rcode.REFUSED) return;
+    if (scan === undefined || serverFailed(scan.rcode)) return;
     this.#shared!.insert(key, answer, scan, this.#clock.now());
   }
 }
