@@ -14,9 +14,8 @@
  *
  * Differences from glibc, on purpose: the per-try timeout is fixed rather than
  * doubling per round (our caller's deadline is the real bound); when every
- * server said SERVFAIL/NOTIMP/REFUSED we pass that answer on instead of failing (the
- * resolver then takes it as a failure: the view's answer, stale, else SERVFAIL, never
- * the upstream's REFUSED or NOTIMP; resolver.ts failedAnswer); and a try that timed out keeps
+ * server said SERVFAIL/NOTIMP/REFUSED we pass that answer on (resolver.ts failedAnswer
+ * takes it as a failure: the view's answer, stale, else SERVFAIL); and a try that timed out keeps
  * listening while the exchange lives, so a server slower than the try timeout
  * still gets its answer through (glibc closes it, and a resolver that always
  * takes 3 s against a 2 s timeout is never heard).
