@@ -36,10 +36,11 @@ import { DETACH_CHUNK_PEERS, Peer, SlotViews, SockaddrChunks, VIEW_LENGTHS, ipv6
 import { hitPathHistograms } from '../src/ops/histogram.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/ops/idle-gc.js';
 import {
-  Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemTag, itemToken, stamp16, waiterTag,
+  Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, stamp16, waiterTag,
   type Packed, type WorkerInit, type WorkerReport,
 } from '../src/server/batched/protocol.js';
 import { DirectAnswers } from '../src/server/batched/direct.js';
+import { AnswerCopy } from '../src/cache/entry.js';
 import { WorkerTotals } from '../src/server/batched/worker-totals.js';
 import { SHED_WINDOW_MS, SOFT_INFLIGHT, SOFT_PERIOD_MS, ShedGate, stampRefusal } from '../src/server/batched/shed-gate.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
@@ -1516,15 +1517,24 @@ function doneItems(items: { token: number; answer: Buffer | null; through: numbe
   return done;
 }
 
-t.test('loop: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is counted, not sent again; a client that joined later is answered by the worker', async (t) => {
-  let token = 0;
-  const waiters: Packed[] = [];
-  const take = (reports: WorkerReport[]): void => {
-    for (const r of reports) {
-      if (r.misses !== null) token = itemToken(r.misses, 0);
-      if (r.waiters) waiters.push(r.waiters);
-    }
+/** Collects a loop's reports as a test plays the main thread: the last miss's token and every waiter record. */
+function reportTaker(): { token: number; readonly waiters: Packed[]; take: (reports: WorkerReport[]) => void } {
+  const seen = {
+    token: 0,
+    waiters: [] as Packed[],
+    take: (reports: WorkerReport[]): void => {
+      for (const r of reports) {
+        if (r.misses !== null) seen.token = itemToken(r.misses, 0);
+        if (r.waiters) seen.waiters.push(r.waiters);
+      }
+    },
   };
+  return seen;
+}
+
+t.test('loop: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is counted, not sent again; a client that joined later is answered by the worker', async (t) => {
+  const seen = reportTaker();
+  const { waiters, take } = seen;
   const { k, loop, c, store } = loopRig([
     () => k.queue(5, { data: query({ name: 'SvC.example.com', id: 1, edns: true }), from: from4(1111) }),
     () => {
@@ -1537,7 +1547,7 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
       // The main thread answered client 1 (waiter 1) when the answer came, before client 2's record arrived, and stored it.
       const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
       storeAnswer(store, SVC, ans);
-      k.post({ t: 'done', items: doneItems([{ token, answer: ans, through: 1 }]).take() });
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: ans, through: 1 }]).take() });
     },
     () => {
       t.same(k.sent.map((s) => [s.fd, idOf(s.data)]), [[6, 2]], 'only the client the main thread did not know of is answered by the worker');
@@ -1545,11 +1555,11 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
     },
   ]);
   loop.run();
-  t.not(token, 0);
+  t.not(seen.token, 0);
   const all = waiters.flatMap((p) => [...Array(p.count).keys()].map((i) => ({ p, i })));
   t.equal(all.length, 2, 'two waiter records');
   const [w1, w2] = all as [{ p: Packed; i: number }, { p: Packed; i: number }];
-  t.same([itemToken(w1.p, w1.i), itemToken(w2.p, w2.i)], [token, token], 'both under the miss\'s token (the second found by its key)');
+  t.same([itemToken(w1.p, w1.i), itemToken(w2.p, w2.i)], [seen.token, seen.token], 'both under the miss\'s token (the second found by its key)');
   t.same([itemTag(w1.p, w1.i), itemTag(w2.p, w2.i)], [waiterTag(0, 16), waiterTag(1, 28)], 'socket index and sockaddr length');
   t.equal(idOf(itemBytes(w1.p, w1.i)!), 1, 'the client\'s own datagram');
   const sa = new Uint8Array(new Uint32Array([...Array(WAITER_SOCKADDR_WORDS).keys()].map((x) => itemExtra(w1.p, w1.i, x))).buffer).subarray(0, 16);
@@ -1557,6 +1567,86 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
   t.same(k.sent.map((s) => idOf(s.data)), [2, 3], 'then a hit from the cache the completion filled');
   t.equal(c.cache.get('hitPositive'), 1);
   t.equal(c.server.get('rcode0'), 2, 'the two answers the worker sent counted; the one the main thread sent is its to count');
+  t.equal(c.io.get('inflight'), 0);
+});
+
+t.test('loop with remoteWaiters: a waiting client is reported and only counted; every outcome is the main thread\'s to send; a client handed back runs again', async (t) => {
+  const seen = reportTaker();
+  const { waiters, take } = seen;
+  let handedBack: Packed | null = null;
+  const { k, loop, c, store } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      take(k.reports());
+      // Refills the receive slot client 1 came in: a peer it kept would now read 4444.
+      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(4444) });
+    },
+    () => {
+      take(k.reports());
+      // A failure, answered by the main thread (stale or SERVFAIL) through record 1: client 2's record was on its way.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: null, through: 1 }]).take() });
+    },
+    () => {
+      t.same(k.sent, [], 'nothing sent by the worker, not even to client 2: it holds neither (client 2 comes back handed back)');
+      t.equal(c.io.get('inflight'), 0, 'the question is closed');
+      // Client 2's record, handed back as if it had come late: the answer is stored by now, so it is a hit.
+      storeAnswer(store, SVC, answer(SVC, [rr(SVC, '192.0.2.7', 60)]));
+      const w = waiters[1]!;
+      const p = new Packer(false, WAITER_STRIDE);
+      p.push(seen.token, itemTag(w, 0), itemBytes(w, 0), null);
+      p.extraWords(new Uint32Array(w.index.buffer, w.index.byteOffset, w.index.length), itemExtraOffset(w, 0), WAITER_SOCKADDR_WORDS);
+      handedBack = p.take();
+      k.post({ t: 'again', items: handedBack });
+    },
+    () => {
+      t.same(k.sent.map((s) => [s.fd, idOf(s.data), portOf(s.to)]), [[5, 2, 4444]], 'the client handed back gets its hit, at its own address');
+      // A client handed back that misses again becomes a miss of its own, reported with its record.
+      const p = new Packer(false, WAITER_STRIDE);
+      p.push(seen.token, waiterTag(1, 28), query({ name: 'again.example.com', id: 3 }), null);
+      const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+      new Uint8Array(words.buffer).set(sockaddr6loopback(5555));
+      p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+      k.post({ t: 'again', items: p.take() });
+    },
+    () => take(k.reports()),
+  ], { remoteWaiters: true });
+  const requestsBefore = c.server.get('requestsUdp');
+  loop.run();
+  t.not(handedBack, null);
+  t.equal(waiters.reduce((n, p) => n + p.count, 0), 3, 'three records: the two clients, then the one that missed again');
+  const last = waiters[waiters.length - 1]!;
+  t.same([idOf(itemBytes(last, 0)!), itemTag(last, 0), itemToken(last, 0)], [3, waiterTag(1, 28), seen.token], 'under its new miss\'s token, from its own socket and sockaddr');
+  t.equal(c.server.get('requestsUdp') - requestsBefore, 2, 'a client handed back is not counted as a request again');
+  t.equal(c.io.get('inflight'), 1, 'its miss waits');
+});
+
+t.test('loop with remoteWaiters: a miss refused at once (over --max-inflight) is answered by the worker; a client sampled for the query log is kept and logged, not sent twice', async (t) => {
+  let token = 0;
+  const logs: WorkerReport['logs'][] = [];
+  const { k, loop, c } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      for (const r of k.reports()) {
+        if (r.misses !== null) token = itemToken(r.misses, 0);
+        if (r.logs !== null) logs.push(r.logs);
+      }
+      // The main thread answered it (through record 1); the worker logs it, sends nothing.
+      k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), through: 1 }]).take() });
+    },
+    () => {
+      for (const r of k.reports()) if (r.logs !== null) logs.push(r.logs);
+    },
+  ], { remoteWaiters: true, queryLogEvery: 1 });
+  loop.run();
+  t.same(k.sent, [], 'nothing sent by the worker');
+  const queryLines = logs.flatMap((l) => l ?? []).filter((l) => l[1] === 'query');
+  t.same(queryLines.map((l) => [l[2]?.source, l[2]?.client, l[2]?.rcode]), [['upstream', '10.0.0.1', 0]], 'logged once, as answered upstream');
+
+  const refused = loopRig([() => k2.queue(5, { data: query({ name: SVC, id: 9 }), from: from4(9999) })], { remoteWaiters: true, maxInflight: 0 });
+  const k2 = refused.k;
+  refused.loop.run();
+  t.same(k2.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]), [[9, 9999, 2]], 'SERVFAIL from the worker: the main thread never heard of it');
+  t.equal(k2.reports().reduce((n, r) => n + (r.waiters?.count ?? 0), 0), 0, 'no record for it');
   t.equal(c.io.get('inflight'), 0);
 });
 
@@ -1625,14 +1715,21 @@ t.test('loop: abort after completions the main thread answered takes them first:
   t.same(k.sent.map((s) => [idOf(s.data), s.data[3]! & 0x0f]), [[2, 2]], 'only the other, still waiting, gets its SERVFAIL');
 });
 
-t.test('DirectAnswers: serves each waiter as the worker would, tells late records and failures apart, never sends on closed sockets', async (t) => {
+t.test('DirectAnswers: serves each waiter as the worker would, whatever the outcome (answer, stale, SERVFAIL); late records go back; never sends on closed sockets', async (t) => {
   const sys = new FakeKernel([]);
   const fds = [5, 6];
   const counters = new Counters(BATCHED_COUNTERS);
   const server = new Counters(SERVER_COUNTERS);
   const hist = hitPathHistograms();
   let nowMs = 1000;
-  const d = new DirectAnswers(sys, fds, 2, 512, () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server, hist, () => nowMs);
+  // The one cache holds an expired answer for key 'old' (in its stale window): DnsCache.stale, counted per client served.
+  const old = answer(SVC, [rr(SVC, '192.0.2.66', 600)]);
+  const staleEntry = AnswerCopy.fromAnswer(old, scanAnswer(old)!, 0, 600, Number.POSITIVE_INFINITY, false);
+  let staleServed = 0;
+  const d = new DirectAnswers(sys, fds, 2, 512, {
+    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server, hist, now: () => nowMs,
+    stale: (key, _now, served) => (key === 'old' ? ((staleServed += served), staleEntry) : undefined),
+  });
   const waiter = (tok: number, sock: number, data: Buffer, from: Buffer): Packed => {
     const p = new Packer(false, WAITER_STRIDE);
     p.push(tok, waiterTag(sock, from.length), data, null);
@@ -1642,8 +1739,13 @@ t.test('DirectAnswers: serves each waiter as the worker would, tells late record
     return p.take();
   };
   const ok = answer(SVC, [rr(SVC, '192.0.2.7', 600)]);
+  const sentNow = (): [number, number, number][] => {
+    const from = sys.sent.length;
+    d.flush();
+    return sys.sent.slice(from).map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]);
+  };
 
-  d.expect(7);
+  d.expect(7, 'k7');
   t.equal(d.add(waiter(7, 0, query({ name: 'sVc.EXAMPLE.com', id: 0x1234, edns: true, udpSize: 4096 }), from4(1111))), false);
   t.equal(d.add(waiter(7, 1, query({ name: SVC, id: 0x4321 }), sockaddr6loopback(2222))), false);
   nowMs += 3;
@@ -1661,32 +1763,83 @@ t.test('DirectAnswers: serves each waiter as the worker would, tells late record
   t.notOk(dnsPacket.decode(sys.sent[1]!.data).additionals?.some((x) => x.type === 'OPT'), 'none for the other');
   t.equal(counters.get('directAnswers'), 2);
   t.equal(server.get('rcode0'), 2, 'counted by rcode as they leave');
-  t.equal(d.add(waiter(7, 0, query({ name: SVC, id: 9 }), from4(9999))), true, 'a record for a completed miss: late (the worker answers it, and must be woken)');
 
-  d.expect(8);
+  t.equal(d.add(waiter(7, 0, query({ name: SVC, id: 9 }), from4(9999))), true, 'a record for a completed miss is handed back');
+  const back = d.takeAgain();
+  t.equal(back?.count, 1, 'in the next \'again\' message');
+  t.same([idOf(itemBytes(back!, 0)!), itemTag(back!, 0)], [9, waiterTag(0, 16)], 'as it came: datagram, socket and sockaddr length');
+  t.equal(portOf(Buffer.from(back!.index.buffer, back!.index.byteOffset + itemExtraOffset(back!, 0) * 4, 16)), 9999, 'and its sockaddr');
+  t.equal(d.takeAgain(), null, 'taken once');
+
+  d.expect(8, 'k8');
   d.add(waiter(8, 0, query({ name: SVC, id: 10 }), from4(1010)));
-  t.equal(d.answer(8, null), 0, 'a failure is the worker\'s (it may have a stale answer)');
-  t.equal(d.needWake, true);
-  d.needWake = false;
-  d.expect(9);
+  t.not(d.answer(8, null), 0, 'a failure (timeout) is answered here too');
+  t.same(sentNow(), [[10, 1010, 2]], 'SERVFAIL: nothing stale for its key');
+  d.expect(9, 'k9');
   d.add(waiter(9, 0, query({ name: SVC, id: 11 }), from4(1011)));
-  t.equal(d.answer(9, answer(SVC, [], { rcode: 'SERVFAIL' })), 0, 'so is a SERVFAIL');
-  d.expect(10);
-  t.not(d.answer(10, ok), 0, 'no waiters (a refresh): nothing to answer, no wake');
-  t.equal(d.needWake, true, 'only the SERVFAIL and timeout asked for one');
+  t.not(d.answer(9, answer(SVC, [], { rcode: 'SERVFAIL' })), 0);
+  t.same(sentNow(), [[11, 1011, 2]], 'an upstream SERVFAIL: SERVFAIL');
+  d.expect(13, 'old');
+  d.add(waiter(13, 0, query({ name: SVC, id: 14 }), from4(1014)));
+  d.add(waiter(13, 1, query({ name: SVC, id: 15 }), sockaddr6loopback(1015)));
+  t.not(d.answer(13, null), 0);
+  const staleOut = sys.sent.length;
+  t.same(sentNow(), [[14, 1014, 0], [15, 1015, 0]], 'stale for a key the cache still holds (RFC 8767), to each client');
+  t.equal(staleServed, 2, 'counted once per client served');
+  t.equal((dnsPacket.decode(sys.sent[staleOut]!.data).answers?.[0] as { ttl?: number } | undefined)?.ttl, 30, 'with the stale answer TTL');
+  d.expect(16, 'old');
+  d.add(waiter(16, 0, query({ name: SVC, id: 16 }), from4(1016)));
+  d.answer(16, answer(SVC, [], { rcode: 'FORMERR' }));
+  t.same(sentNow(), [[16, 1016, 0]], 'an upstream FORMERR with a stale entry held: stale');
+  d.expect(17, 'k17');
+  d.add(waiter(17, 0, query({ name: SVC, id: 17 }), from4(1017)));
+  d.answer(17, answer(SVC, [], { rcode: 'FORMERR' }));
+  t.same(sentNow(), [[17, 1017, 1]], 'with nothing stale: the FORMERR as it came, as the worker would');
+  d.expect(10, 'k10');
+  t.not(d.answer(10, ok), 0, 'no waiters (a refresh): nothing to answer');
+  t.same(sentNow(), [], 'nothing sent');
 
   // Queued, then the worker's sockets are closed before the end of the turn: nothing goes out.
-  d.expect(11);
+  d.expect(11, 'k11');
   d.add(waiter(11, 0, query({ name: SVC, id: 12 }), from4(1012)));
   t.not(d.answer(11, ok), 0);
   fds.length = 0;
+  const before = sys.sent.length;
   d.close();
   d.flush();
-  d.expect(12);
+  d.expect(12, 'k12');
   d.add(waiter(12, 0, query({ name: SVC, id: 13 }), from4(1013)));
   t.equal(d.answer(12, ok), 0, 'after close: left to nobody');
-  t.equal(sys.sent.length, 2, 'nothing sent after the sockets closed');
+  t.equal(sys.sent.length, before, 'nothing sent after the sockets closed');
   t.equal(counters.get('sendErrors'), 1, 'the one queued counted as lost');
+});
+
+t.test('DirectAnswers: abort() answers every client waiting here at once (stale or SERVFAIL); records after it go back to the worker', async (t) => {
+  const sys = new FakeKernel([]);
+  const counters = new Counters(BATCHED_COUNTERS);
+  const d = new DirectAnswers(sys, [5], 2, 512, {
+    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined,
+  });
+  const rec = (tok: number, id: number, port: number): Packed => {
+    const p = new Packer(false, WAITER_STRIDE);
+    p.push(tok, waiterTag(0, 16), query({ name: SVC, id }), null);
+    const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+    new Uint8Array(words.buffer).set(from4(port));
+    p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+    return p.take();
+  };
+  d.expect(1, 'a');
+  d.add(rec(1, 21, 2001));
+  d.expect(2, 'b');
+  d.add(rec(2, 22, 2002));
+  d.abort();
+  t.same(sys.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]), [[21, 2001, 2], [22, 2002, 2]], 'both answered SERVFAIL, and sent at once');
+  t.equal(d.answer(1, answer(SVC, [rr(SVC, '192.0.2.7', 60)])), 0, 'a late outcome finds nothing to answer');
+  d.expect(3, 'c');
+  t.equal(d.add(rec(3, 23, 2003)), true, 'a miss reported after the abort: its client goes back to the worker (which answers it at once)');
+  t.equal(d.takeAgain()?.count, 1);
+  t.equal(sys.sent.length, 2, 'nothing more sent from here');
+  d.close();
 });
 
 t.test('idle GC: a worker gone quiet after a burst collects twice, one check apart; never while busy, small or too soon', async (t) => {
@@ -1909,10 +2062,12 @@ t.test('dgram with SO_REUSEPORT, pause on a wildcard address: an answer to a que
   t.match(await out, /status: NOERROR/, 'the query taken before the pause is answered');
 });
 
-t.test('DirectAnswers: a waiter whose datagram does not parse here goes back to the worker with the others: nothing sent, no send error', async (t) => {
+t.test('DirectAnswers: a waiter whose datagram does not parse here goes back to the worker; the others are answered; no send error', async (t) => {
   const sys = new FakeKernel([]);
   const counters = new Counters(BATCHED_COUNTERS);
-  const d = new DirectAnswers(sys, [5], 2, 512, () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, new Counters(SERVER_COUNTERS), hitPathHistograms(), () => 1000);
+  const d = new DirectAnswers(sys, [5], 2, 512, {
+    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined,
+  });
   const p = new Packer(false, WAITER_STRIDE);
   for (const data of [query({ name: SVC, id: 1 }), Buffer.from('not a query')]) {
     p.push(7, waiterTag(0, 16), data, null);
@@ -1920,13 +2075,15 @@ t.test('DirectAnswers: a waiter whose datagram does not parse here goes back to 
     new Uint8Array(words.buffer).set(from4(1111));
     p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
   }
-  d.expect(7);
+  d.expect(7, 'k');
   d.add(p.take());
-  t.equal(d.answer(7, answer(SVC, [rr(SVC, '192.0.2.7', 600)])), 0, 'the worker answers both (it holds each client\'s datagram)');
-  t.equal(d.needWake, true, 'and is woken for it');
+  t.not(d.answer(7, answer(SVC, [rr(SVC, '192.0.2.7', 600)])), 0);
+  const back = d.takeAgain();
+  t.equal(back?.count, 1, 'one handed back (the worker answers it as its hit path does: FORMERR or nothing)');
+  t.equal(itemBytes(back!, 0)!.toString(), 'not a query', 'the one that does not parse');
   d.flush();
-  t.equal(sys.sent.length, 0, 'nothing sent from here');
-  t.equal(counters.get('sendErrors'), 0, 'nothing counted as a send error: nothing was sent');
+  t.same(sys.sent.map((s) => idOf(s.data)), [1], 'the other answered from here');
+  t.equal(counters.get('sendErrors'), 0, 'nothing counted as a send error');
   d.close();
 });
 

@@ -88,11 +88,12 @@ const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
 
-function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter } = {}) {
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter; remoteWaiters?: boolean } = {}) {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
   const logger = opts.queryLog === undefined ? silentLogger : createLogger('info', (l) => opts.queryLog!.push(l));
   const hits = new HitPath({ cache, clock, logger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232, queryLogEvery: opts.queryLog === undefined ? 0 : 2, clientLimit: opts.clientLimit ?? null,
+    remoteWaiters: opts.remoteWaiters ?? false,
   });
   const cluster = new FakeUpstream(clock);
   const external = new FakeUpstream(clock);
@@ -197,6 +198,25 @@ t.test('shedding: past MAX_WAITERS_PER_QUESTION clients on one question, the nex
   t.same(dataOf(ch2.decoded(0)), ['10.96.0.5'], 'stale data for the shed client');
   t.equal(ttlOf(ch2.decoded(0).answers![0]!), 30, 'with the stale TTL');
   t.equal(r.hits.counters.get('shed'), 2);
+});
+
+t.test('remoteWaiters: clients waiting on a miss are counted, not kept (the sink\'s side answers them); the cap and the shutdown count include them; a logged one is kept', async (t) => {
+  const queryLog: string[] = [];
+  const r = rig({ remoteWaiters: true, queryLog });
+  const ch = new FakeChannel();
+  // Every second query is logged (queryLog set: one in 2): those are kept here.
+  for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) {
+    r.hits.handle(query({ name: SVC, id: i }), ch, PEER);
+    t.equal(r.hits.waitsLocally, i % 2 === 1, `client ${i}: kept here only when logged`);
+  }
+  t.equal(ch.sent.length, 0, 'every client up to the cap waits');
+  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, PEER);
+  t.equal(ch.sent.length, 1, 'the cap counts the clients held elsewhere: the next is answered at once');
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
+  t.equal(ch.sent.length, 1 + MAX_WAITERS_PER_QUESTION / 2, 'the answer goes only to the clients kept here');
+  t.equal(queryLog.filter((l) => l.includes('"source":"upstream"')).length, MAX_WAITERS_PER_QUESTION / 2, 'and they are logged');
+  for (let i = 0; i < 3; i++) r.hits.handle(query({ name: 'other.default.svc.cluster.local', id: i }), ch, PEER);
+  t.equal(r.hits.abortAll(), 3, 'at shutdown every client waiting is counted, wherever it is held');
 });
 
 t.test('buffer ownership: a waiter keeps its own copy; the receive buffer may be reused at once', async (t) => {

@@ -31,6 +31,14 @@ export interface HitPathOptions {
   readonly tagger?: ClientTagger | null;
   /** Turns new misses away before any work (null, the default: every miss goes to the sink). */
   readonly gate?: MissGate | null;
+  /**
+   * The clients waiting on a miss are held, and answered whatever the
+   * outcome, by the sink's side (the batched main thread: direct.ts): this
+   * hit path keeps only their number, and a Waiter only for a client
+   * sampled for the query log (logged here). Off (the default): every
+   * waiting client is answered from here.
+   */
+  readonly remoteWaiters?: boolean;
 }
 
 /**

@@ -8,22 +8,22 @@
  * Self-contained on purpose (design section 7): it depends on the cache,
  * dns/ and the listener seam only, never on upstreams, the view, config or
  * the event loop, so a worker thread that owns a socket can run it as is.
- * What crosses the boundary is shaped like a message:
+ * What crosses the boundary is shaped like a message (a token is a small
+ * number; no channel, peer or Query object crosses):
  *
  *   hit path ── forward(token, key, query bytes) ──► MissSink (upstream side)
  *   hit path ◄── complete(token, answer bytes | failure) ── upstream side
  *
- * A token is a small number; no channel, peer or Query object crosses.
- *
  * Buffer ownership: the `msg` given to handle() is valid only during the
  * call (a batched backend reuses its receive ring). A waiter keeps a private
- * copy of the header and question (needed for the id, flags and the 0x20
- * echo), nothing else of the client's datagram.
+ * copy of the header and question (id, flags, the 0x20 echo), nothing else;
+ * with remoteWaiters (a batched worker) the main thread holds the client
+ * and this side only counts it, so a miss flood leaves no objects per
+ * client in the worker's heap for its collections to copy.
  *
- * Allocation: a hit allocates its answer Buffer and nothing else. The query
- * is parsed into one QueryScratch per HitPath and looked up by its key bytes
- * and hash; the key string and an immutable Query are made only for what
- * outlives the call (a miss's key and waiters, a prefetch).
+ * Allocation: a hit allocates its answer Buffer and nothing else (one
+ * QueryScratch per HitPath, looked up by key bytes and hash); key strings
+ * and Query copies are made only for what outlives the call.
  *
  * Types: miss-boundary.ts, hit-path-options.ts, miss-waiters.ts (re-exported).
  * How answers leave (size limit, counting, the query log): answer-out.ts.
@@ -58,7 +58,10 @@ const S = SERVER_COUNTERS.slot;
 export class HitPath implements QueryHandler {
   readonly counters: ServerCounters;
   /** The token of the question the last query handled waits on (it joined or opened one): read right after handle() for a client left unanswered. */
-  waitsOn: number;
+  waitsOn = 0;
+  /** That client is kept here (a Waiter: its peer must outlive the call); false: only counted, the sink's side holds it (remoteWaiters). */
+  waitsLocally = true;
+  readonly #remoteWaiters: boolean;
   readonly #cache: HitCache;
   /**
    * Scrubs and stores what its misses bring back; off when the sink has done
@@ -70,12 +73,12 @@ export class HitPath implements QueryHandler {
   readonly #logger: Logger;
   readonly #out: AnswerOut;
   readonly #v: Float64Array;
-  #sink: MissSink | null;
+  #sink: MissSink | null = null;
   /** Questions in flight, by cache key (identical misses share one) and by token (answers come back by token). */
-  readonly #byKey: InFlight;
-  readonly #byToken: IntTable<Miss>;
-  #nextToken: number;
-  #drained: (() => void) | null;
+  readonly #byKey = new InFlight();
+  readonly #byToken = new IntTable<Miss>();
+  #nextToken = 1;
+  #drained: (() => void) | null = null;
   #logEvery: number;
   #logCountdown: number;
   #clientLimit: ClientMissLimiter | null;
@@ -83,34 +86,26 @@ export class HitPath implements QueryHandler {
   readonly #tagger: ClientTagger | null;
   readonly #gate: MissGate | null;
   /** What handle() parses into; overwritten by the next query, so nothing may keep it (a Waiter copies what it keeps). */
-  readonly #scratch: QueryScratch;
+  readonly #scratch = new QueryScratch();
   /** Inside handle(): a re-entrant call (a channel that answers synchronously into handle) gets its own scratch. */
-  #busy: boolean;
-  readonly #recentFailures: RecentFailures;
+  #busy = false;
+  readonly #recentFailures = new RecentFailures();
 
   constructor(opts: HitPathOptions) {
     this.#cache = opts.cache;
     this.#clock = opts.clock;
     this.#logger = opts.logger;
     this.counters = opts.counters;
-    this.waitsOn = 0;
+    this.#remoteWaiters = opts.remoteWaiters === true;
     this.#v = opts.counters.values;
     this.#hist = opts.histograms ?? null;
     this.#out = new AnswerOut({ maxUdpSize: opts.maxUdpSize, values: this.#v, histograms: this.#hist, clock: opts.clock, logger: opts.logger });
-    this.#sink = null;
     this.#validates = true;
-    this.#byKey = new InFlight();
-    this.#byToken = new IntTable();
-    this.#nextToken = 1;
-    this.#drained = null;
     this.#logEvery = opts.queryLogEvery ?? 0;
     this.#logCountdown = this.#logEvery;
     this.#clientLimit = opts.clientLimit ?? null;
     this.#tagger = opts.tagger ?? null;
     this.#gate = opts.gate ?? null;
-    this.#scratch = new QueryScratch();
-    this.#busy = false;
-    this.#recentFailures = new RecentFailures();
   }
 
   /** A reload: the new largest UDP answer, query-log sampling and client limit apply from the next query (the limiter's buckets kept while it stays on). */
@@ -133,28 +128,23 @@ export class HitPath implements QueryHandler {
     this.#validates = !sinkValidates;
   }
 
-  handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer): void {
+  /** `again`: a query handled before (a batched client handed back: direct.ts), not counted as a request twice. */
+  handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer, again = false): void {
     if (this.#busy) {
-      this.#handle(msg, new QueryScratch(), channel, peer);
+      this.#handle(msg, new QueryScratch(), channel, peer, again);
       return;
     }
     this.#busy = true;
     try {
-      this.#handle(msg, this.#scratch, channel, peer);
+      this.#handle(msg, this.#scratch, channel, peer, again);
     } finally {
       this.#busy = false;
     }
   }
 
-  #handle(msg: Buffer, q: QueryScratch, channel: ClientChannel, peer: ClientPeer): void {
-    if (this.#tagger !== null) this.#tagger.tag(peer.address);
-    this.#v[channel.transport === Transport.TCP ? S.requestsTcp : S.requestsUdp]!++;
-    const hist = this.#hist;
-    // Answered synchronously (hits, errors): the first bucket (250 us); reading a clock per hit would cost more than the rest.
-    if (hist !== null) hist.requestSize[channel.transport]!.observe(msg.length);
+  #handle(msg: Buffer, q: QueryScratch, channel: ClientChannel, peer: ClientPeer, again: boolean): void {
     parseQueryInto(msg, q);
-    // coredns_dns_requests_total{proto,family,type}: one slot bump (qtype 0 when unreadable: "other").
-    this.#v[REQUEST_SLOT_BASE + (channel.transport * 2 + peerFamilyIndex(peer)) * REQUEST_TYPE_COUNT + requestTypeIndex(q.qtype)]!++;
+    if (!again) this.#countRequest(msg, q, channel, peer);
     const logged = this.#logEvery > 0 && --this.#logCountdown <= 0;
     // Adding keeps the remainder of a fractional "one in N" (1.43 for a share of 0.7): the share logged is exact.
     if (logged) this.#logCountdown += this.#logEvery;
@@ -194,14 +184,16 @@ export class HitPath implements QueryHandler {
     // flight (or a recent failure, a local zone): joining one or being shed reads its bytes (InFlight).
     let miss = this.#byKey.find(q);
     if (miss !== undefined) {
-      if (miss.waiters.length >= MAX_WAITERS_PER_QUESTION) {
+      if (miss.waiting >= MAX_WAITERS_PER_QUESTION) {
         this.#v[S.shed]!++;
         this.#shed(q, channel, peer, now, logged);
         return;
       }
       this.#v[S.coalesced]!++;
-      miss.waiters.push(new Waiter(q, miss.key, channel, peer, now, logged));
       this.waitsOn = miss.token;
+      this.waitsLocally = !this.#remoteWaiters || logged;
+      if (this.waitsLocally) miss.waiters.push(new Waiter(q, miss.key, channel, peer, now, logged));
+      else miss.remote++;
       return;
     }
     if (this.#recentFailures.holds(q, now) && this.#shed(q, channel, peer, now, logged, false)) return;
@@ -217,9 +209,25 @@ export class HitPath implements QueryHandler {
       return;
     }
     const key = q.key;
-    miss = this.#open(key, q.keyHash, new Waiter(q, key, channel, peer, now, logged));
+    const local = !this.#remoteWaiters || logged;
+    miss = this.#open(key, q.keyHash, local ? new Waiter(q, key, channel, peer, now, logged) : null);
+    if (!local) miss.remote = 1;
     this.waitsOn = miss.token;
-    this.#forward(miss, q);
+    this.waitsLocally = local;
+    this.#forward(miss, q, false);
+    // Refused at once (overloaded, closing): a client counted for the sink's side was never handed to it, so it is answered here.
+    if (local || this.#byToken.get(miss.token) === miss) return;
+    this.waitsOn = 0;
+    this.#shed(q, channel, peer, now, logged);
+  }
+
+  #countRequest(msg: Buffer, q: QueryScratch, channel: ClientChannel, peer: ClientPeer): void {
+    if (this.#tagger !== null) this.#tagger.tag(peer.address);
+    this.#v[channel.transport === Transport.TCP ? S.requestsTcp : S.requestsUdp]!++;
+    // Answered synchronously (hits, errors): the first bucket (250 us); reading a clock per hit would cost more than the rest.
+    if (this.#hist !== null) this.#hist.requestSize[channel.transport]!.observe(msg.length);
+    // coredns_dns_requests_total{proto,family,type}: one slot bump (qtype 0 when unreadable: "other").
+    this.#v[REQUEST_SLOT_BASE + (channel.transport * 2 + peerFamilyIndex(peer)) * REQUEST_TYPE_COUNT + requestTypeIndex(q.qtype)]!++;
   }
 
   /**
@@ -266,7 +274,7 @@ export class HitPath implements QueryHandler {
     }
     // A deadline passed opens the recheck window (BIND's stale-refresh-time); a fast failure costs a retry nothing.
     if (outcome === 'timeout') this.#recentFailures.failed(miss.key, now);
-    this.#fail(miss, now);
+    this.#fail(miss, now, answered);
   }
 
   /**
@@ -309,7 +317,8 @@ export class HitPath implements QueryHandler {
     // In the order they were opened (tokens count up; a wrap puts the newest first, which nothing relies on).
     for (const miss of this.#byToken.values().sort((x, y) => x.token - y.token)) {
       this.#close(miss);
-      n += miss.waiters.length;
+      // Those held by the sink's side are answered there at the same time (direct.ts abort()), and counted here.
+      n += miss.waiting;
       this.#fail(miss, now);
     }
     this.#v[S.abortedAtShutdown]! += n;
@@ -327,15 +336,17 @@ export class HitPath implements QueryHandler {
   }
 
   /** Stale if we have it, else SERVFAIL: the last two steps of the failure order (resolver.ts has the first). */
-  #fail(miss: Miss, now: number): void {
+  #fail(miss: Miss, now: number, answered?: (peer: ClientPeer) => boolean): void {
     if (miss.waiters.length === 0) return;
-    // Counted once per client it answers, as #shed counts and CoreDNS does (per response).
-    const stale = this.#cache.stale(miss.key, now, miss.waiters.length);
+    let mine = miss.waiters.length;
+    if (answered !== undefined) for (const w of miss.waiters) if (answered(w.peer)) mine--;
+    // Counted once per client it answers, as #shed counts and CoreDNS does (per response); whoever answered the others counted theirs.
+    const stale = this.#cache.stale(miss.key, now, mine);
     for (const w of miss.waiters) {
       // Per client, as in complete(): at shutdown (abortAll) a throw would also leave every later question unanswered.
       try {
         const reply = stale !== undefined ? stale.serveStale(w, STALE_ANSWER_TTL, this.#out.limit(w, w.channel, w.peer), DEFAULT_EDNS_SIZE) : errorResponse(w, Rcode.SERVFAIL);
-        this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
+        if (answered === undefined || !answered(w.peer)) this.#out.send(reply, w.channel, w.peer, w.arrivedAt);
         if (w.logged) this.#out.logQuery(w, w.peer, reply, now - w.arrivedAt, stale !== undefined ? 'stale' : 'servfail');
       } catch (err) {
         this.#out.waiterThrew(err);
@@ -350,7 +361,7 @@ export class HitPath implements QueryHandler {
    */
   #refresh(q: QueryScratch): void {
     if (this.#byKey.find(q) !== undefined) return;
-    this.#forward(this.#open(q.key, q.keyHash, null), q);
+    this.#forward(this.#open(q.key, q.keyHash, null), q, true);
   }
 
   #open(key: string, hash: number, first: Waiter | null): Miss {
@@ -364,14 +375,14 @@ export class HitPath implements QueryHandler {
   }
 
   /** `q` is read now (for the upstream query's bytes), not kept. */
-  #forward(miss: Miss, q: Query): void {
+  #forward(miss: Miss, q: Query, refresh: boolean): void {
     this.#v[S.misses]!++;
     if (this.#sink === null) {
       this.complete(miss.token, null, 'closed');
       return;
     }
     // May complete synchronously (a local limit): the miss is registered first so complete() finds it.
-    this.#sink.forward(miss.token, miss.key, upstreamQuery(q), miss.waiters.length === 0);
+    this.#sink.forward(miss.token, miss.key, upstreamQuery(q), refresh);
   }
 
   #close(miss: Miss): void {

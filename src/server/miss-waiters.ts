@@ -60,8 +60,10 @@ export class Miss {
   /** The next question in flight whose key has the same hash (InFlight's chain). */
   sameHash: Miss | undefined;
   readonly waiters: Waiter[];
+  /** Clients waiting that the sink's side holds and answers (HitPathOptions.remoteWaiters): counted, not kept. */
+  remote: number;
   /**
-   * `first`: the client that asked (null for a refresh). Most misses keep
+   * `first`: the client that asked (null for a refresh, or one held remotely). Most misses keep
    * one waiter until the answer, so the list starts with exactly that room:
    * an empty list would grow to 17 slots on its first push, and under a miss
    * flood these lists are what a worker's young generation copies.
@@ -72,6 +74,12 @@ export class Miss {
     this.hash = hash;
     this.sameHash = undefined;
     this.waiters = first === null ? [] : [first];
+    this.remote = 0;
+  }
+
+  /** Every client waiting on it, kept here or held remotely. */
+  get waiting(): number {
+    return this.waiters.length + this.remote;
   }
 }
 

@@ -1,41 +1,50 @@
 /**
- * A batched worker's misses answered by the main thread itself: when the
- * upstream's answer arrives here, the clients waiting on it get it at once,
- * sent on the worker's own socket (same process, same fd) with one sendmmsg
- * per socket per main-loop turn, instead of the answer crossing back to the
- * worker and waking it (eventfd) to send one datagram.
+ * A batched worker's waiting clients, held and answered by the main thread:
+ * when the outcome of a worker's miss is known here, the clients waiting on
+ * it get their answer at once, sent on the worker's own socket (same
+ * process, same fd) with one sendmmsg per socket per main-loop turn, instead
+ * of the outcome crossing back to the worker and waking it (eventfd) to send
+ * one datagram.
  *
  *   worker: miss ─ report: (token, key, query) + waiters (token, sockaddr, client datagram)
- *   main:   answer for token ─► each waiter: parse its datagram, serve (id, 0x20 case, EDNS, size) ─► send vector
+ *   main:   outcome for token ─► each waiter: parse its datagram, serve (id, 0x20 case, EDNS, size) ─► send vector
  *           end of turn: post the completions to the worker (no wake-up), then sendmmsg
- *   worker: takes the completions with its next batch or poll timeout: releases its waiters
- *           (nothing to store: the exchange stored the answer), sends nothing to the clients
- *           the main thread answered
+ *   worker: takes the completions with its next batch or poll timeout: closes the question
+ *           (nothing to store: the exchange stored the answer, nothing to send)
  *
- * Which clients those are: each waiter record has a sequence number (its
- * place in the worker's record order, counted on both sides), and a
+ * Every outcome is answered here as the worker's hit path would answer it:
+ * the answer as it came, or for a failure (timeout, SERVFAIL, NOTIMP,
+ * malformed) the stale entry the one cache still holds, else SERVFAIL. So
+ * the worker keeps nothing per waiting client but a count (HitPath
+ * remoteWaiters): under a miss flood the waiting clients were what every
+ * young-generation collection of the worker copied, with its hits waiting.
+ * It keeps a client of its own only when it samples it for the query log;
+ * it logs it, and this side still answers it.
+ *
+ * A client whose record arrives after its question was answered here (it
+ * joined the miss in the worker while the completion was on its way) is
+ * handed back ('again'): the worker runs its query through the hit path
+ * once more, now usually a hit. Each waiter record has a sequence number
+ * (its place in the worker's record order, counted on both sides), and a
  * completion carries the number of the last record received when its
- * clients were answered. A client that joined the miss later (its record
- * still on its way) has a higher number: the worker answers it, and the
- * main thread wakes it when that late record arrives.
- *
- * Only answers the worker would serve as they are: a failure (timeout,
- * SERVFAIL, NOTIMP, malformed) may be answered stale, which the worker decides with
- * its own hit path, so those go back as before and wake the worker.
+ * clients were answered: the worker's own (logged) clients past that number
+ * are not counted as answered here.
  */
-import { AnswerCopy } from '../../cache/entry.js';
+import { AnswerCopy, type CacheEntry } from '../../cache/entry.js';
 import { planCaching, refreshesName, type TtlCaps } from '../../cache/policy.js';
+import { STALE_ANSWER_TTL } from '../../cache/cache.js';
 import { scanAnswer } from '../../dns/answer.js';
-import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
-import { CLASSIC_UDP_LIMIT } from '../../dns/constants.js';
-import { QueryStatus, parseQuery } from '../../dns/query.js';
+import { DEFAULT_EDNS_SIZE, errorResponse } from '../../dns/build.js';
+import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
+import { QueryStatus, parseQuery, type Query } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
+import { serverFailed } from '../../upstream/health.js';
 import { MAX_UDP_PAYLOAD_IPV4 } from '../answer-out.js';
 import type { HitPathHistograms } from '../hit-path.js';
 import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
-import { itemBytes, itemExtraOffset, itemTag, itemToken, nextSeq, type Packed } from './protocol.js';
+import { Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtraOffset, itemTag, itemToken, nextSeq, type Packed } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
 
@@ -55,104 +64,118 @@ interface DirectWaiter {
   readonly at: number;
 }
 
+/** A worker's miss in flight: its cache key (for a stale answer) and the clients waiting on it. */
+interface PendingMiss {
+  readonly key: string;
+  readonly waiters: DirectWaiter[];
+}
+
 /** What the main thread applies as the worker would: its TTL caps and largest UDP answer (the listener's current settings). */
 export interface DirectPolicy {
   readonly cache: TtlCaps;
   readonly maxUdpSize: number;
 }
 
+/** What DirectAnswers answers with, besides the worker's sockets. */
+export interface DirectDeps {
+  readonly policy: () => DirectPolicy;
+  readonly counters: BatchedCounters;
+  readonly server: ServerCounters;
+  readonly hist: HitPathHistograms;
+  /** The clock the one cache ages by (ms). */
+  readonly now: () => number;
+  /** The one cache's expired entry for `key` within the stale window, counted as served `served` times (DnsCache.stale). */
+  readonly stale: (key: string, now: number, served: number) => CacheEntry | undefined;
+}
+
 export class DirectAnswers {
   readonly #sys: UdpBatchSys;
   /** The worker's sockets: emptied when they are closed, so nothing is ever sent on a closed (or reused) fd. */
   readonly #fds: readonly number[];
-  readonly #policy: () => DirectPolicy;
+  readonly #deps: DirectDeps;
   readonly #v: Float64Array;
   /** coredns_dns_responses_total and the truncated count of what is sent from here (the worker takes its own count back). */
   readonly #server: Float64Array;
-  /** coredns_dns_request_duration_seconds and the response sizes of what is sent from here (the worker only releases these clients). */
-  readonly #hist: HitPathHistograms;
-  readonly #now: () => number;
   readonly #block: NativeBlock;
   readonly #arena: Arena;
   readonly #send: SendVec[];
   readonly #scratchOff: number;
-  /** Waiters by the worker's token, for misses in flight. */
-  readonly #pending: Map<number, DirectWaiter[]>;
+  /** The worker's misses in flight, by its token. */
+  readonly #pending = new Map<number, PendingMiss>();
+  /** Records to hand back to the worker (WAITER_STRIDE): takeAgain(). */
+  readonly #again = new Packer(false, WAITER_STRIDE);
   /** Sequence number of the last waiter record received. */
-  #received: number;
-  #closed: boolean;
-  /** A completion went back with clients the worker must answer itself: it has to be woken. */
-  needWake: boolean;
+  #received = 0;
+  #closed = false;
+  /** Past abort(): nothing waits here any more; new records go back to the worker, which answers them at once. */
+  #aborted = false;
 
-  constructor(
-    sys: UdpBatchSys, fds: readonly number[], batch: number, slotBytes: number, policy: () => DirectPolicy, counters: BatchedCounters, server: ServerCounters,
-    hist: HitPathHistograms, now: () => number,
-  ) {
-    this.#hist = hist;
-    this.#now = now;
+  constructor(sys: UdpBatchSys, fds: readonly number[], batch: number, slotBytes: number, deps: DirectDeps) {
     this.#sys = sys;
     this.#fds = fds;
-    this.#policy = policy;
-    this.#v = counters.values;
-    this.#server = server.values;
+    this.#deps = deps;
+    this.#v = deps.counters.values;
+    this.#server = deps.server.values;
     this.#block = sys.alloc(fds.length * vecBytes(batch, slotBytes) + 64);
     this.#arena = new Arena(this.#block.address, this.#block.bytes);
     this.#send = fds.map(() => new SendVec(this.#arena, batch, slotBytes));
     this.#scratchOff = this.#arena.take(SOCKADDR_SLOT_BYTES);
-    this.#pending = new Map();
-    this.#received = 0;
-    this.#closed = false;
-    this.needWake = false;
   }
 
-  /** A miss of the worker's: its waiters' records follow (in this report or later ones). */
-  expect(token: number): void {
-    this.#pending.set(token, []);
+  /** A miss of the worker's, `key` its cache key: its waiters' records follow (in this report or later ones). */
+  expect(token: number, key: string): void {
+    if (!this.#aborted) this.#pending.set(token, { key, waiters: [] });
   }
 
   /**
-   * A report's waiter records, in order. Returns true when one belongs to a
-   * miss already completed: the worker answers that client, and must be woken
-   * for it (its completion may have gone without a wake).
+   * A report's waiter records, in order. Returns true when one is handed
+   * back to the worker (its question was answered here already, or nothing
+   * waits here any more): post takeAgain() to it, and wake it.
    */
   add(p: Packed): boolean {
-    let late = false;
+    let again = false;
     const words = new Uint32Array(p.index.buffer, p.index.byteOffset, p.index.length);
-    const at = this.#now();
+    const at = this.#deps.now();
     for (let i = 0; i < p.count; i++) {
       this.#received = nextSeq(this.#received);
-      const list = this.#pending.get(itemToken(p, i));
-      if (list === undefined) {
-        late = true;
-        continue;
-      }
       const tag = itemTag(p, i);
-      list.push({ sock: tag & 0xff, nameLen: tag >>> 8, words, wordOff: itemExtraOffset(p, i), msg: itemBytes(p, i)!, at });
+      const w: DirectWaiter = { sock: tag & 0xff, nameLen: tag >>> 8, words, wordOff: itemExtraOffset(p, i), msg: itemBytes(p, i)!, at };
+      const m = this.#pending.get(itemToken(p, i));
+      if (m !== undefined) m.waiters.push(w);
+      else again = this.#handBack(itemToken(p, i), w);
     }
-    return late;
+    return again;
   }
 
   /**
-   * The outcome for the worker's `token`: its clients are answered here when
-   * the worker would answer them with `answer` as it is. Returns the
+   * The outcome for the worker's `token` (`answer` null: a failure without
+   * one): every client waiting on it is answered here. Returns the
    * completion's answered-through mark (protocol.ts DONE_STRIDE): the last
-   * record's number, or 0 when the worker answers every client itself.
+   * record's number, or 0 when this side is closed (the worker is gone).
    */
   answer(token: number, answer: Buffer | null): number {
-    const list = this.#pending.get(token);
-    if (list === undefined) return 0;
+    const m = this.#pending.get(token);
+    if (m === undefined || this.#closed) return 0;
     this.#pending.delete(token);
-    if (list.length === 0) return this.#received;
-    if (answer === null || this.#closed || !this.#serve(list, answer)) {
-      this.needWake = true;
-      return 0;
-    }
+    if (m.waiters.length > 0) this.#answerAll(m, answer);
     return this.#received;
   }
 
-  /** Shutdown past its grace period: the worker answers everyone still waiting (stale or SERVFAIL); nothing more from here. */
-  forget(): void {
+  /** Records handed back since the last call, for an 'again' message (null: none). */
+  takeAgain(): Packed | null {
+    return this.#again.count > 0 ? this.#again.take() : null;
+  }
+
+  /**
+   * Shutdown past its grace period: every client waiting here is answered
+   * now (stale or SERVFAIL), as the worker answers its own; records that
+   * come later are handed back. Sent before the worker hears 'abort'.
+   */
+  abort(): void {
+    this.#aborted = true;
+    for (const m of this.#pending.values()) if (m.waiters.length > 0) this.#answerAll(m, null);
     this.#pending.clear();
+    this.flush();
   }
 
   /** Sends what this turn queued: one sendmmsg per socket (more only past a vector's worth). */
@@ -168,25 +191,47 @@ export class DirectAnswers {
     this.#block.free();
   }
 
-  /** As the worker's hit path would: validate, the entry it would store (or a transient one), served to each client (the exchange scrubbed the answer). */
-  #serve(list: DirectWaiter[], a: Buffer): boolean {
-    const scan = scanAnswer(a);
-    // Any rcode but NOERROR and NXDOMAIN failed to refresh the name (RFC 8767 4): the worker answers stale, if it can.
-    if (scan === undefined || !refreshesName(scan.rcode)) return false;
-    const policy = this.#policy();
-    const plan = planCaching(scan, policy.cache, a);
-    // Served the same second it is stored: no aging, so the clock does not matter here.
-    const entry = AnswerCopy.fromAnswer(a, scan, 0, plan.kind === 'none' ? 0 : plan.ttl, Number.POSITIVE_INFINITY, plan.kind === 'negative');
-    const queries = list.map((w) => parseQuery(w.msg));
-    // Each parsed in the worker (it became a waiter); one that does not here (nothing sent, so no send error) goes
-    // back with all the others: the worker answers them, with its own copy of the datagram.
-    if (queries.some((q) => q.status !== QueryStatus.OK)) return false;
-    list.forEach((w, k) => {
+  /**
+   * As the worker's hit path (complete()) would: the answer as it came
+   * (validated and scrubbed by the exchange) unless it failed to answer
+   * the name (serverFailed; another rcode but NOERROR and NXDOMAIN only
+   * when nothing stale is held: RFC 8767 4), else stale, else SERVFAIL.
+   */
+  #answerAll(m: PendingMiss, a: Buffer | null): void {
+    const now = this.#deps.now();
+    const scan = a === null ? undefined : scanAnswer(a);
+    let fresh: AnswerCopy | null = null;
+    let stale: CacheEntry | undefined;
+    if (scan !== undefined && !serverFailed(scan.rcode) && (refreshesName(scan.rcode) || this.#deps.stale(m.key, now, 0) === undefined)) {
+      const plan = planCaching(scan, this.#deps.policy().cache, a!);
+      // Served the same second it is stored: no aging, so the clock does not matter here.
+      fresh = AnswerCopy.fromAnswer(a!, scan, 0, plan.kind === 'none' ? 0 : plan.ttl, Number.POSITIVE_INFINITY, plan.kind === 'negative');
+    }
+    const queries = m.waiters.map((w) => parseQuery(w.msg));
+    // Counted once per client it answers, as the hit path counts.
+    if (fresh === null) stale = this.#deps.stale(m.key, now, queries.filter((q) => q.status === QueryStatus.OK).length);
+    const maxUdpSize = this.#deps.policy().maxUdpSize;
+    m.waiters.forEach((w, k) => {
       const q = queries[k]!;
+      // Each parsed in the worker; one that does not here (or cannot be served) goes back: the worker answers it as its hit path does.
+      if (q.status !== QueryStatus.OK) return void this.#handBack(0, w);
       // The client's family is not at hand here: past 65,507 bytes (one IPv4 datagram) the answer is cut to fit either.
-      const limit = Math.min(!q.edns ? CLASSIC_UDP_LIMIT : q.udpSize < policy.maxUdpSize ? q.udpSize : policy.maxUdpSize, MAX_UDP_PAYLOAD_IPV4);
-      this.#queue(w, entry.serve(q, 0, limit, DEFAULT_EDNS_SIZE));
+      const limit = Math.min(!q.edns ? CLASSIC_UDP_LIMIT : q.udpSize < maxUdpSize ? q.udpSize : maxUdpSize, MAX_UDP_PAYLOAD_IPV4);
+      let reply: Buffer;
+      try {
+        reply = serveOne(q, fresh, stale, limit);
+      } catch {
+        return void this.#handBack(0, w);
+      }
+      this.#queue(w, reply);
     });
+  }
+
+  /** `w`'s record, into the next 'again' message. True (the caller wakes the worker). */
+  #handBack(token: number, w: DirectWaiter): boolean {
+    const p = this.#again;
+    p.push(token, w.sock | (w.nameLen << 8), w.msg, null);
+    p.extraWords(w.words, w.wordOff, WAITER_SOCKADDR_WORDS);
     return true;
   }
 
@@ -196,8 +241,8 @@ export class DirectAnswers {
     const rcode = reply[3]! & 0x0f;
     this.#server[rcode <= 5 ? RCODE_SLOT_BASE + rcode : RCODE_SLOT_OTHER]!++;
     if ((reply[2]! & 0x02) !== 0) this.#server[SV.truncated]!++;
-    this.#hist.responseSize[Transport.UDP].observe(reply.length);
-    this.#hist.duration.observeMs(this.#now() - w.at);
+    this.#deps.hist.responseSize[Transport.UDP].observe(reply.length);
+    this.#deps.hist.duration.observeMs(this.#deps.now() - w.at);
     const vec = this.#send[w.sock];
     if (vec === undefined) return;
     if (reply.length > vec.slotBytes) {
@@ -241,4 +286,10 @@ export class DirectAnswers {
       traceRecord('data.sent', now - traceMarks.dataAt);
     }
   }
+}
+
+/** One client's answer: from the fresh answer, else the stale entry, else SERVFAIL. */
+function serveOne(q: Query, fresh: AnswerCopy | null, stale: CacheEntry | undefined, limit: number): Buffer {
+  if (fresh !== null) return fresh.serve(q, 0, limit, DEFAULT_EDNS_SIZE);
+  return stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, limit, DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
 }

@@ -8,9 +8,10 @@
  *                              │ reads (no lock)                  ▼ (one post per turn)
  *   main:                 the one DnsCache ◄─ stores ─ MissExchange ─► Resolver (upstreams, view)
  *                                                       │ complete(token, answer | failure)
- *   clients ◄─ answers sent by main on worker i's sockets (direct.ts), one sendmmsg per socket per turn
- *   worker i ◄─ one post per main-loop turn, to release its waiters: no wake-up (a
- *               failure, which the worker answers itself, stale if it can, wakes it)
+ *   clients ◄─ every outcome sent by main on worker i's sockets (direct.ts: answer, stale
+ *               or SERVFAIL), one sendmmsg per socket per turn; main holds the waiting clients
+ *   worker i ◄─ one post per main-loop turn, to close its questions: no wake-up (a client
+ *               whose record came late is handed back to it, and that wakes it)
  *
  * One cache for all the threads: the main thread's DnsCache (the agent's,
  * which TCP uses too) is built on SharedArrayBuffers, is the only writer
@@ -40,7 +41,7 @@ import type { HitPathHistograms, MissOutcome, MissSink } from '../hit-path.js';
 import type { Listener } from '../listener.js';
 import type { MissCompleter } from '../resolver.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
-import type { DirectPolicy } from './direct.js';
+import type { DirectDeps, DirectPolicy } from './direct.js';
 import { workerMissLimit, type BatchedUdpOptions } from './listener-options.js';
 import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
@@ -227,8 +228,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         l.lazy = false;
         // What this turn answered from here goes first, with its completions: the worker applies those before it aborts.
         l.flushNow();
-        // The worker answers every client still waiting: none of them from here any more.
-        l.direct?.forget();
+        // Every client waiting here is answered now (stale or SERVFAIL); the worker answers its own on 'abort'.
+        l.direct?.abort();
+        l.handBack();
         l.post({ t: 'abort' });
       }
     });
@@ -314,7 +316,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     } catch (err) {
       return Promise.reject(err);
     }
-    const direct = this.#opts.directAnswers === false ? null : { policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now };
+    const direct: DirectDeps | null = this.#opts.directAnswers === false ? null : {
+      policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served),
+    };
     const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, this.sharedCache.layout, direct);
     this.#links[i] = link;
     return whenStarted(link, this.#logger, (r) => this.#onReport(link, r), (code) => this.#exited(link, code));
@@ -337,13 +341,10 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     const direct = link.direct;
     if (direct !== null) {
       // The waiters before the misses go out: a miss may complete at once (shared cache) and find its waiters.
-      if (m !== null) for (let k = 0; k < m.count; k++) direct.expect(itemToken(m, k));
+      if (m !== null) for (let k = 0; k < m.count; k++) direct.expect(itemToken(m, k), m.keys![k]!);
       const w = r.waiters ?? null;
-      if (w !== null && direct.add(w)) {
-        // Late records: the worker answers them with the completion, which may still be queued here: its post must wake it.
-        direct.needWake = true;
-        link.nudge();
-      }
+      // Late records go back to the worker, after the completions queued here (their question's among them).
+      if (w !== null && direct.add(w)) link.handBack();
     }
     if (m !== null) {
       const keys = m.keys!;

@@ -7,10 +7,17 @@
  * the turn, and this file as what a completion does.
  */
 import type { HitPath } from '../hit-path.js';
-import type { TurnClock } from './loop-parts.js';
-import type { Sender } from './loop-send.js';
-import { OUTCOMES, itemBytes, itemExtra, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
+import { Peer, type ReportLogger, type TurnClock } from './loop-parts.js';
+import type { SocketChannel, Sender } from './loop-send.js';
+import { OUTCOMES, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import type { ClientPeer } from '../listener.js';
+
+/** What handing a client back needs from the loop: its sockets' channels, and what it does with a client left waiting. */
+export interface AgainParts {
+  readonly channels: readonly SocketChannel[];
+  readonly settle: (peer: Peer, s: number, msg: Buffer) => boolean;
+  readonly logger: ReportLogger;
+}
 
 /**
  * Completions answered per turn at most. A main thread that fell behind
@@ -36,15 +43,21 @@ export class Completions {
   readonly #clock: TurnClock;
   readonly #sender: Sender;
   readonly #answeredByMain: (peer: ClientPeer) => boolean;
-  /** Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. */
+  readonly #again: AgainParts;
+  /**
+   * Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. Clients
+   * handed back ('again') queue here too, in the order they came: after the completion of the question they waited on.
+   */
   readonly #done: Packed[];
+  readonly #handedBack = new WeakSet<Packed>();
   #doneAt: number;
 
-  constructor(hits: HitPath, clock: TurnClock, sender: Sender) {
+  constructor(hits: HitPath, clock: TurnClock, sender: Sender, again: AgainParts) {
     this.#hits = hits;
     this.#clock = clock;
     this.#sender = sender;
     this.#answeredByMain = sender.answeredByMain;
+    this.#again = again;
     this.#done = [];
     this.#doneAt = 0;
   }
@@ -54,8 +67,9 @@ export class Completions {
     return this.#done.length > 0;
   }
 
-  /** A 'done' message's completions, applied in the turns to come. */
-  push(items: Packed): void {
+  /** A 'done' message's completions, applied in the turns to come; `again`: an 'again' message's clients. */
+  push(items: Packed, again = false): void {
+    if (again) this.#handedBack.add(items);
     this.#done.push(items);
   }
 
@@ -70,6 +84,11 @@ export class Completions {
         this.#doneAt = 0;
       }
       if (i >= p.count) continue;
+      if (this.#handedBack.has(p)) {
+        this.#handleAgain(p, i);
+        n++;
+        continue;
+      }
       const token = itemToken(p, i);
       const through = itemExtra(p, i, 0);
       const turn = this.#clock.stamp;
@@ -94,5 +113,29 @@ export class Completions {
       n++;
     }
     return n;
+  }
+
+  /**
+   * A client the main thread handed back (protocol.ts 'again'): its record
+   * reached the main thread after the question it joined here was answered
+   * there. Its query goes through the hit path again, as if just received:
+   * now a hit, usually, as the answer was stored; else a miss of its own.
+   */
+  #handleAgain(p: Packed, i: number): void {
+    const tag = itemTag(p, i);
+    const s = tag & 0xff;
+    const channel = this.#again.channels[s];
+    const msg = itemBytes(p, i);
+    if (channel === undefined || msg === null) return;
+    const peer = new Peer(new Uint32Array(p.index.buffer, p.index.byteOffset, p.index.length), itemExtraOffset(p, i));
+    peer.sock = s;
+    peer.nameLen = tag >>> 8;
+    try {
+      this.#hits.handle(msg, channel, peer, true);
+    } catch (err) {
+      this.#again.logger.error('query handler threw', { error: String(err) });
+      return;
+    }
+    this.#again.settle(peer, s, msg);
   }
 }

@@ -9,6 +9,7 @@
 import type { Clock } from '../../clock.js';
 import type { LogFields, Logger } from '../../log.js';
 import type { ClientPeer } from '../listener.js';
+import { ClientMissLimiter } from '../client-limit.js';
 import { AF_INET6, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { SOCKADDR_SLOT_BYTES, type Arena, type Timespec } from './msgvec.js';
 import type { LogRecord } from './protocol.js';
@@ -232,4 +233,13 @@ export function ipv6Text(b: Uint8Array): string {
   }
   const hex = (from: number, to: number): string => g.slice(from, to).map((x) => x.toString(16)).join(':');
   return best < 0 ? hex(0, 8) : `${hex(0, best)}::${hex(best + bestLen, 8)}`;
+}
+
+/**
+ * The worker's own per-client miss limiter: the check happens in the worker,
+ * before a miss crosses to the main thread, because only the worker knows
+ * the client's address (the boundary carries a token, a key and the query).
+ */
+export function missLimiter(rate: number, burst: number): ClientMissLimiter | null {
+  return rate > 0 ? new ClientMissLimiter(rate, burst) : null;
 }

@@ -19,11 +19,10 @@
  *                 a new miss while the main thread refuses misses at its cap
  *                 is answered here (stale, else SERVFAIL: shed-gate.ts), as is
  *                 every new miss after 'pause' and 'abort' (a wildcard's kept socket)
- *                 a miss parks its client (the peer is detached from the ring)
- *                 and reports it (sockaddr, datagram), so the main thread
- *                 sends the answer itself (direct.ts) and stores it in the
- *                 one cache; the completion then comes here only to release
- *                 the waiters, without waking us
+ *                 a miss's client is reported (sockaddr, datagram): the main
+ *                 thread holds it and answers it whatever the outcome
+ *                 (direct.ts); only its number stays here (a client sampled
+ *                 for the query log is kept too, its peer detached)
  *   sendmmsg the filled vectors
  *   post one report: the turn's misses, waiting clients and log lines
  *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
@@ -31,24 +30,21 @@
  *   quiet for a second after a burst? one full GC (ops/idle-gc.ts)
  *
  * Under load a turn is exactly two koffi calls per socket (recvmmsg and
- * sendmmsg); nothing is allocated per packet by this file except, for a
- * miss, the peer it keeps (the views handed to handle() are made once per
- * receive slot and length: loop-parts.ts SlotViews).
+ * sendmmsg); nothing is allocated per packet by this file (the views handed
+ * to handle() are made once per slot and length: loop-parts.ts SlotViews).
  *
- * The send side (the send vectors, queue and flush) is in loop-send.ts, the
- * completions queued from the main thread in loop-completions.ts, the report
- * and the misses in flight in loop-report.ts; this file re-exports the
- * completion limits.
+ * The send side is in loop-send.ts, the completions (and clients handed
+ * back) queued from the main thread in loop-completions.ts, the report in
+ * loop-report.ts; this file re-exports the completion limits.
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { CacheReader } from '../../cache/reader.js';
-import { ClientMissLimiter } from '../client-limit.js';
 import { HitPath, type MissSink } from '../hit-path.js';
 import { EAGAIN, EINTR, MSG_DONTWAIT, type UdpBatchSys } from '../../sys/udp-batch.js';
 import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from './msgvec.js';
 import { RxTrace, traceKey } from './rx-trace.js';
 import { HeapTrace } from './heap-trace.js';
-import { Peer, Realtime, ReportLogger, SlotViews, SockaddrChunks, TurnClock } from './loop-parts.js';
+import { Peer, Realtime, ReportLogger, SlotViews, SockaddrChunks, TurnClock, missLimiter } from './loop-parts.js';
 import { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND, Completions } from './loop-completions.js';
 import { Outbox } from './loop-report.js';
 import { Sender, SocketChannel } from './loop-send.js';
@@ -150,6 +146,7 @@ export class WorkerLoop implements MissSink {
       queryLogEvery: init.queryLogEvery,
       clientLimit: missLimiter(init.clientMissRate, init.clientMissBurst),
       gate: this.#gate,
+      remoteWaiters: init.remoteWaiters,
     });
     // The exchange scrubbed and stored every answer before it came back: this side only serves it.
     this.#hits.connect(this, true);
@@ -180,7 +177,7 @@ export class WorkerLoop implements MissSink {
     });
     this.#poller = new Poller(sys, this.#arena, this.#ctl, init.wakeFd, init.fds, this.#scratchOff, init.idlePollMs ?? IDLE_POLL_MS);
     this.#outbox = new Outbox(port, this.#logger);
-    this.#completions = new Completions(this.#hits, this.#clock, this.#sender);
+    this.#completions = new Completions(this.#hits, this.#clock, this.#sender, { channels: this.#channels, settle: this.#settle, logger: this.#logger });
     this.#state = 'running';
     this.#keep = [];
     this.#aborted = false;
@@ -307,19 +304,28 @@ export class WorkerLoop implements MissSink {
         if (!peer.answered) {
           peer.detach(this.#detached);
           peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
-          continue;
         }
+        continue;
       }
-      if (!peer.answered) {
-        // The query waits on a miss and keeps this peer: give the slot a fresh one.
-        peer.detach(this.#detached);
-        peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
-        this.#outbox.waiter(peer, s, msg, hits.waitsOn);
-      }
+      // The query waits on a miss and keeps this peer: the slot gets a fresh one.
+      if (!this.#settle(peer, s, msg)) peers[i] = new Peer(this.#arena.u32, recv.sockaddrOffset(i) >> 2);
     }
     recv.reset(n);
     return n;
   }
+
+  /**
+   * After handle(): a client left unanswered waits on a miss; the main thread
+   * hears of it (and answers it: direct.ts). False: it is kept here as well
+   * (query log, no direct answers), its sockaddr detached: not the slot's now.
+   */
+  readonly #settle = (peer: Peer, s: number, msg: Buffer): boolean => {
+    if (peer.answered) return true;
+    this.#outbox.waiter(peer, s, msg, this.#hits.waitsOn);
+    if (!this.#hits.waitsLocally) return true;
+    peer.detach(this.#detached);
+    return false;
+  };
 
   #takeMessages(): void {
     for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
@@ -331,6 +337,9 @@ export class WorkerLoop implements MissSink {
     switch (m.t) {
       case 'done':
         this.#completions.push(m.items);
+        return;
+      case 'again':
+        this.#completions.push(m.items, true);
         return;
       case 'configure':
         this.#cache.configure(m.cache);
@@ -380,15 +389,6 @@ export class WorkerLoop implements MissSink {
     // The cache's entry and byte gauges are the main thread's: one store, not one per worker.
     this.#io[IO.inflight] = this.#hits.inflight;
   }
-}
-
-/**
- * The worker's own per-client miss limiter: the check happens here, before
- * a miss crosses to the main thread, because only the worker knows the
- * client's address (the boundary carries a token, a key and the query).
- */
-function missLimiter(rate: number, burst: number): ClientMissLimiter | null {
-  return rate > 0 ? new ClientMissLimiter(rate, burst) : null;
 }
 
 const TIMESPEC_BYTES = 16;

@@ -64,6 +64,8 @@ export interface WorkerInit {
   readonly localZones: readonly string[];
   /** How long an idle worker sleeps in poll before it looks around anyway; default loop.ts IDLE_POLL_MS. */
   readonly idlePollMs?: number;
+  /** The main thread holds and answers the clients waiting on this worker's misses (direct.ts): the worker only counts them. */
+  readonly remoteWaiters?: boolean;
 }
 
 export type CachePolicy = TtlCaps & PrefetchOptions & { readonly staleMs: number };
@@ -170,6 +172,8 @@ export interface WorkerReport {
 /** Main to worker. */
 export type ToWorker =
   | { readonly t: 'done'; readonly items: Packed }
+  /** Waiter records (WAITER_STRIDE) that reached the main thread after it had answered their question: handled again by the worker. */
+  | { readonly t: 'again'; readonly items: Packed }
   | { readonly t: 'configure' } & WorkerSettings
   /** `keep`, per socket: left in its group (a wildcard: listener.ts pause()), so read and answered until close. */
   | { readonly t: 'pause'; readonly keep?: readonly boolean[] }

@@ -7,14 +7,13 @@
  */
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
-import type { HitPathHistograms, MissOutcome } from '../hit-path.js';
-import type { ServerCounters } from '../stats.js';
-import { DirectAnswers, type DirectPolicy } from './direct.js';
+import type { MissOutcome } from '../hit-path.js';
+import { DirectAnswers, type DirectDeps } from './direct.js';
 import { stampRefusal } from './shed-gate.js';
 import type { MissReturn } from './miss-exchange.js';
 import { Ctl, DONE_STRIDE, OUTCOME_INDEX, Packer, stamp16, transferOf, type ToWorker, type WorkerInit } from './protocol.js';
 import { MISS_TRACE, traceNow, traceRecord } from '../../miss-trace.js';
-import { WORKER_STATS_BYTES, workerCounters, type BatchedCounters, type WorkerCounters } from './stats.js';
+import { WORKER_STATS_BYTES, workerCounters, type WorkerCounters } from './stats.js';
 
 /**
  * A worker's young generation (semi-spaces), MB. A hit allocates next to
@@ -57,7 +56,7 @@ export class WorkerLink implements MissReturn {
 
   constructor(
     index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys,
-    direct: { policy: () => DirectPolicy; counters: BatchedCounters; server: ServerCounters; hist: HitPathHistograms; now: () => number } | null,
+    direct: DirectDeps | null,
   ) {
     this.index = index;
     this.fds = fds;
@@ -70,7 +69,8 @@ export class WorkerLink implements MissReturn {
     this.counters = workerCounters(stats);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    const full: WorkerInit = { ...init, index, fds, wakeFd, ctl, stats };
+    // With direct answers the main thread holds the waiting clients; the worker only counts them (direct.ts).
+    const full: WorkerInit = { ...init, index, fds, wakeFd, ctl, stats, remoteWaiters: direct !== null };
     this.worker = new Worker(WORKER_URL, { workerData: { init: full, port: port2 }, transferList: [port2], name: `udp-worker-${index}`, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } });
     this.alive = true;
     this.ready = false;
@@ -81,7 +81,7 @@ export class WorkerLink implements MissReturn {
     this.#sys = sys;
     this.#done = new Packer(false, DONE_STRIDE);
     this.#flushQueued = false;
-    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct.policy, direct.counters, direct.server, direct.hist, direct.now);
+    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct);
     this.lazy = true;
   }
 
@@ -119,9 +119,16 @@ export class WorkerLink implements MissReturn {
     this.#post(m, transfer, true);
   }
 
-  /** Wakes the worker if it sleeps (a message it must act on is already posted). */
-  nudge(): void {
-    if (this.alive && Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
+  /**
+   * Clients whose records came after their question was answered here
+   * (direct.ts): back to the worker at once, and after the completions
+   * queued this turn (their question's among them), so it finds that
+   * question closed and runs them through its hit path again.
+   */
+  handBack(): void {
+    this.#flush();
+    const items = this.direct?.takeAgain() ?? null;
+    if (items !== null) this.#post({ t: 'again', items }, transferOf(items), true);
   }
 
   #post(m: ToWorker, transfer: ArrayBuffer[], wake: boolean): void {
@@ -141,16 +148,15 @@ export class WorkerLink implements MissReturn {
     // wake-up of the worker's port) took 10-60 us of every direct answer's way
     // out. A client that asks again within the microseconds between the two
     // finds the miss still in flight in its worker and joins it; its record
-    // then arrives late here and wakes the worker, which answers it with the
-    // completion (direct.ts): slower for that client, never wrong.
-    const wake = direct === null || direct.needWake || !this.lazy;
-    if (direct !== null) {
-      direct.needWake = false;
-      direct.flush();
-    }
+    // then arrives late here and is handed back to the worker, which runs it
+    // through its hit path again (direct.ts): slower for that client, never wrong.
+    direct?.flush();
     const at = MISS_TRACE ? traceNow() : 0;
-    this.#post({ t: 'done', items }, transferOf(items), wake);
+    this.#post({ t: 'done', items }, transferOf(items), direct === null || !this.lazy);
     if (MISS_TRACE) traceRecord('done.post', traceNow() - at);
+    // Clients this turn could not answer here (a datagram that does not parse here): the worker's, woken for them.
+    const again = direct?.takeAgain() ?? null;
+    if (again !== null) this.#post({ t: 'again', items: again }, transferOf(again), true);
   };
 
   /** Sockets and eventfd: only once the thread has left its loop (it may be inside recvmmsg or poll on them). */
