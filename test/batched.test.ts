@@ -1773,7 +1773,9 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
 
   d.expect(8, 'k8');
   d.add(waiter(8, 0, query({ name: SVC, id: 10 }), from4(1010)));
+  t.equal(d.failedSincePost, false, 'answers only: the completions can go without waking the worker');
   t.not(d.answer(8, null), 0, 'a failure (timeout) is answered here too');
+  t.equal(d.failedSincePost, true, 'and its completion wakes the worker (its shed gate counts its misses in flight)');
   t.same(sentNow(), [[10, 1010, 2]], 'SERVFAIL: nothing stale for its key');
   d.expect(9, 'k9');
   d.add(waiter(9, 0, query({ name: SVC, id: 11 }), from4(1011)));

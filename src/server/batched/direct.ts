@@ -109,6 +109,15 @@ export class DirectAnswers {
   #closed = false;
   /** Past abort(): nothing waits here any more; new records go back to the worker, which answers them at once. */
   #aborted = false;
+  /**
+   * A failure was answered here since the completions were last posted: that
+   * post wakes the worker, so its count of misses in flight drops at once,
+   * not at its next datagram or poll timeout. Its shed gate reads that count
+   * (SOFT_INFLIGHT) while the main thread refuses misses for load, and
+   * completions left lazy then kept it shedding what this thread had room
+   * for (measured: a third of the misses forwarded beside a 20k/s flood).
+   */
+  failedSincePost = false;
 
   constructor(sys: UdpBatchSys, fds: readonly number[], batch: number, slotBytes: number, deps: DirectDeps) {
     this.#sys = sys;
@@ -209,7 +218,10 @@ export class DirectAnswers {
     }
     const queries = m.waiters.map((w) => parseQuery(w.msg));
     // Counted once per client it answers, as the hit path counts.
-    if (fresh === null) stale = this.#deps.stale(m.key, now, queries.filter((q) => q.status === QueryStatus.OK).length);
+    if (fresh === null) {
+      stale = this.#deps.stale(m.key, now, queries.filter((q) => q.status === QueryStatus.OK).length);
+      this.failedSincePost = true;
+    }
     const maxUdpSize = this.#deps.policy().maxUdpSize;
     m.waiters.forEach((w, k) => {
       const q = queries[k]!;

@@ -152,7 +152,9 @@ export class WorkerLink implements MissReturn {
     // through its hit path again (direct.ts): slower for that client, never wrong.
     direct?.flush();
     const at = MISS_TRACE ? traceNow() : 0;
-    this.#post({ t: 'done', items }, transferOf(items), direct === null || !this.lazy);
+    const wake = direct === null || direct.failedSincePost || !this.lazy;
+    if (direct !== null) direct.failedSincePost = false;
+    this.#post({ t: 'done', items }, transferOf(items), wake);
     if (MISS_TRACE) traceRecord('done.post', traceNow() - at);
     // Clients this turn could not answer here (a datagram that does not parse here): the worker's, woken for them.
     const again = direct?.takeAgain() ?? null;
