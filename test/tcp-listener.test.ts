@@ -556,3 +556,66 @@ t.test('shutdown (a plain listener): a client that never reads its answers holds
   t.equal(l.counters.get('closedUnsentLimit'), 1, 'the client not reading was reset');
   t.ok(await until(() => reader.closed), 'the one that read was closed as it owed nothing');
 });
+
+
+/**
+ * The old listener of an upgrade, with `h` and `opts`: a client of it sends ten queries and does not read their
+ * answers, which wait in Node's buffer (its unsent cap out of the way); then a new listener starts beside it on the
+ * same port (SO_REUSEPORT) and the old one is paused (it drains). old is null when SO_REUSEPORT is unavailable.
+ */
+async function handOverUnread(t: Test, h: FakeHandler, opts: Partial<TcpListenerOptions>): Promise<{ old: TcpListener | null; c: Client; ids: number[] }> {
+  // A port of its own first: the listeners must know it (not 0) to count each other in /proc/net/tcp.
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, HOST, () => r()));
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const base = { idleTimeoutMs: 10_000, maxConnections: 4, maxQueriesPerConnection: 100, reusePort: true };
+  const old = new TcpListener({ host: HOST, port }, h, silentLogger, { ...base, maxUnsentBytes: 4 * 1024 * 1024, ...opts });
+  await old.start();
+  t.teardown(() => old.close());
+  const c = await Client.connect(t, old.port, { read: false });
+  const ids = Array.from({ length: 10 }, (_, i) => i + 1);
+  if (!old.reusePort) {
+    t.fail('SO_REUSEPORT unavailable (koffi)');
+    return { old: null, c, ids };
+  }
+  c.socket.write(Buffer.concat(ids.map((id) => query(id))));
+  t.ok(await until(() => h.queries === ids.length), 'every query taken and answered');
+  const beside = new TcpListener({ host: HOST, port }, new FakeHandler(), silentLogger, base);
+  await beside.start();
+  t.teardown(() => beside.close());
+  old.pause();
+  t.ok(old.handedOver, 'handed over to the listener beside it');
+  return { old, c, ids };
+}
+
+t.test('handover (a draining listener): answers a client has not read yet are handed over before drained(), not cut at close()', async (t) => {
+  // The old listener of an upgrade: a new one beside it on the same port (SO_REUSEPORT), this one paused. A client
+  // of the old one has had its queries answered but has not read them yet: the answers wait in Node's buffer.
+  // The connection then owes nothing and ends, but drained() must wait for what it wrote to be handed over, or
+  // close() right after it (the agent's stop) throws the unread answers away.
+  const h = new FakeHandler(60_000);
+  const { old, c, ids } = await handOverUnread(t, h, {});
+  if (old === null) return;
+  setTimeout(() => c.socket.resume(), 500);
+  let drained = false;
+  void old.drained().then(() => {
+    drained = true;
+  });
+  t.ok(await until(() => drained), 'drained() resolves');
+  await old.close();
+  t.ok(await until(() => c.closed), 'the connection is closed');
+  t.same([...c.answers].sort((a, b) => a - b), ids, 'every answer arrived');
+});
+
+t.test('handover (a draining listener): a client that never reads what it was answered holds drained() for the read timeout at most', async (t) => {
+  const h = new FakeHandler(60_000);
+  const { old } = await handOverUnread(t, h, { readTimeoutMs: 300 });
+  if (old === null) return;
+  let drained = false;
+  void old.drained().then(() => {
+    drained = true;
+  });
+  t.ok(await until(() => drained, 3000), 'drained() resolves, well before the idle timeout (10 s)');
+  t.equal(old.counters.get('closedUnsentLimit'), 1, 'the client not reading was reset');
+});

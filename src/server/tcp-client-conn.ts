@@ -204,9 +204,9 @@ export class TcpClientConnection implements ClientChannel {
     return this.#inflight === 0 && this.#backlog.length === 0 && !this.#closed;
   }
 
-  /** Nothing more will be answered: closed, or our FIN sent with nothing owed. */
+  /** Nothing more is owed: closed, or our FIN sent with nothing owed and every answer handed to the kernel. */
   get finished(): boolean {
-    return this.#closed || this.#ended || this.#socket.destroyed;
+    return this.#closed || this.#socket.destroyed || (this.#ended && this.#socket.writableFinished);
   }
 
   /** Shutdown (stop()): every answer and our FIN are with the kernel, or the connection is closed. */
@@ -239,12 +239,13 @@ export class TcpClientConnection implements ClientChannel {
     if (this.#partialSinceMs >= 0 && !this.#socket.isPaused() && now - this.#partialSinceMs >= this.#limits.readTimeoutMs) {
       return 'read_timeout';
     }
-    // At shutdown, answers left in Node's buffer wait on the client's reading as held queries do ('drain' clears it).
-    if (this.#stopping && this.#unreadSinceMs < 0 && this.#socket.writableLength > 0) this.#unreadSinceMs = now;
+    // At shutdown or once ended (handover), answers left in Node's buffer wait on the client's reading as held queries do ('drain' clears it).
+    if ((this.#stopping || this.#ended) && this.#unreadSinceMs < 0 && this.#socket.writableLength > 0) this.#unreadSinceMs = now;
     // Queries held back for a client that does not read what it asked for: as a client that stops mid-message.
     if (this.#unreadSinceMs >= 0 && now - this.#unreadSinceMs >= this.#limits.readTimeoutMs) return 'unsent_limit';
     const idleLimit = this.#finishing ? Math.min(DRAIN_IDLE_MS, this.#limits.idleTimeoutMs) : this.#limits.idleTimeoutMs;
-    if (this.idle && now - this.#lastActiveMs >= idleLimit) return 'idle';
+    // Ended (our FIN sent): not idle but done; what it still has to write is the unsent timer's (above).
+    if (this.idle && !this.#ended && now - this.#lastActiveMs >= idleLimit) return 'idle';
     return null;
   }
 
