@@ -1055,3 +1055,26 @@ t.test('continue tokens that go round in a cycle are a failure too: the list nei
   t.ok(failures >= 1, 'a continue token seen before in the same list ends it as a failure');
   t.ok(lists <= 3 * (failures + 1), `${lists} pages asked for, for ${failures} failed lists`);
 });
+
+t.test('a watch that ends at once with only lines of no known event type is a very short watch too: backed off, not made again in a tight loop', async (t) => {
+  // client-go's watch decoder fails on a type it does not know (an ERROR to
+  // the reflector, then a backoff); we skip such a line, but it is no decoded
+  // event for the very-short-watch rule. A proxy answering every watch with
+  // 200 and a JSON error body, then closing, would otherwise have the
+  // reflector re-watch with no delay at all.
+  let watches = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      const body = new PassThrough();
+      if (!p.includes('watch=1')) body.end(nsList('7', ['n1']));
+      else if (++watches <= 20) body.end(JSON.stringify({ error: 'upstream connect error' }) + '\n');
+      else return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const { counters } = scriptedReflector(t, api);
+  await until(t, 'a failure counted, or 20 watches made', () => counters.get('namespaces.errors') >= 1 || watches > 20);
+  t.ok(counters.get('namespaces.errors') >= 1, 'a watch with nothing but a line of no known type, ended at once, is a failure');
+  t.ok(watches < 20, `${watches} watches made before the first backoff`);
+  t.ok(counters.get('namespaces.decodeFailures') >= 1, 'the line is still counted as a decode failure');
+});
