@@ -1078,3 +1078,33 @@ t.test('a watch that ends at once with only lines of no known event type is a ve
   t.ok(watches < 20, `${watches} watches made before the first backoff`);
   t.ok(counters.get('namespaces.decodeFailures') >= 1, 'the line is still counted as a decode failure');
 });
+
+t.test('stop() does not wait out the request deadline when a request hangs before it looks at its signal (an exec credential plugin)', async (t) => {
+  // KubeApi.get awaits the credentials before it sends anything: client-node's
+  // exec plugin is a child process with no timeout of its own, and the abort
+  // signal is looked at only once it is done.
+  let calls = 0;
+  const api: ApiGetter = {
+    get: () => {
+      calls++;
+      return new Promise(() => {});
+    },
+  };
+  const r = new Reflector('namespaces', api, new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters: new Counters(watchCounterSchema),
+    tuning: { backoff: testBackoff, requestTimeoutMs: 3_600_000 },
+  });
+  r.start();
+  await until(t, 'a request in flight', () => calls === 1);
+  let bound: NodeJS.Timeout | undefined;
+  const outcome = await Promise.race([
+    r.stop().then(() => 'stopped'),
+    new Promise<string>((resolve) => {
+      bound = setTimeout(() => resolve('still waiting'), 5_000);
+    }),
+  ]);
+  clearTimeout(bound);
+  t.equal(outcome, 'stopped', 'stop() resolved, not held for the hour-long request deadline');
+});
