@@ -1108,3 +1108,43 @@ t.test('stop() does not wait out the request deadline when a request hangs befor
   clearTimeout(bound);
   t.equal(outcome, 'stopped', 'stop() resolved, not held for the hour-long request deadline');
 });
+
+t.test('a Status with a huge message (a broken server or proxy) is not logged whole', async (t) => {
+  // The message of a failed list's Status, and of a watch's ERROR event, goes
+  // into the warning line: a list's error body may be as big as a page
+  // (maxPageBytes) and a watch line as long as maxLineBytes.
+  const huge = 'x'.repeat(1 << 20);
+  const status = (code: number): Record<string, unknown> => ({ kind: 'Status', apiVersion: 'v1', status: 'Failure', message: huge, code });
+  let lists = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      const body = new PassThrough();
+      if (!p.includes('watch=1')) {
+        if (++lists === 1) {
+          body.end(JSON.stringify(status(500)));
+          return Promise.resolve({ ok: true, status: 500, body });
+        }
+        body.end(nsList('7', ['n1']));
+      } else if (lists === 2) {
+        lists++;
+        body.end(JSON.stringify({ type: 'ERROR', object: status(500) }) + '\n');
+      } else return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const logs: LogLine[] = [];
+  const counters = new Counters(watchCounterSchema);
+  const r = new Reflector('namespaces', api, new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
+    counters,
+    timers: hurriedTimers,
+    tuning: { backoff: testBackoff },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'the failed list and the failed watch', () => counters.get('namespaces.errors') >= 2);
+  const failures = logs.filter((l) => /HTTP 500|watch event/.test(l.error ?? ''));
+  t.equal(failures.length, 2, 'both failures logged');
+  for (const l of failures) t.ok((l.error ?? '').length < 4096, `${(l.error ?? '').length} chars logged for a ${huge.length}-char message`);
+});
