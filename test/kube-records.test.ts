@@ -586,6 +586,19 @@ t.test('view: shared addresses and relists', async (t) => {
   t.same(v.counts, { services: 0, endpointslices: 0, namespaces: 1, reverseKeys: 0 });
 });
 
+t.test('view: a relist that names one slice twice (a broken server) keeps it once: deleting it leaves no ghost', async (t) => {
+  const v = fixture();
+  v.upsert('services', headless('apps', 'dup', webPorts));
+  v.replace('endpointslices', [
+    slice('apps', 'dup-a', 'dup', [ep('10.0.7.1', 'old')], webPorts),
+    slice('apps', 'dup-a', 'dup', [ep('10.0.7.2', 'new')], webPorts),
+  ]);
+  positive(t, ask(v, SVC('dup.apps'), 'A'), 'A', ['10.0.7.2'], 'the later copy only, as the slice index keeps it');
+  v.remove('endpointslices', 'apps', 'dup-a');
+  nxdomain(t, ask(v, SVC('dup.apps'), 'A'), 'no ready endpoint left once the slice is deleted');
+  t.equal(ask(v, '1.7.0.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'the first copy left no PTR');
+});
+
 // ---------------------------------------------------------------------------
 // The encoder
 

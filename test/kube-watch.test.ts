@@ -1055,3 +1055,96 @@ t.test('continue tokens that go round in a cycle are a failure too: the list nei
   t.ok(failures >= 1, 'a continue token seen before in the same list ends it as a failure');
   t.ok(lists <= 3 * (failures + 1), `${lists} pages asked for, for ${failures} failed lists`);
 });
+
+t.test('a watch that ends at once with only lines of no known event type is a very short watch too: backed off, not made again in a tight loop', async (t) => {
+  // client-go's watch decoder fails on a type it does not know (an ERROR to
+  // the reflector, then a backoff); we skip such a line, but it is no decoded
+  // event for the very-short-watch rule. A proxy answering every watch with
+  // 200 and a JSON error body, then closing, would otherwise have the
+  // reflector re-watch with no delay at all.
+  let watches = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      const body = new PassThrough();
+      if (!p.includes('watch=1')) body.end(nsList('7', ['n1']));
+      else if (++watches <= 20) body.end(JSON.stringify({ error: 'upstream connect error' }) + '\n');
+      else return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const { counters } = scriptedReflector(t, api);
+  await until(t, 'a failure counted, or 20 watches made', () => counters.get('namespaces.errors') >= 1 || watches > 20);
+  t.ok(counters.get('namespaces.errors') >= 1, 'a watch with nothing but a line of no known type, ended at once, is a failure');
+  t.ok(watches < 20, `${watches} watches made before the first backoff`);
+  t.ok(counters.get('namespaces.decodeFailures') >= 1, 'the line is still counted as a decode failure');
+});
+
+t.test('stop() does not wait out the request deadline when a request hangs before it looks at its signal (an exec credential plugin)', async (t) => {
+  // KubeApi.get awaits the credentials before it sends anything: client-node's
+  // exec plugin is a child process with no timeout of its own, and the abort
+  // signal is looked at only once it is done.
+  let calls = 0;
+  const api: ApiGetter = {
+    get: () => {
+      calls++;
+      return new Promise(() => {});
+    },
+  };
+  const r = new Reflector('namespaces', api, new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters: new Counters(watchCounterSchema),
+    tuning: { backoff: testBackoff, requestTimeoutMs: 3_600_000 },
+  });
+  r.start();
+  await until(t, 'a request in flight', () => calls === 1);
+  let bound: NodeJS.Timeout | undefined;
+  const outcome = await Promise.race([
+    r.stop().then(() => 'stopped'),
+    new Promise<string>((resolve) => {
+      bound = setTimeout(() => resolve('still waiting'), 5_000);
+    }),
+  ]);
+  clearTimeout(bound);
+  t.equal(outcome, 'stopped', 'stop() resolved, not held for the hour-long request deadline');
+});
+
+t.test('a Status with a huge message (a broken server or proxy) is not logged whole', async (t) => {
+  // The message of a failed list's Status, and of a watch's ERROR event, goes
+  // into the warning line: a list's error body may be as big as a page
+  // (maxPageBytes) and a watch line as long as maxLineBytes.
+  const huge = 'x'.repeat(1 << 20);
+  const status = (code: number): Record<string, unknown> => ({ kind: 'Status', apiVersion: 'v1', status: 'Failure', message: huge, code });
+  let lists = 0;
+  const api: ApiGetter = {
+    get: (p, signal) => {
+      const body = new PassThrough();
+      if (!p.includes('watch=1')) {
+        if (++lists === 1) {
+          body.end(JSON.stringify(status(500)));
+          return Promise.resolve({ ok: true, status: 500, body });
+        }
+        body.end(nsList('7', ['n1']));
+      } else if (lists === 2) {
+        lists++;
+        body.end(JSON.stringify({ type: 'ERROR', object: status(500) }) + '\n');
+      } else return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
+      return Promise.resolve({ ok: true, status: 200, body });
+    },
+  };
+  const logs: LogLine[] = [];
+  const counters = new Counters(watchCounterSchema);
+  const r = new Reflector('namespaces', api, new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
+    counters,
+    timers: hurriedTimers,
+    tuning: { backoff: testBackoff },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'the failed list and the failed watch', () => counters.get('namespaces.errors') >= 2);
+  const failures = logs.filter((l) => /HTTP 500|watch event/.test(l.error ?? ''));
+  t.equal(failures.length, 2, 'both failures logged');
+  for (const l of failures) t.ok((l.error ?? '').length < 4096, `${(l.error ?? '').length} chars logged for a ${huge.length}-char message`);
+});

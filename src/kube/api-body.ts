@@ -12,11 +12,20 @@ export function asObject(v: unknown): Json | null {
   return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Json) : null;
 }
 
+/** Longest Status message kept for a log line: an RBAC 403's is about 200 characters; a broken server's may be a page. */
+const MAX_MESSAGE_CHARS = 1000;
+
+/** A Status's message (a body's, or a watch ERROR event's object), cut to a log line's length; null when it has none. */
+export function messageOf(status: unknown): string | null {
+  const m = asObject(status)?.['message'];
+  return typeof m === 'string' ? m.slice(0, MAX_MESSAGE_CHARS) : null;
+}
+
 /** The message of a Status body, for logs (kube-apiserver explains 403s there: missing RBAC). */
 export function statusMessage(text: string): string {
   try {
-    const m = asObject(JSON.parse(text))?.['message'];
-    if (typeof m === 'string') return m;
+    const m = messageOf(JSON.parse(text));
+    if (m !== null) return m;
   } catch {
     // not JSON: fall through to the raw text
   }

@@ -23,7 +23,7 @@ import {
   type WatchSource,
   type WatchTuning,
 } from './list-watch-options.js';
-import { ENDED, LISTED, failed, httpFailure, type Outcome } from './reflector-outcome.js';
+import { ENDED, LISTED, NO_EVENT, failed, httpFailure, type Outcome } from './reflector-outcome.js';
 import type { Metric } from './reflector-stats.js';
 import { decodeWatchLine } from './watch-event.js';
 
@@ -340,14 +340,15 @@ export class ListWatch<T> {
           const line = pending + chunk.slice(start, nl);
           pending = '';
           start = nl + 1;
-          // client-go's very-short-watch rule counts decoded events: a blank line is none.
-          if (line.trim() !== '') events++;
-          let o: Outcome | null;
+          let o: Outcome | null | typeof NO_EVENT;
           try {
             o = this.#onEvent(line);
           } catch (e) {
             o = this.#internalError(e);
           }
+          // client-go's very-short-watch rule counts decoded events: a blank line, or one of a type it cannot decode, is none.
+          if (o === NO_EVENT) continue;
+          events++;
           if (o !== null) return finish(o);
         }
         pending += chunk.slice(start);
@@ -363,13 +364,12 @@ export class ListWatch<T> {
   }
 
   /**
-   * One watch line; returns an outcome when the watch must end. A line we
-   * cannot decode ends the watch where it is, as client-go's StreamWatcher
-   * does: the RV stays at the last event applied, so the next watch gets
-   * that event again from the server's history.
+   * One watch line; returns an outcome when the watch must end (NO_EVENT: a blank line or an unknown type). A line
+   * we cannot decode ends the watch where it is, as client-go's StreamWatcher does: the RV stays at the last event
+   * applied, so the next watch gets that event again from the server's history.
    */
-  #onEvent(line: string): Outcome | null {
-    if (line.trim() === '') return null;
+  #onEvent(line: string): Outcome | null | typeof NO_EVENT {
+    if (line.trim() === '') return NO_EVENT;
     this.#count('events');
     const ev = decodeWatchLine(line, this.#convert);
     // An ERROR (410 Gone above all) or a line we cannot apply leaves the view as stale as it was.
@@ -392,7 +392,7 @@ export class ListWatch<T> {
         return failed(`watch: undecodable event (${ev.what}); watching again from resourceVersion ${this.#rv}`);
       case 'unknown':
         this.#count('decodeFailures');
-        return null;
+        return NO_EVENT;
     }
     if (ev.rv !== '') this.#rv = ev.rv;
     return null;

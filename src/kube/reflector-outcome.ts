@@ -15,6 +15,9 @@ export type Outcome =
   | { readonly kind: 'failed'; readonly error: string; readonly retryAfterMs?: number | undefined };
 
 export const LISTED: Outcome = { kind: 'listed' };
+
+/** A watch line that is no event (blank, or of a type we do not know): it changes nothing, and a watch of only such lines is very short. */
+export const NO_EVENT: unique symbol = Symbol('no event');
 export const ENDED: Outcome = { kind: 'ended' };
 
 export function failed(error: string, retryAfterMs?: number): Outcome {

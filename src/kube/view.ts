@@ -255,7 +255,8 @@ export class ClusterView implements ClusterViewWriter, ClusterViewReader {
   }
 
   #putSlice(slice: SlimEndpointSlice, index: boolean): void {
-    if (index) this.#dropSlice(slice.namespace, slice.name);
+    // In a relist too: a list that names a slice twice (a broken server) must not leave the first copy merged.
+    this.#dropSlice(slice.namespace, slice.name);
     // No service-name label: no service to merge it into. FQDN slices carry
     // names, not addresses: no record of the spec comes from them.
     if (slice.serviceName === '' || slice.addressType === 'FQDN') return;

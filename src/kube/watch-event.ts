@@ -3,7 +3,7 @@
  * (list-watch.ts) does with it. Kept apart from the loop, which counts,
  * writes and decides how the watch goes on; here nothing is changed.
  */
-import { asObject, type Json } from './api-body.js';
+import { asObject, messageOf, type Json } from './api-body.js';
 import { objectKey, resourceVersionOf } from './convert.js';
 
 export type WatchEvent<T> =
@@ -52,7 +52,7 @@ export function decodeWatchLine<T>(line: string, convert: (raw: unknown) => T | 
       return { kind: 'bookmark', rv: resourceVersionOf(object) };
     case 'ERROR': {
       const status = asObject(object);
-      return { kind: 'error', code: status?.['code'], text: `${String(status?.['code'])} ${String(status?.['message'])}` };
+      return { kind: 'error', code: status?.['code'], text: `${String(status?.['code'])} ${String(messageOf(status) ?? undefined)}` };
     }
     default:
       return { kind: 'unknown', type: String(type) };
