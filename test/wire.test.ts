@@ -688,3 +688,19 @@ t.test('scanAnswer: an extended RCODE in the upstream OPT (RFC 6891 6.1.3) is no
   yx[3] = (yx[3]! & 0xf0) | 7;
   t.equal(scanAnswer(withAdditional(yx, opt(1))), undefined, 'BADCOOKIE (23): not a YXDOMAIN');
 });
+
+t.test('TSIG: a signed AXFR, IXFR or CHAOS query gets BADKEY too, not an unsigned NOTIMP (RFC 8945 5.2)', async (t) => {
+  // A zone transfer is what TSIG signs most: the key is checked before the query is served, and we hold none.
+  for (const type of ['AXFR', 'IXFR']) {
+    t.equal(parseQuery(query({ name: 'x.example', type })).status, QueryStatus.NOTIMP, `${type} unsigned: NOTIMP`);
+    const q = parseQuery(withAdditional(query({ name: 'x.example', type, edns: true }), tsigRr({ key: 'k' })));
+    t.equal(q.status, QueryStatus.TSIG, `${type} signed: the TSIG answer`);
+    const r = dnsPacket.decode(tsigErrorResponse(q, 1));
+    t.equal(r.questions?.[0]?.type, type, 'its question echoed');
+  }
+  const ch = query({ name: 'version.bind', type: 'TXT' });
+  ch.writeUInt16BE(3, ch.length - 2);
+  t.equal(parseQuery(withAdditional(ch, tsigRr({ key: 'k' }))).status, QueryStatus.TSIG, 'class CH signed');
+  // A malformed TSIG on such a query is still FORMERR, and an unsigned one with a bad additional section too.
+  t.equal(parseQuery(withAdditional(query({ name: 'x.example', type: 'AXFR' }), tsigRr({ cls: 1 }))).status, QueryStatus.FORMERR, 'bad TSIG');
+});
