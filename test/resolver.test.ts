@@ -492,6 +492,23 @@ t.test('ExternalName from the view: the CNAME plus the target resolved through t
   t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME']);
 });
 
+t.test('ExternalName from the view: a target answered with an rcode that says nothing of the name (FORMERR) gets the CNAME alone, NOERROR', async (t) => {
+  // FORMERR is about our query to the target's server, not about the client's: joined, the client read its own
+  // query as malformed. Only NOERROR and NXDOMAIN speak of the target (an NXDOMAIN joins: RFC 6604).
+  const r = viewRig();
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 11 }), ch, PEER);
+  r.external.answer(0, answer('www.example.org', [], { rcode: 'FORMERR' }));
+  const d = ch.decoded(0);
+  t.equal(rcodeOf(ch.sent[0]!), 0, 'NOERROR, not the target server\'s FORMERR');
+  t.same(d.answers?.map((x) => x.type), ['CNAME'], 'the CNAME alone');
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', type: 'AAAA', id: 12 }), ch, PEER);
+  r.external.answer(1, answer('www.example.org', [], { type: 'AAAA', rcode: 'NXDOMAIN', authorities: [soa('example.org', 60, 60)] }));
+  t.equal(rcodeOf(ch.sent[1]!), 3, 'an NXDOMAIN target still joins');
+  t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME']);
+});
+
 t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {
   const r = viewRig({ maxConcurrent: 2 });
   for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());

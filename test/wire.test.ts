@@ -667,3 +667,40 @@ t.test('nameToString: a name of 256 bytes on the wire is malformed, 255 is not',
   const over = Buffer.concat([label(63), label(63), label(63), label(62), Buffer.from([0])]);
   t.equal(nameToString(over, 0), undefined, '256 bytes: malformed');
 });
+
+t.test('scanAnswer: an extended RCODE in the upstream OPT (RFC 6891 6.1.3) is not read as the header bits alone', async (t) => {
+  // The OPT is stripped at insert and ours goes out instead, so an answer whose RCODE needs the OPT's upper 8 bits
+  // (BADVERS 16: header 0; BADCOOKIE 23: header 7) cannot be relayed: read by its low bits, BADVERS with the zone's
+  // SOA was a NODATA for the whole denial TTL. We ask with version 0 and no cookie: no such answer is owed to us.
+  const opt = (extended: number): Buffer => {
+    const b = Buffer.alloc(11);
+    b.writeUInt16BE(41, 1); // TYPE OPT, owner the root
+    b.writeUInt16BE(1232, 3); // CLASS: the UDP size
+    b[5] = extended; // TTL: extended RCODE, version, DO and Z
+    return b;
+  };
+  const nodata = answer('www.example.com', [], { authorities: [soa('example.com', 300, 300)] });
+  const plain = scanAnswer(withAdditional(nodata, opt(0)));
+  t.ok(plain, 'extended RCODE 0: read as it is');
+  t.equal(plain?.rcode, 0);
+  t.equal(scanAnswer(withAdditional(nodata, opt(1))), undefined, 'BADVERS (16): not a NOERROR to cache or pass on');
+  const yx = Buffer.from(nodata);
+  yx[3] = (yx[3]! & 0xf0) | 7;
+  t.equal(scanAnswer(withAdditional(yx, opt(1))), undefined, 'BADCOOKIE (23): not a YXDOMAIN');
+});
+
+t.test('TSIG: a signed AXFR, IXFR or CHAOS query gets BADKEY too, not an unsigned NOTIMP (RFC 8945 5.2)', async (t) => {
+  // A zone transfer is what TSIG signs most: the key is checked before the query is served, and we hold none.
+  for (const type of ['AXFR', 'IXFR']) {
+    t.equal(parseQuery(query({ name: 'x.example', type })).status, QueryStatus.NOTIMP, `${type} unsigned: NOTIMP`);
+    const q = parseQuery(withAdditional(query({ name: 'x.example', type, edns: true }), tsigRr({ key: 'k' })));
+    t.equal(q.status, QueryStatus.TSIG, `${type} signed: the TSIG answer`);
+    const r = dnsPacket.decode(tsigErrorResponse(q, 1));
+    t.equal(r.questions?.[0]?.type, type, 'its question echoed');
+  }
+  const ch = query({ name: 'version.bind', type: 'TXT' });
+  ch.writeUInt16BE(3, ch.length - 2);
+  t.equal(parseQuery(withAdditional(ch, tsigRr({ key: 'k' }))).status, QueryStatus.TSIG, 'class CH signed');
+  // A malformed TSIG on such a query is still FORMERR, and an unsigned one with a bad additional section too.
+  t.equal(parseQuery(withAdditional(query({ name: 'x.example', type: 'AXFR' }), tsigRr({ cls: 1 }))).status, QueryStatus.FORMERR, 'bad TSIG');
+});

@@ -64,8 +64,10 @@ export function scanAnswer(msg: Buffer): AnswerScan | undefined {
     if (rdEnd > msg.length) return undefined;
     if (!rdataNamesExpand(msg, type, rdStart, rdEnd)) return undefined;
     if (type === QType.OPT) {
-      // One OPT, in the additional section only (RFC 6891 6.1.1).
-      if (optStart >= 0 || i < ancount + nscount) return undefined;
+      // One OPT, in the additional section only (RFC 6891 6.1.1). Its TTL's top byte extends the RCODE (6.1.3); the OPT
+      // is stripped and ours sent, so an RCODE that needs it (BADVERS, BADCOOKIE: never owed to our version 0 query
+      // without a cookie) cannot be relayed, and read by the header's bits alone it would be NOERROR or YXDOMAIN.
+      if (optStart >= 0 || i < ancount + nscount || (ttl >>> 24) !== 0) return undefined;
       optStart = rrStart;
       optEnd = rdEnd;
     } else {

@@ -5,20 +5,23 @@
  * answer, which the cache then serves, never per hit.
  */
 import dnsPacket from 'dns-packet';
-import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, MAX_MESSAGE, RCODE_MASK } from './constants.js';
+import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, MAX_MESSAGE, RCODE_MASK, Rcode } from './constants.js';
 
 /**
  * `cname`: our answer for the question, ending in a CNAME. `target`: an
  * upstream answer for the CNAME's target. Returns the question with the
  * CNAME chain followed by the target's records, the target's rcode and
- * authority; null when either does not decode or the join would not fit a
- * DNS message.
+ * authority; null when either does not decode, the join would not fit a
+ * DNS message, or the target's rcode says nothing of the target (only
+ * NOERROR and NXDOMAIN do: a FORMERR is about our query to its server, and
+ * joined the client would read it as about its own).
  */
 export function appendTargetAnswer(cname: Buffer, target: Buffer): Buffer | null {
   try {
     const head = dnsPacket.decode(cname);
     const tail = dnsPacket.decode(target);
-    const rcode = target.length >= HEADER_LEN ? target[3]! & RCODE_MASK : 0;
+    const rcode = target.length >= HEADER_LEN ? target[3]! & RCODE_MASK : Rcode.SERVFAIL;
+    if (rcode !== Rcode.NOERROR && rcode !== Rcode.NXDOMAIN) return null;
     const body = dnsPacket.encode({
       type: 'response',
       id: 0,

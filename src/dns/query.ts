@@ -200,10 +200,9 @@ export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
     return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
   }
   if (qtype === QType.OPT) return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
-  // A cache has no zones to transfer; other classes (CH probes, HS) are not served.
-  if (qtype === QType.AXFR || qtype === QType.IXFR || qclass !== QClass.IN) {
-    return failed(q, QueryStatus.NOTIMP, msg, id, flags, qnameEnd, qtype, qclass);
-  }
+  // A cache has no zones to transfer; other classes (CH probes, HS) are not served. NOTIMP once the additional
+  // section is read: a signed one (a zone transfer is what TSIG signs most) gets BADKEY, as every signed query does.
+  const notImp = qtype === QType.AXFR || qtype === QType.IXFR || qclass !== QClass.IN;
 
   // Additional section: find the OPT record (at most one, owner must be the root).
   let edns = false;
@@ -238,6 +237,7 @@ export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
     }
     off += 10 + rdlen;
   }
+  if (notImp) return failed(q, QueryStatus.NOTIMP, msg, id, flags, qnameEnd, qtype, qclass);
   if (badVersion) return set(q, QueryStatus.BADVERS, msg, id, flags, qnameEnd, qtype, qclass, true, udpSize, dnssecOk);
 
   set(q, QueryStatus.OK, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk);
