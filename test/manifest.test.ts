@@ -229,12 +229,12 @@ for (const v of variants) {
       else t.equal(d.metadata?.namespace, 'kube-system', `${d.kind}/${d.metadata?.name} in kube-system`);
     }
 
-    // RBAC: get/list/watch, exactly, on exactly these three resources.
+    // RBAC: list and watch (the agent never gets one object by name), exactly, on exactly these three resources.
     const role = one<ClusterRole>(docs, 'ClusterRole', 'nodelocal-dns');
     const grants = (role.rules ?? []).flatMap((r) => {
       t.equal(r.resourceNames, undefined, 'no resourceNames');
       t.equal(r.nonResourceURLs, undefined, 'no nonResourceURLs');
-      t.same([...(r.verbs ?? [])].sort(), ['get', 'list', 'watch'], `verbs of ${(r.resources ?? []).join(',')}`);
+      t.same([...(r.verbs ?? [])].sort(), ['list', 'watch'], `verbs of ${(r.resources ?? []).join(',')}`);
       return (r.apiGroups ?? []).flatMap((g) => (r.resources ?? []).map((res) => `${g}/${res}`));
     });
     t.same(grants.sort(), ['/namespaces', '/services', 'discovery.k8s.io/endpointslices'], 'resources: services, namespaces, endpointslices');
@@ -387,7 +387,7 @@ for (const v of variants) {
 
 const PODS_RBAC_PATH = join(ROOT, 'deploy', 'namespace-metrics-rbac.yaml');
 
-t.test('deploy/namespace-metrics-rbac.yaml: get/list/watch on pods, nothing else, for the agent\'s ServiceAccount', async (t) => {
+t.test('deploy/namespace-metrics-rbac.yaml: list/watch on pods, nothing else, for the agent\'s ServiceAccount', async (t) => {
   const docs = parseDocs(readFileSync(PODS_RBAC_PATH, 'utf8'));
   t.same(docs.map((d) => `${d.kind}/${d.metadata?.name}`).sort(), ['ClusterRole/nodelocal-dns-pods', 'ClusterRoleBinding/nodelocal-dns-pods'], 'exactly these objects');
   for (const d of docs) {
@@ -395,7 +395,7 @@ t.test('deploy/namespace-metrics-rbac.yaml: get/list/watch on pods, nothing else
     t.equal(d.metadata?.namespace, undefined, `${d.kind} is cluster-scoped`);
   }
   const role = one<ClusterRole>(docs, 'ClusterRole', 'nodelocal-dns-pods');
-  t.same(role.rules, [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] }], 'read pods, nothing else');
+  t.same(role.rules, [{ apiGroups: [''], resources: ['pods'], verbs: ['list', 'watch'] }], 'list and watch pods, nothing else');
   const binding = one<ClusterRoleBinding>(docs, 'ClusterRoleBinding', 'nodelocal-dns-pods');
   t.same(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'nodelocal-dns-pods' });
   // The same subject as the main binding, i.e. the DaemonSet's ServiceAccount.
@@ -921,4 +921,41 @@ t.test('one scrape per agent and a reaper for orphans: the pods carry the promet
     );
     t.equal(agentOf(docs).pod.shareProcessNamespace, true, `${v.name}: pause reaps what a killed process group leaves (node is PID 1 in the image)`);
   }
+});
+
+// ---------------------------------------------------------------- review: RBAC is exactly what the agent asks the API server
+
+t.test('RBAC: every (resource, verb) the two ClusterRoles grant is one the agent uses against a real API, and every one it uses is granted', async (t) => {
+  // Least privilege: a verb granted but never used is read access an attacker holding the pod's token gets for
+  // nothing. The agent's requests are watched on the fake API server (the fallback view and, with
+  // --metrics-by-namespace, this node's pods): a list is GET on a collection, a watch is GET ?watch=1 on it, a
+  // `get` would be GET on one named object.
+  const { FakeApiServer, podJson } = await import('../testkit/fake-apiserver.js');
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { writeKubeconfig } = await import('../testkit/cluster.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const fake = new FakeApiServer({ token: 'rbac-token' });
+  await fake.start();
+  t.teardown(() => fake.close());
+  fake.put('pods', podJson('team-a', 'web-1', { nodeName: 'node-a', podIP: '127.0.0.2' }));
+  const upstream = await SimDnsServer.start({ handler: staticHandler({}, { soaZone: 'cluster.local' }) });
+  t.teardown(() => upstream.close());
+  const kubeconfig = writeKubeconfig(fake.url, 'rbac-token');
+  t.teardown(() => rmSync(posix.dirname(kubeconfig), { recursive: true, force: true }));
+  const agent = await startAgent('127.0.31.9', [
+    '--upstream-addr', `127.0.0.1:${upstream.port}`,
+    '--upstream-nameservers', `127.0.0.1:${upstream.port}`,
+    '--kubeconfig', kubeconfig,
+    '--metrics-by-namespace', '--node-name', 'node-a',
+  ]);
+  t.teardown(agent.stop);
+  const kinds = ['services', 'endpointslices', 'namespaces', 'pods'] as const;
+  for (let i = 0; i < 200 && !kinds.every((k) => fake.seen(k, true) > 0); i++) await new Promise((r) => setTimeout(r, 50));
+  for (const k of kinds) t.ok(fake.seen(k, false) > 0 && fake.seen(k, true) > 0, `${k}: listed, then watched`);
+  const group = (kind: string): string => (kind === 'endpointslices' ? 'discovery.k8s.io' : '');
+  const used = new Set(fake.requests.map((r) => (r.kind === null ? 'a request on no collection (a get, or another path)' : `${group(r.kind)}/${r.kind} ${r.watch ? 'watch' : 'list'}`)));
+  const roles = [one<ClusterRole>(parseDocs(TEMPLATE), 'ClusterRole', 'nodelocal-dns'), one<ClusterRole>(parseDocs(readFileSync(PODS_RBAC_PATH, 'utf8')), 'ClusterRole', 'nodelocal-dns-pods')];
+  const granted = new Set(roles.flatMap((role) => (role.rules ?? []).flatMap((r) => (r.apiGroups ?? []).flatMap((g) => (r.resources ?? []).flatMap((res) => (r.verbs ?? []).map((v) => `${g}/${res} ${v}`))))));
+  t.same([...used].sort(), [...granted].filter((g) => used.has(g)).sort(), 'every request the agent made is granted');
+  t.same([...granted].sort(), [...used].sort(), 'every grant is used: no verb the agent never sends');
 });
