@@ -153,7 +153,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   {
     flag: 'metrics-by-namespace', kind: 'bool', def: 'false',
-    help: 'opt-in: count requests by the client pod\'s namespace (nodelocal_dns_requests_by_namespace_total) from a watch of this node\'s pods; needs --node-name and get/list/watch on pods (docs/install.md)',
+    help: 'opt-in: count requests by the client pod\'s namespace (nodelocal_dns_requests_by_namespace_total) from a watch of this node\'s pods; needs --node-name and list/watch on pods (docs/install.md)',
   },
   // A node runs at most 110 pods by kubelet's default: 100 namespaces cover nearly every node, and bound the series a node can add.
   { flag: 'metrics-namespaces-max', kind: 'int', def: '100', min: 1, max: 10_000, help: 'namespaces with a series of their own under --metrics-by-namespace; the rest count as "_other"' },
