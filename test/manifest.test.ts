@@ -951,3 +951,19 @@ t.test('RBAC: every (resource, verb) the two ClusterRoles grant is one the agent
   t.same([...used].sort(), [...granted].filter((g) => used.has(g)).sort(), 'every request the agent made is granted');
   t.same([...granted].sort(), [...used].sort(), 'every grant is used: no verb the agent never sends');
 });
+
+t.test("the ConfigMap's commented examples (kube-dns stubDomains, upstreamNameservers) load in the agent once uncommented, as an operator would", async (t) => {
+  const cm = one<ConfigMap>(parseDocs(variants[1]!.text), 'ConfigMap', 'nodelocal-dns');
+  const text = cm.data?.['config.yaml'] ?? '';
+  // The commented lines that are YAML (a key, or an indented line under one), uncommented; prose comments stay.
+  const lines = text.split('\n');
+  const examples = lines.filter((l) => /^# (\w+:|\s+\S)/.test(l) && !/^# [A-Z(]/.test(l));
+  t.ok(examples.length >= 3, `examples found: ${examples.join(' | ')}`);
+  const uncommented = lines.map((l) => (examples.includes(l) ? l.slice(2) : l)).join('\n');
+  const { config } = loadConfig(['--config', '/etc/nodelocal-dns/config.yaml', '--kube-dns-config-dir', ''], {
+    env: { KUBE_DNS_UPSTREAM_SERVICE_HOST: '10.96.0.53' },
+    readFile: () => uncommented,
+  });
+  t.same(config.stubDomains.map((d) => d.zone), ['consul.local'], 'the stub domain example');
+  t.ok(config.upstreamNameservers.length === 2, 'the upstreamNameservers example');
+});
