@@ -71,8 +71,9 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: 'a client TCP message must be complete this long after its first byte (slow-loris; a pod sends one segment, 2 s allows a retransmission); a client whose queries wait for it to read its answers must read them within it too',
   },
   { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; at the cap a newcomer closes the connection idle longest, and is refused only when all are busy', min: 1 },
-  // One pod must not hold every slot: 64 is 1/16 of the 1,024 above, and far past what a pod's resolver opens
-  // (glibc, musl and Go open one per lookup and close it after the answer).
+  // One pod must not hold every slot: 256 is a quarter of the 1,024 above. Not lower: hostNetwork pods share the
+  // node's address, and glibc, musl and Go open one per TCP lookup, so an outage (queries held for seconds) puts
+  // many on one address (README, --max-tcp-per-client).
   {
     flag: 'max-tcp-per-client', kind: 'int', def: '256', min: 0,
     help: 'client TCP connections one client address may hold; at it a newcomer from that address closes its idlest one, and is refused only when all of its are busy. 0 = no cap',
@@ -153,7 +154,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   {
     flag: 'metrics-by-namespace', kind: 'bool', def: 'false',
-    help: 'opt-in: count requests by the client pod\'s namespace (nodelocal_dns_requests_by_namespace_total) from a watch of this node\'s pods; needs --node-name and get/list/watch on pods (docs/install.md)',
+    help: 'opt-in: count requests by the client pod\'s namespace (nodelocal_dns_requests_by_namespace_total) from a watch of this node\'s pods; needs --node-name and list/watch on pods (docs/install.md)',
   },
   // A node runs at most 110 pods by kubelet's default: 100 namespaces cover nearly every node, and bound the series a node can add.
   { flag: 'metrics-namespaces-max', kind: 'int', def: '100', min: 1, max: 10_000, help: 'namespaces with a series of their own under --metrics-by-namespace; the rest count as "_other"' },
