@@ -138,7 +138,8 @@ async function main(argv: readonly string[]): Promise<number> {
  */
 function answerWaiting(agent: Agent): number {
   try {
-    return abortUntilIdle(agent.hitPath);
+    // The batched workers' waiting clients are held on this thread too (direct.ts): answered here, the workers closed.
+    return abortUntilIdle(agent.hitPath) + (agent.batched?.abandon() ?? 0);
   } catch {
     // Exiting anyway: a failure here must not keep the process up.
     return 0;

@@ -346,17 +346,20 @@ t.test('non-loopback listen addresses on several ports are a flag error (exit 2,
   t.ok(a.log.all.some((l) => l.includes('--listen') && l.includes('several ports')), `saying --listen: ${a.log.all.slice(-2).join(' | ')}`);
 });
 
-t.test('a second stop signal exits at once, but first answers the clients still waiting (SERVFAIL), not leaving them to their own timeouts', async (t) => {
+for (const io of ['dgram', 'batched'] as const) {
+t.test(`a second stop signal exits at once, but first answers the clients still waiting (SERVFAIL), not leaving them to their own timeouts (--io ${io})`, async (t) => {
   // A host resolver that takes queries and never answers: the client's query stays in flight through the grace.
+  // With --io batched the query waits on a worker's miss: the main thread holds that client (direct.ts) and answers it.
+  const upstreamHost = io === 'dgram' ? '127.0.31.2' : '127.0.31.3';
   const silent = dgram.createSocket('udp4');
   let asked = 0;
   silent.on('message', () => asked++);
-  await new Promise<void>((resolve) => silent.bind(53, '127.0.31.2', resolve));
+  await new Promise<void>((resolve) => silent.bind(53, upstreamHost, resolve));
   t.teardown(() => silent.close());
   const work = workDir(t);
-  writeFileSync(join(work, 'resolv.conf'), 'nameserver 127.0.31.2\n');
+  writeFileSync(join(work, 'resolv.conf'), `nameserver ${upstreamHost}\n`);
   const listen = `${HOST}:${nextPort++}`;
-  const a = spawnMain(work, [], CHILD_ENV.PATH ?? '', listen, ['--resolv-conf', join(work, 'resolv.conf'), '--shutdown-grace', '30s']);
+  const a = spawnMain(work, [], CHILD_ENV.PATH ?? '', listen, ['--resolv-conf', join(work, 'resolv.conf'), '--shutdown-grace', '30s', '--io', io]);
   t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
   t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'started');
   const [host, port] = [HOST, Number(listen.split(':')[1])];
@@ -373,3 +376,4 @@ t.test('a second stop signal exits at once, but first answers the clients still 
   t.ok(reply !== null && Date.now() - sentAt < 10_000, 'the waiting client got an answer, not its own timeout');
   t.equal(reply === null ? -1 : reply[3]! & 0x0f, 2, 'SERVFAIL');
 });
+}

@@ -179,12 +179,18 @@ export class DirectAnswers {
    * Shutdown past its grace period: every client waiting here is answered
    * now (stale or SERVFAIL), as the worker answers its own; records that
    * come later are handed back. Sent before the worker hears 'abort'.
+   * Returns how many were answered.
    */
-  abort(): void {
+  abort(): number {
     this.#aborted = true;
-    for (const m of this.#pending.values()) if (m.waiters.length > 0) this.#answerAll(m, null);
+    let n = 0;
+    for (const m of this.#pending.values()) {
+      n += m.waiters.length;
+      if (m.waiters.length > 0) this.#answerAll(m, null);
+    }
     this.#pending.clear();
     this.flush();
+    return n;
   }
 
   /** Sends what this turn queued: one sendmmsg per socket (more only past a vector's worth). */

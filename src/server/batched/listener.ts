@@ -47,7 +47,7 @@ import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
 import { WorkerRestarts } from './worker-restarts.js';
-import { WORKER_STOP_WAIT_MS, stopWorkers, terminateStuck } from './worker-stop.js';
+import { WORKER_STOP_WAIT_MS, abandonWorker, abortWorker, stopWorkers, terminateStuck } from './worker-stop.js';
 import { isWildcardHost } from '../../sys/reuseport.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
 import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
@@ -223,17 +223,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       }, WORKER_STOP_WAIT_MS);
       timer.unref();
       this.#abortWaiters = { total: 0, resolve: (n) => (clearTimeout(timer), resolve(n)) };
-      for (const l of live) {
-        l.aborting = true;
-        l.lazy = false;
-        // What this turn answered from here goes first, with its completions: the worker applies those before it aborts.
-        l.flushNow();
-        // Every client waiting here is answered now (stale or SERVFAIL); the worker answers its own on 'abort'.
-        l.direct?.abort();
-        l.handBack();
-        l.post({ t: 'abort' });
-      }
+      for (const l of live) abortWorker(l);
     });
+  }
+
+  /** A second stop signal, the process exits next (worker-stop.ts abandonWorker): returns the clients answered. */
+  abandon(): number {
+    return this.#links.reduce((n, l) => n + (l !== null && l.alive ? abandonWorker(l) : 0), 0);
   }
 
   /**

@@ -25,6 +25,34 @@ export async function stopWorkers(live: readonly WorkerLink[], logger: Logger): 
   await settlesWithin(Promise.all(exits), WORKER_STOP_WAIT_MS);
 }
 
+/**
+ * Shutdown past its grace, one worker: what this turn answered from here
+ * goes first, with its completions (the worker applies those before it
+ * aborts); then every client held here for it is answered (stale or
+ * SERVFAIL: direct.ts abort()); the worker answers its own on 'abort'.
+ */
+export function abortWorker(l: WorkerLink): void {
+  l.aborting = true;
+  l.lazy = false;
+  l.flushNow();
+  l.direct?.abort();
+  l.handBack();
+  l.post({ t: 'abort' });
+}
+
+/**
+ * A second stop signal, one worker (the process exits next): the clients
+ * held here for it are answered now, and it is told to abort and close, and
+ * woken, so the exit neither loses them nor waits for it asleep in poll (up
+ * to its idle poll, 1 s). Returns the clients answered here.
+ */
+export function abandonWorker(l: WorkerLink): number {
+  const n = l.direct?.abort() ?? 0;
+  l.post({ t: 'abort' });
+  l.post({ t: 'close' });
+  return n;
+}
+
 /** A worker that did not answer `what` in time: ended, its exit no death to restart. */
 export function terminateStuck(l: WorkerLink, what: string, logger: Logger): void {
   l.closing = true;
