@@ -400,6 +400,25 @@ t.test('reload to --fallback-after 0: queries already in flight wait for their u
   t.same(dataOf(ch.decoded(0)), ['10.96.0.77'], 'the upstream\'s answer');
 });
 
+t.test('failure recheck with remoteWaiters: a timeout whose clients were answered elsewhere (release) still opens the window', async (t) => {
+  // The batched worker closes such a question with release(), never complete(): the main thread answered its clients.
+  const r = rig({ remoteWaiters: true });
+  const ch = new FakeChannel();
+  const EXT = 'www.example.org';
+  r.hits.handle(query({ name: EXT, id: 1 }), ch, PEER);
+  t.equal(ch.sent.length, 0, 'the client is held elsewhere: nothing sent from here');
+  r.cache.insert(parseQuery(query({ name: EXT })).key, answer(EXT, [a(EXT, '192.0.2.7', 5)]), scanAnswer(answer(EXT, [a(EXT, '192.0.2.7', 5)]))!, r.clock.now());
+  t.ok(r.hits.release(r.hits.waitsOn, () => true, 'upstream'), 'closed by release');
+  r.clock.advance(6_000);
+  r.hits.handle(query({ name: EXT, id: 2 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'expired: asked again');
+  t.ok(r.hits.release(r.hits.waitsOn, () => true, 'timeout'), 'the timeout, its client answered elsewhere');
+  r.clock.advance(10_000);
+  r.hits.handle(query({ name: EXT, id: 3 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 2, 'within the recheck window: not asked again');
+  t.same(dataOf(ch.decoded(0)), ['192.0.2.7'], 'stale at once');
+});
+
 t.test('failure recheck (RFC 8767 5): for 30 s after a name\'s upstream timed out, its stale answer is served at once, not after another timeout', async (t) => {
   const r = rig();
   const ch = new FakeChannel();

@@ -281,15 +281,17 @@ export class HitPath implements QueryHandler {
    * A completion whose clients were all answered elsewhere (`answered(peer)`
    * for each: the batched main thread sent them theirs, and stored the
    * answer in the one cache): the question is closed without reading the
-   * answer, and nothing is counted here (whoever answered counted). False,
-   * with nothing done, when a client still needs its answer from here or is
+   * answer, and nothing is counted here (whoever answered counted); a
+   * timeout still opens the recheck window, as in complete(). False, with
+   * nothing done, when a client still needs its answer from here or is
    * sampled for the query log: complete() then.
    */
-  release(token: number, answered: (peer: ClientPeer) => boolean): boolean {
+  release(token: number, answered: (peer: ClientPeer) => boolean, outcome?: MissOutcome): boolean {
     const miss = this.#byToken.get(token);
     if (miss === undefined) return true;
     for (const w of miss.waiters) if (w.logged || !answered(w.peer)) return false;
     this.#close(miss);
+    if (outcome === 'timeout') this.#recentFailures.failed(miss.key, this.#clock.now());
     return true;
   }
 
