@@ -1728,7 +1728,7 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   let staleServed = 0;
   const d = new DirectAnswers(sys, fds, 2, 512, {
     policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server, hist, now: () => nowMs,
-    stale: (key, _now, served) => (key === 'old' ? ((staleServed += served), staleEntry) : undefined),
+    stale: (key, _now, served) => (key === 'old' ? ((staleServed += served), staleEntry) : undefined), logger: silentLogger,
   });
   const waiter = (tok: number, sock: number, data: Buffer, from: Buffer): Packed => {
     const p = new Packer(false, WAITER_STRIDE);
@@ -1797,6 +1797,11 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   d.add(waiter(17, 0, query({ name: SVC, id: 17 }), from4(1017)));
   d.answer(17, answer(SVC, [], { rcode: 'FORMERR' }));
   t.same(sentNow(), [[17, 1017, 1]], 'with nothing stale: the FORMERR as it came, as the worker would');
+  d.expect(18, 'k18');
+  d.add(waiter(18, 0, query({ name: SVC, id: 18 }), from4(1018)));
+  d.answer(18, Buffer.from('not an answer'));
+  t.same(sentNow(), [[18, 1018, 2]], 'a malformed answer: SERVFAIL (nothing stale)');
+  t.equal(server.get('upstreamMalformed'), 1, 'counted here, where it is read (nodelocal_upstream_malformed_total)');
   d.expect(10, 'k10');
   t.not(d.answer(10, ok), 0, 'no waiters (a refresh): nothing to answer');
   t.same(sentNow(), [], 'nothing sent');
@@ -1820,7 +1825,7 @@ t.test('DirectAnswers: abort() answers every client waiting here at once (stale 
   const sys = new FakeKernel([]);
   const counters = new Counters(BATCHED_COUNTERS);
   const d = new DirectAnswers(sys, [5], 2, 512, {
-    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined,
+    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined, logger: silentLogger,
   });
   const rec = (tok: number, id: number, port: number): Packed => {
     const p = new Packer(false, WAITER_STRIDE);
@@ -2068,7 +2073,7 @@ t.test('DirectAnswers: a waiter whose datagram does not parse here goes back to 
   const sys = new FakeKernel([]);
   const counters = new Counters(BATCHED_COUNTERS);
   const d = new DirectAnswers(sys, [5], 2, 512, {
-    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined,
+    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined, logger: silentLogger,
   });
   const p = new Packer(false, WAITER_STRIDE);
   for (const data of [query({ name: SVC, id: 1 }), Buffer.from('not a query')]) {

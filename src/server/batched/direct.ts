@@ -38,6 +38,7 @@ import { DEFAULT_EDNS_SIZE, errorResponse } from '../../dns/build.js';
 import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
 import { QueryStatus, parseQuery, type Query } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
+import type { Logger } from '../../log.js';
 import { serverFailed } from '../../upstream/health.js';
 import { MAX_UDP_PAYLOAD_IPV4 } from '../answer-out.js';
 import type { HitPathHistograms } from '../hit-path.js';
@@ -86,6 +87,8 @@ export interface DirectDeps {
   readonly now: () => number;
   /** The one cache's expired entry for `key` within the stale window, counted as served `served` times (DnsCache.stale). */
   readonly stale: (key: string, now: number, served: number) => CacheEntry | undefined;
+  /** Told of an upstream answer that fails validation, as the hit path warns of one. */
+  readonly logger: Logger;
 }
 
 export class DirectAnswers {
@@ -215,6 +218,10 @@ export class DirectAnswers {
   #answerAll(m: PendingMiss, a: Buffer | null): void {
     const now = this.#deps.now();
     const scan = a === null ? undefined : scanAnswer(a);
+    // Counted and logged here, where it is read (the worker only closes the question): the first and every 1000th.
+    if (a !== null && scan === undefined && this.#server[SV.upstreamMalformed]!++ % 1000 === 0) {
+      this.#deps.logger.warn('malformed upstream answer: not cached, client gets a stale answer or SERVFAIL', { bytes: a.length, seen: this.#server[SV.upstreamMalformed] });
+    }
     let fresh: AnswerCopy | null = null;
     let stale: CacheEntry | undefined;
     if (scan !== undefined && !serverFailed(scan.rcode) && (refreshesName(scan.rcode) || this.#deps.stale(m.key, now, 0) === undefined)) {
