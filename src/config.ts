@@ -53,8 +53,8 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     const file = parseConfigFile(configPath, text);
     merged = file.raw;
     stubs = file.stubDomains;
-    // The listen addresses are one setting in two spellings: named on the command line, they replace the file's.
-    if (flags.raw.has('listen') || flags.raw.has('localip')) for (const k of ['listen', 'localip']) merged.delete(k);
+    // The listen addresses are one setting in two spellings (--port belongs to --localip's): named on the command line, they replace the file's.
+    if (['listen', 'localip', 'port'].some((k) => flags.raw.has(k))) for (const k of ['listen', 'localip', 'port']) merged.delete(k);
     for (const k of merged.keys()) origin.set(k, `config file ${configPath}: ${camel(k)}`);
   }
   for (const [k, v] of flags.raw) {
@@ -170,6 +170,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   const port = int('port');
   const listen: ServerAddress[] = listOf(raw, 'listen').flatMap((l) => l.split(',')).map((l) => listenAddr('listen', l, undefined));
   const localip = str('localip');
+  // Given alone it would be ignored, and the agent would serve on 127.0.0.1:5353 (or --listen's ports) instead.
+  if (localip === undefined && raw.has('port')) throw new ConfigError(`--port ${port}: the port of the --localip addresses, and there are none; with --listen write ADDR:PORT`);
   if (localip !== undefined) for (const ip of localip.split(',')) listen.push(listenAddr('localip', ip, port));
   if (listen.length === 0) listen.push({ host: '127.0.0.1', port: 5353 });
   const seen = new Set<string>();

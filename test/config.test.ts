@@ -430,6 +430,16 @@ t.test('listen addresses on the command line replace the file\'s (flags win), no
   const moved = load(['--config', '/c.yaml', '--listen', '127.0.0.1:5301'], noEnv, { '/c.yaml': 'localip: 127.0.0.2\nport: 5300\n' }).config.listen;
   t.same(moved, [{ host: '127.0.0.1', port: 5301 }], 'the file\'s localip is not added to --listen');
   t.same(load(['--config', '/c.yaml'], noEnv, file).config.listen.length, 2, 'the file alone still sets them');
+  const portToo = load(['--config', '/c.yaml', '--listen', '127.0.0.1:5301'], noEnv, { '/c.yaml': 'localip: 127.0.0.2\nport: 5300\n' }).config.listen;
+  t.same(portToo, [{ host: '127.0.0.1', port: 5301 }], 'nor its port, which goes with its localip');
+});
+
+t.test('--port without --localip (it would be ignored) is a flag error naming both, wherever it was written', async (t) => {
+  t.match(err(['--port', '5300']), /^--port 5300: the port of the --localip addresses, and there are none; with --listen write ADDR:PORT/);
+  t.match(err(['--listen', '127.0.0.1:5301', '--port', '5300']), /^--port 5300/, 'beside --listen too');
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'port: 5300\n' }), /config file \/c\.yaml: port/, 'from the config file, named as written there');
+  t.same(load(['--localip', '127.0.0.2', '--port', '5300']).config.listen, [{ host: '127.0.0.2', port: 5300 }], 'with --localip: its port');
+  t.same(load(['--localip', '127.0.0.2']).config.listen, [{ host: '127.0.0.2', port: 53 }], '--localip alone: 53');
 });
 
 t.test('an IPv4-mapped IPv6 listen address (which an IPv6-only listener cannot bind: EINVAL at start) is a flag error naming the IPv4 spelling', async (t) => {
