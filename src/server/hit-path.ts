@@ -283,11 +283,13 @@ export class HitPath implements QueryHandler {
    * answer in the one cache): the question is closed without reading the
    * answer, and nothing is counted here (whoever answered counted). False,
    * with nothing done, when a client still needs its answer from here or is
-   * sampled for the query log: complete() then.
+   * sampled for the query log, or when the outcome opens or may close the
+   * failure recheck window (a timeout; the key failed recently): complete() then.
    */
-  release(token: number, answered: (peer: ClientPeer) => boolean): boolean {
+  release(token: number, answered: (peer: ClientPeer) => boolean, outcome: MissOutcome = 'upstream'): boolean {
     const miss = this.#byToken.get(token);
     if (miss === undefined) return true;
+    if (outcome === 'timeout' || this.#recentFailures.has(miss.key)) return false;
     for (const w of miss.waiters) if (w.logged || !answered(w.peer)) return false;
     this.#close(miss);
     return true;

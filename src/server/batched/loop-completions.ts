@@ -90,12 +90,13 @@ export class Completions {
         continue;
       }
       const token = itemToken(p, i);
+      const outcome = OUTCOMES[itemTag(p, i)] ?? 'network';
       const through = itemExtra(p, i, 0);
       const turn = this.#clock.stamp;
       if (through !== 0) {
         this.#sender.setAnsweredThrough(through);
         // Every client of it had its answer from the main thread, which stored it too: only the question to close.
-        if (this.#hits.release(token, this.#answeredByMain)) {
+        if (this.#hits.release(token, this.#answeredByMain, outcome)) {
           this.#sender.setAnsweredThrough(0);
           n++;
           continue;
@@ -105,7 +106,7 @@ export class Completions {
       }
       try {
         // The clients the main thread answered (through !== 0) get nothing more from here, and are not counted twice.
-        this.#hits.complete(token, itemBytes(p, i), OUTCOMES[itemTag(p, i)] ?? 'network', through !== 0 ? this.#answeredByMain : undefined);
+        this.#hits.complete(token, itemBytes(p, i), outcome, through !== 0 ? this.#answeredByMain : undefined);
       } finally {
         this.#sender.setAnsweredThrough(0);
         this.#clock.stamp = turn;
