@@ -313,15 +313,15 @@ export class HitPath implements QueryHandler {
    * answer or SERVFAIL now, so nothing in flight goes unanswered. Late
    * outcomes from the upstream side are then ignored (unknown tokens).
    */
-  abortAll(): number {
+  abortAll(answered?: (peer: ClientPeer) => boolean): number {
     const now = this.#clock.now();
     let n = 0;
     // In the order they were opened (tokens count up; a wrap puts the newest first, which nothing relies on).
     for (const miss of this.#byToken.values().sort((x, y) => x.token - y.token)) {
       this.#close(miss);
-      // Those held by the sink's side are answered there at the same time (direct.ts abort()), and counted here.
+      // Those held by the sink's side (remote, or kept for the log: `answered`) are answered there (direct.ts abort()), counted here.
       n += miss.waiting;
-      this.#fail(miss, now);
+      this.#fail(miss, now, answered);
     }
     this.#v[S.abortedAtShutdown]! += n;
     return n;

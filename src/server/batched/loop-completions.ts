@@ -17,7 +17,12 @@ export interface AgainParts {
   readonly channels: readonly SocketChannel[];
   readonly settle: (peer: Peer, s: number, msg: Buffer) => boolean;
   readonly logger: ReportLogger;
+  /** HitPath remoteWaiters: every client reported is the main thread's, answered there or handed back (direct.ts). */
+  readonly remoteWaiters: boolean;
 }
+
+/** Every client the main thread heard of is its to answer: it sends the answer, or hands the client back to run again. */
+const HELD_BY_MAIN = (): boolean => true;
 
 /**
  * Completions answered per turn at most. A main thread that fell behind
@@ -45,6 +50,12 @@ export class Completions {
   readonly #answeredByMain: (peer: ClientPeer) => boolean;
   readonly #again: AgainParts;
   /**
+   * With remoteWaiters, whom the main thread answers (HELD_BY_MAIN): even a
+   * client kept here for the query log whose record came late, or at abort,
+   * is never sent an answer from here (it would get two); else undefined.
+   */
+  readonly heldByMain: ((peer: ClientPeer) => boolean) | undefined;
+  /**
    * Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. Clients
    * handed back ('again') queue here too, in the order they came: after the completion of the question they waited on.
    */
@@ -58,6 +69,7 @@ export class Completions {
     this.#sender = sender;
     this.#answeredByMain = sender.answeredByMain;
     this.#again = again;
+    this.heldByMain = again.remoteWaiters ? HELD_BY_MAIN : undefined;
     this.#done = [];
     this.#doneAt = 0;
   }
@@ -92,21 +104,22 @@ export class Completions {
       const token = itemToken(p, i);
       const outcome = OUTCOMES[itemTag(p, i)] ?? 'network';
       const through = itemExtra(p, i, 0);
+      const answered = this.heldByMain ?? (through !== 0 ? this.#answeredByMain : undefined);
       const turn = this.#clock.stamp;
-      if (through !== 0) {
+      if (answered !== undefined) {
         this.#sender.setAnsweredThrough(through);
         // Every client of it had its answer from the main thread, which stored it too: only the question to close.
-        if (this.#hits.release(token, this.#answeredByMain, outcome)) {
+        if (this.#hits.release(token, answered, outcome)) {
           this.#sender.setAnsweredThrough(0);
           n++;
           continue;
         }
         // Its clients had their answer when the main thread sent it: logged with their duration as of then.
-        this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
+        if (through !== 0) this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
       }
       try {
-        // The clients the main thread answered (through !== 0) get nothing more from here, and are not counted twice.
-        this.#hits.complete(token, itemBytes(p, i), outcome, through !== 0 ? this.#answeredByMain : undefined);
+        // The clients the main thread answered (or holds: heldByMain) get nothing more from here, and are not counted twice.
+        this.#hits.complete(token, itemBytes(p, i), outcome, answered);
       } finally {
         this.#sender.setAnsweredThrough(0);
         this.#clock.stamp = turn;
