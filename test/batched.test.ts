@@ -1712,6 +1712,36 @@ t.test('loop with remoteWaiters: abort sends nothing to a client sampled for the
   t.equal(c.server.get('abortedAtShutdown'), 1, 'counted once, here');
 });
 
+t.test('loop with remoteWaiters: clients handed back as the abort comes are answered by the worker in that turn, not reported to a main thread that has stopped waiting (its close would come first)', async (t) => {
+  const seen = reportTaker();
+  const record = (p: Packer, token: number, name: string, id: number, port: number): void => {
+    p.push(token, waiterTag(0, 16), query({ name, id }), null);
+    const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+    new Uint8Array(words.buffer).set(from4(port));
+    p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+  };
+  const { k, loop } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k.reports());
+      k.post({ t: 'pause' });
+    },
+    () => {
+      seen.take(k.reports());
+      // Handed back just before the abort: one would join the question still in flight here, one misses afresh.
+      const p = new Packer(false, WAITER_STRIDE);
+      record(p, seen.token, SVC, 2, 2222);
+      record(p, seen.token, 'again.example.com', 3, 3333);
+      k.post({ t: 'again', items: p.take() });
+      k.post({ t: 'abort' });
+    },
+    () => seen.take(k.reports()),
+  ], { remoteWaiters: true });
+  loop.run();
+  t.equal(seen.waiters.reduce((n, p) => n + p.count, 0), 1, 'only client 1 was ever reported');
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]).sort(), [[2, 2222, 2], [3, 3333, 2]], 'both handed-back clients get SERVFAIL from the worker');
+});
+
 t.test('loop: a client the main thread answered is not observed again in the worker\'s histograms when a later joiner sends the completion down complete()', async (t) => {
   // Client 1 is answered by the main thread (through: 1), which observes its size and duration there (direct.ts #queue);
   // client 2 joined later, so the worker runs complete(): HitPath.#send observes every waiter, and Sender.queue takes
