@@ -85,8 +85,24 @@ export class Completions {
     this.#done.push(items);
   }
 
-  /** Applies up to `limit` queued completions; returns how many. */
-  apply(limit = COMPLETIONS_PER_TURN): number {
+  /**
+   * At abort: every queued completion first (its clients may have had their
+   * answer from the main thread, and must not get a SERVFAIL after it), then
+   * `abortAll`, then the clients handed back meanwhile. Run before it, one
+   * would join a question the abort closes, or miss afresh, and be reported
+   * to a main thread that stopped waiting and closes us next: never answered.
+   * After it, the loop's forward() answers a new miss at once.
+   */
+  abort(abortAll: () => number): number {
+    const again: [Packed, number][] = [];
+    while (this.waiting) this.apply(COMPLETIONS_PER_TURN, again);
+    const n = abortAll();
+    for (const [p, i] of again) this.#handleAgain(p, i);
+    return n;
+  }
+
+  /** Applies up to `limit` queued completions; returns how many. `defer`: clients handed back go there, not run. */
+  apply(limit = COMPLETIONS_PER_TURN, defer: [Packed, number][] | null = null): number {
     let n = 0;
     while (n < limit && this.#done.length > 0) {
       const p = this.#done[0]!;
@@ -97,7 +113,8 @@ export class Completions {
       }
       if (i >= p.count) continue;
       if (this.#handedBack.has(p)) {
-        this.#handleAgain(p, i);
+        if (defer !== null) defer.push([p, i]);
+        else this.#handleAgain(p, i);
         n++;
         continue;
       }

@@ -353,10 +353,9 @@ export class WorkerLoop implements MissSink {
         this.#keep = m.keep ?? [];
         return;
       case 'abort': {
-        // Completions taken first: their clients may have had their answer from the main thread, and must not get a SERVFAIL after it.
-        while (this.#completions.waiting) this.#completions.apply();
+        // Before the clients handed back run: a new miss of theirs is answered at once (forward()).
         this.#aborted = true;
-        const n = this.#hits.abortAll(this.#completions.heldByMain);
+        const n = this.#completions.abort(() => this.#hits.abortAll(this.#completions.heldByMain));
         this.#outbox.post({ misses: null, logs: null, aborted: n });
         return;
       }
