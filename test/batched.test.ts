@@ -1507,10 +1507,10 @@ t.test('--io and --workers: flags and config-file keys, validated (a bad value i
 });
 
 /** A completion as the main thread sends it when it answered the token's clients through waiter `through` itself (0: none). */
-function doneItems(items: { token: number; answer: Buffer | null; through: number }[]): Packer {
+function doneItems(items: { token: number; answer: Buffer | null; through: number; outcome?: MissOutcome }[]): Packer {
   const done = new Packer(false, DONE_STRIDE);
   for (const i of items) {
-    done.push(i.token, OUTCOME_INDEX.upstream, i.answer, null);
+    done.push(i.token, OUTCOME_INDEX[i.outcome ?? 'upstream'], i.answer, null);
     done.extra(0, i.through);
     done.extra(1, stamp16());
   }
@@ -1648,6 +1648,98 @@ t.test('loop with remoteWaiters: a miss refused at once (over --max-inflight) is
   t.same(k2.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]), [[9, 9999, 2]], 'SERVFAIL from the worker: the main thread never heard of it');
   t.equal(k2.reports().reduce((n, r) => n + (r.waiters?.count ?? 0), 0), 0, 'no record for it');
   t.equal(c.io.get('inflight'), 0);
+});
+
+t.test('loop with remoteWaiters: a timeout the main thread answered (stale) opens the failure recheck window here too: the next query for the name gets the stale answer at once (RFC 8767 5)', async (t) => {
+  const seen = reportTaker();
+  const { k, loop, store } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k.reports());
+      // The upstream timed out; the main thread answered client 1 stale (through its record 1).
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: null, through: 1, outcome: 'timeout' }]).take() });
+    },
+    () => k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) }),
+    () => seen.take(k.reports()),
+  ], { remoteWaiters: true });
+  // Expired a minute ago, inside the stale window.
+  const stale = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
+  store.insert(parseQuery(query({ name: SVC })).key, stale, scanAnswer(stale)!, systemClock.now() - 120_000);
+  loop.run();
+  t.not(seen.token, 0);
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]), [[2, 2222, 0]], 'client 2 gets the stale answer from the worker at once');
+  t.equal(seen.waiters.reduce((n, p) => n + p.count, 0), 1, 'client 2 waits on no second upstream query');
+});
+
+t.test('loop with remoteWaiters: a client sampled for the query log whose record reached the main thread late is answered once (handed back), not also by the completion', async (t) => {
+  const seen = reportTaker();
+  const { k, loop, store } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k.reports());
+      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+    () => {
+      seen.take(k.reports());
+      const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
+      storeAnswer(store, SVC, ans);
+      // Answered on the main thread through record 1; client 2's record came after, so the main thread hands it back.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: ans, through: 1 }]).take() });
+      const w = seen.waiters[1]!;
+      const p = new Packer(false, WAITER_STRIDE);
+      p.push(seen.token, itemTag(w, 0), itemBytes(w, 0), null);
+      p.extraWords(new Uint32Array(w.index.buffer, w.index.byteOffset, w.index.length), itemExtraOffset(w, 0), WAITER_SOCKADDR_WORDS);
+      k.post({ t: 'again', items: p.take() });
+    },
+  ], { remoteWaiters: true, queryLogEvery: 1 });
+  loop.run();
+  t.equal(seen.waiters.length, 2);
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to)]), [[2, 2222]], 'client 2 gets one answer from the worker; client 1 none (the main thread answered it)');
+});
+
+t.test('loop with remoteWaiters: abort sends nothing to a client sampled for the query log: the main thread answered it (direct.ts abort())', async (t) => {
+  const seen = reportTaker();
+  const { k, loop, c } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k.reports());
+      k.post({ t: 'abort' });
+    },
+  ], { remoteWaiters: true, queryLogEvery: 1 });
+  loop.run();
+  t.equal(seen.waiters.length, 1, 'its record went to the main thread');
+  t.same(k.sent, [], 'no second answer from the worker');
+  t.equal(c.server.get('abortedAtShutdown'), 1, 'counted once, here');
+});
+
+t.test('loop with remoteWaiters: clients handed back as the abort comes are answered by the worker in that turn, not reported to a main thread that has stopped waiting (its close would come first)', async (t) => {
+  const seen = reportTaker();
+  const record = (p: Packer, token: number, name: string, id: number, port: number): void => {
+    p.push(token, waiterTag(0, 16), query({ name, id }), null);
+    const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+    new Uint8Array(words.buffer).set(from4(port));
+    p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+  };
+  const { k, loop } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k.reports());
+      k.post({ t: 'pause' });
+    },
+    () => {
+      seen.take(k.reports());
+      // Handed back just before the abort: one would join the question still in flight here, one misses afresh.
+      const p = new Packer(false, WAITER_STRIDE);
+      record(p, seen.token, SVC, 2, 2222);
+      record(p, seen.token, 'again.example.com', 3, 3333);
+      k.post({ t: 'again', items: p.take() });
+      k.post({ t: 'abort' });
+    },
+    () => seen.take(k.reports()),
+  ], { remoteWaiters: true });
+  loop.run();
+  t.equal(seen.waiters.reduce((n, p) => n + p.count, 0), 1, 'only client 1 was ever reported');
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]).sort(), [[2, 2222, 2], [3, 3333, 2]], 'both handed-back clients get SERVFAIL from the worker');
 });
 
 t.test('loop: a client the main thread answered is not observed again in the worker\'s histograms when a later joiner sends the completion down complete()', async (t) => {

@@ -412,7 +412,11 @@ t.test('failure recheck with remoteWaiters: a timeout whose clients were answere
   r.clock.advance(6_000);
   r.hits.handle(query({ name: EXT, id: 2 }), ch, PEER);
   t.equal(r.external.exchanges.length, 2, 'expired: asked again');
-  t.ok(r.hits.release(r.hits.waitsOn, () => true, 'timeout'), 'the timeout, its client answered elsewhere');
+  // As the worker's Completions.apply: release() declines a timeout, complete() then records it and sends nothing.
+  const token = r.hits.waitsOn;
+  t.notOk(r.hits.release(token, () => true, 'timeout'), 'a timeout is not simply released');
+  r.hits.complete(token, null, 'timeout', () => true);
+  t.equal(ch.sent.length, 0, 'its client answered elsewhere: nothing sent from here');
   r.clock.advance(10_000);
   r.hits.handle(query({ name: EXT, id: 3 }), ch, PEER);
   t.equal(r.external.exchanges.length, 2, 'within the recheck window: not asked again');

@@ -281,17 +281,17 @@ export class HitPath implements QueryHandler {
    * A completion whose clients were all answered elsewhere (`answered(peer)`
    * for each: the batched main thread sent them theirs, and stored the
    * answer in the one cache): the question is closed without reading the
-   * answer, and nothing is counted here (whoever answered counted); a
-   * timeout still opens the recheck window, as in complete(). False, with
-   * nothing done, when a client still needs its answer from here or is
-   * sampled for the query log: complete() then.
+   * answer, and nothing is counted here (whoever answered counted). False,
+   * with nothing done, when a client still needs its answer from here or is
+   * sampled for the query log, or when the outcome opens or may close the
+   * failure recheck window (a timeout; the key failed recently): complete() then.
    */
-  release(token: number, answered: (peer: ClientPeer) => boolean, outcome?: MissOutcome): boolean {
+  release(token: number, answered: (peer: ClientPeer) => boolean, outcome: MissOutcome = 'upstream'): boolean {
     const miss = this.#byToken.get(token);
     if (miss === undefined) return true;
+    if (outcome === 'timeout' || this.#recentFailures.has(miss.key)) return false;
     for (const w of miss.waiters) if (w.logged || !answered(w.peer)) return false;
     this.#close(miss);
-    if (outcome === 'timeout') this.#recentFailures.failed(miss.key, this.#clock.now());
     return true;
   }
 
@@ -313,15 +313,15 @@ export class HitPath implements QueryHandler {
    * answer or SERVFAIL now, so nothing in flight goes unanswered. Late
    * outcomes from the upstream side are then ignored (unknown tokens).
    */
-  abortAll(): number {
+  abortAll(answered?: (peer: ClientPeer) => boolean): number {
     const now = this.#clock.now();
     let n = 0;
     // In the order they were opened (tokens count up; a wrap puts the newest first, which nothing relies on).
     for (const miss of this.#byToken.values().sort((x, y) => x.token - y.token)) {
       this.#close(miss);
-      // Those held by the sink's side are answered there at the same time (direct.ts abort()), and counted here.
+      // Those held by the sink's side (remote, or kept for the log: `answered`) are answered there (direct.ts abort()), counted here.
       n += miss.waiting;
-      this.#fail(miss, now);
+      this.#fail(miss, now, answered);
     }
     this.#v[S.abortedAtShutdown]! += n;
     return n;

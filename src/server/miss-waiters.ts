@@ -154,6 +154,11 @@ export class RecentFailures {
     if (this.#at.size > MAX_RECENT_FAILURES) this.#forget(this.#at.keys().next().value!);
   }
 
+  /** `key` is in the window (or was, and is not yet forgotten). */
+  has(key: string): boolean {
+    return this.#at.size !== 0 && this.#at.has(key);
+  }
+
   answered(key: string): void {
     if (this.#at.size !== 0) this.#forget(key);
   }

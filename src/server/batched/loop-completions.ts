@@ -17,7 +17,12 @@ export interface AgainParts {
   readonly channels: readonly SocketChannel[];
   readonly settle: (peer: Peer, s: number, msg: Buffer) => boolean;
   readonly logger: ReportLogger;
+  /** HitPath remoteWaiters: every client reported is the main thread's, answered there or handed back (direct.ts). */
+  readonly remoteWaiters: boolean;
 }
+
+/** Every client the main thread heard of is its to answer: it sends the answer, or hands the client back to run again. */
+const HELD_BY_MAIN = (): boolean => true;
 
 /**
  * Completions answered per turn at most. A main thread that fell behind
@@ -45,6 +50,12 @@ export class Completions {
   readonly #answeredByMain: (peer: ClientPeer) => boolean;
   readonly #again: AgainParts;
   /**
+   * With remoteWaiters, whom the main thread answers (HELD_BY_MAIN): even a
+   * client kept here for the query log whose record came late, or at abort,
+   * is never sent an answer from here (it would get two); else undefined.
+   */
+  readonly heldByMain: ((peer: ClientPeer) => boolean) | undefined;
+  /**
    * Completions taken from the port and not yet applied, oldest first; #doneAt indexes into the first. Clients
    * handed back ('again') queue here too, in the order they came: after the completion of the question they waited on.
    */
@@ -58,6 +69,7 @@ export class Completions {
     this.#sender = sender;
     this.#answeredByMain = sender.answeredByMain;
     this.#again = again;
+    this.heldByMain = again.remoteWaiters ? HELD_BY_MAIN : undefined;
     this.#done = [];
     this.#doneAt = 0;
   }
@@ -73,8 +85,24 @@ export class Completions {
     this.#done.push(items);
   }
 
-  /** Applies up to `limit` queued completions; returns how many. */
-  apply(limit = COMPLETIONS_PER_TURN): number {
+  /**
+   * At abort: every queued completion first (its clients may have had their
+   * answer from the main thread, and must not get a SERVFAIL after it), then
+   * `abortAll`, then the clients handed back meanwhile. Run before it, one
+   * would join a question the abort closes, or miss afresh, and be reported
+   * to a main thread that stopped waiting and closes us next: never answered.
+   * After it, the loop's forward() answers a new miss at once.
+   */
+  abort(abortAll: () => number): number {
+    const again: [Packed, number][] = [];
+    while (this.waiting) this.apply(COMPLETIONS_PER_TURN, again);
+    const n = abortAll();
+    for (const [p, i] of again) this.#handleAgain(p, i);
+    return n;
+  }
+
+  /** Applies up to `limit` queued completions; returns how many. `defer`: clients handed back go there, not run. */
+  apply(limit = COMPLETIONS_PER_TURN, defer: [Packed, number][] | null = null): number {
     let n = 0;
     while (n < limit && this.#done.length > 0) {
       const p = this.#done[0]!;
@@ -85,28 +113,30 @@ export class Completions {
       }
       if (i >= p.count) continue;
       if (this.#handedBack.has(p)) {
-        this.#handleAgain(p, i);
+        if (defer !== null) defer.push([p, i]);
+        else this.#handleAgain(p, i);
         n++;
         continue;
       }
       const token = itemToken(p, i);
-      const through = itemExtra(p, i, 0);
-      const turn = this.#clock.stamp;
       const outcome = OUTCOMES[itemTag(p, i)] ?? 'network';
-      if (through !== 0) {
+      const through = itemExtra(p, i, 0);
+      const answered = this.heldByMain ?? (through !== 0 ? this.#answeredByMain : undefined);
+      const turn = this.#clock.stamp;
+      if (answered !== undefined) {
         this.#sender.setAnsweredThrough(through);
         // Every client of it had its answer from the main thread, which stored it too: only the question to close.
-        if (this.#hits.release(token, this.#answeredByMain, outcome)) {
+        if (this.#hits.release(token, answered, outcome)) {
           this.#sender.setAnsweredThrough(0);
           n++;
           continue;
         }
         // Its clients had their answer when the main thread sent it: logged with their duration as of then.
-        this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
+        if (through !== 0) this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
       }
       try {
-        // The clients the main thread answered (through !== 0) get nothing more from here, and are not counted twice.
-        this.#hits.complete(token, itemBytes(p, i), outcome, through !== 0 ? this.#answeredByMain : undefined);
+        // The clients the main thread answered (or holds: heldByMain) get nothing more from here, and are not counted twice.
+        this.#hits.complete(token, itemBytes(p, i), outcome, answered);
       } finally {
         this.#sender.setAnsweredThrough(0);
         this.#clock.stamp = turn;

@@ -177,7 +177,7 @@ export class WorkerLoop implements MissSink {
     });
     this.#poller = new Poller(sys, this.#arena, this.#ctl, init.wakeFd, init.fds, this.#scratchOff, init.idlePollMs ?? IDLE_POLL_MS);
     this.#outbox = new Outbox(port, this.#logger);
-    this.#completions = new Completions(this.#hits, this.#clock, this.#sender, { channels: this.#channels, settle: this.#settle, logger: this.#logger });
+    this.#completions = new Completions(this.#hits, this.#clock, this.#sender, { channels: this.#channels, settle: this.#settle, logger: this.#logger, remoteWaiters: init.remoteWaiters === true });
     this.#state = 'running';
     this.#keep = [];
     this.#aborted = false;
@@ -353,10 +353,9 @@ export class WorkerLoop implements MissSink {
         this.#keep = m.keep ?? [];
         return;
       case 'abort': {
-        // Completions taken first: their clients may have had their answer from the main thread, and must not get a SERVFAIL after it.
-        while (this.#completions.waiting) this.#completions.apply();
+        // Before the clients handed back run: a new miss of theirs is answered at once (forward()).
         this.#aborted = true;
-        const n = this.#hits.abortAll();
+        const n = this.#completions.abort(() => this.#hits.abortAll(this.#completions.heldByMain));
         this.#outbox.post({ misses: null, logs: null, aborted: n });
         return;
       }
