@@ -53,6 +53,7 @@ export class WorkerLink implements MissReturn {
   readonly #sys: UdpBatchSys;
   #done: Packer;
   #flushQueued: boolean;
+  #fdsClosed = false;
 
   constructor(
     index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys,
@@ -163,6 +164,9 @@ export class WorkerLink implements MissReturn {
 
   /** Sockets and eventfd: only once the thread has left its loop (it may be inside recvmmsg or poll on them). */
   closeFds(): void {
+    // Once: a second close of a number the kernel may have handed out again would close someone else's descriptor.
+    if (this.#fdsClosed) return;
+    this.#fdsClosed = true;
     this.direct?.close();
     for (const fd of this.fds) this.#sys.close(fd);
     this.#sys.close(this.wakeFd);
