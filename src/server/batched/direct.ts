@@ -50,6 +50,8 @@ import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
 
 const IO = BATCHED_COUNTERS.slot;
+/** Failed questions remembered for late clients: at 20k failures/s, the last 50 ms. */
+const FAILED_TOKENS_KEPT = 1024;
 const SV = SERVER_COUNTERS.slot;
 
 /** One client waiting on a worker's miss, as its record arrived. */
@@ -110,6 +112,8 @@ export class DirectAnswers {
   /** Sequence number of the last waiter record received. */
   #received = 0;
   #closed = false;
+  /** Questions of the worker's that failed lately, by token, with their keys: a client whose record comes late gets the failure's answer. */
+  readonly #failed = new Map<number, string>();
   /** Past abort(): nothing waits here any more; new records go back to the worker, which answers them at once. */
   #aborted = false;
   /**
@@ -152,9 +156,14 @@ export class DirectAnswers {
       this.#received = nextSeq(this.#received);
       const tag = itemTag(p, i);
       const w: DirectWaiter = { sock: tag & 0xff, nameLen: tag >>> 8, words, wordOff: itemExtraOffset(p, i), msg: itemBytes(p, i)!, at };
-      const m = this.#pending.get(itemToken(p, i));
+      const token = itemToken(p, i);
+      const m = this.#pending.get(token);
+      const failed = m === undefined ? this.#failed.get(token) : undefined;
       if (m !== undefined) m.waiters.push(w);
-      else again = this.#handBack(itemToken(p, i), w);
+      // Late for a question that failed: its answer now, as the worker gave one joining before the failure (else it would
+      // miss again and wait out another deadline).
+      else if (failed !== undefined) this.#answerAll({ key: failed, waiters: [w] }, null);
+      else again = this.#handBack(token, w);
     }
     return again;
   }
@@ -169,7 +178,9 @@ export class DirectAnswers {
     const m = this.#pending.get(token);
     if (m === undefined || this.#closed) return 0;
     this.#pending.delete(token);
-    if (m.waiters.length > 0) this.#answerAll(m, answer);
+    const fresh = this.#judge(m.key, answer);
+    if (fresh === null) this.#rememberFailed(token, m.key);
+    if (m.waiters.length > 0) this.#answerAll(m, fresh);
     return this.#received;
   }
 
@@ -215,20 +226,22 @@ export class DirectAnswers {
    * the name (serverFailed; another rcode but NOERROR and NXDOMAIN only
    * when nothing stale is held: RFC 8767 4), else stale, else SERVFAIL.
    */
-  #answerAll(m: PendingMiss, a: Buffer | null): void {
-    const now = this.#deps.now();
+  #judge(key: string, a: Buffer | null): AnswerCopy | null {
     const scan = a === null ? undefined : scanAnswer(a);
     // Counted and logged here, where it is read (the worker only closes the question): the first and every 1000th.
     if (a !== null && scan === undefined && this.#server[SV.upstreamMalformed]!++ % 1000 === 0) {
       this.#deps.logger.warn('malformed upstream answer: not cached, client gets a stale answer or SERVFAIL', { bytes: a.length, seen: this.#server[SV.upstreamMalformed] });
     }
-    let fresh: AnswerCopy | null = null;
+    if (scan === undefined || serverFailed(scan.rcode) || (!refreshesName(scan.rcode) && this.#deps.stale(key, this.#deps.now(), 0) !== undefined)) return null;
+    const plan = planCaching(scan, this.#deps.policy().cache, a!);
+    // Served the same second it is stored: no aging, so the clock does not matter here.
+    return AnswerCopy.fromAnswer(a!, scan, 0, plan.kind === 'none' ? 0 : plan.ttl, Number.POSITIVE_INFINITY, plan.kind === 'negative');
+  }
+
+  /** `m`'s clients, each from `fresh` (#judge), or for a failure (null) stale, else SERVFAIL. */
+  #answerAll(m: PendingMiss, fresh: AnswerCopy | null): void {
+    const now = this.#deps.now();
     let stale: CacheEntry | undefined;
-    if (scan !== undefined && !serverFailed(scan.rcode) && (refreshesName(scan.rcode) || this.#deps.stale(m.key, now, 0) === undefined)) {
-      const plan = planCaching(scan, this.#deps.policy().cache, a!);
-      // Served the same second it is stored: no aging, so the clock does not matter here.
-      fresh = AnswerCopy.fromAnswer(a!, scan, 0, plan.kind === 'none' ? 0 : plan.ttl, Number.POSITIVE_INFINITY, plan.kind === 'negative');
-    }
     const queries = m.waiters.map((w) => parseQuery(w.msg));
     // Counted once per client it answers, as the hit path counts.
     if (fresh === null) {
@@ -250,6 +263,12 @@ export class DirectAnswers {
       }
       this.#queue(w, reply);
     });
+  }
+
+  /** The last FAILED_TOKENS_KEPT failed questions by token (a late client's record comes within a worker turn or two). */
+  #rememberFailed(token: number, key: string): void {
+    this.#failed.set(token, key);
+    if (this.#failed.size > FAILED_TOKENS_KEPT) this.#failed.delete(this.#failed.keys().next().value!);
   }
 
   /** `w`'s record, into the next 'again' message. True (the caller wakes the worker). */
