@@ -647,3 +647,17 @@ t.test('handover (a draining listener): a client that sent FIN after its queries
   t.equal(old.counters.get('closedIdle'), 0, 'not closed as idle');
   t.same([...c.answers].sort((a, b) => a - b), ids, 'every answer arrived');
 });
+
+t.test('close(): queries waiting behind the in-flight cap are dropped with the connection, never handed to the handler after it', async (t) => {
+  // The agent's stop closes the listener with a query in flight; the resolver then discards it (aborted). The
+  // queries read behind it must not reach the handler on a connection already closed (upstream queries for nobody).
+  const h = new FakeHandler();
+  const l = await startListener(t, h, { maxQueriesPerConnection: 1 });
+  const c = await Client.connect(t, l.port);
+  c.socket.write(Buffer.concat([query(1, true), query(2), query(3)]));
+  t.ok(await until(() => h.held.length === 1), 'the first query is in flight, the other two wait behind the cap');
+  await l.close();
+  const held = h.held.splice(0);
+  for (const x of held) x.channel.discard(x.peer);
+  t.equal(h.queries, 1, 'no query taken after close()');
+});
