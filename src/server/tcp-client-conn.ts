@@ -294,6 +294,7 @@ export class TcpClientConnection implements ClientChannel {
   destroy(): void {
     this.#closed = true;
     this.#reading = false;
+    this.#backlog.length = 0;
     this.#socket.destroy();
   }
 
