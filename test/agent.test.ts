@@ -297,6 +297,25 @@ async function sendFromPortZero(host: string, port: number, payload: Buffer): Pr
   }
 }
 
+t.test('a query from source port 0 (spoofed) is dropped as it arrives: counted as dropped, not as a request or an answer', async (t) => {
+  // No answer can reach port 0 (dgram refuses it; BIND drops such queries as a suspicious port): answered, it was
+  // counted in coredns_dns_responses_total though nothing was sent, and as a request, and a miss of it was asked upstream.
+  const { args } = await sims(t);
+  const a = await startAgent(HOST, args);
+  t.teardown(a.stop);
+  const before = await a.agent.metrics.metrics();
+  const name = 'web.default.svc.cluster.local';
+  await sendFromPortZero(HOST, a.target.port, buildQuery(name, { id: 1 }));
+  // Read in order from the one socket: the spoofed query was handled before this one (coalesced with it, or a hit).
+  const b = await udpExchange(a.target, buildQuery(name, { id: 2 }), 2000);
+  t.same(b === null ? null : dataOf(dnsPacket.decode(b)), ['10.96.1.10'], 'the real client is answered');
+  const after = await a.agent.metrics.metrics();
+  const delta = (metric: string, labels: Record<string, string> = {}): number => sample(after, metric, labels) - sample(before, metric, labels);
+  t.equal(delta('nodelocal_requests_total', { proto: 'udp' }), 1, 'one request: the real client\'s');
+  t.equal(delta('coredns_dns_responses_total'), 1, 'one answer: the one sent');
+  t.equal(delta('nodelocal_dropped_total'), 1, 'the spoofed query dropped');
+});
+
 t.test('a query from source port 0 (spoofed) costs nothing to the clients that joined its miss', async (t) => {
   // dgram's send() throws ERR_SOCKET_BAD_PORT for port 0. The first waiter of a miss is answered first: if its send
   // throws out of the hit path's completion, every client coalesced behind it gets nothing and waits out its own
