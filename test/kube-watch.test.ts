@@ -1148,3 +1148,44 @@ t.test('a Status with a huge message (a broken server or proxy) is not logged wh
   t.equal(failures.length, 2, 'both failures logged');
   for (const l of failures) t.ok((l.error ?? '').length < 4096, `${(l.error ?? '').length} chars logged for a ${huge.length}-char message`);
 });
+
+t.test('a watch line of no known event type is skipped and counted as a decode failure, not as a watch event, and the metrics\' help says so', async (t) => {
+  // nodelocal_kube_watch_events_total counts ADDED, MODIFIED, DELETED, BOOKMARK and ERROR events; a line of another
+  // type is no event (as for the very-short-watch rule) and, unlike a line that cannot be read, does not end the watch.
+  const unknown = JSON.stringify({ error: 'upstream connect error' });
+  const added = JSON.stringify({ type: 'ADDED', object: { metadata: { name: 'n2', resourceVersion: '8' } } });
+  const { api } = scriptedApi([
+    { status: 200, chunks: [nsList('7', ['n1'])], end: true },
+    { status: 200, chunks: [unknown + '\n' + added + '\n'], end: false },
+  ]);
+  const { writer, counters } = scriptedReflector(t, api);
+  await until(t, 'the event after the unknown line applied', () => writer.maps.namespaces.has('n2'));
+  t.equal(counters.get('namespaces.decodeFailures'), 1, 'the unknown line counted as a decode failure');
+  t.equal(counters.get('namespaces.events'), 1, 'only the ADDED counted as a watch event');
+  const help = watchCounterSchema.defs.find((d) => d.name === 'nodelocal_kube_decode_failures_total')?.help ?? '';
+  t.match(help, /unknown type[^.]*skipped/i, `the decode failures' help tells an unknown type (skipped) from an unreadable line: ${help}`);
+});
+
+t.test('a watch ERROR event whose code is a huge string (a broken server or proxy) is not logged whole either', async (t) => {
+  // A Status's code is an HTTP status, a number; the log line takes it as it comes, whatever its type and length.
+  const huge = 'x'.repeat(1 << 20);
+  const { api } = scriptedApi([
+    { status: 200, chunks: [nsList('7', ['n1'])], end: true },
+    { status: 200, chunks: [JSON.stringify({ type: 'ERROR', object: { kind: 'Status', code: huge, message: 'broken' } }) + '\n'], end: true },
+  ]);
+  const logs: LogLine[] = [];
+  const counters = new Counters(watchCounterSchema);
+  const r = new Reflector('namespaces', api, new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
+    counters,
+    timers: hurriedTimers,
+    tuning: { backoff: testBackoff },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  await until(t, 'the failed watch', () => counters.get('namespaces.errors') >= 1);
+  const failures = logs.filter((l) => /watch event/.test(l.error ?? ''));
+  t.ok(failures.length >= 1, 'the failure logged');
+  for (const l of failures) t.ok((l.error ?? '').length < 4096, `${(l.error ?? '').length} chars logged for a ${huge.length}-char code`);
+});

@@ -532,6 +532,21 @@ t.test('ExternalName from the view: a target answered with an rcode that says no
   t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME']);
 });
 
+t.test('ExternalName from the view: a target answered with an extended RCODE in its OPT (BADVERS: 0 in the header) gets the CNAME alone, not a NODATA join', async (t) => {
+  // As scanAnswer for any upstream answer (RFC 6891 6.1.3): the header's four bits alone are not the rcode, and the
+  // OPT that holds the rest is not relayed. Joined, BADVERS would read as NOERROR with the target's SOA: NODATA.
+  const r = viewRig();
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 11 }), ch, PEER);
+  const opt = { type: 'OPT', name: '.', udpPayloadSize: 1232, extendedRcode: 1, ednsVersion: 0, flags: 0, options: [] } as unknown as dnsPacket.Answer;
+  r.external.answer(0, answer('www.example.org', [], { authorities: [soa('example.org', 60, 60)], additionals: [opt] }));
+  const d = ch.decoded(0);
+  t.equal(rcodeOf(ch.sent[0]!), 0, 'NOERROR');
+  t.same(d.answers?.map((x) => x.type), ['CNAME'], 'the CNAME alone');
+  t.same(d.authorities ?? [], [], 'no SOA of the target joined: the client is not told the target has no address');
+});
+
 t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {
   const r = viewRig({ maxConcurrent: 2 });
   for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());

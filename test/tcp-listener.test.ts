@@ -563,7 +563,12 @@ t.test('shutdown (a plain listener): a client that never reads its answers holds
  * answers, which wait in Node's buffer (its unsent cap out of the way); then a new listener starts beside it on the
  * same port (SO_REUSEPORT) and the old one is paused (it drains). old is null when SO_REUSEPORT is unavailable.
  */
-async function handOverUnread(t: Test, h: FakeHandler, opts: Partial<TcpListenerOptions>): Promise<{ old: TcpListener | null; c: Client; ids: number[] }> {
+async function handOverUnread(
+  t: Test,
+  h: FakeHandler,
+  opts: Partial<TcpListenerOptions>,
+  halfClose = false,
+): Promise<{ old: TcpListener | null; c: Client; ids: number[] }> {
   // A port of its own first: the listeners must know it (not 0) to count each other in /proc/net/tcp.
   const probe = net.createServer();
   await new Promise<void>((r) => probe.listen(0, HOST, () => r()));
@@ -581,6 +586,11 @@ async function handOverUnread(t: Test, h: FakeHandler, opts: Partial<TcpListener
   }
   c.socket.write(Buffer.concat(ids.map((id) => query(id))));
   t.ok(await until(() => h.queries === ids.length), 'every query taken and answered');
+  if (halfClose) {
+    // Its FIN after its queries (allowHalfOpen): the server has read it once its side is in CLOSE_WAIT (8).
+    c.socket.end();
+    t.ok(await until(() => serverSide(port, c.localPort)?.state === 8), 'the server has read the client FIN');
+  }
   const beside = new TcpListener({ host: HOST, port }, new FakeHandler(), silentLogger, base);
   await beside.start();
   t.teardown(() => beside.close());
@@ -618,4 +628,36 @@ t.test('handover (a draining listener): a client that never reads what it was an
   });
   t.ok(await until(() => drained, 3000), 'drained() resolves, well before the idle timeout (10 s)');
   t.equal(old.counters.get('closedUnsentLimit'), 1, 'the client not reading was reset');
+});
+
+t.test('handover (a draining listener): a client that sent FIN after its queries and reads slowly gets every answer, not an idle reset', async (t) => {
+  // The connection ended on the client FIN (stopReading), not on finish(): its answers still wait in Node's buffer
+  // when the drain's idle limit (DRAIN_IDLE_MS, 500 ms) passes; closing it as idle would reset them.
+  const h = new FakeHandler(60_000);
+  const { old, c, ids } = await handOverUnread(t, h, {}, true);
+  if (old === null) return;
+  setTimeout(() => c.socket.resume(), 800);
+  let drained = false;
+  void old.drained().then(() => {
+    drained = true;
+  });
+  t.ok(await until(() => drained), 'drained() resolves');
+  await old.close();
+  t.ok(await until(() => c.closed), 'the connection is closed');
+  t.equal(old.counters.get('closedIdle'), 0, 'not closed as idle');
+  t.same([...c.answers].sort((a, b) => a - b), ids, 'every answer arrived');
+});
+
+t.test('close(): queries waiting behind the in-flight cap are dropped with the connection, never handed to the handler after it', async (t) => {
+  // The agent's stop closes the listener with a query in flight; the resolver then discards it (aborted). The
+  // queries read behind it must not reach the handler on a connection already closed (upstream queries for nobody).
+  const h = new FakeHandler();
+  const l = await startListener(t, h, { maxQueriesPerConnection: 1 });
+  const c = await Client.connect(t, l.port);
+  c.socket.write(Buffer.concat([query(1, true), query(2), query(3)]));
+  t.ok(await until(() => h.held.length === 1), 'the first query is in flight, the other two wait behind the cap');
+  await l.close();
+  const held = h.held.splice(0);
+  for (const x of held) x.channel.discard(x.peer);
+  t.equal(h.queries, 1, 'no query taken after close()');
 });

@@ -14,7 +14,9 @@ import { FLAG_AA, FLAG_QR, FLAG_RA, FLAG_RD, HEADER_LEN, MAX_MESSAGE, RCODE_MASK
  * authority; null when either does not decode, the join would not fit a
  * DNS message, or the target's rcode says nothing of the target (only
  * NOERROR and NXDOMAIN do: a FORMERR is about our query to its server, and
- * joined the client would read it as about its own).
+ * joined the client would read it as about its own). An OPT with an extended
+ * RCODE (RFC 6891 6.1.3: BADVERS is 0 in the header) makes the header's bits
+ * no rcode at all: no join, as scanAnswer makes such an answer malformed.
  */
 export function appendTargetAnswer(cname: Buffer, target: Buffer): Buffer | null {
   try {
@@ -22,6 +24,7 @@ export function appendTargetAnswer(cname: Buffer, target: Buffer): Buffer | null
     const tail = dnsPacket.decode(target);
     const rcode = target.length >= HEADER_LEN ? target[3]! & RCODE_MASK : Rcode.SERVFAIL;
     if (rcode !== Rcode.NOERROR && rcode !== Rcode.NXDOMAIN) return null;
+    if ((tail.additionals ?? []).some((rr) => rr.type === 'OPT' && (rr as { extendedRcode?: number }).extendedRcode !== 0)) return null;
     const body = dnsPacket.encode({
       type: 'response',
       id: 0,

@@ -364,14 +364,14 @@ export class ListWatch<T> {
   }
 
   /**
-   * One watch line; returns an outcome when the watch must end (NO_EVENT: a blank line or an unknown type). A line
-   * we cannot decode ends the watch where it is, as client-go's StreamWatcher does: the RV stays at the last event
-   * applied, so the next watch gets that event again from the server's history.
+   * One watch line; returns an outcome when the watch must end (NO_EVENT: a blank line or an unknown type, no event
+   * for the metric either). A line we cannot decode ends the watch where it is, as client-go's StreamWatcher does: the
+   * RV stays at the last event applied, so the next watch gets that event again from the server's history.
    */
   #onEvent(line: string): Outcome | null | typeof NO_EVENT {
     if (line.trim() === '') return NO_EVENT;
-    this.#count('events');
     const ev = decodeWatchLine(line, this.#convert);
+    if (ev.kind !== 'unknown') this.#count('events');
     // An ERROR (410 Gone above all) or a line we cannot apply leaves the view as stale as it was.
     if (ev.kind === 'upsert' || ev.kind === 'remove' || ev.kind === 'bookmark') this.#touch();
     switch (ev.kind) {

@@ -19,7 +19,7 @@ const metricDefs: { readonly [M in Metric]: Omit<CounterDef, 'labels'> } = {
   watchRestarts: { name: 'nodelocal_kube_watch_restarts_total', help: 'Watches resumed from the last resourceVersion without a list (the API server answered 200; failed attempts count as errors).' },
   events: { name: 'nodelocal_kube_watch_events_total', help: 'Watch events received (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR).' },
   errors: { name: 'nodelocal_kube_errors_total', help: 'Failed API requests and broken watch streams (each followed by a backoff).' },
-  decodeFailures: { name: 'nodelocal_kube_decode_failures_total', help: 'Objects that could not be decoded (skipped) and watch lines that could not (the watch ends, resumed from the last resourceVersion).' },
+  decodeFailures: { name: 'nodelocal_kube_decode_failures_total', help: 'Objects that could not be decoded (skipped), watch lines of an unknown type (skipped), and watch lines that could not be read (the watch ends, resumed from the last resourceVersion).' },
 };
 
 /** The counter defs of one watched kind (label `kind`), for a schema of its own or a shared one. */

@@ -52,7 +52,10 @@ export function decodeWatchLine<T>(line: string, convert: (raw: unknown) => T | 
       return { kind: 'bookmark', rv: resourceVersionOf(object) };
     case 'ERROR': {
       const status = asObject(object);
-      return { kind: 'error', code: status?.['code'], text: `${String(status?.['code'])} ${String(messageOf(status) ?? undefined)}` };
+      // A Status code is a number (an HTTP status); anything else is cut as the message is, for the log line.
+      const code = status?.['code'];
+      const codeText = typeof code === 'number' ? String(code) : String(code).slice(0, 32);
+      return { kind: 'error', code, text: `${codeText} ${String(messageOf(status) ?? undefined)}` };
     }
     default:
       return { kind: 'unknown', type: String(type) };

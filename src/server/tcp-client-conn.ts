@@ -112,33 +112,33 @@ export class TcpClientConnection implements ClientChannel {
   readonly #time: CoarseTime;
   readonly #counters: TcpListenerCounters;
   /** Queries handed to the resolver and not yet answered. */
-  #inflight: number;
+  #inflight = 0;
   /** Frames that arrived (in the same read) after the in-flight cap was reached. */
-  readonly #backlog: Buffer[];
-  #reading: boolean;
-  #closed: boolean;
+  readonly #backlog: Buffer[] = [];
+  #reading = true;
+  #closed = false;
   /** Guards #drainBacklog against re-entry: a cache hit answers inside handle(), which calls back into send(). */
-  #draining: boolean;
+  #draining = false;
   /** Last complete query or answer (coarse ms): what idleness and eviction order are measured from. */
   #lastActiveMs: number;
   /** When the first byte of the incomplete message now buffered arrived; -1 when none is. */
-  #partialSinceMs: number;
+  #partialSinceMs = -1;
   /** Set by #onFrame: the current chunk completed at least one message. */
-  #framed: boolean;
+  #framed = false;
   /** Handover: close as soon as nothing is owed (see finish()). */
-  #finishing: boolean;
-  /** We sent our FIN with nothing owed; only the client's close is left. */
-  #ended: boolean;
+  #finishing = false;
+  /** We sent our FIN with nothing owed (finish(), or after the client's FIN); unsent answers are the unsent timer's, never an idle close. */
+  #ended = false;
   /** Queries answered or discarded on this connection. */
-  #served: number;
+  #served = 0;
   /** Inside decoder.resume() from #drainBacklog: the frames it hands out were read before any stop, so they are taken. */
   #takingHeld = false;
   /** Inside decoder.push(): frames later in the chunk are not counted as buffered yet, so finishing must wait. */
-  #pushing: boolean;
+  #pushing = false;
   /** No query is taken while Node holds more unsent bytes than this (takeLimit). */
   readonly #takeLimit: number;
   /** Since when (coarse ms) queries wait for the client to read its answers ('drain'); -1 when they do not. */
-  #unreadSinceMs: number;
+  #unreadSinceMs = -1;
   /** The listener is shutting down (stop()): answers left unsent in Node wait on the client for the read timeout at most. */
   #stopping = false;
 
@@ -160,20 +160,8 @@ export class TcpClientConnection implements ClientChannel {
     this.#counters = counters;
     this.#peer = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
     this.#decoder = new FrameDecoder((f) => this.#onFrame(f));
-    this.#inflight = 0;
-    this.#backlog = [];
-    this.#reading = true;
-    this.#closed = false;
-    this.#draining = false;
     this.#lastActiveMs = time.now;
-    this.#partialSinceMs = -1;
-    this.#framed = false;
-    this.#finishing = false;
-    this.#ended = false;
-    this.#served = 0;
-    this.#pushing = false;
     this.#takeLimit = takeLimit(limits.maxUnsentBytes, socket);
-    this.#unreadSinceMs = -1;
     askSocketOptions();
     socket.setKeepAlive(true);
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
@@ -306,6 +294,7 @@ export class TcpClientConnection implements ClientChannel {
   destroy(): void {
     this.#closed = true;
     this.#reading = false;
+    this.#backlog.length = 0;
     this.#socket.destroy();
   }
 
@@ -362,7 +351,10 @@ export class TcpClientConnection implements ClientChannel {
     this.#draining = false;
     if (this.#closed) return;
     if (!this.#reading) {
-      if (this.#inflight === 0 && this.#backlog.length === 0 && !this.#decoder.paused && !this.#socket.destroyed) this.#socket.end();
+      if (this.#inflight === 0 && this.#backlog.length === 0 && !this.#decoder.paused && !this.#socket.destroyed) {
+        this.#ended = true;
+        this.#socket.end();
+      }
       return;
     }
     if (this.#decoder.paused) return;

@@ -8,8 +8,10 @@
  * keeps answering what the kernel had already queued for it, and drained()
  * says when that queue is empty.
  *
- * send() never throws (the ClientChannel contract): an answer to port 0 (a
- * spoofed source) is dropped and counted, and one the kernel refuses
+ * A query from source port 0 (spoofed: no socket sends from it, and no
+ * answer can go back to it) is dropped as it arrives and counted, never
+ * handled, as BIND drops it. send() never throws (the ClientChannel
+ * contract): an answer to port 0 is dropped too, and one the kernel refuses
  * (EMSGSIZE, EAGAIN, EPERM) is counted and logged, through one callback
  * bound once; without a callback dgram drops such errors without a word.
  */
@@ -223,6 +225,11 @@ export class UdpListener implements Listener, ClientChannel {
 
   readonly #onMessage = (msg: Buffer, rinfo: dgram.RemoteInfo): void => {
     if (this.#paused) return;
+    // Nowhere to answer: not a request, no miss asked upstream for it, no answer counted as sent.
+    if (rinfo.port === 0) {
+      this.counters.values[S.dropped]!++;
+      return;
+    }
     try {
       this.#handler.handle(msg, this, rinfo);
     } catch (err) {
