@@ -1570,6 +1570,24 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
   t.equal(c.io.get('inflight'), 0);
 });
 
+t.test('loop: a query from source port 0 (spoofed: nowhere to answer) is dropped and counted, never handled: no request, no miss', async (t) => {
+  const { k, loop, c } = loopRig([
+    () => {
+      k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(0) });
+      k.queue(6, { data: query({ name: SVC, id: 2 }), from: sockaddr6loopback(0) });
+      k.queue(5, { data: query({ name: 'other.example.com', id: 3 }), from: from4(3333) });
+    },
+    () => undefined,
+  ]);
+  const before = c.server.get('requestsUdp');
+  loop.run();
+  t.equal(c.server.get('dropped'), 2, 'both counted in nodelocal_dropped_total (IPv4 and IPv6)');
+  t.equal(c.server.get('requestsUdp') - before, 1, 'only the real client is a request');
+  const misses = k.reports().reduce((n, r) => n + (r.misses?.count ?? 0), 0);
+  t.equal(misses, 1, 'and only its question is a miss');
+  t.same(k.sent, [], 'nothing sent to port 0');
+});
+
 t.test('loop with remoteWaiters: a waiting client is reported and only counted; every outcome is the main thread\'s to send; a client handed back runs again', async (t) => {
   const seen = reportTaker();
   const { waiters, take } = seen;

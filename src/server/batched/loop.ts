@@ -19,10 +19,9 @@
  *                 a new miss while the main thread refuses misses at its cap
  *                 is answered here (stale, else SERVFAIL: shed-gate.ts), as is
  *                 every new miss after 'pause' and 'abort' (a wildcard's kept socket)
- *                 a miss's client is reported (sockaddr, datagram): the main
- *                 thread holds it and answers it whatever the outcome
- *                 (direct.ts); only its number stays here (a client sampled
- *                 for the query log is kept too, its peer detached)
+ *                 a miss's client is reported (sockaddr, datagram): the main thread
+ *                 holds it and answers it whatever the outcome (direct.ts); only its
+ *                 number stays here (one sampled for the query log is kept too)
  *   sendmmsg the filled vectors
  *   post one report: the turn's misses, waiting clients and log lines
  *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
@@ -33,9 +32,8 @@
  * sendmmsg); nothing is allocated per packet by this file (the views handed
  * to handle() are made once per slot and length: loop-parts.ts SlotViews).
  *
- * The send side is in loop-send.ts, the completions (and clients handed
- * back) queued from the main thread in loop-completions.ts, the report in
- * loop-report.ts; this file re-exports the completion limits.
+ * The send side: loop-send.ts; the completions (and clients handed back):
+ * loop-completions.ts (limits re-exported here); the report: loop-report.ts.
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { CacheReader } from '../../cache/reader.js';
@@ -55,16 +53,13 @@ import { Ctl, type ToWorker, type WorkerInit } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
 import type { TypedHistogram } from '../../ops/histogram.js';
 import { MISS_TRACE, traceNow } from '../../miss-trace.js';
+import { SERVER_COUNTERS } from '../stats.js';
 
 export { COMPLETIONS_PER_TURN, COMPLETIONS_WHEN_BEHIND } from './loop-completions.js';
 
 /** Bytes a query may take; a longer datagram arrives cut (MSG_TRUNC) and is dropped. Real queries are a few hundred bytes. */
 export const RECV_SLOT_BYTES = 4096;
-/**
- * How long an idle worker sleeps in poll before it looks around anyway. The
- * eventfd wakes it for anything the main thread sends, so this is only a
- * safety net (and one wakeup a second is ~0% CPU).
- */
+/** An idle worker's poll timeout: the eventfd wakes it for anything the main thread sends, so only a safety net (~0% CPU). */
 const IDLE_POLL_MS = 1000;
 const IO = BATCHED_COUNTERS.slot;
 
@@ -234,7 +229,7 @@ export class WorkerLoop implements MissSink {
     this.#outbox.post({ misses: null, logs: null, closed: true });
   }
 
-  /** The native block goes (once): at the end of run(), or after it threw (worker.ts), so a worker that dies of an exception does not leak it. */
+  /** The native block goes (once): at the end of run(), or after it threw (worker.ts): no leak when a worker dies of an exception. */
   dispose(): void {
     const free = this.#free;
     this.#free = null;
@@ -289,6 +284,11 @@ export class WorkerLoop implements MissSink {
             continue;
           }
         }
+      }
+      // Source port 0 (spoofed): nowhere to answer, so no request and no miss; dropped and counted, as dgram does.
+      if (this.#arena.u32[recv.sockaddrOffset(i) >> 2]! >>> 16 === 0) {
+        this.#counters.server.values[SERVER_COUNTERS.slot.dropped]!++;
+        continue;
       }
       const peer = peers[i]!;
       peer.sock = s;
