@@ -144,12 +144,13 @@ export class DirectAnswers {
   }
 
   /**
-   * A report's waiter records, in order. Returns true when one is handed
-   * back to the worker (its question was answered here already, or nothing
-   * waits here any more): post takeAgain() to it, and wake it.
+   * A report's waiter records, in order. Returns true when one came late:
+   * handed back to the worker (its question was answered here already, or
+   * nothing waits here any more: post takeAgain() to it, and wake it), or
+   * answered now (its question failed: flush()).
    */
   add(p: Packed): boolean {
-    let again = false;
+    let late = false;
     const words = new Uint32Array(p.index.buffer, p.index.byteOffset, p.index.length);
     const at = this.#deps.now();
     for (let i = 0; i < p.count; i++) {
@@ -162,10 +163,10 @@ export class DirectAnswers {
       if (m !== undefined) m.waiters.push(w);
       // Late for a question that failed: its answer now, as the worker gave one joining before the failure (else it would
       // miss again and wait out another deadline).
-      else if (failed !== undefined) this.#answerAll({ key: failed, waiters: [w] }, null);
-      else again = this.#handBack(token, w);
+      else if (failed !== undefined) late = (this.#answerAll({ key: failed, waiters: [w] }, null), true);
+      else late = this.#handBack(token, w);
     }
-    return again;
+    return late;
   }
 
   /**

@@ -128,6 +128,8 @@ export class WorkerLink implements MissReturn {
    */
   handBack(): void {
     this.#flush();
+    // Late clients of a failed question, answered as they came (direct.ts add()): out now, not with the next completion.
+    this.direct?.flush();
     const items = this.direct?.takeAgain() ?? null;
     if (items !== null) this.#post({ t: 'again', items }, transferOf(items), true);
   }
