@@ -1109,6 +1109,22 @@ t.test('stop() does not wait out the request deadline when a request hangs befor
   t.equal(outcome, 'stopped', 'stop() resolved, not held for the hour-long request deadline');
 });
 
+/** A namespaces reflector on `api`, started (stopped at teardown), whose log lines and counters the test reads. */
+function loggedReflector(t: Test, api: ApiGetter): { logs: LogLine[]; counters: Counters<WatchCounter> } {
+  const logs: LogLine[] = [];
+  const counters = new Counters(watchCounterSchema);
+  const r = new Reflector('namespaces', api, new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
+    counters,
+    timers: hurriedTimers,
+    tuning: { backoff: testBackoff },
+  });
+  t.teardown(() => r.stop());
+  r.start();
+  return { logs, counters };
+}
+
 t.test('a Status with a huge message (a broken server or proxy) is not logged whole', async (t) => {
   // The message of a failed list's Status, and of a watch's ERROR event, goes
   // into the warning line: a list's error body may be as big as a page
@@ -1132,17 +1148,7 @@ t.test('a Status with a huge message (a broken server or proxy) is not logged wh
       return Promise.resolve({ ok: true, status: 200, body });
     },
   };
-  const logs: LogLine[] = [];
-  const counters = new Counters(watchCounterSchema);
-  const r = new Reflector('namespaces', api, new RecordingWriter(), {
-    clock: new ManualClock(),
-    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
-    counters,
-    timers: hurriedTimers,
-    tuning: { backoff: testBackoff },
-  });
-  t.teardown(() => r.stop());
-  r.start();
+  const { logs, counters } = loggedReflector(t, api);
   await until(t, 'the failed list and the failed watch', () => counters.get('namespaces.errors') >= 2);
   const failures = logs.filter((l) => /HTTP 500|watch event/.test(l.error ?? ''));
   t.equal(failures.length, 2, 'both failures logged');
@@ -1173,17 +1179,7 @@ t.test('a watch ERROR event whose code is a huge string (a broken server or prox
     { status: 200, chunks: [nsList('7', ['n1'])], end: true },
     { status: 200, chunks: [JSON.stringify({ type: 'ERROR', object: { kind: 'Status', code: huge, message: 'broken' } }) + '\n'], end: true },
   ]);
-  const logs: LogLine[] = [];
-  const counters = new Counters(watchCounterSchema);
-  const r = new Reflector('namespaces', api, new RecordingWriter(), {
-    clock: new ManualClock(),
-    log: createLogger('debug', (l) => logs.push(JSON.parse(l) as LogLine)),
-    counters,
-    timers: hurriedTimers,
-    tuning: { backoff: testBackoff },
-  });
-  t.teardown(() => r.stop());
-  r.start();
+  const { logs, counters } = loggedReflector(t, api);
   await until(t, 'the failed watch', () => counters.get('namespaces.errors') >= 1);
   const failures = logs.filter((l) => /watch event/.test(l.error ?? ''));
   t.ok(failures.length >= 1, 'the failure logged');
