@@ -1506,13 +1506,13 @@ t.test('--io and --workers: flags and config-file keys, validated (a bad value i
   t.same(workerMissLimit(100, 2, 4), { clientMissRate: 25, clientMissBurst: 1 }, 'a burst of at least one');
 });
 
-/** A completion as the main thread sends it when it answered the token's clients through waiter `through` itself (0: none). */
-function doneItems(items: { token: number; answer: Buffer | null; through: number; outcome?: MissOutcome }[]): Packer {
+/** A completion as the main thread sends it: `here`, it answered the token's clients itself (direct.ts). */
+function doneItems(items: { token: number; answer: Buffer | null; here: boolean; outcome?: MissOutcome }[]): Packer {
   const done = new Packer(false, DONE_STRIDE);
   for (const i of items) {
     done.push(i.token, OUTCOME_INDEX[i.outcome ?? 'upstream'], i.answer, null);
-    done.extra(0, i.through);
-    done.extra(1, stamp16());
+    done.extra(0, i.here ? 1 : 0);
+    if (i.here) done.extra(1, stamp16());
   }
   return done;
 }
@@ -1532,7 +1532,7 @@ function reportTaker(): { token: number; readonly waiters: Packed[]; take: (repo
   return seen;
 }
 
-t.test('loop: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is counted, not sent again; a client that joined later is answered by the worker', async (t) => {
+t.test('loop with remoteWaiters: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is not sent again, to any client reported', async (t) => {
   const seen = reportTaker();
   const { waiters, take } = seen;
   const { k, loop, c, store } = loopRig([
@@ -1544,16 +1544,17 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
     },
     () => {
       take(k.reports());
-      // The main thread answered client 1 (waiter 1) when the answer came, before client 2's record arrived, and stored it.
+      // The main thread answered both clients when the answer came (client 2 it would hand back had its record come
+      // late), and stored it.
       const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
       storeAnswer(store, SVC, ans);
-      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: ans, through: 1 }]).take() });
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: ans, here: true }]).take() });
     },
     () => {
-      t.same(k.sent.map((s) => [s.fd, idOf(s.data)]), [[6, 2]], 'only the client the main thread did not know of is answered by the worker');
+      t.same(k.sent.map((s) => [s.fd, idOf(s.data)]), [], 'the worker answers neither: both are the main thread\'s');
       k.queue(5, { data: query({ name: SVC, id: 3 }), from: from4(3333) });
     },
-  ]);
+  ], { remoteWaiters: true });
   loop.run();
   t.not(seen.token, 0);
   const all = waiters.flatMap((p) => [...Array(p.count).keys()].map((i) => ({ p, i })));
@@ -1564,9 +1565,9 @@ t.test('loop: waiters are reported for the main thread (token, socket, sockaddr,
   t.equal(idOf(itemBytes(w1.p, w1.i)!), 1, 'the client\'s own datagram');
   const sa = new Uint8Array(new Uint32Array([...Array(WAITER_SOCKADDR_WORDS).keys()].map((x) => itemExtra(w1.p, w1.i, x))).buffer).subarray(0, 16);
   t.same(Buffer.from(sa), from4(1111), 'its sockaddr');
-  t.same(k.sent.map((s) => idOf(s.data)), [2, 3], 'then a hit from the cache the completion filled');
+  t.same(k.sent.map((s) => idOf(s.data)), [3], 'then a hit from the cache the completion filled');
   t.equal(c.cache.get('hitPositive'), 1);
-  t.equal(c.server.get('rcode0'), 2, 'the two answers the worker sent counted; the one the main thread sent is its to count');
+  t.equal(c.server.get('rcode0'), 1, 'the answer the worker sent counted; the ones the main thread sent are its to count');
   t.equal(c.io.get('inflight'), 0);
 });
 
@@ -1601,8 +1602,8 @@ t.test('loop with remoteWaiters: a waiting client is reported and only counted; 
     },
     () => {
       take(k.reports());
-      // A failure, answered by the main thread (stale or SERVFAIL) through record 1: client 2's record was on its way.
-      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: null, through: 1 }]).take() });
+      // A failure, answered by the main thread (stale or SERVFAIL): client 2's record was on its way.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: null, here: true }]).take() });
     },
     () => {
       t.same(k.sent, [], 'nothing sent by the worker, not even to client 2: it holds neither (client 2 comes back handed back)');
@@ -1648,8 +1649,8 @@ t.test('loop with remoteWaiters: a miss refused at once (over --max-inflight) is
         if (r.misses !== null) token = itemToken(r.misses, 0);
         if (r.logs !== null) logs.push(r.logs);
       }
-      // The main thread answered it (through record 1); the worker logs it, sends nothing.
-      k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), through: 1 }]).take() });
+      // The main thread answered it; the worker logs it, sends nothing.
+      k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), here: true }]).take() });
     },
     () => {
       for (const r of k.reports()) if (r.logs !== null) logs.push(r.logs);
@@ -1674,8 +1675,8 @@ t.test('loop with remoteWaiters: a timeout the main thread answered (stale) open
     () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
     () => {
       seen.take(k.reports());
-      // The upstream timed out; the main thread answered client 1 stale (through its record 1).
-      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: null, through: 1, outcome: 'timeout' }]).take() });
+      // The upstream timed out; the main thread answered client 1 stale.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: null, here: true, outcome: 'timeout' }]).take() });
     },
     () => k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) }),
     () => seen.take(k.reports()),
@@ -1701,8 +1702,8 @@ t.test('loop with remoteWaiters: a client sampled for the query log whose record
       seen.take(k.reports());
       const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
       storeAnswer(store, SVC, ans);
-      // Answered on the main thread through record 1; client 2's record came after, so the main thread hands it back.
-      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: ans, through: 1 }]).take() });
+      // Answered on the main thread; client 2's record came after, so the main thread hands it back.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: ans, here: true }]).take() });
       const w = seen.waiters[1]!;
       const p = new Packer(false, WAITER_STRIDE);
       p.push(seen.token, itemTag(w, 0), itemBytes(w, 0), null);
@@ -1760,33 +1761,6 @@ t.test('loop with remoteWaiters: clients handed back as the abort comes are answ
   t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]).sort(), [[2, 2222, 2], [3, 3333, 2]], 'both handed-back clients get SERVFAIL from the worker');
 });
 
-t.test('loop: a client the main thread answered is not observed again in the worker\'s histograms when a later joiner sends the completion down complete()', async (t) => {
-  // Client 1 is answered by the main thread (through: 1), which observes its size and duration there (direct.ts #queue);
-  // client 2 joined later, so the worker runs complete(): HitPath.#send observes every waiter, and Sender.queue takes
-  // back only the rcode and TC counts of the one it does not send. Each answer that left must be observed once.
-  let token = 0;
-  const { k, loop, c, store } = loopRig([
-    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
-    () => {
-      for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
-      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
-    },
-    () => {
-      k.reports();
-      const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
-      storeAnswer(store, SVC, ans);
-      k.post({ t: 'done', items: doneItems([{ token, answer: ans, through: 1 }]).take() });
-    },
-  ]);
-  const durationBefore = c.hist.duration.count;
-  const sizeBefore = c.hist.responseSize[0].count;
-  loop.run();
-  t.same(k.sent.map((s) => idOf(s.data)), [2], 'the worker sends only the later joiner its answer');
-  t.equal(c.server.get('rcode0'), 1, 'and counts only it by rcode');
-  t.equal(c.hist.responseSize[0].count - sizeBefore, 1, 'coredns_dns_response_size_bytes: only the answer the worker sent');
-  t.equal(c.hist.duration.count - durationBefore, 1, 'coredns_dns_request_duration_seconds: only the answer the worker sent');
-});
-
 t.test('loop: a completion whose clients the main thread all answered only closes the question: the answer is not even read', async (t) => {
   let token = 0;
   const { k, loop, c } = loopRig([
@@ -1794,10 +1768,10 @@ t.test('loop: a completion whose clients the main thread all answered only close
     () => {
       for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
       // Bytes that are no DNS message: read, they would count as malformed and answer SERVFAIL.
-      k.post({ t: 'done', items: doneItems([{ token, answer: Buffer.from('not an answer'), through: 1 }]).take() });
+      k.post({ t: 'done', items: doneItems([{ token, answer: Buffer.from('not an answer'), here: true }]).take() });
     },
     () => k.queue(5, { data: query({ name: 'other.example.com', id: 2 }), from: from4(2222) }),
-  ]);
+  ], { remoteWaiters: true });
   loop.run();
   t.not(token, 0);
   t.equal(c.server.get('upstreamMalformed'), 0, 'not read');
@@ -1806,23 +1780,27 @@ t.test('loop: a completion whose clients the main thread all answered only close
   t.equal(c.io.get('inflight'), 1, 'closed: only the later miss waits');
 });
 
-t.test('loop: abort after completions the main thread answered takes them first: no SERVFAIL after an answer', async (t) => {
+t.test('loop without direct answers: abort after completions takes them first: no SERVFAIL for a client whose answer came; no waiter reported', async (t) => {
   let token = 0;
+  const seen = reportTaker();
   const { k, loop } = loopRig([
     () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
     () => {
-      for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
+      const reports = k.reports();
+      seen.take(reports);
+      for (const r of reports) if (r.misses !== null) token = itemToken(r.misses, 0);
       k.queue(5, { data: query({ name: 'other.example.com', id: 2 }), from: from4(2222) });
     },
     () => {
-      k.reports();
-      // The first answered by the main thread and posted without a wake; then the abort.
-      k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), through: 1 }]).take() });
+      seen.take(k.reports());
+      // The first's answer posted without a wake; then the abort.
+      k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), here: false }]).take() });
       k.post({ t: 'abort' });
     },
   ]);
   loop.run();
-  t.same(k.sent.map((s) => [idOf(s.data), s.data[3]! & 0x0f]), [[2, 2]], 'only the other, still waiting, gets its SERVFAIL');
+  t.same(k.sent.map((s) => [idOf(s.data), s.data[3]! & 0x0f]), [[1, 0], [2, 2]], 'the first gets its answer, the other, still waiting, its SERVFAIL');
+  t.equal(seen.waiters.length, 0, 'no waiter records: nobody on the main thread would answer them');
 });
 
 t.test('DirectAnswers: serves each waiter as the worker would, whatever the outcome (answer, stale, SERVFAIL); late records go back; never sends on closed sockets', async (t) => {
@@ -1859,7 +1837,7 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   t.equal(d.add(waiter(7, 0, query({ name: 'sVc.EXAMPLE.com', id: 0x1234, edns: true, udpSize: 4096 }), from4(1111))), false);
   t.equal(d.add(waiter(7, 1, query({ name: SVC, id: 0x4321 }), sockaddr6loopback(2222))), false);
   nowMs += 3;
-  t.equal(d.answer(7, ok), 2, 'answered through the second record');
+  t.equal(d.answer(7, ok), true, 'answered here, both records');
   t.equal(hist.duration.count, 2, 'each answer observed in coredns_dns_request_duration_seconds, here where it leaves');
   t.equal(hist.duration.sum, 0.006, 'from when its record arrived: 3 ms each');
   t.equal(hist.responseSize[0].count, 2, 'and its size, as UDP');
@@ -1884,7 +1862,7 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   d.expect(8, 'k8');
   d.add(waiter(8, 0, query({ name: SVC, id: 10 }), from4(1010)));
   t.equal(d.failedSincePost, false, 'answers only: the completions can go without waking the worker');
-  t.not(d.answer(8, null), 0, 'a failure (timeout) is answered here too');
+  t.equal(d.answer(8, null), true, 'a failure (timeout) is answered here too');
   t.equal(d.failedSincePost, true, 'and its completion wakes the worker (its shed gate counts its misses in flight)');
   t.same(sentNow(), [[10, 1010, 2]], 'SERVFAIL: nothing stale for its key');
   t.equal(d.add(waiter(8, 0, query({ name: SVC, id: 19 }), from4(1019))), true, 'a late record for a question that failed: late (the link flushes)');
@@ -1892,12 +1870,12 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   t.equal(d.takeAgain(), null, 'and not handed back');
   d.expect(9, 'k9');
   d.add(waiter(9, 0, query({ name: SVC, id: 11 }), from4(1011)));
-  t.not(d.answer(9, answer(SVC, [], { rcode: 'SERVFAIL' })), 0);
+  t.equal(d.answer(9, answer(SVC, [], { rcode: 'SERVFAIL' })), true);
   t.same(sentNow(), [[11, 1011, 2]], 'an upstream SERVFAIL: SERVFAIL');
   d.expect(13, 'old');
   d.add(waiter(13, 0, query({ name: SVC, id: 14 }), from4(1014)));
   d.add(waiter(13, 1, query({ name: SVC, id: 15 }), sockaddr6loopback(1015)));
-  t.not(d.answer(13, null), 0);
+  t.equal(d.answer(13, null), true);
   const staleOut = sys.sent.length;
   t.same(sentNow(), [[14, 1014, 0], [15, 1015, 0]], 'stale for a key the cache still holds (RFC 8767), to each client');
   t.equal(staleServed, 2, 'counted once per client served');
@@ -1916,20 +1894,20 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   t.same(sentNow(), [[18, 1018, 2]], 'a malformed answer: SERVFAIL (nothing stale)');
   t.equal(server.get('upstreamMalformed'), 1, 'counted here, where it is read (nodelocal_upstream_malformed_total)');
   d.expect(10, 'k10');
-  t.not(d.answer(10, ok), 0, 'no waiters (a refresh): nothing to answer');
+  t.equal(d.answer(10, ok), true, 'known here though nobody waits (a refresh): the worker sends nothing');
   t.same(sentNow(), [], 'nothing sent');
 
   // Queued, then the worker's sockets are closed before the end of the turn: nothing goes out.
   d.expect(11, 'k11');
   d.add(waiter(11, 0, query({ name: SVC, id: 12 }), from4(1012)));
-  t.not(d.answer(11, ok), 0);
+  t.equal(d.answer(11, ok), true);
   fds.length = 0;
   const before = sys.sent.length;
   d.close();
   d.flush();
   d.expect(12, 'k12');
   d.add(waiter(12, 0, query({ name: SVC, id: 13 }), from4(1013)));
-  t.equal(d.answer(12, ok), 0, 'after close: left to nobody');
+  t.equal(d.answer(12, ok), false, 'after close: left to nobody');
   t.equal(sys.sent.length, before, 'nothing sent after the sockets closed');
   t.equal(counters.get('sendErrors'), 1, 'the one queued counted as lost');
 });
@@ -1954,7 +1932,7 @@ t.test('DirectAnswers: abort() answers every client waiting here at once (stale 
   d.add(rec(2, 22, 2002));
   d.abort();
   t.same(sys.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]), [[21, 2001, 2], [22, 2002, 2]], 'both answered SERVFAIL, and sent at once');
-  t.equal(d.answer(1, answer(SVC, [rr(SVC, '192.0.2.7', 60)])), 0, 'a late outcome finds nothing to answer');
+  t.equal(d.answer(1, answer(SVC, [rr(SVC, '192.0.2.7', 60)])), false, 'a late outcome finds nothing to answer');
   d.expect(3, 'c');
   t.equal(d.add(rec(3, 23, 2003)), true, 'a miss reported after the abort: its client goes back to the worker (which answers it at once)');
   t.equal(d.takeAgain()?.count, 1);
@@ -2197,7 +2175,7 @@ t.test('DirectAnswers: a waiter whose datagram does not parse here goes back to 
   }
   d.expect(7, 'k');
   d.add(p.take());
-  t.not(d.answer(7, answer(SVC, [rr(SVC, '192.0.2.7', 600)])), 0);
+  t.equal(d.answer(7, answer(SVC, [rr(SVC, '192.0.2.7', 600)])), true);
   const back = d.takeAgain();
   t.equal(back?.count, 1, 'one handed back (the worker answers it as its hit path does: FORMERR or nothing)');
   t.equal(itemBytes(back!, 0)!.toString(), 'not a query', 'the one that does not parse');

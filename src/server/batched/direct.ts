@@ -24,11 +24,7 @@
  * A client whose record arrives after its question was answered here (it
  * joined the miss in the worker while the completion was on its way) is
  * handed back ('again'): the worker runs its query through the hit path
- * once more, now usually a hit. Each waiter record has a sequence number
- * (its place in the worker's record order, counted on both sides), and a
- * completion carries the number of the last record received when its
- * clients were answered: the worker's own (logged) clients past that number
- * are not counted as answered here.
+ * once more, now usually a hit.
  */
 import { AnswerCopy, type CacheEntry } from '../../cache/entry.js';
 import { planCaching, refreshesName, type TtlCaps } from '../../cache/policy.js';
@@ -45,7 +41,7 @@ import type { HitPathHistograms } from '../hit-path.js';
 import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
-import { Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtraOffset, itemTag, itemToken, nextSeq, type Packed } from './protocol.js';
+import { Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtraOffset, itemTag, itemToken, type Packed } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
 
@@ -109,8 +105,6 @@ export class DirectAnswers {
   readonly #pending = new Map<number, PendingMiss>();
   /** Records to hand back to the worker (WAITER_STRIDE): takeAgain(). */
   readonly #again = new Packer(false, WAITER_STRIDE);
-  /** Sequence number of the last waiter record received. */
-  #received = 0;
   #closed = false;
   /** Questions of the worker's that failed lately, by token, with their keys: a client whose record comes late gets the failure's answer. */
   readonly #failed = new Map<number, string>();
@@ -154,7 +148,6 @@ export class DirectAnswers {
     const words = new Uint32Array(p.index.buffer, p.index.byteOffset, p.index.length);
     const at = this.#deps.now();
     for (let i = 0; i < p.count; i++) {
-      this.#received = nextSeq(this.#received);
       const tag = itemTag(p, i);
       const w: DirectWaiter = { sock: tag & 0xff, nameLen: tag >>> 8, words, wordOff: itemExtraOffset(p, i), msg: itemBytes(p, i)!, at };
       const token = itemToken(p, i);
@@ -171,18 +164,19 @@ export class DirectAnswers {
 
   /**
    * The outcome for the worker's `token` (`answer` null: a failure without
-   * one): every client waiting on it is answered here. Returns the
-   * completion's answered-through mark (protocol.ts DONE_STRIDE): the last
-   * record's number, or 0 when this side is closed (the worker is gone).
+   * one): every client waiting on it is answered here, and every record
+   * for it that comes later is answered or handed back here too. False when
+   * this side does not know the question (it went before expect(), or the
+   * worker is gone): the worker answers its clients.
    */
-  answer(token: number, answer: Buffer | null): number {
+  answer(token: number, answer: Buffer | null): boolean {
     const m = this.#pending.get(token);
-    if (m === undefined || this.#closed) return 0;
+    if (m === undefined || this.#closed) return false;
     this.#pending.delete(token);
     const fresh = this.#judge(m.key, answer);
     if (fresh === null) this.#rememberFailed(token, m.key);
     if (m.waiters.length > 0) this.#answerAll(m, fresh);
-    return this.#received;
+    return true;
   }
 
   /** Records handed back since the last call, for an 'again' message (null: none). */

@@ -8,7 +8,7 @@
  */
 import type { HitPath } from '../hit-path.js';
 import { Peer, type ReportLogger, type TurnClock } from './loop-parts.js';
-import type { SocketChannel, Sender } from './loop-send.js';
+import type { SocketChannel } from './loop-send.js';
 import { OUTCOMES, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import type { ClientPeer } from '../listener.js';
 
@@ -46,8 +46,6 @@ export const COMPLETIONS_WHEN_BEHIND = 32;
 export class Completions {
   readonly #hits: HitPath;
   readonly #clock: TurnClock;
-  readonly #sender: Sender;
-  readonly #answeredByMain: (peer: ClientPeer) => boolean;
   readonly #again: AgainParts;
   /**
    * With remoteWaiters, whom the main thread answers (HELD_BY_MAIN): even a
@@ -63,11 +61,9 @@ export class Completions {
   readonly #handedBack = new WeakSet<Packed>();
   #doneAt: number;
 
-  constructor(hits: HitPath, clock: TurnClock, sender: Sender, again: AgainParts) {
+  constructor(hits: HitPath, clock: TurnClock, again: AgainParts) {
     this.#hits = hits;
     this.#clock = clock;
-    this.#sender = sender;
-    this.#answeredByMain = sender.answeredByMain;
     this.#again = again;
     this.heldByMain = again.remoteWaiters ? HELD_BY_MAIN : undefined;
     this.#done = [];
@@ -120,25 +116,19 @@ export class Completions {
       }
       const token = itemToken(p, i);
       const outcome = OUTCOMES[itemTag(p, i)] ?? 'network';
-      const through = itemExtra(p, i, 0);
-      const answered = this.heldByMain ?? (through !== 0 ? this.#answeredByMain : undefined);
-      const turn = this.#clock.stamp;
-      if (answered !== undefined) {
-        this.#sender.setAnsweredThrough(through);
-        // Every client of it had its answer from the main thread, which stored it too: only the question to close.
-        if (this.#hits.release(token, answered, outcome)) {
-          this.#sender.setAnsweredThrough(0);
-          n++;
-          continue;
-        }
-        // Its clients had their answer when the main thread sent it: logged with their duration as of then.
-        if (through !== 0) this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
+      const answered = this.heldByMain;
+      // Every client of it had its answer from the main thread, which stored it too: only the question to close.
+      if (answered !== undefined && this.#hits.release(token, answered, outcome)) {
+        n++;
+        continue;
       }
+      const turn = this.#clock.stamp;
+      // Its clients had their answer when the main thread sent it: logged with their duration as of then.
+      if (itemExtra(p, i, 0) !== 0) this.#clock.stamp = turn - msSince16(itemExtra(p, i, 1), turn);
       try {
-        // The clients the main thread answered (or holds: heldByMain) get nothing more from here, and are not counted twice.
+        // The clients the main thread holds (heldByMain) get nothing from here, and are not counted twice.
         this.#hits.complete(token, itemBytes(p, i), outcome, answered);
       } finally {
-        this.#sender.setAnsweredThrough(0);
         this.#clock.stamp = turn;
       }
       n++;

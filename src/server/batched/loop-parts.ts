@@ -25,13 +25,10 @@ export class Peer implements ClientPeer {
   words: Uint32Array;
   wordOff: number;
   nameLen: number;
-  /** A waiter's sequence number as reported to the main thread (protocol.ts); 0: not reported. */
-  seq: number;
 
   constructor(words: Uint32Array, wordOff: number) {
     this.sock = 0;
     this.answered = false;
-    this.seq = 0;
     this.words = words;
     this.wordOff = wordOff;
     this.nameLen = SOCKADDR_SLOT_BYTES;

@@ -12,7 +12,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import { MISS_TRACE, traceNow } from '../../miss-trace.js';
 import type { Peer, ReportLogger } from './loop-parts.js';
-import { MISS_REFRESH, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, nextSeq, transferOf, waiterTag, type Packed, type WorkerReport } from './protocol.js';
+import { MISS_REFRESH, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, transferOf, waiterTag, type Packed, type WorkerReport } from './protocol.js';
 
 export class Outbox {
   readonly #port: MessagePort;
@@ -20,7 +20,8 @@ export class Outbox {
   readonly #misses: Packer;
   /** This turn's waiting clients, for the main thread to answer itself (protocol.ts WAITER_STRIDE). */
   readonly #waiters: Packer;
-  #waiterSeq: number;
+  /** The main thread answers our waiting clients (direct.ts): each is reported. Else it would only drop the records. */
+  readonly #reportWaiters: boolean;
   /**
    * What the main thread last heard: drained or not. Not said once and for
    * all: a socket left in its group at the pause (a wildcard) keeps taking
@@ -32,12 +33,12 @@ export class Outbox {
   traceSlept: boolean;
   traceCompletedAt: number;
 
-  constructor(port: MessagePort, logger: ReportLogger) {
+  constructor(port: MessagePort, logger: ReportLogger, reportWaiters: boolean) {
     this.#port = port;
     this.#logger = logger;
     this.#misses = new Packer(true);
     this.#waiters = new Packer(false, WAITER_STRIDE);
-    this.#waiterSeq = 0;
+    this.#reportWaiters = reportWaiters;
     this.#drainedSaid = false;
     this.traceTurnAt = 0;
     this.traceSlept = false;
@@ -62,8 +63,7 @@ export class Outbox {
    * flight went through forward()).
    */
   waiter(peer: Peer, s: number, msg: Buffer, token: number): void {
-    this.#waiterSeq = nextSeq(this.#waiterSeq);
-    peer.seq = this.#waiterSeq;
+    if (!this.#reportWaiters) return;
     this.#waiters.push(token, waiterTag(s, peer.nameLen), msg, null);
     this.#waiters.extraWords(peer.words, peer.wordOff, WAITER_SOCKADDR_WORDS);
   }

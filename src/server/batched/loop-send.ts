@@ -1,10 +1,7 @@
 /**
  * The send side of a batched worker's loop (loop.ts): each socket's send
  * vector, the answers queued into it (from handle() now or a completion
- * later), and the sendmmsg that flushes it. It also holds the one fact a
- * completion changes about sending: which waiting clients the main thread
- * already answered itself (direct.ts), so the hit path sends and counts
- * nothing more for them (HitPath.release and complete ask it).
+ * later), and the sendmmsg that flushes it.
  * Kept apart so loop.ts reads as the turn (messages, completions, receive,
  * send, report, sleep), and this file as where answers go.
  */
@@ -12,7 +9,6 @@ import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
 import type { Arena, SendVec } from './msgvec.js';
 import type { Peer } from './loop-parts.js';
-import { seqAtOrBefore } from './protocol.js';
 import { BATCHED_COUNTERS, type WorkerCounters } from './stats.js';
 
 const IO = BATCHED_COUNTERS.slot;
@@ -42,9 +38,6 @@ export class Sender {
   /** A sockaddr's room in the arena: an answer too big for its slot is sent alone from here. */
   readonly #scratchOff: number;
   readonly #io: Float64Array;
-  /** While a completion is applied: its clients with a sequence number up to this were answered by the main thread (0: none). */
-  #answeredThrough: number;
-  readonly answeredByMain = (peer: ClientPeer): boolean => seqAtOrBefore((peer as Peer).seq, this.#answeredThrough);
 
   constructor(sys: UdpBatchSys, fds: readonly number[], arena: Arena, send: SendVec[], scratchOff: number, counters: WorkerCounters) {
     this.#sys = sys;
@@ -53,12 +46,6 @@ export class Sender {
     this.#send = send;
     this.#scratchOff = scratchOff;
     this.#io = counters.io.values;
-    this.#answeredThrough = 0;
-  }
-
-  /** Around a completion (loop-completions.ts): its clients up to `through` had their answer from the main thread; 0 after it. */
-  setAnsweredThrough(through: number): void {
-    this.#answeredThrough = through;
   }
 
   /** An answer for `peer`, from handle() now or from complete() later. */

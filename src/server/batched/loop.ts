@@ -171,8 +171,8 @@ export class WorkerLoop implements MissSink {
       return err === 0;
     });
     this.#poller = new Poller(sys, this.#arena, this.#ctl, init.wakeFd, init.fds, this.#scratchOff, init.idlePollMs ?? IDLE_POLL_MS);
-    this.#outbox = new Outbox(port, this.#logger);
-    this.#completions = new Completions(this.#hits, this.#clock, this.#sender, { channels: this.#channels, settle: this.#settle, logger: this.#logger, remoteWaiters: init.remoteWaiters === true });
+    this.#outbox = new Outbox(port, this.#logger, init.remoteWaiters === true);
+    this.#completions = new Completions(this.#hits, this.#clock, { channels: this.#channels, settle: this.#settle, logger: this.#logger, remoteWaiters: init.remoteWaiters === true });
     this.#state = 'running';
     this.#keep = [];
     this.#aborted = false;
@@ -316,8 +316,8 @@ export class WorkerLoop implements MissSink {
 
   /**
    * After handle(): a client left unanswered waits on a miss; the main thread
-   * hears of it (and answers it: direct.ts). False: it is kept here as well
-   * (query log, no direct answers), its sockaddr detached: not the slot's now.
+   * hears of it and answers it (direct.ts). False: it is kept here (the query
+   * log, or no direct answers), its sockaddr detached: not the slot's now.
    */
   readonly #settle = (peer: Peer, s: number, msg: Buffer): boolean => {
     if (peer.answered) return true;

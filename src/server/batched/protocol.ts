@@ -84,8 +84,8 @@ export interface WorkerSettings {
 
 /**
  * Items packed for transfer: per item [token, tag, start, length, ...extra]
- * (`stride` words); length -1 means null. The extra words: a completion's
- * answered-through mark, a waiter's sockaddr (see Waiter below).
+ * (`stride` words); length -1 means null. The extra words: whether the main
+ * thread answered a completion's clients, a waiter's sockaddr (see below).
  */
 export interface Packed {
   readonly count: number;
@@ -101,9 +101,7 @@ export type LogRecord = readonly [level: 'debug' | 'info' | 'warn' | 'error', ms
 /**
  * A client waiting on a miss, as the worker reports it so the main thread
  * can answer it itself (listener.ts DirectAnswers): (token, tag, the
- * client's datagram) and the sockaddr as extra words. Its place in the
- * order of a worker's waiter records is its sequence number (1, 2, ...,
- * skipping 0 on wrap), counted on both sides, never sent.
+ * client's datagram) and the sockaddr as extra words.
  */
 export const WAITER_SOCKADDR_WORDS = 8;
 export const WAITER_STRIDE = 4 + WAITER_SOCKADDR_WORDS;
@@ -113,13 +111,12 @@ export function waiterTag(sock: number, nameLen: number): number {
 }
 
 /**
- * A completion's extra words. 0: the sequence number of the last waiter
- * record the main thread had received when it answered this token's clients
- * itself; 0 when it answered none (the worker answers them all). The worker
- * answers the token's waiters with a later number (reported after the
- * answer went out) itself. 1: when those answers went out (stamp16), so the
- * worker stores the entry and logs the query with that time, not its own
- * later one.
+ * A completion's extra words. 0: 1 when the main thread answered this
+ * token's clients itself (direct.ts: every one it holds, and each record
+ * that comes later is answered or handed back there), 0 when the worker
+ * answers them. 1: when those answers went out (stamp16), so the worker
+ * logs the queries it kept for the log with that time, not its own later
+ * one.
  */
 export const DONE_STRIDE = 6;
 
@@ -132,16 +129,6 @@ export function stamp16(): number {
 export function msSince16(then: number, now: number): number {
   const d = ((Math.floor(now * 16) >>> 0) - then) >>> 0;
   return d >= 0x80000000 ? 0 : d / 16;
-}
-
-/** The next waiter sequence number after `n` (uint32, 0 skipped: it means "none"). */
-export function nextSeq(n: number): number {
-  return n >= 0xffffffff ? 1 : n + 1;
-}
-
-/** Serial-number order (RFC 1982 style, uint32): `seq` is at or before `through`. Pending waiters are never 2^31 apart. */
-export function seqAtOrBefore(seq: number, through: number): boolean {
-  return seq !== 0 && through !== 0 && ((through - seq) >>> 0) < 0x80000000;
 }
 
 /** A miss's tag: a background refresh of an entry a worker hit (the main thread claims it: DnsCache.claimRefresh); 0 otherwise. */

@@ -92,10 +92,10 @@ export class WorkerLink implements MissReturn {
    * event-loop turn (all the turn's completions in one message).
    */
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
-    const through = this.direct === null || !this.alive ? 0 : this.direct.answer(token, answer);
+    const here = this.direct !== null && this.alive && this.direct.answer(token, answer);
     this.#done.push(token, OUTCOME_INDEX[outcome], answer, null);
-    this.#done.extra(0, through);
-    if (through !== 0) this.#done.extra(1, stamp16());
+    this.#done.extra(0, here ? 1 : 0);
+    if (here) this.#done.extra(1, stamp16());
     if (!this.#flushQueued) {
       this.#flushQueued = true;
       setImmediate(this.#flush);
