@@ -1109,6 +1109,50 @@ t.test('coredns_cache_requests_total: one per client lookup (a miss, then a hit)
   }
 });
 
+t.test('bounded: connections whose scrapes wait for the next second\'s render do not lock a newcomer out (a probe on a shared address, Prometheus)', async (t) => {
+  // A pod scraping back-to-back on every connection it may hold (8 per address, a few addresses fill all 32) spends
+  // the renders of each second, so its scrapes wait for the next one almost all the time: answers owed, read at
+  // once, never quiet. Were they never made room from, every newcomer would be closed on accept: Prometheus, and
+  // on a shared metrics and health address the kubelet's probe (the agent restarted after three).
+  let renders = 0;
+  const source = { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics: async (): Promise<string> => `nodelocal_render_total ${++renders}\n` };
+  const clock = new ManualClock();
+  const s = new OpsServer({
+    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger, limits: { maxConnections: 3, maxRendersPerSecond: 1 }, renderClock: clock,
+  });
+  await s.start();
+  t.teardown(() => s.stop());
+  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
+  const waiting: net.Socket[] = [];
+  const answers: Promise<string>[] = [];
+  t.teardown(() => {
+    for (const w of waiting) w.destroy();
+  });
+  for (let i = 0; i < 3; i++) {
+    const w = await connect(s.url);
+    w.on('error', () => {});
+    waiting.push(w);
+    answers.push(new Promise((resolve) => {
+      let got = '';
+      w.on('data', (d: Buffer) => {
+        got += d.toString();
+        if (got.includes('nodelocal_render_total')) resolve(got);
+      });
+      w.once('close', () => resolve(got));
+    }));
+    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+    for (let j = 0; j < 200 && !s.scrapesWaiting; j++) await new Promise((r) => setTimeout(r, 10));
+  }
+  // Each request taken before the newcomer connects.
+  await new Promise((r) => setTimeout(r, 100));
+  t.ok(s.scrapesWaiting, 'the scrapes wait for the next second');
+  const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
+  t.equal(probe.status, 200, `the newcomer is answered (got: ${probe.status === 0 ? probe.body : probe.status})`);
+  clock.advance(1_000);
+  const got = await Promise.all(answers);
+  t.equal(got.filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 2, 'one waiting connection made room; the others get the next second\'s render');
+});
+
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {
   // The cap (32) is global: a pod that opens 32 keep-alive connections to the node-local IP's probe port and
   // sends a request on each now and then (so keepAliveTimeout never fires) makes every new connection, the

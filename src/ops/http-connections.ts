@@ -7,8 +7,13 @@
  *   after its answers or not yet through its first request (silent, or half a
  *   request). Failing that, one whose answer sits unsent in its socket (the
  *   kernel would take no more: a client that asked and does not read, which
- *   would otherwise hold its slot until the 30 s socket timeout). Only when
- *   every one is being answered and read is the newcomer closed.
+ *   would otherwise hold its slot until the 30 s socket timeout). Failing
+ *   that, the one whose scrape began waiting last for the next second's
+ *   render (scrape-render.ts): a pod scraping back-to-back on every slot
+ *   spends each second's renders, so its scrapes wait almost all the time,
+ *   owed and read, never quiet; one that has waited longer gets that render
+ *   within the second. Only when every one is being answered and read, and
+ *   none waits on the render bound, is the newcomer closed.
  *   The kubelet probes from the node's own address, which every hostNetwork
  *   process shares: connections that hold a slot without asking must not lock
  *   the probe out. The newcomer gets its turn; a client reopening them only
@@ -47,6 +52,8 @@ export class OpsConnections {
   readonly #open: Map<Socket, Connection>;
   /** Connections owing no answer (idle, or no whole request yet), the one quiet longest first: who makes room at a cap. */
   readonly #quiet: Set<Connection>;
+  /** Connections with a scrape waiting for the next second's render, the one that began waiting last at the end. */
+  readonly #waiting: Set<Connection>;
   readonly #perPeer: Map<string, number>;
   #draining: boolean;
   #onSettled: (() => void) | null;
@@ -55,6 +62,7 @@ export class OpsConnections {
     this.#bounds = bounds;
     this.#open = new Map();
     this.#quiet = new Set();
+    this.#waiting = new Set();
     this.#perPeer = new Map();
     this.#draining = false;
     this.#onSettled = null;
@@ -99,6 +107,7 @@ export class OpsConnections {
     if (this.#draining) res.setHeader('Connection', 'close');
     res.once('close', () => {
       conn.owed--;
+      if (conn.owed === 0) this.#waiting.delete(conn);
       if (conn.owed === 0 && this.#open.get(socket) === conn) {
         if (this.#draining) this.#close(conn);
         else this.#quiet.add(conn);
@@ -106,6 +115,12 @@ export class OpsConnections {
       this.#settled();
     });
     return true;
+  }
+
+  /** The request taken on `socket` waits for the next second's render: its connection may make room until answered. */
+  awaitingRender(socket: Socket): void {
+    const conn = this.#open.get(socket);
+    if (conn !== undefined) this.#waiting.add(conn);
   }
 
   /**
@@ -137,9 +152,16 @@ export class OpsConnections {
     if (this.#onSettled !== null && this.#owed() === 0) this.#onSettled();
   }
 
-  /** Closes the connection quiet longest, else one whose client is not reading its answer; false when neither exists. */
+  /**
+   * Closes the connection quiet longest, else one whose client is not reading its answer, else the one that began
+   * waiting last for the next second's render; false when none exists.
+   */
   #makeRoom(peer: string | null): boolean {
-    return this.#evictFirst(this.#quiet, peer, () => true) || this.#evictFirst(this.#open.values(), peer, (c) => c.socket.writableLength > 0);
+    return (
+      this.#evictFirst(this.#quiet, peer, () => true) ||
+      this.#evictFirst(this.#open.values(), peer, (c) => c.socket.writableLength > 0) ||
+      this.#evictFirst([...this.#waiting].reverse(), peer, () => true)
+    );
   }
 
   #evictFirst(conns: Iterable<Connection>, peer: string | null, may: (conn: Connection) => boolean): boolean {
@@ -161,6 +183,7 @@ export class OpsConnections {
     if (this.#open.get(conn.socket) !== conn) return;
     this.#open.delete(conn.socket);
     this.#quiet.delete(conn);
+    this.#waiting.delete(conn);
     if (conn.firstByte !== null) clearTimeout(conn.firstByte);
     const n = (this.#perPeer.get(conn.peer) ?? 1) - 1;
     if (n > 0) this.#perPeer.set(conn.peer, n);

@@ -271,7 +271,7 @@ export class OpsServer implements Component {
     }
     switch (route) {
       case 'metrics':
-        this.#metrics(res);
+        this.#metrics(req, res);
         return;
       case 'health':
         this.#health(res);
@@ -282,9 +282,12 @@ export class OpsServer implements Component {
     }
   }
 
-  #metrics(res: http.ServerResponse): void {
+  #metrics(req: http.IncomingMessage, res: http.ServerResponse): void {
     const source = this.#handlers.metrics!;
-    this.#renders!.text().then(
+    const text = this.#renders!.text();
+    // Past the render bound: a slot a newcomer may take until the next second's render answers it.
+    if (this.#renders!.waiting) this.#connections.awaitingRender(req.socket);
+    text.then(
       (text) => reply(res, 200, source.contentType, text),
       (err: unknown) => {
         this.#log.warn('metrics scrape failed', { error: message(err) });
