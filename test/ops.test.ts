@@ -884,7 +884,7 @@ t.test('interface and interception gauges follow the node parts the agent manage
   t.equal(p.types.get('nodelocal_interception_active'), 'gauge');
 });
 
-t.test('health probe: each failed check counted (timeout, network, SERVFAIL answer), a good answer or a shutdown not', async (t) => {
+t.test('health probe: each failed check counted (timeout, network, SERVFAIL answer), a good answer, a shutdown or a local cap not', async (t) => {
   const { HealthProbe, PROBE_COUNTERS, PROBE_INTERVAL_MS } = await import('../src/upstream/probe.js');
   const { UpstreamHealth } = await import('../src/upstream/health.js');
   const { ManualClock } = await import('../src/clock.js');
@@ -916,6 +916,8 @@ t.test('health probe: each failed check counted (timeout, network, SERVFAIL answ
   t.equal(counters.get('failures'), 3, 'SERVFAIL answer');
   step().reject('closed');
   t.equal(counters.get('failures'), 3, 'shutdown: not a failed check');
+  step().reject('overloaded');
+  t.equal(counters.get('failures'), 3, 'a local cap (never sent): no check made, not a failed one');
   const n = sentEx.length;
   step().resolve(answer(0));
   t.equal(sentEx.length, n + 1);

@@ -820,6 +820,28 @@ t.test('TcpPool: a connection whose answers all come after their deadline (a slo
   t.equal(server.received(), 4, 'each query reached the server once');
 });
 
+t.test('TcpPool: queries that time out together on a slow cluster DNS (answers after their deadline) do not close the connection as silent', async (t) => {
+  // The silent rule (2 timeouts with nothing read: a black-holed pod) waits for a late answer to tell a slow server
+  // from a dead one. Under load, queries are in flight together: two that time out in the same sweep (or a few ms
+  // apart) gave the late answer no time to come, and the connection was closed as silent, logged "nothing read", and
+  // the query still in time on it sent again to the same slow server on a new connection. No stall rule here (as for
+  // a DNS-over-TLS resolver), so only the silent rule decides.
+  const server = await SimDnsServer.start({ handler: base, udp: false, faults: { latencyMs: 600 } });
+  t.teardown(() => server.close());
+  const replaced: string[] = [];
+  const logger: Logger = { debug() {}, warn() {}, error() {}, info: (msg) => void (msg.includes('replaced') && replaced.push(msg)) };
+  const pool = new TcpPool({ server: { host: server.host, port: server.port }, connections: 1, stallMs: null, logger });
+  t.teardown(() => pool.abort());
+  const short = [ask(pool, 'q0.example.com', { timeoutMs: 300 }), ask(pool, 'q1.example.com', { timeoutMs: 300 })];
+  const long = ask(pool, 'www.example.com', { timeoutMs: 3000 });
+  for (const [i, q] of short.entries()) t.equal((await q.done).reason, 'timeout', `short query ${i} timed out`);
+  const r = await long.done;
+  t.same(addresses(r.answer), ['192.0.2.1'], 'the query still in time was answered');
+  t.same(replaced, [], 'no connection was replaced as silent');
+  t.equal(server.stats.tcpQueries, 3, 'each query reached the server once');
+  t.ok(await until(() => pool.counters.get('late') === 2), 'both late answers were read');
+});
+
 t.test('TcpPool: the server closing a draining connection during close() fails its queries closed, not network', async (t) => {
   // A reload retires the old pool with close(): its in-flight queries may finish. If the server closes that draining
   // connection first, they cannot be re-sent (the pool takes nothing new) and were failed 'network', so the resolver

@@ -27,7 +27,7 @@ import type { Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
  * coredns_proxy_healthcheck_failures_total{proxy_name="forward"}). A failed
  * check is one our health state counts as a failure: no answer by the
  * deadline, a network error, or a SERVFAIL/NOTIMP/REFUSED answer. A probe cut
- * short by shutdown is not one.
+ * short by shutdown, or refused unsent by a local cap, is not one.
  */
 export const PROBE_COUNTERS = defineCounters({
   failures: { name: 'coredns_forward_healthcheck_failures_total', help: 'Counter of the number of failed healthchecks.' },
@@ -71,7 +71,8 @@ export class HealthProbe {
     };
     this.#onFailure = (reason: UpstreamFailure): void => {
       this.#inFlight = false;
-      if (reason !== 'closed') this.#failed();
+      // 'overloaded': a local cap refused it unsent; no check was made, so none failed (the health state does not count it either).
+      if (reason !== 'closed' && reason !== 'overloaded') this.#failed();
     };
     this.#clock = clock;
     this.#query = query;

@@ -65,6 +65,8 @@ export class Conn {
   readonly stallMs: number;
   /** Queries timed out on it since it last read an answer (late ones too): a connection black-holed (its pod's node gone, no RST) only times out. */
   silentTimeouts: number;
+  /** Clock ms of the last timeout counted in silentTimeouts. */
+  silentAt: number;
   /** errno code of the last socket error, for the unreachable log line. */
   lastError: string;
   /**
@@ -89,6 +91,7 @@ export class Conn {
     this.progressAt = 0;
     this.stallMs = stallMs;
     this.silentTimeouts = 0;
+    this.silentAt = 0;
     this.lastError = 'closed';
     this.out = Buffer.allocUnsafe(STAGING_BYTES);
     this.outLen = 0;
@@ -129,6 +132,16 @@ export class Conn {
   heard(now: number): void {
     this.progressAt = now;
     this.silentTimeouts = 0;
+  }
+
+  /**
+   * `job` timed out on it at `now`: one more toward silent, unless it was sent before the last one counted. Those
+   * were in flight together, and the late answer that tells a slow server from a dead one had no time to come.
+   */
+  timedOut(job: Job, now: number): void {
+    if (this.silentTimeouts > 0 && job.sentAt < this.silentAt) return;
+    this.silentTimeouts++;
+    this.silentAt = now;
   }
 
   /** Appends `query` framed (RFC 7766 length prefix) under `id`; returns true when it is the first frame since the last flush. */

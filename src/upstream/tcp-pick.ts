@@ -16,8 +16,10 @@
  * connection going idle once enough others are not stalled is closed.
  *
  * A connection whose queries time out with nothing read (SILENT_TIMEOUTS in a
- * row) is taken for dead, as CoreDNS forward drops one on a read timeout: a
- * pod whose node died sends no RST or FIN and TCP would retry for ~15 minutes.
+ * row, each sent after the one before timed out: queries in flight together
+ * gave a late answer no time to come) is taken for dead, as CoreDNS forward
+ * drops one on a read timeout: a pod whose node died sends no RST or FIN and
+ * TCP would retry for ~15 minutes.
  * Before that, one with a timeout since its last answer is chosen after the others.
  */
 import type { Fifo } from './fifo.js';

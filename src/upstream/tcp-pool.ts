@@ -341,7 +341,7 @@ export class TcpPool implements Upstream {
       for (const job of c.inflight.values()) {
         if (now >= job.ex.deadline) {
           c.inflight.delete(job.id);
-          c.silentTimeouts++;
+          c.timedOut(job, now);
           this.#fail(job, 'timeout');
         }
       }
