@@ -222,3 +222,23 @@ export function nameToWire(name: string): Buffer {
   if (bytes.length > MAX_NAME_WIRE) throw new Error(`invalid DNS name "${name}": longer than 255 bytes`);
   return Buffer.from(bytes);
 }
+
+/**
+ * The wire name in name[0, nameLen) (lower-cased, uncompressed, its root
+ * byte included: a cache key's name) is `zone` (nameToWire) or below it.
+ * Reads bytes only: no string per question, as a zone table keyed by name
+ * strings would make.
+ */
+export function nameInZone(name: Uint8Array, nameLen: number, zone: Uint8Array): boolean {
+  const start = nameLen - zone.length;
+  if (start < 0) return false;
+  let off = 0;
+  while (off < start) {
+    const len = name[off]!;
+    if (len === 0) return false;
+    off += len + 1;
+  }
+  if (off !== start) return false;
+  for (let i = 0; i < zone.length; i++) if (name[start + i] !== zone[i]) return false;
+  return true;
+}

@@ -73,8 +73,10 @@ export type Query = QuerySnapshot;
 /** Flags byte in the key. */
 export const KEY_DO = 1;
 export const KEY_CD = 2;
+/** What follows the name in a key: type (2), class (2) and the flags byte. */
+export const KEY_TAIL = 5;
 /** Longest key: a name is at most 255 bytes, plus type, class and flags. */
-export const KEY_MAX = 255 + 5;
+export const KEY_MAX = 255 + KEY_TAIL;
 
 /** The message of a scratch no parse has filled, or whose message was let go (parseQuery). */
 export const EMPTY = Buffer.alloc(0);

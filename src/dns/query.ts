@@ -16,7 +16,7 @@ import {
   OPCODE_MASK, QClass, QType,
 } from './constants.js';
 import { skipName, skipUncompressedName } from './name.js';
-import { EMPTY, KEY_CD, KEY_DO, QueryScratch, QueryStatus, queryCopy, type Query } from './query-result.js';
+import { EMPTY, KEY_CD, KEY_DO, KEY_TAIL, QueryScratch, QueryStatus, queryCopy, type Query } from './query-result.js';
 import { tsigWellFormed } from './tsig.js';
 
 export { KEY_CD, KEY_DO, KEY_MAX, QueryScratch, QuerySnapshot, QueryStatus, queryCopy, type Query } from './query-result.js';
@@ -244,7 +244,7 @@ export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
   // Key: lower-cased name + type + class + flags byte, hashed (hashKey) in the same pass, whole words first.
   const k = q.keyBytes;
   const nameLen = qnameEnd - HEADER_LEN;
-  const keyLen = nameLen + 5;
+  const keyLen = nameLen + KEY_TAIL;
   let h = KEY_HASH_SEED ^ keyLen;
   let i = 0;
   for (let at = HEADER_LEN; i + 4 <= nameLen; i += 4, at += 4) {

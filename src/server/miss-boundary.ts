@@ -40,6 +40,6 @@ export interface MissSink {
  * while the main thread is refusing misses for load.
  */
 export interface MissGate {
-  /** `q.key` is read only when the decision needs the name (it makes a string). */
-  admits(q: { readonly key: string }): boolean;
+  /** `q`: the parsed query, its cache key in keyBytes[0, keyLen) (dns/query.ts): read as bytes, no key string made. */
+  admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number }): boolean;
 }

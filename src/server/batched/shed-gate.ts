@@ -12,14 +12,17 @@
  * what cached answers waited behind (README, "Hits beside a miss flood"). Shed
  * here, a flood miss costs what an error answer costs.
  *
- * The main thread stamps a shared 64-bit word with the wall clock (ms)
- * each time it refuses one of this worker's questions at the cap; the
+ * The main thread stamps a shared 64-bit word with the time (ms,
+ * performance.timeOrigin + performance.now(): the same clock in every
+ * thread, never stepped as the wall clock is, and the worker reads it once
+ * a turn, TurnClock: Date.now() made a number, 16 bytes of garbage, for
+ * every shed miss) each time it refuses one of this worker's questions at the cap; the
  * worker sheds every new miss for SHED_WINDOW_MS after the latest stamp,
  * then, until SOFT_PERIOD_MS after it, those beyond SOFT_INFLIGHT of its own
  * waiting on the main thread. The whole stamp, not 32 bits of it: a cut
  * stamp came round again every 2^32 ms (49.7 days), and every worker (all
  * stamped at spawn) then read "refused just now" at once. A stamp from the
- * future (the wall clock stepped back) ends the window rather than
+ * future (a clock out of step, never expected) ends the window rather than
  * stretching it. Once the window ends a trickle of misses flows
  * to the main thread again; if it still refuses, the next stamp opens the
  * next window; if it answers, the period runs out and the limits are the
@@ -33,8 +36,9 @@
  *     the store; a flood keeps the writer busy, so these come with one;
  *   - questions already in flight: joined (the hit path looks first).
  */
-import { ZoneRouter } from '../../upstream/router.js';
-import type { MissGate } from '../hit-path.js';
+import { nameInZone, nameToWire } from '../../dns/name.js';
+import { KEY_TAIL } from '../../dns/query-result.js';
+import type { MissGate } from '../miss-boundary.js';
 import { Ctl } from './protocol.js';
 
 /** How long one refusal keeps a worker shedding every new miss, ms: a few upstream round trips, short beside any client's retry. */
@@ -81,22 +85,23 @@ export class ShedGate implements MissGate {
   readonly #ctl: Int32Array;
   readonly #v: Float64Array;
   readonly #slot: number;
-  readonly #wall: () => number;
+  /** The worker's turn clock (loop-parts.ts TurnClock): read once a turn, no number made per miss. */
+  readonly #clock: { now(): number };
   readonly #reads: { readonly lastGaveUp: boolean };
   /** This worker's misses waiting on the main thread (its hit path). */
   #waiting: { readonly inflight: number };
-  /** Zones the main thread answers from its view at its limit; null when there are none. */
-  #local: ZoneRouter<boolean> | null;
+  /** Zones the main thread answers from its view at its limit, in wire form. */
+  #local: Buffer[];
 
   /** `reads`: the worker's cache reader, whose last read may have given up on a store mid-change (that is no miss). */
-  constructor(ctl: Int32Array, localZones: readonly string[], reads: { readonly lastGaveUp: boolean }, counter: { values: Float64Array; slot: number }, wall: () => number = Date.now) {
+  constructor(ctl: Int32Array, localZones: readonly string[], reads: { readonly lastGaveUp: boolean }, counter: { values: Float64Array; slot: number }, clock: { now(): number }) {
     this.#ctl = ctl;
     this.#reads = reads;
     this.#v = counter.values;
     this.#slot = counter.slot;
-    this.#wall = wall;
+    this.#clock = clock;
     this.#waiting = { inflight: 0 };
-    this.#local = null;
+    this.#local = [];
     this.configure(localZones);
   }
 
@@ -107,23 +112,24 @@ export class ShedGate implements MissGate {
 
   /** A reload: the zones with a local answerer may have changed (the cluster view turned on or off). */
   configure(localZones: readonly string[]): void {
-    this.#local = localZones.length === 0 ? null : new ZoneRouter(localZones.map((zone) => ({ zone, target: true })), false);
+    this.#local = localZones.map((zone) => nameToWire(zone));
   }
 
   /** False: answer this new miss now (stale or SERVFAIL), the main thread is refusing them. Counts what it turns away. */
-  admits(q: { readonly key: string }): boolean {
-    const since = this.#wall() - readStamp(this.#ctl);
+  admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number }): boolean {
+    const since = this.#clock.now() - readStamp(this.#ctl);
     if (since < 0 || since >= SOFT_PERIOD_MS) return true;
     if (since >= SHED_WINDOW_MS && this.#waiting.inflight < SOFT_INFLIGHT) return true;
     // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
     if (this.#reads.lastGaveUp) return true;
-    if (this.#local !== null && this.#local.route(q.key)) return true;
+    // Read from the key's bytes: a shed miss made a key string and a slice per label here, most of its garbage.
+    for (const zone of this.#local) if (nameInZone(q.keyBytes, q.keyLen - KEY_TAIL, zone)) return true;
     this.#v[this.#slot]!++;
     return false;
   }
 }
 
 /** The main thread's side: one of this worker's questions was refused at the cap. */
-export function stampRefusal(ctl: Int32Array, ms: number = Date.now()): void {
+export function stampRefusal(ctl: Int32Array, ms: number = performance.timeOrigin + performance.now()): void {
   Atomics.store(refusedAt(ctl), 0, BigInt(Math.trunc(ms)));
 }

@@ -66,7 +66,7 @@ export class WorkerLink implements MissReturn {
     const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
     this.ctl = new Int32Array(ctl);
     // Long ago: the worker starts admitting every miss.
-    stampRefusal(this.ctl, Date.now() - 3_600_000);
+    stampRefusal(this.ctl, performance.timeOrigin + performance.now() - 3_600_000);
     this.counters = workerCounters(stats);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
