@@ -9,6 +9,7 @@ import { chmod, chown, mkdir, mkdtemp, open, readFile, readdir, rm, stat, trunca
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
 import { crc32 } from 'node:zlib';
 import * as dnsPacket from 'dns-packet';
 import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
@@ -999,4 +1000,30 @@ t.test('restore: of two copies of a key the newer decides, also when it has expi
   const counts = cache.restore([rec(long, 300, 110_000), rec(short, 5, 11_000)], clock.now());
   t.equal(cache.lookup(keyOf('r.example'), clock.now()), undefined, 'the replaced answer is not served');
   t.match(counts, { restored: 0, expired: 1, present: 1 }, 'each record counted once: the earlier as superseded, the newer as expired');
+});
+
+t.test('a start that fails after the snapshot part (a listener cannot bind) leaves the snapshot file as it was', async (t) => {
+  // The rollback undoes what the part's start made, and that start only read the file. A final write there replaced
+  // it with what the failed agent held: an empty cache when the load had refused the file (here: written "in the
+  // future", as after a reboot whose clock is not yet synced), so the warm restart the next start could make was gone.
+  const cached = newCache();
+  const at = new ManualClock();
+  put(cached, at, 'web.default.svc.cluster.local', 300);
+  const bytes = encodeSnapshot(cached.export(at.now()), Date.now() + 3_600_000);
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snapshot');
+  await writeFile(path, bytes, { mode: 0o600 });
+  const port = surgePort++;
+  // A TCP socket without SO_REUSEPORT on the agent's address: its TCP listener cannot bind, the start rolls back.
+  const blocker = createServer();
+  await new Promise<void>((resolve, reject) => {
+    blocker.once('error', reject);
+    blocker.listen(port, SURGE_HOST, resolve);
+  });
+  t.teardown(() => new Promise<void>((resolve) => blocker.close(() => resolve())));
+  const log = capture();
+  await t.rejects(agentOn(port, ['--upstream-addr', '127.0.0.1:9', '--cache-snapshot', path], log.logger), /EADDRINUSE/, 'the start fails at the listener');
+  t.match(log.lines.find((l) => l.msg === 'cache snapshot ignored; starting cold'), { reason: 'clock' }, 'the load refused the file');
+  t.same(await readFile(path), bytes, 'the file is the one the failed start found');
+  t.same((await readdir(dir)).sort(), ['cache.snapshot'], 'and nothing else was left beside it');
 });
