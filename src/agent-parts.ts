@@ -104,9 +104,11 @@ export function snapshotPart(path: string, o: SnapshotPartOptions): Component {
       await snapshots.start();
     },
     // Bounded like every other part (a hung disk must not keep the link and rules on the node), with a second at
-    // least for the final write when draining took the whole grace period.
-    stop: async (deadline) => {
-      await until(o.clock, Math.max(deadline, o.clock.now() + FINAL_SNAPSHOT_MIN_MS), snapshots.stop().then(() => undefined));
+    // least for the final write when draining took the whole grace period. A rollback writes nothing: its start
+    // only read the file (CacheSnapshots.cancel).
+    stop: async (deadline, why) => {
+      const done = why === 'rollback' ? snapshots.cancel() : snapshots.stop().then(() => undefined);
+      await until(o.clock, Math.max(deadline, o.clock.now() + FINAL_SNAPSHOT_MIN_MS), done);
     },
   };
 }

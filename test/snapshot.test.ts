@@ -9,6 +9,7 @@ import { chmod, chown, mkdir, mkdtemp, open, readFile, readdir, rm, stat, trunca
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
 import { crc32 } from 'node:zlib';
 import * as dnsPacket from 'dns-packet';
 import { DnsCache, type CacheOptions } from '../src/cache/cache.js';
@@ -838,17 +839,31 @@ t.test('a snapshot of a cache with a larger --cache-memory: the most recent entr
   t.ok(servedTtl(small, `n${n - 1}.example`, clock.now()) !== undefined, 'the most recent entry is served');
 });
 
-/** Counts the records the cache's export has handed out so far (how far a write's walk has got). */
-function countWalk(cache: DnsCache): () => number {
+/**
+ * Counts the records the cache's export has handed out so far (how far a write's walk has got). `begun` settles with
+ * the first record; whoever awaits it runs once the writer's synchronous slice ends, at the walk's first pause. (The
+ * walk starts when the temporary file is open, on the thread pool: a count of event-loop turns is no bound on that.)
+ */
+function countWalk(cache: DnsCache): (() => number) & { readonly begun: Promise<void> } {
   let walked = 0;
+  let begin = (): void => {};
+  const begun = new Promise<void>((resolve) => {
+    begin = resolve;
+  });
   const exportAll = cache.export.bind(cache);
   cache.export = function* (now: number): Generator<CacheRecord> {
     for (const r of exportAll(now)) {
       walked++;
+      begin();
       yield r;
     }
   };
-  return () => walked;
+  return Object.assign(() => walked, { begun });
+}
+
+/** Until the write's walk has paused after its first slice (or the write is over without one). */
+async function firstPause(walked: { readonly begun: Promise<void> }, writing: Promise<SnapshotWrite>): Promise<void> {
+  await Promise.race([walked.begun, writing]);
 }
 
 t.test('a sliced (periodic) write: one hit between two slices on the entry the walk paused at does not cut off the rest of the cache', async (t) => {
@@ -865,7 +880,7 @@ t.test('a sliced (periodic) write: one hit between two slices on the entry the w
   const walked = countWalk(cache);
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 512, quiet: true });
   // The walk starts once the temporary file is open; at its first pause the first 512 records (p0..p511) are copied.
-  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  await firstPause(walked, writing);
   t.equal(walked(), 512, 'the walk paused at p511');
   t.not(servedTtl(cache, 'p511.example', clock.now()), undefined, 'a pod hits p511 meanwhile');
   const w = await writing;
@@ -888,7 +903,7 @@ t.test('a sliced (periodic) write while entries move, are evicted and their slot
   const walked = countWalk(cache);
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 256, quiet: true });
   // The walk starts once the temporary file is open: wait for its first pause.
-  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  await firstPause(walked, writing);
   t.equal(walked(), 256, 'the walk paused after its first slice');
   // Paused after p0..p255: p0..p499 hit (moved behind p1999), then 100 new names evict p500..p599 and take their slots.
   for (let i = 0; i < 500; i++) t.not(servedTtl(cache, `p${i}.example`, clock.now()), undefined);
@@ -966,7 +981,7 @@ t.test('a sliced (periodic) write: a name refreshed after the walk wrote it come
   clock.advance(10_000);
   const walked = countWalk(cache);
   const writing = writeSnapshot(cache, path, clock, silentLogger, { sliceEntries: 256, quiet: true });
-  for (let i = 0; i < 1000 && walked() === 0; i++) await turn();
+  await firstPause(walked, writing);
   t.ok(walked() > 0 && walked() < n, `the walk has begun and paused (${walked()} records)`);
   // Paused after p0..p255: p0 is refreshed upstream with a new address and a longer TTL.
   clock.advance(1);
@@ -999,4 +1014,30 @@ t.test('restore: of two copies of a key the newer decides, also when it has expi
   const counts = cache.restore([rec(long, 300, 110_000), rec(short, 5, 11_000)], clock.now());
   t.equal(cache.lookup(keyOf('r.example'), clock.now()), undefined, 'the replaced answer is not served');
   t.match(counts, { restored: 0, expired: 1, present: 1 }, 'each record counted once: the earlier as superseded, the newer as expired');
+});
+
+t.test('a start that fails after the snapshot part (a listener cannot bind) leaves the snapshot file as it was', async (t) => {
+  // The rollback undoes what the part's start made, and that start only read the file. A final write there replaced
+  // it with what the failed agent held: an empty cache when the load had refused the file (here: written "in the
+  // future", as after a reboot whose clock is not yet synced), so the warm restart the next start could make was gone.
+  const cached = newCache();
+  const at = new ManualClock();
+  put(cached, at, 'web.default.svc.cluster.local', 300);
+  const bytes = encodeSnapshot(cached.export(at.now()), Date.now() + 3_600_000);
+  const dir = await tempDir(t);
+  const path = join(dir, 'cache.snapshot');
+  await writeFile(path, bytes, { mode: 0o600 });
+  const port = surgePort++;
+  // A TCP socket without SO_REUSEPORT on the agent's address: its TCP listener cannot bind, the start rolls back.
+  const blocker = createServer();
+  await new Promise<void>((resolve, reject) => {
+    blocker.once('error', reject);
+    blocker.listen(port, SURGE_HOST, resolve);
+  });
+  t.teardown(() => new Promise<void>((resolve) => blocker.close(() => resolve())));
+  const log = capture();
+  await t.rejects(agentOn(port, ['--upstream-addr', '127.0.0.1:9', '--cache-snapshot', path], log.logger), /EADDRINUSE/, 'the start fails at the listener');
+  t.match(log.lines.find((l) => l.msg === 'cache snapshot ignored; starting cold'), { reason: 'clock' }, 'the load refused the file');
+  t.same(await readFile(path), bytes, 'the file is the one the failed start found');
+  t.same((await readdir(dir)).sort(), ['cache.snapshot'], 'and nothing else was left beside it');
 });

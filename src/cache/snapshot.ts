@@ -104,10 +104,21 @@ export class CacheSnapshots {
 
   /** Stops the periodic writes, waits for one under way, and writes the final snapshot. */
   async stop(): Promise<SnapshotWrite> {
+    await this.cancel();
+    return this.#run(false);
+  }
+
+  /**
+   * The rollback of a failed start: stops the periodic writes and waits for
+   * one under way, but writes nothing. That start only read the file; a
+   * final write would replace it with what the failed agent holds, an empty
+   * cache when its load refused the file (a clock not yet synced after a
+   * reboot), and the next start would have nothing to load.
+   */
+  async cancel(): Promise<void> {
     this.#unsweep?.();
     this.#unsweep = null;
     if (this.#running !== null) await this.#running;
-    return this.#run(false);
   }
 
   readonly #tick = (now: number): void => {
