@@ -53,6 +53,53 @@ function targetOf(rr: Answer): string | null {
   }
 }
 
+/** `name` and each of its ancestors up to the root (''), as `lower` spells them. */
+function* selfAndAncestors(name: string): Generator<string> {
+  for (let at = 0; ; ) {
+    yield name.slice(at);
+    if (at >= name.length) return;
+    const dot = name.indexOf('.', at);
+    at = dot < 0 ? name.length : dot + 1;
+  }
+}
+
+/**
+ * The records of the answer section that `names` (the question's) and the
+ * names its CNAME chain leads to own, a DNAME also when it is owned by an
+ * ancestor of one; `names` grows by each CNAME target kept. Each record is
+ * looked at once and each name once (with its ancestors, when there are
+ * DNAMEs): a chain listed backwards, beside DNAMEs of other names, once took
+ * a pass over every record per link and held each DNAME against every name.
+ */
+function keptForNames(answers: readonly Answer[], names: Set<string>): Set<Answer> {
+  const byOwner = new Map<string, Answer[]>();
+  const dnames = new Map<string, Answer[]>();
+  for (const rr of answers) {
+    const owner = lower(rr.name);
+    for (const index of rr.type === 'DNAME' ? [byOwner, dnames] : [byOwner]) {
+      const list = index.get(owner);
+      if (list === undefined) index.set(owner, [rr]);
+      else list.push(rr);
+    }
+  }
+  const kept = new Set<Answer>();
+  const todo = [...names];
+  for (let name = todo.pop(); name !== undefined; name = todo.pop()) {
+    const owned = [...(byOwner.get(name) ?? [])];
+    if (dnames.size > 0) for (const zone of selfAndAncestors(name)) owned.push(...(dnames.get(zone) ?? []));
+    for (const rr of owned) {
+      if (kept.has(rr)) continue;
+      kept.add(rr);
+      const t = rr.type === 'CNAME' ? targetOf(rr) : null;
+      if (t !== null && !names.has(t)) {
+        names.add(t);
+        todo.push(t);
+      }
+    }
+  }
+  return kept;
+}
+
 /** Adds to `kept` the RRSIGs of `section` over an RRset kept there (same owner, the type they cover). */
 function keepSignatures(section: readonly Answer[], kept: Set<Answer>): void {
   const rrsets = new Set<string>();
@@ -87,20 +134,7 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
 
   // The names the answer may speak for: the question, then wherever its CNAME chain leads (in any order).
   const names = new Set([lower(q.name)]);
-  const keptAnswers = new Set<Answer>();
-  for (let changed = true; changed; ) {
-    changed = false;
-    for (const rr of answers) {
-      if (keptAnswers.has(rr)) continue;
-      const owner = lower(rr.name);
-      const ok = names.has(owner) || (rr.type === 'DNAME' && [...names].some((n) => under(n, owner)));
-      if (!ok) continue;
-      keptAnswers.add(rr);
-      changed = true;
-      const t = rr.type === 'CNAME' ? targetOf(rr) : null;
-      if (t !== null) names.add(t);
-    }
-  }
+  const keptAnswers = keptForNames(answers, names);
   // A kept RRset's signature goes with it: a DNAME's RRSIG is owned by the DNAME's owner, no name of the chain.
   keepSignatures(answers, keptAnswers);
   // The zones whose denial proofs belong here: the answer's signers (the wildcard proof of a signed answer comes with
@@ -113,9 +147,10 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
     if (under(lower(rr.name), signer)) zones.push(signer);
   }
   const keptAuth = new Set<Answer>();
+  const nameList = [...names];
   for (const rr of authorities) {
     const owner = lower(rr.name);
-    if (![...names].some((n) => under(n, owner))) continue;
+    if (!nameList.some((n) => under(n, owner))) continue;
     keptAuth.add(rr);
     if (rr.type === 'SOA' || rr.type === 'NS') zones.push(owner);
   }
