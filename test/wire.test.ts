@@ -10,6 +10,7 @@ import { tsigErrorResponse, TSIG_BADKEY } from '../src/dns/tsig.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { nameToString, nameToWire, skipName } from '../src/dns/name.js';
 import { answerMatchesQuery } from '../src/dns/question.js';
+import { scrubOutOfBailiwick } from '../src/dns/bailiwick.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { planCaching } from '../src/cache/policy.js';
 import { AnswerCopy } from '../src/cache/entry.js';
@@ -704,4 +705,22 @@ t.test('TSIG: a signed AXFR, IXFR or CHAOS query gets BADKEY too, not an unsigne
   t.equal(parseQuery(withAdditional(ch, tsigRr({ key: 'k' }))).status, QueryStatus.TSIG, 'class CH signed');
   // A malformed TSIG on such a query is still FORMERR, and an unsigned one with a bad additional section too.
   t.equal(parseQuery(withAdditional(query({ name: 'x.example', type: 'AXFR' }), tsigRr({ cls: 1 }))).status, QueryStatus.FORMERR, 'bad TSIG');
+});
+
+t.test('a name that is a long run of pointers to pointers is malformed: scan and scrub do bounded work per name', async (t) => {
+  // A hostile upstream fills an opaque RDATA with pointers, each to the one before (no label between: never what an
+  // encoder writes), and owns its records by a pointer to the last. Every name then cost a hop per pointer, in our
+  // scan and in dns-packet's decode (the scrub): 64 KB of it held the event loop for most of a second. A real name
+  // passes at most one pointer per label it takes (127), so past 128 hops it is refused, scrub first.
+  const chained = (hops: number): Buffer => {
+    // 'a.example' at 12, the first record at 27, its RDATA at 39: pointer i goes to pointer i - 1, the first to the question.
+    const chain = Buffer.alloc(2 * hops);
+    for (let i = 0; i < hops; i++) chain.writeUInt16BE(0xc000 | (i === 0 ? 12 : 39 + 2 * (i - 1)), 2 * i);
+    const top = 39 + 2 * (hops - 1);
+    return rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain }, { ...aRr(1), owner: Buffer.from([0xc0 | (top >> 8), top & 0xff]) }]);
+  };
+  t.ok(scanAnswer(chained(100)), '101 hops: a name still');
+  t.equal(scrubOutOfBailiwick(chained(100)), null, '101 hops: nothing to scrub');
+  t.equal(scanAnswer(chained(400)), undefined, '401 hops: malformed');
+  t.equal(scrubOutOfBailiwick(chained(400)), 'unusable', '401 hops: not decoded, not passed on');
 });
