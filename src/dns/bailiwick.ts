@@ -19,6 +19,7 @@
  */
 import dnsPacket from 'dns-packet';
 import type { Answer, DecodedPacket } from 'dns-packet';
+import { scanAnswer } from './answer.js';
 import { plainlyInBailiwick } from './bailiwick-fast.js';
 import { HEADER_LEN } from './constants.js';
 import { skipName } from './name.js';
@@ -118,12 +119,17 @@ function keepSignatures(section: readonly Answer[], kept: Set<Answer>): void {
 export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   // Most answers (an address, or a negative answer with its zone's SOA): nothing to remove, known without a decode.
   if (plainlyInBailiwick(msg)) return null;
+  // Only what our scanner takes goes to the decode: dns-packet follows pointers without counting them, and a hostile
+  // answer of names that are runs of pointers to pointers cost it most of a second; scanAnswer bounds every name it
+  // reads (owners, and the names in the RDATA of the types that carry compressed ones), and what it refuses is never
+  // cached or served anyway.
+  if (scanAnswer(msg) === undefined) return 'unusable';
   let p: DecodedPacket;
   try {
     p = dnsPacket.decode(msg);
   } catch {
     // Not known clean (the fast path said so), and unreadable here: whatever it carries cannot be checked. Our own
-    // scanner is no guarantee: it reads no OPT RDATA and follows no pointer past the first, where dns-packet throws.
+    // scanner is no guarantee: it reads no OPT RDATA, nor the names of the types it does not know, where dns-packet throws.
     return 'unusable';
   }
   const q = p.questions?.[0];
