@@ -724,3 +724,25 @@ t.test('a name that is a long run of pointers to pointers is malformed: scan and
   t.equal(scanAnswer(chained(400)), undefined, '401 hops: malformed');
   t.equal(scrubOutOfBailiwick(chained(400)), 'unusable', '401 hops: not decoded, not passed on');
 });
+
+t.test('the names dns-packet reads in RRSIG and NSEC RDATA are bounded too before the scrub decodes them', async (t) => {
+  // The signer of an RRSIG and the next name of an NSEC are names dns-packet follows pointer by pointer: a run of
+  // pointers to pointers there cost it as much as in an owner. 'a.example' at 12, the first record's RDATA at 39. The
+  // RRSIG and the NSEC are owned by another name ('b', then a pointer to 'example' at 14), so the scrub decodes.
+  const chain = (hops: number): Buffer => {
+    const b = Buffer.alloc(2 * hops);
+    for (let i = 0; i < hops; i++) b.writeUInt16BE(0xc000 | (i === 0 ? 12 : 39 + 2 * (i - 1)), 2 * i);
+    return b;
+  };
+  const top = (hops: number): Buffer => Buffer.from([0xc0 | ((39 + 2 * (hops - 1)) >> 8), (39 + 2 * (hops - 1)) & 0xff]);
+  const rrsig = (hops: number): Buffer => rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(hops) }, aRr(1),
+    { type: 46, ttl: 30, owner: Buffer.from([1, 0x62, 0xc0, 14]), rdata: Buffer.concat([Buffer.from([0, 1, 13, 2, 0, 0, 0, 30]), Buffer.alloc(10), top(hops), Buffer.alloc(64, 7)]) }]);
+  const nsec = (hops: number): Buffer => rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(hops) }], [
+    { type: 47, ttl: 30, owner: Buffer.from([1, 0x62, 0xc0, 14]), rdata: Buffer.concat([top(hops), Buffer.from([0, 1, 0x40])]) }]);
+  for (const [what, msg] of [['RRSIG signer', rrsig], ['NSEC next name', nsec]] as const) {
+    t.ok(scanAnswer(msg(3)), `${what} through 4 pointers: fine`);
+    t.not(scrubOutOfBailiwick(msg(3)), 'unusable', `${what} through 4 pointers: decoded`);
+    t.equal(scanAnswer(msg(400)), undefined, `${what} through 401 pointers: malformed`);
+    t.equal(scrubOutOfBailiwick(msg(400)), 'unusable', `${what} through 401 pointers: not decoded, not passed on`);
+  }
+});
