@@ -725,7 +725,7 @@ t.test('a name that is a long run of pointers to pointers is malformed: scan and
   t.equal(scrubOutOfBailiwick(chained(400)), 'unusable', '401 hops: not decoded, not passed on');
 });
 
-t.test('the names dns-packet reads in RRSIG and NSEC RDATA are bounded too before the scrub decodes them', async (t) => {
+t.test('the names dns-packet reads in RRSIG, NSEC and NAPTR RDATA are bounded too before the scrub decodes them', async (t) => {
   // The signer of an RRSIG and the next name of an NSEC are names dns-packet follows pointer by pointer: a run of
   // pointers to pointers there cost it as much as in an owner. 'a.example' at 12, the first record's RDATA at 39. The
   // RRSIG and the NSEC are owned by another name ('b', then a pointer to 'example' at 14), so the scrub decodes.
@@ -739,7 +739,12 @@ t.test('the names dns-packet reads in RRSIG and NSEC RDATA are bounded too befor
     { type: 46, ttl: 30, owner: Buffer.from([1, 0x62, 0xc0, 14]), rdata: Buffer.concat([Buffer.from([0, 1, 13, 2, 0, 0, 0, 30]), Buffer.alloc(10), top(hops), Buffer.alloc(64, 7)]) }]);
   const nsec = (hops: number): Buffer => rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(hops) }], [
     { type: 47, ttl: 30, owner: Buffer.from([1, 0x62, 0xc0, 14]), rdata: Buffer.concat([top(hops), Buffer.from([0, 1, 0x40])]) }]);
-  for (const [what, msg] of [['RRSIG signer', rrsig], ['NSEC next name', nsec]] as const) {
+  // NAPTR: order, preference, three character-strings (flags 'u', services 'E2U+sip', regexp empty), the replacement.
+  const naptr = (hops: number): Buffer => rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(hops) }, {
+    type: 35, ttl: 30, owner: Buffer.from([1, 0x62, 0xc0, 14]),
+    rdata: Buffer.concat([Buffer.from([0, 10, 0, 20, 1, 0x75, 7]), Buffer.from('E2U+sip'), Buffer.from([0]), top(hops)]),
+  }]);
+  for (const [what, msg] of [['RRSIG signer', rrsig], ['NSEC next name', nsec], ['NAPTR replacement', naptr]] as const) {
     t.ok(scanAnswer(msg(3)), `${what} through 4 pointers: fine`);
     t.not(scrubOutOfBailiwick(msg(3)), 'unusable', `${what} through 4 pointers: decoded`);
     t.equal(scanAnswer(msg(400)), undefined, `${what} through 401 pointers: malformed`);
