@@ -277,6 +277,24 @@ t.test('writeAnswer: RFC 2181 9, TC only when what the client needs is missing',
   t.equal(dnsPacket.decode(soaKept).authorities?.[0]?.type, 'SOA');
 });
 
+t.test('writeAnswer: a DNSSEC client (DO) that loses authority records gets TC (RFC 4035 3.1.1, 3.1.3)', async (t) => {
+  // A wildcard answer's NSEC proof, and the RRSIGs of what is in authority, sit there: a validator that gets the answer
+  // without them finds it bogus, where TC sends it to TCP for the whole. A client without DO is served as before.
+  const name = 'a.example';
+  const nsecRr: Rr = { type: 47, ttl: 30, owner: nameToWire('a.example'), rdata: Buffer.concat([nameToWire('c.example'), Buffer.from([0, 1, 0x40])]) };
+  const sigRr: Rr = { type: 46, ttl: 30, owner: nameToWire('a.example'), rdata: Buffer.concat([Buffer.from([0, 47, 13, 2, 0, 0, 0, 30]), Buffer.alloc(10), nameToWire('example'), Buffer.alloc(64, 7)]) };
+  const s = stored(rawAnswer(name, 1, [aRr(1)], [nsecRr, sigRr]));
+  const limit = s.questionEnd + 16 + 11 + 10; // the A, our OPT, and less than the NSEC
+  const withDo = writeAnswer(s.wire, s.questionEnd, s.offsets, parseQuery(query({ name, edns: true, do: true, udpSize: 512 })), 0, -1, limit, 1232);
+  t.equal(tcOf(withDo), true, 'DO: the NSEC proof did not fit: TC');
+  t.same(counts(withDo), [1, 0, 1], 'what fits, and our OPT');
+  const plain = writeAnswer(s.wire, s.questionEnd, s.offsets, parseQuery(query({ name, edns: true, udpSize: 512 })), 0, -1, limit, 1232);
+  t.equal(tcOf(plain), false, 'no DO: the answer section is what it needs, no TC');
+  const fits = writeAnswer(s.wire, s.questionEnd, s.offsets, parseQuery(query({ name, edns: true, do: true })), 0, -1, 1232, 1232);
+  t.equal(tcOf(fits), false, 'DO, all of it fits: no TC');
+  t.same(counts(fits), [1, 2, 1]);
+});
+
 t.test('writeAnswer over TCP: an answer just over 65535 with our OPT loses its last record, not all of them', async (t) => {
   const name = 'big.example';
   // TXT records of 1024 bytes of RDATA (four 255-byte strings), then one sized to end at 65530 bytes.
