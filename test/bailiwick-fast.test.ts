@@ -228,3 +228,50 @@ t.test('names compare with ASCII case folded only (RFC 4343): a look-alike owner
     t.same((dnsPacket.decode(s.msg).answers ?? []).map((r) => r.name), ['KEY.example'], 'the question\'s own record stays, in any ASCII case');
   }
 });
+
+/** String comparisons and case folds (endsWith, replace) made while `fn` runs: the scrub's work, counted, not timed. */
+function stringWork<T>(fn: () => T): { result: T; work: number } {
+  const proto = String.prototype as unknown as Record<'endsWith' | 'replace', (...args: unknown[]) => unknown>;
+  const saved = { endsWith: proto.endsWith, replace: proto.replace };
+  let work = 0;
+  for (const k of ['endsWith', 'replace'] as const) {
+    const f = saved[k];
+    proto[k] = function (this: string, ...args: unknown[]): unknown {
+      work++;
+      return f.apply(this, args);
+    };
+  }
+  try {
+    const result = fn();
+    return { result, work };
+  } finally {
+    Object.assign(proto, saved);
+  }
+}
+
+t.test('a long CNAME chain listed backwards, beside DNAMEs of other names, is scrubbed in linear work, not cubic', async (t) => {
+  // A hostile upstream's answer: each pass over the records found one more link of the chain, and every DNAME not yet
+  // kept was held against every name found so far. 800 records (50 KB) held the event loop for seconds.
+  const answer = (n: number): Buffer => {
+    const chain: dnsPacket.Answer[] = [];
+    for (let i = n - 1; i >= 0; i--) chain.push({ type: 'CNAME', name: i === 0 ? Q : `c${i}.example`, ttl: 30, data: `c${i + 1}.example` });
+    const dnames: dnsPacket.Answer[] = [];
+    for (let i = 0; i < n; i++) dnames.push({ type: 'DNAME', name: `d${i}.elsewhere`, ttl: 30, data: 'x.elsewhere' });
+    // One DNAME that belongs: owned by an ancestor of a name of the chain.
+    dnames.push({ type: 'DNAME', name: 'example', ttl: 30, data: 'example.net' });
+    return msg({ answers: [...chain, ...dnames] });
+  };
+  const small = stringWork(() => scrubOutOfBailiwick(answer(100)));
+  const large = stringWork(() => scrubOutOfBailiwick(answer(200)));
+  for (const [n, r] of [[100, small.result], [200, large.result]] as const) {
+    if (r === null || r === 'unusable') {
+      t.fail(`${n}: the unrelated DNAMEs are removed`);
+      continue;
+    }
+    t.equal(r.removed, n, `${n}: every unrelated DNAME removed`);
+    const kept = dnsPacket.decode(r.msg).answers ?? [];
+    t.equal(kept.filter((rr) => rr.type === 'CNAME').length, n, `${n}: the whole chain kept`);
+    t.same(kept.filter((rr) => rr.type === 'DNAME').map((rr) => rr.name), ['example'], `${n}: the DNAME above the chain kept`);
+  }
+  t.ok(large.work <= 2.5 * small.work, `twice the records, about twice the work (${small.work} -> ${large.work})`);
+});

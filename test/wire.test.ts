@@ -10,6 +10,7 @@ import { tsigErrorResponse, TSIG_BADKEY } from '../src/dns/tsig.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { nameToString, nameToWire, skipName } from '../src/dns/name.js';
 import { answerMatchesQuery } from '../src/dns/question.js';
+import { scrubOutOfBailiwick } from '../src/dns/bailiwick.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { planCaching } from '../src/cache/policy.js';
 import { AnswerCopy } from '../src/cache/entry.js';
@@ -276,6 +277,24 @@ t.test('writeAnswer: RFC 2181 9, TC only when what the client needs is missing',
   t.equal(dnsPacket.decode(soaKept).authorities?.[0]?.type, 'SOA');
 });
 
+t.test('writeAnswer: a DNSSEC client (DO) that loses authority records gets TC (RFC 4035 3.1.1, 3.1.3)', async (t) => {
+  // A wildcard answer's NSEC proof, and the RRSIGs of what is in authority, sit there: a validator that gets the answer
+  // without them finds it bogus, where TC sends it to TCP for the whole. A client without DO is served as before.
+  const name = 'a.example';
+  const nsecRr: Rr = { type: 47, ttl: 30, owner: nameToWire('a.example'), rdata: Buffer.concat([nameToWire('c.example'), Buffer.from([0, 1, 0x40])]) };
+  const sigRr: Rr = { type: 46, ttl: 30, owner: nameToWire('a.example'), rdata: Buffer.concat([Buffer.from([0, 47, 13, 2, 0, 0, 0, 30]), Buffer.alloc(10), nameToWire('example'), Buffer.alloc(64, 7)]) };
+  const s = stored(rawAnswer(name, 1, [aRr(1)], [nsecRr, sigRr]));
+  const limit = s.questionEnd + 16 + 11 + 10; // the A, our OPT, and less than the NSEC
+  const withDo = writeAnswer(s.wire, s.questionEnd, s.offsets, parseQuery(query({ name, edns: true, do: true, udpSize: 512 })), 0, -1, limit, 1232);
+  t.equal(tcOf(withDo), true, 'DO: the NSEC proof did not fit: TC');
+  t.same(counts(withDo), [1, 0, 1], 'what fits, and our OPT');
+  const plain = writeAnswer(s.wire, s.questionEnd, s.offsets, parseQuery(query({ name, edns: true, udpSize: 512 })), 0, -1, limit, 1232);
+  t.equal(tcOf(plain), false, 'no DO: the answer section is what it needs, no TC');
+  const fits = writeAnswer(s.wire, s.questionEnd, s.offsets, parseQuery(query({ name, edns: true, do: true })), 0, -1, 1232, 1232);
+  t.equal(tcOf(fits), false, 'DO, all of it fits: no TC');
+  t.same(counts(fits), [1, 2, 1]);
+});
+
 t.test('writeAnswer over TCP: an answer just over 65535 with our OPT loses its last record, not all of them', async (t) => {
   const name = 'big.example';
   // TXT records of 1024 bytes of RDATA (four 255-byte strings), then one sized to end at 65530 bytes.
@@ -339,6 +358,11 @@ t.test('error replies carry an OPT whenever the query had one (RFC 6891 7)', asy
   const brokenAfterOpt = withAdditional(query({ name: 'x.example', edns: true }), Buffer.from([0, 0, 1]));
   cases.push(['broken record after the OPT', brokenAfterOpt, QueryStatus.FORMERR]);
   cases.push(['TSIG not last', withAdditional(query({ name: 'x.example' }), tsigRr(), optRr()), QueryStatus.FORMERR]);
+  // A problem with the OPT itself is FORMERR with an OPT (RFC 6891 7: so the client can tell it from a server without
+  // EDNS, which answers FORMERR without one, and does not fall back to plain DNS and its 512 bytes).
+  cases.push(['two OPTs', withAdditional(query({ name: 'x.example', edns: true }), optRr()), QueryStatus.FORMERR]);
+  cases.push(['OPT with a non-root owner', withAdditional(query({ name: 'x.example' }), Buffer.from([3, 0x61, 0x62, 0x63, 0, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0])), QueryStatus.FORMERR]);
+  cases.push(['OPT owned by a pointer to the question', withAdditional(query({ name: 'x.example' }), Buffer.from([0xc0, 12, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0])), QueryStatus.FORMERR]);
 
   for (const [label, msg, status] of cases) {
     const q = parseQuery(msg);
@@ -351,14 +375,10 @@ t.test('error replies carry an OPT whenever the query had one (RFC 6891 7)', asy
     t.equal(resp.readUInt16BE(10), 1, `${label}: ARCOUNT 1`);
   }
 
-  // No OPT, or an OPT that vouches for nothing: none in the reply.
+  // No OPT: none in the reply.
   const two2 = Buffer.from(query({ name: 'x.example' }));
   two2.writeUInt16BE(2, 4);
   t.equal(parseQuery(two2).edns, false, 'no OPT in the query: none found');
-  const doubleOpt = withAdditional(query({ name: 'x.example', edns: true }), optRr());
-  t.equal(parseQuery(doubleOpt).status, QueryStatus.FORMERR, 'two OPTs');
-  t.equal(parseQuery(doubleOpt).edns, false, 'two OPTs: no OPT echoed');
-  t.equal(parseQuery(withAdditional(query({ name: 'x.example' }), Buffer.from([3, 0x61, 0x62, 0x63, 0, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0]))).edns, false, 'OPT with a non-root owner');
   t.equal(parseQuery(query({ name: 'x.example', edns: true, do: true, udpSize: 4000, type: 'AXFR' })).udpSize, 4000, 'size read on the error path');
   t.equal(parseQuery(query({ name: 'x.example', edns: true, do: true, type: 'AXFR' })).dnssecOk, true, 'DO read on the error path');
 });
@@ -703,4 +723,49 @@ t.test('TSIG: a signed AXFR, IXFR or CHAOS query gets BADKEY too, not an unsigne
   t.equal(parseQuery(withAdditional(ch, tsigRr({ key: 'k' }))).status, QueryStatus.TSIG, 'class CH signed');
   // A malformed TSIG on such a query is still FORMERR, and an unsigned one with a bad additional section too.
   t.equal(parseQuery(withAdditional(query({ name: 'x.example', type: 'AXFR' }), tsigRr({ cls: 1 }))).status, QueryStatus.FORMERR, 'bad TSIG');
+});
+
+t.test('a name that is a long run of pointers to pointers is malformed: scan and scrub do bounded work per name', async (t) => {
+  // A hostile upstream fills an opaque RDATA with pointers, each to the one before (no label between: never what an
+  // encoder writes), and owns its records by a pointer to the last. Every name then cost a hop per pointer, in our
+  // scan and in dns-packet's decode (the scrub): 64 KB of it held the event loop for most of a second. A real name
+  // passes at most one pointer per label it takes (127), so past 128 hops it is refused, scrub first.
+  const chained = (hops: number): Buffer => {
+    // 'a.example' at 12, the first record at 27, its RDATA at 39: pointer i goes to pointer i - 1, the first to the question.
+    const chain = Buffer.alloc(2 * hops);
+    for (let i = 0; i < hops; i++) chain.writeUInt16BE(0xc000 | (i === 0 ? 12 : 39 + 2 * (i - 1)), 2 * i);
+    const top = 39 + 2 * (hops - 1);
+    return rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain }, { ...aRr(1), owner: Buffer.from([0xc0 | (top >> 8), top & 0xff]) }]);
+  };
+  t.ok(scanAnswer(chained(100)), '101 hops: a name still');
+  t.equal(scrubOutOfBailiwick(chained(100)), null, '101 hops: nothing to scrub');
+  t.equal(scanAnswer(chained(400)), undefined, '401 hops: malformed');
+  t.equal(scrubOutOfBailiwick(chained(400)), 'unusable', '401 hops: not decoded, not passed on');
+});
+
+t.test('the names dns-packet reads in RRSIG, NSEC and NAPTR RDATA are bounded too before the scrub decodes them', async (t) => {
+  // The signer of an RRSIG and the next name of an NSEC are names dns-packet follows pointer by pointer: a run of
+  // pointers to pointers there cost it as much as in an owner. 'a.example' at 12, the first record's RDATA at 39. The
+  // RRSIG and the NSEC are owned by another name ('b', then a pointer to 'example' at 14), so the scrub decodes.
+  const chain = (hops: number): Buffer => {
+    const b = Buffer.alloc(2 * hops);
+    for (let i = 0; i < hops; i++) b.writeUInt16BE(0xc000 | (i === 0 ? 12 : 39 + 2 * (i - 1)), 2 * i);
+    return b;
+  };
+  const top = (hops: number): Buffer => Buffer.from([0xc0 | ((39 + 2 * (hops - 1)) >> 8), (39 + 2 * (hops - 1)) & 0xff]);
+  const rrsig = (hops: number): Buffer => rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(hops) }, aRr(1),
+    { type: 46, ttl: 30, owner: Buffer.from([1, 0x62, 0xc0, 14]), rdata: Buffer.concat([Buffer.from([0, 1, 13, 2, 0, 0, 0, 30]), Buffer.alloc(10), top(hops), Buffer.alloc(64, 7)]) }]);
+  const nsec = (hops: number): Buffer => rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(hops) }], [
+    { type: 47, ttl: 30, owner: Buffer.from([1, 0x62, 0xc0, 14]), rdata: Buffer.concat([top(hops), Buffer.from([0, 1, 0x40])]) }]);
+  // NAPTR: order, preference, three character-strings (flags 'u', services 'E2U+sip', regexp empty), the replacement.
+  const naptr = (hops: number): Buffer => rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(hops) }, {
+    type: 35, ttl: 30, owner: Buffer.from([1, 0x62, 0xc0, 14]),
+    rdata: Buffer.concat([Buffer.from([0, 10, 0, 20, 1, 0x75, 7]), Buffer.from('E2U+sip'), Buffer.from([0]), top(hops)]),
+  }]);
+  for (const [what, msg] of [['RRSIG signer', rrsig], ['NSEC next name', nsec], ['NAPTR replacement', naptr]] as const) {
+    t.ok(scanAnswer(msg(3)), `${what} through 4 pointers: fine`);
+    t.not(scrubOutOfBailiwick(msg(3)), 'unusable', `${what} through 4 pointers: decoded`);
+    t.equal(scanAnswer(msg(400)), undefined, `${what} through 401 pointers: malformed`);
+    t.equal(scrubOutOfBailiwick(msg(400)), 'unusable', `${what} through 401 pointers: not decoded, not passed on`);
+  }
 });

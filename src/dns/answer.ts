@@ -101,13 +101,15 @@ export function scanAnswer(msg: Buffer): AnswerScan | undefined {
 interface RdataNames {
   /** Bytes before the first name. */
   readonly skip: number;
+  /** Character-strings (a length byte, then that many bytes) after those bytes, before the first name. */
+  readonly strings?: number;
   /** Names one after another. */
   readonly names: number;
-  /** Bytes after the last. */
+  /** Bytes after the last; -1: any number (the signature of an RRSIG, the type bitmap of an NSEC). */
   readonly tail: number;
 }
 
-/** Where the names sit in the RDATA of the types whose names may be compressed (RFC 3597 4). */
+/** Where the names sit in the RDATA of the types whose names may be compressed (RFC 3597 4), and of RRSIG, NSEC and NAPTR. */
 const RDATA_NAMES = new Map<number, RdataNames>([
   [QType.NS, { skip: 0, names: 1, tail: 0 }],
   [QType.CNAME, { skip: 0, names: 1, tail: 0 }],
@@ -121,6 +123,11 @@ const RDATA_NAMES = new Map<number, RdataNames>([
   [QType.SRV, { skip: 6, names: 1, tail: 0 }],
   [36, { skip: 2, names: 1, tail: 0 }], // KX
   [39, { skip: 0, names: 1, tail: 0 }], // DNAME
+  // Never compressed (RFC 4034 3.1.7, 4.1.1; RFC 3403 4.1), but read as names by dns-packet (the scrub), which
+  // follows any pointer: checked here so none of its walks is unbounded.
+  [46, { skip: 18, names: 1, tail: -1 }], // RRSIG: the signer
+  [47, { skip: 0, names: 1, tail: -1 }], // NSEC: the next name
+  [35, { skip: 4, strings: 3, names: 1, tail: 0 }], // NAPTR (RFC 3403 4.1): the replacement, after flags, services, regexp
 ]);
 
 /**
@@ -132,11 +139,15 @@ function rdataNamesExpand(msg: Buffer, type: number, rdStart: number, rdEnd: num
   const layout = RDATA_NAMES.get(type);
   if (layout === undefined) return true;
   let off = rdStart + layout.skip;
+  for (let n = 0; n < (layout.strings ?? 0); n++) {
+    if (off >= rdEnd) return false;
+    off += 1 + msg[off]!;
+  }
   for (let n = 0; n < layout.names; n++) {
     off = skipExpandableName(msg, off, rdEnd);
     if (off < 0) return false;
   }
-  return off + layout.tail === rdEnd;
+  return layout.tail < 0 || off + layout.tail === rdEnd;
 }
 
 /** The SOA MINIMUM field (last 4 bytes after MNAME, RNAME and four counters), or -1. */

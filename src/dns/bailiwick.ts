@@ -19,6 +19,7 @@
  */
 import dnsPacket from 'dns-packet';
 import type { Answer, DecodedPacket } from 'dns-packet';
+import { scanAnswer } from './answer.js';
 import { plainlyInBailiwick } from './bailiwick-fast.js';
 import { HEADER_LEN } from './constants.js';
 import { skipName } from './name.js';
@@ -53,6 +54,53 @@ function targetOf(rr: Answer): string | null {
   }
 }
 
+/** `name` and each of its ancestors up to the root (''), as `lower` spells them. */
+function* selfAndAncestors(name: string): Generator<string> {
+  for (let at = 0; ; ) {
+    yield name.slice(at);
+    if (at >= name.length) return;
+    const dot = name.indexOf('.', at);
+    at = dot < 0 ? name.length : dot + 1;
+  }
+}
+
+/**
+ * The records of the answer section that `names` (the question's) and the
+ * names its CNAME chain leads to own, a DNAME also when it is owned by an
+ * ancestor of one; `names` grows by each CNAME target kept. Each record is
+ * looked at once and each name once (with its ancestors, when there are
+ * DNAMEs): a chain listed backwards, beside DNAMEs of other names, once took
+ * a pass over every record per link and held each DNAME against every name.
+ */
+function keptForNames(answers: readonly Answer[], names: Set<string>): Set<Answer> {
+  const byOwner = new Map<string, Answer[]>();
+  const dnames = new Map<string, Answer[]>();
+  for (const rr of answers) {
+    const owner = lower(rr.name);
+    for (const index of rr.type === 'DNAME' ? [byOwner, dnames] : [byOwner]) {
+      const list = index.get(owner);
+      if (list === undefined) index.set(owner, [rr]);
+      else list.push(rr);
+    }
+  }
+  const kept = new Set<Answer>();
+  const todo = [...names];
+  for (let name = todo.pop(); name !== undefined; name = todo.pop()) {
+    const owned = [...(byOwner.get(name) ?? [])];
+    if (dnames.size > 0) for (const zone of selfAndAncestors(name)) owned.push(...(dnames.get(zone) ?? []));
+    for (const rr of owned) {
+      if (kept.has(rr)) continue;
+      kept.add(rr);
+      const t = rr.type === 'CNAME' ? targetOf(rr) : null;
+      if (t !== null && !names.has(t)) {
+        names.add(t);
+        todo.push(t);
+      }
+    }
+  }
+  return kept;
+}
+
 /** Adds to `kept` the RRSIGs of `section` over an RRset kept there (same owner, the type they cover). */
 function keepSignatures(section: readonly Answer[], kept: Set<Answer>): void {
   const rrsets = new Set<string>();
@@ -71,12 +119,17 @@ function keepSignatures(section: readonly Answer[], kept: Set<Answer>): void {
 export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   // Most answers (an address, or a negative answer with its zone's SOA): nothing to remove, known without a decode.
   if (plainlyInBailiwick(msg)) return null;
+  // Only what our scanner takes goes to the decode: dns-packet follows pointers without counting them, and a hostile
+  // answer of names that are runs of pointers to pointers cost it most of a second; scanAnswer bounds every name it
+  // reads (owners, and the names in the RDATA of the types that carry compressed ones), and what it refuses is never
+  // cached or served anyway.
+  if (scanAnswer(msg) === undefined) return 'unusable';
   let p: DecodedPacket;
   try {
     p = dnsPacket.decode(msg);
   } catch {
     // Not known clean (the fast path said so), and unreadable here: whatever it carries cannot be checked. Our own
-    // scanner is no guarantee: it reads no OPT RDATA and follows no pointer past the first, where dns-packet throws.
+    // scanner is no guarantee: it reads no OPT RDATA, nor the names of the types it does not know, where dns-packet throws.
     return 'unusable';
   }
   const q = p.questions?.[0];
@@ -87,20 +140,7 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
 
   // The names the answer may speak for: the question, then wherever its CNAME chain leads (in any order).
   const names = new Set([lower(q.name)]);
-  const keptAnswers = new Set<Answer>();
-  for (let changed = true; changed; ) {
-    changed = false;
-    for (const rr of answers) {
-      if (keptAnswers.has(rr)) continue;
-      const owner = lower(rr.name);
-      const ok = names.has(owner) || (rr.type === 'DNAME' && [...names].some((n) => under(n, owner)));
-      if (!ok) continue;
-      keptAnswers.add(rr);
-      changed = true;
-      const t = rr.type === 'CNAME' ? targetOf(rr) : null;
-      if (t !== null) names.add(t);
-    }
-  }
+  const keptAnswers = keptForNames(answers, names);
   // A kept RRset's signature goes with it: a DNAME's RRSIG is owned by the DNAME's owner, no name of the chain.
   keepSignatures(answers, keptAnswers);
   // The zones whose denial proofs belong here: the answer's signers (the wildcard proof of a signed answer comes with
@@ -113,9 +153,10 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
     if (under(lower(rr.name), signer)) zones.push(signer);
   }
   const keptAuth = new Set<Answer>();
+  const nameList = [...names];
   for (const rr of authorities) {
     const owner = lower(rr.name);
-    if (![...names].some((n) => under(n, owner))) continue;
+    if (!nameList.some((n) => under(n, owner))) continue;
     keptAuth.add(rr);
     if (rr.type === 'SOA' || rr.type === 'NS') zones.push(owner);
   }

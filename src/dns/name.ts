@@ -31,24 +31,30 @@ export function skipName(msg: Uint8Array, off: number): number {
   return -1;
 }
 
+/** Pointers one name may lead through: a name takes at most 127 labels, and an encoder writes a pointer after a label. */
+const MAX_HOPS = 128;
+
 /**
  * As skipName, but the name must also expand: every pointer it leads through
  * points below the start of the run of labels it ends (so the bound falls at
- * each hop and no loop is possible) and never into the header, and the whole
- * name is at most 255 bytes; none of its bytes at or past `limit` (the end of
- * the RDATA it is in). For names a hit serves as stored (scanAnswer, on
- * the miss path): skipName looks at the first pointer only, and a name a
- * client cannot expand would be handed out for the entry's whole life.
+ * each hop and no loop is possible) and never into the header, it leads
+ * through at most MAX_HOPS of them (pointers to pointers would otherwise make
+ * a name cost a hop per two bytes of the message), and the whole name is at
+ * most 255 bytes; none of its bytes at or past `limit` (the end of the RDATA
+ * it is in). For names a hit serves as stored (scanAnswer, on the miss path):
+ * skipName looks at the first pointer only, and a name a client cannot
+ * expand would be handed out for the entry's whole life.
  */
 export function skipExpandableName(msg: Uint8Array, off: number, limit = msg.length): number {
   let end = -1;
   let runStart = off;
   let wireLen = 0;
+  let hops = 0;
   while (off < limit) {
     const len = msg[off]!;
     if (len === 0) return end < 0 ? off + 1 : end;
     if ((len & POINTER_MASK) === POINTER_MASK) {
-      if (off + 1 >= limit) return -1;
+      if (off + 1 >= limit || ++hops > MAX_HOPS) return -1;
       const target = ((len & 0x3f) << 8) | msg[off + 1]!;
       if (target < HEADER_LEN || target >= runStart) return -1;
       if (end < 0) end = off + 2;

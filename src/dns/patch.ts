@@ -45,7 +45,7 @@ export function writeAnswerFrom(
   const optLen = q.edns ? OPT_LEN : 0;
   const full = wireLen + optLen <= limit;
   // The cut is the rare path: it is worked out here, before the copy, so the common path only pays this branch.
-  const kept = full ? ttlCount : keptRecordsFrom(src, base, questionEnd, ttl, ttlAt, ttlCount, limit - optLen);
+  const kept = full ? ttlCount : keptRecordsFrom(src, base, questionEnd, ttl, ttlAt, ttlCount, limit - optLen, q.dnssecOk);
   const tc = kept < 0;
   const n = tc ? ~kept : kept;
   const len = full ? wireLen : n === 0 ? questionEnd : recordEnd(src, base, ttl[ttlAt + n - 1]!);
@@ -128,23 +128,28 @@ function recordEnd(wire: Buffer, base: number, ttlOff: number): number {
  * additional records that do not fit are dropped without TC; but a negative
  * answer (no answer records) needs its authority section (the SOA for RFC
  * 2308 negative caching, and any RFC 4035 denial proofs beside it), so a
- * negative answer that loses an authority record is TC. What goes without TC
+ * negative answer that loses an authority record is TC; and so is any answer
+ * to a DNSSEC client (`dnssecOk`) that does, since the RRSIGs of what is there
+ * and a wildcard answer's NSEC proof sit there (RFC 4035 3.1.1, 3.1.3: TC when
+ * they do not fit; dropped, a validator finds the answer bogus). What goes without TC
  * goes by whole RRsets: a partial RRset is allowed only with TC (RFC 2181
  * 5.1, 9), and a client that keeps what it is given would take the part for
  * the set. Cutting a suffix is safe on the wire because compression pointers
  * only point backwards (answer.ts scanAnswer refuses anything else at insert).
  */
-export function keptRecords(wire: Buffer, ttlOffsets: Uint16Array, budget: number): number {
-  return keptRecordsFrom(wire, 0, skipName(wire, HEADER_LEN) + 4, ttlOffsets, 0, ttlOffsets.length, budget);
+export function keptRecords(wire: Buffer, ttlOffsets: Uint16Array, budget: number, dnssecOk = false): number {
+  return keptRecordsFrom(wire, 0, skipName(wire, HEADER_LEN) + 4, ttlOffsets, 0, ttlOffsets.length, budget, dnssecOk);
 }
 
-function keptRecordsFrom(wire: Buffer, base: number, questionEnd: number, ttl: Uint16Array, ttlAt: number, ttlCount: number, budget: number): number {
+function keptRecordsFrom(
+  wire: Buffer, base: number, questionEnd: number, ttl: Uint16Array, ttlAt: number, ttlCount: number, budget: number, dnssecOk: boolean,
+): number {
   let n = 0;
   while (n < ttlCount && recordEnd(wire, base, ttl[ttlAt + n]!) <= budget) n++;
   const an = (wire[base + OFF_ANCOUNT]! << 8) | wire[base + OFF_ANCOUNT + 1]!;
   if (n < an) return ~n;
   const ns = (wire[base + OFF_NSCOUNT]! << 8) | wire[base + OFF_NSCOUNT + 1]!;
-  if (an === 0 && n < ns) return ~n;
+  if ((an === 0 || dnssecOk) && n < an + ns) return ~n;
   // Back to the start of the RRset the cut went through, within its section.
   const sectionStart = n < an + ns ? an : an + ns;
   while (n > sectionStart && n < ttlCount && sameRRset(wire, base, questionEnd, ttl, ttlAt, n - 1)) n--;

@@ -134,10 +134,12 @@ const OPT_FOUND_DO = 0x10000;
 /**
  * Best effort, for error answers: walks every section as the header counts
  * them (questions as names plus type and class, records as names plus fixed
- * fields plus RDATA) and returns the additional section's OPT as
+ * fields plus RDATA) and returns the additional section's first OPT as
  * udpSize | (DO ? OPT_FOUND_DO : 0), or -1 when the walk breaks before one is
- * found or the OPT is itself invalid (a second OPT, or an owner other than the
- * root: RFC 6891 6.1.1 calls both FORMERR, and such an OPT vouches for nothing).
+ * found. An OPT that is itself invalid (a second OPT, or an owner other than
+ * the root: FORMERR, RFC 6891 6.1.1) still counts: RFC 6891 7 wants the
+ * FORMERR for a problem with the OPT to carry one, so the client does not take
+ * us for a server without EDNS and fall back to plain DNS.
  * Packed into a number so the error path allocates nothing more than before.
  */
 function findOpt(msg: Buffer): number {
@@ -151,20 +153,15 @@ function findOpt(msg: Buffer): number {
     if (off < 0 || off + 4 > msg.length) return -1;
     off += 4;
   }
-  let found = -1;
   for (let i = 0; i < anns + arcount; i++) {
-    const nameStart = off;
     off = skipName(msg, off);
-    if (off < 0 || off + 10 > msg.length) return found;
+    if (off < 0 || off + 10 > msg.length) return -1;
     const rdEnd = off + 10 + u16(msg, off + 8);
-    if (rdEnd > msg.length) return found;
-    if (i >= anns && u16(msg, off) === QType.OPT) {
-      if (found >= 0 || off !== nameStart + 1 || msg[nameStart] !== 0) return -1;
-      found = u16(msg, off + 2) | ((u16(msg, off + 6) & EDNS_DO) !== 0 ? OPT_FOUND_DO : 0);
-    }
+    if (rdEnd > msg.length) return -1;
+    if (i >= anns && u16(msg, off) === QType.OPT) return u16(msg, off + 2) | ((u16(msg, off + 6) & EDNS_DO) !== 0 ? OPT_FOUND_DO : 0);
     off = rdEnd;
   }
-  return found;
+  return -1;
 }
 
 /** Big-endian u16 without Buffer's bounds checks: callers have checked the length (readUInt16BE was 10% of a hit). */
