@@ -21,9 +21,10 @@
  * then, until SOFT_PERIOD_MS after it, those beyond SOFT_INFLIGHT of its own
  * waiting on the main thread. The whole stamp, not 32 bits of it: a cut
  * stamp came round again every 2^32 ms (49.7 days), and every worker (all
- * stamped at spawn) then read "refused just now" at once. A stamp from the
- * future (a clock out of step, never expected) ends the window rather than
- * stretching it. Once the window ends a trickle of misses flows
+ * stamped at spawn) then read "refused just now" at once. A stamp up to
+ * SHED_WINDOW_MS ahead of the turn's time is a refusal made during the turn;
+ * one further ahead (a clock out of step, never expected) ends the window
+ * rather than stretching it. Once the window ends a trickle of misses flows
  * to the main thread again; if it still refuses, the next stamp opens the
  * next window; if it answers, the period runs out and the limits are the
  * usual ones.
@@ -118,7 +119,9 @@ export class ShedGate implements MissGate {
   /** False: answer this new miss now (stale or SERVFAIL), the main thread is refusing them. Counts what it turns away. */
   admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number }): boolean {
     const since = this.#clock.now() - readStamp(this.#ctl);
-    if (since < 0 || since >= SOFT_PERIOD_MS) return true;
+    // The clock is the turn's, read as it began: a refusal stamped since then reads a little ahead, and is one just
+    // now (admitting those let a third of a flood's misses cross). Far ahead ends the window, never stretches it.
+    if (since < -SHED_WINDOW_MS || since >= SOFT_PERIOD_MS) return true;
     if (since >= SHED_WINDOW_MS && this.#waiting.inflight < SOFT_INFLIGHT) return true;
     // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
     if (this.#reads.lastGaveUp) return true;
