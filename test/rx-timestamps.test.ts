@@ -162,6 +162,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}, errno = 
 const ms = (n: number): bigint => BigInt(n) * 1_000_000n;
 
 /** The clients waiting on misses in these reports: their queries' ids (a miss itself carries the upstream query). */
+/** The clients reported waiting on a miss (the worker reports them when the main thread answers them: remoteWaiters). */
 function missIds(reports: WorkerReport[]): number[] {
   const out: number[] = [];
   for (const r of reports) {
@@ -194,7 +195,7 @@ t.test('loop: a query older than --max-query-age is dropped and counted; younger
       k.queue(5, { data: query({ name: 'third.example.com', id: 3 }), from: sockaddr4('10.0.0.1', 1003), stampNs: NOW_NS - ms(3) });
     },
     () => reports.push(...k.reports()),
-  ]);
+  ], { remoteWaiters: true });
   loop.run();
   t.same(missIds(reports).sort(), [2, 3], 'the two younger than 1 s went on as misses; the 2.5 s old one did not');
   t.equal(c.io.get('stale'), 1, 'nodelocal_dropped_total{reason="stale_query"}');
@@ -214,7 +215,7 @@ t.test('loop: --max-query-age 0 never drops, and still measures', async (t) => {
       () => k.queue(5, { data: query({ name: SVC, id: 7 }), from: sockaddr4('10.0.0.1', 1007), stampNs: NOW_NS - ms(30_000) }),
       () => reports.push(...k.reports()),
     ],
-    { maxQueryAgeMs: 0 },
+    { maxQueryAgeMs: 0, remoteWaiters: true },
   );
   loop.run();
   t.same(missIds(reports), [7], 'served however old');
@@ -233,7 +234,7 @@ t.test('loop: a socket that refuses SO_TIMESTAMPNS serves every query, measures 
       },
       () => reports.push(...k.reports()),
     ],
-    {},
+    { remoteWaiters: true },
     92,
   );
   loop.run();
