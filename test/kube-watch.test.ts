@@ -629,7 +629,11 @@ function nsList(rv: string, names: readonly string[]): string {
   return JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: rv }, items: names.map((name) => ({ metadata: { name } })) });
 }
 
-function scriptedReflector(t: Test, api: ApiGetter): { r: Reflector<'namespaces'>; writer: RecordingWriter; counters: Counters<WatchCounter> } {
+function scriptedReflector(
+  t: Test,
+  api: ApiGetter,
+  tuning: Partial<WatchTuning> = {},
+): { r: Reflector<'namespaces'>; writer: RecordingWriter; counters: Counters<WatchCounter> } {
   const writer = new RecordingWriter();
   const counters = new Counters(watchCounterSchema);
   const r = new Reflector('namespaces', api, writer, {
@@ -637,7 +641,7 @@ function scriptedReflector(t: Test, api: ApiGetter): { r: Reflector<'namespaces'
     log: createLogger('error', () => {}),
     counters,
     timers: hurriedTimers,
-    tuning: { backoff: testBackoff, minWatchTimeoutS: 1, idleGraceMs: 20 },
+    tuning: { backoff: testBackoff, minWatchTimeoutS: 1, idleGraceMs: 20, ...tuning },
   });
   t.teardown(() => r.stop());
   r.start();
@@ -996,17 +1000,22 @@ t.test('a 503 asking for a wait is honoured; a 400 with Retry-After is not a rea
  * empty one, so a list never ends by itself): how many pages a reflector asks
  * for, and how many of its lists fail, before 50 pages.
  */
-async function listWithTokens(t: Test, next: (path: string) => string): Promise<{ lists: number; failures: number }> {
+async function listWithTokens(
+  t: Test,
+  next: (path: string) => string,
+  o: { tuning?: Partial<WatchTuning>; perPage?: number } = {},
+): Promise<{ lists: number; failures: number }> {
   let lists = 0;
+  const names = Array.from({ length: o.perPage ?? 1 }, (_, i) => ({ metadata: { name: `n${i}` } }));
   const api: ApiGetter = {
     get: (p, signal) => {
       if (p.includes('watch=1') || ++lists > 50) return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
       const body = new PassThrough();
-      body.end(JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: '7', continue: next(p) }, items: [{ metadata: { name: 'n1' } }] }));
+      body.end(JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: '7', continue: next(p) }, items: names }));
       return Promise.resolve({ ok: true, status: 200, body });
     },
   };
-  const { counters } = scriptedReflector(t, api);
+  const { counters } = scriptedReflector(t, api, o.tuning);
   await until(t, 'the list given up, or 50 pages asked for', () => counters.get('namespaces.errors') >= 1 || lists > 50);
   return { lists, failures: counters.get('namespaces.errors') };
 }
@@ -1060,6 +1069,19 @@ t.test('continue tokens that go round in a cycle are a failure too: the list nei
   const { lists, failures } = await listWithTokens(t, (p) => (p.includes('continue=token-a') ? 'token-b' : 'token-a'));
   t.ok(failures >= 1, 'a continue token seen before in the same list ends it as a failure');
   t.ok(lists <= 3 * (failures + 1), `${lists} pages asked for, for ${failures} failed lists`);
+});
+
+t.test('continue tokens that move on for ever are a failure too: a list is bounded in pages and in objects, then relisted after a backoff', async (t) => {
+  // Each token new (a broken server or proxy counting up): no token repeats,
+  // yet the list never ends, holding every page's objects and never syncing.
+  let n = 0;
+  const fresh = (): string => `token-${++n}`;
+  const pages = await listWithTokens(t, fresh, { tuning: { maxListPages: 10 } });
+  t.ok(pages.failures >= 1, 'a list past maxListPages pages ends as a failure');
+  t.ok(pages.lists <= 10 * (pages.failures + 1), `${pages.lists} pages asked for, for ${pages.failures} failed lists`);
+  const objects = await listWithTokens(t, fresh, { tuning: { maxListObjects: 250 }, perPage: 100 });
+  t.ok(objects.failures >= 1, 'a list past maxListObjects objects ends as a failure');
+  t.ok(objects.lists <= 3 * (objects.failures + 1), `${objects.lists} pages of 100 asked for, for ${objects.failures} failed lists`);
 });
 
 t.test('a watch that ends at once with only lines of no known event type is a very short watch too: backed off, not made again in a tight loop', async (t) => {
