@@ -3,6 +3,7 @@
 // file, client-node's auth (bearer token checked by the fake), Node's http.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
+import os from 'node:os';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
@@ -1212,4 +1213,87 @@ t.test('a watch ERROR event whose code is a huge string (a broken server or prox
   const failures = logs.filter((l) => /watch event/.test(l.error ?? ''));
   t.ok(failures.length >= 1, 'the failure logged');
   for (const l of failures) t.ok((l.error ?? '').length < 4096, `${(l.error ?? '').length} chars logged for a ${huge.length}-char code`);
+});
+
+/** A kubeconfig for `server` whose user's token comes from the exec plugin `script` (a shell script written beside it). */
+function execKubeconfig(server: string, script: string): { dir: string; file: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nldns-exec-'));
+  const plugin = path.join(dir, 'plugin.sh');
+  fs.writeFileSync(plugin, `#!/bin/sh\necho $$ >> "${dir}/pids"\n${script}\n`, { mode: 0o755 });
+  const file = path.join(dir, 'kubeconfig');
+  fs.writeFileSync(file, [
+    'apiVersion: v1',
+    `clusters: [{name: c, cluster: {server: "${server}", insecure-skip-tls-verify: true}}]`,
+    `users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: "${plugin}", interactiveMode: Never}}}]`,
+    'contexts: [{name: x, context: {cluster: c, user: u}}]',
+    'current-context: x',
+  ].join('\n'));
+  return { dir, file };
+}
+
+function pidsOf(dir: string): number[] {
+  const p = path.join(dir, 'pids');
+  return fs.existsSync(p) ? fs.readFileSync(p, 'utf8').split('\n').filter((l) => l !== '').map(Number) : [];
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+t.test('an exec credential plugin that hangs is run once at a time and killed past its deadline, not a new process per request and retry', async (t) => {
+  // Each reflector's every request (and retry) asks for credentials; a
+  // plugin that never answers (a cloud token service unreachable) must not
+  // leave one more process behind each time, nor hold the credentials for ever.
+  const fake = new FakeApiServer({ token: 'test-token' });
+  await fake.start();
+  const { dir, file } = execKubeconfig(fake.url, 'exec sleep 60');
+  const cfg = await loadClusterConfig({ kubeconfig: file, execTimeoutMs: 300 });
+  if (cfg.kind !== 'ok') throw new Error(cfg.kind === 'none' ? cfg.reason : cfg.reason);
+  const counters = new Counters(watchCounterSchema);
+  const w = new KubeWatch(new KubeApi(cfg), new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters,
+    tuning: { backoff: testBackoff, requestTimeoutMs: 100 },
+  });
+  t.teardown(async () => {
+    await w.stop();
+    for (const pid of pidsOf(dir)) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    await fake.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  w.start();
+  const errors = (): number => counters.get('services.errors') + counters.get('endpointslices.errors') + counters.get('namespaces.errors');
+  await until(t, 'several failed requests', () => errors() >= 12);
+  const running = pidsOf(dir).filter(alive);
+  t.ok(running.length <= 1, `${running.length} plugin processes running at once after ${errors()} failed requests`);
+  const first = pidsOf(dir)[0];
+  t.ok(first !== undefined, 'the plugin was run');
+  await until(t, 'the first plugin process ended', () => first === undefined || !alive(first));
+});
+
+t.test('an exec credential plugin that answers: its token is sent, and kept until it expires', async (t) => {
+  const fake = new FakeApiServer({ token: 'test-token' });
+  await fake.start();
+  const later = new Date(Date.now() + 3_600_000).toISOString();
+  const cred = JSON.stringify({ apiVersion: 'client.authentication.k8s.io/v1', kind: 'ExecCredential', status: { token: 'test-token', expirationTimestamp: later } });
+  const { dir, file } = execKubeconfig(fake.url, `echo '${cred}'`);
+  t.teardown(async () => {
+    await fake.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const cfg = await loadClusterConfig({ kubeconfig: file });
+  if (cfg.kind !== 'ok') throw new Error(cfg.reason);
+  const api = new KubeApi(cfg);
+  for (let i = 0; i < 3; i++) {
+    const r = await api.get('/api/v1/namespaces?limit=1', new AbortController().signal);
+    t.equal(r.ok && r.status, 200, 'the plugin\'s token was accepted');
+    if (r.ok) r.body.resume();
+  }
+  t.equal(pidsOf(dir).length, 1, 'the plugin ran once: its token had not expired');
 });
