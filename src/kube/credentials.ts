@@ -217,7 +217,12 @@ export function readKubeconfig(path: string, execTimeoutMs?: number): Kubeconfig
   const server = str(cluster, 'server') ?? '';
   const userName = str(ctx, 'user');
   const user = userName === undefined ? {} : (named(doc, 'users', 'user', userName) ?? {});
-  if (user['auth-provider'] !== undefined) return { kind: 'delegate', why: 'user.auth-provider' };
+  const provider = user['auth-provider'];
+  if (isObj(provider) && isObj(provider['config']) && provider['config']['cmd-path'] !== undefined) {
+    // client-node runs it with execSync: the agent, DNS and all, would stop while it runs. client-go dropped these (1.26).
+    return { kind: 'error', reason: `user.auth-provider ${String(provider['name'])} with cmd-path is not supported: use an exec plugin (gke-gcloud-auth-plugin, kubelogin)` };
+  }
+  if (provider !== undefined) return { kind: 'delegate', why: 'user.auth-provider' };
   if (cluster['proxy-url'] !== undefined) return { kind: 'delegate', why: 'cluster.proxy-url' };
   const plugin = user['exec'] === undefined ? undefined : readExecPlugin(user['exec'], path);
   if (typeof plugin === 'string') return { kind: 'error', reason: plugin };
