@@ -1236,7 +1236,7 @@ t.test('a watch ERROR event whose code is a huge string (a broken server or prox
 });
 
 /** A kubeconfig for `server` whose user's token comes from the exec plugin `script` (a shell script written beside it). */
-function execKubeconfig(server: string, script: string): { dir: string; file: string } {
+function execKubeconfig(server: string, script: string, command = '', extra = ''): { dir: string; file: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nldns-exec-'));
   const plugin = path.join(dir, 'plugin.sh');
   fs.writeFileSync(plugin, `#!/bin/sh\necho $$ >> "${dir}/pids"\n${script}\n`, { mode: 0o755 });
@@ -1244,7 +1244,7 @@ function execKubeconfig(server: string, script: string): { dir: string; file: st
   fs.writeFileSync(file, [
     'apiVersion: v1',
     `clusters: [{name: c, cluster: {server: "${server}", insecure-skip-tls-verify: true}}]`,
-    `users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: "${plugin}", interactiveMode: Never}}}]`,
+    `users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: "${command || plugin}", interactiveMode: Never${extra}}}}]`,
     'contexts: [{name: x, context: {cluster: c, user: u}}]',
     'current-context: x',
   ].join('\n'));
@@ -1321,4 +1321,28 @@ t.test('an exec credential plugin that answers: its token is sent, and kept unti
     if (r.ok) r.body.resume();
   }
   t.equal(pidsOf(dir).length, 1, 'the plugin ran once: its token had not expired');
+});
+
+t.test('an exec credential plugin: a relative command is the kubeconfig directory\'s, args and env are passed, a credential without expiry is asked for again', async (t) => {
+  const fake = new FakeApiServer({ token: 'tok-from-args-and-env' });
+  await fake.start();
+  // Exits 3 unless told, as client-go tells a plugin, that no one is there to answer a prompt.
+  const script = [
+    `case "$KUBERNETES_EXEC_INFO" in *'"interactive":false'*) ;; *) exit 3;; esac`,
+    `printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"tok-%s-%s"}}' "$1" "$PLUGIN_ENV"`,
+  ].join('\n');
+  const { dir, file } = execKubeconfig(fake.url, script, './plugin.sh', ', args: [from-args], env: [{name: PLUGIN_ENV, value: and-env}]');
+  t.teardown(async () => {
+    await fake.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const cfg = await loadClusterConfig({ kubeconfig: file });
+  if (cfg.kind !== 'ok') throw new Error(cfg.reason);
+  const api = new KubeApi(cfg);
+  for (let i = 0; i < 2; i++) {
+    const r = await api.get('/api/v1/namespaces?limit=1', new AbortController().signal);
+    t.equal(r.ok ? r.status : r.error, 200, 'the token made of the args and the env was accepted');
+    if (r.ok) r.body.resume();
+  }
+  t.equal(pidsOf(dir).length, 2, 'no expirationTimestamp: run for each request');
 });
