@@ -1302,12 +1302,14 @@ t.test('an exec credential plugin that hangs is run once at a time and killed pa
   await until(t, 'the first plugin process ended', () => first === undefined || !alive(first));
 });
 
-t.test('an exec credential plugin that answers: its token is sent, and kept until it expires', async (t) => {
-  const fake = new FakeApiServer({ token: 'test-token' });
+/**
+ * A fake API server wanting `token`, a kubeconfig whose exec plugin runs `script` (execKubeconfig), and `requests`
+ * GETs through it: each status (or error), and how many times the plugin ran.
+ */
+async function execRequests(t: Test, token: string, requests: number, script: string, command = '', extra = ''): Promise<{ answers: (number | string)[]; runs: number }> {
+  const fake = new FakeApiServer({ token });
   await fake.start();
-  const later = new Date(Date.now() + 3_600_000).toISOString();
-  const cred = JSON.stringify({ apiVersion: 'client.authentication.k8s.io/v1', kind: 'ExecCredential', status: { token: 'test-token', expirationTimestamp: later } });
-  const { dir, file } = execKubeconfig(fake.url, `echo '${cred}'`);
+  const { dir, file } = execKubeconfig(fake.url, script, command, extra);
   t.teardown(async () => {
     await fake.close();
     fs.rmSync(dir, { recursive: true, force: true });
@@ -1315,34 +1317,31 @@ t.test('an exec credential plugin that answers: its token is sent, and kept unti
   const cfg = await loadClusterConfig({ kubeconfig: file });
   if (cfg.kind !== 'ok') throw new Error(cfg.reason);
   const api = new KubeApi(cfg);
-  for (let i = 0; i < 3; i++) {
+  const answers: (number | string)[] = [];
+  for (let i = 0; i < requests; i++) {
     const r = await api.get('/api/v1/namespaces?limit=1', new AbortController().signal);
-    t.equal(r.ok && r.status, 200, 'the plugin\'s token was accepted');
+    answers.push(r.ok ? r.status : r.error);
     if (r.ok) r.body.resume();
   }
-  t.equal(pidsOf(dir).length, 1, 'the plugin ran once: its token had not expired');
+  return { answers, runs: pidsOf(dir).length };
+}
+
+t.test('an exec credential plugin that answers: its token is sent, and kept until it expires', async (t) => {
+  const later = new Date(Date.now() + 3_600_000).toISOString();
+  const cred = JSON.stringify({ apiVersion: 'client.authentication.k8s.io/v1', kind: 'ExecCredential', status: { token: 'test-token', expirationTimestamp: later } });
+  const { answers, runs } = await execRequests(t, 'test-token', 3, `echo '${cred}'`);
+  t.same(answers, [200, 200, 200], 'the plugin\'s token was accepted');
+  t.equal(runs, 1, 'the plugin ran once: its token had not expired');
 });
 
 t.test('an exec credential plugin: a relative command is the kubeconfig directory\'s, args and env are passed, a credential without expiry is asked for again', async (t) => {
-  const fake = new FakeApiServer({ token: 'tok-from-args-and-env' });
-  await fake.start();
   // Exits 3 unless told, as client-go tells a plugin, that no one is there to answer a prompt.
   const script = [
     `case "$KUBERNETES_EXEC_INFO" in *'"interactive":false'*) ;; *) exit 3;; esac`,
     `printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"tok-%s-%s"}}' "$1" "$PLUGIN_ENV"`,
   ].join('\n');
-  const { dir, file } = execKubeconfig(fake.url, script, './plugin.sh', ', args: [from-args], env: [{name: PLUGIN_ENV, value: and-env}]');
-  t.teardown(async () => {
-    await fake.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const cfg = await loadClusterConfig({ kubeconfig: file });
-  if (cfg.kind !== 'ok') throw new Error(cfg.reason);
-  const api = new KubeApi(cfg);
-  for (let i = 0; i < 2; i++) {
-    const r = await api.get('/api/v1/namespaces?limit=1', new AbortController().signal);
-    t.equal(r.ok ? r.status : r.error, 200, 'the token made of the args and the env was accepted');
-    if (r.ok) r.body.resume();
-  }
-  t.equal(pidsOf(dir).length, 2, 'no expirationTimestamp: run for each request');
+  const extra = ', args: [from-args], env: [{name: PLUGIN_ENV, value: and-env}]';
+  const { answers, runs } = await execRequests(t, 'tok-from-args-and-env', 2, script, './plugin.sh', extra);
+  t.same(answers, [200, 200], 'the token made of the args and the env was accepted');
+  t.equal(runs, 2, 'no expirationTimestamp: run for each request');
 });
