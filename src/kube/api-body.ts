@@ -12,15 +12,6 @@ export function asObject(v: unknown): Json | null {
   return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Json) : null;
 }
 
-/** The JSON object `text` holds, or null (not JSON, or not an object). */
-export function parseObject(text: string): Json | null {
-  try {
-    return asObject(JSON.parse(text));
-  } catch {
-    return null;
-  }
-}
-
 /** Longest Status message kept for a log line: an RBAC 403's is about 200 characters; a broken server's may be a page. */
 const MAX_MESSAGE_CHARS = 1000;
 

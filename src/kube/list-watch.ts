@@ -9,7 +9,7 @@
 import type { Readable } from 'node:stream';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
-import { asObject, parseObject, readBody, statusMessage } from './api-body.js';
+import { asObject, readBody, statusMessage, type Json } from './api-body.js';
 import { Backoff } from './backoff.js';
 import { TIMED_OUT, within } from './deadline.js';
 import type { ApiGetter } from './client.js';
@@ -217,10 +217,7 @@ export class ListWatch<T> {
     const tokens = new Set<string>();
     do {
       let query = `?limit=${this.#tuning.pageSize}${this.#selector}`;
-      // The first list from the API server's cache, as client-go's reflector asks, not from etcd on every node of a
-      // rollout; a relist (after 410) must not go back in time, and continue pages carry their token's snapshot.
       if (cont !== '') query += `&continue=${encodeURIComponent(cont)}`;
-      else if (!this.#listedBefore) query += '&resourceVersion=0';
       const r = await this.#within(this.#api.get(this.#path + query, this.#newAbort()));
       if (r === TIMED_OUT) return failed(`list: no response in ${this.#tuning.requestTimeoutMs} ms`);
       if (!r.ok) return failed(`list: ${r.error}`);
@@ -229,7 +226,12 @@ export class ListWatch<T> {
       if (text === null) return failed(`list: response broken off`);
       if (r.status === 410 && cont !== '') return { kind: 'expired', reason: `list continue: ${statusMessage(text)}` };
       if (r.status !== 200) return httpFailure('list', r, text);
-      const page = parseObject(text);
+      let page: Json | null;
+      try {
+        page = asObject(JSON.parse(text));
+      } catch {
+        page = null;
+      }
       const rawItems = page?.['items'];
       if (page === null || !(Array.isArray(rawItems) || rawItems === null)) {
         this.#count('decodeFailures');

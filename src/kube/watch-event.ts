@@ -3,7 +3,7 @@
  * (list-watch.ts) does with it. Kept apart from the loop, which counts,
  * writes and decides how the watch goes on; here nothing is changed.
  */
-import { asObject, messageOf, parseObject } from './api-body.js';
+import { asObject, messageOf, type Json } from './api-body.js';
 import { objectKey, resourceVersionOf } from './convert.js';
 
 export type WatchEvent<T> =
@@ -24,9 +24,17 @@ export type WatchEvent<T> =
   /** A type this version does not know: it changes nothing we keep. */
   | { readonly kind: 'unknown'; readonly type: string };
 
+function parse(line: string): Json | null {
+  try {
+    return asObject(JSON.parse(line));
+  } catch {
+    return null;
+  }
+}
+
 /** A non-blank line of a watch stream. */
 export function decodeWatchLine<T>(line: string, convert: (raw: unknown) => T | null): WatchEvent<T> {
-  const ev = parseObject(line);
+  const ev = parse(line);
   if (ev === null) return { kind: 'undecodable', what: 'not a JSON object' };
   const type = ev['type'];
   const object = ev['object'];
