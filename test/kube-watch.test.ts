@@ -259,26 +259,6 @@ for (const expiredAs of ['event', 'http'] as const) {
   });
 }
 
-t.test('the first list is served from the API server\'s cache (resourceVersion=0, as client-go\'s reflector asks); a relist after 410 reads the latest', async (t) => {
-  // Without resourceVersion a list is a quorum read from etcd (before 1.31's consistent reads from the cache):
-  // every node of a DaemonSet rollout reading every Service and EndpointSlice of the cluster from etcd.
-  const env = await setup(t, { tuning: { pageSize: 4 } });
-  seed(env.fake, 10);
-  const r = env.reflector('services');
-  await until(t, 'watching', () => r.synced && env.fake.openWatches === 1);
-  await env.fake.down();
-  env.fake.put('services', serviceJson('default', 'while-away'));
-  env.fake.compact();
-  await env.fake.up();
-  await until(t, 'relisted', () => env.counters.get('services.relists') === 1);
-  const pages = env.fake.requests.filter((q) => q.kind === 'services' && !q.watch);
-  t.same(
-    pages.map((p) => [p.params.get('resourceVersion'), p.params.get('continue') !== null]),
-    [['0', false], [null, true], [null, true], [null, false], [null, true], [null, true]],
-    'RV 0 on the first page of the first list only: continue pages carry their own, a relist after 410 must not go back in time',
-  );
-});
-
 t.test('API server down then up: last state kept, one warning, one recovery line', async (t) => {
   const env = await setup(t);
   seed(env.fake, 3);
