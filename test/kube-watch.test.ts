@@ -1236,10 +1236,10 @@ function pidsOf(dir: string): number[] {
   return fs.existsSync(p) ? fs.readFileSync(p, 'utf8').split('\n').filter((l) => l !== '').map(Number) : [];
 }
 
+/** Running: not gone, nor a zombie (an orphan's is reaped by whoever is pid 1, maybe never). */
 function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
   }
@@ -1280,6 +1280,25 @@ t.test('an exec credential plugin that hangs is run once at a time and killed pa
   const first = pidsOf(dir)[0];
   t.ok(first !== undefined, 'the plugin was run');
   await until(t, 'the first plugin process ended', () => first === undefined || !alive(first));
+});
+
+t.test('an exec credential plugin killed past its deadline takes the processes it started with it', async (t) => {
+  // A wrapper script (sh running the real plugin) killed alone leaves the real plugin running, orphaned, one per
+  // deadline for as long as the token service stays out of reach.
+  const fake = new FakeApiServer({ token: 'test-token' });
+  await fake.start();
+  const { dir, file } = execKubeconfig(fake.url, `sleep 60 &\necho $! >> "$(dirname "$0")/pids"\nwait`);
+  t.teardown(async () => {
+    for (const pid of pidsOf(dir)) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    await fake.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const cfg = await loadClusterConfig({ kubeconfig: file, execTimeoutMs: 200 });
+  if (cfg.kind !== 'ok') throw new Error(cfg.kind === 'none' ? cfg.reason : cfg.reason);
+  const r = await new KubeApi(cfg).get('/api/v1/namespaces', new AbortController().signal);
+  t.match(r, { ok: false, error: /gave no credential/ });
+  t.equal(pidsOf(dir).length, 2, 'the script and the process it started');
+  await until(t, 'both ended', () => pidsOf(dir).every((pid) => !alive(pid)));
 });
 
 /**
