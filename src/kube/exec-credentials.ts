@@ -83,7 +83,9 @@ function parseCredential(stdout: string): ExecCredential {
 function runPlugin(p: ExecPlugin, timeoutMs: number): Promise<ExecCredential> {
   return new Promise((resolve, reject) => {
     const info = JSON.stringify({ apiVersion: p.apiVersion, kind: 'ExecCredential', spec: { interactive: false } });
-    const child = spawn(p.command, [...p.args], { env: { ...process.env, ...p.env, KUBERNETES_EXEC_INFO: info }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // A process group of its own, killed whole: a wrapper script killed alone would leave the real plugin running.
+    const env = { ...process.env, ...p.env, KUBERNETES_EXEC_INFO: info };
+    const child = spawn(p.command, [...p.args], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     let out = '';
     let err = '';
     let done = false;
@@ -91,8 +93,15 @@ function runPlugin(p: ExecPlugin, timeoutMs: number): Promise<ExecCredential> {
       if (done) return;
       done = true;
       clearTimeout(timer);
-      // Killed whatever the ending: a plugin past its deadline, or one that said too much, must not outlive its run.
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      // Killed whatever the ending: a plugin past its deadline, or one that said too much, must not outlive its run,
+      // nor anything it started that still holds its output (ESRCH: the group is gone already).
+      if (child.pid !== undefined) {
+        try {
+          process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
       child.stdout.destroy();
       child.stderr.destroy();
       if (e !== null) return reject(e);
