@@ -251,9 +251,19 @@ t.test('credentials over TLS', { skip: opensslAvailable() ? false : 'no /usr/bin
 
   t.match(await loadClusterConfig({ kubeconfig: kubeconfig('tokenFile: missing-token') }), { kind: 'error', reason: /cannot load kubeconfig .*missing-token/ });
   t.match(await loadClusterConfig({ kubeconfig: kubeconfig('token: tk', 'certificate-authority: nowhere.pem') }), { kind: 'error', reason: /nowhere\.pem/ });
-  // Plugins are client-node's job: it is loaded for them only.
+  // Exec plugins are run by us (exec-credentials.ts); auth-provider plugins are client-node's job: it is loaded for them only.
   const exec = await loadClusterConfig({ kubeconfig: kubeconfig('exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/true}') });
-  t.match(exec, { kind: 'ok', auth: 'client-node (user.exec)' });
+  t.match(exec, { kind: 'ok', auth: 'native' });
+  t.match(await getStatus(exec), /ExecCredential|Unexpected end of JSON/, 'a plugin that prints nothing is a failed request, saying why');
+  const provider = await loadClusterConfig({ kubeconfig: kubeconfig('auth-provider: {name: oidc, config: {id-token: x}}') });
+  t.match(provider, { kind: 'ok', auth: 'client-node (user.auth-provider)' });
+  t.match(await loadClusterConfig({ kubeconfig: kubeconfig('exec: {apiVersion: client.authentication.k8s.io/v1}') }), { kind: 'error', reason: /no command/ });
+  // client-node runs a gcp or azure auth-provider's cmd-path with execSync: the whole agent (DNS included) would stop
+  // while it runs, for ever if it hangs. client-go removed both providers (1.26) for exec plugins.
+  for (const name of ['gcp', 'azure']) {
+    const cmd = await loadClusterConfig({ kubeconfig: kubeconfig(`auth-provider: {name: ${name}, config: {cmd-path: /bin/sleep, cmd-args: '3600'}}`) });
+    t.match(cmd, { kind: 'error', reason: /cmd-path.*exec plugin/ }, `${name} with cmd-path is refused, saying what to use`);
+  }
 });
 
 // A cluster CA rotation: kube-controller-manager publishes the new CA in the

@@ -3,6 +3,7 @@
 // file, client-node's auth (bearer token checked by the fake), Node's http.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
+import os from 'node:os';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
@@ -629,7 +630,11 @@ function nsList(rv: string, names: readonly string[]): string {
   return JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: rv }, items: names.map((name) => ({ metadata: { name } })) });
 }
 
-function scriptedReflector(t: Test, api: ApiGetter): { r: Reflector<'namespaces'>; writer: RecordingWriter; counters: Counters<WatchCounter> } {
+function scriptedReflector(
+  t: Test,
+  api: ApiGetter,
+  tuning: Partial<WatchTuning> = {},
+): { r: Reflector<'namespaces'>; writer: RecordingWriter; counters: Counters<WatchCounter> } {
   const writer = new RecordingWriter();
   const counters = new Counters(watchCounterSchema);
   const r = new Reflector('namespaces', api, writer, {
@@ -637,7 +642,7 @@ function scriptedReflector(t: Test, api: ApiGetter): { r: Reflector<'namespaces'
     log: createLogger('error', () => {}),
     counters,
     timers: hurriedTimers,
-    tuning: { backoff: testBackoff, minWatchTimeoutS: 1, idleGraceMs: 20 },
+    tuning: { backoff: testBackoff, minWatchTimeoutS: 1, idleGraceMs: 20, ...tuning },
   });
   t.teardown(() => r.stop());
   r.start();
@@ -996,17 +1001,22 @@ t.test('a 503 asking for a wait is honoured; a 400 with Retry-After is not a rea
  * empty one, so a list never ends by itself): how many pages a reflector asks
  * for, and how many of its lists fail, before 50 pages.
  */
-async function listWithTokens(t: Test, next: (path: string) => string): Promise<{ lists: number; failures: number }> {
+async function listWithTokens(
+  t: Test,
+  next: (path: string) => string,
+  o: { tuning?: Partial<WatchTuning>; perPage?: number } = {},
+): Promise<{ lists: number; failures: number }> {
   let lists = 0;
+  const names = Array.from({ length: o.perPage ?? 1 }, (_, i) => ({ metadata: { name: `n${i}` } }));
   const api: ApiGetter = {
     get: (p, signal) => {
       if (p.includes('watch=1') || ++lists > 50) return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
       const body = new PassThrough();
-      body.end(JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: '7', continue: next(p) }, items: [{ metadata: { name: 'n1' } }] }));
+      body.end(JSON.stringify({ kind: 'NamespaceList', metadata: { resourceVersion: '7', continue: next(p) }, items: names }));
       return Promise.resolve({ ok: true, status: 200, body });
     },
   };
-  const { counters } = scriptedReflector(t, api);
+  const { counters } = scriptedReflector(t, api, o.tuning);
   await until(t, 'the list given up, or 50 pages asked for', () => counters.get('namespaces.errors') >= 1 || lists > 50);
   return { lists, failures: counters.get('namespaces.errors') };
 }
@@ -1060,6 +1070,19 @@ t.test('continue tokens that go round in a cycle are a failure too: the list nei
   const { lists, failures } = await listWithTokens(t, (p) => (p.includes('continue=token-a') ? 'token-b' : 'token-a'));
   t.ok(failures >= 1, 'a continue token seen before in the same list ends it as a failure');
   t.ok(lists <= 3 * (failures + 1), `${lists} pages asked for, for ${failures} failed lists`);
+});
+
+t.test('continue tokens that move on for ever are a failure too: a list is bounded in pages and in objects, then relisted after a backoff', async (t) => {
+  // Each token new (a broken server or proxy counting up): no token repeats,
+  // yet the list never ends, holding every page's objects and never syncing.
+  let n = 0;
+  const fresh = (): string => `token-${++n}`;
+  const pages = await listWithTokens(t, fresh, { tuning: { maxListPages: 10 } });
+  t.ok(pages.failures >= 1, 'a list past maxListPages pages ends as a failure');
+  t.ok(pages.lists <= 10 * (pages.failures + 1), `${pages.lists} pages asked for, for ${pages.failures} failed lists`);
+  const objects = await listWithTokens(t, fresh, { tuning: { maxListObjects: 250 }, perPage: 100 });
+  t.ok(objects.failures >= 1, 'a list past maxListObjects objects ends as a failure');
+  t.ok(objects.lists <= 3 * (objects.failures + 1), `${objects.lists} pages of 100 asked for, for ${objects.failures} failed lists`);
 });
 
 t.test('a watch that ends at once with only lines of no known event type is a very short watch too: backed off, not made again in a tight loop', async (t) => {
@@ -1190,4 +1213,134 @@ t.test('a watch ERROR event whose code is a huge string (a broken server or prox
   const failures = logs.filter((l) => /watch event/.test(l.error ?? ''));
   t.ok(failures.length >= 1, 'the failure logged');
   for (const l of failures) t.ok((l.error ?? '').length < 4096, `${(l.error ?? '').length} chars logged for a ${huge.length}-char code`);
+});
+
+/** A kubeconfig for `server` whose user's token comes from the exec plugin `script` (a shell script written beside it). */
+function execKubeconfig(server: string, script: string, command = '', extra = ''): { dir: string; file: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nldns-exec-'));
+  const plugin = path.join(dir, 'plugin.sh');
+  fs.writeFileSync(plugin, `#!/bin/sh\necho $$ >> "${dir}/pids"\n${script}\n`, { mode: 0o755 });
+  const file = path.join(dir, 'kubeconfig');
+  fs.writeFileSync(file, [
+    'apiVersion: v1',
+    `clusters: [{name: c, cluster: {server: "${server}", insecure-skip-tls-verify: true}}]`,
+    `users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: "${command || plugin}", interactiveMode: Never${extra}}}}]`,
+    'contexts: [{name: x, context: {cluster: c, user: u}}]',
+    'current-context: x',
+  ].join('\n'));
+  return { dir, file };
+}
+
+function pidsOf(dir: string): number[] {
+  const p = path.join(dir, 'pids');
+  return fs.existsSync(p) ? fs.readFileSync(p, 'utf8').split('\n').filter((l) => l !== '').map(Number) : [];
+}
+
+/** Running: not gone, nor a zombie (an orphan's is reaped by whoever is pid 1, maybe never). */
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+t.test('an exec credential plugin that hangs is run once at a time and killed past its deadline, not a new process per request and retry', async (t) => {
+  // Each reflector's every request (and retry) asks for credentials; a
+  // plugin that never answers (a cloud token service unreachable) must not
+  // leave one more process behind each time, nor hold the credentials for ever.
+  const fake = new FakeApiServer({ token: 'test-token' });
+  await fake.start();
+  const { dir, file } = execKubeconfig(fake.url, 'exec sleep 60');
+  const cfg = await loadClusterConfig({ kubeconfig: file, execTimeoutMs: 300 });
+  if (cfg.kind !== 'ok') throw new Error(cfg.kind === 'none' ? cfg.reason : cfg.reason);
+  const counters = new Counters(watchCounterSchema);
+  const w = new KubeWatch(new KubeApi(cfg), new RecordingWriter(), {
+    clock: new ManualClock(),
+    log: createLogger('error', () => {}),
+    counters,
+    tuning: { backoff: testBackoff, requestTimeoutMs: 100 },
+  });
+  t.teardown(async () => {
+    await w.stop();
+    for (const pid of pidsOf(dir)) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    await fake.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  w.start();
+  const errors = (): number => counters.get('services.errors') + counters.get('endpointslices.errors') + counters.get('namespaces.errors');
+  await until(t, 'several failed requests', () => errors() >= 12);
+  // A process just killed is alive to kill(0) until it is reaped: the fewest seen over a few looks.
+  let running = Infinity;
+  for (let i = 0; i < 3; i++) {
+    running = Math.min(running, pidsOf(dir).filter(alive).length);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  t.ok(running <= 1, `${running} plugin processes running at once after ${errors()} failed requests`);
+  const first = pidsOf(dir)[0];
+  t.ok(first !== undefined, 'the plugin was run');
+  await until(t, 'the first plugin process ended', () => first === undefined || !alive(first));
+});
+
+t.test('an exec credential plugin killed past its deadline takes the processes it started with it', async (t) => {
+  // A wrapper script (sh running the real plugin) killed alone leaves the real plugin running, orphaned, one per
+  // deadline for as long as the token service stays out of reach.
+  const fake = new FakeApiServer({ token: 'test-token' });
+  await fake.start();
+  const { dir, file } = execKubeconfig(fake.url, `sleep 60 &\necho $! >> "$(dirname "$0")/pids"\nwait`);
+  t.teardown(async () => {
+    for (const pid of pidsOf(dir)) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    await fake.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const cfg = await loadClusterConfig({ kubeconfig: file, execTimeoutMs: 200 });
+  if (cfg.kind !== 'ok') throw new Error(cfg.kind === 'none' ? cfg.reason : cfg.reason);
+  const r = await new KubeApi(cfg).get('/api/v1/namespaces', new AbortController().signal);
+  t.match(r, { ok: false, error: /gave no credential/ });
+  t.equal(pidsOf(dir).length, 2, 'the script and the process it started');
+  await until(t, 'both ended', () => pidsOf(dir).every((pid) => !alive(pid)));
+});
+
+/**
+ * A fake API server wanting `token`, a kubeconfig whose exec plugin runs `script` (execKubeconfig), and `requests`
+ * GETs through it: each status (or error), and how many times the plugin ran.
+ */
+async function execRequests(t: Test, token: string, requests: number, script: string, command = '', extra = ''): Promise<{ answers: (number | string)[]; runs: number }> {
+  const fake = new FakeApiServer({ token });
+  await fake.start();
+  const { dir, file } = execKubeconfig(fake.url, script, command, extra);
+  t.teardown(async () => {
+    await fake.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const cfg = await loadClusterConfig({ kubeconfig: file });
+  if (cfg.kind !== 'ok') throw new Error(cfg.reason);
+  const api = new KubeApi(cfg);
+  const answers: (number | string)[] = [];
+  for (let i = 0; i < requests; i++) {
+    const r = await api.get('/api/v1/namespaces?limit=1', new AbortController().signal);
+    answers.push(r.ok ? r.status : r.error);
+    if (r.ok) r.body.resume();
+  }
+  return { answers, runs: pidsOf(dir).length };
+}
+
+t.test('an exec credential plugin that answers: its token is sent, and kept until it expires', async (t) => {
+  const later = new Date(Date.now() + 3_600_000).toISOString();
+  const cred = JSON.stringify({ apiVersion: 'client.authentication.k8s.io/v1', kind: 'ExecCredential', status: { token: 'test-token', expirationTimestamp: later } });
+  const { answers, runs } = await execRequests(t, 'test-token', 3, `echo '${cred}'`);
+  t.same(answers, [200, 200, 200], 'the plugin\'s token was accepted');
+  t.equal(runs, 1, 'the plugin ran once: its token had not expired');
+});
+
+t.test('an exec credential plugin: a relative command is the kubeconfig directory\'s, args and env are passed, a credential without expiry is asked for again', async (t) => {
+  // Exits 3 unless told, as client-go tells a plugin, that no one is there to answer a prompt.
+  const script = [
+    `case "$KUBERNETES_EXEC_INFO" in *'"interactive":false'*) ;; *) exit 3;; esac`,
+    `printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"tok-%s-%s"}}' "$1" "$PLUGIN_ENV"`,
+  ].join('\n');
+  const extra = ', args: [from-args], env: [{name: PLUGIN_ENV, value: and-env}]';
+  const { answers, runs } = await execRequests(t, 'tok-from-args-and-env', 2, script, './plugin.sh', extra);
+  t.same(answers, [200, 200], 'the token made of the args and the env was accepted');
+  t.equal(runs, 2, 'no expirationTimestamp: run for each request');
 });

@@ -10,8 +10,8 @@
  * callback. A plain request gives us the raw bytes to convert page by page.
  *
  * Credentials are read by credentials.ts (in-cluster, and kubeconfigs with
- * tokens, client certificates or basic auth); client-node is loaded only for
- * a kubeconfig that needs its exec or auth-provider plugins or a proxy,
+ * tokens, client certificates, basic auth or exec plugins); client-node is
+ * loaded only for a kubeconfig that needs its auth-provider plugins or a proxy,
  * because importing it holds about 60 MiB of RSS (credentials.ts).
  */
 import fs from 'node:fs';
@@ -41,6 +41,8 @@ export interface ClusterConfigOptions {
   readonly kubeconfig?: string | undefined;
   /** Prefixes the service-account paths (tests point it at a temp dir). */
   readonly serviceAccountPrefix?: string;
+  /** How long an exec credential plugin may run (exec-credentials.ts); tests shorten it. */
+  readonly execTimeoutMs?: number;
 }
 
 function message(e: unknown): string {
@@ -89,7 +91,7 @@ export async function loadClusterConfig(opts: ClusterConfigOptions = {}): Promis
     return { kind: 'ok', source: 'in-cluster', server: inClusterServer(host, port), credentials: inClusterCredentials(saDir), auth: 'native' };
   }
   const path = opts.kubeconfig;
-  const read = readKubeconfig(path);
+  const read = readKubeconfig(path, opts.execTimeoutMs);
   if (read.kind === 'error') return { kind: 'error', reason: `cannot load kubeconfig ${path}: ${read.reason}` };
   if (read.kind === 'static') {
     const checked = checkServer(read);

@@ -4,14 +4,15 @@
  *
  *   - in-cluster: the service-account token and CA client-go's
  *     rest.InClusterConfig reads, the server from KUBERNETES_SERVICE_HOST/PORT;
- *   - a kubeconfig whose user is a token, a token file, a client certificate
- *     or a username and password, and whose cluster is a server, a CA
- *     (file or data), insecure-skip-tls-verify and tls-server-name.
+ *   - a kubeconfig whose user is a token, a token file, a client certificate,
+ *     a username and password or an exec plugin (exec-credentials.ts), and
+ *     whose cluster is a server, a CA (file or data),
+ *     insecure-skip-tls-verify and tls-server-name.
  *
  * Why not client-node for these: importing it costs 28 MB of V8 heap and
  * about 60 MiB of RSS for the life of the process (measured: `node
  * --expose-gc` importing it alone), to read a token and a CA. A kubeconfig
- * that needs more (an exec or auth-provider plugin, a proxy) is still
+ * that needs more (an auth-provider plugin, a proxy) is still
  * handed to client-node, loaded only then (client.ts).
  */
 import fs from 'node:fs';
@@ -19,6 +20,7 @@ import type https from 'node:https';
 import { createSecureContext } from 'node:tls';
 import { dirname, isAbsolute, join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { ExecCredentials, readExecPlugin } from './exec-credentials.js';
 
 /** What a request needs from the credentials; async because client-node's plugins are. */
 export interface Credentials {
@@ -199,7 +201,7 @@ function named(doc: Obj, list: string, inner: string, name: string): Obj | undef
  * Reads a kubeconfig file's current context. Paths in it are relative to the
  * file's directory (client-go's rule); `-data` fields are base64.
  */
-export function readKubeconfig(path: string): KubeconfigRead {
+export function readKubeconfig(path: string, execTimeoutMs?: number): KubeconfigRead {
   let doc: unknown;
   try {
     doc = parseYaml(fs.readFileSync(path, 'utf8'));
@@ -215,8 +217,15 @@ export function readKubeconfig(path: string): KubeconfigRead {
   const server = str(cluster, 'server') ?? '';
   const userName = str(ctx, 'user');
   const user = userName === undefined ? {} : (named(doc, 'users', 'user', userName) ?? {});
-  for (const k of ['exec', 'auth-provider']) if (user[k] !== undefined) return { kind: 'delegate', why: `user.${k}` };
+  const provider = user['auth-provider'];
+  if (isObj(provider) && isObj(provider['config']) && provider['config']['cmd-path'] !== undefined) {
+    // client-node runs it with execSync: the agent, DNS and all, would stop while it runs. client-go dropped these (1.26).
+    return { kind: 'error', reason: `user.auth-provider ${String(provider['name'])} with cmd-path is not supported: use an exec plugin (gke-gcloud-auth-plugin, kubelogin)` };
+  }
+  if (provider !== undefined) return { kind: 'delegate', why: 'user.auth-provider' };
   if (cluster['proxy-url'] !== undefined) return { kind: 'delegate', why: 'cluster.proxy-url' };
+  const plugin = user['exec'] === undefined ? undefined : readExecPlugin(user['exec'], path);
+  if (typeof plugin === 'string') return { kind: 'error', reason: plugin };
 
   const base = dirname(path);
   const fileOf = (p: string): string => (isAbsolute(p) ? p : join(base, p));
@@ -250,7 +259,8 @@ export function readKubeconfig(path: string): KubeconfigRead {
     else if (tokenFile !== undefined) auth = { kind: 'token-file', file: new WatchedFile(fileOf(tokenFile)) };
     else if (username !== undefined) auth = { kind: 'basic', user: username, password: str(user, 'password') ?? '' };
     if (auth.kind === 'token-file') auth.file.read(); // a missing token file is an error now, not at the first list
-    return { kind: 'static', server, skipVerify, credentials: new NativeCredentials(tls, auth) };
+    const native = new NativeCredentials(tls, plugin === undefined ? auth : { kind: 'none' });
+    return { kind: 'static', server, skipVerify, credentials: plugin === undefined ? native : new ExecCredentials(native, plugin, execTimeoutMs) };
   } catch (e) {
     return { kind: 'error', reason: e instanceof Error ? e.message : String(e) };
   }

@@ -39,6 +39,13 @@ export interface WatchTuning {
   /** Longest watch line (one object) and list page accepted; beyond that the stream is broken, not big. */
   readonly maxLineBytes: number;
   readonly maxPageBytes: number;
+  /**
+   * Most pages, and objects, one list may take: a server or proxy whose continue tokens move on for ever would
+   * otherwise have us page without end, holding every page's objects and never syncing. Far above a real
+   * cluster's (150k pods, 10k services: a few hundred pages of 500).
+   */
+  readonly maxListPages: number;
+  readonly maxListObjects: number;
   readonly backoff: BackoffPolicy;
 }
 
@@ -54,6 +61,8 @@ export const watchDefaults: WatchTuning = {
   acceptGraceMs: 5_000,
   maxLineBytes: 16 << 20,
   maxPageBytes: 256 << 20,
+  maxListPages: 10_000,
+  maxListObjects: 1_000_000,
   backoff: backoffDefaults,
 };
 

@@ -245,10 +245,11 @@ export class ListWatch<T> {
       const meta = asObject(page['metadata']);
       rv = typeof meta?.['resourceVersion'] === 'string' ? meta['resourceVersion'] : '';
       cont = typeof meta?.['continue'] === 'string' ? meta['continue'] : '';
-      // A real token names the last key served, so it always moves on; one seen before in this list (handed back as
-      // sent, or in a cycle) would have us fetch pages for ever, holding each copy, with no backoff.
+      // A real token names the last key served, so it moves on: one seen before, or pages past the caps, would have us page
+      // for ever (a server or proxy handing a token back, in a cycle, or counting up), holding each page, never synced.
       if (tokens.has(cont)) return failed('list: a continue token came back');
-      if (cont !== '') tokens.add(cont);
+      const { maxListPages: pages, maxListObjects: objects } = this.#tuning;
+      if (cont !== '' && (tokens.add(cont).size >= pages || items.length > objects)) return failed(`list: not done after ${pages} pages or ${objects} objects`);
     } while (cont !== '');
     if (rv === '') return failed('list: no resourceVersion');
     // A whole list makes the view current, not its first page: a relist failing on a later page has not.
@@ -274,8 +275,7 @@ export class ListWatch<T> {
     const resuming = !this.#afterList;
     this.#afterList = false;
     const timeoutS = Math.floor(this.#tuning.minWatchTimeoutS * (1 + this.#random()));
-    const query =
-      `?watch=1&resourceVersion=${encodeURIComponent(this.#rv)}` + `&allowWatchBookmarks=true&timeoutSeconds=${timeoutS}${this.#selector}`;
+    const query = `?watch=1&resourceVersion=${encodeURIComponent(this.#rv)}&allowWatchBookmarks=true&timeoutSeconds=${timeoutS}${this.#selector}`;
     const r = await this.#within(this.#api.get(this.#path + query, this.#newAbort()));
     if (r === TIMED_OUT) return failed(`watch: no response in ${this.#tuning.requestTimeoutMs} ms`);
     if (!r.ok) return failed(`watch: ${r.error}`);
