@@ -11,7 +11,10 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import * as dnsPacket from 'dns-packet';
 import { loadConfig } from '../src/config.js';
+import { padQuery, questionMessage, upstreamQuery } from '../src/dns/build.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
+import { nameToWire } from '../src/dns/name.js';
+import { parseQuery } from '../src/dns/query.js';
 import { parseTlsServer, type TlsServer } from '../src/upstream/tls-address.js';
 import { TlsResolvers } from '../src/upstream/tls-resolvers.js';
 import type { UpstreamFailure } from '../src/upstream/types.js';
@@ -32,6 +35,24 @@ const aOf = (p: { answers?: { type: string; data?: unknown }[] }): unknown => p.
 function poolCounter(agent: TestAgent, name: string, counter: 'connectFailures' | 'reconnects' | 'connects' | 'sent'): number {
   return agent.agent.metrics.pool(name).get(counter);
 }
+
+t.test('padQuery: a Padding option fills the OPT to the next multiple of the block; a message of another form is left as it is', async (t) => {
+  const ask = (name: string): Buffer => upstreamQuery(parseQuery(questionMessage(nameToWire(name), 1)));
+  // 12 header + name + 4 question + 11 OPT: a 97-byte name (48 one-letter labels) makes 128 with an empty Padding option.
+  const labels = (n: number): string => Array.from({ length: n }, () => 'a').join('.');
+  for (const [name, want] of [['x.example', 128], [labels(48), 128], [labels(49), 256]] as const) {
+    const q = ask(name);
+    const p = padQuery(q);
+    t.equal(p.length, want, `${q.length} bytes padded to ${want}`);
+    const opt = dnsPacket.decode(p).additionals?.find((r) => r.type === 'OPT') as { options?: { code: number; data?: Buffer }[] } | undefined;
+    t.same(opt?.options?.map((o) => [o.code, o.data?.length]), [[12, want - q.length - 4]], 'one Padding option, the rest of the block');
+    t.same(p.subarray(0, q.length - 2), q.subarray(0, q.length - 2), 'the query itself unchanged up to the OPT\'s RDLENGTH');
+  }
+  const plain = questionMessage(nameToWire('x.example'), 1);
+  t.equal(padQuery(plain), plain, 'no OPT (a retry without EDNS): as it is');
+  const once = padQuery(ask('x.example'));
+  t.equal(padQuery(once), once, 'an OPT with options already: as it is');
+});
 
 t.test('flag parsing: tls:// forms, defaults and refusals', async (t) => {
   t.same(parseTlsServer('tls://1.1.1.1@one.one.one.one'), { host: '1.1.1.1', port: 853, serverName: 'one.one.one.one' });
@@ -122,6 +143,23 @@ if (!opensslAvailable()) {
     t.equal(s.connections, 1, 'one TLS connection');
     t.equal(s.maxPendingOnOneConnection, names.length, 'all 8 queries outstanding on it at once');
     t.equal(poolCounter(ag, upstream, 'connects'), 1);
+  });
+
+  t.test('queries over TLS are padded to a multiple of 128 bytes (RFC 8467, RFC 7830); a padded answer reaches the client without the padding', async (t) => {
+    const long = 'a-rather-longer-name-than-the-first.example.org';
+    const s = await server(t, dnsTest, { padAnswers: true, records: { ...RECORDS, [long]: '192.0.2.10' } });
+    const ag = await agent(t, `tls://127.0.0.1:${s.port}@dns.test`);
+    for (const name of ['www.example.org', long]) {
+      const p = await udpQuery(ag.target, name, { edns: true });
+      t.equal(aOf(p), '192.0.2.10', `${name}: answered`);
+      const q = s.lastQuery!;
+      t.equal(q.length % 128, 0, `${name}: the query sent is ${q.length} bytes, a multiple of 128`);
+      const opt = dnsPacket.decode(q).additionals?.find((r) => r.type === 'OPT') as { options?: { code: number; data?: Buffer }[] } | undefined;
+      const padding = opt?.options?.find((o) => o.code === 12);
+      t.ok(padding !== undefined && padding.data!.every((b) => b === 0), `${name}: in a Padding option of zeros`);
+      const back = (p.additionals ?? []).find((r) => r.type === 'OPT') as { options?: { code: number }[] } | undefined;
+      t.same(back?.options ?? [], [], `${name}: the client's OPT carries no padding of the server's`);
+    }
   });
 
   t.test('a plain answer path: cached after the first query', async (t) => {

@@ -108,3 +108,28 @@ export function questionMessage(nameWire: Uint8Array, qtype: number, id = 0): Bu
   out.writeUInt16BE(1, HEADER_LEN + nameWire.length + 2);
   return out;
 }
+
+/** RFC 8467 4.1: a client pads each query over an encrypted transport to a multiple of 128 bytes. */
+export const QUERY_PADDING_BLOCK = 128;
+/** EDNS option code of Padding (RFC 7830). */
+const OPTION_PADDING = 12;
+
+/**
+ * `query` with an RFC 7830 Padding option in its OPT, to a multiple of
+ * `block` bytes, so an observer of a DoT stream cannot tell names apart by
+ * their length. Takes the form upstreamQuery writes (the OPT last, with no
+ * options); any other message (a retry without EDNS) is returned as it is.
+ * The answer's OPT, padded or not, is dropped before anything is stored.
+ */
+export function padQuery(query: Buffer, block = QUERY_PADDING_BLOCK): Buffer {
+  const opt = query.length - OPT_LEN;
+  const arcount = opt >= HEADER_LEN ? (query[OFF_ARCOUNT]! << 8) | query[OFF_ARCOUNT + 1]! : 0;
+  if (arcount === 0 || query[opt] !== 0 || query.readUInt16BE(opt + 1) !== QType.OPT || query.readUInt16BE(opt + 9) !== 0) return query;
+  const padded = Math.ceil((query.length + 4) / block) * block;
+  const out = Buffer.alloc(padded);
+  query.copy(out, 0);
+  out.writeUInt16BE(padded - query.length, opt + 9);
+  out.writeUInt16BE(OPTION_PADDING, query.length);
+  out.writeUInt16BE(padded - query.length - 4, query.length + 2);
+  return out;
+}

@@ -18,6 +18,7 @@
  * soon as it works again.
  */
 import { systemClock, type Clock } from '../clock.js';
+import { padQuery } from '../dns/build.js';
 import { OFF_FLAGS, QType, RCODE_MASK } from '../dns/constants.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Counters } from '../stats/counters.js';
@@ -66,6 +67,8 @@ export interface TlsServerUpstream {
 /** One exchange across its tries. */
 class Job {
   readonly ex: UpstreamExchange;
+  /** ex.query padded (RFC 8467), once for every try. */
+  readonly query: Buffer;
   readonly start: number;
   tries: number;
   /** The newest try: its expiry starts the next. Null once no server is left to move to. */
@@ -77,6 +80,7 @@ class Job {
   done: boolean;
   constructor(ex: UpstreamExchange, start: number) {
     this.ex = ex;
+    this.query = padQuery(ex.query);
     this.start = start;
     this.tries = 0;
     this.current = null;
@@ -99,7 +103,7 @@ class Try implements UpstreamExchange {
   pending: PoolJob | null;
   readonly #owner: TlsResolvers;
   constructor(job: Job, server: TlsServerUpstream, expiresAt: number, owner: TlsResolvers) {
-    this.query = job.ex.query;
+    this.query = job.query;
     this.deadline = job.ex.deadline;
     this.job = job;
     this.server = server;

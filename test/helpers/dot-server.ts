@@ -74,6 +74,8 @@ export interface DotServerOptions {
   holdUntilPending?: number;
   /** Names answered SERVFAIL (a lame or bogus domain the resolver cannot resolve). */
   servfail?: readonly string[];
+  /** Answer with an OPT padded to 468 bytes (RFC 8467 4.1, what a padding server sends a padded query). */
+  padAnswers?: boolean;
 }
 
 interface Pending {
@@ -91,6 +93,8 @@ export class DotServer {
   resumed: number;
   /** Queries received, and the most received on one connection before it was answered. */
   queries: number;
+  /** The last query received, as it came. */
+  lastQuery: Buffer | null;
   maxPendingOnOneConnection: number;
   /** TLS errors on the server side (a client refusing our certificate shows here as an alert). */
   clientErrors: number;
@@ -103,6 +107,7 @@ export class DotServer {
     this.connections = 0;
     this.resumed = 0;
     this.queries = 0;
+    this.lastQuery = null;
     this.maxPendingOnOneConnection = 0;
     this.clientErrors = 0;
     this.port = 0;
@@ -152,6 +157,7 @@ export class DotServer {
     const decoder = new FrameDecoder((f) => {
       const msg = Buffer.from(f);
       this.queries++;
+      this.lastQuery = msg;
       pending++;
       this.maxPendingOnOneConnection = Math.max(this.maxPendingOnOneConnection, pending);
       const hold = this.#opts.holdUntilPending;
@@ -175,7 +181,10 @@ export class DotServer {
     if (question === undefined) return answer('.', [], { id, rcode: 'FORMERR' });
     if (this.#opts.servfail?.includes(question.name.toLowerCase()) === true) return answer(question.name, [], { id, type: question.type, rcode: 'SERVFAIL' });
     const ip = this.#opts.records[question.name.toLowerCase()];
-    if (question.type === 'A' && ip !== undefined) return answer(question.name, [a(question.name, ip)], { id });
+    if (question.type === 'A' && ip !== undefined) {
+      const additionals: dnsPacket.Answer[] = this.#opts.padAnswers === true ? [{ type: 'OPT', name: '.', udpPayloadSize: 1232, options: [{ code: 12, data: Buffer.alloc(380) }] } as dnsPacket.Answer] : [];
+      return answer(question.name, [a(question.name, ip)], { id, additionals });
+    }
     return answer(question.name, [], { id, type: question.type, rcode: ip === undefined ? 'NXDOMAIN' : 'NOERROR' });
   }
 }
