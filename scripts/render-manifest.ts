@@ -44,7 +44,7 @@ export const USAGE = `Usage: render-manifest --dns-ip IP --image IMAGE [--local-
 Writes daemonset.yaml with its placeholders filled to stdout.
 
   --dns-ip IP            kube-dns's ClusterIP (kubectl -n kube-system get svc kube-dns -o jsonpath='{.spec.clusterIP}');
-                         required in iptables mode, not used in IPVS mode
+                         required in iptables mode; in IPVS mode, optional: the fail-open target (--fail-open-to)
   --image IMAGE          the agent's image, e.g. registry.example.com/nodelocal-dns:0.1.0
   --local-ip IP          the node-local address pods use (default 169.254.20.10)
   --cluster-domain NAME  the cluster domain (default cluster.local)
@@ -185,7 +185,12 @@ export function parseArgs(argv: readonly string[]): ParsedArgs | 'help' {
 export function render(template: string, o: RenderOptions): string {
   let out = template;
   // IPVS: kube-proxy owns the ClusterIP on kube-ipvs0, so the agent serves on the local IP only (node-cache's recipe).
-  if (o.mode === 'ipvs') out = out.replaceAll(`,${PLACEHOLDERS.dnsIp}`, '');
+  // Given, the ClusterIP is where pods' DNS to the local IP goes while no agent listens (fail open).
+  if (o.mode === 'ipvs') {
+    const failOpen = o.dnsIp === null ? '' : `\n$1- --fail-open-to=${PLACEHOLDERS.dnsIp}`;
+    out = out.replace(new RegExp(`^( *)- --localip=${PLACEHOLDERS.localIp},${PLACEHOLDERS.dnsIp}$`, 'gm'), `$1- --localip=${PLACEHOLDERS.localIp}${failOpen}`);
+    out = out.replaceAll(`,${PLACEHOLDERS.dnsIp}`, '');
+  }
   out = out.replaceAll(PLACEHOLDERS.localIp, o.localIp).replaceAll(PLACEHOLDERS.clusterDomain, o.clusterDomain).replaceAll(PLACEHOLDERS.image, o.image);
   if (o.dnsIp !== null) out = out.replaceAll(PLACEHOLDERS.dnsIp, o.dnsIp);
   if (o.nodeSelector.length > 0) {

@@ -486,9 +486,11 @@ t.test('render-manifest: fills every placeholder', async (t) => {
   t.equal(custom.code, 0, custom.err);
   const { c } = agentOf(parseDocs(custom.out));
   t.equal(argValue(c, 'localip'), '169.254.25.10', 'IPVS: the local IP only, even with --dns-ip');
+  t.equal(argValue(c, 'fail-open-to'), '10.0.0.10', 'IPVS with --dns-ip: the ClusterIP is the fail-open target');
   t.equal(c.livenessProbe?.httpGet?.host, '169.254.25.10');
   t.match(custom.out, /clusterDomain: example\.internal\n/, 'domain lower-cased, trailing dot dropped');
-  t.notMatch(custom.out, /10\.0\.0\.10/, 'the ClusterIP appears nowhere in IPVS mode');
+  t.equal(custom.out.match(/10\.0\.0\.10/g)?.length, 1, 'and the ClusterIP appears nowhere else in IPVS mode');
+  t.equal(argValue(agentOf(parseDocs(run(['--dns-ip=10.0.0.10', ...IMAGE]).out)).c, 'fail-open-to'), undefined, 'never in iptables mode');
 
   const v6 = run(['--local-ip', 'fd00::10', '--dns-ip', 'fd00:10:96::a', ...IMAGE]);
   t.equal(v6.code, 0, v6.err);
@@ -496,6 +498,7 @@ t.test('render-manifest: fills every placeholder', async (t) => {
 
   const ipvs = run(['--mode', 'ipvs', ...IMAGE]);
   t.equal(ipvs.code, 0, 'IPVS mode needs no --dns-ip');
+  t.equal(argValue(agentOf(parseDocs(ipvs.out)).c, 'fail-open-to'), undefined, 'and without it, no fail-open');
 
   const help = run(['--help']);
   t.equal(help.code, 0);
@@ -569,7 +572,8 @@ t.test('render-manifest agrees with the sed recipe in docs/install.md', { skip: 
   const seds = doc.split('\n').filter((l) => l.startsWith('sed ')).map((l) => l.replace(/ > nodelocal-dns\.yaml$/, ''));
   t.equal(seds.length, 2, 'two sed lines: iptables mode, then IPVS mode');
   const env = { ...process.env, LOCAL_IP: '169.254.20.10', DNS_IP: '10.96.0.10', DOMAIN: 'cluster.local', IMAGE: 'registry.example.com/nodelocal-dns:0.1.0' };
-  const modes: RenderOptions[] = [BASE, { ...BASE, mode: 'ipvs' }];
+  // The IPVS line renders no fail-open (a line of its own is more than a portable sed one-liner adds): as without --dns-ip.
+  const modes: RenderOptions[] = [BASE, { ...BASE, mode: 'ipvs', dnsIp: null }];
   for (const [i, line] of seds.entries()) {
     const r = spawnSync('sh', ['-c', line], { cwd: ROOT, env, encoding: 'utf8', timeout: 10_000 });
     t.equal(r.status, 0, r.stderr);
