@@ -363,6 +363,12 @@ t.test('error replies carry an OPT whenever the query had one (RFC 6891 7)', asy
   cases.push(['two OPTs', withAdditional(query({ name: 'x.example', edns: true }), optRr()), QueryStatus.FORMERR]);
   cases.push(['OPT with a non-root owner', withAdditional(query({ name: 'x.example' }), Buffer.from([3, 0x61, 0x62, 0x63, 0, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0])), QueryStatus.FORMERR]);
   cases.push(['OPT owned by a pointer to the question', withAdditional(query({ name: 'x.example' }), Buffer.from([0xc0, 12, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0])), QueryStatus.FORMERR]);
+  // An option list that does not fill the OPT's RDATA exactly is a badly formatted OPT: FORMERR (RFC 6891 6.1.2, 7),
+  // as BIND (its OPT fromwire) and CoreDNS (miekg/dns unpack) answer; the client's list must not be read as empty.
+  const optWith = (rdata: number[]): Buffer => Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, rdata.length, ...rdata]);
+  cases.push(['an option longer than the OPT', withAdditional(query({ name: 'x.example' }), optWith([0, 10, 0, 8, 1, 2])), QueryStatus.FORMERR]);
+  cases.push(['a partial option header', withAdditional(query({ name: 'x.example' }), optWith([0, 10, 0])), QueryStatus.FORMERR]);
+  cases.push(['a second option past the end', withAdditional(query({ name: 'x.example' }), optWith([0, 12, 0, 0, 0, 10, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8])), QueryStatus.FORMERR]);
 
   for (const [label, msg, status] of cases) {
     const q = parseQuery(msg);
@@ -375,6 +381,11 @@ t.test('error replies carry an OPT whenever the query had one (RFC 6891 7)', asy
     t.equal(resp.readUInt16BE(10), 1, `${label}: ARCOUNT 1`);
   }
 
+  // Options that fill the RDATA exactly are fine: none, an empty one, a cookie, several.
+  const okOpt = (rdata: number[]): Buffer => withAdditional(query({ name: 'x.example' }), Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, rdata.length, ...rdata]));
+  for (const rdata of [[], [0, 12, 0, 0], [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8], [0, 12, 0, 2, 0, 0, 0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]]) {
+    t.equal(parseQuery(okOpt(rdata)).status, QueryStatus.OK, `options ${rdata.length} bytes, well formed: OK`);
+  }
   // No OPT: none in the reply.
   const two2 = Buffer.from(query({ name: 'x.example' }));
   two2.writeUInt16BE(2, 4);
