@@ -780,3 +780,32 @@ t.test('the names dns-packet reads in RRSIG, NSEC and NAPTR RDATA are bounded to
     t.equal(scrubOutOfBailiwick(msg(400)), 'unusable', `${what} through 401 pointers: not decoded, not passed on`);
   }
 });
+
+t.test('the longest legal name, each of its 127 labels and its root reached through a pointer, passes the hop bound everywhere', async (t) => {
+  // 'a.example' at 12, its root byte at 22; the first record's RDATA at 39 holds 127 one-label names, each a label
+  // and a pointer to the one before, the first to that root byte. A pointer to the last is a name of 127 labels and
+  // 255 bytes that leads through 128 pointers, one per label and one to the root: the most a name takes without a
+  // pointer to a pointer, which no encoder writes. It must read as a name wherever it stands.
+  const ptr = (to: number): Buffer => Buffer.from([0xc0 | (to >> 8), to & 0xff]);
+  const frags = Buffer.concat(Array.from({ length: 127 }, (_, k) => Buffer.concat([Buffer.from([1, 0x61]), ptr(k === 0 ? 22 : 39 + 4 * (k - 1))])));
+  const x = ptr(39 + 4 * 126);
+  const holder: Rr = { type: 0xff00, ttl: 30, rdata: frags };
+  const uses: Array<[string, Rr]> = [
+    ['owner', { ...aRr(1), owner: x }],
+    ['CNAME', { type: 5, ttl: 30, rdata: x }],
+    ['NS', { type: 2, ttl: 30, rdata: x }],
+    ['PTR', { type: 12, ttl: 30, rdata: x }],
+    ['MX', { type: 15, ttl: 30, rdata: Buffer.concat([Buffer.from([0, 10]), x]) }],
+    ['SRV', { type: 33, ttl: 30, rdata: Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 53]), x]) }],
+    ['SOA', { type: 6, ttl: 30, rdata: Buffer.concat([x, x, Buffer.alloc(20, 1)]) }],
+  ];
+  for (const [what, rr] of uses) {
+    const m = rawAnswer('a.example', 1, [holder, rr]);
+    t.ok(scanAnswer(m), `${what}: 128 pointers, a name`);
+    t.not(scrubOutOfBailiwick(m), 'unusable', `${what}: decoded by the scrub`);
+  }
+  t.equal(dnsPacket.decode(rawAnswer('a.example', 1, [holder, { ...aRr(1), owner: x }])).answers?.[1]?.name, Array(127).fill('a').join('.'), 'the name is 127 labels');
+  // One hop more (a pointer to that owner, which is itself a pointer): past the bound.
+  const past = rawAnswer('a.example', 1, [holder, { ...aRr(1), owner: x }, { ...aRr(2), owner: ptr(39 + 4 * 127) }]);
+  t.equal(scanAnswer(past), undefined, '129 pointers: malformed');
+});
