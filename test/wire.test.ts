@@ -4,7 +4,7 @@ import t from 'tap';
 import * as dnsPacket from 'dns-packet';
 import { parseQuery, QueryStatus, keyParts, keyName } from '../src/dns/query.js';
 import { scanAnswer } from '../src/dns/answer.js';
-import { writeAnswer, stripOpt } from '../src/dns/patch.js';
+import { keptRecords, writeAnswer, stripOpt } from '../src/dns/patch.js';
 import { errorResponse, upstreamQuery, RCODE_BADVERS } from '../src/dns/build.js';
 import { tsigErrorResponse, TSIG_BADKEY } from '../src/dns/tsig.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
@@ -808,4 +808,22 @@ t.test('the longest legal name, each of its 127 labels and its root reached thro
   // One hop more (a pointer to that owner, which is itself a pointer): past the bound.
   const past = rawAnswer('a.example', 1, [holder, { ...aRr(1), owner: x }, { ...aRr(2), owner: ptr(39 + 4 * 127) }]);
   t.equal(scanAnswer(past), undefined, '129 pointers: malformed');
+});
+
+t.test('a cut recognises an RRset whose owners are one long name reached through two chains of pointers', async (t) => {
+  // Two NS records of one RRset, each owner a pointer into its own chain of 100 one-label names (label, pointer to
+  // the one before): the same 100-label name, 101 pointers each. sameNameAt shared 128 hops between the two names,
+  // so it called them different, and a cut through the RRset kept its first record without TC (RFC 2181 5.1, 9).
+  const ptr = (to: number): Buffer => Buffer.from([0xc0 | (to >> 8), to & 0xff]);
+  // 'a.example' at 12 (root byte at 22); the first record's RDATA at 39, the second's at 39 + 400 + 12.
+  const chain = (at: number): Buffer => Buffer.concat(Array.from({ length: 100 }, (_, k) => Buffer.concat([Buffer.from([1, 0x61]), ptr(k === 0 ? 22 : at + 4 * (k - 1))])));
+  const f = 39;
+  const g = f + 400 + 12;
+  const ns = (chainAt: number): Rr => ({ type: 2, ttl: 30, rdata: ptr(12), owner: ptr(chainAt + 4 * 99) });
+  const m = rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(f) }, { type: 0xff00, ttl: 30, rdata: chain(g) }, aRr(1)], [ns(f), ns(g)]);
+  const s = stored(m);
+  t.equal(dnsPacket.decode(m).authorities?.[1]?.name, Array(100).fill('a').join('.'), 'the second NS is owned by the 100-label name');
+  const endOfFirstNs = m.length - 14;
+  t.equal(keptRecords(s.wire, s.offsets, endOfFirstNs), 3, 'the NS RRset goes whole: the answer section only, no TC');
+  t.equal(keptRecords(s.wire, s.offsets, m.length), 5, 'all of it fits');
 });
