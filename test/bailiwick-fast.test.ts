@@ -306,3 +306,15 @@ t.test('authority records beside a long chain, and NSEC records beside many NS o
   }
   t.ok(large.work <= 2.5 * small.work, `twice the records, about twice the work (${small.work} -> ${large.work})`);
 });
+
+t.test('the scrub never hands back a message no transport carries (dns-packet re-encodes without compression)', async (t) => {
+  // A long question name, 300 addresses owned by a pointer to it (16 bytes each on the wire, 260 re-encoded in full),
+  // and one intruder, so the scrub decodes and re-encodes: 80 KB out of 5 KB in. It was handed back, costing a
+  // 1.5 MB encode on a hostile answer of long names, to be refused as malformed by the scan after it.
+  const long = Array.from({ length: 120 }, () => 'a').join('.') + '.example';
+  const answers = Array.from({ length: 300 }, (_, i) => a(long, `10.0.${i >> 8}.${i & 0xff}`));
+  const m = compressed(dnsPacket.encode({ type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE, questions: [{ name: long, type: 'A', class: 'IN' }], answers: [...answers, a('intruder.elsewhere')] }));
+  t.ok(m.length < 8000, `compressed on the wire (${m.length} bytes)`);
+  const r = scrubOutOfBailiwick(m);
+  t.ok(r === 'unusable' || (r !== null && r.msg.length <= 65535), `unusable, or at most 65,535 bytes (${r === null || r === 'unusable' ? r : r.msg.length})`);
+});
