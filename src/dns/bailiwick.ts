@@ -21,7 +21,7 @@ import dnsPacket from 'dns-packet';
 import type { Answer, DecodedPacket } from 'dns-packet';
 import { scanAnswer } from './answer.js';
 import { plainlyInBailiwick } from './bailiwick-fast.js';
-import { HEADER_LEN } from './constants.js';
+import { HEADER_LEN, MAX_MESSAGE } from './constants.js';
 import { skipName } from './name.js';
 
 export interface Scrubbed {
@@ -228,7 +228,11 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   const removed = answers.length - keptAnswers.size + authorities.length - keptAuth.size + additionals.length - keptAdd.length;
   if (removed === 0) return null;
   try {
-    const out = dnsPacket.encode({ ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: authorities.filter((rr) => keptAuth.has(rr)), additionals: keptAdd });
+    const kept = { ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: authorities.filter((rr) => keptAuth.has(rr)), additionals: keptAdd };
+    // dns-packet writes every name in full: past the largest message the scan would refuse it anyway, so it is not
+    // written (a hostile answer of long names, a pointer each, would take a 1.5 MB encode).
+    if (dnsPacket.encodingLength(kept) > MAX_MESSAGE) return 'unusable';
+    const out = dnsPacket.encode(kept);
     return sameQuestion(msg, out) ? { msg: out, removed } : 'unusable';
   } catch {
     return 'unusable';
