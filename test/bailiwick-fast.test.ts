@@ -229,12 +229,12 @@ t.test('names compare with ASCII case folded only (RFC 4343): a look-alike owner
   }
 });
 
-/** String comparisons and case folds (endsWith, replace) made while `fn` runs: the scrub's work, counted, not timed. */
+/** String comparisons, case folds and cuts (endsWith, replace, slice) made while `fn` runs: the scrub's work, counted, not timed. */
 function stringWork<T>(fn: () => T): { result: T; work: number } {
-  const proto = String.prototype as unknown as Record<'endsWith' | 'replace', (...args: unknown[]) => unknown>;
-  const saved = { endsWith: proto.endsWith, replace: proto.replace };
+  const proto = String.prototype as unknown as Record<'endsWith' | 'replace' | 'slice', (...args: unknown[]) => unknown>;
+  const saved = { endsWith: proto.endsWith, replace: proto.replace, slice: proto.slice };
   let work = 0;
-  for (const k of ['endsWith', 'replace'] as const) {
+  for (const k of ['endsWith', 'replace', 'slice'] as const) {
     const f = saved[k];
     proto[k] = function (this: string, ...args: unknown[]): unknown {
       work++;
@@ -274,4 +274,47 @@ t.test('a long CNAME chain listed backwards, beside DNAMEs of other names, is sc
     t.same(kept.filter((rr) => rr.type === 'DNAME').map((rr) => rr.name), ['example'], `${n}: the DNAME above the chain kept`);
   }
   t.ok(large.work <= 2.5 * small.work, `twice the records, about twice the work (${small.work} -> ${large.work})`);
+});
+
+t.test('authority records beside a long chain, and NSEC records beside many NS of the zone, are scrubbed in linear work', async (t) => {
+  // Each authority record was held against every name of the chain, and each NSEC against every kept SOA or NS owner
+  // (one per record, repeats included): a hostile upstream's 64 KB answer of NS records and NSECs owned elsewhere held
+  // the event loop for most of a second.
+  const answer = (n: number): Buffer => {
+    const chain: dnsPacket.Answer[] = [];
+    for (let i = 0; i < n; i++) chain.push({ type: 'CNAME', name: i === 0 ? Q : `c${i}.example`, ttl: 30, data: `c${i + 1}.example` });
+    const authorities: dnsPacket.Answer[] = [];
+    for (let i = 0; i < n; i++) authorities.push({ type: 'NS', name: 'example', ttl: 30, data: `ns${i}.example` });
+    for (let i = 0; i < n; i++) authorities.push(a(`x${i}.elsewhere`));
+    for (let i = 0; i < n; i++) authorities.push({ type: 'NSEC', name: `y${i}.elsewhere`, ttl: 30, data: { nextDomain: 'z.elsewhere', rrtypes: ['A'] } });
+    // One NSEC that belongs: under the zone of the kept NS records.
+    authorities.push({ type: 'NSEC', name: 'c1.example', ttl: 30, data: { nextDomain: 'd.example', rrtypes: ['A'] } });
+    return msg({ answers: chain, authorities });
+  };
+  const small = stringWork(() => scrubOutOfBailiwick(answer(100)));
+  const large = stringWork(() => scrubOutOfBailiwick(answer(200)));
+  for (const [n, r] of [[100, small.result], [200, large.result]] as const) {
+    if (r === null || r === 'unusable') {
+      t.fail(`${n}: the records owned elsewhere are removed`);
+      continue;
+    }
+    t.equal(r.removed, 2 * n, `${n}: every A and NSEC owned elsewhere removed`);
+    const d = dnsPacket.decode(r.msg);
+    t.equal((d.answers ?? []).length, n, `${n}: the whole chain kept`);
+    t.same((d.authorities ?? []).filter((rr) => rr.type === 'NSEC').map((rr) => rr.name), ['c1.example'], `${n}: the NSEC of the zone kept`);
+    t.equal((d.authorities ?? []).filter((rr) => rr.type === 'NS').length, n, `${n}: the NS records kept`);
+  }
+  t.ok(large.work <= 2.5 * small.work, `twice the records, about twice the work (${small.work} -> ${large.work})`);
+});
+
+t.test('the scrub never hands back a message no transport carries (dns-packet re-encodes without compression)', async (t) => {
+  // A long question name, 300 addresses owned by a pointer to it (16 bytes each on the wire, 260 re-encoded in full),
+  // and one intruder, so the scrub decodes and re-encodes: 80 KB out of 5 KB in. It was handed back, costing a
+  // 1.5 MB encode on a hostile answer of long names, to be refused as malformed by the scan after it.
+  const long = Array.from({ length: 120 }, () => 'a').join('.') + '.example';
+  const answers = Array.from({ length: 300 }, (_, i) => a(long, `10.0.${i >> 8}.${i & 0xff}`));
+  const m = compressed(dnsPacket.encode({ type: 'response', id: 7, flags: dnsPacket.RECURSION_AVAILABLE, questions: [{ name: long, type: 'A', class: 'IN' }], answers: [...answers, a('intruder.elsewhere')] }));
+  t.ok(m.length < 8000, `compressed on the wire (${m.length} bytes)`);
+  const r = scrubOutOfBailiwick(m);
+  t.ok(r === 'unusable' || (r !== null && r.msg.length <= 65535), `unusable, or at most 65,535 bytes (${r === null || r === 'unusable' ? r : r.msg.length})`);
 });

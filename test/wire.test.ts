@@ -4,7 +4,7 @@ import t from 'tap';
 import * as dnsPacket from 'dns-packet';
 import { parseQuery, QueryStatus, keyParts, keyName } from '../src/dns/query.js';
 import { scanAnswer } from '../src/dns/answer.js';
-import { writeAnswer, stripOpt } from '../src/dns/patch.js';
+import { keptRecords, writeAnswer, stripOpt } from '../src/dns/patch.js';
 import { errorResponse, upstreamQuery, RCODE_BADVERS } from '../src/dns/build.js';
 import { tsigErrorResponse, TSIG_BADKEY } from '../src/dns/tsig.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
@@ -363,6 +363,12 @@ t.test('error replies carry an OPT whenever the query had one (RFC 6891 7)', asy
   cases.push(['two OPTs', withAdditional(query({ name: 'x.example', edns: true }), optRr()), QueryStatus.FORMERR]);
   cases.push(['OPT with a non-root owner', withAdditional(query({ name: 'x.example' }), Buffer.from([3, 0x61, 0x62, 0x63, 0, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0])), QueryStatus.FORMERR]);
   cases.push(['OPT owned by a pointer to the question', withAdditional(query({ name: 'x.example' }), Buffer.from([0xc0, 12, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0])), QueryStatus.FORMERR]);
+  // An option list that does not fill the OPT's RDATA exactly is a badly formatted OPT: FORMERR (RFC 6891 6.1.2, 7),
+  // as BIND (its OPT fromwire) and CoreDNS (miekg/dns unpack) answer; the client's list must not be read as empty.
+  const optWith = (rdata: number[]): Buffer => Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, rdata.length, ...rdata]);
+  cases.push(['an option longer than the OPT', withAdditional(query({ name: 'x.example' }), optWith([0, 10, 0, 8, 1, 2])), QueryStatus.FORMERR]);
+  cases.push(['a partial option header', withAdditional(query({ name: 'x.example' }), optWith([0, 10, 0])), QueryStatus.FORMERR]);
+  cases.push(['a second option past the end', withAdditional(query({ name: 'x.example' }), optWith([0, 12, 0, 0, 0, 10, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8])), QueryStatus.FORMERR]);
 
   for (const [label, msg, status] of cases) {
     const q = parseQuery(msg);
@@ -375,6 +381,11 @@ t.test('error replies carry an OPT whenever the query had one (RFC 6891 7)', asy
     t.equal(resp.readUInt16BE(10), 1, `${label}: ARCOUNT 1`);
   }
 
+  // Options that fill the RDATA exactly are fine: none, an empty one, a cookie, several.
+  const okOpt = (rdata: number[]): Buffer => withAdditional(query({ name: 'x.example' }), Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, rdata.length, ...rdata]));
+  for (const rdata of [[], [0, 12, 0, 0], [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8], [0, 12, 0, 2, 0, 0, 0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]]) {
+    t.equal(parseQuery(okOpt(rdata)).status, QueryStatus.OK, `options ${rdata.length} bytes, well formed: OK`);
+  }
   // No OPT: none in the reply.
   const two2 = Buffer.from(query({ name: 'x.example' }));
   two2.writeUInt16BE(2, 4);
@@ -768,4 +779,51 @@ t.test('the names dns-packet reads in RRSIG, NSEC and NAPTR RDATA are bounded to
     t.equal(scanAnswer(msg(400)), undefined, `${what} through 401 pointers: malformed`);
     t.equal(scrubOutOfBailiwick(msg(400)), 'unusable', `${what} through 401 pointers: not decoded, not passed on`);
   }
+});
+
+t.test('the longest legal name, each of its 127 labels and its root reached through a pointer, passes the hop bound everywhere', async (t) => {
+  // 'a.example' at 12, its root byte at 22; the first record's RDATA at 39 holds 127 one-label names, each a label
+  // and a pointer to the one before, the first to that root byte. A pointer to the last is a name of 127 labels and
+  // 255 bytes that leads through 128 pointers, one per label and one to the root: the most a name takes without a
+  // pointer to a pointer, which no encoder writes. It must read as a name wherever it stands.
+  const ptr = (to: number): Buffer => Buffer.from([0xc0 | (to >> 8), to & 0xff]);
+  const frags = Buffer.concat(Array.from({ length: 127 }, (_, k) => Buffer.concat([Buffer.from([1, 0x61]), ptr(k === 0 ? 22 : 39 + 4 * (k - 1))])));
+  const x = ptr(39 + 4 * 126);
+  const holder: Rr = { type: 0xff00, ttl: 30, rdata: frags };
+  const uses: Array<[string, Rr]> = [
+    ['owner', { ...aRr(1), owner: x }],
+    ['CNAME', { type: 5, ttl: 30, rdata: x }],
+    ['NS', { type: 2, ttl: 30, rdata: x }],
+    ['PTR', { type: 12, ttl: 30, rdata: x }],
+    ['MX', { type: 15, ttl: 30, rdata: Buffer.concat([Buffer.from([0, 10]), x]) }],
+    ['SRV', { type: 33, ttl: 30, rdata: Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 53]), x]) }],
+    ['SOA', { type: 6, ttl: 30, rdata: Buffer.concat([x, x, Buffer.alloc(20, 1)]) }],
+  ];
+  for (const [what, rr] of uses) {
+    const m = rawAnswer('a.example', 1, [holder, rr]);
+    t.ok(scanAnswer(m), `${what}: 128 pointers, a name`);
+    t.not(scrubOutOfBailiwick(m), 'unusable', `${what}: decoded by the scrub`);
+  }
+  t.equal(dnsPacket.decode(rawAnswer('a.example', 1, [holder, { ...aRr(1), owner: x }])).answers?.[1]?.name, Array(127).fill('a').join('.'), 'the name is 127 labels');
+  // One hop more (a pointer to that owner, which is itself a pointer): past the bound.
+  const past = rawAnswer('a.example', 1, [holder, { ...aRr(1), owner: x }, { ...aRr(2), owner: ptr(39 + 4 * 127) }]);
+  t.equal(scanAnswer(past), undefined, '129 pointers: malformed');
+});
+
+t.test('a cut recognises an RRset whose owners are one long name reached through two chains of pointers', async (t) => {
+  // Two NS records of one RRset, each owner a pointer into its own chain of 100 one-label names (label, pointer to
+  // the one before): the same 100-label name, 101 pointers each. sameNameAt shared 128 hops between the two names,
+  // so it called them different, and a cut through the RRset kept its first record without TC (RFC 2181 5.1, 9).
+  const ptr = (to: number): Buffer => Buffer.from([0xc0 | (to >> 8), to & 0xff]);
+  // 'a.example' at 12 (root byte at 22); the first record's RDATA at 39, the second's at 39 + 400 + 12.
+  const chain = (at: number): Buffer => Buffer.concat(Array.from({ length: 100 }, (_, k) => Buffer.concat([Buffer.from([1, 0x61]), ptr(k === 0 ? 22 : at + 4 * (k - 1))])));
+  const f = 39;
+  const g = f + 400 + 12;
+  const ns = (chainAt: number): Rr => ({ type: 2, ttl: 30, rdata: ptr(12), owner: ptr(chainAt + 4 * 99) });
+  const m = rawAnswer('a.example', 1, [{ type: 0xff00, ttl: 30, rdata: chain(f) }, { type: 0xff00, ttl: 30, rdata: chain(g) }, aRr(1)], [ns(f), ns(g)]);
+  const s = stored(m);
+  t.equal(dnsPacket.decode(m).authorities?.[1]?.name, Array(100).fill('a').join('.'), 'the second NS is owned by the 100-label name');
+  const endOfFirstNs = m.length - 14;
+  t.equal(keptRecords(s.wire, s.offsets, endOfFirstNs), 3, 'the NS RRset goes whole: the answer section only, no TC');
+  t.equal(keptRecords(s.wire, s.offsets, m.length), 5, 'all of it fits');
 });

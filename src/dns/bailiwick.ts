@@ -21,7 +21,7 @@ import dnsPacket from 'dns-packet';
 import type { Answer, DecodedPacket } from 'dns-packet';
 import { scanAnswer } from './answer.js';
 import { plainlyInBailiwick } from './bailiwick-fast.js';
-import { HEADER_LEN } from './constants.js';
+import { HEADER_LEN, MAX_MESSAGE } from './constants.js';
 import { skipName } from './name.js';
 
 export interface Scrubbed {
@@ -65,6 +65,47 @@ function* selfAndAncestors(name: string): Generator<string> {
 }
 
 /**
+ * `names` and all their ancestors. A name's walk stops at the first ancestor
+ * already in (its own ancestors are then in too), so the work is the distinct
+ * names and ancestors, not names times labels.
+ */
+function ancestorsOf(names: Iterable<string>): Set<string> {
+  const all = new Set<string>();
+  for (const name of names) {
+    for (const n of selfAndAncestors(name)) {
+      if (all.has(n)) break;
+      all.add(n);
+    }
+  }
+  return all;
+}
+
+/**
+ * Whether `name` is one of `zones` or below one. `memo` holds the answer for
+ * every name walked before, so a walk stops at the first ancestor already
+ * known: over all calls each distinct name and ancestor is looked at once
+ * (NSEC owners of 127 labels each, a pointer apiece, cost a look-up per label).
+ */
+function underAny(name: string, zones: ReadonlySet<string>, memo: Map<string, boolean>): boolean {
+  const walked: string[] = [];
+  let found = false;
+  for (const n of selfAndAncestors(name)) {
+    const known = memo.get(n);
+    if (known !== undefined) {
+      found = known;
+      break;
+    }
+    walked.push(n);
+    if (zones.has(n)) {
+      found = true;
+      break;
+    }
+  }
+  for (const n of walked) memo.set(n, found);
+  return found;
+}
+
+/**
  * The records of the answer section that `names` (the question's) and the
  * names its CNAME chain leads to own, a DNAME also when it is owned by an
  * ancestor of one; `names` grows by each CNAME target kept. Each record is
@@ -84,10 +125,18 @@ function keptForNames(answers: readonly Answer[], names: Set<string>): Set<Answe
     }
   }
   const kept = new Set<Answer>();
+  // Ancestors whose DNAMEs are kept already: a walk stops at the first (those above it were walked with it).
+  const walked = new Set<string>();
   const todo = [...names];
   for (let name = todo.pop(); name !== undefined; name = todo.pop()) {
     const owned = [...(byOwner.get(name) ?? [])];
-    if (dnames.size > 0) for (const zone of selfAndAncestors(name)) owned.push(...(dnames.get(zone) ?? []));
+    if (dnames.size > 0) {
+      for (const zone of selfAndAncestors(name)) {
+        if (walked.has(zone)) break;
+        walked.add(zone);
+        owned.push(...(dnames.get(zone) ?? []));
+      }
+    }
     for (const rr of owned) {
       if (kept.has(rr)) continue;
       kept.add(rr);
@@ -146,23 +195,26 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   // The zones whose denial proofs belong here: the answer's signers (the wildcard proof of a signed answer comes with
   // no SOA beside it) and the owners of a kept SOA or NS. A signer counts only above its own record, which the answer
   // speaks for: where a kept SOA could stand too.
-  const zones: string[] = [];
+  const zones = new Set<string>();
   for (const rr of keptAnswers) {
     if (rr.type !== 'RRSIG') continue;
     const signer = lower(rr.data.signersName);
-    if (under(lower(rr.name), signer)) zones.push(signer);
+    if (under(lower(rr.name), signer)) zones.add(signer);
   }
+  // Each authority record and each NSEC is looked up, not held against every name or zone: that was quadratic, and a
+  // hostile 64 KB answer (NS records of the zone beside NSECs owned elsewhere) held the event loop for most of a second.
+  const speaksFor = ancestorsOf(names);
   const keptAuth = new Set<Answer>();
-  const nameList = [...names];
   for (const rr of authorities) {
     const owner = lower(rr.name);
-    if (!nameList.some((n) => under(n, owner))) continue;
+    if (!speaksFor.has(owner)) continue;
     keptAuth.add(rr);
-    if (rr.type === 'SOA' || rr.type === 'NS') zones.push(owner);
+    if (rr.type === 'SOA' || rr.type === 'NS') zones.add(owner);
   }
   // DNSSEC denial proofs are owned by other names of the same zone.
+  const inZone = new Map<string, boolean>();
   for (const rr of authorities) {
-    if ((rr.type === 'NSEC' || rr.type === 'NSEC3') && zones.some((z) => under(lower(rr.name), z))) keptAuth.add(rr);
+    if ((rr.type === 'NSEC' || rr.type === 'NSEC3') && underAny(lower(rr.name), zones, inZone)) keptAuth.add(rr);
   }
   keepSignatures(authorities, keptAuth);
   const glue = new Set<string>();
@@ -176,7 +228,11 @@ export function scrubOutOfBailiwick(msg: Buffer): Scrubbed | null | 'unusable' {
   const removed = answers.length - keptAnswers.size + authorities.length - keptAuth.size + additionals.length - keptAdd.length;
   if (removed === 0) return null;
   try {
-    const out = dnsPacket.encode({ ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: authorities.filter((rr) => keptAuth.has(rr)), additionals: keptAdd });
+    const kept = { ...p, answers: answers.filter((rr) => keptAnswers.has(rr)), authorities: authorities.filter((rr) => keptAuth.has(rr)), additionals: keptAdd };
+    // dns-packet writes every name in full: past the largest message the scan would refuse it anyway, so it is not
+    // written (a hostile answer of long names, a pointer each, would take a 1.5 MB encode).
+    if (dnsPacket.encodingLength(kept) > MAX_MESSAGE) return 'unusable';
+    const out = dnsPacket.encode(kept);
     return sameQuestion(msg, out) ? { msg: out, removed } : 'unusable';
   } catch {
     return 'unusable';

@@ -106,20 +106,22 @@ export function namesEqualCI(a: Uint8Array, aOff: number, b: Uint8Array, bOff: n
 /**
  * Whether the names at `a` and `b` (offsets in the message that starts at
  * `base` of `buf`, which its pointers are relative to) are one name, ASCII
- * case folded, following compression pointers (at most 128 hops in all). For
- * messages already validated (a stored answer); false on anything malformed.
+ * case folded, following compression pointers (at most MAX_HOPS for each, as
+ * skipExpandableName lets a stored name take). For messages already
+ * validated (a stored answer); false on anything malformed.
  */
 export function sameNameAt(buf: Uint8Array, base: number, a: number, b: number): boolean {
   let pa = base + a;
   let pb = base + b;
-  let hops = 0;
+  let hopsA = 0;
+  let hopsB = 0;
   for (;;) {
     while (pa + 1 < buf.length && (buf[pa]! & POINTER_MASK) === POINTER_MASK) {
-      if (++hops > 128) return false;
+      if (++hopsA > MAX_HOPS) return false;
       pa = base + (((buf[pa]! & 0x3f) << 8) | buf[pa + 1]!);
     }
     while (pb + 1 < buf.length && (buf[pb]! & POINTER_MASK) === POINTER_MASK) {
-      if (++hops > 128) return false;
+      if (++hopsB > MAX_HOPS) return false;
       pb = base + (((buf[pb]! & 0x3f) << 8) | buf[pb + 1]!);
     }
     if (pa === pb) return true;

@@ -164,6 +164,21 @@ function findOpt(msg: Buffer): number {
   return -1;
 }
 
+/**
+ * Whether the EDNS options in [off, end) (code, length, that many bytes, one
+ * after another) end exactly at `end`. One that runs past it, or a partial
+ * code and length, is a badly formatted OPT: FORMERR (RFC 6891 7), as BIND
+ * and CoreDNS answer (unbound ignores the rest). Most queries carry none or
+ * a cookie: a step or two on the hit path.
+ */
+function optionsFill(msg: Buffer, off: number, end: number): boolean {
+  while (off < end) {
+    if (off + 4 > end) return false;
+    off += 4 + u16(msg, off + 2);
+  }
+  return off === end;
+}
+
 /** Big-endian u16 without Buffer's bounds checks: callers have checked the length (readUInt16BE was 10% of a hit). */
 function u16(b: Buffer, off: number): number {
   return (b[off]! << 8) | b[off + 1]!;
@@ -231,6 +246,8 @@ export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
       const version = msg[off + 5]!;
       dnssecOk = (u16(msg, off + 6) & EDNS_DO) !== 0;
       badVersion = version !== 0;
+      // Version 0's options must fill the RDATA exactly (RFC 6891 6.1.2); a later version's are not ours to read.
+      if (!badVersion && !optionsFill(msg, off + 10, off + 10 + rdlen)) return failed(q, QueryStatus.FORMERR, msg, id, flags, qnameEnd, qtype, qclass);
     }
     off += 10 + rdlen;
   }
