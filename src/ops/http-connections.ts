@@ -142,6 +142,11 @@ export class OpsConnections {
     });
   }
 
+  /** Requests taken and not yet answered, over every connection. */
+  get owed(): number {
+    return this.#owed();
+  }
+
   #owed(): number {
     let n = 0;
     for (const c of this.#open.values()) n += c.owed;

@@ -189,6 +189,11 @@ export class OpsServer implements Component {
     return this.#renders?.waiting ?? false;
   }
 
+  /** Requests taken and not yet answered (a scrape waiting or rendering), over every connection. */
+  get answersOwed(): number {
+    return this.#connections.owed;
+  }
+
   get url(): string {
     return `http://${formatHostPort(this.address)}`;
   }
