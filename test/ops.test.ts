@@ -1155,6 +1155,61 @@ t.test('bounded: connections whose scrapes wait for the next second\'s render do
   t.equal(got.filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 2, 'one waiting connection made room; the others get the next second\'s render');
 });
 
+t.test('bounded: at the cap, a waiting scrape of the address holding the most connections makes room, not a lone Prometheus\'s that began waiting last', async (t) => {
+  // Pods scraping back-to-back fill the slots and spend each second's renders; Prometheus's scrape comes between
+  // their turns, so it is most often the one that began waiting last. A newcomer (another scraper reconnecting,
+  // the probe) must close one of theirs: were it the last to wait, every scrape of Prometheus's could be cut so.
+  const source = { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics: async (): Promise<string> => 'nodelocal_render_total 1\n' };
+  const clock = new ManualClock();
+  const s = new OpsServer({
+    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger,
+    limits: { maxConnections: 3, maxConnectionsPerPeer: 2, maxRendersPerSecond: 1 }, renderClock: clock,
+  });
+  await s.start();
+  t.teardown(() => s.stop());
+  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
+  const u = new URL(s.url);
+  const open: net.Socket[] = [];
+  t.teardown(() => {
+    for (const w of open) w.destroy();
+  });
+  const scrape = async (from: string): Promise<{ answer: Promise<string> }> => {
+    const w = await new Promise<net.Socket>((resolve, reject) => {
+      const c = net.connect({ host: u.hostname, port: Number(u.port), localAddress: from }, () => resolve(c));
+      c.once('error', reject);
+    });
+    w.on('error', () => {});
+    open.push(w);
+    const got = new Promise<string>((resolve) => {
+      let text = '';
+      w.on('data', (d: Buffer) => {
+        text += d.toString();
+        if (text.includes('nodelocal_render_total')) resolve(text);
+      });
+      w.once('close', () => resolve(text));
+    });
+    const owed = s.answersOwed;
+    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+    for (let j = 0; j < 500 && s.answersOwed <= owed; j++) await new Promise((r) => setTimeout(r, 10));
+    return { answer: got };
+  };
+  const busy = [await scrape('127.0.0.1'), await scrape('127.0.0.1')];
+  const prometheus = await scrape('127.0.0.2');
+  t.equal(s.answersOwed, 3, 'three scrapes wait, Prometheus\'s the last');
+  const probe = await new Promise<number>((resolve) => {
+    const req = http.request(`${s.url}/health`, { agent: false, localAddress: '127.0.0.3' }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', () => resolve(0));
+    req.end();
+  });
+  t.equal(probe, 200, 'the newcomer is answered');
+  clock.advance(1_000);
+  t.match(await prometheus.answer, /^HTTP\/1\.1 200/, 'Prometheus gets the next second\'s render');
+  t.equal((await Promise.all(busy.map((b) => b.answer))).filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 1, 'one of the busy address\'s two made room');
+});
+
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {
   // The cap (32) is global: a pod that opens 32 keep-alive connections to the node-local IP's probe port and
   // sends a request on each now and then (so keepAliveTimeout never fires) makes every new connection, the
