@@ -50,7 +50,7 @@ export interface OpsHandlers {
 }
 
 export interface OpsHttpLimits {
-  /** Open connections at once; past it a newcomer closes the one quiet longest (owing no answer), else one whose client does not read its answer, or is closed when every one is being answered and read. Prometheus and kubelet need a handful. */
+  /** Open connections at once; past it a newcomer closes the one quiet longest (owing no answer), else one whose client does not read its answer, else one whose scrape waits on the render bound (http-connections.ts), or is closed when every one is being answered and read. Prometheus and kubelet need a handful. */
   readonly maxConnections: number;
   /** The same, per client address: one pod cannot take every slot from the kubelet's probe. */
   readonly maxConnectionsPerPeer: number;
