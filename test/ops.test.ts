@@ -1210,6 +1210,55 @@ t.test('bounded: at the cap, a waiting scrape of the address holding the most co
   t.equal((await Promise.all(busy.map((b) => b.answer))).filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 1, 'one of the busy address\'s two made room');
 });
 
+t.test('bounded: a scrape whose wait is over (its render running) no longer makes room: the render it waited for is not thrown away', async (t) => {
+  // Waiting scrapes may make room until the next second's render starts; from then on they are being answered, and
+  // closing one would cut a scrape that waited its second for nothing.
+  let release: () => void = () => {};
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      if (++renders > 1) await new Promise<void>((r) => (release = r));
+      return `nodelocal_render_total ${renders}\n`;
+    },
+  };
+  const clock = new ManualClock();
+  const s = new OpsServer({
+    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger, limits: { maxConnections: 3, maxRendersPerSecond: 1 }, renderClock: clock,
+  });
+  await s.start();
+  t.teardown(() => s.stop());
+  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
+  const open: net.Socket[] = [];
+  const answers: Promise<string>[] = [];
+  t.teardown(() => {
+    for (const w of open) w.destroy();
+  });
+  for (let i = 0; i < 3; i++) {
+    const w = await connect(s.url);
+    w.on('error', () => {});
+    open.push(w);
+    answers.push(new Promise((resolve) => {
+      let got = '';
+      w.on('data', (d: Buffer) => {
+        got += d.toString();
+        if (got.includes('nodelocal_render_total')) resolve(got);
+      });
+      w.once('close', () => resolve(got));
+    }));
+    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+    for (let j = 0; j < 500 && s.answersOwed < i + 1; j++) await new Promise((r) => setTimeout(r, 10));
+  }
+  t.equal(s.answersOwed, 3, 'three scrapes wait');
+  clock.advance(1_000);
+  t.equal(renders, 2, 'the next second\'s render runs for them');
+  const newcomer = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
+  t.equal(newcomer.status, 0, 'a newcomer now is closed on accept: every one is being answered');
+  release();
+  const got = await Promise.all(answers);
+  t.equal(got.filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 3, 'each waiting scrape gets the render it waited for');
+});
+
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {
   // The cap (32) is global: a pod that opens 32 keep-alive connections to the node-local IP's probe port and
   // sends a request on each now and then (so keepAliveTimeout never fires) makes every new connection, the
