@@ -1111,6 +1111,36 @@ t.test('coredns_cache_requests_total: one per client lookup (a miss, then a hit)
   }
 });
 
+/**
+ * One connection per address of `from` (to `s`, from that local address), each sending a scrape; each taken (its
+ * answer owed) before the next connects. Resolves to each one's answer: what it read by the metrics line or its close.
+ */
+async function scrapesFrom(t: Test, s: OpsServer, from: readonly string[]): Promise<Array<Promise<string>>> {
+  const u = new URL(s.url);
+  const answers: Array<Promise<string>> = [];
+  for (const localAddress of from) {
+    const w = await new Promise<net.Socket>((resolve, reject) => {
+      const c = net.connect({ host: u.hostname, port: Number(u.port), localAddress }, () => resolve(c));
+      c.once('error', reject);
+    });
+    t.teardown(() => void w.destroy());
+    w.on('error', () => {});
+    answers.push(new Promise((resolve) => {
+      let got = '';
+      w.on('data', (d: Buffer) => {
+        got += d.toString();
+        if (got.includes('nodelocal_render_total')) resolve(got);
+      });
+      w.once('close', () => resolve(got));
+    }));
+    const owed = s.answersOwed;
+    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+    // Taken before the next connects: one whose request is not yet read would be quiet, made room from by the older rule.
+    for (let j = 0; j < 500 && s.answersOwed <= owed; j++) await new Promise((r) => setTimeout(r, 10));
+  }
+  return answers;
+}
+
 t.test('bounded: connections whose scrapes wait for the next second\'s render do not lock a newcomer out (a probe on a shared address, Prometheus)', async (t) => {
   // A pod scraping back-to-back on every connection it may hold (8 per address, a few addresses fill all 32) spends
   // the renders of each second, so its scrapes wait for the next one almost all the time: answers owed, read at
@@ -1125,27 +1155,7 @@ t.test('bounded: connections whose scrapes wait for the next second\'s render do
   await s.start();
   t.teardown(() => s.stop());
   t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
-  const waiting: net.Socket[] = [];
-  const answers: Promise<string>[] = [];
-  t.teardown(() => {
-    for (const w of waiting) w.destroy();
-  });
-  for (let i = 0; i < 3; i++) {
-    const w = await connect(s.url);
-    w.on('error', () => {});
-    waiting.push(w);
-    answers.push(new Promise((resolve) => {
-      let got = '';
-      w.on('data', (d: Buffer) => {
-        got += d.toString();
-        if (got.includes('nodelocal_render_total')) resolve(got);
-      });
-      w.once('close', () => resolve(got));
-    }));
-    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
-    // Taken before the next connects: one whose request is not yet read would be quiet, made room from by the older rule.
-    for (let j = 0; j < 500 && s.answersOwed < i + 1; j++) await new Promise((r) => setTimeout(r, 10));
-  }
+  const answers = await scrapesFrom(t, s, [HOST, HOST, HOST]);
   t.equal(s.answersOwed, 3, 'each request taken before the newcomer connects');
   t.ok(s.scrapesWaiting, 'the scrapes wait for the next second');
   const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
@@ -1168,33 +1178,7 @@ t.test('bounded: at the cap, a waiting scrape of the address holding the most co
   await s.start();
   t.teardown(() => s.stop());
   t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
-  const u = new URL(s.url);
-  const open: net.Socket[] = [];
-  t.teardown(() => {
-    for (const w of open) w.destroy();
-  });
-  const scrape = async (from: string): Promise<{ answer: Promise<string> }> => {
-    const w = await new Promise<net.Socket>((resolve, reject) => {
-      const c = net.connect({ host: u.hostname, port: Number(u.port), localAddress: from }, () => resolve(c));
-      c.once('error', reject);
-    });
-    w.on('error', () => {});
-    open.push(w);
-    const got = new Promise<string>((resolve) => {
-      let text = '';
-      w.on('data', (d: Buffer) => {
-        text += d.toString();
-        if (text.includes('nodelocal_render_total')) resolve(text);
-      });
-      w.once('close', () => resolve(text));
-    });
-    const owed = s.answersOwed;
-    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
-    for (let j = 0; j < 500 && s.answersOwed <= owed; j++) await new Promise((r) => setTimeout(r, 10));
-    return { answer: got };
-  };
-  const busy = [await scrape('127.0.0.1'), await scrape('127.0.0.1')];
-  const prometheus = await scrape('127.0.0.2');
+  const [a1, a2, prometheus] = await scrapesFrom(t, s, [HOST, HOST, '127.0.0.2']);
   t.equal(s.answersOwed, 3, 'three scrapes wait, Prometheus\'s the last');
   const probe = await new Promise<number>((resolve) => {
     const req = http.request(`${s.url}/health`, { agent: false, localAddress: '127.0.0.3' }, (res) => {
@@ -1206,8 +1190,8 @@ t.test('bounded: at the cap, a waiting scrape of the address holding the most co
   });
   t.equal(probe, 200, 'the newcomer is answered');
   clock.advance(1_000);
-  t.match(await prometheus.answer, /^HTTP\/1\.1 200/, 'Prometheus gets the next second\'s render');
-  t.equal((await Promise.all(busy.map((b) => b.answer))).filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 1, 'one of the busy address\'s two made room');
+  t.match(await prometheus!, /^HTTP\/1\.1 200/, 'Prometheus gets the next second\'s render');
+  t.equal((await Promise.all([a1!, a2!])).filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 1, 'one of the busy address\'s two made room');
 });
 
 t.test('bounded: a scrape whose wait is over (its render running) no longer makes room: the render it waited for is not thrown away', async (t) => {
@@ -1229,26 +1213,7 @@ t.test('bounded: a scrape whose wait is over (its render running) no longer make
   await s.start();
   t.teardown(() => s.stop());
   t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
-  const open: net.Socket[] = [];
-  const answers: Promise<string>[] = [];
-  t.teardown(() => {
-    for (const w of open) w.destroy();
-  });
-  for (let i = 0; i < 3; i++) {
-    const w = await connect(s.url);
-    w.on('error', () => {});
-    open.push(w);
-    answers.push(new Promise((resolve) => {
-      let got = '';
-      w.on('data', (d: Buffer) => {
-        got += d.toString();
-        if (got.includes('nodelocal_render_total')) resolve(got);
-      });
-      w.once('close', () => resolve(got));
-    }));
-    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
-    for (let j = 0; j < 500 && s.answersOwed < i + 1; j++) await new Promise((r) => setTimeout(r, 10));
-  }
+  const answers = await scrapesFrom(t, s, [HOST, HOST, HOST]);
   t.equal(s.answersOwed, 3, 'three scrapes wait');
   clock.advance(1_000);
   t.equal(renders, 2, 'the next second\'s render runs for them');
