@@ -9,7 +9,8 @@
  *   kernel would take no more: a client that asked and does not read, which
  *   would otherwise hold its slot until the 30 s socket timeout). Failing
  *   that, one whose scrape waits for the next second's render
- *   (scrape-render.ts), of the address holding the most connections, the one
+ *   (scrape-render.ts; once that render starts it is being answered, and
+ *   stays), of the address holding the most connections, the one
  *   of those that began waiting last: pods scraping back-to-back on every
  *   slot spend each second's renders, so their scrapes wait almost all the
  *   time, owed and read, never quiet; Prometheus's one scrape, coming between
@@ -119,10 +120,12 @@ export class OpsConnections {
     return true;
   }
 
-  /** The request taken on `socket` waits for the next second's render: its connection may make room until answered. */
-  awaitingRender(socket: Socket): void {
+  /** The request taken on `socket` waits for the next second's render: its connection may make room until `over` (that render starts). */
+  awaitingRender(socket: Socket, over: Promise<void>): void {
     const conn = this.#open.get(socket);
-    if (conn !== undefined) this.#waiting.add(conn);
+    if (conn === undefined) return;
+    this.#waiting.add(conn);
+    void over.then(() => this.#waiting.delete(conn));
   }
 
   /**

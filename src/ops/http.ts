@@ -290,8 +290,9 @@ export class OpsServer implements Component {
   #metrics(req: http.IncomingMessage, res: http.ServerResponse): void {
     const source = this.#handlers.metrics!;
     const text = this.#renders!.text();
-    // Past the render bound: a slot a newcomer may take until the next second's render answers it.
-    if (this.#renders!.waiting) this.#connections.awaitingRender(req.socket);
+    // Past the render bound: a slot a newcomer may take until the next second's render starts (then it is answered).
+    const waitOver = this.#renders!.waitOver;
+    if (waitOver !== null) this.#connections.awaitingRender(req.socket, waitOver);
     text.then(
       (text) => reply(res, 200, source.contentType, text),
       (err: unknown) => {
