@@ -1111,6 +1111,36 @@ t.test('coredns_cache_requests_total: one per client lookup (a miss, then a hit)
   }
 });
 
+/**
+ * One connection per address of `from` (to `s`, from that local address), each sending a scrape; each taken (its
+ * answer owed) before the next connects. Resolves to each one's answer: what it read by the metrics line or its close.
+ */
+async function scrapesFrom(t: Test, s: OpsServer, from: readonly string[]): Promise<Array<Promise<string>>> {
+  const u = new URL(s.url);
+  const answers: Array<Promise<string>> = [];
+  for (const localAddress of from) {
+    const w = await new Promise<net.Socket>((resolve, reject) => {
+      const c = net.connect({ host: u.hostname, port: Number(u.port), localAddress }, () => resolve(c));
+      c.once('error', reject);
+    });
+    t.teardown(() => void w.destroy());
+    w.on('error', () => {});
+    answers.push(new Promise((resolve) => {
+      let got = '';
+      w.on('data', (d: Buffer) => {
+        got += d.toString();
+        if (got.includes('nodelocal_render_total')) resolve(got);
+      });
+      w.once('close', () => resolve(got));
+    }));
+    const owed = s.answersOwed;
+    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
+    // Taken before the next connects: one whose request is not yet read would be quiet, made room from by the older rule.
+    for (let j = 0; j < 500 && s.answersOwed <= owed; j++) await new Promise((r) => setTimeout(r, 10));
+  }
+  return answers;
+}
+
 t.test('bounded: connections whose scrapes wait for the next second\'s render do not lock a newcomer out (a probe on a shared address, Prometheus)', async (t) => {
   // A pod scraping back-to-back on every connection it may hold (8 per address, a few addresses fill all 32) spends
   // the renders of each second, so its scrapes wait for the next one almost all the time: answers owed, read at
@@ -1125,34 +1155,73 @@ t.test('bounded: connections whose scrapes wait for the next second\'s render do
   await s.start();
   t.teardown(() => s.stop());
   t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
-  const waiting: net.Socket[] = [];
-  const answers: Promise<string>[] = [];
-  t.teardown(() => {
-    for (const w of waiting) w.destroy();
-  });
-  for (let i = 0; i < 3; i++) {
-    const w = await connect(s.url);
-    w.on('error', () => {});
-    waiting.push(w);
-    answers.push(new Promise((resolve) => {
-      let got = '';
-      w.on('data', (d: Buffer) => {
-        got += d.toString();
-        if (got.includes('nodelocal_render_total')) resolve(got);
-      });
-      w.once('close', () => resolve(got));
-    }));
-    w.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
-    for (let j = 0; j < 200 && !s.scrapesWaiting; j++) await new Promise((r) => setTimeout(r, 10));
-  }
-  // Each request taken before the newcomer connects.
-  await new Promise((r) => setTimeout(r, 100));
+  const answers = await scrapesFrom(t, s, [HOST, HOST, HOST]);
+  t.equal(s.answersOwed, 3, 'each request taken before the newcomer connects');
   t.ok(s.scrapesWaiting, 'the scrapes wait for the next second');
   const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
   t.equal(probe.status, 200, `the newcomer is answered (got: ${probe.status === 0 ? probe.body : probe.status})`);
   clock.advance(1_000);
   const got = await Promise.all(answers);
   t.equal(got.filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 2, 'one waiting connection made room; the others get the next second\'s render');
+});
+
+t.test('bounded: at the cap, a waiting scrape of the address holding the most connections makes room, not a lone Prometheus\'s that began waiting last', async (t) => {
+  // Pods scraping back-to-back fill the slots and spend each second's renders; Prometheus's scrape comes between
+  // their turns, so it is most often the one that began waiting last. A newcomer (another scraper reconnecting,
+  // the probe) must close one of theirs: were it the last to wait, every scrape of Prometheus's could be cut so.
+  const source = { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics: async (): Promise<string> => 'nodelocal_render_total 1\n' };
+  const clock = new ManualClock();
+  const s = new OpsServer({
+    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger,
+    limits: { maxConnections: 3, maxConnectionsPerPeer: 2, maxRendersPerSecond: 1 }, renderClock: clock,
+  });
+  await s.start();
+  t.teardown(() => s.stop());
+  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
+  const [a1, a2, prometheus] = await scrapesFrom(t, s, [HOST, HOST, '127.0.0.2']);
+  t.equal(s.answersOwed, 3, 'three scrapes wait, Prometheus\'s the last');
+  const probe = await new Promise<number>((resolve) => {
+    const req = http.request(`${s.url}/health`, { agent: false, localAddress: '127.0.0.3' }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', () => resolve(0));
+    req.end();
+  });
+  t.equal(probe, 200, 'the newcomer is answered');
+  clock.advance(1_000);
+  t.match(await prometheus!, /^HTTP\/1\.1 200/, 'Prometheus gets the next second\'s render');
+  t.equal((await Promise.all([a1!, a2!])).filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 1, 'one of the busy address\'s two made room');
+});
+
+t.test('bounded: a scrape whose wait is over (its render running) no longer makes room: the render it waited for is not thrown away', async (t) => {
+  // Waiting scrapes may make room until the next second's render starts; from then on they are being answered, and
+  // closing one would cut a scrape that waited its second for nothing.
+  let release: () => void = () => {};
+  let renders = 0;
+  const source = {
+    contentType: 'text/plain; version=0.0.4; charset=utf-8',
+    metrics: async (): Promise<string> => {
+      if (++renders > 1) await new Promise<void>((r) => (release = r));
+      return `nodelocal_render_total ${renders}\n`;
+    },
+  };
+  const clock = new ManualClock();
+  const s = new OpsServer({
+    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger, limits: { maxConnections: 3, maxRendersPerSecond: 1 }, renderClock: clock,
+  });
+  await s.start();
+  t.teardown(() => s.stop());
+  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
+  const answers = await scrapesFrom(t, s, [HOST, HOST, HOST]);
+  t.equal(s.answersOwed, 3, 'three scrapes wait');
+  clock.advance(1_000);
+  t.equal(renders, 2, 'the next second\'s render runs for them');
+  const newcomer = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
+  t.equal(newcomer.status, 0, 'a newcomer now is closed on accept: every one is being answered');
+  release();
+  const got = await Promise.all(answers);
+  t.equal(got.filter((a) => /^HTTP\/1\.1 200/.test(a)).length, 3, 'each waiting scrape gets the render it waited for');
 });
 
 t.test('bounded: one client holding every connection slot does not lock the kubelet\'s probe out', async (t) => {

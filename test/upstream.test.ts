@@ -842,6 +842,23 @@ t.test('TcpPool: queries that time out together on a slow cluster DNS (answers a
   t.ok(await until(() => pool.counters.get('late') === 2), 'both late answers were read');
 });
 
+t.test('TcpPool: a black-holed connection is still replaced after a burst: the queries in flight together count once, the next one sent after them makes it silent', async (t) => {
+  // No stall rule (as for a DNS-over-TLS resolver): only the silent rule takes a dead connection out. Since a timeout
+  // counts only if its query was sent after the last one counted, a burst that times out together counts once.
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const replaced: string[] = [];
+  const logger: Logger = { debug() {}, warn() {}, error() {}, info: (msg) => void (msg.includes('replaced') && replaced.push(msg)) };
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, stallMs: null, logger });
+  t.teardown(() => pool.abort());
+  const burst = await Promise.all(Array.from({ length: 5 }, (_, i) => ask(pool, `b${i}.example.com`, { timeoutMs: 300 }).done));
+  t.same(burst.map((r) => r.reason), ['timeout', 'timeout', 'timeout', 'timeout', 'timeout'], 'the burst times out');
+  t.same(replaced, [], 'counted once: not yet taken for dead');
+  t.equal((await ask(pool, 'next.example.com', { timeoutMs: 300 }).done).reason, 'timeout', 'the next query times out too');
+  t.ok(await until(() => replaced.length === 1), 'and the connection is replaced as silent');
+  t.equal(sim.stats.tcpQueries, 6, 'each query sent once');
+});
+
 t.test('TcpPool: the server closing a draining connection during close() fails its queries closed, not network', async (t) => {
   // A reload retires the old pool with close(): its in-flight queries may finish. If the server closes that draining
   // connection first, they cannot be re-sent (the pool takes nothing new) and were failed 'network', so the resolver

@@ -2,13 +2,14 @@
 // patching, builders, framing, names, routing and caching policy.
 import t from 'tap';
 import * as dnsPacket from 'dns-packet';
-import { parseQuery, QueryStatus, keyParts, keyName } from '../src/dns/query.js';
+import { parseQuery, parseQueryInto, QueryScratch, QueryStatus, keyParts, keyName } from '../src/dns/query.js';
+import { KEY_TAIL } from '../src/dns/query-result.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { keptRecords, writeAnswer, stripOpt } from '../src/dns/patch.js';
 import { errorResponse, upstreamQuery, RCODE_BADVERS } from '../src/dns/build.js';
 import { tsigErrorResponse, TSIG_BADKEY } from '../src/dns/tsig.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
-import { nameToString, nameToWire, skipName } from '../src/dns/name.js';
+import { nameInZone, nameToString, nameToWire, skipName } from '../src/dns/name.js';
 import { answerMatchesQuery } from '../src/dns/question.js';
 import { scrubOutOfBailiwick } from '../src/dns/bailiwick.js';
 import { ZoneRouter } from '../src/upstream/router.js';
@@ -826,4 +827,23 @@ t.test('a cut recognises an RRset whose owners are one long name reached through
   const endOfFirstNs = m.length - 14;
   t.equal(keptRecords(s.wire, s.offsets, endOfFirstNs), 3, 'the NS RRset goes whole: the answer section only, no TC');
   t.equal(keptRecords(s.wire, s.offsets, m.length), 5, 'all of it fits');
+});
+
+t.test('nameInZone on a key\'s bytes agrees with the zone router on its string: root zone, a trailing dot or upper case in config, the apex, label boundaries', async (t) => {
+  // The shed gate matched the view's zones with a ZoneRouter on the key string; it now reads the key's bytes.
+  const zones = ['.', 'cluster.local', 'CLUSTER.Local.', '10.in-addr.arpa.', 'b.c', 'x.b.c'];
+  const names = ['.', 'cluster.local', 'CLUSTER.LOCAL', 'a.cluster.local', 'xcluster.local', 'cluster.local.evil', 'local', 'a-cluster.local',
+    '4.3.2.10.in-addr.arpa', '10.in-addr.arpa', '110.in-addr.arpa', 'b.c', 'ab.c', 'x.b.c', 'y.x.b.c', 'xb.c', 'c'];
+  const q = new QueryScratch();
+  for (const zone of zones) {
+    const router = new ZoneRouter([{ zone, target: true }], false);
+    const wire = nameToWire(zone);
+    for (const name of names) {
+      t.equal(parseQueryInto(query({ name }), q), QueryStatus.OK, name);
+      const snap = parseQuery(query({ name }));
+      if (snap === null) throw new Error(name);
+      const bytes = nameInZone(q.keyBytes, q.keyLen - KEY_TAIL, wire);
+      t.equal(bytes, router.route(snap.key) === true, `${name} in ${zone}: ${bytes}`);
+    }
+  }
 });

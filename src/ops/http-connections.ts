@@ -8,11 +8,14 @@
  *   request). Failing that, one whose answer sits unsent in its socket (the
  *   kernel would take no more: a client that asked and does not read, which
  *   would otherwise hold its slot until the 30 s socket timeout). Failing
- *   that, the one whose scrape began waiting last for the next second's
- *   render (scrape-render.ts): a pod scraping back-to-back on every slot
- *   spends each second's renders, so its scrapes wait almost all the time,
- *   owed and read, never quiet; one that has waited longer gets that render
- *   within the second. Only when every one is being answered and read, and
+ *   that, one whose scrape waits for the next second's render
+ *   (scrape-render.ts; once that render starts it is being answered, and
+ *   stays), of the address holding the most connections, the one
+ *   of those that began waiting last: pods scraping back-to-back on every
+ *   slot spend each second's renders, so their scrapes wait almost all the
+ *   time, owed and read, never quiet; Prometheus's one scrape, coming between
+ *   their turns, is most often the last to begin waiting, and must not be
+ *   the one cut. Only when every one is being answered and read, and
  *   none waits on the render bound, is the newcomer closed.
  *   The kubelet probes from the node's own address, which every hostNetwork
  *   process shares: connections that hold a slot without asking must not lock
@@ -52,7 +55,7 @@ export class OpsConnections {
   readonly #open: Map<Socket, Connection>;
   /** Connections owing no answer (idle, or no whole request yet), the one quiet longest first: who makes room at a cap. */
   readonly #quiet: Set<Connection>;
-  /** Connections with a scrape waiting for the next second's render, the one that began waiting last at the end. */
+  /** Connections with a scrape waiting for the next second's render, in the order they began waiting. */
   readonly #waiting: Set<Connection>;
   readonly #perPeer: Map<string, number>;
   #draining: boolean;
@@ -117,10 +120,12 @@ export class OpsConnections {
     return true;
   }
 
-  /** The request taken on `socket` waits for the next second's render: its connection may make room until answered. */
-  awaitingRender(socket: Socket): void {
+  /** The request taken on `socket` waits for the next second's render: its connection may make room until `over` (that render starts). */
+  awaitingRender(socket: Socket, over: Promise<void>): void {
     const conn = this.#open.get(socket);
-    if (conn !== undefined) this.#waiting.add(conn);
+    if (conn === undefined) return;
+    this.#waiting.add(conn);
+    void over.then(() => this.#waiting.delete(conn));
   }
 
   /**
@@ -142,6 +147,11 @@ export class OpsConnections {
     });
   }
 
+  /** Requests taken and not yet answered, over every connection. */
+  get owed(): number {
+    return this.#owed();
+  }
+
   #owed(): number {
     let n = 0;
     for (const c of this.#open.values()) n += c.owed;
@@ -153,15 +163,32 @@ export class OpsConnections {
   }
 
   /**
-   * Closes the connection quiet longest, else one whose client is not reading its answer, else the one that began
-   * waiting last for the next second's render; false when none exists.
+   * Closes the connection quiet longest, else one whose client is not reading its answer, else one waiting for the
+   * next second's render (#evictWaiting); false when none exists.
    */
   #makeRoom(peer: string | null): boolean {
     return (
       this.#evictFirst(this.#quiet, peer, () => true) ||
       this.#evictFirst(this.#open.values(), peer, (c) => c.socket.writableLength > 0) ||
-      this.#evictFirst([...this.#waiting].reverse(), peer, () => true)
+      this.#evictWaiting(peer)
     );
+  }
+
+  /** Of the connections waiting on the render bound (of `peer`, if given): one of the address holding the most, the last of those to begin waiting. */
+  #evictWaiting(peer: string | null): boolean {
+    let pick: Connection | null = null;
+    let most = 0;
+    for (const conn of this.#waiting) {
+      if (peer !== null && conn.peer !== peer) continue;
+      const n = this.#perPeer.get(conn.peer) ?? 0;
+      if (n >= most) {
+        pick = conn;
+        most = n;
+      }
+    }
+    if (pick === null) return false;
+    this.#close(pick);
+    return true;
   }
 
   #evictFirst(conns: Iterable<Connection>, peer: string | null, may: (conn: Connection) => boolean): boolean {

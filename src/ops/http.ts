@@ -50,7 +50,7 @@ export interface OpsHandlers {
 }
 
 export interface OpsHttpLimits {
-  /** Open connections at once; past it a newcomer closes the one quiet longest (owing no answer), else one whose client does not read its answer, or is closed when every one is being answered and read. Prometheus and kubelet need a handful. */
+  /** Open connections at once; past it a newcomer closes the one quiet longest (owing no answer), else one whose client does not read its answer, else one whose scrape waits on the render bound (http-connections.ts), or is closed when every one is being answered and read. Prometheus and kubelet need a handful. */
   readonly maxConnections: number;
   /** The same, per client address: one pod cannot take every slot from the kubelet's probe. */
   readonly maxConnectionsPerPeer: number;
@@ -189,6 +189,11 @@ export class OpsServer implements Component {
     return this.#renders?.waiting ?? false;
   }
 
+  /** Requests taken and not yet answered (a scrape waiting or rendering), over every connection. */
+  get answersOwed(): number {
+    return this.#connections.owed;
+  }
+
   get url(): string {
     return `http://${formatHostPort(this.address)}`;
   }
@@ -285,8 +290,9 @@ export class OpsServer implements Component {
   #metrics(req: http.IncomingMessage, res: http.ServerResponse): void {
     const source = this.#handlers.metrics!;
     const text = this.#renders!.text();
-    // Past the render bound: a slot a newcomer may take until the next second's render answers it.
-    if (this.#renders!.waiting) this.#connections.awaitingRender(req.socket);
+    // Past the render bound: a slot a newcomer may take until the next second's render starts (then it is answered).
+    const waitOver = this.#renders!.waitOver;
+    if (waitOver !== null) this.#connections.awaitingRender(req.socket, waitOver);
     text.then(
       (text) => reply(res, 200, source.contentType, text),
       (err: unknown) => {

@@ -22,6 +22,8 @@ export class ScrapeRenders {
   #inFlight: Promise<string> | null;
   /** Scrapes past the bound: they share the render of the next second. */
   #deferred: Promise<string> | null;
+  /** Settles when that render starts: from then on those scrapes are being answered. */
+  #waitOver: Promise<void> | null;
   #secondStart: number;
   #rendersThisSecond: number;
 
@@ -31,6 +33,7 @@ export class ScrapeRenders {
     this.#maxPerSecond = maxPerSecond;
     this.#inFlight = null;
     this.#deferred = null;
+    this.#waitOver = null;
     this.#secondStart = -Infinity;
     this.#rendersThisSecond = 0;
   }
@@ -40,17 +43,26 @@ export class ScrapeRenders {
     return this.#deferred !== null;
   }
 
+  /** While scrapes wait: settles when the render they wait for starts (a connection waiting may make room until then). */
+  get waitOver(): Promise<void> | null {
+    return this.#waitOver;
+  }
+
   /** The text to answer with; rejects when the render fails (never throws). */
   text(): Promise<string> {
     if (this.#inFlight !== null) return this.#inFlight;
     if (this.#deferred !== null) return this.#deferred;
     if (this.#roomAt(this.#clock.now())) return this.#render();
     // On the clock's sweep (every 50 ms on the system clock; a ManualClock's advance runs it too).
+    let over: () => void = () => {};
+    this.#waitOver = new Promise<void>((resolve) => (over = resolve));
     this.#deferred = new Promise<string>((resolve) => {
       const stop = this.#clock.sweep((now) => {
         if (!this.#roomAt(now)) return;
         stop();
         this.#deferred = null;
+        this.#waitOver = null;
+        over();
         resolve(this.#render());
       });
     });
