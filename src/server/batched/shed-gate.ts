@@ -120,12 +120,12 @@ export class ShedGate implements MissGate {
   admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number }): boolean {
     const since = this.#clock.now() - readStamp(this.#ctl);
     // The clock is the turn's, read as it began: a refusal stamped since then reads a little ahead, and is one just
-    // now (admitting those let a third of a flood's misses cross). Far ahead ends the window, never stretches it.
+    // now (admitted, those misses crossed to a main thread refusing them). Far ahead ends the window, never stretches it.
     if (since < -SHED_WINDOW_MS || since >= SOFT_PERIOD_MS) return true;
     if (since >= SHED_WINDOW_MS && this.#waiting.inflight < SOFT_INFLIGHT) return true;
     // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
     if (this.#reads.lastGaveUp) return true;
-    // Read from the key's bytes: a shed miss made a key string and a slice per label here, most of its garbage.
+    // Read from the key's bytes: a string-keyed zone table made the key string and a slice per label for each shed miss.
     for (const zone of this.#local) if (nameInZone(q.keyBytes, q.keyLen - KEY_TAIL, zone)) return true;
     this.#v[this.#slot]!++;
     return false;
