@@ -1116,3 +1116,47 @@ t.test('interception: a pod\'s TCP connection to an intercepted address complete
     await stopChild(listeners, 'SIGKILL', 2000);
   }
 });
+
+t.test('shutdown during a periodic check: the check writes nothing more once the stop is asked for', async (t) => {
+  // Every save is empty, so each check finds both families missing and rewrites IPv4, then IPv6.
+  const calls: { cmd: string; stdin: string; afterStop: boolean }[] = [];
+  let stopAsked = false;
+  let holdRestore = false;
+  let reached = (): void => {};
+  const atRestore = new Promise<void>((resolve) => {
+    reached = resolve;
+  });
+  let letGo = (): void => {};
+  const released = new Promise<void>((resolve) => {
+    letGo = resolve;
+  });
+  const fake = fakeRunner({
+    'iptables-legacy-save -t raw': {}, 'iptables-legacy-save -t filter': {}, 'iptables-legacy-save -t nat': {},
+    'ip6tables-legacy-save -t raw': {}, 'ip6tables-legacy-save -t filter': {}, 'ip6tables-legacy-save -t nat': {},
+    'iptables-legacy-restore': {}, 'ip6tables-legacy-restore': {},
+  });
+  const run: CommandRunner = async (cmd, args, stdin) => {
+    calls.push({ cmd, stdin: stdin ?? '', afterStop: stopAsked });
+    if (holdRestore && cmd === 'iptables-legacy-restore') {
+      // The check's IPv4 write waits (on the xtables lock, say) until the test lets it go.
+      reached();
+      await released;
+    }
+    return fake(cmd, args, stdin);
+  };
+  const clock = new ManualClock();
+  const part = interceptionPart({
+    addresses: ['169.254.20.10', 'fd00::a'], port: 53, healthPort: null, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock, logger: silentLogger, counters: newSetupCounters(), run,
+  })!;
+  await part.start();
+  holdRestore = true;
+  clock.advance(1000); // the periodic check starts
+  await atRestore;
+  stopAsked = true;
+  const stopping = part.stop(clock.now() + 1000);
+  letGo();
+  await stopping;
+  const writesAfter = calls.filter((c) => c.afterStop && c.cmd.endsWith('-restore') && c.stdin.includes('-I '));
+  t.same(writesAfter.map((c) => c.cmd), [], 'no rules written after the stop was asked for: the teardown that follows would have to undo them');
+});
