@@ -1160,3 +1160,25 @@ t.test('shutdown during a periodic check: the check writes nothing more once the
   const writesAfter = calls.filter((c) => c.afterStop && c.cmd.endsWith('-restore') && c.stdin.includes('-I '));
   t.same(writesAfter.map((c) => c.cmd), [], 'no rules written after the stop was asked for: the teardown that follows would have to undo them');
 });
+
+t.test('rule parsing: "-j"/"-g" inside another rule\'s quoted comment is text, not its target', async (t) => {
+  // As iptables-save prints them: comments with spaces are quoted, with \" and \\ escaped.
+  const want = buildRules(RULES).filter((r) => r.family === 4);
+  const ours = parseSave(iptablesApplyBatch('nodelocaldns', 'raw', new Map(), want).replace(/^-I (\w+) 1 /gm, '-A $1 '), 'raw');
+  const withAbove = (hook: 'PREROUTING' | 'OUTPUT', ...above: string[]) => {
+    const m = new Map(ours);
+    m.set('OTHER', ['-j RETURN']);
+    m.set(hook, [...above, ...(ours.get(hook) ?? [])]);
+    return m;
+  };
+  const acceptNamingAChain = withAbove('OUTPUT', '-m comment --comment "then -j OTHER runs" -j ACCEPT');
+  t.match(diffIptables('nodelocaldns', 'raw', acceptNamingAChain, want), [/raw OUTPUT: jump to NODELOCALDNS-OUTPUT is rule 2, below/], 'an ACCEPT above our jump is a misorder whatever its comment names');
+  const jumpNamingAVerdict = withAbove('PREROUTING', '-m comment --comment "odd \\"x\\" \\\\ -j ACCEPT -g X" -j OTHER');
+  t.same(diffIptables('nodelocaldns', 'raw', jumpNamingAVerdict, want), [], 'a jump to a user chain above ours is in place whatever its comment says');
+  const notOurs = '-p udp -m comment --comment "keep before -j NODELOCALDNS-PREROUTING always" -j ACCEPT';
+  const theirs = new Map(ours);
+  theirs.set('PREROUTING', [...(ours.get('PREROUTING') ?? []), notOurs]);
+  const removal = iptablesRemoveBatch('nodelocaldns', 'raw', theirs) ?? '';
+  t.notMatch(removal, /keep before/, 'teardown deletes only our jumps, not a rule whose comment names our chain');
+  t.same(diffIptables('nodelocaldns', 'raw', theirs, want), [], 'nor is that rule a second jump of ours');
+});
