@@ -221,6 +221,8 @@ t.test('NodeInterface against replayed kernel replies', async (t) => {
     t.match(describeNetlinkError('add address', 1, null, 'dummy'), /CAP_NET_ADMIN/);
     t.match(describeNetlinkError('add address', 13, null, 'dummy'), /disable_ipv6/);
     t.match(describeNetlinkError('add address', 22, 'bad', 'dummy'), /errno 22 \(kernel: bad\)/);
+    // A link deleted between the check's dump and its next request (a CNI restart, an operator): say so, not "errno 19".
+    t.match(describeNetlinkError('add address 169.254.20.10 to nodelocaldns', 19, null, 'dummy'), /^add address 169\.254\.20\.10 to nodelocaldns: the link is gone \(deleted meanwhile\)/);
     t.throws(() => new NodeInterface({ name: 'a-name-too-long-for-linux', addresses: [], counters: newSetupCounters() }), InterfaceError);
     t.throws(() => new NodeInterface({ name: 'x', addresses: ['not-an-ip'], counters: newSetupCounters() }), /not an IP address/);
   });
