@@ -221,6 +221,8 @@ t.test('NodeInterface against replayed kernel replies', async (t) => {
     t.match(describeNetlinkError('add address', 1, null, 'dummy'), /CAP_NET_ADMIN/);
     t.match(describeNetlinkError('add address', 13, null, 'dummy'), /disable_ipv6/);
     t.match(describeNetlinkError('add address', 22, 'bad', 'dummy'), /errno 22 \(kernel: bad\)/);
+    // A link deleted between the check's dump and its next request (a CNI restart, an operator): say so, not "errno 19".
+    t.match(describeNetlinkError('add address 169.254.20.10 to nodelocaldns', 19, null, 'dummy'), /^add address 169\.254\.20\.10 to nodelocaldns: the link is gone \(deleted meanwhile\)/);
     t.throws(() => new NodeInterface({ name: 'a-name-too-long-for-linux', addresses: [], counters: newSetupCounters() }), InterfaceError);
     t.throws(() => new NodeInterface({ name: 'x', addresses: ['not-an-ip'], counters: newSetupCounters() }), /not an IP address/);
   });
@@ -1115,4 +1117,70 @@ t.test('interception: a pod\'s TCP connection to an intercepted address complete
     t.equal(await fw.remove(), null);
     await stopChild(listeners, 'SIGKILL', 2000);
   }
+});
+
+t.test('shutdown during a periodic check: the check writes nothing more once the stop is asked for', async (t) => {
+  // Every save is empty, so each check finds both families missing and rewrites IPv4, then IPv6.
+  const calls: { cmd: string; stdin: string; afterStop: boolean }[] = [];
+  let stopAsked = false;
+  let holdRestore = false;
+  let reached = (): void => {};
+  const atRestore = new Promise<void>((resolve) => {
+    reached = resolve;
+  });
+  let letGo = (): void => {};
+  const released = new Promise<void>((resolve) => {
+    letGo = resolve;
+  });
+  const fake = fakeRunner({
+    'iptables-legacy-save -t raw': {}, 'iptables-legacy-save -t filter': {}, 'iptables-legacy-save -t nat': {},
+    'ip6tables-legacy-save -t raw': {}, 'ip6tables-legacy-save -t filter': {}, 'ip6tables-legacy-save -t nat': {},
+    'iptables-legacy-restore': {}, 'ip6tables-legacy-restore': {},
+  });
+  const run: CommandRunner = async (cmd, args, stdin) => {
+    calls.push({ cmd, stdin: stdin ?? '', afterStop: stopAsked });
+    if (holdRestore && cmd === 'iptables-legacy-restore') {
+      // The check's IPv4 write waits (on the xtables lock, say) until the test lets it go.
+      reached();
+      await released;
+    }
+    return fake(cmd, args, stdin);
+  };
+  const clock = new ManualClock();
+  const part = interceptionPart({
+    addresses: ['169.254.20.10', 'fd00::a'], port: 53, healthPort: null, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock, logger: silentLogger, counters: newSetupCounters(), run,
+  })!;
+  await part.start();
+  holdRestore = true;
+  clock.advance(1000); // the periodic check starts
+  await atRestore;
+  stopAsked = true;
+  const stopping = part.stop(clock.now() + 1000);
+  letGo();
+  await stopping;
+  const writesAfter = calls.filter((c) => c.afterStop && c.cmd.endsWith('-restore') && c.stdin.includes('-I '));
+  t.same(writesAfter.map((c) => c.cmd), [], 'no rules written after the stop was asked for: the teardown that follows would have to undo them');
+});
+
+t.test('rule parsing: "-j"/"-g" inside another rule\'s quoted comment is text, not its target', async (t) => {
+  // As iptables-save prints them: comments with spaces are quoted, with \" and \\ escaped.
+  const want = buildRules(RULES).filter((r) => r.family === 4);
+  const ours = parseSave(iptablesApplyBatch('nodelocaldns', 'raw', new Map(), want).replace(/^-I (\w+) 1 /gm, '-A $1 '), 'raw');
+  const withAbove = (hook: 'PREROUTING' | 'OUTPUT', ...above: string[]) => {
+    const m = new Map(ours);
+    m.set('OTHER', ['-j RETURN']);
+    m.set(hook, [...above, ...(ours.get(hook) ?? [])]);
+    return m;
+  };
+  const acceptNamingAChain = withAbove('OUTPUT', '-m comment --comment "then -j OTHER runs" -j ACCEPT');
+  t.match(diffIptables('nodelocaldns', 'raw', acceptNamingAChain, want), [/raw OUTPUT: jump to NODELOCALDNS-OUTPUT is rule 2, below/], 'an ACCEPT above our jump is a misorder whatever its comment names');
+  const jumpNamingAVerdict = withAbove('PREROUTING', '-m comment --comment "odd \\"x\\" \\\\ -j ACCEPT -g X" -j OTHER');
+  t.same(diffIptables('nodelocaldns', 'raw', jumpNamingAVerdict, want), [], 'a jump to a user chain above ours is in place whatever its comment says');
+  const notOurs = '-p udp -m comment --comment "keep before -j NODELOCALDNS-PREROUTING always" -j ACCEPT';
+  const theirs = new Map(ours);
+  theirs.set('PREROUTING', [...(ours.get('PREROUTING') ?? []), notOurs]);
+  const removal = iptablesRemoveBatch('nodelocaldns', 'raw', theirs) ?? '';
+  t.notMatch(removal, /keep before/, 'teardown deletes only our jumps, not a rule whose comment names our chain');
+  t.same(diffIptables('nodelocaldns', 'raw', theirs, want), [], 'nor is that rule a second jump of ours');
 });

@@ -225,7 +225,7 @@ const PASS_THROUGH = new Set(['LOG', 'NFLOG', 'MARK', 'CONNMARK', 'TRACE', 'CLAS
  * theirs, as it is for node-cache.
  */
 function mayDecide(spec: string, saved: SavedTable): boolean {
-  const m = /(?:^| )-([jg]) (\S+)/.exec(spec);
+  const m = /(?:^| )-([jg]) (\S+)/.exec(unquoted(spec));
   if (m === null) return false; // no target: a counter
   if (m[1] === 'g') return true;
   const target = m[2]!;
@@ -243,9 +243,19 @@ function firstDifference(got: readonly string[], want: readonly string[]): strin
 function jumpPositions(saved: SavedTable, hook: BuiltinChain, chain: string): number[] {
   const out: number[] = [];
   (saved.get(hook) ?? []).forEach((spec, i) => {
-    if (new RegExp(`(^| )-j ${chain}( |$)`).test(spec)) out.push(i);
+    if (new RegExp(`(^| )-j ${chain}( |$)`).test(unquoted(spec))) out.push(i);
   });
   return out;
+}
+
+/**
+ * A saved spec with each quoted value (a comment, a log prefix, as
+ * iptables-save quotes them: "...", with \" and \\ escaped) emptied, so
+ * text such as `--comment "before -j NODELOCALDNS-INPUT"` is not read as a
+ * rule's target.
+ */
+function unquoted(spec: string): string {
+  return spec.replace(/"(?:[^"\\]|\\.)*"/g, '""');
 }
 
 /**

@@ -89,10 +89,14 @@ export class Firewall {
     return this.#clearOthers();
   }
 
-  /** Periodic: read back, and rewrite whatever differs. Never throws. */
-  async check(): Promise<FirewallCheck> {
+  /**
+   * Periodic: read back, and rewrite whatever differs. Never throws. Once
+   * `stop` is aborted (shutdown) it runs no further command: what it would
+   * still write, the teardown after it would only have to take out again.
+   */
+  async check(stop?: AbortSignal): Promise<FirewallCheck> {
     const repaired: string[] = [];
-    const err = await this.#write(repaired);
+    const err = await this.#write(repaired, stop);
     bump(this.#counters, 'firewallRepairs', repaired.length);
     return { repaired, error: err };
   }
@@ -132,11 +136,12 @@ export class Firewall {
    * The one write path. `repaired` null: write unconditionally (apply).
    * Otherwise write only what differs, and say why into `repaired`.
    */
-  async #write(repaired: string[] | null): Promise<string | null> {
-    if (this.backend.kind === 'nftables') return this.#writeNft(repaired);
+  async #write(repaired: string[] | null, stop?: AbortSignal): Promise<string | null> {
+    if (this.backend.kind === 'nftables') return this.#writeNft(repaired, stop);
     const errors: string[] = [];
     const looked = repaired === null || this.#rules.some((r) => r.table === 'nat') ? ALL_TABLES : BASE_TABLES;
     for (const family of [4, 6] as const) {
+      if (aborted(stop)) break;
       const want = this.#rules.filter((r) => r.family === family);
       const saved = await this.#save(family, looked, (t) => this.#tableWanted(family, t));
       if (saved.errors.length > 0) {
@@ -148,7 +153,7 @@ export class Firewall {
       if (want.length === 0) {
         // A family we no longer serve (the config dropped its last address): clear what an earlier run left.
         const batch = [...tables].map(([t, state]) => iptablesRemoveBatch(this.#name, t, state)).filter((b): b is string => b !== null);
-        if (batch.length === 0) continue;
+        if (batch.length === 0 || aborted(stop)) continue;
         const e = await this.#restore(family, batch.join(''));
         if (e !== null) errors.push(e);
         else repaired?.push(`IPv${family}: removed rules for addresses no longer served`);
@@ -173,7 +178,7 @@ export class Firewall {
         }
         batches.push(iptablesApplyBatch(this.#name, t, tableState, want));
       }
-      if (batches.length === 0) continue;
+      if (batches.length === 0 || aborted(stop)) continue;
       const e = await this.#restore(family, batches.join(''));
       if (e !== null) errors.push(e);
       else repaired?.push(...found);
@@ -181,7 +186,7 @@ export class Firewall {
     return errors.length === 0 ? null : errors.join('; ');
   }
 
-  async #writeNft(repaired: string[] | null): Promise<string | null> {
+  async #writeNft(repaired: string[] | null, stop?: AbortSignal): Promise<string | null> {
     let found = '';
     if (repaired !== null) {
       const listed = await this.#listNft();
@@ -189,6 +194,7 @@ export class Firewall {
       else if (this.#nftBaseline === null) found = `nftables: table inet ${this.#name} not written by this process`;
       else if (listed !== this.#nftBaseline) found = `nftables: table inet ${this.#name} changed${firstLineDiff(listed, this.#nftBaseline)}`;
       else return null;
+      if (aborted(stop)) return null;
     }
     const r = await this.#run('nft', ['-f', '-'], nftApplyScript(this.#name, this.#rules));
     if (r.status !== 0) return this.#fail(describeResult('nft -f', r));
@@ -252,4 +258,9 @@ function firstLineDiff(a: string, b: string): string {
     if (x[i] !== y[i]) return ` (line ${i + 1}: have "${(x[i] ?? '').trim()}", wrote "${(y[i] ?? '').trim()}")`;
   }
   return '';
+}
+
+/** A function, not `stop?.aborted` inline: TypeScript would take the signal for unchanged across the awaits between two looks. */
+function aborted(stop: AbortSignal | undefined): boolean {
+  return stop?.aborted === true;
 }

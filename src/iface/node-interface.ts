@@ -89,6 +89,8 @@ export function describeNetlinkError(op: string, errno: number, kernelText: stri
       // addrconf refuses an IPv6 address on a link with disable_ipv6 this way; otherwise a security module said no.
       if (op.startsWith('add address')) return `${op}: IPv6 is disabled on this link or node (net.ipv6.conf.*.disable_ipv6)${detail}`;
       return `${op}: access denied (EACCES), by a security module (SELinux, AppArmor) or the kernel${detail}`;
+    case ENODEV: // the index from our last dump names no link any more; the next check (or start) creates it again
+      return `${op}: the link is gone (deleted meanwhile)${detail}`;
     case EINTR: // not the kernel's word: Rtnl gave up on a dump that kept changing
       return `${op}: ${kernelText ?? 'interrupted'}`;
     case EOPNOTSUPP:

@@ -157,8 +157,8 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       if (others.cleared.length > 0) o.logger.info('removed interception rules an earlier run left in another backend', { from: others.cleared });
       if (others.errors.length > 0) o.logger.warn('could not remove interception rules left in another backend', { errors: others.errors });
       const fw = firewall;
-      stopChecks = every(o.clock, o.syncIntervalMs, async () => {
-        const c = await fw.check();
+      stopChecks = every(o.clock, o.syncIntervalMs, async (stopping) => {
+        const c = await fw.check(stopping);
         inPlace = c.error === null;
         if (c.repaired.length > 0) o.logger.warn('interception rules repaired', { repaired: c.repaired });
         if (c.error !== null) o.logger.warn('interception check failed', { error: c.error });
@@ -210,22 +210,26 @@ function describeBackend(b: FirewallBackend): string {
 /**
  * Runs `fn` every `intervalMs` on the clock's shared sweep, never two at a
  * time (a check that shells out to iptables may take longer than a sweep).
- * The returned stop resolves once a run in flight is over: a check still
- * running would otherwise rewrite what the teardown is about to remove.
+ * The returned stop aborts the signal `fn` was given (a run in flight ends
+ * after the command it is in, rather than after every command of it) and
+ * resolves once that run is over: a check still running would otherwise
+ * rewrite what the teardown is about to remove.
  */
-function every(clock: Clock, intervalMs: number, fn: () => Promise<void>): () => Promise<void> {
+function every(clock: Clock, intervalMs: number, fn: (stopping: AbortSignal) => Promise<void>): () => Promise<void> {
+  const stopping = new AbortController();
   let last = clock.now();
   let running: Promise<void> | null = null;
   const unsubscribe = clock.sweep((now) => {
     if (running !== null || now - last < intervalMs) return;
     last = now;
     // fn logs its own failures; a rejection here would only end the run.
-    running = fn().catch(() => {}).finally(() => {
+    running = fn(stopping.signal).catch(() => {}).finally(() => {
       running = null;
     });
   });
   return async () => {
     unsubscribe();
+    stopping.abort();
     await running;
   };
 }
