@@ -21,6 +21,7 @@
  * this side owns upstream I/O, health and the view, and talks to the hit
  * path only through tokens and bytes (MissSink / complete).
  */
+import { scanAnswer } from '../dns/answer.js';
 import { questionMessage, upstreamQuery } from '../dns/build.js';
 import { RCODE_MASK, OFF_FLAGS, QType, Rcode } from '../dns/constants.js';
 import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
@@ -165,6 +166,10 @@ export class Resolver implements MissSink, PendingOwner {
       this.#fallBack(p, 'servfail');
       return;
     }
+    // A malformed answer is a failed forward too: where a view answers, it answers (else the hit path counts it and
+    // answers stale or SERVFAIL). Read only on routes with a view: the hit path scans every answer anyway.
+    const local = p.route.local;
+    if (local !== null && scanAnswer(answer) === undefined && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure')) return;
     this.#hits.complete(p.token, answer, 'upstream');
   }
 
