@@ -687,6 +687,29 @@ t.test('upstream SERVFAIL and REFUSED become our SERVFAIL (or stale); never pass
   t.equal(r.resolver.counters.get('failServfail'), 2);
 });
 
+t.test('a malformed cluster DNS answer for a name the view knows: the view answers (README: the view answers when a forward fails, malformed included)', async (t) => {
+  const viewAnswer = answer(SVC, [a(SVC, '10.96.0.9', 5)], { aa: true });
+  const local: LocalAnswerer = { answer: () => ({ answer: viewAnswer, chase: '' }), deniesForSure: () => false };
+  const r = rig({ local });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 3 }), ch, PEER);
+  const bad = answer(SVC, [a(SVC, '10.96.0.1')]);
+  r.cluster.answer(0, bad.subarray(0, bad.length - 3));
+  t.equal(ch.sent.length, 1, 'one answer');
+  t.equal(rcodeOf(ch.sent[0]!), 0, 'not SERVFAIL');
+  t.same(ch.decoded(0).answers?.map((x) => (x as { data: string }).data), ['10.96.0.9'], "the view's answer");
+  t.equal(ch.decoded(0).id, 3);
+  t.equal(r.resolver.counters.get('localOnFailure'), 1);
+
+  // A name the view has nothing for: as before, SERVFAIL, and the malformed answer counted.
+  const none: LocalAnswerer = { answer: () => null, deniesForSure: () => false };
+  const r2 = rig({ local: none });
+  r2.hits.handle(query({ name: SVC, id: 4 }), ch, PEER);
+  r2.cluster.answer(0, bad.subarray(0, bad.length - 3));
+  t.equal(rcodeOf(ch.sent[1]!), 2, 'SERVFAIL');
+  t.equal(r2.hits.counters.get('upstreamMalformed'), 1);
+});
+
 t.test('malformed upstream answer: SERVFAIL, counted, nothing cached', async (t) => {
   const r = rig();
   const ch = new FakeChannel();
@@ -1284,4 +1307,31 @@ t.test('upstream NOTIMP is a failure as SERVFAIL and REFUSED are (as the upstrea
   r.external.answer(0, answer('lame.example', [], { rcode: 'NOTIMP' }));
   t.equal(rcodeOf(ch.sent[1]!), 2, 'an external NOTIMP with nothing stale: SERVFAIL, as after REFUSED');
   t.equal(r.resolver.counters.get('failServfail'), 2, 'both counted as failed answers');
+});
+
+t.test('kube-dns answers FORMERR (a failure to refresh, RFC 8767 4) for a name the view knows: the view answers before a stale entry, as the failure order says', async (t) => {
+  let viewAnswer: Buffer | null = null;
+  const local: LocalAnswerer = { answer: () => (viewAnswer === null ? null : { answer: viewAnswer, chase: '' }), deniesForSure: () => false };
+  const r = rig({ local });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 1 }), ch, PEER);
+  r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.1', 5)]));
+  r.clock.advance(6_000);
+  // The service moved: the view holds its new address, the cache an expired entry with the old one.
+  viewAnswer = answer(SVC, [a(SVC, '10.96.0.9', 5)], { aa: true });
+  r.hits.handle(query({ name: SVC, id: 2 }), ch, PEER);
+  r.cluster.answer(1, answer(SVC, [], { rcode: 'FORMERR' }));
+  t.equal(ch.sent.length, 2, 'one answer');
+  t.equal(rcodeOf(ch.sent[1]!), 0);
+  t.same(ch.decoded(1).answers?.map((x) => (x as { data: string }).data), ['10.96.0.9'], "the view's fresh answer, not the stale one");
+  t.equal(r.resolver.counters.get('localOnFailure'), 1);
+  t.equal(r.cache.counters.get('stale'), 0, 'no stale answer served');
+
+  // Nothing in the view: stale, as before.
+  viewAnswer = null;
+  r.clock.advance(6_000);
+  r.hits.handle(query({ name: SVC, id: 3 }), ch, PEER);
+  r.cluster.answer(2, answer(SVC, [], { rcode: 'FORMERR' }));
+  t.same(ch.decoded(2).answers?.map((x) => (x as { data: string }).data), ['10.96.0.9'], 'stale');
+  t.equal(ttlOf(ch.decoded(2).answers![0]!), 30);
 });

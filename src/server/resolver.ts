@@ -21,6 +21,8 @@
  * this side owns upstream I/O, health and the view, and talks to the hit
  * path only through tokens and bytes (MissSink / complete).
  */
+import { refreshesName } from '../cache/policy.js';
+import { scanAnswer } from '../dns/answer.js';
 import { questionMessage, upstreamQuery } from '../dns/build.js';
 import { RCODE_MASK, OFF_FLAGS, QType, Rcode } from '../dns/constants.js';
 import { scrubOutOfBailiwick } from '../dns/bailiwick.js';
@@ -95,6 +97,12 @@ function failedAnswer(answer: Buffer): boolean {
   return serverFailed(answer.length > OFF_FLAGS + 1 ? answer[OFF_FLAGS + 1]! & RCODE_MASK : Rcode.SERVFAIL);
 }
 
+/** An answer that reads and says something of the name (NOERROR or NXDOMAIN), as the hit path judges it. */
+function speaksOfName(answer: Buffer): boolean {
+  const scan = scanAnswer(answer);
+  return scan !== undefined && refreshesName(scan.rcode);
+}
+
 /** Why a local answer is being given, for its counter. */
 type LocalWhy = 'localOnFailure' | 'localLate' | 'localFailing' | 'localNegative';
 
@@ -165,6 +173,11 @@ export class Resolver implements MissSink, PendingOwner {
       this.#fallBack(p, 'servfail');
       return;
     }
+    // A malformed answer, or one with an rcode that says nothing of the name (FORMERR...: RFC 8767 4), is a failed
+    // forward too: where the view has an answer it comes first, before a stale one (else the hit path answers stale,
+    // or passes it on, or counts it malformed). Read only on routes with a view: the hit path scans every answer anyway.
+    const local = p.route.local;
+    if (local !== null && !speaksOfName(answer) && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure')) return;
     this.#hits.complete(p.token, answer, 'upstream');
   }
 
