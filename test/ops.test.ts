@@ -1141,21 +1141,32 @@ async function scrapesFrom(t: Test, s: OpsServer, from: readonly string[]): Prom
   return answers;
 }
 
+/**
+ * A metrics server capped at 3 connections and one render a second, whose render of this second is spent, and
+ * three scrapes from `from` waiting for the next: the rig of the waiting-scrapes tests.
+ */
+async function waitingScrapes(
+  t: Test, metrics: () => Promise<string>, from: readonly string[], limits: { maxConnectionsPerPeer?: number } = {},
+): Promise<{ s: OpsServer; clock: ManualClock; answers: Array<Promise<string>> }> {
+  const source = { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics };
+  const clock = new ManualClock();
+  const s = new OpsServer({
+    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger,
+    limits: { maxConnections: 3, maxRendersPerSecond: 1, ...limits }, renderClock: clock,
+  });
+  await s.start();
+  t.teardown(() => s.stop());
+  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
+  return { s, clock, answers: await scrapesFrom(t, s, from) };
+}
+
 t.test('bounded: connections whose scrapes wait for the next second\'s render do not lock a newcomer out (a probe on a shared address, Prometheus)', async (t) => {
   // A pod scraping back-to-back on every connection it may hold (8 per address, a few addresses fill all 32) spends
   // the renders of each second, so its scrapes wait for the next one almost all the time: answers owed, read at
   // once, never quiet. Were they never made room from, every newcomer would be closed on accept: Prometheus, and
   // on a shared metrics and health address the kubelet's probe (the agent restarted after three).
   let renders = 0;
-  const source = { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics: async (): Promise<string> => `nodelocal_render_total ${++renders}\n` };
-  const clock = new ManualClock();
-  const s = new OpsServer({
-    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger, limits: { maxConnections: 3, maxRendersPerSecond: 1 }, renderClock: clock,
-  });
-  await s.start();
-  t.teardown(() => s.stop());
-  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
-  const answers = await scrapesFrom(t, s, [HOST, HOST, HOST]);
+  const { s, clock, answers } = await waitingScrapes(t, async () => `nodelocal_render_total ${++renders}\n`, [HOST, HOST, HOST]);
   t.equal(s.answersOwed, 3, 'each request taken before the newcomer connects');
   t.ok(s.scrapesWaiting, 'the scrapes wait for the next second');
   const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));
@@ -1169,16 +1180,8 @@ t.test('bounded: at the cap, a waiting scrape of the address holding the most co
   // Pods scraping back-to-back fill the slots and spend each second's renders; Prometheus's scrape comes between
   // their turns, so it is most often the one that began waiting last. A newcomer (another scraper reconnecting,
   // the probe) must close one of theirs: were it the last to wait, every scrape of Prometheus's could be cut so.
-  const source = { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics: async (): Promise<string> => 'nodelocal_render_total 1\n' };
-  const clock = new ManualClock();
-  const s = new OpsServer({
-    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger,
-    limits: { maxConnections: 3, maxConnectionsPerPeer: 2, maxRendersPerSecond: 1 }, renderClock: clock,
-  });
-  await s.start();
-  t.teardown(() => s.stop());
-  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
-  const [a1, a2, prometheus] = await scrapesFrom(t, s, [HOST, HOST, '127.0.0.2']);
+  const { s, clock, answers } = await waitingScrapes(t, async () => 'nodelocal_render_total 1\n', [HOST, HOST, '127.0.0.2'], { maxConnectionsPerPeer: 2 });
+  const [a1, a2, prometheus] = answers;
   t.equal(s.answersOwed, 3, 'three scrapes wait, Prometheus\'s the last');
   const probe = await new Promise<number>((resolve) => {
     const req = http.request(`${s.url}/health`, { agent: false, localAddress: '127.0.0.3' }, (res) => {
@@ -1199,21 +1202,11 @@ t.test('bounded: a scrape whose wait is over (its render running) no longer make
   // closing one would cut a scrape that waited its second for nothing.
   let release: () => void = () => {};
   let renders = 0;
-  const source = {
-    contentType: 'text/plain; version=0.0.4; charset=utf-8',
-    metrics: async (): Promise<string> => {
-      if (++renders > 1) await new Promise<void>((r) => (release = r));
-      return `nodelocal_render_total ${renders}\n`;
-    },
+  const render = async (): Promise<string> => {
+    if (++renders > 1) await new Promise<void>((r) => (release = r));
+    return `nodelocal_render_total ${renders}\n`;
   };
-  const clock = new ManualClock();
-  const s = new OpsServer({
-    address: { host: HOST, port: 0 }, routes: ['metrics', 'health'], handlers: { metrics: source, serving: () => true }, logger: silentLogger, limits: { maxConnections: 3, maxRendersPerSecond: 1 }, renderClock: clock,
-  });
-  await s.start();
-  t.teardown(() => s.stop());
-  t.equal((await request(`${s.url}/metrics`)).status, 200, 'the render of this second');
-  const answers = await scrapesFrom(t, s, [HOST, HOST, HOST]);
+  const { s, clock, answers } = await waitingScrapes(t, render, [HOST, HOST, HOST]);
   t.equal(s.answersOwed, 3, 'three scrapes wait');
   clock.advance(1_000);
   t.equal(renders, 2, 'the next second\'s render runs for them');

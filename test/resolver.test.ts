@@ -687,11 +687,15 @@ t.test('upstream SERVFAIL and REFUSED become our SERVFAIL (or stale); never pass
   t.equal(r.resolver.counters.get('failServfail'), 2);
 });
 
-t.test('a malformed cluster DNS answer for a name the view knows: the view answers (README: the view answers when a forward fails, malformed included)', async (t) => {
+/** A rig whose cluster view holds SVC (10.96.0.9, TTL 5) and answers it whenever asked, and a channel. */
+function viewAnswerRig(): { r: ReturnType<typeof rig>; ch: FakeChannel } {
   const viewAnswer = answer(SVC, [a(SVC, '10.96.0.9', 5)], { aa: true });
   const local: LocalAnswerer = { answer: () => ({ answer: viewAnswer, chase: '' }), deniesForSure: () => false };
-  const r = rig({ local });
-  const ch = new FakeChannel();
+  return { r: rig({ local }), ch: new FakeChannel() };
+}
+
+t.test('a malformed cluster DNS answer for a name the view knows: the view answers (README: the view answers when a forward fails, malformed included)', async (t) => {
+  const { r, ch } = viewAnswerRig();
   r.hits.handle(query({ name: SVC, id: 3 }), ch, PEER);
   const bad = answer(SVC, [a(SVC, '10.96.0.1')]);
   r.cluster.answer(0, bad.subarray(0, bad.length - 3));
@@ -1294,10 +1298,7 @@ t.test('routing: the zones a local answerer covers (what batched workers never s
 
 t.test('upstream NOTIMP is a failure as SERVFAIL and REFUSED are (as the upstream health counts it): the view answers first, else stale, else SERVFAIL', async (t) => {
   // musl ignores a NOTIMP as it does a REFUSED and waits out its whole timeout; glibc moves on from all three alike.
-  const viewAnswer = answer(SVC, [a(SVC, '10.96.0.9', 5)], { aa: true });
-  const local: LocalAnswerer = { answer: () => ({ answer: viewAnswer, chase: '' }), deniesForSure: () => false };
-  const r = rig({ local });
-  const ch = new FakeChannel();
+  const { r, ch } = viewAnswerRig();
   r.hits.handle(query({ name: SVC, id: 1 }), ch, PEER);
   r.cluster.answer(0, answer(SVC, [], { rcode: 'NOTIMP' }));
   t.equal(rcodeOf(ch.sent[0]!), 0, `kube-dns NOTIMP: the view's answer (got rcode ${rcodeOf(ch.sent[0]!)})`);
