@@ -1044,22 +1044,31 @@ t.test('watchRestarts counts watches resumed, not attempts that never reached th
   t.equal(env.counters.get('services.watchRestarts'), 1, 'one watch resumed from the kept RV');
 });
 
-t.test('a watch that ends at once with only blank lines is a very short watch: backed off, not made again in a tight loop', async (t) => {
-  // client-go counts decoded events for its "very short watch" rule; a
-  // blank line is none. A proxy answering each watch with a newline and
-  // closing would otherwise have the reflector re-watch with no delay at all.
+/**
+ * A namespaces reflector whose first 20 watches each end at once after `line` (a list is answered normally),
+ * the 21st hangs; waits until a failure is counted or the 20 are made. Whether such a watch is a very short one.
+ */
+async function shortWatches(t: Test, line: string): Promise<{ counters: Counters<WatchCounter>; watches: number }> {
   let watches = 0;
   const api: ApiGetter = {
     get: (p, signal) => {
       const body = new PassThrough();
       if (!p.includes('watch=1')) body.end(nsList('7', ['n1']));
-      else if (++watches <= 20) body.end('\n');
+      else if (++watches <= 20) body.end(line);
       else return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
       return Promise.resolve({ ok: true, status: 200, body });
     },
   };
   const { counters } = scriptedReflector(t, api);
   await until(t, 'a failure counted, or 20 watches made', () => counters.get('namespaces.errors') >= 1 || watches > 20);
+  return { counters, watches };
+}
+
+t.test('a watch that ends at once with only blank lines is a very short watch: backed off, not made again in a tight loop', async (t) => {
+  // client-go counts decoded events for its "very short watch" rule; a
+  // blank line is none. A proxy answering each watch with a newline and
+  // closing would otherwise have the reflector re-watch with no delay at all.
+  const { counters, watches } = await shortWatches(t, '\n');
   t.ok(counters.get('namespaces.errors') >= 1, 'a watch with nothing but a blank line, ended at once, is a failure');
   t.ok(watches < 20, `${watches} watches made before the first backoff`);
 });
@@ -1091,18 +1100,7 @@ t.test('a watch that ends at once with only lines of no known event type is a ve
   // event for the very-short-watch rule. A proxy answering every watch with
   // 200 and a JSON error body, then closing, would otherwise have the
   // reflector re-watch with no delay at all.
-  let watches = 0;
-  const api: ApiGetter = {
-    get: (p, signal) => {
-      const body = new PassThrough();
-      if (!p.includes('watch=1')) body.end(nsList('7', ['n1']));
-      else if (++watches <= 20) body.end(JSON.stringify({ error: 'upstream connect error' }) + '\n');
-      else return new Promise((resolve) => signal.addEventListener('abort', () => resolve({ ok: false, error: 'aborted' })));
-      return Promise.resolve({ ok: true, status: 200, body });
-    },
-  };
-  const { counters } = scriptedReflector(t, api);
-  await until(t, 'a failure counted, or 20 watches made', () => counters.get('namespaces.errors') >= 1 || watches > 20);
+  const { counters, watches } = await shortWatches(t, JSON.stringify({ error: 'upstream connect error' }) + '\n');
   t.ok(counters.get('namespaces.errors') >= 1, 'a watch with nothing but a line of no known type, ended at once, is a failure');
   t.ok(watches < 20, `${watches} watches made before the first backoff`);
   t.ok(counters.get('namespaces.decodeFailures') >= 1, 'the line is still counted as a decode failure');

@@ -344,11 +344,16 @@ function viewRig(opts: { localNegative?: boolean; fallbackAfterMs?: number; maxC
   return { ...r, view, answerer };
 }
 
+/** Five timeouts in a row: the cluster upstream's health says failing (the view answers from then on). */
+function failClusterDns(r: ReturnType<typeof rig>): void {
+  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+}
+
 const dataOf = (p: dnsPacket.DecodedPacket): unknown[] => (p.answers ?? []).map((x) => (x as { data: unknown }).data);
 
 t.test('cluster DNS failing: cluster names come from the view at once, nothing is forwarded', async (t) => {
   const r = viewRig();
-  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  failClusterDns(r);
   t.equal(r.cluster.health.state, 'failing');
   const ch = new FakeChannel();
   r.hits.handle(query({ name: 'Web.Default.svc.cluster.local', id: 11 }), ch, PEER);
@@ -498,7 +503,7 @@ t.test('--local-negative: search-path junk under the cluster zone is answered NX
 
 t.test('ExternalName from the view: the CNAME plus the target resolved through the external route', async (t) => {
   const r = viewRig();
-  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  failClusterDns(r);
   const ch = new FakeChannel();
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 9 }), ch, PEER);
   t.equal(r.external.exchanges.length, 1, 'the target is looked up externally');
@@ -519,7 +524,7 @@ t.test('ExternalName from the view: a target answered with an rcode that says no
   // FORMERR is about our query to the target's server, not about the client's: joined, the client read its own
   // query as malformed. Only NOERROR and NXDOMAIN speak of the target (an NXDOMAIN joins: RFC 6604).
   const r = viewRig();
-  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  failClusterDns(r);
   const ch = new FakeChannel();
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 11 }), ch, PEER);
   r.external.answer(0, answer('www.example.org', [], { rcode: 'FORMERR' }));
@@ -536,7 +541,7 @@ t.test('ExternalName from the view: a target answered with an extended RCODE in 
   // As scanAnswer for any upstream answer (RFC 6891 6.1.3): the header's four bits alone are not the rcode, and the
   // OPT that holds the rest is not relayed. Joined, BADVERS would read as NOERROR with the target's SOA: NODATA.
   const r = viewRig();
-  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  failClusterDns(r);
   const ch = new FakeChannel();
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 11 }), ch, PEER);
   const opt = { type: 'OPT', name: '.', udpPayloadSize: 1232, extendedRcode: 1, ednsVersion: 0, flags: 0, options: [] } as unknown as dnsPacket.Answer;
@@ -549,7 +554,7 @@ t.test('ExternalName from the view: a target answered with an extended RCODE in 
 
 t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {
   const r = viewRig({ maxConcurrent: 2 });
-  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  failClusterDns(r);
   const ch = new FakeChannel();
   r.hits.handle(query({ name: 'one.example', id: 1 }), ch, PEER);
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 2 }), ch, PEER);
@@ -584,7 +589,7 @@ t.test('nodelocal_externalname_chases_total counts target lookups made: none at 
     deniesForSure: () => false,
   };
   const r = rig({ local, maxConcurrent: 1 });
-  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  failClusterDns(r);
   const ch = new FakeChannel();
   target = 'web.default.svc.cluster.local';
   r.hits.handle(query({ name: EXT_SVC, id: 1 }), ch, PEER);
@@ -615,7 +620,7 @@ t.test('a headless service whose answer is over 64 KiB, answered from the view: 
   });
   r.view.replace('services', [headless]);
   r.view.replace('endpointslices', [slice('big-a', ips.slice(0, 1000)), slice('big-b', ips.slice(1000))]);
-  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  failClusterDns(r);
   t.equal(r.cluster.health.state, 'failing', 'the cluster DNS is failing: the view answers');
 
   const known = new Set(ips);
@@ -1074,7 +1079,7 @@ t.test('bailiwick: records outside the question are removed before caching and n
 
 t.test('bailiwick: an ExternalName target\'s answer is scrubbed too before it is merged, served and cached', async (t) => {
   const r = viewRig();
-  for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
+  failClusterDns(r);
   const ch = new FakeChannel();
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 1 }), ch, PEER);
   t.equal(r.external.exchanges.length, 1, 'the target is looked up externally');
