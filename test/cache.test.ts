@@ -399,3 +399,13 @@ t.test('RFC 8767 4: an upstream answer with an rcode other than NOERROR or NXDOM
   hits.complete(forwarded.at(-1)!, answer('bad.example', [], { rcode: 'FORMERR' }), 'upstream');
   t.equal(sent.length === 1 ? rcodeOf(sent[0]!) : -1, 1, 'no stale entry: FORMERR passed on');
 });
+
+t.test('an answer the store cannot place (bigger than its list\'s byte budget) is counted uncacheable, not as an insert', async (t) => {
+  const cache = newCache({ maxBytes: 64 * 1024 });
+  put(cache, 'fits.example', 1, 0);
+  put(cache, 'huge.example', 2, 0, 2200); // about 59 KB: more than the positive list's share of 64 KiB
+  t.equal(served(cache, 'huge.example', 0), undefined, 'not stored');
+  t.equal(cache.positiveSize, 1);
+  t.equal(cache.counters.get('insertPositive'), 1, 'nodelocal_cache_inserts_total{type="success"} counts the one stored');
+  t.equal(cache.counters.get('uncacheable'), 1, 'nodelocal_cache_uncacheable_total counts the one passed through');
+});
