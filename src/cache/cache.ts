@@ -221,9 +221,10 @@ export class DnsCache implements HitCache {
     const negative = plan.kind === 'negative';
     const entry = AnswerCopy.fromAnswer(answer, scan, now, plan.ttl, prefetchStart(now, plan.ttl, this.#opts), negative);
     // The store drops any entry the key had in the other list: a name that turned negative must not keep answering positive.
-    this.#store.insert(negative ? NEGATIVE : POSITIVE, key, entry);
+    // It refuses one bigger than its list's byte budget (the old entry gone all the same): passed through, not stored.
+    const stored = this.#store.insert(negative ? NEGATIVE : POSITIVE, key, entry) >= 0;
     this.#countEvictions();
-    this.counters.values[negative ? S.insertNegative : S.insertPositive]!++;
+    this.counters.values[stored ? (negative ? S.insertNegative : S.insertPositive) : S.uncacheable]!++;
     return entry;
   }
 
