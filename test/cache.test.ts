@@ -312,6 +312,8 @@ t.test('RFC 8767: a fresh answer the cache does not keep (TTL 0, NXDOMAIN withou
   const cases: Array<[string, Buffer]> = [
     ['TTL 0, a new address', answer(name, [a(name, '10.9.9.9', 0)])],
     ['NXDOMAIN without SOA', answer(name, [], { rcode: 'NXDOMAIN' })],
+    // The name is now a CNAME whose target does not exist: a denial without SOA too, not a chase that failed.
+    ['NXDOMAIN after a CNAME, without SOA', answer(name, [{ type: 'CNAME', name, ttl: 30, data: 'gone.example' }], { rcode: 'NXDOMAIN' })],
   ];
   for (const [what, fresh] of cases) {
     const cache = newCache({ staleMs: hour });
