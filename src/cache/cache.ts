@@ -19,6 +19,7 @@
  * restored record is still an answer to cache, and as what, is revive.ts's.
  */
 import type { AnswerScan } from '../dns/answer.js';
+import { Rcode } from '../dns/constants.js';
 import type { QueryScratch } from '../dns/query.js';
 import { NEGATIVE_SHARE, type CacheOptions, type CachePolicyOptions, type DnsCacheOptions, type HitCache } from './cache-api.js';
 import { AnswerCopy, lifeSec, type CacheEntry, type CacheRecord } from './entry.js';
@@ -208,11 +209,11 @@ export class DnsCache implements HitCache {
     const plan: CachePlan = planCaching(scan, this.#opts, answer);
     if (plan.kind === 'none') {
       this.counters.values[S.uncacheable]!++;
-      // A TTL of 0 or a denial without SOA is still the upstream's word on the name, newer than what the key
-      // holds: kept, that older entry would come back stale on the next failure (RFC 8767). A truncated or
-      // SERVFAIL answer says nothing about the name, nor does a CNAME alone without SOA (its target's answer
-      // missing: the view's ExternalName whose target failed), so the entry stays for that failure.
-      if (plan.reason === 'zero-ttl' || (plan.reason === 'no-soa' && scan.ancount === 0)) {
+      // A TTL of 0 or a denial without SOA (NXDOMAIN after a CNAME too) is still the upstream's word on the name,
+      // newer than what the key holds: kept, that older entry would come back stale on the next failure (RFC 8767).
+      // A truncated or SERVFAIL answer says nothing about the name, nor does a NOERROR CNAME alone without SOA (its
+      // target's answer missing: the view's ExternalName whose target failed), so the entry stays for that failure.
+      if (plan.reason === 'zero-ttl' || (plan.reason === 'no-soa' && (scan.ancount === 0 || scan.rcode === Rcode.NXDOMAIN))) {
         const slot = this.#store.find(key);
         if (slot >= 0) this.#store.remove(slot);
       }
