@@ -12,7 +12,7 @@ import {
   type ClusterAnswer, type ClusterResult, type ClusterRR, type RecordOptions,
 } from '../src/kube/records.js';
 import { encodeAnswer } from '../src/kube/encode.js';
-import { dashedName, inAddrKey, ip6ArpaKey, ipKey, ipv6Nibbles, nibblesToIPv6, podLabelAddress, reverseName } from '../src/kube/ip.js';
+import { dashedName, inAddrKey, ip6ArpaKey, ipKey, isDashedName, ipv6Nibbles, nibblesToIPv6, podLabelAddress, reverseName } from '../src/kube/ip.js';
 import type { ServicePort, SlimEndpoint, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
 import { QType, Rcode } from '../src/dns/constants.js';
 import { nameToWire, skipName, skipUncompressedName } from '../src/dns/name.js';
@@ -681,6 +681,12 @@ t.test('ip forms', async (t) => {
   t.equal(dashedName('10.0.0.2'), '10-0-0-2');
   t.equal(dashedName('fd00::b'), 'fd00--b');
   t.equal(dashedName('fd00::'), 'fd00--0', 'no trailing hyphen (CoreDNS)');
+  // isDashedName is dashedName compared, without the string: the same answer for every spelling and label.
+  const ips = ['10.0.0.2', '1.2.3.4', 'fd00::b', 'FD00::B', 'fd00::', '::', '::1', '2001:db8:0:0:0:0:0:1', '::ffff:1.2.3.4'];
+  const labels = [...ips.map(dashedName), '10-0-0-20', '10-0-0-', 'fd00--', 'fd00--00', 'fd00--b0', '1-2-3-4x', '--0', '--', '-', ''];
+  for (const ip of ips) {
+    for (const l of labels) t.equal(isDashedName(l, ip), dashedName(ip) === l, `isDashedName(${l}, ${ip})`);
+  }
   t.equal(podLabelAddress('1-2-3-4'), '1.2.3.4');
   t.equal(podLabelAddress('fd00--1'), 'fd00::1');
   t.equal(podLabelAddress('1-2-3'), '');
