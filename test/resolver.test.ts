@@ -552,6 +552,43 @@ t.test('ExternalName from the view: a target answered with an extended RCODE in 
   t.same(d.authorities ?? [], [], 'no SOA of the target joined: the client is not told the target has no address');
 });
 
+t.test('ExternalName from the view after the cluster DNS failed or was late: the target lookup gets what is left of the client\'s 4.5 s, not a fresh deadline (musl gives up at 5 s)', async (t) => {
+  const EXT = 'ext.default.svc.cluster.local';
+  // Failed: the cluster DNS timed out at 2 s; the target may take what is left, 2.5 s, not the route's whole 4.5 s.
+  const r = viewRig({ fallbackAfterMs: 0 });
+  const ch = new FakeChannel();
+  const t0 = r.clock.now();
+  r.hits.handle(query({ name: EXT, id: 1 }), ch, PEER);
+  t.equal(r.cluster.exchanges.length, 1, 'forwarded to the cluster DNS first');
+  r.clock.advance(2000);
+  r.cluster.exchanges[0]!.reject('timeout');
+  t.equal(r.external.exchanges.length, 1, 'then the view answers and its target is looked up');
+  t.equal(r.external.exchanges[0]!.deadline, t0 + 4500, 'by the client\'s 4.5 s, counted from its question');
+  r.external.exchanges[0]!.reject('timeout');
+  t.same(ch.decoded(0).answers?.map((x) => x.type), ['CNAME'], 'the CNAME alone in time');
+  // Late: the view answered at --fallback-after; the target's deadline is still counted from the question.
+  const late = viewRig({ fallbackAfterMs: 1000 });
+  const t1 = late.clock.now();
+  late.hits.handle(query({ name: EXT, id: 2 }), new FakeChannel(), PEER);
+  late.clock.advance(1100);
+  t.equal(late.external.exchanges.length, 1, 'late: the view answers and its target is looked up');
+  t.equal(late.external.exchanges[0]!.deadline, t1 + 4500, 'late: by the client\'s 4.5 s too');
+  // Nothing left (a cluster DNS that failed only after 4.5 s): the CNAME alone at once, no lookup the client cannot wait for.
+  const none = viewRig({ fallbackAfterMs: 0 });
+  const ch2 = new FakeChannel();
+  none.hits.handle(query({ name: EXT, id: 3 }), ch2, PEER);
+  none.clock.advance(4600);
+  none.cluster.exchanges[0]!.reject('network');
+  t.equal(none.external.exchanges.length, 0, 'no lookup');
+  t.same(ch2.decoded(0).answers?.map((x) => x.type), ['CNAME'], 'the CNAME alone at once');
+  // A question the view answers on arrival (cluster DNS failing) keeps the route's whole deadline.
+  const now = viewRig();
+  failClusterDns(now);
+  const t2 = now.clock.now();
+  now.hits.handle(query({ name: EXT, id: 4 }), new FakeChannel(), PEER);
+  t.equal(now.external.exchanges[0]!.deadline, t2 + 4500, 'answered on arrival: the whole 4.5 s');
+});
+
 t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {
   const r = viewRig({ maxConcurrent: 2 });
   failClusterDns(r);

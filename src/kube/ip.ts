@@ -113,6 +113,25 @@ export function dashedName(ip: string): string {
 }
 
 /**
+ * dashedName(ip) === label, for a lower-case label, without building the
+ * name: the names of every endpoint are compared with a question's label,
+ * and most differ in their first characters.
+ */
+export function isDashedName(label: string, ip: string): boolean {
+  const v4 = !ip.includes(':');
+  const n = ip.length;
+  const closed = !v4 && ip.endsWith(':');
+  if (label.length !== (closed ? n + 1 : n)) return false;
+  for (let i = 0; i < n; i++) {
+    let c = ip.charCodeAt(i);
+    if (c === (v4 ? 0x2e : 0x3a)) c = 0x2d;
+    else if (c >= 0x41 && c <= 0x5a) c |= 0x20;
+    if (label.charCodeAt(i) !== c) return false;
+  }
+  return !closed || label.charCodeAt(n) === 0x30;
+}
+
+/**
  * The address a pod label stands for, CoreDNS `pods insecure` style
  * (kubernetes.go findPods): three dashes and no "--" is IPv4 ("10-1-2-3"),
  * anything else is read as IPv6 with ':' for '-' ("fd00--1"). '' when the

@@ -221,11 +221,11 @@ function forward(
       break;
     }
     case 'endpoint':
-      if (isAddr) recs = addresses(name, backends(view, node.svc, node.host).map((b) => b.addr), qtype, ttl);
-      else if (qtype === QType.SRV) [recs, extra] = srvRecords(name, srvTargets(view, node.svc, '', '', node.host), node.svc, opts);
+      if (isAddr) recs = addresses(name, node.backends.map((b) => b.addr), qtype, ttl);
+      else if (qtype === QType.SRV) [recs, extra] = srvRecords(name, srvTargets(view, node.svc, '', '', node.backends), node.svc, opts);
       break;
     case 'srv':
-      if (qtype === QType.SRV) [recs, extra] = srvRecords(name, srvTargets(view, node.svc, node.port, node.proto), node.svc, opts);
+      if (qtype === QType.SRV) [recs, extra] = srvRecords(name, node.targets, node.svc, opts);
       break;
   }
   return recs.length > 0 ? positive(recs, extra) : negative(view, Rcode.NOERROR, zone, opts);

@@ -32,6 +32,7 @@ import { QueryStatus, parseQuery } from '../dns/query.js';
 import type { Clock } from '../clock.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
 import { serverFailed } from '../upstream/health.js';
+import { HOST_BUDGET_CAP_MS } from '../upstream/host-route.js';
 import type { ZoneRouter } from '../upstream/router.js';
 import { MAX_CONCURRENT_REJECTS_HELP } from '../upstream/upstream-counters.js';
 import type { UpstreamExchange, UpstreamFailure } from '../upstream/types.js';
@@ -144,19 +145,20 @@ export class Resolver implements MissSink, PendingOwner {
   forward(token: number, key: string, query: Buffer): void {
     const route = this.#router.route(key);
     const local = route.local;
+    const now = this.#clock.now();
     if (local !== null) {
-      if (this.#localNegative && local.deniesForSure(key) && this.#answerLocally(token, key, route, local.answer(key), 'localNegative')) return;
+      if (this.#localNegative && local.deniesForSure(key) && this.#answerLocally(token, key, route, local.answer(key), 'localNegative', now)) return;
       // Failing: the view answers at once; the health probe, not pods' queries, finds out when the upstream is back.
-      if (!route.upstream.health.healthy && this.#answerLocally(token, key, route, local.answer(key), 'localFailing')) return;
+      if (!route.upstream.health.healthy && this.#answerLocally(token, key, route, local.answer(key), 'localFailing', now)) return;
     }
     if (this.#inflight >= this.#maxConcurrent) {
       // Shed before any work: no socket, no upstream traffic; the hit path answers stale or SERVFAIL.
       this.#v[S.maxConcurrentRejects]!++;
-      if (local !== null && this.#answerLocally(token, key, route, local.answer(key), 'localOnFailure', true)) return;
+      if (local !== null && this.#answerLocally(token, key, route, local.answer(key), 'localOnFailure', now, true)) return;
       this.#hits.complete(token, null, 'capped');
       return;
     }
-    const p = new PendingQuery(this, token, key, route, query, this.#clock.now());
+    const p = new PendingQuery(this, token, key, route, query, now);
     this.#inflight++;
     this.#v[S.inflight] = this.#inflight;
     this.#v[S.forwarded]!++;
@@ -177,7 +179,7 @@ export class Resolver implements MissSink, PendingOwner {
     // forward too: where the view has an answer it comes first, before a stale one (else the hit path answers stale,
     // or passes it on, or counts it malformed). Read only on routes with a view: the hit path scans every answer anyway.
     const local = p.route.local;
-    if (local !== null && !speaksOfName(answer) && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure')) return;
+    if (local !== null && !speaksOfName(answer) && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure', p.sentAt)) return;
     this.#hits.complete(p.token, answer, 'upstream');
   }
 
@@ -224,22 +226,23 @@ export class Resolver implements MissSink, PendingOwner {
   /** The failure order's first step; the hit path does the rest (stale, then SERVFAIL). */
   #fallBack(p: PendingQuery, reason: MissOutcome): void {
     const local = p.route.local;
-    if (local !== null && reason !== 'closed' && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure')) return;
+    if (local !== null && reason !== 'closed' && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure', p.sentAt)) return;
     this.#hits.complete(p.token, null, reason);
   }
 
   /**
    * Serves a local answer, chasing an ExternalName target first when it has one; false when there is none.
+   * `askedAt`: when the question came (Clock ms), which the target's lookup is timed from.
    * `shed`: the query was already turned away (and counted) at --max-concurrent.
    */
-  #answerLocally(token: number, key: string, route: Route, la: LocalAnswer, why: LocalWhy, shed = false): boolean {
+  #answerLocally(token: number, key: string, route: Route, la: LocalAnswer, why: LocalWhy, askedAt: number, shed = false): boolean {
     if (la === null) return false;
     this.#v[S[why]]!++;
     if (la.chase === '') {
       this.#hits.complete(token, la.answer, 'local');
       return true;
     }
-    this.#chase(token, key, route, la.answer, la.chase, shed);
+    this.#chase(token, key, route, la.answer, la.chase, askedAt, shed);
     return true;
   }
 
@@ -247,9 +250,13 @@ export class Resolver implements MissSink, PendingOwner {
    * An ExternalName service answered from the view: its CNAME target lies
    * outside the cluster, so look it up through the router (the host
    * resolvers, usually) and hand the client the CNAME plus the target's
-   * records. If that fails, the CNAME alone is still a true answer.
+   * records. If that fails, the CNAME alone is still a true answer. The
+   * lookup has what is left of the client's own budget: after the cluster
+   * DNS failed (--timeout) or was late (--fallback-after), a fresh deadline
+   * would run past the 5 s a pod's resolver waits (musl gives up then) and
+   * the client would get nothing, where the CNAME alone was in time.
    */
-  #chase(token: number, key: string, route: Route, cname: Buffer, target: string, shed: boolean): void {
+  #chase(token: number, key: string, route: Route, cname: Buffer, target: string, askedAt: number, shed: boolean): void {
     let wire: Buffer;
     try {
       wire = nameToWire(target);
@@ -262,6 +269,13 @@ export class Resolver implements MissSink, PendingOwner {
     const targetRoute = q.status === QueryStatus.OK ? this.#router.route(q.key) : null;
     // A target that routes back to a cluster zone would only loop through the view: give the CNAME alone.
     if (targetRoute === null || targetRoute.local !== null || targetRoute === route) {
+      this.#hits.complete(token, cname, 'local');
+      return;
+    }
+    // The route's deadline, within the client's: HOST_BUDGET_CAP_MS from its question (or the route's own, if longer).
+    const now = this.#clock.now();
+    const deadline = Math.min(now + targetRoute.timeoutMs, askedAt + Math.max(HOST_BUDGET_CAP_MS, targetRoute.timeoutMs));
+    if (deadline <= now) {
       this.#hits.complete(token, cname, 'local');
       return;
     }
@@ -288,7 +302,7 @@ export class Resolver implements MissSink, PendingOwner {
     const hits = this.#hits;
     const exchange: UpstreamExchange = {
       query: upstreamQuery(q),
-      deadline: this.#clock.now() + targetRoute.timeoutMs,
+      deadline,
       resolve: (answer) => {
         // A target that failed (SERVFAIL, NOTIMP, REFUSED) adds nothing: the CNAME alone, NOERROR, as CoreDNS answers;
         // the join would carry the target's rcode, and musl fails a whole lookup on either family's SERVFAIL.
@@ -334,7 +348,7 @@ export class Resolver implements MissSink, PendingOwner {
       // Late, not failed: answer the clients from the view now; a later upstream answer is ignored (the exchange is claimed).
       if (!p.done && p.route.local !== null) {
         const la = p.route.local.answer(p.key);
-        if (la !== null && p.claim()) this.#answerLocally(p.token, p.key, p.route, la, 'localLate');
+        if (la !== null && p.claim()) this.#answerLocally(p.token, p.key, p.route, la, 'localLate', p.sentAt);
       }
     }
     // Compact once the consumed head dominates: amortised O(1) per query.
