@@ -1163,6 +1163,48 @@ t.test('shutdown during a periodic check: the check writes nothing more once the
   t.same(writesAfter.map((c) => c.cmd), [], 'no rules written after the stop was asked for: the teardown that follows would have to undo them');
 });
 
+t.test('a firewall command that hangs (a held xtables lock) does not hold the stop past its time: the check in flight and the teardown are cut short', async (t) => {
+  // main's hard stop exits at the grace plus 10 s whatever is still running: a teardown that waited out a hung
+  // command's own 15 s timeout (each) got the agent killed before the link went, leaving it holding the ClusterIP.
+  const fake = fakeRunner({
+    'iptables-legacy-save -t raw': {}, 'iptables-legacy-save -t filter': {}, 'iptables-legacy-save -t nat': {},
+    'iptables-legacy-restore': {},
+  });
+  let hang = false;
+  // Once `hang` is set every command waits for good (as one stuck on the lock would until its timeout).
+  const run: CommandRunner = (cmd, args, stdin) => (hang ? new Promise<CommandResult>(() => {}) : fake(cmd, args, stdin));
+  const lines: Array<{ level: string; msg: string; error?: string }> = [];
+  const logger = createLogger('info', (l) => lines.push(JSON.parse(l) as { level: string; msg: string }));
+  const clock = new ManualClock();
+  const part = interceptionPart({
+    addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock, logger, counters: newSetupCounters(), run,
+  })!;
+  await part.start();
+  hang = true;
+  clock.advance(1000); // the periodic check starts, and hangs in its first command
+  const stopping = part.stop(clock.now()).then(() => 'stopped');
+  clock.advance(60_000); // a minute past the stop's deadline: longer than anything the teardown may take beyond it
+  let timer: NodeJS.Timeout | undefined;
+  const outcome = await Promise.race([
+    stopping,
+    new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve('still stopping'), 20_000);
+    }),
+  ]);
+  clearTimeout(timer);
+  t.equal(outcome, 'stopped', 'the stop returned, so the parts after it (the link) are still taken down');
+  t.match(lines.find((l) => l.msg === 'could not remove interception rules'), { level: 'warn', error: /deadline/ }, 'saying the rules may be left, and why');
+});
+
+t.test('spawnRunner: a command cut short by the stop\'s deadline is killed and answered at once', async (t) => {
+  const run: (cmd: string, args: readonly string[], stdin?: string, signal?: AbortSignal) => Promise<CommandResult> = spawnRunner([], 60_000);
+  t.match(await run('sleep', ['5'], '', AbortSignal.timeout(100)), { status: null, error: /deadline/ }, 'killed when the signal fired');
+  const done = new AbortController();
+  done.abort();
+  t.match(await run('sh', ['-c', 'exit 0'], '', done.signal), { status: null, error: /deadline/ }, 'not even started once the time is up');
+});
+
 t.test('rule parsing: "-j"/"-g" inside another rule\'s quoted comment is text, not its target', async (t) => {
   // As iptables-save prints them: comments with spaces are quoted, with \" and \\ escaped.
   const want = buildRules(RULES).filter((r) => r.family === 4);
