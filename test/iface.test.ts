@@ -754,6 +754,25 @@ t.test('a link dump the kernel marks interrupted (NLM_F_DUMP_INTR) is not taken 
   t.same(ni.teardown(), { removed: ['address 169.254.20.10', 'link nodelocaldns'], errors: [] }, 'the link is found and removed at shutdown');
 });
 
+t.test('teardown neither deletes nor reports as removed a listen address the link holds with another prefix (not the /32 we add)', async (t) => {
+  // The kernel deletes an address only with its own prefix length: asked for 169.254.20.10/32 when the link holds
+  // 169.254.20.10/24 it answers EADDRNOTAVAIL, which the teardown took for "already gone": "removed", while it stayed.
+  const otherPrefix = fixture('rtnl-getaddr-dump.hex').map((d) => {
+    const copy = Buffer.from(d);
+    for (let o = 0; o + 16 <= copy.length; o += (copy.readUInt32LE(o) + 3) & ~3) {
+      const m = splitMessages(copy.subarray(o, o + copy.readUInt32LE(o)))[0];
+      if (m !== undefined && parseAddr(m)?.address === '169.254.20.10') copy.writeUInt8(24, o + 16 + 1);
+    }
+    return copy;
+  });
+  t.equal(otherPrefix.flatMap(splitMessages).map(parseAddr).find((a) => a?.address === '169.254.20.10')?.prefixLen, 24, 'the crafted dump holds it as a /24');
+  const io = replay(['rtnl-getlink-dump.hex', otherPrefix, 'rtnl-newlink-ack.hex']);
+  const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
+  const r = ni.teardown();
+  t.notOk(r.removed.includes('address 169.254.20.10'), `not reported removed: ${JSON.stringify(r)}`);
+  t.equal(io.sent.length, 3, 'dumps and the link\'s removal only: no delete of an address that is not ours');
+});
+
 t.test('rules an earlier run left in another backend do not outlive a run on the new one', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') && hasCommand('nft') ? false : 'needs iptables-legacy and nft') }, async (t) => {
   const ns = netns(t);
   const run = spawnRunner(['ip', 'netns', 'exec', ns]);
