@@ -250,7 +250,9 @@ export class NodeInterface {
     try {
       const link = this.#findLink();
       if (link !== null) {
-        const present = new Set(this.#addrsOn(link.index));
+        // Only as we add them (/32, /128): the kernel deletes an address by its prefix too, and would refuse ours
+        // with EADDRNOTAVAIL for one held with another, which reads as already gone.
+        const present = new Set(this.#addrsOn(link.index, true));
         for (const w of this.#wanted) {
           if (!present.has(w.text)) continue;
           const r = this.#call(addrRequest(this.#seq(), 'del', link.index, w.bytes));
@@ -288,9 +290,10 @@ export class NodeInterface {
     return this.listLinks().find((l) => l.name === this.name) ?? null;
   }
 
-  #addrsOn(index: number): string[] {
+  /** The addresses on link `index`; `ours`: only those of the full prefix length, as ensure() adds them. */
+  #addrsOn(index: number, ours = false): string[] {
     return this.listAddresses()
-      .filter((a) => a.index === index)
+      .filter((a) => a.index === index && (!ours || a.prefixLen === (a.address.includes(':') ? 128 : 32)))
       .map((a) => a.address);
   }
 
