@@ -1055,6 +1055,29 @@ for (const { label, backend, need } of BACKENDS) {
   });
 }
 
+t.test('a rollback after a periodic check put the link back removes the link the check made', { skip: namespaceSkip() }, async (t) => {
+  // A later part's start fails after a sync interval or more (interception waiting on the xtables lock), and meanwhile
+  // the link was deleted (a CNI restart) and the check created it again: the rollback deleted the first link's index
+  // (gone: taken for done) and left the new one, holding the kube-dns ClusterIP, on a node no agent serves.
+  for (const found of [false, true]) {
+    const ns = netns(t);
+    if (found) inNs(ns, 'ip', 'link', 'add', 'nodelocaldns', 'type', 'bridge'); // another agent's, at our start
+    const clock = new ManualClock();
+    const part = interfacePart({
+      addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: true, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+      firewall: 'none', skipTeardown: false, syncIntervalMs: 1000, clock, logger: silentLogger, counters: newSetupCounters(),
+      netlink: () => openRtnetlink({ netnsPath: `/var/run/netns/${ns}` }),
+    })!;
+    await part.start();
+    t.equal(inNs(ns, 'ip', 'link', 'del', 'nodelocaldns').status, 0, `found ${found}: the link deleted behind our back`);
+    clock.advance(1000);
+    t.equal(inNs(ns, 'ip', 'link', 'show', 'nodelocaldns').status, 0, `found ${found}: the check put it back`);
+    await part.stop(clock.now(), 'rollback');
+    const left = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
+    t.not(left.status, 0, `found ${found}: the link the check made is gone after the rollback (found: ${left.stdout.trim()})`);
+  }
+});
+
 t.test('a teardown or rollback of the interface that fails is logged at warn, naming what was left', { skip: namespaceSkip() }, async (t) => {
   // An operator filtering warnings must see a link that holds the ClusterIP left on the node.
   for (const why of ['stop', 'rollback'] as const) {
