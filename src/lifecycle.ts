@@ -22,6 +22,16 @@ export interface Component {
 
 export type StopReason = 'stop' | 'rollback';
 
+/**
+ * Past a stop's deadline, what taking the node's set-up down (the rules, then
+ * the link) may still take: commands that wait for the xtables lock. Then
+ * they are cut short, so that every part still gets its turn before main's
+ * hard stop, HARD_STOP_EXTRA_MS past the deadline (a snapshot's last second
+ * and the link's removal come after the rules).
+ */
+export const TEARDOWN_EXTRA_MS = 7_000;
+export const HARD_STOP_EXTRA_MS = 10_000;
+
 export class StartupError extends Error {
   override readonly name = 'StartupError';
 }

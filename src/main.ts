@@ -12,6 +12,7 @@ import { abortUntilIdle } from './agent-serving.js';
 import { systemClock } from './clock.js';
 import { ConfigError, helpText, loadConfig, type Config } from './config.js';
 import { ConfigWatcher, SourceReads } from './config-watch.js';
+import { HARD_STOP_EXTRA_MS } from './lifecycle.js';
 import { createLogger } from './log.js';
 import { StopSignals } from './stop-signals.js';
 
@@ -23,9 +24,6 @@ function version(): string {
     return 'unknown';
   }
 }
-
-/** Beyond the grace period: time for the rules and the link to go (iptables-restore waits for the xtables lock for at most 5 s). */
-const HARD_STOP_EXTRA_MS = 10_000;
 
 async function main(argv: readonly string[]): Promise<number> {
   // Every file the configuration is read from, as read: the watcher's baseline once the agent serves.
@@ -109,7 +107,8 @@ async function main(argv: readonly string[]): Promise<number> {
       stopping = true;
       // The grace in force now: a reload may have changed it since start.
       const graceMs = agent.config.shutdownGraceMs;
-      // Every part is bounded, but the pod's termination must never hang on one that is not: a hard stop.
+      // Every part is bounded (the rules' and the link's removal by TEARDOWN_EXTRA_MS past the grace), but the pod's
+      // termination must never hang on one that is not: a hard stop.
       setTimeout(() => {
         logger.error('shutdown took too long: exiting', { graceMs });
         process.exit(1);

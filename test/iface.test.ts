@@ -754,6 +754,25 @@ t.test('a link dump the kernel marks interrupted (NLM_F_DUMP_INTR) is not taken 
   t.same(ni.teardown(), { removed: ['address 169.254.20.10', 'link nodelocaldns'], errors: [] }, 'the link is found and removed at shutdown');
 });
 
+t.test('teardown neither deletes nor reports as removed a listen address the link holds with another prefix (not the /32 we add)', async (t) => {
+  // The kernel deletes an address only with its own prefix length: asked for 169.254.20.10/32 when the link holds
+  // 169.254.20.10/24 it answers EADDRNOTAVAIL, which the teardown took for "already gone": "removed", while it stayed.
+  const otherPrefix = fixture('rtnl-getaddr-dump.hex').map((d) => {
+    const copy = Buffer.from(d);
+    for (let o = 0; o + 16 <= copy.length; o += (copy.readUInt32LE(o) + 3) & ~3) {
+      const m = splitMessages(copy.subarray(o, o + copy.readUInt32LE(o)))[0];
+      if (m !== undefined && parseAddr(m)?.address === '169.254.20.10') copy.writeUInt8(24, o + 16 + 1);
+    }
+    return copy;
+  });
+  t.equal(otherPrefix.flatMap(splitMessages).map(parseAddr).find((a) => a?.address === '169.254.20.10')?.prefixLen, 24, 'the crafted dump holds it as a /24');
+  const io = replay(['rtnl-getlink-dump.hex', otherPrefix, 'rtnl-newlink-ack.hex']);
+  const ni = new NodeInterface({ name: 'nodelocaldns', addresses: ['169.254.20.10'], kind: 'bridge', counters: newSetupCounters(), open: () => io });
+  const r = ni.teardown();
+  t.notOk(r.removed.includes('address 169.254.20.10'), `not reported removed: ${JSON.stringify(r)}`);
+  t.equal(io.sent.length, 3, 'dumps and the link\'s removal only: no delete of an address that is not ours');
+});
+
 t.test('rules an earlier run left in another backend do not outlive a run on the new one', { skip: namespaceSkip() || (hasCommand('iptables-legacy-restore') && hasCommand('nft') ? false : 'needs iptables-legacy and nft') }, async (t) => {
   const ns = netns(t);
   const run = spawnRunner(['ip', 'netns', 'exec', ns]);
@@ -1036,6 +1055,29 @@ for (const { label, backend, need } of BACKENDS) {
   });
 }
 
+t.test('a rollback after a periodic check put the link back removes the link the check made', { skip: namespaceSkip() }, async (t) => {
+  // A later part's start fails after a sync interval or more (interception waiting on the xtables lock), and meanwhile
+  // the link was deleted (a CNI restart) and the check created it again: the rollback deleted the first link's index
+  // (gone: taken for done) and left the new one, holding the kube-dns ClusterIP, on a node no agent serves.
+  for (const found of [false, true]) {
+    const ns = netns(t);
+    if (found) inNs(ns, 'ip', 'link', 'add', 'nodelocaldns', 'type', 'bridge'); // another agent's, at our start
+    const clock = new ManualClock();
+    const part = interfacePart({
+      addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: true, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+      firewall: 'none', skipTeardown: false, syncIntervalMs: 1000, clock, logger: silentLogger, counters: newSetupCounters(),
+      netlink: () => openRtnetlink({ netnsPath: `/var/run/netns/${ns}` }),
+    })!;
+    await part.start();
+    t.equal(inNs(ns, 'ip', 'link', 'del', 'nodelocaldns').status, 0, `found ${found}: the link deleted behind our back`);
+    clock.advance(1000);
+    t.equal(inNs(ns, 'ip', 'link', 'show', 'nodelocaldns').status, 0, `found ${found}: the check put it back`);
+    await part.stop(clock.now(), 'rollback');
+    const left = inNs(ns, 'ip', '-o', 'addr', 'show', 'dev', 'nodelocaldns');
+    t.not(left.status, 0, `found ${found}: the link the check made is gone after the rollback (found: ${left.stdout.trim()})`);
+  }
+});
+
 t.test('a teardown or rollback of the interface that fails is logged at warn, naming what was left', { skip: namespaceSkip() }, async (t) => {
   // An operator filtering warnings must see a link that holds the ClusterIP left on the node.
   for (const why of ['stop', 'rollback'] as const) {
@@ -1161,6 +1203,48 @@ t.test('shutdown during a periodic check: the check writes nothing more once the
   await stopping;
   const writesAfter = calls.filter((c) => c.afterStop && c.cmd.endsWith('-restore') && c.stdin.includes('-I '));
   t.same(writesAfter.map((c) => c.cmd), [], 'no rules written after the stop was asked for: the teardown that follows would have to undo them');
+});
+
+t.test('a firewall command that hangs (a held xtables lock) does not hold the stop past its time: the check in flight and the teardown are cut short', async (t) => {
+  // main's hard stop exits at the grace plus 10 s whatever is still running: a teardown that waited out a hung
+  // command's own 15 s timeout (each) got the agent killed before the link went, leaving it holding the ClusterIP.
+  const fake = fakeRunner({
+    'iptables-legacy-save -t raw': {}, 'iptables-legacy-save -t filter': {}, 'iptables-legacy-save -t nat': {},
+    'iptables-legacy-restore': {},
+  });
+  let hang = false;
+  // Once `hang` is set every command waits for good (as one stuck on the lock would until its timeout).
+  const run: CommandRunner = (cmd, args, stdin) => (hang ? new Promise<CommandResult>(() => {}) : fake(cmd, args, stdin));
+  const lines: Array<{ level: string; msg: string; error?: string }> = [];
+  const logger = createLogger('info', (l) => lines.push(JSON.parse(l) as { level: string; msg: string }));
+  const clock = new ManualClock();
+  const part = interceptionPart({
+    addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock, logger, counters: newSetupCounters(), run,
+  })!;
+  await part.start();
+  hang = true;
+  clock.advance(1000); // the periodic check starts, and hangs in its first command
+  const stopping = part.stop(clock.now()).then(() => 'stopped');
+  clock.advance(60_000); // a minute past the stop's deadline: longer than anything the teardown may take beyond it
+  let timer: NodeJS.Timeout | undefined;
+  const outcome = await Promise.race([
+    stopping,
+    new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve('still stopping'), 20_000);
+    }),
+  ]);
+  clearTimeout(timer);
+  t.equal(outcome, 'stopped', 'the stop returned, so the parts after it (the link) are still taken down');
+  t.match(lines.find((l) => l.msg === 'could not remove interception rules'), { level: 'warn', error: /deadline/ }, 'saying the rules may be left, and why');
+});
+
+t.test('spawnRunner: a command cut short by the stop\'s deadline is killed and answered at once', async (t) => {
+  const run: (cmd: string, args: readonly string[], stdin?: string, signal?: AbortSignal) => Promise<CommandResult> = spawnRunner([], 60_000);
+  t.match(await run('sleep', ['5'], '', AbortSignal.timeout(100)), { status: null, error: /deadline/ }, 'killed when the signal fired');
+  const done = new AbortController();
+  done.abort();
+  t.match(await run('sh', ['-c', 'exit 0'], '', done.signal), { status: null, error: /deadline/ }, 'not even started once the time is up');
 });
 
 t.test('rule parsing: "-j"/"-g" inside another rule\'s quoted comment is text, not its target', async (t) => {

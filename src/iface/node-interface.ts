@@ -118,6 +118,8 @@ export class NodeInterface {
   readonly #open: () => NetlinkIo;
   readonly #counters: SetupCounters;
   #rtnl: Rtnl | null = null;
+  /** The index of the link this process created last (ensure, or a check that put it back); null when it made none. */
+  #made: number | null = null;
 
   constructor(opts: NodeInterfaceOptions) {
     if (opts.name === '' || opts.name === '.' || opts.name === '..' || Buffer.byteLength(opts.name) > IFNAME_MAX || /[\s/:]/.test(opts.name)) {
@@ -175,6 +177,7 @@ export class NodeInterface {
       if (undone === null || !(e instanceof InterfaceError)) throw e;
       throw new InterfaceError(`${e.message}; undoing the start failed too: ${undone}`, e.errno);
     }
+    if (created) this.#made = link.index;
     return { linkIndex: link.index, created, kind: link.kind, setUp, addressesAdded: added.map((w) => w.text), addressesPresent: already };
   }
 
@@ -184,10 +187,12 @@ export class NodeInterface {
    * place (another agent's link and addresses) stays. Closes the socket.
    */
   undoEnsure(r: EnsureReport): TeardownReport {
+    // A check since may have created the link again (deleted meanwhile): that one is ours, under a new index.
+    const created = this.#made !== null;
     const added = this.#wanted.filter((w) => r.addressesAdded.includes(w.text));
-    const error = r.created || added.length > 0 ? this.#undo(r.linkIndex, r.created, added) : null;
+    const error = created || added.length > 0 ? this.#undo(this.#made ?? r.linkIndex, created, added) : null;
     this.close();
-    const removed = error !== null ? [] : r.created ? [`link ${this.name}`] : added.map((w) => `address ${w.text}`);
+    const removed = error !== null ? [] : created ? [`link ${this.name}`] : added.map((w) => `address ${w.text}`);
     return { removed, errors: error === null ? [] : [error] };
   }
 
@@ -220,6 +225,7 @@ export class NodeInterface {
         repaired.push(`link ${this.name}`);
         link = this.#findLink();
         if (link === null) throw new InterfaceError(`link ${this.name} was created but is not listed`, ENODEV);
+        this.#made = link.index;
       }
       if ((link.flags & IFF_UP) === 0) {
         this.#must(setLinkUpRequest(this.#seq(), link.index), `set link ${this.name} up`);
@@ -250,7 +256,9 @@ export class NodeInterface {
     try {
       const link = this.#findLink();
       if (link !== null) {
-        const present = new Set(this.#addrsOn(link.index));
+        // Only as we add them (/32, /128): the kernel deletes an address by its prefix too, and would refuse ours
+        // with EADDRNOTAVAIL for one held with another, which reads as already gone.
+        const present = new Set(this.#addrsOn(link.index, true));
         for (const w of this.#wanted) {
           if (!present.has(w.text)) continue;
           const r = this.#call(addrRequest(this.#seq(), 'del', link.index, w.bytes));
@@ -288,9 +296,10 @@ export class NodeInterface {
     return this.listLinks().find((l) => l.name === this.name) ?? null;
   }
 
-  #addrsOn(index: number): string[] {
+  /** The addresses on link `index`; `ours`: only those of the full prefix length, as ensure() adds them. */
+  #addrsOn(index: number, ours = false): string[] {
     return this.listAddresses()
-      .filter((a) => a.index === index)
+      .filter((a) => a.index === index && (!ours || a.prefixLen === (a.address.includes(':') ? 128 : 32)))
       .map((a) => a.address);
   }
 

@@ -14,14 +14,14 @@
  * loopback needs no interface and no rules.
  */
 import type { Clock } from '../clock.js';
-import type { Component, StopReason } from '../lifecycle.js';
+import { TEARDOWN_EXTRA_MS, type Component, type StopReason } from '../lifecycle.js';
 import type { Logger } from '../log.js';
 import { detectFirewallBackend } from './firewall-detect.js';
 import { Firewall, type FirewallBackend } from './firewall.js';
 import type { OtherBackends } from './firewall-others.js';
 import type { NetlinkIo } from './netlink.js';
 import { type EnsureReport, NodeInterface } from './node-interface.js';
-import { spawnRunner, type CommandRunner } from './run-command.js';
+import { CUT_SHORT, spawnRunner, type CommandResult, type CommandRunner } from './run-command.js';
 import type { SetupCounters } from './setup-counters.js';
 
 export type FirewallChoice = 'auto' | 'iptables' | 'iptables-legacy' | 'iptables-nft' | 'nftables' | 'none';
@@ -124,7 +124,9 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
 
 export function interceptionPart(o: NodeSetupOptions): NodePart | null {
   if (o.firewall === 'none' || o.addresses.length === 0) return null;
-  const run = o.run ?? spawnRunner();
+  // Aborted once the stop's time is up: the check in flight and the teardown's commands are cut short then.
+  const timeUp = new AbortController();
+  const run = bounded(o.run ?? spawnRunner(), timeUp.signal);
   let firewall: Firewall | null = null;
   let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
@@ -164,10 +166,19 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
         if (c.error !== null) o.logger.warn('interception check failed', { error: c.error });
       });
     },
-    stop: async (_deadline, why) => {
-      await stopChecks?.();
-      inPlace = false;
-      if (firewall !== null) await removeRules(firewall, why);
+    stop: async (deadline, why) => {
+      // A deadline already passed (a rollback's, or 0) still leaves the teardown its extra time.
+      const end = Math.max(deadline, o.clock.now()) + TEARDOWN_EXTRA_MS;
+      const unsweep = o.clock.sweep((now) => {
+        if (now >= end) timeUp.abort();
+      });
+      try {
+        await stopChecks?.();
+        inPlace = false;
+        if (firewall !== null) await removeRules(firewall, why);
+      } finally {
+        unsweep();
+      }
     },
   };
 
@@ -186,6 +197,20 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
     if (err !== null) o.logger.warn('could not remove interception rules', { error: err });
     else o.logger.info('interception rules removed');
   }
+}
+
+/** `run`, each command cut short once `timeUp` is aborted, whether or not `run` (a test's) heeds the signal itself. */
+function bounded(run: CommandRunner, timeUp: AbortSignal): CommandRunner {
+  return (cmd, args, stdin) => {
+    let cut = (): void => {};
+    const cutShort = new Promise<CommandResult>((resolve) => {
+      cut = () => resolve({ status: null, stdout: '', stderr: '', error: CUT_SHORT });
+      if (timeUp.aborted) cut();
+      else timeUp.addEventListener('abort', cut, { once: true });
+    });
+    const ran = timeUp.aborted ? cutShort : run(cmd, args, stdin, timeUp);
+    return Promise.race([ran, cutShort]).finally(() => timeUp.removeEventListener('abort', cut));
+  };
 }
 
 async function chooseBackend(choice: FirewallChoice, run: CommandRunner): Promise<{ backend: FirewallBackend; reason: string }> {

@@ -13,7 +13,11 @@ export interface CommandResult {
   readonly error: string | null;
 }
 
-export type CommandRunner = (cmd: string, args: readonly string[], stdin?: string) => Promise<CommandResult>;
+/** `signal`: once aborted (the stop's time is up) the command is killed, or not started, and answered at once. */
+export type CommandRunner = (cmd: string, args: readonly string[], stdin?: string, signal?: AbortSignal) => Promise<CommandResult>;
+
+/** The error of a command `signal` cut short. */
+export const CUT_SHORT = 'cut short: the stop deadline passed';
 
 /**
  * A stuck iptables (waiting on a lock it was not told to wait for, or a hung
@@ -22,8 +26,12 @@ export type CommandRunner = (cmd: string, args: readonly string[], stdin?: strin
 export const COMMAND_TIMEOUT_MS = 15_000;
 
 export function spawnRunner(prefix: readonly string[] = [], timeoutMs = COMMAND_TIMEOUT_MS): CommandRunner {
-  return (cmd, args, stdin) =>
+  return (cmd, args, stdin, signal) =>
     new Promise((resolve) => {
+      if (signal?.aborted === true) {
+        resolve({ status: null, stdout: '', stderr: '', error: `not run: ${CUT_SHORT}` });
+        return;
+      }
       const argv = [...prefix, cmd, ...args];
       // Its own process group, killed whole at the timeout: spawn's `timeout` kills only the direct child, and a
       // grandchild still holding stdout (a wrapper's helper) would keep 'close', and this promise, pending past it.
@@ -40,18 +48,24 @@ export function spawnRunner(prefix: readonly string[] = [], timeoutMs = COMMAND_
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        signal?.removeEventListener('abort', cut);
         resolve({ status: error === null ? status : null, stdout, stderr, error });
       };
       let exited: number | null = null;
-      const timer = setTimeout(() => {
-        // Output cut short is no answer, even from a command that exited: its save may be incomplete.
-        error = exited === null ? `killed by SIGKILL (timeout ${timeoutMs} ms)` : `exited ${exited}, but its output was held open past ${timeoutMs} ms`;
+      // Output cut short is no answer, even from a command that exited: its save may be incomplete.
+      const kill = (why: string): void => {
+        error = why;
         killGroup(child.pid);
         // Whatever still holds its pipes (a process that left the group), the answer is due now.
         child.stdout.destroy();
         child.stderr.destroy();
         settle(null);
+      };
+      const timer = setTimeout(() => {
+        kill(exited === null ? `killed by SIGKILL (timeout ${timeoutMs} ms)` : `exited ${exited}, but its output was held open past ${timeoutMs} ms`);
       }, timeoutMs);
+      const cut = (): void => kill(`killed by SIGKILL (${CUT_SHORT})`);
+      signal?.addEventListener('abort', cut, { once: true });
       child.stdout.setEncoding('utf8').on('data', (d: string) => {
         stdout += d;
       });
