@@ -145,12 +145,23 @@ function addStub(list: StubDomain[], spellings: Map<string, string>, stub: StubD
   list.push(stub);
 }
 
-export function stubDomain(where: string, zone: string, servers: readonly string[]): StubDomain {
+/**
+ * True for a zone name a router and the kubelet can both use: labels of
+ * letters, digits, "-" and "_" (DNS itself allows any byte in a label, so
+ * nameToWire takes " " or a stray quote from a templated manifest; no
+ * cluster's zone holds one, and such a zone would silently match nothing).
+ */
+export function plainZoneName(zone: string): boolean {
   try {
     nameToWire(zone);
   } catch {
-    throw new ConfigError(`${where}: "${zone}" is not a valid zone name`);
+    return false;
   }
+  return zone.replace(/\.$/, '').split('.').every((l) => /^[A-Za-z0-9_-]*$/.test(l));
+}
+
+export function stubDomain(where: string, zone: string, servers: readonly string[]): StubDomain {
+  if (!plainZoneName(zone)) throw new ConfigError(`${where}: "${zone}" is not a valid zone name (labels of letters, digits, "-" and "_")`);
   const name = zone.toLowerCase().replace(/\.$/, '');
   // As kube-dns (IsDNS1123Subdomain): the root zone would send every name to these servers.
   if (name === '') throw new ConfigError(`${where}: "${zone}" is the root zone, which would take every name`);

@@ -10,12 +10,11 @@ import { readFileSync } from 'node:fs';
 import { formatHostPort, parseHostPort } from './addr.js';
 import { SLOT_OVERHEAD_BYTES } from './cache/store.js';
 import type { LogLevel } from './log.js';
-import { nameToWire } from './dns/name.js';
 import type { ServerAddress } from './upstream/types.js';
 import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
-import { camel, parseBytes, parseConfigFile, parseDuration, parseFlags, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
+import { camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
 import type { Config, StubDomain } from './config-types.js';
 
@@ -182,10 +181,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   }
 
   // Checked as given, before the trailing dot goes: ".." (a templated "$(DOMAIN)." holding ".") is no name, not the root.
-  try {
-    nameToWire(str('cluster-domain')!);
-  } catch {
-    throw new ConfigError(`--cluster-domain "${str('cluster-domain')}": not a valid domain name`);
+  if (!plainZoneName(str('cluster-domain')!)) {
+    throw new ConfigError(`--cluster-domain "${str('cluster-domain')}": not a valid domain name (labels of letters, digits, "-" and "_")`);
   }
   const clusterDomain = str('cluster-domain')!.toLowerCase().replace(/\.$/, '');
   // The root zone holds every name: all of them would go to the cluster DNS (a templated flag with an empty variable).

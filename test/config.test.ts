@@ -187,6 +187,18 @@ t.test('the root zone is refused as the cluster domain or a stub domain (it woul
   );
 });
 
+t.test('a cluster or stub zone with a label DNS allows but no cluster uses (a space, a quote) is refused, naming the flag', async (t) => {
+  // nameToWire takes any byte in a label: " " (a templated manifest's stray space) or a quote left by YAML passed as a
+  // zone that matches no name a pod asks, so every cluster name would go to the host's resolvers, silently.
+  for (const zone of [' ', 'cluster .local', '"cluster.local"', 'cluster.local\t']) {
+    t.match(err(['--cluster-domain', zone]), /--cluster-domain.*not a valid domain name/, JSON.stringify(zone));
+    t.match(err(['--stub-domain', `${zone}=127.0.0.1`]), /--stub-domain.*not a valid zone name/, `stub ${JSON.stringify(zone)}`);
+  }
+  for (const zone of ['cluster.local', 'Cluster.Local.', 'my-cluster.example_zone', 'a1.b2']) {
+    t.equal(load(['--cluster-domain', zone]).config.clusterDomain, zone.toLowerCase().replace(/\.$/, ''), zone);
+  }
+});
+
 t.test('a cluster domain of two dots is the root zone too, and refused like "."', async (t) => {
   // validate() strips one trailing dot and then refuses only "": "..", left as ".", passes nameToWire as the root
   // name, so the cluster route's zone is the root and every name (external ones too) goes to the cluster DNS,
