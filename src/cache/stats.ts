@@ -18,7 +18,7 @@ export const CACHE_COUNTERS = defineCounters({
   insertPositive: { name: 'nodelocal_cache_inserts_total', labels: { type: 'success' }, help: 'Answers stored.' },
   insertNegative: { name: 'nodelocal_cache_inserts_total', labels: { type: 'denial' }, help: 'Answers stored.' },
   uncacheable: { name: 'nodelocal_cache_uncacheable_total', help: 'Answers passed through without storing (rcode, TC, zero TTL, no SOA, too big).' },
-  stale: { name: 'coredns_cache_served_stale_total', help: 'Expired answers given because the upstream failed (RFC 8767).' },
+  stale: { name: 'coredns_cache_served_stale_total', help: 'Expired answers given because the upstream failed, or because the query was shed or its client was over its miss rate (RFC 8767).' },
   tableRebuilds: {
     name: 'nodelocal_cache_table_rebuilds_total',
     help: 'Rebuilds of the cache\'s hash table in place (its deleted cells piled up): each one a window in which every batched worker\'s read waits or goes to the main thread.',
