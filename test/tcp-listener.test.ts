@@ -506,6 +506,23 @@ t.test('a client that reads is never reset for pipelining: large answers answere
   t.notOk(c.closed, 'the connection stays open');
 });
 
+t.test('a client that reads is never reset for pipelining: large answers to misses in flight together, landing in one turn', async (t) => {
+  // Eight queries in flight at once (misses: nothing is written when they are taken, so nothing holds them back),
+  // then all eight 60 KB answers (480 KB) land in the same turn, as a coalesced upstream answer or a burst does.
+  // The client reads all along: its answers are owed to queries we took, not to its not reading.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 8 });
+  const c = await Client.connect(t, l.port);
+  const ids = [1, 2, 3, 4, 5, 6, 7, 8];
+  c.socket.write(Buffer.concat(ids.map((id) => query(id, true))));
+  t.ok(await until(() => h.held.length === ids.length), 'all eight in flight');
+  h.release();
+  t.ok(await until(() => c.answers.length === ids.length || c.closed), 'the answers arrive');
+  t.same([...c.answers].sort((a, b) => a - b), ids, 'every one');
+  t.equal(l.counters.get('closedUnsentLimit'), 0, 'not reset');
+  t.notOk(c.closed, 'the connection stays open');
+});
+
 t.test('shutdown (a plain listener): queries held while a client has not read its answers are answered once it reads; drained() waits for them', async (t) => {
   // Eight 60 KB answers given at once to a client not reading yet: the kernel and Node take a few, the rest of its
   // queries wait on its reading. The stop comes, then the client reads: what it asked before the stop is its due.
