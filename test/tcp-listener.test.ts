@@ -523,6 +523,44 @@ t.test('a client that reads is never reset for pipelining: large answers to miss
   t.notOk(c.closed, 'the connection stays open');
 });
 
+/** A client that does not read, with `n` queries in flight whose 60 KB answers then land together: far past Node's cap. */
+async function unreadBurst(t: Test, l: TcpListener, h: FakeHandler, n: number, firstId: number): Promise<Client> {
+  const c = await Client.connect(t, l.port, { read: false });
+  const held = h.held.length;
+  c.socket.write(Buffer.concat(Array.from({ length: n }, (_, i) => query(firstId + i, true))));
+  t.ok(await until(() => h.held.length === held + n), `${n} in flight`);
+  h.release();
+  return c;
+}
+
+t.test('a client that does not read the answers to misses landing together is reset after the read timeout, not kept for the idle timeout', async (t) => {
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 16, readTimeoutMs: 300, idleTimeoutMs: 10_000 });
+  await unreadBurst(t, l, h, 16, 1);
+  t.ok(await until(() => l.connections === 0, 3000), 'reset');
+  t.equal(l.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit');
+  t.equal(l.counters.get('closedIdle'), 0, 'not as idle');
+});
+
+t.test('what answers landing together hold past the unsent cap is bounded across the listener: when the room is full, the client unread longest is reset', async (t) => {
+  // 16 answers of 60 KB (960 KB) to a client that does not read: the kernel and its receive buffer take at most
+  // ~300 KB, Node's cap 128 KiB, so 530 to 730 KB wait in the room. The room fits one such client, not two.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 16, readTimeoutMs: 60_000, idleTimeoutMs: 60_000, unsentRoomBytes: 800_000 });
+  const a = await unreadBurst(t, l, h, 16, 1);
+  await sleep(200); // a few sweeps: b's answers are stamped unread later than a's
+  // A client that does not read does not see the reset either: the server side is what is asserted.
+  t.ok(l.connections === 1 && l.counters.get('closedUnsentLimit') === 0, 'a is kept while its answers fit in the room');
+  const b = await unreadBurst(t, l, h, 16, 101);
+  t.ok(await until(() => serverSide(l.port, a.localPort) === null), 'a, unread longest, is reset when b\'s answers need the room');
+  t.equal(l.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit');
+  t.ok(await until(() => l.connections === 1), 'the listener has forgotten a');
+  t.ok(serverSide(l.port, b.localPort) !== null, 'b, whose answers just landed, is kept');
+  b.socket.resume();
+  t.ok(await until(() => b.answers.length === 16), 'and gets every answer once it reads');
+  t.equal(l.counters.get('closedUnsentLimit'), 1, 'nothing more reset');
+});
+
 t.test('shutdown (a plain listener): queries held while a client has not read its answers are answered once it reads; drained() waits for them', async (t) => {
   // Eight 60 KB answers given at once to a client not reading yet: the kernel and Node take a few, the rest of its
   // queries wait on its reading. The stop comes, then the client reads: what it asked before the stop is its due.

@@ -17,7 +17,7 @@ export const tcpListenerCounters = defineCounters({
   closedIdle: { name: CLOSED, help: CLOSED_HELP, labels: { reason: 'idle' } },
   /** At the connection cap, closed to admit a new client (it was the idlest with nothing in flight). */
   closedEvicted: { name: CLOSED, help: CLOSED_HELP, labels: { reason: 'evicted' } },
-  /** The client left more answers unread than the unsent-bytes cap, or left queries waiting on its reading for the read timeout. */
+  /** The client left its answers unread for the read timeout, or had left them unread longest when the listener's room past the unsent cap was full (tcp-unsent.ts). */
   closedUnsentLimit: { name: CLOSED, help: CLOSED_HELP, labels: { reason: 'unsent_limit' } },
   /** At the cap with every connection busy: the newcomer is closed at once. */
   refused: { name: REFUSED, help: REFUSED_HELP, labels: { reason: 'connection_limit' } },
