@@ -6,7 +6,9 @@
 // reads (kernel send queue read from /proc/net/tcp, Node's share capped).
 import t, { type Test } from 'tap';
 import net from 'node:net';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
@@ -715,4 +717,48 @@ t.test('close(): queries waiting behind the in-flight cap are dropped with the c
   const held = h.held.splice(0);
   for (const x of held) x.channel.discard(x.peer);
   t.equal(h.queries, 1, 'no query taken after close()');
+});
+
+// ---------------------------------------------------------------- the open-file limit
+
+/**
+ * A listener (dist/, maxConnections 1,024) in a child whose open-file limit is set by `ulimit` first; `n` clients
+ * connect at once and each sends a query. Returns how many were answered and the child's refusedFdLimit (-1 when
+ * that counter does not exist).
+ */
+async function underFdLimit(t: Test, ulimit: string, n: number): Promise<{ answered: number; refusedFdLimit: number }> {
+  const dist = fileURLToPath(new URL('../dist/src/server/tcp-listener.js', import.meta.url));
+  const log = fileURLToPath(new URL('../dist/src/log.js', import.meta.url));
+  const script = `
+    const { TcpListener } = await import(${JSON.stringify(dist)});
+    const { silentLogger } = await import(${JSON.stringify(log)});
+    const handler = { handle(msg, ch, peer) { ch.send(msg, peer); } };
+    const l = new TcpListener({ host: '127.0.0.1', port: 0 }, handler, silentLogger, { idleTimeoutMs: 60000, maxConnections: 1024, maxConnectionsPerClient: 0 });
+    await l.start();
+    console.log(l.port);
+    process.stdin.on('data', () => {
+      const slot = l.counters.schema.slot.refusedFdLimit;
+      console.log(JSON.stringify({ refusedFdLimit: slot === undefined ? -1 : l.counters.values[slot] }));
+      process.exit(0);
+    });`;
+  const child = spawn('bash', ['-c', `${ulimit}; exec node --input-type=module -e "$0"`, script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => child.kill());
+  const lines: string[] = [];
+  child.stdout.on('data', (c: Buffer) => lines.push(...c.toString().split('\n').filter((x) => x !== '')));
+  t.ok(await until(() => lines.length === 1), 'the child listens');
+  const port = Number(lines[0]);
+  const clients: Client[] = [];
+  for (let i = 0; i < n; i++) clients.push(await Client.connect(t, port));
+  for (const [i, c] of clients.entries()) c.socket.write(query(i));
+  await until(() => clients.every((c) => c.answers.length === 1 || c.closed));
+  child.stdin.write('\n');
+  t.ok(await until(() => lines.length === 2), 'the child reports');
+  return { answered: clients.filter((c) => c.answers.length === 1).length, ...(JSON.parse(lines[1] ?? '{}') as { refusedFdLimit: number }) };
+}
+
+t.test('the open-file limit: at it newcomers are refused and counted, not dropped in silence (libuv closes them on EMFILE)', async (t) => {
+  // Node raises the soft limit to the hard one at start; `ulimit -n` sets both.
+  const r = await underFdLimit(t, 'ulimit -n 128', 200);
+  t.ok(r.answered > 0 && r.answered < 200, `some answered (${r.answered}), not all: the limit is hit`);
+  t.equal(r.refusedFdLimit, 200 - r.answered, 'every one turned away is counted as refused, reason fd_limit');
 });
