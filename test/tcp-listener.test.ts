@@ -758,7 +758,7 @@ async function underFdLimit(t: Test, ulimit: string, n: number): Promise<{ answe
 
 t.test('the open-file limit: at it newcomers are refused and counted, not dropped in silence (libuv closes them on EMFILE)', async (t) => {
   // Node raises the soft limit to the hard one at start; `ulimit -n` sets both.
-  const r = await underFdLimit(t, 'ulimit -n 128', 200);
+  const r = await underFdLimit(t, 'ulimit -n 256', 200);
   t.ok(r.answered > 0 && r.answered < 200, `some answered (${r.answered}), not all: the limit is hit`);
   t.equal(r.refusedFdLimit, 200 - r.answered, 'every one turned away is counted as refused, reason fd_limit');
 });

@@ -37,7 +37,9 @@ import { dialableHost, formatHostPort } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { Counters } from '../stats/counters.js';
+import { openFileLimit } from '../sys/fd-limit.js';
 import { listenersOn, loadReusePort, openShared, type ReusePort } from '../sys/reuseport.js';
+import { fdOf } from '../sys/socket-options.js';
 import type { ServerAddress } from '../upstream/types.js';
 import type { Listener, QueryHandler } from './listener.js';
 import { tcpListenerCounters, type TcpListenerCounters } from './tcp-stats.js';
@@ -83,6 +85,14 @@ export interface TcpListenerOptions {
  */
 const DRAIN_QUIET_SWEEPS = 2;
 
+/**
+ * Descriptors left for the rest of the agent (upstream sockets, TCP retries
+ * after TC, the HTTP endpoints, files read on reload): a flood of clients is
+ * refused and counted here, not failing those or meeting libuv's silent EMFILE close.
+ */
+const FD_RESERVE = 128;
+const fdCeiling = (limit: number): number => (limit < 0 ? -1 : Math.max(0, limit - FD_RESERVE));
+
 export class TcpListener implements Listener {
   readonly name: string;
   readonly counters: TcpListenerCounters;
@@ -115,6 +125,9 @@ export class TcpListener implements Listener {
   #quietSweeps: number;
   #acceptedSinceSweep: number;
   #handedOver: boolean;
+  /** Accepted sockets whose descriptor is at or above this are refused (openFileLimit() - FD_RESERVE); -1: no limit known. */
+  #fdCeiling = -1;
+  #warnedFdLimit = false;
 
   constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: TcpListenerOptions) {
     this.#addr = addr;
@@ -182,6 +195,7 @@ export class TcpListener implements Listener {
 
   async start(): Promise<void> {
     await this.#sendBuffer.load();
+    this.#fdCeiling = fdCeiling(openFileLimit());
     const fd = this.#reusePort ? await this.#openShared() : -1;
     // allowHalfOpen: a client may send its queries and then FIN (nc -N, scripts); it still gets its answers,
     // and we close our side once they are written. No server.maxConnections: the cap is ours (#accept), so a
@@ -193,7 +207,11 @@ export class TcpListener implements Listener {
       server.once('error', onListenError);
       const onListening = (): void => {
         server.off('error', onListenError);
-        server.on('error', (err) => this.#logger.warn('tcp listener error', { listener: this.name, error: err.message }));
+        server.on('error', (err: NodeJS.ErrnoException) => {
+          // After listen only accept() fails here; EMFILE shows up when libuv has no spare descriptor left to close them with.
+          if (err.code === 'EMFILE' || err.code === 'ENFILE') this.#refuseForFds(null);
+          else this.#logger.warn('tcp listener error', { listener: this.name, error: err.message });
+        });
         if (fd >= 0) this.#sayIfShared();
         resolve();
       };
@@ -305,6 +323,10 @@ export class TcpListener implements Listener {
     const address = socket.remoteAddress ?? '';
     const slot = this.counters.schema.slot;
     const now = (this.#time.now = this.#clock.now());
+    if (this.#fdCeiling >= 0 && fdOf(socket) >= this.#fdCeiling) {
+      this.#refuseForFds(socket);
+      return;
+    }
     if (this.#perClient.full(address) && !this.#evict(this.#perClient.idlestOf(address, now))) {
       this.counters.values[slot.refusedClient]!++;
       socket.destroy();
@@ -326,6 +348,15 @@ export class TcpListener implements Listener {
     this.#setOpenGauge();
     socket.once('close', () => this.#forget(conn));
     if (this.#sweep === null) this.#sweep = this.#clock.sweep(this.#onSweep);
+  }
+
+  /** Near the open-file limit (or past it: EMFILE, `socket` null): counted, warned once per listener. */
+  #refuseForFds(socket: net.Socket | null): void {
+    this.counters.values[this.counters.schema.slot.refusedFdLimit]!++;
+    socket?.destroy();
+    if (this.#warnedFdLimit) return;
+    this.#warnedFdLimit = true;
+    this.#logger.warn('open-file limit nearly reached: new TCP clients are refused', { listener: this.name, limit: this.#fdCeiling + FD_RESERVE, reserve: FD_RESERVE });
   }
 
   /** Closes `victim` (the idlest at a cap) to make room; false when there is none (every one busy). */

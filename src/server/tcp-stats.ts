@@ -8,7 +8,7 @@ const CLOSED = 'nodelocal_tcp_closed_total';
 const CLOSED_HELP = 'Client TCP connections closed by the agent, by reason';
 const REFUSED = 'nodelocal_tcp_refused_total';
 const REFUSED_HELP =
-  'New client TCP connections closed at once, by reason: connection_limit, --max-tcp-connections reached and every connection busy; client_limit, its address at --max-tcp-per-client and every one of its connections busy';
+  'New client TCP connections closed at once, by reason: connection_limit, --max-tcp-connections reached and every connection busy; client_limit, its address at --max-tcp-per-client and every one of its connections busy; fd_limit, the process near its open-file limit';
 
 export const tcpListenerCounters = defineCounters({
   /** A message was not completed within the read timeout of its first byte (slow-loris). */
@@ -23,6 +23,8 @@ export const tcpListenerCounters = defineCounters({
   refused: { name: REFUSED, help: REFUSED_HELP, labels: { reason: 'connection_limit' } },
   /** Its address at --max-tcp-per-client with every one of its connections busy: the newcomer is closed at once. */
   refusedClient: { name: REFUSED, help: REFUSED_HELP, labels: { reason: 'client_limit' } },
+  /** The process within FD_RESERVE descriptors of its open-file limit, or accept() failed with EMFILE: the newcomer is closed at once. */
+  refusedFdLimit: { name: REFUSED, help: REFUSED_HELP, labels: { reason: 'fd_limit' } },
   /** Open client connections (set on accept and close). */
   open: { name: 'nodelocal_tcp_connections', help: 'Open client TCP connections', type: 'gauge' },
 });
