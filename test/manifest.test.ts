@@ -811,11 +811,12 @@ t.test('alerts: every $labels.X an annotation names survives the expression\'s a
 
 t.test('alerts: refused client TCP connections say which limit refused them (the two have different causes and remedies)', async (t) => {
   // nodelocal_tcp_refused_total{reason}: connection_limit (every --max-tcp-connections slot busy: a flood) or
-  // client_limit (one address at --max-tcp-per-client: a pod, or hostNetwork pods sharing the node's address).
+  // client_limit (one address at --max-tcp-per-client: a pod, or hostNetwork pods sharing the node's address) or
+  // fd_limit (the process near its open-file limit).
   // An alert summed over both that names only the first sends the operator after the wrong knob.
   const src = readFileSync(join(ROOT, 'src', 'server', 'tcp-stats.ts'), 'utf8');
   const reasons = [...src.matchAll(/name: REFUSED, help: REFUSED_HELP, labels: \{ reason: '([a-z_]+)' \}/g)].map((m) => m[1]!);
-  t.same(reasons.sort(), ['client_limit', 'connection_limit'], 'the two reasons the agent counts');
+  t.same(reasons.sort(), ['client_limit', 'connection_limit', 'fd_limit'], 'the three reasons the agent counts');
   const rules = ALERTS.filter((r) => r.expr.includes('nodelocal_tcp_refused_total'));
   t.ok(rules.length > 0, 'an alert on refused connections');
   for (const r of rules) {

@@ -6,7 +6,9 @@
 // reads (kernel send queue read from /proc/net/tcp, Node's share capped).
 import t, { type Test } from 'tap';
 import net from 'node:net';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
@@ -506,6 +508,61 @@ t.test('a client that reads is never reset for pipelining: large answers answere
   t.notOk(c.closed, 'the connection stays open');
 });
 
+t.test('a client that reads is never reset for pipelining: large answers to misses in flight together, landing in one turn', async (t) => {
+  // Eight queries in flight at once (misses: nothing is written when they are taken, so nothing holds them back),
+  // then all eight 60 KB answers (480 KB) land in the same turn, as a coalesced upstream answer or a burst does.
+  // The client reads all along: its answers are owed to queries we took, not to its not reading.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 8 });
+  const c = await Client.connect(t, l.port);
+  const ids = [1, 2, 3, 4, 5, 6, 7, 8];
+  c.socket.write(Buffer.concat(ids.map((id) => query(id, true))));
+  t.ok(await until(() => h.held.length === ids.length), 'all eight in flight');
+  h.release();
+  t.ok(await until(() => c.answers.length === ids.length || c.closed), 'the answers arrive');
+  t.same([...c.answers].sort((a, b) => a - b), ids, 'every one');
+  t.equal(l.counters.get('closedUnsentLimit'), 0, 'not reset');
+  t.notOk(c.closed, 'the connection stays open');
+});
+
+/** A client that does not read, with `n` queries in flight whose 60 KB answers then land together: far past Node's cap. */
+async function unreadBurst(t: Test, l: TcpListener, h: FakeHandler, n: number, firstId: number): Promise<Client> {
+  const c = await Client.connect(t, l.port, { read: false });
+  const held = h.held.length;
+  c.socket.write(Buffer.concat(Array.from({ length: n }, (_, i) => query(firstId + i, true))));
+  t.ok(await until(() => h.held.length === held + n), `${n} in flight`);
+  h.release();
+  return c;
+}
+
+t.test('a client that does not read the answers to misses landing together is reset after the read timeout, not kept for the idle timeout', async (t) => {
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 16, readTimeoutMs: 300, idleTimeoutMs: 10_000 });
+  await unreadBurst(t, l, h, 16, 1);
+  t.ok(await until(() => l.connections === 0, 3000), 'reset');
+  t.equal(l.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit');
+  t.equal(l.counters.get('closedIdle'), 0, 'not as idle');
+});
+
+t.test('what answers landing together hold past the unsent cap is bounded across the listener: when the room is full, the client unread longest is reset', async (t) => {
+  // 16 answers of 60 KB (960 KB) to a client that does not read: the kernel and its receive buffer take at most
+  // ~300 KB, Node's cap 128 KiB, so 530 to 730 KB wait in the room. The room fits one such client, not two.
+  const h = new FakeHandler(60_000);
+  const l = await startListener(t, h, { maxQueriesPerConnection: 16, readTimeoutMs: 60_000, idleTimeoutMs: 60_000, unsentRoomBytes: 800_000 });
+  const a = await unreadBurst(t, l, h, 16, 1);
+  await sleep(200); // a few sweeps: b's answers are stamped unread later than a's
+  // A client that does not read does not see the reset either: the server side is what is asserted.
+  t.ok(l.connections === 1 && l.counters.get('closedUnsentLimit') === 0, 'a is kept while its answers fit in the room');
+  const b = await unreadBurst(t, l, h, 16, 101);
+  t.ok(await until(() => serverSide(l.port, a.localPort) === null), 'a, unread longest, is reset when b\'s answers need the room');
+  t.equal(l.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit');
+  t.ok(await until(() => l.connections === 1), 'the listener has forgotten a');
+  t.ok(serverSide(l.port, b.localPort) !== null, 'b, whose answers just landed, is kept');
+  b.socket.resume();
+  t.ok(await until(() => b.answers.length === 16), 'and gets every answer once it reads');
+  t.equal(l.counters.get('closedUnsentLimit'), 1, 'nothing more reset');
+});
+
 t.test('shutdown (a plain listener): queries held while a client has not read its answers are answered once it reads; drained() waits for them', async (t) => {
   // Eight 60 KB answers given at once to a client not reading yet: the kernel and Node take a few, the rest of its
   // queries wait on its reading. The stop comes, then the client reads: what it asked before the stop is its due.
@@ -660,4 +717,48 @@ t.test('close(): queries waiting behind the in-flight cap are dropped with the c
   const held = h.held.splice(0);
   for (const x of held) x.channel.discard(x.peer);
   t.equal(h.queries, 1, 'no query taken after close()');
+});
+
+// ---------------------------------------------------------------- the open-file limit
+
+/**
+ * A listener (dist/, maxConnections 1,024) in a child whose open-file limit is set by `ulimit` first; `n` clients
+ * connect at once and each sends a query. Returns how many were answered and the child's refusedFdLimit (-1 when
+ * that counter does not exist).
+ */
+async function underFdLimit(t: Test, ulimit: string, n: number): Promise<{ answered: number; refusedFdLimit: number }> {
+  const dist = fileURLToPath(new URL('../dist/src/server/tcp-listener.js', import.meta.url));
+  const log = fileURLToPath(new URL('../dist/src/log.js', import.meta.url));
+  const script = `
+    const { TcpListener } = await import(${JSON.stringify(dist)});
+    const { silentLogger } = await import(${JSON.stringify(log)});
+    const handler = { handle(msg, ch, peer) { ch.send(msg, peer); } };
+    const l = new TcpListener({ host: '127.0.0.1', port: 0 }, handler, silentLogger, { idleTimeoutMs: 60000, maxConnections: 1024, maxConnectionsPerClient: 0 });
+    await l.start();
+    console.log(l.port);
+    process.stdin.on('data', () => {
+      const slot = l.counters.schema.slot.refusedFdLimit;
+      console.log(JSON.stringify({ refusedFdLimit: slot === undefined ? -1 : l.counters.values[slot] }));
+      process.exit(0);
+    });`;
+  const child = spawn('bash', ['-c', `${ulimit}; exec node --input-type=module -e "$0"`, script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => child.kill());
+  const lines: string[] = [];
+  child.stdout.on('data', (c: Buffer) => lines.push(...c.toString().split('\n').filter((x) => x !== '')));
+  t.ok(await until(() => lines.length === 1), 'the child listens');
+  const port = Number(lines[0]);
+  const clients: Client[] = [];
+  for (let i = 0; i < n; i++) clients.push(await Client.connect(t, port));
+  for (const [i, c] of clients.entries()) c.socket.write(query(i));
+  await until(() => clients.every((c) => c.answers.length === 1 || c.closed));
+  child.stdin.write('\n');
+  t.ok(await until(() => lines.length === 2), 'the child reports');
+  return { answered: clients.filter((c) => c.answers.length === 1).length, ...(JSON.parse(lines[1] ?? '{}') as { refusedFdLimit: number }) };
+}
+
+t.test('the open-file limit: at it newcomers are refused and counted, not dropped in silence (libuv closes them on EMFILE)', async (t) => {
+  // Node raises the soft limit to the hard one at start; `ulimit -n` sets both.
+  const r = await underFdLimit(t, 'ulimit -n 256', 200);
+  t.ok(r.answered > 0 && r.answered < 200, `some answered (${r.answered}), not all: the limit is hit`);
+  t.equal(r.refusedFdLimit, 200 - r.answered, 'every one turned away is counted as refused, reason fd_limit');
 });

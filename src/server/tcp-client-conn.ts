@@ -7,12 +7,12 @@
  * drain, and this file as what happens on one socket.
  */
 import type net from 'node:net';
-import { MAX_MESSAGE } from '../dns/constants.js';
 import { FrameDecoder, frame } from '../dns/framing.js';
 import type { Logger } from '../log.js';
 import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-options.js';
 import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
 import type { TcpListenerCounter, TcpListenerCounters } from './tcp-stats.js';
+import { takeLimit, type UnsentRoom, type UnsentRoomHolder } from './tcp-unsent.js';
 
 /**
  * While draining, how long an accepted connection may stay silent before it
@@ -21,31 +21,6 @@ import type { TcpListenerCounter, TcpListenerCounters } from './tcp-stats.js';
  * shutdown grace.
  */
 export const DRAIN_IDLE_MS = 500;
-
-/**
- * Two maximum-size answers (64 KiB each), so one large answer queued behind
- * another does not cut a client that reads. With a reading client Node's
- * buffer stays near empty: the kernel hands data straight to the client's
- * receive buffer (128 KiB initially) and our send buffer. For a client that
- * never reads the total unsent on our side is then at most ~110 KB kernel +
- * this + one answer, ~300 KiB (~300 MiB at 1,024 connections), where kernel
- * autotuning plus the old 1 MiB cut-off allowed ~4.5 MiB each (3.5 MB of it
- * in the kernel, measured).
- */
-export const TCP_MAX_UNSENT_BYTES = 128 * 1024;
-
-/**
- * Unsent bytes in Node's buffer above which no new query is taken: one more
- * answer, of any size, given at once (a cache hit) still fits under
- * maxUnsentBytes. A client that pipelines queries for large answers is then
- * held back by its own reading, as the in-flight cap holds it back by our
- * upstream, instead of being reset at the cap while it reads. Never below the
- * socket's high-water mark: past that mark a write asks for 'drain', which is
- * what takes the queries again.
- */
-function takeLimit(maxUnsentBytes: number, socket: net.Socket): number {
-  return Math.max(socket.writableHighWaterMark, maxUnsentBytes - (MAX_MESSAGE + 2));
-}
 
 export type TcpCloseReason = 'read_timeout' | 'idle' | 'evicted' | 'unsent_limit';
 
@@ -100,7 +75,7 @@ export function stopAll(conns: ReadonlySet<TcpClientConnection>, done: () => voi
 }
 
 /** One client connection; the ClientChannel its answers go back through. */
-export class TcpClientConnection implements ClientChannel {
+export class TcpClientConnection implements ClientChannel, UnsentRoomHolder {
   readonly transport = Transport.TCP;
   readonly #socket: net.Socket;
   readonly #handler: QueryHandler;
@@ -111,6 +86,7 @@ export class TcpClientConnection implements ClientChannel {
   readonly #listenerName: string;
   readonly #time: CoarseTime;
   readonly #counters: TcpListenerCounters;
+  readonly #room: UnsentRoom;
   /** Queries handed to the resolver and not yet answered. */
   #inflight = 0;
   /** Frames that arrived (in the same read) after the in-flight cap was reached. */
@@ -150,6 +126,7 @@ export class TcpClientConnection implements ClientChannel {
     listenerName: string,
     time: CoarseTime,
     counters: TcpListenerCounters,
+    room: UnsentRoom,
   ) {
     this.#socket = socket;
     this.#handler = handler;
@@ -158,6 +135,7 @@ export class TcpClientConnection implements ClientChannel {
     this.#listenerName = listenerName;
     this.#time = time;
     this.#counters = counters;
+    this.#room = room;
     this.#peer = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
     this.#decoder = new FrameDecoder((f) => this.#onFrame(f));
     this.#lastActiveMs = time.now;
@@ -185,6 +163,15 @@ export class TcpClientConnection implements ClientChannel {
   /** Queries answered (or dropped) on this connection so far; 0: it has not sent one yet. */
   get served(): number {
     return this.#served;
+  }
+
+  /** Unsent bytes in Node past maxUnsentBytes (what it holds of the listener's UnsentRoom); 0 once closed. */
+  get overUnsentCap(): number {
+    return this.#closed || this.#socket.destroyed ? 0 : Math.max(0, this.#socket.writableLength - this.#limits.maxUnsentBytes);
+  }
+
+  get unreadSinceMs(): number {
+    return this.#unreadSinceMs;
   }
 
   /** Nothing owed to the client: no query in flight or waiting. Such a connection may be evicted. */
@@ -243,11 +230,13 @@ export class TcpClientConnection implements ClientChannel {
     this.#lastActiveMs = this.#time.now;
     if (this.#closed || this.#socket.destroyed) return;
     this.#socket.write(frame(answer));
-    // writableLength is what the kernel would not take; the kernel's own share is capped by SO_SNDBUF.
+    // writableLength is what the kernel would not take; the kernel's own share is capped by SO_SNDBUF. Past the cap only
+    // answers to queries taken before the take limit stopped taking (misses landing together): they wait in the listener's
+    // room, for the read timeout at most, and the room resets whoever has left its answers unread longest when it is full.
     if (this.#socket.writableLength > this.#limits.maxUnsentBytes) {
-      this.#logger.debug('tcp client not reading its answers: reset', { listener: this.#listenerName, peer: this.#peer.address });
-      this.close('unsent_limit');
-      return;
+      if (this.#unreadSinceMs < 0) this.#unreadSinceMs = this.#time.now;
+      this.#room.fit();
+      if (this.#closed) return;
     }
     this.#drainBacklog();
   }
@@ -279,6 +268,7 @@ export class TcpClientConnection implements ClientChannel {
     this.#reading = false;
     this.#backlog.length = 0;
     this.#counters.values[this.#counters.schema.slot[CLOSE_SLOT[reason]]]!++;
+    if (reason === 'unsent_limit') this.#logger.debug('tcp client not reading its answers: reset', { listener: this.#listenerName, peer: this.#peer.address });
     if (reason === 'unsent_limit' || reason === 'read_timeout' || this.#unsent()) this.#socket.resetAndDestroy();
     else this.#socket.destroy();
   }

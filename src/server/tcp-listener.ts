@@ -14,8 +14,10 @@
  *   one client address holds at most maxConnectionsPerClient of them, making
  *   room the same way among its own (tcp-per-client.ts);
  * - unsent answers are bounded in the kernel (a small SO_SNDBUF set at accept)
- *   and in Node (maxUnsentBytes); past that, or with queries left waiting on
- *   its reading for the read timeout, the client is reset (tcp-client-conn.ts).
+ *   and in Node (maxUnsentBytes, and past it a room the listener's connections
+ *   share for answers to queries in flight landing together: tcp-unsent.ts);
+ *   past the room, or with answers left unread for the read timeout, the
+ *   client is reset (tcp-client-conn.ts).
  * The clock's shared sweep (every 50 ms) runs the timeouts while connections
  * are open, and stamps a coarse "now" so the per-answer path reads no clock.
  *
@@ -26,7 +28,7 @@
  * connection once it owes nothing, and drained() says when all that is done.
  *
  * This file is the listener (accept, the connection cap and eviction, the
- * sweep, the send buffer, the handover drain); what happens on one client
+ * sweep, the handover drain); what happens on one client
  * socket (framing, in-flight cap, answers, timeouts) is tcp-client-conn.ts.
  */
 import net from 'node:net';
@@ -35,15 +37,18 @@ import { dialableHost, formatHostPort } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { Counters } from '../stats/counters.js';
+import { openFileLimit } from '../sys/fd-limit.js';
 import { listenersOn, loadReusePort, openShared, type ReusePort } from '../sys/reuseport.js';
-import { fdOf, loadSocketOptions, type SocketOptions } from '../sys/socket-options.js';
+import { fdOf } from '../sys/socket-options.js';
 import type { ServerAddress } from '../upstream/types.js';
 import type { Listener, QueryHandler } from './listener.js';
 import { tcpListenerCounters, type TcpListenerCounters } from './tcp-stats.js';
-import { TCP_MAX_UNSENT_BYTES, TcpClientConnection, stopAll, type CoarseTime, type Limits, type TcpCloseReason } from './tcp-client-conn.js';
+import { TcpClientConnection, stopAll, type CoarseTime, type Limits, type TcpCloseReason } from './tcp-client-conn.js';
 import { ConnectionsPerClient, idlest } from './tcp-per-client.js';
+import { SendBufferLimit, TCP_MAX_UNSENT_BYTES, TCP_SEND_BUFFER_BYTES, TCP_UNSENT_ROOM_BYTES, UnsentRoom } from './tcp-unsent.js';
 
-export { DRAIN_IDLE_MS, TCP_MAX_UNSENT_BYTES, type TcpCloseReason } from './tcp-client-conn.js';
+export { DRAIN_IDLE_MS, type TcpCloseReason } from './tcp-client-conn.js';
+export { TCP_MAX_UNSENT_BYTES, TCP_SEND_BUFFER_BYTES, TCP_UNSENT_ROOM_BYTES } from './tcp-unsent.js';
 
 export interface TcpListenerOptions {
   /** Close a connection with no complete message and nothing in flight for this long (RFC 7766 6.2.3). */
@@ -54,8 +59,10 @@ export interface TcpListenerOptions {
   readonly maxQueriesPerConnection: number;
   /** A message must be complete this long after its first byte arrives. Default: --tcp-read-timeout's (config.ts). */
   readonly readTimeoutMs?: number;
-  /** Answers a client may leave unsent in Node's buffer (beyond the kernel's) before it is reset. Default TCP_MAX_UNSENT_BYTES. */
+  /** Answers a client may leave unsent in Node's buffer (beyond the kernel's), but for answers to queries in flight landing together. Default TCP_MAX_UNSENT_BYTES. */
   readonly maxUnsentBytes?: number;
+  /** Room past maxUnsentBytes, for the whole listener, for those answers (tcp-unsent.ts); past it clients are reset. Default TCP_UNSENT_ROOM_BYTES. */
+  readonly unsentRoomBytes?: number;
   /** SO_SNDBUF asked for on each client socket (the kernel doubles it); 0 keeps kernel autotuning. Default TCP_SEND_BUFFER_BYTES. */
   readonly sendBufferBytes?: number;
   readonly clock?: Clock;
@@ -79,16 +86,12 @@ export interface TcpListenerOptions {
 const DRAIN_QUIET_SWEEPS = 2;
 
 /**
- * The kernel doubles it to a 64 KiB sk_sndbuf, which one large segment may
- * overshoot: SIOCOUTQ peaks near 110 KB measured with 60 KB answers, against
- * 3.5 MB under autotuning (net.ipv4.tcp_wmem max 4 MiB) for a client that
- * never reads. 64 KiB in flight is far more than a node-local RTT (tens of
- * us) needs for DNS.
+ * Descriptors left for the rest of the agent (upstream sockets, TCP retries
+ * after TC, the HTTP endpoints, files read on reload): a flood of clients is
+ * refused and counted here, not failing those or meeting libuv's silent EMFILE close.
  */
-export const TCP_SEND_BUFFER_BYTES = 32 * 1024;
-
-/** Warned once per process, not per listener or connection. */
-let warnedNoSendBuffer = false;
+const FD_RESERVE = 128;
+const fdCeiling = (limit: number): number => (limit < 0 ? -1 : Math.max(0, limit - FD_RESERVE));
 
 export class TcpListener implements Listener {
   readonly name: string;
@@ -97,14 +100,14 @@ export class TcpListener implements Listener {
   readonly #handler: QueryHandler;
   readonly #logger: Logger;
   readonly #maxConnections: number;
-  readonly #sendBufferBytes: number;
+  readonly #sendBuffer: SendBufferLimit;
   readonly #limits: Limits;
   readonly #clock: Clock;
   readonly #time: CoarseTime;
   readonly #conns: Set<TcpClientConnection>;
   readonly #perClient: ConnectionsPerClient;
+  readonly #room: UnsentRoom;
   #server: net.Server | null;
-  #sockopts: SocketOptions | null;
   /** Unregisters our sweep from the clock's shared timer; null while no connection is open. */
   #sweep: (() => void) | null;
   readonly #reusePort: boolean;
@@ -122,13 +125,15 @@ export class TcpListener implements Listener {
   #quietSweeps: number;
   #acceptedSinceSweep: number;
   #handedOver: boolean;
+  /** Accepted sockets whose descriptor is at or above this are refused (openFileLimit() - FD_RESERVE); -1: no limit known. */
+  #fdCeiling = -1;
+  #warnedFdLimit = false;
 
   constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: TcpListenerOptions) {
     this.#addr = addr;
     this.#handler = handler;
     this.#logger = logger;
     this.#maxConnections = opts.maxConnections;
-    this.#sendBufferBytes = opts.sendBufferBytes ?? TCP_SEND_BUFFER_BYTES;
     this.#limits = {
       idleTimeoutMs: opts.idleTimeoutMs,
       readTimeoutMs: opts.readTimeoutMs ?? DEFAULTS.tcpReadTimeoutMs,
@@ -138,11 +143,12 @@ export class TcpListener implements Listener {
     this.#clock = opts.clock ?? systemClock;
     this.counters = opts.counters ?? new Counters(tcpListenerCounters);
     this.name = `tcp://${formatHostPort(addr)}`;
+    this.#sendBuffer = new SendBufferLimit(opts.sendBufferBytes ?? TCP_SEND_BUFFER_BYTES, logger, this.name);
     this.#time = { now: this.#clock.now() };
     this.#conns = new Set();
     this.#perClient = new ConnectionsPerClient(opts.maxConnectionsPerClient ?? DEFAULTS.maxTcpPerClient);
+    this.#room = new UnsentRoom(opts.unsentRoomBytes ?? TCP_UNSENT_ROOM_BYTES, this.#conns);
     this.#server = null;
-    this.#sockopts = null;
     this.#sweep = null;
     this.#reusePort = opts.reusePort ?? false;
     this.#handoverDrain = opts.handoverDrain ?? true;
@@ -188,11 +194,8 @@ export class TcpListener implements Listener {
   }
 
   async start(): Promise<void> {
-    if (this.#sendBufferBytes > 0) {
-      const so = await loadSocketOptions();
-      if (typeof so === 'string') this.#warnNoSendBuffer(so);
-      else this.#sockopts = so;
-    }
+    await this.#sendBuffer.load();
+    this.#fdCeiling = fdCeiling(openFileLimit());
     const fd = this.#reusePort ? await this.#openShared() : -1;
     // allowHalfOpen: a client may send its queries and then FIN (nc -N, scripts); it still gets its answers,
     // and we close our side once they are written. No server.maxConnections: the cap is ours (#accept), so a
@@ -204,7 +207,11 @@ export class TcpListener implements Listener {
       server.once('error', onListenError);
       const onListening = (): void => {
         server.off('error', onListenError);
-        server.on('error', (err) => this.#logger.warn('tcp listener error', { listener: this.name, error: err.message }));
+        server.on('error', (err: NodeJS.ErrnoException) => {
+          // After listen only accept() fails here; EMFILE shows up when libuv has no spare descriptor left to close them with.
+          if (err.code === 'EMFILE' || err.code === 'ENFILE') this.#refuseForFds(null);
+          else this.#logger.warn('tcp listener error', { listener: this.name, error: err.message });
+        });
         if (fd >= 0) this.#sayIfShared();
         resolve();
       };
@@ -316,6 +323,10 @@ export class TcpListener implements Listener {
     const address = socket.remoteAddress ?? '';
     const slot = this.counters.schema.slot;
     const now = (this.#time.now = this.#clock.now());
+    if (this.#fdCeiling >= 0 && fdOf(socket) >= this.#fdCeiling) {
+      this.#refuseForFds(socket);
+      return;
+    }
     if (this.#perClient.full(address) && !this.#evict(this.#perClient.idlestOf(address, now))) {
       this.counters.values[slot.refusedClient]!++;
       socket.destroy();
@@ -326,8 +337,8 @@ export class TcpListener implements Listener {
       socket.destroy();
       return;
     }
-    this.#limitSendBuffer(socket);
-    const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#limits, this.name, this.#time, this.counters);
+    this.#sendBuffer.apply(socket);
+    const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#limits, this.name, this.#time, this.counters, this.#room);
     this.#conns.add(conn);
     this.#perClient.add(conn);
     if (this.#draining) {
@@ -337,6 +348,15 @@ export class TcpListener implements Listener {
     this.#setOpenGauge();
     socket.once('close', () => this.#forget(conn));
     if (this.#sweep === null) this.#sweep = this.#clock.sweep(this.#onSweep);
+  }
+
+  /** Near the open-file limit (or past it: EMFILE, `socket` null): counted, warned once per listener. */
+  #refuseForFds(socket: net.Socket | null): void {
+    this.counters.values[this.counters.schema.slot.refusedFdLimit]!++;
+    socket?.destroy();
+    if (this.#warnedFdLimit) return;
+    this.#warnedFdLimit = true;
+    this.#logger.warn('open-file limit nearly reached: new TCP clients are refused', { listener: this.name, limit: this.#fdCeiling + FD_RESERVE, reserve: FD_RESERVE });
   }
 
   /** Closes `victim` (the idlest at a cap) to make room; false when there is none (every one busy). */
@@ -372,26 +392,6 @@ export class TcpListener implements Listener {
     if (!this.#conns.delete(c)) return;
     this.#perClient.remove(c);
     this.#setOpenGauge();
-  }
-
-  /** Once per accepted socket (0.3 us), never per query; bounds what the kernel holds for a client that does not read. */
-  #limitSendBuffer(socket: net.Socket): void {
-    const so = this.#sockopts;
-    if (so === null) return;
-    const fd = fdOf(socket);
-    const errno = fd < 0 ? -1 : so.setSendBuffer(fd, this.#sendBufferBytes);
-    if (errno === 0) return;
-    this.#sockopts = null;
-    this.#warnNoSendBuffer(fd < 0 ? 'no file descriptor on the accepted socket' : `setsockopt(SO_SNDBUF) failed, errno ${errno}`);
-  }
-
-  #warnNoSendBuffer(reason: string): void {
-    if (warnedNoSendBuffer) return;
-    warnedNoSendBuffer = true;
-    this.#logger.warn('cannot limit the kernel send buffer of client TCP sockets: unsent answers are bounded in Node only', {
-      listener: this.name,
-      reason,
-    });
   }
 
   #setOpenGauge(): void {
