@@ -775,6 +775,30 @@ t.test('TcpPool: a query moved off a stalled connection and sent again is counte
   await slow.done;
 });
 
+t.test('TcpPool: a query staged on a connection the server closes before the write is counted as sent once, where it is written', async (t) => {
+  // The server's FIN read in the same turn as a query staged on that connection: the staging is dropped and the query
+  // re-sent on a new connection. coredns_forward_requests_total counted it at staging too: two requests for one write.
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const sockets: net.Socket[] = [];
+  const connect = (s: { host: string; port: number }): net.Socket => {
+    const sock = net.connect({ host: s.host, port: s.port, noDelay: true });
+    sockets.push(sock);
+    return sock;
+  };
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect });
+  t.teardown(() => pool.close());
+  t.equal((await ask(pool, 'www.example.com').done).reason, null, 'the first connection answers');
+  const second = ask(pool, 'www.example.com');
+  // End of stream read before the once-per-turn flush (what a FIN read in this turn's poll phase does).
+  sockets[0]!.push(null);
+  const r = await second.done;
+  t.equal(r.reason, null, 'the query is answered on a new connection');
+  t.equal(sockets.length, 2);
+  t.equal(sim.stats.tcpQueries, 2, 'the server received two queries');
+  t.equal(pool.counters.get('sent'), 2, 'two requests counted, one per write');
+});
+
 t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
   // Both connections go to the ClusterIP; the first reached a kube-dns pod whose node then died: no RST, no FIN, the
   // connection stays ESTABLISHED (TCP retransmits for ~15 minutes), every query on it times out. The second reached a
