@@ -1856,14 +1856,22 @@ t.test('HostResolvers: a second FORMERR without OPT, to an earlier EDNS try at t
   t.equal(withoutOpt, 1, 'asked without EDNS once');
 });
 
-t.test('HostResolvers: a server that does not know EDNS and answers FORMERR with no question (QDCOUNT 0) is asked again without OPT, not waited out as spoofed', async (t) => {
+/** A server from before EDNS: a query without OPT is answered (and counted), one with OPT goes to `onOpt`. */
+async function preEdnsRig(t: Test, onOpt: (q: DecodedPacket, send: (reply: Buffer) => void) => void): Promise<{ port: number; withoutOpt: () => number }> {
   let withoutOpt = 0;
   const port = await ednsRig(t, (q, hasOpt, send) => {
-    if (!hasOpt) {
-      withoutOpt++;
-      send(oldServerAnswer(q));
+    if (hasOpt) {
+      onOpt(q, send);
       return;
     }
+    withoutOpt++;
+    send(oldServerAnswer(q));
+  });
+  return { port, withoutOpt: () => withoutOpt };
+}
+
+t.test('HostResolvers: a server that does not know EDNS and answers FORMERR with no question (QDCOUNT 0) is asked again without OPT, not waited out as spoofed', async (t) => {
+  const { port, withoutOpt } = await preEdnsRig(t, (q, send) => {
     // The header alone: id, QR, RD, FORMERR; every count 0.
     const bare = Buffer.alloc(12);
     bare.writeUInt16BE(q.id!, 0);
@@ -1877,6 +1885,27 @@ t.test('HostResolvers: a server that does not know EDNS and answers FORMERR with
   const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
   t.equal(rcodeOf(answer), 'NOERROR', `answered without EDNS: ${Buffer.isBuffer(got) ? rcodeOf(answer) : got}`);
   t.same(addresses(answer), ['192.0.2.7']);
-  t.equal(withoutOpt, 1, 'asked without EDNS once');
+  t.equal(withoutOpt(), 1, 'asked without EDNS once');
   t.equal(counters.get('spoofed'), 0, 'the FORMERR was not taken for a spoofed answer');
+});
+
+t.test('HostResolvers: a server found not to know EDNS is asked without OPT by the exchanges after, not made to refuse each one first', async (t) => {
+  // Only the exchange that met the FORMERR remembered it: every later miss to that server cost a FORMERR round trip
+  // and a second query. glibc keeps RES_F_EDNS0ERR in its resolver state; Unbound keeps a server's EDNS lameness
+  // in its infrastructure cache for 15 minutes.
+  let withOpt = 0;
+  const { port, withoutOpt } = await preEdnsRig(t, (q, send) => {
+    withOpt++;
+    send(dnsPacket.encode({ type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | 1, questions: q.questions }));
+  });
+  const counters = new Counters(hostResolversCounters);
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }], attemptTimeoutMs: 1000, attempts: 1, counters });
+  t.teardown(() => up.close());
+  for (const name of ['old.corp.example', 'other.corp.example', 'third.corp.example']) {
+    const got = await askOnce(up, name);
+    t.same(addresses(Buffer.isBuffer(got) ? dnsPacket.decode(got) : null), ['192.0.2.7'], `${name} answered`);
+  }
+  t.equal(withOpt, 1, 'asked with EDNS by the first exchange only');
+  t.equal(withoutOpt(), 3, 'each exchange asked once without');
+  t.equal(counters.get('ednsFallbacks'), 1, 'one fallback');
 });
