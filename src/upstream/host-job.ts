@@ -75,6 +75,12 @@ export class HostJob {
     return 'retry';
   }
 
+  /** Server `idx` said lately, to another exchange, that it does not know EDNS: asked without OPT from the first try. */
+  withoutEdns(idx: number): void {
+    this.plainQuery ??= withoutOpt(this.ex.query);
+    if (this.plainQuery !== null) (this.noEdns ??= new Set()).add(idx);
+  }
+
   /** The server the next try goes to, counting the try; -1 when tries or time (at `now`) have run out. */
   nextServer(now: number): number {
     while (this.tries < this.total && now < this.ex.deadline) {
@@ -84,6 +90,34 @@ export class HostJob {
       return idx;
     }
     return -1;
+  }
+}
+
+/**
+ * How long a server that answered FORMERR to OPT (HostJob.ednsRefusal) is asked without it by every exchange: Unbound
+ * keeps a server's EDNS lameness in its infrastructure cache as long (infra-host-ttl), glibc for its resolver state's life.
+ */
+export const NO_EDNS_MEMORY_MS = 900_000;
+
+/** Which servers said lately that they do not know EDNS, across exchanges, and new exchanges that take it into account. */
+export class EdnsMemory {
+  /** Per server, the clock ms until which it is asked without OPT; 0: not known so. */
+  readonly #until: Float64Array;
+
+  constructor(servers: number) {
+    this.#until = new Float64Array(servers);
+  }
+
+  /** Server `idx` answered FORMERR to OPT at `now` (ednsRefusal said 'retry'). */
+  refused(idx: number, now: number): void {
+    this.#until[idx] = now + NO_EDNS_MEMORY_MS;
+  }
+
+  /** A new exchange over `round`, sent without OPT to the servers lately found not to know EDNS. */
+  job(ex: UpstreamExchange, round: readonly number[], rounds: number, recheck: boolean, now: number): HostJob {
+    const job = new HostJob(ex, round, rounds, recheck);
+    for (const idx of round) if (now < this.#until[idx]!) job.withoutEdns(idx);
+    return job;
   }
 }
 
