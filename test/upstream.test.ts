@@ -1630,6 +1630,7 @@ interface NetnsOutcome {
   tcp?: number[];
   sent?: number;
   attemptErrors?: number;
+  attemptNoFds?: number;
   attemptTimeouts?: number;
   failovers?: number;
   connectFailures?: number;
@@ -1749,6 +1750,35 @@ t.test('dialableHost: an interface index names its interface when that interface
   t.equal(r.host, 'fe80::53%d0', `the index became the name: ${JSON.stringify(r)}`);
   t.equal(run('dialable', 'd0').host, 'fe80::53%d0', 'a name stays as it is');
   t.equal(run('dialable', '999').host, 'fe80::53%999', 'an index no interface has stays as it is');
+});
+
+t.test('HostResolvers: a try that fails for want of a file descriptor (EMFILE) is counted as such, not as any error', async (t) => {
+  // The process out of descriptors (a leak, a flood of TCP clients, a low LimitNOFILE): every try fails at once
+  // and the node's external names get SERVFAIL. Counted only as reason="error", beside ICMP errors and resets, with
+  // a debug line: nothing told an operator the agent itself was out of descriptors. Run in a child under a small
+  // `ulimit -n` (the built dist/), every descriptor it may open taken before it asks a resolver of its own.
+  const dist = (path: string): string => fileURLToPath(new URL(`../dist/${path}`, import.meta.url));
+  const script = `
+    import { openSync } from 'node:fs';
+    import { SimDnsServer, staticHandler } from ${JSON.stringify(dist('testkit/dns-server.js'))};
+    import { HostResolvers } from ${JSON.stringify(dist('src/upstream/host-resolvers.js'))};
+    const sim = await SimDnsServer.start({ udp: true, tcp: false, handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+    const up = new HostResolvers({ servers: [{ host: sim.host, port: sim.port }], attemptTimeoutMs: 1000, attempts: 1 });
+    try { for (let i = 0; i < 4096; i++) openSync('/dev/null', 'r'); } catch {}
+    const query = Buffer.from('00000100000100000000000003777777076578616d706c6503636f6d0000010001', 'hex');
+    const outcome = await new Promise((resolve) => up.send({ query, deadline: Date.now() + 3000, resolve: () => resolve('answer'), reject: resolve }));
+    process.stdout.write(JSON.stringify({ outcome, udp: [sim.stats.udpQueries], ...up.counters.snapshot() }) + '\\n');
+    process.exit(0);
+  `;
+  const r = spawnSync('bash', ['-c', 'ulimit -n 64 && exec "$@"', 'bash', process.execPath, '--input-type=module', '-e', script], {
+    encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL',
+  });
+  const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
+  const got = (line !== undefined ? JSON.parse(line) : { error: `no output: ${r.stderr}` }) as NetnsOutcome;
+  t.equal(got.outcome, 'network', `the try failed at once: ${JSON.stringify(got)}`);
+  t.same(got.udp, [0], 'nothing reached the server');
+  t.equal(got.attemptNoFds, 1, 'counted as a try failed for want of a descriptor');
+  t.equal(got.attemptErrors, 0, 'not as any other error');
 });
 
 t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {
