@@ -4,7 +4,7 @@ import { ignoredAnswersFamily, upstreamCounterDefs } from './upstream-counters.j
 
 const TRY_FAILURES = {
   name: 'nodelocal_upstream_try_failures_total',
-  help: 'Tries given up: no answer within the try timeout (it keeps listening for a late one), or an ICMP error or broken TCP connection.',
+  help: 'Tries given up: no answer within the try timeout (it keeps listening for a late one), an ICMP error or broken TCP connection, or no file descriptor left to the agent (no_fds: EMFILE, ENFILE).',
 } as const;
 
 export const hostResolversCounters = defineCounters({
@@ -21,6 +21,8 @@ export const hostResolversCounters = defineCounters({
   failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/NOTIMP/REFUSED answer.' },
   attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },
   attemptErrors: { ...TRY_FAILURES, labels: { reason: 'error' } },
+  // The agent out of descriptors, not the server failing: apart, so that an operator can tell.
+  attemptNoFds: { ...TRY_FAILURES, labels: { reason: 'no_fds' } },
   openSockets: {
     name: 'nodelocal_upstream_open_sockets',
     help: 'Tries listening for an answer: an id on a shared UDP socket, or a TCP connection of their own.',

@@ -281,7 +281,7 @@ export class HostResolvers implements Upstream {
     const job = attempt.owner;
     if (job.done) return;
     this.#forget(job, attempt);
-    this.#values[SLOT.attemptErrors]!++;
+    this.#values[code === 'EMFILE' || code === 'ENFILE' ? SLOT.attemptNoFds : SLOT.attemptErrors]!++;
     this.#log.debug('upstream attempt failed', { upstream: this.name, server: attempt.server.host, code });
     // An earlier try that errors only stops listening; the current one goes on.
     if (job.current !== attempt) return;
