@@ -1939,3 +1939,21 @@ t.test('HostResolvers: a server found not to know EDNS is asked without OPT by t
   t.equal(withoutOpt(), 3, 'each exchange asked once without');
   t.equal(counters.get('ednsFallbacks'), 1, 'one fallback');
 });
+
+t.test('HostResolvers: a server that does not know EDNS and answers NOTIMP without OPT (RFC 2671 5.3) is asked again without it, not its NOTIMP passed on', async (t) => {
+  // A responder that does not know the extensions may answer NOTIMP as well as FORMERR (RFC 2671 5.3; BIND retries
+  // without EDNS on both); one that knows EDNS puts an OPT in every answer to a query with one (RFC 6891 7). NOTIMP
+  // moved on to the next server, and with none left the client got SERVFAIL for a name the server would answer.
+  const { port, withoutOpt } = await preEdnsRig(t, (q, send) => {
+    send(dnsPacket.encode({ type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | 4, questions: q.questions }));
+  });
+  const counters = new Counters(hostResolversCounters);
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }], attemptTimeoutMs: 1000, attempts: 1, counters });
+  t.teardown(() => up.close());
+  const got = await askOnce(up, 'old.corp.example');
+  const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
+  t.equal(rcodeOf(answer), 'NOERROR', `answered without EDNS: ${Buffer.isBuffer(got) ? rcodeOf(answer) : got}`);
+  t.same(addresses(answer), ['192.0.2.7']);
+  t.equal(withoutOpt(), 1, 'asked without EDNS once');
+  t.equal(counters.get('ednsFallbacks'), 1);
+});
