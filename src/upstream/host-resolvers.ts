@@ -4,7 +4,7 @@
  *
  *   for try in 0 .. attempts*servers-1:  server = round[try % servers]
  *     UDP (shared socket, random id and port) ── TC=1 ──► same server over TCP
- *     FORMERR without OPT (no EDNS there) ──► same server again without OPT, and so for 15 min (host-job.ts)
+ *     FORMERR/NOTIMP without OPT (no EDNS there) ──► same server again without OPT, and so for 15 min (host-job.ts)
  *     timeout / ICMP error / SERVFAIL / NOTIMP / REFUSED ──► next server
  *
  * `round` is glibc's order from `start` (0, or round-robin per query with
@@ -258,7 +258,7 @@ export class HostResolvers implements Upstream {
     }
     const edns = job.ednsRefusal(attempt.serverIndex, answer, attempt.query);
     if (edns !== null) {
-      // RFC 6891 7: FORMERR from a server before EDNS: asked again at once without OPT, as glibc; 'stale': that retry is under way.
+      // RFC 6891 7: FORMERR (or NOTIMP) from a server before EDNS: asked again at once without OPT, as glibc; 'stale': that retry is under way.
       if (edns === 'retry') {
         this.#values[SLOT.ednsFallbacks]!++;
         this.#edns.refused(attempt.serverIndex, now);
