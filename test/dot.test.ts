@@ -5,7 +5,7 @@
 // agent's counters, never on timing.
 import t, { type Test } from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -107,6 +107,48 @@ t.test('the kube-dns ConfigMap takes plain upstreams only (kube-dns reads it too
   const c = loadConfig(['--kube-dns-config-dir', dir, '--upstream-nameservers', 'tls://1.1.1.1@one.one.one.one'], { env: {} });
   t.equal(c.config.upstreamTls.length, 1, 'the flag wins over a plain ConfigMap list, as for plain servers');
   t.same(c.config.upstreamNameservers, []);
+});
+
+t.test('TlsResolvers: an exchange that failed on one server and then found the next one\'s queue full ends as that failure, not as overloaded', async (t) => {
+  // 'overloaded' says a local cap refused the query unsent. Overwriting the first server's network error with it hid
+  // a real failure: the exchange was counted as never sent, the upstream's health was not told, and a probe that met
+  // it was not a failed health check.
+  const gone = net.createServer();
+  await new Promise<void>((resolve) => gone.listen(0, HOST, () => resolve()));
+  const gonePort = (gone.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => gone.close(() => resolve()));
+  // Accepts and never starts the TLS handshake: its pool's connections stay connecting, queries wait in its queue.
+  const held = new Set<net.Socket>();
+  const mute = net.createServer((s) => {
+    held.add(s);
+    s.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => mute.listen(0, HOST, () => resolve()));
+  t.teardown(() => new Promise<void>((resolve) => {
+    for (const s of held) s.destroy();
+    mute.close(() => resolve());
+  }));
+  const mutePort = (mute.address() as AddressInfo).port;
+  const resolvers = new TlsResolvers({
+    servers: [{ host: HOST, port: gonePort, serverName: 'dns.test' }, { host: HOST, port: mutePort, serverName: 'dns.test' }],
+    attemptTimeoutMs: 5000,
+    connectTimeoutMs: 10_000,
+  });
+  t.teardown(() => resolvers.abort());
+  const query = upstreamQuery(parseQuery(questionMessage(nameToWire('www.example.org'), 1)));
+  const ignore = (): void => {};
+  // The second server's queue filled (its default cap, 4096) by queries of its own.
+  let filler: UpstreamFailure | null = null;
+  for (let i = 0; i < 4096 && filler === null; i++) {
+    resolvers.servers[1]!.pool.send({ query, deadline: systemClock.now() + 10_000, resolve: ignore, reject: (r) => { filler = r; } });
+  }
+  t.equal(filler, null, 'the filler waits in the queue');
+  t.equal(resolvers.servers[1]!.pool.queued, 4096);
+  const reason = await new Promise<UpstreamFailure | 'answered'>((resolve) => {
+    resolvers.send({ query, deadline: systemClock.now() + 5000, resolve: () => resolve('answered'), reject: resolve });
+  });
+  t.equal(resolvers.servers[1]!.pool.counters.get('overloaded'), 1, 'the second server refused it unsent');
+  t.equal(reason, 'network', 'the first server\'s failure, not the second\'s full queue');
 });
 
 if (!opensslAvailable()) {

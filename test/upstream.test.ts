@@ -12,7 +12,7 @@ import type { DecodedPacket, Packet, StringAnswer } from 'dns-packet';
 import { parseResolvConf } from '../src/upstream/resolv-conf.js';
 import { TcpPool } from '../src/upstream/tcp-pool.js';
 import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
-import { HostResolvers, hostResolversCounters, type HostResolversOptions } from '../src/upstream/host-resolvers.js';
+import { HostResolvers, hostResolversCounters, type HostResolversCounter, type HostResolversOptions } from '../src/upstream/host-resolvers.js';
 import { Counters } from '../src/stats/counters.js';
 import type { Logger, LogFields } from '../src/log.js';
 import type { Upstream, UpstreamFailure } from '../src/upstream/types.js';
@@ -773,6 +773,30 @@ t.test('TcpPool: a query moved off a stalled connection and sent again is counte
   t.equal(pool.counters.get('sent'), 3, 'both sends counted as requests');
   t.equal(pool.counters.get('retried'), 1, 'the second one counted as sent again');
   await slow.done;
+});
+
+t.test('TcpPool: a query staged on a connection the server closes before the write is counted as sent once, where it is written', async (t) => {
+  // The server's FIN read in the same turn as a query staged on that connection: the staging is dropped and the query
+  // re-sent on a new connection. coredns_forward_requests_total counted it at staging too: two requests for one write.
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const sockets: net.Socket[] = [];
+  const connect = (s: { host: string; port: number }): net.Socket => {
+    const sock = net.connect({ host: s.host, port: s.port, noDelay: true });
+    sockets.push(sock);
+    return sock;
+  };
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect });
+  t.teardown(() => pool.close());
+  t.equal((await ask(pool, 'www.example.com').done).reason, null, 'the first connection answers');
+  const second = ask(pool, 'www.example.com');
+  // End of stream read before the once-per-turn flush (what a FIN read in this turn's poll phase does).
+  sockets[0]!.push(null);
+  const r = await second.done;
+  t.equal(r.reason, null, 'the query is answered on a new connection');
+  t.equal(sockets.length, 2);
+  t.equal(sim.stats.tcpQueries, 2, 'the server received two queries');
+  t.equal(pool.counters.get('sent'), 2, 'two requests counted, one per write');
 });
 
 t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
@@ -1606,6 +1630,7 @@ interface NetnsOutcome {
   tcp?: number[];
   sent?: number;
   attemptErrors?: number;
+  attemptNoFds?: number;
   attemptTimeouts?: number;
   failovers?: number;
   connectFailures?: number;
@@ -1727,6 +1752,35 @@ t.test('dialableHost: an interface index names its interface when that interface
   t.equal(run('dialable', '999').host, 'fe80::53%999', 'an index no interface has stays as it is');
 });
 
+t.test('HostResolvers: a try that fails for want of a file descriptor (EMFILE) is counted as such, not as any error', async (t) => {
+  // The process out of descriptors (a leak, a flood of TCP clients, a low LimitNOFILE): every try fails at once
+  // and the node's external names get SERVFAIL. Counted only as reason="error", beside ICMP errors and resets, with
+  // a debug line: nothing told an operator the agent itself was out of descriptors. Run in a child under a small
+  // `ulimit -n` (the built dist/), every descriptor it may open taken before it asks a resolver of its own.
+  const dist = (path: string): string => fileURLToPath(new URL(`../dist/${path}`, import.meta.url));
+  const script = `
+    import { openSync } from 'node:fs';
+    import { SimDnsServer, staticHandler } from ${JSON.stringify(dist('testkit/dns-server.js'))};
+    import { HostResolvers } from ${JSON.stringify(dist('src/upstream/host-resolvers.js'))};
+    const sim = await SimDnsServer.start({ udp: true, tcp: false, handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+    const up = new HostResolvers({ servers: [{ host: sim.host, port: sim.port }], attemptTimeoutMs: 1000, attempts: 1 });
+    try { for (let i = 0; i < 4096; i++) openSync('/dev/null', 'r'); } catch {}
+    const query = Buffer.from('00000100000100000000000003777777076578616d706c6503636f6d0000010001', 'hex');
+    const outcome = await new Promise((resolve) => up.send({ query, deadline: Date.now() + 3000, resolve: () => resolve('answer'), reject: resolve }));
+    process.stdout.write(JSON.stringify({ outcome, udp: [sim.stats.udpQueries], ...up.counters.snapshot() }) + '\\n');
+    process.exit(0);
+  `;
+  const r = spawnSync('bash', ['-c', 'ulimit -n 64 && exec "$@"', 'bash', process.execPath, '--input-type=module', '-e', script], {
+    encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL',
+  });
+  const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
+  const got = (line !== undefined ? JSON.parse(line) : { error: `no output: ${r.stderr}` }) as NetnsOutcome;
+  t.equal(got.outcome, 'network', `the try failed at once: ${JSON.stringify(got)}`);
+  t.same(got.udp, [0], 'nothing reached the server');
+  t.equal(got.attemptNoFds, 1, 'counted as a try failed for want of a descriptor');
+  t.equal(got.attemptErrors, 0, 'not as any other error');
+});
+
 t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {
   // dgram's send() without a callback drops a send error silently (no 'error' event): such a try waited out its
   // whole timeout for an answer to a query that never left, counted as a timeout, where glibc's
@@ -1832,27 +1886,73 @@ t.test('HostResolvers: a second FORMERR without OPT, to an earlier EDNS try at t
   t.equal(withoutOpt, 1, 'asked without EDNS once');
 });
 
-t.test('HostResolvers: a server that does not know EDNS and answers FORMERR with no question (QDCOUNT 0) is asked again without OPT, not waited out as spoofed', async (t) => {
+/** A server from before EDNS: a query without OPT is answered (and counted), one with OPT goes to `onOpt`. */
+async function preEdnsRig(t: Test, onOpt: (q: DecodedPacket, send: (reply: Buffer) => void) => void): Promise<{ port: number; withoutOpt: () => number }> {
   let withoutOpt = 0;
   const port = await ednsRig(t, (q, hasOpt, send) => {
-    if (!hasOpt) {
-      withoutOpt++;
-      send(oldServerAnswer(q));
+    if (hasOpt) {
+      onOpt(q, send);
       return;
     }
+    withoutOpt++;
+    send(oldServerAnswer(q));
+  });
+  return { port, withoutOpt: () => withoutOpt };
+}
+
+/** Asks the rig's server (through HostResolvers of its own) for old.corp.example: answered, by one query without OPT. */
+async function answeredWithoutEdns(t: Test, rig: { port: number; withoutOpt: () => number }): Promise<Counters<HostResolversCounter>> {
+  const counters = new Counters(hostResolversCounters);
+  const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port: rig.port }], attemptTimeoutMs: 1000, attempts: 1, counters });
+  t.teardown(() => up.close());
+  const got = await askOnce(up, 'old.corp.example');
+  const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
+  t.equal(rcodeOf(answer), 'NOERROR', `answered without EDNS: ${Buffer.isBuffer(got) ? rcodeOf(answer) : got}`);
+  t.same(addresses(answer), ['192.0.2.7']);
+  t.equal(rig.withoutOpt(), 1, 'asked without EDNS once');
+  return counters;
+}
+
+t.test('HostResolvers: a server that does not know EDNS and answers FORMERR with no question (QDCOUNT 0) is asked again without OPT, not waited out as spoofed', async (t) => {
+  const rig = await preEdnsRig(t, (q, send) => {
     // The header alone: id, QR, RD, FORMERR; every count 0.
     const bare = Buffer.alloc(12);
     bare.writeUInt16BE(q.id!, 0);
     bare.writeUInt16BE(0x8101, 2);
     send(bare);
   });
+  const counters = await answeredWithoutEdns(t, rig);
+  t.equal(counters.get('spoofed'), 0, 'the FORMERR was not taken for a spoofed answer');
+});
+
+t.test('HostResolvers: a server found not to know EDNS is asked without OPT by the exchanges after, not made to refuse each one first', async (t) => {
+  // Only the exchange that met the FORMERR remembered it: every later miss to that server cost a FORMERR round trip
+  // and a second query. glibc keeps RES_F_EDNS0ERR in its resolver state; Unbound keeps a server's EDNS lameness
+  // in its infrastructure cache for 15 minutes.
+  let withOpt = 0;
+  const { port, withoutOpt } = await preEdnsRig(t, (q, send) => {
+    withOpt++;
+    send(dnsPacket.encode({ type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | 1, questions: q.questions }));
+  });
   const counters = new Counters(hostResolversCounters);
   const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }], attemptTimeoutMs: 1000, attempts: 1, counters });
   t.teardown(() => up.close());
-  const got = await askOnce(up, 'old.corp.example');
-  const answer = Buffer.isBuffer(got) ? dnsPacket.decode(got) : null;
-  t.equal(rcodeOf(answer), 'NOERROR', `answered without EDNS: ${Buffer.isBuffer(got) ? rcodeOf(answer) : got}`);
-  t.same(addresses(answer), ['192.0.2.7']);
-  t.equal(withoutOpt, 1, 'asked without EDNS once');
-  t.equal(counters.get('spoofed'), 0, 'the FORMERR was not taken for a spoofed answer');
+  for (const name of ['old.corp.example', 'other.corp.example', 'third.corp.example']) {
+    const got = await askOnce(up, name);
+    t.same(addresses(Buffer.isBuffer(got) ? dnsPacket.decode(got) : null), ['192.0.2.7'], `${name} answered`);
+  }
+  t.equal(withOpt, 1, 'asked with EDNS by the first exchange only');
+  t.equal(withoutOpt(), 3, 'each exchange asked once without');
+  t.equal(counters.get('ednsFallbacks'), 1, 'one fallback');
+});
+
+t.test('HostResolvers: a server that does not know EDNS and answers NOTIMP without OPT (RFC 2671 5.3) is asked again without it, not its NOTIMP passed on', async (t) => {
+  // A responder that does not know the extensions may answer NOTIMP as well as FORMERR (RFC 2671 5.3; BIND retries
+  // without EDNS on both); one that knows EDNS puts an OPT in every answer to a query with one (RFC 6891 7). NOTIMP
+  // moved on to the next server, and with none left the client got SERVFAIL for a name the server would answer.
+  const rig = await preEdnsRig(t, (q, send) => {
+    send(dnsPacket.encode({ type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | 4, questions: q.questions }));
+  });
+  const counters = await answeredWithoutEdns(t, rig);
+  t.equal(counters.get('ednsFallbacks'), 1);
 });

@@ -60,19 +60,27 @@ export class HostJob {
   }
 
   /**
-   * What FORMERR without OPT from server `idx` to the query `sent` says: 'retry' when `sent` carried OPT and the
-   * server was asked with it so far (a server from before EDNS, RFC 6891 7): `idx` is asked without OPT from now
+   * What FORMERR or NOTIMP without OPT from server `idx` to the query `sent` says: 'retry' when `sent` carried OPT
+   * and the server was asked with it so far (a server from before EDNS, RFC 6891 7, RFC 2671 5.3; one that knows
+   * EDNS answers a query with OPT with one): `idx` is asked without OPT from now
    * on, for this query, as glibc would ask it; 'stale' when it answers an earlier try with OPT while the retry
    * without is under way (a lost try answered late): nothing to take from it. Null for any other answer.
    */
   ednsRefusal(idx: number, answer: Buffer, sent: Buffer): 'retry' | 'stale' | null {
-    if ((answer[OFF_FLAGS + 1]! & RCODE_MASK) !== Rcode.FORMERR || answer.readUInt16BE(OFF_ARCOUNT) !== 0 || sent !== this.ex.query) return null;
+    const rcode = answer[OFF_FLAGS + 1]! & RCODE_MASK;
+    if ((rcode !== Rcode.FORMERR && rcode !== Rcode.NOTIMP) || answer.readUInt16BE(OFF_ARCOUNT) !== 0 || sent !== this.ex.query) return null;
     if (this.noEdns !== null && this.noEdns.has(idx)) return 'stale';
     this.plainQuery ??= withoutOpt(this.ex.query);
     // One with no question (question.ts: questionlessFormerr) is never passed on: without a retry, nothing to take.
     if (this.plainQuery === null) return answer.readUInt16BE(OFF_QDCOUNT) === 0 ? 'stale' : null;
     (this.noEdns ??= new Set()).add(idx);
     return 'retry';
+  }
+
+  /** Server `idx` said lately, to another exchange, that it does not know EDNS: asked without OPT from the first try. */
+  withoutEdns(idx: number): void {
+    this.plainQuery ??= withoutOpt(this.ex.query);
+    if (this.plainQuery !== null) (this.noEdns ??= new Set()).add(idx);
   }
 
   /** The server the next try goes to, counting the try; -1 when tries or time (at `now`) have run out. */
@@ -84,6 +92,34 @@ export class HostJob {
       return idx;
     }
     return -1;
+  }
+}
+
+/**
+ * How long a server that answered FORMERR or NOTIMP to OPT (HostJob.ednsRefusal) is asked without it by every exchange: Unbound
+ * keeps a server's EDNS lameness in its infrastructure cache as long (infra-host-ttl), glibc for its resolver state's life.
+ */
+export const NO_EDNS_MEMORY_MS = 900_000;
+
+/** Which servers said lately that they do not know EDNS, across exchanges, and new exchanges that take it into account. */
+export class EdnsMemory {
+  /** Per server, the clock ms until which it is asked without OPT; 0: not known so. */
+  readonly #until: Float64Array;
+
+  constructor(servers: number) {
+    this.#until = new Float64Array(servers);
+  }
+
+  /** Server `idx` answered FORMERR or NOTIMP to OPT at `now` (ednsRefusal said 'retry'). */
+  refused(idx: number, now: number): void {
+    this.#until[idx] = now + NO_EDNS_MEMORY_MS;
+  }
+
+  /** A new exchange over `round`, sent without OPT to the servers lately found not to know EDNS. */
+  job(ex: UpstreamExchange, round: readonly number[], rounds: number, recheck: boolean, now: number): HostJob {
+    const job = new HostJob(ex, round, rounds, recheck);
+    for (const idx of round) if (now < this.#until[idx]!) job.withoutEdns(idx);
+    return job;
   }
 }
 

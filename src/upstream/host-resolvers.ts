@@ -4,7 +4,7 @@
  *
  *   for try in 0 .. attempts*servers-1:  server = round[try % servers]
  *     UDP (shared socket, random id and port) ── TC=1 ──► same server over TCP
- *     FORMERR without OPT (no EDNS there) ──► same server again, the query without OPT
+ *     FORMERR/NOTIMP without OPT (no EDNS there) ──► same server again without OPT, and so for 15 min (host-job.ts)
  *     timeout / ICMP error / SERVFAIL / NOTIMP / REFUSED ──► next server
  *
  * `round` is glibc's order from `start` (0, or round-robin per query with
@@ -49,7 +49,7 @@ import { UpstreamHealth, serverFailed } from './health.js';
 import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
-import { HostJob } from './host-job.js';
+import { EdnsMemory, type HostJob } from './host-job.js';
 import { ServerOrder } from './server-order.js';
 import type { HostResolversOptions } from './host-resolvers-options.js';
 import { HealthProbe } from './probe.js';
@@ -88,6 +88,7 @@ export class HostResolvers implements Upstream {
   readonly #active: Set<HostJob>;
   readonly #udp: UdpSockets;
   readonly #order: ServerOrder;
+  readonly #edns: EdnsMemory;
   /** Bound once: every attempt reports through the same object. */
   readonly #events: AttemptEvents<HostJob>;
   #rr: number;
@@ -146,6 +147,7 @@ export class HostResolvers implements Upstream {
       },
     });
     this.#order = new ServerOrder(this.#servers.length);
+    this.#edns = new EdnsMemory(this.#servers.length);
     this.#rr = 0;
     this.#openSockets = 0;
     this.#rejects = 0;
@@ -190,7 +192,7 @@ export class HostResolvers implements Upstream {
     if (this.#rr >= n) this.#rr = 0;
     const now = this.#clock.now();
     const round = this.#order.round(start);
-    const job = new HostJob(ex, round, this.#attempts);
+    const job = this.#edns.job(ex, round, this.#attempts, false, now);
     this.#active.add(job);
     this.#next(job, now);
     for (const idx of this.#order.rechecks(round, now)) this.#recheck(ex.query, idx, now);
@@ -201,7 +203,7 @@ export class HostResolvers implements Upstream {
     if (!this.#life.running || this.#active.size >= this.#maxInFlight) return;
     // A copy: the client's buffer may be reused once its exchange completes, and this try may outlive it.
     const ex: UpstreamExchange = { query: Buffer.from(query), deadline: now + this.#attemptTimeoutMs, resolve: ignoreAnswer, reject: ignoreAnswer };
-    const job = new HostJob(ex, [idx], 1, true);
+    const job = this.#edns.job(ex, [idx], 1, true, now);
     this.#active.add(job);
     this.#next(job, now);
   }
@@ -256,9 +258,10 @@ export class HostResolvers implements Upstream {
     }
     const edns = job.ednsRefusal(attempt.serverIndex, answer, attempt.query);
     if (edns !== null) {
-      // RFC 6891 7: FORMERR from a server before EDNS: asked again at once without OPT, as glibc; 'stale': that retry is under way.
+      // RFC 6891 7: FORMERR (or NOTIMP) from a server before EDNS: asked again at once without OPT, as glibc; 'stale': that retry is under way.
       if (edns === 'retry') {
         this.#values[SLOT.ednsFallbacks]!++;
+        this.#edns.refused(attempt.serverIndex, now);
         this.#start(job, attempt.transport, attempt.serverIndex, now);
       } else if (wasCurrent) this.#next(job, now);
       return;
@@ -278,7 +281,7 @@ export class HostResolvers implements Upstream {
     const job = attempt.owner;
     if (job.done) return;
     this.#forget(job, attempt);
-    this.#values[SLOT.attemptErrors]!++;
+    this.#values[code === 'EMFILE' || code === 'ENFILE' ? SLOT.attemptNoFds : SLOT.attemptErrors]!++;
     this.#log.debug('upstream attempt failed', { upstream: this.name, server: attempt.server.host, code });
     // An earlier try that errors only stops listening; the current one goes on.
     if (job.current !== attempt) return;
@@ -360,13 +363,10 @@ export class HostResolvers implements Upstream {
   }
 
   #armSweep(): void {
-    if (this.#sweep !== null) return;
-    this.#sweep = this.#clock.sweep(this.#onSweep);
+    if (this.#sweep === null) this.#sweep = this.#clock.sweep(this.#onSweep);
   }
 
-  readonly #onSweep = (now: number): void => this.#tick(now);
-
-  #tick(now: number): void {
+  readonly #onSweep = (now: number): void => {
     for (const job of this.#active) {
       const a = job.current;
       if (a === null) {
@@ -388,7 +388,7 @@ export class HostResolvers implements Upstream {
       this.#sweep();
       this.#sweep = null;
     }
-  }
+  };
 
   #maybeFinishClose(): void {
     if (!this.#life.closing || this.#active.size > 0) return;

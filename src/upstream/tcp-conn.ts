@@ -77,6 +77,8 @@ export class Conn {
    */
   out: Buffer;
   outLen: number;
+  /** Frames in `out`: queries that count as sent once flush() writes them, and never if the connection closes first. */
+  staged: number;
   constructor(socket: net.Socket, onFrame: (msg: Buffer) => void, now: number, stallMs: number) {
     this.state = 'connecting';
     this.socket = socket;
@@ -95,6 +97,7 @@ export class Conn {
     this.lastError = 'closed';
     this.out = Buffer.allocUnsafe(STAGING_BYTES);
     this.outLen = 0;
+    this.staged = 0;
   }
 
   /**
@@ -159,16 +162,29 @@ export class Conn {
     // The exchange's own buffer is never written: its id bytes are the caller's.
     this.out.writeUInt16BE(id, at + 2);
     this.outLen = need;
+    this.staged++;
     return first;
   }
 
-  /** Writes what is staged in one write(); the staging buffer is handed to the stream if it could not take it at once. */
-  flush(): void {
-    if (this.outLen === 0) return;
+  /**
+   * Writes what is staged in one write(); the staging buffer is handed to the stream if it could not take it at once.
+   * Returns how many queries that wrote.
+   */
+  flush(): number {
+    if (this.outLen === 0) return 0;
     const bytes = this.out.subarray(0, this.outLen);
+    const frames = this.staged;
     this.outLen = 0;
+    this.staged = 0;
     this.socket.write(bytes);
     if (this.socket.writableLength > 0) this.out = Buffer.allocUnsafe(STAGING_BYTES);
+    return frames;
+  }
+
+  /** Drops what is staged unwritten (the connection closed first): its jobs are re-queued or failed, and were never sent. */
+  unstage(): void {
+    this.outLen = 0;
+    this.staged = 0;
   }
 }
 

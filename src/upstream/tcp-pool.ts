@@ -109,7 +109,9 @@ export class TcpPool implements Upstream {
     this.#values = this.counters.values;
     this.#durations = opts.durations ?? null;
     this.#reach = new TcpReachability(this.name, this.#kind, this.#values, this.health, this.#log);
-    this.#batch = new WriteBatch();
+    this.#batch = new WriteBatch((queries) => {
+      this.#values[SLOT.sent]! += queries;
+    });
     this.#events = {
       open: (c) => this.#onConnect(c),
       frame: this.#onFrame,
@@ -206,7 +208,6 @@ export class TcpPool implements Upstream {
     job.sentAt = now;
     if (MISS_TRACE) this.#batch.traceStaged(job);
     c.sent++;
-    this.#values[SLOT.sent]!++;
     if (c.sent >= this.#rotateAfterQueries) this.#drain(c, true);
     this.#armSweep();
   }
@@ -291,7 +292,7 @@ export class TcpPool implements Upstream {
     if (c.state === 'closed') return;
     const was = c.state;
     c.state = 'closed';
-    c.outLen = 0;
+    c.unstage();
     const i = this.#conns.indexOf(c);
     if (i >= 0) this.#conns.splice(i, 1);
     c.socket.destroy();

@@ -14,10 +14,13 @@ export class WriteBatch {
   readonly #dirty: Conn[];
   /** Under NODELOCAL_MISS_TRACE only: the jobs staged since the last flush. */
   readonly #traced: Job[];
+  /** Queries written by a flush (coredns_forward_requests_total counts writes, not stagings a closed connection dropped). */
+  readonly #onWritten: (queries: number) => void;
 
-  constructor() {
+  constructor(onWritten: (queries: number) => void) {
     this.#dirty = [];
     this.#traced = [];
+    this.#onWritten = onWritten;
   }
 
   /** `c` has its first frame staged since the last flush: it is written at the end of this turn. */
@@ -35,19 +38,21 @@ export class WriteBatch {
   /** Bound once: one write per connection for everything staged this turn. */
   readonly #flush = (): void => {
     const dirty = this.#dirty;
+    let written = 0;
     // Index loop: a write error surfaces later as an event, never re-entrantly, so the list only shrinks here.
     for (let i = 0; i < dirty.length; i++) {
       const c = dirty[i]!;
       // A connection closed meanwhile dropped its staging; its jobs were re-queued or failed by the pool's #setClosed.
       if (c.state !== 'open' && c.state !== 'draining') continue;
-      if (!MISS_TRACE) c.flush();
+      if (!MISS_TRACE) written += c.flush();
       else {
         const at = traceNow();
-        c.flush();
+        written += c.flush();
         traceRecord('write.call', traceNow() - at);
       }
     }
     dirty.length = 0;
+    if (written > 0) this.#onWritten(written);
     if (MISS_TRACE) this.#traceFlush();
   };
 

@@ -76,7 +76,8 @@ class Job {
   /** Every try still waiting for its server, `current` included. */
   readonly live: Try[];
   badAnswer: Buffer | null;
-  lastFailure: UpstreamFailure;
+  /** How the last try that failed did; null while none has. */
+  lastFailure: UpstreamFailure | null;
   done: boolean;
   constructor(ex: UpstreamExchange, start: number) {
     this.ex = ex;
@@ -86,7 +87,7 @@ class Job {
     this.current = null;
     this.live = [];
     this.badAnswer = null;
-    this.lastFailure = 'timeout';
+    this.lastFailure = null;
     this.done = false;
   }
 }
@@ -219,7 +220,8 @@ export class TlsResolvers implements Upstream {
   onFailure(t: Try, reason: UpstreamFailure): void {
     const job = t.job;
     if (job.done) return;
-    job.lastFailure = reason;
+    // A full queue says nothing of a server: it must not hide how an earlier try failed (a network error, a timeout).
+    if (reason !== 'overloaded' || job.lastFailure === null) job.lastFailure = reason;
     // Shutting down: no other server changes that, but tries still open finish by their deadline (close()'s contract).
     // ('overloaded', one pool's queue full, does move on: another may have room.)
     if (reason === 'closed') {
@@ -268,7 +270,7 @@ export class TlsResolvers implements Upstream {
 
   #giveUp(job: Job, now: number): void {
     if (job.badAnswer !== null) this.#finish(job, job.badAnswer, 'network');
-    else this.#finish(job, null, now >= job.ex.deadline ? 'timeout' : job.lastFailure);
+    else this.#finish(job, null, now >= job.ex.deadline ? 'timeout' : job.lastFailure ?? 'timeout');
   }
 
   /** `by`: the try that answered, if one did (its own pool recorded how). */
