@@ -96,7 +96,7 @@ export class HostJob {
 }
 
 /**
- * How long a server that answered FORMERR or NOTIMP to OPT (HostJob.ednsRefusal) is asked without it by every exchange: Unbound
+ * How long a server that answered FORMERR to OPT (HostJob.ednsRefusal) is asked without it by every exchange: Unbound
  * keeps a server's EDNS lameness in its infrastructure cache as long (infra-host-ttl), glibc for its resolver state's life.
  */
 export const NO_EDNS_MEMORY_MS = 900_000;
@@ -110,9 +110,13 @@ export class EdnsMemory {
     this.#until = new Float64Array(servers);
   }
 
-  /** Server `idx` answered FORMERR or NOTIMP to OPT at `now` (ednsRefusal said 'retry'). */
-  refused(idx: number, now: number): void {
-    this.#until[idx] = now + NO_EDNS_MEMORY_MS;
+  /**
+   * Server `idx` answered `rcode` (FORMERR or NOTIMP) to OPT at `now` (ednsRefusal said 'retry'). Only FORMERR is
+   * kept (RFC 6891 7's answer): NOTIMP is a weaker sign, and a modern server that sent it by mistake would lose DO
+   * and large UDP answers for the whole memory; its retry without OPT stays this exchange's.
+   */
+  refused(idx: number, rcode: number, now: number): void {
+    if (rcode === Rcode.FORMERR) this.#until[idx] = now + NO_EDNS_MEMORY_MS;
   }
 
   /** A new exchange over `round`, sent without OPT to the servers lately found not to know EDNS. */

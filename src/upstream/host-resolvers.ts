@@ -261,7 +261,7 @@ export class HostResolvers implements Upstream {
       // RFC 6891 7: FORMERR (or NOTIMP) from a server before EDNS: asked again at once without OPT, as glibc; 'stale': that retry is under way.
       if (edns === 'retry') {
         this.#values[SLOT.ednsFallbacks]!++;
-        this.#edns.refused(attempt.serverIndex, now);
+        this.#edns.refused(attempt.serverIndex, rcode, now);
         this.#start(job, attempt.transport, attempt.serverIndex, now);
       } else if (wasCurrent) this.#next(job, now);
       return;
