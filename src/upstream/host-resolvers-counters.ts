@@ -16,7 +16,7 @@ export const hostResolversCounters = defineCounters({
   tcpFallbacks: { name: 'nodelocal_upstream_tcp_fallbacks_total', help: 'Truncated (TC=1) UDP answers retried over TCP at the same server.' },
   ednsFallbacks: {
     name: 'nodelocal_upstream_edns_fallbacks_total',
-    help: 'FORMERR or NOTIMP answers without OPT to a query with EDNS (a server from before EDNS, RFC 6891 7): the same server asked again without OPT, and so by every exchange for 15 minutes.',
+    help: 'FORMERR or NOTIMP answers without OPT to a query with EDNS (a server from before EDNS, RFC 6891 7): the same server asked again without OPT, and after a FORMERR so by every exchange for 15 minutes.',
   },
   failovers: { name: 'nodelocal_upstream_failovers_total', help: 'Moves to another server after a timeout, an error or a SERVFAIL/NOTIMP/REFUSED answer.' },
   attemptTimeouts: { ...TRY_FAILURES, labels: { reason: 'timeout' } },

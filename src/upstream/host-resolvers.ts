@@ -4,7 +4,7 @@
  *
  *   for try in 0 .. attempts*servers-1:  server = round[try % servers]
  *     UDP (shared socket, random id and port) ── TC=1 ──► same server over TCP
- *     FORMERR/NOTIMP without OPT (no EDNS there) ──► same server again without OPT, and so for 15 min (host-job.ts)
+ *     FORMERR/NOTIMP without OPT (no EDNS there) ──► same server again without OPT (after FORMERR: for 15 min, host-job.ts)
  *     timeout / ICMP error / SERVFAIL / NOTIMP / REFUSED ──► next server
  *
  * `round` is glibc's order from `start` (0, or round-robin per query with
