@@ -219,6 +219,24 @@ t.test('remoteWaiters: clients waiting on a miss are counted, not kept (the sink
   t.equal(r.hits.abortAll(), 3, 'at shutdown every client waiting is counted, wherever it is held');
 });
 
+t.test('shedding: one client cannot take every waiting slot of a question; another client asking it still waits for the answer', async (t) => {
+  for (const remoteWaiters of [false, true]) {
+    const r = rig({ remoteWaiters });
+    const ch = new FakeChannel();
+    // One pod (one address, any port) asks the same name again and again while it is in flight.
+    for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch, { address: '10.1.0.9', port: 30000 + i });
+    const hogShed = ch.sent.length;
+    t.ok(hogShed > 0, `remoteWaiters ${remoteWaiters}: the busy client is shed past its share`);
+    const other = new FakeChannel();
+    r.hits.handle(query({ name: SVC, id: 7 }), other, { address: '10.1.0.10', port: 53000 });
+    t.equal(other.sent.length, 0, `remoteWaiters ${remoteWaiters}: another client joins the question and waits`);
+    t.equal(r.cluster.exchanges.length, 1, 'still one upstream query');
+    r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
+    if (!remoteWaiters) t.same(dataOf(other.decoded(0)), ['10.96.0.5'], 'and gets the answer');
+    t.equal(r.hits.inflight, 0);
+  }
+});
+
 t.test('buffer ownership: a waiter keeps its own copy; the receive buffer may be reused at once', async (t) => {
   const r = rig();
   const ch = new FakeChannel();
@@ -349,7 +367,9 @@ function failClusterDns(r: ReturnType<typeof rig>): void {
   for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
 }
 
-const dataOf = (p: dnsPacket.DecodedPacket): unknown[] => (p.answers ?? []).map((x) => (x as { data: unknown }).data);
+function dataOf(p: dnsPacket.DecodedPacket): unknown[] {
+  return (p.answers ?? []).map((x) => (x as { data: unknown }).data);
+}
 
 t.test('cluster DNS failing: cluster names come from the view at once, nothing is forwarded', async (t) => {
   const r = viewRig();
