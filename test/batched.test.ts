@@ -982,6 +982,28 @@ t.test('detached peers: each keeps its own sockaddr after its receive slot is re
   t.not(kept[n - 1]!.words, kept[0]!.words, 'past DETACH_CHUNK_PEERS a new chunk');
 });
 
+t.test('peers: a client\'s address hash (its share of a question\'s waiters) is the same from every port, and differs by address, IPv4 and IPv6', async (t) => {
+  const slot = new Uint32Array(SOCKADDR_SLOT_BYTES >> 2);
+  const peer = new Peer(slot, 0);
+  const v4 = (port: number, last: number): number => {
+    slot.fill(0);
+    slot[0] = 2 | ((port >> 8) << 16) | ((port & 0xff) << 24);
+    slot[1] = 0x0001000a | (last << 24);
+    return peer.addressHash;
+  };
+  t.equal(v4(1000, 5), v4(61000, 5), 'one IPv4 address, two ports: one hash');
+  t.not(v4(1000, 5), v4(1000, 6), 'another IPv4 address: another hash');
+  const v6 = (port: number, last: number): number => {
+    slot.fill(0);
+    slot[0] = 10 | ((port >> 8) << 16) | ((port & 0xff) << 24);
+    slot[2] = 0x000080fd;
+    slot[5] = last << 24;
+    return peer.addressHash;
+  };
+  t.equal(v6(1000, 5), v6(2000, 5), 'one IPv6 address, two ports: one hash');
+  t.not(v6(1000, 5), v6(1000, 6), 'another IPv6 address: another hash');
+});
+
 t.test('slot views: one Buffer per receive slot and length, made once, reading the slot as it is now; long datagrams get their own', async (t) => {
   const ab = new ArrayBuffer(4 * 1024);
   const u8 = new Uint8Array(ab);

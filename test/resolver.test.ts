@@ -84,6 +84,10 @@ class FakeUpstream implements Upstream {
 }
 
 const PEER: ClientPeer = { address: '127.0.0.1', port: 40000 };
+/** Client `i` of many, each its own address: one address holds at most MAX_WAITERS_PER_CLIENT of a question's slots. */
+function peerN(i: number): ClientPeer {
+  return { address: `10.2.${i >> 8}.${i & 255}`, port: 40000 };
+}
 const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
@@ -179,9 +183,9 @@ t.test('coalescing: identical misses share one upstream query', async (t) => {
 t.test('shedding: past MAX_WAITERS_PER_QUESTION clients on one question, the next is answered at once (stale, else SERVFAIL)', async (t) => {
   const r = rig();
   const ch = new FakeChannel();
-  for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch, PEER);
+  for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch, peerN(i));
   t.equal(ch.sent.length, 0, 'every client up to the cap waits');
-  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, PEER);
+  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, peerN(60_000));
   t.equal(ch.sent.length, 1, 'the one past the cap is answered at once');
   t.equal(ch.decoded(0).id, 60_000);
   t.equal(rcodeOf(ch.sent[0]!), 2, 'nothing cached: SERVFAIL');
@@ -193,7 +197,7 @@ t.test('shedding: past MAX_WAITERS_PER_QUESTION clients on one question, the nex
   // Expired now, and the refresh stalls: the shed client gets the stale answer instead.
   r.clock.advance(10_000);
   const ch2 = new FakeChannel();
-  for (let i = 0; i <= MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch2, PEER);
+  for (let i = 0; i <= MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch2, peerN(i));
   t.equal(ch2.sent.length, 1);
   t.same(dataOf(ch2.decoded(0)), ['10.96.0.5'], 'stale data for the shed client');
   t.equal(ttlOf(ch2.decoded(0).answers![0]!), 30, 'with the stale TTL');
@@ -206,11 +210,11 @@ t.test('remoteWaiters: clients waiting on a miss are counted, not kept (the sink
   const ch = new FakeChannel();
   // Every second query is logged (queryLog set: one in 2): those are kept here.
   for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) {
-    r.hits.handle(query({ name: SVC, id: i }), ch, PEER);
+    r.hits.handle(query({ name: SVC, id: i }), ch, peerN(i));
     t.equal(r.hits.waitsLocally, i % 2 === 1, `client ${i}: kept here only when logged`);
   }
   t.equal(ch.sent.length, 0, 'every client up to the cap waits');
-  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, PEER);
+  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, peerN(60_000));
   t.equal(ch.sent.length, 1, 'the cap counts the clients held elsewhere: the next is answered at once');
   r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
   t.equal(ch.sent.length, 1 + MAX_WAITERS_PER_QUESTION / 2, 'the answer goes only to the clients kept here');
