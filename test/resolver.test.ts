@@ -31,6 +31,7 @@ import { ViewAnswerer } from '../src/kube/local-answerer.js';
 import type { SlimEndpointSlice, SlimService } from '../src/kube/types.js';
 import { ClusterView } from '../src/kube/view.js';
 import { loadConfig } from '../src/config.js';
+import { clientLimiter } from '../src/agent-config.js';
 import { ForwardDurations } from '../src/upstream/forward-durations.js';
 import { hostResolversCounters } from '../src/upstream/host-resolvers.js';
 import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
@@ -1041,6 +1042,27 @@ t.test('--max-concurrent: upstream queries in flight are capped across upstreams
   t.equal(r.resolver.inflight, 1, 'a slot frees when the upstream answers');
   r.hits.handle(query({ name: 'four.example', id: 6 }), ch, PEER);
   t.equal(r.external.exchanges.length, 3, 'and the next miss goes out');
+});
+
+t.test('--client-miss-rate: one client cannot hold all of --max-concurrent with its burst; another client\'s new question still goes out', async (t) => {
+  const { config } = loadConfig(['--upstream-addr', '127.0.0.1:1053', '--client-miss-rate', '1000', '--max-concurrent', '8'], { env: {} });
+  const limit = clientLimiter(config);
+  t.ok(limit !== null);
+  const r = rig({ maxConcurrent: 8, clientLimit: limit! });
+  const ch = new FakeChannel();
+  const pod = { address: '10.244.0.7', port: 5000 };
+  // Well inside its rate and burst (1,000), but against a stalled upstream its questions stay in flight.
+  for (let i = 0; i < 8; i++) r.hits.handle(query({ name: `n${i}.example`, id: i }), ch, pod);
+  t.ok(r.resolver.inflight <= 2, `${r.resolver.inflight} of its questions in flight: at most a quarter of --max-concurrent`);
+  t.equal(r.hits.counters.get('clientLimited'), 8 - r.resolver.inflight, 'the rest refused as over its limit, nothing sent');
+  const other = new FakeChannel();
+  r.hits.handle(query({ name: 'other.example', id: 9 }), other, { address: '10.244.0.8', port: 5000 });
+  t.equal(other.sent.length, 0, 'another pod\'s miss is not refused at the cap');
+  t.equal(r.external.exchanges.length, r.resolver.inflight, 'it went upstream');
+  // Answered: the pod's questions in flight free its room again.
+  r.external.answer(0, answer('n0.example', [a('n0.example', '192.0.2.1')]));
+  r.hits.handle(query({ name: 'later.example', id: 10 }), ch, pod);
+  t.equal(r.external.exchanges.at(-1) !== undefined && dnsPacket.decode(r.external.exchanges.at(-1)!.query).questions?.[0]?.name, 'later.example', 'one answered: the pod may ask again');
 });
 
 t.test('--client-miss-rate: one client over its miss budget gets SERVFAIL without upstream traffic; others, hits and joins are free', async (t) => {
