@@ -202,8 +202,9 @@ export class HitPath implements QueryHandler {
       return;
     }
     if (this.#recentFailures.holds(q, now) && this.#shed(q, channel, peer, now, logged, false)) return;
-    if (this.#clientLimit !== null && !this.#clientLimit.take(peer.address, now)) {
-      // Over its miss rate: this client gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
+    const opener = this.#clientLimit === null ? null : this.#clientLimit.take(peer.address, now);
+    if (this.#clientLimit !== null && opener === null) {
+      // Over its miss rate or its questions in flight: it gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
       this.#v[S.clientLimited]!++;
       this.#shed(q, channel, peer, now, logged);
       return;
@@ -217,6 +218,7 @@ export class HitPath implements QueryHandler {
     const local = !this.#remoteWaiters || logged;
     miss = this.#open(key, q.keyHash, local ? new Waiter(q, key, channel, peer, now, logged) : null);
     if (!local) miss.remote = 1;
+    miss.opener = opener;
     this.#shares.take(miss.token, clientHash(peer));
     this.waitsOn = miss.token;
     this.waitsLocally = local;
@@ -385,6 +387,7 @@ export class HitPath implements QueryHandler {
   }
 
   #close(miss: Miss): void {
+    if (miss.opener !== null) miss.opener.inflight--;
     this.#byToken.delete(miss.token);
     this.#byKey.remove(miss);
     if (this.#byToken.size === 0 && this.#drained !== null) {

@@ -7,6 +7,7 @@
  */
 import { copyBytes } from '../dns/name.js';
 import { hashKey, QuerySnapshot, type Query, type QueryScratch } from '../dns/query.js';
+import type { ClientBucket } from './client-limit.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
 import { IntTable } from './int-table.js';
 
@@ -122,6 +123,8 @@ export class Miss {
   readonly waiters: Waiter[];
   /** Clients waiting that the sink's side holds and answers (HitPathOptions.remoteWaiters): counted, not kept. */
   remote: number;
+  /** The bucket of the client that opened it under --client-miss-rate: its in-flight count drops when it closes. */
+  opener: ClientBucket | null;
   /**
    * `first`: the client that asked (null for a refresh, or one held remotely). Most misses keep
    * one waiter until the answer, so the list starts with exactly that room:
@@ -135,6 +138,7 @@ export class Miss {
     this.sameHash = undefined;
     this.waiters = first === null ? [] : [first];
     this.remote = 0;
+    this.opener = null;
   }
 
   /** Every client waiting on it, kept here or held remotely. */

@@ -249,6 +249,6 @@ export function ipv6Text(b: Uint8Array): string {
  * before a miss crosses to the main thread, because only the worker knows
  * the client's address (the boundary carries a token, a key and the query).
  */
-export function missLimiter(rate: number, burst: number): ClientMissLimiter | null {
-  return rate > 0 ? new ClientMissLimiter(rate, burst) : null;
+export function missLimiter(rate: number, burst: number, inflight: number): ClientMissLimiter | null {
+  return rate > 0 ? new ClientMissLimiter(rate, burst, inflight) : null;
 }
