@@ -15,7 +15,7 @@ import { parseQuery } from '../src/dns/query.js';
 import { ComponentStack, StartupError } from '../src/lifecycle.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { ClientMissLimiter, MAX_CLIENTS } from '../src/server/client-limit.js';
-import { HitPath, MAX_WAITERS_PER_QUESTION, type MissOutcome } from '../src/server/hit-path.js';
+import { HitPath, MAX_WAITERS_PER_QUESTION, type MissGate, type MissOutcome } from '../src/server/hit-path.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken } from '../src/server/batched/protocol.js';
 import { BATCHED_COUNTERS } from '../src/server/batched/stats.js';
@@ -93,12 +93,12 @@ const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
 
-function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter; remoteWaiters?: boolean } = {}) {
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter; remoteWaiters?: boolean; gate?: MissGate } = {}) {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
   const logger = opts.queryLog === undefined ? silentLogger : createLogger('info', (l) => opts.queryLog!.push(l));
   const hits = new HitPath({ cache, clock, logger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232, queryLogEvery: opts.queryLog === undefined ? 0 : 2, clientLimit: opts.clientLimit ?? null,
-    remoteWaiters: opts.remoteWaiters ?? false,
+    remoteWaiters: opts.remoteWaiters ?? false, gate: opts.gate ?? null,
   });
   const cluster = new FakeUpstream(clock);
   const external = new FakeUpstream(clock);
@@ -1063,6 +1063,18 @@ t.test('--client-miss-rate: one client cannot hold all of --max-concurrent with 
   r.external.answer(0, answer('n0.example', [a('n0.example', '192.0.2.1')]));
   r.hits.handle(query({ name: 'later.example', id: 10 }), ch, pod);
   t.equal(r.external.exchanges.at(-1) !== undefined && dnsPacket.decode(r.external.exchanges.at(-1)!.query).questions?.[0]?.name, 'later.example', 'one answered: the pod may ask again');
+});
+
+t.test('--client-miss-rate: a miss the gate turns away (a batched worker shedding for load) neither takes a token nor holds the client\'s room in flight', async (t) => {
+  let admit = false;
+  const r = rig({ clientLimit: new ClientMissLimiter(1, 1, 1), gate: { admits: () => admit } });
+  const ch = new FakeChannel();
+  for (let i = 0; i < 3; i++) r.hits.handle(query({ name: `shed${i}.example`, id: i }), ch, PEER);
+  t.equal(ch.sent.length, 3, 'shed by the gate');
+  admit = true;
+  r.hits.handle(query({ name: 'admitted.example', id: 9 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'the next miss past the gate still goes out');
+  t.equal(r.hits.counters.get('clientLimited'), 0, 'the client was never over its limit');
 });
 
 t.test('--client-miss-rate: one client over its miss budget gets SERVFAIL without upstream traffic; others, hits and joins are free', async (t) => {
