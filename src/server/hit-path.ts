@@ -202,15 +202,15 @@ export class HitPath implements QueryHandler {
       return;
     }
     if (this.#recentFailures.holds(q, now) && this.#shed(q, channel, peer, now, logged, false)) return;
+    // The gate counts what it turns away (it knows why). First: a miss shed for our load costs its client nothing.
+    if (this.#gate !== null && !this.#gate.admits(q)) {
+      this.#shed(q, channel, peer, now, logged);
+      return;
+    }
     const opener = this.#clientLimit === null ? null : this.#clientLimit.take(peer.address, now);
     if (this.#clientLimit !== null && opener === null) {
       // Over its miss rate or its questions in flight: it gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
       this.#v[S.clientLimited]!++;
-      this.#shed(q, channel, peer, now, logged);
-      return;
-    }
-    // The gate counts what it turns away (it knows why).
-    if (this.#gate !== null && !this.#gate.admits(q)) {
       this.#shed(q, channel, peer, now, logged);
       return;
     }
