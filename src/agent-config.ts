@@ -15,7 +15,7 @@ import { otherListenersOn } from './iface/other-listeners.js';
 import type { setupCounterSchema } from './iface/setup-counters.js';
 import { StartupError } from './lifecycle.js';
 import type { Logger } from './log.js';
-import { ClientMissLimiter } from './server/client-limit.js';
+import { ClientMissLimiter, clientInflightCap } from './server/client-limit.js';
 import type { Counters } from './stats/counters.js';
 import { loadHostServers, type HostServers } from './upstream/host-route.js';
 import type { ServerAddress } from './upstream/types.js';
@@ -85,7 +85,7 @@ function guardLoops(listen: readonly ServerAddress[], upstreams: readonly { what
 
 /** The limit `c` asks for (null: off). On a reload HitPath.configure takes its settings and keeps the running limiter's buckets. */
 export function clientLimiter(c: Config): ClientMissLimiter | null {
-  return c.clientMissRate > 0 ? new ClientMissLimiter(c.clientMissRate, c.clientMissBurst) : null;
+  return c.clientMissRate > 0 ? new ClientMissLimiter(c.clientMissRate, c.clientMissBurst, clientInflightCap(c.maxConcurrent)) : null;
 }
 
 /** The cache's sizes (fixed at start) and its policy (reloadable). */

@@ -18,6 +18,7 @@ import type { Routing } from './routing.js';
 import type { BatchedUdpListener } from './server/batched/listener.js';
 import { createUdpListeners, type UdpIo } from './server/batched/select.js';
 import type { HitPath } from './server/hit-path.js';
+import { clientInflightCap } from './server/client-limit.js';
 import type { Listener } from './server/listener.js';
 import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
 import { TcpListener } from './server/tcp-listener.js';
@@ -58,6 +59,7 @@ export async function buildServing(c: Config, routing: Routing, d: ServingDeps):
     queryLogEvery: c.queryLogEvery,
     clientMissRate: c.clientMissRate,
     clientMissBurst: c.clientMissBurst,
+    clientMissInflight: clientInflightCap(c.maxConcurrent),
     maxQueryAgeMs: c.maxQueryAgeMs,
     localZones: routing.localZones,
     store: d.cache,
@@ -121,6 +123,7 @@ export function reconfigureServing(
     queryLogEvery: c.queryLogEvery,
     clientMissRate: c.clientMissRate,
     clientMissBurst: c.clientMissBurst,
+    clientMissInflight: clientInflightCap(c.maxConcurrent),
     localZones: routing.localZones,
   });
 }

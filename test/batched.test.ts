@@ -982,6 +982,28 @@ t.test('detached peers: each keeps its own sockaddr after its receive slot is re
   t.not(kept[n - 1]!.words, kept[0]!.words, 'past DETACH_CHUNK_PEERS a new chunk');
 });
 
+t.test('peers: a client\'s address hash (its share of a question\'s waiters) is the same from every port, and differs by address, IPv4 and IPv6', async (t) => {
+  const slot = new Uint32Array(SOCKADDR_SLOT_BYTES >> 2);
+  const peer = new Peer(slot, 0);
+  const v4 = (port: number, last: number): number => {
+    slot.fill(0);
+    slot[0] = 2 | ((port >> 8) << 16) | ((port & 0xff) << 24);
+    slot[1] = 0x0001000a | (last << 24);
+    return peer.addressHash;
+  };
+  t.equal(v4(1000, 5), v4(61000, 5), 'one IPv4 address, two ports: one hash');
+  t.not(v4(1000, 5), v4(1000, 6), 'another IPv4 address: another hash');
+  const v6 = (port: number, last: number): number => {
+    slot.fill(0);
+    slot[0] = 10 | ((port >> 8) << 16) | ((port & 0xff) << 24);
+    slot[2] = 0x000080fd;
+    slot[5] = last << 24;
+    return peer.addressHash;
+  };
+  t.equal(v6(1000, 5), v6(2000, 5), 'one IPv6 address, two ports: one hash');
+  t.not(v6(1000, 5), v6(1000, 6), 'another IPv6 address: another hash');
+});
+
 t.test('slot views: one Buffer per receive slot and length, made once, reading the slot as it is now; long datagrams get their own', async (t) => {
   const ab = new ArrayBuffer(4 * 1024);
   const u8 = new Uint8Array(ab);
@@ -1174,7 +1196,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
   const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
     index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
-    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, maxQueryAgeMs: 0, localZones: [], ...over,
+    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, batch: 4, maxInflight: 100, maxQueryAgeMs: 0, localZones: [], ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
   t.teardown(() => k.mainPort.close());
@@ -1381,7 +1403,7 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
         t.equal(reports.find((r) => r.aborted !== undefined)?.aborted, 1);
         t.equal(k.sent.length, 2);
         t.equal(idOf(k.sent[1]!.data), 1, 'the waiting client gets its SERVFAIL');
-        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1, clientMissRate: 0, clientMissBurst: 1, localZones: [] });
+        k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 1, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, localZones: [] });
         k.queue(5, { data: query({ name: 'big.example.com', id: 3, edns: true, udpSize: 4096 }), from: from4(3) });
       },
       () => {
@@ -1514,9 +1536,9 @@ t.test('--io and --workers: flags and config-file keys, validated (a bad value i
   writeFileSync(file, 'io: dgram\nworkers: 2\n');
   const f = loadConfig(['--config', file], { env: {} }).config;
   t.same([f.io, f.workers], ['dgram', 2], 'config-file keys io and workers');
-  t.same(workerMissLimit(0, 1000, 4), { clientMissRate: 0, clientMissBurst: 1 }, 'no limit: none in the workers');
-  t.same(workerMissLimit(100, 1000, 4), { clientMissRate: 25, clientMissBurst: 250 }, 'each worker a quarter of rate and burst');
-  t.same(workerMissLimit(100, 2, 4), { clientMissRate: 25, clientMissBurst: 1 }, 'a burst of at least one');
+  t.same(workerMissLimit(0, 1000, 250, 4), { clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity }, 'no limit: none in the workers');
+  t.same(workerMissLimit(100, 1000, 250, 4), { clientMissRate: 25, clientMissBurst: 250, clientMissInflight: 62 }, 'each worker a quarter of rate, burst and questions in flight');
+  t.same(workerMissLimit(100, 2, 2, 4), { clientMissRate: 25, clientMissBurst: 1, clientMissInflight: 1 }, 'a burst and a cap of at least one');
 });
 
 /** A completion as the main thread sends it: `here`, it answered the token's clients itself (direct.ts). */

@@ -15,7 +15,7 @@ import { parseQuery } from '../src/dns/query.js';
 import { ComponentStack, StartupError } from '../src/lifecycle.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { ClientMissLimiter, MAX_CLIENTS } from '../src/server/client-limit.js';
-import { HitPath, MAX_WAITERS_PER_QUESTION, type MissOutcome } from '../src/server/hit-path.js';
+import { HitPath, MAX_WAITERS_PER_QUESTION, type MissGate, type MissOutcome } from '../src/server/hit-path.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken } from '../src/server/batched/protocol.js';
 import { BATCHED_COUNTERS } from '../src/server/batched/stats.js';
@@ -31,6 +31,7 @@ import { ViewAnswerer } from '../src/kube/local-answerer.js';
 import type { SlimEndpointSlice, SlimService } from '../src/kube/types.js';
 import { ClusterView } from '../src/kube/view.js';
 import { loadConfig } from '../src/config.js';
+import { clientLimiter } from '../src/agent-config.js';
 import { ForwardDurations } from '../src/upstream/forward-durations.js';
 import { hostResolversCounters } from '../src/upstream/host-resolvers.js';
 import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
@@ -84,16 +85,20 @@ class FakeUpstream implements Upstream {
 }
 
 const PEER: ClientPeer = { address: '127.0.0.1', port: 40000 };
+/** Client `i` of many, each its own address: one address holds at most MAX_WAITERS_PER_CLIENT of a question's slots. */
+function peerN(i: number): ClientPeer {
+  return { address: `10.2.${i >> 8}.${i & 255}`, port: 40000 };
+}
 const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
 
-function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter; remoteWaiters?: boolean } = {}) {
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter; remoteWaiters?: boolean; gate?: MissGate } = {}) {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
   const logger = opts.queryLog === undefined ? silentLogger : createLogger('info', (l) => opts.queryLog!.push(l));
   const hits = new HitPath({ cache, clock, logger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232, queryLogEvery: opts.queryLog === undefined ? 0 : 2, clientLimit: opts.clientLimit ?? null,
-    remoteWaiters: opts.remoteWaiters ?? false,
+    remoteWaiters: opts.remoteWaiters ?? false, gate: opts.gate ?? null,
   });
   const cluster = new FakeUpstream(clock);
   const external = new FakeUpstream(clock);
@@ -179,9 +184,9 @@ t.test('coalescing: identical misses share one upstream query', async (t) => {
 t.test('shedding: past MAX_WAITERS_PER_QUESTION clients on one question, the next is answered at once (stale, else SERVFAIL)', async (t) => {
   const r = rig();
   const ch = new FakeChannel();
-  for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch, PEER);
+  for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch, peerN(i));
   t.equal(ch.sent.length, 0, 'every client up to the cap waits');
-  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, PEER);
+  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, peerN(60_000));
   t.equal(ch.sent.length, 1, 'the one past the cap is answered at once');
   t.equal(ch.decoded(0).id, 60_000);
   t.equal(rcodeOf(ch.sent[0]!), 2, 'nothing cached: SERVFAIL');
@@ -193,7 +198,7 @@ t.test('shedding: past MAX_WAITERS_PER_QUESTION clients on one question, the nex
   // Expired now, and the refresh stalls: the shed client gets the stale answer instead.
   r.clock.advance(10_000);
   const ch2 = new FakeChannel();
-  for (let i = 0; i <= MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch2, PEER);
+  for (let i = 0; i <= MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch2, peerN(i));
   t.equal(ch2.sent.length, 1);
   t.same(dataOf(ch2.decoded(0)), ['10.96.0.5'], 'stale data for the shed client');
   t.equal(ttlOf(ch2.decoded(0).answers![0]!), 30, 'with the stale TTL');
@@ -206,17 +211,35 @@ t.test('remoteWaiters: clients waiting on a miss are counted, not kept (the sink
   const ch = new FakeChannel();
   // Every second query is logged (queryLog set: one in 2): those are kept here.
   for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) {
-    r.hits.handle(query({ name: SVC, id: i }), ch, PEER);
+    r.hits.handle(query({ name: SVC, id: i }), ch, peerN(i));
     t.equal(r.hits.waitsLocally, i % 2 === 1, `client ${i}: kept here only when logged`);
   }
   t.equal(ch.sent.length, 0, 'every client up to the cap waits');
-  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, PEER);
+  r.hits.handle(query({ name: SVC, id: 60_000 }), ch, peerN(60_000));
   t.equal(ch.sent.length, 1, 'the cap counts the clients held elsewhere: the next is answered at once');
   r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
   t.equal(ch.sent.length, 1 + MAX_WAITERS_PER_QUESTION / 2, 'the answer goes only to the clients kept here');
   t.equal(queryLog.filter((l) => l.includes('"source":"upstream"')).length, MAX_WAITERS_PER_QUESTION / 2, 'and they are logged');
   for (let i = 0; i < 3; i++) r.hits.handle(query({ name: 'other.default.svc.cluster.local', id: i }), ch, PEER);
   t.equal(r.hits.abortAll(), 3, 'at shutdown every client waiting is counted, wherever it is held');
+});
+
+t.test('shedding: one client cannot take every waiting slot of a question; another client asking it still waits for the answer', async (t) => {
+  for (const remoteWaiters of [false, true]) {
+    const r = rig({ remoteWaiters });
+    const ch = new FakeChannel();
+    // One pod (one address, any port) asks the same name again and again while it is in flight.
+    for (let i = 0; i < MAX_WAITERS_PER_QUESTION; i++) r.hits.handle(query({ name: SVC, id: i }), ch, { address: '10.1.0.9', port: 30000 + i });
+    const hogShed = ch.sent.length;
+    t.ok(hogShed > 0, `remoteWaiters ${remoteWaiters}: the busy client is shed past its share`);
+    const other = new FakeChannel();
+    r.hits.handle(query({ name: SVC, id: 7 }), other, { address: '10.1.0.10', port: 53000 });
+    t.equal(other.sent.length, 0, `remoteWaiters ${remoteWaiters}: another client joins the question and waits`);
+    t.equal(r.cluster.exchanges.length, 1, 'still one upstream query');
+    r.cluster.answer(0, answer(SVC, [a(SVC, '10.96.0.5', 5)]));
+    if (!remoteWaiters) t.same(dataOf(other.decoded(0)), ['10.96.0.5'], 'and gets the answer');
+    t.equal(r.hits.inflight, 0);
+  }
 });
 
 t.test('buffer ownership: a waiter keeps its own copy; the receive buffer may be reused at once', async (t) => {
@@ -349,7 +372,9 @@ function failClusterDns(r: ReturnType<typeof rig>): void {
   for (let i = 0; i < 5; i++) r.cluster.health.record('timeout', r.clock.now());
 }
 
-const dataOf = (p: dnsPacket.DecodedPacket): unknown[] => (p.answers ?? []).map((x) => (x as { data: unknown }).data);
+function dataOf(p: dnsPacket.DecodedPacket): unknown[] {
+  return (p.answers ?? []).map((x) => (x as { data: unknown }).data);
+}
 
 t.test('cluster DNS failing: cluster names come from the view at once, nothing is forwarded', async (t) => {
   const r = viewRig();
@@ -1054,6 +1079,39 @@ t.test('--max-concurrent: upstream queries in flight are capped across upstreams
   t.equal(r.resolver.inflight, 1, 'a slot frees when the upstream answers');
   r.hits.handle(query({ name: 'four.example', id: 6 }), ch, PEER);
   t.equal(r.external.exchanges.length, 3, 'and the next miss goes out');
+});
+
+t.test('--client-miss-rate: one client cannot hold all of --max-concurrent with its burst; another client\'s new question still goes out', async (t) => {
+  const { config } = loadConfig(['--upstream-addr', '127.0.0.1:1053', '--client-miss-rate', '1000', '--max-concurrent', '8'], { env: {} });
+  const limit = clientLimiter(config);
+  t.ok(limit !== null);
+  const r = rig({ maxConcurrent: 8, clientLimit: limit! });
+  const ch = new FakeChannel();
+  const pod = { address: '10.244.0.7', port: 5000 };
+  // Well inside its rate and burst (1,000), but against a stalled upstream its questions stay in flight.
+  for (let i = 0; i < 8; i++) r.hits.handle(query({ name: `n${i}.example`, id: i }), ch, pod);
+  t.ok(r.resolver.inflight <= 2, `${r.resolver.inflight} of its questions in flight: at most a quarter of --max-concurrent`);
+  t.equal(r.hits.counters.get('clientLimited'), 8 - r.resolver.inflight, 'the rest refused as over its limit, nothing sent');
+  const other = new FakeChannel();
+  r.hits.handle(query({ name: 'other.example', id: 9 }), other, { address: '10.244.0.8', port: 5000 });
+  t.equal(other.sent.length, 0, 'another pod\'s miss is not refused at the cap');
+  t.equal(r.external.exchanges.length, r.resolver.inflight, 'it went upstream');
+  // Answered: the pod's questions in flight free its room again.
+  r.external.answer(0, answer('n0.example', [a('n0.example', '192.0.2.1')]));
+  r.hits.handle(query({ name: 'later.example', id: 10 }), ch, pod);
+  t.equal(r.external.exchanges.at(-1) !== undefined && dnsPacket.decode(r.external.exchanges.at(-1)!.query).questions?.[0]?.name, 'later.example', 'one answered: the pod may ask again');
+});
+
+t.test('--client-miss-rate: a miss the gate turns away (a batched worker shedding for load) neither takes a token nor holds the client\'s room in flight', async (t) => {
+  let admit = false;
+  const r = rig({ clientLimit: new ClientMissLimiter(1, 1, 1), gate: { admits: () => admit } });
+  const ch = new FakeChannel();
+  for (let i = 0; i < 3; i++) r.hits.handle(query({ name: `shed${i}.example`, id: i }), ch, PEER);
+  t.equal(ch.sent.length, 3, 'shed by the gate');
+  admit = true;
+  r.hits.handle(query({ name: 'admitted.example', id: 9 }), ch, PEER);
+  t.equal(r.external.exchanges.length, 1, 'the next miss past the gate still goes out');
+  t.equal(r.hits.counters.get('clientLimited'), 0, 'the client was never over its limit');
 });
 
 t.test('--client-miss-rate: one client over its miss budget gets SERVFAIL without upstream traffic; others, hits and joins are free', async (t) => {

@@ -152,7 +152,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}, errno = 
   const store = new DnsCache(cache, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
     index: 0, fds: [5], names: ['udp://127.0.0.1:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
-    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 8, maxInflight: 100, maxQueryAgeMs: 1000, localZones: [], ...over,
+    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, batch: 8, maxInflight: 100, maxQueryAgeMs: 1000, localZones: [], ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
   t.teardown(() => k.mainPort.close());
@@ -325,7 +325,7 @@ t.test('loop over real sockets: a query held in the kernel queue past the bound 
   const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
     index: 0, fds: [server], names: [`udp://127.0.0.1:${port}`], wakeFd: wake, ctl, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
-    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, batch: 4, maxInflight: 100, maxQueryAgeMs: BOUND_MS, localZones: [],
+    queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, batch: 4, maxInflight: 100, maxQueryAgeMs: BOUND_MS, localZones: [],
   };
   t.ok(workerBlockBytes(4, 1, 512) > recvVecBytes(4, 4096), 'the worker block holds the control slots');
   new WorkerLoop(scripted, workerPort, init).run();

@@ -15,7 +15,7 @@ import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
 import { HostResolvers, hostResolversCounters, type HostResolversCounter, type HostResolversOptions } from '../src/upstream/host-resolvers.js';
 import { Counters } from '../src/stats/counters.js';
 import type { Logger, LogFields } from '../src/log.js';
-import type { Upstream, UpstreamFailure } from '../src/upstream/types.js';
+import type { Upstream, UpstreamExchange, UpstreamFailure } from '../src/upstream/types.js';
 import { ManualClock, systemClock, type Clock } from '../src/clock.js';
 import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { SimDnsServer, staticHandler, type SimContext, type SimHandler } from '../testkit/dns-server.js';
@@ -415,6 +415,26 @@ t.test('TcpPool: a full queue rejects with overloaded at once', async (t) => {
   t.equal(pool.counters.get('timeouts'), 3);
   // The third may still go out once the first two time out (its own deadline is a sweep away): never more than that.
   t.ok(sim.stats.tcpQueries >= 2 && sim.stats.tcpQueries <= 3, `${sim.stats.tcpQueries} sent: the overloaded three never were`);
+});
+
+t.test('TcpPool: a job cancelled while queued leaves the queue at once (nodelocal_upstream_queued, room for the next)', async (t) => {
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { dropAll: true } });
+  t.teardown(() => sim.close());
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, maxQueued: 2 });
+  t.teardown(() => pool.close());
+  const failures: string[] = [];
+  const exchange = (): UpstreamExchange => ({
+    query: queryBytes('www.example.com', 'A'), deadline: Date.now() + 300, resolve: () => {}, reject: (r) => void failures.push(r),
+  });
+  // Nothing is connected yet: both wait in the queue.
+  const first = pool.send(exchange());
+  pool.send(exchange());
+  t.equal(pool.queued, 2);
+  pool.cancel(first);
+  t.equal(pool.queued, 1, 'the cancelled job no longer counts as queued');
+  pool.send(exchange());
+  t.same(failures, [], 'and its room takes the next job: none refused as overloaded');
+  t.equal(pool.queued, 2);
 });
 
 t.test('TcpPool: rotation after N queries moves to a new connection', async (t) => {

@@ -18,21 +18,37 @@
 /** A node runs at most a few hundred pods; the rest of the room is for churn. */
 export const MAX_CLIENTS = 4096;
 
-interface Bucket {
+/**
+ * The questions one client may have in flight under the limit: a quarter of
+ * --max-concurrent (as --max-tcp-per-client is a quarter of the connections).
+ * The rate and burst alone do not bound it: against a stalled upstream a
+ * pod's burst (1,000 by default) held the whole --max-concurrent (1,000) for
+ * a deadline, and every other pod's new question was refused meanwhile.
+ */
+export function clientInflightCap(maxConcurrent: number): number {
+  return Math.max(1, Math.floor(maxConcurrent / 4));
+}
+
+/** One client's state; a question it opened holds its bucket (HitPath) to give its room back when closed. */
+export interface ClientBucket {
   tokens: number;
   /** Clock ms of the last refill. */
   at: number;
+  /** Its questions in flight (opened by it, not yet answered). */
+  inflight: number;
 }
 
 export class ClientMissLimiter {
   #ratePerMs: number;
   #burst: number;
-  readonly #buckets: Map<string, Bucket>;
+  #maxInflight: number;
+  readonly #buckets: Map<string, ClientBucket>;
 
-  /** `perSecond` misses a client may start each second on average, `burst` at once. */
-  constructor(perSecond: number, burst: number) {
+  /** `perSecond` misses a client may start each second on average, `burst` at once, with at most `maxInflight` in flight. */
+  constructor(perSecond: number, burst: number, maxInflight = Number.POSITIVE_INFINITY) {
     this.#ratePerMs = perSecond / 1000;
     this.#burst = burst;
+    this.#maxInflight = maxInflight;
     this.#buckets = new Map();
   }
 
@@ -48,33 +64,43 @@ export class ClientMissLimiter {
     return this.#burst;
   }
 
+  get maxInflight(): number {
+    return this.#maxInflight;
+  }
+
   /**
    * New settings, every bucket kept: a client keeps the tokens it has, never
    * more than the new burst (take() caps them as it refills).
    */
-  configure(perSecond: number, burst: number): void {
+  configure(perSecond: number, burst: number, maxInflight: number): void {
     this.#ratePerMs = perSecond / 1000;
     this.#burst = burst;
+    this.#maxInflight = maxInflight;
   }
 
-  /** Takes a token for `client` at `now`; false when it has none left. */
-  take(client: string, now: number): boolean {
+  /**
+   * Takes a token for `client` at `now` for a new question, counted in flight
+   * until the question closes (HitPath lowers it); null when it has no
+   * token left or already has its most in flight.
+   */
+  take(client: string, now: number): ClientBucket | null {
     let b = this.#buckets.get(client);
     if (b === undefined) {
       if (this.#buckets.size >= MAX_CLIENTS) {
         const oldest = this.#buckets.keys().next().value;
         if (oldest !== undefined) this.#buckets.delete(oldest);
       }
-      b = { tokens: this.#burst, at: now };
+      b = { tokens: this.#burst, at: now, inflight: 0 };
     } else {
       this.#buckets.delete(client);
       b.tokens = Math.min(this.#burst, b.tokens + (now - b.at) * this.#ratePerMs);
       b.at = now;
     }
     this.#buckets.set(client, b);
-    if (b.tokens < 1) return false;
+    if (b.tokens < 1 || b.inflight >= this.#maxInflight) return null;
     b.tokens -= 1;
-    return true;
+    b.inflight++;
+    return b;
   }
 }
 
@@ -85,6 +111,6 @@ export class ClientMissLimiter {
  */
 export function keepBuckets(running: ClientMissLimiter | null, next: ClientMissLimiter | null): ClientMissLimiter | null {
   if (running === null || next === null) return next;
-  running.configure(next.perSecond, next.burst);
+  running.configure(next.perSecond, next.burst, next.maxInflight);
   return running;
 }

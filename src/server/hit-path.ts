@@ -43,11 +43,11 @@ import type { Logger } from '../log.js';
 import { AnswerOut } from './answer-out.js';
 import { keepBuckets, type ClientMissLimiter } from './client-limit.js';
 import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
-import { Transport, type ClientChannel, type ClientPeer, type QueryHandler } from './listener.js';
+import type { ClientChannel, ClientPeer, QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
 import { IntTable } from './int-table.js';
-import { InFlight, MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, Waiter } from './miss-waiters.js';
-import { REQUEST_SLOT_BASE, REQUEST_TYPE_COUNT, SERVER_COUNTERS, peerFamilyIndex, requestTypeIndex, type ServerCounters } from './stats.js';
+import { ClientShares, InFlight, MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, Waiter, clientHash } from './miss-waiters.js';
+import { SERVER_COUNTERS, type ServerCounters } from './stats.js';
 
 export type * from './miss-boundary.js';
 export type * from './hit-path-options.js';
@@ -77,6 +77,8 @@ export class HitPath implements QueryHandler {
   /** Questions in flight, by cache key (identical misses share one) and by token (answers come back by token). */
   readonly #byKey = new InFlight();
   readonly #byToken = new IntTable<Miss>();
+  /** Each client's waiters per question: one pod cannot take every slot of one (MAX_WAITERS_PER_CLIENT). */
+  readonly #shares = new ClientShares(this.#byToken);
   #nextToken = 1;
   #drained: (() => void) | null = null;
   #logEvery: number;
@@ -144,7 +146,10 @@ export class HitPath implements QueryHandler {
 
   #handle(msg: Buffer, q: QueryScratch, channel: ClientChannel, peer: ClientPeer, again: boolean): void {
     parseQueryInto(msg, q);
-    if (!again) this.#countRequest(msg, q, channel, peer);
+    if (!again) {
+      if (this.#tagger !== null) this.#tagger.tag(peer.address);
+      this.#out.countRequest(msg, q.qtype, channel, peer);
+    }
     const logged = this.#logEvery > 0 && --this.#logCountdown <= 0;
     // Adding keeps the remainder of a fractional "one in N" (1.43 for a share of 0.7): the share logged is exact.
     if (logged) this.#logCountdown += this.#logEvery;
@@ -184,7 +189,7 @@ export class HitPath implements QueryHandler {
     // flight (or a recent failure, a local zone): joining one or being shed reads its bytes (InFlight).
     let miss = this.#byKey.find(q);
     if (miss !== undefined) {
-      if (miss.waiting >= MAX_WAITERS_PER_QUESTION) {
+      if (miss.waiting >= MAX_WAITERS_PER_QUESTION || !this.#shares.take(miss.token, clientHash(peer))) {
         this.#v[S.shed]!++;
         this.#shed(q, channel, peer, now, logged);
         return;
@@ -197,14 +202,15 @@ export class HitPath implements QueryHandler {
       return;
     }
     if (this.#recentFailures.holds(q, now) && this.#shed(q, channel, peer, now, logged, false)) return;
-    if (this.#clientLimit !== null && !this.#clientLimit.take(peer.address, now)) {
-      // Over its miss rate: this client gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
-      this.#v[S.clientLimited]!++;
+    // The gate counts what it turns away (it knows why). First: a miss shed for our load costs its client nothing.
+    if (this.#gate !== null && !this.#gate.admits(q)) {
       this.#shed(q, channel, peer, now, logged);
       return;
     }
-    // The gate counts what it turns away (it knows why).
-    if (this.#gate !== null && !this.#gate.admits(q)) {
+    const opener = this.#clientLimit === null ? null : this.#clientLimit.take(peer.address, now);
+    if (this.#clientLimit !== null && opener === null) {
+      // Over its miss rate or its questions in flight: it gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
+      this.#v[S.clientLimited]!++;
       this.#shed(q, channel, peer, now, logged);
       return;
     }
@@ -212,6 +218,8 @@ export class HitPath implements QueryHandler {
     const local = !this.#remoteWaiters || logged;
     miss = this.#open(key, q.keyHash, local ? new Waiter(q, key, channel, peer, now, logged) : null);
     if (!local) miss.remote = 1;
+    miss.opener = opener;
+    this.#shares.take(miss.token, clientHash(peer));
     this.waitsOn = miss.token;
     this.waitsLocally = local;
     this.#forward(miss, q, false);
@@ -219,15 +227,6 @@ export class HitPath implements QueryHandler {
     if (local || this.#byToken.get(miss.token) === miss) return;
     this.waitsOn = 0;
     this.#shed(q, channel, peer, now, logged);
-  }
-
-  #countRequest(msg: Buffer, q: QueryScratch, channel: ClientChannel, peer: ClientPeer): void {
-    if (this.#tagger !== null) this.#tagger.tag(peer.address);
-    this.#v[channel.transport === Transport.TCP ? S.requestsTcp : S.requestsUdp]!++;
-    // Answered synchronously (hits, errors): the first bucket (250 us); reading a clock per hit would cost more than the rest.
-    if (this.#hist !== null) this.#hist.requestSize[channel.transport]!.observe(msg.length);
-    // coredns_dns_requests_total{proto,family,type}: one slot bump (qtype 0 when unreadable: "other").
-    this.#v[REQUEST_SLOT_BASE + (channel.transport * 2 + peerFamilyIndex(peer)) * REQUEST_TYPE_COUNT + requestTypeIndex(q.qtype)]!++;
   }
 
   /**
@@ -388,6 +387,7 @@ export class HitPath implements QueryHandler {
   }
 
   #close(miss: Miss): void {
+    if (miss.opener !== null) miss.opener.inflight--;
     this.#byToken.delete(miss.token);
     this.#byKey.remove(miss);
     if (this.#byToken.size === 0 && this.#drained !== null) {

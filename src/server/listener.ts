@@ -15,6 +15,8 @@ export interface ClientPeer {
    * present, so a peer that decodes its address lazily need not.
    */
   readonly family?: string;
+  /** The address as a number, the same for every port (per-client counts: miss-waiters.ts clientHash); read instead of `address` when present. */
+  readonly addressHash?: number;
 }
 
 export const Transport = { UDP: 0, TCP: 1 } as const;

@@ -34,10 +34,11 @@ export interface MissSink {
 }
 
 /**
- * Asked before a new question goes to the upstream side (after coalescing
- * and the per-client limit): false turns it away at once with what a failed
- * upstream would give (stale, else SERVFAIL). A batched worker's ShedGate,
- * while the main thread is refusing misses for load.
+ * Asked before a new question goes to the upstream side (after coalescing,
+ * before the per-client limit: a miss turned away here costs its client no
+ * token): false turns it away at once with what a failed upstream would
+ * give (stale, else SERVFAIL). A batched worker's ShedGate, while the main
+ * thread is refusing misses for load.
  */
 export interface MissGate {
   /** `q`: the parsed query, its cache key in keyBytes[0, keyLen) (dns/query.ts): read as bytes, no key string made. */

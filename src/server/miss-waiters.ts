@@ -7,6 +7,7 @@
  */
 import { copyBytes } from '../dns/name.js';
 import { hashKey, QuerySnapshot, type Query, type QueryScratch } from '../dns/query.js';
+import type { ClientBucket } from './client-limit.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
 import { IntTable } from './int-table.js';
 
@@ -18,6 +19,66 @@ import { IntTable } from './int-table.js';
  * and without queueing; glibc retries, by then the question is answered.
  */
 export const MAX_WAITERS_PER_QUESTION = 1024;
+
+/**
+ * How many of one question's waiting slots one client address may hold: a
+ * pod whose threads ask one name at once, or that retries it, still waits
+ * for the answer; one that floods the name is shed past it (as past
+ * MAX_WAITERS_PER_QUESTION), and the other 960 slots stay for other pods.
+ */
+export const MAX_WAITERS_PER_CLIENT = 64;
+/** ClientShares' table: sets of ways, each way one (question, client) pair and its count. */
+const SHARE_WAYS = 4;
+const SHARE_SETS = 1024;
+
+/**
+ * Each client's count of waiters per question in flight, in a fixed table
+ * (no object or Map per question, nothing allocated per query; 48 KB). A
+ * pair's set comes from its token and client hash; a pair not in it takes
+ * the way of a question no longer in flight (so nothing is ever removed),
+ * else of the pair holding least: a pair forgotten starts again from 0, so
+ * a client at its share is the last to lose its count.
+ */
+export class ClientShares {
+  readonly #token = new Int32Array(SHARE_SETS * SHARE_WAYS);
+  readonly #client = new Int32Array(SHARE_SETS * SHARE_WAYS);
+  readonly #count = new Int32Array(SHARE_SETS * SHARE_WAYS);
+  /** The questions in flight by token (tokens start at 1: an empty way's 0 is never in flight). */
+  readonly #live: { get(token: number): unknown };
+
+  constructor(live: { get(token: number): unknown }) {
+    this.#live = live;
+  }
+
+  /** One more of `client`'s queries waits on question `token`; false, nothing counted, when it holds its share already. */
+  take(token: number, client: number): boolean {
+    const base = (Math.imul(client ^ Math.imul(token, 0x85ebca6b), 0x9e3779b1) >>> 22) * SHARE_WAYS;
+    for (let i = base; i < base + SHARE_WAYS; i++) {
+      if (this.#token[i] !== token || this.#client[i] !== client) continue;
+      if (this.#count[i]! >= MAX_WAITERS_PER_CLIENT) return false;
+      this.#count[i]!++;
+      return true;
+    }
+    let way = base;
+    let least = Infinity;
+    for (let i = base; i < base + SHARE_WAYS; i++) {
+      const n = this.#live.get(this.#token[i]!) === undefined ? 0 : this.#count[i]!;
+      if (n < least) {
+        least = n;
+        way = i;
+      }
+    }
+    this.#token[way] = token;
+    this.#client[way] = client;
+    this.#count[way] = 1;
+    return true;
+  }
+}
+
+/** A client's address as a number for ClientShares: the peer's own when it has one (batched: no string decoded), else its text hashed. */
+export function clientHash(peer: ClientPeer): number {
+  return peer.addressHash ?? hashKey(peer.address);
+}
 
 /**
  * One client waiting on a miss: its own snapshot of its query (the header
@@ -62,6 +123,8 @@ export class Miss {
   readonly waiters: Waiter[];
   /** Clients waiting that the sink's side holds and answers (HitPathOptions.remoteWaiters): counted, not kept. */
   remote: number;
+  /** The bucket of the client that opened it under --client-miss-rate: its in-flight count drops when it closes. */
+  opener: ClientBucket | null;
   /**
    * `first`: the client that asked (null for a refresh, or one held remotely). Most misses keep
    * one waiter until the answer, so the list starts with exactly that room:
@@ -75,6 +138,7 @@ export class Miss {
     this.sameHash = undefined;
     this.waiters = first === null ? [] : [first];
     this.remote = 0;
+    this.opener = null;
   }
 
   /** Every client waiting on it, kept here or held remotely. */

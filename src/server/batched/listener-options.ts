@@ -40,6 +40,8 @@ export interface BatchedUdpOptions {
   /** --client-miss-rate and --client-miss-burst for the whole agent (0: off); each worker gets its share (workerMissLimit). */
   readonly clientMissRate?: number;
   readonly clientMissBurst?: number;
+  /** The most questions one client may have in flight under the limit, agent-wide (client-limit.ts clientInflightCap); default none. */
+  readonly clientMissInflight?: number;
   readonly logger: Logger;
   /** The libc binding, from probeBatchedIo(). */
   readonly sys: UdpBatchSys;
@@ -69,9 +71,12 @@ export interface BatchedUdpOptions {
  * port lands on one worker and gets 1/N: stricter.) The burst is the one
  * share that can be looser: a bucket admits nothing below one whole token,
  * so each worker gets at least 1, and with --client-miss-burst below N the
- * agent-wide burst is N.
+ * agent-wide burst is N. So does the cap on a client's questions in flight
+ * (a worker counts those it opened), at least one each.
  */
-export function workerMissLimit(rate: number, burst: number, workers: number): { clientMissRate: number; clientMissBurst: number } {
-  if (rate <= 0) return { clientMissRate: 0, clientMissBurst: 1 };
-  return { clientMissRate: rate / workers, clientMissBurst: Math.max(1, burst / workers) };
+export function workerMissLimit(
+  rate: number, burst: number, inflight: number, workers: number,
+): { clientMissRate: number; clientMissBurst: number; clientMissInflight: number } {
+  if (rate <= 0) return { clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Number.POSITIVE_INFINITY };
+  return { clientMissRate: rate / workers, clientMissBurst: Math.max(1, burst / workers), clientMissInflight: Math.max(1, Math.floor(inflight / workers)) };
 }

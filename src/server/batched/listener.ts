@@ -114,7 +114,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       maxUdpSize: opts.maxUdpSize,
       queryLogEvery: opts.queryLogEvery,
       localZones: opts.localZones ?? [],
-      ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.workers),
+      ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.clientMissInflight ?? Number.POSITIVE_INFINITY, opts.workers),
     };
     this.#directPolicy = () => this.#policy;
     this.#state = 'new';
@@ -237,13 +237,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * query-log sampling, from each worker's next turn. Resolves when every
    * live worker has applied it (a restarted worker starts with it).
    */
-  configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number; clientMissRate?: number; clientMissBurst?: number; localZones?: readonly string[] }): Promise<void> {
+  configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number; clientMissRate?: number; clientMissBurst?: number; clientMissInflight?: number; localZones?: readonly string[] }): Promise<void> {
     const policy: WorkerSettings = {
       cache: o.cache,
       maxUdpSize: o.maxUdpSize,
       queryLogEvery: o.queryLogEvery,
       localZones: o.localZones ?? [],
-      ...workerMissLimit(o.clientMissRate ?? 0, o.clientMissBurst ?? 1, this.#links.length),
+      ...workerMissLimit(o.clientMissRate ?? 0, o.clientMissBurst ?? 1, o.clientMissInflight ?? Number.POSITIVE_INFINITY, this.#links.length),
     };
     this.#policy = policy;
     this.sharedCache.configure(o.cache);

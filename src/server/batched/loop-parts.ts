@@ -8,6 +8,7 @@
  */
 import type { Clock } from '../../clock.js';
 import type { LogFields, Logger } from '../../log.js';
+import { keyHashSeed } from '../../dns/query.js';
 import type { ClientPeer } from '../listener.js';
 import { ClientMissLimiter } from '../client-limit.js';
 import { AF_INET6, type UdpBatchSys } from '../../sys/udp-batch.js';
@@ -60,6 +61,17 @@ export class Peer implements ClientPeer {
     const o = this.wordOff;
     if ((w[o]! & 0xffff) !== AF_INET6) return 'IPv4';
     return w[o + 2] === 0 && w[o + 3] === 0 && w[o + 4] === 0xffff0000 ? 'IPv4' : 'IPv6';
+  }
+
+  /** ClientPeer.addressHash from the sockaddr's address words (seeded as cache keys are), no string decoded. */
+  get addressHash(): number {
+    const w = this.words;
+    const o = this.wordOff;
+    let h = keyHashSeed();
+    // sockaddr_in's address is word 1; sockaddr_in6's words 2-5.
+    if ((w[o]! & 0xffff) !== AF_INET6) h = Math.imul(h ^ w[o + 1]!, 0x9e3779b1);
+    else for (let k = 2; k < 6; k++) h = Math.imul((h ^ w[o + k]!) ^ (h >>> 15), 0x9e3779b1);
+    return (h ^ (h >>> 16)) | 0;
   }
 
   get port(): number {
@@ -237,6 +249,6 @@ export function ipv6Text(b: Uint8Array): string {
  * before a miss crosses to the main thread, because only the worker knows
  * the client's address (the boundary carries a token, a key and the query).
  */
-export function missLimiter(rate: number, burst: number): ClientMissLimiter | null {
-  return rate > 0 ? new ClientMissLimiter(rate, burst) : null;
+export function missLimiter(rate: number, burst: number, inflight: number): ClientMissLimiter | null {
+  return rate > 0 ? new ClientMissLimiter(rate, burst, inflight) : null;
 }

@@ -139,7 +139,7 @@ export class WorkerLoop implements MissSink {
       histograms: this.#counters.hist,
       maxUdpSize: init.maxUdpSize,
       queryLogEvery: init.queryLogEvery,
-      clientLimit: missLimiter(init.clientMissRate, init.clientMissBurst),
+      clientLimit: missLimiter(init.clientMissRate, init.clientMissBurst, init.clientMissInflight),
       gate: this.#gate,
       remoteWaiters: init.remoteWaiters,
     });
@@ -344,7 +344,7 @@ export class WorkerLoop implements MissSink {
       case 'configure':
         this.#cache.configure(m.cache);
         // Only its settings are taken: the hit path keeps its own limiter's buckets (keepBuckets), as the main thread's does.
-        this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery, clientLimit: missLimiter(m.clientMissRate, m.clientMissBurst) });
+        this.#hits.configure({ maxUdpSize: m.maxUdpSize, queryLogEvery: m.queryLogEvery, clientLimit: missLimiter(m.clientMissRate, m.clientMissBurst, m.clientMissInflight) });
         this.#gate.configure(m.localZones);
         this.#outbox.post({ misses: null, logs: null, configured: true });
         return;

@@ -53,9 +53,10 @@ export interface WorkerInit {
   readonly store: StoreLayout;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
-  /** This worker's part of --client-miss-rate (0: off) and its burst (listener-options.ts workerMissLimit). */
+  /** This worker's part of --client-miss-rate (0: off), its burst and its cap on a client's questions in flight (listener-options.ts workerMissLimit). */
   readonly clientMissRate: number;
   readonly clientMissBurst: number;
+  readonly clientMissInflight: number;
   readonly batch: number;
   readonly maxInflight: number;
   /** Queries older than this (kernel receive timestamp to recvmmsg) are dropped unanswered; 0: never. */
@@ -78,6 +79,7 @@ export interface WorkerSettings {
   /** This worker's part of the per-client miss limit: 0 = off. */
   readonly clientMissRate: number;
   readonly clientMissBurst: number;
+  readonly clientMissInflight: number;
   /** Zones the main thread answers from its cluster view when at its limit: never shed by the worker (shed-gate.ts). */
   readonly localZones: readonly string[];
 }

@@ -67,7 +67,7 @@ export function cgroupCpuQuota(read: (path: string) => string = (p) => readFileS
  */
 export interface UdpListenersOptions extends Pick<
   BatchedUdpOptions,
-  'listen' | 'cache' | 'store' | 'maxUdpSize' | 'queryLogEvery' | 'clientMissRate' | 'clientMissBurst' | 'maxQueryAgeMs' | 'localZones' | 'logger'
+  'listen' | 'cache' | 'store' | 'maxUdpSize' | 'queryLogEvery' | 'clientMissRate' | 'clientMissBurst' | 'clientMissInflight' | 'maxQueryAgeMs' | 'localZones' | 'logger'
 > {
   readonly io: UdpIo;
   /** 0: defaultWorkers(). */
@@ -105,6 +105,7 @@ export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpLis
       const batched = new BatchedUdpListener({
         listen: o.listen, workers, cache: o.cache, maxUdpSize: o.maxUdpSize, queryLogEvery: o.queryLogEvery, logger: o.logger, sys,
         ...(o.clientMissRate !== undefined ? { clientMissRate: o.clientMissRate, clientMissBurst: o.clientMissBurst ?? 1 } : {}),
+        ...(o.clientMissInflight !== undefined ? { clientMissInflight: o.clientMissInflight } : {}),
         ...(o.store !== undefined ? { store: o.store } : {}),
         ...(o.maxQueryAgeMs !== undefined ? { maxQueryAgeMs: o.maxQueryAgeMs } : {}),
         ...(o.localZones !== undefined ? { localZones: o.localZones } : {}),

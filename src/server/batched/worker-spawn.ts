@@ -71,6 +71,7 @@ export function startWorker(
       queryLogEvery: policy.queryLogEvery,
       clientMissRate: policy.clientMissRate,
       clientMissBurst: policy.clientMissBurst,
+      clientMissInflight: policy.clientMissInflight,
       batch: opts.batch ?? DEFAULT_BATCH,
       maxInflight: opts.maxInflight ?? DEFAULT_MAX_INFLIGHT,
       maxQueryAgeMs: opts.maxQueryAgeMs ?? DEFAULTS.maxQueryAgeMs,
