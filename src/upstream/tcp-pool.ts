@@ -148,8 +148,7 @@ export class TcpPool implements Upstream {
   cancel(job: Job): void {
     if (job.done) return;
     job.done = true;
-    // A queued job leaves the queue now (else it counted in nodelocal_upstream_queued and held a slot until a pump);
-    // an in-flight one is under its id on at most one connection. Cancels are rare (a DoT failover): O(queue) is fine.
+    // A queued job leaves now (not held in the queue's count and slots until a pump; cancels are rare: O(queue) fine).
     if (this.#queue.retain((j) => j !== job) > 0) return;
     for (const c of this.#conns) {
       if (c.inflight.get(job.id) === job) c.inflight.delete(job.id);
