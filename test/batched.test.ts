@@ -1497,6 +1497,28 @@ t.test('loop: a hit is not held behind a big batch of completions (at most COMPL
   t.ok(hit >= 0 && hit <= COMPLETIONS_PER_TURN, `the hit went out with the first ${COMPLETIONS_PER_TURN} completions (at ${hit}), not after all ${N}`);
 });
 
+t.test('loop: every client handed back in the turn \'close\' comes is answered, past COMPLETIONS_PER_TURN of them (none left in the queue at exit)', async (t) => {
+  const N = COMPLETIONS_PER_TURN + 44;
+  const { k, loop, store } = loopRig([
+    () => {
+      storeAnswer(store, SVC, answer(SVC, [rr(SVC, '192.0.2.7', 60)]));
+      // Records the main thread handed back (their question was answered there), arriving with the close.
+      const p = new Packer(false, WAITER_STRIDE);
+      for (let i = 0; i < N; i++) {
+        p.push(1, waiterTag(0, 16), query({ name: SVC, id: i }), null);
+        const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+        new Uint8Array(words.buffer).set(from4(1000 + i));
+        p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+      }
+      k.post({ t: 'again', items: p.take() });
+      k.post({ t: 'close' });
+    },
+  ], { remoteWaiters: true });
+  loop.run();
+  t.equal(k.sent.length, N, `all ${N} handed-back clients get their hit`);
+  t.same(new Set(k.sent.map((s) => portOf(s.to))).size, N, 'each at its own address');
+});
+
 t.test('--io and --workers: flags and config-file keys, validated (a bad value is a ConfigError: exit 2)', async (t) => {
   const { loadConfig, ConfigError, DEFAULTS } = await import('../src/config.js');
   t.equal(DEFAULTS.io, 'batched', 'batched by default');
