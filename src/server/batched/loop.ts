@@ -195,6 +195,7 @@ export class WorkerLoop implements MissSink {
       if (trace !== null) trace.mark(1, this.#realtime.us());
       // Completions left over count as work: no sleeping while some wait.
       let got = this.#completions.waiting ? this.#completions.apply(this.#behind ? COMPLETIONS_WHEN_BEHIND : COMPLETIONS_PER_TURN) : 0;
+      if (this.#state === 'closing') while (this.#completions.waiting) got += this.#completions.apply(); // The last turn: nothing left queued.
       this.#behind = false;
       if (trace !== null) trace.mark(2, this.#realtime.us());
       if (MISS_TRACE) this.#outbox.traceCompletedAt = traceNow();
