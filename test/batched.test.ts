@@ -1519,6 +1519,25 @@ t.test('loop: every client handed back in the turn \'close\' comes is answered, 
   t.same(new Set(k.sent.map((s) => portOf(s.to))).size, N, 'each at its own address');
 });
 
+t.test('loop: a client handed back in the turn \'close\' comes that misses again is answered (SERVFAIL) by the worker, not reported to a main thread that no longer reads', async (t) => {
+  const seen = reportTaker();
+  const { k, loop } = loopRig([
+    () => {
+      const p = new Packer(false, WAITER_STRIDE);
+      p.push(1, waiterTag(0, 16), query({ name: 'again.example.com', id: 7 }), null);
+      const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+      new Uint8Array(words.buffer).set(from4(7777));
+      p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+      k.post({ t: 'again', items: p.take() });
+      k.post({ t: 'close' });
+    },
+  ], { remoteWaiters: true });
+  loop.run();
+  seen.take(k.reports());
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]), [[7, 7777, 2]], 'SERVFAIL from the worker');
+  t.equal(seen.waiters.length, 0, 'no record for it');
+});
+
 t.test('--io and --workers: flags and config-file keys, validated (a bad value is a ConfigError: exit 2)', async (t) => {
   const { loadConfig, ConfigError, DEFAULTS } = await import('../src/config.js');
   t.equal(DEFAULTS.io, 'batched', 'batched by default');
