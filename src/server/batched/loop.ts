@@ -239,8 +239,8 @@ export class WorkerLoop implements MissSink {
 
   /** MissSink: queued for this turn's report; refused at once past the limit (the main thread is behind). */
   forward(token: number, key: string, query: Buffer, refresh = false): void {
-    // Answered now, stale or SERVFAIL, as the abort answered the others: close() would otherwise end us with its client waiting.
-    if (this.#aborted && this.#state !== 'running') return this.#hits.complete(token, null, 'closed');
+    // Answered now, stale or SERVFAIL, as the abort answered the others: close() would otherwise end us with its client waiting (closing: no report is read).
+    if ((this.#aborted && this.#state !== 'running') || this.#state === 'closing') return this.#hits.complete(token, null, 'closed');
     // A read that gave up on a store mid-change is no miss: it always goes to the main thread, which answers it from the store.
     if (this.#hits.inflight > this.#init.maxInflight && !this.#cache.lastGaveUp) {
       this.#io[IO.overloaded]!++;
