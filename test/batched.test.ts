@@ -1586,6 +1586,65 @@ function reportTaker(): { token: number; readonly waiters: Packed[]; take: (repo
   return seen;
 }
 
+/** A waiter record the loop reported, handed back as the main thread does (direct.ts): every word of it, as it came. */
+function handedBack(w: Packed, i = 0): Packed {
+  const p = new Packer(false, WAITER_STRIDE);
+  p.push(itemToken(w, i), itemTag(w, i), itemBytes(w, i), null);
+  p.extraWords(new Uint32Array(w.index.buffer, w.index.byteOffset, w.index.length), itemExtraOffset(w, i), WAITER_STRIDE - 4);
+  return p.take();
+}
+
+t.test('loop with remoteWaiters: a client handed back that hits is observed in the duration histogram from when it first arrived, not as 0 s', async (t) => {
+  const seen = reportTaker();
+  const HELD_MS = 25;
+  const { k, loop, c, store } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k.reports());
+      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+    () => {
+      seen.take(k.reports());
+      storeAnswer(store, SVC, answer(SVC, [rr(SVC, '192.0.2.7', 60)]));
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), here: true }]).take() });
+      // Client 2 has waited at least this long by the time it is answered (a lower bound, not a speed).
+      holdThread(HELD_MS);
+      k.post({ t: 'again', items: handedBack(seen.waiters[1]!) });
+    },
+  ], { remoteWaiters: true });
+  loop.run();
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to)]), [[2, 2222]], 'the client handed back gets its hit');
+  t.equal(c.hist.duration.count, 1, 'observed once, here');
+  t.ok(c.hist.duration.sum >= HELD_MS / 1000, `from its arrival: at least the ${HELD_MS} ms it was held (observed ${c.hist.duration.sum} s)`);
+});
+
+t.test('loop with remoteWaiters: a client handed back that joins a question in flight again is not counted coalesced a second time', async (t) => {
+  const seen = reportTaker();
+  const { k, loop, c } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k.reports());
+      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+    () => {
+      seen.take(k.reports());
+      // Answered on the main thread, not stored (say, uncacheable); client 3 then opens a new question for the name.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), here: true }]).take() });
+      k.queue(5, { data: query({ name: SVC, id: 3 }), from: from4(3333) });
+    },
+    () => {
+      seen.take(k.reports());
+      // Client 2's record came late: handed back, it joins client 3's question.
+      k.post({ t: 'again', items: handedBack(seen.waiters[1]!) });
+    },
+    () => seen.take(k.reports()),
+  ], { remoteWaiters: true });
+  loop.run();
+  t.equal(seen.waiters.reduce((n, p) => n + p.count, 0), 4, 'records: clients 1, 2 and 3, then client 2 again');
+  t.equal(c.server.get('coalesced'), 1, 'client 2 joined a question in flight once as far as the count goes');
+  t.equal(c.server.get('requestsUdp'), 3, 'three requests');
+});
+
 t.test('loop with remoteWaiters: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is not sent again, to any client reported', async (t) => {
   const seen = reportTaker();
   const { waiters, take } = seen;
