@@ -1594,15 +1594,22 @@ function handedBack(w: Packed, i = 0): Packed {
   return p.take();
 }
 
+/** Steps: client 1 (port 1111) misses SVC, then client 2 (port 2222) joins its question; `seen` takes the reports. */
+function twoClients(k: () => FakeKernel, seen: ReturnType<typeof reportTaker>): (() => void)[] {
+  return [
+    () => k().queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k().reports());
+      k().queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+  ];
+}
+
 t.test('loop with remoteWaiters: a client handed back that hits is observed in the duration histogram from when it first arrived, not as 0 s', async (t) => {
   const seen = reportTaker();
   const HELD_MS = 25;
   const { k, loop, c, store } = loopRig([
-    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
-    () => {
-      seen.take(k.reports());
-      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
-    },
+    ...twoClients(() => k, seen),
     () => {
       seen.take(k.reports());
       storeAnswer(store, SVC, answer(SVC, [rr(SVC, '192.0.2.7', 60)]));
@@ -1621,11 +1628,7 @@ t.test('loop with remoteWaiters: a client handed back that hits is observed in t
 t.test('loop with remoteWaiters: a client handed back that joins a question in flight again is not counted coalesced a second time', async (t) => {
   const seen = reportTaker();
   const { k, loop, c } = loopRig([
-    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
-    () => {
-      seen.take(k.reports());
-      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
-    },
+    ...twoClients(() => k, seen),
     () => {
       seen.take(k.reports());
       // Answered on the main thread, not stored (say, uncacheable); client 3 then opens a new question for the name.
@@ -1806,22 +1809,14 @@ t.test('loop with remoteWaiters: a timeout the main thread answered (stale) open
 t.test('loop with remoteWaiters: a client sampled for the query log whose record reached the main thread late is answered once (handed back), not also by the completion', async (t) => {
   const seen = reportTaker();
   const { k, loop, store } = loopRig([
-    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
-    () => {
-      seen.take(k.reports());
-      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
-    },
+    ...twoClients(() => k, seen),
     () => {
       seen.take(k.reports());
       const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
       storeAnswer(store, SVC, ans);
       // Answered on the main thread; client 2's record came after, so the main thread hands it back.
       k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: ans, here: true }]).take() });
-      const w = seen.waiters[1]!;
-      const p = new Packer(false, WAITER_STRIDE);
-      p.push(seen.token, itemTag(w, 0), itemBytes(w, 0), null);
-      p.extraWords(new Uint32Array(w.index.buffer, w.index.byteOffset, w.index.length), itemExtraOffset(w, 0), WAITER_SOCKADDR_WORDS);
-      k.post({ t: 'again', items: p.take() });
+      k.post({ t: 'again', items: handedBack(seen.waiters[1]!) });
     },
   ], { remoteWaiters: true, queryLogEvery: 1 });
   loop.run();

@@ -41,7 +41,7 @@ import type { HitPathHistograms } from '../hit-path.js';
 import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
-import { Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtraOffset, itemTag, itemToken, type Packed } from './protocol.js';
+import { Packer, WAITER_ARRIVED_WORD, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
 
@@ -59,7 +59,7 @@ interface DirectWaiter {
   readonly wordOff: number;
   /** The client's datagram (a view of the record's bytes). */
   readonly msg: Buffer;
-  /** When its record reached this thread (clock ms): its duration runs from here, missing the worker's one turn before. */
+  /** When its query reached the worker (the record's stamp), in this thread's clock ms; without a stamp, when its record came. */
   readonly at: number;
 }
 
@@ -146,9 +146,12 @@ export class DirectAnswers {
   add(p: Packed): boolean {
     let late = false;
     const words = new Uint32Array(p.index.buffer, p.index.byteOffset, p.index.length);
-    const at = this.#deps.now();
+    const now = this.#deps.now();
+    const wall = performance.timeOrigin + performance.now();
     for (let i = 0; i < p.count; i++) {
       const tag = itemTag(p, i);
+      const arrived = itemExtra(p, i, WAITER_ARRIVED_WORD);
+      const at = arrived === 0 ? now : now - msSince16(arrived, wall);
       const w: DirectWaiter = { sock: tag & 0xff, nameLen: tag >>> 8, words, wordOff: itemExtraOffset(p, i), msg: itemBytes(p, i)!, at };
       const token = itemToken(p, i);
       const m = this.#pending.get(token);
@@ -270,7 +273,8 @@ export class DirectAnswers {
   #handBack(token: number, w: DirectWaiter): boolean {
     const p = this.#again;
     p.push(token, w.sock | (w.nameLen << 8), w.msg, null);
-    p.extraWords(w.words, w.wordOff, WAITER_SOCKADDR_WORDS);
+    // Every word, its first arrival too: the worker times the client from then, whatever it runs into again.
+    p.extraWords(w.words, w.wordOff, WAITER_STRIDE - 4);
     return true;
   }
 

@@ -320,9 +320,9 @@ export class WorkerLoop implements MissSink {
    * hears of it and answers it (direct.ts). False: it is kept here (the query
    * log, or no direct answers), its sockaddr detached: not the slot's now.
    */
-  readonly #settle = (peer: Peer, s: number, msg: Buffer): boolean => {
+  readonly #settle = (peer: Peer, s: number, msg: Buffer, arrivedAt = this.#clock.stamp): boolean => {
     if (peer.answered) return true;
-    this.#outbox.waiter(peer, s, msg, this.#hits.waitsOn);
+    this.#outbox.waiter(peer, s, msg, this.#hits.waitsOn, arrivedAt);
     if (!this.#hits.waitsLocally) return true;
     peer.detach(this.#detached);
     return false;
