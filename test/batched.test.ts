@@ -183,7 +183,7 @@ interface HeldRig {
 }
 
 /** A rig whose upstream holds every held-* name until `release`, and a client for it. */
-async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys } = {}): Promise<HeldRig> {
+async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys; workers?: number; idlePollMs?: number } = {}): Promise<HeldRig> {
   let release = (): void => {};
   const hold = new Promise<void>((resolve) => (release = resolve));
   const r = await rig(t, { ...o, hold });
@@ -610,6 +610,21 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   t.same(dataOf(c.answers.get(4)), ['10.0.0.3']);
   t.equal(spy.stale.length, 0, 'the successor\'s sockets are new and open');
   t.ok(spy.sends.length > sentBefore, 'its miss was answered directly');
+});
+
+t.test('direct answers: a worker that dies with a client held on the main thread: the client still gets its answer when the miss completes, sent on a live sibling\'s socket for the same address', async (t) => {
+  const { r, port, c, release } = await heldRig(t, { workers: 2, idlePollMs: 50 });
+  void c.send(port, 'held-7.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  const holder = r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
+  t.not(holder, -1, 'one worker holds the miss');
+  await r.listener.workerThread(holder)!.terminate();
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  t.equal(r.resolver.inflight, 1, 'dead before the upstream answered');
+  release();
+  await until('the held client\'s answer', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer, with the client\'s id');
+  t.equal(r.listener.totals().io.get('sendErrors'), 0);
 });
 
 t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
