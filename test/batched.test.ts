@@ -908,7 +908,7 @@ t.test('the platform checks: a loader that is not koffi, and the worker count ru
 // Socket-free parts: what crosses threads, the vector layout, the exchange.
 
 class Ret implements MissReturn {
-  alive = true;
+  listening = true;
   got: [number, Buffer | null, MissOutcome][] = [];
   refusals = 0;
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
@@ -946,7 +946,7 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   t.same(b.got, [[3, ans, 'upstream']]);
   ex.complete(sent[0]!.token, ans, 'upstream');
   t.equal(a.got.length, 1, 'a second outcome for a token is ignored');
-  b.alive = false;
+  b.listening = false;
   ex.complete(sent[1]!.token, null, 'timeout');
   t.equal(b.got.length, 1, 'a dead worker gets nothing');
   ex.forward(a, 9, 'k1', Buffer.from('q'));

@@ -93,6 +93,8 @@ export class DirectAnswers {
   readonly #sys: UdpBatchSys;
   /** The worker's sockets: emptied when they are closed, so nothing is ever sent on a closed (or reused) fd. */
   readonly #fds: readonly number[];
+  /** Once the worker died with clients held here (orphan()): a live sibling's sockets, asked at each send (null: none). */
+  #via: (() => readonly number[] | null) | null = null;
   readonly #deps: DirectDeps;
   readonly #v: Float64Array;
   /** coredns_dns_responses_total and the truncated count of what is sent from here (the worker takes its own count back). */
@@ -208,6 +210,37 @@ export class DirectAnswers {
   /** Sends what this turn queued: one sendmmsg per socket (more only past a vector's worth). */
   flush(): void {
     for (let s = 0; s < this.#send.length; s++) if (this.#send[s]!.filled > 0) this.#flushSocket(s);
+    if (this.orphaned && this.#waiting() === 0) this.close();
+  }
+
+  /** Clients held here, on questions still in flight. */
+  #waiting(): number {
+    let n = 0;
+    for (const m of this.#pending.values()) n += m.waiters.length;
+    return n;
+  }
+
+  /** Where answers go out: the worker's sockets, or once it died a sibling's (empty: none, or closed since). */
+  #sockets(): readonly number[] {
+    return this.#via === null ? this.#fds : this.#via() ?? [];
+  }
+
+  /** Its worker died and clients still wait here (orphan()): they are answered as their misses complete. */
+  get orphaned(): boolean {
+    return this.#via !== null && !this.#closed;
+  }
+
+  /**
+   * The worker died, its sockets closed: the clients held here are still
+   * answered as their misses complete, on `via`'s sockets (a live sibling's,
+   * bound to the same addresses and ports: the client sees the same source);
+   * with no sibling at the time, the answer is lost and counted as a send
+   * error. Closed once the last is answered; at once when none waits.
+   */
+  orphan(via: () => readonly number[] | null): void {
+    this.#via = via;
+    this.#aborted = true;
+    if (this.#waiting() === 0) this.close();
   }
 
   /** The worker's sockets are closed (it exited): nothing is sent from here on, and the native memory goes. */
@@ -290,8 +323,8 @@ export class DirectAnswers {
     if (vec === undefined) return;
     if (reply.length > vec.slotBytes) {
       // A reload raised --max-udp-size past the slots: this answer goes alone.
-      const fd = this.#fds[w.sock];
-      if (fd === undefined) return;
+      const fd = this.#sockets()[w.sock];
+      if (fd === undefined) return void this.#v[IO.sendErrors]!++;
       const u32 = this.#arena.u32;
       const dst = this.#scratchOff >> 2;
       for (let k = 0; k < w.nameLen >> 2; k++) u32[dst + k] = w.words[w.wordOff + k]!;
@@ -304,7 +337,7 @@ export class DirectAnswers {
 
   #flushSocket(s: number): void {
     const vec = this.#send[s]!;
-    const fd = this.#fds[s];
+    const fd = this.#sockets()[s];
     const filled = vec.filled;
     vec.clear();
     if (fd === undefined || this.#closed) {

@@ -274,7 +274,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    */
   mainSink(hits: MissCompleter): MissSink {
     // This thread's own misses are refused by the resolver directly: nothing to shed ahead of it.
-    return this.#exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome), refusedForLoad: () => {} });
+    return this.#exchange.sinkFor({ listening: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome), refusedForLoad: () => {} });
   }
 
   /** MissCompleter, for the Resolver. */
@@ -316,6 +316,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served), logger: this.#logger,
     };
     const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, this.sharedCache.layout, direct);
+    // Should it die: the clients held here for it are answered on another worker's sockets (the same addresses, in order).
+    link.siblings = () => this.#links.find((l) => l !== null && l !== link && l.alive && l.ready)?.fds ?? null;
     this.#links[i] = link;
     return whenStarted(link, this.#logger, (r) => this.#onReport(link, r), (code) => this.#exited(link, code));
   }
