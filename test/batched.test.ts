@@ -627,6 +627,21 @@ t.test('direct answers: a worker that dies with a client held on the main thread
   t.equal(r.listener.totals().io.get('sendErrors'), 0);
 });
 
+t.test('shutdown past its grace with a client held for a worker that died: abortAll() answers it too (SERVFAIL), on a live sibling\'s socket', async (t) => {
+  const { r, port, c, release } = await heldRig(t, { workers: 2, idlePollMs: 50 });
+  t.teardown(release);
+  void c.send(port, 'held-8.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  const holder = r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
+  await r.listener.workerThread(holder)!.terminate();
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  r.listener.pause();
+  await r.listener.drain();
+  t.equal(await r.listener.abortAll(), 1, 'counted among the clients the abort answered');
+  await until('the held client\'s answer', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'SERVFAIL');
+});
+
 t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
   const r = await rig(t, { latencyMs: 300 });
   const port = r.ports[0]!;
