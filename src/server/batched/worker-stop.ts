@@ -6,6 +6,7 @@
  * abortAll() and close() with no deadline of its own).
  */
 import type { Logger } from '../../log.js';
+import type { DirectAnswers } from './direct.js';
 import type { WorkerLink } from './worker-link.js';
 
 export const WORKER_STOP_WAIT_MS = 1000;
@@ -51,6 +52,28 @@ export function abandonWorker(l: WorkerLink): number {
   l.post({ t: 'abort' });
   l.post({ t: 'close' });
   return n;
+}
+
+/**
+ * The clients held on the main thread for workers that died, still waiting
+ * on their misses (direct.ts orphan()): no worker is told to abort them, so
+ * the listener's abortAll() and abandon() answer them here.
+ */
+export class Orphans {
+  readonly #held = new Set<DirectAnswers>();
+
+  /** Worker `l` exited: kept while clients held for it wait (the ones answered since are let go at the next abort). */
+  keep(l: WorkerLink): void {
+    if (l.direct?.orphaned === true) this.#held.add(l.direct);
+  }
+
+  /** Every one answered now, stale or SERVFAIL, on a live sibling's sockets; returns how many. */
+  abort(): number {
+    let n = 0;
+    for (const d of this.#held) if (d.orphaned) n += d.abort();
+    this.#held.clear();
+    return n;
+  }
 }
 
 /** A worker that did not answer `what` in time: ended, its exit no death to restart. */
