@@ -627,6 +627,25 @@ t.test('direct answers: a worker that dies with a client held on the main thread
   t.equal(r.listener.totals().io.get('sendErrors'), 0);
 });
 
+t.test('shutdown: drain() waits for the clients held for a worker that died too, so they get the upstream\'s answer, not the abort\'s SERVFAIL', async (t) => {
+  const { r, port, c, release } = await heldRig(t, { workers: 2, idlePollMs: 50 });
+  void c.send(port, 'held-9.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  const holder = r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
+  await r.listener.workerThread(holder)!.terminate();
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  r.listener.pause();
+  let drained = false;
+  const drain = r.listener.drain().then(() => (drained = true));
+  // The live worker has nothing in flight: without the held client drain() resolves at its next turn.
+  await new Promise((res) => setTimeout(res, 500));
+  t.notOk(drained, 'still draining while the held client waits');
+  release();
+  await drain;
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer reached it before drain() resolved');
+  t.equal(await r.listener.abortAll(), 0, 'nothing left for the abort');
+});
+
 t.test('shutdown past its grace with a client held for a worker that died: abortAll() answers it too (SERVFAIL), on a live sibling\'s socket', async (t) => {
   const { r, port, c, release } = await heldRig(t, { workers: 2, idlePollMs: 50 });
   t.teardown(release);
