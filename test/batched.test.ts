@@ -612,14 +612,20 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   t.ok(spy.sends.length > sentBefore, 'its miss was answered directly');
 });
 
-t.test('direct answers: a worker that dies with a client held on the main thread: the client still gets its answer when the miss completes, sent on a live sibling\'s socket for the same address', async (t) => {
-  const { r, port, c, release } = await heldRig(t, { workers: 2, idlePollMs: 50 });
-  void c.send(port, 'held-7.example.com', 1);
-  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
-  const holder = r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
+/** Two workers; a client (id 1) waits on `name`, held by the upstream; the worker whose miss it is then dies. */
+async function heldByDeadWorker(t: Test, name: string): Promise<HeldRig> {
+  const h = await heldRig(t, { workers: 2, idlePollMs: 50 });
+  void h.c.send(h.port, name, 1);
+  await until('the question to reach the upstream', () => h.r.upstream.stats.udpQueries === 1);
+  const holder = h.r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
   t.not(holder, -1, 'one worker holds the miss');
-  await r.listener.workerThread(holder)!.terminate();
-  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  await h.r.listener.workerThread(holder)!.terminate();
+  await until('the death to be noticed', () => h.r.logs.some((l) => l.includes('udp worker died')));
+  return h;
+}
+
+t.test('direct answers: a worker that dies with a client held on the main thread: the client still gets its answer when the miss completes, sent on a live sibling\'s socket for the same address', async (t) => {
+  const { r, c, release } = await heldByDeadWorker(t, 'held-7.example.com');
   t.equal(r.resolver.inflight, 1, 'dead before the upstream answered');
   release();
   await until('the held client\'s answer', () => c.answers.has(1));
@@ -628,12 +634,7 @@ t.test('direct answers: a worker that dies with a client held on the main thread
 });
 
 t.test('shutdown: drain() waits for the clients held for a worker that died too, so they get the upstream\'s answer, not the abort\'s SERVFAIL', async (t) => {
-  const { r, port, c, release } = await heldRig(t, { workers: 2, idlePollMs: 50 });
-  void c.send(port, 'held-9.example.com', 1);
-  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
-  const holder = r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
-  await r.listener.workerThread(holder)!.terminate();
-  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  const { r, c, release } = await heldByDeadWorker(t, 'held-9.example.com');
   r.listener.pause();
   let drained = false;
   const drain = r.listener.drain().then(() => (drained = true));
@@ -642,20 +643,16 @@ t.test('shutdown: drain() waits for the clients held for a worker that died too,
   t.notOk(drained, 'still draining while the held client waits');
   release();
   await drain;
-  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer reached it before drain() resolved');
+  await until('the answer to arrive', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer, sent before drain() resolved');
   t.equal(await r.listener.abortAll(), 0, 'nothing left for the abort');
 });
 
 t.test('shutdown past its grace with a client held for a worker that died: abortAll() answers it too (SERVFAIL), on a live sibling\'s socket', async (t) => {
-  const { r, port, c, release } = await heldRig(t, { workers: 2, idlePollMs: 50 });
+  const { r, c, release } = await heldByDeadWorker(t, 'held-8.example.com');
   t.teardown(release);
-  void c.send(port, 'held-8.example.com', 1);
-  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
-  const holder = r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
-  await r.listener.workerThread(holder)!.terminate();
-  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
   r.listener.pause();
-  await r.listener.drain();
+  // The grace period over before the upstream answers (drain() would wait for it: the test above).
   t.equal(await r.listener.abortAll(), 1, 'counted among the clients the abort answered');
   await until('the held client\'s answer', () => c.answers.has(1));
   t.equal(rcodeName(c.answers.get(1)), 'SERVFAIL');

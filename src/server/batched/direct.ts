@@ -95,6 +95,8 @@ export class DirectAnswers {
   readonly #fds: readonly number[];
   /** Once the worker died with clients held here (orphan()): a live sibling's sockets, asked at each send (null: none). */
   #via: (() => readonly number[] | null) | null = null;
+  /** Told once, when it closes (an orphan: its last client answered). */
+  onClosed: (() => void) | null = null;
   readonly #deps: DirectDeps;
   readonly #v: Float64Array;
   /** coredns_dns_responses_total and the truncated count of what is sent from here (the worker takes its own count back). */
@@ -249,6 +251,7 @@ export class DirectAnswers {
     this.#closed = true;
     this.#pending.clear();
     this.#block.free();
+    this.onClosed?.();
   }
 
   /**

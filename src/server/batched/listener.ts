@@ -89,7 +89,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   /** What a scrape publishes: the workers' counters and ours added up, the dead workers' kept in. */
   readonly #totals: WorkerTotals;
   /** Clients held here for workers that died, still waiting on their misses: answered by abortAll() and abandon() too. */
-  readonly #orphans = new Orphans();
+  readonly #orphans = new Orphans(() => this.#checkDrained());
 
   constructor(opts: BatchedUdpOptions) {
     if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
@@ -202,7 +202,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     return Promise.resolve();
   }
 
-  /** After pause(): resolves once every worker has answered all its waiting queries. */
+  /** After pause(): resolves once every worker has answered all its waiting queries (and those held here for dead ones). */
   drain(): Promise<void> {
     if (this.#allDrained()) return Promise.resolve();
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
@@ -372,7 +372,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   #allDrained(): boolean {
-    return this.#links.every((l) => l === null || !l.alive || l.drained);
+    return this.#links.every((l) => l === null || !l.alive || l.drained) && this.#orphans.idle;
   }
 
   #checkDrained(): void {

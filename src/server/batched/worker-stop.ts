@@ -56,22 +56,40 @@ export function abandonWorker(l: WorkerLink): number {
 
 /**
  * The clients held on the main thread for workers that died, still waiting
- * on their misses (direct.ts orphan()): no worker is told to abort them, so
- * the listener's abortAll() and abandon() answer them here.
+ * on their misses (direct.ts orphan()): a drain waits for them as for a
+ * worker's, and no worker is told to abort them, so the listener's
+ * abortAll() and abandon() answer them here.
  */
 export class Orphans {
   readonly #held = new Set<DirectAnswers>();
+  /** The last of them was answered (the listener looks whether it is drained). */
+  readonly #idle: () => void;
 
-  /** Worker `l` exited: kept while clients held for it wait (the ones answered since are let go at the next abort). */
+  constructor(idle: () => void) {
+    this.#idle = idle;
+  }
+
+  /** None waits. */
+  get idle(): boolean {
+    return this.#held.size === 0;
+  }
+
+  /** Worker `l` exited: kept while clients held for it wait. */
   keep(l: WorkerLink): void {
-    if (l.direct?.orphaned === true) this.#held.add(l.direct);
+    const d = l.direct;
+    if (d === null || !d.orphaned) return;
+    this.#held.add(d);
+    d.onClosed = () => {
+      this.#held.delete(d);
+      if (this.#held.size === 0) this.#idle();
+    };
   }
 
   /** Every one answered now, stale or SERVFAIL, on a live sibling's sockets; returns how many. */
   abort(): number {
     let n = 0;
-    for (const d of this.#held) if (d.orphaned) n += d.abort();
-    this.#held.clear();
+    // Each closes once answered (flush()), and leaves the set.
+    for (const d of [...this.#held]) n += d.abort();
     return n;
   }
 }
