@@ -183,7 +183,7 @@ interface HeldRig {
 }
 
 /** A rig whose upstream holds every held-* name until `release`, and a client for it. */
-async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys } = {}): Promise<HeldRig> {
+async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys; workers?: number; idlePollMs?: number } = {}): Promise<HeldRig> {
   let release = (): void => {};
   const hold = new Promise<void>((resolve) => (release = resolve));
   const r = await rig(t, { ...o, hold });
@@ -612,6 +612,52 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   t.ok(spy.sends.length > sentBefore, 'its miss was answered directly');
 });
 
+/** Two workers; a client (id 1) waits on `name`, held by the upstream; the worker whose miss it is then dies. */
+async function heldByDeadWorker(t: Test, name: string): Promise<HeldRig> {
+  const h = await heldRig(t, { workers: 2, idlePollMs: 50 });
+  void h.c.send(h.port, name, 1);
+  await until('the question to reach the upstream', () => h.r.upstream.stats.udpQueries === 1);
+  const holder = h.r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
+  t.not(holder, -1, 'one worker holds the miss');
+  await h.r.listener.workerThread(holder)!.terminate();
+  await until('the death to be noticed', () => h.r.logs.some((l) => l.includes('udp worker died')));
+  return h;
+}
+
+t.test('direct answers: a worker that dies with a client held on the main thread: the client still gets its answer when the miss completes, sent on a live sibling\'s socket for the same address', async (t) => {
+  const { r, c, release } = await heldByDeadWorker(t, 'held-7.example.com');
+  t.equal(r.resolver.inflight, 1, 'dead before the upstream answered');
+  release();
+  await until('the held client\'s answer', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer, with the client\'s id');
+  t.equal(r.listener.totals().io.get('sendErrors'), 0);
+});
+
+t.test('shutdown: drain() waits for the clients held for a worker that died too, so they get the upstream\'s answer, not the abort\'s SERVFAIL', async (t) => {
+  const { r, c, release } = await heldByDeadWorker(t, 'held-9.example.com');
+  r.listener.pause();
+  let drained = false;
+  const drain = r.listener.drain().then(() => (drained = true));
+  // The live worker has nothing in flight: without the held client drain() resolves at its next turn.
+  await new Promise((res) => setTimeout(res, 500));
+  t.notOk(drained, 'still draining while the held client waits');
+  release();
+  await drain;
+  await until('the answer to arrive', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer, sent before drain() resolved');
+  t.equal(await r.listener.abortAll(), 0, 'nothing left for the abort');
+});
+
+t.test('shutdown past its grace with a client held for a worker that died: abortAll() answers it too (SERVFAIL), on a live sibling\'s socket', async (t) => {
+  const { r, c, release } = await heldByDeadWorker(t, 'held-8.example.com');
+  t.teardown(release);
+  r.listener.pause();
+  // The grace period over before the upstream answers (drain() would wait for it: the test above).
+  t.equal(await r.listener.abortAll(), 1, 'counted among the clients the abort answered');
+  await until('the held client\'s answer', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'SERVFAIL');
+});
+
 t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
   const r = await rig(t, { latencyMs: 300 });
   const port = r.ports[0]!;
@@ -893,7 +939,7 @@ t.test('the platform checks: a loader that is not koffi, and the worker count ru
 // Socket-free parts: what crosses threads, the vector layout, the exchange.
 
 class Ret implements MissReturn {
-  alive = true;
+  listening = true;
   got: [number, Buffer | null, MissOutcome][] = [];
   refusals = 0;
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
@@ -931,7 +977,7 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   t.same(b.got, [[3, ans, 'upstream']]);
   ex.complete(sent[0]!.token, ans, 'upstream');
   t.equal(a.got.length, 1, 'a second outcome for a token is ignored');
-  b.alive = false;
+  b.listening = false;
   ex.complete(sent[1]!.token, null, 'timeout');
   t.equal(b.got.length, 1, 'a dead worker gets nothing');
   ex.forward(a, 9, 'k1', Buffer.from('q'));
@@ -1519,6 +1565,47 @@ t.test('loop: a hit is not held behind a big batch of completions (at most COMPL
   t.ok(hit >= 0 && hit <= COMPLETIONS_PER_TURN, `the hit went out with the first ${COMPLETIONS_PER_TURN} completions (at ${hit}), not after all ${N}`);
 });
 
+t.test('loop: every client handed back in the turn \'close\' comes is answered, past COMPLETIONS_PER_TURN of them (none left in the queue at exit)', async (t) => {
+  const N = COMPLETIONS_PER_TURN + 44;
+  const { k, loop, store } = loopRig([
+    () => {
+      storeAnswer(store, SVC, answer(SVC, [rr(SVC, '192.0.2.7', 60)]));
+      // Records the main thread handed back (their question was answered there), arriving with the close.
+      const p = new Packer(false, WAITER_STRIDE);
+      for (let i = 0; i < N; i++) {
+        p.push(1, waiterTag(0, 16), query({ name: SVC, id: i }), null);
+        const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+        new Uint8Array(words.buffer).set(from4(1000 + i));
+        p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+      }
+      k.post({ t: 'again', items: p.take() });
+      k.post({ t: 'close' });
+    },
+  ], { remoteWaiters: true });
+  loop.run();
+  t.equal(k.sent.length, N, `all ${N} handed-back clients get their hit`);
+  t.same(new Set(k.sent.map((s) => portOf(s.to))).size, N, 'each at its own address');
+});
+
+t.test('loop: a client handed back in the turn \'close\' comes that misses again is answered (SERVFAIL) by the worker, not reported to a main thread that no longer reads', async (t) => {
+  const seen = reportTaker();
+  const { k, loop } = loopRig([
+    () => {
+      const p = new Packer(false, WAITER_STRIDE);
+      p.push(1, waiterTag(0, 16), query({ name: 'again.example.com', id: 7 }), null);
+      const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+      new Uint8Array(words.buffer).set(from4(7777));
+      p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+      k.post({ t: 'again', items: p.take() });
+      k.post({ t: 'close' });
+    },
+  ], { remoteWaiters: true });
+  loop.run();
+  seen.take(k.reports());
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]), [[7, 7777, 2]], 'SERVFAIL from the worker');
+  t.equal(seen.waiters.length, 0, 'no record for it');
+});
+
 t.test('--io and --workers: flags and config-file keys, validated (a bad value is a ConfigError: exit 2)', async (t) => {
   const { loadConfig, ConfigError, DEFAULTS } = await import('../src/config.js');
   t.equal(DEFAULTS.io, 'batched', 'batched by default');
@@ -1566,6 +1653,69 @@ function reportTaker(): { token: number; readonly waiters: Packed[]; take: (repo
   };
   return seen;
 }
+
+/** A waiter record the loop reported, handed back as the main thread does (direct.ts): every word of it, as it came. */
+function handedBack(w: Packed, i = 0): Packed {
+  const p = new Packer(false, WAITER_STRIDE);
+  p.push(itemToken(w, i), itemTag(w, i), itemBytes(w, i), null);
+  p.extraWords(new Uint32Array(w.index.buffer, w.index.byteOffset, w.index.length), itemExtraOffset(w, i), WAITER_STRIDE - 4);
+  return p.take();
+}
+
+/** Steps: client 1 (port 1111) misses SVC, then client 2 (port 2222) joins its question; `seen` takes the reports. */
+function twoClients(k: () => FakeKernel, seen: ReturnType<typeof reportTaker>): (() => void)[] {
+  return [
+    () => k().queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      seen.take(k().reports());
+      k().queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+  ];
+}
+
+t.test('loop with remoteWaiters: a client handed back that hits is observed in the duration histogram from when it first arrived, not as 0 s', async (t) => {
+  const seen = reportTaker();
+  const HELD_MS = 25;
+  const { k, loop, c, store } = loopRig([
+    ...twoClients(() => k, seen),
+    () => {
+      seen.take(k.reports());
+      storeAnswer(store, SVC, answer(SVC, [rr(SVC, '192.0.2.7', 60)]));
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), here: true }]).take() });
+      // Client 2 has waited at least this long by the time it is answered (a lower bound, not a speed).
+      holdThread(HELD_MS);
+      k.post({ t: 'again', items: handedBack(seen.waiters[1]!) });
+    },
+  ], { remoteWaiters: true });
+  loop.run();
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to)]), [[2, 2222]], 'the client handed back gets its hit');
+  t.equal(c.hist.duration.count, 1, 'observed once, here');
+  // Less one ms: holdThread() reads Date.now(), whole milliseconds.
+  t.ok(c.hist.duration.sum >= (HELD_MS - 1) / 1000, `from its arrival: about the ${HELD_MS} ms it was held at least (observed ${c.hist.duration.sum} s)`);
+});
+
+t.test('loop with remoteWaiters: a client handed back that joins a question in flight again is not counted coalesced a second time', async (t) => {
+  const seen = reportTaker();
+  const { k, loop, c } = loopRig([
+    ...twoClients(() => k, seen),
+    () => {
+      seen.take(k.reports());
+      // Answered on the main thread, not stored (say, uncacheable); client 3 then opens a new question for the name.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), here: true }]).take() });
+      k.queue(5, { data: query({ name: SVC, id: 3 }), from: from4(3333) });
+    },
+    () => {
+      seen.take(k.reports());
+      // Client 2's record came late: handed back, it joins client 3's question.
+      k.post({ t: 'again', items: handedBack(seen.waiters[1]!) });
+    },
+    () => seen.take(k.reports()),
+  ], { remoteWaiters: true });
+  loop.run();
+  t.equal(seen.waiters.reduce((n, p) => n + p.count, 0), 4, 'records: clients 1, 2 and 3, then client 2 again');
+  t.equal(c.server.get('coalesced'), 1, 'client 2 joined a question in flight once as far as the count goes');
+  t.equal(c.server.get('requestsUdp'), 3, 'three requests');
+});
 
 t.test('loop with remoteWaiters: waiters are reported for the main thread (token, socket, sockaddr, datagram); a completion it answered is not sent again, to any client reported', async (t) => {
   const seen = reportTaker();
@@ -1728,22 +1878,14 @@ t.test('loop with remoteWaiters: a timeout the main thread answered (stale) open
 t.test('loop with remoteWaiters: a client sampled for the query log whose record reached the main thread late is answered once (handed back), not also by the completion', async (t) => {
   const seen = reportTaker();
   const { k, loop, store } = loopRig([
-    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
-    () => {
-      seen.take(k.reports());
-      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
-    },
+    ...twoClients(() => k, seen),
     () => {
       seen.take(k.reports());
       const ans = answer(SVC, [rr(SVC, '192.0.2.7', 60)]);
       storeAnswer(store, SVC, ans);
       // Answered on the main thread; client 2's record came after, so the main thread hands it back.
       k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: ans, here: true }]).take() });
-      const w = seen.waiters[1]!;
-      const p = new Packer(false, WAITER_STRIDE);
-      p.push(seen.token, itemTag(w, 0), itemBytes(w, 0), null);
-      p.extraWords(new Uint32Array(w.index.buffer, w.index.byteOffset, w.index.length), itemExtraOffset(w, 0), WAITER_SOCKADDR_WORDS);
-      k.post({ t: 'again', items: p.take() });
+      k.post({ t: 'again', items: handedBack(seen.waiters[1]!) });
     },
   ], { remoteWaiters: true, queryLogEvery: 1 });
   loop.run();

@@ -1248,10 +1248,10 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
   const resolver = make(exchange);
   exchange.connect(resolver);
   // The main thread's hit path (TCP) asks through the same exchange, answered synchronously; the exchange scrubs and stores (as agent.ts wires it).
-  main.connect(exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome), refusedForLoad: () => {} }), true);
+  main.connect(exchange.sinkFor({ listening: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome), refusedForLoad: () => {} }), true);
   const paths = Array.from({ length: workers }, () => hitPath(new CacheReader(store.layout, CACHE_OPTS, new Counters(CACHE_COUNTERS)), workers));
   for (const w of paths) {
-    const link: MissReturn = { alive: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)), refusedForLoad: () => {} };
+    const link: MissReturn = { listening: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)), refusedForLoad: () => {} };
     w.connect({
       forward: (token, key, query, refresh) => {
         // As listener.ts: a worker's refresh is claimed on the main thread; claimed elsewhere, it still goes to the exchange.

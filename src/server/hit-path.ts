@@ -130,8 +130,8 @@ export class HitPath implements QueryHandler {
     this.#validates = !sinkValidates;
   }
 
-  /** `again`: a query handled before (a batched client handed back: direct.ts), not counted as a request twice. */
-  handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer, again = false): void {
+  /** `again` >= 0: a query handled before (a batched client handed back: direct.ts) that arrived then (clock ms): counted once, timed from then. */
+  handle(msg: Buffer, channel: ClientChannel, peer: ClientPeer, again = -1): void {
     if (this.#busy) {
       this.#handle(msg, new QueryScratch(), channel, peer, again);
       return;
@@ -144,9 +144,9 @@ export class HitPath implements QueryHandler {
     }
   }
 
-  #handle(msg: Buffer, q: QueryScratch, channel: ClientChannel, peer: ClientPeer, again: boolean): void {
+  #handle(msg: Buffer, q: QueryScratch, channel: ClientChannel, peer: ClientPeer, again: number): void {
     parseQueryInto(msg, q);
-    if (!again) {
+    if (again < 0) {
       if (this.#tagger !== null) this.#tagger.tag(peer.address);
       this.#out.countRequest(msg, q.qtype, channel, peer);
     }
@@ -179,7 +179,7 @@ export class HitPath implements QueryHandler {
     if (reply !== null) {
       // Read before the send: the next call into the cache sets it again.
       const refresh = this.#cache.refreshDue;
-      this.#out.send(reply, channel, peer);
+      this.#out.send(reply, channel, peer, again);
       if (logged) this.#out.logQuery(q, peer, reply, 0, 'cache');
       if (refresh) this.#refresh(q);
       return;
@@ -194,10 +194,10 @@ export class HitPath implements QueryHandler {
         this.#shed(q, channel, peer, now, logged);
         return;
       }
-      this.#v[S.coalesced]!++;
+      if (again < 0) this.#v[S.coalesced]!++;
       this.waitsOn = miss.token;
       this.waitsLocally = !this.#remoteWaiters || logged;
-      if (this.waitsLocally) miss.waiters.push(new Waiter(q, miss.key, channel, peer, now, logged));
+      if (this.waitsLocally) miss.waiters.push(new Waiter(q, miss.key, channel, peer, again < 0 ? now : again, logged));
       else miss.remote++;
       return;
     }
@@ -216,7 +216,7 @@ export class HitPath implements QueryHandler {
     }
     const key = q.key;
     const local = !this.#remoteWaiters || logged;
-    miss = this.#open(key, q.keyHash, local ? new Waiter(q, key, channel, peer, now, logged) : null);
+    miss = this.#open(key, q.keyHash, local ? new Waiter(q, key, channel, peer, again < 0 ? now : again, logged) : null);
     if (!local) miss.remote = 1;
     miss.opener = opener;
     this.#shares.take(miss.token, clientHash(peer));

@@ -41,7 +41,7 @@ import type { HitPathHistograms } from '../hit-path.js';
 import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
-import { Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtraOffset, itemTag, itemToken, type Packed } from './protocol.js';
+import { Packer, WAITER_ARRIVED_WORD, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
 
@@ -59,7 +59,7 @@ interface DirectWaiter {
   readonly wordOff: number;
   /** The client's datagram (a view of the record's bytes). */
   readonly msg: Buffer;
-  /** When its record reached this thread (clock ms): its duration runs from here, missing the worker's one turn before. */
+  /** When its query reached the worker (the record's stamp), in this thread's clock ms; without a stamp, when its record came. */
   readonly at: number;
 }
 
@@ -93,6 +93,10 @@ export class DirectAnswers {
   readonly #sys: UdpBatchSys;
   /** The worker's sockets: emptied when they are closed, so nothing is ever sent on a closed (or reused) fd. */
   readonly #fds: readonly number[];
+  /** Once the worker died with clients held here (orphan()): a live sibling's sockets, asked at each send (null: none). */
+  #via: (() => readonly number[] | null) | null = null;
+  /** Told once, when it closes (an orphan: its last client answered). */
+  onClosed: (() => void) | null = null;
   readonly #deps: DirectDeps;
   readonly #v: Float64Array;
   /** coredns_dns_responses_total and the truncated count of what is sent from here (the worker takes its own count back). */
@@ -146,9 +150,12 @@ export class DirectAnswers {
   add(p: Packed): boolean {
     let late = false;
     const words = new Uint32Array(p.index.buffer, p.index.byteOffset, p.index.length);
-    const at = this.#deps.now();
+    const now = this.#deps.now();
+    const wall = performance.timeOrigin + performance.now();
     for (let i = 0; i < p.count; i++) {
       const tag = itemTag(p, i);
+      const arrived = itemExtra(p, i, WAITER_ARRIVED_WORD);
+      const at = arrived === 0 ? now : now - msSince16(arrived, wall);
       const w: DirectWaiter = { sock: tag & 0xff, nameLen: tag >>> 8, words, wordOff: itemExtraOffset(p, i), msg: itemBytes(p, i)!, at };
       const token = itemToken(p, i);
       const m = this.#pending.get(token);
@@ -205,6 +212,37 @@ export class DirectAnswers {
   /** Sends what this turn queued: one sendmmsg per socket (more only past a vector's worth). */
   flush(): void {
     for (let s = 0; s < this.#send.length; s++) if (this.#send[s]!.filled > 0) this.#flushSocket(s);
+    if (this.orphaned && this.#waiting() === 0) this.close();
+  }
+
+  /** Clients held here, on questions still in flight. */
+  #waiting(): number {
+    let n = 0;
+    for (const m of this.#pending.values()) n += m.waiters.length;
+    return n;
+  }
+
+  /** Where answers go out: the worker's sockets, or once it died a sibling's (empty: none, or closed since). */
+  #sockets(): readonly number[] {
+    return this.#via === null ? this.#fds : this.#via() ?? [];
+  }
+
+  /** Its worker died and clients still wait here (orphan()): they are answered as their misses complete. */
+  get orphaned(): boolean {
+    return this.#via !== null && !this.#closed;
+  }
+
+  /**
+   * The worker died, its sockets closed: the clients held here are still
+   * answered as their misses complete, on `via`'s sockets (a live sibling's,
+   * bound to the same addresses and ports: the client sees the same source);
+   * with no sibling at the time, the answer is lost and counted as a send
+   * error. Closed once the last is answered; at once when none waits.
+   */
+  orphan(via: () => readonly number[] | null): void {
+    this.#via = via;
+    this.#aborted = true;
+    if (this.#waiting() === 0) this.close();
   }
 
   /** The worker's sockets are closed (it exited): nothing is sent from here on, and the native memory goes. */
@@ -213,6 +251,7 @@ export class DirectAnswers {
     this.#closed = true;
     this.#pending.clear();
     this.#block.free();
+    this.onClosed?.();
   }
 
   /**
@@ -270,7 +309,8 @@ export class DirectAnswers {
   #handBack(token: number, w: DirectWaiter): boolean {
     const p = this.#again;
     p.push(token, w.sock | (w.nameLen << 8), w.msg, null);
-    p.extraWords(w.words, w.wordOff, WAITER_SOCKADDR_WORDS);
+    // Every word, its first arrival too: the worker times the client from then, whatever it runs into again.
+    p.extraWords(w.words, w.wordOff, WAITER_STRIDE - 4);
     return true;
   }
 
@@ -286,8 +326,8 @@ export class DirectAnswers {
     if (vec === undefined) return;
     if (reply.length > vec.slotBytes) {
       // A reload raised --max-udp-size past the slots: this answer goes alone.
-      const fd = this.#fds[w.sock];
-      if (fd === undefined) return;
+      const fd = this.#sockets()[w.sock];
+      if (fd === undefined) return void this.#v[IO.sendErrors]!++;
       const u32 = this.#arena.u32;
       const dst = this.#scratchOff >> 2;
       for (let k = 0; k < w.nameLen >> 2; k++) u32[dst + k] = w.words[w.wordOff + k]!;
@@ -300,7 +340,7 @@ export class DirectAnswers {
 
   #flushSocket(s: number): void {
     const vec = this.#send[s]!;
-    const fd = this.#fds[s];
+    const fd = this.#sockets()[s];
     const filled = vec.filled;
     vec.clear();
     if (fd === undefined || this.#closed) {

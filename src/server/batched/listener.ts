@@ -47,7 +47,7 @@ import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
 import { WorkerRestarts } from './worker-restarts.js';
-import { WORKER_STOP_WAIT_MS, abandonWorker, abortWorker, stopWorkers, terminateStuck } from './worker-stop.js';
+import { Orphans, WORKER_STOP_WAIT_MS, abandonWorker, abortWorker, stopWorkers, terminateStuck } from './worker-stop.js';
 import { isWildcardHost } from '../../sys/reuseport.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
 import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
@@ -88,6 +88,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly #wildcard: readonly boolean[];
   /** What a scrape publishes: the workers' counters and ours added up, the dead workers' kept in. */
   readonly #totals: WorkerTotals;
+  /** Clients held here for workers that died, still waiting on their misses: answered by abortAll() and abandon() too. */
+  readonly #orphans = new Orphans(() => this.#checkDrained());
 
   constructor(opts: BatchedUdpOptions) {
     if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
@@ -200,7 +202,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     return Promise.resolve();
   }
 
-  /** After pause(): resolves once every worker has answered all its waiting queries. */
+  /** After pause(): resolves once every worker has answered all its waiting queries (and those held here for dead ones). */
   drain(): Promise<void> {
     if (this.#allDrained()) return Promise.resolve();
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
@@ -208,12 +210,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
 
   /**
    * Shutdown past its grace period: every worker answers its waiting
-   * clients stale or SERVFAIL now. Resolves with how many were answered;
+   * clients stale or SERVFAIL now (those held here for dead ones too). Resolves with how many were answered;
    * a worker silent after WORKER_STOP_WAIT_MS is terminated (clients retry).
    */
   abortAll(): Promise<number> {
+    const orphans = this.#orphans.abort();
     const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
-    if (live.length === 0) return Promise.resolve(0);
+    if (live.length === 0) return Promise.resolve(orphans);
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         const a = this.#abortWaiters;
@@ -222,14 +225,14 @@ export class BatchedUdpListener implements Listener, MissCompleter {
         a?.resolve(a.total);
       }, WORKER_STOP_WAIT_MS);
       timer.unref();
-      this.#abortWaiters = { total: 0, resolve: (n) => (clearTimeout(timer), resolve(n)) };
+      this.#abortWaiters = { total: orphans, resolve: (n) => (clearTimeout(timer), resolve(n)) };
       for (const l of live) abortWorker(l);
     });
   }
 
   /** A second stop signal, the process exits next (worker-stop.ts abandonWorker): returns the clients answered. */
   abandon(): number {
-    return this.#links.reduce((n, l) => n + (l !== null && l.alive ? abandonWorker(l) : 0), 0);
+    return this.#links.reduce((n, l) => n + (l !== null && l.alive ? abandonWorker(l) : 0), this.#orphans.abort());
   }
 
   /**
@@ -274,7 +277,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    */
   mainSink(hits: MissCompleter): MissSink {
     // This thread's own misses are refused by the resolver directly: nothing to shed ahead of it.
-    return this.#exchange.sinkFor({ alive: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome), refusedForLoad: () => {} });
+    return this.#exchange.sinkFor({ listening: true, deliver: (token, answer, outcome) => hits.complete(token, answer, outcome), refusedForLoad: () => {} });
   }
 
   /** MissCompleter, for the Resolver. */
@@ -316,6 +319,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served), logger: this.#logger,
     };
     const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, this.sharedCache.layout, direct);
+    link.siblings = () => this.#links.find((l) => l !== null && l !== link && l.alive && l.ready)?.fds ?? null;
     this.#links[i] = link;
     return whenStarted(link, this.#logger, (r) => this.#onReport(link, r), (code) => this.#exited(link, code));
   }
@@ -324,6 +328,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   #exited(link: WorkerLink, code: number): void {
     // Its counts stay published after a successor replaces it; its gauges (entries, bytes, in flight) went with it.
     if (!link.closing) this.#totals.died(link.counters);
+    this.#orphans.keep(link);
     // A dead worker applies nothing more; its successor starts with the latest settings.
     for (const done of link.configuring.splice(0)) done();
     if (!link.closing) this.#restarts.died(link.index, code);
@@ -367,7 +372,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   #allDrained(): boolean {
-    return this.#links.every((l) => l === null || !l.alive || l.drained);
+    return this.#links.every((l) => l === null || !l.alive || l.drained) && this.#orphans.idle;
   }
 
   #checkDrained(): void {

@@ -9,13 +9,14 @@
 import type { HitPath } from '../hit-path.js';
 import { Peer, type ReportLogger, type TurnClock } from './loop-parts.js';
 import type { SocketChannel } from './loop-send.js';
-import { OUTCOMES, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
+import { OUTCOMES, WAITER_ARRIVED_WORD, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import type { ClientPeer } from '../listener.js';
 
 /** What handing a client back needs from the loop: its sockets' channels, and what it does with a client left waiting. */
 export interface AgainParts {
   readonly channels: readonly SocketChannel[];
-  readonly settle: (peer: Peer, s: number, msg: Buffer) => boolean;
+  /** `arrivedAt`: when the client's query first came (epoch ms; default: this turn). */
+  readonly settle: (peer: Peer, s: number, msg: Buffer, arrivedAt?: number) => boolean;
   readonly logger: ReportLogger;
   /** HitPath remoteWaiters: every client reported is the main thread's, answered there or handed back (direct.ts). */
   readonly remoteWaiters: boolean;
@@ -151,12 +152,16 @@ export class Completions {
     const peer = new Peer(new Uint32Array(p.index.buffer, p.index.byteOffset, p.index.length), itemExtraOffset(p, i));
     peer.sock = s;
     peer.nameLen = tag >>> 8;
+    // When it first asked (a record without the word: as of this turn), so its duration is not observed as 0 s.
+    const now = this.#clock.stamp;
+    const arrived = itemExtra(p, i, WAITER_ARRIVED_WORD);
+    const arrivedAt = arrived === 0 ? now : now - msSince16(arrived, now);
     try {
-      this.#hits.handle(msg, channel, peer, true);
+      this.#hits.handle(msg, channel, peer, arrivedAt);
     } catch (err) {
       this.#again.logger.error('query handler threw', { error: String(err) });
       return;
     }
-    this.#again.settle(peer, s, msg);
+    this.#again.settle(peer, s, msg, arrivedAt);
   }
 }

@@ -12,7 +12,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import { MISS_TRACE, traceNow } from '../../miss-trace.js';
 import type { Peer, ReportLogger } from './loop-parts.js';
-import { MISS_REFRESH, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, transferOf, waiterTag, type Packed, type WorkerReport } from './protocol.js';
+import { MISS_REFRESH, Packer, WAITER_ARRIVED_WORD, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, stamp16Of, transferOf, waiterTag, type Packed, type WorkerReport } from './protocol.js';
 
 export class Outbox {
   readonly #port: MessagePort;
@@ -60,12 +60,14 @@ export class Outbox {
    * itself as soon as it has it (no wake-up of this thread on the way back).
    * `token`: the question it waits on (HitPath.waitsOn), which went to the
    * main thread in this report or an earlier one (every miss still in
-   * flight went through forward()).
+   * flight went through forward()). `arrivedAt`: when its query first came (epoch ms).
    */
-  waiter(peer: Peer, s: number, msg: Buffer, token: number): void {
+  waiter(peer: Peer, s: number, msg: Buffer, token: number, arrivedAt: number): void {
     if (!this.#reportWaiters) return;
     this.#waiters.push(token, waiterTag(s, peer.nameLen), msg, null);
     this.#waiters.extraWords(peer.words, peer.wordOff, WAITER_SOCKADDR_WORDS);
+    // 0 says "not known": a stamp that comes round to 0 (once in 74 hours) is said as 1/16 ms later.
+    this.#waiters.extra(WAITER_ARRIVED_WORD, stamp16Of(arrivedAt) || 1);
   }
 
   /** The turn's report, if it has anything to say. `drainable`: paused or closing, with nothing in flight (said when it changes: drained). */

@@ -195,6 +195,7 @@ export class WorkerLoop implements MissSink {
       if (trace !== null) trace.mark(1, this.#realtime.us());
       // Completions left over count as work: no sleeping while some wait.
       let got = this.#completions.waiting ? this.#completions.apply(this.#behind ? COMPLETIONS_WHEN_BEHIND : COMPLETIONS_PER_TURN) : 0;
+      if (this.#state === 'closing') while (this.#completions.waiting) got += this.#completions.apply(); // The last turn: nothing left queued.
       this.#behind = false;
       if (trace !== null) trace.mark(2, this.#realtime.us());
       if (MISS_TRACE) this.#outbox.traceCompletedAt = traceNow();
@@ -238,8 +239,8 @@ export class WorkerLoop implements MissSink {
 
   /** MissSink: queued for this turn's report; refused at once past the limit (the main thread is behind). */
   forward(token: number, key: string, query: Buffer, refresh = false): void {
-    // Answered now, stale or SERVFAIL, as the abort answered the others: close() would otherwise end us with its client waiting.
-    if (this.#aborted && this.#state !== 'running') return this.#hits.complete(token, null, 'closed');
+    // Answered now, stale or SERVFAIL, as the abort answered the others: close() would otherwise end us with its client waiting (closing: no report is read).
+    if ((this.#aborted && this.#state !== 'running') || this.#state === 'closing') return this.#hits.complete(token, null, 'closed');
     // A read that gave up on a store mid-change is no miss: it always goes to the main thread, which answers it from the store.
     if (this.#hits.inflight > this.#init.maxInflight && !this.#cache.lastGaveUp) {
       this.#io[IO.overloaded]!++;
@@ -319,9 +320,9 @@ export class WorkerLoop implements MissSink {
    * hears of it and answers it (direct.ts). False: it is kept here (the query
    * log, or no direct answers), its sockaddr detached: not the slot's now.
    */
-  readonly #settle = (peer: Peer, s: number, msg: Buffer): boolean => {
+  readonly #settle = (peer: Peer, s: number, msg: Buffer, arrivedAt = this.#clock.stamp): boolean => {
     if (peer.answered) return true;
-    this.#outbox.waiter(peer, s, msg, this.#hits.waitsOn);
+    this.#outbox.waiter(peer, s, msg, this.#hits.waitsOn, arrivedAt);
     if (!this.#hits.waitsLocally) return true;
     peer.detach(this.#detached);
     return false;

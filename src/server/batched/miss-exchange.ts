@@ -34,8 +34,8 @@ const S = BATCHED_COUNTERS.slot;
 
 /** A worker as the exchange sees it: somewhere to hand outcomes. */
 export interface MissReturn {
-  /** False once the worker is gone: its waiters are dropped. */
-  readonly alive: boolean;
+  /** False once nothing there waits for outcomes any more (a worker gone, and the clients the main thread held for it too): they are dropped. */
+  readonly listening: boolean;
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void;
   /**
    * One of its questions was refused at --max-concurrent (outcome 'capped'):
@@ -148,7 +148,7 @@ export class MissExchange implements MissCompleter {
     if (answer !== null && outcome === 'upstream') answer = scrubCounted(answer, this.#server);
     if (this.#shared !== null && answer !== null) this.#store(s.key, answer);
     for (const w of s.waiters) {
-      if (!w.to.alive) continue;
+      if (!w.to.listening) continue;
       w.to.deliver(w.token, answer, outcome);
       if (outcome === 'capped') w.to.refusedForLoad();
     }

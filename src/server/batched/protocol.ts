@@ -103,10 +103,14 @@ export type LogRecord = readonly [level: 'debug' | 'info' | 'warn' | 'error', ms
 /**
  * A client waiting on a miss, as the worker reports it so the main thread
  * can answer it itself (listener.ts DirectAnswers): (token, tag, the
- * client's datagram) and the sockaddr as extra words.
+ * client's datagram), the sockaddr as extra words, then when the client's
+ * query first reached the worker (stamp16 of that turn; 0: not known). The
+ * main thread hands a late record back with every word, so a client run
+ * again keeps its first arrival (its duration is measured from then).
  */
 export const WAITER_SOCKADDR_WORDS = 8;
-export const WAITER_STRIDE = 4 + WAITER_SOCKADDR_WORDS;
+export const WAITER_ARRIVED_WORD = WAITER_SOCKADDR_WORDS;
+export const WAITER_STRIDE = 4 + WAITER_SOCKADDR_WORDS + 1;
 /** A waiter's tag: the socket index in the low byte, the sockaddr's length above. */
 export function waiterTag(sock: number, nameLen: number): number {
   return sock | (nameLen << 8);
@@ -124,7 +128,12 @@ export const DONE_STRIDE = 6;
 
 /** Now in 1/16 ms, modulo 2^32 (a 74-hour wrap): comparable between threads (epoch-based, see loop-parts.ts TurnClock). */
 export function stamp16(): number {
-  return Math.floor((performance.timeOrigin + performance.now()) * 16) >>> 0;
+  return stamp16Of(performance.timeOrigin + performance.now());
+}
+
+/** The epoch-ms time `ms` as a stamp16(). */
+export function stamp16Of(ms: number): number {
+  return Math.floor(ms * 16) >>> 0;
 }
 
 /** Milliseconds from a stamp16() to the epoch-ms time `now` (never negative). */

@@ -44,6 +44,8 @@ export class WorkerLink implements MissReturn {
   readonly configuring: (() => void)[];
   /** Answers to this worker's clients sent from this thread; null when turned off (tests). */
   readonly direct: DirectAnswers | null;
+  /** A live sibling's sockets (null: none now): where the clients held here are answered should this worker die (closeFds()). */
+  siblings: (() => readonly number[] | null) | null = null;
   /**
    * Completions whose clients were all answered here go without waking the
    * worker (it takes them with its next batch or poll timeout). Off once
@@ -92,7 +94,8 @@ export class WorkerLink implements MissReturn {
    * event-loop turn (all the turn's completions in one message).
    */
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
-    const here = this.direct !== null && this.alive && this.direct.answer(token, answer);
+    // Dead, it may still have clients held here (closeFds()): those are answered all the same.
+    const here = this.direct !== null && this.direct.answer(token, answer);
     this.#done.push(token, OUTCOME_INDEX[outcome], answer, null);
     this.#done.extra(0, here ? 1 : 0);
     if (here) this.#done.extra(1, stamp16());
@@ -164,12 +167,25 @@ export class WorkerLink implements MissReturn {
     if (again !== null) this.#post({ t: 'again', items: again }, transferOf(again), true);
   };
 
-  /** Sockets and eventfd: only once the thread has left its loop (it may be inside recvmmsg or poll on them). */
+  /**
+   * MissReturn: outcomes are still wanted while the thread lives, or once it
+   * died while clients held here for it wait on their misses (closeFds()).
+   */
+  get listening(): boolean {
+    return this.alive || this.direct?.orphaned === true;
+  }
+
+  /**
+   * Sockets and eventfd: only once the thread has left its loop (it may be
+   * inside recvmmsg or poll on them). A worker that died (not closing) with
+   * clients held here leaves them to be answered on a sibling's sockets.
+   */
   closeFds(): void {
     // Once: a second close of a number the kernel may have handed out again would close someone else's descriptor.
     if (this.#fdsClosed) return;
     this.#fdsClosed = true;
-    this.direct?.close();
+    if (!this.closing && this.siblings !== null) this.direct?.orphan(this.siblings);
+    else this.direct?.close();
     for (const fd of this.fds) this.#sys.close(fd);
     this.#sys.close(this.wakeFd);
     this.fds.length = 0;

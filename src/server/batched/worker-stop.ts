@@ -6,6 +6,7 @@
  * abortAll() and close() with no deadline of its own).
  */
 import type { Logger } from '../../log.js';
+import type { DirectAnswers } from './direct.js';
 import type { WorkerLink } from './worker-link.js';
 
 export const WORKER_STOP_WAIT_MS = 1000;
@@ -51,6 +52,46 @@ export function abandonWorker(l: WorkerLink): number {
   l.post({ t: 'abort' });
   l.post({ t: 'close' });
   return n;
+}
+
+/**
+ * The clients held on the main thread for workers that died, still waiting
+ * on their misses (direct.ts orphan()): a drain waits for them as for a
+ * worker's, and no worker is told to abort them, so the listener's
+ * abortAll() and abandon() answer them here.
+ */
+export class Orphans {
+  readonly #held = new Set<DirectAnswers>();
+  /** The last of them was answered (the listener looks whether it is drained). */
+  readonly #idle: () => void;
+
+  constructor(idle: () => void) {
+    this.#idle = idle;
+  }
+
+  /** None waits. */
+  get idle(): boolean {
+    return this.#held.size === 0;
+  }
+
+  /** Worker `l` exited: kept while clients held for it wait. */
+  keep(l: WorkerLink): void {
+    const d = l.direct;
+    if (d === null || !d.orphaned) return;
+    this.#held.add(d);
+    d.onClosed = () => {
+      this.#held.delete(d);
+      if (this.#held.size === 0) this.#idle();
+    };
+  }
+
+  /** Every one answered now, stale or SERVFAIL, on a live sibling's sockets; returns how many. */
+  abort(): number {
+    let n = 0;
+    // Each closes once answered (flush()), and leaves the set.
+    for (const d of [...this.#held]) n += d.abort();
+    return n;
+  }
 }
 
 /** A worker that did not answer `what` in time: ended, its exit no death to restart. */
