@@ -6,7 +6,7 @@
 // reads (kernel send queue read from /proc/net/tcp, Node's share capped).
 import t, { type Test } from 'tap';
 import net from 'node:net';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
@@ -721,12 +721,15 @@ t.test('close(): queries waiting behind the in-flight cap are dropped with the c
 
 // ---------------------------------------------------------------- the open-file limit
 
-/**
- * A listener (dist/, maxConnections 1,024) in a child whose open-file limit is set by `ulimit` first; `n` clients
- * connect at once and each sends a query. Returns how many were answered and the child's refusedFdLimit (-1 when
- * that counter does not exist).
- */
-async function underFdLimit(t: Test, ulimit: string, n: number): Promise<{ answered: number; refusedFdLimit: number }> {
+/** A listener (dist/, maxConnections 1,024) in a child whose open-file limit is set by `ulimit` first. */
+interface FdLimitChild {
+  readonly port: number;
+  readonly pid: number;
+  /** The child's refusedFdLimit (-1 when that counter does not exist). */
+  refused(): Promise<number>;
+}
+
+async function fdLimitChild(t: Test, ulimit: string): Promise<FdLimitChild> {
   const dist = fileURLToPath(new URL('../dist/src/server/tcp-listener.js', import.meta.url));
   const log = fileURLToPath(new URL('../dist/src/log.js', import.meta.url));
   const script = `
@@ -739,21 +742,36 @@ async function underFdLimit(t: Test, ulimit: string, n: number): Promise<{ answe
     process.stdin.on('data', () => {
       const slot = l.counters.schema.slot.refusedFdLimit;
       console.log(JSON.stringify({ refusedFdLimit: slot === undefined ? -1 : l.counters.values[slot] }));
-      process.exit(0);
     });`;
   const child = spawn('bash', ['-c', `${ulimit}; exec node --input-type=module -e "$0"`, script], { stdio: ['pipe', 'pipe', 'inherit'] });
   t.teardown(() => child.kill());
   const lines: string[] = [];
   child.stdout.on('data', (c: Buffer) => lines.push(...c.toString().split('\n').filter((x) => x !== '')));
   t.ok(await until(() => lines.length === 1), 'the child listens');
-  const port = Number(lines[0]);
+  const refused = async (): Promise<number> => {
+    const before = lines.length;
+    child.stdin.write('\n');
+    t.ok(await until(() => lines.length === before + 1), 'the child reports');
+    return (JSON.parse(lines[before] ?? '{}') as { refusedFdLimit: number }).refusedFdLimit;
+  };
+  return { port: Number(lines[0]), pid: child.pid ?? -1, refused };
+}
+
+/** `n` clients connect at once and each sends a query, then all close; how many were answered. */
+async function connectMany(t: Test, port: number, n: number): Promise<number> {
   const clients: Client[] = [];
   for (let i = 0; i < n; i++) clients.push(await Client.connect(t, port));
   for (const [i, c] of clients.entries()) c.socket.write(query(i));
   await until(() => clients.every((c) => c.answers.length === 1 || c.closed));
-  child.stdin.write('\n');
-  t.ok(await until(() => lines.length === 2), 'the child reports');
-  return { answered: clients.filter((c) => c.answers.length === 1).length, ...(JSON.parse(lines[1] ?? '{}') as { refusedFdLimit: number }) };
+  const answered = clients.filter((c) => c.answers.length === 1).length;
+  for (const c of clients) c.socket.destroy();
+  return answered;
+}
+
+async function underFdLimit(t: Test, ulimit: string, n: number): Promise<{ answered: number; refusedFdLimit: number }> {
+  const child = await fdLimitChild(t, ulimit);
+  const answered = await connectMany(t, child.port, n);
+  return { answered, refusedFdLimit: await child.refused() };
 }
 
 t.test('the open-file limit: at it newcomers are refused and counted, not dropped in silence (libuv closes them on EMFILE)', async (t) => {
@@ -761,4 +779,24 @@ t.test('the open-file limit: at it newcomers are refused and counted, not droppe
   const r = await underFdLimit(t, 'ulimit -n 256', 200);
   t.ok(r.answered > 0 && r.answered < 200, `some answered (${r.answered}), not all: the limit is hit`);
   t.equal(r.refusedFdLimit, 200 - r.answered, 'every one turned away is counted as refused, reason fd_limit');
+});
+
+t.test('the open-file limit changed while running (prlimit): the listener follows it, refusing and counting at the new limit', async (t) => {
+  // Read only at start, a limit lowered later left the newcomers past it to libuv's silent close again, and one
+  // raised later (the operator's remedy for fd_limit refusals, without a restart) still refused them.
+  const child = await fdLimitChild(t, 'ulimit -n 4096');
+  const prlimit = (soft: number): void => {
+    const r = spawnSync('prlimit', ['--pid', String(child.pid), `--nofile=${soft}:4096`], { encoding: 'utf8' });
+    t.equal(r.status, 0, `prlimit --nofile=${soft}:4096 ${r.stderr}`);
+  };
+  prlimit(256);
+  await sleep(1100); // the limit is read again at most once a second
+  const low = await connectMany(t, child.port, 300);
+  t.ok(low > 0 && low < 300, `some answered (${low}), not all: the lowered limit is hit`);
+  t.equal(await child.refused(), 300 - low, 'every one turned away at the lowered limit is counted as refused, reason fd_limit');
+  prlimit(4096);
+  await sleep(1100);
+  const before = await child.refused();
+  t.equal(await connectMany(t, child.port, 200), 200, 'once raised again, every one is answered');
+  t.equal(await child.refused(), before, 'none refused');
 });
