@@ -37,7 +37,7 @@ import { dialableHost, formatHostPort } from '../addr.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { Counters } from '../stats/counters.js';
-import { openFileLimit } from '../sys/fd-limit.js';
+import { FD_RESERVE, FdCeiling } from '../sys/fd-limit.js';
 import { listenersOn, loadReusePort, openShared, type ReusePort } from '../sys/reuseport.js';
 import { fdOf } from '../sys/socket-options.js';
 import type { ServerAddress } from '../upstream/types.js';
@@ -85,14 +85,6 @@ export interface TcpListenerOptions {
  */
 const DRAIN_QUIET_SWEEPS = 2;
 
-/**
- * Descriptors left for the rest of the agent (upstream sockets, TCP retries
- * after TC, the HTTP endpoints, files read on reload): a flood of clients is
- * refused and counted here, not failing those or meeting libuv's silent EMFILE close.
- */
-const FD_RESERVE = 128;
-const fdCeiling = (limit: number): number => (limit < 0 ? -1 : Math.max(0, limit - FD_RESERVE));
-
 export class TcpListener implements Listener {
   readonly name: string;
   readonly counters: TcpListenerCounters;
@@ -125,8 +117,8 @@ export class TcpListener implements Listener {
   #quietSweeps: number;
   #acceptedSinceSweep: number;
   #handedOver: boolean;
-  /** Accepted sockets whose descriptor is at or above this are refused (openFileLimit() - FD_RESERVE); -1: no limit known. */
-  #fdCeiling = -1;
+  /** Accepted sockets whose descriptor is within FD_RESERVE of the open-file limit are refused (fd-limit.ts). */
+  readonly #fdCeiling = new FdCeiling();
   #warnedFdLimit = false;
 
   constructor(addr: ServerAddress, handler: QueryHandler, logger: Logger, opts: TcpListenerOptions) {
@@ -195,7 +187,7 @@ export class TcpListener implements Listener {
 
   async start(): Promise<void> {
     await this.#sendBuffer.load();
-    this.#fdCeiling = fdCeiling(openFileLimit());
+    this.#fdCeiling.load(this.#clock.now());
     const fd = this.#reusePort ? await this.#openShared() : -1;
     // allowHalfOpen: a client may send its queries and then FIN (nc -N, scripts); it still gets its answers,
     // and we close our side once they are written. No server.maxConnections: the cap is ours (#accept), so a
@@ -323,7 +315,7 @@ export class TcpListener implements Listener {
     const address = socket.remoteAddress ?? '';
     const slot = this.counters.schema.slot;
     const now = (this.#time.now = this.#clock.now());
-    if (this.#fdCeiling >= 0 && fdOf(socket) >= this.#fdCeiling) {
+    if (this.#fdCeiling.refuses(fdOf(socket), now)) {
       this.#refuseForFds(socket);
       return;
     }
@@ -356,7 +348,7 @@ export class TcpListener implements Listener {
     socket?.destroy();
     if (this.#warnedFdLimit) return;
     this.#warnedFdLimit = true;
-    this.#logger.warn('open-file limit nearly reached: new TCP clients are refused', { listener: this.name, limit: this.#fdCeiling + FD_RESERVE, reserve: FD_RESERVE });
+    this.#logger.warn('open-file limit nearly reached: new TCP clients are refused', { listener: this.name, limit: this.#fdCeiling.limit, reserve: FD_RESERVE });
   }
 
   /** Closes `victim` (the idlest at a cap) to make room; false when there is none (every one busy). */
