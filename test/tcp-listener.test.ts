@@ -15,6 +15,7 @@ import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { silentLogger } from '../src/log.js';
 import type { ClientChannel, ClientPeer, QueryHandler } from '../src/server/listener.js';
 import { TcpListener, type TcpListenerOptions } from '../src/server/tcp-listener.js';
+import { UnsentRoom, type UnsentRoomHolder } from '../src/server/tcp-unsent.js';
 import { fdOf, loadSocketOptions } from '../src/sys/socket-options.js';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
 import { startAgent } from './helpers/agent.js';
@@ -561,6 +562,19 @@ t.test('what answers landing together hold past the unsent cap is bounded across
   b.socket.resume();
   t.ok(await until(() => b.answers.length === 16), 'and gets every answer once it reads');
   t.equal(l.counters.get('closedUnsentLimit'), 1, 'nothing more reset');
+});
+
+t.test('UnsentRoom: a holder not stamped unread (-1) is the last to go, not the first', async (t) => {
+  // -1 is "not waiting on its reading", not "since the beginning of time": ordered as a number, such a holder (bytes
+  // past a cap below the socket's high-water mark, which the take limit never goes under) was cut before a stalled one.
+  const closed: string[] = [];
+  const holder = (name: string, overUnsentCap: number, unreadSinceMs: number): UnsentRoomHolder => ({
+    overUnsentCap, unreadSinceMs, close: () => closed.push(name),
+  });
+  const stalled = holder('stalled', 100, 5);
+  const reading = holder('reading', 100, -1);
+  new UnsentRoom(150, new Set([reading, stalled])).fit();
+  t.same(closed, ['stalled'], 'the one unread since 5 goes; the one not unread stays');
 });
 
 t.test('shutdown (a plain listener): queries held while a client has not read its answers are answered once it reads; drained() waits for them', async (t) => {
