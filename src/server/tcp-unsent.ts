@@ -137,13 +137,17 @@ export class UnsentRoom {
     while (total > this.#maxBytes) {
       let victim: UnsentRoomHolder | null = null;
       let victimBytes = 0;
+      let victimSince = Infinity;
       for (const h of this.#holders) {
         const bytes = h.overUnsentCap;
         if (bytes === 0) continue;
-        // Oldest stamp first; on a tie the one holding more, so fewer clients are cut.
-        if (victim === null || h.unreadSinceMs < victim.unreadSinceMs || (h.unreadSinceMs === victim.unreadSinceMs && bytes > victimBytes)) {
+        // Oldest stamp first, one not waiting on its reading (-1: past a cap set below the socket's high-water mark)
+        // last; on a tie the one holding more, so fewer clients are cut.
+        const since = h.unreadSinceMs < 0 ? Infinity : h.unreadSinceMs;
+        if (victim === null || since < victimSince || (since === victimSince && bytes > victimBytes)) {
           victim = h;
           victimBytes = bytes;
+          victimSince = since;
         }
       }
       if (victim === null) return;
