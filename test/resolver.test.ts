@@ -1114,6 +1114,28 @@ t.test('--client-miss-rate: a miss the gate turns away (a batched worker sheddin
   t.equal(r.hits.counters.get('clientLimited'), 0, 'the client was never over its limit');
 });
 
+t.test('--client-miss-rate: a miss refused unsent for our load (--max-concurrent, a worker\'s limit) gives its client its token back', async (t) => {
+  const r = rig({ maxConcurrent: 1, clientLimit: new ClientMissLimiter(1, 2, 10) });
+  const ch = new FakeChannel();
+  const pod = { address: '10.244.0.7', port: 5000 };
+  r.hits.handle(query({ name: 'hold.example', id: 1 }), ch, { address: '10.244.0.8', port: 5000 });
+  // The cap is full: each is refused at once, nothing sent.
+  for (let i = 0; i < 3; i++) r.hits.handle(query({ name: `capped${i}.example`, id: 10 + i }), ch, pod);
+  t.equal(r.resolver.counters.get('maxConcurrentRejects'), 3, 'refused at --max-concurrent');
+  t.equal(r.hits.counters.get('clientLimited'), 0, 'as over our cap, not its own limit');
+  r.external.answer(0, answer('hold.example', [a('hold.example', '192.0.2.1')]));
+  // The clock has not moved: only tokens given back let it ask now.
+  for (let i = 0; i < 2; i++) r.hits.handle(query({ name: `later${i}.example`, id: 20 + i }), ch, pod);
+  t.equal(r.hits.counters.get('clientLimited'), 0, 'its burst is whole: nothing it asked was sent');
+  t.equal(r.external.exchanges.length, 2, 'its next question goes out');
+  // A worker's own limit refuses with 'overloaded' (loop.ts forward): also unsent, also given back.
+  const l = new ClientMissLimiter(1, 1, 10);
+  const w = rig({ clientLimit: l });
+  w.hits.connect({ forward: (token) => w.hits.complete(token, null, 'overloaded') });
+  w.hits.handle(query({ name: 'refused.example', id: 30 }), ch, pod);
+  t.ok(l.take(pod.address, w.clock.now()) !== null, 'the token is back');
+});
+
 t.test('--client-miss-rate: one client over its miss budget gets SERVFAIL without upstream traffic; others, hits and joins are free', async (t) => {
   const r = rig({ clientLimit: new ClientMissLimiter(1, 2) });
   const ch = new FakeChannel();
