@@ -1114,6 +1114,40 @@ t.test('--client-miss-rate: a miss the gate turns away (a batched worker sheddin
   t.equal(r.hits.counters.get('clientLimited'), 0, 'the client was never over its limit');
 });
 
+t.test('--client-miss-rate: a client\'s room in flight comes back however its question closes (answered, failed, timed out, across a reload, aborted), never below none', async (t) => {
+  const r = rig({ clientLimit: new ClientMissLimiter(1000, 1000, 1) });
+  const ch = new FakeChannel();
+  const pod = { address: '10.244.0.7', port: 5000 };
+  let n = 0;
+  /** A new question of the pod's: true when it went upstream. */
+  const ask = (): boolean => {
+    const before = r.external.exchanges.length;
+    r.hits.handle(query({ name: `q${n}.example`, id: n++ }), ch, pod);
+    return r.external.exchanges.length > before;
+  };
+  const closers: [string, (i: number) => void][] = [
+    ['answered', (i) => r.external.answer(i, answer(`q${n - 2}.example`, [a(`q${n - 2}.example`, '192.0.2.1')]))],
+    ['failed', (i) => r.external.exchanges[i]!.reject('network')],
+    ['timed out', (i) => r.external.exchanges[i]!.reject('timeout')],
+    ['across a reload', (i) => {
+      r.hits.configure({ maxUdpSize: 1232, queryLogEvery: 0, clientLimit: new ClientMissLimiter(1000, 1000, 1) });
+      t.notOk(ask(), 'a reload keeps its question counted');
+      r.external.exchanges[i]!.reject('network');
+    }],
+  ];
+  for (const [how, close] of closers) {
+    t.ok(ask(), `${how}: its question goes out`);
+    const i = r.external.exchanges.length - 1;
+    t.notOk(ask(), `${how}: one in flight is its most`);
+    close(i);
+    t.equal(r.hits.inflight, 0, `${how}: closed`);
+  }
+  t.ok(ask(), 'the last goes out');
+  r.hits.abortAll();
+  t.ok(ask(), 'aborted: its room is back');
+  t.notOk(ask(), 'and it is one question again, not two (nothing went below none)');
+});
+
 t.test('--client-miss-rate: a miss refused unsent for our load (--max-concurrent, a worker\'s limit) gives its client its token back', async (t) => {
   const r = rig({ maxConcurrent: 1, clientLimit: new ClientMissLimiter(1, 2, 10) });
   const ch = new FakeChannel();
