@@ -1168,6 +1168,13 @@ t.test('--client-miss-rate: a miss refused unsent for our load (--max-concurrent
   w.hits.connect({ forward: (token) => w.hits.complete(token, null, 'overloaded') });
   w.hits.handle(query({ name: 'refused.example', id: 30 }), ch, pod);
   t.ok(l.take(pod.address, w.clock.now()) !== null, 'the token is back');
+  // A batched worker's question the main thread refused at the cap, its clients answered there: closed by release().
+  const lb = new ClientMissLimiter(1, 1, 10);
+  const b = rig({ clientLimit: lb, remoteWaiters: true });
+  b.hits.connect({ forward: () => {} }, true);
+  b.hits.handle(query({ name: 'held.example', id: 40 }), ch, pod);
+  t.ok(b.hits.release(b.hits.waitsOn, () => true, 'capped'), 'released');
+  t.ok(lb.take(pod.address, b.clock.now()) !== null, 'refused at the cap on the main thread: the token is back');
 });
 
 t.test('--client-miss-rate: one client over its miss budget gets SERVFAIL without upstream traffic; others, hits and joins are free', async (t) => {
