@@ -1114,6 +1114,69 @@ t.test('--client-miss-rate: a miss the gate turns away (a batched worker sheddin
   t.equal(r.hits.counters.get('clientLimited'), 0, 'the client was never over its limit');
 });
 
+t.test('--client-miss-rate: a client\'s room in flight comes back however its question closes (answered, failed, timed out, across a reload, aborted), never below none', async (t) => {
+  const r = rig({ clientLimit: new ClientMissLimiter(1000, 1000, 1) });
+  const ch = new FakeChannel();
+  const pod = { address: '10.244.0.7', port: 5000 };
+  let n = 0;
+  /** A new question of the pod's: true when it went upstream. */
+  const ask = (): boolean => {
+    const before = r.external.exchanges.length;
+    r.hits.handle(query({ name: `q${n}.example`, id: n++ }), ch, pod);
+    return r.external.exchanges.length > before;
+  };
+  const closers: [string, (i: number) => void][] = [
+    ['answered', (i) => r.external.answer(i, answer(`q${n - 2}.example`, [a(`q${n - 2}.example`, '192.0.2.1')]))],
+    ['failed', (i) => r.external.exchanges[i]!.reject('network')],
+    ['timed out', (i) => r.external.exchanges[i]!.reject('timeout')],
+    ['across a reload', (i) => {
+      r.hits.configure({ maxUdpSize: 1232, queryLogEvery: 0, clientLimit: new ClientMissLimiter(1000, 1000, 1) });
+      t.notOk(ask(), 'a reload keeps its question counted');
+      r.external.exchanges[i]!.reject('network');
+    }],
+  ];
+  for (const [how, close] of closers) {
+    t.ok(ask(), `${how}: its question goes out`);
+    const i = r.external.exchanges.length - 1;
+    t.notOk(ask(), `${how}: one in flight is its most`);
+    close(i);
+    t.equal(r.hits.inflight, 0, `${how}: closed`);
+  }
+  t.ok(ask(), 'the last goes out');
+  r.hits.abortAll();
+  t.ok(ask(), 'aborted: its room is back');
+  t.notOk(ask(), 'and it is one question again, not two (nothing went below none)');
+});
+
+t.test('--client-miss-rate: a miss refused unsent for our load (--max-concurrent, a worker\'s limit) gives its client its token back', async (t) => {
+  const r = rig({ maxConcurrent: 1, clientLimit: new ClientMissLimiter(1, 2, 10) });
+  const ch = new FakeChannel();
+  const pod = { address: '10.244.0.7', port: 5000 };
+  r.hits.handle(query({ name: 'hold.example', id: 1 }), ch, { address: '10.244.0.8', port: 5000 });
+  // The cap is full: each is refused at once, nothing sent.
+  for (let i = 0; i < 3; i++) r.hits.handle(query({ name: `capped${i}.example`, id: 10 + i }), ch, pod);
+  t.equal(r.resolver.counters.get('maxConcurrentRejects'), 3, 'refused at --max-concurrent');
+  t.equal(r.hits.counters.get('clientLimited'), 0, 'as over our cap, not its own limit');
+  r.external.answer(0, answer('hold.example', [a('hold.example', '192.0.2.1')]));
+  // The clock has not moved: only tokens given back let it ask now.
+  for (let i = 0; i < 2; i++) r.hits.handle(query({ name: `later${i}.example`, id: 20 + i }), ch, pod);
+  t.equal(r.hits.counters.get('clientLimited'), 0, 'its burst is whole: nothing it asked was sent');
+  t.equal(r.external.exchanges.length, 2, 'its next question goes out');
+  // A worker's own limit refuses with 'overloaded' (loop.ts forward): also unsent, also given back.
+  const l = new ClientMissLimiter(1, 1, 10);
+  const w = rig({ clientLimit: l });
+  w.hits.connect({ forward: (token) => w.hits.complete(token, null, 'overloaded') });
+  w.hits.handle(query({ name: 'refused.example', id: 30 }), ch, pod);
+  t.ok(l.take(pod.address, w.clock.now()) !== null, 'the token is back');
+  // A batched worker's question the main thread refused at the cap, its clients answered there: closed by release().
+  const lb = new ClientMissLimiter(1, 1, 10);
+  const b = rig({ clientLimit: lb, remoteWaiters: true });
+  b.hits.connect({ forward: () => {} }, true);
+  b.hits.handle(query({ name: 'held.example', id: 40 }), ch, pod);
+  t.ok(b.hits.release(b.hits.waitsOn, () => true, 'capped'), 'released');
+  t.ok(lb.take(pod.address, b.clock.now()) !== null, 'refused at the cap on the main thread: the token is back');
+});
+
 t.test('--client-miss-rate: one client over its miss budget gets SERVFAIL without upstream traffic; others, hits and joins are free', async (t) => {
   const r = rig({ clientLimit: new ClientMissLimiter(1, 2) });
   const ch = new FakeChannel();

@@ -15,6 +15,8 @@
  * (any change of the config, resolv.conf or the ConfigMap, and SIGHUP).
  */
 
+import type { MissOutcome } from './miss-boundary.js';
+
 /** A node runs at most a few hundred pods; the rest of the room is for churn. */
 export const MAX_CLIENTS = 4096;
 
@@ -102,6 +104,19 @@ export class ClientMissLimiter {
     b.inflight++;
     return b;
   }
+}
+
+/**
+ * A question `b`'s client opened has closed: its room in flight comes back,
+ * and so does its token when the question was refused unsent for our own
+ * load ('capped' at --max-concurrent, 'overloaded' at a local limit), as the
+ * batched shed gate costs it none: a pod that retried through our overload
+ * is not then refused as over its own rate. (take() caps the tokens at the
+ * burst as it refills.)
+ */
+export function closeOpened(b: ClientBucket, outcome: MissOutcome | undefined): void {
+  b.inflight--;
+  if (outcome === 'capped' || outcome === 'overloaded') b.tokens += 1;
 }
 
 /**

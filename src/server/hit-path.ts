@@ -41,7 +41,7 @@ import type { CacheEntry } from '../cache/entry.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { AnswerOut } from './answer-out.js';
-import { keepBuckets, type ClientMissLimiter } from './client-limit.js';
+import { closeOpened, keepBuckets, type ClientMissLimiter } from './client-limit.js';
 import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
 import type { ClientChannel, ClientPeer, QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
@@ -240,7 +240,7 @@ export class HitPath implements QueryHandler {
   complete(token: number, answer: Buffer | null, outcome: MissOutcome, answered?: (peer: ClientPeer) => boolean): void {
     const miss = this.#byToken.get(token);
     if (miss === undefined) return;
-    this.#close(miss);
+    this.#close(miss, outcome);
     const now = this.#clock.now();
     if (answer !== null && outcome === 'upstream' && this.#validates) answer = scrubCounted(answer, this.#v);
     if (answer !== null) {
@@ -290,7 +290,7 @@ export class HitPath implements QueryHandler {
     if (miss === undefined) return true;
     if (outcome === 'timeout' || this.#recentFailures.has(miss.key)) return false;
     for (const w of miss.waiters) if (w.logged || !answered(w.peer)) return false;
-    this.#close(miss);
+    this.#close(miss, outcome);
     return true;
   }
 
@@ -386,8 +386,8 @@ export class HitPath implements QueryHandler {
     this.#sink.forward(miss.token, miss.key, upstreamQuery(q), refresh);
   }
 
-  #close(miss: Miss): void {
-    if (miss.opener !== null) miss.opener.inflight--;
+  #close(miss: Miss, outcome?: MissOutcome): void {
+    if (miss.opener !== null) closeOpened(miss.opener, outcome);
     this.#byToken.delete(miss.token);
     this.#byKey.remove(miss);
     if (this.#byToken.size === 0 && this.#drained !== null) {

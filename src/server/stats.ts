@@ -112,7 +112,7 @@ export const SERVER_COUNTERS = defineCounters({
   scrubbedAnswers: { name: 'nodelocal_bailiwick_scrubbed_answers_total', help: 'Upstream answers that carried records outside the question\'s bailiwick (removed before caching).' },
   scrubbedRecords: { name: 'nodelocal_bailiwick_scrubbed_records_total', help: 'Out-of-bailiwick records removed from upstream answers.' },
   clientLimited: { name: 'nodelocal_client_miss_limited_total', help: 'Misses refused because their client was over --client-miss-rate (answered stale or SERVFAIL).' },
-  shed: { name: 'nodelocal_shed_total', help: 'Queries turned away at once because 1,024 clients already waited on their question (answered stale or SERVFAIL).' },
+  shed: { name: 'nodelocal_shed_total', help: 'Queries turned away at once because 1,024 clients, or 64 from their own address, already waited on their question (answered stale or SERVFAIL).' },
   abortedAtShutdown: { name: 'nodelocal_shutdown_aborted_total', help: 'Queries still waiting at the end of the shutdown grace period, answered stale or SERVFAIL.' },
   // The batched workers' series (batched/stats.ts sendErrors) under the same name, labels and help: published as one sum.
   udpSendErrors: { name: 'nodelocal_udp_errors_total', labels: { op: 'send' }, help: 'Errors of the UDP sockets pods query (the batched workers\' and the dgram listener\'s), by operation.' },
