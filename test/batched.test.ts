@@ -658,6 +658,28 @@ t.test('shutdown past its grace with a client held for a worker that died: abort
   t.equal(rcodeName(c.answers.get(1)), 'SERVFAIL');
 });
 
+t.test('a worker that dies right after posting its turn\'s report: the report is still read (its miss goes upstream, its client is answered on a live sibling\'s socket)', async (t) => {
+  const r = await rig(t, { workers: 2, idlePollMs: 50 });
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  // Connected: its send leaves at once, with no lookup on a later tick (this thread is held while it goes).
+  await new Promise<void>((resolve) => c.socket.connect(r.ports[0]!, '127.0.0.1', () => resolve()));
+  const p: dnsPacket.Packet = { type: 'query', id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'svc-5.example.com', type: 'A', class: 'IN' }] };
+  c.socket.send(dnsPacket.encode(p));
+  // Without yielding: the worker takes the miss and posts its report, then ends (asleep in poll: at its 50 ms timeout)
+  // before this thread reads that report; its exit and the report are both waiting when the thread yields.
+  spinUntil('a worker to hold the miss', () => r.listener.workerCounters().some((w) => w.io.get('inflight') === 1));
+  holdThread(20);
+  const holder = r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
+  void r.listener.workerThread(holder)!.terminate();
+  holdThread(300);
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  await until('the client\'s answer', () => c.answers.has(1));
+  t.same(dataOf(c.answers.get(1)), ['10.0.0.5'], 'the upstream\'s answer');
+  t.equal(r.upstream.stats.udpQueries, 1, 'its miss went upstream');
+});
+
 t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
   const r = await rig(t, { latencyMs: 300 });
   const port = r.ports[0]!;
