@@ -6,6 +6,7 @@
  * what the backend does with its workers (pause, drain, abort, reload,
  * restart), and this file as starting one.
  */
+import { receiveMessageOnPort } from 'node:worker_threads';
 import { formatHostPort } from '../../addr.js';
 import type { StoreLayout } from '../../cache/store-layout.js';
 import { DEFAULTS } from '../../config.js';
@@ -93,7 +94,7 @@ export function startWorker(
 export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void): Promise<void> {
   return new Promise((resolve, reject) => {
     let started = false;
-    link.port.on('message', (r: WorkerReport) => {
+    const take = (r: WorkerReport): void => {
       if (r.ready === true && !started) {
         started = true;
         link.ready = true;
@@ -106,11 +107,15 @@ export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: Work
         reject(new Error(r.failed));
       }
       onReport(r);
-    });
+    };
+    link.port.on('message', take);
     link.worker.on('error', (err) => {
       logger.error('udp worker failed', { worker: link.index, error: err.message });
     });
     link.worker.on('exit', (code) => {
+      // Its last reports may still wait on the port ('exit' can come first): read them while it still counts as live
+      // (their misses go upstream, their clients are held here), not dropped by the close.
+      for (let m = receiveMessageOnPort(link.port); m !== undefined; m = receiveMessageOnPort(link.port)) take(m.message as WorkerReport);
       link.alive = false;
       link.port.close();
       link.closeFds();
