@@ -6,7 +6,9 @@
 // polls for an event, never assertions about how fast.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
-import type { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
+import type { WorkerLink } from '../src/server/batched/worker-link.js';
+import { whenStarted } from '../src/server/batched/worker-spawn.js';
 import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -876,6 +878,25 @@ t.test('a client whose record reaches the main thread after its miss was answere
   t.same(dataOf(c1.answers.get(1)), ['10.0.0.11']);
   t.same(dataOf(c2.answers.get(2)), ['10.0.0.11']);
   t.equal(r.listener.workerCounters()[0]!.server.get('coalesced'), 1, 'the second client joined the first one\'s miss');
+});
+
+t.test('a worker that never says it is ready: its start is rejected after a bound and the thread ended, not awaited for ever', async (t) => {
+  // A thread alive and silent (its event loop kept busy, nothing posted): what a worker stuck before its loop looks like.
+  const { port1, port2 } = new MessageChannel();
+  const worker = new Worker('require("node:worker_threads"); setInterval(() => {}, 1000);', { eval: true });
+  t.teardown(() => void worker.terminate());
+  let fdsClosed = 0;
+  const link = { index: 9, port: port1, worker, alive: true, ready: false, closing: false, closeFds: () => void fdsClosed++ };
+  port2.unref();
+  const logs: string[] = [];
+  const exits: number[] = [];
+  const started = whenStarted(link as unknown as WorkerLink, createLogger('debug', (l) => logs.push(l)), () => {}, (code) => void exits.push(code), 300);
+  const outcome = await Promise.race([started.then(() => 'ready', (err: Error) => err.message), new Promise<string>((res) => setTimeout(() => res('hung'), 5000).unref())]);
+  t.match(outcome, /not ready/, 'the start is rejected');
+  await until('the thread to end', () => exits.length === 1);
+  t.ok(link.closing, 'its exit is no death to restart');
+  t.equal(fdsClosed, 1, 'its sockets closed once it ended');
+  t.ok(logs.some((l) => l.includes('did not start in time')), 'logged');
 });
 
 t.test('shutdown with a restarted worker that dies before it is ready: drain and abort still resolve', async (t) => {

@@ -91,7 +91,7 @@ export function startWorker(
  * before the start with `link.closing` set: the listener neither counts it
  * as a death nor restarts it).
  */
-export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void): Promise<void> {
+export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void, _waitMs = 0): Promise<void> {
   return new Promise((resolve, reject) => {
     let started = false;
     const take = (r: WorkerReport): void => {
