@@ -85,23 +85,45 @@ export function startWorker(
 }
 
 /**
+ * How long a worker may take to reach its loop: a thread starts in well under a second (a few under the tests'
+ * TypeScript loader, two files at a time on a loaded machine), so one silent this long is stuck.
+ */
+export const WORKER_START_WAIT_MS = 30_000;
+
+/**
  * Resolves once worker `link` is in its loop; rejects when it failed to
- * start or exited first. Every report goes to `onReport` (the ready one
+ * start or exited first, or said nothing for `waitMs` (its thread is then
+ * ended). Every report goes to `onReport` (the ready one
  * too); its exit goes to `onExit`, its sockets already closed (an exit
  * before the start with `link.closing` set: the listener neither counts it
  * as a death nor restarts it).
  */
-export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void, _waitMs = 0): Promise<void> {
+export function whenStarted(
+  link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void, waitMs = WORKER_START_WAIT_MS,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     let started = false;
+    // Stuck before its loop: the start fails (the agent's rolls back and exits 1; a restart is tried again later) and
+    // the thread is ended, its exit no death (closing). One stuck in a native call ends when that returns.
+    const timer = setTimeout(() => {
+      if (started) return;
+      started = true;
+      link.closing = true;
+      logger.error('udp worker did not start in time; terminated', { worker: link.index, waitedMs: waitMs });
+      void link.worker.terminate();
+      reject(new Error(`worker not ready after ${waitMs} ms`));
+    }, waitMs);
+    timer.unref();
     const take = (r: WorkerReport): void => {
       if (r.ready === true && !started) {
         started = true;
+        clearTimeout(timer);
         link.ready = true;
         resolve();
       }
       if (r.failed !== undefined && !started) {
         started = true;
+        clearTimeout(timer);
         // It never ran: its exit is no death to report.
         link.closing = true;
         reject(new Error(r.failed));
@@ -119,6 +141,7 @@ export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: Work
       link.alive = false;
       link.port.close();
       link.closeFds();
+      clearTimeout(timer);
       if (!started) {
         started = true;
         // It never ran: no death to report and no restart, but whatever waits on this link (a drain, an abort, a
