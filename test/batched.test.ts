@@ -635,6 +635,19 @@ t.test('direct answers: a worker that dies with a client held on the main thread
   t.equal(r.listener.totals().io.get('sendErrors'), 0);
 });
 
+t.test('direct answers: the only worker dies with a client held on the main thread: once its successor is spawned (sockets bound, not yet ready), the answer goes out on the successor\'s socket', async (t) => {
+  const { r, port, c, release } = await heldRig(t);
+  void c.send(port, 'held-6.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  await killWorkerZero(r.listener);
+  // A thread takes seconds to start under the tests' TypeScript loader: its sockets are bound, its loop not yet run.
+  t.equal(r.listener.liveWorkers, 0, 'the successor is not ready yet');
+  release();
+  await until('the held client\'s answer', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer');
+  t.equal(r.listener.totals().io.get('sendErrors'), 0, 'nothing lost');
+});
+
 t.test('shutdown: drain() waits for the clients held for a worker that died too, so they get the upstream\'s answer, not the abort\'s SERVFAIL', async (t) => {
   const { r, c, release } = await heldByDeadWorker(t, 'held-9.example.com');
   r.listener.pause();
