@@ -147,16 +147,20 @@ function handler(n: number, hold?: Promise<void>): SimHandler {
  */
 async function rig(
   t: Test,
-  o: { workers?: number; latencyMs?: number; listen?: string[]; queryLogEvery?: number; spy?: (sys: UdpBatchSys) => UdpBatchSys; hold?: Promise<void>; idlePollMs?: number } = {},
+  o: {
+    workers?: number; latencyMs?: number; listen?: string[]; queryLogEvery?: number; spy?: (sys: UdpBatchSys) => UdpBatchSys; hold?: Promise<void>; idlePollMs?: number;
+    /** The upstream's deadline (2 s by default). */
+    timeoutMs?: number;
+  } = {},
 ): Promise<Rig> {
   const probed = await probeBatchedIo();
   if (typeof probed === 'string') throw new Error(`batched I/O unavailable on this machine: ${probed}`);
   const sys = o.spy?.(probed) ?? probed;
   const upstream = await SimDnsServer.start({ handler: handler(50, o.hold), faults: { latencyMs: o.latencyMs ?? 0 } });
   const host = new HostResolvers({
-    servers: [{ host: '127.0.0.1', port: upstream.port }], attemptTimeoutMs: 2000, attempts: 1, clock: systemClock, logger: silentLogger, name: 'host',
+    servers: [{ host: '127.0.0.1', port: upstream.port }], attemptTimeoutMs: o.timeoutMs ?? 2000, attempts: 1, clock: systemClock, logger: silentLogger, name: 'host',
   });
-  const router = new ZoneRouter<Route>([], { upstream: host, timeoutMs: 2000, local: null });
+  const router = new ZoneRouter<Route>([], { upstream: host, timeoutMs: o.timeoutMs ?? 2000, local: null });
   const logs: string[] = [];
   const listener = new BatchedUdpListener({
     listen: (o.listen ?? ['127.0.0.1']).map((h) => ({ host: h, port: 0 })), workers: o.workers ?? 1, cache: CACHE, maxUdpSize: 1232,
@@ -185,7 +189,7 @@ interface HeldRig {
 }
 
 /** A rig whose upstream holds every held-* name until `release`, and a client for it. */
-async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys; workers?: number; idlePollMs?: number } = {}): Promise<HeldRig> {
+async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys; workers?: number; idlePollMs?: number; timeoutMs?: number } = {}): Promise<HeldRig> {
   let release = (): void => {};
   const hold = new Promise<void>((resolve) => (release = resolve));
   const r = await rig(t, { ...o, hold });
@@ -636,7 +640,8 @@ t.test('direct answers: a worker that dies with a client held on the main thread
 });
 
 t.test('direct answers: the only worker dies with a client held on the main thread: once its successor is spawned (sockets bound, not yet ready), the answer goes out on the successor\'s socket', async (t) => {
-  const { r, port, c, release } = await heldRig(t);
+  // The upstream's deadline well past the successor's spawn (its worker ends within 50 ms, the restart waits 1 s).
+  const { r, port, c, release } = await heldRig(t, { idlePollMs: 50, timeoutMs: 10_000 });
   void c.send(port, 'held-6.example.com', 1);
   await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
   await killWorkerZero(r.listener);
