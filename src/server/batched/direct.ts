@@ -235,7 +235,8 @@ export class DirectAnswers {
   /**
    * The worker died, its sockets closed: the clients held here are still
    * answered as their misses complete, on `via`'s sockets (a live sibling's,
-   * bound to the same addresses and ports: the client sees the same source);
+   * a successor still starting too, bound to the same addresses and ports:
+   * the client sees the same source);
    * with no sibling at the time, the answer is lost and counted as a send
    * error. Closed once the last is answered; at once when none waits.
    */
