@@ -653,6 +653,20 @@ t.test('direct answers: the only worker dies with a client held on the main thre
   t.equal(r.listener.totals().io.get('sendErrors'), 0, 'nothing lost');
 });
 
+t.test('direct answers: the only worker dies with a client held on the main thread and its miss completes before the successor is spawned: the answer waits for the successor\'s socket (within a bound), not lost', async (t) => {
+  const { r, port, c, release } = await heldRig(t, { idlePollMs: 50, timeoutMs: 10_000 });
+  void c.send(port, 'held-4.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  await r.listener.workerThread(0)!.terminate();
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  t.equal(r.listener.workerThread(0), null, 'no successor yet (its restart waits 1 s)');
+  release();
+  await until('the upstream answer to come back', () => r.resolver.inflight === 0);
+  await until('the held client\'s answer', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer');
+  t.equal(r.listener.totals().io.get('sendErrors'), 0, 'nothing lost');
+});
+
 t.test('shutdown: drain() waits for the clients held for a worker that died too, so they get the upstream\'s answer, not the abort\'s SERVFAIL', async (t) => {
   const { r, c, release } = await heldByDeadWorker(t, 'held-9.example.com');
   r.listener.pause();
