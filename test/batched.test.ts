@@ -6,7 +6,9 @@
 // polls for an event, never assertions about how fast.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
-import type { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
+import type { WorkerLink } from '../src/server/batched/worker-link.js';
+import { whenStarted } from '../src/server/batched/worker-spawn.js';
 import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -145,16 +147,20 @@ function handler(n: number, hold?: Promise<void>): SimHandler {
  */
 async function rig(
   t: Test,
-  o: { workers?: number; latencyMs?: number; listen?: string[]; queryLogEvery?: number; spy?: (sys: UdpBatchSys) => UdpBatchSys; hold?: Promise<void>; idlePollMs?: number } = {},
+  o: {
+    workers?: number; latencyMs?: number; listen?: string[]; queryLogEvery?: number; spy?: (sys: UdpBatchSys) => UdpBatchSys; hold?: Promise<void>; idlePollMs?: number;
+    /** The upstream's deadline (2 s by default). */
+    timeoutMs?: number;
+  } = {},
 ): Promise<Rig> {
   const probed = await probeBatchedIo();
   if (typeof probed === 'string') throw new Error(`batched I/O unavailable on this machine: ${probed}`);
   const sys = o.spy?.(probed) ?? probed;
   const upstream = await SimDnsServer.start({ handler: handler(50, o.hold), faults: { latencyMs: o.latencyMs ?? 0 } });
   const host = new HostResolvers({
-    servers: [{ host: '127.0.0.1', port: upstream.port }], attemptTimeoutMs: 2000, attempts: 1, clock: systemClock, logger: silentLogger, name: 'host',
+    servers: [{ host: '127.0.0.1', port: upstream.port }], attemptTimeoutMs: o.timeoutMs ?? 2000, attempts: 1, clock: systemClock, logger: silentLogger, name: 'host',
   });
-  const router = new ZoneRouter<Route>([], { upstream: host, timeoutMs: 2000, local: null });
+  const router = new ZoneRouter<Route>([], { upstream: host, timeoutMs: o.timeoutMs ?? 2000, local: null });
   const logs: string[] = [];
   const listener = new BatchedUdpListener({
     listen: (o.listen ?? ['127.0.0.1']).map((h) => ({ host: h, port: 0 })), workers: o.workers ?? 1, cache: CACHE, maxUdpSize: 1232,
@@ -183,7 +189,7 @@ interface HeldRig {
 }
 
 /** A rig whose upstream holds every held-* name until `release`, and a client for it. */
-async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys; workers?: number; idlePollMs?: number } = {}): Promise<HeldRig> {
+async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys; workers?: number; idlePollMs?: number; timeoutMs?: number } = {}): Promise<HeldRig> {
   let release = (): void => {};
   const hold = new Promise<void>((resolve) => (release = resolve));
   const r = await rig(t, { ...o, hold });
@@ -568,13 +574,13 @@ t.test('direct answers leave before the completion is posted: a client that asks
   t.equal(r.listener.totals().io.get('directAnswers'), 1, 'the main thread sent the first answer, the worker the second (its hit)');
 });
 
-t.test('direct answers: a worker that dies with a miss in flight gets nothing sent on its closed sockets; its successor serves', async (t) => {
+t.test('direct answers: a worker that dies with a miss in flight gets nothing sent on its closed sockets; its successor serves (and its socket carries the held client\'s answer)', async (t) => {
   const spy = new SysSpy();
   const { r, port, c, release } = await heldRig(t, { spy: (s) => spy.wrap(s) });
   // A name fetched before the death: the main thread stores it, the successor reads it.
   void c.send(port, 'svc-4.example.com', 100);
   await until('the first answer', () => c.answers.has(100));
-  const sentBefore = spy.sends.length;
+  let sentBefore = spy.sends.length;
   void c.send(port, 'held-7.example.com', 1);
   await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 2);
   // A thread asleep in poll ends only when poll returns: a datagram wakes it (the answer to that one is lost with the worker too).
@@ -589,12 +595,16 @@ t.test('direct answers: a worker that dies with a miss in flight gets nothing se
   release();
   await until('the upstream answer to come back', () => r.resolver.inflight === 0);
   await new Promise((res) => setTimeout(res, 20));
-  t.equal(spy.sends.length, sentBefore, 'nothing sent for the dead worker');
+  t.equal(spy.sends.length, sentBefore, 'nothing sent for the dead worker, while no worker\'s socket is there');
   t.equal(spy.stale.length, 0);
-  t.notOk(c.answers.has(1), 'its client retries (as with any lost datagram)');
+  t.notOk(c.answers.has(1), 'its answer waits for the successor\'s socket');
   // A thread starts in seconds under the test's TypeScript loader. Wait until it is ready (the restart is counted
   // then): before it has bound, the port may have no socket at all and the datagram is refused (seen in CI under load).
   await until('the successor to be ready', () => r.listener.totals().io.get('restarts') === 1, 30_000);
+  await until('the held answer, sent on the successor\'s socket once it was bound', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN');
+  t.equal(spy.sends.length, sentBefore + 1, 'sent from this thread, once');
+  sentBefore = spy.sends.length;
   void c.send(port, 'svc-4.example.com', 2);
   await until('the answer from the successor', () => c.answers.has(2), 30_000);
   t.same(dataOf(c.answers.get(2)), ['10.0.0.4']);
@@ -633,6 +643,34 @@ t.test('direct answers: a worker that dies with a client held on the main thread
   t.equal(r.listener.totals().io.get('sendErrors'), 0);
 });
 
+t.test('direct answers: the only worker dies with a client held on the main thread: once its successor is spawned (sockets bound, not yet ready), the answer goes out on the successor\'s socket', async (t) => {
+  // The upstream's deadline well past the successor's spawn (its worker ends within 50 ms, the restart waits 1 s).
+  const { r, port, c, release } = await heldRig(t, { idlePollMs: 50, timeoutMs: 10_000 });
+  void c.send(port, 'held-6.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  await killWorkerZero(r.listener);
+  // A thread takes seconds to start under the tests' TypeScript loader: its sockets are bound, its loop not yet run.
+  t.equal(r.listener.liveWorkers, 0, 'the successor is not ready yet');
+  release();
+  await until('the held client\'s answer', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer');
+  t.equal(r.listener.totals().io.get('sendErrors'), 0, 'nothing lost');
+});
+
+t.test('direct answers: the only worker dies with a client held on the main thread and its miss completes before the successor is spawned: the answer waits for the successor\'s socket (within a bound), not lost', async (t) => {
+  const { r, port, c, release } = await heldRig(t, { idlePollMs: 50, timeoutMs: 10_000 });
+  void c.send(port, 'held-4.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  await r.listener.workerThread(0)!.terminate();
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  t.equal(r.listener.workerThread(0), null, 'no successor yet (its restart waits 1 s)');
+  release();
+  await until('the upstream answer to come back', () => r.resolver.inflight === 0);
+  await until('the held client\'s answer', () => c.answers.has(1));
+  t.equal(rcodeName(c.answers.get(1)), 'NXDOMAIN', 'the upstream\'s answer');
+  t.equal(r.listener.totals().io.get('sendErrors'), 0, 'nothing lost');
+});
+
 t.test('shutdown: drain() waits for the clients held for a worker that died too, so they get the upstream\'s answer, not the abort\'s SERVFAIL', async (t) => {
   const { r, c, release } = await heldByDeadWorker(t, 'held-9.example.com');
   r.listener.pause();
@@ -656,6 +694,28 @@ t.test('shutdown past its grace with a client held for a worker that died: abort
   t.equal(await r.listener.abortAll(), 1, 'counted among the clients the abort answered');
   await until('the held client\'s answer', () => c.answers.has(1));
   t.equal(rcodeName(c.answers.get(1)), 'SERVFAIL');
+});
+
+t.test('a worker that dies right after posting its turn\'s report: the report is still read (its miss goes upstream, its client is answered on a live sibling\'s socket)', async (t) => {
+  const r = await rig(t, { workers: 2, idlePollMs: 50 });
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  // Connected: its send leaves at once, with no lookup on a later tick (this thread is held while it goes).
+  await new Promise<void>((resolve) => c.socket.connect(r.ports[0]!, '127.0.0.1', () => resolve()));
+  const p: dnsPacket.Packet = { type: 'query', id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'svc-5.example.com', type: 'A', class: 'IN' }] };
+  c.socket.send(dnsPacket.encode(p));
+  // Without yielding: the worker takes the miss and posts its report, then ends (asleep in poll: at its 50 ms timeout)
+  // before this thread reads that report; its exit and the report are both waiting when the thread yields.
+  spinUntil('a worker to hold the miss', () => r.listener.workerCounters().some((w) => w.io.get('inflight') === 1));
+  holdThread(20);
+  const holder = r.listener.workerCounters().findIndex((w) => w.io.get('inflight') === 1);
+  void r.listener.workerThread(holder)!.terminate();
+  holdThread(300);
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  await until('the client\'s answer', () => c.answers.has(1));
+  t.same(dataOf(c.answers.get(1)), ['10.0.0.5'], 'the upstream\'s answer');
+  t.equal(r.upstream.stats.udpQueries, 1, 'its miss went upstream');
 });
 
 t.test('shutdown loses nothing taken: pause answers what was queued, answers still go out, abort answers the rest, close frees the port', async (t) => {
@@ -854,6 +914,25 @@ t.test('a client whose record reaches the main thread after its miss was answere
   t.same(dataOf(c1.answers.get(1)), ['10.0.0.11']);
   t.same(dataOf(c2.answers.get(2)), ['10.0.0.11']);
   t.equal(r.listener.workerCounters()[0]!.server.get('coalesced'), 1, 'the second client joined the first one\'s miss');
+});
+
+t.test('a worker that never says it is ready: its start is rejected after a bound and the thread ended, not awaited for ever', async (t) => {
+  // A thread alive and silent (its event loop kept busy, nothing posted): what a worker stuck before its loop looks like.
+  const { port1, port2 } = new MessageChannel();
+  const worker = new Worker('require("node:worker_threads"); setInterval(() => {}, 1000);', { eval: true });
+  t.teardown(() => void worker.terminate());
+  let fdsClosed = 0;
+  const link = { index: 9, port: port1, worker, alive: true, ready: false, closing: false, closeFds: () => void fdsClosed++ };
+  port2.unref();
+  const logs: string[] = [];
+  const exits: number[] = [];
+  const started = whenStarted(link as unknown as WorkerLink, createLogger('debug', (l) => logs.push(l)), () => {}, (code) => void exits.push(code), 300);
+  const outcome = await Promise.race([started.then(() => 'ready', (err: Error) => err.message), new Promise<string>((res) => setTimeout(() => res('hung'), 5000).unref())]);
+  t.match(outcome, /not ready/, 'the start is rejected');
+  await until('the thread to end', () => exits.length === 1);
+  t.ok(link.closing, 'its exit is no death to restart');
+  t.equal(fdsClosed, 1, 'its sockets closed once it ended');
+  t.ok(logs.some((l) => l.includes('did not start in time')), 'logged');
 });
 
 t.test('shutdown with a restarted worker that dies before it is ready: drain and abort still resolve', async (t) => {

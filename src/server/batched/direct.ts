@@ -48,6 +48,9 @@ import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.
 const IO = BATCHED_COUNTERS.slot;
 /** Failed questions remembered for late clients: at 20k failures/s, the last 50 ms. */
 const FAILED_TOKENS_KEPT = 1024;
+/** Its worker dead, how long an answer with no live worker's socket waits for one (a successor's, bound at its spawn 1 s after the death). */
+export const ORPHAN_HOLD_MS = 2000;
+const ORPHAN_RETRY_MS = 50;
 const SV = SERVER_COUNTERS.slot;
 
 /** One client waiting on a worker's miss, as its record arrived. */
@@ -95,6 +98,9 @@ export class DirectAnswers {
   readonly #fds: readonly number[];
   /** Once the worker died with clients held here (orphan()): a live sibling's sockets, asked at each send (null: none). */
   #via: (() => readonly number[] | null) | null = null;
+  /** Until when (performance.now()) an orphan's answers with no socket wait for one (ORPHAN_HOLD_MS); 0: not at all. */
+  #holdUntil = 0;
+  #retry: NodeJS.Timeout | null = null;
   /** Told once, when it closes (an orphan: its last client answered). */
   onClosed: (() => void) | null = null;
   readonly #deps: DirectDeps;
@@ -199,6 +205,8 @@ export class DirectAnswers {
    */
   abort(): number {
     this.#aborted = true;
+    // Shutdown: no successor comes.
+    this.#holdUntil = 0;
     let n = 0;
     for (const m of this.#pending.values()) {
       n += m.waiters.length;
@@ -212,7 +220,7 @@ export class DirectAnswers {
   /** Sends what this turn queued: one sendmmsg per socket (more only past a vector's worth). */
   flush(): void {
     for (let s = 0; s < this.#send.length; s++) if (this.#send[s]!.filled > 0) this.#flushSocket(s);
-    if (this.orphaned && this.#waiting() === 0) this.close();
+    if (this.orphaned && this.#waiting() === 0 && this.#retry === null) this.close();
   }
 
   /** Clients held here, on questions still in flight. */
@@ -235,12 +243,15 @@ export class DirectAnswers {
   /**
    * The worker died, its sockets closed: the clients held here are still
    * answered as their misses complete, on `via`'s sockets (a live sibling's,
-   * bound to the same addresses and ports: the client sees the same source);
-   * with no sibling at the time, the answer is lost and counted as a send
-   * error. Closed once the last is answered; at once when none waits.
+   * a successor still starting too, bound to the same addresses and ports:
+   * the client sees the same source);
+   * with none at the time, the answer waits for one up to ORPHAN_HOLD_MS,
+   * then is lost and counted as a send error. Closed once the last is
+   * answered (and sent, or given up); at once when none waits.
    */
   orphan(via: () => readonly number[] | null): void {
     this.#via = via;
+    this.#holdUntil = performance.now() + ORPHAN_HOLD_MS;
     this.#aborted = true;
     if (this.#waiting() === 0) this.close();
   }
@@ -249,6 +260,8 @@ export class DirectAnswers {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#retry !== null) clearTimeout(this.#retry);
+    this.#retry = null;
     this.#pending.clear();
     this.#block.free();
     this.onClosed?.();
@@ -338,10 +351,20 @@ export class DirectAnswers {
     vec.push(reply, w.words, w.wordOff, w.nameLen);
   }
 
+  #retryLater(): void {
+    if (this.#retry !== null) return;
+    this.#retry = setTimeout(() => {
+      this.#retry = null;
+      this.flush();
+    }, ORPHAN_RETRY_MS);
+  }
+
   #flushSocket(s: number): void {
     const vec = this.#send[s]!;
     const fd = this.#sockets()[s];
     const filled = vec.filled;
+    // An orphan's answers with no socket yet: kept for a successor's (a full vector goes as it would).
+    if (fd === undefined && !this.#closed && !vec.full && performance.now() < this.#holdUntil) return this.#retryLater();
     vec.clear();
     if (fd === undefined || this.#closed) {
       this.#v[IO.sendErrors]! += filled;

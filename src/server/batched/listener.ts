@@ -319,7 +319,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served), logger: this.#logger,
     };
     const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, this.sharedCache.layout, direct);
-    link.siblings = () => this.#links.find((l) => l !== null && l !== link && l.alive && l.ready)?.fds ?? null;
+    link.siblings = () => this.#links.find((l) => l !== null && l !== link && l.alive)?.fds ?? null;
     this.#links[i] = link;
     return whenStarted(link, this.#logger, (r) => this.#onReport(link, r), (code) => this.#exited(link, code));
   }

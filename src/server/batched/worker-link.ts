@@ -44,7 +44,10 @@ export class WorkerLink implements MissReturn {
   readonly configuring: (() => void)[];
   /** Answers to this worker's clients sent from this thread; null when turned off (tests). */
   readonly direct: DirectAnswers | null;
-  /** A live sibling's sockets (null: none now): where the clients held here are answered should this worker die (closeFds()). */
+  /**
+   * A live sibling's sockets (null: none now): where the clients held here are answered should this worker die
+   * (closeFds()). A successor still starting counts: its sockets are bound from its spawn, closed only once it is gone.
+   */
   siblings: (() => readonly number[] | null) | null = null;
   /**
    * Completions whose clients were all answered here go without waking the

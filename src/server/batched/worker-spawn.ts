@@ -6,6 +6,7 @@
  * what the backend does with its workers (pause, drain, abort, reload,
  * restart), and this file as starting one.
  */
+import { receiveMessageOnPort } from 'node:worker_threads';
 import { formatHostPort } from '../../addr.js';
 import type { StoreLayout } from '../../cache/store-layout.js';
 import { DEFAULTS } from '../../config.js';
@@ -84,36 +85,63 @@ export function startWorker(
 }
 
 /**
+ * How long a worker may take to reach its loop: a thread starts in well under a second (a few under the tests'
+ * TypeScript loader, two files at a time on a loaded machine), so one silent this long is stuck.
+ */
+export const WORKER_START_WAIT_MS = 30_000;
+
+/**
  * Resolves once worker `link` is in its loop; rejects when it failed to
- * start or exited first. Every report goes to `onReport` (the ready one
+ * start or exited first, or said nothing for `waitMs` (its thread is then
+ * ended). Every report goes to `onReport` (the ready one
  * too); its exit goes to `onExit`, its sockets already closed (an exit
  * before the start with `link.closing` set: the listener neither counts it
  * as a death nor restarts it).
  */
-export function whenStarted(link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void): Promise<void> {
+export function whenStarted(
+  link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void, waitMs = WORKER_START_WAIT_MS,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     let started = false;
-    link.port.on('message', (r: WorkerReport) => {
+    // Stuck before its loop: the start fails (the agent's rolls back and exits 1; a restart is tried again later) and
+    // the thread is ended, its exit no death (closing). One stuck in a native call ends when that returns.
+    const timer = setTimeout(() => {
+      if (started) return;
+      started = true;
+      link.closing = true;
+      logger.error('udp worker did not start in time; terminated', { worker: link.index, waitedMs: waitMs });
+      void link.worker.terminate();
+      reject(new Error(`worker not ready after ${waitMs} ms`));
+    }, waitMs);
+    timer.unref();
+    const take = (r: WorkerReport): void => {
       if (r.ready === true && !started) {
         started = true;
+        clearTimeout(timer);
         link.ready = true;
         resolve();
       }
       if (r.failed !== undefined && !started) {
         started = true;
+        clearTimeout(timer);
         // It never ran: its exit is no death to report.
         link.closing = true;
         reject(new Error(r.failed));
       }
       onReport(r);
-    });
+    };
+    link.port.on('message', take);
     link.worker.on('error', (err) => {
       logger.error('udp worker failed', { worker: link.index, error: err.message });
     });
     link.worker.on('exit', (code) => {
+      // Its last reports may still wait on the port ('exit' can come first): read them while it still counts as live
+      // (their misses go upstream, their clients are held here), not dropped by the close.
+      for (let m = receiveMessageOnPort(link.port); m !== undefined; m = receiveMessageOnPort(link.port)) take(m.message as WorkerReport);
       link.alive = false;
       link.port.close();
       link.closeFds();
+      clearTimeout(timer);
       if (!started) {
         started = true;
         // It never ran: no death to report and no restart, but whatever waits on this link (a drain, an abort, a
