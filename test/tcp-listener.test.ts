@@ -400,6 +400,49 @@ for (const io of ['dgram', 'batched'] as const) {
   });
 }
 
+/** A port free on 127.0.0.1 a moment ago (listeners on other loopback addresses bind it too). */
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((resolve) => s.listen(0, HOST, resolve));
+  const a = s.address();
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return a !== null && typeof a === 'object' ? a.port : 0;
+}
+
+t.test('--max-tcp-connections and --max-tcp-per-client hold across the agent\'s listen addresses (one budget per process, as memory is)', async (t) => {
+  const silent = await SimDnsServer.start({ handler: staticHandler({}), faults: { dropAll: true } });
+  t.teardown(() => silent.close());
+  const up = `127.0.0.1:${silent.port}`;
+  const second = { host: '127.0.21.3', port: await freePort() };
+  const a = await startAgent('127.0.21.2', [
+    '--listen', `${second.host}:${second.port}`,
+    '--upstream-addr', up, '--upstream-nameservers', up, '--timeout', '30s', '--max-tcp-per-client', '1', '--max-tcp-connections', '2',
+  ]);
+  t.teardown(a.stop);
+  const tcp = a.agent.listeners.filter((l): l is TcpListener => l instanceof TcpListener);
+  t.equal(tcp.length, 2, 'two TCP listeners');
+  const asked = (): number => silent.stats.tcpQueries + silent.stats.udpQueries;
+  const at = (target: { host: string; port: number }, from: string, id: number): Promise<Client> =>
+    Client.connect(t, target.port, { host: target.host, from }).then((c) => {
+      c.socket.write(frame(buildQuery(`q${id}.default.svc.cluster.local`, { id })));
+      return c;
+    });
+  // Busy connections (their queries wait on an upstream that never answers) can make no room.
+  const busy = await at(a.target, '127.0.0.2', 1);
+  t.ok(await until(() => asked() === 1), 'one busy connection from 127.0.0.2 on the first address');
+  const sameClient = await at(second, '127.0.0.2', 2);
+  t.ok(await until(() => sameClient.closed), 'a second from 127.0.0.2, on the other address, is refused: the per-client cap is the agent\'s');
+  const other = await at(second, '127.0.0.3', 3);
+  t.ok(await until(() => asked() === 2), 'another client is admitted on the second address');
+  const third = await at(a.target, '127.0.0.4', 4);
+  t.ok(await until(() => third.closed), 'a third client is refused: two connections open across both addresses');
+  t.notOk(busy.closed || other.closed, 'the busy connections stay');
+  const refused = (name: 'refused' | 'refusedClient'): number => tcp.reduce((n, l) => n + l.counters.get(name), 0);
+  t.equal(refused('refusedClient'), 1, 'counted as client_limit');
+  t.equal(refused('refused'), 1, 'counted as connection_limit');
+  t.equal(asked(), 2, 'no refused query reached the upstream');
+});
+
 // ---------------------------------------------------------------- defect 9: clients that never read
 
 /** Sends `n` queries from a client that never reads; returns the largest server-side send queue seen while it lives. */
