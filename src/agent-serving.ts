@@ -21,7 +21,8 @@ import type { HitPath } from './server/hit-path.js';
 import { clientInflightCap } from './server/client-limit.js';
 import type { Listener } from './server/listener.js';
 import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
-import { TcpListener } from './server/tcp-listener.js';
+import { TCP_UNSENT_ROOM_BYTES, TcpListener } from './server/tcp-listener.js';
+import { TcpSlots } from './server/tcp-slots.js';
 import { Counters } from './stats/counters.js';
 import type { Upstream } from './upstream/types.js';
 
@@ -88,12 +89,13 @@ export async function buildServing(c: Config, routing: Routing, d: ServingDeps):
   }
   const listeners: Listener[] = [...udp.listeners];
   // TCP stays on this thread whatever the UDP backend: a small share of pods' DNS, and more listeners here add no core.
+  // One budget for them all: what clients that do not read make us hold is memory, and memory is the process's.
+  const slots = new TcpSlots({ maxConnections: c.maxTcpConnections, maxConnectionsPerClient: c.maxTcpPerClient, unsentRoomBytes: TCP_UNSENT_ROOM_BYTES });
   for (const addr of c.listen) {
     const tcp = new TcpListener(addr, d.hitPath, d.logger, {
       idleTimeoutMs: c.tcpIdleTimeoutMs,
       readTimeoutMs: c.tcpReadTimeoutMs,
-      maxConnections: c.maxTcpConnections,
-      maxConnectionsPerClient: c.maxTcpPerClient,
+      slots,
       maxQueriesPerConnection: c.maxTcpQueries,
       clock: d.clock,
       reusePort: c.reusePort,

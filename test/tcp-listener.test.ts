@@ -15,6 +15,7 @@ import { FrameDecoder, frame } from '../src/dns/framing.js';
 import { silentLogger } from '../src/log.js';
 import type { ClientChannel, ClientPeer, QueryHandler } from '../src/server/listener.js';
 import { TcpListener, type TcpListenerOptions } from '../src/server/tcp-listener.js';
+import { TcpSlots } from '../src/server/tcp-slots.js';
 import { UnsentRoom, type UnsentRoomHolder } from '../src/server/tcp-unsent.js';
 import { fdOf, loadSocketOptions } from '../src/sys/socket-options.js';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
@@ -93,6 +94,14 @@ class Client {
   get localPort(): number {
     return this.socket.localPort ?? 0;
   }
+}
+
+/** A newcomer that sends `q` and must be closed unanswered. */
+async function turnedAway(t: Test, port: number, q: Buffer, what: string): Promise<void> {
+  const c = await Client.connect(t, port);
+  c.socket.write(q);
+  t.ok(await until(() => c.closed), what);
+  t.same(c.answers, [], 'and not served');
 }
 
 /** Polls `pred` every 10 ms, at most `boundMs`; the bound only keeps a broken build from hanging. */
@@ -271,10 +280,7 @@ t.test('at the connection cap a new client evicts the idlest connection; refused
   b.socket.write(query(5, true));
   d.socket.write(query(6, true));
   t.ok(await until(() => h.held.length === 3), 'b, c, d all busy');
-  const e = await Client.connect(t, l.port);
-  e.socket.write(query(7));
-  t.ok(await until(() => e.closed), 'newcomer closed');
-  t.same(e.answers, [], 'and not served');
+  await turnedAway(t, l.port, query(7), 'newcomer closed');
   t.equal(l.counters.get('refused'), 1, 'counted as refused');
   t.equal(l.counters.get('closedEvicted'), 1, 'no busy connection was evicted');
   h.release();
@@ -315,6 +321,70 @@ t.test('per-client cap: at it a client closes its own idlest connection, and is 
   t.equal(l.clientAddresses, 2, 'two addresses tracked');
   for (const c of [a2, a4, b]) c.socket.destroy();
   t.ok(await until(() => l.connections === 0 && l.clientAddresses === 0), 'an address is forgotten with its last connection');
+});
+
+// ---------------------------------------------------------------- one budget for every listener (tcp-slots.ts)
+
+/** Two listeners on loopback sharing one TcpSlots, as the agent's listen addresses do. */
+async function twoListeners(t: Test, h: QueryHandler, maxConnections: number, maxConnectionsPerClient: number): Promise<[TcpListener, TcpListener]> {
+  const slots = new TcpSlots({ maxConnections, maxConnectionsPerClient, unsentRoomBytes: 1024 * 1024 });
+  return [await startListener(t, h, { slots }), await startListener(t, h, { slots }, '127.0.0.2')];
+}
+
+t.test('the connection cap is shared by the listeners: a newcomer on one evicts the idlest on the other, and is refused only when all are busy', async (t) => {
+  const h = new FakeHandler();
+  const [la, lb] = await twoListeners(t, h, 2, 0);
+  const a = await Client.connect(t, la.port);
+  a.socket.write(query(1));
+  t.ok(await until(() => a.answers.length === 1), 'a answered on the first listener, idle now');
+  const b = await Client.connect(t, lb.port, { host: '127.0.0.2' });
+  b.socket.write(query(2, true));
+  t.ok(await until(() => h.held.length === 1), 'b busy on the second');
+  const c = await Client.connect(t, lb.port, { host: '127.0.0.2' });
+  c.socket.write(query(3));
+  t.ok(await until(() => c.answers.length === 1), 'a newcomer on the second listener is served');
+  t.ok(await until(() => a.closed), 'a, idle on the first listener, was closed for it');
+  t.equal(la.counters.get('closedEvicted'), 1, 'counted as evicted on a\'s listener');
+  t.ok(la.connections === 0 && la.counters.get('open') === 0, 'which let go of it at once (its gauge too)');
+  t.equal(lb.connections, 2, 'the second holds b and c');
+  c.socket.write(query(4, true));
+  t.ok(await until(() => h.held.length === 2), 'b and c busy');
+  await turnedAway(t, la.port, query(5), 'a newcomer on the first listener is refused: two open across both, all busy');
+  t.equal(la.counters.get('refused'), 1, 'counted as connection_limit on its listener');
+  t.equal(lb.counters.get('refused') + lb.counters.get('closedEvicted'), 0, 'nothing refused or evicted on the other');
+  h.release();
+  t.ok(await until(() => b.answers.length === 1 && c.answers.length === 2), 'the busy ones get their answers');
+});
+
+t.test('the per-client cap is shared by the listeners: a client at it on one is refused on the other, or closes its own idlest there; one listener closing leaves the other\'s count', async (t) => {
+  const h = new FakeHandler();
+  const [la, lb] = await twoListeners(t, h, 16, 1);
+  const a1 = await Client.connect(t, la.port, { from: '127.0.0.3' });
+  a1.socket.write(query(1, true));
+  t.ok(await until(() => h.held.length === 1), '127.0.0.3 busy on the first listener');
+  const a2 = await Client.connect(t, lb.port, { host: '127.0.0.2', from: '127.0.0.3' });
+  a2.socket.write(query(2));
+  t.ok(await until(() => a2.closed), 'its connection to the second listener is refused');
+  t.equal(lb.counters.get('refusedClient'), 1, 'counted as client_limit there');
+  const other = await Client.connect(t, lb.port, { host: '127.0.0.2', from: '127.0.0.4' });
+  other.socket.write(query(3));
+  t.ok(await until(() => other.answers.length === 1), 'another address is served');
+  h.release();
+  t.ok(await until(() => a1.answers.length === 1), 'a1 answered, idle now');
+  const a3 = await Client.connect(t, lb.port, { host: '127.0.0.2', from: '127.0.0.3' });
+  a3.socket.write(query(4));
+  t.ok(await until(() => a3.answers.length === 1), 'a newcomer from 127.0.0.3 on the second listener is served');
+  t.ok(await until(() => a1.closed), 'its idle connection on the first was closed for it');
+  t.equal(la.counters.get('closedEvicted'), 1, 'counted as evicted on the first');
+  t.notOk(other.closed, 'the other client is not touched');
+  const onFirst = await Client.connect(t, la.port, { from: '127.0.0.5' });
+  t.ok(await until(() => la.connections === 1), 'a third address on the first listener');
+  t.equal(lb.clientAddresses, 3, 'three addresses tracked across both');
+  await la.close();
+  t.ok(await until(() => onFirst.closed), 'the first listener closed with its connection');
+  t.equal(lb.clientAddresses, 2, 'the first listener closing forgets its own clients, not the second\'s');
+  for (const c of [a3, other]) c.socket.destroy();
+  t.ok(await until(() => lb.connections === 0 && lb.clientAddresses === 0), 'an address is forgotten with its last connection');
 });
 
 /** One connection busy, one connected with its query not sent yet: a third must be turned away, not take the fresh one's slot. */
@@ -588,24 +658,30 @@ t.test('a client that does not read the answers to misses landing together is re
   t.equal(l.counters.get('closedIdle'), 0, 'not as idle');
 });
 
-t.test('what answers landing together hold past the unsent cap is bounded across the listener: when the room is full, the client unread longest is reset', async (t) => {
-  // 16 answers of 60 KB (960 KB) to a client that does not read: the kernel and its receive buffer take at most
-  // ~300 KB, Node's cap 128 KiB, so 530 to 730 KB wait in the room. The room fits one such client, not two.
-  const h = new FakeHandler(60_000);
-  const l = await startListener(t, h, { maxQueriesPerConnection: 16, readTimeoutMs: 60_000, idleTimeoutMs: 60_000, unsentRoomBytes: 800_000 });
-  const a = await unreadBurst(t, l, h, 16, 1);
-  await sleep(200); // a few sweeps: b's answers are stamped unread later than a's
-  // A client that does not read does not see the reset either: the server side is what is asserted.
-  t.ok(l.connections === 1 && l.counters.get('closedUnsentLimit') === 0, 'a is kept while its answers fit in the room');
-  const b = await unreadBurst(t, l, h, 16, 101);
-  t.ok(await until(() => serverSide(l.port, a.localPort) === null), 'a, unread longest, is reset when b\'s answers need the room');
-  t.equal(l.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit');
-  t.ok(await until(() => l.connections === 1), 'the listener has forgotten a');
-  t.ok(serverSide(l.port, b.localPort) !== null, 'b, whose answers just landed, is kept');
-  b.socket.resume();
-  t.ok(await until(() => b.answers.length === 16), 'and gets every answer once it reads');
-  t.equal(l.counters.get('closedUnsentLimit'), 1, 'nothing more reset');
-});
+for (const shared of [false, true]) {
+  const where = shared ? 'two listeners sharing their slots (a on one, b on the other)' : 'the listener';
+  t.test(`what answers landing together hold past the unsent cap is bounded across ${where}: when the room is full, the client unread longest is reset`, async (t) => {
+    // 16 answers of 60 KB (960 KB) to a client that does not read: the kernel and its receive buffer take at most
+    // ~300 KB, Node's cap 128 KiB, so 530 to 730 KB wait in the room. The room fits one such client, not two.
+    const h = new FakeHandler(60_000);
+    const base = { maxQueriesPerConnection: 16, readTimeoutMs: 60_000, idleTimeoutMs: 60_000 };
+    const slots = new TcpSlots({ maxConnections: 16, maxConnectionsPerClient: 0, unsentRoomBytes: 800_000 });
+    const la = await startListener(t, h, shared ? { ...base, slots } : { ...base, unsentRoomBytes: 800_000 });
+    const lb = shared ? await startListener(t, h, { ...base, slots }) : la;
+    const a = await unreadBurst(t, la, h, 16, 1);
+    await sleep(200); // a few sweeps: b's answers are stamped unread later than a's
+    // A client that does not read does not see the reset either: the server side is what is asserted.
+    t.ok(la.connections === 1 && la.counters.get('closedUnsentLimit') === 0, 'a is kept while its answers fit in the room');
+    const b = await unreadBurst(t, lb, h, 16, 101);
+    t.ok(await until(() => serverSide(la.port, a.localPort) === null), 'a, unread longest, is reset when b\'s answers need the room');
+    t.equal(la.counters.get('closedUnsentLimit'), 1, 'counted as unsent_limit, on a\'s listener');
+    t.ok(await until(() => la.connections === (shared ? 0 : 1)), 'a\'s listener has forgotten a');
+    t.ok(serverSide(lb.port, b.localPort) !== null, 'b, whose answers just landed, is kept');
+    b.socket.resume();
+    t.ok(await until(() => b.answers.length === 16), 'and gets every answer once it reads');
+    t.equal(la.counters.get('closedUnsentLimit') + (shared ? lb.counters.get('closedUnsentLimit') : 0), 1, 'nothing more reset');
+  });
+}
 
 t.test('UnsentRoom: a holder not stamped unread (-1) is the last to go, not the first', async (t) => {
   // -1 is "not waiting on its reading", not "since the beginning of time": ordered as a number, such a holder (bytes

@@ -12,9 +12,10 @@
  * - at the connection cap a newcomer evicts the connection that has been idle
  *   longest with nothing in flight, and is refused only when every one is busy;
  *   one client address holds at most maxConnectionsPerClient of them, making
- *   room the same way among its own (tcp-per-client.ts);
+ *   room the same way among its own (tcp-per-client.ts); both caps are the
+ *   agent's, across all its listeners (tcp-slots.ts);
  * - unsent answers are bounded in the kernel (a small SO_SNDBUF set at accept)
- *   and in Node (maxUnsentBytes, and past it a room the listener's connections
+ *   and in Node (maxUnsentBytes, and past it a room the agent's connections
  *   share for answers to queries in flight landing together: tcp-unsent.ts);
  *   past the room, or with answers left unread for the read timeout, the
  *   client is reset (tcp-client-conn.ts).
@@ -27,9 +28,10 @@
  * keeps accepting until its accept queue has stayed empty, closes each
  * connection once it owes nothing, and drained() says when all that is done.
  *
- * This file is the listener (accept, the connection cap and eviction, the
- * sweep, the handover drain); what happens on one client
- * socket (framing, in-flight cap, answers, timeouts) is tcp-client-conn.ts.
+ * This file is the listener (accept, the sweep, the handover drain); the
+ * caps and eviction, shared by the agent's listeners, are tcp-slots.ts; what
+ * happens on one client socket (framing, in-flight cap, answers, timeouts) is
+ * tcp-client-conn.ts.
  */
 import net from 'node:net';
 import { DEFAULTS } from '../config.js';
@@ -44,8 +46,8 @@ import type { ServerAddress } from '../upstream/types.js';
 import type { Listener, QueryHandler } from './listener.js';
 import { tcpListenerCounters, type TcpListenerCounters } from './tcp-stats.js';
 import { TcpClientConnection, stopAll, type CoarseTime, type Limits, type TcpCloseReason } from './tcp-client-conn.js';
-import { ConnectionsPerClient, idlest } from './tcp-per-client.js';
-import { SendBufferLimit, TCP_MAX_UNSENT_BYTES, TCP_SEND_BUFFER_BYTES, TCP_UNSENT_ROOM_BYTES, UnsentRoom } from './tcp-unsent.js';
+import { TcpSlots } from './tcp-slots.js';
+import { SendBufferLimit, TCP_MAX_UNSENT_BYTES, TCP_SEND_BUFFER_BYTES, TCP_UNSENT_ROOM_BYTES } from './tcp-unsent.js';
 
 export { DRAIN_IDLE_MS, type TcpCloseReason } from './tcp-client-conn.js';
 export { TCP_MAX_UNSENT_BYTES, TCP_SEND_BUFFER_BYTES, TCP_UNSENT_ROOM_BYTES } from './tcp-unsent.js';
@@ -53,7 +55,10 @@ export { TCP_MAX_UNSENT_BYTES, TCP_SEND_BUFFER_BYTES, TCP_UNSENT_ROOM_BYTES } fr
 export interface TcpListenerOptions {
   /** Close a connection with no complete message and nothing in flight for this long (RFC 7766 6.2.3). */
   readonly idleTimeoutMs: number;
-  readonly maxConnections: number;
+  /** The caps and the room shared with the agent's other client TCP listeners (tcp-slots.ts); maxConnections, maxConnectionsPerClient and unsentRoomBytes are then ignored. Without it the listener makes its own from them. */
+  readonly slots?: TcpSlots;
+  /** Connections open at once. Default: --max-tcp-connections's (config.ts). */
+  readonly maxConnections?: number;
   /** Connections one client address may hold; 0: no cap. Default: --max-tcp-per-client's (config.ts). */
   readonly maxConnectionsPerClient?: number;
   readonly maxQueriesPerConnection: number;
@@ -61,7 +66,7 @@ export interface TcpListenerOptions {
   readonly readTimeoutMs?: number;
   /** Answers a client may leave unsent in Node's buffer (beyond the kernel's), but for answers to queries in flight landing together. Default TCP_MAX_UNSENT_BYTES. */
   readonly maxUnsentBytes?: number;
-  /** Room past maxUnsentBytes, for the whole listener, for those answers (tcp-unsent.ts); past it clients are reset. Default TCP_UNSENT_ROOM_BYTES. */
+  /** Room past maxUnsentBytes, for all the connections of the slots, for those answers (tcp-unsent.ts); past it clients are reset. Default TCP_UNSENT_ROOM_BYTES. */
   readonly unsentRoomBytes?: number;
   /** SO_SNDBUF asked for on each client socket (the kernel doubles it); 0 keeps kernel autotuning. Default TCP_SEND_BUFFER_BYTES. */
   readonly sendBufferBytes?: number;
@@ -91,14 +96,13 @@ export class TcpListener implements Listener {
   readonly #addr: ServerAddress;
   readonly #handler: QueryHandler;
   readonly #logger: Logger;
-  readonly #maxConnections: number;
   readonly #sendBuffer: SendBufferLimit;
   readonly #limits: Limits;
   readonly #clock: Clock;
   readonly #time: CoarseTime;
+  /** This listener's connections (its gauge, sweep, drain and stop); each is held in #slots too. */
   readonly #conns: Set<TcpClientConnection>;
-  readonly #perClient: ConnectionsPerClient;
-  readonly #room: UnsentRoom;
+  readonly #slots: TcpSlots;
   #server: net.Server | null;
   /** Unregisters our sweep from the clock's shared timer; null while no connection is open. */
   #sweep: (() => void) | null;
@@ -125,7 +129,6 @@ export class TcpListener implements Listener {
     this.#addr = addr;
     this.#handler = handler;
     this.#logger = logger;
-    this.#maxConnections = opts.maxConnections;
     this.#limits = {
       idleTimeoutMs: opts.idleTimeoutMs,
       readTimeoutMs: opts.readTimeoutMs ?? DEFAULTS.tcpReadTimeoutMs,
@@ -138,8 +141,11 @@ export class TcpListener implements Listener {
     this.#sendBuffer = new SendBufferLimit(opts.sendBufferBytes ?? TCP_SEND_BUFFER_BYTES, logger, this.name);
     this.#time = { now: this.#clock.now() };
     this.#conns = new Set();
-    this.#perClient = new ConnectionsPerClient(opts.maxConnectionsPerClient ?? DEFAULTS.maxTcpPerClient);
-    this.#room = new UnsentRoom(opts.unsentRoomBytes ?? TCP_UNSENT_ROOM_BYTES, this.#conns);
+    this.#slots = opts.slots ?? new TcpSlots({
+      maxConnections: opts.maxConnections ?? DEFAULTS.maxTcpConnections,
+      maxConnectionsPerClient: opts.maxConnectionsPerClient ?? DEFAULTS.maxTcpPerClient,
+      unsentRoomBytes: opts.unsentRoomBytes ?? TCP_UNSENT_ROOM_BYTES,
+    });
     this.#server = null;
     this.#sweep = null;
     this.#reusePort = opts.reusePort ?? false;
@@ -180,9 +186,9 @@ export class TcpListener implements Listener {
     return this.#conns.size;
   }
 
-  /** Client addresses the per-client cap tracks (those with a connection open). */
+  /** Client addresses the per-client cap tracks (those with a connection open on any listener sharing the slots). */
   get clientAddresses(): number {
-    return this.#perClient.size;
+    return this.#slots.clientAddresses;
   }
 
   async start(): Promise<void> {
@@ -303,9 +309,11 @@ export class TcpListener implements Listener {
     this.#server = null;
     if (this.#sweep !== null) this.#sweep();
     this.#sweep = null;
-    for (const c of this.#conns) c.destroy();
+    for (const c of this.#conns) {
+      c.destroy();
+      this.#slots.remove(c);
+    }
     this.#conns.clear();
-    this.#perClient.clear();
     this.#setOpenGauge();
     if (server === null || !server.listening) return Promise.resolve();
     return new Promise((resolve) => server.close(() => resolve()));
@@ -319,20 +327,16 @@ export class TcpListener implements Listener {
       this.#refuseForFds(socket);
       return;
     }
-    if (this.#perClient.full(address) && !this.#evict(this.#perClient.idlestOf(address, now))) {
-      this.counters.values[slot.refusedClient]!++;
-      socket.destroy();
-      return;
-    }
-    if (this.#conns.size >= this.#maxConnections && !this.#evict(idlest(this.#conns, now))) {
-      this.counters.values[slot.refused]!++;
+    const refused = this.#slots.admit(address, now);
+    if (refused !== null) {
+      this.counters.values[refused === 'client' ? slot.refusedClient : slot.refused]!++;
       socket.destroy();
       return;
     }
     this.#sendBuffer.apply(socket);
-    const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#limits, this.name, this.#time, this.counters, this.#room);
+    const conn = new TcpClientConnection(socket, this.#handler, this.#logger, this.#limits, this.name, this.#time, this.counters, this.#slots.room);
     this.#conns.add(conn);
-    this.#perClient.add(conn);
+    this.#slots.add(conn, this.#evict);
     if (this.#draining) {
       this.#acceptedSinceSweep++;
       conn.finish();
@@ -351,12 +355,8 @@ export class TcpListener implements Listener {
     this.#logger.warn('open-file limit nearly reached: new TCP clients are refused', { listener: this.name, limit: this.#fdCeiling.limit, reserve: FD_RESERVE });
   }
 
-  /** Closes `victim` (the idlest at a cap) to make room; false when there is none (every one busy). */
-  #evict(victim: TcpClientConnection | null): boolean {
-    if (victim === null) return false;
-    this.#closeConn(victim, 'evicted');
-    return true;
-  }
+  /** How the slots close one of ours at a cap, for a newcomer on this listener or another. */
+  readonly #evict = (victim: TcpClientConnection): void => this.#closeConn(victim, 'evicted');
 
   readonly #onSweep = (now: number): void => this.#tick(now);
 
@@ -382,7 +382,7 @@ export class TcpListener implements Listener {
   /** Once per connection, whichever of #closeConn and its socket's 'close' comes first. */
   #forget(c: TcpClientConnection): void {
     if (!this.#conns.delete(c)) return;
-    this.#perClient.remove(c);
+    this.#slots.remove(c);
     this.#setOpenGauge();
   }
 

@@ -1,17 +1,17 @@
 /**
- * Who holds the client TCP listener's slots (tcp-listener.ts): the
- * connections open per client address, for the per-client cap
- * (--max-tcp-per-client), and who makes room at a cap.
+ * Who holds the client TCP slots (tcp-slots.ts, one set for all the agent's
+ * listeners): the connections open per client address, for the per-client
+ * cap (--max-tcp-per-client), and who makes room at a cap.
  *
- * The listener's own cap (--max-tcp-connections) is shared by every pod on
- * the node: without a cap per address one pod holding busy connections takes
+ * The agent's cap (--max-tcp-connections) is shared by every pod on the
+ * node: without a cap per address one pod holding busy connections takes
  * every slot, and the others' TCP fallback is refused. As dnsdist's
  * setMaxTCPConnectionsPerClient, the key is the client's address (all its
  * ports together) as the socket gives it; IPv4 and IPv6 are kept apart
  * (an IPv6 listener is v6-only, so an IPv4 client never shows up as
  * ::ffff:a.b.c.d under another key). Unlike dnsdist, a client at its cap
  * first makes room among its own connections, as a newcomer does at the
- * listener's cap: a pod that leaves connections idle is not locked out by
+ * agent's cap: a pod that leaves connections idle is not locked out by
  * them. An address is forgotten with its last connection, so there are
  * never more entries than open connections.
  */
@@ -80,9 +80,5 @@ export class ConnectionsPerClient {
     const own = this.#byAddress.get(c.address);
     if (own === undefined || !own.delete(c)) return;
     if (own.size === 0) this.#byAddress.delete(c.address);
-  }
-
-  clear(): void {
-    this.#byAddress.clear();
   }
 }

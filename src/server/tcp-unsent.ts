@@ -2,7 +2,7 @@
  * The bounds on unsent answers of client TCP connections (tcp-client-conn.ts):
  * the kernel's share (a small SO_SNDBUF), the cap per connection in Node, the
  * take limit that stops taking queries short of it, and the room past the cap
- * that a listener's connections share.
+ * that the agent's connections share (tcp-slots.ts).
  *
  * The take limit bounds what answers given at once (cache hits) can queue.
  * Answers to queries taken before, misses in flight together, may still all
@@ -10,12 +10,12 @@
  * pipelining and not by a client that stopped reading, so resetting for them
  * would cut clients that read. They wait in the room instead, and the client
  * must read them within the read timeout as any unread answers ('drain').
- * The room is one sum for the listener, not a share per connection: the worst
- * case across its connections is the per-connection figure times the
- * connections plus the room, while one client that pipelines large answers
- * may use all of it. When it is full the connection whose answers have waited
+ * The room is one sum for the agent (every client TCP listener: tcp-slots.ts),
+ * not a share per connection: the worst case across its connections is the
+ * per-connection figure times the connections plus the room, while one client
+ * that pipelines large answers may use all of it. When it is full the connection whose answers have waited
  * unread longest goes first: a client that stalled, not the reader whose
- * answer just landed. The sum is a scan of the listener's connections (about
+ * answer just landed. The sum is a scan of the agent's connections (about
  * 10 us over 1,024), run only when an answer lands past a connection's cap,
  * never on a hit.
  */
@@ -86,7 +86,7 @@ export class SendBufferLimit {
  * receive buffer (128 KiB initially) and our send buffer. For a client that
  * never reads the total unsent on our side is then at most ~110 KB kernel +
  * this, ~240 KiB (~240 MiB at 1,024 connections), plus what it holds of the
- * listener's room (TCP_UNSENT_ROOM_BYTES) for the read timeout, where kernel
+ * agent's room (TCP_UNSENT_ROOM_BYTES) for the read timeout, where kernel
  * autotuning plus the old 1 MiB cut-off allowed ~4.5 MiB each (3.5 MB of it
  * in the kernel, measured).
  */
@@ -107,8 +107,9 @@ export function takeLimit(maxUnsentBytes: number, socket: net.Socket): number {
 
 /**
  * Two connections' worth of the default in-flight cap (128) of maximum-size
- * answers landing at once; 16 MiB per listener on top of the per-connection
- * bound, held at most for the read timeout by a client that does not read.
+ * answers landing at once; 16 MiB per agent (one room for all its client TCP
+ * listeners: tcp-slots.ts) on top of the per-connection bound, held at most
+ * for the read timeout by a client that does not read.
  */
 export const TCP_UNSENT_ROOM_BYTES = 16 * 1024 * 1024;
 
@@ -123,9 +124,10 @@ export interface UnsentRoomHolder {
 
 export class UnsentRoom {
   readonly #maxBytes: number;
-  readonly #holders: ReadonlySet<UnsentRoomHolder>;
+  /** Walked afresh at each fit(): a Set, or the slots (tcp-slots.ts). */
+  readonly #holders: Iterable<UnsentRoomHolder>;
 
-  constructor(maxBytes: number, holders: ReadonlySet<UnsentRoomHolder>) {
+  constructor(maxBytes: number, holders: Iterable<UnsentRoomHolder>) {
     this.#maxBytes = maxBytes;
     this.#holders = holders;
   }
