@@ -1611,15 +1611,11 @@ t.test('HostResolvers: a quick SERVFAIL from the last server does not cut short 
 t.test('HostResolvers: a TCP read carrying two answer frames is one answer of the try', async (t) => {
   // A server that truncates over UDP, then writes its TCP answer (SERVFAIL) twice in one write: the second frame
   // belongs to a try already over and must not be taken (or counted) again.
-  const udp = dgram.createSocket('udp4');
-  udp.on('message', (m, r) => {
+  const port = await sameUdpTcpPort(t, (udp, m, r) => {
     const reply = Buffer.from(m);
     reply[2] = 0x80 | 0x02 | (reply[2]! & 0x01); // QR, TC, RD kept
     udp.send(reply, r.port, r.address);
-  });
-  await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
-  const port = udp.address().port;
-  const tcp = net.createServer((sock) => {
+  }, (sock) => {
     sock.on('error', () => {});
     const decoder = new FrameDecoder((q) => {
       const reply = Buffer.from(q);
@@ -1629,8 +1625,6 @@ t.test('HostResolvers: a TCP read carrying two answer frames is one answer of th
     });
     sock.on('data', (chunk: Buffer) => decoder.push(chunk));
   });
-  await new Promise<void>((resolve) => tcp.listen(port, '127.0.0.1', resolve));
-  t.teardown(() => { udp.close(); tcp.close(); });
   const good = await SimDnsServer.start({ handler: base });
   t.teardown(() => good.close());
   const up = new HostResolvers({ servers: [{ host: '127.0.0.1', port }, { host: good.host, port: good.port }], attemptTimeoutMs: 1000, attempts: 1 });
@@ -1641,6 +1635,34 @@ t.test('HostResolvers: a TCP read carrying two answer frames is one answer of th
   t.equal(up.counters.get('responsesServfail'), 1, 'one SERVFAIL counted');
   t.equal(up.counters.get('spoofed'), 0);
 });
+
+/**
+ * A UDP socket and a TCP listener on one ephemeral port of 127.0.0.1 (closed at teardown). The TCP listener goes
+ * first and UDP follows on its port; a port some other socket already holds (an outgoing connection's local port
+ * on a busy machine) is given up and another one tried.
+ */
+async function sameUdpTcpPort(
+  t: Test,
+  onUdp: (udp: dgram.Socket, m: Buffer, r: dgram.RemoteInfo) => void,
+  onConnection: (sock: net.Socket) => void,
+): Promise<number> {
+  for (let tries = 0; ; tries++) {
+    const tcp = net.createServer(onConnection);
+    const udp = dgram.createSocket('udp4');
+    try {
+      await new Promise<void>((resolve, reject) => { tcp.once('error', reject); tcp.listen(0, '127.0.0.1', resolve); });
+      const port = (tcp.address() as net.AddressInfo).port;
+      await new Promise<void>((resolve, reject) => { udp.once('error', reject); udp.bind(port, '127.0.0.1', resolve); });
+      udp.on('message', (m, r) => onUdp(udp, m, r));
+      t.teardown(() => { udp.close(); tcp.close(); });
+      return port;
+    } catch (err) {
+      tcp.close();
+      try { udp.close(); } catch { /* never bound */ }
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || tries >= 20) throw err;
+    }
+  }
+}
 
 /** What test/helpers/netns-host-resolvers.ts reports. */
 interface NetnsOutcome {
