@@ -378,8 +378,11 @@ t.test('ConfigWatcher: compared against what the configuration was read from, an
   w.stop();
 });
 
-t.test('--max-tcp-per-client: 256 by default, 0 turns the cap off, a bad value names the flag', async (t) => {
-  t.equal(load([]).config.maxTcpPerClient, 256);
+t.test('--max-tcp-per-client: 64 by default, 0 turns the cap off, a bad value names the flag', async (t) => {
+  // The defaults keep what pods can make the agent hold over TCP (~240 KiB a connection that leaves its answers
+  // unread, plus a 16 MiB room) under the DaemonSet's memory limit with every state docs/install.md measured.
+  t.equal(load([]).config.maxTcpConnections, 256);
+  t.equal(load([]).config.maxTcpPerClient, 64, 'a quarter of the connections, as a pod\'s share of --max-concurrent');
   t.equal(load(['--max-tcp-per-client', '0']).config.maxTcpPerClient, 0);
   t.equal(load(['--max-tcp-per-client=8']).config.maxTcpPerClient, 8);
   t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'maxTcpPerClient: 16\n' }).config.maxTcpPerClient, 16, 'config file key');
