@@ -70,12 +70,16 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: 'tcp-read-timeout', kind: 'duration', def: '2s', min: 100, max: 60_000,
     help: 'a client TCP message must be complete this long after its first byte (slow-loris; a pod sends one segment, 2 s allows a retransmission); a client whose queries wait for it to read its answers must read them within it too',
   },
-  { flag: 'max-tcp-connections', kind: 'int', def: '1024', help: 'client TCP connections at once; at the cap a newcomer closes the connection idle longest, and is refused only when all are busy', min: 1 },
-  // One pod must not hold every slot: 256 is a quarter of the 1,024 above. Not lower: hostNetwork pods share the
-  // node's address, and glibc, musl and Go open one per TCP lookup, so an outage (queries held for seconds) puts
-  // many on one address (README, --max-tcp-per-client).
+  // Sized to the DaemonSet's memory limit: a connection whose client leaves its answers unread may hold ~240 KiB
+  // (docs/install.md, Resources), so 256 of them plus the 16 MiB room is ~76 MiB, which fits beside every state
+  // measured there; 1,024 (~256 MiB) did not. Idle ones are closed for newcomers, so only busy connections count:
+  // 256 TCP queries in flight at once on one node (unbound's default is 10 a thread).
+  { flag: 'max-tcp-connections', kind: 'int', def: '256', help: 'client TCP connections at once; at the cap a newcomer closes the connection idle longest, and is refused only when all are busy', min: 1 },
+  // One pod must not hold every slot: 64 is a quarter of the 256 above, as a pod's share of --max-concurrent.
+  // hostNetwork pods share the node's address, and glibc, musl and Go open one per TCP lookup, so an outage
+  // (queries held for seconds) puts many on one address (README, --max-tcp-per-client).
   {
-    flag: 'max-tcp-per-client', kind: 'int', def: '256', min: 0,
+    flag: 'max-tcp-per-client', kind: 'int', def: '64', min: 0,
     help: 'client TCP connections one client address may hold; at it a newcomer from that address closes its idlest one, and is refused only when all of its are busy. 0 = no cap',
   },
   { flag: 'max-tcp-queries', kind: 'int', def: '128', help: 'queries in flight on one client TCP connection; reading pauses beyond it', min: 1 },
