@@ -20,7 +20,7 @@ const START_TIMEOUT_MS = 60_000;
 t.setTimeout(400_000);
 
 /** An address of this file's own in 127/8, so its ports meet no other test's. */
-const HOST = '127.0.31.1';
+const HOST = '127.0.32.1';
 let nextPort = 24000 + (process.pid % 1000) * 8;
 
 /** The built agent (dist/, which the test command builds first, as clients.test.ts uses it). */
@@ -350,7 +350,7 @@ for (const io of ['dgram', 'batched'] as const) {
 t.test(`a second stop signal exits at once, but first answers the clients still waiting (SERVFAIL), not leaving them to their own timeouts (--io ${io})`, async (t) => {
   // A host resolver that takes queries and never answers: the client's query stays in flight through the grace.
   // With --io batched the query waits on a worker's miss: the main thread holds that client (direct.ts) and answers it.
-  const upstreamHost = io === 'dgram' ? '127.0.31.2' : '127.0.31.3';
+  const upstreamHost = io === 'dgram' ? '127.0.32.2' : '127.0.32.3';
   const silent = dgram.createSocket('udp4');
   let asked = 0;
   silent.on('message', () => asked++);
