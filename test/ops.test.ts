@@ -591,22 +591,22 @@ t.test('start fails with the address when it is taken; stop closes open connecti
 });
 
 t.test('upgrade: a second agent on the same probe port gets every new connection, so the new pod is not marked ready by the old agent', async (t) => {
-  const probe = net.createServer();
-  await new Promise<void>((r) => probe.listen(0, HOST, r));
-  const port = (probe.address() as net.AddressInfo).port;
-  await new Promise((r) => probe.close(r));
-  const old = new OpsServer({ address: { host: HOST, port }, routes: ['ready'], handlers: { readiness: () => ({ ready: true, missing: [] }) }, logger: silentLogger, reusePort: true });
+  // An address of this file's own and a port below the ephemeral range: found free by a listen of port 0 on
+  // 127.0.0.1 and closed, the port could be an outgoing connection's local port by the time old.start() binds it.
+  const host = '127.0.44.40';
+  const port = 20_000 + (process.pid % 10_000);
+  const old = new OpsServer({ address: { host, port }, routes: ['ready'], handlers: { readiness: () => ({ ready: true, missing: [] }) }, logger: silentLogger, reusePort: true });
   await old.start();
   t.teardown(() => old.stop());
-  const fresh = new OpsServer({ address: { host: HOST, port }, routes: ['ready'], handlers: { readiness: () => ({ ready: false, missing: ['listeners'] }) }, logger: silentLogger, reusePort: true });
+  const fresh = new OpsServer({ address: { host, port }, routes: ['ready'], handlers: { readiness: () => ({ ready: false, missing: ['listeners'] }) }, logger: silentLogger, reusePort: true });
   await fresh.start();
   t.teardown(() => fresh.stop());
   const during: number[] = [];
-  for (let i = 0; i < 20; i++) during.push((await request(`http://${HOST}:${port}/ready`)).status);
+  for (let i = 0; i < 20; i++) during.push((await request(`http://${host}:${port}/ready`)).status);
   t.same(during, Array(20).fill(503), 'all 20 probes reach the newest agent (starting: 503), none the old one\'s 200');
   await fresh.stop();
   const after: number[] = [];
-  for (let i = 0; i < 5; i++) after.push((await request(`http://${HOST}:${port}/ready`)).status);
+  for (let i = 0; i < 5; i++) after.push((await request(`http://${host}:${port}/ready`)).status);
   t.same(after, Array(5).fill(200), 'with the newest gone, the one left answers');
 });
 

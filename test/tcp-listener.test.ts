@@ -471,19 +471,13 @@ for (const io of ['dgram', 'batched'] as const) {
 }
 
 /** A port free on 127.0.0.1 a moment ago (listeners on other loopback addresses bind it too). */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, HOST, resolve));
-  const a = s.address();
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return a !== null && typeof a === 'object' ? a.port : 0;
-}
-
 t.test('--max-tcp-connections and --max-tcp-per-client hold across the agent\'s listen addresses (one budget per process, as memory is)', async (t) => {
   const silent = await SimDnsServer.start({ handler: staticHandler({}), faults: { dropAll: true } });
   t.teardown(() => silent.close());
   const up = `127.0.0.1:${silent.port}`;
-  const second = { host: '127.0.21.3', port: await freePort() };
+  // 127.0.21.3 is this file's alone and the port is below the ephemeral range: no other socket can hold it (a port
+  // found free by a TCP listen on 127.0.0.1 could be any UDP client socket's, bound to 0.0.0.0).
+  const second = { host: '127.0.21.3', port: 20_000 + (process.pid % 10_000) };
   const a = await startAgent('127.0.21.2', [
     '--listen', `${second.host}:${second.port}`,
     '--upstream-addr', up, '--upstream-nameservers', up, '--timeout', '30s', '--max-tcp-per-client', '1', '--max-tcp-connections', '2',
