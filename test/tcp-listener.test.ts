@@ -745,6 +745,8 @@ t.test('shutdown (a plain listener): a client that never reads its answers holds
 });
 
 
+let handOverPort = 21_000 + (process.pid % 10_000);
+
 /**
  * The old listener of an upgrade, with `h` and `opts`: a client of it sends ten queries and does not read their
  * answers, which wait in Node's buffer (its unsent cap out of the way); then a new listener starts beside it on the
@@ -756,16 +758,16 @@ async function handOverUnread(
   opts: Partial<TcpListenerOptions>,
   halfClose = false,
 ): Promise<{ old: TcpListener | null; c: Client; ids: number[] }> {
-  // A port of its own first: the listeners must know it (not 0) to count each other in /proc/net/tcp.
-  const probe = net.createServer();
-  await new Promise<void>((r) => probe.listen(0, HOST, () => r()));
-  const port = (probe.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => probe.close(() => r()));
+  // A port of its own first: the listeners must know it (not 0) to count each other in /proc/net/tcp. An address
+  // only this file uses and a port below the ephemeral range: a port-0 listen closed again left a moment in which
+  // an outgoing connection could take the port, and on 127.0.0.1 another file's agent (SO_REUSEPORT) could share it.
+  const host = '127.0.21.4';
+  const port = handOverPort++;
   const base = { idleTimeoutMs: 10_000, maxConnections: 4, maxQueriesPerConnection: 100, reusePort: true };
-  const old = new TcpListener({ host: HOST, port }, h, silentLogger, { ...base, maxUnsentBytes: 4 * 1024 * 1024, ...opts });
+  const old = new TcpListener({ host, port }, h, silentLogger, { ...base, maxUnsentBytes: 4 * 1024 * 1024, ...opts });
   await old.start();
   t.teardown(() => old.close());
-  const c = await Client.connect(t, old.port, { read: false });
+  const c = await Client.connect(t, old.port, { read: false, host });
   const ids = Array.from({ length: 10 }, (_, i) => i + 1);
   if (!old.reusePort) {
     t.fail('SO_REUSEPORT unavailable (koffi)');
@@ -778,7 +780,7 @@ async function handOverUnread(
     c.socket.end();
     t.ok(await until(() => serverSide(port, c.localPort)?.state === 8), 'the server has read the client FIN');
   }
-  const beside = new TcpListener({ host: HOST, port }, new FakeHandler(), silentLogger, base);
+  const beside = new TcpListener({ host, port }, new FakeHandler(), silentLogger, base);
   await beside.start();
   t.teardown(() => beside.close());
   old.pause();
