@@ -1131,9 +1131,11 @@ t.test('HostResolvers: TC=1 -> the same server over TCP', async (t) => {
 
 t.test('HostResolvers: first server silent -> fails over to the second', async (t) => {
   const [a, b] = await twoServers(t, { dropAll: true });
-  const up = resolvers([a, b], { attemptTimeoutMs: 150 });
+  // A try long enough for the live server's answer on a loaded machine: a 150 ms stall of this process made its
+  // answer late too (a second timeout, a second round).
+  const up = resolvers([a, b], { attemptTimeoutMs: 1000 });
   t.teardown(() => up.close());
-  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  const r = await ask(up, 'www.example.com', { timeoutMs: 5000 }).done;
   t.same(addresses(r.answer), ['192.0.2.1']);
   t.equal(a.stats.udpQueries, 1);
   t.equal(b.stats.udpQueries, 1);
@@ -1235,9 +1237,9 @@ t.test('HostResolvers: rotate spreads first tries round-robin', async (t) => {
 
 t.test('HostResolvers over IPv6 (::1): answer, TCP fallback, failover', async (t) => {
   const [a, b] = await twoServers(t, { dropAll: true }, { truncateUdp: true }, '::1');
-  const up = resolvers([a, b], { attemptTimeoutMs: 150 });
+  const up = resolvers([a, b], { attemptTimeoutMs: 1000 }); // long enough for b's UDP and TCP answers under load
   t.teardown(() => up.close());
-  const r = await ask(up, 'www.example.com', { type: 'AAAA', timeoutMs: 3000 }).done;
+  const r = await ask(up, 'www.example.com', { type: 'AAAA', timeoutMs: 5000 }).done;
   t.same(addresses(r.answer), ['2001:db8::1']);
   t.equal(a.stats.udpQueries, 1);
   t.equal(b.stats.udpQueries, 1);
