@@ -33,6 +33,10 @@ import { nameToWire } from '../src/dns/name.js';
 
 // ---------------------------------------------------------------- helpers
 
+// A bound against hangs, not a speed: the file's network-namespace cases take seconds each, and the whole file ran
+// 115 s of the default 120 under a loaded machine (two files at once on two cores).
+t.setTimeout(300_000);
+
 interface Outcome {
   answer: DecodedPacket | null;
   reason: UpstreamFailure | 'never completed' | null;
