@@ -202,10 +202,12 @@ t.test('host resolver truncates: the agent retries over TCP', async (t) => {
 });
 
 t.test('failover between host resolvers, spoofed answers ignored, resolv.conf honoured', async (t) => {
-  const dead = await SimDnsServer.start({ host: '127.0.0.53', port: 53, handler: staticHandler(externalRecords), faults: { dropAll: true } });
-  const live = await SimDnsServer.start({ host: '127.0.0.54', port: 53, handler: staticHandler(externalRecords), faults: { spoofFirst: true } });
+  // Port 53 (resolv.conf names no port) on addresses of this file's own: 127.0.0.53 and 127.0.0.54 are
+  // systemd-resolved's stub listeners on many machines.
+  const dead = await SimDnsServer.start({ host: '127.0.20.53', port: 53, handler: staticHandler(externalRecords), faults: { dropAll: true } });
+  const live = await SimDnsServer.start({ host: '127.0.20.54', port: 53, handler: staticHandler(externalRecords), faults: { spoofFirst: true } });
   t.teardown(() => Promise.all([dead.close(), live.close()]));
-  const conf = writeResolvConf('# test\nnameserver 127.0.0.53\nnameserver 127.0.0.54\noptions timeout:1 attempts:1\n');
+  const conf = writeResolvConf('# test\nnameserver 127.0.20.53\nnameserver 127.0.20.54\noptions timeout:1 attempts:1\n');
   const a = await startAgent(HOST, ['--resolv-conf', conf]);
   t.teardown(a.stop);
   const ans = await udpQuery(a.target, 'www.example.com', { timeoutMs: 4000 });
