@@ -354,7 +354,7 @@ t.test(`a second stop signal exits at once, but first answers the clients still 
   const silent = dgram.createSocket('udp4');
   let asked = 0;
   silent.on('message', () => asked++);
-  await new Promise<void>((resolve) => silent.bind(53, upstreamHost, resolve));
+  await new Promise<void>((resolve, reject) => { silent.once('error', reject); silent.bind(53, upstreamHost, resolve); });
   t.teardown(() => silent.close());
   const work = workDir(t);
   writeFileSync(join(work, 'resolv.conf'), `nameserver ${upstreamHost}\n`);
