@@ -546,8 +546,9 @@ t.test('bounded: past the cap a newcomer closes a connection owing no answer; wh
   // Both owe a scrape that is held: neither may make room.
   a.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
   b.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
-  for (let i = 0; i < 500 && renders === 0; i++) await new Promise((r) => setTimeout(r, 20));
-  await new Promise((r) => setTimeout(r, 50));
+  // Both requests taken before c connects (a fixed 50 ms after the first render was not always enough under load:
+  // b, its request not yet read, was quiet, and c's arrival closed b instead of c).
+  for (let i = 0; i < 500 && (renders === 0 || s.answersOwed < 2); i++) await new Promise((r) => setTimeout(r, 20));
   const c = await connect(s.url);
   c.on('error', () => {});
   c.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
