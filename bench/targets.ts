@@ -61,21 +61,50 @@ export function parseEndpoint(s: string): Endpoint {
   return { host, port };
 }
 
-/** A port free for both UDP and TCP on `host` right now. */
+/** Ports freePort has handed out in this process: each is for one listener (an agent's DNS port, its /metrics...). */
+const handedOut = new Set<number>();
+
+/** The kernel's ephemeral port range (where port 0 binds land); Linux's default when it cannot be read. */
+function ephemeralRange(): [number, number] {
+  try {
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (low !== undefined && high !== undefined && low > 0 && high >= low) return [low, high];
+  } catch {
+    /* not Linux */
+  }
+  return [32768, 60999];
+}
+
+/**
+ * A port free for both UDP and TCP on `host` right now, never one handed out before by this process. Checked,
+ * then closed until the agent or peer (a process still starting) binds it: in that window a port of the
+ * ephemeral range may go to any socket bound with port 0 to the wildcard (every DNS client's UDP socket), so
+ * the port is taken below that range when there is room (10000 up to its start).
+ */
 export async function freePort(host: string): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
+  const [ephemeralLow] = ephemeralRange();
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const wanted = ephemeralLow > 20_000 ? 10_000 + Math.floor(Math.random() * (ephemeralLow - 10_000)) : 0;
+    if (handedOut.has(wanted)) continue;
     const udp = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
-    const port = await new Promise<number>((resolve, reject) => {
-      udp.once('error', reject);
-      udp.bind(0, host, () => resolve(udp.address().port));
+    const port = await new Promise<number | null>((resolve, reject) => {
+      udp.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(null) : reject(err)));
+      udp.bind({ port: wanted, address: host, exclusive: true }, () => resolve(udp.address().port));
     });
+    if (port === null) {
+      udp.close();
+      continue;
+    }
     const tcpFree = await new Promise<boolean>((resolve) => {
       const srv = net.createServer();
       srv.once('error', () => resolve(false));
       srv.listen({ host, port, exclusive: true }, () => srv.close(() => resolve(true)));
     });
     await new Promise<void>((resolve) => udp.close(() => resolve()));
-    if (tcpFree) return port;
+    if (tcpFree && !handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
   }
   throw new Error(`no free port on ${host}`);
 }

@@ -589,7 +589,7 @@ t.test('threads: a process without batched workers is an error, not an empty pla
 t.test('isolation: hits alone and beside a miss flood, batched worker pinned alone, dgram as the contrast; scaling 1 and 2 workers', { skip: isolationReady ? false : 'needs the built agent, dnsperf, taskset and 2 CPUs' }, async (t) => {
   const logs: string[] = [];
   const rep = await runIsolation({
-    ...ISOLATION_DEFAULTS, agentPath: AGENT, seconds: 0.5, rate: 200, names: 20, floodQps: 500, floodRampS: 0.2,
+    ...ISOLATION_DEFAULTS, host: HOST, agentPath: AGENT, seconds: 0.5, rate: 200, names: 20, floodQps: 500, floodRampS: 0.2,
   }, (l) => logs.push(l));
   t.equal(rep.kind, 'isolation');
   t.same(rep.runs.map((r) => r.backend), ['batched', 'dgram']);
@@ -623,7 +623,7 @@ t.test('isolation: hits alone and beside a miss flood, batched worker pinned alo
   t.match(text, /udp-worker-0 tid \d+ on CPU 1/);
   t.ok(logs.some((l) => /batched: pid \d+, \d+ threads; main thread on CPU 0, udp-worker-0 \(tid \d+\) on CPU 1/.test(l)), 'said as it went');
 
-  const sc = await runScaling({ host: '127.0.0.1', workers: [1, 2], rounds: 1, seconds: 1, outstanding: 50, names: 20, agentPath: AGENT, readyTimeoutMs: 60_000 }, () => {});
+  const sc = await runScaling({ host: HOST, workers: [1, 2], rounds: 1, seconds: 1, outstanding: 50, names: 20, agentPath: AGENT, readyTimeoutMs: 60_000 }, () => {});
   t.same(sc.samples.map((s) => s.workers), [1, 2]);
   for (const s of sc.samples) {
     t.ok(s.completed > 0 && s.hitsPerS > 0, `${s.workers} worker(s): ${s.completed} hits`);
@@ -743,7 +743,7 @@ t.test('--driver dnsperf: the run is recorded with the duration dnsperf was give
 t.test('isolation bench: stopped with SIGTERM half way, it leaves no agent running', { skip: isolationReady ? false : 'needs the built agent, dnsperf, taskset and 2 CPUs' }, async (t) => {
   // `timeout 600 npm run isolation`, a CI step's cancel, or `kill PID` send SIGTERM to the bench process alone.
   const script = path.join(ROOT, 'bench', 'isolation.ts');
-  const child = spawn(process.execPath, [...process.execArgv, script, '--agent', AGENT, '--backends', 'batched', '--seconds', '20', '--rate', '100', '--names', '20', '--rt-priority', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...process.execArgv, script, '--agent', AGENT, '--host', HOST, '--backends', 'batched', '--seconds', '20', '--rate', '100', '--names', '20', '--rt-priority', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let out = '';
   const agentPid = await new Promise<number>((resolve, reject) => {

@@ -80,7 +80,8 @@ async function startBinary(): Promise<Spawned> {
   const resolvConf = writeResolvConf('# written by test/clients.test.ts\nnameserver 127.0.0.254\n');
   let lastErr = '';
   for (let attempt = 0; attempt < 3; attempt++) {
-    const port = 20_000 + ((process.pid * 7 + attempt * 1031) % 20_000);
+    // Below the ephemeral range (32768+), where any UDP client socket bound to 0.0.0.0 may hold the port.
+    const port = 20_000 + ((process.pid * 7 + attempt * 1031) % 12_000);
     const target = { host: HOST, port };
     const child = spawn(process.execPath, [
       MAIN,

@@ -25,6 +25,8 @@ import { DotServer, TestCa, opensslAvailable, type DotServerOptions, type KeyPai
 import { a, answer } from './kit/dns.js';
 
 const HOST = '127.0.0.1';
+/** The agents' address, this file's own: on 127.0.0.1 another file's SO_REUSEPORT listener could share a port with them. */
+const AGENT_HOST = '127.0.37.1';
 const RECORDS = { 'www.example.org': '192.0.2.10', 'a.example.org': '192.0.2.11', 'b.example.org': '192.0.2.12' };
 
 const RCODES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN'];
@@ -168,7 +170,7 @@ if (!opensslAvailable()) {
     return s;
   };
   const agent = async (t: Test, upstreams: string, ...extra: string[]): Promise<TestAgent> => {
-    const ag = await startAgent(HOST, ['--upstream-nameservers', upstreams, '--tls-ca-file', ca.certPath, '--timeout', '1s', ...extra]);
+    const ag = await startAgent(AGENT_HOST, ['--upstream-nameservers', upstreams, '--tls-ca-file', ca.certPath, '--timeout', '1s', ...extra]);
     t.teardown(() => ag.stop());
     return ag;
   };
@@ -237,7 +239,7 @@ if (!opensslAvailable()) {
 
   t.test('the default trust store does not include a private CA: --tls-ca-file is needed', async (t) => {
     const s = await server(t, dnsTest);
-    const ag = await startAgent(HOST, ['--upstream-nameservers', `tls://127.0.0.1:${s.port}@dns.test`, '--timeout', '1s']);
+    const ag = await startAgent(AGENT_HOST, ['--upstream-nameservers', `tls://127.0.0.1:${s.port}@dns.test`, '--timeout', '1s']);
     t.teardown(() => ag.stop());
     t.equal(rcode(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), 'SERVFAIL');
     t.equal(s.queries, 0);
@@ -311,7 +313,7 @@ if (!opensslAvailable()) {
     const path = join(dir, 'ca.pem');
     writeFileSync(path, 'not a certificate\n');
     await t.rejects(
-      startAgent(HOST, ['--upstream-nameservers', 'tls://127.0.0.1:853@dns.test', '--tls-ca-file', path]),
+      startAgent(AGENT_HOST, ['--upstream-nameservers', 'tls://127.0.0.1:853@dns.test', '--tls-ca-file', path]),
       { name: 'StartupError', message: /no PEM certificate/ },
     );
   });
@@ -361,7 +363,7 @@ if (!opensslAvailable()) {
     });
   };
   const untilQueries = async (s: DotServer, n: number): Promise<void> => {
-    for (let i = 0; i < 100 && s.queries < n; i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 500 && s.queries < n; i++) await new Promise((r) => setTimeout(r, 20));
   };
 
   t.test('close() lets an exchange in flight on the first server finish: its try running out during the close does not reject it closed', async (t) => {
@@ -447,7 +449,7 @@ if (!opensslAvailable()) {
     const ag = await agent(t, `tls://127.0.0.1:${port}@dns.test`);
     t.equal(rcode(await udpQuery(ag.target, 'www.example.org', { timeoutMs: 5000 })), 'SERVFAIL', 'the server is down');
     const failures = (): number => ag.agent.metrics.probe(`127.0.0.1:${port}`).get('failures');
-    for (let i = 0; i < 150 && failures() === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 500 && failures() === 0; i++) await new Promise((r) => setTimeout(r, 20));
     t.ok(failures() > 0, `the probes of the down server counted as failed health checks (${failures()})`);
   });
 

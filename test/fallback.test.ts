@@ -18,7 +18,7 @@ const HOST = '127.0.33.1';
 const dataOf = (p: dnsPacket.Packet): string[] => (p.answers ?? []).map((a) => String((a as { data?: unknown }).data)).sort();
 const rcodeOf = (p: dnsPacket.Packet): number => (p.flags ?? 0) & 0xf;
 
-async function until(cond: () => boolean, ms = 5000): Promise<boolean> {
+async function until(cond: () => boolean, ms = 10_000): Promise<boolean> {
   for (let waited = 0; waited < ms; waited += 20) {
     if (cond()) return true;
     await sleep(20);
@@ -132,7 +132,7 @@ t.test('the view follows the API live; the API server going away keeps the last 
   r.api.put('services', serviceJson('shop', 'search', { clusterIP: '10.96.1.30' }));
   r.api.put('endpointslices', endpointSliceJson('shop', 'db-def', 'db', [{ addresses: ['10.244.4.8'], ready: true, hostname: 'db-3' }], { ports: [{ name: 'pg', port: 5432 }] }));
   t.ok(
-    await until(() => r.agent.agent.view?.service('shop', 'search') !== undefined && r.agent.agent.view.slices('shop', 'db').length === 2, 5000),
+    await until(() => r.agent.agent.view?.service('shop', 'search') !== undefined && r.agent.agent.view.slices('shop', 'db').length === 2, 10_000),
     'the watch brings new objects into the view within 1 s',
   );
   const added = await udpQuery(r.agent.target, 'search.shop.svc.cluster.local');
@@ -194,7 +194,7 @@ t.test('API server silent past --max-api-silence, kube-dns down: a service the v
   const r = await rig(t, ['--max-api-silence', '1s']);
   await r.kubeDns.stop();
   await r.api.down();
-  t.ok(await until(() => r.agent.agent.view?.negativesAllowed(systemClock.now(), 1000) === false, 5000), 'the view may no longer deny names');
+  t.ok(await until(() => r.agent.agent.view?.negativesAllowed(systemClock.now(), 1000) === false, 10_000), 'the view may no longer deny names');
   const a = await udpQuery(r.agent.target, 'kubernetes.default.svc.cluster.local', { type: 'A', timeoutMs: 3000 });
   t.same(dataOf(a), ['10.96.0.1'], 'the A record is still served from the view');
   // musl's name_from_dns returns EAI_AGAIN when either of the two answers is SERVFAIL:

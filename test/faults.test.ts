@@ -192,7 +192,7 @@ t.test('the API server flaps while kube-dns is down: the view keeps serving, no 
     await a.stop();
     await Promise.all([api.close(), kubeDns.close(), external.close()]);
   });
-  for (let i = 0; i < 250 && a.agent.view?.synced !== true; i++) await sleep(20);
+  for (let i = 0; i < 500 && a.agent.view?.synced !== true; i++) await sleep(20);
   t.equal(a.agent.view?.synced, true, 'the view synced');
   const known = Object.entries(SAMPLE_RECORDS).map(([name, r]) => ({ name, want: [...(r.A ?? [])].sort() }));
   let asked = 0;

@@ -135,7 +135,7 @@ class EchoHandler implements QueryHandler {
   }
 }
 
-async function until(cond: () => boolean, tries = 100): Promise<void> {
+async function until(cond: () => boolean, tries = 500): Promise<void> {
   for (let i = 0; i < tries && !cond(); i++) await sleep(20);
 }
 

@@ -913,7 +913,7 @@ t.test('the DNS service is found by the cluster DNS address the agent forwards t
     await agent.stop();
     await api.close();
   });
-  for (let i = 0; i < 250 && agent.agent.view?.synced !== true; i++) await sleep(20);
+  for (let i = 0; i < 500 && agent.agent.view?.synced !== true; i++) await sleep(20);
   t.ok(agent.agent.view?.synced, 'the view synced');
 
   const a = await udpQuery(agent.target, 'ns.dns.cluster.local', { type: 'A' });

@@ -20,7 +20,7 @@ const START_TIMEOUT_MS = 60_000;
 t.setTimeout(400_000);
 
 /** An address of this file's own in 127/8, so its ports meet no other test's. */
-const HOST = '127.0.31.1';
+const HOST = '127.0.32.1';
 let nextPort = 24000 + (process.pid % 1000) * 8;
 
 /** The built agent (dist/, which the test command builds first, as clients.test.ts uses it). */
@@ -350,11 +350,11 @@ for (const io of ['dgram', 'batched'] as const) {
 t.test(`a second stop signal exits at once, but first answers the clients still waiting (SERVFAIL), not leaving them to their own timeouts (--io ${io})`, async (t) => {
   // A host resolver that takes queries and never answers: the client's query stays in flight through the grace.
   // With --io batched the query waits on a worker's miss: the main thread holds that client (direct.ts) and answers it.
-  const upstreamHost = io === 'dgram' ? '127.0.31.2' : '127.0.31.3';
+  const upstreamHost = io === 'dgram' ? '127.0.32.2' : '127.0.32.3';
   const silent = dgram.createSocket('udp4');
   let asked = 0;
   silent.on('message', () => asked++);
-  await new Promise<void>((resolve) => silent.bind(53, upstreamHost, resolve));
+  await new Promise<void>((resolve, reject) => { silent.once('error', reject); silent.bind(53, upstreamHost, resolve); });
   t.teardown(() => silent.close());
   const work = workDir(t);
   writeFileSync(join(work, 'resolv.conf'), `nameserver ${upstreamHost}\n`);
@@ -364,7 +364,7 @@ t.test(`a second stop signal exits at once, but first answers the clients still 
   t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'started');
   const [host, port] = [HOST, Number(listen.split(':')[1])];
   const answer = udpExchange({ host, port }, buildQuery('waits.example', { id: 4242 }), 20_000);
-  for (let i = 0; i < 200 && asked === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 1000 && asked === 0; i++) await new Promise((r) => setTimeout(r, 10));
   t.ok(asked > 0, 'the query is in flight upstream');
   a.child.kill('SIGTERM');
   t.ok(await nextLog(a, 'stopping: finishing queries in flight', START_TIMEOUT_MS), 'stopping, the grace (30 s) ahead');

@@ -106,7 +106,8 @@ t.test('table: at most max namespaces; the rest count as _other and move to a sl
 
 // ---------------------------------------------------------------- a real agent, a fake API server, real scrapes
 
-const HOST = '127.0.31.1';
+/** An address of this file's own: test/clients.test.ts's binary serves /metrics on 127.0.31.1:9253 (SO_REUSEPORT would share it). */
+const HOST = '127.0.34.1';
 const NODE = 'node-a';
 
 function kubeconfigFor(t: Test, fake: FakeApiServer): string {

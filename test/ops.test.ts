@@ -546,8 +546,9 @@ t.test('bounded: past the cap a newcomer closes a connection owing no answer; wh
   // Both owe a scrape that is held: neither may make room.
   a.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
   b.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
-  for (let i = 0; i < 100 && renders === 0; i++) await new Promise((r) => setTimeout(r, 20));
-  await new Promise((r) => setTimeout(r, 50));
+  // Both requests taken before c connects (a fixed 50 ms after the first render was not always enough under load:
+  // b, its request not yet read, was quiet, and c's arrival closed b instead of c).
+  for (let i = 0; i < 500 && (renders === 0 || s.answersOwed < 2); i++) await new Promise((r) => setTimeout(r, 20));
   const c = await connect(s.url);
   c.on('error', () => {});
   c.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
@@ -591,22 +592,22 @@ t.test('start fails with the address when it is taken; stop closes open connecti
 });
 
 t.test('upgrade: a second agent on the same probe port gets every new connection, so the new pod is not marked ready by the old agent', async (t) => {
-  const probe = net.createServer();
-  await new Promise<void>((r) => probe.listen(0, HOST, r));
-  const port = (probe.address() as net.AddressInfo).port;
-  await new Promise((r) => probe.close(r));
-  const old = new OpsServer({ address: { host: HOST, port }, routes: ['ready'], handlers: { readiness: () => ({ ready: true, missing: [] }) }, logger: silentLogger, reusePort: true });
+  // An address of this file's own and a port below the ephemeral range: found free by a listen of port 0 on
+  // 127.0.0.1 and closed, the port could be an outgoing connection's local port by the time old.start() binds it.
+  const host = '127.0.44.40';
+  const port = 20_000 + (process.pid % 10_000);
+  const old = new OpsServer({ address: { host, port }, routes: ['ready'], handlers: { readiness: () => ({ ready: true, missing: [] }) }, logger: silentLogger, reusePort: true });
   await old.start();
   t.teardown(() => old.stop());
-  const fresh = new OpsServer({ address: { host: HOST, port }, routes: ['ready'], handlers: { readiness: () => ({ ready: false, missing: ['listeners'] }) }, logger: silentLogger, reusePort: true });
+  const fresh = new OpsServer({ address: { host, port }, routes: ['ready'], handlers: { readiness: () => ({ ready: false, missing: ['listeners'] }) }, logger: silentLogger, reusePort: true });
   await fresh.start();
   t.teardown(() => fresh.stop());
   const during: number[] = [];
-  for (let i = 0; i < 20; i++) during.push((await request(`http://${HOST}:${port}/ready`)).status);
+  for (let i = 0; i < 20; i++) during.push((await request(`http://${host}:${port}/ready`)).status);
   t.same(during, Array(20).fill(503), 'all 20 probes reach the newest agent (starting: 503), none the old one\'s 200');
   await fresh.stop();
   const after: number[] = [];
-  for (let i = 0; i < 5; i++) after.push((await request(`http://${HOST}:${port}/ready`)).status);
+  for (let i = 0; i < 5; i++) after.push((await request(`http://${host}:${port}/ready`)).status);
   t.same(after, Array(5).fill(200), 'with the newest gone, the one left answers');
 });
 
@@ -667,7 +668,7 @@ async function agentShapedNames(t: Test): Promise<Set<string>> {
   });
   const metricsServer = agent.agent.opsServers.find((o) => o.routes.includes('metrics'))!;
   const health = agent.agent.opsServers.find((o) => o.routes.includes('ready'))!;
-  for (let i = 0; i < 100 && agent.agent.view?.synced !== true; i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 500 && agent.agent.view?.synced !== true; i++) await new Promise((r) => setTimeout(r, 20));
   const ready = await fetch(`${health.url}/ready`);
   t.equal(ready.status, 200, 'the running agent is ready');
   t.equal((await fetch(`${health.url}/health`)).status, 200, 'and healthy');
@@ -1047,7 +1048,7 @@ t.test('bounded: a client scraping in a loop gets a few renders a second; the re
   t.teardown(() => s.stop());
   for (let i = 1; i <= 3; i++) t.equal((await request(`${s.url}/metrics`)).body, `nodelocal_render_total ${i}\n`);
   const late = [request(`${s.url}/metrics`), request(`${s.url}/metrics`), request(`${s.url}/metrics`)];
-  for (let i = 0; i < 200 && !s.scrapesWaiting; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 1000 && !s.scrapesWaiting; i++) await new Promise((r) => setTimeout(r, 10));
   t.ok(s.scrapesWaiting, 'the fourth scrape in the second waits');
   t.equal(renders, 3, 'three renders in the second, however many scrapes');
   clock.advance(1_000);
@@ -1288,7 +1289,7 @@ t.test('nodelocal_upstream_healthy stays 0 or 1 across a reload that replaces an
   const healthy = async (): Promise<number | undefined> => parseExposition(await agent.agent.metrics.metrics()).samples.get(key('nodelocal_upstream_healthy', { to: 'host-resolvers' }));
   t.equal(await healthy(), 1, 'before: one upstream, healthy');
   const answer = udpQuery(agent.target, 'www.example.com', { timeoutMs: 5_000 });
-  for (let i = 0; i < 100 && agent.agent.inflight === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 1000 && agent.agent.inflight === 0; i++) await new Promise((r) => setTimeout(r, 10));
   t.equal(agent.agent.inflight, 1, 'a query waits on the host resolvers');
   t.equal(agent.agent.reload(loadConfig(agent.argv, { env: {} }).config).applied, true, 'reloaded (same settings)');
   t.equal(await healthy(), 1, 'after the reload, while the replaced resolvers finish their query: still one healthy upstream');
@@ -1381,7 +1382,7 @@ t.test('bounded: connections whose clients do not read their answers do not lock
     h.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n');
     hogs.push(h);
   }
-  for (let i = 0; i < 100 && renders === 0; i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 500 && renders === 0; i++) await new Promise((r) => setTimeout(r, 20));
   // Let the server fill both sockets' kernel buffers (16 MiB each cannot fit: the clients read nothing).
   await new Promise((r) => setTimeout(r, 300));
   const probe = await request(`${s.url}/health`).catch((err: Error) => ({ status: 0, body: err.message }));

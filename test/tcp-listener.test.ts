@@ -471,19 +471,13 @@ for (const io of ['dgram', 'batched'] as const) {
 }
 
 /** A port free on 127.0.0.1 a moment ago (listeners on other loopback addresses bind it too). */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, HOST, resolve));
-  const a = s.address();
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return a !== null && typeof a === 'object' ? a.port : 0;
-}
-
 t.test('--max-tcp-connections and --max-tcp-per-client hold across the agent\'s listen addresses (one budget per process, as memory is)', async (t) => {
   const silent = await SimDnsServer.start({ handler: staticHandler({}), faults: { dropAll: true } });
   t.teardown(() => silent.close());
   const up = `127.0.0.1:${silent.port}`;
-  const second = { host: '127.0.21.3', port: await freePort() };
+  // 127.0.21.3 is this file's alone and the port is below the ephemeral range: no other socket can hold it (a port
+  // found free by a TCP listen on 127.0.0.1 could be any UDP client socket's, bound to 0.0.0.0).
+  const second = { host: '127.0.21.3', port: 20_000 + (process.pid % 10_000) };
   const a = await startAgent('127.0.21.2', [
     '--listen', `${second.host}:${second.port}`,
     '--upstream-addr', up, '--upstream-nameservers', up, '--timeout', '30s', '--max-tcp-per-client', '1', '--max-tcp-connections', '2',
@@ -751,6 +745,8 @@ t.test('shutdown (a plain listener): a client that never reads its answers holds
 });
 
 
+let handOverPort = 21_000 + (process.pid % 10_000);
+
 /**
  * The old listener of an upgrade, with `h` and `opts`: a client of it sends ten queries and does not read their
  * answers, which wait in Node's buffer (its unsent cap out of the way); then a new listener starts beside it on the
@@ -762,16 +758,16 @@ async function handOverUnread(
   opts: Partial<TcpListenerOptions>,
   halfClose = false,
 ): Promise<{ old: TcpListener | null; c: Client; ids: number[] }> {
-  // A port of its own first: the listeners must know it (not 0) to count each other in /proc/net/tcp.
-  const probe = net.createServer();
-  await new Promise<void>((r) => probe.listen(0, HOST, () => r()));
-  const port = (probe.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => probe.close(() => r()));
+  // A port of its own first: the listeners must know it (not 0) to count each other in /proc/net/tcp. An address
+  // only this file uses and a port below the ephemeral range: a port-0 listen closed again left a moment in which
+  // an outgoing connection could take the port, and on 127.0.0.1 another file's agent (SO_REUSEPORT) could share it.
+  const host = '127.0.21.4';
+  const port = handOverPort++;
   const base = { idleTimeoutMs: 10_000, maxConnections: 4, maxQueriesPerConnection: 100, reusePort: true };
-  const old = new TcpListener({ host: HOST, port }, h, silentLogger, { ...base, maxUnsentBytes: 4 * 1024 * 1024, ...opts });
+  const old = new TcpListener({ host, port }, h, silentLogger, { ...base, maxUnsentBytes: 4 * 1024 * 1024, ...opts });
   await old.start();
   t.teardown(() => old.close());
-  const c = await Client.connect(t, old.port, { read: false });
+  const c = await Client.connect(t, old.port, { read: false, host });
   const ids = Array.from({ length: 10 }, (_, i) => i + 1);
   if (!old.reusePort) {
     t.fail('SO_REUSEPORT unavailable (koffi)');
@@ -784,7 +780,7 @@ async function handOverUnread(
     c.socket.end();
     t.ok(await until(() => serverSide(port, c.localPort)?.state === 8), 'the server has read the client FIN');
   }
-  const beside = new TcpListener({ host: HOST, port }, new FakeHandler(), silentLogger, base);
+  const beside = new TcpListener({ host, port }, new FakeHandler(), silentLogger, base);
   await beside.start();
   t.teardown(() => beside.close());
   old.pause();

@@ -33,6 +33,10 @@ import { nameToWire } from '../src/dns/name.js';
 
 // ---------------------------------------------------------------- helpers
 
+// A bound against hangs, not a speed: the file's network-namespace cases take seconds each, and the whole file ran
+// 115 s of the default 120 under a loaded machine (two files at once on two cores).
+t.setTimeout(300_000);
+
 interface Outcome {
   answer: DecodedPacket | null;
   reason: UpstreamFailure | 'never completed' | null;
@@ -680,9 +684,11 @@ t.test('TcpPool: a healthy server closing a connection we never used does not ho
   clock.advance(1);
   const accepted = server.accepted();
   const q = ask(pool, 'www.example.com', { clock, timeoutMs: 2000 });
+  // The manual clock no faster than real time: at 50 ms a 10 ms step, a stall of 0.4 s of this process (a loaded
+  // machine) spent the query's 2 s before the new connection's answer could be read.
   for (let i = 0; i < 44 && q.outcome.calls === 0; i++) {
     clock.advance(50);
-    await sleep(10);
+    await sleep(50);
   }
   const r = await q.done;
   t.equal(pool.counters.get('rotations'), 1, 'the first connection was rotated');
@@ -1131,9 +1137,11 @@ t.test('HostResolvers: TC=1 -> the same server over TCP', async (t) => {
 
 t.test('HostResolvers: first server silent -> fails over to the second', async (t) => {
   const [a, b] = await twoServers(t, { dropAll: true });
-  const up = resolvers([a, b], { attemptTimeoutMs: 150 });
+  // A try long enough for the live server's answer on a loaded machine: a 150 ms stall of this process made its
+  // answer late too (a second timeout, a second round).
+  const up = resolvers([a, b], { attemptTimeoutMs: 1000 });
   t.teardown(() => up.close());
-  const r = await ask(up, 'www.example.com', { timeoutMs: 3000 }).done;
+  const r = await ask(up, 'www.example.com', { timeoutMs: 5000 }).done;
   t.same(addresses(r.answer), ['192.0.2.1']);
   t.equal(a.stats.udpQueries, 1);
   t.equal(b.stats.udpQueries, 1);
@@ -1235,9 +1243,9 @@ t.test('HostResolvers: rotate spreads first tries round-robin', async (t) => {
 
 t.test('HostResolvers over IPv6 (::1): answer, TCP fallback, failover', async (t) => {
   const [a, b] = await twoServers(t, { dropAll: true }, { truncateUdp: true }, '::1');
-  const up = resolvers([a, b], { attemptTimeoutMs: 150 });
+  const up = resolvers([a, b], { attemptTimeoutMs: 1000 }); // long enough for b's UDP and TCP answers under load
   t.teardown(() => up.close());
-  const r = await ask(up, 'www.example.com', { type: 'AAAA', timeoutMs: 3000 }).done;
+  const r = await ask(up, 'www.example.com', { type: 'AAAA', timeoutMs: 5000 }).done;
   t.same(addresses(r.answer), ['2001:db8::1']);
   t.equal(a.stats.udpQueries, 1);
   t.equal(b.stats.udpQueries, 1);

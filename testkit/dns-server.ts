@@ -23,6 +23,8 @@ const REORDER_HOLD_MS = 10;
 /** A closed connection whose peer never closes its side is destroyed after this. */
 const LINGER_MS = 1000;
 const PORT_TRIES = 20;
+/** A restart waits up to RESTART_TRIES x 50 ms for its port. */
+const RESTART_TRIES = 100;
 
 interface TcpConn {
   readonly socket: net.Socket;
@@ -84,7 +86,7 @@ export class SimDnsServer {
   async restart(): Promise<void> {
     if (this.#state === 'closed') throw new Error('SimDnsServer: restart after close');
     if (this.#state === 'running') return;
-    await this.#listen(false);
+    await this.#listen(false, true);
   }
 
   async close(): Promise<void> {
@@ -93,8 +95,13 @@ export class SimDnsServer {
     if (wasRunning) await this.#closeSockets();
   }
 
-  /** With an ephemeral port, TCP picks it and UDP must get the same one; retry if UDP finds it taken. */
-  async #listen(ephemeral: boolean): Promise<void> {
+  /**
+   * With an ephemeral port, TCP picks it and UDP must get the same one; retry if UDP finds it taken. A restart
+   * (`waitForPort`) wants the port it had, free only while no socket took it meanwhile (an outgoing connection's
+   * local port, a client's UDP socket, a reconnect that connected to itself): a holder that lets go within a few
+   * seconds is waited for.
+   */
+  async #listen(ephemeral: boolean, waitForPort = false): Promise<void> {
     for (let i = 0; ; i++) {
       try {
         const port = ephemeral ? 0 : this.#port;
@@ -105,6 +112,11 @@ export class SimDnsServer {
       } catch (err) {
         await this.#closeSockets();
         const inUse = (err as NodeJS.ErrnoException).code === 'EADDRINUSE';
+        if (inUse && waitForPort && i < RESTART_TRIES) {
+          await new Promise((r) => setTimeout(r, 50));
+          if (this.#state === 'closed') throw err;
+          continue;
+        }
         if (!ephemeral || !inUse || i >= PORT_TRIES) throw err;
       }
     }

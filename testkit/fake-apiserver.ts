@@ -185,8 +185,25 @@ export class FakeApiServer {
     await this.up();
   }
 
-  /** Listens (again) on 127.0.0.1, on the same port as before if there was one. */
-  up(): Promise<void> {
+  /**
+   * Listens (again) on 127.0.0.1, on the same port as before if there was one. That port is free only as long as
+   * no socket took it meanwhile (an outgoing connection's local port, a client that connected to itself): a
+   * holder that lets go within a few seconds is waited for, rather than failing the test at once.
+   */
+  async up(): Promise<void> {
+    for (let tries = 0; ; tries++) {
+      try {
+        await this.#listen();
+        return;
+      } catch (err) {
+        this.#server = null;
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || this.#port === 0 || tries >= 100) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  #listen(): Promise<void> {
     const tls = this.#opts.tls;
     const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => this.#handle(req, res);
     const server: http.Server = tls === undefined

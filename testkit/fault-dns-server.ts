@@ -39,22 +39,38 @@ export class FaultDnsServer {
     this.#udp = dgram.createSocket('udp4');
   }
 
+  /**
+   * TCP picks an ephemeral port and UDP takes the same one. A UDP socket elsewhere may hold it already (any
+   * client socket bound to 0.0.0.0 on that port): then the pair is given up and another port tried (bounded).
+   */
   static async start(): Promise<FaultDnsServer> {
-    const s = new FaultDnsServer();
+    for (let tries = 0; ; tries++) {
+      const s = new FaultDnsServer();
+      try {
+        await s.#listen();
+        return s;
+      } catch (err) {
+        s.#tcp.close();
+        try { s.#udp.close(); } catch { /* never bound */ }
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || tries >= 20) throw err;
+      }
+    }
+  }
+
+  async #listen(): Promise<void> {
     await new Promise<void>((resolve, reject) => {
-      s.#tcp.once('error', reject);
-      s.#tcp.listen(0, '127.0.0.1', () => resolve());
+      this.#tcp.once('error', reject);
+      this.#tcp.listen(0, '127.0.0.1', () => resolve());
     });
-    s.port = (s.#tcp.address() as net.AddressInfo).port;
+    this.port = (this.#tcp.address() as net.AddressInfo).port;
     await new Promise<void>((resolve, reject) => {
-      s.#udp.once('error', reject);
-      s.#udp.bind(s.port, '127.0.0.1', () => resolve());
+      this.#udp.once('error', reject);
+      this.#udp.bind(this.port, '127.0.0.1', () => resolve());
     });
-    s.#udp.on('message', (m, r) => {
-      s.udpQueries++;
-      s.#answer(m, (b) => s.#udp.send(b, r.port, r.address), () => {});
+    this.#udp.on('message', (m, r) => {
+      this.udpQueries++;
+      this.#answer(m, (b) => this.#udp.send(b, r.port, r.address), () => {});
     });
-    return s;
   }
 
   async close(): Promise<void> {

@@ -41,7 +41,21 @@ export interface TestAgent {
 }
 
 export async function startAgent(host: string, args: string[], opts: { clock?: Clock; logger?: Logger } = {}): Promise<TestAgent> {
-  const port = nextPort++;
+  // The port is a guess. A port the test names in its own flags (--health-port, a metrics address) is never the
+  // guess; one a socket without SO_REUSEPORT holds (a wildcard bind, a test's own server) is given up for the
+  // next (bounded). Another agent's SO_REUSEPORT socket would share the port silently: each test file keeps an
+  // address of its own for that.
+  for (let tries = 0; ; tries++) {
+    while (args.some((a) => a === String(nextPort) || a.endsWith(`:${nextPort}`))) nextPort++;
+    try {
+      return await startAgentOn(host, nextPort++, args, opts);
+    } catch (err) {
+      if (!/EADDRINUSE/.test((err as Error).message) || tries >= 5) throw err;
+    }
+  }
+}
+
+async function startAgentOn(host: string, port: number, args: string[], opts: { clock?: Clock; logger?: Logger }): Promise<TestAgent> {
   const hasResolv = args.includes('--resolv-conf');
   const argv = [
     '--listen', `${host.includes(':') ? `[${host}]` : host}:${port}`,
