@@ -50,7 +50,7 @@ import type { HostServers } from './upstream/host-route.js';
 import { formatTlsServer } from './upstream/tls-address.js';
 import type { Upstream } from './upstream/types.js';
 
-export { StartupError } from './lifecycle.js';
+export { StartCut, StartupError } from './lifecycle.js';
 export type { ReloadOutcome } from './agent-config.js';
 
 export interface AgentDeps {
@@ -313,6 +313,11 @@ export class Agent {
   /** Stops taking queries, lets those in flight finish until `graceMs` from now, answers the rest, closes everything. */
   async stop(graceMs: number): Promise<void> {
     await this.#parts.stop(this.#clock.now() + graceMs);
+  }
+
+  /** A stop while start() runs: start() throws StartCut once what it had started is stopped as stop(graceMs) would. */
+  cutStart(graceMs: number): void {
+    this.#parts.cutStart(this.#clock.now() + graceMs);
   }
 
   /**

@@ -2,18 +2,18 @@
 /**
  * Entry point: flags and config file -> Config, start the Agent, stop it
  * cleanly on SIGTERM/SIGINT and reload on SIGHUP (stop-signals.ts), even for
- * a signal that came while it was starting. A bad flag exits 2 naming it; a
- * start-up failure (address in use, unreadable resolv.conf, a loop) exits 1
- * saying why.
+ * a signal that came while it was starting (a stop then cuts the start
+ * short). A bad flag exits 2 naming it; a start-up failure (address in use,
+ * unreadable resolv.conf, a loop) exits 1 saying why.
  */
 import { readFileSync } from 'node:fs';
-import { Agent, StartupError } from './agent.js';
+import { Agent, StartCut, StartupError } from './agent.js';
 import { abortUntilIdle } from './agent-serving.js';
 import { systemClock } from './clock.js';
 import { ConfigError, helpText, loadConfig, type Config } from './config.js';
 import { ConfigWatcher, SourceReads } from './config-watch.js';
 import { HARD_STOP_EXTRA_MS } from './lifecycle.js';
-import { createLogger } from './log.js';
+import { createLogger, type Logger } from './log.js';
 import { StopSignals } from './stop-signals.js';
 
 function version(): string {
@@ -48,6 +48,7 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
+  let agent: Agent | null = null;
   const signals = new StopSignals(process, (signal, repeated) => {
     if (signal === 'SIGHUP') {
       if (!repeated) logger.info('signal while starting: reloading once started', { signal });
@@ -57,13 +58,19 @@ async function main(argv: readonly string[]): Promise<number> {
       logger.warn('second signal while starting: exiting at once', { signal });
       process.exit(1);
     }
-    logger.info('signal while starting: stopping once started', { signal });
+    // The start's remaining steps are skipped, the one in progress (a firewall command) cut short, what started stopped.
+    logger.info('signal while starting: cutting the start short and stopping', { signal, graceMs: config.shutdownGraceMs });
+    hardStop(logger, config.shutdownGraceMs);
+    agent?.cutStart(config.shutdownGraceMs);
   });
-  let agent: Agent;
   try {
     agent = new Agent(config, { logger, setLogLevel: (l) => logger.setLevel(l), version: version(), readFile: reads.read });
     await agent.start();
   } catch (err) {
+    if (err instanceof StartCut) {
+      logger.info('stopped');
+      return 0;
+    }
     // Any failure to start is the operator's to read, not a stack trace: a StartupError says what to fix, the rest say what broke.
     const message = err instanceof StartupError ? err.message : `cannot start: ${err instanceof Error ? err.message : String(err)}`;
     logger.error('cannot start', { error: message });
@@ -107,12 +114,7 @@ async function main(argv: readonly string[]): Promise<number> {
       stopping = true;
       // The grace in force now: a reload may have changed it since start.
       const graceMs = agent.config.shutdownGraceMs;
-      // Every part is bounded (the rules' and the link's removal by TEARDOWN_EXTRA_MS past the grace), but the pod's
-      // termination must never hang on one that is not: a hard stop.
-      setTimeout(() => {
-        logger.error('shutdown took too long: exiting', { graceMs });
-        process.exit(1);
-      }, graceMs + HARD_STOP_EXTRA_MS).unref();
+      hardStop(logger, graceMs);
       watcher.stop();
       logger.info('stopping: finishing queries in flight', { signal, graceMs, inflight: agent.hitPath.inflight });
       agent.stop(graceMs).then(
@@ -127,6 +129,17 @@ async function main(argv: readonly string[]): Promise<number> {
       );
     }, () => reload('SIGHUP'));
   });
+}
+
+/**
+ * Every part is bounded (the rules' and the link's removal by TEARDOWN_EXTRA_MS past the grace), but the pod's
+ * termination must never hang on one that is not: a hard stop, HARD_STOP_EXTRA_MS past the grace from now.
+ */
+function hardStop(logger: Logger, graceMs: number): void {
+  setTimeout(() => {
+    logger.error('shutdown took too long: exiting', { graceMs });
+    process.exit(1);
+  }, graceMs + HARD_STOP_EXTRA_MS).unref();
 }
 
 /**

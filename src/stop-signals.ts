@@ -5,9 +5,9 @@
  * while the agent was still starting (a snapshot load, the listeners, the
  * link, the rules) left what start() had put on the node there: a link
  * holding the kube-dns ClusterIP blackholes the node's DNS once the pod is
- * gone. A stop signal during start is held until start settles and then
- * stops the agent the normal way; a second one while starting says the
- * operator wants out now. A SIGHUP during start is remembered and reloads
+ * gone. A stop signal during start goes to `whileStarting` (main cuts the
+ * start short there: Agent.cutStart) and is held for handle(); a second one
+ * while starting says the operator wants out now. A SIGHUP during start is remembered and reloads
  * once the agent serves (the files may have changed since they were read).
  */
 export type StopSignal = 'SIGTERM' | 'SIGINT';

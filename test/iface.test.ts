@@ -1205,6 +1205,16 @@ t.test('shutdown during a periodic check: the check writes nothing more once the
   t.same(writesAfter.map((c) => c.cmd), [], 'no rules written after the stop was asked for: the teardown that follows would have to undo them');
 });
 
+/** What `p` gives, or `otherwise` once `ms` have passed without it (a bound against hangs, not a timing to assert). */
+async function orAfter(p: Promise<string>, ms: number, otherwise: string): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  const r = await Promise.race([p, new Promise<string>((resolve) => {
+    timer = setTimeout(() => resolve(otherwise), ms);
+  })]);
+  clearTimeout(timer);
+  return r;
+}
+
 t.test('a firewall command that hangs (a held xtables lock) does not hold the stop past its time: the check in flight and the teardown are cut short', async (t) => {
   // main's hard stop exits at the grace plus 10 s whatever is still running: a teardown that waited out a hung
   // command's own 15 s timeout (each) got the agent killed before the link went, leaving it holding the ClusterIP.
@@ -1218,25 +1228,61 @@ t.test('a firewall command that hangs (a held xtables lock) does not hold the st
   const lines: Array<{ level: string; msg: string; error?: string }> = [];
   const logger = createLogger('info', (l) => lines.push(JSON.parse(l) as { level: string; msg: string }));
   const clock = new ManualClock();
+  const counters = newSetupCounters();
   const part = interceptionPart({
     addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
-    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock, logger, counters: newSetupCounters(), run,
+    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock, logger, counters, run,
   })!;
   await part.start();
   hang = true;
   clock.advance(1000); // the periodic check starts, and hangs in its first command
   const stopping = part.stop(clock.now()).then(() => 'stopped');
   clock.advance(60_000); // a minute past the stop's deadline: longer than anything the teardown may take beyond it
-  let timer: NodeJS.Timeout | undefined;
-  const outcome = await Promise.race([
-    stopping,
-    new Promise<string>((resolve) => {
-      timer = setTimeout(() => resolve('still stopping'), 20_000);
-    }),
-  ]);
-  clearTimeout(timer);
+  const outcome = await orAfter(stopping, 20_000, 'still stopping');
   t.equal(outcome, 'stopped', 'the stop returned, so the parts after it (the link) are still taken down');
   t.match(lines.find((l) => l.msg === 'could not remove interception rules'), { level: 'warn', error: /deadline/ }, 'saying the rules may be left, and why');
+  // coredns_nodecache_setup_errors_total: a command the stop cut is no setup error (an alert on it would fire at a rollout).
+  t.same([counters.get('iptables'), counters.get('iptablesLock')], [0, 0], 'the commands cut short are not counted as setup errors');
+});
+
+t.test('a stop during the start cuts its firewall command in flight: the start ends at once, what it may have written is removed, and no setup error is counted', async (t) => {
+  // Each command is bounded (15 s), but a start runs several: a SIGTERM that waited for the start to finish could
+  // wait past the pod's terminationGracePeriodSeconds. The start's write hangs (a held xtables lock) until it is cut.
+  const fake = fakeRunner({
+    'iptables-legacy-save -t raw': {}, 'iptables-legacy-save -t filter': {}, 'iptables-legacy-save -t nat': {},
+    'iptables-legacy-restore': {},
+  });
+  const calls: { cmd: string; afterCut: boolean }[] = [];
+  const cut = new AbortController();
+  let reached = (): void => {};
+  const atWrite = new Promise<void>((resolve) => {
+    reached = resolve;
+  });
+  const run: CommandRunner = (cmd, args, stdin) => {
+    calls.push({ cmd, afterCut: cut.signal.aborted });
+    if (cmd === 'iptables-legacy-restore' && !cut.signal.aborted) {
+      reached();
+      return new Promise<CommandResult>(() => {});
+    }
+    return fake(cmd, args, stdin);
+  };
+  const counters = newSetupCounters();
+  const lines: Array<{ msg: string }> = [];
+  const part = interceptionPart({
+    addresses: ['169.254.20.10'], port: 53, healthPort: null, setupInterface: false, interfaceName: 'nodelocaldns', interfaceKind: 'bridge',
+    firewall: 'iptables-legacy', skipTeardown: false, syncIntervalMs: 1000, clock: new ManualClock(), logger: createLogger('info', (l) => lines.push(JSON.parse(l) as { msg: string })), counters, run,
+  })!;
+  // Component.start(cut): what the lifecycle passes; a start that takes no signal ignores it.
+  const start: (cut: AbortSignal) => Promise<void> = part.start.bind(part);
+  const starting = start(cut.signal).then(() => 'started', () => 'start ended');
+  await atWrite;
+  cut.abort();
+  const outcome = await orAfter(starting, 20_000, 'still starting');
+  t.equal(outcome, 'start ended', 'the start did not wait for the hung command');
+  t.ok(calls.some((c) => c.afterCut && c.cmd === 'iptables-legacy-save'), 'what it may have written was read back to be removed');
+  t.ok(lines.some((l) => l.msg === 'interception rules removed'), 'and removed');
+  t.same([counters.get('iptables'), counters.get('iptablesLock')], [0, 0], 'the command cut short is not counted as a setup error');
+  t.notOk(part.inPlace, 'nothing in place');
 });
 
 t.test('spawnRunner: a command cut short by the stop\'s deadline is killed and answered at once', async (t) => {

@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo, type Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 import path from 'node:path';
 import { ManualClock } from '../src/clock.js';
@@ -16,6 +16,7 @@ import { Backoff, backoffDelay, backoffDefaults } from '../src/kube/backoff.js';
 import { KubeWatch, Reflector, realTimers, watchCounterSchema, watchDefaults, type Timers, type WatchCounter, type WatchTuning } from '../src/kube/watch.js';
 import type { ClusterViewWriter, KindName, KindObjects, SlimEndpointSlice, SlimService } from '../src/kube/types.js';
 import { ClusterView } from '../src/kube/view.js';
+import { NodePods, PodWatch, podWatchCounterSchema } from '../src/kube/pods.js';
 import { answerCluster, recordOptions } from '../src/kube/records.js';
 import { QType, Rcode } from '../src/dns/constants.js';
 import { nameToWire } from '../src/dns/name.js';
@@ -1134,6 +1135,42 @@ t.test('stop() does not wait out the request deadline when a request hangs befor
   ]);
   clearTimeout(bound);
   t.equal(outcome, 'stopped', 'stop() resolved, not held for the hour-long request deadline');
+});
+
+t.test('stop() while a list hangs on a silent API server (connection taken, no answer) ends the request and returns, not after the request deadline', async (t) => {
+  // The agent's kube-watch and pod-watch parts wait for this stop with no time limit of their own (only main's
+  // hard stop bounds them): it must end the request in flight itself. A real KubeApi, a real socket.
+  const sockets = new Set<Socket>();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.resume(); // the request read (and never answered): the client's close then shows here
+    s.on('error', () => {});
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  const file = writeKubeconfig(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, 'tk');
+  const cfg = await loadClusterConfig({ kubeconfig: file });
+  if (cfg.kind !== 'ok') throw new Error(cfg.reason);
+  const opts = { clock: new ManualClock(), log: createLogger('error', () => {}), tuning: { backoff: backoffDefaults, requestTimeoutMs: 3_600_000 } };
+  const view = new KubeWatch(new KubeApi(cfg), new RecordingWriter(), { ...opts, counters: new Counters(watchCounterSchema) });
+  const pods = new PodWatch(new KubeApi(cfg), new NodePods(() => {}), { ...opts, nodeName: 'node-a', counters: new Counters(podWatchCounterSchema) });
+  view.start();
+  pods.start();
+  await until(t, 'four lists waiting on the server', () => sockets.size === 4);
+  let bound: NodeJS.Timeout | undefined;
+  const outcome = await Promise.race([
+    Promise.all([view.stop(), pods.stop()]).then(() => 'stopped'),
+    new Promise<string>((resolve) => {
+      bound = setTimeout(() => resolve('still waiting'), 20_000);
+    }),
+  ]);
+  clearTimeout(bound);
+  t.equal(outcome, 'stopped', 'both stops resolved, not held for the hour-long request deadline');
+  await until(t, 'the server sees every request given up', () => sockets.size === 0);
 });
 
 /** A namespaces reflector on `api`, started (stopped at teardown), whose log lines and counters the test reads. */

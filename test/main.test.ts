@@ -91,7 +91,8 @@ const FIREWALL_TOOLS = ['nft', ...['iptables', 'ip6tables'].flatMap((base) => ['
 const canUnshare = process.getuid?.() === 0 && spawnSync('unshare', ['-n', 'true'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
 const holdSkip = canUnshare ? false : 'needs root and unshare -n (a network namespace of its own for the agent)';
 
-function startHeld(work: string, name: string, args: readonly string[]): { agent: AgentProcess; hold: StartupHold } {
+/** `once`: only the first firewall command waits; every later one (a rollback's, say) succeeds at once. */
+function startHeld(work: string, name: string, args: readonly string[], once = false): { agent: AgentProcess; hold: StartupHold } {
   const dir = join(work, `hold-${name}`);
   const bin = join(dir, 'bin');
   mkdirSync(bin, { recursive: true });
@@ -101,7 +102,7 @@ function startHeld(work: string, name: string, args: readonly string[]): { agent
   writeFileSync(
     script,
     // Bounded (about a minute), so a wait the test never released ends by itself once the agent is gone.
-    `#!/bin/sh\n[ -e '${releaseFile}' ] && exit 0\n: > '${heldFile}'\ni=0\nwhile [ ! -e '${releaseFile}' ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done\nexit 0\n`,
+    `#!/bin/sh\n[ -e '${releaseFile}' ] && exit 0\n${once ? `[ -e '${heldFile}' ] && exit 0\n` : ''}: > '${heldFile}'\ni=0\nwhile [ ! -e '${releaseFile}' ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done\nexit 0\n`,
   );
   chmodSync(script, 0o755);
   for (const tool of FIREWALL_TOOLS) symlinkSync(script, join(bin, tool));
@@ -150,6 +151,23 @@ t.test('a signal during start-up is handled: SIGHUP does not kill the agent, SIG
   t.ok(await waitExit(term.child, 30_000), 'exits');
   t.equal(term.child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
   t.equal(term.child.exitCode, 0, 'with status 0, as a stop after start-up does');
+});
+
+t.test('a SIGTERM while a firewall command of the start hangs cuts the start short: the command is killed, what the start wrote is removed, exit 0', { skip: holdSkip }, async (t) => {
+  // Each firewall command is bounded (15 s), but a start runs several, and their sum can pass the DaemonSet's
+  // terminationGracePeriodSeconds. A SIGTERM held until the start was over waited for all of them; here the first
+  // one hangs and is never let go: the start then failed on its timeout and the agent exited 1, "cannot start".
+  const work = workDir(t);
+  const { agent, hold } = startHeld(work, 'cut', ['--resolv-conf', join(work, 'resolv.conf')], true);
+  t.teardown(() => stopChild(agent.child, 'SIGKILL', 1000));
+  t.ok(await hold.held(START_TIMEOUT_MS), 'start-up holds in its first firewall command (the rules\' write)');
+  agent.child.kill('SIGTERM');
+  t.ok(await waitExit(agent.child, START_TIMEOUT_MS), 'exits');
+  // Its log, and a failed start's plain last words.
+  const lines = agent.log.all.map((l) => (l.startsWith('{') ? (JSON.parse(l) as { msg?: string }) : { msg: l }));
+  t.equal(agent.child.exitCode, 0, `with status 0, a stop and not a failed start: ${agent.log.all.filter((l) => l.includes('cannot start')).join(' | ')}`);
+  t.ok(lines.some((l) => l.msg === 'interception rules removed'), 'what the start may have written is removed');
+  t.notOk(lines.some((l) => l.msg === 'started'), 'the start is not finished first');
 });
 
 /** An agent held in start-up, sent `signal` there, given time for a default action to act, then let go on. */

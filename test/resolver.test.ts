@@ -12,7 +12,7 @@ import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { ManualClock, SWEEP_MS } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { parseQuery } from '../src/dns/query.js';
-import { ComponentStack, StartupError } from '../src/lifecycle.js';
+import { ComponentStack, StartCut, StartupError } from '../src/lifecycle.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { ClientMissLimiter, MAX_CLIENTS } from '../src/server/client-limit.js';
 import { HitPath, MAX_WAITERS_PER_QUESTION, type MissGate, type MissOutcome } from '../src/server/hit-path.js';
@@ -1009,6 +1009,48 @@ t.test('lifecycle: start in order, stop in reverse, roll back a failed start wit
   t.match((err as Error).message, /^listeners: address in use/);
   t.match(((err as Error).cause as Error).message, 'address in use', 'the cause is kept');
   t.same(events, ['start interface', 'start listeners', 'stop interface 7'], 'what started is stopped; what did not start is not');
+});
+
+t.test('lifecycle: a stop during the start cuts it short: the part starting is told, later parts never start, started ones stop as at a stop', async (t) => {
+  const events: string[] = [];
+  const stack = new ComponentStack(silentLogger);
+  let reached = (): void => {};
+  const atInterception = new Promise<void>((resolve) => {
+    reached = resolve;
+  });
+  const stop = (name: string) => async (deadline: number, why?: string) => {
+    events.push(`stop ${name} ${deadline} ${why ?? 'stop'}`);
+  };
+  stack.add({ name: 'interface', start: async () => void events.push('start interface'), stop: stop('interface') });
+  stack.add({
+    name: 'interception',
+    // Waits (a firewall command) until told of the cut, then undoes its own half and throws, as interceptionPart does.
+    start: (cut?: AbortSignal) => new Promise<void>((_resolve, reject) => {
+      events.push('start interception');
+      cut?.addEventListener('abort', () => reject(new Error('cut short')));
+      reached();
+    }),
+    stop: stop('interception'),
+  });
+  stack.add({ name: 'ops', start: async () => void events.push('start ops'), stop: stop('ops') });
+  const starting = stack.start(() => 7).then(() => null, (e: unknown) => e);
+  await atInterception;
+  stack.cutStart(50);
+  const err = await starting;
+  t.ok(err instanceof StartCut, 'start() says it was cut, not that it failed');
+  t.notOk(err instanceof StartupError);
+  t.same(events, ['start interface', 'start interception', 'stop interface 50 stop'], 'the stop\'s deadline, not a rollback\'s');
+
+  // A cut that comes while a part that does not wait starts: that part started, so it is stopped too.
+  events.length = 0;
+  const quick = new ComponentStack(silentLogger);
+  quick.add({ name: 'listeners', start: async () => {
+    events.push('start listeners');
+    quick.cutStart(60);
+  }, stop: stop('listeners') });
+  quick.add({ name: 'ops', start: async () => void events.push('start ops'), stop: stop('ops') });
+  t.ok(await quick.start(() => 7).then(() => null, (e: unknown) => e) instanceof StartCut);
+  t.same(events, ['start listeners', 'stop listeners 60 stop']);
 });
 
 t.test('stop signals: one that comes while starting is held and stops the agent once started; a second while starting exits', async (t) => {

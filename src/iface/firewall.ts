@@ -18,7 +18,7 @@ import {
   nftRemoveScript,
   parseSave,
 } from './firewall-rules.js';
-import { type CommandRunner, describeResult } from './run-command.js';
+import { CUT_SHORT, type CommandRunner, describeResult } from './run-command.js';
 import { type OtherBackends, clearOtherBackends } from './firewall-others.js';
 import { type SetupCounters, bump } from './setup-counters.js';
 
@@ -244,9 +244,13 @@ export class Firewall {
     return this.#rules.some((r) => r.family === family && r.table === table);
   }
 
-  /** Counts the failure the way node-cache does (a held xtables lock apart) and returns its text. */
+  /**
+   * Counts the failure the way node-cache does (a held xtables lock apart) and returns its text. A command the
+   * agent's stop cut short is not counted: it says nothing of the node, and an alert on the count would fire at
+   * a rollout.
+   */
   #fail(text: string): string {
-    bump(this.#counters, /xtables lock/i.test(text) ? 'iptablesLock' : 'iptables');
+    if (!text.includes(CUT_SHORT)) bump(this.#counters, /xtables lock/i.test(text) ? 'iptablesLock' : 'iptables');
     return text;
   }
 }

@@ -124,13 +124,16 @@ export function interfacePart(o: NodeSetupOptions): NodePart | null {
 
 export function interceptionPart(o: NodeSetupOptions): NodePart | null {
   if (o.firewall === 'none' || o.addresses.length === 0) return null;
-  // Aborted once the stop's time is up: the check in flight and the teardown's commands are cut short then.
-  const timeUp = new AbortController();
-  const run = bounded(o.run ?? spawnRunner(), timeUp.signal);
+  // Aborted to cut the command in flight and those after it short: once the stop's time is up (the check in
+  // flight and the teardown's commands), or when a stop comes during the start (its commands; what it wrote is
+  // then removed under a limit of its own).
+  let limit = new AbortController();
+  const run = bounded(o.run ?? spawnRunner(), () => limit.signal);
   let firewall: Firewall | null = null;
   let stopChecks: (() => Promise<void>) | null = null;
   let inPlace = false;
   let mode = '';
+  const failOpenTo = o.failOpenTo ?? null;
   return {
     name: 'interception',
     get inPlace() {
@@ -139,26 +142,26 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
     get mode() {
       return mode;
     },
-    start: async () => {
-      const { backend, reason } = await chooseBackend(o.firewall, run);
-      mode = describeBackend(backend);
-      const failOpenTo = o.failOpenTo ?? null;
-      firewall = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, failOpenTo, backend, run, counters: o.counters });
-      let others: OtherBackends;
+    start: async (cut) => {
+      // A stop during the start cuts its commands short; what the apply wrote is then removed (rollBack).
+      const onCut = (): void => limit.abort();
+      if (aborted(cut)) onCut();
+      cut?.addEventListener('abort', onCut, { once: true });
+      let applied: { fw: Firewall; reason: string; others: OtherBackends };
       try {
-        others = await firewall.apply();
-      } catch (e) {
-        // The lifecycle stops only parts that started: a family apply did write would steer pods to an agent that exits.
-        await removeRules(firewall, 'rollback');
-        throw e;
+        applied = await apply(cut);
+      } finally {
+        cut?.removeEventListener('abort', onCut);
+        // Cut after the rules were written (clearing other backends): the stop that follows gets real commands.
+        if (limit.signal.aborted) limit = new AbortController();
       }
+      const { fw, reason, others } = applied;
       inPlace = true;
       o.logger.info('interception rules in place', {
-        backend: describeBackend(backend), why: reason, addresses: o.addresses, failOpenTo: failOpenTo === null ? 'none' : `${failOpenTo.host}:${failOpenTo.port}`,
+        backend: mode, why: reason, addresses: o.addresses, failOpenTo: failOpenTo === null ? 'none' : `${failOpenTo.host}:${failOpenTo.port}`,
       });
       if (others.cleared.length > 0) o.logger.info('removed interception rules an earlier run left in another backend', { from: others.cleared });
       if (others.errors.length > 0) o.logger.warn('could not remove interception rules left in another backend', { errors: others.errors });
-      const fw = firewall;
       stopChecks = every(o.clock, o.syncIntervalMs, async (stopping) => {
         const c = await fw.check(stopping);
         inPlace = c.error === null;
@@ -168,10 +171,7 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
     },
     stop: async (deadline, why) => {
       // A deadline already passed (a rollback's, or 0) still leaves the teardown its extra time.
-      const end = Math.max(deadline, o.clock.now()) + TEARDOWN_EXTRA_MS;
-      const unsweep = o.clock.sweep((now) => {
-        if (now >= end) timeUp.abort();
-      });
+      const unsweep = cutAt(Math.max(deadline, o.clock.now()) + TEARDOWN_EXTRA_MS);
       try {
         await stopChecks?.();
         inPlace = false;
@@ -181,6 +181,42 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
       }
     },
   };
+
+  /** Chooses the backend and writes the rules; a write that failed is undone (rollBack) before it throws. */
+  async function apply(cut: AbortSignal | undefined): Promise<{ fw: Firewall; reason: string; others: OtherBackends }> {
+    const { backend, reason } = await chooseBackend(o.firewall, run);
+    if (aborted(cut)) throw new Error('cut short by a stop before any rule was written');
+    mode = describeBackend(backend);
+    const fw = new Firewall({ name: RULE_NAME, addresses: o.addresses, port: o.port, healthPort: o.healthPort, failOpenTo, backend, run, counters: o.counters });
+    firewall = fw;
+    try {
+      return { fw, reason, others: await fw.apply() };
+    } catch (e) {
+      // The lifecycle stops only parts that started: a family apply did write would steer pods to an agent that exits.
+      await rollBack(fw, aborted(cut));
+      throw e;
+    }
+  }
+
+  /** Aborts the current `limit` once the clock reaches `end`; returns the unsubscribe. */
+  function cutAt(end: number): () => void {
+    const at = limit;
+    return o.clock.sweep((now) => {
+      if (now >= end) at.abort();
+    });
+  }
+
+  /** A failed apply's rollback; after a cut (`cut`: its commands were cut short) under a limit of its own, a teardown's. */
+  async function rollBack(fw: Firewall, cut: boolean): Promise<void> {
+    if (!cut) return removeRules(fw, 'rollback');
+    limit = new AbortController();
+    const unsweep = cutAt(o.clock.now() + TEARDOWN_EXTRA_MS);
+    try {
+      await removeRules(fw, 'rollback');
+    } finally {
+      unsweep();
+    }
+  }
 
   /**
    * --skip-teardown keeps a running agent's rules at exit, not those of a start that failed: the interface
@@ -199,9 +235,10 @@ export function interceptionPart(o: NodeSetupOptions): NodePart | null {
   }
 }
 
-/** `run`, each command cut short once `timeUp` is aborted, whether or not `run` (a test's) heeds the signal itself. */
-function bounded(run: CommandRunner, timeUp: AbortSignal): CommandRunner {
+/** `run`, each command cut short once `limit()` (as it is when the command starts) is aborted, whether or not `run` (a test's) heeds the signal itself. */
+function bounded(run: CommandRunner, limit: () => AbortSignal): CommandRunner {
   return (cmd, args, stdin) => {
+    const timeUp = limit();
     let cut = (): void => {};
     const cutShort = new Promise<CommandResult>((resolve) => {
       cut = () => resolve({ status: null, stdout: '', stderr: '', error: CUT_SHORT });
@@ -211,6 +248,11 @@ function bounded(run: CommandRunner, timeUp: AbortSignal): CommandRunner {
     const ran = timeUp.aborted ? cutShort : run(cmd, args, stdin, timeUp);
     return Promise.race([ran, cutShort]).finally(() => timeUp.removeEventListener('abort', cut));
   };
+}
+
+/** A function, not `cut?.aborted` inline: TypeScript would take the signal for unchanged across the awaits between two looks. */
+function aborted(cut: AbortSignal | undefined): boolean {
+  return cut?.aborted === true;
 }
 
 async function chooseBackend(choice: FirewallChoice, run: CommandRunner): Promise<{ backend: FirewallBackend; reason: string }> {
