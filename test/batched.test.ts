@@ -824,11 +824,12 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   t.equal(plain.listeners.length, 2, 'one dgram listener per address');
 });
 
-t.test('a worker\'s refresh that another thread claimed first: a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
-  // The listener drops a refresh miss whose claim fails (DnsCache.claimRefresh: another thread refreshes the name)
-  // by delivering 'overloaded' (listener.ts #onReport). A refresh has no client when it leaves the worker, but one
-  // may join it there before the outcome returns: a query whose read gave up (the slot mid-change) or that came just
-  // after expiry. The worker answers what joined with stale-or-SERVFAIL: for a fresh name, SERVFAIL.
+t.test('a worker\'s refresh that another thread claimed first goes no further upstream; a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
+  // A refresh whose claim fails (DnsCache.claimRefresh: another thread refreshes the name, or a reload turned prefetch
+  // off) is no refresh, as the dgram backend's refused claimPrefetch starts none: the exchange takes it as a plain miss,
+  // answered from the store while the entry is fresh. A refresh has no client when it leaves the worker, but one may
+  // join it there before the outcome returns: a query whose read gave up (the slot mid-change) or that came just after
+  // expiry. It gets the cached answer.
   const r = await rig(t);
   const port = r.ports[0]!;
   const name = 'svc-7.example.com';
@@ -870,6 +871,7 @@ t.test('a worker\'s refresh that another thread claimed first: a client that joi
   t.same(dataOf(c.answers.get(3)), ['10.0.0.7'], 'the hit');
   t.equal(rcodeName(c.answers.get(4)), 'NOERROR', 'the client that joined the refresh gets an answer, not SERVFAIL');
   t.same(dataOf(c.answers.get(4)), ['10.0.0.7']);
+  t.equal(r.upstream.stats.udpQueries, 0, 'the refresh refused here (claimed elsewhere) did not go upstream');
 });
 
 t.test('a client whose record reaches the main thread after its miss was answered there, in the same turn, is answered without waiting for the worker\'s idle poll', async (t) => {
