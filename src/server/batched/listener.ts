@@ -351,10 +351,10 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       const keys = m.keys!;
       for (let k = 0; k < m.count; k++) {
         const token = itemToken(m, k);
-        // A worker's refresh is claimed here (readers never set the flag); claimed elsewhere, it still goes to the
-        // exchange (clients may have joined it), which joins the fetch in flight or answers from the store.
-        const refresh = itemTag(m, k) === MISS_REFRESH;
-        if (refresh) this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
+        // A worker's refresh is claimed here (readers never set the flag). Refused (claimed elsewhere, prefetch off since
+        // a reload) it is no refresh, as in the dgram backend, but a plain miss (clients may have joined it): answered from
+        // the store while the entry is fresh, else joined to the fetch in flight or asked.
+        const refresh = itemTag(m, k) === MISS_REFRESH && this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
         this.#exchange.forward(link, token, keys[k]!, itemBytes(m, k)!, refresh);
       }
     }
