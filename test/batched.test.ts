@@ -671,6 +671,26 @@ t.test('direct answers: the only worker dies with a client held on the main thre
   t.equal(r.listener.totals().io.get('sendErrors'), 0, 'nothing lost');
 });
 
+t.test('shutdown: an answer for the only worker\'s held client that comes after the pause, with no socket left, is given up and counted at once (no successor comes), not held, and drain() resolves with it', async (t) => {
+  const { r, port, c, release } = await heldRig(t, { idlePollMs: 50, timeoutMs: 10_000 });
+  void c.send(port, 'held-3.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  await r.listener.workerThread(0)!.terminate();
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  r.listener.pause();
+  t.equal(r.listener.workerThread(0), null, 'no successor (none is started once paused)');
+  let drained = false;
+  const drain = r.listener.drain().then(() => (drained = true));
+  release();
+  await until('the upstream answer to come back', () => r.resolver.inflight === 0);
+  // The answer goes out (or is given up) in the turn it came, before the next timer turn.
+  await new Promise((res) => setImmediate(res));
+  t.equal(r.listener.totals().io.get('sendErrors'), 1, 'no socket to send it on: lost and counted at once');
+  t.ok(drained, 'drain() resolved with it');
+  await drain;
+  t.notOk(c.answers.has(1));
+});
+
 t.test('shutdown: drain() waits for the clients held for a worker that died too, so they get the upstream\'s answer, not the abort\'s SERVFAIL', async (t) => {
   const { r, c, release } = await heldByDeadWorker(t, 'held-9.example.com');
   r.listener.pause();
