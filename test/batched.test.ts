@@ -712,6 +712,7 @@ t.test('shutdown past its grace with a client held for a worker that died: abort
   r.listener.pause();
   // The grace period over before the upstream answers (drain() would wait for it: the test above).
   t.equal(await r.listener.abortAll(), 1, 'counted among the clients the abort answered');
+  t.equal(r.listener.totals().server.get('abortedAtShutdown'), 1, 'and in nodelocal_shutdown_aborted_total');
   await until('the held client\'s answer', () => c.answers.has(1));
   t.equal(rcodeName(c.answers.get(1)), 'SERVFAIL');
 });
