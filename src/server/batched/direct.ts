@@ -207,7 +207,7 @@ export class DirectAnswers {
    */
   abort(): number {
     this.#aborted = true;
-    // Shutdown: no successor comes.
+    // Shutdown: no successor comes. A dead worker's clients are counted here (a live one's hit path counts its own abort).
     this.#holdUntil = 0;
     let n = 0;
     for (const m of this.#pending.values()) {
@@ -215,6 +215,7 @@ export class DirectAnswers {
       if (m.waiters.length > 0) this.#answerAll(m, null);
     }
     this.#pending.clear();
+    if (this.orphaned) this.#server[SV.abortedAtShutdown]! += n;
     this.flush();
     return n;
   }
