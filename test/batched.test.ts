@@ -1794,6 +1794,39 @@ t.test('loop with remoteWaiters: a client handed back that hits is observed in t
   t.equal(c.hist.duration.count, 1, 'observed once, here');
   // Less one ms: holdThread() reads Date.now(), whole milliseconds.
   t.ok(c.hist.duration.sum >= (HELD_MS - 1) / 1000, `from its arrival: about the ${HELD_MS} ms it was held at least (observed ${c.hist.duration.sum} s)`);
+  // As the dgram backend counts a client that joined a miss: one lookup each, a miss; its second look is no hit.
+  t.equal(c.cache.get('miss'), 2, 'clients 1 and 2 each counted a miss once');
+  t.equal(c.cache.get('hitPositive'), 0, 'the client handed back is not counted a hit besides');
+});
+
+t.test('loop with remoteWaiters: a client handed back after its question timed out, answered stale on the spot (the failure recheck window), is observed from when it first arrived and counted one cache miss, as the dgram backend counts it', async (t) => {
+  const seen = reportTaker();
+  const HELD_MS = 25;
+  const { k, loop, c, store } = loopRig([
+    () => {
+      // Expired a minute ago, inside the stale window.
+      const old = answer(SVC, [rr(SVC, '192.0.2.8', 60)]);
+      store.insert(parseQuery(query({ name: SVC })).key, old, scanAnswer(old)!, systemClock.now() - 120_000);
+      k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) });
+    },
+    () => {
+      seen.take(k.reports());
+      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+    () => {
+      seen.take(k.reports());
+      // The main thread answered client 1 stale (the upstream timed out); client 2's record came late.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: null, here: true, outcome: 'timeout' }]).take() });
+      holdThread(HELD_MS);
+      k.post({ t: 'again', items: handedBack(seen.waiters[1]!) });
+    },
+  ], { remoteWaiters: true });
+  loop.run();
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to)]), [[2, 2222]], 'the client handed back gets the stale answer here');
+  t.same(dataOf(dnsPacket.decode(k.sent[0]!.data)), ['192.0.2.8']);
+  t.equal(c.hist.duration.count, 1, 'observed once, here');
+  t.ok(c.hist.duration.sum >= (HELD_MS - 1) / 1000, `from its arrival, not as 0 s (observed ${c.hist.duration.sum} s)`);
+  t.equal(c.cache.get('miss'), 2, 'clients 1 and 2 each counted a miss once');
 });
 
 t.test('loop with remoteWaiters: a client handed back that joins a question in flight again is not counted coalesced a second time', async (t) => {
