@@ -2353,6 +2353,9 @@ t.test('a worker whose restart fails is tried again while the listener runs: its
     return w !== null && w !== successor && w !== first;
   }, 15_000).catch(() => undefined);
   t.not(r.listener.workerThread(0), null, 'a new worker holds slot 0 again');
+  // Ready before the query: a thread still starting (seconds on a loaded machine: 11 s seen) would read it older than
+  // --max-query-age (5 s) and drop it as stale.
+  await until('the new worker to be ready', () => r.listener.liveWorkers === 1, 30_000).catch(() => undefined);
   const c = new Client();
   await c.ready();
   t.teardown(() => c.close());
