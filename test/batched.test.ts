@@ -671,6 +671,26 @@ t.test('direct answers: the only worker dies with a client held on the main thre
   t.equal(r.listener.totals().io.get('sendErrors'), 0, 'nothing lost');
 });
 
+t.test('shutdown: an answer for the only worker\'s held client that comes after the pause, with no socket left, is given up and counted at once (no successor comes), not held, and drain() resolves with it', async (t) => {
+  const { r, port, c, release } = await heldRig(t, { idlePollMs: 50, timeoutMs: 10_000 });
+  void c.send(port, 'held-3.example.com', 1);
+  await until('the question to reach the upstream', () => r.upstream.stats.udpQueries === 1);
+  await r.listener.workerThread(0)!.terminate();
+  await until('the death to be noticed', () => r.logs.some((l) => l.includes('udp worker died')));
+  r.listener.pause();
+  t.equal(r.listener.workerThread(0), null, 'no successor (none is started once paused)');
+  let drained = false;
+  const drain = r.listener.drain().then(() => (drained = true));
+  release();
+  await until('the upstream answer to come back', () => r.resolver.inflight === 0);
+  // The answer goes out (or is given up) in the turn it came, before the next timer turn.
+  await new Promise((res) => setImmediate(res));
+  t.equal(r.listener.totals().io.get('sendErrors'), 1, 'no socket to send it on: lost and counted at once');
+  t.ok(drained, 'drain() resolved with it');
+  await drain;
+  t.notOk(c.answers.has(1));
+});
+
 t.test('shutdown: drain() waits for the clients held for a worker that died too, so they get the upstream\'s answer, not the abort\'s SERVFAIL', async (t) => {
   const { r, c, release } = await heldByDeadWorker(t, 'held-9.example.com');
   r.listener.pause();
@@ -692,6 +712,7 @@ t.test('shutdown past its grace with a client held for a worker that died: abort
   r.listener.pause();
   // The grace period over before the upstream answers (drain() would wait for it: the test above).
   t.equal(await r.listener.abortAll(), 1, 'counted among the clients the abort answered');
+  t.equal(r.listener.totals().server.get('abortedAtShutdown'), 1, 'and in nodelocal_shutdown_aborted_total');
   await until('the held client\'s answer', () => c.answers.has(1));
   t.equal(rcodeName(c.answers.get(1)), 'SERVFAIL');
 });
@@ -824,11 +845,12 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   t.equal(plain.listeners.length, 2, 'one dgram listener per address');
 });
 
-t.test('a worker\'s refresh that another thread claimed first: a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
-  // The listener drops a refresh miss whose claim fails (DnsCache.claimRefresh: another thread refreshes the name)
-  // by delivering 'overloaded' (listener.ts #onReport). A refresh has no client when it leaves the worker, but one
-  // may join it there before the outcome returns: a query whose read gave up (the slot mid-change) or that came just
-  // after expiry. The worker answers what joined with stale-or-SERVFAIL: for a fresh name, SERVFAIL.
+t.test('a worker\'s refresh that another thread claimed first goes no further upstream; a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
+  // A refresh whose claim fails (DnsCache.claimRefresh: another thread refreshes the name, or a reload turned prefetch
+  // off) is no refresh, as the dgram backend's refused claimPrefetch starts none: the exchange takes it as a plain miss,
+  // answered from the store while the entry is fresh. A refresh has no client when it leaves the worker, but one may
+  // join it there before the outcome returns: a query whose read gave up (the slot mid-change) or that came just after
+  // expiry. It gets the cached answer.
   const r = await rig(t);
   const port = r.ports[0]!;
   const name = 'svc-7.example.com';
@@ -870,6 +892,7 @@ t.test('a worker\'s refresh that another thread claimed first: a client that joi
   t.same(dataOf(c.answers.get(3)), ['10.0.0.7'], 'the hit');
   t.equal(rcodeName(c.answers.get(4)), 'NOERROR', 'the client that joined the refresh gets an answer, not SERVFAIL');
   t.same(dataOf(c.answers.get(4)), ['10.0.0.7']);
+  t.equal(r.upstream.stats.udpQueries, 0, 'the refresh refused here (claimed elsewhere) did not go upstream');
 });
 
 t.test('a client whose record reaches the main thread after its miss was answered there, in the same turn, is answered without waiting for the worker\'s idle poll', async (t) => {
@@ -1771,6 +1794,39 @@ t.test('loop with remoteWaiters: a client handed back that hits is observed in t
   t.equal(c.hist.duration.count, 1, 'observed once, here');
   // Less one ms: holdThread() reads Date.now(), whole milliseconds.
   t.ok(c.hist.duration.sum >= (HELD_MS - 1) / 1000, `from its arrival: about the ${HELD_MS} ms it was held at least (observed ${c.hist.duration.sum} s)`);
+  // As the dgram backend counts a client that joined a miss: one lookup each, a miss; its second look is no hit.
+  t.equal(c.cache.get('miss'), 2, 'clients 1 and 2 each counted a miss once');
+  t.equal(c.cache.get('hitPositive'), 0, 'the client handed back is not counted a hit besides');
+});
+
+t.test('loop with remoteWaiters: a client handed back after its question timed out, answered stale on the spot (the failure recheck window), is observed from when it first arrived and counted one cache miss, as the dgram backend counts it', async (t) => {
+  const seen = reportTaker();
+  const HELD_MS = 25;
+  const { k, loop, c, store } = loopRig([
+    () => {
+      // Expired a minute ago, inside the stale window.
+      const old = answer(SVC, [rr(SVC, '192.0.2.8', 60)]);
+      store.insert(parseQuery(query({ name: SVC })).key, old, scanAnswer(old)!, systemClock.now() - 120_000);
+      k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) });
+    },
+    () => {
+      seen.take(k.reports());
+      k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2222) });
+    },
+    () => {
+      seen.take(k.reports());
+      // The main thread answered client 1 stale (the upstream timed out); client 2's record came late.
+      k.post({ t: 'done', items: doneItems([{ token: seen.token, answer: null, here: true, outcome: 'timeout' }]).take() });
+      holdThread(HELD_MS);
+      k.post({ t: 'again', items: handedBack(seen.waiters[1]!) });
+    },
+  ], { remoteWaiters: true });
+  loop.run();
+  t.same(k.sent.map((s) => [idOf(s.data), portOf(s.to)]), [[2, 2222]], 'the client handed back gets the stale answer here');
+  t.same(dataOf(dnsPacket.decode(k.sent[0]!.data)), ['192.0.2.8']);
+  t.equal(c.hist.duration.count, 1, 'observed once, here');
+  t.ok(c.hist.duration.sum >= (HELD_MS - 1) / 1000, `from its arrival, not as 0 s (observed ${c.hist.duration.sum} s)`);
+  t.equal(c.cache.get('miss'), 2, 'clients 1 and 2 each counted a miss once');
 });
 
 t.test('loop with remoteWaiters: a client handed back that joins a question in flight again is not counted coalesced a second time', async (t) => {
@@ -2299,6 +2355,9 @@ t.test('a worker whose restart fails is tried again while the listener runs: its
     return w !== null && w !== successor && w !== first;
   }, 15_000).catch(() => undefined);
   t.not(r.listener.workerThread(0), null, 'a new worker holds slot 0 again');
+  // Ready before the query: a thread still starting (seconds on a loaded machine: 11 s seen) would read it older than
+  // --max-query-age (5 s) and drop it as stale.
+  await until('the new worker to be ready', () => r.listener.liveWorkers === 1, 30_000).catch(() => undefined);
   const c = new Client();
   await c.ready();
   t.teardown(() => c.close());

@@ -1359,9 +1359,8 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
     const link: MissReturn = { listening: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)), refusedForLoad: () => {} };
     w.connect({
       forward: (token, key, query, refresh) => {
-        // As listener.ts: a worker's refresh is claimed on the main thread; claimed elsewhere, it still goes to the exchange.
-        if (refresh === true) store.claimRefresh(key, clock.now());
-        exchange.forward(link, token, key, Buffer.from(query));
+        // As listener.ts: a worker's refresh is claimed on the main thread; refused, it goes to the exchange as a plain miss.
+        exchange.forward(link, token, key, Buffer.from(query), refresh === true && store.claimRefresh(key, clock.now()));
       },
     });
   }

@@ -191,7 +191,7 @@ export class HitPath implements QueryHandler {
     if (miss !== undefined) {
       if (miss.waiting >= MAX_WAITERS_PER_QUESTION || !this.#shares.take(miss.token, clientHash(peer))) {
         this.#v[S.shed]!++;
-        this.#shed(q, channel, peer, now, logged);
+        this.#shed(q, channel, peer, now, logged, again);
         return;
       }
       if (again < 0) this.#v[S.coalesced]!++;
@@ -201,17 +201,17 @@ export class HitPath implements QueryHandler {
       else miss.remote++;
       return;
     }
-    if (this.#recentFailures.holds(q, now) && this.#shed(q, channel, peer, now, logged, false)) return;
+    if (this.#recentFailures.holds(q, now) && this.#shed(q, channel, peer, now, logged, again, false)) return;
     // The gate counts what it turns away (it knows why). First: a miss shed for our load costs its client nothing.
     if (this.#gate !== null && !this.#gate.admits(q)) {
-      this.#shed(q, channel, peer, now, logged);
+      this.#shed(q, channel, peer, now, logged, again);
       return;
     }
     const opener = this.#clientLimit === null ? null : this.#clientLimit.take(peer.address, now);
     if (this.#clientLimit !== null && opener === null) {
       // Over its miss rate or its questions in flight: it gets what a failing upstream would give (stale, else SERVFAIL); nothing is sent.
       this.#v[S.clientLimited]!++;
-      this.#shed(q, channel, peer, now, logged);
+      this.#shed(q, channel, peer, now, logged, again);
       return;
     }
     const key = q.key;
@@ -226,7 +226,7 @@ export class HitPath implements QueryHandler {
     // Refused at once (overloaded, closing): a client counted for the sink's side was never handed to it, so it is answered here.
     if (local || this.#byToken.get(miss.token) === miss) return;
     this.waitsOn = 0;
-    this.#shed(q, channel, peer, now, logged);
+    this.#shed(q, channel, peer, now, logged, again);
   }
 
   /**
@@ -326,13 +326,13 @@ export class HitPath implements QueryHandler {
     return n;
   }
 
-  /** One query answered at once (too many waiting on its question, its client over its miss rate, the gate, a recent failure): stale if we have it, else SERVFAIL, or (`servfail` false) nothing and false. */
-  #shed(q: QueryScratch, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean, servfail = true): boolean {
+  /** One query answered at once (too many waiting on its question, its client over its miss rate, the gate, a recent failure): stale if we have it, else SERVFAIL, or (`servfail` false) nothing and false. `again` as in handle(). */
+  #shed(q: QueryScratch, channel: ClientChannel, peer: ClientPeer, now: number, logged: boolean, again: number, servfail = true): boolean {
     const stale = this.#cache.stale(q, now);
     if (stale === undefined && !servfail) return false;
     const reply = stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, this.#out.limit(q, channel, peer), DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
-    this.#out.send(reply, channel, peer);
-    if (logged) this.#out.logQuery(q, peer, reply, 0, stale !== undefined ? 'stale' : 'servfail');
+    this.#out.send(reply, channel, peer, again);
+    if (logged) this.#out.logQuery(q, peer, reply, again < 0 ? 0 : now - again, stale !== undefined ? 'stale' : 'servfail');
     return true;
   }
 

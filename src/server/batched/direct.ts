@@ -90,6 +90,8 @@ export interface DirectDeps {
   readonly stale: (key: string, now: number, served: number) => CacheEntry | undefined;
   /** Told of an upstream answer that fails validation, as the hit path warns of one. */
   readonly logger: Logger;
+  /** False once the listener stops (pause, close): no successor is started, so an orphan's answer with no socket is given up at once. */
+  readonly serving?: () => boolean;
 }
 
 export class DirectAnswers {
@@ -205,7 +207,7 @@ export class DirectAnswers {
    */
   abort(): number {
     this.#aborted = true;
-    // Shutdown: no successor comes.
+    // Shutdown: no successor comes. A dead worker's clients are counted here (a live one's hit path counts its own abort).
     this.#holdUntil = 0;
     let n = 0;
     for (const m of this.#pending.values()) {
@@ -213,6 +215,7 @@ export class DirectAnswers {
       if (m.waiters.length > 0) this.#answerAll(m, null);
     }
     this.#pending.clear();
+    if (this.orphaned) this.#server[SV.abortedAtShutdown]! += n;
     this.flush();
     return n;
   }
@@ -245,7 +248,7 @@ export class DirectAnswers {
    * answered as their misses complete, on `via`'s sockets (a live sibling's,
    * a successor still starting too, bound to the same addresses and ports:
    * the client sees the same source);
-   * with none at the time, the answer waits for one up to ORPHAN_HOLD_MS,
+   * with none at the time, the answer waits for one up to ORPHAN_HOLD_MS (while serving),
    * then is lost and counted as a send error. Closed once the last is
    * answered (and sent, or given up); at once when none waits.
    */
@@ -363,8 +366,8 @@ export class DirectAnswers {
     const vec = this.#send[s]!;
     const fd = this.#sockets()[s];
     const filled = vec.filled;
-    // An orphan's answers with no socket yet: kept for a successor's (a full vector goes as it would).
-    if (fd === undefined && !this.#closed && !vec.full && performance.now() < this.#holdUntil) return this.#retryLater();
+    // An orphan's answers with no socket yet: kept for a successor's while one may come (a full vector goes as it would).
+    if (fd === undefined && !this.#closed && !vec.full && performance.now() < this.#holdUntil && this.#deps.serving?.() !== false) return this.#retryLater();
     vec.clear();
     if (fd === undefined || this.#closed) {
       this.#v[IO.sendErrors]! += filled;

@@ -316,7 +316,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       return Promise.reject(err);
     }
     const direct: DirectDeps | null = this.#opts.directAnswers === false ? null : {
-      policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served), logger: this.#logger,
+      policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served), logger: this.#logger, serving: () => this.#state === 'running' || this.#state === 'new',
     };
     const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, this.sharedCache.layout, direct);
     link.siblings = () => this.#links.find((l) => l !== null && l !== link && l.alive)?.fds ?? null;
@@ -351,10 +351,10 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       const keys = m.keys!;
       for (let k = 0; k < m.count; k++) {
         const token = itemToken(m, k);
-        // A worker's refresh is claimed here (readers never set the flag); claimed elsewhere, it still goes to the
-        // exchange (clients may have joined it), which joins the fetch in flight or answers from the store.
-        const refresh = itemTag(m, k) === MISS_REFRESH;
-        if (refresh) this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
+        // A worker's refresh is claimed here (readers never set the flag). Refused (claimed elsewhere, prefetch off since
+        // a reload) it is no refresh, as in the dgram backend, but a plain miss (clients may have joined it): answered from
+        // the store while the entry is fresh, else joined to the fetch in flight or asked.
+        const refresh = itemTag(m, k) === MISS_REFRESH && this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
         this.#exchange.forward(link, token, keys[k]!, itemBytes(m, k)!, refresh);
       }
     }

@@ -11,6 +11,9 @@ import { Peer, type ReportLogger, type TurnClock } from './loop-parts.js';
 import type { SocketChannel } from './loop-send.js';
 import { OUTCOMES, WAITER_ARRIVED_WORD, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import type { ClientPeer } from '../listener.js';
+import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
+
+const L = CACHE_COUNTERS.slot;
 
 /** What handing a client back needs from the loop: its sockets' channels, and what it does with a client left waiting. */
 export interface AgainParts {
@@ -20,6 +23,8 @@ export interface AgainParts {
   readonly logger: ReportLogger;
   /** HitPath remoteWaiters: every client reported is the main thread's, answered there or handed back (direct.ts). */
   readonly remoteWaiters: boolean;
+  /** The hit path's cache lookups (hits, misses): a client handed back was counted at its first look. */
+  readonly lookups: CacheCounters;
 }
 
 /** Every client the main thread heard of is its to answer: it sends the answer, or hands the client back to run again. */
@@ -156,11 +161,16 @@ export class Completions {
     const now = this.#clock.stamp;
     const arrived = itemExtra(p, i, WAITER_ARRIVED_WORD);
     const arrivedAt = arrived === 0 ? now : now - msSince16(arrived, now);
+    // Its first look was counted (a miss): this one is not, so a query is one lookup, as with the dgram backend.
+    const lookups = this.#again.lookups.values;
+    const counted: [number, number, number] = [lookups[L.hitPositive]!, lookups[L.hitNegative]!, lookups[L.miss]!];
     try {
       this.#hits.handle(msg, channel, peer, arrivedAt);
     } catch (err) {
       this.#again.logger.error('query handler threw', { error: String(err) });
       return;
+    } finally {
+      [lookups[L.hitPositive], lookups[L.hitNegative], lookups[L.miss]] = counted;
     }
     this.#again.settle(peer, s, msg, arrivedAt);
   }
