@@ -20,7 +20,7 @@ import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
 import { cacheOptions, clientLimiter, configSourcePaths, hostServers, keepRestartOnly, nodeSetupOptions, type ReloadOutcome } from './agent-config.js';
 import { startPodWatch, startView } from './agent-cluster.js';
-import { heapTrimPart, idleGcPart, opsPart, podWatchPart, snapshotPart, watchPart } from './agent-parts.js';
+import { heapTrimPart, idleGcPart, opsPart, podWatchPart, snapshotParts, watchPart } from './agent-parts.js';
 import { buildServing, listenersPart, reconfigureServing, retireReplaced, upstreamsPart } from './agent-serving.js';
 import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
@@ -276,9 +276,8 @@ export class Agent {
       this.#nodeParts.push(iface);
       this.#parts.add(iface);
     }
-    if (c.cacheSnapshot !== '') {
-      this.#parts.add(snapshotPart(c.cacheSnapshot, { ...d, cache: this.cache, intervalMs: c.cacheSnapshotIntervalMs, counters: this.snapshotCounters }));
-    }
+    const snapshot = c.cacheSnapshot === '' ? null : snapshotParts(c.cacheSnapshot, { ...d, cache: this.cache, intervalMs: c.cacheSnapshotIntervalMs, counters: this.snapshotCounters });
+    if (snapshot !== null) this.#parts.add(snapshot.load);
     if (c.mallocTrimIntervalMs > 0) this.#parts.add(heapTrimPart(c.mallocTrimIntervalMs, d));
     this.#parts.add(idleGcPart(d));
     this.#parts.add(listenersPart({
@@ -299,6 +298,8 @@ export class Agent {
       this.#parts.add(interception);
     }
     this.#parts.add(ops);
+    // Last: a start that fails (however long it took) writes no snapshot over the file it found.
+    if (snapshot !== null) this.#parts.add(snapshot.periodic);
     await this.#parts.start(() => this.#clock.now());
     this.#logger.info('serving', {
       listen: this.#listeners.map((l) => l.name),
