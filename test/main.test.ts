@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import dgram from 'node:dgram';
-import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
+import { CHILD_ENV, Lines, describeRan, run, stopChild, waitExit } from './helpers/netns-proc.js';
 import { buildQuery, udpExchange } from './helpers/dns-client.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -91,7 +91,11 @@ const FIREWALL_TOOLS = ['nft', ...['iptables', 'ip6tables'].flatMap((base) => ['
 const canUnshare = process.getuid?.() === 0 && spawnSync('unshare', ['-n', 'true'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
 const holdSkip = canUnshare ? false : 'needs root and unshare -n (a network namespace of its own for the agent)';
 
-function startHeld(work: string, name: string, args: readonly string[]): { agent: AgentProcess; hold: StartupHold } {
+/**
+ * `freshNode`: the address is not there yet (a new or rebooted node): the agent makes it, on a link of its own
+ * (kind bridge: these kernels lack dummy), as its interface part does on a node. Else it is on lo already.
+ */
+function startHeld(work: string, name: string, args: readonly string[], freshNode = false): { agent: AgentProcess; hold: StartupHold } {
   const dir = join(work, `hold-${name}`);
   const bin = join(dir, 'bin');
   mkdirSync(bin, { recursive: true });
@@ -106,9 +110,9 @@ function startHeld(work: string, name: string, args: readonly string[]): { agent
   chmodSync(script, 0o755);
   for (const tool of FIREWALL_TOOLS) symlinkSync(script, join(bin, tool));
   // lo up with our address on it, then exec: the agent keeps the pid the test signals.
-  const setup = `ip link set lo up && ip addr add ${HELD_ADDRESS}/32 dev lo && exec "$@"`;
+  const setup = freshNode ? 'ip link set lo up && exec "$@"' : `ip link set lo up && ip addr add ${HELD_ADDRESS}/32 dev lo && exec "$@"`;
   const agent = spawnMain(work, ['unshare', '-n', 'sh', '-c', setup, 'sh'], `${bin}:${CHILD_ENV.PATH ?? ''}`, `${HELD_ADDRESS}:53`, [
-    '--no-setup-interface',
+    ...(freshNode ? ['--interface-kind', 'bridge'] : ['--no-setup-interface']),
     '--firewall', 'nftables',
     ...args,
   ]);
@@ -150,6 +154,27 @@ t.test('a signal during start-up is handled: SIGHUP does not kill the agent, SIG
   t.ok(await waitExit(term.child, 30_000), 'exits');
   t.equal(term.child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
   t.equal(term.child.exitCode, 0, 'with status 0, as a stop after start-up does');
+});
+
+t.test('on a fresh node (the address comes with the agent\'s link) /health answers while a later step holds the start-up', { skip: holdSkip }, async (t) => {
+  // The probes' port was bound early only when its address already existed (an upgrade); on a new or rebooted
+  // node it was bound last, after the listeners and the interception, so while a firewall command waited on the
+  // xtables lock (kube-proxy's, at boot) the kubelet's liveness probe met a closed port and, past its 45 s
+  // (15 s delay, 3 x 10 s), restarted the agent mid-start. It binds once the interface has made the address.
+  const work = workDir(t);
+  const held = startHeld(work, 'fresh', ['--resolv-conf', join(work, 'resolv.conf'), '--health-port', '8080'], true);
+  t.teardown(() => stopChild(held.agent.child, 'SIGKILL', 1000));
+  t.ok(await held.hold.held(START_TIMEOUT_MS), 'start-up holds in the interception set-up, after the interface');
+  const probe = (path: string): Promise<string> =>
+    run('nsenter', ['-t', String(held.agent.child.pid), '-n', 'curl', '-s', '-m', '3', '-o', '/dev/null', '-w', '%{http_code}', `http://${HELD_ADDRESS}:8080${path}`], 10_000).then(
+      (r) => (r.status === 0 ? r.stdout : `no answer (${describeRan(r)})`),
+    );
+  t.equal(await probe('/health'), '200', 'liveness: alive while starting');
+  t.equal(await probe('/ready'), '503', 'readiness: not yet serving');
+  held.hold.release();
+  t.ok(await held.agent.log.next(msgIs('started'), START_TIMEOUT_MS), 'then it starts');
+  t.equal(await probe('/ready'), '200', 'and is ready');
+  await stopChild(held.agent.child, 'SIGTERM', 20_000);
 });
 
 /** An agent held in start-up, sent `signal` there, given time for a default action to act, then let go on. */
