@@ -31,11 +31,15 @@ export interface OpsPartOptions {
   readonly created: (servers: OpsServer[]) => void;
 }
 
+/** The ops servers' part, and its early binding. */
+export type OpsPart = Component & { tryEarly(): Promise<void> };
+
 /**
  * /metrics, /health and /ready: last up, first down. `tryEarly` binds them
- * before the rest when it can (then `start` has nothing left to do).
+ * before the rest when their address exists, first thing, and again once
+ * the interface has made it (then `start` has nothing left to do).
  */
-export function opsPart(o: OpsPartOptions): Component & { tryEarly(): Promise<void> } {
+export function opsPart(o: OpsPartOptions): OpsPart {
   const c = o.config;
   let servers: OpsServer[] = [];
   let bound = false;
@@ -61,10 +65,11 @@ export function opsPart(o: OpsPartOptions): Component & { tryEarly(): Promise<vo
   return {
     name: 'ops-http',
     tryEarly: async () => {
+      if (bound) return;
       try {
         await bind();
       } catch (err) {
-        o.logger.debug('ops http: binding after the interface instead', { error: (err as Error).message });
+        o.logger.debug('ops http: not bound yet; again after the interface, else last', { error: (err as Error).message });
       }
     },
     start: async () => {
