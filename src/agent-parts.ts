@@ -31,11 +31,15 @@ export interface OpsPartOptions {
   readonly created: (servers: OpsServer[]) => void;
 }
 
+/** The ops servers' part, and its early binding. */
+export type OpsPart = Component & { tryEarly(): Promise<void> };
+
 /**
  * /metrics, /health and /ready: last up, first down. `tryEarly` binds them
- * before the rest when it can (then `start` has nothing left to do).
+ * before the rest when their address exists, first thing, and again once
+ * the interface has made it (then `start` has nothing left to do).
  */
-export function opsPart(o: OpsPartOptions): Component & { tryEarly(): Promise<void> } {
+export function opsPart(o: OpsPartOptions): OpsPart {
   const c = o.config;
   let servers: OpsServer[] = [];
   let bound = false;
@@ -61,10 +65,11 @@ export function opsPart(o: OpsPartOptions): Component & { tryEarly(): Promise<vo
   return {
     name: 'ops-http',
     tryEarly: async () => {
+      if (bound) return;
       try {
         await bind();
       } catch (err) {
-        o.logger.debug('ops http: binding after the interface instead', { error: (err as Error).message });
+        o.logger.debug('ops http: not bound yet; again after the interface, else last', { error: (err as Error).message });
       }
     },
     start: async () => {
@@ -87,21 +92,29 @@ export interface SnapshotPartOptions {
 }
 
 /**
- * Warm restart: the cache is loaded before the listeners start, written
- * every --cache-snapshot-interval while serving (so that a new agent
- * started beside this one in an upgrade starts warm), and once more after
- * the listeners drained.
+ * Warm restart: the cache is loaded before the listeners start (`load`),
+ * written every --cache-snapshot-interval while serving (so that a new
+ * agent started beside this one in an upgrade starts warm), and once more
+ * after the listeners drained. The periodic writes are a part of their own
+ * (`periodic`), to go last in the start order: a start that fails leaves
+ * the file as it found it, however long it took.
  */
-export function snapshotPart(path: string, o: SnapshotPartOptions): Component {
+export function snapshotParts(path: string, o: SnapshotPartOptions): { load: Component; periodic: Component } {
   o.metrics.add(o.counters, false);
   const snapshots = new CacheSnapshots({
     cache: o.cache, path, intervalMs: o.intervalMs, clock: o.clock, logger: o.logger, counters: o.counters,
   });
-  return {
+  const periodic: Component = {
+    name: 'cache-snapshot-periodic',
+    start: () => Promise.resolve(snapshots.startPeriodic()),
+    // A write under way is waited for by the load part's stop, before its final write.
+    stop: () => Promise.resolve(snapshots.stopPeriodic()),
+  };
+  const load: Component = {
     name: 'cache-snapshot',
     // Batched too: the agent's cache is the one cache, which the workers read.
     start: async () => {
-      await snapshots.start();
+      await snapshots.load();
     },
     // Bounded like every other part (a hung disk must not keep the link and rules on the node), with a second at
     // least for the final write when draining took the whole grace period. A rollback writes nothing: its start
@@ -111,6 +124,7 @@ export function snapshotPart(path: string, o: SnapshotPartOptions): Component {
       await until(o.clock, Math.max(deadline, o.clock.now() + FINAL_SNAPSHOT_MIN_MS), done);
     },
   };
+  return { load, periodic };
 }
 
 /** The least time the final snapshot write gets at shutdown. */

@@ -20,7 +20,7 @@ import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
 import { cacheOptions, clientLimiter, configSourcePaths, hostServers, keepRestartOnly, nodeSetupOptions, type ReloadOutcome } from './agent-config.js';
 import { startPodWatch, startView } from './agent-cluster.js';
-import { heapTrimPart, idleGcPart, opsPart, podWatchPart, snapshotPart, watchPart } from './agent-parts.js';
+import { heapTrimPart, idleGcPart, opsPart, podWatchPart, snapshotParts, watchPart, type OpsPart } from './agent-parts.js';
 import { buildServing, listenersPart, reconfigureServing, retireReplaced, upstreamsPart } from './agent-serving.js';
 import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
@@ -32,7 +32,7 @@ import { setupCounterSchema } from './iface/setup-counters.js';
 import type { PodWatch } from './kube/pods.js';
 import type { ClusterView } from './kube/view.js';
 import type { KubeWatch } from './kube/watch.js';
-import { ComponentStack, StartupError, type Component } from './lifecycle.js';
+import { ComponentStack, StartupError } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { AgentMetrics } from './ops/agent-metrics.js';
 import type { OpsServer } from './ops/http.js';
@@ -207,7 +207,7 @@ export class Agent {
     // The probes' and scrapes' ports first when their address already exists (an upgrade: the old agent's link
     // holds it), answering 503 until we serve: until this agent has bound them, the kubelet's readiness probe
     // of the new pod reaches the old agent and its 200 (ops/http.ts then steers new connections to the newest
-    // member). On a fresh node the address comes with our interface: they bind in their place in the order.
+    // member). On a fresh node the address comes with our interface: they bind right after it (#build).
     const ops = opsPart({
       config: this.#config,
       metrics: this.metrics,
@@ -234,7 +234,7 @@ export class Agent {
   }
 
   /** Everything after the ops servers: routing, listeners, node set-up, in start order. */
-  async #build(ops: Component): Promise<void> {
+  async #build(ops: OpsPart): Promise<void> {
     const c = this.#config;
     const d = { metrics: this.metrics, clock: this.#clock, logger: this.#logger };
     let host: HostServers;
@@ -275,10 +275,11 @@ export class Agent {
     if (iface !== null) {
       this.#nodeParts.push(iface);
       this.#parts.add(iface);
+      // A fresh node: the address exists now. Liveness answers from here, not after the listeners and the rules.
+      this.#parts.add({ name: 'ops-http (early)', start: () => ops.tryEarly(), stop: () => Promise.resolve() });
     }
-    if (c.cacheSnapshot !== '') {
-      this.#parts.add(snapshotPart(c.cacheSnapshot, { ...d, cache: this.cache, intervalMs: c.cacheSnapshotIntervalMs, counters: this.snapshotCounters }));
-    }
+    const snapshot = c.cacheSnapshot === '' ? null : snapshotParts(c.cacheSnapshot, { ...d, cache: this.cache, intervalMs: c.cacheSnapshotIntervalMs, counters: this.snapshotCounters });
+    if (snapshot !== null) this.#parts.add(snapshot.load);
     if (c.mallocTrimIntervalMs > 0) this.#parts.add(heapTrimPart(c.mallocTrimIntervalMs, d));
     this.#parts.add(idleGcPart(d));
     this.#parts.add(listenersPart({
@@ -299,6 +300,8 @@ export class Agent {
       this.#parts.add(interception);
     }
     this.#parts.add(ops);
+    // Last: a start that fails (however long it took) writes no snapshot over the file it found.
+    if (snapshot !== null) this.#parts.add(snapshot.periodic);
     await this.#parts.start(() => this.#clock.now());
     this.#logger.info('serving', {
       listen: this.#listeners.map((l) => l.name),

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import dgram from 'node:dgram';
-import { CHILD_ENV, Lines, stopChild, waitExit } from './helpers/netns-proc.js';
+import { CHILD_ENV, Lines, describeRan, run, stopChild, waitExit } from './helpers/netns-proc.js';
 import { buildQuery, udpExchange } from './helpers/dns-client.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -91,8 +91,14 @@ const FIREWALL_TOOLS = ['nft', ...['iptables', 'ip6tables'].flatMap((base) => ['
 const canUnshare = process.getuid?.() === 0 && spawnSync('unshare', ['-n', 'true'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
 const holdSkip = canUnshare ? false : 'needs root and unshare -n (a network namespace of its own for the agent)';
 
-/** `once`: only the first firewall command waits; every later one (a rollback's, say) succeeds at once. */
-function startHeld(work: string, name: string, args: readonly string[], once = false): { agent: AgentProcess; hold: StartupHold } {
+/**
+ * `once`: only the first firewall command waits; every later one (a rollback's, say) succeeds at once.
+ * `freshNode`: the address is not there yet (a new or rebooted node): the agent makes it, on a link of its own
+ * (kind bridge: these kernels lack dummy), as its interface part does on a node. Else it is on lo already.
+ */
+function startHeld(work: string, name: string, args: readonly string[], opts: { once?: boolean; freshNode?: boolean } = {}): { agent: AgentProcess; hold: StartupHold } {
+  const once = opts.once ?? false;
+  const freshNode = opts.freshNode ?? false;
   const dir = join(work, `hold-${name}`);
   const bin = join(dir, 'bin');
   mkdirSync(bin, { recursive: true });
@@ -107,9 +113,9 @@ function startHeld(work: string, name: string, args: readonly string[], once = f
   chmodSync(script, 0o755);
   for (const tool of FIREWALL_TOOLS) symlinkSync(script, join(bin, tool));
   // lo up with our address on it, then exec: the agent keeps the pid the test signals.
-  const setup = `ip link set lo up && ip addr add ${HELD_ADDRESS}/32 dev lo && exec "$@"`;
+  const setup = freshNode ? 'ip link set lo up && exec "$@"' : `ip link set lo up && ip addr add ${HELD_ADDRESS}/32 dev lo && exec "$@"`;
   const agent = spawnMain(work, ['unshare', '-n', 'sh', '-c', setup, 'sh'], `${bin}:${CHILD_ENV.PATH ?? ''}`, `${HELD_ADDRESS}:53`, [
-    '--no-setup-interface',
+    ...(freshNode ? ['--interface-kind', 'bridge'] : ['--no-setup-interface']),
     '--firewall', 'nftables',
     ...args,
   ]);
@@ -158,7 +164,7 @@ t.test('a SIGTERM while a firewall command of the start hangs cuts the start sho
   // terminationGracePeriodSeconds. A SIGTERM held until the start was over waited for all of them; here the first
   // one hangs and is never let go: the start then failed on its timeout and the agent exited 1, "cannot start".
   const work = workDir(t);
-  const { agent, hold } = startHeld(work, 'cut', ['--resolv-conf', join(work, 'resolv.conf')], true);
+  const { agent, hold } = startHeld(work, 'cut', ['--resolv-conf', join(work, 'resolv.conf')], { once: true });
   t.teardown(() => stopChild(agent.child, 'SIGKILL', 1000));
   t.ok(await hold.held(START_TIMEOUT_MS), 'start-up holds in its first firewall command (the rules\' write)');
   agent.child.kill('SIGTERM');
@@ -168,6 +174,27 @@ t.test('a SIGTERM while a firewall command of the start hangs cuts the start sho
   t.equal(agent.child.exitCode, 0, `with status 0, a stop and not a failed start: ${agent.log.all.filter((l) => l.includes('cannot start')).join(' | ')}`);
   t.ok(lines.some((l) => l.msg === 'interception rules removed'), 'what the start may have written is removed');
   t.notOk(lines.some((l) => l.msg === 'started'), 'the start is not finished first');
+});
+
+t.test('on a fresh node (the address comes with the agent\'s link) /health answers while a later step holds the start-up', { skip: holdSkip }, async (t) => {
+  // The probes' port was bound early only when its address already existed (an upgrade); on a new or rebooted
+  // node it was bound last, after the listeners and the interception, so while a firewall command waited on the
+  // xtables lock (kube-proxy's, at boot) the kubelet's liveness probe met a closed port and, past its 45 s
+  // (15 s delay, 3 x 10 s), restarted the agent mid-start. It binds once the interface has made the address.
+  const work = workDir(t);
+  const held = startHeld(work, 'fresh', ['--resolv-conf', join(work, 'resolv.conf'), '--health-port', '8080'], { freshNode: true });
+  t.teardown(() => stopChild(held.agent.child, 'SIGKILL', 1000));
+  t.ok(await held.hold.held(START_TIMEOUT_MS), 'start-up holds in the interception set-up, after the interface');
+  const probe = (path: string): Promise<string> =>
+    run('nsenter', ['-t', String(held.agent.child.pid), '-n', 'curl', '-s', '-m', '3', '-o', '/dev/null', '-w', '%{http_code}', `http://${HELD_ADDRESS}:8080${path}`], 10_000).then(
+      (r) => (r.status === 0 ? r.stdout : `no answer (${describeRan(r)})`),
+    );
+  t.equal(await probe('/health'), '200', 'liveness: alive while starting');
+  t.equal(await probe('/ready'), '503', 'readiness: not yet serving');
+  held.hold.release();
+  t.ok(await held.agent.log.next(msgIs('started'), START_TIMEOUT_MS), 'then it starts');
+  t.equal(await probe('/ready'), '200', 'and is ready');
+  await stopChild(held.agent.child, 'SIGTERM', 20_000);
 });
 
 /** An agent held in start-up, sent `signal` there, given time for a default action to act, then let go on. */

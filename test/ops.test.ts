@@ -475,6 +475,17 @@ t.test('unknown paths and paths of the other listener are 404; other methods 405
   t.equal(head.status, 200);
   t.equal(head.body, '');
   t.equal(head.headers['content-length'], '2');
+  // RFC 9112 3.2.2: a server must accept a request target in absolute-form (as a client sends it through a proxy).
+  const u = new URL(healthOnly.url);
+  for (const [path, want] of [[`${healthOnly.url}/health?verbose`, 200], [`${healthOnly.url.replace('http:', 'HTTP:')}/ready`, 200], [`${healthOnly.url}/metrics`, 404], [`${healthOnly.url}`, 404]] as const) {
+    const status = await new Promise<number>((resolve, reject) => {
+      http.get({ host: u.hostname, port: u.port, path, agent: false }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      }).on('error', reject);
+    });
+    t.equal(status, want, `absolute-form ${path}`);
+  }
 });
 
 t.test('a failing metrics source is a 500, not a crash', async (t) => {

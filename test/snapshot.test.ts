@@ -20,7 +20,7 @@ import {
 } from '../src/cache/snapshot-file.js';
 import { SNAPSHOT_HEADER_LEN, SNAPSHOT_MAX_BYTES, decodeSnapshot, encodeSnapshot } from '../src/cache/snapshot-format.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
-import { ManualClock } from '../src/clock.js';
+import { ManualClock, type Clock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { parseQuery } from '../src/dns/query.js';
 import { createLogger, silentLogger, type Logger } from '../src/log.js';
@@ -691,14 +691,14 @@ t.test('interval 0: only the final write', async (t) => {
 const SURGE_HOST = `127.0.${180 + (process.pid % 50)}.${1 + (process.pid % 250)}`;
 let surgePort = 24000 + (process.pid % 1000) * 4;
 
-async function agentOn(port: number, args: string[], logger: Logger = silentLogger): Promise<Agent> {
+async function agentOn(port: number, args: string[], logger: Logger = silentLogger, clock?: Clock): Promise<Agent> {
   const { config } = loadConfig(
     // dgram: the cache counters read here are the main thread's (batched workers count in blocks of their own, and
     // the upgrade with workers is agent.test's and handover.test's); "the cluster DNS was never asked" holds for both.
     ['--listen', `${SURGE_HOST}:${port}`, '--io', 'dgram', '--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n'), '--no-kube', '--metrics-listen-address', 'off', '--health-port', '0', ...args],
     { env: {} },
   );
-  const agent = new Agent(config, { logger });
+  const agent = new Agent(config, clock === undefined ? { logger } : { logger, clock });
   await agent.start();
   return agent;
 }
@@ -1016,28 +1016,66 @@ t.test('restore: of two copies of a key the newer decides, also when it has expi
   t.match(counts, { restored: 0, expired: 1, present: 1 }, 'each record counted once: the earlier as superseded, the newer as expired');
 });
 
-t.test('a start that fails after the snapshot part (a listener cannot bind) leaves the snapshot file as it was', async (t) => {
-  // The rollback undoes what the part's start made, and that start only read the file. A final write there replaced
-  // it with what the failed agent held: an empty cache when the load had refused the file (here: written "in the
-  // future", as after a reboot whose clock is not yet synced), so the warm restart the next start could make was gone.
+/**
+ * A snapshot file the load refuses (written an hour past `wallNow`, as after a reboot whose clock is not yet synced)
+ * holding one entry, and a port whose TCP listener cannot bind (a socket without SO_REUSEPORT on it): the start rolls back.
+ */
+async function refusedSnapshotAndBlockedPort(t: Test, clock: ManualClock, wallNow: number): Promise<{ bytes: Buffer; dir: string; path: string; port: number }> {
   const cached = newCache();
-  const at = new ManualClock();
-  put(cached, at, 'web.default.svc.cluster.local', 300);
-  const bytes = encodeSnapshot(cached.export(at.now()), Date.now() + 3_600_000);
+  put(cached, clock, 'web.default.svc.cluster.local', 300);
+  const bytes = encodeSnapshot(cached.export(clock.now()), wallNow + 3_600_000);
   const dir = await tempDir(t);
   const path = join(dir, 'cache.snapshot');
   await writeFile(path, bytes, { mode: 0o600 });
   const port = surgePort++;
-  // A TCP socket without SO_REUSEPORT on the agent's address: its TCP listener cannot bind, the start rolls back.
   const blocker = createServer();
   await new Promise<void>((resolve, reject) => {
     blocker.once('error', reject);
     blocker.listen(port, SURGE_HOST, resolve);
   });
   t.teardown(() => new Promise<void>((resolve) => blocker.close(() => resolve())));
+  return { bytes, dir, path, port };
+}
+
+t.test('a start that fails after the snapshot part (a listener cannot bind) leaves the snapshot file as it was', async (t) => {
+  // The rollback undoes what the part's start made, and that start only read the file. A final write there replaced
+  // it with what the failed agent held: an empty cache when the load had refused the file (here: written "in the
+  // future", as after a reboot whose clock is not yet synced), so the warm restart the next start could make was gone.
+  const { bytes, dir, path, port } = await refusedSnapshotAndBlockedPort(t, new ManualClock(), Date.now());
   const log = capture();
   await t.rejects(agentOn(port, ['--upstream-addr', '127.0.0.1:9', '--cache-snapshot', path], log.logger), /EADDRINUSE/, 'the start fails at the listener');
   t.match(log.lines.find((l) => l.msg === 'cache snapshot ignored; starting cold'), { reason: 'clock' }, 'the load refused the file');
+  t.same(await readFile(path), bytes, 'the file is the one the failed start found');
+  t.same((await readdir(dir)).sort(), ['cache.snapshot'], 'and nothing else was left beside it');
+});
+
+/** The rest of a start taking long (a batched worker, a firewall command): once `slowBy` is set, each sweep registered moves the clock on by that much. */
+class SlowStartClock extends ManualClock {
+  slowBy = 0;
+  override sweep(fn: (now: number) => void): () => void {
+    const off = super.sweep(fn);
+    if (this.slowBy > 0) this.advance(this.slowBy);
+    return off;
+  }
+}
+
+t.test('a start that fails after a periodic write came due (a start longer than --cache-snapshot-interval) leaves the snapshot file as it was', async (t) => {
+  // The periodic writes began with the snapshot part, before the listeners and the interception had started: an
+  // interval that passed during the rest of the start wrote the failed agent's cache over the file, here an empty one
+  // over a file the load had refused (its clock), so the next start had nothing to load.
+  const clock = new SlowStartClock();
+  const { bytes, dir, path, port } = await refusedSnapshotAndBlockedPort(t, clock, clock.wall());
+  const lines: Array<Record<string, unknown>> = [];
+  const logger = createLogger('debug', (l) => {
+    const line = JSON.parse(l) as Record<string, unknown>;
+    lines.push(line);
+    // From the load on, the start takes 10 s a step: two 5 s intervals pass before the listener fails.
+    if (line.msg === 'cache snapshot ignored; starting cold') clock.slowBy = 10_000;
+  });
+  const args = ['--upstream-addr', '127.0.0.1:9', '--cache-snapshot', path, '--cache-snapshot-interval', '5s'];
+  await t.rejects(agentOn(port, args, logger, clock), /EADDRINUSE/, 'the start fails at the listener');
+  t.match(lines.find((l) => l.msg === 'cache snapshot ignored; starting cold'), { reason: 'clock' }, 'the load refused the file');
+  t.ok(clock.now() >= 1_700_000_000_000 + 10_000, 'the start took longer than the interval');
   t.same(await readFile(path), bytes, 'the file is the one the failed start found');
   t.same((await readdir(dir)).sort(), ['cache.snapshot'], 'and nothing else was left beside it');
 });

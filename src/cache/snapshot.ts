@@ -90,16 +90,39 @@ export class CacheSnapshots {
     return this.#running !== null;
   }
 
-  /** Loads the newest snapshot (a running agent's periodic one during an upgrade), then starts the periodic writes. */
+  /** Loads the newest snapshot, then starts the periodic writes. */
   async start(): Promise<SnapshotLoad> {
+    const r = await this.load();
+    this.startPeriodic();
+    return r;
+  }
+
+  /** Loads the newest snapshot (a running agent's periodic one during an upgrade). */
+  async load(): Promise<SnapshotLoad> {
     const o = this.#o;
     const r = await loadSnapshot(o.cache, o.path, o.clock, o.logger);
     this.counters.values[SNAPSHOT_COUNTERS.slot.loaded] = r.loaded;
+    return r;
+  }
+
+  /**
+   * Starts the periodic writes. An agent starts them once its whole start
+   * has succeeded: a start that fails must leave the file as it found it,
+   * and a write due while the rest of a long start ran (a worker, a
+   * firewall command) would have replaced it (see cancel()).
+   */
+  startPeriodic(): void {
+    const o = this.#o;
     if (o.intervalMs > 0 && this.#unsweep === null) {
       this.#nextAt = o.clock.now() + o.intervalMs;
       this.#unsweep = o.clock.sweep(this.#tick);
     }
-    return r;
+  }
+
+  /** Stops the periodic writes; one under way goes on (stop() and cancel() wait for it). */
+  stopPeriodic(): void {
+    this.#unsweep?.();
+    this.#unsweep = null;
   }
 
   /** Stops the periodic writes, waits for one under way, and writes the final snapshot. */
@@ -116,8 +139,7 @@ export class CacheSnapshots {
    * reboot), and the next start would have nothing to load.
    */
   async cancel(): Promise<void> {
-    this.#unsweep?.();
-    this.#unsweep = null;
+    this.stopPeriodic();
     if (this.#running !== null) await this.#running;
   }
 

@@ -29,6 +29,8 @@ import { ScrapeRenders } from './scrape-render.js';
 export type OpsRoute = 'metrics' | 'health' | 'ready';
 
 const PATHS: Readonly<Record<string, OpsRoute>> = { '/metrics': 'metrics', '/health': 'health', '/ready': 'ready' };
+/** RFC 9112 3.2.2: a request target in absolute-form ("http://host/health") is accepted too; its path is the route. */
+const ABSOLUTE_FORM = /^https?:\/\/[^/?]*\/?/i;
 
 /** What /ready reports. `missing` names each unmet condition, for people reading `kubectl describe`. */
 export interface Readiness {
@@ -260,7 +262,7 @@ export class OpsServer implements Component {
   }
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const url = req.url ?? '/';
+    const url = (req.url ?? '/').replace(ABSOLUTE_FORM, '/');
     const q = url.indexOf('?');
     const route = PATHS[q < 0 ? url : url.slice(0, q)];
     // Never read a body: whoever sent one gets the answer and a closed connection.
