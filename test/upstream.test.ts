@@ -817,6 +817,28 @@ t.test('TcpPool: a query staged on a connection the server closes before the wri
   t.equal(sockets.length, 2);
   t.equal(sim.stats.tcpQueries, 2, 'the server received two queries');
   t.equal(pool.counters.get('sent'), 2, 'two requests counted, one per write');
+  t.equal(pool.counters.get('retried'), 0, 'not counted as sent again: it was never written to the first connection');
+});
+
+t.test('TcpPool: a query staged on a connection that closes before the write, having answered nothing, still has its one more try', async (t) => {
+  // A connection that answered nothing gives what it was sent one more try only (it may be failing on those very
+  // queries). A query only staged there was never sent: its one more try must be left for a connection it reaches.
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { closeAfterQueries: 1 } });
+  t.teardown(() => sim.close());
+  const sockets: net.Socket[] = [];
+  const connect = (s: { host: string; port: number }): net.Socket => {
+    const sock = net.connect({ host: s.host, port: s.port, noDelay: true });
+    // After the pool's own 'connect' listener staged the query: end of stream read before the once-per-turn flush.
+    if (sockets.length === 0) sock.on('connect', () => sock.push(null));
+    sockets.push(sock);
+    return sock;
+  };
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect });
+  t.teardown(() => pool.close());
+  const r = await ask(pool, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.equal(r.reason, 'network', 'the server closes every connection on its query');
+  t.equal(sim.stats.tcpQueries, 2, 'written twice: once, then once more on another connection');
+  t.equal(pool.counters.get('retried'), 1, 'and that once more counted as sent again');
 });
 
 t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
