@@ -306,16 +306,13 @@ export class TcpPool implements Upstream {
     if (c.inflight.size > 0) {
       const jobs = [...c.inflight.values()];
       c.inflight.clear();
-      // A connection that answered is a live server closing it (a per-connection query limit, a pod restarting, an idle
-      // close racing a burst): what it left unanswered is re-sent as often as the deadline allows. One that answered
-      // nothing may be failing on these very queries: one more try only.
-      const serverAlive = c.answered > 0;
       // Re-queue at the head, oldest first: these waited longer than anything in the queue.
       for (let k = jobs.length - 1; k >= 0; k--) {
         const job = jobs[k]!;
-        if (this.#life.running && (serverAlive || !job.retried) && now < job.ex.deadline) {
-          if (!serverAlive) job.retried = true;
-          this.#values[SLOT.retried]!++;
+        // Sent again as often as the deadline allows, or once more (tcp-conn.ts resend); one never written is no retry.
+        const again = this.#life.running && now < job.ex.deadline ? c.resend(job) : null;
+        if (again !== null) {
+          if (again === 'again') this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
           // The pool closing (a shutdown, a pool retired by a reload), whoever closed this: 'closed', so the caller may ask again on its new route.
