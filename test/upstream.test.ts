@@ -1698,6 +1698,8 @@ interface NetnsOutcome {
   attemptTimeouts?: number;
   failovers?: number;
   connectFailures?: number;
+  connectNoFds?: number;
+  warnings?: string[];
   started?: Record<string, string>;
   error?: string;
 }
@@ -1821,29 +1823,65 @@ t.test('HostResolvers: a try that fails for want of a file descriptor (EMFILE) i
   // and the node's external names get SERVFAIL. Counted only as reason="error", beside ICMP errors and resets, with
   // a debug line: nothing told an operator the agent itself was out of descriptors. Run in a child under a small
   // `ulimit -n` (the built dist/), every descriptor it may open taken before it asks a resolver of its own.
-  const dist = (path: string): string => fileURLToPath(new URL(`../dist/${path}`, import.meta.url));
+  const got = underFewFds(
+    `import { HostResolvers } from ${JSON.stringify(distPath('src/upstream/host-resolvers.js'))};`,
+    'const up = new HostResolvers({ servers: [{ host: sim.host, port: sim.port }], attemptTimeoutMs: 1000, attempts: 1 });',
+    { udp: true, tcp: false },
+  );
+  t.equal(got.outcome, 'network', `the try failed at once: ${JSON.stringify(got)}`);
+  t.same(got.udp, [0], 'nothing reached the server');
+  t.equal(got.attemptNoFds, 1, 'counted as a try failed for want of a descriptor');
+  t.equal(got.attemptErrors, 0, 'not as any other error');
+});
+
+t.test('TcpPool: a connect that fails for want of a file descriptor (EMFILE) says the agent is out of descriptors, not that the server is unreachable', async (t) => {
+  // The process out of descriptors: every connect to the cluster DNS fails at once. It was logged as the cluster DNS
+  // being unreachable and counted with refused connects: an operator looked at kube-dns, not at the agent's limit.
+  const got = underFewFds(
+    `import { TcpPool } from ${JSON.stringify(distPath('src/upstream/tcp-pool.js'))};`,
+    'const up = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, logger });',
+    { udp: false, tcp: true },
+  );
+  t.equal(got.outcome, 'network', `the query failed at once: ${JSON.stringify(got)}`);
+  t.same(got.tcp, [0], 'nothing reached the server');
+  t.equal(got.connectNoFds, 1, 'counted as a connect failed for want of a descriptor');
+  t.equal(got.connectFailures, 0, 'not as the server failing the connect');
+  const warnings = got.warnings ?? [];
+  t.ok(warnings.some((w) => /out of file descriptors/.test(w)), `a warning says the agent is out of file descriptors: ${JSON.stringify(warnings)}`);
+  t.notOk(warnings.some((w) => /unreachable/.test(w)), 'none says the server is unreachable');
+});
+
+function distPath(path: string): string {
+  return fileURLToPath(new URL(`../dist/${path}`, import.meta.url));
+}
+
+/**
+ * Runs, in a child under `ulimit -n 64` (the built dist/), a SimDnsServer (`listen`) and an upstream (`make`, as
+ * `up`, its warnings in `logger`), every descriptor the child may open taken, and one query through it: the outcome,
+ * the server's query counts and the upstream's counters.
+ */
+function underFewFds(imports: string, make: string, listen: { udp: boolean; tcp: boolean }): NetnsOutcome {
   const script = `
     import { openSync } from 'node:fs';
-    import { SimDnsServer, staticHandler } from ${JSON.stringify(dist('testkit/dns-server.js'))};
-    import { HostResolvers } from ${JSON.stringify(dist('src/upstream/host-resolvers.js'))};
-    const sim = await SimDnsServer.start({ udp: true, tcp: false, handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
-    const up = new HostResolvers({ servers: [{ host: sim.host, port: sim.port }], attemptTimeoutMs: 1000, attempts: 1 });
+    import { SimDnsServer, staticHandler } from ${JSON.stringify(distPath('testkit/dns-server.js'))};
+    ${imports}
+    const sim = await SimDnsServer.start({ ...${JSON.stringify(listen)}, handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+    const warnings = [];
+    const none = () => {};
+    const logger = { debug: none, info: none, error: none, warn: (msg, fields) => warnings.push(msg + ' ' + JSON.stringify(fields ?? {})) };
+    ${make}
     try { for (let i = 0; i < 4096; i++) openSync('/dev/null', 'r'); } catch {}
     const query = Buffer.from('00000100000100000000000003777777076578616d706c6503636f6d0000010001', 'hex');
     const outcome = await new Promise((resolve) => up.send({ query, deadline: Date.now() + 3000, resolve: () => resolve('answer'), reject: resolve }));
-    process.stdout.write(JSON.stringify({ outcome, udp: [sim.stats.udpQueries], ...up.counters.snapshot() }) + '\\n');
+    process.stdout.write(JSON.stringify({ outcome, udp: [sim.stats.udpQueries], tcp: [sim.stats.tcpQueries], warnings, ...up.counters.snapshot() }) + '\\n');
     process.exit(0);
   `;
   const r = spawnSync('bash', ['-c', 'ulimit -n 64 && exec "$@"', 'bash', process.execPath, '--input-type=module', '-e', script], {
     encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL',
   });
   const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
-  const got = (line !== undefined ? JSON.parse(line) : { error: `no output: ${r.stderr}` }) as NetnsOutcome;
-  t.equal(got.outcome, 'network', `the try failed at once: ${JSON.stringify(got)}`);
-  t.same(got.udp, [0], 'nothing reached the server');
-  t.equal(got.attemptNoFds, 1, 'counted as a try failed for want of a descriptor');
-  t.equal(got.attemptErrors, 0, 'not as any other error');
-});
+  return (line !== undefined ? JSON.parse(line) : { error: `no output: ${r.stderr}` }) as NetnsOutcome;
+}
 
 t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {
   // dgram's send() without a callback drops a send error silently (no 'error' event): such a try waited out its
