@@ -36,6 +36,8 @@ export class Job {
   /** Moved off a stalled connection once already (tcp-pick.ts): never again. */
   moved: boolean;
   done: boolean;
+  /** Waiting in its pool's queue (job-queue.ts). */
+  queued: boolean;
   /** Clock ms of the last write, for coredns_forward_request_duration_seconds. */
   sentAt: number;
   /** Under NODELOCAL_MISS_TRACE only (src/miss-trace.ts): when it was staged, and when its write() returned, us. */
@@ -49,6 +51,7 @@ export class Job {
     this.retried = false;
     this.moved = false;
     this.done = false;
+    this.queued = false;
   }
 }
 
