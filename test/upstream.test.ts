@@ -862,14 +862,7 @@ t.test('TcpPool: a query staged on a connection that closes before the write, ha
   // queries). A query only staged there was never sent: its one more try must be left for a connection it reaches.
   const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { closeAfterQueries: 1 } });
   t.teardown(() => sim.close());
-  const sockets: net.Socket[] = [];
-  const connect = (s: { host: string; port: number }): net.Socket => {
-    const sock = net.connect({ host: s.host, port: s.port, noDelay: true });
-    // After the pool's own 'connect' listener staged the query: end of stream read before the once-per-turn flush.
-    if (sockets.length === 0) sock.on('connect', () => sock.push(null));
-    sockets.push(sock);
-    return sock;
-  };
+  const { connect } = endsFirstOnConnect();
   const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect });
   t.teardown(() => pool.close());
   const r = await ask(pool, 'www.example.com', { timeoutMs: 3000 }).done;
@@ -877,6 +870,37 @@ t.test('TcpPool: a query staged on a connection that closes before the write, ha
   t.equal(sim.stats.tcpQueries, 2, 'written twice: once, then once more on another connection');
   t.equal(pool.counters.get('retried'), 1, 'and that once more counted as sent again');
 });
+
+t.test('TcpPool: a new connection the server closes before the query staged on it was written does not hold back the next connect', async (t) => {
+  // A connection that carried nothing says nothing of the server (tcp-reachability.ts lost()): no backoff. One whose
+  // only query was staged, not yet written, when the server's FIN was read carried nothing either, but it counted
+  // as "sent queries and answered none": the next connect waited out a backoff (the clock here never moves).
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const { sockets, connect } = endsFirstOnConnect();
+  const clock = new ManualClock();
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect, clock });
+  t.teardown(() => pool.abort());
+  const r = await ask(pool, 'www.example.com', { clock, timeoutMs: 1000 }).done;
+  t.equal(r.reason, null, 'answered on the next connection, made at once');
+  t.equal(sockets.length, 2);
+  t.equal(sim.stats.tcpQueries, 1, 'the query was written once');
+});
+
+/**
+ * A TcpPool's connect (its sockets kept) whose first connection reads its end of stream right after the pool's own
+ * 'connect' listener staged a query: the server's FIN read in the same turn, before the once-per-turn flush.
+ */
+function endsFirstOnConnect(): { sockets: net.Socket[]; connect: (s: { host: string; port: number }) => net.Socket } {
+  const sockets: net.Socket[] = [];
+  const connect = (s: { host: string; port: number }): net.Socket => {
+    const sock = net.connect({ host: s.host, port: s.port, noDelay: true });
+    if (sockets.length === 0) sock.on('connect', () => sock.push(null));
+    sockets.push(sock);
+    return sock;
+  };
+  return { sockets, connect };
+}
 
 t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
   // Both connections go to the ClusterIP; the first reached a kube-dns pod whose node then died: no RST, no FIN, the
