@@ -98,8 +98,8 @@ export class TcpReachability {
     const noFds = error === 'EMFILE' || error === 'ENFILE';
     if (wasConnecting) this.#values[noFds ? SLOT.connectNoFds : SLOT.connectFailures]!++;
     // A connection that carried nothing says nothing of the server (CoreDNS closes one whose first read times out):
-    // only one that was sent queries and answered none, or whose connect failed, is a sign of a sick server.
-    if (wasConnecting || (c.sent > 0 && c.answered === 0)) this.#backOff(now);
+    // only one that was written queries (not only staged them) and answered none, or whose connect failed, is a sign of a sick server.
+    if (wasConnecting || (c.written > 0 && c.answered === 0)) this.#backOff(now);
     // Another connect still under way may land on a live pod behind the same address (this one a stale endpoint):
     // the server is unreachable only once no connection is open or on its way.
     if (wasConnecting && !this.#unreachable && !open.some((o) => o.state === 'open' || o.state === 'connecting')) {
