@@ -614,6 +614,29 @@ t.test('ExternalName from the view after the cluster DNS failed or was late: the
   t.equal(now.external.exchanges[0]!.deadline, t2 + 4500, 'answered on arrival: the whole 4.5 s');
 });
 
+t.test('reload: a question asked again after its retired upstream closed keeps the client\'s deadline, not a fresh one (and an ExternalName target its budget)', async (t) => {
+  // The old upstream gave it back as 'closed' 1.5 s into its 2 s: asked again on the new route, it has what is left, 0.5 s.
+  const EXT = 'ext.default.svc.cluster.local';
+  const r = viewRig({ fallbackAfterMs: 0 });
+  const ch = new FakeChannel();
+  const t0 = r.clock.now();
+  r.hits.handle(query({ name: EXT, id: 1 }), ch, PEER);
+  t.equal(r.cluster.exchanges[0]!.deadline, t0 + 2000, 'sent with the route\'s 2 s');
+  r.clock.advance(1500);
+  const next = new FakeUpstream(r.clock);
+  const router = new ZoneRouter<Route>([{ zone: 'cluster.local', target: { upstream: next, timeoutMs: 2000, local: r.answerer } }], { upstream: r.external, timeoutMs: 4500, local: null });
+  r.resolver.configure({ router, fallbackAfterMs: 0, localNegative: false, maxConcurrent: 1000 });
+  r.cluster.exchanges[0]!.reject('closed');
+  t.equal(next.exchanges.length, 1, 'asked again of the new cluster upstream');
+  t.equal(next.exchanges[0]!.deadline, t0 + 2000, 'by the client\'s deadline, not 2 s from the retry');
+  r.clock.advance(500);
+  next.exchanges[0]!.reject('timeout');
+  t.equal(r.external.exchanges.length, 1, 'the view answers and its target is looked up');
+  t.equal(r.external.exchanges[0]!.deadline, t0 + 4500, 'by the client\'s 4.5 s, counted from its question, not from the retry');
+  r.external.exchanges[0]!.reject('timeout');
+  t.same(ch.decoded(0).answers?.map((x) => x.type), ['CNAME'], 'the CNAME alone in time');
+});
+
 t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {
   const r = viewRig({ maxConcurrent: 2 });
   failClusterDns(r);

@@ -11,6 +11,7 @@ import dnsPacket from 'dns-packet';
 import type { DecodedPacket, Packet, StringAnswer } from 'dns-packet';
 import { parseResolvConf } from '../src/upstream/resolv-conf.js';
 import { TcpPool } from '../src/upstream/tcp-pool.js';
+import { Fifo } from '../src/upstream/fifo.js';
 import { tcpPoolCounters } from '../src/upstream/tcp-pool-counters.js';
 import { HostResolvers, hostResolversCounters, type HostResolversCounter, type HostResolversOptions } from '../src/upstream/host-resolvers.js';
 import { Counters } from '../src/stats/counters.js';
@@ -441,6 +442,42 @@ t.test('TcpPool: a job cancelled while queued leaves the queue at once (nodeloca
   t.equal(pool.queued, 2);
 });
 
+t.test('TcpPool: cancelling a queued job does not walk the queue (DNS over TLS cancels the other servers\' tries on every answer), and it is never sent', async (t) => {
+  // Each cancel went through the whole queue (48 us at 4,096 queued): a burst of answers against a full queue at
+  // another server was quadratic.
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  // Never stalled: a loaded machine's slow answers must not move queries to another connection (sent twice, reordered).
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, maxQueued: 1000, stallMs: null });
+  t.teardown(() => pool.close());
+  const answered: number[] = [];
+  const failed: string[] = [];
+  // Nothing is connected yet: all wait in the queue.
+  const jobs = Array.from({ length: 1000 }, (_, i) => pool.send({
+    query: queryBytes(`q${i}.example.com`, 'A'), deadline: Date.now() + 20_000, resolve: () => void answered.push(i), reject: (r) => void failed.push(r),
+  }));
+  t.equal(pool.queued, 1000);
+  const shift = Fifo.prototype.shift;
+  let visited = 0;
+  Fifo.prototype.shift = function <T>(this: Fifo<T>): T | undefined {
+    visited++;
+    return shift.call(this) as T | undefined;
+  };
+  try {
+    pool.cancel(jobs[500]!);
+    pool.cancel(jobs[0]!);
+  } finally {
+    Fifo.prototype.shift = shift;
+  }
+  t.equal(visited, 0, 'no queued job visited');
+  t.equal(pool.queued, 998, 'both no longer count as queued');
+  t.ok(await until(() => answered.length + failed.length === 998, 1000), 'the others are answered');
+  t.same(failed, []);
+  t.notOk(answered.includes(500) || answered.includes(0), 'the cancelled ones never complete');
+  t.same(answered.slice(0, 3), [1, 2, 3], 'in the order queued');
+  t.equal(sim.stats.tcpQueries, 998, 'and were never sent');
+});
+
 t.test('TcpPool: rotation after N queries moves to a new connection', async (t) => {
   const sim = await SimDnsServer.start({ handler: base, udp: false });
   t.teardown(() => sim.close());
@@ -823,7 +860,53 @@ t.test('TcpPool: a query staged on a connection the server closes before the wri
   t.equal(sockets.length, 2);
   t.equal(sim.stats.tcpQueries, 2, 'the server received two queries');
   t.equal(pool.counters.get('sent'), 2, 'two requests counted, one per write');
+  t.equal(pool.counters.get('retried'), 0, 'not counted as sent again: it was never written to the first connection');
 });
+
+t.test('TcpPool: a query staged on a connection that closes before the write, having answered nothing, still has its one more try', async (t) => {
+  // A connection that answered nothing gives what it was sent one more try only (it may be failing on those very
+  // queries). A query only staged there was never sent: its one more try must be left for a connection it reaches.
+  const sim = await SimDnsServer.start({ handler: base, udp: false, faults: { closeAfterQueries: 1 } });
+  t.teardown(() => sim.close());
+  const { connect } = endsFirstOnConnect();
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect });
+  t.teardown(() => pool.close());
+  const r = await ask(pool, 'www.example.com', { timeoutMs: 3000 }).done;
+  t.equal(r.reason, 'network', 'the server closes every connection on its query');
+  t.equal(sim.stats.tcpQueries, 2, 'written twice: once, then once more on another connection');
+  t.equal(pool.counters.get('retried'), 1, 'and that once more counted as sent again');
+});
+
+t.test('TcpPool: a new connection the server closes before the query staged on it was written does not hold back the next connect', async (t) => {
+  // A connection that carried nothing says nothing of the server (tcp-reachability.ts lost()): no backoff. One whose
+  // only query was staged, not yet written, when the server's FIN was read carried nothing either, but it counted
+  // as "sent queries and answered none": the next connect waited out a backoff (the clock here never moves).
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const { sockets, connect } = endsFirstOnConnect();
+  const clock = new ManualClock();
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect, clock });
+  t.teardown(() => pool.abort());
+  const r = await ask(pool, 'www.example.com', { clock, timeoutMs: 1000 }).done;
+  t.equal(r.reason, null, 'answered on the next connection, made at once');
+  t.equal(sockets.length, 2);
+  t.equal(sim.stats.tcpQueries, 1, 'the query was written once');
+});
+
+/**
+ * A TcpPool's connect (its sockets kept) whose first connection reads its end of stream right after the pool's own
+ * 'connect' listener staged a query: the server's FIN read in the same turn, before the once-per-turn flush.
+ */
+function endsFirstOnConnect(): { sockets: net.Socket[]; connect: (s: { host: string; port: number }) => net.Socket } {
+  const sockets: net.Socket[] = [];
+  const connect = (s: { host: string; port: number }): net.Socket => {
+    const sock = net.connect({ host: s.host, port: s.port, noDelay: true });
+    if (sockets.length === 0) sock.on('connect', () => sock.push(null));
+    sockets.push(sock);
+    return sock;
+  };
+  return { sockets, connect };
+}
 
 t.test('TcpPool: a connection that answers nothing (its pod gone, packets black-holed) is not kept as the first choice for every query', async (t) => {
   // Both connections go to the ClusterIP; the first reached a kube-dns pod whose node then died: no RST, no FIN, the
@@ -1684,6 +1767,8 @@ interface NetnsOutcome {
   attemptTimeouts?: number;
   failovers?: number;
   connectFailures?: number;
+  connectNoFds?: number;
+  warnings?: string[];
   started?: Record<string, string>;
   error?: string;
 }
@@ -1807,29 +1892,65 @@ t.test('HostResolvers: a try that fails for want of a file descriptor (EMFILE) i
   // and the node's external names get SERVFAIL. Counted only as reason="error", beside ICMP errors and resets, with
   // a debug line: nothing told an operator the agent itself was out of descriptors. Run in a child under a small
   // `ulimit -n` (the built dist/), every descriptor it may open taken before it asks a resolver of its own.
-  const dist = (path: string): string => fileURLToPath(new URL(`../dist/${path}`, import.meta.url));
+  const got = underFewFds(
+    `import { HostResolvers } from ${JSON.stringify(distPath('src/upstream/host-resolvers.js'))};`,
+    'const up = new HostResolvers({ servers: [{ host: sim.host, port: sim.port }], attemptTimeoutMs: 1000, attempts: 1 });',
+    { udp: true, tcp: false },
+  );
+  t.equal(got.outcome, 'network', `the try failed at once: ${JSON.stringify(got)}`);
+  t.same(got.udp, [0], 'nothing reached the server');
+  t.equal(got.attemptNoFds, 1, 'counted as a try failed for want of a descriptor');
+  t.equal(got.attemptErrors, 0, 'not as any other error');
+});
+
+t.test('TcpPool: a connect that fails for want of a file descriptor (EMFILE) says the agent is out of descriptors, not that the server is unreachable', async (t) => {
+  // The process out of descriptors: every connect to the cluster DNS fails at once. It was logged as the cluster DNS
+  // being unreachable and counted with refused connects: an operator looked at kube-dns, not at the agent's limit.
+  const got = underFewFds(
+    `import { TcpPool } from ${JSON.stringify(distPath('src/upstream/tcp-pool.js'))};`,
+    'const up = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, logger });',
+    { udp: false, tcp: true },
+  );
+  t.equal(got.outcome, 'network', `the query failed at once: ${JSON.stringify(got)}`);
+  t.same(got.tcp, [0], 'nothing reached the server');
+  t.equal(got.connectNoFds, 1, 'counted as a connect failed for want of a descriptor');
+  t.equal(got.connectFailures, 0, 'not as the server failing the connect');
+  const warnings = got.warnings ?? [];
+  t.ok(warnings.some((w) => /out of file descriptors/.test(w)), `a warning says the agent is out of file descriptors: ${JSON.stringify(warnings)}`);
+  t.notOk(warnings.some((w) => /unreachable/.test(w)), 'none says the server is unreachable');
+});
+
+function distPath(path: string): string {
+  return fileURLToPath(new URL(`../dist/${path}`, import.meta.url));
+}
+
+/**
+ * Runs, in a child under `ulimit -n 64` (the built dist/), a SimDnsServer (`listen`) and an upstream (`make`, as
+ * `up`, its warnings in `logger`), every descriptor the child may open taken, and one query through it: the outcome,
+ * the server's query counts and the upstream's counters.
+ */
+function underFewFds(imports: string, make: string, listen: { udp: boolean; tcp: boolean }): NetnsOutcome {
   const script = `
     import { openSync } from 'node:fs';
-    import { SimDnsServer, staticHandler } from ${JSON.stringify(dist('testkit/dns-server.js'))};
-    import { HostResolvers } from ${JSON.stringify(dist('src/upstream/host-resolvers.js'))};
-    const sim = await SimDnsServer.start({ udp: true, tcp: false, handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
-    const up = new HostResolvers({ servers: [{ host: sim.host, port: sim.port }], attemptTimeoutMs: 1000, attempts: 1 });
+    import { SimDnsServer, staticHandler } from ${JSON.stringify(distPath('testkit/dns-server.js'))};
+    ${imports}
+    const sim = await SimDnsServer.start({ ...${JSON.stringify(listen)}, handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
+    const warnings = [];
+    const none = () => {};
+    const logger = { debug: none, info: none, error: none, warn: (msg, fields) => warnings.push(msg + ' ' + JSON.stringify(fields ?? {})) };
+    ${make}
     try { for (let i = 0; i < 4096; i++) openSync('/dev/null', 'r'); } catch {}
     const query = Buffer.from('00000100000100000000000003777777076578616d706c6503636f6d0000010001', 'hex');
     const outcome = await new Promise((resolve) => up.send({ query, deadline: Date.now() + 3000, resolve: () => resolve('answer'), reject: resolve }));
-    process.stdout.write(JSON.stringify({ outcome, udp: [sim.stats.udpQueries], ...up.counters.snapshot() }) + '\\n');
+    process.stdout.write(JSON.stringify({ outcome, udp: [sim.stats.udpQueries], tcp: [sim.stats.tcpQueries], warnings, ...up.counters.snapshot() }) + '\\n');
     process.exit(0);
   `;
   const r = spawnSync('bash', ['-c', 'ulimit -n 64 && exec "$@"', 'bash', process.execPath, '--input-type=module', '-e', script], {
     encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL',
   });
   const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
-  const got = (line !== undefined ? JSON.parse(line) : { error: `no output: ${r.stderr}` }) as NetnsOutcome;
-  t.equal(got.outcome, 'network', `the try failed at once: ${JSON.stringify(got)}`);
-  t.same(got.udp, [0], 'nothing reached the server');
-  t.equal(got.attemptNoFds, 1, 'counted as a try failed for want of a descriptor');
-  t.equal(got.attemptErrors, 0, 'not as any other error');
-});
+  return (line !== undefined ? JSON.parse(line) : { error: `no output: ${r.stderr}` }) as NetnsOutcome;
+}
 
 t.test('HostResolvers: a datagram the kernel refuses to send (a firewall rule: EPERM) fails its try at once, on to the next server', async (t) => {
   // dgram's send() without a callback drops a send error silently (no 'error' event): such a try waited out its

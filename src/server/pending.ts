@@ -22,6 +22,9 @@ export class PendingQuery implements UpstreamExchange {
   readonly query: Buffer;
   /** Clock ms when it was sent. */
   readonly sentAt: number;
+  /** Clock ms when its client asked: sentAt, or for a question asked again (after a reload) the first send's. */
+  readonly askedAt: number;
+  /** The route's timeout from sentAt, and never past the first send's: a question asked again keeps its client's deadline. */
   readonly deadline: number;
   readonly #owner: PendingOwner;
   /** The outcome is decided (by the transport, or claimed by a local answer). */
@@ -29,14 +32,16 @@ export class PendingQuery implements UpstreamExchange {
   /** The transport has completed it. */
   #released: boolean;
 
-  constructor(owner: PendingOwner, token: number, key: string, route: Route, query: Buffer, sentAt: number) {
+  /** `retryOf`: the exchange whose upstream closed it (a reload), whose question this asks again. */
+  constructor(owner: PendingOwner, token: number, key: string, route: Route, query: Buffer, sentAt: number, retryOf: PendingQuery | null = null) {
     this.#owner = owner;
     this.sentAt = sentAt;
+    this.askedAt = retryOf === null ? sentAt : retryOf.askedAt;
     this.token = token;
     this.key = key;
     this.route = route;
     this.query = query;
-    this.deadline = sentAt + route.timeoutMs;
+    this.deadline = retryOf === null ? sentAt + route.timeoutMs : Math.min(sentAt + route.timeoutMs, retryOf.deadline);
     this.#done = false;
     this.#released = false;
   }

@@ -143,6 +143,11 @@ export class Resolver implements MissSink, PendingOwner {
   }
 
   forward(token: number, key: string, query: Buffer): void {
+    this.#forward(token, key, query, null);
+  }
+
+  /** `retryOf`: the exchange a retired upstream closed, whose question this asks again (within its client's deadline). */
+  #forward(token: number, key: string, query: Buffer, retryOf: PendingQuery | null): void {
     const route = this.#router.route(key);
     const local = route.local;
     const now = this.#clock.now();
@@ -158,7 +163,7 @@ export class Resolver implements MissSink, PendingOwner {
       this.#hits.complete(token, null, 'capped');
       return;
     }
-    const p = new PendingQuery(this, token, key, route, query, now);
+    const p = new PendingQuery(this, token, key, route, query, now, retryOf);
     this.#inflight++;
     this.#v[S.inflight] = this.#inflight;
     this.#v[S.forwarded]!++;
@@ -179,7 +184,7 @@ export class Resolver implements MissSink, PendingOwner {
     // forward too: where the view has an answer it comes first, before a stale one (else the hit path answers stale,
     // or passes it on, or counts it malformed). Read only on routes with a view: the hit path scans every answer anyway.
     const local = p.route.local;
-    if (local !== null && !speaksOfName(answer) && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure', p.sentAt)) return;
+    if (local !== null && !speaksOfName(answer) && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure', p.askedAt)) return;
     this.#hits.complete(p.token, answer, 'upstream');
   }
 
@@ -198,7 +203,7 @@ export class Resolver implements MissSink, PendingOwner {
     // 'closed' while we still serve: a reload retired that upstream (close() rejects what it still queued). The new
     // routes are in place, so the question is asked there, once: the route it gets is not the one that closed.
     if (reason === 'closed' && !this.#closed && this.#router.route(p.key).upstream !== p.route.upstream) {
-      this.forward(p.token, p.key, p.query);
+      this.#forward(p.token, p.key, p.query, p);
       return;
     }
     this.#fallBack(p, reason);
@@ -226,7 +231,7 @@ export class Resolver implements MissSink, PendingOwner {
   /** The failure order's first step; the hit path does the rest (stale, then SERVFAIL). */
   #fallBack(p: PendingQuery, reason: MissOutcome): void {
     const local = p.route.local;
-    if (local !== null && reason !== 'closed' && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure', p.sentAt)) return;
+    if (local !== null && reason !== 'closed' && this.#answerLocally(p.token, p.key, p.route, local.answer(p.key), 'localOnFailure', p.askedAt)) return;
     this.#hits.complete(p.token, null, reason);
   }
 
@@ -348,7 +353,7 @@ export class Resolver implements MissSink, PendingOwner {
       // Late, not failed: answer the clients from the view now; a later upstream answer is ignored (the exchange is claimed).
       if (!p.done && p.route.local !== null) {
         const la = p.route.local.answer(p.key);
-        if (la !== null && p.claim()) this.#answerLocally(p.token, p.key, p.route, la, 'localLate', p.sentAt);
+        if (la !== null && p.claim()) this.#answerLocally(p.token, p.key, p.route, la, 'localLate', p.askedAt);
       }
     }
     // Compact once the consumed head dominates: amortised O(1) per query.

@@ -16,7 +16,8 @@ import { Rcode } from '../dns/constants.js';
 import type { Logger } from '../log.js';
 
 export type HealthState = 'healthy' | 'failing';
-export type HealthEvent = 'connected' | 'unreachable' | 'answered' | 'timeout' | 'servfail' | 'network';
+/** 'no_fds': as 'unreachable', but the agent had no file descriptor for the connect (EMFILE, ENFILE): so its log line says. */
+export type HealthEvent = 'connected' | 'unreachable' | 'no_fds' | 'answered' | 'timeout' | 'servfail' | 'network';
 
 /** Failures in a row before a reachable upstream is called failing (CoreDNS's forward uses max_fails 2 with active checks). */
 export const FAIL_STREAK = 3;
@@ -81,6 +82,7 @@ export class UpstreamHealth {
         if (this.#state === 'failing') this.#move('healthy', event, now);
         return;
       case 'unreachable':
+      case 'no_fds':
         this.#streak = FAIL_STREAK;
         if (this.#state === 'healthy') this.#move('failing', event, now);
         return;

@@ -30,10 +30,14 @@ export type ConnState = 'connecting' | 'open' | 'draining' | 'closed';
 export class Job {
   readonly ex: UpstreamExchange;
   id: number;
+  /** Its connection's count of sends when it was staged there: written once a flush took it (Conn.wrote). */
+  sendNo: number;
   retried: boolean;
   /** Moved off a stalled connection once already (tcp-pick.ts): never again. */
   moved: boolean;
   done: boolean;
+  /** Waiting in its pool's queue (job-queue.ts). */
+  queued: boolean;
   /** Clock ms of the last write, for coredns_forward_request_duration_seconds. */
   sentAt: number;
   /** Under NODELOCAL_MISS_TRACE only (src/miss-trace.ts): when it was staged, and when its write() returned, us. */
@@ -41,11 +45,13 @@ export class Job {
   constructor(ex: UpstreamExchange) {
     this.ex = ex;
     this.id = -1;
+    this.sendNo = 0;
     this.sentAt = 0;
     this.tracedAt = 0;
     this.retried = false;
     this.moved = false;
     this.done = false;
+    this.queued = false;
   }
 }
 
@@ -79,6 +85,9 @@ export class Conn {
   outLen: number;
   /** Frames in `out`: queries that count as sent once flush() writes them, and never if the connection closes first. */
   staged: number;
+  /** Queries staged on it, and how many of those the last flush had written (the rest were staged since). */
+  sends: number;
+  written: number;
   constructor(socket: net.Socket, onFrame: (msg: Buffer) => void, now: number, stallMs: number) {
     this.state = 'connecting';
     this.socket = socket;
@@ -98,6 +107,8 @@ export class Conn {
     this.out = Buffer.allocUnsafe(STAGING_BYTES);
     this.outLen = 0;
     this.staged = 0;
+    this.sends = 0;
+    this.written = 0;
   }
 
   /**
@@ -111,6 +122,7 @@ export class Conn {
     while (this.inflight.has(id)) id = (id + 1) & 0xffff;
     this.nextId = (id + 1) & 0xffff;
     job.id = id;
+    job.sendNo = this.sends++;
     this.inflight.set(id, job);
     return this.stage(job.ex.query, id);
   }
@@ -174,11 +186,32 @@ export class Conn {
     if (this.outLen === 0) return 0;
     const bytes = this.out.subarray(0, this.outLen);
     const frames = this.staged;
+    this.written = this.sends;
     this.outLen = 0;
     this.staged = 0;
     this.socket.write(bytes);
     if (this.socket.writableLength > 0) this.out = Buffer.allocUnsafe(STAGING_BYTES);
     return frames;
+  }
+
+  /** Whether `job`, in flight here, was written (not only staged since the last flush). */
+  wrote(job: Job): boolean {
+    return job.sendNo < this.written;
+  }
+
+  /**
+   * Whether `job`, in flight on this connection as it closed, may be sent again: 'again' (a retry, and for one that
+   * answered nothing its one more try used), 'unsent' (only staged, never written: not a retry), or null: no more.
+   * A connection that answered is a live server closing it (a per-connection query limit, a pod restarting, an idle
+   * close racing a burst): what it left unanswered is re-sent as often as the deadline allows. One that answered
+   * nothing may be failing on these very queries: one more try only.
+   */
+  resend(job: Job): 'again' | 'unsent' | null {
+    if (!this.wrote(job)) return 'unsent';
+    if (this.answered > 0) return 'again';
+    if (job.retried) return null;
+    job.retried = true;
+    return 'again';
   }
 
   /** Drops what is staged unwritten (the connection closed first): its jobs are re-queued or failed, and were never sent. */

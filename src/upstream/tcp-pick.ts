@@ -22,7 +22,7 @@
  * TCP would retry for ~15 minutes.
  * Before that, one with a timeout since its last answer is chosen after the others.
  */
-import type { Fifo } from './fifo.js';
+import type { JobQueue } from './job-queue.js';
 import type { Conn, Job } from './tcp-conn.js';
 
 /**
@@ -106,7 +106,7 @@ export class Mover {
   }
 
   /** Moves the queries waiting behind stalled `c`'s oldest (not moved before) to the head of `queue`, oldest first, as the last outcome allows; how many. */
-  move(c: Conn, now: number, queue: Fifo<Job>): number {
+  move(c: Conn, now: number, queue: JobQueue): number {
     if (!stalled(c, now) || c.inflight.size < 2) return 0;
     const all = now < this.#openUntil;
     if (!all && now < this.#heldUntil) return 0;

@@ -6,6 +6,11 @@
 import { defineCounters } from '../stats/counters.js';
 import { ignoredAnswersFamily, upstreamCounterDefs } from './upstream-counters.js';
 
+const CONNECT_FAILURES = {
+  name: 'nodelocal_upstream_tcp_connect_failures_total',
+  help: 'TCP connects to the server that failed: refused, reset, timed out or (TLS) not verified (error), or not started: no file descriptor left to the agent (no_fds: EMFILE, ENFILE).',
+} as const;
+
 export const tcpPoolCounters = defineCounters({
   ...upstreamCounterDefs,
   // The question did not match the query sent under that id (or the frame was too short to tell).
@@ -14,7 +19,9 @@ export const tcpPoolCounters = defineCounters({
   late: { ...ignoredAnswersFamily, labels: { reason: 'late' } },
   connects: { name: 'nodelocal_upstream_tcp_connects_total', help: 'TCP connections to the cluster DNS established.' },
   reconnects: { name: 'nodelocal_upstream_tcp_reconnects_total', help: 'TCP connects started to replace a lost or failed connection.' },
-  connectFailures: { name: 'nodelocal_upstream_tcp_connect_failures_total', help: 'TCP connects to the cluster DNS that failed or timed out.' },
+  connectFailures: { ...CONNECT_FAILURES, labels: { reason: 'error' } },
+  // The agent out of descriptors, not the server failing: apart, so that an operator can tell.
+  connectNoFds: { ...CONNECT_FAILURES, labels: { reason: 'no_fds' } },
   rotations: {
     name: 'nodelocal_upstream_tcp_rotations_total',
     help: 'Connections drained after their query count or age, so that load spreads over the pods behind the address.',

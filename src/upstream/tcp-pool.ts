@@ -25,7 +25,7 @@
  * This module is the pool: its queue and the connections' lifecycle. The
  * choice of a connection (stalled and silent ones) is in tcp-pick.ts, one
  * connection's ids, staging and answer matching in tcp-conn.ts, the
- * once-per-turn flush in tcp-write-batch.ts, connect backoff and the
+ * once-per-turn flush in tcp-write-batch.ts, the queue's O(1) cancel in job-queue.ts, connect backoff and the
  * unreachable state in tcp-reachability.ts, the counters in
  * tcp-pool-counters.ts, its options in tcp-pool-options.ts.
  */
@@ -36,10 +36,10 @@ import { silentLogger, type Logger } from '../log.js';
 import { OFF_FLAGS, RCODE_MASK } from '../dns/constants.js';
 import { UpstreamHealth, serverFailed } from './health.js';
 import { Counters } from '../stats/counters.js';
-import { Fifo } from './fifo.js';
 import type { ForwardDurations } from './forward-durations.js';
 import { Lifecycle } from './lifecycle.js';
 import { settle } from './settle.js';
+import { JobQueue } from './job-queue.js';
 import { Job, openConn, plainConnect, type Conn, type ConnEvents } from './tcp-conn.js';
 import { Mover, SILENT_TIMEOUTS, STALL_MS, pickConn, stalled, surplus, wantsConnect } from './tcp-pick.js';
 import type { TcpPoolOptions } from './tcp-pool-options.js';
@@ -76,7 +76,7 @@ export class TcpPool implements Upstream {
   /** A connection is stalled after this long with nothing read (tcp-pick.ts); Infinity: never. */
   readonly #stallMs: number;
   readonly #conns: Conn[] = [];
-  readonly #queue = new Fifo<Job>(64);
+  readonly #queue = new JobQueue();
   readonly #life = new Lifecycle();
   /** Unregisters our sweep from the clock's shared timer; null while nothing is pending. */
   #sweep: (() => void) | null = null;
@@ -148,8 +148,8 @@ export class TcpPool implements Upstream {
   cancel(job: Job): void {
     if (job.done) return;
     job.done = true;
-    // A queued job leaves now (not held in the queue's count and slots until a pump; cancels are rare: O(queue) fine).
-    if (this.#queue.retain((j) => j !== job) > 0) return;
+    // A queued job no longer counts at once, and is skipped in place (job-queue.ts): O(1), cancels come on every DoT answer.
+    if (this.#queue.cancel(job)) return;
     for (const c of this.#conns) {
       if (c.inflight.get(job.id) === job) c.inflight.delete(job.id);
     }
@@ -264,10 +264,6 @@ export class TcpPool implements Upstream {
   #pump(now: number): void {
     while (this.#queue.length > 0) {
       const job = this.#queue.peek() as Job;
-      if (job.done) {
-        this.#queue.shift();
-        continue;
-      }
       const c = this.#pick(now, job.moved);
       if (c === null) break;
       this.#queue.shift();
@@ -306,16 +302,13 @@ export class TcpPool implements Upstream {
     if (c.inflight.size > 0) {
       const jobs = [...c.inflight.values()];
       c.inflight.clear();
-      // A connection that answered is a live server closing it (a per-connection query limit, a pod restarting, an idle
-      // close racing a burst): what it left unanswered is re-sent as often as the deadline allows. One that answered
-      // nothing may be failing on these very queries: one more try only.
-      const serverAlive = c.answered > 0;
       // Re-queue at the head, oldest first: these waited longer than anything in the queue.
       for (let k = jobs.length - 1; k >= 0; k--) {
         const job = jobs[k]!;
-        if (this.#life.running && (serverAlive || !job.retried) && now < job.ex.deadline) {
-          if (!serverAlive) job.retried = true;
-          this.#values[SLOT.retried]!++;
+        // Sent again as often as the deadline allows, or once more (tcp-conn.ts resend); one never written is no retry.
+        const again = this.#life.running && now < job.ex.deadline ? c.resend(job) : null;
+        if (again !== null) {
+          if (again === 'again') this.#values[SLOT.retried]!++;
           this.#queue.unshift(job);
         } else {
           // The pool closing (a shutdown, a pool retired by a reload), whoever closed this: 'closed', so the caller may ask again on its new route.
@@ -356,7 +349,6 @@ export class TcpPool implements Upstream {
     }
     if (this.#queue.length > 0) {
       this.#queue.retain((job) => {
-        if (job.done) return false;
         if (now < job.ex.deadline) return true;
         this.#fail(job, 'timeout');
         return false;

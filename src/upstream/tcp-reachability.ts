@@ -94,16 +94,19 @@ export class TcpReachability {
    */
   lost(now: number, c: Conn, wasConnecting: boolean, open: readonly Conn[], error: string): void {
     this.#lostSinceConnect = true;
-    if (wasConnecting) this.#values[SLOT.connectFailures]!++;
+    // No descriptor for the socket: the agent's open-file limit, not the server, and said so (host-resolvers.ts too).
+    const noFds = error === 'EMFILE' || error === 'ENFILE';
+    if (wasConnecting) this.#values[noFds ? SLOT.connectNoFds : SLOT.connectFailures]!++;
     // A connection that carried nothing says nothing of the server (CoreDNS closes one whose first read times out):
-    // only one that was sent queries and answered none, or whose connect failed, is a sign of a sick server.
-    if (wasConnecting || (c.sent > 0 && c.answered === 0)) this.#backOff(now);
+    // only one that was written queries (not only staged them) and answered none, or whose connect failed, is a sign of a sick server.
+    if (wasConnecting || (c.written > 0 && c.answered === 0)) this.#backOff(now);
     // Another connect still under way may land on a live pod behind the same address (this one a stale endpoint):
     // the server is unreachable only once no connection is open or on its way.
     if (wasConnecting && !this.#unreachable && !open.some((o) => o.state === 'open' || o.state === 'connecting')) {
       this.#unreachable = true;
-      this.#health.record('unreachable', now);
-      this.#log.warn(`${this.#kind} unreachable: queries to it fail at once until it is back (then answered from the view, stale, or SERVFAIL)`, {
+      this.#health.record(noFds ? 'no_fds' : 'unreachable', now);
+      const why = noFds ? 'not connected: the agent is out of file descriptors (raise its open-file limit, ulimit -n)' : 'unreachable';
+      this.#log.warn(`${this.#kind} ${why}: queries to it fail at once until a connect succeeds (then answered from the view, stale, or SERVFAIL)`, {
         upstream: this.#name,
         error,
       });
