@@ -824,6 +824,28 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   t.equal(plain.listeners.length, 2, 'one dgram listener per address');
 });
 
+t.test('a UDP listener on a wildcard address is warned about at start: its answers leave from the address the kernel picks per client, not the one asked', async (t) => {
+  // Neither backend sets IP_PKTINFO on its sockets (Node's dgram cannot), so a query to 127.0.0.2 on 0.0.0.0 is
+  // answered from 127.0.0.1 (the route's source to the client), which resolvers drop ("reply from unexpected source").
+  const hitPath: QueryHandler = { handle: () => undefined };
+  for (const io of ['dgram', 'batched'] as const) {
+    const logs: string[] = [];
+    const logger = createLogger('info', (l) => logs.push(l));
+    const base = { io, workers: 1, hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger };
+    const wild = await createUdpListeners({ ...base, listen: [{ host: '127.0.0.1', port: 0 }, { host: '0.0.0.0', port: 0 }, { host: '::', port: 0 }] });
+    const warned = logs.filter((l) => l.includes('wildcard'));
+    t.equal(warned.length, 1, `${io}: one warning for the wildcard listen addresses`);
+    t.match(warned[0], /"level":"warn"/, `${io}: at warn`);
+    t.match(warned[0], /0\.0\.0\.0:0/, `${io}: naming 0.0.0.0`);
+    t.match(warned[0], /\[::\]:0/, `${io}: naming ::`);
+    t.notMatch(warned[0], /127\.0\.0\.1:0/, `${io}: not naming the specific address`);
+    logs.length = 0;
+    const specific = await createUdpListeners({ ...base, listen: [{ host: '127.0.0.1', port: 0 }] });
+    t.notOk(logs.some((l) => l.includes('wildcard')), `${io}: no warning for a specific address`);
+    for (const l of [...wild.listeners, ...specific.listeners]) await l.close();
+  }
+});
+
 t.test('a worker\'s refresh that another thread claimed first: a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
   // The listener drops a refresh miss whose claim fails (DnsCache.claimRefresh: another thread refreshes the name)
   // by delivering 'overloaded' (listener.ts #onReport). A refresh has no client when it leaves the worker, but one
