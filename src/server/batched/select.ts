@@ -9,6 +9,8 @@
  */
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
+import { formatHostPort } from '../../addr.js';
+import { isWildcardHost } from '../../sys/reuseport.js';
 import { loadUdpBatch, type KoffiLoader, type UdpBatchSys } from '../../sys/udp-batch.js';
 import type { Listener, QueryHandler } from '../listener.js';
 import { UdpListener, type UdpListenerOptions } from '../udp-listener.js';
@@ -95,6 +97,14 @@ export interface UdpListeners {
  */
 export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpListeners> {
   let fallbackReason: string | null = null;
+  // Neither backend sets IP_PKTINFO (dgram cannot): a wildcard socket's answer takes the source address the route to
+  // its client has, not the one the query was sent to, and resolvers drop it ("reply from unexpected source").
+  const wildcards = o.listen.filter((a) => isWildcardHost(a.host));
+  if (wildcards.length > 0) {
+    o.logger.warn('udp: listening on a wildcard address: an answer leaves from the address the kernel picks to reach its client, not always the one the query was sent to, and resolvers drop those; give each address to --listen instead', {
+      listen: wildcards.map(formatHostPort),
+    });
+  }
   // No UDP address (an embedding that brings its own listeners): no workers to start for nothing.
   if (o.io === 'batched' && o.listen.length > 0) {
     const scoped = o.listen.find((a) => a.host.includes('%'));
