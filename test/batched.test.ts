@@ -846,6 +846,30 @@ t.test('a UDP listener on a wildcard address is warned about at start: its answe
   }
 });
 
+t.test('batched on a wildcard address: an answer leaves from the address its query was sent to (IP_PKTINFO), a hit\'s from the worker and a miss\'s from the main thread', async (t) => {
+  // Without it, a query to 127.0.0.2 from 127.0.0.1 is answered from 127.0.0.1 (the route's source to the client), and
+  // resolvers drop the answer ("reply from unexpected source"): a pod asking 169.254.20.10 gets the node's address.
+  const r = await rig(t, { listen: ['0.0.0.0'] });
+  const port = r.ports[0]!;
+  const sock = dgram.createSocket('udp4');
+  t.teardown(() => sock.close());
+  const from = new Map<number, string>();
+  sock.on('message', (m, rinfo) => from.set(dnsPacket.decode(m).id!, `${rinfo.address}:${rinfo.port}`));
+  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
+  const ask = (id: number, to: string): void => {
+    sock.send(dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'svc-3.example.com', type: 'A', class: 'IN' }] }), port, to);
+  };
+  ask(1, '127.0.0.2');
+  await until('the miss answered', () => from.has(1));
+  ask(2, '127.0.0.3');
+  await until('the hit answered', () => from.has(2));
+  t.equal(from.get(1), `127.0.0.2:${port}`, 'the miss, answered by the main thread, leaves from the address it was sent to');
+  t.equal(from.get(2), `127.0.0.3:${port}`, 'the hit, answered by the worker, leaves from the address it was sent to');
+  ask(3, '127.0.0.1');
+  await until('the plain one answered', () => from.has(3));
+  t.equal(from.get(3), `127.0.0.1:${port}`, 'a query to the route\'s own source is answered from it too');
+});
+
 t.test('a worker\'s refresh that another thread claimed first: a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
   // The listener drops a refresh miss whose claim fails (DnsCache.claimRefresh: another thread refreshes the name)
   // by delivering 'overloaded' (listener.ts #onReport). A refresh has no client when it leaves the worker, but one
