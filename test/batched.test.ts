@@ -824,11 +824,19 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   t.equal(plain.listeners.length, 2, 'one dgram listener per address');
 });
 
-t.test('a UDP listener on a wildcard address is warned about at start: its answers leave from the address the kernel picks per client, not the one asked', async (t) => {
-  // Neither backend sets IP_PKTINFO on its sockets (Node's dgram cannot), so a query to 127.0.0.2 on 0.0.0.0 is
-  // answered from 127.0.0.1 (the route's source to the client), which resolvers drop ("reply from unexpected source").
+t.test('a dgram UDP listener on a wildcard address is warned about at start: its answers leave from the address the kernel picks per client, not the one asked', async (t) => {
+  // Node's dgram cannot set IP_PKTINFO, so a query to 127.0.0.2 on 0.0.0.0 is answered from 127.0.0.1 (the route's
+  // source to the client), which resolvers drop ("reply from unexpected source"). Batched sets it: no warning there.
   const hitPath: QueryHandler = { handle: () => undefined };
-  for (const io of ['dgram', 'batched'] as const) {
+  {
+    const logs: string[] = [];
+    const logger = createLogger('info', (l) => logs.push(l));
+    const made = await createUdpListeners({ io: 'batched', workers: 1, hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger, listen: [{ host: '0.0.0.0', port: 0 }] });
+    t.equal(made.io, 'batched');
+    t.notOk(logs.some((l) => l.includes('wildcard')), 'batched: answers from the address asked, nothing to warn of');
+    for (const l of made.listeners) await l.close();
+  }
+  for (const io of ['dgram'] as const) {
     const logs: string[] = [];
     const logger = createLogger('info', (l) => logs.push(l));
     const base = { io, workers: 1, hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger };
@@ -1348,6 +1356,53 @@ t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects th
   send.clear();
   t.equal(send.filled, 0);
   t.throws(() => arena.take(1 << 20), /arena exhausted/);
+  // A wildcard socket's datagram: its pktinfo (after a timestamp) is kept beside the sockaddr, and the answer carries it.
+  const ctl = (v: { address: number }, i: number): number => Number(dv.getBigUint64(v.address - base + i * MMSGHDR_BYTES + 32, true)) - base;
+  const controlLen = (v: { address: number }, i: number): number => Number(dv.getBigUint64(v.address - base + i * MMSGHDR_BYTES + 40, true));
+  const cmsg = (at: number, len: number, level: number, type: number): void => {
+    dv.setBigUint64(at, BigInt(len), true);
+    dv.setInt32(at + 8, level, true);
+    dv.setInt32(at + 12, type, true);
+  };
+  const receive6 = (dest: string, ifindex: number): void => {
+    const c = ctl(recv, 0);
+    cmsg(c, 32, 1, 35); // SCM_TIMESTAMPNS
+    cmsg(c + 32, 36, 41, 50); // IPV6_PKTINFO: in6_pktinfo { addr, ifindex }
+    new Uint8Array(ab).set(Buffer.from(dest, 'hex'), c + 48);
+    dv.setInt32(c + 64, ifindex, true);
+    dv.setBigUint64(hdr + 40, 72n, true);
+    new Uint8Array(ab).set([10, 0, 0x14, 0xe9], recv.sockaddrOffset(0)); // AF_INET6, port 5353
+    recv.keepDestination(0);
+  };
+  receive6('fd000000000000000000000000000010', 7);
+  send.push(Buffer.from('v6'), arena.u32, recv.sockaddrOffset(0) >> 2, 28);
+  const c6 = ctl(send, 0);
+  t.equal(controlLen(send, 0), 40, 'msg_controllen: CMSG_SPACE(sizeof(struct in6_pktinfo))');
+  t.same([Number(dv.getBigUint64(c6, true)), dv.getInt32(c6 + 8, true), dv.getInt32(c6 + 12, true)], [36, 41, 50], 'cmsg_len, IPPROTO_IPV6, IPV6_PKTINFO');
+  t.equal(Buffer.from(ab, c6 + 16, 16).toString('hex'), 'fd000000000000000000000000000010', 'the source: the address the query was sent to');
+  t.equal(dv.getInt32(c6 + 32, true), 0, 'a global address leaves by the route: no interface');
+  receive6('fe800000000000000000000000000001', 7);
+  send.push(Buffer.from('ll'), arena.u32, recv.sockaddrOffset(0) >> 2, 28);
+  t.equal(dv.getInt32(ctl(send, 1) + 32, true), 7, 'a link-local one names the interface it came in on');
+  // IPv4: in_pktinfo { ifindex, spec_dst, addr }, alone.
+  const c4 = ctl(recv, 0);
+  cmsg(c4, 28, 0, 8);
+  dv.setInt32(c4 + 16, 3, true);
+  new Uint8Array(ab).set([169, 254, 20, 10], c4 + 20);
+  dv.setBigUint64(hdr + 40, 32n, true);
+  new Uint8Array(ab).set([2, 0, 0x14, 0xe9, 10, 1, 2, 3], recv.sockaddrOffset(0));
+  recv.keepDestination(0);
+  send.push(Buffer.from('v4'), arena.u32, recv.sockaddrOffset(0) >> 2, 16);
+  const s4 = ctl(send, 2);
+  t.equal(controlLen(send, 2), 32, 'msg_controllen: CMSG_SPACE(sizeof(struct in_pktinfo))');
+  t.same([Number(dv.getBigUint64(s4, true)), dv.getInt32(s4 + 8, true), dv.getInt32(s4 + 12, true), dv.getInt32(s4 + 16, true)], [28, 0, 8, 0], 'cmsg_len, IPPROTO_IP, IP_PKTINFO, no interface');
+  t.same([...new Uint8Array(ab, s4 + 20, 4)], [169, 254, 20, 10], 'ipi_spec_dst: the address the query was sent to');
+  // No pktinfo (a socket on one address): whatever an earlier datagram left in the slot, no control message.
+  dv.setBigUint64(hdr + 40, 0n, true);
+  recv.keepDestination(0);
+  send.push(Buffer.from('plain'), arena.u32, recv.sockaddrOffset(0) >> 2, 16);
+  t.equal(controlLen(send, 3), 0, 'none kept: msg_controllen 0');
+  send.clear();
   t.equal(ipv6Text(Buffer.from('00000000000000000000000000000001', 'hex')), '::1');
   t.equal(ipv6Text(Buffer.from('fe800000000000000000000000000001', 'hex')), 'fe80::1');
   t.equal(ipv6Text(Buffer.from('20010db8000100000001000000000001', 'hex')), '2001:db8:1:0:1::1');

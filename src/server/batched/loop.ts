@@ -291,6 +291,7 @@ export class WorkerLoop implements MissSink {
         this.#counters.server.values[SERVER_COUNTERS.slot.dropped]!++;
         continue;
       }
+      recv.keepDestination(i); // a wildcard socket's answer leaves from where its query went (SendVec.push)
       const peer = peers[i]!;
       peer.sock = s;
       peer.answered = false;
@@ -390,7 +391,6 @@ export class WorkerLoop implements MissSink {
     this.#io[IO.inflight] = this.#hits.inflight;
   }
 }
-
 const TIMESPEC_BYTES = 16;
 
 /** Native bytes of one worker: the receive vector (with its control slots), a send vector per socket, a scratch sockaddr, a timespec and the pollfds. */

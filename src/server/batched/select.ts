@@ -97,14 +97,6 @@ export interface UdpListeners {
  */
 export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpListeners> {
   let fallbackReason: string | null = null;
-  // Neither backend sets IP_PKTINFO (dgram cannot): a wildcard socket's answer takes the source address the route to
-  // its client has, not the one the query was sent to, and resolvers drop it ("reply from unexpected source").
-  const wildcards = o.listen.filter((a) => isWildcardHost(a.host));
-  if (wildcards.length > 0) {
-    o.logger.warn('udp: listening on a wildcard address: an answer leaves from the address the kernel picks to reach its client, not always the one the query was sent to, and resolvers drop those; give each address to --listen instead', {
-      listen: wildcards.map(formatHostPort),
-    });
-  }
   // No UDP address (an embedding that brings its own listeners): no workers to start for nothing.
   if (o.io === 'batched' && o.listen.length > 0) {
     const scoped = o.listen.find((a) => a.host.includes('%'));
@@ -125,6 +117,14 @@ export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpLis
     }
     fallbackReason = sys;
     o.logger.warn('udp: batched I/O unavailable, serving UDP with dgram (slower: one recvmsg and one sendmsg per query)', { reason: sys });
+  }
+  // dgram cannot set IP_PKTINFO (batched does): a wildcard socket's answer takes the source address the route to its
+  // client has, not the one the query was sent to, and resolvers drop it ("reply from unexpected source").
+  const wildcards = o.listen.filter((a) => isWildcardHost(a.host));
+  if (wildcards.length > 0) {
+    o.logger.warn('udp: dgram on a wildcard address: an answer leaves from the address the kernel picks to reach its client, not always the one the query was sent to, and resolvers drop those; give each address to --listen instead', {
+      listen: wildcards.map(formatHostPort),
+    });
   }
   return { io: 'dgram', fallbackReason, listeners: o.listen.map((a) => new UdpListener(a, o.hitPath, o.logger, o.dgram)), batched: null };
 }
