@@ -878,6 +878,71 @@ t.test('batched on a wildcard address: an answer leaves from the address its que
   t.equal(from.get(3), `127.0.0.1:${port}`, 'a query to the route\'s own source is answered from it too');
 });
 
+/**
+ * Run inside a namespace of the test's own (IPv6 needs addresses this host must not be given): a wildcard socket
+ * made by the built udp-batch.ts takes datagrams to each address in argv, and answers each through RecvVec and
+ * SendVec as the worker does; prints "recv N sent N" and what the client got, "payload from source" per line.
+ */
+const PKTINFO_PROBE = `
+import dgram from 'node:dgram';
+const [root, wild, clientAt, ...dests] = process.argv.slice(2);
+const { loadUdpBatch } = await import(root + '/dist/src/sys/udp-batch.js');
+const { Arena, RecvVec, SendVec, recvVecBytes, vecBytes } = await import(root + '/dist/src/server/batched/msgvec.js');
+const sys = await loadUdpBatch();
+const fd = sys.openUdp({ host: wild, port: 0 });
+if (typeof fd !== 'number') throw new Error(fd.message);
+const port = sys.localPort(fd);
+const block = sys.alloc(recvVecBytes(4, 512) + vecBytes(4, 512));
+const arena = new Arena(block.address, block.bytes);
+const recv = new RecvVec(arena, 4, 512);
+const send = new SendVec(arena, 4, 512);
+const c = dgram.createSocket(wild.includes(':') ? 'udp6' : 'udp4');
+const got = [];
+c.on('message', (m, r) => got.push(m + ' from ' + r.address));
+await new Promise((res) => c.bind(0, clientAt, res));
+for (const to of dests) c.send(to, port, to);
+const until = async (cond) => { for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10)); };
+let n = 0;
+await until(() => (n = sys.recvmmsg(fd, recv.address, 4, 0x40)) === dests.length || n > 0);
+for (let i = 0; i < n; i++) {
+  recv.keepDestination(i);
+  send.push(Buffer.from(arena.u8.subarray(recv.dataOffset(i), recv.dataOffset(i) + recv.length(i))), arena.u32, recv.sockaddrOffset(i) >> 2, recv.nameLength(i));
+}
+console.log('recv ' + n + ' sent ' + sys.sendmmsg(fd, send.address, send.filled));
+await until(() => got.length === n);
+console.log(got.sort().join('\\n'));
+process.exit(0);
+`;
+
+t.test('batched on ::, for real: an answer leaves from the IPv6 address its query was sent to, a link-local one by its interface', { skip: process.getuid?.() !== 0 ? 'needs root (a network namespace)' : false }, async (t) => {
+  const ip = (...args: string[]): void => {
+    const r = spawnSync('ip', args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
+  };
+  const ns = `rvb-pkt6-${process.pid % 100000}`;
+  ip('netns', 'add', ns);
+  t.teardown(() => void spawnSync('ip', ['netns', 'del', ns]));
+  ip('-n', ns, 'link', 'set', 'lo', 'up');
+  ip('-n', ns, 'addr', 'add', 'fd00::2/128', 'dev', 'lo', 'nodad');
+  ip('-n', ns, 'addr', 'add', 'fd00::3/128', 'dev', 'lo', 'nodad');
+  // Two link-local addresses on a veth pair inside the namespace: fe80::b names no interface without its scope.
+  ip('-n', ns, 'link', 'add', 'pka', 'type', 'veth', 'peer', 'name', 'pkb');
+  for (const [dev, addr] of [['pka', 'fe80::a'], ['pkb', 'fe80::b']] as const) {
+    ip('-n', ns, 'link', 'set', dev, 'up');
+    ip('-n', ns, 'addr', 'add', `${addr}/64`, 'dev', dev, 'nodad');
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'rvb-pkt6-'));
+  const script = join(dir, 'probe.mjs');
+  writeFileSync(script, PKTINFO_PROBE);
+  const root = new URL('..', import.meta.url).pathname;
+  // env -i: tap's loader is in NODE_OPTIONS; the probe imports the built files.
+  const run = (...args: string[]): string =>
+    spawnSync('ip', ['netns', 'exec', ns, 'env', '-i', process.execPath, script, root, ...args], { encoding: 'utf8', timeout: 20_000 }).stdout;
+  t.equal(run('::', '::1', 'fd00::2', 'fd00::3', '::1'), 'recv 3 sent 3\n::1 from ::1\nfd00::2 from fd00::2\nfd00::3 from fd00::3\n', 'each answer from the address asked');
+  t.equal(run('::', 'fe80::a%pka', 'fe80::b%pkb'), 'recv 1 sent 1\nfe80::b%pkb from fe80::b%pka\n', 'a link-local address answers from itself');
+  t.equal(run('0.0.0.0', '127.0.0.1', '127.0.0.2', '127.0.0.3'), 'recv 2 sent 2\n127.0.0.2 from 127.0.0.2\n127.0.0.3 from 127.0.0.3\n', 'IPv4 alike');
+});
+
 t.test('a worker\'s refresh that another thread claimed first: a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
   // The listener drops a refresh miss whose claim fails (DnsCache.claimRefresh: another thread refreshes the name)
   // by delivering 'overloaded' (listener.ts #onReport). A refresh has no client when it leaves the worker, but one
