@@ -26,12 +26,13 @@
  * [N control slots] after them, for the kernel's receive timestamp and the
  * pktinfo (which follows the timestamp):
  *
- *   control slot (64 bytes): struct cmsghdr then its data
+ *   control slot (80 bytes): struct cmsghdr then its data, for each message
  *    0  size_t   cmsg_len   = 32 for SCM_TIMESTAMPNS (CMSG_LEN(16))
  *    8  int      cmsg_level = SOL_SOCKET
  *   12  int      cmsg_type  = SCM_TIMESTAMPNS
  *   16  int64    tv_sec     (CLOCK_REALTIME)
  *   24  int64    tv_nsec
+ *   32  then IP_PKTINFO (CMSG_LEN(12) = 28) or IPV6_PKTINFO (CMSG_LEN(20) = 36)
  *
  * msg_controllen is value-result like msg_namelen: the kernel writes what
  * it used (0: no timestamp), reset() gives the slot size back.
