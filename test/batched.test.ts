@@ -10,7 +10,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import type { WorkerLink } from '../src/server/batched/worker-link.js';
 import { whenStarted } from '../src/server/batched/worker-spawn.js';
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as dnsPacket from 'dns-packet';
@@ -932,6 +932,7 @@ t.test('batched on ::, for real: an answer leaves from the IPv6 address its quer
     ip('-n', ns, 'addr', 'add', `${addr}/64`, 'dev', dev, 'nodad');
   }
   const dir = mkdtempSync(join(tmpdir(), 'rvb-pkt6-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const script = join(dir, 'probe.mjs');
   writeFileSync(script, PKTINFO_PROBE);
   const root = new URL('..', import.meta.url).pathname;
