@@ -876,6 +876,18 @@ t.test('batched on a wildcard address: an answer leaves from the address its que
   ask(3, '127.0.0.1');
   await until('the plain one answered', () => from.has(3));
   t.equal(from.get(3), `127.0.0.1:${port}`, 'a query to the route\'s own source is answered from it too');
+  // An answer bigger than the send slots (a reload raised --max-udp-size) goes out alone: from the address asked too.
+  await r.listener.configure({ cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 0 });
+  const big = (id: number, to: string): void => {
+    const opt = { type: 'OPT', name: '.', udpPayloadSize: 4096, flags: 0, options: [] } as unknown as dnsPacket.Answer;
+    sock.send(dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'big.example.com', type: 'A', class: 'IN' }], additionals: [opt] }), port, to);
+  };
+  big(4, '127.0.0.2');
+  await until('the big miss answered', () => from.has(4));
+  big(5, '127.0.0.3');
+  await until('the big hit answered', () => from.has(5));
+  t.equal(from.get(4), `127.0.0.2:${port}`, 'a big answer to a miss, from the main thread, leaves from the address asked');
+  t.equal(from.get(5), `127.0.0.3:${port}`, 'a big answer to a hit, from the worker, leaves from the address asked');
 });
 
 /**
