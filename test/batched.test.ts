@@ -1717,7 +1717,7 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
       },
       () => {
         const last = k.sent.at(-1)!;
-        t.equal(last.via, 'sendto', 'bigger than a 512-byte slot: sent on its own');
+        t.equal(last.via, 'sendmmsg', 'bigger than a 512-byte slot: sent on its own, in a vector of one');
         t.equal(portOf(last.to), 3);
         t.equal(dnsPacket.decode(last.data).answers?.length, 120);
         const logs = k.reports().flatMap((r) => r.logs ?? []);

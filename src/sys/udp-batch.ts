@@ -104,7 +104,7 @@ export interface UdpBatchSys {
   recvmmsg(fd: number, vec: number, count: number, flags: number): number;
   /** sendmmsg(2): datagrams sent, or -errno. */
   sendmmsg(fd: number, vec: number, count: number): number;
-  /** sendto(2) of one buffer to a sockaddr in native memory, for an answer too big for a send slot; bytes sent or -errno. */
+  /** sendto(2) of one buffer to a sockaddr in native memory (a test's client); bytes sent or -errno. Answers go by sendmmsg, with their source. */
   sendto(fd: number, data: Uint8Array, sockaddr: number, sockaddrLen: number): number;
   /** poll(2) on `count` pollfd at `fds`: ready descriptors, 0 on timeout, or -errno. */
   poll(fds: number, count: number, timeoutMs: number): number;

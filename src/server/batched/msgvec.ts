@@ -46,6 +46,8 @@ export const SOCKADDR_SLOT_BYTES = 48;
 /** In a sockaddr slot, past any sockaddr: the arrival interface of the pktinfo kept there (0: none), then its address. */
 const SA_IFINDEX_WORD = 7;
 const SA_DEST_WORD = 8;
+/** The largest UDP payload (--max-udp-size's bound): the slot of the vector of one an answer too big for the send slots goes out on. */
+export const MAX_DATAGRAM_BYTES = 65535;
 /** One IPV6_PKTINFO: CMSG_SPACE(20) = 40, IP_PKTINFO's CMSG_SPACE(12) = 32. */
 const SEND_CONTROL_BYTES = 48;
 const H_NAME = 0;
