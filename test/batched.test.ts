@@ -10,7 +10,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import type { WorkerLink } from '../src/server/batched/worker-link.js';
 import { whenStarted } from '../src/server/batched/worker-spawn.js';
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as dnsPacket from 'dns-packet';
@@ -845,6 +845,138 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
   t.equal(plain.listeners.length, 2, 'one dgram listener per address');
 });
 
+t.test('a dgram UDP listener on a wildcard address is warned about at start: its answers leave from the address the kernel picks per client, not the one asked', async (t) => {
+  // Node's dgram cannot set IP_PKTINFO, so a query to 127.0.0.2 on 0.0.0.0 is answered from 127.0.0.1 (the route's
+  // source to the client), which resolvers drop ("reply from unexpected source"). Batched sets it: no warning there.
+  const hitPath: QueryHandler = { handle: () => undefined };
+  {
+    const logs: string[] = [];
+    const logger = createLogger('info', (l) => logs.push(l));
+    const made = await createUdpListeners({ io: 'batched', workers: 1, hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger, listen: [{ host: '0.0.0.0', port: 0 }] });
+    t.equal(made.io, 'batched');
+    t.notOk(logs.some((l) => l.includes('wildcard')), 'batched: answers from the address asked, nothing to warn of');
+    for (const l of made.listeners) await l.close();
+  }
+  for (const io of ['dgram'] as const) {
+    const logs: string[] = [];
+    const logger = createLogger('info', (l) => logs.push(l));
+    const base = { io, workers: 1, hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger };
+    const wild = await createUdpListeners({ ...base, listen: [{ host: '127.0.0.1', port: 0 }, { host: '0.0.0.0', port: 0 }, { host: '::', port: 0 }] });
+    const warned = logs.filter((l) => l.includes('wildcard'));
+    t.equal(warned.length, 1, `${io}: one warning for the wildcard listen addresses`);
+    t.match(warned[0], /"level":"warn"/, `${io}: at warn`);
+    t.match(warned[0], /0\.0\.0\.0:0/, `${io}: naming 0.0.0.0`);
+    t.match(warned[0], /\[::\]:0/, `${io}: naming ::`);
+    t.notMatch(warned[0], /127\.0\.0\.1:0/, `${io}: not naming the specific address`);
+    logs.length = 0;
+    const specific = await createUdpListeners({ ...base, listen: [{ host: '127.0.0.1', port: 0 }] });
+    t.notOk(logs.some((l) => l.includes('wildcard')), `${io}: no warning for a specific address`);
+    for (const l of [...wild.listeners, ...specific.listeners]) await l.close();
+  }
+});
+
+t.test('batched on a wildcard address: an answer leaves from the address its query was sent to (IP_PKTINFO), a hit\'s from the worker and a miss\'s from the main thread', async (t) => {
+  // Without it, a query to 127.0.0.2 from 127.0.0.1 is answered from 127.0.0.1 (the route's source to the client), and
+  // resolvers drop the answer ("reply from unexpected source"): a pod asking 169.254.20.10 gets the node's address.
+  const r = await rig(t, { listen: ['0.0.0.0'] });
+  const port = r.ports[0]!;
+  const sock = dgram.createSocket('udp4');
+  t.teardown(() => sock.close());
+  const from = new Map<number, string>();
+  sock.on('message', (m, rinfo) => from.set(dnsPacket.decode(m).id!, `${rinfo.address}:${rinfo.port}`));
+  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
+  const ask = (id: number, to: string): void => {
+    sock.send(dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'svc-3.example.com', type: 'A', class: 'IN' }] }), port, to);
+  };
+  ask(1, '127.0.0.2');
+  await until('the miss answered', () => from.has(1));
+  ask(2, '127.0.0.3');
+  await until('the hit answered', () => from.has(2));
+  t.equal(from.get(1), `127.0.0.2:${port}`, 'the miss, answered by the main thread, leaves from the address it was sent to');
+  t.equal(from.get(2), `127.0.0.3:${port}`, 'the hit, answered by the worker, leaves from the address it was sent to');
+  ask(3, '127.0.0.1');
+  await until('the plain one answered', () => from.has(3));
+  t.equal(from.get(3), `127.0.0.1:${port}`, 'a query to the route\'s own source is answered from it too');
+  // An answer bigger than the send slots (a reload raised --max-udp-size) goes out alone: from the address asked too.
+  await r.listener.configure({ cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 4096, queryLogEvery: 0 });
+  const big = (id: number, to: string): void => {
+    const opt = { type: 'OPT', name: '.', udpPayloadSize: 4096, flags: 0, options: [] } as unknown as dnsPacket.Answer;
+    sock.send(dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name: 'big.example.com', type: 'A', class: 'IN' }], additionals: [opt] }), port, to);
+  };
+  big(4, '127.0.0.2');
+  await until('the big miss answered', () => from.has(4));
+  big(5, '127.0.0.3');
+  await until('the big hit answered', () => from.has(5));
+  t.equal(from.get(4), `127.0.0.2:${port}`, 'a big answer to a miss, from the main thread, leaves from the address asked');
+  t.equal(from.get(5), `127.0.0.3:${port}`, 'a big answer to a hit, from the worker, leaves from the address asked');
+});
+
+/**
+ * Run inside a namespace of the test's own (IPv6 needs addresses this host must not be given): a wildcard socket
+ * made by the built udp-batch.ts takes datagrams to each address in argv, and answers each through RecvVec and
+ * SendVec as the worker does; prints "recv N sent N" and what the client got, "payload from source" per line.
+ */
+const PKTINFO_PROBE = `
+import dgram from 'node:dgram';
+const [root, wild, clientAt, ...dests] = process.argv.slice(2);
+const { loadUdpBatch } = await import(root + '/dist/src/sys/udp-batch.js');
+const { Arena, RecvVec, SendVec, recvVecBytes, vecBytes } = await import(root + '/dist/src/server/batched/msgvec.js');
+const sys = await loadUdpBatch();
+const fd = sys.openUdp({ host: wild, port: 0 });
+if (typeof fd !== 'number') throw new Error(fd.message);
+const port = sys.localPort(fd);
+const block = sys.alloc(recvVecBytes(4, 512) + vecBytes(4, 512));
+const arena = new Arena(block.address, block.bytes);
+const recv = new RecvVec(arena, 4, 512);
+const send = new SendVec(arena, 4, 512);
+const c = dgram.createSocket(wild.includes(':') ? 'udp6' : 'udp4');
+const got = [];
+c.on('message', (m, r) => got.push(m + ' from ' + r.address));
+await new Promise((res) => c.bind(0, clientAt, res));
+for (const to of dests) c.send(to, port, to);
+const until = async (cond) => { for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10)); };
+let n = 0;
+await until(() => (n = sys.recvmmsg(fd, recv.address, 4, 0x40)) === dests.length || n > 0);
+for (let i = 0; i < n; i++) {
+  recv.keepDestination(i);
+  send.push(Buffer.from(arena.u8.subarray(recv.dataOffset(i), recv.dataOffset(i) + recv.length(i))), arena.u32, recv.sockaddrOffset(i) >> 2, recv.nameLength(i));
+}
+console.log('recv ' + n + ' sent ' + sys.sendmmsg(fd, send.address, send.filled));
+await until(() => got.length === n);
+console.log(got.sort().join('\\n'));
+process.exit(0);
+`;
+
+t.test('batched on ::, for real: an answer leaves from the IPv6 address its query was sent to, a link-local one by its interface', { skip: process.getuid?.() !== 0 ? 'needs root (a network namespace)' : false }, async (t) => {
+  const ip = (...args: string[]): void => {
+    const r = spawnSync('ip', args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
+  };
+  const ns = `rvb-pkt6-${process.pid % 100000}`;
+  ip('netns', 'add', ns);
+  t.teardown(() => void spawnSync('ip', ['netns', 'del', ns]));
+  ip('-n', ns, 'link', 'set', 'lo', 'up');
+  ip('-n', ns, 'addr', 'add', 'fd00::2/128', 'dev', 'lo', 'nodad');
+  ip('-n', ns, 'addr', 'add', 'fd00::3/128', 'dev', 'lo', 'nodad');
+  // Two link-local addresses on a veth pair inside the namespace: fe80::b names no interface without its scope.
+  ip('-n', ns, 'link', 'add', 'pka', 'type', 'veth', 'peer', 'name', 'pkb');
+  for (const [dev, addr] of [['pka', 'fe80::a'], ['pkb', 'fe80::b']] as const) {
+    ip('-n', ns, 'link', 'set', dev, 'up');
+    ip('-n', ns, 'addr', 'add', `${addr}/64`, 'dev', dev, 'nodad');
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'rvb-pkt6-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const script = join(dir, 'probe.mjs');
+  writeFileSync(script, PKTINFO_PROBE);
+  const root = new URL('..', import.meta.url).pathname;
+  // env -i: tap's loader is in NODE_OPTIONS; the probe imports the built files.
+  const run = (...args: string[]): string =>
+    spawnSync('ip', ['netns', 'exec', ns, 'env', '-i', process.execPath, script, root, ...args], { encoding: 'utf8', timeout: 20_000 }).stdout;
+  t.equal(run('::', '::1', 'fd00::2', 'fd00::3', '::1'), 'recv 3 sent 3\n::1 from ::1\nfd00::2 from fd00::2\nfd00::3 from fd00::3\n', 'each answer from the address asked');
+  t.equal(run('::', 'fe80::a%pka', 'fe80::b%pkb'), 'recv 1 sent 1\nfe80::b%pkb from fe80::b%pka\n', 'a link-local address answers from itself');
+  t.equal(run('0.0.0.0', '127.0.0.1', '127.0.0.2', '127.0.0.3'), 'recv 2 sent 2\n127.0.0.2 from 127.0.0.2\n127.0.0.3 from 127.0.0.3\n', 'IPv4 alike');
+});
+
 t.test('a worker\'s refresh that another thread claimed first goes no further upstream; a client that joined it (its read met the writer mid-change) gets the cached answer, not SERVFAIL', async (t) => {
   // A refresh whose claim fails (DnsCache.claimRefresh: another thread refreshes the name, or a reload turned prefetch
   // off) is no refresh, as the dgram backend's refused claimPrefetch starts none: the exchange takes it as a plain miss,
@@ -1325,6 +1457,53 @@ t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects th
   send.clear();
   t.equal(send.filled, 0);
   t.throws(() => arena.take(1 << 20), /arena exhausted/);
+  // A wildcard socket's datagram: its pktinfo (after a timestamp) is kept beside the sockaddr, and the answer carries it.
+  const ctl = (v: { address: number }, i: number): number => Number(dv.getBigUint64(v.address - base + i * MMSGHDR_BYTES + 32, true)) - base;
+  const controlLen = (v: { address: number }, i: number): number => Number(dv.getBigUint64(v.address - base + i * MMSGHDR_BYTES + 40, true));
+  const cmsg = (at: number, len: number, level: number, type: number): void => {
+    dv.setBigUint64(at, BigInt(len), true);
+    dv.setInt32(at + 8, level, true);
+    dv.setInt32(at + 12, type, true);
+  };
+  const receive6 = (dest: string, ifindex: number): void => {
+    const c = ctl(recv, 0);
+    cmsg(c, 32, 1, 35); // SCM_TIMESTAMPNS
+    cmsg(c + 32, 36, 41, 50); // IPV6_PKTINFO: in6_pktinfo { addr, ifindex }
+    new Uint8Array(ab).set(Buffer.from(dest, 'hex'), c + 48);
+    dv.setInt32(c + 64, ifindex, true);
+    dv.setBigUint64(hdr + 40, 72n, true);
+    new Uint8Array(ab).set([10, 0, 0x14, 0xe9], recv.sockaddrOffset(0)); // AF_INET6, port 5353
+    recv.keepDestination(0);
+  };
+  receive6('fd000000000000000000000000000010', 7);
+  send.push(Buffer.from('v6'), arena.u32, recv.sockaddrOffset(0) >> 2, 28);
+  const c6 = ctl(send, 0);
+  t.equal(controlLen(send, 0), 40, 'msg_controllen: CMSG_SPACE(sizeof(struct in6_pktinfo))');
+  t.same([Number(dv.getBigUint64(c6, true)), dv.getInt32(c6 + 8, true), dv.getInt32(c6 + 12, true)], [36, 41, 50], 'cmsg_len, IPPROTO_IPV6, IPV6_PKTINFO');
+  t.equal(Buffer.from(ab, c6 + 16, 16).toString('hex'), 'fd000000000000000000000000000010', 'the source: the address the query was sent to');
+  t.equal(dv.getInt32(c6 + 32, true), 0, 'a global address leaves by the route: no interface');
+  receive6('fe800000000000000000000000000001', 7);
+  send.push(Buffer.from('ll'), arena.u32, recv.sockaddrOffset(0) >> 2, 28);
+  t.equal(dv.getInt32(ctl(send, 1) + 32, true), 7, 'a link-local one names the interface it came in on');
+  // IPv4: in_pktinfo { ifindex, spec_dst, addr }, alone.
+  const c4 = ctl(recv, 0);
+  cmsg(c4, 28, 0, 8);
+  dv.setInt32(c4 + 16, 3, true);
+  new Uint8Array(ab).set([169, 254, 20, 10], c4 + 20);
+  dv.setBigUint64(hdr + 40, 32n, true);
+  new Uint8Array(ab).set([2, 0, 0x14, 0xe9, 10, 1, 2, 3], recv.sockaddrOffset(0));
+  recv.keepDestination(0);
+  send.push(Buffer.from('v4'), arena.u32, recv.sockaddrOffset(0) >> 2, 16);
+  const s4 = ctl(send, 2);
+  t.equal(controlLen(send, 2), 32, 'msg_controllen: CMSG_SPACE(sizeof(struct in_pktinfo))');
+  t.same([Number(dv.getBigUint64(s4, true)), dv.getInt32(s4 + 8, true), dv.getInt32(s4 + 12, true), dv.getInt32(s4 + 16, true)], [28, 0, 8, 0], 'cmsg_len, IPPROTO_IP, IP_PKTINFO, no interface');
+  t.same([...new Uint8Array(ab, s4 + 20, 4)], [169, 254, 20, 10], 'ipi_spec_dst: the address the query was sent to');
+  // No pktinfo (a socket on one address): whatever an earlier datagram left in the slot, no control message.
+  dv.setBigUint64(hdr + 40, 0n, true);
+  recv.keepDestination(0);
+  send.push(Buffer.from('plain'), arena.u32, recv.sockaddrOffset(0) >> 2, 16);
+  t.equal(controlLen(send, 3), 0, 'none kept: msg_controllen 0');
+  send.clear();
   t.equal(ipv6Text(Buffer.from('00000000000000000000000000000001', 'hex')), '::1');
   t.equal(ipv6Text(Buffer.from('fe800000000000000000000000000001', 'hex')), 'fe80::1');
   t.equal(ipv6Text(Buffer.from('20010db8000100000001000000000001', 'hex')), '2001:db8:1:0:1::1');
@@ -1561,7 +1740,7 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
       },
       () => {
         const last = k.sent.at(-1)!;
-        t.equal(last.via, 'sendto', 'bigger than a 512-byte slot: sent on its own');
+        t.equal(last.via, 'sendmmsg', 'bigger than a 512-byte slot: sent on its own, in a vector of one');
         t.equal(portOf(last.to), 3);
         t.equal(dnsPacket.decode(last.data).answers?.length, 120);
         const logs = k.reports().flatMap((r) => r.logs ?? []);

@@ -39,6 +39,17 @@ const EINVAL = 22;
 export const SO_TIMESTAMPNS = 35;
 export const SCM_TIMESTAMPNS = SO_TIMESTAMPNS;
 const CLOCK_REALTIME = 0;
+/**
+ * ip(7), ipv6(7): on a socket bound to a wildcard each datagram carries the
+ * address it was sent to (IP_PKTINFO / IPV6_PKTINFO control message), and an
+ * answer sent with that address in the same message leaves from it. Without,
+ * the kernel picks the source the route to the client has, and resolvers drop
+ * an answer from an address they did not ask ("reply from unexpected source").
+ */
+export const IPPROTO_IP = 0;
+export const IP_PKTINFO = 8;
+const IPV6_RECVPKTINFO = 49;
+export const IPV6_PKTINFO = 50;
 
 /** Absorbs bursts while a batch is being answered; the kernel caps it at net.core.rmem_max (as for the dgram listener). */
 export const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -67,7 +78,11 @@ export interface UdpBatchSys {
    * (a seccomp profile may refuse a call libc has).
    */
   selfTest(): string | null;
-  /** A non-blocking UDP socket with SO_REUSEPORT bound to addr (port 0: any; read it back with localPort). */
+  /**
+   * A non-blocking UDP socket with SO_REUSEPORT bound to addr (port 0: any;
+   * read it back with localPort). On a wildcard, with IP_PKTINFO or
+   * IPV6_RECVPKTINFO: each datagram says the address it was sent to.
+   */
   openUdp(addr: ServerAddress): number | SysError;
   /** The port a socket is bound to, or -errno. */
   localPort(fd: number): number;
@@ -89,7 +104,7 @@ export interface UdpBatchSys {
   recvmmsg(fd: number, vec: number, count: number, flags: number): number;
   /** sendmmsg(2): datagrams sent, or -errno. */
   sendmmsg(fd: number, vec: number, count: number): number;
-  /** sendto(2) of one buffer to a sockaddr in native memory, for an answer too big for a send slot; bytes sent or -errno. */
+  /** sendto(2) of one buffer to a sockaddr in native memory (a test's client); bytes sent or -errno. Answers go by sendmmsg, with their source. */
   sendto(fd: number, data: Uint8Array, sockaddr: number, sockaddrLen: number): number;
   /** poll(2) on `count` pollfd at `fds`: ready descriptors, 0 on timeout, or -errno. */
   poll(fds: number, count: number, timeoutMs: number): number;
@@ -209,6 +224,7 @@ function bind(koffi: Koffi): UdpBatchSys {
       const err =
         opt(SOL_SOCKET, SO_REUSEPORT, 1, 'SO_REUSEPORT') ??
         (sa.family === AF_INET6 ? opt(IPPROTO_IPV6, IPV6_V6ONLY, 1, 'IPV6_V6ONLY') : null) ??
+        (!wildcard(sa) ? null : sa.family === AF_INET6 ? opt(IPPROTO_IPV6, IPV6_RECVPKTINFO, 1, 'IPV6_RECVPKTINFO') : opt(IPPROTO_IP, IP_PKTINFO, 1, 'IP_PKTINFO')) ??
         (bindFn(fd, sa.bytes, sa.bytes.length) === 0 ? null : fail('bind()', what));
       if (err === null) return fd;
       close(fd);
@@ -224,7 +240,7 @@ function bind(koffi: Koffi): UdpBatchSys {
       const len = [b.length];
       if (getsockname(fd, b, len) !== 0) return koffi.errno();
       const family = b.readUInt16LE(0);
-      if ((family === AF_INET && b.readUInt32BE(4) === 0) || (family === AF_INET6 && b.subarray(8, 24).every((x) => x === 0))) return EINVAL;
+      if (wildcard({ family, bytes: b })) return EINVAL;
       return connect(fd, b, family === AF_INET6 ? 28 : 16) === 0 ? 0 : koffi.errno();
     },
     eventfd() {
@@ -269,6 +285,11 @@ function errnoName(errno: number): string {
 export interface SockAddr {
   readonly family: number;
   readonly bytes: Buffer;
+}
+
+/** A sockaddr of 0.0.0.0 or ::. */
+function wildcard(sa: SockAddr): boolean {
+  return sa.family === AF_INET6 ? sa.bytes.subarray(8, 24).every((x) => x === 0) : sa.bytes.readUInt32BE(4) === 0;
 }
 
 /**

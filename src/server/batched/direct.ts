@@ -40,7 +40,7 @@ import { MAX_UDP_PAYLOAD_IPV4 } from '../answer-out.js';
 import type { HitPathHistograms } from '../hit-path.js';
 import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
-import { Arena, SOCKADDR_SLOT_BYTES, SendVec, vecBytes } from './msgvec.js';
+import { Arena, MAX_DATAGRAM_BYTES, SendVec, vecBytes } from './msgvec.js';
 import { Packer, WAITER_ARRIVED_WORD, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
@@ -112,7 +112,8 @@ export class DirectAnswers {
   readonly #block: NativeBlock;
   readonly #arena: Arena;
   readonly #send: SendVec[];
-  readonly #scratchOff: number;
+  /** An answer too big for the send slots goes out alone from here, with its source address as any other. */
+  readonly #alone: SendVec;
   /** The worker's misses in flight, by its token. */
   readonly #pending = new Map<number, PendingMiss>();
   /** Records to hand back to the worker (WAITER_STRIDE): takeAgain(). */
@@ -138,10 +139,10 @@ export class DirectAnswers {
     this.#deps = deps;
     this.#v = deps.counters.values;
     this.#server = deps.server.values;
-    this.#block = sys.alloc(fds.length * vecBytes(batch, slotBytes) + 64);
+    this.#block = sys.alloc(fds.length * vecBytes(batch, slotBytes) + vecBytes(1, MAX_DATAGRAM_BYTES));
     this.#arena = new Arena(this.#block.address, this.#block.bytes);
     this.#send = fds.map(() => new SendVec(this.#arena, batch, slotBytes));
-    this.#scratchOff = this.#arena.take(SOCKADDR_SLOT_BYTES);
+    this.#alone = new SendVec(this.#arena, 1, MAX_DATAGRAM_BYTES);
   }
 
   /** A miss of the worker's, `key` its cache key: its waiters' records follow (in this report or later ones). */
@@ -344,10 +345,9 @@ export class DirectAnswers {
       // A reload raised --max-udp-size past the slots: this answer goes alone.
       const fd = this.#sockets()[w.sock];
       if (fd === undefined) return void this.#v[IO.sendErrors]!++;
-      const u32 = this.#arena.u32;
-      const dst = this.#scratchOff >> 2;
-      for (let k = 0; k < w.nameLen >> 2; k++) u32[dst + k] = w.words[w.wordOff + k]!;
-      if (this.#sys.sendto(fd, reply, this.#arena.address + this.#scratchOff, w.nameLen) < 0) this.#v[IO.sendErrors]!++;
+      this.#alone.push(reply, w.words, w.wordOff, w.nameLen);
+      if (this.#sys.sendmmsg(fd, this.#alone.address, 1) < 1) this.#v[IO.sendErrors]!++;
+      this.#alone.clear();
       return;
     }
     if (vec.full) this.#flushSocket(w.sock);

@@ -7,7 +7,7 @@
  */
 import { Transport, type ClientChannel, type ClientPeer } from '../listener.js';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
-import type { Arena, SendVec } from './msgvec.js';
+import { MAX_DATAGRAM_BYTES, SendVec, type Arena } from './msgvec.js';
 import type { Peer } from './loop-parts.js';
 import { BATCHED_COUNTERS, type WorkerCounters } from './stats.js';
 
@@ -33,18 +33,16 @@ export class SocketChannel implements ClientChannel {
 export class Sender {
   readonly #sys: UdpBatchSys;
   readonly #fds: readonly number[];
-  readonly #arena: Arena;
   readonly #send: SendVec[];
-  /** A sockaddr's room in the arena: an answer too big for its slot is sent alone from here. */
-  readonly #scratchOff: number;
+  /** An answer too big for its socket's slots goes out alone from here, with its source address as any other. */
+  readonly #alone: SendVec;
   readonly #io: Float64Array;
 
-  constructor(sys: UdpBatchSys, fds: readonly number[], arena: Arena, send: SendVec[], scratchOff: number, counters: WorkerCounters) {
+  constructor(sys: UdpBatchSys, fds: readonly number[], arena: Arena, send: SendVec[], counters: WorkerCounters) {
     this.#sys = sys;
     this.#fds = fds;
-    this.#arena = arena;
     this.#send = send;
-    this.#scratchOff = scratchOff;
+    this.#alone = new SendVec(arena, 1, MAX_DATAGRAM_BYTES);
     this.#io = counters.io.values;
   }
 
@@ -54,10 +52,9 @@ export class Sender {
     const vec = this.#send[sock]!;
     if (answer.length > vec.slotBytes) {
       // A reload raised --max-udp-size past the slots: this answer goes alone.
-      const words = this.#arena.u32;
-      const dst = this.#scratchOff >> 2;
-      for (let w = 0; w < peer.nameLen >> 2; w++) words[dst + w] = peer.words[peer.wordOff + w]!;
-      if (this.#sys.sendto(this.#fds[sock]!, answer, this.#arena.address + this.#scratchOff, peer.nameLen) < 0) this.#io[IO.sendErrors]!++;
+      this.#alone.push(answer, peer.words, peer.wordOff, peer.nameLen);
+      if (this.#sys.sendmmsg(this.#fds[sock]!, this.#alone.address, 1) < 1) this.#io[IO.sendErrors]!++;
+      this.#alone.clear();
       return;
     }
     if (vec.full) this.#flush(sock);

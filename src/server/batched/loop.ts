@@ -39,7 +39,7 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { CacheReader } from '../../cache/reader.js';
 import { HitPath, type MissSink } from '../hit-path.js';
 import { EAGAIN, EINTR, MSG_DONTWAIT, type UdpBatchSys } from '../../sys/udp-batch.js';
-import { Arena, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from './msgvec.js';
+import { Arena, MAX_DATAGRAM_BYTES, RecvVec, SendVec, SOCKADDR_SLOT_BYTES, recvVecBytes, vecBytes } from './msgvec.js';
 import { RxTrace, traceKey } from './rx-trace.js';
 import { HeapTrace } from './heap-trace.js';
 import { Peer, Realtime, ReportLogger, SlotViews, SockaddrChunks, TurnClock, missLimiter } from './loop-parts.js';
@@ -158,7 +158,7 @@ export class WorkerLoop implements MissSink {
     this.#peers = [];
     for (let i = 0; i < init.batch; i++) this.#peers.push(new Peer(this.#arena.u32, this.#recv.sockaddrOffset(i) >> 2));
     this.#scratchOff = this.#arena.take(SOCKADDR_SLOT_BYTES);
-    this.#sender = new Sender(sys, init.fds, this.#arena, send, this.#scratchOff, this.#counters);
+    this.#sender = new Sender(sys, init.fds, this.#arena, send, this.#counters);
     this.#channels = init.fds.map((_fd, i) => new SocketChannel(this.#sender, i));
     this.#realtime = new Realtime(sys, this.#arena, this.#arena.take(TIMESPEC_BYTES));
     this.#queueWait = this.#counters.queueWait;
@@ -291,6 +291,7 @@ export class WorkerLoop implements MissSink {
         this.#counters.server.values[SERVER_COUNTERS.slot.dropped]!++;
         continue;
       }
+      recv.keepDestination(i); // a wildcard socket's answer leaves from where its query went (SendVec.push)
       const peer = peers[i]!;
       peer.sock = s;
       peer.answered = false;
@@ -390,11 +391,10 @@ export class WorkerLoop implements MissSink {
     this.#io[IO.inflight] = this.#hits.inflight;
   }
 }
-
 const TIMESPEC_BYTES = 16;
 
 /** Native bytes of one worker: the receive vector (with its control slots), a send vector per socket, a scratch sockaddr, a timespec and the pollfds. */
 export function workerBlockBytes(batch: number, sockets: number, maxUdpSize: number): number {
   // Each take() rounds up to 64 bytes: the sockaddr, the timespec and the pollfds one 64 each at least, plus the pollfds themselves.
-  return recvVecBytes(batch, RECV_SLOT_BYTES) + sockets * vecBytes(batch, maxUdpSize) + 64 * 3 + (sockets + 1) * POLLFD_BYTES;
+  return recvVecBytes(batch, RECV_SLOT_BYTES) + sockets * vecBytes(batch, maxUdpSize) + vecBytes(1, MAX_DATAGRAM_BYTES) + 64 * 3 + (sockets + 1) * POLLFD_BYTES;
 }

@@ -9,33 +9,47 @@
  *    0  void    *msg_name   ─► sockaddr    0  void  *iov_base ─► slot bytes
  *    8  uint32   msg_namelen               8  size_t iov_len
  *   16  iovec   *msg_iov    ─► iovec
- *   24  size_t   msg_iovlen = 1           sockaddr slot: 32 bytes, room for a
- *   32  void    *msg_control = NULL       sockaddr_in (16) or sockaddr_in6 (28)
- *   40  size_t   msg_controllen = 0
- *   48  int      msg_flags   (out: MSG_TRUNC)
- *   56  uint32   msg_len     (out: bytes)
+ *   24  size_t   msg_iovlen = 1           sockaddr slot: 48 bytes, room for a
+ *   32  void    *msg_control              sockaddr_in (16) or sockaddr_in6 (28),
+ *   40  size_t   msg_controllen            then at 28 the address the datagram
+ *   48  int      msg_flags   (out: MSG_TRUNC)   was sent to, from its pktinfo
+ *   56  uint32   msg_len     (out: bytes)       (wildcard sockets only):
+ *                                              28 uint32 ifindex (0: none)
+ *                                              32 the address (4 or 16 bytes)
  *
  * A vector of N messages is [N mmsghdr][N iovec][N sockaddr][N slots]: the
  * pointers are written once at construction; per packet only msg_len,
- * msg_flags, msg_namelen and iov_len change. A receive vector adds
- * [N control slots] after them, for the kernel's receive timestamp:
+ * msg_flags, msg_namelen, msg_controllen and iov_len change. A send vector
+ * adds [N control slots of 48 bytes] for the IP_PKTINFO / IPV6_PKTINFO that
+ * makes an answer leave from the address its query was sent to (a socket on
+ * a wildcard; otherwise msg_controllen stays 0). A receive vector adds
+ * [N control slots] after them, for the kernel's receive timestamp and the
+ * pktinfo (which follows the timestamp):
  *
- *   control slot (64 bytes): struct cmsghdr then its data
+ *   control slot (80 bytes): struct cmsghdr then its data, for each message
  *    0  size_t   cmsg_len   = 32 for SCM_TIMESTAMPNS (CMSG_LEN(16))
  *    8  int      cmsg_level = SOL_SOCKET
  *   12  int      cmsg_type  = SCM_TIMESTAMPNS
  *   16  int64    tv_sec     (CLOCK_REALTIME)
  *   24  int64    tv_nsec
+ *   32  then IP_PKTINFO (CMSG_LEN(12) = 28) or IPV6_PKTINFO (CMSG_LEN(20) = 36)
  *
  * msg_controllen is value-result like msg_namelen: the kernel writes what
  * it used (0: no timestamp), reset() gives the slot size back.
  */
-import { SOL_SOCKET } from '../../sys/linux.js';
-import { MSG_TRUNC, SCM_TIMESTAMPNS } from '../../sys/udp-batch.js';
+import { IPPROTO_IPV6, SOL_SOCKET } from '../../sys/linux.js';
+import { AF_INET6, IPPROTO_IP, IPV6_PKTINFO, IP_PKTINFO, MSG_TRUNC, SCM_TIMESTAMPNS } from '../../sys/udp-batch.js';
 
 export const MMSGHDR_BYTES = 64;
 const IOVEC_BYTES = 16;
-export const SOCKADDR_SLOT_BYTES = 32;
+export const SOCKADDR_SLOT_BYTES = 48;
+/** In a sockaddr slot, past any sockaddr: the arrival interface of the pktinfo kept there (0: none), then its address. */
+const SA_IFINDEX_WORD = 7;
+const SA_DEST_WORD = 8;
+/** The largest UDP payload (--max-udp-size's bound): the slot of the vector of one an answer too big for the send slots goes out on. */
+export const MAX_DATAGRAM_BYTES = 65535;
+/** One IPV6_PKTINFO: CMSG_SPACE(20) = 40, IP_PKTINFO's CMSG_SPACE(12) = 32. */
+const SEND_CONTROL_BYTES = 48;
 const H_NAME = 0;
 const H_NAMELEN = 8;
 const H_IOV = 16;
@@ -46,18 +60,23 @@ const H_FLAGS = 48;
 const H_LEN = 56;
 const IOV_LEN = 8;
 
-/** Bytes a vector of `count` messages of `slotBytes` each takes, alignment included. */
-export function vecBytes(count: number, slotBytes: number): number {
-  return align(count * (MMSGHDR_BYTES + IOVEC_BYTES + SOCKADDR_SLOT_BYTES)) + align(count * align(slotBytes));
+/** Bytes of the parts both directions have, each part 64-aligned as Arena.take() cuts it. */
+function baseBytes(count: number, slotBytes: number): number {
+  return align(count * MMSGHDR_BYTES) + align(count * IOVEC_BYTES) + align(count * SOCKADDR_SLOT_BYTES) + align(count * align(slotBytes));
 }
 
-/** Bytes of one receive slot's control buffer: one timestamp needs CMSG_SPACE(16) = 32; room to spare for a second message. */
-export const CONTROL_SLOT_BYTES = 64;
+/** Bytes a send vector of `count` messages of `slotBytes` each takes, alignment included. */
+export function vecBytes(count: number, slotBytes: number): number {
+  return baseBytes(count, slotBytes) + align(count * SEND_CONTROL_BYTES);
+}
+
+/** Bytes of one receive slot's control buffer: a timestamp, CMSG_SPACE(16) = 32, then an IPV6_PKTINFO, CMSG_SPACE(20) = 40. */
+export const CONTROL_SLOT_BYTES = 80;
 const CMSG_HDR_BYTES = 16;
 
-/** Bytes a receive vector of `count` messages takes: vecBytes plus the control slots. */
+/** Bytes a receive vector of `count` messages takes, the control slots included. */
 export function recvVecBytes(count: number, slotBytes: number): number {
-  return vecBytes(count, slotBytes) + align(count * CONTROL_SLOT_BYTES);
+  return baseBytes(count, slotBytes) + align(count * CONTROL_SLOT_BYTES);
 }
 
 /** A struct timespec in the arena, read as two numbers (whole seconds fit a double exactly). */
@@ -209,6 +228,41 @@ export class RecvVec extends MsgVec {
     return -1;
   }
 
+  /**
+   * Keeps beside message i's sockaddr the address it was sent to, from its
+   * IP_PKTINFO / IPV6_PKTINFO (a socket on a wildcard), where SendVec.push()
+   * finds it for the answer; marks it as having none otherwise. The kernel
+   * never writes there: a sockaddr is at most 28 bytes.
+   */
+  keepDestination(i: number): void {
+    const u32 = this.a.u32;
+    const sa = (this.sa + i * SOCKADDR_SLOT_BYTES) >> 2;
+    u32[sa + SA_IFINDEX_WORD] = 0;
+    const used = u32[(this.hdr + i * MMSGHDR_BYTES + H_CONTROLLEN) >> 2]!;
+    const base = this.#ctl + i * CONTROL_SLOT_BYTES;
+    // Bounded by the slot: each message advances by at least its header.
+    for (let off = 0; off + CMSG_HDR_BYTES <= used; ) {
+      const w = (base + off) >> 2;
+      const len = u32[w]!;
+      if (len < CMSG_HDR_BYTES || off + len > used) return;
+      const level = u32[w + 2];
+      const type = u32[w + 3];
+      if (level === IPPROTO_IP && type === IP_PKTINFO && len >= CMSG_HDR_BYTES + 12) {
+        // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst; in_addr ipi_addr }: spec_dst is the local address.
+        u32[sa + SA_DEST_WORD] = u32[w + 5]!;
+        u32[sa + SA_IFINDEX_WORD] = u32[w + 4]!;
+        return;
+      }
+      if (level === IPPROTO_IPV6 && type === IPV6_PKTINFO && len >= CMSG_HDR_BYTES + 20) {
+        // struct in6_pktinfo { in6_addr ipi6_addr; int ipi6_ifindex }.
+        for (let k = 0; k < 4; k++) u32[sa + SA_DEST_WORD + k] = u32[w + 4 + k]!;
+        u32[sa + SA_IFINDEX_WORD] = u32[w + 8]!;
+        return;
+      }
+      off += (len + 7) & ~7;
+    }
+  }
+
   /** Message i's kernel receive time in microseconds since the epoch (for a trace), or NaN. */
   kernelTimeUs(i: number): number {
     const u32 = this.a.u32;
@@ -234,10 +288,14 @@ export class RecvVec extends MsgVec {
  */
 export class SendVec extends MsgVec {
   #filled: number;
+  readonly #ctl: number;
 
   constructor(arena: Arena, count: number, slotBytes: number) {
     super(arena, count, slotBytes);
     this.#filled = 0;
+    this.#ctl = arena.take(count * SEND_CONTROL_BYTES);
+    // msg_controllen stays 0 (the constructor zeroed the headers) unless an answer carries a source address.
+    for (let i = 0; i < count; i++) arena.pointer(this.hdr + i * MMSGHDR_BYTES + H_CONTROL, arena.address + this.#ctl + i * SEND_CONTROL_BYTES);
   }
 
   get filled(): number {
@@ -262,6 +320,38 @@ export class SendVec extends MsgVec {
     a.u32[(this.iov + i * IOVEC_BYTES + IOV_LEN) >> 2] = answer.length;
     const dst = (this.sa + i * SOCKADDR_SLOT_BYTES) >> 2;
     for (let w = 0; w < nameLen >> 2; w++) a.u32[dst + w] = words[wordOff + w]!;
+    // The low word of a little-endian size_t, as iov_len.
+    a.u32[(h + H_CONTROLLEN) >> 2] = this.#source(i, words, wordOff);
+  }
+
+  /**
+   * Message i's IP_PKTINFO / IPV6_PKTINFO from the destination RecvVec kept
+   * in the sockaddr slot at `wordOff`: the answer leaves from the address
+   * its query was sent to. Its length for msg_controllen; 0 when none kept.
+   */
+  #source(i: number, words: Uint32Array, wordOff: number): number {
+    const ifindex = words[wordOff + SA_IFINDEX_WORD]!;
+    if (ifindex === 0) return 0;
+    const u32 = this.a.u32;
+    const c = (this.#ctl + i * SEND_CONTROL_BYTES) >> 2;
+    const dest = wordOff + SA_DEST_WORD;
+    u32[c + 1] = 0; // cmsg_len's high word
+    if ((words[wordOff]! & 0xffff) === AF_INET6) {
+      u32[c] = CMSG_HDR_BYTES + 20;
+      u32[c + 2] = IPPROTO_IPV6;
+      u32[c + 3] = IPV6_PKTINFO;
+      for (let k = 0; k < 4; k++) u32[c + 4 + k] = words[dest + k]!;
+      // The interface only for a link-local address (fe80::/10), which names none without it; others leave by the route.
+      u32[c + 8] = (words[dest]! & 0xc0ff) === 0x80fe ? ifindex : 0;
+      return 40;
+    }
+    u32[c] = CMSG_HDR_BYTES + 12;
+    u32[c + 2] = IPPROTO_IP;
+    u32[c + 3] = IP_PKTINFO;
+    u32[c + 4] = 0; // ipi_ifindex: leave by the route
+    u32[c + 5] = words[dest]!; // ipi_spec_dst: the source address
+    u32[c + 6] = 0;
+    return 32;
   }
 
   /** Everything queued was sent (or given up on). */

@@ -108,7 +108,8 @@ export type LogRecord = readonly [level: 'debug' | 'info' | 'warn' | 'error', ms
  * main thread hands a late record back with every word, so a client run
  * again keeps its first arrival (its duration is measured from then).
  */
-export const WAITER_SOCKADDR_WORDS = 8;
+/** msgvec.ts SOCKADDR_SLOT_BYTES in words: the sockaddr and the address its query was sent to (a wildcard socket's answer leaves from it). */
+export const WAITER_SOCKADDR_WORDS = 12;
 export const WAITER_ARRIVED_WORD = WAITER_SOCKADDR_WORDS;
 export const WAITER_STRIDE = 4 + WAITER_SOCKADDR_WORDS + 1;
 /** A waiter's tag: the socket index in the low byte, the sockaddr's length above. */

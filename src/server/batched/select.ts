@@ -9,6 +9,8 @@
  */
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
+import { formatHostPort } from '../../addr.js';
+import { isWildcardHost } from '../../sys/reuseport.js';
 import { loadUdpBatch, type KoffiLoader, type UdpBatchSys } from '../../sys/udp-batch.js';
 import type { Listener, QueryHandler } from '../listener.js';
 import { UdpListener, type UdpListenerOptions } from '../udp-listener.js';
@@ -115,6 +117,14 @@ export async function createUdpListeners(o: UdpListenersOptions): Promise<UdpLis
     }
     fallbackReason = sys;
     o.logger.warn('udp: batched I/O unavailable, serving UDP with dgram (slower: one recvmsg and one sendmsg per query)', { reason: sys });
+  }
+  // dgram cannot set IP_PKTINFO (batched does): a wildcard socket's answer takes the source address the route to its
+  // client has, not the one the query was sent to, and resolvers drop it ("reply from unexpected source").
+  const wildcards = o.listen.filter((a) => isWildcardHost(a.host));
+  if (wildcards.length > 0) {
+    o.logger.warn('udp: dgram on a wildcard address: an answer leaves from the address the kernel picks to reach its client, not always the one the query was sent to, and resolvers drop those; give each address to --listen instead', {
+      listen: wildcards.map(formatHostPort),
+    });
   }
   return { io: 'dgram', fallbackReason, listeners: o.listen.map((a) => new UdpListener(a, o.hitPath, o.logger, o.dgram)), batched: null };
 }
