@@ -319,9 +319,7 @@ export class Agent {
   }
 
   /** A stop while start() runs: start() throws StartCut once what it had started is stopped as stop(graceMs) would. */
-  cutStart(graceMs: number): void {
-    this.#parts.cutStart(this.#clock.now() + graceMs);
-  }
+  cutStart(graceMs: number): void { this.#parts.cutStart(this.#clock.now() + graceMs); }
 
   /**
    * Applies a new configuration without dropping a query: routes (stub
