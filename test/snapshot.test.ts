@@ -1079,3 +1079,29 @@ t.test('a start that fails after a periodic write came due (a start longer than 
   t.same(await readFile(path), bytes, 'the file is the one the failed start found');
   t.same((await readdir(dir)).sort(), ['cache.snapshot'], 'and nothing else was left beside it');
 });
+
+t.test('a start cut short by a stop (SIGTERM during start-up) leaves the snapshot file as it was', async (t) => {
+  // A cut start stops what it started the way a stop does, and the snapshot part's stop wrote its final snapshot:
+  // the cache of an agent that never finished starting over the file it found, here an empty one over a file the
+  // load had refused (its clock), so the next start, with its clock synced, had nothing to load.
+  const { bytes, dir, path, port } = await refusedSnapshotAndBlockedPort(t, new ManualClock(), Date.now());
+  const { config } = loadConfig(
+    ['--listen', `${SURGE_HOST}:${port}`, '--io', 'dgram', '--resolv-conf', writeResolvConf('nameserver 127.0.0.254\n'), '--no-kube',
+      '--metrics-listen-address', 'off', '--health-port', '0', '--upstream-addr', '127.0.0.1:9', '--cache-snapshot', path],
+    { env: {} },
+  );
+  const lines: Array<Record<string, unknown>> = [];
+  let agent: Agent | null = null;
+  const logger = createLogger('debug', (l) => {
+    const line = JSON.parse(l) as Record<string, unknown>;
+    lines.push(line);
+    // The stop comes while the load is under way: the listeners and everything after them never start.
+    if (line.msg === 'cache snapshot ignored; starting cold') agent?.cutStart(1_000);
+  });
+  agent = new Agent(config, { logger });
+  const err = await agent.start().then(() => null, (e: unknown) => e);
+  t.equal((err as Error | null)?.name, 'StartCut', 'the start was cut short');
+  t.match(lines.find((l) => l.msg === 'cache snapshot ignored; starting cold'), { reason: 'clock' }, 'the load refused the file');
+  t.same(await readFile(path), bytes, 'the file is the one the cut start found');
+  t.same((await readdir(dir)).sort(), ['cache.snapshot'], 'and nothing else was left beside it');
+});
