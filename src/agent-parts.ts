@@ -96,17 +96,22 @@ export interface SnapshotPartOptions {
  * written every --cache-snapshot-interval while serving (so that a new
  * agent started beside this one in an upgrade starts warm), and once more
  * after the listeners drained. The periodic writes are a part of their own
- * (`periodic`), to go last in the start order: a start that fails leaves
- * the file as it found it, however long it took.
+ * (`periodic`), to go last in the start order: a start that fails, or that
+ * a stop cuts short, leaves the file as it found it, however long it took.
  */
 export function snapshotParts(path: string, o: SnapshotPartOptions): { load: Component; periodic: Component } {
   o.metrics.add(o.counters, false);
   const snapshots = new CacheSnapshots({
     cache: o.cache, path, intervalMs: o.intervalMs, clock: o.clock, logger: o.logger, counters: o.counters,
   });
+  // The whole start succeeded (this part is last): only then does the stop write the final snapshot.
+  let started = false;
   const periodic: Component = {
     name: 'cache-snapshot-periodic',
-    start: () => Promise.resolve(snapshots.startPeriodic()),
+    start: () => {
+      started = true;
+      return Promise.resolve(snapshots.startPeriodic());
+    },
     // A write under way is waited for by the load part's stop, before its final write.
     stop: () => Promise.resolve(snapshots.stopPeriodic()),
   };
@@ -117,10 +122,10 @@ export function snapshotParts(path: string, o: SnapshotPartOptions): { load: Com
       await snapshots.load();
     },
     // Bounded like every other part (a hung disk must not keep the link and rules on the node), with a second at
-    // least for the final write when draining took the whole grace period. A rollback writes nothing: its start
-    // only read the file (CacheSnapshots.cancel).
+    // least for the final write when draining took the whole grace period. A rollback, or the stop of a start cut
+    // short (a SIGTERM during start-up), writes nothing: that start only read the file (CacheSnapshots.cancel).
     stop: async (deadline, why) => {
-      const done = why === 'rollback' ? snapshots.cancel() : snapshots.stop().then(() => undefined);
+      const done = why === 'rollback' || !started ? snapshots.cancel() : snapshots.stop().then(() => undefined);
       await until(o.clock, Math.max(deadline, o.clock.now() + FINAL_SNAPSHOT_MIN_MS), done);
     },
   };
