@@ -1076,6 +1076,23 @@ t.test('lifecycle: a stop during the start cuts it short: the part starting is t
   t.same(events, ['start listeners', 'stop listeners 60 stop']);
 });
 
+t.test('lifecycle: a part that fails while a stop cuts the start short is logged, naming it and its error', async (t) => {
+  // The cut wins (start() throws StartCut, main exits 0 with "stopped"), but the part's own failure, one that may have
+  // nothing to do with the stop (a listener's address in use), was dropped without a word: the operator of a pod
+  // deleted during a start that was failing anyway never learnt why it failed.
+  const lines: string[] = [];
+  const stack = new ComponentStack(createLogger('info', (l) => lines.push(l)));
+  stack.add({ name: 'interface', start: async () => {}, stop: async () => {} });
+  stack.add({ name: 'listeners', start: async () => {
+    stack.cutStart(50);
+    throw new Error('udp 10.0.0.10:53: address in use');
+  }, stop: async () => {} });
+  const err = await stack.start(() => 7).then(() => null, (e: unknown) => e);
+  t.ok(err instanceof StartCut, 'the cut wins');
+  const said = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.part === 'listeners');
+  t.match(said, { error: 'udp 10.0.0.10:53: address in use' }, 'the part and its error are logged');
+});
+
 t.test('stop signals: one that comes while starting is held and stops the agent once started; a second while starting exits', async (t) => {
   const { EventEmitter } = await import('node:events');
   const { StopSignals } = await import('../src/stop-signals.js');
