@@ -90,8 +90,12 @@ export class ComponentStack {
       try {
         await part.start(cut);
       } catch (err) {
-        // Failed because it was cut short (or failed meanwhile): the stop asked for takes down what started.
-        if (cut.aborted) break;
+        // Failed because it was cut short (or failed meanwhile): the stop asked for takes down what started. The
+        // cut wins (exit 0), but the failure is said: it may have nothing to do with the stop.
+        if (cut.aborted) {
+          this.#logger.info('start cut short by a stop; the part starting ended with an error', { part: part.name, error: err instanceof Error ? err.message : String(err) });
+          break;
+        }
         await this.stop(deadlineForRollback(), 'rollback');
         const msg = err instanceof Error ? err.message : String(err);
         throw new StartupError(`${part.name}: ${msg}`, { cause: err });
