@@ -422,3 +422,49 @@ t.test(`a second stop signal exits at once, but first answers the clients still 
   t.equal(reply === null ? -1 : reply[3]! & 0x0f, 2, 'SERVFAIL');
 });
 }
+
+t.test('a SIGTERM while the agent\'s modules still load (before any part) is handled: exit 0, nothing started', async (t) => {
+  // main.ts imported the agent's whole module graph (about 250 ms on this machine, more on a busy node at boot)
+  // before its body made the signal handlers: a SIGTERM then met the default action, and as PID 1 in its container
+  // (Dockerfile ENTRYPOINT node ...) the kernel drops it, so the agent started and served, and the pod's deletion
+  // waited out terminationGracePeriodSeconds for a SIGKILL that left the link and the rules on the node. A loader hook
+  // holds the load of agent.js here until the test has sent its SIGTERM.
+  const work = workDir(t);
+  const marker = join(work, 'loading-agent');
+  const release = join(work, 'release');
+  const hooks = join(work, 'hooks.mjs');
+  writeFileSync(hooks, `
+import { existsSync, writeFileSync } from 'node:fs';
+export async function load(url, context, next) {
+  if (url.endsWith('/dist/src/agent.js')) {
+    writeFileSync(${JSON.stringify(marker)}, '');
+    for (let i = 0; i < 400 && !existsSync(${JSON.stringify(release)}); i++) await new Promise((r) => setTimeout(r, 50));
+  }
+  return next(url, context);
+}
+`);
+  const register = join(work, 'register.mjs');
+  writeFileSync(register, `import { register } from 'node:module';\nimport { pathToFileURL } from 'node:url';\nregister(pathToFileURL(${JSON.stringify(hooks)}));\n`);
+  const argv = [
+    '--import', register, built.main, '--listen', `${HOST}:${nextPort++}`, '--io', 'dgram', '--no-kube', '--metrics-listen-address', 'off',
+    '--health-port', '0', '--kube-dns-config-dir', join(work, 'no-kube-dns'), '--resolv-conf', join(work, 'resolv.conf'),
+  ];
+  const child = spawn(process.execPath, argv, { env: CHILD_ENV, cwd: work, stdio: ['ignore', 'ignore', 'pipe'] });
+  child.on('error', () => {});
+  const log = new Lines(child.stderr!);
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  let seen = false;
+  for (let i = 0; i < 400 && !seen; i++) {
+    seen = existsSync(marker);
+    if (!seen) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.ok(seen, 'the load of agent.js is held');
+  child.kill('SIGTERM');
+  writeFileSync(release, '');
+  t.ok(await waitExit(child, 30_000), 'exits');
+  t.equal(child.signalCode, null, 'by itself, having handled the SIGTERM (not killed by it)');
+  t.equal(child.exitCode, 0, 'with status 0');
+  t.notOk(log.all.some(msgIs('started')), 'without serving');
+});
