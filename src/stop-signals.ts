@@ -1,5 +1,6 @@
 /**
- * SIGTERM, SIGINT and SIGHUP from the first moment. Without a handler Node's
+ * SIGTERM, SIGINT and SIGHUP from the first moment (main.ts makes this before
+ * it loads the agent's modules). Without a handler Node's
  * default action kills the process at once (and for PID 1, as in a
  * container of its own, the kernel drops the signal instead), so a signal that came
  * while the agent was still starting (a snapshot load, the listeners, the
@@ -49,6 +50,11 @@ export class StopSignals {
       this.#reloadHeld = true;
       whileStarting('SIGHUP', repeated);
     });
+  }
+
+  /** The stop signal held while starting, if one came. */
+  get stopHeld(): StopSignal | null {
+    return this.#held;
   }
 
   /**
