@@ -468,3 +468,31 @@ export async function load(url, context, next) {
   t.equal(child.exitCode, 0, 'with status 0');
   t.notOk(log.all.some(msgIs('started')), 'without serving');
 });
+
+t.test('a second stop signal during a start cut short answers the clients still waiting (SERVFAIL) before it exits', { skip: holdSkip }, async (t) => {
+  // The listeners start before the interception, and pods send to the listen address itself: while a firewall
+  // command held the start, a query could be in flight. A first SIGTERM cuts the start short and the listeners'
+  // stop lets it finish until the grace (30 s); a second one exited at once with process.exit(1), the client left to
+  // its own timeout, though a second signal is meant to answer the clients still waiting first, as after start-up.
+  const work = workDir(t);
+  writeFileSync(join(work, 'resolv.conf'), 'nameserver 127.0.0.53\n');
+  const { agent, hold } = startHeld(work, 'second', ['--resolv-conf', join(work, 'resolv.conf'), '--shutdown-grace', '30s'], { once: true });
+  t.teardown(() => stopChild(agent.child, 'SIGKILL', 1000));
+  t.ok(await hold.held(START_TIMEOUT_MS), 'start-up holds in its first firewall command, the listeners up');
+  const ns = ['-t', String(agent.child.pid), '-n', process.execPath, '-e'];
+  // In the agent's namespace: a host resolver that takes queries and never answers, and a client of the listen address.
+  const silent = spawn('nsenter', [...ns, `const s=require('dgram').createSocket('udp4');s.on('message',()=>console.log('asked'));s.bind(53,'127.0.0.53',()=>console.log('up'));setTimeout(()=>process.exit(0),60000);`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => silent.kill('SIGKILL'));
+  const upstream = new Lines(silent.stdout!);
+  t.ok(await upstream.next((l) => l === 'up', 10_000), 'the silent resolver is up');
+  const q = buildQuery('waits.example', { id: 4242 }).toString('hex');
+  const client = run('nsenter', [...ns, `const s=require('dgram').createSocket('udp4');s.on('message',(m)=>{console.log('rcode '+(m[3]&15));process.exit(0)});s.send(Buffer.from('${q}','hex'),53,'${HELD_ADDRESS}');setTimeout(()=>{console.log('timeout');process.exit(0)},40000);`], 50_000);
+  t.ok(await upstream.next((l) => l === 'asked', 10_000), 'the query is in flight upstream');
+  agent.child.kill('SIGTERM');
+  t.ok(await agent.log.next(msgIs('interception rules removed'), START_TIMEOUT_MS), 'the start is cut short, the listeners draining');
+  agent.child.kill('SIGTERM');
+  t.ok(await waitExit(agent.child, 10_000), 'exits on the second signal');
+  t.equal(agent.child.exitCode, 1, 'exit 1');
+  const got = await client;
+  t.equal(got.stdout.trim(), 'rcode 2', 'the waiting client got SERVFAIL, not its own timeout');
+});
