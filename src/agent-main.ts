@@ -64,8 +64,9 @@ export async function main(argv: readonly string[], signals: StopSignals, whileS
       return;
     }
     if (repeated) {
-      logger.warn('second signal while starting: exiting at once', { signal });
-      process.exit(1);
+      // The listeners may be up already (the interception starts after them): their waiting clients are answered first.
+      exitAnswering(agent, logger, 'second signal while starting: answered the clients still waiting with stale or SERVFAIL, exiting at once', signal);
+      return;
     }
     // The start's remaining steps are skipped, the one in progress (a firewall command) cut short, what started stopped.
     logger.info('signal while starting: cutting the start short and stopping', { signal, graceMs: config.shutdownGraceMs });
@@ -112,12 +113,8 @@ export async function main(argv: readonly string[], signals: StopSignals, whileS
   return new Promise<number>((resolve) => {
     signals.handle((signal) => {
       if (stopping) {
-        // A second signal: the operator wants out now (node-cache's open kubernetes/dns#453 is a hang here). The
-        // clients still waiting on this thread are answered first, as at the grace's end, rather than left to time out.
-        const answered = answerWaiting(agent);
-        logger.warn('second signal: answered the clients still waiting with stale or SERVFAIL, exiting at once', { signal, queries: answered });
-        // dgram's send() to an address takes one more tick (its lookup callback): exit after this turn, not in it.
-        setImmediate(() => process.exit(1));
+        // A second signal: the operator wants out now (node-cache's open kubernetes/dns#453 is a hang here).
+        exitAnswering(agent, logger, 'second signal: answered the clients still waiting with stale or SERVFAIL, exiting at once', signal);
         return;
       }
       stopping = true;
@@ -149,6 +146,17 @@ function hardStop(logger: Logger, graceMs: number): void {
     logger.error('shutdown took too long: exiting', { graceMs });
     process.exit(1);
   }, graceMs + HARD_STOP_EXTRA_MS).unref();
+}
+
+/**
+ * Exits 1 at once, the clients still waiting on this thread answered first, as at the grace's end, rather than
+ * left to time out.
+ */
+function exitAnswering(agent: Agent | null, logger: Logger, msg: string, signal: string): void {
+  const answered = agent === null ? 0 : answerWaiting(agent);
+  logger.warn(msg, { signal, queries: answered });
+  // dgram's send() to an address takes one more tick (its lookup callback): exit after this turn, not in it.
+  setImmediate(() => process.exit(1));
 }
 
 /**
