@@ -893,15 +893,35 @@ t.test('TcpPool: a new connection the server closes before the query staged on i
   t.equal(sim.stats.tcpQueries, 1, 'the query was written once');
 });
 
+t.test('TcpPool: a server that closes every connection before the query staged on it is written is not reconnected to in a tight loop', async (t) => {
+  // The first such connection is free (tcp-reachability.ts lost(): the FIN may have crossed the query), but one after
+  // another with no answer between is a server closing each connection at once (a DoT server at its connection limit
+  // sends close_notify right after the handshake): the query is never written, so it never uses up a try, and without
+  // a backoff the pool connected again as fast as connects complete until the query's deadline (the clock here never
+  // moves: forever). Now the second such connection backs off, as one that was written to and answered nothing does.
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const { sockets, connect } = endsFirstOnConnect(Infinity);
+  const clock = new ManualClock();
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect, clock });
+  t.teardown(() => pool.abort());
+  const q = ask(pool, 'www.example.com', { clock, timeoutMs: 1000 });
+  // Bounded: 100 real-time checks; a tight loop makes 10 connects long before that.
+  for (let i = 0; i < 100 && sockets.length <= 10; i++) await new Promise((r) => setTimeout(r, 10));
+  t.ok(sockets.length <= 2, `connects made: ${sockets.length} (the second one lost backs off, and the clock never moves)`);
+  t.equal(sim.stats.tcpQueries, 0, 'nothing written');
+  t.equal(q.outcome.calls, 0, 'the query still waits within its deadline');
+});
+
 /**
- * A TcpPool's connect (its sockets kept) whose first connection reads its end of stream right after the pool's own
- * 'connect' listener staged a query: the server's FIN read in the same turn, before the once-per-turn flush.
+ * A TcpPool's connect (its sockets kept) whose first `ending` connections read their end of stream right after the
+ * pool's own 'connect' listener staged a query: the server's FIN read in the same turn, before the once-per-turn flush.
  */
-function endsFirstOnConnect(): { sockets: net.Socket[]; connect: (s: { host: string; port: number }) => net.Socket } {
+function endsFirstOnConnect(ending = 1): { sockets: net.Socket[]; connect: (s: { host: string; port: number }) => net.Socket } {
   const sockets: net.Socket[] = [];
   const connect = (s: { host: string; port: number }): net.Socket => {
     const sock = net.connect({ host: s.host, port: s.port, noDelay: true });
-    if (sockets.length === 0) sock.on('connect', () => sock.push(null));
+    if (sockets.length < ending) sock.on('connect', () => sock.push(null));
     sockets.push(sock);
     return sock;
   };
