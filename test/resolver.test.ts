@@ -637,6 +637,24 @@ t.test('reload: a question asked again after its retired upstream closed keeps t
   t.same(ch.decoded(0).answers?.map((x) => x.type), ['CNAME'], 'the CNAME alone in time');
 });
 
+t.test('reload: a question asked again after its retired upstream closed is answered from the view --fallback-after its client asked, not after the retry', async (t) => {
+  // Asked at t0, given back as 'closed' 800 ms in: the client has waited 800 ms of its 1 s --fallback-after. The
+  // watch timed it from the retry (p.sentAt), so the view answered it 1.8 s after the question, not 1 s.
+  const r = viewRig({ fallbackAfterMs: 1000 });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 1 }), ch, PEER);
+  r.clock.advance(800);
+  const next = new FakeUpstream(r.clock);
+  const router = new ZoneRouter<Route>([{ zone: 'cluster.local', target: { upstream: next, timeoutMs: 2000, local: r.answerer } }], { upstream: r.external, timeoutMs: 4500, local: null });
+  r.resolver.configure({ router, fallbackAfterMs: 1000, localNegative: false, maxConcurrent: 1000 });
+  r.cluster.exchanges[0]!.reject('closed');
+  t.equal(next.exchanges.length, 1, 'asked again of the new cluster upstream');
+  t.equal(ch.sent.length, 0, 'still waiting on it');
+  r.clock.advance(200 + 2 * SWEEP_MS);
+  t.equal(ch.sent.length, 1, 'answered from the view once its client has waited --fallback-after (and a sweep)');
+  t.equal(r.resolver.counters.get('localLate'), 1);
+});
+
 t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {
   const r = viewRig({ maxConcurrent: 2 });
   failClusterDns(r);
