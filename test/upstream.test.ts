@@ -895,10 +895,11 @@ t.test('TcpPool: a new connection the server closes before the query staged on i
 
 t.test('TcpPool: a server that closes every connection before the query staged on it is written is not reconnected to in a tight loop', async (t) => {
   // The first such connection is free (tcp-reachability.ts lost(): the FIN may have crossed the query), but one after
-  // another with no answer between is a server closing each connection at once (a DoT server at its connection limit
-  // sends close_notify right after the handshake): the query is never written, so it never uses up a try, and without
-  // a backoff the pool connected again as fast as connects complete until the query's deadline (the clock here never
-  // moves: forever). Now the second such connection backs off, as one that was written to and answered nothing does.
+  // another with no answer between is a server whose closes keep racing our writes: the query is never written, so it
+  // never uses up a try, and without a backoff the pool connected again as fast as connects complete until the query's
+  // deadline (the clock here never moves: forever). Now the second such connection backs off, as one that was written
+  // to and answered nothing does. (A TLS server that ends each connection right after its handshake does not make
+  // this race on loopback: the flush runs before the end is read.)
   const sim = await SimDnsServer.start({ handler: base, udp: false });
   t.teardown(() => sim.close());
   const { sockets, connect } = endsFirstOnConnect(Infinity);
