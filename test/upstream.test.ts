@@ -1789,6 +1789,8 @@ interface NetnsOutcome {
   failovers?: number;
   connectFailures?: number;
   connectNoFds?: number;
+  /** underFewFds: the outcome of asking again once the descriptors are back. */
+  after?: string;
   warnings?: string[];
   started?: Record<string, string>;
   error?: string;
@@ -1939,6 +1941,7 @@ t.test('TcpPool: a connect that fails for want of a file descriptor (EMFILE) say
   const warnings = got.warnings ?? [];
   t.ok(warnings.some((w) => /out of file descriptors/.test(w)), `a warning says the agent is out of file descriptors: ${JSON.stringify(warnings)}`);
   t.notOk(warnings.some((w) => /unreachable/.test(w)), 'none says the server is unreachable');
+  t.equal(got.after, 'answer', 'descriptors back: answered once its backoff has passed, the pool does not stay away');
 });
 
 function distPath(path: string): string {
@@ -1952,7 +1955,7 @@ function distPath(path: string): string {
  */
 function underFewFds(imports: string, make: string, listen: { udp: boolean; tcp: boolean }): NetnsOutcome {
   const script = `
-    import { openSync } from 'node:fs';
+    import { closeSync, openSync } from 'node:fs';
     import { SimDnsServer, staticHandler } from ${JSON.stringify(distPath('testkit/dns-server.js'))};
     ${imports}
     const sim = await SimDnsServer.start({ ...${JSON.stringify(listen)}, handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
@@ -1960,10 +1963,20 @@ function underFewFds(imports: string, make: string, listen: { udp: boolean; tcp:
     const none = () => {};
     const logger = { debug: none, info: none, error: none, warn: (msg, fields) => warnings.push(msg + ' ' + JSON.stringify(fields ?? {})) };
     ${make}
-    try { for (let i = 0; i < 4096; i++) openSync('/dev/null', 'r'); } catch {}
+    const taken = [];
+    try { for (let i = 0; i < 4096; i++) taken.push(openSync('/dev/null', 'r')); } catch {}
     const query = Buffer.from('00000100000100000000000003777777076578616d706c6503636f6d0000010001', 'hex');
-    const outcome = await new Promise((resolve) => up.send({ query, deadline: Date.now() + 3000, resolve: () => resolve('answer'), reject: resolve }));
-    process.stdout.write(JSON.stringify({ outcome, udp: [sim.stats.udpQueries], tcp: [sim.stats.tcpQueries], warnings, ...up.counters.snapshot() }) + '\\n');
+    const ask = () => new Promise((resolve) => up.send({ query, deadline: Date.now() + 3000, resolve: () => resolve('answer'), reject: resolve }));
+    const outcome = await ask();
+    const counts = { udp: [sim.stats.udpQueries], tcp: [sim.stats.tcpQueries], warnings, ...up.counters.snapshot() };
+    // Descriptors back: asked again (bounded, 5 s of tries past the backoff), to see the shortage outlasted by nothing.
+    for (const fd of taken) closeSync(fd);
+    let after = 'not asked';
+    for (let i = 0; i < 50 && after !== 'answer'; i++) {
+      after = await ask();
+      if (after !== 'answer') await new Promise((r) => setTimeout(r, 100));
+    }
+    process.stdout.write(JSON.stringify({ outcome, after, ...counts }) + '\\n');
     process.exit(0);
   `;
   const r = spawnSync('bash', ['-c', 'ulimit -n 64 && exec "$@"', 'bash', process.execPath, '--input-type=module', '-e', script], {
