@@ -1504,6 +1504,15 @@ t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects th
   send.push(Buffer.from('plain'), arena.u32, recv.sockaddrOffset(0) >> 2, 16);
   t.equal(controlLen(send, 3), 0, 'none kept: msg_controllen 0');
   send.clear();
+  // A socket on one address (the loop passes pktinfo false): its slot, left with a wildcard's pktinfo, keeps none.
+  receive6('fd000000000000000000000000000010', 7);
+  recv.keepDestination(0, false);
+  send.push(Buffer.from('one'), arena.u32, recv.sockaddrOffset(0) >> 2, 28);
+  t.equal(controlLen(send, 0), 0, 'not read for a socket on one address: msg_controllen 0');
+  receive6('fd000000000000000000000000000010', 7);
+  send.push(Buffer.from('wild'), arena.u32, recv.sockaddrOffset(0) >> 2, 28);
+  t.equal(controlLen(send, 1), 40, 'read for a wildcard');
+  send.clear();
   t.equal(ipv6Text(Buffer.from('00000000000000000000000000000001', 'hex')), '::1');
   t.equal(ipv6Text(Buffer.from('fe800000000000000000000000000001', 'hex')), 'fe80::1');
   t.equal(ipv6Text(Buffer.from('20010db8000100000001000000000001', 'hex')), '2001:db8:1:0:1::1');

@@ -614,6 +614,14 @@ t.test('ExternalName from the view after the cluster DNS failed or was late: the
   t.equal(now.external.exchanges[0]!.deadline, t2 + 4500, 'answered on arrival: the whole 4.5 s');
 });
 
+/** A reload that retires the view rig's cluster upstream for a new one (returned), with `fallbackAfterMs`. */
+function reloadCluster(r: ReturnType<typeof viewRig>, fallbackAfterMs: number): FakeUpstream {
+  const next = new FakeUpstream(r.clock);
+  const router = new ZoneRouter<Route>([{ zone: 'cluster.local', target: { upstream: next, timeoutMs: 2000, local: r.answerer } }], { upstream: r.external, timeoutMs: 4500, local: null });
+  r.resolver.configure({ router, fallbackAfterMs, localNegative: false, maxConcurrent: 1000 });
+  return next;
+}
+
 t.test('reload: a question asked again after its retired upstream closed keeps the client\'s deadline, not a fresh one (and an ExternalName target its budget)', async (t) => {
   // The old upstream gave it back as 'closed' 1.5 s into its 2 s: asked again on the new route, it has what is left, 0.5 s.
   const EXT = 'ext.default.svc.cluster.local';
@@ -623,9 +631,7 @@ t.test('reload: a question asked again after its retired upstream closed keeps t
   r.hits.handle(query({ name: EXT, id: 1 }), ch, PEER);
   t.equal(r.cluster.exchanges[0]!.deadline, t0 + 2000, 'sent with the route\'s 2 s');
   r.clock.advance(1500);
-  const next = new FakeUpstream(r.clock);
-  const router = new ZoneRouter<Route>([{ zone: 'cluster.local', target: { upstream: next, timeoutMs: 2000, local: r.answerer } }], { upstream: r.external, timeoutMs: 4500, local: null });
-  r.resolver.configure({ router, fallbackAfterMs: 0, localNegative: false, maxConcurrent: 1000 });
+  const next = reloadCluster(r, 0);
   r.cluster.exchanges[0]!.reject('closed');
   t.equal(next.exchanges.length, 1, 'asked again of the new cluster upstream');
   t.equal(next.exchanges[0]!.deadline, t0 + 2000, 'by the client\'s deadline, not 2 s from the retry');
@@ -635,6 +641,22 @@ t.test('reload: a question asked again after its retired upstream closed keeps t
   t.equal(r.external.exchanges[0]!.deadline, t0 + 4500, 'by the client\'s 4.5 s, counted from its question, not from the retry');
   r.external.exchanges[0]!.reject('timeout');
   t.same(ch.decoded(0).answers?.map((x) => x.type), ['CNAME'], 'the CNAME alone in time');
+});
+
+t.test('reload: a question asked again after its retired upstream closed is answered from the view --fallback-after its client asked, not after the retry', async (t) => {
+  // Asked at t0, given back as 'closed' 800 ms in: the client has waited 800 ms of its 1 s --fallback-after. The
+  // watch timed it from the retry (p.sentAt), so the view answered it 1.8 s after the question, not 1 s.
+  const r = viewRig({ fallbackAfterMs: 1000 });
+  const ch = new FakeChannel();
+  r.hits.handle(query({ name: SVC, id: 1 }), ch, PEER);
+  r.clock.advance(800);
+  const next = reloadCluster(r, 1000);
+  r.cluster.exchanges[0]!.reject('closed');
+  t.equal(next.exchanges.length, 1, 'asked again of the new cluster upstream');
+  t.equal(ch.sent.length, 0, 'still waiting on it');
+  r.clock.advance(200 + 2 * SWEEP_MS);
+  t.equal(ch.sent.length, 1, 'answered from the view once its client has waited --fallback-after (and a sweep)');
+  t.equal(r.resolver.counters.get('localLate'), 1);
 });
 
 t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {

@@ -893,15 +893,36 @@ t.test('TcpPool: a new connection the server closes before the query staged on i
   t.equal(sim.stats.tcpQueries, 1, 'the query was written once');
 });
 
+t.test('TcpPool: a server that closes every connection before the query staged on it is written is not reconnected to in a tight loop', async (t) => {
+  // The first such connection is free (tcp-reachability.ts lost(): the FIN may have crossed the query), but one after
+  // another with no answer between is a server whose closes keep racing our writes: the query is never written, so it
+  // never uses up a try, and without a backoff the pool connected again as fast as connects complete until the query's
+  // deadline (the clock here never moves: forever). Now the second such connection backs off, as one that was written
+  // to and answered nothing does. (A TLS server that ends each connection right after its handshake does not make
+  // this race on loopback: the flush runs before the end is read.)
+  const sim = await SimDnsServer.start({ handler: base, udp: false });
+  t.teardown(() => sim.close());
+  const { sockets, connect } = endsFirstOnConnect(Infinity);
+  const clock = new ManualClock();
+  const pool = new TcpPool({ server: { host: sim.host, port: sim.port }, connections: 1, connect, clock });
+  t.teardown(() => pool.abort());
+  const q = ask(pool, 'www.example.com', { clock, timeoutMs: 1000 });
+  // Bounded: 100 real-time checks; a tight loop makes 10 connects long before that.
+  for (let i = 0; i < 100 && sockets.length <= 10; i++) await new Promise((r) => setTimeout(r, 10));
+  t.ok(sockets.length <= 2, `connects made: ${sockets.length} (the second one lost backs off, and the clock never moves)`);
+  t.equal(sim.stats.tcpQueries, 0, 'nothing written');
+  t.equal(q.outcome.calls, 0, 'the query still waits within its deadline');
+});
+
 /**
- * A TcpPool's connect (its sockets kept) whose first connection reads its end of stream right after the pool's own
- * 'connect' listener staged a query: the server's FIN read in the same turn, before the once-per-turn flush.
+ * A TcpPool's connect (its sockets kept) whose first `ending` connections read their end of stream right after the
+ * pool's own 'connect' listener staged a query: the server's FIN read in the same turn, before the once-per-turn flush.
  */
-function endsFirstOnConnect(): { sockets: net.Socket[]; connect: (s: { host: string; port: number }) => net.Socket } {
+function endsFirstOnConnect(ending = 1): { sockets: net.Socket[]; connect: (s: { host: string; port: number }) => net.Socket } {
   const sockets: net.Socket[] = [];
   const connect = (s: { host: string; port: number }): net.Socket => {
     const sock = net.connect({ host: s.host, port: s.port, noDelay: true });
-    if (sockets.length === 0) sock.on('connect', () => sock.push(null));
+    if (sockets.length < ending) sock.on('connect', () => sock.push(null));
     sockets.push(sock);
     return sock;
   };
@@ -1768,6 +1789,8 @@ interface NetnsOutcome {
   failovers?: number;
   connectFailures?: number;
   connectNoFds?: number;
+  /** underFewFds: the outcome of asking again once the descriptors are back. */
+  after?: string;
   warnings?: string[];
   started?: Record<string, string>;
   error?: string;
@@ -1918,6 +1941,7 @@ t.test('TcpPool: a connect that fails for want of a file descriptor (EMFILE) say
   const warnings = got.warnings ?? [];
   t.ok(warnings.some((w) => /out of file descriptors/.test(w)), `a warning says the agent is out of file descriptors: ${JSON.stringify(warnings)}`);
   t.notOk(warnings.some((w) => /unreachable/.test(w)), 'none says the server is unreachable');
+  t.equal(got.after, 'answer', 'descriptors back: answered once its backoff has passed, the pool does not stay away');
 });
 
 function distPath(path: string): string {
@@ -1931,7 +1955,7 @@ function distPath(path: string): string {
  */
 function underFewFds(imports: string, make: string, listen: { udp: boolean; tcp: boolean }): NetnsOutcome {
   const script = `
-    import { openSync } from 'node:fs';
+    import { closeSync, openSync } from 'node:fs';
     import { SimDnsServer, staticHandler } from ${JSON.stringify(distPath('testkit/dns-server.js'))};
     ${imports}
     const sim = await SimDnsServer.start({ ...${JSON.stringify(listen)}, handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) });
@@ -1939,10 +1963,20 @@ function underFewFds(imports: string, make: string, listen: { udp: boolean; tcp:
     const none = () => {};
     const logger = { debug: none, info: none, error: none, warn: (msg, fields) => warnings.push(msg + ' ' + JSON.stringify(fields ?? {})) };
     ${make}
-    try { for (let i = 0; i < 4096; i++) openSync('/dev/null', 'r'); } catch {}
+    const taken = [];
+    try { for (let i = 0; i < 4096; i++) taken.push(openSync('/dev/null', 'r')); } catch {}
     const query = Buffer.from('00000100000100000000000003777777076578616d706c6503636f6d0000010001', 'hex');
-    const outcome = await new Promise((resolve) => up.send({ query, deadline: Date.now() + 3000, resolve: () => resolve('answer'), reject: resolve }));
-    process.stdout.write(JSON.stringify({ outcome, udp: [sim.stats.udpQueries], tcp: [sim.stats.tcpQueries], warnings, ...up.counters.snapshot() }) + '\\n');
+    const ask = () => new Promise((resolve) => up.send({ query, deadline: Date.now() + 3000, resolve: () => resolve('answer'), reject: resolve }));
+    const outcome = await ask();
+    const counts = { udp: [sim.stats.udpQueries], tcp: [sim.stats.tcpQueries], warnings, ...up.counters.snapshot() };
+    // Descriptors back: asked again (bounded, 5 s of tries past the backoff), to see the shortage outlasted by nothing.
+    for (const fd of taken) closeSync(fd);
+    let after = 'not asked';
+    for (let i = 0; i < 50 && after !== 'answer'; i++) {
+      after = await ask();
+      if (after !== 'answer') await new Promise((r) => setTimeout(r, 100));
+    }
+    process.stdout.write(JSON.stringify({ outcome, after, ...counts }) + '\\n');
     process.exit(0);
   `;
   const r = spawnSync('bash', ['-c', 'ulimit -n 64 && exec "$@"', 'bash', process.execPath, '--input-type=module', '-e', script], {

@@ -22,7 +22,7 @@ export class PendingQuery implements UpstreamExchange {
   readonly query: Buffer;
   /** Clock ms when it was sent. */
   readonly sentAt: number;
-  /** Clock ms when its client asked: sentAt, or for a question asked again (after a reload) the first send's. */
+  /** Clock ms when its client asked: sentAt, or for a question asked again (after a reload) the first send's; --fallback-after and an ExternalName target's budget count from it. */
   readonly askedAt: number;
   /** The route's timeout from sentAt, and never past the first send's: a question asked again keeps its client's deadline. */
   readonly deadline: number;

@@ -348,7 +348,9 @@ export class Resolver implements MissSink, PendingOwner {
     const cutoff = now - this.#fallbackAfterMs;
     while (this.#watchHead < this.#watch.length) {
       const p = this.#watch[this.#watchHead]!;
-      if (!p.done && p.sentAt > cutoff) break;
+      // Timed from its client's question (a question asked again after a reload: the first send). Watched in send order,
+      // such a one may wait behind the questions sent before its retry, never past its retry's own --fallback-after.
+      if (!p.done && p.askedAt > cutoff) break;
       this.#watchHead++;
       // Late, not failed: answer the clients from the view now; a later upstream answer is ignored (the exchange is claimed).
       if (!p.done && p.route.local !== null) {

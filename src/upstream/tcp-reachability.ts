@@ -27,6 +27,8 @@ export class TcpReachability {
   /** Clock ms before which no connect starts. */
   #nextConnectAt: number;
   #lostSinceConnect: boolean;
+  /** Connections lost since the last answer that had staged queries, written none, and answered none (lost()). */
+  #unwrittenLosses: number;
   /**
    * The last connect failed and nothing is open or connecting: queries fail at once
    * ('network' -> SERVFAIL now) instead of each waiting out its deadline,
@@ -44,6 +46,7 @@ export class TcpReachability {
     this.#backoffMs = BACKOFF_MIN_MS;
     this.#nextConnectAt = 0;
     this.#lostSinceConnect = false;
+    this.#unwrittenLosses = 0;
     this.#unreachable = false;
   }
 
@@ -84,6 +87,7 @@ export class TcpReachability {
   answered(): void {
     this.#backoffMs = BACKOFF_MIN_MS;
     this.#nextConnectAt = 0;
+    this.#unwrittenLosses = 0;
   }
 
   /**
@@ -99,7 +103,10 @@ export class TcpReachability {
     if (wasConnecting) this.#values[noFds ? SLOT.connectNoFds : SLOT.connectFailures]!++;
     // A connection that carried nothing says nothing of the server (CoreDNS closes one whose first read times out):
     // only one that was written queries (not only staged them) and answered none, or whose connect failed, is a sign of a sick server.
-    if (wasConnecting || (c.written > 0 && c.answered === 0)) this.#backOff(now);
+    // One that only staged them once may have crossed the server's FIN; again with no answer between, the server closes
+    // each connection at once (its queries, never written, use up no try: without a backoff, a tight reconnect loop).
+    const unwritten = c.sent > 0 && c.written === 0 && c.answered === 0 && this.#unwrittenLosses++ > 0;
+    if (wasConnecting || (c.written > 0 && c.answered === 0) || unwritten) this.#backOff(now);
     // Another connect still under way may land on a live pod behind the same address (this one a stale endpoint):
     // the server is unreachable only once no connection is open or on its way.
     if (wasConnecting && !this.#unreachable && !open.some((o) => o.state === 'open' || o.state === 'connecting')) {

@@ -99,8 +99,9 @@ export class WorkerLoop implements MissSink {
   readonly #scratchOff: number;
   /** CLOCK_REALTIME after each receive, to age the datagrams by. */
   readonly #realtime: Realtime;
-  /** Per socket: the kernel stamps its datagrams (SO_TIMESTAMPNS accepted). */
+  /** Per socket: the kernel stamps its datagrams (SO_TIMESTAMPNS accepted); on a wildcard, they say where they went (pktinfo). */
   readonly #stamped: boolean[];
+  readonly #wildcard: readonly boolean[];
   readonly #queueWait: TypedHistogram;
   /** --max-query-age in ns; 0: never drop. */
   readonly #maxAgeNs: number;
@@ -109,14 +110,14 @@ export class WorkerLoop implements MissSink {
   /** The turn's misses, waiters and log lines for the main thread, and our misses in flight. */
   readonly #outbox: Outbox;
   readonly #completions: Completions;
-  #state: State;
+  #state: State = 'running';
   /** The last receive filled its vector: the kernel has more queued (see COMPLETIONS_WHEN_BEHIND). */
-  #behind: boolean;
+  #behind = false;
   #free: (() => void) | null;
   /** Per socket, once paused: left in its group by the main thread, so still read (the 'pause' message). */
   #keep: readonly boolean[];
   /** Told to abort: once paused too, the agent closes next, and a miss taken since (on a kept socket) has nothing to wait for. */
-  #aborted: boolean;
+  #aborted = false;
   readonly #idleGc: IdleCollector;
 
   constructor(sys: UdpBatchSys, port: MessagePort, init: WorkerInit) {
@@ -163,6 +164,7 @@ export class WorkerLoop implements MissSink {
     this.#realtime = new Realtime(sys, this.#arena, this.#arena.take(TIMESPEC_BYTES));
     this.#queueWait = this.#counters.queueWait;
     this.#maxAgeNs = init.maxQueryAgeMs * 1e6;
+    this.#wildcard = init.fds.map((_fd, i) => init.wildcards?.[i] ?? true);
     this.#trace = RxTrace.fromEnv(init.index);
     // Best effort, per socket: without timestamps a socket's queries are neither aged nor dropped.
     this.#stamped = init.fds.map((fd, i) => {
@@ -173,10 +175,7 @@ export class WorkerLoop implements MissSink {
     this.#poller = new Poller(sys, this.#arena, this.#ctl, init.wakeFd, init.fds, this.#scratchOff, init.idlePollMs ?? IDLE_POLL_MS);
     this.#outbox = new Outbox(port, this.#logger, init.remoteWaiters === true);
     this.#completions = new Completions(this.#hits, this.#clock, { channels: this.#channels, settle: this.#settle, logger: this.#logger, remoteWaiters: init.remoteWaiters === true, lookups: this.#cache.counters });
-    this.#state = 'running';
     this.#keep = [];
-    this.#aborted = false;
-    this.#behind = false;
     this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
   }
 
@@ -266,6 +265,7 @@ export class WorkerLoop implements MissSink {
     const hits = this.#hits;
     const peers = this.#peers;
     const stamped = this.#stamped[s]!;
+    const wildcard = this.#wildcard[s]!;
     const now = this.#realtime.now;
     // One clock read per batch, after the receive: a datagram's age is its whole wait, up to the moment it was taken.
     if (stamped) this.#realtime.read();
@@ -291,7 +291,7 @@ export class WorkerLoop implements MissSink {
         this.#counters.server.values[SERVER_COUNTERS.slot.dropped]!++;
         continue;
       }
-      recv.keepDestination(i); // a wildcard socket's answer leaves from where its query went (SendVec.push)
+      recv.keepDestination(i, wildcard); // a wildcard socket's answer leaves from where its query went (SendVec.push)
       const peer = peers[i]!;
       peer.sock = s;
       peer.answered = false;

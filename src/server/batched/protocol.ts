@@ -39,6 +39,8 @@ export interface WorkerInit {
   /** One bound, non-blocking UDP socket per listen address. */
   readonly fds: readonly number[];
   readonly names: readonly string[];
+  /** Per socket: bound to 0.0.0.0 or :: (its datagrams carry the address they were sent to: IP_PKTINFO); absent: every one read as if. */
+  readonly wildcards?: readonly boolean[];
   readonly wakeFd: number;
   readonly ctl: SharedArrayBuffer;
   /** Counter blocks (server, cache, io), one after the other. */

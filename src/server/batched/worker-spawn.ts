@@ -11,6 +11,7 @@ import { formatHostPort } from '../../addr.js';
 import type { StoreLayout } from '../../cache/store-layout.js';
 import { DEFAULTS } from '../../config.js';
 import type { Logger } from '../../log.js';
+import { isWildcardHost } from '../../sys/reuseport.js';
 import { isSysError, type UdpBatchSys } from '../../sys/udp-batch.js';
 import type { ServerAddress } from '../../upstream/types.js';
 import { DEFAULT_BATCH, DEFAULT_MAX_INFLIGHT, type BatchedUdpOptions } from './listener-options.js';
@@ -66,6 +67,7 @@ export function startWorker(
     sockets.wakeFd,
     {
       names: opts.listen.map((a, k) => `udp://${formatHostPort({ host: a.host, port: ports[k]! })}`),
+      wildcards: opts.listen.map((a) => isWildcardHost(a.host)),
       cache: policy.cache,
       store,
       maxUdpSize: policy.maxUdpSize,
