@@ -1307,6 +1307,67 @@ t.test('nodelocal_upstream_healthy stays 0 or 1 across a reload that replaces an
   t.equal(rcodeOf(await answer), 0, 'the query in flight is answered');
 });
 
+t.test('a reload that drops upstream servers drops their series; a server kept keeps its series, continuous', async (t) => {
+  // Every series of an upstream was kept for the life of the process: after the cluster DNS moved or a stub domain
+  // went away, nodelocal_upstream_open_sockets, coredns_forward_* and the latency histograms of the old servers
+  // stayed on /metrics at their last values (alerts and dashboards about servers no longer used), growing with each change.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const { loadConfig } = await import('../src/config.js');
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const clusterRecords = { 'web.default.svc.cluster.local': { A: ['10.96.1.10'] } };
+  const [oldCluster, newCluster, external, stub] = await Promise.all([
+    SimDnsServer.start({ handler: staticHandler(clusterRecords, { soaZone: 'cluster.local' }) }),
+    SimDnsServer.start({ handler: staticHandler(clusterRecords, { soaZone: 'cluster.local' }) }),
+    SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) }),
+    SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.2'] } }, { soaZone: 'corp.example' }) }),
+  ]);
+  const file = join(mkdtempSync(join(tmpdir(), 'nldns-series-')), 'agent.yaml');
+  const write = (cluster: number, withStub: boolean): void => writeFileSync(file, [
+    `upstreamAddr: "127.0.0.1:${cluster}"`, `upstreamNameservers: ["127.0.0.1:${external.port}"]`,
+    ...(withStub ? ['stubDomains:', `  corp.example: ["127.0.0.1:${stub.port}"]`] : []), '',
+  ].join('\n'));
+  write(oldCluster.port, true);
+  const agent = await startAgent('127.0.44.6', ['--config', file, '--no-kube']);
+  t.teardown(async () => {
+    await agent.stop();
+    await Promise.all([oldCluster.close(), newCluster.close(), external.close(), stub.close()]);
+  });
+  for (const name of ['web.default.svc.cluster.local', 'www.example.com', 'db.corp.example']) t.equal(rcodeOf(await udpQuery(agent.target, name)), 0, name);
+  const scrape = async (): Promise<Parsed> => parseExposition(await agent.agent.metrics.metrics());
+  const withTo = (p: Parsed, to: string): string[] => [...p.samples.keys()].filter((k) => k.includes(`to="${to}"`));
+  const before = await scrape();
+  const oldTo = [`tcp://127.0.0.1:${oldCluster.port}`, `127.0.0.1:${oldCluster.port}`, 'stub:corp.example', `127.0.0.1:${stub.port}`];
+  for (const to of oldTo) t.ok(withTo(before, to).length > 0, `series of ${to} before the reload`);
+  const ext = key('coredns_forward_requests_total', { to: 'host-resolvers' });
+  const extLatency = key('coredns_forward_request_duration_seconds_count', { to: `127.0.0.1:${external.port}`, rcode: 'NOERROR' });
+  t.equal(before.samples.get(ext), 1, 'the host resolvers asked once');
+
+  write(newCluster.port, false);
+  t.equal(agent.agent.reload(loadConfig(agent.argv, { env: {} }).config).applied, true, 'reloaded: another cluster DNS, no stub domain');
+  const after = await scrape();
+  for (const to of oldTo) t.same(withTo(after, to), [], `no series of ${to} after the reload that dropped it`);
+  t.equal(after.samples.get(ext), 1, 'the host resolvers, kept: their counter goes on from where it was');
+  t.equal(after.samples.get(extLatency), before.samples.get(extLatency), 'and their server\'s latency histogram too');
+  t.equal(rcodeOf(await udpQuery(agent.target, 'www.example.com', { type: 'AAAA' })), 0);
+  t.equal(rcodeOf(await udpQuery(agent.target, 'web.default.svc.cluster.local', { type: 'AAAA' })), 0);
+  const later = await scrape();
+  t.equal(later.samples.get(ext), 2, 'and counts on');
+  t.equal(later.samples.get(key('coredns_forward_requests_total', { to: `tcp://127.0.0.1:${newCluster.port}` })), 1, 'the new cluster DNS has series of its own');
+  t.equal(later.samples.get(key('nodelocal_upstream_healthy', { to: `tcp://127.0.0.1:${newCluster.port}` })), 1);
+
+  // And back: a server configured again starts afresh (a counter reset, which rate() handles), with no stale gauge.
+  write(oldCluster.port, true);
+  t.equal(agent.agent.reload(loadConfig(agent.argv, { env: {} }).config).applied, true, 'reloaded: the first settings again');
+  const back = await scrape();
+  t.same(withTo(back, `tcp://127.0.0.1:${newCluster.port}`), [], 'the second cluster DNS gone in its turn');
+  t.equal(back.samples.get(key('coredns_forward_requests_total', { to: `tcp://127.0.0.1:${oldCluster.port}` })), 0, 'the first one back, from zero');
+  t.equal(back.samples.get(key('nodelocal_upstream_open_sockets', { to: 'stub:corp.example' })), 0, 'the stub domain back, with no socket open yet');
+});
+
 t.test('bounded: a connection that never sends a byte is cut off at the header deadline, not held for the idle-socket timeout', async (t) => {
   // headersTimeout starts with a request's first byte: a connection that sends nothing at all keeps its slot
   // until the 30 s socket timeout. 32 such connections, renewed every 30 s, lock every probe out for the price
