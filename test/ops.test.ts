@@ -251,6 +251,19 @@ t.test('blocks of one schema merge into one family: per-instance labels apart, i
   const forward = [...p.samples.keys()].filter((k) => k.startsWith('coredns_forward_requests_total{'));
   t.equal(forward.length, 2, 'two series, not three');
   t.same(reg.warnings, [], 'one schema: nothing to warn about');
+
+  // Taken out (an upstream no longer configured): its series go, the others' values stay.
+  reg.removeCounters(a);
+  reg.removeCounters(c);
+  const q = await scrape(t, reg);
+  t.same([...q.samples.keys()].filter((k) => k.includes('10.96.0.10')), [], 'every series of the block taken out is gone');
+  t.equal(q.samples.get(key('coredns_forward_requests_total', { to: 'tcp://10.96.0.11:53' })), 20, 'one of two summed blocks taken out: the other\'s count');
+  t.equal(q.samples.get(key('coredns_forward_responses_total', { to: 'tcp://10.96.0.11:53', rcode: 'NXDOMAIN' })), 6);
+  t.equal(q.typeLines.get('coredns_forward_requests_total'), 1, 'the family still registered once');
+  const cache = new Counters(CACHE_COUNTERS);
+  reg.addCounters(cache, { server: SERVER });
+  reg.removeCounters(cache);
+  t.notOk([...(await scrape(t, reg)).samples.keys()].some((k) => k.startsWith('coredns_cache_')), 'a derived family\'s series (coredns_cache_requests_total) go too');
 });
 
 t.test('two schemas sharing a family: one family; disagreements become warnings, conflicts throw', async (t) => {
@@ -393,6 +406,14 @@ t.test('duration histogram published as coredns_dns_request_duration_seconds; sa
   t.equal(q.samples.get(key('coredns_dns_response_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'tcp', le: '2047' })), 1);
   t.equal(q.samples.get(key('coredns_dns_request_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'udp', le: '100' })), 1);
   t.equal(q.samples.get(key('coredns_dns_request_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'udp', le: '0' })), 0);
+
+  // Taken out: a series two histograms fed goes on with the other's counts; one fed by it alone goes.
+  reg.removeHistogram(a);
+  reg.removeHistogram(other);
+  const r = await scrape(t, reg);
+  t.equal(r.samples.get(key('coredns_dns_request_duration_seconds_count', L)), 2, 'b\'s two observations');
+  t.equal(r.samples.get(key('coredns_dns_request_duration_seconds_count', O)), undefined, 'the other server\'s series gone');
+  t.notOk([...r.samples.keys()].some((k) => k.includes('10.0.0.10')), 'every line of it (buckets, sum, count)');
 });
 
 t.test('a histogram in shared memory: observed through one view, published through another', async (t) => {
