@@ -14,7 +14,7 @@ import type { Config } from './config.js';
 import type { Component } from './lifecycle.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './ops/agent-metrics.js';
-import type { Routing } from './routing.js';
+import type { Routing, UpstreamSeries } from './routing.js';
 import type { BatchedUdpListener } from './server/batched/listener.js';
 import { createUdpListeners, type UdpIo } from './server/batched/select.js';
 import type { HitPath } from './server/hit-path.js';
@@ -130,8 +130,12 @@ export function reconfigureServing(
   });
 }
 
-/** What a reload's routing no longer uses: the old cluster probe stops now; old upstreams wait in `retired` until their queries in flight finish. */
-export function retireReplaced(previous: Routing, next: Routing, retired: Set<Upstream>): void {
+/**
+ * What a reload's routing no longer uses: the old cluster probe stops now; old upstreams wait in `retired` until their
+ * queries in flight finish; the series of servers and routes no longer configured leave /metrics now.
+ */
+export function retireReplaced(previous: Routing, next: Routing, retired: Set<Upstream>, metrics: { retain(inUse: UpstreamSeries): void }): void {
+  metrics.retain(next.series);
   if (previous.cluster !== null && previous.cluster !== next.cluster) previous.cluster.probe?.stop();
   for (const u of previous.upstreams) {
     if (next.upstreams.includes(u)) continue;

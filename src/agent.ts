@@ -130,7 +130,7 @@ export class Agent {
         server,
         cache: this.cache,
         clock: this.#clock,
-        upstreams: () => [...(this.#routing?.upstreams ?? []), ...this.#retired],
+        upstreams: () => this.#routing?.upstreams ?? [], retired: () => this.#retired,
         view: () => this.#view,
         nodeParts: () => this.#nodeParts,
       },
@@ -345,7 +345,7 @@ export class Agent {
     const workers = reconfigureServing(merged, routing, { resolver, cache: this.cache, hitPath: this.hitPath, batched: this.#batched });
     if (workers !== null) this.#workersConfigured = workers;
     this.#setLogLevel?.(merged.logLevel);
-    retireReplaced(previous, routing, this.#retired);
+    retireReplaced(previous, routing, this.#retired, this.metrics);
     this.#config = merged;
     this.counters.values[AGENT_COUNTERS.slot.reloads]!++;
     this.counters.values[AGENT_COUNTERS.slot.reloadRefused] = 0;

@@ -41,6 +41,7 @@ export interface ClusterUpstream {
   readonly probe: HealthProbe | null;
   /** The settings it was built from: equal settings on reload keep it. */
   readonly settings: string;
+  readonly series: UpstreamSeries;
 }
 
 export interface Routing {
@@ -54,12 +55,15 @@ export interface Routing {
   readonly localZones: readonly string[];
   /** The host resolvers' routes by name: equal settings on reload keep them. */
   readonly hosts: ReadonlyMap<string, HostRoute>;
+  /** The per-upstream series its upstreams publish: a reload drops the others (AgentMetrics.retain). */
+  readonly series: UpstreamSeries;
 }
 
 /** The host resolvers of one route, by name ("host-resolvers", "stub:ZONE"), and the settings they were built from. */
 interface HostRoute {
   readonly route: Route;
   readonly settings: string;
+  readonly series: UpstreamSeries;
 }
 
 export interface TlsUpstream {
@@ -67,6 +71,7 @@ export interface TlsUpstream {
   readonly route: Route;
   /** The settings and CA certificates it was built from: equal ones on reload keep it. */
   readonly settings: string;
+  readonly series: UpstreamSeries;
 }
 
 export interface RoutingDeps {
@@ -91,6 +96,29 @@ export interface UpstreamCounterBlocks {
   probe(to: string): Counters<ProbeCounter>;
 }
 
+/** The names of the blocks an upstream was handed, by UpstreamCounterBlocks method: the series it publishes. */
+export type UpstreamSeries = { readonly [K in keyof UpstreamCounterBlocks]: Set<string> };
+
+function noSeries(): UpstreamSeries {
+  return { pool: new Set(), host: new Set(), durations: new Set(), probe: new Set() };
+}
+
+/** `blocks`, noting each name asked for in `into`: every block is asked for while its upstream is built. */
+function noting(blocks: UpstreamCounterBlocks, into: UpstreamSeries): UpstreamCounterBlocks {
+  return {
+    pool: (name) => (into.pool.add(name), blocks.pool(name)),
+    host: (name) => (into.host.add(name), blocks.host(name)),
+    durations: (to) => (into.durations.add(to), blocks.durations(to)),
+    probe: (to) => (into.probe.add(to), blocks.probe(to)),
+  };
+}
+
+function allSeries(of: readonly UpstreamSeries[]): UpstreamSeries {
+  const all = noSeries();
+  for (const s of of) for (const k of Object.keys(all) as (keyof UpstreamSeries)[]) for (const name of s[k]) all[k].add(name);
+  return all;
+}
+
 /** `previous`: the routing in use, whose upstreams are kept where their settings did not change (null at start). */
 export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, previous: Routing | null): Routing {
   const upstreams: Upstream[] = [];
@@ -107,16 +135,18 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
       hosts.set(name, kept);
       return kept.route;
     }
+    const series = noSeries();
+    const counters = noting(deps.counters, series);
     const upstream = new HostResolvers({
-      servers, attemptTimeoutMs, attempts, rotate, maxInFlight: c.hostMaxInflight, clock: deps.clock, logger: deps.logger, name, counters: deps.counters.host(name),
-      durations: servers.map((s) => deps.counters.durations(formatHostPort(s))),
+      servers, attemptTimeoutMs, attempts, rotate, maxInFlight: c.hostMaxInflight, clock: deps.clock, logger: deps.logger, name, counters: counters.host(name),
+      durations: servers.map((s) => counters.durations(formatHostPort(s))),
       // Else a failing route rarely asked (a stub domain) stays failing while idle after its servers recover.
       probeQuery: probe,
-      probeCounters: deps.counters.probe(name),
+      probeCounters: counters.probe(name),
     });
     upstreams.push(upstream);
     const route: Route = { upstream, timeoutMs: budgetMs, local: null };
-    hosts.set(name, { route, settings });
+    hosts.set(name, { route, settings, series });
     return route;
   };
 
@@ -145,7 +175,8 @@ export function buildRouting(c: Config, host: HostServers, deps: RoutingDeps, pr
   // As the router sees them: a later route for the same zone (a stub domain) replaces an earlier one.
   const byZone = new Map(routes.map((r) => [r.zone.toLowerCase().replace(/\.$/, ''), r]));
   const localZones = [...byZone.values()].filter((r) => r.target.local !== null).map((r) => r.zone);
-  return { router: new ZoneRouter(routes, external), upstreams, cluster, tls, localZones, hosts };
+  const series = allSeries([...(tls !== null ? [tls.series] : []), ...(cluster !== null ? [cluster.series] : []), ...[...hosts.values()].map((h) => h.series)]);
+  return { router: new ZoneRouter(routes, external), upstreams, cluster, tls, localZones, hosts, series };
 }
 
 /**
@@ -161,6 +192,8 @@ function tlsUpstream(c: Config, deps: RoutingDeps, previous: TlsUpstream | null)
   const ca = c.tlsCaFile === '' ? undefined : loadCaFile(c.tlsCaFile, deps.readFile ?? ((p) => readFileSync(p, 'utf8')));
   const settings = JSON.stringify([c.upstreamTls, ca ?? null, c.timeoutMs, c.upstreamConnections, c.upstreamMaxInFlight, c.upstreamRotateQueries, c.upstreamRotateAfterMs]);
   if (previous !== null && previous.settings === settings) return previous;
+  const series = noSeries();
+  const blocks = noting(deps.counters, series);
   const upstream = new TlsResolvers({
     servers: c.upstreamTls,
     ...(ca !== undefined ? { ca } : {}),
@@ -171,18 +204,20 @@ function tlsUpstream(c: Config, deps: RoutingDeps, previous: TlsUpstream | null)
     rotateAfterMs: c.upstreamRotateAfterMs,
     // A TCP connect and a handshake to a resolver maybe far away: as long as a try may wait.
     connectTimeoutMs: attemptTimeoutMs,
-    counters: (name) => deps.counters.pool(name),
-    durations: (server) => deps.counters.durations(formatHostPort(server)),
-    probeCounters: (server) => deps.counters.probe(formatHostPort(server)),
+    counters: (name) => blocks.pool(name),
+    durations: (server) => blocks.durations(formatHostPort(server)),
+    probeCounters: (server) => blocks.probe(formatHostPort(server)),
     clock: deps.clock,
     logger: deps.logger,
   });
   // The servers' pools are listed among the upstreams too: their health is each server's (nodelocal_upstream_healthy{to="tls://..."}).
-  return { upstream, route: { upstream, timeoutMs: budgetMs, local: null }, settings };
+  return { upstream, route: { upstream, timeoutMs: budgetMs, local: null }, settings, series };
 }
 
 function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpstream {
   const server = c.clusterUpstream!;
+  const series = noSeries();
+  const counters = noting(deps.counters, series);
   const pool = new TcpPool({
     server,
     connections: c.upstreamConnections,
@@ -191,16 +226,16 @@ function newCluster(c: Config, deps: RoutingDeps, settings: string): ClusterUpst
     rotateAfterMs: c.upstreamRotateAfterMs,
     clock: deps.clock,
     logger: deps.logger,
-    counters: deps.counters.pool(`tcp://${formatHostPort(server)}`),
-    durations: deps.counters.durations(formatHostPort(server)),
+    counters: counters.pool(`tcp://${formatHostPort(server)}`),
+    durations: counters.durations(formatHostPort(server)),
     // Reverse zones share the pool: there the cluster DNS passes on its own upstream's failures (outside addresses).
     servfailCounts: inZone(c.clusterDomain),
   });
   // Probing matters only when there is a view to answer from meanwhile; without one, pods' own queries probe.
   // What proves the cluster DNS works: the API server's own Service, which every cluster has.
   const query = probeQuery(`kubernetes.default.svc.${c.clusterDomain}`, QType.A);
-  const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, query, deps.counters.probe(formatHostPort(server)));
-  return { pool, probe, settings };
+  const probe = deps.view === null ? null : new HealthProbe(pool, deps.clock, query, counters.probe(formatHostPort(server)));
+  return { pool, probe, settings, series };
 }
 
 

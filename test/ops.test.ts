@@ -251,6 +251,19 @@ t.test('blocks of one schema merge into one family: per-instance labels apart, i
   const forward = [...p.samples.keys()].filter((k) => k.startsWith('coredns_forward_requests_total{'));
   t.equal(forward.length, 2, 'two series, not three');
   t.same(reg.warnings, [], 'one schema: nothing to warn about');
+
+  // Taken out (an upstream no longer configured): its series go, the others' values stay.
+  reg.removeCounters(a);
+  reg.removeCounters(c);
+  const q = await scrape(t, reg);
+  t.same([...q.samples.keys()].filter((k) => k.includes('10.96.0.10')), [], 'every series of the block taken out is gone');
+  t.equal(q.samples.get(key('coredns_forward_requests_total', { to: 'tcp://10.96.0.11:53' })), 20, 'one of two summed blocks taken out: the other\'s count');
+  t.equal(q.samples.get(key('coredns_forward_responses_total', { to: 'tcp://10.96.0.11:53', rcode: 'NXDOMAIN' })), 6);
+  t.equal(q.typeLines.get('coredns_forward_requests_total'), 1, 'the family still registered once');
+  const cache = new Counters(CACHE_COUNTERS);
+  reg.addCounters(cache, { server: SERVER });
+  reg.removeCounters(cache);
+  t.notOk([...(await scrape(t, reg)).samples.keys()].some((k) => k.startsWith('coredns_cache_')), 'a derived family\'s series (coredns_cache_requests_total) go too');
 });
 
 t.test('two schemas sharing a family: one family; disagreements become warnings, conflicts throw', async (t) => {
@@ -393,6 +406,14 @@ t.test('duration histogram published as coredns_dns_request_duration_seconds; sa
   t.equal(q.samples.get(key('coredns_dns_response_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'tcp', le: '2047' })), 1);
   t.equal(q.samples.get(key('coredns_dns_request_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'udp', le: '100' })), 1);
   t.equal(q.samples.get(key('coredns_dns_request_size_bytes_bucket', { server: SERVER, zone: '.', proto: 'udp', le: '0' })), 0);
+
+  // Taken out: a series two histograms fed goes on with the other's counts; one fed by it alone goes.
+  reg.removeHistogram(a);
+  reg.removeHistogram(other);
+  const r = await scrape(t, reg);
+  t.equal(r.samples.get(key('coredns_dns_request_duration_seconds_count', L)), 2, 'b\'s two observations');
+  t.equal(r.samples.get(key('coredns_dns_request_duration_seconds_count', O)), undefined, 'the other server\'s series gone');
+  t.notOk([...r.samples.keys()].some((k) => k.includes('10.0.0.10')), 'every line of it (buckets, sum, count)');
 });
 
 t.test('a histogram in shared memory: observed through one view, published through another', async (t) => {
@@ -1305,6 +1326,67 @@ t.test('nodelocal_upstream_healthy stays 0 or 1 across a reload that replaces an
   t.equal(agent.agent.reload(loadConfig(agent.argv, { env: {} }).config).applied, true, 'reloaded (same settings)');
   t.equal(await healthy(), 1, 'after the reload, while the replaced resolvers finish their query: still one healthy upstream');
   t.equal(rcodeOf(await answer), 0, 'the query in flight is answered');
+});
+
+t.test('a reload that drops upstream servers drops their series; a server kept keeps its series, continuous', async (t) => {
+  // Every series of an upstream was kept for the life of the process: after the cluster DNS moved or a stub domain
+  // went away, nodelocal_upstream_open_sockets, coredns_forward_* and the latency histograms of the old servers
+  // stayed on /metrics at their last values (alerts and dashboards about servers no longer used), growing with each change.
+  const { SimDnsServer, staticHandler } = await import('../testkit/dns-server.js');
+  const { startAgent } = await import('./helpers/agent.js');
+  const { udpQuery } = await import('./helpers/dns-client.js');
+  const { loadConfig } = await import('../src/config.js');
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const clusterRecords = { 'web.default.svc.cluster.local': { A: ['10.96.1.10'] } };
+  const [oldCluster, newCluster, external, stub] = await Promise.all([
+    SimDnsServer.start({ handler: staticHandler(clusterRecords, { soaZone: 'cluster.local' }) }),
+    SimDnsServer.start({ handler: staticHandler(clusterRecords, { soaZone: 'cluster.local' }) }),
+    SimDnsServer.start({ handler: staticHandler({ 'www.example.com': { A: ['192.0.2.1'] } }) }),
+    SimDnsServer.start({ handler: staticHandler({ 'db.corp.example': { A: ['192.0.2.2'] } }, { soaZone: 'corp.example' }) }),
+  ]);
+  const file = join(mkdtempSync(join(tmpdir(), 'nldns-series-')), 'agent.yaml');
+  const write = (cluster: number, withStub: boolean): void => writeFileSync(file, [
+    `upstreamAddr: "127.0.0.1:${cluster}"`, `upstreamNameservers: ["127.0.0.1:${external.port}"]`,
+    ...(withStub ? ['stubDomains:', `  corp.example: ["127.0.0.1:${stub.port}"]`] : []), '',
+  ].join('\n'));
+  write(oldCluster.port, true);
+  const agent = await startAgent('127.0.44.6', ['--config', file, '--no-kube']);
+  t.teardown(async () => {
+    await agent.stop();
+    await Promise.all([oldCluster.close(), newCluster.close(), external.close(), stub.close()]);
+  });
+  for (const name of ['web.default.svc.cluster.local', 'www.example.com', 'db.corp.example']) t.equal(rcodeOf(await udpQuery(agent.target, name)), 0, name);
+  const scrape = async (): Promise<Parsed> => parseExposition(await agent.agent.metrics.metrics());
+  const withTo = (p: Parsed, to: string): string[] => [...p.samples.keys()].filter((k) => k.includes(`to="${to}"`));
+  const before = await scrape();
+  const oldTo = [`tcp://127.0.0.1:${oldCluster.port}`, `127.0.0.1:${oldCluster.port}`, 'stub:corp.example', `127.0.0.1:${stub.port}`];
+  for (const to of oldTo) t.ok(withTo(before, to).length > 0, `series of ${to} before the reload`);
+  const ext = key('coredns_forward_requests_total', { to: 'host-resolvers' });
+  const extLatency = key('coredns_forward_request_duration_seconds_count', { to: `127.0.0.1:${external.port}`, rcode: 'NOERROR' });
+  t.equal(before.samples.get(ext), 1, 'the host resolvers asked once');
+
+  write(newCluster.port, false);
+  t.equal(agent.agent.reload(loadConfig(agent.argv, { env: {} }).config).applied, true, 'reloaded: another cluster DNS, no stub domain');
+  const after = await scrape();
+  for (const to of oldTo) t.same(withTo(after, to), [], `no series of ${to} after the reload that dropped it`);
+  t.equal(after.samples.get(ext), 1, 'the host resolvers, kept: their counter goes on from where it was');
+  t.equal(after.samples.get(extLatency), before.samples.get(extLatency), 'and their server\'s latency histogram too');
+  t.equal(rcodeOf(await udpQuery(agent.target, 'www.example.com', { type: 'AAAA' })), 0);
+  t.equal(rcodeOf(await udpQuery(agent.target, 'web.default.svc.cluster.local', { type: 'AAAA' })), 0);
+  const later = await scrape();
+  t.equal(later.samples.get(ext), 2, 'and counts on');
+  t.equal(later.samples.get(key('coredns_forward_requests_total', { to: `tcp://127.0.0.1:${newCluster.port}` })), 1, 'the new cluster DNS has series of its own');
+  t.equal(later.samples.get(key('nodelocal_upstream_healthy', { to: `tcp://127.0.0.1:${newCluster.port}` })), 1);
+
+  // And back: a server configured again starts afresh (a counter reset, which rate() handles), with no stale gauge.
+  write(oldCluster.port, true);
+  t.equal(agent.agent.reload(loadConfig(agent.argv, { env: {} }).config).applied, true, 'reloaded: the first settings again');
+  const back = await scrape();
+  t.same(withTo(back, `tcp://127.0.0.1:${newCluster.port}`), [], 'the second cluster DNS gone in its turn');
+  t.equal(back.samples.get(key('coredns_forward_requests_total', { to: `tcp://127.0.0.1:${oldCluster.port}` })), 0, 'the first one back, from zero');
+  t.equal(back.samples.get(key('nodelocal_upstream_open_sockets', { to: 'stub:corp.example' })), 0, 'the stub domain back, with no socket open yet');
 });
 
 t.test('bounded: a connection that never sends a byte is cut off at the header deadline, not held for the idle-socket timeout', async (t) => {

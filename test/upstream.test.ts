@@ -134,7 +134,10 @@ const base = staticHandler({ 'www.example.com': { A: ['192.0.2.1'], AAAA: ['2001
 /** The routing `args` give (real counters, the system clock), its upstreams closed at teardown. */
 function routingOf(t: Test, args: string[], previous: ReturnType<typeof buildRouting> | null = null): ReturnType<typeof buildRouting> {
   const { config } = loadConfig(args, { env: {} });
-  const host = loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
+  // With tls:// upstreams no host resolvers (as the agent's hostServers()).
+  const host = config.upstreamTls.length > 0
+    ? { servers: [], source: 'tls', attemptMs: undefined, attempts: 1, rotate: false, warnings: [] }
+    : loadHostServers(config.upstreamNameservers, config.resolvConf, () => '');
   const counters = {
     pool: () => new Counters(tcpPoolCounters), host: () => new Counters(hostResolversCounters), durations: (to: string) => new ForwardDurations(to), probe: () => new Counters(PROBE_COUNTERS),
   };
@@ -1642,6 +1645,24 @@ t.test('buildRouting: a reload that leaves a route\'s host servers and options a
   const slower = routingOf(t, ['--stub-domain', 'corp.example=127.0.0.1:1056', '--upstream-nameservers', '127.0.0.1:1054', '--timeout', '1s'], moved);
   t.not(externalOf(slower), externalOf(moved), 'another try timeout: new resolvers');
   t.not(stubRoute(t, slower).route.upstream, stubRoute(t, moved).route.upstream);
+});
+
+t.test('buildRouting: the series each routing\'s upstreams publish (what a reload keeps on /metrics), kept routes\' included', async (t) => {
+  // AgentMetrics.retain() drops every per-upstream series a reload's routing does not name here: a name missing
+  // would drop the series of an upstream in use (its counters reset, its gauges gone).
+  const sorted = (r: ReturnType<typeof buildRouting>): Record<string, string[]> => Object.fromEntries(Object.entries(r.series).map(([k, v]) => [k, [...v].sort()]));
+  const tls = routingOf(t, ['--upstream-addr', '127.0.0.1:1053', '--upstream-nameservers', 'tls://127.0.0.1:1853@dns.example,tls://127.0.0.2', '--stub-domain', 'corp.example=127.0.0.1:1055', '--no-kube']);
+  t.same(sorted(tls), {
+    pool: ['tcp://127.0.0.1:1053', 'tls://127.0.0.1:1853@dns.example', 'tls://127.0.0.2:853'],
+    host: ['stub:corp.example'],
+    durations: ['127.0.0.1:1053', '127.0.0.1:1055', '127.0.0.1:1853', '127.0.0.2:853'],
+    probe: ['127.0.0.1:1853', '127.0.0.2:853', 'stub:corp.example'],
+  }, 'the cluster pool, each tls:// server, the stub domain and its server');
+  const kept = routingOf(t, ['--upstream-addr', '127.0.0.1:1053', '--upstream-nameservers', 'tls://127.0.0.1:1853@dns.example,tls://127.0.0.2', '--no-kube'], tls);
+  t.equal(kept.tls, tls.tls, 'the tls:// upstreams kept');
+  t.same(sorted(kept), { ...sorted(tls), host: [], durations: ['127.0.0.1:1053', '127.0.0.1:1853', '127.0.0.2:853'], probe: ['127.0.0.1:1853', '127.0.0.2:853'] }, 'kept upstreams keep their series; the stub domain\'s go');
+  const plain = routingOf(t, ['--upstream-nameservers', '127.0.0.1:1054,127.0.0.1:1057', '--no-kube'], kept);
+  t.same(sorted(plain), { pool: [], host: ['host-resolvers'], durations: ['127.0.0.1:1054', '127.0.0.1:1057'], probe: ['host-resolvers'] }, 'local mode, plain host resolvers');
 });
 
 t.test('HostResolvers: a first server that never answers is not waited on by every new query', async (t) => {

@@ -1,7 +1,8 @@
 /**
  * Everything the agent counts, registered once for /metrics: the counter
  * blocks of the hit path, cache, resolver, listeners, node setup and API
- * watch; one block per upstream name that outlives reloads; the request
+ * watch; one block per upstream name, kept across the reloads that keep the
+ * name and dropped by the first that does not (retain()); the request
  * histograms (per upstream server too); and the gauges read at scrape time
  * (cache entries, upstream health and connections, view sync, interface and
  * interception). The hot path only ever touches typed arrays.
@@ -12,7 +13,7 @@ import type { Clock } from '../clock.js';
 import type { ClusterView } from '../kube/view.js';
 import type { HitPathHistograms } from '../server/hit-path.js';
 import { Counters, type CounterSchema } from '../stats/counters.js';
-import type { UpstreamCounterBlocks } from '../routing.js';
+import type { UpstreamCounterBlocks, UpstreamSeries } from '../routing.js';
 import { ForwardDurations } from '../upstream/forward-durations.js';
 import { HostResolvers, hostResolversCounters, type HostResolversCounter } from '../upstream/host-resolvers.js';
 import { PROBE_COUNTERS, type ProbeCounter } from '../upstream/probe.js';
@@ -27,11 +28,10 @@ export interface AgentMetricSources {
   readonly server: string;
   readonly cache: DnsCache;
   readonly clock: Clock;
-  /**
-   * The upstreams in use now (they change on reload), then those a reload
-   * replaced that still finish queries in flight (a name may repeat).
-   */
+  /** The upstreams in use now (they change on reload). */
   readonly upstreams: () => readonly Upstream[];
+  /** Those a reload replaced that still finish queries in flight (a name may repeat one in use). */
+  readonly retired?: () => Iterable<Upstream>;
   readonly view: () => ClusterView | null;
   /** The interface and interception the agent manages (none: not ours, no series). */
   readonly nodeParts?: () => readonly NodePartState[];
@@ -83,20 +83,26 @@ export class AgentMetrics implements UpstreamCounterBlocks {
       [{ server: src.server, type: 'denial' }, src.cache.negativeSize],
     ]);
     this.registry.addGauge('nodelocal_cache_bytes', CACHE_BYTES_HELP, ['server'], () => [[server, src.cache.bytes]]);
-    // Not summed like the other gauges: a state, one series per name, of the upstream in use (listed first).
+    // Not summed like the other gauges: a state, one series per name, of the upstream in use.
     this.registry.addGauge('nodelocal_upstream_healthy', 'Whether an upstream answers (1) or is marked failing (0).', ['to'], () => {
       const byName = new Map<string, number>();
       for (const u of src.upstreams()) if (!byName.has(u.name)) byName.set(u.name, u.health.healthy ? 1 : 0);
       return [...byName].map(([to, healthy]): [Labels, number] => [{ to }, healthy]);
     });
+    // Resources: those of the upstreams in use, plus what replaced ones of the same name still hold; a name no longer used has no series.
+    const held = (): Upstream[] => {
+      const inUse = src.upstreams();
+      const names = new Set(inUse.map((u) => u.name));
+      return [...inUse, ...[...(src.retired?.() ?? [])].filter((u) => names.has(u.name))];
+    };
     this.registry.addGauge('nodelocal_upstream_connections', 'TCP connections open to the cluster DNS (persistent, pipelined).', ['to'], () =>
-      src.upstreams().flatMap((u): [Labels, number][] => (u instanceof TcpPool ? [[{ to: u.name }, u.openConnections]] : [])),
+      held().flatMap((u): [Labels, number][] => (u instanceof TcpPool ? [[{ to: u.name }, u.openConnections]] : [])),
     );
     this.registry.addGauge('nodelocal_upstream_exchanges_inflight', 'Questions sent to an upstream and not yet answered, failed or timed out.', ['to'], () =>
-      src.upstreams().flatMap((u): [Labels, number][] => (u instanceof TcpPool || u instanceof HostResolvers ? [[{ to: u.name }, u.inFlight]] : [])),
+      held().flatMap((u): [Labels, number][] => (u instanceof TcpPool || u instanceof HostResolvers ? [[{ to: u.name }, u.inFlight]] : [])),
     );
     this.registry.addGauge('nodelocal_upstream_queued', 'Questions waiting for room on a cluster DNS connection (not sent yet).', ['to'], () =>
-      src.upstreams().flatMap((u): [Labels, number][] => (u instanceof TcpPool ? [[{ to: u.name }, u.queued]] : [])),
+      held().flatMap((u): [Labels, number][] => (u instanceof TcpPool ? [[{ to: u.name }, u.queued]] : [])),
     );
     const parts = src.nodeParts ?? ((): readonly NodePartState[] => []);
     this.registry.addGauge('nodelocal_interface_up', 'Whether the node-local interface and its addresses are in place (1) or not (0); absent when the agent does not manage one.', [], () =>
@@ -180,6 +186,32 @@ export class AgentMetrics implements UpstreamCounterBlocks {
 
   probe(to: string): Counters<ProbeCounter> {
     return this.#block(this.#probes, PROBE_COUNTERS, to);
+  }
+
+  /**
+   * After a reload: the per-upstream blocks and histograms no upstream in use
+   * was handed (`inUse`, Routing.series) stop being published, counters with
+   * the gauges among them: an alert or a dashboard must not go on reading a
+   * server no longer configured, and the number of series must not grow with
+   * every change. Prometheus marks the series stale; a name configured again
+   * later gets fresh blocks (its counters start from 0, which rate() reads as
+   * a reset). A block kept is the same object, so its counts go on. What a
+   * replaced upstream still counts while it finishes its queries in flight
+   * is lost with its series.
+   */
+  retain(inUse: UpstreamSeries): void {
+    for (const [map, names] of [[this.#pools, inUse.pool], [this.#hosts, inUse.host], [this.#probes, inUse.probe]] as const) {
+      for (const [name, block] of map as Map<string, Counters<string>>) {
+        if (names.has(name)) continue;
+        map.delete(name);
+        this.registry.removeCounters(block);
+      }
+    }
+    for (const [to, d] of this.#durations) {
+      if (inUse.durations.has(to)) continue;
+      this.#durations.delete(to);
+      for (const h of d.histograms) this.registry.removeHistogram(h);
+    }
   }
 
   #block<K extends string>(map: Map<string, Counters<K>>, schema: CounterSchema<K>, name: string): Counters<K> {

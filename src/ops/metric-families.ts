@@ -40,6 +40,8 @@ interface Sample {
 
 /** A source of samples: slots of a block, or a callback. Pushes into `out`, summing on `key`. */
 export interface ScalarSource {
+  /** The values of the counter block it reads (null: a callback), so the block's series can be taken out again. */
+  readonly block: Float64Array | null;
   collect(out: Map<string, Sample>): void;
 }
 
@@ -51,12 +53,14 @@ function addSample(out: Map<string, Sample>, key: string, labels: Labels, value:
 
 /** The slots of one block that belong to one family, with their labels worked out once, at add time. */
 export class BlockSlots implements ScalarSource {
+  readonly block: Float64Array;
   readonly #values: Float64Array;
   readonly #slots: number[];
   readonly #labels: Labels[];
   readonly #keys: string[];
 
   constructor(values: Float64Array) {
+    this.block = values;
     this.#values = values;
     this.#slots = [];
     this.#labels = [];
@@ -78,12 +82,14 @@ export class BlockSlots implements ScalarSource {
 
 /** Several slots of one block published as one series, their sum: a family derived from others at scrape time. */
 export class SummedSlots implements ScalarSource {
+  readonly block: Float64Array;
   readonly #values: Float64Array;
   readonly #slots: readonly number[];
   readonly #labels: Labels;
   readonly #key: string;
 
   constructor(values: Float64Array, slots: readonly number[], labels: Labels) {
+    this.block = values;
     this.#values = values;
     this.#slots = slots;
     this.#labels = labels;
@@ -98,6 +104,7 @@ export class SummedSlots implements ScalarSource {
 }
 
 export class CallbackSource implements ScalarSource {
+  readonly block = null;
   readonly #fn: () => Iterable<LabelledValue>;
   readonly #constLabels: Labels | null;
   constructor(fn: () => Iterable<LabelledValue>, constLabels: Labels | null) {

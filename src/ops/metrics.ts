@@ -184,6 +184,32 @@ export class MetricsRegistry {
     }
   }
 
+  /**
+   * Takes out again every series a block added with addCounters feeds (an
+   * upstream no longer configured): Prometheus marks them stale at the next
+   * scrape. A family left with no series stays registered (HELP and TYPE only).
+   */
+  removeCounters<K extends string>(block: Counters<K>): void {
+    for (const entry of this.#families.values()) {
+      if (entry.type === 'histogram') continue;
+      const sources = (entry.metric as CounterFamily | GaugeFamily).sources;
+      for (let i = sources.length - 1; i >= 0; i--) if (sources[i]!.block === block.values) sources.splice(i, 1);
+    }
+  }
+
+  /** Takes out a histogram added with addHistogram; a series no other histogram feeds goes with it. */
+  removeHistogram(hist: TypedHistogram): void {
+    const entry = this.#families.get(hist.def.name);
+    if (entry === undefined || entry.type !== 'histogram') return;
+    const series = (entry.metric as HistogramFamily).series;
+    for (let i = series.length - 1; i >= 0; i--) {
+      const hists = series[i]!.hists;
+      const at = hists.indexOf(hist);
+      if (at >= 0) hists.splice(at, 1);
+      if (hists.length === 0) series.splice(i, 1);
+    }
+  }
+
   /** A gauge read by a callback at scrape time: e.g. cache entries, upstream health, view sync state. */
   addGauge(name: string, help: string, labelNames: readonly string[], collect: () => Iterable<LabelledValue>): void {
     this.#callback(name, help, 'gauge', labelNames, collect);
