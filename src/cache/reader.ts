@@ -98,6 +98,9 @@ export class CacheReader implements HitCache {
   lastGaveUp: boolean;
   /** A word of our own to store to between a read and its check (the memory order note above). */
   readonly #fence: Int32Array;
+  /** Where lookups are counted: the published counters, or (uncounted()) a block nobody reads. */
+  #tally: Float64Array;
+  readonly #unpublished: Float64Array;
 
   constructor(layout: StoreLayout, policy: CachePolicyOptions, counters: CacheCounters) {
     // The writer's hash: keys parsed on this thread must land where it put them.
@@ -113,6 +116,17 @@ export class CacheReader implements HitCache {
     this.gaveUp = 0;
     this.lastGaveUp = false;
     this.#fence = new Int32Array(new SharedArrayBuffer(4));
+    this.#tally = counters.values;
+    this.#unpublished = new Float64Array(counters.values.length);
+  }
+
+  /**
+   * Lookups made while `on` is false are not counted (a client handed back
+   * was counted at its first look). Counting elsewhere, not undoing counts
+   * after: a scrape in between would see a counter go back.
+   */
+  set counting(on: boolean) {
+    this.#tally = on ? this.counters.values : this.#unpublished;
   }
 
   /** A reload: new TTL caps (for prepare), prefetch and stale window. */
@@ -147,7 +161,7 @@ export class CacheReader implements HitCache {
       const slot = this.#slot;
       v.ref[slot] = 1;
       v.hitsA[slot]!++;
-      this.counters.values[v.list[slot] === POSITIVE ? S.hitPositive : S.hitNegative]!++;
+      this.#tally[v.list[slot] === POSITIVE ? S.hitPositive : S.hitNegative]!++;
       const reply = this.#reply;
       this.#reply = null;
       return reply;
@@ -158,7 +172,7 @@ export class CacheReader implements HitCache {
       this.counters.values[S.readGaveUp]!++;
     }
     this.#reply = null;
-    this.counters.values[S.miss]!++;
+    this.#tally[S.miss]!++;
     return null;
   }
 

@@ -11,9 +11,6 @@ import { Peer, type ReportLogger, type TurnClock } from './loop-parts.js';
 import type { SocketChannel } from './loop-send.js';
 import { OUTCOMES, WAITER_ARRIVED_WORD, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import type { ClientPeer } from '../listener.js';
-import { CACHE_COUNTERS, type CacheCounters } from '../../cache/stats.js';
-
-const L = CACHE_COUNTERS.slot;
 
 /** What handing a client back needs from the loop: its sockets' channels, and what it does with a client left waiting. */
 export interface AgainParts {
@@ -23,8 +20,8 @@ export interface AgainParts {
   readonly logger: ReportLogger;
   /** HitPath remoteWaiters: every client reported is the main thread's, answered there or handed back (direct.ts). */
   readonly remoteWaiters: boolean;
-  /** The hit path's cache lookups (hits, misses): a client handed back was counted at its first look. */
-  readonly lookups: CacheCounters;
+  /** The hit path's cache, whose lookups (hits, misses) a client handed back must not count twice. */
+  readonly lookups: { counting: boolean };
 }
 
 /** Every client the main thread heard of is its to answer: it sends the answer, or hands the client back to run again. */
@@ -162,15 +159,14 @@ export class Completions {
     const arrived = itemExtra(p, i, WAITER_ARRIVED_WORD);
     const arrivedAt = arrived === 0 ? now : now - msSince16(arrived, now);
     // Its first look was counted (a miss): this one is not, so a query is one lookup, as with the dgram backend.
-    const lookups = this.#again.lookups.values;
-    const counted: [number, number, number] = [lookups[L.hitPositive]!, lookups[L.hitNegative]!, lookups[L.miss]!];
+    this.#again.lookups.counting = false;
     try {
       this.#hits.handle(msg, channel, peer, arrivedAt);
     } catch (err) {
       this.#again.logger.error('query handler threw', { error: String(err) });
       return;
     } finally {
-      [lookups[L.hitPositive], lookups[L.hitNegative], lookups[L.miss]] = counted;
+      this.#again.lookups.counting = true;
     }
     this.#again.settle(peer, s, msg, arrivedAt);
   }

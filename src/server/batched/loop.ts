@@ -174,7 +174,7 @@ export class WorkerLoop implements MissSink {
     });
     this.#poller = new Poller(sys, this.#arena, this.#ctl, init.wakeFd, init.fds, this.#scratchOff, init.idlePollMs ?? IDLE_POLL_MS);
     this.#outbox = new Outbox(port, this.#logger, init.remoteWaiters === true);
-    this.#completions = new Completions(this.#hits, this.#clock, { channels: this.#channels, settle: this.#settle, logger: this.#logger, remoteWaiters: init.remoteWaiters === true, lookups: this.#cache.counters });
+    this.#completions = new Completions(this.#hits, this.#clock, { channels: this.#channels, settle: this.#settle, logger: this.#logger, remoteWaiters: init.remoteWaiters === true, lookups: this.#cache });
     this.#keep = [];
     this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
   }
