@@ -462,3 +462,17 @@ t.test('an IPv4-mapped IPv6 listen address (which an IPv6-only listener cannot b
   t.match(err(['--localip', '::ffff:169.254.20.10']), /^--localip \[::ffff:169\.254\.20\.10\]:53: an IPv4-mapped IPv6 address/);
   t.same(load(['--listen', '[::1]:5300']).config.listen, [{ host: '::1', port: 5300 }], 'other IPv6 addresses are fine');
 });
+
+t.test('a stub domain that is the cluster domain or a reverse zone is refused while a cluster DNS is set (CoreDNS refuses a zone defined twice)', async (t) => {
+  // The router let the stub replace the cluster route: cluster names went to the stub's servers over UDP, and the
+  // view no longer answered for the zone, with nothing said. node-cache's CoreDNS refuses the second block for the zone.
+  const up = ['--upstream-addr', '127.0.0.10'];
+  t.match(err([...up, '--stub-domain', 'Cluster.Local.=127.0.0.9']), /stub domain "cluster\.local".*cluster DNS/, 'the cluster domain, any spelling');
+  t.match(err([...up, '--stub-domain', 'in-addr.arpa=127.0.0.9']), /stub domain "in-addr\.arpa".*cluster DNS/, 'a reverse zone');
+  t.match(err([...up, '--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {ip6.arpa.: ["127.0.0.9"]}' }), /stub domain "ip6\.arpa"/, 'from the file');
+  t.match(err([...up, '--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"cluster.local": ["127.0.0.9"]}' }), /stub domain "cluster\.local"/, 'from the ConfigMap');
+  t.match(err([...up, '--cluster-domain', 'k8s.example', '--stub-domain', 'k8s.example=127.0.0.9']), /stub domain "k8s\.example"/, 'the configured cluster domain');
+  // A zone under them is more specific, as CoreDNS allows; in local mode there is no cluster route to take.
+  t.same(load([...up, '--stub-domain', 'corp.cluster.local=127.0.0.9', '--stub-domain', '10.in-addr.arpa=127.0.0.9']).config.stubDomains.map((d) => d.zone), ['corp.cluster.local', '10.in-addr.arpa']);
+  t.same(load(['--stub-domain', 'cluster.local=127.0.0.9']).config.stubDomains.map((d) => d.zone), ['cluster.local'], 'local mode');
+});
