@@ -16,7 +16,7 @@ import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import { camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
-import type { Config, StubDomain } from './config-types.js';
+import { REVERSE_ZONES, type Config, type StubDomain } from './config-types.js';
 
 // The table and the sources have modules of their own; callers keep importing them from here.
 export { ConfigError, HELP_FLAGS, OPTIONS, helpText } from './config-options.js';
@@ -203,6 +203,13 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     if (typeof a === 'string') throw new ConfigError(`${envPrefix}_SERVICE_HOST/_PORT ${a}`);
     clusterUpstream = a;
     clusterUpstreamSource = `${envPrefix}_SERVICE_HOST`;
+  }
+  // The router would let the stub replace the cluster route (and the view answering it); CoreDNS refuses a zone defined twice.
+  const taken = clusterUpstream === null ? undefined : stubDomains.find((d) => d.zone === clusterDomain || REVERSE_ZONES.includes(d.zone));
+  if (taken !== undefined) {
+    throw new ConfigError(
+      `stub domain "${taken.zone}" (--stub-domain, or stubDomains in the config file or the kube-dns ConfigMap): the cluster DNS (${clusterUpstreamSource}) answers that zone; give a zone under it`,
+    );
   }
   if (clusterUpstream === null && bool('require-cluster-dns')) {
     throw new ConfigError(
