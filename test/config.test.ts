@@ -476,3 +476,8 @@ t.test('a stub domain that is the cluster domain or a reverse zone is refused wh
   t.same(load([...up, '--stub-domain', 'corp.cluster.local=127.0.0.9', '--stub-domain', '10.in-addr.arpa=127.0.0.9']).config.stubDomains.map((d) => d.zone), ['corp.cluster.local', '10.in-addr.arpa']);
   t.same(load(['--stub-domain', 'cluster.local=127.0.0.9']).config.stubDomains.map((d) => d.zone), ['cluster.local'], 'local mode');
 });
+
+t.test('a config file with a key given twice is refused naming that key and its value, not only a line number', async (t) => {
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'successTtl: 10s\ncacheSize: 5\nsuccessTtl: 20s\n' }), /config file \/c\.yaml: .*unique.*line 3.*successTtl: 20s/);
+  t.match(err(['--config', '/c.json'], noEnv, { '/c.json': '{"cacheSize": 5, "cacheSize": 6}' }), /config file \/c\.json: .*unique.*"cacheSize": 6/);
+});
