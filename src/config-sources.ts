@@ -83,7 +83,7 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
   try {
     doc = parseYaml(text); // YAML 1.2 is a superset of JSON: one parser for both
   } catch (e) {
-    throw new ConfigError(`config file ${path}: ${(e as Error).message.split('\n')[0]}`);
+    throw new ConfigError(`config file ${path}: ${(e as Error).message.split('\n')[0]}${sourceAt(text, (e as { linePos?: { line: number; col: number }[] }).linePos?.[0])}`);
   }
   if (doc === null || doc === undefined) doc = {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: expected a mapping of settings`);
@@ -128,6 +128,13 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
   // Every typo at once: an operator fixing one at a time would restart (or reload) once per key.
   if (unknown.length > 0) throw new ConfigError(`config file ${path}: unknown setting${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}`);
   return { raw, stubDomains };
+}
+
+/** The text a YAML error points at (a duplicate key: that key and its value), so the message names it, not only its place. */
+function sourceAt(text: string, at: { line: number; col: number } | undefined): string {
+  const line = at === undefined ? undefined : text.split('\n')[at.line - 1];
+  const from = line?.slice(Math.max(0, at!.col - 1)).trim().slice(0, 80);
+  return from === undefined || from === '' ? '' : ` ${from}`;
 }
 
 /** Text settings whose value is a number, which YAML rightly reads as one. */
