@@ -481,3 +481,12 @@ t.test('a config file with a key given twice is refused naming that key and its 
   t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'successTtl: 10s\ncacheSize: 5\nsuccessTtl: 20s\n' }), /config file \/c\.yaml: .*unique.*line 3.*successTtl: 20s/);
   t.match(err(['--config', '/c.json'], noEnv, { '/c.json': '{"cacheSize": 5, "cacheSize": 6}' }), /config file \/c\.json: .*unique.*"cacheSize": 6/);
 });
+
+t.test('a TTL flag that is not a whole number of seconds is refused, not cut down to one', async (t) => {
+  // "1500ms" was cached for 1 s and "2.5s" for 2 s, with nothing said.
+  t.match(err(['--success-ttl', '1500ms']), /--success-ttl "1500ms": .*whole seconds/);
+  t.match(err(['--denial-ttl', '2.5']), /--denial-ttl "2.5": .*whole seconds/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'localTtl: 2.5s\n' }), /--local-ttl "2.5s": .*whole seconds.*localTtl/);
+  t.equal(load(['--success-ttl', '1m30s', '--denial-ttl', '2000ms', '--local-ttl', '1.0']).config.successTtl, 90);
+  t.equal(load(['--denial-ttl', '2000ms']).config.denialTtl, 2);
+});
