@@ -138,7 +138,11 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     return n;
   };
   // DNS TTLs are whole seconds: "500ms" would silently mean "never cache".
-  const seconds = (flag: string): number => Math.floor(duration(flag, false, 1000, ' (DNS TTLs are whole seconds)') / 1000);
+  const seconds = (flag: string): number => {
+    const ms = duration(flag, false, 1000, ' (DNS TTLs are whole seconds)');
+    if (ms % 1000 !== 0) throw new ConfigError(`--${flag} "${str(flag)}": DNS TTLs are whole seconds, such as 2s or 1m30s`);
+    return ms / 1000;
+  };
   const bool = (flag: string): boolean => {
     const v = str(flag)!;
     if (v === 'true') return true;
