@@ -490,3 +490,14 @@ t.test('a TTL flag that is not a whole number of seconds is refused, not cut dow
   t.equal(load(['--success-ttl', '1m30s', '--denial-ttl', '2000ms', '--local-ttl', '1.0']).config.successTtl, 90);
   t.equal(load(['--denial-ttl', '2000ms']).config.denialTtl, 2);
 });
+
+t.test('an unbracketed IPv6 address with a port ("::1:5353") is refused, not taken as an IPv4-compatible address no server has', async (t) => {
+  // "::1:5353" is the address ::0.1.83.83 (deprecated, RFC 4291 2.5.5.1) at port 53: a stub whose server never answers.
+  t.match(err(['--stub-domain', 'x.example=::1:5353']), /--stub-domain.*"::1:5353".*\[::1\]:5353/);
+  t.match(err(['--upstream-addr', '::1:53']), /--upstream-addr.*"::1:53"/);
+  t.match(err(['--upstream-nameservers', '127.0.0.1,::53']), /--upstream-nameservers.*"::53"/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {x.example: ["::1:5353"]}' }), /stubDomains.*"::1:5353"/);
+  t.same(load(['--stub-domain', 'x.example=[::1]:5353,::1,fd00::1:53', '--listen', '[::]:5353']).config.stubDomains[0]?.servers, [
+    { host: '::1', port: 5353 }, { host: '::1', port: 53 }, { host: 'fd00::1:53', port: 53 },
+  ]);
+});
