@@ -501,3 +501,33 @@ t.test('an unbracketed IPv6 address with a port ("::1:5353") is refused, not tak
     { host: '::1', port: 5353 }, { host: '::1', port: 53 }, { host: 'fd00::1:53', port: 53 },
   ]);
 });
+
+t.test('ConfigWatcher: a file caught mid-write (truncated, then written in place) is not reloaded until two polls read it the same', async (t) => {
+  // An empty config file is a valid one (every default): a poll that fell between the truncate and the write of an
+  // in-place edit reloaded it, dropping the stub domains and upstream nameservers until the next poll.
+  const { ManualClock } = await import('../src/clock.js');
+  const { ConfigWatcher, CONFIG_POLL_MS } = await import('../src/config-watch.js');
+  const clock = new ManualClock();
+  const files = new Map<string, string | null>([['/c.yaml', 'stubDomains: {a.example: ["127.0.0.9"]}\n'], ['/resolv.conf', 'nameserver 127.0.0.2\n']]);
+  let changes = 0;
+  const w = new ConfigWatcher(clock, [...files.keys()], () => changes++, (p) => files.get(p) ?? null);
+  files.set('/c.yaml', '');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 0, 'the truncated file is not reported');
+  files.set('/c.yaml', 'stubDomains: {a.example: ["127.0.0.10"]}\n');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 0, 'nor the written one, until it reads the same twice');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 1, 'then once');
+  clock.advance(3 * CONFIG_POLL_MS);
+  t.equal(changes, 1, 'and only once');
+  // Another file still changing holds the reload back too: it would read that one half-written.
+  files.set('/c.yaml', 'a: 3');
+  clock.advance(CONFIG_POLL_MS);
+  files.set('/resolv.conf', 'nameserver 127.0.0.3\n');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 1, 'held while resolv.conf changes');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 2, 'both settled: one reload');
+  w.stop();
+});
