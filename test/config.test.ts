@@ -158,12 +158,13 @@ t.test('ConfigWatcher: a change in any watched file is reported once, a missing 
   clock.advance(3 * CONFIG_POLL_MS);
   t.equal(changes, 0, 'nothing changed');
   files.set('/c.yaml', 'a: 2');
-  clock.advance(CONFIG_POLL_MS);
+  // Two polls: the second reads what the first did (not a file caught mid-write).
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 1);
   clock.advance(3 * CONFIG_POLL_MS);
   t.equal(changes, 1, 'reported once');
   files.set('/kube-dns/stubDomains', '{}');
-  clock.advance(CONFIG_POLL_MS);
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 2, 'a file that appears is a change');
   w.stop();
   files.set('/c.yaml', 'a: 3');
@@ -366,14 +367,14 @@ t.test('ConfigWatcher: compared against what the configuration was read from, an
   let changes = 0;
   // The config was read as "a: 1" at start; it became "a: 2" while the agent started.
   const w = new ConfigWatcher(clock, ['/c.yaml', '/resolv-1'], () => changes++, read, (p) => (p === '/c.yaml' ? 'a: 1' : undefined));
-  clock.advance(CONFIG_POLL_MS);
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 1, 'a change made after the read and before the watcher is one');
   w.watch(['/c.yaml', '/resolv-2'], (p) => (p === '/c.yaml' ? 'a: 2' : undefined));
   files.set('/resolv-1', 'nameserver 127.0.0.4');
-  clock.advance(CONFIG_POLL_MS);
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 1, 'a file no longer used is no longer watched');
   files.set('/resolv-2', 'nameserver 127.0.0.5');
-  clock.advance(CONFIG_POLL_MS);
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 2, 'the file now in use is');
   w.stop();
 });
