@@ -532,3 +532,12 @@ t.test('ConfigWatcher: a file caught mid-write (truncated, then written in place
   t.equal(changes, 2, 'both settled: one reload');
   w.stop();
 });
+
+t.test('the kube-dns ConfigMap\'s stubDomains with one zone written twice the same way is refused, as in any other spelling', async (t) => {
+  // JSON.parse keeps the last of two equal keys, so one server list was dropped without a word.
+  t.match(
+    err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"consul.local": ["127.0.0.7"], "consul.local": ["127.0.0.8"]}' }),
+    /kube-dns ConfigMap \/kd\/stubDomains: .*"consul\.local".*twice/,
+  );
+  t.same(load(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"a.example": ["127.0.0.7"], "b.example": ["127.0.0.8"]}' }).config.stubDomains.length, 2);
+});
