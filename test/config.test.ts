@@ -541,3 +541,12 @@ t.test('the kube-dns ConfigMap\'s stubDomains with one zone written twice the sa
   );
   t.same(load(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"a.example": ["127.0.0.7"], "b.example": ["127.0.0.8"]}' }).config.stubDomains.length, 2);
 });
+
+t.test('--no-reuse-port with a wildcard and another address of its family on one port is refused naming both (the second bind fails)', async (t) => {
+  // It used to start and die on bind with EADDRINUSE (exit 1), as if another process held the port.
+  t.match(err(['--no-reuse-port', '--listen', '127.0.0.1:5353', '--listen', '0.0.0.0:5353']), /--listen 127\.0\.0\.1:5353 and 0\.0\.0\.0:5353: .*--no-reuse-port/);
+  t.match(err(['--no-reuse-port', '--listen', '[::]:5353', '--listen', '[::1]:5353']), /--listen \[::\]:5353 and \[::1\]:5353/);
+  // Other families, other ports, or SO_REUSEPORT (the kernel gives the specific address its own traffic): fine.
+  t.equal(load(['--no-reuse-port', '--listen', '0.0.0.0:5353', '--listen', '[::1]:5353', '--listen', '127.0.0.1:5354']).config.listen.length, 3);
+  t.equal(load(['--listen', '127.0.0.1:5353', '--listen', '0.0.0.0:5353']).config.listen.length, 2);
+});
