@@ -7,7 +7,8 @@
  * (main.ts exits 2 with it).
  */
 import { readFileSync } from 'node:fs';
-import { formatHostPort, parseHostPort } from './addr.js';
+import { isIP } from 'node:net';
+import { formatHostPort, isWildcard, parseHostPort } from './addr.js';
 import { SLOT_OVERHEAD_BYTES } from './cache/store.js';
 import type { LogLevel } from './log.js';
 import type { ServerAddress } from './upstream/types.js';
@@ -182,6 +183,12 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     const k = formatHostPort(l);
     if (seen.has(k)) throw new ConfigError(`--listen ${k}: given twice`);
     seen.add(k);
+  }
+  // Without SO_REUSEPORT a wildcard holds its port on every address of its family: the other bind would fail at start.
+  const pairs = listen.flatMap((a, i) => listen.slice(i + 1).map((b) => [a, b] as const));
+  const shadowed = bool('reuse-port') ? undefined : pairs.find(([a, b]) => a.port === b.port && isIP(a.host) === isIP(b.host) && (isWildcard(a.host) || isWildcard(b.host)));
+  if (shadowed !== undefined) {
+    throw new ConfigError(`--listen ${shadowed.map(formatHostPort).join(' and ')}: the wildcard takes that port on every address, so with --no-reuse-port the other cannot bind; give one of them`);
   }
 
   // Checked as given, before the trailing dot goes: ".." (a templated "$(DOMAIN)." holding ".") is no name, not the root.
