@@ -550,3 +550,10 @@ t.test('--no-reuse-port with a wildcard and another address of its family on one
   t.equal(load(['--no-reuse-port', '--listen', '0.0.0.0:5353', '--listen', '[::1]:5353', '--listen', '127.0.0.1:5354']).config.listen.length, 3);
   t.equal(load(['--listen', '127.0.0.1:5353', '--listen', '0.0.0.0:5353']).config.listen.length, 2);
 });
+
+t.test('one file giving a zone both in stubDomains and in stubDomain is refused (a zone once per file), not settled by the list', async (t) => {
+  const file = 'stubDomains:\n  a.example: ["127.0.0.7"]\nstubDomain: ["A.Example.=127.0.0.8"]\n';
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': file }), /zone "a\.example" given twice/);
+  // A flag still replaces the file's stub for its zone.
+  t.same(load(['--config', '/c.yaml', '--stub-domain', 'a.example=127.0.0.9'], noEnv, { '/c.yaml': file }).config.stubDomains, [{ zone: 'a.example', servers: [{ host: '127.0.0.9', port: 53 }] }]);
+});
