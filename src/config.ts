@@ -61,6 +61,7 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     merged.set(k, v);
     origin.delete(k);
   }
+  const fileStubs = stubs;
   // The kube-dns ConfigMap (node-cache reads the same two keys): the lowest precedence, under our own file and flags.
   const kubeDns = readKubeDnsConfig(merged, readFile);
   if (kubeDns !== null) {
@@ -71,8 +72,9 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     }
   }
   try {
-    // One zone twice is refused as in stubDomains (CoreDNS refuses a zone defined twice), not settled by the order of the flags.
-    const given = new Map<string, string>();
+    // One zone twice is refused as in stubDomains (CoreDNS refuses a zone defined twice), not settled by the order of the flags;
+    // a file's stubDomain list meets its own stubDomains (flags replace the file's zones).
+    const given = new Map<string, string>(origin.has('stub-domain') ? fileStubs.map((d) => [d.zone, `stubDomains.${d.zone}`]) : []);
     for (const s of listOf(merged, 'stub-domain')) {
       const eq = s.indexOf('=');
       if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);

@@ -557,3 +557,11 @@ t.test('one file giving a zone both in stubDomains and in stubDomain is refused 
   // A flag still replaces the file's stub for its zone.
   t.same(load(['--config', '/c.yaml', '--stub-domain', 'a.example=127.0.0.9'], noEnv, { '/c.yaml': file }).config.stubDomains, [{ zone: 'a.example', servers: [{ host: '127.0.0.9', port: 53 }] }]);
 });
+
+t.test('a config file stubDomain entry still wins over the kube-dns ConfigMap for its zone', async (t) => {
+  const c = load(['--config', '/c.yaml', '--kube-dns-config-dir', '/kd'], noEnv, {
+    '/c.yaml': 'stubDomain: ["a.example=127.0.0.8"]\n',
+    '/kd/stubDomains': '{"a.example": ["127.0.0.7"]}',
+  }).config;
+  t.same(c.stubDomains, [{ zone: 'a.example', servers: [{ host: '127.0.0.8', port: 53 }] }]);
+});
