@@ -4,7 +4,7 @@
  * as the kernel reports a peer), so comparing hosts is comparing strings.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { isIP, SocketAddress } from 'node:net';
+import { BlockList, isIP, SocketAddress } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { ServerAddress } from './upstream/types.js';
 
@@ -31,6 +31,12 @@ export function parseHostPort(text: string, defaultPort: number | undefined): Se
   }
   const ip = canonicalIp(host);
   if (ip === null) return `"${text}": "${host}" is not an IPv4 or IPv6 address (a %zone: IPv6 only, an interface name or index)`;
+  if (ipv4Compatible(ip)) {
+    // "::1:5353" is an address, ::0.1.83.83: almost always [::1]:5353 written without its brackets.
+    const colon = s.lastIndexOf(':');
+    const meant = !s.startsWith('[') && canonicalIp(s.slice(0, colon)) !== null ? `, such as [${s.slice(0, colon)}]:${s.slice(colon + 1)}` : '';
+    return `"${text}": ${ip} is an IPv4-compatible IPv6 address (deprecated, RFC 4291), which no server has; an IPv6 address with a port is written in brackets${meant}`;
+  }
   let port = defaultPort;
   if (portText !== undefined) {
     if (!/^\d{1,5}$/.test(portText) || Number(portText) < 1 || Number(portText) > 65535) {
@@ -40,6 +46,15 @@ export function parseHostPort(text: string, defaultPort: number | undefined): Se
   }
   if (port === undefined) return `"${text}": a port is required (ADDR:PORT)`;
   return { host: ip, port };
+}
+
+const IPV4_COMPATIBLE = new BlockList();
+IPV4_COMPATIBLE.addSubnet('::', 96, 'ipv6');
+
+/** In ::/96 but neither the wildcard nor loopback (RFC 4291 2.5.5.1: deprecated, never assigned). */
+function ipv4Compatible(ip: string): boolean {
+  const base = ip.split('%')[0]!;
+  return isIP(base) === 6 && base !== '::' && base !== '::1' && IPV4_COMPATIBLE.check(base, 'ipv6');
 }
 
 /** A %zone names an interface (or its index): no empty one, no spaces or separators. */

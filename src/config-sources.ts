@@ -4,7 +4,7 @@
  * the kube-dns ConfigMap's stubDomains and upstreamNameservers. Also the
  * size and duration spellings every source shares.
  */
-import { parse as parseYaml } from 'yaml';
+import { isMap, isScalar, parse as parseYaml, parseDocument } from 'yaml';
 import { parseHostPort } from './addr.js';
 import type { StubDomain } from './config-types.js';
 import { ConfigError, OPTIONS } from './config-options.js';
@@ -83,7 +83,7 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
   try {
     doc = parseYaml(text); // YAML 1.2 is a superset of JSON: one parser for both
   } catch (e) {
-    throw new ConfigError(`config file ${path}: ${(e as Error).message.split('\n')[0]}`);
+    throw new ConfigError(`config file ${path}: ${(e as Error).message.split('\n')[0]}${sourceAt(text, (e as { linePos?: { line: number; col: number }[] }).linePos?.[0])}`);
   }
   if (doc === null || doc === undefined) doc = {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: expected a mapping of settings`);
@@ -130,6 +130,13 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
   return { raw, stubDomains };
 }
 
+/** The text a YAML error points at (a duplicate key: that key and its value), so the message names it, not only its place. */
+function sourceAt(text: string, at: { line: number; col: number } | undefined): string {
+  const line = at === undefined ? undefined : text.split('\n')[at.line - 1];
+  const from = line?.slice(Math.max(0, at!.col - 1)).trim().slice(0, 80);
+  return from === undefined || from === '' ? '' : ` ${from}`;
+}
+
 /** Text settings whose value is a number, which YAML rightly reads as one. */
 const NUMERIC_TEXT: ReadonlySet<string> = new Set(['query-log-sample']);
 
@@ -173,6 +180,16 @@ export function stubDomain(where: string, zone: string, servers: readonly string
   return { zone: name, servers: addrs };
 }
 
+/** The members of a parsed JSON object as written, a key given twice listed twice (JSON.parse keeps the last alone). */
+function jsonMembers(text: string, doc: Record<string, unknown>): [string, unknown][] {
+  const map = parseDocument(text, { uniqueKeys: false }).contents;
+  if (!isMap(map)) return Object.entries(doc);
+  return map.items.map((item) => {
+    const key = String(isScalar(item.key) ? item.key.value : item.key);
+    return [key, doc[key]];
+  });
+}
+
 /** kube-dns allows at most 3 upstream nameservers (as glibc's MAXNS); node-cache refuses more too. */
 const KUBE_DNS_MAX_UPSTREAMS = 3;
 
@@ -214,7 +231,7 @@ export function readKubeDnsConfig(
   if (stubText !== null && stubText.trim() !== '') {
     const doc = parse('stubDomains', stubText);
     if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: expected a map of zone to a list of servers`);
-    for (const [zone, servers] of Object.entries(doc as Record<string, unknown>)) {
+    for (const [zone, servers] of jsonMembers(stubText, doc as Record<string, unknown>)) {
       if (!Array.isArray(servers) || servers.length === 0 || !servers.every((x) => typeof x === 'string')) {
         throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: ${zone} must be a non-empty list of "IP[:PORT]" strings`);
       }

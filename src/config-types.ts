@@ -8,6 +8,9 @@ import type { ServerAddress } from './upstream/types.js';
 import type { TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 
+/** Reverse zones always belong to the cluster DNS: it owns the PTR records of Service and Pod IPs. */
+export const REVERSE_ZONES: readonly string[] = ['in-addr.arpa', 'ip6.arpa'];
+
 export interface StubDomain {
   readonly zone: string;
   readonly servers: readonly ServerAddress[];

@@ -1,7 +1,7 @@
 /**
  * Watches the files a configuration comes from (the --config file, the
  * kube-dns ConfigMap directory's files, resolv.conf) and says when any of
- * them changed. Polling their contents every second on the clock's shared
+ * them changed (and read the same on the next poll: not half written). Polling their contents every second on the clock's shared
  * sweep, rather than fs.watch: a Kubernetes ConfigMap volume updates by
  * swapping a symlinked directory, which inotify reports unevenly across
  * kernels and overlay filesystems, while reading three small files a second
@@ -20,6 +20,8 @@ export class ConfigWatcher {
   readonly #read: (path: string) => string | null;
   readonly #onChange: () => void;
   readonly #seen: Map<string, string | null>;
+  /** What the last poll read, while it differed from #seen: a change is taken once a poll reads the same again. */
+  #settling: Map<string, string | null> | null;
   readonly #stop: () => void;
   #last: number;
 
@@ -32,6 +34,7 @@ export class ConfigWatcher {
     this.#read = read;
     this.#onChange = onChange;
     this.#seen = new Map();
+    this.#settling = null;
     this.watch(paths, baseline);
     this.#last = clock.now();
     this.#stop = clock.sweep((now) => {
@@ -54,6 +57,7 @@ export class ConfigWatcher {
       seen.set(p, b !== undefined ? b : this.#seen.has(p) ? this.#seen.get(p)! : this.#read(p));
     }
     this.#paths = paths;
+    this.#settling = null;
     this.#seen.clear();
     for (const [p, text] of seen) this.#seen.set(p, text);
   }
@@ -62,16 +66,23 @@ export class ConfigWatcher {
     this.#stop();
   }
 
+  /**
+   * A change is reported once two polls a second apart read every file the
+   * same: a file edited in place is empty (truncated) or half written for a
+   * moment, and an empty config file is a valid one (every default).
+   */
   #poll(): void {
-    let changed = false;
-    for (const p of this.#paths) {
-      const text = this.#read(p);
-      if (text !== this.#seen.get(p)) {
-        this.#seen.set(p, text);
-        changed = true;
-      }
+    const now = new Map(this.#paths.map((p) => [p, this.#read(p)]));
+    const before = this.#settling;
+    if (this.#paths.every((p) => now.get(p) === this.#seen.get(p))) {
+      this.#settling = null;
+      return;
     }
-    if (changed) this.#onChange();
+    this.#settling = now;
+    if (before === null || this.#paths.some((p) => now.get(p) !== before.get(p))) return;
+    this.#settling = null;
+    for (const [p, text] of now) this.#seen.set(p, text);
+    this.#onChange();
   }
 }
 

@@ -7,7 +7,8 @@
  * (main.ts exits 2 with it).
  */
 import { readFileSync } from 'node:fs';
-import { formatHostPort, parseHostPort } from './addr.js';
+import { isIP } from 'node:net';
+import { formatHostPort, isWildcard, parseHostPort } from './addr.js';
 import { SLOT_OVERHEAD_BYTES } from './cache/store.js';
 import type { LogLevel } from './log.js';
 import type { ServerAddress } from './upstream/types.js';
@@ -16,7 +17,7 @@ import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import { camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
-import type { Config, StubDomain } from './config-types.js';
+import { REVERSE_ZONES, type Config, type StubDomain } from './config-types.js';
 
 // The table and the sources have modules of their own; callers keep importing them from here.
 export { ConfigError, HELP_FLAGS, OPTIONS, helpText } from './config-options.js';
@@ -60,6 +61,7 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     merged.set(k, v);
     origin.delete(k);
   }
+  const fileStubs = stubs;
   // The kube-dns ConfigMap (node-cache reads the same two keys): the lowest precedence, under our own file and flags.
   const kubeDns = readKubeDnsConfig(merged, readFile);
   if (kubeDns !== null) {
@@ -70,8 +72,9 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     }
   }
   try {
-    // One zone twice is refused as in stubDomains (CoreDNS refuses a zone defined twice), not settled by the order of the flags.
-    const given = new Map<string, string>();
+    // One zone twice is refused as in stubDomains (CoreDNS refuses a zone defined twice), not settled by the order of the flags;
+    // a file's stubDomain list meets its own stubDomains (flags replace the file's zones).
+    const given = new Map<string, string>(origin.has('stub-domain') ? fileStubs.map((d) => [d.zone, `stubDomains.${d.zone}`]) : []);
     for (const s of listOf(merged, 'stub-domain')) {
       const eq = s.indexOf('=');
       if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
@@ -138,7 +141,11 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     return n;
   };
   // DNS TTLs are whole seconds: "500ms" would silently mean "never cache".
-  const seconds = (flag: string): number => Math.floor(duration(flag, false, 1000, ' (DNS TTLs are whole seconds)') / 1000);
+  const seconds = (flag: string): number => {
+    const ms = duration(flag, false, 1000, ' (DNS TTLs are whole seconds)');
+    if (ms % 1000 !== 0) throw new ConfigError(`--${flag} "${str(flag)}": DNS TTLs are whole seconds, such as 2s or 1m30s`);
+    return ms / 1000;
+  };
   const bool = (flag: string): boolean => {
     const v = str(flag)!;
     if (v === 'true') return true;
@@ -179,6 +186,12 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     if (seen.has(k)) throw new ConfigError(`--listen ${k}: given twice`);
     seen.add(k);
   }
+  // Without SO_REUSEPORT a wildcard holds its port on every address of its family: the other bind would fail at start.
+  const pairs = listen.flatMap((a, i) => listen.slice(i + 1).map((b) => [a, b] as const));
+  const shadowed = bool('reuse-port') ? undefined : pairs.find(([a, b]) => a.port === b.port && isIP(a.host) === isIP(b.host) && (isWildcard(a.host) || isWildcard(b.host)));
+  if (shadowed !== undefined) {
+    throw new ConfigError(`--listen ${shadowed.map(formatHostPort).join(' and ')}: the wildcard takes that port on every address, so with --no-reuse-port the other cannot bind; give one of them`);
+  }
 
   // Checked as given, before the trailing dot goes: ".." (a templated "$(DOMAIN)." holding ".") is no name, not the root.
   if (!plainZoneName(str('cluster-domain')!)) {
@@ -203,6 +216,13 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     if (typeof a === 'string') throw new ConfigError(`${envPrefix}_SERVICE_HOST/_PORT ${a}`);
     clusterUpstream = a;
     clusterUpstreamSource = `${envPrefix}_SERVICE_HOST`;
+  }
+  // The router would let the stub replace the cluster route (and the view answering it); CoreDNS refuses a zone defined twice.
+  const taken = clusterUpstream === null ? undefined : stubDomains.find((d) => d.zone === clusterDomain || REVERSE_ZONES.includes(d.zone));
+  if (taken !== undefined) {
+    throw new ConfigError(
+      `stub domain "${taken.zone}" (--stub-domain, or stubDomains in the config file or the kube-dns ConfigMap): the cluster DNS (${clusterUpstreamSource}) answers that zone; give a zone under it`,
+    );
   }
   if (clusterUpstream === null && bool('require-cluster-dns')) {
     throw new ConfigError(

@@ -15,6 +15,7 @@ import { readFileSync } from 'node:fs';
 import { dialableHost, formatHostPort } from './addr.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
+import { REVERSE_ZONES } from './config-types.js';
 import { QType } from './dns/constants.js';
 import { parseQuery } from './dns/query.js';
 import { ViewAnswerer } from './kube/local-answerer.js';
@@ -33,8 +34,6 @@ import { loadCaFile } from './upstream/tls-connect.js';
 import { TlsResolvers } from './upstream/tls-resolvers.js';
 import type { ServerAddress, Upstream } from './upstream/types.js';
 
-/** Reverse zones always belong to the cluster DNS: it owns the PTR records of Service and Pod IPs. */
-const REVERSE_ZONES = ['in-addr.arpa', 'ip6.arpa'];
 
 export interface ClusterUpstream {
   readonly pool: TcpPool;

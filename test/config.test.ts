@@ -158,12 +158,13 @@ t.test('ConfigWatcher: a change in any watched file is reported once, a missing 
   clock.advance(3 * CONFIG_POLL_MS);
   t.equal(changes, 0, 'nothing changed');
   files.set('/c.yaml', 'a: 2');
-  clock.advance(CONFIG_POLL_MS);
+  // Two polls: the second reads what the first did (not a file caught mid-write).
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 1);
   clock.advance(3 * CONFIG_POLL_MS);
   t.equal(changes, 1, 'reported once');
   files.set('/kube-dns/stubDomains', '{}');
-  clock.advance(CONFIG_POLL_MS);
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 2, 'a file that appears is a change');
   w.stop();
   files.set('/c.yaml', 'a: 3');
@@ -366,14 +367,14 @@ t.test('ConfigWatcher: compared against what the configuration was read from, an
   let changes = 0;
   // The config was read as "a: 1" at start; it became "a: 2" while the agent started.
   const w = new ConfigWatcher(clock, ['/c.yaml', '/resolv-1'], () => changes++, read, (p) => (p === '/c.yaml' ? 'a: 1' : undefined));
-  clock.advance(CONFIG_POLL_MS);
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 1, 'a change made after the read and before the watcher is one');
   w.watch(['/c.yaml', '/resolv-2'], (p) => (p === '/c.yaml' ? 'a: 2' : undefined));
   files.set('/resolv-1', 'nameserver 127.0.0.4');
-  clock.advance(CONFIG_POLL_MS);
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 1, 'a file no longer used is no longer watched');
   files.set('/resolv-2', 'nameserver 127.0.0.5');
-  clock.advance(CONFIG_POLL_MS);
+  clock.advance(2 * CONFIG_POLL_MS);
   t.equal(changes, 2, 'the file now in use is');
   w.stop();
 });
@@ -461,4 +462,106 @@ t.test('an IPv4-mapped IPv6 listen address (which an IPv6-only listener cannot b
   t.match(err(['--listen', '[::ffff:127.0.0.1]:5300']), /^--listen \[::ffff:127\.0\.0\.1\]:5300: an IPv4-mapped IPv6 address.*127\.0\.0\.1:5300/);
   t.match(err(['--localip', '::ffff:169.254.20.10']), /^--localip \[::ffff:169\.254\.20\.10\]:53: an IPv4-mapped IPv6 address/);
   t.same(load(['--listen', '[::1]:5300']).config.listen, [{ host: '::1', port: 5300 }], 'other IPv6 addresses are fine');
+});
+
+t.test('a stub domain that is the cluster domain or a reverse zone is refused while a cluster DNS is set (CoreDNS refuses a zone defined twice)', async (t) => {
+  // The router let the stub replace the cluster route: cluster names went to the stub's servers over UDP, and the
+  // view no longer answered for the zone, with nothing said. node-cache's CoreDNS refuses the second block for the zone.
+  const up = ['--upstream-addr', '127.0.0.10'];
+  t.match(err([...up, '--stub-domain', 'Cluster.Local.=127.0.0.9']), /stub domain "cluster\.local".*cluster DNS/, 'the cluster domain, any spelling');
+  t.match(err([...up, '--stub-domain', 'in-addr.arpa=127.0.0.9']), /stub domain "in-addr\.arpa".*cluster DNS/, 'a reverse zone');
+  t.match(err([...up, '--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {ip6.arpa.: ["127.0.0.9"]}' }), /stub domain "ip6\.arpa"/, 'from the file');
+  t.match(err([...up, '--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"cluster.local": ["127.0.0.9"]}' }), /stub domain "cluster\.local"/, 'from the ConfigMap');
+  t.match(err([...up, '--cluster-domain', 'k8s.example', '--stub-domain', 'k8s.example=127.0.0.9']), /stub domain "k8s\.example"/, 'the configured cluster domain');
+  // A zone under them is more specific, as CoreDNS allows; in local mode there is no cluster route to take.
+  t.same(load([...up, '--stub-domain', 'corp.cluster.local=127.0.0.9', '--stub-domain', '10.in-addr.arpa=127.0.0.9']).config.stubDomains.map((d) => d.zone), ['corp.cluster.local', '10.in-addr.arpa']);
+  t.same(load(['--stub-domain', 'cluster.local=127.0.0.9']).config.stubDomains.map((d) => d.zone), ['cluster.local'], 'local mode');
+});
+
+t.test('a config file with a key given twice is refused naming that key and its value, not only a line number', async (t) => {
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'successTtl: 10s\ncacheSize: 5\nsuccessTtl: 20s\n' }), /config file \/c\.yaml: .*unique.*line 3.*successTtl: 20s/);
+  t.match(err(['--config', '/c.json'], noEnv, { '/c.json': '{"cacheSize": 5, "cacheSize": 6}' }), /config file \/c\.json: .*unique.*"cacheSize": 6/);
+});
+
+t.test('a TTL flag that is not a whole number of seconds is refused, not cut down to one', async (t) => {
+  // "1500ms" was cached for 1 s and "2.5s" for 2 s, with nothing said.
+  t.match(err(['--success-ttl', '1500ms']), /--success-ttl "1500ms": .*whole seconds/);
+  t.match(err(['--denial-ttl', '2.5']), /--denial-ttl "2.5": .*whole seconds/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'localTtl: 2.5s\n' }), /--local-ttl "2.5s": .*whole seconds.*localTtl/);
+  t.equal(load(['--success-ttl', '1m30s', '--denial-ttl', '2000ms', '--local-ttl', '1.0']).config.successTtl, 90);
+  t.equal(load(['--denial-ttl', '2000ms']).config.denialTtl, 2);
+});
+
+t.test('an unbracketed IPv6 address with a port ("::1:5353") is refused, not taken as an IPv4-compatible address no server has', async (t) => {
+  // "::1:5353" is the address ::0.1.83.83 (deprecated, RFC 4291 2.5.5.1) at port 53: a stub whose server never answers.
+  t.match(err(['--stub-domain', 'x.example=::1:5353']), /--stub-domain.*"::1:5353".*\[::1\]:5353/);
+  t.match(err(['--upstream-addr', '::1:53']), /--upstream-addr.*"::1:53"/);
+  t.match(err(['--upstream-nameservers', '127.0.0.1,::53']), /--upstream-nameservers.*"::53"/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {x.example: ["::1:5353"]}' }), /stubDomains.*"::1:5353"/);
+  t.same(load(['--stub-domain', 'x.example=[::1]:5353,::1,fd00::1:53', '--listen', '[::]:5353']).config.stubDomains[0]?.servers, [
+    { host: '::1', port: 5353 }, { host: '::1', port: 53 }, { host: 'fd00::1:53', port: 53 },
+  ]);
+});
+
+t.test('ConfigWatcher: a file caught mid-write (truncated, then written in place) is not reloaded until two polls read it the same', async (t) => {
+  // An empty config file is a valid one (every default): a poll that fell between the truncate and the write of an
+  // in-place edit reloaded it, dropping the stub domains and upstream nameservers until the next poll.
+  const { ManualClock } = await import('../src/clock.js');
+  const { ConfigWatcher, CONFIG_POLL_MS } = await import('../src/config-watch.js');
+  const clock = new ManualClock();
+  const files = new Map<string, string | null>([['/c.yaml', 'stubDomains: {a.example: ["127.0.0.9"]}\n'], ['/resolv.conf', 'nameserver 127.0.0.2\n']]);
+  let changes = 0;
+  const w = new ConfigWatcher(clock, [...files.keys()], () => changes++, (p) => files.get(p) ?? null);
+  files.set('/c.yaml', '');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 0, 'the truncated file is not reported');
+  files.set('/c.yaml', 'stubDomains: {a.example: ["127.0.0.10"]}\n');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 0, 'nor the written one, until it reads the same twice');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 1, 'then once');
+  clock.advance(3 * CONFIG_POLL_MS);
+  t.equal(changes, 1, 'and only once');
+  // Another file still changing holds the reload back too: it would read that one half-written.
+  files.set('/c.yaml', 'a: 3');
+  clock.advance(CONFIG_POLL_MS);
+  files.set('/resolv.conf', 'nameserver 127.0.0.3\n');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 1, 'held while resolv.conf changes');
+  clock.advance(CONFIG_POLL_MS);
+  t.equal(changes, 2, 'both settled: one reload');
+  w.stop();
+});
+
+t.test('the kube-dns ConfigMap\'s stubDomains with one zone written twice the same way is refused, as in any other spelling', async (t) => {
+  // JSON.parse keeps the last of two equal keys, so one server list was dropped without a word.
+  t.match(
+    err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"consul.local": ["127.0.0.7"], "consul.local": ["127.0.0.8"]}' }),
+    /kube-dns ConfigMap \/kd\/stubDomains: .*"consul\.local".*twice/,
+  );
+  t.same(load(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"a.example": ["127.0.0.7"], "b.example": ["127.0.0.8"]}' }).config.stubDomains.length, 2);
+});
+
+t.test('--no-reuse-port with a wildcard and another address of its family on one port is refused naming both (the second bind fails)', async (t) => {
+  // It used to start and die on bind with EADDRINUSE (exit 1), as if another process held the port.
+  t.match(err(['--no-reuse-port', '--listen', '127.0.0.1:5353', '--listen', '0.0.0.0:5353']), /--listen 127\.0\.0\.1:5353 and 0\.0\.0\.0:5353: .*--no-reuse-port/);
+  t.match(err(['--no-reuse-port', '--listen', '[::]:5353', '--listen', '[::1]:5353']), /--listen \[::\]:5353 and \[::1\]:5353/);
+  // Other families, other ports, or SO_REUSEPORT (the kernel gives the specific address its own traffic): fine.
+  t.equal(load(['--no-reuse-port', '--listen', '0.0.0.0:5353', '--listen', '[::1]:5353', '--listen', '127.0.0.1:5354']).config.listen.length, 3);
+  t.equal(load(['--listen', '127.0.0.1:5353', '--listen', '0.0.0.0:5353']).config.listen.length, 2);
+});
+
+t.test('one file giving a zone both in stubDomains and in stubDomain is refused (a zone once per file), not settled by the list', async (t) => {
+  const file = 'stubDomains:\n  a.example: ["127.0.0.7"]\nstubDomain: ["A.Example.=127.0.0.8"]\n';
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': file }), /zone "a\.example" given twice/);
+  // A flag still replaces the file's stub for its zone.
+  t.same(load(['--config', '/c.yaml', '--stub-domain', 'a.example=127.0.0.9'], noEnv, { '/c.yaml': file }).config.stubDomains, [{ zone: 'a.example', servers: [{ host: '127.0.0.9', port: 53 }] }]);
+});
+
+t.test('a config file stubDomain entry still wins over the kube-dns ConfigMap for its zone', async (t) => {
+  const c = load(['--config', '/c.yaml', '--kube-dns-config-dir', '/kd'], noEnv, {
+    '/c.yaml': 'stubDomain: ["a.example=127.0.0.8"]\n',
+    '/kd/stubDomains': '{"a.example": ["127.0.0.7"]}',
+  }).config;
+  t.same(c.stubDomains, [{ zone: 'a.example', servers: [{ host: '127.0.0.8', port: 53 }] }]);
 });
