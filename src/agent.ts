@@ -61,6 +61,11 @@ export interface AgentDeps {
   readonly setLogLevel?: (level: Config['logLevel']) => void;
   /** For coredns_build_info. */
   readonly version?: string;
+  /**
+   * --io batched: how long UDP may have no worker in its loop (every slot empty, each restart failing) before
+   * /health says 503, so that the kubelet restarts the agent. Tests shorten it.
+   */
+  readonly udpDownLivenessMs?: number;
 }
 
 export const AGENT_COUNTERS = defineCounters({

@@ -888,3 +888,48 @@ for (const b of BACKENDS) {
     else t.equal(second.agent.batched?.totals().cache.get('hitPositive'), 1, 'a worker hit in the loaded cache (the one store the workers read)');
   });
 }
+
+t.test('liveness: --io batched with no UDP worker left (every restart failing: its socket cannot be bound) fails /health after a bound, so the kubelet restarts the agent; 200 again once a worker is back', async (t) => {
+  // worker-restarts.ts keeps trying an empty slot (1 s, 2 s, ... up to every 30 s), and /ready is 503 meanwhile, but
+  // /health said 200 as long as the listeners had not been stopped: a node whose UDP workers can never start again
+  // (the port taken by another process, a thread that dies at start) had DNS over UDP down for the life of the pod,
+  // with nothing to restart it. A bound, not at once: a restart that succeeds soon is cheaper than a pod restart.
+  const { args } = await sims(t);
+  const host = '127.0.20.7';
+  const healthPort = 18600 + (process.pid % 1000);
+  const a = await startAgent(host, [...args, '--io', 'batched', '--workers', '1', '--health-port', String(healthPort)], { deps: { udpDownLivenessMs: 1000 } });
+  t.teardown(a.stop);
+  const b = a.agent.batched!;
+  t.ok(b !== null, 'served by batched workers');
+  const health = `${a.agent.opsServers.find((o) => o.routes.includes('health'))!.url}/health`;
+  const status = async (): Promise<number> => (await fetch(health)).status;
+  t.equal(await status(), 200, 'alive while its worker serves');
+  // The worker dies; its successor cannot bind: a socket without SO_REUSEPORT now holds the address and port.
+  await b.workerThread(0)!.terminate();
+  let blocker: dgram.Socket | null = null;
+  for (let i = 0; i < 100 && blocker === null; i++) {
+    const s = dgram.createSocket('udp4');
+    blocker = await new Promise<dgram.Socket | null>((resolve) => {
+      s.once('error', () => (s.close(), resolve(null)));
+      s.bind({ address: host, port: a.target.port, exclusive: true }, () => resolve(s));
+    });
+    if (blocker === null) await sleep(20);
+  }
+  const bound = blocker !== null;
+  t.teardown(() => blocker?.close());
+  t.ok(bound, 'the UDP port is taken from under the agent');
+  let seen = 200;
+  for (let i = 0; i < 200 && seen === 200; i++) {
+    seen = await status();
+    if (seen === 200) await sleep(50);
+  }
+  t.equal(b.liveWorkers, 0, 'no worker serves UDP');
+  t.equal(seen, 503, '/health fails: a restart of the pod is what brings UDP back');
+  // The port is free again: the next try succeeds, and liveness follows.
+  await new Promise<void>((resolve) => (blocker === null ? resolve() : blocker.close(() => resolve())));
+  blocker = null;
+  for (let i = 0; i < 600 && b.liveWorkers === 0; i++) await sleep(50);
+  t.equal(b.liveWorkers, 1, 'a worker restarted');
+  t.equal(await status(), 200, 'alive again');
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'and UDP answers');
+});
