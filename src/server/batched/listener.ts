@@ -139,13 +139,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   /** Bound port of each listen address, in order. */
-  get ports(): readonly number[] {
-    return this.#ports;
-  }
+  get ports(): readonly number[] { return this.#ports; }
 
-  get workers(): number {
-    return this.#links.length;
-  }
+  get workers(): number { return this.#links.length; }
 
   async start(): Promise<void> {
     try {
@@ -289,6 +285,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   get liveWorkers(): number {
     return this.#links.filter((l) => l !== null && l.alive && l.ready).length;
   }
+
+  /** How long no worker has been in its loop (every restart since failing): UDP down that long; 0 while one serves. */
+  get workerlessMs(): number { return this.#restarts.emptyForMs; }
 
   /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
   workerThread(i: number): Worker | null {
