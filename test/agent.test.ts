@@ -10,6 +10,7 @@
 // start under the test runner's TypeScript loader.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
+import inspector from 'node:inspector';
 import * as dnsPacket from 'dns-packet';
 import { SimDnsServer, staticHandler, type SimHandler } from '../testkit/dns-server.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -931,5 +932,79 @@ t.test('liveness: --io batched with no UDP worker left (every restart failing: i
   for (let i = 0; i < 600 && b.liveWorkers === 0; i++) await sleep(50);
   t.equal(b.liveWorkers, 1, 'a worker restarted');
   t.equal(await status(), 200, 'alive again');
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'and UDP answers');
+});
+
+/**
+ * Stops worker `title`'s JavaScript where it stands, as a loop that never ends would (the inspector's Debugger.pause,
+ * taken at its next return from poll: within a second); returns what resumes it. Its sockets stay open and in their
+ * group: the kernel still hands it its share of the datagrams.
+ */
+async function freezeWorker(t: Test, title: string): Promise<() => Promise<void>> {
+  const session = new inspector.Session();
+  session.connect();
+  const post = (method: string, params?: object): Promise<unknown> =>
+    new Promise((resolve, reject) => session.post(method, params ?? {}, (err, r) => (err !== null ? reject(err) : resolve(r))));
+  let sessionId = '';
+  const titles: string[] = [];
+  session.on('NodeWorker.attachedToWorker', (m: { params: { sessionId: string; workerInfo: { title: string } } }) => {
+    if (m.params.workerInfo.title.includes(title)) sessionId = m.params.sessionId;
+    titles.push(m.params.workerInfo.title);
+  });
+  await post('NodeWorker.enable', { waitForDebuggerOnStart: false });
+  for (let i = 0; i < 100 && sessionId === ''; i++) await sleep(20);
+  if (sessionId === '') throw new Error(`no worker titled ${title}: ${JSON.stringify(titles)}`);
+  let id = 1;
+  const send = (method: string): Promise<unknown> => post('NodeWorker.sendMessageToWorker', { sessionId, message: JSON.stringify({ id: id++, method }) });
+  let paused = false;
+  session.on('NodeWorker.receivedMessageFromWorker', (m: { params: { sessionId: string; message: string } }) => {
+    if (m.params.sessionId === sessionId && m.params.message.includes('"Debugger.paused"')) paused = true;
+  });
+  await send('Debugger.enable');
+  await send('Debugger.pause');
+  for (let i = 0; i < 250 && !paused; i++) await sleep(20);
+  if (!paused) throw new Error(`worker ${title} did not pause`);
+  let resumed = false;
+  const resume = async (): Promise<void> => {
+    if (resumed) return;
+    resumed = true;
+    await send('Debugger.resume');
+    session.disconnect();
+  };
+  // Before the agent stops: a paused thread cannot be terminated.
+  t.teardown(resume);
+  return resume;
+}
+
+t.test('liveness: --io batched with a UDP worker whose loop no longer turns (alive, in its loop as far as anyone knew) fails /health after a bound; 200 again once it turns', async (t) => {
+  // A worker stuck in JavaScript (a loop that never ends) or in a native call keeps its sockets in the group: the
+  // kernel keeps handing it its share of the clients (all of them with --workers 1), who get no answer. It is alive
+  // and ready as far as the main thread knows, so /ready and /health both said 200, and worker.terminate() does not
+  // end a thread that does not return to JavaScript: only a restart of the agent does.
+  const { args } = await sims(t);
+  const host = '127.0.20.8';
+  const healthPort = 18700 + (process.pid % 1000);
+  const a = await startAgent(host, [...args, '--io', 'batched', '--workers', '1', '--health-port', String(healthPort)], { deps: { udpDownLivenessMs: 3000 } });
+  t.teardown(a.stop);
+  const b = a.agent.batched!;
+  const health = `${a.agent.opsServers.find((o) => o.routes.includes('health'))!.url}/health`;
+  const status = async (): Promise<number> => (await fetch(health)).status;
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'UDP answers');
+  t.equal(await status(), 200, 'alive while its worker turns');
+  const resume = await freezeWorker(t, 'udp-worker-0');
+  t.equal(await udpExchange(a.target, buildQuery('web.default.svc.cluster.local'), 1500), null, 'the frozen worker answers nothing');
+  t.equal(b.liveWorkers, 1, 'yet it counts as live');
+  let seen = 200;
+  for (let i = 0; i < 100 && seen === 200; i++) {
+    seen = await status();
+    if (seen === 200) await sleep(100);
+  }
+  t.equal(seen, 503, '/health fails: a restart of the pod is what brings UDP back');
+  await resume();
+  for (let i = 0; i < 100 && seen !== 200; i++) {
+    seen = await status();
+    if (seen !== 200) await sleep(100);
+  }
+  t.equal(seen, 200, 'alive again once the loop turns');
   t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'and UDP answers');
 });
