@@ -62,7 +62,7 @@ export interface AgentDeps {
   readonly setLogLevel?: (level: Config['logLevel']) => void;
   /** For coredns_build_info. */
   readonly version?: string;
-  /** --io batched: how long UDP may have no worker in its loop before /health is 503 (EMPTY_LIVENESS_MS; tests shorten it). */
+  /** --io batched: how long UDP may have no worker in its loop, or one stuck, before /health is 503 (EMPTY_LIVENESS_MS; tests shorten it). */
   readonly udpDownLivenessMs?: number;
 }
 
@@ -210,8 +210,8 @@ export class Agent {
       clock: this.#clock,
       // Liveness: 200 from the moment the port is bound, starting included. In a surge upgrade the new agent's port
       // takes the old pod's probes too, and a slow start (the xtables lock) must not get the healthy old pod killed.
-      // Then 503 once UDP has had no batched worker for the bound (each restart failing): only a restart helps.
-      serving: () => (this.#serving || !this.#hasServed) && (this.#batched?.workerlessMs ?? 0) < this.#udpDownLivenessMs,
+      // Then 503 once batched UDP has had no worker (each restart failing) or one stuck for the bound: only a restart helps.
+      serving: () => (this.#serving || !this.#hasServed) && (this.#batched?.udpDownMs ?? 0) < this.#udpDownLivenessMs,
       readiness: () => this.readiness(),
       created: (servers) => {
         this.#ops = servers;

@@ -20,6 +20,7 @@ import { ManualClock } from '../src/clock.js';
 import { createLogger } from '../src/log.js';
 import { loadConfig } from '../src/config.js';
 import { UdpListener } from '../src/server/udp-listener.js';
+import type { BatchedUdpListener } from '../src/server/batched/listener.js';
 import type { ServerCounterName } from '../src/server/stats.js';
 import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
 import { BACKENDS, startAgent, writeResolvConf, type Backend, type TestAgent } from './helpers/agent.js';
@@ -890,20 +891,25 @@ for (const b of BACKENDS) {
   });
 }
 
+/** An agent on `host` with one batched worker, /health on a port of its own, and UDP down for `boundMs` failing it. */
+async function batchedWithHealth(t: Test, host: string, portBase: number, boundMs: number): Promise<{ a: TestAgent; b: BatchedUdpListener; status: () => Promise<number> }> {
+  const { args } = await sims(t);
+  const healthPort = portBase + (process.pid % 1000);
+  const a = await startAgent(host, [...args, '--io', 'batched', '--workers', '1', '--health-port', String(healthPort)], { deps: { udpDownLivenessMs: boundMs } });
+  t.teardown(a.stop);
+  const b = a.agent.batched;
+  if (b === null) throw new Error('not served by batched workers');
+  const health = `${a.agent.opsServers.find((o) => o.routes.includes('health'))!.url}/health`;
+  return { a, b, status: async () => (await fetch(health)).status };
+}
+
 t.test('liveness: --io batched with no UDP worker left (every restart failing: its socket cannot be bound) fails /health after a bound, so the kubelet restarts the agent; 200 again once a worker is back', async (t) => {
   // worker-restarts.ts keeps trying an empty slot (1 s, 2 s, ... up to every 30 s), and /ready is 503 meanwhile, but
   // /health said 200 as long as the listeners had not been stopped: a node whose UDP workers can never start again
   // (the port taken by another process, a thread that dies at start) had DNS over UDP down for the life of the pod,
   // with nothing to restart it. A bound, not at once: a restart that succeeds soon is cheaper than a pod restart.
-  const { args } = await sims(t);
-  const host = '127.0.20.7';
-  const healthPort = 18600 + (process.pid % 1000);
-  const a = await startAgent(host, [...args, '--io', 'batched', '--workers', '1', '--health-port', String(healthPort)], { deps: { udpDownLivenessMs: 1000 } });
-  t.teardown(a.stop);
-  const b = a.agent.batched!;
-  t.ok(b !== null, 'served by batched workers');
-  const health = `${a.agent.opsServers.find((o) => o.routes.includes('health'))!.url}/health`;
-  const status = async (): Promise<number> => (await fetch(health)).status;
+  const { a, b, status } = await batchedWithHealth(t, '127.0.20.7', 18600, 1000);
+  const host = a.target.host;
   t.equal(await status(), 200, 'alive while its worker serves');
   // The worker dies; its successor cannot bind: a socket without SO_REUSEPORT now holds the address and port.
   await b.workerThread(0)!.terminate();
@@ -981,14 +987,7 @@ t.test('liveness: --io batched with a UDP worker whose loop no longer turns (ali
   // kernel keeps handing it its share of the clients (all of them with --workers 1), who get no answer. It is alive
   // and ready as far as the main thread knows, so /ready and /health both said 200, and worker.terminate() does not
   // end a thread that does not return to JavaScript: only a restart of the agent does.
-  const { args } = await sims(t);
-  const host = '127.0.20.8';
-  const healthPort = 18700 + (process.pid % 1000);
-  const a = await startAgent(host, [...args, '--io', 'batched', '--workers', '1', '--health-port', String(healthPort)], { deps: { udpDownLivenessMs: 3000 } });
-  t.teardown(a.stop);
-  const b = a.agent.batched!;
-  const health = `${a.agent.opsServers.find((o) => o.routes.includes('health'))!.url}/health`;
-  const status = async (): Promise<number> => (await fetch(health)).status;
+  const { a, b, status } = await batchedWithHealth(t, '127.0.20.8', 18700, 3000);
   t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'UDP answers');
   t.equal(await status(), 200, 'alive while its worker turns');
   const resume = await freezeWorker(t, 'udp-worker-0');

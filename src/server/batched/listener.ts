@@ -47,6 +47,7 @@ import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
 import { WorkerRestarts } from './worker-restarts.js';
+import { TurnWatch } from './worker-watch.js';
 import { Orphans, WORKER_STOP_WAIT_MS, abandonWorker, abortWorker, stopWorkers, terminateStuck } from './worker-stop.js';
 import { isWildcardHost } from '../../sys/reuseport.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
@@ -90,6 +91,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly #totals: WorkerTotals;
   /** Clients held here for workers that died, still waiting on their misses: answered by abortAll() and abandon() too. */
   readonly #orphans = new Orphans(() => this.#checkDrained());
+  readonly #turns = new TurnWatch();
 
   constructor(opts: BatchedUdpOptions) {
     if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
@@ -194,9 +196,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   /** The Listener contract: after pause() the workers read what their sockets had queued themselves, and drain() waits for the answers. */
-  drained(): Promise<void> {
-    return Promise.resolve();
-  }
+  drained(): Promise<void> { return Promise.resolve(); }
 
   /** After pause(): resolves once every worker has answered all its waiting queries (and those held here for dead ones). */
   drain(): Promise<void> {
@@ -286,8 +286,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     return this.#links.filter((l) => l !== null && l.alive && l.ready).length;
   }
 
-  /** How long no worker has been in its loop (every restart since failing): UDP down that long; 0 while one serves. */
-  get workerlessMs(): number { return this.#restarts.emptyForMs; }
+  /** How long UDP has been down for some clients: no worker in its loop (every restart failing), or one stuck in it (worker-watch.ts). */
+  get udpDownMs(): number { return Math.max(this.#restarts.emptyForMs, this.#turns.stillFor(this.#links)); }
 
   /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
   workerThread(i: number): Worker | null {

@@ -15,9 +15,10 @@ import type { Logger } from '../../log.js';
 export const RESTART_FIRST_DELAY_MS = 1000;
 export const RESTART_MAX_DELAY_MS = 30_000;
 /**
- * Every slot empty this long (four restarts failed, or one still not ready) and /health says 503: restarting the
- * pod is what may bring UDP back (and while it is down the kubelet's restart takes the rules away: pods fall back to
- * kube-dns). The kubelet acts after its own failureThreshold x periodSeconds (3 x 10 s in daemonset.yaml).
+ * Every slot empty this long (four restarts failed, or one still not ready), or a worker stuck in its loop this long
+ * (worker-watch.ts), and /health says 503: restarting the pod is what may bring UDP back (and while it is down the
+ * kubelet's restart takes the rules away: pods fall back to kube-dns). The kubelet acts after its own
+ * failureThreshold x periodSeconds (3 x 10 s in daemonset.yaml).
  */
 export const EMPTY_LIVENESS_MS = 30_000;
 
