@@ -5,8 +5,9 @@
  * stuck (a loop that never ends, a native call that never returns), alive
  * and in its loop as far as this thread knows, its sockets still taking the
  * share of the clients the kernel hashes to them, who get no answer.
- * worker.terminate() does not end a thread that never returns to
- * JavaScript, so this only says how long: /health fails on it (agent.ts).
+ * worker.terminate() would end a JavaScript loop but not a native call
+ * that never returns, so this only says how long: /health fails on it
+ * (agent.ts), and the kubelet's restart ends either (SIGKILL at worst).
  * Read when asked, no timer: each read compares the count with the last
  * one seen and keeps when it last moved.
  */
