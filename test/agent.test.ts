@@ -966,10 +966,6 @@ async function freezeWorker(t: Test, title: string): Promise<() => Promise<void>
   session.on('NodeWorker.receivedMessageFromWorker', (m: { params: { sessionId: string; message: string } }) => {
     if (m.params.sessionId === sessionId && m.params.message.includes('"Debugger.paused"')) paused = true;
   });
-  await send('Debugger.enable');
-  await send('Debugger.pause');
-  for (let i = 0; i < 250 && !paused; i++) await sleep(20);
-  if (!paused) throw new Error(`worker ${title} did not pause`);
   let resumed = false;
   const resume = async (): Promise<void> => {
     if (resumed) return;
@@ -977,8 +973,12 @@ async function freezeWorker(t: Test, title: string): Promise<() => Promise<void>
     await send('Debugger.resume');
     session.disconnect();
   };
-  // Before the agent stops: a paused thread cannot be terminated.
+  // Before the agent stops (teardowns run last first): a thread paused in the debugger cannot be terminated.
   t.teardown(resume);
+  await send('Debugger.enable');
+  await send('Debugger.pause');
+  for (let i = 0; i < 250 && !paused; i++) await sleep(20);
+  if (!paused) throw new Error(`worker ${title} did not pause`);
   return resume;
 }
 
