@@ -941,14 +941,11 @@ t.test('liveness: --io batched with no UDP worker left (every restart failing: i
   t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'and UDP answers');
 });
 
-/**
- * Stops worker `title`'s JavaScript where it stands, as a loop that never ends would (the inspector's Debugger.pause,
- * taken at its next return from poll: within a second); returns what resumes it. Its sockets stay open and in their
- * group: the kernel still hands it its share of the datagrams.
- */
-async function freezeWorker(t: Test, title: string): Promise<() => Promise<void>> {
+/** An inspector session on this process's worker thread `title`: send() gives it a CDP method; `said` is what it sent back. */
+async function inspectWorker(t: Test, title: string): Promise<{ send: (method: string, params?: object) => Promise<unknown>; said: string[] }> {
   const session = new inspector.Session();
   session.connect();
+  t.teardown(() => session.disconnect());
   const post = (method: string, params?: object): Promise<unknown> =>
     new Promise((resolve, reject) => session.post(method, params ?? {}, (err, r) => (err !== null ? reject(err) : resolve(r))));
   let sessionId = '';
@@ -957,28 +954,38 @@ async function freezeWorker(t: Test, title: string): Promise<() => Promise<void>
     if (m.params.workerInfo.title.includes(title)) sessionId = m.params.sessionId;
     titles.push(m.params.workerInfo.title);
   });
+  const said: string[] = [];
+  session.on('NodeWorker.receivedMessageFromWorker', (m: { params: { sessionId: string; message: string } }) => {
+    if (m.params.sessionId === sessionId) said.push(m.params.message);
+  });
   await post('NodeWorker.enable', { waitForDebuggerOnStart: false });
   for (let i = 0; i < 100 && sessionId === ''; i++) await sleep(20);
   if (sessionId === '') throw new Error(`no worker titled ${title}: ${JSON.stringify(titles)}`);
   let id = 1;
-  const send = (method: string): Promise<unknown> => post('NodeWorker.sendMessageToWorker', { sessionId, message: JSON.stringify({ id: id++, method }) });
-  let paused = false;
-  session.on('NodeWorker.receivedMessageFromWorker', (m: { params: { sessionId: string; message: string } }) => {
-    if (m.params.sessionId === sessionId && m.params.message.includes('"Debugger.paused"')) paused = true;
-  });
+  const send = (method: string, params?: object): Promise<unknown> =>
+    post('NodeWorker.sendMessageToWorker', { sessionId, message: JSON.stringify({ id: id++, method, params: params ?? {} }) });
+  return { send, said };
+}
+
+/**
+ * Stops worker `title`'s JavaScript where it stands, as a native call that never returns would (the inspector's
+ * Debugger.pause, taken at its next return from poll: within a second); returns what resumes it. Its sockets stay
+ * open and in their group: the kernel still hands it its share of the datagrams. terminate() cannot end it.
+ */
+async function freezeWorker(t: Test, title: string): Promise<() => Promise<void>> {
+  const { send, said } = await inspectWorker(t, title);
   let resumed = false;
   const resume = async (): Promise<void> => {
     if (resumed) return;
     resumed = true;
     await send('Debugger.resume');
-    session.disconnect();
   };
   // Before the agent stops (teardowns run last first): a thread paused in the debugger cannot be terminated.
   t.teardown(resume);
   await send('Debugger.enable');
   await send('Debugger.pause');
-  for (let i = 0; i < 250 && !paused; i++) await sleep(20);
-  if (!paused) throw new Error(`worker ${title} did not pause`);
+  for (let i = 0; i < 250 && !said.some((m) => m.includes('"Debugger.paused"')); i++) await sleep(20);
+  if (!said.some((m) => m.includes('"Debugger.paused"'))) throw new Error(`worker ${title} did not pause`);
   return resume;
 }
 
@@ -1006,4 +1013,27 @@ t.test('liveness: --io batched with a UDP worker whose loop no longer turns (ali
   }
   t.equal(seen, 200, 'alive again once the loop turns');
   t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'and UDP answers');
+});
+
+t.test('a batched UDP worker stuck in a JavaScript loop is ended and replaced: UDP answers again without a restart of the agent', async (t) => {
+  // worker-watch.ts only said how long a worker had stood still, for /health: a loop that never ends in JavaScript,
+  // which worker.terminate() does end, cost a restart of the whole agent (the rules away, the cache from the last
+  // snapshot) where replacing the one thread (worker-restarts.ts) was enough.
+  const { a, b, status } = await batchedWithHealth(t, '127.0.20.9', 18800, 9000);
+  const web = 'web.default.svc.cluster.local';
+  t.same(dataOf(await udpQuery(a.target, web)), ['10.96.1.10'], 'UDP answers');
+  const first = b.workerThread(0);
+  const { send } = await inspectWorker(t, 'udp-worker-0');
+  // Run at its next return to JavaScript (within a second): the loop never turns again.
+  await send('Runtime.evaluate', { expression: 'for (;;) {}' });
+  t.equal(await udpExchange(a.target, buildQuery(web), 1500), null, 'the stuck worker answers nothing');
+  // /health is what looks (each read compares the turn count with the last one seen): probe as the kubelet would.
+  for (let i = 0; i < 300 && (b.workerThread(0) === first || b.liveWorkers === 0); i++) {
+    await status();
+    await sleep(100);
+  }
+  t.not(b.workerThread(0), first, 'the stuck thread was ended and another holds its slot');
+  t.equal(b.liveWorkers, 1, 'in its loop');
+  t.equal(b.totals().io.get('restarts'), 1, 'counted as a restart');
+  t.same(dataOf(await udpQuery(a.target, web)), ['10.96.1.10'], 'UDP answers again');
 });
