@@ -210,8 +210,9 @@ export class Agent {
       clock: this.#clock,
       // Liveness: 200 from the moment the port is bound, starting included. In a surge upgrade the new agent's port
       // takes the old pod's probes too, and a slow start (the xtables lock) must not get the healthy old pod killed.
-      // Then 503 once batched UDP has had no worker (each restart failing) or one stuck for the bound: only a restart helps.
-      serving: () => (this.#serving || !this.#hasServed) && (this.#batched?.udpDownMs ?? 0) < this.#udpDownLivenessMs,
+      // Then 503 once batched UDP has had no worker (each restart failing) or one stuck (not ended at a third of the
+      // bound) for the bound: only a restart helps.
+      serving: () => (this.#serving || !this.#hasServed) && (this.#batched?.udpDownMs(this.#udpDownLivenessMs / 3) ?? 0) < this.#udpDownLivenessMs,
       readiness: () => this.readiness(),
       created: (servers) => {
         this.#ops = servers;

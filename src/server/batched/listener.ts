@@ -286,8 +286,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     return this.#links.filter((l) => l !== null && l.alive && l.ready).length;
   }
 
-  /** How long UDP has been down for some clients: no worker in its loop (every restart failing), or one stuck in it (worker-watch.ts). */
-  get udpDownMs(): number { return Math.max(this.#restarts.emptyForMs, this.#turns.stillFor(this.#links)); }
+  /** How long UDP has been down for some clients: no worker in its loop (each restart failing), or one stuck (ended past `endAfterMs`: worker-watch.ts). */
+  udpDownMs(endAfterMs: number): number { return Math.max(this.#restarts.emptyForMs, this.#turns.stillFor(this.#links, endAfterMs, this.#logger)); }
 
   /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
   workerThread(i: number): Worker | null {
