@@ -43,6 +43,7 @@ import type { Listener } from './server/listener.js';
 import type { Resolver } from './server/resolver.js';
 import { SERVER_COUNTERS } from './server/stats.js';
 import type { BatchedUdpListener } from './server/batched/listener.js';
+import { EMPTY_LIVENESS_MS } from './server/batched/worker-restarts.js';
 import type { UdpIo } from './server/batched/select.js';
 import { Counters, defineCounters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
@@ -61,6 +62,8 @@ export interface AgentDeps {
   readonly setLogLevel?: (level: Config['logLevel']) => void;
   /** For coredns_build_info. */
   readonly version?: string;
+  /** --io batched: how long UDP may have no worker in its loop, or one stuck, before /health is 503 (EMPTY_LIVENESS_MS; tests shorten it). */
+  readonly udpDownLivenessMs?: number;
 }
 
 export const AGENT_COUNTERS = defineCounters({
@@ -107,6 +110,7 @@ export class Agent {
   /** Listeners bound and taking queries (false before start and once stopping). */
   #serving = false;
   #hasServed = false;
+  readonly #udpDownLivenessMs: number;
   #ops: OpsServer[] = [];
   /** --metrics-by-namespace: the table the hit path tags with, and its pod watch (null when off or no cluster config). */
   readonly #byNamespace: NamespaceRequests | null;
@@ -118,6 +122,7 @@ export class Agent {
     this.#clock = deps.clock ?? systemClock;
     this.#readFile = deps.readFile ?? ((p) => readFileSync(p, 'utf8'));
     this.#setLogLevel = deps.setLogLevel ?? null;
+    this.#udpDownLivenessMs = deps.udpDownLivenessMs ?? EMPTY_LIVENESS_MS;
     const server = `dns://${config.listen[0] !== undefined ? formatHostPort(config.listen[0]) : ''}`;
     this.cache = new DnsCache(
       cacheOptions(config),
@@ -159,9 +164,7 @@ export class Agent {
     if (this.#byNamespace !== null) addNamespaceMetrics(this.metrics.registry, server, this.#byNamespace);
   }
 
-  get config(): Config {
-    return this.#config;
-  }
+  get config(): Config { return this.#config; }
 
   get resolver(): Resolver {
     if (this.#resolver === null) throw new Error('agent not started');
@@ -169,19 +172,13 @@ export class Agent {
   }
 
   /** Listeners as started (ports resolved when configured as 0). */
-  get listeners(): readonly Listener[] {
-    return this.#listeners;
-  }
+  get listeners(): readonly Listener[] { return this.#listeners; }
 
   /** The UDP backend serving (after start): batched, or dgram (asked for, or the fallback). */
-  get udpIo(): UdpIo | null {
-    return this.#udpIo;
-  }
+  get udpIo(): UdpIo | null { return this.#udpIo; }
 
   /** The batched UDP listener (its workers' totals, shared cache); null with dgram. */
-  get batched(): BatchedUdpListener | null {
-    return this.#batched;
-  }
+  get batched(): BatchedUdpListener | null { return this.#batched; }
 
   /** Questions waiting on the upstream side: the main hit path's and the workers'. */
   get inflight(): number {
@@ -199,9 +196,7 @@ export class Agent {
   }
 
   /** The cluster view; null when the fallback is off. */
-  get view(): ClusterView | null {
-    return this.#view;
-  }
+  get view(): ClusterView | null { return this.#view; }
 
   async start(): Promise<void> {
     // The probes' and scrapes' ports first when their address already exists (an upgrade: the old agent's link
@@ -215,7 +210,9 @@ export class Agent {
       clock: this.#clock,
       // Liveness: 200 from the moment the port is bound, starting included. In a surge upgrade the new agent's port
       // takes the old pod's probes too, and a slow start (the xtables lock) must not get the healthy old pod killed.
-      serving: () => this.#serving || !this.#hasServed,
+      // Then 503 once batched UDP has had no worker (each restart failing) or one stuck (not ended at a third of the
+      // bound) for the bound: only a restart helps.
+      serving: () => (this.#serving || !this.#hasServed) && (this.#batched?.udpDownMs(this.#udpDownLivenessMs / 3) ?? 0) < this.#udpDownLivenessMs,
       readiness: () => this.readiness(),
       created: (servers) => {
         this.#ops = servers;

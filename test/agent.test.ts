@@ -10,6 +10,7 @@
 // start under the test runner's TypeScript loader.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
+import inspector from 'node:inspector';
 import * as dnsPacket from 'dns-packet';
 import { SimDnsServer, staticHandler, type SimHandler } from '../testkit/dns-server.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -19,6 +20,7 @@ import { ManualClock } from '../src/clock.js';
 import { createLogger } from '../src/log.js';
 import { loadConfig } from '../src/config.js';
 import { UdpListener } from '../src/server/udp-listener.js';
+import type { BatchedUdpListener } from '../src/server/batched/listener.js';
 import type { ServerCounterName } from '../src/server/stats.js';
 import { buildQuery, sleep, tcpQueries, tcpQuery, udpExchange, udpQuery } from './helpers/dns-client.js';
 import { BACKENDS, startAgent, writeResolvConf, type Backend, type TestAgent } from './helpers/agent.js';
@@ -888,3 +890,155 @@ for (const b of BACKENDS) {
     else t.equal(second.agent.batched?.totals().cache.get('hitPositive'), 1, 'a worker hit in the loaded cache (the one store the workers read)');
   });
 }
+
+/** An agent on `host` with one batched worker, /health on a port of its own, and UDP down for `boundMs` failing it. */
+async function batchedWithHealth(t: Test, host: string, portBase: number, boundMs: number): Promise<{ a: TestAgent; b: BatchedUdpListener; status: () => Promise<number> }> {
+  const { args } = await sims(t);
+  const healthPort = portBase + (process.pid % 1000);
+  const a = await startAgent(host, [...args, '--io', 'batched', '--workers', '1', '--health-port', String(healthPort)], { deps: { udpDownLivenessMs: boundMs } });
+  t.teardown(a.stop);
+  const b = a.agent.batched;
+  if (b === null) throw new Error('not served by batched workers');
+  const health = `${a.agent.opsServers.find((o) => o.routes.includes('health'))!.url}/health`;
+  return { a, b, status: async () => (await fetch(health)).status };
+}
+
+t.test('liveness: --io batched with no UDP worker left (every restart failing: its socket cannot be bound) fails /health after a bound, so the kubelet restarts the agent; 200 again once a worker is back', async (t) => {
+  // worker-restarts.ts keeps trying an empty slot (1 s, 2 s, ... up to every 30 s), and /ready is 503 meanwhile, but
+  // /health said 200 as long as the listeners had not been stopped: a node whose UDP workers can never start again
+  // (the port taken by another process, a thread that dies at start) had DNS over UDP down for the life of the pod,
+  // with nothing to restart it. A bound, not at once: a restart that succeeds soon is cheaper than a pod restart.
+  const { a, b, status } = await batchedWithHealth(t, '127.0.20.7', 18600, 1000);
+  const host = a.target.host;
+  t.equal(await status(), 200, 'alive while its worker serves');
+  // The worker dies; its successor cannot bind: a socket without SO_REUSEPORT now holds the address and port.
+  await b.workerThread(0)!.terminate();
+  let blocker: dgram.Socket | null = null;
+  for (let i = 0; i < 100 && blocker === null; i++) {
+    const s = dgram.createSocket('udp4');
+    blocker = await new Promise<dgram.Socket | null>((resolve) => {
+      s.once('error', () => (s.close(), resolve(null)));
+      s.bind({ address: host, port: a.target.port, exclusive: true }, () => resolve(s));
+    });
+    if (blocker === null) await sleep(20);
+  }
+  const bound = blocker !== null;
+  t.teardown(() => blocker?.close());
+  t.ok(bound, 'the UDP port is taken from under the agent');
+  let seen = 200;
+  for (let i = 0; i < 200 && seen === 200; i++) {
+    seen = await status();
+    if (seen === 200) await sleep(50);
+  }
+  t.equal(b.liveWorkers, 0, 'no worker serves UDP');
+  t.equal(seen, 503, '/health fails: a restart of the pod is what brings UDP back');
+  // The port is free again: the next try succeeds, and liveness follows.
+  await new Promise<void>((resolve) => (blocker === null ? resolve() : blocker.close(() => resolve())));
+  blocker = null;
+  for (let i = 0; i < 600 && b.liveWorkers === 0; i++) await sleep(50);
+  t.equal(b.liveWorkers, 1, 'a worker restarted');
+  t.equal(await status(), 200, 'alive again');
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'and UDP answers');
+});
+
+/** An inspector session on this process's worker thread `title`: send() gives it a CDP method; `said` is what it sent back. */
+async function inspectWorker(t: Test, title: string): Promise<{ send: (method: string, params?: object) => Promise<unknown>; said: string[] }> {
+  const session = new inspector.Session();
+  session.connect();
+  t.teardown(() => session.disconnect());
+  const post = (method: string, params?: object): Promise<unknown> =>
+    new Promise((resolve, reject) => session.post(method, params ?? {}, (err, r) => (err !== null ? reject(err) : resolve(r))));
+  let sessionId = '';
+  const titles: string[] = [];
+  session.on('NodeWorker.attachedToWorker', (m: { params: { sessionId: string; workerInfo: { title: string } } }) => {
+    if (m.params.workerInfo.title.includes(title)) sessionId = m.params.sessionId;
+    titles.push(m.params.workerInfo.title);
+  });
+  const said: string[] = [];
+  session.on('NodeWorker.receivedMessageFromWorker', (m: { params: { sessionId: string; message: string } }) => {
+    if (m.params.sessionId === sessionId) said.push(m.params.message);
+  });
+  await post('NodeWorker.enable', { waitForDebuggerOnStart: false });
+  for (let i = 0; i < 100 && sessionId === ''; i++) await sleep(20);
+  if (sessionId === '') throw new Error(`no worker titled ${title}: ${JSON.stringify(titles)}`);
+  let id = 1;
+  const send = (method: string, params?: object): Promise<unknown> =>
+    post('NodeWorker.sendMessageToWorker', { sessionId, message: JSON.stringify({ id: id++, method, params: params ?? {} }) });
+  return { send, said };
+}
+
+/**
+ * Stops worker `title`'s JavaScript where it stands, as a native call that never returns would (the inspector's
+ * Debugger.pause, taken at its next return from poll: within a second); returns what resumes it. Its sockets stay
+ * open and in their group: the kernel still hands it its share of the datagrams. terminate() cannot end it.
+ */
+async function freezeWorker(t: Test, title: string): Promise<() => Promise<void>> {
+  const { send, said } = await inspectWorker(t, title);
+  let resumed = false;
+  const resume = async (): Promise<void> => {
+    if (resumed) return;
+    resumed = true;
+    await send('Debugger.resume');
+  };
+  // Before the agent stops (teardowns run last first): a thread paused in the debugger cannot be terminated.
+  t.teardown(resume);
+  await send('Debugger.enable');
+  await send('Debugger.pause');
+  for (let i = 0; i < 250 && !said.some((m) => m.includes('"Debugger.paused"')); i++) await sleep(20);
+  if (!said.some((m) => m.includes('"Debugger.paused"'))) throw new Error(`worker ${title} did not pause`);
+  return resume;
+}
+
+t.test('liveness: --io batched with a UDP worker whose loop no longer turns (alive, in its loop as far as anyone knew) fails /health after a bound; 200 again once it turns', async (t) => {
+  // A worker stuck in JavaScript (a loop that never ends) or in a native call keeps its sockets in the group: the
+  // kernel keeps handing it its share of the clients (all of them with --workers 1), who get no answer. It is alive
+  // and ready as far as the main thread knows, so /ready and /health both said 200, and worker.terminate() does not
+  // end a thread that does not return to JavaScript: only a restart of the agent does.
+  const { a, b, status } = await batchedWithHealth(t, '127.0.20.8', 18700, 3000);
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'UDP answers');
+  t.equal(await status(), 200, 'alive while its worker turns');
+  const resume = await freezeWorker(t, 'udp-worker-0');
+  t.equal(await udpExchange(a.target, buildQuery('web.default.svc.cluster.local'), 1500), null, 'the frozen worker answers nothing');
+  t.equal(b.liveWorkers, 1, 'yet it counts as live');
+  let seen = 200;
+  for (let i = 0; i < 100 && seen === 200; i++) {
+    seen = await status();
+    if (seen === 200) await sleep(100);
+  }
+  t.equal(seen, 503, '/health fails: a restart of the pod is what brings UDP back');
+  // Resumed, it turns again, or the terminate() asked while it could not run takes effect and it is replaced.
+  await resume();
+  for (let i = 0; i < 300 && (seen !== 200 || b.liveWorkers === 0); i++) {
+    seen = await status();
+    if (seen !== 200 || b.liveWorkers === 0) await sleep(100);
+  }
+  t.equal(b.liveWorkers, 1, 'a worker in its loop');
+  t.equal(seen, 200, 'alive again');
+  t.same(dataOf(await udpQuery(a.target, 'web.default.svc.cluster.local')), ['10.96.1.10'], 'and UDP answers');
+});
+
+t.test('a batched UDP worker stuck in a JavaScript loop is ended and replaced: UDP answers again without a restart of the agent', async (t) => {
+  // worker-watch.ts only said how long a worker had stood still, for /health: a loop that never ends in JavaScript,
+  // which worker.terminate() does end, cost a restart of the whole agent (the rules away, the cache from the last
+  // snapshot) where replacing the one thread (worker-restarts.ts) was enough.
+  const { a, b, status } = await batchedWithHealth(t, '127.0.20.9', 18800, 9000);
+  const web = 'web.default.svc.cluster.local';
+  t.same(dataOf(await udpQuery(a.target, web)), ['10.96.1.10'], 'UDP answers');
+  const first = b.workerThread(0);
+  const { send } = await inspectWorker(t, 'udp-worker-0');
+  // Run at its next return to JavaScript (within a second): the loop never turns again.
+  await send('Runtime.evaluate', { expression: 'for (;;) {}' });
+  // Answered until it has taken the evaluation in (at a turn): then nothing more.
+  let unanswered = false;
+  for (let i = 0; i < 5 && !unanswered; i++) unanswered = (await udpExchange(a.target, buildQuery(web), 1500)) === null;
+  t.ok(unanswered, 'the stuck worker answers nothing');
+  // /health is what looks (each read compares the turn count with the last one seen): probe as the kubelet would.
+  for (let i = 0; i < 300 && (b.workerThread(0) === first || b.liveWorkers === 0); i++) {
+    await status();
+    await sleep(100);
+  }
+  t.not(b.workerThread(0), first, 'the stuck thread was ended and another holds its slot');
+  t.equal(b.liveWorkers, 1, 'in its loop');
+  t.equal(b.totals().io.get('restarts'), 1, 'counted as a restart');
+  t.same(dataOf(await udpQuery(a.target, web)), ['10.96.1.10'], 'UDP answers again');
+});

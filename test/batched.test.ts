@@ -2781,3 +2781,22 @@ t.test('worker totals: the counts of workers that died stay in the sums, in one 
   t.equal(sums.hist.duration.values.reduce((a, v, i, all) => (i < all.length - 1 ? a + v : a), 0), 5, 'histogram observations of the dead kept too');
   t.equal(totals.sum([live, block(7)]).server.values[slot], 22, 'a successor adds its own');
 });
+
+t.test('WorkerRestarts.emptyForMs (what /health reads): 0 while any slot has a worker in its loop, counting only once every slot is empty, 0 again when one is back', async (t) => {
+  const { WorkerRestarts } = await import('../src/server/batched/worker-restarts.js');
+  // Not running: a death schedules no restart (no timer, no spawn).
+  const r = new WorkerRestarts(2, { spawn: () => Promise.reject(new Error('not here')), running: () => false, restarted: () => {}, logger: silentLogger });
+  r.ready(0);
+  r.ready(1);
+  r.died(0, 1);
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  t.equal(r.emptyForMs, 0, 'one worker still serves: UDP is up');
+  r.died(1, 1);
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const first = r.emptyForMs;
+  t.ok(first > 0, 'both gone: UDP down since the second died');
+  r.died(0, 1);
+  t.ok(r.emptyForMs >= first, 'a second death of an empty slot does not start the count over');
+  r.ready(1);
+  t.equal(r.emptyForMs, 0, 'a worker back: up again');
+});

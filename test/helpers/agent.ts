@@ -4,7 +4,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent } from '../../src/agent.js';
+import { Agent, type AgentDeps } from '../../src/agent.js';
 import type { Clock } from '../../src/clock.js';
 import { loadConfig } from '../../src/config.js';
 import { silentLogger, type Logger } from '../../src/log.js';
@@ -40,7 +40,10 @@ export interface TestAgent {
   stop(): Promise<void>;
 }
 
-export async function startAgent(host: string, args: string[], opts: { clock?: Clock; logger?: Logger } = {}): Promise<TestAgent> {
+/** What a test may set of the agent's deps beyond the clock and logger. */
+export type TestAgentDeps = Pick<AgentDeps, 'udpDownLivenessMs'>;
+
+export async function startAgent(host: string, args: string[], opts: { clock?: Clock; logger?: Logger; deps?: TestAgentDeps } = {}): Promise<TestAgent> {
   // The port is a guess. A port the test names in its own flags (--health-port, a metrics address) is never the
   // guess; one a socket without SO_REUSEPORT holds (a wildcard bind, a test's own server) is given up for the
   // next (bounded). Another agent's SO_REUSEPORT socket would share the port silently: each test file keeps an
@@ -55,7 +58,7 @@ export async function startAgent(host: string, args: string[], opts: { clock?: C
   }
 }
 
-async function startAgentOn(host: string, port: number, args: string[], opts: { clock?: Clock; logger?: Logger }): Promise<TestAgent> {
+async function startAgentOn(host: string, port: number, args: string[], opts: { clock?: Clock; logger?: Logger; deps?: TestAgentDeps }): Promise<TestAgent> {
   const hasResolv = args.includes('--resolv-conf');
   const argv = [
     '--listen', `${host.includes(':') ? `[${host}]` : host}:${port}`,
@@ -68,7 +71,7 @@ async function startAgentOn(host: string, port: number, args: string[], opts: { 
     ...args,
   ];
   const { config } = loadConfig(argv, { env: {} });
-  const agent = new Agent(config, { logger: opts.logger ?? silentLogger, ...(opts.clock ? { clock: opts.clock } : {}) });
+  const agent = new Agent(config, { ...opts.deps, logger: opts.logger ?? silentLogger, ...(opts.clock ? { clock: opts.clock } : {}) });
   await agent.start();
   return { agent, target: { host, port }, argv, stop: () => agent.stop(1000) };
 }

@@ -47,6 +47,7 @@ import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
 import { WorkerRestarts } from './worker-restarts.js';
+import { TurnWatch } from './worker-watch.js';
 import { Orphans, WORKER_STOP_WAIT_MS, abandonWorker, abortWorker, stopWorkers, terminateStuck } from './worker-stop.js';
 import { isWildcardHost } from '../../sys/reuseport.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
@@ -90,6 +91,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   readonly #totals: WorkerTotals;
   /** Clients held here for workers that died, still waiting on their misses: answered by abortAll() and abandon() too. */
   readonly #orphans = new Orphans(() => this.#checkDrained());
+  readonly #turns = new TurnWatch();
 
   constructor(opts: BatchedUdpOptions) {
     if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
@@ -139,13 +141,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   /** Bound port of each listen address, in order. */
-  get ports(): readonly number[] {
-    return this.#ports;
-  }
+  get ports(): readonly number[] { return this.#ports; }
 
-  get workers(): number {
-    return this.#links.length;
-  }
+  get workers(): number { return this.#links.length; }
 
   async start(): Promise<void> {
     try {
@@ -198,9 +196,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   /** The Listener contract: after pause() the workers read what their sockets had queued themselves, and drain() waits for the answers. */
-  drained(): Promise<void> {
-    return Promise.resolve();
-  }
+  drained(): Promise<void> { return Promise.resolve(); }
 
   /** After pause(): resolves once every worker has answered all its waiting queries (and those held here for dead ones). */
   drain(): Promise<void> {
@@ -289,6 +285,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   get liveWorkers(): number {
     return this.#links.filter((l) => l !== null && l.alive && l.ready).length;
   }
+
+  /** How long UDP has been down for some clients: no worker in its loop (each restart failing), or one stuck (ended past `endAfterMs`: worker-watch.ts). */
+  udpDownMs(endAfterMs: number): number { return Math.max(this.#restarts.emptyForMs, this.#turns.stillFor(this.#links, endAfterMs, this.#logger)); }
 
   /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
   workerThread(i: number): Worker | null {

@@ -387,8 +387,8 @@ export class WorkerLoop implements MissSink {
   }
 
   #publish(): void {
-    // The cache's entry and byte gauges are the main thread's: one store, not one per worker.
-    this.#io[IO.inflight] = this.#hits.inflight;
+    this.#io[IO.inflight] = this.#hits.inflight; // The cache's entry and byte gauges are the main thread's: one store.
+    Atomics.add(this.#ctl, Ctl.TURNS, 1); // This loop still turns (worker-watch.ts).
   }
 }
 const TIMESPEC_BYTES = 16;

@@ -30,7 +30,9 @@ export const Ctl = {
   SLEEPING: 1,
   /** When the main thread last refused one of this worker's misses for load: wall ms, a BigInt64 over this word and the next (shed-gate.ts). */
   REFUSED_AT: 2,
-  WORDS: 4,
+  /** Turns of the worker's loop, wrapping (worker-watch.ts: one that stands still is stuck). */
+  TURNS: 4,
+  WORDS: 5,
 } as const;
 
 /** Everything a worker needs to start; sockets are made and bound by the main thread (errors surface at start()). */

@@ -14,6 +14,13 @@ import type { Logger } from '../../log.js';
 
 export const RESTART_FIRST_DELAY_MS = 1000;
 export const RESTART_MAX_DELAY_MS = 30_000;
+/**
+ * Every slot empty this long (four restarts failed, or one still not ready), or a worker stuck in its loop this long
+ * (worker-watch.ts), and /health says 503: restarting the pod is what may bring UDP back (and while it is down the
+ * kubelet's restart takes the rules away: pods fall back to kube-dns). The kubelet acts after its own
+ * failureThreshold x periodSeconds (3 x 10 s in daemonset.yaml).
+ */
+export const EMPTY_LIVENESS_MS = 30_000;
 
 export interface RestartDeps {
   /** Starts worker `index`; resolves once it is in its loop, rejects when it did not get there. */
@@ -32,21 +39,35 @@ export class WorkerRestarts {
   readonly #tries: number[];
   /** Per slot: when its worker became ready (performance.now()). */
   readonly #readyAt: number[];
+  /** Per slot: its worker is in its loop (ready, and has not died since). */
+  readonly #live: boolean[];
+  /** When the last live worker died (performance.now()), every slot empty since; null while one is live. */
+  #emptySince: number | null = null;
 
   constructor(slots: number, deps: RestartDeps) {
     this.#deps = deps;
     this.#timers = new Set();
     this.#tries = new Array<number>(slots).fill(0);
     this.#readyAt = new Array<number>(slots).fill(0);
+    this.#live = new Array<boolean>(slots).fill(false);
+  }
+
+  /** How long every slot has been empty (each restart since failed, or still starting): UDP down that long; 0 while a worker is live. */
+  get emptyForMs(): number {
+    return this.#emptySince === null ? 0 : performance.now() - this.#emptySince;
   }
 
   /** Worker `index` is in its loop (at start, or a restart). */
   ready(index: number): void {
     this.#readyAt[index] = performance.now();
+    this.#live[index] = true;
+    this.#emptySince = null;
   }
 
   /** Worker `index` died after it started: its sockets are closed (the kernel spreads its traffic over the others). */
   died(index: number, code: number): void {
+    this.#live[index] = false;
+    if (!this.#live.includes(true)) this.#emptySince ??= performance.now();
     const running = this.#deps.running();
     if (running && performance.now() - this.#readyAt[index]! >= RESTART_MAX_DELAY_MS) this.#tries[index] = 0;
     const delay = running ? this.#schedule(index) : 0;
