@@ -691,6 +691,25 @@ t.test('parseQuery: an OPT of a later version followed by a second OPT is FORMER
   t.equal(parseQuery(withOpts(opt(1), Buffer.from([0, 0, 1]))).status, QueryStatus.FORMERR, 'a version 1 OPT, then a record cut short: FORMERR');
 });
 
+t.test('parseQuery: a later EDNS version is BADVERS before NOTIMP (RFC 6891 6.1.3), as BIND and unbound answer', async (t) => {
+  // The client learns the version we speak and asks again at 0; NOTIMP with our version-0 OPT answers a question it did not ask.
+  const v1 = (q: Buffer): Buffer => {
+    q[q.length - 5] = 1; // the OPT's version byte (before its flags and RDLENGTH)
+    return q;
+  };
+  const notify = v1(query({ name: 'x.example', type: 'SOA', edns: true }));
+  notify[2] = (notify[2]! & 0x87) | (4 << 3);
+  const ch = query({ name: 'version.bind', type: 'TXT', edns: true });
+  ch.writeUInt16BE(3, ch.length - 11 - 2);
+  for (const [what, msg] of [['opcode NOTIFY', notify], ['AXFR', v1(query({ name: 'x.example', type: 'AXFR', edns: true }))], ['IXFR', v1(query({ name: 'x.example', type: 'IXFR', edns: true }))], ['class CH', v1(ch)]] as const) {
+    const q = parseQuery(msg);
+    t.equal(q.status, QueryStatus.BADVERS, `${what} at EDNS version 1: BADVERS`);
+    t.equal(q.edns, true, `${what}: the answer carries our OPT`);
+  }
+  notify[notify.length - 5] = 0;
+  t.equal(parseQuery(notify).status, QueryStatus.NOTIMP, 'opcode NOTIFY at version 0: still NOTIMP');
+});
+
 t.test('nameToString: a name of 256 bytes on the wire is malformed, 255 is not', async (t) => {
   const label = (n: number): Buffer => Buffer.concat([Buffer.from([n]), Buffer.alloc(n, 0x61)]);
   const max = Buffer.concat([label(63), label(63), label(63), label(61), Buffer.from([0])]);

@@ -19,16 +19,26 @@ export const MAX_UDP_SIZE = 1232;
  */
 export function clientUdpLimit(q: Buffer, maxUdpSize = MAX_UDP_SIZE): number {
   if (q.length >= 12 && q.readUInt16BE(10) === 0) return 512;
-  let p: dnsPacket.DecodedPacket;
-  try {
-    p = dnsPacket.decode(q);
-  } catch {
-    return maxUdpSize;
-  }
-  const opt = (p.additionals ?? []).find((a): a is dnsPacket.OptAnswer => a.type === 'OPT');
+  const opt = queryOpt(q);
+  if (opt === null) return maxUdpSize;
   if (opt === undefined) return 512;
   const size = Math.max(512, opt.udpPayloadSize);
   return Math.min(size, maxUdpSize);
+}
+
+/** `q`'s OPT as dns-packet reads it: undefined when it has none, null when dns-packet cannot read `q` (its OPT is unknown). */
+function queryOpt(q: Buffer): dnsPacket.OptAnswer | undefined | null {
+  try {
+    return (dnsPacket.decode(q).additionals ?? []).find((a): a is dnsPacket.OptAnswer => a.type === 'OPT');
+  } catch {
+    return null;
+  }
+}
+
+/** Whether `q` carries an OPT of a version other than 0; null when its OPT is unknown. */
+function laterEdnsVersion(q: Buffer): boolean | null {
+  const opt = queryOpt(q);
+  return opt === null ? null : opt !== undefined && opt.ednsVersion !== 0;
 }
 
 /**
@@ -55,13 +65,18 @@ export function checkAnswer(ans: Buffer, q: Buffer | null, transport: 'udp' | 't
   // TC=1 answers keep the whole records that fit (RFC 2181 9); the decode above checked they are whole.
   const qd = ans.readUInt16BE(4);
   if (qd > 1) return `QDCOUNT ${qd} in answer`;
-  if (qd === 0 && rcode !== 1 && rcode !== 4) return `no question in a rcode ${rcode} answer`;
+  // A query of another opcode is not read as a question: its NOTIMP, or BADVERS (extended rcode 1), echoes none.
+  const badVersOfOpcode = ext === 1 && rcode === 0 && q !== null && opcodeOf(q) !== 0;
+  if (qd === 0 && rcode !== 1 && rcode !== 4 && !badVersOfOpcode) return `no question in a rcode ${rcode} answer`;
   if (transport === 'udp' && ans.length > maxUdpSize) return `UDP answer of ${ans.length} bytes over --max-udp-size`;
   if (q === null) return null;
   if (ans.readUInt16BE(0) !== q.readUInt16BE(0)) return 'id differs';
   if (opcodeOf(ans) !== opcodeOf(q)) return `opcode ${opcodeOf(ans)} for a query with opcode ${opcodeOf(q)}`;
   // Rules the agent must apply whatever else is wrong with the packet, in this order.
-  if (opcodeOf(q) !== 0 && rcode !== 4) return `opcode ${opcodeOf(q)} answered rcode ${rcode}, not NOTIMP`;
+  // BADVERS instead when the query is at a later EDNS version (RFC 6891 6.1.3), which a query dns-packet cannot read may be.
+  if (opcodeOf(q) !== 0 && rcode !== 4 && !(ext === 1 && rcode === 0 && laterEdnsVersion(q) !== false)) {
+    return `opcode ${opcodeOf(q)} answered rcode ${rcode}, not NOTIMP`;
+  }
   if (opcodeOf(q) === 0 && q.readUInt16BE(4) !== 1 && rcode !== 1) return `QDCOUNT ${q.readUInt16BE(4)} answered rcode ${rcode}, not FORMERR`;
   // Only an answer over 512 needs the client's limit read from its query (a decode: keep the common case cheap).
   if (transport === 'udp' && ans.length > 512) {

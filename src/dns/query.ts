@@ -125,18 +125,22 @@ function failed(q: QueryScratch, status: QueryStatus, msg: Buffer, id: number, f
   const opt = findOpt(msg);
   if (opt < 0) return set(q, status, msg, id, flags, qnameEnd, qtype, qclass, false, 512, false);
   const size = opt & 0xffff;
+  // A request we would not serve at any version (an opcode, class or type) is still answered BADVERS at a later one
+  // (RFC 6891 6.1.3), as BIND and unbound do: the client asks again at version 0 and learns the real answer then.
+  if (status === QueryStatus.NOTIMP && (opt & OPT_FOUND_LATER) !== 0) status = QueryStatus.BADVERS;
   return set(q, status, msg, id, flags, qnameEnd, qtype, qclass, true, size < 512 ? 512 : size, (opt & OPT_FOUND_DO) !== 0);
 }
 
-/** findOpt's packed result: the UDP size in the low 16 bits, this bit for DO. */
+/** findOpt's packed result: the UDP size in the low 16 bits, this bit for DO, this one for a version other than 0. */
 const OPT_FOUND_DO = 0x10000;
+const OPT_FOUND_LATER = 0x20000;
 
 /**
  * Best effort, for error answers: walks every section as the header counts
  * them (questions as names plus type and class, records as names plus fixed
  * fields plus RDATA) and returns the additional section's first OPT as
- * udpSize | (DO ? OPT_FOUND_DO : 0), or -1 when the walk breaks before one is
- * found. An OPT that is itself invalid (a second OPT, or an owner other than
+ * udpSize | (DO ? OPT_FOUND_DO : 0) | (version > 0 ? OPT_FOUND_LATER : 0), or
+ * -1 when the walk breaks before one is found. An OPT that is itself invalid (a second OPT, or an owner other than
  * the root: FORMERR, RFC 6891 6.1.1) still counts: RFC 6891 7 wants the
  * FORMERR for a problem with the OPT to carry one, so the client does not take
  * us for a server without EDNS and fall back to plain DNS.
@@ -158,7 +162,9 @@ function findOpt(msg: Buffer): number {
     if (off < 0 || off + 10 > msg.length) return -1;
     const rdEnd = off + 10 + u16(msg, off + 8);
     if (rdEnd > msg.length) return -1;
-    if (i >= anns && u16(msg, off) === QType.OPT) return u16(msg, off + 2) | ((u16(msg, off + 6) & EDNS_DO) !== 0 ? OPT_FOUND_DO : 0);
+    if (i >= anns && u16(msg, off) === QType.OPT) {
+      return u16(msg, off + 2) | ((u16(msg, off + 6) & EDNS_DO) !== 0 ? OPT_FOUND_DO : 0) | (msg[off + 5] !== 0 ? OPT_FOUND_LATER : 0);
+    }
     off = rdEnd;
   }
   return -1;
@@ -251,8 +257,9 @@ export function parseQueryInto(msg: Buffer, q: QueryScratch): QueryStatus {
     }
     off += 10 + rdlen;
   }
-  if (notImp) return failed(q, QueryStatus.NOTIMP, msg, id, flags, qnameEnd, qtype, qclass);
+  // BADVERS first (RFC 6891 6.1.3): what we do not serve at version 0 is for the client's retry at version 0 to learn.
   if (badVersion) return set(q, QueryStatus.BADVERS, msg, id, flags, qnameEnd, qtype, qclass, true, udpSize, dnssecOk);
+  if (notImp) return failed(q, QueryStatus.NOTIMP, msg, id, flags, qnameEnd, qtype, qclass);
 
   set(q, QueryStatus.OK, msg, id, flags, qnameEnd, qtype, qclass, edns, udpSize, dnssecOk);
   // Key: lower-cased name + type + class + flags byte, hashed (hashKey) in the same pass, whole words first.
