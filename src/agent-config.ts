@@ -16,9 +16,20 @@ import type { setupCounterSchema } from './iface/setup-counters.js';
 import { StartupError } from './lifecycle.js';
 import type { Logger } from './log.js';
 import { ClientMissLimiter, clientInflightCap } from './server/client-limit.js';
-import type { Counters } from './stats/counters.js';
+import { defineCounters, type Counters } from './stats/counters.js';
 import { loadHostServers, type HostServers } from './upstream/host-route.js';
 import type { ServerAddress } from './upstream/types.js';
+
+/** The agent's own counters: its configuration reloads. */
+export const AGENT_COUNTERS = defineCounters({
+  reloads: { name: 'nodelocal_config_reloads_total', labels: { result: 'applied' }, help: 'Configuration reloads, by result.' },
+  reloadFailures: { name: 'nodelocal_config_reloads_total', labels: { result: 'refused' }, help: 'Configuration reloads, by result.' },
+  // A state, not only a count: an alert on the count's increase() would resolve once its window passed, unfixed.
+  reloadRefused: {
+    name: 'nodelocal_config_reload_refused', type: 'gauge',
+    help: 'Whether the last configuration reload was refused (1: the agent serves an older configuration than its files hold, and a restart may fail on them) or applied (0, also before any reload).',
+  },
+});
 
 /** Settings read once at start: a reload that changes them is told they need a restart. */
 const RESTART_ONLY: readonly (keyof Config)[] = [

@@ -18,7 +18,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
-import { cacheOptions, clientLimiter, configSourcePaths, hostServers, keepRestartOnly, nodeSetupOptions, type ReloadOutcome } from './agent-config.js';
+import { AGENT_COUNTERS, cacheOptions, clientLimiter, configSourcePaths, hostServers, keepRestartOnly, nodeSetupOptions, type ReloadOutcome } from './agent-config.js';
 import { startPodWatch, startView } from './agent-cluster.js';
 import { heapTrimPart, idleGcPart, opsPart, podWatchPart, snapshotParts, watchPart, type OpsPart } from './agent-parts.js';
 import { buildServing, listenersPart, reconfigureServing, retireReplaced, upstreamsPart } from './agent-serving.js';
@@ -45,7 +45,7 @@ import { SERVER_COUNTERS } from './server/stats.js';
 import type { BatchedUdpListener } from './server/batched/listener.js';
 import { EMPTY_LIVENESS_MS } from './server/batched/worker-restarts.js';
 import type { UdpIo } from './server/batched/select.js';
-import { Counters, defineCounters } from './stats/counters.js';
+import { Counters } from './stats/counters.js';
 import type { HealthState } from './upstream/health.js';
 import type { HostServers } from './upstream/host-route.js';
 import { formatTlsServer } from './upstream/tls-address.js';
@@ -65,16 +65,6 @@ export interface AgentDeps {
   /** --io batched: how long UDP may have no worker in its loop, or one stuck, before /health is 503 (EMPTY_LIVENESS_MS; tests shorten it). */
   readonly udpDownLivenessMs?: number;
 }
-
-export const AGENT_COUNTERS = defineCounters({
-  reloads: { name: 'nodelocal_config_reloads_total', labels: { result: 'applied' }, help: 'Configuration reloads, by result.' },
-  reloadFailures: { name: 'nodelocal_config_reloads_total', labels: { result: 'refused' }, help: 'Configuration reloads, by result.' },
-  // A state, not only a count: an alert on the count's increase() would resolve once its window passed, unfixed.
-  reloadRefused: {
-    name: 'nodelocal_config_reload_refused', type: 'gauge',
-    help: 'Whether the last configuration reload was refused (1: the agent serves an older configuration than its files hold, and a restart may fail on them) or applied (0, also before any reload).',
-  },
-});
 
 export class Agent {
   readonly cache: DnsCache;
@@ -164,7 +154,9 @@ export class Agent {
     if (this.#byNamespace !== null) addNamespaceMetrics(this.metrics.registry, server, this.#byNamespace);
   }
 
-  get config(): Config { return this.#config; }
+  get config(): Config {
+    return this.#config;
+  }
 
   get resolver(): Resolver {
     if (this.#resolver === null) throw new Error('agent not started');
@@ -172,13 +164,19 @@ export class Agent {
   }
 
   /** Listeners as started (ports resolved when configured as 0). */
-  get listeners(): readonly Listener[] { return this.#listeners; }
+  get listeners(): readonly Listener[] {
+    return this.#listeners;
+  }
 
   /** The UDP backend serving (after start): batched, or dgram (asked for, or the fallback). */
-  get udpIo(): UdpIo | null { return this.#udpIo; }
+  get udpIo(): UdpIo | null {
+    return this.#udpIo;
+  }
 
   /** The batched UDP listener (its workers' totals, shared cache); null with dgram. */
-  get batched(): BatchedUdpListener | null { return this.#batched; }
+  get batched(): BatchedUdpListener | null {
+    return this.#batched;
+  }
 
   /** Questions waiting on the upstream side: the main hit path's and the workers'. */
   get inflight(): number {
@@ -196,7 +194,9 @@ export class Agent {
   }
 
   /** The cluster view; null when the fallback is off. */
-  get view(): ClusterView | null { return this.#view; }
+  get view(): ClusterView | null {
+    return this.#view;
+  }
 
   async start(): Promise<void> {
     // The probes' and scrapes' ports first when their address already exists (an upgrade: the old agent's link

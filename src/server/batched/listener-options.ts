@@ -9,6 +9,7 @@ import type { Clock } from '../../clock.js';
 import type { Logger } from '../../log.js';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
 import type { ServerAddress } from '../../upstream/types.js';
+import type { WorkerSettings } from './protocol.js';
 
 /**
  * Datagrams per recvmmsg and answers per sendmmsg. 64 amortises the two
@@ -79,4 +80,16 @@ export function workerMissLimit(
 ): { clientMissRate: number; clientMissBurst: number; clientMissInflight: number } {
   if (rate <= 0) return { clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Number.POSITIVE_INFINITY };
   return { clientMissRate: rate / workers, clientMissBurst: Math.max(1, burst / workers), clientMissInflight: Math.max(1, Math.floor(inflight / workers)) };
+}
+
+/** What every worker starts with: the cache policy, limits and log share of `opts` (configure() changes them later). */
+export function initialSettings(opts: BatchedUdpOptions): WorkerSettings {
+  const c = opts.cache;
+  return {
+    cache: { successTtl: c.successTtl, denialTtl: c.denialTtl, minHits: c.minHits, percent: c.percent, staleMs: c.staleMs },
+    maxUdpSize: opts.maxUdpSize,
+    queryLogEvery: opts.queryLogEvery,
+    localZones: opts.localZones ?? [],
+    ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.clientMissInflight ?? Number.POSITIVE_INFINITY, opts.workers),
+  };
 }

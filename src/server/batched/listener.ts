@@ -42,7 +42,7 @@ import type { Listener } from '../listener.js';
 import type { MissCompleter } from '../resolver.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import type { DirectDeps, DirectPolicy } from './direct.js';
-import { workerMissLimit, type BatchedUdpOptions } from './listener-options.js';
+import { initialSettings, workerMissLimit, type BatchedUdpOptions } from './listener-options.js';
 import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
@@ -103,23 +103,16 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#ownServer = new Counters(SERVER_COUNTERS);
     this.#ownHist = hitPathHistograms();
     const clock = opts.clock ?? systemClock;
+    this.#clock = clock;
     this.#now = () => clock.now();
     this.sharedCache = opts.store ?? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS), { shared: true });
     // An ordinary ArrayBuffer would be copied into each worker: they would read a snapshot, never what is stored after.
     if (!(this.sharedCache.layout.index instanceof SharedArrayBuffer)) throw new Error('BatchedUdpListener needs a cache built { shared: true }');
-    this.#clock = opts.clock ?? systemClock;
     // Its lookups in a block of their own: they follow a worker miss already counted, so publishing them would count the query twice.
     this.#exchange = new MissExchange({ counters: this.#own, server: this.#ownServer, shared: this.sharedCache.exchangeView(new Counters(CACHE_COUNTERS)), clock: this.#clock });
     this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
     this.#ports = opts.listen.map((a) => a.port);
-    const c = opts.cache;
-    this.#policy = {
-      cache: { successTtl: c.successTtl, denialTtl: c.denialTtl, minHits: c.minHits, percent: c.percent, staleMs: c.staleMs },
-      maxUdpSize: opts.maxUdpSize,
-      queryLogEvery: opts.queryLogEvery,
-      localZones: opts.localZones ?? [],
-      ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.clientMissInflight ?? Number.POSITIVE_INFINITY, opts.workers),
-    };
+    this.#policy = initialSettings(opts);
     this.#directPolicy = () => this.#policy;
     this.#state = 'new';
     this.#drainWaiters = [];
@@ -141,9 +134,13 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   /** Bound port of each listen address, in order. */
-  get ports(): readonly number[] { return this.#ports; }
+  get ports(): readonly number[] {
+    return this.#ports;
+  }
 
-  get workers(): number { return this.#links.length; }
+  get workers(): number {
+    return this.#links.length;
+  }
 
   async start(): Promise<void> {
     try {
@@ -196,7 +193,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   /** The Listener contract: after pause() the workers read what their sockets had queued themselves, and drain() waits for the answers. */
-  drained(): Promise<void> { return Promise.resolve(); }
+  drained(): Promise<void> {
+    return Promise.resolve();
+  }
 
   /** After pause(): resolves once every worker has answered all its waiting queries (and those held here for dead ones). */
   drain(): Promise<void> {
@@ -287,7 +286,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   }
 
   /** How long UDP has been down for some clients: no worker in its loop (each restart failing), or one stuck (ended past `endAfterMs`: worker-watch.ts). */
-  udpDownMs(endAfterMs: number): number { return Math.max(this.#restarts.emptyForMs, this.#turns.stillFor(this.#links, endAfterMs, this.#logger)); }
+  udpDownMs(endAfterMs: number): number {
+    return Math.max(this.#restarts.emptyForMs, this.#turns.stillFor(this.#links, endAfterMs, this.#logger));
+  }
 
   /** The thread of worker i (tests, diagnostics); null before start or after a failed restart. */
   workerThread(i: number): Worker | null {
