@@ -1,8 +1,9 @@
 /**
  * Watches the files a configuration comes from (the --config file, the
  * kube-dns ConfigMap directory's files, resolv.conf) and says when any of
- * them changed (and read the same on the next poll: not half written). Polling their contents every second on the clock's shared
- * sweep, rather than fs.watch: a Kubernetes ConfigMap volume updates by
+ * them changed (and read the same on the next poll: not half written).
+ * Polling their contents every second on the clock's shared sweep, rather
+ * than fs.watch: a Kubernetes ConfigMap volume updates by
  * swapping a symlinked directory, which inotify reports unevenly across
  * kernels and overlay filesystems, while reading three small files a second
  * costs nothing.
