@@ -76,6 +76,7 @@ export async function buildServing(c: Config, routing: Routing, d: ServingDeps):
     fallbackAfterMs: c.fallbackAfterMs,
     localNegative: c.localNegative,
     maxConcurrent: c.maxConcurrent,
+    load: udp.batched?.upstreamLoad ?? null,
   });
   d.metrics.add(resolver.counters, false);
   const batched = udp.batched;

@@ -44,7 +44,8 @@ import {
 import { DirectAnswers } from '../src/server/batched/direct.js';
 import { AnswerCopy } from '../src/cache/entry.js';
 import { WorkerTotals } from '../src/server/batched/worker-totals.js';
-import { SHED_WINDOW_MS, SOFT_INFLIGHT, SOFT_PERIOD_MS, ShedGate, stampRefusal } from '../src/server/batched/shed-gate.js';
+import { SOFT_PERIOD_MS, STAMP_AHEAD_MS, ShedGate, stampRefusal } from '../src/server/batched/shed-gate.js';
+import { MIN_SHARE, UpstreamLoad } from '../src/server/upstream-load.js';
 import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, probeBatchedIo } from '../src/server/batched/select.js';
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
@@ -1308,18 +1309,23 @@ function parsed(name: string): QueryScratch {
   return q;
 }
 
-t.test('shed gate: sheds everything for SHED_WINDOW_MS after the main thread\'s last refusal, then lets a trickle cross until SOFT_PERIOD_MS; never a zone the view answers; across the 32-bit wrap', async (t) => {
+t.test('shed gate: sheds what the main thread would refuse (at its cap now), and after a refusal what is beyond the worker\'s share waiting; never a zone the view answers; across the 32-bit wrap', async (t) => {
   const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
   const c = new Counters(BATCHED_COUNTERS);
   let wall = 1_700_000_000_000;
   const reads = { lastGaveUp: false };
-  const gate = new ShedGate(ctl, ['cluster.local', '10.in-addr.arpa.'], reads, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, { now: () => wall });
+  // The main thread's side: two workers share a cap of 1,000.
+  const load = new UpstreamLoad({ workers: 2 });
+  const gate = new ShedGate(ctl, load.buffer, ['cluster.local', '10.in-addr.arpa.'], reads, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, { now: () => wall });
   const ext = parsed('x.example.org');
   const svc = parsed('web.shop.svc.CLUSTER.local');
   stampRefusal(ctl, wall - 3_600_000);
-  t.ok(gate.admits(ext), 'no refusal lately: admitted');
-  stampRefusal(ctl, wall);
-  t.notOk(gate.admits(ext), 'refused just now: shed');
+  t.ok(gate.admits(ext), 'no cap written yet (no resolver connected): admitted');
+  load.setCap(1000);
+  load.setInflight(999);
+  t.ok(gate.admits(ext), 'below the cap, no refusal lately: admitted');
+  load.setInflight(1000);
+  t.notOk(gate.admits(ext), 'the main thread at its cap: shed');
   t.ok(gate.admits(svc), 'the cluster zone is left to the view, whatever the case');
   t.ok(gate.admits(parsed('cluster.local')), 'the zone\'s apex too');
   t.ok(gate.admits(parsed('4.3.2.10.in-addr.arpa')), 'and the second zone');
@@ -1328,29 +1334,39 @@ t.test('shed gate: sheds everything for SHED_WINDOW_MS after the main thread\'s 
   reads.lastGaveUp = true;
   t.ok(gate.admits(ext), 'a read that gave up on a store mid-change is no miss: the main thread answers it from the store');
   reads.lastGaveUp = false;
-  wall += SHED_WINDOW_MS - 1;
-  t.notOk(gate.admits(ext), 'still inside the window');
-  wall += 1;
-  t.ok(gate.admits(ext), 'the window has ended: with nothing waiting on the main thread, a miss crosses');
-  const waiting = { inflight: SOFT_INFLIGHT };
+  load.setInflight(10);
+  const waiting = { inflight: 500 };
   gate.watch(waiting);
-  t.notOk(gate.admits(ext), 'but only a trickle: not with SOFT_INFLIGHT of ours already waiting');
-  waiting.inflight = SOFT_INFLIGHT - 1;
+  t.ok(gate.admits(ext), 'room at the cap, no refusal lately: admitted however many of ours wait');
+  stampRefusal(ctl, wall);
+  t.notOk(gate.admits(ext), 'refused just now: not with its share (1,000 over 2 workers) of ours already waiting');
+  waiting.inflight = 499;
+  t.ok(gate.admits(ext), 'one fewer: it crosses (a refusal alone sheds nothing: the count says there is room)');
+  waiting.inflight = 500;
+  wall += SOFT_PERIOD_MS - 1;
+  t.notOk(gate.admits(ext), 'still inside the period');
+  wall += 1;
+  t.ok(gate.admits(ext), 'the period has ended: the usual limits');
+  load.setInflight(0);
+  load.setCap(10);
+  waiting.inflight = MIN_SHARE;
+  stampRefusal(ctl, wall);
+  t.notOk(gate.admits(ext), `a small cap: each worker still has ${MIN_SHARE} (and not with those waiting)`);
+  waiting.inflight = MIN_SHARE - 1;
   t.ok(gate.admits(ext), 'one fewer: it crosses');
-  waiting.inflight = SOFT_INFLIGHT;
-  wall += SOFT_PERIOD_MS - SHED_WINDOW_MS;
-  t.ok(gate.admits(ext), 'the soft period has ended: the usual limits');
+  waiting.inflight = MIN_SHARE;
   stampRefusal(ctl, wall + 5);
-  t.notOk(gate.admits(ext), 'a refusal stamped after the turn began (its clock read then) is one just now: shed');
-  stampRefusal(ctl, wall + 1000);
-  t.ok(gate.admits(ext), 'a stamp far in the future (a clock out of step) ends the window, never stretches it');
+  t.notOk(gate.admits(ext), 'a refusal stamped after the turn began (its clock read then) is one just now');
+  stampRefusal(ctl, wall + STAMP_AHEAD_MS + 1000);
+  t.ok(gate.admits(ext), 'a stamp far in the future (a clock out of step) ends the period, never stretches it');
   wall = 2 ** 32 * 400 - 10;
   stampRefusal(ctl, wall);
   wall += 20;
   t.notOk(gate.admits(ext), 'across the wrap of the 32-bit stamp');
+  load.setInflight(10);
   gate.configure([]);
-  t.notOk(gate.admits(svc), 'no view after a reload: the cluster zone is shed too');
-  t.equal(c.get('shedBusy'), 8, 'each shed miss counted');
+  t.notOk(gate.admits(svc), 'at the cap with no view after a reload: the cluster zone is shed too');
+  t.equal(c.get('shedBusy'), 9, 'each shed miss counted');
 });
 
 t.test('the shared cache: another worker\'s miss on a fetched name is answered without the upstream, aged; only a refresh due goes upstream', async (t) => {
@@ -1531,7 +1547,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
   // The main thread's cache: the loop reads it, the script plays the main thread and stores in it.
   const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
-    index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
+    index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, load: k.load.buffer, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
     queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, batch: 4, maxInflight: 100, maxQueryAgeMs: 0, localZones: [], ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
@@ -1762,7 +1778,7 @@ t.test('loop: past maxInflight a miss is refused at once; abort answers the wait
   t.equal(c.server.get('abortedAtShutdown'), 1);
 });
 
-t.test('loop: while the main thread refuses misses for load, a new one is answered here (stale, else SERVFAIL) without crossing; a view zone and a question in flight still cross', async (t) => {
+t.test('loop: while the main thread is at its cap, a new miss is answered here (stale, else SERVFAIL) without crossing; a view zone and a question in flight still cross', async (t) => {
   const q = (name: string, id: number) => ({ data: query({ name, id }), from: from4(id) });
   const missKeys = (reports: WorkerReport[]): string[] => reports.flatMap((r) => r.misses?.keys ?? []);
   const { k, loop, c, store } = loopRig(
@@ -1770,7 +1786,8 @@ t.test('loop: while the main thread refuses misses for load, a new one is answer
       () => k.queue(5, q('inflight.example.com', 1)),
       () => {
         t.equal(missKeys(k.reports()).length, 1, 'before any refusal a miss crosses');
-        stampRefusal(new Int32Array(k.ctl));
+        k.load.setCap(1);
+        k.load.setInflight(1);
         k.queue(5, q('inflight.example.com', 2));
         k.queue(5, q('new.example.com', 3));
         k.queue(5, q('old.example.com', 4));
@@ -1787,10 +1804,11 @@ t.test('loop: while the main thread refuses misses for load, a new one is answer
         t.equal(ttlOf(stale.answers![0]!), 30, 'with the stale TTL');
         t.equal(c.io.get('shedBusy'), 2);
         t.equal(c.server.get('coalesced'), 1, 'the query for the name in flight joined it');
-        stampRefusal(new Int32Array(k.ctl), performance.timeOrigin + performance.now() - 1000);
+        k.load.setInflight(0);
+        stampRefusal(new Int32Array(k.ctl));
         k.queue(5, q('later.example.com', 6));
       },
-      () => t.same(missKeys(k.reports()).length, 1, 'past the window, with few of its own waiting, a miss crosses again'),
+      () => t.same(missKeys(k.reports()).length, 1, 'room at the cap again: refused just now, but with few of its own waiting, a miss crosses'),
     ],
     { localZones: ['cluster.local'] },
   );
@@ -1808,7 +1826,8 @@ t.test('loop: a read that meets the writer mid-change is no miss: neither the sh
       () => k.queue(5, { data: query({ name: 'fill.example.com', id: 1 }), from: from4(1) }),
       () => {
         t.equal(missKeys(k.reports()).length, 1, 'the worker limit (1) is now taken');
-        stampRefusal(new Int32Array(k.ctl));
+        k.load.setCap(1);
+        k.load.setInflight(1);
         // The writer, preempted inside a change: the sequence word stays odd.
         Atomics.add(seq!, SEQ, 1);
         k.queue(5, { data: query({ name: SVC, id: 2 }), from: from4(2) });
@@ -2558,22 +2577,24 @@ t.test('a worker whose restart fails is tried again while the listener runs: its
 t.test('shed gate: a refusal 2^32 ms (49.7 days) ago is no refusal now: a long-lived worker does not start shedding when the 32-bit stamp comes round again', async (t) => {
   // shed-gate.ts keeps the last refusal as wall ms cut to 32 bits and takes the difference in 32-bit arithmetic, so
   // a stamp T and a time T + 2^32 + x read as "x ms since a refusal". A worker never refused (WorkerLink stamps it
-  // an hour before its spawn) sheds every new miss (SERVFAIL, or stale) for SHED_WINDOW_MS, then all beyond
-  // SOFT_INFLIGHT until SOFT_PERIOD_MS, once every 49.7 days of uptime: all workers at once (they start together).
+  // an hour before its spawn) shed every new miss (SERVFAIL, or stale) for 50 ms, then (as the gate was then) all
+  // beyond 64 until 2 s later, once every 49.7 days of uptime: all workers at once (they start together).
   const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
   const c = new Counters(BATCHED_COUNTERS);
   const spawnedAt = 1_700_000_000_000;
   let wall = spawnedAt;
-  const gate = new ShedGate(ctl, [], { lastGaveUp: false }, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, { now: () => wall });
+  const load = new UpstreamLoad({ workers: 1 });
+  load.setCap(1000);
+  const gate = new ShedGate(ctl, load.buffer, [], { lastGaveUp: false }, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, { now: () => wall });
   const ext = parsed('x.example.org');
   // What a new WorkerLink stamps: long ago, so the worker starts admitting every miss.
   stampRefusal(ctl, spawnedAt - 3_600_000);
+  gate.watch({ inflight: 1000 });
   t.ok(gate.admits(ext), 'a fresh worker admits');
   wall = spawnedAt - 3_600_000 + 2 ** 32 + 10;
   t.ok(gate.admits(ext), 'never refused, 49.7 days later: still admitted');
   stampRefusal(ctl, spawnedAt);
-  wall = spawnedAt + 2 ** 32 + SHED_WINDOW_MS + 10;
-  gate.watch({ inflight: SOFT_INFLIGHT });
+  wall = spawnedAt + 2 ** 32 + STAMP_AHEAD_MS + 10;
   t.ok(gate.admits(ext), 'refused once 49.7 days ago, nothing since: admitted (the soft period ended long ago)');
   t.equal(c.get('shedBusy'), 0, 'nothing shed');
 });

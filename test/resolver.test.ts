@@ -21,6 +21,7 @@ import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken } from '
 import { BATCHED_COUNTERS } from '../src/server/batched/stats.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
 import { RESOLVER_COUNTERS, Resolver, type MissCompleter } from '../src/server/resolver.js';
+import { UpstreamLoad } from '../src/server/upstream-load.js';
 import type { LocalAnswerer, Route } from '../src/server/route.js';
 import { SERVER_COUNTERS, type ServerCounterName } from '../src/server/stats.js';
 import { Counters } from '../src/stats/counters.js';
@@ -93,7 +94,7 @@ const CACHE_OPTS: CacheOptions = {
   positiveCapacity: 100, negativeCapacity: 100, maxBytes: 1 << 24, successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 3_600_000,
 };
 
-function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter; remoteWaiters?: boolean; gate?: MissGate } = {}) {
+function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallbackAfterMs?: number; localNegative?: boolean; queryLog?: string[]; maxConcurrent?: number; clientLimit?: ClientMissLimiter; remoteWaiters?: boolean; gate?: MissGate; load?: UpstreamLoad } = {}) {
   const clock = new ManualClock();
   const cache = new DnsCache({ ...CACHE_OPTS, ...opts.cache }, new Counters(CACHE_COUNTERS));
   const logger = opts.queryLog === undefined ? silentLogger : createLogger('info', (l) => opts.queryLog!.push(l));
@@ -108,10 +109,10 @@ function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallb
   );
   const resolver = new Resolver({
     router, clock, counters: new Counters(RESOLVER_COUNTERS), hits, fallbackAfterMs: opts.fallbackAfterMs ?? 1000, localNegative: opts.localNegative ?? false,
-    maxConcurrent: opts.maxConcurrent ?? 1000,
+    maxConcurrent: opts.maxConcurrent ?? 1000, load: opts.load ?? null,
   });
   hits.connect(resolver);
-  return { clock, cache, hits, resolver, cluster, external };
+  return { clock, cache, hits, resolver, cluster, external, router };
 }
 
 const SVC = 'web.default.svc.cluster.local';
@@ -352,7 +353,7 @@ function syncedView(clock: ManualClock): ClusterView {
   return view;
 }
 
-function viewRig(opts: { localNegative?: boolean; fallbackAfterMs?: number; maxConcurrent?: number } = {}) {
+function viewRig(opts: { localNegative?: boolean; fallbackAfterMs?: number; maxConcurrent?: number; load?: UpstreamLoad } = {}) {
   const clock0 = new ManualClock();
   const view = syncedView(clock0);
   // The answerer reads the rig's own clock: build the rig first, then point a view answerer at it.
@@ -660,13 +661,17 @@ t.test('reload: a question asked again after its retired upstream closed is answ
 });
 
 t.test('ExternalName target lookups are upstream queries: counted in flight and forwarded, and held to --max-concurrent (the CNAME alone at the cap)', async (t) => {
-  const r = viewRig({ maxConcurrent: 2 });
+  // The batched workers read the count and the cap where the resolver publishes them (upstream-load.ts).
+  const load = new UpstreamLoad({ workers: 1 });
+  const r = viewRig({ maxConcurrent: 2, load });
   failClusterDns(r);
   const ch = new FakeChannel();
   r.hits.handle(query({ name: 'one.example', id: 1 }), ch, PEER);
+  t.notOk(load.atCap, 'one of two: the workers see room');
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', id: 2 }), ch, PEER);
   t.equal(r.external.exchanges.length, 2, 'the target is looked up');
   t.equal(r.resolver.inflight, 2, 'and counted in flight with the other miss');
+  t.ok(load.atCap, 'the workers see the cap reached by the chase too');
   t.equal(r.resolver.counters.get('forwarded'), 2, 'both handed to an upstream');
   r.hits.handle(query({ name: 'ext.default.svc.cluster.local', type: 'AAAA', id: 3 }), ch, PEER);
   t.equal(r.external.exchanges.length, 2, 'at the cap the next target is not looked up');
@@ -674,7 +679,10 @@ t.test('ExternalName target lookups are upstream queries: counted in flight and 
   t.equal(r.resolver.counters.get('maxConcurrentRejects'), 1, 'counted as a rejection at the cap');
   r.external.answer(1, answer('www.example.org', [a('www.example.org', '192.0.2.44', 60)]));
   t.equal(r.resolver.inflight, 1, 'the answered lookup frees its slot');
+  t.notOk(load.atCap, 'and the workers see it free');
   t.same(ch.decoded(1).answers?.map((x) => x.type), ['CNAME', 'A']);
+  r.resolver.configure({ router: r.router, fallbackAfterMs: 1000, localNegative: false, maxConcurrent: 1 });
+  t.ok(load.atCap, 'a reload that lowers the cap is published too');
 });
 
 t.test('--max-concurrent: a miss shed at the cap whose view answer is an ExternalName counts one rejection, not a second for its target', async (t) => {

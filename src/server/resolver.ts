@@ -39,6 +39,7 @@ import type { UpstreamExchange, UpstreamFailure } from '../upstream/types.js';
 import type { MissOutcome, MissSink } from './hit-path.js';
 import { PendingQuery, type PendingOwner } from './pending.js';
 import type { LocalAnswer, Route } from './route.js';
+import type { UpstreamLoad } from './upstream-load.js';
 
 export const RESOLVER_COUNTERS = defineCounters({
   forwarded: { name: 'nodelocal_upstream_questions_total', help: 'Questions handed to an upstream transport, all upstreams (those it refused at its queue limit included: nodelocal_upstream_failures_total{reason="overloaded"}; per upstream: coredns_forward_requests_total{to}).' },
@@ -88,6 +89,8 @@ export interface ResolverOptions {
    * cached answers are still served.
    */
   readonly maxConcurrent: number;
+  /** Where the batched workers read the count in flight and the cap (upstream-load.ts); default none. */
+  readonly load?: UpstreamLoad | null;
 }
 
 /**
@@ -117,6 +120,7 @@ export class Resolver implements MissSink, PendingOwner {
   #localNegative: boolean;
   #maxConcurrent: number;
   #inflight: number;
+  readonly #load: UpstreamLoad | null;
   /**
    * Cluster-zone forwards in the order sent: with one fallback delay for all,
    * the oldest is always first, so the sweep looks only at the front.
@@ -137,6 +141,8 @@ export class Resolver implements MissSink, PendingOwner {
     this.#localNegative = opts.localNegative;
     this.#maxConcurrent = opts.maxConcurrent;
     this.#inflight = 0;
+    this.#load = opts.load ?? null;
+    this.#load?.setCap(opts.maxConcurrent);
     this.#watch = [];
     this.#watchHead = 0;
     this.#sweep = null;
@@ -165,7 +171,7 @@ export class Resolver implements MissSink, PendingOwner {
     }
     const p = new PendingQuery(this, token, key, route, query, now, retryOf);
     this.#inflight++;
-    this.#v[S.inflight] = this.#inflight;
+    this.#published();
     this.#v[S.forwarded]!++;
     if (local !== null && this.#fallbackAfterMs > 0) this.#watchLate(p);
     // May complete synchronously (reject 'overloaded').
@@ -190,7 +196,13 @@ export class Resolver implements MissSink, PendingOwner {
 
   released(_p: PendingQuery): void {
     this.#inflight--;
+    this.#published();
+  }
+
+  /** The count in flight changed: to the gauge, and to the workers that shed at the cap. */
+  #published(): void {
     this.#v[S.inflight] = this.#inflight;
+    this.#load?.setInflight(this.#inflight);
   }
 
   /** Upstream queries in flight (a late one still counts after a local answer was given: it still loads the upstream). */
@@ -218,6 +230,7 @@ export class Resolver implements MissSink, PendingOwner {
     this.#fallbackAfterMs = o.fallbackAfterMs;
     this.#localNegative = o.localNegative;
     this.#maxConcurrent = o.maxConcurrent;
+    this.#load?.setCap(o.maxConcurrent);
     // Fallback turned off: the sweep's cutoff would be "now", so every query still watched would go to the view.
     if (o.fallbackAfterMs === 0) this.#unwatchAll();
   }
@@ -294,14 +307,14 @@ export class Resolver implements MissSink, PendingOwner {
     // Counted here, where the target is really asked (the metric's help: targets looked up); the CNAME alone before.
     this.#v[S.chases]!++;
     this.#inflight++;
-    this.#v[S.inflight] = this.#inflight;
+    this.#published();
     this.#v[S.forwarded]!++;
     let settled = false;
     const settle = (failure: number): void => {
       if (settled) return;
       settled = true;
       this.#inflight--;
-      this.#v[S.inflight] = this.#inflight;
+      this.#published();
       if (failure >= 0) this.#v[failure]!++;
     };
     const hits = this.#hits;

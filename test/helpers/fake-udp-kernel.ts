@@ -8,6 +8,7 @@
 // told to close.
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { Ctl, type ToWorker, type WorkerReport } from '../../src/server/batched/protocol.js';
+import { UpstreamLoad } from '../../src/server/upstream-load.js';
 import { AF_INET, AF_INET6, EAGAIN, MSG_TRUNC, type NativeBlock, type SysError, type UdpBatchSys } from '../../src/sys/udp-batch.js';
 
 export interface Datagram {
@@ -60,6 +61,8 @@ export class FakeKernel implements UdpBatchSys {
   readonly workerPort: MessagePort;
   readonly mainPort: MessagePort;
   readonly ctl: SharedArrayBuffer;
+  /** The main thread's upstream count and cap, as the loop's shed gate reads them: the script sets them. */
+  readonly load = new UpstreamLoad({ workers: 1 });
   readonly #steps: (() => void)[];
   #view: DataView | null;
   #u8: Uint8Array | null;

@@ -127,7 +127,7 @@ export class DirectAnswers {
    * A failure was answered here since the completions were last posted: that
    * post wakes the worker, so its count of misses in flight drops at once,
    * not at its next datagram or poll timeout. Its shed gate reads that count
-   * (SOFT_INFLIGHT) while the main thread refuses misses for load, and
+   * (against its share of the cap) after the main thread refused misses for load, and
    * completions left lazy then kept it shedding what this thread had room
    * for (measured: a third of the misses forwarded beside a 20k/s flood).
    */

@@ -9,7 +9,7 @@ import type { Clock } from '../../clock.js';
 import type { Logger } from '../../log.js';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
 import type { ServerAddress } from '../../upstream/types.js';
-import type { WorkerSettings } from './protocol.js';
+import type { CachePolicy, WorkerSettings } from './protocol.js';
 
 /**
  * Datagrams per recvmmsg and answers per sendmmsg. 64 amortises the two
@@ -82,14 +82,19 @@ export function workerMissLimit(
   return { clientMissRate: rate / workers, clientMissBurst: Math.max(1, burst / workers), clientMissInflight: Math.max(1, Math.floor(inflight / workers)) };
 }
 
-/** What every worker starts with: the cache policy, limits and log share of `opts` (configure() changes them later). */
-export function initialSettings(opts: BatchedUdpOptions): WorkerSettings {
-  const c = opts.cache;
+/** What a reload may change of the workers' settings (BatchedUdpListener.configure()). */
+export type SettingsUpdate = Pick<BatchedUdpOptions, 'maxUdpSize' | 'queryLogEvery' | 'clientMissRate' | 'clientMissBurst' | 'clientMissInflight' | 'localZones'> & {
+  readonly cache: CachePolicy;
+};
+
+/** Every worker's settings for `o` with `workers` of them: the cache policy, limits and log share (at start, and at each reload). */
+export function workerSettings(o: SettingsUpdate, workers: number): WorkerSettings {
+  const c = o.cache;
   return {
     cache: { successTtl: c.successTtl, denialTtl: c.denialTtl, minHits: c.minHits, percent: c.percent, staleMs: c.staleMs },
-    maxUdpSize: opts.maxUdpSize,
-    queryLogEvery: opts.queryLogEvery,
-    localZones: opts.localZones ?? [],
-    ...workerMissLimit(opts.clientMissRate ?? 0, opts.clientMissBurst ?? 1, opts.clientMissInflight ?? Number.POSITIVE_INFINITY, opts.workers),
+    maxUdpSize: o.maxUdpSize,
+    queryLogEvery: o.queryLogEvery,
+    localZones: o.localZones ?? [],
+    ...workerMissLimit(o.clientMissRate ?? 0, o.clientMissBurst ?? 1, o.clientMissInflight ?? Number.POSITIVE_INFINITY, workers),
   };
 }

@@ -40,9 +40,10 @@ import type { UdpBatchSys } from '../../sys/udp-batch.js';
 import type { HitPathHistograms, MissOutcome, MissSink } from '../hit-path.js';
 import type { Listener } from '../listener.js';
 import type { MissCompleter } from '../resolver.js';
+import { UpstreamLoad } from '../upstream-load.js';
 import { SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 import type { DirectDeps, DirectPolicy } from './direct.js';
-import { initialSettings, workerMissLimit, type BatchedUdpOptions } from './listener-options.js';
+import { workerSettings, type BatchedUdpOptions, type SettingsUpdate } from './listener-options.js';
 import { MissExchange } from './miss-exchange.js';
 import type { WorkerLink } from './worker-link.js';
 import { openSockets, startWorker, whenStarted, type WorkerSockets } from './worker-spawn.js';
@@ -51,7 +52,7 @@ import { TurnWatch } from './worker-watch.js';
 import { Orphans, WORKER_STOP_WAIT_MS, abandonWorker, abortWorker, stopWorkers, terminateStuck } from './worker-stop.js';
 import { isWildcardHost } from '../../sys/reuseport.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
-import { MISS_REFRESH, itemBytes, itemTag, itemToken, type CachePolicy, type WorkerReport, type WorkerSettings } from './protocol.js';
+import { MISS_REFRESH, itemBytes, itemTag, itemToken, type WorkerReport, type WorkerSettings } from './protocol.js';
 import { BATCHED_COUNTERS, type BatchedCounters, type WorkerCounters } from './stats.js';
 import { hitPathHistograms } from '../../ops/histogram.js';
 import { MISS_TRACE, traceReport } from '../../miss-trace.js';
@@ -92,6 +93,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   /** Clients held here for workers that died, still waiting on their misses: answered by abortAll() and abandon() too. */
   readonly #orphans = new Orphans(() => this.#checkDrained());
   readonly #turns = new TurnWatch();
+  /** The resolver's count in flight and cap, where the workers read them (upstream-load.ts): buildServing hands it over. */
+  readonly upstreamLoad: UpstreamLoad;
 
   constructor(opts: BatchedUdpOptions) {
     if (opts.workers < 1) throw new Error('BatchedUdpListener needs at least one worker');
@@ -111,8 +114,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     // Its lookups in a block of their own: they follow a worker miss already counted, so publishing them would count the query twice.
     this.#exchange = new MissExchange({ counters: this.#own, server: this.#ownServer, shared: this.sharedCache.exchangeView(new Counters(CACHE_COUNTERS)), clock: this.#clock });
     this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
+    this.upstreamLoad = new UpstreamLoad({ workers: opts.workers });
     this.#ports = opts.listen.map((a) => a.port);
-    this.#policy = initialSettings(opts);
+    this.#policy = workerSettings(opts, opts.workers);
     this.#directPolicy = () => this.#policy;
     this.#state = 'new';
     this.#drainWaiters = [];
@@ -235,14 +239,8 @@ export class BatchedUdpListener implements Listener, MissCompleter {
    * query-log sampling, from each worker's next turn. Resolves when every
    * live worker has applied it (a restarted worker starts with it).
    */
-  configure(o: { cache: CachePolicy; maxUdpSize: number; queryLogEvery: number; clientMissRate?: number; clientMissBurst?: number; clientMissInflight?: number; localZones?: readonly string[] }): Promise<void> {
-    const policy: WorkerSettings = {
-      cache: o.cache,
-      maxUdpSize: o.maxUdpSize,
-      queryLogEvery: o.queryLogEvery,
-      localZones: o.localZones ?? [],
-      ...workerMissLimit(o.clientMissRate ?? 0, o.clientMissBurst ?? 1, o.clientMissInflight ?? Number.POSITIVE_INFINITY, this.#links.length),
-    };
+  configure(o: SettingsUpdate): Promise<void> {
+    const policy = workerSettings(o, this.#links.length);
     this.#policy = policy;
     this.sharedCache.configure(o.cache);
     const live = this.#links.filter((l): l is WorkerLink => l !== null && l.alive);
@@ -318,7 +316,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     const direct: DirectDeps | null = this.#opts.directAnswers === false ? null : {
       policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served), logger: this.#logger, serving: () => this.#state === 'running' || this.#state === 'new',
     };
-    const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, this.sharedCache.layout, direct);
+    const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, { store: this.sharedCache.layout, load: this.upstreamLoad.buffer }, direct);
     link.siblings = () => this.#links.find((l) => l !== null && l !== link && l.alive)?.fds ?? null;
     this.#links[i] = link;
     return whenStarted(link, this.#logger, (r) => this.#onReport(link, r), (code) => this.#exited(link, code));

@@ -131,7 +131,7 @@ export class WorkerLoop implements MissSink {
     this.#logger = new ReportLogger();
     // Read-only: the main thread stores every answer (it fetched them all), and the store's gauges are its.
     this.#cache = new CacheReader(init.store, init.cache, this.#counters.cache);
-    this.#gate = new ShedGate(this.#ctl, init.localZones, this.#cache, { values: this.#io, slot: IO.shedBusy }, this.#clock);
+    this.#gate = new ShedGate(this.#ctl, init.load, init.localZones, this.#cache, { values: this.#io, slot: IO.shedBusy }, this.#clock);
     this.#hits = new HitPath({
       cache: this.#cache,
       clock: this.#clock,

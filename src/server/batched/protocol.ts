@@ -55,6 +55,8 @@ export interface WorkerInit {
    * the same one.
    */
   readonly store: StoreLayout;
+  /** The main thread's upstream questions in flight and its cap (upstream-load.ts), for the shed gate. */
+  readonly load: SharedArrayBuffer;
   readonly maxUdpSize: number;
   readonly queryLogEvery: number;
   /** This worker's part of --client-miss-rate (0: off), its burst and its cap on a client's questions in flight (listener-options.ts workerMissLimit). */

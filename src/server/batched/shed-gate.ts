@@ -1,10 +1,10 @@
 /**
- * A batched worker's echo of the main thread's overload: while the main
- * thread is turning questions away at --max-concurrent (the cap across
- * every upstream), a worker answers new misses itself, as the main thread
- * would (stale, else SERVFAIL), instead of packing each one, posting it,
- * taking the refusal back and only then answering. One upstream's own
- * in-flight limit does not count: it says nothing of the other routes.
+ * A batched worker's echo of the main thread's overload: a new miss the
+ * main thread would refuse at --max-concurrent (the cap across every
+ * upstream) is answered here, as the main thread would answer it (stale,
+ * else SERVFAIL), instead of being packed, posted, refused and only then
+ * answered. One upstream's own in-flight limit does not count: it says
+ * nothing of the other routes.
  *
  * Why: under a miss flood every refused miss cost its worker about 10 us
  * and 2 KB of garbage on the way there and back (waiter copies, maps, the
@@ -12,22 +12,37 @@
  * what cached answers waited behind (README, "Hits beside a miss flood"). Shed
  * here, a flood miss costs what an error answer costs.
  *
- * The main thread stamps a shared 64-bit word with the time (ms,
+ * Two tests, the second only after a refusal:
+ *   - at the cap now: the main thread's count in flight and its cap, read
+ *     from shared memory (upstream-load.ts), two loads per new miss;
+ *   - for SOFT_PERIOD_MS after the main thread last refused one of this
+ *     worker's misses at the cap (a refusal means misses crossed faster
+ *     than that count showed: sent in the same turn, or queued behind a
+ *     saturated main thread), those beyond the worker's share of the cap
+ *     (the cap over the workers, at least MIN_SHARE) of its own already
+ *     waiting on the main thread. That bounds what a worker holds for a
+ *     main thread that is behind, whose refusals come back hundreds of ms
+ *     late: each held miss's state survives the worker's scavenges, which
+ *     then copy it (measured, with no bound: 6k misses/s crossed beside a
+ *     20k/s flood, scavenges of 9-57 ms, hits waiting behind them).
+ *
+ * Until 2026-12-03 the gate guessed instead: every new miss shed for 50 ms
+ * after each refusal, then all but 64 per worker for 2 s. A handful of
+ * refusals at a cold start (34-55, as `--io dgram` had) became thousands of
+ * SERVFAILs (6-21% of 5,000 misses/s for 5 s), and beside a flood the
+ * workers shed 96% of the misses while the main thread sat a third busy.
+ *
+ * The refusal stamp: the main thread stores the time (ms,
  * performance.timeOrigin + performance.now(): the same clock in every
  * thread, never stepped as the wall clock is, and the worker reads it once
  * a turn, TurnClock: Date.now() made a number, 16 bytes of garbage, for
- * every shed miss) each time it refuses one of this worker's questions at the cap; the
- * worker sheds every new miss for SHED_WINDOW_MS after the latest stamp,
- * then, until SOFT_PERIOD_MS after it, those beyond SOFT_INFLIGHT of its own
- * waiting on the main thread. The whole stamp, not 32 bits of it: a cut
+ * every shed miss) in a shared 64-bit word each time it refuses one of this
+ * worker's questions at the cap. The whole stamp, not 32 bits of it: a cut
  * stamp came round again every 2^32 ms (49.7 days), and every worker (all
  * stamped at spawn) then read "refused just now" at once. A stamp up to
- * SHED_WINDOW_MS ahead of the turn's time is a refusal made during the turn;
- * one further ahead (a clock out of step, never expected) ends the window
- * rather than stretching it. Once the window ends a trickle of misses flows
- * to the main thread again; if it still refuses, the next stamp opens the
- * next window; if it answers, the period runs out and the limits are the
- * usual ones.
+ * STAMP_AHEAD_MS ahead of the turn's time is a refusal made during the
+ * turn; one further ahead (a clock out of step, never expected) ends the
+ * period rather than stretching it.
  *
  * Never shed here:
  *   - names in the zones the main thread can answer from its own cluster
@@ -40,21 +55,13 @@
 import { nameInZone, nameToWire } from '../../dns/name.js';
 import { KEY_TAIL } from '../../dns/query-result.js';
 import type { MissGate } from '../miss-boundary.js';
+import { UpstreamLoad } from '../upstream-load.js';
 import { Ctl } from './protocol.js';
 
-/** How long one refusal keeps a worker shedding every new miss, ms: a few upstream round trips, short beside any client's retry. */
-export const SHED_WINDOW_MS = 50;
-/**
- * After that, for this long, a worker still lets only a trickle across:
- * new misses while fewer than SOFT_INFLIGHT of its own wait on the main
- * thread. Without it each lapse of the window sent a burst the saturated
- * main thread took hundreds of ms to refuse, and the worker held those
- * misses' state meanwhile: 6k misses/s crossed beside a 20k/s flood, the
- * worker's scavenges copied their survivors (9-57 ms each, 10-23% of its
- * time), and hits waited behind the collections.
- */
+/** How long after a refusal a worker keeps its own waiting misses within its share of the cap, ms. */
 export const SOFT_PERIOD_MS = 2000;
-export const SOFT_INFLIGHT = 64;
+/** A stamp this far ahead of the turn's clock is a refusal made during the turn, ms; further ahead, a clock out of step. */
+export const STAMP_AHEAD_MS = 50;
 
 /**
  * The stamp's word pair as one BigInt64, for the writer (Atomics: never
@@ -84,6 +91,7 @@ function readStamp(ctl: Int32Array): number {
 
 export class ShedGate implements MissGate {
   readonly #ctl: Int32Array;
+  readonly #load: UpstreamLoad;
   readonly #v: Float64Array;
   readonly #slot: number;
   /** The worker's turn clock (loop-parts.ts TurnClock): read once a turn, no number made per miss. */
@@ -94,9 +102,13 @@ export class ShedGate implements MissGate {
   /** Zones the main thread answers from its view at its limit, in wire form. */
   #local: Buffer[];
 
-  /** `reads`: the worker's cache reader, whose last read may have given up on a store mid-change (that is no miss). */
-  constructor(ctl: Int32Array, localZones: readonly string[], reads: { readonly lastGaveUp: boolean }, counter: { values: Float64Array; slot: number }, clock: { now(): number }) {
+  /**
+   * `load`: where the main thread keeps its count in flight and cap (UpstreamLoad's buffer); `reads`: the worker's cache reader, whose last read may have
+   * given up on a store mid-change (that is no miss).
+   */
+  constructor(ctl: Int32Array, load: SharedArrayBuffer, localZones: readonly string[], reads: { readonly lastGaveUp: boolean }, counter: { values: Float64Array; slot: number }, clock: { now(): number }) {
     this.#ctl = ctl;
+    this.#load = new UpstreamLoad(load);
     this.#reads = reads;
     this.#v = counter.values;
     this.#slot = counter.slot;
@@ -106,7 +118,7 @@ export class ShedGate implements MissGate {
     this.configure(localZones);
   }
 
-  /** Whose misses in flight count against SOFT_INFLIGHT: the hit path this gate guards (made after the gate). */
+  /** Whose misses in flight count against the share: the hit path this gate guards (made after the gate). */
   watch(waiting: { readonly inflight: number }): void {
     this.#waiting = waiting;
   }
@@ -116,13 +128,14 @@ export class ShedGate implements MissGate {
     this.#local = localZones.map((zone) => nameToWire(zone));
   }
 
-  /** False: answer this new miss now (stale or SERVFAIL), the main thread is refusing them. Counts what it turns away. */
+  /** False: answer this new miss now (stale or SERVFAIL), the main thread would refuse it. Counts what it turns away. */
   admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number }): boolean {
-    const since = this.#clock.now() - readStamp(this.#ctl);
-    // The clock is the turn's, read as it began: a refusal stamped since then reads a little ahead, and is one just
-    // now (admitted, those misses crossed to a main thread refusing them). Far ahead ends the window, never stretches it.
-    if (since < -SHED_WINDOW_MS || since >= SOFT_PERIOD_MS) return true;
-    if (since >= SHED_WINDOW_MS && this.#waiting.inflight < SOFT_INFLIGHT) return true;
+    if (!this.#load.atCap) {
+      const since = this.#clock.now() - readStamp(this.#ctl);
+      // The clock is the turn's, read as it began: a refusal stamped since then reads a little ahead, and is one just
+      // now. Far ahead ends the period, never stretches it.
+      if (since < -STAMP_AHEAD_MS || since >= SOFT_PERIOD_MS || this.#waiting.inflight < this.#load.share) return true;
+    }
     // The name may well be cached: the read met the writer mid-change (preempted inside it, most likely). The main thread answers it from the store.
     if (this.#reads.lastGaveUp) return true;
     // Read from the key's bytes: a string-keyed zone table made the key string and a slice per label for each shed miss.

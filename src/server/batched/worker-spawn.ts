@@ -59,7 +59,7 @@ export function openSockets(sys: UdpBatchSys, listen: readonly ServerAddress[], 
 
 /** Starts worker i's thread on its sockets, with the settings of now (a restarted worker starts with the latest). */
 export function startWorker(
-  i: number, sockets: WorkerSockets, opts: BatchedUdpOptions, ports: readonly number[], policy: WorkerSettings, store: StoreLayout, direct: DirectDeps,
+  i: number, sockets: WorkerSockets, opts: BatchedUdpOptions, ports: readonly number[], policy: WorkerSettings, shared: { store: StoreLayout; load: SharedArrayBuffer }, direct: DirectDeps,
 ): WorkerLink {
   return new WorkerLink(
     i,
@@ -69,7 +69,8 @@ export function startWorker(
       names: opts.listen.map((a, k) => `udp://${formatHostPort({ host: a.host, port: ports[k]! })}`),
       wildcards: opts.listen.map((a) => isWildcardHost(a.host)),
       cache: policy.cache,
-      store,
+      store: shared.store,
+      load: shared.load,
       maxUdpSize: policy.maxUdpSize,
       queryLogEvery: policy.queryLogEvery,
       clientMissRate: policy.clientMissRate,
