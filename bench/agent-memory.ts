@@ -33,10 +33,10 @@ import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import dnsPacket from 'dns-packet';
-import { parse as parseYaml } from 'yaml';
 import { writeKubeconfig } from '../testkit/cluster.js';
 import { SimDnsServer, staticHandler } from '../testkit/dns-server.js';
 import { FakeApiServer, endpointSliceJson, namespaceJson, serviceJson } from '../testkit/fake-apiserver.js';
+import { deployedEnv } from './deployed-env.js';
 import { EXIT_INTERRUPTED, handleInterrupts } from './interrupt.js';
 
 const SERVICES = Number(process.env['SERVICES'] ?? 10_000);
@@ -51,22 +51,6 @@ const SYNC_WAIT_MS = 60_000;
 const QUERY_TIMEOUT_MS = 2000;
 const RELIST_WATCH_MS = 15_000;
 const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
-const DAEMONSET = fileURLToPath(new URL('../../daemonset.yaml', import.meta.url));
-
-/**
- * The environment the DaemonSet gives the agent (its literal `value:` entries:
- * MALLOC_ARENA_MAX, NODE_OPTIONS), so the figures are the deployed process's.
- * AS_DEPLOYED=0 runs with this shell's environment only.
- */
-function deployedEnv(): Record<string, string> {
-  if (process.env['AS_DEPLOYED'] === '0') return {};
-  const doc = parseYaml(readFileSync(DAEMONSET, 'utf8').split(/^---$/m).find((d) => /kind:\s*DaemonSet/.test(d)) ?? '') as {
-    spec?: { template?: { spec?: { containers?: { env?: { name: string; value?: string }[] }[] } } };
-  };
-  const out: Record<string, string> = {};
-  for (const e of doc.spec?.template?.spec?.containers?.[0]?.env ?? []) if (typeof e.value === 'string') out[e.name] = e.value;
-  return out;
-}
 
 interface Mem {
   readonly rss: number;

@@ -12,6 +12,7 @@ import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, wr
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { deployedEnv } from './deployed-env.js';
 import type { Endpoint } from './loadgen.js';
 import type { SimProcess } from './sim/control.js';
 
@@ -249,11 +250,16 @@ export interface AgentSpec {
   readonly readyTimeoutMs: number;
 }
 
-/** The environment an agent runs with: the bench's, without a test runner's loader flags. */
+/**
+ * The environment an agent runs with: the bench's, without a test runner's
+ * loader flags, and the DaemonSet's own (its NODE_OPTIONS: a 1 MiB young
+ * generation on the main thread, whose collections are part of a miss's
+ * latency; AS_DEPLOYED=0 leaves them out).
+ */
 function agentEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
-  return env;
+  return { ...env, ...deployedEnv() };
 }
 
 const knownFlags = new Map<string, ReadonlySet<string>>();
