@@ -1109,6 +1109,29 @@ t.test('shutdown with a restarted worker that dies before it is ready: drain and
   t.equal(await within(aborted, 10_000), 0, 'abortAll() resolves: nothing was waiting in it');
 });
 
+t.test('a worker ended by terminate() (what a stuck one gets) frees no native block itself: this thread frees it once the thread is gone; one that closed freed its own, not freed again here', async (t) => {
+  // Each worker's vectors live in one native block (~360 KB and ~90 KB a socket), freed by the worker at the end of
+  // run() or after it threw (worker.ts). terminate() (worker-watch.ts on a loop that stood still, worker-stop.ts at
+  // shutdown, worker-spawn.ts on a silent start) stops its JavaScript where it stands, and no finally runs: every
+  // stuck worker ended and replaced leaked its block.
+  const freed: number[] = [];
+  const r = await rig(t, { spy: (sys) => ({ ...sys, freeAddress: (address: number) => (freed.push(address), sys.freeAddress(address)) }) });
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  await c.send(r.ports[0]!, 'svc-1.example.com', 1);
+  await until('an answer', () => c.answers.has(1));
+  t.same(freed, [], 'nothing freed here while the worker runs');
+  await killWorkerZero(r.listener);
+  t.equal(freed.length, 1, 'the ended worker\'s block is freed here, once its thread is gone');
+  t.ok((freed[0] ?? 0) > 0, 'at the address it had');
+  await until('the successor in its loop', () => r.listener.liveWorkers === 1);
+  await c.send(r.ports[0]!, 'svc-2.example.com', 2);
+  await until('an answer from the successor', () => c.answers.has(2));
+  await r.listener.close();
+  t.equal(freed.length, 1, 'the successor closed and freed its own block: not freed a second time here');
+});
+
 t.test('abort right after an answer came back in the same turn: the client gets that answer once, no SERVFAIL beside it', async (t) => {
   // The main thread answers the client itself (direct.ts) and queues the completion for the end of the turn
   // (worker-link.ts #flush, setImmediate). abortAll() in the same turn forgets the direct answers and posts 'abort'

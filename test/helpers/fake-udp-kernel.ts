@@ -129,6 +129,12 @@ export class FakeKernel implements UdpBatchSys {
     return 0;
   }
 
+  /** Addresses freeAddress() was given. */
+  readonly freed: number[] = [];
+  freeAddress(address: number): void {
+    this.freed.push(address);
+  }
+
   alloc(bytes: number): NativeBlock {
     const ab = new ArrayBuffer(bytes);
     this.#view = new DataView(ab);
