@@ -38,7 +38,7 @@ import { DETACH_CHUNK_PEERS, Peer, SlotViews, SockaddrChunks, VIEW_LENGTHS, ipv6
 import { hitPathHistograms } from '../src/ops/histogram.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/ops/idle-gc.js';
 import {
-  Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, stamp16, waiterTag,
+  Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, stamp16, holdBlock, takeBlock, waiterTag,
   type Packed, type WorkerInit, type WorkerReport,
 } from '../src/server/batched/protocol.js';
 import { DirectAnswers } from '../src/server/batched/direct.js';
@@ -49,7 +49,7 @@ import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, p
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
 import { EAGAIN, MSG_DONTWAIT, loadUdpBatch, type UdpBatchSys } from '../src/sys/udp-batch.js';
-import { FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
+import { BASE, FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
 import { HostResolvers } from '../src/upstream/host-resolvers.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { SimDnsServer, staticHandler, type SimHandler, type StaticRecord } from '../testkit/dns-server.js';
@@ -1077,7 +1077,7 @@ t.test('a worker that never says it is ready: its start is rejected after a boun
   const worker = new Worker('require("node:worker_threads"); setInterval(() => {}, 1000);', { eval: true });
   t.teardown(() => void worker.terminate());
   let fdsClosed = 0;
-  const link = { index: 9, port: port1, worker, alive: true, ready: false, closing: false, closeFds: () => void fdsClosed++ };
+  const link = { index: 9, port: port1, worker, alive: true, ready: false, closing: false, closeFds: () => void fdsClosed++, freeBlock: () => {} };
   port2.unref();
   const logs: string[] = [];
   const exits: number[] = [];
@@ -1588,6 +1588,24 @@ function answerMisses(k: FakeKernel, reports: WorkerReport[], bytes: (name: stri
   if (n > 0) k.post({ t: 'done', items: done.take() });
   return n;
 }
+
+t.test('loop: its native block is published in the shared words once allocated; whichever of the loop (dispose) and the main thread (after exit) takes it first frees it, the other nothing', async (t) => {
+  const ended = loopRig([]);
+  ended.loop.dispose();
+  ended.loop.dispose();
+  t.equal(ended.k.blockFrees, 1, 'a loop that ended freed its block once');
+  t.equal(takeBlock(new Int32Array(ended.k.ctl)), null, 'nothing left for the main thread to free');
+  // Terminated: no dispose() ran. The main thread takes it after 'exit' (worker-link.ts freeBlock).
+  const terminated = loopRig([]);
+  t.equal(takeBlock(new Int32Array(terminated.k.ctl)), BASE, 'the main thread finds the address alloc() gave');
+  terminated.loop.dispose();
+  t.equal(terminated.k.blockFrees, 0, 'a dispose() after that frees nothing');
+  t.equal(takeBlock(new Int32Array(terminated.k.ctl)), null, 'taken once');
+  const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
+  t.equal(takeBlock(ctl), null, 'no block published: nothing to free');
+  holdBlock(ctl, { address: 0x7ffc_8abc_d000, bytes: new ArrayBuffer(8), free: () => {} });
+  t.equal(takeBlock(ctl), 0x7ffc_8abc_d000, 'an address whose low word has its top bit set comes back whole');
+});
 
 t.test('loop: a miss crosses once for many clients on two sockets, its answer goes back to each on its own socket (flushing a full vector), then hits', async (t) => {
   const seen: WorkerReport[] = [];
