@@ -1548,8 +1548,7 @@ t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects th
 
 const SVC = 'svc.example.com';
 
-function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
-  const k = new FakeKernel(steps);
+function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}, k = new FakeKernel(steps)) {
   const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
   // The main thread's cache: the loop reads it, the script plays the main thread and stores in it.
   const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
@@ -1601,6 +1600,14 @@ t.test('loop: its native block is published in the shared words once allocated; 
   terminated.loop.dispose();
   t.equal(terminated.k.blockFrees, 0, 'a dispose() after that frees nothing');
   t.equal(takeBlock(new Int32Array(terminated.k.ctl)), null, 'taken once');
+  // A constructor that throws after the allocation leaves no loop to dispose (worker.ts): the start fails, the thread ends.
+  const k = new FakeKernel([]);
+  t.teardown(() => k.mainPort.close());
+  k.rxTimestamps = () => {
+    throw new Error('thrown after the allocation');
+  };
+  t.throws(() => loopRig([], {}, k), /thrown after the allocation/);
+  t.equal(takeBlock(new Int32Array(k.ctl)), BASE, 'its block is there for the main thread to free after exit');
   const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
   t.equal(takeBlock(ctl), null, 'no block published: nothing to free');
   holdBlock(ctl, { address: 0x7ffc_8abc_d000, bytes: new ArrayBuffer(8), free: () => {} });
