@@ -38,7 +38,7 @@ import { DETACH_CHUNK_PEERS, Peer, SlotViews, SockaddrChunks, VIEW_LENGTHS, ipv6
 import { hitPathHistograms } from '../src/ops/histogram.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/ops/idle-gc.js';
 import {
-  Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, stamp16, waiterTag,
+  Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, stamp16, holdBlock, takeBlock, waiterTag,
   type Packed, type WorkerInit, type WorkerReport,
 } from '../src/server/batched/protocol.js';
 import { DirectAnswers } from '../src/server/batched/direct.js';
@@ -50,7 +50,7 @@ import { cgroupCpuQuota, createUdpListeners, defaultWorkers, MAX_AUTO_WORKERS, p
 import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
 import { EAGAIN, MSG_DONTWAIT, loadUdpBatch, type UdpBatchSys } from '../src/sys/udp-batch.js';
-import { FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
+import { BASE, FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
 import { HostResolvers } from '../src/upstream/host-resolvers.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { SimDnsServer, staticHandler, type SimHandler, type StaticRecord } from '../testkit/dns-server.js';
@@ -1078,7 +1078,7 @@ t.test('a worker that never says it is ready: its start is rejected after a boun
   const worker = new Worker('require("node:worker_threads"); setInterval(() => {}, 1000);', { eval: true });
   t.teardown(() => void worker.terminate());
   let fdsClosed = 0;
-  const link = { index: 9, port: port1, worker, alive: true, ready: false, closing: false, closeFds: () => void fdsClosed++ };
+  const link = { index: 9, port: port1, worker, alive: true, ready: false, closing: false, closeFds: () => void fdsClosed++, freeBlock: () => {} };
   port2.unref();
   const logs: string[] = [];
   const exits: number[] = [];
@@ -1108,6 +1108,29 @@ t.test('shutdown with a restarted worker that dies before it is ready: drain and
   const within = <T>(p: Promise<T>, ms: number): Promise<T | 'hung'> => Promise.race([p, new Promise<'hung'>((res) => setTimeout(() => res('hung'), ms).unref())]);
   t.equal(await within(drained, 10_000), 'drained', 'drain() resolves: the worker that died answers nothing more');
   t.equal(await within(aborted, 10_000), 0, 'abortAll() resolves: nothing was waiting in it');
+});
+
+t.test('a worker ended by terminate() (what a stuck one gets) frees no native block itself: this thread frees it once the thread is gone; one that closed freed its own, not freed again here', async (t) => {
+  // Each worker's vectors live in one native block (~360 KB and ~90 KB a socket), freed by the worker at the end of
+  // run() or after it threw (worker.ts). terminate() (worker-watch.ts on a loop that stood still, worker-stop.ts at
+  // shutdown, worker-spawn.ts on a silent start) stops its JavaScript where it stands, and no finally runs: every
+  // stuck worker ended and replaced leaked its block.
+  const freed: number[] = [];
+  const r = await rig(t, { spy: (sys) => ({ ...sys, freeAddress: (address: number) => (freed.push(address), sys.freeAddress(address)) }) });
+  const c = new Client();
+  await c.ready();
+  t.teardown(() => c.close());
+  await c.send(r.ports[0]!, 'svc-1.example.com', 1);
+  await until('an answer', () => c.answers.has(1));
+  t.same(freed, [], 'nothing freed here while the worker runs');
+  await killWorkerZero(r.listener);
+  t.equal(freed.length, 1, 'the ended worker\'s block is freed here, once its thread is gone');
+  t.ok((freed[0] ?? 0) > 0, 'at the address it had');
+  await until('the successor in its loop', () => r.listener.liveWorkers === 1);
+  await c.send(r.ports[0]!, 'svc-2.example.com', 2);
+  await until('an answer from the successor', () => c.answers.has(2));
+  await r.listener.close();
+  t.equal(freed.length, 1, 'the successor closed and freed its own block: not freed a second time here');
 });
 
 t.test('abort right after an answer came back in the same turn: the client gets that answer once, no SERVFAIL beside it', async (t) => {
@@ -1541,8 +1564,7 @@ t.test('the vectors: pointers, lengths and sockaddrs where the kernel expects th
 
 const SVC = 'svc.example.com';
 
-function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}) {
-  const k = new FakeKernel(steps);
+function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}, k = new FakeKernel(steps)) {
   const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
   // The main thread's cache: the loop reads it, the script plays the main thread and stores in it.
   const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
@@ -1581,6 +1603,32 @@ function answerMisses(k: FakeKernel, reports: WorkerReport[], bytes: (name: stri
   if (n > 0) k.post({ t: 'done', items: done.take() });
   return n;
 }
+
+t.test('loop: its native block is published in the shared words once allocated; whichever of the loop (dispose) and the main thread (after exit) takes it first frees it, the other nothing', async (t) => {
+  const ended = loopRig([]);
+  ended.loop.dispose();
+  ended.loop.dispose();
+  t.equal(ended.k.blockFrees, 1, 'a loop that ended freed its block once');
+  t.equal(takeBlock(new Int32Array(ended.k.ctl)), null, 'nothing left for the main thread to free');
+  // Terminated: no dispose() ran. The main thread takes it after 'exit' (worker-link.ts freeBlock).
+  const terminated = loopRig([]);
+  t.equal(takeBlock(new Int32Array(terminated.k.ctl)), BASE, 'the main thread finds the address alloc() gave');
+  terminated.loop.dispose();
+  t.equal(terminated.k.blockFrees, 0, 'a dispose() after that frees nothing');
+  t.equal(takeBlock(new Int32Array(terminated.k.ctl)), null, 'taken once');
+  // A constructor that throws after the allocation leaves no loop to dispose (worker.ts): the start fails, the thread ends.
+  const k = new FakeKernel([]);
+  t.teardown(() => k.mainPort.close());
+  k.rxTimestamps = () => {
+    throw new Error('thrown after the allocation');
+  };
+  t.throws(() => loopRig([], {}, k), /thrown after the allocation/);
+  t.equal(takeBlock(new Int32Array(k.ctl)), BASE, 'its block is there for the main thread to free after exit');
+  const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
+  t.equal(takeBlock(ctl), null, 'no block published: nothing to free');
+  holdBlock(ctl, { address: 0x7ffc_8abc_d000, bytes: new ArrayBuffer(8), free: () => {} });
+  t.equal(takeBlock(ctl), 0x7ffc_8abc_d000, 'an address whose low word has its top bit set comes back whole');
+});
 
 t.test('loop: a miss crosses once for many clients on two sockets, its answer goes back to each on its own socket (flushing a full vector), then hits', async (t) => {
   const seen: WorkerReport[] = [];

@@ -116,6 +116,12 @@ export interface UdpBatchSys {
   /** Native memory for the vectors and buffers, allocated once per worker. */
   alloc(bytes: number): NativeBlock;
   /**
+   * free(3) of a block alloc() made, by its address: a worker's, from the main
+   * thread once that thread is gone without freeing it (worker-link.ts).
+   * koffi.alloc() is calloc(3) of the same libc.
+   */
+  freeAddress(address: number): void;
+  /**
    * Turns on SO_TIMESTAMPNS: each datagram received from then on carries the
    * kernel's receive time (CLOCK_REALTIME) as a control message. 0 or errno
    * (a kernel or seccomp profile that refuses it: the caller goes without).
@@ -180,6 +186,7 @@ function bind(koffi: Koffi): UdpBatchSys {
   const close = f('int close(int fd)');
   const prctl = f('int prctl(int option, const char *arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)');
   const clockGettime = f('int clock_gettime(int clock, uintptr_t ts)');
+  const free = libc.func('void free(uintptr_t ptr)');
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
   const int = (v: number): Buffer => {
@@ -270,6 +277,9 @@ function bind(koffi: Koffi): UdpBatchSys {
       const ptr = koffi.alloc('uint8_t', bytes);
       const address = Number(koffi.address(ptr));
       return { address, bytes: koffi.view(ptr, bytes), free: () => koffi.free(ptr) };
+    },
+    freeAddress(address) {
+      free(address);
     },
   };
 }

@@ -42,7 +42,8 @@ export function sockaddr6loopback(port: number): Buffer {
   return b;
 }
 
-const BASE = 0x7f0000000000;
+/** Where alloc() says its block is. */
+export const BASE = 0x7f0000000000;
 
 export class FakeKernel implements UdpBatchSys {
   readonly inbox = new Map<number, Datagram[]>();
@@ -132,11 +133,18 @@ export class FakeKernel implements UdpBatchSys {
     return 0;
   }
 
+  /** Addresses freeAddress() was given (the main thread's free); blockFrees: the loop's own, through the block. */
+  readonly freed: number[] = [];
+  blockFrees = 0;
+  freeAddress(address: number): void {
+    this.freed.push(address);
+  }
+
   alloc(bytes: number): NativeBlock {
     const ab = new ArrayBuffer(bytes);
     this.#view = new DataView(ab);
     this.#u8 = new Uint8Array(ab);
-    return { address: BASE, bytes: ab, free: () => {} };
+    return { address: BASE, bytes: ab, free: () => void this.blockFrees++ };
   }
 
   #off(address: number): number {

@@ -49,7 +49,7 @@ import { Sender, SocketChannel } from './loop-send.js';
 import { POLLFD_BYTES, Poller } from './loop-poll.js';
 import { IdleCollector, exposeGc } from '../../ops/idle-gc.js';
 import { ShedGate } from './shed-gate.js';
-import { Ctl, type ToWorker, type WorkerInit } from './protocol.js';
+import { Ctl, holdBlock, type ToWorker, type WorkerInit } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
 import type { TypedHistogram } from '../../ops/histogram.js';
 import { MISS_TRACE, traceNow } from '../../miss-trace.js';
@@ -151,7 +151,7 @@ export class WorkerLoop implements MissSink {
     // One native block for everything: the receive vector, a send vector per socket, the pollfds and a scratch sockaddr.
     const sendSlot = init.maxUdpSize;
     const block = sys.alloc(workerBlockBytes(init.batch, init.fds.length, sendSlot));
-    this.#free = block.free;
+    this.#free = holdBlock(this.#ctl, block);
     this.#arena = new Arena(block.address, block.bytes);
     this.#recv = new RecvVec(this.#arena, init.batch, RECV_SLOT_BYTES);
     this.#views = new SlotViews(this.#arena.u8.buffer as ArrayBuffer, init.batch);
@@ -229,7 +229,7 @@ export class WorkerLoop implements MissSink {
     this.#outbox.post({ misses: null, logs: null, closed: true });
   }
 
-  /** The native block goes (once): at the end of run(), or after it threw (worker.ts): no leak when a worker dies of an exception. */
+  /** The native block goes (once): at the end of run(), or after it threw (worker.ts); a thread ended without either: freed by the main thread (holdBlock). */
   dispose(): void {
     const free = this.#free;
     this.#free = null;

@@ -16,6 +16,7 @@ import type { TtlCaps } from '../../cache/policy.js';
 import type { PrefetchOptions } from '../../cache/prefetch.js';
 import type { StoreLayout } from '../../cache/store.js';
 import type { LogFields } from '../../log.js';
+import type { NativeBlock } from '../../sys/udp-batch.js';
 import type { MissOutcome } from '../hit-path.js';
 
 /** Outcomes by index, as they travel. */
@@ -32,8 +33,43 @@ export const Ctl = {
   REFUSED_AT: 2,
   /** Turns of the worker's loop, wrapping (worker-watch.ts: one that stands still is stuck). */
   TURNS: 4,
-  WORDS: 5,
+  /** The worker's native block: 0 none yet, BLOCK_HELD (its address in the next two words, low then high), BLOCK_FREED. */
+  BLOCK: 5,
+  BLOCK_LOW: 6,
+  BLOCK_HIGH: 7,
+  WORDS: 8,
 } as const;
+
+const BLOCK_HELD = 1;
+const BLOCK_FREED = 2;
+
+/**
+ * The worker's native block (loop.ts), published as soon as it is allocated:
+ * a thread ended by terminate() (stuck, silent at shutdown or at start) or
+ * out of heap runs no finally and never frees it itself, so the main thread
+ * frees it once the thread is gone ('exit': worker-link.ts freeBlock()). One
+ * still in a native call that never returns has no 'exit': nothing is freed.
+ * Returns the worker's own free, which takes the block first (takeBlock).
+ */
+export function holdBlock(ctl: Int32Array, block: NativeBlock): () => void {
+  Atomics.store(ctl, Ctl.BLOCK_LOW, (block.address % 2 ** 32) | 0);
+  Atomics.store(ctl, Ctl.BLOCK_HIGH, Math.floor(block.address / 2 ** 32));
+  Atomics.store(ctl, Ctl.BLOCK, BLOCK_HELD);
+  return () => {
+    // Terminated between the two, it leaks the block; the other order could free it twice.
+    if (takeBlock(ctl) !== null) block.free();
+  };
+}
+
+/**
+ * The block's address for the one caller that is to free it, taken before
+ * the free (by the worker at its end, by the main thread after 'exit'),
+ * so it is never freed twice; null: none, or already taken.
+ */
+export function takeBlock(ctl: Int32Array): number | null {
+  if (Atomics.compareExchange(ctl, Ctl.BLOCK, BLOCK_HELD, BLOCK_FREED) !== BLOCK_HELD) return null;
+  return Atomics.load(ctl, Ctl.BLOCK_HIGH) * 2 ** 32 + (Atomics.load(ctl, Ctl.BLOCK_LOW) >>> 0);
+}
 
 /** Everything a worker needs to start; sockets are made and bound by the main thread (errors surface at start()). */
 export interface WorkerInit {

@@ -11,7 +11,7 @@ import type { MissOutcome } from '../hit-path.js';
 import { DirectAnswers, type DirectDeps } from './direct.js';
 import { stampRefusal } from './shed-gate.js';
 import type { MissReturn } from './miss-exchange.js';
-import { Ctl, DONE_STRIDE, OUTCOME_INDEX, Packer, stamp16, transferOf, type ToWorker, type WorkerInit } from './protocol.js';
+import { Ctl, DONE_STRIDE, OUTCOME_INDEX, Packer, stamp16, takeBlock, transferOf, type ToWorker, type WorkerInit } from './protocol.js';
 import { MISS_TRACE, traceNow, traceRecord } from '../../miss-trace.js';
 import { WORKER_STATS_BYTES, workerCounters, type WorkerCounters } from './stats.js';
 
@@ -192,5 +192,15 @@ export class WorkerLink implements MissReturn {
     for (const fd of this.fds) this.#sys.close(fd);
     this.#sys.close(this.wakeFd);
     this.fds.length = 0;
+  }
+
+  /**
+   * The thread's native block (~360 KB and ~90 KB a socket), once the thread
+   * is gone ('exit'), unless it freed it itself: one ended by terminate() or
+   * out of heap ran no finally (protocol.ts holdBlock). Never while it may run.
+   */
+  freeBlock(): void {
+    const address = takeBlock(this.ctl);
+    if (address !== null) this.#sys.freeAddress(address);
   }
 }

@@ -97,7 +97,8 @@ export const WORKER_START_WAIT_MS = 30_000;
  * Resolves once worker `link` is in its loop; rejects when it failed to
  * start or exited first, or said nothing for `waitMs` (its thread is then
  * ended). Every report goes to `onReport` (the ready one
- * too); its exit goes to `onExit`, its sockets already closed (an exit
+ * too); its exit goes to `onExit`, its sockets already closed and its
+ * native block freed if it had not freed it (an exit
  * before the start with `link.closing` set: the listener neither counts it
  * as a death nor restarts it).
  */
@@ -144,6 +145,7 @@ export function whenStarted(
       link.alive = false;
       link.port.close();
       link.closeFds();
+      link.freeBlock();
       clearTimeout(timer);
       if (!started) {
         started = true;

@@ -31,6 +31,7 @@ if (typeof sys === 'string') {
     loop?.run();
   } finally {
     // Its native block (~360 KB and ~90 KB a socket) would outlive the thread: every restart after an exception leaked one.
+    // A thread ended by terminate() runs no finally: the main thread frees the block after 'exit' (protocol.ts holdBlock).
     loop?.dispose();
   }
 }
