@@ -565,3 +565,17 @@ t.test('a config file stubDomain entry still wins over the kube-dns ConfigMap fo
   }).config;
   t.same(c.stubDomains, [{ zone: 'a.example', servers: [{ host: '127.0.0.8', port: 53 }] }]);
 });
+
+t.test('--tls-ca-file with no tls:// upstream is refused naming the flag (it was silently ignored)', async (t) => {
+  t.match(err(['--tls-ca-file', '/ca.pem']), /^--tls-ca-file \/ca\.pem: no tls:\/\/ upstream uses it/);
+  t.match(err(['--tls-ca-file', '/ca.pem', '--upstream-nameservers', '127.0.0.9']), /^--tls-ca-file \/ca\.pem: no tls:\/\/ upstream/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'tlsCaFile: /ca.pem\n' }), /^--tls-ca-file \/ca\.pem: no tls:\/\/ upstream.*config file \/c\.yaml: tlsCaFile/);
+  // A kube-dns ConfigMap's plain upstreamNameservers are no user of it either.
+  t.match(err(['--tls-ca-file', '/ca.pem', '--kube-dns-config-dir', '/kd'], noEnv, { '/kd/upstreamNameservers': '["127.0.0.9"]' }), /^--tls-ca-file/);
+  t.equal(load(['--tls-ca-file', '/ca.pem', '--upstream-nameservers', 'tls://127.0.0.9@dns.test']).config.tlsCaFile, '/ca.pem', 'a tls:// upstream uses it');
+  t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'tlsCaFile: /ca.pem\nupstreamNameservers: ["tls://127.0.0.9@dns.test"]\n' }).config.tlsCaFile, '/ca.pem', 'in the file too');
+  // Stub domains (--stub-domain, the config file, the ConfigMap) and the cluster DNS take plain addresses only: a tls:// one there is its own error.
+  t.match(err(['--tls-ca-file', '/ca.pem', '--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {x.example: ["tls://127.0.0.9@dns.test"]}' }), /stubDomains\.x\.example: "tls:\/\/127\.0\.0\.9@dns\.test"/);
+  t.match(err(['--tls-ca-file', '/ca.pem', '--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"x.example": ["tls://127.0.0.9"]}' }), /stubDomains\.x\.example: "tls:\/\/127\.0\.0\.9"/);
+  t.match(err(['--tls-ca-file', '/ca.pem', '--upstream-addr', 'tls://127.0.0.9']), /^--upstream-addr "tls:\/\/127\.0\.0\.9"/);
+});
