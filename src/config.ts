@@ -254,6 +254,13 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   const logLevel = str('log-level')!;
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
 
+  const external = upstreamNameservers(listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')), (s) => addr('upstream-nameservers', s, 53));
+  const tlsCaFile = str('tls-ca-file') ?? '';
+  // Only --upstream-nameservers takes tls:// (stub domains and the cluster DNS are plain): a CA file set for nothing hides a mistake.
+  if (tlsCaFile !== '' && external.upstreamTls.length === 0) {
+    throw new ConfigError(`--tls-ca-file ${tlsCaFile}: no tls:// upstream uses it (only --upstream-nameservers tls://... does); drop it or give tls:// upstream nameservers`);
+  }
+
   const config: Config = {
     configFile: str('config') ?? '',
     kubeDnsConfigDir: str('kube-dns-config-dir') ?? '',
@@ -262,8 +269,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     clusterUpstream,
     clusterUpstreamSource,
     resolvConf: str('resolv-conf')!,
-    ...upstreamNameservers(listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')), (s) => addr('upstream-nameservers', s, 53)),
-    tlsCaFile: str('tls-ca-file') ?? '',
+    ...external,
+    tlsCaFile,
     stubDomains,
     timeoutMs: duration('timeout'),
     upstreamConnections: int('upstream-connections'),
