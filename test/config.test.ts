@@ -579,3 +579,26 @@ t.test('--tls-ca-file with no tls:// upstream is refused naming the flag (it was
   t.match(err(['--tls-ca-file', '/ca.pem', '--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"x.example": ["tls://127.0.0.9"]}' }), /stubDomains\.x\.example: "tls:\/\/127\.0\.0\.9"/);
   t.match(err(['--tls-ca-file', '/ca.pem', '--upstream-addr', 'tls://127.0.0.9']), /^--upstream-addr "tls:\/\/127\.0\.0\.9"/);
 });
+
+t.test('one server twice in an operator\'s list (in any spelling) is refused naming the list and the server; resolv.conf\'s duplicates are dropped', async (t) => {
+  // Accepted before: the server got twice its share of queries (and a second try before the next server), and a typo went unseen.
+  t.match(err(['--upstream-nameservers', '127.0.0.1:53,127.0.0.1:53']), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice/);
+  t.match(err(['--upstream-nameservers', '127.0.0.1', '--upstream-nameservers', '127.0.0.1:53']), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice \("127\.0\.0\.1" and "127\.0\.0\.1:53"\)/);
+  t.match(err(['--upstream-nameservers', '[::1]:53,::1']), /^--upstream-nameservers: \[::1\]:53 given twice/);
+  t.match(err(['--upstream-nameservers', 'tls://127.0.0.9@dns.test,tls://127.0.0.9:853@dns.test']), /^--upstream-nameservers: 127\.0\.0\.9:853 given twice/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'upstreamNameservers: ["127.0.0.1", "127.0.0.1"]\n' }), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice.*config file \/c\.yaml/);
+  t.match(err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/upstreamNameservers': '["127.0.0.1", "127.0.0.1:53"]' }), /given twice.*kube-dns ConfigMap \/kd\/upstreamNameservers/);
+  t.match(err(['--stub-domain', 'x.example=127.0.0.7,127.0.0.7:53']), /^--stub-domain: 127\.0\.0\.7:53 given twice/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {x.example: ["::1", "[::1]:53"]}' }), /stubDomains\.x\.example: \[::1\]:53 given twice/);
+  t.match(err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"x.example": ["127.0.0.7", "127.0.0.7"]}' }), /kube-dns ConfigMap stubDomains\.x\.example: 127\.0\.0\.7:53 given twice/);
+  // Another port is another server; one server in two lists is two routes.
+  t.equal(load(['--upstream-nameservers', '127.0.0.1,127.0.0.1:5353', '--stub-domain', 'x.example=127.0.0.1']).config.upstreamNameservers.length, 2);
+  // The host's resolv.conf is not the operator's list: a duplicate line is dropped, silently, and the agent runs.
+  const { hostServers } = await import('../src/agent-config.js');
+  const warnings: string[] = [];
+  const { createLogger } = await import('../src/log.js');
+  const logger = createLogger('warn', (l) => warnings.push(l));
+  t.same(hostServers(load([]).config, () => 'nameserver 127.0.0.2\nnameserver ::1\nnameserver 127.0.0.2\n', logger).servers, [{ host: '127.0.0.2', port: 53 }, { host: '::1', port: 53 }], 'each server once, in the order first written');
+  t.same(hostServers(load([]).config, () => 'nameserver ::1\nnameserver 0:0::1\n', logger).servers, [{ host: '::1', port: 53 }], 'in any spelling');
+  t.same(warnings, [], 'nothing to say about it');
+});
