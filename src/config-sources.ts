@@ -5,11 +5,12 @@
  * size and duration spellings every source shares.
  */
 import { isMap, isScalar, parse as parseYaml, parseDocument } from 'yaml';
-import { parseHostPort } from './addr.js';
+import { formatHostPort, parseHostPort } from './addr.js';
 import type { StubDomain } from './config-types.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import { nameToWire } from './dns/name.js';
 import { isTlsAddress } from './upstream/tls-address.js';
+import type { ServerAddress } from './upstream/types.js';
 
 /** A flag's config-file key: cache-size -> cacheSize. */
 export function camel(flag: string): string {
@@ -172,12 +173,30 @@ export function stubDomain(where: string, zone: string, servers: readonly string
   const name = zone.toLowerCase().replace(/\.$/, '');
   // As kube-dns (IsDNS1123Subdomain): the root zone would send every name to these servers.
   if (name === '') throw new ConfigError(`${where}: "${zone}" is the root zone, which would take every name`);
-  const addrs = servers.flatMap((s) => s.split(',')).map((s) => {
+  const written = servers.flatMap((s) => s.split(','));
+  const addrs = written.map((s) => {
     const a = parseHostPort(s, 53);
     if (typeof a === 'string') throw new ConfigError(`${where}: ${a}`);
     return a;
   });
+  refuseDuplicateServers(where, addrs, written);
   return { zone: name, servers: addrs };
+}
+
+/**
+ * One server twice in a list the operator wrote (in any spelling: "127.0.0.1"
+ * and "127.0.0.1:53") would get twice its share of queries, and a second try
+ * before the next server: a typo, refused naming the list and the server.
+ * `written[i]` is how `servers[i]` was written.
+ */
+export function refuseDuplicateServers(where: string, servers: readonly ServerAddress[], written: readonly string[]): void {
+  const seen = new Map<string, string>();
+  servers.forEach((s, i) => {
+    const key = formatHostPort(s);
+    const before = seen.get(key);
+    if (before !== undefined) throw new ConfigError(`${where}: ${key} given twice ("${before}" and "${written[i]?.trim()}"); give each server once`);
+    seen.set(key, written[i]?.trim() ?? key);
+  });
 }
 
 /** The members of a parsed JSON object as written, a key given twice listed twice (JSON.parse keeps the last alone). */

@@ -15,7 +15,9 @@ import type { ServerAddress } from './upstream/types.js';
 import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
-import { camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
+import {
+  camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, refuseDuplicateServers, stubDomain, type Raw,
+} from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
 import { REVERSE_ZONES, type Config, type StubDomain } from './config-types.js';
 
@@ -336,7 +338,11 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
  */
 function upstreamNameservers(items: readonly string[], plain: (s: string) => ServerAddress): { upstreamNameservers: ServerAddress[]; upstreamTls: TlsServer[] } {
   const tls = items.filter(isTlsAddress);
-  if (tls.length === 0) return { upstreamNameservers: items.map(plain), upstreamTls: [] };
+  if (tls.length === 0) {
+    const servers = items.map(plain);
+    refuseDuplicateServers('--upstream-nameservers', servers, items);
+    return { upstreamNameservers: servers, upstreamTls: [] };
+  }
   if (tls.length < items.length) {
     const other = items.find((s) => !isTlsAddress(s))!;
     throw new ConfigError(`--upstream-nameservers: "${tls[0]}" and "${other.trim()}": all plain or all tls://, not both (a mixed list would send some names in clear text)`);
@@ -346,6 +352,7 @@ function upstreamNameservers(items: readonly string[], plain: (s: string) => Ser
     if (typeof t === 'string') throw new ConfigError(`--upstream-nameservers ${t}`);
     return t;
   });
+  refuseDuplicateServers('--upstream-nameservers', servers, tls);
   return { upstreamNameservers: [], upstreamTls: servers };
 }
 
