@@ -602,3 +602,19 @@ t.test('one server twice in an operator\'s list (in any spelling) is refused nam
   t.same(hostServers(load([]).config, () => 'nameserver ::1\nnameserver 0:0::1\n', logger).servers, [{ host: '::1', port: 53 }], 'in any spelling');
   t.same(warnings, [], 'nothing to say about it');
 });
+
+t.test('a node name that is no DNS-1123 subdomain is refused where the pod watch would use it, naming the flag or $NODE_NAME', async (t) => {
+  // It goes into the pod watch's fieldSelector spec.nodeName=NAME: anything else matched no pod (or another selector), silently.
+  t.match(err(['--metrics-by-namespace', '--node-name', 'Node_A']), /^--node-name "Node_A": not a DNS-1123 subdomain/);
+  t.match(err(['--metrics-by-namespace'], { NODE_NAME: 'node-a,spec.nodeName!=x' }), /^\$NODE_NAME "node-a,spec\.nodeName!=x": not a DNS-1123 subdomain/);
+  t.match(err(['--metrics-by-namespace', '--config', '/c.yaml'], noEnv, { '/c.yaml': 'nodeName: "node a"\n' }), /^--node-name "node a": .*config file \/c\.yaml: nodeName/);
+  for (const bad of ['-a', 'a-', 'a..b', '.a', 'a.', 'a.-b', 'a b', `${'a'.repeat(250)}.bcd`]) {
+    t.match(err(['--metrics-by-namespace', '--node-name', bad]), /^--node-name "[^"]*": not a DNS-1123 subdomain/, `"${bad.slice(0, 20)}" refused`);
+  }
+  for (const good of ['a', 'node-1', 'ip-10-0-0-1.ec2.internal', '0', `${'a'.repeat(249)}.bcd`]) {
+    t.equal(load(['--metrics-by-namespace', '--node-name', good]).config.nodeName, good, `"${good.slice(0, 20)}" taken`);
+  }
+  t.equal(load(['--metrics-by-namespace'], { NODE_NAME: 'node-b' }).config.nodeName, 'node-b');
+  // Not used without --metrics-by-namespace: not checked either.
+  t.equal(load(['--node-name', 'Node_A']).config.nodeName, 'Node_A');
+});
