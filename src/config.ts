@@ -12,13 +12,13 @@ import { formatHostPort, isWildcard, parseHostPort } from './addr.js';
 import { SLOT_OVERHEAD_BYTES } from './cache/store.js';
 import type { LogLevel } from './log.js';
 import type { ServerAddress } from './upstream/types.js';
-import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import {
-  camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, refuseDuplicateServers, stubDomain, type Raw,
+  camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw,
 } from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
+import { dns1123Subdomain, formatMs, metricsListen, sampleEvery, snapshotPath, upstreamNameservers } from './config-values.js';
 import { REVERSE_ZONES, type Config, type StubDomain } from './config-types.js';
 
 // The table and the sources have modules of their own; callers keep importing them from here.
@@ -250,6 +250,12 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   if (metricsByNamespace && nodeName === '') {
     throw new ConfigError('--metrics-by-namespace: no node name: give --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)');
   }
+  // It goes into the pod watch's fieldSelector spec.nodeName=NAME: no node has another name, and a "," would add a selector.
+  if (metricsByNamespace && !dns1123Subdomain(nodeName)) {
+    throw new ConfigError(
+      `${str('node-name') !== undefined ? '--node-name' : '$NODE_NAME'} "${nodeName}": not a DNS-1123 subdomain, as a node's name is (lowercase letters, digits, "-" and ".", at most 253 characters, each label starting and ending with a letter or digit)`,
+    );
+  }
   const io = str('io')!;
   if (io !== 'batched' && io !== 'dgram') throw new ConfigError(`--io "${io}": expected batched or dgram`);
 
@@ -330,70 +336,6 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   refuseSeveralNodePorts(listen);
   return config;
 }
-
-/**
- * Plain servers or DNS-over-TLS ones, never both: a list that mixed them would
- * send some external names in clear text while the operator believes them
- * encrypted (CoreDNS's forward takes one protocol per block for the same reason).
- */
-function upstreamNameservers(items: readonly string[], plain: (s: string) => ServerAddress): { upstreamNameservers: ServerAddress[]; upstreamTls: TlsServer[] } {
-  const tls = items.filter(isTlsAddress);
-  if (tls.length === 0) {
-    const servers = items.map(plain);
-    refuseDuplicateServers('--upstream-nameservers', servers, items);
-    return { upstreamNameservers: servers, upstreamTls: [] };
-  }
-  if (tls.length < items.length) {
-    const other = items.find((s) => !isTlsAddress(s))!;
-    throw new ConfigError(`--upstream-nameservers: "${tls[0]}" and "${other.trim()}": all plain or all tls://, not both (a mixed list would send some names in clear text)`);
-  }
-  const servers = tls.map((s) => {
-    const t = parseTlsServer(s);
-    if (typeof t === 'string') throw new ConfigError(`--upstream-nameservers ${t}`);
-    return t;
-  });
-  refuseDuplicateServers('--upstream-nameservers', servers, tls);
-  return { upstreamNameservers: [], upstreamTls: servers };
-}
-
-function snapshotPath(text: string | undefined): string {
-  if (text === undefined || text === '') return '';
-  if (!text.startsWith('/')) throw new ConfigError(`--cache-snapshot "${text}": must be an absolute path`);
-  return text;
-}
-
-/** --metrics-listen-address: given, "off", or the first listen host at node-cache's 9253 (loopback for a wildcard). */
-function metricsListen(text: string | undefined, listen: readonly ServerAddress[]): ServerAddress | null {
-  if (text === 'off') return null;
-  if (text !== undefined) {
-    const a = parseHostPort(text, 9253);
-    if (typeof a === 'string') throw new ConfigError(`--metrics-listen-address ${a}`);
-    return a;
-  }
-  const first = listen[0]?.host ?? '127.0.0.1';
-  const host = first === '0.0.0.0' ? '127.0.0.1' : first === '::' ? '::1' : first;
-  return { host, port: 9253 };
-}
-
-/**
- * A share (0..1) as "one query in N", N fractional (0.7: one in 1.43): a
- * countdown that carries its remainder (hit-path.ts) logs exactly that share,
- * and is cheaper on the hot path than a random draw per query.
- */
-function sampleEvery(text: string): number {
-  const share = Number(text);
-  // Decimal only (YAML writes a small share as 1e-7): Number() also reads 0x1, 0b1 and 0o1.
-  if (!/^(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(text.trim()) || !Number.isFinite(share) || share < 0 || share > 1) throw new ConfigError(`--query-log-sample "${text}": expected a share between 0 and 1, such as 0.01`);
-  return share === 0 ? 0 : 1 / share;
-}
-
-function formatMs(ms: number): string {
-  if (ms === Infinity) return 'unbounded';
-  if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
-}
-
 
 /**
  * Every setting at its default: what a constructor falls back to when a
