@@ -618,3 +618,23 @@ t.test('a node name that is no DNS-1123 subdomain is refused where the pod watch
   // Not used without --metrics-by-namespace: not checked either.
   t.equal(load(['--node-name', 'Node_A']).config.nodeName, 'Node_A');
 });
+
+t.test('an unbracketed IPv6 address whose last group could be a port is taken as the address, with one warning naming both readings', async (t) => {
+  // "fd00::10:53" is a valid address, read as fd00::10:53 port 53; an operator who meant fd00::10 port 53 got a server that never answers, unwarned.
+  const warningsOf = (argv: string[], files: Record<string, string> = {}): readonly string[] =>
+    (load(argv, noEnv, files) as { warnings?: readonly string[] }).warnings ?? [];
+  const one = warningsOf(['--upstream-nameservers', 'fd00::10:53']);
+  t.equal(one.length, 1, 'one warning');
+  t.match(one[0], /^--upstream-nameservers "fd00::10:53": read as \[fd00::10:53\]:53; .*\[fd00::10\]:53/);
+  t.same(load(['--upstream-nameservers', 'fd00::10:53']).config.upstreamNameservers, [{ host: 'fd00::10:53', port: 53 }], 'and not refused');
+  t.match(warningsOf(['--stub-domain', 'x.example=fd00::10:5353']), [/^--stub-domain "fd00::10:5353": read as \[fd00::10:5353\]:53; .*\[fd00::10\]:5353/]);
+  t.match(warningsOf(['--upstream-addr', 'fd00::10:53']), [/^--upstream-addr "fd00::10:53"/]);
+  t.match(warningsOf(['--config', '/c.yaml'], { '/c.yaml': 'stubDomains: {x.example: ["fd00::10:53"]}\nupstreamNameservers: ["fd00::9:53"]\n' }), [
+    /config file \/c\.yaml: stubDomains\.x\.example: "fd00::10:53"/,
+    /^--upstream-nameservers "fd00::9:53".*\(set in config file \/c\.yaml: upstreamNameservers\)/,
+  ]);
+  t.match(warningsOf(['--kube-dns-config-dir', '/kd'], { '/kd/stubDomains': '{"x.example": ["fd00::10:53"]}' }), [/kube-dns ConfigMap stubDomains\.x\.example: "fd00::10:53"/]);
+  for (const plain of ['[fd00::10]:53', 'fd00::10', '::1', '[fd00::10:53]:53', '127.0.0.1:53', 'fe80::1%eth0']) {
+    t.same(warningsOf(['--upstream-nameservers', plain, '--stub-domain', `x.example=${plain}`]), [], `none for ${plain}`);
+  }
+});
