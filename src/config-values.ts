@@ -4,18 +4,18 @@
  * sample share, paths and names, each refused with a ConfigError naming its
  * flag and value.
  */
-import { refuseDuplicateServers } from './config-sources.js';
+import { refuseDuplicateServers, type Warn } from './config-sources.js';
 import { ConfigError } from './config-options.js';
-import { parseHostPort } from './addr.js';
+import { parseHostPort, portLikeLastGroup } from './addr.js';
 import type { ServerAddress } from './upstream/types.js';
-import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
+import { isTlsAddress, parseTlsServer, TLS_SCHEME, type TlsServer } from './upstream/tls-address.js';
 
 /**
  * Plain servers or DNS-over-TLS ones, never both: a list that mixed them would
  * send some external names in clear text while the operator believes them
  * encrypted (CoreDNS's forward takes one protocol per block for the same reason).
  */
-export function upstreamNameservers(items: readonly string[], plain: (s: string) => ServerAddress): { upstreamNameservers: ServerAddress[]; upstreamTls: TlsServer[] } {
+export function upstreamNameservers(items: readonly string[], plain: (s: string) => ServerAddress, warn: Warn): { upstreamNameservers: ServerAddress[]; upstreamTls: TlsServer[] } {
   const tls = items.filter(isTlsAddress);
   if (tls.length === 0) {
     const servers = items.map(plain);
@@ -29,6 +29,8 @@ export function upstreamNameservers(items: readonly string[], plain: (s: string)
   const servers = tls.map((s) => {
     const t = parseTlsServer(s);
     if (typeof t === 'string') throw new ConfigError(`--upstream-nameservers ${t}`);
+    const w = portLikeLastGroup(s.trim().slice(TLS_SCHEME.length).split('@')[0]!, t);
+    if (w !== null) warn(`--upstream-nameservers ${w}`);
     return t;
   });
   refuseDuplicateServers('--upstream-nameservers', servers, tls);
@@ -42,11 +44,13 @@ export function snapshotPath(text: string | undefined): string {
 }
 
 /** --metrics-listen-address: given, "off", or the first listen host at node-cache's 9253 (loopback for a wildcard). */
-export function metricsListen(text: string | undefined, listen: readonly ServerAddress[]): ServerAddress | null {
+export function metricsListen(text: string | undefined, listen: readonly ServerAddress[], warn: Warn): ServerAddress | null {
   if (text === 'off') return null;
   if (text !== undefined) {
     const a = parseHostPort(text, 9253);
     if (typeof a === 'string') throw new ConfigError(`--metrics-listen-address ${a}`);
+    const w = portLikeLastGroup(text, a);
+    if (w !== null) warn(`--metrics-listen-address ${w}`);
     return a;
   }
   const first = listen[0]?.host ?? '127.0.0.1';

@@ -8,14 +8,14 @@
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { formatHostPort, isWildcard, parseHostPort } from './addr.js';
+import { formatHostPort, isWildcard, parseHostPort, portLikeLastGroup } from './addr.js';
 import { SLOT_OVERHEAD_BYTES } from './cache/store.js';
 import type { LogLevel } from './log.js';
 import type { ServerAddress } from './upstream/types.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import {
-  camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw,
+  camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw, type Warn,
 } from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
 import { dns1123Subdomain, formatMs, metricsListen, sampleEvery, snapshotPath, upstreamNameservers } from './config-values.js';
@@ -33,17 +33,23 @@ export interface LoadOptions {
   readonly readFile?: (path: string) => string;
 }
 
-/** argv (without node and script) -> Config, or help/version requests. Throws ConfigError. */
-export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { config: Config; help: boolean; version: boolean } {
+/**
+ * argv (without node and script) -> Config, or help/version requests. Throws
+ * ConfigError. `warnings`: values taken as read but worth a word, each naming
+ * the value (logged at start and on each reload).
+ */
+export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { config: Config; help: boolean; version: boolean; warnings: readonly string[] } {
   const env = opts.env ?? process.env;
   const readFile = opts.readFile ?? ((p: string) => readFileSync(p, 'utf8'));
   const flags = parseFlags(argv);
   // Nothing else is read for these: the help or the version whatever the rest of the command line and the environment hold.
-  if (flags.help || flags.version) return { config: DEFAULTS, help: flags.help, version: flags.version };
+  if (flags.help || flags.version) return { config: DEFAULTS, help: flags.help, version: flags.version, warnings: [] };
   let merged: Raw = new Map();
   let stubs: StubDomain[] = [];
   // Where a setting not given as a flag was written, so an error about it names that place and key too.
   const origin = new Map<string, string>();
+  const warnings: string[] = [];
+  const warn: Warn = (w) => warnings.push(placed(w, origin));
   const configPath = flags.raw.get('config');
   if (typeof configPath === 'string') {
     let text: string;
@@ -55,6 +61,7 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     const file = parseConfigFile(configPath, text);
     merged = file.raw;
     stubs = file.stubDomains;
+    warnings.push(...file.warnings);
     // The listen addresses are one setting in two spellings (--port belongs to --localip's): named on the command line, they replace the file's.
     if (['listen', 'localip', 'port'].some((k) => flags.raw.has(k))) for (const k of ['listen', 'localip', 'port']) merged.delete(k);
     for (const k of merged.keys()) origin.set(k, `config file ${configPath}: ${camel(k)}`);
@@ -65,7 +72,7 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
   }
   const fileStubs = stubs;
   // The kube-dns ConfigMap (node-cache reads the same two keys): the lowest precedence, under our own file and flags.
-  const kubeDns = readKubeDnsConfig(merged, readFile);
+  const kubeDns = readKubeDnsConfig(merged, readFile, warn);
   if (kubeDns !== null) {
     stubs = [...kubeDns.stubDomains.filter((k) => !stubs.some((d) => d.zone === k.zone)), ...stubs];
     if (!merged.has('upstream-nameservers') && kubeDns.upstreamNameservers.length > 0) {
@@ -80,14 +87,14 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     for (const s of listOf(merged, 'stub-domain')) {
       const eq = s.indexOf('=');
       if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
-      const stub = stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]);
+      const stub = stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)], warn);
       const before = given.get(stub.zone);
       if (before !== undefined) throw new ConfigError(`--stub-domain: zone "${stub.zone}" given twice, as "${before}" and "${s.slice(0, eq)}"`);
       given.set(stub.zone, s.slice(0, eq));
       stubs = stubs.filter((d) => d.zone !== stub.zone);
       stubs.push(stub);
     }
-    return { config: validate(merged, stubs, env), help: flags.help, version: flags.version };
+    return { config: validate(merged, stubs, env, warn), help: flags.help, version: flags.version, warnings };
   } catch (err) {
     throw whereWritten(err, origin);
   }
@@ -95,8 +102,15 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
 
 /** A ConfigError about a flag the operator set in a file, not on the command line: says that file and key too. */
 function whereWritten(err: unknown, origin: ReadonlyMap<string, string>): unknown {
-  const place = err instanceof ConfigError ? origin.get(/^--([a-z-]+)/.exec(err.message)?.[1] ?? '') : undefined;
-  return place === undefined ? err : new ConfigError(`${(err as ConfigError).message} (set in ${place})`);
+  if (!(err instanceof ConfigError)) return err;
+  const message = placed(err.message, origin);
+  return message === err.message ? err : new ConfigError(message);
+}
+
+/** A message about a flag ("--flag ...") with the file and key that set it, when a file did. */
+function placed(message: string, origin: ReadonlyMap<string, string>): string {
+  const place = origin.get(/^--([a-z-]+)/.exec(message)?.[1] ?? '');
+  return place === undefined ? message : `${message} (set in ${place})`;
 }
 
 function listOf(raw: Raw, flag: string): string[] {
@@ -104,7 +118,7 @@ function listOf(raw: Raw, flag: string): string[] {
   return v === undefined ? [] : Array.isArray(v) ? v : [v];
 }
 
-function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): Config {
+function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv, warn: Warn): Config {
   const str = (flag: string): string | undefined => {
     const v = raw.get(flag) ?? OPTIONS.find((o) => o.flag === flag)?.def;
     return Array.isArray(v) ? v[v.length - 1] : v;
@@ -165,6 +179,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   const addr = (flag: string, text: string, defPort: number | undefined): ServerAddress => {
     const a = parseHostPort(text, defPort);
     if (typeof a === 'string') throw new ConfigError(`--${flag} ${a}`);
+    const w = portLikeLastGroup(text, a);
+    if (w !== null) warn(`--${flag} ${w}`);
     return a;
   };
 
@@ -262,7 +278,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   const logLevel = str('log-level')!;
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
 
-  const external = upstreamNameservers(listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')), (s) => addr('upstream-nameservers', s, 53));
+  const external = upstreamNameservers(listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')), (s) => addr('upstream-nameservers', s, 53), warn);
   const tlsCaFile = str('tls-ca-file') ?? '';
   // Only --upstream-nameservers takes tls:// (stub domains and the cluster DNS are plain): a CA file set for nothing hides a mistake.
   if (tlsCaFile !== '' && external.upstreamTls.length === 0) {
@@ -322,7 +338,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     skipTeardown: bool('skip-teardown'),
     syncIntervalMs: duration('sync-interval'),
     healthPort: int('health-port'),
-    metricsListen: metricsListen(str('metrics-listen-address'), listen),
+    metricsListen: metricsListen(str('metrics-listen-address'), listen, warn),
     cacheSnapshot: snapshotPath(str('cache-snapshot')),
     cacheSnapshotIntervalMs: duration('cache-snapshot-interval', true),
     mallocTrimIntervalMs: duration('malloc-trim-interval', true),
@@ -341,4 +357,4 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
  * Every setting at its default: what a constructor falls back to when a
  * caller (a test, the bench) leaves an option out, so defaults live here only.
  */
-export const DEFAULTS: Config = validate(new Map(), [], {});
+export const DEFAULTS: Config = validate(new Map(), [], {}, () => {});

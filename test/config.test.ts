@@ -627,7 +627,7 @@ t.test('an unbracketed IPv6 address whose last group could be a port is taken as
   t.equal(one.length, 1, 'one warning');
   t.match(one[0], /^--upstream-nameservers "fd00::10:53": read as \[fd00::10:53\]:53; .*\[fd00::10\]:53/);
   t.same(load(['--upstream-nameservers', 'fd00::10:53']).config.upstreamNameservers, [{ host: 'fd00::10:53', port: 53 }], 'and not refused');
-  t.match(warningsOf(['--stub-domain', 'x.example=fd00::10:5353']), [/^--stub-domain "fd00::10:5353": read as \[fd00::10:5353\]:53; .*\[fd00::10\]:5353/]);
+  t.match(warningsOf(['--stub-domain', 'x.example=fd00::10:5353']), [/^--stub-domain: "fd00::10:5353": read as \[fd00::10:5353\]:53; .*\[fd00::10\]:5353/]);
   t.match(warningsOf(['--upstream-addr', 'fd00::10:53']), [/^--upstream-addr "fd00::10:53"/]);
   t.match(warningsOf(['--config', '/c.yaml'], { '/c.yaml': 'stubDomains: {x.example: ["fd00::10:53"]}\nupstreamNameservers: ["fd00::9:53"]\n' }), [
     /config file \/c\.yaml: stubDomains\.x\.example: "fd00::10:53"/,
