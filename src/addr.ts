@@ -48,6 +48,23 @@ export function parseHostPort(text: string, defaultPort: number | undefined): Se
   return { host: ip, port };
 }
 
+/**
+ * A warning when `text` is an IPv6 address without brackets whose last group
+ * could be a port ("fd00::10:53"): it is read as that address at `a.port`,
+ * which it may well be (so not refused), but [fd00::10]:53 written without its
+ * brackets reads the same. Null for anything else.
+ */
+export function portLikeLastGroup(text: string, a: ServerAddress): string | null {
+  const s = text.trim();
+  if (s.startsWith('[') || isIP(s) !== 6) return null;
+  const colon = s.lastIndexOf(':');
+  const last = s.slice(colon + 1);
+  const host = canonicalIp(s.slice(0, colon));
+  if (host === null || !/^\d{1,5}$/.test(last) || Number(last) < 1 || Number(last) > 65535) return null;
+  const other = formatHostPort({ host, port: Number(last) });
+  return `"${s}": read as ${formatHostPort(a)}; if ${other} was meant, write it so (an IPv6 address with a port is written in brackets), or ${formatHostPort(a)} to keep this reading without this warning`;
+}
+
 const IPV4_COMPATIBLE = new BlockList();
 IPV4_COMPATIBLE.addSubnet('::', 96, 'ipv6');
 

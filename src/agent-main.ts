@@ -52,6 +52,7 @@ export async function main(argv: readonly string[], signals: StopSignals, whileS
   }
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
+  for (const warning of loaded.warnings) logger.warn('configuration', { warning });
   let agent: Agent | null = null;
   if (signals.stopHeld !== null) {
     // Came while the modules loaded or the configuration was read: nothing has started, nothing to undo.
@@ -97,7 +98,9 @@ export async function main(argv: readonly string[], signals: StopSignals, whileS
     reads.forget();
     let next: Config | null = null;
     try {
-      next = loadConfig(argv, { readFile: reads.read }).config;
+      const loaded = loadConfig(argv, { readFile: reads.read });
+      for (const warning of loaded.warnings) logger.warn('configuration', { warning });
+      next = loaded.config;
     } catch (err) {
       agent.reloadFailed(err instanceof Error ? err.message : String(err));
     }

@@ -5,11 +5,12 @@
  * size and duration spellings every source shares.
  */
 import { isMap, isScalar, parse as parseYaml, parseDocument } from 'yaml';
-import { parseHostPort } from './addr.js';
+import { formatHostPort, parseHostPort, portLikeLastGroup } from './addr.js';
 import type { StubDomain } from './config-types.js';
 import { ConfigError, OPTIONS } from './config-options.js';
 import { nameToWire } from './dns/name.js';
 import { isTlsAddress } from './upstream/tls-address.js';
+import type { ServerAddress } from './upstream/types.js';
 
 /** A flag's config-file key: cache-size -> cacheSize. */
 export function camel(flag: string): string {
@@ -77,8 +78,11 @@ export function parseFlags(argv: readonly string[]): { raw: Raw; help: boolean; 
   return { raw, help, version };
 }
 
+/** Takes one warning about a setting (the configuration is used, and the warning logged at start and on reload). */
+export type Warn = (warning: string) => void;
+
 /** A config file's settings into raw settings. `stubDomains` (a map zone -> [servers]) is kept apart. */
-export function parseConfigFile(path: string, text: string): { raw: Raw; stubDomains: StubDomain[] } {
+export function parseConfigFile(path: string, text: string): { raw: Raw; stubDomains: StubDomain[]; warnings: string[] } {
   let doc: unknown;
   try {
     doc = parseYaml(text); // YAML 1.2 is a superset of JSON: one parser for both
@@ -91,6 +95,8 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
   const stubDomains: StubDomain[] = [];
   const spellings = new Map<string, string>();
   const unknown: string[] = [];
+  const warnings: string[] = [];
+  const warn: Warn = (w) => warnings.push(`config file ${path}: ${w}`);
   for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
     if (key === 'stubDomains') {
       if (value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -98,7 +104,7 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
       }
       for (const [zone, servers] of Object.entries(value as Record<string, unknown>)) {
         if (!Array.isArray(servers) || servers.length === 0) throw new ConfigError(`config file ${path}: stubDomains.${zone} must be a non-empty list of IP[:PORT]`);
-        addStub(stubDomains, spellings, stubDomain(`stubDomains.${zone}`, zone, servers.map(String)), zone, `config file ${path}: stubDomains`);
+        addStub(stubDomains, spellings, stubDomain(`stubDomains.${zone}`, zone, servers.map(String), warn), zone, `config file ${path}: stubDomains`);
       }
       continue;
     }
@@ -127,7 +133,7 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
   }
   // Every typo at once: an operator fixing one at a time would restart (or reload) once per key.
   if (unknown.length > 0) throw new ConfigError(`config file ${path}: unknown setting${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}`);
-  return { raw, stubDomains };
+  return { raw, stubDomains, warnings };
 }
 
 /** The text a YAML error points at (a duplicate key: that key and its value), so the message names it, not only its place. */
@@ -167,17 +173,37 @@ export function plainZoneName(zone: string): boolean {
   return zone.replace(/\.$/, '').split('.').every((l) => /^[A-Za-z0-9_-]*$/.test(l));
 }
 
-export function stubDomain(where: string, zone: string, servers: readonly string[]): StubDomain {
+export function stubDomain(where: string, zone: string, servers: readonly string[], warn: Warn): StubDomain {
   if (!plainZoneName(zone)) throw new ConfigError(`${where}: "${zone}" is not a valid zone name (labels of letters, digits, "-" and "_")`);
   const name = zone.toLowerCase().replace(/\.$/, '');
   // As kube-dns (IsDNS1123Subdomain): the root zone would send every name to these servers.
   if (name === '') throw new ConfigError(`${where}: "${zone}" is the root zone, which would take every name`);
-  const addrs = servers.flatMap((s) => s.split(',')).map((s) => {
+  const written = servers.flatMap((s) => s.split(','));
+  const addrs = written.map((s) => {
     const a = parseHostPort(s, 53);
     if (typeof a === 'string') throw new ConfigError(`${where}: ${a}`);
+    const w = portLikeLastGroup(s, a);
+    if (w !== null) warn(`${where}: ${w}`);
     return a;
   });
+  refuseDuplicateServers(where, addrs, written);
   return { zone: name, servers: addrs };
+}
+
+/**
+ * One server twice in a list the operator wrote (in any spelling: "127.0.0.1"
+ * and "127.0.0.1:53") would get twice its share of queries, and a second try
+ * before the next server: a typo, refused naming the list and the server.
+ * `written[i]` is how `servers[i]` was written.
+ */
+export function refuseDuplicateServers(where: string, servers: readonly ServerAddress[], written: readonly string[]): void {
+  const seen = new Map<string, string>();
+  servers.forEach((s, i) => {
+    const key = formatHostPort(s);
+    const before = seen.get(key);
+    if (before !== undefined) throw new ConfigError(`${where}: ${key} given twice ("${before}" and "${written[i]?.trim()}"); give each server once`);
+    seen.set(key, written[i]?.trim() ?? key);
+  });
 }
 
 /** The members of a parsed JSON object as written, a key given twice listed twice (JSON.parse keeps the last alone). */
@@ -198,11 +224,12 @@ const KUBE_DNS_MAX_UPSTREAMS = 3;
  * JSON list) from the kube-dns ConfigMap mounted at --kube-dns-config-dir, as
  * node-cache reads them. A missing directory or file is no configuration; a
  * malformed or unreadable one is a ConfigError (at start: exit 2; on reload: refused, the
- * old config keeps serving).
+ * old config keeps serving). `warn` takes what is used but worth a word.
  */
 export function readKubeDnsConfig(
   raw: Raw,
   readFile: (path: string) => string,
+  warn: Warn,
 ): { stubDomains: StubDomain[]; upstreamNameservers: string[]; upstreamNameserversFile: string } | null {
   const v = raw.get('kube-dns-config-dir') ?? OPTIONS.find((o) => o.flag === 'kube-dns-config-dir')?.def;
   const dir = Array.isArray(v) ? v[v.length - 1] : v;
@@ -235,7 +262,7 @@ export function readKubeDnsConfig(
       if (!Array.isArray(servers) || servers.length === 0 || !servers.every((x) => typeof x === 'string')) {
         throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: ${zone} must be a non-empty list of "IP[:PORT]" strings`);
       }
-      addStub(stubDomains, spellings, stubDomain(`kube-dns ConfigMap stubDomains.${zone}`, zone, servers as string[]), zone, `kube-dns ConfigMap ${dir}/stubDomains`);
+      addStub(stubDomains, spellings, stubDomain(`kube-dns ConfigMap stubDomains.${zone}`, zone, servers as string[], warn), zone, `kube-dns ConfigMap ${dir}/stubDomains`);
     }
   }
   let upstreamNameservers: string[] = [];

@@ -8,15 +8,17 @@
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { formatHostPort, isWildcard, parseHostPort } from './addr.js';
+import { formatHostPort, isWildcard, parseHostPort, portLikeLastGroup } from './addr.js';
 import { SLOT_OVERHEAD_BYTES } from './cache/store.js';
 import type { LogLevel } from './log.js';
 import type { ServerAddress } from './upstream/types.js';
-import { isTlsAddress, parseTlsServer, type TlsServer } from './upstream/tls-address.js';
 import type { FirewallChoice } from './iface/node-setup.js';
 import { ConfigError, OPTIONS } from './config-options.js';
-import { camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw } from './config-sources.js';
+import {
+  camel, parseBytes, parseConfigFile, parseDuration, parseFlags, plainZoneName, readKubeDnsConfig, stubDomain, type Raw, type Warn,
+} from './config-sources.js';
 import { refuseOpsOnDnsPorts, refuseSeveralNodePorts } from './config-ports.js';
+import { dns1123Subdomain, formatMs, metricsListen, sampleEvery, snapshotPath, upstreamNameservers } from './config-values.js';
 import { REVERSE_ZONES, type Config, type StubDomain } from './config-types.js';
 
 // The table and the sources have modules of their own; callers keep importing them from here.
@@ -31,17 +33,23 @@ export interface LoadOptions {
   readonly readFile?: (path: string) => string;
 }
 
-/** argv (without node and script) -> Config, or help/version requests. Throws ConfigError. */
-export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { config: Config; help: boolean; version: boolean } {
+/**
+ * argv (without node and script) -> Config, or help/version requests. Throws
+ * ConfigError. `warnings`: values taken as read but worth a word, each naming
+ * the value (logged at start and on each reload).
+ */
+export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { config: Config; help: boolean; version: boolean; warnings: readonly string[] } {
   const env = opts.env ?? process.env;
   const readFile = opts.readFile ?? ((p: string) => readFileSync(p, 'utf8'));
   const flags = parseFlags(argv);
   // Nothing else is read for these: the help or the version whatever the rest of the command line and the environment hold.
-  if (flags.help || flags.version) return { config: DEFAULTS, help: flags.help, version: flags.version };
+  if (flags.help || flags.version) return { config: DEFAULTS, help: flags.help, version: flags.version, warnings: [] };
   let merged: Raw = new Map();
   let stubs: StubDomain[] = [];
   // Where a setting not given as a flag was written, so an error about it names that place and key too.
   const origin = new Map<string, string>();
+  const warnings: string[] = [];
+  const warn: Warn = (w) => warnings.push(placed(w, origin));
   const configPath = flags.raw.get('config');
   if (typeof configPath === 'string') {
     let text: string;
@@ -53,6 +61,7 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     const file = parseConfigFile(configPath, text);
     merged = file.raw;
     stubs = file.stubDomains;
+    warnings.push(...file.warnings);
     // The listen addresses are one setting in two spellings (--port belongs to --localip's): named on the command line, they replace the file's.
     if (['listen', 'localip', 'port'].some((k) => flags.raw.has(k))) for (const k of ['listen', 'localip', 'port']) merged.delete(k);
     for (const k of merged.keys()) origin.set(k, `config file ${configPath}: ${camel(k)}`);
@@ -63,7 +72,7 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
   }
   const fileStubs = stubs;
   // The kube-dns ConfigMap (node-cache reads the same two keys): the lowest precedence, under our own file and flags.
-  const kubeDns = readKubeDnsConfig(merged, readFile);
+  const kubeDns = readKubeDnsConfig(merged, readFile, warn);
   if (kubeDns !== null) {
     stubs = [...kubeDns.stubDomains.filter((k) => !stubs.some((d) => d.zone === k.zone)), ...stubs];
     if (!merged.has('upstream-nameservers') && kubeDns.upstreamNameservers.length > 0) {
@@ -78,14 +87,14 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
     for (const s of listOf(merged, 'stub-domain')) {
       const eq = s.indexOf('=');
       if (eq <= 0) throw new ConfigError(`--stub-domain "${s}": expected ZONE=IP[:PORT][,IP[:PORT]]`);
-      const stub = stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)]);
+      const stub = stubDomain(`--stub-domain`, s.slice(0, eq), [s.slice(eq + 1)], warn);
       const before = given.get(stub.zone);
       if (before !== undefined) throw new ConfigError(`--stub-domain: zone "${stub.zone}" given twice, as "${before}" and "${s.slice(0, eq)}"`);
       given.set(stub.zone, s.slice(0, eq));
       stubs = stubs.filter((d) => d.zone !== stub.zone);
       stubs.push(stub);
     }
-    return { config: validate(merged, stubs, env), help: flags.help, version: flags.version };
+    return { config: validate(merged, stubs, env, warn), help: flags.help, version: flags.version, warnings };
   } catch (err) {
     throw whereWritten(err, origin);
   }
@@ -93,8 +102,15 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
 
 /** A ConfigError about a flag the operator set in a file, not on the command line: says that file and key too. */
 function whereWritten(err: unknown, origin: ReadonlyMap<string, string>): unknown {
-  const place = err instanceof ConfigError ? origin.get(/^--([a-z-]+)/.exec(err.message)?.[1] ?? '') : undefined;
-  return place === undefined ? err : new ConfigError(`${(err as ConfigError).message} (set in ${place})`);
+  if (!(err instanceof ConfigError)) return err;
+  const message = placed(err.message, origin);
+  return message === err.message ? err : new ConfigError(message);
+}
+
+/** A message about a flag ("--flag ...") with the file and key that set it, when a file did. */
+function placed(message: string, origin: ReadonlyMap<string, string>): string {
+  const place = origin.get(/^--([a-z-]+)/.exec(message)?.[1] ?? '');
+  return place === undefined ? message : `${message} (set in ${place})`;
 }
 
 function listOf(raw: Raw, flag: string): string[] {
@@ -102,7 +118,7 @@ function listOf(raw: Raw, flag: string): string[] {
   return v === undefined ? [] : Array.isArray(v) ? v : [v];
 }
 
-function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): Config {
+function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv, warn: Warn): Config {
   const str = (flag: string): string | undefined => {
     const v = raw.get(flag) ?? OPTIONS.find((o) => o.flag === flag)?.def;
     return Array.isArray(v) ? v[v.length - 1] : v;
@@ -163,6 +179,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   const addr = (flag: string, text: string, defPort: number | undefined): ServerAddress => {
     const a = parseHostPort(text, defPort);
     if (typeof a === 'string') throw new ConfigError(`--${flag} ${a}`);
+    const w = portLikeLastGroup(text, a);
+    if (w !== null) warn(`--${flag} ${w}`);
     return a;
   };
 
@@ -248,11 +266,24 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
   if (metricsByNamespace && nodeName === '') {
     throw new ConfigError('--metrics-by-namespace: no node name: give --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)');
   }
+  // It goes into the pod watch's fieldSelector spec.nodeName=NAME: no node has another name, and a "," would add a selector.
+  if (metricsByNamespace && !dns1123Subdomain(nodeName)) {
+    throw new ConfigError(
+      `${str('node-name') !== undefined ? '--node-name' : '$NODE_NAME'} "${nodeName}": not a DNS-1123 subdomain, as a node's name is (lowercase letters, digits, "-" and ".", at most 253 characters, each label starting and ending with a letter or digit)`,
+    );
+  }
   const io = str('io')!;
   if (io !== 'batched' && io !== 'dgram') throw new ConfigError(`--io "${io}": expected batched or dgram`);
 
   const logLevel = str('log-level')!;
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": expected debug, info, warn or error`);
+
+  const external = upstreamNameservers(listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')), (s) => addr('upstream-nameservers', s, 53), warn);
+  const tlsCaFile = str('tls-ca-file') ?? '';
+  // Only --upstream-nameservers takes tls:// (stub domains and the cluster DNS are plain): a CA file set for nothing hides a mistake.
+  if (tlsCaFile !== '' && external.upstreamTls.length === 0) {
+    throw new ConfigError(`--tls-ca-file ${tlsCaFile}: no tls:// upstream uses it (only --upstream-nameservers tls://... does); drop it or give tls:// upstream nameservers`);
+  }
 
   const config: Config = {
     configFile: str('config') ?? '',
@@ -262,8 +293,8 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     clusterUpstream,
     clusterUpstreamSource,
     resolvConf: str('resolv-conf')!,
-    ...upstreamNameservers(listOf(raw, 'upstream-nameservers').flatMap((s) => s.split(',')), (s) => addr('upstream-nameservers', s, 53)),
-    tlsCaFile: str('tls-ca-file') ?? '',
+    ...external,
+    tlsCaFile,
     stubDomains,
     timeoutMs: duration('timeout'),
     upstreamConnections: int('upstream-connections'),
@@ -307,7 +338,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
     skipTeardown: bool('skip-teardown'),
     syncIntervalMs: duration('sync-interval'),
     healthPort: int('health-port'),
-    metricsListen: metricsListen(str('metrics-listen-address'), listen),
+    metricsListen: metricsListen(str('metrics-listen-address'), listen, warn),
     cacheSnapshot: snapshotPath(str('cache-snapshot')),
     cacheSnapshotIntervalMs: duration('cache-snapshot-interval', true),
     mallocTrimIntervalMs: duration('malloc-trim-interval', true),
@@ -323,66 +354,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv): 
 }
 
 /**
- * Plain servers or DNS-over-TLS ones, never both: a list that mixed them would
- * send some external names in clear text while the operator believes them
- * encrypted (CoreDNS's forward takes one protocol per block for the same reason).
- */
-function upstreamNameservers(items: readonly string[], plain: (s: string) => ServerAddress): { upstreamNameservers: ServerAddress[]; upstreamTls: TlsServer[] } {
-  const tls = items.filter(isTlsAddress);
-  if (tls.length === 0) return { upstreamNameservers: items.map(plain), upstreamTls: [] };
-  if (tls.length < items.length) {
-    const other = items.find((s) => !isTlsAddress(s))!;
-    throw new ConfigError(`--upstream-nameservers: "${tls[0]}" and "${other.trim()}": all plain or all tls://, not both (a mixed list would send some names in clear text)`);
-  }
-  const servers = tls.map((s) => {
-    const t = parseTlsServer(s);
-    if (typeof t === 'string') throw new ConfigError(`--upstream-nameservers ${t}`);
-    return t;
-  });
-  return { upstreamNameservers: [], upstreamTls: servers };
-}
-
-function snapshotPath(text: string | undefined): string {
-  if (text === undefined || text === '') return '';
-  if (!text.startsWith('/')) throw new ConfigError(`--cache-snapshot "${text}": must be an absolute path`);
-  return text;
-}
-
-/** --metrics-listen-address: given, "off", or the first listen host at node-cache's 9253 (loopback for a wildcard). */
-function metricsListen(text: string | undefined, listen: readonly ServerAddress[]): ServerAddress | null {
-  if (text === 'off') return null;
-  if (text !== undefined) {
-    const a = parseHostPort(text, 9253);
-    if (typeof a === 'string') throw new ConfigError(`--metrics-listen-address ${a}`);
-    return a;
-  }
-  const first = listen[0]?.host ?? '127.0.0.1';
-  const host = first === '0.0.0.0' ? '127.0.0.1' : first === '::' ? '::1' : first;
-  return { host, port: 9253 };
-}
-
-/**
- * A share (0..1) as "one query in N", N fractional (0.7: one in 1.43): a
- * countdown that carries its remainder (hit-path.ts) logs exactly that share,
- * and is cheaper on the hot path than a random draw per query.
- */
-function sampleEvery(text: string): number {
-  const share = Number(text);
-  // Decimal only (YAML writes a small share as 1e-7): Number() also reads 0x1, 0b1 and 0o1.
-  if (!/^(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(text.trim()) || !Number.isFinite(share) || share < 0 || share > 1) throw new ConfigError(`--query-log-sample "${text}": expected a share between 0 and 1, such as 0.01`);
-  return share === 0 ? 0 : 1 / share;
-}
-
-function formatMs(ms: number): string {
-  if (ms === Infinity) return 'unbounded';
-  if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
-}
-
-
-/**
  * Every setting at its default: what a constructor falls back to when a
  * caller (a test, the bench) leaves an option out, so defaults live here only.
  */
-export const DEFAULTS: Config = validate(new Map(), [], {});
+export const DEFAULTS: Config = validate(new Map(), [], {}, () => {});

@@ -565,3 +565,76 @@ t.test('a config file stubDomain entry still wins over the kube-dns ConfigMap fo
   }).config;
   t.same(c.stubDomains, [{ zone: 'a.example', servers: [{ host: '127.0.0.8', port: 53 }] }]);
 });
+
+t.test('--tls-ca-file with no tls:// upstream is refused naming the flag (it was silently ignored)', async (t) => {
+  t.match(err(['--tls-ca-file', '/ca.pem']), /^--tls-ca-file \/ca\.pem: no tls:\/\/ upstream uses it/);
+  t.match(err(['--tls-ca-file', '/ca.pem', '--upstream-nameservers', '127.0.0.9']), /^--tls-ca-file \/ca\.pem: no tls:\/\/ upstream/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'tlsCaFile: /ca.pem\n' }), /^--tls-ca-file \/ca\.pem: no tls:\/\/ upstream.*config file \/c\.yaml: tlsCaFile/);
+  // A kube-dns ConfigMap's plain upstreamNameservers are no user of it either.
+  t.match(err(['--tls-ca-file', '/ca.pem', '--kube-dns-config-dir', '/kd'], noEnv, { '/kd/upstreamNameservers': '["127.0.0.9"]' }), /^--tls-ca-file/);
+  t.equal(load(['--tls-ca-file', '/ca.pem', '--upstream-nameservers', 'tls://127.0.0.9@dns.test']).config.tlsCaFile, '/ca.pem', 'a tls:// upstream uses it');
+  t.equal(load(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'tlsCaFile: /ca.pem\nupstreamNameservers: ["tls://127.0.0.9@dns.test"]\n' }).config.tlsCaFile, '/ca.pem', 'in the file too');
+  // Stub domains (--stub-domain, the config file, the ConfigMap) and the cluster DNS take plain addresses only: a tls:// one there is its own error.
+  t.match(err(['--tls-ca-file', '/ca.pem', '--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {x.example: ["tls://127.0.0.9@dns.test"]}' }), /stubDomains\.x\.example: "tls:\/\/127\.0\.0\.9@dns\.test"/);
+  t.match(err(['--tls-ca-file', '/ca.pem', '--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"x.example": ["tls://127.0.0.9"]}' }), /stubDomains\.x\.example: "tls:\/\/127\.0\.0\.9"/);
+  t.match(err(['--tls-ca-file', '/ca.pem', '--upstream-addr', 'tls://127.0.0.9']), /^--upstream-addr "tls:\/\/127\.0\.0\.9"/);
+});
+
+t.test('one server twice in an operator\'s list (in any spelling) is refused naming the list and the server; resolv.conf\'s duplicates are dropped', async (t) => {
+  // Accepted before: the server got twice its share of queries (and a second try before the next server), and a typo went unseen.
+  t.match(err(['--upstream-nameservers', '127.0.0.1:53,127.0.0.1:53']), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice/);
+  t.match(err(['--upstream-nameservers', '127.0.0.1', '--upstream-nameservers', '127.0.0.1:53']), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice \("127\.0\.0\.1" and "127\.0\.0\.1:53"\)/);
+  t.match(err(['--upstream-nameservers', '[::1]:53,::1']), /^--upstream-nameservers: \[::1\]:53 given twice/);
+  t.match(err(['--upstream-nameservers', 'tls://127.0.0.9@dns.test,tls://127.0.0.9:853@dns.test']), /^--upstream-nameservers: 127\.0\.0\.9:853 given twice/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'upstreamNameservers: ["127.0.0.1", "127.0.0.1"]\n' }), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice.*config file \/c\.yaml/);
+  t.match(err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/upstreamNameservers': '["127.0.0.1", "127.0.0.1:53"]' }), /given twice.*kube-dns ConfigMap \/kd\/upstreamNameservers/);
+  t.match(err(['--stub-domain', 'x.example=127.0.0.7,127.0.0.7:53']), /^--stub-domain: 127\.0\.0\.7:53 given twice/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {x.example: ["::1", "[::1]:53"]}' }), /stubDomains\.x\.example: \[::1\]:53 given twice/);
+  t.match(err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"x.example": ["127.0.0.7", "127.0.0.7"]}' }), /kube-dns ConfigMap stubDomains\.x\.example: 127\.0\.0\.7:53 given twice/);
+  // Another port is another server; one server in two lists is two routes.
+  t.equal(load(['--upstream-nameservers', '127.0.0.1,127.0.0.1:5353', '--stub-domain', 'x.example=127.0.0.1']).config.upstreamNameservers.length, 2);
+  // The host's resolv.conf is not the operator's list: a duplicate line is dropped, silently, and the agent runs.
+  const { hostServers } = await import('../src/agent-config.js');
+  const warnings: string[] = [];
+  const { createLogger } = await import('../src/log.js');
+  const logger = createLogger('warn', (l) => warnings.push(l));
+  t.same(hostServers(load([]).config, () => 'nameserver 127.0.0.2\nnameserver ::1\nnameserver 127.0.0.2\n', logger).servers, [{ host: '127.0.0.2', port: 53 }, { host: '::1', port: 53 }], 'each server once, in the order first written');
+  t.same(hostServers(load([]).config, () => 'nameserver ::1\nnameserver 0:0::1\n', logger).servers, [{ host: '::1', port: 53 }], 'in any spelling');
+  t.same(warnings, [], 'nothing to say about it');
+});
+
+t.test('a node name that is no DNS-1123 subdomain is refused where the pod watch would use it, naming the flag or $NODE_NAME', async (t) => {
+  // It goes into the pod watch's fieldSelector spec.nodeName=NAME: anything else matched no pod (or another selector), silently.
+  t.match(err(['--metrics-by-namespace', '--node-name', 'Node_A']), /^--node-name "Node_A": not a DNS-1123 subdomain/);
+  t.match(err(['--metrics-by-namespace'], { NODE_NAME: 'node-a,spec.nodeName!=x' }), /^\$NODE_NAME "node-a,spec\.nodeName!=x": not a DNS-1123 subdomain/);
+  t.match(err(['--metrics-by-namespace', '--config', '/c.yaml'], noEnv, { '/c.yaml': 'nodeName: "node a"\n' }), /^--node-name "node a": .*config file \/c\.yaml: nodeName/);
+  for (const bad of ['-a', 'a-', 'a..b', '.a', 'a.', 'a.-b', 'a b', `${'a'.repeat(250)}.bcd`]) {
+    t.match(err(['--metrics-by-namespace', '--node-name', bad]), /^--node-name "[^"]*": not a DNS-1123 subdomain/, `"${bad.slice(0, 20)}" refused`);
+  }
+  for (const good of ['a', 'node-1', 'ip-10-0-0-1.ec2.internal', '0', `${'a'.repeat(249)}.bcd`]) {
+    t.equal(load(['--metrics-by-namespace', '--node-name', good]).config.nodeName, good, `"${good.slice(0, 20)}" taken`);
+  }
+  t.equal(load(['--metrics-by-namespace'], { NODE_NAME: 'node-b' }).config.nodeName, 'node-b');
+  // Not used without --metrics-by-namespace: not checked either.
+  t.equal(load(['--node-name', 'Node_A']).config.nodeName, 'Node_A');
+});
+
+t.test('an unbracketed IPv6 address whose last group could be a port is taken as the address, with one warning naming both readings', async (t) => {
+  // "fd00::10:53" is a valid address, read as fd00::10:53 port 53; an operator who meant fd00::10 port 53 got a server that never answers, unwarned.
+  const warningsOf = (argv: string[], files: Record<string, string> = {}): readonly string[] =>
+    (load(argv, noEnv, files) as { warnings?: readonly string[] }).warnings ?? [];
+  const one = warningsOf(['--upstream-nameservers', 'fd00::10:53']);
+  t.equal(one.length, 1, 'one warning');
+  t.match(one[0], /^--upstream-nameservers "fd00::10:53": read as \[fd00::10:53\]:53; .*\[fd00::10\]:53/);
+  t.same(load(['--upstream-nameservers', 'fd00::10:53']).config.upstreamNameservers, [{ host: 'fd00::10:53', port: 53 }], 'and not refused');
+  t.match(warningsOf(['--stub-domain', 'x.example=fd00::10:5353']), [/^--stub-domain: "fd00::10:5353": read as \[fd00::10:5353\]:53; .*\[fd00::10\]:5353/]);
+  t.match(warningsOf(['--upstream-addr', 'fd00::10:53']), [/^--upstream-addr "fd00::10:53"/]);
+  t.match(warningsOf(['--config', '/c.yaml'], { '/c.yaml': 'stubDomains: {x.example: ["fd00::10:53"]}\nupstreamNameservers: ["fd00::9:53"]\n' }), [
+    /config file \/c\.yaml: stubDomains\.x\.example: "fd00::10:53"/,
+    /^--upstream-nameservers "fd00::9:53".*\(set in config file \/c\.yaml: upstreamNameservers\)/,
+  ]);
+  t.match(warningsOf(['--kube-dns-config-dir', '/kd'], { '/kd/stubDomains': '{"x.example": ["fd00::10:53"]}' }), [/kube-dns ConfigMap stubDomains\.x\.example: "fd00::10:53"/]);
+  for (const plain of ['[fd00::10]:53', 'fd00::10', '::1', '[fd00::10:53]:53', '127.0.0.1:53', 'fe80::1%eth0']) {
+    t.same(warningsOf(['--upstream-nameservers', plain, '--stub-domain', `x.example=${plain}`]), [], `none for ${plain}`);
+  }
+});

@@ -496,3 +496,26 @@ t.test('a second stop signal during a start cut short answers the clients still 
   const got = await client;
   t.equal(got.stdout.trim(), 'rcode 2', 'the waiting client got SERVFAIL, not its own timeout');
 });
+
+t.test('an unbracketed IPv6 server whose last group could be a port is warned of at start and on each reload; a server given twice is a refused reload', async (t) => {
+  // Nothing here queries the stub zone: its server (fd00::10:53) is configured, never sent to.
+  const work = workDir(t);
+  const config = join(work, 'config.yaml');
+  writeFileSync(config, 'stubDomains: {x.example: ["fd00::10:53"]}\n');
+  const a = startMain(work, ['--resolv-conf', join(work, 'resolv.conf'), '--config', config]);
+  t.teardown(() => stopChild(a.child, 'SIGKILL', 1000));
+  const warned = await nextLog(a, 'configuration', START_TIMEOUT_MS);
+  t.match(String(warned?.['warning']), /stubDomains\.x\.example: "fd00::10:53": read as \[fd00::10:53\]:53; .*\[fd00::10\]:53/, 'warned at start');
+  t.equal(warned?.['level'], 'warn');
+  t.ok(await nextLog(a, 'started', START_TIMEOUT_MS), 'and started');
+  a.child.kill('SIGHUP');
+  t.match(String((await nextLog(a, 'configuration', START_TIMEOUT_MS))?.['warning']), /"fd00::10:53"/, 'warned again on reload');
+  t.ok(await nextLog(a, 'configuration reloaded', START_TIMEOUT_MS), 'and reloaded');
+  replaceFile(config, 'stubDomains: {x.example: ["[fd00::10]:53", "fd00::10"]}\n');
+  a.child.kill('SIGHUP');
+  const refused = await nextLog(a, 'configuration reload refused: the running configuration keeps serving', START_TIMEOUT_MS);
+  t.match(String(refused?.['error']), /stubDomains\.x\.example: \[fd00::10\]:53 given twice/, 'a server twice is refused on reload');
+  a.child.kill('SIGTERM');
+  t.ok(await waitExit(a.child, 30_000), 'it stops');
+  t.equal(a.child.exitCode, 0);
+});

@@ -8,7 +8,9 @@
  * - `domain` and `search` both set the search list: the last one wins
  * - `nameserver`: one address per line, up to the first blank (an address
  *   with a ';' or '#' in it is none), the rest of the line ignored; IPv6 may
- *   carry a %zone. glibc uses the first 3 (MAXNS) only: we keep all, and warn
+ *   carry a %zone. glibc uses the first 3 (MAXNS) only: we keep all, and warn.
+ *   A server on two lines is kept once, where first written: the second line
+ *   adds no server, only a second try of the same one
  * - `options` accumulate over lines; ndots is capped at 15, timeout at 30 s
  *   and attempts at 5 (RES_MAXNDOTS, RES_MAXRETRANS, RES_MAXRETRY)
  *
@@ -63,6 +65,7 @@ function parseNameserver(token: string): ServerAddress | string {
 
 export function parseResolvConf(text: string): ResolvConf {
   const nameservers: ServerAddress[] = [];
+  let nameserverLines = 0;
   let search: string[] = [];
   const options: ResolvConfOptions = { timeoutMs: undefined, attempts: undefined, rotate: false, ndots: undefined };
   const warnings: string[] = [];
@@ -83,7 +86,11 @@ export function parseResolvConf(text: string): ResolvConf {
         }
         const ns = parseNameserver(args[0]!);
         if (typeof ns === 'string') warnings.push(`${where}: ${ns}`);
-        else nameservers.push(ns);
+        else {
+          nameserverLines++;
+          // Hosts are canonical: one server in two spellings is one string.
+          if (!nameservers.some((n) => n.host === ns.host)) nameservers.push(ns);
+        }
         // Ignored as glibc ignores it; only what does not read as a comment is worth a word.
         if (args.length > 1 && !/^[#;]/.test(args[1]!)) warnings.push(`${where}: only one address per nameserver line; ignored "${args.slice(1).join(' ')}"`);
         break;
@@ -104,8 +111,8 @@ export function parseResolvConf(text: string): ResolvConf {
         warnings.push(`${where}: not understood (glibc ignores it too): "${line.trim()}"`);
     }
   }
-  if (nameservers.length > MAXNS) {
-    warnings.push(`${nameservers.length} nameservers: glibc uses only the first ${MAXNS}; all are used here`);
+  if (nameserverLines > MAXNS) {
+    warnings.push(`${nameserverLines} nameservers: glibc uses only the first ${MAXNS}; all are used here`);
   }
   return { nameservers, search, options, warnings };
 }
