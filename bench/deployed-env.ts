@@ -6,14 +6,13 @@
  * leaves them out.
  */
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-
-const DAEMONSET = fileURLToPath(new URL('../../daemonset.yaml', import.meta.url));
+import { repoRoot } from './suite.js';
 
 export function deployedEnv(): Record<string, string> {
   if (process.env['AS_DEPLOYED'] === '0') return {};
-  const doc = parseYaml(readFileSync(DAEMONSET, 'utf8').split(/^---$/m).find((d) => /kind:\s*DaemonSet/.test(d)) ?? '') as {
+  const doc = parseYaml(readFileSync(path.join(repoRoot(), 'daemonset.yaml'), 'utf8').split(/^---$/m).find((d) => /kind:\s*DaemonSet/.test(d)) ?? '') as {
     spec?: { template?: { spec?: { containers?: { env?: { name: string; value?: string }[] }[] } } };
   };
   const out: Record<string, string> = {};

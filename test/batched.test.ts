@@ -1126,9 +1126,9 @@ t.test('a worker ended by terminate() (what a stuck one gets) frees no native bl
   await killWorkerZero(r.listener);
   t.equal(freed.length, 1, 'the ended worker\'s block is freed here, once its thread is gone');
   t.ok((freed[0] ?? 0) > 0, 'at the address it had');
-  await until('the successor in its loop', () => r.listener.liveWorkers === 1);
+  await until('the successor in its loop', () => r.listener.liveWorkers === 1, 30_000);
   await c.send(r.ports[0]!, 'svc-2.example.com', 2);
-  await until('an answer from the successor', () => c.answers.has(2));
+  await until('an answer from the successor', () => c.answers.has(2), 30_000);
   await r.listener.close();
   t.equal(freed.length, 1, 'the successor closed and freed its own block: not freed a second time here');
 });
