@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { repoRoot } from './suite.js';
+import { repoRoot } from './repo-root.js';
 
 export function deployedEnv(): Record<string, string> {
   if (process.env['AS_DEPLOYED'] === '0') return {};

@@ -59,7 +59,7 @@ import { runDnsperfRate, runProbe, running, type AgentRun, type DnsperfRun, type
 import { pinProcess, treeCpuSeconds, which } from './proc-stats.js';
 import { runScaling, formatScaling, type BenchMachine, type ScalingOptions } from './scaling.js';
 import type { SimProcess } from './sim/control.js';
-import { repoRoot } from './suite.js';
+import { repoRoot } from './repo-root.js';
 import { isLoopback } from './targets.js';
 import { findWorkerThreads, pinThread, threadStat, threadUse, threadsOf, type ThreadStat, type ThreadUse } from './threads.js';
 

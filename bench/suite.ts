@@ -9,10 +9,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { DNSPERF_CEILING_QPS, LOOPED_LINES, MAX_UNIQUE_LINES, runDnsperf, splitByRcode, writeDataFile, type DataFile } from './dnsperf.js';
 import { LoadGenerator, UniqueCounter, type RunOutcome } from './loadgen.js';
 import { AGENT_VARIANTS, UsageError, type BenchOptions } from './options.js';
+import { repoRoot } from './repo-root.js';
 import { PhaseTally, boundaries, parsePhases, totalMs, type Phase } from './phases.js';
 import { environment, memoryOf, pinProcess, treeCpuSeconds, which } from './proc-stats.js';
 import { writeReports, wrongCell, type WrittenReports } from './report.js';
@@ -51,14 +51,6 @@ const SYNC_POLL_MS = 100;
 /** The agent's --local-ttl default: answers from its view carry at most this TTL. */
 const AGENT_LOCAL_TTL_S = 5;
 
-export function repoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    if (existsSync(path.join(dir, 'package.json'))) return dir;
-    dir = path.dirname(dir);
-  }
-  return process.cwd();
-}
 
 function timestampDir(root: string): string {
   const base = new Date().toISOString().replace(/\.[0-9]+Z$/, 'Z').replace(/:/g, '-');

@@ -30,7 +30,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { runDnsperfRate, runProbe, running, startBenchAgent, startSim, stopStarted, writeMissFile } from './isolation-stack.js';
 import { pinProcess } from './proc-stats.js';
-import { repoRoot } from './suite.js';
+import { repoRoot } from './repo-root.js';
 import { findWorkerThreads, pinThread } from './threads.js';
 
 interface Trace {
