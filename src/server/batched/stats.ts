@@ -22,12 +22,12 @@ export const BATCHED_COUNTERS = defineCounters({
   overloaded: {
     name: 'nodelocal_worker_misses_refused_total',
     labels: { reason: 'worker_limit' },
-    help: 'Misses a batched worker answered itself at once (stale, else SERVFAIL), by reason: worker_limit, its limit already waited on the main thread; upstream_busy, the main thread was refusing misses at --max-concurrent in the last 50 ms.',
+    help: 'Misses a batched worker answered itself at once (stale, else SERVFAIL), by reason: worker_limit, its limit already waited on the main thread; upstream_busy, the main thread was at --max-concurrent, or had refused one of that worker\'s misses there in the last 2 s and the worker already had its share of the cap waiting.',
   },
   shedBusy: {
     name: 'nodelocal_worker_misses_refused_total',
     labels: { reason: 'upstream_busy' },
-    help: 'Misses a batched worker answered itself at once (stale, else SERVFAIL), by reason: worker_limit, its limit already waited on the main thread; upstream_busy, the main thread was refusing misses at --max-concurrent in the last 50 ms.',
+    help: 'Misses a batched worker answered itself at once (stale, else SERVFAIL), by reason: worker_limit, its limit already waited on the main thread; upstream_busy, the main thread was at --max-concurrent, or had refused one of that worker\'s misses there in the last 2 s and the worker already had its share of the cap waiting.',
   },
   restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again (counted once the replacement was ready).' },
   idleGcs: { name: 'nodelocal_udp_worker_idle_gcs_total', help: 'Full garbage collections a batched worker ran once quiet after a burst (its event loop never runs V8\'s own).' },
