@@ -42,6 +42,8 @@ export interface BenchOptions {
   readonly notes: readonly string[];
   readonly agentPath: string | null;
   readonly agentArgs: readonly string[];
+  /** Node's own flags for the agent targets, before the agent's path (V8's: --trace-gc, --cpu-prof...). */
+  readonly agentNodeArgs: readonly string[];
   readonly readyTimeoutMs: number;
   readonly host: string;
   readonly rates: readonly number[] | null;
@@ -119,6 +121,7 @@ const SPECS: readonly Spec[] = [
   { group: 'Targets', name: 'peer-cmd', arg: "NAME='COMMAND'", repeat: true, help: 'start COMMAND with sh -c, in the foreground, after substituting {host} {port} {clusterHost} {clusterPort} {externalHost} {externalPort} {dir}; measured once it answers on {host}:{port} (repeatable)' },
   { group: 'Targets', name: 'agent', arg: 'PATH', def: 'dist/src/main.js', help: 'the agent entry point' },
   { group: 'Targets', name: 'agent-arg', arg: 'ARG', repeat: true, help: 'extra argument for the agent (repeatable)' },
+  { group: 'Targets', name: 'agent-node-arg', arg: 'ARG', repeat: true, help: 'node\'s own flag for the agent targets, before its path (--trace-gc, --cpu-prof: V8\'s, which NODE_OPTIONS refuses; repeatable)' },
   { group: 'Targets', name: 'ready-timeout', arg: 'SEC', def: '15', help: 'how long a started target may take to answer its first query' },
   { group: 'Targets', name: 'host', arg: 'ADDR', def: '127.0.0.1', help: 'loopback address for the simulator, the agent and peers (127.0.0.0/8 or ::1)' },
 
@@ -374,6 +377,7 @@ export function parseOptions(argv: readonly string[], env: OptionsEnv = {}): Ben
     notes: started.notes,
     agentPath: given.has('agent') ? str('agent') : null,
     agentArgs: given.get('agent-arg') ?? [],
+    agentNodeArgs: given.get('agent-node-arg') ?? [],
     readyTimeoutMs: num('ready-timeout', 0.1, 600) * 1000,
     host,
     rates,

@@ -178,7 +178,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       const extraArgs = [...AGENT_VARIANTS[b], ...opts.agentArgs];
       say(`bench: starting ${b} (${path.relative(process.cwd(), agentPath) || agentPath}${extraArgs.length === 0 ? '' : ` ${extraArgs.join(' ')}`})`);
       const watchesBefore = (await sim.stats())?.api?.openWatches ?? 0;
-      const t = await startAgent({ name: b, agentPath, extraArgs, kubeconfig, clusterDomain: opts.clusterDomain, host: opts.host, sim, workDir: dir, pin: pins.agent, readyTimeoutMs: opts.readyTimeoutMs });
+      const t = await startAgent({ name: b, agentPath, extraArgs, nodeArgs: opts.agentNodeArgs, kubeconfig, clusterDomain: opts.clusterDomain, host: opts.host, sim, workDir: dir, pin: pins.agent, readyTimeoutMs: opts.readyTimeoutMs });
       targets.push(t);
       live.add(t);
       if (extraArgs.includes('--local-negative')) localNegative.add(b);
