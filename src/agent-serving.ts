@@ -21,6 +21,7 @@ import type { HitPath } from './server/hit-path.js';
 import { clientInflightCap } from './server/client-limit.js';
 import type { Listener } from './server/listener.js';
 import { RESOLVER_COUNTERS, Resolver } from './server/resolver.js';
+import { scrubCounted } from './server/scrub.js';
 import { TCP_UNSENT_ROOM_BYTES, TcpListener } from './server/tcp-listener.js';
 import { TcpSlots } from './server/tcp-slots.js';
 import { Counters } from './stats/counters.js';
@@ -83,10 +84,10 @@ export async function buildServing(c: Config, routing: Routing, d: ServingDeps):
   if (batched !== null) {
     batched.connect(resolver);
     // The exchange stores what it fetches in the agent's cache: the hit path must not store it again.
-    d.hitPath.connect(batched.mainSink(d.hitPath), true);
+    d.hitPath.connect(batched.mainSink(d.hitPath), null);
     d.metrics.addWorkerTotals(() => batched.totals());
   } else {
-    d.hitPath.connect(resolver);
+    d.hitPath.connect(resolver, scrubCounted);
   }
   const listeners: Listener[] = [...udp.listeners];
   // TCP stays on this thread whatever the UDP backend: a small share of pods' DNS, and more listeners here add no core.

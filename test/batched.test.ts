@@ -25,6 +25,7 @@ import { DnsCache } from '../src/cache/cache.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { SEQ, StoreView } from '../src/cache/store-layout.js';
 import { HitPath, type MissOutcome, type MissSink } from '../src/server/hit-path.js';
+import { scrubCounted } from '../src/server/scrub.js';
 import { RESOLVER_COUNTERS, Resolver } from '../src/server/resolver.js';
 import type { Route } from '../src/server/route.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
@@ -808,7 +809,7 @@ t.test('without koffi, --io batched falls back to dgram, says why, and serves', 
     router: new ZoneRouter<Route>([], { upstream: host, timeoutMs: 2000, local: null }), clock: systemClock, counters: new Counters(RESOLVER_COUNTERS), hits: hitPath,
     fallbackAfterMs: 0, localNegative: false, maxConcurrent: 1000,
   });
-  hitPath.connect(resolver);
+  hitPath.connect(resolver, scrubCounted);
   const made = await createUdpListeners({
     io: 'batched', workers: 0, listen: [{ host: '127.0.0.1', port: 0 }], hitPath, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger,
     loadKoffi: () => Promise.reject(new Error("Cannot find package 'koffi'")),

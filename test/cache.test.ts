@@ -11,6 +11,7 @@ import { ManualClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
 import { parseQuery, type Query } from '../src/dns/query.js';
 import { HitPath, type MissSink } from '../src/server/hit-path.js';
+import { scrubCounted } from '../src/server/scrub.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { silentLogger } from '../src/log.js';
@@ -374,7 +375,7 @@ t.test('RFC 8767 4: an upstream answer with an rcode other than NOERROR or NXDOM
     const clock = new ManualClock(0);
     const cache = newCache({ staleMs: hour });
     const hits = new HitPath({ cache, clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
-    hits.connect(sink);
+    hits.connect(sink, scrubCounted);
     put(cache, name, 7, 0); // 10.0.7.0, 30 s
     clock.advance(40_000);
     sent.length = 0;
@@ -391,7 +392,7 @@ t.test('RFC 8767 4: an upstream answer with an rcode other than NOERROR or NXDOM
   // side and its health all judge so): SERVFAIL, never the NOTIMP musl ignores and waits out; FORMERR is passed on.
   const clock = new ManualClock(0);
   const hits = new HitPath({ cache: newCache({ staleMs: hour }), clock, logger: silentLogger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
-  hits.connect(sink);
+  hits.connect(sink, scrubCounted);
   sent.length = 0;
   hits.handle(query({ name: 'new.example' }), channel, peer);
   hits.complete(forwarded.at(-1)!, answer('new.example', [], { rcode: 'NOTIMP' }), 'upstream');

@@ -12,6 +12,7 @@ import { scanAnswer } from '../src/dns/answer.js';
 import { KEY_MAX, QueryScratch, QueryStatus, hashKey, keyHashOfBytes, parseQuery, parseQueryInto, type Query } from '../src/dns/query.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { HitPath, type MissSink } from '../src/server/hit-path.js';
+import { scrubCounted } from '../src/server/scrub.js';
 import { FAILURE_RECHECK_MS, InFlight, MAX_RECENT_FAILURES, Miss, RecentFailures } from '../src/server/miss-waiters.js';
 import { Transport, type ClientChannel, type ClientPeer } from '../src/server/listener.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
@@ -263,7 +264,7 @@ t.test('misses keep their own query: the scratch parsed into afterwards changes 
   const cache = new DnsCache(OPTS, new Counters(CACHE_COUNTERS));
   const hits = hitPath(cache);
   const sink = new RecordingSink();
-  hits.connect(sink);
+  hits.connect(sink, scrubCounted);
   const ch = new FakeChannel();
   const first = query({ name: 'WwW.Alpha.example', id: 0x1111, edns: true, do: true, udpSize: 4000 });
   hits.handle(first, ch, PEER);
@@ -309,7 +310,7 @@ t.test('a prefetch started by a hit goes out under the hit\'s key', async (t) =>
   const cache = new DnsCache({ ...OPTS, minHits: 1, percent: 100 }, new Counters(CACHE_COUNTERS));
   const hits = hitPath(cache);
   const sink = new RecordingSink();
-  hits.connect(sink);
+  hits.connect(sink, scrubCounted);
   const ch = new FakeChannel();
   hits.handle(query({ name: 'Pre.Example', id: 1 }), ch, PEER);
   hits.complete(sink.forwarded[0]!.token, answer('pre.example', [a('pre.example', '10.3.3.3')]), 'upstream');
@@ -326,7 +327,7 @@ t.test('a channel that answers into handle() at once does not overwrite the oute
   const lines: string[] = [];
   const hits = hitPath(cache, createLogger('info', (l) => lines.push(l)), 1);
   const sink = new RecordingSink();
-  hits.connect(sink);
+  hits.connect(sink, scrubCounted);
   const ch = new FakeChannel();
   for (const name of ['outer.example', 'inner.example']) {
     hits.handle(query({ name }), ch, PEER);

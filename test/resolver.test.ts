@@ -16,6 +16,7 @@ import { ComponentStack, StartCut, StartupError } from '../src/lifecycle.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { ClientMissLimiter, MAX_CLIENTS } from '../src/server/client-limit.js';
 import { HitPath, MAX_WAITERS_PER_QUESTION, type MissGate, type MissOutcome } from '../src/server/hit-path.js';
+import { scrubCounted } from '../src/server/scrub.js';
 import { MissExchange, type MissReturn } from '../src/server/batched/miss-exchange.js';
 import { OUTCOMES, OUTCOME_INDEX, Packer, itemBytes, itemTag, itemToken } from '../src/server/batched/protocol.js';
 import { BATCHED_COUNTERS } from '../src/server/batched/stats.js';
@@ -111,7 +112,7 @@ function rig(opts: { cache?: Partial<CacheOptions>; local?: LocalAnswerer; fallb
     router, clock, counters: new Counters(RESOLVER_COUNTERS), hits, fallbackAfterMs: opts.fallbackAfterMs ?? 1000, localNegative: opts.localNegative ?? false,
     maxConcurrent: opts.maxConcurrent ?? 1000, load: opts.load ?? null,
   });
-  hits.connect(resolver);
+  hits.connect(resolver, scrubCounted);
   return { clock, cache, hits, resolver, cluster, external, router };
 }
 
@@ -1277,13 +1278,13 @@ t.test('--client-miss-rate: a miss refused unsent for our load (--max-concurrent
   // A worker's own limit refuses with 'overloaded' (loop.ts forward): also unsent, also given back.
   const l = new ClientMissLimiter(1, 1, 10);
   const w = rig({ clientLimit: l });
-  w.hits.connect({ forward: (token) => w.hits.complete(token, null, 'overloaded') });
+  w.hits.connect({ forward: (token) => w.hits.complete(token, null, 'overloaded') }, scrubCounted);
   w.hits.handle(query({ name: 'refused.example', id: 30 }), ch, pod);
   t.ok(l.take(pod.address, w.clock.now()) !== null, 'the token is back');
   // A batched worker's question the main thread refused at the cap, its clients answered there: closed by release().
   const lb = new ClientMissLimiter(1, 1, 10);
   const b = rig({ clientLimit: lb, remoteWaiters: true });
-  b.hits.connect({ forward: () => {} }, true);
+  b.hits.connect({ forward: () => {} }, null);
   b.hits.handle(query({ name: 'held.example', id: 40 }), ch, pod);
   t.ok(b.hits.release(b.hits.waitsOn, () => true, 'capped'), 'released');
   t.ok(lb.take(pod.address, b.clock.now()) !== null, 'refused at the cap on the main thread: the token is back');
@@ -1408,7 +1409,7 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
     new Resolver({ router, clock, counters: new Counters(RESOLVER_COUNTERS), hits, fallbackAfterMs: 1000, localNegative: false, maxConcurrent: opts.maxConcurrent ?? 1000 });
   if (workers === 0) {
     const resolver = make(main);
-    main.connect(resolver);
+    main.connect(resolver, scrubCounted);
     return {
       clock, resolver, cluster, external,
       handle: (msg, ch, _w, peer = PEER) => main.handle(msg, ch, peer),
@@ -1423,7 +1424,7 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
   const resolver = make(exchange);
   exchange.connect(resolver);
   // The main thread's hit path (TCP) asks through the same exchange, answered synchronously; the exchange scrubs and stores (as agent.ts wires it).
-  main.connect(exchange.sinkFor({ listening: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome), refusedForLoad: () => {} }), true);
+  main.connect(exchange.sinkFor({ listening: true, deliver: (token, answer, outcome) => main.complete(token, answer, outcome), refusedForLoad: () => {} }), null);
   const paths = Array.from({ length: workers }, () => hitPath(new CacheReader(store.layout, CACHE_OPTS, new Counters(CACHE_COUNTERS)), workers));
   for (const w of paths) {
     const link: MissReturn = { listening: true, deliver: (token, answer, outcome) => w.complete(...throughPort(token, answer, outcome)), refusedForLoad: () => {} };
@@ -1432,7 +1433,7 @@ function backendRig(workers: number, opts: { clientLimit?: { rate: number; burst
         // As listener.ts: a worker's refresh is claimed on the main thread; refused, it goes to the exchange as a plain miss.
         exchange.forward(link, token, key, Buffer.from(query), refresh === true && store.claimRefresh(key, clock.now()));
       },
-    });
+    }, scrubCounted);
   }
   let next = 0;
   return {

@@ -29,6 +29,7 @@ import { systemClock } from '../../src/clock.js';
 import { parseQuery } from '../../src/dns/query.js';
 import { createLogger } from '../../src/log.js';
 import { HitPath, type MissOutcome, type MissSink } from '../../src/server/hit-path.js';
+import { scrubCounted } from '../../src/server/scrub.js';
 import { SERVER_COUNTERS } from '../../src/server/stats.js';
 import { UdpListener } from '../../src/server/udp-listener.js';
 import { BatchedUdpListener } from '../../src/server/batched/listener.js';
@@ -113,7 +114,7 @@ async function serve(): Promise<void> {
   } else {
     const cache = new DnsCache(CACHE, new Counters(CACHE_COUNTERS));
     const hits = new HitPath({ cache, clock: systemClock, logger, counters: new Counters(SERVER_COUNTERS), maxUdpSize: 1232 });
-    hits.connect(sinkFor((t, a, o) => hits.complete(t, a, o)));
+    hits.connect(sinkFor((t, a, o) => hits.complete(t, a, o)), scrubCounted);
     const l = new UdpListener({ host: '127.0.0.1', port }, hits, logger);
     await l.start();
     bound = l.port;

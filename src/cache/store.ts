@@ -31,6 +31,7 @@
  * on other threads from using a change half-made in store-versions.ts.
  */
 import { hashKey } from '../dns/query.js';
+import { SLOT_OVERHEAD_BYTES } from './cache-api.js';
 import { StoreFields } from './store-fields.js';
 import { allocLayout, DEAD, NO_RECORD, NONE, REBUILDS, RECORD_HEADER, StoreView, type ListId } from './store-layout.js';
 import { evictionVictim, linkMru, unlink } from './store-lru.js';
@@ -40,14 +41,8 @@ import { beginAll, closeSlot, endAll, openSlot, unpointSlot } from './store-vers
 
 export { NEGATIVE, POSITIVE, type ListId, type StoreLayout } from './store-layout.js';
 
-/**
- * Index bytes per entry besides its slab record: the per-slot typed arrays
- * (61 bytes with the slot version) and its share of the hash table (2 x 4
- * bytes at half load; the default capacities leave it a third full).
- * Charged against the budget with the record; a few bytes under the truth
- * at half load, kept at 64 because --cache-memory is documented with it.
- */
-export const SLOT_OVERHEAD_BYTES = 64;
+// Defined in cache-api.ts, whose constants the hit path reads: a batched worker need not load the store for them.
+export { SLOT_OVERHEAD_BYTES } from './cache-api.js';
 
 export interface StoreOptions {
   /** Entry capacity of each list. */

@@ -13,6 +13,13 @@ import type { ClientMissLimiter } from './client-limit.js';
 import type { MissGate } from './miss-boundary.js';
 import type { ServerCounters } from './stats.js';
 
+/**
+ * Scrubs one upstream answer and counts it (scrub.ts scrubCounted). Handed to
+ * HitPath.connect() by the thread that scrubs, so a batched worker, whose
+ * answers come scrubbed, never loads the scrub and dns-packet with it.
+ */
+export type ScrubAnswer = (answer: Buffer, server: Float64Array) => Buffer;
+
 export interface HitPathOptions {
   /** The main thread's DnsCache, or a batched worker's read-only view of it (cache/reader.ts). */
   readonly cache: HitCache;

@@ -33,8 +33,7 @@ import { DEFAULT_EDNS_SIZE, RCODE_BADVERS, errorResponse, truncatedResponse, ups
 import { Rcode } from '../dns/constants.js';
 import { QueryScratch, QueryStatus, parseQueryInto, type Query } from '../dns/query.js';
 import { tsigErrorResponse } from '../dns/tsig.js';
-import { scrubCounted } from './scrub.js';
-import { STALE_ANSWER_TTL, type HitCache } from '../cache/cache.js';
+import { STALE_ANSWER_TTL, type HitCache } from '../cache/cache-api.js';
 import { refreshesName } from '../cache/policy.js';
 import { serverFailed } from '../upstream/health.js';
 import type { CacheEntry } from '../cache/entry.js';
@@ -42,7 +41,7 @@ import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import { AnswerOut } from './answer-out.js';
 import { closeOpened, keepBuckets, type ClientMissLimiter } from './client-limit.js';
-import type { ClientTagger, HitPathHistograms, HitPathOptions } from './hit-path-options.js';
+import type { ClientTagger, HitPathHistograms, HitPathOptions, ScrubAnswer } from './hit-path-options.js';
 import type { ClientChannel, ClientPeer, QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
 import { IntTable } from './int-table.js';
@@ -64,11 +63,11 @@ export class HitPath implements QueryHandler {
   readonly #remoteWaiters: boolean;
   readonly #cache: HitCache;
   /**
-   * Scrubs and stores what its misses bring back; off when the sink has done
+   * Scrubs and stores what its misses bring back; null when the sink has done
    * both before it completes (the batched miss exchange, once for every
    * thread that waits on the answer).
    */
-  #validates: boolean;
+  #scrub: ScrubAnswer | null;
   readonly #clock: Clock;
   readonly #logger: Logger;
   readonly #out: AnswerOut;
@@ -102,7 +101,7 @@ export class HitPath implements QueryHandler {
     this.#v = opts.counters.values;
     this.#hist = opts.histograms ?? null;
     this.#out = new AnswerOut({ maxUdpSize: opts.maxUdpSize, values: this.#v, histograms: this.#hist, clock: opts.clock, logger: opts.logger });
-    this.#validates = true;
+    this.#scrub = null;
     this.#logEvery = opts.queryLogEvery ?? 0;
     this.#logCountdown = this.#logEvery;
     this.#clientLimit = opts.clientLimit ?? null;
@@ -119,15 +118,16 @@ export class HitPath implements QueryHandler {
   }
 
   /**
-   * Wires the upstream side; set once before the first query. `sinkValidates`
-   * true: the sink scrubs every answer and stores it in the one cache before
-   * it completes (the batched backend's miss exchange, for every worker and
-   * the main thread's TCP path), so completions only answer the waiting
-   * clients: an answer is decoded once, not once per thread that waited.
+   * Wires the upstream side; set once before the first query. `scrub`
+   * (scrub.ts scrubCounted) null: the sink scrubs every answer and stores it
+   * in the one cache before it completes (the batched backend's miss
+   * exchange, for every worker and the main thread's TCP path), so
+   * completions only answer the waiting clients: an answer is decoded once,
+   * not once per thread that waited.
    */
-  connect(sink: MissSink, sinkValidates = false): void {
+  connect(sink: MissSink, scrub: ScrubAnswer | null): void {
     this.#sink = sink;
-    this.#validates = !sinkValidates;
+    this.#scrub = scrub;
   }
 
   /** `again` >= 0: a query handled before (a batched client handed back: direct.ts) that arrived then (clock ms): counted once, timed from then. */
@@ -242,7 +242,7 @@ export class HitPath implements QueryHandler {
     if (miss === undefined) return;
     this.#close(miss, outcome);
     const now = this.#clock.now();
-    if (answer !== null && outcome === 'upstream' && this.#validates) answer = scrubCounted(answer, this.#v);
+    if (answer !== null && outcome === 'upstream' && this.#scrub !== null) answer = this.#scrub(answer, this.#v);
     if (answer !== null) {
       const scan = scanAnswer(answer);
       if (scan === undefined) {
@@ -257,7 +257,7 @@ export class HitPath implements QueryHandler {
         // SERVFAIL, NOTIMP and REFUSED are failures (serverFailed, as the resolver and the upstream side judge). Another
         // rcode (FORMERR...) says nothing of the name either: stale when there is one (RFC 8767 4), else the answer as it came.
         this.#recentFailures.answered(miss.key);
-        const fresh: CacheEntry = this.#validates ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
+        const fresh: CacheEntry = this.#scrub !== null ? this.#cache.insert(miss.key, answer, scan, now) : this.#cache.prepare(answer, scan, now);
         for (const w of miss.waiters) {
           // Per client: one that cannot be answered must not cut the others short.
           try {

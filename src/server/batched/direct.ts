@@ -28,7 +28,7 @@
  */
 import { AnswerCopy, type CacheEntry } from '../../cache/entry.js';
 import { planCaching, refreshesName, type TtlCaps } from '../../cache/policy.js';
-import { STALE_ANSWER_TTL } from '../../cache/cache.js';
+import { STALE_ANSWER_TTL } from '../../cache/cache-api.js';
 import { scanAnswer } from '../../dns/answer.js';
 import { DEFAULT_EDNS_SIZE, errorResponse } from '../../dns/build.js';
 import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';

@@ -145,7 +145,7 @@ export class WorkerLoop implements MissSink {
       remoteWaiters: init.remoteWaiters,
     });
     // The exchange scrubbed and stored every answer before it came back: this side only serves it.
-    this.#hits.connect(this, true);
+    this.#hits.connect(this, null);
     this.#gate.watch(this.#hits);
     this.#fds = init.fds;
     // One native block for everything: the receive vector, a send vector per socket, the pollfds and a scratch sockaddr.
