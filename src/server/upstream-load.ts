@@ -11,7 +11,7 @@
  * main thread briefly at the cap (34-55 refusals, as `--io dgram` had),
  * shed 2,765-2,910 more with SERVFAIL in 5 s (6-21% of its answers), and
  * beside a 20,000/s flood the workers shed 96% of the misses while the main
- * thread sat at 37% busy (README "Where the speed and memory goals stand").
+ * thread sat 37-43% busy (README "Where the speed and memory goals stand").
  *
  * The main thread stores each change of its count (Atomics: one store, a
  * few ns, beside the question it counts); a worker loads two words per new

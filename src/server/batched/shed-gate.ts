@@ -30,7 +30,7 @@
  * after each refusal, then all but 64 per worker for 2 s. A handful of
  * refusals at a cold start (34-55, as `--io dgram` had) became thousands of
  * SERVFAILs (6-21% of 5,000 misses/s for 5 s), and beside a flood the
- * workers shed 96% of the misses while the main thread sat a third busy.
+ * workers shed 96% of the misses while the main thread sat 37-43% busy.
  *
  * The refusal stamp: the main thread stores the time (ms,
  * performance.timeOrigin + performance.now(): the same clock in every
