@@ -310,6 +310,12 @@ t.test('an ops port on a DNS listen address:port is refused, naming both flags (
   t.match(refused(['--localip', '127.0.0.2,127.0.0.3', '--port', '5300', '--health-port', '5300']), /--health-port/, 'with --localip and --port');
   t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '127.0.0.2:5300', '--health-port', '5301']), 'accepted', 'another address or port is fine');
   t.equal(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', 'off', '--health-port', '0']), 'accepted', 'off is fine');
+  // The DNS sockets on a wildcard are of one family (IPV6_V6ONLY on `::`); the HTTP server on `::` is dual-stack.
+  t.equal(refused(['--listen', '0.0.0.0:5300', '--metrics-listen-address', '[::1]:5300']), 'accepted', 'an IPv6 ops address beside an IPv4 DNS wildcard: no socket of one family clashes');
+  t.equal(refused(['--listen', '[::]:5300', '--metrics-listen-address', '127.0.0.5:5300']), 'accepted', 'an IPv4 ops address beside the IPv6-only DNS wildcard');
+  t.equal(refused(['--listen', '[fd00::a]:5300', '--metrics-listen-address', '0.0.0.0:5300']), 'accepted', 'an IPv4 ops wildcard beside an IPv6 DNS address');
+  t.match(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '[::]:5300']), /--metrics-listen-address/, 'the dual-stack ops wildcard takes IPv4 DNS addresses too');
+  t.match(refused(['--listen', '[::]:5300', '--metrics-listen-address', '[fd00::5]:5300']), /--metrics-listen-address/, 'an IPv6 ops address under the IPv6 DNS wildcard');
   // Two HTTP servers on one port: the specific address takes its connections, so /metrics there is a 404 (exit 1 at bind without SO_REUSEPORT).
   t.match(refused(['--listen', '127.0.0.1:5300', '--metrics-listen-address', '0.0.0.0:5310', '--health-port', '5310']), /--metrics-listen-address 0\.0\.0\.0:5310.*--health-port/, 'metrics on a wildcard and health under it, one port');
   t.match(refused(['--listen', '[fd00::a]:5300', '--metrics-listen-address', '[::]:5310', '--health-port', '5310']), /--health-port \[fd00::a\]:5310/, 'under an IPv6 wildcard');
