@@ -40,9 +40,17 @@ function covers(wildcard: string, host: string): boolean {
   return wildcard === '::' || (wildcard === '0.0.0.0' && isIP(host) === 4);
 }
 
-function overlaps(a: ServerAddress, b: ServerAddress): boolean {
-  if (a.port !== b.port) return false;
-  return isWildcard(a.host) || isWildcard(b.host) || (canonicalIp(a.host) ?? a.host) === (canonicalIp(b.host) ?? b.host);
+/**
+ * A DNS listen address and an ops address that would share connections: one
+ * port, and one address, or a wildcard that takes the other's. A DNS
+ * wildcard is of its own family (`::` is bound IPV6_V6ONLY: sys/reuseport.ts,
+ * tcp-listener.ts), an ops wildcard as covers() says.
+ */
+function overlaps(dns: ServerAddress, ops: ServerAddress): boolean {
+  if (dns.port !== ops.port) return false;
+  if (isWildcard(dns.host) && isIP(dns.host) === isIP(ops.host)) return true;
+  if (isWildcard(ops.host) && covers(ops.host, dns.host)) return true;
+  return (canonicalIp(dns.host) ?? dns.host) === (canonicalIp(ops.host) ?? ops.host);
 }
 
 /**
