@@ -206,6 +206,27 @@ export function refuseDuplicateServers(where: string, servers: readonly ServerAd
   });
 }
 
+/**
+ * A kube-dns ConfigMap list with each server once, first spelling kept. The
+ * ConfigMap is kube-dns's (and node-cache's) too, and both take one server
+ * twice: refused here, a ConfigMap the cluster runs with stopped every node's
+ * agent at start. So a second one is dropped with a warning; our own flag and
+ * file still refuse it (refuseDuplicateServers). Entries that do not parse
+ * are kept, for the caller to refuse naming them.
+ */
+function usedOnce(where: string, servers: readonly string[], warn: Warn): string[] {
+  const seen = new Map<string, string>();
+  return servers.flatMap((s) => s.split(',')).filter((text) => {
+    const a = parseHostPort(text, 53);
+    if (typeof a === 'string') return true;
+    const key = formatHostPort(a);
+    const before = seen.get(key);
+    if (before === undefined) seen.set(key, text.trim());
+    else warn(`${where}: ${key} given twice ("${before}" and "${text.trim()}"); used once (kube-dns reads this list too, and takes it)`);
+    return before === undefined;
+  });
+}
+
 /** The members of a parsed JSON object as written, a key given twice listed twice (JSON.parse keeps the last alone). */
 function jsonMembers(text: string, doc: Record<string, unknown>): [string, unknown][] {
   const map = parseDocument(text, { uniqueKeys: false }).contents;
@@ -262,7 +283,8 @@ export function readKubeDnsConfig(
       if (!Array.isArray(servers) || servers.length === 0 || !servers.every((x) => typeof x === 'string')) {
         throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: ${zone} must be a non-empty list of "IP[:PORT]" strings`);
       }
-      addStub(stubDomains, spellings, stubDomain(`kube-dns ConfigMap stubDomains.${zone}`, zone, servers as string[], warn), zone, `kube-dns ConfigMap ${dir}/stubDomains`);
+      const where = `kube-dns ConfigMap stubDomains.${zone}`;
+      addStub(stubDomains, spellings, stubDomain(where, zone, usedOnce(where, servers as string[], warn), warn), zone, `kube-dns ConfigMap ${dir}/stubDomains`);
     }
   }
   let upstreamNameservers: string[] = [];
@@ -274,7 +296,7 @@ export function readKubeDnsConfig(
     // kube-dns reads the same ConfigMap and takes plain IPs only; DNS over TLS is our flag's (or config file's).
     const tls = (doc as string[]).find(isTlsAddress);
     if (tls !== undefined) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: "${tls}": plain IP[:PORT] only (kube-dns reads this too); give tls:// upstreams with --upstream-nameservers`);
-    upstreamNameservers = doc as string[];
+    upstreamNameservers = usedOnce(`kube-dns ConfigMap ${dir}/upstreamNameservers`, doc as string[], warn);
   }
   return { stubDomains, upstreamNameservers, upstreamNameserversFile: `${dir}/upstreamNameservers` };
 }

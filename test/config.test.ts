@@ -593,10 +593,8 @@ t.test('one server twice in an operator\'s list (in any spelling) is refused nam
   t.match(err(['--upstream-nameservers', '[::1]:53,::1']), /^--upstream-nameservers: \[::1\]:53 given twice/);
   t.match(err(['--upstream-nameservers', 'tls://127.0.0.9@dns.test,tls://127.0.0.9:853@dns.test']), /^--upstream-nameservers: 127\.0\.0\.9:853 given twice/);
   t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'upstreamNameservers: ["127.0.0.1", "127.0.0.1"]\n' }), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice.*config file \/c\.yaml/);
-  t.match(err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/upstreamNameservers': '["127.0.0.1", "127.0.0.1:53"]' }), /given twice.*kube-dns ConfigMap \/kd\/upstreamNameservers/);
   t.match(err(['--stub-domain', 'x.example=127.0.0.7,127.0.0.7:53']), /^--stub-domain: 127\.0\.0\.7:53 given twice/);
   t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'stubDomains: {x.example: ["::1", "[::1]:53"]}' }), /stubDomains\.x\.example: \[::1\]:53 given twice/);
-  t.match(err(['--kube-dns-config-dir', '/kd'], noEnv, { '/kd/stubDomains': '{"x.example": ["127.0.0.7", "127.0.0.7"]}' }), /kube-dns ConfigMap stubDomains\.x\.example: 127\.0\.0\.7:53 given twice/);
   // Another port is another server; one server in two lists is two routes.
   t.equal(load(['--upstream-nameservers', '127.0.0.1,127.0.0.1:5353', '--stub-domain', 'x.example=127.0.0.1']).config.upstreamNameservers.length, 2);
   // The host's resolv.conf is not the operator's list: a duplicate line is dropped, silently, and the agent runs.
@@ -607,6 +605,21 @@ t.test('one server twice in an operator\'s list (in any spelling) is refused nam
   t.same(hostServers(load([]).config, () => 'nameserver 127.0.0.2\nnameserver ::1\nnameserver 127.0.0.2\n', logger).servers, [{ host: '127.0.0.2', port: 53 }, { host: '::1', port: 53 }], 'each server once, in the order first written');
   t.same(hostServers(load([]).config, () => 'nameserver ::1\nnameserver 0:0::1\n', logger).servers, [{ host: '::1', port: 53 }], 'in any spelling');
   t.same(warnings, [], 'nothing to say about it');
+});
+
+t.test('the kube-dns ConfigMap: one server twice in a list is used once, with a warning, not refused (kube-dns and node-cache take it: the ConfigMap is theirs too)', async (t) => {
+  // Refused, a ConfigMap the cluster's kube-dns serves with made every node's agent exit 2 at start: no node-local DNS at all.
+  const files = { '/kd/upstreamNameservers': '["127.0.0.1", "127.0.0.1:53", "127.0.0.2"]', '/kd/stubDomains': '{"x.example": ["127.0.0.7", "127.0.0.7:53", "::1"]}' };
+  const loaded = load(['--kube-dns-config-dir', '/kd'], noEnv, files);
+  t.same(loaded.config.upstreamNameservers, [{ host: '127.0.0.1', port: 53 }, { host: '127.0.0.2', port: 53 }], 'each upstream once, in the order first written');
+  t.same(loaded.config.stubDomains.find((d) => d.zone === 'x.example')?.servers, [{ host: '127.0.0.7', port: 53 }, { host: '::1', port: 53 }], 'each stub server once');
+  t.match(loaded.warnings, [
+    /^kube-dns ConfigMap stubDomains\.x\.example: 127\.0\.0\.7:53 given twice \("127\.0\.0\.7" and "127\.0\.0\.7:53"\); used once/,
+    /^kube-dns ConfigMap \/kd\/upstreamNameservers: 127\.0\.0\.1:53 given twice \("127\.0\.0\.1" and "127\.0\.0\.1:53"\); used once/,
+  ]);
+  t.equal(loaded.warnings.length, 2, 'one warning a duplicate');
+  // Our own flag, or file, naming the same servers is still refused: that list is only ours.
+  t.match(err(['--kube-dns-config-dir', '/kd', '--upstream-nameservers', '127.0.0.1,127.0.0.1'], noEnv, files), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice/);
 });
 
 t.test('a node name that is no DNS-1123 subdomain is refused where the pod watch would use it, naming the flag or $NODE_NAME', async (t) => {
