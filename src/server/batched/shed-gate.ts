@@ -51,6 +51,10 @@
  *     attempt): the name may be cached, and the main thread answers it from
  *     the store; a flood keeps the writer busy, so these come with one;
  *   - questions already in flight: joined (the hit path looks first).
+ * But only this worker's are seen: a question another worker (or TCP) has
+ * in flight, which the main thread would join at its cap, is shed here
+ * (SERVFAIL, or stale). A shared set of the questions in flight would be
+ * needed; not built.
  */
 import { nameInZone, nameToWire } from '../../dns/name.js';
 import { KEY_TAIL } from '../../dns/query-result.js';
