@@ -33,9 +33,7 @@ export function parseHostPort(text: string, defaultPort: number | undefined): Se
   if (ip === null) return `"${text}": "${host}" is not an IPv4 or IPv6 address (a %zone: IPv6 only, an interface name or index)`;
   if (ipv4Compatible(ip)) {
     // "::1:5353" is an address, ::0.1.83.83: almost always [::1]:5353 written without its brackets.
-    const colon = s.lastIndexOf(':');
-    const meant = !s.startsWith('[') && canonicalIp(s.slice(0, colon)) !== null ? `, such as [${s.slice(0, colon)}]:${s.slice(colon + 1)}` : '';
-    return `"${text}": ${ip} is an IPv4-compatible IPv6 address (deprecated, RFC 4291), which no server has; an IPv6 address with a port is written in brackets${meant}`;
+    return `"${text}": ${ip} is an IPv4-compatible IPv6 address (deprecated, RFC 4291), which no server has; ${BRACKETS}${suchAs(s)}`;
   }
   let port = defaultPort;
   if (portText !== undefined) {
@@ -44,8 +42,34 @@ export function parseHostPort(text: string, defaultPort: number | undefined): Se
     }
     port = Number(portText);
   }
-  if (port === undefined) return `"${text}": a port is required (ADDR:PORT)`;
+  // "fd00::10:53" for --listen (no default port) is an address without one: almost always [fd00::10]:53 unbracketed.
+  if (port === undefined) {
+    const meant = suchAs(s);
+    return `"${text}": a port is required (ADDR:PORT)${meant === '' ? '' : `; ${BRACKETS}${meant}`}`;
+  }
   return { host: ip, port };
+}
+
+const BRACKETS = 'an IPv6 address with a port is written in brackets';
+
+/**
+ * `s` (trimmed) with its last group as a port ("fd00::10:53": fd00::10 at
+ * 53), when it is an unbracketed IPv6 address whose last group is a port
+ * number and the rest still an address; null otherwise.
+ */
+function lastGroupAsPort(s: string): ServerAddress | null {
+  if (s.startsWith('[') || isIP(s) !== 6) return null;
+  const colon = s.lastIndexOf(':');
+  const last = s.slice(colon + 1);
+  const host = canonicalIp(s.slice(0, colon));
+  if (host === null || !/^\d{1,5}$/.test(last) || Number(last) < 1 || Number(last) > 65535) return null;
+  return { host, port: Number(last) };
+}
+
+/** ", such as [HOST]:PORT" when `s` reads as an unbracketed IPv6 address with a port; '' otherwise. */
+function suchAs(s: string): string {
+  const meant = lastGroupAsPort(s);
+  return meant === null ? '' : `, such as ${formatHostPort(meant)}`;
 }
 
 /**
@@ -56,13 +80,9 @@ export function parseHostPort(text: string, defaultPort: number | undefined): Se
  */
 export function portLikeLastGroup(text: string, a: ServerAddress): string | null {
   const s = text.trim();
-  if (s.startsWith('[') || isIP(s) !== 6) return null;
-  const colon = s.lastIndexOf(':');
-  const last = s.slice(colon + 1);
-  const host = canonicalIp(s.slice(0, colon));
-  if (host === null || !/^\d{1,5}$/.test(last) || Number(last) < 1 || Number(last) > 65535) return null;
-  const other = formatHostPort({ host, port: Number(last) });
-  return `"${s}": read as ${formatHostPort(a)}; if ${other} was meant, write it so (an IPv6 address with a port is written in brackets), or ${formatHostPort(a)} to keep this reading without this warning`;
+  const meant = lastGroupAsPort(s);
+  if (meant === null) return null;
+  return `"${s}": read as ${formatHostPort(a)}; if ${formatHostPort(meant)} was meant, write it so (${BRACKETS}), or ${formatHostPort(a)} to keep this reading without this warning`;
 }
 
 const IPV4_COMPATIBLE = new BlockList();

@@ -509,6 +509,23 @@ t.test('an unbracketed IPv6 address with a port ("::1:5353") is refused, not tak
   ]);
 });
 
+t.test('--listen "fd00::10:53" (no default port) is refused with the bracketed form to write, and the agent exits 2 naming both', async (t) => {
+  // It was refused with "a port is required (ADDR:PORT)" alone: the operator had written a port, and was not told where it went.
+  const bracketed = /^--listen "fd00::10:53": a port is required \(ADDR:PORT\); an IPv6 address with a port is written in brackets, such as \[fd00::10\]:53$/;
+  t.match(err(['--listen', 'fd00::10:53']), bracketed);
+  t.match(err(['--listen', 'FD00::10:5353%eth0']), /a port is required \(ADDR:PORT\)$/, 'no suggestion where the last group is no port');
+  t.match(err(['--listen', 'fd00::10']), /^--listen "fd00::10": a port is required \(ADDR:PORT\)$/, 'nor for an address whose rest is no address');
+  t.match(err(['--listen', '127.0.0.1']), /^--listen "127\.0\.0\.1": a port is required \(ADDR:PORT\)$/);
+  t.match(err(['--config', '/c.yaml'], noEnv, { '/c.yaml': 'listen: ["fd00::1:5353"]\n' }), /^--listen "fd00::1:5353": .*such as \[fd00::1\]:5353 \(set in config file \/c\.yaml: listen\)$/);
+  t.same(load(['--listen', '[fd00::10]:53']).config.listen, [{ host: 'fd00::10', port: 53 }], 'the suggestion is taken as written');
+  // The built binary, as an operator meets it: refused before anything starts (nothing is bound or sent).
+  const { spawnSync } = await import('node:child_process');
+  const main = new URL('../dist/src/main.js', import.meta.url).pathname;
+  const run = spawnSync(process.execPath, [main, '--listen', 'fd00::10:53', '--kube-dns-config-dir='], { encoding: 'utf8', timeout: 30_000 });
+  t.equal(run.status, 2, 'exit 2');
+  t.match(run.stderr, /--listen "fd00::10:53": .*written in brackets, such as \[fd00::10\]:53/);
+});
+
 t.test('ConfigWatcher: a file caught mid-write (truncated, then written in place) is not reloaded until two polls read it the same', async (t) => {
   // An empty config file is a valid one (every default): a poll that fell between the truncate and the write of an
   // in-place edit reloaded it, dropping the stub domains and upstream nameservers until the next poll.
