@@ -236,6 +236,19 @@ t.test('parseResolvConf: invalid addresses, too many servers, unknown lines', as
   t.equal(rc.warnings.length, 6);
 });
 
+t.test('parseResolvConf: "more than 3 nameservers" counts distinct servers, not lines (duplicates are kept once)', async (t) => {
+  const ns = (...hosts: string[]) => hosts.map((h) => `nameserver ${h}`).join('\n');
+  // One server on four lines is one server, and glibc's first 3 lines hold it: the warning was about lines, and false.
+  const same = parseResolvConf(ns('10.0.0.1', '10.0.0.1', '10.0.0.1', '10.0.0.1'));
+  t.same(same.nameservers.map((n) => n.host), ['10.0.0.1']);
+  t.same(same.warnings, [], 'one server four times: nothing to say');
+  t.same(parseResolvConf(ns('10.0.0.1', '10.0.0.2', '10.0.0.1', '10.0.0.2', '10.0.0.3')).warnings.length, 1, 'a third server glibc never reaches (lines 1-3 hold two) is named');
+  t.same(parseResolvConf(ns('10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.2', '::1', '0:0::1')).warnings, [
+    '4 distinct nameservers: glibc uses only the first 3 nameserver lines, so not ::1; all are used here',
+  ], 'four distinct (::1 in two spellings is one): warned, naming the one glibc leaves out');
+  t.same(parseResolvConf(ns('10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.3', '10.0.0.1')).warnings, [], 'three distinct on five lines: glibc uses them all');
+});
+
 // ---------------------------------------------------------------- counter schemas
 
 t.test('upstream counter schemas: one help, type and label set per metric name, across both transports', async (t) => {

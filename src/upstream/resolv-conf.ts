@@ -8,7 +8,8 @@
  * - `domain` and `search` both set the search list: the last one wins
  * - `nameserver`: one address per line, up to the first blank (an address
  *   with a ';' or '#' in it is none), the rest of the line ignored; IPv6 may
- *   carry a %zone. glibc uses the first 3 (MAXNS) only: we keep all, and warn.
+ *   carry a %zone. glibc uses the first 3 (MAXNS) lines only: we keep all, and
+ *   warn when a server is on none of them (not for one server on 4 lines).
  *   A server on two lines is kept once, where first written: the second line
  *   adds no server, only a second try of the same one
  * - `options` accumulate over lines; ndots is capped at 15, timeout at 30 s
@@ -65,6 +66,8 @@ function parseNameserver(token: string): ServerAddress | string {
 
 export function parseResolvConf(text: string): ResolvConf {
   const nameservers: ServerAddress[] = [];
+  // The servers of the first MAXNS valid nameserver lines: glibc's, a server on two of them taking two of its places.
+  const glibcUses = new Set<string>();
   let nameserverLines = 0;
   let search: string[] = [];
   const options: ResolvConfOptions = { timeoutMs: undefined, attempts: undefined, rotate: false, ndots: undefined };
@@ -87,7 +90,7 @@ export function parseResolvConf(text: string): ResolvConf {
         const ns = parseNameserver(args[0]!);
         if (typeof ns === 'string') warnings.push(`${where}: ${ns}`);
         else {
-          nameserverLines++;
+          if (nameserverLines++ < MAXNS) glibcUses.add(ns.host);
           // Hosts are canonical: one server in two spellings is one string.
           if (!nameservers.some((n) => n.host === ns.host)) nameservers.push(ns);
         }
@@ -111,8 +114,10 @@ export function parseResolvConf(text: string): ResolvConf {
         warnings.push(`${where}: not understood (glibc ignores it too): "${line.trim()}"`);
     }
   }
-  if (nameserverLines > MAXNS) {
-    warnings.push(`${nameserverLines} nameservers: glibc uses only the first ${MAXNS}; all are used here`);
+  // Counted as servers, not lines: one server on four lines is one server, used here as by glibc.
+  const beyond = nameservers.filter((n) => !glibcUses.has(n.host)).map((n) => n.host);
+  if (beyond.length > 0) {
+    warnings.push(`${nameservers.length} distinct nameservers: glibc uses only the first ${MAXNS} nameserver lines, so not ${beyond.join(', ')}; all are used here`);
   }
   return { nameservers, search, options, warnings };
 }
