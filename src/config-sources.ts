@@ -104,7 +104,7 @@ export function parseConfigFile(path: string, text: string): { raw: Raw; stubDom
       }
       for (const [zone, servers] of Object.entries(value as Record<string, unknown>)) {
         if (!Array.isArray(servers) || servers.length === 0) throw new ConfigError(`config file ${path}: stubDomains.${zone} must be a non-empty list of IP[:PORT]`);
-        addStub(stubDomains, spellings, stubDomain(`stubDomains.${zone}`, zone, servers.map(String), warn), zone, `config file ${path}: stubDomains`);
+        stubDomains.push(onceEach(spellings, stubDomain(`stubDomains.${zone}`, zone, servers.map(String), warn), zone, `config file ${path}: stubDomains`));
       }
       continue;
     }
@@ -151,11 +151,11 @@ const NUMERIC_TEXT: ReadonlySet<string> = new Set(['query-log-sample']);
  * router would take one and the health gauge name the other. Refused, as
  * CoreDNS refuses a zone defined twice (node-cache's stub blocks).
  */
-function addStub(list: StubDomain[], spellings: Map<string, string>, stub: StubDomain, written: string, where: string): void {
+function onceEach(spellings: Map<string, string>, stub: StubDomain, written: string, where: string): StubDomain {
   const before = spellings.get(stub.zone);
   if (before !== undefined) throw new ConfigError(`${where}: zone "${stub.zone}" given twice, as "${before}" and "${written}"`);
   spellings.set(stub.zone, written);
-  list.push(stub);
+  return stub;
 }
 
 /**
@@ -241,17 +241,26 @@ function jsonMembers(text: string, doc: Record<string, unknown>): [string, unkno
 const KUBE_DNS_MAX_UPSTREAMS = 3;
 
 /**
+ * The kube-dns ConfigMap's settings, each with the warnings about it. It is
+ * under our own file and flags, which may replace a stub zone or the
+ * upstream list by design: a warning about what is replaced would be about
+ * servers not used, so the caller says only those of what it uses.
+ */
+export interface KubeDnsConfig {
+  stubDomains: { stub: StubDomain; warnings: string[] }[];
+  upstreamNameservers: string[];
+  upstreamWarnings: string[];
+  upstreamNameserversFile: string;
+}
+
+/**
  * `stubDomains` (a JSON map zone -> [IP[:PORT]]) and `upstreamNameservers` (a
  * JSON list) from the kube-dns ConfigMap mounted at --kube-dns-config-dir, as
  * node-cache reads them. A missing directory or file is no configuration; a
  * malformed or unreadable one is a ConfigError (at start: exit 2; on reload: refused, the
- * old config keeps serving). `warn` takes what is used but worth a word.
+ * old config keeps serving).
  */
-export function readKubeDnsConfig(
-  raw: Raw,
-  readFile: (path: string) => string,
-  warn: Warn,
-): { stubDomains: StubDomain[]; upstreamNameservers: string[]; upstreamNameserversFile: string } | null {
+export function readKubeDnsConfig(raw: Raw, readFile: (path: string) => string): KubeDnsConfig | null {
   const v = raw.get('kube-dns-config-dir') ?? OPTIONS.find((o) => o.flag === 'kube-dns-config-dir')?.def;
   const dir = Array.isArray(v) ? v[v.length - 1] : v;
   if (dir === undefined || dir === '') return null;
@@ -273,7 +282,7 @@ export function readKubeDnsConfig(
       throw new ConfigError(`kube-dns ConfigMap ${dir}/${file}: not JSON (${(e as Error).message})`);
     }
   };
-  const stubDomains: StubDomain[] = [];
+  const stubDomains: KubeDnsConfig['stubDomains'] = [];
   const spellings = new Map<string, string>();
   const stubText = read('stubDomains');
   if (stubText !== null && stubText.trim() !== '') {
@@ -284,10 +293,14 @@ export function readKubeDnsConfig(
         throw new ConfigError(`kube-dns ConfigMap ${dir}/stubDomains: ${zone} must be a non-empty list of "IP[:PORT]" strings`);
       }
       const where = `kube-dns ConfigMap stubDomains.${zone}`;
-      addStub(stubDomains, spellings, stubDomain(where, zone, usedOnce(where, servers as string[], warn), warn), zone, `kube-dns ConfigMap ${dir}/stubDomains`);
+      const warnings: string[] = [];
+      const warn: Warn = (w) => warnings.push(w);
+      const stub = stubDomain(where, zone, usedOnce(where, servers as string[], warn), warn);
+      stubDomains.push({ stub: onceEach(spellings, stub, zone, `kube-dns ConfigMap ${dir}/stubDomains`), warnings });
     }
   }
   let upstreamNameservers: string[] = [];
+  const upstreamWarnings: string[] = [];
   const upText = read('upstreamNameservers');
   if (upText !== null && upText.trim() !== '') {
     const doc = parse('upstreamNameservers', upText);
@@ -296,7 +309,7 @@ export function readKubeDnsConfig(
     // kube-dns reads the same ConfigMap and takes plain IPs only; DNS over TLS is our flag's (or config file's).
     const tls = (doc as string[]).find(isTlsAddress);
     if (tls !== undefined) throw new ConfigError(`kube-dns ConfigMap ${dir}/upstreamNameservers: "${tls}": plain IP[:PORT] only (kube-dns reads this too); give tls:// upstreams with --upstream-nameservers`);
-    upstreamNameservers = usedOnce(`kube-dns ConfigMap ${dir}/upstreamNameservers`, doc as string[], warn);
+    upstreamNameservers = usedOnce(`kube-dns ConfigMap ${dir}/upstreamNameservers`, doc as string[], (w) => upstreamWarnings.push(w));
   }
-  return { stubDomains, upstreamNameservers, upstreamNameserversFile: `${dir}/upstreamNameservers` };
+  return { stubDomains, upstreamNameservers, upstreamWarnings, upstreamNameserversFile: `${dir}/upstreamNameservers` };
 }

@@ -72,12 +72,14 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
   }
   const fileStubs = stubs;
   // The kube-dns ConfigMap (node-cache reads the same two keys): the lowest precedence, under our own file and flags.
-  const kubeDns = readKubeDnsConfig(merged, readFile, warn);
+  const kubeDns = readKubeDnsConfig(merged, readFile);
+  let kubeDnsUpstreamWarnings: readonly string[] = [];
   if (kubeDns !== null) {
-    stubs = [...kubeDns.stubDomains.filter((k) => !stubs.some((d) => d.zone === k.zone)), ...stubs];
+    stubs = [...kubeDns.stubDomains.map((k) => k.stub).filter((k) => !stubs.some((d) => d.zone === k.zone)), ...stubs];
     if (!merged.has('upstream-nameservers') && kubeDns.upstreamNameservers.length > 0) {
       merged.set('upstream-nameservers', kubeDns.upstreamNameservers);
       origin.set('upstream-nameservers', `kube-dns ConfigMap ${kubeDns.upstreamNameserversFile}`);
+      kubeDnsUpstreamWarnings = kubeDns.upstreamWarnings;
     }
   }
   try {
@@ -94,6 +96,9 @@ export function loadConfig(argv: readonly string[], opts: LoadOptions = {}): { c
       stubs = stubs.filter((d) => d.zone !== stub.zone);
       stubs.push(stub);
     }
+    // What our file or flags replace is not used: a warning about its servers would be about none the agent asks.
+    for (const k of kubeDns?.stubDomains ?? []) if (stubs.includes(k.stub)) k.warnings.forEach(warn);
+    kubeDnsUpstreamWarnings.forEach(warn);
     return { config: validate(merged, stubs, env, warn), help: flags.help, version: flags.version, warnings };
   } catch (err) {
     throw whereWritten(err, origin);

@@ -639,6 +639,24 @@ t.test('the kube-dns ConfigMap: one server twice in a list is used once, with a 
   t.match(err(['--kube-dns-config-dir', '/kd', '--upstream-nameservers', '127.0.0.1,127.0.0.1'], noEnv, files), /^--upstream-nameservers: 127\.0\.0\.1:53 given twice/);
 });
 
+t.test('a kube-dns ConfigMap stub zone (or upstream list) that our flag or file replaces by design logs no warning about its unused servers', async (t) => {
+  // "given twice ...; used once" and the port-like reading were logged at warn level for servers the agent never asks.
+  const files = {
+    '/kd/stubDomains': '{"Consul.Local": ["127.0.0.7", "127.0.0.7:53"], "b.example": ["fd00::10:53"], "kept.example": ["127.0.0.9", "127.0.0.9"]}',
+    '/kd/upstreamNameservers': '["127.0.0.1", "127.0.0.1:53"]',
+    '/c.yaml': 'stubDomains: {b.example: ["127.0.0.11"]}\n',
+  };
+  const loaded = load(['--kube-dns-config-dir', '/kd', '--config', '/c.yaml', '--stub-domain', 'consul.local=127.0.0.10', '--upstream-nameservers', '127.0.0.2'], noEnv, files);
+  t.same(loaded.config.stubDomains.map((d) => [d.zone, d.servers[0]?.host]), [['kept.example', '127.0.0.9'], ['b.example', '127.0.0.11'], ['consul.local', '127.0.0.10']], 'the flag and the file win');
+  t.same(loaded.config.upstreamNameservers, [{ host: '127.0.0.2', port: 53 }]);
+  t.match(loaded.warnings, [/^kube-dns ConfigMap stubDomains\.kept\.example: 127\.0\.0\.9:53 given twice/], 'only the zone still used is warned about');
+  t.equal(loaded.warnings.length, 1);
+  // Not replaced, each is still said, as before.
+  const alone = load(['--kube-dns-config-dir', '/kd'], noEnv, files).warnings;
+  t.match(alone, [/stubDomains\.Consul\.Local: 127\.0\.0\.7:53 given twice/, /stubDomains\.b\.example: "fd00::10:53": read as/, /stubDomains\.kept\.example/, /\/kd\/upstreamNameservers: 127\.0\.0\.1:53 given twice/]);
+  t.equal(alone.length, 4);
+});
+
 t.test('a node name that is no DNS-1123 subdomain is refused where the pod watch would use it, naming the flag or $NODE_NAME', async (t) => {
   // It goes into the pod watch's fieldSelector spec.nodeName=NAME: anything else matched no pod (or another selector), silently.
   t.match(err(['--metrics-by-namespace', '--node-name', 'Node_A']), /^--node-name "Node_A": not a DNS-1123 subdomain/);
