@@ -20,13 +20,19 @@
  * and does the sums).
  *
  * Off, it costs the loop nothing: one null check when the loop starts and
- * one when it ends. On, sampling (one sample per SAMPLE_BYTES allocated on
- * average) slows allocation somewhat; the counts of bytes and collections
- * do not depend on it.
+ * one when it ends, and the thread never loads node:inspector. On,
+ * sampling (one sample per SAMPLE_BYTES allocated on average) slows
+ * allocation somewhat; the counts of bytes and collections do not depend
+ * on it.
  */
 import { writeFileSync } from 'node:fs';
-import { Session } from 'node:inspector';
+import type { Session } from 'node:inspector';
 import { GCProfiler, getHeapStatistics } from 'node:v8';
+
+/** Where the trace goes ('' : off), as the thread saw it when it started. */
+const TRACE_FILE = process.env['NODELOCAL_HEAP_TRACE'] ?? '';
+/** node:inspector only when tracing: loaded, it costs every worker ~0.1 MiB. */
+const inspector = TRACE_FILE === '' ? null : await import('node:inspector');
 
 /** Mean bytes between two samples: one sample per few misses, which over a flood's 100,000 places every site of 50 bytes a miss or more, and a profile the worker writes in well under the second its close waits. */
 const SAMPLE_BYTES = 4096;
@@ -54,13 +60,12 @@ export class HeapTrace {
 
   /** The trace NODELOCAL_HEAP_TRACE asks for, or null (the usual case). */
   static fromEnv(worker: number): HeapTrace | null {
-    const f = process.env['NODELOCAL_HEAP_TRACE'];
-    return f === undefined || f === '' ? null : new HeapTrace(`${f}.${process.pid}.w${worker}`);
+    return inspector === null ? null : new HeapTrace(`${TRACE_FILE}.${process.pid}.w${worker}`, new inspector.Session());
   }
 
-  constructor(file: string) {
+  private constructor(file: string, session: Session) {
     this.#file = file;
-    this.#session = new Session();
+    this.#session = session;
     this.#session.connect();
     // A session on this thread answers inside post(): the sampler runs from here on.
     this.#session.post('HeapProfiler.enable');
