@@ -301,6 +301,63 @@ t.test('a reader on garbage: no read throws or loops, whatever the index and sla
   t.equal(layout.hashSeed, keyHashSeed(), 'the layout carries this thread\'s key hash seed');
 });
 
+/**
+ * A fresh thread on the built modules (no TypeScript loader: its own module loads would count): imports the worker's
+ * loop and what it calls as it starts, attaches a reader to `layout`, looks `msg` up, and reports.
+ */
+const SEED_PROBE = `
+const { parentPort, workerData: w } = require('node:worker_threads');
+(async () => {
+  const before = new Set(process.moduleLoadList);
+  const q = await import(w.dist + 'dns/query.js');
+  const own = q.keyHashSeed();
+  await import(w.dist + 'server/batched/loop.js');
+  const gc = (await import(w.dist + 'ops/idle-gc.js')).exposeGc();
+  gc?.();
+  const trace = (await import(w.dist + 'server/batched/heap-trace.js')).HeapTrace.fromEnv(0);
+  const { CacheReader } = await import(w.dist + 'cache/reader.js');
+  const { CACHE_COUNTERS } = await import(w.dist + 'cache/stats.js');
+  const { Counters } = await import(w.dist + 'stats/counters.js');
+  const reader = new CacheReader(w.layout, w.policy, new Counters(CACHE_COUNTERS));
+  const scratch = new q.QueryScratch();
+  q.parseQueryInto(Buffer.from(w.msg), scratch);
+  const hit = reader.answer(scratch, w.now, 65535, 1232) !== null;
+  const loaded = process.moduleLoadList.filter((m) => !before.has(m));
+  parentPort.postMessage({ own, adopted: q.keyHashSeed(), hash: q.hashKey(w.key), hit, gc: typeof gc, trace: trace === null, loaded });
+})().catch((err) => parentPort.postMessage({ error: String(err && err.stack) }));
+`;
+
+t.test('the key hash seed: each thread draws its own at load (not a constant), a reader thread hashes with the writer\'s; the worker loads no node:crypto, node:vm or node:inspector', async (t) => {
+  const cache = shared();
+  const now = systemClock.now();
+  put(cache, 1, 1, now);
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== 'NODELOCAL_HEAP_TRACE') env[k] = v;
+  const worker = new Worker(SEED_PROBE, {
+    eval: true,
+    execArgv: [],
+    env,
+    workerData: { dist: new URL('../dist/src/', import.meta.url).href, layout: cache.layout, policy: POLICY, msg: query({ name: 'k1.example' }), key: keyOf('k1.example'), now },
+  });
+  t.teardown(() => void worker.terminate());
+  const r = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`probe exited (${code}) before reporting`)));
+  });
+  t.equal(r['error'], undefined, 'the probe ran');
+  t.equal(cache.layout.hashSeed, keyHashSeed(), 'the store carries the writer\'s seed');
+  t.type(r['own'], 'number');
+  t.not(r['own'], keyHashSeed(), 'the new thread drew a seed of its own (not a constant, not unset)');
+  t.equal(r['adopted'], keyHashSeed(), 'its reader made it hash with the writer\'s seed');
+  t.equal(r['hash'], hashKey(keyOf('k1.example')), 'the two threads hash a key alike');
+  t.equal(r['hit'], true, 'so the reader finds what the writer stored, by the hash of the bytes it parsed');
+  t.equal(r['gc'], 'function', 'exposeGc handed over a collection, and it ran');
+  t.equal(r['trace'], true, 'no heap trace without NODELOCAL_HEAP_TRACE');
+  const heavy = (r['loaded'] as string[]).filter((m) => /^NativeModule (crypto|vm|inspector)$/.test(m));
+  t.same(heavy, [], 'none of node:crypto, node:vm, node:inspector loaded for it');
+});
+
 t.test('no reallocation: the slab is allocated at its cap; the soft end moves up by half with no copy, compaction below it', async (t) => {
   const cache = shared({ maxBytes: 1 << 20, positiveCapacity: 50_000, negativeCapacity: 10 });
   const slab = cache.layout.slab;

@@ -10,7 +10,7 @@
  *
  * The Query, its statuses and its scratch form are query-result.ts.
  */
-import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, readSync } from 'node:fs';
 import {
   EDNS_DO, FLAG_CD, FLAG_QR, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT,
   OPCODE_MASK, QClass, QType,
@@ -27,8 +27,30 @@ export { KEY_CD, KEY_DO, KEY_MAX, QueryScratch, QuerySnapshot, QueryStatus, quer
  * let them build long probe chains in the cache's table (cache/store.ts).
  * It lives here because the parser hashes the key while it builds it; the
  * store hashes string keys (restored, inserted) with the same function.
+ * Drawn when this module loads, so no thread ever hashes with a seed unset.
  */
-let KEY_HASH_SEED = randomBytes(4).readUInt32LE(0);
+let KEY_HASH_SEED = randomSeed();
+
+/**
+ * 32 bits from the kernel's CSPRNG (/dev/urandom, through node:fs, which
+ * every thread has loaded already), else from WebCrypto's getRandomValues.
+ * Not node:crypto: a batched worker would load it (~0.5 MiB a thread) only
+ * to replace the seed with the main thread's.
+ */
+function randomSeed(): number {
+  const b = new Uint32Array(1);
+  try {
+    const fd = openSync('/dev/urandom', 'r');
+    try {
+      if (readSync(fd, b, 0, 4, null) === 4) return b[0]!;
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // No /dev/urandom (not Linux, or a root without /dev): WebCrypto below.
+  }
+  return globalThis.crypto.getRandomValues(b)[0]!;
+}
 
 /** This thread's key hash seed. */
 export function keyHashSeed(): number {
