@@ -36,7 +36,7 @@ const RESTART_ONLY: readonly (keyof Config)[] = [
   'listen', 'clusterDomain', 'cacheSize', 'negativeCacheSize', 'cacheMemoryBytes', 'tcpIdleTimeoutMs', 'tcpReadTimeoutMs', 'maxTcpConnections',
   'maxTcpPerClient', 'maxTcpQueries', 'kube', 'kubeconfig', 'setupInterface', 'interfaceName', 'interfaceKind', 'firewall', 'failOpenTo', 'skipTeardown', 'syncIntervalMs', 'healthPort',
   'metricsListen', 'cacheSnapshot', 'cacheSnapshotIntervalMs', 'metricsByNamespace', 'metricsNamespacesMax', 'nodeName', 'io', 'workers',
-  'mallocTrimIntervalMs', 'reusePort', 'maxQueryAgeMs',
+  'mallocTrimIntervalMs', 'exeTrimIntervalMs', 'reusePort', 'maxQueryAgeMs',
 ];
 
 export interface ReloadOutcome {

@@ -14,6 +14,8 @@ import type { Component } from './lifecycle.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './ops/agent-metrics.js';
 import { HEAP_TRIM_COUNTERS, HeapTrimmer } from './ops/heap-trim.js';
+import { EXE_TRIM_COUNTERS, ExeTrimmer } from './ops/exe-trim.js';
+import { loadExePages } from './sys/exe-pages.js';
 import { CHECK_EVERY_MS, IdleCollector, exposeGc } from './ops/idle-gc.js';
 import { createOpsServers, defaultOpsHost, type OpsServer, type Readiness } from './ops/http.js';
 import type { NamespaceRequests } from './ops/namespace-metrics.js';
@@ -149,6 +151,36 @@ export function heapTrimPart(intervalMs: number, o: { readonly metrics: AgentMet
       const counters = new Counters(HEAP_TRIM_COUNTERS);
       o.metrics.add(counters, false);
       trimmer = new HeapTrimmer({ sys, clock: o.clock, intervalMs, counters, logger: o.logger });
+      trimmer.start();
+    },
+    stop: () => {
+      trimmer?.stop();
+      return Promise.resolve();
+    },
+  };
+}
+
+/** The node binary's pages touched once dropped now and then (ops/exe-trim.ts); nothing where madvise or /proc is missing. */
+export function exeTrimPart(intervalMs: number, o: { readonly metrics: AgentMetrics; readonly clock: Clock; readonly logger: Logger }): Component {
+  let trimmer: ExeTrimmer | null = null;
+  return {
+    name: 'exe-trim',
+    start: async () => {
+      const sys = await loadExePages();
+      if (typeof sys === 'string') {
+        o.logger.info('madvise unavailable: the node binary\'s start-up pages stay resident', { reason: sys });
+        return;
+      }
+      const counters = new Counters(EXE_TRIM_COUNTERS);
+      o.metrics.add(counters, false);
+      let elu = performance.eventLoopUtilization();
+      const quiet = (): boolean => {
+        const next = performance.eventLoopUtilization();
+        const busy = performance.eventLoopUtilization(next, elu).utilization;
+        elu = next;
+        return busy <= MAIN_QUIET_UTILIZATION;
+      };
+      trimmer = new ExeTrimmer({ sys, clock: o.clock, intervalMs, counters, logger: o.logger, quiet });
       trimmer.start();
     },
     stop: () => {

@@ -20,7 +20,7 @@ import { readFileSync } from 'node:fs';
 import { formatHostPort } from './addr.js';
 import { AGENT_COUNTERS, cacheOptions, clientLimiter, configSourcePaths, hostServers, keepRestartOnly, nodeSetupOptions, type ReloadOutcome } from './agent-config.js';
 import { startPodWatch, startView } from './agent-cluster.js';
-import { heapTrimPart, idleGcPart, opsPart, podWatchPart, snapshotParts, watchPart, type OpsPart } from './agent-parts.js';
+import { exeTrimPart, heapTrimPart, idleGcPart, opsPart, podWatchPart, snapshotParts, watchPart, type OpsPart } from './agent-parts.js';
 import { buildServing, listenersPart, reconfigureServing, retireReplaced, upstreamsPart } from './agent-serving.js';
 import { DnsCache } from './cache/cache.js';
 import { CACHE_COUNTERS } from './cache/stats.js';
@@ -278,6 +278,7 @@ export class Agent {
     const snapshot = c.cacheSnapshot === '' ? null : snapshotParts(c.cacheSnapshot, { ...d, cache: this.cache, intervalMs: c.cacheSnapshotIntervalMs, counters: this.snapshotCounters });
     if (snapshot !== null) this.#parts.add(snapshot.load);
     if (c.mallocTrimIntervalMs > 0) this.#parts.add(heapTrimPart(c.mallocTrimIntervalMs, d));
+    if (c.exeTrimIntervalMs > 0) this.#parts.add(exeTrimPart(c.exeTrimIntervalMs, d));
     this.#parts.add(idleGcPart(d));
     this.#parts.add(listenersPart({
       listeners: this.#listeners,

@@ -27,6 +27,16 @@ export interface Clock {
 /** Coarse on purpose: a deadline of 2 s fires within 50 ms, and the cost is one timer for the whole process. */
 export const SWEEP_MS = 50;
 
+/** `fn` about every `intervalMs` (the first one interval from now), on the clock's sweep. Returns the function that stops it. */
+export function everyInterval(clock: Clock, intervalMs: number, fn: () => void): () => void {
+  let next = clock.now() + intervalMs;
+  return clock.sweep((now) => {
+    if (now < next) return;
+    next = now + intervalMs;
+    fn();
+  });
+}
+
 /** The shared sweep list of one clock: run them all, tolerate removal while iterating. */
 class Sweepers {
   readonly #fns: Set<(now: number) => void>;

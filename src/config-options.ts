@@ -149,6 +149,10 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: 'this often, when the malloc heaps hold over 4 MiB of freed memory, hand it back to the kernel (glibc malloc_trim, run off the main thread); 0 = never',
   },
   {
+    flag: 'exe-trim-interval', kind: 'duration', def: '10s', min: 0, max: 86_400_000,
+    help: 'this often, when the node binary holds 4 MiB more resident than the agent uses, drop its pages touched once (start-up, a reload: madvise, off the main thread; they come back from the page cache if used); 0 = never',
+  },
+  {
     flag: 'cache-snapshot-interval', kind: 'duration', def: '60s', min: 0, max: 86_400_000,
     help: 'with --cache-snapshot, also write it this often while serving (in slices, without stalling hits), so that an upgrade\'s new agent started beside this one loads a recent cache; 0 = only on shutdown',
   },

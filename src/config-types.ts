@@ -100,6 +100,8 @@ export interface Config {
   readonly cacheSnapshotIntervalMs: number;
   /** --malloc-trim-interval: how often freed heap memory is handed back (ops/heap-trim.ts); 0 = never. */
   readonly mallocTrimIntervalMs: number;
+  /** --exe-trim-interval: how often the node binary's pages touched once are dropped (ops/exe-trim.ts); 0 = never. */
+  readonly exeTrimIntervalMs: number;
   /** /metrics; null = off. */
   readonly metricsListen: ServerAddress | null;
   readonly logLevel: LogLevel;

@@ -347,6 +347,7 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv, w
     cacheSnapshot: snapshotPath(str('cache-snapshot')),
     cacheSnapshotIntervalMs: duration('cache-snapshot-interval', true),
     mallocTrimIntervalMs: duration('malloc-trim-interval', true),
+    exeTrimIntervalMs: duration('exe-trim-interval', true),
     logLevel: logLevel as LogLevel,
     queryLogEvery: sampleEvery(str('query-log-sample')!),
     metricsByNamespace,

@@ -11,6 +11,8 @@ import { createLogger, silentLogger } from '../src/log.js';
 import { ManualClock } from '../src/clock.js';
 import { HEAP_TRIM_COUNTERS, HeapTrimmer } from '../src/ops/heap-trim.js';
 import { loadMallocTrim, type MallocTrim } from '../src/sys/malloc-trim.js';
+import { EXE_TRIM_COUNTERS, ExeTrimmer } from '../src/ops/exe-trim.js';
+import { droppableRanges, loadExePages, type ExePages, type ExeRange } from '../src/sys/exe-pages.js';
 import { Counters, defineCounters } from '../src/stats/counters.js';
 import { SERVER_COUNTERS } from '../src/server/stats.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
@@ -1025,6 +1027,109 @@ t.test('heap trimmer: trims on its interval only past the free threshold, one at
   clock.advance(30_000);
   t.equal(calls, 2, 'and trimming stops');
   trimmer.stop();
+});
+
+t.test('exe pages: only the binary\'s read-only mappings with no private page and none locked are droppable', async (t) => {
+  const exe = '/usr/bin/node';
+  const mapping = (range: string, perms: string, path: string, rss: number, anon: number, locked = 0): string =>
+    `${range} ${perms} 00000000 fe:01 1234    ${path}\nSize:   100 kB\nRss:   ${rss} kB\nPss:   ${rss} kB\nAnonymous:   ${anon} kB\nLocked:   ${locked} kB\nVmFlags: rd mr mw me\n`;
+  const smaps = [
+    mapping('00400000-00b6f000', 'r--p', exe, 6844, 0),
+    mapping('00b72000-025fe000', 'r-xp', exe, 20852, 0),
+    mapping('025fe000-02601000', 'r--p', exe, 12, 12), // relocated (RELRO): a private copy
+    mapping('02601000-0563a000', 'r--p', exe, 12540, 0),
+    mapping('0563a000-05650000', 'rw-p', exe, 88, 40), // data
+    mapping('05650000-05660000', 'r--p', exe, 0, 0), // nothing resident
+    mapping('05660000-05670000', 'r-xp', exe, 64, 0, 64), // locked
+    mapping('7f3090764000-7f30908ba000', 'r-xp', '/usr/lib/x86_64-linux-gnu/libc.so.6', 1172, 0),
+    mapping('7f3060000000-7f3060603000', 'rw-p', '', 4540, 4540),
+    mapping('7f3087e40000-7f3087fd2000', 'r-xp', exe, 1024, 0),
+  ].join('');
+  const got = droppableRanges(smaps, exe);
+  t.same(got.map((r) => r.start.toString(16)), ['400000', 'b72000', '2601000', '7f3087e40000'], 'the binary\'s clean read-only mappings, nothing else');
+  t.equal(got[1]!.bytes, 0x25fe000 - 0xb72000, 'the whole mapping');
+  t.equal(got[1]!.resident, 20852 * 1024, 'its resident bytes');
+  t.same(droppableRanges(smaps.replace(/^Anonymous:.*\n/gm, ''), exe), [], 'without the Anonymous field nothing counts as safe');
+  t.same(droppableRanges(smaps, '/usr/local/bin/node'), [], 'another binary: nothing');
+});
+
+t.test('exe pages: dropping the test process\'s own start-up pages takes them out of its RSS, and it runs on', async (t) => {
+  const sys = await loadExePages();
+  if (typeof sys === 'string') return t.fail(`exe pages unavailable here: ${sys}`);
+  const read = (): Promise<readonly ExeRange[]> => new Promise((resolve, reject) => sys.read((err, r) => (err === null ? resolve(r) : reject(err))));
+  const resident = (rs: readonly ExeRange[]): number => rs.reduce((a, r) => a + r.resident, 0);
+  const before = await read();
+  t.ok(resident(before) >= 8 * 2 ** 20, `the loaded test process holds ${Math.round(resident(before) / 2 ** 20)} MiB of the node binary`);
+  const failed = await new Promise<number>((resolve) => sys.drop(before, resolve));
+  t.equal(failed, 0, 'madvise took every range');
+  const after = await read();
+  t.ok(resident(after) < resident(before) / 2, `resident ${Math.round(resident(before) / 2 ** 20)} MiB before, ${Math.round(resident(after) / 2 ** 20)} MiB after`);
+  // Code and read-only data come back from the file as it is touched: compile, parse, hash, compress.
+  const zlib = await import('node:zlib');
+  const data = Buffer.from(JSON.stringify({ a: [1, 2, 3], b: 'x'.repeat(1000) }));
+  t.same(zlib.inflateSync(zlib.deflateSync(data)), data, 'the process still runs code it had dropped');
+  t.equal(new Intl.NumberFormat('en-US').format(1234567), '1,234,567', 'and reads ICU data');
+});
+
+t.test('exe trimmer: the first check trims whatever the load; later only at rest and past the growth mark; a failure stops it', async (t) => {
+  const clock = new ManualClock();
+  const MiB = 2 ** 20;
+  let resident = 40 * MiB;
+  let quiet = false;
+  let reads = 0;
+  let drops = 0;
+  let dropFails = 0;
+  let readFails = false;
+  const ranges = (): ExeRange[] => [{ start: 0x400000n, bytes: 64 * MiB, resident }];
+  const sys: ExePages = {
+    read: (done) => {
+      reads++;
+      if (readFails) return done(new Error('EACCES'), []);
+      done(null, ranges());
+    },
+    drop: (rs, done) => {
+      drops++;
+      t.equal(rs.length, 1, 'the ranges it read');
+      resident = 12 * MiB; // what stays: the hot pages that come straight back
+      done(dropFails);
+    },
+  };
+  const warnings: string[] = [];
+  const counters = new Counters(EXE_TRIM_COUNTERS);
+  const trimmer = new ExeTrimmer({ sys, clock, intervalMs: 10_000, counters, logger: createLogger('warn', (l) => warnings.push(l)), quiet: () => quiet });
+  trimmer.start();
+  clock.advance(9_999);
+  t.equal(reads, 0, 'nothing before the interval');
+  clock.advance(1);
+  t.equal(drops, 1, 'the first check trims the start-up pages though the agent is busy');
+  t.equal(counters.get('trims'), 1, 'counted');
+  t.equal(counters.get('residentBytes'), 12 * MiB, 'the gauge: what the trim left');
+  resident = 30 * MiB; // a burst ran cold code
+  clock.advance(10_000);
+  t.equal(drops, 1, 'busy: no trim');
+  quiet = true;
+  resident = 15 * MiB;
+  clock.advance(10_000);
+  t.equal(drops, 1, 'at rest, but 3 MiB over what the last trim left: not worth it');
+  t.equal(counters.get('residentBytes'), 15 * MiB, 'read all the same');
+  resident = 17 * MiB;
+  clock.advance(10_000);
+  t.equal(drops, 2, 'at rest and 5 MiB over: trimmed');
+  dropFails = 1;
+  resident = 30 * MiB;
+  clock.advance(10_000);
+  t.equal(drops, 3, 'tried again');
+  t.match(warnings.join('\n'), /madvise failed/, 'every range refused: logged');
+  resident = 30 * MiB;
+  clock.advance(30_000);
+  t.equal(drops, 3, 'and trimming stops');
+  trimmer.stop();
+
+  const quietTrimmer = new ExeTrimmer({ sys, clock, intervalMs: 10_000, counters, logger: createLogger('warn', (l) => warnings.push(l)), quiet: () => true });
+  readFails = true;
+  t.equal(quietTrimmer.check(), true, 'a check starts');
+  t.equal(quietTrimmer.check(), false, 'a failed reading ends trimming');
+  t.match(warnings.join('\n'), /could not read \/proc\/self\/smaps/, 'and says why');
 });
 
 // ------------------------------------------------------------------ review: defects (each test fails until fixed)

@@ -7,6 +7,7 @@
  * most one trim runs at a time.
  */
 import type { Clock } from '../clock.js';
+import { IntervalJob } from './interval-job.js';
 import type { Logger } from '../log.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
 import type { MallocTrim } from '../sys/malloc-trim.js';
@@ -29,60 +30,35 @@ export interface HeapTrimOptions {
   readonly minFreeBytes?: number;
 }
 
-export class HeapTrimmer {
+export class HeapTrimmer extends IntervalJob {
   readonly #o: HeapTrimOptions;
   readonly #min: number;
-  #next: number;
-  #running: boolean;
-  #stopSweep: (() => void) | null;
-  #failed: boolean;
 
   constructor(o: HeapTrimOptions) {
+    super(o.clock, o.intervalMs);
     this.#o = o;
     this.#min = o.minFreeBytes ?? MIN_FREE_BYTES;
-    this.#next = o.clock.now() + o.intervalMs;
-    this.#running = false;
-    this.#stopSweep = null;
-    this.#failed = false;
-  }
-
-  start(): void {
-    this.#stopSweep ??= this.#o.clock.sweep((now) => {
-      if (now < this.#next) return;
-      this.#next = now + this.#o.intervalMs;
-      this.check();
-    });
-  }
-
-  stop(): void {
-    this.#stopSweep?.();
-    this.#stopSweep = null;
   }
 
   /** One check now: trims when worth it. Returns whether a trim was started. */
-  check(): boolean {
-    if (this.#running || this.#failed) return false;
+  override check(): boolean {
+    if (this.busy || this.failed) return false;
     const s = this.#o.sys.stats();
     const holes = Math.max(0, s.free - s.top);
     const v = this.#o.counters.values;
     v[HEAP_TRIM_COUNTERS.slot.freeBytes] = holes;
     if (holes < this.#min) return false;
-    this.#running = true;
+    this.busy = true;
     this.#o.sys.trimAsync((err) => {
-      this.#running = false;
+      this.busy = false;
       if (err !== null) {
         // Not worth retrying every interval: the call itself is broken here.
-        this.#failed = true;
+        this.failed = true;
         this.#o.logger.warn('malloc_trim failed; freed memory stays with the process', { error: err.message });
         return;
       }
       v[HEAP_TRIM_COUNTERS.slot.trims]!++;
     });
     return true;
-  }
-
-  /** True while a trim runs on the thread pool (tests). */
-  get running(): boolean {
-    return this.#running;
   }
 }
