@@ -312,6 +312,9 @@ const { parentPort, workerData: w } = require('node:worker_threads');
   const q = await import(w.dist + 'dns/query.js');
   const own = q.keyHashSeed();
   await import(w.dist + 'server/batched/loop.js');
+  // koffi as the worker loads it (sys/udp-batch.ts): the native addon, not the package entry with its installer's modules.
+  const koffi = (await import(w.dist + 'sys/koffi.js')).koffi();
+  const pid = koffi.load('libc.so.6').func('int getpid()')();
   const gc = (await import(w.dist + 'ops/idle-gc.js')).exposeGc();
   gc?.();
   const trace = (await import(w.dist + 'server/batched/heap-trace.js')).HeapTrace.fromEnv(0);
@@ -323,11 +326,11 @@ const { parentPort, workerData: w } = require('node:worker_threads');
   q.parseQueryInto(Buffer.from(w.msg), scratch);
   const hit = reader.answer(scratch, w.now, 65535, 1232) !== null;
   const loaded = process.moduleLoadList.filter((m) => !before.has(m));
-  parentPort.postMessage({ own, adopted: q.keyHashSeed(), hash: q.hashKey(w.key), hit, gc: typeof gc, trace: trace === null, loaded });
+  parentPort.postMessage({ own, adopted: q.keyHashSeed(), hash: q.hashKey(w.key), hit, gc: typeof gc, trace: trace === null, pid, loaded });
 })().catch((err) => parentPort.postMessage({ error: String(err && err.stack) }));
 `;
 
-t.test('the key hash seed: each thread draws its own at load (not a constant), a reader thread hashes with the writer\'s; the worker loads neither node:crypto nor node:inspector', async (t) => {
+t.test('the key hash seed: each thread draws its own at load (not a constant), a reader thread hashes with the writer\'s; the worker (koffi too) loads none of node:crypto, https, tls, zlib, inspector', async (t) => {
   const cache = shared();
   const now = systemClock.now();
   put(cache, 1, 1, now);
@@ -355,8 +358,9 @@ t.test('the key hash seed: each thread draws its own at load (not a constant), a
   t.equal(r['gc'], 'function', 'exposeGc handed over a collection, and it ran');
   t.equal(r['trace'], true, 'no heap trace without NODELOCAL_HEAP_TRACE');
   // node:vm stays: exposeGc takes gc from a context of its own (the alternative, natives syntax on for the whole process, was not worth 0.1-0.3 MiB).
-  const heavy = (r['loaded'] as string[]).filter((m) => /^NativeModule (crypto|inspector)$/.test(m));
-  t.same(heavy, [], 'neither node:crypto nor node:inspector loaded for it');
+  t.equal(r['pid'], process.pid, 'koffi, loaded as the worker loads it, calls into libc');
+  const heavy = (r['loaded'] as string[]).filter((m) => /^NativeModule (crypto|https|tls|zlib|inspector)$/.test(m));
+  t.same(heavy, [], 'none of node:crypto, https, tls, zlib, inspector loaded for it');
 });
 
 t.test('no reallocation: the slab is allocated at its cap; the soft end moves up by half with no copy, compaction below it', async (t) => {

@@ -11,14 +11,12 @@
  * microseconds, never on the query path. A thread-pool (koffi .async) version
  * would add a promise per call for nothing.
  */
-import { createRequire } from 'node:module';
-import type koffiModule from 'koffi';
+import { koffi as loadKoffi, type Koffi } from '../sys/koffi.js';
 
-type Koffi = typeof koffiModule;
 let koffiLoaded: Koffi | null = null;
 /** koffi loads on first use (startup of the interface part), never on a local run that sets up no link. */
 function koffiLib(): Koffi {
-  koffiLoaded ??= createRequire(import.meta.url)('koffi') as Koffi;
+  koffiLoaded ??= loadKoffi();
   return koffiLoaded;
 }
 import { closeSync, openSync } from 'node:fs';

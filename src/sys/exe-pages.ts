@@ -18,6 +18,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { readlinkSync } from 'node:fs';
+import { koffi as loadKoffi } from './koffi.js';
 
 /** One mapping of the binary whose resident pages may be dropped. */
 export interface ExeRange {
@@ -86,7 +87,7 @@ export function loadExePages(): Promise<ExePages | string> {
 async function load(): Promise<ExePages | string> {
   try {
     const exe = readlinkSync('/proc/self/exe');
-    const koffi = (await import('koffi')).default;
+    const koffi = loadKoffi();
     const madvise = koffi.load('libc.so.6').func('int madvise(uintptr_t addr, size_t len, int advice)') as unknown as MadviseAsync;
     const advise = (r: ExeRange, advice: number): Promise<number> =>
       new Promise((resolve) => madvise.async(r.start, r.bytes, advice, (err, rc) => resolve(err === null || err === undefined ? rc : -1)));

@@ -7,6 +7,7 @@
  * 79 MiB with). musl has neither call: the caller gets a reason and does
  * without.
  */
+import { koffi as loadKoffi } from './koffi.js';
 
 /** What mallinfo2 reports, summed over every arena, in bytes. */
 export interface MallocStats {
@@ -46,7 +47,7 @@ export function loadMallocTrim(): Promise<MallocTrim | string> {
 
 async function load(): Promise<MallocTrim | string> {
   try {
-    const koffi = (await import('koffi')).default;
+    const koffi = loadKoffi();
     const libc = koffi.load('libc.so.6');
     const size = 'size_t';
     koffi.struct('nodelocal_mallinfo2', {

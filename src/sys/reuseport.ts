@@ -37,6 +37,7 @@ import type { ServerAddress } from '../upstream/types.js';
 import {
   AF_INET, AF_INET6, IPPROTO_IPV6, IPPROTO_TCP, IPV6_V6ONLY, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT,
 } from './linux.js';
+import { koffi as loadKoffi } from './koffi.js';
 
 /** Linux, every architecture Node runs on (asm-generic/socket.h, linux/in.h, linux/in6.h, linux/tcp.h). */
 const SO_ATTACH_REUSEPORT_CBPF = 51;
@@ -107,7 +108,7 @@ export function loadReusePort(): Promise<ReusePort | string> {
 
 async function load(): Promise<ReusePort | string> {
   try {
-    const koffi = (await import('koffi')).default;
+    const koffi = loadKoffi();
     const libc = koffi.load('libc.so.6');
     const socket = libc.func('int socket(int domain, int type, int protocol)') as IntCall3;
     const setsockopt = libc.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)') as SetSockOpt;

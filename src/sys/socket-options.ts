@@ -8,6 +8,7 @@
  */
 import type net from 'node:net';
 import { SOL_SOCKET, SO_SNDBUF } from './linux.js';
+import { koffi as loadKoffi } from './koffi.js';
 
 /** Linux, every architecture Node runs on (asm-generic/socket.h, asm-generic/ioctls.h). */
 const SIOCOUTQ = 0x5411;
@@ -35,7 +36,7 @@ export function loadSocketOptions(): Promise<SocketOptions | string> {
 
 async function load(): Promise<SocketOptions | string> {
   try {
-    const koffi = (await import('koffi')).default;
+    const koffi = loadKoffi();
     const libc = koffi.load('libc.so.6');
     const setsockopt = libc.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)') as SetSockOpt;
     const getsockopt = libc.func('int getsockopt(int fd, int level, int name, _Out_ void *value, _Inout_ uint32_t *len)') as GetSockOpt;

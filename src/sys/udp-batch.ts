@@ -19,6 +19,7 @@ import type { ServerAddress } from '../upstream/types.js';
 import {
   AF_INET, AF_INET6, EAGAIN, EINTR, IPPROTO_IPV6, IPV6_V6ONLY, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_SOCKET, SO_RCVBUF, SO_REUSEPORT, SO_SNDBUF,
 } from './linux.js';
+import { koffi as loadKoffi } from './koffi.js';
 
 export { AF_INET, AF_INET6, EAGAIN, EINTR };
 
@@ -134,7 +135,8 @@ export interface UdpBatchSys {
 /** What we use of koffi; injectable so a test can take it away. */
 export type KoffiLoader = () => Promise<unknown>;
 
-const defaultLoader: KoffiLoader = async () => (await import('koffi')).default;
+// async: a koffi that cannot load rejects, as the import did, rather than throwing at the call.
+const defaultLoader: KoffiLoader = async () => loadKoffi();
 
 interface Koffi {
   load(path: string): { func(decl: string): (...args: unknown[]) => unknown };
