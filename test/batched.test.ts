@@ -10,7 +10,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import type { WorkerLink } from '../src/server/batched/worker-link.js';
 import { whenStarted } from '../src/server/batched/worker-spawn.js';
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as dnsPacket from 'dns-packet';
@@ -796,6 +796,21 @@ t.test('a port already taken without SO_REUSEPORT: start fails with the reason a
   });
   await t.rejects(l.start(), /cannot listen on udp:\/\/127\.0\.0\.1:\d+ \(batched, 2 workers\): bind\(\) .*EADDRINUSE/);
   await l.close();
+});
+
+t.test('the main thread\'s native block for a worker cannot be had (out of memory): start fails, and no worker thread is left running', async (t) => {
+  const real = await probeBatchedIo();
+  if (typeof real === 'string') throw new Error(real);
+  // Only the main thread's allocation fails (DirectAnswers'): the worker loads its own binding in its thread.
+  const sys: UdpBatchSys = { ...real, alloc: () => { throw new Error('out of memory (test)'); } };
+  const threads = (): number => readdirSync('/proc/self/task').length;
+  const before = threads();
+  const l = new BatchedUdpListener({ listen: [{ host: '127.0.0.1', port: 0 }], workers: 1, cache: CACHE, maxUdpSize: 1232, queryLogEvery: 0, logger: silentLogger, sys });
+  await t.rejects(l.start(), /out of memory \(test\)/);
+  await l.close();
+  // A thread started before the throw would still be there: no one holds it, so no one ends it.
+  await new Promise((r) => setTimeout(r, 500));
+  t.equal(threads(), before, 'no thread more than before the start');
 });
 
 t.test('without koffi, --io batched falls back to dgram, says why, and serves', async (t) => {

@@ -77,7 +77,14 @@ export class WorkerLink implements MissReturn {
     this.port = port1;
     // With direct answers the main thread holds the waiting clients; the worker only counts them (direct.ts).
     const full: WorkerInit = { ...init, index, fds, wakeFd, ctl, stats, remoteWaiters: direct !== null };
-    this.worker = new Worker(WORKER_URL, { workerData: { init: full, port: port2 }, transferList: [port2], name: `udp-worker-${index}`, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } });
+    // Its native block before the thread: an allocation that fails after `new Worker` left a running thread no one held.
+    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct);
+    try {
+      this.worker = new Worker(WORKER_URL, { workerData: { init: full, port: port2 }, transferList: [port2], name: `udp-worker-${index}`, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } });
+    } catch (err) {
+      this.direct?.close();
+      throw err;
+    }
     this.alive = true;
     this.ready = false;
     this.closing = false;
@@ -87,7 +94,6 @@ export class WorkerLink implements MissReturn {
     this.#sys = sys;
     this.#done = new Packer(false, DONE_STRIDE);
     this.#flushQueued = false;
-    this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct);
     this.lazy = true;
   }
 
