@@ -1272,6 +1272,40 @@ t.test('the exchange: one upstream question per key across workers, outcomes fan
   t.equal(b.refusals, 0, 'a timeout, an answer or a dead worker stamp nothing');
 });
 
+t.test('in flight, for the workers to see: the exchange marks a question by key hash while it is up, and a worker\'s gate at the cap sends that question on', async (t) => {
+  const load = new UpstreamLoad({ workers: 2 });
+  const ex = new MissExchange({ counters: new Counters(BATCHED_COUNTERS), server: new Counters(SERVER_COUNTERS), shared: null, clock: new ManualClock(), load });
+  const sent: number[] = [];
+  ex.connect({ forward: (token) => sent.push(token) });
+  const key = parsed('popular.example.org').key;
+  const other = parsed('flood-1.example.org').key;
+  const worker = new UpstreamLoad(load.buffer);
+  t.notOk(worker.maybeInflight(hashKey(key)), 'nothing marked before it is asked');
+  const a = new Ret();
+  ex.forward(a, 1, key, Buffer.from('q'));
+  ex.forward(a, 2, key, Buffer.from('q'));
+  t.ok(worker.maybeInflight(hashKey(key)), 'asked: marked, where a worker attached to the buffer reads it');
+  t.notOk(worker.maybeInflight(hashKey(other)), 'another name is not');
+  // A worker's gate at the cap: the marked question goes on (the main thread joins it), the flood's is shed.
+  load.setCap(10);
+  load.setInflight(10);
+  const ctl = new Int32Array(new SharedArrayBuffer(Ctl.WORDS * 4));
+  stampRefusal(ctl, 0);
+  const c = new Counters(BATCHED_COUNTERS);
+  const gate = new ShedGate(ctl, load.buffer, [], { lastGaveUp: false }, { values: c.values, slot: BATCHED_COUNTERS.slot.shedBusy }, { now: () => 1 });
+  t.ok(gate.admits(parsed('POPULAR.example.org')), 'in flight elsewhere: admitted at the cap (any spelling: the key is lower-cased)');
+  t.notOk(gate.admits(parsed('flood-1.example.org')), 'a new question at the cap: shed');
+  t.equal(c.get('shedBusy'), 1, 'only that one counted');
+  ex.complete(sent[0]!, null, 'timeout');
+  t.notOk(worker.maybeInflight(hashKey(key)), 'completed: unmarked (one mark for the question, however many joined it)');
+  t.notOk(gate.admits(parsed('popular.example.org')), 'and at the cap it is shed again');
+  // A question refused inside forward() (the cap, synchronously) leaves no mark behind.
+  const capped = new MissExchange({ counters: new Counters(BATCHED_COUNTERS), server: new Counters(SERVER_COUNTERS), shared: null, clock: new ManualClock(), load });
+  capped.connect({ forward: (token) => capped.complete(token, null, 'capped') });
+  capped.forward(a, 3, other, Buffer.from('q'));
+  t.notOk(worker.maybeInflight(hashKey(other)), 'refused at once: no mark left');
+});
+
 t.test('detached peers: each keeps its own sockaddr after its receive slot is refilled, across chunks, none sharing a run', async (t) => {
   const slotWords = SOCKADDR_SLOT_BYTES >> 2;
   const ring = new Uint32Array(slotWords);

@@ -42,5 +42,5 @@ export interface MissSink {
  */
 export interface MissGate {
   /** `q`: the parsed query, its cache key in keyBytes[0, keyLen) (dns/query.ts): read as bytes, no key string made. */
-  admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number }): boolean;
+  admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number; readonly keyHash: number }): boolean;
 }

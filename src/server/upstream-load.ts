@@ -17,11 +17,23 @@
  * few ns, beside the question it counts); a worker loads two words per new
  * miss. What a worker sent this turn is not counted yet: the main thread
  * refuses that overshoot itself, at most a turn's misses.
+ *
+ * Also which questions are in flight, so that at the cap a worker still
+ * sends one another worker (or TCP) already asked: the main thread joins
+ * it to that question instead of refusing it, where shedding it gave a
+ * SERVFAIL (or stale) for a name about to be answered, a popular expired
+ * name beside a flood most of all. A counting table by key hash (the hash
+ * the worker's parser already made): the main thread adds one when a
+ * question goes up and takes it away when it completes; a worker reads one
+ * word. Two questions on one counter (1,000 in flight: about 3% of the
+ * rest) only send a miss to be refused there, as before this table.
  */
 const INFLIGHT = 0;
 const CAP = 1;
 const WORKERS = 2;
 const WORDS = 3;
+/** Counters of the in-flight table (a power of two): 128 KiB. */
+const MARKS = 32_768;
 /** No cap written yet (the resolver writes its own when it connects): nothing is at it. */
 const NO_CAP = 0x7fffffff;
 /**
@@ -35,12 +47,14 @@ export const MIN_SHARE = 64;
 export class UpstreamLoad {
   readonly buffer: SharedArrayBuffer;
   readonly #w: Int32Array;
+  readonly #marks: Int32Array;
 
   /** `workers`: how many workers share the cap (the main thread's side); a worker attaches to `buffer`. */
   constructor(from: { workers: number } | SharedArrayBuffer) {
     const fresh = !(from instanceof SharedArrayBuffer);
-    this.buffer = fresh ? new SharedArrayBuffer(WORDS * 4) : from;
-    this.#w = new Int32Array(this.buffer);
+    this.buffer = fresh ? new SharedArrayBuffer((WORDS + MARKS) * 4) : from;
+    this.#w = new Int32Array(this.buffer, 0, WORDS);
+    this.#marks = new Int32Array(this.buffer, WORDS * 4, MARKS);
     if (fresh) {
       Atomics.store(this.#w, CAP, NO_CAP);
       Atomics.store(this.#w, WORKERS, Math.max(1, from.workers));
@@ -60,6 +74,16 @@ export class UpstreamLoad {
   /** The main thread would refuse a new question now. */
   get atCap(): boolean {
     return Atomics.load(this.#w, INFLIGHT) >= Atomics.load(this.#w, CAP);
+  }
+
+  /** The main thread: a question with key hash `hash` went up (+1) or completed (-1). */
+  mark(hash: number, delta: 1 | -1): void {
+    Atomics.add(this.#marks, hash & (MARKS - 1), delta);
+  }
+
+  /** A question with key hash `hash` may be in flight on the main thread (it would join it). */
+  maybeInflight(hash: number): boolean {
+    return Atomics.load(this.#marks, hash & (MARKS - 1)) > 0;
   }
 
   /** A worker's share of the cap (at least MIN_SHARE). */

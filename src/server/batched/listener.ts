@@ -111,10 +111,12 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.sharedCache = opts.store ?? new DnsCache(opts.cache, new Counters(CACHE_COUNTERS), { shared: true });
     // An ordinary ArrayBuffer would be copied into each worker: they would read a snapshot, never what is stored after.
     if (!(this.sharedCache.layout.index instanceof SharedArrayBuffer)) throw new Error('BatchedUdpListener needs a cache built { shared: true }');
-    // Its lookups in a block of their own: they follow a worker miss already counted, so publishing them would count the query twice.
-    this.#exchange = new MissExchange({ counters: this.#own, server: this.#ownServer, shared: this.sharedCache.exchangeView(new Counters(CACHE_COUNTERS)), clock: this.#clock });
-    this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
     this.upstreamLoad = new UpstreamLoad({ workers: opts.workers });
+    // Its lookups in a block of their own: they follow a worker miss already counted, so publishing them would count the query twice.
+    this.#exchange = new MissExchange({
+      counters: this.#own, server: this.#ownServer, shared: this.sharedCache.exchangeView(new Counters(CACHE_COUNTERS)), clock: this.#clock, load: this.upstreamLoad,
+    });
+    this.#links = new Array<WorkerLink | null>(opts.workers).fill(null);
     this.#ports = opts.listen.map((a) => a.port);
     this.#policy = workerSettings(opts, opts.workers);
     this.#directPolicy = () => this.#policy;

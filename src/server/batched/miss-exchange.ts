@@ -22,7 +22,8 @@ import type { Clock } from '../../clock.js';
 import { scanAnswer } from '../../dns/answer.js';
 import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
 import { MAX_MESSAGE } from '../../dns/constants.js';
-import { QueryStatus, parseQuery } from '../../dns/query.js';
+import { QueryStatus, hashKey, parseQuery } from '../../dns/query.js';
+import type { UpstreamLoad } from '../upstream-load.js';
 import type { MissOutcome, MissSink } from '../hit-path.js';
 import { scrubCounted } from '../scrub.js';
 import { serverFailed } from '../../upstream/health.js';
@@ -54,10 +55,13 @@ interface Waiter {
 class Shared {
   readonly token: number;
   readonly key: string;
+  /** Its key's hash, where the workers see it in flight (upstream-load.ts); 0 when no one reads that. */
+  readonly hash: number;
   readonly waiters: Waiter[];
-  constructor(token: number, key: string, first: Waiter) {
+  constructor(token: number, key: string, hash: number, first: Waiter) {
     this.token = token;
     this.key = key;
+    this.hash = hash;
     this.waiters = [first];
   }
 }
@@ -70,6 +74,8 @@ export interface MissExchangeOptions {
   /** The one cache the workers read (its exchangeView); null: answers are only handed back. */
   readonly shared: DnsCache | null;
   readonly clock: Clock;
+  /** Where the workers' shed gates read which questions are in flight; absent: nowhere (tests). */
+  readonly load?: UpstreamLoad;
 }
 
 export class MissExchange implements MissCompleter {
@@ -83,6 +89,7 @@ export class MissExchange implements MissCompleter {
   readonly #server: Float64Array;
   readonly #shared: DnsCache | null;
   readonly #clock: Clock;
+  readonly #load: UpstreamLoad | null;
 
   constructor(o: MissExchangeOptions) {
     this.#sink = null;
@@ -93,6 +100,7 @@ export class MissExchange implements MissCompleter {
     this.#server = o.server.values;
     this.#shared = o.shared;
     this.#clock = o.clock;
+    this.#load = o.load ?? null;
   }
 
   /** Wires the upstream side (the Resolver); set once before the first miss. */
@@ -122,9 +130,11 @@ export class MissExchange implements MissCompleter {
     // Tokens wrap long before a double could lose precision; a live token is never reused (2^31 misses apart).
     const t = this.#nextToken;
     this.#nextToken = t >= 0x7fffffff ? 1 : t + 1;
-    const s = new Shared(t, key, waiter);
+    const load = this.#load;
+    const s = new Shared(t, key, load === null ? 0 : hashKey(key), waiter);
     this.#byKey.set(key, s);
     this.#byToken.set(t, s);
+    load?.mark(s.hash, 1);
     // May complete synchronously: registered first so complete() finds it.
     this.#sink.forward(t, key, query);
   }
@@ -145,6 +155,7 @@ export class MissExchange implements MissCompleter {
     if (s === undefined) return;
     this.#byToken.delete(token);
     if (this.#byKey.get(s.key) === s) this.#byKey.delete(s.key);
+    this.#load?.mark(s.hash, -1);
     if (answer !== null && outcome === 'upstream') answer = scrubCounted(answer, this.#server);
     if (this.#shared !== null && answer !== null) this.#store(s.key, answer);
     for (const w of s.waiters) {

@@ -50,11 +50,10 @@
  *   - a query whose cache read gave up (the store was mid-change on every
  *     attempt): the name may be cached, and the main thread answers it from
  *     the store; a flood keeps the writer busy, so these come with one;
- *   - questions already in flight: joined (the hit path looks first).
- * But only this worker's are seen: a question another worker (or TCP) has
- * in flight, which the main thread would join at its cap, is shed here
- * (SERVFAIL, or stale). A shared set of the questions in flight would be
- * needed; not built.
+ *   - questions already in flight: this worker's are joined (the hit path
+ *     looks first); those of another worker or of TCP are seen in the main
+ *     thread's table of questions in flight (upstream-load.ts, by key
+ *     hash) and sent on, for the main thread to join.
  */
 import { nameInZone, nameToWire } from '../../dns/name.js';
 import { KEY_TAIL } from '../../dns/query-result.js';
@@ -133,7 +132,7 @@ export class ShedGate implements MissGate {
   }
 
   /** False: answer this new miss now (stale or SERVFAIL), the main thread would refuse it. Counts what it turns away. */
-  admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number }): boolean {
+  admits(q: { readonly keyBytes: Uint8Array; readonly keyLen: number; readonly keyHash: number }): boolean {
     if (!this.#load.atCap) {
       const since = this.#clock.now() - readStamp(this.#ctl);
       // The clock is the turn's, read as it began: a refusal stamped since then reads a little ahead, and is one just
@@ -144,6 +143,8 @@ export class ShedGate implements MissGate {
     if (this.#reads.lastGaveUp) return true;
     // Read from the key's bytes: a string-keyed zone table made the key string and a slice per label for each shed miss.
     for (const zone of this.#local) if (nameInZone(q.keyBytes, q.keyLen - KEY_TAIL, zone)) return true;
+    // Asked already, by another worker or over TCP: the main thread joins it to that question, refusing nothing.
+    if (this.#load.maybeInflight(q.keyHash)) return true;
     this.#v[this.#slot]!++;
     return false;
   }
