@@ -3,8 +3,8 @@
  * uses (sys/exe-pages.ts says which are safe, and what dropping costs).
  * Every interval: how much of the binary is resident (smaps, read off this
  * thread). The first check drops what start-up touched, whatever the load
- * (about 30 MiB: 100,000 names and one worker at rest, 80 MiB instead of
- * 97). After that only at rest (the main thread quiet over the interval)
+ * (25-30 MiB stay dropped: 100,000 names and one worker at rest, 74 MiB
+ * instead of 99). After that only at rest (the main thread quiet over the interval)
  * and when the binary grew at least `minGrowthBytes` over what the last
  * trim left: what a burst, a reload or a relist ran once goes, while an
  * agent under steady load is not made to fault its hot code back in every
