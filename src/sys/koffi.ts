@@ -23,7 +23,7 @@ export function koffi(): Koffi {
 }
 
 /** The native addon itself, or null where it is not published as expected here. */
-export function direct(): Koffi | null {
+function direct(): Koffi | null {
   if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) return null;
   let version: unknown;
   try {
