@@ -6,7 +6,7 @@
 // polls for an event, never assertions about how fast.
 import t, { type Test } from 'tap';
 import dgram from 'node:dgram';
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort } from 'node:worker_threads';
 import type { WorkerLink } from '../src/server/batched/worker-link.js';
 import { whenStarted } from '../src/server/batched/worker-spawn.js';
 import { execFile, spawnSync } from 'node:child_process';
@@ -39,7 +39,7 @@ import { DETACH_CHUNK_PEERS, Peer, SlotViews, SockaddrChunks, VIEW_LENGTHS, ipv6
 import { hitPathHistograms } from '../src/ops/histogram.js';
 import { CHECK_EVERY_MS, IdleCollector, MIN_GAP_MS, MIN_GROWTH_BYTES, QUIET_RATE, exposeGc, heapAndExternalBytes } from '../src/ops/idle-gc.js';
 import {
-  Ctl, DONE_STRIDE, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, stamp16, holdBlock, takeBlock, waiterTag,
+  Ctl, DONE_STRIDE, PENDING_RING, OUTCOMES, OUTCOME_INDEX, Packer, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, stamp16, holdBlock, takeBlock, waiterTag,
   type Packed, type WorkerInit, type WorkerReport,
 } from '../src/server/batched/protocol.js';
 import { DirectAnswers } from '../src/server/batched/direct.js';
@@ -52,6 +52,7 @@ import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters } from '../src/ser
 import { Counters } from '../src/stats/counters.js';
 import { EAGAIN, MSG_DONTWAIT, loadUdpBatch, type UdpBatchSys } from '../src/sys/udp-batch.js';
 import { BASE, FakeKernel, sockaddr4, sockaddr6loopback } from './helpers/fake-udp-kernel.js';
+import { PackedRing, RING_WAKE, ringBuffer, type RingWake } from '../src/server/batched/packed-ring.js';
 import { HostResolvers } from '../src/upstream/host-resolvers.js';
 import { ZoneRouter } from '../src/upstream/router.js';
 import { SimDnsServer, staticHandler, type SimHandler, type StaticRecord } from '../testkit/dns-server.js';
@@ -153,6 +154,7 @@ async function rig(
     workers?: number; latencyMs?: number; listen?: string[]; queryLogEvery?: number; spy?: (sys: UdpBatchSys) => UdpBatchSys; hold?: Promise<void>; idlePollMs?: number;
     /** The upstream's deadline (2 s by default). */
     timeoutMs?: number;
+    ringBytes?: number;
   } = {},
 ): Promise<Rig> {
   const probed = await probeBatchedIo();
@@ -168,6 +170,7 @@ async function rig(
     listen: (o.listen ?? ['127.0.0.1']).map((h) => ({ host: h, port: 0 })), workers: o.workers ?? 1, cache: CACHE, maxUdpSize: 1232,
     queryLogEvery: o.queryLogEvery ?? 0, logger: createLogger('debug', (l) => logs.push(l)), sys,
     ...(o.idlePollMs !== undefined ? { idlePollMs: o.idlePollMs } : {}),
+    ...(o.ringBytes !== undefined ? { ringBytes: o.ringBytes } : {}),
   });
   const resolver = new Resolver({ router, clock: systemClock, counters: new Counters(RESOLVER_COUNTERS), hits: listener, fallbackAfterMs: 0, localNegative: false, maxConcurrent: 1000 });
   listener.connect(resolver);
@@ -191,7 +194,7 @@ interface HeldRig {
 }
 
 /** A rig whose upstream holds every held-* name until `release`, and a client for it. */
-async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys; workers?: number; idlePollMs?: number; timeoutMs?: number } = {}): Promise<HeldRig> {
+async function heldRig(t: Test, o: { listen?: string[]; spy?: (sys: UdpBatchSys) => UdpBatchSys; workers?: number; idlePollMs?: number; timeoutMs?: number; ringBytes?: number } = {}): Promise<HeldRig> {
   let release = (): void => {};
   const hold = new Promise<void>((resolve) => (release = resolve));
   const r = await rig(t, { ...o, hold });
@@ -462,6 +465,29 @@ class SysSpy {
     if (!this.#open.has(fd)) this.stale.push(fd);
   }
 }
+
+t.test('rings too small for a turn: a burst of misses and their completions goes by post both ways, in order, every client answered, then the rings again', async (t) => {
+  const { r, port, c, release } = await heldRig(t, { ringBytes: 512, idlePollMs: 60_000 });
+  const io = (): Counters<keyof typeof BATCHED_COUNTERS.slot> => r.listener.totals().io;
+  // Under the host upstream's 256 questions in flight.
+  const N = 200;
+  for (let i = 0; i < N; i++) void c.send(port, `held-${i}.example.com`, i + 1);
+  // Every miss reached the main thread (the upstream holds them): the worker's turns of up to 64 misses overflowed 512 bytes.
+  await until('every miss upstream', () => r.upstream.stats.udpQueries >= N);
+  t.ok(io().get('ringToMain') > 0, `turns posted to the main thread: ${io().get('ringToMain')}`);
+  release();
+  await until('every answer', () => c.answers.size >= N);
+  t.same([...Array(N).keys()].filter((i) => rcodeName(c.answers.get(i + 1)) !== 'NXDOMAIN' || c.answers.get(i + 1)?.questions?.[0]?.name !== `held-${i}.example.com`), [], 'each client its own answer');
+  t.ok(io().get('ringToWorker') > 0, `completions posted to the worker: ${io().get('ringToWorker')}`);
+  // Both posts read: a lone miss and its completion take the rings again.
+  const before = [io().get('ringToMain'), io().get('ringToWorker')];
+  await c.send(port, 'svc-7.example.com', 5000);
+  await until('the lone answer', () => c.answers.has(5000));
+  t.same(dataOf(c.answers.get(5000)), ['10.0.0.7']);
+  await c.send(port, 'svc-7.example.com', 5001);
+  await until('the hit', () => c.answers.has(5001));
+  t.same([io().get('ringToMain'), io().get('ringToWorker')], before, 'no post this time');
+});
 
 t.test('direct answers: the main thread sends a miss\'s answer on the worker\'s socket, with the client\'s id, case and size; the worker caches it for the next ask', async (t) => {
   const spy = new SysSpy();
@@ -1619,7 +1645,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}, k = new 
   // The main thread's cache: the loop reads it, the script plays the main thread and stores in it.
   const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
-    index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, load: k.load.buffer, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
+    index: 3, fds: [5, 6], names: ['udp://127.0.0.1:53', 'udp://[::1]:53'], wakeFd: 99, ctl: k.ctl, reports: k.reportRing, completions: k.doneRing, load: k.load.buffer, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
     queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, batch: 4, maxInflight: 100, maxQueryAgeMs: 0, localZones: [], ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
@@ -1716,7 +1742,8 @@ t.test('loop: a miss crosses once for many clients on two sockets, its answer go
   t.equal(store.positiveSize, 1, 'stored once, by the main thread');
   t.equal(c.io.get('entriesPositive'), 0, 'the worker publishes no cache gauges: the store is the main thread\'s');
   const all = [...seen, ...k.reports()];
-  t.equal(all[0]?.ready, true, 'ready first');
+  // The ring's records are read before each message: the first turn's miss can come out ahead of 'ready' (packed-ring.ts).
+  t.equal(all.filter((r) => r.misses === null && r.waiters == null)[0]?.ready, true, 'ready first of what it posted');
   t.equal(all.at(-1)?.closed, true, 'closed last');
 });
 
@@ -2919,3 +2946,158 @@ t.test('WorkerRestarts.emptyForMs (what /health reads): 0 while any slot has a w
   r.ready(1);
   t.equal(r.emptyForMs, 0, 'a worker back: up again');
 });
+
+// The rings between the threads (packed-ring.ts): one writer, one reader, records never wrapping.
+
+function missItems(names: readonly string[], bytes = 40): Packer {
+  const p = new Packer(true);
+  names.forEach((name, i) => p.push(100 + i, i & 1, Buffer.alloc(bytes + i, i + 1), `${name}:1:1`));
+  return p;
+}
+
+function waiterItems(n: number): Packer {
+  const p = new Packer(false, WAITER_STRIDE);
+  for (let i = 0; i < n; i++) {
+    p.push(200 + i, waiterTag(i & 1, 16), Buffer.alloc(30, 0xa0 + i), null);
+    for (let w = 0; w < WAITER_STRIDE - 4; w++) p.extra(w, i * 100 + w);
+  }
+  return p;
+}
+
+const itemsOf = (p: Packed | null) => p === null ? null : ({
+  tokens: [...Array(p.count).keys()].map((i) => itemToken(p, i)),
+  tags: [...Array(p.count).keys()].map((i) => itemTag(p, i)),
+  bytes: [...Array(p.count).keys()].map((i) => itemBytes(p, i)!.toString('hex')),
+  extra: [...Array(p.count).keys()].map((i) => [...Array(p.stride - 4).keys()].map((k) => itemExtra(p, i, k))),
+  keys: p.keys,
+});
+
+t.test('PackedRing: a record of misses (with their keys) and waiters comes out as it went in, in copies the next records do not touch', async (t) => {
+  const ring = new PackedRing(ringBuffer(4096));
+  const misses = missItems(['a.example.com', 'b.example.com', 'é.example']);
+  const waiters = waiterItems(2);
+  const wantM = itemsOf(misses.view());
+  const wantW = itemsOf(waiters.view());
+  t.equal(ring.waiting, false);
+  t.ok(ring.write(misses.view(), waiters.view()));
+  t.equal(ring.waiting, true, 'written, not yet read');
+  const got: [Packed | null, Packed | null][] = [];
+  t.equal(ring.drain((m, w) => got.push([m, w])), 1);
+  t.equal(ring.waiting, false);
+  t.same(itemsOf(got[0]![0]), wantM, 'the misses: tokens, tags, bytes and keys (latin1, one character a byte)');
+  t.same(itemsOf(got[0]![1]), wantW, 'the waiters: every extra word (the sockaddr and arrival stamp)');
+  t.equal(got[0]![1]!.keys, null, 'a part without keys has none');
+  // The same bytes written over with other records: the copies handed out stay as they were.
+  for (let i = 0; i < 40; i++) {
+    t.ok(ring.write(missItems(['c.example.com'], 200).view()));
+    ring.drain(() => {});
+  }
+  t.same(itemsOf(got[0]![0]), wantM, 'copies: untouched by what the ring held since');
+  t.ok(ring.write(waiterItems(1).view()));
+  ring.drain((m, w) => got.push([m, w]));
+  t.equal(got[1]![0]?.count, 1, 'a lone part');
+  t.equal(got[1]![1], null, 'and no second');
+  t.throws(() => ringBuffer(1000), /power of two/);
+});
+
+t.test('PackedRing: records never straddle the end (a pad sends the reader back to the start), and a full ring refuses until read', async (t) => {
+  const ring = new PackedRing(ringBuffer(4096));
+  let written = 0;
+  let read = 0;
+  const seen: string[] = [];
+  // Records of changing sizes, read every third write, over many laps of the ring.
+  for (let round = 0; round < 300; round++) {
+    const names = [...Array(1 + (round % 4)).keys()].map((i) => `r${round}-${i}.example`);
+    if (ring.write(missItems(names, 10 + (round % 7) * 9).view())) written++;
+    else t.fail(`round ${round}: refused with room to spare`);
+    if (round % 3 === 2) read += ring.drain((m) => seen.push(...m!.keys!));
+  }
+  read += ring.drain((m) => seen.push(...m!.keys!));
+  t.equal(read, written, 'every record read once');
+  t.same(seen, [...Array(300).keys()].flatMap((round) => [...Array(1 + (round % 4)).keys()].map((i) => `r${round}-${i}.example:1:1`)), 'in the order written, each whole');
+  // Full: no reads, so writes are refused once the next record no longer fits; nothing half written.
+  let accepted = 0;
+  while (ring.write(missItems(['full.example'], 60).view())) accepted++;
+  t.ok(accepted >= 20 && accepted <= 4096 / 100, `accepted ${accepted} records of ~100 bytes into 4 KiB`);
+  t.equal(ring.drain((m) => t.same(m!.keys, ['full.example:1:1'])), accepted, 'the ones accepted, and only those');
+  t.ok(ring.write(missItems(['again.example'], 60).view()), 'room again once read');
+  t.notOk(ring.write(missItems(['huge.example'], 2100).view()), 'a record over half the ring is refused outright (it goes by post)');
+});
+
+t.test('loop: a turn of misses goes through the ring with one wake-up posted until the main thread reads; a turn that does not fit is posted, and so is every turn after it until that post is read', async (t) => {
+  const keyOf = (name: string): string => parseQuery(query({ name })).key;
+  const long = (i: number): string => `long-name-number-${i}-${'x'.repeat(40)}.example.com`;
+  const raw = (): (WorkerReport | RingWake)[] => {
+    const out: (WorkerReport | RingWake)[] = [];
+    for (let m = receiveMessageOnPort(k.mainPort); m !== undefined; m = receiveMessageOnPort(k.mainPort)) out.push(m.message as WorkerReport | RingWake);
+    return out;
+  };
+  const word = (w: number): number => Atomics.load(new Int32Array(k.ctl), w);
+  let last: WorkerReport[] = [];
+  const k: FakeKernel = new FakeKernel([
+    // After the first turn's miss the main thread does not read: a second turn's miss goes in behind it.
+    () => k.queue(5, { data: query({ name: 'svc-1.example.com', id: 2 }), from: from4(3002) }),
+    () => {
+      const msgs = raw();
+      t.equal(msgs.filter((m) => m === RING_WAKE).length, 1, 'one RING_WAKE for the two turns written');
+      t.same(msgs.filter((m) => m !== RING_WAKE).map((m) => (m as WorkerReport).ready), [true], 'besides it only ready');
+      t.equal(word(Ctl.WAKE), 1, 'the word says one is unread');
+      t.same(k.reports().flatMap((r) => r.misses?.keys ?? []), [keyOf('svc-0.example.com'), keyOf('svc-1.example.com')], 'both turns, in order, read from the ring');
+      t.equal(word(Ctl.WAKE), 0, 'read: the next turn posts a wake-up of its own');
+      // Four long names in one turn: more than half the 512-byte ring.
+      for (let i = 0; i < 4; i++) k.queue(5, { data: query({ name: long(i), id: 10 + i }), from: from4(4000 + i) });
+    },
+    () => k.queue(5, { data: query({ name: 'svc-9.example.com', id: 30 }), from: from4(4100) }),
+    () => {
+      const msgs = raw().filter((m): m is WorkerReport => m !== RING_WAKE);
+      t.same(msgs.map((r) => [r.overflow, r.misses?.keys]), [[true, [0, 1, 2, 3].map((i) => keyOf(long(i)))], [true, [keyOf('svc-9.example.com')]]], 'the turn too big for the ring posted, and the small one after it too, in order');
+      t.equal(word(Ctl.OVERFLOW), 2, 'two posts not yet read');
+      // The main thread reads them (listener.ts #onReport).
+      Atomics.sub(new Int32Array(k.ctl), Ctl.OVERFLOW, 2);
+      k.queue(5, { data: query({ name: 'svc-8.example.com', id: 31 }), from: from4(4101) });
+    },
+    () => {
+      last = k.reports();
+      k.post({ t: 'close' });
+    },
+  ], 512);
+  const { loop } = loopRig([], {}, k);
+  k.queue(5, { data: query({ name: 'svc-0.example.com', id: 1 }), from: from4(3001) });
+  loop.run();
+  t.same(last.map((r) => [r.overflow ?? false, r.misses?.keys]), [[false, [keyOf('svc-8.example.com')]]], 'once they are read, the ring again');
+});
+
+t.test('loop: completions come through the ring before anything posted after them; ones that do not fit are posted and taken in order, the worker saying so', async (t) => {
+  const keyOf = (name: string): string => parseQuery(query({ name })).key;
+  const word = (w: number): number => Atomics.load(new Int32Array(k.ctl), w);
+  const names = ['svc-0.example.com', 'svc-1.example.com', 'svc-2.example.com'];
+  const k: FakeKernel = new FakeKernel([
+    () => {
+      const misses = k.reports().flatMap((r) => (r.misses === null ? [] : [r.misses]));
+      t.same(misses.flatMap((m) => m.keys), names.map(keyOf), 'three misses');
+      // A small answer fits the 1 KiB ring; two of 12 records each (~560 bytes with their words) are over half of it.
+      const big = (n: string): Buffer => answer(n, [...Array(12).keys()].map((i) => rr(n, `192.0.2.${i + 1}`, 60)));
+      const tokens = misses.flatMap((m) => [...Array(m.count).keys()].map((i) => itemToken(m, i)));
+      t.equal(answerMissesOf(k, tokens.slice(0, 1), [answer(names[0]!, [rr(names[0]!, '192.0.2.1', 60)])]), 1);
+      t.equal(word(Ctl.PENDING) & PENDING_RING, PENDING_RING, 'through the ring');
+      t.equal(answerMissesOf(k, tokens.slice(1), tokens.slice(1).map((_, i) => big(names[i + 1]!))), 2);
+      t.equal(word(Ctl.DONE_OVERFLOW), 1, 'the rest posted: one message not yet taken');
+    },
+    () => {
+      t.equal(word(Ctl.DONE_OVERFLOW), 0, 'taken by the worker');
+      k.post({ t: 'close' });
+    },
+  ], 1024);
+  const { loop } = loopRig([], {}, k);
+  names.forEach((name, i) => k.queue(i === 0 ? 5 : 6, { data: query({ name, id: i + 1 }), from: i === 0 ? from4(3001) : sockaddr6loopback(3001 + i) }));
+  loop.run();
+  t.same(k.sent.map((s) => [idOf(s.data), dnsPacket.decode(s.data).answers!.length]), [[1, 1], [2, 12], [3, 12]], 'every client answered by the worker, in the order the completions were written');
+});
+
+/** Completions for `tokens` with `answers`, as the main thread's flush writes them (FakeKernel.post: the ring, else a post). */
+function answerMissesOf(k: FakeKernel, tokens: number[], answers: Buffer[]): number {
+  const done = new Packer(false, DONE_STRIDE);
+  tokens.forEach((token, i) => done.push(token, OUTCOME_INDEX.upstream, answers[i]!, null));
+  k.post({ t: 'done', items: done.take() });
+  return tokens.length;
+}

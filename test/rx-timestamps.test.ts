@@ -22,6 +22,7 @@ import { Arena, RecvVec, recvVecBytes, type Timespec } from '../src/server/batch
 import { BatchedUdpListener } from '../src/server/batched/listener.js';
 import { UpstreamLoad } from '../src/server/upstream-load.js';
 import { Ctl, Packer, itemBytes, itemToken, transferOf, type ToWorker, type WorkerInit, type WorkerReport } from '../src/server/batched/protocol.js';
+import { ringBuffer } from '../src/server/batched/packed-ring.js';
 import { QUEUE_WAIT, WORKER_STATS_BYTES, workerCounters } from '../src/server/batched/stats.js';
 import { Counters } from '../src/stats/counters.js';
 import { isSysError, loadUdpBatch, sockaddrOf, type UdpBatchSys } from '../src/sys/udp-batch.js';
@@ -152,7 +153,7 @@ function loopRig(steps: (() => void)[], over: Partial<WorkerInit> = {}, errno = 
   // The main thread's cache: the loop reads it; a script playing the main thread stores in it.
   const store = new DnsCache(cache, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
-    index: 0, fds: [5], names: ['udp://127.0.0.1:53'], wakeFd: 99, ctl: k.ctl, load: k.load.buffer, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
+    index: 0, fds: [5], names: ['udp://127.0.0.1:53'], wakeFd: 99, ctl: k.ctl, reports: k.reportRing, completions: k.doneRing, load: k.load.buffer, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
     queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, batch: 8, maxInflight: 100, maxQueryAgeMs: 1000, localZones: [], ...over,
   };
   const loop = new WorkerLoop(k, k.workerPort, init);
@@ -325,7 +326,7 @@ t.test('loop over real sockets: a query held in the kernel queue past the bound 
   };
   const store = new DnsCache(CACHE, new Counters(CACHE_COUNTERS), { shared: true });
   const init: WorkerInit = {
-    index: 0, fds: [server], names: [`udp://127.0.0.1:${port}`], wakeFd: wake, ctl, load: new UpstreamLoad({ workers: 1 }).buffer, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
+    index: 0, fds: [server], names: [`udp://127.0.0.1:${port}`], wakeFd: wake, ctl, reports: ringBuffer(), completions: ringBuffer(), load: new UpstreamLoad({ workers: 1 }).buffer, stats, cache: CACHE, store: store.layout, maxUdpSize: 512,
     queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, batch: 4, maxInflight: 100, maxQueryAgeMs: BOUND_MS, localZones: [],
   };
   t.ok(workerBlockBytes(4, 1, 512) > recvVecBytes(4, 4096), 'the worker block holds the control slots');

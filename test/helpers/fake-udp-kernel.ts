@@ -7,7 +7,8 @@
 // thread would, read the loop's reports); when the script ends the loop is
 // told to close.
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { Ctl, type ToWorker, type WorkerReport } from '../../src/server/batched/protocol.js';
+import { Ctl, PENDING_PORT, PENDING_RING, type ToWorker, type WorkerReport } from '../../src/server/batched/protocol.js';
+import { RING_WAKE, PackedRing, ringBuffer, wakeTaken, type RingWake } from '../../src/server/batched/packed-ring.js';
 import { UpstreamLoad } from '../../src/server/upstream-load.js';
 import { AF_INET, AF_INET6, EAGAIN, MSG_TRUNC, type NativeBlock, type SysError, type UdpBatchSys } from '../../src/sys/udp-batch.js';
 
@@ -62,6 +63,12 @@ export class FakeKernel implements UdpBatchSys {
   readonly workerPort: MessagePort;
   readonly mainPort: MessagePort;
   readonly ctl: SharedArrayBuffer;
+  /** The loop's ring of misses and waiters (WorkerInit.reports), read by reports(). */
+  readonly reportRing: SharedArrayBuffer;
+  readonly #ring: PackedRing;
+  /** The main thread's completions ring (WorkerInit.completions), written by post(). */
+  readonly doneRing: SharedArrayBuffer;
+  readonly #doneRing: PackedRing;
   /** The main thread's upstream count and cap, as the loop's shed gate reads them: the script sets them. */
   readonly load = new UpstreamLoad({ workers: 1 });
   readonly #steps: (() => void)[];
@@ -69,27 +76,60 @@ export class FakeKernel implements UdpBatchSys {
   #u8: Uint8Array | null;
   #closing: boolean;
 
-  constructor(steps: (() => void)[]) {
+  constructor(steps: (() => void)[], ringBytes?: number) {
     const { port1, port2 } = new MessageChannel();
     this.mainPort = port1;
     this.workerPort = port2;
     this.ctl = new SharedArrayBuffer(Ctl.WORDS * 4);
+    this.reportRing = ringBuffer(ringBytes);
+    this.#ring = new PackedRing(this.reportRing);
+    this.doneRing = ringBuffer(ringBytes);
+    this.#doneRing = new PackedRing(this.doneRing);
     this.#steps = steps;
     this.#view = null;
     this.#u8 = null;
     this.#closing = false;
   }
 
-  /** What the main thread does to send: post, then raise the pending word. */
+  /**
+   * What the main thread does to send (worker-link.ts): completions into the
+   * ring while they fit and none went by post still unread, else a post;
+   * then the pending word.
+   */
   post(m: ToWorker): void {
+    const ctl = new Int32Array(this.ctl);
+    if (m.t === 'done') {
+      if (Atomics.load(ctl, Ctl.DONE_OVERFLOW) === 0 && this.#doneRing.write(m.items)) {
+        Atomics.or(ctl, Ctl.PENDING, PENDING_RING);
+        return;
+      }
+      Atomics.add(ctl, Ctl.DONE_OVERFLOW, 1);
+      m = { ...m, overflow: true };
+    }
     this.mainPort.postMessage(m);
-    Atomics.store(new Int32Array(this.ctl), Ctl.PENDING, 1);
+    Atomics.or(ctl, Ctl.PENDING, PENDING_PORT);
   }
 
-  /** The loop's reports so far. */
+  /**
+   * The loop's reports so far, as the main thread reads them: each message
+   * after the ring's records (each record a report of its own), and the
+   * ring once more at the end.
+   */
   reports(): WorkerReport[] {
     const out: WorkerReport[] = [];
-    for (let m = receiveMessageOnPort(this.mainPort); m !== undefined; m = receiveMessageOnPort(this.mainPort)) out.push(m.message as WorkerReport);
+    const ctl = new Int32Array(this.ctl);
+    const drain = (): void => {
+      wakeTaken(ctl);
+      this.#ring.drain((misses, waiters) => out.push({ misses, waiters, logs: null }));
+    };
+    for (let m = receiveMessageOnPort(this.mainPort); m !== undefined; m = receiveMessageOnPort(this.mainPort)) {
+      drain();
+      const r = m.message as WorkerReport | RingWake;
+      if (r === RING_WAKE) continue;
+      out.push(r);
+      if (r.overflow === true) Atomics.sub(ctl, Ctl.OVERFLOW, 1);
+    }
+    drain();
     return out;
   }
 

@@ -61,6 +61,8 @@ export interface BatchedUdpOptions {
    * must act on. Tests lengthen it, so that a missing wake-up shows as a hang instead of a second's delay.
    */
   readonly idlePollMs?: number;
+  /** Bytes of each ring between a worker and this thread (packed-ring.ts RING_BYTES by default): tests shrink it so that turns overflow it. */
+  readonly ringBytes?: number;
 }
 
 /**

@@ -5,13 +5,13 @@
  * thread, which owns upstream I/O, the view, config and the cache:
  *
  *   worker i: sockets ─► HitPath_i + CacheReader_i ─ misses + their waiters ─┐
- *                              │ reads (no lock)                  ▼ (one post per turn)
+ *                              │ reads (no lock)       ▼ (a ring record per turn: packed-ring.ts)
  *   main:                 the one DnsCache ◄─ stores ─ MissExchange ─► Resolver (upstreams, view)
  *                                                       │ complete(token, answer | failure)
  *   clients ◄─ every outcome sent by main on worker i's sockets (direct.ts: answer, stale
  *               or SERVFAIL), one sendmmsg per socket per turn; main holds the waiting clients
- *   worker i ◄─ one post per main-loop turn, to close its questions: no wake-up (a client
- *               whose record came late is handed back to it, and that wakes it)
+ *   worker i ◄─ a ring record per main-loop turn, to close its questions: no wake-up (a
+ *               client whose record came late is handed back to it, and that wakes it)
  *
  * One cache for all the threads: the main thread's DnsCache (the agent's,
  * which TCP uses too) is built on SharedArrayBuffers, is the only writer
@@ -52,7 +52,9 @@ import { TurnWatch } from './worker-watch.js';
 import { Orphans, WORKER_STOP_WAIT_MS, abandonWorker, abortWorker, stopWorkers, terminateStuck } from './worker-stop.js';
 import { isWildcardHost } from '../../sys/reuseport.js';
 import { WorkerTotals, type BatchedTotals } from './worker-totals.js';
-import { MISS_REFRESH, itemBytes, itemTag, itemToken, type WorkerReport, type WorkerSettings } from './protocol.js';
+import { Ctl, type WorkerReport, type WorkerSettings } from './protocol.js';
+import { takeItems } from './worker-items.js';
+import { RING_WAKE, wakeTaken, type RingWake } from './packed-ring.js';
 import { BATCHED_COUNTERS, type BatchedCounters, type WorkerCounters } from './stats.js';
 import { hitPathHistograms } from '../../ops/histogram.js';
 import { MISS_TRACE, traceReport } from '../../miss-trace.js';
@@ -336,27 +338,15 @@ export class BatchedUdpListener implements Listener, MissCompleter {
     this.#checkAborted(link, 0);
   }
 
-  #onReport(link: WorkerLink, r: WorkerReport): void {
+  /** Any message from a worker: the turns it wrote to the ring first (they came before it: packed-ring.ts), then the message. */
+  #onReport(link: WorkerLink, r: WorkerReport | RingWake): void {
+    wakeTaken(link.ctl);
+    link.reports.drain((m, w) => takeItems(link, m, w, this.#exchange, this.sharedCache, this.#clock));
+    if (r === RING_WAKE) return;
     if (MISS_TRACE && r.trace !== undefined) traceReport(r.trace);
-    const m = r.misses;
-    const direct = link.direct;
-    if (direct !== null) {
-      // The waiters before the misses go out: a miss may complete at once (shared cache) and find its waiters.
-      if (m !== null) for (let k = 0; k < m.count; k++) direct.expect(itemToken(m, k), m.keys![k]!);
-      const w = r.waiters ?? null;
-      // Late records go back to the worker, after the completions queued here (their question's among them).
-      if (w !== null && direct.add(w)) link.handBack();
-    }
-    if (m !== null) {
-      const keys = m.keys!;
-      for (let k = 0; k < m.count; k++) {
-        const token = itemToken(m, k);
-        // A worker's refresh is claimed here (readers never set the flag). Refused (claimed elsewhere, prefetch off since
-        // a reload) it is no refresh, as in the dgram backend, but a plain miss (clients may have joined it): answered from
-        // the store while the entry is fresh, else joined to the fetch in flight or asked.
-        const refresh = itemTag(m, k) === MISS_REFRESH && this.sharedCache.claimRefresh(keys[k]!, this.#clock.now());
-        this.#exchange.forward(link, token, keys[k]!, itemBytes(m, k)!, refresh);
-      }
+    if (r.overflow === true) {
+      takeItems(link, r.misses, r.waiters ?? null, this.#exchange, this.sharedCache, this.#clock);
+      Atomics.sub(link.ctl, Ctl.OVERFLOW, 1);
     }
     if (r.logs !== null) {
       for (const [level, msg, fields] of r.logs) this.#logger[level](msg, { worker: link.index, ...fields });

@@ -9,6 +9,7 @@
 import type { HitPath } from '../hit-path.js';
 import { Peer, type ReportLogger, type TurnClock } from './loop-parts.js';
 import type { SocketChannel } from './loop-send.js';
+import { PackedRing } from './packed-ring.js';
 import { OUTCOMES, WAITER_ARRIVED_WORD, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import type { ClientPeer } from '../listener.js';
 
@@ -64,7 +65,11 @@ export class Completions {
   readonly #handedBack = new WeakSet<Packed>();
   #doneAt: number;
 
-  constructor(hits: HitPath, clock: TurnClock, again: AgainParts) {
+  /** The main thread's completions ring (WorkerInit.completions). */
+  readonly #ring: PackedRing;
+
+  constructor(hits: HitPath, clock: TurnClock, again: AgainParts, ring: SharedArrayBuffer) {
+    this.#ring = new PackedRing(ring);
     this.#hits = hits;
     this.#clock = clock;
     this.#again = again;
@@ -77,6 +82,15 @@ export class Completions {
   get waiting(): boolean {
     return this.#done.length > 0;
   }
+
+  /** The main thread's completions as it wrote them to the ring (packed-ring.ts), applied in the turns to come. */
+  takeRing(): void {
+    this.#ring.drain(this.#fromRing);
+  }
+
+  readonly #fromRing = (items: Packed | null): void => {
+    if (items !== null) this.#done.push(items);
+  };
 
   /** A 'done' message's completions, applied in the turns to come; `again`: an 'again' message's clients. */
   push(items: Packed, again = false): void {

@@ -12,10 +12,18 @@
 import type { MessagePort } from 'node:worker_threads';
 import { MISS_TRACE, traceNow } from '../../miss-trace.js';
 import type { Peer, ReportLogger } from './loop-parts.js';
-import { MISS_REFRESH, Packer, WAITER_ARRIVED_WORD, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, stamp16Of, transferOf, waiterTag, type Packed, type WorkerReport } from './protocol.js';
+import { RING_WAKE, PackedRing, wakeDue } from './packed-ring.js';
+import { BATCHED_COUNTERS } from './stats.js';
+import { Ctl, MISS_REFRESH, Packer, WAITER_ARRIVED_WORD, WAITER_SOCKADDR_WORDS, WAITER_STRIDE, stamp16Of, transferOf, waiterTag, type Packed, type WorkerReport } from './protocol.js';
+
+const IO = BATCHED_COUNTERS.slot;
 
 export class Outbox {
   readonly #port: MessagePort;
+  readonly #ctl: Int32Array;
+  readonly #ring: PackedRing;
+  /** The worker's io counters (ringToMain). */
+  readonly #io: Float64Array;
   readonly #logger: ReportLogger;
   readonly #misses: Packer;
   /** This turn's waiting clients, for the main thread to answer itself (protocol.ts WAITER_STRIDE). */
@@ -33,8 +41,11 @@ export class Outbox {
   traceSlept: boolean;
   traceCompletedAt: number;
 
-  constructor(port: MessagePort, logger: ReportLogger, reportWaiters: boolean) {
+  constructor(port: MessagePort, ctl: Int32Array, ring: SharedArrayBuffer, io: Float64Array, logger: ReportLogger, reportWaiters: boolean) {
     this.#port = port;
+    this.#io = io;
+    this.#ctl = ctl;
+    this.#ring = new PackedRing(ring);
     this.#logger = logger;
     this.#misses = new Packer(true);
     this.#waiters = new Packer(false, WAITER_STRIDE);
@@ -70,26 +81,49 @@ export class Outbox {
     this.#waiters.extra(WAITER_ARRIVED_WORD, stamp16Of(arrivedAt) || 1);
   }
 
-  /** The turn's report, if it has anything to say. `drainable`: paused or closing, with nothing in flight (said when it changes: drained). */
+  /**
+   * The turn's report, if it has anything to say: its misses and waiters
+   * into the ring, with a wake-up posted unless one is still unread; the
+   * rest (logs, drained) posted, after them (packed-ring.ts). `drainable`:
+   * paused or closing, with nothing in flight (said when it changes: drained).
+   */
   send(drainable: boolean): void {
-    const misses = this.#misses.count > 0 ? this.#misses.take() : null;
-    const waiters = this.#waiters.count > 0 ? this.#waiters.take() : null;
+    let misses: Packed | null = null;
+    let waiters: Packed | null = null;
+    let ringed = false;
+    if (this.#misses.count > 0 || this.#waiters.count > 0) {
+      if (Atomics.load(this.#ctl, Ctl.OVERFLOW) === 0 && this.#ring.write(this.#misses.view(), this.#waiters.view())) {
+        this.#misses.clear();
+        this.#waiters.clear();
+        ringed = true;
+      } else {
+        misses = this.#misses.count > 0 ? this.#misses.take() : null;
+        waiters = this.#waiters.count > 0 ? this.#waiters.take() : null;
+        Atomics.add(this.#ctl, Ctl.OVERFLOW, 1);
+        this.#io[IO.ringToMain]!++;
+      }
+    }
     const logs = this.#logger.records.length > 0 ? this.#logger.records : null;
     if (logs !== null) this.#logger.records = [];
-    // In the report that carries the misses which undo it: the main thread never sees them while it still counts us drained.
+    // In the report that follows the misses which undo it: the main thread never sees them while it still counts us drained.
     const changed = drainable !== this.#drainedSaid;
     this.#drainedSaid = drainable;
-    if (misses === null && waiters === null && logs === null && !changed) return;
-    const report: WorkerReport = changed ? { misses, waiters, logs, drained: drainable } : MISS_TRACE && misses !== null ? this.#traced(misses, waiters, logs) : { misses, waiters, logs };
+    if (misses === null && waiters === null && logs === null && !changed) {
+      if (ringed && wakeDue(this.#ctl)) this.#port.postMessage(MISS_TRACE ? this.#traced({ misses: null, logs: null }) : RING_WAKE);
+      return;
+    }
+    const report: WorkerReport = {
+      misses, waiters, logs, ...(changed ? { drained: drainable } : {}), ...(misses !== null || waiters !== null ? { overflow: true as const } : {}),
+    };
     const transfer = misses === null ? [] : transferOf(misses);
     if (waiters !== null) transfer.push(...transferOf(waiters));
-    this.#port.postMessage(report, transfer);
+    this.#port.postMessage(MISS_TRACE && ringed ? this.#traced(report) : report, transfer);
   }
 
-  #traced(misses: Packed, waiters: Packed | null, logs: WorkerReport['logs']): WorkerReport {
+  #traced(r: WorkerReport): WorkerReport {
     const trace = [this.traceTurnAt, traceNow(), this.traceSlept ? 1 : 0, this.traceCompletedAt];
     this.traceSlept = false;
-    return { misses, waiters, logs, trace };
+    return { ...r, trace };
   }
 
   post(r: WorkerReport): void {

@@ -6,8 +6,8 @@
  * the main thread. Each turn:
  *
  *   stamp the clock
- *   messages waiting? (shared `pending` word) ─► receiveMessageOnPort():
- *                 completions are queued; configure / pause / abort / close apply
+ *   anything from the main thread? (shared `pending` word) ─► its completions ring
+ *                 read, then receiveMessageOnPort(): configure / pause / abort / close apply
  *   up to 256 queued completions (32 while the sockets are behind: the last
  *                 receive filled its vector) ─► HitPath.complete() ─► answers into the vectors
  *                 (for clients the main thread has not answered; nothing is stored here)
@@ -23,7 +23,8 @@
  *                 holds it and answers it whatever the outcome (direct.ts); only its
  *                 number stays here (one sampled for the query log is kept too)
  *   sendmmsg the filled vectors
- *   post one report: the turn's misses, waiting clients and log lines
+ *   report: the turn's misses and waiting clients into the ring (a post of
+ *                 RING_WAKE unless one is unread: packed-ring.ts), log lines posted
  *   nothing received? sleep in poll(sockets + eventfd): a datagram or the
  *                 main thread's wake ends it (idle costs ~0% CPU)
  *   quiet for a second after a burst? one full GC (ops/idle-gc.ts)
@@ -49,7 +50,7 @@ import { Sender, SocketChannel } from './loop-send.js';
 import { POLLFD_BYTES, Poller } from './loop-poll.js';
 import { IdleCollector, exposeGc } from '../../ops/idle-gc.js';
 import { ShedGate } from './shed-gate.js';
-import { Ctl, holdBlock, type ToWorker, type WorkerInit } from './protocol.js';
+import { Ctl, PENDING_PORT, holdBlock, type ToWorker, type WorkerInit } from './protocol.js';
 import { BATCHED_COUNTERS, workerCounters, type WorkerCounters } from './stats.js';
 import type { TypedHistogram } from '../../ops/histogram.js';
 import { MISS_TRACE, traceNow } from '../../miss-trace.js';
@@ -133,16 +134,9 @@ export class WorkerLoop implements MissSink {
     this.#cache = new CacheReader(init.store, init.cache, this.#counters.cache);
     this.#gate = new ShedGate(this.#ctl, init.load, init.localZones, this.#cache, { values: this.#io, slot: IO.shedBusy }, this.#clock);
     this.#hits = new HitPath({
-      cache: this.#cache,
-      clock: this.#clock,
-      logger: this.#logger,
-      counters: this.#counters.server,
-      histograms: this.#counters.hist,
-      maxUdpSize: init.maxUdpSize,
-      queryLogEvery: init.queryLogEvery,
+      cache: this.#cache, clock: this.#clock, logger: this.#logger, counters: this.#counters.server, histograms: this.#counters.hist,
+      maxUdpSize: init.maxUdpSize, queryLogEvery: init.queryLogEvery, gate: this.#gate, remoteWaiters: init.remoteWaiters,
       clientLimit: missLimiter(init.clientMissRate, init.clientMissBurst, init.clientMissInflight),
-      gate: this.#gate,
-      remoteWaiters: init.remoteWaiters,
     });
     // The exchange scrubbed and stored every answer before it came back: this side only serves it.
     this.#hits.connect(this, null);
@@ -173,8 +167,8 @@ export class WorkerLoop implements MissSink {
       return err === 0;
     });
     this.#poller = new Poller(sys, this.#arena, this.#ctl, init.wakeFd, init.fds, this.#scratchOff, init.idlePollMs ?? IDLE_POLL_MS);
-    this.#outbox = new Outbox(port, this.#logger, init.remoteWaiters === true);
-    this.#completions = new Completions(this.#hits, this.#clock, { channels: this.#channels, settle: this.#settle, logger: this.#logger, remoteWaiters: init.remoteWaiters === true, lookups: this.#cache });
+    this.#outbox = new Outbox(port, this.#ctl, init.reports, this.#io, this.#logger, init.remoteWaiters === true);
+    this.#completions = new Completions(this.#hits, this.#clock, { channels: this.#channels, settle: this.#settle, logger: this.#logger, remoteWaiters: init.remoteWaiters === true, lookups: this.#cache }, init.completions);
     this.#keep = [];
     this.#idleGc = new IdleCollector(exposeGc(), this.#clock.now());
   }
@@ -190,7 +184,8 @@ export class WorkerLoop implements MissSink {
       if (trace !== null) trace.turn(this.#realtime.us());
       if (MISS_TRACE) this.#outbox.traceTurnAt = traceNow();
       // Messages first: a reload applies to this turn's queries, and completions go out with this turn's answers.
-      if (Atomics.exchange(this.#ctl, Ctl.PENDING, 0) !== 0) this.#takeMessages();
+      const pending = Atomics.exchange(this.#ctl, Ctl.PENDING, 0);
+      if (pending !== 0) this.#takeMessages(pending);
       if (trace !== null) trace.mark(1, this.#realtime.us());
       // Completions left over count as work: no sleeping while some wait.
       let got = this.#completions.waiting ? this.#completions.apply(this.#behind ? COMPLETIONS_WHEN_BEHIND : COMPLETIONS_PER_TURN) : 0;
@@ -329,7 +324,10 @@ export class WorkerLoop implements MissSink {
     return false;
   };
 
-  #takeMessages(): void {
+  /** The completions ring before the port: a record is always read before what the main thread posted after it (packed-ring.ts). */
+  #takeMessages(pending: number): void {
+    this.#completions.takeRing();
+    if ((pending & PENDING_PORT) === 0) return;
     for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
       this.#apply(m.message as ToWorker);
     }
@@ -339,6 +337,7 @@ export class WorkerLoop implements MissSink {
     switch (m.t) {
       case 'done':
         this.#completions.push(m.items);
+        if (m.overflow === true) Atomics.sub(this.#ctl, Ctl.DONE_OVERFLOW, 1);
         return;
       case 'again':
         this.#completions.push(m.items, true);

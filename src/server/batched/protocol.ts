@@ -1,16 +1,20 @@
 /**
  * What crosses between the main thread and a batched UDP worker. Both ways
- * are batched: a worker posts at most one report per loop turn (its misses,
- * the clients waiting on them, and log lines), the main thread at most one
- * message of completions per event-loop turn (bookkeeping for the worker's
- * own waiting clients when the main thread answered them itself: direct.ts). Items are packed into one byte buffer plus an index,
- * both transferred rather than cloned, so a turn with 500 misses costs one
- * postMessage, not 500.
+ * are batched: a worker writes at most one record per loop turn (its misses
+ * and the clients waiting on them), the main thread at most one record of
+ * completions per event-loop turn (bookkeeping for the worker's own waiting
+ * clients when the main thread answered them itself: direct.ts). Items are
+ * packed into one byte buffer plus an index (Packer), and the records go
+ * through a SharedArrayBuffer ring each way (packed-ring.ts), so a turn with
+ * 500 misses costs one copy in and one out, not 500 messages; a turn that
+ * does not fit goes as a message (the buffers transferred). Everything else
+ * (start, logs, drained, reload, pause, abort, close) is a message.
  *
  * A worker spends its life in a blocking loop and never sees a 'message'
- * event: it takes messages with receiveMessageOnPort() when the shared
- * `pending` word says there are some, and the main thread writes to the
- * worker's eventfd when the worker sleeps in poll (see worker.ts).
+ * event: it reads its ring and takes messages with receiveMessageOnPort()
+ * when the shared `pending` word says there are some, and the main thread
+ * writes to the worker's eventfd when the worker sleeps in poll (see
+ * worker.ts).
  */
 import type { TtlCaps } from '../../cache/policy.js';
 import type { PrefetchOptions } from '../../cache/prefetch.js';
@@ -25,7 +29,7 @@ export const OUTCOME_INDEX: Readonly<Record<MissOutcome, number>> = Object.fromE
 
 /** Int32 words shared by the main thread and one worker (Atomics). */
 export const Ctl = {
-  /** Non-zero: messages wait on the worker's port. */
+  /** Non-zero: messages wait on the worker's port (PENDING_PORT), records in its completions ring (PENDING_RING), or both. */
   PENDING: 0,
   /** 1 while the worker sleeps in poll: whoever posts must write to its eventfd. */
   SLEEPING: 1,
@@ -37,8 +41,18 @@ export const Ctl = {
   BLOCK: 5,
   BLOCK_LOW: 6,
   BLOCK_HIGH: 7,
-  WORDS: 8,
+  /** 1 while a ring wake-up (packed-ring.ts RING_WAKE) is posted and not yet read: the worker posts no other. */
+  WAKE: 8,
+  /** Reports posted with their misses (the ring was full) and not yet read: while any is, the worker posts, not rings (packed-ring.ts). */
+  OVERFLOW: 9,
+  /** The same the other way: 'done' messages posted (the completions ring was full) and not yet taken by the worker. */
+  DONE_OVERFLOW: 10,
+  WORDS: 11,
 } as const;
+
+/** Bits of Ctl.PENDING. */
+export const PENDING_PORT = 1;
+export const PENDING_RING = 2;
 
 const BLOCK_HELD = 1;
 const BLOCK_FREED = 2;
@@ -81,6 +95,10 @@ export interface WorkerInit {
   readonly wildcards?: readonly boolean[];
   readonly wakeFd: number;
   readonly ctl: SharedArrayBuffer;
+  /** The ring that carries its misses and waiting clients to the main thread (packed-ring.ts). */
+  readonly reports: SharedArrayBuffer;
+  /** The ring that carries the main thread's completions to it. */
+  readonly completions: SharedArrayBuffer;
   /** Counter blocks (server, cache, io), one after the other. */
   readonly stats: SharedArrayBuffer;
   /** The policy the worker's cache reads with (TTL caps for the answers it prepares, prefetch, stale window). */
@@ -206,13 +224,16 @@ export interface WorkerReport {
   readonly aborted?: number;
   /** Left its loop; it posts nothing after this. */
   readonly closed?: true;
+  /** Its misses and waiters came in this report, not the ring (packed-ring.ts): the main thread says when it has read them (Ctl.OVERFLOW). */
+  readonly overflow?: true;
   /** Only under NODELOCAL_MISS_TRACE (src/miss-trace.ts): [turn start, post, slept in poll before the turn (0/1), messages and completions done], us. */
   readonly trace?: readonly number[];
 }
 
 /** Main to worker. */
 export type ToWorker =
-  | { readonly t: 'done'; readonly items: Packed }
+  /** `overflow`: they came in this message, not the ring (packed-ring.ts): the worker says when it has taken them (Ctl.DONE_OVERFLOW). */
+  | { readonly t: 'done'; readonly items: Packed; readonly overflow?: true }
   /** Waiter records (WAITER_STRIDE) that reached the main thread after it had answered their question: handled again by the worker. */
   | { readonly t: 'again'; readonly items: Packed }
   | { readonly t: 'configure' } & WorkerSettings
@@ -281,6 +302,18 @@ export class Packer {
     const at = (this.#count - 1) * this.#stride + 4;
     const index = this.#index;
     for (let w = 0; w < n; w++) index[at + w] = words[from + w]! | 0;
+  }
+
+  /** The items in place, valid until the next push() or clear(): to be copied elsewhere (packed-ring.ts). */
+  view(): Packed {
+    return { count: this.#count, stride: this.#stride, index: this.#index.subarray(0, this.#count * this.#stride), bytes: this.#bytes.subarray(0, this.#used), keys: this.#keys };
+  }
+
+  /** Starts afresh, keeping the buffers (their items were copied: view()). */
+  clear(): void {
+    if (this.#keys !== null) this.#keys.length = 0;
+    this.#count = 0;
+    this.#used = 0;
   }
 
   /**

@@ -10,6 +10,9 @@ import type { HitPathHistograms } from '../hit-path.js';
 import { Counters, defineCounters, sumArraysInto } from '../../stats/counters.js';
 import { COALESCED_HELP, DROPPED_HELP, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 
+/** Two slots of the worker's block, each with one writer: to: main, the worker (loop-report.ts); to: worker, the main thread (worker-link.ts). */
+const RING_HELP = 'Turns whose misses (to main) or completions (to worker) did not fit the ring between a batched worker and the main thread and went by post instead (packed-ring.ts): the reading thread was behind.';
+
 export const BATCHED_COUNTERS = defineCounters({
   batches: { name: 'nodelocal_udp_batches_total', help: 'recvmmsg calls that returned datagrams (datagrams / batches = mean batch size).' },
   datagrams: { name: 'nodelocal_udp_batched_datagrams_total', help: 'Datagrams received by the batched UDP workers.' },
@@ -29,6 +32,8 @@ export const BATCHED_COUNTERS = defineCounters({
     labels: { reason: 'upstream_busy' },
     help: 'Misses a batched worker answered itself at once (stale, else SERVFAIL), by reason: worker_limit, its limit already waited on the main thread; upstream_busy, the main thread was at --max-concurrent, or had refused one of that worker\'s misses there in the last 2 s and the worker already had its share of the cap waiting.',
   },
+  ringToMain: { name: 'nodelocal_udp_worker_ring_overflows_total', labels: { to: 'main' }, help: RING_HELP },
+  ringToWorker: { name: 'nodelocal_udp_worker_ring_overflows_total', labels: { to: 'worker' }, help: RING_HELP },
   restarts: { name: 'nodelocal_udp_worker_restarts_total', help: 'Batched UDP workers that died and were started again (counted once the replacement was ready).' },
   idleGcs: { name: 'nodelocal_udp_worker_idle_gcs_total', help: 'Full garbage collections a batched worker ran once quiet after a burst (its event loop never runs V8\'s own).' },
   sharedHits: {

@@ -1,7 +1,7 @@
 /**
  * One batched UDP worker thread as the main thread holds it: the thread,
- * its message port and shared control words, its counters, and the
- * completions it is owed (posted once per event-loop turn, with the
+ * its message port, shared control words and rings, its counters, and the
+ * completions it is owed (written once per event-loop turn, with the
  * clients' answers sent from here when direct.ts can: listener.ts says how
  * the backend fits together).
  */
@@ -11,9 +11,10 @@ import type { MissOutcome } from '../hit-path.js';
 import { DirectAnswers, type DirectDeps } from './direct.js';
 import { stampRefusal } from './shed-gate.js';
 import type { MissReturn } from './miss-exchange.js';
-import { Ctl, DONE_STRIDE, OUTCOME_INDEX, Packer, stamp16, takeBlock, transferOf, type ToWorker, type WorkerInit } from './protocol.js';
+import { Ctl, DONE_STRIDE, PENDING_PORT, PENDING_RING, OUTCOME_INDEX, Packer, stamp16, takeBlock, transferOf, type ToWorker, type WorkerInit } from './protocol.js';
 import { MISS_TRACE, traceNow, traceRecord } from '../../miss-trace.js';
-import { WORKER_STATS_BYTES, workerCounters, type WorkerCounters } from './stats.js';
+import { PackedRing, RING_BYTES, ringBuffer } from './packed-ring.js';
+import { BATCHED_COUNTERS, WORKER_STATS_BYTES, workerCounters, type WorkerCounters } from './stats.js';
 
 /**
  * A worker's young generation (semi-spaces), MB. A hit allocates next to
@@ -30,6 +31,10 @@ export class WorkerLink implements MissReturn {
   readonly fds: number[];
   readonly wakeFd: number;
   readonly ctl: Int32Array;
+  /** Its misses and waiting clients, as it writes them (packed-ring.ts): read on each of its messages. */
+  readonly reports: PackedRing;
+  /** Our completions for it, as it reads them. */
+  readonly #completions: PackedRing;
   readonly counters: WorkerCounters;
   readonly worker: Worker;
   readonly port: MessagePort;
@@ -61,8 +66,8 @@ export class WorkerLink implements MissReturn {
   #fdsClosed = false;
 
   constructor(
-    index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats'>, sys: UdpBatchSys,
-    direct: DirectDeps | null,
+    index: number, fds: number[], wakeFd: number, init: Omit<WorkerInit, 'index' | 'fds' | 'wakeFd' | 'ctl' | 'stats' | 'reports' | 'completions'>, sys: UdpBatchSys,
+    direct: DirectDeps | null, ringBytes = RING_BYTES,
   ) {
     this.index = index;
     this.fds = fds;
@@ -70,13 +75,17 @@ export class WorkerLink implements MissReturn {
     const ctl = new SharedArrayBuffer(Ctl.WORDS * 4);
     const stats = new SharedArrayBuffer(WORKER_STATS_BYTES);
     this.ctl = new Int32Array(ctl);
+    const reports = ringBuffer(ringBytes);
+    this.reports = new PackedRing(reports);
+    const completions = ringBuffer(ringBytes);
+    this.#completions = new PackedRing(completions);
     // Long ago: the worker starts admitting every miss.
     stampRefusal(this.ctl, performance.timeOrigin + performance.now() - 3_600_000);
     this.counters = workerCounters(stats);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     // With direct answers the main thread holds the waiting clients; the worker only counts them (direct.ts).
-    const full: WorkerInit = { ...init, index, fds, wakeFd, ctl, stats, remoteWaiters: direct !== null };
+    const full: WorkerInit = { ...init, index, fds, wakeFd, ctl, reports, completions, stats, remoteWaiters: direct !== null };
     // Its native block before the thread: an allocation that fails after `new Worker` left a running thread no one held.
     this.direct = direct === null ? null : new DirectAnswers(sys, fds, init.batch, init.maxUdpSize, direct);
     try {
@@ -99,8 +108,8 @@ export class WorkerLink implements MissReturn {
 
   /**
    * MissReturn: the clients answered from here when they can be (direct.ts),
-   * the completion queued for the worker (to release its waiters); all posted once per
-   * event-loop turn (all the turn's completions in one message).
+   * the completion queued for the worker (to release its waiters); all written once per
+   * event-loop turn (the turn's completions in one ring record: packed-ring.ts).
    */
   deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
     // Dead, it may still have clients held here (closeFds()): those are answered all the same.
@@ -149,19 +158,22 @@ export class WorkerLink implements MissReturn {
   #post(m: ToWorker, transfer: ArrayBuffer[], wake: boolean): void {
     if (!this.alive) return;
     this.port.postMessage(m, transfer);
-    // After the post, so a worker that sees PENDING finds the message; SLEEPING read after PENDING set (loop.ts #sleep).
-    Atomics.store(this.ctl, Ctl.PENDING, 1);
+    this.#signal(PENDING_PORT, wake);
+  }
+
+  /** After the post or the ring record, so a worker that sees PENDING finds it; SLEEPING read after PENDING set (loop-poll.ts). */
+  #signal(bit: number, wake: boolean): void {
+    Atomics.or(this.ctl, Ctl.PENDING, bit);
     if (wake && Atomics.load(this.ctl, Ctl.SLEEPING) === 1) this.#sys.wake(this.wakeFd);
   }
 
   readonly #flush = (): void => {
     this.#flushQueued = false;
     if (this.#done.count === 0) return;
-    const items = this.#done.take();
     const direct = this.direct;
     // The answers first: posting the completions (a structured clone and a
-    // wake-up of the worker's port) took 10-60 us of every direct answer's way
-    // out. A client that asks again within the microseconds between the two
+    // wake-up of the worker's port, before the ring) took 10-60 us of every
+    // direct answer's way out. A client that asks again within the microseconds between the two
     // finds the miss still in flight in its worker and joins it; its record
     // then arrives late here and is handed back to the worker, which runs it
     // through its hit path again (direct.ts): slower for that client, never wrong.
@@ -169,7 +181,17 @@ export class WorkerLink implements MissReturn {
     const at = MISS_TRACE ? traceNow() : 0;
     const wake = direct === null || direct.failedSincePost || !this.lazy;
     if (direct !== null) direct.failedSincePost = false;
-    this.#post({ t: 'done', items }, transferOf(items), wake);
+    if (!this.alive) {
+      this.#done.clear();
+    } else if (Atomics.load(this.ctl, Ctl.DONE_OVERFLOW) === 0 && this.#completions.write(this.#done.view())) {
+      this.#done.clear();
+      this.#signal(PENDING_RING, wake);
+    } else {
+      const items = this.#done.take();
+      Atomics.add(this.ctl, Ctl.DONE_OVERFLOW, 1);
+      this.counters.io.values[BATCHED_COUNTERS.slot.ringToWorker]!++;
+      this.#post({ t: 'done', items, overflow: true }, transferOf(items), wake);
+    }
     if (MISS_TRACE) traceRecord('done.post', traceNow() - at);
     // Clients this turn could not answer here (a datagram that does not parse here): the worker's, woken for them.
     const again = direct?.takeAgain() ?? null;

@@ -16,6 +16,7 @@ import { isSysError, type UdpBatchSys } from '../../sys/udp-batch.js';
 import type { ServerAddress } from '../../upstream/types.js';
 import { DEFAULT_BATCH, DEFAULT_MAX_INFLIGHT, type BatchedUdpOptions } from './listener-options.js';
 import type { WorkerReport, WorkerSettings } from './protocol.js';
+import { RING_WAKE, type RingWake } from './packed-ring.js';
 import { WorkerLink } from './worker-link.js';
 
 /** A worker's bound sockets (one per listen address, in order) and its wake eventfd. */
@@ -84,6 +85,7 @@ export function startWorker(
     },
     opts.sys,
     direct,
+    opts.ringBytes,
   );
 }
 
@@ -103,7 +105,7 @@ export const WORKER_START_WAIT_MS = 30_000;
  * as a death nor restarts it).
  */
 export function whenStarted(
-  link: WorkerLink, logger: Logger, onReport: (r: WorkerReport) => void, onExit: (code: number) => void, waitMs = WORKER_START_WAIT_MS,
+  link: WorkerLink, logger: Logger, onReport: (r: WorkerReport | RingWake) => void, onExit: (code: number) => void, waitMs = WORKER_START_WAIT_MS,
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     let started = false;
@@ -118,7 +120,8 @@ export function whenStarted(
       reject(new Error(`worker not ready after ${waitMs} ms`));
     }, waitMs);
     timer.unref();
-    const take = (r: WorkerReport): void => {
+    const take = (r: WorkerReport | RingWake): void => {
+      if (r === RING_WAKE) return onReport(r);
       if (r.ready === true && !started) {
         started = true;
         clearTimeout(timer);
@@ -141,7 +144,9 @@ export function whenStarted(
     link.worker.on('exit', (code) => {
       // Its last reports may still wait on the port ('exit' can come first): read them while it still counts as live
       // (their misses go upstream, their clients are held here), not dropped by the close.
-      for (let m = receiveMessageOnPort(link.port); m !== undefined; m = receiveMessageOnPort(link.port)) take(m.message as WorkerReport);
+      for (let m = receiveMessageOnPort(link.port); m !== undefined; m = receiveMessageOnPort(link.port)) take(m.message as WorkerReport | RingWake);
+      // A turn it wrote to the ring before it died, with no message after it.
+      take(RING_WAKE);
       link.alive = false;
       link.port.close();
       link.closeFds();
