@@ -29,7 +29,7 @@
 import { AnswerCopy, type CacheEntry } from '../../cache/entry.js';
 import { planCaching, refreshesName, type TtlCaps } from '../../cache/policy.js';
 import { STALE_ANSWER_TTL } from '../../cache/cache-api.js';
-import { scanAnswer } from '../../dns/answer.js';
+import { scanAnswer, type AnswerScan } from '../../dns/answer.js';
 import { DEFAULT_EDNS_SIZE, errorResponse } from '../../dns/build.js';
 import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
 import { QueryStatus, parseQuery, type Query } from '../../dns/query.js';
@@ -183,13 +183,14 @@ export class DirectAnswers {
    * one): every client waiting on it is answered here, and every record
    * for it that comes later is answered or handed back here too. False when
    * this side does not know the question (it went before expect(), or the
-   * worker is gone): the worker answers its clients.
+   * worker is gone): the worker answers its clients. `scan`: the answer's,
+   * when the exchange read it (else read here).
    */
-  answer(token: number, answer: Buffer | null): boolean {
+  answer(token: number, answer: Buffer | null, scan = answer === null ? undefined : scanAnswer(answer)): boolean {
     const m = this.#pending.get(token);
     if (m === undefined || this.#closed) return false;
     this.#pending.delete(token);
-    const fresh = this.#judge(m.key, answer);
+    const fresh = this.#judge(m.key, answer, scan);
     if (fresh === null) this.#rememberFailed(token, m.key);
     if (m.waiters.length > 0) this.#answerAll(m, fresh);
     return true;
@@ -277,8 +278,7 @@ export class DirectAnswers {
    * the name (serverFailed; another rcode but NOERROR and NXDOMAIN only
    * when nothing stale is held: RFC 8767 4), else stale, else SERVFAIL.
    */
-  #judge(key: string, a: Buffer | null): AnswerCopy | null {
-    const scan = a === null ? undefined : scanAnswer(a);
+  #judge(key: string, a: Buffer | null, scan: AnswerScan | undefined): AnswerCopy | null {
     // Counted and logged here, where it is read (the worker only closes the question): the first and every 1000th.
     if (a !== null && scan === undefined && this.#server[SV.upstreamMalformed]!++ % 1000 === 0) {
       this.#deps.logger.warn('malformed upstream answer: not cached, client gets a stale answer or SERVFAIL', { bytes: a.length, seen: this.#server[SV.upstreamMalformed] });

@@ -19,7 +19,7 @@
  */
 import type { DnsCache } from '../../cache/cache.js';
 import type { Clock } from '../../clock.js';
-import { scanAnswer } from '../../dns/answer.js';
+import { scanAnswer, type AnswerScan } from '../../dns/answer.js';
 import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
 import { MAX_MESSAGE } from '../../dns/constants.js';
 import { QueryStatus, hashKey, parseQuery } from '../../dns/query.js';
@@ -37,7 +37,8 @@ const S = BATCHED_COUNTERS.slot;
 export interface MissReturn {
   /** False once nothing there waits for outcomes any more (a worker gone, and the clients the main thread held for it too): they are dropped. */
   readonly listening: boolean;
-  deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void;
+  /** `scan`: the answer's scanAnswer() when this side made one (undefined: not made, or malformed), so it is read once. */
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome, scan?: AnswerScan): void;
   /**
    * One of its questions was refused at --max-concurrent (outcome 'capped'):
    * a worker sheds its next misses itself for a while (shed-gate.ts). Only
@@ -157,10 +158,12 @@ export class MissExchange implements MissCompleter {
     if (this.#byKey.get(s.key) === s) this.#byKey.delete(s.key);
     this.#load?.mark(s.hash, -1);
     if (answer !== null && outcome === 'upstream') answer = scrubCounted(answer, this.#server);
-    if (this.#shared !== null && answer !== null) this.#store(s.key, answer);
+    // Read once, here, for the store and for every main-thread answer to the workers' clients (direct.ts).
+    const scan = answer === null ? undefined : scanAnswer(answer);
+    if (this.#shared !== null && scan !== undefined) this.#store(s.key, answer!, scan);
     for (const w of s.waiters) {
       if (!w.to.listening) continue;
-      w.to.deliver(w.token, answer, outcome);
+      w.to.deliver(w.token, answer, outcome, scan);
       if (outcome === 'capped') w.to.refusedForLoad();
     }
   }
@@ -183,9 +186,8 @@ export class MissExchange implements MissCompleter {
   }
 
   /** Stores the (scrubbed) answer in the one cache the workers read (the same validation and policy as every insert). */
-  #store(key: string, answer: Buffer): void {
-    const scan = scanAnswer(answer);
-    if (scan === undefined || serverFailed(scan.rcode)) return;
+  #store(key: string, answer: Buffer, scan: AnswerScan): void {
+    if (serverFailed(scan.rcode)) return;
     this.#shared!.insert(key, answer, scan, this.#clock.now());
   }
 }

@@ -7,6 +7,7 @@
  */
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
+import type { AnswerScan } from '../../dns/answer.js';
 import type { MissOutcome } from '../hit-path.js';
 import { DirectAnswers, type DirectDeps } from './direct.js';
 import { stampRefusal } from './shed-gate.js';
@@ -111,9 +112,9 @@ export class WorkerLink implements MissReturn {
    * the completion queued for the worker (to release its waiters); all written once per
    * event-loop turn (the turn's completions in one ring record: packed-ring.ts).
    */
-  deliver(token: number, answer: Buffer | null, outcome: MissOutcome): void {
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome, scan?: AnswerScan): void {
     // Dead, it may still have clients held here (closeFds()): those are answered all the same.
-    const here = this.direct !== null && this.direct.answer(token, answer);
+    const here = this.direct !== null && this.direct.answer(token, answer, scan);
     this.#done.push(token, OUTCOME_INDEX[outcome], answer, null);
     this.#done.extra(0, here ? 1 : 0);
     if (here) this.#done.extra(1, stamp16());
