@@ -2,11 +2,11 @@
  * Packed items (protocol.ts Packer) between the main thread and a worker
  * through a SharedArrayBuffer ring with one writer and one reader, instead
  * of a structured clone and a transfer of their buffers per message. The
- * post was most of a crossing's cost: measured in one process on one pinned
- * core at 5,000 crossings/s, a report posted with its buffers took 75-80 us
- * of CPU per crossing (both threads) and arrived 41-48 us later at p50; a
- * ring record plus a post of the number 0 as the wake-up, 57-61 us and
- * 25-29 us.
+ * clone and transfer were most of a crossing's cost: on one pinned core at
+ * 5,000 turns/s of two misses (bench/micro/thread-crossing.ts), a report
+ * posted with its buffers took 102 us of CPU per turn (both threads, the
+ * worker's pacing included) and arrived 50-52 us later at p50; a ring
+ * record plus a post of the number 0 as the wake-up, 76-83 us and 31-35 us.
  *
  * Two rings per worker:
  *   reports (worker ─► main): a turn's misses and waiting clients; then a
