@@ -504,7 +504,10 @@ t.test('view: incremental updates keep records and reverse index right', async (
   // Service removal keeps its slices until they go too.
   v.remove('services', 'apps', 'backend');
   nxdomain(t, ask(v, SVC('backend.apps'), 'A'), 'service gone');
-  positive(t, ask(v, '1.2.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('10-0-2-1.backend.apps')], 'slice still there (CoreDNS keeps endpoint PTRs)');
+  t.equal(ask(v, '1.2.0.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'its lingering slice names no PTR (CoreDNS still would)');
+  v.upsert('services', clusterIP('apps', 'backend', ['10.96.2.2']));
+  positive(t, ask(v, '1.2.0.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('10-0-2-1.backend.apps')], 'back with its Service');
+  v.remove('services', 'apps', 'backend');
   v.remove('endpointslices', 'apps', 'backend-a');
   t.equal(ask(v, '1.2.0.10.in-addr.arpa', 'PTR').kind, 'notOurs');
   // Removing what is not there is harmless.
@@ -539,9 +542,10 @@ t.test('view: a slice may arrive before its service', async (t) => {
   v.upsert('namespaces', { name: 'ns' });
   v.upsert('endpointslices', slice('ns', 's1', 'late', [ep('10.5.0.1', 'h')]));
   nxdomain(t, ask(v, SVC('late.ns'), 'A'), 'no service yet');
-  positive(t, ask(v, '1.0.5.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('h.late.ns')], 'endpoint PTR already (CoreDNS)');
+  t.equal(ask(v, '1.0.5.10.in-addr.arpa', 'PTR').kind, 'notOurs', 'no endpoint PTR either (its name would not resolve)');
   v.upsert('services', headless('ns', 'late'));
   positive(t, ask(v, SVC('late.ns'), 'A'), 'A', ['10.5.0.1'], 'service arrived');
+  positive(t, ask(v, '1.0.5.10.in-addr.arpa', 'PTR'), 'PTR', [SVC('h.late.ns')], 'and its endpoint PTR with it');
   t.equal(v.modifiedMs, 5000, 'modified at the last contact');
 });
 

@@ -327,7 +327,9 @@ function nameservers(view: ClusterViewReader, zone: string, opts: RecordOptions)
  * otherwise every serving endpoint with that address names
  * <hostname>.<svc>.<ns>.svc.<zone>, where an endpoint without a hostname
  * gets CoreDNS's dashed-address name, so every endpoint IP has a PTR that
- * resolves back.
+ * resolves back. Unlike CoreDNS, only while the slice's Service exists: the
+ * slices of a deleted Service linger until garbage-collected, and a PTR to a
+ * name that answers NXDOMAIN is worse than none.
  */
 function reverse(
   view: ClusterViewReader, key: string, name: string, zone: string, qtype: number, opts: RecordOptions,
@@ -343,8 +345,10 @@ function ptrTargets(view: ClusterViewReader, key: string, zone: string): string[
   if (svc !== undefined) return [`${svc.name}.${svc.namespace}.svc.${zone}`];
   const out: string[] = [];
   for (const slice of view.slicesByIP(key)) {
+    // Without its Service the name would not resolve back (a slice outlives its deleted Service until garbage-collected).
     const svc = view.service(slice.namespace, slice.serviceName);
-    const all = svc?.publishNotReadyAddresses ?? false;
+    if (svc === undefined) continue;
+    const all = svc.publishNotReadyAddresses;
     for (const ep of slice.endpoints) {
       if (!ep.ready && !all) continue;
       for (const a of ep.addresses) {
