@@ -8,7 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { formatHostPort, isWildcard, parseHostPort, portLikeLastGroup } from './addr.js';
+import { canonicalIp, formatHostPort, isWildcard, parseHostPort, portLikeLastGroup } from './addr.js';
 import { SLOT_OVERHEAD_BYTES } from './cache/store.js';
 import type { LogLevel } from './log.js';
 import type { ServerAddress } from './upstream/types.js';
@@ -190,18 +190,23 @@ function validate(raw: Raw, stubDomains: StubDomain[], env: NodeJS.ProcessEnv, w
   };
 
   // The listeners are IPv6-only: an IPv4-mapped address is refused by bind() (EINVAL), after the start began.
-  const listenAddr = (flag: string, text: string, defPort: number | undefined): ServerAddress => {
-    const a = addr(flag, text, defPort);
+  const listenAddr = (flag: string, a: ServerAddress): ServerAddress => {
     const v4 = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(a.host)?.[1];
-    if (v4 !== undefined) throw new ConfigError(`--${flag} ${formatHostPort(a)}: an IPv4-mapped IPv6 address, which an IPv6-only listener cannot bind; write ${v4}:${a.port}`);
+    if (v4 !== undefined) throw new ConfigError(`--${flag} ${formatHostPort(a)}: an IPv4-mapped IPv6 address, which an IPv6-only listener cannot bind; write ${flag === 'localip' ? v4 : `${v4}:${a.port}`}`);
     return a;
   };
   const port = int('port');
-  const listen: ServerAddress[] = listOf(raw, 'listen').flatMap((l) => l.split(',')).map((l) => listenAddr('listen', l, undefined));
+  const listen: ServerAddress[] = listOf(raw, 'listen').flatMap((l) => l.split(',')).map((l) => listenAddr('listen', addr('listen', l, undefined)));
+  // Bare IPs, as node-cache's: "fd00::10:53" is that address, never [fd00::10]:53 (the port is --port's), so no warning either.
+  const localAddr = (text: string): ServerAddress => {
+    const host = canonicalIp(text.trim());
+    if (host === null) throw new ConfigError(`--localip "${text.trim()}": not an IP address (IP[,IP], the port is --port's)`);
+    return listenAddr('localip', { host, port });
+  };
   const localip = str('localip');
   // Given alone it would be ignored, and the agent would serve on 127.0.0.1:5353 (or --listen's ports) instead.
   if (localip === undefined && raw.has('port')) throw new ConfigError(`--port ${port}: the port of the --localip addresses, and there are none; with --listen write ADDR:PORT`);
-  if (localip !== undefined) for (const ip of localip.split(',')) listen.push(listenAddr('localip', ip, port));
+  if (localip !== undefined) for (const ip of localip.split(',')) listen.push(localAddr(ip));
   if (listen.length === 0) listen.push({ host: '127.0.0.1', port: 5353 });
   const seen = new Set<string>();
   for (const l of listen) {

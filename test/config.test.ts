@@ -47,6 +47,11 @@ t.test('listen addresses: --listen (v4, v6), --localip with --port', async (t) =
   t.match(err(['--listen', '127.0.0.1']), /--listen "127.0.0.1": a port is required/);
   t.match(err(['--listen', 'localhost:53']), /not an IPv4 or IPv6 address/);
   t.match(err(['--listen', '127.0.0.1:53', '--listen', '127.0.0.1:53']), /given twice/);
+  // --localip is bare IPs (node-cache's spelling): a port there would have replaced --port's for that address alone.
+  t.match(err(['--localip', '127.0.0.1:5399']), /--localip "127\.0\.0\.1:5399": not an IP address .*--port/);
+  t.match(err(['--localip', '169.254.20.10,[::1]']), /--localip "\[::1\]": not an IP address/);
+  t.match(err(['--localip', '::ffff:10.0.0.1']), /IPv4-mapped .*; write 10\.0\.0\.1$/);
+  t.same(load(['--localip', ' fd00::10:53, FE80::1%lo', '--port', '5300']).config.listen, [{ host: 'fd00::10:53', port: 5300 }, { host: 'fe80::1%lo', port: 5300 }], 'IPv6, canonical, zone kept');
 });
 
 t.test('cluster DNS address: flag, Service environment, or a loud error when required', async (t) => {
@@ -688,6 +693,8 @@ t.test('an unbracketed IPv6 address whose last group could be a port is taken as
     /^--upstream-nameservers "fd00::9:53".*\(set in config file \/c\.yaml: upstreamNameservers\)/,
   ]);
   t.match(warningsOf(['--kube-dns-config-dir', '/kd'], { '/kd/stubDomains': '{"x.example": ["fd00::10:53"]}' }), [/kube-dns ConfigMap stubDomains\.x\.example: "fd00::10:53"/]);
+  // --localip carries no port, so its last group is never one: no warning.
+  t.same(warningsOf(['--localip', 'fd00::10:53']), [], 'none for --localip');
   for (const plain of ['[fd00::10]:53', 'fd00::10', '::1', '[fd00::10:53]:53', '127.0.0.1:53', 'fe80::1%eth0']) {
     t.same(warningsOf(['--upstream-nameservers', plain, '--stub-domain', `x.example=${plain}`]), [], `none for ${plain}`);
   }
