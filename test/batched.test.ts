@@ -2447,6 +2447,34 @@ t.test('loop without direct answers: abort after completions takes them first: n
   t.equal(seen.waiters.length, 0, 'no waiter records: nobody on the main thread would answer them');
 });
 
+t.test('loop: a message is applied after every ring record the main thread wrote before posting it, even one written while the worker applied an earlier message (abort after completions)', async (t) => {
+  let token = 0;
+  const original = HitPath.prototype.configure;
+  let raced = false;
+  // The main thread, on its own thread, as the worker applies the reload: it writes the first's answer to the ring, then posts the abort.
+  HitPath.prototype.configure = function (this: HitPath, ...args: Parameters<HitPath['configure']>): void {
+    original.apply(this, args);
+    if (raced || token === 0) return;
+    raced = true;
+    k.post({ t: 'done', items: doneItems([{ token, answer: answer(SVC, [rr(SVC, '192.0.2.7', 60)]), here: false }]).take() });
+    k.post({ t: 'abort' });
+  };
+  t.teardown(() => {
+    HitPath.prototype.configure = original;
+  });
+  const { k, loop } = loopRig([
+    () => k.queue(5, { data: query({ name: SVC, id: 1 }), from: from4(1111) }),
+    () => {
+      for (const r of k.reports()) if (r.misses !== null) token = itemToken(r.misses, 0);
+      k.post({ t: 'configure', cache: { successTtl: 30, denialTtl: 5, minHits: 3, percent: 10, staleMs: 0 }, maxUdpSize: 512, queryLogEvery: 0, clientMissRate: 0, clientMissBurst: 1, clientMissInflight: Infinity, localZones: [] });
+    },
+    () => {},
+  ]);
+  loop.run();
+  t.ok(raced, 'the completion and the abort came while the worker applied the reload');
+  t.same(k.sent.map((s) => [idOf(s.data), s.data[3]! & 0x0f]), [[1, 0]], 'the client gets the answer the main thread had, not the abort\'s SERVFAIL');
+});
+
 t.test('DirectAnswers: serves each waiter as the worker would, whatever the outcome (answer, stale, SERVFAIL); late records go back; never sends on closed sockets', async (t) => {
   const sys = new FakeKernel([]);
   const fds = [5, 6];
