@@ -324,11 +324,12 @@ export class WorkerLoop implements MissSink {
     return false;
   };
 
-  /** The completions ring before the port: a record is always read before what the main thread posted after it (packed-ring.ts). */
+  /** The completions ring before each message (and what it wrote while we applied the last): a record is always read before what the main thread posted after it (packed-ring.ts). */
   #takeMessages(pending: number): void {
     this.#completions.takeRing();
     if ((pending & PENDING_PORT) === 0) return;
     for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
+      this.#completions.takeRing();
       this.#apply(m.message as ToWorker);
     }
   }
