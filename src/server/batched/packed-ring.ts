@@ -14,7 +14,7 @@
  *     message the main thread takes from the worker reads this ring first.
  *   completions (main ─► worker): a turn's completions; then the pending
  *     word (and the eventfd when the worker sleeps), as a post did. The
- *     worker reads this ring before it takes its messages.
+ *     worker reads this ring before each message it takes.
  * So a record is always read before anything its writer posted after it
  * (drained, aborted, closed; 'again', 'abort'). A turn's items that do not
  * fit go in a message as before (a transfer), and so do the writer's next
