@@ -2488,7 +2488,7 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   let staleServed = 0;
   const d = new DirectAnswers(sys, fds, 2, 512, {
     policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server, hist, now: () => nowMs,
-    stale: (key, _now, served) => (key === 'old' ? ((staleServed += served), staleEntry) : undefined), logger: silentLogger,
+    stale: (key, _now, served) => (key === 'old' ? ((staleServed += served), staleEntry) : undefined), lookup: () => undefined, logger: silentLogger,
   });
   const waiter = (tok: number, sock: number, data: Buffer, from: Buffer): Packed => {
     const p = new Packer(false, WAITER_STRIDE);
@@ -2584,11 +2584,51 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   t.equal(counters.get('sendErrors'), 1, 'the one queued counted as lost');
 });
 
+t.test('DirectAnswers: once its worker has exited, a late record is answered here from the one cache (fresh, else stale, else SERVFAIL), never handed back to the dead worker', async (t) => {
+  const sys = new FakeKernel([]);
+  const counters = new Counters(BATCHED_COUNTERS);
+  const keyOf = (name: string): string => parseQuery(query({ name })).key;
+  const cached = answer(SVC, [rr(SVC, '192.0.2.7', 600)]);
+  const fresh = AnswerCopy.fromAnswer(cached, scanAnswer(cached)!, 1000, 600, Number.POSITIVE_INFINITY, false);
+  const oldName = 'old.example.com';
+  const old = answer(oldName, [rr(oldName, '192.0.2.66', 600)]);
+  const staleEntry = AnswerCopy.fromAnswer(old, scanAnswer(old)!, 0, 600, Number.POSITIVE_INFINITY, false);
+  const d = new DirectAnswers(sys, [5], 4, 512, {
+    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 2000,
+    stale: (key) => (key === keyOf(oldName) ? staleEntry : undefined), lookup: (key) => (key === keyOf(SVC) ? fresh : undefined), logger: silentLogger,
+  });
+  const waiter = (tok: number, data: Buffer, port: number): Packed => {
+    const p = new Packer(false, WAITER_STRIDE);
+    const from = from4(port);
+    p.push(tok, waiterTag(0, from.length), data, null);
+    const words = new Uint32Array(WAITER_SOCKADDR_WORDS);
+    new Uint8Array(words.buffer).set(from);
+    p.extraWords(words, 0, WAITER_SOCKADDR_WORDS);
+    return p.take();
+  };
+  // Alive, a record for a question answered already goes back to the worker, which runs it through its hit path.
+  t.equal(d.add(waiter(3, query({ name: SVC, id: 1 }), 1001)), true);
+  t.equal(d.takeAgain()?.count, 1, 'handed back while the worker lives');
+  d.workerExited();
+  // Its last records, read at 'exit': the worker cannot take them back any more.
+  t.equal(d.add(waiter(3, query({ name: SVC, id: 2 }), 1002)), true, 'late: the link flushes');
+  t.equal(d.add(waiter(4, query({ name: oldName, id: 3 }), 1003)), true);
+  t.equal(d.add(waiter(5, query({ name: 'gone.example.com', id: 4 }), 1004)), true);
+  t.equal(d.takeAgain(), null, 'nothing handed back to a dead worker');
+  d.flush();
+  t.same(sys.sent.map((s) => [idOf(s.data), portOf(s.to), s.data[3]! & 0x0f]), [[2, 1002, 0], [3, 1003, 0], [4, 1004, 2]], 'fresh, stale, SERVFAIL: each client answered');
+  const a = dnsPacket.decode(sys.sent[0]!.data).answers?.[0] as { data?: string; ttl?: number } | undefined;
+  t.equal(a?.data, '192.0.2.7', 'from the entry the one cache holds');
+  t.equal(a?.ttl, 599, 'aged as the hit path ages it (stored at 1 s, served at 2 s)');
+  t.equal(counters.get('directAnswers'), 3);
+  t.equal(counters.get('sendErrors'), 0);
+});
+
 t.test('DirectAnswers: abort() answers every client waiting here at once (stale or SERVFAIL); records after it go back to the worker', async (t) => {
   const sys = new FakeKernel([]);
   const counters = new Counters(BATCHED_COUNTERS);
   const d = new DirectAnswers(sys, [5], 2, 512, {
-    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined, logger: silentLogger,
+    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined, lookup: () => undefined, logger: silentLogger,
   });
   const rec = (tok: number, id: number, port: number): Packed => {
     const p = new Packer(false, WAITER_STRIDE);
@@ -2843,7 +2883,7 @@ t.test('DirectAnswers: a waiter whose datagram does not parse here goes back to 
   const sys = new FakeKernel([]);
   const counters = new Counters(BATCHED_COUNTERS);
   const d = new DirectAnswers(sys, [5], 2, 512, {
-    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined, logger: silentLogger,
+    policy: () => ({ cache: CACHE, maxUdpSize: 1232 }), counters, server: new Counters(SERVER_COUNTERS), hist: hitPathHistograms(), now: () => 1000, stale: () => undefined, lookup: () => undefined, logger: silentLogger,
   });
   const p = new Packer(false, WAITER_STRIDE);
   for (const data of [query({ name: SVC, id: 1 }), Buffer.from('not a query')]) {

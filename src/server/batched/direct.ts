@@ -27,22 +27,17 @@
  * once more, now usually a hit.
  */
 import { AnswerCopy, type CacheEntry } from '../../cache/entry.js';
-import { planCaching, refreshesName, type TtlCaps } from '../../cache/policy.js';
-import { STALE_ANSWER_TTL } from '../../cache/cache-api.js';
+import { planCaching, refreshesName } from '../../cache/policy.js';
 import { scanAnswer, type AnswerScan } from '../../dns/answer.js';
-import { DEFAULT_EDNS_SIZE, errorResponse } from '../../dns/build.js';
-import { CLASSIC_UDP_LIMIT, Rcode } from '../../dns/constants.js';
-import { QueryStatus, parseQuery, type Query } from '../../dns/query.js';
+import { QueryStatus, parseQuery } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
-import type { Logger } from '../../log.js';
 import { serverFailed } from '../../upstream/health.js';
-import { MAX_UDP_PAYLOAD_IPV4 } from '../answer-out.js';
-import type { HitPathHistograms } from '../hit-path.js';
 import { Transport } from '../listener.js';
-import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
+import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js';
+import { answerLimit, serveFromCache, serveOne, type DirectDeps } from './direct-serve.js';
 import { Arena, MAX_DATAGRAM_BYTES, SendVec, vecBytes } from './msgvec.js';
 import { Packer, WAITER_ARRIVED_WORD, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
-import { BATCHED_COUNTERS, type BatchedCounters } from './stats.js';
+import { BATCHED_COUNTERS } from './stats.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
 
 const IO = BATCHED_COUNTERS.slot;
@@ -72,27 +67,7 @@ interface PendingMiss {
   readonly waiters: DirectWaiter[];
 }
 
-/** What the main thread applies as the worker would: its TTL caps and largest UDP answer (the listener's current settings). */
-export interface DirectPolicy {
-  readonly cache: TtlCaps;
-  readonly maxUdpSize: number;
-}
-
-/** What DirectAnswers answers with, besides the worker's sockets. */
-export interface DirectDeps {
-  readonly policy: () => DirectPolicy;
-  readonly counters: BatchedCounters;
-  readonly server: ServerCounters;
-  readonly hist: HitPathHistograms;
-  /** The clock the one cache ages by (ms). */
-  readonly now: () => number;
-  /** The one cache's expired entry for `key` within the stale window, counted as served `served` times (DnsCache.stale). */
-  readonly stale: (key: string, now: number, served: number) => CacheEntry | undefined;
-  /** Told of an upstream answer that fails validation, as the hit path warns of one. */
-  readonly logger: Logger;
-  /** False once the listener stops (pause, close): no successor is started, so an orphan's answer with no socket is given up at once. */
-  readonly serving?: () => boolean;
-}
+export type { DirectDeps, DirectPolicy } from './direct-serve.js';
 
 export class DirectAnswers {
   readonly #sys: UdpBatchSys;
@@ -123,6 +98,8 @@ export class DirectAnswers {
   readonly #failed = new Map<number, string>();
   /** Past abort(): nothing waits here any more; new records go back to the worker, which answers them at once. */
   #aborted = false;
+  /** Its worker has exited: a record can no longer be handed back to it, and is answered here (#answerLate). */
+  #gone = false;
   /**
    * A failure was answered here since the completions were last posted: that
    * post wakes the worker, so its count of misses in flight drops at once,
@@ -304,11 +281,9 @@ export class DirectAnswers {
       const q = queries[k]!;
       // Each parsed in the worker; one that does not here (or cannot be served) goes back: the worker answers it as its hit path does.
       if (q.status !== QueryStatus.OK) return void this.#handBack(0, w);
-      // The client's family is not at hand here: past 65,507 bytes (one IPv4 datagram) the answer is cut to fit either.
-      const limit = Math.min(!q.edns ? CLASSIC_UDP_LIMIT : q.udpSize < maxUdpSize ? q.udpSize : maxUdpSize, MAX_UDP_PAYLOAD_IPV4);
       let reply: Buffer;
       try {
-        reply = serveOne(q, fresh, stale, limit);
+        reply = serveOne(q, fresh, stale, answerLimit(q, maxUdpSize));
       } catch {
         return void this.#handBack(0, w);
       }
@@ -322,14 +297,41 @@ export class DirectAnswers {
     if (this.#failed.size > FAILED_TOKENS_KEPT) this.#failed.delete(this.#failed.keys().next().value!);
   }
 
-  /** `w`'s record, into the next 'again' message. True (the caller wakes the worker). */
+  /**
+   * The worker has exited ('exit'; its last records are read after this):
+   * a client it can no longer be handed back to is answered here.
+   */
+  workerExited(): void {
+    this.#gone = true;
+  }
+
+  /** `w`'s record, into the next 'again' message (once the worker has exited: answered here). True (the caller wakes the worker, or sends). */
   #handBack(token: number, w: DirectWaiter): boolean {
+    if (this.#gone) return (this.#answerLate(w), true);
     const p = this.#again;
     p.push(token, w.sock | (w.nameLen << 8), w.msg, null);
     // Every word, its first arrival too: the worker times the client from then, whatever it runs into again.
     p.extraWords(w.words, w.wordOff, WAITER_STRIDE - 4);
     return true;
   }
+  /**
+   * A client of an exited worker whose question was answered here already
+   * (or is unknown here): as the worker's hit path would have answered it
+   * from the one cache, fresh, else stale, else SERVFAIL. One that does not
+   * parse here cannot be answered at all: counted as a send error.
+   */
+  #answerLate(w: DirectWaiter): void {
+    const q = parseQuery(w.msg);
+    if (q.status !== QueryStatus.OK) return void this.#v[IO.sendErrors]!++;
+    let reply: Buffer;
+    try {
+      reply = serveFromCache(q, this.#deps);
+    } catch {
+      return void this.#v[IO.sendErrors]!++;
+    }
+    this.#queue(w, reply);
+  }
+
 
   #queue(w: DirectWaiter, reply: Buffer): void {
     this.#v[IO.directAnswers]!++;
@@ -391,10 +393,4 @@ export class DirectAnswers {
       traceRecord('data.sent', now - traceMarks.dataAt);
     }
   }
-}
-
-/** One client's answer: from the fresh answer, else the stale entry, else SERVFAIL. */
-function serveOne(q: Query, fresh: AnswerCopy | null, stale: CacheEntry | undefined, limit: number): Buffer {
-  if (fresh !== null) return fresh.serve(q, 0, limit, DEFAULT_EDNS_SIZE);
-  return stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, limit, DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
 }

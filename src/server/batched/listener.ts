@@ -318,7 +318,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       return Promise.reject(err);
     }
     const direct: DirectDeps | null = this.#opts.directAnswers === false ? null : {
-      policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served), logger: this.#logger, serving: () => this.#state === 'running' || this.#state === 'new',
+      policy: this.#directPolicy, counters: this.#own, server: this.#ownServer, hist: this.#ownHist, now: this.#now, stale: (key, now, served) => this.sharedCache.stale(key, now, served), lookup: (key, now) => this.sharedCache.lookup(key, now), logger: this.#logger, serving: () => this.#state === 'running' || this.#state === 'new',
     };
     const link = startWorker(i, sockets, this.#opts, this.#ports, this.#policy, { store: this.sharedCache.layout, load: this.upstreamLoad.buffer }, direct);
     link.siblings = () => this.#links.find((l) => l !== null && l !== link && l.alive)?.fds ?? null;

@@ -142,6 +142,8 @@ export function whenStarted(
       logger.error('udp worker failed', { worker: link.index, error: err.message });
     });
     link.worker.on('exit', (code) => {
+      // Before its last records are read: a client among them whose question was answered here cannot go back to it.
+      link.direct?.workerExited();
       // Its last reports may still wait on the port ('exit' can come first): read them while it still counts as live
       // (their misses go upstream, their clients are held here), not dropped by the close.
       for (let m = receiveMessageOnPort(link.port); m !== undefined; m = receiveMessageOnPort(link.port)) take(m.message as WorkerReport | RingWake);
