@@ -11,7 +11,7 @@ import { Counters, defineCounters, sumArraysInto } from '../../stats/counters.js
 import { COALESCED_HELP, DROPPED_HELP, SERVER_COUNTERS, type ServerCounters } from '../stats.js';
 
 /** Two slots of the worker's block, each with one writer: to: main, the worker (loop-report.ts); to: worker, the main thread (worker-link.ts). */
-const RING_HELP = 'Turns whose misses (to main) or completions (to worker) did not fit the ring between a batched worker and the main thread and went by post instead (packed-ring.ts): the reading thread was behind.';
+const RING_HELP = 'Turns whose misses (to main) or completions (to worker) went by post instead of the ring between a batched worker and the main thread (packed-ring.ts): they did not fit, or an earlier turn that did not was still unread (order is kept); the reading thread was behind.';
 
 export const BATCHED_COUNTERS = defineCounters({
   batches: { name: 'nodelocal_udp_batches_total', help: 'recvmmsg calls that returned datagrams (datagrams / batches = mean batch size).' },
