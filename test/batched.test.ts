@@ -2584,7 +2584,7 @@ t.test('DirectAnswers: serves each waiter as the worker would, whatever the outc
   t.equal(counters.get('sendErrors'), 1, 'the one queued counted as lost');
 });
 
-t.test('DirectAnswers: once its worker has exited, a late record is answered here from the one cache (fresh, else stale, else SERVFAIL), never handed back to the dead worker', async (t) => {
+t.test('DirectAnswers: clients of an answer the exchange stored are served from its entry; once the worker has exited, a late record is answered here from the one cache (fresh, else stale, else SERVFAIL), never handed back to the dead worker', async (t) => {
   const sys = new FakeKernel([]);
   const counters = new Counters(BATCHED_COUNTERS);
   const keyOf = (name: string): string => parseQuery(query({ name })).key;
@@ -2609,6 +2609,13 @@ t.test('DirectAnswers: once its worker has exited, a late record is answered her
   // Alive, a record for a question answered already goes back to the worker, which runs it through its hit path.
   t.equal(d.add(waiter(3, query({ name: SVC, id: 1 }), 1001)), true);
   t.equal(d.takeAgain()?.count, 1, 'handed back while the worker lives');
+  // An answer the exchange stored in the one cache: its clients are served from that entry, not from a copy of their own.
+  d.expect(6, keyOf(SVC));
+  d.add(waiter(6, query({ name: SVC, id: 5 }), 1005));
+  const other = answer(SVC, [rr(SVC, '192.0.2.99', 600)]);
+  t.equal(d.answer(6, other, scanAnswer(other)!, fresh), true);
+  d.flush();
+  t.equal((dnsPacket.decode(sys.sent.pop()!.data).answers?.[0] as { data?: string } | undefined)?.data, '192.0.2.7', 'served from the stored entry');
   d.workerExited();
   // Its last records, read at 'exit': the worker cannot take them back any more.
   t.equal(d.add(waiter(3, query({ name: SVC, id: 2 }), 1002)), true, 'late: the link flushes');
@@ -2620,7 +2627,7 @@ t.test('DirectAnswers: once its worker has exited, a late record is answered her
   const a = dnsPacket.decode(sys.sent[0]!.data).answers?.[0] as { data?: string; ttl?: number } | undefined;
   t.equal(a?.data, '192.0.2.7', 'from the entry the one cache holds');
   t.equal(a?.ttl, 599, 'aged as the hit path ages it (stored at 1 s, served at 2 s)');
-  t.equal(counters.get('directAnswers'), 3);
+  t.equal(counters.get('directAnswers'), 4);
   t.equal(counters.get('sendErrors'), 0);
 });
 

@@ -3,7 +3,6 @@
  * the limits and fallbacks the worker's hit path applies, on the main thread.
  */
 import type { CacheEntry } from '../../cache/entry.js';
-import type { AnswerCopy } from '../../cache/entry.js';
 import type { TtlCaps } from '../../cache/policy.js';
 import { STALE_ANSWER_TTL } from '../../cache/cache-api.js';
 import { DEFAULT_EDNS_SIZE, errorResponse } from '../../dns/build.js';
@@ -45,7 +44,7 @@ export function answerLimit(q: Query, maxUdpSize: number): number {
 }
 
 /** One client's answer: from the fresh answer, else the stale entry, else SERVFAIL. */
-export function serveOne(q: Query, fresh: AnswerCopy | null, stale: CacheEntry | undefined, limit: number): Buffer {
+export function serveOne(q: Query, fresh: CacheEntry | null, stale: CacheEntry | undefined, limit: number): Buffer {
   if (fresh !== null) return fresh.serve(q, 0, limit, DEFAULT_EDNS_SIZE);
   return stale !== undefined ? stale.serveStale(q, STALE_ANSWER_TTL, limit, DEFAULT_EDNS_SIZE) : errorResponse(q, Rcode.SERVFAIL);
 }

@@ -161,13 +161,14 @@ export class DirectAnswers {
    * for it that comes later is answered or handed back here too. False when
    * this side does not know the question (it went before expect(), or the
    * worker is gone): the worker answers its clients. `scan`: the answer's,
-   * when the exchange read it (else read here).
+   * when the exchange read it (else read here); `stored`: the entry the one
+   * cache made of it, served from instead of a copy of its own.
    */
-  answer(token: number, answer: Buffer | null, scan = answer === null ? undefined : scanAnswer(answer)): boolean {
+  answer(token: number, answer: Buffer | null, scan = answer === null ? undefined : scanAnswer(answer), stored?: CacheEntry): boolean {
     const m = this.#pending.get(token);
     if (m === undefined || this.#closed) return false;
     this.#pending.delete(token);
-    const fresh = this.#judge(m.key, answer, scan);
+    const fresh = this.#judge(m.key, answer, scan, stored);
     if (fresh === null) this.#rememberFailed(token, m.key);
     if (m.waiters.length > 0) this.#answerAll(m, fresh);
     return true;
@@ -255,19 +256,21 @@ export class DirectAnswers {
    * the name (serverFailed; another rcode but NOERROR and NXDOMAIN only
    * when nothing stale is held: RFC 8767 4), else stale, else SERVFAIL.
    */
-  #judge(key: string, a: Buffer | null, scan: AnswerScan | undefined): AnswerCopy | null {
+  #judge(key: string, a: Buffer | null, scan: AnswerScan | undefined, stored: CacheEntry | undefined): CacheEntry | null {
     // Counted and logged here, where it is read (the worker only closes the question): the first and every 1000th.
     if (a !== null && scan === undefined && this.#server[SV.upstreamMalformed]!++ % 1000 === 0) {
       this.#deps.logger.warn('malformed upstream answer: not cached, client gets a stale answer or SERVFAIL', { bytes: a.length, seen: this.#server[SV.upstreamMalformed] });
     }
     if (scan === undefined || serverFailed(scan.rcode) || (!refreshesName(scan.rcode) && this.#deps.stale(key, this.#deps.now(), 0) !== undefined)) return null;
+    // The one cache's entry of it, made under the same TTL caps, is what this copy would be; served the same second it
+    // was stored (no aging: served as of 0).
+    if (stored !== undefined) return stored;
     const plan = planCaching(scan, this.#deps.policy().cache, a!);
-    // Served the same second it is stored: no aging, so the clock does not matter here.
     return AnswerCopy.fromAnswer(a!, scan, 0, plan.kind === 'none' ? 0 : plan.ttl, Number.POSITIVE_INFINITY, plan.kind === 'negative');
   }
 
   /** `m`'s clients, each from `fresh` (#judge), or for a failure (null) stale, else SERVFAIL. */
-  #answerAll(m: PendingMiss, fresh: AnswerCopy | null): void {
+  #answerAll(m: PendingMiss, fresh: CacheEntry | null): void {
     const now = this.#deps.now();
     let stale: CacheEntry | undefined;
     const queries = m.waiters.map((w) => parseQuery(w.msg));

@@ -18,6 +18,7 @@
  * still is, until the entry expires.
  */
 import type { DnsCache } from '../../cache/cache.js';
+import type { CacheEntry } from '../../cache/entry.js';
 import type { Clock } from '../../clock.js';
 import { scanAnswer, type AnswerScan } from '../../dns/answer.js';
 import { DEFAULT_EDNS_SIZE } from '../../dns/build.js';
@@ -37,8 +38,11 @@ const S = BATCHED_COUNTERS.slot;
 export interface MissReturn {
   /** False once nothing there waits for outcomes any more (a worker gone, and the clients the main thread held for it too): they are dropped. */
   readonly listening: boolean;
-  /** `scan`: the answer's scanAnswer() when this side made one (undefined: not made, or malformed), so it is read once. */
-  deliver(token: number, answer: Buffer | null, outcome: MissOutcome, scan?: AnswerScan): void;
+  /**
+   * `scan`: the answer's scanAnswer() when this side made one (undefined: not made, or malformed), so it is read once;
+   * `stored`: the entry the one cache made of it (DnsCache.insert, stored or not), which the clients held here are served from.
+   */
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome, scan?: AnswerScan, stored?: CacheEntry): void;
   /**
    * One of its questions was refused at --max-concurrent (outcome 'capped'):
    * a worker sheds its next misses itself for a while (shed-gate.ts). Only
@@ -160,10 +164,10 @@ export class MissExchange implements MissCompleter {
     if (answer !== null && outcome === 'upstream') answer = scrubCounted(answer, this.#server);
     // Read once, here, for the store and for every main-thread answer to the workers' clients (direct.ts).
     const scan = answer === null ? undefined : scanAnswer(answer);
-    if (this.#shared !== null && scan !== undefined) this.#store(s.key, answer!, scan);
+    const stored = this.#shared !== null && scan !== undefined ? this.#store(s.key, answer!, scan) : undefined;
     for (const w of s.waiters) {
       if (!w.to.listening) continue;
-      w.to.deliver(w.token, answer, outcome, scan);
+      w.to.deliver(w.token, answer, outcome, scan, stored);
       if (outcome === 'capped') w.to.refusedForLoad();
     }
   }
@@ -186,8 +190,8 @@ export class MissExchange implements MissCompleter {
   }
 
   /** Stores the (scrubbed) answer in the one cache the workers read (the same validation and policy as every insert). */
-  #store(key: string, answer: Buffer, scan: AnswerScan): void {
-    if (serverFailed(scan.rcode)) return;
-    this.#shared!.insert(key, answer, scan, this.#clock.now());
+  #store(key: string, answer: Buffer, scan: AnswerScan): CacheEntry | undefined {
+    if (serverFailed(scan.rcode)) return undefined;
+    return this.#shared!.insert(key, answer, scan, this.#clock.now());
   }
 }

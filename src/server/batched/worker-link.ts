@@ -5,6 +5,7 @@
  * clients' answers sent from here when direct.ts can: listener.ts says how
  * the backend fits together).
  */
+import type { CacheEntry } from '../../cache/entry.js';
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { UdpBatchSys } from '../../sys/udp-batch.js';
 import type { AnswerScan } from '../../dns/answer.js';
@@ -112,9 +113,9 @@ export class WorkerLink implements MissReturn {
    * the completion queued for the worker (to release its waiters); all written once per
    * event-loop turn (the turn's completions in one ring record: packed-ring.ts).
    */
-  deliver(token: number, answer: Buffer | null, outcome: MissOutcome, scan?: AnswerScan): void {
+  deliver(token: number, answer: Buffer | null, outcome: MissOutcome, scan?: AnswerScan, stored?: CacheEntry): void {
     // Dead, it may still have clients held here (closeFds()): those are answered all the same.
-    const here = this.direct !== null && this.direct.answer(token, answer, scan);
+    const here = this.direct !== null && this.direct.answer(token, answer, scan, stored);
     this.#done.push(token, OUTCOME_INDEX[outcome], answer, null);
     this.#done.extra(0, here ? 1 : 0);
     if (here) this.#done.extra(1, stamp16());
