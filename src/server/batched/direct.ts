@@ -29,7 +29,7 @@
 import { AnswerCopy, type CacheEntry } from '../../cache/entry.js';
 import { planCaching, refreshesName } from '../../cache/policy.js';
 import { scanAnswer, type AnswerScan } from '../../dns/answer.js';
-import { QueryStatus, parseQuery } from '../../dns/query.js';
+import { QueryScratch, QueryStatus, parseQuery, parseQueryInto } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
 import { serverFailed } from '../../upstream/health.js';
 import { Transport } from '../listener.js';
@@ -98,6 +98,7 @@ export class DirectAnswers {
   readonly #failed = new Map<number, string>();
   /** Past abort(): nothing waits here any more; new records go back to the worker, which answers them at once. */
   #aborted = false;
+  readonly #scratch = new QueryScratch();
   /** Its worker has exited: a record can no longer be handed back to it, and is answered here (#answerLate). */
   #gone = false;
   /**
@@ -271,27 +272,32 @@ export class DirectAnswers {
 
   /** `m`'s clients, each from `fresh` (#judge), or for a failure (null) stale, else SERVFAIL. */
   #answerAll(m: PendingMiss, fresh: CacheEntry | null): void {
-    const now = this.#deps.now();
+    // One scratch for every client (serving keeps nothing of it): no parsed copy per client.
+    const q = this.#scratch;
     let stale: CacheEntry | undefined;
-    const queries = m.waiters.map((w) => parseQuery(w.msg));
     // Counted once per client it answers, as the hit path counts.
     if (fresh === null) {
-      stale = this.#deps.stale(m.key, now, queries.filter((q) => q.status === QueryStatus.OK).length);
+      let ok = 0;
+      for (const w of m.waiters) if (parseQueryInto(w.msg, q) === QueryStatus.OK) ok++;
+      stale = this.#deps.stale(m.key, this.#deps.now(), ok);
       this.failedSincePost = true;
     }
     const maxUdpSize = this.#deps.policy().maxUdpSize;
-    m.waiters.forEach((w, k) => {
-      const q = queries[k]!;
+    for (const w of m.waiters) {
       // Each parsed in the worker; one that does not here (or cannot be served) goes back: the worker answers it as its hit path does.
-      if (q.status !== QueryStatus.OK) return void this.#handBack(0, w);
+      if (parseQueryInto(w.msg, q) !== QueryStatus.OK) {
+        this.#handBack(0, w);
+        continue;
+      }
       let reply: Buffer;
       try {
         reply = serveOne(q, fresh, stale, answerLimit(q, maxUdpSize));
       } catch {
-        return void this.#handBack(0, w);
+        this.#handBack(0, w);
+        continue;
       }
       this.#queue(w, reply);
-    });
+    }
   }
 
   /** The last FAILED_TOKENS_KEPT failed questions by token (a late client's record comes within a worker turn or two). */
@@ -300,10 +306,7 @@ export class DirectAnswers {
     if (this.#failed.size > FAILED_TOKENS_KEPT) this.#failed.delete(this.#failed.keys().next().value!);
   }
 
-  /**
-   * The worker has exited ('exit'; its last records are read after this):
-   * a client it can no longer be handed back to is answered here.
-   */
+  /** The worker has exited ('exit'; its last records are read after this): a client it can no longer take back is answered here. */
   workerExited(): void {
     this.#gone = true;
   }
@@ -318,10 +321,8 @@ export class DirectAnswers {
     return true;
   }
   /**
-   * A client of an exited worker whose question was answered here already
-   * (or is unknown here): as the worker's hit path would have answered it
-   * from the one cache, fresh, else stale, else SERVFAIL. One that does not
-   * parse here cannot be answered at all: counted as a send error.
+   * A client of an exited worker whose question was answered here already (or is unknown here): as its hit path would
+   * have, from the one cache, fresh, else stale, else SERVFAIL. One that does not parse here: counted as a send error.
    */
   #answerLate(w: DirectWaiter): void {
     const q = parseQuery(w.msg);
