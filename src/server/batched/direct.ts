@@ -320,6 +320,7 @@ export class DirectAnswers {
     p.extraWords(w.words, w.wordOff, WAITER_STRIDE - 4);
     return true;
   }
+
   /**
    * A client of an exited worker whose question was answered here already (or is unknown here): as its hit path would
    * have, from the one cache, fresh, else stale, else SERVFAIL. One that does not parse here: counted as a send error.
@@ -335,7 +336,6 @@ export class DirectAnswers {
     }
     this.#queue(w, reply);
   }
-
 
   #queue(w: DirectWaiter, reply: Buffer): void {
     this.#v[IO.directAnswers]!++;
