@@ -67,6 +67,7 @@ export interface BenchOptions {
   readonly podmixExternalShare: number;
   readonly podmixSameNs: number;
   readonly podmixWarmup: number;
+  readonly missWarmup: number;
   readonly ndots: number;
   /** Seconds of alternating kube-dns states, starting up. */
   readonly fallbackPhases: readonly number[];
@@ -143,6 +144,7 @@ const SPECS: readonly Spec[] = [
   { group: 'Workloads', name: 'negative-names', arg: 'N', def: '200', quick: '20', help: 'distinct repeated NXDOMAIN names' },
   { group: 'Workloads', name: 'negative-unique-share', arg: 'F', def: '0.5', help: 'share of unique (never repeated) NXDOMAIN names in negative' },
   { group: 'Workloads', name: 'miss-external-share', arg: 'F', def: '0.5', help: 'share of external names in miss' },
+  { group: 'Workloads', name: 'miss-warmup', arg: 'N', def: '5000', quick: '50', help: 'unique miss lookups (other names, same mix) sent before each miss run, so a target is measured past its start-up (JIT, first connections); 0 measures the cold start' },
   { group: 'Workloads', name: 'podmix-external-share', arg: 'F', def: '0.3', help: 'share of lookups of external names in podmix' },
   { group: 'Workloads', name: 'podmix-same-ns', arg: 'F', def: '0.7', help: "share of podmix service lookups aimed at the pod's own namespace" },
   { group: 'Workloads', name: 'podmix-warmup', arg: 'N', def: '5000', quick: '100', help: 'podmix lookups sent before each run (steady state)' },
@@ -400,6 +402,7 @@ export function parseOptions(argv: readonly string[], env: OptionsEnv = {}): Ben
     podmixExternalShare: num('podmix-external-share', 0, 1),
     podmixSameNs: num('podmix-same-ns', 0, 1),
     podmixWarmup: int('podmix-warmup', 0, 10_000_000),
+    missWarmup: int('miss-warmup', 0, 10_000_000),
     ndots: int('ndots', 0, 15),
     fallbackPhases,
     fallbackOutage: outage,

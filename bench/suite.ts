@@ -227,6 +227,7 @@ export async function runBench(opts: BenchOptions, io: SuiteIo): Promise<SuiteOu
       podmixExternalShare: opts.podmixExternalShare,
       podmixSameNamespace: opts.podmixSameNs,
       podmixWarmupLookups: opts.podmixWarmup,
+      missWarmupLookups: opts.missWarmup,
       ndots: opts.ndots,
       fallbackColdShare: opts.fallbackColdShare,
       uniqueTag: Math.floor(Math.random() * 36 ** 4).toString(36).padStart(4, '0'),

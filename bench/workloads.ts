@@ -51,6 +51,8 @@ export interface WorkloadParams {
   readonly podmixExternalShare: number;
   readonly podmixSameNamespace: number;
   readonly podmixWarmupLookups: number;
+  /** Unique misses sent before a miss run: the target's start-up is not what the run measures. */
+  readonly missWarmupLookups: number;
   readonly ndots: number;
   /** Share of fallback lookups that ask a never-asked name (a cache miss). */
   readonly fallbackColdShare: number;
@@ -208,15 +210,20 @@ function missWorkload(p: WorkloadParams): Workload {
   for (let k = 0; k < EXTERNAL_SITES; k++) external.push(`u-${p.uniqueTag}-${UNIQUE_MARK}.site-${k}.example`);
   const clusterPlans = pairPlans(cluster, cache, () => 0, true);
   const externalPlans = pairPlans(external, cache, () => 1, true);
+  const pick = (r: Rng): LookupPlan => {
+    const set = r.next() < p.missExternalShare ? externalPlans : clusterPlans;
+    return set[r.int(set.length)] as LookupPlan;
+  };
+  // The plans are templates: each send takes the next unique counter, so the
+  // warm-up's names are never the run's.
+  const warm = new Rng(p.seed ^ 0x5741);
+  const warmPlans = Array.from({ length: p.missWarmupLookups }, () => pick(warm));
   return {
     name: 'miss',
     classes: ['cluster', 'external'],
     meanQueriesPerLookup: 1,
-    warmup: () => [],
-    next: () => {
-      const set = rng.next() < p.missExternalShare ? externalPlans : clusterPlans;
-      return set[rng.int(set.length)] as LookupPlan;
-    },
+    warmup: () => warmPlans,
+    next: () => pick(rng),
   };
 }
 

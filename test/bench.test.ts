@@ -37,7 +37,7 @@ import {
 import { fallbackNotes, localTtlOf, runBench } from '../bench/suite.js';
 import { findBinary, probe } from '../bench/targets.js';
 import { makeTemplate, renderName, writeUnique } from '../bench/wire.js';
-import { Rng, Zipf, fallbackWorkload, podSearchList, searchCandidates, type LookupPlan, type Workload, type WorkloadParams } from '../bench/workloads.js';
+import { Rng, Zipf, buildWorkload, fallbackWorkload, podSearchList, searchCandidates, type LookupPlan, type Workload, type WorkloadParams } from '../bench/workloads.js';
 
 // The end-to-end runs start the simulator twice and the agent twice, each a Node process loading
 // TypeScript or the Kubernetes client; on a shared 2-core machine the file can pass the default 120 s.
@@ -269,7 +269,7 @@ t.test('answerTtl: the smallest answer TTL, -1 without answers', async (t) => {
 const fallbackParams = (over: Partial<WorkloadParams> = {}): WorkloadParams => ({
   zones: { ...zones, namespaces: 2, servicesPerNamespace: 3, fallbackServices: 4 },
   seed: 1, zipfExponent: 1, hitNames: 10, externalNames: 5, negativeNames: 5, negativeUniqueShare: 0.5, missExternalShare: 0.5,
-  podmixExternalShare: 0.3, podmixSameNamespace: 0.7, podmixWarmupLookups: 10, ndots: 5, fallbackColdShare: 0.5, uniqueTag: 'test', ...over,
+  podmixExternalShare: 0.3, podmixSameNamespace: 0.7, podmixWarmupLookups: 10, missWarmupLookups: 6, ndots: 5, fallbackColdShare: 0.5, uniqueTag: 'test', ...over,
 });
 
 t.test('fallback workload: warmed hot services, never-asked cold names each once, then repeats counted', async (t) => {
@@ -299,6 +299,17 @@ t.test('fallback workload: warmed hot services, never-asked cold names each once
   while (more < 3) if (wl.next().cls === 1) more++;
   t.equal(wl.coldLookups(), 11, 'past the pool the count goes on (the run warns)');
   t.equal(fallbackWorkload(fallbackParams({ fallbackColdShare: 0 })).next().cls, 0, 'no cold share: only hot');
+});
+
+t.test('miss workload: a warm-up of unique misses in the run\'s mix, none when --miss-warmup is 0', async (t) => {
+  const wl = buildWorkload('miss', fallbackParams({ missWarmupLookups: 400, missExternalShare: 0.25 }));
+  const warm = wl.warmup();
+  t.equal(warm.length, 400);
+  t.ok(warm.every((p) => p.unique), 'every warm-up lookup takes a fresh name from the shared counter, so it never warms a name the run asks');
+  const external = warm.filter((p) => p.cls === 1).length;
+  t.ok(external > 60 && external < 140, `about a quarter external (${external} of 400), as the run`);
+  t.ok(warm.some((p) => p.steps[0]?.[0]?.qtype === QTYPE_A) && warm.some((p) => p.steps[0]?.[0]?.qtype === QTYPE_AAAA));
+  t.same(buildWorkload('miss', fallbackParams({ missWarmupLookups: 0 })).warmup(), [], '0: the run measures the cold start');
 });
 
 t.test('generator phases: lookups are tallied by phase, and onPhase fires at each boundary', async (t) => {

@@ -28,7 +28,7 @@ const DENIAL_CAP_S = 5;
 
 const params: WorkloadParams = {
   zones: DEFAULT_ZONES, seed: 42, zipfExponent: 1.0, hitNames: 1000, externalNames: 500, negativeNames: 1000, negativeUniqueShare: 0.5,
-  missExternalShare: 0.3, podmixExternalShare: 0.3, podmixSameNamespace: 0.7, podmixWarmupLookups: 0, ndots: 5, uniqueTag: 'sim0', fallbackColdShare: 0,
+  missExternalShare: 0.3, podmixExternalShare: 0.3, podmixSameNamespace: 0.7, podmixWarmupLookups: 0, missWarmupLookups: 0, ndots: 5, uniqueTag: 'sim0', fallbackColdShare: 0,
 };
 
 /** Seconds an answer stays cached, by (name, qtype), worked out once. */
