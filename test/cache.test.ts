@@ -1,6 +1,6 @@
 // The compact store under the cache (cache/store.ts behind cache/cache.ts):
 // hash collisions, LRU order against a model, the byte budget and the slab's
-// cap, reuse of freed slab space (compaction, growth), big answers, and the
+// cap, reuse of freed slab space (sweeps, growth), big answers, and the
 // export/restore round trip byte for byte.
 import t from 'tap';
 import * as dnsPacket from 'dns-packet';
@@ -197,7 +197,7 @@ t.test('freed slab space is reused: churn of many slabs\' worth stays inside the
   t.equal(cache.slabBytes, maxBytes, 'grown to its cap, not past it');
   let wrong = 0;
   for (const i of present) if (served(cache, `w${i % 500}.example`, 19_999) !== ipOf(i)) wrong++;
-  t.equal(wrong, 0, 'the last ones written read back right after many compactions');
+  t.equal(wrong, 0, 'the last ones written read back right after many sweeps');
   // Every entry the cache still holds answers with its own name.
   let bad = 0;
   for (const r of cache.export(19_999)) {
@@ -352,7 +352,7 @@ t.test('a reload that turns prefetch off (--prefetch-min-hits 0) prefetches no e
 
 t.test('--cache-memory past what the store can hold (its slab is capped near 4 GiB): the budget is the slab\'s, not the flag\'s', async (t) => {
   // With the lists' byte limits set from 8 GiB and the slab capped at 4 GiB, live records filled the whole slab: every
-  // insert then evicted one and compacted the entire slab. The budget the cache works to (and says) is what it can hold.
+  // insert then evicted one and swept the entire slab. The budget the cache works to (and says) is what it can hold.
   const cache = newCache({ positiveCapacity: 10, negativeCapacity: 10, maxBytes: 8 * 2 ** 30 });
   t.ok(cache.maxBytes <= 2 ** 32, `the budget is at most the slab's cap (${cache.maxBytes})`);
   t.ok(cache.maxBytes >= 2 ** 32 - 8, 'and all of it');

@@ -1,6 +1,6 @@
 // One store for all threads (cache/store.ts, store-layout.ts, reader.ts): a
 // reader in a real worker thread reading while this thread inserts, replaces,
-// evicts, compacts, rebuilds the table and clears at a high rate gets its
+// evicts, sweeps, rebuilds the table and clears at a high rate gets its
 // key's own answer or a miss, never another key's bytes, never an exception;
 // a writer stopped inside one slot's change blocks the readers of that key
 // only; the table's tombstones keep every chain findable and its rebuilds
@@ -18,7 +18,8 @@ import { CacheReader } from '../src/cache/reader.js';
 import { CACHE_COUNTERS } from '../src/cache/stats.js';
 import { SECOND_CHANCES } from '../src/cache/store-lru.js';
 import { AnswerStore, POSITIVE, type StoreInput, type StoreLayout } from '../src/cache/store.js';
-import { NONE, REBUILDS, SEQ, StoreView, TOMB, allocLayout } from '../src/cache/store-layout.js';
+import { NONE, NO_RECORD, REBUILDS, SEQ, StoreView, TOMB, allocLayout } from '../src/cache/store-layout.js';
+import { MOVE_CHUNK } from '../src/cache/store-slab.js';
 import { REBUILD_AT } from '../src/cache/store-table.js';
 import { ManualClock, systemClock } from '../src/clock.js';
 import { scanAnswer } from '../src/dns/answer.js';
@@ -99,9 +100,9 @@ function versionSum(view: StoreView): number {
   return sum;
 }
 
-t.test('a reader thread reading while this thread inserts, replaces, evicts, compacts, rebuilds the table and clears: its own key\'s answer or a miss, nothing else', async (t) => {
+t.test('a reader thread reading while this thread inserts, replaces, evicts, sweeps, rebuilds the table and clears: its own key\'s answer or a miss, nothing else', async (t) => {
   const NAMES = 900;
-  // Small on purpose: 510 entries at most and a 160 KiB slab, so the churn evicts, compacts and reuses slots all the time;
+  // Small on purpose: 510 entries at most and a 160 KiB slab, so the churn evicts, sweeps and reuses slots all the time;
   // 511 slots, so a 1024-cell table up to half full; 10 bits of hash, so many keys share a hash (compared under change);
   // the names the reader never asks, each stored once, leave tombstones all over the table, so it is rebuilt under the reader too.
   const cache = new DnsCache(
@@ -159,10 +160,10 @@ t.test('a reader thread reading while this thread inserts, replaces, evicts, com
   t.equal(r.wrong, 0, `no answer belonged to another key ${r.firstWrong}`);
 });
 
-t.test('a hot key refreshed in a tight loop beside churn: a reader holding its old slot (freed, reused, its bytes compacted over) never serves torn bytes', async (t) => {
+t.test('a hot key refreshed in a tight loop beside churn: a reader holding its old slot (freed, reused, its bytes swept over) never serves torn bytes', async (t) => {
   // Every refresh takes the slot the previous one freed (the free list is LIFO), so a reader that found the key in the old
   // slot meets that slot being rewritten with the same key: only the slot's version tells the two entries apart. The other
-  // keys' churn on a small slab compacts over freed records all the time.
+  // keys' churn on a small slab sweeps over freed records all the time.
   const cache = shared({ positiveCapacity: 40, negativeCapacity: 4, maxBytes: 16 * 1024 });
   const reader = await startReader(t, cache.layout, 1);
   let seed = 3;
@@ -363,7 +364,7 @@ t.test('the key hash seed: each thread draws its own at load (not a constant), a
   t.same(heavy, [], 'none of node:crypto, https, tls, zlib, inspector loaded for it');
 });
 
-t.test('no reallocation: the slab is allocated at its cap; the soft end moves up by half with no copy, compaction below it', async (t) => {
+t.test('no reallocation: the slab is allocated at its cap; the soft end moves up by half with no copy, sweeps below it', async (t) => {
   const cache = shared({ maxBytes: 1 << 20, positiveCapacity: 50_000, negativeCapacity: 10 });
   const slab = cache.layout.slab;
   t.equal(slab.byteLength, 1 << 20, 'the whole budget, up front');
@@ -380,7 +381,7 @@ t.test('no reallocation: the slab is allocated at its cap; the soft end moves up
   for (let k = 1; k < sorted.length; k++) if (sorted[k]! > Math.ceil(sorted[k - 1]! * 1.5 / 8) * 8 && sorted[k] !== 1 << 20) t.fail(`a step past x1.5: ${sorted[k - 1]} -> ${sorted[k]}`);
   let wrong = 0;
   for (const r of cache.export(0)) if (scanAnswer(r.wire) === undefined) wrong++;
-  t.equal(wrong, 0, 'every record intact after the compactions');
+  t.equal(wrong, 0, 'every record intact after the sweeps');
 });
 
 function rssAnonKiB(): number {
@@ -537,8 +538,8 @@ t.test('the table rebuild: keeps every live key, leaves no tombstone, and stays 
   t.equal(c.live, capacity);
 });
 
-t.test('every change to a slot moves its version by two (what a reader holding the slot checks): a new entry, a refresh, a removal, a compaction move', async (t) => {
-  // 64 KiB: the slab's first soft end is its cap, so making room compacts.
+t.test('every change to a slot moves its version by two (what a reader holding the slot checks): a new entry, a refresh, a removal, a sweep\'s move', async (t) => {
+  // 64 KiB: the slab's first soft end is its cap, so making room sweeps.
   const store = rawStore(2000, undefined, 64 * 1024);
   const view = new StoreView(store.layout);
   const s0 = store.insert(POSITIVE, rawKey(0), rawInput(0));
@@ -550,14 +551,14 @@ t.test('every change to a slot moves its version by two (what a reader holding t
   t.not(s0b, s0, 'a refresh writes another slot');
   t.equal(view.ver[s0b], 2);
   t.equal(view.ver[s0], found + 2, 'and frees the old one: its version moved');
-  t.equal(view.serve(s0, parseQuery(query({ name: 'x.example' })), 0, -1, 512, 1232), null, 'a freed slot describes no record (compaction may reuse its bytes)');
+  t.equal(view.serve(s0, parseQuery(query({ name: 'x.example' })), 0, -1, 512, 1232), null, 'a freed slot describes no record (a sweep may reuse its bytes)');
   const s1 = store.insert(POSITIVE, rawKey(1), rawInput(1));
   t.equal(s1, s0, 'a new key reuses the freed slot');
   t.equal(view.ver[s0], found + 4, 'and moves its version again: a reader still holding the slot from before retries');
   store.remove(s1);
   t.equal(view.ver[s1], found + 6, 'a removal moves it');
 
-  // Compaction: remove every other entry, then insert until the slab compacts; each moved record's slot moved by two, no other.
+  // A sweep: remove every other entry, then insert until the sweep has slid every kept record down; each moved by two, no other.
   let i = 10;
   const live: number[] = [];
   while (live.length < 300) live.push(store.insert(POSITIVE, rawKey(i), rawInput(i++)));
@@ -565,27 +566,16 @@ t.test('every change to a slot moves its version by two (what a reader holding t
   const kept = live.filter((_, k) => k % 2 === 1);
   const offs = kept.map((s) => view.off[s]!);
   const vers = kept.map((s) => view.ver[s]!);
-  let compacted = false;
-  // Entries inserted and removed at once: dead space piles up at the tail with no eviction, until making room compacts.
-  for (let k = 0; k < 5000 && !compacted; k++) {
-    const dead = store.deadBytes;
-    const s = store.insert(POSITIVE, rawKey(i), rawInput(i++));
-    compacted = dead > 0 && store.deadBytes === 0;
-    if (!compacted) store.remove(s);
-  }
-  t.ok(compacted, 'the slab compacted');
+  const allMoved = (): boolean => kept.every((s, k) => view.off[s] !== offs[k]);
+  // Entries inserted and removed at once: dead space piles up with no eviction, until a lap sweeps the records before it.
+  for (let k = 0; k < 5000 && !allMoved(); k++) store.remove(store.insert(POSITIVE, rawKey(i), rawInput(i++)));
+  t.ok(allMoved(), 'a sweep slid every kept record down (each had a removed one below it)');
   t.equal(kept.length, 150);
-  let moved = 0;
   let wrong = 0;
   kept.forEach((s, k) => {
-    const delta = view.ver[s]! - vers[k]!;
-    if (view.off[s] !== offs[k]) {
-      moved++;
-      if (delta !== 2) wrong++;
-    } else if (delta !== 0) wrong++;
+    if (view.ver[s]! - vers[k]! !== 2) wrong++;
   });
-  t.equal(moved, kept.length, `every kept record moved (${moved})`);
-  t.equal(wrong, 0, 'each moved record\'s slot version moved by two, the others not at all');
+  t.equal(wrong, 0, 'each moved record\'s slot version moved by two: once, in one lap');
   t.ok(view.ver.every((x) => x % 2 === 0), 'every version even at rest');
   // clear frees every slot alike (new records then start at the slab's first byte, over the old ones).
   const k0 = kept[0]!;
@@ -593,6 +583,51 @@ t.test('every change to a slot moves its version by two (what a reader holding t
   store.clear();
   t.equal(view.ver[k0], before + 2, 'clear moves every used slot\'s version');
   t.equal(view.serve(k0, parseQuery(query({ name: 'x.example' })), 0, -1, 512, 1232), null, 'and leaves it describing no record');
+});
+
+t.test('the sweep moves a few records per insert, never the slab: each insert\'s moves stay under MOVE_CHUNK while the live bytes are many times that', async (t) => {
+  // 2 MiB of budget: about 800 KiB of live records (each also charged 64 bytes of index), which a whole-slab compaction moved in one insert.
+  const slabCap = 2 << 20;
+  const store = new AnswerStore({ capacity: [50_000, 4], budget: [Math.floor(slabCap * 0.7), Math.floor(slabCap * 0.1)], slabCap, shared: true });
+  const view = new StoreView(store.layout);
+  const at = new Map<number, { off: number; ver: number; hash: number }>();
+  const movedPerInsert: number[] = [];
+  let i = 0;
+  const insert = (): number => {
+    const s = store.insert(POSITIVE, `churn-${i}.ns-${i % 7}.svc.cluster.local`, rawInput(i * 7919));
+    i++;
+    return s;
+  };
+  // Filled past the cap first: evictions free the oldest records, and laps begin.
+  while (i < 40_000) insert();
+  const note = (s: number): void => void at.set(s, { off: view.off[s]!, ver: view.ver[s]!, hash: view.keyHash[s]! });
+  for (let s = 0; s < view.off.length; s++) if (view.off[s] !== NO_RECORD && view.ver[s]! > 0) note(s);
+  for (let n = 0; n < 20_000; n++) {
+    const mine = insert();
+    let moved = 0;
+    for (const [s, was] of at) {
+      if (s === mine) continue;
+      if (view.off[s] === NO_RECORD) at.delete(s);
+      else if (view.keyHash[s] !== was.hash || view.ver[s] !== was.ver) {
+        // Same key, version up by two, new offset: the sweep moved it.
+        if (view.keyHash[s] === was.hash && view.ver[s] === was.ver + 2 && view.off[s] !== was.off) moved += view.slabU32[(view.off[s]! >>> 2) + 1]!;
+        note(s);
+      }
+    }
+    note(mine);
+    movedPerInsert.push(moved);
+  }
+  const liveBytes = store.slabBytes - store.deadBytes;
+  const total = movedPerInsert.reduce((a, b) => a + b, 0);
+  const most = Math.max(...movedPerInsert);
+  t.ok(liveBytes > 8 * MOVE_CHUNK, `live bytes (${liveBytes}) many times a chunk`);
+  t.ok(total > liveBytes, `the sweeps moved records (${total} bytes over 20,000 inserts)`);
+  t.ok(most <= MOVE_CHUNK, `no insert moved more than a chunk (most: ${most} bytes)`);
+  const sorted = [...movedPerInsert].sort((a, b) => a - b);
+  t.ok(sorted[Math.floor(sorted.length * 0.99)]! <= 1024, `99% of inserts moved at most 1 KiB (${sorted[Math.floor(sorted.length * 0.99)]})`);
+  let wrong = 0;
+  for (const [s] of at) if (view.off[s] !== NO_RECORD && view.slabU32[view.off[s]! >>> 2] !== s) wrong++;
+  t.equal(wrong, 0, 'every live slot points at its own record');
 });
 
 t.test('the cache counts each table rebuild once (nodelocal_cache_table_rebuilds_total), whichever of its views inserted', async (t) => {

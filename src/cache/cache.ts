@@ -60,9 +60,9 @@ export class DnsCache implements HitCache {
       this.#core = view.core;
       this.#lookups = view.lookups.values;
     } else {
-      // LIVE_SHARE of the budget for live entries, the rest is the slab's room between compactions (store-slab.ts).
-      // Of the budget the store can hold: lists allowed more than the slab fills it with live records, and then
-      // every insert evicts one and compacts the whole slab.
+      // LIVE_SHARE of the budget for live entries, the rest is the slab's room to append while a sweep frees more
+      // (store-space.ts). Of the budget the store can hold: lists allowed more than the slab fills it with live
+      // records, and then every insert evicts one and sweeps the whole slab for its bytes.
       const room = Math.min(opts.maxBytes, MAX_SLAB);
       const live = room * LIVE_SHARE;
       const negativeBytes = Math.max(1, Math.floor(live * NEGATIVE_SHARE));

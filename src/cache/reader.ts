@@ -6,7 +6,7 @@
  *
  * No lock on this side. Two versions guard a read (store-layout.ts):
  *   - the slot's: the writer makes ver[slot] odd while it changes that
- *     slot's fields or record (a new entry in it, compaction moving it) and
+ *     slot's fields or record (a new entry in it, a sweep moving it) and
  *     even after, and moves it by two when it frees the slot (removal,
  *     refresh, clear). The lookup takes it (Atomics.load) before
  *     comparing the slot's key; the read serves (copies the answer out and

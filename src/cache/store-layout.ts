@@ -27,7 +27,7 @@
  *
  * Two kinds of version (reader.ts has the protocol):
  *   - per slot, `ver`: odd while the writer changes that slot's fields or
- *     record bytes (a new entry in it, compaction moving its record), and
+ *     record bytes (a new entry in it, a sweep moving its record), and
  *     moved by two at once when the slot is freed (its offset then points
  *     nowhere). A writer preempted in a change blocks the readers of that
  *     one key.

@@ -1,7 +1,8 @@
 /**
  * The answer store's slab (store.ts): how big a record is, how far the used
- * part grows, and compaction. The store decides when (its #reserve); this
- * module holds the record format and the two mechanisms.
+ * part grows, and moving records. Where the next record goes and when
+ * records move is store-space.ts's; this module holds the record format and
+ * the mechanisms.
  *
  * Slab record, 8-byte aligned so its TTL offsets can be read as a Uint16Array:
  *
@@ -11,19 +12,17 @@
  *         key bytes (the latin1 key of dns/query.ts)
  *         wire bytes (id 0, no OPT, TTLs capped; entry.ts)
  *
- * Freed space: records are appended at the tail; a removed record is marked
+ * Freed space: records are appended at the head; a removed record is marked
  * DEAD and its bytes counted as dead. The slab is allocated at its cap, but
- * used only up to a soft end: when the tail reaches it, the slab is
- * compacted in place (live records slid down in address order, their slots'
- * offsets rewritten) if it is mostly dead, else the soft end moves up (x1.5,
- * nothing copied) while it is below the cap. Pages past the soft end are
- * never written, so they cost no memory. The cap is the byte budget, and
- * the lists' budgets leave LIVE_SHARE of it for live records, so a
- * compaction at the cap frees at least a fifth of the slab and its cost (a
- * memmove of the live bytes) is amortised over that many inserted bytes. No
- * size classes, so no internal fragmentation.
+ * used only up to a soft end, which moves up (x1.5, nothing copied) while
+ * the slab is mostly live and under the cap; past that, a sweep slides live
+ * records down over the dead ones a few at a time (store-space.ts). Pages
+ * past the soft end are never written, so they cost no memory. The cap is
+ * the byte budget, and the lists' budgets leave LIVE_SHARE of it for live
+ * records, so a sweep at the cap frees at least a fifth of what it walks.
+ * No size classes, so no internal fragmentation.
  */
-import { DEAD, RECORD_HEADER, type StoreView } from './store-layout.js';
+import { RECORD_HEADER, type StoreView } from './store-layout.js';
 
 /** The slab's first soft end; it moves up by half up to its cap. */
 export const INITIAL_SLAB = 64 * 1024;
@@ -34,9 +33,9 @@ export const INITIAL_SLAB = 64 * 1024;
 export const MAX_SLAB = 2 ** 32 - 8;
 /**
  * Share of the byte budget the lists may fill with live records (charged with
- * their index overhead); the rest is the slab's room to append between
- * compactions. At 0.8 a compaction at the cap moves at most 4 bytes per byte
- * appended since the last one.
+ * their index overhead); the rest is the slab's room to append while a sweep
+ * frees more. At 0.8 a sweep at the cap moves at most 4 bytes per byte it
+ * frees.
  */
 export const LIVE_SHARE = 0.8;
 
@@ -60,44 +59,15 @@ export function grownSoftEnd(end: number, need: number, cap: number): number {
 }
 
 /**
- * Bytes compaction moves in one step at most (a run of adjacent live
- * records is cut at a record boundary past this): the records of one step
- * have their slot versions odd together, so a writer preempted inside one
- * blocks the readers of those keys only, for one step.
+ * Bytes a sweep (store-space.ts) moves in one step at most (a run of
+ * adjacent live records is cut at a record boundary past this): the records
+ * of one step have their slot versions odd together, so a writer preempted
+ * inside one blocks the readers of those keys only, for one step.
  */
-export const COMPACT_CHUNK = 64 * 1024;
-
-/**
- * Slides the live records below `tail`, in address order, to the start of
- * the slab, rewriting their slots' offsets. Runs of adjacent live records
- * move in one copy, at most COMPACT_CHUNK bytes per step; a record's bytes
- * and its slot's offset change while its slot's version is odd. The dead
- * records it overwrites need no version: their slots' offsets no longer
- * point at them (store.ts #free). Returns the new tail (nothing dead is
- * left below it).
- */
-export function compactSlab(v: StoreView, tail: number): number {
-  const u32 = v.slabU32;
-  let dst = 0;
-  let runStart = 0;
-  let runEnd = 0;
-  for (let src = 0; src < tail; ) {
-    const slot = u32[src >>> 2]!;
-    const rec = u32[(src >>> 2) + 1]!;
-    if (slot !== DEAD) {
-      if (src !== runEnd || runEnd - runStart >= COMPACT_CHUNK) {
-        dst = moveRun(v, runStart, runEnd, dst);
-        runStart = src;
-      }
-      runEnd = src + rec;
-    }
-    src += rec;
-  }
-  return moveRun(v, runStart, runEnd, dst);
-}
+export const MOVE_CHUNK = 64 * 1024;
 
 /** Moves the records in slab[start, end) down to `dst` and points their slots there; returns the new end of what was moved. */
-function moveRun(v: StoreView, start: number, end: number, dst: number): number {
+export function moveRun(v: StoreView, start: number, end: number, dst: number): number {
   if (end === start) return dst;
   if (dst !== start) {
     const u32 = v.slabU32;

@@ -5,7 +5,7 @@
  *
  * A change is seen by the readers of the key it changes only. The writer
  * makes a slot's version odd while it changes that slot's fields or record
- * bytes (a new entry in it, compaction moving its record) and moves it by
+ * bytes (a new entry in it, a sweep moving its record) and moves it by
  * two when it frees the slot, and readers check the version of the slot
  * they read around their read; the
  * hash table never moves a cell (deletions leave tombstones, store-table.ts).

@@ -21,9 +21,10 @@
  * finds the key missing in between; then the old slot is freed. An
  * eviction leaves a tombstone and makes the slot's offset point nowhere
  * (NO_RECORD), so a reader still holding the slot from the table gets a
- * miss, even after compaction reuses its bytes.
+ * miss, even after a sweep reuses its bytes.
  *
- * The slab's record format and compaction are in store-slab.ts, the hash
+ * The slab's record format is in store-slab.ts, where records go and the
+ * sweep that reclaims removed ones in store-space.ts, the hash
  * table's upkeep in store-table.ts, the LRU lists and eviction's choice in
  * store-lru.ts, the lookups and an entry's fields in store-fields.ts (the
  * class AnswerStore extends), the entry handle lookups return in
@@ -35,7 +36,8 @@ import { SLOT_OVERHEAD_BYTES } from './cache-api.js';
 import { StoreFields } from './store-fields.js';
 import { allocLayout, DEAD, NO_RECORD, NONE, REBUILDS, RECORD_HEADER, StoreView, type ListId } from './store-layout.js';
 import { evictionVictim, linkMru, unlink } from './store-lru.js';
-import { compactSlab, grownSoftEnd, INITIAL_SLAB, MAX_SLAB, recordBytes } from './store-slab.js';
+import { INITIAL_SLAB, MAX_SLAB, recordBytes } from './store-slab.js';
+import { SlabSpace } from './store-space.js';
 import { REBUILD_AT, tableDelete, tableInsert, tableRebuild, tableReplace } from './store-table.js';
 import { beginAll, closeSlot, endAll, openSlot, unpointSlot } from './store-versions.js';
 
@@ -79,12 +81,8 @@ export class AnswerStore extends StoreFields {
   readonly #hashMask: number;
   readonly #capacity: readonly [number, number];
   readonly #budget: readonly [number, number];
-  /** The slab's length: its cap. */
-  readonly #slabCap: number;
-  /** What the slab uses for now (see the header): appends stop here. */
-  #softEnd: number;
-  #tail: number;
-  #dead: number;
+  /** Where records go in the slab, and sweeping dead ones out (store-space.ts). */
+  readonly #space: SlabSpace;
   #freeSlot: number;
   /** Slots never used yet start here. */
   #fresh: number;
@@ -111,10 +109,7 @@ export class AnswerStore extends StoreFields {
     this.#hashMask = hashMask;
     this.#capacity = opts.capacity;
     this.#budget = opts.budget;
-    this.#slabCap = cap;
-    this.#softEnd = Math.min(INITIAL_SLAB, cap);
-    this.#tail = 0;
-    this.#dead = 0;
+    this.#space = new SlabSpace(v, cap, Math.min(INITIAL_SLAB, cap));
     this.#freeSlot = NONE;
     this.#fresh = 0;
     this.#cellsUsed = 0;
@@ -149,15 +144,15 @@ export class AnswerStore extends StoreFields {
   }
   /** The part of the slab in use: its soft end (it moves up to the cap, the byte budget). */
   get slabBytes(): number {
-    return this.#softEnd;
+    return this.#space.softEnd;
   }
   /** The most the slab may grow to: the byte budget, at most MAX_SLAB. */
   get slabCap(): number {
-    return this.#slabCap;
+    return this.#space.cap;
   }
-  /** Bytes of removed records not yet reclaimed by a compaction. */
+  /** Bytes of removed records not yet reclaimed by a sweep. */
   get deadBytes(): number {
-    return this.#dead;
+    return this.#space.dead;
   }
   /** What an entry of this shape is charged. */
   static charge(keyLen: number, wireLen: number, ttlCount: number): number {
@@ -192,9 +187,9 @@ export class AnswerStore extends StoreFields {
     const wireLen = e.wire.length;
     const rec = recordBytes(keyLen, wireLen, ttlCount);
     const charge = rec + SLOT_OVERHEAD_BYTES;
-    if (charge > this.#budget[list]! || rec > this.#slabCap || keyLen > 0xffff || ttlCount > 0xffff) return this.#dropDetached(old);
+    if (charge > this.#budget[list]! || rec > this.#space.cap || keyLen > 0xffff || ttlCount > 0xffff) return this.#dropDetached(old);
     while (this.#count[list]! >= this.#capacity[list]! || this.#bytes[list]! + charge > this.#budget[list]!) this.#evict(list);
-    while (!this.#reserve(rec)) {
+    while (!this.#space.reserve(rec)) {
       if (this.#lru[list] !== NONE) this.#evict(list);
       else if (this.#lru[1 - list] !== NONE) this.#evict((1 - list) as ListId);
       else return this.#dropDetached(old); // cannot happen: rec and a detached old record fit in the cap (LIVE_SHARE)
@@ -202,8 +197,7 @@ export class AnswerStore extends StoreFields {
     const v = this.#v;
     // Never past the arrays: at most capacity[0] + capacity[1] - 1 entries counted here, a detached old one, and this one.
     const slot = this.#takeSlot();
-    const off = this.#tail;
-    this.#tail = off + rec;
+    const off = this.#space.take(rec);
     const h = (hashKey(key) & this.#hashMask) >>> 0;
     // Odd while the slot changes: a reader still holding it from a table cell read before its last removal retries or misses.
     openSlot(v, slot);
@@ -262,13 +256,13 @@ export class AnswerStore extends StoreFields {
   /**
    * A detached slot no table cell points at any more: its record dead, its
    * offset pointing nowhere (a reader that still holds the slot must not
-   * take bytes compaction may overwrite for the key's), the slot free.
+   * take bytes a sweep may overwrite for the key's), the slot free.
    */
   #free(slot: number): void {
     const v = this.#v;
     const off = v.off[slot]!;
     v.slabU32[off >>> 2] = DEAD;
-    this.#dead += v.slabU32[(off >>> 2) + 1]!;
+    this.#space.freed(v.slabU32[(off >>> 2) + 1]!);
     unpointSlot(v, slot);
     v.older[slot] = this.#freeSlot;
     this.#freeSlot = slot;
@@ -295,8 +289,7 @@ export class AnswerStore extends StoreFields {
       this.#bytes.fill(0);
       this.#freeSlot = NONE;
       this.#fresh = 0;
-      this.#tail = 0;
-      this.#dead = 0;
+      this.#space.clear();
       this.#cellsUsed = 0;
     } finally {
       endAll(this.#v);
@@ -342,7 +335,7 @@ export class AnswerStore extends StoreFields {
     return { slots: slots.subarray(0, i), hashes: hashes.subarray(0, i) };
   }
 
-  /** Whether `slot` still holds the entry capture() saw there (key hash `hash`): not freed, not reused for another key; compaction may have moved it. */
+  /** Whether `slot` still holds the entry capture() saw there (key hash `hash`): not freed, not reused for another key; a sweep may have moved it. */
   holds(slot: number, hash: number): boolean {
     const v = this.#v;
     return v.off[slot] !== NO_RECORD && v.keyHash[slot] === hash;
@@ -351,29 +344,6 @@ export class AnswerStore extends StoreFields {
   #evict(list: ListId): void {
     this.remove(evictionVictim(this.#v, this.#mru, this.#lru, list));
     this.evicted[list]!++;
-  }
-
-  // ---- slab ----
-
-  /**
-   * Makes `rec` bytes free at the tail: as it is, by moving the soft end up
-   * (while mostly live and under the cap), or by compacting below it. False
-   * when only an eviction can make room.
-   */
-  #reserve(rec: number): boolean {
-    const end = this.#softEnd;
-    if (this.#tail + rec <= end) return true;
-    const live = this.#tail - this.#dead;
-    if ((live + rec) * 4 > end * 3 && end < this.#slabCap) {
-      this.#softEnd = grownSoftEnd(end, this.#tail + rec, this.#slabCap);
-      if (this.#tail + rec <= this.#softEnd) return true;
-    }
-    if (this.#dead > 0 && live + rec <= this.#softEnd) {
-      this.#tail = compactSlab(this.#v, this.#tail);
-      this.#dead = 0;
-      return true;
-    }
-    return false;
   }
 
   // ---- slots ----
