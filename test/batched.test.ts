@@ -2963,6 +2963,31 @@ t.test('pause on a wildcard address: drain() waits for a miss its kept socket to
   t.equal(rcodeName(c.answers.get(2)), 'NXDOMAIN', 'the client gets the upstream\'s answer, not SERVFAIL');
 });
 
+t.test('pause on a wildcard address: a miss taken after the worker said drained, read with that report, keeps drain() waiting', async (t) => {
+  // The order the test above leaves to chance: the worker says 'drained' at the pause (nothing in flight), then its
+  // kept socket takes a miss, both before this thread reads that report. The report is read after the ring (the miss
+  // with it), so 'drained' was stale by then; taken as said, drain() resolved and the abort that follows answered the
+  // client SERVFAIL.
+  const { r, port, c, release } = await heldRig(t, { listen: ['0.0.0.0'] });
+  t.teardown(() => release());
+  void c.send(port, 'svc-1.example.com', 1);
+  await until('warm-up', () => c.answers.has(1));
+  let drained = false;
+  r.listener.pause();
+  const draining = r.listener.drain().then(() => (drained = true));
+  // This thread blocked while another process sends the miss: the worker's report and the miss wait for it together.
+  const q = dnsPacket.encode({ type: 'query', id: 2, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name: 'held-9.example.com', class: 'IN' }] });
+  const script = "const s = require('node:dgram').createSocket('udp4'); s.send(Buffer.from(process.argv[1], 'hex'), Number(process.argv[2]), '127.0.0.1', () => s.close());";
+  const sent = spawnSync(process.execPath, ['-e', script, q.toString('hex'), String(port)], { timeout: 10_000 });
+  t.equal(sent.status, 0, 'the other process sent the query');
+  await until('the miss to reach the upstream', () => r.resolver.inflight === 1, 10_000);
+  await new Promise((res) => setTimeout(res, 100));
+  t.notOk(drained, 'drain() waits while the miss the kept socket took waits on the upstream');
+  release();
+  await draining;
+  t.pass('and resolves once it is answered');
+});
+
 t.test('pause on a wildcard address: a miss its kept socket takes after abortAll() is answered before close(), not dropped', async (t) => {
   // After 'abort' (loop.ts #apply) the worker keeps reading its kept wildcard socket: a new miss goes to the main
   // thread and its client waits. close() then ends the worker with that client still waiting: no answer at all

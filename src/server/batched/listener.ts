@@ -341,7 +341,7 @@ export class BatchedUdpListener implements Listener, MissCompleter {
   /** Any message from a worker: the turns it wrote to the ring first (they came before it: packed-ring.ts), then the message. */
   #onReport(link: WorkerLink, r: WorkerReport | RingWake): void {
     wakeTaken(link.ctl);
-    link.reports.drain((m, w) => takeItems(link, m, w, this.#exchange, this.sharedCache, this.#clock));
+    const taken = link.reports.drain((m, w) => takeItems(link, m, w, this.#exchange, this.sharedCache, this.#clock));
     if (r === RING_WAKE) return;
     if (MISS_TRACE && r.trace !== undefined) traceReport(r.trace);
     if (r.overflow === true) {
@@ -352,7 +352,9 @@ export class BatchedUdpListener implements Listener, MissCompleter {
       for (const [level, msg, fields] of r.logs) this.#logger[level](msg, { worker: link.index, ...fields });
     }
     if (r.drained !== undefined) {
-      link.drained = r.drained;
+      // A worker says drained with nothing in flight, so what the ring held besides was taken after it said so (on a
+      // kept wildcard socket): not drained after all. The worker says it again once that is answered.
+      link.drained = r.drained && taken === 0;
       this.#checkDrained();
     }
     if (r.aborted !== undefined) this.#checkAborted(link, r.aborted);
