@@ -80,7 +80,7 @@ export class SlabSpace {
     }
   }
 
-  /** Takes `rec` bytes reserve() made free; returns their offset. The sweep then walks its share, below or above them, never into them. */
+  /** Takes `rec` bytes reserve() made free; returns their offset. The sweep then walks its share, sliding records in above them, never into them. */
   take(rec: number): number {
     const off = this.#head;
     this.#head = off + rec;
