@@ -1,7 +1,7 @@
-// IntTable (src/server/int-table.ts) against a Map: random sets and deletes over keys that crowd a few slots
+// IntTable (src/int-table.ts) against a Map: random sets and deletes over keys that crowd a few slots
 // (multiples of the table's size, negative hashes, neighbours), through growth, with every key checked each round.
 import t from 'tap';
-import { IntTable } from '../src/server/int-table.js';
+import { IntTable } from '../src/int-table.js';
 
 /** A deterministic PRNG (replay a failure by its seed). */
 function prng(seed: number): (n: number) => number {
@@ -33,4 +33,16 @@ t.test('IntTable agrees with a Map through sets, deletes and growth, with keys c
     t.equal(wrong, 0, `seed ${seed}: every get, delete and size as a Map's`);
     t.same(table.values().sort(), [...map.values()].sort(), `seed ${seed}: the same values`);
   }
+});
+
+t.test('IntTable.clear empties it, and it takes keys again after', async (t) => {
+  const table = new IntTable<number>();
+  for (let k = 0; k < 200; k++) table.set(k * 64, k);
+  table.clear();
+  t.equal(table.size, 0, 'nothing left');
+  t.same(table.values(), [], 'no value left');
+  t.equal(table.get(64), undefined, 'a key it held is gone');
+  table.set(64, 7);
+  t.equal(table.get(64), 7, 'set again after clear');
+  t.equal(table.size, 1);
 });

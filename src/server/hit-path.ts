@@ -44,7 +44,7 @@ import { closeOpened, keepBuckets, type ClientMissLimiter } from './client-limit
 import type { ClientTagger, HitPathHistograms, HitPathOptions, ScrubAnswer } from './hit-path-options.js';
 import type { ClientChannel, ClientPeer, QueryHandler } from './listener.js';
 import type { MissGate, MissOutcome, MissSink } from './miss-boundary.js';
-import { IntTable } from './int-table.js';
+import { IntTable } from '../int-table.js';
 import { ClientShares, InFlight, MAX_WAITERS_PER_QUESTION, Miss, RecentFailures, Waiter, clientHash } from './miss-waiters.js';
 import { SERVER_COUNTERS, type ServerCounters } from './stats.js';
 

@@ -9,7 +9,7 @@ import { copyBytes } from '../dns/name.js';
 import { hashKey, QuerySnapshot, type Query, type QueryScratch } from '../dns/query.js';
 import type { ClientBucket } from './client-limit.js';
 import type { ClientChannel, ClientPeer } from './listener.js';
-import { IntTable } from './int-table.js';
+import { HashChains } from '../int-table.js';
 
 /**
  * Clients that may wait on one question in flight. Without a cap they grow
@@ -155,32 +155,20 @@ export class Miss {
  * hash are chained (Miss.sameHash); a key is in flight at most once.
  */
 export class InFlight {
-  readonly #byHash = new IntTable<Miss>();
+  readonly #byHash = new HashChains<Miss>();
 
   find(q: QueryScratch): Miss | undefined {
-    for (let m = this.#byHash.get(q.keyHash); m !== undefined; m = m.sameHash) if (sameKey(m.key, q.keyBytes, q.keyLen)) return m;
+    for (let m = this.#byHash.first(q.keyHash); m !== undefined; m = m.sameHash) if (sameKey(m.key, q.keyBytes, q.keyLen)) return m;
     return undefined;
   }
 
   add(miss: Miss): void {
-    miss.sameHash = this.#byHash.get(miss.hash);
-    this.#byHash.set(miss.hash, miss);
+    this.#byHash.add(miss);
   }
 
   /** Takes `miss` out, if it is in. */
   remove(miss: Miss): void {
-    const first = this.#byHash.get(miss.hash);
-    if (first === miss) {
-      if (miss.sameHash === undefined) this.#byHash.delete(miss.hash);
-      else this.#byHash.set(miss.hash, miss.sameHash);
-      return;
-    }
-    for (let m = first; m !== undefined; m = m.sameHash) {
-      if (m.sameHash === miss) {
-        m.sameHash = miss.sameHash;
-        return;
-      }
-    }
+    this.#byHash.remove(miss);
   }
 }
 

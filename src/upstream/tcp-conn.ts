@@ -14,6 +14,7 @@ import { dialableHost } from '../addr.js';
 import { HEADER_LEN } from '../dns/constants.js';
 import { FrameDecoder } from '../dns/framing.js';
 import { answerMatchesQuery, readId } from '../dns/question.js';
+import { IntTable } from '../int-table.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../miss-trace.js';
 import type { ServerAddress, UpstreamExchange } from './types.js';
 
@@ -58,7 +59,8 @@ export class Job {
 export class Conn {
   state: ConnState;
   readonly socket: net.Socket;
-  readonly inflight: Map<number, Job>;
+  /** By id: a table that makes no garbage per query (int-table.ts: a Map here left old-generation garbage per miss). */
+  readonly inflight: IntTable<Job>;
   readonly decoder: FrameDecoder;
   nextId: number;
   sent: number;
@@ -91,7 +93,7 @@ export class Conn {
   constructor(socket: net.Socket, onFrame: (msg: Buffer) => void, now: number, stallMs: number) {
     this.state = 'connecting';
     this.socket = socket;
-    this.inflight = new Map();
+    this.inflight = new IntTable();
     this.decoder = new FrameDecoder(onFrame);
     // A random start keeps ids from repeating across reconnects; sequential after that, so reuse is 64k queries apart.
     this.nextId = randomInt(0, 0x10000);
@@ -119,7 +121,7 @@ export class Conn {
   send(job: Job): boolean {
     let id = this.nextId;
     // Terminates: in-flight is capped below 65536.
-    while (this.inflight.has(id)) id = (id + 1) & 0xffff;
+    while (this.inflight.get(id) !== undefined) id = (id + 1) & 0xffff;
     this.nextId = (id + 1) & 0xffff;
     job.id = id;
     job.sendNo = this.sends++;
@@ -141,6 +143,11 @@ export class Conn {
     if (!answerMatchesQuery(job.ex.query, msg)) return 'mismatched';
     this.inflight.delete(job.id);
     return job;
+  }
+
+  /** What is in flight on it, oldest send first (a copy: the caller may take jobs out meanwhile). */
+  inSendOrder(): Job[] {
+    return this.inflight.values().sort((a, b) => a.sendNo - b.sendNo);
   }
 
   /** An answer read (one in time, or late): the connection moves on, and is not silent. */

@@ -117,7 +117,7 @@ export class Mover {
     }
     const moving: Job[] = [];
     let first = true;
-    for (const job of c.inflight.values()) {
+    for (const job of c.inSendOrder()) {
       if (!first && !job.moved) moving.push(job);
       first = false;
       if (!all && moving.length === 1) break;

@@ -300,7 +300,7 @@ export class TcpPool implements Upstream {
       this.#reach.lost(now, c, was === 'connecting', this.#conns, error);
     }
     if (c.inflight.size > 0) {
-      const jobs = [...c.inflight.values()];
+      const jobs = c.inSendOrder();
       c.inflight.clear();
       // Re-queue at the head, oldest first: these waited longer than anything in the queue.
       for (let k = jobs.length - 1; k >= 0; k--) {
@@ -333,7 +333,7 @@ export class TcpPool implements Upstream {
         if (now - c.startedAt >= this.#connectTimeoutMs) this.#setClosed(c, 'connectTimeout');
         continue;
       }
-      for (const job of c.inflight.values()) {
+      for (const job of c.inSendOrder()) {
         if (now >= job.ex.deadline) {
           c.inflight.delete(job.id);
           c.timedOut(job, now);

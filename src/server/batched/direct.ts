@@ -32,6 +32,7 @@ import { scanAnswer, type AnswerScan } from '../../dns/answer.js';
 import { QueryScratch, QueryStatus, parseQuery, parseQueryInto } from '../../dns/query.js';
 import type { NativeBlock, UdpBatchSys } from '../../sys/udp-batch.js';
 import { serverFailed } from '../../upstream/health.js';
+import { IntTable } from '../../int-table.js';
 import { Transport } from '../listener.js';
 import { RCODE_SLOT_BASE, RCODE_SLOT_OTHER, SERVER_COUNTERS } from '../stats.js';
 import { answerLimit, serveFromCache, serveOne, type DirectDeps } from './direct-serve.js';
@@ -39,7 +40,6 @@ import { Arena, MAX_DATAGRAM_BYTES, SendVec, vecBytes } from './msgvec.js';
 import { Packer, WAITER_ARRIVED_WORD, WAITER_STRIDE, itemBytes, itemExtra, itemExtraOffset, itemTag, itemToken, msSince16, type Packed } from './protocol.js';
 import { BATCHED_COUNTERS } from './stats.js';
 import { MISS_TRACE, traceMarks, traceNow, traceRecord } from '../../miss-trace.js';
-
 const IO = BATCHED_COUNTERS.slot;
 /** Failed questions remembered for late clients: at 20k failures/s, the last 50 ms. */
 const FAILED_TOKENS_KEPT = 1024;
@@ -89,8 +89,8 @@ export class DirectAnswers {
   readonly #send: SendVec[];
   /** An answer too big for the send slots goes out alone from here, with its source address as any other. */
   readonly #alone: SendVec;
-  /** The worker's misses in flight, by its token. */
-  readonly #pending = new Map<number, PendingMiss>();
+  /** The worker's misses in flight, by its token (int-table.ts: a Map here left old-generation garbage per miss). */
+  readonly #pending = new IntTable<PendingMiss>();
   /** Records to hand back to the worker (WAITER_STRIDE): takeAgain(). */
   readonly #again = new Packer(false, WAITER_STRIDE);
   #closed = false;

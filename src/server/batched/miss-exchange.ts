@@ -18,6 +18,7 @@
  * still is, until the entry expires.
  */
 import type { DnsCache } from '../../cache/cache.js';
+import { HashChains, IntTable } from '../../int-table.js';
 import type { CacheEntry } from '../../cache/entry.js';
 import type { Clock } from '../../clock.js';
 import { scanAnswer, type AnswerScan } from '../../dns/answer.js';
@@ -60,14 +61,17 @@ interface Waiter {
 class Shared {
   readonly token: number;
   readonly key: string;
-  /** Its key's hash, where the workers see it in flight (upstream-load.ts); 0 when no one reads that. */
+  /** Its key's hash (dns/query.ts hashKey): where it is found by key, and where the workers see it in flight (upstream-load.ts). */
   readonly hash: number;
   readonly waiters: Waiter[];
+  /** The next question in flight whose key has the same hash (MissExchange #byHash). */
+  sameHash: Shared | undefined;
   constructor(token: number, key: string, hash: number, first: Waiter) {
     this.token = token;
     this.key = key;
     this.hash = hash;
     this.waiters = [first];
+    this.sameHash = undefined;
   }
 }
 
@@ -85,8 +89,12 @@ export interface MissExchangeOptions {
 
 export class MissExchange implements MissCompleter {
   #sink: MissSink | null;
-  readonly #byKey: Map<string, Shared>;
-  readonly #byToken: Map<number, Shared>;
+  /**
+   * Questions in flight by their key's hash, those sharing one chained (Shared.sameHash), and by token: tables that
+   * make no garbage per miss (int-table.ts says why a Map did, in the old generation).
+   */
+  readonly #byHash: HashChains<Shared>;
+  readonly #byToken: IntTable<Shared>;
   #nextToken: number;
   /** Main-thread slots: cross-worker coalescing, shared-cache hits. */
   readonly #v: Float64Array;
@@ -98,8 +106,8 @@ export class MissExchange implements MissCompleter {
 
   constructor(o: MissExchangeOptions) {
     this.#sink = null;
-    this.#byKey = new Map();
-    this.#byToken = new Map();
+    this.#byHash = new HashChains();
+    this.#byToken = new IntTable();
     this.#nextToken = 1;
     this.#v = o.counters.values;
     this.#server = o.server.values;
@@ -122,7 +130,8 @@ export class MissExchange implements MissCompleter {
   forward(from: MissReturn, token: number, key: string, query: Buffer, refresh = false): void {
     if (this.#shared !== null && this.#fromShared(from, token, key, query, refresh)) return;
     const waiter: Waiter = { to: from, token };
-    const shared = this.#byKey.get(key);
+    const hash = hashKey(key);
+    const shared = this.#find(key, hash);
     if (shared !== undefined) {
       this.#v[S.crossWorkerCoalesced]!++;
       shared.waiters.push(waiter);
@@ -135,11 +144,10 @@ export class MissExchange implements MissCompleter {
     // Tokens wrap long before a double could lose precision; a live token is never reused (2^31 misses apart).
     const t = this.#nextToken;
     this.#nextToken = t >= 0x7fffffff ? 1 : t + 1;
-    const load = this.#load;
-    const s = new Shared(t, key, load === null ? 0 : hashKey(key), waiter);
-    this.#byKey.set(key, s);
+    const s = new Shared(t, key, hash, waiter);
+    this.#byHash.add(s);
     this.#byToken.set(t, s);
-    load?.mark(s.hash, 1);
+    this.#load?.mark(hash, 1);
     // May complete synchronously: registered first so complete() finds it.
     this.#sink.forward(t, key, query);
   }
@@ -159,7 +167,7 @@ export class MissExchange implements MissCompleter {
     const s = this.#byToken.get(token);
     if (s === undefined) return;
     this.#byToken.delete(token);
-    if (this.#byKey.get(s.key) === s) this.#byKey.delete(s.key);
+    this.#byHash.remove(s);
     this.#load?.mark(s.hash, -1);
     if (answer !== null && outcome === 'upstream') answer = scrubCounted(answer, this.#server);
     // Read once, here, for the store and for every main-thread answer to the workers' clients (direct.ts).
@@ -170,6 +178,12 @@ export class MissExchange implements MissCompleter {
       w.to.deliver(w.token, answer, outcome, scan, stored);
       if (outcome === 'capped') w.to.refusedForLoad();
     }
+  }
+
+  /** The question in flight for `key` (its hash `hash`), if one is. */
+  #find(key: string, hash: number): Shared | undefined {
+    for (let s = this.#byHash.first(hash); s !== undefined; s = s.sameHash) if (s.key === key) return s;
+    return undefined;
   }
 
   /**

@@ -1,15 +1,20 @@
 /**
- * A map from int32 keys (tokens, key hashes: nothing outside int32) to
- * values that makes no garbage while its size stays under the most it has
- * held: open addressing, linear probing, and deletion by shifting the run
- * back (no tombstones). It grows by doubling and never shrinks.
+ * A map from int32 keys (tokens, message ids, key hashes: nothing outside
+ * int32) to values that makes no garbage while its size stays under the
+ * most it has held: open addressing, linear probing, and deletion by
+ * shifting the run back (no tombstones). It grows by doubling and never
+ * shrinks.
  *
  * Why not a Map: V8's Map keeps deleted entries as holes until it rebuilds
  * its table, so a Map whose entries come and go (misses in flight: one set
  * and one delete each) allocates a new table every few dozen insertions,
  * and shrinks and grows again as the count swings. In a batched worker
  * beside a miss flood that was about a fifth of the garbage each crossing
- * miss left (bench/worker-garbage.ts).
+ * miss left (bench/worker-garbage.ts). Worse on a long-lived Map: V8
+ * allocates the rebuilt table in the generation the old one was in, so
+ * once a Map's table has been promoted every rebuild is old-generation
+ * garbage, and a steady miss load on the main thread drove a mark-compact
+ * every 1.8 s (README "Miss path").
  */
 
 /** Slots to begin with: a few dozen misses in flight without growing. */
@@ -81,6 +86,12 @@ export class IntTable<V> {
     return true;
   }
 
+  /** Empties it (keeping its size: it never shrinks). */
+  clear(): void {
+    this.#vals.fill(undefined);
+    this.#size = 0;
+  }
+
   /** Every value, in no particular order (a copy: the caller may change the table meanwhile). */
   values(): V[] {
     const out: V[] = [];
@@ -97,5 +108,47 @@ export class IntTable<V> {
     this.#mask = slots - 1;
     this.#size = 0;
     for (let i = 0; i < vals.length; i++) if (vals[i] !== undefined) this.set(keys[i]!, vals[i]!);
+  }
+}
+
+/** What HashChains files: its hash, and a link to the next of the same hash. */
+export interface Chained<T> {
+  readonly hash: number;
+  sameHash: T | undefined;
+}
+
+/**
+ * Items filed by an int32 hash, those that share one chained through their
+ * own `sameHash` link: a table by key with no key string in it and no
+ * garbage per item (the item is the chain node). The caller walks the
+ * chain from first() to find its key.
+ */
+export class HashChains<T extends Chained<T>> {
+  readonly #byHash = new IntTable<T>();
+
+  /** The newest item filed under `hash` (follow sameHash for the others). */
+  first(hash: number): T | undefined {
+    return this.#byHash.get(hash);
+  }
+
+  add(item: T): void {
+    item.sameHash = this.#byHash.get(item.hash);
+    this.#byHash.set(item.hash, item);
+  }
+
+  /** Takes `item` out, if it is in. */
+  remove(item: T): void {
+    const first = this.#byHash.get(item.hash);
+    if (first === item) {
+      if (item.sameHash === undefined) this.#byHash.delete(item.hash);
+      else this.#byHash.set(item.hash, item.sameHash);
+      return;
+    }
+    for (let o = first; o !== undefined; o = o.sameHash) {
+      if (o.sameHash === item) {
+        o.sameHash = item.sameHash;
+        return;
+      }
+    }
   }
 }
