@@ -6,9 +6,14 @@
  * met the default action, and as PID 1 in its container (Dockerfile
  * ENTRYPOINT node ...) the kernel drops such a signal, so the agent started
  * and served, and the pod's deletion ended in a SIGKILL that left the link
- * and the rules on the node. This module imports nothing else statically.
+ * and the rules on the node. This module imports nothing else statically but
+ * the V8 settings (v8-tuning.ts), which import only node:v8.
  */
 import { StopSignals, type HeldSignal } from './stop-signals.js';
+import { tuneV8 } from './v8-tuning.js';
+
+// Before the agent's modules load: every allocation site of theirs is made under these flags.
+tuneV8();
 
 // Until agent-main.ts says otherwise, nothing has started: a stop is held (the agent then does not start), a second one exits.
 let whileStarting = (signal: HeldSignal, repeated: boolean): void => {
