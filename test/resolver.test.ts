@@ -415,6 +415,25 @@ t.test('cluster DNS late: a forward unanswered after --fallback-after is answere
   t.equal(r.hits.inflight, 0);
 });
 
+t.test('an answered forward leaves the --fallback-after watch as it completes, not at the next sweep', async (t) => {
+  // Held until the sweep, each outlived young-generation collections under a miss load and was promoted with its query.
+  const r = viewRig({ fallbackAfterMs: 1000 });
+  const ch = new FakeChannel();
+  const names = ['a', 'b', 'c'].map((n) => `${n}-svc.default.svc.cluster.local`);
+  names.forEach((name, i) => r.hits.handle(query({ name, id: 20 + i }), ch, PEER));
+  t.equal(r.cluster.exchanges.length, 3, 'three forwarded');
+  t.equal(r.resolver.watched, 3, 'all three watched');
+  r.cluster.answer(1, answer(names[1]!, [a(names[1]!, '10.96.1.2')]));
+  t.equal(r.resolver.watched, 3, 'answered behind an older unanswered one: stays until the front moves');
+  r.cluster.answer(0, answer(names[0]!, [a(names[0]!, '10.96.1.1')]));
+  t.equal(r.resolver.watched, 1, 'the front answered: it and the answered one behind it leave at once');
+  r.cluster.answer(2, answer(names[2]!, [a(names[2]!, '10.96.1.3')]));
+  t.equal(r.resolver.watched, 0, 'the last answered: nothing watched, no sweep ran');
+  t.equal(ch.sent.length, 3, 'each client answered');
+  r.clock.advance(1100);
+  t.equal(r.resolver.counters.get('localLate'), 0, 'none answered from the view later');
+});
+
 t.test('reload to --fallback-after 0: queries already in flight wait for their upstream, not for the view', async (t) => {
   const r = viewRig({ fallbackAfterMs: 1000 });
   const ch = new FakeChannel();

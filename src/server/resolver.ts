@@ -31,6 +31,7 @@ import { nameToWire } from '../dns/name.js';
 import { QueryStatus, parseQuery } from '../dns/query.js';
 import type { Clock } from '../clock.js';
 import { defineCounters, type Counters } from '../stats/counters.js';
+import { Fifo } from '../upstream/fifo.js';
 import { serverFailed } from '../upstream/health.js';
 import { HOST_BUDGET_CAP_MS } from '../upstream/host-route.js';
 import type { ZoneRouter } from '../upstream/router.js';
@@ -123,10 +124,12 @@ export class Resolver implements MissSink, PendingOwner {
   readonly #load: UpstreamLoad | null;
   /**
    * Cluster-zone forwards in the order sent: with one fallback delay for all,
-   * the oldest is always first, so the sweep looks only at the front.
+   * the oldest is always first, so the sweep looks only at the front. The
+   * answered ones leave the front as they complete (released()), not at the
+   * next sweep: held 50 ms, each outlived two young-generation collections
+   * under a miss load and was promoted, with its query and key.
    */
-  readonly #watch: PendingQuery[];
-  #watchHead: number;
+  readonly #watch: Fifo<PendingQuery>;
   #sweep: (() => void) | null;
   /** Shut down (close()): an upstream's 'closed' is the end, not a reload to follow. */
   #closed = false;
@@ -143,8 +146,7 @@ export class Resolver implements MissSink, PendingOwner {
     this.#inflight = 0;
     this.#load = opts.load ?? null;
     this.#load?.setCap(opts.maxConcurrent);
-    this.#watch = [];
-    this.#watchHead = 0;
+    this.#watch = new Fifo();
     this.#sweep = null;
   }
 
@@ -194,15 +196,23 @@ export class Resolver implements MissSink, PendingOwner {
     this.#hits.complete(p.token, answer, 'upstream');
   }
 
-  released(_p: PendingQuery): void {
+  released(p: PendingQuery): void {
     this.#inflight--;
     this.#published();
+    // Answers come back in about the order asked: what they leave decided at the front goes now (p is deciding).
+    const w = this.#watch;
+    for (let f = w.peek(); f !== undefined && (f === p || f.done); f = w.peek()) w.shift();
   }
 
   /** The count in flight changed: to the gauge, and to the workers that shed at the cap. */
   #published(): void {
     this.#v[S.inflight] = this.#inflight;
     this.#load?.setInflight(this.#inflight);
+  }
+
+  /** Cluster-zone forwards held for --fallback-after: unanswered ones, and answered ones behind an older unanswered one. */
+  get watched(): number {
+    return this.#watch.length;
   }
 
   /** Upstream queries in flight (a late one still counts after a local answer was given: it still loads the upstream). */
@@ -348,8 +358,7 @@ export class Resolver implements MissSink, PendingOwner {
   #unwatchAll(): void {
     if (this.#sweep !== null) this.#sweep();
     this.#sweep = null;
-    this.#watch.length = 0;
-    this.#watchHead = 0;
+    this.#watch.drain();
   }
 
   #watchLate(p: PendingQuery): void {
@@ -359,26 +368,19 @@ export class Resolver implements MissSink, PendingOwner {
 
   readonly #onSweep = (now: number): void => {
     const cutoff = now - this.#fallbackAfterMs;
-    while (this.#watchHead < this.#watch.length) {
-      const p = this.#watch[this.#watchHead]!;
+    const w = this.#watch;
+    for (let p = w.peek(); p !== undefined; p = w.peek()) {
       // Timed from its client's question (a question asked again after a reload: the first send). Watched in send order,
       // such a one may wait behind the questions sent before its retry, never past its retry's own --fallback-after.
       if (!p.done && p.askedAt > cutoff) break;
-      this.#watchHead++;
+      w.shift();
       // Late, not failed: answer the clients from the view now; a later upstream answer is ignored (the exchange is claimed).
       if (!p.done && p.route.local !== null) {
         const la = p.route.local.answer(p.key);
         if (la !== null && p.claim()) this.#answerLocally(p.token, p.key, p.route, la, 'localLate', p.askedAt);
       }
     }
-    // Compact once the consumed head dominates: amortised O(1) per query.
-    if (this.#watchHead > 1024 && this.#watchHead * 2 > this.#watch.length) {
-      this.#watch.splice(0, this.#watchHead);
-      this.#watchHead = 0;
-    }
-    if (this.#watchHead === this.#watch.length) {
-      this.#watch.length = 0;
-      this.#watchHead = 0;
+    if (w.length === 0) {
       if (this.#sweep !== null) this.#sweep();
       this.#sweep = null;
     }
