@@ -26,10 +26,13 @@ export class IntTable<V> {
   #mask: number;
   #size: number;
 
-  constructor() {
-    this.#keys = new Int32Array(INITIAL_SLOTS);
-    this.#vals = new Array<V | undefined>(INITIAL_SLOTS).fill(undefined);
-    this.#mask = INITIAL_SLOTS - 1;
+  /** `holds`: how many entries it takes before it first grows (at least a few dozen). */
+  constructor(holds = INITIAL_SLOTS / 2 - 1) {
+    let slots = INITIAL_SLOTS;
+    while ((holds + 1) * 2 > slots) slots *= 2;
+    this.#keys = new Int32Array(slots);
+    this.#vals = new Array<V | undefined>(slots).fill(undefined);
+    this.#mask = slots - 1;
     this.#size = 0;
   }
 
@@ -150,5 +153,41 @@ export class HashChains<T extends Chained<T>> {
         return;
       }
     }
+  }
+}
+
+/** What a KeyedSet holds: a key it gives the item when added. */
+export interface Keyed {
+  tableKey: number;
+}
+
+/**
+ * A set of objects that makes no garbage per add and delete (a Set does,
+ * int-table.ts's header says how): each added item gets a fresh int key,
+ * kept on the item, and the set is an IntTable by that key. A key is
+ * never reused while its item is in (2^31 adds apart).
+ */
+export class KeyedSet<T extends Keyed> {
+  readonly #byKey = new IntTable<T>();
+  #nextKey = 1;
+
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  add(item: T): void {
+    const k = this.#nextKey;
+    this.#nextKey = k >= 0x7fffffff ? 1 : k + 1;
+    item.tableKey = k;
+    this.#byKey.set(k, item);
+  }
+
+  delete(item: T): void {
+    if (this.#byKey.get(item.tableKey) === item) this.#byKey.delete(item.tableKey);
+  }
+
+  /** Every item, in no particular order (a copy: the caller may add and delete meanwhile). */
+  values(): T[] {
+    return this.#byKey.values();
   }
 }

@@ -36,6 +36,8 @@ export class HostJob {
   plainQuery: Buffer | null;
   noEdns: Set<number> | null;
   done: boolean;
+  /** Its key among the exchanges in flight (HostResolvers' KeyedSet). */
+  tableKey: number;
   constructor(ex: UpstreamExchange, round: readonly number[], rounds: number, recheck = false) {
     this.ex = ex;
     this.round = round;
@@ -52,6 +54,7 @@ export class HostJob {
     this.plainQuery = null;
     this.noEdns = null;
     this.done = false;
+    this.tableKey = 0;
   }
 
   /** What server `idx` is sent: the query as given, or without OPT to a server that does not know EDNS. */

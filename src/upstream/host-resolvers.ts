@@ -55,6 +55,7 @@ import type { HostResolversOptions } from './host-resolvers-options.js';
 import { HealthProbe } from './probe.js';
 import { QueryAttempt, type AttemptEvents } from './udp-client.js';
 import { UdpSockets } from './udp-sockets.js';
+import { KeyedSet } from '../int-table.js';
 import type { ServerAddress, Upstream, UpstreamExchange, UpstreamFailure } from './types.js';
 import { rcodeSlots } from './upstream-counters.js';
 import { hostResolversCounters, type HostResolversCounter } from './host-resolvers-counters.js';
@@ -65,9 +66,7 @@ const SLOT = hostResolversCounters.slot;
 const RCODE_SLOT = rcodeSlots(SLOT);
 
 export type { HostResolversOptions } from './host-resolvers-options.js';
-
 const ignoreAnswer = (): void => {};
-
 // Overload warnings: the first, then one per this many rejects; a flood must not turn into a log flood.
 const OVERLOAD_LOG_EVERY = 1000;
 
@@ -85,7 +84,8 @@ export class HostResolvers implements Upstream {
   readonly #maxSockets: number;
   readonly #clock: Clock;
   readonly #log: Logger;
-  readonly #active: Set<HostJob>;
+  /** Exchanges in flight: a set that makes no garbage per exchange (int-table.ts says why a Set did). */
+  readonly #active: KeyedSet<HostJob>;
   readonly #udp: UdpSockets;
   readonly #order: ServerOrder;
   readonly #edns: EdnsMemory;
@@ -119,7 +119,7 @@ export class HostResolvers implements Upstream {
     this.counters = opts.counters ?? new Counters(hostResolversCounters);
     this.#values = this.counters.values;
     this.#durations = opts.durations ?? [];
-    this.#active = new Set();
+    this.#active = new KeyedSet();
     this.#events = {
       onSent: (attempt) => {
         attempt.sentAt = this.#clock.now();
@@ -219,7 +219,7 @@ export class HostResolvers implements Upstream {
   abort(): void {
     this.#probe?.stop();
     this.#life.beginClose();
-    for (const job of [...this.#active]) this.#finish(job, null, 'closed');
+    for (const job of this.#active.values()) this.#finish(job, null, 'closed');
     this.#maybeFinishClose();
   }
 
@@ -250,8 +250,7 @@ export class HostResolvers implements Upstream {
     const durations = this.#durations[attempt.serverIndex];
     if (durations !== undefined && durations !== null && attempt.sentAt >= 0) durations.observeMs(rcode, now - attempt.sentAt);
     if ((flags & FLAG_TC) !== 0 && attempt.transport === 'udp') {
-      // RFC 7766 5: a truncated UDP answer is retried over TCP at the same server. That becomes the current
-      // try, from whichever try the truncated answer came: the name exists and TCP is the way to it.
+      // RFC 7766 5: a truncated answer is retried over TCP at the same server, the current try whichever try it came from.
       this.#values[SLOT.tcpFallbacks]!++;
       this.#start(job, 'tcp', attempt.serverIndex, now);
       return;
@@ -301,8 +300,7 @@ export class HostResolvers implements Upstream {
     // Out of tries. Earlier tries still listening get until the last try's own timeout, as they would have had
     // the last server stayed silent: its quick SERVFAIL or ICMP error must not cut short a slow server's answer.
     if (job.live.length > 0 && now < job.lastDeadline) return;
-    // Then tries still listening are closed too. glibc gives up here as well, and the caller is
-    // better served by a prompt failure (stale answer, SERVFAIL) than by waiting out the whole deadline.
+    // Then tries still listening are closed too, as glibc does: a prompt failure (stale, SERVFAIL) beats the deadline.
     if (job.badAnswer !== null) {
       this.#finish(job, job.badAnswer, 'network');
       return;
@@ -367,7 +365,9 @@ export class HostResolvers implements Upstream {
   }
 
   readonly #onSweep = (now: number): void => {
-    for (const job of this.#active) {
+    for (const job of this.#active.values()) {
+      // A copy: one finished since (by another's outcome) is skipped, as the Set's iteration skipped it.
+      if (job.done) continue;
       const a = job.current;
       if (a === null) {
         // Out of tries, waiting for earlier ones (#next): until the last try's timeout, or nobody listens.

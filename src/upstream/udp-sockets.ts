@@ -30,6 +30,7 @@ import { canonicalIp } from '../addr.js';
 import { HEADER_LEN } from '../dns/constants.js';
 import { readId } from '../dns/question.js';
 import type { ServerAddress } from './types.js';
+import { IntTable } from '../int-table.js';
 
 // Random ids drawn in bulk: one getrandom() per 512 queries instead of one per query.
 const idPool = new Uint16Array(512);
@@ -74,12 +75,15 @@ export class SharedSocket {
   readonly server: ServerAddress;
   readonly #owner: UdpSockets;
   readonly #sock: dgram.Socket;
-  readonly #tries: Map<number, SharedTry>;
   /**
-   * Every id handed out since open: a reply under one whose try is over is a
-   * slow server's, not a forgery. At most rotateAfterTries of them.
+   * Every id handed out since open, with its try while that listens (null
+   * once it is over: a reply under it is a slow server's, not a forgery). At
+   * most rotateAfterTries ids, so sized for them at open and never grown or
+   * rebuilt (int-table.ts says why a Map and a Set were not).
    */
-  readonly #issued: Set<number>;
+  readonly #ids: IntTable<SharedTry | null>;
+  /** Tries attached and listening. */
+  #live: number;
   /** Tries attached before 'connect', sent when it comes. */
   #waiting: SharedTry[] | null;
   readonly openedAt: number;
@@ -89,11 +93,11 @@ export class SharedSocket {
   retired: boolean;
   #closed: boolean;
 
-  constructor(owner: UdpSockets, server: ServerAddress, now: number) {
+  constructor(owner: UdpSockets, server: ServerAddress, now: number, maxTries: number) {
     this.server = server;
     this.#owner = owner;
-    this.#tries = new Map();
-    this.#issued = new Set();
+    this.#ids = new IntTable(maxTries);
+    this.#live = 0;
     this.#waiting = [];
     this.openedAt = now;
     this.used = 0;
@@ -109,7 +113,7 @@ export class SharedSocket {
   }
 
   get size(): number {
-    return this.#tries.size;
+    return this.#live;
   }
 
   /** Connected: a try attached now may send at once; before, it is told by socketReady(). */
@@ -121,9 +125,9 @@ export class SharedSocket {
   attach(t: SharedTry): number {
     let id = randomId();
     // Terminates: a socket carries at most rotateAfterTries (far below 65536) tries.
-    while (this.#issued.has(id)) id = randomId();
-    this.#issued.add(id);
-    this.#tries.set(id, t);
+    while (this.#ids.get(id) !== undefined) id = randomId();
+    this.#ids.set(id, t);
+    this.#live++;
     this.used++;
     if (this.#waiting !== null) this.#waiting.push(t);
     return id;
@@ -139,18 +143,19 @@ export class SharedSocket {
   }
 
   detach(id: number, t: SharedTry): void {
-    if (this.#tries.get(id) !== t) return;
-    this.#tries.delete(id);
+    if (this.#ids.get(id) !== t) return;
+    this.#ids.set(id, null);
+    this.#live--;
     if (this.#waiting !== null) {
       const i = this.#waiting.indexOf(t);
       if (i >= 0) this.#waiting.splice(i, 1);
     }
-    if (this.retired && this.#tries.size === 0) this.close();
+    if (this.retired && this.#live === 0) this.close();
   }
 
   retire(): void {
     this.retired = true;
-    if (this.#tries.size === 0) this.close();
+    if (this.#live === 0) this.close();
   }
 
   close(): void {
@@ -179,9 +184,9 @@ export class SharedSocket {
       return;
     }
     const id = readId(msg);
-    const t = this.#tries.get(id);
-    if (t !== undefined) t.deliver(msg);
-    else if (this.#issued.has(id)) this.#owner.late();
+    const t = this.#ids.get(id);
+    if (t !== undefined && t !== null) t.deliver(msg);
+    else if (t === null) this.#owner.late();
     else this.#owner.stray();
   };
 
@@ -192,8 +197,9 @@ export class SharedSocket {
    * that send comes before recvmsg): it cannot be pinned on one try, the server or its port is gone for all of them.
    */
   fail(code: string): void {
-    const tries = [...this.#tries.values()];
-    this.#tries.clear();
+    const tries = this.#ids.values().filter((t): t is SharedTry => t !== null);
+    this.#ids.clear();
+    this.#live = 0;
     this.#waiting = null;
     this.close();
     for (const t of tries) t.socketFailed(code);
@@ -260,7 +266,7 @@ export class UdpSockets {
       s = null;
     }
     if (s === null) {
-      s = new SharedSocket(this, server, now);
+      s = new SharedSocket(this, server, now, this.#rotateAfterTries);
       slots[k] = s;
       this.#open++;
       this.#onCount(1);
