@@ -71,6 +71,13 @@ export interface UdpSocketsOptions {
 
 export const UDP_SOCKETS_DEFAULTS = { perServer: 4, rotateAfterTries: 64, rotateAfterMs: 1000 } as const;
 
+/**
+ * Ids a socket's table takes at open without growing: the default
+ * rotateAfterTries. A socket opened for one try at low traffic (its age
+ * retires it) must not allocate for thousands when rotateAfterTries is set high.
+ */
+const PRESIZED_TRIES = UDP_SOCKETS_DEFAULTS.rotateAfterTries;
+
 export class SharedSocket {
   readonly server: ServerAddress;
   readonly #owner: UdpSockets;
@@ -78,8 +85,9 @@ export class SharedSocket {
   /**
    * Every id handed out since open, with its try while that listens (null
    * once it is over: a reply under it is a slow server's, not a forgery). At
-   * most rotateAfterTries ids, so sized for them at open and never grown or
-   * rebuilt (int-table.ts says why a Map and a Set were not).
+   * most rotateAfterTries ids, so sized for them at open (up to
+   * PRESIZED_TRIES; past that it grows) and never rebuilt (int-table.ts
+   * says why a Map and a Set were not).
    */
   readonly #ids: IntTable<SharedTry | null>;
   /** Tries attached and listening. */
@@ -96,7 +104,7 @@ export class SharedSocket {
   constructor(owner: UdpSockets, server: ServerAddress, now: number, maxTries: number) {
     this.server = server;
     this.#owner = owner;
-    this.#ids = new IntTable(maxTries);
+    this.#ids = new IntTable(Math.min(maxTries, PRESIZED_TRIES));
     this.#live = 0;
     this.#waiting = [];
     this.openedAt = now;
