@@ -526,13 +526,16 @@ t.test('the V8 settings main.ts applies first (v8-tuning.ts) turn allocation-sit
     if (process.argv[1] === 'tuned') (await import(${JSON.stringify(join(ROOT, 'dist', 'src', 'v8-tuning.js'))})).tuneV8();
     const keep = [];
     const make = (i) => ({ i, pair: [i, i + 1] });
-    for (let i = 0; i < 300000; i++) keep.push(make(i));
+    for (let i = 0; i < 1000000; i++) keep.push(make(i));
     process.stdout.write(String(keep.length) + '\\n');`;
   const tenured = (mode: string): number => {
     const r = spawnSync(process.execPath, ['--trace-pretenuring-statistics', '--input-type=module', '-e', script, mode], { encoding: 'utf8', timeout: 30_000 });
     t.equal(r.status, 0, `${mode}: ran`);
     return r.stdout.split('\n').filter((l) => l.includes('=> tenure')).length;
   };
-  t.ok(tenured('control') > 0, 'without them V8 tenures the literal sites (the test can see a decision)');
+  // V8 decides at scavenges, and on a loaded machine a run may see none: the control gets a few tries to show one.
+  let control = 0;
+  for (let i = 0; i < 5 && control === 0; i++) control = tenured('control');
+  t.ok(control > 0, 'without them V8 tenures the literal sites (the test can see a decision)');
   t.equal(tenured('tuned'), 0, 'with them, no site is tenured');
 });
