@@ -54,6 +54,7 @@ interface Libc {
   write(fd: number, buf: Buffer, n: number): number;
   socket(domain: number, type: number, proto: number): number;
   sendto(fd: number, buf: Buffer, n: number, flags: number, addr: Buffer, len: number): number;
+  close(fd: number): number;
 }
 
 function libc(): Libc {
@@ -63,6 +64,7 @@ function libc(): Libc {
     write: lib.func('long write(int fd, const uint8_t *buf, size_t n)') as Libc['write'],
     socket: lib.func('int socket(int domain, int type, int proto)') as Libc['socket'],
     sendto: lib.func('long sendto(int fd, const uint8_t *buf, size_t n, int flags, const uint8_t *addr, uint32_t len)') as Libc['sendto'],
+    close: lib.func('int close(int fd)') as Libc['close'],
   };
 }
 
@@ -106,7 +108,7 @@ async function measure(means: Means, wakes: number): Promise<{ delays: Float64Ar
     const reader = new net.Socket({ fd: fds[0]!, readable: true, writable: false });
     reader.on('data', record);
     target = fds[1]!;
-    closers.push(() => reader.destroy());
+    closers.push(() => reader.destroy(), () => libc().close(fds[1]!));
   }
   if (means === 'udp') {
     const s = dgram.createSocket('udp4');
@@ -148,6 +150,7 @@ function wakeLoop(job: Job): void {
     } else if (job.means === 'pipe') c!.write(fd, one, 1);
     else c!.sendto(fd, one, 1, 0, to, 16);
   }
+  if (job.means === 'udp') c!.close(fd);
 }
 
 function pct(sorted: Float64Array, p: number): string {
@@ -160,7 +163,7 @@ async function main(): Promise<void> {
   const rounds = arg('rounds', 2);
   console.log('means       delay p10 / p50 / p90 (us)   CPU per wake, both threads (us)  wakes measured');
   for (let r = 0; r < rounds; r++) {
-    for (const means of MEANS.filter((m) => process.env.MEANS === undefined || m === process.env.MEANS)) {
+    for (const means of MEANS) {
       const { delays, cpuUs } = await measure(means, wakes);
       delays.sort();
       console.log(`${means.padEnd(10)}  ${pct(delays, 0.1)} / ${pct(delays, 0.5)} / ${pct(delays, 0.9)}`.padEnd(42) + cpuUs.toFixed(1).padEnd(34) + `${delays.length} of ${wakes}`);
