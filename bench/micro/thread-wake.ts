@@ -15,6 +15,12 @@
  * Pinned to one CPU, as the bench pins an agent, the two threads take
  * turns on it: the delay is the worker going to sleep, the switch and the
  * main thread's loop reaching the handler.
+ *
+ * First it prints what one call through koffi costs on this thread: to
+ * libc's abs() (the call alone), getppid() (a system call that does nothing)
+ * and poll() of one descriptor with no timeout (the one a worker makes most):
+ * the floor under every system call of the miss path, which a virtual
+ * machine can raise well above bare metal's.
  */
 import dgram from 'node:dgram';
 import net from 'node:net';
@@ -50,6 +56,9 @@ function nowUs(): number {
 }
 
 interface Libc {
+  abs(n: number): number;
+  getppid(): number;
+  poll(fds: Buffer, n: number, timeoutMs: number): number;
   pipe2(fds: Int32Array, flags: number): number;
   write(fd: number, buf: Buffer, n: number): number;
   socket(domain: number, type: number, proto: number): number;
@@ -60,6 +69,9 @@ interface Libc {
 function libc(): Libc {
   const lib = koffi().load('libc.so.6');
   return {
+    abs: lib.func('int abs(int n)') as Libc['abs'],
+    getppid: lib.func('int getppid()') as Libc['getppid'],
+    poll: lib.func('int poll(uint8_t *fds, uint64_t n, int timeout)') as Libc['poll'],
     pipe2: lib.func('int pipe2(_Out_ int *fds, int flags)') as Libc['pipe2'],
     write: lib.func('long write(int fd, const uint8_t *buf, size_t n)') as Libc['write'],
     socket: lib.func('int socket(int domain, int type, int proto)') as Libc['socket'],
@@ -158,9 +170,28 @@ function pct(sorted: Float64Array, p: number): string {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!.toFixed(1);
 }
 
+/** Nanoseconds per call of `call`, over `n` calls after as many unmeasured. */
+function perCallNs(call: () => void, n = 200_000): number {
+  for (let i = 0; i < n; i++) call();
+  const t = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) call();
+  return Number(process.hrtime.bigint() - t) / n;
+}
+
+function printCallFloor(): void {
+  const c = libc();
+  const pollfd = Buffer.alloc(8);
+  pollfd.writeInt16LE(1 /* POLLIN */, 4); // fd 0 (stdin): whatever it is, poll() only looks
+  const abs = perCallNs(() => c.abs(-1));
+  const getppid = perCallNs(() => c.getppid());
+  const poll = perCallNs(() => c.poll(pollfd, 1, 0));
+  console.log(`one call through koffi (ns): abs() ${abs.toFixed(0)}, getppid() ${getppid.toFixed(0)}, poll(1 fd, no timeout) ${poll.toFixed(0)}`);
+}
+
 async function main(): Promise<void> {
   const wakes = arg('wakes', 5000);
   const rounds = arg('rounds', 2);
+  printCallFloor();
   console.log('means       delay p10 / p50 / p90 (us)   CPU per wake, both threads (us)  wakes measured');
   for (let r = 0; r < rounds; r++) {
     for (const means of MEANS) {
